@@ -1,0 +1,86 @@
+"""Every user-facing failure of dsv, as one exception type each.
+
+This module owns the error vocabulary: each class carries a one-line message and an
+optional hint, and the CLI prints them as ``error: ...`` / ``hint: ...``. It must never
+import anything else from dsv.
+"""
+
+from __future__ import annotations
+
+
+class DsvError(Exception):
+    """Base of all expected failures; the CLI turns these into exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StoreNotFound(DsvError):
+    """No `.dsv/` directory above the current directory."""
+
+
+class StoreExists(DsvError):
+    """`dsv init` where a store already is."""
+
+
+class StoreLocked(DsvError):
+    """Another dsv process held the store lock for longer than we were willing to wait."""
+
+
+class DatasetNotFound(DsvError):
+    """A dataset id or name that matches nothing."""
+
+
+class DatasetExists(DsvError):
+    """A dataset name or working directory that is already taken."""
+
+
+class RefError(DsvError):
+    """A reference that is malformed, matches nothing, or matches more than one thing."""
+
+
+class AmbiguousRef(RefError):
+    """A reference that matches more than one version or tag."""
+
+
+class VersionImmutable(DsvError):
+    """An attempt to change a committed version."""
+
+
+class VersionInUse(DsvError):
+    """An attempt to delete a version that tags, children or a working directory use."""
+
+
+class TagExists(DsvError):
+    """A tag that already points elsewhere, moved without --force."""
+
+
+class DirtyWorktree(DsvError):
+    """A checkout that would discard uncommitted changes."""
+
+
+class NothingToCommit(DsvError):
+    """A commit whose tree equals its parent's."""
+
+
+class UnsafePath(DsvError):
+    """A path that is absolute, climbs out with `..`, holds NUL, or escapes through a symlink."""
+
+
+class CorruptObject(DsvError):
+    """An object whose bytes do not hash to its name."""
+
+
+class MissingObject(DsvError):
+    """An object a version needs that the store does not hold."""
+
+
+class InvalidInput(DsvError):
+    """Input that is well-formed for the shell but meaningless for dsv."""

@@ -1,0 +1,359 @@
+"""The SQLite index (`.dsv/index.db`): datasets, versions, tags, pack locations, stat cache.
+
+Owns the schema and every query. The schema is created and migrated with sqlite-utils;
+hot paths (status, object lookups) use plain SQL on the same connection, because they
+run on every command and sqlite-utils costs ~100 ms to import. WAL mode: readers never
+block the single writer. Must never touch files outside `.dsv/index.db`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+_IN_BATCH = 500
+
+
+@dataclass
+class Dataset:
+    id: str
+    name: str
+    path: str | None          # working directory, relative to the workspace root
+    description: str | None
+    created: float
+    latest: str | None        # newest committed version id
+    head: str | None          # version the working directory was last made to match
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "path": self.path,
+                "description": self.description, "created": self.created,
+                "latest": self.latest, "head": self.head}
+
+
+@dataclass
+class Version:
+    id: str
+    dataset: str
+    state: str                # "draft" | "committed"
+    tree: str
+    parents: list[str]
+    message: str | None
+    author: str | None
+    created: float
+    committed: float | None
+    record: str | None        # object id of the version record, once committed
+    lineage: dict[str, Any] | None
+    size: int
+    files: int
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def is_draft(self) -> bool:
+        return self.state == "draft"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "dataset": self.dataset, "state": self.state, "tree": self.tree,
+                "parents": self.parents, "message": self.message, "author": self.author,
+                "created": self.created, "committed": self.committed, "record": self.record,
+                "lineage": self.lineage, "size": self.size, "files": self.files,
+                "tags": self.tags}
+
+
+@dataclass(frozen=True)
+class StatRow:
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int
+    oid: str
+
+
+_VERSION_COLS = ("id, dataset, state, tree, parents, message, author, created, committed, "
+                 "record, lineage, size, files")
+_DATASET_COLS = "id, name, path, description, created, latest, head"
+
+
+def _version(row: tuple) -> Version:
+    (vid, ds, state, tree, parents, message, author, created, committed, record, lineage,
+     size, files) = row
+    return Version(vid, ds, state, tree, json.loads(parents), message, author, created,
+                   committed, record, json.loads(lineage) if lineage else None, size, files)
+
+
+class Index:
+    """One connection to `.dsv/index.db` with the queries dsv needs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- schema ------------------------------------------------------------------
+    def create_schema(self) -> None:
+        import sqlite_utils  # imported here: only `init` and migrations pay for it
+
+        db = sqlite_utils.Database(self.conn)
+        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db["datasets"].create({"id": str, "name": str, "path": str, "description": str,
+                               "created": float, "latest": str, "head": str},
+                              pk="id", not_null={"name", "created"}, if_not_exists=True)
+        db["datasets"].create_index(["name"], unique=True, if_not_exists=True)
+        db["datasets"].create_index(["path"], unique=True, if_not_exists=True)
+        db["versions"].create({"id": str, "dataset": str, "state": str, "tree": str,
+                               "parents": str, "message": str, "author": str, "created": float,
+                               "committed": float, "record": str, "lineage": str,
+                               "size": int, "files": int},
+                              pk="id", foreign_keys=[("dataset", "datasets", "id")],
+                              not_null={"dataset", "state", "tree", "parents", "created"},
+                              if_not_exists=True)
+        db["versions"].create_index(["dataset", "created"], if_not_exists=True)
+        db["tags"].create({"dataset": str, "name": str, "version": str, "created": float},
+                          pk=("dataset", "name"),
+                          foreign_keys=[("dataset", "datasets", "id"),
+                                        ("version", "versions", "id")],
+                          if_not_exists=True)
+        db["tags"].create_index(["version"], if_not_exists=True)
+        db["packs"].create({"id": str, "size": int, "count": int, "created": float},
+                           pk="id", if_not_exists=True)
+        db.execute("""CREATE TABLE IF NOT EXISTS objects (
+            oid TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+            length INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID""")
+        db.execute("CREATE INDEX IF NOT EXISTS objects_pack ON objects(pack)")
+        db.execute("""CREATE TABLE IF NOT EXISTS statcache (
+            dataset TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL,
+            oid TEXT NOT NULL, PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
+        db["checkouts"].create({"target": str, "version": str, "started": float},
+                               pk="target", if_not_exists=True)
+        db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
+
+    def schema_version(self) -> int | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
+
+    # ---- transactions ------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so `.dsv/` holds no stale pages."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass  # a reader holds the WAL; the next writer will checkpoint
+
+    # ---- datasets ----------------------------------------------------------------
+    def datasets(self) -> list[Dataset]:
+        rows = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets ORDER BY name")
+        return [Dataset(*r) for r in rows]
+
+    def dataset_by(self, column: str, value: str) -> Dataset | None:
+        assert column in ("id", "name", "path")
+        row = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets WHERE {column}=?",
+                                (value,)).fetchone()
+        return Dataset(*row) if row else None
+
+    def insert_dataset(self, ds: Dataset) -> None:
+        self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?)",
+                          (ds.id, ds.name, ds.path, ds.description, ds.created, ds.latest,
+                           ds.head))
+
+    def update_dataset(self, ds_id: str, **fields: Any) -> None:
+        allowed = {"name", "path", "description", "latest", "head"}
+        assert set(fields) <= allowed
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.conn.execute(f"UPDATE datasets SET {sets} WHERE id=?", (*fields.values(), ds_id))
+
+    def delete_dataset(self, ds_id: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM tags WHERE dataset=?", (ds_id,))
+            self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
+            self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL WHERE id=?", (ds_id,))
+            self.conn.execute("DELETE FROM versions WHERE dataset=?", (ds_id,))
+            self.conn.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
+
+    # ---- versions ----------------------------------------------------------------
+    def version(self, vid: str) -> Version | None:
+        row = self.conn.execute(f"SELECT {_VERSION_COLS} FROM versions WHERE id=?",
+                                (vid,)).fetchone()
+        return _version(row) if row else None
+
+    def versions(self, ds_id: str, state: str | None = None) -> list[Version]:
+        sql = f"SELECT {_VERSION_COLS} FROM versions WHERE dataset=?"
+        args: tuple = (ds_id,)
+        if state:
+            sql += " AND state=?"
+            args += (state,)
+        rows = self.conn.execute(sql + " ORDER BY coalesce(committed, created) DESC, id", args)
+        return [_version(r) for r in rows]
+
+    def versions_with_prefix(self, ds_id: str, prefix: str) -> list[str]:
+        rows = self.conn.execute("SELECT id FROM versions WHERE dataset=? AND id >= ? AND id < ?",
+                                 (ds_id, prefix, prefix + "\x7f"))
+        return [r[0] for r in rows]
+
+    def all_versions(self) -> list[Version]:
+        return [_version(r) for r in self.conn.execute(f"SELECT {_VERSION_COLS} FROM versions")]
+
+    def insert_version(self, v: Version) -> None:
+        self.conn.execute(
+            f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (v.id, v.dataset, v.state, v.tree, json.dumps(v.parents), v.message, v.author,
+             v.created, v.committed, v.record, json.dumps(v.lineage) if v.lineage else None,
+             v.size, v.files))
+
+    def update_version(self, vid: str, **fields: Any) -> None:
+        allowed = {"state", "tree", "message", "committed", "record", "size", "files",
+                   "parents", "lineage"}
+        assert set(fields) <= allowed
+        values = [json.dumps(v) if k in ("parents", "lineage") and v is not None else v
+                  for k, v in fields.items()]
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.conn.execute(f"UPDATE versions SET {sets} WHERE id=?", (*values, vid))
+
+    def delete_version(self, vid: str) -> None:
+        self.conn.execute("DELETE FROM tags WHERE version=?", (vid,))
+        self.conn.execute("DELETE FROM versions WHERE id=?", (vid,))
+
+    def children(self, vid: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT v.id FROM versions v, json_each(v.parents) p WHERE p.value=?", (vid,))
+        return [r[0] for r in rows]
+
+    # ---- tags --------------------------------------------------------------------
+    def tags(self, ds_id: str | None = None) -> list[tuple[str, str, str, float]]:
+        """(dataset id, tag, version id, created) rows."""
+        if ds_id:
+            rows = self.conn.execute("SELECT dataset, name, version, created FROM tags "
+                                     "WHERE dataset=? ORDER BY name", (ds_id,))
+        else:
+            rows = self.conn.execute("SELECT dataset, name, version, created FROM tags "
+                                     "ORDER BY dataset, name")
+        return list(rows)
+
+    def tag(self, ds_id: str, name: str) -> str | None:
+        row = self.conn.execute("SELECT version FROM tags WHERE dataset=? AND name=?",
+                                (ds_id, name)).fetchone()
+        return row[0] if row else None
+
+    def tags_of(self, vid: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT name FROM tags WHERE version=? ORDER BY name", (vid,))]
+
+    def set_tag(self, ds_id: str, name: str, vid: str) -> None:
+        self.conn.execute("INSERT INTO tags (dataset, name, version, created) VALUES (?,?,?,?) "
+                          "ON CONFLICT(dataset, name) DO UPDATE SET version=excluded.version, "
+                          "created=excluded.created", (ds_id, name, vid, time.time()))
+
+    def delete_tag(self, ds_id: str, name: str) -> bool:
+        cur = self.conn.execute("DELETE FROM tags WHERE dataset=? AND name=?", (ds_id, name))
+        return cur.rowcount > 0
+
+    # ---- objects in packs (implements objects.ObjectLocator) ----------------------
+    def locate(self, oid: str) -> tuple[str, int, int] | None:
+        row = self.conn.execute("SELECT pack, offset, length FROM objects WHERE oid=?",
+                                (oid,)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        found: dict[str, tuple[str, int, int]] = {}
+        batch = list(oids)
+        for i in range(0, len(batch), _IN_BATCH):
+            part = batch[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            for oid, pack, offset, length in self.conn.execute(
+                    f"SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})",
+                    part):
+                found[oid] = (pack, offset, length)
+        return found
+
+    def add_pack(self, pack_id: str, size: int,
+                 entries: Iterable[tuple[str, int, int, int]]) -> None:
+        """Record a pack and its (oid, offset, length, kind) entries."""
+        rows = list(entries)
+        self.conn.execute("INSERT OR IGNORE INTO packs (id, size, count, created) "
+                          "VALUES (?,?,?,?)", (pack_id, size, len(rows), time.time()))
+        self.conn.executemany("INSERT OR IGNORE INTO objects (oid, pack, offset, length, kind) "
+                              "VALUES (?,?,?,?,?)",
+                              ((oid, pack_id, off, ln, kind) for oid, off, ln, kind in rows))
+
+    def packs(self) -> dict[str, tuple[int, int]]:
+        return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT id, size, count FROM packs")}
+
+    def pack_objects(self, pack_id: str) -> list[tuple[str, int, int, int]]:
+        return list(self.conn.execute("SELECT oid, offset, length, kind FROM objects "
+                                      "WHERE pack=? ORDER BY offset", (pack_id,)))
+
+    def packed_oids(self) -> Iterator[tuple[str, str, int]]:
+        yield from self.conn.execute("SELECT oid, pack, kind FROM objects")
+
+    def delete_pack(self, pack_id: str) -> None:
+        self.conn.execute("DELETE FROM objects WHERE pack=?", (pack_id,))
+        self.conn.execute("DELETE FROM packs WHERE id=?", (pack_id,))
+
+    # ---- stat cache --------------------------------------------------------------
+    def stat_cache(self, ds_id: str) -> dict[str, StatRow]:
+        rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, oid FROM statcache "
+                                 "WHERE dataset=?", (ds_id,))
+        return {r[0]: StatRow(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def put_stat_rows(self, ds_id: str, rows: Iterable[tuple[str, StatRow]]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, mode, oid) "
+            "VALUES (?,?,?,?,?,?,?)",
+            ((ds_id, p, r.size, r.mtime_ns, r.ino, r.mode, r.oid) for p, r in rows))
+
+    def drop_stat_rows(self, ds_id: str, paths: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?",
+                              ((ds_id, p) for p in paths))
+
+    def clear_stat_cache(self, ds_id: str) -> None:
+        self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
+
+    # ---- interrupted checkouts ---------------------------------------------------
+    def checkout_journal(self, target: str) -> str | None:
+        row = self.conn.execute("SELECT version FROM checkouts WHERE target=?",
+                                (target,)).fetchone()
+        return row[0] if row else None
+
+    def begin_checkout(self, target: str, vid: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO checkouts (target, version, started) "
+                          "VALUES (?,?,?)", (target, vid, time.time()))
+
+    def end_checkout(self, target: str) -> None:
+        self.conn.execute("DELETE FROM checkouts WHERE target=?", (target,))

@@ -1,0 +1,93 @@
+"""The store lock: one writer at a time, waiting a bounded time instead of failing at once.
+
+Owns `.dsv/lock` (an flock'd file holding the holder's pid and command). Readers never
+take it: SQLite's WAL gives them a consistent snapshot while a writer works.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import StoreLocked
+
+DEFAULT_TIMEOUT = 120.0
+_POLL = 0.05
+
+
+def lock_timeout() -> float:
+    try:
+        return float(os.environ.get("DSV_LOCK_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class StoreLock:
+    """An exclusive lock on a store, re-entrant within one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        return self._depth > 0
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another dsv process"
+        except OSError:
+            return "another dsv process"
+
+    def acquire(self, what: str, timeout: float | None = None,
+                on_wait: Callable[[str], None] | None = None) -> None:
+        if self._depth:
+            self._depth += 1
+            return
+        timeout = lock_timeout() if timeout is None else timeout
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreLocked(
+                        f"the store is locked by {self.holder()}; gave up after {timeout:g}s",
+                        hint="wait for it to finish, or raise DSV_LOCK_TIMEOUT") from None
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for the store lock held by {self.holder()} …")
+                    told = True
+                time.sleep(_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
+        self._fd = fd
+        self._depth = 1
+
+    def try_acquire(self, what: str) -> bool:
+        """Take the lock only if it is free right now."""
+        if self._depth:
+            self._depth += 1
+            return True
+        try:
+            self.acquire(what, timeout=0)
+        except StoreLocked:
+            return False
+        return True
+
+    def release(self) -> None:
+        if not self._depth:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,345 @@
+"""The local object store: content-addressed bytes in packs and loose files.
+
+Owns `.dsv/objects/`: small objects (file contents under PACK_THRESHOLD, trees, version
+records) appended to pack files, large file contents as loose read-only files, every
+one named by its blake3 hash and written atomically. Where a packed object lives is
+asked of an `ObjectLocator` (the index); this module never imports the index.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import fileio
+from .errors import CorruptObject, MissingObject
+from .hashing import hash_bytes, hash_file, new_hasher
+
+# Files smaller than this go into packs; creating one file per small object costs more
+# kernel time than hashing it (SPEC §5), so they are batched like git and restic do.
+PACK_THRESHOLD = 1 << 20
+PACK_TARGET_SIZE = 32 << 20
+
+PACK_MAGIC = b"DSVPACK1"
+PACK_END_MAGIC = b"DSVPEND1"
+_ENTRY = struct.Struct(">32sQQB")      # raw hash, offset, length, kind
+_TRAILER = struct.Struct(">QQ8s")       # entry count, table offset, end magic
+
+KIND_BLOB = 0
+KIND_TREE = 1
+KIND_VERSION = 2
+KIND_NAMES = {KIND_BLOB: "blob", KIND_TREE: "tree", KIND_VERSION: "version"}
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """Where one object sits inside a pack."""
+
+    oid: str
+    offset: int
+    length: int
+    kind: int
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """A finished pack: its id (blake3 of the whole file) and what it holds."""
+
+    id: str
+    size: int
+    entries: list[PackEntry]
+
+
+class ObjectLocator(Protocol):
+    """Answers where a packed object lives (implemented by the index)."""
+
+    def locate(self, oid: str) -> tuple[str, int, int] | None: ...
+
+
+class PackWriter:
+    """Appends objects to a temp pack; `finish` fsyncs it and renames it to its id."""
+
+    def __init__(self, store: "ObjectStore") -> None:
+        self._store = store
+        self._tmp = fileio.tmp_name(store.tmp_dir)
+        self._file = open(self._tmp, "xb", buffering=1 << 20)
+        self._file.write(PACK_MAGIC)
+        self._hasher = new_hasher()
+        self._hasher.update(PACK_MAGIC)
+        self._offset = len(PACK_MAGIC)
+        self.entries: list[PackEntry] = []
+        self._seen: set[str] = set()
+
+    @property
+    def size(self) -> int:
+        return self._offset
+
+    def __contains__(self, oid: str) -> bool:
+        return oid in self._seen
+
+    def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
+        if oid in self._seen:
+            return
+        self._file.write(data)
+        self._hasher.update(data)
+        self.entries.append(PackEntry(oid, self._offset, len(data), kind))
+        self._seen.add(oid)
+        self._offset += len(data)
+
+    def finish(self) -> PackInfo | None:
+        """Seal the pack; returns None (and leaves nothing behind) when it is empty."""
+        if not self.entries:
+            self.abort()
+            return None
+        table = b"".join(_ENTRY.pack(bytes.fromhex(e.oid), e.offset, e.length, e.kind)
+                         for e in self.entries)
+        trailer = _TRAILER.pack(len(self.entries), self._offset, PACK_END_MAGIC)
+        for part in (table, trailer):
+            self._file.write(part)
+            self._hasher.update(part)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        pack_id = self._hasher.hexdigest()
+        size = self._offset + len(table) + len(trailer)
+        os.chmod(self._tmp, 0o444)
+        fileio.publish(self._tmp, str(self._store.pack_path(pack_id)))
+        return PackInfo(pack_id, size, self.entries)
+
+    def abort(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+class ObjectStore:
+    """Read and write objects under one `objects/` directory."""
+
+    def __init__(self, root: str | os.PathLike[str], locator: ObjectLocator,
+                 tmp_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.loose_dir = self.root / "loose"
+        self.pack_dir = self.root / "packs"
+        self.tmp_dir = Path(tmp_dir)
+        self._locator = locator
+        self._pack_fds: dict[str, int] = {}
+
+    @classmethod
+    def create_layout(cls, root: Path) -> None:
+        (root / "loose").mkdir(parents=True, exist_ok=True)
+        (root / "packs").mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        for fd in self._pack_fds.values():
+            os.close(fd)
+        self._pack_fds.clear()
+
+    # ---- where things live -------------------------------------------------------
+    def loose_path(self, oid: str) -> Path:
+        return self.loose_dir / oid[:2] / oid
+
+    def pack_path(self, pack_id: str) -> Path:
+        return self.pack_dir / f"{pack_id}.pack"
+
+    def has_loose(self, oid: str) -> bool:
+        return os.path.exists(self.loose_path(oid))
+
+    def has(self, oid: str) -> bool:
+        return self._locator.locate(oid) is not None or self.has_loose(oid)
+
+    # ---- reading -----------------------------------------------------------------
+    def read(self, oid: str, verify: bool = True) -> bytes:
+        """The bytes of object `oid`, checked against its name unless `verify` is False."""
+        where = self._locator.locate(oid)
+        if where is not None:
+            pack_id, offset, length = where
+            data = os.pread(self._pack_fd(pack_id), length, offset)
+            if len(data) != length:
+                raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
+        else:
+            try:
+                with open(self.loose_path(oid), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                    hint="run `dsv verify` to see what else is affected") from None
+        if verify and hash_bytes(data) != oid:
+            raise CorruptObject(f"object {oid[:12]} is corrupt: its bytes do not match its hash",
+                                hint="run `dsv verify` to list every damaged object")
+        return data
+
+    def _pack_fd(self, pack_id: str) -> int:
+        fd = self._pack_fds.get(pack_id)
+        if fd is None:
+            try:
+                fd = os.open(self.pack_path(pack_id), os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingObject(f"pack {pack_id[:12]} is missing from the store",
+                                    hint="run `dsv verify` to see what is affected") from None
+            self._pack_fds[pack_id] = fd
+        return fd
+
+    # ---- writing -----------------------------------------------------------------
+    def new_pack(self) -> PackWriter:
+        return PackWriter(self)
+
+    def add_loose_from_file(self, src: str | os.PathLike[str], size: int) -> str:
+        """Copy a large file into the store; returns the hash of the bytes actually stored.
+
+        The copy is hashed, not the source, so a file that changes while it is being
+        committed can never produce an object whose name lies about its content.
+        """
+        tmp = fileio.tmp_name(self.tmp_dir)
+        src_fd = os.open(src, os.O_RDONLY)
+        try:
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                if not fileio.try_reflink(src_fd, dst_fd):
+                    fileio.copy_into(src_fd, dst_fd, size)
+                os.fsync(dst_fd)
+            finally:
+                os.close(dst_fd)
+        except BaseException:
+            fileio._unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(src_fd)
+        oid = hash_file(tmp)
+        dest = self.loose_path(oid)
+        if dest.exists():
+            os.unlink(tmp)
+            return oid
+        dest.parent.mkdir(exist_ok=True)
+        fileio.publish(tmp, str(dest))
+        return oid
+
+    def add_loose_bytes(self, oid: str, data: bytes) -> None:
+        dest = self.loose_path(oid)
+        if dest.exists():
+            return
+        dest.parent.mkdir(exist_ok=True)
+        fileio.atomic_write_bytes(dest, data, mode=0o444, tmp_dir=self.tmp_dir)
+
+    # ---- enumeration, verification and removal -----------------------------------
+    def iter_loose(self) -> Iterator[str]:
+        if not self.loose_dir.exists():
+            return
+        for sub in sorted(os.listdir(self.loose_dir)):
+            subdir = self.loose_dir / sub
+            for name in sorted(os.listdir(subdir)):
+                if not name.startswith(fileio.TMP_PREFIX):
+                    yield name
+
+    def iter_pack_ids(self) -> Iterator[str]:
+        if not self.pack_dir.exists():
+            return
+        for name in sorted(os.listdir(self.pack_dir)):
+            if name.endswith(".pack"):
+                yield name[: -len(".pack")]
+
+    def read_pack_entries(self, pack_id: str) -> list[PackEntry]:
+        """Parse a pack's own table of contents (so the index can be rebuilt from packs)."""
+        return parse_pack_table(self.pack_path(pack_id))
+
+    def verify_loose(self, oid: str) -> bool:
+        return hash_file(self.loose_path(oid)) == oid
+
+    def verify_pack(self, pack_id: str) -> tuple[bool, list[str]]:
+        """Re-hash a pack: whether the file matches its id, and which entries are damaged."""
+        path = self.pack_path(pack_id)
+        whole_ok = hash_file(path) == pack_id
+        bad: list[str] = []
+        try:
+            entries = parse_pack_table(path)
+        except CorruptObject:
+            return False, []
+        fd = self._pack_fd(pack_id)
+        for e in entries:
+            if hash_bytes(os.pread(fd, e.length, e.offset)) != e.oid:
+                bad.append(e.oid)
+        return whole_ok, bad
+
+    def delete_loose(self, oid: str) -> None:
+        fileio._unlink_quietly(str(self.loose_path(oid)))
+
+    def delete_pack(self, pack_id: str) -> None:
+        fd = self._pack_fds.pop(pack_id, None)
+        if fd is not None:
+            os.close(fd)
+        fileio._unlink_quietly(str(self.pack_path(pack_id)))
+
+
+def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:
+    """Read the entry table at the end of a pack file, checking its bounds."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < len(PACK_MAGIC) + _TRAILER.size:
+            raise CorruptObject(f"pack {Path(path).name} is too short")
+        f.seek(0)
+        if f.read(len(PACK_MAGIC)) != PACK_MAGIC:
+            raise CorruptObject(f"pack {Path(path).name} has a bad header")
+        f.seek(size - _TRAILER.size)
+        count, table_offset, end = _TRAILER.unpack(f.read(_TRAILER.size))
+        if end != PACK_END_MAGIC or table_offset + count * _ENTRY.size + _TRAILER.size != size:
+            raise CorruptObject(f"pack {Path(path).name} has a bad trailer")
+        f.seek(table_offset)
+        table = f.read(count * _ENTRY.size)
+    entries = []
+    for raw, offset, length, kind in _ENTRY.iter_unpack(table):
+        if offset + length > table_offset or offset < len(PACK_MAGIC):
+            raise CorruptObject(f"pack {Path(path).name} has an entry out of bounds")
+        entries.append(PackEntry(raw.hex(), offset, length, kind))
+    return entries
+
+
+class Ingest:
+    """Collects new small objects into packs (rolling at PACK_TARGET_SIZE) during one write.
+
+    Nothing it writes is visible to readers until the caller records `finish()`'s packs in
+    the index; if the process dies first, the packs are unreferenced and `gc` removes them.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._writer: PackWriter | None = None
+        self.packs: list[PackInfo] = []
+        self._pending: set[str] = set()
+        self.new_bytes = 0
+
+    def has(self, oid: str) -> bool:
+        return oid in self._pending or self.store.has(oid)
+
+    def add(self, oid: str, kind: int, data: bytes | memoryview, known_absent: bool = False) -> bool:
+        """Store `data` as `oid` unless already stored; True when it was new."""
+        if oid in self._pending or (not known_absent and self.store.has(oid)):
+            return False
+        if self._writer is None:
+            self._writer = self.store.new_pack()
+        self._writer.add(oid, kind, data)
+        self._pending.add(oid)
+        self.new_bytes += len(data)
+        if self._writer.size >= PACK_TARGET_SIZE:
+            self._seal()
+        return True
+
+    def _seal(self) -> None:
+        if self._writer is not None:
+            info = self._writer.finish()
+            if info is not None:
+                self.packs.append(info)
+            self._writer = None
+
+    def finish(self) -> list[PackInfo]:
+        self._seal()
+        return self.packs
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None

@@ -1,0 +1,1025 @@
+"""The `Store`: dsv's Python API, tying the index, objects, trees and working trees together.
+
+Owns every user-level operation (one method per command), the `.dsv/` layout, the
+version record format and the order of writes that keeps a store consistent when a
+process dies at any point: objects first (fsynced), then one index transaction. Must
+never print or parse command lines: that is cli.py's job.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import fileio, refs, tree, worktree
+from .errors import (DatasetExists, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
+                     MissingObject, NothingToCommit, RefError, StoreExists, StoreNotFound,
+                     TagExists, UnsafePath, VersionImmutable, VersionInUse)
+from .hashing import hash_bytes, random_id
+from .index import Dataset, Index, StatRow, Version
+from .lock import StoreLock
+from .objects import KIND_TREE, KIND_VERSION, Ingest, ObjectStore
+from .paths import check_relpath, normalize_user_path
+from .reporting import Reporter
+from .tree import Entry, Manifest
+
+DSV_DIR = ".dsv"
+STORE_FORMAT = 1
+DATASET_ID_LEN = 8
+VERSION_ID_LEN = 10
+RECORD_FORMAT = 1
+
+
+def _now_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_author() -> str:
+    env = os.environ.get("DSV_AUTHOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def dataset_name_for(directory: Path) -> str:
+    """A valid dataset name from a directory's basename (`My Data!` → `My-Data`)."""
+    raw = directory.resolve().name
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in raw)
+    cleaned = cleaned.strip("-._")[:128]
+    return cleaned if cleaned and refs.is_valid_name(cleaned) else "data"
+
+
+def find_store(start: Path) -> Path:
+    """The workspace root: the nearest directory at or above `start` holding `.dsv/`."""
+    env = os.environ.get("DSV_DIR")
+    if env:
+        return _store_root_from(Path(env))
+    here = start.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / DSV_DIR / "config.json").is_file():
+            return candidate
+    raise StoreNotFound(f"no dsv store in {here} or any parent directory",
+                        hint="create one with `dsv init`")
+
+
+def _store_root_from(path: Path) -> Path:
+    path = path.resolve()
+    if path.name == DSV_DIR and (path / "config.json").is_file():
+        return path.parent
+    if (path / DSV_DIR / "config.json").is_file():
+        return path
+    raise StoreNotFound(f"{path} is not a dsv store", hint="create one with `dsv init`")
+
+
+@dataclass
+class StatusReport:
+    dataset: Dataset
+    head: Version | None
+    changes: worktree.Changes
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset.name, "id": self.dataset.id, "path": self.dataset.path,
+                "head": self.head.id if self.head else None, "clean": self.changes.clean,
+                **self.changes.to_json(), "skipped": self.skipped}
+
+
+@dataclass
+class CheckoutReport:
+    version: Version
+    target: Path
+    written: int
+    removed: int
+    unchanged: int
+    bytes_written: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version.id, "dataset": self.version.dataset,
+                "target": str(self.target), "written": self.written, "removed": self.removed,
+                "unchanged": self.unchanged, "bytes_written": self.bytes_written}
+
+
+@dataclass
+class FileRow:
+    path: str
+    kind: str          # "file", "link" or "dir"
+    size: int
+    oid: str
+    mode: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "type": self.kind, "size": self.size, "hash": self.oid,
+                "mode": oct(self.mode)}
+
+
+@dataclass
+class GcReport:
+    removed_objects: int = 0
+    removed_packs: int = 0
+    repacked_packs: int = 0
+    freed_bytes: int = 0
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    objects_checked: int = 0
+    bytes_checked: int = 0
+    versions_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "objects_checked": self.objects_checked,
+                "bytes_checked": self.bytes_checked, "versions_checked": self.versions_checked,
+                "problems": self.problems, "repaired": self.repaired}
+
+
+_KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
+
+
+class Store:
+    """A dsv store: open one with `dsv.open(path)`, create one with `dsv.init(path)`."""
+
+    def __init__(self, root: Path, reporter: Reporter | None = None) -> None:
+        self.root = root.resolve()
+        self.dsv_dir = self.root / DSV_DIR
+        self.tmp_dir = self.dsv_dir / "tmp"
+        self.reporter = reporter or Reporter()
+        self.index = Index(self.dsv_dir / "index.db")
+        if self.index.schema_version() is None:
+            raise StoreNotFound(f"{self.dsv_dir} has no index", hint="run `dsv init` again")
+        self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_dir)
+        self._lock = StoreLock(self.dsv_dir / "lock")
+        self._trees: dict[str, bytes] = {}
+
+    # ---- opening, creating, closing -------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None) -> "Store":
+        return cls(find_store(Path(path)), reporter)
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str] = ".", name: str | None = None,
+             bind: bool = True, reporter: Reporter | None = None) -> "Store":
+        root = Path(path).resolve()
+        dsv_dir = root / DSV_DIR
+        if (dsv_dir / "config.json").exists():
+            raise StoreExists(f"{dsv_dir} already exists")
+        root.mkdir(parents=True, exist_ok=True)
+        dsv_dir.mkdir(exist_ok=True)
+        (dsv_dir / "tmp").mkdir(exist_ok=True)
+        ObjectStore.create_layout(dsv_dir / "objects")
+        index = Index(dsv_dir / "index.db")
+        index.create_schema()
+        index.close()
+        # config.json is written last: a store is only found once it is complete.
+        fileio.atomic_write_bytes(dsv_dir / "config.json", json.dumps(
+            {"format": STORE_FORMAT, "hash": "blake3"}, indent=2).encode() + b"\n")
+        store = cls(root, reporter)
+        if bind:
+            store.create_dataset(name or dataset_name_for(root), path=root)
+        return store
+
+    def close(self) -> None:
+        self._lock.release()
+        self.objects.close()
+        self.index.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """Hold the store lock; the first holder also clears crash leftovers."""
+        first = not self._lock.held
+        self._lock.acquire(what, on_wait=self.reporter.notice)
+        try:
+            if first:
+                fileio.remove_tmp_files(self.tmp_dir)
+            yield
+        finally:
+            self._lock.release()
+
+    # ---- datasets ---------------------------------------------------------------------
+    def datasets(self) -> list[Dataset]:
+        return self.index.datasets()
+
+    def dataset(self, key: str) -> Dataset:
+        return refs.find_dataset(self.index, key)
+
+    def dataset_root(self, ds: Dataset) -> Path:
+        if ds.path is None:
+            raise InvalidInput(f"dataset {ds.name!r} has no working directory",
+                               hint=f"bind one with `dsv datasets update {ds.name} --path DIR`")
+        return self.root if ds.path == "." else self.root / ds.path
+
+    def dataset_at(self, cwd: str | os.PathLike[str] = ".") -> Dataset | None:
+        """The dataset whose working directory holds `cwd` (the deepest one)."""
+        here = Path(cwd).resolve()
+        try:
+            rel = here.relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+        best: Dataset | None = None
+        best_depth = -1
+        for ds in self.index.datasets():
+            if ds.path is None:
+                continue
+            if ds.path == "." or rel == ds.path or rel.startswith(ds.path + "/"):
+                depth = 0 if ds.path == "." else ds.path.count("/") + 1
+                if depth > best_depth:
+                    best, best_depth = ds, depth
+        return best
+
+    def pick_dataset(self, key: str | None, cwd: str | os.PathLike[str] = ".") -> Dataset:
+        """The dataset named by `key`, else the one of `cwd`, else the only one."""
+        if key:
+            return self.dataset(key)
+        here = self.dataset_at(cwd)
+        if here is not None:
+            return here
+        all_ds = self.index.datasets()
+        if len(all_ds) == 1:
+            return all_ds[0]
+        raise DatasetNotFound("no dataset given and none is bound to this directory",
+                              hint="pass -d/--dataset NAME (see `dsv datasets list`)")
+
+    def _workspace_path(self, path: str | os.PathLike[str]) -> str:
+        absolute = Path(path).resolve()
+        try:
+            rel = absolute.relative_to(self.root).as_posix()
+        except ValueError:
+            raise UnsafePath(f"{path} is outside the workspace {self.root}",
+                             hint="dataset directories must be inside the workspace") from None
+        if rel == DSV_DIR or rel.startswith(DSV_DIR + "/"):
+            raise UnsafePath(f"{path} is inside the store itself")
+        return rel
+
+    def create_dataset(self, name: str, path: str | os.PathLike[str] | None = None,
+                       description: str | None = None) -> Dataset:
+        if not refs.is_valid_name(name) or name == refs.LATEST:
+            raise InvalidInput(f"invalid dataset name {name!r}",
+                               hint="use letters, digits, '.', '_' and '-' (max 128)")
+        with self.locked("datasets create"):
+            if self.index.dataset_by("name", name) is not None:
+                raise DatasetExists(f"a dataset named {name!r} already exists")
+            rel = self._workspace_path(path) if path is not None else None
+            if rel is not None:
+                other = self.index.dataset_by("path", rel)
+                if other is not None:
+                    raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
+                (self.root / rel).mkdir(parents=True, exist_ok=True)
+            ds_id = random_id(DATASET_ID_LEN)
+            while self.index.dataset_by("id", ds_id) or self.index.dataset_by("name", ds_id):
+                ds_id = random_id(DATASET_ID_LEN)
+            ds = Dataset(ds_id, name, rel, description, time.time(), None, None)
+            with self.index.transaction():
+                self.index.insert_dataset(ds)
+            return ds
+
+    def update_dataset(self, key: str, name: str | None = None, description: str | None = None,
+                       path: str | os.PathLike[str] | None = None) -> Dataset:
+        with self.locked("datasets update"):
+            ds = self.dataset(key)
+            fields: dict[str, Any] = {}
+            if name is not None and name != ds.name:
+                if not refs.is_valid_name(name) or name == refs.LATEST:
+                    raise InvalidInput(f"invalid dataset name {name!r}")
+                if self.index.dataset_by("name", name):
+                    raise DatasetExists(f"a dataset named {name!r} already exists")
+                fields["name"] = name
+            if description is not None:
+                fields["description"] = description
+            if path is not None:
+                rel = self._workspace_path(path)
+                other = self.index.dataset_by("path", rel)
+                if other is not None and other.id != ds.id:
+                    raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
+                (self.root / rel).mkdir(parents=True, exist_ok=True)
+                fields["path"] = rel
+            if fields:
+                with self.index.transaction():
+                    self.index.update_dataset(ds.id, **fields)
+                    if "path" in fields:
+                        self.index.clear_stat_cache(ds.id)
+            updated = self.index.dataset_by("id", ds.id)
+            assert updated is not None
+            return updated
+
+    def delete_dataset(self, key: str) -> Dataset:
+        """Forget a dataset and its versions (its files on disk are left alone)."""
+        with self.locked("datasets delete"):
+            ds = self.dataset(key)
+            self.index.delete_dataset(ds.id)
+            return ds
+
+    # ---- refs and versions --------------------------------------------------------------
+    def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
+        """The version a ref names; a bare selector (`:v1`, `v1`) uses the cwd's dataset."""
+        default = self.dataset_at(cwd)
+        if ":" not in ref and default is not None:
+            base = ref.split("~", 1)[0]
+            is_dataset = (self.index.dataset_by("id", base) or self.index.dataset_by("name", base))
+            if not is_dataset:
+                ref = ":" + ref
+        version = refs.resolve(self.index, refs.parse_ref(ref), default)
+        version.tags = self.index.tags_of(version.id)
+        return version
+
+    def version(self, vid: str) -> Version:
+        found = self.index.version(vid)
+        if found is None:
+            raise RefError(f"no version {vid}")
+        found.tags = self.index.tags_of(vid)
+        return found
+
+    def log(self, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+            include_drafts: bool = False) -> list[Version]:
+        ds = self.pick_dataset(key, cwd)
+        versions = self.index.versions(ds.id, None if include_drafts else "committed")
+        tags: dict[str, list[str]] = {}
+        for _ds, name, vid, _created in self.index.tags(ds.id):
+            tags.setdefault(vid, []).append(name)
+        for v in versions:
+            v.tags = tags.get(v.id, [])
+        return versions
+
+    def versions(self, key: str, state: str | None = None) -> list[Version]:
+        ds = self.dataset(key)
+        return self.index.versions(ds.id, state)
+
+    def manifest(self, version: Version, prefix: str = "") -> Manifest:
+        root = version.tree
+        if prefix:
+            rows = tree.list_dir(version.tree, self.read_tree, prefix.rpartition("/")[0])
+            match = [r for r in rows if r[0] == prefix.rpartition("/")[2]]
+            if not match:
+                return {}
+            name, kind, mode, size, oid = match[0]
+            if kind != tree.DIR:
+                return {prefix: Entry(kind, mode, size, oid)}
+            root = oid
+        return tree.flatten(root, self.read_tree, prefix)
+
+    def read_tree(self, oid: str) -> bytes:
+        data = self._trees.get(oid)
+        if data is None:
+            data = self.objects.read(oid)
+            self._trees[oid] = data
+        return data
+
+    def _store_tree(self, ingest: Ingest) -> Any:
+        def store(oid: str, data: bytes) -> None:
+            self._trees[oid] = data
+            ingest.add(oid, KIND_TREE, data)
+        return store
+
+    def _new_version_id(self) -> str:
+        vid = random_id(VERSION_ID_LEN)
+        while self.index.version(vid) is not None:
+            vid = random_id(VERSION_ID_LEN)
+        return vid
+
+    def _record(self, v: Version) -> bytes:
+        parents = []
+        for pid in v.parents:
+            parent = self.index.version(pid)
+            parents.append({"id": pid, "record": parent.record if parent else None})
+        ds = self.index.dataset_by("id", v.dataset)
+        body = {"type": "version", "v": RECORD_FORMAT, "id": v.id, "dataset": v.dataset,
+                "dataset_name": ds.name if ds else None, "tree": v.tree, "parents": parents,
+                "message": v.message, "author": v.author, "created": _now_iso(v.created),
+                "committed": _now_iso(v.committed or v.created), "lineage": v.lineage,
+                "size": v.size, "files": v.files}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+    def _write_committed(self, ingest: Ingest, v: Version, new: bool,
+                         stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
+                         head: bool = False) -> Version:
+        """Seal `v` (state committed): write its record, then make it visible in one transaction."""
+        v.state = "committed"
+        v.committed = time.time()
+        record = self._record(v)
+        v.record = hash_bytes(record)
+        ingest.add(v.record, KIND_VERSION, record)
+        packs = ingest.finish()
+        with self.index.transaction():
+            for pack in packs:
+                self.index.add_pack(pack.id, pack.size,
+                                    ((e.oid, e.offset, e.length, e.kind) for e in pack.entries))
+            if new:
+                self.index.insert_version(v)
+            else:
+                current = self.index.version(v.id)
+                if current is None or current.state != "draft":
+                    raise VersionImmutable(f"version {v.id} was committed meanwhile")
+                self.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
+                                          committed=v.committed, record=v.record, size=v.size,
+                                          files=v.files, lineage=v.lineage)
+            fields: dict[str, Any] = {"latest": v.id}
+            if head:
+                fields["head"] = v.id
+            self.index.update_dataset(v.dataset, **fields)
+            if stat_rows is not None:
+                ds_id, rows, gone = stat_rows
+                self.index.drop_stat_rows(ds_id, gone)
+                self.index.put_stat_rows(ds_id, rows)
+        self.index.checkpoint()
+        return v
+
+    def _flush(self, ingest: Ingest) -> None:
+        """Make the packs of `ingest` visible (for drafts: objects before the row naming them)."""
+        packs = ingest.finish()
+        if packs:
+            with self.index.transaction():
+                for pack in packs:
+                    self.index.add_pack(pack.id, pack.size,
+                                        ((e.oid, e.offset, e.length, e.kind) for e in pack.entries))
+
+    # ---- commit, status, checkout -----------------------------------------------------
+    def _excluded(self, ds: Dataset) -> list[str]:
+        """Root-relative directories a dataset leaves out: the store and nested datasets."""
+        base = "" if ds.path == "." else (ds.path or "")
+        out = []
+        for path in [DSV_DIR] + [d.path for d in self.index.datasets()
+                                 if d.path and d.id != ds.id and d.path != "."]:
+            if base == "":
+                out.append(path)
+            elif path.startswith(base + "/"):
+                out.append(path[len(base) + 1:])
+        return out
+
+    def _head(self, ds: Dataset) -> Version | None:
+        return self.index.version(ds.head) if ds.head else None
+
+    def status(self, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> StatusReport:
+        """What changed in a dataset's working directory since the version it was last made."""
+        ds = self.pick_dataset(key, cwd)
+        root = self.dataset_root(ds)
+        files, skipped = worktree.scan(root, self._excluded(ds))
+        cache = self.index.stat_cache(ds.id)
+        with self.reporter.task("hashing", len(files)) as advance:
+            snap = worktree.snapshot(root, files, cache, None, advance)
+        head = self._head(ds)
+        base = self.manifest(head) if head else {}
+        report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped)
+        if snap.stat_rows and self._lock.try_acquire("status"):
+            # Remember what we hashed so the next status is instant; skip if someone writes.
+            try:
+                with self.index.transaction():
+                    self.index.put_stat_rows(ds.id, snap.stat_rows)
+            finally:
+                self._lock.release()
+        return report
+
+    def statuses(self) -> list[StatusReport]:
+        return [self.status(ds.id) for ds in self.index.datasets() if ds.path is not None]
+
+    def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+               author: str | None = None, allow_empty: bool = False,
+               lineage: dict[str, Any] | None = None) -> Version:
+        """Snapshot a dataset's working directory as a new committed version."""
+        if not message or not message.strip():
+            raise InvalidInput("a commit needs a message", hint="pass -m MESSAGE")
+        with self.locked("commit"):
+            ds = self.pick_dataset(key, cwd)
+            root = self.dataset_root(ds)
+            files, _skipped = worktree.scan(root, self._excluded(ds))
+            cache = self.index.stat_cache(ds.id)
+            ingest = Ingest(self.objects)
+            try:
+                total = sum(f.size for f in files.values())
+                with self.reporter.task("committing", len(files), total) as advance:
+                    snap = worktree.snapshot(root, files, cache, ingest, advance)
+                root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
+                head = self._head(ds)
+                if head is not None and head.tree == root_tree and not allow_empty:
+                    raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
+                                          hint="use --allow-empty to record it anyway")
+                now = time.time()
+                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
+                            [head.id] if head else [], message, author or default_author(),
+                            now, now, None, lineage, size, len(snap.manifest))
+                gone = set(cache) - set(files)
+                return self._write_committed(ingest, v, new=True, head=True,
+                                             stat_rows=(ds.id, snap.stat_rows, gone))
+            except BaseException:
+                ingest.abort()
+                raise
+
+    def checkout(self, ref: str, to: str | os.PathLike[str] | None = None,
+                 paths: list[str] | None = None, force: bool = False, link: str = "auto",
+                 cwd: str | os.PathLike[str] = ".") -> CheckoutReport:
+        """Make a directory (the dataset's own, or `to`) hold exactly one version's files."""
+        with self.locked("checkout"):
+            version = self.resolve(ref, cwd)
+            ds = self.index.dataset_by("id", version.dataset)
+            assert ds is not None
+            in_worktree = to is None
+            target = self.dataset_root(ds) if in_worktree else Path(to).resolve()
+            if not in_worktree:
+                self._check_target_outside_store(target)
+            wanted = self.manifest(version)
+            selected = self._select_paths(wanted, paths, Path(cwd).resolve(), target)
+            if selected is not None:
+                wanted = {p: e for p, e in wanted.items() if p in selected or
+                          any(p.startswith(s + "/") for s in selected if s)}
+            target.mkdir(parents=True, exist_ok=True)
+            key = str(target)
+            resumed = self.index.checkout_journal(key) == version.id
+            excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
+            files, _ = worktree.scan(target, excluded)
+            if selected is not None:
+                files = {p: f for p, f in files.items() if p in wanted or p in selected or
+                         any(p.startswith(s + "/") for s in selected if s)}
+            cache = self.index.stat_cache(ds.id) if in_worktree else {}
+            current = worktree.snapshot(target, files, cache, None).manifest
+            base = self.manifest(self._head(ds)) if in_worktree and ds.head else {}
+            to_write = [(p, e) for p, e in wanted.items() if current.get(p) != e]
+            to_remove = [p for p in current if p not in wanted]
+            if not force and not resumed:
+                # A file may be replaced or removed only if its content is safe in the store.
+                at_risk = [p for p in to_remove if current[p] != base.get(p)]
+                at_risk += [p for p, _e in to_write if p in current and current[p] != base.get(p)]
+                if at_risk:
+                    shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
+                    raise DirtyWorktree(
+                        f"checkout would discard {len(at_risk)} uncommitted change(s) in "
+                        f"{target}: {shown}", hint="commit them first, or pass --force")
+            with self.index.transaction():
+                self.index.begin_checkout(key, version.id)
+            worktree.remove_paths(target, to_remove)
+            placer = worktree.Materializer(self.objects, target, link)
+            nbytes = sum(e.size for _p, e in to_write)
+            with self.reporter.task("checkout", len(to_write), nbytes) as advance:
+                rows = placer.place(to_write, advance)
+            with self.index.transaction():
+                if in_worktree:
+                    if link in ("hardlink", "symlink"):
+                        self.index.drop_stat_rows(ds.id, (p for p, _r in rows))
+                    else:
+                        self.index.put_stat_rows(ds.id, rows)
+                    self.index.drop_stat_rows(ds.id, to_remove)
+                    if selected is None:
+                        self.index.update_dataset(ds.id, head=version.id)
+                self.index.end_checkout(key)
+            self.index.checkpoint()
+            return CheckoutReport(version, target, len(to_write), len(to_remove),
+                                  len(wanted) - len(to_write), nbytes)
+
+    def _check_target_outside_store(self, target: Path) -> None:
+        if target == self.dsv_dir or self.dsv_dir in target.parents:
+            raise UnsafePath(f"{target} is inside the store itself")
+
+    def _select_paths(self, manifest: Manifest, paths: list[str] | None, cwd: Path,
+                      target: Path) -> set[str] | None:
+        if not paths:
+            return None
+        selected = set()
+        for p in paths:
+            rel = normalize_user_path(p)
+            if rel == "":
+                return None
+            if rel not in manifest and not any(q.startswith(rel + "/") for q in manifest):
+                raise InvalidInput(f"{p} is not in this version",
+                                   hint="`dsv files list REF --recursive` shows its paths")
+            selected.add(rel)
+        return selected
+
+    def diff(self, ref_a: str, ref_b: str | None = None,
+             cwd: str | os.PathLike[str] = ".") -> worktree.Changes:
+        """Changes from version A to version B, or to A's dataset's working directory."""
+        a = self.resolve(ref_a, cwd)
+        base = self.manifest(a)
+        if ref_b is not None:
+            return worktree.compare(base, self.manifest(self.resolve(ref_b, cwd)))
+        ds = self.index.dataset_by("id", a.dataset)
+        assert ds is not None
+        root = self.dataset_root(ds)
+        files, _ = worktree.scan(root, self._excluded(ds))
+        snap = worktree.snapshot(root, files, self.index.stat_cache(ds.id), None)
+        return worktree.compare(base, snap.manifest)
+
+    # ---- tags -------------------------------------------------------------------------
+    def tag(self, ref: str, name: str, force: bool = False,
+            cwd: str | os.PathLike[str] = ".") -> Version:
+        if not refs.is_valid_name(name) or name == refs.LATEST:
+            raise InvalidInput(f"invalid tag name {name!r}",
+                               hint="use letters, digits, '.', '_' and '-'; not 'latest'")
+        with self.locked("tag"):
+            version = self.resolve(ref, cwd)
+            if version.is_draft:
+                raise InvalidInput(f"{version.id} is a draft; only committed versions can be tagged",
+                                   hint=f"commit it first: `dsv versions commit {version.id}`")
+            current = self.index.tag(version.dataset, name)
+            if current is not None and current != version.id and not force:
+                raise TagExists(f"tag {name!r} already points at {current}",
+                                hint="pass --force to move it")
+            with self.index.transaction():
+                self.index.set_tag(version.dataset, name, version.id)
+            version.tags = self.index.tags_of(version.id)
+            return version
+
+    def delete_tag(self, spec: str, cwd: str | os.PathLike[str] = ".") -> str:
+        """Remove `DATASET:NAME`; returns the version it pointed at."""
+        ds_key, sep, name = spec.rpartition(":")
+        with self.locked("tag -d"):
+            ds = self.dataset(ds_key) if sep and ds_key else self.pick_dataset(None, cwd)
+            if not sep:
+                name = spec
+            vid = self.index.tag(ds.id, name)
+            if vid is None:
+                raise RefError(f"dataset {ds.name!r} has no tag {name!r}")
+            with self.index.transaction():
+                self.index.delete_tag(ds.id, name)
+            return vid
+
+    def tags(self, key: str | None = None) -> list[dict[str, Any]]:
+        ds_id = self.dataset(key).id if key else None
+        names = {d.id: d.name for d in self.index.datasets()}
+        return [{"dataset": names.get(d, d), "tag": n, "version": v, "created": c}
+                for d, n, v, c in self.index.tags(ds_id)]
+
+    # ---- drafts -----------------------------------------------------------------------
+    def create_version(self, key: str, message: str | None = None,
+                       from_ref: str | None = None) -> Version:
+        """A new draft of a dataset, starting from `from_ref` (default: its latest version)."""
+        with self.locked("versions create"):
+            ds = self.dataset(key)
+            base: Version | None = None
+            if from_ref:
+                base = self.resolve(from_ref if ":" in from_ref else f"{ds.id}:{from_ref}")
+                if base.dataset != ds.id:
+                    raise InvalidInput(f"{from_ref} is a version of another dataset")
+            elif ds.latest:
+                base = self.index.version(ds.latest)
+            if base is not None:
+                root_tree, size, files = base.tree, base.size, base.files
+            else:
+                ingest = Ingest(self.objects)
+                root_tree, size = tree.build_tree({}, self._store_tree(ingest))
+                files = 0
+                self._flush(ingest)
+            v = Version(self._new_version_id(), ds.id, "draft", root_tree,
+                        [base.id] if base else [], message, default_author(), time.time(),
+                        None, None, None, size, files)
+            with self.index.transaction():
+                self.index.insert_version(v)
+            return v
+
+    def _draft(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
+        v = self.resolve(ref, cwd)
+        if not v.is_draft:
+            raise VersionImmutable(f"version {v.id} is committed and cannot change",
+                                   hint=f"create a draft from it: `dsv versions create "
+                                        f"DATASET --from {v.id}`")
+        return v
+
+    def _set_draft_manifest(self, v: Version, manifest: Manifest, ingest: Ingest) -> Version:
+        root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
+        self._flush(ingest)
+        with self.index.transaction():
+            current = self.index.version(v.id)
+            if current is None or not current.is_draft:
+                raise VersionImmutable(f"version {v.id} was committed meanwhile")
+            self.index.update_version(v.id, tree=root_tree, size=size, files=len(manifest))
+        self.index.checkpoint()
+        return self.version(v.id)
+
+    def put_files(self, ref: str, sources: list[str | os.PathLike[str]],
+                  target_path: str | None = None, cwd: str | os.PathLike[str] = ".") -> Version:
+        """Add files to a draft: a file lands at TARGET/name, a directory's contents under TARGET."""
+        target = normalize_user_path(target_path or "")
+        with self.locked("files put"):
+            v = self._draft(ref, cwd)
+            manifest = self.manifest(v)
+            ingest = Ingest(self.objects)
+            try:
+                for src in sources:
+                    src_path = Path(cwd, src).resolve() if not os.path.isabs(src) else Path(src)
+                    if src_path.is_dir():
+                        files, _ = worktree.scan(src_path, [DSV_DIR])
+                        prefix = target
+                        base_dir = src_path
+                    elif src_path.exists() or src_path.is_symlink():
+                        files = {src_path.name: worktree.scan_one(src_path)}
+                        prefix = target
+                        base_dir = src_path.parent
+                    else:
+                        raise InvalidInput(f"{src} does not exist")
+                    snap = worktree.snapshot(base_dir, files, {}, ingest)
+                    for rel, entry in snap.manifest.items():
+                        path = f"{prefix}/{rel}" if prefix else rel
+                        _put_entry(manifest, check_relpath(path), entry)
+                return self._set_draft_manifest(v, manifest, ingest)
+            except BaseException:
+                ingest.abort()
+                raise
+
+    def delete_files(self, ref: str, paths: list[str], cwd: str | os.PathLike[str] = ".") -> Version:
+        """Remove files or whole directories from a draft."""
+        with self.locked("files delete"):
+            v = self._draft(ref, cwd)
+            manifest = self.manifest(v)
+            for p in paths:
+                rel = normalize_user_path(p)
+                doomed = [q for q in manifest if rel == "" or q == rel or q.startswith(rel + "/")]
+                if not doomed:
+                    raise InvalidInput(f"{p} is not in draft {v.id}")
+                for q in doomed:
+                    del manifest[q]
+            ingest = Ingest(self.objects)
+            return self._set_draft_manifest(v, manifest, ingest)
+
+    def commit_version(self, ref: str, message: str | None = None,
+                       cwd: str | os.PathLike[str] = ".") -> Version:
+        """Freeze a draft: from now on it can never change."""
+        with self.locked("versions commit"):
+            v = self._draft(ref, cwd)
+            if message:
+                v.message = message
+            return self._write_committed(Ingest(self.objects), v, new=False)
+
+    def create_version_from_path(self, key: str, source: str | os.PathLike[str],
+                                 message: str | None = None) -> Version:
+        """Create and commit a version holding exactly the files of `source`."""
+        with self.locked("versions create"):
+            ds = self.dataset(key)
+            src = Path(source).resolve()
+            if not src.is_dir():
+                raise InvalidInput(f"{source} is not a directory")
+            files, _ = worktree.scan(src, [DSV_DIR])
+            ingest = Ingest(self.objects)
+            try:
+                with self.reporter.task("hashing", len(files)) as advance:
+                    snap = worktree.snapshot(src, files, {}, ingest, advance)
+                root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
+                now = time.time()
+                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
+                            [ds.latest] if ds.latest else [], message, default_author(), now,
+                            now, None, None, size, len(snap.manifest))
+                return self._write_committed(ingest, v, new=True)
+            except BaseException:
+                ingest.abort()
+                raise
+
+    def update_version(self, ref: str, message: str, cwd: str | os.PathLike[str] = ".") -> Version:
+        """Change a draft's message (a committed version's message is part of it: immutable)."""
+        with self.locked("versions update"):
+            v = self._draft(ref, cwd)
+            with self.index.transaction():
+                self.index.update_version(v.id, message=message)
+            return self.version(v.id)
+
+    def delete_version(self, ref: str, force: bool = False,
+                       cwd: str | os.PathLike[str] = ".") -> Version:
+        """Delete a draft, or with `force` a committed version nothing depends on."""
+        with self.locked("versions delete"):
+            v = self.resolve(ref, cwd)
+            ds = self.index.dataset_by("id", v.dataset)
+            assert ds is not None
+            if not v.is_draft:
+                if not force:
+                    raise VersionImmutable(f"version {v.id} is committed",
+                                           hint="pass --force to delete a committed version "
+                                                "that nothing depends on")
+                users = []
+                if self.index.children(v.id):
+                    users.append("later versions")
+                if v.tags:
+                    users.append("tags " + ", ".join(v.tags))
+                if ds.head == v.id:
+                    users.append("the working directory")
+                if users:
+                    raise VersionInUse(f"version {v.id} is used by {' and '.join(users)}")
+            with self.index.transaction():
+                self.index.delete_version(v.id)
+                if ds.latest == v.id:
+                    remaining = self.index.versions(ds.id, "committed")
+                    self.index.update_dataset(ds.id, latest=remaining[0].id if remaining else None)
+            return v
+
+    # ---- reading files of versions ---------------------------------------------------
+    def files(self, ref: str, path: str = "", recursive: bool = False,
+              cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+        v = self.resolve(ref, cwd)
+        rel = normalize_user_path(path)
+        if recursive:
+            manifest = self.manifest(v, rel)
+            if not manifest:
+                raise InvalidInput(f"{path} is not in version {v.id}")
+            return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+                    for p, e in sorted(manifest.items())]
+        try:
+            rows = tree.list_dir(v.tree, self.read_tree, rel)
+        except KeyError:
+            manifest = self.manifest(v, rel)
+            if not manifest:
+                raise InvalidInput(f"{path} is not in version {v.id}") from None
+            return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+                    for p, e in manifest.items()]
+        return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode)
+                for name, kind, mode, size, oid in rows]
+
+    def get_files(self, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,
+                  cwd: str | os.PathLike[str] = ".") -> int:
+        """Copy files of a version into `target` (overwriting same-named files only)."""
+        v = self.resolve(ref, cwd)
+        manifest = self.manifest(v)
+        selected = self._select_paths(manifest, paths, Path(cwd).resolve(), Path(target))
+        items = [(p, e) for p, e in manifest.items() if selected is None or p in selected
+                 or any(p.startswith(s + "/") for s in selected)]
+        dest = Path(target).resolve()
+        self._check_target_outside_store(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with self.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
+            worktree.Materializer(self.objects, dest).place(items, advance)
+        return len(items)
+
+    def open_file(self, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:
+        """A file of a version, opened for reading; its bytes are verified before it is returned."""
+        v = self.resolve(ref, cwd)
+        rel = normalize_user_path(path)
+        entry = self.manifest(v, rel).get(rel)
+        if entry is None or entry.kind != tree.FILE:
+            raise InvalidInput(f"{path} is not a file of version {v.id}")
+        if self.index.locate(entry.oid) is None and self.objects.has_loose(entry.oid):
+            if not self.objects.verify_loose(entry.oid):
+                raise MissingObject(f"object {entry.oid[:12]} is corrupt",
+                                    hint="run `dsv verify`")
+            return open(self.objects.loose_path(entry.oid), "rb")
+        return io.BytesIO(self.objects.read(entry.oid))
+
+    # ---- maintenance ----------------------------------------------------------------
+    def _reachable(self) -> set[str]:
+        """Every object some version (draft or committed) needs, records included."""
+        live: set[str] = set()
+        for v in self.index.all_versions():
+            if v.record:
+                live.add(v.record)
+            if v.tree in live:
+                continue
+            for _kind, oid in tree.subtree_ids(v.tree, self.read_tree):
+                live.add(oid)
+        return live
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        """Delete objects no version needs; repack packs that are mostly garbage."""
+        report = GcReport(dry_run=dry_run)
+        with self.locked("gc"):
+            live = self._reachable()
+            packs = self.index.packs()
+            # Packs on disk the index never learned of are leftovers of killed writers.
+            for pack_id in list(self.objects.iter_pack_ids()):
+                if pack_id not in packs:
+                    report.removed_packs += 1
+                    report.freed_bytes += self.objects.pack_path(pack_id).stat().st_size
+                    if not dry_run:
+                        self.objects.delete_pack(pack_id)
+            for pack_id, (size, _count) in packs.items():
+                entries = self.index.pack_objects(pack_id)
+                keep = [e for e in entries if e[0] in live]
+                if len(keep) == len(entries):
+                    continue
+                dead_bytes = sum(e[2] for e in entries if e[0] not in live)
+                report.removed_objects += len(entries) - len(keep)
+                report.freed_bytes += dead_bytes
+                if dry_run:
+                    report.removed_packs += 1
+                    continue
+                if keep:
+                    ingest = Ingest(self.objects)
+                    for oid, _off, _len, kind in keep:
+                        ingest.add(oid, kind, self.objects.read(oid), known_absent=True)
+                    new_packs = ingest.finish()
+                    report.repacked_packs += 1
+                else:
+                    new_packs = []
+                with self.index.transaction():
+                    self.index.delete_pack(pack_id)
+                    for pack in new_packs:
+                        self.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length,
+                                                                  e.kind) for e in pack.entries))
+                self.objects.delete_pack(pack_id)
+                report.removed_packs += 1
+            for oid in list(self.objects.iter_loose()):
+                if oid not in live:
+                    path = self.objects.loose_path(oid)
+                    report.removed_objects += 1
+                    report.freed_bytes += path.stat().st_size
+                    if not dry_run:
+                        self.objects.delete_loose(oid)
+            if not dry_run:
+                with self.index.transaction():
+                    self.index.conn.execute(
+                        "DELETE FROM statcache WHERE oid NOT IN (SELECT oid FROM objects)")
+                self.index.checkpoint()
+        return report
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Re-hash every object and check that every version is complete."""
+        report = VerifyReport()
+        with self.locked("verify") if repair else nullcontext():
+            packs = self.index.packs()
+            on_disk = set(self.objects.iter_pack_ids())
+            with self.reporter.task("verifying packs", len(on_disk)) as advance:
+                for pack_id in sorted(on_disk):
+                    ok, bad = self.objects.verify_pack(pack_id)
+                    size = self.objects.pack_path(pack_id).stat().st_size
+                    report.objects_checked += 1
+                    report.bytes_checked += size
+                    if not ok:
+                        report.problems.append(f"pack {pack_id[:12]}: contents do not match its name")
+                    for oid in bad:
+                        report.problems.append(f"object {oid[:12]} in pack {pack_id[:12]} is corrupt")
+                    if pack_id not in packs:
+                        if repair and ok:
+                            entries = self.objects.read_pack_entries(pack_id)
+                            with self.index.transaction():
+                                self.index.add_pack(pack_id, size, ((e.oid, e.offset, e.length,
+                                                                     e.kind) for e in entries))
+                            report.repaired.append(f"indexed pack {pack_id[:12]}")
+                    advance(1, size)
+            for pack_id in packs:
+                if pack_id not in on_disk:
+                    report.problems.append(f"pack {pack_id[:12]} is in the index but missing")
+            loose = list(self.objects.iter_loose())
+            with self.reporter.task("verifying objects", len(loose)) as advance:
+                for oid in loose:
+                    size = self.objects.loose_path(oid).stat().st_size
+                    report.objects_checked += 1
+                    report.bytes_checked += size
+                    if not self.objects.verify_loose(oid):
+                        report.problems.append(f"object {oid[:12]} is corrupt")
+                    advance(1, size)
+            self._verify_versions(report)
+        return report
+
+    def _verify_versions(self, report: VerifyReport) -> None:
+        loose = set(self.objects.iter_loose())
+        packed = {oid for oid, _pack, _kind in self.index.packed_oids()}
+        checked_trees: set[str] = set()
+        for v in self.index.all_versions():
+            report.versions_checked += 1
+            label = f"version {v.id}"
+            try:
+                for _kind, oid in tree.subtree_ids(v.tree, self.read_tree):
+                    if oid in checked_trees:
+                        continue
+                    if oid not in packed and oid not in loose:
+                        report.problems.append(f"{label}: object {oid[:12]} is missing")
+                checked_trees.add(v.tree)
+            except DsvError as exc:
+                report.problems.append(f"{label}: {exc.message}")
+            if v.state == "committed":
+                if not v.record or (v.record not in packed and v.record not in loose):
+                    report.problems.append(f"{label}: its version record is missing")
+                else:
+                    try:
+                        record = json.loads(self.objects.read(v.record))
+                        if record.get("id") != v.id or record.get("tree") != v.tree:
+                            report.problems.append(f"{label}: record disagrees with the index")
+                    except (DsvError, ValueError) as exc:
+                        report.problems.append(f"{label}: bad record ({exc})")
+        for ds in self.index.datasets():
+            for field_name in ("latest", "head"):
+                vid = getattr(ds, field_name)
+                if vid and self.index.version(vid) is None:
+                    report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+
+
+def _put_entry(manifest: Manifest, path: str, entry: Entry) -> None:
+    """Add `path`, replacing a file in the way of a directory and vice versa."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        manifest.pop("/".join(parts[:i]), None)
+    prefix = path + "/"
+    for existing in [p for p in manifest if p.startswith(prefix)]:
+        del manifest[existing]
+    manifest[path] = entry
+

@@ -1,0 +1,367 @@
+"""Working directories: scanning, the stat cache, snapshots, status and placing files.
+
+Owns everything that reads or writes a dataset's files on disk: the scan (one lstat per
+file, no reads), deciding from the stat cache which files must be hashed, hashing them
+into the object store, comparing manifests, and materialising a manifest into a
+directory (reflink/copy by default, hardlink/symlink read-only when asked). Must never
+touch the index: callers pass the stat cache in and write the rows it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import fileio
+from .errors import CorruptObject, InvalidInput, UnsafePath
+from .hashing import hash_bytes, hash_file
+from .index import StatRow
+from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest, ObjectStore
+from .paths import check_relpath, check_symlink_target
+from .tree import FILE, LINK, Entry, Manifest
+
+# A file whose mtime is this close to the moment we hashed it may be rewritten within the
+# same timestamp tick; its cache row is not trusted (git's "racily clean" problem).
+RACY_NS = 50_000_000
+LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
+
+Progress = Callable[[int, int], None]
+"""Called with (files done, bytes done) increments."""
+
+
+@dataclass(slots=True)
+class FileStat:
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+@dataclass
+class Changes:
+    """What differs between a base manifest and a newer one."""
+
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    added_bytes: int = 0
+    modified_bytes: int = 0
+    deleted_bytes: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.added or self.modified or self.deleted)
+
+    def to_json(self) -> dict:
+        return {"added": self.added, "modified": self.modified, "deleted": self.deleted,
+                "added_bytes": self.added_bytes, "modified_bytes": self.modified_bytes,
+                "deleted_bytes": self.deleted_bytes}
+
+
+def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat], list[str]]:
+    """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
+
+    `excluded` are root-relative directories left out (the store itself, nested datasets).
+    """
+    skip = set(excluded)
+    found: dict[str, FileStat] = {}
+    skipped: list[str] = []
+    stack = [("", str(root))]
+    while stack:
+        rel_dir, abs_dir = stack.pop()
+        try:
+            entries = os.scandir(abs_dir)
+        except FileNotFoundError:
+            continue
+        with entries:
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.name.startswith(fileio.TMP_PREFIX):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if rel not in skip:
+                        stack.append((rel, entry.path))
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    kind = FILE
+                elif stat.S_ISLNK(st.st_mode):
+                    kind = LINK
+                else:
+                    skipped.append(rel)
+                    continue
+                found[rel] = FileStat(kind, stat.S_IMODE(st.st_mode), st.st_size,
+                                      st.st_mtime_ns, st.st_ino)
+    return found, skipped
+
+
+def cached_entry(fs: FileStat, row: StatRow | None) -> Entry | None:
+    """The manifest entry of a scanned file if the stat cache vouches for it, else None."""
+    if row is None or row.size != fs.size or row.mtime_ns != fs.mtime_ns or row.ino != fs.ino:
+        return None
+    return Entry(fs.kind, _stored_mode(fs), fs.size, row.oid)
+
+
+def _stored_mode(fs: FileStat) -> int:
+    return 0o777 if fs.kind == LINK else fs.mode
+
+
+@dataclass
+class Snapshot:
+    """The manifest of a directory as it is now, plus the cache rows worth saving."""
+
+    manifest: Manifest
+    stat_rows: list[tuple[str, StatRow]]
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+
+
+def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
+             ingest: Ingest | None, progress: Progress | None = None) -> Snapshot:
+    """Manifest of `files`, hashing only those the stat cache cannot vouch for.
+
+    With an `ingest`, new contents are stored (commit); without one they are only hashed
+    (status). Symlinks are stored as blobs holding their target.
+    """
+    started = time.time_ns()
+    manifest: Manifest = {}
+    rows: list[tuple[str, StatRow]] = []
+    result = Snapshot(manifest, rows)
+    objects = ingest.store if ingest is not None else None
+    for rel, fs in files.items():
+        check_relpath(rel)
+        entry = cached_entry(fs, cache.get(rel))
+        if entry is not None and (ingest is None or ingest.has(entry.oid)):
+            manifest[rel] = entry
+            continue
+        path = os.path.join(root, rel)
+        if fs.kind == LINK:
+            target = os.readlink(path)
+            check_symlink_target(rel, target)
+            data = target.encode("utf-8", "surrogateescape")
+            oid = hash_bytes(data)
+            if ingest is not None:
+                ingest.add(oid, KIND_BLOB, data)
+            size = len(data)
+        elif fs.size < PACK_THRESHOLD:
+            with open(path, "rb") as f:
+                data = f.read()
+            oid = hash_bytes(data)
+            size = len(data)
+            if ingest is not None:
+                ingest.add(oid, KIND_BLOB, data)
+        else:
+            oid = hash_file(path, fs.size)
+            size = fs.size
+            if objects is not None and not objects.has(oid):
+                oid = objects.add_loose_from_file(path, fs.size)
+                size = os.stat(objects.loose_path(oid)).st_size
+        result.hashed_files += 1
+        result.hashed_bytes += size
+        manifest[rel] = Entry(fs.kind, _stored_mode(fs), size, oid)
+        if progress:
+            progress(1, size)
+        if size == fs.size and fs.mtime_ns < started - RACY_NS:
+            rows.append((rel, StatRow(fs.size, fs.mtime_ns, fs.ino, fs.mode, oid)))
+    return result
+
+
+def compare(base: Manifest, current: Manifest) -> Changes:
+    """Added, modified and deleted paths going from `base` to `current`, sorted."""
+    changes = Changes()
+    for path, entry in current.items():
+        old = base.get(path)
+        if old is None:
+            changes.added.append(path)
+            changes.added_bytes += entry.size
+        elif old.oid != entry.oid or old.kind != entry.kind or old.mode != entry.mode:
+            changes.modified.append(path)
+            changes.modified_bytes += entry.size
+    for path, entry in base.items():
+        if path not in current:
+            changes.deleted.append(path)
+            changes.deleted_bytes += entry.size
+    changes.added.sort()
+    changes.modified.sort()
+    changes.deleted.sort()
+    return changes
+
+
+# ---- placing files ----------------------------------------------------------------
+
+class Materializer:
+    """Writes manifest entries into a directory, verifying every object as it goes.
+
+    An existing file is always unlinked before its replacement is created, so a hardlink
+    into the store can never be written through.
+    """
+
+    def __init__(self, objects: ObjectStore, root: Path, link: str = "auto") -> None:
+        if link not in ("auto", *LINK_MODES):
+            raise InvalidInput(f"unknown link mode {link!r}",
+                               hint=f"choose one of: auto, {', '.join(LINK_MODES)}")
+        self.objects = objects
+        self.root = root
+        self.link = link
+        self._safe_dirs: set[str] = {""}
+
+    def ensure_parent(self, rel: str) -> None:
+        """Create the directories above `rel`, refusing to pass through a symlink."""
+        parent = rel.rpartition("/")[0]
+        if parent in self._safe_dirs:
+            return
+        parts = parent.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub in self._safe_dirs:
+                continue
+            path = os.path.join(self.root, sub)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path)
+            else:
+                if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                    # Something in the way (a file or a link where a directory belongs):
+                    # it is not part of the target version, so it goes.
+                    os.unlink(path)
+                    os.mkdir(path)
+            self._safe_dirs.add(sub)
+
+    def place(self, items: list[tuple[str, Entry]], progress: Progress | None = None
+              ) -> list[tuple[str, StatRow]]:
+        """Write every (path, entry); returns stat-cache rows for what was written."""
+        packed = self.objects._locator
+        locations = packed.locate_many(e.oid for _, e in items) if hasattr(
+            packed, "locate_many") else {}
+        # Read packs in order: sequential I/O, and each pack opened once.
+        items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
+        rows: list[tuple[str, StatRow]] = []
+        for rel, entry in items:
+            check_relpath(rel)
+            self.ensure_parent(rel)
+            dest = os.path.join(self.root, rel)
+            _remove_existing(dest)
+            if entry.kind == LINK:
+                target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
+                os.symlink(check_symlink_target(rel, target), dest)
+            elif entry.oid in locations:
+                self._write_small(dest, entry, locations[entry.oid])
+            else:
+                self._write_large(dest, entry)
+            st = os.lstat(dest)
+            rows.append((rel, StatRow(st.st_size, st.st_mtime_ns, st.st_ino,
+                                      stat.S_IMODE(st.st_mode), entry.oid)))
+            if progress:
+                progress(1, entry.size)
+        return rows
+
+    def _write_small(self, dest: str, entry: Entry, where: tuple[str, int, int]) -> None:
+        pack_id, offset, length = where
+        data = os.pread(self.objects._pack_fd(pack_id), length, offset)
+        if hash_bytes(data) != entry.oid:
+            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
+                                hint="run `dsv verify` to list every damaged object")
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, entry.mode)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, entry.mode)
+        finally:
+            os.close(fd)
+
+    def _write_large(self, dest: str, entry: Entry) -> None:
+        src = self.objects.loose_path(entry.oid)
+        if not src.exists():
+            # Small blobs that were stored loose (e.g. by an older writer) land here too.
+            data = self.objects.read(entry.oid)
+            fileio.atomic_write_bytes(dest, data, mode=entry.mode)
+            os.chmod(dest, entry.mode)
+            return
+        if self.link in ("hardlink", "symlink"):
+            if not self.objects.verify_loose(entry.oid):
+                raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not linked")
+            if self.link == "hardlink":
+                os.link(src, dest)
+            else:
+                os.symlink(os.path.abspath(src), dest)
+            return
+        src_fd = os.open(src, os.O_RDONLY)
+        try:
+            dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, entry.mode)
+            try:
+                if self.link == "copy" or not fileio.try_reflink(src_fd, dst_fd):
+                    if self.link == "reflink":
+                        raise InvalidInput("this filesystem cannot reflink",
+                                           hint="use --link copy (or auto)")
+                    fileio.copy_into(src_fd, dst_fd, entry.size)
+                os.fchmod(dst_fd, entry.mode)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+        # Verify what landed, not what we meant to write: a bit flip in the store must
+        # never reach a working directory unnoticed.
+        if hash_file(dest, entry.size) != entry.oid:
+            os.unlink(dest)
+            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
+                                hint="run `dsv verify` to list every damaged object")
+
+
+def _remove_existing(dest: str) -> None:
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+        shutil.rmtree(dest)
+    else:
+        os.unlink(dest)
+
+
+def remove_paths(root: Path, paths: Iterable[str]) -> None:
+    """Delete files (never following links) and then any directories left empty."""
+    parents: set[str] = set()
+    for rel in paths:
+        check_relpath(rel)
+        try:
+            os.unlink(os.path.join(root, rel))
+        except FileNotFoundError:
+            pass
+        parent = rel.rpartition("/")[0]
+        while parent:
+            parents.add(parent)
+            parent = parent.rpartition("/")[0]
+    for parent in sorted(parents, key=lambda p: p.count("/"), reverse=True):
+        try:
+            os.rmdir(os.path.join(root, parent))
+        except OSError:
+            pass  # not empty (holds files of the target or excluded content)
+
+
+def resolve_user_path(root: Path, cwd: Path, path: str) -> str:
+    """A path typed by the user (relative to cwd) as a root-relative POSIX path."""
+    absolute = (cwd / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
+    try:
+        rel = absolute.relative_to(root.resolve())
+    except ValueError:
+        raise UnsafePath(f"{path} is outside the dataset directory {root}") from None
+    text = rel.as_posix()
+    return "" if text == "." else text
+
+
+def scan_one(path: Path) -> FileStat:
+    """The FileStat of a single file or symlink."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        kind = LINK
+    elif stat.S_ISREG(st.st_mode):
+        kind = FILE
+    else:
+        raise InvalidInput(f"{path} is not a regular file or symlink")
+    return FileStat(kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
