@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
+from .faults import crashpoint
 from .errors import (DatasetExists, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
                      MissingObject, NothingToCommit, RefError, StoreExists, StoreNotFound,
                      TagExists, UnsafePath, VersionImmutable, VersionInUse)
@@ -428,6 +429,7 @@ class Store:
         v.record = hash_bytes(record)
         ingest.add(v.record, KIND_VERSION, record)
         packs = ingest.finish()
+        crashpoint("commit:objects-written")
         with self.index.transaction():
             for pack in packs:
                 self.index.add_pack(pack.id, pack.size,
@@ -573,6 +575,7 @@ class Store:
                         f"{target}: {shown}", hint="commit them first, or pass --force")
             with self.index.transaction():
                 self.index.begin_checkout(key, version.id)
+            crashpoint("checkout:journal-written")
             worktree.remove_paths(target, to_remove)
             placer = worktree.Materializer(self.objects, target, link)
             nbytes = sum(e.size for _p, e in to_write)
@@ -920,11 +923,13 @@ class Store:
                     report.repacked_packs += 1
                 else:
                     new_packs = []
+                crashpoint("gc:repacked")
                 with self.index.transaction():
                     self.index.delete_pack(pack_id)
                     for pack in new_packs:
                         self.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length,
                                                                   e.kind) for e in pack.entries))
+                crashpoint("gc:index-updated")
                 self.objects.delete_pack(pack_id)
                 report.removed_packs += 1
             for oid in list(self.objects.iter_loose()):

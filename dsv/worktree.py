@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fileio
+from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
 from .index import StatRow
@@ -163,6 +164,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 size = os.stat(objects.loose_path(oid)).st_size
         result.hashed_files += 1
         result.hashed_bytes += size
+        crashpoint("snapshot:file-hashed")
         manifest[rel] = Entry(fs.kind, _stored_mode(fs), size, oid)
         if progress:
             progress(1, size)
@@ -254,6 +256,7 @@ class Materializer:
                 self._write_small(dest, entry, locations[entry.oid])
             else:
                 self._write_large(dest, entry)
+            crashpoint("checkout:file-written")
             st = os.lstat(dest)
             rows.append((rel, StatRow(st.st_size, st.st_mtime_ns, st.st_ino,
                                       stat.S_IMODE(st.st_mode), entry.oid)))

@@ -1,0 +1,948 @@
+"""Side-by-side benchmark of dsv against DVC and raw baselines (SPEC §5).
+
+Runs DVC and dsv alternately, in one run, on identical fresh copies of the same
+deterministic workload (``bench/workloads.py``), repeats every step N times and prints
+medians, ratios against the targets, and the peak RSS of every step. Baselines are
+measured in the same run: ``cp -r`` of the tree (for checkout) and raw multi-threaded
+BLAKE3 over the large files (for hashing throughput).
+
+Usage::
+
+    python bench/run.py                         # small workload, 3 repeats
+    python bench/run.py --workload all --repeat 5 --json results.json
+    python bench/run.py --tools dsv --steps status --dsv "python -m dsv"
+
+Each timed command is spawned with ``subprocess`` and reaped with ``os.wait4`` so its
+wall time, CPU time and ``ru_maxrss`` (which on Linux covers the process and any
+children it waited for) are exact per command. Before every timed command the
+harness runs ``sync`` (so write-back of untimed preparation does not leak into the
+measurement) and, with ``--cache cold``, drops the page cache.
+
+Steps are declared in ``STEPS`` and implemented per participant (``Participant``
+subclasses); adding ``push`` or ``clone+pull`` means adding a ``StepDef``, the
+commands of each participant, and the checks in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import workloads  # noqa: E402  (needs the sys.path entry above)
+
+MB = 1_000_000
+DVC_VENV = BENCH_DIR / ".venv-dvc"
+PRISTINE_FORMAT = 1  # bump when workloads.py changes what it generates
+DATASET = "data"  # the directory name dsv init binds, hence the dataset name
+RSS_LIMIT_MB = 200
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Measurement:
+    """One timed command."""
+
+    seconds: float  # the value used for statistics (wall time unless ``inner`` given)
+    wall: float
+    user: float
+    sys: float
+    maxrss_bytes: int
+    rc: int
+    inner: float | None = None  # time reported by the process itself, if any
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line with its working directory."""
+
+    argv: list[str]
+    cwd: Path
+
+    def show(self) -> str:
+        return f"(cd {shlex.quote(str(self.cwd))} && {shlex.join(self.argv)})"
+
+
+class CommandFailed(RuntimeError):
+    """A benchmarked or preparation command exited non-zero."""
+
+
+# The measuring wrapper: a fresh, minimal interpreter (``-I -S``) that spawns the command,
+# reaps it with ``os.wait4`` and writes wall time, CPU time and ``ru_maxrss`` to a file.
+# It exists because on Linux a child's ``ru_maxrss`` includes the RSS of the process it
+# was forked from (the pre-exec image): spawned straight from this harness every command
+# would report at least the harness's own peak. Through the wrapper that floor is the
+# wrapper's ~8 MB (reported in the output as ``rss floor``).
+WRAPPER = """
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t = time.perf_counter()
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ)
+except OSError as e:
+    print(f"bench wrapper: cannot run {argv[0]}: {e}", file=sys.stderr)
+    sys.exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t
+with open(out, "w") as f:
+    json.dump({"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime,
+               "maxrss_kib": ru.ru_maxrss, "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def run_measured(cmd: Command, env: dict[str, str], log: Path, timeout: float) -> Measurement:
+    """Run ``cmd`` through the wrapper, appending its output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = log.with_suffix(".m.json")
+    result.unlink(missing_ok=True)
+    with open(log, "ab") as out:
+        out.write(f"\n$ {cmd.show()}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", WRAPPER, str(result), *cmd.argv],
+            cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,  # one process group, killed whole on timeout
+        )
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            out.write(f"[killed after {timeout:.0f} s]\n".encode())
+            raise CommandFailed(f"{cmd.show()} timed out after {timeout:.0f} s")
+        if rc != 0 and not result.exists():
+            raise CommandFailed(f"{cmd.show()}: could not run (exit {rc}); see {log}\n{tail(log)}")
+        r = json.loads(result.read_text())
+        result.unlink()
+        out.write(f"[exit {r['rc']}, {r['wall']:.3f} s, maxrss {r['maxrss_kib']} KiB]\n".encode())
+    return Measurement(
+        seconds=r["wall"],
+        wall=r["wall"],
+        user=r["user"],
+        sys=r["sys"],
+        maxrss_bytes=r["maxrss_kib"] * 1024,  # Linux reports KiB
+        rc=r["rc"],
+    )
+
+
+def rss_floor(env: dict[str, str], workdir: Path) -> int:
+    """Peak RSS the wrapper reports for ``true``: the floor under every RSS figure."""
+    m = run_measured(Command(["true"], workdir), env, workdir / "logs" / "floor.log", 60)
+    return m.maxrss_bytes
+
+
+def run_checked(cmd: Command, env: dict[str, str], log: Path, timeout: float) -> Measurement:
+    """Like ``run_measured`` but raise ``CommandFailed`` on a non-zero exit."""
+    m = run_measured(cmd, env, log, timeout)
+    if m.rc != 0:
+        raise CommandFailed(f"{cmd.show()} exited {m.rc}; see {log}\n{tail(log)}")
+    return m
+
+
+def tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Untimed copy preserving mtimes (``cp -a``), so every lane starts identical."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+
+
+def remove_tree(path: Path) -> None:
+    if path.exists():
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+class CacheControl:
+    """Puts the page cache into the same state before every timed command."""
+
+    def __init__(self, requested: str) -> None:
+        self.requested = requested
+        self.mode = "warm"
+        self.note = "warm cache (page cache not dropped; sync before each timed step)"
+        if requested == "cold":
+            if self._drop():
+                self.mode = "cold"
+                self.note = "cold cache (sync + drop_caches before each timed step)"
+            else:
+                self.note = "warm cache (could not write /proc/sys/vm/drop_caches)"
+
+    @staticmethod
+    def _drop() -> bool:
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            return True
+        except OSError:
+            return False
+
+    def settle(self) -> None:
+        os.sync()
+        if self.mode == "cold":
+            self._drop()
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class StepDef:
+    key: str
+    title: str
+    requires: tuple[str, ...] = ()
+
+
+STEPS: tuple[StepDef, ...] = (
+    StepDef("commit_cold", "commit (cold)"),
+    StepDef("status", "status (unchanged)", ("commit_cold",)),
+    StepDef("commit_mutated", "commit after mutation", ("commit_cold",)),
+    StepDef("checkout", "checkout to empty dir", ("commit_cold", "commit_mutated")),
+    # Later: StepDef("push", "push", ("commit_cold", "commit_mutated")),
+    #        StepDef("clone_pull", "fresh clone + pull", ("push",)),
+)
+STEP_BY_KEY = {s.key: s for s in STEPS}
+
+
+@dataclass
+class Workload:
+    name: str
+    pristine: Path  # generated tree, never modified
+    expected: Path  # pristine + mutation: what the final checkout must reproduce
+    info: workloads.TreeInfo
+    has_large: bool
+
+
+@dataclass
+class Lane:
+    """One participant's private directory within one repetition."""
+
+    root: Path
+    log: Path
+    ready: bool = False
+    failed: str | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.root / DATASET
+
+
+@dataclass
+class Context:
+    env: dict[str, str]
+    timeout: float
+    seed: int
+
+
+class Participant:
+    """A tool or baseline taking part in some steps. Subclasses fill in the commands."""
+
+    key = ""
+    label = ""
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        raise NotImplementedError
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+        """Untimed, before the first step this participant takes part in."""
+
+    def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
+        """Untimed, right before the step's timed command."""
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        raise NotImplementedError
+
+    def warmup(self) -> Command | None:
+        """A cheap command that loads the tool's code after the page cache is dropped."""
+        return None
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        """Untimed, after the timed command succeeded: check the result."""
+
+
+class Dvc(Participant):
+    key = "dvc"
+    label = "DVC"
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step in STEP_BY_KEY
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+        copy_tree(wl.pristine, lane.data)
+        for argv in (
+            ["git", "init", "-q"],
+            [*self.argv, "init", "-q"],
+            [*self.argv, "config", "core.analytics", "false"],
+            [*self.argv, "config", "core.check_update", "false"],
+            [*self.argv, "config", "core.site_cache_dir", str(lane.root / ".dvc-site-cache")],
+        ):
+            run_checked(Command(argv, lane.root), ctx.env, lane.log, ctx.timeout)
+
+    def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
+        if step == "commit_mutated":
+            workloads.apply_mutation(lane.data, ctx.seed)
+        elif step == "checkout":
+            remove_tree(lane.data)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        args = {
+            "commit_cold": ["add", DATASET],
+            "status": ["status"],
+            "commit_mutated": ["add", DATASET],
+            "checkout": ["checkout"],
+        }[step]
+        return Command([*self.argv, *args], lane.root)
+
+    def warmup(self) -> Command | None:
+        return Command([*self.argv, "--version"], Path("/"))
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        if step == "checkout":
+            compare_trees(wl.expected, lane.data)
+
+
+class Dsv(Participant):
+    key = "dsv"
+    label = "dsv"
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step in STEP_BY_KEY
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+        copy_tree(wl.pristine, lane.data)
+        run_checked(Command([*self.argv, "init"], lane.data), ctx.env, lane.log, ctx.timeout)
+
+    def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
+        if step == "commit_mutated":
+            workloads.apply_mutation(lane.data, ctx.seed)
+        elif step == "checkout":
+            remove_tree(lane.root / "checkout")
+            (lane.root / "checkout").mkdir()
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        args = {
+            "commit_cold": ["commit", "-m", "cold"],
+            "status": ["status"],
+            "commit_mutated": ["commit", "-m", "mutated"],
+            "checkout": ["checkout", f"{DATASET}:latest", "--to", str(lane.root / "checkout")],
+        }[step]
+        return Command([*self.argv, *args], lane.data)
+
+    def warmup(self) -> Command | None:
+        return Command([*self.argv, "--help"], Path("/"))
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        if step == "checkout":
+            compare_trees(wl.expected, lane.root / "checkout")
+
+
+class CopyBaseline(Participant):
+    """``cp -r`` of the expected tree into a fresh location: the checkout baseline."""
+
+    key = "cp"
+    label = "cp -r"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step == "checkout"
+
+    def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
+        remove_tree(lane.root / "copy")
+        lane.root.mkdir(parents=True, exist_ok=True)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        return Command(["cp", "-r", str(wl.expected), str(lane.root / "copy")], lane.root)
+
+
+B3_SCRIPT = """
+import json, sys, time
+import blake3
+t = time.perf_counter()
+for p in sys.argv[1:]:
+    blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(p).digest()
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+class Blake3Baseline(Participant):
+    """Raw multi-threaded BLAKE3 over the large files: the hashing-throughput baseline.
+
+    The time used is the one measured inside the process (interpreter start-up
+    excluded), so the ratio against dsv's commit is a lower bound.
+    """
+
+    key = "blake3"
+    label = "raw blake3"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step == "commit_cold" and wl.has_large
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+        lane.root.mkdir(parents=True, exist_ok=True)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        files = [str(wl.pristine / rel) for rel in workloads.large_paths()]
+        return Command([sys.executable, "-c", B3_SCRIPT, *files], lane.root)
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        last = lane.log.read_text().splitlines()
+        for line in reversed(last):
+            if line.startswith("{"):
+                m.inner = float(json.loads(line)["seconds"])
+                m.seconds = m.inner
+                return
+        raise CommandFailed(f"blake3 baseline printed no timing; see {lane.log}")
+
+
+class VerifyError(RuntimeError):
+    """A tool's output tree differs from the expected tree."""
+
+
+def compare_trees(expected: Path, actual: Path, sample_every: int = 50) -> None:
+    """Check ``actual`` has exactly ``expected``'s paths and sizes; sample contents."""
+
+    def listing(root: Path) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                full = os.path.join(dirpath, name)
+                out[os.path.relpath(full, root)] = os.lstat(full).st_size
+        return out
+
+    want, got = listing(expected), listing(actual)
+    if want != got:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        sized = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        raise VerifyError(
+            f"{actual} differs from the expected tree: {len(missing)} missing "
+            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(sized)} wrong size {sized[:3]}"
+        )
+    for i, rel in enumerate(sorted(want)):
+        size = want[rel]
+        if size > 4 * workloads.MIB:
+            spans = [(0, workloads.MIB), (size - workloads.MIB, workloads.MIB)]
+        elif i % sample_every == 0 or "/new" in rel:
+            spans = [(0, size)]
+        else:
+            continue
+        with open(expected / rel, "rb") as a, open(actual / rel, "rb") as b:
+            for offset, length in spans:
+                a.seek(offset)
+                b.seek(offset)
+                if a.read(length) != b.read(length):
+                    raise VerifyError(f"{actual / rel}: content differs from the expected tree")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """A target: ``num / den`` of two participants' medians compared with ``target``."""
+
+    workload: str
+    name: str
+    step: str
+    num: str
+    den: str
+    op: str  # ">=" or "<="
+    target: float
+    source: str = "issue"
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("small", "commit cold: DVC / dsv", "commit_cold", "dvc", "dsv", ">=", 5),
+    Check("small", "status unchanged: DVC / dsv", "status", "dvc", "dsv", ">=", 5),
+    Check("small", "commit after mutation: DVC / dsv", "commit_mutated", "dvc", "dsv", ">=", 5),
+    Check("small", "checkout: DVC / dsv", "checkout", "dvc", "dsv", ">=", 5, "SPEC §5"),
+    Check("small", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
+    Check("large", "commit cold: DVC / dsv", "commit_cold", "dvc", "dsv", ">=", 4),
+    Check("large", "hashing: raw blake3 / dsv commit cold", "commit_cold", "blake3", "dsv", ">=", 0.67),
+    Check("large", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
+)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Series:
+    """All repetitions of one participant in one step."""
+
+    runs: list[Measurement] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(m.seconds for m in self.runs) if self.runs else None
+
+    @property
+    def peak_rss(self) -> int | None:
+        return max(m.maxrss_bytes for m in self.runs) if self.runs else None
+
+    def summary(self) -> dict[str, Any]:
+        values = [m.seconds for m in self.runs]
+        return {
+            "median_s": self.median,
+            "min_s": min(values) if values else None,
+            "max_s": max(values) if values else None,
+            "peak_rss_bytes": self.peak_rss,
+            "runs": [asdict(m) for m in self.runs],
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class WorkloadResult:
+    workload: Workload
+    steps: list[str]
+    participants: list[Participant]
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)
+
+    def get(self, step: str, who: str) -> Series:
+        return self.series.setdefault((step, who), Series())
+
+    def checks(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for c in CHECKS:
+            if c.workload != self.workload.name or c.step not in self.steps:
+                continue
+            num = self.get(c.step, c.num).median
+            den = self.get(c.step, c.den).median
+            value = num / den if num is not None and den else None
+            ok = None if value is None else (value >= c.target if c.op == ">=" else value <= c.target)
+            out.append({**asdict(c), "value": value, "pass": ok})
+        rss = [
+            s.peak_rss
+            for (step, who), s in self.series.items()
+            if who == "dsv" and step in self.steps and s.peak_rss is not None
+        ]
+        if any(p.key == "dsv" for p in self.participants):
+            peak = max(rss) if rss else None
+            out.append({
+                "workload": self.workload.name,
+                "name": "dsv peak RSS, MB (max over steps)",
+                "step": "*", "num": "dsv", "den": "", "op": "<", "target": RSS_LIMIT_MB,
+                "source": "SPEC §5", "value": None if peak is None else peak / MB,
+                "pass": None if peak is None else peak / MB < RSS_LIMIT_MB,
+            })
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.workload.info.files,
+            "bytes": self.workload.info.bytes,
+            "steps": {
+                step: {
+                    p.key: self.get(step, p.key).summary()
+                    for p in self.participants
+                    if p.supports(step, self.workload)
+                }
+                for step in self.steps
+            },
+            "checks": self.checks(),
+        }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare_workload(name: str, workdir: Path, seed: int) -> Workload:
+    """Generate the pristine and expected trees once (reused across runs of one workdir)."""
+    src = workdir / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    pristine, expected = src / name, src / f"{name}-mutated"
+    marker = src / f"{name}.json"
+    stamp = {"format": PRISTINE_FORMAT, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()).get("stamp") == stamp:
+        info = workloads.TreeInfo(**json.loads(marker.read_text())["info"])
+    else:
+        marker.unlink(missing_ok=True)
+        remove_tree(pristine)
+        remove_tree(expected)
+        log(f"generating {name} workload in {pristine} ...")
+        t = time.perf_counter()
+        info = workloads.generate(name, pristine, seed)
+        copy_tree(pristine, expected)
+        workloads.apply_mutation(expected, seed)
+        log(f"  {info.files} files, {info.bytes / MB:.1f} MB in {time.perf_counter() - t:.1f} s")
+        marker.write_text(json.dumps({"stamp": stamp, "info": asdict(info)}))
+    return Workload(name, pristine, expected, info, has_large=name == "large")
+
+
+def needed_steps(selected: Sequence[str]) -> list[str]:
+    """Selected steps plus their prerequisites, in execution order."""
+    need: set[str] = set()
+
+    def add(key: str) -> None:
+        if key not in need:
+            need.add(key)
+            for dep in STEP_BY_KEY[key].requires:
+                add(dep)
+
+    for key in selected:
+        add(key)
+    return [s.key for s in STEPS if s.key in need]
+
+
+def run_workload(
+    wl: Workload,
+    participants: list[Participant],
+    selected: list[str],
+    repeat: int,
+    ctx: Context,
+    cache: CacheControl,
+    workdir: Path,
+    keep: bool,
+) -> WorkloadResult:
+    result = WorkloadResult(wl, selected, participants)
+    execute = needed_steps(selected)
+    for rep in range(repeat):
+        rep_dir = workdir / wl.name / f"rep{rep}"
+        remove_tree(rep_dir)
+        lanes = {
+            p.key: Lane(rep_dir / p.key, workdir / "logs" / wl.name / f"rep{rep}-{p.key}.log")
+            for p in participants
+        }
+        for step in execute:
+            timed = step in selected
+            active = [p for p in participants if p.supports(step, wl)]
+            if not active:
+                continue
+            shift = rep % len(active)  # alternate who goes first
+            for p in active[shift:] + active[:shift]:
+                lane = lanes[p.key]
+                if lane.failed:
+                    if timed:
+                        result.get(step, p.key).failures.append(f"rep{rep}: skipped ({lane.failed})")
+                    continue
+                try:
+                    if not lane.ready:
+                        lane.root.mkdir(parents=True, exist_ok=True)
+                        p.setup(ctx, wl, lane)
+                        lane.ready = True
+                    p.prepare(ctx, step, wl, lane)
+                    cache.settle()
+                    if cache.mode == "cold" and (warm := p.warmup()) is not None:
+                        run_measured(warm, ctx.env, lane.log, ctx.timeout)
+                    m = run_measured(p.command(ctx, step, wl, lane), ctx.env, lane.log, ctx.timeout)
+                    if m.rc != 0:
+                        raise CommandFailed(f"exit {m.rc}; see {lane.log}\n{tail(lane.log)}")
+                    p.finish(ctx, step, wl, lane, m)
+                except (CommandFailed, VerifyError, subprocess.CalledProcessError, OSError) as e:
+                    lane.failed = f"{step} failed"
+                    msg = f"rep{rep}: {step}: {e}"
+                    result.get(step, p.key).failures.append(msg)
+                    log(f"[{wl.name} rep{rep}] {p.label} {step} FAILED: {e}")
+                    continue
+                if timed:
+                    result.get(step, p.key).runs.append(m)
+                log(
+                    f"[{wl.name} rep{rep}] {p.label:<10} {STEP_BY_KEY[step].title:<22} "
+                    f"{m.seconds:8.3f} s  rss {m.maxrss_bytes / MB:7.1f} MB"
+                    + ("" if timed else "  (prerequisite, not reported)")
+                )
+        if not keep:
+            remove_tree(rep_dir)
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt_s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f} s" if v < 10 else f"{v:.2f} s"
+
+
+def fmt_x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def render(result: WorkloadResult, repeat: int) -> str:
+    wl = result.workload
+    keys = [p.key for p in result.participants]
+    labels = {p.key: p.label for p in result.participants}
+    baselines = [k for k in ("cp", "blake3") if k in keys]
+    tools = [k for k in ("dvc", "dsv") if k in keys]
+
+    def spread(s: Series) -> str:
+        if not s.runs:
+            return "FAILED" if s.failures else "-"
+        med = s.median or 0.0
+        vals = [m.seconds for m in s.runs]
+        pct = 100 * (max(vals) - min(vals)) / 2 / med if med else 0.0
+        return f"{fmt_s(med)} ±{pct:.0f}%"
+
+    headers = ["step", *(labels[k] for k in tools + baselines)]
+    if set(tools) == {"dvc", "dsv"}:
+        headers.append("DVC/dsv")
+    rows, rss_rows = [], []
+    for step in result.steps:
+        row = [STEP_BY_KEY[step].title]
+        rss = [STEP_BY_KEY[step].title]
+        for k in tools + baselines:
+            s = result.get(step, k)
+            row.append(spread(s) if any(p.key == k and p.supports(step, wl) for p in result.participants) else "")
+            rss.append("" if s.peak_rss is None else f"{s.peak_rss / MB:.0f} MB")
+        if set(tools) == {"dvc", "dsv"}:
+            a, b = result.get(step, "dvc").median, result.get(step, "dsv").median
+            row.append(fmt_x(a / b if a is not None and b else None))
+        rows.append(row)
+        rss_rows.append(rss)
+
+    check_rows = []
+    for c in result.checks():
+        result_s = "n/a" if c["pass"] is None else "PASS" if c["pass"] else "FAIL"
+        value = "-" if c["value"] is None else (
+            f"{c['value']:.0f}" if c["op"] == "<" else fmt_x(c["value"])
+        )
+        target = f"{c['op']} {c['target']:g}" + ("" if c["op"] == "<" else "x")
+        check_rows.append([c["name"], value, target, result_s, c["source"]])
+
+    out = [
+        f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB; "
+        f"median of {repeat} (± half the range) ==",
+        table(headers, rows),
+        "",
+        "peak RSS (max over runs)",
+        table(headers[: 1 + len(tools) + len(baselines)], rss_rows),
+    ]
+    if check_rows:
+        out += ["", "targets", table(["check", "measured", "target", "result", "from"], check_rows)]
+    failures = [
+        f"  {labels[who]} {step}: {msg}"
+        for (step, who), s in result.series.items()
+        for msg in s.failures
+    ]
+    if failures:
+        out += ["", "failures:", *failures]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def resolve_dsv(spec: str | None) -> tuple[list[str], dict[str, str]]:
+    """The dsv command line, plus environment additions it needs."""
+    if spec:
+        return shlex.split(spec), {}
+    if path := shutil.which("dsv"):
+        return [path], {}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "dsv"], {"PYTHONPATH": pythonpath}
+
+
+def resolve_dvc(spec: str | None) -> list[str]:
+    if spec:
+        return shlex.split(spec)
+    dvc = DVC_VENV / "bin" / "dvc"
+    if not dvc.exists():
+        log("DVC not installed; running bench/setup_dvc.sh ...")
+        subprocess.run(["bash", str(BENCH_DIR / "setup_dvc.sh")], check=True, stdout=sys.stderr)
+    return [str(dvc)]
+
+
+def tool_version(argv: list[str], env: dict[str, str]) -> str:
+    try:
+        out = subprocess.run(
+            [*argv, "--version"], env=env, capture_output=True, text=True, timeout=120
+        )
+        return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def build_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith(("DVC_", "DSV_")):
+            del env[k]
+    config = workdir / "dvc-config"
+    (config / "global").mkdir(parents=True, exist_ok=True)
+    (config / "system").mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "DVC_NO_ANALYTICS": "1",
+            "DVC_STUDIO_OFFLINE": "1",
+            "DVC_GLOBAL_CONFIG_DIR": str(config / "global"),
+            "DVC_SYSTEM_CONFIG_DIR": str(config / "system"),
+            "DVC_SITE_CACHE_DIR": str(workdir / "dvc-site-cache"),
+            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost",
+            "NO_COLOR": "1",
+            "TERM": "dumb",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Benchmark dsv against DVC and raw baselines (SPEC §5).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--workload", choices=["small", "large", "all"], default="small")
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
+    ap.add_argument(
+        "--steps", default=",".join(s.key for s in STEPS),
+        help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)} "
+        "(prerequisites run untimed)",
+    )
+    ap.add_argument("--tools", default="dvc,dsv", help="comma-separated subset of: dvc, dsv")
+    ap.add_argument("--dsv", help="dsv command (default: dsv on PATH, else python -m dsv)")
+    ap.add_argument("--dvc", help="dvc command (default: bench/.venv-dvc/bin/dvc)")
+    ap.add_argument("--workdir", type=Path, help="work directory (default: a new temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep work directories and logs")
+    ap.add_argument(
+        "--cache", choices=["warm", "cold"], default="warm",
+        help="warm: sync before each timed step; cold: also drop the page cache (root only)",
+    )
+    ap.add_argument("--seed", type=int, default=workloads.DEFAULT_SEED)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    ap.add_argument(
+        "--json", nargs="?", const="-", metavar="PATH",
+        help="also write all results as JSON to PATH ('-' or no value: stdout, table to stderr)",
+    )
+    args = ap.parse_args(argv)
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    for s in args.steps:
+        if s not in STEP_BY_KEY:
+            ap.error(f"unknown step {s!r}")
+    for t in args.tools:
+        if t not in ("dvc", "dsv"):
+            ap.error(f"unknown tool {t!r}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    own_workdir = args.workdir is None
+    workdir = (
+        Path(tempfile.mkdtemp(prefix="dsv-bench-")) if own_workdir else args.workdir.resolve()
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    dsv_argv, dsv_env = resolve_dsv(args.dsv)
+    env = build_env(workdir, dsv_env)
+    participants: list[Participant] = []
+    versions: dict[str, str] = {}
+    dvc_argv: list[str] = []
+    if "dvc" in args.tools:
+        dvc_argv = resolve_dvc(args.dvc)
+        participants.append(Dvc(dvc_argv))
+        versions["dvc"] = tool_version(dvc_argv, env)
+    if "dsv" in args.tools:
+        participants.append(Dsv(dsv_argv))
+        versions["dsv"] = tool_version(dsv_argv, env)
+    participants += [CopyBaseline(), Blake3Baseline()]
+
+    cache = CacheControl(args.cache)
+    ctx = Context(env=env, timeout=args.timeout, seed=args.seed)
+    names = ["small", "large"] if args.workload == "all" else [args.workload]
+    floor = rss_floor(env, workdir)
+    load_start = os.getloadavg()
+    header = (
+        f"dsv bench: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}, load {load_start[0]:.2f}; {cache.note}; "
+        f"rss floor {floor / MB:.0f} MB\n"
+        f"dvc: {shlex.join(dvc_argv) or '-'} "
+        f"({versions.get('dvc', '-')}); dsv: {shlex.join(dsv_argv)} ({versions.get('dsv', '-')})\n"
+        f"workdir: {workdir}"
+    )
+    log(header)
+    results: list[WorkloadResult] = []
+    try:
+        for name in names:
+            wl = prepare_workload(name, workdir, args.seed)
+            results.append(
+                run_workload(wl, participants, args.steps, args.repeat, ctx, cache, workdir, args.keep)
+            )
+    finally:
+        failed = any(s.failures for r in results for s in r.series.values())
+        if not args.keep:
+            for name in names:
+                remove_tree(workdir / name)
+            if own_workdir:
+                for child in workdir.iterdir():
+                    if not (failed and child.name == "logs"):
+                        remove_tree(child)
+                if not failed:
+                    workdir.rmdir()
+
+    text = "\n\n".join([header, *(render(r, args.repeat) for r in results)])
+    doc = {
+        "meta": {
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "cache": cache.mode,
+            "cache_note": cache.note,
+            "rss_floor_bytes": floor,
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+            "repeat": args.repeat,
+            "seed": args.seed,
+            "steps": args.steps,
+            "dsv_command": dsv_argv,
+            "versions": versions,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "workloads": {r.workload.name: r.to_json() for r in results},
+    }
+    if args.json == "-":
+        print(text, file=sys.stderr)
+        print(json.dumps(doc, indent=2))
+    else:
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    if failed and own_workdir and not args.keep:
+        log(f"logs kept in {workdir / 'logs'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

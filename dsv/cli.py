@@ -1,0 +1,611 @@
+"""The `dsv` command line: typer for arguments, rich for tables and progress bars.
+
+Owns parsing, output (human tables on stdout, `--json`, progress on stderr only when it
+is a terminal) and turning errors into one `error:` line with exit status 1 (2 for
+usage). Holds no logic the Python API (store.py) lacks: every command is one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import DsvError
+from .reporting import Advance, Reporter
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="dsv: a git-like, local-first version store for datasets.",
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  pretty_exceptions_enable=False)
+datasets_app = typer.Typer(no_args_is_help=True, help="Create, list, change and delete datasets.")
+versions_app = typer.Typer(no_args_is_help=True, help="Drafts and committed versions.")
+files_app = typer.Typer(no_args_is_help=True, help="Files of a version: list, get, put, delete.")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(versions_app, name="versions")
+app.add_typer(files_app, name="files")
+
+_state: dict[str, Any] = {"store": None, "debug": False}
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+DatasetOpt = typer.Option(None, "-d", "--dataset", help="Dataset id or name "
+                          "(default: the dataset of the current directory).")
+
+
+# ---- output helpers ---------------------------------------------------------------------
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _table(*columns: str) -> Any:
+    from rich.table import Table
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
+class RichReporter(Reporter):
+    """Progress bars on stderr, only when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+
+    def notice(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    @contextmanager
+    def task(self, label: str, total_items: int | None = None,
+             total_bytes: int | None = None) -> Iterator[Advance]:
+        if not self.interactive or not total_items:
+            yield lambda items, nbytes: None
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=_console(stderr=True), transient=True)
+        with progress:
+            task_id = progress.add_task(label, total=total_items)
+            yield lambda items, nbytes: progress.advance(task_id, items)
+
+
+def _open_store() -> Any:
+    from .store import Store
+    return Store.open(_state["store"] or ".", reporter=RichReporter())
+
+
+def _ref(store: Any, version: Any) -> str:
+    ds = store.index.dataset_by("id", version.dataset)
+    return f"{ds.name if ds else version.dataset}:{version.id}"
+
+
+def _version_json(store: Any, v: Any) -> dict[str, Any]:
+    data = v.to_json()
+    data["ref"] = _ref(store, v)
+    return data
+
+
+@app.callback()
+def _main(store: Optional[Path] = typer.Option(None, "--store", envvar="DSV_DIR",
+                                               help="The store (its .dsv/ or the directory "
+                                                    "holding it); default: found from here up."),
+          debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    _state["store"] = store
+    _state["debug"] = debug
+
+
+# ---- local workflow ----------------------------------------------------------------------
+
+@app.command()
+def init(path: Path = typer.Argument(Path("."), help="Directory to create the store in."),
+         name: Optional[str] = typer.Option(None, "--name", help="Name of the dataset bound to "
+                                            "PATH (default: the directory's name)."),
+         bare: bool = typer.Option(False, "--bare", help="Bind no dataset; add them with "
+                                   "`dsv datasets create NAME --path DIR`."),
+         as_json: bool = JsonOpt) -> None:
+    """Create a store; bind the directory itself as a dataset."""
+    from .store import Store
+    store = Store.init(path, name=name, bind=not bare)
+    datasets = store.datasets()
+    if as_json:
+        _print_json({"store": str(store.dsv_dir), "datasets": [d.to_json() for d in datasets]})
+        return
+    print(f"Initialized empty dsv store in {store.dsv_dir}")
+    for ds in datasets:
+        print(f"dataset {ds.name} ({ds.id}) is bound to {store.dataset_root(ds)}")
+
+
+@app.command()
+def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
+           short: bool = typer.Option(False, "--short", "-s", help="Counts only.")) -> None:
+    """What changed in each dataset's working directory since its current version."""
+    store = _open_store()
+    here = None if dataset else store.dataset_at(".")
+    reports = [store.status(dataset or here.id)] if (dataset or here) else store.statuses()
+    if as_json:
+        _print_json([r.to_json() for r in reports])
+        return
+    out = []
+    for r in reports:
+        c = r.changes
+        head = r.head.id if r.head else "no version yet"
+        if c.clean:
+            out.append(f"{r.dataset.name} ({head}): clean")
+            continue
+        out.append(f"{r.dataset.name} ({head}): {len(c.added)} added ({_size(c.added_bytes)}), "
+                   f"{len(c.modified)} modified ({_size(c.modified_bytes)}), "
+                   f"{len(c.deleted)} deleted ({_size(c.deleted_bytes)})")
+        if not short:
+            for label, paths in (("added", c.added), ("modified", c.modified),
+                                 ("deleted", c.deleted)):
+                out.extend(f"  {label:<9} {p}" for p in paths)
+        for p in r.skipped:
+            out.append(f"  skipped   {p} (not a regular file or symlink)")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+@app.command()
+def commit(message: str = typer.Option(..., "-m", "--message", help="What this version is."),
+           dataset: Optional[str] = DatasetOpt,
+           allow_empty: bool = typer.Option(False, "--allow-empty",
+                                            help="Commit even if nothing changed."),
+           as_json: bool = JsonOpt) -> None:
+    """Snapshot a dataset's working directory as a new version (only changed files are hashed)."""
+    store = _open_store()
+    v = store.commit(message, dataset, allow_empty=allow_empty)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(_ref(store, v))
+
+
+@app.command()
+def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."),
+        drafts: bool = typer.Option(False, "--drafts", help="Include drafts."),
+        limit: Optional[int] = typer.Option(None, "-n", help="Show at most N versions."),
+        as_json: bool = JsonOpt) -> None:
+    """History: versions with messages, authors, times, tags and lineage."""
+    store = _open_store()
+    versions = store.log(dataset, include_drafts=drafts)[:limit]
+    if as_json:
+        _print_json([_version_json(store, v) for v in versions])
+        return
+    console = _console()
+    for v in versions:
+        tags = f" [yellow]({', '.join(v.tags)})[/]" if v.tags else ""
+        draft = " [red]draft[/]" if v.is_draft else ""
+        console.print(f"[bold]{_ref(store, v)}[/]{tags}{draft}")
+        console.print(f"  {_when(v.committed or v.created)}  {v.author or ''}  "
+                      f"{v.files} files, {_size(v.size)}")
+        if v.lineage:
+            console.print(f"  lineage: {_lineage_line(v.lineage)}")
+        console.print(f"  {v.message or ''}\n")
+
+
+def _lineage_line(lineage: dict[str, Any]) -> str:
+    inputs = ", ".join(f"{k}={i.get('ref', i)}" for k, i in lineage.get("inputs", {}).items())
+    cmd = " ".join(lineage.get("command", [])) if isinstance(lineage.get("command"), list) \
+        else lineage.get("command", "")
+    return f"inputs {inputs or '-'}; command {cmd or '-'}"
+
+
+@app.command()
+def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+         as_json: bool = JsonOpt) -> None:
+    """One version's details."""
+    store = _open_store()
+    v = store.resolve(ref)
+    _print_version(store, v, as_json)
+
+
+def _print_version(store: Any, v: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(_version_json(store, v))
+        return
+    table = _table("field", "value")
+    table.show_header = False
+    for key, value in (("ref", _ref(store, v)), ("state", v.state), ("message", v.message),
+                       ("author", v.author), ("created", _when(v.created)),
+                       ("committed", _when(v.committed)), ("parents", ", ".join(v.parents) or "-"),
+                       ("tags", ", ".join(v.tags) or "-"), ("files", str(v.files)),
+                       ("size", _size(v.size)), ("tree", v.tree), ("record", v.record or "-")):
+        table.add_row(key, str(value) if value is not None else "-")
+    if v.lineage:
+        table.add_row("lineage", json.dumps(v.lineage, indent=2))
+    _console().print(table)
+
+
+@app.command()
+def diff(ref_a: str = typer.Argument(..., metavar="REF"),
+         ref_b: Optional[str] = typer.Argument(None, metavar="[REF]",
+                                               help="Default: the working directory."),
+         as_json: bool = JsonOpt) -> None:
+    """What changed between two versions, or a version and the working directory."""
+    store = _open_store()
+    changes = store.diff(ref_a, ref_b)
+    if as_json:
+        _print_json(changes.to_json())
+        return
+    lines = [f"A {p}" for p in changes.added] + [f"M {p}" for p in changes.modified] + \
+            [f"D {p}" for p in changes.deleted]
+    lines.sort(key=lambda line: line[2:])
+    lines.append(f"{len(changes.added)} added, {len(changes.modified)} modified, "
+                 f"{len(changes.deleted)} deleted")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command()
+def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
+        name: Optional[str] = typer.Argument(None, metavar="NAME"),
+        delete: Optional[str] = typer.Option(None, "-d", "--delete", metavar="DATASET:NAME",
+                                             help="Delete a tag."),
+        force: bool = typer.Option(False, "--force", "-f", help="Move an existing tag."),
+        as_json: bool = JsonOpt) -> None:
+    """Name a committed version: `dsv tag REF NAME`; delete with `dsv tag -d DATASET:NAME`."""
+    store = _open_store()
+    if delete:
+        vid = store.delete_tag(delete)
+        if as_json:
+            _print_json({"deleted": delete, "version": vid})
+        else:
+            print(f"deleted tag {delete} (was {vid})")
+        return
+    if not ref or not name:
+        raise typer.BadParameter("give REF and NAME, or -d DATASET:NAME")
+    v = store.tag(ref, name, force=force)
+    if as_json:
+        _print_json({"tag": name, **_version_json(store, v)})
+    else:
+        print(f"{_ref(store, v).split(':')[0]}:{name} -> {v.id}")
+
+
+@app.command()
+def tags(dataset: Optional[str] = typer.Argument(None), as_json: bool = JsonOpt) -> None:
+    """List tags (of one dataset, or all)."""
+    store = _open_store()
+    rows = store.tags(dataset)
+    if as_json:
+        _print_json(rows)
+        return
+    table = _table("dataset", "tag", "version", "created")
+    for row in rows:
+        table.add_row(row["dataset"], row["tag"], row["version"], _when(row["created"]))
+    _console().print(table)
+
+
+@app.command()
+def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+             paths: Optional[list[str]] = typer.Argument(None, help="Only these paths."),
+             to: Optional[Path] = typer.Option(None, "--to", help="Directory to fill "
+                                               "(default: the dataset's working directory)."),
+             force: bool = typer.Option(False, "--force", "-f",
+                                        help="Discard uncommitted changes."),
+             link: str = typer.Option("auto", "--link", help="auto (reflink, else copy), copy, "
+                                      "reflink, hardlink or symlink (the last two read-only)."),
+             as_json: bool = JsonOpt) -> None:
+    """Make a directory hold exactly one version: right bytes and modes, nothing extra."""
+    store = _open_store()
+    report = store.checkout(ref, to=to, paths=paths or None, force=force, link=link)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        print(f"{_ref(store, report.version)} -> {report.target}: {report.written} written "
+              f"({_size(report.bytes_written)}), {report.removed} removed, "
+              f"{report.unchanged} unchanged")
+
+
+@app.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
+       as_json: bool = JsonOpt) -> None:
+    """Remove objects that no version needs."""
+    store = _open_store()
+    report = store.gc(dry_run=dry_run)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        verb = "would free" if dry_run else "freed"
+        print(f"{report.removed_objects} objects, {report.removed_packs} packs removed "
+              f"({report.repacked_packs} repacked); {verb} {_size(report.freed_bytes)}")
+
+
+@app.command()
+def verify(repair: bool = typer.Option(False, "--repair",
+                                       help="Re-index packs the index lost."),
+           as_json: bool = JsonOpt) -> None:
+    """Re-hash every object and check every version is complete (exit 1 on any problem)."""
+    store = _open_store()
+    report = store.verify(repair=repair)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        for line in report.problems:
+            print(f"problem: {line}")
+        print(f"checked {report.objects_checked} objects ({_size(report.bytes_checked)}) and "
+              f"{report.versions_checked} versions: "
+              f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ---- datasets ----------------------------------------------------------------------------
+
+def _print_dataset(ds: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(ds.to_json())
+        return
+    table = _table("field", "value")
+    table.show_header = False
+    for key in ("id", "name", "path", "description", "latest", "head"):
+        table.add_row(key, str(getattr(ds, key) or "-"))
+    table.add_row("created", _when(ds.created))
+    _console().print(table)
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: bool = JsonOpt) -> None:
+    """All datasets of the store."""
+    store = _open_store()
+    datasets = store.datasets()
+    if as_json:
+        _print_json([d.to_json() for d in datasets])
+        return
+    table = _table("id", "name", "path", "latest", "created")
+    for d in datasets:
+        table.add_row(d.id, d.name, d.path or "-", d.latest or "-", _when(d.created))
+    _console().print(table)
+
+
+@datasets_app.command("details")
+def datasets_details(dataset: str = typer.Argument(..., metavar="ID"),
+                     as_json: bool = JsonOpt) -> None:
+    """One dataset."""
+    _print_dataset(_open_store().dataset(dataset), as_json)
+
+
+@datasets_app.command("create")
+def datasets_create(name: str = typer.Argument(...),
+                    path: Optional[Path] = typer.Option(None, "--path", help="Working directory "
+                                                        "to bind (inside the workspace)."),
+                    description: Optional[str] = typer.Option(None, "--description"),
+                    as_json: bool = JsonOpt) -> None:
+    """Create a dataset, optionally bound to a working directory."""
+    ds = _open_store().create_dataset(name, path=path, description=description)
+    if as_json:
+        _print_json(ds.to_json())
+    else:
+        print(f"created dataset {ds.name} ({ds.id})" + (f" at {ds.path}" if ds.path else ""))
+
+
+@datasets_app.command("update")
+def datasets_update(dataset: str = typer.Argument(..., metavar="ID"),
+                    name: Optional[str] = typer.Option(None, "--name"),
+                    description: Optional[str] = typer.Option(None, "--description"),
+                    path: Optional[Path] = typer.Option(None, "--path"),
+                    as_json: bool = JsonOpt) -> None:
+    """Rename a dataset, change its description or its working directory."""
+    ds = _open_store().update_dataset(dataset, name=name, description=description, path=path)
+    _print_dataset(ds, as_json)
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset: str = typer.Argument(..., metavar="ID"),
+                    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+                    as_json: bool = JsonOpt) -> None:
+    """Forget a dataset and its versions (files in its directory stay; `dsv gc` frees space)."""
+    store = _open_store()
+    ds = store.dataset(dataset)
+    if not yes and not typer.confirm(f"delete dataset {ds.name} and all its versions?"):
+        raise typer.Exit(1)
+    store.delete_dataset(ds.id)
+    if as_json:
+        _print_json({"deleted": ds.to_json()})
+    else:
+        print(f"deleted dataset {ds.name} ({ds.id})")
+
+
+# ---- versions ----------------------------------------------------------------------------
+
+@versions_app.command("create")
+def versions_create(dataset: str = typer.Argument(..., metavar="DATASET"),
+                    message: Optional[str] = typer.Option(None, "-m", "--message"),
+                    from_ref: Optional[str] = typer.Option(None, "--from", metavar="REF",
+                                                           help="Start from this version."),
+                    source_path: Optional[Path] = typer.Option(
+                        None, "--source-path", help="Create and commit from this directory."),
+                    as_json: bool = JsonOpt) -> None:
+    """Create a draft version (or, with --source-path, a committed one)."""
+    store = _open_store()
+    if source_path is not None:
+        v = store.create_version_from_path(dataset, source_path, message)
+    else:
+        v = store.create_version(dataset, message, from_ref)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(_ref(store, v))
+
+
+@versions_app.command("commit")
+def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT"),
+                    message: Optional[str] = typer.Option(None, "-m", "--message"),
+                    as_json: bool = JsonOpt) -> None:
+    """Freeze a draft; it can never change again."""
+    store = _open_store()
+    v = store.commit_version(ref, message)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(_ref(store, v))
+
+
+@versions_app.command("list")
+def versions_list(dataset: str = typer.Argument(..., metavar="DATASET"),
+                  committed: bool = typer.Option(False, "--committed"),
+                  drafts: bool = typer.Option(False, "--drafts"),
+                  as_json: bool = JsonOpt) -> None:
+    """Versions of a dataset, newest first."""
+    store = _open_store()
+    state = "committed" if committed and not drafts else "draft" if drafts and not committed \
+        else None
+    versions = store.versions(dataset, state)
+    if as_json:
+        _print_json([_version_json(store, v) for v in versions])
+        return
+    table = _table("version", "state", "message", "files", "size", "time")
+    for v in versions:
+        table.add_row(v.id, v.state, v.message or "", str(v.files), _size(v.size),
+                      _when(v.committed or v.created))
+    _console().print(table)
+
+
+@versions_app.command("details")
+def versions_details(ref: str = typer.Argument(..., metavar="REF"),
+                     as_json: bool = JsonOpt) -> None:
+    """One version's details."""
+    store = _open_store()
+    _print_version(store, store.resolve(ref), as_json)
+
+
+@versions_app.command("update")
+def versions_update(ref: str = typer.Argument(..., metavar="DRAFT"),
+                    message: str = typer.Option(..., "-m", "--message"),
+                    as_json: bool = JsonOpt) -> None:
+    """Change a draft's message."""
+    store = _open_store()
+    _print_version(store, store.update_version(ref, message), as_json)
+
+
+@versions_app.command("delete")
+def versions_delete(ref: str = typer.Argument(..., metavar="REF"),
+                    force: bool = typer.Option(False, "--force", help="Also a committed version "
+                                               "that nothing depends on."),
+                    as_json: bool = JsonOpt) -> None:
+    """Delete a draft (or an unreferenced committed version with --force)."""
+    store = _open_store()
+    v = store.delete_version(ref, force=force)
+    if as_json:
+        _print_json({"deleted": v.id})
+    else:
+        print(f"deleted version {v.id}")
+
+
+# ---- files -------------------------------------------------------------------------------
+
+@files_app.command("list")
+def files_list(ref: str = typer.Argument(..., metavar="REF"),
+               path: str = typer.Option("", "--path", help="A directory or file in the version."),
+               recursive: bool = typer.Option(False, "--recursive", "-r"),
+               as_json: bool = JsonOpt) -> None:
+    """Files of a version: name, size, hash."""
+    rows = _open_store().files(ref, path, recursive)
+    if as_json:
+        _print_json([r.to_json() for r in rows])
+        return
+    table = _table("path", "size", "hash")
+    for r in rows:
+        name = r.path + ("/" if r.kind == "dir" else "")
+        table.add_row(name, _size(r.size), r.oid[:16])
+    _console().print(table)
+
+
+@files_app.command("get")
+def files_get(ref: str = typer.Argument(..., metavar="REF"),
+              paths: Optional[list[str]] = typer.Argument(None),
+              target_path: Path = typer.Option(..., "--target-path", help="Directory to write to."),
+              as_json: bool = JsonOpt) -> None:
+    """Copy files of a version into a directory."""
+    count = _open_store().get_files(ref, target_path, paths or None)
+    if as_json:
+        _print_json({"files": count, "target": str(target_path)})
+    else:
+        print(f"{count} files -> {target_path}")
+
+
+@files_app.command("put")
+def files_put(ref: str = typer.Argument(..., metavar="DRAFT"),
+              sources: list[Path] = typer.Argument(..., metavar="SRC..."),
+              target_path: Optional[str] = typer.Option(None, "--target-path",
+                                                        help="Directory inside the version."),
+              as_json: bool = JsonOpt) -> None:
+    """Add files to a draft (a directory's contents go under --target-path)."""
+    store = _open_store()
+    v = store.put_files(ref, list(sources), target_path)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
+
+
+@files_app.command("delete")
+def files_delete(ref: str = typer.Argument(..., metavar="DRAFT"),
+                 paths: list[str] = typer.Argument(..., metavar="PATH..."),
+                 as_json: bool = JsonOpt) -> None:
+    """Remove files or directories from a draft."""
+    store = _open_store()
+    v = store.delete_files(ref, paths)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
+
+
+# ---- entry point -------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; expected failures become one `error:` line and exit status 1."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or \
+        os.environ.get("DSV_DEBUG") == "1"
+    try:
+        # Standalone mode: click itself reports usage errors (exit 2) and --help.
+        app(args=argv, standalone_mode=True)
+    except DsvError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
+        sys.exit(1)
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n"
+                         "hint: this is a bug in dsv; rerun with --debug for the traceback\n")
+        sys.exit(1)
