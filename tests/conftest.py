@@ -1,0 +1,77 @@
+"""Shared fixtures: run the real CLI in-process (through `dsv.cli.main`, so error handling
+and exit codes are the user's) or as a subprocess (for kill -9 and concurrency tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dsv.cli import main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DSV_DIR", raising=False)
+    monkeypatch.delenv("DSV_CRASH_AT", raising=False)
+    monkeypatch.setenv("DSV_AUTHOR", "tester <t@example.com>")
+
+
+@pytest.fixture
+def dsv(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """`dsv(*args, cwd=DIR)` runs the CLI in-process and returns Result(code, out, err)."""
+
+    def run(*args: str | os.PathLike[str], cwd: str | os.PathLike[str]) -> Result:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            main([os.fspath(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_dsv(*args: str | os.PathLike[str], cwd: str | os.PathLike[str],
+            env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m dsv ARGS` as a real process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dsv", *map(os.fspath, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_tree(root: Path, files: dict[str, bytes | str]) -> None:
+    """Create `files` (relative path → content) under `root`."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode()
+        path.write_bytes(content)
+
+
+def read_tree(root: Path, skip: tuple[str, ...] = (".dsv",)) -> dict[str, bytes]:
+    """Every regular file under `root` (relative path → bytes), leaving out `skip` dirs."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = [d for d in dirnames if (rel_dir / d).as_posix() not in skip]
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                out[(rel_dir / name).as_posix()] = p.read_bytes()
+    return out
