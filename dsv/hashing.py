@@ -7,6 +7,7 @@ random short ids of datasets and versions. Must never touch the store or the ind
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
 import blake3
@@ -16,6 +17,7 @@ HASH_HEX_LEN = 64
 # thread start-up costs more than it saves.
 MMAP_THRESHOLD = 4 * 1024 * 1024
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def hash_bytes(data: bytes | memoryview) -> str:
@@ -42,7 +44,7 @@ def new_hasher() -> "blake3.blake3":
 
 def is_hash(text: str) -> bool:
     """Whether `text` has the shape of an object id (64 lowercase hex digits)."""
-    return len(text) == HASH_HEX_LEN and all(c in "0123456789abcdef" for c in text)
+    return _HASH_RE.fullmatch(text) is not None
 
 
 def random_id(length: int) -> str:

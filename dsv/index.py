@@ -30,6 +30,7 @@ class Dataset:
     created: float
     latest: str | None        # newest committed version id
     head: str | None          # version the working directory was last made to match
+    cache_tree: str | None = None  # tree the stat cache describes exactly (status fast path)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "path": self.path,
@@ -66,18 +67,13 @@ class Version:
                 "tags": self.tags}
 
 
-@dataclass(frozen=True)
-class StatRow:
-    size: int
-    mtime_ns: int
-    ino: int
-    mode: int
-    oid: str
+StatRow = tuple[int, int, int, int, str, int]
+"""A stat-cache row: (size, mtime_ns, inode, permission bits, object id, cached at ns)."""
 
 
 _VERSION_COLS = ("id, dataset, state, tree, parents, message, author, created, committed, "
                  "record, lineage, size, files")
-_DATASET_COLS = "id, name, path, description, created, latest, head"
+_DATASET_COLS = "id, name, path, description, created, latest, head, cache_tree"
 
 
 def _version(row: tuple) -> Version:
@@ -109,7 +105,8 @@ class Index:
         db = sqlite_utils.Database(self.conn)
         db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
         db["datasets"].create({"id": str, "name": str, "path": str, "description": str,
-                               "created": float, "latest": str, "head": str},
+                               "created": float, "latest": str, "head": str,
+                               "cache_tree": str},
                               pk="id", not_null={"name", "created"}, if_not_exists=True)
         db["datasets"].create_index(["name"], unique=True, if_not_exists=True)
         db["datasets"].create_index(["path"], unique=True, if_not_exists=True)
@@ -136,7 +133,8 @@ class Index:
         db.execute("""CREATE TABLE IF NOT EXISTS statcache (
             dataset TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
             mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL,
-            oid TEXT NOT NULL, PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
+            oid TEXT NOT NULL, cached_ns INTEGER NOT NULL,
+            PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
         db["checkouts"].create({"target": str, "version": str, "started": float},
                                pk="target", if_not_exists=True)
         db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
@@ -189,12 +187,12 @@ class Index:
         return Dataset(*row) if row else None
 
     def insert_dataset(self, ds: Dataset) -> None:
-        self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?)",
+        self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                           (ds.id, ds.name, ds.path, ds.description, ds.created, ds.latest,
-                           ds.head))
+                           ds.head, ds.cache_tree))
 
     def update_dataset(self, ds_id: str, **fields: Any) -> None:
-        allowed = {"name", "path", "description", "latest", "head"}
+        allowed = {"name", "path", "description", "latest", "head", "cache_tree"}
         assert set(fields) <= allowed
         sets = ", ".join(f"{k}=?" for k in fields)
         self.conn.execute(f"UPDATE datasets SET {sets} WHERE id=?", (*fields.values(), ds_id))
@@ -203,7 +201,8 @@ class Index:
         with self.transaction():
             self.conn.execute("DELETE FROM tags WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
-            self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL WHERE id=?", (ds_id,))
+            self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL, cache_tree=NULL "
+                              "WHERE id=?", (ds_id,))
             self.conn.execute("DELETE FROM versions WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
 
@@ -328,22 +327,36 @@ class Index:
 
     # ---- stat cache --------------------------------------------------------------
     def stat_cache(self, ds_id: str) -> dict[str, StatRow]:
-        rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, oid FROM statcache "
-                                 "WHERE dataset=?", (ds_id,))
-        return {r[0]: StatRow(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, oid, cached_ns "
+                                 "FROM statcache WHERE dataset=?", (ds_id,))
+        return {r[0]: r[1:] for r in rows}
+
+    def stat_keys(self, ds_id: str) -> dict[str, tuple[int, int, int, int, int]]:
+        """The cache without object ids: path → (size, mtime_ns, inode, mode, cached_ns)."""
+        rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, cached_ns "
+                                 "FROM statcache WHERE dataset=?", (ds_id,))
+        return {r[0]: r[1:] for r in rows}
 
     def put_stat_rows(self, ds_id: str, rows: Iterable[tuple[str, StatRow]]) -> None:
         self.conn.executemany(
-            "INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, mode, oid) "
-            "VALUES (?,?,?,?,?,?,?)",
-            ((ds_id, p, r.size, r.mtime_ns, r.ino, r.mode, r.oid) for p, r in rows))
+            "INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, mode, oid, "
+            "cached_ns) VALUES (?,?,?,?,?,?,?,?)", ((ds_id, p, *r) for p, r in rows))
 
     def drop_stat_rows(self, ds_id: str, paths: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?",
                               ((ds_id, p) for p in paths))
 
+    def forget_unstored(self, live: set[str]) -> None:
+        """Drop cache rows naming objects outside `live` (gc is about to delete them)."""
+        doomed = [(ds, path) for ds, path, oid in
+                  self.conn.execute("SELECT dataset, path, oid FROM statcache") if oid not in live]
+        if doomed:
+            self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?", doomed)
+            self.conn.execute("UPDATE datasets SET cache_tree=NULL")
+
     def clear_stat_cache(self, ds_id: str) -> None:
         self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
+        self.conn.execute("UPDATE datasets SET cache_tree=NULL WHERE id=?", (ds_id,))
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:

@@ -421,7 +421,7 @@ class Store:
 
     def _write_committed(self, ingest: Ingest, v: Version, new: bool,
                          stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
-                         head: bool = False) -> Version:
+                         head: bool = False, cache_tree: str | None = None) -> Version:
         """Seal `v` (state committed): write its record, then make it visible in one transaction."""
         v.state = "committed"
         v.committed = time.time()
@@ -446,6 +446,7 @@ class Store:
             fields: dict[str, Any] = {"latest": v.id}
             if head:
                 fields["head"] = v.id
+                fields["cache_tree"] = cache_tree
             self.index.update_dataset(v.dataset, **fields)
             if stat_rows is not None:
                 ds_id, rows, gone = stat_rows
@@ -484,17 +485,27 @@ class Store:
         ds = self.pick_dataset(key, cwd)
         root = self.dataset_root(ds)
         files, skipped = worktree.scan(root, self._excluded(ds))
+        head = self._head(ds)
+        if head is not None and ds.cache_tree == head.tree and \
+                worktree.all_trusted(files, self.index.stat_keys(ds.id)):
+            # The cache vouches for every file and describes the head tree exactly:
+            # no tree to read, nothing to hash.
+            return StatusReport(ds, head, worktree.Changes(), skipped)
         cache = self.index.stat_cache(ds.id)
         with self.reporter.task("hashing", len(files)) as advance:
             snap = worktree.snapshot(root, files, cache, None, advance)
-        head = self._head(ds)
         base = self.manifest(head) if head else {}
         report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped)
-        if snap.stat_rows and self._lock.try_acquire("status"):
-            # Remember what we hashed so the next status is instant; skip if someone writes.
+        # Remember what was hashed, so the next status reads nothing, but only rows whose
+        # content is already stored: the cache never names an object the store lacks.
+        known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
+        complete = report.changes.clean and len(known) == snap.hashed_files and head is not None
+        if (known or complete) and self._lock.try_acquire("status"):
             try:
                 with self.index.transaction():
-                    self.index.put_stat_rows(ds.id, snap.stat_rows)
+                    self.index.put_stat_rows(ds.id, known)
+                    if complete:
+                        self.index.update_dataset(ds.id, cache_tree=head.tree)
             finally:
                 self._lock.release()
         return report
@@ -515,7 +526,7 @@ class Store:
             cache = self.index.stat_cache(ds.id)
             ingest = Ingest(self.objects)
             try:
-                total = sum(f.size for f in files.values())
+                total = sum(f[0] for f in files.values())
                 with self.reporter.task("committing", len(files), total) as advance:
                     snap = worktree.snapshot(root, files, cache, ingest, advance)
                 root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
@@ -528,8 +539,10 @@ class Store:
                             [head.id] if head else [], message, author or default_author(),
                             now, now, None, lineage, size, len(snap.manifest))
                 gone = set(cache) - set(files)
+                complete = len(snap.stat_rows) == snap.hashed_files
                 return self._write_committed(ingest, v, new=True, head=True,
-                                             stat_rows=(ds.id, snap.stat_rows, gone))
+                                             stat_rows=(ds.id, snap.stat_rows, gone),
+                                             cache_tree=root_tree if complete else None)
             except BaseException:
                 ingest.abort()
                 raise
@@ -560,7 +573,8 @@ class Store:
                 files = {p: f for p, f in files.items() if p in wanted or p in selected or
                          any(p.startswith(s + "/") for s in selected if s)}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
-            current = worktree.snapshot(target, files, cache, None).manifest
+            before = worktree.snapshot(target, files, cache, None)
+            current = before.manifest
             base = self.manifest(self._head(ds)) if in_worktree and ds.head else {}
             to_write = [(p, e) for p, e in wanted.items() if current.get(p) != e]
             to_remove = [p for p in current if p not in wanted]
@@ -583,13 +597,22 @@ class Store:
                 rows = placer.place(to_write, advance)
             with self.index.transaction():
                 if in_worktree:
+                    # Rows of files left in place that already matched: their content is stored.
+                    kept = [(p, r) for p, r in before.stat_rows
+                            if p in wanted and wanted[p].oid == r[4]]
+                    self.index.put_stat_rows(ds.id, kept)
                     if link in ("hardlink", "symlink"):
                         self.index.drop_stat_rows(ds.id, (p for p, _r in rows))
                     else:
                         self.index.put_stat_rows(ds.id, rows)
                     self.index.drop_stat_rows(ds.id, to_remove)
                     if selected is None:
-                        self.index.update_dataset(ds.id, head=version.id)
+                        complete = link not in ("hardlink", "symlink") and \
+                            len(before.stat_rows) == before.hashed_files
+                        self.index.update_dataset(ds.id, head=version.id,
+                                                  cache_tree=version.tree if complete else None)
+                    else:
+                        self.index.update_dataset(ds.id, cache_tree=None)
                 self.index.end_checkout(key)
             self.index.checkpoint()
             return CheckoutReport(version, target, len(to_write), len(to_remove),
@@ -941,8 +964,7 @@ class Store:
                         self.objects.delete_loose(oid)
             if not dry_run:
                 with self.index.transaction():
-                    self.index.conn.execute(
-                        "DELETE FROM statcache WHERE oid NOT IN (SELECT oid FROM objects)")
+                    self.index.forget_unstored(live)
                 self.index.checkpoint()
         return report
 

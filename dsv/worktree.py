@@ -34,13 +34,12 @@ Progress = Callable[[int, int], None]
 """Called with (files done, bytes done) increments."""
 
 
-@dataclass(slots=True)
-class FileStat:
-    kind: str
-    mode: int
-    size: int
-    mtime_ns: int
-    ino: int
+FileStat = tuple[int, int, int, int, str]
+"""What a scan sees of one file: (size, mtime_ns, inode, permission bits, kind).
+
+Plain tuples, not objects: status builds one per file, and its first four fields compare
+in one step with the first four of a stat-cache row (index.StatRow).
+"""
 
 
 @dataclass
@@ -68,48 +67,64 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
     """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
+    One lstat per file, no reads.
     """
     skip = set(excluded)
     found: dict[str, FileStat] = {}
     skipped: list[str] = []
-    stack = [("", str(root))]
+    stack = [("", os.fspath(root))]
+    s_isreg, s_islnk, s_imode = stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    tmp_prefix = fileio.TMP_PREFIX
     while stack:
         rel_dir, abs_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
         try:
             entries = os.scandir(abs_dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         with entries:
             for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                if entry.name.startswith(fileio.TMP_PREFIX):
-                    continue
+                name = entry.name
                 if entry.is_dir(follow_symlinks=False):
+                    rel = prefix + name
                     if rel not in skip:
                         stack.append((rel, entry.path))
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
+                mode = st.st_mode
+                if s_isreg(mode):
                     kind = FILE
-                elif stat.S_ISLNK(st.st_mode):
+                elif s_islnk(mode):
                     kind = LINK
                 else:
-                    skipped.append(rel)
+                    skipped.append(prefix + name)
                     continue
-                found[rel] = FileStat(kind, stat.S_IMODE(st.st_mode), st.st_size,
-                                      st.st_mtime_ns, st.st_ino)
+                if name.startswith(tmp_prefix):
+                    continue
+                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped
 
 
-def cached_entry(fs: FileStat, row: StatRow | None) -> Entry | None:
-    """The manifest entry of a scanned file if the stat cache vouches for it, else None."""
-    if row is None or row.size != fs.size or row.mtime_ns != fs.mtime_ns or row.ino != fs.ino:
-        return None
-    return Entry(fs.kind, _stored_mode(fs), fs.size, row.oid)
+def all_trusted(files: dict[str, FileStat], keys: dict[str, tuple]) -> bool:
+    """Whether the stat cache vouches for every scanned file and holds no other path.
+
+    A row vouches for a file when size, mtime, inode and mode match and the file was not
+    modified so close to the moment it was cached that a later write could share its
+    mtime (git's "racily clean" entries: those are hashed again). `keys` rows are
+    (size, mtime_ns, inode, mode, cached_ns).
+    """
+    if len(files) != len(keys):
+        return False
+    get = keys.get
+    for path, fs in files.items():
+        row = get(path)
+        if row is None or fs[:4] != row[:4] or fs[1] >= row[4] - RACY_NS:
+            return False
+    return True
 
 
 def _stored_mode(fs: FileStat) -> int:
-    return 0o777 if fs.kind == LINK else fs.mode
+    return 0o777 if fs[4] == LINK else fs[3]
 
 
 @dataclass
@@ -127,21 +142,23 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
-    (status). Symlinks are stored as blobs holding their target.
+    (status). Cache rows always name stored objects (gc drops rows of objects it removes),
+    so a vouched-for file needs no store lookup. Symlinks are stored as blobs holding
+    their target.
     """
-    started = time.time_ns()
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
     result = Snapshot(manifest, rows)
     objects = ingest.store if ingest is not None else None
     for rel, fs in files.items():
-        check_relpath(rel)
-        entry = cached_entry(fs, cache.get(rel))
-        if entry is not None and (ingest is None or ingest.has(entry.oid)):
-            manifest[rel] = entry
+        row = cache.get(rel)
+        if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
+            manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
             continue
+        check_relpath(rel)
         path = os.path.join(root, rel)
-        if fs.kind == LINK:
+        hashed_at = time.time_ns()
+        if fs[4] == LINK:
             target = os.readlink(path)
             check_symlink_target(rel, target)
             data = target.encode("utf-8", "surrogateescape")
@@ -149,7 +166,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if ingest is not None:
                 ingest.add(oid, KIND_BLOB, data)
             size = len(data)
-        elif fs.size < PACK_THRESHOLD:
+        elif fs[0] < PACK_THRESHOLD:
             with open(path, "rb") as f:
                 data = f.read()
             oid = hash_bytes(data)
@@ -157,19 +174,19 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if ingest is not None:
                 ingest.add(oid, KIND_BLOB, data)
         else:
-            oid = hash_file(path, fs.size)
-            size = fs.size
+            oid = hash_file(path, fs[0])
+            size = fs[0]
             if objects is not None and not objects.has(oid):
-                oid = objects.add_loose_from_file(path, fs.size)
+                oid = objects.add_loose_from_file(path, fs[0])
                 size = os.stat(objects.loose_path(oid)).st_size
         result.hashed_files += 1
         result.hashed_bytes += size
         crashpoint("snapshot:file-hashed")
-        manifest[rel] = Entry(fs.kind, _stored_mode(fs), size, oid)
+        manifest[rel] = Entry(fs[4], _stored_mode(fs), size, oid)
         if progress:
             progress(1, size)
-        if size == fs.size and fs.mtime_ns < started - RACY_NS:
-            rows.append((rel, StatRow(fs.size, fs.mtime_ns, fs.ino, fs.mode, oid)))
+        if size == fs[0]:
+            rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
     return result
 
 
@@ -258,8 +275,8 @@ class Materializer:
                 self._write_large(dest, entry)
             crashpoint("checkout:file-written")
             st = os.lstat(dest)
-            rows.append((rel, StatRow(st.st_size, st.st_mtime_ns, st.st_ino,
-                                      stat.S_IMODE(st.st_mode), entry.oid)))
+            rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode),
+                               entry.oid, time.time_ns())))
             if progress:
                 progress(1, entry.size)
         return rows
@@ -367,4 +384,4 @@ def scan_one(path: Path) -> FileStat:
         kind = FILE
     else:
         raise InvalidInput(f"{path} is not a regular file or symlink")
-    return FileStat(kind, stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode), kind)
