@@ -535,11 +535,15 @@ class WorkloadResult:
         for c in CHECKS:
             if c.workload != self.workload.name or c.step not in self.steps:
                 continue
-            num = self.get(c.step, c.num).median
-            den = self.get(c.step, c.den).median
+            a, b = self.get(c.step, c.num), self.get(c.step, c.den)
+            num, den = a.median, b.median
             value = num / den if num is not None and den else None
             ok = None if value is None else (value >= c.target if c.op == ">=" else value <= c.target)
-            out.append({**asdict(c), "value": value, "pass": ok})
+            # Ratio within each repetition (both sides measured back to back), then median:
+            # less sensitive to slow drift of the machine than the ratio of medians.
+            pairs = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs) if y.seconds]
+            paired = statistics.median(pairs) if pairs and len(a.runs) == len(b.runs) else None
+            out.append({**asdict(c), "value": value, "paired": paired, "pass": ok})
         rss = [
             s.peak_rss
             for (step, who), s in self.series.items()
@@ -551,7 +555,7 @@ class WorkloadResult:
                 "workload": self.workload.name,
                 "name": "dsv peak RSS, MB (max over steps)",
                 "step": "*", "num": "dsv", "den": "", "op": "<", "target": RSS_LIMIT_MB,
-                "source": "SPEC §5", "value": None if peak is None else peak / MB,
+                "source": "SPEC §5", "value": None if peak is None else peak / MB, "paired": None,
                 "pass": None if peak is None else peak / MB < RSS_LIMIT_MB,
             })
         return out
@@ -702,7 +706,8 @@ def render(result: WorkloadResult, repeat: int) -> str:
     wl = result.workload
     keys = [p.key for p in result.participants]
     labels = {p.key: p.label for p in result.participants}
-    baselines = [k for k in ("cp", "blake3") if k in keys]
+    used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
+    baselines = [k for k in ("cp", "blake3") if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys]
 
     def spread(s: Series) -> str:
@@ -737,7 +742,8 @@ def render(result: WorkloadResult, repeat: int) -> str:
             f"{c['value']:.0f}" if c["op"] == "<" else fmt_x(c["value"])
         )
         target = f"{c['op']} {c['target']:g}" + ("" if c["op"] == "<" else "x")
-        check_rows.append([c["name"], value, target, result_s, c["source"]])
+        paired = "" if c["paired"] is None else fmt_x(c["paired"])
+        check_rows.append([c["name"], value, paired, target, result_s, c["source"]])
 
     out = [
         f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB; "
@@ -748,7 +754,7 @@ def render(result: WorkloadResult, repeat: int) -> str:
         table(headers[: 1 + len(tools) + len(baselines)], rss_rows),
     ]
     if check_rows:
-        out += ["", "targets", table(["check", "measured", "target", "result", "from"], check_rows)]
+        out += ["", "targets", table(["check", "measured", "paired", "target", "result", "from"], check_rows)]
     failures = [
         f"  {labels[who]} {step}: {msg}"
         for (step, who), s in result.series.items()
@@ -838,6 +844,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cache", choices=["warm", "cold"], default="warm",
         help="warm: sync before each timed step; cold: also drop the page cache (root only)",
     )
+    ap.add_argument(
+        "--strict", action="store_true", help="exit 2 when a target is missed (FAIL or n/a)"
+    )
     ap.add_argument("--seed", type=int, default=workloads.DEFAULT_SEED)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     ap.add_argument(
@@ -892,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({versions.get('dvc', '-')}); dsv: {shlex.join(dsv_argv)} ({versions.get('dsv', '-')})\n"
         f"workdir: {workdir}"
     )
-    log(header)
+    log(f"dsv bench: work in {workdir}; {cache.note}")
     results: list[WorkloadResult] = []
     try:
         for name in names:
@@ -941,7 +950,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     if failed and own_workdir and not args.keep:
         log(f"logs kept in {workdir / 'logs'}")
-    return 1 if failed else 0
+    if failed:
+        return 1
+    missed = any(c["pass"] is not True for r in results for c in r.checks())
+    return 2 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

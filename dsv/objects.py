@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +59,8 @@ class ObjectLocator(Protocol):
     """Answers where a packed object lives (implemented by the index)."""
 
     def locate(self, oid: str) -> tuple[str, int, int] | None: ...
+
+    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]: ...
 
 
 class PackWriter:
@@ -129,6 +132,7 @@ class ObjectStore:
         self.tmp_dir = Path(tmp_dir)
         self._locator = locator
         self._pack_fds: dict[str, int] = {}
+        self._fd_lock = threading.Lock()
 
     @classmethod
     def create_layout(cls, root: Path) -> None:
@@ -153,6 +157,10 @@ class ObjectStore:
     def has(self, oid: str) -> bool:
         return self._locator.locate(oid) is not None or self.has_loose(oid)
 
+    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        """Pack locations of those of `oids` that are packed (small objects are never loose)."""
+        return self._locator.locate_many(oids)
+
     # ---- reading -----------------------------------------------------------------
     def read(self, oid: str, verify: bool = True) -> bytes:
         """The bytes of object `oid`, checked against its name unless `verify` is False."""
@@ -174,7 +182,19 @@ class ObjectStore:
                                 hint="run `dsv verify` to list every damaged object")
         return data
 
+    def read_packed(self, where: tuple[str, int, int]) -> bytes:
+        """Raw bytes at a pack location (unverified: the caller hashes them)."""
+        pack_id, offset, length = where
+        return os.pread(self._pack_fd(pack_id), length, offset)
+
     def _pack_fd(self, pack_id: str) -> int:
+        fd = self._pack_fds.get(pack_id)
+        if fd is not None:
+            return fd
+        with self._fd_lock:
+            return self._open_pack(pack_id)
+
+    def _open_pack(self, pack_id: str) -> int:
         fd = self._pack_fds.get(pack_id)
         if fd is None:
             try:
@@ -218,13 +238,6 @@ class ObjectStore:
         dest.parent.mkdir(exist_ok=True)
         fileio.publish(tmp, str(dest))
         return oid
-
-    def add_loose_bytes(self, oid: str, data: bytes) -> None:
-        dest = self.loose_path(oid)
-        if dest.exists():
-            return
-        dest.parent.mkdir(exist_ok=True)
-        fileio.atomic_write_bytes(dest, data, mode=0o444, tmp_dir=self.tmp_dir)
 
     # ---- enumeration, verification and removal -----------------------------------
     def iter_loose(self) -> Iterator[str]:
@@ -301,24 +314,48 @@ def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:
 class Ingest:
     """Collects new small objects into packs (rolling at PACK_TARGET_SIZE) during one write.
 
-    Nothing it writes is visible to readers until the caller records `finish()`'s packs in
-    the index; if the process dies first, the packs are unreferenced and `gc` removes them.
+    Objects are staged and checked against the index in batches (one query per few
+    hundred objects, not one each). Nothing written is visible to readers until the
+    caller records `finish()`'s packs in the index; if the process dies first, the packs
+    are unreferenced and `gc` removes them.
     """
+
+    _BATCH_OBJECTS = 512
+    _BATCH_BYTES = 8 << 20
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._writer: PackWriter | None = None
         self.packs: list[PackInfo] = []
         self._pending: set[str] = set()
+        self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
+        self._staged_bytes = 0
         self.new_bytes = 0
 
     def has(self, oid: str) -> bool:
-        return oid in self._pending or self.store.has(oid)
+        return oid in self._pending or oid in self._staged or self.store.has(oid)
 
-    def add(self, oid: str, kind: int, data: bytes | memoryview, known_absent: bool = False) -> bool:
-        """Store `data` as `oid` unless already stored; True when it was new."""
-        if oid in self._pending or (not known_absent and self.store.has(oid)):
-            return False
+    def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
+        """Store `data` as `oid` (a small object, bound for a pack) unless already stored."""
+        if oid in self._pending or oid in self._staged:
+            return
+        self._staged[oid] = (kind, data)
+        self._staged_bytes += len(data)
+        if len(self._staged) >= self._BATCH_OBJECTS or self._staged_bytes >= self._BATCH_BYTES:
+            self._flush_staged()
+
+    def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
+        """Write an object the caller knows the store lacks (gc's repacking)."""
+        self._write(oid, kind, data)
+
+    def _flush_staged(self) -> None:
+        staged, self._staged, self._staged_bytes = self._staged, {}, 0
+        present = self.store.locate_many(staged)
+        for oid, (kind, data) in staged.items():
+            if oid not in present:
+                self._write(oid, kind, data)
+
+    def _write(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         if self._writer is None:
             self._writer = self.store.new_pack()
         self._writer.add(oid, kind, data)
@@ -326,7 +363,6 @@ class Ingest:
         self.new_bytes += len(data)
         if self._writer.size >= PACK_TARGET_SIZE:
             self._seal()
-        return True
 
     def _seal(self) -> None:
         if self._writer is not None:
@@ -336,10 +372,12 @@ class Ingest:
             self._writer = None
 
     def finish(self) -> list[PackInfo]:
+        self._flush_staged()
         self._seal()
         return self.packs
 
     def abort(self) -> None:
+        self._staged.clear()
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

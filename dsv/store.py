@@ -941,7 +941,7 @@ class Store:
                 if keep:
                     ingest = Ingest(self.objects)
                     for oid, _off, _len, kind in keep:
-                        ingest.add(oid, kind, self.objects.read(oid), known_absent=True)
+                        ingest.add_new(oid, kind, self.objects.read(oid))
                     new_packs = ingest.finish()
                     report.repacked_packs += 1
                 else:

@@ -29,6 +29,10 @@ from .tree import FILE, LINK, Entry, Manifest
 # same timestamp tick; its cache row is not trusted (git's "racily clean" problem).
 RACY_NS = 50_000_000
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
+_WORKERS = 4
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_CHUNK = 256
 
 Progress = Callable[[int, int], None]
 """Called with (files done, bytes done) increments."""
@@ -167,8 +171,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 ingest.add(oid, KIND_BLOB, data)
             size = len(data)
         elif fs[0] < PACK_THRESHOLD:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_small(path, fs[0])
             oid = hash_bytes(data)
             size = len(data)
             if ingest is not None:
@@ -188,6 +191,22 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         if size == fs[0]:
             rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
     return result
+
+
+def read_small(path: str, size: int) -> bytes:
+    """A small file's whole content, in as few syscalls as Python allows."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        # It grew since the scan: take all of it; the hash names what was read.
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def compare(base: Manifest, current: Manifest) -> Changes:
@@ -241,29 +260,45 @@ class Materializer:
                 continue
             path = os.path.join(self.root, sub)
             try:
-                st = os.lstat(path)
-            except FileNotFoundError:
                 os.mkdir(path)
-            else:
-                if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-                    # Something in the way (a file or a link where a directory belongs):
-                    # it is not part of the target version, so it goes.
+            except FileExistsError:
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    # A file or a link where the target has a directory: it is not part of
+                    # the target version, so it goes (never followed).
                     os.unlink(path)
                     os.mkdir(path)
             self._safe_dirs.add(sub)
 
     def place(self, items: list[tuple[str, Entry]], progress: Progress | None = None
               ) -> list[tuple[str, StatRow]]:
-        """Write every (path, entry); returns stat-cache rows for what was written."""
-        packed = self.objects._locator
-        locations = packed.locate_many(e.oid for _, e in items) if hasattr(
-            packed, "locate_many") else {}
+        """Write every (path, entry); returns stat-cache rows for what was written.
+
+        Files are written by a few threads: creating files is kernel work, and the
+        kernel can do it on every core while Python waits in the syscalls.
+        """
+        locations = self.objects.locate_many(e.oid for _, e in items)
         # Read packs in order: sequential I/O, and each pack opened once.
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
+        for rel, _entry in items:
+            check_relpath(rel)
+        # Directories first, in one thread: workers then never race to create them.
+        for rel, _entry in items:
+            self.ensure_parent(rel)
+        chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+        if len(chunks) <= 1:
+            return [row for chunk in chunks for row in self._place_chunk(chunk, locations,
+                                                                          progress)]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            results = list(pool.map(lambda c: self._place_chunk(c, locations, progress), chunks))
+        return [row for rows in results for row in rows]
+
+    def _place_chunk(self, items: list[tuple[str, Entry]],
+                     locations: dict[str, tuple[str, int, int]],
+                     progress: Progress | None) -> list[tuple[str, StatRow]]:
         rows: list[tuple[str, StatRow]] = []
         for rel, entry in items:
-            check_relpath(rel)
-            self.ensure_parent(rel)
             dest = os.path.join(self.root, rel)
             _remove_existing(dest)
             if entry.kind == LINK:
@@ -282,15 +317,17 @@ class Materializer:
         return rows
 
     def _write_small(self, dest: str, entry: Entry, where: tuple[str, int, int]) -> None:
-        pack_id, offset, length = where
-        data = os.pread(self.objects._pack_fd(pack_id), length, offset)
+        data = self.objects.read_packed(where)
         if hash_bytes(data) != entry.oid:
             raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
                                 hint="run `dsv verify` to list every damaged object")
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, entry.mode)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, entry.mode)
         try:
-            os.write(fd, data)
-            os.fchmod(fd, entry.mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if entry.mode & _UMASK:
+                os.fchmod(fd, entry.mode)  # the umask took bits the version has
         finally:
             os.close(fd)
 

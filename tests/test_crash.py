@@ -1,0 +1,413 @@
+"""Kill -9 at any point of commit, checkout and gc (SPEC §4).
+
+Every case runs the real CLI as a subprocess and SIGKILLs it — at a named crash point
+(`DSV_CRASH_AT`, `DSV_CRASH_AFTER`) or from a timer in the test — then demands:
+`dsv verify` exits 0, no version references a missing or damaged object (checked
+independently by `storecheck`), and running the same command again completes and
+gives exactly the result an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_tree, run_dsv, write_tree
+from storecheck import b3, copy_workspace, dir_content, inspect_store
+
+KILLED = -signal.SIGKILL
+MiB = 1 << 20
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+def ok(*args, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    r = run_dsv(*args, cwd=cwd, env=env)
+    assert r.returncode == 0, f"dsv {' '.join(map(str, args))} exited {r.returncode}:\n{r.stdout}{r.stderr}"
+    return r
+
+
+def crash(*args, cwd: Path, at: str, after: int = 1) -> subprocess.CompletedProcess:
+    """Run `dsv ARGS` with a crash point armed; it must die by SIGKILL there."""
+    r = run_dsv(*args, cwd=cwd, env={"DSV_CRASH_AT": at, "DSV_CRASH_AFTER": str(after)})
+    assert r.returncode == KILLED, (
+        f"dsv {' '.join(map(str, args))} with DSV_CRASH_AT={at} DSV_CRASH_AFTER={after} "
+        f"was not killed (exit {r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+def verify_ok(ws: Path) -> None:
+    r = run_dsv("verify", "--json", cwd=ws)
+    assert r.returncode == 0, f"dsv verify failed after the crash:\n{r.stdout}{r.stderr}"
+    report = json.loads(r.stdout)
+    assert report["ok"] is True and report["problems"] == [], report
+
+
+def log(ws: Path, dataset: str | None = None) -> list[dict]:
+    r = ok("log", *([dataset] if dataset else []), "--json", cwd=ws)
+    return json.loads(r.stdout)
+
+
+def messages(entries: list[dict]) -> list[str]:
+    return sorted(v["message"] for v in entries)
+
+
+def make_files(seed: int, n_small: int = 300, big: tuple[int, ...] = (3 * MiB // 2, 5 * MiB // 4),
+               dirs: int = 10) -> dict[str, bytes]:
+    """A dataset: `big` files (loose objects) at the top, `n_small` small ones in subdirs.
+
+    The big files sit in the root so that dsv's scan hashes them first: a crash after a
+    few dozen files has already stored them as loose objects.
+    """
+    rng = random.Random(seed)
+    files = {f"big{i}.bin": rng.randbytes(size) for i, size in enumerate(big)}
+    files["README.txt"] = f"dataset {seed}\n".encode()
+    for i in range(n_small):
+        files[f"d{i % dirs:02d}/f{i:04d}.dat"] = rng.randbytes(rng.randint(64, 3000))
+    return files
+
+
+def mutate(files: dict[str, bytes], seed: int) -> dict[str, bytes]:
+    """A second version: 40 files rewritten, 20 deleted, 30 added, one big file replaced."""
+    rng = random.Random(seed)
+    out = dict(files)
+    small = sorted(p for p in files if p.endswith(".dat"))
+    for p in small[:40]:
+        out[p] = rng.randbytes(rng.randint(64, 3000))
+    for p in small[40:60]:
+        del out[p]
+    for i in range(30):
+        out[f"new/n{i:03d}.dat"] = rng.randbytes(rng.randint(64, 3000))
+    out["big1.bin"] = rng.randbytes(5 * MiB // 4)
+    return out
+
+
+def set_tree(root: Path, old: dict[str, bytes], new: dict[str, bytes]) -> None:
+    for p in set(old) - set(new):
+        (root / p).unlink()
+    write_tree(root, {p: c for p, c in new.items() if old.get(p) != c})
+
+
+def hashes(files: dict[str, bytes]) -> dict[str, str]:
+    return {p: b3(c) for p, c in files.items()}
+
+
+def loose_on_disk(ws: Path) -> set[str]:
+    loose = ws / ".dsv" / "objects" / "loose"
+    return {n for sub in loose.iterdir() for n in os.listdir(sub)}
+
+
+# ---- shared starting points (built once, copied per case) ---------------------------
+
+FILES1 = make_files(1)
+FILES2 = mutate(FILES1, 2)
+
+
+@pytest.fixture(scope="module")
+def fresh_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace `data` holding FILES1, `dsv init` done, nothing committed."""
+    ws = tmp_path_factory.mktemp("fresh") / "data"
+    write_tree(ws, FILES1)
+    ok("init", cwd=ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def two_versions_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """Workspace `data`: v1 = FILES1 (tag v1), v2 = FILES2; the working dir holds FILES2."""
+    ws = tmp_path_factory.mktemp("two") / "data"
+    write_tree(ws, FILES1)
+    ok("init", cwd=ws)
+    v1 = ok("commit", "-m", "one", cwd=ws).stdout.strip().split(":")[1]
+    ok("tag", f"data:{v1}", "v1", cwd=ws)
+    set_tree(ws, FILES1, FILES2)
+    v2 = ok("commit", "-m", "two", cwd=ws).stdout.strip().split(":")[1]
+    return ws, v1, v2
+
+
+# ---- commit ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("point,after", [
+    ("snapshot:file-hashed", 1),
+    ("snapshot:file-hashed", 50),
+    ("snapshot:file-hashed", 300),
+    ("commit:objects-written", 1),
+])
+def test_first_commit_killed_then_rerun(tmp_path: Path, fresh_ws: Path, point: str,
+                                        after: int) -> None:
+    ws = copy_workspace(fresh_ws, tmp_path / "data")
+    crash("commit", "-m", "first", cwd=ws, at=point, after=after)
+
+    if after >= 50:
+        # The two big files were stored (loose, fsynced) before the kill: orphans now.
+        assert len(loose_on_disk(ws)) == 2
+    verify_ok(ws)
+    state = inspect_store(ws)
+    assert state.committed() == {}
+    assert log(ws) == []
+
+    out = ok("commit", "-m", "first", cwd=ws).stdout.strip()
+    assert out.startswith("data:")
+    vid = out.split(":", 1)[1]
+    verify_ok(ws)
+    entries = log(ws)
+    assert [(v["id"], v["message"], v["files"]) for v in entries] == [(vid, "first", len(FILES1))]
+    state = inspect_store(ws)
+    assert state.content(vid) == hashes(FILES1)
+    assert state.datasets["data"]["latest"] == vid == state.datasets["data"]["head"]
+
+    ok("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
+    assert read_tree(tmp_path / "out") == FILES1
+    assert read_tree(ws) == FILES1
+
+
+@pytest.mark.parametrize("point,after", [
+    ("snapshot:file-hashed", 50),
+    ("commit:objects-written", 1),
+])
+def test_second_commit_killed_then_rerun(tmp_path: Path, two_versions_ws, point: str,
+                                         after: int) -> None:
+    """Killed while committing on top of history: the old version stays whole."""
+    src, v1, v2 = two_versions_ws
+    ws = copy_workspace(src, tmp_path / "data")
+    files3 = mutate(FILES2, 3)
+    set_tree(ws, FILES2, files3)
+    crash("commit", "-m", "three", cwd=ws, at=point, after=after)
+
+    verify_ok(ws)
+    state = inspect_store(ws)
+    assert set(state.committed()) == {v1, v2}
+    assert state.content(v1) == hashes(FILES1)
+    assert state.content(v2) == hashes(FILES2)
+    assert state.datasets["data"]["latest"] == v2
+    assert messages(log(ws)) == ["one", "two"]
+
+    vid = ok("commit", "-m", "three", cwd=ws).stdout.strip().split(":", 1)[1]
+    verify_ok(ws)
+    entries = log(ws)
+    assert messages(entries) == ["one", "three", "two"]
+    assert [v["parents"] for v in entries if v["id"] == vid] == [[v2]]
+    state = inspect_store(ws)
+    assert state.content(vid) == hashes(files3)
+    assert state.content(v1) == hashes(FILES1)
+    status = json.loads(ok("status", "--json", cwd=ws).stdout)
+    assert status[0]["clean"] is True and status[0]["head"] == vid
+    ok("checkout", "data:v1", "--to", tmp_path / "old", cwd=ws)
+    assert read_tree(tmp_path / "old") == FILES1
+
+
+def test_commit_killed_at_random_moments(tmp_path: Path) -> None:
+    """SIGKILL from a timer, at several moments of a real commit of a larger dataset."""
+    rng = random.Random(7)
+    files = {f"big{i}.bin": rng.randbytes(8 * MiB) for i in range(3)}
+    for i in range(3000):
+        files[f"s{i % 30:02d}/f{i:05d}.dat"] = rng.randbytes(rng.randint(100, 2000))
+    template = tmp_path / "template" / "big"
+    write_tree(template, files)
+    ok("init", cwd=template)
+    expected = hashes(files)
+
+    # How long one uninterrupted commit takes here, start-up included.
+    calib = copy_workspace(template, tmp_path / "calib" / "big")
+    started = time.monotonic()
+    ok("commit", "-m", "snapshot", cwd=calib)
+    duration = time.monotonic() - started
+
+    for n, fraction in enumerate((0.3, 0.5, 0.65, 0.8)):
+        ws = copy_workspace(template, tmp_path / f"kill{n}" / "big")
+        proc = subprocess.Popen([sys.executable, "-m", "dsv", "commit", "-m", "snapshot"],
+                                cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(duration * fraction)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == KILLED, (
+            f"commit finished before the kill at {duration * fraction:.2f}s "
+            f"(exit {proc.returncode}): {out}{err}")
+
+        verify_ok(ws)
+        state = inspect_store(ws)
+        landed = state.committed()
+        # A kill can only land before the index transaction (nothing committed) or after
+        # it (the whole version committed): never anything in between.
+        for vid in landed:
+            assert state.content(vid) == expected
+        assert len(landed) <= 1
+
+        rerun = run_dsv("commit", "-m", "snapshot", cwd=ws)
+        if landed:
+            assert rerun.returncode == 1 and "nothing to commit" in rerun.stderr, rerun
+        else:
+            assert rerun.returncode == 0, f"re-run after kill at {fraction}: {rerun.stderr}"
+        verify_ok(ws)
+        entries = log(ws)
+        assert len(entries) == 1 and entries[0]["message"] == "snapshot", entries
+        state = inspect_store(ws)
+        assert state.content(entries[0]["id"]) == expected
+        if n % 2 == 0:
+            ok("checkout", "big:latest", "--to", tmp_path / f"out{n}", cwd=ws)
+            assert dir_content(tmp_path / f"out{n}") == expected
+
+
+# ---- checkout ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("point,after", [
+    ("checkout:journal-written", 1),
+    ("checkout:file-written", 1),
+    ("checkout:file-written", 30),
+    ("checkout:file-written", 61),   # the last file: placed, but the index not yet updated
+])
+def test_checkout_in_workdir_killed_then_rerun(tmp_path: Path, two_versions_ws, point: str,
+                                               after: int) -> None:
+    src, v1, v2 = two_versions_ws
+    ws = copy_workspace(src, tmp_path / "data")
+    crash("checkout", "data:v1", cwd=ws, at=point, after=after)
+
+    verify_ok(ws)
+    state = inspect_store(ws)
+    assert state.content(v1) == hashes(FILES1)
+    assert state.content(v2) == hashes(FILES2)
+    assert messages(log(ws)) == ["one", "two"]
+    # The status of a half-done checkout must still work.
+    assert run_dsv("status", "--json", cwd=ws).returncode == 0
+
+    # Same command again, no --force: it resumes the interrupted checkout.
+    ok("checkout", "data:v1", cwd=ws)
+    assert read_tree(ws) == FILES1
+    verify_ok(ws)
+    status = json.loads(ok("status", "--json", cwd=ws).stdout)
+    assert status[0]["clean"] is True and status[0]["head"] == v1, status
+    assert messages(log(ws)) == ["one", "two"]
+    # And back to v2 works as on any clean working directory.
+    ok("checkout", "data:latest", cwd=ws)
+    assert read_tree(ws) == FILES2
+
+
+@pytest.mark.parametrize("point,after", [
+    ("checkout:journal-written", 1),
+    ("checkout:file-written", 1),
+    ("checkout:file-written", 50),
+    ("checkout:file-written", 300),
+])
+def test_checkout_to_dir_killed_then_rerun(tmp_path: Path, two_versions_ws, point: str,
+                                           after: int) -> None:
+    src, v1, v2 = two_versions_ws
+    ws = copy_workspace(src, tmp_path / "data")
+    out = tmp_path / "out"
+    crash("checkout", "data:v1", "--to", out, cwd=ws, at=point, after=after)
+    if point == "checkout:file-written":
+        assert len(read_tree(out)) >= after
+
+    verify_ok(ws)
+    state = inspect_store(ws)
+    assert state.content(v1) == hashes(FILES1)
+    assert state.content(v2) == hashes(FILES2)
+
+    ok("checkout", "data:v1", "--to", out, cwd=ws)
+    assert read_tree(out) == FILES1
+    verify_ok(ws)
+    # The dataset's own working directory was never touched.
+    assert read_tree(ws) == FILES2
+    status = json.loads(ok("status", "--json", cwd=ws).stdout)
+    assert status[0]["clean"] is True and status[0]["head"] == v2
+
+
+# ---- gc ---------------------------------------------------------------------------------
+
+MAIN1 = make_files(11, n_small=150, big=(3 * MiB // 2, 9 * MiB // 8))
+MAIN2 = mutate(MAIN1, 12)
+_rng = random.Random(13)
+# junk shares 30 small files and one big file with main, and has 30 + 1 of its own.
+JUNK = {f"shared/{i:03d}.dat": MAIN1[p] for i, p in
+        enumerate(sorted(p for p in MAIN1 if p.endswith(".dat"))[:30])}
+JUNK["shared_big.bin"] = MAIN1["big0.bin"]
+JUNK.update({f"own/{i:03d}.dat": _rng.randbytes(_rng.randint(64, 3000)) for i in range(30)})
+JUNK["own_big.bin"] = _rng.randbytes(5 * MiB // 4)
+# a draft of main gets 40 small files and one big file nothing else has.
+DRAFT_EXTRA = {f"{i:03d}.dat": _rng.randbytes(_rng.randint(64, 3000)) for i in range(40)}
+DRAFT_EXTRA["draft_big.bin"] = _rng.randbytes(9 * MiB // 8)
+GARBAGE = ({b3(c) for p, c in JUNK.items() if p.startswith("own")}
+           | {b3(c) for c in DRAFT_EXTRA.values()})
+
+
+@pytest.fixture(scope="module")
+def garbage_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """Workspace with dataset main (v1 tagged, v2) and garbage: a deleted draft of main
+    with unique files, and a deleted dataset `junk` whose pack also holds live objects."""
+    base = tmp_path_factory.mktemp("gc")
+    ws = base / "ws"
+    ws.mkdir()
+    ok("init", "--bare", cwd=ws)
+    ok("datasets", "create", "main", "--path", "main", cwd=ws)
+    ok("datasets", "create", "junk", "--path", "junk", cwd=ws)
+    write_tree(ws / "junk", JUNK)
+    write_tree(ws / "main", MAIN1)
+    ok("commit", "-d", "junk", "-m", "junk", cwd=ws)      # first: it owns the shared objects
+    v1 = ok("commit", "-d", "main", "-m", "one", cwd=ws).stdout.strip().split(":")[1]
+    ok("tag", f"main:{v1}", "v1", cwd=ws)
+    set_tree(ws / "main", MAIN1, MAIN2)
+    v2 = ok("commit", "-d", "main", "-m", "two", cwd=ws).stdout.strip().split(":")[1]
+    draft = json.loads(ok("versions", "create", "main", "-m", "scratch", "--json",
+                          cwd=ws).stdout)["id"]
+    write_tree(base / "extra", DRAFT_EXTRA)
+    ok("files", "put", f"main:{draft}", base / "extra", "--target-path", "extra", cwd=ws)
+    ok("versions", "delete", f"main:{draft}", cwd=ws)
+    ok("datasets", "delete", "junk", "-y", cwd=ws)
+    state = inspect_store(ws)
+    # The garbage really is in the store before gc.
+    assert GARBAGE <= state.indexed | state.loose
+    assert GARBAGE.isdisjoint(state.reachable)
+    return ws, v1, v2
+
+
+def _check_main_versions(ws: Path, v1: str, v2: str, out: Path) -> None:
+    state = inspect_store(ws)
+    assert set(state.committed()) == {v1, v2}
+    assert state.content(v1) == hashes(MAIN1)
+    assert state.content(v2) == hashes(MAIN2)
+    ok("checkout", "main:v1", "--to", out / "v1", cwd=ws)
+    ok("checkout", f"main:{v2}", "--to", out / "v2", cwd=ws)
+    assert read_tree(out / "v1") == MAIN1
+    assert read_tree(out / "v2") == MAIN2
+
+
+@pytest.mark.parametrize("point,after", [
+    ("gc:repacked", 1),
+    ("gc:repacked", 2),
+    ("gc:index-updated", 1),
+    ("gc:index-updated", 2),
+])
+def test_gc_killed_then_rerun(tmp_path: Path, garbage_ws, point: str, after: int) -> None:
+    src, v1, v2 = garbage_ws
+    ws = copy_workspace(src, tmp_path / "ws")
+    crash("gc", cwd=ws, at=point, after=after)
+
+    verify_ok(ws)
+    _check_main_versions(ws, v1, v2, tmp_path / "after-crash")
+
+    report = json.loads(ok("gc", "--json", cwd=ws).stdout)
+    assert report["removed_objects"] > 0 or report["removed_packs"] > 0, report
+    verify_ok(ws)
+    state = inspect_store(ws)
+    # Everything that is left is needed, everything needed is left, no stray packs.
+    held = state.indexed | state.loose
+    assert held == state.reachable, (sorted(held - state.reachable)[:5],
+                                     sorted(state.reachable - held)[:5])
+    assert GARBAGE.isdisjoint(held)
+    assert state.pack_files == state.indexed_packs
+    _check_main_versions(ws, v1, v2, tmp_path / "after-gc")
+    again = json.loads(ok("gc", "--json", cwd=ws).stdout)
+    assert again["removed_objects"] == 0 and again["removed_packs"] == 0, again
+    # The working directory still commits against what gc left.
+    (ws / "main" / "after-gc.txt").write_text("still works")
+    ok("commit", "-d", "main", "-m", "three", cwd=ws)
+    verify_ok(ws)
