@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +34,14 @@ app.add_typer(versions_app, name="versions")
 app.add_typer(files_app, name="files")
 
 _state: dict[str, Any] = {"store": None, "debug": False}
+
+
+class LinkMode(str, Enum):
+    auto = "auto"
+    copy = "copy"
+    reflink = "reflink"
+    hardlink = "hardlink"
+    symlink = "symlink"
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 DatasetOpt = typer.Option(None, "-d", "--dataset", help="Dataset id or name "
@@ -307,12 +316,13 @@ def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~
                                                "(default: the dataset's working directory)."),
              force: bool = typer.Option(False, "--force", "-f",
                                         help="Discard uncommitted changes."),
-             link: str = typer.Option("auto", "--link", help="auto (reflink, else copy), copy, "
-                                      "reflink, hardlink or symlink (the last two read-only)."),
+             link: LinkMode = typer.Option(LinkMode.auto, "--link", help="auto (reflink, else "
+                                           "copy), copy, reflink, hardlink or symlink (the last "
+                                           "two read-only)."),
              as_json: bool = JsonOpt) -> None:
     """Make a directory hold exactly one version: right bytes and modes, nothing extra."""
     store = _open_store()
-    report = store.checkout(ref, to=to, paths=paths or None, force=force, link=link)
+    report = store.checkout(ref, to=to, paths=paths or None, force=force, link=link.value)
     if as_json:
         _print_json(report.to_json())
     else:

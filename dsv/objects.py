@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from .hashing import hash_bytes, hash_file, new_hasher
 # kernel time than hashing it (SPEC §5), so they are batched like git and restic do.
 PACK_THRESHOLD = 1 << 20
 PACK_TARGET_SIZE = 32 << 20
+
+# A file changed this recently may change again within one timestamp tick, unseen by stat.
+RACY_NS = 50_000_000
 
 PACK_MAGIC = b"DSVPACK1"
 PACK_END_MAGIC = b"DSVPEND1"
@@ -129,6 +133,7 @@ class ObjectStore:
         self.root = Path(root)
         self.loose_dir = self.root / "loose"
         self.pack_dir = self.root / "packs"
+        self.links_dir = self.root / "links"
         self.tmp_dir = Path(tmp_dir)
         self._locator = locator
         self._pack_fds: dict[str, int] = {}
@@ -153,6 +158,12 @@ class ObjectStore:
 
     def has_loose(self, oid: str) -> bool:
         return os.path.exists(self.loose_path(oid))
+
+    def stored(self, oids: Iterable[str]) -> set[str]:
+        """Those of `oids` the store holds (packed or loose)."""
+        wanted = set(oids)
+        found = set(self.locate_many(wanted))
+        return found | {oid for oid in wanted - found if self.has_loose(oid)}
 
     def has(self, oid: str) -> bool:
         return self._locator.locate(oid) is not None or self.has_loose(oid)
@@ -209,35 +220,73 @@ class ObjectStore:
     def new_pack(self) -> PackWriter:
         return PackWriter(self)
 
-    def add_loose_from_file(self, src: str | os.PathLike[str], size: int) -> str:
-        """Copy a large file into the store; returns the hash of the bytes actually stored.
+    def add_large_file(self, src: str | os.PathLike[str]) -> tuple[str, int]:
+        """Store a large file as a loose object; returns (id, size) of the bytes stored.
 
-        The copy is hashed, not the source, so a file that changes while it is being
-        committed can never produce an object whose name lies about its content.
+        One pass: the bytes are hashed as they are copied, so the object's name is the
+        hash of exactly what was written, even if the source changes meanwhile.
         """
         tmp = fileio.tmp_name(self.tmp_dir)
-        src_fd = os.open(src, os.O_RDONLY)
+        hasher = new_hasher(threads=True)
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            try:
-                if not fileio.try_reflink(src_fd, dst_fd):
-                    fileio.copy_into(src_fd, dst_fd, size)
-                os.fsync(dst_fd)
-            finally:
-                os.close(dst_fd)
-        except BaseException:
-            fileio._unlink_quietly(tmp)
-            raise
+            size = fileio.stream_into_new_file(src_fd, tmp, 0o444, hasher.update, durable=True)
         finally:
             os.close(src_fd)
-        oid = hash_file(tmp)
+        oid = hasher.hexdigest()
         dest = self.loose_path(oid)
         if dest.exists():
             os.unlink(tmp)
-            return oid
+            return oid, size
         dest.parent.mkdir(exist_ok=True)
         fileio.publish(tmp, str(dest))
-        return oid
+        return oid, size
+
+    def copy_out(self, oid: str, dest: str, mode: int) -> int:
+        """Write loose object `oid` to a new file `dest`, verifying it on the way.
+
+        A damaged object is detected before its file is published: `dest` is removed and
+        CorruptObject raised, so wrong bytes never stay in a working directory.
+        """
+        hasher = new_hasher(threads=True)
+        try:
+            src_fd = os.open(self.loose_path(oid), os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                hint="run `dsv verify` to see what else is affected") from None
+        try:
+            size = fileio.stream_into_new_file(src_fd, dest, mode, hasher.update, durable=False)
+        finally:
+            os.close(src_fd)
+        if hasher.hexdigest() != oid:
+            fileio.unlink_quietly(dest)
+            raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
+                                hint="run `dsv verify` to list every damaged object")
+        return size
+
+    def link_source(self, oid: str) -> Path:
+        """A read-only copy of loose object `oid` for hardlink/symlink checkouts.
+
+        Checked-out links point here, not at the object, so writing through one can at
+        worst damage this copy; it is re-hashed before every reuse and replaced if so.
+        """
+        path = self.links_dir / oid
+        if path.exists():
+            if hash_file(path) == oid:
+                return path
+            os.unlink(path)
+        self.links_dir.mkdir(exist_ok=True)
+        tmp = fileio.tmp_name(self.tmp_dir)
+        self.copy_out(oid, tmp, 0o444)
+        fileio.publish(tmp, str(path))
+        return path
+
+    def iter_link_sources(self) -> Iterator[str]:
+        if self.links_dir.exists():
+            yield from (n for n in os.listdir(self.links_dir) if not n.startswith(fileio.TMP_PREFIX))
+
+    def delete_link_source(self, oid: str) -> None:
+        fileio.unlink_quietly(str(self.links_dir / oid))
 
     # ---- enumeration, verification and removal -----------------------------------
     def iter_loose(self) -> Iterator[str]:
@@ -279,13 +328,13 @@ class ObjectStore:
         return whole_ok, bad
 
     def delete_loose(self, oid: str) -> None:
-        fileio._unlink_quietly(str(self.loose_path(oid)))
+        fileio.unlink_quietly(str(self.loose_path(oid)))
 
     def delete_pack(self, pack_id: str) -> None:
         fd = self._pack_fds.pop(pack_id, None)
         if fd is not None:
             os.close(fd)
-        fileio._unlink_quietly(str(self.pack_path(pack_id)))
+        fileio.unlink_quietly(str(self.pack_path(pack_id)))
 
 
 def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:

@@ -551,6 +551,7 @@ class Store:
                  paths: list[str] | None = None, force: bool = False, link: str = "auto",
                  cwd: str | os.PathLike[str] = ".") -> CheckoutReport:
         """Make a directory (the dataset's own, or `to`) hold exactly one version's files."""
+        worktree.check_link_mode(link)
         with self.locked("checkout"):
             version = self.resolve(ref, cwd)
             ds = self.index.dataset_by("id", version.dataset)
@@ -580,8 +581,10 @@ class Store:
             to_remove = [p for p in current if p not in wanted]
             if not force and not resumed:
                 # A file may be replaced or removed only if its content is safe in the store.
-                at_risk = [p for p in to_remove if current[p] != base.get(p)]
-                at_risk += [p for p, _e in to_write if p in current and current[p] != base.get(p)]
+                touched = to_remove + [p for p, _e in to_write if p in current]
+                changed = [p for p in touched if current[p] != base.get(p)]
+                stored = self.objects.stored(current[p].oid for p in changed)
+                at_risk = [p for p in changed if current[p].oid not in stored]
                 if at_risk:
                     shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                     raise DirtyWorktree(
@@ -955,6 +958,9 @@ class Store:
                 crashpoint("gc:index-updated")
                 self.objects.delete_pack(pack_id)
                 report.removed_packs += 1
+            for oid in list(self.objects.iter_link_sources()):
+                if oid not in live and not dry_run:
+                    self.objects.delete_link_source(oid)
             for oid in list(self.objects.iter_loose()):
                 if oid not in live:
                     path = self.objects.loose_path(oid)

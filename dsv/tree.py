@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .errors import CorruptObject
+from .errors import CorruptObject, InvalidInput
 from .hashing import hash_bytes, is_hash
 from .paths import check_name, check_symlink_target
 
@@ -104,6 +104,8 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         store_tree(oid, data)
         if directory:
             parent, _, name = directory.rpartition("/")
+            if isinstance(children[parent].get(name), tuple) and children[parent][name][0] != DIR:
+                raise InvalidInput(f"{directory} is both a file and a directory")
             children[parent][name] = (DIR, 0, sum(r[3] for r in rows), oid)
         else:
             return oid, sum(r[3] for r in rows)
@@ -111,12 +113,11 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
 
 
 def _add_dirs(children: dict[str, dict], directory: str) -> None:
+    """Register `directory` and its missing ancestors; each parent's row for a child
+    directory is filled in when that child is built (deepest first)."""
     while directory not in children:
         children[directory] = {}
-        parent, _, name = directory.rpartition("/")
-        children.setdefault(parent, {})
-        children[parent][name] = None  # filled in when the child directory is built
-        directory = parent
+        directory = directory.rpartition("/")[0]
 
 
 def empty_tree() -> tuple[str, bytes]:

@@ -13,6 +13,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +22,14 @@ from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
 from .index import StatRow
-from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest, ObjectStore
+from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .paths import check_relpath, check_symlink_target
 from .tree import FILE, LINK, Entry, Manifest
 
-# A file whose mtime is this close to the moment we hashed it may be rewritten within the
-# same timestamp tick; its cache row is not trusted (git's "racily clean" problem).
-RACY_NS = 50_000_000
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
+STORE_DIR_NAME = ".dsv"
 _WORKERS = 4
+_LARGE_WORKERS = 2
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _CHUNK = 256
@@ -91,7 +91,8 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
                 name = entry.name
                 if entry.is_dir(follow_symlinks=False):
                     rel = prefix + name
-                    if rel not in skip:
+                    # Any `.dsv` is a store (this one or a nested one): never content.
+                    if rel not in skip and name != STORE_DIR_NAME:
                         stack.append((rel, entry.path))
                     continue
                 st = entry.stat(follow_symlinks=False)
@@ -154,34 +155,10 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     rows: list[tuple[str, StatRow]] = []
     result = Snapshot(manifest, rows)
     objects = ingest.store if ingest is not None else None
-    for rel, fs in files.items():
-        row = cache.get(rel)
-        if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
-            manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
-            continue
-        check_relpath(rel)
-        path = os.path.join(root, rel)
-        hashed_at = time.time_ns()
-        if fs[4] == LINK:
-            target = os.readlink(path)
-            check_symlink_target(rel, target)
-            data = target.encode("utf-8", "surrogateescape")
-            oid = hash_bytes(data)
-            if ingest is not None:
-                ingest.add(oid, KIND_BLOB, data)
-            size = len(data)
-        elif fs[0] < PACK_THRESHOLD:
-            data = read_small(path, fs[0])
-            oid = hash_bytes(data)
-            size = len(data)
-            if ingest is not None:
-                ingest.add(oid, KIND_BLOB, data)
-        else:
-            oid = hash_file(path, fs[0])
-            size = fs[0]
-            if objects is not None and not objects.has(oid):
-                oid = objects.add_loose_from_file(path, fs[0])
-                size = os.stat(objects.loose_path(oid)).st_size
+    large: list[tuple[str, FileStat, int, Future[tuple[str, int]]]] = []
+    pool: ThreadPoolExecutor | None = None
+
+    def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int) -> None:
         result.hashed_files += 1
         result.hashed_bytes += size
         crashpoint("snapshot:file-hashed")
@@ -190,7 +167,46 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             progress(1, size)
         if size == fs[0]:
             rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
+
+    try:
+        for rel, fs in files.items():
+            row = cache.get(rel)
+            if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
+                manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
+                continue
+            check_relpath(rel)
+            path = os.path.join(root, rel)
+            hashed_at = time.time_ns()
+            if fs[4] == LINK:
+                target = os.readlink(path)
+                check_symlink_target(rel, target)
+                data = target.encode("utf-8", "surrogateescape")
+            elif fs[0] < PACK_THRESHOLD:
+                data = read_small(path, fs[0])
+            else:
+                # Large files go to worker threads: copying and fsyncing one overlaps
+                # hashing the next (blake3 and the kernel both run without the GIL).
+                if pool is None:
+                    pool = ThreadPoolExecutor(max_workers=_LARGE_WORKERS)
+                job = (objects.add_large_file if objects is not None else _hash_large)
+                large.append((rel, fs, hashed_at, pool.submit(job, path)))
+                continue
+            oid = hash_bytes(data)
+            if ingest is not None:
+                ingest.add(oid, KIND_BLOB, data)
+            record(rel, fs, oid, len(data), hashed_at)
+        for rel, fs, hashed_at, future in large:
+            oid, size = future.result()
+            record(rel, fs, oid, size, hashed_at)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _hash_large(path: str) -> tuple[str, int]:
+    size = os.stat(path).st_size
+    return hash_file(path, size), size
 
 
 def read_small(path: str, size: int) -> bytes:
@@ -232,6 +248,12 @@ def compare(base: Manifest, current: Manifest) -> Changes:
 
 # ---- placing files ----------------------------------------------------------------
 
+def check_link_mode(link: str) -> None:
+    if link not in ("auto", *LINK_MODES):
+        raise InvalidInput(f"unknown link mode {link!r}",
+                           hint=f"choose one of: auto, {', '.join(LINK_MODES)}")
+
+
 class Materializer:
     """Writes manifest entries into a directory, verifying every object as it goes.
 
@@ -240,13 +262,12 @@ class Materializer:
     """
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto") -> None:
-        if link not in ("auto", *LINK_MODES):
-            raise InvalidInput(f"unknown link mode {link!r}",
-                               hint=f"choose one of: auto, {', '.join(LINK_MODES)}")
+        check_link_mode(link)
         self.objects = objects
         self.root = root
         self.link = link
         self._safe_dirs: set[str] = {""}
+        self._no_reflink = False
 
     def ensure_parent(self, rel: str) -> None:
         """Create the directories above `rel`, refusing to pass through a symlink."""
@@ -285,13 +306,16 @@ class Materializer:
         # Directories first, in one thread: workers then never race to create them.
         for rel, _entry in items:
             self.ensure_parent(rel)
-        chunks = [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-        if len(chunks) <= 1:
-            return [row for chunk in chunks for row in self._place_chunk(chunk, locations,
-                                                                          progress)]
-        from concurrent.futures import ThreadPoolExecutor
+        # Tasks: runs of small files, and every large file on its own, so big copies
+        # proceed side by side.
+        small = [it for it in items if it[1].oid in locations or it[1].kind == LINK]
+        tasks = [small[i:i + _CHUNK] for i in range(0, len(small), _CHUNK)]
+        tasks += [[it] for it in items if it[1].oid not in locations and it[1].kind != LINK]
+        if len(tasks) <= 1:
+            return [row for task in tasks for row in self._place_chunk(task, locations,
+                                                                        progress)]
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            results = list(pool.map(lambda c: self._place_chunk(c, locations, progress), chunks))
+            results = list(pool.map(lambda t: self._place_chunk(t, locations, progress), tasks))
         return [row for rows in results for row in rows]
 
     def _place_chunk(self, items: list[tuple[str, Entry]],
@@ -332,41 +356,54 @@ class Materializer:
             os.close(fd)
 
     def _write_large(self, dest: str, entry: Entry) -> None:
-        src = self.objects.loose_path(entry.oid)
-        if not src.exists():
-            # Small blobs that were stored loose (e.g. by an older writer) land here too.
-            data = self.objects.read(entry.oid)
-            fileio.atomic_write_bytes(dest, data, mode=entry.mode)
+        if not self.objects.has_loose(entry.oid):
+            # A small blob that was never packed (not written by this version of dsv).
+            fileio.atomic_write_bytes(dest, self.objects.read(entry.oid), mode=entry.mode)
             os.chmod(dest, entry.mode)
             return
+        src = self.objects.loose_path(entry.oid)
         if self.link in ("hardlink", "symlink"):
-            if not self.objects.verify_loose(entry.oid):
-                raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not linked")
+            # Links share a verified copy, never the object itself: root ignores the
+            # read-only mode, and an edit through a link must not reach the store.
+            shared = self.objects.link_source(entry.oid)
             if self.link == "hardlink":
-                os.link(src, dest)
+                os.link(shared, dest)
             else:
-                os.symlink(os.path.abspath(src), dest)
+                os.symlink(os.path.abspath(shared), dest)
             return
+        if self.link in ("auto", "reflink") and self._reflink(src, dest, entry):
+            return
+        if self.link == "reflink":
+            raise InvalidInput("this filesystem cannot reflink", hint="use --link copy (or auto)")
+        self.objects.copy_out(entry.oid, dest, entry.mode)
+        if entry.mode & _UMASK:
+            os.chmod(dest, entry.mode)
+
+    def _reflink(self, src: Path, dest: str, entry: Entry) -> bool:
+        """Share the object's blocks (btrfs, xfs); verified after, as a copy would be."""
+        if self._no_reflink:
+            return False
         src_fd = os.open(src, os.O_RDONLY)
         try:
-            dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, entry.mode)
+            dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             entry.mode)
             try:
-                if self.link == "copy" or not fileio.try_reflink(src_fd, dst_fd):
-                    if self.link == "reflink":
-                        raise InvalidInput("this filesystem cannot reflink",
-                                           hint="use --link copy (or auto)")
-                    fileio.copy_into(src_fd, dst_fd, entry.size)
-                os.fchmod(dst_fd, entry.mode)
+                done = fileio.try_reflink(src_fd, dst_fd)
+                if done and entry.mode & _UMASK:
+                    os.fchmod(dst_fd, entry.mode)
             finally:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
-        # Verify what landed, not what we meant to write: a bit flip in the store must
-        # never reach a working directory unnoticed.
+        if not done:
+            os.unlink(dest)
+            self._no_reflink = True
+            return False
         if hash_file(dest, entry.size) != entry.oid:
             os.unlink(dest)
             raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
                                 hint="run `dsv verify` to list every damaged object")
+        return True
 
 
 def _remove_existing(dest: str) -> None:

@@ -359,6 +359,24 @@ def test_commit_refuses_symlink_escaping_the_dataset(ws: Path, dsv) -> None:
     assert os.readlink(ws / "sub" / "evil") == "../../etc/passwd"
 
 
+def test_commit_and_checkout_deeply_nested_directories(tmp_path: Path, dsv) -> None:
+    """Directories that hold only directories (train/images/cats/x.png) are ordinary datasets."""
+    data = tmp_path / "mydata"
+    files = {"train/images/cats/0001.png": b"\x89PNG cat", "train/images/dogs/0002.png": b"dog",
+             "l1/l2/l3/l4/l5/deep.txt": "deep", "top.txt": "top"}
+    write_tree(data, files)
+    ok(dsv("init", cwd=data))
+    v1 = vid_of(dsv("commit", "-m", "nested", cwd=data))
+    listing = jout(dsv("files", "list", f"mydata:{v1}", "-r", "--json", cwd=data))
+    assert {f["path"] for f in listing} == set(files)
+    out = tmp_path / "out"
+    ok(dsv("checkout", f"mydata:{v1}", "--to", out, cwd=data))
+    assert read_tree(out) == read_tree(data)
+    (data / "train" / "images" / "cats" / "0001.png").write_bytes(b"other cat")
+    ok(dsv("commit", "-m", "changed a cat", cwd=data))
+    ok(dsv("verify", cwd=data))
+
+
 def test_commit_only_hashes_changed_files(committed, dsv) -> None:
     ws, first = committed
     (ws / "a.txt").write_text("second\n")
