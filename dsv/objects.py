@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from . import fileio
-from .errors import CorruptObject, MissingObject
+from .errors import CorruptObject, InvalidInput, MissingObject
 from .hashing import hash_bytes, hash_file, new_hasher
 
 # Files smaller than this go into packs; creating one file per small object costs more
@@ -242,23 +241,37 @@ class ObjectStore:
         fileio.publish(tmp, str(dest))
         return oid, size
 
-    def copy_out(self, oid: str, dest: str, mode: int) -> int:
-        """Write loose object `oid` to a new file `dest`, verifying it on the way.
+    def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto") -> int:
+        """Write loose object `oid` to a new file `dest`, then verify what landed.
 
-        A damaged object is detected before its file is published: `dest` is removed and
-        CorruptObject raised, so wrong bytes never stay in a working directory.
+        The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
+        the filesystem can, else copy_file_range: the same work as `cp`), and the new file
+        is hashed while its pages are still in memory. A damaged
+        object is caught before the call returns: `dest` is removed and CorruptObject
+        raised, so wrong bytes never stay in a working directory.
         """
-        hasher = new_hasher(threads=True)
         try:
             src_fd = os.open(self.loose_path(oid), os.O_RDONLY)
         except FileNotFoundError:
             raise MissingObject(f"object {oid[:12]} is missing from the store",
                                 hint="run `dsv verify` to see what else is affected") from None
         try:
-            size = fileio.stream_into_new_file(src_fd, dest, mode, hasher.update, durable=False)
+            size = os.fstat(src_fd).st_size
+            dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                if reflink == "never" or not fileio.try_reflink(src_fd, dst_fd):
+                    if reflink == "always":
+                        raise InvalidInput("this filesystem cannot reflink",
+                                           hint="use --link copy (or auto)")
+                    fileio.copy_into(src_fd, dst_fd, size)
+            except BaseException:
+                os.close(dst_fd)
+                fileio.unlink_quietly(dest)
+                raise
+            os.close(dst_fd)
         finally:
             os.close(src_fd)
-        if hasher.hexdigest() != oid:
+        if hash_file(dest, size) != oid:
             fileio.unlink_quietly(dest)
             raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
                                 hint="run `dsv verify` to list every damaged object")

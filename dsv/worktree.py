@@ -267,7 +267,6 @@ class Materializer:
         self.root = root
         self.link = link
         self._safe_dirs: set[str] = {""}
-        self._no_reflink = False
 
     def ensure_parent(self, rel: str) -> None:
         """Create the directories above `rel`, refusing to pass through a symlink."""
@@ -356,12 +355,6 @@ class Materializer:
             os.close(fd)
 
     def _write_large(self, dest: str, entry: Entry) -> None:
-        if not self.objects.has_loose(entry.oid):
-            # A small blob that was never packed (not written by this version of dsv).
-            fileio.atomic_write_bytes(dest, self.objects.read(entry.oid), mode=entry.mode)
-            os.chmod(dest, entry.mode)
-            return
-        src = self.objects.loose_path(entry.oid)
         if self.link in ("hardlink", "symlink"):
             # Links share a verified copy, never the object itself: root ignores the
             # read-only mode, and an edit through a link must not reach the store.
@@ -371,39 +364,11 @@ class Materializer:
             else:
                 os.symlink(os.path.abspath(shared), dest)
             return
-        if self.link in ("auto", "reflink") and self._reflink(src, dest, entry):
-            return
-        if self.link == "reflink":
-            raise InvalidInput("this filesystem cannot reflink", hint="use --link copy (or auto)")
-        self.objects.copy_out(entry.oid, dest, entry.mode)
+        # Not in a pack, so loose (copy_out says clearly if it is missing altogether).
+        reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
+        self.objects.copy_out(entry.oid, dest, entry.mode, reflink)
         if entry.mode & _UMASK:
             os.chmod(dest, entry.mode)
-
-    def _reflink(self, src: Path, dest: str, entry: Entry) -> bool:
-        """Share the object's blocks (btrfs, xfs); verified after, as a copy would be."""
-        if self._no_reflink:
-            return False
-        src_fd = os.open(src, os.O_RDONLY)
-        try:
-            dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                             entry.mode)
-            try:
-                done = fileio.try_reflink(src_fd, dst_fd)
-                if done and entry.mode & _UMASK:
-                    os.fchmod(dst_fd, entry.mode)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
-        if not done:
-            os.unlink(dest)
-            self._no_reflink = True
-            return False
-        if hash_file(dest, entry.size) != entry.oid:
-            os.unlink(dest)
-            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
-                                hint="run `dsv verify` to list every damaged object")
-        return True
 
 
 def _remove_existing(dest: str) -> None:
