@@ -366,6 +366,24 @@ def verify(repair: bool = typer.Option(False, "--repair",
         raise typer.Exit(1)
 
 
+index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("rebuild")
+def index_rebuild(as_json: bool = JsonOpt) -> None:
+    """Recreate .dsv/index.db from the packs and version records (the old one is kept)."""
+    from .store import Store
+    report = Store.rebuild_index(_state["store"] or ".", reporter=RichReporter())
+    if as_json:
+        _print_json(report)
+        return
+    for line in report["skipped"]:
+        print(f"skipped: {line}")
+    print(f"rebuilt the index from {report['packs']} packs: {report['versions']} versions "
+          f"of {report['datasets']} datasets (drafts are not recoverable)")
+
+
 # ---- datasets ----------------------------------------------------------------------------
 
 def _print_dataset(ds: Any, as_json: bool) -> None:

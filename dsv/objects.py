@@ -325,20 +325,21 @@ class ObjectStore:
     def verify_loose(self, oid: str) -> bool:
         return hash_file(self.loose_path(oid)) == oid
 
-    def verify_pack(self, pack_id: str) -> tuple[bool, list[str]]:
-        """Re-hash a pack: whether the file matches its id, and which entries are damaged."""
+    def verify_pack(self, pack_id: str) -> tuple[bool, list[str], int]:
+        """Re-hash a pack: whether the file matches its id, which entries are damaged,
+        and how many entries it holds."""
         path = self.pack_path(pack_id)
         whole_ok = hash_file(path) == pack_id
         bad: list[str] = []
         try:
             entries = parse_pack_table(path)
         except CorruptObject:
-            return False, []
+            return False, [], 0
         fd = self._pack_fd(pack_id)
         for e in entries:
             if hash_bytes(os.pread(fd, e.length, e.offset)) != e.oid:
                 bad.append(e.oid)
-        return whole_ok, bad
+        return whole_ok, bad, len(entries)
 
     def delete_loose(self, oid: str) -> None:
         fileio.unlink_quietly(str(self.loose_path(oid)))

@@ -168,9 +168,13 @@ class Store:
         self.dsv_dir = self.root / DSV_DIR
         self.tmp_dir = self.dsv_dir / "tmp"
         self.reporter = reporter or Reporter()
+        if not (self.dsv_dir / "index.db").is_file():
+            raise StoreNotFound(f"{self.dsv_dir} has lost its index",
+                                hint="recreate it from the objects with `dsv index rebuild`")
         self.index = Index(self.dsv_dir / "index.db")
         if self.index.schema_version() is None:
-            raise StoreNotFound(f"{self.dsv_dir} has no index", hint="run `dsv init` again")
+            raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
+                                hint="recreate it from the objects with `dsv index rebuild`")
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_dir)
         self._lock = StoreLock(self.dsv_dir / "lock")
         self._trees: dict[str, bytes] = {}
@@ -982,9 +986,9 @@ class Store:
             on_disk = set(self.objects.iter_pack_ids())
             with self.reporter.task("verifying packs", len(on_disk)) as advance:
                 for pack_id in sorted(on_disk):
-                    ok, bad = self.objects.verify_pack(pack_id)
+                    ok, bad, count = self.objects.verify_pack(pack_id)
                     size = self.objects.pack_path(pack_id).stat().st_size
-                    report.objects_checked += 1
+                    report.objects_checked += count
                     report.bytes_checked += size
                     if not ok:
                         report.problems.append(f"pack {pack_id[:12]}: contents do not match its name")
@@ -1001,6 +1005,10 @@ class Store:
             for pack_id in packs:
                 if pack_id not in on_disk:
                     report.problems.append(f"pack {pack_id[:12]} is in the index but missing")
+                    if repair:
+                        with self.index.transaction():
+                            self.index.delete_pack(pack_id)
+                        report.repaired.append(f"forgot missing pack {pack_id[:12]}")
             loose = list(self.objects.iter_loose())
             with self.reporter.task("verifying objects", len(loose)) as advance:
                 for oid in loose:
@@ -1012,6 +1020,59 @@ class Store:
                     advance(1, size)
             self._verify_versions(report)
         return report
+
+    @classmethod
+    def rebuild_index(cls, path: str | os.PathLike[str] = ".",
+                      reporter: Reporter | None = None) -> dict[str, Any]:
+        """Recreate `index.db` from the packs and version records (objects are the truth).
+
+        The old database is kept beside it as `index.db.broken-<time>`; dataset names,
+        directories and tags are copied from it when it can still be read, otherwise
+        datasets are named from their newest version record. Drafts live only in the
+        index and are lost with it.
+        """
+        root = find_store(Path(path))
+        dsv_dir = root / DSV_DIR
+        lock = StoreLock(dsv_dir / "lock")
+        lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
+        try:
+            old_datasets, old_tags = _salvage(dsv_dir / "index.db")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for suffix in ("", "-wal", "-shm"):
+                old = dsv_dir / f"index.db{suffix}"
+                if old.exists():
+                    old.rename(dsv_dir / f"index.db.broken-{stamp}{suffix}")
+            index = Index(dsv_dir / "index.db")
+            index.create_schema()
+            objects = ObjectStore(dsv_dir / "objects", index, dsv_dir / "tmp")
+            records: list[dict[str, Any]] = []
+            skipped: list[str] = []
+            with index.transaction():
+                for pack_id in objects.iter_pack_ids():
+                    try:
+                        entries = objects.read_pack_entries(pack_id)
+                    except DsvError as exc:
+                        skipped.append(f"pack {pack_id[:12]}: {exc.message}")
+                        continue
+                    size = objects.pack_path(pack_id).stat().st_size
+                    index.add_pack(pack_id, size, ((e.oid, e.offset, e.length, e.kind)
+                                                   for e in entries))
+                    for e in entries:
+                        if e.kind == KIND_VERSION:
+                            try:
+                                record = json.loads(objects.read(e.oid))
+                                record["_oid"] = e.oid
+                                records.append(record)
+                            except (DsvError, ValueError):
+                                skipped.append(f"version record {e.oid[:12]} is unreadable")
+                _restore_versions(index, records, old_datasets, old_tags)
+            objects.close()
+            index.checkpoint()
+            index.close()
+            return {"packs": len(list(objects.iter_pack_ids())), "versions": len(records),
+                    "datasets": len({r.get("dataset") for r in records}), "skipped": skipped}
+        finally:
+            lock.release()
 
     def _verify_versions(self, report: VerifyReport) -> None:
         loose = set(self.objects.iter_loose())
@@ -1044,6 +1105,68 @@ class Store:
                 vid = getattr(ds, field_name)
                 if vid and self.index.version(vid) is None:
                     report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+
+
+def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple]]:
+    """Dataset rows and tags from a damaged index, as far as they can be read."""
+    if not db_path.exists():
+        return {}, []
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        datasets = {r[0]: r for r in conn.execute(
+            "SELECT id, name, path, description, created FROM datasets")}
+        tags = list(conn.execute("SELECT dataset, name, version, created FROM tags"))
+        conn.close()
+        return datasets, tags
+    except sqlite3.Error:
+        return {}, []
+
+
+def _parse_time(text: Any) -> float:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _restore_versions(index: Index, records: list[dict[str, Any]],
+                      old_datasets: dict[str, tuple], old_tags: list[tuple]) -> None:
+    """Insert datasets and committed versions described by version records."""
+    records.sort(key=lambda r: _parse_time(r.get("committed")))
+    names: set[str] = set()
+    datasets: dict[str, Dataset] = {}
+    for record in records:
+        ds_id = record.get("dataset")
+        if not isinstance(ds_id, str) or ds_id in datasets:
+            continue
+        old = old_datasets.get(ds_id)
+        name = old[1] if old else (record.get("dataset_name") or ds_id)
+        newest = [r.get("dataset_name") for r in records if r.get("dataset") == ds_id][-1]
+        name = old[1] if old else (newest or name)
+        if name in names or not refs.is_valid_name(str(name)):
+            name = f"{name}-{ds_id}" if refs.is_valid_name(f"{name}-{ds_id}") else ds_id
+        names.add(name)
+        datasets[ds_id] = Dataset(ds_id, name, old[2] if old else None, old[3] if old else None,
+                                  old[4] if old else _parse_time(record.get("created")),
+                                  None, None)
+        index.insert_dataset(datasets[ds_id])
+    for record in records:
+        ds_id = record.get("dataset")
+        if ds_id not in datasets or index.version(record.get("id", "")) is not None:
+            continue
+        parents = [p.get("id") for p in record.get("parents", []) if isinstance(p, dict)]
+        v = Version(record["id"], ds_id, "committed", record["tree"], parents,
+                    record.get("message"), record.get("author"),
+                    _parse_time(record.get("created")), _parse_time(record.get("committed")),
+                    record["_oid"], record.get("lineage"), int(record.get("size") or 0),
+                    int(record.get("files") or 0))
+        index.insert_version(v)
+        index.update_dataset(ds_id, latest=v.id, head=v.id if datasets[ds_id].path else None)
+    for ds_id, name, vid, _created in old_tags:
+        if ds_id in datasets and index.version(vid) is not None:
+            index.set_tag(ds_id, name, vid)
 
 
 def _put_entry(manifest: Manifest, path: str, entry: Entry) -> None:
