@@ -326,6 +326,9 @@ class Store:
                     raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
                 (self.root / rel).mkdir(parents=True, exist_ok=True)
                 fields["path"] = rel
+                if ds.head is None and ds.latest:
+                    # A newly bound directory is compared with the newest version.
+                    fields["head"] = ds.latest
             if fields:
                 with self.index.transaction():
                     self.index.update_dataset(ds.id, **fields)
