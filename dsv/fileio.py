@@ -40,10 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     tmp = tmp_name(tmp_dir or os.path.dirname(path) or ".")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, memoryview(data), direct=False)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -195,6 +192,11 @@ def stream_into_new_file(src_fd: int, dest: str, mode: int, observe: Callable[[m
     # The buffer is unmapped when the last view of it goes (refcounting, on return).
     os.close(dst_fd)
     return total
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written."""
+    _write_all(fd, memoryview(data), direct=False)
 
 
 def _write_all(fd: int, data: memoryview, direct: bool) -> bool:

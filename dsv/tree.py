@@ -98,7 +98,8 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
     # Deepest directories first, so each parent sees its children's ids.
     for directory in sorted(children, key=lambda d: d.count("/") + (d != ""), reverse=True):
         node = children[directory]
-        rows = [(name, *node[name]) for name in sorted(node, key=lambda n: n.encode())]
+        # Code-point order is UTF-8 byte order (names never hold surrogates).
+        rows = [(name, *node[name]) for name in sorted(node)]
         data = encode_tree(rows)
         oid = hash_bytes(data)
         store_tree(oid, data)

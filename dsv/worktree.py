@@ -346,9 +346,7 @@ class Materializer:
                                 hint="run `dsv verify` to list every damaged object")
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, entry.mode)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            fileio.write_all(fd, data)
             if entry.mode & _UMASK:
                 os.fchmod(fd, entry.mode)  # the umask took bits the version has
         finally:
