@@ -164,7 +164,8 @@ def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
     out = []
     for r in reports:
         c = r.changes
-        head = r.head.id if r.head else "no version yet"
+        head = r.head.id if r.head else (f"not checked out; latest {r.dataset.latest}"
+                                         if r.dataset.latest else "no version yet")
         if c.clean:
             out.append(f"{r.dataset.name} ({head}): clean")
             continue
@@ -610,8 +611,15 @@ def files_delete(ref: str = typer.Argument(..., metavar="DRAFT"),
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected failures become one `error:` line and exit status 1."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or \
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in (args[:args.index("--")] if "--" in args else args) or \
         os.environ.get("DSV_DEBUG") == "1"
+    own = args[:args.index("--")] if "--" in args else args
+    if "--debug" in own and own.index("--debug") > 0:
+        # Accept --debug anywhere on the line, as users type it after the command.
+        args.remove("--debug")
+        args.insert(0, "--debug")
+    argv = args
     try:
         # Standalone mode: click itself reports usage errors (exit 2) and --help.
         app(args=argv, standalone_mode=True)

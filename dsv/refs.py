@@ -114,7 +114,8 @@ def _select(index: Index, ds: Dataset, selector: str) -> Version:
     if len(distinct) > 1:
         listing = ", ".join(sorted(candidates))
         raise AmbiguousRef(f"{ds.name}:{selector} is ambiguous: it matches {listing}",
-                           hint="use more characters of the version id")
+                           hint="name a version by more of its id; a tag that shares its "
+                                "name with a version prefix can be renamed with `dsv tag -d`")
     version = index.version(distinct.pop())
     assert version is not None
     return version

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
 from .faults import crashpoint
-from .errors import (DatasetExists, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
-                     MissingObject, NothingToCommit, RefError, StoreExists, StoreNotFound,
+from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
+                     NothingToCommit, RefError, StoreExists, StoreNotFound,
                      TagExists, UnsafePath, VersionImmutable, VersionInUse)
 from .hashing import hash_bytes, random_id
 from .index import Dataset, Index, StatRow, Version
@@ -168,6 +168,7 @@ class Store:
         self.dsv_dir = self.root / DSV_DIR
         self.tmp_dir = self.dsv_dir / "tmp"
         self.reporter = reporter or Reporter()
+        _check_format(self.dsv_dir)
         if not (self.dsv_dir / "index.db").is_file():
             raise StoreNotFound(f"{self.dsv_dir} has lost its index",
                                 hint="recreate it from the objects with `dsv index rebuild`")
@@ -271,7 +272,8 @@ class Store:
         if len(all_ds) == 1:
             return all_ds[0]
         raise DatasetNotFound("no dataset given and none is bound to this directory",
-                              hint="pass -d/--dataset NAME (see `dsv datasets list`)")
+                              hint="name one (see `dsv datasets list`), or run inside its "
+                                   "directory")
 
     def _workspace_path(self, path: str | os.PathLike[str]) -> str:
         absolute = Path(path).resolve()
@@ -563,7 +565,12 @@ class Store:
             version = self.resolve(ref, cwd)
             ds = self.index.dataset_by("id", version.dataset)
             assert ds is not None
-            in_worktree = to is None
+            in_worktree = to is None or (ds.path is not None and
+                                         Path(to).resolve() == self.dataset_root(ds).resolve())
+            if in_worktree and link in ("hardlink", "symlink"):
+                raise InvalidInput(f"--link {link} is only for --to directories",
+                                   hint="a dataset's working directory holds real files, so "
+                                        "they can be edited and committed")
             target = self.dataset_root(ds) if in_worktree else Path(to).resolve()
             if not in_worktree:
                 self._check_target_outside_store(target)
@@ -591,7 +598,8 @@ class Store:
                 touched = to_remove + [p for p, _e in to_write if p in current]
                 changed = [p for p in touched if current[p] != base.get(p)]
                 stored = self.objects.stored(current[p].oid for p in changed)
-                at_risk = [p for p in changed if current[p].oid not in stored]
+                at_risk = [p for p in changed if current[p].oid not in stored or
+                           (p in base and current[p].mode != base[p].mode)]
                 if at_risk:
                     shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                     raise DirtyWorktree(
@@ -634,11 +642,15 @@ class Store:
 
     def _select_paths(self, manifest: Manifest, paths: list[str] | None, cwd: Path,
                       target: Path) -> set[str] | None:
+        """Version paths named by the user: relative to the current directory when it is
+        inside `target` (as with git), else relative to the version's root."""
         if not paths:
             return None
         selected = set()
+        inside = cwd == target or target in cwd.parents
         for p in paths:
-            rel = normalize_user_path(p)
+            rel = (worktree.resolve_user_path(target, cwd, p) if inside
+                   else normalize_user_path(p))
             if rel == "":
                 return None
             if rel not in manifest and not any(q.startswith(rel + "/") for q in manifest):
@@ -712,6 +724,10 @@ class Store:
                 base = self.resolve(from_ref if ":" in from_ref else f"{ds.id}:{from_ref}")
                 if base.dataset != ds.id:
                     raise InvalidInput(f"{from_ref} is a version of another dataset")
+                if base.is_draft:
+                    raise InvalidInput(f"{base.id} is a draft; a version can only start from a "
+                                       "committed one", hint=f"commit it first: "
+                                       f"`dsv versions commit {base.id}`")
             elif ds.latest:
                 base = self.index.version(ds.latest)
             if base is not None:
@@ -906,8 +922,8 @@ class Store:
             raise InvalidInput(f"{path} is not a file of version {v.id}")
         if self.index.locate(entry.oid) is None and self.objects.has_loose(entry.oid):
             if not self.objects.verify_loose(entry.oid):
-                raise MissingObject(f"object {entry.oid[:12]} is corrupt",
-                                    hint="run `dsv verify`")
+                raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
+                                    hint="run `dsv verify` to list every damaged object")
             return open(self.objects.loose_path(entry.oid), "rb")
         return io.BytesIO(self.objects.read(entry.oid))
 
@@ -925,10 +941,15 @@ class Store:
         return live
 
     def gc(self, dry_run: bool = False) -> GcReport:
-        """Delete objects no version needs; repack packs that are mostly garbage."""
+        """Delete objects no version needs; rewrite packs that hold any such object."""
         report = GcReport(dry_run=dry_run)
         with self.locked("gc"):
             live = self._reachable()
+            if not dry_run:
+                # First forget cache rows naming doomed objects: a commit after a gc killed
+                # half-way must re-hash those files, never trust a row whose object is gone.
+                with self.index.transaction():
+                    self.index.forget_unstored(live)
             packs = self.index.packs()
             # Packs on disk the index never learned of are leftovers of killed writers.
             for pack_id in list(self.objects.iter_pack_ids()):
@@ -976,8 +997,6 @@ class Store:
                     if not dry_run:
                         self.objects.delete_loose(oid)
             if not dry_run:
-                with self.index.transaction():
-                    self.index.forget_unstored(live)
                 self.index.checkpoint()
         return report
 
@@ -1108,6 +1127,18 @@ class Store:
                 vid = getattr(ds, field_name)
                 if vid and self.index.version(vid) is None:
                     report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+
+
+def _check_format(dsv_dir: Path) -> None:
+    """Refuse stores written in a format this dsv does not know (never guess at them)."""
+    try:
+        config = json.loads((dsv_dir / "config.json").read_bytes())
+        fmt = int(config.get("format", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise StoreNotFound(f"{dsv_dir}/config.json is unreadable") from None
+    if fmt != STORE_FORMAT:
+        raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
+                       hint="use the dsv version that created it, or upgrade dsv")
 
 
 def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple]]:

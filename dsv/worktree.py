@@ -87,26 +87,30 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
         except (FileNotFoundError, NotADirectoryError):
             continue
         with entries:
-            for entry in entries:
-                name = entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    rel = prefix + name
-                    # Any `.dsv` is a store (this one or a nested one): never content.
-                    if rel not in skip and name != STORE_DIR_NAME:
-                        stack.append((rel, entry.path))
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if s_isreg(mode):
-                    kind = FILE
-                elif s_islnk(mode):
-                    kind = LINK
-                else:
-                    skipped.append(prefix + name)
-                    continue
-                if name.startswith(tmp_prefix):
-                    continue
-                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
+            listing = list(entries)
+        if rel_dir and any(e.name == STORE_DIR_NAME and e.is_dir(follow_symlinks=False)
+                           for e in listing):
+            continue  # another store's workspace, as git leaves out a nested repository
+        for entry in listing:
+            name = entry.name
+            if entry.is_dir(follow_symlinks=False):
+                rel = prefix + name
+                # Any `.dsv` is a store (this one or a nested one): never content.
+                if rel not in skip and name != STORE_DIR_NAME:
+                    stack.append((rel, entry.path))
+                continue
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if s_isreg(mode):
+                kind = FILE
+            elif s_islnk(mode):
+                kind = LINK
+            else:
+                skipped.append(prefix + name)
+                continue
+            if name.startswith(tmp_prefix):
+                continue
+            found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped
 
 
