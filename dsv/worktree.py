@@ -306,6 +306,9 @@ class Materializer:
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
         for rel, _entry in items:
             check_relpath(rel)
+        large = [it for it in items if it[1].oid not in locations and it[1].kind != LINK]
+        if self.link == "reflink" and large:
+            self._probe_reflink(large[0][1])
         # Directories first, in one thread: workers then never race to create them.
         for rel, _entry in items:
             self.ensure_parent(rel)
@@ -313,13 +316,21 @@ class Materializer:
         # proceed side by side.
         small = [it for it in items if it[1].oid in locations or it[1].kind == LINK]
         tasks = [small[i:i + _CHUNK] for i in range(0, len(small), _CHUNK)]
-        tasks += [[it] for it in items if it[1].oid not in locations and it[1].kind != LINK]
+        tasks += [[it] for it in large]
         if len(tasks) <= 1:
             return [row for task in tasks for row in self._place_chunk(task, locations,
                                                                         progress)]
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
             results = list(pool.map(lambda t: self._place_chunk(t, locations, progress), tasks))
         return [row for rows in results for row in rows]
+
+    def _probe_reflink(self, entry: Entry) -> None:
+        """Fail before writing anything when reflinks were demanded and cannot be made."""
+        probe = fileio.tmp_name(self.root)
+        try:
+            self.objects.copy_out(entry.oid, probe, 0o600, reflink="always")
+        finally:
+            fileio.unlink_quietly(probe)
 
     def _place_chunk(self, items: list[tuple[str, Entry]],
                      locations: dict[str, tuple[str, int, int]],
