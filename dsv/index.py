@@ -135,7 +135,7 @@ class Index:
             mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL,
             oid TEXT NOT NULL, cached_ns INTEGER NOT NULL,
             PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
-        db["checkouts"].create({"target": str, "version": str, "started": float},
+        db["checkouts"].create({"target": str, "version": str, "started": float, "done": int},
                                pk="target", if_not_exists=True)
         db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
@@ -360,13 +360,25 @@ class Index:
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:
-        row = self.conn.execute("SELECT version FROM checkouts WHERE target=?",
+        """The version a checkout into `target` was placing when it was interrupted."""
+        row = self.conn.execute("SELECT version FROM checkouts WHERE target=? AND done=0",
+                                (target,)).fetchone()
+        return row[0] if row else None
+
+    def placed_version(self, target: str) -> str | None:
+        """The version a completed checkout last placed in `target` (a --to directory)."""
+        row = self.conn.execute("SELECT version FROM checkouts WHERE target=? AND done=1",
                                 (target,)).fetchone()
         return row[0] if row else None
 
     def begin_checkout(self, target: str, vid: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO checkouts (target, version, started) "
-                          "VALUES (?,?,?)", (target, vid, time.time()))
+        self.conn.execute("INSERT OR REPLACE INTO checkouts (target, version, started, done) "
+                          "VALUES (?,?,?,0)", (target, vid, time.time()))
 
-    def end_checkout(self, target: str) -> None:
-        self.conn.execute("DELETE FROM checkouts WHERE target=?", (target,))
+    def end_checkout(self, target: str, placed: str | None) -> None:
+        """Close the journal; remember `placed` as the directory's content, if whole."""
+        if placed is None:
+            self.conn.execute("DELETE FROM checkouts WHERE target=?", (target,))
+        else:
+            self.conn.execute("UPDATE checkouts SET done=1, version=? WHERE target=?",
+                              (placed, target))

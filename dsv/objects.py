@@ -158,12 +158,6 @@ class ObjectStore:
     def has_loose(self, oid: str) -> bool:
         return os.path.exists(self.loose_path(oid))
 
-    def stored(self, oids: Iterable[str]) -> set[str]:
-        """Those of `oids` the store holds (packed or loose)."""
-        wanted = set(oids)
-        found = set(self.locate_many(wanted))
-        return found | {oid for oid in wanted - found if self.has_loose(oid)}
-
     def has(self, oid: str) -> bool:
         return self._locator.locate(oid) is not None or self.has_loose(oid)
 

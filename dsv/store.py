@@ -588,18 +588,21 @@ class Store:
                 files = {p: f for p, f in files.items() if p in wanted or p in selected or
                          any(p.startswith(s + "/") for s in selected if s)}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
-            before = worktree.snapshot(target, files, cache, None)
+            before = worktree.snapshot(target, files, cache, None, strict_links=in_worktree)
             current = before.manifest
-            base = self.manifest(self._head(ds)) if in_worktree and ds.head else {}
+            # What the directory should hold if nobody touched it: the working directory's
+            # head, or the version a finished checkout last placed in a --to directory.
+            previous = ds.head if in_worktree else self.index.placed_version(key)
+            base_version = self.index.version(previous) if previous else None
+            base = self.manifest(base_version) if base_version else {}
             to_write = [(p, e) for p, e in wanted.items() if current.get(p) != e]
             to_remove = [p for p in current if p not in wanted]
             if not force and not resumed:
-                # A file may be replaced or removed only if its content is safe in the store.
+                # A file may be replaced or removed only if it is as that version left it.
+                # (--to directories placed with links hold 0444 files: compare contents.)
                 touched = to_remove + [p for p, _e in to_write if p in current]
-                changed = [p for p in touched if current[p] != base.get(p)]
-                stored = self.objects.stored(current[p].oid for p in changed)
-                at_risk = [p for p in changed if current[p].oid not in stored or
-                           (p in base and current[p].mode != base[p].mode)]
+                at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
+                           and not self._placed_link(target / p, base.get(p))]
                 if at_risk:
                     shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                     raise DirtyWorktree(
@@ -631,10 +634,18 @@ class Store:
                                                   cache_tree=version.tree if complete else None)
                     else:
                         self.index.update_dataset(ds.id, cache_tree=None)
-                self.index.end_checkout(key)
+                self.index.end_checkout(key, None if in_worktree or selected is not None
+                                        else version.id)
             self.index.checkpoint()
             return CheckoutReport(version, target, len(to_write), len(to_remove),
                                   len(wanted) - len(to_write), nbytes)
+
+    def _placed_link(self, path: Path, base: Entry | None) -> bool:
+        """Whether `path` is a symlink that `--link symlink` made for `base`'s content."""
+        if base is None or not path.is_symlink():
+            return False
+        target = Path(os.readlink(path))
+        return target.parent == self.objects.links_dir.resolve() and target.name == base.oid
 
     def _check_target_outside_store(self, target: Path) -> None:
         if target == self.dsv_dir or self.dsv_dir in target.parents:
@@ -1127,6 +1138,15 @@ class Store:
                 vid = getattr(ds, field_name)
                 if vid and self.index.version(vid) is None:
                     report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+
+
+def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:
+    """Whether a file differs from what the last checkout or commit left there."""
+    if base is None:
+        return True
+    if with_mode:
+        return current != base
+    return (current.kind, current.oid) != (base.kind, base.oid)
 
 
 def _check_format(dsv_dir: Path) -> None:

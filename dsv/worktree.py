@@ -147,13 +147,15 @@ class Snapshot:
 
 
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
-             ingest: Ingest | None, progress: Progress | None = None) -> Snapshot:
+             ingest: Ingest | None, progress: Progress | None = None,
+             strict_links: bool = True) -> Snapshot:
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
     (status). Cache rows always name stored objects (gc drops rows of objects it removes),
     so a vouched-for file needs no store lookup. Symlinks are stored as blobs holding
-    their target.
+    their target; one pointing out of the dataset is an error unless `strict_links` is
+    False (a --to directory filled with `--link symlink`, only being compared).
     """
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
@@ -183,7 +185,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             hashed_at = time.time_ns()
             if fs[4] == LINK:
                 target = os.readlink(path)
-                check_symlink_target(rel, target)
+                if strict_links or ingest is not None:
+                    check_symlink_target(rel, target)
                 data = target.encode("utf-8", "surrogateescape")
             elif fs[0] < PACK_THRESHOLD:
                 data = read_small(path, fs[0])

@@ -62,11 +62,8 @@ def messages(entries: list[dict]) -> list[str]:
 
 def make_files(seed: int, n_small: int = 300, big: tuple[int, ...] = (3 * MiB // 2, 5 * MiB // 4),
                dirs: int = 10) -> dict[str, bytes]:
-    """A dataset: `big` files (loose objects) at the top, `n_small` small ones in subdirs.
-
-    The big files sit in the root so that dsv's scan hashes them first: a crash after a
-    few dozen files has already stored them as loose objects.
-    """
+    """A dataset: `big` files (stored as loose objects) at the top, `n_small` small ones
+    (stored in packs) spread over `dirs` subdirectories."""
     rng = random.Random(seed)
     files = {f"big{i}.bin": rng.randbytes(size) for i, size in enumerate(big)}
     files["README.txt"] = f"dataset {seed}\n".encode()
@@ -105,6 +102,51 @@ def loose_on_disk(ws: Path) -> set[str]:
     return {n for sub in loose.iterdir() for n in os.listdir(sub)}
 
 
+def _wait_for_lock(ws: Path, proc: subprocess.Popen) -> float:
+    """Block until `proc` holds the store lock (its pid is in the lock file); returns when."""
+    lock = ws / ".dsv" / "lock"
+    deadline = time.monotonic() + 60
+    while f"pid {proc.pid} " not in (lock.read_text() if lock.exists() else ""):
+        assert proc.poll() is None, f"dsv exited {proc.returncode} before taking the lock"
+        assert time.monotonic() < deadline, "dsv never took the store lock"
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def _kill_in_flight(args: list[str], ws: Path, delay: float, attempts: int = 6
+                    ) -> tuple[subprocess.Popen, Path]:
+    """Start `dsv ARGS` on a fresh copy of `ws`; SIGKILL it `delay` s after it takes the
+    store lock. If it finishes first, retry earlier. Returns the killed process and its copy."""
+    for attempt in range(attempts):
+        copy_dir = ws.parent.parent / f"{ws.parent.name}-{attempt}-{time.monotonic_ns()}"
+        work = copy_workspace(ws, copy_dir / ws.name)
+        proc = subprocess.Popen([sys.executable, "-m", "dsv", *map(str, args)], cwd=work,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_lock(work, proc)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode == KILLED:
+            return proc, work
+        # It finished before the timer (the machine is faster now than when the window
+        # was measured): not this case's point, so try a little earlier.
+        assert proc.returncode == 0, f"dsv {args} failed on its own: {out}{err}"
+        delay *= 0.5
+    raise AssertionError(f"could not kill `dsv {' '.join(map(str, args))}` in flight")
+
+
+def _window(args: list[str], ws: Path) -> float:
+    """How long `dsv ARGS` works once it holds the store lock (before that it only starts
+    Python): the timed kills land inside that window."""
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", *map(str, args)], cwd=ws,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    locked_at = _wait_for_lock(ws, proc)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return max(time.monotonic() - locked_at, 0.05)
+
+
 # ---- shared starting points (built once, copied per case) ---------------------------
 
 FILES1 = make_files(1)
@@ -133,6 +175,24 @@ def two_versions_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     return ws, v1, v2
 
 
+def _big_files() -> dict[str, bytes]:
+    rng = random.Random(7)
+    files = {f"big{i}.bin": rng.randbytes(8 * MiB) for i in range(3)}
+    for i in range(3000):
+        files[f"s{i % 30:02d}/f{i:05d}.dat"] = rng.randbytes(rng.randint(100, 2000))
+    return files
+
+
+@pytest.fixture(scope="module")
+def big_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Workspace `big`: 3,000 small files and 3 × 8 MiB, `dsv init` done, nothing committed."""
+    files = _big_files()
+    ws = tmp_path_factory.mktemp("big") / "big"
+    write_tree(ws, files)
+    ok("init", cwd=ws)
+    return ws, hashes(files)
+
+
 # ---- commit ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("point,after", [
@@ -146,9 +206,11 @@ def test_first_commit_killed_then_rerun(tmp_path: Path, fresh_ws: Path, point: s
     ws = copy_workspace(fresh_ws, tmp_path / "data")
     crash("commit", "-m", "first", cwd=ws, at=point, after=after)
 
-    if after >= 50:
-        # The two big files were stored (loose, fsynced) before the kill: orphans now.
+    if point == "commit:objects-written":
+        # Objects first: both big files are stored (loose) and the small ones sit in a
+        # pack on disk before the index learns of either.
         assert len(loose_on_disk(ws)) == 2
+        assert list((ws / ".dsv" / "objects" / "packs").glob("*.pack"))
     verify_ok(ws)
     state = inspect_store(ws)
     assert state.committed() == {}
@@ -204,36 +266,13 @@ def test_second_commit_killed_then_rerun(tmp_path: Path, two_versions_ws, point:
     assert read_tree(tmp_path / "old") == FILES1
 
 
-def test_commit_killed_at_random_moments(tmp_path: Path) -> None:
+def test_commit_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer, at several moments of a real commit of a larger dataset."""
-    rng = random.Random(7)
-    files = {f"big{i}.bin": rng.randbytes(8 * MiB) for i in range(3)}
-    for i in range(3000):
-        files[f"s{i % 30:02d}/f{i:05d}.dat"] = rng.randbytes(rng.randint(100, 2000))
-    template = tmp_path / "template" / "big"
-    write_tree(template, files)
-    ok("init", cwd=template)
-    expected = hashes(files)
+    template, expected = big_ws
 
-    # How long one uninterrupted commit takes here, start-up included.
-    calib = copy_workspace(template, tmp_path / "calib" / "big")
-    started = time.monotonic()
-    ok("commit", "-m", "snapshot", cwd=calib)
-    duration = time.monotonic() - started
-
-    for n, fraction in enumerate((0.3, 0.5, 0.65, 0.8)):
-        ws = copy_workspace(template, tmp_path / f"kill{n}" / "big")
-        proc = subprocess.Popen([sys.executable, "-m", "dsv", "commit", "-m", "snapshot"],
-                                cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        time.sleep(duration * fraction)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == KILLED, (
-            f"commit finished before the kill at {duration * fraction:.2f}s "
-            f"(exit {proc.returncode}): {out}{err}")
-
+    window = _window(["commit", "-m", "snapshot"], copy_workspace(template, tmp_path / "c" / "big"))
+    for n, fraction in enumerate((0.1, 0.35, 0.6, 0.85)):
+        _proc, ws = _kill_in_flight(["commit", "-m", "snapshot"], template, window * fraction)
         verify_ok(ws)
         state = inspect_store(ws)
         landed = state.committed()
@@ -248,14 +287,39 @@ def test_commit_killed_at_random_moments(tmp_path: Path) -> None:
             assert rerun.returncode == 1 and "nothing to commit" in rerun.stderr, rerun
         else:
             assert rerun.returncode == 0, f"re-run after kill at {fraction}: {rerun.stderr}"
-        verify_ok(ws)
         entries = log(ws)
         assert len(entries) == 1 and entries[0]["message"] == "snapshot", entries
         state = inspect_store(ws)
         assert state.content(entries[0]["id"]) == expected
-        if n % 2 == 0:
+        if n == 0:
+            verify_ok(ws)
             ok("checkout", "big:latest", "--to", tmp_path / f"out{n}", cwd=ws)
             assert dir_content(tmp_path / f"out{n}") == expected
+
+
+def test_killed_commit_does_not_make_an_edit_discardable(tmp_path: Path, two_versions_ws) -> None:
+    """An edit whose commit was killed is still uncommitted: checkout must refuse to
+    overwrite it (as it does when no commit was attempted), or `gc` loses it for good."""
+    src, v1, v2 = two_versions_ws
+    ws = copy_workspace(src, tmp_path / "data")
+    edited = b"precious edit " + FILES2["big0.bin"][14:]
+    (ws / "big0.bin").write_bytes(edited)
+    crash("commit", "-m", "edit", cwd=ws, at="commit:objects-written")
+    verify_ok(ws)
+    assert messages(log(ws)) == ["one", "two"]
+
+    r = run_dsv("checkout", "data:v1", cwd=ws)
+    assert (ws / "big0.bin").read_bytes() == edited, \
+        f"checkout (exit {r.returncode}) overwrote an uncommitted edit without --force"
+    assert r.returncode == 1 and "error: checkout would discard" in r.stderr, r
+    assert "big0.bin" in r.stderr
+
+    # Re-running the commit keeps the edit for good, even across gc.
+    vid = ok("commit", "-m", "edit", cwd=ws).stdout.strip().split(":", 1)[1]
+    ok("gc", cwd=ws)
+    ok("checkout", f"data:{vid}", "--to", tmp_path / "out", cwd=ws)
+    assert (tmp_path / "out" / "big0.bin").read_bytes() == edited
+    verify_ok(ws)
 
 
 # ---- checkout ---------------------------------------------------------------------------
@@ -264,7 +328,7 @@ def test_commit_killed_at_random_moments(tmp_path: Path) -> None:
     ("checkout:journal-written", 1),
     ("checkout:file-written", 1),
     ("checkout:file-written", 30),
-    ("checkout:file-written", 61),   # the last file: placed, but the index not yet updated
+    ("checkout:file-written", 60),   # 60 of 61 files placed (the last one written by another thread)
 ])
 def test_checkout_in_workdir_killed_then_rerun(tmp_path: Path, two_versions_ws, point: str,
                                                after: int) -> None:
@@ -319,6 +383,29 @@ def test_checkout_to_dir_killed_then_rerun(tmp_path: Path, two_versions_ws, poin
     assert read_tree(ws) == FILES2
     status = json.loads(ok("status", "--json", cwd=ws).stdout)
     assert status[0]["clean"] is True and status[0]["head"] == v2
+
+
+def test_checkout_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
+    """SIGKILL from a timer while a checkout writes 3,000 small and 3 big files, into an
+    empty directory and over the dataset's own working directory."""
+    src, expected = big_ws
+    template = copy_workspace(src, tmp_path / "committed" / "big")
+    ok("commit", "-m", "snapshot", cwd=template)
+    for rel in list(expected)[::3]:           # the working directory drifts from the version
+        (template / rel).unlink()
+    ok("commit", "-m", "thinned", cwd=template)
+    args_to = ["checkout", "big:latest~1", "--to", "../out"]
+    args_wd = ["checkout", "big:latest~1"]
+    window = _window(args_to, copy_workspace(template, tmp_path / "w" / "big"))
+    for args, delay in ((args_to, 0.6 * window), (args_wd, 0.25 * window)):
+        _proc, ws = _kill_in_flight(args, template, delay)
+        verify_ok(ws)
+        state = inspect_store(ws)
+        assert sorted(v["message"] for v in state.committed().values()) == ["snapshot", "thinned"]
+        ok(*args, cwd=ws)
+        target = ws.parent / "out" if "--to" in args else ws
+        assert dir_content(target) == expected
+        verify_ok(ws)
 
 
 # ---- gc ---------------------------------------------------------------------------------

@@ -98,3 +98,26 @@ def test_checkout_paths_are_relative_to_the_current_directory(tmp_path: Path, ds
     assert result.code == 0, result.err
     assert (root / "sub/a.txt").read_text() == "1"
     assert (root / "b.txt").read_text() == "2"
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
+def test_a_to_directory_can_switch_versions_in_any_link_mode(tmp_path: Path, dsv,
+                                                              mode: str) -> None:
+    root = tmp_path / "data"
+    big_v1, big_v2 = os.urandom(2 << 20), os.urandom(2 << 20)
+    write_tree(root, {"big.bin": big_v1, "a.txt": "1"})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    write_tree(root, {"big.bin": big_v2, "a.txt": "2"})
+    assert dsv("commit", "-m", "two", cwd=root).code == 0
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest~1", "--to", out, "--link", mode, cwd=root).code == 0
+    switched = dsv("checkout", "data:latest", "--to", out, "--link", mode, cwd=root)
+    assert switched.code == 0, switched.err
+    assert (out / "big.bin").read_bytes() == big_v2 and (out / "a.txt").read_text() == "2"
+    # An edit made in the directory is an uncommitted change like any other.
+    (out / "a.txt").unlink()
+    (out / "a.txt").write_text("edited")
+    refused = dsv("checkout", "data:latest~1", "--to", out, "--link", mode, cwd=root)
+    assert refused.code == 1 and "a.txt" in refused.err
+    assert (out / "a.txt").read_text() == "edited"
