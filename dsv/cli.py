@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,14 +101,28 @@ class RichReporter(Reporter):
                                    TimeRemainingColumn)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), console=_console(stderr=True), transient=True)
+        lock = threading.Lock()
+        pending = [0]
+        step = max(1, total_items // 200)  # ~200 redraws at most: the bar must not cost time
+
         with progress:
             task_id = progress.add_task(label, total=total_items)
-            yield lambda items, nbytes: progress.advance(task_id, items)
+
+            def advance(items: int, nbytes: int) -> None:
+                with lock:
+                    pending[0] += items
+                    if pending[0] >= step:
+                        progress.advance(task_id, pending[0])
+                        pending[0] = 0
+
+            yield advance
 
 
 def _open_store() -> Any:
     from .store import Store
-    return Store.open(_state["store"] or ".", reporter=RichReporter())
+    if _state["store"]:
+        return Store.open(_state["store"], reporter=RichReporter(), exact=True)
+    return Store.open(".", reporter=RichReporter())
 
 
 def _ref(store: Any, version: Any) -> str:
@@ -375,7 +390,8 @@ app.add_typer(index_app, name="index")
 def index_rebuild(as_json: bool = JsonOpt) -> None:
     """Recreate .dsv/index.db from the packs and version records (the old one is kept)."""
     from .store import Store
-    report = Store.rebuild_index(_state["store"] or ".", reporter=RichReporter())
+    report = Store.rebuild_index(_state["store"] or ".", reporter=RichReporter(),
+                                 exact=bool(_state["store"]))
     if as_json:
         _print_json(report)
         return

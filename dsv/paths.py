@@ -10,6 +10,7 @@ import posixpath
 
 from .errors import UnsafePath
 
+STORE_DIR = ".dsv"  # the store's directory name, at a workspace root
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 

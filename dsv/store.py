@@ -30,11 +30,11 @@ from .hashing import hash_bytes, random_id
 from .index import Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, Ingest, ObjectStore
+from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
 from .reporting import Reporter
 from .tree import Entry, Manifest
 
-DSV_DIR = ".dsv"
 STORE_FORMAT = 1
 DATASET_ID_LEN = 8
 VERSION_ID_LEN = 10
@@ -64,11 +64,11 @@ def dataset_name_for(directory: Path) -> str:
     return cleaned if cleaned and refs.is_valid_name(cleaned) else "data"
 
 
-def find_store(start: Path) -> Path:
-    """The workspace root: the nearest directory at or above `start` holding `.dsv/`."""
-    env = os.environ.get("DSV_DIR")
-    if env:
-        return _store_root_from(Path(env))
+def find_store(start: Path, exact: bool = False) -> Path:
+    """The workspace root: the nearest directory at or above `start` holding `.dsv/`
+    (with `exact`, `start` itself must be the workspace or its `.dsv/`)."""
+    if exact:
+        return _store_root_from(start)
     here = start.resolve()
     for candidate in (here, *here.parents):
         if (candidate / DSV_DIR / "config.json").is_file():
@@ -182,8 +182,9 @@ class Store:
 
     # ---- opening, creating, closing -------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None) -> "Store":
-        return cls(find_store(Path(path)), reporter)
+    def open(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
+             exact: bool = False) -> "Store":
+        return cls(find_store(Path(path), exact), reporter)
 
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", name: str | None = None,
@@ -1055,8 +1056,8 @@ class Store:
         return report
 
     @classmethod
-    def rebuild_index(cls, path: str | os.PathLike[str] = ".",
-                      reporter: Reporter | None = None) -> dict[str, Any]:
+    def rebuild_index(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
+                      exact: bool = False) -> dict[str, Any]:
         """Recreate `index.db` from the packs and version records (objects are the truth).
 
         The old database is kept beside it as `index.db.broken-<time>`; dataset names,
@@ -1064,7 +1065,7 @@ class Store:
         datasets are named from their newest version record. Drafts live only in the
         index and are lost with it.
         """
-        root = find_store(Path(path))
+        root = find_store(Path(path), exact)
         dsv_dir = root / DSV_DIR
         lock = StoreLock(dsv_dir / "lock")
         lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)

@@ -23,11 +23,10 @@ from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
 from .index import StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
-from .paths import check_relpath, check_symlink_target
+from .paths import STORE_DIR, check_relpath, check_symlink_target
 from .tree import FILE, LINK, Entry, Manifest
 
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
-STORE_DIR_NAME = ".dsv"
 _WORKERS = 4
 _LARGE_WORKERS = 2
 _UMASK = os.umask(0o022)
@@ -88,7 +87,7 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
             continue
         with entries:
             listing = list(entries)
-        if rel_dir and any(e.name == STORE_DIR_NAME and e.is_dir(follow_symlinks=False)
+        if rel_dir and any(e.name == STORE_DIR and e.is_dir(follow_symlinks=False)
                            for e in listing):
             continue  # another store's workspace, as git leaves out a nested repository
         for entry in listing:
@@ -96,7 +95,7 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
             if entry.is_dir(follow_symlinks=False):
                 rel = prefix + name
                 # Any `.dsv` is a store (this one or a nested one): never content.
-                if rel not in skip and name != STORE_DIR_NAME:
+                if rel not in skip and name != STORE_DIR:
                     stack.append((rel, entry.path))
                 continue
             st = entry.stat(follow_symlinks=False)
@@ -162,6 +161,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     result = Snapshot(manifest, rows)
     objects = ingest.store if ingest is not None else None
     large: list[tuple[str, FileStat, int, Future[tuple[str, int]]]] = []
+    vouched = 0
     pool: ThreadPoolExecutor | None = None
 
     def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int) -> None:
@@ -179,6 +179,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             row = cache.get(rel)
             if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
                 manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
+                vouched += 1
                 continue
             check_relpath(rel)
             path = os.path.join(root, rel)
@@ -202,6 +203,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if ingest is not None:
                 ingest.add(oid, KIND_BLOB, data)
             record(rel, fs, oid, len(data), hashed_at)
+        if progress and vouched:
+            progress(vouched, 0)
         for rel, fs, hashed_at, future in large:
             oid, size = future.result()
             record(rel, fs, oid, size, hashed_at)
