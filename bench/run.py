@@ -12,11 +12,11 @@ Usage::
     python bench/run.py --workload all --repeat 5 --json results.json
     python bench/run.py --tools dsv --steps status --dsv "python -m dsv"
 
-Each timed command is spawned with ``subprocess`` and reaped with ``os.wait4`` so its
-wall time, CPU time and ``ru_maxrss`` (which on Linux covers the process and any
-children it waited for) are exact per command. Before every timed command the
-harness runs ``sync`` (so write-back of untimed preparation does not leak into the
-measurement) and, with ``--cache cold``, drops the page cache.
+Each timed command runs under a tiny wrapper process (``WRAPPER``) that spawns it and
+reaps it with ``os.wait4``, so its wall time, CPU time and ``ru_maxrss`` (on Linux the
+process and any children it waited for) are exact per command. Before every timed
+command the harness runs ``sync`` (so write-back of untimed preparation does not leak
+into the measurement) and, with ``--cache cold``, drops the page cache.
 
 Steps are declared in ``STEPS`` and implemented per participant (``Participant``
 subclasses); adding ``push`` or ``clone+pull`` means adding a ``StepDef``, the
@@ -31,12 +31,13 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import workloads  # noqa: E402  (needs the sys.path entry above)
+import workloads  # after the sys.path entry above
 
 MB = 1_000_000
 DVC_VENV = BENCH_DIR / ".venv-dvc"
@@ -118,7 +119,11 @@ def run_measured(cmd: Command, env: dict[str, str], log: Path, timeout: float) -
         out.flush()
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", WRAPPER, str(result), *cmd.argv],
-            cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            cwd=cmd.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
             start_new_session=True,  # one process group, killed whole on timeout
         )
         try:
@@ -173,6 +178,39 @@ def copy_tree(src: Path, dst: Path) -> None:
 def remove_tree(path: Path) -> None:
     if path.exists():
         subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+class Janitor:
+    """Gets rid of work trees without slowing down the measurements that follow.
+
+    This machine's root file system is ext4 *without a journal*, and there ext4 will not
+    reuse an inode freed less than 60 s ago (360 s while its inode-table block is dirty,
+    which creating files makes it): every file created meanwhile scans past all such
+    inodes (``recently_deleted()`` in ``fs/ext4/ialloc.c``). Measured here: copying the
+    small workload takes ~1 s normally and 8-18 s within minutes of an ``rm -rf`` of
+    20,000 files. So while a workload runs nothing large is deleted: trees are renamed
+    into a trash directory, emptied after the run's last measurement (or earlier, with a
+    warning, when free disk space falls below ``min_free``).
+    """
+
+    def __init__(self, trash: Path, min_free: int) -> None:
+        self.trash = trash
+        self.min_free = min_free
+        self.count = 0
+
+    def discard(self, path: Path) -> None:
+        if not path.exists():
+            return
+        self.trash.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        os.rename(path, self.trash / f"{self.count}-{path.name}")
+        if shutil.disk_usage(self.trash).free < self.min_free:
+            log("warning: low on disk space, emptying the trash mid-run (file creation may")
+            log("         be slower for the next minutes; see Janitor in run.py)")
+            self.empty()
+
+    def empty(self) -> None:
+        remove_tree(self.trash)
 
 
 class CacheControl:
@@ -254,6 +292,7 @@ class Context:
     env: dict[str, str]
     timeout: float
     seed: int
+    janitor: Janitor
 
 
 class Participant:
@@ -307,7 +346,7 @@ class Dvc(Participant):
         if step == "commit_mutated":
             workloads.apply_mutation(lane.data, ctx.seed)
         elif step == "checkout":
-            remove_tree(lane.data)
+            ctx.janitor.discard(lane.data)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         args = {
@@ -344,7 +383,7 @@ class Dsv(Participant):
         if step == "commit_mutated":
             workloads.apply_mutation(lane.data, ctx.seed)
         elif step == "checkout":
-            remove_tree(lane.root / "checkout")
+            ctx.janitor.discard(lane.root / "checkout")
             (lane.root / "checkout").mkdir()
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
@@ -374,7 +413,7 @@ class CopyBaseline(Participant):
         return step == "checkout"
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
-        remove_tree(lane.root / "copy")
+        ctx.janitor.discard(lane.root / "copy")
         lane.root.mkdir(parents=True, exist_ok=True)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
@@ -426,27 +465,32 @@ class VerifyError(RuntimeError):
 
 
 def compare_trees(expected: Path, actual: Path, sample_every: int = 50) -> None:
-    """Check ``actual`` has exactly ``expected``'s paths and sizes; sample contents."""
+    """Check ``actual`` has exactly ``expected``'s paths, sizes and permission bits;
+    compare the contents of a sample (every ``sample_every``-th and every added small
+    file, the first and last MiB of each large file)."""
 
-    def listing(root: Path) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def listing(root: Path) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
         for dirpath, _dirs, names in os.walk(root):
             for name in names:
                 full = os.path.join(dirpath, name)
-                out[os.path.relpath(full, root)] = os.lstat(full).st_size
+                st = os.lstat(full)
+                out[os.path.relpath(full, root)] = (st.st_size, stat.S_IMODE(st.st_mode))
         return out
 
     want, got = listing(expected), listing(actual)
     if want != got:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
-        sized = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        sized = sorted(k for k in set(want) & set(got) if want[k][0] != got[k][0])
+        moded = sorted(k for k in set(want) & set(got) if want[k][1] != got[k][1])
         raise VerifyError(
             f"{actual} differs from the expected tree: {len(missing)} missing "
-            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(sized)} wrong size {sized[:3]}"
+            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(sized)} wrong size "
+            f"{sized[:3]}, {len(moded)} wrong mode {moded[:3]}"
         )
     for i, rel in enumerate(sorted(want)):
-        size = want[rel]
+        size = want[rel][0]
         if size > 4 * workloads.MIB:
             spans = [(0, workloads.MIB), (size - workloads.MIB, workloads.MIB)]
         elif i % sample_every == 0 or "/new" in rel:
@@ -485,7 +529,9 @@ CHECKS: tuple[Check, ...] = (
     Check("small", "checkout: DVC / dsv", "checkout", "dvc", "dsv", ">=", 5, "SPEC §5"),
     Check("small", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
     Check("large", "commit cold: DVC / dsv", "commit_cold", "dvc", "dsv", ">=", 4),
-    Check("large", "hashing: raw blake3 / dsv commit cold", "commit_cold", "blake3", "dsv", ">=", 0.67),
+    Check(
+        "large", "hashing: raw blake3 / dsv commit cold", "commit_cold", "blake3", "dsv", ">=", 0.67
+    ),
     Check("large", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
 )
 
@@ -538,7 +584,11 @@ class WorkloadResult:
             a, b = self.get(c.step, c.num), self.get(c.step, c.den)
             num, den = a.median, b.median
             value = num / den if num is not None and den else None
-            ok = None if value is None else (value >= c.target if c.op == ">=" else value <= c.target)
+            ok = (
+                None
+                if value is None
+                else (value >= c.target if c.op == ">=" else value <= c.target)
+            )
             # Ratio within each repetition (both sides measured back to back), then median:
             # less sensitive to slow drift of the machine than the ratio of medians.
             pairs = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs) if y.seconds]
@@ -551,13 +601,21 @@ class WorkloadResult:
         ]
         if any(p.key == "dsv" for p in self.participants):
             peak = max(rss) if rss else None
-            out.append({
-                "workload": self.workload.name,
-                "name": "dsv peak RSS, MB (max over steps)",
-                "step": "*", "num": "dsv", "den": "", "op": "<", "target": RSS_LIMIT_MB,
-                "source": "SPEC §5", "value": None if peak is None else peak / MB, "paired": None,
-                "pass": None if peak is None else peak / MB < RSS_LIMIT_MB,
-            })
+            out.append(
+                {
+                    "workload": self.workload.name,
+                    "name": "dsv peak RSS, MB (max over steps)",
+                    "step": "*",
+                    "num": "dsv",
+                    "den": "",
+                    "op": "<",
+                    "target": RSS_LIMIT_MB,
+                    "source": "SPEC §5",
+                    "value": None if peak is None else peak / MB,
+                    "paired": None,
+                    "pass": None if peak is None else peak / MB < RSS_LIMIT_MB,
+                }
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -635,7 +693,7 @@ def run_workload(
     execute = needed_steps(selected)
     for rep in range(repeat):
         rep_dir = workdir / wl.name / f"rep{rep}"
-        remove_tree(rep_dir)
+        ctx.janitor.discard(rep_dir)
         lanes = {
             p.key: Lane(rep_dir / p.key, workdir / "logs" / wl.name / f"rep{rep}-{p.key}.log")
             for p in participants
@@ -650,13 +708,18 @@ def run_workload(
                 lane = lanes[p.key]
                 if lane.failed:
                     if timed:
-                        result.get(step, p.key).failures.append(f"rep{rep}: skipped ({lane.failed})")
+                        result.get(step, p.key).failures.append(
+                            f"rep{rep}: skipped ({lane.failed})"
+                        )
                     continue
+                phase = step
                 try:
                     if not lane.ready:
+                        phase = "setup"
                         lane.root.mkdir(parents=True, exist_ok=True)
                         p.setup(ctx, wl, lane)
                         lane.ready = True
+                        phase = step
                     p.prepare(ctx, step, wl, lane)
                     cache.settle()
                     if cache.mode == "cold" and (warm := p.warmup()) is not None:
@@ -666,10 +729,9 @@ def run_workload(
                         raise CommandFailed(f"exit {m.rc}; see {lane.log}\n{tail(lane.log)}")
                     p.finish(ctx, step, wl, lane, m)
                 except (CommandFailed, VerifyError, subprocess.CalledProcessError, OSError) as e:
-                    lane.failed = f"{step} failed"
-                    msg = f"rep{rep}: {step}: {e}"
-                    result.get(step, p.key).failures.append(msg)
-                    log(f"[{wl.name} rep{rep}] {p.label} {step} FAILED: {e}")
+                    lane.failed = f"{phase} failed"
+                    result.get(step, p.key).failures.append(f"rep{rep}: {phase}: {e}")
+                    log(f"[{wl.name} rep{rep}] {p.label} {phase} FAILED: {e}")
                     continue
                 if timed:
                     result.get(step, p.key).runs.append(m)
@@ -679,7 +741,7 @@ def run_workload(
                     + ("" if timed else "  (prerequisite, not reported)")
                 )
         if not keep:
-            remove_tree(rep_dir)
+            ctx.janitor.discard(rep_dir)
     return result
 
 
@@ -695,10 +757,15 @@ def fmt_x(v: float | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -727,7 +794,11 @@ def render(result: WorkloadResult, repeat: int) -> str:
         rss = [STEP_BY_KEY[step].title]
         for k in tools + baselines:
             s = result.get(step, k)
-            row.append(spread(s) if any(p.key == k and p.supports(step, wl) for p in result.participants) else "")
+            row.append(
+                spread(s)
+                if any(p.key == k and p.supports(step, wl) for p in result.participants)
+                else ""
+            )
             rss.append("" if s.peak_rss is None else f"{s.peak_rss / MB:.0f} MB")
         if set(tools) == {"dvc", "dsv"}:
             a, b = result.get(step, "dvc").median, result.get(step, "dsv").median
@@ -738,23 +809,31 @@ def render(result: WorkloadResult, repeat: int) -> str:
     check_rows = []
     for c in result.checks():
         result_s = "n/a" if c["pass"] is None else "PASS" if c["pass"] else "FAIL"
-        value = "-" if c["value"] is None else (
-            f"{c['value']:.0f}" if c["op"] == "<" else fmt_x(c["value"])
+        value = (
+            "-"
+            if c["value"] is None
+            else (f"{c['value']:.0f}" if c["op"] == "<" else fmt_x(c["value"]))
         )
         target = f"{c['op']} {c['target']:g}" + ("" if c["op"] == "<" else "x")
         paired = "" if c["paired"] is None else fmt_x(c["paired"])
         check_rows.append([c["name"], value, paired, target, result_s, c["source"]])
 
     out = [
-        f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB; "
-        f"median of {repeat} (± half the range) ==",
+        (
+            f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB; "
+            f"median of {repeat} (± half the range) =="
+        ),
         table(headers, rows),
         "",
         "peak RSS (max over runs)",
         table(headers[: 1 + len(tools) + len(baselines)], rss_rows),
     ]
     if check_rows:
-        out += ["", "targets", table(["check", "measured", "paired", "target", "result", "from"], check_rows)]
+        out += [
+            "",
+            "targets",
+            table(["check", "measured", "paired", "target", "result", "from"], check_rows),
+        ]
     failures = [
         f"  {labels[who]} {step}: {msg}"
         for (step, who), s in result.series.items()
@@ -791,11 +870,26 @@ def resolve_dvc(spec: str | None) -> list[str]:
 def tool_version(argv: list[str], env: dict[str, str]) -> str:
     try:
         out = subprocess.run(
-            [*argv, "--version"], env=env, capture_output=True, text=True, timeout=120
+            [*argv, "--version"], env=env, capture_output=True, text=True, timeout=120, check=False
         )
         return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "?"
+
+
+def repo_revision() -> str:
+    """``git describe`` of the repo the bench lives in (``-dirty`` when modified)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.stdout.strip() or "?"
 
 
 def build_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -813,8 +907,10 @@ def build_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
             "DVC_GLOBAL_CONFIG_DIR": str(config / "global"),
             "DVC_SYSTEM_CONFIG_DIR": str(config / "system"),
             "DVC_SITE_CACHE_DIR": str(workdir / "dvc-site-cache"),
-            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost",
+            "GIT_AUTHOR_NAME": "bench",
+            "GIT_AUTHOR_EMAIL": "bench@localhost",
+            "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "bench@localhost",
             "NO_COLOR": "1",
             "TERM": "dumb",
         }
@@ -831,7 +927,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--workload", choices=["small", "large", "all"], default="small")
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
     ap.add_argument(
-        "--steps", default=",".join(s.key for s in STEPS),
+        "--steps",
+        default=",".join(s.key for s in STEPS),
         help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)} "
         "(prerequisites run untimed)",
     )
@@ -841,16 +938,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, help="work directory (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep work directories and logs")
     ap.add_argument(
-        "--cache", choices=["warm", "cold"], default="warm",
+        "--cache",
+        choices=["warm", "cold"],
+        default="warm",
         help="warm: sync before each timed step; cold: also drop the page cache (root only)",
     )
     ap.add_argument(
         "--strict", action="store_true", help="exit 2 when a target is missed (FAIL or n/a)"
     )
+    ap.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=10,
+        help="empty the trash of finished repetitions early when free disk falls below this",
+    )
     ap.add_argument("--seed", type=int, default=workloads.DEFAULT_SEED)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     ap.add_argument(
-        "--json", nargs="?", const="-", metavar="PATH",
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
         help="also write all results as JSON to PATH ('-' or no value: stdout, table to stderr)",
     )
     args = ap.parse_args(argv)
@@ -870,10 +978,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     own_workdir = args.workdir is None
-    workdir = (
-        Path(tempfile.mkdtemp(prefix="dsv-bench-")) if own_workdir else args.workdir.resolve()
-    )
+    workdir = Path(tempfile.mkdtemp(prefix="dsv-bench-")) if own_workdir else args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    remove_tree(workdir / "logs")  # logs of an earlier run in a reused workdir
     dsv_argv, dsv_env = resolve_dsv(args.dsv)
     env = build_env(workdir, dsv_env)
     participants: list[Participant] = []
@@ -889,7 +996,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     participants += [CopyBaseline(), Blake3Baseline()]
 
     cache = CacheControl(args.cache)
-    ctx = Context(env=env, timeout=args.timeout, seed=args.seed)
+    janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))
+    ctx = Context(env=env, timeout=args.timeout, seed=args.seed, janitor=janitor)
     names = ["small", "large"] if args.workload == "all" else [args.workload]
     floor = rss_floor(env, workdir)
     load_start = os.getloadavg()
@@ -899,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"rss floor {floor / MB:.0f} MB\n"
         f"dvc: {shlex.join(dvc_argv) or '-'} "
         f"({versions.get('dvc', '-')}); dsv: {shlex.join(dsv_argv)} ({versions.get('dsv', '-')})\n"
-        f"workdir: {workdir}"
+        f"repo: {repo_revision()}; workdir: {workdir}"
     )
     log(f"dsv bench: work in {workdir}; {cache.note}")
     results: list[WorkloadResult] = []
@@ -907,11 +1015,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             wl = prepare_workload(name, workdir, args.seed)
             results.append(
-                run_workload(wl, participants, args.steps, args.repeat, ctx, cache, workdir, args.keep)
+                run_workload(
+                    wl, participants, args.steps, args.repeat, ctx, cache, workdir, args.keep
+                )
             )
     finally:
         failed = any(s.failures for r in results for s in r.series.values())
         if not args.keep:
+            janitor.empty()
             for name in names:
                 remove_tree(workdir / name)
             if own_workdir:
@@ -937,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": args.steps,
             "dsv_command": dsv_argv,
             "versions": versions,
+            "repo_revision": repo_revision(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "workloads": {r.workload.name: r.to_json() for r in results},

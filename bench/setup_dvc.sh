@@ -25,6 +25,8 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet "$spec"
+# This machine's pip config names index directories that may be absent; drop that noise.
+quiet() { "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
+quiet "$venv/bin/python" -m pip install --quiet --upgrade pip
+quiet "$venv/bin/python" -m pip install --quiet "$spec"
 echo "dvc installed: $("$venv/bin/dvc" --version) ($venv)"

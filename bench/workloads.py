@@ -66,7 +66,8 @@ class TreeInfo:
 def _content(seed: int, rel: str, generation: int, length: int, offset: int = 0) -> bytes:
     """Return ``length`` pseudo-random bytes of file ``rel`` starting at ``offset``."""
     key = f"dsv-bench:{seed}:{rel}:{generation}".encode()
-    return blake3.blake3(key).digest(length=length, seek=offset)
+    data: bytes = blake3.blake3(key).digest(length=length, seek=offset)
+    return data
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -76,11 +77,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def small_paths() -> list[str]:
     """Relative paths of the small workload, in generation order."""
-    return [
-        f"d{d:03d}/f{i:03d}.bin"
-        for d in range(SMALL_DIRS)
-        for i in range(SMALL_FILES_PER_DIR)
-    ]
+    return [f"d{d:03d}/f{i:03d}.bin" for d in range(SMALL_DIRS) for i in range(SMALL_FILES_PER_DIR)]
 
 
 def large_paths() -> list[str]:
@@ -102,7 +99,9 @@ def generate_small(root: Path, seed: int = DEFAULT_SEED) -> TreeInfo:
     return TreeInfo(files=len(paths), bytes=total)
 
 
-def _write_large(path: Path, seed: int, rel: str, generation: int, size: int, start: int = 0) -> None:
+def _write_large(
+    path: Path, seed: int, rel: str, generation: int, size: int, start: int = 0
+) -> None:
     mode = "ab" if start else "wb"
     with open(path, mode, buffering=0) as f:
         offset = start
