@@ -49,6 +49,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import workloads  # after the sys.path entry above
 
 MB = 1_000_000
+DSV_VENV = BENCH_DIR / ".venv-dsv"
 DVC_VENV = BENCH_DIR / ".venv-dvc"
 PRISTINE_FORMAT = 1  # bump when workloads.py changes what it generates
 DATASET = "data"  # the directory name dsv init binds, hence the dataset name
@@ -848,13 +849,16 @@ def render(result: WorkloadResult, repeat: int) -> str:
 
 
 def resolve_dsv(spec: str | None) -> tuple[list[str], dict[str, str]]:
-    """The dsv command line, plus environment additions it needs."""
+    """The dsv command line, plus environment additions it needs.
+
+    By default this checkout is installed into bench/.venv-dsv (bench/setup_dsv.sh), so
+    dsv runs as a user would run it and as DVC runs here: from its own virtualenv.
+    """
     if spec:
         return shlex.split(spec), {}
-    if path := shutil.which("dsv"):
-        return [path], {}
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return [sys.executable, "-m", "dsv"], {"PYTHONPATH": pythonpath}
+    log("installing this checkout of dsv into bench/.venv-dsv ...")
+    subprocess.run(["bash", str(BENCH_DIR / "setup_dsv.sh")], check=True, stdout=sys.stderr)
+    return [str(DSV_VENV / "bin" / "dsv")], {}
 
 
 def resolve_dvc(spec: str | None) -> list[str]:

@@ -613,7 +613,7 @@ class Store:
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
             worktree.remove_paths(target, to_remove)
-            placer = worktree.Materializer(self.objects, target, link)
+            placer = worktree.Materializer(self.objects, target, link, stat_rows=in_worktree)
             nbytes = sum(e.size for _p, e in to_write)
             with self.reporter.task("checkout", len(to_write), nbytes) as advance:
                 rows = placer.place(to_write, advance)
@@ -922,7 +922,7 @@ class Store:
         self._check_target_outside_store(dest)
         dest.mkdir(parents=True, exist_ok=True)
         with self.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
-            worktree.Materializer(self.objects, dest).place(items, advance)
+            worktree.Materializer(self.objects, dest, stat_rows=False).place(items, advance)
         return len(items)
 
     def open_file(self, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:

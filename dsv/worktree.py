@@ -271,8 +271,10 @@ class Materializer:
     into the store can never be written through.
     """
 
-    def __init__(self, objects: ObjectStore, root: Path, link: str = "auto") -> None:
+    def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
+                 stat_rows: bool = True) -> None:
         check_link_mode(link)
+        self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.objects = objects
         self.root = root
         self.link = link
@@ -344,21 +346,31 @@ class Materializer:
         rows: list[tuple[str, StatRow]] = []
         for rel, entry in items:
             dest = os.path.join(self.root, rel)
-            _remove_existing(dest)
-            if entry.kind == LINK:
-                target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
-                os.symlink(check_symlink_target(rel, target), dest)
-            elif entry.oid in locations:
-                self._write_small(dest, entry, locations[entry.oid])
-            else:
-                self._write_large(dest, entry)
+            try:
+                self._place_one(rel, dest, entry, locations)
+            except (FileExistsError, IsADirectoryError):
+                # Something is in the way (an old file, a directory, a link): it is not
+                # part of the target, so it goes, and is never written through.
+                _remove_existing(dest)
+                self._place_one(rel, dest, entry, locations)
             crashpoint("checkout:file-written")
-            st = os.lstat(dest)
-            rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode),
-                               entry.oid, time.time_ns())))
+            if self.stat_rows:
+                st = os.lstat(dest)
+                rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino,
+                                   stat.S_IMODE(st.st_mode), entry.oid, time.time_ns())))
             if progress:
                 progress(1, entry.size)
         return rows
+
+    def _place_one(self, rel: str, dest: str, entry: Entry,
+                   locations: dict[str, tuple[str, int, int]]) -> None:
+        if entry.kind == LINK:
+            target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
+            os.symlink(check_symlink_target(rel, target), dest)
+        elif entry.oid in locations:
+            self._write_small(dest, entry, locations[entry.oid])
+        else:
+            self._write_large(dest, entry)
 
     def _write_small(self, dest: str, entry: Entry, where: tuple[str, int, int]) -> None:
         data = self.objects.read_packed(where)
