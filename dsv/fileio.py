@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ _COPY_CHUNK = 1 << 30
 
 def tmp_name(directory: str | os.PathLike[str]) -> str:
     """A fresh temp path inside `directory`; the prefix lets crash leftovers be found."""
-    return os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+    return os.path.join(directory, f"{TMP_PREFIX}{os.urandom(8).hex()}")
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 import blake3
 
@@ -54,4 +53,6 @@ def is_hash(text: str) -> bool:
 
 def random_id(length: int) -> str:
     """A random lowercase base-36 id; 10 chars carry ~51 bits, enough across offline clients."""
+    import secrets  # imported here: it pulls in hashlib, which read-only commands never need
+
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))

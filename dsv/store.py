@@ -8,16 +8,13 @@ never print or parse command lines: that is cli.py's job.
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,6 +39,8 @@ RECORD_FORMAT = 1
 
 
 def _now_iso(ts: float) -> str:
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -49,6 +48,9 @@ def default_author() -> str:
     env = os.environ.get("DSV_AUTHOR")
     if env:
         return env
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except Exception:
@@ -1179,6 +1181,8 @@ def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple]]:
 
 
 def _parse_time(text: Any) -> float:
+    from datetime import datetime, timezone
+
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=timezone.utc).timestamp()

@@ -13,8 +13,8 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from . import fileio
@@ -25,6 +25,9 @@ from .index import StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .paths import STORE_DIR, check_relpath, check_symlink_target
 from .tree import FILE, LINK, Entry, Manifest
+
+if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start threads
+    from concurrent.futures import Future
 
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
 _WORKERS = 4
@@ -162,7 +165,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     objects = ingest.store if ingest is not None else None
     large: list[tuple[str, FileStat, int, Future[tuple[str, int]]]] = []
     vouched = 0
-    pool: ThreadPoolExecutor | None = None
+    pool = None  # a ThreadPoolExecutor, started at the first large file
 
     def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int) -> None:
         result.hashed_files += 1
@@ -195,6 +198,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 # Large files go to worker threads: copying and fsyncing one overlaps
                 # hashing the next (blake3 and the kernel both run without the GIL).
                 if pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
                     pool = ThreadPoolExecutor(max_workers=_LARGE_WORKERS)
                 job = (objects.add_large_file if objects is not None else _hash_large)
                 large.append((rel, fs, hashed_at, pool.submit(job, path)))
@@ -328,6 +332,7 @@ class Materializer:
         if len(tasks) <= 1:
             return [row for task in tasks for row in self._place_chunk(task, locations,
                                                                         progress)]
+        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
             results = list(pool.map(lambda t: self._place_chunk(t, locations, progress), tasks))
         return [row for rows in results for row in rows]
