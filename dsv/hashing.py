@@ -12,8 +12,10 @@ import re
 import blake3
 
 HASH_HEX_LEN = 64
-# Files bigger than this are hashed in chunks of this size with all threads.
-LARGE_READ = 16 << 20
+# Files bigger than this are hashed with all threads, through mapped windows of
+# HASH_WINDOW bytes (measured here: as fast as mapping the whole file).
+LARGE_READ = 8 << 20
+HASH_WINDOW = 64 << 20
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -30,14 +32,29 @@ def hash_file(path: str | os.PathLike[str], size: int | None = None) -> str:
     if size < LARGE_READ:
         with open(path, "rb") as f:
             return blake3.blake3(f.read()).hexdigest()
-    # Chunked reads into one buffer rather than mmap: the same speed, but a mapped file
-    # counts fully in the process's resident memory.
+    # Mapped windows, not one map of the whole file: the same speed as blake3's own
+    # update_mmap, but resident memory stays at one window. (A file truncated by another
+    # process while it is mapped kills the reader with SIGBUS, as in git; every dsv
+    # write is crash-safe, so that costs a retry, never data. Commit does not hash
+    # through a map: it hashes the private copy it writes, see objects.add_large_file.)
+    import mmap
+
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buf = bytearray(LARGE_READ)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            hasher.update(view[:n])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        offset = 0
+        while offset < size:
+            length = min(HASH_WINDOW, size - offset)
+            window = mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
+            try:
+                with memoryview(window) as view:
+                    hasher.update(view)
+            finally:
+                window.close()
+            offset += length
+    finally:
+        os.close(fd)
     return hasher.hexdigest()
 
 
