@@ -382,6 +382,45 @@ def verify(repair: bool = typer.Option(False, "--repair",
         raise typer.Exit(1)
 
 
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
+                                            help="The command to run."),
+        inputs: list[str] = typer.Option([], "--input", "-i", metavar="NAME=REF",
+                                         help="Mount a version read-only at MOUNT_ROOT/NAME."),
+        outputs: list[str] = typer.Option([], "--output", "-o", metavar="NAME=DATASET",
+                                          help="An empty directory at MOUNT_ROOT/NAME, "
+                                               "committed as a new version of DATASET."),
+        hosted: list[str] = typer.Option([], "--dataset", metavar="NAME@ID[:VERSION]",
+                                         help="Hosted-platform syntax: with :VERSION an "
+                                              "input, without an output."),
+        mount_root: Optional[Path] = typer.Option(None, "--mount-root",
+                                                  help="Where inputs and outputs appear "
+                                                       "(default: a new temporary directory)."),
+        message: Optional[str] = typer.Option(None, "-m", "--message",
+                                              help="Message of the output versions."),
+        no_mount: bool = typer.Option(False, "--no-mount",
+                                      help="Give inputs as private copies, even where "
+                                           "read-only mounts are possible."),
+        as_json: bool = JsonOpt) -> None:
+    """Run CMD with datasets as read-only inputs; commit its outputs with lineage.
+
+    The job's paths are in environment variables: DSV_INPUT_<NAME>, DSV_OUTPUT_<NAME>
+    (NAME upper-cased, other characters as _) and DSV_MOUNT_ROOT.
+    """
+    from .jobs import parse_bindings
+    store = _open_store()
+    ins, outs = parse_bindings(inputs, outputs, hosted)
+    result = store.run(ins, outs, command, mount_root=mount_root, message=message,
+                       mount=False if no_mount else None)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    for name, v in result.outputs.items():
+        print(f"{name}: {_ref(store, v)}")
+    sys.stderr.write(f"command exited 0 after {result.duration:.1f}s; inputs were "
+                     f"{'mounted read-only' if result.mounted else 'private copies'}\n")
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
 app.add_typer(index_app, name="index")
 

@@ -84,3 +84,13 @@ class MissingObject(DsvError):
 
 class InvalidInput(DsvError):
     """Input that is well-formed for the shell but meaningless for dsv."""
+
+
+class JobFailed(DsvError):
+    """`dsv run`'s command exited non-zero (or was killed); dsv exits with its status."""
+
+    def __init__(self, message: str, hint: str | None = None, result: object = None) -> None:
+        super().__init__(message, hint)
+        self.result = result
+        status = getattr(result, "exit_status", 1)
+        self.exit_code = status if 0 < status < 256 else 128 + (-status if status < 0 else 0)

@@ -832,8 +832,10 @@ class Store:
             return self._write_committed(Ingest(self.objects), v, new=False)
 
     def create_version_from_path(self, key: str, source: str | os.PathLike[str],
-                                 message: str | None = None) -> Version:
-        """Create and commit a version holding exactly the files of `source`."""
+                                 message: str | None = None,
+                                 lineage: dict[str, Any] | None = None,
+                                 commit: bool = True) -> Version:
+        """A version holding exactly the files of `source`: committed, or a draft."""
         with self.locked("versions create"):
             ds = self.dataset(key)
             src = Path(source).resolve()
@@ -846,13 +848,25 @@ class Store:
                     snap = worktree.snapshot(src, files, {}, ingest, advance)
                 root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
                 now = time.time()
-                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
+                v = Version(self._new_version_id(), ds.id, "draft", root_tree,
                             [ds.latest] if ds.latest else [], message, default_author(), now,
-                            now, None, None, size, len(snap.manifest))
-                return self._write_committed(ingest, v, new=True)
+                            None, None, lineage, size, len(snap.manifest))
+                if commit:
+                    return self._write_committed(ingest, v, new=True)
+                self._flush(ingest)
+                with self.index.transaction():
+                    self.index.insert_version(v)
+                return self.version(v.id)
             except BaseException:
                 ingest.abort()
                 raise
+
+    def run(self, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
+            mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
+            mount: bool | None = None) -> Any:
+        """`dsv run`: see jobs.run. Returns a jobs.JobResult."""
+        from . import jobs
+        return jobs.run(self, inputs, outputs, command, mount_root, message, mount)
 
     def update_version(self, ref: str, message: str, cwd: str | os.PathLike[str] = ".") -> Version:
         """Change a draft's message (a committed version's message is part of it: immutable)."""

@@ -1,0 +1,150 @@
+"""`dsv run`: read-only inputs, writable outputs, lineage, failures and interruption."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dsv
+from conftest import read_tree, run_dsv, write_tree
+from dsv import jobs
+from dsv.errors import InvalidInput, JobFailed
+
+TRAIN = """
+import hashlib, os, pathlib, sys
+src = pathlib.Path(os.environ["DSV_INPUT_TRAIN"])
+out = pathlib.Path(os.environ["DSV_OUTPUT_MODEL"])
+try:
+    (src / "labels.csv").write_text("tampered")
+    wrote = True
+except OSError:
+    wrote = False
+digest = hashlib.sha256((src / "big.bin").read_bytes()).hexdigest()
+(out / "weights.txt").write_text(digest + "\\n" + (src / "labels.csv").read_text())
+(out / "cwd.txt").write_text(os.getcwd())
+(out / "wrote-input.txt").write_text(str(wrote))
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    store = dsv.init(ws, bind=False)
+    store.create_dataset("mnist", path=ws / "data")
+    store.create_dataset("model", path=ws / "models")
+    big = os.urandom(3 << 20)
+    write_tree(ws / "data", {"big.bin": big, "labels.csv": "1,2,3\n"})
+    v = store.commit("raw", "mnist")
+    (ws / "train.py").write_text(TRAIN)
+    yield store, ws, v, big
+    store.close()
+
+
+@pytest.mark.parametrize("mount", [None, False])
+def test_outputs_are_committed_with_lineage_and_inputs_stay_intact(project, mount) -> None:
+    store, ws, v, big = project
+    os.chdir(ws)
+    result = store.run({"train": "mnist:latest"}, {"model": "model"},
+                       [sys.executable, "train.py"], mount=mount)
+    assert result.ok and result.mounted == (jobs.can_mount_read_only() if mount is None else False)
+    out = result.outputs["model"]
+    assert out.state == "committed" and out.dataset == store.dataset("model").id
+    files = {r.path: r for r in store.files(f"model:{out.id}", recursive=True)}
+    seen_labels = "1,2,3\n" if result.mounted else "tampered"  # its own private copy
+    with store.open_file(f"model:{out.id}", "weights.txt") as f:
+        assert f.read().decode() == hashlib.sha256(big).hexdigest() + "\n" + seen_labels
+    with store.open_file(f"model:{out.id}", "cwd.txt") as f:
+        assert f.read().decode() == str(ws)  # the job's working directory is unchanged
+    with store.open_file(f"model:{out.id}", "wrote-input.txt") as f:
+        # A read-only mount refuses even root; a private copy may be scribbled on.
+        assert f.read().decode() == ("False" if result.mounted else "True")
+    assert set(files) == {"weights.txt", "cwd.txt", "wrote-input.txt"}
+    lineage = store.resolve("model:latest").lineage
+    assert lineage["inputs"]["train"]["version"] == v.id
+    assert lineage["inputs"]["train"]["record"] == v.record
+    assert lineage["command"] == [sys.executable, "train.py"]
+    assert lineage["exit_status"] == 0 and lineage["duration_s"] >= 0
+    assert lineage["started"].endswith("Z")
+    # The store never changed under the job.
+    assert (ws / "data" / "labels.csv").read_text() == "1,2,3\n"
+    assert store.verify().ok
+    store.get_files("mnist:latest", ws / "copy")
+    assert read_tree(ws / "copy") == {"big.bin": big, "labels.csv": b"1,2,3\n"}
+
+
+def test_a_failed_command_commits_nothing_and_keeps_outputs_as_drafts(project) -> None:
+    store, ws, v, _big = project
+    os.chdir(ws)
+    with pytest.raises(JobFailed) as info:
+        store.run({"train": f"mnist:{v.id}"}, {"model": "model"},
+                  ["sh", "-c", 'echo partial > "$DSV_OUTPUT_MODEL/p.txt"; exit 3'])
+    assert info.value.exit_code == 3
+    assert "nothing was committed" in info.value.message
+    assert store.versions("model", "committed") == []
+    drafts = store.versions("model", "draft")
+    assert len(drafts) == 1 and drafts[0].lineage["exit_status"] == 3
+    assert [r.path for r in store.files(f"model:{drafts[0].id}", recursive=True)] == ["p.txt"]
+
+
+def test_cli_run_with_hosted_syntax_and_json(project) -> None:
+    store, ws, v, _big = project
+    done = run_dsv("run", "--dataset", f"train@mnist:{v.id}", "--dataset", "model@model",
+                   "--json", "--", "sh", "-c",
+                   'cp "$DSV_INPUT_TRAIN/labels.csv" "$DSV_OUTPUT_MODEL/"', cwd=ws)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["exit_status"] == 0 and report["outputs"]["model"]["state"] == "committed"
+    shown = json.loads(run_dsv("show", "model:latest", "--json", cwd=ws).stdout)
+    assert shown["lineage"]["inputs"]["train"]["ref"] == f"mnist:{v.id}"
+    log = run_dsv("log", "model", cwd=ws).stdout
+    assert f"inputs train=mnist:{v.id}" in log
+    failed = run_dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--",
+                     "sh", "-c", "exit 7", cwd=ws)
+    assert failed.returncode == 7
+    assert failed.stderr.startswith("error: the command exited with status 7")
+
+
+def test_bindings_are_validated_before_anything_runs(project, tmp_path: Path) -> None:
+    store, ws, _v, _big = project
+    assert jobs.parse_bindings(["a=mnist:latest"], ["b=model"], ["c@mnist:v1", "d@model"]) == \
+        ({"a": "mnist:latest", "c": "mnist:v1"}, {"b": "model", "d": "model"})
+    for bad in (["noequals"], ["=mnist"], ["a/b=mnist"]):
+        with pytest.raises(InvalidInput):
+            jobs.parse_bindings(bad, [], [])
+    with pytest.raises(InvalidInput):
+        jobs.parse_bindings(["x=mnist"], ["x=model"], [])
+    marker = tmp_path / "ran"
+    with pytest.raises(Exception):
+        store.run({"train": "nope:latest"}, {}, ["touch", str(marker)])
+    assert not marker.exists()
+    assert jobs.env_name("INPUT", "train-set.v2") == "DSV_INPUT_TRAIN_SET_V2"
+
+
+def test_interrupting_dsv_run_stops_the_job_and_cleans_up(project) -> None:
+    store, ws, _v, _big = project
+    root = ws / "mnt"
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", "run", "-i", "train=mnist:latest",
+                             "-o", "model=model", "--mount-root", str(root), "--",
+                             "sleep", "30"], cwd=ws, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline and not (root / "model").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0
+    assert "nothing was committed" in err
+    with open("/proc/mounts") as mounts:
+        assert str(root) not in mounts.read()
+    assert list((ws / ".dsv").glob("runs/*")) == []
+    assert run_dsv("verify", cwd=ws).returncode == 0
