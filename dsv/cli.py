@@ -421,6 +421,54 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
                      f"{'mounted read-only' if result.mounted else 'private copies'}\n")
 
 
+@app.command("import")
+def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFIX] | REF",
+                                         help="What to import (with --check: the version "
+                                              "to re-check)."),
+            name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: "
+                                               "the last path item without extension)."),
+            etag: Optional[str] = typer.Option(None, "--etag", help="Fail unless the object "
+                                               "has this ETag."),
+            version_id: Optional[str] = typer.Option(None, "--version-id",
+                                                     help="Read this S3 object version."),
+            endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
+                                                       envvar="AWS_ENDPOINT_URL",
+                                                       help="Any S3-compatible endpoint."),
+            profile: Optional[str] = typer.Option(None, "--profile", help="AWS profile."),
+            no_sign_request: bool = typer.Option(False, "--no-sign-request",
+                                                 help="Anonymous requests (public buckets)."),
+            check: bool = typer.Option(False, "--check", help="Re-read the source of an "
+                                       "imported version: does it still match?"),
+            message: Optional[str] = typer.Option(None, "-m", "--message"),
+            as_json: bool = JsonOpt) -> None:
+    """Create a version from an S3 object or prefix, pinned by ETag or VersionId."""
+    store = _open_store()
+    if check:
+        report = store.check_import(source, endpoint_url=endpoint_url, profile=profile,
+                                    no_sign_request=no_sign_request)
+        if as_json:
+            _print_json(report.to_json())
+        else:
+            for label, paths in (("changed", report.changed), ("missing", report.missing),
+                                 ("new", report.added)):
+                for p in paths:
+                    print(f"  {label:<8} {p}")
+            verdict = "matches its source" if report.ok else "no longer matches its source"
+            print(f"{report.ref} {verdict} ({len(report.unchanged)} unchanged, "
+                  f"{len(report.changed)} changed, {len(report.missing)} missing, "
+                  f"{len(report.added)} new)")
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    v = store.import_s3(source, name=name, etag=etag, version_id=version_id,
+                        endpoint_url=endpoint_url, profile=profile,
+                        no_sign_request=no_sign_request, message=message)
+    if as_json:
+        _print_json(_version_json(store, v))
+    else:
+        print(_ref(store, v))
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
 app.add_typer(index_app, name="index")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IN_BATCH = 500
 
 
@@ -137,6 +137,10 @@ class Index:
             PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
         db["checkouts"].create({"target": str, "version": str, "started": float, "done": int},
                                pk="target", if_not_exists=True)
+        if "done" not in db["checkouts"].columns_dict:  # schema 1 stores
+            db["checkouts"].add_column("done", int)
+        db["imported"].create({"source": str, "oid": str, "size": int}, pk="source",
+                              if_not_exists=True)
         db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -357,6 +361,22 @@ class Index:
     def clear_stat_cache(self, ds_id: str) -> None:
         self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
         self.conn.execute("UPDATE datasets SET cache_tree=NULL WHERE id=?", (ds_id,))
+
+    # ---- imports: what was already downloaded, for resuming ----------------------
+    def imported(self, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
+        found: dict[str, tuple[str, int]] = {}
+        batch = list(sources)
+        for i in range(0, len(batch), _IN_BATCH):
+            part = batch[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            for source, oid, size in self.conn.execute(
+                    f"SELECT source, oid, size FROM imported WHERE source IN ({marks})", part):
+                found[source] = (oid, size)
+        return found
+
+    def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
+                              "VALUES (?,?,?)", rows)
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:

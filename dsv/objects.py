@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -226,6 +226,39 @@ class ObjectStore:
             size = fileio.stream_into_new_file(src_fd, tmp, 0o444, hasher.update, durable=True)
         finally:
             os.close(src_fd)
+        oid = hasher.hexdigest()
+        dest = self.loose_path(oid)
+        if dest.exists():
+            os.unlink(tmp)
+            return oid, size
+        dest.parent.mkdir(exist_ok=True)
+        fileio.publish(tmp, str(dest))
+        return oid, size
+
+    def add_large_stream(self, chunks: Iterable[bytes],
+                         observe: Callable[[bytes], None] | None = None) -> tuple[str, int]:
+        """Store bytes arriving in pieces (a download) as a loose object: (id, size).
+
+        Each piece is hashed as it is written, so the name is the hash of exactly what
+        was stored; `observe` sees every piece too (an MD5 to compare with an ETag).
+        """
+        tmp = fileio.tmp_name(self.tmp_dir)
+        hasher = new_hasher(threads=True)
+        size = 0
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            for chunk in chunks:
+                hasher.update(chunk)
+                if observe is not None:
+                    observe(chunk)
+                fileio.write_all(fd, chunk)
+                size += len(chunk)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            fileio.unlink_quietly(tmp)
+            raise
+        os.close(fd)
         oid = hasher.hexdigest()
         dest = self.loose_path(oid)
         if dest.exists():

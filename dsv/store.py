@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
-from .faults import crashpoint
-from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
-                     NothingToCommit, RefError, StoreExists, StoreNotFound,
+from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError,
+                     InvalidInput, NothingToCommit, RefError, StoreExists, StoreNotFound,
                      TagExists, UnsafePath, VersionImmutable, VersionInUse)
+from .faults import crashpoint
 from .hashing import hash_bytes, random_id
-from .index import Dataset, Index, StatRow, Version
+from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
@@ -175,9 +175,12 @@ class Store:
             raise StoreNotFound(f"{self.dsv_dir} has lost its index",
                                 hint="recreate it from the objects with `dsv index rebuild`")
         self.index = Index(self.dsv_dir / "index.db")
-        if self.index.schema_version() is None:
+        schema = self.index.schema_version()
+        if schema is None:
             raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
                                 hint="recreate it from the objects with `dsv index rebuild`")
+        if schema < SCHEMA_VERSION:
+            self.index.create_schema()  # idempotent: adds what older stores lack
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_dir)
         self._lock = StoreLock(self.dsv_dir / "lock")
         self._trees: dict[str, bytes] = {}
@@ -860,6 +863,43 @@ class Store:
             except BaseException:
                 ingest.abort()
                 raise
+
+    def commit_manifest(self, key: str, manifest: Manifest, message: str,
+                        lineage: dict[str, Any] | None = None,
+                        create_dataset: bool = False) -> Version:
+        """Commit a version made of objects already in the store (imports, for one)."""
+        with self.locked("commit"):
+            try:
+                ds = self.dataset(key)
+            except DatasetNotFound:
+                if not create_dataset:
+                    raise
+                ds = self.create_dataset(key)
+            missing = [p for p, e in manifest.items() if not self.objects.has(e.oid)]
+            if missing:
+                raise InvalidInput(f"{len(missing)} file(s) have no stored content, e.g. "
+                                   f"{missing[0]}")
+            ingest = Ingest(self.objects)
+            try:
+                root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
+                now = time.time()
+                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
+                            [ds.latest] if ds.latest else [], message, default_author(), now,
+                            now, None, lineage, size, len(manifest))
+                return self._write_committed(ingest, v, new=True)
+            except BaseException:
+                ingest.abort()
+                raise
+
+    def import_s3(self, url: str, **options: Any) -> Version:
+        """`dsv import`: see imports.import_s3."""
+        from . import imports
+        return imports.import_s3(self, url, **options)
+
+    def check_import(self, ref: str, **options: Any) -> Any:
+        """`dsv import --check`: see imports.check_import. Returns an imports.CheckReport."""
+        from . import imports
+        return imports.check_import(self, ref, **options)
 
     def run(self, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
             mount_root: str | os.PathLike[str] | None = None, message: str | None = None,

@@ -75,3 +75,29 @@ def read_tree(root: Path, skip: tuple[str, ...] = (".dsv",)) -> dict[str, bytes]
             if p.is_file() and not p.is_symlink():
                 out[(rel_dir / name).as_posix()] = p.read_bytes()
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 protocol server (moto's server mode) on a free loopback port."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials from the standard chain (the environment), never from .dsv/."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

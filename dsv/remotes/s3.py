@@ -1,0 +1,155 @@
+"""S3 access for dsv: one way to make a client, one retry policy, and the few calls
+dsv makes (list, head, get), against AWS or any S3-compatible endpoint.
+
+Owns credentials handling (the standard AWS chain or `--profile`; never stored or
+printed; unsigned requests for public buckets), timeouts and retries (botocore's
+standard mode: throttling, 5xx, resets and timeouts are retried with backoff), and
+turning botocore errors into one clear DsvError. Must never touch the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DsvError, InvalidInput
+
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 60
+MAX_ATTEMPTS = 6
+
+
+class RemoteError(DsvError):
+    """S3 said no, or could not be reached; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    size: int
+    etag: str                 # without quotes
+    version_id: str | None
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` → ("bucket", "some/key")."""
+    if not url.startswith("s3://") or len(url) <= 5:
+        raise InvalidInput(f"not an S3 URL: {url}", hint="write s3://BUCKET[/KEY-OR-PREFIX]")
+    bucket, _, key = url[5:].partition("/")
+    if not bucket:
+        raise InvalidInput(f"no bucket in {url}")
+    return bucket, key
+
+
+def make_client(endpoint_url: str | None = None, profile: str | None = None,
+                unsigned: bool | None = None) -> Any:
+    """A boto3 S3 client. `unsigned=None` signs when credentials exist, else not (so
+    public buckets work with no configuration)."""
+    import boto3
+    import botocore.config
+    from botocore import UNSIGNED
+
+    try:
+        session = boto3.Session(profile_name=profile)
+    except Exception as exc:  # botocore.exceptions.ProfileNotFound and kin
+        raise RemoteError(f"AWS profile problem: {exc}") from None
+    if unsigned is None:
+        unsigned = session.get_credentials() is None
+    config = botocore.config.Config(
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        signature_version=UNSIGNED if unsigned else None,
+        max_pool_connections=32)
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def describe(exc: BaseException, what: str) -> RemoteError:
+    """One line for a botocore failure, with a hint where one helps."""
+    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
+                                     ReadTimeoutError, ConnectTimeoutError)
+
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "?")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        hints = {"NoSuchBucket": "check the bucket name and --endpoint-url",
+                 "NoSuchKey": "check the key; a prefix must hold at least one object",
+                 "404": "check the key (and --version-id)",
+                 "AccessDenied": "check your AWS credentials or --profile; for a public "
+                                 "bucket try --no-sign-request",
+                 "403": "check your AWS credentials or --profile; for a public bucket try "
+                        "--no-sign-request",
+                 "PreconditionFailed": "the object changed: its ETag is not the one pinned",
+                 "412": "the object changed: its ETag is not the one pinned"}
+        return RemoteError(f"{what}: {code} ({status}) {err.get('Message', '')}".rstrip(),
+                           hint=hints.get(code))
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return RemoteError(f"{what}: cannot reach the S3 endpoint ({exc})",
+                           hint="check the network and --endpoint-url")
+    if isinstance(exc, ReadTimeoutError):
+        return RemoteError(f"{what}: the S3 endpoint stopped answering ({exc})")
+    if isinstance(exc, NoCredentialsError):
+        return RemoteError(f"{what}: no AWS credentials found",
+                           hint="configure the AWS credential chain, or --no-sign-request")
+    return RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def check_reachable(client: Any, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast, with one clear line, when the endpoint cannot be reached at all
+    (botocore would spend a minute retrying a refused connection)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(client.meta.endpoint_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise RemoteError(f"cannot reach the S3 endpoint {url.scheme}://{url.netloc} "
+                          f"({exc.strerror or exc})",
+                          hint="check the network and --endpoint-url; nothing was changed") \
+            from None
+
+
+def _etag(raw: str | None) -> str:
+    return (raw or "").strip('"')
+
+
+def head(client: Any, bucket: str, key: str, version_id: str | None = None) -> S3Object:
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        args["VersionId"] = version_id
+    try:
+        meta = client.head_object(**args)
+    except Exception as exc:
+        raise describe(exc, f"s3://{bucket}/{key}") from None
+    return S3Object(key, int(meta["ContentLength"]), _etag(meta.get("ETag")),
+                    meta.get("VersionId") or version_id)
+
+
+def list_prefix(client: Any, bucket: str, prefix: str) -> Iterator[S3Object]:
+    """Every object under `prefix` (folder markers, keys ending in '/', left out)."""
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/"):
+                    continue
+                yield S3Object(item["Key"], int(item["Size"]), _etag(item.get("ETag")), None)
+    except Exception as exc:
+        raise describe(exc, f"listing s3://{bucket}/{prefix}") from None
+
+
+def open_object(client: Any, bucket: str, obj: S3Object) -> Any:
+    """The body stream of `obj`, pinned to the exact version (or ETag) listed."""
+    args: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
+    if obj.version_id:
+        args["VersionId"] = obj.version_id
+    elif obj.etag:
+        args["IfMatch"] = f'"{obj.etag}"'
+    try:
+        return client.get_object(**args)["Body"]
+    except Exception as exc:
+        raise describe(exc, f"s3://{bucket}/{obj.key}") from None

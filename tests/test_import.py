@@ -1,0 +1,179 @@
+"""`dsv import` against a real S3 protocol server (moto's server mode) over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+import dsv
+from dsv import imports
+from dsv.errors import DsvError, UnsafePath
+from dsv.imports import ImportMismatch
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, aws_env: None):
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    return client
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with dsv.init(tmp_path / "ws", bind=False) as s:
+        yield s
+
+
+def _files(store, ref: str) -> dict[str, bytes]:
+    out = {}
+    for row in store.files(ref, recursive=True):
+        with store.open_file(ref, row.path) as f:
+            out[row.path] = f.read()
+    return out
+
+
+def test_default_names() -> None:
+    assert imports.default_name("s3://b/mnist.zip") == "mnist"
+    assert imports.default_name("s3://b") == "b"
+    assert imports.default_name("s3://b/data/train/") == "train"
+    assert imports.default_name("s3://b/a/shard.tar.gz") == "shard"
+
+
+def test_prefix_import_records_every_source(store, s3, bucket, s3_endpoint) -> None:
+    big = os.urandom(3 << 20)
+    content = {"data/train/a.csv": b"1,2\n", "data/train/sub/b.bin": big,
+               "data/train/c.txt": b"x" * 100, "other/skip.txt": b"no"}
+    for key, body in content.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    v = store.import_s3(f"s3://{bucket}/data/train", endpoint_url=s3_endpoint)
+    assert store.index.dataset_by("id", v.dataset).name == "train"
+    assert _files(store, f"train:{v.id}") == {"a.csv": b"1,2\n", "sub/b.bin": big,
+                                             "c.txt": b"x" * 100}
+    files = v.lineage["import"]["files"]
+    head = s3.head_object(Bucket=bucket, Key="data/train/sub/b.bin")
+    assert files["sub/b.bin"]["etag"] == head["ETag"].strip('"')
+    assert files["sub/b.bin"]["key"] == "data/train/sub/b.bin"
+    assert store.verify().ok
+    assert store.check_import("train:latest").ok
+    # The source changes: --check says so, and what.
+    s3.put_object(Bucket=bucket, Key="data/train/a.csv", Body=b"changed")
+    s3.put_object(Bucket=bucket, Key="data/train/new.txt", Body=b"new")
+    s3.delete_object(Bucket=bucket, Key="data/train/c.txt")
+    report = store.check_import("train:latest")
+    assert (report.changed, report.missing, report.added) == \
+        (["a.csv"], ["c.txt"], ["data/train/new.txt"])
+
+
+def test_single_object_pinned_by_etag(store, s3, bucket, s3_endpoint) -> None:
+    s3.put_object(Bucket=bucket, Key="mnist.zip", Body=b"zipbytes")
+    etag = s3.head_object(Bucket=bucket, Key="mnist.zip")["ETag"].strip('"')
+    v = store.import_s3(f"s3://{bucket}/mnist.zip", etag=etag, endpoint_url=s3_endpoint)
+    assert _files(store, f"mnist:{v.id}") == {"mnist.zip": b"zipbytes"}
+    with pytest.raises(ImportMismatch) as info:
+        store.import_s3(f"s3://{bucket}/mnist.zip", name="other", etag="0" * 32,
+                        endpoint_url=s3_endpoint)
+    assert "ETag" in info.value.message
+    assert [d.name for d in store.datasets()] == ["mnist"]  # nothing created
+
+
+def test_version_id_reads_that_exact_version(store, s3, bucket, s3_endpoint) -> None:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=bucket, Key="labels.csv", Body=b"v1")["VersionId"]
+    s3.put_object(Bucket=bucket, Key="labels.csv", Body=b"v2")
+    v = store.import_s3(f"s3://{bucket}/labels.csv", version_id=first, endpoint_url=s3_endpoint)
+    assert _files(store, f"labels:{v.id}") == {"labels.csv": b"v1"}
+    assert v.lineage["import"]["files"]["labels.csv"]["version_id"] == first
+    # The pinned version never changes, so the check passes although the key moved on.
+    assert store.check_import(f"labels:{v.id}").ok
+
+
+def test_rerun_downloads_only_what_is_missing(store, s3, bucket, s3_endpoint,
+                                              monkeypatch) -> None:
+    for i in range(6):
+        s3.put_object(Bucket=bucket, Key=f"p/{i}.bin", Body=os.urandom(1000 + i))
+    real_open = imports.s3.open_object
+    fetched: list[str] = []
+
+    def flaky(client, b, obj):
+        fetched.append(obj.key)
+        if obj.key == "p/4.bin" and fetched.count("p/4.bin") == 1:
+            raise imports.s3.RemoteError("connection reset (injected)")
+        return real_open(client, b, obj)
+
+    monkeypatch.setattr(imports.s3, "open_object", flaky)
+    monkeypatch.setattr(imports, "BATCH_FILES", 2)
+    with pytest.raises(DsvError):
+        store.import_s3(f"s3://{bucket}/p/", name="p", endpoint_url=s3_endpoint)
+    assert store.index.dataset_by("name", "p") is None  # no half version
+    before = len(fetched)
+    v = store.import_s3(f"s3://{bucket}/p/", name="p", endpoint_url=s3_endpoint)
+    again = fetched[before:]
+    assert len(again) < 6 and "p/4.bin" in again
+    assert sorted(_files(store, f"p:{v.id}")) == [f"{i}.bin" for i in range(6)]
+
+
+def test_unsafe_keys_are_refused(store, s3, bucket, s3_endpoint) -> None:
+    s3.put_object(Bucket=bucket, Key="x/ok.txt", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="x/../../etc/passwd", Body=b"evil")
+    with pytest.raises(UnsafePath):
+        store.import_s3(f"s3://{bucket}/x/", endpoint_url=s3_endpoint)
+    assert store.datasets() == []
+
+
+def test_cli_import_json_and_check(tmp_path: Path, s3, bucket, s3_endpoint, dsv) -> None:
+    ws = tmp_path / "cli"
+    ws.mkdir()
+    assert dsv("init", "--bare", cwd=ws).code == 0
+    s3.put_object(Bucket=bucket, Key="ds/a.txt", Body=b"hello")
+    done = dsv("import", f"s3://{bucket}/ds", "--endpoint-url", s3_endpoint, "--json", cwd=ws)
+    assert done.code == 0, done.err
+    ref = json.loads(done.out)["ref"]
+    assert ref.startswith("ds:")
+    ok = dsv("import", "--check", ref, "--endpoint-url", s3_endpoint, cwd=ws)
+    assert ok.code == 0 and "matches its source" in ok.out
+    s3.put_object(Bucket=bucket, Key="ds/a.txt", Body=b"changed")
+    bad = dsv("import", "--check", ref, "--json", cwd=ws)  # endpoint from the record
+    assert bad.code == 1 and json.loads(bad.out)["changed"] == ["a.txt"]
+    missing = dsv("import", f"s3://{bucket}/nope", "--endpoint-url", s3_endpoint, cwd=ws)
+    assert missing.code == 1 and missing.err.startswith("error: nothing to import")
+    assert "testing-secret" not in (done.out + done.err + ok.out + bad.out)
+    assert b"testing-secret" not in b"".join(p.read_bytes() for p in (ws / ".dsv").rglob("*")
+                                            if p.is_file())
+
+
+def test_unreachable_endpoint_fails_fast_and_changes_nothing(store, aws_env) -> None:
+    import time
+    started = time.time()
+    with pytest.raises(DsvError) as info:
+        store.import_s3("s3://b/x", endpoint_url="http://127.0.0.1:9")
+    assert time.time() - started < 30
+    assert "cannot reach" in info.value.message
+    assert store.datasets() == []
+
+
+def test_public_bucket_without_credentials(store, s3, bucket, s3_endpoint, monkeypatch,
+                                           tmp_path: Path) -> None:
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    s3.put_object(Bucket=bucket, Key="pub/readme.txt", Body=b"open data", ACL="public-read")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    client = imports.s3.make_client(s3_endpoint)
+    assert client.meta.config.signature_version is not None  # UNSIGNED, chosen by itself
+    v = store.import_s3(f"s3://{bucket}/pub", endpoint_url=s3_endpoint)
+    w = store.import_s3(f"s3://{bucket}/pub", name="pub2", endpoint_url=s3_endpoint,
+                        no_sign_request=True)
+    assert _files(store, f"pub:{v.id}") == _files(store, f"pub2:{w.id}") == \
+        {"readme.txt": b"open data"}
