@@ -135,6 +135,7 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         if (root / name).exists() and any((root / name).iterdir()):
             raise InvalidInput(f"{root / name} is not empty", hint="choose another --mount-root")
     mounted = can_mount_read_only() if mount is None else mount
+    remove_stale_runs(store.dsv_dir / RUNS_DIR)
     staging = store.dsv_dir / RUNS_DIR / f"{os.getpid()}-{int(time.time() * 1000)}"
     env = dict(os.environ, DSV_MOUNT_ROOT=str(root))
     binds: list[str] = []
@@ -189,6 +190,30 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         if mount_root is None:
             # Inputs are gone with the namespace; outputs are in the store now.
             shutil.rmtree(root, ignore_errors=True)
+
+
+def remove_stale_runs(runs: Path) -> int:
+    """Delete the staging directories of runs whose dsv process is gone (killed with -9:
+    its job's mounts vanished with the job's namespace, but not these files)."""
+    removed = 0
+    if not runs.is_dir():
+        return 0
+    for entry in runs.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _name(store: "Store", ds_id: str) -> str:

@@ -1065,6 +1065,8 @@ class Store:
                     if not dry_run:
                         self.objects.delete_loose(oid)
             if not dry_run:
+                from .jobs import RUNS_DIR, remove_stale_runs
+                remove_stale_runs(self.dsv_dir / RUNS_DIR)
                 self.index.checkpoint()
         return report
 

@@ -148,3 +148,23 @@ def test_interrupting_dsv_run_stops_the_job_and_cleans_up(project) -> None:
         assert str(root) not in mounts.read()
     assert list((ws / ".dsv").glob("runs/*")) == []
     assert run_dsv("verify", cwd=ws).returncode == 0
+
+
+def test_a_killed_dsv_run_leaves_nothing_mounted_and_its_leftovers_are_removed(project) -> None:
+    store, ws, _v, _big = project
+    root = ws / "mnt2"
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", "run", "-i", "train=mnist:latest",
+                             "-o", "model=model", "--mount-root", str(root), "--",
+                             "sleep", "2"], cwd=ws, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while time.time() < deadline and not (root / "model").exists():
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup code runs in dsv
+    proc.wait(timeout=20)
+    time.sleep(2.5)  # the orphaned job finishes; its namespace and mounts go with it
+    with open("/proc/mounts") as mounts:
+        assert str(root) not in mounts.read()
+    assert run_dsv("gc", cwd=ws).returncode == 0
+    assert list((ws / ".dsv").glob("runs/*")) == []
+    assert run_dsv("verify", cwd=ws).returncode == 0
