@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
 _WORKERS = 4
 _LARGE_WORKERS = 2
+_READ_WORKERS = 3
+_READ_GROUP = 128
+_READ_AHEAD = 8
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _CHUNK = 256
@@ -177,6 +180,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         if size == fs[0]:
             rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
 
+    small: list[tuple[str, FileStat]] = []
     try:
         for rel, fs in files.items():
             row = cache.get(rel)
@@ -185,6 +189,9 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 vouched += 1
                 continue
             check_relpath(rel)
+            if fs[4] != LINK and fs[0] < PACK_THRESHOLD:
+                small.append((rel, fs))
+                continue
             path = os.path.join(root, rel)
             hashed_at = time.time_ns()
             if fs[4] == LINK:
@@ -192,23 +199,25 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 if strict_links or ingest is not None:
                     check_symlink_target(rel, target)
                 data = target.encode("utf-8", "surrogateescape")
-            elif fs[0] < PACK_THRESHOLD:
-                data = read_small(path, fs[0])
-            else:
-                # Large files go to worker threads: copying and fsyncing one overlaps
-                # hashing the next (blake3 and the kernel both run without the GIL).
-                if pool is None:
-                    from concurrent.futures import ThreadPoolExecutor
-                    pool = ThreadPoolExecutor(max_workers=_LARGE_WORKERS)
-                job = (objects.add_large_file if objects is not None else _hash_large)
-                large.append((rel, fs, hashed_at, pool.submit(job, path)))
+                oid = hash_bytes(data)
+                if ingest is not None:
+                    ingest.add(oid, KIND_BLOB, data)
+                record(rel, fs, oid, len(data), hashed_at)
                 continue
-            oid = hash_bytes(data)
-            if ingest is not None:
-                ingest.add(oid, KIND_BLOB, data)
-            record(rel, fs, oid, len(data), hashed_at)
+            # Large files go to worker threads: copying and fsyncing one overlaps
+            # hashing the next (blake3 and the kernel both run without the GIL).
+            if pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                pool = ThreadPoolExecutor(max_workers=_LARGE_WORKERS)
+            job = (objects.add_large_file if objects is not None else _hash_large)
+            large.append((rel, fs, hashed_at, pool.submit(job, path)))
         if progress and vouched:
             progress(vouched, 0)
+        for group in _read_small_files(root, small):
+            for rel, fs, data, oid, hashed_at in group:
+                if ingest is not None:
+                    ingest.add(oid, KIND_BLOB, data)
+                record(rel, fs, oid, len(data), hashed_at)
         for rel, fs, hashed_at, future in large:
             oid, size = future.result()
             record(rel, fs, oid, size, hashed_at)
@@ -216,6 +225,37 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
+                      ) -> Iterator[list[tuple[str, FileStat, bytes, str, int]]]:
+    """Read and hash small files in groups, a few groups ahead on worker threads.
+
+    Opening and reading thousands of files is mostly kernel time, which threads overlap
+    on every core; at most `_READ_AHEAD` groups are in memory at once.
+    """
+    def work(group: list[tuple[str, FileStat]]) -> list[tuple[str, FileStat, bytes, str, int]]:
+        out = []
+        for rel, fs in group:
+            hashed_at = time.time_ns()
+            data = read_small(os.path.join(root, rel), fs[0])
+            out.append((rel, fs, data, hash_bytes(data), hashed_at))
+        return out
+
+    groups = [small[i:i + _READ_GROUP] for i in range(0, len(small), _READ_GROUP)]
+    if len(groups) <= 1:
+        yield from map(work, groups)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=_READ_WORKERS) as pool:
+        pending: deque = deque()
+        for group in groups:
+            pending.append(pool.submit(work, group))
+            if len(pending) >= _READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _hash_large(path: str) -> tuple[str, int]:
