@@ -79,7 +79,9 @@ class PackWriter:
     def __init__(self, store: "ObjectStore") -> None:
         self._store = store
         self._tmp = fileio.tmp_name(store.tmp_dir)
-        self._file = open(self._tmp, "xb", buffering=1 << 20)
+        # O_DIRECT through an aligned buffer: a commit writes its packs at disk speed
+        # without first filling the page cache (costly kernel time on the target VMs).
+        self._file = fileio.DirectWriter(self._tmp, 0o644)
         self._file.write(PACK_MAGIC)
         self._offset = len(PACK_MAGIC)
         self.entries: list[PackEntry] = []
@@ -110,11 +112,8 @@ class PackWriter:
         trailer = _TRAILER.pack(len(self.entries), self._offset, PACK_END_MAGIC)
         for part in (table, trailer):
             self._file.write(part)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        size = self._file.finish()
         pack_id = pack_id_of(table, trailer)
-        size = self._offset + len(table) + len(trailer)
         os.chmod(self._tmp, 0o444)
         fileio.publish(self._tmp, str(self._store.pack_path(pack_id)))
         return PackInfo(pack_id, size, self.entries)

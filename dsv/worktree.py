@@ -32,9 +32,7 @@ if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
 _WORKERS = 4
 _LARGE_WORKERS = 2
-_READ_WORKERS = 3
 _READ_GROUP = 128
-_READ_AHEAD = 8
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _CHUNK = 256
@@ -229,33 +227,15 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
 
 def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
                       ) -> Iterator[list[tuple[str, FileStat, bytes, str, int]]]:
-    """Read and hash small files in groups, a few groups ahead on worker threads.
-
-    Opening and reading thousands of files is mostly kernel time, which threads overlap
-    on every core; at most `_READ_AHEAD` groups are in memory at once.
-    """
-    def work(group: list[tuple[str, FileStat]]) -> list[tuple[str, FileStat, bytes, str, int]]:
+    """Read and hash small files, a group at a time. (Worker threads were measured here
+    and lost: the GIL serialises the Python part, and the kernel part is too short.)"""
+    for i in range(0, len(small), _READ_GROUP):
         out = []
-        for rel, fs in group:
+        for rel, fs in small[i:i + _READ_GROUP]:
             hashed_at = time.time_ns()
             data = read_small(os.path.join(root, rel), fs[0])
             out.append((rel, fs, data, hash_bytes(data), hashed_at))
-        return out
-
-    groups = [small[i:i + _READ_GROUP] for i in range(0, len(small), _READ_GROUP)]
-    if len(groups) <= 1:
-        yield from map(work, groups)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=_READ_WORKERS) as pool:
-        pending: deque = deque()
-        for group in groups:
-            pending.append(pool.submit(work, group))
-            if len(pending) >= _READ_AHEAD:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        yield out
 
 
 def _hash_large(path: str) -> tuple[str, int]:
