@@ -270,20 +270,45 @@ class ObjectStore:
         fileio.publish(tmp, str(dest))
         return oid, size
 
-    def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto") -> int:
+    def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
+                 twin: str | None = None) -> int:
         """Write loose object `oid` to a new file `dest`, then verify what landed.
 
         The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
         the filesystem can, else copy_file_range: the same work as `cp`), and the new file
-        is hashed while its pages are still in memory. A damaged
-        object is caught before the call returns: `dest` is removed and CorruptObject
-        raised, so wrong bytes never stay in a working directory.
+        is hashed while its pages are still in memory. A damaged object is caught before
+        the call returns: `dest` is removed and CorruptObject raised, so wrong bytes never
+        stay in a working directory.
+
+        `twin` is a file believed to hold the same bytes (a working-directory file the
+        stat cache vouches for): copying it is often cheaper (it is in the page cache;
+        objects are written around it). The same verification decides: if it does not
+        hash to `oid`, the copy is redone from the object.
         """
+        if twin is not None:
+            try:
+                size = self._copy_file(twin, dest, mode, reflink)
+                if hash_file(dest, size) == oid:
+                    return size
+            except OSError:
+                pass
+            fileio.unlink_quietly(dest)
         try:
-            src_fd = os.open(self.loose_path(oid), os.O_RDONLY)
-        except FileNotFoundError:
+            size = self._copy_file(str(self.loose_path(oid)), dest, mode, reflink)
+        except FileNotFoundError as exc:
+            if exc.filename != str(self.loose_path(oid)):
+                raise
             raise MissingObject(f"object {oid[:12]} is missing from the store",
                                 hint="run `dsv verify` to see what else is affected") from None
+        if hash_file(dest, size) != oid:
+            fileio.unlink_quietly(dest)
+            raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
+                                hint="run `dsv verify` to list every damaged object")
+        return size
+
+    @staticmethod
+    def _copy_file(src: str, dest: str, mode: int, reflink: str) -> int:
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             size = os.fstat(src_fd).st_size
             dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -300,10 +325,6 @@ class ObjectStore:
             os.close(dst_fd)
         finally:
             os.close(src_fd)
-        if hash_file(dest, size) != oid:
-            fileio.unlink_quietly(dest)
-            raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
-                                hint="run `dsv verify` to list every damaged object")
         return size
 
     def link_source(self, oid: str) -> Path:

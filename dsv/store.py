@@ -26,7 +26,7 @@ from .faults import crashpoint
 from .hashing import hash_bytes, random_id
 from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
-from .objects import KIND_TREE, KIND_VERSION, Ingest, ObjectStore
+from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
 from .reporting import Reporter
@@ -618,7 +618,9 @@ class Store:
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
             worktree.remove_paths(target, to_remove)
-            placer = worktree.Materializer(self.objects, target, link, stat_rows=in_worktree)
+            twins = {} if in_worktree or link != "auto" else self._twins(ds, to_write)
+            placer = worktree.Materializer(self.objects, target, link, stat_rows=in_worktree,
+                                           twins=twins)
             nbytes = sum(e.size for _p, e in to_write)
             with self.reporter.task("checkout", len(to_write), nbytes) as advance:
                 rows = placer.place(to_write, advance)
@@ -645,6 +647,26 @@ class Store:
             self.index.checkpoint()
             return CheckoutReport(version, target, len(to_write), len(to_remove),
                                   len(wanted) - len(to_write), nbytes)
+
+    def _twins(self, ds: Dataset, items: list[tuple[str, Entry]]) -> dict[str, str]:
+        """Large files of `items` that the dataset's working directory holds unchanged
+        (the stat cache vouches for them): oid → path, cheaper sources for a copy."""
+        if ds.path is None:
+            return {}
+        root = self.dataset_root(ds)
+        cache = self.index.stat_cache(ds.id)
+        twins: dict[str, str] = {}
+        for rel, entry in items:
+            row = cache.get(rel)
+            if entry.size < PACK_THRESHOLD or row is None or row[4] != entry.oid:
+                continue
+            try:
+                st = os.lstat(root / rel)
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns, st.st_ino) == row[:3]:
+                twins[entry.oid] = str(root / rel)
+        return twins
 
     def _placed_link(self, path: Path, base: Entry | None) -> bool:
         """Whether `path` is a symlink that `--link symlink` made for `base`'s content."""

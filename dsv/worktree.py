@@ -296,9 +296,10 @@ class Materializer:
     """
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
-                 stat_rows: bool = True) -> None:
+                 stat_rows: bool = True, twins: dict[str, str] | None = None) -> None:
         check_link_mode(link)
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
+        self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
         self.root = root
         self.link = link
@@ -422,7 +423,7 @@ class Materializer:
             return
         # Not in a pack, so loose (copy_out says clearly if it is missing altogether).
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
-        self.objects.copy_out(entry.oid, dest, entry.mode, reflink)
+        self.objects.copy_out(entry.oid, dest, entry.mode, reflink, self.twins.get(entry.oid))
         if entry.mode & _UMASK:
             os.chmod(dest, entry.mode)
 

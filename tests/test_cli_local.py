@@ -1102,6 +1102,13 @@ def test_verify_detects_flipped_byte_in_loose_object(ws: Path, dsv, tmp_path: Pa
     assert r.code == 1 and "Traceback" not in r.err
     assert oid[:12] in r.out and "corrupt" in r.out
 
+    # While the working directory still holds the file unchanged, a checkout elsewhere
+    # copies that verified twin: the right bytes, although the object is damaged.
+    twin = tmp_path / "out-twin"
+    assert dsv("checkout", f"mydata:{v1}", "--to", twin, cwd=ws).code == 0
+    assert (twin / "big.bin").read_bytes() == big
+    assert dsv("verify", cwd=ws).code == 1  # the damage is still reported
+    (ws / "big.bin").write_bytes(b"edited")  # no twin any more: only the damaged object
     for mode in ("auto", "copy", "hardlink", "symlink"):
         out = tmp_path / f"out-{mode}"
         fails(dsv("checkout", f"mydata:{v1}", "--to", out, "--link", mode, cwd=ws), "corrupt")

@@ -121,3 +121,19 @@ def test_a_to_directory_can_switch_versions_in_any_link_mode(tmp_path: Path, dsv
     refused = dsv("checkout", "data:latest~1", "--to", out, "--link", mode, cwd=root)
     assert refused.code == 1 and "a.txt" in refused.err
     assert (out / "a.txt").read_text() == "edited"
+
+
+def test_a_lying_working_file_is_never_copied_into_a_checkout(tmp_path: Path, dsv) -> None:
+    root = tmp_path / "data"
+    big = os.urandom(2 << 20)
+    write_tree(root, {"big.bin": big})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    path = root / "big.bin"
+    st = path.stat()
+    with open(path, "r+b") as f:  # same inode, same size, same mtime: the cache is fooled
+        f.write(b"\\xff" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest", "--to", out, cwd=root).code == 0
+    assert (out / "big.bin").read_bytes() == big
