@@ -27,7 +27,8 @@ from .index import Version
 if TYPE_CHECKING:
     from .store import Store
 
-RUNS_DIR = "runs"
+INPUTS_DIR = "inputs"
+_STAMP = ".dsv-input-stamp"
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]")
 # Binds each SRC onto DST read-only inside the new namespace, then becomes the command.
 _MOUNT_SCRIPT = """set -e
@@ -135,8 +136,6 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         if (root / name).exists() and any((root / name).iterdir()):
             raise InvalidInput(f"{root / name} is not empty", hint="choose another --mount-root")
     mounted = can_mount_read_only() if mount is None else mount
-    remove_stale_runs(store.dsv_dir / RUNS_DIR)
-    staging = store.dsv_dir / RUNS_DIR / f"{os.getpid()}-{int(time.time() * 1000)}"
     env = dict(os.environ, DSV_MOUNT_ROOT=str(root))
     binds: list[str] = []
     try:
@@ -145,13 +144,9 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
                 target = root / name
                 target.mkdir(parents=True, exist_ok=True)
                 if mounted:
-                    # Large files are hardlinked to verified shared copies, small ones
-                    # written once; the read-only bind is what keeps the job out.
-                    place = staging / name
-                    place.mkdir(parents=True)
-                    worktree.Materializer(store.objects, place, "hardlink",
-                                          stat_rows=False).place(list(store.manifest(v).items()))
-                    binds += [str(place), str(target)]
+                    # The read-only bind is what keeps the job out; what is bound is the
+                    # version's input tree, made once and reused by every later run.
+                    binds += [str(input_tree(store, v)), str(target)]
                 else:
                     worktree.Materializer(store.objects, target, "auto",
                                           stat_rows=False).place(list(store.manifest(v).items()))
@@ -186,34 +181,58 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
                                  "`dsv versions commit DRAFT`", result=result)
         return result
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if mount_root is None:
             # Inputs are gone with the namespace; outputs are in the store now.
             shutil.rmtree(root, ignore_errors=True)
 
 
-def remove_stale_runs(runs: Path) -> int:
-    """Delete the staging directories of runs whose dsv process is gone (killed with -9:
-    its job's mounts vanished with the job's namespace, but not these files)."""
+def input_tree(store: "Store", version: Version) -> Path:
+    """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
+
+    Made once per version (large files hard links to verified shared copies, small ones
+    written from their packs), then reused: later runs cost one bind mount. A stamp keeps
+    every file's (size, mtime, inode, mode); a tree that no longer matches it (someone
+    edited it outside a job, where it is writable) is rebuilt, never bound.
+    """
+    import json
+
+    from .worktree import scan
+
+    base = store.dsv_dir / INPUTS_DIR
+    final = base / version.id
+    stamp = final / _STAMP
+    if stamp.is_file():
+        try:
+            expected = json.loads(stamp.read_text())
+            files, _ = scan(final)
+            files.pop(_STAMP, None)
+            if {p: list(f[:4]) for p, f in files.items()} == expected:
+                return final
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(final, ignore_errors=True)
+    building = base / f"{version.id}.building-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    worktree.Materializer(store.objects, building, "hardlink",
+                          stat_rows=False).place(list(store.manifest(version).items()))
+    files, _ = scan(building)
+    (building / _STAMP).write_text(json.dumps({p: list(f[:4]) for p, f in files.items()}))
+    os.rename(building, final)
+    return final
+
+
+def remove_unused_inputs(store: "Store") -> int:
+    """Drop input trees of versions that no longer exist, and half-built ones."""
+    base = store.dsv_dir / INPUTS_DIR
     removed = 0
-    if not runs.is_dir():
-        return 0
-    for entry in runs.iterdir():
-        pid = entry.name.split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
+    if base.is_dir():
+        for entry in base.iterdir():
+            vid, _, building = entry.name.partition(".building-")
+            if building or store.index.version(vid) is None:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _name(store: "Store", ds_id: str) -> str:

@@ -1087,8 +1087,8 @@ class Store:
                     if not dry_run:
                         self.objects.delete_loose(oid)
             if not dry_run:
-                from .jobs import RUNS_DIR, remove_stale_runs
-                remove_stale_runs(self.dsv_dir / RUNS_DIR)
+                from .jobs import remove_unused_inputs
+                remove_unused_inputs(self)
                 self.index.checkpoint()
         return report
 

@@ -146,7 +146,7 @@ def test_interrupting_dsv_run_stops_the_job_and_cleans_up(project) -> None:
     assert "nothing was committed" in err
     with open("/proc/mounts") as mounts:
         assert str(root) not in mounts.read()
-    assert list((ws / ".dsv").glob("runs/*")) == []
+    assert list((ws / ".dsv").glob("inputs/*.building-*")) == []
     assert run_dsv("verify", cwd=ws).returncode == 0
 
 
@@ -166,5 +166,26 @@ def test_a_killed_dsv_run_leaves_nothing_mounted_and_its_leftovers_are_removed(p
     with open("/proc/mounts") as mounts:
         assert str(root) not in mounts.read()
     assert run_dsv("gc", cwd=ws).returncode == 0
-    assert list((ws / ".dsv").glob("runs/*")) == []
+    assert list((ws / ".dsv").glob("inputs/*.building-*")) == []
     assert run_dsv("verify", cwd=ws).returncode == 0
+
+
+def test_an_input_tree_is_made_once_and_rebuilt_if_tampered_with(project) -> None:
+    store, ws, v, big = project
+    if not jobs.can_mount_read_only():
+        # Without namespaces inputs are private copies; nothing is cached to test.
+        assert store.run({"t": "mnist:latest"}, {}, ["true"]).mounted is False
+        return
+    first = jobs.input_tree(store, v)
+    labels = first / "labels.csv"
+    ino = labels.stat().st_ino
+    assert jobs.input_tree(store, v) == first and labels.stat().st_ino == ino  # reused
+    labels.write_text("tampered")  # outside a job the tree is writable: caught, rebuilt
+    again = jobs.input_tree(store, v)
+    assert (again / "labels.csv").read_text() == "1,2,3\n"
+    assert (again / "big.bin").read_bytes() == big
+    extra = store.create_version_from_path("model", ws / "data", "a deletable version")
+    doomed = jobs.input_tree(store, extra)
+    store.delete_version(f"model:{extra.id}", force=True)
+    store.gc()
+    assert again.exists() and not doomed.exists()  # trees of live versions only
