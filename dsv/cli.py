@@ -170,9 +170,7 @@ def init(path: Path = typer.Argument(Path("."), help="Directory to create the st
 def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
            short: bool = typer.Option(False, "--short", "-s", help="Counts only.")) -> None:
     """What changed in each dataset's working directory since its current version."""
-    store = _open_store()
-    here = None if dataset else store.dataset_at(".")
-    reports = [store.status(dataset or here.id)] if (dataset or here) else store.statuses()
+    reports = _open_store().statuses(dataset)
     if as_json:
         _print_json([r.to_json() for r in reports])
         return

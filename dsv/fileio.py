@@ -11,7 +11,6 @@ import errno
 import fcntl
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 TMP_PREFIX = ".dsv-tmp-"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -118,13 +117,6 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-def ensure_dir(path: str | os.PathLike[str]) -> Path:
-    """Create `path` and its parents when missing."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 # Measured here: copying 8 MiB reads out of the page cache and hashing them keeps the
 # buffer in the CPU caches; 16 MiB is 15% slower, 1 MiB 35% slower.
 STREAM_BUFFER = 8 << 20
@@ -140,59 +132,6 @@ def _fill(fd: int, view: memoryview) -> int:
             break
         got += n
     return got
-
-
-def stream_into_new_file(src_fd: int, dest: str, mode: int, observe: Callable[[memoryview], None],
-                         durable: bool, direct: bool = True) -> int:
-    """Copy all of `src_fd` into a new file `dest`, showing every chunk to `observe`.
-
-    The bytes pass through one page-aligned buffer, so they can be hashed on the way and
-    written with O_DIRECT: on the machines dsv targets, filling the page cache with a
-    gigabyte costs several times more kernel time than writing it to disk directly.
-    Falls back to buffered writes where O_DIRECT is refused (tmpfs, some network
-    filesystems). Returns the number of bytes copied.
-    """
-    import mmap
-
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    direct = direct and hasattr(os, "O_DIRECT")
-    try:
-        dst_fd = os.open(dest, flags | (os.O_DIRECT if direct else 0), mode)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        direct = False
-        dst_fd = os.open(dest, flags, mode)
-    buf = mmap.mmap(-1, STREAM_BUFFER)
-    view = memoryview(buf)
-    total = 0
-    try:
-        while True:
-            n = _fill(src_fd, view)
-            if n == 0:
-                break
-            chunk = view[:n]
-            observe(chunk)
-            if direct and n % _ALIGN:
-                padded = -(-n // _ALIGN) * _ALIGN
-                view[n:padded] = bytes(padded - n)
-                direct = _write_all(dst_fd, view[:padded], direct)
-                total += n
-                os.ftruncate(dst_fd, total)
-                break
-            direct = _write_all(dst_fd, chunk, direct)
-            total += n
-            if n < len(view):
-                break
-        if durable:
-            os.fsync(dst_fd)
-    except BaseException:
-        os.close(dst_fd)
-        unlink_quietly(dest)
-        raise
-    # The buffer is unmapped when the last view of it goes (refcounting, on return).
-    os.close(dst_fd)
-    return total
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -217,8 +156,12 @@ def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
 
 class DirectWriter:
     """Sequential writes to a new file through a page-aligned buffer, flushed with
-    O_DIRECT in whole blocks (see stream_into_new_file for why), buffered where the
-    filesystem refuses O_DIRECT. `finish` writes the tail, fsyncs and closes."""
+    O_DIRECT in whole blocks, buffered where the filesystem refuses O_DIRECT (tmpfs,
+    some network filesystems). `finish` writes the tail, fsyncs and closes.
+
+    Why O_DIRECT: on the machines dsv targets, filling the page cache with a gigabyte
+    costs several times more kernel time than writing it to disk directly.
+    """
 
     def __init__(self, path: str, mode: int = 0o644, buffer: int = STREAM_BUFFER) -> None:
         import mmap
@@ -250,6 +193,23 @@ class DirectWriter:
                 self.size += self._used
                 self._used = 0
 
+    def copy_from(self, src_fd: int, observe: Callable[[memoryview], None]) -> int:
+        """Copy the rest of `src_fd` in, showing every chunk to `observe` (a hasher) on
+        its way from the source into the aligned buffer: the bytes observed are exactly
+        the bytes written. Returns the bytes copied."""
+        copied = 0
+        while True:
+            if self._used == len(self._view):
+                self.direct = _write_all(self.fd, self._view, self.direct)
+                self.size += self._used
+                self._used = 0
+            n = _fill(src_fd, self._view[self._used:])
+            if n == 0:
+                return copied
+            observe(self._view[self._used:self._used + n])
+            self._used += n
+            copied += n
+
     def finish(self) -> int:
         """Write what is buffered, make the file durable, close it; returns its size."""
         try:
@@ -269,5 +229,4 @@ class DirectWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self._view.release()
-        self._buf.close()
+        # The buffer is unmapped when the last view of it goes (refcounting).

@@ -11,7 +11,6 @@ import re
 
 import blake3
 
-HASH_HEX_LEN = 64
 # Files bigger than this are hashed with all threads, through mapped windows of
 # HASH_WINDOW bytes (measured here: 16 MiB windows are as fast as mapping the whole file).
 LARGE_READ = 8 << 20

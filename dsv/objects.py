@@ -36,7 +36,6 @@ _TRAILER = struct.Struct(">QQ8s")       # entry count, table offset, end magic
 KIND_BLOB = 0
 KIND_TREE = 1
 KIND_VERSION = 2
-KIND_NAMES = {KIND_BLOB: "blob", KIND_TREE: "tree", KIND_VERSION: "version"}
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,6 @@ class PackWriter:
     @property
     def size(self) -> int:
         return self._offset
-
-    def __contains__(self, oid: str) -> bool:
-        return oid in self._seen
 
     def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         if oid in self._seen:
@@ -221,53 +217,46 @@ class ObjectStore:
         One pass: the bytes are hashed as they are copied, so the object's name is the
         hash of exactly what was written, even if the source changes meanwhile.
         """
-        tmp = fileio.tmp_name(self.tmp_dir)
-        hasher = new_hasher(threads=True)
         src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            size = fileio.stream_into_new_file(src_fd, tmp, 0o444, hasher.update, durable=True)
+            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe))
         finally:
             os.close(src_fd)
-        oid = hasher.hexdigest()
-        dest = self.loose_path(oid)
-        if dest.exists():
-            os.unlink(tmp)
-            return oid, size
-        dest.parent.mkdir(exist_ok=True)
-        fileio.publish(tmp, str(dest))
-        return oid, size
 
     def add_large_stream(self, chunks: Iterable[bytes],
                          observe: Callable[[bytes], None] | None = None) -> tuple[str, int]:
         """Store bytes arriving in pieces (a download) as a loose object: (id, size).
-
-        Each piece is hashed as it is written, so the name is the hash of exactly what
-        was stored; `observe` sees every piece too (an MD5 to compare with an ETag).
-        """
-        tmp = fileio.tmp_name(self.tmp_dir)
-        hasher = new_hasher(threads=True)
-        size = 0
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
+        `observe` sees every piece too (an MD5 to compare with an ETag)."""
+        def fill(writer: fileio.DirectWriter, hash_update: Callable) -> int:
             for chunk in chunks:
-                hasher.update(chunk)
+                hash_update(chunk)
                 if observe is not None:
                     observe(chunk)
-                fileio.write_all(fd, chunk)
-                size += len(chunk)
-            os.fsync(fd)
+                writer.write(chunk)
+            return 0
+        return self._add_loose(fill)
+
+    def _add_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int]
+                   ) -> tuple[str, int]:
+        """Write a loose object through `fill(writer, hasher.update)`, fsync it, and
+        publish it under the hash of what was written (once: an existing copy wins)."""
+        tmp = fileio.tmp_name(self.tmp_dir)
+        hasher = new_hasher(threads=True)
+        writer = fileio.DirectWriter(tmp, 0o444)
+        try:
+            fill(writer, hasher.update)
+            size = writer.finish()
         except BaseException:
-            os.close(fd)
+            writer.close()
             fileio.unlink_quietly(tmp)
             raise
-        os.close(fd)
         oid = hasher.hexdigest()
         dest = self.loose_path(oid)
         if dest.exists():
             os.unlink(tmp)
-            return oid, size
-        dest.parent.mkdir(exist_ok=True)
-        fileio.publish(tmp, str(dest))
+        else:
+            dest.parent.mkdir(exist_ok=True)
+            fileio.publish(tmp, str(dest))
         return oid, size
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
@@ -448,10 +437,6 @@ class Ingest:
         self._pending: set[str] = set()
         self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
         self._staged_bytes = 0
-        self.new_bytes = 0
-
-    def has(self, oid: str) -> bool:
-        return oid in self._pending or oid in self._staged or self.store.has(oid)
 
     def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Store `data` as `oid` (a small object, bound for a pack) unless already stored."""
@@ -478,7 +463,6 @@ class Ingest:
             self._writer = self.store.new_pack()
         self._writer.add(oid, kind, data)
         self._pending.add(oid)
-        self.new_bytes += len(data)
         if self._writer.size >= PACK_TARGET_SIZE:
             self._seal()
 

@@ -525,7 +525,13 @@ class Store:
                 self._lock.release()
         return report
 
-    def statuses(self) -> list[StatusReport]:
+    def statuses(self, key: str | None = None,
+                 cwd: str | os.PathLike[str] = ".") -> list[StatusReport]:
+        """Status of the dataset named, else of the one `cwd` is in, else of every dataset
+        bound to a directory (as `git status` covers the whole repository)."""
+        here = self.dataset(key) if key else self.dataset_at(cwd)
+        if here is not None:
+            return [self.status(here.id)]
         return [self.status(ds.id) for ds in self.index.datasets() if ds.path is not None]
 
     def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",

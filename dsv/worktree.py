@@ -146,7 +146,6 @@ class Snapshot:
     manifest: Manifest
     stat_rows: list[tuple[str, StatRow]]
     hashed_files: int = 0
-    hashed_bytes: int = 0
 
 
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
@@ -170,7 +169,6 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
 
     def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int) -> None:
         result.hashed_files += 1
-        result.hashed_bytes += size
         crashpoint("snapshot:file-hashed")
         manifest[rel] = Entry(fs[4], _stored_mode(fs), size, oid)
         if progress:
