@@ -467,6 +467,195 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
         print(_ref(store, v))
 
 
+# ---- remotes and sync --------------------------------------------------------------------
+
+remote_app = typer.Typer(no_args_is_help=True, help="Configure remotes and cluster caches.")
+cache_app = typer.Typer(no_args_is_help=True, help="The cluster cache.")
+app.add_typer(remote_app, name="remote")
+app.add_typer(cache_app, name="cache")
+EndpointOpt = typer.Option(None, "--endpoint-url", envvar="AWS_ENDPOINT_URL",
+                           help="Any S3-compatible endpoint.")
+ProfileOpt = typer.Option(None, "--profile", help="AWS profile (credentials are never stored).")
+
+
+@remote_app.command("add")
+def remote_add(name: str = typer.Argument(...),
+               url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX] or a directory."),
+               endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
+                                                          help="Any S3-compatible endpoint."),
+               profile: Optional[str] = ProfileOpt,
+               cache: bool = typer.Option(False, "--cache", help="A cluster cache (a shared "
+                                          "directory) rather than an origin."),
+               ttl: Optional[str] = typer.Option(None, "--ttl", help="Cache: evict entries "
+                                                 "unused this long (e.g. 7d)."),
+               max_size: Optional[str] = typer.Option(None, "--max-size", help="Cache: size "
+                                                      "budget (e.g. 500G)."),
+               write_through: bool = typer.Option(False, "--write-through", help="Cache: push "
+                                                  "copies what it uploads here too."),
+               default: bool = typer.Option(False, "--default", help="Make it the default "
+                                            "remote (the first origin is)."),
+               as_json: bool = JsonOpt) -> None:
+    """Add a remote: an S3 bucket/prefix or a directory (origin), or a cluster cache."""
+    spec = _open_store().add_remote(name, url, endpoint_url=endpoint_url, profile=profile,
+                                    cache=cache, ttl=ttl, max_size=max_size,
+                                    write_through=write_through, default=default)
+    if as_json:
+        _print_json(spec.to_json())
+    else:
+        print(f"added {spec.kind} remote {spec.name} -> {spec.url}"
+              + (" (default)" if spec.is_default else ""))
+
+
+@remote_app.command("list")
+def remote_list(as_json: bool = JsonOpt) -> None:
+    """List remotes."""
+    specs = _open_store().remote_specs()
+    if as_json:
+        _print_json([s.to_json() for s in specs])
+        return
+    table = _table("name", "kind", "url", "endpoint", "settings")
+    for s in specs:
+        settings = []
+        if s.is_default:
+            settings.append("default")
+        if s.profile:
+            settings.append(f"profile {s.profile}")
+        if s.ttl:
+            settings.append(f"ttl {s.ttl / 86400:g}d")
+        if s.max_size:
+            settings.append(f"max {_size(s.max_size)}")
+        if s.write_through:
+            settings.append("write-through")
+        table.add_row(s.name, s.kind, s.url, s.endpoint_url or "-", ", ".join(settings) or "-")
+    _console().print(table)
+
+
+@remote_app.command("remove")
+def remote_remove(name: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """Forget a remote (nothing on the remote is deleted)."""
+    spec = _open_store().remove_remote(name)
+    if as_json:
+        _print_json({"removed": spec.name})
+    else:
+        print(f"removed remote {spec.name} ({spec.url})")
+
+
+def _split_remote(store: Any, args: list[str]) -> tuple[Optional[str], list[str]]:
+    """`[REMOTE] [ITEM…]`: the first word is a remote if one has that name."""
+    if args and args[0] in {s.name for s in store.remote_specs()}:
+        return args[0], args[1:]
+    return None, args
+
+
+def _transfer_line(verb: str, report: Any, sent: str) -> str:
+    objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
+    return (f"{verb} {objects} objects ({_size(nbytes)}) "
+            f"{'to' if sent == 'sent' else 'from'} {report.remote}; "
+            f"{report.objects_skipped} already there ({_size(report.bytes_skipped)})")
+
+
+@app.command()
+def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DATASET|REF]...",
+                                                   help="Default: every dataset, to the "
+                                                        "default remote."),
+         force: bool = typer.Option(False, "--force", "-f", help="Move remote refs even when "
+                                    "that is not a fast-forward."),
+         as_json: bool = JsonOpt) -> None:
+    """Upload the versions a remote lacks, then update its refs (compare-and-swap)."""
+    from .errors import RefConflict
+    store = _open_store()
+    remote, targets = _split_remote(store, list(args or []))
+    try:
+        report = store.push(remote, targets, force=force)
+    except RefConflict as exc:
+        if as_json and exc.report is not None:
+            _print_json(exc.report.to_json())
+        raise
+    if as_json:
+        _print_json(report.to_json())
+        return
+    print(_transfer_line("pushed", report, "sent"))
+    for line in report.refs_updated:
+        print(f"  {line}")
+
+
+@app.command()
+def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]"),
+          as_json: bool = JsonOpt) -> None:
+    """Bring a remote's versions and refs (not file contents)."""
+    report = _open_store().fetch(remote)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    print(f"fetched {len(report.new_versions)} new versions from {report.remote} "
+          f"({report.objects_received} objects, {_size(report.bytes_received)})")
+    for ref, vid in sorted(report.refs.items()):
+        print(f"  {report.remote}/{ref} -> {vid}")
+
+
+@app.command()
+def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF]...",
+                                                   help="Default: every dataset's latest."),
+         path: Optional[list[str]] = typer.Option(None, "--path", "-p", help="Only these "
+                                                  "paths of each version (repeatable)."),
+         force: bool = typer.Option(False, "--force", "-f", help="Take the remote's tags "
+                                    "where they differ from local ones."),
+         no_checkout: bool = typer.Option(False, "--no-checkout", help="Leave working "
+                                          "directories as they are."),
+         as_json: bool = JsonOpt) -> None:
+    """Fetch, then download what versions need; update working directories at the old latest."""
+    store = _open_store()
+    remote, targets = _split_remote(store, list(args or []))
+    report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    _print_pull(report)
+
+
+def _print_pull(report: Any) -> None:
+    print(_transfer_line("pulled", report, "received")
+          + (f"; {report.from_cache} from the cluster cache" if report.from_cache else ""))
+    for line in report.updated:
+        print(f"  {line}")
+    for line in report.checked_out:
+        print(f"  checked out {line}")
+    for line in report.diverged + report.notices:
+        sys.stderr.write(f"warning: {line}\n")
+
+
+@app.command()
+def clone(url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX] or a directory."),
+          directory: Optional[Path] = typer.Argument(None, metavar="[DIR]"),
+          endpoint_url: Optional[str] = EndpointOpt, profile: Optional[str] = ProfileOpt,
+          as_json: bool = JsonOpt) -> None:
+    """A new workspace from a remote, every dataset checked out at its latest version."""
+    from .store import Store
+    store, report = Store.clone(url, directory, endpoint_url=endpoint_url, profile=profile,
+                                reporter=RichReporter())
+    if as_json:
+        _print_json({"store": str(store.dsv_dir), **report.to_json()})
+        return
+    print(f"cloned {url} into {store.root}")
+    _print_pull(report)
+
+
+@cache_app.command("prune")
+def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]"),
+                older_than: Optional[str] = typer.Option(None, "--older-than", help="Evict "
+                                                         "entries unused this long (e.g. 7d)."),
+                max_size: Optional[str] = typer.Option(None, "--max-size", help="Then evict "
+                                                       "the least recently used beyond this."),
+                as_json: bool = JsonOpt) -> None:
+    """Evict expired or least-recently-used cluster-cache entries (never pending ones)."""
+    report = _open_store().prune_cache(name, older_than, max_size)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    print(f"removed {report.removed} entries ({_size(report.freed_bytes)}); kept {report.kept} "
+          f"({_size(report.kept_bytes)}), {report.pending_kept} of them pending upload")
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
 app.add_typer(index_app, name="index")
 

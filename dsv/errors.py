@@ -94,3 +94,16 @@ class JobFailed(DsvError):
         self.result = result
         status = getattr(result, "exit_status", 1)
         self.exit_code = status if 0 < status < 256 else 128 + (-status if status < 0 else 0)
+
+
+class RemoteError(DsvError):
+    """A remote said no, or could not be reached; the message says which and why."""
+
+
+class RefConflict(DsvError):
+    """A push that would move a remote ref off a version it does not descend from (or move
+    a tag), or that lost a race with another pusher."""
+
+    def __init__(self, message: str, hint: str | None = None, report: object = None) -> None:
+        super().__init__(message, hint)
+        self.report = report

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _IN_BATCH = 500
 
 
@@ -141,6 +141,27 @@ class Index:
             db["checkouts"].add_column("done", int)
         db["imported"].create({"source": str, "oid": str, "size": int}, pk="source",
                               if_not_exists=True)
+        # Schema 3: remotes, and what each remote is known to hold (SPEC §3).
+        db["remotes"].create({"name": str, "url": str, "kind": str, "endpoint_url": str,
+                              "profile": str, "ttl": float, "max_size": int,
+                              "write_through": int, "is_default": int, "created": float},
+                             pk="name", not_null={"url", "kind"}, if_not_exists=True)
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_objects (
+            remote TEXT NOT NULL, oid TEXT NOT NULL, pack TEXT NOT NULL,
+            offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,
+            PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
+        db.execute("CREATE INDEX IF NOT EXISTS remote_objects_pack ON remote_objects(remote, pack)")
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_packs (
+            remote TEXT NOT NULL, pack TEXT NOT NULL, size INTEGER NOT NULL,
+            PRIMARY KEY (remote, pack)) WITHOUT ROWID""")
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_loose (
+            remote TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_refs (
+            remote TEXT NOT NULL, dataset TEXT NOT NULL, ref TEXT NOT NULL,
+            version TEXT NOT NULL, record TEXT NOT NULL, etag TEXT,
+            PRIMARY KEY (remote, dataset, ref)) WITHOUT ROWID""")
+        db.execute("""CREATE TABLE IF NOT EXISTS promised (
+            version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
         db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -207,6 +228,8 @@ class Index:
             self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
             self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL, cache_tree=NULL "
                               "WHERE id=?", (ds_id,))
+            self.conn.execute("DELETE FROM promised WHERE version IN "
+                              "(SELECT id FROM versions WHERE dataset=?)", (ds_id,))
             self.conn.execute("DELETE FROM versions WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
 
@@ -251,6 +274,7 @@ class Index:
 
     def delete_version(self, vid: str) -> None:
         self.conn.execute("DELETE FROM tags WHERE version=?", (vid,))
+        self.conn.execute("DELETE FROM promised WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM versions WHERE id=?", (vid,))
 
     def children(self, vid: str) -> list[str]:
@@ -377,6 +401,108 @@ class Index:
     def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
                               "VALUES (?,?,?)", rows)
+
+    # ---- remotes -----------------------------------------------------------------
+    def remotes(self) -> list[dict[str, Any]]:
+        cols = ("name", "url", "kind", "endpoint_url", "profile", "ttl", "max_size",
+                "write_through", "is_default", "created")
+        rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM remotes ORDER BY name")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def add_remote(self, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ",".join("?" * len(row))
+        self.conn.execute(f"INSERT INTO remotes ({cols}) VALUES ({marks})", tuple(row.values()))
+
+    def set_default_remote(self, name: str) -> None:
+        self.conn.execute("UPDATE remotes SET is_default = (name = ?) WHERE kind = 'origin'",
+                          (name,))
+
+    def delete_remote(self, name: str) -> None:
+        for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs", "promised"):
+            self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
+        self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
+
+    def remote_packs(self, remote: str) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT pack, size FROM remote_packs WHERE remote=?",
+                                      (remote,)))
+
+    def add_remote_pack(self, remote: str, pack: str, size: int,
+                        entries: Iterable[tuple[str, int, int, int]]) -> None:
+        """Record that `remote` holds `pack` with these (oid, offset, length, kind) entries."""
+        self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size) VALUES (?,?,?)",
+                          (remote, pack, size))
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO remote_objects (remote, oid, pack, offset, length, kind) "
+            "VALUES (?,?,?,?,?,?)", ((remote, oid, pack, off, ln, kind)
+                                     for oid, off, ln, kind in entries))
+
+    def forget_remote_pack(self, remote: str, pack: str) -> None:
+        self.conn.execute("DELETE FROM remote_objects WHERE remote=? AND pack=?", (remote, pack))
+        self.conn.execute("DELETE FROM remote_packs WHERE remote=? AND pack=?", (remote, pack))
+
+    def remote_locate_many(self, remote: str, oids: Iterable[str]
+                           ) -> dict[str, tuple[str, int, int]]:
+        """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset, length)."""
+        found: dict[str, tuple[str, int, int]] = {}
+        batch = list(oids)
+        for i in range(0, len(batch), _IN_BATCH):
+            part = batch[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            for oid, pack, offset, length in self.conn.execute(
+                    f"SELECT oid, pack, offset, length FROM remote_objects "
+                    f"WHERE remote=? AND oid IN ({marks})", (remote, *part)):
+                found[oid] = (pack, offset, length)
+        return found
+
+    def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
+        return list(self.conn.execute("SELECT oid, pack, offset, length FROM remote_objects "
+                                      "WHERE remote=? AND kind=?", (remote, kind)))
+
+    def remote_loose(self, remote: str, oids: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        batch = list(oids)
+        for i in range(0, len(batch), _IN_BATCH):
+            part = batch[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT oid FROM remote_loose WHERE remote=? AND oid IN ({marks})",
+                (remote, *part)))
+        return found
+
+    def add_remote_loose(self, remote: str, oids: Iterable[str]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO remote_loose (remote, oid) VALUES (?,?)",
+                              ((remote, oid) for oid in oids))
+
+    def forget_remote_loose(self, remote: str) -> None:
+        self.conn.execute("DELETE FROM remote_loose WHERE remote=?", (remote,))
+
+    def remote_refs(self, remote: str) -> list[tuple[str, str, str, str, str | None]]:
+        """(dataset, ref, version, record, etag) rows last seen on `remote`."""
+        return list(self.conn.execute("SELECT dataset, ref, version, record, etag FROM "
+                                      "remote_refs WHERE remote=? ORDER BY dataset, ref",
+                                      (remote,)))
+
+    def set_remote_ref(self, remote: str, dataset: str, ref: str, version: str, record: str,
+                       etag: str | None) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO remote_refs (remote, dataset, ref, version, "
+                          "record, etag) VALUES (?,?,?,?,?,?)",
+                          (remote, dataset, ref, version, record, etag))
+
+    def drop_remote_ref(self, remote: str, dataset: str, ref: str) -> None:
+        self.conn.execute("DELETE FROM remote_refs WHERE remote=? AND dataset=? AND ref=?",
+                          (remote, dataset, ref))
+
+    def promised(self) -> dict[str, str]:
+        """Versions fetched from a remote whose blobs may not all be here: version → remote."""
+        return dict(self.conn.execute("SELECT version, remote FROM promised"))
+
+    def add_promised(self, vid: str, remote: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO promised (version, remote) VALUES (?,?)",
+                          (vid, remote))
+
+    def drop_promised(self, vids: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM promised WHERE version=?", ((v,) for v in vids))
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:

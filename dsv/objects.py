@@ -224,9 +224,11 @@ class ObjectStore:
             os.close(src_fd)
 
     def add_large_stream(self, chunks: Iterable[bytes],
-                         observe: Callable[[bytes], None] | None = None) -> tuple[str, int]:
+                         observe: Callable[[bytes], None] | None = None,
+                         expect: str | None = None) -> tuple[str, int]:
         """Store bytes arriving in pieces (a download) as a loose object: (id, size).
-        `observe` sees every piece too (an MD5 to compare with an ETag)."""
+        `observe` sees every piece too (an MD5 to compare with an ETag). With `expect`,
+        bytes that do not hash to it are dropped and CorruptObject raised."""
         def fill(writer: fileio.DirectWriter, hash_update: Callable) -> int:
             for chunk in chunks:
                 hash_update(chunk)
@@ -234,10 +236,19 @@ class ObjectStore:
                     observe(chunk)
                 writer.write(chunk)
             return 0
-        return self._add_loose(fill)
+        return self._add_loose(fill, expect)
 
-    def _add_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int]
-                   ) -> tuple[str, int]:
+    def add_large_copy(self, src: str | os.PathLike[str], expect: str) -> tuple[str, int]:
+        """Store a copy of a file that must hash to `expect` (from a cluster cache)."""
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
+                                   expect)
+        finally:
+            os.close(src_fd)
+
+    def _add_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int],
+                   expect: str | None = None) -> tuple[str, int]:
         """Write a loose object through `fill(writer, hasher.update)`, fsync it, and
         publish it under the hash of what was written (once: an existing copy wins)."""
         tmp = fileio.tmp_name(self.tmp_dir)
@@ -251,6 +262,11 @@ class ObjectStore:
             fileio.unlink_quietly(tmp)
             raise
         oid = hasher.hexdigest()
+        if expect is not None and oid != expect:
+            fileio.unlink_quietly(tmp)
+            raise CorruptObject(f"object {expect[:12]} arrived corrupt: its bytes hash to "
+                                f"{oid[:12]}", hint="nothing corrupt was stored; the source "
+                                                    "holds damaged data")
         dest = self.loose_path(oid)
         if dest.exists():
             os.unlink(tmp)
@@ -397,25 +413,65 @@ class ObjectStore:
 
 def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:
     """Read the entry table at the end of a pack file, checking its bounds."""
+    name = Path(path).name
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
         if size < len(PACK_MAGIC) + _TRAILER.size:
-            raise CorruptObject(f"pack {Path(path).name} is too short")
+            raise CorruptObject(f"pack {name} is too short")
         f.seek(0)
         if f.read(len(PACK_MAGIC)) != PACK_MAGIC:
-            raise CorruptObject(f"pack {Path(path).name} has a bad header")
+            raise CorruptObject(f"pack {name} has a bad header")
         f.seek(size - _TRAILER.size)
         count, table_offset, end = _TRAILER.unpack(f.read(_TRAILER.size))
         if end != PACK_END_MAGIC or table_offset + count * _ENTRY.size + _TRAILER.size != size:
-            raise CorruptObject(f"pack {Path(path).name} has a bad trailer")
+            raise CorruptObject(f"pack {name} has a bad trailer")
         f.seek(table_offset)
         table = f.read(count * _ENTRY.size)
+    return _entries(table, table_offset, name)
+
+
+def parse_pack_index(tail: bytes, pack_id: str) -> tuple[list[PackEntry], int]:
+    """Entries and total size of a pack, from its table and trailer alone (a remote's
+    `index/<pack id>` file). Untrusted input: the bytes must hash to `pack_id`."""
+    if len(tail) < _TRAILER.size or pack_id_of(tail[:-_TRAILER.size],
+                                               tail[-_TRAILER.size:]) != pack_id:
+        raise CorruptObject(f"pack index {pack_id[:12]} does not match its name")
+    count, table_offset, end = _TRAILER.unpack(tail[-_TRAILER.size:])
+    if end != PACK_END_MAGIC or count * _ENTRY.size + _TRAILER.size != len(tail):
+        raise CorruptObject(f"pack index {pack_id[:12]} has a bad trailer")
+    return _entries(tail[:-_TRAILER.size], table_offset, pack_id[:12]), table_offset + len(tail)
+
+
+def pack_tail_size(count: int) -> int:
+    """Bytes of a pack's table and trailer for `count` entries."""
+    return count * _ENTRY.size + _TRAILER.size
+
+
+def _entries(table: bytes, table_offset: int, name: str) -> list[PackEntry]:
     entries = []
     for raw, offset, length, kind in _ENTRY.iter_unpack(table):
-        if offset + length > table_offset or offset < len(PACK_MAGIC):
-            raise CorruptObject(f"pack {Path(path).name} has an entry out of bounds")
+        if offset + length > table_offset or offset < len(PACK_MAGIC) or kind > KIND_VERSION:
+            raise CorruptObject(f"pack {name} has an entry out of bounds")
         entries.append(PackEntry(raw.hex(), offset, length, kind))
     return entries
+
+
+def encode_pack(objects: Iterable[tuple[str, int, bytes | memoryview]]
+                ) -> tuple[str, bytes, list[PackEntry]]:
+    """A whole pack in memory from (oid, kind, bytes): (pack id, pack bytes, entries).
+    Used for uploads, where a pack goes straight to a remote without touching the disk."""
+    parts: list[bytes | memoryview] = [PACK_MAGIC]
+    entries: list[PackEntry] = []
+    offset = len(PACK_MAGIC)
+    for oid, kind, data in objects:
+        parts.append(data)
+        entries.append(PackEntry(oid, offset, len(data), kind))
+        offset += len(data)
+    table = b"".join(_ENTRY.pack(bytes.fromhex(e.oid), e.offset, e.length, e.kind)
+                     for e in entries)
+    trailer = _TRAILER.pack(len(entries), offset, PACK_END_MAGIC)
+    parts += [table, trailer]
+    return pack_id_of(table, trailer), b"".join(parts), entries
 
 
 class Ingest:

@@ -29,6 +29,8 @@ from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
+from .records import parse_time
+from .remotes.base import RemoteSpec, normalize_url, parse_duration, parse_size
 from .reporting import Reporter
 from .tree import Entry, Manifest
 
@@ -620,6 +622,7 @@ class Store:
                     raise DirtyWorktree(
                         f"checkout would discard {len(at_risk)} uncommitted change(s) in "
                         f"{target}: {shown}", hint="commit them first, or pass --force")
+            self._ensure_blobs(version, [e for _p, e in to_write])
             with self.index.transaction():
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
@@ -1004,6 +1007,8 @@ class Store:
                  or any(p.startswith(s + "/") for s in selected)]
         dest = Path(target).resolve()
         self._check_target_outside_store(dest)
+        with self.locked("files get"):
+            self._ensure_blobs(v, [e for _p, e in items])
         dest.mkdir(parents=True, exist_ok=True)
         with self.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
             worktree.Materializer(self.objects, dest, stat_rows=False).place(items, advance)
@@ -1016,12 +1021,196 @@ class Store:
         entry = self.manifest(v, rel).get(rel)
         if entry is None or entry.kind != tree.FILE:
             raise InvalidInput(f"{path} is not a file of version {v.id}")
+        if not self.objects.has(entry.oid):
+            with self.locked("open file"):
+                self._ensure_blobs(v, [entry])
         if self.index.locate(entry.oid) is None and self.objects.has_loose(entry.oid):
             if not self.objects.verify_loose(entry.oid):
                 raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
                                     hint="run `dsv verify` to list every damaged object")
             return open(self.objects.loose_path(entry.oid), "rb")
         return io.BytesIO(self.objects.read(entry.oid))
+
+    # ---- remotes and sync -------------------------------------------------------------
+    def remote_specs(self) -> list[RemoteSpec]:
+        return [RemoteSpec(r["name"], r["url"], r["kind"], r["endpoint_url"], r["profile"],
+                           r["ttl"], r["max_size"], bool(r["write_through"]),
+                           bool(r["is_default"])) for r in self.index.remotes()]
+
+    def remote_spec(self, name: str | None = None, kind: str = "origin") -> RemoteSpec:
+        """A configured remote by name; without a name, the default origin."""
+        specs = self.remote_specs()
+        if name is not None:
+            for spec in specs:
+                if spec.name == name:
+                    return spec
+            raise InvalidInput(f"no remote named {name!r}",
+                               hint="`dsv remote list` shows the remotes")
+        origins = [s for s in specs if s.kind == kind]
+        chosen = [s for s in origins if s.is_default] or (origins if len(origins) == 1 else [])
+        if not chosen:
+            raise InvalidInput("no remote configured" if not origins else
+                               "several remotes and none is the default",
+                               hint="add one with `dsv remote add NAME URL`" if not origins else
+                               "name one, or `dsv remote add … --default`")
+        return chosen[0]
+
+    def add_remote(self, name: str, url: str, endpoint_url: str | None = None,
+                   profile: str | None = None, cache: bool = False, ttl: str | None = None,
+                   max_size: str | None = None, write_through: bool = False,
+                   default: bool = False, cwd: str | os.PathLike[str] = ".") -> RemoteSpec:
+        """Configure a remote (an origin, or with `cache` a cluster cache directory).
+        Only names and URLs are stored: credentials come from the AWS chain at run time."""
+        if not refs.is_valid_name(name):
+            raise InvalidInput(f"invalid remote name {name!r}")
+        url = normalize_url(url, cwd)
+        if cache and url.startswith("s3://"):
+            raise InvalidInput("a cluster cache is a shared directory, not an S3 URL")
+        if not cache and (ttl or max_size or write_through):
+            raise InvalidInput("--ttl, --max-size and --write-through are for --cache remotes")
+        spec = RemoteSpec(name, url, "cache" if cache else "origin", endpoint_url, profile,
+                          parse_duration(ttl) if ttl else None,
+                          parse_size(max_size) if max_size else None, write_through)
+        with self.locked("remote add"), self.index.transaction():
+            if any(s.name == name for s in self.remote_specs()):
+                raise InvalidInput(f"remote {name} already exists",
+                                   hint=f"remove it first: dsv remote remove {name}")
+            first = not any(s.kind == "origin" for s in self.remote_specs())
+            spec.is_default = spec.kind == "origin" and (default or first)
+            self.index.add_remote({"name": name, "url": url, "kind": spec.kind,
+                                   "endpoint_url": endpoint_url, "profile": profile,
+                                   "ttl": spec.ttl, "max_size": spec.max_size,
+                                   "write_through": int(write_through),
+                                   "is_default": int(spec.is_default), "created": time.time()})
+            if spec.is_default:
+                self.index.set_default_remote(name)
+        return spec
+
+    def remove_remote(self, name: str) -> RemoteSpec:
+        spec = self.remote_spec(name)
+        with self.locked("remote remove"), self.index.transaction():
+            self.index.delete_remote(name)
+        return spec
+
+    def push(self, remote: str | None = None, targets: list[str] | None = None,
+             force: bool = False) -> Any:
+        """Upload what the remote lacks, then move its refs (compare-and-swap)."""
+        from . import sync
+        with self.locked("push"):
+            return sync.push(self, sync.open_remote(self, remote), list(targets or []), force)
+
+    def fetch(self, remote: str | None = None) -> Any:
+        """Bring the remote's versions, trees and refs (no file contents)."""
+        from . import sync
+        with self.locked("fetch"):
+            return sync.fetch(self, sync.open_remote(self, remote))[0]
+
+    def pull(self, remote: str | None = None, targets: list[str] | None = None,
+             paths: list[str] | None = None, force: bool = False,
+             checkout: bool = True) -> Any:
+        """Fetch, move local refs forward, download the objects the versions (or only
+        `paths`) need, and update working directories that were at the old latest."""
+        from . import sync
+        with self.locked("pull"):
+            before = {ds.id: ds.latest for ds in self.index.datasets()}
+            report = sync.pull(self, sync.open_remote(self, remote), list(targets or []),
+                               paths, force)
+            if checkout and not paths:
+                for vid in report.versions:
+                    v = self.version(vid)
+                    ds = self.index.dataset_by("id", v.dataset)
+                    if ds is None or ds.path is None or ds.latest != v.id or ds.head == v.id \
+                            or ds.head not in (None, before.get(ds.id)):
+                        continue
+                    try:
+                        self.checkout(f"{ds.id}:{v.id}")
+                        report.checked_out.append(f"{ds.name}:{v.id}")
+                    except DirtyWorktree as exc:
+                        report.notices.append(f"{ds.name}: not checked out: {exc.message}")
+            return report
+
+    @classmethod
+    def clone(cls, url: str, path: str | os.PathLike[str] | None = None,
+              endpoint_url: str | None = None, profile: str | None = None,
+              reporter: Reporter | None = None) -> tuple["Store", Any]:
+        """A new workspace from a remote: datasets bound where the pusher had them, each
+        checked out at its latest version."""
+        from . import sync
+        url = normalize_url(url)
+        if path is None:
+            path = url.rstrip("/").rpartition("/")[2] or "dsv-clone"
+        root = Path(path).resolve()
+        if root.exists() and any(root.iterdir()):
+            raise StoreExists(f"{root} exists and is not empty")
+        from .remotes.base import open_backend
+        # The remote is checked before anything is created; a failed clone leaves nothing.
+        open_backend(RemoteSpec("origin", url, endpoint_url=endpoint_url,
+                                profile=profile)).check_reachable()
+        existed = root.exists()
+        store = cls.init(root, bind=False, reporter=reporter)
+        try:
+            store.add_remote("origin", url, endpoint_url=endpoint_url, profile=profile,
+                             default=True)
+            with store.locked("clone"):
+                _report, remote_refs = sync.fetch(store, sync.open_remote(store, "origin"))
+                with store.index.transaction():
+                    for ref in remote_refs.values():
+                        if ref.ref != sync.LATEST or ref.path is None:
+                            continue
+                        try:
+                            rel = "." if ref.path == "." else check_relpath(ref.path)
+                        except DsvError:
+                            continue
+                        if rel.split("/")[0] == DSV_DIR or store.index.dataset_by("path", rel):
+                            continue
+                        if store.index.dataset_by("id", ref.dataset) is not None:
+                            store.index.update_dataset(ref.dataset, path=rel)
+                report = store.pull("origin")
+        except BaseException:
+            store.close()
+            import shutil
+            shutil.rmtree(root / DSV_DIR if existed else root, ignore_errors=True)
+            if existed:
+                for child in root.iterdir():  # files the checkout had placed
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            raise
+        return store, report
+
+    def prune_cache(self, name: str | None = None, older_than: str | None = None,
+                    max_size: str | None = None) -> Any:
+        """Evict cluster-cache entries unused for longer than the TTL, then the least
+        recently used beyond the size budget (flags override the remote's settings)."""
+        from .remotes.cache import ClusterCache
+        spec = self.remote_spec(name, kind="cache")
+        ttl = parse_duration(older_than) if older_than else spec.ttl
+        budget = parse_size(max_size) if max_size else spec.max_size
+        if ttl is None and budget is None:
+            raise InvalidInput(f"cache {spec.name} has no --ttl or --max-size",
+                               hint="pass --older-than and/or --max-size")
+        return ClusterCache(spec.url).prune(ttl, budget)
+
+    def _ensure_blobs(self, version: Version, entries: list[Entry]) -> None:
+        """Download the blobs of `entries` this store lacks (cluster cache first, then the
+        remote the version came from, else the default remote)."""
+        from . import sync
+        sizes = {e.oid: e.size for e in entries}
+        small = [o for o, n in sizes.items() if n < PACK_THRESHOLD]
+        have = self.objects.locate_many(small)
+        if all(o in have for o in small) and all(
+                self.objects.has_loose(o) for o, n in sizes.items() if n >= PACK_THRESHOLD):
+            return
+        name = self.index.promised().get(version.id)
+        try:
+            remote = sync.open_remote(self, name)
+        except InvalidInput:
+            remote = None
+        report = sync.PullReport(name or "-", sync.FetchReport(name or "-"))
+        with self.locked("download"):
+            packs = sync.download_blobs(self, remote, sizes, report, label="downloading")
+            with self.index.transaction():
+                for pack in packs:
+                    self.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
+                                                             for e in pack.entries))
 
     # ---- maintenance ----------------------------------------------------------------
     def _reachable(self) -> set[str]:
@@ -1198,14 +1387,17 @@ class Store:
         loose = set(self.objects.iter_loose())
         packed = {oid for oid, _pack, _kind in self.index.packed_oids()}
         checked_trees: set[str] = set()
+        promised = self.index.promised()
         for v in self.index.all_versions():
             report.versions_checked += 1
             label = f"version {v.id}"
             try:
-                for _kind, oid in tree.subtree_ids(v.tree, self.read_tree):
+                for kind, oid in tree.subtree_ids(v.tree, self.read_tree):
                     if oid in checked_trees:
                         continue
-                    if oid not in packed and oid not in loose:
+                    if oid not in packed and oid not in loose and \
+                            not (kind != tree.DIR and v.id in promised):
+                        # (a fetched version's blobs may stay on its remote until pulled)
                         report.problems.append(f"{label}: object {oid[:12]} is missing")
                 checked_trees.add(v.tree)
             except DsvError as exc:
@@ -1264,14 +1456,7 @@ def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple]]:
         return {}, []
 
 
-def _parse_time(text: Any) -> float:
-    from datetime import datetime, timezone
-
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-            tzinfo=timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
+_parse_time = parse_time
 
 
 def _restore_versions(index: Index, records: list[dict[str, Any]],

@@ -9,19 +9,23 @@ turning botocore errors into one clear DsvError. Must never touch the store.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DsvError, InvalidInput
+from ..errors import InvalidInput
+from .base import NotFound, Progress, RemoteError
 
 CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 60
-MAX_ATTEMPTS = 6
-
-
-class RemoteError(DsvError):
-    """S3 said no, or could not be reached; the message says which and why."""
+READ_TIMEOUT = 30
+# Standard mode backs off min(20, rand·2^n) s between attempts: five attempts give up
+# within ~30 s on an endpoint that fails every request, and ride out 10% failures.
+MAX_ATTEMPTS = 5
+# A body that breaks off after its headers arrived is not retried by botocore.
+BODY_ATTEMPTS = 3
+MULTIPART_THRESHOLD = 64 << 20
+MULTIPART_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,144 @@ def open_object(client: Any, bucket: str, obj: S3Object) -> Any:
         return client.get_object(**args)["Body"]
     except Exception as exc:
         raise describe(exc, f"s3://{bucket}/{obj.key}") from None
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import (ConnectionClosedError, IncompleteReadError,
+                                     ReadTimeoutError, ResponseStreamingError)
+    from urllib3.exceptions import ProtocolError
+    return (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
+            ResponseStreamingError, ProtocolError, ConnectionError)
+
+
+class S3Backend:
+    """A remote at `s3://bucket/prefix` on AWS or any S3-compatible endpoint."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None,
+                 profile: str | None = None) -> None:
+        self.url = url
+        self.bucket, prefix = parse_s3_url(url)
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = make_client(endpoint_url, profile)
+        self._transfer_config: Any = None
+        self._lock = threading.Lock()
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    def check_reachable(self) -> None:
+        check_reachable(self.client)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        cut = len(self.prefix)
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield item["Key"][cut:], int(item["Size"])
+        except Exception as exc:
+            raise describe(exc, f"listing {self._where(prefix)}") from None
+
+    def _get(self, key: str, **args: Any) -> bytes:
+        for attempt in range(BODY_ATTEMPTS):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **args)
+                return response["Body"].read()
+            except _body_errors():
+                if attempt == BODY_ATTEMPTS - 1:
+                    raise RemoteError(f"{self._where(key)}: the connection broke off "
+                                      f"{BODY_ATTEMPTS} times") from None
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise NotFound(f"{self._where(key)} does not exist") from None
+                raise describe(exc, self._where(key)) from None
+        raise AssertionError("unreachable")
+
+    def get(self, key: str) -> bytes:
+        return self._get(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        data = self._get(key, Range=f"bytes={start}-{start + length - 1}")
+        if len(data) != length:
+            raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}, "
+                              f"got {len(data)}")
+        return data
+
+    def download(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as exc:
+            if _is_missing(exc):
+                raise NotFound(f"{self._where(key)} does not exist") from None
+            raise describe(exc, self._where(key)) from None
+        try:
+            yield from body.iter_chunks(8 << 20)
+        except _body_errors() as exc:
+            raise RemoteError(f"{self._where(key)}: the download broke off ({exc})") from None
+
+    def head(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket,
+                                               Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise describe(exc, self._where(key)) from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except Exception as exc:
+            raise describe(exc, f"uploading {self._where(key)}") from None
+
+    def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        with self._lock:
+            if self._transfer_config is None:
+                self._transfer_config = TransferConfig(
+                    multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
+                    max_concurrency=4)
+        try:
+            self.client.upload_file(path, self.bucket, self._key(key),
+                                    Config=self._transfer_config, Callback=progress)
+        except Exception as exc:
+            cause = getattr(exc, "last_exception", None) or exc.__cause__ or exc
+            raise describe(cause, f"uploading {self._where(key)}") from None
+
+    def read_ref(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise describe(exc, self._where(key)) from None
+
+    def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        try:
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key),
+                                              Body=data, **condition)
+        except Exception as exc:
+            if _status(exc) in (409, 412):  # lost the race (409: a concurrent conditional write)
+                return None
+            raise describe(exc, f"updating {self._where(key)}") from None
+        return response["ETag"]
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _is_missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code in ("NoSuchKey", "404", "NotFound") or _status(exc) == 404 and \
+        code != "NoSuchBucket"

@@ -1,0 +1,134 @@
+"""What every remote can do, and the settings that name one.
+
+Owns the `Backend` protocol (a flat key space of immutable files plus a few small
+mutable refs changed only by compare-and-swap), `RemoteSpec` (a remote's settings as
+stored in the index: never a secret), `open_backend` (URL → S3 or filesystem backend)
+and the parsers for `--ttl` / `--max-size`. Must never touch the store: remotes know
+nothing of the index or of versions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import InvalidInput, RemoteError
+
+REMOTE_MARKER = "dsv-remote.json"
+REMOTE_FORMAT = 1
+
+
+class NotFound(RemoteError):
+    """A key the remote does not hold."""
+
+
+@dataclass
+class RemoteSpec:
+    """A remote as configured with `dsv remote add` (the `remotes` table)."""
+
+    name: str
+    url: str
+    kind: str = "origin"             # "origin" | "cache"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    ttl: float | None = None         # cache: seconds an unused entry is kept
+    max_size: int | None = None      # cache: byte budget (least recently used go first)
+    write_through: bool = False      # cache: push copies what it uploads here too
+    is_default: bool = False
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "kind": self.kind,
+                "endpoint_url": self.endpoint_url, "profile": self.profile, "ttl": self.ttl,
+                "max_size": self.max_size, "write_through": self.write_through,
+                "default": self.is_default}
+
+
+Progress = Callable[[int], None]
+"""Called with bytes transferred so far in a piece of one transfer."""
+
+
+class Backend(Protocol):
+    """A remote's storage: keys are `/`-separated paths under the remote's root."""
+
+    url: str
+
+    def check_reachable(self) -> None:
+        """Fail fast, with one clear line, when the remote cannot be reached at all."""
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every file under `prefix`."""
+
+    def get(self, key: str) -> bytes:
+        """A whole (small) file; NotFound if absent."""
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes at `start` (exactly; a short read is an error)."""
+
+    def download(self, key: str) -> Iterator[bytes]:
+        """A large file's bytes, in pieces."""
+
+    def head(self, key: str) -> int | None:
+        """The size of `key`, or None if the remote lacks it."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store an immutable file (visible only once whole; rewriting it is harmless)."""
+
+    def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        """Store an immutable file from disk (multipart where that helps)."""
+
+    def read_ref(self, key: str) -> tuple[bytes, str] | None:
+        """A ref's bytes and its version tag (for compare-and-swap), or None."""
+
+    def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
+        """Compare-and-swap: write `data` only if the ref's tag is still `expect` (None:
+        only if it does not exist). Returns the new tag, or None when the ref changed."""
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `12h`, `7d`, `2w` (a bare number is seconds) → seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise InvalidInput(f"not a duration: {text!r}", hint="write e.g. 30m, 12h or 7d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
+    return float(m.group(1)) * unit
+
+
+def parse_size(text: str) -> int:
+    """`500G`, `20GiB`, `1.5T`, `4096` (bytes) → bytes (powers of 1024)."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise InvalidInput(f"not a size: {text!r}", hint="write e.g. 500M, 20G or 1T")
+    power = " KMGTP".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * (1024 ** power))
+
+
+def normalize_url(url: str, cwd: str | os.PathLike[str] = ".") -> str:
+    """`s3://bucket/prefix` unchanged (no trailing slash); a path or file:// URL made absolute."""
+    if url.startswith("s3://"):
+        from .s3 import parse_s3_url
+        bucket, prefix = parse_s3_url(url)
+        return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+    if "://" in url and not url.startswith("file://"):
+        raise InvalidInput(f"unsupported remote URL: {url}",
+                           hint="use s3://BUCKET[/PREFIX] or a directory path")
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))
+
+
+def open_backend(spec: RemoteSpec) -> Backend:
+    if spec.is_s3:
+        from .s3 import S3Backend
+        return S3Backend(spec.url, spec.endpoint_url, spec.profile)
+    from .fs import FsBackend
+    return FsBackend(spec.url)

@@ -1,0 +1,848 @@
+"""Push, fetch, pull and clone: moving versions between a store and its remotes.
+
+Owns the remote layout (docs/format.md, "Remotes"), what a remote is known to hold (the
+`remote_*` tables, refreshed from the remote's pack indexes), the publish order that keeps
+a remote consistent when a push dies at any moment (blobs, then trees, then version
+records, each phase complete before the next; refs last, by compare-and-swap), the
+fast-forward rule for refs, and downloads that verify every object's blake3 before it
+enters the store (from the cluster cache first, else the origin, filling the cache).
+Must never print: progress goes through the store's Reporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import refs, tree
+from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
+from .faults import crashpoint
+from .fileio import unlink_quietly
+from .hashing import hash_bytes, is_hash
+from .index import Dataset, Version
+from .paths import normalize_user_path
+from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
+                      pack_tail_size, parse_pack_index)
+from .records import parse_record
+from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
+                           RemoteSpec, open_backend)
+from .remotes.cache import ClusterCache
+
+if TYPE_CHECKING:
+    from .store import Store
+
+WORKERS = 8
+UPLOAD_PACK_SIZE = 16 << 20
+RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
+RANGE_MAX = 8 << 20          # but no single GET larger than this (keeps memory flat)
+WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if we need this much
+IN_FLIGHT = 4                # upload packs held in memory at once
+LATEST = "latest"
+
+
+# ---- reports ----------------------------------------------------------------------------
+
+@dataclass
+class PushReport:
+    remote: str
+    versions: int = 0
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    objects_skipped: int = 0
+    bytes_skipped: int = 0
+    refs_updated: list[str] = field(default_factory=list)
+    refs_unchanged: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FetchReport:
+    remote: str
+    new_versions: list[str] = field(default_factory=list)
+    new_datasets: list[str] = field(default_factory=list)
+    refs: dict[str, str] = field(default_factory=dict)
+    objects_received: int = 0
+    bytes_received: int = 0
+    from_cache: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PullReport:
+    remote: str
+    fetch: FetchReport
+    versions: list[str] = field(default_factory=list)
+    objects_received: int = 0
+    bytes_received: int = 0
+    objects_skipped: int = 0
+    bytes_skipped: int = 0
+    from_cache: int = 0
+    updated: list[str] = field(default_factory=list)     # local refs moved
+    diverged: list[str] = field(default_factory=list)    # local refs kept, remote differs
+    checked_out: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["fetch"] = self.fetch.to_json()
+        return data
+
+
+# ---- remote names -----------------------------------------------------------------------
+
+def pack_key(pack_id: str) -> str:
+    return f"packs/{pack_id}.pack"
+
+
+def index_key(pack_id: str) -> str:
+    return f"index/{pack_id}"
+
+
+def loose_key(oid: str) -> str:
+    return f"loose/{oid[:2]}/{oid}"
+
+
+def ref_key(ds_id: str, ref: str) -> str:
+    return f"refs/{ds_id}/{ref}"
+
+
+def _ref_body(ds: Dataset, ref: str, v: Version) -> bytes:
+    body: dict[str, Any] = {"dataset": ds.id, "version": v.id, "record": v.record}
+    if ref == LATEST:
+        body.update(name=ds.name, path=ds.path)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class RemoteRef:
+    dataset: str
+    ref: str              # "latest" or "tags/NAME"
+    version: str
+    record: str
+    etag: str
+    name: str | None = None
+    path: str | None = None
+
+
+def _parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
+    """A ref read from a remote (untrusted): None if it is not one dsv writes."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[2] == LATEST:
+        ref = LATEST
+    elif len(parts) == 4 and parts[2] == "tags" and refs.is_valid_name(parts[3]):
+        ref = f"tags/{parts[3]}"
+    else:
+        return None
+    try:
+        body = json.loads(data)
+        ds_id, vid, record = body["dataset"], body["version"], body["record"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if ds_id != parts[1] or not refs.is_valid_name(ds_id) or not isinstance(vid, str) \
+            or not refs.is_valid_name(vid) or not isinstance(record, str) or not is_hash(record):
+        return None
+    name, path = body.get("name"), body.get("path")
+    return RemoteRef(ds_id, ref, vid, record, etag,
+                     name if isinstance(name, str) and refs.is_valid_name(name) else None,
+                     path if isinstance(path, str) else None)
+
+
+# ---- plumbing ---------------------------------------------------------------------------
+
+class Remote:
+    """One configured remote, opened: its backend, and the store's record of it."""
+
+    def __init__(self, store: "Store", spec: RemoteSpec) -> None:
+        self.store = store
+        self.spec = spec
+        self.name = spec.name
+        self.backend: Backend = open_backend(spec)
+
+    def connect(self, must_exist: bool = True) -> None:
+        """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
+        self.backend.check_reachable()
+        try:
+            marker = json.loads(self.backend.get(REMOTE_MARKER))
+        except NotFound:
+            if must_exist:
+                raise RemoteError(f"{self.spec.url} is not a dsv remote (nothing was pushed "
+                                  f"to it yet)", hint="push to it first, or check the URL") \
+                    from None
+            body = json.dumps({"format": REMOTE_FORMAT, "hash": "blake3"}).encode() + b"\n"
+            self.backend.write_ref(REMOTE_MARKER, body, None)
+            return
+        except ValueError:
+            raise RemoteError(f"{self.spec.url}/{REMOTE_MARKER} is unreadable") from None
+        if not isinstance(marker, dict) or marker.get("format") != REMOTE_FORMAT:
+            raise RemoteError(f"{self.spec.url} has remote format "
+                              f"{marker.get('format') if isinstance(marker, dict) else '?'}; "
+                              f"this dsv reads format {REMOTE_FORMAT}")
+
+    def refresh(self) -> None:
+        """Bring the store's picture of the remote's packs up to date (list `index/`;
+        read each new pack index, which must hash to its pack's name)."""
+        index = self.store.index
+        listed = {}
+        for key, _size in self.backend.list("index/"):
+            pack_id = key.rpartition("/")[2]
+            if is_hash(pack_id):
+                listed[pack_id] = True
+        known = index.remote_packs(self.name)
+        new = [p for p in listed if p not in known]
+        gone = [p for p in known if p not in listed]
+
+        def read(pack_id: str) -> tuple[str, list, int]:
+            entries, size = parse_pack_index(self.backend.get(index_key(pack_id)), pack_id)
+            return pack_id, entries, size
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            results = list(pool.map(read, new))
+        with index.transaction():
+            for pack_id, entries, size in results:
+                index.add_remote_pack(self.name, pack_id, size,
+                                      ((e.oid, e.offset, e.length, e.kind) for e in entries))
+            for pack_id in gone:
+                index.forget_remote_pack(self.name, pack_id)
+            if gone:  # the remote lost data (or was reset): trust nothing we remember of it
+                index.forget_remote_loose(self.name)
+
+    def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
+        keys = [key for key, _size in self.backend.list("refs/")]
+
+        def read(key: str) -> RemoteRef | None:
+            got = self.backend.read_ref(key)
+            return _parse_ref(key, *got) if got else None
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            found = [r for r in pool.map(read, keys) if r is not None]
+        return {(r.dataset, r.ref): r for r in found}
+
+
+def open_remote(store: "Store", name: str | None, kind: str = "origin") -> Remote:
+    spec = store.remote_spec(name, kind)
+    return Remote(store, spec)
+
+
+def caches(store: "Store") -> list[ClusterCache]:
+    return [ClusterCache(s.url) for s in store.remote_specs() if s.kind == "cache"]
+
+
+def _bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+             window: int) -> Iterator[Any]:
+    """pool.map that keeps at most `window` results pending (memory stays flat)."""
+    pending: list[Future] = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
+
+
+# ---- push -------------------------------------------------------------------------------
+
+def _ancestry(store: "Store", versions: Iterable[Version]) -> list[Version]:
+    """`versions` and every ancestor the index knows, each once."""
+    out: dict[str, Version] = {}
+    stack = list(versions)
+    while stack:
+        v = stack.pop()
+        if v.id in out:
+            continue
+        out[v.id] = v
+        for pid in v.parents:
+            parent = store.index.version(pid)
+            if parent is not None and parent.state == "committed":
+                stack.append(parent)
+    return list(out.values())
+
+
+def _descends_from(store: "Store", v: Version, record: str) -> bool:
+    """Whether the version whose record is `record` is `v` or one of its ancestors."""
+    return any(a.record == record for a in _ancestry(store, [v]))
+
+
+def _push_plan(store: "Store", targets: list[str]
+               ) -> tuple[list[Version], list[tuple[Dataset, str, Version, bool]]]:
+    """Versions to send and refs to set: (dataset, ref, version, required)."""
+    ref_plan: list[tuple[Dataset, str, Version, bool]] = []
+    roots: list[Version] = []
+    if not targets:
+        targets = [ds.id for ds in store.index.datasets() if ds.latest]
+    for target in targets:
+        ds = None
+        if ":" not in target and "~" not in target:
+            try:
+                ds = refs.find_dataset(store.index, target)
+            except DsvError:
+                ds = None
+        if ds is not None:
+            committed = store.index.versions(ds.id, "committed")
+            if not committed:
+                continue
+            roots.extend(committed)
+            ref_plan.append((ds, LATEST, store.version(ds.latest), True))
+            for _d, name, vid, _c in store.index.tags(ds.id):
+                ref_plan.append((ds, f"tags/{name}", store.version(vid), True))
+            continue
+        v = store.resolve(target)
+        if v.is_draft:
+            raise InvalidInput(f"{target} is a draft; only committed versions are pushed",
+                               hint=f"commit it first: dsv versions commit {v.id}")
+        owner = store.index.dataset_by("id", v.dataset)
+        assert owner is not None
+        roots.append(v)
+        ref_plan.append((owner, LATEST, v, False))
+        for name in store.index.tags_of(v.id):
+            ref_plan.append((owner, f"tags/{name}", v, True))
+    return _ancestry(store, roots), ref_plan
+
+
+def push(store: "Store", remote: Remote, targets: list[str], force: bool = False) -> PushReport:
+    report = PushReport(remote.name)
+    remote.connect(must_exist=False)
+    remote.refresh()
+    versions, ref_plan = _push_plan(store, targets)
+    report.versions = len(versions)
+    on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+    new = [v for v in versions if v.record not in on_remote]
+    if new:
+        _send_objects(store, remote, new, report)
+    crashpoint("push:objects-sent")
+    for ds, ref, v, required in ref_plan:
+        _push_ref(store, remote, ds, ref, v, required, force, report)
+    store.index.checkpoint()
+    if report.rejected:
+        raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name}: "
+                          + "; ".join(report.rejected),
+                          hint="run `dsv pull` to get the remote's versions, or push with "
+                               "--force to overwrite (the remote's versions stay stored)",
+                          report=report)
+    return report
+
+
+def _needed_objects(store: "Store", versions: list[Version]) -> dict[str, int]:
+    """Every object the versions need, with its kind: blobs, trees, then records."""
+    needed: dict[str, int] = {}
+    for v in versions:
+        if v.tree not in needed:
+            for kind, oid in tree.subtree_ids(v.tree, store.read_tree):
+                needed.setdefault(oid, KIND_TREE if kind == tree.DIR else KIND_BLOB)
+        assert v.record is not None
+        needed[v.record] = KIND_VERSION
+    return needed
+
+
+def _send_objects(store: "Store", remote: Remote, versions: list[Version],
+                  report: PushReport) -> None:
+    index, objects = store.index, store.objects
+    needed = _needed_objects(store, versions)
+    local = objects.locate_many(needed)
+    remote_has = index.remote_locate_many(remote.name, needed)
+    large = [oid for oid in needed if oid not in local]
+    known_loose = index.remote_loose(remote.name, large)
+    for oid in large:
+        if oid not in known_loose and not objects.has_loose(oid):
+            raise MissingObject(f"object {oid[:12]} is not in this store, so the versions "
+                                f"that need it cannot be pushed",
+                                hint="pull those versions completely first, or run `dsv verify`")
+    with ThreadPoolExecutor(WORKERS) as pool:
+        unknown = [oid for oid in large if oid not in known_loose]
+        sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)), unknown)))
+    present = [oid for oid, size in sizes.items() if size is not None]
+    if present:
+        with index.transaction():
+            index.add_remote_loose(remote.name, present)
+    send_small = {oid: local[oid] for oid in needed if oid in local and oid not in remote_has}
+    send_large = [oid for oid in large if oid not in known_loose and sizes.get(oid) is None]
+    large_sizes = {oid: os.stat(objects.loose_path(oid)).st_size for oid in send_large}
+    report.objects_skipped = len(needed) - len(send_small) - len(send_large)
+    skipped_small = [oid for oid in needed if oid in remote_has]
+    report.bytes_skipped = sum(remote_has[o][2] for o in skipped_small)
+    total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
+    write_through = [ClusterCache(s.url) for s in store.remote_specs()
+                     if s.kind == "cache" and s.write_through]
+    with store.reporter.task("pushing", len(send_small) + len(send_large), total_bytes) as advance, \
+            ThreadPoolExecutor(WORKERS) as pool:
+        # Publish order: blobs, then trees, then records; each phase whole before the next,
+        # so a record on the remote always has its tree and blobs there too.
+        for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
+            phase = {o: w for o, w in send_small.items() if needed[o] == kind}
+            jobs: list[Future] = []
+            if kind == KIND_BLOB:
+                for oid in send_large:
+                    jobs.append(pool.submit(_upload_loose, remote, objects, oid,
+                                            large_sizes[oid], write_through))
+            for pack in _bounded(pool, lambda batch: encode_pack(batch),
+                                 _read_batches(store, phase, kind), 2):
+                jobs.append(pool.submit(_upload_pack, remote, pack, write_through))
+                while sum(not j.done() for j in jobs) >= IN_FLIGHT:
+                    _first_done(jobs)
+            for job in jobs:
+                sent = job.result()
+                report.objects_sent += sent.count
+                report.bytes_sent += sent.nbytes
+                advance(sent.count, sent.nbytes)
+            _record_sent(store, remote, [j.result() for j in jobs])
+            crashpoint("push:phase-sent")
+
+
+def _first_done(jobs: list[Future]) -> None:
+    from concurrent.futures import FIRST_COMPLETED, wait
+    wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
+
+
+def _read_batches(store: "Store", phase: dict[str, tuple[str, int, int]], kind: int
+                  ) -> Iterator[list[tuple[str, int, bytes]]]:
+    """The phase's objects read from local packs (in pack order), verified, in batches
+    of about UPLOAD_PACK_SIZE bytes."""
+    batch: list[tuple[str, int, bytes]] = []
+    size = 0
+    for oid, where in sorted(phase.items(), key=lambda item: item[1][:2]):
+        data = store.objects.read_packed(where)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
+                                hint="run `dsv verify` to list every damaged object")
+        batch.append((oid, kind, data))
+        size += len(data)
+        if size >= UPLOAD_PACK_SIZE:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _Sent:
+    """What one upload put on the remote, for the store's record of it."""
+
+    def __init__(self, count: int, nbytes: int, pack: tuple[str, int, list] | None = None,
+                 loose: str | None = None) -> None:
+        self.count, self.nbytes, self.pack, self.loose = count, nbytes, pack, loose
+
+
+def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
+                 write_through: list[ClusterCache]) -> _Sent:
+    pack_id, data, entries = pack
+    for cache in write_through:
+        _write_through(cache, cache.pack_path(pack_id), data=data)
+    # The pack first, then its index: an index on the remote always names a whole pack.
+    remote.backend.put_bytes(pack_key(pack_id), data)
+    remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
+    for cache in write_through:
+        cache.clear_pending(cache.pack_path(pack_id))
+    crashpoint("push:uploaded")
+    return _Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries))
+
+
+def _upload_loose(remote: Remote, objects: Any, oid: str, size: int,
+                  write_through: list[ClusterCache]) -> _Sent:
+    path = str(objects.loose_path(oid))
+    for cache in write_through:
+        _write_through(cache, cache.loose_path(oid), src=path)
+    remote.backend.put_file(loose_key(oid), path)
+    for cache in write_through:
+        cache.clear_pending(cache.loose_path(oid))
+    crashpoint("push:uploaded")
+    return _Sent(1, size, loose=oid)
+
+
+def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
+                   src: str | None = None) -> None:
+    """Copy an upload into a cache, marked pending (never evicted) until the origin has it."""
+    cache.mark_pending(path)
+    if cache.has(path):
+        return
+    if data is not None:
+        cache.fill_bytes(path, data)
+    else:
+        assert src is not None
+        cache.fill_file(path, src)
+
+
+def _record_sent(store: "Store", remote: Remote, sent: list[_Sent]) -> None:
+    with store.index.transaction():
+        for item in sent:
+            if item.pack is not None:
+                pack_id, size, entries = item.pack
+                store.index.add_remote_pack(remote.name, pack_id, size,
+                                            ((e.oid, e.offset, e.length, e.kind) for e in entries))
+        store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
+
+
+def _push_ref(store: "Store", remote: Remote, ds: Dataset, ref: str, v: Version,
+              required: bool, force: bool, report: PushReport) -> None:
+    """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
+    key = ref_key(ds.id, ref)
+    label = f"{ds.name}:{ref.rpartition('/')[2]}"
+    body = _ref_body(ds, ref, v)
+    for _attempt in range(5):
+        current = remote.backend.read_ref(key)
+        if current is not None:
+            data, etag = current
+            seen = _parse_ref(key, data, etag)
+            if data == body:
+                report.refs_unchanged.append(label)
+                _remember_ref(store, remote, ds.id, ref, v, etag)
+                return
+            if seen is not None and seen.record != v.record and not force:
+                fast_forward = ref == LATEST and _descends_from(store, v, seen.record)
+                if not fast_forward:
+                    if not required:
+                        return  # pushing one version does not have to move `latest`
+                    what = "latest" if ref == LATEST else "tag"
+                    report.rejected.append(
+                        f"{label} is {seen.version} on the remote; {v.id} "
+                        + ("does not descend from it" if what == "latest" else
+                           "differs (tags move only with --force)"))
+                    return
+        etag = remote.backend.write_ref(key, body, current[1] if current else None)
+        if etag is None:
+            again = remote.backend.read_ref(key)
+            if again is not None and again[0] == body:  # our retried write did land
+                etag = again[1]
+            else:
+                continue  # lost a race: look again
+        crashpoint("push:ref-written")
+        report.refs_updated.append(f"{label} -> {v.id}")
+        _remember_ref(store, remote, ds.id, ref, v, etag)
+        return
+    report.rejected.append(f"{label} kept changing on the remote while pushing")
+
+
+def _remember_ref(store: "Store", remote: Remote, ds_id: str, ref: str, v: Version,
+                  etag: str | None) -> None:
+    assert v.record is not None
+    with store.index.transaction():
+        store.index.set_remote_ref(remote.name, ds_id, ref, v.id, v.record, etag)
+
+
+# ---- fetch ------------------------------------------------------------------------------
+
+def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+    """Bring the remote's version records, trees and refs (not file contents)."""
+    report = FetchReport(remote.name)
+    remote.connect()
+    remote.refresh()
+    remote_refs = remote.read_refs()
+    index = store.index
+    wanted = {oid: (pack, off, ln) for kind in (KIND_TREE, KIND_VERSION)
+              for oid, pack, off, ln in index.remote_objects_of_kind(remote.name, kind)}
+    local = store.objects.locate_many(wanted)
+    missing = {oid: where for oid, where in wanted.items() if oid not in local}
+    kinds = {oid: KIND_VERSION for oid, *_ in
+             index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+    records: list[tuple[Version, dict[str, Any]]] = []
+    ingest = Ingest(store.objects)
+    try:
+        for oid, data in _download_packed(store, remote, missing, "fetching", report):
+            if kinds.get(oid) == KIND_VERSION:
+                records.append(parse_record(data, oid))
+                ingest.add(oid, KIND_VERSION, data)
+            else:
+                tree.decode_tree(data, oid)  # validated here; trusted from now on
+                ingest.add(oid, KIND_TREE, data)
+        packs = ingest.finish()
+    except BaseException:
+        ingest.abort()
+        raise
+    for oid, where in wanted.items():  # records already here: still check their index rows
+        if kinds.get(oid) == KIND_VERSION and oid in local:
+            records.append(parse_record(store.objects.read(oid), oid))
+    crashpoint("fetch:objects-written")
+    names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
+    with index.transaction():
+        for pack in packs:
+            index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
+                                                for e in pack.entries))
+        for v, record in sorted(records, key=lambda r: r[0].committed or 0):
+            known = index.version(v.id)
+            if known is not None:
+                if known.record != v.record and known.state == "committed":
+                    raise CorruptObject(f"version {v.id} on {remote.name} has record "
+                                        f"{v.record[:12]}, but this store's has "
+                                        f"{(known.record or '-')[:12]}",
+                                        hint="two versions share one id (a collision, or "
+                                             "tampering); nothing was fetched")
+                continue
+            if index.dataset_by("id", v.dataset) is None:
+                _create_dataset(store, v, record, names.get(v.dataset))
+                report.new_datasets.append(index.dataset_by("id", v.dataset).name)
+            index.insert_version(v)
+            index.add_promised(v.id, remote.name)
+            report.new_versions.append(v.id)
+        index.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote.name,))
+        for ref in remote_refs.values():
+            index.set_remote_ref(remote.name, ref.dataset, ref.ref, ref.version, ref.record,
+                                 ref.etag)
+            ds = index.dataset_by("id", ref.dataset)
+            report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
+                ref.version
+    index.checkpoint()
+    return report, remote_refs
+
+
+def _create_dataset(store: "Store", v: Version, record: dict[str, Any],
+                    ref: RemoteRef | None) -> None:
+    """A dataset first seen on a remote: unbound, named as the remote names it."""
+    import time as _time
+    name = (ref.name if ref and ref.name else None) or record.get("dataset_name") or v.dataset
+    if not refs.is_valid_name(name) or name == LATEST:
+        name = v.dataset
+    taken = store.index.dataset_by("name", name) or store.index.dataset_by("id", name)
+    if taken is not None and taken.id != v.dataset:
+        name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
+    store.index.insert_dataset(Dataset(v.dataset, name, None, None, _time.time(), None, None))
+
+
+# ---- downloads --------------------------------------------------------------------------
+
+def _ranges(missing: dict[str, tuple[str, int, int]], whole: set[str]
+            ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
+    """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
+    by_pack: dict[str, list[tuple[str, int, int]]] = {}
+    for oid, (pack, offset, length) in missing.items():
+        by_pack.setdefault(pack, []).append((oid, offset, length))
+    out = []
+    for pack, items in by_pack.items():
+        items.sort(key=lambda it: it[1])
+        start, end, group = items[0][1], items[0][1] + items[0][2], [items[0]]
+        for oid, offset, length in items[1:]:
+            limit = RANGE_MAX if pack not in whole else 1 << 62
+            if offset - end <= RANGE_GAP and offset + length - start <= limit:
+                end = max(end, offset + length)
+                group.append((oid, offset, length))
+            else:
+                out.append((pack, start, end - start, group))
+                start, end, group = offset, offset + length, [(oid, offset, length)]
+        out.append((pack, start, end - start, group))
+    return out
+
+
+def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[str, int, int]],
+                     label: str, report: Any) -> Iterator[tuple[str, bytes]]:
+    """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
+    cache where it holds the pack, else from the remote (caching packs mostly needed)."""
+    if not missing:
+        return
+    cache_list = caches(store)
+    cache = cache_list[0] if cache_list else None
+    whole: set[str] = set()
+    sizes = store.index.remote_packs(remote.name)
+    if cache is not None:
+        need: dict[str, int] = {}
+        for pack, _off, length in missing.values():
+            need[pack] = need.get(pack, 0) + length
+        whole = {p for p, n in need.items() if cache.has(cache.pack_path(p))
+                 or n >= WHOLE_PACK_SHARE * sizes.get(p, 1 << 62)}
+    total = sum(w[2] for w in missing.values())
+
+    def get(job: tuple[str, int, int, list]) -> tuple[list[tuple[str, bytes]], bool]:
+        pack, start, length, group = job
+        data = None
+        cached = False
+        if cache is not None and pack in whole:
+            path = cache.pack_path(pack)
+            data = cache.read_range(path, start, length)
+            cached = data is not None
+            if data is None:
+                _fill_cache_pack(cache, remote, pack, sizes.get(pack))
+                data = cache.read_range(path, start, length)
+        if data is None:
+            data = remote.backend.get_range(pack_key(pack), start, length)
+        out = []
+        for oid, offset, ln in group:
+            piece = data[offset - start:offset - start + ln]
+            if hash_bytes(piece) != oid:
+                raise CorruptObject(f"object {oid[:12]} from {remote.name} is corrupt (pack "
+                                    f"{pack[:12]})", hint="nothing corrupt was stored; the "
+                                                          "remote holds damaged data")
+            out.append((oid, piece))
+        return out, cached
+
+    with store.reporter.task(label, len(missing), total) as advance, \
+            ThreadPoolExecutor(WORKERS) as pool:
+        for got, cached in _bounded(pool, get, _ranges(missing, whole), 2 * WORKERS):
+            report.from_cache += len(got) if cached else 0
+            for oid, data in got:
+                report.objects_received += 1
+                report.bytes_received += len(data)
+                advance(1, len(data))
+                yield oid, data
+
+
+def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
+    """Copy a whole remote pack into the cache (checked against its name first)."""
+    try:
+        data = remote.backend.get(pack_key(pack))
+    except NotFound:
+        return
+    if size is not None and len(data) != size:
+        return
+    try:
+        count = int.from_bytes(data[-24:-16], "big")
+        parse_pack_index(data[len(data) - pack_tail_size(count):], pack)
+    except (CorruptObject, ValueError):
+        return  # not cached; the caller's per-object check reports the damage
+    cache.fill_bytes(cache.pack_path(pack), data)
+
+
+def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int],
+                   report: Any, label: str = "pulling") -> list[Any]:
+    """Fetch blobs (oid → size) the store lacks; returns the packs written (to record)."""
+    objects = store.objects
+    small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
+    large = [oid for oid, size in entries.items() if size >= PACK_THRESHOLD]
+    present = objects.locate_many(small)
+    small = [o for o in small if o not in present]
+    large = [o for o in large if not objects.has_loose(o)]
+    report.objects_skipped += len(entries) - len(small) - len(large)
+    report.bytes_skipped += sum(size for oid, size in entries.items()
+                                if oid not in small and oid not in large)
+    if remote is None:
+        missing_any = small or large
+        if missing_any:
+            raise MissingObject(f"{len(missing_any)} object(s) are not in this store and no "
+                                f"remote is configured", hint="add one with `dsv remote add`")
+        return []
+    located = store.index.remote_locate_many(remote.name, small)
+    for oid in small:
+        if oid not in located:
+            large.append(oid)  # not in any pack the remote lists: try it as a loose file
+    packed = {oid: located[oid] for oid in small if oid in located}
+    ingest = Ingest(objects)
+    try:
+        for oid, data in _download_packed(store, remote, packed, label, report):
+            ingest.add(oid, KIND_BLOB, data)
+        if large:
+            _download_loose(store, remote, large, entries, report)
+        packs = ingest.finish()
+    except BaseException:
+        ingest.abort()
+        raise
+    crashpoint("pull:objects-written")
+    return packs
+
+
+def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict[str, int],
+                    report: Any) -> None:
+    cache_list = caches(store)
+    cache = cache_list[0] if cache_list else None
+
+    def get(oid: str) -> tuple[int, bool]:
+        if cache is not None:
+            path = cache.loose_path(oid)
+            if not cache.has(path):
+                try:
+                    cache.fill_stream(path, remote.backend.download(loose_key(oid)), oid)
+                except NotFound:
+                    raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+                cached = False
+            else:
+                cached = True
+            try:
+                cache.touch(path)
+                return store.objects.add_large_copy(path, oid)[1], cached
+            except FileNotFoundError:
+                pass  # evicted meanwhile: read the origin
+            except CorruptObject:
+                unlink_quietly(path)  # a damaged cache entry: drop it, read the origin
+        try:
+            return store.objects.add_large_stream(remote.backend.download(loose_key(oid)),
+                                                  expect=oid)[1], False
+        except NotFound:
+            raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+
+    total = sum(sizes.get(o, 0) for o in oids)
+    with store.reporter.task("pulling large files", len(oids), total) as advance, \
+            ThreadPoolExecutor(4) as pool:
+        for size, cached in pool.map(get, oids):
+            report.from_cache += cached
+            report.objects_received += 1
+            report.bytes_received += size
+            advance(1, size)
+
+
+# ---- pull -------------------------------------------------------------------------------
+
+def _integrate_refs(store: "Store", remote_refs: dict[tuple[str, str], RemoteRef],
+                    datasets: set[str] | None, force: bool, report: PullReport) -> None:
+    """Move local `latest` forward to the remote's, and take the remote's tags, where that
+    loses nothing; report the rest."""
+    index = store.index
+    with index.transaction():
+        for (ds_id, ref), rr in sorted(remote_refs.items()):
+            if datasets is not None and ds_id not in datasets:
+                continue
+            ds = index.dataset_by("id", ds_id)
+            v = index.version(rr.version)
+            if ds is None or v is None or v.record != rr.record:
+                continue
+            if ref == LATEST:
+                current = index.version(ds.latest) if ds.latest else None
+                if current is None or (current.id != v.id and
+                                       _descends_from(store, v, current.record or "")):
+                    index.update_dataset(ds_id, latest=v.id)
+                    report.updated.append(f"{ds.name}:latest -> {v.id}")
+                elif current.id != v.id and not _descends_from(store, current, v.record or ""):
+                    report.diverged.append(f"{ds.name}:latest is {current.id} here and "
+                                           f"{v.id} on {report.remote}")
+            else:
+                name = ref.rpartition("/")[2]
+                mine = index.tag(ds_id, name)
+                if mine is None or (mine != v.id and force):
+                    index.set_tag(ds_id, name, v.id)
+                    report.updated.append(f"{ds.name}:{name} -> {v.id}")
+                elif mine != v.id:
+                    report.diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on "
+                                           f"{report.remote} (kept; --force takes theirs)")
+
+
+def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
+         force: bool = False, checkout: bool = True, offline_ok: bool = True) -> PullReport:
+    fetch_report = FetchReport(remote.name)
+    remote_refs: dict[tuple[str, str], RemoteRef] | None = None
+    try:
+        fetch_report, remote_refs = fetch(store, remote)
+    except RemoteError as exc:
+        # The origin is down: what the cluster cache holds can still be pulled.
+        if not (offline_ok and caches(store) and targets):
+            raise
+        store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
+    report = PullReport(remote.name, fetch_report)
+    chosen: list[Version] = []
+    if targets:
+        chosen = [store.resolve(t) for t in targets]
+    if remote_refs is not None:
+        scope = {v.dataset for v in chosen} if targets else None
+        _integrate_refs(store, remote_refs, scope, force, report)
+        if not targets:
+            chosen = [store.version(ds.latest) for ds in store.index.datasets()
+                      if ds.latest and any(k[0] == ds.id for k in remote_refs)]
+    wanted: dict[str, int] = {}
+    for v in chosen:
+        report.versions.append(v.id)
+        manifest = store.manifest(v)
+        if paths:
+            selected = {normalize_user_path(p) for p in paths}
+            manifest = {p: e for p, e in manifest.items()
+                        if p in selected or any(p.startswith(s + "/") for s in selected)}
+        for entry in manifest.values():
+            wanted[entry.oid] = entry.size
+    packs = download_blobs(store, remote, wanted, report)
+    with store.index.transaction():
+        for pack in packs:
+            store.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
+                                                      for e in pack.entries))
+        if not paths:
+            store.index.drop_promised(v.id for v in chosen)
+    store.index.checkpoint()
+    return report
