@@ -67,7 +67,8 @@ class FetchReport:
     remote: str
     new_versions: list[str] = field(default_factory=list)
     new_datasets: list[str] = field(default_factory=list)
-    refs: dict[str, str] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)    # the remote's refs
+    updated: list[str] = field(default_factory=list)      # local refs it created
     objects_received: int = 0
     bytes_received: int = 0
     from_cache: int = 0
@@ -586,6 +587,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
             ds = index.dataset_by("id", ref.dataset)
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
                 ref.version
+    report.updated, _kept = _integrate_refs(store, remote.name, remote_refs, fast_forward=False)
     index.checkpoint()
     return report, remote_refs
 
@@ -773,37 +775,41 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
 
 # ---- pull -------------------------------------------------------------------------------
 
-def _integrate_refs(store: "Store", remote_refs: dict[tuple[str, str], RemoteRef],
-                    datasets: set[str] | None, force: bool, report: PullReport) -> None:
-    """Move local `latest` forward to the remote's, and take the remote's tags, where that
-    loses nothing; report the rest."""
+def _integrate_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
+                    force: bool = False, fast_forward: bool = True
+                    ) -> tuple[list[str], list[str]]:
+    """Take the remote's refs where that loses nothing: tags this store lacks, `latest`
+    of datasets that have none, and (with `fast_forward`, as pull does) `latest` moved
+    forward along history. Returns (refs set, refs kept because they differ)."""
     index = store.index
+    updated: list[str] = []
+    diverged: list[str] = []
     with index.transaction():
         for (ds_id, ref), rr in sorted(remote_refs.items()):
-            if datasets is not None and ds_id not in datasets:
-                continue
             ds = index.dataset_by("id", ds_id)
             v = index.version(rr.version)
             if ds is None or v is None or v.record != rr.record:
                 continue
             if ref == LATEST:
                 current = index.version(ds.latest) if ds.latest else None
-                if current is None or (current.id != v.id and
+                if current is None or (fast_forward and current.id != v.id and
                                        _descends_from(store, v, current.record or "")):
                     index.update_dataset(ds_id, latest=v.id)
-                    report.updated.append(f"{ds.name}:latest -> {v.id}")
-                elif current.id != v.id and not _descends_from(store, current, v.record or ""):
-                    report.diverged.append(f"{ds.name}:latest is {current.id} here and "
-                                           f"{v.id} on {report.remote}")
+                    updated.append(f"{ds.name}:latest -> {v.id}")
+                elif fast_forward and current.id != v.id and \
+                        not _descends_from(store, current, v.record or ""):
+                    diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on "
+                                    f"{remote}")
             else:
                 name = ref.rpartition("/")[2]
                 mine = index.tag(ds_id, name)
                 if mine is None or (mine != v.id and force):
                     index.set_tag(ds_id, name, v.id)
-                    report.updated.append(f"{ds.name}:{name} -> {v.id}")
+                    updated.append(f"{ds.name}:{name} -> {v.id}")
                 elif mine != v.id:
-                    report.diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on "
-                                           f"{report.remote} (kept; --force takes theirs)")
+                    diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on "
+                                    f"{remote} (kept; --force takes theirs)")
+    return updated, diverged
 
 
 def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
@@ -818,15 +824,14 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
             raise
         store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
     report = PullReport(remote.name, fetch_report)
-    chosen: list[Version] = []
+    if remote_refs is not None:
+        updated, report.diverged = _integrate_refs(store, remote.name, remote_refs, force)
+        report.updated = fetch_report.updated + updated
     if targets:
         chosen = [store.resolve(t) for t in targets]
-    if remote_refs is not None:
-        scope = {v.dataset for v in chosen} if targets else None
-        _integrate_refs(store, remote_refs, scope, force, report)
-        if not targets:
-            chosen = [store.version(ds.latest) for ds in store.index.datasets()
-                      if ds.latest and any(k[0] == ds.id for k in remote_refs)]
+    else:
+        chosen = [store.version(ds.latest) for ds in store.index.datasets()
+                  if ds.latest and any(k[0] == ds.id for k in remote_refs or {})]
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)

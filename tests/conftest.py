@@ -82,7 +82,11 @@ def s3_endpoint():
     """A real S3 protocol server (moto's server mode) on a free loopback port."""
     import socket
 
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1,0 +1,392 @@
+"""Sync as a user sees it: remotes, push, fetch, pull, clone and the cluster cache, against
+a directory remote and a real S3 protocol server (moto's server mode) over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import read_tree, write_tree
+from dsv.hashing import hash_bytes
+
+SECRET = "testing-secret"
+
+
+def _files(n: int = 40, big: int = 2) -> dict[str, bytes]:
+    files = {f"d{i % 4}/f{i:03d}.bin": os.urandom(100 + 37 * i) for i in range(n)}
+    for i in range(big):
+        files[f"big/shard{i}.bin"] = os.urandom((1 << 20) + 4096 * (i + 1))
+    files["labels.csv"] = b"id,label\n" + b"".join(b"%d,%d\n" % (i, i % 3) for i in range(50))
+    return files
+
+
+def _cache_files(cache: Path) -> list[Path]:
+    """Cached packs and loose objects (not pending markers or temp files)."""
+    return sorted(p for p in cache.rglob("*") if p.is_file()
+                  and p.relative_to(cache).parts[0] in ("packs", "loose"))
+
+
+def _modes(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".dsv"]
+        for name in filenames:
+            p = Path(dirpath, name)
+            out[p.relative_to(root).as_posix()] = stat.S_IMODE(p.lstat().st_mode)
+    return out
+
+
+@pytest.fixture
+def source(tmp_path: Path, dsv):
+    """A workspace `src` (dataset `data`) with one committed, tagged version."""
+    src = tmp_path / "src"
+    write_tree(src, _files())
+    os.chmod(src / "d0/f000.bin", 0o755)
+    os.symlink("labels.csv", src / "alias.csv")
+    assert dsv("init", "--name", "data", src, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=src).code == 0
+    assert dsv("tag", "data:latest", "v1", cwd=src).code == 0
+    return src
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, aws_env: None) -> str:
+    name = f"b{os.urandom(4).hex()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _json(result) -> dict:
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+# ---- remotes -------------------------------------------------------------------------
+
+def test_remote_add_list_remove_and_no_secret_in_store(source: Path, dsv, s3_endpoint, aws_env,
+                                                       tmp_path: Path) -> None:
+    r = dsv("remote", "add", "origin", "s3://bkt/some/prefix/", "--endpoint-url", s3_endpoint,
+            "--profile", "default", cwd=source)
+    assert r.code == 0 and "(default)" in r.out
+    r = dsv("remote", "add", "shared", tmp_path / "cache", "--cache", "--ttl", "7d",
+            "--max-size", "500G", cwd=source)
+    assert r.code == 0
+    listed = _json(dsv("remote", "list", "--json", cwd=source))
+    assert [(x["name"], x["kind"], x["url"]) for x in listed] == [
+        ("origin", "origin", "s3://bkt/some/prefix"),
+        ("shared", "cache", str(tmp_path / "cache"))]
+    assert listed[1]["ttl"] == 7 * 86400 and listed[1]["max_size"] == 500 << 30
+    assert listed[0]["default"] is True
+    r = dsv("remote", "add", "origin", "/elsewhere", cwd=source)
+    assert r.code == 1 and "already exists" in r.err
+    r = dsv("remote", "add", "x", "/elsewhere", "--ttl", "1d", cwd=source)
+    assert r.code == 1 and "--cache" in r.err
+    for dirpath, _dirs, files in os.walk(source / ".dsv"):
+        for name in files:
+            assert SECRET.encode() not in Path(dirpath, name).read_bytes()
+    assert dsv("remote", "remove", "shared", cwd=source).code == 0
+    assert [x["name"] for x in _json(dsv("remote", "list", "--json", cwd=source))] == ["origin"]
+
+
+# ---- round trips -----------------------------------------------------------------------
+
+def _roundtrip(source: Path, dsv, tmp_path: Path, url: str, *extra: str) -> Path:
+    assert dsv("remote", "add", "origin", url, *extra, cwd=source).code == 0
+    first = _json(dsv("push", "--json", cwd=source))
+    assert first["objects_sent"] > 0 and first["rejected"] == []
+    assert sorted(first["refs_updated"])[0].startswith("data:latest -> ")
+    clone = tmp_path / "clone"
+    r = dsv("clone", url, clone, *extra, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert read_tree(clone) == read_tree(source)
+    assert _modes(clone) == _modes(source)
+    assert os.readlink(clone / "alias.csv") == "labels.csv"
+    # checkout by tag elsewhere, in the clone
+    r = dsv("checkout", "data:v1", "--to", tmp_path / "v1", cwd=clone)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "v1") == read_tree(source)
+    assert dsv("verify", cwd=clone).code == 0
+    # a second push with nothing new sends nothing
+    again = _json(dsv("push", "--json", cwd=source))
+    assert again["objects_sent"] == 0 and again["bytes_sent"] == 0
+    assert again["refs_updated"] == [] and sorted(again["refs_unchanged"]) == ["data:latest",
+                                                                               "data:v1"]
+    return clone
+
+
+def test_push_clone_checkout_directory_remote(source: Path, dsv, tmp_path: Path) -> None:
+    _roundtrip(source, dsv, tmp_path, str(tmp_path / "remote"))
+    layout = {p.relative_to(tmp_path / "remote").parts[0]
+              for p in (tmp_path / "remote").rglob("*") if p.is_file()}
+    assert {"dsv-remote.json", "packs", "index", "loose", "refs"} <= layout
+
+
+def test_push_clone_checkout_s3(source: Path, dsv, tmp_path: Path, s3_endpoint: str,
+                                bucket: str) -> None:
+    _roundtrip(source, dsv, tmp_path, f"s3://{bucket}/team/ds", "--endpoint-url", s3_endpoint)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
+        Bucket=bucket)["Contents"]]
+    assert all(k.startswith("team/ds/") for k in keys)
+    assert any(k.startswith("team/ds/refs/") and k.endswith("/latest") for k in keys)
+    # loose blobs keep their names: the key is the blake3 of the bytes
+    big = (source / "big/shard0.bin").read_bytes()
+    oid = hash_bytes(big)
+    assert f"team/ds/loose/{oid[:2]}/{oid}" in keys
+
+
+def test_incremental_push_sends_only_new_objects(source: Path, dsv, tmp_path: Path) -> None:
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=source).code == 0
+    first = _json(dsv("push", "--json", cwd=source))
+    (source / "d1/f001.bin").write_bytes(b"changed")
+    assert dsv("commit", "-m", "one file", cwd=source).code == 0
+    second = _json(dsv("push", "--json", cwd=source))
+    # the changed blob, the trees on its path (root + d1) and the record
+    assert second["objects_sent"] == 4, second
+    assert second["bytes_sent"] < 5000 < first["bytes_sent"]
+    assert any(r.startswith("data:latest -> ") for r in second["refs_updated"])
+
+
+def test_pull_fast_forwards_and_updates_worktree(source: Path, dsv, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    (source / "new.txt").write_bytes(b"hello")
+    (source / "d2/f002.bin").unlink()
+    assert dsv("commit", "-m", "second", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    r = _json(dsv("pull", "--json", cwd=clone))
+    assert any(u.startswith("data:latest -> ") for u in r["updated"])
+    assert len(r["checked_out"]) == 1
+    assert read_tree(clone) == read_tree(source)
+    st = _json(dsv("status", "--json", cwd=clone))
+    assert st[0]["clean"] is True
+
+
+def test_non_fast_forward_refused_then_forced(source: Path, dsv, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    (other / "theirs.txt").write_bytes(b"theirs")
+    assert dsv("commit", "-m", "theirs", cwd=other).code == 0
+    assert dsv("push", cwd=other).code == 0
+    (source / "mine.txt").write_bytes(b"mine")
+    mine = dsv("commit", "-m", "mine", cwd=source).out.strip().split(":")[1]
+    r = dsv("push", cwd=source)
+    assert r.code == 1
+    assert "rejected" in r.err and "data:latest" in r.err and "does not descend" in r.err
+    assert "dsv pull" in r.err
+    # nothing local is lost
+    assert _json(dsv("show", "data:latest", "--json", cwd=source))["id"] == mine
+    assert (source / "mine.txt").read_bytes() == b"mine"
+    # a pull reports the divergence and keeps local latest
+    r = _json(dsv("pull", "--json", cwd=source))
+    assert r["diverged"] and _json(dsv("show", "data:latest", "--json", cwd=source))["id"] == mine
+    r = dsv("push", "--force", cwd=source)
+    assert r.code == 0, r.err
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", remote, fresh, cwd=tmp_path).code == 0
+    assert (fresh / "mine.txt").read_bytes() == b"mine" and not (fresh / "theirs.txt").exists()
+    # the overwritten version is still stored on the remote, so the clone knows it
+    log = _json(dsv("log", "--json", cwd=fresh))
+    assert sorted(v["message"] for v in log) == ["first", "mine", "theirs"]
+    assert log[0]["id"] == mine
+
+
+def test_moving_a_remote_tag_needs_force(source: Path, dsv, tmp_path: Path) -> None:
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    (source / "x.txt").write_bytes(b"x")
+    assert dsv("commit", "-m", "x", cwd=source).code == 0
+    assert dsv("tag", "--force", "data:latest", "v1", cwd=source).code == 0
+    r = dsv("push", cwd=source)
+    assert r.code == 1 and "data:v1" in r.err and "--force" in r.err
+    refs_dir = next((tmp_path / "remote/refs").iterdir())
+    latest = json.loads((refs_dir / "latest").read_bytes())
+    head = _json(dsv("show", "data:latest", "--json", cwd=source))
+    assert latest["version"] == head["id"]  # latest was a fast-forward and moved
+    assert json.loads((refs_dir / "tags/v1").read_bytes())["version"] != head["id"]
+    assert dsv("push", "--force", cwd=source).code == 0
+    assert json.loads((refs_dir / "tags/v1").read_bytes())["version"] == head["id"]
+
+
+# ---- fetch, partial pull, lazy checkout ------------------------------------------------
+
+def test_fetch_brings_versions_not_contents_and_checkout_downloads(
+        source: Path, dsv, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    local = tmp_path / "local"
+    assert dsv("init", "--bare", local, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=local).code == 0
+    f = _json(dsv("fetch", "--json", cwd=local))
+    assert len(f["new_versions"]) == 1 and f["new_datasets"] == ["data"]
+    assert f["refs"] == {"data:latest": f["new_versions"][0], "data:v1": f["new_versions"][0]}
+    assert not list((local / ".dsv/objects/loose").rglob("*")) or \
+        all(p.is_dir() for p in (local / ".dsv/objects/loose").rglob("*"))
+    assert dsv("verify", cwd=local).code == 0   # fetched versions may lack their blobs
+    log = _json(dsv("log", "data", "--json", cwd=local))
+    assert log[0]["message"] == "first"
+    listing = _json(dsv("files", "list", f"data:{f['new_versions'][0]}", "--recursive",
+                        "--json", cwd=local))
+    assert len(listing) == len(read_tree(source)) + 1  # + the symlink
+    r = dsv("checkout", f"data:{f['new_versions'][0]}", "--to", tmp_path / "out", cwd=local)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "out") == read_tree(source)
+
+
+def test_partial_pull_downloads_only_the_paths(source: Path, dsv, tmp_path: Path,
+                                               s3_endpoint: str, bucket: str) -> None:
+    url = f"s3://{bucket}/p"
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    local = tmp_path / "local"
+    assert dsv("init", "--bare", local, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=local).code == 0
+    r = _json(dsv("pull", "data:v1", "--path", "d1", "--json", cwd=local))
+    wanted = {p: b for p, b in read_tree(source).items() if p.startswith("d1/")}
+    assert r["objects_received"] == len(wanted)
+    assert r["bytes_received"] == sum(len(b) for b in wanted.values())
+    assert dsv("files", "get", "data:v1", "d1", "--target-path", tmp_path / "got",
+               cwd=local).code == 0
+    assert read_tree(tmp_path / "got") == wanted
+    # the other files were not downloaded
+    assert r["bytes_received"] < sum(len(b) for b in read_tree(source).values()) // 10
+
+
+# ---- cluster cache ------------------------------------------------------------------------
+
+def test_cluster_cache_fills_serves_and_survives_origin_outage(
+        source: Path, dsv, tmp_path: Path, s3_endpoint: str, bucket: str) -> None:
+    url = f"s3://{bucket}/c"
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    a = tmp_path / "a"
+    assert dsv("init", "--bare", a, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=a).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=a).code == 0
+    first = _json(dsv("pull", "--json", cwd=a))
+    assert first["from_cache"] == 0 and first["objects_received"] > 0
+    cached = _cache_files(cache)
+    assert any(p.parent.name == "packs" for p in cached)
+    assert any("loose" in p.parts for p in cached)
+    # a second machine reads from the cache
+    b = tmp_path / "b"
+    assert dsv("init", "--bare", b, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=b).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=b).code == 0
+    assert dsv("fetch", cwd=b).code == 0
+    # the origin goes away: objects in the cache can still be pulled
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    conn = __import__("sqlite3").connect(b / ".dsv/index.db")
+    conn.execute("UPDATE remotes SET endpoint_url=? WHERE name='origin'", (dead,))
+    conn.commit()
+    conn.close()
+    r = dsv("pull", "--json", "data:v1", cwd=b)
+    assert r.code == 0, r.err
+    second = json.loads(r.out)
+    assert second["from_cache"] == second["objects_received"] > 0
+    assert "cluster cache only" in r.err
+    assert dsv("checkout", "data:v1", "--to", tmp_path / "out", cwd=b).code == 0
+    assert read_tree(tmp_path / "out") == read_tree(source)
+
+
+def test_cache_prune_by_age_and_size_keeps_pending(tmp_path: Path, source: Path, dsv) -> None:
+    cache = tmp_path / "cache"
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", "--write-through", "--ttl", "1h",
+               cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    entries = _cache_files(cache)
+    assert entries and not list((cache / "pending").iterdir())  # origin has them all
+    old = time.time() - 7200
+    os.utime(entries[0], (old, old))
+    # an entry only in the cache (its upload to the origin not finished) stays
+    (cache / "pending").mkdir(exist_ok=True)
+    (cache / "pending" / f"packs-{entries[1].name}").touch() if entries[1].parent.name == "packs" \
+        else (cache / "pending" / f"loose-{entries[1].parent.name}-{entries[1].name}").touch()
+    os.utime(entries[1], (old, old))
+    r = _json(dsv("cache", "prune", "--json", cwd=source))
+    assert r["removed"] == 1 and r["pending_kept"] == 1
+    assert not entries[0].exists() and entries[1].exists()
+    r = _json(dsv("cache", "prune", "--max-size", "0", "--json", cwd=source))
+    assert r["pending_kept"] == 1 and entries[1].exists()
+    assert _cache_files(cache) == [entries[1]]
+
+
+def test_concurrent_cache_fillers_never_expose_partial_files(tmp_path: Path, source: Path,
+                                                             dsv) -> None:
+    import subprocess
+    import sys
+    remote = tmp_path / "remote"
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    stores = []
+    for i in range(4):
+        s = tmp_path / f"m{i}"
+        assert dsv("init", "--bare", s, cwd=tmp_path).code == 0
+        assert dsv("remote", "add", "origin", remote, cwd=s).code == 0
+        assert dsv("remote", "add", "shared", cache, "--cache", cwd=s).code == 0
+        stores.append(s)
+    procs = [subprocess.Popen([sys.executable, "-m", "dsv", "pull"], cwd=s,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in stores]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for p in cache.rglob("*"):
+        if p.is_file() and p.parent.name == "packs":
+            data = p.read_bytes()
+            assert data.startswith(b"DSVPACK1") and data.endswith(b"DSVPEND1")
+        elif p.is_file() and "loose" in p.parts:
+            assert hash_bytes(p.read_bytes()) == p.name
+    assert not (cache / "tmp").exists() or not list((cache / "tmp").iterdir())
+    for s in stores:
+        assert dsv("verify", cwd=s).code == 0
+
+
+# ---- offline ------------------------------------------------------------------------------
+
+def test_unreachable_remote_fails_fast_and_local_commands_work(source: Path, dsv,
+                                                              tmp_path: Path, aws_env) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert dsv("remote", "add", "origin", "s3://nowhere/x", "--endpoint-url", dead,
+               cwd=source).code == 0
+    before = dsv("log", "--json", cwd=source).out
+    for args in (["push"], ["fetch"], ["pull"]):
+        t0 = time.monotonic()
+        r = dsv(*args, cwd=source)
+        assert r.code == 1 and r.err.startswith("error: cannot reach") and "Traceback" not in r.err
+        assert time.monotonic() - t0 < 10
+    t0 = time.monotonic()
+    r = dsv("clone", "s3://nowhere/x", tmp_path / "c", "--endpoint-url", dead, cwd=tmp_path)
+    assert r.code == 1 and not (tmp_path / "c").exists()
+    assert dsv("log", "--json", cwd=source).out == before
+    (source / "offline.txt").write_bytes(b"still works")
+    assert dsv("commit", "-m", "offline", cwd=source).code == 0
+    assert dsv("checkout", "data:v1", "--to", tmp_path / "o", cwd=source).code == 0
+    assert dsv("status", cwd=source).code == 0
+
+
+def test_fetch_from_an_empty_location_says_so(tmp_path: Path, dsv, source: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert dsv("remote", "add", "origin", tmp_path / "empty", cwd=source).code == 0
+    r = dsv("fetch", cwd=source)
+    assert r.code == 1 and "not a dsv remote" in r.err
