@@ -574,7 +574,10 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
     if as_json:
         _print_json(report.to_json())
         return
-    print(_transfer_line("pushed", report, "sent"))
+    if not report.versions_sent and not report.refs_updated:
+        print(f"{report.remote} is up to date ({report.versions} versions)")
+        return
+    print(f"{report.versions_sent} new versions: " + _transfer_line("pushed", report, "sent"))
     for line in report.refs_updated:
         print(f"  {line}")
 

@@ -49,7 +49,8 @@ LATEST = "latest"
 @dataclass
 class PushReport:
     remote: str
-    versions: int = 0
+    versions: int = 0           # versions considered
+    versions_sent: int = 0      # of which the remote lacked
     objects_sent: int = 0
     bytes_sent: int = 0
     objects_skipped: int = 0
@@ -316,9 +317,11 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
     report.versions = len(versions)
     on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
     new = [v for v in versions if v.record not in on_remote]
+    report.versions_sent = len(new)
     if new:
         _send_objects(store, remote, new, report)
     crashpoint("push:objects-sent")
+    _settle_pending(store, remote)
     for ds, ref, v, required in ref_plan:
         _push_ref(store, remote, ds, ref, v, required, force, report)
     store.index.checkpoint()
@@ -329,6 +332,21 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
                                "--force to overwrite (the remote's versions stay stored)",
                           report=report)
     return report
+
+
+def _settle_pending(store: "Store", remote: Remote) -> None:
+    """Clear write-through markers of entries the origin now holds (a killed push left them)."""
+    for spec in store.remote_specs():
+        if spec.kind != "cache" or not spec.write_through:
+            continue
+        cache = ClusterCache(spec.url)
+        marked = cache.pending()
+        packs = store.index.remote_packs(remote.name)
+        loose = store.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
+        for path in marked:
+            name = os.path.basename(path)
+            if name.removesuffix(".pack") in packs or name in loose:
+                cache.clear_pending(path)
 
 
 def _needed_objects(store: "Store", versions: list[Version]) -> dict[str, int]:

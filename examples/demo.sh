@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A two-minute tour of dsv on a throw-away directory: init, commit, tag, change,
-# commit again, look at history and differences, and check out the tagged version.
+# commit again, look at history and differences, check out the tagged version, push
+# to a remote (a local directory), clone it elsewhere and check out by tag there.
 set -euo pipefail
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dsv-demo.XXXXXX")
@@ -32,7 +33,17 @@ dsv diff mnist:v1 mnist:latest
 dsv checkout mnist:v1 --to "$work/mnist-v1"
 dsv files list mnist:v1 --path test | head -5
 dsv verify
+dsv remote add origin "$work/remote"
+dsv push
+dsv push
+cd "$work"
+dsv clone "$work/remote" "$work/clone"
+cd "$work/clone"
+dsv log -n 1
+dsv checkout mnist:v1
+dsv status
 set +x
+cmp "$work/clone/labels.csv" "$work/labels-v1.csv" && echo "# the clone, checked out at mnist:v1, has the original labels.csv"
 test -f "$work/mnist-v1/test/0000.bin" && echo "# mnist:v1 has test/0000.bin back, byte for byte"
 cmp "$work/mnist-v1/labels.csv" "$work/labels-v1.csv" && echo "# labels.csv of v1 is the original"
 echo "# demo done: $work"

@@ -144,6 +144,21 @@ class ClusterCache:
     def clear_pending(self, path: str) -> None:
         fileio.unlink_quietly(self._pending_path(path))
 
+    def pending(self) -> list[str]:
+        """Paths of the entries marked pending."""
+        directory = os.path.join(self.root, "pending")
+        if not os.path.isdir(directory):
+            return []
+        out = []
+        for name in os.listdir(directory):
+            sub, _, rest = name.partition("-")
+            if sub == "packs":
+                out.append(os.path.join(self.root, "packs", rest))
+            elif sub == "loose":
+                xx, _, oid = rest.partition("-")
+                out.append(os.path.join(self.root, "loose", xx, oid))
+        return out
+
     # ---- eviction ----------------------------------------------------------------
     def entries(self) -> list[tuple[str, int, float]]:
         """(path, size, last used) of every cached pack and loose object."""
