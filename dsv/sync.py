@@ -725,8 +725,8 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
     small = [o for o in small if o not in present]
     large = [o for o in large if not objects.has_loose(o)]
     report.objects_skipped += len(entries) - len(small) - len(large)
-    report.bytes_skipped += sum(size for oid, size in entries.items()
-                                if oid not in small and oid not in large)
+    todo = set(small) | set(large)
+    report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)
     if remote is None:
         missing_any = small or large
         if missing_any:
@@ -752,6 +752,18 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
     return packs
 
 
+def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[bytes]:
+    """A download's pieces, refusing more bytes than the tree says the object has (a
+    hostile or broken remote must not fill the disk before the hash check)."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if size is not None and seen > size:
+            raise CorruptObject(f"object {oid[:12]} is larger on the remote than its "
+                                f"{size} bytes", hint="nothing corrupt was stored")
+        yield chunk
+
+
 def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict[str, int],
                     report: Any) -> None:
     cache_list = caches(store)
@@ -762,7 +774,8 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
             path = cache.loose_path(oid)
             if not cache.has(path):
                 try:
-                    cache.fill_stream(path, remote.backend.download(loose_key(oid)), oid)
+                    cache.fill_stream(path, _capped(remote.backend.download(loose_key(oid)),
+                                                    sizes.get(oid), oid), oid)
                 except NotFound:
                     raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
                 cached = False
@@ -776,7 +789,8 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
             except CorruptObject:
                 unlink_quietly(path)  # a damaged cache entry: drop it, read the origin
         try:
-            return store.objects.add_large_stream(remote.backend.download(loose_key(oid)),
+            return store.objects.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
+                                                          sizes.get(oid), oid),
                                                   expect=oid)[1], False
         except NotFound:
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
@@ -837,19 +851,23 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     try:
         fetch_report, remote_refs = fetch(store, remote)
     except RemoteError as exc:
-        # The origin is down: what the cluster cache holds can still be pulled.
-        if not (offline_ok and caches(store) and targets):
+        # The origin is down: what the cluster cache holds can still be pulled, for the
+        # versions this store already knows.
+        if not (offline_ok and caches(store)):
             raise
         store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
     report = PullReport(remote.name, fetch_report)
     if remote_refs is not None:
         updated, report.diverged = _integrate_refs(store, remote.name, remote_refs, force)
         report.updated = fetch_report.updated + updated
+        on_remote = {ds_id for ds_id, _ref in remote_refs}
+    else:
+        on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
     if targets:
         chosen = [store.resolve(t) for t in targets]
     else:
         chosen = [store.version(ds.latest) for ds in store.index.datasets()
-                  if ds.latest and any(k[0] == ds.id for k in remote_refs or {})]
+                  if ds.latest and ds.id in on_remote]
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)
