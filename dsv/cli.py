@@ -99,21 +99,27 @@ class RichReporter(Reporter):
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=_console(stderr=True), transient=True)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        if total_bytes:
+            columns.append(TextColumn("{task.fields[done]}/" + _size(total_bytes)))
+        progress = Progress(*columns, TimeRemainingColumn(), console=_console(stderr=True),
+                            transient=True)
         lock = threading.Lock()
-        pending = [0]
+        pending = [0, 0]
+        done = [0]
         step = max(1, total_items // 200)  # ~200 redraws at most: the bar must not cost time
 
         with progress:
-            task_id = progress.add_task(label, total=total_items)
+            task_id = progress.add_task(label, total=total_items, done=_size(0))
 
             def advance(items: int, nbytes: int) -> None:
                 with lock:
                     pending[0] += items
+                    pending[1] += nbytes
                     if pending[0] >= step:
-                        progress.advance(task_id, pending[0])
-                        pending[0] = 0
+                        done[0] += pending[1]
+                        progress.update(task_id, advance=pending[0], done=_size(done[0]))
+                        pending[0] = pending[1] = 0
 
             yield advance
 

@@ -397,20 +397,25 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
         for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
             phase = {o: w for o, w in send_small.items() if needed[o] == kind}
             jobs: list[Future] = []
+
+            def submit(fn: Callable[..., _Sent], *args: Any) -> None:
+                job = pool.submit(fn, *args)
+                job.add_done_callback(lambda f: f.exception() or advance(f.result().count,
+                                                                         f.result().nbytes))
+                jobs.append(job)
+
             if kind == KIND_BLOB:
                 for oid in send_large:
-                    jobs.append(pool.submit(_upload_loose, remote, objects, oid,
-                                            large_sizes[oid], write_through))
+                    submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through)
             for pack in _bounded(pool, lambda batch: encode_pack(batch),
                                  _read_batches(store, phase, kind), 2):
-                jobs.append(pool.submit(_upload_pack, remote, pack, write_through))
+                submit(_upload_pack, remote, pack, write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
             for job in jobs:
                 sent = job.result()
                 report.objects_sent += sent.count
                 report.bytes_sent += sent.nbytes
-                advance(sent.count, sent.nbytes)
             _record_sent(store, remote, [j.result() for j in jobs])
             crashpoint("push:phase-sent")
 
