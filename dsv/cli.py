@@ -479,16 +479,17 @@ remote_app = typer.Typer(no_args_is_help=True, help="Configure remotes and clust
 cache_app = typer.Typer(no_args_is_help=True, help="The cluster cache.")
 app.add_typer(remote_app, name="remote")
 app.add_typer(cache_app, name="cache")
-EndpointOpt = typer.Option(None, "--endpoint-url", envvar="AWS_ENDPOINT_URL",
-                           help="Any S3-compatible endpoint.")
+# Not read from AWS_ENDPOINT_URL here: boto3 itself honours that variable at run time, so
+# only an explicit flag is stored with a remote.
+EndpointOpt = typer.Option(None, "--endpoint-url", help="Any S3-compatible endpoint "
+                           "(default: AWS_ENDPOINT_URL, else AWS).")
 ProfileOpt = typer.Option(None, "--profile", help="AWS profile (credentials are never stored).")
 
 
 @remote_app.command("add")
 def remote_add(name: str = typer.Argument(...),
-               url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX] or a directory."),
-               endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
-                                                          help="Any S3-compatible endpoint."),
+               url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
+               endpoint_url: Optional[str] = EndpointOpt,
                profile: Optional[str] = ProfileOpt,
                cache: bool = typer.Option(False, "--cache", help="A cluster cache (a shared "
                                           "directory) rather than an origin."),
@@ -508,8 +509,8 @@ def remote_add(name: str = typer.Argument(...),
     if as_json:
         _print_json(spec.to_json())
     else:
-        print(f"added {spec.kind} remote {spec.name} -> {spec.url}"
-              + (" (default)" if spec.is_default else ""))
+        kind = "cluster cache" if spec.kind == "cache" else "remote"
+        print(f"added {kind} {spec.name}: {spec.url}" + (" (default)" if spec.is_default else ""))
 
 
 @remote_app.command("list")
@@ -553,9 +554,13 @@ def _split_remote(store: Any, args: list[str]) -> tuple[Optional[str], list[str]
     return None, args
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _transfer_line(verb: str, report: Any, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
-    return (f"{verb} {objects} objects ({_size(nbytes)}) "
+    return (f"{verb} {_n(objects, 'object')} ({_size(nbytes)}) "
             f"{'to' if sent == 'sent' else 'from'} {report.remote}; "
             f"{report.objects_skipped} already there ({_size(report.bytes_skipped)})")
 
@@ -581,11 +586,16 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
         _print_json(report.to_json())
         return
     if not report.versions_sent and not report.refs_updated:
-        print(f"{report.remote} is up to date ({report.versions} versions)")
-        return
-    print(f"{report.versions_sent} new versions: " + _transfer_line("pushed", report, "sent"))
+        print(f"{report.remote} is up to date ({_n(report.versions, 'version')})")
+    elif not report.versions_sent:
+        print(f"{report.remote} has every version; refs updated:")
+    else:
+        print(f"{_n(report.versions_sent, 'new version')}: "
+              + _transfer_line("pushed", report, "sent"))
     for line in report.refs_updated:
         print(f"  {line}")
+    for line in report.behind:
+        sys.stderr.write(f"note: {line}; pull to catch up\n")
 
 
 @app.command()
@@ -596,8 +606,8 @@ def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]"),
     if as_json:
         _print_json(report.to_json())
         return
-    print(f"fetched {len(report.new_versions)} new versions from {report.remote} "
-          f"({report.objects_received} objects, {_size(report.bytes_received)})")
+    print(f"fetched {_n(len(report.new_versions), 'new version')} from {report.remote} "
+          f"({_n(report.objects_received, 'object')}, {_size(report.bytes_received)})")
     for ref, vid in sorted(report.refs.items()):
         print(f"  {report.remote}/{ref} -> {vid}")
 
@@ -623,8 +633,11 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
 
 
 def _print_pull(report: Any) -> None:
-    print(_transfer_line("pulled", report, "received")
-          + (f"; {report.from_cache} from the cluster cache" if report.from_cache else ""))
+    cached = report.from_cache + report.fetch.from_cache
+    print(f"{_n(len(report.fetch.new_versions), 'new version')}; "
+          f"downloaded {_n(report.objects_received, 'object')} ({_size(report.bytes_received)})"
+          + (f", {cached} of them from the cluster cache" if cached else "")
+          + f"; {report.objects_skipped} already here ({_size(report.bytes_skipped)})")
     for line in report.updated:
         print(f"  {line}")
     for line in report.checked_out:
@@ -634,7 +647,7 @@ def _print_pull(report: Any) -> None:
 
 
 @app.command()
-def clone(url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX] or a directory."),
+def clone(url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
           directory: Optional[Path] = typer.Argument(None, metavar="[DIR]"),
           endpoint_url: Optional[str] = EndpointOpt, profile: Optional[str] = ProfileOpt,
           as_json: bool = JsonOpt) -> None:

@@ -419,7 +419,8 @@ class Index:
                           (name,))
 
     def delete_remote(self, name: str) -> None:
-        for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs", "promised"):
+        # `promised` rows stay: the versions' blobs are still elsewhere, whatever the name.
+        for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
 
@@ -436,6 +437,10 @@ class Index:
             "INSERT OR IGNORE INTO remote_objects (remote, oid, pack, offset, length, kind) "
             "VALUES (?,?,?,?,?,?)", ((remote, oid, pack, off, ln, kind)
                                      for oid, off, ln, kind in entries))
+
+    def remote_pack_counts(self, remote: str) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT pack, count(*) FROM remote_objects WHERE remote=? "
+                                      "GROUP BY pack", (remote,)))
 
     def forget_remote_pack(self, remote: str, pack: str) -> None:
         self.conn.execute("DELETE FROM remote_objects WHERE remote=? AND pack=?", (remote, pack))

@@ -1042,8 +1042,11 @@ class Store:
         specs = self.remote_specs()
         if name is not None:
             for spec in specs:
-                if spec.name == name:
+                if spec.name == name and spec.kind == kind:
                     return spec
+                if spec.name == name:
+                    raise InvalidInput(f"{name} is {'a cluster cache' if spec.kind == 'cache' else 'an origin'}, "
+                                       f"not {'a cluster cache' if kind == 'cache' else 'an origin'}")
             raise InvalidInput(f"no remote named {name!r}",
                                hint="`dsv remote list` shows the remotes")
         origins = [s for s in specs if s.kind == kind]
@@ -1052,7 +1055,7 @@ class Store:
             raise InvalidInput("no remote configured" if not origins else
                                "several remotes and none is the default",
                                hint="add one with `dsv remote add NAME URL`" if not origins else
-                               "name one, or `dsv remote add … --default`")
+                               "name the remote on the command line")
         return chosen[0]
 
     def add_remote(self, name: str, url: str, endpoint_url: str | None = None,
@@ -1087,7 +1090,10 @@ class Store:
         return spec
 
     def remove_remote(self, name: str) -> RemoteSpec:
-        spec = self.remote_spec(name)
+        spec = next((s for s in self.remote_specs() if s.name == name), None)
+        if spec is None:
+            raise InvalidInput(f"no remote named {name!r}",
+                               hint="`dsv remote list` shows the remotes")
         with self.locked("remote remove"), self.index.transaction():
             self.index.delete_remote(name)
         return spec
@@ -1109,25 +1115,33 @@ class Store:
              paths: list[str] | None = None, force: bool = False,
              checkout: bool = True) -> Any:
         """Fetch, move local refs forward, download the objects the versions (or only
-        `paths`) need, and update working directories that were at the old latest."""
-        from . import sync
+        `paths`) need, and bring working directories forward to them."""
         with self.locked("pull"):
-            before = {ds.id: ds.latest for ds in self.index.datasets()}
-            report = sync.pull(self, sync.open_remote(self, remote), list(targets or []),
-                               paths, force)
-            if checkout and not paths:
-                for vid in report.versions:
-                    v = self.version(vid)
-                    ds = self.index.dataset_by("id", v.dataset)
-                    if ds is None or ds.path is None or ds.latest != v.id or ds.head == v.id \
-                            or ds.head not in (None, before.get(ds.id)):
-                        continue
-                    try:
-                        self.checkout(f"{ds.id}:{v.id}")
-                        report.checked_out.append(f"{ds.name}:{v.id}")
-                    except DirtyWorktree as exc:
-                        report.notices.append(f"{ds.name}: not checked out: {exc.message}")
+            return self._pull(remote, list(targets or []), paths, force, checkout)
+
+    def _pull(self, remote: str | None, targets: list[str], paths: list[str] | None,
+              force: bool, checkout: bool, prefetched: Any = None) -> Any:
+        from . import sync
+        report = sync.pull(self, sync.open_remote(self, remote), targets, paths, force,
+                           prefetched=prefetched)
+        if not checkout or paths:
             return report
+        for vid in report.versions:
+            v = self.version(vid)
+            ds = self.index.dataset_by("id", v.dataset)
+            if ds is None or ds.path is None or ds.latest != v.id or ds.head == v.id:
+                continue
+            head = self.index.version(ds.head) if ds.head else None
+            if head is not None and not sync.descends_from(self, v, head.record or ""):
+                report.notices.append(f"{ds.name}: not checked out: its working directory "
+                                      f"is at {head.id}, which {v.id} does not descend from")
+                continue
+            try:
+                self.checkout(f"{ds.id}:{v.id}")
+                report.checked_out.append(f"{ds.name}:{v.id}")
+            except DirtyWorktree as exc:
+                report.notices.append(f"{ds.name}: not checked out: {exc.message}")
+        return report
 
     @classmethod
     def clone(cls, url: str, path: str | os.PathLike[str] | None = None,
@@ -1152,7 +1166,8 @@ class Store:
             store.add_remote("origin", url, endpoint_url=endpoint_url, profile=profile,
                              default=True)
             with store.locked("clone"):
-                _report, remote_refs = sync.fetch(store, sync.open_remote(store, "origin"))
+                fetched = sync.fetch(store, sync.open_remote(store, "origin"))
+                remote_refs = fetched[1]
                 with store.index.transaction():
                     for ref in remote_refs.values():
                         if ref.ref != sync.LATEST or ref.path is None:
@@ -1165,7 +1180,7 @@ class Store:
                             continue
                         if store.index.dataset_by("id", ref.dataset) is not None:
                             store.index.update_dataset(ref.dataset, path=rel)
-                report = store.pull("origin")
+                report = store._pull("origin", [], None, False, True, prefetched=fetched)
         except BaseException:
             store.close()
             import shutil
@@ -1200,12 +1215,16 @@ class Store:
                 self.objects.has_loose(o) for o, n in sizes.items() if n >= PACK_THRESHOLD):
             return
         name = self.index.promised().get(version.id)
+        names = {s.name for s in self.remote_specs() if s.kind == "origin"}
         try:
-            remote = sync.open_remote(self, name)
+            remote = sync.open_remote(self, name if name in names else None)
         except InvalidInput:
             remote = None
-        report = sync.PullReport(name or "-", sync.FetchReport(name or "-"))
+        report = sync.PullReport("-", sync.FetchReport("-"))
         with self.locked("download"):
+            if remote is not None:
+                remote.connect()
+                remote.refresh()
             packs = sync.download_blobs(self, remote, sizes, report, label="downloading")
             with self.index.transaction():
                 for pack in packs:

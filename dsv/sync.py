@@ -57,6 +57,7 @@ class PushReport:
     bytes_skipped: int = 0
     refs_updated: list[str] = field(default_factory=list)
     refs_unchanged: list[str] = field(default_factory=list)
+    behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
     rejected: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +176,9 @@ class Remote:
         try:
             marker = json.loads(self.backend.get(REMOTE_MARKER))
         except NotFound:
+            if must_exist and not self.spec.is_s3 and not os.path.isdir(self.spec.url):
+                raise RemoteError(f"remote directory {self.spec.url} does not exist",
+                                  hint="check the path (is the volume mounted?)") from None
             if must_exist:
                 raise RemoteError(f"{self.spec.url} is not a dsv remote (nothing was pushed "
                                   f"to it yet)", hint="push to it first, or check the URL") \
@@ -268,7 +272,7 @@ def _ancestry(store: "Store", versions: Iterable[Version]) -> list[Version]:
     return list(out.values())
 
 
-def _descends_from(store: "Store", v: Version, record: str) -> bool:
+def descends_from(store: "Store", v: Version, record: str) -> bool:
     """Whether the version whose record is `record` is `v` or one of its ancestors."""
     return any(a.record == record for a in _ancestry(store, [v]))
 
@@ -315,6 +319,14 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
     remote.refresh()
     versions, ref_plan = _push_plan(store, targets)
     report.versions = len(versions)
+    refused = _preflight(store, remote, ref_plan, force)
+    if refused:
+        report.rejected = refused
+        raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
+                          + "; ".join(refused),
+                          hint="run `dsv pull` to get the remote's versions, or push with "
+                               "--force to overwrite (the remote's versions stay stored)",
+                          report=report)
     on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
     new = [v for v in versions if v.record not in on_remote]
     report.versions_sent = len(new)
@@ -326,8 +338,8 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
         _push_ref(store, remote, ds, ref, v, required, force, report)
     store.index.checkpoint()
     if report.rejected:
-        raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name}: "
-                          + "; ".join(report.rejected),
+        raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name} (another "
+                          f"push won the race): " + "; ".join(report.rejected),
                           hint="run `dsv pull` to get the remote's versions, or push with "
                                "--force to overwrite (the remote's versions stay stored)",
                           report=report)
@@ -385,8 +397,9 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
     send_large = [oid for oid in large if oid not in known_loose and sizes.get(oid) is None]
     large_sizes = {oid: os.stat(objects.loose_path(oid)).st_size for oid in send_large}
     report.objects_skipped = len(needed) - len(send_small) - len(send_large)
-    skipped_small = [oid for oid in needed if oid in remote_has]
-    report.bytes_skipped = sum(remote_has[o][2] for o in skipped_small)
+    report.bytes_skipped = sum(w[2] for w in remote_has.values()) + sum(
+        objects.loose_path(o).stat().st_size for o in large
+        if o not in large_sizes and objects.has_loose(o))
     total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
     write_through = [ClusterCache(s.url) for s in store.remote_specs()
                      if s.kind == "cache" and s.write_through]
@@ -502,32 +515,76 @@ def _record_sent(store: "Store", remote: Remote, sent: list[_Sent]) -> None:
         store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
 
 
+def _decide(store: "Store", ref: str, v: Version, required: bool, force: bool, body: bytes,
+            current: tuple[bytes, str] | None, key: str) -> tuple[str, str]:
+    """What to do with one remote ref: ("write" | "same" | "behind" | "skip" | "reject", why)."""
+    if current is None:
+        return "write", ""
+    data, etag = current
+    if data == body:
+        return "same", ""
+    seen = _parse_ref(key, data, etag)
+    if seen is None or seen.record == v.record or force:
+        return "write", ""
+    if ref == LATEST and descends_from(store, v, seen.record):
+        return "write", ""
+    if not required:
+        return "skip", ""  # pushing one version does not have to move `latest`
+    if ref == LATEST:
+        theirs = store.index.version(seen.version)
+        if theirs is not None and theirs.record == seen.record and v.record and \
+                descends_from(store, theirs, v.record):
+            return "behind", f"the remote is ahead ({seen.version})"
+        return "reject", f"is {seen.version} on the remote; {v.id} does not descend from it"
+    return "reject", f"is {seen.version} on the remote, not {v.id} (tags move only with --force)"
+
+
+def _label(ds: Dataset, ref: str) -> str:
+    return f"{ds.name}:{ref.rpartition('/')[2]}"
+
+
+def _preflight(store: "Store", remote: Remote, ref_plan: list, force: bool) -> list[str]:
+    """Refs the push would be refused, judged before anything is uploaded (the final
+    compare-and-swap still decides races)."""
+    def judge(item: tuple[Dataset, str, Version, bool]) -> str | None:
+        ds, ref, v, required = item
+        key = ref_key(ds.id, ref)
+        verdict, why = _decide(store, ref, v, required, force, _ref_body(ds, ref, v),
+                               remote.backend.read_ref(key), key)
+        return f"{_label(ds, ref)} {why}" if verdict == "reject" else None
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        refused = [r for r in pool.map(judge, ref_plan) if r]
+        if refused:
+            # The remote may merely be ahead, with versions this store has not seen yet:
+            # fetch them (records and trees only) so ancestry can be judged.
+            fetch(store, remote)
+            refused = [r for r in pool.map(judge, ref_plan) if r]
+    return refused
+
+
 def _push_ref(store: "Store", remote: Remote, ds: Dataset, ref: str, v: Version,
               required: bool, force: bool, report: PushReport) -> None:
     """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
     key = ref_key(ds.id, ref)
-    label = f"{ds.name}:{ref.rpartition('/')[2]}"
+    label = _label(ds, ref)
     body = _ref_body(ds, ref, v)
     for _attempt in range(5):
         current = remote.backend.read_ref(key)
-        if current is not None:
-            data, etag = current
-            seen = _parse_ref(key, data, etag)
-            if data == body:
-                report.refs_unchanged.append(label)
-                _remember_ref(store, remote, ds.id, ref, v, etag)
-                return
-            if seen is not None and seen.record != v.record and not force:
-                fast_forward = ref == LATEST and _descends_from(store, v, seen.record)
-                if not fast_forward:
-                    if not required:
-                        return  # pushing one version does not have to move `latest`
-                    what = "latest" if ref == LATEST else "tag"
-                    report.rejected.append(
-                        f"{label} is {seen.version} on the remote; {v.id} "
-                        + ("does not descend from it" if what == "latest" else
-                           "differs (tags move only with --force)"))
-                    return
+        verdict, why = _decide(store, ref, v, required, force, body, current, key)
+        if verdict == "same":
+            assert current is not None
+            report.refs_unchanged.append(label)
+            _remember_ref(store, remote, ds.id, ref, v, current[1])
+            return
+        if verdict == "behind":
+            report.behind.append(f"{label}: {why}")
+            return
+        if verdict == "skip":
+            return
+        if verdict == "reject":
+            report.rejected.append(f"{label} {why}")
+            return
         etag = remote.backend.write_ref(key, body, current[1] if current else None)
         if etag is None:
             again = remote.backend.read_ref(key)
@@ -666,8 +723,10 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
         need: dict[str, int] = {}
         for pack, _off, length in missing.values():
             need[pack] = need.get(pack, 0) + length
+        counts = store.index.remote_pack_counts(remote.name)
         whole = {p for p, n in need.items() if cache.has(cache.pack_path(p))
-                 or n >= WHOLE_PACK_SHARE * sizes.get(p, 1 << 62)}
+                 or n >= WHOLE_PACK_SHARE * (sizes.get(p, 1 << 62)
+                                             - pack_tail_size(counts.get(p, 0)))}
     total = sum(w[2] for w in missing.values())
 
     def get(job: tuple[str, int, int, list]) -> tuple[list[tuple[str, bytes]], bool]:
@@ -830,11 +889,11 @@ def _integrate_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, st
             if ref == LATEST:
                 current = index.version(ds.latest) if ds.latest else None
                 if current is None or (fast_forward and current.id != v.id and
-                                       _descends_from(store, v, current.record or "")):
+                                       descends_from(store, v, current.record or "")):
                     index.update_dataset(ds_id, latest=v.id)
                     updated.append(f"{ds.name}:latest -> {v.id}")
                 elif fast_forward and current.id != v.id and \
-                        not _descends_from(store, current, v.record or ""):
+                        not descends_from(store, current, v.record or ""):
                     diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on "
                                     f"{remote}")
             else:
@@ -850,11 +909,13 @@ def _integrate_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, st
 
 
 def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
-         force: bool = False, checkout: bool = True, offline_ok: bool = True) -> PullReport:
+         force: bool = False, offline_ok: bool = True,
+         prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
+         ) -> PullReport:
     fetch_report = FetchReport(remote.name)
     remote_refs: dict[tuple[str, str], RemoteRef] | None = None
     try:
-        fetch_report, remote_refs = fetch(store, remote)
+        fetch_report, remote_refs = prefetched or fetch(store, remote)
     except RemoteError as exc:
         # The origin is down: what the cluster cache holds can still be pulled, for the
         # versions this store already knows.
@@ -862,13 +923,17 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
             raise
         store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
     report = PullReport(remote.name, fetch_report)
+    named = [store.resolve(t) for t in targets]
     if remote_refs is not None:
+        if named:  # only the datasets asked for move
+            scope = {v.dataset for v in named}
+            remote_refs = {k: r for k, r in remote_refs.items() if k[0] in scope}
         updated, report.diverged = _integrate_refs(store, remote.name, remote_refs, force)
         report.updated = fetch_report.updated + updated
         on_remote = {ds_id for ds_id, _ref in remote_refs}
     else:
         on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
-    if targets:
+    if targets:  # resolved again: `DATASET` alone means its latest, which may have moved
         chosen = [store.resolve(t) for t in targets]
     else:
         chosen = [store.version(ds.latest) for ds in store.index.datasets()
@@ -881,6 +946,10 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
             selected = {normalize_user_path(p) for p in paths}
             manifest = {p: e for p, e in manifest.items()
                         if p in selected or any(p.startswith(s + "/") for s in selected)}
+            if not manifest:
+                raise InvalidInput(f"none of {', '.join(paths)} is in version {v.id}",
+                                   hint=f"`dsv files list {v.dataset}:{v.id} --recursive` "
+                                        f"shows its paths")
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
     packs = download_blobs(store, remote, wanted, report)

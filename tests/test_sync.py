@@ -184,7 +184,8 @@ def test_non_fast_forward_refused_then_forced(source: Path, dsv, tmp_path: Path)
     mine = dsv("commit", "-m", "mine", cwd=source).out.strip().split(":")[1]
     r = dsv("push", cwd=source)
     assert r.code == 1
-    assert "rejected" in r.err and "data:latest" in r.err and "does not descend" in r.err
+    assert "refused, nothing was sent" in r.err and "data:latest" in r.err
+    assert "does not descend" in r.err
     assert "dsv pull" in r.err
     # nothing local is lost
     assert _json(dsv("show", "data:latest", "--json", cwd=source))["id"] == mine
@@ -214,10 +215,12 @@ def test_moving_a_remote_tag_needs_force(source: Path, dsv, tmp_path: Path) -> N
     refs_dir = next((tmp_path / "remote/refs").iterdir())
     latest = json.loads((refs_dir / "latest").read_bytes())
     head = _json(dsv("show", "data:latest", "--json", cwd=source))
-    assert latest["version"] == head["id"]  # latest was a fast-forward and moved
+    # refused before anything was sent: not even the fast-forward of latest
+    assert latest["version"] != head["id"]
     assert json.loads((refs_dir / "tags/v1").read_bytes())["version"] != head["id"]
     assert dsv("push", "--force", cwd=source).code == 0
     assert json.loads((refs_dir / "tags/v1").read_bytes())["version"] == head["id"]
+    assert json.loads((refs_dir / "latest").read_bytes())["version"] == head["id"]
 
 
 # ---- fetch, partial pull, lazy checkout ------------------------------------------------
@@ -390,3 +393,53 @@ def test_fetch_from_an_empty_location_says_so(tmp_path: Path, dsv, source: Path)
     assert dsv("remote", "add", "origin", tmp_path / "empty", cwd=source).code == 0
     r = dsv("fetch", cwd=source)
     assert r.code == 1 and "not a dsv remote" in r.err
+
+
+def test_behind_is_not_an_error_and_pull_checks_out_later(source: Path, dsv,
+                                                           tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    (source / "n.txt").write_bytes(b"n")
+    newer = dsv("commit", "-m", "newer", cwd=source).out.strip().split(":")[1]
+    assert dsv("push", cwd=source).code == 0
+    r = dsv("push", "--json", cwd=other)       # other is merely behind: nothing to do
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["behind"] and json.loads(r.out)["objects_sent"] == 0
+    assert dsv("pull", "--no-checkout", cwd=other).code == 0
+    assert not (other / "n.txt").exists()
+    r = _json(dsv("pull", "--json", cwd=other))  # the directory is behind latest: brought forward
+    assert r["checked_out"] == [f"data:{newer}"]
+    assert (other / "n.txt").read_bytes() == b"n"
+
+
+def test_cache_prune_refuses_an_origin_and_pull_path_must_exist(source: Path, dsv,
+                                                               tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    before = sorted(p.name for p in remote.rglob("*"))
+    r = dsv("cache", "prune", "origin", "--older-than", "0s", cwd=source)
+    assert r.code == 1 and "not a cluster cache" in r.err
+    assert sorted(p.name for p in remote.rglob("*")) == before
+    r = dsv("pull", "data:v1", "--path", "no/such", cwd=source)
+    assert r.code == 1 and "no/such" in r.err
+
+
+def test_lazy_checkout_after_remote_is_removed_and_added_again(source: Path, dsv,
+                                                               tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    local = tmp_path / "local"
+    assert dsv("init", "--bare", local, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=local).code == 0
+    assert dsv("fetch", cwd=local).code == 0
+    assert dsv("remote", "remove", "origin", cwd=local).code == 0
+    assert dsv("verify", cwd=local).code == 0
+    assert dsv("remote", "add", "again", remote, cwd=local).code == 0
+    r = dsv("checkout", "data:v1", "--to", tmp_path / "out", cwd=local)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "out") == read_tree(source)
