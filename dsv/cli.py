@@ -932,6 +932,10 @@ def main(argv: list[str] | None = None) -> None:
         args.remove("--debug")
         args.insert(0, "--debug")
     argv = args
+    if args[:1] == ["--version"]:
+        from . import __version__
+        print(f"dsv {__version__}")
+        return
     try:
         # Standalone mode: click itself reports usage errors (exit 2) and --help.
         app(args=argv, standalone_mode=True)

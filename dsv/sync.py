@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ UPLOAD_PACK_SIZE = 16 << 20
 RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
 RANGE_MAX = 8 << 20          # but no single GET larger than this (keeps memory flat)
 WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if we need this much
-IN_FLIGHT = 4                # upload packs held in memory at once
+IN_FLIGHT = 3                # upload packs held in memory at once
+LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
 LATEST = "latest"
 
 
@@ -403,6 +405,7 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
     total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
     write_through = [ClusterCache(s.url) for s in store.remote_specs()
                      if s.kind == "cache" and s.write_through]
+    loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
     with store.reporter.task("pushing", len(send_small) + len(send_large), total_bytes) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
         # Publish order: blobs, then trees, then records; each phase whole before the next,
@@ -419,9 +422,10 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
 
             if kind == KIND_BLOB:
                 for oid in send_large:
-                    submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through)
+                    submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
+                           loose_slots)
             for pack in _bounded(pool, lambda batch: encode_pack(batch),
-                                 _read_batches(store, phase, kind), 2):
+                                 _read_batches(store, phase, kind), 1):
                 submit(_upload_pack, remote, pack, write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
@@ -481,11 +485,12 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
 
 
 def _upload_loose(remote: Remote, objects: Any, oid: str, size: int,
-                  write_through: list[ClusterCache]) -> _Sent:
+                  write_through: list[ClusterCache], slots: threading.Semaphore) -> _Sent:
     path = str(objects.loose_path(oid))
     for cache in write_through:
         _write_through(cache, cache.loose_path(oid), src=path)
-    remote.backend.put_file(loose_key(oid), path)
+    with slots:  # each large upload is itself parallel (multipart): few at once
+        remote.backend.put_file(loose_key(oid), path)
     for cache in write_through:
         cache.clear_pending(cache.loose_path(oid))
     crashpoint("push:uploaded")
@@ -625,6 +630,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     ingest = Ingest(store.objects)
     try:
         for oid, data in _download_packed(store, remote, missing, "fetching", report):
+            data = bytes(data)
             if kinds.get(oid) == KIND_VERSION:
                 records.append(parse_record(data, oid))
                 ingest.add(oid, KIND_VERSION, data)
@@ -710,7 +716,7 @@ def _ranges(missing: dict[str, tuple[str, int, int]], whole: set[str]
 
 
 def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[str, int, int]],
-                     label: str, report: Any) -> Iterator[tuple[str, bytes]]:
+                     label: str, report: Any) -> Iterator[tuple[str, memoryview]]:
     """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
     cache where it holds the pack, else from the remote (caching packs mostly needed)."""
     if not missing:
@@ -743,8 +749,9 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
         if data is None:
             data = remote.backend.get_range(pack_key(pack), start, length)
         out = []
+        view = memoryview(data)  # slices share the buffer: no copy per object
         for oid, offset, ln in group:
-            piece = data[offset - start:offset - start + ln]
+            piece = view[offset - start:offset - start + ln]
             if hash_bytes(piece) != oid:
                 raise CorruptObject(f"object {oid[:12]} from {remote.name} is corrupt (pack "
                                     f"{pack[:12]})", hint="nothing corrupt was stored; the "
@@ -754,7 +761,7 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
 
     with store.reporter.task(label, len(missing), total) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for got, cached in _bounded(pool, get, _ranges(missing, whole), 2 * WORKERS):
+        for got, cached in _bounded(pool, get, _ranges(missing, whole), WORKERS):
             report.from_cache += len(got) if cached else 0
             for oid, data in got:
                 report.objects_received += 1

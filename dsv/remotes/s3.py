@@ -257,7 +257,7 @@ class S3Backend:
             if self._transfer_config is None:
                 self._transfer_config = TransferConfig(
                     multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
-                    max_concurrency=4)
+                    max_concurrency=5)
         try:
             self.client.upload_file(path, self.bucket, self._key(key),
                                     Config=self._transfer_config, Callback=progress)
