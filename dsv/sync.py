@@ -620,30 +620,44 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     remote.refresh()
     remote_refs = remote.read_refs()
     index = store.index
-    wanted = {oid: (pack, off, ln) for kind in (KIND_TREE, KIND_VERSION)
-              for oid, pack, off, ln in index.remote_objects_of_kind(remote.name, kind)}
+    # Records first (small), then only the history the remote's refs reach: versions of
+    # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
+    located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
+                      index.remote_objects_of_kind(remote.name, kind)}
+               for kind in (KIND_TREE, KIND_VERSION)}
+    parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]] = {}
+    wanted = located[KIND_VERSION]
     local = store.objects.locate_many(wanted)
-    missing = {oid: where for oid, where in wanted.items() if oid not in local}
-    kinds = {oid: KIND_VERSION for oid, *_ in
-             index.remote_objects_of_kind(remote.name, KIND_VERSION)}
-    records: list[tuple[Version, dict[str, Any]]] = []
+    for oid, data in _download_packed(store, remote, {o: w for o, w in wanted.items()
+                                                      if o not in local}, "fetching", report):
+        raw = bytes(data)
+        parsed[oid] = (*parse_record(raw, oid), raw)
+    for oid in wanted:
+        if oid in local:
+            parsed[oid] = (*parse_record(store.objects.read(oid), oid), None)
+    reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
+    trees: dict[str, bytes] = {}
+    tree_wanted = located[KIND_TREE]
+    local_trees = store.objects.locate_many(tree_wanted)
+    for oid, data in _download_packed(store, remote, {o: w for o, w in tree_wanted.items()
+                                                      if o not in local_trees},
+                                      "fetching trees", report):
+        raw = bytes(data)
+        tree.decode_tree(raw, oid)  # validated here; trusted once stored
+        trees[oid] = raw
+    needed_trees = _reachable_trees([parsed[r][0].tree for r in reachable], trees, store)
     ingest = Ingest(store.objects)
     try:
-        for oid, data in _download_packed(store, remote, missing, "fetching", report):
-            data = bytes(data)
-            if kinds.get(oid) == KIND_VERSION:
-                records.append(parse_record(data, oid))
-                ingest.add(oid, KIND_VERSION, data)
-            else:
-                tree.decode_tree(data, oid)  # validated here; trusted from now on
-                ingest.add(oid, KIND_TREE, data)
+        for oid in reachable:
+            if parsed[oid][2] is not None:
+                ingest.add(oid, KIND_VERSION, parsed[oid][2])
+        for oid in needed_trees:
+            ingest.add(oid, KIND_TREE, trees[oid])
         packs = ingest.finish()
     except BaseException:
         ingest.abort()
         raise
-    for oid, where in wanted.items():  # records already here: still check their index rows
-        if kinds.get(oid) == KIND_VERSION and oid in local:
-            records.append(parse_record(store.objects.read(oid), oid))
+    records = [parsed[oid][:2] for oid in reachable]
     crashpoint("fetch:objects-written")
     names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
     with index.transaction():
@@ -676,6 +690,49 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     report.updated, _kept = _integrate_refs(store, remote.name, remote_refs, fast_forward=False)
     index.checkpoint()
     return report, remote_refs
+
+
+def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
+    """Record oids reachable from `tips` through parents (only records the remote has)."""
+    seen: set[str] = set()
+    stack = [t for t in tips if t in parsed]
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        for parent in parsed[oid][1].get("parents", []):
+            if parent.get("record") in parsed:
+                stack.append(parent["record"])
+    return sorted(seen)
+
+
+def _reachable_trees(roots: list[str], fetched: dict[str, bytes], store: "Store") -> set[str]:
+    """The fetched trees under `roots` (trees the store already holds are not walked:
+    everything under a stored tree is stored)."""
+    needed: set[str] = set()
+    stack = [r for r in roots if r in fetched]
+    while stack:
+        oid = stack.pop()
+        if oid in needed:
+            continue
+        needed.add(oid)
+        for _name, kind, _mode, _size, child in tree.decode_tree(fetched[oid], oid, trusted=True):
+            if kind != tree.DIR:
+                continue
+            if child in fetched:
+                stack.append(child)
+            elif not store.objects.has(child):
+                _missing_tree(child)
+    for root in roots:
+        if root not in fetched and not store.objects.has(root):
+            _missing_tree(root)
+    return needed
+
+
+def _missing_tree(oid: str) -> None:
+    raise CorruptObject(f"tree {oid[:12]} is on neither the remote nor here, though a "
+                        f"version needs it", hint="the remote is damaged; nothing was fetched")
 
 
 def _create_dataset(store: "Store", v: Version, record: dict[str, Any],

@@ -62,7 +62,7 @@ def make_client(endpoint_url: str | None = None, profile: str | None = None,
         unsigned = session.get_credentials() is None
     config = botocore.config.Config(
         connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         signature_version=UNSIGNED if unsigned else None,
         max_pool_connections=32)
     return session.client("s3", endpoint_url=endpoint_url, config=config)
@@ -200,17 +200,18 @@ class S3Backend:
 
     def _get(self, key: str, **args: Any) -> bytes:
         for attempt in range(BODY_ATTEMPTS):
-            try:
+            try:  # botocore retries the request itself; its failure is final
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **args)
-                return response["Body"].read()
-            except _body_errors():
-                if attempt == BODY_ATTEMPTS - 1:
-                    raise RemoteError(f"{self._where(key)}: the connection broke off "
-                                      f"{BODY_ATTEMPTS} times") from None
             except Exception as exc:
                 if _is_missing(exc):
                     raise NotFound(f"{self._where(key)} does not exist") from None
                 raise describe(exc, self._where(key)) from None
+            try:  # …but not a body that breaks off after the headers: ask again
+                return response["Body"].read()
+            except _body_errors():
+                if attempt == BODY_ATTEMPTS - 1:
+                    raise RemoteError(f"{self._where(key)}: the download broke off "
+                                      f"{BODY_ATTEMPTS} times") from None
         raise AssertionError("unreachable")
 
     def get(self, key: str) -> bytes:
