@@ -585,7 +585,9 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
     if as_json:
         _print_json(report.to_json())
         return
-    if not report.versions_sent and not report.refs_updated:
+    if not report.versions_sent and not report.refs_updated and report.behind:
+        print(f"nothing to push: {report.remote} is ahead")
+    elif not report.versions_sent and not report.refs_updated:
         print(f"{report.remote} is up to date ({_n(report.versions, 'version')})")
     elif not report.versions_sent:
         print(f"{report.remote} has every version; refs updated:")
@@ -622,7 +624,8 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
          no_checkout: bool = typer.Option(False, "--no-checkout", help="Leave working "
                                           "directories as they are."),
          as_json: bool = JsonOpt) -> None:
-    """Fetch, then download what versions need; update working directories at the old latest."""
+    """Fetch, download what the versions need, move local refs forward; working
+    directories that followed latest move with it."""
     store = _open_store()
     remote, targets = _split_remote(store, list(args or []))
     report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout)
@@ -633,7 +636,7 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
 
 
 def _print_pull(report: Any) -> None:
-    cached = report.from_cache + report.fetch.from_cache
+    cached = report.from_cache
     print(f"{_n(len(report.fetch.new_versions), 'new version')}; "
           f"downloaded {_n(report.objects_received, 'object')} ({_size(report.bytes_received)})"
           + (f", {cached} of them from the cluster cache" if cached else "")
@@ -674,8 +677,9 @@ def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]"),
     if as_json:
         _print_json(report.to_json())
         return
-    print(f"removed {report.removed} entries ({_size(report.freed_bytes)}); kept {report.kept} "
-          f"({_size(report.kept_bytes)}), {report.pending_kept} of them pending upload")
+    print(f"removed {_n(report.removed, 'entry').replace('entrys', 'entries')} "
+          f"({_size(report.freed_bytes)}); kept {report.kept} ({_size(report.kept_bytes)}), "
+          f"{report.pending_kept} of them pending upload")
 
 
 index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
@@ -888,7 +892,7 @@ def files_get(ref: str = typer.Argument(..., metavar="REF"),
     if as_json:
         _print_json({"files": count, "target": str(target_path)})
     else:
-        print(f"{count} files -> {target_path}")
+        print(f"{_n(count, 'file')} -> {target_path}")
 
 
 @files_app.command("put")
@@ -932,7 +936,7 @@ def main(argv: list[str] | None = None) -> None:
         args.remove("--debug")
         args.insert(0, "--debug")
     argv = args
-    if args[:1] == ["--version"]:
+    if [a for a in args if a != "--debug"][:1] == ["--version"]:
         from . import __version__
         print(f"dsv {__version__}")
         return

@@ -317,17 +317,18 @@ class Index:
                                 (oid,)).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
-    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
-        found: dict[str, tuple[str, int, int]] = {}
-        batch = list(oids)
+    def _rows_in(self, sql: str, keys: Iterable[str], *args: Any) -> Iterator[tuple]:
+        """Rows of `sql`, whose `{marks}` is an IN list, for every key (batched: SQLite
+        limits the number of parameters); `args` come before the keys."""
+        batch = list(keys)
         for i in range(0, len(batch), _IN_BATCH):
             part = batch[i:i + _IN_BATCH]
-            marks = ",".join("?" * len(part))
-            for oid, pack, offset, length in self.conn.execute(
-                    f"SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})",
-                    part):
-                found[oid] = (pack, offset, length)
-        return found
+            yield from self.conn.execute(sql.format(marks=",".join("?" * len(part))),
+                                         (*args, *part))
+
+    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
+            "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
     def add_pack(self, pack_id: str, size: int,
                  entries: Iterable[tuple[str, int, int, int]]) -> None:
@@ -388,15 +389,8 @@ class Index:
 
     # ---- imports: what was already downloaded, for resuming ----------------------
     def imported(self, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
-        found: dict[str, tuple[str, int]] = {}
-        batch = list(sources)
-        for i in range(0, len(batch), _IN_BATCH):
-            part = batch[i:i + _IN_BATCH]
-            marks = ",".join("?" * len(part))
-            for source, oid, size in self.conn.execute(
-                    f"SELECT source, oid, size FROM imported WHERE source IN ({marks})", part):
-                found[source] = (oid, size)
-        return found
+        return {source: (oid, size) for source, oid, size in self._rows_in(
+            "SELECT source, oid, size FROM imported WHERE source IN ({marks})", sources)}
 
     def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
@@ -449,31 +443,17 @@ class Index:
     def remote_locate_many(self, remote: str, oids: Iterable[str]
                            ) -> dict[str, tuple[str, int, int]]:
         """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset, length)."""
-        found: dict[str, tuple[str, int, int]] = {}
-        batch = list(oids)
-        for i in range(0, len(batch), _IN_BATCH):
-            part = batch[i:i + _IN_BATCH]
-            marks = ",".join("?" * len(part))
-            for oid, pack, offset, length in self.conn.execute(
-                    f"SELECT oid, pack, offset, length FROM remote_objects "
-                    f"WHERE remote=? AND oid IN ({marks})", (remote, *part)):
-                found[oid] = (pack, offset, length)
-        return found
+        return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
+            "SELECT oid, pack, offset, length FROM remote_objects WHERE remote=? AND oid IN "
+            "({marks})", oids, remote)}
 
     def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
         return list(self.conn.execute("SELECT oid, pack, offset, length FROM remote_objects "
                                       "WHERE remote=? AND kind=?", (remote, kind)))
 
     def remote_loose(self, remote: str, oids: Iterable[str]) -> set[str]:
-        found: set[str] = set()
-        batch = list(oids)
-        for i in range(0, len(batch), _IN_BATCH):
-            part = batch[i:i + _IN_BATCH]
-            marks = ",".join("?" * len(part))
-            found.update(r[0] for r in self.conn.execute(
-                f"SELECT oid FROM remote_loose WHERE remote=? AND oid IN ({marks})",
-                (remote, *part)))
-        return found
+        return {r[0] for r in self._rows_in(
+            "SELECT oid FROM remote_loose WHERE remote=? AND oid IN ({marks})", oids, remote)}
 
     def add_remote_loose(self, remote: str, oids: Iterable[str]) -> None:
         self.conn.executemany("INSERT OR IGNORE INTO remote_loose (remote, oid) VALUES (?,?)",

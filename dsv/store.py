@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
 from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError,
-                     InvalidInput, NothingToCommit, RefError, StoreExists, StoreNotFound,
-                     TagExists, UnsafePath, VersionImmutable, VersionInUse)
+                     InvalidInput, NothingToCommit, RefError, RemoteError, StoreExists,
+                     StoreNotFound, TagExists, UnsafePath, VersionImmutable, VersionInUse)
 from .faults import crashpoint
 from .hashing import hash_bytes, random_id
 from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
@@ -1122,6 +1122,7 @@ class Store:
     def _pull(self, remote: str | None, targets: list[str], paths: list[str] | None,
               force: bool, checkout: bool, prefetched: Any = None) -> Any:
         from . import sync
+        before = {ds.id: ds.latest for ds in self.index.datasets()}
         report = sync.pull(self, sync.open_remote(self, remote), targets, paths, force,
                            prefetched=prefetched)
         if not checkout or paths:
@@ -1131,10 +1132,12 @@ class Store:
             ds = self.index.dataset_by("id", v.dataset)
             if ds is None or ds.path is None or ds.latest != v.id or ds.head == v.id:
                 continue
-            head = self.index.version(ds.head) if ds.head else None
-            if head is not None and not sync.descends_from(self, v, head.record or ""):
-                report.notices.append(f"{ds.name}: not checked out: its working directory "
-                                      f"is at {head.id}, which {v.id} does not descend from")
+            # Like git: a working directory that follows latest moves with it; one checked
+            # out elsewhere on purpose stays.
+            if ds.head not in (None, before.get(ds.id)):
+                report.notices.append(f"{ds.name}: working directory left at {ds.head} (not "
+                                      f"the previous latest); `dsv checkout {ds.name}` "
+                                      f"brings it to {v.id}")
                 continue
             try:
                 self.checkout(f"{ds.id}:{v.id}")
@@ -1223,8 +1226,14 @@ class Store:
         report = sync.PullReport("-", sync.FetchReport("-"))
         with self.locked("download"):
             if remote is not None:
-                remote.connect()
-                remote.refresh()
+                try:
+                    remote.connect()
+                    remote.refresh()
+                except RemoteError as exc:
+                    if not any(s.kind == "cache" for s in self.remote_specs()):
+                        raise
+                    self.reporter.notice(f"warning: {exc.message}; reading from the cluster "
+                                         f"cache only")
             packs = sync.download_blobs(self, remote, sizes, report, label="downloading")
             with self.index.transaction():
                 for pack in packs:

@@ -645,14 +645,16 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
         raw = bytes(data)
         tree.decode_tree(raw, oid)  # validated here; trusted once stored
         trees[oid] = raw
-    needed_trees = _reachable_trees([parsed[r][0].tree for r in reachable], trees, store)
+    _check_trees([parsed[r][0].tree for r in reachable], trees, store)
+    # Everything downloaded is kept, so the next fetch does not read it again; what no
+    # version row reaches (unreachable history) is left to gc.
     ingest = Ingest(store.objects)
     try:
-        for oid in reachable:
-            if parsed[oid][2] is not None:
-                ingest.add(oid, KIND_VERSION, parsed[oid][2])
-        for oid in needed_trees:
-            ingest.add(oid, KIND_TREE, trees[oid])
+        for oid, (_v, _record, raw) in parsed.items():
+            if raw is not None:
+                ingest.add(oid, KIND_VERSION, raw)
+        for oid, raw in trees.items():
+            ingest.add(oid, KIND_TREE, raw)
         packs = ingest.finish()
     except BaseException:
         ingest.abort()
@@ -687,7 +689,10 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
             ds = index.dataset_by("id", ref.dataset)
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
                 ref.version
-    report.updated, _kept = _integrate_refs(store, remote.name, remote_refs, fast_forward=False)
+    changes, report.updated, _kept = _plan_refs(store, remote.name, remote_refs,
+                                                fast_forward=False)
+    with index.transaction():
+        _apply_refs(store, changes)
     index.checkpoint()
     return report, remote_refs
 
@@ -707,16 +712,16 @@ def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
     return sorted(seen)
 
 
-def _reachable_trees(roots: list[str], fetched: dict[str, bytes], store: "Store") -> set[str]:
-    """The fetched trees under `roots` (trees the store already holds are not walked:
-    everything under a stored tree is stored)."""
-    needed: set[str] = set()
+def _check_trees(roots: list[str], fetched: dict[str, bytes], store: "Store") -> None:
+    """Every tree under `roots` is either fetched now or already stored (and everything
+    under a stored tree is stored); otherwise the remote is damaged."""
+    seen: set[str] = set()
     stack = [r for r in roots if r in fetched]
     while stack:
         oid = stack.pop()
-        if oid in needed:
+        if oid in seen:
             continue
-        needed.add(oid)
+        seen.add(oid)
         for _name, kind, _mode, _size, child in tree.decode_tree(fetched[oid], oid, trusted=True):
             if kind != tree.DIR:
                 continue
@@ -727,7 +732,6 @@ def _reachable_trees(roots: list[str], fetched: dict[str, bytes], store: "Store"
     for root in roots:
         if root not in fetched and not store.objects.has(root):
             _missing_tree(root)
-    return needed
 
 
 def _missing_tree(oid: str) -> None:
@@ -935,41 +939,54 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
 
 # ---- pull -------------------------------------------------------------------------------
 
-def _integrate_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
-                    force: bool = False, fast_forward: bool = True
-                    ) -> tuple[list[str], list[str]]:
-    """Take the remote's refs where that loses nothing: tags this store lacks, `latest`
-    of datasets that have none, and (with `fast_forward`, as pull does) `latest` moved
-    forward along history. Returns (refs set, refs kept because they differ)."""
+RefChange = tuple[str, str, str]
+"""(dataset id, "latest" or a tag name, version id): one local ref to set."""
+
+
+def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
+               force: bool = False, fast_forward: bool = True
+               ) -> tuple[list[RefChange], list[str], list[str]]:
+    """Which of the remote's refs to take where that loses nothing: tags this store lacks,
+    `latest` of datasets that have none, and (with `fast_forward`, as pull does) `latest`
+    moved forward along history. Returns (changes, their descriptions, refs kept because
+    they differ)."""
     index = store.index
+    changes: list[RefChange] = []
     updated: list[str] = []
     diverged: list[str] = []
-    with index.transaction():
-        for (ds_id, ref), rr in sorted(remote_refs.items()):
-            ds = index.dataset_by("id", ds_id)
-            v = index.version(rr.version)
-            if ds is None or v is None or v.record != rr.record:
-                continue
-            if ref == LATEST:
-                current = index.version(ds.latest) if ds.latest else None
-                if current is None or (fast_forward and current.id != v.id and
-                                       descends_from(store, v, current.record or "")):
-                    index.update_dataset(ds_id, latest=v.id)
-                    updated.append(f"{ds.name}:latest -> {v.id}")
-                elif fast_forward and current.id != v.id and \
-                        not descends_from(store, current, v.record or ""):
-                    diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on "
-                                    f"{remote}")
-            else:
-                name = ref.rpartition("/")[2]
-                mine = index.tag(ds_id, name)
-                if mine is None or (mine != v.id and force):
-                    index.set_tag(ds_id, name, v.id)
-                    updated.append(f"{ds.name}:{name} -> {v.id}")
-                elif mine != v.id:
-                    diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on "
-                                    f"{remote} (kept; --force takes theirs)")
-    return updated, diverged
+    for (ds_id, ref), rr in sorted(remote_refs.items()):
+        ds = index.dataset_by("id", ds_id)
+        v = index.version(rr.version)
+        if ds is None or v is None or v.record != rr.record:
+            continue
+        if ref == LATEST:
+            current = index.version(ds.latest) if ds.latest else None
+            if current is None or (fast_forward and current.id != v.id and
+                                   descends_from(store, v, current.record or "")):
+                changes.append((ds_id, LATEST, v.id))
+                updated.append(f"{ds.name}:latest -> {v.id}")
+            elif fast_forward and current.id != v.id and \
+                    not descends_from(store, current, v.record or ""):
+                diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on {remote}")
+        else:
+            name = ref.rpartition("/")[2]
+            mine = index.tag(ds_id, name)
+            if mine is None or (mine != v.id and force):
+                changes.append((ds_id, name, v.id))
+                updated.append(f"{ds.name}:{name} -> {v.id}")
+            elif mine != v.id:
+                diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on {remote} "
+                                f"(kept; --force takes theirs)")
+    return changes, updated, diverged
+
+
+def _apply_refs(store: "Store", changes: list[RefChange]) -> None:
+    """Set planned refs (inside the caller's transaction)."""
+    for ds_id, name, vid in changes:
+        if name == LATEST:
+            store.index.update_dataset(ds_id, latest=vid)
+        else:
+            store.index.set_tag(ds_id, name, vid)
 
 
 def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
@@ -988,20 +1005,30 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
         store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
     report = PullReport(remote.name, fetch_report)
     named = [store.resolve(t) for t in targets]
+    changes: list[RefChange] = []
     if remote_refs is not None:
         if named:  # only the datasets asked for move
             scope = {v.dataset for v in named}
             remote_refs = {k: r for k, r in remote_refs.items() if k[0] in scope}
-        updated, report.diverged = _integrate_refs(store, remote.name, remote_refs, force)
+        changes, updated, report.diverged = _plan_refs(store, remote.name, remote_refs, force)
         report.updated = fetch_report.updated + updated
         on_remote = {ds_id for ds_id, _ref in remote_refs}
     else:
         on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
-    if targets:  # resolved again: `DATASET` alone means its latest, which may have moved
-        chosen = [store.resolve(t) for t in targets]
+    # Local refs move only once the objects are here (a failed pull moves nothing), so the
+    # versions to download are read from the plan: a bare DATASET means its new latest.
+    new_latest = {ds_id: vid for ds_id, name, vid in changes if name == LATEST}
+    if targets:
+        chosen = []
+        for target, v in zip(targets, named):
+            follows_latest = ":" not in target.replace("::", "") and "~" not in target \
+                or target.endswith(":latest")
+            moved = new_latest.get(v.dataset)
+            chosen.append(store.version(moved) if follows_latest and moved else v)
     else:
-        chosen = [store.version(ds.latest) for ds in store.index.datasets()
-                  if ds.latest and ds.id in on_remote]
+        chosen = [store.version(new_latest.get(ds.id) or ds.latest)
+                  for ds in store.index.datasets()
+                  if (new_latest.get(ds.id) or ds.latest) and ds.id in on_remote]
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)
@@ -1011,9 +1038,10 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
             manifest = {p: e for p, e in manifest.items()
                         if p in selected or any(p.startswith(s + "/") for s in selected)}
             if not manifest:
-                raise InvalidInput(f"none of {', '.join(paths)} is in version {v.id}",
-                                   hint=f"`dsv files list {v.dataset}:{v.id} --recursive` "
-                                        f"shows its paths")
+                ds = store.index.dataset_by("id", v.dataset)
+                ref = f"{ds.name if ds else v.dataset}:{v.id}"
+                raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
+                                   hint=f"`dsv files list {ref} --recursive` shows its paths")
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
     packs = download_blobs(store, remote, wanted, report)
@@ -1021,6 +1049,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
         for pack in packs:
             store.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
                                                       for e in pack.entries))
+        _apply_refs(store, changes)
         if not paths:
             store.index.drop_promised(v.id for v in chosen)
     store.index.checkpoint()

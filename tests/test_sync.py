@@ -408,11 +408,55 @@ def test_behind_is_not_an_error_and_pull_checks_out_later(source: Path, dsv,
     r = dsv("push", "--json", cwd=other)       # other is merely behind: nothing to do
     assert r.code == 0, r.err
     assert json.loads(r.out)["behind"] and json.loads(r.out)["objects_sent"] == 0
+    assert "pull to catch up" in dsv("push", cwd=other).err
+    # --no-checkout moves latest and leaves the directory; checkout brings it forward
     assert dsv("pull", "--no-checkout", cwd=other).code == 0
     assert not (other / "n.txt").exists()
-    r = _json(dsv("pull", "--json", cwd=other))  # the directory is behind latest: brought forward
-    assert r["checked_out"] == [f"data:{newer}"]
+    assert _json(dsv("show", "data:latest", "--json", cwd=other))["id"] == newer
+    assert dsv("checkout", "data", cwd=other).code == 0
     assert (other / "n.txt").read_bytes() == b"n"
+    # a directory that follows latest moves with it on the next pull
+    (source / "m.txt").write_bytes(b"m")
+    newest = dsv("commit", "-m", "newest", cwd=source).out.strip().split(":")[1]
+    assert dsv("push", cwd=source).code == 0
+    r = _json(dsv("pull", "--json", cwd=other))
+    assert r["checked_out"] == [f"data:{newest}"]
+    assert read_tree(other) == read_tree(source)
+    # one checked out elsewhere on purpose stays where it is
+    assert dsv("checkout", "data:v1", cwd=other).code == 0
+    (source / "o.txt").write_bytes(b"o")
+    assert dsv("commit", "-m", "later", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    r = _json(dsv("pull", "--json", cwd=other))
+    assert r["checked_out"] == [] and "left at" in r["notices"][0]
+    assert not (other / "o.txt").exists()
+
+
+def test_failed_pull_moves_no_ref(source: Path, dsv, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    before = _json(dsv("show", "data:latest", "--json", cwd=other))["id"]
+    (source / "d3").mkdir(exist_ok=True)
+    (source / "d3/z.bin").write_bytes(b"z" * 5000)
+    assert dsv("commit", "-m", "z", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    r = dsv("pull", "data", "--path", "nosuch", cwd=other)
+    assert r.code == 1 and "nosuch" in r.err and "data:" in r.err
+    assert _json(dsv("show", "data:latest", "--json", cwd=other))["id"] == before
+    for pack in (remote / "packs").iterdir():       # damage every blob pack on the remote
+        data = bytearray(pack.read_bytes())
+        if b"z" * 5000 in data:
+            i = bytes(data).index(b"z" * 5000)
+            data[i] ^= 1
+            os.chmod(pack, 0o644)
+            pack.write_bytes(bytes(data))
+    r = dsv("pull", cwd=other)
+    assert r.code == 1 and "corrupt" in r.err
+    assert _json(dsv("show", "data:latest", "--json", cwd=other))["id"] == before
+    assert not (other / "d3/z.bin").exists()
 
 
 def test_cache_prune_refuses_an_origin_and_pull_path_must_exist(source: Path, dsv,
