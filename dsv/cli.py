@@ -73,6 +73,10 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
 def _table(*columns: str) -> Any:
     from rich.table import Table
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -361,7 +365,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
         _print_json(report.to_json())
     else:
         verb = "would free" if dry_run else "freed"
-        print(f"{report.removed_objects} objects, {report.removed_packs} packs removed "
+        print(f"{_n(report.removed_objects, 'object')}, {_n(report.removed_packs, 'pack')} removed "
               f"({report.repacked_packs} repacked); {verb} {_size(report.freed_bytes)}")
 
 
@@ -554,10 +558,6 @@ def _split_remote(store: Any, args: list[str]) -> tuple[Optional[str], list[str]
     return None, args
 
 
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def _transfer_line(verb: str, report: Any, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
     return (f"{verb} {_n(objects, 'object')} ({_size(nbytes)}) "
@@ -677,7 +677,7 @@ def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]"),
     if as_json:
         _print_json(report.to_json())
         return
-    print(f"removed {_n(report.removed, 'entry').replace('entrys', 'entries')} "
+    print(f"removed {_n(report.removed, 'entry', 'entries')} "
           f"({_size(report.freed_bytes)}); kept {report.kept} ({_size(report.kept_bytes)}), "
           f"{report.pending_kept} of them pending upload")
 

@@ -193,6 +193,17 @@ class Index:
         self._depth = 0
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def rolled_back(self) -> Iterator[None]:
+        """Changes made inside are seen by queries inside, then undone (a SAVEPOINT rolled
+        back): for planning with tentative rows."""
+        self.conn.execute("SAVEPOINT tentative")
+        try:
+            yield
+        finally:
+            self.conn.execute("ROLLBACK TO tentative")
+            self.conn.execute("RELEASE tentative")
+
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so `.dsv/` holds no stale pages."""
         try:

@@ -808,7 +808,13 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
                 _fill_cache_pack(cache, remote, pack, sizes.get(pack))
                 data = cache.read_range(path, start, length)
         if data is None:
-            data = remote.backend.get_range(pack_key(pack), start, length)
+            try:
+                data = remote.backend.get_range(pack_key(pack), start, length)
+            except NotFound:
+                raise MissingObject(f"{remote.name} has no pack {pack[:12]}"
+                                    + (" and the cluster cache does not hold it" if cache else ""),
+                                    hint="run `dsv fetch` to refresh what the remote holds; is "
+                                         "the remote reachable?") from None
         out = []
         view = memoryview(data)  # slices share the buffer: no copy per object
         for oid, offset, ln in group:
@@ -1016,19 +1022,19 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     else:
         on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
     # Local refs move only once the objects are here (a failed pull moves nothing), so the
-    # versions to download are read from the plan: a bare DATASET means its new latest.
-    new_latest = {ds_id: vid for ds_id, name, vid in changes if name == LATEST}
-    if targets:
-        chosen = []
-        for target, v in zip(targets, named):
-            follows_latest = ":" not in target.replace("::", "") and "~" not in target \
-                or target.endswith(":latest")
-            moved = new_latest.get(v.dataset)
-            chosen.append(store.version(moved) if follows_latest and moved else v)
-    else:
-        chosen = [store.version(new_latest.get(ds.id) or ds.latest)
-                  for ds in store.index.datasets()
-                  if (new_latest.get(ds.id) or ds.latest) and ds.id in on_remote]
+    # targets are resolved against the planned refs inside a savepoint that is rolled back.
+    with store.index.rolled_back():
+        _apply_refs(store, changes)
+        if targets:
+            chosen = [store.resolve(t) for t in targets]
+        else:
+            chosen = [store.version(ds.latest) for ds in store.index.datasets()
+                      if ds.latest and ds.id in on_remote]
+        # A dataset whose latest moves gets that version too, so that a working
+        # directory following latest can follow it.
+        if not paths:
+            chosen += [store.version(vid) for _ds, name, vid in changes if name == LATEST]
+    chosen = list({v.id: v for v in chosen}.values())
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)

@@ -487,3 +487,22 @@ def test_lazy_checkout_after_remote_is_removed_and_added_again(source: Path, dsv
     r = dsv("checkout", "data:v1", "--to", tmp_path / "out", cwd=local)
     assert r.code == 0, r.err
     assert read_tree(tmp_path / "out") == read_tree(source)
+
+
+def test_pull_resolves_refs_as_they_will_be(source: Path, dsv, tmp_path: Path) -> None:
+    """A moved tag taken with --force, and a bare tag inside the dataset's directory,
+    name the versions the pull makes them name."""
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    (source / "t.txt").write_bytes(b"tagged later")
+    newer = dsv("commit", "-m", "newer", cwd=source).out.strip().split(":")[1]
+    assert dsv("tag", "--force", "data:latest", "v1", cwd=source).code == 0
+    assert dsv("push", "--force", cwd=source).code == 0
+    r = _json(dsv("pull", "--force", "data:v1", "--no-checkout", "--json", cwd=other))
+    assert newer in r["versions"] and f"data:v1 -> {newer}" in r["updated"]
+    assert r["bytes_received"] == len(b"tagged later")
+    r = _json(dsv("pull", "v1", "--json", cwd=other))  # inside the dataset: a selector
+    assert r["versions"] == [newer]
