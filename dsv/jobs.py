@@ -243,16 +243,24 @@ def _name(store: "Store", ds_id: str) -> str:
 def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
     """Run `argv`; Ctrl-C or SIGTERM to dsv reaches the job, and dsv waits for it to end
     (so the namespace, and with it every mount, is gone before dsv cleans up)."""
-    try:
-        child = subprocess.Popen(argv, env=env)
-    except FileNotFoundError:
-        raise InvalidInput(f"command not found: {argv[0]}") from None
+    child: subprocess.Popen | None = None
+    early: list[int] = []  # signals that came while the job was being started
 
     def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+        if child is None:
+            early.append(signum)
+        else:
+            child.send_signal(signum)
 
+    # Installed before the job starts: a Ctrl-C during the start must reach it too.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        try:
+            child = subprocess.Popen(argv, env=env)
+        except FileNotFoundError:
+            raise InvalidInput(f"command not found: {argv[0]}") from None
+        for signum in early:
+            child.send_signal(signum)
         return child.wait()
     finally:
         for sig, handler in previous.items():
