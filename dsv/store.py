@@ -1373,7 +1373,7 @@ class Store:
         lock = StoreLock(dsv_dir / "lock")
         lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
         try:
-            old_datasets, old_tags = _salvage(dsv_dir / "index.db")
+            old_datasets, old_tags, old_remotes = _salvage(dsv_dir / "index.db")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             for suffix in ("", "-wal", "-shm"):
                 old = dsv_dir / f"index.db{suffix}"
@@ -1403,6 +1403,9 @@ class Store:
                             except (DsvError, ValueError):
                                 skipped.append(f"version record {e.oid[:12]} is unreadable")
                 _restore_versions(index, records, old_datasets, old_tags)
+                for row in old_remotes:  # remote settings (never secrets) are index-only
+                    index.add_remote(row)
+                _mark_incomplete(index, objects, old_remotes)
             objects.close()
             index.checkpoint()
             index.close()
@@ -1468,20 +1471,46 @@ def _check_format(dsv_dir: Path) -> None:
                        hint="use the dsv version that created it, or upgrade dsv")
 
 
-def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple]]:
-    """Dataset rows and tags from a damaged index, as far as they can be read."""
+def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple], list[dict[str, Any]]]:
+    """Dataset rows, tags and remotes from a damaged index, as far as they can be read."""
     if not db_path.exists():
-        return {}, []
+        return {}, [], []
     import sqlite3
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         datasets = {r[0]: r for r in conn.execute(
             "SELECT id, name, path, description, created FROM datasets")}
         tags = list(conn.execute("SELECT dataset, name, version, created FROM tags"))
-        conn.close()
-        return datasets, tags
     except sqlite3.Error:
-        return {}, []
+        return {}, [], []
+    try:
+        cursor = conn.execute("SELECT * FROM remotes")
+        cols = [d[0] for d in cursor.description]
+        remotes = [dict(zip(cols, r)) for r in cursor]
+    except sqlite3.Error:
+        remotes = []  # a store from before schema 3
+    conn.close()
+    return datasets, tags, remotes
+
+
+def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:
+    """Versions whose blobs are not all here were fetched from a remote: say so again, so
+    that verify accepts them and checkout downloads what they lack."""
+    origins = [r["name"] for r in remotes if r.get("kind") == "origin"]
+    if not origins:
+        return
+    default = next((r["name"] for r in remotes if r.get("is_default")), origins[0])
+    packed = {oid for oid, _pack, _kind in index.packed_oids()}
+    loose = set(objects.iter_loose())
+    read = lambda oid: objects.read(oid)  # noqa: E731 - trees were just indexed
+    for v in index.all_versions():
+        try:
+            complete = all(oid in packed or oid in loose
+                           for kind, oid in tree.subtree_ids(v.tree, read) if kind != tree.DIR)
+        except DsvError:
+            complete = False
+        if not complete:
+            index.add_promised(v.id, default)
 
 
 _parse_time = parse_time

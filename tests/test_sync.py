@@ -506,3 +506,21 @@ def test_pull_resolves_refs_as_they_will_be(source: Path, dsv, tmp_path: Path) -
     assert r["bytes_received"] == len(b"tagged later")
     r = _json(dsv("pull", "v1", "--json", cwd=other))  # inside the dataset: a selector
     assert r["versions"] == [newer]
+
+
+def test_index_rebuild_keeps_remotes_and_fetched_versions(source: Path, dsv,
+                                                          tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    local = tmp_path / "local"
+    assert dsv("init", "--bare", local, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=local).code == 0
+    assert dsv("fetch", cwd=local).code == 0          # versions here, their files not
+    assert dsv("index", "rebuild", cwd=local).code == 0
+    assert [r["name"] for r in _json(dsv("remote", "list", "--json", cwd=local))] == ["origin"]
+    assert dsv("verify", cwd=local).code == 0
+    vid = _json(dsv("log", "data", "--json", cwd=local))[0]["id"]
+    r = dsv("checkout", f"data:{vid}", "--to", tmp_path / "out", cwd=local)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "out") == read_tree(source)
