@@ -201,9 +201,7 @@ def _download_batch(store: "Store", client: Any, bucket: str, batch: list[s3.S3O
         raise
     with store.locked("import"):
         with store.index.transaction():
-            for pack in packs:
-                store.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
-                                                          for e in pack.entries))
+            store.index.add_packs(packs)
             store.index.add_imported(rows)
 
 

@@ -15,7 +15,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .objects import PackEntry, PackInfo
 
 SCHEMA_VERSION = 3
 _IN_BATCH = 500
@@ -341,15 +344,19 @@ class Index:
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
-    def add_pack(self, pack_id: str, size: int,
-                 entries: Iterable[tuple[str, int, int, int]]) -> None:
-        """Record a pack and its (oid, offset, length, kind) entries."""
+    def add_pack(self, pack_id: str, size: int, entries: Iterable["PackEntry"]) -> None:
+        """Record a pack and where each of its objects is."""
         rows = list(entries)
         self.conn.execute("INSERT OR IGNORE INTO packs (id, size, count, created) "
                           "VALUES (?,?,?,?)", (pack_id, size, len(rows), time.time()))
         self.conn.executemany("INSERT OR IGNORE INTO objects (oid, pack, offset, length, kind) "
                               "VALUES (?,?,?,?,?)",
-                              ((oid, pack_id, off, ln, kind) for oid, off, ln, kind in rows))
+                              ((e.oid, pack_id, e.offset, e.length, e.kind) for e in rows))
+
+    def add_packs(self, packs: Iterable["PackInfo"]) -> None:
+        """Record packs just written (an Ingest's `finish()`)."""
+        for pack in packs:
+            self.add_pack(pack.id, pack.size, pack.entries)
 
     def packs(self) -> dict[str, tuple[int, int]]:
         return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT id, size, count FROM packs")}
@@ -434,14 +441,14 @@ class Index:
                                       (remote,)))
 
     def add_remote_pack(self, remote: str, pack: str, size: int,
-                        entries: Iterable[tuple[str, int, int, int]]) -> None:
-        """Record that `remote` holds `pack` with these (oid, offset, length, kind) entries."""
+                        entries: Iterable["PackEntry"]) -> None:
+        """Record that `remote` holds `pack` with these entries."""
         self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size) VALUES (?,?,?)",
                           (remote, pack, size))
         self.conn.executemany(
             "INSERT OR IGNORE INTO remote_objects (remote, oid, pack, offset, length, kind) "
-            "VALUES (?,?,?,?,?,?)", ((remote, oid, pack, off, ln, kind)
-                                     for oid, off, ln, kind in entries))
+            "VALUES (?,?,?,?,?,?)", ((remote, e.oid, pack, e.offset, e.length, e.kind)
+                                     for e in entries))
 
     def remote_pack_counts(self, remote: str) -> dict[str, int]:
         return dict(self.conn.execute("SELECT pack, count(*) FROM remote_objects WHERE remote=? "

@@ -211,15 +211,18 @@ class ObjectStore:
     def new_pack(self) -> PackWriter:
         return PackWriter(self)
 
-    def add_large_file(self, src: str | os.PathLike[str]) -> tuple[str, int]:
+    def add_large_file(self, src: str | os.PathLike[str],
+                       expect: str | None = None) -> tuple[str, int]:
         """Store a large file as a loose object; returns (id, size) of the bytes stored.
 
         One pass: the bytes are hashed as they are copied, so the object's name is the
-        hash of exactly what was written, even if the source changes meanwhile.
+        hash of exactly what was written, even if the source changes meanwhile. With
+        `expect` (a copy from a cluster cache), bytes that do not hash to it are refused.
         """
         src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe))
+            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
+                                   expect)
         finally:
             os.close(src_fd)
 
@@ -237,15 +240,6 @@ class ObjectStore:
                 writer.write(chunk)
             return 0
         return self._add_loose(fill, expect)
-
-    def add_large_copy(self, src: str | os.PathLike[str], expect: str) -> tuple[str, int]:
-        """Store a copy of a file that must hash to `expect` (from a cluster cache)."""
-        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
-                                   expect)
-        finally:
-            os.close(src_fd)
 
     def _add_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int],
                    expect: str | None = None) -> tuple[str, int]:

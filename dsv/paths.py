@@ -7,6 +7,7 @@ never touch the filesystem.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 
 from .errors import UnsafePath
 
@@ -66,3 +67,8 @@ def check_symlink_target(link_path: str, target: str) -> str:
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafePath(f"symlink {link_path!r} points outside the dataset ({target})")
     return target
+
+
+def is_under(path: str, prefixes: Iterable[str]) -> bool:
+    """Whether `path` is one of `prefixes` or lies beneath one (`""` is not a prefix)."""
+    return any(path == p or path.startswith(p + "/") for p in prefixes if p)

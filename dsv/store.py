@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
 from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError,
-                     InvalidInput, NothingToCommit, RefError, RemoteError, StoreExists,
+                     InvalidInput, NothingToCommit, RefError, StoreExists,
                      StoreNotFound, TagExists, UnsafePath, VersionImmutable, VersionInUse)
 from .faults import crashpoint
 from .hashing import hash_bytes, random_id
@@ -28,9 +29,9 @@ from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath, normalize_user_path
+from .paths import check_relpath, is_under, normalize_user_path
 from .records import parse_time
-from .remotes.base import RemoteSpec, normalize_url, parse_duration, parse_size
+from .remotes.base import RemoteSpec, normalize_url, open_backend, parse_duration, parse_size
 from .reporting import Reporter
 from .tree import Entry, Manifest
 
@@ -162,6 +163,7 @@ class VerifyReport:
 
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
+_KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
 
 class Store:
@@ -448,9 +450,7 @@ class Store:
         packs = ingest.finish()
         crashpoint("commit:objects-written")
         with self.index.transaction():
-            for pack in packs:
-                self.index.add_pack(pack.id, pack.size,
-                                    ((e.oid, e.offset, e.length, e.kind) for e in pack.entries))
+            self.index.add_packs(packs)
             if new:
                 self.index.insert_version(v)
             else:
@@ -477,9 +477,7 @@ class Store:
         packs = ingest.finish()
         if packs:
             with self.index.transaction():
-                for pack in packs:
-                    self.index.add_pack(pack.id, pack.size,
-                                        ((e.oid, e.offset, e.length, e.kind) for e in pack.entries))
+                self.index.add_packs(packs)
 
     # ---- commit, status, checkout -----------------------------------------------------
     def _excluded(self, ds: Dataset) -> list[str]:
@@ -591,16 +589,14 @@ class Store:
             wanted = self.manifest(version)
             selected = self._select_paths(wanted, paths, Path(cwd).resolve(), target)
             if selected is not None:
-                wanted = {p: e for p, e in wanted.items() if p in selected or
-                          any(p.startswith(s + "/") for s in selected if s)}
+                wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
             target.mkdir(parents=True, exist_ok=True)
             key = str(target)
             resumed = self.index.checkout_journal(key) == version.id
             excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
             files, _ = worktree.scan(target, excluded)
             if selected is not None:
-                files = {p: f for p, f in files.items() if p in wanted or p in selected or
-                         any(p.startswith(s + "/") for s in selected if s)}
+                files = {p: f for p, f in files.items() if p in wanted or is_under(p, selected)}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
             before = worktree.snapshot(target, files, cache, None, strict_links=in_worktree)
             current = before.manifest
@@ -1003,12 +999,10 @@ class Store:
         v = self.resolve(ref, cwd)
         manifest = self.manifest(v)
         selected = self._select_paths(manifest, paths, Path(cwd).resolve(), Path(target))
-        items = [(p, e) for p, e in manifest.items() if selected is None or p in selected
-                 or any(p.startswith(s + "/") for s in selected)]
+        items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
         dest = Path(target).resolve()
         self._check_target_outside_store(dest)
-        with self.locked("files get"):
-            self._ensure_blobs(v, [e for _p, e in items])
+        self._ensure_blobs(v, [e for _p, e in items])
         dest.mkdir(parents=True, exist_ok=True)
         with self.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
             worktree.Materializer(self.objects, dest, stat_rows=False).place(items, advance)
@@ -1022,8 +1016,7 @@ class Store:
         if entry is None or entry.kind != tree.FILE:
             raise InvalidInput(f"{path} is not a file of version {v.id}")
         if not self.objects.has(entry.oid):
-            with self.locked("open file"):
-                self._ensure_blobs(v, [entry])
+            self._ensure_blobs(v, [entry])
         if self.index.locate(entry.oid) is None and self.objects.has_loose(entry.oid):
             if not self.objects.verify_loose(entry.oid):
                 raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
@@ -1037,16 +1030,17 @@ class Store:
                            r["ttl"], r["max_size"], bool(r["write_through"]),
                            bool(r["is_default"])) for r in self.index.remotes()]
 
-    def remote_spec(self, name: str | None = None, kind: str = "origin") -> RemoteSpec:
-        """A configured remote by name; without a name, the default origin."""
+    def remote_spec(self, name: str | None = None, kind: str | None = "origin") -> RemoteSpec:
+        """A configured remote by name (of `kind`, unless None); without a name, the
+        default remote of `kind`."""
         specs = self.remote_specs()
         if name is not None:
             for spec in specs:
-                if spec.name == name and spec.kind == kind:
-                    return spec
+                if spec.name == name and kind not in (None, spec.kind):
+                    raise InvalidInput(f"{name} is {_KIND_WORDS[spec.kind]}, "
+                                       f"not {_KIND_WORDS[kind]}")
                 if spec.name == name:
-                    raise InvalidInput(f"{name} is {'a cluster cache' if spec.kind == 'cache' else 'an origin'}, "
-                                       f"not {'a cluster cache' if kind == 'cache' else 'an origin'}")
+                    return spec
             raise InvalidInput(f"no remote named {name!r}",
                                hint="`dsv remote list` shows the remotes")
         origins = [s for s in specs if s.kind == kind]
@@ -1090,10 +1084,7 @@ class Store:
         return spec
 
     def remove_remote(self, name: str) -> RemoteSpec:
-        spec = next((s for s in self.remote_specs() if s.name == name), None)
-        if spec is None:
-            raise InvalidInput(f"no remote named {name!r}",
-                               hint="`dsv remote list` shows the remotes")
+        spec = self.remote_spec(name, kind=None)
         with self.locked("remote remove"), self.index.transaction():
             self.index.delete_remote(name)
         return spec
@@ -1159,7 +1150,6 @@ class Store:
         root = Path(path).resolve()
         if root.exists() and any(root.iterdir()):
             raise StoreExists(f"{root} exists and is not empty")
-        from .remotes.base import open_backend
         # The remote is checked before anything is created; a failed clone leaves nothing.
         open_backend(RemoteSpec("origin", url, endpoint_url=endpoint_url,
                                 profile=profile)).check_reachable()
@@ -1186,7 +1176,6 @@ class Store:
                 report = store._pull("origin", [], None, False, True, prefetched=fetched)
         except BaseException:
             store.close()
-            import shutil
             shutil.rmtree(root / DSV_DIR if existed else root, ignore_errors=True)
             if existed:
                 for child in root.iterdir():  # files the checkout had placed
@@ -1208,37 +1197,10 @@ class Store:
         return ClusterCache(spec.url).prune(ttl, budget)
 
     def _ensure_blobs(self, version: Version, entries: list[Entry]) -> None:
-        """Download the blobs of `entries` this store lacks (cluster cache first, then the
-        remote the version came from, else the default remote)."""
+        """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
         from . import sync
-        sizes = {e.oid: e.size for e in entries}
-        small = [o for o, n in sizes.items() if n < PACK_THRESHOLD]
-        have = self.objects.locate_many(small)
-        if all(o in have for o in small) and all(
-                self.objects.has_loose(o) for o, n in sizes.items() if n >= PACK_THRESHOLD):
-            return
-        name = self.index.promised().get(version.id)
-        names = {s.name for s in self.remote_specs() if s.kind == "origin"}
-        try:
-            remote = sync.open_remote(self, name if name in names else None)
-        except InvalidInput:
-            remote = None
-        report = sync.PullReport("-", sync.FetchReport("-"))
         with self.locked("download"):
-            if remote is not None:
-                try:
-                    remote.connect()
-                    remote.refresh()
-                except RemoteError as exc:
-                    if not any(s.kind == "cache" for s in self.remote_specs()):
-                        raise
-                    self.reporter.notice(f"warning: {exc.message}; reading from the cluster "
-                                         f"cache only")
-            packs = sync.download_blobs(self, remote, sizes, report, label="downloading")
-            with self.index.transaction():
-                for pack in packs:
-                    self.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
-                                                             for e in pack.entries))
+            sync.ensure_blobs(self, version, {e.oid: e.size for e in entries})
 
     # ---- maintenance ----------------------------------------------------------------
     def _reachable(self) -> set[str]:
@@ -1293,9 +1255,7 @@ class Store:
                 crashpoint("gc:repacked")
                 with self.index.transaction():
                     self.index.delete_pack(pack_id)
-                    for pack in new_packs:
-                        self.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length,
-                                                                  e.kind) for e in pack.entries))
+                    self.index.add_packs(new_packs)
                 crashpoint("gc:index-updated")
                 self.objects.delete_pack(pack_id)
                 report.removed_packs += 1
@@ -1335,8 +1295,7 @@ class Store:
                         if repair and ok:
                             entries = self.objects.read_pack_entries(pack_id)
                             with self.index.transaction():
-                                self.index.add_pack(pack_id, size, ((e.oid, e.offset, e.length,
-                                                                     e.kind) for e in entries))
+                                self.index.add_pack(pack_id, size, entries)
                             report.repaired.append(f"indexed pack {pack_id[:12]}")
                     advance(1, size)
             for pack_id in packs:
@@ -1392,8 +1351,7 @@ class Store:
                         skipped.append(f"pack {pack_id[:12]}: {exc.message}")
                         continue
                     size = objects.pack_path(pack_id).stat().st_size
-                    index.add_pack(pack_id, size, ((e.oid, e.offset, e.length, e.kind)
-                                                   for e in entries))
+                    index.add_pack(pack_id, size, entries)
                     for e in entries:
                         if e.kind == KIND_VERSION:
                             try:

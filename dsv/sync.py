@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,9 @@ from .faults import crashpoint
 from .fileio import unlink_quietly
 from .hashing import hash_bytes, is_hash
 from .index import Dataset, Version
-from .paths import normalize_user_path
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
                       pack_tail_size, parse_pack_index)
+from .paths import is_under, normalize_user_path
 from .records import parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
                            RemoteSpec, open_backend)
@@ -199,11 +200,8 @@ class Remote:
         """Bring the store's picture of the remote's packs up to date (list `index/`;
         read each new pack index, which must hash to its pack's name)."""
         index = self.store.index
-        listed = {}
-        for key, _size in self.backend.list("index/"):
-            pack_id = key.rpartition("/")[2]
-            if is_hash(pack_id):
-                listed[pack_id] = True
+        listed = {key.rpartition("/")[2] for key, _size in self.backend.list("index/")}
+        listed = {p for p in listed if is_hash(p)}
         known = index.remote_packs(self.name)
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
@@ -216,8 +214,7 @@ class Remote:
             results = list(pool.map(read, new))
         with index.transaction():
             for pack_id, entries, size in results:
-                index.add_remote_pack(self.name, pack_id, size,
-                                      ((e.oid, e.offset, e.length, e.kind) for e in entries))
+                index.add_remote_pack(self.name, pack_id, size, entries)
             for pack_id in gone:
                 index.forget_remote_pack(self.name, pack_id)
             if gone:  # the remote lost data (or was reset): trust nothing we remember of it
@@ -240,8 +237,16 @@ def open_remote(store: "Store", name: str | None, kind: str = "origin") -> Remot
     return Remote(store, spec)
 
 
-def caches(store: "Store") -> list[ClusterCache]:
-    return [ClusterCache(s.url) for s in store.remote_specs() if s.kind == "cache"]
+def caches(store: "Store", write_through: bool = False) -> list[ClusterCache]:
+    """The store's cluster caches (only those pushes write through to, if asked)."""
+    return [ClusterCache(s.url) for s in store.remote_specs()
+            if s.kind == "cache" and (s.write_through or not write_through)]
+
+
+def _read_cache(store: "Store") -> ClusterCache | None:
+    """The cluster cache reads go to first (the first configured), if any."""
+    found = caches(store)
+    return found[0] if found else None
 
 
 def _bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
@@ -315,6 +320,10 @@ def _push_plan(store: "Store", targets: list[str]
     return _ancestry(store, roots), ref_plan
 
 
+_CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --force to "
+                  "overwrite (the remote's versions stay stored)")
+
+
 def push(store: "Store", remote: Remote, targets: list[str], force: bool = False) -> PushReport:
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
@@ -325,10 +334,7 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
     if refused:
         report.rejected = refused
         raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
-                          + "; ".join(refused),
-                          hint="run `dsv pull` to get the remote's versions, or push with "
-                               "--force to overwrite (the remote's versions stay stored)",
-                          report=report)
+                          + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
     on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
     new = [v for v in versions if v.record not in on_remote]
     report.versions_sent = len(new)
@@ -342,18 +348,13 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
     if report.rejected:
         raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name} (another "
                           f"push won the race): " + "; ".join(report.rejected),
-                          hint="run `dsv pull` to get the remote's versions, or push with "
-                               "--force to overwrite (the remote's versions stay stored)",
-                          report=report)
+                          hint=_CONFLICT_HINT, report=report)
     return report
 
 
 def _settle_pending(store: "Store", remote: Remote) -> None:
     """Clear write-through markers of entries the origin now holds (a killed push left them)."""
-    for spec in store.remote_specs():
-        if spec.kind != "cache" or not spec.write_through:
-            continue
-        cache = ClusterCache(spec.url)
+    for cache in caches(store, write_through=True):
         marked = cache.pending()
         packs = store.index.remote_packs(remote.name)
         loose = store.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
@@ -403,8 +404,7 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
         objects.loose_path(o).stat().st_size for o in large
         if o not in large_sizes and objects.has_loose(o))
     total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
-    write_through = [ClusterCache(s.url) for s in store.remote_specs()
-                     if s.kind == "cache" and s.write_through]
+    write_through = caches(store, write_through=True)
     loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
     with store.reporter.task("pushing", len(send_small) + len(send_large), total_bytes) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
@@ -424,9 +424,8 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
                 for oid in send_large:
                     submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
                            loose_slots)
-            for pack in _bounded(pool, lambda batch: encode_pack(batch),
-                                 _read_batches(store, phase, kind), 1):
-                submit(_upload_pack, remote, pack, write_through)
+            for batch in _read_batches(store, phase, kind):
+                submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
             for job in jobs:
@@ -438,7 +437,6 @@ def _send_objects(store: "Store", remote: Remote, versions: list[Version],
 
 
 def _first_done(jobs: list[Future]) -> None:
-    from concurrent.futures import FIRST_COMPLETED, wait
     wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
@@ -462,12 +460,14 @@ def _read_batches(store: "Store", phase: dict[str, tuple[str, int, int]], kind: 
         yield batch
 
 
+@dataclass
 class _Sent:
     """What one upload put on the remote, for the store's record of it."""
 
-    def __init__(self, count: int, nbytes: int, pack: tuple[str, int, list] | None = None,
-                 loose: str | None = None) -> None:
-        self.count, self.nbytes, self.pack, self.loose = count, nbytes, pack, loose
+    count: int
+    nbytes: int
+    pack: tuple[str, int, list] | None = None   # (pack id, size, entries)
+    loose: str | None = None                    # a loose object's oid
 
 
 def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
@@ -515,8 +515,7 @@ def _record_sent(store: "Store", remote: Remote, sent: list[_Sent]) -> None:
         for item in sent:
             if item.pack is not None:
                 pack_id, size, entries = item.pack
-                store.index.add_remote_pack(remote.name, pack_id, size,
-                                            ((e.oid, e.offset, e.length, e.kind) for e in entries))
+                store.index.add_remote_pack(remote.name, pack_id, size, entries)
         store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
 
 
@@ -663,9 +662,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     crashpoint("fetch:objects-written")
     names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
     with index.transaction():
-        for pack in packs:
-            index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
-                                                for e in pack.entries))
+        index.add_packs(packs)
         for v, record in sorted(records, key=lambda r: r[0].committed or 0):
             known = index.version(v.id)
             if known is not None:
@@ -742,14 +739,13 @@ def _missing_tree(oid: str) -> None:
 def _create_dataset(store: "Store", v: Version, record: dict[str, Any],
                     ref: RemoteRef | None) -> None:
     """A dataset first seen on a remote: unbound, named as the remote names it."""
-    import time as _time
     name = (ref.name if ref and ref.name else None) or record.get("dataset_name") or v.dataset
     if not refs.is_valid_name(name) or name == LATEST:
         name = v.dataset
     taken = store.index.dataset_by("name", name) or store.index.dataset_by("id", name)
     if taken is not None and taken.id != v.dataset:
         name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
-    store.index.insert_dataset(Dataset(v.dataset, name, None, None, _time.time(), None, None))
+    store.index.insert_dataset(Dataset(v.dataset, name, None, None, time.time(), None, None))
 
 
 # ---- downloads --------------------------------------------------------------------------
@@ -782,8 +778,7 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
     cache where it holds the pack, else from the remote (caching packs mostly needed)."""
     if not missing:
         return
-    cache_list = caches(store)
-    cache = cache_list[0] if cache_list else None
+    cache = _read_cache(store)
     whole: set[str] = set()
     sizes = store.index.remote_packs(remote.name)
     if cache is not None:
@@ -853,15 +848,51 @@ def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int |
     cache.fill_bytes(cache.pack_path(pack), data)
 
 
+def _lacking(store: "Store", entries: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Blobs (oid → size) the store does not hold: (packed-size ones, loose-size ones)."""
+    small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
+    present = store.objects.locate_many(small)
+    return ([o for o in small if o not in present],
+            [o for o, size in entries.items()
+             if size >= PACK_THRESHOLD and not store.objects.has_loose(o)])
+
+
+def _origin_down(store: "Store", exc: RemoteError) -> None:
+    """Go on from the cluster cache when the origin cannot be reached (re-raise without one)."""
+    if not caches(store):
+        raise exc
+    store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
+
+
+def ensure_blobs(store: "Store", version: Version, entries: dict[str, int]) -> None:
+    """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
+    cluster cache first, then the remote the version was fetched from, else the default
+    remote. Does nothing, and needs no network, when every blob is here."""
+    if not any(_lacking(store, entries)):
+        return
+    name = store.index.promised().get(version.id)
+    names = {s.name for s in store.remote_specs() if s.kind == "origin"}
+    try:
+        remote: Remote | None = open_remote(store, name if name in names else None)
+    except InvalidInput:
+        remote = None
+    if remote is not None:
+        try:
+            remote.connect()
+            remote.refresh()
+        except RemoteError as exc:
+            _origin_down(store, exc)
+    report = PullReport("-", FetchReport("-"))
+    packs = download_blobs(store, remote, entries, report, label="downloading")
+    with store.index.transaction():
+        store.index.add_packs(packs)
+
+
 def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int],
                    report: Any, label: str = "pulling") -> list[Any]:
     """Fetch blobs (oid → size) the store lacks; returns the packs written (to record)."""
     objects = store.objects
-    small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
-    large = [oid for oid, size in entries.items() if size >= PACK_THRESHOLD]
-    present = objects.locate_many(small)
-    small = [o for o in small if o not in present]
-    large = [o for o in large if not objects.has_loose(o)]
+    small, large = _lacking(store, entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)
     report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)
@@ -904,8 +935,7 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
 
 def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict[str, int],
                     report: Any) -> None:
-    cache_list = caches(store)
-    cache = cache_list[0] if cache_list else None
+    cache = _read_cache(store)
 
     def get(oid: str) -> tuple[int, bool]:
         if cache is not None:
@@ -921,7 +951,7 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
                 cached = True
             try:
                 cache.touch(path)
-                return store.objects.add_large_copy(path, oid)[1], cached
+                return store.objects.add_large_file(path, oid)[1], cached
             except FileNotFoundError:
                 pass  # evicted meanwhile: read the origin
             except CorruptObject:
@@ -996,7 +1026,7 @@ def _apply_refs(store: "Store", changes: list[RefChange]) -> None:
 
 
 def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
-         force: bool = False, offline_ok: bool = True,
+         force: bool = False,
          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
          ) -> PullReport:
     fetch_report = FetchReport(remote.name)
@@ -1006,9 +1036,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     except RemoteError as exc:
         # The origin is down: what the cluster cache holds can still be pulled, for the
         # versions this store already knows.
-        if not (offline_ok and caches(store)):
-            raise
-        store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
+        _origin_down(store, exc)
     report = PullReport(remote.name, fetch_report)
     named = [store.resolve(t) for t in targets]
     changes: list[RefChange] = []
@@ -1041,8 +1069,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
         manifest = store.manifest(v)
         if paths:
             selected = {normalize_user_path(p) for p in paths}
-            manifest = {p: e for p, e in manifest.items()
-                        if p in selected or any(p.startswith(s + "/") for s in selected)}
+            manifest = {p: e for p, e in manifest.items() if is_under(p, selected)}
             if not manifest:
                 ds = store.index.dataset_by("id", v.dataset)
                 ref = f"{ds.name if ds else v.dataset}:{v.id}"
@@ -1052,9 +1079,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
             wanted[entry.oid] = entry.size
     packs = download_blobs(store, remote, wanted, report)
     with store.index.transaction():
-        for pack in packs:
-            store.index.add_pack(pack.id, pack.size, ((e.oid, e.offset, e.length, e.kind)
-                                                      for e in pack.entries))
+        store.index.add_packs(packs)
         _apply_refs(store, changes)
         if not paths:
             store.index.drop_promised(v.id for v in chosen)

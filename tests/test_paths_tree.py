@@ -376,9 +376,7 @@ def _store_blob(objects, data: bytes) -> str:
     packs = ingest.finish()
     index = objects._locator
     with index.transaction():
-        for pack in packs:
-            index.add_pack(pack.id, pack.size,
-                           ((e.oid, e.offset, e.length, e.kind) for e in pack.entries))
+        index.add_packs(packs)
     return oid
 
 

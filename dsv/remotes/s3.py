@@ -9,7 +9,6 @@ turning botocore errors into one clear DsvError. Must never touch the store.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -176,8 +175,10 @@ class S3Backend:
         self.bucket, prefix = parse_s3_url(url)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = make_client(endpoint_url, profile)
-        self._transfer_config: Any = None
-        self._lock = threading.Lock()
+        from boto3.s3.transfer import TransferConfig
+        self._transfer_config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
+            max_concurrency=5)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -252,13 +253,6 @@ class S3Backend:
             raise describe(exc, f"uploading {self._where(key)}") from None
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
-        from boto3.s3.transfer import TransferConfig
-
-        with self._lock:
-            if self._transfer_config is None:
-                self._transfer_config = TransferConfig(
-                    multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
-                    max_concurrency=5)
         try:
             self.client.upload_file(path, self.bucket, self._key(key),
                                     Config=self._transfer_config, Callback=progress)
