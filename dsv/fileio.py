@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Callable
 
 TMP_PREFIX = ".dsv-tmp-"
@@ -230,3 +231,96 @@ class DirectWriter:
             os.close(self.fd)
             self.fd = -1
         # The buffer is unmapped when the last view of it goes (refcounting).
+
+
+# ---- reading files someone else wrote ------------------------------------------------------
+# A remote, a shared cache or a pulled tree may hold a FIFO (an open() that never returns),
+# a device, a symlink to /etc/passwd, or a 4 GiB sparse file where a few bytes belong. Such
+# files are opened through `open_regular` only: it never follows a final symlink, never
+# blocks, and says no before reading a byte.
+
+_READ_REGULAR = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class NotRegularFile(OSError):
+    """Refused by `open_regular`: not a regular file. errno is ELOOP for a symlink, EISDIR
+    for a directory, EINVAL for a FIFO, socket or device."""
+
+
+class FileTooLarge(OSError):
+    """Refused by `open_regular` / `read_regular`: larger than the reader's cap (EFBIG)."""
+
+
+def _kind(mode: int) -> tuple[int, str]:
+    if stat.S_ISLNK(mode):
+        return errno.ELOOP, "a symlink"
+    if stat.S_ISDIR(mode):
+        return errno.EISDIR, "a directory"
+    if stat.S_ISFIFO(mode):
+        return errno.EINVAL, "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return errno.EINVAL, "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return errno.EINVAL, "a device"
+    return errno.EINVAL, "not a regular file"
+
+
+def _refuse(mode: int, path: str) -> NotRegularFile:
+    code, what = _kind(mode)
+    return NotRegularFile(code, f"not a regular file ({what})", path)
+
+
+def open_regular(path: str | os.PathLike[str], max_size: int | None = None, *,
+                 dir_fd: int | None = None) -> int:
+    """An fd (read-only, blocking, close-on-exec) of the regular file `path` (relative to
+    `dir_fd` if given), or NotRegularFile (a FIFO, device, socket, directory; a symlink as
+    the last component → ELOOP), FileTooLarge (more than `max_size` bytes), or the usual
+    FileNotFoundError. Non-blocking and no-follow, so a hostile file costs no hang; the
+    kind is checked with lstat first, so a device is not even opened."""
+    path = os.fspath(path)
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(st.st_mode, path)
+    try:
+        fd = os.open(path, _READ_REGULAR, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a link since the lstat
+            raise NotRegularFile(errno.ELOOP, "not a regular file (a symlink)", path) from None
+        raise
+    try:
+        st = os.fstat(fd)  # the file actually opened decides, not the lstat above
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(st.st_mode, path)
+        if max_size is not None and st.st_size > max_size:
+            raise FileTooLarge(errno.EFBIG, f"{st.st_size} bytes, more than the {max_size} "
+                                            f"allowed", path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike[str], max_size: int, *,
+                 dir_fd: int | None = None) -> bytes:
+    """The whole of the regular file `path`, at most `max_size` bytes (see `open_regular`).
+    Reads at most `max_size` + 1 bytes, so a file that grows after the check is refused
+    too, never read to its end."""
+    fd = open_regular(path, max_size, dir_fd=dir_fd)
+    try:
+        expected = os.fstat(fd).st_size
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            want = min(max_size + 1 - total, max(expected + 1 - total, 1 << 16))
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > max_size:
+                raise FileTooLarge(errno.EFBIG, f"more than the {max_size} bytes allowed",
+                                   os.fspath(path))
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

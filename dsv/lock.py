@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import StoreLocked
+from .errors import StoreLocked, UnsafePath
 
 DEFAULT_TIMEOUT = 120.0
 _POLL = 0.05
@@ -39,9 +40,17 @@ class StoreLock:
 
     def holder(self) -> str:
         try:
-            return self.path.read_text().strip() or "another dsv process"
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return "another dsv process"
+        try:
+            text = os.read(fd, 256).decode("utf-8", "replace")
+        except OSError:
+            text = ""
+        finally:
+            os.close(fd)
+        text = "".join(c if c.isprintable() else "?" for c in text.strip())
+        return text or "another dsv process"
 
     def acquire(self, what: str, timeout: float | None = None,
                 on_wait: Callable[[str], None] | None = None) -> None:
@@ -49,7 +58,12 @@ class StoreLock:
             self._depth += 1
             return
         timeout = lock_timeout() if timeout is None else timeout
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link (one planted at .dsv/lock would truncate its target).
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath(f"{self.path} is not a regular file",
+                             hint="remove it; dsv recreates its lock file")
         deadline = time.monotonic() + timeout
         told = False
         while True:

@@ -9,6 +9,7 @@ asked of an `ObjectLocator` (the index); this module never imports the index.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,10 @@ PACK_TARGET_SIZE = 32 << 20
 
 # A file changed this recently may change again within one timestamp tick, unseen by stat.
 RACY_NS = 50_000_000
+
+# No object in a pack may claim more than this (trees of huge directories are the
+# largest); a pack index from outside that claims more is refused before any read.
+MAX_PACKED_OBJECT = 256 << 20
 
 PACK_MAGIC = b"DSVPACK1"
 PACK_END_MAGIC = b"DSVPEND1"
@@ -219,8 +224,12 @@ class ObjectStore:
         hash of exactly what was written, even if the source changes meanwhile. With
         `expect` (a copy from a cluster cache), bytes that do not hash to it are refused.
         """
-        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        # Non-blocking and regular files only: a source may be a cluster-cache entry
+        # that someone replaced with a FIFO or a device.
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
+            if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                raise InvalidInput(f"{src} is not a regular file")
             return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
                                    expect)
         finally:
@@ -444,7 +453,8 @@ def pack_tail_size(count: int) -> int:
 def _entries(table: bytes, table_offset: int, name: str) -> list[PackEntry]:
     entries = []
     for raw, offset, length, kind in _ENTRY.iter_unpack(table):
-        if offset + length > table_offset or offset < len(PACK_MAGIC) or kind > KIND_VERSION:
+        if offset + length > table_offset or offset < len(PACK_MAGIC) or kind > KIND_VERSION \
+                or length > MAX_PACKED_OBJECT:
             raise CorruptObject(f"pack {name} has an entry out of bounds")
         entries.append(PackEntry(raw.hex(), offset, length, kind))
     return entries

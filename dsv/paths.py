@@ -1,7 +1,9 @@
 """Path safety: the rules every path from a manifest, a remote or the user must pass.
 
-Owns validation of dataset-relative paths and symlink targets. Pure functions; must
-never touch the filesystem.
+Owns validation of dataset-relative paths and symlink targets, the reserved store name
+(`.dsv`: nothing from outside may name it or point into it), resolving a version's
+symlinks through each other, and the permission bits dsv will place. Pure functions;
+must never touch the filesystem.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from .errors import UnsafePath
 STORE_DIR = ".dsv"  # the store's directory name, at a workspace root
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
+MAX_LINK_HOPS = 40   # as Linux's own limit on symlinks followed in one lookup
+
+
+def is_reserved(name: str) -> bool:
+    """Whether a path component names a store (case-folded: some filesystems fold case)."""
+    return name.casefold() == STORE_DIR
 
 
 def check_name(name: str) -> str:
@@ -29,6 +37,10 @@ def check_name(name: str) -> str:
                          hint="rename the file; dsv stores names as UTF-8") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise UnsafePath(f"file name {name[:40]}… is longer than {MAX_NAME_BYTES} bytes")
+    if is_reserved(name):
+        raise UnsafePath(f"{name!r} is reserved for dsv's store and cannot be part of a dataset",
+                         hint="rename it; nothing from a version, remote or import may "
+                              "create a store")
     return name
 
 
@@ -58,15 +70,70 @@ def normalize_user_path(path: str) -> str:
 
 
 def check_symlink_target(link_path: str, target: str) -> str:
-    """A symlink stored at `link_path` may only point inside the dataset, by a relative path."""
+    """A symlink stored at `link_path` may only point inside the dataset, by a relative
+    path, and never into a store. (Lexical: `check_links` also resolves a version's links
+    through each other.)"""
     if not target or "\0" in target:
         raise UnsafePath(f"symlink {link_path!r} has an empty or NUL-bearing target")
     if target.startswith("/"):
         raise UnsafePath(f"symlink {link_path!r} points to an absolute path ({target})")
+    if len(target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise UnsafePath(f"symlink {link_path!r} has a target longer than {MAX_PATH_BYTES} bytes")
+    if any(is_reserved(part) for part in target.split("/")):
+        raise UnsafePath(f"symlink {link_path!r} points into a store ({target})")
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(link_path), target))
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafePath(f"symlink {link_path!r} points outside the dataset ({target})")
     return target
+
+
+def check_links(links: dict[str, str]) -> None:
+    """Refuse a version whose symlinks (path → target) escape when resolved through each
+    other, as the kernel would resolve them once they are all placed: `d/l -> .` and
+    `s -> d/l/../..` each pass the lexical check, yet `s` resolves above the dataset.
+    A link whose resolution passes through a store, or loops, is refused too."""
+    for path, target in links.items():
+        check_symlink_target(path, target)
+        _resolve(path, links)
+
+
+def _resolve(path: str, links: dict[str, str]) -> None:
+    """Walk `path`'s own target component by component, substituting the version's links
+    met on the way; the position may never climb above the dataset root."""
+    hops = 0
+    base: list[str] = path.split("/")[:-1]       # the directory holding the link
+    pending = links[path].split("/")
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not base:
+                raise UnsafePath(f"symlink {path!r} resolves outside the dataset "
+                                 f"(through the version's other links)")
+            base.pop()
+            continue
+        if is_reserved(part):
+            raise UnsafePath(f"symlink {path!r} resolves into a store")
+        here = "/".join(base + [part])
+        inner = links.get(here)
+        if inner is None:
+            base.append(part)
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            raise UnsafePath(f"symlink {path!r} loops or is nested too deeply")
+        # Like the kernel: the link's target replaces it, relative to its directory.
+        pending = inner.split("/") + pending
+        if inner.startswith("/"):
+            raise UnsafePath(f"symlink {here!r} points to an absolute path")
+
+
+def placed_mode(mode: int, umask: int) -> int:
+    """The permission bits dsv gives a placed file: the version's read and execute bits,
+    write bits for group and others only where the umask allows them, and never
+    setuid, setgid or sticky (modes come from versions other people wrote)."""
+    return mode & 0o777 & ~(umask & 0o022)
 
 
 def is_under(path: str, prefixes: Iterable[str]) -> bool:

@@ -7,7 +7,6 @@ The writing side is `Store._record`; docs/format.md describes the fields.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -15,8 +14,10 @@ from typing import Any
 from .errors import CorruptObject
 from .hashing import is_hash
 from .index import Version
+from .jsonio import load_bounded
 
 MAX_RECORD_BYTES = 16 << 20
+MAX_PARENTS = 16
 _ID = re.compile(r"[0-9a-z]{1,64}")
 
 
@@ -34,12 +35,10 @@ def parse_record(data: bytes, oid: str) -> tuple[Version, dict[str, Any]]:
     def bad(why: str) -> CorruptObject:
         return CorruptObject(f"version record {oid[:12]} is invalid: {why}")
 
-    if len(data) > MAX_RECORD_BYTES:
-        raise bad("too large")
     try:
-        record = json.loads(data)
-    except ValueError:
-        raise bad("not JSON") from None
+        record = load_bounded(data, MAX_RECORD_BYTES)
+    except ValueError as exc:
+        raise bad(f"not a JSON document dsv accepts ({exc})") from None
     if not isinstance(record, dict) or record.get("type") != "version" or record.get("v") != 1:
         raise bad("not a version record")
     vid, ds_id, tree_oid = record.get("id"), record.get("dataset"), record.get("tree")
@@ -50,11 +49,18 @@ def parse_record(data: bytes, oid: str) -> tuple[Version, dict[str, Any]]:
     if not (isinstance(tree_oid, str) and is_hash(tree_oid)):
         raise bad("bad tree id")
     parents = record.get("parents")
-    if not isinstance(parents, list) or not all(
+    # Parents are named by id AND record hash: a record cannot name its own hash, so the
+    # history behind a record is acyclic by construction.
+    if not isinstance(parents, list) or len(parents) > MAX_PARENTS or not all(
             isinstance(p, dict) and isinstance(p.get("id"), str) and _ID.fullmatch(p["id"])
-            and (p.get("record") is None or (isinstance(p["record"], str) and is_hash(p["record"])))
+            and isinstance(p.get("record"), str) and is_hash(p["record"])
             for p in parents):
         raise bad("bad parents")
+    parent_ids = [p["id"] for p in parents]
+    if vid in parent_ids:
+        raise bad("it names itself as its parent")
+    if len(set(parent_ids)) != len(parent_ids):
+        raise bad("it names one parent twice")
     for key in ("message", "author", "dataset_name"):
         if record.get(key) is not None and not isinstance(record[key], str):
             raise bad(f"bad {key}")

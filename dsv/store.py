@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -29,7 +30,8 @@ from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath, is_under, normalize_user_path
+from .paths import check_relpath, is_reserved, is_under, normalize_user_path
+from .jsonio import load_bounded
 from .records import parse_time
 from .remotes.base import RemoteSpec, normalize_url, open_backend, parse_duration, parse_size
 from .reporting import Reporter
@@ -175,6 +177,7 @@ class Store:
         self.tmp_dir = self.dsv_dir / "tmp"
         self.reporter = reporter or Reporter()
         _check_format(self.dsv_dir)
+        _check_store_files(self.dsv_dir)
         if not (self.dsv_dir / "index.db").is_file():
             raise StoreNotFound(f"{self.dsv_dir} has lost its index",
                                 hint="recreate it from the objects with `dsv index rebuild`")
@@ -292,9 +295,23 @@ class Store:
         except ValueError:
             raise UnsafePath(f"{path} is outside the workspace {self.root}",
                              hint="dataset directories must be inside the workspace") from None
-        if rel == DSV_DIR or rel.startswith(DSV_DIR + "/"):
-            raise UnsafePath(f"{path} is inside the store itself")
+        if rel != "." and any(is_reserved(part) for part in rel.split("/")):
+            raise UnsafePath(f"{path} is inside a store ('.dsv' is reserved for dsv)")
+        if rel != ".":
+            check_relpath(rel)
         return rel
+
+    def _check_new_name(self, name: str) -> None:
+        """A dataset name must be valid, and must not be taken as a name or an id (an
+        id is accepted wherever a name is, so the other dataset would become unreachable)."""
+        if not refs.is_valid_name(name) or name == refs.LATEST:
+            raise InvalidInput(f"invalid dataset name {name!r}",
+                               hint="use letters, digits, '.', '_' and '-' (max 128)")
+        if self.index.dataset_by("name", name) is not None:
+            raise DatasetExists(f"a dataset named {name!r} already exists")
+        if self.index.dataset_by("id", name) is not None:
+            raise DatasetExists(f"{name!r} is the id of another dataset",
+                                hint="choose another name")
 
     def create_dataset(self, name: str, path: str | os.PathLike[str] | None = None,
                        description: str | None = None) -> Dataset:
@@ -302,8 +319,7 @@ class Store:
             raise InvalidInput(f"invalid dataset name {name!r}",
                                hint="use letters, digits, '.', '_' and '-' (max 128)")
         with self.locked("datasets create"):
-            if self.index.dataset_by("name", name) is not None:
-                raise DatasetExists(f"a dataset named {name!r} already exists")
+            self._check_new_name(name)
             rel = self._workspace_path(path) if path is not None else None
             if rel is not None:
                 other = self.index.dataset_by("path", rel)
@@ -324,10 +340,8 @@ class Store:
             ds = self.dataset(key)
             fields: dict[str, Any] = {}
             if name is not None and name != ds.name:
-                if not refs.is_valid_name(name) or name == refs.LATEST:
-                    raise InvalidInput(f"invalid dataset name {name!r}")
-                if self.index.dataset_by("name", name):
-                    raise DatasetExists(f"a dataset named {name!r} already exists")
+                if name != ds.id:
+                    self._check_new_name(name)
                 fields["name"] = name
             if description is not None:
                 fields["description"] = description
@@ -584,17 +598,22 @@ class Store:
                                    hint="a dataset's working directory holds real files, so "
                                         "they can be edited and committed")
             target = self.dataset_root(ds) if in_worktree else Path(to).resolve()
-            if not in_worktree:
+            if in_worktree:
+                self._check_no_links_to(ds)
+            else:
                 self._check_target_outside_store(target)
-            wanted = self.manifest(version)
+            version_files = self.manifest(version)
+            excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
+            # Nested datasets are left alone: their directories belong to them now, even
+            # where an older version of this dataset still holds files there.
+            wanted = {p: e for p, e in version_files.items() if not is_under(p, excluded)}
             selected = self._select_paths(wanted, paths, Path(cwd).resolve(), target)
             if selected is not None:
                 wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
             target.mkdir(parents=True, exist_ok=True)
             key = str(target)
-            resumed = self.index.checkout_journal(key) == version.id
-            excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
-            files, _ = worktree.scan(target, excluded)
+            leftovers: list[str] = []
+            files, _ = worktree.scan(target, excluded, leftovers)
             if selected is not None:
                 files = {p: f for p, f in files.items() if p in wanted or is_under(p, selected)}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
@@ -607,8 +626,12 @@ class Store:
             base = self.manifest(base_version) if base_version else {}
             to_write = [(p, e) for p, e in wanted.items() if current.get(p) != e]
             to_remove = [p for p in current if p not in wanted]
-            if not force and not resumed:
-                # A file may be replaced or removed only if it is as that version left it.
+            if not force:
+                # A file may be replaced or removed only if it is as that version left it,
+                # also when an interrupted checkout is resumed: what it already placed
+                # matches the target and is not touched again; anything else the user
+                # made or edited meanwhile is theirs. (Files are placed by rename, so a
+                # killed checkout leaves no half-written file under a real name.)
                 # (--to directories placed with links hold 0444 files: compare contents.)
                 touched = to_remove + [p for p, _e in to_write if p in current]
                 at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
@@ -618,11 +641,12 @@ class Store:
                     raise DirtyWorktree(
                         f"checkout would discard {len(at_risk)} uncommitted change(s) in "
                         f"{target}: {shown}", hint="commit them first, or pass --force")
-            self._ensure_blobs(version, [e for _p, e in to_write])
+            self._ensure_blobs(version, [e for _p, e in to_write] + _links(version_files))
+            tree.validate_links(version_files, self.objects.read)
             with self.index.transaction():
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
-            worktree.remove_paths(target, to_remove)
+            worktree.remove_paths(target, to_remove + leftovers)
             twins = {} if in_worktree or link != "auto" else self._twins(ds, to_write)
             placer = worktree.Materializer(self.objects, target, link, stat_rows=in_worktree,
                                            twins=twins)
@@ -642,7 +666,8 @@ class Store:
                     self.index.drop_stat_rows(ds.id, to_remove)
                     if selected is None:
                         complete = link not in ("hardlink", "symlink") and \
-                            len(before.stat_rows) == before.hashed_files
+                            len(before.stat_rows) == before.hashed_files and \
+                            len(wanted) == len(version_files)
                         self.index.update_dataset(ds.id, head=version.id,
                                                   cache_tree=version.tree if complete else None)
                     else:
@@ -681,8 +706,32 @@ class Store:
         return target.parent == self.objects.links_dir.resolve() and target.name == base.oid
 
     def _check_target_outside_store(self, target: Path) -> None:
-        if target == self.dsv_dir or self.dsv_dir in target.parents:
-            raise UnsafePath(f"{target} is inside the store itself")
+        """A `--to` directory may not be a store, lie in one, or hold this store (`/`,
+        a parent of the workspace): refused before anything is read or written."""
+        if target == self.dsv_dir or self.dsv_dir in target.parents or \
+                any(is_reserved(part) for part in target.parts):
+            raise UnsafePath(f"{target} is inside a store", hint="choose a directory "
+                             "outside .dsv/")
+        if target in self.root.parents:
+            raise UnsafePath(f"{target} holds this workspace and its store",
+                             hint="check out into an empty or dedicated directory")
+
+    def _check_no_links_to(self, ds: Dataset) -> None:
+        """A dataset's directory is reached from the workspace root through real
+        directories only: a link planted there could send a checkout anywhere."""
+        if ds.path in (None, "."):
+            return
+        here = self.root
+        for part in ds.path.split("/"):
+            here = here / part
+            try:
+                st = os.lstat(here)
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafePath(f"{here} is not a directory (a link or a file where "
+                                 f"dataset {ds.name!r} has its directory)",
+                                 hint="move it away; dsv never writes through links")
 
     def _select_paths(self, manifest: Manifest, paths: list[str] | None, cwd: Path,
                       target: Path) -> set[str] | None:
@@ -1002,7 +1051,8 @@ class Store:
         items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
         dest = Path(target).resolve()
         self._check_target_outside_store(dest)
-        self._ensure_blobs(v, [e for _p, e in items])
+        self._ensure_blobs(v, [e for _p, e in items] + _links(manifest))
+        tree.validate_links(manifest, self.objects.read)
         dest.mkdir(parents=True, exist_ok=True)
         with self.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
             worktree.Materializer(self.objects, dest, stat_rows=False).place(items, advance)
@@ -1061,6 +1111,7 @@ class Store:
         if not refs.is_valid_name(name):
             raise InvalidInput(f"invalid remote name {name!r}")
         url = normalize_url(url, cwd)
+        _check_remote_outside_stores(url)
         if cache and url.startswith("s3://"):
             raise InvalidInput("a cluster cache is a shared directory, not an S3 URL")
         if not cache and (ttl or max_size or write_through):
@@ -1107,6 +1158,16 @@ class Store:
              checkout: bool = True) -> Any:
         """Fetch, move local refs forward, download the objects the versions (or only
         `paths`) need, and bring working directories forward to them."""
+        marker = self.dsv_dir / CLONE_MARKER
+        if os.path.lexists(marker) and remote in (None, "origin") and not targets and not paths:
+            claim = _ClonePlan.take(marker)
+            try:
+                report = self._finish_clone()
+            except BaseException:
+                claim.release()
+                raise
+            claim.finish()
+            return report
         with self.locked("pull"):
             return self._pull(remote, list(targets or []), paths, force, checkout)
 
@@ -1142,46 +1203,100 @@ class Store:
               endpoint_url: str | None = None, profile: str | None = None,
               reporter: Reporter | None = None) -> tuple["Store", Any]:
         """A new workspace from a remote: datasets bound where the pusher had them, each
-        checked out at its latest version."""
-        from . import sync
+        checked out at its latest version.
+
+        Safe to kill and to race: `.dsv/` is created exclusively and a clone marker
+        (`.dsv/clone.json`, flock'd while the clone runs) says the clone is unfinished,
+        so running the same clone again (or `dsv pull` inside it) completes it, and of
+        two clones into one directory the loser stops before touching anything.
+        """
         url = normalize_url(url)
         if path is None:
             path = url.rstrip("/").rpartition("/")[2] or "dsv-clone"
         root = Path(path).resolve()
+        marker = root / DSV_DIR / CLONE_MARKER
+        if os.path.lexists(marker):
+            return cls._resume_clone(root, url, reporter)
         if root.exists() and any(root.iterdir()):
             raise StoreExists(f"{root} exists and is not empty")
         # The remote is checked before anything is created; a failed clone leaves nothing.
         open_backend(RemoteSpec("origin", url, endpoint_url=endpoint_url,
                                 profile=profile)).check_reachable()
-        existed = root.exists()
-        store = cls.init(root, bind=False, reporter=reporter)
+        made_root = not root.exists()
+        root.mkdir(parents=True, exist_ok=True)
         try:
+            (root / DSV_DIR).mkdir()
+        except FileExistsError:
+            raise StoreExists(f"{root} is being cloned into by another process",
+                              hint="wait for it; if it was killed, run the same clone "
+                                   "again to complete it") from None
+        claim = _ClonePlan(marker, url, endpoint_url, profile)
+        store: Store | None = None
+        try:
+            claim.create()
+            store = cls.init(root, bind=False, reporter=reporter)
             store.add_remote("origin", url, endpoint_url=endpoint_url, profile=profile,
                              default=True)
-            with store.locked("clone"):
-                fetched = sync.fetch(store, sync.open_remote(store, "origin"))
-                remote_refs = fetched[1]
-                with store.index.transaction():
-                    for ref in remote_refs.values():
-                        if ref.ref != sync.LATEST or ref.path is None:
-                            continue
-                        try:
-                            rel = "." if ref.path == "." else check_relpath(ref.path)
-                        except DsvError:
-                            continue
-                        if rel.split("/")[0] == DSV_DIR or store.index.dataset_by("path", rel):
-                            continue
-                        if store.index.dataset_by("id", ref.dataset) is not None:
-                            store.index.update_dataset(ref.dataset, path=rel)
-                report = store._pull("origin", [], None, False, True, prefetched=fetched)
+            report = store._finish_clone()
         except BaseException:
-            store.close()
-            shutil.rmtree(root / DSV_DIR if existed else root, ignore_errors=True)
-            if existed:
-                for child in root.iterdir():  # files the checkout had placed
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            # Only what this clone made goes: its store, and the files its checkout
+            # placed (the directory was empty, and no other clone can be in it).
+            if store is not None:
+                store.close()
+            claim.release()
+            shutil.rmtree(root / DSV_DIR, ignore_errors=True)
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
+                    else child.unlink()
+            if made_root:
+                root.rmdir()
             raise
+        claim.finish()
         return store, report
+
+    @classmethod
+    def _resume_clone(cls, root: Path, url: str,
+                      reporter: Reporter | None) -> tuple["Store", Any]:
+        """Complete a clone that was killed: same remote, nothing deleted on failure."""
+        claim = _ClonePlan.take(root / DSV_DIR / CLONE_MARKER)
+        try:
+            if claim.url != url:
+                raise StoreExists(f"{root} holds an unfinished clone of {claim.url}",
+                                  hint="run that clone again, or choose another directory")
+            if (root / DSV_DIR / "config.json").exists():
+                store = cls(root, reporter)
+            else:
+                store = cls.init(root, bind=False, reporter=reporter)
+            if not any(s.name == "origin" for s in store.remote_specs()):
+                store.add_remote("origin", claim.url, endpoint_url=claim.endpoint_url,
+                                 profile=claim.profile, default=True)
+            store.reporter.notice(f"completing the interrupted clone of {claim.url}")
+            report = store._finish_clone()
+        except BaseException:
+            claim.release()
+            raise
+        claim.finish()
+        return store, report
+
+    def _finish_clone(self) -> Any:
+        """Fetch from origin, bind datasets where the pusher had them, pull and check out."""
+        from . import sync
+        with self.locked("clone"):
+            fetched = sync.fetch(self, sync.open_remote(self, "origin"))
+            with self.index.transaction():
+                for ref in fetched[1].values():
+                    if ref.ref != sync.LATEST or ref.path is None:
+                        continue
+                    try:
+                        rel = "." if ref.path == "." else self._workspace_path(self.root / ref.path)
+                    except DsvError:
+                        continue
+                    if self.index.dataset_by("path", rel):
+                        continue
+                    ds = self.index.dataset_by("id", ref.dataset)
+                    if ds is not None and ds.path is None:
+                        self.index.update_dataset(ref.dataset, path=rel)
+            return self._pull("origin", [], None, False, True, prefetched=fetched)
 
     def prune_cache(self, name: str | None = None, older_than: str | None = None,
                     max_size: str | None = None) -> Any:
@@ -1408,6 +1523,89 @@ class Store:
                     report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
 
 
+CLONE_MARKER = "clone.json"
+
+
+class _ClonePlan:
+    """`.dsv/clone.json`: an unfinished clone's remote, flock'd by the process cloning.
+
+    Created exclusively right after `.dsv/`, removed when the clone is complete. Another
+    process finding it locked knows a clone is running; finding it unlocked, that one
+    was killed and can be completed.
+    """
+
+    def __init__(self, path: Path, url: str, endpoint_url: str | None,
+                 profile: str | None) -> None:
+        self.path, self.url, self.endpoint_url, self.profile = path, url, endpoint_url, profile
+        self._fd: int | None = None
+
+    def create(self) -> None:
+        import fcntl
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        fileio.write_all(fd, json.dumps({"url": self.url, "endpoint_url": self.endpoint_url,
+                                         "profile": self.profile}).encode() + b"\n")
+        os.fsync(fd)
+
+    @classmethod
+    def take(cls, path: Path) -> "_ClonePlan":
+        import fcntl
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise StoreExists(f"{path} is not a clone marker dsv wrote",
+                              hint="remove the directory and clone again") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreExists(f"{path.parent.parent} is being cloned into by another process",
+                              hint="wait for it to finish") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 10:
+                raise ValueError("not a clone marker")
+            info = load_bounded(os.read(fd, 64 << 10), 64 << 10)
+            url = info["url"]
+            if not isinstance(url, str):
+                raise ValueError("no url")
+            endpoint, profile = info.get("endpoint_url"), info.get("profile")
+        except (ValueError, KeyError, TypeError, OSError):
+            os.close(fd)
+            raise StoreExists(f"{path} is damaged", hint="remove the directory and clone "
+                              "again") from None
+        plan = cls(path, url, endpoint if isinstance(endpoint, str) else None,
+                   profile if isinstance(profile, str) else None)
+        plan._fd = fd
+        return plan
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def finish(self) -> None:
+        """The clone is complete: the marker goes, then the lock."""
+        fileio.unlink_quietly(str(self.path))
+        self.release()
+
+
+def _check_remote_outside_stores(url: str) -> None:
+    """A directory remote or cache may not lie in a store (gc would delete its packs)."""
+    if url.startswith("s3://"):
+        return
+    for path in (url, os.path.realpath(url)):
+        if any(is_reserved(part) for part in Path(path).parts):
+            raise UnsafePath(f"{url} is inside a store ('.dsv' is reserved for dsv)",
+                             hint="put the remote in a directory of its own")
+
+
+def _links(manifest: Manifest) -> list[Entry]:
+    return [e for e in manifest.values() if e.kind == tree.LINK]
+
+
 def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:
     """Whether a file differs from what the last checkout or commit left there."""
     if base is None:
@@ -1420,13 +1618,43 @@ def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:
 def _check_format(dsv_dir: Path) -> None:
     """Refuse stores written in a format this dsv does not know (never guess at them)."""
     try:
-        config = json.loads((dsv_dir / "config.json").read_bytes())
+        config = load_bounded(_read_small_file(dsv_dir / "config.json", 64 << 10), 64 << 10)
         fmt = int(config.get("format", 0))
     except (OSError, ValueError, TypeError, AttributeError):
-        raise StoreNotFound(f"{dsv_dir}/config.json is unreadable") from None
+        raise StoreNotFound(f"{dsv_dir}/config.json is unreadable",
+                            hint="it must be a regular file written by dsv") from None
     if fmt != STORE_FORMAT:
         raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
                        hint="use the dsv version that created it, or upgrade dsv")
+
+
+def _read_small_file(path: Path, cap: int) -> bytes:
+    """A small regular file, never through a link, never blocking, at most `cap` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+            raise ValueError(f"{path} is not a small regular file")
+        return os.read(fd, cap + 1)
+    finally:
+        os.close(fd)
+
+
+def _check_store_files(dsv_dir: Path) -> None:
+    """`.dsv/` and the files dsv opens in it by name are what they seem: a directory and
+    regular files, never links someone planted (SQLite and flock would follow them)."""
+    for path, want in ((dsv_dir, stat.S_ISDIR), (dsv_dir / "objects", stat.S_ISDIR),
+                       (dsv_dir / "index.db", stat.S_ISREG), (dsv_dir / "lock", stat.S_ISREG),
+                       (dsv_dir / "index.db-wal", stat.S_ISREG),
+                       (dsv_dir / "index.db-shm", stat.S_ISREG)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not want(st.st_mode):
+            raise UnsafePath(f"{path} is not a {'directory' if want is stat.S_ISDIR else 'regular file'}"
+                             f" (a link or something else was put there)",
+                             hint="remove it; dsv never follows links inside its store")
 
 
 def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple], list[dict[str, Any]]]:

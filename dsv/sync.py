@@ -24,14 +24,15 @@ from . import refs, tree
 from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
 from .faults import crashpoint
 from .fileio import unlink_quietly
-from .hashing import hash_bytes, is_hash
+from .hashing import hash_bytes, hash_file, is_hash
 from .index import Dataset, Version
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
                       pack_tail_size, parse_pack_index)
-from .paths import is_under, normalize_user_path
+from .jsonio import load_bounded
+from .paths import check_relpath, is_under, normalize_user_path
 from .records import parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
-                           RemoteSpec, open_backend)
+                           RemoteRefused, RemoteSpec, open_backend)
 from .remotes.cache import ClusterCache
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if w
 IN_FLIGHT = 3                # upload packs held in memory at once
 LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
 LATEST = "latest"
+MAX_REF_BYTES = 64 << 10     # refs and the remote marker: a few hundred bytes each
 
 
 # ---- reports ----------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def _parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     else:
         return None
     try:
-        body = json.loads(data)
+        body = load_bounded(data, MAX_REF_BYTES)
         ds_id, vid, record = body["dataset"], body["version"], body["record"]
     except (ValueError, KeyError, TypeError):
         return None
@@ -159,7 +161,18 @@ def _parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     name, path = body.get("name"), body.get("path")
     return RemoteRef(ds_id, ref, vid, record, etag,
                      name if isinstance(name, str) and refs.is_valid_name(name) else None,
-                     path if isinstance(path, str) else None)
+                     path if isinstance(path, str) and _valid_path(path) else None)
+
+
+def _valid_path(path: str) -> bool:
+    """A ref's working-directory path: `.` or a safe relative path (never into a store)."""
+    if path == ".":
+        return True
+    try:
+        check_relpath(path)
+    except DsvError:
+        return False
+    return True
 
 
 # ---- plumbing ---------------------------------------------------------------------------
@@ -177,7 +190,7 @@ class Remote:
         """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
         self.backend.check_reachable()
         try:
-            marker = json.loads(self.backend.get(REMOTE_MARKER))
+            marker = load_bounded(self.backend.get(REMOTE_MARKER), MAX_REF_BYTES)
         except NotFound:
             if must_exist and not self.spec.is_s3 and not os.path.isdir(self.spec.url):
                 raise RemoteError(f"remote directory {self.spec.url} does not exist",
@@ -224,7 +237,12 @@ class Remote:
         keys = [key for key, _size in self.backend.list("refs/")]
 
         def read(key: str) -> RemoteRef | None:
-            got = self.backend.read_ref(key)
+            try:
+                got = self.backend.read_ref(key)
+            except RemoteRefused as exc:
+                # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
+                self.store.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
+                return None
             return _parse_ref(key, *got) if got else None
 
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -487,6 +505,11 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
 def _upload_loose(remote: Remote, objects: Any, oid: str, size: int,
                   write_through: list[ClusterCache], slots: threading.Semaphore) -> _Sent:
     path = str(objects.loose_path(oid))
+    # Every object is re-hashed before it leaves: a bit flipped on local disk must never
+    # become every clone's problem.
+    if hash_file(path) != oid:
+        raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
+                            hint="run `dsv verify` to list every damaged object")
     for cache in write_through:
         _write_through(cache, cache.loose_path(oid), src=path)
     with slots:  # each large upload is itself parallel (multipart): few at once
@@ -629,12 +652,13 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     local = store.objects.locate_many(wanted)
     for oid, data in _download_packed(store, remote, {o: w for o, w in wanted.items()
                                                       if o not in local}, "fetching", report):
-        raw = bytes(data)
-        parsed[oid] = (*parse_record(raw, oid), raw)
+        _parse_into(parsed, oid, bytes(data), True, store)
     for oid in wanted:
         if oid in local:
-            parsed[oid] = (*parse_record(store.objects.read(oid), oid), None)
+            _parse_into(parsed, oid, store.objects.read(oid), False, store)
+    remote_refs = _owned_refs(remote_refs, parsed, store)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
+    _check_history(reachable, parsed, store)
     trees: dict[str, bytes] = {}
     tree_wanted = located[KIND_TREE]
     local_trees = store.objects.locate_many(tree_wanted)
@@ -645,6 +669,8 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
         tree.decode_tree(raw, oid)  # validated here; trusted once stored
         trees[oid] = raw
     _check_trees([parsed[r][0].tree for r in reachable], trees, store)
+    for root in {parsed[r][0].tree for r in reachable}:
+        tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
     # Everything downloaded is kept, so the next fetch does not read it again; what no
     # version row reaches (unreachable history) is left to gc.
     ingest = Ingest(store.objects)
@@ -692,6 +718,57 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
         _apply_refs(store, changes)
     index.checkpoint()
     return report, remote_refs
+
+
+def _parse_into(parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]], oid: str,
+                raw: bytes, new: bool, store: "Store") -> None:
+    """Parse one record into `parsed` (raw bytes kept only when they are new here). One
+    forged record must not stop a clone: it is left out, with the refs and history that
+    need it."""
+    try:
+        parsed[oid] = (*parse_record(raw, oid), raw if new else None)
+    except CorruptObject as exc:
+        store.reporter.notice(f"warning: {exc.message} (ignored)")
+
+
+def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
+                parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]],
+                store: "Store") -> dict[tuple[str, str], RemoteRef]:
+    """The remote's refs that name a version of their own dataset by its true id; any
+    other ref is ignored with a notice (a ref of A naming B's version would make
+    `A:tag` act on B's directory)."""
+    kept = {}
+    for key, ref in remote_refs.items():
+        got = parsed.get(ref.record)
+        if got is not None and got[0].id == ref.version and got[0].dataset == ref.dataset:
+            kept[key] = ref
+        elif got is not None:
+            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
+                                  f"names a version that is not {ref.version} of that dataset")
+    return kept
+
+
+def _check_history(reachable: list[str],
+                   parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]],
+                   store: "Store") -> None:
+    """History is a DAG within one dataset: every parent a record names (by id and
+    record hash) is a version of the same dataset with that id."""
+    for oid in reachable:
+        v, record, _raw = parsed[oid]
+        for parent in record["parents"]:
+            got = parsed.get(parent["record"])
+            if got is not None:
+                pid, pds = got[0].id, got[0].dataset
+            else:
+                local = store.index.version(parent["id"])
+                if local is None or local.record != parent["record"]:
+                    continue  # history the remote does not hold: the walk stops here
+                pid, pds = local.id, local.dataset
+            if pid != parent["id"] or pds != v.dataset:
+                raise CorruptObject(f"version record {oid[:12]} names a parent ({parent['id']}) "
+                                    f"that is not a version of its own dataset",
+                                    hint="the remote holds a forged history; nothing was "
+                                         "fetched")
 
 
 def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
@@ -993,7 +1070,7 @@ def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], R
     for (ds_id, ref), rr in sorted(remote_refs.items()):
         ds = index.dataset_by("id", ds_id)
         v = index.version(rr.version)
-        if ds is None or v is None or v.record != rr.record:
+        if ds is None or v is None or v.record != rr.record or v.dataset != ds_id:
             continue
         if ref == LATEST:
             current = index.version(ds.latest) if ds.latest else None

@@ -12,15 +12,22 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .errors import CorruptObject, InvalidInput
+from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
-from .paths import check_name, check_symlink_target
+from .jsonio import load_bounded
+from .paths import MAX_PATH_BYTES, check_links, check_name, check_symlink_target
 
 FILE = "f"
 LINK = "l"
 DIR = "d"
 TREE_FORMAT = 1
 MAX_TREE_ENTRIES = 10_000_000
+MAX_TREE_BYTES = 1 << 30
+# Bounds on what one version may expand to, checked over the DAG of its trees before
+# anything is flattened (a tree may name one child many times: 60 KB of hostile trees
+# can describe 2^40 paths).
+MAX_VERSION_PATHS = 16_000_000
+MAX_TREE_DEPTH = MAX_PATH_BYTES // 2   # a path of 4096 bytes has at most 2048 parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +59,8 @@ def decode_tree(data: bytes, oid: str = "?", trusted: bool = False
     is still checked again where it touches the filesystem.
     """
     try:
-        obj = json.loads(data)
+        # Trees in the store were validated on the way in; trees from outside are bounded.
+        obj = json.loads(data) if trusted else load_bounded(data, MAX_TREE_BYTES)
         rows = obj["entries"]
         if obj.get("type") != "tree" or obj.get("v") != TREE_FORMAT or not isinstance(rows, list):
             raise ValueError("not a tree")
@@ -73,6 +81,9 @@ def decode_tree(data: bytes, oid: str = "?", trusted: bool = False
                 or not isinstance(mode, int) or not isinstance(size, int) or size < 0
                 or not 0 <= mode <= 0o7777 or not isinstance(child, str) or not is_hash(child)):
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
+        if kind == FILE and mode & ~0o777:
+            raise CorruptObject(f"tree {oid[:12]} gives {name!r} a setuid, setgid or sticky "
+                                f"mode ({oct(mode)}); dsv never writes one")
         check_name(name)
         if previous is not None and name.encode() <= previous.encode():
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
@@ -121,6 +132,40 @@ def _add_dirs(children: dict[str, dict], directory: str) -> None:
         directory = directory.rpartition("/")[0]
 
 
+def check_expansion(root: str, read_tree: Callable[[str], bytes],
+                    limit: int = MAX_VERSION_PATHS) -> int:
+    """How many paths tree `root` expands to, computed with each distinct tree visited
+    once; CorruptObject beyond `limit` paths or MAX_TREE_DEPTH levels."""
+    counts: dict[str, tuple[int, int]] = {}     # tree → (paths, height)
+    stack: list[tuple[str, bool]] = [(root, False)]
+    while stack:
+        oid, children_done = stack.pop()
+        if oid in counts:
+            continue
+        rows = decode_tree(read_tree(oid), oid, trusted=True)
+        if not children_done:
+            stack.append((oid, True))
+            stack.extend((r[4], False) for r in rows if r[1] == DIR and r[4] not in counts)
+            continue
+        paths, height = 0, 1
+        for row in rows:
+            if row[1] == DIR:
+                sub_paths, sub_height = counts[row[4]]
+                paths += sub_paths
+                height = max(height, sub_height + 1)
+            else:
+                paths += 1
+        if paths > limit:
+            raise CorruptObject(f"tree {root[:12]} expands to more than {limit:,} paths",
+                                hint="a version that large is refused (a hostile tree can "
+                                     "name one directory many times)")
+        if height > MAX_TREE_DEPTH:
+            raise CorruptObject(f"tree {root[:12]} nests directories more than "
+                                f"{MAX_TREE_DEPTH} deep")
+        counts[oid] = (paths, height)
+    return counts[root][0]
+
+
 def empty_tree() -> tuple[str, bytes]:
     data = encode_tree([])
     return hash_bytes(data), data
@@ -139,6 +184,9 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
                 stack.append((path, child))
             else:
                 manifest[path] = Entry(kind, mode, size, child)
+        if len(manifest) > MAX_VERSION_PATHS:
+            raise CorruptObject(f"tree {root[:12]} expands to more than "
+                                f"{MAX_VERSION_PATHS:,} paths")
     return manifest
 
 
@@ -174,10 +222,15 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[
 
 
 def validate_links(manifest: Manifest, read_blob: Callable[[str], bytes]) -> dict[str, str]:
-    """Read and check every symlink target of `manifest`; returns path → target."""
+    """Read and check every symlink target of `manifest`, each resolved through the
+    others (a version is placed whole, so its links combine); returns path → target."""
     targets = {}
     for path, entry in manifest.items():
         if entry.kind == LINK:
+            if entry.size > MAX_PATH_BYTES:
+                raise UnsafePath(f"symlink {path!r} has a target longer than "
+                                 f"{MAX_PATH_BYTES} bytes")
             target = read_blob(entry.oid).decode("utf-8", "surrogateescape")
             targets[path] = check_symlink_target(path, target)
+    check_links(targets)
     return targets

@@ -9,6 +9,7 @@ touch the index: callers pass the stat cache in and write the rows it returns.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -23,7 +24,7 @@ from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
 from .index import StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
-from .paths import STORE_DIR, check_relpath, check_symlink_target
+from .paths import check_links, check_relpath, check_symlink_target, is_reserved, placed_mode
 from .tree import FILE, LINK, Entry, Manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start threads
@@ -70,11 +71,13 @@ class Changes:
                 "deleted_bytes": self.deleted_bytes}
 
 
-def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat], list[str]]:
+def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None
+         ) -> tuple[dict[str, FileStat], list[str]]:
     """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
-    One lstat per file, no reads.
+    Temp files of an interrupted checkout are never content; their paths are added to
+    `leftovers` when given. One lstat per file, no reads.
     """
     skip = set(excluded)
     found: dict[str, FileStat] = {}
@@ -91,15 +94,20 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
             continue
         with entries:
             listing = list(entries)
-        if rel_dir and any(e.name == STORE_DIR and e.is_dir(follow_symlinks=False)
+        if rel_dir and any(is_reserved(e.name) and e.is_dir(follow_symlinks=False)
                            for e in listing):
             continue  # another store's workspace, as git leaves out a nested repository
         for entry in listing:
             name = entry.name
+            if is_reserved(name):
+                # Any `.dsv` is a store (this one or a nested one) or an attempt to look
+                # like one: never content.
+                if not entry.is_dir(follow_symlinks=False):
+                    skipped.append(prefix + name)
+                continue
             if entry.is_dir(follow_symlinks=False):
                 rel = prefix + name
-                # Any `.dsv` is a store (this one or a nested one): never content.
-                if rel not in skip and name != STORE_DIR:
+                if rel not in skip:
                     stack.append((rel, entry.path))
                 continue
             st = entry.stat(follow_symlinks=False)
@@ -112,6 +120,8 @@ def scan(root: Path, excluded: Iterable[str] = ()) -> tuple[dict[str, FileStat],
                 skipped.append(prefix + name)
                 continue
             if name.startswith(tmp_prefix):
+                if leftovers is not None:
+                    leftovers.append(prefix + name)
                 continue
             found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped
@@ -136,7 +146,8 @@ def all_trusted(files: dict[str, FileStat], keys: dict[str, tuple]) -> bool:
 
 
 def _stored_mode(fs: FileStat) -> int:
-    return 0o777 if fs[4] == LINK else fs[3]
+    # Permission bits only: setuid, setgid and sticky are never recorded (nor placed).
+    return 0o777 if fs[4] == LINK else fs[3] & 0o777
 
 
 @dataclass
@@ -146,6 +157,7 @@ class Snapshot:
     manifest: Manifest
     stat_rows: list[tuple[str, StatRow]]
     hashed_files: int = 0
+    links: dict[str, str] = field(default_factory=dict)   # symlink path → target
 
 
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
@@ -183,6 +195,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
                 manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
                 vouched += 1
+                if fs[4] == LINK and strict_links:
+                    result.links[rel] = os.readlink(os.path.join(root, rel))
                 continue
             check_relpath(rel)
             if fs[4] != LINK and fs[0] < PACK_THRESHOLD:
@@ -193,7 +207,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if fs[4] == LINK:
                 target = os.readlink(path)
                 if strict_links or ingest is not None:
-                    check_symlink_target(rel, target)
+                    result.links[rel] = check_symlink_target(rel, target)
                 data = target.encode("utf-8", "surrogateescape")
                 oid = hash_bytes(data)
                 if ingest is not None:
@@ -220,6 +234,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if strict_links or ingest is not None:
+        check_links(result.links)  # links resolved through each other stay inside
     return result
 
 
@@ -286,11 +302,74 @@ def check_link_mode(link: str) -> None:
                            hint=f"choose one of: auto, {', '.join(LINK_MODES)}")
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_DIR_FDS = 2048       # directories kept open during one placement; more are reopened
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+class _Dirs:
+    """Directories under a placement root, opened without following links.
+
+    Every component below the root is opened with O_NOFOLLOW relative to its parent's
+    descriptor, so no write dsv makes can follow a symlink that a version (or anyone
+    else) planted on the way. Files are then created relative to these descriptors.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds: dict[str, int] = {"": self.root_fd}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def open(self, rel_dir: str, create: bool = False) -> tuple[int, bool]:
+        """(fd, owned) of directory `rel_dir`; close the fd only if `owned`. With
+        `create`, missing directories are made, and anything that is not a directory in
+        the way (a file, a link) is removed first: it is not part of the target."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd, False
+        parent, _, name = rel_dir.rpartition("/")
+        parent_fd, parent_owned = self.open(parent, create)
+        try:
+            fd = _open_subdir(parent_fd, name, create)
+        finally:
+            if parent_owned:
+                os.close(parent_fd)
+        if len(self._fds) < _MAX_DIR_FDS:
+            self._fds[rel_dir] = fd
+            return fd, False
+        return fd, True
+
+
+def _open_subdir(parent_fd: int, name: str, create: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except (FileNotFoundError, NotADirectoryError, OSError) as exc:
+        if not create or isinstance(exc, PermissionError):
+            raise
+    try:
+        st = os.lstat(name, dir_fd=parent_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent_fd)  # a file or a link: never followed
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(name, 0o777, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # another worker made it meanwhile
+    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
 class Materializer:
     """Writes manifest entries into a directory, verifying every object as it goes.
 
-    An existing file is always unlinked before its replacement is created, so a hardlink
-    into the store can never be written through.
+    Each file is written under a temp name in its directory and renamed over the
+    destination, so a checkout killed half-way never leaves a half-written file under a
+    real name, and an existing file (or a hardlink into the store) is replaced, never
+    written through. Directories are walked by descriptor without following links.
     """
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
@@ -301,29 +380,6 @@ class Materializer:
         self.objects = objects
         self.root = root
         self.link = link
-        self._safe_dirs: set[str] = {""}
-
-    def ensure_parent(self, rel: str) -> None:
-        """Create the directories above `rel`, refusing to pass through a symlink."""
-        parent = rel.rpartition("/")[0]
-        if parent in self._safe_dirs:
-            return
-        parts = parent.split("/")
-        for i in range(1, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if sub in self._safe_dirs:
-                continue
-            path = os.path.join(self.root, sub)
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                st = os.lstat(path)
-                if not stat.S_ISDIR(st.st_mode):
-                    # A file or a link where the target has a directory: it is not part of
-                    # the target version, so it goes (never followed).
-                    os.unlink(path)
-                    os.mkdir(path)
-            self._safe_dirs.add(sub)
 
     def place(self, items: list[tuple[str, Entry]], progress: Progress | None = None
               ) -> list[tuple[str, StatRow]]:
@@ -340,21 +396,28 @@ class Materializer:
         large = [it for it in items if it[1].oid not in locations and it[1].kind != LINK]
         if self.link == "reflink" and large:
             self._probe_reflink(large[0][1])
-        # Directories first, in one thread: workers then never race to create them.
-        for rel, _entry in items:
-            self.ensure_parent(rel)
-        # Tasks: runs of small files, and every large file on its own, so big copies
-        # proceed side by side.
-        small = [it for it in items if it[1].oid in locations or it[1].kind == LINK]
-        tasks = [small[i:i + _CHUNK] for i in range(0, len(small), _CHUNK)]
-        tasks += [[it] for it in large]
-        if len(tasks) <= 1:
-            return [row for task in tasks for row in self._place_chunk(task, locations,
-                                                                        progress)]
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-            results = list(pool.map(lambda t: self._place_chunk(t, locations, progress), tasks))
-        return [row for rows in results for row in rows]
+        dirs = _Dirs(self.root)
+        try:
+            # Directories first, in one thread: workers then never race to create them.
+            for parent in sorted({rel.rpartition("/")[0] for rel, _e in items}):
+                fd, owned = dirs.open(parent, create=True)
+                if owned:
+                    os.close(fd)
+            # Tasks: runs of small files, and every large file on its own, so big copies
+            # proceed side by side.
+            small = [it for it in items if it[1].oid in locations or it[1].kind == LINK]
+            tasks = [small[i:i + _CHUNK] for i in range(0, len(small), _CHUNK)]
+            tasks += [[it] for it in large]
+            if len(tasks) <= 1:
+                return [row for task in tasks
+                        for row in self._place_chunk(task, locations, dirs, progress)]
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+                results = list(pool.map(
+                    lambda t: self._place_chunk(t, locations, dirs, progress), tasks))
+            return [row for rows in results for row in rows]
+        finally:
+            dirs.close()
 
     def _probe_reflink(self, entry: Entry) -> None:
         """Fail before writing anything when reflinks were demanded and cannot be made."""
@@ -365,97 +428,167 @@ class Materializer:
             fileio.unlink_quietly(probe)
 
     def _place_chunk(self, items: list[tuple[str, Entry]],
-                     locations: dict[str, tuple[str, int, int]],
+                     locations: dict[str, tuple[str, int, int]], dirs: _Dirs,
                      progress: Progress | None) -> list[tuple[str, StatRow]]:
         rows: list[tuple[str, StatRow]] = []
         for rel, entry in items:
-            dest = os.path.join(self.root, rel)
+            parent, _, name = rel.rpartition("/")
+            dir_fd, owned = dirs.open(parent)
             try:
-                self._place_one(rel, dest, entry, locations)
-            except (FileExistsError, IsADirectoryError):
-                # Something is in the way (an old file, a directory, a link): it is not
-                # part of the target, so it goes, and is never written through.
-                _remove_existing(dest)
-                self._place_one(rel, dest, entry, locations)
+                st = self._place_one(dir_fd, name, rel, entry, locations)
+            finally:
+                if owned:
+                    os.close(dir_fd)
             crashpoint("checkout:file-written")
             if self.stat_rows:
-                st = os.lstat(dest)
                 rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino,
                                    stat.S_IMODE(st.st_mode), entry.oid, time.time_ns())))
             if progress:
                 progress(1, entry.size)
         return rows
 
-    def _place_one(self, rel: str, dest: str, entry: Entry,
-                   locations: dict[str, tuple[str, int, int]]) -> None:
-        if entry.kind == LINK:
-            target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
-            os.symlink(check_symlink_target(rel, target), dest)
-        elif entry.oid in locations:
-            self._write_small(dest, entry, locations[entry.oid])
-        else:
-            self._write_large(dest, entry)
+    def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
+                   locations: dict[str, tuple[str, int, int]]) -> os.stat_result:
+        """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
+        tmp = fileio.tmp_name("")
+        try:
+            if entry.kind == LINK:
+                target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
+                os.symlink(check_symlink_target(rel, target), tmp, dir_fd=dir_fd)
+            elif entry.oid in locations:
+                self._write_small(dir_fd, tmp, entry, locations[entry.oid])
+            else:
+                self._write_large(dir_fd, tmp, entry)
+            _rename_over(dir_fd, tmp, name)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        return os.lstat(name, dir_fd=dir_fd)
 
-    def _write_small(self, dest: str, entry: Entry, where: tuple[str, int, int]) -> None:
+    def _write_small(self, dir_fd: int, tmp: str, entry: Entry,
+                     where: tuple[str, int, int]) -> None:
         data = self.objects.read_packed(where)
         if hash_bytes(data) != entry.oid:
-            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; {dest} was not written",
+            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
                                 hint="run `dsv verify` to list every damaged object")
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, entry.mode)
+        mode = placed_mode(entry.mode, _UMASK)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=dir_fd)
         try:
             fileio.write_all(fd, data)
-            if entry.mode & _UMASK:
-                os.fchmod(fd, entry.mode)  # the umask took bits the version has
+            if mode & _UMASK:
+                os.fchmod(fd, mode)  # the umask took bits the version has
         finally:
             os.close(fd)
 
-    def _write_large(self, dest: str, entry: Entry) -> None:
+    def _write_large(self, dir_fd: int, tmp: str, entry: Entry) -> None:
+        mode = placed_mode(entry.mode, _UMASK)
         if self.link in ("hardlink", "symlink"):
             # Links share a verified copy, never the object itself: root ignores the
             # read-only mode, and an edit through a link must not reach the store.
             shared = self.objects.link_source(entry.oid)
             if self.link == "hardlink":
-                os.link(shared, dest)
+                os.link(shared, tmp, dst_dir_fd=dir_fd)
             else:
-                os.symlink(os.path.abspath(shared), dest)
+                os.symlink(os.path.abspath(shared), tmp, dir_fd=dir_fd)
             return
         # Not in a pack, so loose (copy_out says clearly if it is missing altogether).
+        # /proc/self/fd/N names the directory we hold open, so no link on the way is
+        # followed; the temp name itself is new (O_EXCL | O_NOFOLLOW in copy_out).
+        dest = (f"/proc/self/fd/{dir_fd}/{tmp}" if _PROC_FD
+                else os.path.join(self.root, tmp))  # pragma: no cover - Linux has /proc
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
-        self.objects.copy_out(entry.oid, dest, entry.mode, reflink, self.twins.get(entry.oid))
-        if entry.mode & _UMASK:
-            os.chmod(dest, entry.mode)
+        self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid))
+        if mode & _UMASK:
+            _fchmod_at(dir_fd, tmp, mode)  # the umask took bits the version has
 
 
-def _remove_existing(dest: str) -> None:
+def _fchmod_at(dir_fd: int, name: str, mode: int) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        st = os.lstat(dest)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
+    """Rename `tmp` over `name` in one directory; a directory in the way is removed
+    (without following links: it is not part of the target)."""
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, OSError) as exc:
+        if not isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError)) and \
+                exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+            raise
+    _remove_at(dir_fd, name)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove `name` from `dir_fd`: a file or link is unlinked, a directory removed
+    whole; links inside are removed, never followed."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-        shutil.rmtree(dest)
-    else:
-        os.unlink(dest)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for child in os.listdir(fd):
+            _remove_at(fd, child)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def remove_paths(root: Path, paths: Iterable[str]) -> None:
-    """Delete files (never following links) and then any directories left empty."""
+    """Delete files (never following links, on the way or at the end) and then any
+    directories left empty."""
     parents: set[str] = set()
-    for rel in paths:
-        check_relpath(rel)
-        try:
-            os.unlink(os.path.join(root, rel))
-        except FileNotFoundError:
-            pass
-        parent = rel.rpartition("/")[0]
-        while parent:
-            parents.add(parent)
-            parent = parent.rpartition("/")[0]
-    for parent in sorted(parents, key=lambda p: p.count("/"), reverse=True):
-        try:
-            os.rmdir(os.path.join(root, parent))
-        except OSError:
-            pass  # not empty (holds files of the target or excluded content)
+    dirs = _Dirs(root)
+    try:
+        for rel in paths:
+            check_relpath(rel)
+            parent, _, name = rel.rpartition("/")
+            try:
+                fd, owned = dirs.open(parent)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                continue  # a link where a directory was: nothing of ours beneath it
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                if owned:
+                    os.close(fd)
+            while parent:
+                parents.add(parent)
+                parent = parent.rpartition("/")[0]
+        for parent in sorted(parents, key=lambda p: p.count("/"), reverse=True):
+            above, _, name = parent.rpartition("/")
+            try:
+                fd, owned = dirs.open(above)
+            except OSError:
+                continue
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                pass  # not empty (holds files of the target or excluded content)
+            finally:
+                if owned:
+                    os.close(fd)
+    finally:
+        dirs.close()
 
 
 def resolve_user_path(root: Path, cwd: Path, path: str) -> str:

@@ -3,26 +3,58 @@
 Owns the `Backend` protocol (a flat key space of immutable files plus a few small
 mutable refs changed only by compare-and-swap), `RemoteSpec` (a remote's settings as
 stored in the index: never a secret), `open_backend` (URL → S3 or filesystem backend)
-and the parsers for `--ttl` / `--max-size`. Must never touch the store: remotes know
-nothing of the index or of versions.
+and the parsers for `--ttl` / `--max-size`; and what every backend refuses to read
+(the caps, `check_key`, `open_dirs`), since a remote is written by others and is never
+trusted. Must never touch the store: remotes know nothing of the index or of versions.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import fileio
 from ..errors import InvalidInput, RemoteError
 
 REMOTE_MARKER = "dsv-remote.json"
 REMOTE_FORMAT = 1
 
+# What a backend reads into memory at most (docs/format.md, "What a reader refuses"): a
+# remote's sizes are claims, checked before a byte is read and again while reading.
+MAX_REF_BYTES = 64 << 10        # a ref (`read_ref`); refs are ~200-byte JSON
+MAX_GET_BYTES = 256 << 20       # a whole small file (`get`: pack index, a whole pack for
+                                # the cache, dsv-remote.json) or one `get_range`
+
 
 class NotFound(RemoteError):
     """A key the remote does not hold."""
+
+
+class RemoteRefused(RemoteError):
+    """Something on a remote that dsv will not read or write (see the subclasses)."""
+
+
+class TooLarge(RemoteRefused):
+    """A remote file (or range) larger than the cap for what it is."""
+
+
+class NotRegular(RemoteRefused):
+    """A remote key that is a FIFO, device, socket, directory or symlink, or that is
+    reached through a symlinked directory."""
+
+
+class BadKey(RemoteRefused):
+    """A key that is not a plain relative path (empty component, `.`, `..`, NUL, leading
+    `/`): keys come from listings, and a listing may be hostile."""
+
+
+class CorruptDownload(RemoteError):
+    """Bytes that failed the transport's own checksum (S3 `x-amz-checksum-*`)."""
 
 
 @dataclass
@@ -65,17 +97,20 @@ class Backend(Protocol):
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every file under `prefix`."""
 
-    def get(self, key: str) -> bytes:
-        """A whole (small) file; NotFound if absent."""
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        """A whole (small) file; NotFound if absent, TooLarge above `max_size` (default
+        MAX_GET_BYTES), checked before the body is read."""
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """`length` bytes at `start` (exactly; a short read is an error)."""
+        """`length` bytes at `start` (exactly; a short read, or a range past the end, is an
+        error; so is `length` above MAX_GET_BYTES)."""
 
     def download(self, key: str) -> Iterator[bytes]:
         """A large file's bytes, in pieces."""
 
     def head(self, key: str) -> int | None:
-        """The size of `key`, or None if the remote lacks it."""
+        """The size of `key`, or None if the remote lacks it (or holds something that is
+        not a regular file there, which an upload then replaces)."""
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store an immutable file (visible only once whole; rewriting it is harmless)."""
@@ -84,11 +119,78 @@ class Backend(Protocol):
         """Store an immutable file from disk (multipart where that helps)."""
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
-        """A ref's bytes and its version tag (for compare-and-swap), or None."""
+        """A ref's bytes and its version tag (for compare-and-swap), or None. TooLarge
+        above MAX_REF_BYTES; NotRegular for a FIFO, symlink, … (never a hang)."""
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
         """Compare-and-swap: write `data` only if the ref's tag is still `expect` (None:
         only if it does not exist). Returns the new tag, or None when the ref changed."""
+
+    def delete(self, key: str) -> None:
+        """Remove a file (`verify --remote --repair`, `gc --remote`); a missing key is fine."""
+
+
+def check_key(key: str) -> list[str]:
+    """The `/`-separated components of a remote key; BadKey unless it is a plain relative
+    path (every key dsv writes is one; anything else came from a hostile listing)."""
+    parts = key.split("/")
+    if "\0" in key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BadKey(f"refusing remote key {key!r}: not a plain relative path")
+    return parts
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dirs(root: str, parts: Sequence[str], create: bool = False,
+              replace_bad: bool = False) -> int:
+    """An fd of the directory ROOT/PARTS…, every step below ROOT opened without following
+    a link (ROOT itself is the configured location and may be one), so no read or write
+    through it can leave ROOT. The caller closes it.
+
+    A missing step: FileNotFoundError, or made with `create`. A step that is a symlink:
+    fileio.NotRegularFile (ELOOP); a file or FIFO: NotADirectoryError; with `replace_bad`
+    (a cache, where everything may be dropped) such a step is removed and made afresh."""
+    if create:
+        os.makedirs(root, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            for _attempt in range(4):  # bounded: a racing filler or prune may change a step
+                try:
+                    step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    break
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                except NotADirectoryError:
+                    try:
+                        mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(mode):
+                        continue  # became a directory meanwhile
+                    if not (create and replace_bad):
+                        if stat.S_ISLNK(mode):
+                            raise fileio.NotRegularFile(errno.ELOOP, "a symlink where a "
+                                                        "directory belongs", part) from None
+                        raise
+                    try:
+                        os.unlink(part, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+            else:
+                raise OSError(errno.EAGAIN, "the directory kept changing", part)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")

@@ -7,23 +7,41 @@ bytes), recency (a read bumps the file's mtime: that is the LRU clock) and pruni
 age and size. An entry written through by a push is marked pending until the origin
 holds it, and pending entries are never evicted. Everything read from a cache is
 verified by the caller, so a damaged entry costs a download, never data.
-Must never touch the store.
+
+Anyone who can write the cache may plant anything in it, so: every step below the root
+is opened without following links (`open_dirs`), every entry is opened as a regular file
+only (`fileio.open_regular`: no-follow, non-blocking), and an entry that is anything else
+(a FIFO, symlink, socket, directory) is dropped and reported absent, so the caller reads
+the origin. Fills create temp files with O_EXCL under random names and rename them into
+place (a rename replaces a planted link, it never writes through one); prune and drop
+never follow a link and never delete outside the root. Must never touch the store.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import stat
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .. import fileio
 from ..errors import CorruptObject
-from ..hashing import new_hasher
+from ..hashing import is_hash, new_hasher
+from .base import open_dirs
 
 # A temp file this old belongs to a filler that died; prune removes it.
 STALE_TMP_S = 3600.0
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PENDING_PACK = re.compile(r"packs-([0-9a-f]{64})\.pack")
+_PENDING_LOOSE = re.compile(r"loose-([0-9a-f]{2})-([0-9a-f]{64})")
 
 
 @dataclass
@@ -34,6 +52,7 @@ class PruneReport:
     kept_bytes: int = 0
     pending_kept: int = 0
     stale_tmp_removed: int = 0
+    bad_removed: int = 0      # entries that were not regular files (FIFOs, links, …)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -53,147 +72,333 @@ class ClusterCache:
     def loose_path(self, oid: str) -> str:
         return os.path.join(self.root, "loose", oid[:2], oid)
 
-    def _pending_path(self, path: str) -> str:
-        rel = os.path.relpath(path, self.root).replace(os.sep, "-")
-        return os.path.join(self.root, "pending", rel)
+    def _parts(self, path: str) -> list[str]:
+        """`path`'s components below the root; ValueError for anything not strictly inside
+        it (the backstop: no read, fill or delete ever leaves the cache)."""
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
+        parts = rel.split(os.sep)
+        if "\0" in rel or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{path} is not inside the cluster cache {self.root}")
+        return parts
+
+    def _pending_name(self, path: str) -> str:
+        return "-".join(self._parts(path))
 
     # ---- reading -----------------------------------------------------------------
     def has(self, path: str) -> bool:
-        return os.path.exists(path)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes | None:
-        """Bytes of a cached pack, or None when the entry is absent (or was just evicted)."""
+        """Whether the cache holds `path` as a regular file (a FIFO, link or directory
+        there does not count: a fill replaces it)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+            parts = self._parts(path)
+            parent = open_dirs(self.root, parts[:-1])
+        except (OSError, ValueError):
+            return False
+        try:
+            return stat.S_ISREG(os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+        finally:
+            os.close(parent)
+
+    def open_entry(self, path: str) -> int | None:
+        """An fd (read-only; the caller closes it) of the cached regular file `path`, its
+        use recorded (mtime); None when absent, or when it was not a regular file (then it
+        is dropped, so that the next fill replaces it)."""
+        try:
+            parts = self._parts(path)
+        except ValueError:
             return None
         try:
+            parent = open_dirs(self.root, parts[:-1])
+        except FileNotFoundError:
+            return None
+        except OSError:
+            self._drop(parts)  # a link or file where a directory belongs: drop it
+            return None
+        try:
+            fd = fileio.open_regular(parts[-1], dir_fd=parent)
+        except fileio.NotRegularFile:
+            self._drop_at(parent, parts[-1])
+            return None
+        except OSError:
+            return None
+        finally:
+            os.close(parent)
+        try:
+            os.utime(fd)  # the LRU clock (best effort: another user's file may refuse)
+        except OSError:
+            pass
+        return fd
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes | None:
+        """Bytes of a cached pack, or None when the entry is absent (or was just evicted,
+        is shorter than the range, or was not a regular file: then it is dropped)."""
+        fd = self.open_entry(path)
+        if fd is None:
+            return None
+        try:
+            if offset < 0 or length < 0 or offset + length > os.fstat(fd).st_size:
+                return None
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        self.touch(path)
         return data if len(data) == length else None
 
-    @staticmethod
-    def touch(path: str) -> None:
-        """Mark an entry as just used (best effort: another user's file may refuse)."""
+    def touch(self, path: str) -> None:
+        """Mark an entry as just used (best effort: another user's file may refuse; a link
+        is never followed)."""
         try:
-            os.utime(path)
+            parts = self._parts(path)
+            parent = open_dirs(self.root, parts[:-1])
+        except (OSError, ValueError):
+            return
+        try:
+            os.utime(parts[-1], dir_fd=parent, follow_symlinks=False)
         except OSError:
             pass
+        finally:
+            os.close(parent)
+
+    # ---- dropping what is not a regular file ----------------------------------------
+    def drop(self, path: str) -> None:
+        """Remove a damaged or bad entry (one that failed its hash, or is no regular file)
+        so that the next fill replaces it: never follows a link, never leaves the root,
+        never fails."""
+        try:
+            self._drop(self._parts(path))
+        except ValueError:
+            pass
+
+    def _drop(self, parts: list[str]) -> None:
+        """Remove the entry at PARTS…, or the first step on the way that is not a real
+        directory; never follows a link, never fails."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for i, part in enumerate(parts):
+                if i == len(parts) - 1:
+                    self._drop_at(fd, part)
+                    return
+                try:
+                    step = os.open(part, _DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    return
+                except OSError:
+                    self._drop_at(fd, part)
+                    return
+                os.close(fd)
+                fd = step
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _drop_at(dir_fd: int, name: str) -> bool:
+        """Remove `name` in `dir_fd`: unlink it (a link, FIFO, socket or file: unlink never
+        follows), or remove it recursively if it really is a directory (rmtree with a
+        dir_fd refuses links). Errors are ignored; True if something went."""
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError:
+            return False
+        try:
+            if stat.S_ISDIR(mode) and sys.version_info >= (3, 11):
+                shutil.rmtree(name, dir_fd=dir_fd)
+            elif stat.S_ISDIR(mode):  # rmtree lstats the path and refuses a link
+                shutil.rmtree(f"/proc/self/fd/{dir_fd}/{name}")
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            return True
+        except OSError:
+            return False
 
     # ---- filling -----------------------------------------------------------------
-    def _tmp_name(self) -> str:
-        return fileio.tmp_name(self._tmp_dir())
+    def _fill(self, path: str, write: Callable[[int], None]) -> None:
+        """Make `path` appear whole: `write(fd)` into a fresh temp file in tmp/ (random
+        name, O_EXCL, no-follow), fsync, rename into place. Every directory on the way is
+        a real one (a planted link or file there is replaced); the rename replaces a link
+        or FIFO at `path` and never writes through it; a directory there is dropped."""
+        parts = self._parts(path)
+        tmp_dir = open_dirs(self.root, ["tmp"], create=True, replace_bad=True)
+        try:
+            name = fileio.tmp_name("")
+            fd = os.open(name, _NEW_FILE, 0o644, dir_fd=tmp_dir)
+            try:
+                try:
+                    write(fd)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                dest = open_dirs(self.root, parts[:-1], create=True, replace_bad=True)
+                try:
+                    try:
+                        os.replace(name, parts[-1], src_dir_fd=tmp_dir, dst_dir_fd=dest)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                        self._drop_at(dest, parts[-1])  # a directory where the entry goes
+                        os.replace(name, parts[-1], src_dir_fd=tmp_dir, dst_dir_fd=dest)
+                    os.fsync(dest)
+                finally:
+                    os.close(dest)
+            except BaseException:
+                try:
+                    os.unlink(name, dir_fd=tmp_dir)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(tmp_dir)
 
     def fill_bytes(self, path: str, data: bytes) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fileio.atomic_write_bytes(path, data, 0o644, tmp_dir=self._tmp_dir())
-
-    def _tmp_dir(self) -> str:
-        os.makedirs(self.tmp, exist_ok=True)
-        return self.tmp
+        self._fill(path, lambda fd: fileio.write_all(fd, data))
 
     def fill_stream(self, path: str, chunks: Iterable[bytes], expect: str) -> None:
         """Write a downloaded loose object; it is published only if it hashes to `expect`."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = self._tmp_name()
-        hasher = new_hasher(threads=True)
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in chunks:
-                    hasher.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+        def write(fd: int) -> None:
+            hasher = new_hasher(threads=True)
+            for chunk in chunks:
+                hasher.update(chunk)
+                fileio.write_all(fd, chunk)
             if hasher.hexdigest() != expect:
                 raise CorruptObject(f"object {expect[:12]} arrived corrupt from the origin",
                                     hint="nothing corrupt was cached or stored")
-        except BaseException:
-            fileio.unlink_quietly(tmp)
-            raise
-        fileio.publish(tmp, path)
+        self._fill(path, write)
 
     def fill_file(self, path: str, src: str) -> None:
         """Copy a local file in (push write-through)."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = self._tmp_name()
+        src_fd = fileio.open_regular(src)
         try:
-            src_fd = os.open(src, os.O_RDONLY)
-            try:
-                dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    fileio.copy_into(src_fd, dst_fd, os.fstat(src_fd).st_size)
-                    os.fsync(dst_fd)
-                finally:
-                    os.close(dst_fd)
-            finally:
-                os.close(src_fd)
-        except BaseException:
-            fileio.unlink_quietly(tmp)
-            raise
-        fileio.publish(tmp, path)
+            self._fill(path, lambda fd: fileio.copy_into(src_fd, fd, os.fstat(src_fd).st_size))
+        finally:
+            os.close(src_fd)
 
     # ---- pending: written through, not yet on the origin ----------------------------
     def mark_pending(self, path: str) -> None:
-        marker = self._pending_path(path)
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        with open(marker, "ab"):
-            pass
+        name = self._pending_name(path)
+        directory = open_dirs(self.root, ["pending"], create=True, replace_bad=True)
+        try:
+            for _attempt in range(3):
+                try:  # created, never opened through a planted link or FIFO
+                    os.close(os.open(name, _NEW_FILE, 0o644, dir_fd=directory))
+                    return
+                except FileExistsError:
+                    try:
+                        mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(mode):
+                        return  # already marked
+                    self._drop_at(directory, name)
+            raise OSError(errno.EAGAIN, "the pending marker kept changing", name)
+        finally:
+            os.close(directory)
 
     def clear_pending(self, path: str) -> None:
-        fileio.unlink_quietly(self._pending_path(path))
+        name = self._pending_name(path)
+        try:
+            directory = open_dirs(self.root, ["pending"])
+        except OSError:
+            return
+        try:
+            os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            self._drop_at(directory, name)
+        finally:
+            os.close(directory)
+
+    def _pending_names(self) -> set[str]:
+        """Names in pending/ (a real directory; anything else holds no marker)."""
+        try:
+            directory = open_dirs(self.root, ["pending"])
+        except OSError:
+            return set()
+        try:
+            return set(os.listdir(directory))
+        finally:
+            os.close(directory)
 
     def pending(self) -> list[str]:
-        """Paths of the entries marked pending."""
-        directory = os.path.join(self.root, "pending")
-        if not os.path.isdir(directory):
-            return []
+        """Paths of the entries marked pending. The names come from a shared directory:
+        only `packs-<pack id>.pack` and `loose-<xx>-<oid>` (64 hex digits, xx its first
+        two) count; anything else is ignored."""
         out = []
-        for name in os.listdir(directory):
-            sub, _, rest = name.partition("-")
-            if sub == "packs":
-                out.append(os.path.join(self.root, "packs", rest))
-            elif sub == "loose":
-                xx, _, oid = rest.partition("-")
-                out.append(os.path.join(self.root, "loose", xx, oid))
+        for name in sorted(self._pending_names()):
+            pack = _PENDING_PACK.fullmatch(name)
+            loose = _PENDING_LOOSE.fullmatch(name)
+            if pack and is_hash(pack.group(1)):
+                out.append(self.pack_path(pack.group(1)))
+            elif loose and is_hash(loose.group(2)) and loose.group(2)[:2] == loose.group(1):
+                out.append(self.loose_path(loose.group(2)))
         return out
 
     # ---- eviction ----------------------------------------------------------------
+    def _scan(self, bad: Callable[[int, str], None] | None = None
+              ) -> Iterator[tuple[str, int, float]]:
+        """(path, size, mtime) of every regular file in packs/ and loose/xx/, read with
+        lstat, without following any link; each thing that is not a regular file where an
+        entry belongs (or not a real directory where a directory belongs) goes to
+        `bad(dir_fd, name)`."""
+        def walk(dir_fd: int, rel: list[str], depth: int) -> Iterator[tuple[str, int, float]]:
+            with os.scandir(dir_fd) as it:
+                names = [e.name for e in it]
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if depth and stat.S_ISDIR(st.st_mode):
+                    try:
+                        sub = os.open(name, _DIR, dir_fd=dir_fd)
+                    except OSError:
+                        continue
+                    try:
+                        yield from walk(sub, rel + [name], depth - 1)
+                    finally:
+                        os.close(sub)
+                elif not depth and stat.S_ISREG(st.st_mode):
+                    yield os.path.join(self.root, *rel, name), st.st_size, st.st_mtime
+                elif bad is not None:
+                    bad(dir_fd, name)
+
+        for sub, depth in (("packs", 0), ("loose", 1)):
+            try:
+                top = open_dirs(self.root, [sub])
+            except FileNotFoundError:
+                continue
+            except OSError:
+                if bad is not None:
+                    self._drop([sub])  # packs/ or loose/ is a link or a file
+                continue
+            try:
+                yield from walk(top, [sub], depth)
+            finally:
+                os.close(top)
+
     def entries(self) -> list[tuple[str, int, float]]:
         """(path, size, last used) of every cached pack and loose object."""
-        out = []
-        for sub in ("packs", "loose"):
-            for dirpath, _dirs, files in os.walk(os.path.join(self.root, sub)):
-                for name in files:
-                    path = os.path.join(dirpath, name)
-                    try:
-                        st = os.stat(path)
-                    except FileNotFoundError:
-                        continue
-                    out.append((path, st.st_size, st.st_mtime))
-        return out
+        return list(self._scan())
 
     def prune(self, older_than: float | None, max_size: int | None,
               now: float | None = None) -> PruneReport:
         """Evict entries unused for `older_than` seconds, then the least recently used
-        until the cache holds at most `max_size` bytes. Pending entries always stay."""
+        until the cache holds at most `max_size` bytes. Pending entries always stay.
+        Things that are not regular files where entries belong are removed too."""
         now = time.time() if now is None else now
         report = PruneReport()
-        if os.path.isdir(self.tmp):
-            for name in os.listdir(self.tmp):
-                path = os.path.join(self.tmp, name)
-                try:
-                    if now - os.stat(path).st_mtime > STALE_TMP_S:
-                        os.unlink(path)
-                        report.stale_tmp_removed += 1
-                except FileNotFoundError:
-                    pass
-        pending = os.path.join(self.root, "pending")
-        marked = set(os.listdir(pending)) if os.path.isdir(pending) else set()
+        self._prune_tmp(now, report)
+
+        def bad(dir_fd: int, name: str) -> None:
+            if self._drop_at(dir_fd, name):
+                report.bad_removed += 1
+
+        marked = self._pending_names()
         live = []
-        for path, size, used in sorted(self.entries(), key=lambda e: e[2]):
-            if os.path.basename(self._pending_path(path)) in marked:
+        for path, size, used in sorted(self._scan(bad), key=lambda e: e[2]):
+            if self._pending_name(path) in marked:
                 report.pending_kept += 1
                 report.kept += 1
                 report.kept_bytes += size
@@ -212,11 +417,41 @@ class ClusterCache:
                 report.kept_bytes += size
         return report
 
-    @staticmethod
-    def _evict(path: str, size: int, report: PruneReport) -> None:
+    def _prune_tmp(self, now: float, report: PruneReport) -> None:
+        """Remove temp files (or anything else) in tmp/ older than STALE_TMP_S."""
         try:
-            os.unlink(path)
+            directory = open_dirs(self.root, ["tmp"])
         except FileNotFoundError:
             return
+        except OSError:
+            self._drop(["tmp"])  # a link or a file where tmp/ belongs
+            return
+        try:
+            for name in os.listdir(directory):
+                try:
+                    st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if now - st.st_mtime > STALE_TMP_S and self._drop_at(directory, name):
+                    report.stale_tmp_removed += 1
+        finally:
+            os.close(directory)
+
+    def _evict(self, path: str, size: int, report: PruneReport) -> None:
+        """Unlink one entry found by `_scan` (only if it is still a regular file there)."""
+        parts = self._parts(path)
+        try:
+            parent = open_dirs(self.root, parts[:-1])
+        except (FileNotFoundError, NotADirectoryError, fileio.NotRegularFile):
+            return  # gone, or swapped for a link meanwhile: nothing of ours to evict
+        try:
+            if not stat.S_ISREG(os.stat(parts[-1], dir_fd=parent,
+                                        follow_symlinks=False).st_mode):
+                return
+            os.unlink(parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            return
+        finally:
+            os.close(parent)
         report.removed += 1
         report.freed_bytes += size

@@ -3,22 +3,29 @@
 Owns the filesystem flavour of the `Backend` protocol: files appear by temp file +
 fsync + rename (fileio's one way), so readers never see part of one; refs change under
 an exclusive lock on `refs.lock` with the compare and the rename inside it, so two
-pushers can never both move one ref. Must never touch the store.
+pushers can never both move one ref. The directory is shared with others, so nothing in
+it is trusted: keys must be plain relative paths (`check_key`), every step below the root
+is opened without following links (`open_dirs`), and every file is opened as a regular
+file only, size-capped, never blocking (`fileio.open_regular`). Must never touch the store.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from .. import fileio
 from ..hashing import hash_bytes
-from .base import NotFound, Progress, RemoteError
+from .base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, NotRegular, Progress, RemoteError,
+                   TooLarge, check_key, open_dirs)
 
 _PIECE = 8 << 20
+T = TypeVar("T")
 
 
 class FsBackend:
@@ -30,7 +37,34 @@ class FsBackend:
         self.tmp = os.path.join(root, "tmp")
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        return os.path.join(self.root, *check_key(key))
+
+    # ---- reading: nothing below the root is followed, nothing but regular files is read --
+    def _at(self, key: str, read: Callable[[str, int], T]) -> T:
+        """`read(name, dir_fd)` on the file at `key` (its directory opened by `open_dirs`),
+        with every refusal turned into NotFound / NotRegular / TooLarge."""
+        parts = check_key(key)
+        try:
+            parent = open_dirs(self.root, parts[:-1])
+            try:
+                return read(parts[-1], parent)
+            finally:
+                os.close(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{self._path(key)} does not exist") from None
+        except fileio.NotRegularFile as exc:
+            raise NotRegular(f"{self._path(key)} is not a regular file ({exc.strerror}); "
+                             f"refusing to read it",
+                             hint="something other than dsv wrote into the remote directory"
+                             ) from None
+        except fileio.FileTooLarge as exc:
+            raise TooLarge(f"{self._path(key)} is too large to be what it claims "
+                           f"({exc.strerror})",
+                           hint="the remote holds a damaged or hostile file") from None
+
+    def _open(self, key: str) -> int:
+        """An fd of the regular file at `key` (fileio.open_regular; the caller closes it)."""
+        return self._at(key, lambda name, parent: fileio.open_regular(name, dir_fd=parent))
 
     def check_reachable(self) -> None:
         parent = os.path.dirname(self.root.rstrip("/")) or "/"
@@ -40,33 +74,62 @@ class FsBackend:
                                    "was changed")
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not os.path.isdir(base):
-            return
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
-            for name in files:
-                if name.startswith(fileio.TMP_PREFIX):
-                    continue
-                try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
-                except FileNotFoundError:
-                    continue
-                yield (name if rel == "." else f"{rel}/{name}"), size
-
-    def get(self, key: str) -> bytes:
+        """Regular files only; symlinks (to files or directories) are neither reported nor
+        followed, so a listing never leaves the root."""
+        stem = prefix.rstrip("/")
+        parts = check_key(stem) if stem else []
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise NotFound(f"{self._path(key)} does not exist") from None
+            top = open_dirs(self.root, parts)
+        except (OSError, RemoteError):
+            return  # absent, or not a real directory: nothing to list
+        stack = [(top, "/".join(parts))]
+        try:
+            while stack:
+                fd, rel = stack.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        listed = list(entries)
+                    for entry in listed:
+                        name = entry.name
+                        key = f"{rel}/{name}" if rel else name
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISDIR(st.st_mode):
+                            try:
+                                stack.append((os.open(name, os.O_RDONLY | os.O_DIRECTORY
+                                                      | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                                      dir_fd=fd), key))
+                            except OSError:
+                                continue  # gone, or swapped for a link meanwhile
+                        elif stat.S_ISREG(st.st_mode) and not name.startswith(fileio.TMP_PREFIX):
+                            yield key, st.st_size
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _rel in stack:
+                os.close(fd)
+
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        cap = MAX_GET_BYTES if max_size is None else max_size
+        return self._at(key, lambda name, parent: fileio.read_regular(name, cap,
+                                                                      dir_fd=parent))
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise RemoteError(f"{self._path(key)}: asked for {length} bytes at {start}")
+        if length > MAX_GET_BYTES:
+            raise TooLarge(f"{self._path(key)}: refusing to read {length} bytes at once "
+                           f"(at most {MAX_GET_BYTES})",
+                           hint="the remote's pack index claims an object larger than any "
+                                "dsv packs")
+        fd = self._open(key)
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFound(f"{self._path(key)} does not exist") from None
-        try:
+            size = os.fstat(fd).st_size
+            if start + length > size:  # a claim past the end: refused, nothing allocated
+                raise RemoteError(f"{self._path(key)}: asked for {length} bytes at {start}, "
+                                  f"but it holds {size}")
             data = os.pread(fd, length, start)
         finally:
             os.close(fd)
@@ -76,53 +139,123 @@ class FsBackend:
         return data
 
     def download(self, key: str) -> Iterator[bytes]:
+        fd = self._open(key)
         try:
-            f = open(self._path(key), "rb")
-        except FileNotFoundError:
-            raise NotFound(f"{self._path(key)} does not exist") from None
-        with f:
-            yield from iter(lambda: f.read(_PIECE), b"")
+            while True:
+                chunk = os.read(fd, _PIECE)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            os.close(fd)
 
     def head(self, key: str) -> int | None:
         try:
-            return os.stat(self._path(key)).st_size
-        except FileNotFoundError:
-            return None
+            fd = self._open(key)
+        except (NotFound, NotRegular):
+            return None  # a FIFO or link where a file belongs: absent, an upload replaces it
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    # ---- writing: temp file + rename; directories below the root must be real ones ------
+    def _dir(self, parts: list[str]) -> str:
+        """The path of ROOT/PARTS…, created, with every step a real directory (NotRegular
+        when one is a symlink or a file: a rename there could land outside the root)."""
+        try:
+            os.close(open_dirs(self.root, parts, create=True))
+        except (fileio.NotRegularFile, NotADirectoryError):
+            raise NotRegular(f"{os.path.join(self.root, *parts)} is not a directory (a "
+                             f"symlink or a file); refusing to write through it",
+                             hint="something other than dsv wrote into the remote directory"
+                             ) from None
+        return os.path.join(self.root, *parts)
 
     def _tmp_dir(self) -> str:
-        os.makedirs(self.tmp, exist_ok=True)
-        return self.tmp
+        return self._dir(["tmp"])
 
     def _parent(self, key: str) -> str:
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return path
+        parts = check_key(key)
+        return os.path.join(self._dir(parts[:-1]), parts[-1])
+
+    @contextmanager
+    def _replacing(self, key: str) -> Iterator[None]:
+        """A rename over a directory fails (over a link or FIFO it replaces it): say so."""
+        try:
+            yield
+        except IsADirectoryError:
+            raise NotRegular(f"{self._path(key)} is a directory; refusing to replace it",
+                             hint="something other than dsv wrote into the remote directory"
+                             ) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._parent(key)
-        fileio.atomic_write_bytes(path, data, 0o444, tmp_dir=self._tmp_dir())
+        with self._replacing(key):
+            fileio.atomic_write_bytes(path, data, 0o444, tmp_dir=self._tmp_dir())
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
         dest = self._parent(key)
         tmp = fileio.tmp_name(self._tmp_dir())
         try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, _PIECE)
-                dst.flush()
-                os.fsync(dst.fileno())
-                if progress is not None:
-                    progress(dst.tell())
-            os.chmod(tmp, 0o444)
+            src = fileio.open_regular(path)
+            try:
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o444)
+                try:
+                    size = os.fstat(src).st_size
+                    fileio.copy_into(src, dst, size)
+                    os.fsync(dst)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+            if progress is not None:
+                progress(size)
         except BaseException:
             fileio.unlink_quietly(tmp)
             raise
-        fileio.publish(tmp, dest)
+        with self._replacing(key):
+            fileio.publish(tmp, dest)
+
+    def delete(self, key: str) -> None:
+        """Remove the file at `key` (or a FIFO, socket or link there: unlink never follows);
+        a missing key is fine; a directory is refused, never removed recursively."""
+        parts = check_key(key)
+        try:
+            parent = open_dirs(self.root, parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except fileio.NotRegularFile:
+            raise NotRegular(f"{self._path(key)} is reached through a symlink; refusing to "
+                             f"delete through it") from None
+        try:
+            os.unlink(parts[-1], dir_fd=parent)
+            os.fsync(parent)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise NotRegular(f"{self._path(key)} is a directory; refusing to delete it") \
+                from None
+        finally:
+            os.close(parent)
 
     @contextmanager
     def _refs_locked(self) -> Iterator[None]:
         os.makedirs(self.root, exist_ok=True)
-        fd = os.open(os.path.join(self.root, "refs.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        lock = os.path.join(self.root, "refs.lock")
+        try:  # never through a planted link (it would create or lock a file elsewhere)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise
+            raise NotRegular(f"{lock} is not a regular file ({exc.strerror})",
+                             hint="remove it; something other than dsv wrote it") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotRegular(f"{lock} is not a regular file",
+                                 hint="remove it; something other than dsv wrote it")
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -130,7 +263,7 @@ class FsBackend:
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
         try:
-            data = self.get(key)
+            data = self.get(key, MAX_REF_BYTES)
         except NotFound:
             return None
         return data, hash_bytes(data)
@@ -140,5 +273,8 @@ class FsBackend:
             current = self.read_ref(key)
             if (current[1] if current else None) != expect:
                 return None
-            fileio.atomic_write_bytes(self._parent(key), data, 0o644, tmp_dir=self._tmp_dir())
+            with self._replacing(key):
+                fileio.atomic_write_bytes(self._parent(key), data, 0o644,
+                                          tmp_dir=self._tmp_dir())
         return hash_bytes(data)
+

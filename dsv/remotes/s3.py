@@ -4,7 +4,11 @@ dsv makes (list, head, get), against AWS or any S3-compatible endpoint.
 Owns credentials handling (the standard AWS chain or `--profile`; never stored or
 printed; unsigned requests for public buckets), timeouts and retries (botocore's
 standard mode: throttling, 5xx, resets and timeouts are retried with backoff), and
-turning botocore errors into one clear DsvError. Must never touch the store.
+turning botocore errors into one clear DsvError. The endpoint is not trusted: a
+body is read only after its Content-Length passed the cap for what it is, and then read
+bounded (never `.read()` to the end of an unbounded stream); bytes that fail S3's own
+checksum are a CorruptDownload; listed keys outside the prefix, or not plain relative
+paths, are left out. Must never touch the store.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput
-from .base import NotFound, Progress, RemoteError
+from .base import (MAX_GET_BYTES, MAX_REF_BYTES, BadKey, CorruptDownload, NotFound, Progress,
+                   RemoteError, TooLarge, check_key)
 
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 30
@@ -25,6 +30,7 @@ MAX_ATTEMPTS = 5
 BODY_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
+_PIECE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,8 @@ def make_client(endpoint_url: str | None = None, profile: str | None = None,
 
 def describe(exc: BaseException, what: str) -> RemoteError:
     """One line for a botocore failure, with a hint where one helps."""
-    from botocore.exceptions import (ClientError, EndpointConnectionError, NoCredentialsError,
-                                     ReadTimeoutError, ConnectTimeoutError)
+    from botocore.exceptions import (ClientError, EndpointConnectionError, FlexibleChecksumError,
+                                     NoCredentialsError, ReadTimeoutError, ConnectTimeoutError)
 
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -95,6 +101,8 @@ def describe(exc: BaseException, what: str) -> RemoteError:
     if isinstance(exc, NoCredentialsError):
         return RemoteError(f"{what}: no AWS credentials found",
                            hint="configure the AWS credential chain, or --no-sign-request")
+    if isinstance(exc, FlexibleChecksumError):
+        return corrupt_download(what)
     return RemoteError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -158,12 +166,47 @@ def open_object(client: Any, bucket: str, obj: S3Object) -> Any:
         raise describe(exc, f"s3://{bucket}/{obj.key}") from None
 
 
+def corrupt_download(what: str) -> CorruptDownload:
+    return CorruptDownload(f"{what}: the download arrived damaged (it fails S3's own "
+                           f"checksum)", hint="nothing damaged was stored; try again, and if "
+                                              "it persists the remote holds damaged data")
+
+
 def _body_errors() -> tuple[type[BaseException], ...]:
+    """A body that broke off: worth asking again. (A body that arrived whole but fails
+    S3's checksum, FlexibleChecksumError, is `_checksum_error`: also asked again, then
+    reported as a corrupt download, never as a connection problem.)"""
     from botocore.exceptions import (ConnectionClosedError, IncompleteReadError,
                                      ReadTimeoutError, ResponseStreamingError)
     from urllib3.exceptions import ProtocolError
     return (ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
             ResponseStreamingError, ProtocolError, ConnectionError)
+
+
+def _checksum_error() -> type[BaseException]:
+    from botocore.exceptions import FlexibleChecksumError
+    return FlexibleChecksumError
+
+
+def read_bounded(body: Any, cap: int, what: str) -> bytes:
+    """All of a response body, refusing more than `cap` bytes (reads at most cap + 1: a
+    body longer than its Content-Length claimed is never read to its end). Reading until
+    the body says it is done is what makes botocore check its length and checksum."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = body.read(min(_PIECE, cap + 1 - total))
+            if not chunk:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise TooLarge(f"{what}: more than {cap} bytes",
+                               hint="the remote holds a damaged or hostile object")
+    except TooLarge:
+        body.close()
+        raise
 
 
 class S3Backend:
@@ -181,6 +224,7 @@ class S3Backend:
             max_concurrency=5)
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return self.prefix + key
 
     def _where(self, key: str) -> str:
@@ -190,90 +234,145 @@ class S3Backend:
         check_reachable(self.client)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Keys under `prefix`; a listed key outside it (a hostile or broken endpoint) or
+        one that is not a plain relative path is left out."""
+        if prefix.rstrip("/"):
+            check_key(prefix.rstrip("/"))
+        full = self.prefix + prefix
         cut = len(self.prefix)
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=self._key(prefix)):
+                    Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
-                    yield item["Key"][cut:], int(item["Size"])
+                    key = item.get("Key")
+                    if not isinstance(key, str) or not key.startswith(full):
+                        continue
+                    try:
+                        check_key(key[cut:])
+                        size = int(item["Size"])
+                    except (BadKey, KeyError, TypeError, ValueError):
+                        continue
+                    if size >= 0:
+                        yield key[cut:], size
         except Exception as exc:
             raise describe(exc, f"listing {self._where(prefix)}") from None
 
-    def _get(self, key: str, **args: Any) -> bytes:
+    def _get(self, key: str, cap: int, expect: int | None = None,
+             **args: Any) -> tuple[bytes, Any]:
+        """(body, response) of a GET, its Content-Length checked against `cap` (and equal
+        to `expect` if given) before the body is read, then read bounded."""
+        where, full = self._where(key), self._key(key)
         for attempt in range(BODY_ATTEMPTS):
             try:  # botocore retries the request itself; its failure is final
-                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **args)
+                response = self.client.get_object(Bucket=self.bucket, Key=full, **args)
             except Exception as exc:
                 if _is_missing(exc):
-                    raise NotFound(f"{self._where(key)} does not exist") from None
-                raise describe(exc, self._where(key)) from None
+                    raise NotFound(f"{where} does not exist") from None
+                raise describe(exc, where) from None
+            body = response["Body"]
+            claimed = response.get("ContentLength")
+            if expect is not None and claimed is not None and int(claimed) != expect:
+                body.close()
+                raise RemoteError(f"{where}: asked for {expect} bytes, the answer has "
+                                  f"{claimed}")
+            if claimed is not None and int(claimed) > cap:
+                body.close()
+                raise TooLarge(f"{where} is {claimed} bytes, more than the {cap} dsv reads "
+                               f"for it", hint="the remote holds a damaged or hostile object")
             try:  # …but not a body that breaks off after the headers: ask again
-                return response["Body"].read()
+                return read_bounded(body, cap, where), response
             except _body_errors():
                 if attempt == BODY_ATTEMPTS - 1:
-                    raise RemoteError(f"{self._where(key)}: the download broke off "
+                    raise RemoteError(f"{where}: the download broke off "
                                       f"{BODY_ATTEMPTS} times") from None
+            except _checksum_error():
+                if attempt == BODY_ATTEMPTS - 1:
+                    raise corrupt_download(where) from None
         raise AssertionError("unreachable")
 
-    def get(self, key: str) -> bytes:
-        return self._get(key)
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        return self._get(key, MAX_GET_BYTES if max_size is None else max_size)[0]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        data = self._get(key, Range=f"bytes={start}-{start + length - 1}")
+        if start < 0 or length < 0:
+            raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}")
+        if length == 0:
+            check_key(key)
+            return b""  # no byte to ask for (and `bytes=N-(N-1)` is no valid range)
+        if length > MAX_GET_BYTES:
+            raise TooLarge(f"{self._where(key)}: refusing to read {length} bytes at once "
+                           f"(at most {MAX_GET_BYTES})",
+                           hint="the remote's pack index claims an object larger than any "
+                                "dsv packs")
+        data = self._get(key, length, expect=length,
+                         Range=f"bytes={start}-{start + length - 1}")[0]
         if len(data) != length:
             raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}, "
                               f"got {len(data)}")
         return data
 
     def download(self, key: str) -> Iterator[bytes]:
+        full = self._key(key)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
         except Exception as exc:
             if _is_missing(exc):
                 raise NotFound(f"{self._where(key)} does not exist") from None
             raise describe(exc, self._where(key)) from None
         try:
-            yield from body.iter_chunks(8 << 20)
+            yield from body.iter_chunks(_PIECE)
         except _body_errors() as exc:
             raise RemoteError(f"{self._where(key)}: the download broke off ({exc})") from None
+        except _checksum_error():
+            raise corrupt_download(self._where(key)) from None
 
     def head(self, key: str) -> int | None:
+        full = self._key(key)
         try:
-            return int(self.client.head_object(Bucket=self.bucket,
-                                               Key=self._key(key))["ContentLength"])
+            return int(self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
         except Exception as exc:
             if _is_missing(exc):
                 return None
             raise describe(exc, self._where(key)) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._key(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
         except Exception as exc:
             raise describe(exc, f"uploading {self._where(key)}") from None
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        full = self._key(key)
         try:
-            self.client.upload_file(path, self.bucket, self._key(key),
+            self.client.upload_file(path, self.bucket, full,
                                     Config=self._transfer_config, Callback=progress)
         except Exception as exc:
             cause = getattr(exc, "last_exception", None) or exc.__cause__ or exc
             raise describe(cause, f"uploading {self._where(key)}") from None
 
-    def read_ref(self, key: str) -> tuple[bytes, str] | None:
+    def delete(self, key: str) -> None:
+        full = self._key(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read(), response["ETag"]
+            self.client.delete_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             if _is_missing(exc):
-                return None
-            raise describe(exc, self._where(key)) from None
+                return
+            raise describe(exc, f"deleting {self._where(key)}") from None
+
+    def read_ref(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data, response = self._get(key, MAX_REF_BYTES)
+        except NotFound:
+            return None
+        return data, response["ETag"]
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
         condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        full = self._key(key)
         try:
-            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key),
-                                              Body=data, **condition)
+            response = self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                              **condition)
         except Exception as exc:
             if _status(exc) in (409, 412):  # lost the race (409: a concurrent conditional write)
                 return None

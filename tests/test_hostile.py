@@ -1,0 +1,505 @@
+"""Hostile input: remotes, trees, refs and working directories built by an attacker.
+
+Each remote here is built by hand (tests/hostile.py) with correct blake3 ids, so that
+only dsv's semantic checks stand in the way. The numbers in test names are the items of
+the untrusted-input issue; the classes (reserved `.dsv`, links resolved through links,
+modes, history, bounds) are tested through every door that reaches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_tree, run_dsv, write_tree
+from dsv.hashing import hash_bytes
+from dsv.paths import check_links, placed_mode
+from dsv.errors import UnsafePath
+from hostile import HostileRemote
+
+DS = "vict1m"
+
+
+def _clone(dsv, remote: Path, dest: Path):
+    return dsv("clone", remote, dest, cwd=dest.parent)
+
+
+def _no_store_planted(root: Path) -> None:
+    """Nothing but dsv itself wrote into `.dsv/`, and no nested store appeared."""
+    config = json.loads((root / ".dsv" / "config.json").read_bytes())
+    assert config == {"format": 1, "hash": "blake3"}
+    nested = [p for p in root.rglob(".dsv") if p != root / ".dsv"]
+    assert nested == []
+
+
+# ---- 1, 2: `.dsv` is reserved --------------------------------------------------------
+
+@pytest.mark.parametrize("path", [".dsv/config.json", ".dsv/index.db", "sub/.dsv/config.json",
+                                  ".DSV/config.json", "a/b/.dsv"])
+def test_1_2_tree_naming_a_store_is_refused_by_clone(tmp_path: Path, dsv, path: str) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {path: b'{"format": 1, "evil": true}', "ok.txt": b"ok"})
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1, r.out + r.err
+    assert r.err.startswith("error: ")
+    assert "reserved" in r.err
+    assert "bug in dsv" not in r.err
+    assert not (tmp_path / "victim").exists()  # a failed clone leaves nothing
+
+
+def test_1_symlink_named_dsv_in_tree_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"x": ("l", ".dsv/lock"), "ok.txt": b"ok"})
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "store" in r.err, r.err
+
+
+def test_1_local_doors_to_dsv_are_refused(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    draft = json.loads(dsv("versions", "create", "data", "--json", cwd=ws).out)["id"]
+    evil = tmp_path / "evil.json"
+    evil.write_text('{"format": 99}')
+    r = dsv("files", "put", f"data:{draft}", evil, "--target-path", ".dsv", cwd=ws)
+    assert r.code == 1 and "reserved" in r.err, r.err
+    r = dsv("files", "put", f"data:{draft}", evil, "--target-path", "x/.Dsv", cwd=ws)
+    assert r.code == 1 and "reserved" in r.err, r.err
+    r = dsv("datasets", "create", "nest", "--path", "sub/.dsv", cwd=ws)
+    assert r.code == 1 and "store" in r.err, r.err
+    r = dsv("datasets", "create", "nest2", "--path", ".dsv/objects", cwd=ws)
+    assert r.code == 1 and "store" in r.err, r.err
+    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 1
+
+
+def test_1_file_named_dsv_in_worktree_is_never_content(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a", "sub/.dsv": "not a store", "sub/b.txt": "b"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    listing = json.loads(dsv("files", "list", "data:latest", "--recursive", "--json",
+                             cwd=ws).out)
+    assert sorted(row["path"] for row in listing) == ["a.txt", "sub/b.txt"]
+
+
+def test_1_lock_symlink_is_never_followed(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    lock = ws / ".dsv" / "lock"
+    lock.unlink(missing_ok=True)
+    os.symlink(outside, lock)
+    r = dsv("tag", "data:latest", "v1", cwd=ws)
+    assert r.code == 1 and r.err.startswith("error: "), r.err
+    assert "regular file" in r.err
+    assert outside.read_text() == "keep me"
+
+
+def test_2_ref_path_into_a_store_is_not_bound(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"data"}, path="x/.dsv")
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    victim = tmp_path / "victim"
+    assert not (victim / "x").exists()
+    _no_store_planted(victim)
+    details = json.loads(dsv("datasets", "list", "--json", cwd=victim).out)
+    assert [d["path"] for d in details] == [None]
+
+
+# ---- 3: links through links ------------------------------------------------------------
+
+def test_3_link_escaping_through_another_link_is_refused_pure() -> None:
+    check_links({"d/l": ".", "ok": "d/l"})
+    with pytest.raises(UnsafePath):
+        check_links({"d/l": ".", "s": "d/l/../.."})
+    chain = "/".join(["l"] * 12)
+    with pytest.raises(UnsafePath):
+        check_links({"l": ".", "s": chain + "/../../etc"})
+    with pytest.raises(UnsafePath):
+        check_links({"a": "b", "b": "a", "c": "a/x"})  # a loop
+    with pytest.raises(UnsafePath):
+        check_links({"d/l": "..", "s": "d/l/.dsv"})
+
+
+def test_3_commit_refuses_escaping_link_chain(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a", "d/keep.txt": "k"})
+    os.symlink(".", ws / "d" / "l")
+    os.symlink("d/l/../..", ws / "s")
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    r = dsv("commit", "-m", "one", cwd=ws)
+    assert r.code == 1 and "outside the dataset" in r.err, r.err
+
+
+def test_3_clone_refuses_escaping_link_chain(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"d/l": ("l", "."), "s": ("l", "d/l/../.."),
+                                      "f.txt": b"x"})
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "outside the dataset" in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
+# ---- 4: modes ------------------------------------------------------------------------------
+
+def test_4_setuid_tree_from_remote_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"run.sh": b"#!/bin/sh\n"}, mode=0o4755)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "setuid" in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
+def test_4_modes_placed_never_special() -> None:
+    assert placed_mode(0o4755, 0o022) == 0o755
+    assert placed_mode(0o2755, 0o022) == 0o755
+    assert placed_mode(0o1777, 0o022) == 0o755
+    assert placed_mode(0o666, 0o002) == 0o664
+    assert placed_mode(0o600, 0o022) == 0o600
+
+
+def test_4_local_setuid_bit_is_not_recorded(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"run.sh": "#!/bin/sh\n"})
+    os.chmod(ws / "run.sh", 0o4755)
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    rows = json.loads(dsv("files", "list", "data:latest", "--json", cwd=ws).out)
+    assert rows[0]["mode"] == "0o755"
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest", "--to", out, cwd=ws).code == 0
+    assert stat.S_IMODE(os.lstat(out / "run.sh").st_mode) == 0o755
+
+
+# ---- 5: remotes, mount roots and --to targets inside or above the store ------------------
+
+def test_5_remote_inside_store_and_checkout_to_root_are_refused(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    r = dsv("remote", "add", "x", ".dsv/objects", cwd=ws)
+    assert r.code == 1 and "store" in r.err, r.err
+    r = dsv("remote", "add", "y", str(ws / ".dsv"), cwd=ws)
+    assert r.code == 1 and "store" in r.err, r.err
+    started = time.monotonic()
+    r = dsv("checkout", "data:latest", "--to", "/", cwd=ws)
+    assert r.code == 1 and "holds this workspace" in r.err, r.err
+    assert time.monotonic() - started < 5
+    r = dsv("checkout", "data:latest", "--to", tmp_path, cwd=ws)
+    assert r.code == 1 and "holds this workspace" in r.err, r.err
+
+
+# ---- 6, 7: checkout never discards what it did not place ---------------------------------
+
+def test_6_checkout_leaves_nested_dataset_alone(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"top.txt": "t", "sub/f.txt": "original"})
+    assert dsv("init", "--name", "A", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("datasets", "create", "B", "--path", "sub", cwd=ws).code == 0
+    (ws / "sub" / "f.txt").write_text("edited in B")
+    r = dsv("checkout", "A:latest", cwd=ws)
+    assert r.code == 0, r.err
+    assert (ws / "sub" / "f.txt").read_text() == "edited in B"
+    r = dsv("checkout", "A:latest", "--force", cwd=ws)
+    assert r.code == 0, r.err
+    assert (ws / "sub" / "f.txt").read_text() == "edited in B"
+
+
+def test_7_resumed_checkout_keeps_user_changes(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"f{i}.txt": f"one {i}" for i in range(20)})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("tag", "data:latest", "v1", cwd=ws).code == 0
+    write_tree(ws, {f"f{i}.txt": f"two {i}" for i in range(20)})
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    killed = run_dsv("checkout", "data:v1", cwd=ws, env={"DSV_CRASH_AT": "checkout:journal-written"})
+    assert killed.returncode == -9
+    (ws / "mine.txt").write_text("created after the crash")
+    (ws / "f3.txt").write_text("edited after the crash")
+    r = run_dsv("checkout", "data:v1", cwd=ws)
+    assert r.returncode == 1 and "uncommitted" in r.stderr, r.stderr
+    assert (ws / "mine.txt").read_text() == "created after the crash"
+    assert (ws / "f3.txt").read_text() == "edited after the crash"
+    r = run_dsv("checkout", "data:v1", "--force", cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert (ws / "f3.txt").read_text() == "one 3"
+
+
+def test_7_checkout_killed_mid_write_resumes_without_force(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"f{i}.txt": f"one {i}" * 100 for i in range(50)})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("tag", "data:latest", "v1", cwd=ws).code == 0
+    write_tree(ws, {f"f{i}.txt": f"two {i}" for i in range(50)})
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    killed = run_dsv("checkout", "data:v1", cwd=ws,
+                     env={"DSV_CRASH_AT": "checkout:file-written", "DSV_CRASH_AFTER": "10"})
+    assert killed.returncode == -9
+    r = run_dsv("checkout", "data:v1", cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert read_tree(ws) == {f"f{i}.txt": (f"one {i}" * 100).encode() for i in range(50)}
+
+
+# ---- 8: clone races and kills -------------------------------------------------------------
+
+def _pushed(tmp_path: Path, dsv, n: int = 300) -> Path:
+    src = tmp_path / "src"
+    write_tree(src, {f"d{i % 7}/f{i}.bin": os.urandom(200 + i) for i in range(n)})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    return src
+
+
+def test_8_two_clones_into_one_directory(tmp_path: Path, dsv) -> None:
+    src = _pushed(tmp_path, dsv)
+    expected = read_tree(src)
+    for round_ in range(4):
+        dest = tmp_path / f"dest{round_}"
+        procs = [subprocess.Popen([sys.executable, "-m", "dsv", "clone", str(tmp_path / "remote"),
+                                   str(dest)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        codes = sorted(code for code, _err in results)
+        assert codes[0] == 0, results
+        assert read_tree(dest) == expected, results
+        assert run_dsv("verify", cwd=dest).returncode == 0
+        for code, err in results:
+            if code:
+                assert err.startswith("error: ") and "bug in dsv" not in err, err
+
+
+@pytest.mark.parametrize("point", ["fetch:objects-written", "checkout:file-written"])
+def test_8_killed_clone_completes_when_run_again(tmp_path: Path, dsv, point: str) -> None:
+    src = _pushed(tmp_path, dsv)
+    dest = tmp_path / "dest"
+    killed = run_dsv("clone", tmp_path / "remote", dest, cwd=tmp_path,
+                     env={"DSV_CRASH_AT": point})
+    assert killed.returncode == -9
+    r = run_dsv("clone", tmp_path / "remote", dest, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert read_tree(dest) == read_tree(src)
+    assert not (dest / ".dsv" / "clone.json").exists()
+    assert run_dsv("verify", cwd=dest).returncode == 0
+
+
+def test_8_pull_inside_killed_clone_completes_it(tmp_path: Path, dsv) -> None:
+    src = _pushed(tmp_path, dsv)
+    dest = tmp_path / "dest"
+    killed = run_dsv("clone", tmp_path / "remote", dest, cwd=tmp_path,
+                     env={"DSV_CRASH_AT": "fetch:objects-written"})
+    assert killed.returncode == -9
+    r = run_dsv("pull", cwd=dest)
+    assert r.returncode == 0, r.stderr
+    assert read_tree(dest) == read_tree(src)
+    status = json.loads(run_dsv("status", "--json", cwd=dest).stdout)
+    assert status[0]["clean"] and status[0]["path"] == "."
+
+
+def test_8_clone_of_another_url_into_unfinished_clone_is_refused(tmp_path: Path, dsv) -> None:
+    _pushed(tmp_path, dsv)
+    dest = tmp_path / "dest"
+    killed = run_dsv("clone", tmp_path / "remote", dest, cwd=tmp_path,
+                     env={"DSV_CRASH_AT": "fetch:objects-written"})
+    assert killed.returncode == -9
+    (tmp_path / "other").mkdir()
+    r = run_dsv("clone", tmp_path / "other", dest, cwd=tmp_path)
+    assert r.returncode == 1 and "unfinished clone" in r.stderr, r.stderr
+    assert (dest / ".dsv" / "clone.json").exists()
+
+
+# ---- 9: push re-hashes what it sends -------------------------------------------------------
+
+def test_9_push_refuses_flipped_loose_object(tmp_path: Path, dsv) -> None:
+    src = tmp_path / "src"
+    big = os.urandom((1 << 20) + 10)
+    write_tree(src, {"big.bin": big, "a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    oid = hash_bytes(big)
+    loose = src / ".dsv" / "objects" / "loose" / oid[:2] / oid
+    os.chmod(loose, 0o644)
+    with open(loose, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=src).code == 0
+    r = dsv("push", cwd=src)
+    assert r.code == 1 and "corrupt" in r.err and oid[:12] in r.err, r.err
+    assert not (tmp_path / "remote" / "loose" / oid[:2] / oid).exists()
+    assert not list((tmp_path / "remote").glob("refs/*/latest"))
+
+
+# ---- 11, 12, 13: history is a DAG within one dataset ------------------------------------
+
+def test_11_self_parent_record_is_ignored(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    good = remote.version("v1aaaaaaaa", DS, {"f.txt": b"one"})
+    root = remote.files({"f.txt": b"two"})
+    evil = remote.record("v2bbbbbbbb", DS, root,
+                         parents=[{"id": "v2bbbbbbbb", "record": good}])
+    remote.publish()
+    remote.ref(DS, "tags/evil", "v2bbbbbbbb", evil)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    assert "names itself" in r.err
+    victim = tmp_path / "victim"
+    log = json.loads(dsv("log", "--json", cwd=victim).out)
+    assert [v["id"] for v in log] == ["v1aaaaaaaa"]
+    assert dsv("show", "victim:evil", cwd=victim).code == 1
+
+
+def test_11_parent_from_another_dataset_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    other = remote.version("o1cccccccc", "other1", {"g.txt": b"other"}, path="o")
+    root = remote.files({"f.txt": b"two"})
+    child = remote.record("v2bbbbbbbb", DS, root, parents=[{"id": "o1cccccccc", "record": other}])
+    remote.publish()
+    remote.ref(DS, "latest", "v2bbbbbbbb", child)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "not a version of its own dataset" in r.err, r.err
+
+
+def test_12_ref_naming_another_datasets_version_is_ignored(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("a1aaaaaaaa", "dsa", {"a.txt": b"a"}, path="A")
+    b_record = remote.version("b1bbbbbbbb", "dsb", {"b.txt": b"b"}, path="B")
+    remote.ref("dsa", "tags/t1", "b1bbbbbbbb", b_record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    victim = tmp_path / "victim"
+    r = dsv("checkout", "dsa:t1", cwd=victim)
+    assert r.code == 1 and r.err.startswith("error: "), r.err
+    assert (victim / "A" / "a.txt").read_bytes() == b"a"
+    assert not (victim / "A" / "b.txt").exists()
+
+
+def test_13_dataset_name_that_is_another_id_is_refused(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    ds_id = json.loads(dsv("datasets", "list", "--json", cwd=ws).out)[0]["id"]
+    r = dsv("datasets", "create", ds_id, cwd=ws)
+    assert r.code == 1 and "id of another dataset" in r.err, r.err
+    assert dsv("datasets", "create", "other", cwd=ws).code == 0
+    r = dsv("datasets", "update", "other", "--name", ds_id, cwd=ws)
+    assert r.code == 1 and "id of another dataset" in r.err, r.err
+
+
+# ---- 14, 15: sizes, counts and nesting ---------------------------------------------------
+
+def test_14_pack_index_claiming_huge_object_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    root = remote.files({"f.txt": b"x"})
+    record = remote.record("v1aaaaaaaa", DS, root)
+    remote.publish(entries_override={root: 1 << 40})
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and r.err.startswith("error: ") and "bug in dsv" not in r.err, r.err
+    assert "out of bounds" in r.err
+
+
+def test_14_tree_bomb_is_refused_quickly(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    blob = remote.blob(b"x")
+    child = remote.tree([["a", "f", 0o644, 1, blob], ["b", "f", 0o644, 1, blob]])
+    for _level in range(40):  # each level names the one below twice: 2^41 paths
+        child = remote.tree([["a", "d", 0, 0, child], ["b", "d", 0, 0, child]])
+    record = remote.record("v1aaaaaaaa", DS, child)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    started = time.monotonic()
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert time.monotonic() - started < 20
+    assert r.code == 1 and "paths" in r.err and "bug in dsv" not in r.err, r.err
+
+
+def test_15_deeply_nested_json_ref_is_ignored(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
+    remote.ref(DS, "tags/deep", "x", "y", raw=b"[" * 100_000 + b"]" * 100_000)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    assert (tmp_path / "victim" / "f.txt").read_bytes() == b"good"
+
+
+def test_15_deeply_nested_record_is_ignored(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
+    deep = remote.add(b'{"type":"version","v":1,"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}", 2)
+    remote.publish()
+    remote.ref(DS, "tags/deep", "v9", deep)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    assert "bug in dsv" not in r.err
+    assert (tmp_path / "victim" / "f.txt").read_bytes() == b"good"
+
+
+# ---- attacks that held before, kept held ------------------------------------------------
+
+@pytest.mark.parametrize("name", ["..", "a/b", "nul\0x", "."])
+def test_bad_names_in_tree_are_refused(tmp_path: Path, dsv, name: str) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    blob = remote.blob(b"evil")
+    root = remote.tree([[name, "f", 0o644, 4, blob]])
+    record = remote.record("v1aaaaaaaa", DS, root)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and r.err.startswith("error: ") and "bug in dsv" not in r.err, r.err
+    assert not (tmp_path / "evil").exists()
+
+
+def test_absolute_symlink_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"etc": ("l", "/etc"), "f.txt": b"x"})
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "absolute" in r.err, r.err
+
+
+def test_wrong_bytes_in_pack_are_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"the true bytes"})
+    pack = next((remote.root / "packs").iterdir())
+    data = bytearray(pack.read_bytes())
+    at = data.index(b"the true bytes")
+    data[at] ^= 1
+    pack.write_bytes(bytes(data))
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "corrupt" in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
+def test_secrets_are_never_stored_or_printed(tmp_path: Path, dsv, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekrit-value-123")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    r = dsv("remote", "add", "s3", "s3://bucket/prefix", "--endpoint-url",
+            "http://127.0.0.1:9", cwd=ws)
+    assert r.code == 0
+    r2 = dsv("push", "s3", cwd=ws)
+    for text in (r.out, r.err, r2.out, r2.err):
+        assert "sekrit" not in text and "AKIAEXAMPLE" not in text
+    for path in (ws / ".dsv").rglob("*"):
+        if path.is_file():
+            assert b"sekrit" not in path.read_bytes()
