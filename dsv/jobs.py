@@ -1,41 +1,81 @@
 """`dsv run`: a command with datasets mounted read-only as inputs and empty outputs.
 
-Owns placing inputs (a read-only bind mount in a private mount namespace where Linux
-allows it, else a private copy), running the command with their paths in environment
-variables, and committing each output with lineage (exact input versions, command,
-exit status, start time, duration) or, when the command fails, keeping it as a draft.
-Must never hold the store lock while the command runs: jobs may take hours.
+Owns placing inputs (a read-only bind mount of a cached input tree in a private mount
+namespace where Linux allows it, else a private copy), the input trees under
+`.dsv/inputs/` and the stamps that decide whether one may be reused, running the command
+with their paths in environment variables, and committing each output with lineage
+(exact input versions, command, exit status, start time, duration) or, when the command
+fails, keeping it as a draft.
+
+Must never hold the store lock while the command runs (jobs may take hours), never let a
+job's outputs be committed when it may have read bytes other than those of the versions
+its lineage names, never follow a link inside `.dsv/inputs/` that it did not make, and
+never put a mount root inside a store.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import refs, worktree
-from .errors import InvalidInput, JobFailed
+from . import fileio, refs, worktree
+from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
+from .hashing import LARGE_READ, new_hasher
 from .index import Version
+from .jsonio import load_bounded
+from .objects import RACY_NS
+from .paths import STORE_DIR, is_reserved
+from .tree import FILE, LINK, Manifest
 
 if TYPE_CHECKING:
     from .store import Store
 
 INPUTS_DIR = "inputs"
-_STAMP = ".dsv-input-stamp"
+STAMP_SUFFIX = ".stamp"       # `.dsv/inputs/<version>.stamp`, beside (not in) the tree
+STAMP_FORMAT = 1
+_BUILDING = ".building-"      # `<version>.building-…`: half-built or discarded trees
 _ENV_NAME = re.compile(r"[^A-Za-z0-9]")
-# Binds each SRC onto DST read-only inside the new namespace, then becomes the command.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_DIRS = 64               # directory descriptors one walk keeps open; deeper are reopened
+_BUILD_ATTEMPTS = 3
+_MAX_STAMP_BYTES = 1 << 30
+_READ_CHUNK = 8 << 20
+_PROC_FD = os.path.isdir("/proc/self/fd")
+_NUMBER_COLUMNS = ("inodes", "sizes", "ctimes_ns", "modes")  # of a stamp, after "kinds"
+
+Record = tuple[str, int, int, int, int]
+"""What a stamp holds of one file or link: (kind, inode, size, ctime_ns, permission bits).
+
+ctime, not mtime: no user process can set it. Every write, chmod, utime, rename or
+link-count change moves it, so a record that still matches means nothing was done to the
+file since it was placed and verified.
+"""
+
+# Binds each SRC onto DST read-only inside the new namespace, checks that what got bound
+# is the directory dsv checked (device:inode; SRC is a path, and a path can be swapped for
+# a link between the check and the mount), then becomes the command.
 _MOUNT_SCRIPT = """set -e
 while [ "$1" != "--" ]; do
   mount --bind "$1" "$2"
   mount -o remount,bind,ro "$2"
-  shift 2
+  if [ "$(stat -c %d:%i "$2")" != "$3" ]; then
+    echo "error: $1 was replaced while it was being mounted; the command did not run" >&2
+    exit 125
+  fi
+  shift 3
 done
 shift
 exec "$@"
@@ -101,7 +141,7 @@ def env_name(kind: str, name: str) -> str:
 
 def can_mount_read_only() -> bool:
     """Whether this process may bind-mount read-only in a private mount namespace."""
-    if not shutil.which("unshare") or not shutil.which("mount"):
+    if not all(shutil.which(tool) for tool in ("unshare", "mount", "stat")):
         return False
     with tempfile.TemporaryDirectory(prefix="dsv-probe-") as probe:
         src, dst = Path(probe, "src"), Path(probe, "dst")
@@ -110,11 +150,54 @@ def can_mount_read_only() -> bool:
         script = _MOUNT_SCRIPT.replace('exec "$@"', 'touch "$1/x" 2>/dev/null && exit 3; exit 0')
         try:
             done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                   script, "sh", str(src), str(dst), "--", str(dst)],
-                                  capture_output=True, timeout=10)
+                                   script, "sh", str(src), str(dst), _identity(os.stat(src)),
+                                   "--", str(dst)], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0 and not (src / "x").exists()
+
+
+def check_mount_root(store: "Store", mount_root: str | os.PathLike[str],
+                     fresh: bool = False) -> Path:
+    """`mount_root` with symlinks resolved, refused (before anything is created) when it
+    lies inside a store or holds this workspace's store: outputs must never land among
+    objects, and inputs bound over the store would hide it from the job's own dsv.
+    With `fresh` a new directory will be made inside it, so only the first applies."""
+    given = os.fspath(mount_root)
+    try:
+        resolved = Path(given).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop on the way
+        raise InvalidInput(f"--mount-root {given} cannot be resolved: {exc}") from None
+    stores = {store.dsv_dir, store.dsv_dir.resolve()}
+    lexical = Path(os.path.abspath(given)).parts
+    if any(is_reserved(part) for part in (*lexical, *resolved.parts)) or \
+            any(resolved.is_relative_to(s) for s in stores):
+        raise UnsafePath(f"--mount-root {given} is inside a store ({STORE_DIR} is reserved "
+                         "for dsv)", hint="choose a directory outside every .dsv/, or leave "
+                                          "--mount-root out for a new temporary one")
+    if not fresh and any(s.is_relative_to(resolved) for s in stores):
+        raise UnsafePath(f"--mount-root {given} contains this workspace's store "
+                         f"{store.dsv_dir}", hint="choose a directory that is not an ancestor "
+                                                  "of the workspace, e.g. an empty "
+                                                  "subdirectory of it")
+    return resolved
+
+
+def _binding_dir(root: Path, name: str) -> Path:
+    """`root/name`, which must be absent or an empty real directory: a link there could
+    send a job's outputs (or a bind mount) anywhere."""
+    path = root / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"{path} is not a directory (a link or a file)",
+                         hint="dsv never writes through a link it did not make; remove it "
+                              "or choose another --mount-root")
+    if any(os.scandir(path)):
+        raise InvalidInput(f"{path} is not empty", hint="choose another --mount-root")
+    return path
 
 
 def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command: list[str],
@@ -124,41 +207,52 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
     empty and writable under `mount_root`; commit the outputs when it succeeds."""
     if not command:
         raise InvalidInput("no command to run", hint="put it after `--`: dsv run … -- CMD ARGS")
+    if mount_root is not None:
+        chosen: Path | None = check_mount_root(store, mount_root)
+    else:
+        chosen = None
+        check_mount_root(store, tempfile.gettempdir(), fresh=True)  # TMPDIR in a store?
     in_versions = {name: store.resolve(ref) for name, ref in inputs.items()}
     for name, v in in_versions.items():
         if v.is_draft:
             raise InvalidInput(f"input {name} is draft {v.id}; inputs must be committed "
                                "versions, so lineage names something that cannot change")
     out_datasets = {name: store.dataset(key) for name, key in outputs.items()}
-    root = Path(mount_root).resolve() if mount_root else Path(tempfile.mkdtemp(prefix="dsv-run-"))
+    if chosen is not None:
+        for name in (*in_versions, *out_datasets):
+            _binding_dir(chosen, name)
+    root = chosen or Path(tempfile.mkdtemp(prefix="dsv-run-"))
     root.mkdir(parents=True, exist_ok=True)
-    for name in (*in_versions, *out_datasets):
-        if (root / name).exists() and any((root / name).iterdir()):
-            raise InvalidInput(f"{root / name} is not empty", hint="choose another --mount-root")
     mounted = can_mount_read_only() if mount is None else mount
     env = dict(os.environ, DSV_MOUNT_ROOT=str(root))
     binds: list[str] = []
+    trees: dict[str, InputTree] = {}
     try:
         with store.locked("run: placing inputs"):
             for name, v in in_versions.items():
-                target = root / name
+                target = _binding_dir(root, name)
                 target.mkdir(parents=True, exist_ok=True)
                 if mounted:
                     # The read-only bind is what keeps the job out; what is bound is the
                     # version's input tree, made once and reused by every later run.
-                    binds += [str(input_tree(store, v)), str(target)]
+                    tree = trees[name] = input_tree(store, v)
+                    binds += [str(tree.path), str(target), tree.identity]
                 else:
                     worktree.Materializer(store.objects, target, "auto",
                                           stat_rows=False).place(list(store.manifest(v).items()))
                 env[env_name("INPUT", name)] = str(target)
         for name in out_datasets:
-            (root / name).mkdir(parents=True, exist_ok=True)
+            _binding_dir(root, name).mkdir(parents=True, exist_ok=True)
             env[env_name("OUTPUT", name)] = str(root / name)
         argv = (["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT, "sh",
                  *binds, "--", *command] if mounted and binds else list(command))
         started = time.time()
         status = _run_forwarding_signals(argv, env)
         duration = time.time() - started
+        # The trees were checked before the job; anything done to them since (by anyone:
+        # the job itself can reach `.dsv/inputs/` by its path) may have been read.
+        changed = {name: paths for name, tree in trees.items()
+                   if (paths := tree.changed_paths(store))}
         result = JobResult(list(command), status, started, duration, mounted, root)
         lineage = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
@@ -172,68 +266,561 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         text = message or f"dsv run: {' '.join(command)}"[:200]
         for name, ds in out_datasets.items():
             result.outputs[name] = store.create_version_from_path(
-                ds.id, root / name, text, lineage=lineage, commit=status == 0)
+                ds.id, root / name, text, lineage=lineage, commit=status == 0 and not changed)
+        kept = ", ".join(f"{_name(store, v.dataset)}:{v.id}" for v in result.outputs.values())
+        if changed:
+            name, paths = next(iter(changed.items()))
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3
+                                            else "")
+            raise CorruptObject(
+                f"input {name} ({lineage['inputs'][name]['ref']}) was changed in "
+                f"{STORE_DIR}/{INPUTS_DIR}/ while the command ran ({shown}); nothing was "
+                "committed" + (f"; outputs kept as drafts: {kept}" if kept else ""),
+                hint="something wrote into the cached input tree; run the job again (dsv "
+                     "rebuilds a changed input tree before binding it)")
         if status != 0:
-            kept = ", ".join(f"{_name(store, v.dataset)}:{v.id}" for v in result.outputs.values())
             raise JobFailed(f"the command exited with status {status}; nothing was committed"
                             + (f"; outputs kept as drafts: {kept}" if kept else ""),
                             hint="inspect a draft with `dsv files list DRAFT`, commit it with "
                                  "`dsv versions commit DRAFT`", result=result)
         return result
     finally:
+        for tree in trees.values():
+            tree.close()
         if mount_root is None:
             # Inputs are gone with the namespace; outputs are in the store now.
             shutil.rmtree(root, ignore_errors=True)
 
 
-def input_tree(store: "Store", version: Version) -> Path:
+# ---- input trees ---------------------------------------------------------------------
+
+@dataclass
+class InputTree:
+    """A version's input tree, checked against its stamp and held open by a descriptor
+    that followed no link, until the job that binds it has ended."""
+
+    version: Version
+    path: Path                      # `.dsv/inputs/<version>`
+    fd: int                         # the tree's directory itself
+    records: dict[str, Record]      # every file and link as checked
+
+    @property
+    def identity(self) -> str:
+        """`device:inode` of the tree's directory, as `stat -c %d:%i` prints it."""
+        return _identity(os.fstat(self.fd))
+
+    def changed_paths(self, store: "Store") -> list[str]:
+        """Paths done anything to since the check. A file whose only change is its ctime
+        (a shared copy gained or lost a hard link) is re-hashed and passes if intact."""
+        try:
+            files, dirs, odd = _scan(self.fd)
+        except (_Changed, OSError):
+            return ["the tree itself"]
+        changed = sorted((files.keys() ^ self.records.keys()) | set(odd)
+                         | (dirs ^ _parents(self.records)))
+        suspects = [p for p in files.keys() & self.records.keys()
+                    if files[p] != self.records[p]]
+        manifest: Manifest | None = None
+        for rel in sorted(suspects):
+            if _same_but_ctime(files[rel], self.records[rel]):
+                manifest = manifest if manifest is not None else store.manifest(self.version)
+                entry = manifest.get(rel)
+                hashed = _hash_at(self.fd, rel)
+                if entry is not None and hashed is not None and hashed[0] == entry.oid:
+                    continue
+            changed.append(rel)
+        return changed
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "InputTree":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def input_tree(store: "Store", version: Version) -> InputTree:
     """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
 
     Made once per version (large files hard links to verified shared copies, small ones
-    written from their packs), then reused: later runs cost one bind mount. A stamp keeps
-    every file's (size, mtime, inode, mode); a tree that no longer matches it (someone
-    edited it outside a job, where it is writable) is rebuilt, never bound.
+    written from their packs; files then 0444/0555, directories 0555), then reused: later
+    runs cost one lstat per file and one bind mount. `<version>.stamp` beside the tree
+    records every file's (kind, inode, size, ctime, mode). A tree whose files all still
+    match is reused as it is; a file whose ctime alone moved is re-hashed; anything else
+    (a changed byte, a planted link or file, a missing file, an unreadable stamp) makes
+    the tree be rebuilt, never bound. The caller closes the returned tree.
     """
-    import json
-
-    from .worktree import scan
-
-    base = store.dsv_dir / INPUTS_DIR
-    final = base / version.id
-    stamp = final / _STAMP
-    if stamp.is_file():
+    with store.locked("run: placing inputs"):
+        base, base_fd = _open_inputs_dir(store)
         try:
-            expected = json.loads(stamp.read_text())
-            files, _ = scan(final)
-            files.pop(_STAMP, None)
-            if {p: list(f[:4]) for p, f in files.items()} == expected:
-                return final
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(final, ignore_errors=True)
-    building = base / f"{version.id}.building-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    worktree.Materializer(store.objects, building, "hardlink",
-                          stat_rows=False).place(list(store.manifest(version).items()))
-    files, _ = scan(building)
-    (building / _STAMP).write_text(json.dumps({p: list(f[:4]) for p, f in files.items()}))
-    os.rename(building, final)
-    return final
+            found = _reuse(store, version, base_fd)
+            if found is None:
+                found = _build(store, version, base, base_fd)
+        finally:
+            os.close(base_fd)
+    fd, records = found
+    return InputTree(version, base / version.id, fd, records)
 
 
 def remove_unused_inputs(store: "Store") -> int:
-    """Drop input trees of versions that no longer exist, and half-built ones."""
+    """Drop input trees (and stamps) of versions that no longer exist, and half-built or
+    discarded trees."""
     base = store.dsv_dir / INPUTS_DIR
+    try:
+        base_fd = os.open(base, _DIR_FLAGS)
+    except OSError:
+        return 0
     removed = 0
-    if base.is_dir():
-        for entry in base.iterdir():
-            vid, _, building = entry.name.partition(".building-")
+    try:
+        for name in os.listdir(base_fd):
+            vid = name[: -len(STAMP_SUFFIX)] if name.endswith(STAMP_SUFFIX) else name
+            vid, _, building = vid.partition(_BUILDING)
             if building or store.index.version(vid) is None:
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove_quietly(base_fd, name)
                 removed += 1
+    finally:
+        os.close(base_fd)
     return removed
 
+
+def _open_inputs_dir(store: "Store") -> tuple[Path, int]:
+    """`.dsv/inputs/` and a descriptor of it; a link or file in its place is removed."""
+    base = store.dsv_dir / INPUTS_DIR
+    for _ in range(3):
+        try:
+            return base, os.open(base, _DIR_FLAGS)
+        except FileNotFoundError:
+            try:
+                os.mkdir(base, 0o755)
+            except FileExistsError:
+                pass
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(base)  # a link (never followed) or a file where the directory belongs
+    return base, os.open(base, _DIR_FLAGS)
+
+
+def _reuse(store: "Store", version: Version, base_fd: int) -> tuple[int, dict[str, Record]] | None:
+    """The existing tree's descriptor and records, if its stamp vouches for all of it."""
+    try:
+        fd = os.open(version.id, _DIR_FLAGS, dir_fd=base_fd)
+    except OSError:
+        return None  # absent, or a link or file where the tree belongs: rebuilt
+    try:
+        files, dirs, odd = _scan(fd)
+        # The stamp is untrusted input: bounded by what it could legitimately hold.
+        stamp = _read_stamp(base_fd, version, _stamp_limit(files))
+        if stamp is None or odd:
+            raise _Changed
+        stamped, expected = stamp
+        if files.keys() != expected.keys() or dirs != _parents(expected):
+            raise _Changed
+        trusted_before = stamped - RACY_NS
+        suspects = [p for p, rec in files.items()
+                    if rec != expected[p] or rec[3] >= trusted_before]
+        if suspects:
+            files = _rehash(store, version, base_fd, fd, files, expected, suspects)
+        return fd, files
+    except (_Changed, OSError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _rehash(store: "Store", version: Version, base_fd: int, tree_fd: int,
+            files: dict[str, Record], expected: dict[str, Record],
+            suspects: list[str]) -> dict[str, Record]:
+    """Re-verify files whose ctime alone moved (a shared copy's link count changes when
+    any other tree or checkout links it); raises _Changed for anything else."""
+    if not all(_same_but_ctime(files[p], expected[p]) for p in suspects):
+        raise _Changed
+    manifest = store.manifest(version)
+    if any(files[p][3] >= time.time_ns() - RACY_NS for p in suspects):
+        time.sleep(RACY_NS / 1e9)  # changed within one timestamp tick: wait it out
+    # A file whose ctime is older than this and unchanged across the hash held the hashed
+    # bytes all along; any later write moves its ctime.
+    stamped = time.time_ns()
+    for rel in suspects:
+        entry = manifest.get(rel)
+        hashed = _hash_at(tree_fd, rel)
+        if entry is None or entry.kind != FILE or hashed is None or hashed[0] != entry.oid \
+                or hashed[1] != files[rel] or files[rel][3] >= stamped - RACY_NS:
+            raise _Changed
+    _write_stamp(base_fd, version, stamped, files)
+    return files
+
+
+def _build(store: "Store", version: Version, base: Path,
+           base_fd: int) -> tuple[int, dict[str, Record]]:
+    """Make the tree afresh in `<version>.building-…`, seal it read-only, move it in
+    place, and stamp it once every ctime it caused is at least one tick old."""
+    manifest = store.manifest(version)
+    items = list(manifest.items())
+    wanted_dirs = _parents(manifest)
+    stamp = version.id + STAMP_SUFFIX
+    for _attempt in range(_BUILD_ATTEMPTS):
+        _remove_quietly(base_fd, stamp)
+        _discard(base_fd, version.id)
+        building = f"{version.id}{_BUILDING}{os.getpid()}-{os.urandom(4).hex()}"
+        os.mkdir(building, 0o700, dir_fd=base_fd)
+        fd = os.open(building, _DIR_FLAGS, dir_fd=base_fd)
+        try:
+            # /proc/self/fd/N is the directory just made, whatever is renamed meanwhile.
+            worktree.Materializer(store.objects, Path(_fd_path(fd, base / building)),
+                                  "hardlink", stat_rows=False).place(items)
+            _seal(fd)
+        except BaseException:
+            os.close(fd)
+            _remove_quietly(base_fd, building)
+            raise
+        try:
+            os.rename(building, version.id, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+        except OSError:
+            # Something appeared at the tree's name meanwhile: try again.
+            os.close(fd)
+            _remove_quietly(base_fd, building)
+            continue
+        os.fchmod(fd, 0o555)
+        time.sleep(RACY_NS / 1e9)  # so that a write after the scan cannot share a ctime
+        stamped = time.time_ns()
+        try:
+            files, dirs, odd = _scan(fd)
+        except (_Changed, OSError):
+            os.close(fd)
+            continue
+        if not odd and dirs == wanted_dirs and files.keys() == manifest.keys() and \
+                all(rec[0] == manifest[p].kind and rec[3] < stamped - RACY_NS
+                    for p, rec in files.items()):
+            _write_stamp(base_fd, version, stamped, files)
+            return fd, files
+        os.close(fd)  # someone changed it while it was being made
+    raise InvalidInput(f"the input tree of version {version.id} kept changing while it was "
+                       f"being made ({_BUILD_ATTEMPTS} attempts)",
+                       hint=f"another process is writing into {STORE_DIR}/{INPUTS_DIR}/; "
+                            "stop it and run again")
+
+
+def _discard(base_fd: int, name: str) -> None:
+    """Move whatever is at `name` out of the way (a link or file is just unlinked) and
+    remove it; what cannot be removed now is left for `dsv gc`."""
+    try:
+        st = os.lstat(name, dir_fd=base_fd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=base_fd)
+        return
+    # Moving a directory needs write permission on it (its `..` changes).
+    fd = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    garbage = f"{name}{_BUILDING}{os.getpid()}-{os.urandom(4).hex()}-old"
+    os.rename(name, garbage, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+    _remove_quietly(base_fd, garbage)
+
+
+# ---- stamps --------------------------------------------------------------------------
+
+def _stamp_limit(files: dict[str, Record]) -> int:
+    """The most bytes a stamp of these files can take (ASCII-escaped paths, five numbers)."""
+    return min(_MAX_STAMP_BYTES, 4096 + sum(12 * len(p) + 128 for p in files))
+
+
+def _read_stamp(base_fd: int, version: Version,
+                limit: int) -> tuple[int, dict[str, Record]] | None:
+    """(stamped_ns, records) of the version's stamp, or None if it is missing, not a
+    regular file, larger than `limit`, or anything but what `_write_stamp` writes."""
+    try:
+        fd = os.open(version.id + STAMP_SUFFIX, _FILE_FLAGS, dir_fd=base_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        # Never more than `limit`, even if the file grows meanwhile.
+        parts: list[bytes] = []
+        got = 0
+        while got <= limit and (chunk := os.read(fd, min(limit + 1 - got, _READ_CHUNK))):
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        doc = load_bounded(data, limit, max_depth=2)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not _is_int(doc.get("format")) or \
+            doc["format"] != STAMP_FORMAT or doc.get("version") != version.id or \
+            doc.get("tree") != version.tree or not _is_int(doc.get("stamped_ns")):
+        return None
+    paths, kinds = doc.get("paths"), doc.get("kinds")
+    numbers = [doc.get(column) for column in _NUMBER_COLUMNS]
+    if not isinstance(paths, list) or not isinstance(kinds, str) or \
+            not set(map(type, paths)) <= {str} or not set(kinds) <= {FILE, LINK} or \
+            any(not isinstance(col, list) or len(col) != len(paths) or
+                not set(map(type, col)) <= {int} or (col and min(col) < 0) for col in numbers) \
+            or len(kinds) != len(paths):
+        return None
+    records = dict(zip(paths, zip(kinds, *numbers)))
+    if len(records) != len(paths):
+        return None  # a path named twice
+    return doc["stamped_ns"], records
+
+
+def _write_stamp(base_fd: int, version: Version, stamped: int,
+                 records: dict[str, Record]) -> None:
+    # Columns, not a list per file: a reuse parses and checks them at C speed.
+    doc: dict[str, Any] = {"format": STAMP_FORMAT, "version": version.id,
+                           "tree": version.tree, "stamped_ns": stamped,
+                           "paths": list(records),
+                           "kinds": "".join(r[0] for r in records.values())}
+    for i, column in enumerate(_NUMBER_COLUMNS, start=1):
+        doc[column] = [r[i] for r in records.values()]
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    # Written as a new file renamed over the old name: a link there is replaced, never
+    # followed.
+    fileio.atomic_write_bytes(os.path.join(_fd_path(base_fd), version.id + STAMP_SUFFIX),
+                              data)
+
+
+def _fd_path(fd: int, fallback: str | os.PathLike[str] | None = None) -> str:
+    """A path naming exactly the directory open as `fd`, whatever is renamed meanwhile."""
+    if _PROC_FD or fallback is None:
+        return f"/proc/self/fd/{fd}"
+    return os.fspath(fallback)  # pragma: no cover - Linux has /proc
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, which is an int to isinstance
+
+
+# ---- walking a tree by descriptor ------------------------------------------------------
+
+class _Changed(Exception):
+    """An input tree is not what its stamp (or the check before the job) says."""
+
+
+def _identity(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _record(st: os.stat_result, kind: str) -> Record:
+    return (kind, st.st_ino, st.st_size, st.st_ctime_ns, stat.S_IMODE(st.st_mode))
+
+
+def _same_but_ctime(now: Record, then: Record) -> bool:
+    """A regular file with the same inode, size and mode (only its ctime may differ)."""
+    return now[0] == then[0] == FILE and (now[1], now[2], now[4]) == (then[1], then[2], then[4])
+
+
+def _parents(paths: Any) -> set[str]:
+    """Every directory above the given root-relative paths (the root itself excluded)."""
+    dirs: set[str] = set()
+    for rel in paths:
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    return dirs
+
+
+Entries = list[tuple[str, os.stat_result]]
+
+
+def _walk(root_fd: int, visit: Callable[[str, int, Entries], None],
+          leave: Callable[[int, str], None] | None = None) -> None:
+    """Depth first over every directory under `root_fd`, by descriptor, following no link:
+    `visit(rel_dir, dir_fd, entries)` gets each directory's (name, lstat) pairs (the root's
+    rel_dir is ""); `leave(parent_fd, name)` follows once a subdirectory's whole subtree is
+    done. At most _OPEN_DIRS descriptors stay open: a deep ancestor is reopened from the
+    root when needed and must still be the same directory. A directory replaced while it
+    is walked raises _Changed."""
+    frames: list[list[Any]] = []  # [rel, fd or None, device:inode, subdirectories to do]
+
+    def enter(rel: str, fd: int, ident: str) -> None:
+        frames.append([rel, fd, ident, []])  # from here on, closed by the walk
+        entries = [(name, os.stat(name, dir_fd=fd, follow_symlinks=False))
+                   for name in os.listdir(fd)]
+        visit(rel, fd, entries)
+        frames[-1][3] = [(n, _identity(st)) for n, st in entries if stat.S_ISDIR(st.st_mode)]
+        open_frames = [f for f in frames if f[1] is not None]
+        if len(open_frames) > _OPEN_DIRS:
+            os.close(open_frames[0][1])
+            open_frames[0][1] = None
+
+    def fd_of(frame: list[Any]) -> int:
+        if frame[1] is None:
+            fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+            for part in frame[0].split("/") if frame[0] else ():
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                finally:
+                    os.close(fd)
+                fd = sub
+            frame[1] = fd
+            if _identity(os.fstat(fd)) != frame[2]:
+                raise _Changed
+        return frame[1]
+
+    try:
+        first = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
+        enter("", first, _identity(os.fstat(first)))
+        while frames:
+            top = frames[-1]
+            if not top[3]:
+                frames.pop()
+                if top[1] is not None:
+                    os.close(top[1])
+                if frames and leave is not None:
+                    leave(fd_of(frames[-1]), top[0].rpartition("/")[2])
+                continue
+            name, ident = top[3].pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd_of(top))
+            except OSError:
+                raise _Changed from None  # gone, or now a link or a file
+            if _identity(os.fstat(child)) != ident:
+                os.close(child)
+                raise _Changed  # another directory was moved in since the listing
+            enter(f"{top[0]}/{name}" if top[0] else name, child, ident)
+    finally:
+        for frame in frames:
+            if frame[1] is not None:
+                os.close(frame[1])
+
+
+def _scan(root_fd: int) -> tuple[dict[str, Record], set[str], list[str]]:
+    """Files and links (path → Record), directories, and anything else (FIFOs, devices)."""
+    files: dict[str, Record] = {}
+    dirs: set[str] = set()
+    odd: list[str] = []
+
+    def visit(rel: str, _fd: int, entries: Entries) -> None:
+        prefix = rel + "/" if rel else ""
+        for name, st in entries:
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                dirs.add(prefix + name)
+            elif stat.S_ISREG(mode):
+                files[prefix + name] = _record(st, FILE)
+            elif stat.S_ISLNK(mode):
+                files[prefix + name] = _record(st, LINK)
+            else:
+                odd.append(prefix + name)
+
+    _walk(root_fd, visit)
+    return files, dirs, odd
+
+
+def _seal(root_fd: int) -> None:
+    """Make a freshly built tree read-only: files dsv wrote 0444 (0555 if executable),
+    directories 0555. Hard-linked shared copies are already 0444 and are left alone; the
+    root is sealed by the caller once it has been moved into place."""
+
+    def visit(rel: str, fd: int, entries: Entries) -> None:
+        for name, st in entries:
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                file_fd = os.open(name, _FILE_FLAGS, dir_fd=fd)
+                try:
+                    os.fchmod(file_fd, 0o555 if st.st_mode & 0o100 else 0o444)
+                finally:
+                    os.close(file_fd)
+        if rel:
+            os.fchmod(fd, 0o555)
+
+    _walk(root_fd, visit)
+
+
+def _remove_quietly(parent_fd: int, name: str) -> None:
+    """Remove `name` and all beneath it, following no link; read-only directories are
+    made writable first. Best effort: what stays is removed by a later `dsv gc`."""
+    try:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(name, dir_fd=parent_fd)  # a file or a link: never followed
+            return
+        try:
+            def visit(_rel: str, dir_fd: int, entries: Entries) -> None:
+                os.fchmod(dir_fd, 0o700)
+                for child, st in entries:
+                    if not stat.S_ISDIR(st.st_mode):
+                        os.unlink(child, dir_fd=dir_fd)
+                    elif st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                        _chmod_dir_at(dir_fd, child, 0o700)  # else it cannot be opened
+
+            _walk(fd, visit, lambda above, child: os.rmdir(child, dir_fd=above))
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent_fd)
+    except (OSError, _Changed):
+        pass
+
+
+def _chmod_dir_at(dir_fd: int, name: str, mode: int) -> None:
+    """chmod directory `name` without opening it for reading (its mode may forbid that)
+    and without following a link: an O_PATH descriptor, changed through /proc."""
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
+    try:
+        os.chmod(_fd_path(fd), mode)
+    finally:
+        os.close(fd)
+
+
+def _hash_at(tree_fd: int, rel: str) -> tuple[str, Record] | None:
+    """(blake3, Record) of regular file `rel`, opened following no link; None if it is
+    not a regular file or changed while it was read."""
+    parts = rel.split("/")
+    fd = tree_fd
+    opened: list[int] = []
+    try:
+        for part in parts[:-1]:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            opened.append(fd)
+        file_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        for d in opened:
+            os.close(d)
+    try:
+        before = os.fstat(file_fd)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        hasher = new_hasher(threads=before.st_size >= LARGE_READ)
+        offset = 0
+        while chunk := os.pread(file_fd, _READ_CHUNK, offset):
+            hasher.update(chunk)
+            offset += len(chunk)
+        after = os.fstat(file_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(file_fd)
+    if after.st_ctime_ns != before.st_ctime_ns or offset != before.st_size:
+        return None
+    return hasher.hexdigest(), _record(before, FILE)
+
+
+# ---- running -------------------------------------------------------------------------
 
 def _name(store: "Store", ds_id: str) -> str:
     ds = store.index.dataset_by("id", ds_id)

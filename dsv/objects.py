@@ -224,16 +224,19 @@ class ObjectStore:
         hash of exactly what was written, even if the source changes meanwhile. With
         `expect` (a copy from a cluster cache), bytes that do not hash to it are refused.
         """
-        # Non-blocking and regular files only: a source may be a cluster-cache entry
-        # that someone replaced with a FIFO or a device.
+        # Non-blocking and regular files only: never hang on a FIFO put in a file's place.
         src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             if not stat.S_ISREG(os.fstat(src_fd).st_mode):
                 raise InvalidInput(f"{src} is not a regular file")
-            return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
-                                   expect)
+            return self.add_large_fd(src_fd, expect)
         finally:
             os.close(src_fd)
+
+    def add_large_fd(self, src_fd: int, expect: str | None = None) -> tuple[str, int]:
+        """`add_large_file` from a file the caller opened (and checked) itself."""
+        return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
+                               expect)
 
     def add_large_stream(self, chunks: Iterable[bytes],
                          observe: Callable[[bytes], None] | None = None,

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from . import refs, tree
 from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
 from .faults import crashpoint
-from .fileio import unlink_quietly
 from .hashing import hash_bytes, hash_file, is_hash
 from .index import Dataset, Version
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
@@ -32,7 +31,7 @@ from .jsonio import load_bounded
 from .paths import check_relpath, is_under, normalize_user_path
 from .records import parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
-                           RemoteRefused, RemoteSpec, open_backend)
+                           MAX_REF_BYTES, RemoteRefused, RemoteSpec, open_backend)
 from .remotes.cache import ClusterCache
 
 if TYPE_CHECKING:
@@ -46,7 +45,6 @@ WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if w
 IN_FLIGHT = 3                # upload packs held in memory at once
 LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
 LATEST = "latest"
-MAX_REF_BYTES = 64 << 10     # refs and the remote marker: a few hundred bytes each
 
 
 # ---- reports ----------------------------------------------------------------------------
@@ -190,7 +188,8 @@ class Remote:
         """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
         self.backend.check_reachable()
         try:
-            marker = load_bounded(self.backend.get(REMOTE_MARKER), MAX_REF_BYTES)
+            marker = load_bounded(self.backend.get(REMOTE_MARKER, max_size=MAX_REF_BYTES),
+                                  MAX_REF_BYTES)
         except NotFound:
             if must_exist and not self.spec.is_s3 and not os.path.isdir(self.spec.url):
                 raise RemoteError(f"remote directory {self.spec.url} does not exist",
@@ -213,14 +212,15 @@ class Remote:
         """Bring the store's picture of the remote's packs up to date (list `index/`;
         read each new pack index, which must hash to its pack's name)."""
         index = self.store.index
-        listed = {key.rpartition("/")[2] for key, _size in self.backend.list("index/")}
-        listed = {p for p in listed if is_hash(p)}
+        listed = {key.rpartition("/")[2]: size for key, size in self.backend.list("index/")}
+        listed = {p: size for p, size in listed.items() if is_hash(p)}
         known = index.remote_packs(self.name)
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
 
         def read(pack_id: str) -> tuple[str, list, int]:
-            entries, size = parse_pack_index(self.backend.get(index_key(pack_id)), pack_id)
+            data = self.backend.get(index_key(pack_id), max_size=listed[pack_id])
+            entries, size = parse_pack_index(data, pack_id)
             return pack_id, entries, size
 
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -887,15 +887,17 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
                                     + (" and the cluster cache does not hold it" if cache else ""),
                                     hint="run `dsv fetch` to refresh what the remote holds; is "
                                          "the remote reachable?") from None
-        out = []
-        view = memoryview(data)  # slices share the buffer: no copy per object
-        for oid, offset, ln in group:
-            piece = view[offset - start:offset - start + ln]
-            if hash_bytes(piece) != oid:
-                raise CorruptObject(f"object {oid[:12]} from {remote.name} is corrupt (pack "
-                                    f"{pack[:12]})", hint="nothing corrupt was stored; the "
-                                                          "remote holds damaged data")
-            out.append((oid, piece))
+        out, bad = _split_verified(data, start, group)
+        if bad and cache is not None and pack in whole:
+            # A damaged cache entry costs a download, never data: drop it, ask the origin.
+            cache.drop(cache.pack_path(pack))
+            cached = False
+            out, bad = _split_verified(remote.backend.get_range(pack_key(pack), start, length),
+                                       start, group)
+        if bad:
+            raise CorruptObject(f"object {bad[:12]} from {remote.name} is corrupt (pack "
+                                f"{pack[:12]})", hint="nothing corrupt was stored; the remote "
+                                "holds damaged data (`dsv verify --remote` checks it)")
         return out, cached
 
     with store.reporter.task(label, len(missing), total) as advance, \
@@ -909,11 +911,25 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
                 yield oid, data
 
 
+def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
+                    ) -> tuple[list[tuple[str, memoryview]], str | None]:
+    """The objects of one ranged read, each checked against its id, and the first that
+    fails (None when all are good)."""
+    view = memoryview(data)  # slices share the buffer: no copy per object
+    out = []
+    for oid, offset, ln in group:
+        piece = view[offset - start:offset - start + ln]
+        if len(piece) != ln or hash_bytes(piece) != oid:
+            return out, oid
+        out.append((oid, piece))
+    return out, None
+
+
 def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
     """Copy a whole remote pack into the cache (checked against its name first)."""
     try:
-        data = remote.backend.get(pack_key(pack))
-    except NotFound:
+        data = remote.backend.get(pack_key(pack), max_size=size)
+    except (NotFound, RemoteRefused):
         return
     if size is not None and len(data) != size:
         return
@@ -1017,22 +1033,25 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
     def get(oid: str) -> tuple[int, bool]:
         if cache is not None:
             path = cache.loose_path(oid)
-            if not cache.has(path):
+            cached = True
+            fd = cache.open_entry(path)  # a regular file or None (anything else dropped)
+            if fd is None:
                 try:
                     cache.fill_stream(path, _capped(remote.backend.download(loose_key(oid)),
                                                     sizes.get(oid), oid), oid)
                 except NotFound:
                     raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
                 cached = False
-            else:
-                cached = True
-            try:
-                cache.touch(path)
-                return store.objects.add_large_file(path, oid)[1], cached
-            except FileNotFoundError:
-                pass  # evicted meanwhile: read the origin
-            except CorruptObject:
-                unlink_quietly(path)  # a damaged cache entry: drop it, read the origin
+                fd = cache.open_entry(path)
+            if fd is not None:
+                try:
+                    if os.fstat(fd).st_size == sizes.get(oid, -1):
+                        return store.objects.add_large_fd(fd, oid)[1], cached
+                except CorruptObject:
+                    pass
+                finally:
+                    os.close(fd)
+                cache.drop(path)  # a damaged cache entry: drop it, read the origin
         try:
             return store.objects.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
                                                           sizes.get(oid), oid),

@@ -172,20 +172,25 @@ def test_a_killed_dsv_run_leaves_nothing_mounted_and_its_leftovers_are_removed(p
 
 def test_an_input_tree_is_made_once_and_rebuilt_if_tampered_with(project) -> None:
     store, ws, v, big = project
-    if not jobs.can_mount_read_only():
-        # Without namespaces inputs are private copies; nothing is cached to test.
-        assert store.run({"t": "mnist:latest"}, {}, ["true"]).mounted is False
-        return
-    first = jobs.input_tree(store, v)
-    labels = first / "labels.csv"
-    ino = labels.stat().st_ino
-    assert jobs.input_tree(store, v) == first and labels.stat().st_ino == ino  # reused
-    labels.write_text("tampered")  # outside a job the tree is writable: caught, rebuilt
-    again = jobs.input_tree(store, v)
-    assert (again / "labels.csv").read_text() == "1,2,3\n"
-    assert (again / "big.bin").read_bytes() == big
+    # Input trees are made whether or not this machine can mount: test them directly.
+    with jobs.input_tree(store, v) as first:
+        labels = first.path / "labels.csv"
+        ino = labels.stat().st_ino
+        assert sorted(os.listdir(first.path)) == ["big.bin", "labels.csv"]  # no stamp inside
+        assert labels.stat().st_mode & 0o777 == 0o444
+        assert (first.path.parent / f"{v.id}.stamp").is_file()
+    with jobs.input_tree(store, v) as again:
+        assert again.path == first.path and labels.stat().st_ino == ino  # reused
+    os.chmod(labels, 0o644)       # read-only, but its owner (or root) can still write
+    labels.write_text("tampered")
+    with jobs.input_tree(store, v) as again:
+        assert (again.path / "labels.csv").read_text() == "1,2,3\n"  # caught, rebuilt
+        assert (again.path / "big.bin").read_bytes() == big
     extra = store.create_version_from_path("model", ws / "data", "a deletable version")
-    doomed = jobs.input_tree(store, extra)
+    with jobs.input_tree(store, extra) as doomed:
+        pass
     store.delete_version(f"model:{extra.id}", force=True)
     store.gc()
-    assert again.exists() and not doomed.exists()  # trees of live versions only
+    # Trees (read-only as they are) and stamps of live versions only.
+    assert again.path.exists() and not doomed.path.exists()
+    assert sorted(os.listdir(again.path.parent)) == [v.id, f"{v.id}.stamp"]

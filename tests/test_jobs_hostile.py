@@ -1,0 +1,443 @@
+"""`dsv run` against a hostile `.dsv/inputs/` and hostile mount roots (issue 8, items 5, 10).
+
+A cached input tree is checked with what a writer cannot forge (ctime), so a byte changed
+with size, mtime, inode and mode restored is never read; links planted in or over the
+cache are never followed; a garbage stamp only costs a rebuild; a mount root inside a
+store, or holding the workspace's store, is refused before anything is created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dsv as dsv_api
+from conftest import read_tree, write_tree
+from dsv import jobs
+from dsv.errors import UnsafePath
+
+FILES = {"big.bin": os.urandom(3 << 20),       # large: a hard link to a shared copy
+         "labels.csv": b"1,2,3\n",              # small: written from its pack
+         "sub/deep.txt": b"deep\n",
+         "tool.sh": b"#!/bin/sh\necho hi\n"}
+COPY_INPUT = ["sh", "-c", 'cp -R "$DSV_INPUT_TRAIN/." "$DSV_OUTPUT_MODEL/"']
+FLIP = """
+import os, stat
+path = {path!r}
+before = os.lstat(path)
+os.chmod(path, 0o644)
+with open(path, "r+b") as f:
+    byte = f.read(1)
+    f.seek(0)
+    f.write(bytes([byte[0] ^ 1]))
+os.chmod(path, stat.S_IMODE(before.st_mode))
+os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+"""
+mounts = pytest.mark.skipif(not jobs.can_mount_read_only(),
+                            reason="inputs are private copies here: no cached tree is bound")
+
+
+@dataclass
+class Project:
+    ws: Path
+    version: str
+
+    @property
+    def inputs(self) -> Path:
+        return self.ws / ".dsv" / "inputs"
+
+    @property
+    def tree(self) -> Path:
+        return self.inputs / self.version
+
+    @property
+    def stamp(self) -> Path:
+        return self.inputs / f"{self.version}.stamp"
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    with dsv_api.init(ws, bind=False) as store:
+        store.create_dataset("mnist", path=ws / "data")
+        store.create_dataset("model", path=ws / "models")
+        write_tree(ws / "data", FILES)
+        os.chmod(ws / "data" / "tool.sh", 0o755)
+        v = store.commit("raw", "mnist")
+    return Project(ws, v.id)
+
+
+def build_tree(p: Project) -> None:
+    with dsv_api.open(p.ws) as store, jobs.input_tree(store, store.resolve(f"mnist:{p.version}")):
+        pass
+
+
+def flip_byte_keeping_stat(path: Path, offset: int = 0) -> None:
+    """The attack: one byte changed; size, mtime, inode and mode as they were."""
+    before = os.lstat(path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    os.chmod(path, stat.S_IMODE(before.st_mode))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.lstat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino, after.st_mode) == \
+        (before.st_size, before.st_mtime_ns, before.st_ino, before.st_mode)
+
+
+def job_sees(p: Project, dsv, tag: str) -> dict[str, bytes]:
+    """Run a job that copies its whole input into its output; what it copied."""
+    done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", *COPY_INPUT,
+               cwd=p.ws)
+    assert done.code == 0, done.err
+    assert "error" not in done.err
+    with dsv_api.open(p.ws) as store:
+        out = store.resolve("model:latest")
+        assert out.state == "committed"
+        assert out.lineage["inputs"]["train"]["version"] == p.version
+        store.get_files("model:latest", p.ws / f"seen-{tag}")
+    return read_tree(p.ws / f"seen-{tag}")
+
+
+def committed_models(p: Project) -> list[str]:
+    with dsv_api.open(p.ws) as store:
+        return [v.id for v in store.versions("model", "committed")]
+
+
+# ---- item 10: the cached input tree ---------------------------------------------------
+
+@mounts
+@pytest.mark.parametrize("victim", ["labels.csv", "big.bin", "sub/deep.txt"])
+def test_a_byte_changed_in_a_cached_input_with_its_stat_restored_is_never_read(
+        project: Project, dsv, victim: str) -> None:
+    assert job_sees(project, dsv, "first") == FILES   # the tree is made and cached
+    cached = project.tree / victim
+    flip_byte_keeping_stat(cached, offset=len(FILES[victim]) // 2)
+    assert cached.read_bytes() != FILES[victim]
+    assert job_sees(project, dsv, "second") == FILES  # the job read the true bytes
+    assert cached.read_bytes() == FILES[victim]       # and the cache holds them again
+    assert dsv("verify", cwd=project.ws).code == 0
+
+
+def test_a_tampered_tree_is_rebuilt_before_use_and_an_intact_one_is_reused_unhashed(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    with dsv_api.open(project.ws) as store:
+        v = store.resolve(f"mnist:{project.version}")
+        with jobs.input_tree(store, v) as first:
+            inodes = {rel: os.lstat(first.path / rel).st_ino for rel in FILES}
+        # An intact tree costs a stat per file: no hash, no rebuild.
+        monkeypatch.setattr(jobs, "_hash_at", _forbidden)
+        monkeypatch.setattr(store.objects, "link_source", _forbidden)
+        with jobs.input_tree(store, v) as again:
+            assert {rel: os.lstat(again.path / rel).st_ino for rel in FILES} == inodes
+        monkeypatch.undo()
+        flip_byte_keeping_stat(project.tree / "labels.csv")
+        with jobs.input_tree(store, v) as rebuilt:
+            assert read_tree(rebuilt.path) == FILES
+
+
+def test_the_cached_tree_is_read_only_and_holds_exactly_the_versions_files(
+        project: Project) -> None:
+    build_tree(project)
+    assert read_tree(project.tree) == FILES  # the stamp lives beside the tree, not in it
+    assert project.stamp.is_file()
+    modes = {rel: stat.S_IMODE(os.lstat(project.tree / rel).st_mode)
+             for rel in (*FILES, "sub", ".")}
+    assert modes == {"big.bin": 0o444, "labels.csv": 0o444, "sub/deep.txt": 0o444,
+                     "tool.sh": 0o555, "sub": 0o555, ".": 0o555}
+    stamp = json.loads(project.stamp.read_bytes())
+    assert stamp["format"] == 1 and stamp["version"] == project.version
+    assert sorted(stamp["paths"]) == sorted(FILES)
+    # Per file: kind, inode, size, ctime and mode; ctime, which no user process can set.
+    i = stamp["paths"].index("labels.csv")
+    st = os.lstat(project.tree / "labels.csv")
+    assert [stamp[c][i] for c in ("kinds", "inodes", "sizes", "ctimes_ns", "modes")] == \
+        ["f", st.st_ino, st.st_size, st.st_ctime_ns, 0o444]
+    assert stamp["ctimes_ns"][i] < stamp["stamped_ns"]
+
+
+def test_a_shared_copy_that_only_gained_a_link_is_rehashed_not_rebuilt(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    with dsv_api.open(project.ws) as store:
+        v = store.resolve(f"mnist:{project.version}")
+        build_tree(project)
+        big_ino = os.lstat(project.tree / "big.bin").st_ino
+        ctime = os.lstat(project.tree / "big.bin").st_ctime_ns
+        # Another version sharing big.bin: its tree links the same verified copy, which
+        # moves that inode's ctime, though nothing was written.
+        (project.ws / "data" / "labels.csv").write_text("4,5,6\n")
+        other = store.commit("relabelled", "mnist")
+        with jobs.input_tree(store, other):
+            pass
+        assert os.lstat(project.tree / "big.bin").st_ctime_ns != ctime
+        hashed: list[str] = []
+        real_hash_at = jobs._hash_at
+        monkeypatch.setattr(jobs, "_hash_at",
+                            lambda fd, rel: hashed.append(rel) or real_hash_at(fd, rel))
+        monkeypatch.setattr(store.objects, "link_source", _forbidden)  # no rebuild
+        with jobs.input_tree(store, v) as again:
+            assert read_tree(again.path) == FILES
+        assert hashed == ["big.bin"] and os.lstat(project.tree / "big.bin").st_ino == big_ino
+        hashed.clear()
+        with jobs.input_tree(store, v):  # re-stamped: the next reuse hashes nothing
+            pass
+        assert hashed == []
+
+
+@mounts
+def test_an_input_changed_while_the_job_runs_commits_nothing(project: Project, dsv) -> None:
+    build_tree(project)
+    # The job itself can reach the cache by its path (only its own view is read-only).
+    (project.ws / "flip.py").write_text(FLIP.format(path=str(project.tree / "labels.csv")))
+    done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", "sh", "-c",
+               'python3 flip.py && cp -R "$DSV_INPUT_TRAIN/." "$DSV_OUTPUT_MODEL/"',
+               cwd=project.ws)
+    assert done.code == 1, done.err
+    assert _one_error(done.err).startswith(
+        f"error: input train (mnist:{project.version}) was changed in .dsv/inputs/ while "
+        "the command ran (labels.csv); nothing was committed; outputs kept as drafts: model:")
+    assert committed_models(project) == []
+    # The next run rebuilds the tree and reads the true bytes.
+    assert job_sees(project, dsv, "after") == FILES
+
+
+@mounts
+def test_a_symlink_planted_in_the_cache_is_never_followed(project: Project, dsv,
+                                                         tmp_path: Path) -> None:
+    build_tree(project)
+    outside = tmp_path / "outside"
+    write_tree(outside, {"labels.csv": b"9,9,9\n", "deep.txt": b"evil\n"})
+    before = read_tree(outside)
+    for rel in ("labels.csv", "sub"):  # a file, and a whole directory, become links
+        os.chmod(project.tree / Path(rel).parent, 0o755)
+        target = project.tree / rel
+        if target.is_dir():
+            os.chmod(target, 0o755)
+            for child in target.iterdir():
+                child.unlink()
+            target.rmdir()
+            os.symlink(outside, target)
+        else:
+            target.unlink()
+            os.symlink(outside / "labels.csv", target)
+    os.symlink("/etc", project.tree / "extra")  # and an extra one
+    assert job_sees(project, dsv, "links") == FILES
+    assert read_tree(outside) == before and not (outside / "labels.csv").is_symlink()
+    assert not any(p.is_symlink() for p in project.tree.rglob("*"))
+
+
+@mounts
+@pytest.mark.parametrize("what", ["tree", "inputs"])
+def test_a_link_over_the_tree_or_the_inputs_directory_is_never_followed(
+        project: Project, dsv, tmp_path: Path, what: str) -> None:
+    build_tree(project)
+    planted = tmp_path / "planted"
+    victim = project.tree if what == "tree" else project.inputs
+    os.chmod(victim, 0o755)
+    os.rename(victim, planted)  # the real cache, moved out (stamp and all, for "inputs")
+    forged = planted if what == "tree" else planted / project.version
+    os.chmod(forged, 0o755)
+    os.chmod(forged / "labels.csv", 0o644)
+    (forged / "labels.csv").write_bytes(b"7,7,7\n")
+    os.symlink(planted, victim)
+    before = read_tree(planted)
+    assert job_sees(project, dsv, what) == FILES
+    assert not victim.is_symlink() and victim.is_dir()
+    assert read_tree(planted) == before  # never written through, never removed
+
+
+@pytest.mark.parametrize("garbage", ["empty", "binary", "deep", "wrong-types", "bools",
+                                     "short", "twice", "negative", "other-version", "huge",
+                                     "fifo", "dir", "symlink"])
+def test_a_garbage_stamp_costs_a_rebuild_never_a_crash_or_a_hang(project: Project,
+                                                                 garbage: str) -> None:
+    build_tree(project)
+    stamp = project.stamp
+    good = json.loads(stamp.read_bytes())
+    stamp.unlink()
+    if garbage == "fifo":
+        os.mkfifo(stamp)  # reading it would block forever
+    elif garbage == "dir":
+        stamp.mkdir()
+        (stamp / "x").write_text("x")
+    elif garbage == "symlink":
+        os.symlink("/dev/zero", stamp)  # endless bytes if followed
+    elif garbage == "huge":
+        with open(stamp, "wb") as f:
+            f.truncate(4 << 30)  # sparse: 4 GiB claimed
+    else:
+        bad = dict(good)
+        if garbage == "wrong-types":
+            bad["inodes"] = [str(n) for n in good["inodes"]]
+            bad["kinds"] = list(good["kinds"])
+        elif garbage == "bools":
+            bad["modes"] = [True for _ in good["modes"]]
+            bad["format"] = True
+        elif garbage == "short":
+            bad["ctimes_ns"] = good["ctimes_ns"][1:]
+        elif garbage == "twice":
+            bad["paths"] = [good["paths"][0]] * len(good["paths"])
+        elif garbage == "negative":
+            bad["sizes"] = [-1 for _ in good["sizes"]]
+        elif garbage == "other-version":
+            bad["version"] = "0000000000"
+        stamp.write_bytes({"empty": b"", "binary": b"\x00\xff{garbage",
+                           "deep": b"[" * 200_000 + b"]" * 200_000}.get(
+                               garbage, json.dumps(bad).encode()))
+    ctime = os.lstat(project.tree / "labels.csv").st_ctime_ns
+    build_tree(project)
+    assert read_tree(project.tree) == FILES
+    assert os.lstat(project.tree / "labels.csv").st_ctime_ns != ctime  # rebuilt
+    assert stat.S_ISREG(os.lstat(stamp).st_mode)
+    fresh = json.loads(stamp.read_bytes())
+    assert fresh["version"] == project.version and fresh["stamped_ns"] > good["stamped_ns"]
+
+
+@mounts
+def test_a_garbage_stamp_through_the_cli_is_one_rebuild(project: Project, dsv) -> None:
+    build_tree(project)
+    project.stamp.write_bytes(b"[" * 100_000)
+    assert job_sees(project, dsv, "garbage") == FILES
+
+
+def test_a_fifo_planted_in_the_tree_is_removed_not_opened(project: Project) -> None:
+    build_tree(project)
+    os.chmod(project.tree / "sub", 0o755)
+    os.mkfifo(project.tree / "sub" / "pipe")
+    build_tree(project)
+    assert read_tree(project.tree) == FILES and not (project.tree / "sub" / "pipe").exists()
+
+
+def test_trees_deeper_than_the_open_descriptor_budget_are_checked_and_removed(
+        project: Project) -> None:
+    deep = "/".join(["d"] * (jobs._OPEN_DIRS + 20)) + "/leaf.txt"
+    data = project.ws / "deepdata"
+    write_tree(data, {deep: b"leaf\n", "top.txt": b"top\n"})
+    with dsv_api.open(project.ws) as store:
+        v = store.create_version_from_path("model", data, "deep")
+        with jobs.input_tree(store, v) as tree:
+            leaf = tree.path / deep
+        flip_byte_keeping_stat(leaf)
+        with jobs.input_tree(store, v) as tree:
+            assert read_tree(tree.path) == {deep: b"leaf\n", "top.txt": b"top\n"}
+    with dsv_api.open(project.ws) as store:
+        store.delete_version(f"model:{v.id}", force=True)
+        store.gc()
+    assert not (project.inputs / v.id).exists()
+    assert not (project.inputs / f"{v.id}.stamp").exists()
+
+
+def test_a_versions_own_links_are_kept_and_a_replaced_link_is_caught(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = project.ws / "linked"
+    write_tree(data, {"a.txt": b"a\n", "b.txt": b"b\n"})
+    os.symlink("a.txt", data / "current")
+    with dsv_api.open(project.ws) as store:
+        v = store.create_version_from_path("model", data, "with a link")
+        with jobs.input_tree(store, v) as tree:
+            link = tree.path / "current"
+            assert os.readlink(link) == "a.txt"
+        monkeypatch.setattr(store.objects, "link_source", _forbidden)
+        monkeypatch.setattr(jobs, "_hash_at", _forbidden)
+        with jobs.input_tree(store, v):  # reused as it is
+            pass
+        monkeypatch.undo()
+        os.chmod(link.parent, 0o755)
+        link.unlink()
+        os.symlink("b.txt", link)  # same length, same name: a new link
+        with jobs.input_tree(store, v):
+            assert os.readlink(link) == "a.txt"
+
+
+@mounts
+def test_the_mount_refuses_a_source_that_is_not_the_checked_directory(tmp_path: Path) -> None:
+    src, dst, other = tmp_path / "src", tmp_path / "dst", tmp_path / "other"
+    for d in (src, dst, other):
+        d.mkdir()
+    marker = tmp_path / "ran"
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                           jobs._MOUNT_SCRIPT, "sh", str(src), str(dst),
+                           jobs._identity(os.stat(other)), "--", "touch", str(marker)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 125 and not marker.exists()
+    assert done.stderr == (f"error: {src} was replaced while it was being mounted; "
+                           "the command did not run\n")
+
+
+# ---- item 5: mount roots ------------------------------------------------------------
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _one_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err and "bug in dsv" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("given, why", [
+    (".dsv/objects", "inside a store"),
+    ("data/../.dsv/objects/loose", "inside a store"),
+    ("via-link/run", "inside a store"),        # a symlink into .dsv, resolved
+    (".", "contains this workspace's store"),  # the workspace root
+    ("/", "contains this workspace's store"),
+])
+def test_a_mount_root_in_or_over_a_store_is_refused_before_anything_is_made(
+        project: Project, dsv, given: str, why: str) -> None:
+    os.symlink(project.ws / ".dsv" / "tmp", project.ws / "via-link")
+    store_before = _listing(project.ws / ".dsv" / "objects") + \
+        _listing(project.ws / ".dsv" / "tmp")
+    ws_before = sorted(os.listdir(project.ws))
+    marker = project.ws.parent / "ran"
+    done = dsv("run", "--mount-root", given, "-i", "train=mnist:latest", "-o", "loose=model",
+               "--", "sh", "-c", f'echo x > "$DSV_OUTPUT_LOOSE/f"; touch {marker}',
+               cwd=project.ws)
+    assert done.code == 1
+    line = _one_error(done.err)
+    assert f"--mount-root {given} " in line and why in line
+    assert not marker.exists()
+    assert _listing(project.ws / ".dsv" / "objects") + _listing(project.ws / ".dsv" / "tmp") \
+        == store_before
+    assert sorted(os.listdir(project.ws)) == ws_before  # no train/, no loose/
+    assert committed_models(project) == []
+
+
+def test_an_output_directory_that_is_a_link_into_the_store_is_refused(project: Project,
+                                                                      dsv) -> None:
+    root = project.ws / "mnt"
+    root.mkdir()
+    os.symlink(project.ws / ".dsv" / "tmp", root / "model")
+    done = dsv("run", "--mount-root", root, "-o", "model=model", "--", "sh", "-c",
+               'echo x > "$DSV_OUTPUT_MODEL/f"', cwd=project.ws)
+    assert done.code == 1
+    assert "is not a directory (a link or a file)" in _one_error(done.err)
+    assert os.listdir(project.ws / ".dsv" / "tmp") == []
+    assert committed_models(project) == []
+
+
+def test_the_python_api_refuses_the_same_mount_roots(project: Project) -> None:
+    with dsv_api.open(project.ws) as store:
+        for root in (project.ws / ".dsv" / "objects", project.ws, project.ws / ".DSV" / "x"):
+            with pytest.raises(UnsafePath):
+                store.run({}, {"out": "model"}, ["true"], mount_root=root)
+        assert not (project.ws / "out").exists() and not (project.ws / ".DSV").exists()
+        # A subdirectory of the workspace is fine.
+        result = store.run({}, {"out": "model"}, ["sh", "-c", 'echo ok > "$DSV_OUTPUT_OUT/f"'],
+                           mount_root=project.ws / "mnt")
+        assert result.ok and result.outputs["out"].state == "committed"
+
+
+def _forbidden(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("an intact input tree must be reused without hashing or rebuilding")
