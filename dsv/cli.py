@@ -3,12 +3,19 @@
 Owns parsing, output (human tables on stdout, `--json`, progress on stderr only when it
 is a terminal) and turning errors into one `error:` line with exit status 1 (2 for
 usage). Holds no logic the Python API (store.py) lacks: every command is one call.
+
+Text that dsv did not write itself (messages, names, paths, text from remotes, error
+messages quoting any of these) reaches the terminal only through `_safe`, which shows
+control characters as escapes; rich gets it as `Text`, never as markup.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import sqlite3
 import sys
 import threading
 import time
@@ -20,7 +27,7 @@ from typing import Any, Optional
 
 import typer
 
-from .errors import DsvError
+from .errors import DsvError, InvalidInput, UsageError
 from .reporting import Advance, Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,7 +41,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(versions_app, name="versions")
 app.add_typer(files_app, name="files")
 
-_state: dict[str, Any] = {"store": None, "debug": False}
+_state: dict[str, Any] = {"store": None, "debug": False, "index_path": None}
 
 
 class LinkMode(str, Enum):
@@ -54,6 +61,52 @@ DatasetOpt = typer.Option(None, "-d", "--dataset", help="Dataset id or name "
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+# Control characters (C0 but newline and tab in multi-line fields, DEL, C1: so every escape
+# sequence loses its ESC), bidi overrides, and surrogates (bytes that were not UTF-8).
+_UNSAFE_MULTILINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+                               "\ud800-\udfff]")
+_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _safe(value: object, multiline: bool = False) -> str:
+    """`value` as text a terminal shows as it is: control characters, bidi overrides and
+    bytes that were not UTF-8 become Python-style escapes (`\\x1b`). The one way human
+    output shows text dsv did not write itself; newlines and tabs survive only in fields
+    that are multi-line."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return (_UNSAFE_MULTILINE if multiline else _UNSAFE_LINE).sub(_escape_char, text)
+
+
+def _echo(line: str = "", err: bool = False) -> None:
+    """One line of human output (stdout, or stderr for warnings), made safe."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(_safe(line) + "\n")
+    if err:
+        stream.flush()
+
+
+def _cell(value: object, multiline: bool = False, style: str = "") -> Any:
+    """Text for rich, made safe and never read as markup (`[bold]` in a name stays)."""
+    from rich.text import Text
+    return Text(_safe(value, multiline), style=style)
+
+
+def _row(table: Any, *cells: object) -> None:
+    from rich.text import Text
+    table.add_row(*(c if isinstance(c, Text) else _cell(c) for c in cells))
 
 
 def _print_json(data: Any) -> None:
@@ -92,8 +145,7 @@ class RichReporter(Reporter):
         self.interactive = sys.stderr.isatty()
 
     def notice(self, message: str) -> None:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+        _echo(message, err=True)
 
     @contextmanager
     def task(self, label: str, total_items: int | None = None,
@@ -129,10 +181,12 @@ class RichReporter(Reporter):
 
 
 def _open_store() -> Any:
-    from .store import Store
-    if _state["store"]:
-        return Store.open(_state["store"], reporter=RichReporter(), exact=True)
-    return Store.open(".", reporter=RichReporter())
+    from .paths import STORE_DIR
+    from .store import Store, find_store
+    where, exact = (_state["store"], True) if _state["store"] else (".", False)
+    # Known before opening: errors of SQLite name the index, even one too damaged to open.
+    _state["index_path"] = find_store(Path(where), exact) / STORE_DIR / "index.db"
+    return Store.open(where, reporter=RichReporter(), exact=exact)
 
 
 def _ref(store: Any, version: Any) -> str:
@@ -171,9 +225,9 @@ def init(path: Path = typer.Argument(Path("."), help="Directory to create the st
     if as_json:
         _print_json({"store": str(store.dsv_dir), "datasets": [d.to_json() for d in datasets]})
         return
-    print(f"Initialized empty dsv store in {store.dsv_dir}")
+    _echo(f"Initialized empty dsv store in {store.dsv_dir}")
     for ds in datasets:
-        print(f"dataset {ds.name} ({ds.id}) is bound to {store.dataset_root(ds)}")
+        _echo(f"dataset {ds.name} ({ds.id}) is bound to {store.dataset_root(ds)}")
 
 
 @app.command()
@@ -201,7 +255,8 @@ def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
                 out.extend(f"  {label:<9} {p}" for p in paths)
         for p in r.skipped:
             out.append(f"  skipped   {p} (not a regular file or symlink)")
-    sys.stdout.write("\n".join(out) + "\n")
+    for line in out:
+        _echo(line)
 
 
 @app.command()
@@ -216,7 +271,7 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(_ref(store, v))
+        _echo(_ref(store, v))
 
 
 @app.command()
@@ -230,16 +285,23 @@ def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."
     if as_json:
         _print_json([_version_json(store, v) for v in versions])
         return
+    from rich.text import Text
     console = _console()
     for v in versions:
-        tags = f" [yellow]({', '.join(v.tags)})[/]" if v.tags else ""
-        draft = " [red]draft[/]" if v.is_draft else ""
-        console.print(f"[bold]{_ref(store, v)}[/]{tags}{draft}")
-        console.print(f"  {_when(v.committed or v.created)}  {v.author or ''}  "
-                      f"{v.files} files, {_size(v.size)}")
+        head = [_cell(_ref(store, v), style="bold")]
+        if v.tags:
+            head.append(_cell(f" ({', '.join(v.tags)})", style="yellow"))
+        if v.is_draft:
+            head.append(_cell(" draft", style="red"))
+        console.print(Text.assemble(*head))
+        console.print(_cell(f"  {_when(v.committed or v.created)}  {v.author or ''}  "
+                            f"{v.files} files, {_size(v.size)}"))
         if v.lineage:
-            console.print(f"  lineage: {_lineage_line(v.lineage)}")
-        console.print(f"  {v.message or ''}\n")
+            console.print(_cell(f"  lineage: {_lineage_line(v.lineage)}"))
+        # Each line of a multi-line message indented, so none can pass for a new entry.
+        for line in (v.message or "").split("\n"):
+            console.print(_cell(f"  {line}", multiline=True))
+        console.print()
 
 
 def _lineage_line(lineage: dict[str, Any]) -> str:
@@ -269,9 +331,9 @@ def _print_version(store: Any, v: Any, as_json: bool) -> None:
                        ("committed", _when(v.committed)), ("parents", ", ".join(v.parents) or "-"),
                        ("tags", ", ".join(v.tags) or "-"), ("files", str(v.files)),
                        ("size", _size(v.size)), ("tree", v.tree), ("record", v.record or "-")):
-        table.add_row(key, str(value) if value is not None else "-")
+        _row(table, key, _cell(value if value is not None else "-", multiline=key == "message"))
     if v.lineage:
-        table.add_row("lineage", json.dumps(v.lineage, indent=2))
+        _row(table, "lineage", _cell(json.dumps(v.lineage, indent=2), multiline=True))
     _console().print(table)
 
 
@@ -291,7 +353,8 @@ def diff(ref_a: str = typer.Argument(..., metavar="REF"),
     lines.sort(key=lambda line: line[2:])
     lines.append(f"{len(changes.added)} added, {len(changes.modified)} modified, "
                  f"{len(changes.deleted)} deleted")
-    sys.stdout.write("\n".join(lines) + "\n")
+    for line in lines:
+        _echo(line)
 
 
 @app.command()
@@ -308,7 +371,7 @@ def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
         if as_json:
             _print_json({"deleted": delete, "version": vid})
         else:
-            print(f"deleted tag {delete} (was {vid})")
+            _echo(f"deleted tag {delete} (was {vid})")
         return
     if not ref or not name:
         raise typer.BadParameter("give REF and NAME, or -d DATASET:NAME")
@@ -316,7 +379,7 @@ def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
     if as_json:
         _print_json({"tag": name, **_version_json(store, v)})
     else:
-        print(f"{_ref(store, v).split(':')[0]}:{name} -> {v.id}")
+        _echo(f"{_ref(store, v).split(':')[0]}:{name} -> {v.id}")
 
 
 @app.command()
@@ -329,7 +392,7 @@ def tags(dataset: Optional[str] = typer.Argument(None), as_json: bool = JsonOpt)
         return
     table = _table("dataset", "tag", "version", "created")
     for row in rows:
-        table.add_row(row["dataset"], row["tag"], row["version"], _when(row["created"]))
+        _row(table, row["dataset"], row["tag"], row["version"], _when(row["created"]))
     _console().print(table)
 
 
@@ -350,7 +413,7 @@ def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~
     if as_json:
         _print_json(report.to_json())
     else:
-        print(f"{_ref(store, report.version)} -> {report.target}: {report.written} written "
+        _echo(f"{_ref(store, report.version)} -> {report.target}: {report.written} written "
               f"({_size(report.bytes_written)}), {report.removed} removed, "
               f"{report.unchanged} unchanged")
 
@@ -365,26 +428,57 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
         _print_json(report.to_json())
     else:
         verb = "would free" if dry_run else "freed"
-        print(f"{_n(report.removed_objects, 'object')}, {_n(report.removed_packs, 'pack')} removed "
+        _echo(f"{_n(report.removed_objects, 'object')}, {_n(report.removed_packs, 'pack')} removed "
               f"({report.repacked_packs} repacked); {verb} {_size(report.freed_bytes)}")
 
 
 @app.command()
 def verify(repair: bool = typer.Option(False, "--repair",
-                                       help="Re-index packs the index lost."),
+                                       help="Re-index packs the index lost; with --remote, "
+                                            "upload good local copies of what the remote "
+                                            "lacks or holds damaged."),
+           remote: Optional[str] = typer.Option(None, "--remote", metavar="REMOTE",
+                                                help="Check this remote instead of the "
+                                                     "local store."),
+           read_data: bool = typer.Option(False, "--read-data",
+                                          help="With --remote: read back and re-hash every "
+                                               "object."),
+           subset: Optional[str] = typer.Option(None, "--read-data-subset", metavar="N%",
+                                                help="With --remote: re-hash a random N% "
+                                                     "of packs and loose objects."),
            as_json: bool = JsonOpt) -> None:
     """Re-hash every object and check every version is complete (exit 1 on any problem)."""
     store = _open_store()
-    report = store.verify(repair=repair)
+    if remote is None:
+        if read_data or subset is not None:
+            raise UsageError("--read-data and --read-data-subset need --remote",
+                             hint="the local check always reads every object")
+        report = store.verify(repair=repair)
+    else:
+        report = store.verify_remote(remote, read_data, subset, repair)
     if as_json:
         _print_json(report.to_json())
-    else:
+    elif remote is None:
         for line in report.repaired:
-            print(f"repaired: {line}")
+            _echo(f"repaired: {line}")
         for line in report.problems:
-            print(f"problem: {line}")
-        print(f"checked {report.objects_checked} objects ({_size(report.bytes_checked)}) and "
+            _echo(f"problem: {line}")
+        _echo(f"checked {report.objects_checked} objects ({_size(report.bytes_checked)}) and "
               f"{report.versions_checked} versions: "
+              f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+    else:
+        for line in report.found:
+            _echo(f"found: {line}")
+        for line in report.repaired:
+            _echo(f"repaired: {line}")
+        for line in report.warnings:
+            _echo(f"warning: {line}")
+        for line in report.problems:
+            _echo(f"problem: {line}")
+        read = (f", read {report.objects_read} objects ({_size(report.bytes_read)})"
+                if report.objects_read else "")
+        _echo(f"checked {report.remote}: {report.packs} packs, {report.loose} loose objects, "
+              f"{report.refs} refs, {report.versions_checked} versions{read}: "
               f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
     if not report.ok:
         raise typer.Exit(1)
@@ -424,9 +518,9 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
         _print_json(result.to_json())
         return
     for name, v in result.outputs.items():
-        print(f"{name}: {_ref(store, v)}")
-    sys.stderr.write(f"command exited 0 after {result.duration:.1f}s; inputs were "
-                     f"{'mounted read-only' if result.mounted else 'private copies'}\n")
+        _echo(f"{name}: {_ref(store, v)}")
+    _echo(f"command exited 0 after {result.duration:.1f}s; inputs were "
+          f"{'mounted read-only' if result.mounted else 'private copies'}", err=True)
 
 
 @app.command("import")
@@ -460,9 +554,9 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
             for label, paths in (("changed", report.changed), ("missing", report.missing),
                                  ("new", report.added)):
                 for p in paths:
-                    print(f"  {label:<8} {p}")
+                    _echo(f"  {label:<8} {p}")
             verdict = "matches its source" if report.ok else "no longer matches its source"
-            print(f"{report.ref} {verdict} ({len(report.unchanged)} unchanged, "
+            _echo(f"{report.ref} {verdict} ({len(report.unchanged)} unchanged, "
                   f"{len(report.changed)} changed, {len(report.missing)} missing, "
                   f"{len(report.added)} new)")
         if not report.ok:
@@ -474,7 +568,7 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(_ref(store, v))
+        _echo(_ref(store, v))
 
 
 # ---- remotes and sync --------------------------------------------------------------------
@@ -514,7 +608,7 @@ def remote_add(name: str = typer.Argument(...),
         _print_json(spec.to_json())
     else:
         kind = "cluster cache" if spec.kind == "cache" else "remote"
-        print(f"added {kind} {spec.name}: {spec.url}" + (" (default)" if spec.is_default else ""))
+        _echo(f"added {kind} {spec.name}: {spec.url}" + (" (default)" if spec.is_default else ""))
 
 
 @remote_app.command("list")
@@ -537,7 +631,7 @@ def remote_list(as_json: bool = JsonOpt) -> None:
             settings.append(f"max {_size(s.max_size)}")
         if s.write_through:
             settings.append("write-through")
-        table.add_row(s.name, s.kind, s.url, s.endpoint_url or "-", ", ".join(settings) or "-")
+        _row(table, s.name, s.kind, s.url, s.endpoint_url or "-", ", ".join(settings) or "-")
     _console().print(table)
 
 
@@ -548,7 +642,7 @@ def remote_remove(name: str = typer.Argument(...), as_json: bool = JsonOpt) -> N
     if as_json:
         _print_json({"removed": spec.name})
     else:
-        print(f"removed remote {spec.name} ({spec.url})")
+        _echo(f"removed remote {spec.name} ({spec.url})")
 
 
 def _split_remote(store: Any, args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -586,18 +680,18 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
         _print_json(report.to_json())
         return
     if not report.versions_sent and not report.refs_updated and report.behind:
-        print(f"nothing to push: {report.remote} is ahead")
+        _echo(f"nothing to push: {report.remote} is ahead")
     elif not report.versions_sent and not report.refs_updated:
-        print(f"{report.remote} is up to date ({_n(report.versions, 'version')})")
+        _echo(f"{report.remote} is up to date ({_n(report.versions, 'version')})")
     elif not report.versions_sent:
-        print(f"{report.remote} has every version; refs updated:")
+        _echo(f"{report.remote} has every version; refs updated:")
     else:
-        print(f"{_n(report.versions_sent, 'new version')}: "
+        _echo(f"{_n(report.versions_sent, 'new version')}: "
               + _transfer_line("pushed", report, "sent"))
     for line in report.refs_updated:
-        print(f"  {line}")
+        _echo(f"  {line}")
     for line in report.behind:
-        sys.stderr.write(f"note: {line}; pull to catch up\n")
+        _echo(f"note: {line}; pull to catch up", err=True)
 
 
 @app.command()
@@ -608,10 +702,10 @@ def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]"),
     if as_json:
         _print_json(report.to_json())
         return
-    print(f"fetched {_n(len(report.new_versions), 'new version')} from {report.remote} "
+    _echo(f"fetched {_n(len(report.new_versions), 'new version')} from {report.remote} "
           f"({_n(report.objects_received, 'object')}, {_size(report.bytes_received)})")
     for ref, vid in sorted(report.refs.items()):
-        print(f"  {report.remote}/{ref} -> {vid}")
+        _echo(f"  {report.remote}/{ref} -> {vid}")
 
 
 @app.command()
@@ -637,16 +731,16 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
 
 def _print_pull(report: Any) -> None:
     cached = report.from_cache
-    print(f"{_n(len(report.fetch.new_versions), 'new version')}; "
+    _echo(f"{_n(len(report.fetch.new_versions), 'new version')}; "
           f"downloaded {_n(report.objects_received, 'object')} ({_size(report.bytes_received)})"
           + (f", {cached} of them from the cluster cache" if cached else "")
           + f"; {report.objects_skipped} already here ({_size(report.bytes_skipped)})")
     for line in report.updated:
-        print(f"  {line}")
+        _echo(f"  {line}")
     for line in report.checked_out:
-        print(f"  checked out {line}")
+        _echo(f"  checked out {line}")
     for line in report.diverged + report.notices:
-        sys.stderr.write(f"warning: {line}\n")
+        _echo(f"warning: {line}", err=True)
 
 
 @app.command()
@@ -661,7 +755,7 @@ def clone(url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory
     if as_json:
         _print_json({"store": str(store.dsv_dir), **report.to_json()})
         return
-    print(f"cloned {url} into {store.root}")
+    _echo(f"cloned {url} into {store.root}")
     _print_pull(report)
 
 
@@ -677,7 +771,7 @@ def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]"),
     if as_json:
         _print_json(report.to_json())
         return
-    print(f"removed {_n(report.removed, 'entry', 'entries')} "
+    _echo(f"removed {_n(report.removed, 'entry', 'entries')} "
           f"({_size(report.freed_bytes)}); kept {report.kept} ({_size(report.kept_bytes)}), "
           f"{report.pending_kept} of them pending upload")
 
@@ -696,8 +790,8 @@ def index_rebuild(as_json: bool = JsonOpt) -> None:
         _print_json(report)
         return
     for line in report["skipped"]:
-        print(f"skipped: {line}")
-    print(f"rebuilt the index from {report['packs']} packs: {report['versions']} versions "
+        _echo(f"skipped: {line}")
+    _echo(f"rebuilt the index from {report['packs']} packs: {report['versions']} versions "
           f"of {report['datasets']} datasets (drafts are not recoverable)")
 
 
@@ -710,8 +804,8 @@ def _print_dataset(ds: Any, as_json: bool) -> None:
     table = _table("field", "value")
     table.show_header = False
     for key in ("id", "name", "path", "description", "latest", "head"):
-        table.add_row(key, str(getattr(ds, key) or "-"))
-    table.add_row("created", _when(ds.created))
+        _row(table, key, str(getattr(ds, key) or "-"))
+    _row(table, "created", _when(ds.created))
     _console().print(table)
 
 
@@ -725,7 +819,7 @@ def datasets_list(as_json: bool = JsonOpt) -> None:
         return
     table = _table("id", "name", "path", "latest", "created")
     for d in datasets:
-        table.add_row(d.id, d.name, d.path or "-", d.latest or "-", _when(d.created))
+        _row(table, d.id, d.name, d.path or "-", d.latest or "-", _when(d.created))
     _console().print(table)
 
 
@@ -747,7 +841,7 @@ def datasets_create(name: str = typer.Argument(...),
     if as_json:
         _print_json(ds.to_json())
     else:
-        print(f"created dataset {ds.name} ({ds.id})" + (f" at {ds.path}" if ds.path else ""))
+        _echo(f"created dataset {ds.name} ({ds.id})" + (f" at {ds.path}" if ds.path else ""))
 
 
 @datasets_app.command("update")
@@ -768,13 +862,13 @@ def datasets_delete(dataset: str = typer.Argument(..., metavar="ID"),
     """Forget a dataset and its versions (files in its directory stay; `dsv gc` frees space)."""
     store = _open_store()
     ds = store.dataset(dataset)
-    if not yes and not typer.confirm(f"delete dataset {ds.name} and all its versions?"):
+    if not yes and not typer.confirm(f"delete dataset {_safe(ds.name)} and all its versions?"):
         raise typer.Exit(1)
     store.delete_dataset(ds.id)
     if as_json:
         _print_json({"deleted": ds.to_json()})
     else:
-        print(f"deleted dataset {ds.name} ({ds.id})")
+        _echo(f"deleted dataset {ds.name} ({ds.id})")
 
 
 # ---- versions ----------------------------------------------------------------------------
@@ -796,7 +890,7 @@ def versions_create(dataset: str = typer.Argument(..., metavar="DATASET"),
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(_ref(store, v))
+        _echo(_ref(store, v))
 
 
 @versions_app.command("commit")
@@ -809,7 +903,7 @@ def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT"),
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(_ref(store, v))
+        _echo(_ref(store, v))
 
 
 @versions_app.command("list")
@@ -827,7 +921,7 @@ def versions_list(dataset: str = typer.Argument(..., metavar="DATASET"),
         return
     table = _table("version", "state", "message", "files", "size", "time")
     for v in versions:
-        table.add_row(v.id, v.state, v.message or "", str(v.files), _size(v.size),
+        _row(table, v.id, v.state, v.message or "", str(v.files), _size(v.size),
                       _when(v.committed or v.created))
     _console().print(table)
 
@@ -860,7 +954,7 @@ def versions_delete(ref: str = typer.Argument(..., metavar="REF"),
     if as_json:
         _print_json({"deleted": v.id})
     else:
-        print(f"deleted version {v.id}")
+        _echo(f"deleted version {v.id}")
 
 
 # ---- files -------------------------------------------------------------------------------
@@ -878,7 +972,7 @@ def files_list(ref: str = typer.Argument(..., metavar="REF"),
     table = _table("path", "size", "hash")
     for r in rows:
         name = r.path + ("/" if r.kind == "dir" else "")
-        table.add_row(name, _size(r.size), r.oid[:16])
+        _row(table, name, _size(r.size), r.oid[:16])
     _console().print(table)
 
 
@@ -892,7 +986,7 @@ def files_get(ref: str = typer.Argument(..., metavar="REF"),
     if as_json:
         _print_json({"files": count, "target": str(target_path)})
     else:
-        print(f"{_n(count, 'file')} -> {target_path}")
+        _echo(f"{_n(count, 'file')} -> {target_path}")
 
 
 @files_app.command("put")
@@ -907,7 +1001,7 @@ def files_put(ref: str = typer.Argument(..., metavar="DRAFT"),
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
+        _echo(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
 
 
 @files_app.command("delete")
@@ -920,13 +1014,132 @@ def files_delete(ref: str = typer.Argument(..., metavar="DRAFT"),
     if as_json:
         _print_json(_version_json(store, v))
     else:
-        print(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
+        _echo(f"{_ref(store, v)}: {v.files} files, {_size(v.size)}")
 
 
 # ---- entry point -------------------------------------------------------------------------
 
+def _refuse_non_utf8(command: Any) -> None:
+    """Make every command of the tree refuse arguments that are not UTF-8 before it runs:
+    dsv stores and compares text (messages, names, refs, the paths it records) as UTF-8,
+    and an argument holding other bytes (which Python sees as surrogates) would fail
+    half-way through the command."""
+    callback = command.callback
+    if callback is not None:
+        params = {p.name: p for p in command.params}
+
+        @functools.wraps(callback)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            for name, value in kwargs.items():
+                for item in value if isinstance(value, (list, tuple)) else [value]:
+                    if isinstance(item, str) and not _is_utf8(item):
+                        param = params.get(name)
+                        if param is None:
+                            label = name
+                        elif param.param_type_name == "option":
+                            label = max(param.opts, key=len)
+                        else:
+                            label = param.metavar or (param.name or name).upper()
+                        raise InvalidInput(f"{label} is not valid UTF-8: {_safe(item)}",
+                                           hint="dsv keeps text as UTF-8; check the encoding "
+                                                "of your terminal and shell (locale)")
+            return callback(*args, **kwargs)
+
+        command.callback = checked
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_non_utf8(sub)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _usage_error(exc: Any) -> UsageError:
+    """click's complaint about a command line, as one `error:` line and a hint."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    command = exc.ctx.command_path if exc.ctx is not None else "dsv"
+    return UsageError(message, hint=f"see `{command} --help`")
+
+
+def _input_error(exc: BaseException) -> DsvError | None:
+    """Failures that hostile or damaged input causes, not dsv itself, as an error line;
+    None for anything else (a bug)."""
+    debug = "rerun with --debug to see where; report it if the input looks sound"
+    if isinstance(exc, sqlite3.Error):
+        from .index import index_error
+        return index_error(exc, _state["index_path"] or ".dsv/index.db")
+    if isinstance(exc, RecursionError):
+        return InvalidInput("input nested too deeply to read",
+                            hint="a tree, record or JSON document from a remote, an import or "
+                                 f".dsv/ is damaged or hostile; {debug}")
+    if isinstance(exc, MemoryError):
+        return InvalidInput("out of memory",
+                            hint="something claims to be larger than this machine can hold "
+                                 f"(a hostile remote or import can), or memory is short; {debug}")
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidInput(f"text that is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                            hint="a file from a remote, an import or .dsv/ is damaged or "
+                                 f"hostile; {debug}")
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc.reason):
+        near = exc.object[max(0, exc.start - 20):exc.end + 20]
+        return InvalidInput(f"text that is not valid UTF-8: {near}",
+                            hint="arguments, environment variables (DSV_AUTHOR) and file names "
+                                 "must be UTF-8")
+    if type(exc).__module__.startswith("botocore."):
+        from botocore.exceptions import FlexibleChecksumError
+        if isinstance(exc, FlexibleChecksumError):  # S3 sent bytes its checksum header denies
+            from .errors import RemoteError
+            return RemoteError(f"the S3 remote sent damaged data ({exc})",
+                               hint="nothing damaged was kept; run the command again, and if "
+                                    "it fails the same way the object on the remote is damaged")
+    if isinstance(exc, OSError):
+        return _os_error(exc)
+    return None
+
+
+def _os_error(exc: OSError) -> DsvError:
+    """An error of the system as one line; a write it refused says why, with a hint."""
+    import errno
+    import resource
+    refused = {
+        errno.ENOSPC: ("no space left on the device",
+                       "free some space on that disk and run the command again"),
+        errno.EDQUOT: ("the disk quota is exhausted",
+                       "free some space within your quota and run the command again"),
+        errno.EROFS: ("the file system is read-only",
+                      "use only commands that read, or remount it read-write"),
+        errno.EFBIG: ("the file is too large",
+                      "raise the file-size limit (`ulimit -f unlimited`) and run the command "
+                      "again")}
+    if exc.errno in refused:
+        from .errors import CannotWrite
+        cause, hint = refused[exc.errno]
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if exc.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
+            cause = f"the file-size limit of this process is reached (ulimit -f: {limit} bytes)"
+        return CannotWrite(f"cannot write {exc.filename or 'a file'}: {cause}", hint=hint)
+    where = f": {exc.filename}" if exc.filename else ""
+    return DsvError(f"{exc.strerror or exc}{where}")
+
+
+def _fail(error: DsvError) -> None:
+    sys.stderr.write(f"error: {_safe(error.message)}\n")
+    if error.hint:
+        sys.stderr.write(f"hint: {_safe(error.hint)}\n")
+    sys.exit(error.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; expected failures become one `error:` line and exit status 1."""
+    """Run the CLI; expected failures become one `error:` line and exit status 1 (2 for a
+    usage error); anything else is a bug in dsv and says so."""
+    # click's exceptions, whether typer uses click itself or its own copy of it
+    click_errors = {c.__name__: c for c in typer.BadParameter.__mro__}
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in (args[:args.index("--")] if "--" in args else args) or \
         os.environ.get("DSV_DEBUG") == "1"
@@ -938,30 +1151,43 @@ def main(argv: list[str] | None = None) -> None:
     argv = args
     if [a for a in args if a != "--debug"][:1] == ["--version"]:
         from . import __version__
-        print(f"dsv {__version__}")
+        _echo(f"dsv {__version__}")
         return
+    _state["index_path"] = None
     try:
-        # Standalone mode: click itself reports usage errors (exit 2) and --help.
-        app(args=argv, standalone_mode=True)
+        command = typer.main.get_command(app)
+        _refuse_non_utf8(command)
+        # Not standalone: usage errors come here, to be printed like every other error.
+        status = command.main(args=argv, prog_name="dsv", standalone_mode=False)
+        if isinstance(status, int) and status:  # typer.Exit(status) inside a command
+            if status == 130:  # typer's answer to Ctrl-C
+                sys.stderr.write("interrupted\n")
+            sys.exit(status)
     except DsvError as exc:
         if debug:
             raise
-        sys.stderr.write(f"error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
-        sys.exit(exc.exit_code)
+        _fail(exc)
+    except click_errors["UsageError"] as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # `dsv` or `dsv datasets` alone: the help was printed
+        _fail(_usage_error(exc))
+    except click_errors["ClickException"] as exc:
+        _fail(DsvError(exc.format_message()))
+    except typer.Abort as exc:  # no answer to a question (end of input), or Ctrl-C
+        sys.stderr.write("\n")
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+        _fail(DsvError("aborted"))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except OSError as exc:
-        if debug:
-            raise
-        where = f": {exc.filename}" if exc.filename else ""
-        sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
-        sys.exit(1)
     except Exception as exc:
         if debug:
             raise
-        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n"
+        error = _input_error(exc)
+        if error is not None:
+            _fail(error)
+        sys.stderr.write(f"error: {type(exc).__name__}: {_safe(exc)}\n"
                          "hint: this is a bug in dsv; rerun with --debug for the traceback\n")
         sys.exit(1)

@@ -107,3 +107,27 @@ class RefConflict(DsvError):
     def __init__(self, message: str, hint: str | None = None, report: object = None) -> None:
         super().__init__(message, hint)
         self.report = report
+
+
+class UsageError(DsvError):
+    """A command line the argument parser rejects (unknown option, missing argument)."""
+
+    exit_code = 2
+
+
+class CannotWrite(DsvError):
+    """A write refused by the system: no space left, a file-size or quota limit, a read-only
+    file system. Nothing dsv had published is lost; the command can be run again."""
+
+
+class IndexUnwritable(CannotWrite):
+    """`.dsv/index.db` cannot be written (reads still work where possible)."""
+
+
+class IndexDamaged(DsvError):
+    """`.dsv/index.db` is not a readable SQLite database any more; `dsv index rebuild`
+    recreates it from the objects."""
+
+
+class IndexBusy(StoreLocked):
+    """Another process held `.dsv/index.db` for longer than SQLite waits."""

@@ -4,11 +4,17 @@ Owns the schema and every query. The schema is created and migrated with sqlite-
 hot paths (status, object lookups) use plain SQL on the same connection, because they
 run on every command and sqlite-utils costs ~100 ms to import. WAL mode: readers never
 block the single writer. Must never touch files outside `.dsv/index.db`.
+
+Also owns what SQLite's failures mean for a user (`index_error`): a damaged file, an index
+that cannot be written (disk full, file-size limit, read-only), one held by another
+process. An index that cannot be written is still opened for reading (`read_only`), so
+that commands which only read keep working on a full disk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import DsvError, IndexBusy, IndexDamaged, IndexUnwritable
 
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
@@ -82,8 +90,12 @@ _DATASET_COLS = "id, name, path, description, created, latest, head, cache_tree"
 def _version(row: tuple) -> Version:
     (vid, ds, state, tree, parents, message, author, created, committed, record, lineage,
      size, files) = row
-    return Version(vid, ds, state, tree, json.loads(parents), message, author, created,
-                   committed, record, json.loads(lineage) if lineage else None, size, files)
+    try:
+        return Version(vid, ds, state, tree, json.loads(parents), message, author, created,
+                       committed, record, json.loads(lineage) if lineage else None, size, files)
+    except (ValueError, TypeError, RecursionError):
+        # dsv wrote these cells as JSON: anything else is damage (index_error says so)
+        raise sqlite3.DatabaseError(f"malformed JSON in the row of version {vid!r}") from None
 
 
 class Index:
@@ -91,12 +103,52 @@ class Index:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.read_only = False
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if not _is_write_failure(exc):
+                raise
+            # Even reading a WAL database writes (its -shm index): on a full disk or under
+            # a file-size limit that fails, so read without it; writes then fail clearly.
+            conn = self._connect_read_only(exc)
+            self.read_only = True
+        self.conn = conn
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+
+    def _connect_read_only(self, failure: sqlite3.OperationalError) -> sqlite3.Connection:
+        """A connection that reads the index without writing a byte, or `failure` raised.
+
+        First exclusive locking mode, in which SQLite keeps the WAL index in memory instead
+        of the -shm file (it sees the WAL's committed transactions); then, only when there
+        is no WAL content to miss, the file as immutable (no locks at all, for read-only
+        directories)."""
+        import urllib.parse
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
+        conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise failure
+        conn = sqlite3.connect(uri + "?immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            raise failure from None
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -209,6 +261,8 @@ class Index:
 
     def checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it, so `.dsv/` holds no stale pages."""
+        if self.read_only:
+            return
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.OperationalError:
@@ -233,6 +287,8 @@ class Index:
     def update_dataset(self, ds_id: str, **fields: Any) -> None:
         allowed = {"name", "path", "description", "latest", "head", "cache_tree"}
         assert set(fields) <= allowed
+        if self.read_only and set(fields) == {"cache_tree"} and fields["cache_tree"]:
+            return  # vouching for the stat cache is an optimisation: skipped, not failed
         sets = ", ".join(f"{k}=?" for k in fields)
         self.conn.execute(f"UPDATE datasets SET {sets} WHERE id=?", (*fields.values(), ds_id))
 
@@ -385,6 +441,10 @@ class Index:
         return {r[0]: r[1:] for r in rows}
 
     def put_stat_rows(self, ds_id: str, rows: Iterable[tuple[str, StatRow]]) -> None:
+        """Remember hashed files (a cache: on an index that cannot be written, skipped, so
+        that commands which only read still work)."""
+        if self.read_only:
+            return
         self.conn.executemany(
             "INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, mode, oid, "
             "cached_ns) VALUES (?,?,?,?,?,?,?,?)", ((ds_id, p, *r) for p, r in rows))
@@ -531,3 +591,87 @@ class Index:
         else:
             self.conn.execute("UPDATE checkouts SET done=1, version=? WHERE target=?",
                               (placed, target))
+
+
+# ---- what SQLite's failures mean -------------------------------------------------------
+
+_MESSAGE_NAMES = (("malformed", "SQLITE_CORRUPT"), ("not a database", "SQLITE_NOTADB"),
+                  ("could not decode to utf-8", "SQLITE_CORRUPT"),  # Python's, for a text cell
+                  ("disk i/o error", "SQLITE_IOERR"), ("disk is full", "SQLITE_FULL"),
+                  ("readonly database", "SQLITE_READONLY"),
+                  ("unable to open database", "SQLITE_CANTOPEN"),
+                  ("database is locked", "SQLITE_BUSY"),
+                  ("database table is locked", "SQLITE_LOCKED"))
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    """SQLite's name for `exc` (`SQLITE_IOERR_WRITE`, …); read from the message before
+    Python 3.11, which gives only the primary code that way."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return str(name)
+    text = str(exc).lower()
+    return next((n for fragment, n in _MESSAGE_NAMES if fragment in text), "")
+
+
+def _primary(name: str) -> str:
+    return "_".join(name.split("_")[:2])
+
+
+_READ_FAILURES = ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ")
+
+
+def _is_write_failure(exc: sqlite3.Error) -> bool:
+    name = _error_name(exc)
+    return _primary(name) in ("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY",
+                              "SQLITE_CANTOPEN") and name not in _READ_FAILURES
+
+
+def _why_unwritable(path: Path, name: str, detail: str) -> tuple[str, str]:
+    """(cause, hint) for a write to `path` that the system refused."""
+    folder = path.parent
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        fs = None
+    if fs is not None and fs.f_flag & os.ST_RDONLY:
+        return "the file system is read-only", "use only commands that read, or remount it"
+    if _primary(name) == "SQLITE_FULL" or (fs is not None and fs.f_bavail == 0):
+        return ("no space left on the device",
+                f"free some space on the disk holding {folder} and run the command again")
+    import resource
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        return (f"the file-size limit of this process is reached (ulimit -f: {limit} bytes)",
+                "raise the file-size limit (`ulimit -f unlimited`) and run the command again")
+    if _primary(name) == "SQLITE_READONLY" or not os.access(folder, os.W_OK):
+        return ("the file or its directory is read-only",
+                f"make {folder} writable, or use only commands that read")
+    return detail, "check the disk and the space left on it, then run the command again"
+
+
+def index_error(exc: sqlite3.Error, path: str | os.PathLike[str]) -> DsvError | None:
+    """What a failure of SQLite on the index at `path` means for the user, or None when it
+    is not the file's or the system's doing (a bug in dsv)."""
+    path = Path(path)
+    name = _error_name(exc)
+    primary = _primary(name)
+    detail = str(exc)
+    rebuild = ("recreate it from the objects with `dsv index rebuild` "
+               "(the damaged file is kept beside it)")
+    if primary in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or name == "SQLITE_IOERR_SHORT_READ":
+        return IndexDamaged(f"the index {path} is damaged ({detail})", hint=rebuild)
+    if name == "SQLITE_IOERR_READ":
+        return IndexDamaged(f"cannot read the index {path} ({detail})",
+                            hint="check the disk (`dmesg`); if the file is damaged, " + rebuild)
+    if primary in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return IndexBusy(f"the index {path} is held by another process ({detail})",
+                         hint="wait for it to finish and run the command again")
+    if primary == "SQLITE_CANTOPEN":
+        return IndexUnwritable(f"cannot open the index {path} ({detail})",
+                               hint=f"check that {path.parent} and its index.db are readable "
+                                    "and writable by you")
+    if primary in ("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY"):
+        cause, hint = _why_unwritable(path, name, detail)
+        return IndexUnwritable(f"cannot write the index {path}: {cause}", hint=hint)
+    return None

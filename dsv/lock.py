@@ -80,8 +80,11 @@ class StoreLock:
                     on_wait(f"waiting for the store lock held by {self.holder()} …")
                     told = True
                 time.sleep(_POLL)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
+        try:  # who holds it, for messages only: a full disk must not stop the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         self._depth = 1
 
@@ -101,7 +104,10 @@ class StoreLock:
             return
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

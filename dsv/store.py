@@ -1298,6 +1298,17 @@ class Store:
                         self.index.update_dataset(ref.dataset, path=rel)
             return self._pull("origin", [], None, False, True, prefetched=fetched)
 
+    def verify_remote(self, remote: str | None = None, read_data: bool = False,
+                      subset: str | None = None, repair: bool = False) -> Any:
+        """Check a remote (structure; with `read_data` or a `subset` such as "10%", the
+        bytes too); with `repair`, upload good local copies of what it lacks or holds
+        damaged. Returns a remotecheck.RemoteCheckReport."""
+        from . import remotecheck, sync
+        fraction = remotecheck.parse_subset(subset)
+        with self.locked("verify --remote"):
+            return remotecheck.check_remote(self, sync.open_remote(self, remote), read_data,
+                                            fraction, repair)
+
     def prune_cache(self, name: str | None = None, older_than: str | None = None,
                     max_size: str | None = None) -> Any:
         """Evict cluster-cache entries unused for longer than the TTL, then the least

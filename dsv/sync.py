@@ -1000,6 +1000,12 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
         if oid not in located:
             large.append(oid)  # not in any pack the remote lists: try it as a loose file
     packed = {oid: located[oid] for oid in small if oid in located}
+    for oid, (_pack, _off, length) in packed.items():
+        if length != entries[oid]:
+            raise CorruptObject(f"object {oid[:12]} is {length} bytes on {remote.name}; the "
+                                f"version says {entries[oid]}", hint="the remote is damaged "
+                                "or hostile; nothing was stored")
+    _check_free_space(store, sum(entries[o] for o in small) + sum(entries[o] for o in large))
     ingest = Ingest(objects)
     try:
         for oid, data in _download_packed(store, remote, packed, label, report):
@@ -1012,6 +1018,17 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
         raise
     crashpoint("pull:objects-written")
     return packs
+
+
+def _check_free_space(store: "Store", nbytes: int) -> None:
+    """Refuse a download the disk cannot hold, before any byte of it (sizes come from
+    trees, which may be hostile: a tree claiming a 1 TiB file must not fill the disk)."""
+    import shutil
+    free = shutil.disk_usage(store.tmp_dir).free
+    if nbytes > free:
+        raise InvalidInput(f"the download needs {nbytes:,} bytes and {store.tmp_dir} has "
+                           f"{free:,} free", hint="free some space, or pull only some paths "
+                           "(--path)")
 
 
 def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[bytes]:

@@ -503,3 +503,128 @@ def test_secrets_are_never_stored_or_printed(tmp_path: Path, dsv, monkeypatch) -
     for path in (ws / ".dsv").rglob("*"):
         if path.is_file():
             assert b"sekrit" not in path.read_bytes()
+
+
+# ---- 9: checking and repairing a remote ---------------------------------------------------
+
+def _flip(path: Path, at: int) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def test_9_verify_remote_finds_and_repairs_damage(tmp_path: Path, dsv) -> None:
+    src = tmp_path / "src"
+    big = os.urandom((1 << 20) + 10)
+    small = b"small file contents " * 10
+    write_tree(src, {"big.bin": big, "small.txt": small, "other.txt": "other"})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    r = dsv("verify", "--remote", "origin", "--read-data", "--json", cwd=src)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["ok"] and report["versions_checked"] == 1 and report["objects_read"] >= 5
+
+    big_oid = hash_bytes(big)
+    _flip(remote / "loose" / big_oid[:2] / big_oid, 4096)
+    pack = next(p for p in (remote / "packs").iterdir() if small in p.read_bytes())
+    _flip(pack, pack.read_bytes().index(small) + 3)
+    # Structure alone is intact; reading the data finds both.
+    assert dsv("verify", "--remote", "origin", cwd=src).code == 0
+    r = dsv("verify", "--remote", "origin", "--read-data", cwd=src)
+    assert r.code == 1, r.out + r.err
+    assert big_oid[:12] in r.out and hash_bytes(small)[:12] in r.out
+    # push cannot fix it (the remote "has" both); --repair can.
+    r = dsv("verify", "--remote", "origin", "--read-data", "--repair", "--json", cwd=src)
+    assert r.code == 0, r.out + r.err
+    report = json.loads(r.out)
+    assert report["ok"] and len(report["found"]) >= 2 and report["repaired"]
+    assert not pack.exists()
+    clone = tmp_path / "clone"
+    r = dsv("clone", remote, clone, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert read_tree(clone) == read_tree(src)
+
+
+def test_9_verify_remote_finds_missing_objects_and_bad_refs(tmp_path: Path, dsv) -> None:
+    src = tmp_path / "src"
+    write_tree(src, {"a.txt": "a" * 100, "b.txt": "b" * 100})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    # A blob pack vanished with its index.
+    blob_pack = next(p for p in (remote / "packs").iterdir() if b"a" * 100 in p.read_bytes())
+    (remote / "index" / blob_pack.name.removesuffix(".pack")).unlink()
+    blob_pack.unlink()
+    (remote / "refs" / "bogus").mkdir()
+    (remote / "refs" / "bogus" / "latest").write_bytes(b"[" * 10_000)
+    r = dsv("verify", "--remote", "origin", "--json", cwd=src)
+    assert r.code == 1
+    problems = json.loads(r.out)["problems"]
+    assert any("not on the remote" in p for p in problems), problems
+    assert any("bogus" in p for p in problems), problems
+    (remote / "refs" / "bogus" / "latest").unlink()
+    r = dsv("verify", "--remote", "origin", "--repair", "--json", cwd=src)
+    assert r.code == 0, r.out + r.err
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    assert read_tree(clone) == read_tree(src)
+
+
+def test_14_loose_object_claiming_a_terabyte_is_refused_before_download(tmp_path: Path,
+                                                                         dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    fake = "ab" * 32
+    root = remote.tree([["huge.bin", "f", 0o644, 1 << 40, fake]])
+    record = remote.record("v1aaaaaaaa", DS, root)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "needs" in r.err and "free" in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
+# ---- 16: cluster-cache entries that are not files -----------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_16_bad_cache_entries_are_dropped_and_read_from_origin(tmp_path: Path, dsv,
+                                                               kind: str) -> None:
+    src = tmp_path / "src"
+    big = os.urandom((1 << 20) + 99)
+    write_tree(src, {"big.bin": big, "small.txt": "small"})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    dest = tmp_path / "dest"
+    assert dsv("init", "--bare", dest, cwd=tmp_path).code == 0
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=dest).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=dest).code == 0
+    oid = hash_bytes(big)
+    entry = cache / "loose" / oid[:2] / oid
+    entry.parent.mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for you")
+    if kind == "fifo":
+        os.mkfifo(entry)
+    elif kind == "symlink":
+        os.symlink(secret, entry)
+    else:
+        entry.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "dsv", "pull", "--json"], cwd=dest,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert dsv("datasets", "update", "data", "--path", "data", cwd=dest).code == 0
+    assert dsv("checkout", "data:latest", cwd=dest).code == 0
+    assert (dest / "data" / "big.bin").read_bytes() == big
+    assert secret.read_bytes() == b"not for you"
+    assert entry.is_file() and not entry.is_symlink() and entry.read_bytes() == big

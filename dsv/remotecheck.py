@@ -1,0 +1,341 @@
+"""`dsv verify --remote`: checking a remote as restic's `check` checks a repository.
+
+Owns the structural check of a remote (every pack index hashes to its name and names a
+whole pack; every ref names a version record of its own dataset; every record's tree,
+subtrees and blobs are on the remote), the data check (`--read-data`, or a random
+`--read-data-subset`: every object read back and re-hashed), and repair (`--repair`:
+objects the remote lacks or holds damaged are uploaded again from good local copies,
+then a damaged pack and its index are deleted once every object in it is safe
+elsewhere). Must never change the local store's versions or refs; it only refreshes
+what the store knows of the remote.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import tree
+from .errors import CorruptObject, DsvError, InvalidInput
+from .hashing import hash_bytes, hash_file, is_hash, new_hasher
+from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size,
+                      parse_pack_index)
+from .records import parse_record
+from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
+from .sync import (Remote, index_key, loose_key, pack_key, _parse_ref, _record_sent, _Sent)
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+@dataclass
+class RemoteCheckReport:
+    remote: str
+    packs: int = 0
+    loose: int = 0
+    refs: int = 0
+    versions_checked: int = 0
+    objects_read: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)     # what is wrong now
+    warnings: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)        # with --repair: before repairing
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **{k: v for k, v in self.__dict__.items()}}
+
+
+def parse_subset(text: str | None) -> float | None:
+    """`--read-data-subset 10%` (or `0.1`) as a fraction in (0, 1]."""
+    if text is None:
+        return None
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise InvalidInput(f"not a subset: {text!r}", hint="write a percentage, e.g. 10%")
+    return value
+
+
+def check_remote(store: "Store", remote: Remote, read_data: bool = False,
+                 subset: float | None = None, repair: bool = False) -> RemoteCheckReport:
+    """Check `remote`; with `repair`, fix what good local copies can fix, then check again
+    (the report's `problems` are what remains, `found` what the first pass saw)."""
+    report = _check(store, remote, read_data, subset, repair)
+    if not repair or not report.repaired:
+        if repair:
+            report.found = list(report.problems)
+        return report
+    again = _check(store, remote, read_data, subset, False)
+    again.found, again.repaired = report.problems, report.repaired
+    return again
+
+
+def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None,
+           repair: bool) -> RemoteCheckReport:
+    report = RemoteCheckReport(remote.name)
+    remote.connect()
+    listing = {key: size for key, size in remote.backend.list("")}
+    indexes = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith("index/")}
+    packs = {k[len("packs/"):-len(".pack")]: s for k, s in listing.items()
+             if k.startswith("packs/") and k.endswith(".pack")}
+    loose = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith("loose/")}
+    report.packs, report.loose = len(packs), len(loose)
+    for key in listing:
+        top = key.split("/", 1)[0]
+        if top not in ("index", "packs", "loose", "refs", "tmp", "dsv-remote.json",
+                       "refs.lock"):
+            report.warnings.append(f"unexpected file {key}")
+    for name in loose:
+        if not is_hash(name) or f"loose/{name[:2]}/{name}" not in listing:
+            report.problems.append(f"loose file {name[:40]} is not named by a blake3 id")
+
+    # 1. pack indexes: each must hash to its name and describe a whole pack.
+    bad_packs: set[str] = set()
+    entries_of: dict[str, list] = {}
+    for pack_id, size in sorted(indexes.items()):
+        if not is_hash(pack_id):
+            report.problems.append(f"index file {pack_id[:40]} is not named by a pack id")
+            continue
+        try:
+            entries, total = parse_pack_index(remote.backend.get(index_key(pack_id),
+                                                                  max_size=size), pack_id)
+        except (CorruptObject, RemoteRefused) as exc:
+            report.problems.append(f"pack index {pack_id[:12]}: {exc.message}")
+            bad_packs.add(pack_id)
+            continue
+        entries_of[pack_id] = entries
+        if pack_id not in packs:
+            report.problems.append(f"pack {pack_id[:12]} is indexed but missing")
+            bad_packs.add(pack_id)
+        elif packs[pack_id] != total:
+            report.problems.append(f"pack {pack_id[:12]} is {packs[pack_id]} bytes; its index "
+                                   f"says {total}")
+            bad_packs.add(pack_id)
+    for pack_id in packs:
+        if pack_id not in indexes:
+            report.warnings.append(f"pack {pack_id[:12]} has no index (left by an interrupted "
+                                   f"push; never read)")
+    remote.refresh()  # the store's picture of the remote, for the walks below
+    where: dict[str, tuple[str, int, int, int]] = {}
+    for pack_id, entries in entries_of.items():
+        if pack_id in bad_packs:
+            continue
+        for e in entries:
+            where.setdefault(e.oid, (pack_id, e.offset, e.length, e.kind))
+
+    # 2. data: every object (or a random subset of packs and loose files) re-hashed.
+    damaged: dict[str, str] = {}   # oid → where it is damaged ("pack X" or "loose")
+    if read_data or subset is not None:
+        _read_data(store, remote, entries_of, bad_packs, loose, subset, report, damaged)
+
+    # 3. refs → records → trees → blobs, all on the remote.
+    needed: dict[str, tuple[int, int]] = {}    # oid → (kind, size or -1)
+    _walk_refs(store, remote, where, loose, report, needed)
+    missing = [oid for oid in needed if oid not in where and oid not in loose]
+    for oid in missing:
+        report.problems.append(f"object {oid[:12]} ({_KIND[needed[oid][0]]}) is needed by a "
+                               f"version but not on the remote")
+    if repair:
+        _repair(store, remote, report, missing, damaged, needed, entries_of, bad_packs)
+    store.index.checkpoint()
+    return report
+
+
+_KIND = {KIND_BLOB: "file", KIND_TREE: "tree", KIND_VERSION: "version record"}
+
+
+def _read_data(store: "Store", remote: Remote, entries_of: dict[str, list],
+               bad_packs: set[str], loose: dict[str, int], subset: float | None,
+               report: RemoteCheckReport, damaged: dict[str, str]) -> None:
+    packs = sorted(p for p in entries_of if p not in bad_packs)
+    files = sorted(o for o in loose if is_hash(o))
+    if subset is not None:
+        rng = random.Random()
+        packs = [p for p in packs if rng.random() < subset] or packs[:1]
+        files = [o for o in files if rng.random() < subset] or files[:1]
+    total = len(packs) + len(files)
+    with store.reporter.task("reading remote data", total) as advance:
+        for pack_id in packs:
+            entries = entries_of[pack_id]
+            size = (max((e.offset + e.length for e in entries), default=8)
+                    + pack_tail_size(len(entries)))
+            try:
+                data = remote.backend.get(pack_key(pack_id), max_size=min(size, MAX_GET_BYTES))
+            except (NotFound, RemoteRefused) as exc:
+                report.problems.append(f"pack {pack_id[:12]}: {exc.message}")
+                bad_packs.add(pack_id)
+                advance(1, 0)
+                continue
+            view = memoryview(data)
+            for e in entries:
+                report.objects_read += 1
+                report.bytes_read += e.length
+                if hash_bytes(view[e.offset:e.offset + e.length]) != e.oid:
+                    damaged[e.oid] = f"pack {pack_id[:12]}"
+                    report.problems.append(f"object {e.oid[:12]} in pack {pack_id[:12]} is "
+                                           f"corrupt")
+                    bad_packs.add(pack_id)
+            advance(1, len(data))
+        for oid in files:
+            hasher = new_hasher(threads=True)
+            got = 0
+            try:
+                for chunk in remote.backend.download(loose_key(oid)):
+                    got += len(chunk)
+                    if got > loose[oid]:
+                        break
+                    hasher.update(chunk)
+            except (NotFound, RemoteRefused) as exc:
+                report.problems.append(f"loose object {oid[:12]}: {exc.message}")
+                damaged[oid] = "loose"
+                continue
+            report.objects_read += 1
+            report.bytes_read += got
+            if got != loose[oid] or hasher.hexdigest() != oid:
+                damaged[oid] = "loose"
+                report.problems.append(f"loose object {oid[:12]} is corrupt")
+            advance(1, got)
+
+
+def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, int, int]],
+               loose: dict[str, int], report: RemoteCheckReport,
+               needed: dict[str, tuple[int, int]]) -> None:
+    """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
+    refs = []
+    for key, _size in remote.backend.list("refs/"):
+        try:
+            got = remote.backend.read_ref(key)
+        except RemoteRefused as exc:
+            report.problems.append(f"ref {key}: {exc.message}")
+            continue
+        ref = _parse_ref(key, *got) if got else None
+        if ref is None:
+            report.problems.append(f"ref {key} is not a ref dsv writes")
+            continue
+        refs.append(ref)
+    report.refs = len(refs)
+    seen: set[str] = set()
+    trees_seen: set[str] = set()
+    stack = [(r.record, r.dataset, r.version, f"ref {r.dataset}/{r.ref}") for r in refs]
+    while stack:
+        record_oid, ds_id, vid, who = stack.pop()
+        if record_oid in seen:
+            continue
+        seen.add(record_oid)
+        needed[record_oid] = (KIND_VERSION, -1)
+        data = _read_object(remote, where, record_oid, KIND_VERSION)
+        if data is None:
+            continue  # reported as missing
+        try:
+            version, record = parse_record(data, record_oid)
+        except CorruptObject as exc:
+            report.problems.append(f"{who}: {exc.message}")
+            continue
+        if version.dataset != ds_id or version.id != vid:
+            report.problems.append(f"{who} names record {record_oid[:12]}, which is version "
+                                   f"{version.id} of dataset {version.dataset}")
+            continue
+        report.versions_checked += 1
+        for parent in record["parents"]:
+            stack.append((parent["record"], ds_id, parent["id"], f"version {vid}"))
+        _walk_tree(remote, where, version.tree, report, needed, trees_seen, f"version {vid}")
+
+
+def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root: str,
+               report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
+               seen: set[str], who: str) -> None:
+    stack = [root]
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        needed[oid] = (KIND_TREE, -1)
+        data = _read_object(remote, where, oid, KIND_TREE)
+        if data is None:
+            continue
+        try:
+            rows = tree.decode_tree(data, oid)
+        except DsvError as exc:
+            report.problems.append(f"{who}: {exc.message}")
+            continue
+        for _name, kind, _mode, size, child in rows:
+            if kind == tree.DIR:
+                stack.append(child)
+            else:
+                needed.setdefault(child, (KIND_BLOB, size))
+
+
+def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oid: str,
+                 kind: int) -> bytes | None:
+    got = where.get(oid)
+    if got is None or got[3] != kind:
+        return None
+    pack_id, offset, length, _kind = got
+    try:
+        data = remote.backend.get_range(pack_key(pack_id), offset, length)
+    except (NotFound, RemoteRefused):
+        return None
+    return data if hash_bytes(data) == oid else None
+
+
+def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: list[str],
+            damaged: dict[str, str], needed: dict[str, tuple[int, int]],
+            entries_of: dict[str, list], bad_packs: set[str]) -> None:
+    """Upload good local copies of what the remote lacks or holds damaged; then drop
+    damaged packs whose every object is safe again."""
+    objects = store.objects
+    todo = set(missing) | set(damaged)
+    for pack_id in bad_packs:
+        todo.update(e.oid for e in entries_of.get(pack_id, []))
+    local = objects.locate_many(todo)
+    small: list[tuple[str, int, bytes]] = []
+    fixed: set[str] = set()
+    sent: list[_Sent] = []
+    for oid in sorted(todo):
+        if oid in local:
+            data = objects.read_packed(local[oid])
+            if hash_bytes(data) != oid:
+                continue
+            kind = next((e.kind for p in bad_packs for e in entries_of.get(p, [])
+                         if e.oid == oid), needed.get(oid, (KIND_BLOB, 0))[0])
+            small.append((oid, kind, data))
+        elif objects.has_loose(oid) and hash_file(objects.loose_path(oid)) == oid:
+            remote.backend.put_file(loose_key(oid), str(objects.loose_path(oid)))
+            sent.append(_Sent(1, objects.loose_path(oid).stat().st_size, loose=oid))
+            fixed.add(oid)
+            report.repaired.append(f"uploaded object {oid[:12]} again (loose)")
+    # Blobs, then trees, then records: the publish order holds for repairs too.
+    small.sort(key=lambda item: item[1])
+    if small:
+        pack_id, data, entries = encode_pack(small)
+        remote.backend.put_bytes(pack_key(pack_id), data)
+        remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
+        sent.append(_Sent(len(entries), len(data), (pack_id, len(data), entries)))
+        fixed.update(oid for oid, _k, _d in small)
+        report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
+    _record_sent(store, remote, sent)
+    for pack_id in sorted(bad_packs):
+        entries = entries_of.get(pack_id)
+        if entries is None or any(e.oid not in fixed for e in entries):
+            lost = [e.oid for e in entries or [] if e.oid not in fixed]
+            if lost:
+                report.problems.append(f"pack {pack_id[:12]} kept: {len(lost)} of its objects "
+                                       f"have no good copy here")
+            continue
+        # The index goes first: an index on the remote always names a whole pack.
+        remote.backend.delete(index_key(pack_id))
+        remote.backend.delete(pack_key(pack_id))
+        report.repaired.append(f"deleted damaged pack {pack_id[:12]}")
+    for oid in set(missing) | set(damaged):
+        if oid not in fixed:
+            report.problems.append(f"object {oid[:12]} has no good copy here; not repaired")
+    remote.refresh()
