@@ -29,7 +29,7 @@ from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest
                       pack_tail_size, parse_pack_index)
 from .jsonio import load_bounded
 from .paths import check_relpath, is_under, normalize_user_path
-from .records import parse_record
+from .records import MAX_RECORD_BYTES, parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
                            MAX_REF_BYTES, RemoteRefused, RemoteSpec, open_backend)
 from .remotes.cache import ClusterCache
@@ -648,7 +648,10 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
                       index.remote_objects_of_kind(remote.name, kind)}
                for kind in (KIND_TREE, KIND_VERSION)}
     parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]] = {}
-    wanted = located[KIND_VERSION]
+    wanted = {oid: w for oid, w in located[KIND_VERSION].items() if w[2] <= MAX_RECORD_BYTES}
+    for oid in located[KIND_VERSION].keys() - wanted.keys():
+        store.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
+                              f"more than {MAX_RECORD_BYTES} bytes (ignored)")
     local = store.objects.locate_many(wanted)
     for oid, data in _download_packed(store, remote, {o: w for o, w in wanted.items()
                                                       if o not in local}, "fetching", report):

@@ -628,3 +628,95 @@ def test_16_bad_cache_entries_are_dropped_and_read_from_origin(tmp_path: Path, d
     assert (dest / "data" / "big.bin").read_bytes() == big
     assert secret.read_bytes() == b"not for you"
     assert entry.is_file() and not entry.is_symlink() and entry.read_bytes() == big
+
+
+# ---- 1 through an import; 14 through refs that are not files ------------------------------
+
+@pytest.mark.parametrize("key", ["pfx/.dsv/config.json", "pfx/sub/.DSV/index.db"])
+def test_1_import_key_naming_a_store_is_refused(tmp_path: Path, dsv, s3_endpoint: str,
+                                                aws_env: None, key: str) -> None:
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"h-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="pfx/ok.txt", Body=b"ok")
+    client.put_object(Bucket=bucket, Key=key, Body=b'{"format": 1, "evil": true}')
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    r = dsv("import", f"s3://{bucket}/pfx", "--endpoint-url", s3_endpoint, cwd=ws)
+    assert r.code == 1 and "reserved" in r.err and "bug in dsv" not in r.err, r.err
+    assert json.loads((ws / ".dsv" / "config.json").read_text()) == {"format": 1,
+                                                                    "hash": "blake3"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "sparse", "symlink"])
+def test_14_ref_that_is_not_a_small_file_is_ignored(tmp_path: Path, dsv, kind: str) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
+    bad = remote.root / "refs" / "x" / "latest"
+    bad.parent.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "sparse":
+        with open(bad, "wb") as f:
+            f.truncate(4 << 30)
+    else:
+        os.symlink("/etc/passwd", bad)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dsv", "clone", str(remote.root),
+                           str(tmp_path / "victim")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 0, proc.stderr
+    assert "bug in dsv" not in proc.stderr
+    assert (tmp_path / "victim" / "f.txt").read_bytes() == b"good"
+
+
+def test_15_deeply_nested_marker_and_tree_are_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
+    marker = remote.root / "dsv-remote.json"
+    marker.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and r.err.startswith("error: ") and "bug in dsv" not in r.err, r.err
+    assert "dsv-remote.json" in r.err
+
+    remote2 = HostileRemote(tmp_path / "remote2")
+    deep = remote2.add(b'{"entries":' + b"[" * 50_000 + b"]" * 50_000 + b',"type":"tree","v":1}',
+                       1)
+    record = remote2.record("v1aaaaaaaa", DS, deep)
+    remote2.publish()
+    remote2.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote2.root, tmp_path / "victim2")
+    assert r.code == 1 and "not a valid tree" in r.err and "bug in dsv" not in r.err, r.err
+
+
+def test_shifted_pack_offsets_are_refused(tmp_path: Path, dsv) -> None:
+    """A pack index that hashes to its name but points each entry one byte off."""
+    import struct
+
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"payload bytes"})
+    index = next((remote.root / "index").iterdir())
+    tail = index.read_bytes()
+    entry = struct.Struct(">32sQQB")
+    count = (len(tail) - 24) // entry.size
+    shifted = b"".join(
+        entry.pack(raw, offset + 1, length, kind)
+        for raw, offset, length, kind in entry.iter_unpack(tail[:count * entry.size]))
+    n, table_offset, end = struct.unpack(">QQ8s", tail[-24:])
+    new_tail = shifted + struct.pack(">QQ8s", n, table_offset + 1, end)
+    new_id = hash_bytes(new_tail)
+    pack = remote.root / "packs" / f"{index.name}.pack"
+    body = pack.read_bytes()[:-len(tail)]
+    index.unlink()
+    pack.unlink()
+    (remote.root / "index" / new_id).write_bytes(new_tail)
+    (remote.root / "packs" / f"{new_id}.pack").write_bytes(body + b"\0" + new_tail)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "corrupt" in r.err and "bug in dsv" not in r.err, r.err
+    assert not (tmp_path / "victim").exists()
