@@ -9,6 +9,7 @@ must never touch the filesystem.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable
 
 from .errors import UnsafePath
@@ -19,9 +20,18 @@ MAX_NAME_BYTES = 255
 MAX_LINK_HOPS = 40   # as Linux's own limit on symlinks followed in one lookup
 
 
+# dsv's own temp files (fileio.tmp_name): `.dsv-tmp-` and 16 hex digits, exactly.
+_TEMP_NAME = re.compile(r"\.dsv-tmp-[0-9a-f]{16}")
+
+
 def is_reserved(name: str) -> bool:
     """Whether a path component names a store (case-folded: some filesystems fold case)."""
     return name.casefold() == STORE_DIR
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one of dsv's temp files (a crash leftover when found)."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def check_name(name: str) -> str:
@@ -41,6 +51,9 @@ def check_name(name: str) -> str:
         raise UnsafePath(f"{name!r} is reserved for dsv's store and cannot be part of a dataset",
                          hint="rename it; nothing from a version, remote or import may "
                               "create a store")
+    if is_temp_name(name):
+        raise UnsafePath(f"{name!r} is reserved for dsv's temp files",
+                         hint="rename it")
     return name
 
 
@@ -87,17 +100,20 @@ def check_symlink_target(link_path: str, target: str) -> str:
     return target
 
 
-def check_links(links: dict[str, str]) -> None:
+def check_links(links: dict[str, str], fences: Iterable[str] = ()) -> None:
     """Refuse a version whose symlinks (path → target) escape when resolved through each
     other, as the kernel would resolve them once they are all placed: `d/l -> .` and
     `s -> d/l/../..` each pass the lexical check, yet `s` resolves above the dataset.
-    A link whose resolution passes through a store, or loops, is refused too."""
+    A link whose resolution passes through a store, or loops, is refused too, and so is
+    one that enters a `fences` directory (a nested dataset: its links are not this
+    version's, and change with it)."""
+    fenced = [f for f in fences if f]
     for path, target in links.items():
         check_symlink_target(path, target)
-        _resolve(path, links)
+        _resolve(path, links, fenced)
 
 
-def _resolve(path: str, links: dict[str, str]) -> None:
+def _resolve(path: str, links: dict[str, str], fences: list[str]) -> None:
     """Walk `path`'s own target component by component, substituting the version's links
     met on the way; the position may never climb above the dataset root."""
     hops = 0
@@ -116,6 +132,9 @@ def _resolve(path: str, links: dict[str, str]) -> None:
         if is_reserved(part):
             raise UnsafePath(f"symlink {path!r} resolves into a store")
         here = "/".join(base + [part])
+        if fences and is_under(here, fences):
+            raise UnsafePath(f"symlink {path!r} resolves into a nested dataset or store "
+                             f"({here})")
         inner = links.get(here)
         if inner is None:
             base.append(part)
@@ -129,11 +148,17 @@ def _resolve(path: str, links: dict[str, str]) -> None:
             raise UnsafePath(f"symlink {here!r} points to an absolute path")
 
 
+def mode_class(mode: int) -> int:
+    """The only permission distinction a version keeps, as git does: executable by its
+    owner (0o755) or not (0o644). Never setuid, setgid or sticky; no private or
+    group-writable bits (those belong to the machine: its umask decides them)."""
+    return 0o755 if mode & 0o100 else 0o644
+
+
 def placed_mode(mode: int, umask: int) -> int:
-    """The permission bits dsv gives a placed file: the version's read and execute bits,
-    write bits for group and others only where the umask allows them, and never
-    setuid, setgid or sticky (modes come from versions other people wrote)."""
-    return mode & 0o777 & ~(umask & 0o022)
+    """The permission bits dsv gives a placed file: 0o777 or 0o666 by `mode_class`,
+    less the umask (modes from outside never set anything else)."""
+    return (0o777 if mode & 0o100 else 0o666) & ~umask
 
 
 def is_under(path: str, prefixes: Iterable[str]) -> bool:

@@ -65,7 +65,7 @@ def parse_record(data: bytes, oid: str) -> tuple[Version, dict[str, Any]]:
         if record.get(key) is not None and not isinstance(record[key], str):
             raise bad(f"bad {key}")
     for key in ("size", "files"):
-        if not isinstance(record.get(key), int) or record[key] < 0:
+        if not isinstance(record.get(key), int) or not 0 <= record[key] <= 1 << 62:
             raise bad(f"bad {key}")
     if record.get("lineage") is not None and not isinstance(record["lineage"], dict):
         raise bad("bad lineage")

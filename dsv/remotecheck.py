@@ -132,13 +132,14 @@ def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None
             where.setdefault(e.oid, (pack_id, e.offset, e.length, e.kind))
 
     # 2. data: every object (or a random subset of packs and loose files) re-hashed.
-    damaged: dict[str, str] = {}   # oid → where it is damaged ("pack X" or "loose")
+    damaged: dict[str, str] = {}   # oid → where it is damaged (a pack id, or "loose")
     if read_data or subset is not None:
         _read_data(store, remote, entries_of, bad_packs, loose, subset, report, damaged)
 
     # 3. refs → records → trees → blobs, all on the remote.
     needed: dict[str, tuple[int, int]] = {}    # oid → (kind, size or -1)
-    _walk_refs(store, remote, where, loose, report, needed)
+    _walk_refs(store, remote, where, report, needed, damaged)
+    bad_packs |= {where_ for where_ in damaged.values() if where_ != "loose"}
     missing = [oid for oid in needed if oid not in where and oid not in loose]
     for oid in missing:
         report.problems.append(f"object {oid[:12]} ({_KIND[needed[oid][0]]}) is needed by a "
@@ -179,7 +180,7 @@ def _read_data(store: "Store", remote: Remote, entries_of: dict[str, list],
                 report.objects_read += 1
                 report.bytes_read += e.length
                 if hash_bytes(view[e.offset:e.offset + e.length]) != e.oid:
-                    damaged[e.oid] = f"pack {pack_id[:12]}"
+                    damaged[e.oid] = pack_id
                     report.problems.append(f"object {e.oid[:12]} in pack {pack_id[:12]} is "
                                            f"corrupt")
                     bad_packs.add(pack_id)
@@ -206,8 +207,8 @@ def _read_data(store: "Store", remote: Remote, entries_of: dict[str, list],
 
 
 def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, int, int]],
-               loose: dict[str, int], report: RemoteCheckReport,
-               needed: dict[str, tuple[int, int]]) -> None:
+               report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
+               damaged: dict[str, str]) -> None:
     """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
     refs = []
     for key, _size in remote.backend.list("refs/"):
@@ -231,9 +232,9 @@ def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, 
             continue
         seen.add(record_oid)
         needed[record_oid] = (KIND_VERSION, -1)
-        data = _read_object(remote, where, record_oid, KIND_VERSION)
+        data = _read_object(remote, where, record_oid, KIND_VERSION, report, damaged)
         if data is None:
-            continue  # reported as missing
+            continue  # reported as missing or damaged
         try:
             version, record = parse_record(data, record_oid)
         except CorruptObject as exc:
@@ -246,12 +247,13 @@ def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, 
         report.versions_checked += 1
         for parent in record["parents"]:
             stack.append((parent["record"], ds_id, parent["id"], f"version {vid}"))
-        _walk_tree(remote, where, version.tree, report, needed, trees_seen, f"version {vid}")
+        _walk_tree(remote, where, version.tree, report, needed, trees_seen, f"version {vid}",
+                   damaged)
 
 
 def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root: str,
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
-               seen: set[str], who: str) -> None:
+               seen: set[str], who: str, damaged: dict[str, str]) -> None:
     stack = [root]
     while stack:
         oid = stack.pop()
@@ -259,7 +261,7 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
             continue
         seen.add(oid)
         needed[oid] = (KIND_TREE, -1)
-        data = _read_object(remote, where, oid, KIND_TREE)
+        data = _read_object(remote, where, oid, KIND_TREE, report, damaged)
         if data is None:
             continue
         try:
@@ -275,16 +277,30 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
 
 
 def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oid: str,
-                 kind: int) -> bytes | None:
+                 kind: int, report: RemoteCheckReport, damaged: dict[str, str]
+                 ) -> bytes | None:
+    """A tree or record the walk needs, read back and checked. None when it is absent
+    (reported by the caller as missing) or unreadable or damaged (reported here)."""
     got = where.get(oid)
-    if got is None or got[3] != kind:
+    if got is None:
         return None
-    pack_id, offset, length, _kind = got
-    try:
-        data = remote.backend.get_range(pack_key(pack_id), offset, length)
-    except (NotFound, RemoteRefused):
-        return None
-    return data if hash_bytes(data) == oid else None
+    pack_id, offset, length, got_kind = got
+    problem = None
+    if got_kind != kind:
+        problem = f"object {oid[:12]} in pack {pack_id[:12]} is a {_KIND[got_kind]}, not a {_KIND[kind]}"
+    else:
+        try:
+            data = remote.backend.get_range(pack_key(pack_id), offset, length)
+        except (NotFound, RemoteRefused) as exc:
+            problem = f"object {oid[:12]} in pack {pack_id[:12]} cannot be read: {exc.message}"
+        else:
+            if hash_bytes(data) == oid:
+                return data
+            problem = f"object {oid[:12]} in pack {pack_id[:12]} is corrupt"
+    if oid not in damaged:
+        damaged[oid] = pack_id
+        report.problems.append(problem)
+    return None
 
 
 def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: list[str],
@@ -315,15 +331,19 @@ def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: 
             report.repaired.append(f"uploaded object {oid[:12]} again (loose)")
     # Blobs, then trees, then records: the publish order holds for repairs too.
     small.sort(key=lambda item: item[1])
+    uploaded: set[str] = set()
     if small:
         pack_id, data, entries = encode_pack(small)
+        uploaded.add(pack_id)
         remote.backend.put_bytes(pack_key(pack_id), data)
         remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
         sent.append(_Sent(len(entries), len(data), (pack_id, len(data), entries)))
         fixed.update(oid for oid, _k, _d in small)
         report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
     _record_sent(store, remote, sent)
-    for pack_id in sorted(bad_packs):
+    for pack_id in sorted(bad_packs - uploaded):
+        # (A pack rebuilt from the same objects in the same order has the same id: the
+        # upload has already replaced the damaged bytes, so it stays.)
         entries = entries_of.get(pack_id)
         if entries is None or any(e.oid not in fixed for e in entries):
             lost = [e.oid for e in entries or [] if e.oid not in fixed]

@@ -30,10 +30,11 @@ from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath, is_reserved, is_under, normalize_user_path
+from .paths import check_relpath, is_reserved, is_under, mode_class, normalize_user_path
 from .jsonio import load_bounded
 from .records import parse_time
-from .remotes.base import RemoteSpec, normalize_url, open_backend, parse_duration, parse_size
+from .remotes.base import (RemoteSpec, check_outside_stores, normalize_url, open_backend,
+                           parse_duration, parse_size)
 from .reporting import Reporter
 from .tree import Entry, Manifest
 
@@ -563,7 +564,8 @@ class Store:
             try:
                 total = sum(f[0] for f in files.values())
                 with self.reporter.task("committing", len(files), total) as advance:
-                    snap = worktree.snapshot(root, files, cache, ingest, advance)
+                    snap = worktree.snapshot(root, files, cache, ingest, advance,
+                                             fences=self._excluded(ds))
                 root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
                 head = self._head(ds)
                 if head is not None and head.tree == root_tree and not allow_empty:
@@ -604,16 +606,24 @@ class Store:
                 self._check_target_outside_store(target)
             version_files = self.manifest(version)
             excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
-            # Nested datasets are left alone: their directories belong to them now, even
-            # where an older version of this dataset still holds files there.
-            wanted = {p: e for p, e in version_files.items() if not is_under(p, excluded)}
+            leftovers: list[str] = []
+            stores: list[str] = []
+            files, _ = worktree.scan(target, excluded, leftovers, stores)
+            # Nested datasets and stores are left alone: their directories belong to them
+            # now, even where an older version of this dataset holds files there (or a
+            # file where one of them has its directory).
+            fenced = excluded + stores
+            wanted = {p: e for p, e in version_files.items()
+                      if not is_under(p, fenced) and not _holds(p, fenced)}
+            left_out = len(version_files) - len(wanted)
+            if left_out:
+                self.reporter.notice(f"left out {left_out} path(s) of {version.id} that lie in "
+                                     f"a nested dataset or store")
             selected = self._select_paths(wanted, paths, Path(cwd).resolve(), target)
             if selected is not None:
                 wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
             target.mkdir(parents=True, exist_ok=True)
             key = str(target)
-            leftovers: list[str] = []
-            files, _ = worktree.scan(target, excluded, leftovers)
             if selected is not None:
                 files = {p: f for p, f in files.items() if p in wanted or is_under(p, selected)}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
@@ -624,7 +634,7 @@ class Store:
             previous = ds.head if in_worktree else self.index.placed_version(key)
             base_version = self.index.version(previous) if previous else None
             base = self.manifest(base_version) if base_version else {}
-            to_write = [(p, e) for p, e in wanted.items() if current.get(p) != e]
+            to_write = [(p, e) for p, e in wanted.items() if not _same_entry(current.get(p), e)]
             to_remove = [p for p in current if p not in wanted]
             if not force:
                 # A file may be replaced or removed only if it is as that version left it,
@@ -642,7 +652,7 @@ class Store:
                         f"checkout would discard {len(at_risk)} uncommitted change(s) in "
                         f"{target}: {shown}", hint="commit them first, or pass --force")
             self._ensure_blobs(version, [e for _p, e in to_write] + _links(version_files))
-            tree.validate_links(version_files, self.objects.read)
+            tree.validate_links(version_files, self.objects.read, fenced)
             with self.index.transaction():
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
@@ -848,6 +858,8 @@ class Store:
     def _set_draft_manifest(self, v: Version, manifest: Manifest, ingest: Ingest) -> Version:
         root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
         self._flush(ingest)
+        # Each `files put` checked its own links; the draft's links together must hold too.
+        tree.validate_links(manifest, self.objects.read)
         with self.index.transaction():
             current = self.index.version(v.id)
             if current is None or not current.is_draft:
@@ -1111,7 +1123,7 @@ class Store:
         if not refs.is_valid_name(name):
             raise InvalidInput(f"invalid remote name {name!r}")
         url = normalize_url(url, cwd)
-        _check_remote_outside_stores(url)
+        check_outside_stores(url)
         if cache and url.startswith("s3://"):
             raise InvalidInput("a cluster cache is a shared directory, not an S3 URL")
         if not cache and (ttl or max_size or write_through):
@@ -1239,17 +1251,25 @@ class Store:
                              default=True)
             report = store._finish_clone()
         except BaseException:
-            # Only what this clone made goes: its store, and the files its checkout
-            # placed (the directory was empty, and no other clone can be in it).
+            # Only what this clone made goes: the files its checkout placed (the directory
+            # was empty, and no other clone can be in it while the marker is locked), then
+            # its store, marker included; the lock is released last, so nobody can start
+            # completing this clone while it is being removed.
             if store is not None:
                 store.close()
-            claim.release()
-            shutil.rmtree(root / DSV_DIR, ignore_errors=True)
-            for child in root.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
-                    else child.unlink()
-            if made_root:
-                root.rmdir()
+            try:
+                for child in root.iterdir():
+                    if child.name == DSV_DIR:
+                        continue
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
+                        else child.unlink()
+                shutil.rmtree(root / DSV_DIR, ignore_errors=True)
+                if made_root:
+                    root.rmdir()
+            except OSError:
+                pass  # best effort: the original error is what the user needs to see
+            finally:
+                claim.release()
             raise
         claim.finish()
         return store, report
@@ -1320,6 +1340,7 @@ class Store:
         if ttl is None and budget is None:
             raise InvalidInput(f"cache {spec.name} has no --ttl or --max-size",
                                hint="pass --older-than and/or --max-size")
+        check_outside_stores(spec.url)
         return ClusterCache(spec.url).prune(ttl, budget)
 
     def _ensure_blobs(self, version: Version, entries: list[Entry]) -> None:
@@ -1603,14 +1624,9 @@ class _ClonePlan:
         self.release()
 
 
-def _check_remote_outside_stores(url: str) -> None:
-    """A directory remote or cache may not lie in a store (gc would delete its packs)."""
-    if url.startswith("s3://"):
-        return
-    for path in (url, os.path.realpath(url)):
-        if any(is_reserved(part) for part in Path(path).parts):
-            raise UnsafePath(f"{url} is inside a store ('.dsv' is reserved for dsv)",
-                             hint="put the remote in a directory of its own")
+def _holds(path: str, fenced: list[str]) -> bool:
+    """Whether `path` is a directory above one of `fenced` (a file there would replace it)."""
+    return any(f.startswith(path + "/") for f in fenced)
 
 
 def _links(manifest: Manifest) -> list[Entry]:
@@ -1622,8 +1638,14 @@ def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:
     if base is None:
         return True
     if with_mode:
-        return current != base
+        return not _same_entry(current, base)
     return (current.kind, current.oid) != (base.kind, base.oid)
+
+
+def _same_entry(a: Entry | None, b: Entry) -> bool:
+    """Same kind, content and mode class (older trees may hold finer modes)."""
+    return a is not None and a.kind == b.kind and a.oid == b.oid and \
+        mode_class(a.mode) == mode_class(b.mode)
 
 
 def _check_format(dsv_dir: Path) -> None:

@@ -31,7 +31,8 @@ from .jsonio import load_bounded
 from .paths import check_relpath, is_under, normalize_user_path
 from .records import MAX_RECORD_BYTES, parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
-                           MAX_REF_BYTES, RemoteRefused, RemoteSpec, open_backend)
+                           MAX_GET_BYTES, MAX_REF_BYTES, RemoteRefused, RemoteSpec,
+                           check_outside_stores, open_backend)
 from .remotes.cache import ClusterCache
 
 if TYPE_CHECKING:
@@ -218,13 +219,21 @@ class Remote:
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
 
-        def read(pack_id: str) -> tuple[str, list, int]:
-            data = self.backend.get(index_key(pack_id), max_size=listed[pack_id])
-            entries, size = parse_pack_index(data, pack_id)
+        def read(pack_id: str) -> tuple[str, list, int] | None:
+            try:
+                data = self.backend.get(index_key(pack_id),
+                                        max_size=min(listed[pack_id], MAX_GET_BYTES))
+                entries, size = parse_pack_index(data, pack_id)
+            except (CorruptObject, RemoteRefused) as exc:
+                # One damaged or hostile index must not stop every clone: its pack is
+                # never read (`dsv verify --remote` reports it).
+                self.store.reporter.notice(f"warning: ignored pack index {pack_id[:12]} on "
+                                           f"{self.name}: {exc.message}")
+                return None
             return pack_id, entries, size
 
         with ThreadPoolExecutor(WORKERS) as pool:
-            results = list(pool.map(read, new))
+            results = [r for r in pool.map(read, new) if r is not None]
         with index.transaction():
             for pack_id, entries, size in results:
                 index.add_remote_pack(self.name, pack_id, size, entries)
@@ -257,6 +266,8 @@ def open_remote(store: "Store", name: str | None, kind: str = "origin") -> Remot
 
 def caches(store: "Store", write_through: bool = False) -> list[ClusterCache]:
     """The store's cluster caches (only those pushes write through to, if asked)."""
+    for spec in store.remote_specs():
+        check_outside_stores(spec.url)
     return [ClusterCache(s.url) for s in store.remote_specs()
             if s.kind == "cache" and (s.write_through or not write_through)]
 
@@ -662,23 +673,16 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     remote_refs = _owned_refs(remote_refs, parsed, store)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
     _check_history(reachable, parsed, store)
-    trees: dict[str, bytes] = {}
-    tree_wanted = located[KIND_TREE]
-    local_trees = store.objects.locate_many(tree_wanted)
-    for oid, data in _download_packed(store, remote, {o: w for o, w in tree_wanted.items()
-                                                      if o not in local_trees},
-                                      "fetching trees", report):
-        raw = bytes(data)
-        tree.decode_tree(raw, oid)  # validated here; trusted once stored
-        trees[oid] = raw
-    _check_trees([parsed[r][0].tree for r in reachable], trees, store)
+    trees = _fetch_trees(store, remote, {parsed[r][0].tree for r in reachable},
+                         located[KIND_TREE], report)
     for root in {parsed[r][0].tree for r in reachable}:
         tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
-    # Everything downloaded is kept, so the next fetch does not read it again; what no
-    # version row reaches (unreachable history) is left to gc.
+    # Only what the accepted refs reach enters the store: records no ref reaches were
+    # never checked as history, and must not turn up later (in `index rebuild`, say).
     ingest = Ingest(store.objects)
     try:
-        for oid, (_v, _record, raw) in parsed.items():
+        for oid in reachable:
+            raw = parsed[oid][2]
             if raw is not None:
                 ingest.add(oid, KIND_VERSION, raw)
         for oid, raw in trees.items():
@@ -739,9 +743,15 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
                 store: "Store") -> dict[tuple[str, str], RemoteRef]:
     """The remote's refs that name a version of their own dataset by its true id; any
     other ref is ignored with a notice (a ref of A naming B's version would make
-    `A:tag` act on B's directory)."""
+    `A:tag` act on B's directory). So is a dataset whose id is a local dataset's name:
+    ids win over names, so it would take that name over."""
     kept = {}
     for key, ref in remote_refs.items():
+        if store.index.dataset_by("id", ref.dataset) is None and \
+                store.index.dataset_by("name", ref.dataset) is not None:
+            store.reporter.notice(f"warning: ignored remote dataset {ref.dataset}: its id is "
+                                  f"the name of a dataset here")
+            continue
         got = parsed.get(ref.record)
         if got is not None and got[0].id == ref.version and got[0].dataset == ref.dataset:
             kept[key] = ref
@@ -755,23 +765,33 @@ def _check_history(reachable: list[str],
                    parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]],
                    store: "Store") -> None:
     """History is a DAG within one dataset: every parent a record names (by id and
-    record hash) is a version of the same dataset with that id."""
+    record hash) is a version of the same dataset with that id. A parent that is neither
+    on the remote nor here cannot be checked: it is left out of the version's parents
+    (the index links versions by id, so an unchecked id could join another history)."""
     for oid in reachable:
         v, record, _raw = parsed[oid]
+        kept = []
         for parent in record["parents"]:
             got = parsed.get(parent["record"])
+            local = store.index.version(parent["id"])
             if got is not None:
                 pid, pds = got[0].id, got[0].dataset
-            else:
-                local = store.index.version(parent["id"])
-                if local is None or local.record != parent["record"]:
-                    continue  # history the remote does not hold: the walk stops here
+            elif local is not None:
+                if local.record != parent["record"]:
+                    raise CorruptObject(f"version record {oid[:12]} names parent "
+                                        f"{parent['id']} with another record than this "
+                                        f"store's", hint="the remote holds a forged history; "
+                                                         "nothing was fetched")
                 pid, pds = local.id, local.dataset
+            else:
+                continue  # history the remote does not hold: the walk stops here
             if pid != parent["id"] or pds != v.dataset:
                 raise CorruptObject(f"version record {oid[:12]} names a parent ({parent['id']}) "
                                     f"that is not a version of its own dataset",
                                     hint="the remote holds a forged history; nothing was "
                                          "fetched")
+            kept.append(pid)
+        v.parents = kept
 
 
 def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
@@ -789,26 +809,33 @@ def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
     return sorted(seen)
 
 
-def _check_trees(roots: list[str], fetched: dict[str, bytes], store: "Store") -> None:
-    """Every tree under `roots` is either fetched now or already stored (and everything
-    under a stored tree is stored); otherwise the remote is damaged."""
+def _fetch_trees(store: "Store", remote: Remote, roots: set[str],
+                 located: dict[str, tuple[str, int, int]], report: FetchReport
+                 ) -> dict[str, bytes]:
+    """The trees under `roots` this store lacks, level by level, each validated: only
+    what the versions reach is read (a remote may hold any amount of other trees). A
+    stored tree has everything beneath it stored already."""
+    trees: dict[str, bytes] = {}
     seen: set[str] = set()
-    stack = [r for r in roots if r in fetched]
-    while stack:
-        oid = stack.pop()
-        if oid in seen:
-            continue
-        seen.add(oid)
-        for _name, kind, _mode, _size, child in tree.decode_tree(fetched[oid], oid, trusted=True):
-            if kind != tree.DIR:
+    frontier = set(roots)
+    while frontier:
+        seen |= frontier
+        stored = store.objects.locate_many(frontier)
+        need = {}
+        for oid in frontier:
+            if oid in stored:
                 continue
-            if child in fetched:
-                stack.append(child)
-            elif not store.objects.has(child):
-                _missing_tree(child)
-    for root in roots:
-        if root not in fetched and not store.objects.has(root):
-            _missing_tree(root)
+            if oid not in located:
+                _missing_tree(oid)
+            need[oid] = located[oid]
+        below: set[str] = set()
+        for oid, data in _download_packed(store, remote, need, "fetching trees", report):
+            raw = bytes(data)
+            rows = tree.decode_tree(raw, oid)  # validated here; trusted once stored
+            trees[oid] = raw
+            below.update(row[4] for row in rows if row[1] == tree.DIR)
+        frontier = below - seen
+    return trees
 
 
 def _missing_tree(oid: str) -> None:
@@ -830,7 +857,7 @@ def _create_dataset(store: "Store", v: Version, record: dict[str, Any],
 
 # ---- downloads --------------------------------------------------------------------------
 
-def _ranges(missing: dict[str, tuple[str, int, int]], whole: set[str]
+def _ranges(missing: dict[str, tuple[str, int, int]]
             ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
     """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
     by_pack: dict[str, list[tuple[str, int, int]]] = {}
@@ -841,8 +868,7 @@ def _ranges(missing: dict[str, tuple[str, int, int]], whole: set[str]
         items.sort(key=lambda it: it[1])
         start, end, group = items[0][1], items[0][1] + items[0][2], [items[0]]
         for oid, offset, length in items[1:]:
-            limit = RANGE_MAX if pack not in whole else 1 << 62
-            if offset - end <= RANGE_GAP and offset + length - start <= limit:
+            if offset - end <= RANGE_GAP and offset + length - start <= RANGE_MAX:
                 end = max(end, offset + length)
                 group.append((oid, offset, length))
             else:
@@ -905,7 +931,7 @@ def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[st
 
     with store.reporter.task(label, len(missing), total) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for got, cached in _bounded(pool, get, _ranges(missing, whole), WORKERS):
+        for got, cached in _bounded(pool, get, _ranges(missing), WORKERS):
             report.from_cache += len(got) if cached else 0
             for oid, data in got:
                 report.objects_received += 1
@@ -931,7 +957,8 @@ def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
 def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
     """Copy a whole remote pack into the cache (checked against its name first)."""
     try:
-        data = remote.backend.get(pack_key(pack), max_size=size)
+        data = remote.backend.get(pack_key(pack), max_size=min(size or MAX_GET_BYTES,
+                                                               MAX_GET_BYTES))
     except (NotFound, RemoteRefused):
         return
     if size is not None and len(data) != size:
@@ -1182,6 +1209,10 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)
+        if not paths:
+            # Each distinct tree once: no flat manifest of the whole version is built.
+            wanted.update(tree.blob_sizes(v.tree, store.read_tree))
+            continue
         manifest = store.manifest(v)
         if paths:
             selected = {normalize_user_path(p) for p in paths}

@@ -23,6 +23,7 @@ DIR = "d"
 TREE_FORMAT = 1
 MAX_TREE_ENTRIES = 10_000_000
 MAX_TREE_BYTES = 1 << 30
+MAX_SIZE = 1 << 62            # bytes a file or a directory may claim
 # Bounds on what one version may expand to, checked over the DAG of its trees before
 # anything is flattened (a tree may name one child many times: 60 KB of hostile trees
 # can describe 2^40 paths).
@@ -81,9 +82,8 @@ def decode_tree(data: bytes, oid: str = "?", trusted: bool = False
                 or not isinstance(mode, int) or not isinstance(size, int) or size < 0
                 or not 0 <= mode <= 0o7777 or not isinstance(child, str) or not is_hash(child)):
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
-        if kind == FILE and mode & ~0o777:
-            raise CorruptObject(f"tree {oid[:12]} gives {name!r} a setuid, setgid or sticky "
-                                f"mode ({oct(mode)}); dsv never writes one")
+        if size > MAX_SIZE:
+            raise CorruptObject(f"tree {oid[:12]} claims an impossible size for {name!r}")
         check_name(name)
         if previous is not None and name.encode() <= previous.encode():
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
@@ -221,7 +221,25 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[
                 yield kind, child
 
 
-def validate_links(manifest: Manifest, read_blob: Callable[[str], bytes]) -> dict[str, str]:
+def blob_sizes(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, int]]:
+    """(oid, size) of every file and symlink blob under `root`, reading each distinct tree
+    once (a version that names one directory many times costs that directory once)."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        for _name, kind, _mode, size, child in decode_tree(read_tree(oid), oid, trusted=True):
+            if kind == DIR:
+                stack.append(child)
+            else:
+                yield child, size
+
+
+def validate_links(manifest: Manifest, read_blob: Callable[[str], bytes],
+                   fences: Iterable[str] = ()) -> dict[str, str]:
     """Read and check every symlink target of `manifest`, each resolved through the
     others (a version is placed whole, so its links combine); returns path → target."""
     targets = {}
@@ -232,5 +250,5 @@ def validate_links(manifest: Manifest, read_blob: Callable[[str], bytes]) -> dic
                                  f"{MAX_PATH_BYTES} bytes")
             target = read_blob(entry.oid).decode("utf-8", "surrogateescape")
             targets[path] = check_symlink_target(path, target)
-    check_links(targets)
+    check_links(targets, fences)
     return targets

@@ -24,7 +24,8 @@ from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
 from .index import StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
-from .paths import check_links, check_relpath, check_symlink_target, is_reserved, placed_mode
+from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
+                    is_temp_name, mode_class, placed_mode)
 from .tree import FILE, LINK, Entry, Manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start threads
@@ -71,20 +72,20 @@ class Changes:
                 "deleted_bytes": self.deleted_bytes}
 
 
-def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None
-         ) -> tuple[dict[str, FileStat], list[str]]:
+def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
+         stores: list[str] | None = None) -> tuple[dict[str, FileStat], list[str]]:
     """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
     Temp files of an interrupted checkout are never content; their paths are added to
-    `leftovers` when given. One lstat per file, no reads.
+    `leftovers` when given, and directories left out because they hold another store to
+    `stores`. One lstat per file, no reads.
     """
     skip = set(excluded)
     found: dict[str, FileStat] = {}
     skipped: list[str] = []
     stack = [("", os.fspath(root))]
     s_isreg, s_islnk, s_imode = stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
-    tmp_prefix = fileio.TMP_PREFIX
     while stack:
         rel_dir, abs_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
@@ -96,6 +97,8 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
             listing = list(entries)
         if rel_dir and any(is_reserved(e.name) and e.is_dir(follow_symlinks=False)
                            for e in listing):
+            if stores is not None:
+                stores.append(rel_dir)
             continue  # another store's workspace, as git leaves out a nested repository
         for entry in listing:
             name = entry.name
@@ -119,7 +122,7 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
             else:
                 skipped.append(prefix + name)
                 continue
-            if name.startswith(tmp_prefix):
+            if is_temp_name(name):
                 if leftovers is not None:
                     leftovers.append(prefix + name)
                 continue
@@ -146,8 +149,8 @@ def all_trusted(files: dict[str, FileStat], keys: dict[str, tuple]) -> bool:
 
 
 def _stored_mode(fs: FileStat) -> int:
-    # Permission bits only: setuid, setgid and sticky are never recorded (nor placed).
-    return 0o777 if fs[4] == LINK else fs[3] & 0o777
+    # Only the owner-exec distinction is recorded (see paths.mode_class).
+    return 0o777 if fs[4] == LINK else mode_class(fs[3])
 
 
 @dataclass
@@ -162,7 +165,7 @@ class Snapshot:
 
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
              ingest: Ingest | None, progress: Progress | None = None,
-             strict_links: bool = True) -> Snapshot:
+             strict_links: bool = True, fences: Iterable[str] = ()) -> Snapshot:
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
@@ -235,7 +238,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     if strict_links or ingest is not None:
-        check_links(result.links)  # links resolved through each other stay inside
+        check_links(result.links, fences)  # links resolved through each other stay inside
     return result
 
 
@@ -281,7 +284,8 @@ def compare(base: Manifest, current: Manifest) -> Changes:
         if old is None:
             changes.added.append(path)
             changes.added_bytes += entry.size
-        elif old.oid != entry.oid or old.kind != entry.kind or old.mode != entry.mode:
+        elif old.oid != entry.oid or old.kind != entry.kind or \
+                mode_class(old.mode) != mode_class(entry.mode):
             changes.modified.append(path)
             changes.modified_bytes += entry.size
     for path, entry in base.items():
@@ -352,8 +356,13 @@ def _open_subdir(parent_fd: int, name: str, create: bool) -> int:
             raise
     try:
         st = os.lstat(name, dir_fd=parent_fd)
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=parent_fd)  # a file or a link: never followed
+        if stat.S_ISLNK(st.st_mode):
+            os.unlink(name, dir_fd=parent_fd)  # a link is replaced, never followed
+        elif not stat.S_ISDIR(st.st_mode):
+            # A checkout has removed what it may remove before it places anything; what
+            # is still here is not dsv's to delete.
+            raise InvalidInput(f"{name!r} is in the way of a directory of the version and "
+                               f"was left alone", hint="move it away and run again")
     except FileNotFoundError:
         pass
     try:
@@ -393,6 +402,10 @@ class Materializer:
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
         for rel, _entry in items:
             check_relpath(rel)
+        # The links placed here are checked through each other wherever this is called
+        # from (callers placing part of a version check the whole version first).
+        check_links({rel: self.objects.read(e.oid).decode("utf-8", "surrogateescape")
+                     for rel, e in items if e.kind == LINK})
         large = [it for it in items if it[1].oid not in locations and it[1].kind != LINK]
         if self.link == "reflink" and large:
             self._probe_reflink(large[0][1])
@@ -474,13 +487,10 @@ class Materializer:
         if hash_bytes(data) != entry.oid:
             raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
                                 hint="run `dsv verify` to list every damaged object")
-        mode = placed_mode(entry.mode, _UMASK)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode, dir_fd=dir_fd)
+                     placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
         try:
             fileio.write_all(fd, data)
-            if mode & _UMASK:
-                os.fchmod(fd, mode)  # the umask took bits the version has
         finally:
             os.close(fd)
 
@@ -502,21 +512,12 @@ class Materializer:
                 else os.path.join(self.root, tmp))  # pragma: no cover - Linux has /proc
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
         self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid))
-        if mode & _UMASK:
-            _fchmod_at(dir_fd, tmp, mode)  # the umask took bits the version has
-
-
-def _fchmod_at(dir_fd: int, name: str, mode: int) -> None:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
 
 
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
-    """Rename `tmp` over `name` in one directory; a directory in the way is removed
-    (without following links: it is not part of the target)."""
+    """Rename `tmp` over `name` in one directory. An empty directory in the way goes; a
+    directory that still holds anything (a nested store, files dsv did not place) is
+    never deleted: the file is not placed and the caller hears why."""
     try:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return
@@ -524,27 +525,13 @@ def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
         if not isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError)) and \
                 exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
             raise
-    _remove_at(dir_fd, name)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        raise InvalidInput(f"{name!r} is a directory that is not empty, where the version "
+                           f"has a file; it was left alone",
+                           hint="move it away and run again") from None
     os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def _remove_at(dir_fd: int, name: str) -> None:
-    """Remove `name` from `dir_fd`: a file or link is unlinked, a directory removed
-    whole; links inside are removed, never followed."""
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        for child in os.listdir(fd):
-            _remove_at(fd, child)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
 
 
 def remove_paths(root: Path, paths: Iterable[str]) -> None:
@@ -554,8 +541,10 @@ def remove_paths(root: Path, paths: Iterable[str]) -> None:
     dirs = _Dirs(root)
     try:
         for rel in paths:
-            check_relpath(rel)
             parent, _, name = rel.rpartition("/")
+            # (dsv's own temp files are removed too: their names are refused as content)
+            check_relpath(parent) if is_temp_name(name) and parent else \
+                None if is_temp_name(name) else check_relpath(rel)
             try:
                 fd, owned = dirs.open(parent)
             except (FileNotFoundError, NotADirectoryError):

@@ -625,7 +625,10 @@ def test_checkout_restores_modes_and_symlinks(ws: Path, dsv, tmp_path: Path) -> 
     out = tmp_path / "out"
     ok(dsv("checkout", f"mydata:{v1}", "--to", out, cwd=ws))
     assert stat.S_IMODE(os.lstat(out / "run.sh").st_mode) == 0o755
-    assert stat.S_IMODE(os.lstat(out / "sub" / "b.bin").st_mode) == 0o600
+    # Only the owner-exec distinction is versioned (as in git): the umask decides the rest.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.lstat(out / "sub" / "b.bin").st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(os.lstat(out / "a.txt").st_mode) == \
         stat.S_IMODE(os.lstat(ws / "a.txt").st_mode)
     assert os.readlink(out / "link.txt") == "a.txt"
@@ -875,7 +878,9 @@ def test_versions_create_with_source_path(committed, dsv, tmp_path: Path) -> Non
     out = tmp_path / "out"
     ok(dsv("files", "get", f"mydata:{v['id']}", "--target-path", out, cwd=ws))
     assert read_tree(out) == read_tree(src)
-    assert stat.S_IMODE(os.stat(out / "model.pt").st_mode) == 0o640
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out / "model.pt").st_mode) == 0o666 & ~umask
     fails(dsv("versions", "create", "mydata", "--source-path", tmp_path / "missing", "-m", "x",
               cwd=ws), "missing")
     ok(dsv("verify", cwd=ws))

@@ -90,7 +90,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
             if p.is_symlink():
                 out[key] = ("l", os.readlink(p))
             else:
-                out[key] = ("f", b3(p.read_bytes()), stat.S_IMODE(p.stat().st_mode))
+                # Versions keep the owner-exec distinction only (0o755 / 0o644 class).
+                out[key] = ("f", b3(p.read_bytes()), bool(p.stat().st_mode & stat.S_IXUSR))
     return out
 
 

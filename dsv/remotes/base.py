@@ -228,9 +228,22 @@ def normalize_url(url: str, cwd: str | os.PathLike[str] = ".") -> str:
     return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))
 
 
+def check_outside_stores(url: str) -> None:
+    """A directory remote or cache may never lie in a store (gc would delete its packs,
+    a push would write into objects/): checked when it is added and whenever it is
+    opened, with links resolved (the path may have been swapped for one since)."""
+    if url.startswith("s3://"):
+        return
+    for path in (url, os.path.realpath(url)):
+        if any(part.casefold() == ".dsv" for part in path.split("/")):
+            raise InvalidInput(f"{url} is inside a store ('.dsv' is reserved for dsv)",
+                               hint="put the remote in a directory of its own")
+
+
 def open_backend(spec: RemoteSpec) -> Backend:
     if spec.is_s3:
         from .s3 import S3Backend
         return S3Backend(spec.url, spec.endpoint_url, spec.profile)
+    check_outside_stores(spec.url)
     from .fs import FsBackend
     return FsBackend(spec.url)
