@@ -978,3 +978,19 @@ def test_14_sparse_pack_index_and_huge_record_numbers(tmp_path: Path, dsv) -> No
     assert r.code == 0 and "bug in dsv" not in r.err and "out of memory" not in r.err, r.err
     assert "ignored pack index" in r.err and "bad size" in r.err
     assert (tmp_path / "victim" / "f.txt").read_bytes() == b"good"
+
+
+@pytest.mark.parametrize("name", ["tmp", "objects/packs", "objects/loose", "index.db"])
+def test_store_paths_replaced_by_links_are_refused(tmp_path: Path, dsv, name: str) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = ws / ".dsv" / name
+    path.rename(elsewhere / "moved")
+    os.symlink(elsewhere / "moved", path)
+    (ws / "b.txt").write_text("b")
+    r = dsv("commit", "-m", "two", cwd=ws)
+    assert r.code == 1 and "not a" in r.err and "bug in dsv" not in r.err, r.err
