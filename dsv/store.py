@@ -1677,7 +1677,7 @@ def _check_store_files(dsv_dir: Path) -> None:
     """`.dsv/` and the files dsv opens in it by name are what they seem: a directory and
     regular files, never links someone planted (SQLite and flock would follow them)."""
     for path, want in ((dsv_dir, stat.S_ISDIR), (dsv_dir / "objects", stat.S_ISDIR),
-                       (dsv_dir / "tmp", stat.S_ISDIR), (dsv_dir / "inputs", stat.S_ISDIR),
+                       (dsv_dir / "tmp", stat.S_ISDIR),
                        (dsv_dir / "objects" / "packs", stat.S_ISDIR),
                        (dsv_dir / "objects" / "loose", stat.S_ISDIR),
                        (dsv_dir / "objects" / "links", stat.S_ISDIR),
