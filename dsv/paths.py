@@ -107,23 +107,27 @@ def check_links(links: dict[str, str], fences: Iterable[str] = ()) -> None:
     A link whose resolution passes through a store, or loops, is refused too, and so is
     one that enters a `fences` directory (a nested dataset: its links are not this
     version's, and change with it)."""
-    fenced = [f for f in fences if f]
+    fenced = {f for f in fences if f}
     for path, target in links.items():
         check_symlink_target(path, target)
         _resolve(path, links, fenced)
 
 
-def _resolve(path: str, links: dict[str, str], fences: list[str]) -> None:
+def _resolve(path: str, links: dict[str, str], fences: set[str]) -> None:
     """Walk `path`'s own target component by component, substituting the version's links
     met on the way; the position may never climb above the dataset root."""
     hops = 0
     base: list[str] = path.split("/")[:-1]       # the directory holding the link
     pending = links[path].split("/")
+    fenced_at = None    # the nested dataset the walk entered: its links are not ours
     while pending:
         part = pending.pop(0)
         if part in ("", "."):
             continue
         if part == "..":
+            if fenced_at is not None:
+                raise UnsafePath(f"symlink {path!r} climbs back out of a nested dataset or "
+                                 f"store ({fenced_at}), where its links are unknown")
             if not base:
                 raise UnsafePath(f"symlink {path!r} resolves outside the dataset "
                                  f"(through the version's other links)")
@@ -132,9 +136,11 @@ def _resolve(path: str, links: dict[str, str], fences: list[str]) -> None:
         if is_reserved(part):
             raise UnsafePath(f"symlink {path!r} resolves into a store")
         here = "/".join(base + [part])
-        if fences and is_under(here, fences):
-            raise UnsafePath(f"symlink {path!r} resolves into a nested dataset or store "
-                             f"({here})")
+        if fenced_at is not None or (fences and is_under(here, fences)):
+            # Pointing into a nested dataset is fine; past its door, only plain names.
+            fenced_at = fenced_at or here
+            base.append(part)
+            continue
         inner = links.get(here)
         if inner is None:
             base.append(part)
@@ -162,5 +168,30 @@ def placed_mode(mode: int, umask: int) -> int:
 
 
 def is_under(path: str, prefixes: Iterable[str]) -> bool:
-    """Whether `path` is one of `prefixes` or lies beneath one (`""` is not a prefix)."""
-    return any(path == p or path.startswith(p + "/") for p in prefixes if p)
+    """Whether `path` is one of `prefixes` or lies beneath one (`""` is not a prefix).
+    Pass a set when testing many paths: each test then costs O(depth), not O(prefixes)."""
+    wanted = prefixes if isinstance(prefixes, (set, frozenset)) else set(prefixes)
+    if not wanted:
+        return False
+    if path in wanted:
+        return True
+    cut = path.find("/")
+    while cut != -1:
+        if path[:cut] in wanted:
+            return True
+        cut = path.find("/", cut + 1)
+    return False
+
+
+def ancestors(paths: Iterable[str]) -> set[str]:
+    """Every proper ancestor directory of `paths` (`a/b/c` gives `a` and `a/b`)."""
+    out: set[str] = set()
+    for path in paths:
+        cut = path.rfind("/")
+        while cut != -1:
+            parent = path[:cut]
+            if parent in out:
+                break
+            out.add(parent)
+            cut = path.rfind("/", 0, cut)
+    return out

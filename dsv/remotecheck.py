@@ -105,8 +105,9 @@ def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None
             report.problems.append(f"index file {pack_id[:40]} is not named by a pack id")
             continue
         try:
-            entries, total = parse_pack_index(remote.backend.get(index_key(pack_id),
-                                                                  max_size=size), pack_id)
+            entries, total = parse_pack_index(
+                remote.backend.get(index_key(pack_id), max_size=min(size, MAX_GET_BYTES)),
+                pack_id)
         except (CorruptObject, RemoteRefused) as exc:
             report.problems.append(f"pack index {pack_id[:12]}: {exc.message}")
             bad_packs.add(pack_id)
@@ -279,11 +280,12 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
 def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oid: str,
                  kind: int, report: RemoteCheckReport, damaged: dict[str, str]
                  ) -> bytes | None:
-    """A tree or record the walk needs, read back and checked. None when it is absent
-    (reported by the caller as missing) or unreadable or damaged (reported here)."""
+    """A tree or record the walk needs, read back and checked. When the remote's copy is
+    absent (reported by the caller as missing) or damaged (reported here), a good local
+    copy lets the walk go on below it, so one pass finds (and repairs) everything."""
     got = where.get(oid)
     if got is None:
-        return None
+        return _local_copy(remote, oid)
     pack_id, offset, length, got_kind = got
     problem = None
     if got_kind != kind:
@@ -300,7 +302,14 @@ def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oi
     if oid not in damaged:
         damaged[oid] = pack_id
         report.problems.append(problem)
-    return None
+    return _local_copy(remote, oid)
+
+
+def _local_copy(remote: Remote, oid: str) -> bytes | None:
+    try:
+        return remote.store.objects.read(oid)
+    except DsvError:
+        return None
 
 
 def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: list[str],
@@ -313,6 +322,7 @@ def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: 
     for pack_id in bad_packs:
         todo.update(e.oid for e in entries_of.get(pack_id, []))
     local = objects.locate_many(todo)
+    kinds = {e.oid: e.kind for p in bad_packs for e in entries_of.get(p, [])}
     small: list[tuple[str, int, bytes]] = []
     fixed: set[str] = set()
     sent: list[_Sent] = []
@@ -321,8 +331,7 @@ def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: 
             data = objects.read_packed(local[oid])
             if hash_bytes(data) != oid:
                 continue
-            kind = next((e.kind for p in bad_packs for e in entries_of.get(p, [])
-                         if e.oid == oid), needed.get(oid, (KIND_BLOB, 0))[0])
+            kind = kinds.get(oid, needed.get(oid, (KIND_BLOB, 0))[0])
             small.append((oid, kind, data))
         elif objects.has_loose(oid) and hash_file(objects.loose_path(oid)) == oid:
             remote.backend.put_file(loose_key(oid), str(objects.loose_path(oid)))

@@ -30,9 +30,10 @@ from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath, is_reserved, is_under, mode_class, normalize_user_path
+from .paths import (ancestors, check_relpath, is_reserved, is_under, mode_class,
+                    normalize_user_path)
 from .jsonio import load_bounded
-from .records import parse_time
+from .records import MAX_RECORD_BYTES, parse_time
 from .remotes.base import (RemoteSpec, check_outside_stores, normalize_url, open_backend,
                            parse_duration, parse_size)
 from .reporting import Reporter
@@ -558,17 +559,20 @@ class Store:
         with self.locked("commit"):
             ds = self.pick_dataset(key, cwd)
             root = self.dataset_root(ds)
-            files, _skipped = worktree.scan(root, self._excluded(ds))
+            stores: list[str] = []
+            files, _skipped = worktree.scan(root, self._excluded(ds), stores=stores)
             cache = self.index.stat_cache(ds.id)
             ingest = Ingest(self.objects)
             try:
                 total = sum(f[0] for f in files.values())
                 with self.reporter.task("committing", len(files), total) as advance:
                     snap = worktree.snapshot(root, files, cache, ingest, advance,
-                                             fences=self._excluded(ds))
+                                             fences=self._excluded(ds) + stores)
                 root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
                 head = self._head(ds)
-                if head is not None and head.tree == root_tree and not allow_empty:
+                if head is not None and not allow_empty and (
+                        head.tree == root_tree or
+                        tree.same_content(head.tree, root_tree, self.read_tree)):
                     raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                           hint="use --allow-empty to record it anyway")
                 now = time.time()
@@ -605,27 +609,41 @@ class Store:
             else:
                 self._check_target_outside_store(target)
             version_files = self.manifest(version)
-            excluded = self._excluded(ds) if in_worktree else [DSV_DIR] if target == self.root else []
+            if in_worktree:
+                excluded = self._excluded(ds)
+            elif target == self.root:  # every dataset's directory stays theirs
+                excluded = [DSV_DIR] + [d.path for d in self.index.datasets()
+                                        if d.path and d.path != "."]
+            else:
+                excluded = []
+            key = str(target)
             leftovers: list[str] = []
             stores: list[str] = []
             files, _ = worktree.scan(target, excluded, leftovers, stores)
+            if self.index.checkout_journal(key) is None:
+                leftovers = []  # no checkout was interrupted here: those are not ours
             # Nested datasets and stores are left alone: their directories belong to them
             # now, even where an older version of this dataset holds files there (or a
             # file where one of them has its directory).
-            fenced = excluded + stores
-            wanted = {p: e for p, e in version_files.items()
-                      if not is_under(p, fenced) and not _holds(p, fenced)}
-            left_out = len(version_files) - len(wanted)
+            fenced = set(excluded + stores)
+            above_fenced = ancestors(fenced)
+            placeable = {p: e for p, e in version_files.items()
+                         if p not in above_fenced and not is_under(p, fenced)}
+            left_out = len(version_files) - len(placeable)
             if left_out:
                 self.reporter.notice(f"left out {left_out} path(s) of {version.id} that lie in "
                                      f"a nested dataset or store")
+            wanted = placeable
             selected = self._select_paths(wanted, paths, Path(cwd).resolve(), target)
             if selected is not None:
                 wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
             target.mkdir(parents=True, exist_ok=True)
-            key = str(target)
             if selected is not None:
-                files = {p: f for p, f in files.items() if p in wanted or is_under(p, selected)}
+                # What is selected, and what stands where a selected path needs a
+                # directory (an edited link there is a change like any other).
+                above = ancestors(selected) | ancestors(wanted)
+                files = {p: f for p, f in files.items()
+                         if p in wanted or is_under(p, selected) or p in above}
             cache = self.index.stat_cache(ds.id) if in_worktree else {}
             before = worktree.snapshot(target, files, cache, None, strict_links=in_worktree)
             current = before.manifest
@@ -652,7 +670,7 @@ class Store:
                         f"checkout would discard {len(at_risk)} uncommitted change(s) in "
                         f"{target}: {shown}", hint="commit them first, or pass --force")
             self._ensure_blobs(version, [e for _p, e in to_write] + _links(version_files))
-            tree.validate_links(version_files, self.objects.read, fenced)
+            tree.validate_links(placeable, self.objects.read, fenced)
             with self.index.transaction():
                 self.index.begin_checkout(key, version.id)
             crashpoint("checkout:journal-written")
@@ -1061,6 +1079,7 @@ class Store:
         manifest = self.manifest(v)
         selected = self._select_paths(manifest, paths, Path(cwd).resolve(), Path(target))
         items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
+
         dest = Path(target).resolve()
         self._check_target_outside_store(dest)
         self._ensure_blobs(v, [e for _p, e in items] + _links(manifest))
@@ -1502,7 +1521,7 @@ class Store:
                     for e in entries:
                         if e.kind == KIND_VERSION:
                             try:
-                                record = json.loads(objects.read(e.oid))
+                                record = load_bounded(objects.read(e.oid), MAX_RECORD_BYTES)
                                 record["_oid"] = e.oid
                                 records.append(record)
                             except (DsvError, ValueError):
@@ -1622,11 +1641,6 @@ class _ClonePlan:
         """The clone is complete: the marker goes, then the lock."""
         fileio.unlink_quietly(str(self.path))
         self.release()
-
-
-def _holds(path: str, fenced: list[str]) -> bool:
-    """Whether `path` is a directory above one of `fenced` (a file there would replace it)."""
-    return any(f.startswith(path + "/") for f in fenced)
 
 
 def _links(manifest: Manifest) -> list[Entry]:
@@ -1760,11 +1774,17 @@ def _restore_versions(index: Index, records: list[dict[str, Any]],
                                   old[4] if old else _parse_time(record.get("created")),
                                   None, None)
         index.insert_dataset(datasets[ds_id])
+    by_oid = {r["_oid"]: r for r in records}
     for record in records:
         ds_id = record.get("dataset")
         if ds_id not in datasets or index.version(record.get("id", "")) is not None:
             continue
-        parents = [p.get("id") for p in record.get("parents", []) if isinstance(p, dict)]
+        # A parent counts only if its record is here, has that id and the same dataset:
+        # the hash chain then rules out cycles, and no id can join another history.
+        parents = [p["id"] for p in record.get("parents", []) if isinstance(p, dict)
+                   and isinstance(by_oid.get(p.get("record")), dict)
+                   and by_oid[p["record"]].get("id") == p.get("id")
+                   and by_oid[p["record"]].get("dataset") == ds_id]
         v = Version(record["id"], ds_id, "committed", record["tree"], parents,
                     record.get("message"), record.get("author"),
                     _parse_time(record.get("created")), _parse_time(record.get("committed")),

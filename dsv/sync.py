@@ -758,6 +758,10 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
         elif got is not None:
             store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
                                   f"names a version that is not {ref.version} of that dataset")
+        else:
+            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: its "
+                                  f"version record is not in any pack the remote lists "
+                                  f"(`dsv verify --remote` checks the remote)")
     return kept
 
 

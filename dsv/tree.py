@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
 from .jsonio import load_bounded
-from .paths import MAX_PATH_BYTES, check_links, check_name, check_symlink_target
+from .paths import MAX_PATH_BYTES, check_links, check_name, check_symlink_target, mode_class
 
 FILE = "f"
 LINK = "l"
 DIR = "d"
 TREE_FORMAT = 1
 MAX_TREE_ENTRIES = 10_000_000
-MAX_TREE_BYTES = 1 << 30
+MAX_TREE_BYTES = 256 << 20    # = objects.MAX_PACKED_OBJECT: every tree fits in a pack
 MAX_SIZE = 1 << 62            # bytes a file or a directory may claim
 # Bounds on what one version may expand to, checked over the DAG of its trees before
 # anything is flattened (a tree may name one child many times: 60 KB of hostile trees
@@ -112,6 +112,10 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         # Code-point order is UTF-8 byte order (names never hold surrogates).
         rows = [(name, *node[name]) for name in sorted(node)]
         data = encode_tree(rows)
+        if len(data) > MAX_TREE_BYTES:
+            raise InvalidInput(f"directory {directory or '.'} has {len(rows):,} entries, more "
+                               f"than one tree object may describe ({MAX_TREE_BYTES >> 20} MiB)",
+                               hint="split it into subdirectories")
         oid = hash_bytes(data)
         store_tree(oid, data)
         if directory:
@@ -164,6 +168,29 @@ def check_expansion(root: str, read_tree: Callable[[str], bytes],
                                 f"{MAX_TREE_DEPTH} deep")
         counts[oid] = (paths, height)
     return counts[root][0]
+
+
+def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
+    """Whether trees `a` and `b` hold the same paths, kinds, contents and mode classes
+    (trees written before modes were classes may differ only in finer bits). Walks only
+    where the ids differ, and stops at the first real difference."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x == y:
+            continue
+        rows_x = decode_tree(read_tree(x), x, trusted=True)
+        rows_y = decode_tree(read_tree(y), y, trusted=True)
+        if [r[0] for r in rows_x] != [r[0] for r in rows_y]:
+            return False
+        for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y):
+            if kx != ky:
+                return False
+            if kx == DIR:
+                stack.append((ox, oy))
+            elif ox != oy or (kx == FILE and mode_class(mx) != mode_class(my)):
+                return False
+    return True
 
 
 def empty_tree() -> tuple[str, bytes]:

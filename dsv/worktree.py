@@ -123,8 +123,9 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
                 skipped.append(prefix + name)
                 continue
             if is_temp_name(name):
-                if leftovers is not None:
-                    leftovers.append(prefix + name)
+                # Never content: a leftover of an interrupted checkout (or a name that
+                # only looks like one, which status then reports as skipped).
+                (leftovers if leftovers is not None else skipped).append(prefix + name)
                 continue
             found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped

@@ -994,3 +994,94 @@ def test_store_paths_replaced_by_links_are_refused(tmp_path: Path, dsv, name: st
     (ws / "b.txt").write_text("b")
     r = dsv("commit", "-m", "two", cwd=ws)
     assert r.code == 1 and "not a" in r.err and "bug in dsv" not in r.err, r.err
+
+
+# ---- found in the second review ----------------------------------------------------------
+
+def test_11_rebuild_brings_back_no_unchecked_parent(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    root = remote.files({"f.txt": b"x"})
+    r1 = remote.record("v111111111", DS, root, parents=[{"id": "vaaaaaaaaa", "record": "cd" * 32}])
+    remote.publish()
+    remote.ref(DS, "latest", "v111111111", r1)
+    victim = tmp_path / "victim"
+    assert _clone(dsv, remote.root, victim).code == 0
+    r2 = remote.record("vaaaaaaaaa", DS, root, parents=[{"id": "v111111111", "record": r1}],
+                       message="second")
+    remote.publish()
+    remote.ref(DS, "latest", "vaaaaaaaaa", r2)
+    assert dsv("pull", cwd=victim).code == 0
+    assert dsv("index", "rebuild", cwd=victim).code == 0
+    shown = json.loads(dsv("show", "victim:v111111111", "--json", cwd=victim).out)
+    assert shown["parents"] == []
+    assert dsv("show", "victim:latest~2", cwd=victim).code == 1
+
+
+def test_6_older_version_with_links_in_a_now_nested_directory(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"sub/f": "f", "top.txt": "t"})
+    os.symlink("f", ws / "sub" / "l")
+    assert dsv("init", "--name", "A", cwd=ws).code == 0
+    assert dsv("commit", "-m", "v1", cwd=ws).code == 0
+    (ws / "top.txt").write_text("t2")
+    assert dsv("commit", "-m", "v2", cwd=ws).code == 0
+    assert dsv("datasets", "create", "B", "--path", "sub", cwd=ws).code == 0
+    r = dsv("checkout", "A:latest~1", cwd=ws)
+    assert r.code == 0, r.err
+    assert (ws / "top.txt").read_text() == "t"
+
+
+def test_3_link_into_nested_dataset_commits_but_may_not_climb_out(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"data/v2/x.bin": "x", "top.txt": "t"})
+    assert dsv("init", "--name", "ws", cwd=ws).code == 0
+    assert dsv("datasets", "create", "data", "--path", "data", cwd=ws).code == 0
+    os.symlink("data/v2", ws / "cur")
+    r = dsv("commit", "-m", "with a link into data", "-d", "ws", cwd=ws)
+    assert r.code == 0, r.err
+    out = tmp_path / "out"
+    assert dsv("checkout", "ws:latest", "--to", out, cwd=ws).code == 0
+    assert os.readlink(out / "cur") == "data/v2"
+    # A nested store whose own link would be climbed back out of: refused at commit.
+    write_tree(ws, {"n/keep.txt": "k"})
+    assert dsv("init", "--name", "inner", cwd=ws / "n").code == 0
+    os.symlink(".", ws / "n" / "l")
+    os.symlink("n/l/../..", ws / "x")
+    r = dsv("commit", "-m", "escape", "-d", "ws", cwd=ws)
+    assert r.code == 1 and "climbs back out" in r.err, r.err
+
+
+def test_7_partial_checkout_keeps_an_edited_link_in_the_way(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"d/x": "x", "e/y": "y"})
+    os.symlink("d", ws / "L")
+    assert dsv("init", "--name", "A", cwd=ws).code == 0
+    assert dsv("commit", "-m", "v1", cwd=ws).code == 0
+    (ws / "L").unlink()
+    write_tree(ws, {"L/f": "f"})
+    assert dsv("commit", "-m", "v2", cwd=ws).code == 0
+    assert dsv("checkout", "A:latest~1", cwd=ws).code == 0
+    (ws / "L").unlink()
+    os.symlink("e", ws / "L")   # the user's edit
+    r = dsv("--store", ws, "checkout", "A:latest", "L/f", cwd=tmp_path)
+    assert r.code == 1 and "uncommitted" in r.err, r.err
+    assert os.readlink(ws / "L") == "e"
+
+
+def test_4_commit_of_an_old_fine_mode_tree_with_no_change_is_nothing(tmp_path: Path,
+                                                                    dsv) -> None:
+    import dsv as api
+    from dsv.errors import NothingToCommit
+    from dsv.tree import Entry
+
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    assert dsv("init", "--name", "g", cwd=ws).code == 0
+    assert dsv("commit", "-m", "v1", cwd=ws).code == 0
+    oid = json.loads(dsv("files", "list", "g:latest", "--json", cwd=ws).out)[0]["hash"]
+    with api.open(ws) as store:  # a tree as an older dsv wrote it: mode 0o664
+        store.commit_manifest("g", {"a.txt": Entry("f", 0o664, 1, oid)}, "old modes")
+    assert dsv("checkout", "g:latest", "--force", cwd=ws).code == 0
+    assert json.loads(dsv("status", "--json", cwd=ws).out)[0]["clean"]
+    with api.open(ws) as store, pytest.raises(NothingToCommit):
+        store.commit("no change", "g")
