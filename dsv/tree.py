@@ -231,8 +231,10 @@ def list_dir(root: str, read_tree: Callable[[str], bytes],
     return decode_tree(read_tree(oid), oid)
 
 
-def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
-    """Every (kind, oid) reachable from `root`, trees included, each tree once."""
+def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool = False
+                   ) -> Iterable[tuple[str, list[tuple[str, str, int, int, str]]]]:
+    """(tree id, rows) of every tree under `root`, each distinct tree once (a version
+    that names one directory many times costs that directory once)."""
     seen: set[str] = set()
     stack = [root]
     while stack:
@@ -240,28 +242,25 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[
         if oid in seen:
             continue
         seen.add(oid)
+        rows = decode_tree(read_tree(oid), oid, trusted)
+        yield oid, rows
+        stack.extend(row[4] for row in rows if row[1] == DIR)
+
+
+def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
+    """Every (kind, oid) reachable from `root`, trees included, each tree once."""
+    for oid, rows in distinct_trees(root, read_tree):
         yield DIR, oid
-        for _name, kind, _mode, _size, child in decode_tree(read_tree(oid), oid):
-            if kind == DIR:
-                stack.append(child)
-            else:
+        for _name, kind, _mode, _size, child in rows:
+            if kind != DIR:
                 yield kind, child
 
 
 def blob_sizes(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, int]]:
-    """(oid, size) of every file and symlink blob under `root`, reading each distinct tree
-    once (a version that names one directory many times costs that directory once)."""
-    seen: set[str] = set()
-    stack = [root]
-    while stack:
-        oid = stack.pop()
-        if oid in seen:
-            continue
-        seen.add(oid)
-        for _name, kind, _mode, size, child in decode_tree(read_tree(oid), oid, trusted=True):
-            if kind == DIR:
-                stack.append(child)
-            else:
+    """(oid, size) of every file and symlink blob under `root`, each tree read once."""
+    for _oid, rows in distinct_trees(root, read_tree, trusted=True):
+        for _name, kind, _mode, size, child in rows:
+            if kind != DIR:
                 yield child, size
 
 
