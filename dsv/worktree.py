@@ -102,10 +102,16 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
             continue  # another store's workspace, as git leaves out a nested repository
         for entry in listing:
             name = entry.name
-            if is_reserved(name):
-                # Any `.dsv` is a store (this one or a nested one) or an attempt to look
-                # like one: never content.
-                if not entry.is_dir(follow_symlinks=False):
+            if name[0] == "." and (is_reserved(name) or is_temp_name(name)):
+                # Never content. Any `.dsv` is a store (this one or a nested one) or an
+                # attempt to look like one; a temp file is a leftover of an interrupted
+                # checkout (or a name that only looks like one: status reports it).
+                if is_reserved(name):
+                    if not entry.is_dir(follow_symlinks=False):
+                        skipped.append(prefix + name)
+                elif leftovers is not None and not entry.is_dir(follow_symlinks=False):
+                    leftovers.append(prefix + name)
+                else:
                     skipped.append(prefix + name)
                 continue
             if entry.is_dir(follow_symlinks=False):
@@ -121,11 +127,6 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
                 kind = LINK
             else:
                 skipped.append(prefix + name)
-                continue
-            if is_temp_name(name):
-                # Never content: a leftover of an interrupted checkout (or a name that
-                # only looks like one, which status then reports as skipped).
-                (leftovers if leftovers is not None else skipped).append(prefix + name)
                 continue
             found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped
