@@ -10,6 +10,7 @@ touch the index: callers pass the stat cache in and write the rows it returns.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import time
@@ -450,22 +451,23 @@ class Materializer:
             parent, _, name = rel.rpartition("/")
             dir_fd, owned = dirs.open(parent)
             try:
-                st = self._place_one(dir_fd, name, rel, entry, locations)
+                self._place_one(dir_fd, name, rel, entry, locations)
+                crashpoint("checkout:file-written")
+                if self.stat_rows:
+                    st = os.lstat(name, dir_fd=dir_fd)
+                    rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino,
+                                       stat.S_IMODE(st.st_mode), entry.oid, time.time_ns())))
             finally:
                 if owned:
                     os.close(dir_fd)
-            crashpoint("checkout:file-written")
-            if self.stat_rows:
-                rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino,
-                                   stat.S_IMODE(st.st_mode), entry.oid, time.time_ns())))
             if progress:
                 progress(1, entry.size)
         return rows
 
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
-                   locations: dict[str, tuple[str, int, int]]) -> os.stat_result:
+                   locations: dict[str, tuple[str, int, int]]) -> None:
         """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
-        tmp = fileio.tmp_name("")
+        tmp = _temp_name()
         try:
             if entry.kind == LINK:
                 target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
@@ -481,7 +483,6 @@ class Materializer:
             except OSError:
                 pass
             raise
-        return os.lstat(name, dir_fd=dir_fd)
 
     def _write_small(self, dir_fd: int, tmp: str, entry: Entry,
                      where: tuple[str, int, int]) -> None:
@@ -514,6 +515,15 @@ class Materializer:
                 else os.path.join(self.root, tmp))  # pragma: no cover - Linux has /proc
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
         self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid))
+
+
+_TEMP_BASE = os.urandom(4).hex()
+_temp_count = itertools.count()
+
+
+def _temp_name() -> str:
+    """A fresh temp name (fileio.tmp_name's form) without a syscall per file."""
+    return f"{fileio.TMP_PREFIX}{_TEMP_BASE}{next(_temp_count):08x}"
 
 
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
