@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import stat
 from collections.abc import Callable
@@ -18,9 +19,15 @@ _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _COPY_CHUNK = 1 << 30
 
 
+_TMP_BASE = os.urandom(4).hex()   # per process; the counter makes each name new
+_tmp_count = itertools.count()
+
+
 def tmp_name(directory: str | os.PathLike[str]) -> str:
-    """A fresh temp path inside `directory`; the prefix lets crash leftovers be found."""
-    return os.path.join(directory, f"{TMP_PREFIX}{os.urandom(8).hex()}")
+    """A fresh temp path inside `directory` (`.dsv-tmp-` and 16 hex digits, see
+    paths.is_temp_name): the prefix lets crash leftovers be found, and no syscall is
+    spent per name (checkout makes one per file)."""
+    return os.path.join(directory, f"{TMP_PREFIX}{_TMP_BASE}{next(_tmp_count):08x}")
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -1665,7 +1665,7 @@ def _same_entry(a: Entry | None, b: Entry) -> bool:
 def _check_format(dsv_dir: Path) -> None:
     """Refuse stores written in a format this dsv does not know (never guess at them)."""
     try:
-        config = load_bounded(_read_small_file(dsv_dir / "config.json", 64 << 10), 64 << 10)
+        config = load_bounded(fileio.read_regular(dsv_dir / "config.json", 64 << 10), 64 << 10)
         fmt = int(config.get("format", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         raise StoreNotFound(f"{dsv_dir}/config.json is unreadable",
@@ -1673,18 +1673,6 @@ def _check_format(dsv_dir: Path) -> None:
     if fmt != STORE_FORMAT:
         raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
                        hint="use the dsv version that created it, or upgrade dsv")
-
-
-def _read_small_file(path: Path, cap: int) -> bytes:
-    """A small regular file, never through a link, never blocking, at most `cap` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
-            raise ValueError(f"{path} is not a small regular file")
-        return os.read(fd, cap + 1)
-    finally:
-        os.close(fd)
 
 
 def _check_store_files(dsv_dir: Path) -> None:

@@ -10,7 +10,6 @@ touch the index: callers pass the stat cache in and write the rows it returns.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import stat
 import time
@@ -201,7 +200,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
                 manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
                 vouched += 1
-                if fs[4] == LINK and strict_links:
+                if fs[4] == LINK and ingest is not None:  # (status reads nothing vouched for)
                     result.links[rel] = os.readlink(os.path.join(root, rel))
                 continue
             check_relpath(rel)
@@ -240,8 +239,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    if strict_links or ingest is not None:
-        check_links(result.links, fences)  # links resolved through each other stay inside
+    if ingest is not None:
+        check_links(result.links, fences)  # what is stored: links through each other stay inside
     return result
 
 
@@ -467,7 +466,7 @@ class Materializer:
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
                    locations: dict[str, tuple[str, int, int]]) -> None:
         """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
-        tmp = _temp_name()
+        tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
         try:
             if entry.kind == LINK:
                 target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
@@ -517,15 +516,6 @@ class Materializer:
         self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid))
 
 
-_TEMP_BASE = os.urandom(4).hex()
-_temp_count = itertools.count()
-
-
-def _temp_name() -> str:
-    """A fresh temp name (fileio.tmp_name's form) without a syscall per file."""
-    return f"{fileio.TMP_PREFIX}{_TEMP_BASE}{next(_temp_count):08x}"
-
-
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
     """Rename `tmp` over `name` in one directory. An empty directory in the way goes; a
     directory that still holds anything (a nested store, files dsv did not place) is
@@ -554,9 +544,11 @@ def remove_paths(root: Path, paths: Iterable[str]) -> None:
     try:
         for rel in paths:
             parent, _, name = rel.rpartition("/")
-            # (dsv's own temp files are removed too: their names are refused as content)
-            check_relpath(parent) if is_temp_name(name) and parent else \
-                None if is_temp_name(name) else check_relpath(rel)
+            # dsv's own temp files are removed too, though their names are refused as content
+            if not is_temp_name(name):
+                check_relpath(rel)
+            elif parent:
+                check_relpath(parent)
             try:
                 fd, owned = dirs.open(parent)
             except (FileNotFoundError, NotADirectoryError):
