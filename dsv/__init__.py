@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .errors import DsvError
-from .index import Dataset, Version
+from .model import Dataset, Version
 from .store import Store
 
 __version__ = "0.1.0"

@@ -338,7 +338,9 @@ def _print_version(store: Any, v: Any, as_json: bool) -> None:
 
 
 @app.command()
-def diff(ref_a: str = typer.Argument(..., metavar="REF"),
+def diff(ref_a: str = typer.Argument(..., metavar="REF",
+                                     help="The version to compare from: "
+                                          "DATASET[:latest|VERSION|TAG][~N]."),
          ref_b: Optional[str] = typer.Argument(None, metavar="[REF]",
                                                help="Default: the working directory."),
          as_json: bool = JsonOpt) -> None:
@@ -383,7 +385,9 @@ def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
 
 
 @app.command()
-def tags(dataset: Optional[str] = typer.Argument(None), as_json: bool = JsonOpt) -> None:
+def tags(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name "
+                                              "(default: every dataset)."),
+         as_json: bool = JsonOpt) -> None:
     """List tags (of one dataset, or all)."""
     store = _open_store()
     rows = store.tags(dataset)
@@ -541,7 +545,9 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
                                                  help="Anonymous requests (public buckets)."),
             check: bool = typer.Option(False, "--check", help="Re-read the source of an "
                                        "imported version: does it still match?"),
-            message: Optional[str] = typer.Option(None, "-m", "--message"),
+            message: Optional[str] = typer.Option(None, "-m", "--message",
+                                                  help="The version's message (default: "
+                                                       "`import URL`)."),
             as_json: bool = JsonOpt) -> None:
     """Create a version from an S3 object or prefix, pinned by ETag or VersionId."""
     store = _open_store()
@@ -585,7 +591,7 @@ ProfileOpt = typer.Option(None, "--profile", help="AWS profile (credentials are 
 
 
 @remote_app.command("add")
-def remote_add(name: str = typer.Argument(...),
+def remote_add(name: str = typer.Argument(..., help="Name for the remote (e.g. origin)."),
                url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
                endpoint_url: Optional[str] = EndpointOpt,
                profile: Optional[str] = ProfileOpt,
@@ -636,7 +642,8 @@ def remote_list(as_json: bool = JsonOpt) -> None:
 
 
 @remote_app.command("remove")
-def remote_remove(name: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+def remote_remove(name: str = typer.Argument(..., help="The remote's name."),
+                  as_json: bool = JsonOpt) -> None:
     """Forget a remote (nothing on the remote is deleted)."""
     spec = _open_store().remove_remote(name)
     if as_json:
@@ -695,7 +702,9 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
 
 
 @app.command()
-def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]"),
+def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]",
+                                                 help="Remote name (default: the default "
+                                                      "remote)."),
           as_json: bool = JsonOpt) -> None:
     """Bring a remote's versions and refs (not file contents)."""
     report = _open_store().fetch(remote)
@@ -745,7 +754,10 @@ def _print_pull(report: Any) -> None:
 
 @app.command()
 def clone(url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
-          directory: Optional[Path] = typer.Argument(None, metavar="[DIR]"),
+          directory: Optional[Path] = typer.Argument(None, metavar="[DIR]",
+                                                     help="The new workspace, missing or "
+                                                          "empty (default: the last "
+                                                          "component of URL)."),
           endpoint_url: Optional[str] = EndpointOpt, profile: Optional[str] = ProfileOpt,
           as_json: bool = JsonOpt) -> None:
     """A new workspace from a remote, every dataset checked out at its latest version."""
@@ -760,7 +772,9 @@ def clone(url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory
 
 
 @cache_app.command("prune")
-def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]"),
+def cache_prune(name: Optional[str] = typer.Argument(None, metavar="[CACHE]",
+                                                     help="The cache remote's name "
+                                                          "(default: the only one)."),
                 older_than: Optional[str] = typer.Option(None, "--older-than", help="Evict "
                                                          "entries unused this long (e.g. 7d)."),
                 max_size: Optional[str] = typer.Option(None, "--max-size", help="Then evict "
@@ -787,12 +801,12 @@ def index_rebuild(as_json: bool = JsonOpt) -> None:
     report = Store.rebuild_index(_state["store"] or ".", reporter=RichReporter(),
                                  exact=bool(_state["store"]))
     if as_json:
-        _print_json(report)
+        _print_json(report.to_json())
         return
-    for line in report["skipped"]:
+    for line in report.skipped:
         _echo(f"skipped: {line}")
-    _echo(f"rebuilt the index from {report['packs']} packs: {report['versions']} versions "
-          f"of {report['datasets']} datasets (drafts are not recoverable)")
+    _echo(f"rebuilt the index from {report.packs} packs: {report.versions} versions "
+          f"of {report.datasets} datasets (drafts are not recoverable)")
 
 
 # ---- datasets ----------------------------------------------------------------------------
@@ -824,17 +838,20 @@ def datasets_list(as_json: bool = JsonOpt) -> None:
 
 
 @datasets_app.command("details")
-def datasets_details(dataset: str = typer.Argument(..., metavar="ID"),
+def datasets_details(dataset: str = typer.Argument(..., metavar="ID",
+                                                   help="Dataset id or name."),
                      as_json: bool = JsonOpt) -> None:
     """One dataset."""
     _print_dataset(_open_store().dataset(dataset), as_json)
 
 
 @datasets_app.command("create")
-def datasets_create(name: str = typer.Argument(...),
+def datasets_create(name: str = typer.Argument(..., help="The new dataset's name."),
                     path: Optional[Path] = typer.Option(None, "--path", help="Working directory "
                                                         "to bind (inside the workspace)."),
-                    description: Optional[str] = typer.Option(None, "--description"),
+                    description: Optional[str] = typer.Option(None, "--description",
+                                                              help="Free text about the "
+                                                                   "dataset."),
                     as_json: bool = JsonOpt) -> None:
     """Create a dataset, optionally bound to a working directory."""
     ds = _open_store().create_dataset(name, path=path, description=description)
@@ -845,10 +862,15 @@ def datasets_create(name: str = typer.Argument(...),
 
 
 @datasets_app.command("update")
-def datasets_update(dataset: str = typer.Argument(..., metavar="ID"),
-                    name: Optional[str] = typer.Option(None, "--name"),
-                    description: Optional[str] = typer.Option(None, "--description"),
-                    path: Optional[Path] = typer.Option(None, "--path"),
+def datasets_update(dataset: str = typer.Argument(..., metavar="ID",
+                                                  help="Dataset id or name."),
+                    name: Optional[str] = typer.Option(None, "--name", help="New name (the "
+                                                       "id never changes)."),
+                    description: Optional[str] = typer.Option(None, "--description",
+                                                              help="New description."),
+                    path: Optional[Path] = typer.Option(None, "--path", help="Bind to this "
+                                                        "working directory (inside the "
+                                                        "workspace); no file is moved."),
                     as_json: bool = JsonOpt) -> None:
     """Rename a dataset, change its description or its working directory."""
     ds = _open_store().update_dataset(dataset, name=name, description=description, path=path)
@@ -856,7 +878,8 @@ def datasets_update(dataset: str = typer.Argument(..., metavar="ID"),
 
 
 @datasets_app.command("delete")
-def datasets_delete(dataset: str = typer.Argument(..., metavar="ID"),
+def datasets_delete(dataset: str = typer.Argument(..., metavar="ID",
+                                                  help="Dataset id or name."),
                     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
                     as_json: bool = JsonOpt) -> None:
     """Forget a dataset and its versions (files in its directory stay; `dsv gc` frees space)."""
@@ -874,8 +897,10 @@ def datasets_delete(dataset: str = typer.Argument(..., metavar="ID"),
 # ---- versions ----------------------------------------------------------------------------
 
 @versions_app.command("create")
-def versions_create(dataset: str = typer.Argument(..., metavar="DATASET"),
-                    message: Optional[str] = typer.Option(None, "-m", "--message"),
+def versions_create(dataset: str = typer.Argument(..., metavar="DATASET",
+                                                  help="Dataset id or name."),
+                    message: Optional[str] = typer.Option(None, "-m", "--message",
+                                                          help="The version's message."),
                     from_ref: Optional[str] = typer.Option(None, "--from", metavar="REF",
                                                            help="Start from this version."),
                     source_path: Optional[Path] = typer.Option(
@@ -894,8 +919,11 @@ def versions_create(dataset: str = typer.Argument(..., metavar="DATASET"),
 
 
 @versions_app.command("commit")
-def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT"),
-                    message: Optional[str] = typer.Option(None, "-m", "--message"),
+def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT",
+                                              help="The draft to commit."),
+                    message: Optional[str] = typer.Option(None, "-m", "--message",
+                                                          help="Replace the draft's message "
+                                                               "(default: keep it)."),
                     as_json: bool = JsonOpt) -> None:
     """Freeze a draft; it can never change again."""
     store = _open_store()
@@ -907,9 +935,12 @@ def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT"),
 
 
 @versions_app.command("list")
-def versions_list(dataset: str = typer.Argument(..., metavar="DATASET"),
-                  committed: bool = typer.Option(False, "--committed"),
-                  drafts: bool = typer.Option(False, "--drafts"),
+def versions_list(dataset: str = typer.Argument(..., metavar="DATASET",
+                                                help="Dataset id or name."),
+                  committed: bool = typer.Option(False, "--committed",
+                                                 help="Only committed versions."),
+                  drafts: bool = typer.Option(False, "--drafts", help="Only drafts (with "
+                                              "--committed too: all versions)."),
                   as_json: bool = JsonOpt) -> None:
     """Versions of a dataset, newest first."""
     store = _open_store()
@@ -927,7 +958,8 @@ def versions_list(dataset: str = typer.Argument(..., metavar="DATASET"),
 
 
 @versions_app.command("details")
-def versions_details(ref: str = typer.Argument(..., metavar="REF"),
+def versions_details(ref: str = typer.Argument(..., metavar="REF",
+                                               help="DATASET[:latest|VERSION|TAG][~N]"),
                      as_json: bool = JsonOpt) -> None:
     """One version's details."""
     store = _open_store()
@@ -935,8 +967,10 @@ def versions_details(ref: str = typer.Argument(..., metavar="REF"),
 
 
 @versions_app.command("update")
-def versions_update(ref: str = typer.Argument(..., metavar="DRAFT"),
-                    message: str = typer.Option(..., "-m", "--message"),
+def versions_update(ref: str = typer.Argument(..., metavar="DRAFT",
+                                              help="The draft to change."),
+                    message: str = typer.Option(..., "-m", "--message",
+                                                help="The draft's new message."),
                     as_json: bool = JsonOpt) -> None:
     """Change a draft's message."""
     store = _open_store()
@@ -944,7 +978,8 @@ def versions_update(ref: str = typer.Argument(..., metavar="DRAFT"),
 
 
 @versions_app.command("delete")
-def versions_delete(ref: str = typer.Argument(..., metavar="REF"),
+def versions_delete(ref: str = typer.Argument(..., metavar="REF",
+                                              help="The version to delete."),
                     force: bool = typer.Option(False, "--force", help="Also a committed version "
                                                "that nothing depends on."),
                     as_json: bool = JsonOpt) -> None:
@@ -960,9 +995,12 @@ def versions_delete(ref: str = typer.Argument(..., metavar="REF"),
 # ---- files -------------------------------------------------------------------------------
 
 @files_app.command("list")
-def files_list(ref: str = typer.Argument(..., metavar="REF"),
+def files_list(ref: str = typer.Argument(..., metavar="REF",
+                                         help="DATASET[:latest|VERSION|TAG][~N]"),
                path: str = typer.Option("", "--path", help="A directory or file in the version."),
-               recursive: bool = typer.Option(False, "--recursive", "-r"),
+               recursive: bool = typer.Option(False, "--recursive", "-r",
+                                              help="Every file below, not one directory's "
+                                                   "entries."),
                as_json: bool = JsonOpt) -> None:
     """Files of a version: name, size, hash."""
     rows = _open_store().files(ref, path, recursive)
@@ -977,8 +1015,11 @@ def files_list(ref: str = typer.Argument(..., metavar="REF"),
 
 
 @files_app.command("get")
-def files_get(ref: str = typer.Argument(..., metavar="REF"),
-              paths: Optional[list[str]] = typer.Argument(None),
+def files_get(ref: str = typer.Argument(..., metavar="REF",
+                                        help="DATASET[:latest|VERSION|TAG][~N]"),
+              paths: Optional[list[str]] = typer.Argument(None, help="Only these files and "
+                                                          "directories of the version "
+                                                          "(default: all)."),
               target_path: Path = typer.Option(..., "--target-path", help="Directory to write to."),
               as_json: bool = JsonOpt) -> None:
     """Copy files of a version into a directory."""
@@ -990,8 +1031,9 @@ def files_get(ref: str = typer.Argument(..., metavar="REF"),
 
 
 @files_app.command("put")
-def files_put(ref: str = typer.Argument(..., metavar="DRAFT"),
-              sources: list[Path] = typer.Argument(..., metavar="SRC..."),
+def files_put(ref: str = typer.Argument(..., metavar="DRAFT", help="The draft to add to."),
+              sources: list[Path] = typer.Argument(..., metavar="SRC...",
+                                                   help="Files or directories to add."),
               target_path: Optional[str] = typer.Option(None, "--target-path",
                                                         help="Directory inside the version."),
               as_json: bool = JsonOpt) -> None:
@@ -1005,8 +1047,10 @@ def files_put(ref: str = typer.Argument(..., metavar="DRAFT"),
 
 
 @files_app.command("delete")
-def files_delete(ref: str = typer.Argument(..., metavar="DRAFT"),
-                 paths: list[str] = typer.Argument(..., metavar="PATH..."),
+def files_delete(ref: str = typer.Argument(..., metavar="DRAFT",
+                                           help="The draft to change."),
+                 paths: list[str] = typer.Argument(..., metavar="PATH...",
+                                                   help="Files or directories of the draft."),
                  as_json: bool = JsonOpt) -> None:
     """Remove files or directories from a draft."""
     store = _open_store()

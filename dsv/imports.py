@@ -15,12 +15,11 @@ import hashlib
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import refs, tree
 from .errors import DsvError, InvalidInput, UnsafePath
-from .index import Version
+from .model import ImportCheckReport, Version
 from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .remotes import s3
@@ -37,25 +36,6 @@ _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
 class ImportMismatch(DsvError):
     """The source is not what was pinned (ETag), or no longer what was imported."""
-
-
-@dataclass
-class CheckReport:
-    ref: str
-    source: str
-    unchanged: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.changed or self.missing or self.added)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ref": self.ref, "source": self.source, "ok": self.ok,
-                "unchanged": len(self.unchanged), "changed": self.changed,
-                "missing": self.missing, "added": self.added}
 
 
 def default_name(url: str) -> str:
@@ -215,7 +195,7 @@ def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:
 
 
 def check_import(store: "Store", ref: str, endpoint_url: str | None = None,
-                 profile: str | None = None, no_sign_request: bool = False) -> CheckReport:
+                 profile: str | None = None, no_sign_request: bool = False) -> ImportCheckReport:
     """Re-read the source's metadata: is it still exactly what `ref` imported?"""
     version = store.resolve(ref)
     source = (version.lineage or {}).get("import")
@@ -225,7 +205,7 @@ def check_import(store: "Store", ref: str, endpoint_url: str | None = None,
                             True if no_sign_request else None)
     s3.check_reachable(client)
     bucket = source["bucket"]
-    report = CheckReport(ref, source["source"])
+    report = ImportCheckReport(ref, source["source"])
     files: dict[str, dict[str, Any]] = source["files"]
     for path, item in sorted(files.items()):
         try:

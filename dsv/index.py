@@ -19,67 +19,17 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DsvError, IndexBusy, IndexDamaged, IndexUnwritable
+from .model import Dataset, StatRow, Version
 
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
 SCHEMA_VERSION = 3
 _IN_BATCH = 500
-
-
-@dataclass
-class Dataset:
-    id: str
-    name: str
-    path: str | None          # working directory, relative to the workspace root
-    description: str | None
-    created: float
-    latest: str | None        # newest committed version id
-    head: str | None          # version the working directory was last made to match
-    cache_tree: str | None = None  # tree the stat cache describes exactly (status fast path)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "path": self.path,
-                "description": self.description, "created": self.created,
-                "latest": self.latest, "head": self.head}
-
-
-@dataclass
-class Version:
-    id: str
-    dataset: str
-    state: str                # "draft" | "committed"
-    tree: str
-    parents: list[str]
-    message: str | None
-    author: str | None
-    created: float
-    committed: float | None
-    record: str | None        # object id of the version record, once committed
-    lineage: dict[str, Any] | None
-    size: int
-    files: int
-    tags: list[str] = field(default_factory=list)
-
-    @property
-    def is_draft(self) -> bool:
-        return self.state == "draft"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "dataset": self.dataset, "state": self.state, "tree": self.tree,
-                "parents": self.parents, "message": self.message, "author": self.author,
-                "created": self.created, "committed": self.committed, "record": self.record,
-                "lineage": self.lineage, "size": self.size, "files": self.files,
-                "tags": self.tags}
-
-
-StatRow = tuple[int, int, int, int, str, int]
-"""A stat-cache row: (size, mtime_ns, inode, permission bits, object id, cached at ns)."""
 
 
 _VERSION_COLS = ("id, dataset, state, tree, parents, message, author, created, committed, "
@@ -91,11 +41,19 @@ def _version(row: tuple) -> Version:
     (vid, ds, state, tree, parents, message, author, created, committed, record, lineage,
      size, files) = row
     try:
-        return Version(vid, ds, state, tree, json.loads(parents), message, author, created,
-                       committed, record, json.loads(lineage) if lineage else None, size, files)
+        return Version(id=vid, dataset=ds, state=state, tree=tree, parents=json.loads(parents),
+                       message=message, author=author, created=created, committed=committed,
+                       record=record, lineage=json.loads(lineage) if lineage else None,
+                       size=size, files=files)
     except (ValueError, TypeError, RecursionError):
         # dsv wrote these cells as JSON: anything else is damage (index_error says so)
         raise sqlite3.DatabaseError(f"malformed JSON in the row of version {vid!r}") from None
+
+
+def _dataset(row: tuple) -> Dataset:
+    ds_id, name, path, description, created, latest, head, cache_tree = row
+    return Dataset(id=ds_id, name=name, path=path, description=description, created=created,
+                   latest=latest, head=head, cache_tree=cache_tree)
 
 
 class Index:
@@ -271,13 +229,13 @@ class Index:
     # ---- datasets ----------------------------------------------------------------
     def datasets(self) -> list[Dataset]:
         rows = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets ORDER BY name")
-        return [Dataset(*r) for r in rows]
+        return [_dataset(r) for r in rows]
 
     def dataset_by(self, column: str, value: str) -> Dataset | None:
         assert column in ("id", "name", "path")
         row = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets WHERE {column}=?",
                                 (value,)).fetchone()
-        return Dataset(*row) if row else None
+        return _dataset(row) if row else None
 
     def insert_dataset(self, ds: Dataset) -> None:
         self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?)",
@@ -330,7 +288,8 @@ class Index:
         self.conn.execute(
             f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (v.id, v.dataset, v.state, v.tree, json.dumps(v.parents), v.message, v.author,
-             v.created, v.committed, v.record, json.dumps(v.lineage) if v.lineage else None,
+             v.created, v.committed, v.record,
+             json.dumps(v.lineage) if v.lineage is not None else None,
              v.size, v.files))
 
     def update_version(self, vid: str, **fields: Any) -> None:

@@ -26,14 +26,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import fileio, refs, worktree
 from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
 from .hashing import LARGE_READ, new_hasher
-from .index import Version
+from .model import JobResult, Version
 from .jsonio import load_bounded
 from .objects import RACY_NS
 from .paths import STORE_DIR, is_reserved
@@ -80,28 +80,6 @@ done
 shift
 exec "$@"
 """
-
-
-@dataclass
-class JobResult:
-    command: list[str]
-    exit_status: int
-    started: float
-    duration: float
-    mounted: bool
-    mount_root: Path
-    outputs: dict[str, Version] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "exit_status": self.exit_status,
-                "started": self.started, "duration_s": round(self.duration, 3),
-                "mounted_read_only": self.mounted, "mount_root": str(self.mount_root),
-                "outputs": {name: {"dataset": v.dataset, "version": v.id, "state": v.state}
-                            for name, v in self.outputs.items()}}
 
 
 def parse_bindings(inputs: list[str], outputs: list[str],
@@ -253,7 +231,8 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         # the job itself can reach `.dsv/inputs/` by its path) may have been read.
         changed = {name: paths for name, tree in trees.items()
                    if (paths := tree.changed_paths(store))}
-        result = JobResult(list(command), status, started, duration, mounted, root)
+        result = JobResult(command=list(command), exit_status=status, started=started,
+                           duration=duration, mounted=mounted, mount_root=root)
         lineage = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
                               "ref": f"{_name(store, v.dataset)}:{v.id}"}

@@ -55,7 +55,7 @@ class PackEntry:
 
 @dataclass(frozen=True)
 class PackInfo:
-    """A finished pack: its id (blake3 of the whole file) and what it holds."""
+    """A finished pack: its id (blake3 of its table and trailer) and what it holds."""
 
     id: str
     size: int
@@ -443,7 +443,8 @@ def parse_pack_index(tail: bytes, pack_id: str) -> tuple[list[PackEntry], int]:
                                                tail[-_TRAILER.size:]) != pack_id:
         raise CorruptObject(f"pack index {pack_id[:12]} does not match its name")
     count, table_offset, end = _TRAILER.unpack(tail[-_TRAILER.size:])
-    if end != PACK_END_MAGIC or count * _ENTRY.size + _TRAILER.size != len(tail):
+    if end != PACK_END_MAGIC or count * _ENTRY.size + _TRAILER.size != len(tail) or \
+            table_offset < len(PACK_MAGIC):
         raise CorruptObject(f"pack index {pack_id[:12]} has a bad trailer")
     return _entries(tail[:-_TRAILER.size], table_offset, pack_id[:12]), table_offset + len(tail)
 

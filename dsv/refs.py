@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import AmbiguousRef, DatasetNotFound, RefError
-from .index import Dataset, Index, Version
+from .index import Index
+from .model import Dataset, Version
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ANCESTRY_RE = re.compile(r"((?:~\d*)+)$")

@@ -13,12 +13,12 @@ what the store knows of the remote.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .hashing import hash_bytes, hash_file, is_hash, new_hasher
+from .model import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size,
                       parse_pack_index)
 from .records import parse_record
@@ -27,28 +27,6 @@ from .sync import (Remote, index_key, loose_key, pack_key, _parse_ref, _record_s
 
 if TYPE_CHECKING:
     from .store import Store
-
-
-@dataclass
-class RemoteCheckReport:
-    remote: str
-    packs: int = 0
-    loose: int = 0
-    refs: int = 0
-    versions_checked: int = 0
-    objects_read: int = 0
-    bytes_read: int = 0
-    problems: list[str] = field(default_factory=list)     # what is wrong now
-    warnings: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-    found: list[str] = field(default_factory=list)        # with --repair: before repairing
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, **{k: v for k, v in self.__dict__.items()}}
 
 
 def parse_subset(text: str | None) -> float | None:
@@ -237,17 +215,18 @@ def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, 
         if data is None:
             continue  # reported as missing or damaged
         try:
-            version, record = parse_record(data, record_oid)
+            parsed = parse_record(data, record_oid)
         except CorruptObject as exc:
             report.problems.append(f"{who}: {exc.message}")
             continue
+        version = parsed.version
         if version.dataset != ds_id or version.id != vid:
             report.problems.append(f"{who} names record {record_oid[:12]}, which is version "
                                    f"{version.id} of dataset {version.dataset}")
             continue
         report.versions_checked += 1
-        for parent in record["parents"]:
-            stack.append((parent["record"], ds_id, parent["id"], f"version {vid}"))
+        for parent in parsed.parents:
+            stack.append((parent.record, ds_id, parent.id, f"version {vid}"))
         _walk_tree(remote, where, version.tree, report, needed, trees_seen, f"version {vid}",
                    damaged)
 

@@ -16,7 +16,6 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,14 +25,16 @@ from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktre
                      StoreNotFound, TagExists, UnsafePath, VersionImmutable, VersionInUse)
 from .faults import crashpoint
 from .hashing import hash_bytes, random_id
-from .index import SCHEMA_VERSION, Dataset, Index, StatRow, Version
+from .index import SCHEMA_VERSION, Index
+from .model import (COMMITTED, DRAFT, Changes, CheckoutReport, Dataset, FileRow, GcReport,
+                    RebuildReport, StatRow, StatusReport, Version, VerifyReport)
 from .lock import StoreLock
 from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import (ancestors, check_relpath, is_reserved, is_under, mode_class,
                     normalize_user_path)
 from .jsonio import load_bounded
-from .records import MAX_RECORD_BYTES, parse_time
+from .records import Record, encode_record, parse_record
 from .remotes.base import (RemoteSpec, check_outside_stores, normalize_url, open_backend,
                            parse_duration, parse_size)
 from .reporting import Reporter
@@ -42,13 +43,6 @@ from .tree import Entry, Manifest
 STORE_FORMAT = 1
 DATASET_ID_LEN = 8
 VERSION_ID_LEN = 10
-RECORD_FORMAT = 1
-
-
-def _now_iso(ts: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_author() -> str:
@@ -93,77 +87,6 @@ def _store_root_from(path: Path) -> Path:
     if (path / DSV_DIR / "config.json").is_file():
         return path
     raise StoreNotFound(f"{path} is not a dsv store", hint="create one with `dsv init`")
-
-
-@dataclass
-class StatusReport:
-    dataset: Dataset
-    head: Version | None
-    changes: worktree.Changes
-    skipped: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"dataset": self.dataset.name, "id": self.dataset.id, "path": self.dataset.path,
-                "head": self.head.id if self.head else None, "clean": self.changes.clean,
-                **self.changes.to_json(), "skipped": self.skipped}
-
-
-@dataclass
-class CheckoutReport:
-    version: Version
-    target: Path
-    written: int
-    removed: int
-    unchanged: int
-    bytes_written: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version.id, "dataset": self.version.dataset,
-                "target": str(self.target), "written": self.written, "removed": self.removed,
-                "unchanged": self.unchanged, "bytes_written": self.bytes_written}
-
-
-@dataclass
-class FileRow:
-    path: str
-    kind: str          # "file", "link" or "dir"
-    size: int
-    oid: str
-    mode: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "type": self.kind, "size": self.size, "hash": self.oid,
-                "mode": oct(self.mode)}
-
-
-@dataclass
-class GcReport:
-    removed_objects: int = 0
-    removed_packs: int = 0
-    repacked_packs: int = 0
-    freed_bytes: int = 0
-    dry_run: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class VerifyReport:
-    objects_checked: int = 0
-    bytes_checked: int = 0
-    versions_checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "objects_checked": self.objects_checked,
-                "bytes_checked": self.bytes_checked, "versions_checked": self.versions_checked,
-                "problems": self.problems, "repaired": self.repaired}
 
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
@@ -331,7 +254,7 @@ class Store:
             ds_id = random_id(DATASET_ID_LEN)
             while self.index.dataset_by("id", ds_id) or self.index.dataset_by("name", ds_id):
                 ds_id = random_id(DATASET_ID_LEN)
-            ds = Dataset(ds_id, name, rel, description, time.time(), None, None)
+            ds = Dataset(id=ds_id, name=name, path=rel, description=description, created=time.time())
             with self.index.transaction():
                 self.index.insert_dataset(ds)
             return ds
@@ -444,15 +367,9 @@ class Store:
         parents = []
         for pid in v.parents:
             parent = self.index.version(pid)
-            parents.append({"id": pid, "record": parent.record if parent else None})
+            parents.append((pid, parent.record if parent else None))
         ds = self.index.dataset_by("id", v.dataset)
-        body = {"type": "version", "v": RECORD_FORMAT, "id": v.id, "dataset": v.dataset,
-                "dataset_name": ds.name if ds else None, "tree": v.tree, "parents": parents,
-                "message": v.message, "author": v.author, "created": _now_iso(v.created),
-                "committed": _now_iso(v.committed or v.created), "lineage": v.lineage,
-                "size": v.size, "files": v.files}
-        return json.dumps(body, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode("utf-8")
+        return encode_record(v, parents, ds.name if ds else None)
 
     def _write_committed(self, ingest: Ingest, v: Version, new: bool,
                          stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
@@ -521,7 +438,7 @@ class Store:
                 worktree.all_trusted(files, self.index.stat_keys(ds.id)):
             # The cache vouches for every file and describes the head tree exactly:
             # no tree to read, nothing to hash.
-            return StatusReport(ds, head, worktree.Changes(), skipped)
+            return StatusReport(ds, head, Changes(), skipped)
         cache = self.index.stat_cache(ds.id)
         with self.reporter.task("hashing", len(files)) as advance:
             snap = worktree.snapshot(root, files, cache, None, advance)
@@ -576,9 +493,10 @@ class Store:
                     raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                           hint="use --allow-empty to record it anyway")
                 now = time.time()
-                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
-                            [head.id] if head else [], message, author or default_author(),
-                            now, now, None, lineage, size, len(snap.manifest))
+                v = Version(id=self._new_version_id(), dataset=ds.id, state=COMMITTED,
+                            tree=root_tree, parents=[head.id] if head else [], message=message,
+                            author=author or default_author(), created=now, committed=now,
+                            lineage=lineage, size=size, files=len(snap.manifest))
                 gone = set(cache) - set(files)
                 complete = len(snap.stat_rows) == snap.hashed_files
                 return self._write_committed(ingest, v, new=True, head=True,
@@ -781,7 +699,7 @@ class Store:
         return selected
 
     def diff(self, ref_a: str, ref_b: str | None = None,
-             cwd: str | os.PathLike[str] = ".") -> worktree.Changes:
+             cwd: str | os.PathLike[str] = ".") -> Changes:
         """Changes from version A to version B, or to A's dataset's working directory."""
         a = self.resolve(ref_a, cwd)
         base = self.manifest(a)
@@ -858,9 +776,9 @@ class Store:
                 root_tree, size = tree.build_tree({}, self._store_tree(ingest))
                 files = 0
                 self._flush(ingest)
-            v = Version(self._new_version_id(), ds.id, "draft", root_tree,
-                        [base.id] if base else [], message, default_author(), time.time(),
-                        None, None, None, size, files)
+            v = Version(id=self._new_version_id(), dataset=ds.id, state=DRAFT, tree=root_tree,
+                        parents=[base.id] if base else [], message=message,
+                        author=default_author(), created=time.time(), size=size, files=files)
             with self.index.transaction():
                 self.index.insert_version(v)
             return v
@@ -957,9 +875,10 @@ class Store:
                     snap = worktree.snapshot(src, files, {}, ingest, advance)
                 root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
                 now = time.time()
-                v = Version(self._new_version_id(), ds.id, "draft", root_tree,
-                            [ds.latest] if ds.latest else [], message, default_author(), now,
-                            None, None, lineage, size, len(snap.manifest))
+                v = Version(id=self._new_version_id(), dataset=ds.id, state=DRAFT,
+                            tree=root_tree, parents=[ds.latest] if ds.latest else [],
+                            message=message, author=default_author(), created=now,
+                            lineage=lineage, size=size, files=len(snap.manifest))
                 if commit:
                     return self._write_committed(ingest, v, new=True)
                 self._flush(ingest)
@@ -989,9 +908,10 @@ class Store:
             try:
                 root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
                 now = time.time()
-                v = Version(self._new_version_id(), ds.id, "committed", root_tree,
-                            [ds.latest] if ds.latest else [], message, default_author(), now,
-                            now, None, lineage, size, len(manifest))
+                v = Version(id=self._new_version_id(), dataset=ds.id, state=COMMITTED,
+                            tree=root_tree, parents=[ds.latest] if ds.latest else [],
+                            message=message, author=default_author(), created=now,
+                            committed=now, lineage=lineage, size=size, files=len(manifest))
                 return self._write_committed(ingest, v, new=True)
             except BaseException:
                 ingest.abort()
@@ -1485,7 +1405,7 @@ class Store:
 
     @classmethod
     def rebuild_index(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
-                      exact: bool = False) -> dict[str, Any]:
+                      exact: bool = False) -> RebuildReport:
         """Recreate `index.db` from the packs and version records (objects are the truth).
 
         The old database is kept beside it as `index.db.broken-<time>`; dataset names,
@@ -1507,7 +1427,7 @@ class Store:
             index = Index(dsv_dir / "index.db")
             index.create_schema()
             objects = ObjectStore(dsv_dir / "objects", index, dsv_dir / "tmp")
-            records: list[dict[str, Any]] = []
+            records: list[Record] = []
             skipped: list[str] = []
             with index.transaction():
                 for pack_id in objects.iter_pack_ids():
@@ -1521,10 +1441,8 @@ class Store:
                     for e in entries:
                         if e.kind == KIND_VERSION:
                             try:
-                                record = load_bounded(objects.read(e.oid), MAX_RECORD_BYTES)
-                                record["_oid"] = e.oid
-                                records.append(record)
-                            except (DsvError, ValueError):
+                                records.append(parse_record(objects.read(e.oid), e.oid))
+                            except DsvError:
                                 skipped.append(f"version record {e.oid[:12]} is unreadable")
                 _restore_versions(index, records, old_datasets, old_tags)
                 for row in old_remotes:  # remote settings (never secrets) are index-only
@@ -1533,8 +1451,10 @@ class Store:
             objects.close()
             index.checkpoint()
             index.close()
-            return {"packs": len(list(objects.iter_pack_ids())), "versions": len(records),
-                    "datasets": len({r.get("dataset") for r in records}), "skipped": skipped}
+            return RebuildReport(packs=len(list(objects.iter_pack_ids())),
+                                 versions=len(records),
+                                 datasets=len({r.version.dataset for r in records}),
+                                 skipped=skipped)
         finally:
             lock.release()
 
@@ -1562,11 +1482,11 @@ class Store:
                     report.problems.append(f"{label}: its version record is missing")
                 else:
                     try:
-                        record = json.loads(self.objects.read(v.record))
-                        if record.get("id") != v.id or record.get("tree") != v.tree:
+                        sealed = parse_record(self.objects.read(v.record), v.record).version
+                        if sealed.id != v.id or sealed.tree != v.tree:
                             report.problems.append(f"{label}: record disagrees with the index")
-                    except (DsvError, ValueError) as exc:
-                        report.problems.append(f"{label}: bad record ({exc})")
+                    except DsvError as exc:
+                        report.problems.append(f"{label}: bad record ({exc.message})")
         for ds in self.index.datasets():
             for field_name in ("latest", "head"):
                 vid = getattr(ds, field_name)
@@ -1738,48 +1658,38 @@ def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str,
             index.add_promised(v.id, default)
 
 
-_parse_time = parse_time
-
-
-def _restore_versions(index: Index, records: list[dict[str, Any]],
+def _restore_versions(index: Index, records: list[Record],
                       old_datasets: dict[str, tuple], old_tags: list[tuple]) -> None:
     """Insert datasets and committed versions described by version records."""
-    records.sort(key=lambda r: _parse_time(r.get("committed")))
+    records.sort(key=lambda r: r.version.committed or 0.0)
     names: set[str] = set()
     datasets: dict[str, Dataset] = {}
     for record in records:
-        ds_id = record.get("dataset")
-        if not isinstance(ds_id, str) or ds_id in datasets:
+        ds_id = record.version.dataset
+        if ds_id in datasets:
             continue
         old = old_datasets.get(ds_id)
-        name = old[1] if old else (record.get("dataset_name") or ds_id)
-        newest = [r.get("dataset_name") for r in records if r.get("dataset") == ds_id][-1]
-        name = old[1] if old else (newest or name)
+        newest = [r.dataset_name for r in records if r.version.dataset == ds_id][-1]
+        name = old[1] if old else (newest or record.dataset_name or ds_id)
         if name in names or not refs.is_valid_name(str(name)):
             name = f"{name}-{ds_id}" if refs.is_valid_name(f"{name}-{ds_id}") else ds_id
         names.add(name)
-        datasets[ds_id] = Dataset(ds_id, name, old[2] if old else None, old[3] if old else None,
-                                  old[4] if old else _parse_time(record.get("created")),
-                                  None, None)
+        datasets[ds_id] = Dataset(id=ds_id, name=name, path=old[2] if old else None,
+                                  description=old[3] if old else None,
+                                  created=old[4] if old else record.version.created)
         index.insert_dataset(datasets[ds_id])
-    by_oid = {r["_oid"]: r for r in records}
+    by_oid = {r.version.record: r.version for r in records}
     for record in records:
-        ds_id = record.get("dataset")
-        if ds_id not in datasets or index.version(record.get("id", "")) is not None:
+        v = record.version
+        if index.version(v.id) is not None:
             continue
         # A parent counts only if its record is here, has that id and the same dataset:
         # the hash chain then rules out cycles, and no id can join another history.
-        parents = [p["id"] for p in record.get("parents", []) if isinstance(p, dict)
-                   and isinstance(by_oid.get(p.get("record")), dict)
-                   and by_oid[p["record"]].get("id") == p.get("id")
-                   and by_oid[p["record"]].get("dataset") == ds_id]
-        v = Version(record["id"], ds_id, "committed", record["tree"], parents,
-                    record.get("message"), record.get("author"),
-                    _parse_time(record.get("created")), _parse_time(record.get("committed")),
-                    record["_oid"], record.get("lineage"), int(record.get("size") or 0),
-                    int(record.get("files") or 0))
+        v.parents = [p.id for p in record.parents if p.record in by_oid
+                     and by_oid[p.record].id == p.id and by_oid[p.record].dataset == v.dataset]
         index.insert_version(v)
-        index.update_dataset(ds_id, latest=v.id, head=v.id if datasets[ds_id].path else None)
+        index.update_dataset(v.dataset, latest=v.id,
+                             head=v.id if datasets[v.dataset].path else None)
     for ds_id, name, vid, _created in old_tags:
         if ds_id in datasets and index.version(vid) is not None:
             index.set_tag(ds_id, name, vid)

@@ -17,19 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import refs, tree
 from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
 from .faults import crashpoint
 from .hashing import hash_bytes, hash_file, is_hash
-from .index import Dataset, Version
+from .model import Dataset, FetchReport, PullReport, PushReport, Version
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
                       pack_tail_size, parse_pack_index)
 from .jsonio import load_bounded
 from .paths import check_relpath, is_under, normalize_user_path
-from .records import MAX_RECORD_BYTES, parse_record
+from .records import MAX_RECORD_BYTES, Record, parse_record
 from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
                            MAX_GET_BYTES, MAX_REF_BYTES, RemoteRefused, RemoteSpec,
                            check_outside_stores, open_backend)
@@ -50,58 +50,8 @@ LATEST = "latest"
 
 # ---- reports ----------------------------------------------------------------------------
 
-@dataclass
-class PushReport:
-    remote: str
-    versions: int = 0           # versions considered
-    versions_sent: int = 0      # of which the remote lacked
-    objects_sent: int = 0
-    bytes_sent: int = 0
-    objects_skipped: int = 0
-    bytes_skipped: int = 0
-    refs_updated: list[str] = field(default_factory=list)
-    refs_unchanged: list[str] = field(default_factory=list)
-    behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
-    rejected: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class FetchReport:
-    remote: str
-    new_versions: list[str] = field(default_factory=list)
-    new_datasets: list[str] = field(default_factory=list)
-    refs: dict[str, str] = field(default_factory=dict)    # the remote's refs
-    updated: list[str] = field(default_factory=list)      # local refs it created
-    objects_received: int = 0
-    bytes_received: int = 0
-    from_cache: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class PullReport:
-    remote: str
-    fetch: FetchReport
-    versions: list[str] = field(default_factory=list)
-    objects_received: int = 0
-    bytes_received: int = 0
-    objects_skipped: int = 0
-    bytes_skipped: int = 0
-    from_cache: int = 0
-    updated: list[str] = field(default_factory=list)     # local refs moved
-    diverged: list[str] = field(default_factory=list)    # local refs kept, remote differs
-    checked_out: list[str] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["fetch"] = self.fetch.to_json()
-        return data
+_Parsed = dict[str, tuple[Record, bytes | None]]
+"""Version records read in a fetch: record oid → (parsed record, raw bytes if new here)."""
 
 
 # ---- remote names -----------------------------------------------------------------------
@@ -658,7 +608,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
                       index.remote_objects_of_kind(remote.name, kind)}
                for kind in (KIND_TREE, KIND_VERSION)}
-    parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]] = {}
+    parsed: _Parsed = {}
     wanted = {oid: w for oid, w in located[KIND_VERSION].items() if w[2] <= MAX_RECORD_BYTES}
     for oid in located[KIND_VERSION].keys() - wanted.keys():
         store.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
@@ -673,16 +623,16 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     remote_refs = _owned_refs(remote_refs, parsed, store)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
     _check_history(reachable, parsed, store)
-    trees = _fetch_trees(store, remote, {parsed[r][0].tree for r in reachable},
+    trees = _fetch_trees(store, remote, {parsed[r][0].version.tree for r in reachable},
                          located[KIND_TREE], report)
-    for root in {parsed[r][0].tree for r in reachable}:
+    for root in {parsed[r][0].version.tree for r in reachable}:
         tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
     # Only what the accepted refs reach enters the store: records no ref reaches were
     # never checked as history, and must not turn up later (in `index rebuild`, say).
     ingest = Ingest(store.objects)
     try:
         for oid in reachable:
-            raw = parsed[oid][2]
+            raw = parsed[oid][1]
             if raw is not None:
                 ingest.add(oid, KIND_VERSION, raw)
         for oid, raw in trees.items():
@@ -691,12 +641,13 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     except BaseException:
         ingest.abort()
         raise
-    records = [parsed[oid][:2] for oid in reachable]
+    records = [parsed[oid][0] for oid in reachable]
     crashpoint("fetch:objects-written")
     names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
     with index.transaction():
         index.add_packs(packs)
-        for v, record in sorted(records, key=lambda r: r[0].committed or 0):
+        for rec in sorted(records, key=lambda r: r.version.committed or 0):
+            v = rec.version
             known = index.version(v.id)
             if known is not None:
                 if known.record != v.record and known.state == "committed":
@@ -707,7 +658,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
                                              "tampering); nothing was fetched")
                 continue
             if index.dataset_by("id", v.dataset) is None:
-                _create_dataset(store, v, record, names.get(v.dataset))
+                _create_dataset(store, v, rec.dataset_name, names.get(v.dataset))
                 report.new_datasets.append(index.dataset_by("id", v.dataset).name)
             index.insert_version(v)
             index.add_promised(v.id, remote.name)
@@ -727,19 +678,19 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     return report, remote_refs
 
 
-def _parse_into(parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]], oid: str,
+def _parse_into(parsed: _Parsed, oid: str,
                 raw: bytes, new: bool, store: "Store") -> None:
     """Parse one record into `parsed` (raw bytes kept only when they are new here). One
     forged record must not stop a clone: it is left out, with the refs and history that
     need it."""
     try:
-        parsed[oid] = (*parse_record(raw, oid), raw if new else None)
+        parsed[oid] = (parse_record(raw, oid), raw if new else None)
     except CorruptObject as exc:
         store.reporter.notice(f"warning: {exc.message} (ignored)")
 
 
 def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
-                parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]],
+                parsed: _Parsed,
                 store: "Store") -> dict[tuple[str, str], RemoteRef]:
     """The remote's refs that name a version of their own dataset by its true id; any
     other ref is ignored with a notice (a ref of A naming B's version would make
@@ -753,7 +704,8 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
                                   f"the name of a dataset here")
             continue
         got = parsed.get(ref.record)
-        if got is not None and got[0].id == ref.version and got[0].dataset == ref.dataset:
+        if got is not None and got[0].version.id == ref.version and \
+                got[0].version.dataset == ref.dataset:
             kept[key] = ref
         elif got is not None:
             store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
@@ -766,31 +718,31 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
 
 
 def _check_history(reachable: list[str],
-                   parsed: dict[str, tuple[Version, dict[str, Any], bytes | None]],
+                   parsed: _Parsed,
                    store: "Store") -> None:
     """History is a DAG within one dataset: every parent a record names (by id and
     record hash) is a version of the same dataset with that id. A parent that is neither
     on the remote nor here cannot be checked: it is left out of the version's parents
     (the index links versions by id, so an unchecked id could join another history)."""
     for oid in reachable:
-        v, record, _raw = parsed[oid]
+        v = parsed[oid][0].version
         kept = []
-        for parent in record["parents"]:
-            got = parsed.get(parent["record"])
-            local = store.index.version(parent["id"])
+        for parent in parsed[oid][0].parents:
+            got = parsed.get(parent.record)
+            local = store.index.version(parent.id)
             if got is not None:
-                pid, pds = got[0].id, got[0].dataset
+                pid, pds = got[0].version.id, got[0].version.dataset
             elif local is not None:
-                if local.record != parent["record"]:
+                if local.record != parent.record:
                     raise CorruptObject(f"version record {oid[:12]} names parent "
-                                        f"{parent['id']} with another record than this "
+                                        f"{parent.id} with another record than this "
                                         f"store's", hint="the remote holds a forged history; "
                                                          "nothing was fetched")
                 pid, pds = local.id, local.dataset
             else:
                 continue  # history the remote does not hold: the walk stops here
-            if pid != parent["id"] or pds != v.dataset:
-                raise CorruptObject(f"version record {oid[:12]} names a parent ({parent['id']}) "
+            if pid != parent.id or pds != v.dataset:
+                raise CorruptObject(f"version record {oid[:12]} names a parent ({parent.id}) "
                                     f"that is not a version of its own dataset",
                                     hint="the remote holds a forged history; nothing was "
                                          "fetched")
@@ -798,7 +750,7 @@ def _check_history(reachable: list[str],
         v.parents = kept
 
 
-def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
+def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
     """Record oids reachable from `tips` through parents (only records the remote has)."""
     seen: set[str] = set()
     stack = [t for t in tips if t in parsed]
@@ -807,9 +759,9 @@ def _reachable_records(tips: set[str], parsed: dict[str, tuple]) -> list[str]:
         if oid in seen:
             continue
         seen.add(oid)
-        for parent in parsed[oid][1].get("parents", []):
-            if parent.get("record") in parsed:
-                stack.append(parent["record"])
+        for parent in parsed[oid][0].parents:
+            if parent.record in parsed:
+                stack.append(parent.record)
     return sorted(seen)
 
 
@@ -847,16 +799,16 @@ def _missing_tree(oid: str) -> None:
                         f"version needs it", hint="the remote is damaged; nothing was fetched")
 
 
-def _create_dataset(store: "Store", v: Version, record: dict[str, Any],
+def _create_dataset(store: "Store", v: Version, dataset_name: str | None,
                     ref: RemoteRef | None) -> None:
     """A dataset first seen on a remote: unbound, named as the remote names it."""
-    name = (ref.name if ref and ref.name else None) or record.get("dataset_name") or v.dataset
+    name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
     if not refs.is_valid_name(name) or name == LATEST:
         name = v.dataset
     taken = store.index.dataset_by("name", name) or store.index.dataset_by("id", name)
     if taken is not None and taken.id != v.dataset:
         name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
-    store.index.insert_dataset(Dataset(v.dataset, name, None, None, time.time(), None, None))
+    store.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
 
 
 # ---- downloads --------------------------------------------------------------------------

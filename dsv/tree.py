@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
 from .jsonio import load_bounded
+from .model import DIR, FILE, LINK, Entry, Manifest
 from .paths import MAX_PATH_BYTES, check_links, check_name, check_symlink_target, mode_class
 
-FILE = "f"
-LINK = "l"
-DIR = "d"
 TREE_FORMAT = 1
 MAX_TREE_ENTRIES = 10_000_000
 MAX_TREE_BYTES = 256 << 20    # = objects.MAX_PACKED_OBJECT: every tree fits in a pack
@@ -29,20 +26,6 @@ MAX_SIZE = 1 << 62            # bytes a file or a directory may claim
 # can describe 2^40 paths).
 MAX_VERSION_PATHS = 16_000_000
 MAX_TREE_DEPTH = MAX_PATH_BYTES // 2   # a path of 4096 bytes has at most 2048 parts
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One file or symlink of a manifest: kind, permission bits, size and content hash."""
-
-    kind: str
-    mode: int
-    size: int
-    oid: str
-
-
-Manifest = dict[str, Entry]
-"""A flat manifest: dataset-relative POSIX path → Entry (files and symlinks only)."""
 
 
 def encode_tree(entries: list[tuple[str, str, int, int, str]]) -> bytes:

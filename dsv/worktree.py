@@ -22,7 +22,7 @@ from . import fileio
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file
-from .index import StatRow
+from .model import Changes, StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
@@ -49,27 +49,6 @@ FileStat = tuple[int, int, int, int, str]
 Plain tuples, not objects: status builds one per file, and its first four fields compare
 in one step with the first four of a stat-cache row (index.StatRow).
 """
-
-
-@dataclass
-class Changes:
-    """What differs between a base manifest and a newer one."""
-
-    added: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    added_bytes: int = 0
-    modified_bytes: int = 0
-    deleted_bytes: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.added or self.modified or self.deleted)
-
-    def to_json(self) -> dict:
-        return {"added": self.added, "modified": self.modified, "deleted": self.deleted,
-                "added_bytes": self.added_bytes, "modified_bytes": self.modified_bytes,
-                "deleted_bytes": self.deleted_bytes}
 
 
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,

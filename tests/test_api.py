@@ -220,6 +220,18 @@ def test_drafts_through_the_api(store_dir, tmp_path: Path) -> None:
     assert store.verify().ok
 
 
+def test_a_version_cannot_start_from_a_draft(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_tree(root, {"a.txt": "1"})
+    store = dsv.init(root)
+    store.commit("one", cwd=root)
+    draft = store.create_version("data", "wip")
+    with pytest.raises(InvalidInput) as info:
+        store.create_version("data", "child", from_ref=draft.id)
+    assert "draft" in info.value.message
+    assert [v.id for v in store.versions("data", "draft")] == [draft.id]
+
+
 def test_gc_and_verify_reports(store_dir, tmp_path: Path) -> None:
     store, _root = store_dir
     store.commit("first")

@@ -206,6 +206,23 @@ def test_nested_store_is_never_snapshotted_by_outer_dataset(tmp_path: Path, dsv)
     assert "a.txt" in paths
 
 
+def _api_store(tmp_path: Path, files: dict[str, str]) -> tuple[dsv_api.Store, Path]:
+    """A store made through the Python API in `data` (dataset `data`) holding `files`."""
+    root = tmp_path / "data"
+    write_tree(root, files)
+    return dsv_api.init(root), root
+
+
+def test_a_nested_store_and_its_files_are_left_out(tmp_path: Path) -> None:
+    store, root = _api_store(tmp_path, {"a.txt": "outer"})
+    inner = root / "inner"
+    write_tree(inner, {"secret.bin": "inner data"})
+    dsv_api.init(inner).close()
+    v = store.commit("outer only", cwd=root)
+    paths = {row.path for row in store.files(f"data:{v.id}", recursive=True)}
+    assert paths == {"a.txt"}
+
+
 def test_commands_outside_a_store_fail_cleanly(tmp_path: Path, dsv) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -213,6 +230,16 @@ def test_commands_outside_a_store_fail_cleanly(tmp_path: Path, dsv) -> None:
                  ["verify"]):
         fails(dsv(*args, cwd=empty), "no dsv store")
     assert list(empty.iterdir()) == []
+
+
+def test_a_store_of_an_unknown_format_is_refused(tmp_path: Path, dsv) -> None:
+    store, root = _api_store(tmp_path, {"a.txt": "1"})
+    store.close()
+    config = root / ".dsv" / "config.json"
+    config.write_text(json.dumps({"format": 99, "hash": "blake3"}))
+    result = dsv("status", cwd=root)
+    assert result.code == 1
+    assert "store format 99" in result.err and "Traceback" not in result.err
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -556,6 +583,29 @@ def test_checkout_to_directory_switches_between_versions(ws: Path, dsv, tmp_path
     assert read_tree(out) == t1
 
 
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "symlink"])
+def test_a_to_directory_can_switch_versions_in_any_link_mode(tmp_path: Path, dsv,
+                                                              mode: str) -> None:
+    root = tmp_path / "data"
+    big_v1, big_v2 = os.urandom(2 << 20), os.urandom(2 << 20)
+    write_tree(root, {"big.bin": big_v1, "a.txt": "1"})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    write_tree(root, {"big.bin": big_v2, "a.txt": "2"})
+    assert dsv("commit", "-m", "two", cwd=root).code == 0
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest~1", "--to", out, "--link", mode, cwd=root).code == 0
+    switched = dsv("checkout", "data:latest", "--to", out, "--link", mode, cwd=root)
+    assert switched.code == 0, switched.err
+    assert (out / "big.bin").read_bytes() == big_v2 and (out / "a.txt").read_text() == "2"
+    # An edit made in the directory is an uncommitted change like any other.
+    (out / "a.txt").unlink()
+    (out / "a.txt").write_text("edited")
+    refused = dsv("checkout", "data:latest~1", "--to", out, "--link", mode, cwd=root)
+    assert refused.code == 1 and "a.txt" in refused.err
+    assert (out / "a.txt").read_text() == "edited"
+
+
 def test_checkout_paths_subset(ws: Path, dsv, tmp_path: Path) -> None:
     v1, v2, t1, t2 = _two_versions(ws, dsv)
     out = tmp_path / "out"
@@ -576,6 +626,19 @@ def test_checkout_paths_subset(ws: Path, dsv, tmp_path: Path) -> None:
     assert (ws / "sub" / "b.bin").read_bytes() == b"dirty b"
 
 
+def test_checkout_paths_are_relative_to_the_current_directory(tmp_path: Path, dsv) -> None:
+    root = tmp_path / "data"
+    write_tree(root, {"sub/a.txt": "1", "b.txt": "1"})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    (root / "sub/a.txt").write_text("2")
+    (root / "b.txt").write_text("2")
+    result = dsv("checkout", "data:latest", "a.txt", "--force", cwd=root / "sub")
+    assert result.code == 0, result.err
+    assert (root / "sub/a.txt").read_text() == "1"
+    assert (root / "b.txt").read_text() == "2"
+
+
 def test_checkout_refuses_dirty_worktree_and_changes_nothing(ws: Path, dsv) -> None:
     v1, v2, t1, t2 = _two_versions(ws, dsv)
     (ws / "a.txt").write_text("uncommitted edit")
@@ -587,6 +650,20 @@ def test_checkout_refuses_dirty_worktree_and_changes_nothing(ws: Path, dsv) -> N
     # --force discards the edit
     ok(dsv("checkout", f"mydata:{v1}", "--force", cwd=ws))
     assert read_tree(ws) == t1
+
+
+def test_checkout_protects_a_permission_only_change(tmp_path: Path, dsv) -> None:
+    root = tmp_path / "data"
+    write_tree(root, {"run.sh": "echo hi\n"})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    (root / "run.sh").write_text("echo bye\n")
+    assert dsv("commit", "-m", "two", cwd=root).code == 0
+    os.chmod(root / "run.sh", 0o755)
+    result = dsv("checkout", "data:latest~1", cwd=root)
+    assert result.code == 1 and "run.sh" in result.err
+    assert (root / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (root / "run.sh").read_text() == "echo bye\n"
 
 
 def test_checkout_refuses_to_delete_untracked_file(ws: Path, dsv) -> None:
@@ -723,6 +800,20 @@ def test_checkout_with_unknown_link_mode_changes_nothing(ws: Path, dsv) -> None:
     assert read_tree(ws) == t2, "a rejected option must not half-do the checkout"
     (st,) = jout(dsv("status", "--json", cwd=ws))
     assert st["clean"] is True and st["head"] == v2
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "symlink"])
+def test_link_modes_refused_in_a_working_directory(tmp_path: Path, dsv, mode: str) -> None:
+    root = tmp_path / "data"
+    write_tree(root, {"big.bin": os.urandom(2 << 20), "a.txt": "x"})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    before = read_tree(root)
+    result = dsv("checkout", "data:latest", "--force", "--link", mode, cwd=root)
+    assert result.code == 1
+    assert f"--link {mode} is only for --to directories" in result.err
+    assert read_tree(root) == before
+    assert dsv("status", cwd=root).out.strip().endswith("clean")
 
 
 def test_checkout_errors(committed, dsv, tmp_path: Path) -> None:

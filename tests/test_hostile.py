@@ -965,6 +965,22 @@ def test_user_files_named_like_temp_files_are_content(tmp_path: Path, dsv) -> No
     assert (ws / ".dsv-tmp-notes").read_text() == "my notes"
 
 
+def test_a_lying_working_file_is_never_copied_into_a_checkout(tmp_path: Path, dsv) -> None:
+    root = tmp_path / "data"
+    big = os.urandom(2 << 20)
+    write_tree(root, {"big.bin": big})
+    assert dsv("init", cwd=root).code == 0
+    assert dsv("commit", "-m", "one", cwd=root).code == 0
+    path = root / "big.bin"
+    st = path.stat()
+    with open(path, "r+b") as f:  # same inode, same size, same mtime: the cache is fooled
+        f.write(b"\\xff" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest", "--to", out, cwd=root).code == 0
+    assert (out / "big.bin").read_bytes() == big
+
+
 def test_14_sparse_pack_index_and_huge_record_numbers(tmp_path: Path, dsv) -> None:
     remote = HostileRemote(tmp_path / "remote")
     remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Result, run_dsv, write_tree
+from dsv.errors import DsvError
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
@@ -312,6 +313,16 @@ def test_help_still_works(ws: Path, dsv) -> None:
     # A group alone prints its help, as before (exit 2: no command was given).
     r = dsv("datasets", cwd=ws)
     assert r.code == 2 and "create" in r.out and "error" not in r.err
+
+
+def test_debug_flag_is_accepted_after_the_command(tmp_path: Path, dsv) -> None:
+    root = tmp_path / "data"
+    write_tree(root, {"a.txt": "1"})
+    assert dsv("init", cwd=root).code == 0
+    with pytest.raises(DsvError):
+        dsv("show", "nope:latest", "--debug", cwd=root)
+    result = dsv("show", "nope:latest", cwd=root)
+    assert result.code == 1 and result.err.startswith("error: no dataset named 'nope'")
 
 
 def test_usage_error_quoting_user_text_is_made_safe(ws: Path, dsv) -> None:

@@ -27,12 +27,11 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from .. import fileio
 from ..errors import CorruptObject
 from ..hashing import is_hash, new_hasher
+from ..model import PruneReport
 from .base import open_dirs
 
 # A temp file this old belongs to a filler that died; prune removes it.
@@ -42,20 +41,6 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PENDING_PACK = re.compile(r"packs-([0-9a-f]{64})\.pack")
 _PENDING_LOOSE = re.compile(r"loose-([0-9a-f]{2})-([0-9a-f]{64})")
-
-
-@dataclass
-class PruneReport:
-    removed: int = 0
-    freed_bytes: int = 0
-    kept: int = 0
-    kept_bytes: int = 0
-    pending_kept: int = 0
-    stale_tmp_removed: int = 0
-    bad_removed: int = 0      # entries that were not regular files (FIFOs, links, …)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class ClusterCache:

@@ -297,8 +297,15 @@ class S3Backend:
         if start < 0 or length < 0:
             raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}")
         if length == 0:
-            check_key(key)
-            return b""  # no byte to ask for (and `bytes=N-(N-1)` is no valid range)
+            # No byte to ask for (`bytes=N-(N-1)` is no valid range), but the key must
+            # exist and `start` lie within it, as for any other range.
+            size = self.head(key)
+            if size is None:
+                raise NotFound(f"{self._where(key)} does not exist")
+            if start > size:
+                raise RemoteError(f"{self._where(key)}: asked for 0 bytes at {start}, past "
+                                  f"its end ({size} bytes)")
+            return b""
         if length > MAX_GET_BYTES:
             raise TooLarge(f"{self._where(key)}: refusing to read {length} bytes at once "
                            f"(at most {MAX_GET_BYTES})",
@@ -368,13 +375,17 @@ class S3Backend:
         return data, response["ETag"]
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
+        if expect == "":
+            return None  # no ref has an empty tag; an empty If-Match would be no condition
         condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
         full = self._key(key)
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
                                               **condition)
         except Exception as exc:
-            if _status(exc) in (409, 412):  # lost the race (409: a concurrent conditional write)
+            # Lost the race: 412, or 409 for a concurrent conditional write; and for a
+            # replace, a 404 (the ref was deleted since it was read; some servers say 412).
+            if _status(exc) in (409, 412) or (expect is not None and _is_missing(exc)):
                 return None
             raise describe(exc, f"updating {self._where(key)}") from None
         return response["ETag"]

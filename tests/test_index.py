@@ -1,0 +1,758 @@
+"""Unit tests of dsv/index.py: the Index class on a real SQLite file under tmp_path, one
+group of queries at a time, and what SQLite's failures mean (`index_error`): a damaged
+file, a busy one, one that cannot be opened or written (the read-only fallback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import blake3
+import pytest
+
+from dsv import Dataset, Version
+from dsv.errors import IndexBusy, IndexDamaged, IndexUnwritable, StoreLocked
+from dsv.index import SCHEMA_VERSION, Index, index_error
+from dsv.objects import KIND_BLOB, KIND_TREE, KIND_VERSION, Ingest, ObjectStore, PackEntry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def h(data: bytes | str) -> str:
+    return blake3.blake3(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+TREE = h("tree")
+
+
+def dataset(ds_id: str = "ds000001", name: str = "mnist", path: str | None = "data/mnist",
+            **kw) -> Dataset:
+    fields = dict(id=ds_id, name=name, path=path, description=None, created=1000.0,
+                  latest=None, head=None, cache_tree=None)
+    fields.update(kw)
+    return Dataset(**fields)
+
+
+def version(vid: str, ds: str = "ds000001", **kw) -> Version:
+    fields = dict(id=vid, dataset=ds, state="draft", tree=TREE, parents=[], message=None,
+                  author=None, created=2000.0, committed=None, record=None, lineage=None,
+                  size=0, files=0)
+    fields.update(kw)
+    return Version(**fields)
+
+
+def committed(vid: str, at: float, ds: str = "ds000001", parents: list[str] | None = None,
+              **kw) -> Version:
+    return version(vid, ds, state="committed", committed=at, created=at - 1,
+                   record=h("record " + vid), parents=parents or [], **kw)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "index.db"
+
+
+@pytest.fixture
+def index(db: Path):
+    idx = Index(db)
+    idx.create_schema()
+    yield idx
+    idx.close()
+
+
+@pytest.fixture
+def two(index: Index) -> Index:
+    """Two datasets: mnist (ds000001) and cifar (ds000002)."""
+    index.insert_dataset(dataset())
+    index.insert_dataset(dataset("ds000002", "cifar", "data/cifar"))
+    return index
+
+
+# ---- opening and the schema ----------------------------------------------------------------
+
+def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
+    idx = Index(db)
+    assert db.is_file() and idx.schema_version() is None and not idx.read_only
+    idx.create_schema()
+    assert idx.schema_version() == SCHEMA_VERSION == 3
+    idx.insert_dataset(dataset())
+    idx.create_schema()                       # idempotent: keeps what is there
+    assert idx.schema_version() == 3 and [d.id for d in idx.datasets()] == ["ds000001"]
+    idx.close()
+
+
+def test_connection_settings_and_tables(index: Index) -> None:
+    assert index.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert index.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    tables = {r[0] for r in index.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"meta", "datasets", "versions", "tags", "packs", "objects", "statcache", "checkouts",
+            "imported", "remotes", "remote_objects", "remote_packs", "remote_loose",
+            "remote_refs", "promised"} <= tables
+
+
+def test_data_survives_close_and_reopen(db: Path, index: Index) -> None:
+    index.insert_dataset(dataset())
+    index.insert_version(version("v000000001"))
+    index.checkpoint()
+    index.close()
+    again = Index(db)
+    assert again.dataset_by("id", "ds000001") == dataset()
+    assert again.version("v000000001") == version("v000000001")
+    again.close()
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+def test_insert_and_get_a_dataset_by_id_name_and_path(index: Index) -> None:
+    ds = dataset(description="handwritten digits", latest=None, head=None)
+    index.insert_dataset(ds)
+    for column, value in (("id", "ds000001"), ("name", "mnist"), ("path", "data/mnist")):
+        got = index.dataset_by(column, value)
+        assert got == ds and isinstance(got, Dataset)
+    assert index.dataset_by("name", "MNIST") is None
+    assert index.dataset_by("id", "nope") is None
+    with pytest.raises(AssertionError):
+        index.dataset_by("description", "handwritten digits")
+
+
+def test_datasets_are_listed_by_name(two: Index) -> None:
+    two.insert_dataset(dataset("ds000003", "b-set", None))
+    assert [d.name for d in two.datasets()] == ["b-set", "cifar", "mnist"]
+
+
+def test_names_and_paths_are_unique_but_many_datasets_may_be_unbound(two: Index) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        two.insert_dataset(dataset("ds000009", "mnist", "elsewhere"))
+    with pytest.raises(sqlite3.IntegrityError):
+        two.insert_dataset(dataset("ds000009", "other", "data/mnist"))
+    with pytest.raises(sqlite3.IntegrityError):
+        two.insert_dataset(dataset("ds000001", "other", "elsewhere"))
+    two.insert_dataset(dataset("ds000003", "u1", None))
+    two.insert_dataset(dataset("ds000004", "u2", None))
+    assert len(two.datasets()) == 4
+
+
+def test_rename_a_dataset(two: Index) -> None:
+    two.update_dataset("ds000001", name="digits")
+    assert two.dataset_by("name", "mnist") is None
+    assert two.dataset_by("name", "digits").id == "ds000001"
+    with pytest.raises(sqlite3.IntegrityError):
+        two.update_dataset("ds000001", name="cifar")
+    assert two.dataset_by("id", "ds000001").name == "digits"
+
+
+def test_update_dataset_fields_and_refuse_unknown_ones(two: Index) -> None:
+    two.update_dataset("ds000002", description="tiny images", path=None, head="v1",
+                       latest="v1", cache_tree=TREE)
+    assert two.dataset_by("id", "ds000002") == dataset(
+        "ds000002", "cifar", None, description="tiny images", head="v1", latest="v1",
+        cache_tree=TREE)
+    assert two.dataset_by("id", "ds000001") == dataset()     # the other one is untouched
+    with pytest.raises(AssertionError):
+        two.update_dataset("ds000002", created=5.0)
+
+
+def test_delete_a_dataset_takes_its_versions_tags_stat_rows_and_promises(two: Index) -> None:
+    for ds in ("ds000001", "ds000002"):
+        vid = f"v{ds[-1]}00000000"
+        two.insert_version(committed(vid, 3000.0, ds))
+        two.update_dataset(ds, latest=vid, head=vid)
+        two.set_tag(ds, "v1", vid)
+        two.put_stat_rows(ds, [("a.txt", (1, 2, 3, 0o644, h("a"), 4))])
+        two.add_promised(vid, "origin")
+    two.delete_dataset("ds000001")
+    assert two.dataset_by("id", "ds000001") is None
+    assert two.version("v100000000") is None and two.versions("ds000001") == []
+    assert [t[:3] for t in two.tags()] == [("ds000002", "v1", "v200000000")]
+    assert two.stat_cache("ds000001") == {}
+    assert two.promised() == {"v200000000": "origin"}
+    # The other dataset keeps everything.
+    assert two.dataset_by("id", "ds000002").latest == "v200000000"
+    assert two.stat_cache("ds000002") == {"a.txt": (1, 2, 3, 0o644, h("a"), 4)}
+
+
+# ---- versions ------------------------------------------------------------------------------
+
+def test_insert_and_get_a_version_with_every_field(two: Index) -> None:
+    v = version("abcdef0123", state="committed", parents=["p000000001", "p000000002"],
+                message="first — ünïcode", author="tester <t@example.com>", created=10.5,
+                committed=11.25, record=h("rec"), lineage={"command": ["make"], "inputs": {}},
+                size=12345, files=7)
+    two.insert_version(v)
+    got = two.version("abcdef0123")
+    assert got == v and isinstance(got, Version)
+    assert got.tags == [] and not got.is_draft
+    assert two.version("abcdef012") is None and two.version("nope") is None
+    assert two.all_versions() == [v]
+
+
+def test_a_version_needs_an_existing_dataset(two: Index) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        two.insert_version(version("v000000001", ds="ds999999"))
+    two.insert_version(version("v000000001"))
+    with pytest.raises(sqlite3.IntegrityError):
+        two.insert_version(version("v000000001"))            # ids are unique
+
+
+def test_versions_by_id_prefix(two: Index) -> None:
+    for vid in ("abc1234567", "abc9999999", "abczzzzzzz", "abd0000000", "ab00000000"):
+        two.insert_version(version(vid))
+    two.insert_version(version("abc0000000", ds="ds000002"))
+    assert sorted(two.versions_with_prefix("ds000001", "abc")) == [
+        "abc1234567", "abc9999999", "abczzzzzzz"]
+    assert two.versions_with_prefix("ds000001", "abc1234567") == ["abc1234567"]
+    assert two.versions_with_prefix("ds000001", "abc12345678") == []
+    assert two.versions_with_prefix("ds000001", "abe") == []
+    assert sorted(two.versions_with_prefix("ds000001", "ab")) == [
+        "ab00000000", "abc1234567", "abc9999999", "abczzzzzzz", "abd0000000"]
+    assert len(two.versions_with_prefix("ds000001", "")) == 5
+    assert two.versions_with_prefix("ds000002", "abc") == ["abc0000000"]
+
+
+def test_versions_listed_newest_first_and_by_state(two: Index) -> None:
+    two.insert_version(committed("c000000001", 100.0))
+    two.insert_version(committed("c000000003", 300.0, parents=["c000000001"]))
+    two.insert_version(committed("c000000002", 200.0))
+    two.insert_version(version("d000000001", created=250.0))
+    two.insert_version(version("d000000000", created=250.0))     # a tie: by id
+    two.insert_version(committed("x000000001", 999.0, ds="ds000002"))
+    assert [v.id for v in two.versions("ds000001")] == [
+        "c000000003", "d000000000", "d000000001", "c000000002", "c000000001"]
+    assert [v.id for v in two.versions("ds000001", "committed")] == [
+        "c000000003", "c000000002", "c000000001"]
+    assert [v.id for v in two.versions("ds000001", "draft")] == ["d000000000", "d000000001"]
+    assert [v.id for v in two.versions("ds000002")] == ["x000000001"]
+    assert two.versions("ds000001", "nonsense") == []
+
+
+def test_latest_is_recorded_on_the_dataset_and_is_the_newest_committed(two: Index) -> None:
+    assert two.dataset_by("id", "ds000001").latest is None
+    two.insert_version(committed("c000000001", 100.0))
+    two.insert_version(committed("c000000002", 200.0, parents=["c000000001"]))
+    two.update_dataset("ds000001", latest="c000000002", head="c000000001")
+    ds = two.dataset_by("name", "mnist")
+    assert (ds.latest, ds.head) == ("c000000002", "c000000001")
+    assert two.versions("ds000001", "committed")[0].id == ds.latest
+
+
+def test_commit_a_draft_by_updating_it(two: Index) -> None:
+    two.insert_version(committed("c000000001", 100.0))
+    two.insert_version(version("d000000001", parents=["c000000001"], message="wip"))
+    two.update_version("d000000001", state="committed", committed=500.0, record=h("r"),
+                       tree=h("t2"), message="done", size=9, files=2,
+                       parents=["c000000001"], lineage={"import": {"source": "s3://b/p"}})
+    v = two.version("d000000001")
+    assert (v.state, v.committed, v.record, v.tree, v.message, v.size, v.files) == \
+        ("committed", 500.0, h("r"), h("t2"), "done", 9, 2)
+    assert v.parents == ["c000000001"] and v.lineage == {"import": {"source": "s3://b/p"}}
+    two.update_version("d000000001", lineage=None)
+    assert two.version("d000000001").lineage is None
+    with pytest.raises(AssertionError):
+        two.update_version("d000000001", dataset="ds000002")
+    with pytest.raises(sqlite3.IntegrityError):
+        two.update_version("d000000001", parents=None)          # NOT NULL
+
+
+def test_an_empty_lineage_survives_insert_like_it_survives_update(two: Index) -> None:
+    two.insert_version(version("v000000001", lineage={}))
+    two.insert_version(version("v000000002"))
+    two.update_version("v000000002", lineage={})
+    assert two.version("v000000002").lineage == {}
+    assert two.version("v000000001").lineage == {}
+
+
+def test_children_and_delete_version(two: Index) -> None:
+    two.insert_version(committed("c000000001", 100.0))
+    two.insert_version(committed("c000000002", 200.0, parents=["c000000001"]))
+    two.insert_version(version("d000000001", parents=["c000000001", "c000000002"]))
+    assert sorted(two.children("c000000001")) == ["c000000002", "d000000001"]
+    assert two.children("c000000002") == ["d000000001"]
+    assert two.children("d000000001") == []
+    two.set_tag("ds000001", "v2", "c000000002")
+    two.add_promised("c000000002", "origin")
+    two.delete_version("c000000002")
+    assert two.version("c000000002") is None
+    assert two.tag("ds000001", "v2") is None and two.promised() == {}
+    assert two.children("c000000001") == ["d000000001"]
+
+
+def test_a_malformed_json_cell_is_damage(two: Index, db: Path) -> None:
+    two.insert_version(version("v000000001"))
+    two.conn.execute("UPDATE versions SET parents='[not json' WHERE id='v000000001'")
+    with pytest.raises(sqlite3.DatabaseError, match="malformed JSON in the row of version "
+                                                    "'v000000001'") as info:
+        two.version("v000000001")
+    err = index_error(info.value, db)
+    assert isinstance(err, IndexDamaged)
+    assert err.message.startswith(f"the index {db} is damaged (malformed JSON")
+    assert "dsv index rebuild" in err.hint
+
+
+# ---- tags ----------------------------------------------------------------------------------
+
+def test_tags_set_get_list_move_and_delete(two: Index) -> None:
+    for vid, at in (("c000000001", 100.0), ("c000000002", 200.0)):
+        two.insert_version(committed(vid, at))
+    two.insert_version(committed("x000000001", 100.0, ds="ds000002"))
+    two.set_tag("ds000001", "v1", "c000000001")
+    two.set_tag("ds000001", "best", "c000000001")
+    two.set_tag("ds000002", "v1", "x000000001")           # same name, other dataset
+    assert two.tag("ds000001", "v1") == "c000000001"
+    assert two.tag("ds000002", "v1") == "x000000001"
+    assert two.tag("ds000001", "nope") is None
+    assert [(d, n, v) for d, n, v, _ in two.tags("ds000001")] == [
+        ("ds000001", "best", "c000000001"), ("ds000001", "v1", "c000000001")]
+    assert [(d, n) for d, n, _, _ in two.tags()] == [
+        ("ds000001", "best"), ("ds000001", "v1"), ("ds000002", "v1")]
+    assert two.tags_of("c000000001") == ["best", "v1"]
+    # Setting an existing tag moves it (the caller decides whether that is allowed).
+    two.set_tag("ds000001", "v1", "c000000002")
+    assert two.tag("ds000001", "v1") == "c000000002"
+    assert two.tags_of("c000000001") == ["best"] and two.tags_of("c000000002") == ["v1"]
+    assert two.delete_tag("ds000001", "v1") is True
+    assert two.delete_tag("ds000001", "v1") is False
+    assert two.tag("ds000001", "v1") is None and two.tag("ds000002", "v1") == "x000000001"
+
+
+def test_a_tag_must_name_an_existing_version_and_dataset(two: Index) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        two.set_tag("ds000001", "v1", "nosuchvers")
+    two.insert_version(committed("c000000001", 100.0))
+    with pytest.raises(sqlite3.IntegrityError):
+        two.set_tag("ds999999", "v1", "c000000001")
+    assert two.tags() == []
+
+
+# ---- stat cache ----------------------------------------------------------------------------
+
+ROW_A = (5, 1_700_000_000_000_000_000, 42, 0o644, h("a"), 1_700_000_001_000_000_000)
+ROW_B = (0, 1_600_000_000_000_000_000, 43, 0o755, h(""), 1_600_000_001_000_000_000)
+
+
+def test_stat_rows_put_read_replace_and_drop(two: Index) -> None:
+    two.put_stat_rows("ds000001", [("a.txt", ROW_A), ("sub/b", ROW_B)])
+    two.put_stat_rows("ds000002", [("a.txt", ROW_B)])
+    assert two.stat_cache("ds000001") == {"a.txt": ROW_A, "sub/b": ROW_B}
+    assert two.stat_keys("ds000001") == {"a.txt": ROW_A[:4] + ROW_A[5:],
+                                         "sub/b": ROW_B[:4] + ROW_B[5:]}
+    two.put_stat_rows("ds000001", [("a.txt", ROW_B)])         # replaced, not duplicated
+    assert two.stat_cache("ds000001")["a.txt"] == ROW_B
+    two.drop_stat_rows("ds000001", ["a.txt", "not/there"])
+    assert two.stat_cache("ds000001") == {"sub/b": ROW_B}
+    assert two.stat_cache("ds000002") == {"a.txt": ROW_B}
+
+
+def test_clear_stat_cache_also_withdraws_the_vouched_tree(two: Index) -> None:
+    for ds in ("ds000001", "ds000002"):
+        two.put_stat_rows(ds, [("a.txt", ROW_A)])
+        two.update_dataset(ds, cache_tree=TREE)
+    two.clear_stat_cache("ds000001")
+    assert two.stat_cache("ds000001") == {} and two.dataset_by("id", "ds000001").cache_tree is None
+    assert two.stat_cache("ds000002") == {"a.txt": ROW_A}
+    assert two.dataset_by("id", "ds000002").cache_tree == TREE
+
+
+def test_forget_unstored_drops_rows_naming_dead_objects(two: Index) -> None:
+    two.put_stat_rows("ds000001", [("a.txt", ROW_A), ("b", ROW_B)])
+    two.put_stat_rows("ds000002", [("c", ROW_A)])
+    for ds in ("ds000001", "ds000002"):
+        two.update_dataset(ds, cache_tree=TREE)
+    two.forget_unstored({h("a"), h("other")})
+    assert two.stat_cache("ds000001") == {"a.txt": ROW_A}
+    assert two.stat_cache("ds000002") == {"c": ROW_A}
+    assert [d.cache_tree for d in two.datasets()] == [None, None]
+    two.update_dataset("ds000001", cache_tree=TREE)
+    two.forget_unstored({h("a")})                    # nothing to drop: nothing withdrawn
+    assert two.dataset_by("id", "ds000001").cache_tree == TREE
+
+
+# ---- packs: where an object lives --------------------------------------------------------------
+
+def entries(tag: str, n: int, start: int = 8) -> list[PackEntry]:
+    out, offset = [], start
+    for i in range(n):
+        out.append(PackEntry(h(f"{tag}{i}"), offset, 10 + i % 5, i % 3))
+        offset += 10 + i % 5
+    return out
+
+
+def test_add_pack_then_locate_its_objects(index: Index) -> None:
+    p1, p2 = h("pack1"), h("pack2")
+    e1, e2 = entries("a", 3), entries("b", 2)
+    index.add_pack(p1, 1000, e1)
+    index.add_pack(p2, 500, e2)
+    assert index.packs() == {p1: (1000, 3), p2: (500, 2)}
+    for pack, es in ((p1, e1), (p2, e2)):
+        for e in es:
+            assert index.locate(e.oid) == (pack, e.offset, e.length)
+        assert index.pack_objects(pack) == [(e.oid, e.offset, e.length, e.kind) for e in es]
+    assert index.locate(h("nothing")) is None
+    assert index.locate_many([e1[0].oid, h("nothing"), e2[1].oid]) == {
+        e1[0].oid: (p1, e1[0].offset, e1[0].length), e2[1].oid: (p2, e2[1].offset, e2[1].length)}
+    assert sorted(index.packed_oids()) == sorted(
+        [(e.oid, p1, e.kind) for e in e1] + [(e.oid, p2, e.kind) for e in e2])
+
+
+def test_locate_many_beyond_one_sql_batch(index: Index) -> None:
+    es = entries("x", 1234)
+    index.add_pack(h("big"), 99, es)
+    found = index.locate_many([e.oid for e in es] + [h("absent")])
+    assert len(found) == 1234
+    assert all(found[e.oid] == (h("big"), e.offset, e.length) for e in es)
+    assert index.locate_many([]) == {}
+
+
+def test_an_object_in_two_packs_keeps_its_first_location(index: Index) -> None:
+    shared = PackEntry(h("shared"), 8, 6, KIND_BLOB)
+    index.add_pack(h("p1"), 100, [shared])
+    index.add_pack(h("p2"), 200, [PackEntry(h("shared"), 20, 6, KIND_BLOB),
+                                  PackEntry(h("own"), 26, 3, KIND_TREE)])
+    assert index.locate(h("shared")) == (h("p1"), 8, 6)
+    assert index.packs()[h("p2")] == (200, 2)
+    assert index.pack_objects(h("p2")) == [(h("own"), 26, 3, KIND_TREE)]
+    index.add_pack(h("p1"), 999, [])                 # recording a pack again changes nothing
+    assert index.packs()[h("p1")] == (100, 1)
+    index.delete_pack(h("p1"))
+    assert index.locate(h("shared")) is None and h("p1") not in index.packs()
+    assert index.locate(h("own")) == (h("p2"), 26, 3)
+
+
+def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    ObjectStore.create_layout(root)
+    (tmp_path / "tmp").mkdir()
+    store = ObjectStore(root, index, tmp_path / "tmp")
+    items = [(KIND_BLOB, b"one"), (KIND_BLOB, b""), (KIND_TREE, b'{"entries":[]}'),
+             (KIND_VERSION, b'{"v":1}')]
+    ingest = Ingest(store)
+    for kind, data in items:
+        ingest.add(h(data), kind, data)
+    packs = ingest.finish()
+    with index.transaction():
+        index.add_packs(packs)
+    (info,) = packs
+    assert index.packs() == {info.id: (store.pack_path(info.id).stat().st_size, 4)}
+    assert {oid: kind for oid, _, kind in index.packed_oids()} == {h(d): k for k, d in items}
+    for kind, data in items:
+        assert store.read(h(data)) == data
+    # A second write of the same objects finds them through the index: no new pack.
+    again = Ingest(store)
+    for kind, data in items:
+        again.add(h(data), kind, data)
+    assert again.finish() == []
+    store.close()
+
+
+# ---- imports ------------------------------------------------------------------------------------
+
+def test_imported_sources(index: Index) -> None:
+    index.add_imported([("s3://b/a", h("a"), 1), ("s3://b/b", h("b"), 2)])
+    index.add_imported([("s3://b/a", h("a2"), 3)])
+    assert index.imported(["s3://b/a", "s3://b/b", "s3://b/c"]) == {
+        "s3://b/a": (h("a2"), 3), "s3://b/b": (h("b"), 2)}
+    assert index.imported([]) == {}
+
+
+# ---- remotes ------------------------------------------------------------------------------------
+
+def remote_row(name: str, kind: str = "origin", **kw) -> dict:
+    row = {"name": name, "url": f"s3://bucket/{name}", "kind": kind, "endpoint_url": None,
+           "profile": None, "ttl": None, "max_size": None, "write_through": 0,
+           "is_default": 0, "created": 1.0}
+    row.update(kw)
+    return row
+
+
+def test_remotes_add_list_default_and_delete(index: Index) -> None:
+    index.add_remote(remote_row("origin"))
+    index.add_remote(remote_row("backup"))
+    index.add_remote(remote_row("cache", "cache", url="/mnt/cache", ttl=604800.0,
+                                max_size=10 ** 12, write_through=1))
+    assert [r["name"] for r in index.remotes()] == ["backup", "cache", "origin"]
+    assert index.remotes()[1] == remote_row("cache", "cache", url="/mnt/cache", ttl=604800.0,
+                                            max_size=10 ** 12, write_through=1)
+    index.set_default_remote("origin")
+    assert {r["name"]: r["is_default"] for r in index.remotes()} == \
+        {"backup": 0, "cache": 0, "origin": 1}
+    index.set_default_remote("backup")               # one default at a time
+    assert {r["name"]: r["is_default"] for r in index.remotes()} == \
+        {"backup": 1, "cache": 0, "origin": 0}
+    index.set_default_remote("cache")                # a cache is never the default
+    assert [r["is_default"] for r in index.remotes()] == [0, 0, 0]
+    with pytest.raises(sqlite3.IntegrityError):
+        index.add_remote(remote_row("origin"))
+    with pytest.raises(sqlite3.IntegrityError):
+        index.add_remote(remote_row("nourl", url=None))
+
+
+def test_remote_packs_objects_and_loose(index: Index) -> None:
+    a, b = h("remote pack a"), h("remote pack b")
+    ea, eb = entries("ra", 4), entries("rb", 2)
+    index.add_remote_pack("origin", a, 4000, ea)
+    index.add_remote_pack("origin", b, 2000, eb)
+    index.add_remote_pack("backup", a, 4000, ea[:1])
+    assert index.remote_packs("origin") == {a: 4000, b: 2000}
+    assert index.remote_packs("backup") == {a: 4000}
+    assert index.remote_pack_counts("origin") == {a: 4, b: 2}
+    assert index.remote_locate_many("origin", [ea[2].oid, eb[0].oid, h("x")]) == {
+        ea[2].oid: (a, ea[2].offset, ea[2].length), eb[0].oid: (b, eb[0].offset, eb[0].length)}
+    assert index.remote_locate_many("backup", [ea[2].oid]) == {}
+    assert sorted(index.remote_objects_of_kind("origin", KIND_TREE)) == sorted(
+        (e.oid, p, e.offset, e.length) for p, es in ((a, ea), (b, eb)) for e in es
+        if e.kind == KIND_TREE)
+    # Local packs are a different table.
+    assert index.locate(ea[0].oid) is None
+    index.forget_remote_pack("origin", a)
+    assert index.remote_packs("origin") == {b: 2000}
+    assert index.remote_pack_counts("origin") == {b: 2}
+    assert index.remote_locate_many("backup", [ea[0].oid]) == {ea[0].oid: (a, 8, 10)}
+
+    index.add_remote_loose("origin", [h("big1"), h("big2"), h("big1")])
+    assert index.remote_loose("origin", [h("big1"), h("big3")]) == {h("big1")}
+    assert index.remote_loose("backup", [h("big1")]) == set()
+    index.forget_remote_loose("origin")
+    assert index.remote_loose("origin", [h("big1"), h("big2")]) == set()
+
+
+def test_remote_refs_set_replace_and_drop(index: Index) -> None:
+    index.set_remote_ref("origin", "ds000001", "latest", "c000000001", h("r1"), '"etag1"')
+    index.set_remote_ref("origin", "ds000001", "tags/v1", "c000000001", h("r1"), None)
+    index.set_remote_ref("origin", "ds000000", "latest", "c000000009", h("r9"), "e9")
+    index.set_remote_ref("backup", "ds000001", "latest", "c000000000", h("r0"), None)
+    index.set_remote_ref("origin", "ds000001", "latest", "c000000002", h("r2"), '"etag2"')
+    assert index.remote_refs("origin") == [
+        ("ds000000", "latest", "c000000009", h("r9"), "e9"),
+        ("ds000001", "latest", "c000000002", h("r2"), '"etag2"'),
+        ("ds000001", "tags/v1", "c000000001", h("r1"), None)]
+    index.drop_remote_ref("origin", "ds000001", "tags/v1")
+    assert [r[:2] for r in index.remote_refs("origin")] == [("ds000000", "latest"),
+                                                           ("ds000001", "latest")]
+    assert index.remote_refs("backup") == [("ds000001", "latest", "c000000000", h("r0"), None)]
+
+
+def test_delete_remote_forgets_what_it_held_but_keeps_promises(index: Index) -> None:
+    index.add_remote(remote_row("origin"))
+    index.add_remote(remote_row("backup"))
+    for name in ("origin", "backup"):
+        index.add_remote_pack(name, h("p"), 10, entries("o", 1))
+        index.add_remote_loose(name, [h("l")])
+        index.set_remote_ref(name, "ds000001", "latest", "c000000001", h("r"), None)
+    index.add_promised("c000000001", "origin")
+    index.delete_remote("origin")
+    assert [r["name"] for r in index.remotes()] == ["backup"]
+    assert index.remote_packs("origin") == {} and index.remote_refs("origin") == []
+    assert index.remote_loose("origin", [h("l")]) == set()
+    assert index.remote_locate_many("origin", [h("o0")]) == {}
+    assert index.promised() == {"c000000001": "origin"}
+    assert index.remote_packs("backup") == {h("p"): 10}
+    assert index.remote_loose("backup", [h("l")]) == {h("l")}
+
+
+def test_promised_versions(index: Index) -> None:
+    index.add_promised("c000000001", "origin")
+    index.add_promised("c000000001", "backup")        # the first remote stays
+    index.add_promised("c000000002", "backup")
+    assert index.promised() == {"c000000001": "origin", "c000000002": "backup"}
+    index.drop_promised(["c000000001", "c000000009"])
+    assert index.promised() == {"c000000002": "backup"}
+
+
+# ---- checkout journal ---------------------------------------------------------------------------
+
+def test_checkout_journal(index: Index) -> None:
+    index.begin_checkout("/tmp/a", "c000000001")
+    assert index.checkout_journal("/tmp/a") == "c000000001"
+    assert index.placed_version("/tmp/a") is None
+    index.end_checkout("/tmp/a", "c000000001")
+    assert index.checkout_journal("/tmp/a") is None
+    assert index.placed_version("/tmp/a") == "c000000001"
+    index.begin_checkout("/tmp/a", "c000000002")      # a new checkout reopens the journal
+    assert index.checkout_journal("/tmp/a") == "c000000002"
+    assert index.placed_version("/tmp/a") is None
+    index.end_checkout("/tmp/a", None)                 # not whole: nothing remembered
+    assert index.checkout_journal("/tmp/a") is None and index.placed_version("/tmp/a") is None
+
+
+# ---- transactions -------------------------------------------------------------------------------
+
+def test_transaction_commits_and_rolls_back(index: Index, db: Path) -> None:
+    with index.transaction():
+        index.insert_dataset(dataset())
+    with pytest.raises(RuntimeError):
+        with index.transaction():
+            index.insert_dataset(dataset("ds000002", "cifar", None))
+            with index.transaction():                      # nested: joins the outer one
+                index.insert_dataset(dataset("ds000003", "svhn", None))
+            raise RuntimeError("boom")
+    assert [d.id for d in index.datasets()] == ["ds000001"]
+    assert not index.conn.in_transaction
+    # Nested inner failure also undoes the outer work.
+    with pytest.raises(sqlite3.IntegrityError):
+        with index.transaction():
+            index.insert_dataset(dataset("ds000004", "x", None))
+            with index.transaction():
+                index.insert_dataset(dataset("ds000005", "x", None))
+    assert [d.id for d in index.datasets()] == ["ds000001"]
+    # Index usable afterwards.
+    with index.transaction():
+        index.insert_dataset(dataset("ds000006", "y", None))
+    assert len(index.datasets()) == 2
+
+
+def test_another_connection_sees_only_committed_transactions(index: Index, db: Path) -> None:
+    other = Index(db)
+    try:
+        with index.transaction():
+            index.insert_dataset(dataset())
+            assert index.dataset_by("id", "ds000001") is not None
+            assert other.dataset_by("id", "ds000001") is None      # WAL: readers see before
+        assert other.dataset_by("id", "ds000001") == dataset()
+    finally:
+        other.close()
+
+
+def test_rolled_back_shows_tentative_rows_then_undoes_them(two: Index) -> None:
+    with two.rolled_back():
+        two.insert_version(version("v000000001"))
+        two.update_dataset("ds000001", name="renamed")
+        assert two.version("v000000001") is not None
+        assert two.dataset_by("name", "renamed") is not None
+    assert two.version("v000000001") is None and two.dataset_by("name", "mnist") is not None
+    with two.transaction():                                         # inside a transaction too
+        two.insert_version(version("v000000002"))
+        with two.rolled_back():
+            two.delete_version("v000000002")
+            assert two.version("v000000002") is None
+    assert two.version("v000000002") is not None
+
+
+# ---- what SQLite's failures mean ---------------------------------------------------------------
+
+def test_a_file_that_is_not_a_database(db: Path) -> None:
+    db.write_bytes(b"this is no SQLite file" * 200)
+    with pytest.raises(sqlite3.DatabaseError) as info:
+        idx = Index(db)
+        idx.datasets()
+    err = index_error(info.value, db)
+    assert type(err) is IndexDamaged
+    assert err.message.startswith(f"the index {db} is damaged (")
+    assert "not a database" in err.message
+    assert "dsv index rebuild" in err.hint
+
+
+def test_damaged_pages_of_an_index(db: Path, index: Index) -> None:
+    with index.transaction():
+        for i in range(400):
+            index.insert_dataset(dataset(f"d{i:07d}", f"name-{i}", f"dir/{i}",
+                                         description="x" * 100))
+    index.close()
+    size = db.stat().st_size
+    assert size > 4 * 4096
+    with open(db, "r+b") as f:
+        f.seek(4096)
+        f.write(bytes(range(256)) * ((size - 4096) // 256))
+    with pytest.raises(sqlite3.DatabaseError) as info:
+        idx = Index(db)
+        try:
+            idx.datasets()
+        finally:
+            idx.close()
+    err = index_error(info.value, db)
+    assert type(err) is IndexDamaged and "is damaged" in err.message
+    assert "dsv index rebuild" in err.hint
+
+
+def test_an_index_held_by_another_writer_is_busy(index: Index, db: Path) -> None:
+    index.conn.execute("BEGIN IMMEDIATE")
+    other = Index(db)
+    other.conn.execute("PRAGMA busy_timeout=0")
+    try:
+        with pytest.raises(sqlite3.OperationalError) as info:
+            with other.transaction():
+                other.insert_dataset(dataset())
+        err = index_error(info.value, db)
+        assert type(err) is IndexBusy and isinstance(err, StoreLocked)
+        assert err.message.startswith(f"the index {db} is held by another process (")
+        assert "wait for it" in err.hint
+        assert not other.conn.in_transaction
+    finally:
+        other.close()
+        index.conn.execute("ROLLBACK")
+
+
+def test_an_index_that_cannot_be_opened(tmp_path: Path) -> None:
+    path = tmp_path / "no such directory" / "index.db"
+    with pytest.raises(sqlite3.OperationalError) as info:
+        Index(path)
+    err = index_error(info.value, path)
+    assert type(err) is IndexUnwritable
+    assert err.message.startswith(f"cannot open the index {path} (")
+    assert str(path.parent) in err.hint
+
+
+def test_a_constraint_failure_is_not_the_users_doing(two: Index, db: Path) -> None:
+    with pytest.raises(sqlite3.IntegrityError) as info:
+        two.insert_dataset(dataset())
+    assert index_error(info.value, db) is None
+
+
+READ_ONLY_PROBE = textwrap.dedent("""
+    import json, resource, sqlite3, sys
+    from dsv import Dataset
+    from dsv.index import Index, index_error
+    path = sys.argv[1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))   # every write fails: EFBIG
+    idx = Index(path)
+    out = {"read_only": idx.read_only, "schema": idx.schema_version(),
+           "names": [d.name for d in idx.datasets()],
+           "version": idx.version("c000000001").message, "tag": idx.tag("ds000001", "v1")}
+    # Caches are skipped, not failed, on an index that cannot be written.
+    idx.put_stat_rows("ds000001", [("new.txt", (1, 2, 3, 420, "0" * 64, 4))])
+    idx.update_dataset("ds000001", cache_tree="1" * 64)
+    idx.checkpoint()
+    try:
+        with idx.transaction():
+            idx.insert_dataset(Dataset(id="ds000009", name="new", path=None, description=None,
+                                       created=1.0, latest=None, head=None, cache_tree=None))
+        out["write"] = "succeeded"
+    except sqlite3.Error as exc:
+        err = index_error(exc, path)
+        out["write"] = [type(err).__name__, err.message, err.hint]
+    print(json.dumps(out))
+""")
+
+
+def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: Index) -> None:
+    index.insert_dataset(dataset())
+    index.insert_version(committed("c000000001", 100.0, message="first"))
+    index.set_tag("ds000001", "v1", "c000000001")
+    index.put_stat_rows("ds000001", [("a.txt", ROW_A)])
+    index.close()                      # no connection here keeps -shm in place
+    assert not Path(f"{db}-shm").exists()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([sys.executable, "-c", READ_ONLY_PROBE, str(db)], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["read_only"] is True
+    assert (out["schema"], out["names"], out["version"], out["tag"]) == \
+        (3, ["mnist"], "first", "c000000001")
+    kind, message, hint = out["write"]
+    assert kind == "IndexUnwritable"
+    assert message.startswith(f"cannot write the index {db}: the file-size limit")
+    assert "ulimit -f" in hint
+    # Nothing changed.
+    again = Index(db)
+    try:
+        assert [d.id for d in again.datasets()] == ["ds000001"]
+        assert again.stat_cache("ds000001") == {"a.txt": ROW_A}
+        assert again.dataset_by("id", "ds000001").cache_tree is None
+    finally:
+        again.close()
