@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import refs, tree
 from .errors import DsvError, InvalidInput, UnsafePath
+from .faults import crashpoint
+from .hashing import hash_bytes
 from .model import ImportCheckReport, Version
 from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
@@ -155,8 +157,8 @@ def _download_batch(store: "Store", client: Any, bucket: str, batch: list[s3.S3O
                 md5.update(data)
                 _check(obj, len(data), md5)
                 return obj, data, None, len(data)
-            oid, size = store.objects.add_large_stream(iter(lambda: body.read(_CHUNK), b""),
-                                                       md5.update)
+            oid, size = ingest.add_large_stream(iter(lambda: body.read(_CHUNK), b""),
+                                                md5.update)
         except DsvError:
             raise
         except Exception as exc:
@@ -164,25 +166,20 @@ def _download_batch(store: "Store", client: Any, bucket: str, batch: list[s3.S3O
         _check(obj, size, md5)
         return obj, None, oid, size
 
-    ingest = Ingest(store.objects)
     rows: list[tuple[str, str, int]] = []
-    try:
+    with Ingest(store.objects) as ingest:
         for obj, data, oid, size in pool.map(fetch, batch):
             if data is not None:
-                from .hashing import hash_bytes
                 oid = hash_bytes(data)
                 ingest.add(oid, KIND_BLOB, data)
             assert oid is not None
             rows.append((_source_key(bucket, obj), oid, size))
             advance(1, size)
-        packs = ingest.finish()
-    except BaseException:
-        ingest.abort()
-        raise
-    with store.locked("import"):
-        with store.index.transaction():
-            store.index.add_packs(packs)
-            store.index.add_imported(rows)
+        # Staged objects are this process's until published: gc cannot take them.
+        crashpoint("import:objects-staged")
+        with store.locked("import"):
+            store.core.commit_objects(ingest, lambda: store.index.add_imported(rows))
+    crashpoint("import:batch-recorded")
 
 
 def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:

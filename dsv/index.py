@@ -429,6 +429,10 @@ class Index:
         return {source: (oid, size) for source, oid, size in self._rows_in(
             "SELECT source, oid, size FROM imported WHERE source IN ({marks})", sources)}
 
+    def imported_oids(self) -> set[str]:
+        """Every object an import downloaded (a version may not reach it yet)."""
+        return {oid for (oid,) in self.conn.execute("SELECT oid FROM imported")}
+
     def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
         self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
                               "VALUES (?,?,?)", rows)

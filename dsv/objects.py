@@ -4,10 +4,18 @@ Owns `.dsv/objects/`: small objects (file contents under PACK_THRESHOLD, trees, 
 records) appended to pack files, large file contents as loose read-only files, every
 one named by its blake3 hash and written atomically. Where a packed object lives is
 asked of an `ObjectLocator` (the index); this module never imports the index.
+
+New objects are written by an `Ingest` into this process's staging directory
+(`.dsv/tmp/stage-<id>/`, flock'd while the process lives, so no other process removes
+it) and become part of the store only when `Ingest.publish` renames them into
+`objects/`, which core.Core.commit_objects does under the store lock, right before the
+index records them. So `gc`, which runs under that lock, never sees a published object
+the index has not learned of, except after a crash.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import struct
@@ -82,10 +90,10 @@ class PackWriter:
 
     def __init__(self, store: "ObjectStore") -> None:
         self._store = store
-        self._tmp = fileio.tmp_name(store.tmp_dir)
+        self.tmp = fileio.tmp_name(store.tmp_dir)
         # O_DIRECT through an aligned buffer: a commit writes its packs at disk speed
         # without first filling the page cache (costly kernel time on the target VMs).
-        self._file = fileio.DirectWriter(self._tmp, 0o644)
+        self._file = fileio.DirectWriter(self.tmp, 0o644)
         self._file.write(PACK_MAGIC)
         self._offset = len(PACK_MAGIC)
         self.entries: list[PackEntry] = []
@@ -104,7 +112,8 @@ class PackWriter:
         self._offset += len(data)
 
     def finish(self) -> PackInfo | None:
-        """Seal the pack; returns None (and leaves nothing behind) when it is empty."""
+        """Seal the pack (fsynced, still under its temp name `tmp`); returns None (and
+        leaves nothing behind) when it is empty."""
         if not self.entries:
             self.abort()
             return None
@@ -114,15 +123,13 @@ class PackWriter:
         for part in (table, trailer):
             self._file.write(part)
         size = self._file.finish()
-        pack_id = pack_id_of(table, trailer)
-        os.chmod(self._tmp, 0o444)
-        fileio.publish(self._tmp, str(self._store.pack_path(pack_id)))
-        return PackInfo(pack_id, size, self.entries)
+        os.chmod(self.tmp, 0o444)
+        return PackInfo(pack_id_of(table, trailer), size, self.entries)
 
     def abort(self) -> None:
         self._file.close()
         try:
-            os.unlink(self._tmp)
+            os.unlink(self.tmp)
         except FileNotFoundError:
             pass
 
@@ -136,10 +143,12 @@ class ObjectStore:
         self.loose_dir = self.root / "loose"
         self.pack_dir = self.root / "packs"
         self.links_dir = self.root / "links"
-        self.tmp_dir = Path(tmp_dir)
+        self.tmp_root = Path(tmp_dir)
         self._locator = locator
         self._pack_fds: dict[str, int] = {}
         self._fd_lock = threading.Lock()
+        self._stage: Path | None = None
+        self._stage_fd: int | None = None
 
     @classmethod
     def create_layout(cls, root: Path) -> None:
@@ -150,6 +159,27 @@ class ObjectStore:
         for fd in self._pack_fds.values():
             os.close(fd)
         self._pack_fds.clear()
+        if self._stage_fd is not None:
+            # Anything still staged was never published: it goes with the directory.
+            _remove_stage(self._stage_fd, str(self._stage))
+            os.close(self._stage_fd)
+            self._stage, self._stage_fd = None, None
+
+    @property
+    def staging_dir(self) -> Path | None:
+        """The staging directory, if this process made one yet."""
+        return self._stage
+
+    @property
+    def tmp_dir(self) -> Path:
+        """This process's staging directory, made on first use and flock'd until `close`:
+        temp files and staged objects live here, out of reach of other processes'
+        clean-up (`remove_dead_stages`)."""
+        if self._stage is None:
+            with self._fd_lock:
+                if self._stage is None:
+                    self._stage_fd, self._stage = _make_stage(self.tmp_root)
+        return self._stage
 
     # ---- where things live -------------------------------------------------------
     def loose_path(self, oid: str) -> Path:
@@ -216,9 +246,10 @@ class ObjectStore:
     def new_pack(self) -> PackWriter:
         return PackWriter(self)
 
-    def add_large_file(self, src: str | os.PathLike[str],
-                       expect: str | None = None) -> tuple[str, int]:
-        """Store a large file as a loose object; returns (id, size) of the bytes stored.
+    def stage_large_file(self, src: str | os.PathLike[str],
+                         expect: str | None = None) -> tuple[str, int, str | None]:
+        """Stage a large file as a loose object: (id, size, staged path) of the bytes
+        copied (the path is None when the store already holds that object).
 
         One pass: the bytes are hashed as they are copied, so the object's name is the
         hash of exactly what was written, even if the source changes meanwhile. With
@@ -229,19 +260,20 @@ class ObjectStore:
         try:
             if not stat.S_ISREG(os.fstat(src_fd).st_mode):
                 raise InvalidInput(f"{src} is not a regular file")
-            return self.add_large_fd(src_fd, expect)
+            return self.stage_large_fd(src_fd, expect)
         finally:
             os.close(src_fd)
 
-    def add_large_fd(self, src_fd: int, expect: str | None = None) -> tuple[str, int]:
-        """`add_large_file` from a file the caller opened (and checked) itself."""
-        return self._add_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
-                               expect)
+    def stage_large_fd(self, src_fd: int, expect: str | None = None
+                       ) -> tuple[str, int, str | None]:
+        """`stage_large_file` from a file the caller opened (and checked) itself."""
+        return self._stage_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
+                                 expect)
 
-    def add_large_stream(self, chunks: Iterable[bytes],
-                         observe: Callable[[bytes], None] | None = None,
-                         expect: str | None = None) -> tuple[str, int]:
-        """Store bytes arriving in pieces (a download) as a loose object: (id, size).
+    def stage_large_stream(self, chunks: Iterable[bytes],
+                           observe: Callable[[bytes], None] | None = None,
+                           expect: str | None = None) -> tuple[str, int, str | None]:
+        """Stage bytes arriving in pieces (a download) as a loose object.
         `observe` sees every piece too (an MD5 to compare with an ETag). With `expect`,
         bytes that do not hash to it are dropped and CorruptObject raised."""
         def fill(writer: fileio.DirectWriter, hash_update: Callable) -> int:
@@ -251,12 +283,13 @@ class ObjectStore:
                     observe(chunk)
                 writer.write(chunk)
             return 0
-        return self._add_loose(fill, expect)
+        return self._stage_loose(fill, expect)
 
-    def _add_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int],
-                   expect: str | None = None) -> tuple[str, int]:
-        """Write a loose object through `fill(writer, hasher.update)`, fsync it, and
-        publish it under the hash of what was written (once: an existing copy wins)."""
+    def _stage_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int],
+                     expect: str | None = None) -> tuple[str, int, str | None]:
+        """Write a loose object through `fill(writer, hasher.update)` and fsync it, named
+        by the hash of what was written: (id, size, staged path, or None when the store
+        holds that object already)."""
         tmp = fileio.tmp_name(self.tmp_dir)
         hasher = new_hasher(threads=True)
         writer = fileio.DirectWriter(tmp, 0o444)
@@ -273,13 +306,23 @@ class ObjectStore:
             raise CorruptObject(f"object {expect[:12]} arrived corrupt: its bytes hash to "
                                 f"{oid[:12]}", hint="nothing corrupt was stored; the source "
                                                     "holds damaged data")
+        if self.loose_path(oid).exists():
+            os.unlink(tmp)
+            return oid, size, None
+        return oid, size, tmp
+
+    def publish_loose(self, oid: str, staged: str) -> None:
+        """Move a staged loose object into place (an existing copy wins)."""
         dest = self.loose_path(oid)
         if dest.exists():
-            os.unlink(tmp)
-        else:
-            dest.parent.mkdir(exist_ok=True)
-            fileio.publish(tmp, str(dest))
-        return oid, size
+            fileio.unlink_quietly(staged)
+            return
+        dest.parent.mkdir(exist_ok=True)
+        fileio.publish(staged, str(dest))
+
+    def publish_pack(self, pack: PackInfo, staged: str) -> None:
+        """Move a sealed pack into place under its id."""
+        fileio.publish(staged, str(self.pack_path(pack.id)))
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
                  twin: str | None = None) -> int:
@@ -483,12 +526,15 @@ def encode_pack(objects: Iterable[tuple[str, int, bytes | memoryview]]
 
 
 class Ingest:
-    """Collects new small objects into packs (rolling at PACK_TARGET_SIZE) during one write.
+    """The new objects of one write: small ones into packs (rolling at PACK_TARGET_SIZE),
+    large ones as loose files, all staged until `publish`.
 
-    Objects are staged and checked against the index in batches (one query per few
-    hundred objects, not one each). Nothing written is visible to readers until the
-    caller records `finish()`'s packs in the index; if the process dies first, the packs
-    are unreferenced and `gc` removes them.
+    Use it as a context manager: leaving the block without publishing (an error, or
+    nothing worth keeping) removes everything it staged. Small objects are checked
+    against the index in batches (one query per few hundred objects, not one each).
+    Staged objects are invisible to readers and safe from other processes' clean-up;
+    `publish` (called by core.Core.commit_objects, under the store lock) renames them into
+    `objects/`, after which the caller records the packs in the index at once.
     """
 
     _BATCH_OBJECTS = 512
@@ -497,11 +543,22 @@ class Ingest:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._writer: PackWriter | None = None
-        self.packs: list[PackInfo] = []
+        self._packs: list[tuple[PackInfo, str]] = []
+        self._loose: list[tuple[str, str]] = []
+        self._loose_lock = threading.Lock()
         self._pending: set[str] = set()
         self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
         self._staged_bytes = 0
+        self._done = False
 
+    def __enter__(self) -> "Ingest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:
+            self.abort()
+
+    # ---- adding ---------------------------------------------------------------------
     def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Store `data` as `oid` (a small object, bound for a pack) unless already stored."""
         if oid in self._pending or oid in self._staged:
@@ -514,6 +571,31 @@ class Ingest:
     def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Write an object the caller knows the store lacks (gc's repacking)."""
         self._write(oid, kind, data)
+
+    def add_large_file(self, src: str | os.PathLike[str],
+                       expect: str | None = None) -> tuple[str, int]:
+        """Stage a large file as a loose object; (id, size) of the bytes copied. One pass:
+        the bytes are hashed as they are copied, so the name is the hash of exactly what
+        was written, even if the source changes meanwhile."""
+        return self._keep(*self.store.stage_large_file(src, expect))
+
+    def add_large_fd(self, src_fd: int, expect: str | None = None) -> tuple[str, int]:
+        """`add_large_file` from a file the caller opened (and checked) itself."""
+        return self._keep(*self.store.stage_large_fd(src_fd, expect))
+
+    def add_large_stream(self, chunks: Iterable[bytes],
+                         observe: Callable[[bytes], None] | None = None,
+                         expect: str | None = None) -> tuple[str, int]:
+        """Stage bytes arriving in pieces (a download) as a loose object: (id, size).
+        `observe` sees every piece too (an MD5 to compare with an ETag). With `expect`,
+        bytes that do not hash to it are dropped and CorruptObject raised."""
+        return self._keep(*self.store.stage_large_stream(chunks, observe, expect))
+
+    def _keep(self, oid: str, size: int, staged: str | None) -> tuple[str, int]:
+        if staged is not None:
+            with self._loose_lock:  # large files are staged from several threads
+                self._loose.append((oid, staged))
+        return oid, size
 
     def _flush_staged(self) -> None:
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
@@ -532,18 +614,123 @@ class Ingest:
 
     def _seal(self) -> None:
         if self._writer is not None:
-            info = self._writer.finish()
+            writer, self._writer = self._writer, None
+            info = writer.finish()
             if info is not None:
-                self.packs.append(info)
-            self._writer = None
+                self._packs.append((info, writer.tmp))
 
-    def finish(self) -> list[PackInfo]:
+    # ---- ending -----------------------------------------------------------------------
+    def publish(self) -> list[PackInfo]:
+        """Seal the last pack and move every staged object into `objects/`; returns the
+        packs, which the caller must record in the index right away (under the store
+        lock: see core.Core.commit_objects)."""
         self._flush_staged()
         self._seal()
-        return self.packs
+        for oid, staged in self._loose:
+            self.store.publish_loose(oid, staged)
+        for info, staged in self._packs:
+            self.store.publish_pack(info, staged)
+        self._done = True
+        return [info for info, _staged in self._packs]
 
     def abort(self) -> None:
+        """Drop everything staged (nothing of it was ever visible)."""
         self._staged.clear()
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+        for _oid, staged in self._loose:
+            fileio.unlink_quietly(staged)
+        for _info, staged in self._packs:
+            fileio.unlink_quietly(staged)
+        self._loose.clear()
+        self._packs.clear()
+        self._done = True
+
+
+# ---- staging directories ----------------------------------------------------------------
+
+STAGE_PREFIX = "stage-"
+
+
+def _make_stage(tmp_root: Path) -> tuple[int, Path]:
+    """A new staging directory under `tmp_root`, flock'd: (its fd, its path)."""
+    tmp_root.mkdir(exist_ok=True)
+    while True:
+        path = tmp_root / f"{STAGE_PREFIX}{os.urandom(8).hex()}"
+        try:
+            os.mkdir(path, 0o755)
+            break
+        except FileExistsError:
+            continue
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, path
+
+
+def _remove_stage(fd: int, path: str) -> None:
+    """Empty and remove a staging directory whose flock `fd` holds."""
+    for name in os.listdir(fd):
+        try:
+            os.unlink(name, dir_fd=fd)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass  # dsv puts only files here; anything else is left, and so is the directory
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def remove_dead_stages(tmp_root: str | os.PathLike[str]) -> int:
+    """Remove the staging directories of processes that are gone (their flock is free);
+    returns how many. Live writers' directories are left alone."""
+    removed = 0
+    try:
+        names = os.listdir(tmp_root)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        path = os.path.join(tmp_root, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a directory dsv made
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live writer's
+        try:
+            _remove_stage(fd, path)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def live_stages(tmp_root: str | os.PathLike[str], own: Path | None) -> int:
+    """How many staging directories other than `own` belong to live processes (writers
+    that may hold objects the index names but no version reaches yet: an import between
+    its batches)."""
+    count = 0
+    try:
+        names = os.listdir(tmp_root)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(tmp_root, name)
+        if not name.startswith(STAGE_PREFIX) or (own is not None and path == str(own)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            count += 1
+        finally:
+            os.close(fd)
+    return count

@@ -14,22 +14,22 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import fileio, refs, tree, worktree
 from .errors import (CorruptObject, DatasetExists, DatasetNotFound, DirtyWorktree, DsvError,
                      InvalidInput, NothingToCommit, RefError, StoreExists,
-                     StoreNotFound, TagExists, UnsafePath, VersionImmutable, VersionInUse)
+                     TagExists, UnsafePath, VersionImmutable, VersionInUse)
 from .faults import crashpoint
-from .hashing import hash_bytes, random_id
-from .index import SCHEMA_VERSION, Index
+from .hashing import hash_bytes
+from .index import Index
 from .model import (COMMITTED, DRAFT, Changes, CheckoutReport, Dataset, FileRow, GcReport,
                     RebuildReport, StatRow, StatusReport, Version, VerifyReport)
+from .core import Core, create_layout, find_store
 from .lock import StoreLock
-from .objects import KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
+from .objects import KIND_VERSION, PACK_THRESHOLD, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import (ancestors, check_relpath, is_reserved, is_under, mode_class,
                     normalize_user_path)
@@ -67,28 +67,6 @@ def dataset_name_for(directory: Path) -> str:
     return cleaned if cleaned and refs.is_valid_name(cleaned) else "data"
 
 
-def find_store(start: Path, exact: bool = False) -> Path:
-    """The workspace root: the nearest directory at or above `start` holding `.dsv/`
-    (with `exact`, `start` itself must be the workspace or its `.dsv/`)."""
-    if exact:
-        return _store_root_from(start)
-    here = start.resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / DSV_DIR / "config.json").is_file():
-            return candidate
-    raise StoreNotFound(f"no dsv store in {here} or any parent directory",
-                        hint="create one with `dsv init`")
-
-
-def _store_root_from(path: Path) -> Path:
-    path = path.resolve()
-    if path.name == DSV_DIR and (path / "config.json").is_file():
-        return path.parent
-    if (path / DSV_DIR / "config.json").is_file():
-        return path
-    raise StoreNotFound(f"{path} is not a dsv store", hint="create one with `dsv init`")
-
-
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
@@ -97,25 +75,11 @@ class Store:
     """A dsv store: open one with `dsv.open(path)`, create one with `dsv.init(path)`."""
 
     def __init__(self, root: Path, reporter: Reporter | None = None) -> None:
-        self.root = root.resolve()
-        self.dsv_dir = self.root / DSV_DIR
-        self.tmp_dir = self.dsv_dir / "tmp"
-        self.reporter = reporter or Reporter()
-        _check_format(self.dsv_dir)
-        _check_store_files(self.dsv_dir)
-        if not (self.dsv_dir / "index.db").is_file():
-            raise StoreNotFound(f"{self.dsv_dir} has lost its index",
-                                hint="recreate it from the objects with `dsv index rebuild`")
-        self.index = Index(self.dsv_dir / "index.db")
-        schema = self.index.schema_version()
-        if schema is None:
-            raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
-                                hint="recreate it from the objects with `dsv index rebuild`")
-        if schema < SCHEMA_VERSION:
-            self.index.create_schema()  # idempotent: adds what older stores lack
-        self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_dir)
-        self._lock = StoreLock(self.dsv_dir / "lock")
-        self._trees: dict[str, bytes] = {}
+        self.core = Core(root, reporter)
+        self.root, self.dsv_dir = self.core.root, self.core.dsv_dir
+        self.tmp_dir = self.core.tmp_root
+        self.reporter = self.core.reporter
+        self.index, self.objects = self.core.index, self.core.objects
 
     # ---- opening, creating, closing -------------------------------------------------
     @classmethod
@@ -127,28 +91,14 @@ class Store:
     def init(cls, path: str | os.PathLike[str] = ".", name: str | None = None,
              bind: bool = True, reporter: Reporter | None = None) -> "Store":
         root = Path(path).resolve()
-        dsv_dir = root / DSV_DIR
-        if (dsv_dir / "config.json").exists():
-            raise StoreExists(f"{dsv_dir} already exists")
-        root.mkdir(parents=True, exist_ok=True)
-        dsv_dir.mkdir(exist_ok=True)
-        (dsv_dir / "tmp").mkdir(exist_ok=True)
-        ObjectStore.create_layout(dsv_dir / "objects")
-        index = Index(dsv_dir / "index.db")
-        index.create_schema()
-        index.close()
-        # config.json is written last: a store is only found once it is complete.
-        fileio.atomic_write_bytes(dsv_dir / "config.json", json.dumps(
-            {"format": STORE_FORMAT, "hash": "blake3"}, indent=2).encode() + b"\n")
+        create_layout(root)
         store = cls(root, reporter)
         if bind:
             store.create_dataset(name or dataset_name_for(root), path=root)
         return store
 
     def close(self) -> None:
-        self._lock.release()
-        self.objects.close()
-        self.index.close()
+        self.core.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -156,75 +106,30 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def locked(self, what: str) -> Iterator[None]:
-        """Hold the store lock; the first holder also clears crash leftovers."""
-        first = not self._lock.held
-        self._lock.acquire(what, on_wait=self.reporter.notice)
-        try:
-            if first:
-                fileio.remove_tmp_files(self.tmp_dir)
-            yield
-        finally:
-            self._lock.release()
+    def locked(self, what: str) -> AbstractContextManager[None]:
+        """Hold the store lock (see core.Core.locked)."""
+        return self.core.locked(what)
 
     # ---- datasets ---------------------------------------------------------------------
     def datasets(self) -> list[Dataset]:
         return self.index.datasets()
 
     def dataset(self, key: str) -> Dataset:
-        return refs.find_dataset(self.index, key)
+        return self.core.dataset(key)
 
     def dataset_root(self, ds: Dataset) -> Path:
-        if ds.path is None:
-            raise InvalidInput(f"dataset {ds.name!r} has no working directory",
-                               hint=f"bind one with `dsv datasets update {ds.name} --path DIR`")
-        return self.root if ds.path == "." else self.root / ds.path
+        return self.core.dataset_root(ds)
 
     def dataset_at(self, cwd: str | os.PathLike[str] = ".") -> Dataset | None:
         """The dataset whose working directory holds `cwd` (the deepest one)."""
-        here = Path(cwd).resolve()
-        try:
-            rel = here.relative_to(self.root).as_posix()
-        except ValueError:
-            return None
-        best: Dataset | None = None
-        best_depth = -1
-        for ds in self.index.datasets():
-            if ds.path is None:
-                continue
-            if ds.path == "." or rel == ds.path or rel.startswith(ds.path + "/"):
-                depth = 0 if ds.path == "." else ds.path.count("/") + 1
-                if depth > best_depth:
-                    best, best_depth = ds, depth
-        return best
+        return self.core.dataset_at(cwd)
 
     def pick_dataset(self, key: str | None, cwd: str | os.PathLike[str] = ".") -> Dataset:
         """The dataset named by `key`, else the one of `cwd`, else the only one."""
-        if key:
-            return self.dataset(key)
-        here = self.dataset_at(cwd)
-        if here is not None:
-            return here
-        all_ds = self.index.datasets()
-        if len(all_ds) == 1:
-            return all_ds[0]
-        raise DatasetNotFound("no dataset given and none is bound to this directory",
-                              hint="name one (see `dsv datasets list`), or run inside its "
-                                   "directory")
+        return self.core.pick_dataset(key, cwd)
 
     def _workspace_path(self, path: str | os.PathLike[str]) -> str:
-        absolute = Path(path).resolve()
-        try:
-            rel = absolute.relative_to(self.root).as_posix()
-        except ValueError:
-            raise UnsafePath(f"{path} is outside the workspace {self.root}",
-                             hint="dataset directories must be inside the workspace") from None
-        if rel != "." and any(is_reserved(part) for part in rel.split("/")):
-            raise UnsafePath(f"{path} is inside a store ('.dsv' is reserved for dsv)")
-        if rel != ".":
-            check_relpath(rel)
-        return rel
+        return self.core.workspace_path(path)
 
     def _check_new_name(self, name: str) -> None:
         """A dataset name must be valid, and must not be taken as a name or an id (an
@@ -251,10 +156,7 @@ class Store:
                 if other is not None:
                     raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
                 (self.root / rel).mkdir(parents=True, exist_ok=True)
-            ds_id = random_id(DATASET_ID_LEN)
-            while self.index.dataset_by("id", ds_id) or self.index.dataset_by("name", ds_id):
-                ds_id = random_id(DATASET_ID_LEN)
-            ds = Dataset(id=ds_id, name=name, path=rel, description=description, created=time.time())
+            ds = Dataset(id=self.core.new_dataset_id(), name=name, path=rel, description=description, created=time.time())
             with self.index.transaction():
                 self.index.insert_dataset(ds)
             return ds
@@ -299,22 +201,10 @@ class Store:
     # ---- refs and versions --------------------------------------------------------------
     def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
         """The version a ref names; a bare selector (`:v1`, `v1`) uses the cwd's dataset."""
-        default = self.dataset_at(cwd)
-        if ":" not in ref and default is not None:
-            base = ref.split("~", 1)[0]
-            is_dataset = (self.index.dataset_by("id", base) or self.index.dataset_by("name", base))
-            if not is_dataset:
-                ref = ":" + ref
-        version = refs.resolve(self.index, refs.parse_ref(ref), default)
-        version.tags = self.index.tags_of(version.id)
-        return version
+        return self.core.resolve(ref, cwd)
 
     def version(self, vid: str) -> Version:
-        found = self.index.version(vid)
-        if found is None:
-            raise RefError(f"no version {vid}")
-        found.tags = self.index.tags_of(vid)
-        return found
+        return self.core.version(vid)
 
     def log(self, key: str | None = None, cwd: str | os.PathLike[str] = ".",
             include_drafts: bool = False) -> list[Version]:
@@ -332,36 +222,10 @@ class Store:
         return self.index.versions(ds.id, state)
 
     def manifest(self, version: Version, prefix: str = "") -> Manifest:
-        root = version.tree
-        if prefix:
-            rows = tree.list_dir(version.tree, self.read_tree, prefix.rpartition("/")[0])
-            match = [r for r in rows if r[0] == prefix.rpartition("/")[2]]
-            if not match:
-                return {}
-            name, kind, mode, size, oid = match[0]
-            if kind != tree.DIR:
-                return {prefix: Entry(kind, mode, size, oid)}
-            root = oid
-        return tree.flatten(root, self.read_tree, prefix)
+        return self.core.manifest(version, prefix)
 
     def read_tree(self, oid: str) -> bytes:
-        data = self._trees.get(oid)
-        if data is None:
-            data = self.objects.read(oid)
-            self._trees[oid] = data
-        return data
-
-    def _store_tree(self, ingest: Ingest) -> Any:
-        def store(oid: str, data: bytes) -> None:
-            self._trees[oid] = data
-            ingest.add(oid, KIND_TREE, data)
-        return store
-
-    def _new_version_id(self) -> str:
-        vid = random_id(VERSION_ID_LEN)
-        while self.index.version(vid) is not None:
-            vid = random_id(VERSION_ID_LEN)
-        return vid
+        return self.core.read_tree(oid)
 
     def _record(self, v: Version) -> bytes:
         parents = []
@@ -375,20 +239,18 @@ class Store:
                          stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
                          head: bool = False, cache_tree: str | None = None) -> Version:
         """Seal `v` (state committed): write its record, then make it visible in one transaction."""
-        v.state = "committed"
+        v.state = COMMITTED
         v.committed = time.time()
         record = self._record(v)
         v.record = hash_bytes(record)
         ingest.add(v.record, KIND_VERSION, record)
-        packs = ingest.finish()
-        crashpoint("commit:objects-written")
-        with self.index.transaction():
-            self.index.add_packs(packs)
+
+        def make_visible() -> None:
             if new:
                 self.index.insert_version(v)
             else:
                 current = self.index.version(v.id)
-                if current is None or current.state != "draft":
+                if current is None or current.state != DRAFT:
                     raise VersionImmutable(f"version {v.id} was committed meanwhile")
                 self.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
                                           committed=v.committed, record=v.record, size=v.size,
@@ -402,29 +264,12 @@ class Store:
                 ds_id, rows, gone = stat_rows
                 self.index.drop_stat_rows(ds_id, gone)
                 self.index.put_stat_rows(ds_id, rows)
+
+        self.core.commit_objects(ingest, make_visible, crash="commit:objects-written")
         self.index.checkpoint()
         return v
 
-    def _flush(self, ingest: Ingest) -> None:
-        """Make the packs of `ingest` visible (for drafts: objects before the row naming them)."""
-        packs = ingest.finish()
-        if packs:
-            with self.index.transaction():
-                self.index.add_packs(packs)
-
     # ---- commit, status, checkout -----------------------------------------------------
-    def _excluded(self, ds: Dataset) -> list[str]:
-        """Root-relative directories a dataset leaves out: the store and nested datasets."""
-        base = "" if ds.path == "." else (ds.path or "")
-        out = []
-        for path in [DSV_DIR] + [d.path for d in self.index.datasets()
-                                 if d.path and d.id != ds.id and d.path != "."]:
-            if base == "":
-                out.append(path)
-            elif path.startswith(base + "/"):
-                out.append(path[len(base) + 1:])
-        return out
-
     def _head(self, ds: Dataset) -> Version | None:
         return self.index.version(ds.head) if ds.head else None
 
@@ -432,7 +277,7 @@ class Store:
         """What changed in a dataset's working directory since the version it was last made."""
         ds = self.pick_dataset(key, cwd)
         root = self.dataset_root(ds)
-        files, skipped = worktree.scan(root, self._excluded(ds))
+        files, skipped = worktree.scan(root, self.core.excluded(ds))
         head = self._head(ds)
         if head is not None and ds.cache_tree == head.tree and \
                 worktree.all_trusted(files, self.index.stat_keys(ds.id)):
@@ -448,14 +293,13 @@ class Store:
         # content is already stored: the cache never names an object the store lacks.
         known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
         complete = report.changes.clean and len(known) == snap.hashed_files and head is not None
-        if (known or complete) and self._lock.try_acquire("status"):
-            try:
-                with self.index.transaction():
-                    self.index.put_stat_rows(ds.id, known)
-                    if complete:
-                        self.index.update_dataset(ds.id, cache_tree=head.tree)
-            finally:
-                self._lock.release()
+        if known or complete:
+            with self.core.locked_if_free("status") as got:
+                if got:
+                    with self.index.transaction():
+                        self.index.put_stat_rows(ds.id, known)
+                        if complete:
+                            self.index.update_dataset(ds.id, cache_tree=head.tree)
         return report
 
     def statuses(self, key: str | None = None,
@@ -477,15 +321,14 @@ class Store:
             ds = self.pick_dataset(key, cwd)
             root = self.dataset_root(ds)
             stores: list[str] = []
-            files, _skipped = worktree.scan(root, self._excluded(ds), stores=stores)
+            files, _skipped = worktree.scan(root, self.core.excluded(ds), stores=stores)
             cache = self.index.stat_cache(ds.id)
-            ingest = Ingest(self.objects)
-            try:
+            with Ingest(self.objects) as ingest:
                 total = sum(f[0] for f in files.values())
                 with self.reporter.task("committing", len(files), total) as advance:
                     snap = worktree.snapshot(root, files, cache, ingest, advance,
-                                             fences=self._excluded(ds) + stores)
-                root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
+                                             fences=self.core.excluded(ds) + stores)
+                root_tree, size = tree.build_tree(snap.manifest, self.core.tree_writer(ingest))
                 head = self._head(ds)
                 if head is not None and not allow_empty and (
                         head.tree == root_tree or
@@ -493,7 +336,7 @@ class Store:
                     raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                           hint="use --allow-empty to record it anyway")
                 now = time.time()
-                v = Version(id=self._new_version_id(), dataset=ds.id, state=COMMITTED,
+                v = Version(id=self.core.new_version_id(), dataset=ds.id, state=COMMITTED,
                             tree=root_tree, parents=[head.id] if head else [], message=message,
                             author=author or default_author(), created=now, committed=now,
                             lineage=lineage, size=size, files=len(snap.manifest))
@@ -502,9 +345,6 @@ class Store:
                 return self._write_committed(ingest, v, new=True, head=True,
                                              stat_rows=(ds.id, snap.stat_rows, gone),
                                              cache_tree=root_tree if complete else None)
-            except BaseException:
-                ingest.abort()
-                raise
 
     def checkout(self, ref: str, to: str | os.PathLike[str] | None = None,
                  paths: list[str] | None = None, force: bool = False, link: str = "auto",
@@ -528,7 +368,7 @@ class Store:
                 self._check_target_outside_store(target)
             version_files = self.manifest(version)
             if in_worktree:
-                excluded = self._excluded(ds)
+                excluded = self.core.excluded(ds)
             elif target == self.root:  # every dataset's directory stays theirs
                 excluded = [DSV_DIR] + [d.path for d in self.index.datasets()
                                         if d.path and d.path != "."]
@@ -708,7 +548,7 @@ class Store:
         ds = self.index.dataset_by("id", a.dataset)
         assert ds is not None
         root = self.dataset_root(ds)
-        files, _ = worktree.scan(root, self._excluded(ds))
+        files, _ = worktree.scan(root, self.core.excluded(ds))
         snap = worktree.snapshot(root, files, self.index.stat_cache(ds.id), None)
         return worktree.compare(base, snap.manifest)
 
@@ -769,18 +609,17 @@ class Store:
                                        f"`dsv versions commit {base.id}`")
             elif ds.latest:
                 base = self.index.version(ds.latest)
-            if base is not None:
-                root_tree, size, files = base.tree, base.size, base.files
-            else:
-                ingest = Ingest(self.objects)
-                root_tree, size = tree.build_tree({}, self._store_tree(ingest))
-                files = 0
-                self._flush(ingest)
-            v = Version(id=self._new_version_id(), dataset=ds.id, state=DRAFT, tree=root_tree,
-                        parents=[base.id] if base else [], message=message,
-                        author=default_author(), created=time.time(), size=size, files=files)
-            with self.index.transaction():
-                self.index.insert_version(v)
+            with Ingest(self.objects) as ingest:
+                if base is not None:
+                    root_tree, size, files = base.tree, base.size, base.files
+                else:
+                    root_tree, size = tree.build_tree({}, self.core.tree_writer(ingest))
+                    files = 0
+                v = Version(id=self.core.new_version_id(), dataset=ds.id, state=DRAFT,
+                            tree=root_tree, parents=[base.id] if base else [], message=message,
+                            author=default_author(), created=time.time(), size=size,
+                            files=files)
+                self.core.commit_objects(ingest, lambda: self.index.insert_version(v))
             return v
 
     def _draft(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
@@ -792,15 +631,18 @@ class Store:
         return v
 
     def _set_draft_manifest(self, v: Version, manifest: Manifest, ingest: Ingest) -> Version:
-        root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
-        self._flush(ingest)
-        # Each `files put` checked its own links; the draft's links together must hold too.
-        tree.validate_links(manifest, self.objects.read)
-        with self.index.transaction():
+        root_tree, size = tree.build_tree(manifest, self.core.tree_writer(ingest))
+
+        def update() -> None:
+            # Each `files put` checked its own links; the draft's links together must hold
+            # too (read inside the transaction that records the new objects).
+            tree.validate_links(manifest, self.objects.read)
             current = self.index.version(v.id)
             if current is None or not current.is_draft:
                 raise VersionImmutable(f"version {v.id} was committed meanwhile")
             self.index.update_version(v.id, tree=root_tree, size=size, files=len(manifest))
+
+        self.core.commit_objects(ingest, update)
         self.index.checkpoint()
         return self.version(v.id)
 
@@ -811,8 +653,7 @@ class Store:
         with self.locked("files put"):
             v = self._draft(ref, cwd)
             manifest = self.manifest(v)
-            ingest = Ingest(self.objects)
-            try:
+            with Ingest(self.objects) as ingest:
                 for src in sources:
                     src_path = Path(cwd, src).resolve() if not os.path.isabs(src) else Path(src)
                     if src_path.is_dir():
@@ -830,9 +671,6 @@ class Store:
                         path = f"{prefix}/{rel}" if prefix else rel
                         _put_entry(manifest, check_relpath(path), entry)
                 return self._set_draft_manifest(v, manifest, ingest)
-            except BaseException:
-                ingest.abort()
-                raise
 
     def delete_files(self, ref: str, paths: list[str], cwd: str | os.PathLike[str] = ".") -> Version:
         """Remove files or whole directories from a draft."""
@@ -846,8 +684,8 @@ class Store:
                     raise InvalidInput(f"{p} is not in draft {v.id}")
                 for q in doomed:
                     del manifest[q]
-            ingest = Ingest(self.objects)
-            return self._set_draft_manifest(v, manifest, ingest)
+            with Ingest(self.objects) as ingest:
+                return self._set_draft_manifest(v, manifest, ingest)
 
     def commit_version(self, ref: str, message: str | None = None,
                        cwd: str | os.PathLike[str] = ".") -> Version:
@@ -856,7 +694,8 @@ class Store:
             v = self._draft(ref, cwd)
             if message:
                 v.message = message
-            return self._write_committed(Ingest(self.objects), v, new=False)
+            with Ingest(self.objects) as ingest:
+                return self._write_committed(ingest, v, new=False)
 
     def create_version_from_path(self, key: str, source: str | os.PathLike[str],
                                  message: str | None = None,
@@ -869,25 +708,19 @@ class Store:
             if not src.is_dir():
                 raise InvalidInput(f"{source} is not a directory")
             files, _ = worktree.scan(src, [DSV_DIR])
-            ingest = Ingest(self.objects)
-            try:
+            with Ingest(self.objects) as ingest:
                 with self.reporter.task("hashing", len(files)) as advance:
                     snap = worktree.snapshot(src, files, {}, ingest, advance)
-                root_tree, size = tree.build_tree(snap.manifest, self._store_tree(ingest))
+                root_tree, size = tree.build_tree(snap.manifest, self.core.tree_writer(ingest))
                 now = time.time()
-                v = Version(id=self._new_version_id(), dataset=ds.id, state=DRAFT,
+                v = Version(id=self.core.new_version_id(), dataset=ds.id, state=DRAFT,
                             tree=root_tree, parents=[ds.latest] if ds.latest else [],
                             message=message, author=default_author(), created=now,
                             lineage=lineage, size=size, files=len(snap.manifest))
                 if commit:
                     return self._write_committed(ingest, v, new=True)
-                self._flush(ingest)
-                with self.index.transaction():
-                    self.index.insert_version(v)
-                return self.version(v.id)
-            except BaseException:
-                ingest.abort()
-                raise
+                self.core.commit_objects(ingest, lambda: self.index.insert_version(v))
+            return self.version(v.id)
 
     def commit_manifest(self, key: str, manifest: Manifest, message: str,
                         lineage: dict[str, Any] | None = None,
@@ -904,18 +737,14 @@ class Store:
             if missing:
                 raise InvalidInput(f"{len(missing)} file(s) have no stored content, e.g. "
                                    f"{missing[0]}")
-            ingest = Ingest(self.objects)
-            try:
-                root_tree, size = tree.build_tree(manifest, self._store_tree(ingest))
+            with Ingest(self.objects) as ingest:
+                root_tree, size = tree.build_tree(manifest, self.core.tree_writer(ingest))
                 now = time.time()
-                v = Version(id=self._new_version_id(), dataset=ds.id, state=COMMITTED,
+                v = Version(id=self.core.new_version_id(), dataset=ds.id, state=COMMITTED,
                             tree=root_tree, parents=[ds.latest] if ds.latest else [],
                             message=message, author=default_author(), created=now,
                             committed=now, lineage=lineage, size=size, files=len(manifest))
                 return self._write_committed(ingest, v, new=True)
-            except BaseException:
-                ingest.abort()
-                raise
 
     def import_s3(self, url: str, **options: Any) -> Version:
         """`dsv import`: see imports.import_s3."""
@@ -1306,6 +1135,12 @@ class Store:
         report = GcReport(dry_run=dry_run)
         with self.locked("gc"):
             live = self._reachable()
+            if self.core.writers_alive():
+                # An import between its batches holds objects the index names (`imported`)
+                # that no version reaches yet: they stay while any other writer runs.
+                pending = self.index.imported_oids() - live
+                report.kept_for_writers = len(pending)
+                live |= pending
             if not dry_run:
                 # First forget cache rows naming doomed objects: a commit after a gc killed
                 # half-way must re-hash those files, never trust a row whose object is gone.
@@ -1330,18 +1165,11 @@ class Store:
                 if dry_run:
                     report.removed_packs += 1
                     continue
-                if keep:
-                    ingest = Ingest(self.objects)
+                with Ingest(self.objects) as ingest:
                     for oid, _off, _len, kind in keep:
                         ingest.add_new(oid, kind, self.objects.read(oid))
-                    new_packs = ingest.finish()
-                    report.repacked_packs += 1
-                else:
-                    new_packs = []
-                crashpoint("gc:repacked")
-                with self.index.transaction():
-                    self.index.delete_pack(pack_id)
-                    self.index.add_packs(new_packs)
+                    report.repacked_packs += bool(keep)
+                    self.core.commit_objects(ingest, crash="gc:repacked", retire=[pack_id])
                 crashpoint("gc:index-updated")
                 self.objects.delete_pack(pack_id)
                 report.removed_packs += 1
@@ -1580,40 +1408,6 @@ def _same_entry(a: Entry | None, b: Entry) -> bool:
     """Same kind, content and mode class (older trees may hold finer modes)."""
     return a is not None and a.kind == b.kind and a.oid == b.oid and \
         mode_class(a.mode) == mode_class(b.mode)
-
-
-def _check_format(dsv_dir: Path) -> None:
-    """Refuse stores written in a format this dsv does not know (never guess at them)."""
-    try:
-        config = load_bounded(fileio.read_regular(dsv_dir / "config.json", 64 << 10), 64 << 10)
-        fmt = int(config.get("format", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        raise StoreNotFound(f"{dsv_dir}/config.json is unreadable",
-                            hint="it must be a regular file written by dsv") from None
-    if fmt != STORE_FORMAT:
-        raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
-                       hint="use the dsv version that created it, or upgrade dsv")
-
-
-def _check_store_files(dsv_dir: Path) -> None:
-    """`.dsv/` and the files dsv opens in it by name are what they seem: a directory and
-    regular files, never links someone planted (SQLite and flock would follow them)."""
-    for path, want in ((dsv_dir, stat.S_ISDIR), (dsv_dir / "objects", stat.S_ISDIR),
-                       (dsv_dir / "tmp", stat.S_ISDIR),
-                       (dsv_dir / "objects" / "packs", stat.S_ISDIR),
-                       (dsv_dir / "objects" / "loose", stat.S_ISDIR),
-                       (dsv_dir / "objects" / "links", stat.S_ISDIR),
-                       (dsv_dir / "index.db", stat.S_ISREG), (dsv_dir / "lock", stat.S_ISREG),
-                       (dsv_dir / "index.db-wal", stat.S_ISREG),
-                       (dsv_dir / "index.db-shm", stat.S_ISREG)):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if not want(st.st_mode):
-            raise UnsafePath(f"{path} is not a {'directory' if want is stat.S_ISDIR else 'regular file'}"
-                             f" (a link or something else was put there)",
-                             hint="remove it; dsv never follows links inside its store")
 
 
 def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple], list[dict[str, Any]]]:

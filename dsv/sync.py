@@ -629,23 +629,10 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
         tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
     # Only what the accepted refs reach enters the store: records no ref reaches were
     # never checked as history, and must not turn up later (in `index rebuild`, say).
-    ingest = Ingest(store.objects)
-    try:
-        for oid in reachable:
-            raw = parsed[oid][1]
-            if raw is not None:
-                ingest.add(oid, KIND_VERSION, raw)
-        for oid, raw in trees.items():
-            ingest.add(oid, KIND_TREE, raw)
-        packs = ingest.finish()
-    except BaseException:
-        ingest.abort()
-        raise
     records = [parsed[oid][0] for oid in reachable]
-    crashpoint("fetch:objects-written")
     names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
-    with index.transaction():
-        index.add_packs(packs)
+
+    def record() -> None:
         for rec in sorted(records, key=lambda r: r.version.committed or 0):
             v = rec.version
             known = index.version(v.id)
@@ -670,6 +657,15 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
             ds = index.dataset_by("id", ref.dataset)
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
                 ref.version
+
+    with Ingest(store.objects) as ingest:
+        for oid in reachable:
+            raw = parsed[oid][1]
+            if raw is not None:
+                ingest.add(oid, KIND_VERSION, raw)
+        for oid, raw in trees.items():
+            ingest.add(oid, KIND_TREE, raw)
+        store.core.commit_objects(ingest, record, crash="fetch:objects-written")
     changes, report.updated, _kept = _plan_refs(store, remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
@@ -962,15 +958,14 @@ def ensure_blobs(store: "Store", version: Version, entries: dict[str, int]) -> N
         except RemoteError as exc:
             _origin_down(store, exc)
     report = PullReport("-", FetchReport("-"))
-    packs = download_blobs(store, remote, entries, report, label="downloading")
-    with store.index.transaction():
-        store.index.add_packs(packs)
+    with Ingest(store.objects) as ingest:
+        download_blobs(store, remote, entries, report, ingest, label="downloading")
+        store.core.commit_objects(ingest, crash="pull:objects-written")
 
 
 def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int],
-                   report: Any, label: str = "pulling") -> list[Any]:
-    """Fetch blobs (oid → size) the store lacks; returns the packs written (to record)."""
-    objects = store.objects
+                   report: Any, ingest: Ingest, label: str = "pulling") -> None:
+    """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
     small, large = _lacking(store, entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)
@@ -980,7 +975,7 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
         if missing_any:
             raise MissingObject(f"{len(missing_any)} object(s) are not in this store and no "
                                 f"remote is configured", hint="add one with `dsv remote add`")
-        return []
+        return
     located = store.index.remote_locate_many(remote.name, small)
     for oid in small:
         if oid not in located:
@@ -992,18 +987,10 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
                                 f"version says {entries[oid]}", hint="the remote is damaged "
                                 "or hostile; nothing was stored")
     _check_free_space(store, sum(entries[o] for o in small) + sum(entries[o] for o in large))
-    ingest = Ingest(objects)
-    try:
-        for oid, data in _download_packed(store, remote, packed, label, report):
-            ingest.add(oid, KIND_BLOB, data)
-        if large:
-            _download_loose(store, remote, large, entries, report)
-        packs = ingest.finish()
-    except BaseException:
-        ingest.abort()
-        raise
-    crashpoint("pull:objects-written")
-    return packs
+    for oid, data in _download_packed(store, remote, packed, label, report):
+        ingest.add(oid, KIND_BLOB, data)
+    if large:
+        _download_loose(store, remote, large, entries, report, ingest)
 
 
 def _check_free_space(store: "Store", nbytes: int) -> None:
@@ -1030,7 +1017,7 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
 
 
 def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict[str, int],
-                    report: Any) -> None:
+                    report: Any, ingest: Ingest) -> None:
     cache = _read_cache(store)
 
     def get(oid: str) -> tuple[int, bool]:
@@ -1049,16 +1036,15 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
             if fd is not None:
                 try:
                     if os.fstat(fd).st_size == sizes.get(oid, -1):
-                        return store.objects.add_large_fd(fd, oid)[1], cached
+                        return ingest.add_large_fd(fd, oid)[1], cached
                 except CorruptObject:
                     pass
                 finally:
                     os.close(fd)
                 cache.drop(path)  # a damaged cache entry: drop it, read the origin
         try:
-            return store.objects.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
-                                                          sizes.get(oid), oid),
-                                                  expect=oid)[1], False
+            return ingest.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
+                                                   sizes.get(oid), oid), expect=oid)[1], False
         except NotFound:
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
 
@@ -1180,11 +1166,13 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
                                    hint=f"`dsv files list {ref} --recursive` shows its paths")
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
-    packs = download_blobs(store, remote, wanted, report)
-    with store.index.transaction():
-        store.index.add_packs(packs)
+    def record() -> None:
         _apply_refs(store, changes)
         if not paths:
             store.index.drop_promised(v.id for v in chosen)
+
+    with Ingest(store.objects) as ingest:
+        download_blobs(store, remote, wanted, report, ingest)
+        store.core.commit_objects(ingest, record, crash="pull:objects-written")
     store.index.checkpoint()
     return report

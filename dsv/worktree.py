@@ -158,7 +158,6 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
     result = Snapshot(manifest, rows)
-    objects = ingest.store if ingest is not None else None
     large: list[tuple[str, FileStat, int, Future[tuple[str, int]]]] = []
     vouched = 0
     pool = None  # a ThreadPoolExecutor, started at the first large file
@@ -203,7 +202,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
             if pool is None:
                 from concurrent.futures import ThreadPoolExecutor
                 pool = ThreadPoolExecutor(max_workers=_LARGE_WORKERS)
-            job = (objects.add_large_file if objects is not None else _hash_large)
+            job = (ingest.add_large_file if ingest is not None else _hash_large)
             large.append((rel, fs, hashed_at, pool.submit(job, path)))
         if progress and vouched:
             progress(vouched, 0)

@@ -433,7 +433,7 @@ def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) ->
     ingest = Ingest(store)
     for kind, data in items:
         ingest.add(h(data), kind, data)
-    packs = ingest.finish()
+    packs = ingest.publish()
     with index.transaction():
         index.add_packs(packs)
     (info,) = packs
@@ -445,7 +445,7 @@ def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) ->
     again = Ingest(store)
     for kind, data in items:
         again.add(h(data), kind, data)
-    assert again.finish() == []
+    assert again.publish() == []
     store.close()
 
 

@@ -189,7 +189,7 @@ def test_many_objects_through_ingest_match_encode_pack_byte_for_byte(
     ingest = Ingest(store)
     for oid, kind, body in triples(items):
         ingest.add(oid, kind, body)
-    packs = ingest.finish()
+    packs = ingest.publish()
     assert len(packs) == 1
     info = packs[0]
     path = store.pack_path(info.id)
@@ -223,9 +223,11 @@ def test_property_pack_writer_and_encode_pack_agree_and_read_back(items) -> None
             for oid, kind, body in triples(items):
                 writer.add(oid, kind, memoryview(body))
             info = writer.finish()
+            if info is not None:
+                store.publish_pack(info, writer.tmp)
             if not items:
                 assert info is None and listing(root / "packs") == []
-                assert listing(Path(tmp) / "tmp") == []
+                assert listing(store.tmp_dir) == []
                 return
             assert info == PackInfo(pack_id, len(data), entries)
             path = store.pack_path(pack_id)
@@ -241,6 +243,23 @@ def test_property_pack_writer_and_encode_pack_agree_and_read_back(items) -> None
             store.close()
 
 
+def add_large_file(store: ObjectStore, src: Path, expect: str | None = None) -> tuple[str, int]:
+    """Stage a large file through an Ingest and publish it."""
+    with Ingest(store) as ingest:
+        got = ingest.add_large_file(src, expect)
+        ingest.publish()
+    return got
+
+
+def add_large_stream(store: ObjectStore, chunks, observe=None,
+                     expect: str | None = None) -> tuple[str, int]:
+    """Stage a stream through an Ingest and publish it."""
+    with Ingest(store) as ingest:
+        got = ingest.add_large_stream(chunks, observe=observe, expect=expect)
+        ingest.publish()
+    return got
+
+
 # ---- PackWriter ----------------------------------------------------------------------------
 
 def test_pack_writer_stores_a_repeated_oid_once(store: ObjectStore) -> None:
@@ -249,6 +268,7 @@ def test_pack_writer_stores_a_repeated_oid_once(store: ObjectStore) -> None:
     writer.add(h(b"x"), KIND_BLOB, b"x")
     writer.add(h(b"y"), KIND_TREE, b"y")
     info = writer.finish()
+    store.publish_pack(info, writer.tmp)
     assert [(e.oid, e.offset, e.length) for e in info.entries] == \
         [(h(b"x"), 8, 1), (h(b"y"), 9, 1)]
     assert info.size == 8 + 2 + 2 * 49 + 24 == store.pack_path(info.id).stat().st_size
@@ -269,7 +289,7 @@ def test_ingest_skips_objects_the_locator_already_has(store, locator) -> None:
     ingest = Ingest(store)
     ingest.add(h(b"old"), KIND_BLOB, b"old")
     ingest.add(h(b"new"), KIND_BLOB, b"new")
-    (info,) = ingest.finish()
+    (info,) = ingest.publish()
     assert [e.oid for e in info.entries] == [h(b"new")]
     assert listing(store.pack_dir) == sorted([f"{old_id}.pack", f"{info.id}.pack"])
 
@@ -279,7 +299,7 @@ def test_ingest_with_nothing_new_writes_no_pack(store, locator) -> None:
     ingest = Ingest(store)
     for oid, kind, body in triples(SAMPLE):
         ingest.add(oid, kind, body)
-    assert ingest.finish() == []
+    assert ingest.publish() == []
     assert listing(store.pack_dir) == [f"{pack_id}.pack"] and listing(store.tmp_dir) == []
 
 
@@ -289,7 +309,7 @@ def test_ingest_queries_in_batches_and_dedups_across_them(store, locator, monkey
     bodies = [f"b{i}".encode() for i in range(10)]
     for body in bodies + bodies[:3] + bodies:          # repeats, some in later batches
         ingest.add(h(body), KIND_BLOB, body)
-    (info,) = ingest.finish()
+    (info,) = ingest.publish()
     assert locator.batches == [4, 4, 2]                # every later add was already pending
     assert [e.oid for e in info.entries] == [h(b) for b in bodies]
 
@@ -299,7 +319,7 @@ def test_ingest_flushes_a_batch_by_bytes(store, locator, monkeypatch) -> None:
     ingest = Ingest(store)
     for i in range(5):
         ingest.add(h(bytes([i]) * 60), KIND_BLOB, bytes([i]) * 60)
-    ingest.finish()
+    ingest.publish()
     assert locator.batches == [2, 2, 1]
 
 
@@ -309,7 +329,7 @@ def test_ingest_rolls_over_to_a_new_pack_at_the_target_size(store, locator, monk
     ingest = Ingest(store)
     for oid, kind, body in triples(items):
         ingest.add(oid, kind, body)
-    packs = ingest.finish()
+    packs = ingest.publish()
     # 8 + 40·n ≥ 100 after the 3rd object: packs of 3, 3 and 1 objects.
     assert [len(p.entries) for p in packs] == [3, 3, 1]
     assert [e.oid for p in packs for e in p.entries] == [h(b) for _, b in items]
@@ -325,7 +345,7 @@ def test_ingest_add_new_does_not_ask_the_locator(store, locator) -> None:
     install(store, locator, [(KIND_TREE, EMPTY_TREE)])
     ingest = Ingest(store)
     ingest.add_new(h(EMPTY_TREE), KIND_TREE, EMPTY_TREE)
-    (info,) = ingest.finish()
+    (info,) = ingest.publish()
     assert locator.batches == [0]
     assert info.entries == [PackEntry(h(EMPTY_TREE), 8, len(EMPTY_TREE), KIND_TREE)]
 
@@ -336,7 +356,7 @@ def test_ingest_abort_leaves_no_temp_file(store, locator) -> None:
     ingest.add(h(b"r"), KIND_BLOB, b"r")
     ingest.abort()
     assert listing(store.tmp_dir) == [] and listing(store.pack_dir) == []
-    assert ingest.finish() == []
+    assert ingest.publish() == []
 
 
 # ---- corruption of a pack: every byte -------------------------------------------------------
@@ -662,7 +682,7 @@ BIG = bytes(range(256)) * 1500 + b"tail"      # any size works; loose is the cal
 def test_add_large_file_round_trip(store: ObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(BIG)
-    oid, size = store.add_large_file(src)
+    oid, size = add_large_file(store, src)
     assert (oid, size) == (h(BIG), len(BIG))
     path = store.loose_path(oid)
     assert path == store.root / "loose" / oid[:2] / oid
@@ -670,7 +690,7 @@ def test_add_large_file_round_trip(store: ObjectStore, tmp_path: Path) -> None:
     assert store.read(oid) == BIG and store.has(oid) and store.has_loose(oid)
     assert list(store.iter_loose()) == [oid] and store.verify_loose(oid)
     # Again: the same object, one file, no temp file left behind.
-    assert store.add_large_file(src) == (oid, len(BIG))
+    assert add_large_file(store, src) == (oid, len(BIG))
     assert os.listdir(path.parent) == [oid] and listing(store.tmp_dir) == []
     store.delete_loose(oid)
     assert not store.has(oid) and list(store.iter_loose()) == []
@@ -679,13 +699,13 @@ def test_add_large_file_round_trip(store: ObjectStore, tmp_path: Path) -> None:
 def test_add_large_stream_checks_the_expected_id(store: ObjectStore) -> None:
     seen: list[bytes] = []
     chunks = [BIG[:1000], BIG[1000:50000], BIG[50000:]]
-    assert store.add_large_stream(iter(chunks), observe=lambda c: seen.append(bytes(c)),
+    assert add_large_stream(store, iter(chunks), observe=lambda c: seen.append(bytes(c)),
                                   expect=h(BIG)) == (h(BIG), len(BIG))
     assert b"".join(seen) == BIG
     wrong = h(b"something else")
     with pytest.raises(CorruptObject, match=rf"^object {wrong[:12]} arrived corrupt: its bytes "
                                             rf"hash to {h(b'x' * 10)[:12]}$"):
-        store.add_large_stream([b"x" * 10], expect=wrong)
+        add_large_stream(store, [b"x" * 10], expect=wrong)
     assert list(store.iter_loose()) == [h(BIG)] and listing(store.tmp_dir) == []
 
 
@@ -694,7 +714,7 @@ def test_add_large_stream_that_fails_midway_leaves_nothing(store: ObjectStore) -
         yield b"first part"
         raise OSError("connection reset")
     with pytest.raises(OSError, match="connection reset"):
-        store.add_large_stream(chunks())
+        add_large_stream(store, chunks())
     assert list(store.iter_loose()) == [] and listing(store.tmp_dir) == []
 
 
@@ -702,11 +722,11 @@ def test_add_large_file_refuses_what_is_not_a_regular_file(store, tmp_path: Path
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(InvalidInput, match=r"is not a regular file$"):
-        store.add_large_file(fifo)
+        add_large_file(store, fifo)
     (tmp_path / "real").write_bytes(b"real")
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(OSError) as info:
-        store.add_large_file(tmp_path / "link")    # never follows a link
+        add_large_file(store, tmp_path / "link")    # never follows a link
     assert not isinstance(info.value, DsvError)
     assert list(store.iter_loose()) == [] and listing(store.tmp_dir) == []
 
@@ -753,7 +773,7 @@ def test_loose_object_truncated_or_empty(store) -> None:
 def test_copy_out_writes_verified_bytes_with_the_mode_asked(store, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(BIG)
-    oid, _ = store.add_large_file(src)
+    oid, _ = add_large_file(store, src)
     for i, reflink in enumerate(("auto", "never")):
         dest = tmp_path / f"copy{i}"
         assert store.copy_out(oid, str(dest), 0o600, reflink=reflink) == len(BIG)
@@ -772,7 +792,7 @@ def test_copy_out_writes_verified_bytes_with_the_mode_asked(store, tmp_path: Pat
 def test_link_source_is_reverified_and_replaced_when_damaged(store, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(BIG)
-    oid, _ = store.add_large_file(src)
+    oid, _ = add_large_file(store, src)
     path = store.link_source(oid)
     assert path == store.links_dir / oid and path.read_bytes() == BIG
     assert stat.S_IMODE(path.stat().st_mode) == 0o444

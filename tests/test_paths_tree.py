@@ -373,7 +373,7 @@ def _store_blob(objects, data: bytes) -> str:
     ingest = Ingest(objects)
     oid = blake3.blake3(data).hexdigest()
     ingest.add(oid, KIND_BLOB, data)
-    packs = ingest.finish()
+    packs = ingest.publish()
     index = objects._locator
     with index.transaction():
         index.add_packs(packs)

@@ -259,7 +259,7 @@ def test_tags_are_scoped_to_their_dataset(history, tmp_path: Path) -> None:
 
 def _patched_ids(monkeypatch: pytest.MonkeyPatch, version_ids: list[str]) -> None:
     """Make the store hand out chosen version ids (dataset ids stay random)."""
-    import dsv.store as store_mod
+    import dsv.core as store_mod
 
     real = store_mod.random_id
     queue = iter(version_ids)

@@ -1,0 +1,327 @@
+"""The open store: the `.dsv/` layout, its index, objects and lock, and the one publish path.
+
+Owns finding, creating and opening a workspace's `.dsv/` (refusing unknown formats and
+planted links), the store lock (whose first holder clears crash leftovers), the tree
+cache, the dataset and ref lookups every operation starts from, and `commit_objects`:
+the only way new objects become part of the store — publish the staged objects, then
+record them in one index transaction, always under the store lock. Must never parse
+command lines, print, or talk to a remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from . import fileio, refs, tree
+from .errors import DatasetNotFound, DsvError, InvalidInput, RefError, StoreExists, StoreNotFound, UnsafePath
+from .faults import crashpoint
+from .hashing import random_id
+from .index import SCHEMA_VERSION, Index
+from .jsonio import load_bounded
+from .lock import StoreLock
+from .model import Dataset, Entry, Manifest, Version
+from .objects import KIND_TREE, Ingest, ObjectStore, live_stages, remove_dead_stages
+from .paths import STORE_DIR, check_relpath, is_reserved
+from .reporting import Reporter
+
+STORE_FORMAT = 1
+DATASET_ID_LEN = 8
+VERSION_ID_LEN = 10
+
+T = TypeVar("T")
+
+
+def find_store(start: Path, exact: bool = False) -> Path:
+    """The workspace root: the nearest directory at or above `start` holding `.dsv/`
+    (with `exact`, `start` itself must be the workspace or its `.dsv/`)."""
+    if exact:
+        return _store_root_from(start)
+    here = start.resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / STORE_DIR / "config.json").is_file():
+            return candidate
+    raise StoreNotFound(f"no dsv store in {here} or any parent directory",
+                        hint="create one with `dsv init`")
+
+
+def _store_root_from(path: Path) -> Path:
+    path = path.resolve()
+    if path.name == STORE_DIR and (path / "config.json").is_file():
+        return path.parent
+    if (path / STORE_DIR / "config.json").is_file():
+        return path
+    raise StoreNotFound(f"{path} is not a dsv store", hint="create one with `dsv init`")
+
+
+def create_layout(root: Path) -> None:
+    """Make an empty store in `root/.dsv/` (config.json last: a store is only found once
+    it is complete)."""
+    dsv_dir = root / STORE_DIR
+    if (dsv_dir / "config.json").exists():
+        raise StoreExists(f"{dsv_dir} already exists")
+    root.mkdir(parents=True, exist_ok=True)
+    dsv_dir.mkdir(exist_ok=True)
+    (dsv_dir / "tmp").mkdir(exist_ok=True)
+    ObjectStore.create_layout(dsv_dir / "objects")
+    index = Index(dsv_dir / "index.db")
+    index.create_schema()
+    index.close()
+    fileio.atomic_write_bytes(dsv_dir / "config.json", json.dumps(
+        {"format": STORE_FORMAT, "hash": "blake3"}, indent=2).encode() + b"\n")
+
+
+class Core:
+    """One open store: `index`, `objects`, the lock, and lookups shared by operations."""
+
+    def __init__(self, root: Path, reporter: Reporter | None = None) -> None:
+        self.root = root.resolve()
+        self.dsv_dir = self.root / STORE_DIR
+        self.tmp_root = self.dsv_dir / "tmp"
+        self.reporter = reporter or Reporter()
+        check_format(self.dsv_dir)
+        check_store_files(self.dsv_dir)
+        if not (self.dsv_dir / "index.db").is_file():
+            raise StoreNotFound(f"{self.dsv_dir} has lost its index",
+                                hint="recreate it from the objects with `dsv index rebuild`")
+        self.index = Index(self.dsv_dir / "index.db")
+        schema = self.index.schema_version()
+        if schema is None:
+            raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
+                                hint="recreate it from the objects with `dsv index rebuild`")
+        if schema < SCHEMA_VERSION:
+            self.index.create_schema()  # idempotent: adds what older stores lack
+        self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
+        self.lock = StoreLock(self.dsv_dir / "lock")
+        self._trees: dict[str, bytes] = {}
+
+    def close(self) -> None:
+        """Release the lock, then close the objects (dropping anything staged) and index."""
+        self.lock.release()
+        self.objects.close()
+        self.index.close()
+
+    # ---- the lock and the publish path -------------------------------------------------
+    @contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """Hold the store lock; the first holder also clears what dead writers left."""
+        first = not self.lock.held
+        self.lock.acquire(what, on_wait=self.reporter.notice)
+        try:
+            if first:
+                fileio.remove_tmp_files(self.tmp_root)
+                remove_dead_stages(self.tmp_root)
+            yield
+        finally:
+            self.lock.release()
+
+    @contextmanager
+    def locked_if_free(self, what: str) -> Iterator[bool]:
+        """Hold the store lock if nobody else does right now; yields whether it is held
+        (for work that may be skipped, such as remembering hashes)."""
+        got = self.lock.try_acquire(what)
+        try:
+            yield got
+        finally:
+            if got:
+                self.lock.release()
+
+    def commit_objects(self, ingest: Ingest, record: Callable[[], T] | None = None,
+                       crash: str | None = None, retire: Iterable[str] = ()) -> T | None:
+        """Make `ingest`'s objects part of the store: publish them (fsynced, renamed into
+        `objects/`), then in one index transaction record their packs and run `record`
+        (the rows that name them). Packs in `retire` (gc's repacking: their live objects
+        are in the new packs) leave the index in the same transaction.
+
+        Under the store lock, so `gc` never sees a published object the index has not
+        learned of; a crash between the two steps leaves only unreferenced objects, which
+        the next `gc` removes."""
+        if not self.lock.held:
+            raise DsvError("bug in dsv: objects published without the store lock")
+        packs = ingest.publish()
+        if crash:
+            crashpoint(crash)
+        with self.index.transaction():
+            for pack_id in retire:  # first: an object's row names the first pack holding it
+                self.index.delete_pack(pack_id)
+            self.index.add_packs(packs)
+            result = record() if record is not None else None
+        return result
+
+    def writers_alive(self) -> int:
+        """Other live processes with a staging directory (see objects.live_stages)."""
+        return live_stages(self.tmp_root, self.objects.staging_dir)
+
+    # ---- trees -------------------------------------------------------------------------
+    def read_tree(self, oid: str) -> bytes:
+        """A tree object's bytes (cached: trees are immutable)."""
+        data = self._trees.get(oid)
+        if data is None:
+            data = self.objects.read(oid)
+            self._trees[oid] = data
+        return data
+
+    def tree_writer(self, ingest: Ingest) -> Callable[[str, bytes], None]:
+        """A `tree.build_tree` sink: new trees go into `ingest` and the tree cache."""
+        def store(oid: str, data: bytes) -> None:
+            self._trees[oid] = data
+            ingest.add(oid, KIND_TREE, data)
+        return store
+
+    def manifest(self, version: Version, prefix: str = "") -> Manifest:
+        """The flat manifest of `version` (only what lies under `prefix`, if given)."""
+        root = version.tree
+        if prefix:
+            rows = tree.list_dir(version.tree, self.read_tree, prefix.rpartition("/")[0])
+            match = [r for r in rows if r[0] == prefix.rpartition("/")[2]]
+            if not match:
+                return {}
+            _name, kind, mode, size, oid = match[0]
+            if kind != tree.DIR:
+                return {prefix: Entry(kind, mode, size, oid)}
+            root = oid
+        return tree.flatten(root, self.read_tree, prefix)
+
+    # ---- ids ---------------------------------------------------------------------------
+    def new_version_id(self) -> str:
+        """A random version id no version of this store has."""
+        vid = random_id(VERSION_ID_LEN)
+        while self.index.version(vid) is not None:
+            vid = random_id(VERSION_ID_LEN)
+        return vid
+
+    def new_dataset_id(self) -> str:
+        """A random dataset id that is neither an id nor a name here."""
+        ds_id = random_id(DATASET_ID_LEN)
+        while self.index.dataset_by("id", ds_id) or self.index.dataset_by("name", ds_id):
+            ds_id = random_id(DATASET_ID_LEN)
+        return ds_id
+
+    # ---- datasets and refs -------------------------------------------------------------
+    def dataset(self, key: str) -> Dataset:
+        """A dataset by id or name."""
+        return refs.find_dataset(self.index, key)
+
+    def dataset_root(self, ds: Dataset) -> Path:
+        """A dataset's working directory (InvalidInput if it has none)."""
+        if ds.path is None:
+            raise InvalidInput(f"dataset {ds.name!r} has no working directory",
+                               hint=f"bind one with `dsv datasets update {ds.name} --path DIR`")
+        return self.root if ds.path == "." else self.root / ds.path
+
+    def dataset_at(self, cwd: str | os.PathLike[str] = ".") -> Dataset | None:
+        """The dataset whose working directory holds `cwd` (the deepest one)."""
+        here = Path(cwd).resolve()
+        try:
+            rel = here.relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+        best: Dataset | None = None
+        best_depth = -1
+        for ds in self.index.datasets():
+            if ds.path is None:
+                continue
+            if ds.path == "." or rel == ds.path or rel.startswith(ds.path + "/"):
+                depth = 0 if ds.path == "." else ds.path.count("/") + 1
+                if depth > best_depth:
+                    best, best_depth = ds, depth
+        return best
+
+    def pick_dataset(self, key: str | None, cwd: str | os.PathLike[str] = ".") -> Dataset:
+        """The dataset named by `key`, else the one of `cwd`, else the only one."""
+        if key:
+            return self.dataset(key)
+        here = self.dataset_at(cwd)
+        if here is not None:
+            return here
+        all_ds = self.index.datasets()
+        if len(all_ds) == 1:
+            return all_ds[0]
+        raise DatasetNotFound("no dataset given and none is bound to this directory",
+                              hint="name one (see `dsv datasets list`), or run inside its "
+                                   "directory")
+
+    def workspace_path(self, path: str | os.PathLike[str]) -> str:
+        """`path` relative to the workspace root (checked: inside it, not in a store)."""
+        absolute = Path(path).resolve()
+        try:
+            rel = absolute.relative_to(self.root).as_posix()
+        except ValueError:
+            raise UnsafePath(f"{path} is outside the workspace {self.root}",
+                             hint="dataset directories must be inside the workspace") from None
+        if rel != "." and any(is_reserved(part) for part in rel.split("/")):
+            raise UnsafePath(f"{path} is inside a store ('.dsv' is reserved for dsv)")
+        if rel != ".":
+            check_relpath(rel)
+        return rel
+
+    def excluded(self, ds: Dataset) -> list[str]:
+        """Root-relative directories a dataset leaves out: the store and nested datasets."""
+        base = "" if ds.path == "." else (ds.path or "")
+        out = []
+        for path in [STORE_DIR] + [d.path for d in self.index.datasets()
+                                   if d.path and d.id != ds.id and d.path != "."]:
+            if base == "":
+                out.append(path)
+            elif path.startswith(base + "/"):
+                out.append(path[len(base) + 1:])
+        return out
+
+    def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
+        """The version a ref names; a bare selector (`:v1`, `v1`) uses the cwd's dataset."""
+        default = self.dataset_at(cwd)
+        if ":" not in ref and default is not None:
+            base = ref.split("~", 1)[0]
+            is_dataset = (self.index.dataset_by("id", base) or self.index.dataset_by("name", base))
+            if not is_dataset:
+                ref = ":" + ref
+        version = refs.resolve(self.index, refs.parse_ref(ref), default)
+        version.tags = self.index.tags_of(version.id)
+        return version
+
+    def version(self, vid: str) -> Version:
+        """A version by its full id, with its tags."""
+        found = self.index.version(vid)
+        if found is None:
+            raise RefError(f"no version {vid}")
+        found.tags = self.index.tags_of(vid)
+        return found
+
+
+def check_format(dsv_dir: Path) -> None:
+    """Refuse stores written in a format this dsv does not know (never guess at them)."""
+    try:
+        config = load_bounded(fileio.read_regular(dsv_dir / "config.json", 64 << 10), 64 << 10)
+        fmt = int(config.get("format", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise StoreNotFound(f"{dsv_dir}/config.json is unreadable",
+                            hint="it must be a regular file written by dsv") from None
+    if fmt != STORE_FORMAT:
+        raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
+                       hint="use the dsv version that created it, or upgrade dsv")
+
+
+def check_store_files(dsv_dir: Path) -> None:
+    """`.dsv/` and the files dsv opens in it by name are what they seem: a directory and
+    regular files, never links someone planted (SQLite and flock would follow them)."""
+    for path, want in ((dsv_dir, stat.S_ISDIR), (dsv_dir / "objects", stat.S_ISDIR),
+                       (dsv_dir / "tmp", stat.S_ISDIR),
+                       (dsv_dir / "objects" / "packs", stat.S_ISDIR),
+                       (dsv_dir / "objects" / "loose", stat.S_ISDIR),
+                       (dsv_dir / "objects" / "links", stat.S_ISDIR),
+                       (dsv_dir / "index.db", stat.S_ISREG), (dsv_dir / "lock", stat.S_ISREG),
+                       (dsv_dir / "index.db-wal", stat.S_ISREG),
+                       (dsv_dir / "index.db-shm", stat.S_ISREG)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not want(st.st_mode):
+            kind = "directory" if want is stat.S_ISDIR else "regular file"
+            raise UnsafePath(f"{path} is not a {kind} (a link or something else was put there)",
+                             hint="remove it; dsv never follows links inside its store")
