@@ -98,6 +98,7 @@ class Core:
             self.index.create_schema()  # idempotent: adds what older stores lack
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
         self.lock = StoreLock(self.dsv_dir / "lock")
+        self.refs = refs.RefStore(self.index)
         self._trees: dict[str, bytes] = {}
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ class Dataset:
 
 DRAFT = "draft"
 COMMITTED = "committed"
+LATEST = "latest"   # the ref naming a dataset's newest committed version
 
 
 @dataclass(kw_only=True)

@@ -195,3 +195,11 @@ def ancestors(paths: Iterable[str]) -> set[str]:
             out.add(parent)
             cut = path.rfind("/", 0, cut)
     return out
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether `name` may name a dataset, a tag or a remote (also ids: the same grammar)."""
+    return NAME_RE.fullmatch(name) is not None and ".." not in name

@@ -1,22 +1,25 @@
-"""The ref grammar `DATASET[:SELECTOR][~N]` and its resolution against the index.
+"""Refs: the grammar `DATASET[:SELECTOR][~N]`, resolution, the local ref store, ancestry.
 
 Owns parsing (pure, property-tested) and resolution: `latest`, a tag, a version id or a
-unique prefix of one (≥ 4 chars), then `~N` ancestry along first parents. Ambiguity is
-an error listing the candidates. Must never write to the index.
+unique prefix of one (≥ 4 chars), then `~N` ancestry along first parents (ambiguity is
+an error listing the candidates); `RefStore`, through which every write of a local ref
+(a dataset's `latest`, its tags) goes, so their rules live in one place; and walks of
+history (`ancestry`, `descends_from`). Must never write anything but refs, and only
+inside the caller's index transaction.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import AmbiguousRef, DatasetNotFound, RefError
+from .errors import AmbiguousRef, DatasetNotFound, InvalidInput, RefError
 from .index import Index
-from .model import Dataset, Version
+from .model import COMMITTED, LATEST, Dataset, Version
+from .paths import NAME_RE, is_valid_name  # noqa: F401 - the grammar, re-exported
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ANCESTRY_RE = re.compile(r"((?:~\d*)+)$")
-LATEST = "latest"
 MIN_PREFIX = 4
 
 
@@ -33,9 +36,11 @@ class RefSpec:
         return text + (f"~{self.ancestor}" if self.ancestor else "")
 
 
-def is_valid_name(name: str) -> bool:
-    """Whether `name` may name a dataset or a tag."""
-    return NAME_RE.fullmatch(name) is not None and ".." not in name
+def check_tag_name(name: str) -> None:
+    """InvalidInput unless `name` may name a tag."""
+    if not is_valid_name(name) or name == LATEST:
+        raise InvalidInput(f"invalid tag name {name!r}",
+                           hint="use letters, digits, '.', '_' and '-'; not 'latest'")
 
 
 def parse_ref(text: str) -> RefSpec:
@@ -120,3 +125,70 @@ def _select(index: Index, ds: Dataset, selector: str) -> Version:
     version = index.version(distinct.pop())
     assert version is not None
     return version
+
+
+# ---- the local ref store ----------------------------------------------------------------
+
+RefChange = tuple[str, str, str]
+"""A planned local ref move: (dataset id, `latest` or a tag name, version id)."""
+
+
+class RefStore:
+    """The local refs: each dataset's `latest` and its tags. Every write goes through
+    here, inside the caller's index transaction; a ref always names a committed version
+    of its own dataset."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def _target(self, ds_id: str, vid: str) -> Version:
+        version = self.index.version(vid)
+        if version is None or version.state != COMMITTED or version.dataset != ds_id:
+            raise RefError(f"{vid} is not a committed version of dataset {ds_id}")
+        return version
+
+    def set_latest(self, ds_id: str, vid: str | None) -> None:
+        """Point `latest` at `vid` (None: the dataset has no committed version left)."""
+        if vid is not None:
+            self._target(ds_id, vid)
+        self.index.update_dataset(ds_id, latest=vid)
+
+    def set_tag(self, ds_id: str, name: str, vid: str) -> None:
+        """Create or move tag `name`."""
+        check_tag_name(name)
+        self._target(ds_id, vid)
+        self.index.set_tag(ds_id, name, vid)
+
+    def delete_tag(self, ds_id: str, name: str) -> None:
+        self.index.delete_tag(ds_id, name)
+
+    def apply(self, changes: Iterable[RefChange]) -> None:
+        """Move refs as planned (a pull's or fetch's decisions)."""
+        for ds_id, name, vid in changes:
+            if name == LATEST:
+                self.set_latest(ds_id, vid)
+            else:
+                self.set_tag(ds_id, name, vid)
+
+
+# ---- history ----------------------------------------------------------------------------
+
+def ancestry(index: Index, versions: Iterable[Version]) -> list[Version]:
+    """`versions` and every committed ancestor the index knows, each once."""
+    out: dict[str, Version] = {}
+    stack = list(versions)
+    while stack:
+        v = stack.pop()
+        if v.id in out:
+            continue
+        out[v.id] = v
+        for pid in v.parents:
+            parent = index.version(pid)
+            if parent is not None and parent.state == COMMITTED:
+                stack.append(parent)
+    return list(out.values())
+
+
+def descends_from(index: Index, v: Version, record: str) -> bool:
+    """Whether the version whose record is `record` is `v` or one of its ancestors."""
+    return any(a.record == record for a in ancestry(index, [v]))

@@ -23,7 +23,9 @@ from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail
                       parse_pack_index)
 from .records import parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
-from .sync import (Remote, index_key, loose_key, pack_key, _parse_ref, _record_sent, _Sent)
+from .remotes import layout
+from .remotes.layout import index_key, loose_key, pack_key
+from .sync import Remote, _record_sent, _Sent
 
 if TYPE_CHECKING:
     from .store import Store
@@ -61,18 +63,18 @@ def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None
     report = RemoteCheckReport(remote.name)
     remote.connect()
     listing = {key: size for key, size in remote.backend.list("")}
-    indexes = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith("index/")}
-    packs = {k[len("packs/"):-len(".pack")]: s for k, s in listing.items()
-             if k.startswith("packs/") and k.endswith(".pack")}
-    loose = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith("loose/")}
+    indexes = {layout.index_id_of_key(k): s for k, s in listing.items()
+               if layout.index_id_of_key(k) is not None}
+    packs = {layout.pack_id_of_key(k): s for k, s in listing.items()
+             if layout.pack_id_of_key(k) is not None}
+    loose = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith(layout.LOOSE)}
     report.packs, report.loose = len(packs), len(loose)
     for key in listing:
         top = key.split("/", 1)[0]
-        if top not in ("index", "packs", "loose", "refs", "tmp", "dsv-remote.json",
-                       "refs.lock"):
+        if top not in layout.TOP_LEVEL and key != "refs.lock":
             report.warnings.append(f"unexpected file {key}")
     for name in loose:
-        if not is_hash(name) or f"loose/{name[:2]}/{name}" not in listing:
+        if not is_hash(name) or layout.loose_key(name) not in listing:
             report.problems.append(f"loose file {name[:40]} is not named by a blake3 id")
 
     # 1. pack indexes: each must hash to its name and describe a whole pack.
@@ -190,13 +192,13 @@ def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, 
                damaged: dict[str, str]) -> None:
     """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
     refs = []
-    for key, _size in remote.backend.list("refs/"):
+    for key, _size in remote.backend.list(layout.REFS):
         try:
             got = remote.backend.read_ref(key)
         except RemoteRefused as exc:
             report.problems.append(f"ref {key}: {exc.message}")
             continue
-        ref = _parse_ref(key, *got) if got else None
+        ref = layout.parse_ref(key, *got) if got else None
         if ref is None:
             report.problems.append(f"ref {key} is not a ref dsv writes")
             continue

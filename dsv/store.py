@@ -255,11 +255,9 @@ class Store:
                 self.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
                                           committed=v.committed, record=v.record, size=v.size,
                                           files=v.files, lineage=v.lineage)
-            fields: dict[str, Any] = {"latest": v.id}
+            self.core.refs.set_latest(v.dataset, v.id)
             if head:
-                fields["head"] = v.id
-                fields["cache_tree"] = cache_tree
-            self.index.update_dataset(v.dataset, **fields)
+                self.index.update_dataset(v.dataset, head=v.id, cache_tree=cache_tree)
             if stat_rows is not None:
                 ds_id, rows, gone = stat_rows
                 self.index.drop_stat_rows(ds_id, gone)
@@ -555,9 +553,7 @@ class Store:
     # ---- tags -------------------------------------------------------------------------
     def tag(self, ref: str, name: str, force: bool = False,
             cwd: str | os.PathLike[str] = ".") -> Version:
-        if not refs.is_valid_name(name) or name == refs.LATEST:
-            raise InvalidInput(f"invalid tag name {name!r}",
-                               hint="use letters, digits, '.', '_' and '-'; not 'latest'")
+        refs.check_tag_name(name)
         with self.locked("tag"):
             version = self.resolve(ref, cwd)
             if version.is_draft:
@@ -568,7 +564,7 @@ class Store:
                 raise TagExists(f"tag {name!r} already points at {current}",
                                 hint="pass --force to move it")
             with self.index.transaction():
-                self.index.set_tag(version.dataset, name, version.id)
+                self.core.refs.set_tag(version.dataset, name, version.id)
             version.tags = self.index.tags_of(version.id)
             return version
 
@@ -583,7 +579,7 @@ class Store:
             if vid is None:
                 raise RefError(f"dataset {ds.name!r} has no tag {name!r}")
             with self.index.transaction():
-                self.index.delete_tag(ds.id, name)
+                self.core.refs.delete_tag(ds.id, name)
             return vid
 
     def tags(self, key: str | None = None) -> list[dict[str, Any]]:
@@ -796,7 +792,7 @@ class Store:
                 self.index.delete_version(v.id)
                 if ds.latest == v.id:
                     remaining = self.index.versions(ds.id, "committed")
-                    self.index.update_dataset(ds.id, latest=remaining[0].id if remaining else None)
+                    self.core.refs.set_latest(ds.id, remaining[0].id if remaining else None)
             return v
 
     # ---- reading files of versions ---------------------------------------------------
@@ -1073,7 +1069,7 @@ class Store:
             fetched = sync.fetch(self, sync.open_remote(self, "origin"))
             with self.index.transaction():
                 for ref in fetched[1].values():
-                    if ref.ref != sync.LATEST or ref.path is None:
+                    if ref.ref != refs.LATEST or ref.path is None:
                         continue
                     try:
                         rel = "." if ref.path == "." else self._workspace_path(self.root / ref.path)
@@ -1456,6 +1452,7 @@ def _restore_versions(index: Index, records: list[Record],
                       old_datasets: dict[str, tuple], old_tags: list[tuple]) -> None:
     """Insert datasets and committed versions described by version records."""
     records.sort(key=lambda r: r.version.committed or 0.0)
+    ref_store = refs.RefStore(index)
     names: set[str] = set()
     datasets: dict[str, Dataset] = {}
     for record in records:
@@ -1482,11 +1479,13 @@ def _restore_versions(index: Index, records: list[Record],
         v.parents = [p.id for p in record.parents if p.record in by_oid
                      and by_oid[p.record].id == p.id and by_oid[p.record].dataset == v.dataset]
         index.insert_version(v)
-        index.update_dataset(v.dataset, latest=v.id,
-                             head=v.id if datasets[v.dataset].path else None)
+        ref_store.set_latest(v.dataset, v.id)
+        index.update_dataset(v.dataset, head=v.id if datasets[v.dataset].path else None)
     for ds_id, name, vid, _created in old_tags:
-        if ds_id in datasets and index.version(vid) is not None:
-            index.set_tag(ds_id, name, vid)
+        found = index.version(vid)
+        if ds_id in datasets and found is not None and found.dataset == ds_id and \
+                refs.is_valid_name(name) and name != refs.LATEST:
+            ref_store.set_tag(ds_id, name, vid)
 
 
 def _put_entry(manifest: Manifest, path: str, entry: Entry) -> None:

@@ -24,13 +24,17 @@ from . import refs, tree
 from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
 from .faults import crashpoint
 from .hashing import hash_bytes, hash_file, is_hash
+from .refs import LATEST, RefChange
 from .model import Dataset, FetchReport, PullReport, PushReport, Version
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, encode_pack,
                       pack_tail_size, parse_pack_index)
 from .jsonio import load_bounded
-from .paths import check_relpath, is_under, normalize_user_path
+from .paths import is_under, normalize_user_path
 from .records import MAX_RECORD_BYTES, Record, parse_record
-from .remotes.base import (REMOTE_FORMAT, REMOTE_MARKER, Backend, NotFound, RemoteError,
+from .remotes import layout
+from .remotes.layout import (REMOTE_FORMAT, REMOTE_MARKER, RemoteRef, index_key, loose_key,
+                             pack_key, ref_key)
+from .remotes.base import (Backend, NotFound, RemoteError,
                            MAX_GET_BYTES, MAX_REF_BYTES, RemoteRefused, RemoteSpec,
                            check_outside_stores, open_backend)
 from .remotes.cache import ClusterCache
@@ -45,7 +49,10 @@ RANGE_MAX = 8 << 20          # but no single GET larger than this (keeps memory 
 WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if we need this much
 IN_FLIGHT = 3                # upload packs held in memory at once
 LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
-LATEST = "latest"
+
+
+def _ref_body(ds: Dataset, ref: str, v: Version) -> bytes:
+    return layout.ref_body(ds.id, v.id, v.record, ds.name, ds.path, latest=ref == LATEST)
 
 
 # ---- reports ----------------------------------------------------------------------------
@@ -55,74 +62,6 @@ _Parsed = dict[str, tuple[Record, bytes | None]]
 
 
 # ---- remote names -----------------------------------------------------------------------
-
-def pack_key(pack_id: str) -> str:
-    return f"packs/{pack_id}.pack"
-
-
-def index_key(pack_id: str) -> str:
-    return f"index/{pack_id}"
-
-
-def loose_key(oid: str) -> str:
-    return f"loose/{oid[:2]}/{oid}"
-
-
-def ref_key(ds_id: str, ref: str) -> str:
-    return f"refs/{ds_id}/{ref}"
-
-
-def _ref_body(ds: Dataset, ref: str, v: Version) -> bytes:
-    body: dict[str, Any] = {"dataset": ds.id, "version": v.id, "record": v.record}
-    if ref == LATEST:
-        body.update(name=ds.name, path=ds.path)
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-@dataclass
-class RemoteRef:
-    dataset: str
-    ref: str              # "latest" or "tags/NAME"
-    version: str
-    record: str
-    etag: str
-    name: str | None = None
-    path: str | None = None
-
-
-def _parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
-    """A ref read from a remote (untrusted): None if it is not one dsv writes."""
-    parts = key.split("/")
-    if len(parts) == 3 and parts[2] == LATEST:
-        ref = LATEST
-    elif len(parts) == 4 and parts[2] == "tags" and refs.is_valid_name(parts[3]):
-        ref = f"tags/{parts[3]}"
-    else:
-        return None
-    try:
-        body = load_bounded(data, MAX_REF_BYTES)
-        ds_id, vid, record = body["dataset"], body["version"], body["record"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if ds_id != parts[1] or not refs.is_valid_name(ds_id) or not isinstance(vid, str) \
-            or not refs.is_valid_name(vid) or not isinstance(record, str) or not is_hash(record):
-        return None
-    name, path = body.get("name"), body.get("path")
-    return RemoteRef(ds_id, ref, vid, record, etag,
-                     name if isinstance(name, str) and refs.is_valid_name(name) else None,
-                     path if isinstance(path, str) and _valid_path(path) else None)
-
-
-def _valid_path(path: str) -> bool:
-    """A ref's working-directory path: `.` or a safe relative path (never into a store)."""
-    if path == ".":
-        return True
-    try:
-        check_relpath(path)
-    except DsvError:
-        return False
-    return True
-
 
 # ---- plumbing ---------------------------------------------------------------------------
 
@@ -202,7 +141,7 @@ class Remote:
                 # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
                 self.store.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
                 return None
-            return _parse_ref(key, *got) if got else None
+            return layout.parse_ref(key, *got) if got else None
 
         with ThreadPoolExecutor(WORKERS) as pool:
             found = [r for r in pool.map(read, keys) if r is not None]
@@ -242,27 +181,6 @@ def _bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable
 
 # ---- push -------------------------------------------------------------------------------
 
-def _ancestry(store: "Store", versions: Iterable[Version]) -> list[Version]:
-    """`versions` and every ancestor the index knows, each once."""
-    out: dict[str, Version] = {}
-    stack = list(versions)
-    while stack:
-        v = stack.pop()
-        if v.id in out:
-            continue
-        out[v.id] = v
-        for pid in v.parents:
-            parent = store.index.version(pid)
-            if parent is not None and parent.state == "committed":
-                stack.append(parent)
-    return list(out.values())
-
-
-def descends_from(store: "Store", v: Version, record: str) -> bool:
-    """Whether the version whose record is `record` is `v` or one of its ancestors."""
-    return any(a.record == record for a in _ancestry(store, [v]))
-
-
 def _push_plan(store: "Store", targets: list[str]
                ) -> tuple[list[Version], list[tuple[Dataset, str, Version, bool]]]:
     """Versions to send and refs to set: (dataset, ref, version, required)."""
@@ -296,7 +214,7 @@ def _push_plan(store: "Store", targets: list[str]
         ref_plan.append((owner, LATEST, v, False))
         for name in store.index.tags_of(v.id):
             ref_plan.append((owner, f"tags/{name}", v, True))
-    return _ancestry(store, roots), ref_plan
+    return refs.ancestry(store.index, roots), ref_plan
 
 
 _CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --force to "
@@ -511,17 +429,17 @@ def _decide(store: "Store", ref: str, v: Version, required: bool, force: bool, b
     data, etag = current
     if data == body:
         return "same", ""
-    seen = _parse_ref(key, data, etag)
+    seen = layout.parse_ref(key, data, etag)
     if seen is None or seen.record == v.record or force:
         return "write", ""
-    if ref == LATEST and descends_from(store, v, seen.record):
+    if ref == LATEST and refs.descends_from(store.index, v, seen.record):
         return "write", ""
     if not required:
         return "skip", ""  # pushing one version does not have to move `latest`
     if ref == LATEST:
         theirs = store.index.version(seen.version)
         if theirs is not None and theirs.record == seen.record and v.record and \
-                descends_from(store, theirs, v.record):
+                refs.descends_from(store.index, theirs, v.record):
             return "behind", f"the remote is ahead ({seen.version})"
         return "reject", f"is {seen.version} on the remote; {v.id} does not descend from it"
     return "reject", f"is {seen.version} on the remote, not {v.id} (tags move only with --force)"
@@ -669,7 +587,7 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
     changes, report.updated, _kept = _plan_refs(store, remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
-        _apply_refs(store, changes)
+        store.core.refs.apply(changes)
     index.checkpoint()
     return report, remote_refs
 
@@ -1060,9 +978,6 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
 
 # ---- pull -------------------------------------------------------------------------------
 
-RefChange = tuple[str, str, str]
-"""(dataset id, "latest" or a tag name, version id): one local ref to set."""
-
 
 def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
                force: bool = False, fast_forward: bool = True
@@ -1083,11 +998,11 @@ def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], R
         if ref == LATEST:
             current = index.version(ds.latest) if ds.latest else None
             if current is None or (fast_forward and current.id != v.id and
-                                   descends_from(store, v, current.record or "")):
+                                   refs.descends_from(store.index, v, current.record or "")):
                 changes.append((ds_id, LATEST, v.id))
                 updated.append(f"{ds.name}:latest -> {v.id}")
             elif fast_forward and current.id != v.id and \
-                    not descends_from(store, current, v.record or ""):
+                    not refs.descends_from(store.index, current, v.record or ""):
                 diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on {remote}")
         else:
             name = ref.rpartition("/")[2]
@@ -1099,15 +1014,6 @@ def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], R
                 diverged.append(f"tag {ds.name}:{name} is {mine} here and {v.id} on {remote} "
                                 f"(kept; --force takes theirs)")
     return changes, updated, diverged
-
-
-def _apply_refs(store: "Store", changes: list[RefChange]) -> None:
-    """Set planned refs (inside the caller's transaction)."""
-    for ds_id, name, vid in changes:
-        if name == LATEST:
-            store.index.update_dataset(ds_id, latest=vid)
-        else:
-            store.index.set_tag(ds_id, name, vid)
 
 
 def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
@@ -1137,7 +1043,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     # Local refs move only once the objects are here (a failed pull moves nothing), so the
     # targets are resolved against the planned refs inside a savepoint that is rolled back.
     with store.index.rolled_back():
-        _apply_refs(store, changes)
+        store.core.refs.apply(changes)
         if targets:
             chosen = [store.resolve(t) for t in targets]
         else:
@@ -1167,7 +1073,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
     def record() -> None:
-        _apply_refs(store, changes)
+        store.core.refs.apply(changes)
         if not paths:
             store.index.drop_promised(v.id for v in chosen)
 

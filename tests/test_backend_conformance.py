@@ -32,7 +32,8 @@ import pytest
 from dsv.errors import RemoteError
 from dsv.hashing import hash_bytes
 from dsv.remotes import fs, memory, s3
-from dsv.remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, REMOTE_MARKER, Backend, BadKey,
+from dsv.remotes.layout import REMOTE_MARKER
+from dsv.remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, BadKey,
                               NotFound, NotRegular, RemoteRefused, TooLarge)
 from dsv.remotes.fs import FsBackend
 from dsv.remotes.memory import MemoryBackend

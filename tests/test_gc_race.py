@@ -208,7 +208,6 @@ def test_gc_in_a_loop_beside_commit_import_and_pull(tmp_path: Path, s3, bucket: 
                                                     s3_endpoint: str) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    rng = random.Random(seed)
     env = {"DSV_LOCK_TIMEOUT": "120"}
     # ws: dataset "work" is committed to, "imp" imported, "up" pulled from a directory
     # remote that workspace `up` pushes to.

@@ -21,9 +21,6 @@ from typing import Any, Protocol
 from .. import fileio
 from ..errors import InvalidInput, RemoteError
 
-REMOTE_MARKER = "dsv-remote.json"
-REMOTE_FORMAT = 1
-
 # What a backend reads into memory at most (docs/format.md, "What a reader refuses"): a
 # remote's sizes are claims, checked before a byte is read and again while reading.
 MAX_REF_BYTES = 64 << 10        # a ref (`read_ref`); refs are ~200-byte JSON

@@ -32,6 +32,7 @@ from .. import fileio
 from ..errors import CorruptObject
 from ..hashing import is_hash, new_hasher
 from ..model import PruneReport
+from . import layout
 from .base import open_dirs
 
 # A temp file this old belongs to a filler that died; prune removes it.
@@ -52,10 +53,10 @@ class ClusterCache:
 
     # ---- names -------------------------------------------------------------------
     def pack_path(self, pack_id: str) -> str:
-        return os.path.join(self.root, "packs", f"{pack_id}.pack")
+        return os.path.join(self.root, *layout.pack_key(pack_id).split("/"))
 
     def loose_path(self, oid: str) -> str:
-        return os.path.join(self.root, "loose", oid[:2], oid)
+        return os.path.join(self.root, *layout.loose_key(oid).split("/"))
 
     def _parts(self, path: str) -> list[str]:
         """`path`'s components below the root; ValueError for anything not strictly inside

@@ -1,0 +1,136 @@
+"""Where things live on a remote and in a cluster cache: every key, and the ref file format.
+
+Owns the remote layout of docs/format.md ("Remotes"): `dsv-remote.json`,
+`packs/<id>.pack`, `index/<id>`, `loose/<xx>/<oid>`, `refs/<dataset>/latest`,
+`refs/<dataset>/tags/<name>`, and the small JSON body of a ref. Sync, `verify --remote`
+and the cluster cache build and parse keys only through this module. Pure functions:
+must never do I/O, and never trust what it parses (a remote is written by others).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import DsvError
+from ..hashing import is_hash
+from ..jsonio import load_bounded
+from ..model import LATEST
+from ..paths import check_relpath, is_valid_name
+from .base import MAX_REF_BYTES
+
+REMOTE_MARKER = "dsv-remote.json"
+REMOTE_FORMAT = 1
+
+PACKS = "packs/"
+INDEX = "index/"
+LOOSE = "loose/"
+REFS = "refs/"
+TOP_LEVEL = ("index", "packs", "loose", "refs", "tmp", REMOTE_MARKER)
+"""What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
+remote's own)."""
+
+
+
+def pack_key(pack_id: str) -> str:
+    """The key of a pack."""
+    return f"{PACKS}{pack_id}.pack"
+
+
+def index_key(pack_id: str) -> str:
+    """The key of a pack's index (its table and trailer)."""
+    return f"{INDEX}{pack_id}"
+
+
+def loose_key(oid: str) -> str:
+    """The key of a loose object (large file contents)."""
+    return f"{LOOSE}{oid[:2]}/{oid}"
+
+
+def ref_key(ds_id: str, ref: str) -> str:
+    """The key of ref `ref` (`latest` or `tags/NAME`) of dataset `ds_id`."""
+    return f"{REFS}{ds_id}/{ref}"
+
+
+def pack_id_of_key(key: str) -> str | None:
+    """The pack id a `packs/` key names, or None."""
+    if key.startswith(PACKS) and key.endswith(".pack"):
+        name = key[len(PACKS):-len(".pack")]
+        return name if "/" not in name else None
+    return None
+
+
+def index_id_of_key(key: str) -> str | None:
+    """The pack id an `index/` key names, or None."""
+    if key.startswith(INDEX):
+        name = key[len(INDEX):]
+        return name if "/" not in name else None
+    return None
+
+
+def loose_oid_of_key(key: str) -> str | None:
+    """The object id a well-formed `loose/xx/<oid>` key names, or None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == LOOSE and is_hash(parts[2]) and \
+            parts[1] == parts[2][:2]:
+        return parts[2]
+    return None
+
+
+# ---- refs -------------------------------------------------------------------------------
+
+@dataclass
+class RemoteRef:
+    """A ref as a remote holds it (parsed and checked, never trusted further)."""
+
+    dataset: str
+    ref: str              # "latest" or "tags/NAME"
+    version: str
+    record: str
+    etag: str
+    name: str | None = None
+    path: str | None = None
+
+
+def ref_body(ds_id: str, version: str, record: str | None, name: str | None = None,
+             path: str | None = None, latest: bool = False) -> bytes:
+    """The bytes of a ref file (a `latest` ref also carries the dataset's name and path)."""
+    body: dict[str, Any] = {"dataset": ds_id, "version": version, "record": record}
+    if latest:
+        body.update(name=name, path=path)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
+    """A ref read from a remote (untrusted): None if it is not one dsv writes."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[2] == LATEST:
+        ref = LATEST
+    elif len(parts) == 4 and parts[2] == "tags" and is_valid_name(parts[3]):
+        ref = f"tags/{parts[3]}"
+    else:
+        return None
+    try:
+        body = load_bounded(data, MAX_REF_BYTES)
+        ds_id, vid, record = body["dataset"], body["version"], body["record"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if ds_id != parts[1] or not is_valid_name(ds_id) or not isinstance(vid, str) \
+            or not is_valid_name(vid) or not isinstance(record, str) or not is_hash(record):
+        return None
+    name, path = body.get("name"), body.get("path")
+    return RemoteRef(ds_id, ref, vid, record, etag,
+                     name if isinstance(name, str) and is_valid_name(name) else None,
+                     path if isinstance(path, str) and _valid_path(path) else None)
+
+
+def _valid_path(path: str) -> bool:
+    """A ref's working-directory path: `.` or a safe relative path (never into a store)."""
+    if path == ".":
+        return True
+    try:
+        check_relpath(path)
+    except DsvError:
+        return False
+    return True
