@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import fileio, refs, tree
-from .errors import DatasetNotFound, DsvError, InvalidInput, RefError, StoreExists, StoreNotFound, UnsafePath
+from .errors import (
+    DatasetNotFound,
+    DsvError,
+    InvalidInput,
+    RefError,
+    StoreExists,
+    StoreNotFound,
+    UnsafePath,
+)
 from .faults import crashpoint
 from .hashing import random_id
 from .index import SCHEMA_VERSION, Index
@@ -28,7 +36,10 @@ from .lock import StoreLock
 from .model import Dataset, Entry, Manifest, Version
 from .objects import KIND_TREE, Ingest, ObjectStore, live_stages, remove_dead_stages
 from .paths import STORE_DIR, check_relpath, is_reserved
+from .remotes.base import RemoteSpec
 from .reporting import Reporter
+
+_KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
 STORE_FORMAT = 1
 DATASET_ID_LEN = 8
@@ -285,6 +296,10 @@ class Core:
         version.tags = self.index.tags_of(version.id)
         return version
 
+    def head(self, ds: Dataset) -> Version | None:
+        """The version a dataset's working directory was last made to match."""
+        return self.index.version(ds.head) if ds.head else None
+
     def version(self, vid: str) -> Version:
         """A version by its full id, with its tags."""
         found = self.index.version(vid)
@@ -292,6 +307,36 @@ class Core:
             raise RefError(f"no version {vid}")
         found.tags = self.index.tags_of(vid)
         return found
+
+
+    # ---- remotes configured -----------------------------------------------------------
+    def remote_specs(self) -> list[RemoteSpec]:
+        """Every configured remote (origins and cluster caches)."""
+        return [RemoteSpec(r["name"], r["url"], r["kind"], r["endpoint_url"], r["profile"],
+                           r["ttl"], r["max_size"], bool(r["write_through"]),
+                           bool(r["is_default"])) for r in self.index.remotes()]
+
+    def remote_spec(self, name: str | None = None, kind: str | None = "origin") -> RemoteSpec:
+        """A configured remote by name (of `kind`, unless None); without a name, the
+        default remote of `kind`."""
+        specs = self.remote_specs()
+        if name is not None:
+            for spec in specs:
+                if spec.name == name and kind not in (None, spec.kind):
+                    raise InvalidInput(f"{name} is {_KIND_WORDS[spec.kind]}, "
+                                       f"not {_KIND_WORDS[kind]}")
+                if spec.name == name:
+                    return spec
+            raise InvalidInput(f"no remote named {name!r}",
+                               hint="`dsv remote list` shows the remotes")
+        origins = [s for s in specs if s.kind == kind]
+        chosen = [s for s in origins if s.is_default] or (origins if len(origins) == 1 else [])
+        if not chosen:
+            raise InvalidInput("no remote configured" if not origins else
+                               "several remotes and none is the default",
+                               hint="add one with `dsv remote add NAME URL`" if not origins else
+                               "name the remote on the command line")
+        return chosen[0]
 
 
 def check_format(dsv_dir: Path) -> None:

@@ -15,9 +15,10 @@ import hashlib
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import refs, tree
+from .core import Core
+from . import refs, tree, versions
 from .errors import DsvError, InvalidInput, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
@@ -26,8 +27,6 @@ from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .remotes import s3
 
-if TYPE_CHECKING:
-    from .store import Store
 
 WORKERS = 8
 BATCH_FILES = 256
@@ -88,7 +87,7 @@ def _relative(obj: s3.S3Object, base: str) -> str:
                          hint="nothing was imported") from None
 
 
-def import_s3(store: "Store", url: str, name: str | None = None, etag: str | None = None,
+def import_s3(store: Core, url: str, name: str | None = None, etag: str | None = None,
               version_id: str | None = None, endpoint_url: str | None = None,
               profile: str | None = None, no_sign_request: bool = False,
               message: str | None = None) -> Version:
@@ -121,11 +120,11 @@ def import_s3(store: "Store", url: str, name: str | None = None, etag: str | Non
     lineage = {"import": {"source": url, "bucket": bucket, "prefix": base,
                           "single_object": len(objects) == 1 and (key == objects[0].key),
                           "endpoint_url": endpoint_url, "files": record_files}}
-    return store.commit_manifest(name, manifest, message or f"import {url}", lineage,
+    return versions.commit_manifest(store, name, manifest, message or f"import {url}", lineage,
                                  create_dataset=True)
 
 
-def _still_stored(store: "Store", oid: str, size: int) -> bool:
+def _still_stored(store: Core, oid: str, size: int) -> bool:
     if size >= PACK_THRESHOLD:
         return store.objects.has_loose(oid)
     return store.index.locate(oid) is not None
@@ -143,7 +142,7 @@ def _batches(objects: list[s3.S3Object]) -> list[list[s3.S3Object]]:
     return [b for b in batches if b]
 
 
-def _download_batch(store: "Store", client: Any, bucket: str, batch: list[s3.S3Object],
+def _download_batch(store: Core, client: Any, bucket: str, batch: list[s3.S3Object],
                     pool: ThreadPoolExecutor, advance: Any) -> None:
     """Download a batch in parallel, store it, and record it in one transaction, so an
     interrupted import keeps every finished batch."""
@@ -178,7 +177,7 @@ def _download_batch(store: "Store", client: Any, bucket: str, batch: list[s3.S3O
         # Staged objects are this process's until published: gc cannot take them.
         crashpoint("import:objects-staged")
         with store.locked("import"):
-            store.core.commit_objects(ingest, lambda: store.index.add_imported(rows))
+            store.commit_objects(ingest, lambda: store.index.add_imported(rows))
     crashpoint("import:batch-recorded")
 
 
@@ -191,7 +190,7 @@ def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:
                              hint="the server sent corrupted data; run the import again")
 
 
-def check_import(store: "Store", ref: str, endpoint_url: str | None = None,
+def check_import(store: Core, ref: str, endpoint_url: str | None = None,
                  profile: str | None = None, no_sign_request: bool = False) -> ImportCheckReport:
     """Re-read the source's metadata: is it still exactly what `ref` imported?"""
     version = store.resolve(ref)

@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import fileio, refs, worktree
+from .core import Core
+from . import fileio, refs, versions, worktree
 from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
 from .hashing import LARGE_READ, new_hasher
 from .model import JobResult, Version
@@ -39,8 +40,6 @@ from .objects import RACY_NS
 from .paths import STORE_DIR, is_reserved
 from .tree import FILE, LINK, Manifest
 
-if TYPE_CHECKING:
-    from .store import Store
 
 INPUTS_DIR = "inputs"
 STAMP_SUFFIX = ".stamp"       # `.dsv/inputs/<version>.stamp`, beside (not in) the tree
@@ -135,7 +134,7 @@ def can_mount_read_only() -> bool:
         return done.returncode == 0 and not (src / "x").exists()
 
 
-def check_mount_root(store: "Store", mount_root: str | os.PathLike[str],
+def check_mount_root(store: Core, mount_root: str | os.PathLike[str],
                      fresh: bool = False) -> Path:
     """`mount_root` with symlinks resolved, refused (before anything is created) when it
     lies inside a store or holds this workspace's store: outputs must never land among
@@ -178,7 +177,7 @@ def _binding_dir(root: Path, name: str) -> Path:
     return path
 
 
-def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command: list[str],
+def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
         mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
         mount: bool | None = None) -> JobResult:
     """Run `command` with `inputs` (NAME → REF) read-only and `outputs` (NAME → DATASET)
@@ -244,7 +243,7 @@ def run(store: "Store", inputs: dict[str, str], outputs: dict[str, str], command
         }
         text = message or f"dsv run: {' '.join(command)}"[:200]
         for name, ds in out_datasets.items():
-            result.outputs[name] = store.create_version_from_path(
+            result.outputs[name] = versions.create_version_from_path(store, 
                 ds.id, root / name, text, lineage=lineage, commit=status == 0 and not changed)
         kept = ", ".join(f"{_name(store, v.dataset)}:{v.id}" for v in result.outputs.values())
         if changed:
@@ -288,7 +287,7 @@ class InputTree:
         """`device:inode` of the tree's directory, as `stat -c %d:%i` prints it."""
         return _identity(os.fstat(self.fd))
 
-    def changed_paths(self, store: "Store") -> list[str]:
+    def changed_paths(self, store: Core) -> list[str]:
         """Paths done anything to since the check. A file whose only change is its ctime
         (a shared copy gained or lost a hard link) is re-hashed and passes if intact."""
         try:
@@ -322,7 +321,7 @@ class InputTree:
         self.close()
 
 
-def input_tree(store: "Store", version: Version) -> InputTree:
+def input_tree(store: Core, version: Version) -> InputTree:
     """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
 
     Made once per version (large files hard links to verified shared copies, small ones
@@ -345,7 +344,7 @@ def input_tree(store: "Store", version: Version) -> InputTree:
     return InputTree(version, base / version.id, fd, records)
 
 
-def remove_unused_inputs(store: "Store") -> int:
+def remove_unused_inputs(store: Core) -> int:
     """Drop input trees (and stamps) of versions that no longer exist, and half-built or
     discarded trees."""
     base = store.dsv_dir / INPUTS_DIR
@@ -366,7 +365,7 @@ def remove_unused_inputs(store: "Store") -> int:
     return removed
 
 
-def _open_inputs_dir(store: "Store") -> tuple[Path, int]:
+def _open_inputs_dir(store: Core) -> tuple[Path, int]:
     """`.dsv/inputs/` and a descriptor of it; a link or file in its place is removed."""
     base = store.dsv_dir / INPUTS_DIR
     for _ in range(3):
@@ -384,7 +383,7 @@ def _open_inputs_dir(store: "Store") -> tuple[Path, int]:
     return base, os.open(base, _DIR_FLAGS)
 
 
-def _reuse(store: "Store", version: Version, base_fd: int) -> tuple[int, dict[str, Record]] | None:
+def _reuse(store: Core, version: Version, base_fd: int) -> tuple[int, dict[str, Record]] | None:
     """The existing tree's descriptor and records, if its stamp vouches for all of it."""
     try:
         fd = os.open(version.id, _DIR_FLAGS, dir_fd=base_fd)
@@ -413,7 +412,7 @@ def _reuse(store: "Store", version: Version, base_fd: int) -> tuple[int, dict[st
         raise
 
 
-def _rehash(store: "Store", version: Version, base_fd: int, tree_fd: int,
+def _rehash(store: Core, version: Version, base_fd: int, tree_fd: int,
             files: dict[str, Record], expected: dict[str, Record],
             suspects: list[str]) -> dict[str, Record]:
     """Re-verify files whose ctime alone moved (a shared copy's link count changes when
@@ -436,7 +435,7 @@ def _rehash(store: "Store", version: Version, base_fd: int, tree_fd: int,
     return files
 
 
-def _build(store: "Store", version: Version, base: Path,
+def _build(store: Core, version: Version, base: Path,
            base_fd: int) -> tuple[int, dict[str, Record]]:
     """Make the tree afresh in `<version>.building-…`, seal it read-only, move it in
     place, and stamp it once every ctime it caused is at least one tick old."""
@@ -801,7 +800,7 @@ def _hash_at(tree_fd: int, rel: str) -> tuple[str, Record] | None:
 
 # ---- running -------------------------------------------------------------------------
 
-def _name(store: "Store", ds_id: str) -> str:
+def _name(store: Core, ds_id: str) -> str:
     ds = store.index.dataset_by("id", ds_id)
     return ds.name if ds else ds_id
 

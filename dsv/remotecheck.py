@@ -13,8 +13,8 @@ what the store knows of the remote.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
+from .core import Core
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .hashing import hash_bytes, hash_file, is_hash, new_hasher
@@ -27,8 +27,6 @@ from .remotes import layout
 from .remotes.layout import index_key, loose_key, pack_key
 from .sync import Remote, _record_sent, _Sent
 
-if TYPE_CHECKING:
-    from .store import Store
 
 
 def parse_subset(text: str | None) -> float | None:
@@ -44,7 +42,7 @@ def parse_subset(text: str | None) -> float | None:
     return value
 
 
-def check_remote(store: "Store", remote: Remote, read_data: bool = False,
+def check_remote(store: Core, remote: Remote, read_data: bool = False,
                  subset: float | None = None, repair: bool = False) -> RemoteCheckReport:
     """Check `remote`; with `repair`, fix what good local copies can fix, then check again
     (the report's `problems` are what remains, `found` what the first pass saw)."""
@@ -58,7 +56,7 @@ def check_remote(store: "Store", remote: Remote, read_data: bool = False,
     return again
 
 
-def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None,
+def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
            repair: bool) -> RemoteCheckReport:
     report = RemoteCheckReport(remote.name)
     remote.connect()
@@ -134,7 +132,7 @@ def _check(store: "Store", remote: Remote, read_data: bool, subset: float | None
 _KIND = {KIND_BLOB: "file", KIND_TREE: "tree", KIND_VERSION: "version record"}
 
 
-def _read_data(store: "Store", remote: Remote, entries_of: dict[str, list],
+def _read_data(store: Core, remote: Remote, entries_of: dict[str, list],
                bad_packs: set[str], loose: dict[str, int], subset: float | None,
                report: RemoteCheckReport, damaged: dict[str, str]) -> None:
     packs = sorted(p for p in entries_of if p not in bad_packs)
@@ -187,7 +185,7 @@ def _read_data(store: "Store", remote: Remote, entries_of: dict[str, list],
             advance(1, got)
 
 
-def _walk_refs(store: "Store", remote: Remote, where: dict[str, tuple[str, int, int, int]],
+def _walk_refs(store: Core, remote: Remote, where: dict[str, tuple[str, int, int, int]],
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
                damaged: dict[str, str]) -> None:
     """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
@@ -293,7 +291,7 @@ def _local_copy(remote: Remote, oid: str) -> bytes | None:
         return None
 
 
-def _repair(store: "Store", remote: Remote, report: RemoteCheckReport, missing: list[str],
+def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
             entries_of: dict[str, list], bad_packs: set[str]) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop

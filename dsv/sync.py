@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .core import Core
 from . import refs, tree
 from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefConflict
 from .faults import crashpoint
@@ -39,8 +40,6 @@ from .remotes.base import (Backend, NotFound, RemoteError,
                            check_outside_stores, open_backend)
 from .remotes.cache import ClusterCache
 
-if TYPE_CHECKING:
-    from .store import Store
 
 WORKERS = 8
 UPLOAD_PACK_SIZE = 16 << 20
@@ -68,7 +67,7 @@ _Parsed = dict[str, tuple[Record, bytes | None]]
 class Remote:
     """One configured remote, opened: its backend, and the store's record of it."""
 
-    def __init__(self, store: "Store", spec: RemoteSpec) -> None:
+    def __init__(self, store: Core, spec: RemoteSpec) -> None:
         self.store = store
         self.spec = spec
         self.name = spec.name
@@ -148,12 +147,12 @@ class Remote:
         return {(r.dataset, r.ref): r for r in found}
 
 
-def open_remote(store: "Store", name: str | None, kind: str = "origin") -> Remote:
+def open_remote(store: Core, name: str | None, kind: str = "origin") -> Remote:
     spec = store.remote_spec(name, kind)
     return Remote(store, spec)
 
 
-def caches(store: "Store", write_through: bool = False) -> list[ClusterCache]:
+def caches(store: Core, write_through: bool = False) -> list[ClusterCache]:
     """The store's cluster caches (only those pushes write through to, if asked)."""
     for spec in store.remote_specs():
         check_outside_stores(spec.url)
@@ -161,7 +160,7 @@ def caches(store: "Store", write_through: bool = False) -> list[ClusterCache]:
             if s.kind == "cache" and (s.write_through or not write_through)]
 
 
-def _read_cache(store: "Store") -> ClusterCache | None:
+def _read_cache(store: Core) -> ClusterCache | None:
     """The cluster cache reads go to first (the first configured), if any."""
     found = caches(store)
     return found[0] if found else None
@@ -181,7 +180,7 @@ def _bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable
 
 # ---- push -------------------------------------------------------------------------------
 
-def _push_plan(store: "Store", targets: list[str]
+def _push_plan(store: Core, targets: list[str]
                ) -> tuple[list[Version], list[tuple[Dataset, str, Version, bool]]]:
     """Versions to send and refs to set: (dataset, ref, version, required)."""
     ref_plan: list[tuple[Dataset, str, Version, bool]] = []
@@ -221,7 +220,7 @@ _CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --f
                   "overwrite (the remote's versions stay stored)")
 
 
-def push(store: "Store", remote: Remote, targets: list[str], force: bool = False) -> PushReport:
+def push(store: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
     remote.refresh()
@@ -249,7 +248,7 @@ def push(store: "Store", remote: Remote, targets: list[str], force: bool = False
     return report
 
 
-def _settle_pending(store: "Store", remote: Remote) -> None:
+def _settle_pending(store: Core, remote: Remote) -> None:
     """Clear write-through markers of entries the origin now holds (a killed push left them)."""
     for cache in caches(store, write_through=True):
         marked = cache.pending()
@@ -261,7 +260,7 @@ def _settle_pending(store: "Store", remote: Remote) -> None:
                 cache.clear_pending(path)
 
 
-def _needed_objects(store: "Store", versions: list[Version]) -> dict[str, int]:
+def _needed_objects(store: Core, versions: list[Version]) -> dict[str, int]:
     """Every object the versions need, with its kind: blobs, trees, then records."""
     needed: dict[str, int] = {}
     for v in versions:
@@ -273,7 +272,7 @@ def _needed_objects(store: "Store", versions: list[Version]) -> dict[str, int]:
     return needed
 
 
-def _send_objects(store: "Store", remote: Remote, versions: list[Version],
+def _send_objects(store: Core, remote: Remote, versions: list[Version],
                   report: PushReport) -> None:
     index, objects = store.index, store.objects
     needed = _needed_objects(store, versions)
@@ -337,7 +336,7 @@ def _first_done(jobs: list[Future]) -> None:
     wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
-def _read_batches(store: "Store", phase: dict[str, tuple[str, int, int]], kind: int
+def _read_batches(store: Core, phase: dict[str, tuple[str, int, int]], kind: int
                   ) -> Iterator[list[tuple[str, int, bytes]]]:
     """The phase's objects read from local packs (in pack order), verified, in batches
     of about UPLOAD_PACK_SIZE bytes."""
@@ -412,7 +411,7 @@ def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
         cache.fill_file(path, src)
 
 
-def _record_sent(store: "Store", remote: Remote, sent: list[_Sent]) -> None:
+def _record_sent(store: Core, remote: Remote, sent: list[_Sent]) -> None:
     with store.index.transaction():
         for item in sent:
             if item.pack is not None:
@@ -421,7 +420,7 @@ def _record_sent(store: "Store", remote: Remote, sent: list[_Sent]) -> None:
         store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
 
 
-def _decide(store: "Store", ref: str, v: Version, required: bool, force: bool, body: bytes,
+def _decide(store: Core, ref: str, v: Version, required: bool, force: bool, body: bytes,
             current: tuple[bytes, str] | None, key: str) -> tuple[str, str]:
     """What to do with one remote ref: ("write" | "same" | "behind" | "skip" | "reject", why)."""
     if current is None:
@@ -449,7 +448,7 @@ def _label(ds: Dataset, ref: str) -> str:
     return f"{ds.name}:{ref.rpartition('/')[2]}"
 
 
-def _preflight(store: "Store", remote: Remote, ref_plan: list, force: bool) -> list[str]:
+def _preflight(store: Core, remote: Remote, ref_plan: list, force: bool) -> list[str]:
     """Refs the push would be refused, judged before anything is uploaded (the final
     compare-and-swap still decides races)."""
     def judge(item: tuple[Dataset, str, Version, bool]) -> str | None:
@@ -469,7 +468,7 @@ def _preflight(store: "Store", remote: Remote, ref_plan: list, force: bool) -> l
     return refused
 
 
-def _push_ref(store: "Store", remote: Remote, ds: Dataset, ref: str, v: Version,
+def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
               required: bool, force: bool, report: PushReport) -> None:
     """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
     key = ref_key(ds.id, ref)
@@ -505,7 +504,7 @@ def _push_ref(store: "Store", remote: Remote, ds: Dataset, ref: str, v: Version,
     report.rejected.append(f"{label} kept changing on the remote while pushing")
 
 
-def _remember_ref(store: "Store", remote: Remote, ds_id: str, ref: str, v: Version,
+def _remember_ref(store: Core, remote: Remote, ds_id: str, ref: str, v: Version,
                   etag: str | None) -> None:
     assert v.record is not None
     with store.index.transaction():
@@ -514,7 +513,7 @@ def _remember_ref(store: "Store", remote: Remote, ds_id: str, ref: str, v: Versi
 
 # ---- fetch ------------------------------------------------------------------------------
 
-def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
     """Bring the remote's version records, trees and refs (not file contents)."""
     report = FetchReport(remote.name)
     remote.connect()
@@ -583,17 +582,17 @@ def fetch(store: "Store", remote: Remote) -> tuple[FetchReport, dict[tuple[str, 
                 ingest.add(oid, KIND_VERSION, raw)
         for oid, raw in trees.items():
             ingest.add(oid, KIND_TREE, raw)
-        store.core.commit_objects(ingest, record, crash="fetch:objects-written")
+        store.commit_objects(ingest, record, crash="fetch:objects-written")
     changes, report.updated, _kept = _plan_refs(store, remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
-        store.core.refs.apply(changes)
+        store.refs.apply(changes)
     index.checkpoint()
     return report, remote_refs
 
 
 def _parse_into(parsed: _Parsed, oid: str,
-                raw: bytes, new: bool, store: "Store") -> None:
+                raw: bytes, new: bool, store: Core) -> None:
     """Parse one record into `parsed` (raw bytes kept only when they are new here). One
     forged record must not stop a clone: it is left out, with the refs and history that
     need it."""
@@ -605,7 +604,7 @@ def _parse_into(parsed: _Parsed, oid: str,
 
 def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
                 parsed: _Parsed,
-                store: "Store") -> dict[tuple[str, str], RemoteRef]:
+                store: Core) -> dict[tuple[str, str], RemoteRef]:
     """The remote's refs that name a version of their own dataset by its true id; any
     other ref is ignored with a notice (a ref of A naming B's version would make
     `A:tag` act on B's directory). So is a dataset whose id is a local dataset's name:
@@ -633,7 +632,7 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
 
 def _check_history(reachable: list[str],
                    parsed: _Parsed,
-                   store: "Store") -> None:
+                   store: Core) -> None:
     """History is a DAG within one dataset: every parent a record names (by id and
     record hash) is a version of the same dataset with that id. A parent that is neither
     on the remote nor here cannot be checked: it is left out of the version's parents
@@ -679,7 +678,7 @@ def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
     return sorted(seen)
 
 
-def _fetch_trees(store: "Store", remote: Remote, roots: set[str],
+def _fetch_trees(store: Core, remote: Remote, roots: set[str],
                  located: dict[str, tuple[str, int, int]], report: FetchReport
                  ) -> dict[str, bytes]:
     """The trees under `roots` this store lacks, level by level, each validated: only
@@ -713,7 +712,7 @@ def _missing_tree(oid: str) -> None:
                         f"version needs it", hint="the remote is damaged; nothing was fetched")
 
 
-def _create_dataset(store: "Store", v: Version, dataset_name: str | None,
+def _create_dataset(store: Core, v: Version, dataset_name: str | None,
                     ref: RemoteRef | None) -> None:
     """A dataset first seen on a remote: unbound, named as the remote names it."""
     name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
@@ -748,7 +747,7 @@ def _ranges(missing: dict[str, tuple[str, int, int]]
     return out
 
 
-def _download_packed(store: "Store", remote: Remote, missing: dict[str, tuple[str, int, int]],
+def _download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
                      label: str, report: Any) -> Iterator[tuple[str, memoryview]]:
     """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
     cache where it holds the pack, else from the remote (caching packs mostly needed)."""
@@ -841,7 +840,7 @@ def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int |
     cache.fill_bytes(cache.pack_path(pack), data)
 
 
-def _lacking(store: "Store", entries: dict[str, int]) -> tuple[list[str], list[str]]:
+def _lacking(store: Core, entries: dict[str, int]) -> tuple[list[str], list[str]]:
     """Blobs (oid → size) the store does not hold: (packed-size ones, loose-size ones)."""
     small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
     present = store.objects.locate_many(small)
@@ -850,14 +849,14 @@ def _lacking(store: "Store", entries: dict[str, int]) -> tuple[list[str], list[s
              if size >= PACK_THRESHOLD and not store.objects.has_loose(o)])
 
 
-def _origin_down(store: "Store", exc: RemoteError) -> None:
+def _origin_down(store: Core, exc: RemoteError) -> None:
     """Go on from the cluster cache when the origin cannot be reached (re-raise without one)."""
     if not caches(store):
         raise exc
     store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
 
 
-def ensure_blobs(store: "Store", version: Version, entries: dict[str, int]) -> None:
+def ensure_blobs(store: Core, version: Version, entries: dict[str, int]) -> None:
     """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
     cluster cache first, then the remote the version was fetched from, else the default
     remote. Does nothing, and needs no network, when every blob is here."""
@@ -878,10 +877,10 @@ def ensure_blobs(store: "Store", version: Version, entries: dict[str, int]) -> N
     report = PullReport("-", FetchReport("-"))
     with Ingest(store.objects) as ingest:
         download_blobs(store, remote, entries, report, ingest, label="downloading")
-        store.core.commit_objects(ingest, crash="pull:objects-written")
+        store.commit_objects(ingest, crash="pull:objects-written")
 
 
-def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int],
+def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
                    report: Any, ingest: Ingest, label: str = "pulling") -> None:
     """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
     small, large = _lacking(store, entries)
@@ -911,13 +910,13 @@ def download_blobs(store: "Store", remote: Remote | None, entries: dict[str, int
         _download_loose(store, remote, large, entries, report, ingest)
 
 
-def _check_free_space(store: "Store", nbytes: int) -> None:
+def _check_free_space(store: Core, nbytes: int) -> None:
     """Refuse a download the disk cannot hold, before any byte of it (sizes come from
     trees, which may be hostile: a tree claiming a 1 TiB file must not fill the disk)."""
     import shutil
-    free = shutil.disk_usage(store.tmp_dir).free
+    free = shutil.disk_usage(store.tmp_root).free
     if nbytes > free:
-        raise InvalidInput(f"the download needs {nbytes:,} bytes and {store.tmp_dir} has "
+        raise InvalidInput(f"the download needs {nbytes:,} bytes and {store.tmp_root} has "
                            f"{free:,} free", hint="free some space, or pull only some paths "
                            "(--path)")
 
@@ -934,7 +933,7 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
         yield chunk
 
 
-def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict[str, int],
+def _download_loose(store: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
                     report: Any, ingest: Ingest) -> None:
     cache = _read_cache(store)
 
@@ -979,7 +978,7 @@ def _download_loose(store: "Store", remote: Remote, oids: list[str], sizes: dict
 # ---- pull -------------------------------------------------------------------------------
 
 
-def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
+def _plan_refs(store: Core, remote: str, remote_refs: dict[tuple[str, str], RemoteRef],
                force: bool = False, fast_forward: bool = True
                ) -> tuple[list[RefChange], list[str], list[str]]:
     """Which of the remote's refs to take where that loses nothing: tags this store lacks,
@@ -1016,7 +1015,7 @@ def _plan_refs(store: "Store", remote: str, remote_refs: dict[tuple[str, str], R
     return changes, updated, diverged
 
 
-def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | None,
+def pull(store: Core, remote: Remote, targets: list[str], paths: list[str] | None,
          force: bool = False,
          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
          ) -> PullReport:
@@ -1043,7 +1042,7 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
     # Local refs move only once the objects are here (a failed pull moves nothing), so the
     # targets are resolved against the planned refs inside a savepoint that is rolled back.
     with store.index.rolled_back():
-        store.core.refs.apply(changes)
+        store.refs.apply(changes)
         if targets:
             chosen = [store.resolve(t) for t in targets]
         else:
@@ -1073,12 +1072,12 @@ def pull(store: "Store", remote: Remote, targets: list[str], paths: list[str] | 
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
     def record() -> None:
-        store.core.refs.apply(changes)
+        store.refs.apply(changes)
         if not paths:
             store.index.drop_promised(v.id for v in chosen)
 
     with Ingest(store.objects) as ingest:
         download_blobs(store, remote, wanted, report, ingest)
-        store.core.commit_objects(ingest, record, crash="pull:objects-written")
+        store.commit_objects(ingest, record, crash="pull:objects-written")
     store.index.checkpoint()
     return report

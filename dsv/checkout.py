@@ -1,0 +1,372 @@
+"""Working directories and reading versions: status, diff, checkout, file reads.
+
+Owns comparing a directory with a version (status, diff) and making a directory hold
+exactly one version (checkout: plan what to write and remove, refuse to discard
+uncommitted changes, place, record), plus reading a version's files (list, get, open).
+Blobs a version lacks locally are downloaded first (sync.ensure_blobs). Must never
+create versions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from . import sync, tree, worktree
+from .core import Core
+from .errors import CorruptObject, DirtyWorktree, InvalidInput, UnsafePath
+from .faults import crashpoint
+from .model import (
+    Changes,
+    CheckoutReport,
+    Dataset,
+    Entry,
+    FileRow,
+    Manifest,
+    StatusReport,
+    Version,
+)
+from .objects import PACK_THRESHOLD
+from .paths import STORE_DIR as DSV_DIR
+from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_path
+
+_KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
+
+
+
+def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> StatusReport:
+    """What changed in a dataset's working directory since the version it was last made."""
+    ds = core.pick_dataset(key, cwd)
+    root = core.dataset_root(ds)
+    files, skipped = worktree.scan(root, core.excluded(ds))
+    head = core.head(ds)
+    if head is not None and ds.cache_tree == head.tree and \
+            worktree.all_trusted(files, core.index.stat_keys(ds.id)):
+        # The cache vouches for every file and describes the head tree exactly:
+        # no tree to read, nothing to hash.
+        return StatusReport(ds, head, Changes(), skipped)
+    cache = core.index.stat_cache(ds.id)
+    with core.reporter.task("hashing", len(files)) as advance:
+        snap = worktree.snapshot(root, files, cache, None, advance)
+    base = core.manifest(head) if head else {}
+    report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped)
+    # Remember what was hashed, so the next status reads nothing, but only rows whose
+    # content is already stored: the cache never names an object the store lacks.
+    known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
+    complete = report.changes.clean and len(known) == snap.hashed_files and head is not None
+    if known or complete:
+        with core.locked_if_free("status") as got:
+            if got:
+                with core.index.transaction():
+                    core.index.put_stat_rows(ds.id, known)
+                    if complete:
+                        core.index.update_dataset(ds.id, cache_tree=head.tree)
+    return report
+
+
+def statuses(core: Core, key: str | None = None,
+             cwd: str | os.PathLike[str] = ".") -> list[StatusReport]:
+    """Status of the dataset named, else of the one `cwd` is in, else of every dataset
+    bound to a directory (as `git status` covers the whole repository)."""
+    here = core.dataset(key) if key else core.dataset_at(cwd)
+    if here is not None:
+        return [status(core, here.id)]
+    return [status(core, ds.id) for ds in core.index.datasets() if ds.path is not None]
+
+
+def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
+             paths: list[str] | None = None, force: bool = False, link: str = "auto",
+             cwd: str | os.PathLike[str] = ".") -> CheckoutReport:
+    """Make a directory (the dataset's own, or `to`) hold exactly one version's files."""
+    worktree.check_link_mode(link)
+    with core.locked("checkout"):
+        version = core.resolve(ref, cwd)
+        ds = core.index.dataset_by("id", version.dataset)
+        assert ds is not None
+        in_worktree = to is None or (ds.path is not None and
+                                     Path(to).resolve() == core.dataset_root(ds).resolve())
+        if in_worktree and link in ("hardlink", "symlink"):
+            raise InvalidInput(f"--link {link} is only for --to directories",
+                               hint="a dataset's working directory holds real files, so "
+                                    "they can be edited and committed")
+        target = core.dataset_root(ds) if in_worktree else Path(to).resolve()
+        if in_worktree:
+            _check_no_links_to(core, ds)
+        else:
+            _check_target_outside_store(core, target)
+        version_files = core.manifest(version)
+        if in_worktree:
+            excluded = core.excluded(ds)
+        elif target == core.root:  # every dataset's directory stays theirs
+            excluded = [DSV_DIR] + [d.path for d in core.index.datasets()
+                                    if d.path and d.path != "."]
+        else:
+            excluded = []
+        key = str(target)
+        leftovers: list[str] = []
+        stores: list[str] = []
+        files, _ = worktree.scan(target, excluded, leftovers, stores)
+        if core.index.checkout_journal(key) is None:
+            leftovers = []  # no checkout was interrupted here: those are not ours
+        # Nested datasets and stores are left alone: their directories belong to them
+        # now, even where an older version of this dataset holds files there (or a
+        # file where one of them has its directory).
+        fenced = set(excluded + stores)
+        above_fenced = ancestors(fenced)
+        placeable = {p: e for p, e in version_files.items()
+                     if p not in above_fenced and not is_under(p, fenced)}
+        left_out = len(version_files) - len(placeable)
+        if left_out:
+            core.reporter.notice(f"left out {left_out} path(s) of {version.id} that lie in "
+                                 f"a nested dataset or store")
+        wanted = placeable
+        selected = _select_paths(core, wanted, paths, Path(cwd).resolve(), target)
+        if selected is not None:
+            wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
+        target.mkdir(parents=True, exist_ok=True)
+        if selected is not None:
+            # What is selected, and what stands where a selected path needs a
+            # directory (an edited link there is a change like any other).
+            above = ancestors(selected) | ancestors(wanted)
+            files = {p: f for p, f in files.items()
+                     if p in wanted or is_under(p, selected) or p in above}
+        cache = core.index.stat_cache(ds.id) if in_worktree else {}
+        before = worktree.snapshot(target, files, cache, None, strict_links=in_worktree)
+        current = before.manifest
+        # What the directory should hold if nobody touched it: the working directory's
+        # head, or the version a finished checkout last placed in a --to directory.
+        previous = ds.head if in_worktree else core.index.placed_version(key)
+        base_version = core.index.version(previous) if previous else None
+        base = core.manifest(base_version) if base_version else {}
+        to_write = [(p, e) for p, e in wanted.items() if not _same_entry(current.get(p), e)]
+        to_remove = [p for p in current if p not in wanted]
+        if not force:
+            # A file may be replaced or removed only if it is as that version left it,
+            # also when an interrupted checkout is resumed: what it already placed
+            # matches the target and is not touched again; anything else the user
+            # made or edited meanwhile is theirs. (Files are placed by rename, so a
+            # killed checkout leaves no half-written file under a real name.)
+            # (--to directories placed with links hold 0444 files: compare contents.)
+            touched = to_remove + [p for p, _e in to_write if p in current]
+            at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
+                       and not _placed_link(core, target / p, base.get(p))]
+            if at_risk:
+                shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
+                raise DirtyWorktree(
+                    f"checkout would discard {len(at_risk)} uncommitted change(s) in "
+                    f"{target}: {shown}", hint="commit them first, or pass --force")
+        _ensure_blobs(core, version, [e for _p, e in to_write] + _links(version_files))
+        tree.validate_links(placeable, core.objects.read, fenced)
+        with core.index.transaction():
+            core.index.begin_checkout(key, version.id)
+        crashpoint("checkout:journal-written")
+        worktree.remove_paths(target, to_remove + leftovers)
+        twins = {} if in_worktree or link != "auto" else _twins(core, ds, to_write)
+        placer = worktree.Materializer(core.objects, target, link, stat_rows=in_worktree,
+                                       twins=twins)
+        nbytes = sum(e.size for _p, e in to_write)
+        with core.reporter.task("checkout", len(to_write), nbytes) as advance:
+            rows = placer.place(to_write, advance)
+        with core.index.transaction():
+            if in_worktree:
+                # Rows of files left in place that already matched: their content is stored.
+                kept = [(p, r) for p, r in before.stat_rows
+                        if p in wanted and wanted[p].oid == r[4]]
+                core.index.put_stat_rows(ds.id, kept)
+                if link in ("hardlink", "symlink"):
+                    core.index.drop_stat_rows(ds.id, (p for p, _r in rows))
+                else:
+                    core.index.put_stat_rows(ds.id, rows)
+                core.index.drop_stat_rows(ds.id, to_remove)
+                if selected is None:
+                    complete = link not in ("hardlink", "symlink") and \
+                        len(before.stat_rows) == before.hashed_files and \
+                        len(wanted) == len(version_files)
+                    core.index.update_dataset(ds.id, head=version.id,
+                                              cache_tree=version.tree if complete else None)
+                else:
+                    core.index.update_dataset(ds.id, cache_tree=None)
+            core.index.end_checkout(key, None if in_worktree or selected is not None
+                                    else version.id)
+        core.index.checkpoint()
+        return CheckoutReport(version, target, len(to_write), len(to_remove),
+                              len(wanted) - len(to_write), nbytes)
+
+
+def _twins(core: Core, ds: Dataset, items: list[tuple[str, Entry]]) -> dict[str, str]:
+    """Large files of `items` that the dataset's working directory holds unchanged
+    (the stat cache vouches for them): oid → path, cheaper sources for a copy."""
+    if ds.path is None:
+        return {}
+    root = core.dataset_root(ds)
+    cache = core.index.stat_cache(ds.id)
+    twins: dict[str, str] = {}
+    for rel, entry in items:
+        row = cache.get(rel)
+        if entry.size < PACK_THRESHOLD or row is None or row[4] != entry.oid:
+            continue
+        try:
+            st = os.lstat(root / rel)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino) == row[:3]:
+            twins[entry.oid] = str(root / rel)
+    return twins
+
+
+def _placed_link(core: Core, path: Path, base: Entry | None) -> bool:
+    """Whether `path` is a symlink that `--link symlink` made for `base`'s content."""
+    if base is None or not path.is_symlink():
+        return False
+    target = Path(os.readlink(path))
+    return target.parent == core.objects.links_dir.resolve() and target.name == base.oid
+
+
+def _check_target_outside_store(core: Core, target: Path) -> None:
+    """A `--to` directory may not be a store, lie in one, or hold this store (`/`,
+    a parent of the workspace): refused before anything is read or written."""
+    if target == core.dsv_dir or core.dsv_dir in target.parents or \
+            any(is_reserved(part) for part in target.parts):
+        raise UnsafePath(f"{target} is inside a store", hint="choose a directory "
+                         "outside .dsv/")
+    if target in core.root.parents:
+        raise UnsafePath(f"{target} holds this workspace and its store",
+                         hint="check out into an empty or dedicated directory")
+
+
+def _check_no_links_to(core: Core, ds: Dataset) -> None:
+    """A dataset's directory is reached from the workspace root through real
+    directories only: a link planted there could send a checkout anywhere."""
+    if ds.path in (None, "."):
+        return
+    here = core.root
+    for part in ds.path.split("/"):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{here} is not a directory (a link or a file where "
+                             f"dataset {ds.name!r} has its directory)",
+                             hint="move it away; dsv never writes through links")
+
+
+def _select_paths(core: Core, manifest: Manifest, paths: list[str] | None, cwd: Path,
+                  target: Path) -> set[str] | None:
+    """Version paths named by the user: relative to the current directory when it is
+    inside `target` (as with git), else relative to the version's root."""
+    if not paths:
+        return None
+    selected = set()
+    inside = cwd == target or target in cwd.parents
+    for p in paths:
+        rel = (worktree.resolve_user_path(target, cwd, p) if inside
+               else normalize_user_path(p))
+        if rel == "":
+            return None
+        if rel not in manifest and not any(q.startswith(rel + "/") for q in manifest):
+            raise InvalidInput(f"{p} is not in this version",
+                               hint="`dsv files list REF --recursive` shows its paths")
+        selected.add(rel)
+    return selected
+
+
+def diff(core: Core, ref_a: str, ref_b: str | None = None,
+         cwd: str | os.PathLike[str] = ".") -> Changes:
+    """Changes from version A to version B, or to A's dataset's working directory."""
+    a = core.resolve(ref_a, cwd)
+    base = core.manifest(a)
+    if ref_b is not None:
+        return worktree.compare(base, core.manifest(core.resolve(ref_b, cwd)))
+    ds = core.index.dataset_by("id", a.dataset)
+    assert ds is not None
+    root = core.dataset_root(ds)
+    files, _ = worktree.scan(root, core.excluded(ds))
+    snap = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None)
+    return worktree.compare(base, snap.manifest)
+
+
+def files(core: Core, ref: str, path: str = "", recursive: bool = False,
+          cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+    v = core.resolve(ref, cwd)
+    rel = normalize_user_path(path)
+    if recursive:
+        manifest = core.manifest(v, rel)
+        if not manifest:
+            raise InvalidInput(f"{path} is not in version {v.id}")
+        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+                for p, e in sorted(manifest.items())]
+    try:
+        rows = tree.list_dir(v.tree, core.read_tree, rel)
+    except KeyError:
+        manifest = core.manifest(v, rel)
+        if not manifest:
+            raise InvalidInput(f"{path} is not in version {v.id}") from None
+        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+                for p, e in manifest.items()]
+    return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode)
+            for name, kind, mode, size, oid in rows]
+
+
+def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,
+              cwd: str | os.PathLike[str] = ".") -> int:
+    """Copy files of a version into `target` (overwriting same-named files only)."""
+    v = core.resolve(ref, cwd)
+    manifest = core.manifest(v)
+    selected = _select_paths(core, manifest, paths, Path(cwd).resolve(), Path(target))
+    items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
+
+    dest = Path(target).resolve()
+    _check_target_outside_store(core, dest)
+    _ensure_blobs(core, v, [e for _p, e in items] + _links(manifest))
+    tree.validate_links(manifest, core.objects.read)
+    dest.mkdir(parents=True, exist_ok=True)
+    with core.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
+        worktree.Materializer(core.objects, dest, stat_rows=False).place(items, advance)
+    return len(items)
+
+
+def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:
+    """A file of a version, opened for reading; its bytes are verified before it is returned."""
+    v = core.resolve(ref, cwd)
+    rel = normalize_user_path(path)
+    entry = core.manifest(v, rel).get(rel)
+    if entry is None or entry.kind != tree.FILE:
+        raise InvalidInput(f"{path} is not a file of version {v.id}")
+    if not core.objects.has(entry.oid):
+        _ensure_blobs(core, v, [entry])
+    if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
+        if not core.objects.verify_loose(entry.oid):
+            raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
+                                hint="run `dsv verify` to list every damaged object")
+        return open(core.objects.loose_path(entry.oid), "rb")
+    return io.BytesIO(core.objects.read(entry.oid))
+
+
+def _ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
+    """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
+    with core.locked("download"):
+        sync.ensure_blobs(core, version, {e.oid: e.size for e in entries})
+
+
+def _links(manifest: Manifest) -> list[Entry]:
+    return [e for e in manifest.values() if e.kind == tree.LINK]
+
+
+def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:
+    """Whether a file differs from what the last checkout or commit left there."""
+    if base is None:
+        return True
+    if with_mode:
+        return not _same_entry(current, base)
+    return (current.kind, current.oid) != (base.kind, base.oid)
+
+
+def _same_entry(a: Entry | None, b: Entry) -> bool:
+    """Same kind, content and mode class (older trees may hold finer modes)."""
+    return a is not None and a.kind == b.kind and a.oid == b.oid and \
+        mode_class(a.mode) == mode_class(b.mode)

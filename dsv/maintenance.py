@@ -1,0 +1,315 @@
+"""Store maintenance: gc, verify, and rebuilding the index from the objects.
+
+Owns deciding what is garbage (no version reaches it; kept while another writer runs
+when an import may still need it), repacking, checking every object and version, and
+recreating `index.db` from packs and version records. Must never change what any
+version holds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from . import jobs, refs, tree
+from .core import Core, find_store
+from .errors import DsvError
+from .faults import crashpoint
+from .index import Index
+from .lock import StoreLock
+from .model import Dataset, GcReport, RebuildReport, VerifyReport
+from .objects import KIND_VERSION, Ingest, ObjectStore
+from .paths import STORE_DIR as DSV_DIR
+from .records import Record, parse_record
+from .reporting import Reporter
+
+
+def _reachable(core: Core) -> set[str]:
+    """Every object some version (draft or committed) needs, records included."""
+    live: set[str] = set()
+    for v in core.index.all_versions():
+        if v.record:
+            live.add(v.record)
+        if v.tree in live:
+            continue
+        for _kind, oid in tree.subtree_ids(v.tree, core.read_tree):
+            live.add(oid)
+    return live
+
+
+def gc(core: Core, dry_run: bool = False) -> GcReport:
+    """Delete objects no version needs; rewrite packs that hold any such object."""
+    report = GcReport(dry_run=dry_run)
+    with core.locked("gc"):
+        live = _reachable(core, )
+        if core.writers_alive():
+            # An import between its batches holds objects the index names (`imported`)
+            # that no version reaches yet: they stay while any other writer runs.
+            pending = core.index.imported_oids() - live
+            report.kept_for_writers = len(pending)
+            live |= pending
+        if not dry_run:
+            # First forget cache rows naming doomed objects: a commit after a gc killed
+            # half-way must re-hash those files, never trust a row whose object is gone.
+            with core.index.transaction():
+                core.index.forget_unstored(live)
+        packs = core.index.packs()
+        # Packs on disk the index never learned of are leftovers of killed writers.
+        for pack_id in list(core.objects.iter_pack_ids()):
+            if pack_id not in packs:
+                report.removed_packs += 1
+                report.freed_bytes += core.objects.pack_path(pack_id).stat().st_size
+                if not dry_run:
+                    core.objects.delete_pack(pack_id)
+        for pack_id, (size, _count) in packs.items():
+            entries = core.index.pack_objects(pack_id)
+            keep = [e for e in entries if e[0] in live]
+            if len(keep) == len(entries):
+                continue
+            dead_bytes = sum(e[2] for e in entries if e[0] not in live)
+            report.removed_objects += len(entries) - len(keep)
+            report.freed_bytes += dead_bytes
+            if dry_run:
+                report.removed_packs += 1
+                continue
+            with Ingest(core.objects) as ingest:
+                for oid, _off, _len, kind in keep:
+                    ingest.add_new(oid, kind, core.objects.read(oid))
+                report.repacked_packs += bool(keep)
+                core.commit_objects(ingest, crash="gc:repacked", retire=[pack_id])
+            crashpoint("gc:index-updated")
+            core.objects.delete_pack(pack_id)
+            report.removed_packs += 1
+        for oid in list(core.objects.iter_link_sources()):
+            if oid not in live and not dry_run:
+                core.objects.delete_link_source(oid)
+        for oid in list(core.objects.iter_loose()):
+            if oid not in live:
+                path = core.objects.loose_path(oid)
+                report.removed_objects += 1
+                report.freed_bytes += path.stat().st_size
+                if not dry_run:
+                    core.objects.delete_loose(oid)
+        if not dry_run:
+            jobs.remove_unused_inputs(core)
+            core.index.checkpoint()
+    return report
+
+
+def verify(core: Core, repair: bool = False) -> VerifyReport:
+    """Re-hash every object and check that every version is complete."""
+    report = VerifyReport()
+    with core.locked("verify") if repair else nullcontext():
+        packs = core.index.packs()
+        on_disk = set(core.objects.iter_pack_ids())
+        with core.reporter.task("verifying packs", len(on_disk)) as advance:
+            for pack_id in sorted(on_disk):
+                ok, bad, count = core.objects.verify_pack(pack_id)
+                size = core.objects.pack_path(pack_id).stat().st_size
+                report.objects_checked += count
+                report.bytes_checked += size
+                if not ok:
+                    report.problems.append(f"pack {pack_id[:12]}: contents do not match its name")
+                for oid in bad:
+                    report.problems.append(f"object {oid[:12]} in pack {pack_id[:12]} is corrupt")
+                if pack_id not in packs:
+                    if repair and ok:
+                        entries = core.objects.read_pack_entries(pack_id)
+                        with core.index.transaction():
+                            core.index.add_pack(pack_id, size, entries)
+                        report.repaired.append(f"indexed pack {pack_id[:12]}")
+                advance(1, size)
+        for pack_id in packs:
+            if pack_id not in on_disk:
+                report.problems.append(f"pack {pack_id[:12]} is in the index but missing")
+                if repair:
+                    with core.index.transaction():
+                        core.index.delete_pack(pack_id)
+                    report.repaired.append(f"forgot missing pack {pack_id[:12]}")
+        loose = list(core.objects.iter_loose())
+        with core.reporter.task("verifying objects", len(loose)) as advance:
+            for oid in loose:
+                size = core.objects.loose_path(oid).stat().st_size
+                report.objects_checked += 1
+                report.bytes_checked += size
+                if not core.objects.verify_loose(oid):
+                    report.problems.append(f"object {oid[:12]} is corrupt")
+                advance(1, size)
+        _verify_versions(core, report)
+    return report
+
+
+def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
+                  exact: bool = False) -> RebuildReport:
+    """Recreate `index.db` from the packs and version records (objects are the truth).
+
+    The old database is kept beside it as `index.db.broken-<time>`; dataset names,
+    directories and tags are copied from it when it can still be read, otherwise
+    datasets are named from their newest version record. Drafts live only in the
+    index and are lost with it.
+    """
+    root = find_store(Path(path), exact)
+    dsv_dir = root / DSV_DIR
+    lock = StoreLock(dsv_dir / "lock")
+    lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
+    try:
+        old_datasets, old_tags, old_remotes = _salvage(dsv_dir / "index.db")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            old = dsv_dir / f"index.db{suffix}"
+            if old.exists():
+                old.rename(dsv_dir / f"index.db.broken-{stamp}{suffix}")
+        index = Index(dsv_dir / "index.db")
+        index.create_schema()
+        objects = ObjectStore(dsv_dir / "objects", index, dsv_dir / "tmp")
+        records: list[Record] = []
+        skipped: list[str] = []
+        with index.transaction():
+            for pack_id in objects.iter_pack_ids():
+                try:
+                    entries = objects.read_pack_entries(pack_id)
+                except DsvError as exc:
+                    skipped.append(f"pack {pack_id[:12]}: {exc.message}")
+                    continue
+                size = objects.pack_path(pack_id).stat().st_size
+                index.add_pack(pack_id, size, entries)
+                for e in entries:
+                    if e.kind == KIND_VERSION:
+                        try:
+                            records.append(parse_record(objects.read(e.oid), e.oid))
+                        except DsvError:
+                            skipped.append(f"version record {e.oid[:12]} is unreadable")
+            _restore_versions(index, records, old_datasets, old_tags)
+            for row in old_remotes:  # remote settings (never secrets) are index-only
+                index.add_remote(row)
+            _mark_incomplete(index, objects, old_remotes)
+        objects.close()
+        index.checkpoint()
+        index.close()
+        return RebuildReport(packs=len(list(objects.iter_pack_ids())),
+                             versions=len(records),
+                             datasets=len({r.version.dataset for r in records}),
+                             skipped=skipped)
+    finally:
+        lock.release()
+
+
+def _verify_versions(core: Core, report: VerifyReport) -> None:
+    loose = set(core.objects.iter_loose())
+    packed = {oid for oid, _pack, _kind in core.index.packed_oids()}
+    checked_trees: set[str] = set()
+    promised = core.index.promised()
+    for v in core.index.all_versions():
+        report.versions_checked += 1
+        label = f"version {v.id}"
+        try:
+            for kind, oid in tree.subtree_ids(v.tree, core.read_tree):
+                if oid in checked_trees:
+                    continue
+                if oid not in packed and oid not in loose and \
+                        not (kind != tree.DIR and v.id in promised):
+                    # (a fetched version's blobs may stay on its remote until pulled)
+                    report.problems.append(f"{label}: object {oid[:12]} is missing")
+            checked_trees.add(v.tree)
+        except DsvError as exc:
+            report.problems.append(f"{label}: {exc.message}")
+        if v.state == "committed":
+            if not v.record or (v.record not in packed and v.record not in loose):
+                report.problems.append(f"{label}: its version record is missing")
+            else:
+                try:
+                    sealed = parse_record(core.objects.read(v.record), v.record).version
+                    if sealed.id != v.id or sealed.tree != v.tree:
+                        report.problems.append(f"{label}: record disagrees with the index")
+                except DsvError as exc:
+                    report.problems.append(f"{label}: bad record ({exc.message})")
+    for ds in core.index.datasets():
+        for field_name in ("latest", "head"):
+            vid = getattr(ds, field_name)
+            if vid and core.index.version(vid) is None:
+                report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+
+
+def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple], list[dict[str, Any]]]:
+    """Dataset rows, tags and remotes from a damaged index, as far as they can be read."""
+    if not db_path.exists():
+        return {}, [], []
+    import sqlite3
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        datasets = {r[0]: r for r in conn.execute(
+            "SELECT id, name, path, description, created FROM datasets")}
+        tags = list(conn.execute("SELECT dataset, name, version, created FROM tags"))
+    except sqlite3.Error:
+        return {}, [], []
+    try:
+        cursor = conn.execute("SELECT * FROM remotes")
+        cols = [d[0] for d in cursor.description]
+        remotes = [dict(zip(cols, r)) for r in cursor]
+    except sqlite3.Error:
+        remotes = []  # a store from before schema 3
+    conn.close()
+    return datasets, tags, remotes
+
+
+def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:
+    """Versions whose blobs are not all here were fetched from a remote: say so again, so
+    that verify accepts them and checkout downloads what they lack."""
+    origins = [r["name"] for r in remotes if r.get("kind") == "origin"]
+    if not origins:
+        return
+    default = next((r["name"] for r in remotes if r.get("is_default")), origins[0])
+    packed = {oid for oid, _pack, _kind in index.packed_oids()}
+    loose = set(objects.iter_loose())
+    read = lambda oid: objects.read(oid)  # noqa: E731 - trees were just indexed
+    for v in index.all_versions():
+        try:
+            complete = all(oid in packed or oid in loose
+                           for kind, oid in tree.subtree_ids(v.tree, read) if kind != tree.DIR)
+        except DsvError:
+            complete = False
+        if not complete:
+            index.add_promised(v.id, default)
+
+
+def _restore_versions(index: Index, records: list[Record],
+                      old_datasets: dict[str, tuple], old_tags: list[tuple]) -> None:
+    """Insert datasets and committed versions described by version records."""
+    records.sort(key=lambda r: r.version.committed or 0.0)
+    ref_store = refs.RefStore(index)
+    names: set[str] = set()
+    datasets: dict[str, Dataset] = {}
+    for record in records:
+        ds_id = record.version.dataset
+        if ds_id in datasets:
+            continue
+        old = old_datasets.get(ds_id)
+        newest = [r.dataset_name for r in records if r.version.dataset == ds_id][-1]
+        name = old[1] if old else (newest or record.dataset_name or ds_id)
+        if name in names or not refs.is_valid_name(str(name)):
+            name = f"{name}-{ds_id}" if refs.is_valid_name(f"{name}-{ds_id}") else ds_id
+        names.add(name)
+        datasets[ds_id] = Dataset(id=ds_id, name=name, path=old[2] if old else None,
+                                  description=old[3] if old else None,
+                                  created=old[4] if old else record.version.created)
+        index.insert_dataset(datasets[ds_id])
+    by_oid = {r.version.record: r.version for r in records}
+    for record in records:
+        v = record.version
+        if index.version(v.id) is not None:
+            continue
+        # A parent counts only if its record is here, has that id and the same dataset:
+        # the hash chain then rules out cycles, and no id can join another history.
+        v.parents = [p.id for p in record.parents if p.record in by_oid
+                     and by_oid[p.record].id == p.id and by_oid[p.record].dataset == v.dataset]
+        index.insert_version(v)
+        ref_store.set_latest(v.dataset, v.id)
+        index.update_dataset(v.dataset, head=v.id if datasets[v.dataset].path else None)
+    for ds_id, name, vid, _created in old_tags:
+        found = index.version(vid)
+        if ds_id in datasets and found is not None and found.dataset == ds_id and \
+                refs.is_valid_name(name) and name != refs.LATEST:
+            ref_store.set_tag(ds_id, name, vid)

@@ -1,0 +1,392 @@
+"""Versions: commit a working directory, drafts and their files, tags, history.
+
+Owns making versions: snapshotting a dataset's directory into a committed version,
+drafts (create, add and remove files, commit), versions made from a directory or from
+stored objects (imports, jobs), messages, deletion, tags and the log. Every version is
+sealed through `records.encode_record` and made visible by `Core.commit_objects`. Must
+never place files in a working directory (that is checkout's job).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import datasets, refs, tree, worktree
+from .core import Core
+from .errors import (
+    DatasetNotFound,
+    InvalidInput,
+    NothingToCommit,
+    RefError,
+    TagExists,
+    VersionImmutable,
+    VersionInUse,
+)
+from .hashing import hash_bytes
+from .model import COMMITTED, DRAFT, Entry, Manifest, StatRow, Version
+from .objects import KIND_VERSION, Ingest
+from .paths import STORE_DIR as DSV_DIR
+from .paths import check_relpath, normalize_user_path
+from .records import encode_record
+
+
+def default_author() -> str:
+    env = os.environ.get("DSV_AUTHOR")
+    if env:
+        return env
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def log(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+        include_drafts: bool = False) -> list[Version]:
+    ds = core.pick_dataset(key, cwd)
+    versions = core.index.versions(ds.id, None if include_drafts else "committed")
+    tags: dict[str, list[str]] = {}
+    for _ds, name, vid, _created in core.index.tags(ds.id):
+        tags.setdefault(vid, []).append(name)
+    for v in versions:
+        v.tags = tags.get(v.id, [])
+    return versions
+
+
+def versions(core: Core, key: str, state: str | None = None) -> list[Version]:
+    ds = core.dataset(key)
+    return core.index.versions(ds.id, state)
+
+
+def _record(core: Core, v: Version) -> bytes:
+    parents = []
+    for pid in v.parents:
+        parent = core.index.version(pid)
+        parents.append((pid, parent.record if parent else None))
+    ds = core.index.dataset_by("id", v.dataset)
+    return encode_record(v, parents, ds.name if ds else None)
+
+
+def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
+                     stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
+                     head: bool = False, cache_tree: str | None = None) -> Version:
+    """Seal `v` (state committed): write its record, then make it visible in one transaction."""
+    v.state = COMMITTED
+    v.committed = time.time()
+    record = _record(core, v)
+    v.record = hash_bytes(record)
+    ingest.add(v.record, KIND_VERSION, record)
+
+    def make_visible() -> None:
+        if new:
+            core.index.insert_version(v)
+        else:
+            current = core.index.version(v.id)
+            if current is None or current.state != DRAFT:
+                raise VersionImmutable(f"version {v.id} was committed meanwhile")
+            core.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
+                                      committed=v.committed, record=v.record, size=v.size,
+                                      files=v.files, lineage=v.lineage)
+        core.refs.set_latest(v.dataset, v.id)
+        if head:
+            core.index.update_dataset(v.dataset, head=v.id, cache_tree=cache_tree)
+        if stat_rows is not None:
+            ds_id, rows, gone = stat_rows
+            core.index.drop_stat_rows(ds_id, gone)
+            core.index.put_stat_rows(ds_id, rows)
+
+    core.commit_objects(ingest, make_visible, crash="commit:objects-written")
+    core.index.checkpoint()
+    return v
+
+
+def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+           author: str | None = None, allow_empty: bool = False,
+           lineage: dict[str, Any] | None = None) -> Version:
+    """Snapshot a dataset's working directory as a new committed version."""
+    if not message or not message.strip():
+        raise InvalidInput("a commit needs a message", hint="pass -m MESSAGE")
+    with core.locked("commit"):
+        ds = core.pick_dataset(key, cwd)
+        root = core.dataset_root(ds)
+        stores: list[str] = []
+        files, _skipped = worktree.scan(root, core.excluded(ds), stores=stores)
+        cache = core.index.stat_cache(ds.id)
+        with Ingest(core.objects) as ingest:
+            total = sum(f[0] for f in files.values())
+            with core.reporter.task("committing", len(files), total) as advance:
+                snap = worktree.snapshot(root, files, cache, ingest, advance,
+                                         fences=core.excluded(ds) + stores)
+            root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
+            head = core.head(ds)
+            if head is not None and not allow_empty and (
+                    head.tree == root_tree or
+                    tree.same_content(head.tree, root_tree, core.read_tree)):
+                raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
+                                      hint="use --allow-empty to record it anyway")
+            now = time.time()
+            v = Version(id=core.new_version_id(), dataset=ds.id, state=COMMITTED,
+                        tree=root_tree, parents=[head.id] if head else [], message=message,
+                        author=author or default_author(), created=now, committed=now,
+                        lineage=lineage, size=size, files=len(snap.manifest))
+            gone = set(cache) - set(files)
+            complete = len(snap.stat_rows) == snap.hashed_files
+            return _write_committed(core, ingest, v, new=True, head=True,
+                                         stat_rows=(ds.id, snap.stat_rows, gone),
+                                         cache_tree=root_tree if complete else None)
+
+
+def tag(core: Core, ref: str, name: str, force: bool = False,
+        cwd: str | os.PathLike[str] = ".") -> Version:
+    refs.check_tag_name(name)
+    with core.locked("tag"):
+        version = core.resolve(ref, cwd)
+        if version.is_draft:
+            raise InvalidInput(f"{version.id} is a draft; only committed versions can be tagged",
+                               hint=f"commit it first: `dsv versions commit {version.id}`")
+        current = core.index.tag(version.dataset, name)
+        if current is not None and current != version.id and not force:
+            raise TagExists(f"tag {name!r} already points at {current}",
+                            hint="pass --force to move it")
+        with core.index.transaction():
+            core.refs.set_tag(version.dataset, name, version.id)
+        version.tags = core.index.tags_of(version.id)
+        return version
+
+
+def delete_tag(core: Core, spec: str, cwd: str | os.PathLike[str] = ".") -> str:
+    """Remove `DATASET:NAME`; returns the version it pointed at."""
+    ds_key, sep, name = spec.rpartition(":")
+    with core.locked("tag -d"):
+        ds = core.dataset(ds_key) if sep and ds_key else core.pick_dataset(None, cwd)
+        if not sep:
+            name = spec
+        vid = core.index.tag(ds.id, name)
+        if vid is None:
+            raise RefError(f"dataset {ds.name!r} has no tag {name!r}")
+        with core.index.transaction():
+            core.refs.delete_tag(ds.id, name)
+        return vid
+
+
+def tags(core: Core, key: str | None = None) -> list[dict[str, Any]]:
+    ds_id = core.dataset(key).id if key else None
+    names = {d.id: d.name for d in core.index.datasets()}
+    return [{"dataset": names.get(d, d), "tag": n, "version": v, "created": c}
+            for d, n, v, c in core.index.tags(ds_id)]
+
+
+def create_version(core: Core, key: str, message: str | None = None,
+                   from_ref: str | None = None) -> Version:
+    """A new draft of a dataset, starting from `from_ref` (default: its latest version)."""
+    with core.locked("versions create"):
+        ds = core.dataset(key)
+        base: Version | None = None
+        if from_ref:
+            base = core.resolve(from_ref if ":" in from_ref else f"{ds.id}:{from_ref}")
+            if base.dataset != ds.id:
+                raise InvalidInput(f"{from_ref} is a version of another dataset")
+            if base.is_draft:
+                raise InvalidInput(f"{base.id} is a draft; a version can only start from a "
+                                   "committed one", hint=f"commit it first: "
+                                   f"`dsv versions commit {base.id}`")
+        elif ds.latest:
+            base = core.index.version(ds.latest)
+        with Ingest(core.objects) as ingest:
+            if base is not None:
+                root_tree, size, files = base.tree, base.size, base.files
+            else:
+                root_tree, size = tree.build_tree({}, core.tree_writer(ingest))
+                files = 0
+            v = Version(id=core.new_version_id(), dataset=ds.id, state=DRAFT,
+                        tree=root_tree, parents=[base.id] if base else [], message=message,
+                        author=default_author(), created=time.time(), size=size,
+                        files=files)
+            core.commit_objects(ingest, lambda: core.index.insert_version(v))
+        return v
+
+
+def _draft(core: Core, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
+    v = core.resolve(ref, cwd)
+    if not v.is_draft:
+        raise VersionImmutable(f"version {v.id} is committed and cannot change",
+                               hint=f"create a draft from it: `dsv versions create "
+                                    f"DATASET --from {v.id}`")
+    return v
+
+
+def _set_draft_manifest(core: Core, v: Version, manifest: Manifest, ingest: Ingest) -> Version:
+    root_tree, size = tree.build_tree(manifest, core.tree_writer(ingest))
+
+    def update() -> None:
+        # Each `files put` checked its own links; the draft's links together must hold
+        # too (read inside the transaction that records the new objects).
+        tree.validate_links(manifest, core.objects.read)
+        current = core.index.version(v.id)
+        if current is None or not current.is_draft:
+            raise VersionImmutable(f"version {v.id} was committed meanwhile")
+        core.index.update_version(v.id, tree=root_tree, size=size, files=len(manifest))
+
+    core.commit_objects(ingest, update)
+    core.index.checkpoint()
+    return core.version(v.id)
+
+
+def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
+              target_path: str | None = None, cwd: str | os.PathLike[str] = ".") -> Version:
+    """Add files to a draft: a file lands at TARGET/name, a directory's contents under TARGET."""
+    target = normalize_user_path(target_path or "")
+    with core.locked("files put"):
+        v = _draft(core, ref, cwd)
+        manifest = core.manifest(v)
+        with Ingest(core.objects) as ingest:
+            for src in sources:
+                src_path = Path(cwd, src).resolve() if not os.path.isabs(src) else Path(src)
+                if src_path.is_dir():
+                    files, _ = worktree.scan(src_path, [DSV_DIR])
+                    prefix = target
+                    base_dir = src_path
+                elif src_path.exists() or src_path.is_symlink():
+                    files = {src_path.name: worktree.scan_one(src_path)}
+                    prefix = target
+                    base_dir = src_path.parent
+                else:
+                    raise InvalidInput(f"{src} does not exist")
+                snap = worktree.snapshot(base_dir, files, {}, ingest)
+                for rel, entry in snap.manifest.items():
+                    path = f"{prefix}/{rel}" if prefix else rel
+                    _put_entry(manifest, check_relpath(path), entry)
+            return _set_draft_manifest(core, v, manifest, ingest)
+
+
+def delete_files(core: Core, ref: str, paths: list[str], cwd: str | os.PathLike[str] = ".") -> Version:
+    """Remove files or whole directories from a draft."""
+    with core.locked("files delete"):
+        v = _draft(core, ref, cwd)
+        manifest = core.manifest(v)
+        for p in paths:
+            rel = normalize_user_path(p)
+            doomed = [q for q in manifest if rel == "" or q == rel or q.startswith(rel + "/")]
+            if not doomed:
+                raise InvalidInput(f"{p} is not in draft {v.id}")
+            for q in doomed:
+                del manifest[q]
+        with Ingest(core.objects) as ingest:
+            return _set_draft_manifest(core, v, manifest, ingest)
+
+
+def commit_version(core: Core, ref: str, message: str | None = None,
+                   cwd: str | os.PathLike[str] = ".") -> Version:
+    """Freeze a draft: from now on it can never change."""
+    with core.locked("versions commit"):
+        v = _draft(core, ref, cwd)
+        if message:
+            v.message = message
+        with Ingest(core.objects) as ingest:
+            return _write_committed(core, ingest, v, new=False)
+
+
+def create_version_from_path(core: Core, key: str, source: str | os.PathLike[str],
+                             message: str | None = None,
+                             lineage: dict[str, Any] | None = None,
+                             commit: bool = True) -> Version:
+    """A version holding exactly the files of `source`: committed, or a draft."""
+    with core.locked("versions create"):
+        ds = core.dataset(key)
+        src = Path(source).resolve()
+        if not src.is_dir():
+            raise InvalidInput(f"{source} is not a directory")
+        files, _ = worktree.scan(src, [DSV_DIR])
+        with Ingest(core.objects) as ingest:
+            with core.reporter.task("hashing", len(files)) as advance:
+                snap = worktree.snapshot(src, files, {}, ingest, advance)
+            root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
+            now = time.time()
+            v = Version(id=core.new_version_id(), dataset=ds.id, state=DRAFT,
+                        tree=root_tree, parents=[ds.latest] if ds.latest else [],
+                        message=message, author=default_author(), created=now,
+                        lineage=lineage, size=size, files=len(snap.manifest))
+            if commit:
+                return _write_committed(core, ingest, v, new=True)
+            core.commit_objects(ingest, lambda: core.index.insert_version(v))
+        return core.version(v.id)
+
+
+def commit_manifest(core: Core, key: str, manifest: Manifest, message: str,
+                    lineage: dict[str, Any] | None = None,
+                    create_dataset: bool = False) -> Version:
+    """Commit a version made of objects already in the store (imports, for one)."""
+    with core.locked("commit"):
+        try:
+            ds = core.dataset(key)
+        except DatasetNotFound:
+            if not create_dataset:
+                raise
+            ds = datasets.create_dataset(core, key)
+        missing = [p for p, e in manifest.items() if not core.objects.has(e.oid)]
+        if missing:
+            raise InvalidInput(f"{len(missing)} file(s) have no stored content, e.g. "
+                               f"{missing[0]}")
+        with Ingest(core.objects) as ingest:
+            root_tree, size = tree.build_tree(manifest, core.tree_writer(ingest))
+            now = time.time()
+            v = Version(id=core.new_version_id(), dataset=ds.id, state=COMMITTED,
+                        tree=root_tree, parents=[ds.latest] if ds.latest else [],
+                        message=message, author=default_author(), created=now,
+                        committed=now, lineage=lineage, size=size, files=len(manifest))
+            return _write_committed(core, ingest, v, new=True)
+
+
+def update_version(core: Core, ref: str, message: str, cwd: str | os.PathLike[str] = ".") -> Version:
+    """Change a draft's message (a committed version's message is part of it: immutable)."""
+    with core.locked("versions update"):
+        v = _draft(core, ref, cwd)
+        with core.index.transaction():
+            core.index.update_version(v.id, message=message)
+        return core.version(v.id)
+
+
+def delete_version(core: Core, ref: str, force: bool = False,
+                   cwd: str | os.PathLike[str] = ".") -> Version:
+    """Delete a draft, or with `force` a committed version nothing depends on."""
+    with core.locked("versions delete"):
+        v = core.resolve(ref, cwd)
+        ds = core.index.dataset_by("id", v.dataset)
+        assert ds is not None
+        if not v.is_draft:
+            if not force:
+                raise VersionImmutable(f"version {v.id} is committed",
+                                       hint="pass --force to delete a committed version "
+                                            "that nothing depends on")
+            users = []
+            if core.index.children(v.id):
+                users.append("later versions")
+            if v.tags:
+                users.append("tags " + ", ".join(v.tags))
+            if ds.head == v.id:
+                users.append("the working directory")
+            if users:
+                raise VersionInUse(f"version {v.id} is used by {' and '.join(users)}")
+        with core.index.transaction():
+            core.index.delete_version(v.id)
+            if ds.latest == v.id:
+                remaining = core.index.versions(ds.id, "committed")
+                core.refs.set_latest(ds.id, remaining[0].id if remaining else None)
+        return v
+
+
+def _put_entry(manifest: Manifest, path: str, entry: Entry) -> None:
+    """Add `path`, replacing a file in the way of a directory and vice versa."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        manifest.pop("/".join(parts[:i]), None)
+    prefix = path + "/"
+    for existing in [p for p in manifest if p.startswith(prefix)]:
+        del manifest[existing]
+    manifest[path] = entry
