@@ -15,7 +15,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from . import sync, tree, worktree
+from . import tree, worktree
+from .sync import download
 from .core import Core
 from .errors import CorruptObject, DirtyWorktree, InvalidInput, UnsafePath
 from .faults import crashpoint
@@ -350,7 +351,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
 def _ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
     with core.locked("download"):
-        sync.ensure_blobs(core, version, {e.oid: e.size for e in entries})
+        download.ensure_blobs(core, version, {e.oid: e.size for e in entries})
 
 
 def _links(manifest: Manifest) -> list[Entry]:

@@ -192,3 +192,23 @@ def ancestry(index: Index, versions: Iterable[Version]) -> list[Version]:
 def descends_from(index: Index, v: Version, record: str) -> bool:
     """Whether the version whose record is `record` is `v` or one of its ancestors."""
     return any(a.record == record for a in ancestry(index, [v]))
+
+
+class History:
+    """Local history as sync.policy sees it (sync.policy.LocalHistory, over the index)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def version(self, vid: str) -> Version | None:
+        return self.index.version(vid)
+
+    def dataset(self, ds_id: str) -> Dataset | None:
+        return self.index.dataset_by("id", ds_id)
+
+    def tag(self, ds_id: str, name: str) -> str | None:
+        return self.index.tag(ds_id, name)
+
+    def descends(self, v: Version, record: str) -> bool:
+        """Whether the version whose record is `record` is `v` or one of its ancestors."""
+        return descends_from(self.index, v, record)

@@ -25,7 +25,8 @@ from .records import parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
 from .remotes import layout
 from .remotes.layout import index_key, loose_key, pack_key
-from .sync import Remote, _record_sent, _Sent
+from .sync.push import Sent, record_sent
+from .sync.remote import Remote
 
 
 
@@ -304,7 +305,7 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
     kinds = {e.oid: e.kind for p in bad_packs for e in entries_of.get(p, [])}
     small: list[tuple[str, int, bytes]] = []
     fixed: set[str] = set()
-    sent: list[_Sent] = []
+    sent: list[Sent] = []
     for oid in sorted(todo):
         if oid in local:
             data = objects.read_packed(local[oid])
@@ -314,7 +315,7 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
             small.append((oid, kind, data))
         elif objects.has_loose(oid) and hash_file(objects.loose_path(oid)) == oid:
             remote.backend.put_file(loose_key(oid), str(objects.loose_path(oid)))
-            sent.append(_Sent(1, objects.loose_path(oid).stat().st_size, loose=oid))
+            sent.append(Sent(1, objects.loose_path(oid).stat().st_size, loose=oid))
             fixed.add(oid)
             report.repaired.append(f"uploaded object {oid[:12]} again (loose)")
     # Blobs, then trees, then records: the publish order holds for repairs too.
@@ -325,10 +326,10 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
         uploaded.add(pack_id)
         remote.backend.put_bytes(pack_key(pack_id), data)
         remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
-        sent.append(_Sent(len(entries), len(data), (pack_id, len(data), entries)))
+        sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
         fixed.update(oid for oid, _k, _d in small)
         report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
-    _record_sent(store, remote, sent)
+    record_sent(store, remote, sent)
     for pack_id in sorted(bad_packs - uploaded):
         # (A pack rebuilt from the same objects in the same order has the same id: the
         # upload has already replaced the damaged bytes, so it stays.)

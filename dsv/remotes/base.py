@@ -2,8 +2,7 @@
 
 Owns the `Backend` protocol (a flat key space of immutable files plus a few small
 mutable refs changed only by compare-and-swap), `RemoteSpec` (a remote's settings as
-stored in the index: never a secret), `open_backend` (URL → S3 or filesystem backend)
-and the parsers for `--ttl` / `--max-size`; and what every backend refuses to read
+stored in the index: never a secret) and the parsers for `--ttl` / `--max-size`; and what every backend refuses to read
 (the caps, `check_key`, `open_dirs`), since a remote is written by others and is never
 trusted. Must never touch the store: remotes know nothing of the index or of versions.
 """
@@ -212,19 +211,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * (1024 ** power))
 
 
-def normalize_url(url: str, cwd: str | os.PathLike[str] = ".") -> str:
-    """`s3://bucket/prefix` unchanged (no trailing slash); a path or file:// URL made absolute."""
-    if url.startswith("s3://"):
-        from .s3 import parse_s3_url
-        bucket, prefix = parse_s3_url(url)
-        return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
-    if "://" in url and not url.startswith("file://"):
-        raise InvalidInput(f"unsupported remote URL: {url}",
-                           hint="use s3://BUCKET[/PREFIX] or a directory path")
-    path = url[len("file://"):] if url.startswith("file://") else url
-    return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))
-
-
 def check_outside_stores(url: str) -> None:
     """A directory remote or cache may never lie in a store (gc would delete its packs,
     a push would write into objects/): checked when it is added and whenever it is
@@ -235,12 +221,3 @@ def check_outside_stores(url: str) -> None:
         if any(part.casefold() == ".dsv" for part in path.split("/")):
             raise InvalidInput(f"{url} is inside a store ('.dsv' is reserved for dsv)",
                                hint="put the remote in a directory of its own")
-
-
-def open_backend(spec: RemoteSpec) -> Backend:
-    if spec.is_s3:
-        from .s3 import S3Backend
-        return S3Backend(spec.url, spec.endpoint_url, spec.profile)
-    check_outside_stores(spec.url)
-    from .fs import FsBackend
-    return FsBackend(spec.url)

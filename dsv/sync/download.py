@@ -1,0 +1,285 @@
+"""Downloads: bringing objects a version needs into the store, every one verified.
+
+Owns coalescing packed objects into ranged GETs, reading from the cluster cache first
+(filling it from the origin), loose objects streamed with a size cap, the free-space
+check before any byte arrives, and `ensure_blobs` (what checkout and file reads call
+when a fetched version's blobs are not here yet). Everything lands in the caller's
+Ingest; the caller publishes. Must never move refs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..core import Core
+from ..errors import (CorruptObject, InvalidInput, MissingObject)
+from ..hashing import hash_bytes
+from ..model import FetchReport, PullReport, Version
+from ..objects import (KIND_BLOB, PACK_THRESHOLD, Ingest, pack_tail_size, parse_pack_index)
+from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
+                            RemoteRefused)
+from ..remotes.cache import ClusterCache
+from ..remotes.layout import (loose_key,
+                              pack_key)
+from .remote import WORKERS, Remote, open_remote, caches, read_cache, bounded
+
+
+RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
+
+
+RANGE_MAX = 8 << 20          # but no single GET larger than this (keeps memory flat)
+
+
+WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if we need this much
+
+
+def _ranges(missing: dict[str, tuple[str, int, int]]
+            ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
+    """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
+    by_pack: dict[str, list[tuple[str, int, int]]] = {}
+    for oid, (pack, offset, length) in missing.items():
+        by_pack.setdefault(pack, []).append((oid, offset, length))
+    out = []
+    for pack, items in by_pack.items():
+        items.sort(key=lambda it: it[1])
+        start, end, group = items[0][1], items[0][1] + items[0][2], [items[0]]
+        for oid, offset, length in items[1:]:
+            if offset - end <= RANGE_GAP and offset + length - start <= RANGE_MAX:
+                end = max(end, offset + length)
+                group.append((oid, offset, length))
+            else:
+                out.append((pack, start, end - start, group))
+                start, end, group = offset, offset + length, [(oid, offset, length)]
+        out.append((pack, start, end - start, group))
+    return out
+
+
+def download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
+                     label: str, report: Any) -> Iterator[tuple[str, memoryview]]:
+    """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
+    cache where it holds the pack, else from the remote (caching packs mostly needed)."""
+    if not missing:
+        return
+    cache = read_cache(store)
+    whole: set[str] = set()
+    sizes = store.index.remote_packs(remote.name)
+    if cache is not None:
+        need: dict[str, int] = {}
+        for pack, _off, length in missing.values():
+            need[pack] = need.get(pack, 0) + length
+        counts = store.index.remote_pack_counts(remote.name)
+        whole = {p for p, n in need.items() if cache.has(cache.pack_path(p))
+                 or n >= WHOLE_PACK_SHARE * (sizes.get(p, 1 << 62)
+                                             - pack_tail_size(counts.get(p, 0)))}
+    total = sum(w[2] for w in missing.values())
+
+    def get(job: tuple[str, int, int, list]) -> tuple[list[tuple[str, bytes]], bool]:
+        pack, start, length, group = job
+        data = None
+        cached = False
+        if cache is not None and pack in whole:
+            path = cache.pack_path(pack)
+            data = cache.read_range(path, start, length)
+            cached = data is not None
+            if data is None:
+                _fill_cache_pack(cache, remote, pack, sizes.get(pack))
+                data = cache.read_range(path, start, length)
+        if data is None:
+            try:
+                data = remote.backend.get_range(pack_key(pack), start, length)
+            except NotFound:
+                raise MissingObject(f"{remote.name} has no pack {pack[:12]}"
+                                    + (" and the cluster cache does not hold it" if cache else ""),
+                                    hint="run `dsv fetch` to refresh what the remote holds; is "
+                                         "the remote reachable?") from None
+        out, bad = _split_verified(data, start, group)
+        if bad and cache is not None and pack in whole:
+            # A damaged cache entry costs a download, never data: drop it, ask the origin.
+            cache.drop(cache.pack_path(pack))
+            cached = False
+            out, bad = _split_verified(remote.backend.get_range(pack_key(pack), start, length),
+                                       start, group)
+        if bad:
+            raise CorruptObject(f"object {bad[:12]} from {remote.name} is corrupt (pack "
+                                f"{pack[:12]})", hint="nothing corrupt was stored; the remote "
+                                "holds damaged data (`dsv verify --remote` checks it)")
+        return out, cached
+
+    with store.reporter.task(label, len(missing), total) as advance, \
+            ThreadPoolExecutor(WORKERS) as pool:
+        for got, cached in bounded(pool, get, _ranges(missing), WORKERS):
+            report.from_cache += len(got) if cached else 0
+            for oid, data in got:
+                report.objects_received += 1
+                report.bytes_received += len(data)
+                advance(1, len(data))
+                yield oid, data
+
+
+def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
+                    ) -> tuple[list[tuple[str, memoryview]], str | None]:
+    """The objects of one ranged read, each checked against its id, and the first that
+    fails (None when all are good)."""
+    view = memoryview(data)  # slices share the buffer: no copy per object
+    out = []
+    for oid, offset, ln in group:
+        piece = view[offset - start:offset - start + ln]
+        if len(piece) != ln or hash_bytes(piece) != oid:
+            return out, oid
+        out.append((oid, piece))
+    return out, None
+
+
+def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
+    """Copy a whole remote pack into the cache (checked against its name first)."""
+    try:
+        data = remote.backend.get(pack_key(pack), max_size=min(size or MAX_GET_BYTES,
+                                                               MAX_GET_BYTES))
+    except (NotFound, RemoteRefused):
+        return
+    if size is not None and len(data) != size:
+        return
+    try:
+        count = int.from_bytes(data[-24:-16], "big")
+        parse_pack_index(data[len(data) - pack_tail_size(count):], pack)
+    except (CorruptObject, ValueError):
+        return  # not cached; the caller's per-object check reports the damage
+    cache.fill_bytes(cache.pack_path(pack), data)
+
+
+def _lacking(store: Core, entries: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Blobs (oid → size) the store does not hold: (packed-size ones, loose-size ones)."""
+    small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
+    present = store.objects.locate_many(small)
+    return ([o for o in small if o not in present],
+            [o for o, size in entries.items()
+             if size >= PACK_THRESHOLD and not store.objects.has_loose(o)])
+
+
+def origin_down(store: Core, exc: RemoteError) -> None:
+    """Go on from the cluster cache when the origin cannot be reached (re-raise without one)."""
+    if not caches(store):
+        raise exc
+    store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
+
+
+def ensure_blobs(store: Core, version: Version, entries: dict[str, int]) -> None:
+    """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
+    cluster cache first, then the remote the version was fetched from, else the default
+    remote. Does nothing, and needs no network, when every blob is here."""
+    if not any(_lacking(store, entries)):
+        return
+    name = store.index.promised().get(version.id)
+    names = {s.name for s in store.remote_specs() if s.kind == "origin"}
+    try:
+        remote: Remote | None = open_remote(store, name if name in names else None)
+    except InvalidInput:
+        remote = None
+    if remote is not None:
+        try:
+            remote.connect()
+            remote.refresh()
+        except RemoteError as exc:
+            origin_down(store, exc)
+    report = PullReport("-", FetchReport("-"))
+    with Ingest(store.objects) as ingest:
+        download_blobs(store, remote, entries, report, ingest, label="downloading")
+        store.commit_objects(ingest, crash="pull:objects-written")
+
+
+def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
+                   report: Any, ingest: Ingest, label: str = "pulling") -> None:
+    """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
+    small, large = _lacking(store, entries)
+    report.objects_skipped += len(entries) - len(small) - len(large)
+    todo = set(small) | set(large)
+    report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)
+    if remote is None:
+        missing_any = small or large
+        if missing_any:
+            raise MissingObject(f"{len(missing_any)} object(s) are not in this store and no "
+                                f"remote is configured", hint="add one with `dsv remote add`")
+        return
+    located = store.index.remote_locate_many(remote.name, small)
+    for oid in small:
+        if oid not in located:
+            large.append(oid)  # not in any pack the remote lists: try it as a loose file
+    packed = {oid: located[oid] for oid in small if oid in located}
+    for oid, (_pack, _off, length) in packed.items():
+        if length != entries[oid]:
+            raise CorruptObject(f"object {oid[:12]} is {length} bytes on {remote.name}; the "
+                                f"version says {entries[oid]}", hint="the remote is damaged "
+                                "or hostile; nothing was stored")
+    _check_free_space(store, sum(entries[o] for o in small) + sum(entries[o] for o in large))
+    for oid, data in download_packed(store, remote, packed, label, report):
+        ingest.add(oid, KIND_BLOB, data)
+    if large:
+        _download_loose(store, remote, large, entries, report, ingest)
+
+
+def _check_free_space(store: Core, nbytes: int) -> None:
+    """Refuse a download the disk cannot hold, before any byte of it (sizes come from
+    trees, which may be hostile: a tree claiming a 1 TiB file must not fill the disk)."""
+    import shutil
+    free = shutil.disk_usage(store.tmp_root).free
+    if nbytes > free:
+        raise InvalidInput(f"the download needs {nbytes:,} bytes and {store.tmp_root} has "
+                           f"{free:,} free", hint="free some space, or pull only some paths "
+                           "(--path)")
+
+
+def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[bytes]:
+    """A download's pieces, refusing more bytes than the tree says the object has (a
+    hostile or broken remote must not fill the disk before the hash check)."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if size is not None and seen > size:
+            raise CorruptObject(f"object {oid[:12]} is larger on the remote than its "
+                                f"{size} bytes", hint="nothing corrupt was stored")
+        yield chunk
+
+
+def _download_loose(store: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
+                    report: Any, ingest: Ingest) -> None:
+    cache = read_cache(store)
+
+    def get(oid: str) -> tuple[int, bool]:
+        if cache is not None:
+            path = cache.loose_path(oid)
+            cached = True
+            fd = cache.open_entry(path)  # a regular file or None (anything else dropped)
+            if fd is None:
+                try:
+                    cache.fill_stream(path, _capped(remote.backend.download(loose_key(oid)),
+                                                    sizes.get(oid), oid), oid)
+                except NotFound:
+                    raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+                cached = False
+                fd = cache.open_entry(path)
+            if fd is not None:
+                try:
+                    if os.fstat(fd).st_size == sizes.get(oid, -1):
+                        return ingest.add_large_fd(fd, oid)[1], cached
+                except CorruptObject:
+                    pass
+                finally:
+                    os.close(fd)
+                cache.drop(path)  # a damaged cache entry: drop it, read the origin
+        try:
+            return ingest.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
+                                                   sizes.get(oid), oid), expect=oid)[1], False
+        except NotFound:
+            raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+
+    total = sum(sizes.get(o, 0) for o in oids)
+    with store.reporter.task("pulling large files", len(oids), total) as advance, \
+            ThreadPoolExecutor(4) as pool:
+        for size, cached in pool.map(get, oids):
+            report.from_cache += cached
+            report.objects_received += 1
+            report.bytes_received += size
+            advance(1, size)

@@ -1,0 +1,239 @@
+"""Fetch: a remote's version records, trees and refs (no file contents).
+
+Owns reading records (untrusted: parsed by records.parse_record, a forged one is left
+out with its history), accepting only refs that name their own dataset's versions,
+checking history before anything is stored, fetching only the trees the refs reach,
+and recording it all in one transaction. Which local refs then move is
+sync.policy's decision. Must never download blobs.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import refs, tree
+from ..core import Core
+from ..errors import (CorruptObject)
+from ..model import Dataset, FetchReport, Version
+from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
+from ..records import MAX_RECORD_BYTES, Record, parse_record
+from ..refs import LATEST
+from ..remotes.layout import (RemoteRef)
+from .policy import plan_pull
+from .remote import Remote
+from .download import download_packed
+
+
+_Parsed = dict[str, tuple[Record, bytes | None]]
+"""Version records read in a fetch: record oid → (parsed record, raw bytes if new here)."""
+
+
+def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+    """Bring the remote's version records, trees and refs (not file contents)."""
+    report = FetchReport(remote.name)
+    remote.connect()
+    remote.refresh()
+    remote_refs = remote.read_refs()
+    index = store.index
+    # Records first (small), then only the history the remote's refs reach: versions of
+    # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
+    located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
+                      index.remote_objects_of_kind(remote.name, kind)}
+               for kind in (KIND_TREE, KIND_VERSION)}
+    parsed: _Parsed = {}
+    wanted = {oid: w for oid, w in located[KIND_VERSION].items() if w[2] <= MAX_RECORD_BYTES}
+    for oid in located[KIND_VERSION].keys() - wanted.keys():
+        store.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
+                              f"more than {MAX_RECORD_BYTES} bytes (ignored)")
+    local = store.objects.locate_many(wanted)
+    for oid, data in download_packed(store, remote, {o: w for o, w in wanted.items()
+                                                      if o not in local}, "fetching", report):
+        _parse_into(parsed, oid, bytes(data), True, store)
+    for oid in wanted:
+        if oid in local:
+            _parse_into(parsed, oid, store.objects.read(oid), False, store)
+    remote_refs = _owned_refs(remote_refs, parsed, store)
+    reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
+    _check_history(reachable, parsed, store)
+    trees = _fetch_trees(store, remote, {parsed[r][0].version.tree for r in reachable},
+                         located[KIND_TREE], report)
+    for root in {parsed[r][0].version.tree for r in reachable}:
+        tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
+    # Only what the accepted refs reach enters the store: records no ref reaches were
+    # never checked as history, and must not turn up later (in `index rebuild`, say).
+    records = [parsed[oid][0] for oid in reachable]
+    names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
+
+    def record() -> None:
+        for rec in sorted(records, key=lambda r: r.version.committed or 0):
+            v = rec.version
+            known = index.version(v.id)
+            if known is not None:
+                if known.record != v.record and known.state == "committed":
+                    raise CorruptObject(f"version {v.id} on {remote.name} has record "
+                                        f"{v.record[:12]}, but this store's has "
+                                        f"{(known.record or '-')[:12]}",
+                                        hint="two versions share one id (a collision, or "
+                                             "tampering); nothing was fetched")
+                continue
+            if index.dataset_by("id", v.dataset) is None:
+                _create_dataset(store, v, rec.dataset_name, names.get(v.dataset))
+                report.new_datasets.append(index.dataset_by("id", v.dataset).name)
+            index.insert_version(v)
+            index.add_promised(v.id, remote.name)
+            report.new_versions.append(v.id)
+        index.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote.name,))
+        for ref in remote_refs.values():
+            index.set_remote_ref(remote.name, ref.dataset, ref.ref, ref.version, ref.record,
+                                 ref.etag)
+            ds = index.dataset_by("id", ref.dataset)
+            report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
+                ref.version
+
+    with Ingest(store.objects) as ingest:
+        for oid in reachable:
+            raw = parsed[oid][1]
+            if raw is not None:
+                ingest.add(oid, KIND_VERSION, raw)
+        for oid, raw in trees.items():
+            ingest.add(oid, KIND_TREE, raw)
+        store.commit_objects(ingest, record, crash="fetch:objects-written")
+    changes, report.updated, _kept = plan_pull(refs.History(store.index), remote.name, remote_refs,
+                                                fast_forward=False)
+    with index.transaction():
+        store.refs.apply(changes)
+    index.checkpoint()
+    return report, remote_refs
+
+
+def _parse_into(parsed: _Parsed, oid: str,
+                raw: bytes, new: bool, store: Core) -> None:
+    """Parse one record into `parsed` (raw bytes kept only when they are new here). One
+    forged record must not stop a clone: it is left out, with the refs and history that
+    need it."""
+    try:
+        parsed[oid] = (parse_record(raw, oid), raw if new else None)
+    except CorruptObject as exc:
+        store.reporter.notice(f"warning: {exc.message} (ignored)")
+
+
+def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
+                parsed: _Parsed,
+                store: Core) -> dict[tuple[str, str], RemoteRef]:
+    """The remote's refs that name a version of their own dataset by its true id; any
+    other ref is ignored with a notice (a ref of A naming B's version would make
+    `A:tag` act on B's directory). So is a dataset whose id is a local dataset's name:
+    ids win over names, so it would take that name over."""
+    kept = {}
+    for key, ref in remote_refs.items():
+        if store.index.dataset_by("id", ref.dataset) is None and \
+                store.index.dataset_by("name", ref.dataset) is not None:
+            store.reporter.notice(f"warning: ignored remote dataset {ref.dataset}: its id is "
+                                  f"the name of a dataset here")
+            continue
+        got = parsed.get(ref.record)
+        if got is not None and got[0].version.id == ref.version and \
+                got[0].version.dataset == ref.dataset:
+            kept[key] = ref
+        elif got is not None:
+            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
+                                  f"names a version that is not {ref.version} of that dataset")
+        else:
+            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: its "
+                                  f"version record is not in any pack the remote lists "
+                                  f"(`dsv verify --remote` checks the remote)")
+    return kept
+
+
+def _check_history(reachable: list[str],
+                   parsed: _Parsed,
+                   store: Core) -> None:
+    """History is a DAG within one dataset: every parent a record names (by id and
+    record hash) is a version of the same dataset with that id. A parent that is neither
+    on the remote nor here cannot be checked: it is left out of the version's parents
+    (the index links versions by id, so an unchecked id could join another history)."""
+    for oid in reachable:
+        v = parsed[oid][0].version
+        kept = []
+        for parent in parsed[oid][0].parents:
+            got = parsed.get(parent.record)
+            local = store.index.version(parent.id)
+            if got is not None:
+                pid, pds = got[0].version.id, got[0].version.dataset
+            elif local is not None:
+                if local.record != parent.record:
+                    raise CorruptObject(f"version record {oid[:12]} names parent "
+                                        f"{parent.id} with another record than this "
+                                        f"store's", hint="the remote holds a forged history; "
+                                                         "nothing was fetched")
+                pid, pds = local.id, local.dataset
+            else:
+                continue  # history the remote does not hold: the walk stops here
+            if pid != parent.id or pds != v.dataset:
+                raise CorruptObject(f"version record {oid[:12]} names a parent ({parent.id}) "
+                                    f"that is not a version of its own dataset",
+                                    hint="the remote holds a forged history; nothing was "
+                                         "fetched")
+            kept.append(pid)
+        v.parents = kept
+
+
+def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
+    """Record oids reachable from `tips` through parents (only records the remote has)."""
+    seen: set[str] = set()
+    stack = [t for t in tips if t in parsed]
+    while stack:
+        oid = stack.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        for parent in parsed[oid][0].parents:
+            if parent.record in parsed:
+                stack.append(parent.record)
+    return sorted(seen)
+
+
+def _fetch_trees(store: Core, remote: Remote, roots: set[str],
+                 located: dict[str, tuple[str, int, int]], report: FetchReport
+                 ) -> dict[str, bytes]:
+    """The trees under `roots` this store lacks, level by level, each validated: only
+    what the versions reach is read (a remote may hold any amount of other trees). A
+    stored tree has everything beneath it stored already."""
+    trees: dict[str, bytes] = {}
+    seen: set[str] = set()
+    frontier = set(roots)
+    while frontier:
+        seen |= frontier
+        stored = store.objects.locate_many(frontier)
+        need = {}
+        for oid in frontier:
+            if oid in stored:
+                continue
+            if oid not in located:
+                _missing_tree(oid)
+            need[oid] = located[oid]
+        below: set[str] = set()
+        for oid, data in download_packed(store, remote, need, "fetching trees", report):
+            raw = bytes(data)
+            rows = tree.decode_tree(raw, oid)  # validated here; trusted once stored
+            trees[oid] = raw
+            below.update(row[4] for row in rows if row[1] == tree.DIR)
+        frontier = below - seen
+    return trees
+
+
+def _missing_tree(oid: str) -> None:
+    raise CorruptObject(f"tree {oid[:12]} is on neither the remote nor here, though a "
+                        f"version needs it", hint="the remote is damaged; nothing was fetched")
+
+
+def _create_dataset(store: Core, v: Version, dataset_name: str | None,
+                    ref: RemoteRef | None) -> None:
+    """A dataset first seen on a remote: unbound, named as the remote names it."""
+    name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
+    if not refs.is_valid_name(name) or name == LATEST:
+        name = v.dataset
+    taken = store.index.dataset_by("name", name) or store.index.dataset_by("id", name)
+    if taken is not None and taken.id != v.dataset:
+        name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
+    store.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))

@@ -1,0 +1,328 @@
+"""Pull and clone: fetch, move local refs forward, download, check out.
+
+Owns the order that makes a pull safe to kill (local refs move only once the objects
+are here), bringing working directories that follow `latest` forward, and clone (a new
+workspace from a remote, resumable through `.dsv/clone.json`). Must never write to a
+remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+
+from .. import checkout as checkouts
+from .. import fileio, refs, tree
+from ..core import Core, create_layout
+from ..settings import add_remote
+from ..errors import DirtyWorktree, DsvError, InvalidInput, StoreExists
+from ..jsonio import load_bounded
+from ..paths import STORE_DIR as DSV_DIR
+from ..reporting import Reporter
+from ..model import FetchReport, PullReport
+from ..objects import (Ingest)
+from ..paths import is_under, normalize_user_path
+from ..refs import LATEST, RefChange
+from ..remotes.connect import normalize_url, open_backend
+from ..remotes.base import RemoteError, RemoteSpec
+from ..remotes.layout import (RemoteRef)
+from .remote import Remote, open_remote
+from .download import origin_down, download_blobs
+from .fetch import fetch
+from .policy import plan_pull
+
+
+def _pull_objects(store: Core, remote: Remote, targets: list[str], paths: list[str] | None,
+         force: bool = False,
+         prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
+         ) -> PullReport:
+    fetch_report = FetchReport(remote.name)
+    remote_refs: dict[tuple[str, str], RemoteRef] | None = None
+    try:
+        fetch_report, remote_refs = prefetched or fetch(store, remote)
+    except RemoteError as exc:
+        # The origin is down: what the cluster cache holds can still be pulled, for the
+        # versions this store already knows.
+        origin_down(store, exc)
+    report = PullReport(remote.name, fetch_report)
+    named = [store.resolve(t) for t in targets]
+    changes: list[RefChange] = []
+    if remote_refs is not None:
+        if named:  # only the datasets asked for move
+            scope = {v.dataset for v in named}
+            remote_refs = {k: r for k, r in remote_refs.items() if k[0] in scope}
+        changes, updated, report.diverged = plan_pull(refs.History(store.index), remote.name, remote_refs, force)
+        report.updated = fetch_report.updated + updated
+        on_remote = {ds_id for ds_id, _ref in remote_refs}
+    else:
+        on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
+    # Local refs move only once the objects are here (a failed pull moves nothing), so the
+    # targets are resolved against the planned refs inside a savepoint that is rolled back.
+    with store.index.rolled_back():
+        store.refs.apply(changes)
+        if targets:
+            chosen = [store.resolve(t) for t in targets]
+        else:
+            chosen = [store.version(ds.latest) for ds in store.index.datasets()
+                      if ds.latest and ds.id in on_remote]
+        # A dataset whose latest moves gets that version too, so that a working
+        # directory following latest can follow it.
+        if not paths:
+            chosen += [store.version(vid) for _ds, name, vid in changes if name == LATEST]
+    chosen = list({v.id: v for v in chosen}.values())
+    wanted: dict[str, int] = {}
+    for v in chosen:
+        report.versions.append(v.id)
+        if not paths:
+            # Each distinct tree once: no flat manifest of the whole version is built.
+            wanted.update(tree.blob_sizes(v.tree, store.read_tree))
+            continue
+        manifest = store.manifest(v)
+        if paths:
+            selected = {normalize_user_path(p) for p in paths}
+            manifest = {p: e for p, e in manifest.items() if is_under(p, selected)}
+            if not manifest:
+                ds = store.index.dataset_by("id", v.dataset)
+                ref = f"{ds.name if ds else v.dataset}:{v.id}"
+                raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
+                                   hint=f"`dsv files list {ref} --recursive` shows its paths")
+        for entry in manifest.values():
+            wanted[entry.oid] = entry.size
+    def record() -> None:
+        store.refs.apply(changes)
+        if not paths:
+            store.index.drop_promised(v.id for v in chosen)
+
+    with Ingest(store.objects) as ingest:
+        download_blobs(store, remote, wanted, report, ingest)
+        store.commit_objects(ingest, record, crash="pull:objects-written")
+    store.index.checkpoint()
+    return report
+
+
+# ---- pull and clone as commands ---------------------------------------------------------
+
+def pull(core: Core, remote: str | None = None, targets: list[str] | None = None,
+         paths: list[str] | None = None, force: bool = False,
+         checkout: bool = True) -> PullReport:
+    """Fetch, move local refs forward, download the objects the versions (or only
+    `paths`) need, and bring working directories forward to them."""
+    marker = core.dsv_dir / CLONE_MARKER
+    if os.path.lexists(marker) and remote in (None, "origin") and not targets and not paths:
+        claim = _ClonePlan.take(marker)
+        try:
+            report = _finish_clone(core)
+        except BaseException:
+            claim.release()
+            raise
+        claim.finish()
+        return report
+    with core.locked("pull"):
+        return _pull(core, remote, list(targets or []), paths, force, checkout)
+
+def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] | None,
+          force: bool, checkout: bool,
+          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
+          ) -> PullReport:
+    before = {ds.id: ds.latest for ds in core.index.datasets()}
+    report = _pull_objects(core, open_remote(core, remote), targets, paths, force,
+                           prefetched=prefetched)
+    if not checkout or paths:
+        return report
+    for vid in report.versions:
+        v = core.version(vid)
+        ds = core.index.dataset_by("id", v.dataset)
+        if ds is None or ds.path is None or ds.latest != v.id or ds.head == v.id:
+            continue
+        # Like git: a working directory that follows latest moves with it; one checked
+        # out elsewhere on purpose stays.
+        if ds.head not in (None, before.get(ds.id)):
+            report.notices.append(f"{ds.name}: working directory left at {ds.head} (not "
+                                  f"the previous latest); `dsv checkout {ds.name}` "
+                                  f"brings it to {v.id}")
+            continue
+        try:
+            checkouts.checkout(core, f"{ds.id}:{v.id}")
+            report.checked_out.append(f"{ds.name}:{v.id}")
+        except DirtyWorktree as exc:
+            report.notices.append(f"{ds.name}: not checked out: {exc.message}")
+    return report
+
+def clone(url: str, path: str | os.PathLike[str] | None = None,
+          endpoint_url: str | None = None, profile: str | None = None,
+          reporter: Reporter | None = None) -> tuple[Core, PullReport]:
+    """A new workspace from a remote: datasets bound where the pusher had them, each
+    checked out at its latest version.
+
+    Safe to kill and to race: `.dsv/` is created exclusively and a clone marker
+    (`.dsv/clone.json`, flock'd while the clone runs) says the clone is unfinished,
+    so running the same clone again (or `dsv pull` inside it) completes it, and of
+    two clones into one directory the loser stops before touching anything.
+    """
+    url = normalize_url(url)
+    if path is None:
+        path = url.rstrip("/").rpartition("/")[2] or "dsv-clone"
+    root = Path(path).resolve()
+    marker = root / DSV_DIR / CLONE_MARKER
+    if os.path.lexists(marker):
+        return _resume_clone(root, url, reporter)
+    if root.exists() and any(root.iterdir()):
+        raise StoreExists(f"{root} exists and is not empty")
+    # The remote is checked before anything is created; a failed clone leaves nothing.
+    open_backend(RemoteSpec("origin", url, endpoint_url=endpoint_url,
+                            profile=profile)).check_reachable()
+    made_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        (root / DSV_DIR).mkdir()
+    except FileExistsError:
+        raise StoreExists(f"{root} is being cloned into by another process",
+                          hint="wait for it; if it was killed, run the same clone "
+                               "again to complete it") from None
+    claim = _ClonePlan(marker, url, endpoint_url, profile)
+    store: Core | None = None
+    try:
+        claim.create()
+        create_layout(root)
+        store = Core(root, reporter)
+        add_remote(store, "origin", url, endpoint_url=endpoint_url, profile=profile,
+                   default=True)
+        report = _finish_clone(store)
+    except BaseException:
+        # Only what this clone made goes: the files its checkout placed (the directory
+        # was empty, and no other clone can be in it while the marker is locked), then
+        # its store, marker included; the lock is released last, so nobody can start
+        # completing this clone while it is being removed.
+        if store is not None:
+            store.close()
+        try:
+            for child in root.iterdir():
+                if child.name == DSV_DIR:
+                    continue
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
+                    else child.unlink()
+            shutil.rmtree(root / DSV_DIR, ignore_errors=True)
+            if made_root:
+                root.rmdir()
+        except OSError:
+            pass  # best effort: the original error is what the user needs to see
+        finally:
+            claim.release()
+        raise
+    claim.finish()
+    return store, report
+
+
+def _resume_clone(root: Path, url: str,
+                  reporter: Reporter | None) -> tuple[Core, PullReport]:
+    """Complete a clone that was killed: same remote, nothing deleted on failure."""
+    claim = _ClonePlan.take(root / DSV_DIR / CLONE_MARKER)
+    try:
+        if claim.url != url:
+            raise StoreExists(f"{root} holds an unfinished clone of {claim.url}",
+                              hint="run that clone again, or choose another directory")
+        if not (root / DSV_DIR / "config.json").exists():
+            create_layout(root)
+        store = Core(root, reporter)
+        if not any(s.name == "origin" for s in store.remote_specs()):
+            add_remote(store, "origin", claim.url, endpoint_url=claim.endpoint_url,
+                       profile=claim.profile, default=True)
+        store.reporter.notice(f"completing the interrupted clone of {claim.url}")
+        report = _finish_clone(store)
+    except BaseException:
+        claim.release()
+        raise
+    claim.finish()
+    return store, report
+
+def _finish_clone(core: Core) -> PullReport:
+    """Fetch from origin, bind datasets where the pusher had them, pull and check out."""
+    with core.locked("clone"):
+        fetched = fetch(core, open_remote(core, "origin"))
+        with core.index.transaction():
+            for ref in fetched[1].values():
+                if ref.ref != refs.LATEST or ref.path is None:
+                    continue
+                try:
+                    rel = "." if ref.path == "." else core.workspace_path(core.root / ref.path)
+                except DsvError:
+                    continue
+                if core.index.dataset_by("path", rel):
+                    continue
+                ds = core.index.dataset_by("id", ref.dataset)
+                if ds is not None and ds.path is None:
+                    core.index.update_dataset(ref.dataset, path=rel)
+        return _pull(core, "origin", [], None, False, True, prefetched=fetched)
+
+
+CLONE_MARKER = "clone.json"
+
+
+class _ClonePlan:
+    """`.dsv/clone.json`: an unfinished clone's remote, flock'd by the process cloning.
+
+    Created exclusively right after `.dsv/`, removed when the clone is complete. Another
+    process finding it locked knows a clone is running; finding it unlocked, that one
+    was killed and can be completed.
+    """
+
+    def __init__(self, path: Path, url: str, endpoint_url: str | None,
+                 profile: str | None) -> None:
+        self.path, self.url, self.endpoint_url, self.profile = path, url, endpoint_url, profile
+        self._fd: int | None = None
+
+    def create(self) -> None:
+        import fcntl
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        fileio.write_all(fd, json.dumps({"url": self.url, "endpoint_url": self.endpoint_url,
+                                         "profile": self.profile}).encode() + b"\n")
+        os.fsync(fd)
+
+    @classmethod
+    def take(cls, path: Path) -> "_ClonePlan":
+        import fcntl
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise StoreExists(f"{path} is not a clone marker dsv wrote",
+                              hint="remove the directory and clone again") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreExists(f"{path.parent.parent} is being cloned into by another process",
+                              hint="wait for it to finish") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 10:
+                raise ValueError("not a clone marker")
+            info = load_bounded(os.read(fd, 64 << 10), 64 << 10)
+            url = info["url"]
+            if not isinstance(url, str):
+                raise ValueError("no url")
+            endpoint, profile = info.get("endpoint_url"), info.get("profile")
+        except (ValueError, KeyError, TypeError, OSError):
+            os.close(fd)
+            raise StoreExists(f"{path} is damaged", hint="remove the directory and clone "
+                              "again") from None
+        plan = cls(path, url, endpoint if isinstance(endpoint, str) else None,
+                   profile if isinstance(profile, str) else None)
+        plan._fd = fd
+        return plan
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def finish(self) -> None:
+        """The clone is complete: the marker goes, then the lock."""
+        fileio.unlink_quietly(str(self.path))
+        self.release()

@@ -1,0 +1,354 @@
+"""Push: what the remote lacks, in the order that keeps it consistent, then its refs.
+
+Owns the publish order (blobs, then trees, then version records, each phase complete
+before the next; refs last, by compare-and-swap with retries), packing small objects
+into new ~16 MiB packs, write-through to cluster caches, and remembering what the
+remote holds. The judgement of each ref is sync.policy's. Must never change local refs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from .. import refs, tree
+from ..core import Core
+from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
+                      RefConflict)
+from ..faults import crashpoint
+from ..hashing import hash_bytes, hash_file
+from ..model import Dataset, PushReport, Version
+from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack,
+                       pack_tail_size)
+from ..refs import LATEST
+from ..remotes import layout
+from ..remotes.cache import ClusterCache
+from ..remotes.layout import (index_key, loose_key,
+                              pack_key, ref_key)
+from .policy import decide_push
+from .remote import WORKERS, Remote, caches
+from .fetch import fetch
+
+
+UPLOAD_PACK_SIZE = 16 << 20
+
+
+IN_FLIGHT = 3                # upload packs held in memory at once
+
+
+LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
+
+
+def _ref_body(ds: Dataset, ref: str, v: Version) -> bytes:
+    return layout.ref_body(ds.id, v.id, v.record, ds.name, ds.path, latest=ref == LATEST)
+
+
+def _push_plan(store: Core, targets: list[str]
+               ) -> tuple[list[Version], list[tuple[Dataset, str, Version, bool]]]:
+    """Versions to send and refs to set: (dataset, ref, version, required)."""
+    ref_plan: list[tuple[Dataset, str, Version, bool]] = []
+    roots: list[Version] = []
+    if not targets:
+        targets = [ds.id for ds in store.index.datasets() if ds.latest]
+    for target in targets:
+        ds = None
+        if ":" not in target and "~" not in target:
+            try:
+                ds = refs.find_dataset(store.index, target)
+            except DsvError:
+                ds = None
+        if ds is not None:
+            committed = store.index.versions(ds.id, "committed")
+            if not committed:
+                continue
+            roots.extend(committed)
+            ref_plan.append((ds, LATEST, store.version(ds.latest), True))
+            for _d, name, vid, _c in store.index.tags(ds.id):
+                ref_plan.append((ds, f"tags/{name}", store.version(vid), True))
+            continue
+        v = store.resolve(target)
+        if v.is_draft:
+            raise InvalidInput(f"{target} is a draft; only committed versions are pushed",
+                               hint=f"commit it first: dsv versions commit {v.id}")
+        owner = store.index.dataset_by("id", v.dataset)
+        assert owner is not None
+        roots.append(v)
+        ref_plan.append((owner, LATEST, v, False))
+        for name in store.index.tags_of(v.id):
+            ref_plan.append((owner, f"tags/{name}", v, True))
+    return refs.ancestry(store.index, roots), ref_plan
+
+
+_CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --force to "
+                  "overwrite (the remote's versions stay stored)")
+
+
+def push(store: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
+    report = PushReport(remote.name)
+    remote.connect(must_exist=False)
+    remote.refresh()
+    versions, ref_plan = _push_plan(store, targets)
+    report.versions = len(versions)
+    refused = _preflight(store, remote, ref_plan, force)
+    if refused:
+        report.rejected = refused
+        raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
+                          + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
+    on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+    new = [v for v in versions if v.record not in on_remote]
+    report.versions_sent = len(new)
+    if new:
+        _send_objects(store, remote, new, report)
+    crashpoint("push:objects-sent")
+    _settle_pending(store, remote)
+    for ds, ref, v, required in ref_plan:
+        _push_ref(store, remote, ds, ref, v, required, force, report)
+    store.index.checkpoint()
+    if report.rejected:
+        raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name} (another "
+                          f"push won the race): " + "; ".join(report.rejected),
+                          hint=_CONFLICT_HINT, report=report)
+    return report
+
+
+def _settle_pending(store: Core, remote: Remote) -> None:
+    """Clear write-through markers of entries the origin now holds (a killed push left them)."""
+    for cache in caches(store, write_through=True):
+        marked = cache.pending()
+        packs = store.index.remote_packs(remote.name)
+        loose = store.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
+        for path in marked:
+            name = os.path.basename(path)
+            if name.removesuffix(".pack") in packs or name in loose:
+                cache.clear_pending(path)
+
+
+def _needed_objects(store: Core, versions: list[Version]) -> dict[str, int]:
+    """Every object the versions need, with its kind: blobs, trees, then records."""
+    needed: dict[str, int] = {}
+    for v in versions:
+        if v.tree not in needed:
+            for kind, oid in tree.subtree_ids(v.tree, store.read_tree):
+                needed.setdefault(oid, KIND_TREE if kind == tree.DIR else KIND_BLOB)
+        assert v.record is not None
+        needed[v.record] = KIND_VERSION
+    return needed
+
+
+def _send_objects(store: Core, remote: Remote, versions: list[Version],
+                  report: PushReport) -> None:
+    index, objects = store.index, store.objects
+    needed = _needed_objects(store, versions)
+    local = objects.locate_many(needed)
+    remote_has = index.remote_locate_many(remote.name, needed)
+    large = [oid for oid in needed if oid not in local]
+    known_loose = index.remote_loose(remote.name, large)
+    for oid in large:
+        if oid not in known_loose and not objects.has_loose(oid):
+            raise MissingObject(f"object {oid[:12]} is not in this store, so the versions "
+                                f"that need it cannot be pushed",
+                                hint="pull those versions completely first, or run `dsv verify`")
+    with ThreadPoolExecutor(WORKERS) as pool:
+        unknown = [oid for oid in large if oid not in known_loose]
+        sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)), unknown)))
+    present = [oid for oid, size in sizes.items() if size is not None]
+    if present:
+        with index.transaction():
+            index.add_remote_loose(remote.name, present)
+    send_small = {oid: local[oid] for oid in needed if oid in local and oid not in remote_has}
+    send_large = [oid for oid in large if oid not in known_loose and sizes.get(oid) is None]
+    large_sizes = {oid: os.stat(objects.loose_path(oid)).st_size for oid in send_large}
+    report.objects_skipped = len(needed) - len(send_small) - len(send_large)
+    report.bytes_skipped = sum(w[2] for w in remote_has.values()) + sum(
+        objects.loose_path(o).stat().st_size for o in large
+        if o not in large_sizes and objects.has_loose(o))
+    total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
+    write_through = caches(store, write_through=True)
+    loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
+    with store.reporter.task("pushing", len(send_small) + len(send_large), total_bytes) as advance, \
+            ThreadPoolExecutor(WORKERS) as pool:
+        # Publish order: blobs, then trees, then records; each phase whole before the next,
+        # so a record on the remote always has its tree and blobs there too.
+        for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
+            phase = {o: w for o, w in send_small.items() if needed[o] == kind}
+            jobs: list[Future] = []
+
+            def submit(fn: Callable[..., Sent], *args: Any) -> None:
+                job = pool.submit(fn, *args)
+                job.add_done_callback(lambda f: f.exception() or advance(f.result().count,
+                                                                         f.result().nbytes))
+                jobs.append(job)
+
+            if kind == KIND_BLOB:
+                for oid in send_large:
+                    submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
+                           loose_slots)
+            for batch in _read_batches(store, phase, kind):
+                submit(_upload_pack, remote, encode_pack(batch), write_through)
+                while sum(not j.done() for j in jobs) >= IN_FLIGHT:
+                    _first_done(jobs)
+            for job in jobs:
+                sent = job.result()
+                report.objects_sent += sent.count
+                report.bytes_sent += sent.nbytes
+            record_sent(store, remote, [j.result() for j in jobs])
+            crashpoint("push:phase-sent")
+
+
+def _first_done(jobs: list[Future]) -> None:
+    wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
+
+
+def _read_batches(store: Core, phase: dict[str, tuple[str, int, int]], kind: int
+                  ) -> Iterator[list[tuple[str, int, bytes]]]:
+    """The phase's objects read from local packs (in pack order), verified, in batches
+    of about UPLOAD_PACK_SIZE bytes."""
+    batch: list[tuple[str, int, bytes]] = []
+    size = 0
+    for oid, where in sorted(phase.items(), key=lambda item: item[1][:2]):
+        data = store.objects.read_packed(where)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
+                                hint="run `dsv verify` to list every damaged object")
+        batch.append((oid, kind, data))
+        size += len(data)
+        if size >= UPLOAD_PACK_SIZE:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+@dataclass
+class Sent:
+    """What one upload put on the remote, for the store's record of it."""
+
+    count: int
+    nbytes: int
+    pack: tuple[str, int, list] | None = None   # (pack id, size, entries)
+    loose: str | None = None                    # a loose object's oid
+
+
+def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
+                 write_through: list[ClusterCache]) -> Sent:
+    pack_id, data, entries = pack
+    for cache in write_through:
+        _write_through(cache, cache.pack_path(pack_id), data=data)
+    # The pack first, then its index: an index on the remote always names a whole pack.
+    remote.backend.put_bytes(pack_key(pack_id), data)
+    remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
+    for cache in write_through:
+        cache.clear_pending(cache.pack_path(pack_id))
+    crashpoint("push:uploaded")
+    return Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries))
+
+
+def _upload_loose(remote: Remote, objects: Any, oid: str, size: int,
+                  write_through: list[ClusterCache], slots: threading.Semaphore) -> Sent:
+    path = str(objects.loose_path(oid))
+    # Every object is re-hashed before it leaves: a bit flipped on local disk must never
+    # become every clone's problem.
+    if hash_file(path) != oid:
+        raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
+                            hint="run `dsv verify` to list every damaged object")
+    for cache in write_through:
+        _write_through(cache, cache.loose_path(oid), src=path)
+    with slots:  # each large upload is itself parallel (multipart): few at once
+        remote.backend.put_file(loose_key(oid), path)
+    for cache in write_through:
+        cache.clear_pending(cache.loose_path(oid))
+    crashpoint("push:uploaded")
+    return Sent(1, size, loose=oid)
+
+
+def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
+                   src: str | None = None) -> None:
+    """Copy an upload into a cache, marked pending (never evicted) until the origin has it."""
+    cache.mark_pending(path)
+    if cache.has(path):
+        return
+    if data is not None:
+        cache.fill_bytes(path, data)
+    else:
+        assert src is not None
+        cache.fill_file(path, src)
+
+
+def record_sent(store: Core, remote: Remote, sent: list[Sent]) -> None:
+    with store.index.transaction():
+        for item in sent:
+            if item.pack is not None:
+                pack_id, size, entries = item.pack
+                store.index.add_remote_pack(remote.name, pack_id, size, entries)
+        store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
+
+
+def _label(ds: Dataset, ref: str) -> str:
+    return f"{ds.name}:{ref.rpartition('/')[2]}"
+
+
+def _preflight(store: Core, remote: Remote, ref_plan: list, force: bool) -> list[str]:
+    """Refs the push would be refused, judged before anything is uploaded (the final
+    compare-and-swap still decides races)."""
+    def judge(item: tuple[Dataset, str, Version, bool]) -> str | None:
+        ds, ref, v, required = item
+        key = ref_key(ds.id, ref)
+        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, _ref_body(ds, ref, v),
+                               remote.backend.read_ref(key), key)
+        return f"{_label(ds, ref)} {why}" if verdict == "reject" else None
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        refused = [r for r in pool.map(judge, ref_plan) if r]
+        if refused:
+            # The remote may merely be ahead, with versions this store has not seen yet:
+            # fetch them (records and trees only) so ancestry can be judged.
+            fetch(store, remote)
+            refused = [r for r in pool.map(judge, ref_plan) if r]
+    return refused
+
+
+def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
+              required: bool, force: bool, report: PushReport) -> None:
+    """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
+    key = ref_key(ds.id, ref)
+    label = _label(ds, ref)
+    body = _ref_body(ds, ref, v)
+    for _attempt in range(5):
+        current = remote.backend.read_ref(key)
+        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, body, current, key)
+        if verdict == "same":
+            assert current is not None
+            report.refs_unchanged.append(label)
+            _remember_ref(store, remote, ds.id, ref, v, current[1])
+            return
+        if verdict == "behind":
+            report.behind.append(f"{label}: {why}")
+            return
+        if verdict == "skip":
+            return
+        if verdict == "reject":
+            report.rejected.append(f"{label} {why}")
+            return
+        etag = remote.backend.write_ref(key, body, current[1] if current else None)
+        if etag is None:
+            again = remote.backend.read_ref(key)
+            if again is not None and again[0] == body:  # our retried write did land
+                etag = again[1]
+            else:
+                continue  # lost a race: look again
+        crashpoint("push:ref-written")
+        report.refs_updated.append(f"{label} -> {v.id}")
+        _remember_ref(store, remote, ds.id, ref, v, etag)
+        return
+    report.rejected.append(f"{label} kept changing on the remote while pushing")
+
+
+def _remember_ref(store: Core, remote: Remote, ds_id: str, ref: str, v: Version,
+                  etag: str | None) -> None:
+    assert v.record is not None
+    with store.index.transaction():
+        store.index.set_remote_ref(remote.name, ds_id, ref, v.id, v.record, etag)

@@ -1,0 +1,144 @@
+"""An opened remote: its backend, its marker, and the store's record of what it holds.
+
+Owns connecting (the `dsv-remote.json` marker and its format), refreshing the
+`remote_*` tables from the remote's pack indexes (each must hash to its pack's name;
+a bad one is ignored with a warning), reading its refs, and the cluster caches a store
+uses. Must never decide what to send or which refs to move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..core import Core
+from ..errors import (CorruptObject)
+from ..hashing import is_hash
+from ..jsonio import load_bounded
+from ..objects import (parse_pack_index)
+from ..remotes import layout
+from ..remotes.connect import open_backend
+from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
+                            RemoteRefused, RemoteSpec, check_outside_stores)
+from ..remotes.cache import ClusterCache
+from ..remotes.layout import (REMOTE_FORMAT, REMOTE_MARKER, RemoteRef, index_key)
+
+
+WORKERS = 8
+
+
+class Remote:
+    """One configured remote, opened: its backend, and the store's record of it."""
+
+    def __init__(self, store: Core, spec: RemoteSpec) -> None:
+        self.store = store
+        self.spec = spec
+        self.name = spec.name
+        self.backend: Backend = open_backend(spec)
+
+    def connect(self, must_exist: bool = True) -> None:
+        """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
+        self.backend.check_reachable()
+        try:
+            marker = load_bounded(self.backend.get(REMOTE_MARKER, max_size=MAX_REF_BYTES),
+                                  MAX_REF_BYTES)
+        except NotFound:
+            if must_exist and not self.spec.is_s3 and not os.path.isdir(self.spec.url):
+                raise RemoteError(f"remote directory {self.spec.url} does not exist",
+                                  hint="check the path (is the volume mounted?)") from None
+            if must_exist:
+                raise RemoteError(f"{self.spec.url} is not a dsv remote (nothing was pushed "
+                                  f"to it yet)", hint="push to it first, or check the URL") \
+                    from None
+            body = json.dumps({"format": REMOTE_FORMAT, "hash": "blake3"}).encode() + b"\n"
+            self.backend.write_ref(REMOTE_MARKER, body, None)
+            return
+        except ValueError:
+            raise RemoteError(f"{self.spec.url}/{REMOTE_MARKER} is unreadable") from None
+        if not isinstance(marker, dict) or marker.get("format") != REMOTE_FORMAT:
+            raise RemoteError(f"{self.spec.url} has remote format "
+                              f"{marker.get('format') if isinstance(marker, dict) else '?'}; "
+                              f"this dsv reads format {REMOTE_FORMAT}")
+
+    def refresh(self) -> None:
+        """Bring the store's picture of the remote's packs up to date (list `index/`;
+        read each new pack index, which must hash to its pack's name)."""
+        index = self.store.index
+        listed = {key.rpartition("/")[2]: size for key, size in self.backend.list("index/")}
+        listed = {p: size for p, size in listed.items() if is_hash(p)}
+        known = index.remote_packs(self.name)
+        new = [p for p in listed if p not in known]
+        gone = [p for p in known if p not in listed]
+
+        def read(pack_id: str) -> tuple[str, list, int] | None:
+            try:
+                data = self.backend.get(index_key(pack_id),
+                                        max_size=min(listed[pack_id], MAX_GET_BYTES))
+                entries, size = parse_pack_index(data, pack_id)
+            except (CorruptObject, RemoteRefused) as exc:
+                # One damaged or hostile index must not stop every clone: its pack is
+                # never read (`dsv verify --remote` reports it).
+                self.store.reporter.notice(f"warning: ignored pack index {pack_id[:12]} on "
+                                           f"{self.name}: {exc.message}")
+                return None
+            return pack_id, entries, size
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            results = [r for r in pool.map(read, new) if r is not None]
+        with index.transaction():
+            for pack_id, entries, size in results:
+                index.add_remote_pack(self.name, pack_id, size, entries)
+            for pack_id in gone:
+                index.forget_remote_pack(self.name, pack_id)
+            if gone:  # the remote lost data (or was reset): trust nothing we remember of it
+                index.forget_remote_loose(self.name)
+
+    def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
+        keys = [key for key, _size in self.backend.list("refs/")]
+
+        def read(key: str) -> RemoteRef | None:
+            try:
+                got = self.backend.read_ref(key)
+            except RemoteRefused as exc:
+                # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
+                self.store.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
+                return None
+            return layout.parse_ref(key, *got) if got else None
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            found = [r for r in pool.map(read, keys) if r is not None]
+        return {(r.dataset, r.ref): r for r in found}
+
+
+def open_remote(store: Core, name: str | None, kind: str = "origin") -> Remote:
+    spec = store.remote_spec(name, kind)
+    return Remote(store, spec)
+
+
+def caches(store: Core, write_through: bool = False) -> list[ClusterCache]:
+    """The store's cluster caches (only those pushes write through to, if asked)."""
+    for spec in store.remote_specs():
+        check_outside_stores(spec.url)
+    return [ClusterCache(s.url) for s in store.remote_specs()
+            if s.kind == "cache" and (s.write_through or not write_through)]
+
+
+def read_cache(store: Core) -> ClusterCache | None:
+    """The cluster cache reads go to first (the first configured), if any."""
+    found = caches(store)
+    return found[0] if found else None
+
+
+def bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+             window: int) -> Iterator[Any]:
+    """pool.map that keeps at most `window` results pending (memory stays flat)."""
+    pending: list[Future] = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
