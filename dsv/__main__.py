@@ -1,3 +1,5 @@
+"""`python -m dsv`: the command line, as the `dsv` script runs it."""
+
 from .cli import main
 
 main()

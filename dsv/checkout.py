@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import tree, worktree
-from .sync import download
 from .core import Core
 from .errors import CorruptObject, DirtyWorktree, InvalidInput, UnsafePath
 from .faults import crashpoint
@@ -64,6 +63,7 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                 with core.index.transaction():
                     core.index.put_stat_rows(ds.id, known)
                     if complete:
+                        assert head is not None  # `complete` requires a head
                         core.index.update_dataset(ds.id, cache_tree=head.tree)
     return report
 
@@ -93,7 +93,7 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             raise InvalidInput(f"--link {link} is only for --to directories",
                                hint="a dataset's working directory holds real files, so "
                                     "they can be edited and committed")
-        target = core.dataset_root(ds) if in_worktree else Path(to).resolve()
+        target = core.dataset_root(ds) if in_worktree or to is None else Path(to).resolve()
         if in_worktree:
             _check_no_links_to(core, ds)
         else:
@@ -293,6 +293,8 @@ def diff(core: Core, ref_a: str, ref_b: str | None = None,
 
 def files(core: Core, ref: str, path: str = "", recursive: bool = False,
           cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+    """The entries of a version's directory `path` (the root by default); with
+    `recursive`, every file below it."""
     v = core.resolve(ref, cwd)
     rel = normalize_user_path(path)
     if recursive:
@@ -350,6 +352,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
 
 def _ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
+    from .sync import download  # only when blobs are missing: sync costs start-up time
     with core.locked("download"):
         download.ensure_blobs(core, version, {e.oid: e.size for e in entries})
 

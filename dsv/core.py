@@ -215,6 +215,10 @@ class Core:
         return ds_id
 
     # ---- datasets and refs -------------------------------------------------------------
+    def dataset_by_id(self, ds_id: str) -> Dataset | None:
+        """The dataset with id `ds_id`, or None if there is none."""
+        return self.index.dataset_by("id", ds_id)
+
     def dataset(self, key: str) -> Dataset:
         """A dataset by id or name."""
         return refs.find_dataset(self.index, key)

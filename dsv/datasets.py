@@ -41,6 +41,7 @@ def _check_new_name(core: Core, name: str) -> None:
 
 def create_dataset(core: Core, name: str, path: str | os.PathLike[str] | None = None,
                    description: str | None = None) -> Dataset:
+    """A new dataset, bound to `path` (created if missing) when one is given."""
     if not refs.is_valid_name(name) or name == refs.LATEST:
         raise InvalidInput(f"invalid dataset name {name!r}",
                            hint="use letters, digits, '.', '_' and '-' (max 128)")
@@ -52,7 +53,8 @@ def create_dataset(core: Core, name: str, path: str | os.PathLike[str] | None = 
             if other is not None:
                 raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
             (core.root / rel).mkdir(parents=True, exist_ok=True)
-        ds = Dataset(id=core.new_dataset_id(), name=name, path=rel, description=description, created=time.time())
+        ds = Dataset(id=core.new_dataset_id(), name=name, path=rel, description=description,
+                     created=time.time())
         with core.index.transaction():
             core.index.insert_dataset(ds)
         return ds
@@ -60,6 +62,8 @@ def create_dataset(core: Core, name: str, path: str | os.PathLike[str] | None = 
 
 def update_dataset(core: Core, key: str, name: str | None = None, description: str | None = None,
                    path: str | os.PathLike[str] | None = None) -> Dataset:
+    """Rename a dataset, change its description, or bind it to a working directory;
+    returns it as it is now."""
     with core.locked("datasets update"):
         ds = core.dataset(key)
         fields: dict[str, Any] = {}

@@ -41,7 +41,8 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
                        tmp_dir: str | os.PathLike[str] | None = None) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    """Write `data` to `path` so that readers see the old file or the whole new one, never
+    a part."""
     path = os.fspath(path)
     tmp = tmp_name(tmp_dir or os.path.dirname(path) or ".")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -119,6 +120,7 @@ def remove_tmp_files(directory: str | os.PathLike[str]) -> int:
 
 
 def unlink_quietly(path: str) -> None:
+    """Remove `path` if it exists."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -189,6 +191,7 @@ class DirectWriter:
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
+        """Append `data`; whole buffers go to disk as they fill."""
         data = memoryview(data)
         while data:
             room = len(self._view) - self._used
@@ -201,7 +204,7 @@ class DirectWriter:
                 self.size += self._used
                 self._used = 0
 
-    def copy_from(self, src_fd: int, observe: Callable[[memoryview], None]) -> int:
+    def copy_from(self, src_fd: int, observe: Callable[[memoryview], object]) -> int:
         """Copy the rest of `src_fd` in, showing every chunk to `observe` (a hasher) on
         its way from the source into the aligned buffer: the bytes observed are exactly
         the bytes written. Returns the bytes copied."""
@@ -234,6 +237,7 @@ class DirectWriter:
         return total
 
     def close(self) -> None:
+        """Close the file without finishing it (after a failure)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -19,12 +19,13 @@ from typing import Any
 
 from .core import Core
 from . import refs, tree, versions
-from .errors import DsvError, InvalidInput, UnsafePath
+from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
 from .model import ImportCheckReport, Version
 from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
+from .reporting import Advance
 from .remotes import s3
 
 
@@ -53,7 +54,7 @@ def _source_key(bucket: str, obj: s3.S3Object) -> str:
     return f"{bucket}/{obj.key}@{obj.version_id or obj.etag}"
 
 
-def _listing(client: Any, bucket: str, key: str, etag: str | None,
+def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
              version_id: str | None) -> tuple[list[s3.S3Object], str]:
     """The objects to import and the prefix their paths are relative to."""
     if version_id or etag:
@@ -69,7 +70,7 @@ def _listing(client: Any, bucket: str, key: str, etag: str | None,
         try:
             obj = s3.head(client, bucket, key)
             return [obj], posixpath.dirname(key)
-        except s3.RemoteError:
+        except RemoteError:
             pass  # not an object: a prefix without its trailing slash
         key += "/"
     objects = list(s3.list_prefix(client, bucket, key))
@@ -142,8 +143,8 @@ def _batches(objects: list[s3.S3Object]) -> list[list[s3.S3Object]]:
     return [b for b in batches if b]
 
 
-def _download_batch(store: Core, client: Any, bucket: str, batch: list[s3.S3Object],
-                    pool: ThreadPoolExecutor, advance: Any) -> None:
+def _download_batch(store: Core, client: s3.S3Client, bucket: str, batch: list[s3.S3Object],
+                    pool: ThreadPoolExecutor, advance: Advance) -> None:
     """Download a batch in parallel, store it, and record it in one transaction, so an
     interrupted import keeps every finished batch."""
 
@@ -206,7 +207,7 @@ def check_import(store: Core, ref: str, endpoint_url: str | None = None,
     for path, item in sorted(files.items()):
         try:
             now = s3.head(client, bucket, item["key"], item.get("version_id"))
-        except s3.RemoteError as exc:
+        except RemoteError as exc:
             if "404" in exc.message or "NoSuch" in exc.message:
                 report.missing.append(path)
                 continue

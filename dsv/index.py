@@ -36,8 +36,11 @@ _VERSION_COLS = ("id, dataset, state, tree, parents, message, author, created, c
                  "record, lineage, size, files")
 _DATASET_COLS = "id, name, path, description, created, latest, head, cache_tree"
 
+Row = tuple[Any, ...]
+"""A row as sqlite3 returns it: cell types are whatever the file holds."""
 
-def _version(row: tuple) -> Version:
+
+def _version(row: Row) -> Version:
     (vid, ds, state, tree, parents, message, author, created, committed, record, lineage,
      size, files) = row
     try:
@@ -50,7 +53,7 @@ def _version(row: tuple) -> Version:
         raise sqlite3.DatabaseError(f"malformed JSON in the row of version {vid!r}") from None
 
 
-def _dataset(row: tuple) -> Dataset:
+def _dataset(row: Row) -> Dataset:
     ds_id, name, path, description, created, latest, head, cache_tree = row
     return Dataset(id=ds_id, name=name, path=path, description=description, created=created,
                    latest=latest, head=head, cache_tree=cache_tree)
@@ -109,36 +112,40 @@ class Index:
         return conn
 
     def close(self) -> None:
+        """Close the connection (uncommitted changes are rolled back)."""
         self.conn.close()
 
     # ---- schema ------------------------------------------------------------------
     def create_schema(self) -> None:
+        """Create every table and index that does not exist yet, and stamp the
+        schema version (a new store, or a migration)."""
         import sqlite_utils  # imported here: only `init` and migrations pay for it
 
         db = sqlite_utils.Database(self.conn)
-        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        db["datasets"].create({"id": str, "name": str, "path": str, "description": str,
-                               "created": float, "latest": str, "head": str,
-                               "cache_tree": str},
-                              pk="id", not_null={"name", "created"}, if_not_exists=True)
-        db["datasets"].create_index(["name"], unique=True, if_not_exists=True)
-        db["datasets"].create_index(["path"], unique=True, if_not_exists=True)
-        db["versions"].create({"id": str, "dataset": str, "state": str, "tree": str,
-                               "parents": str, "message": str, "author": str, "created": float,
-                               "committed": float, "record": str, "lineage": str,
-                               "size": int, "files": int},
-                              pk="id", foreign_keys=[("dataset", "datasets", "id")],
-                              not_null={"dataset", "state", "tree", "parents", "created"},
-                              if_not_exists=True)
-        db["versions"].create_index(["dataset", "created"], if_not_exists=True)
-        db["tags"].create({"dataset": str, "name": str, "version": str, "created": float},
-                          pk=("dataset", "name"),
-                          foreign_keys=[("dataset", "datasets", "id"),
-                                        ("version", "versions", "id")],
-                          if_not_exists=True)
-        db["tags"].create_index(["version"], if_not_exists=True)
-        db["packs"].create({"id": str, "size": int, "count": int, "created": float},
-                           pk="id", if_not_exists=True)
+        db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db.table("datasets").create({"id": str, "name": str, "path": str, "description": str,
+                                     "created": float, "latest": str, "head": str,
+                                     "cache_tree": str},
+                                    pk="id", not_null={"name", "created"}, if_not_exists=True)
+        db.table("datasets").create_index(["name"], unique=True, if_not_exists=True)
+        db.table("datasets").create_index(["path"], unique=True, if_not_exists=True)
+        db.table("versions").create({"id": str, "dataset": str, "state": str, "tree": str,
+                                     "parents": str, "message": str, "author": str,
+                                     "created": float, "committed": float, "record": str,
+                                     "lineage": str,
+                                     "size": int, "files": int},
+                                    pk="id", foreign_keys=[("dataset", "datasets", "id")],
+                                    not_null={"dataset", "state", "tree", "parents", "created"},
+                                    if_not_exists=True)
+        db.table("versions").create_index(["dataset", "created"], if_not_exists=True)
+        db.table("tags").create({"dataset": str, "name": str, "version": str, "created": float},
+                                pk=("dataset", "name"),
+                                foreign_keys=[("dataset", "datasets", "id"),
+                                              ("version", "versions", "id")],
+                                if_not_exists=True)
+        db.table("tags").create_index(["version"], if_not_exists=True)
+        db.table("packs").create({"id": str, "size": int, "count": int, "created": float},
+                                 pk="id", if_not_exists=True)
         db.execute("""CREATE TABLE IF NOT EXISTS objects (
             oid TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
             length INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID""")
@@ -148,17 +155,17 @@ class Index:
             mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL,
             oid TEXT NOT NULL, cached_ns INTEGER NOT NULL,
             PRIMARY KEY (dataset, path)) WITHOUT ROWID""")
-        db["checkouts"].create({"target": str, "version": str, "started": float, "done": int},
-                               pk="target", if_not_exists=True)
-        if "done" not in db["checkouts"].columns_dict:  # schema 1 stores
-            db["checkouts"].add_column("done", int)
-        db["imported"].create({"source": str, "oid": str, "size": int}, pk="source",
-                              if_not_exists=True)
+        db.table("checkouts").create({"target": str, "version": str, "started": float, "done": int},
+                                     pk="target", if_not_exists=True)
+        if "done" not in db.table("checkouts").columns_dict:  # schema 1 stores
+            db.table("checkouts").add_column("done", int)
+        db.table("imported").create({"source": str, "oid": str, "size": int}, pk="source",
+                                    if_not_exists=True)
         # Schema 3: remotes, and what each remote is known to hold (SPEC §3).
-        db["remotes"].create({"name": str, "url": str, "kind": str, "endpoint_url": str,
-                              "profile": str, "ttl": float, "max_size": int,
-                              "write_through": int, "is_default": int, "created": float},
-                             pk="name", not_null={"url", "kind"}, if_not_exists=True)
+        db.table("remotes").create({"name": str, "url": str, "kind": str, "endpoint_url": str,
+                                    "profile": str, "ttl": float, "max_size": int,
+                                    "write_through": int, "is_default": int, "created": float},
+                                   pk="name", not_null={"url", "kind"}, if_not_exists=True)
         db.execute("""CREATE TABLE IF NOT EXISTS remote_objects (
             remote TEXT NOT NULL, oid TEXT NOT NULL, pack TEXT NOT NULL,
             offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,
@@ -175,9 +182,10 @@ class Index:
             PRIMARY KEY (remote, dataset, ref)) WITHOUT ROWID""")
         db.execute("""CREATE TABLE IF NOT EXISTS promised (
             version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
-        db["meta"].upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
+        db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
+        """The schema version stamped in `meta`, or None before there is one."""
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.OperationalError:
@@ -228,21 +236,26 @@ class Index:
 
     # ---- datasets ----------------------------------------------------------------
     def datasets(self) -> list[Dataset]:
+        """Every dataset, by name."""
         rows = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets ORDER BY name")
         return [_dataset(r) for r in rows]
 
     def dataset_by(self, column: str, value: str) -> Dataset | None:
+        """The dataset whose `column` (id, name or path) is `value`, if any."""
         assert column in ("id", "name", "path")
         row = self.conn.execute(f"SELECT {_DATASET_COLS} FROM datasets WHERE {column}=?",
                                 (value,)).fetchone()
         return _dataset(row) if row else None
 
     def insert_dataset(self, ds: Dataset) -> None:
+        """Add a new dataset row."""
         self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                           (ds.id, ds.name, ds.path, ds.description, ds.created, ds.latest,
                            ds.head, ds.cache_tree))
 
-    def update_dataset(self, ds_id: str, **fields: Any) -> None:
+    def update_dataset(self, ds_id: str, **fields: Any) -> None:  # noqa: ANN401 - cell values
+        """Set some of a dataset's mutable columns (name, path, description,
+        latest, head, cache_tree)."""
         allowed = {"name", "path", "description", "latest", "head", "cache_tree"}
         assert set(fields) <= allowed
         if self.read_only and set(fields) == {"cache_tree"} and fields["cache_tree"]:
@@ -251,6 +264,8 @@ class Index:
         self.conn.execute(f"UPDATE datasets SET {sets} WHERE id=?", (*fields.values(), ds_id))
 
     def delete_dataset(self, ds_id: str) -> None:
+        """Delete a dataset with its versions, tags and stat cache, in one
+        transaction."""
         with self.transaction():
             self.conn.execute("DELETE FROM tags WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
@@ -263,13 +278,15 @@ class Index:
 
     # ---- versions ----------------------------------------------------------------
     def version(self, vid: str) -> Version | None:
+        """A version by full id (its tags are not filled in), if any."""
         row = self.conn.execute(f"SELECT {_VERSION_COLS} FROM versions WHERE id=?",
                                 (vid,)).fetchone()
         return _version(row) if row else None
 
     def versions(self, ds_id: str, state: str | None = None) -> list[Version]:
+        """A dataset's versions (only those in `state`, if given), newest first."""
         sql = f"SELECT {_VERSION_COLS} FROM versions WHERE dataset=?"
-        args: tuple = (ds_id,)
+        args: tuple[str, ...] = (ds_id,)
         if state:
             sql += " AND state=?"
             args += (state,)
@@ -277,14 +294,17 @@ class Index:
         return [_version(r) for r in rows]
 
     def versions_with_prefix(self, ds_id: str, prefix: str) -> list[str]:
+        """Ids of a dataset's versions that start with `prefix`."""
         rows = self.conn.execute("SELECT id FROM versions WHERE dataset=? AND id >= ? AND id < ?",
                                  (ds_id, prefix, prefix + "\x7f"))
         return [r[0] for r in rows]
 
     def all_versions(self) -> list[Version]:
+        """Every version of every dataset."""
         return [_version(r) for r in self.conn.execute(f"SELECT {_VERSION_COLS} FROM versions")]
 
     def insert_version(self, v: Version) -> None:
+        """Add a new version row."""
         self.conn.execute(
             f"INSERT INTO versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (v.id, v.dataset, v.state, v.tree, json.dumps(v.parents), v.message, v.author,
@@ -292,7 +312,8 @@ class Index:
              json.dumps(v.lineage) if v.lineage is not None else None,
              v.size, v.files))
 
-    def update_version(self, vid: str, **fields: Any) -> None:
+    def update_version(self, vid: str, **fields: Any) -> None:  # noqa: ANN401 - cell values
+        """Set some of a version's columns (a draft's edits, or its commit)."""
         allowed = {"state", "tree", "message", "committed", "record", "size", "files",
                    "parents", "lineage"}
         assert set(fields) <= allowed
@@ -302,11 +323,13 @@ class Index:
         self.conn.execute(f"UPDATE versions SET {sets} WHERE id=?", (*values, vid))
 
     def delete_version(self, vid: str) -> None:
+        """Delete a version with its tags and its promise."""
         self.conn.execute("DELETE FROM tags WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM promised WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM versions WHERE id=?", (vid,))
 
     def children(self, vid: str) -> list[str]:
+        """Ids of the versions that name `vid` as a parent."""
         rows = self.conn.execute(
             "SELECT v.id FROM versions v, json_each(v.parents) p WHERE p.value=?", (vid,))
         return [r[0] for r in rows]
@@ -323,30 +346,36 @@ class Index:
         return list(rows)
 
     def tag(self, ds_id: str, name: str) -> str | None:
+        """The version id tag `name` of a dataset points at, if any."""
         row = self.conn.execute("SELECT version FROM tags WHERE dataset=? AND name=?",
                                 (ds_id, name)).fetchone()
         return row[0] if row else None
 
     def tags_of(self, vid: str) -> list[str]:
+        """Names of the tags that point at `vid`."""
         return [r[0] for r in self.conn.execute(
             "SELECT name FROM tags WHERE version=? ORDER BY name", (vid,))]
 
     def set_tag(self, ds_id: str, name: str, vid: str) -> None:
+        """Create or move a tag (no checks: refs.RefStore applies the rules)."""
         self.conn.execute("INSERT INTO tags (dataset, name, version, created) VALUES (?,?,?,?) "
                           "ON CONFLICT(dataset, name) DO UPDATE SET version=excluded.version, "
                           "created=excluded.created", (ds_id, name, vid, time.time()))
 
     def delete_tag(self, ds_id: str, name: str) -> bool:
+        """Remove a tag; whether there was one."""
         cur = self.conn.execute("DELETE FROM tags WHERE dataset=? AND name=?", (ds_id, name))
         return cur.rowcount > 0
 
     # ---- objects in packs (implements objects.ObjectLocator) ----------------------
     def locate(self, oid: str) -> tuple[str, int, int] | None:
+        """Where a packed object is: (pack id, offset, length), or None."""
         row = self.conn.execute("SELECT pack, offset, length FROM objects WHERE oid=?",
                                 (oid,)).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
-    def _rows_in(self, sql: str, keys: Iterable[str], *args: Any) -> Iterator[tuple]:
+    def _rows_in(self, sql: str, keys: Iterable[str],
+                 *args: Any) -> Iterator[Row]:  # noqa: ANN401 - SQL parameters
         """Rows of `sql`, whose `{marks}` is an IN list, for every key (batched: SQLite
         limits the number of parameters); `args` come before the keys."""
         batch = list(keys)
@@ -356,6 +385,7 @@ class Index:
                                          (*args, *part))
 
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        """Where those of `oids` that are packed are: oid → (pack, offset, length)."""
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
@@ -374,21 +404,26 @@ class Index:
             self.add_pack(pack.id, pack.size, pack.entries)
 
     def packs(self) -> dict[str, tuple[int, int]]:
+        """Every local pack: pack id → (size, object count)."""
         return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT id, size, count FROM packs")}
 
     def pack_objects(self, pack_id: str) -> list[tuple[str, int, int, int]]:
+        """(oid, offset, length, kind) of every object in a pack, in pack order."""
         return list(self.conn.execute("SELECT oid, offset, length, kind FROM objects "
                                       "WHERE pack=? ORDER BY offset", (pack_id,)))
 
     def packed_oids(self) -> Iterator[tuple[str, str, int]]:
+        """(oid, pack id, kind) of every packed object."""
         yield from self.conn.execute("SELECT oid, pack, kind FROM objects")
 
     def delete_pack(self, pack_id: str) -> None:
+        """Forget a pack and the objects located in it."""
         self.conn.execute("DELETE FROM objects WHERE pack=?", (pack_id,))
         self.conn.execute("DELETE FROM packs WHERE id=?", (pack_id,))
 
     # ---- stat cache --------------------------------------------------------------
     def stat_cache(self, ds_id: str) -> dict[str, StatRow]:
+        """A dataset's stat cache: path → StatRow."""
         rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, oid, cached_ns "
                                  "FROM statcache WHERE dataset=?", (ds_id,))
         return {r[0]: r[1:] for r in rows}
@@ -409,6 +444,7 @@ class Index:
             "cached_ns) VALUES (?,?,?,?,?,?,?,?)", ((ds_id, p, *r) for p, r in rows))
 
     def drop_stat_rows(self, ds_id: str, paths: Iterable[str]) -> None:
+        """Forget the stat-cache rows of `paths`."""
         self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?",
                               ((ds_id, p) for p in paths))
 
@@ -421,11 +457,13 @@ class Index:
             self.conn.execute("UPDATE datasets SET cache_tree=NULL")
 
     def clear_stat_cache(self, ds_id: str) -> None:
+        """Forget a dataset's whole stat cache (and that it vouched for a tree)."""
         self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
         self.conn.execute("UPDATE datasets SET cache_tree=NULL WHERE id=?", (ds_id,))
 
     # ---- imports: what was already downloaded, for resuming ----------------------
     def imported(self, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """Objects already downloaded for import sources: source → (oid, size)."""
         return {source: (oid, size) for source, oid, size in self._rows_in(
             "SELECT source, oid, size FROM imported WHERE source IN ({marks})", sources)}
 
@@ -434,32 +472,38 @@ class Index:
         return {oid for (oid,) in self.conn.execute("SELECT oid FROM imported")}
 
     def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Remember (source, oid, size) of downloaded import sources."""
         self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
                               "VALUES (?,?,?)", rows)
 
     # ---- remotes -----------------------------------------------------------------
     def remotes(self) -> list[dict[str, Any]]:
+        """Every configured remote as its row of column → value, by name."""
         cols = ("name", "url", "kind", "endpoint_url", "profile", "ttl", "max_size",
                 "write_through", "is_default", "created")
         rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM remotes ORDER BY name")
-        return [dict(zip(cols, r)) for r in rows]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def add_remote(self, row: dict[str, Any]) -> None:
+        """Add a remote's row (column → value)."""
         cols = ", ".join(row)
         marks = ",".join("?" * len(row))
         self.conn.execute(f"INSERT INTO remotes ({cols}) VALUES ({marks})", tuple(row.values()))
 
     def set_default_remote(self, name: str) -> None:
+        """Make `name` the one default origin."""
         self.conn.execute("UPDATE remotes SET is_default = (name = ?) WHERE kind = 'origin'",
                           (name,))
 
     def delete_remote(self, name: str) -> None:
+        """Forget a remote and everything remembered about what it holds."""
         # `promised` rows stay: the versions' blobs are still elsewhere, whatever the name.
         for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
 
     def remote_packs(self, remote: str) -> dict[str, int]:
+        """Packs known to be on `remote`: pack id → size."""
         return dict(self.conn.execute("SELECT pack, size FROM remote_packs WHERE remote=?",
                                       (remote,)))
 
@@ -474,33 +518,41 @@ class Index:
                                      for e in entries))
 
     def remote_pack_counts(self, remote: str) -> dict[str, int]:
+        """Objects known in each of `remote`'s packs: pack id → count."""
         return dict(self.conn.execute("SELECT pack, count(*) FROM remote_objects WHERE remote=? "
                                       "GROUP BY pack", (remote,)))
 
     def forget_remote_pack(self, remote: str, pack: str) -> None:
+        """Forget that `remote` holds `pack` (and its objects)."""
         self.conn.execute("DELETE FROM remote_objects WHERE remote=? AND pack=?", (remote, pack))
         self.conn.execute("DELETE FROM remote_packs WHERE remote=? AND pack=?", (remote, pack))
 
     def remote_locate_many(self, remote: str, oids: Iterable[str]
                            ) -> dict[str, tuple[str, int, int]]:
-        """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset, length)."""
+        """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset,
+        length)."""
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM remote_objects WHERE remote=? AND oid IN "
             "({marks})", oids, remote)}
 
     def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
+        """(oid, pack, offset, length) of `remote`'s packed objects of
+        one kind."""
         return list(self.conn.execute("SELECT oid, pack, offset, length FROM remote_objects "
                                       "WHERE remote=? AND kind=?", (remote, kind)))
 
     def remote_loose(self, remote: str, oids: Iterable[str]) -> set[str]:
+        """Those of `oids` known to be loose objects on `remote`."""
         return {r[0] for r in self._rows_in(
             "SELECT oid FROM remote_loose WHERE remote=? AND oid IN ({marks})", oids, remote)}
 
     def add_remote_loose(self, remote: str, oids: Iterable[str]) -> None:
+        """Remember that `remote` holds these loose objects."""
         self.conn.executemany("INSERT OR IGNORE INTO remote_loose (remote, oid) VALUES (?,?)",
                               ((remote, oid) for oid in oids))
 
     def forget_remote_loose(self, remote: str) -> None:
+        """Forget every loose object remembered on `remote`."""
         self.conn.execute("DELETE FROM remote_loose WHERE remote=?", (remote,))
 
     def remote_refs(self, remote: str) -> list[tuple[str, str, str, str, str | None]]:
@@ -511,11 +563,22 @@ class Index:
 
     def set_remote_ref(self, remote: str, dataset: str, ref: str, version: str, record: str,
                        etag: str | None) -> None:
+        """Remember one ref as last seen on (or written to) `remote`."""
         self.conn.execute("INSERT OR REPLACE INTO remote_refs (remote, dataset, ref, version, "
                           "record, etag) VALUES (?,?,?,?,?,?)",
                           (remote, dataset, ref, version, record, etag))
 
+    def replace_remote_refs(self, remote: str,
+                            refs: Iterable[tuple[str, str, str, str, str | None]]) -> None:
+        """Forget every ref remembered of `remote`, then remember `refs` (dataset, ref,
+        version, record, etag): what a fetch just read."""
+        self.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote,))
+        self.conn.executemany("INSERT OR REPLACE INTO remote_refs (remote, dataset, ref, "
+                              "version, record, etag) VALUES (?,?,?,?,?,?)",
+                              [(remote, *row) for row in refs])
+
     def drop_remote_ref(self, remote: str, dataset: str, ref: str) -> None:
+        """Forget one ref remembered of `remote`."""
         self.conn.execute("DELETE FROM remote_refs WHERE remote=? AND dataset=? AND ref=?",
                           (remote, dataset, ref))
 
@@ -524,10 +587,12 @@ class Index:
         return dict(self.conn.execute("SELECT version, remote FROM promised"))
 
     def add_promised(self, vid: str, remote: str) -> None:
+        """Note that `vid`'s blobs may still be only on `remote`."""
         self.conn.execute("INSERT OR IGNORE INTO promised (version, remote) VALUES (?,?)",
                           (vid, remote))
 
     def drop_promised(self, vids: Iterable[str]) -> None:
+        """Forget the promises of `vids` (their blobs are all here now)."""
         self.conn.executemany("DELETE FROM promised WHERE version=?", ((v,) for v in vids))
 
     # ---- interrupted checkouts ---------------------------------------------------
@@ -544,6 +609,7 @@ class Index:
         return row[0] if row else None
 
     def begin_checkout(self, target: str, vid: str) -> None:
+        """Journal a checkout of `vid` into `target` before it places a file."""
         self.conn.execute("INSERT OR REPLACE INTO checkouts (target, version, started, done) "
                           "VALUES (?,?,?,0)", (target, vid, time.time()))
 
@@ -638,3 +704,24 @@ def index_error(exc: sqlite3.Error, path: str | os.PathLike[str]) -> DsvError | 
         cause, hint = _why_unwritable(path, name, detail)
         return IndexUnwritable(f"cannot write the index {path}: {cause}", hint=hint)
     return None
+
+
+def salvage(db_path: Path) -> tuple[dict[str, Row], list[Row], list[dict[str, Any]]]:
+    """Dataset rows, tags and remotes from a damaged index, as far as they can be read."""
+    if not db_path.exists():
+        return {}, [], []
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        datasets = {r[0]: r for r in conn.execute(
+            "SELECT id, name, path, description, created FROM datasets")}
+        tags = list(conn.execute("SELECT dataset, name, version, created FROM tags"))
+    except sqlite3.Error:
+        return {}, [], []
+    try:
+        cursor = conn.execute("SELECT * FROM remotes")
+        cols = [d[0] for d in cursor.description]
+        remotes = [dict(zip(cols, r, strict=True)) for r in cursor]
+    except sqlite3.Error:
+        remotes = []  # a store from before schema 3
+    conn.close()
+    return datasets, tags, remotes

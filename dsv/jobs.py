@@ -25,7 +25,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
                    if (paths := tree.changed_paths(store))}
         result = JobResult(command=list(command), exit_status=status, started=started,
                            duration=duration, mounted=mounted, mount_root=root)
-        lineage = {
+        lineage: dict[str, Any] = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
                               "ref": f"{_name(store, v.dataset)}:{v.id}"}
                        for name, v in in_versions.items()},
@@ -243,8 +243,9 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
         }
         text = message or f"dsv run: {' '.join(command)}"[:200]
         for name, ds in out_datasets.items():
-            result.outputs[name] = versions.create_version_from_path(store, 
-                ds.id, root / name, text, lineage=lineage, commit=status == 0 and not changed)
+            result.outputs[name] = versions.create_version_from_path(
+                store, ds.id, root / name, text, lineage=lineage,
+                commit=status == 0 and not changed)
         kept = ", ".join(f"{_name(store, v.dataset)}:{v.id}" for v in result.outputs.values())
         if changed:
             name, paths = next(iter(changed.items()))
@@ -310,6 +311,7 @@ class InputTree:
         return changed
 
     def close(self) -> None:
+        """Let go of the tree's directory descriptor (the job has ended)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -552,7 +554,7 @@ def _read_stamp(base_fd: int, version: Version,
                 not set(map(type, col)) <= {int} or (col and min(col) < 0) for col in numbers) \
             or len(kinds) != len(paths):
         return None
-    records = dict(zip(paths, zip(kinds, *numbers)))
+    records = dict(zip(paths, zip(kinds, *numbers, strict=True), strict=True))
     if len(records) != len(paths):
         return None  # a path named twice
     return doc["stamped_ns"], records
@@ -604,7 +606,7 @@ def _same_but_ctime(now: Record, then: Record) -> bool:
     return now[0] == then[0] == FILE and (now[1], now[2], now[4]) == (then[1], then[2], then[4])
 
 
-def _parents(paths: Any) -> set[str]:
+def _parents(paths: Iterable[str]) -> set[str]:
     """Every directory above the given root-relative paths (the root itself excluded)."""
     dirs: set[str] = set()
     for rel in paths:
@@ -618,6 +620,16 @@ def _parents(paths: Any) -> set[str]:
 Entries = list[tuple[str, os.stat_result]]
 
 
+@dataclass
+class _Frame:
+    """One directory on `_walk`'s stack."""
+
+    rel: str
+    fd: int | None                  # None once closed to stay under _OPEN_DIRS
+    ident: str                      # device:inode, to check a reopened directory
+    todo: list[tuple[str, str]]     # subdirectories still to walk: (name, device:inode)
+
+
 def _walk(root_fd: int, visit: Callable[[str, int, Entries], None],
           leave: Callable[[int, str], None] | None = None) -> None:
     """Depth first over every directory under `root_fd`, by descriptor, following no link:
@@ -626,46 +638,49 @@ def _walk(root_fd: int, visit: Callable[[str, int, Entries], None],
     done. At most _OPEN_DIRS descriptors stay open: a deep ancestor is reopened from the
     root when needed and must still be the same directory. A directory replaced while it
     is walked raises _Changed."""
-    frames: list[list[Any]] = []  # [rel, fd or None, device:inode, subdirectories to do]
+    frames: list[_Frame] = []
 
     def enter(rel: str, fd: int, ident: str) -> None:
-        frames.append([rel, fd, ident, []])  # from here on, closed by the walk
+        frames.append(_Frame(rel, fd, ident, []))  # from here on, closed by the walk
         entries = [(name, os.stat(name, dir_fd=fd, follow_symlinks=False))
                    for name in os.listdir(fd)]
         visit(rel, fd, entries)
-        frames[-1][3] = [(n, _identity(st)) for n, st in entries if stat.S_ISDIR(st.st_mode)]
-        open_frames = [f for f in frames if f[1] is not None]
+        frames[-1].todo = [(n, _identity(st)) for n, st in entries if stat.S_ISDIR(st.st_mode)]
+        open_frames = [f for f in frames if f.fd is not None]
         if len(open_frames) > _OPEN_DIRS:
-            os.close(open_frames[0][1])
-            open_frames[0][1] = None
+            oldest = open_frames[0]
+            assert oldest.fd is not None
+            os.close(oldest.fd)
+            oldest.fd = None
 
-    def fd_of(frame: list[Any]) -> int:
-        if frame[1] is None:
+    def fd_of(frame: _Frame) -> int:
+        if frame.fd is None:
             fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
-            for part in frame[0].split("/") if frame[0] else ():
+            for part in frame.rel.split("/") if frame.rel else ():
                 try:
                     sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 finally:
                     os.close(fd)
                 fd = sub
-            frame[1] = fd
-            if _identity(os.fstat(fd)) != frame[2]:
+            frame.fd = fd
+            if _identity(os.fstat(fd)) != frame.ident:
                 raise _Changed
-        return frame[1]
+            return fd
+        return frame.fd
 
     try:
         first = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
         enter("", first, _identity(os.fstat(first)))
         while frames:
             top = frames[-1]
-            if not top[3]:
+            if not top.todo:
                 frames.pop()
-                if top[1] is not None:
-                    os.close(top[1])
+                if top.fd is not None:
+                    os.close(top.fd)
                 if frames and leave is not None:
-                    leave(fd_of(frames[-1]), top[0].rpartition("/")[2])
+                    leave(fd_of(frames[-1]), top.rel.rpartition("/")[2])
                 continue
-            name, ident = top[3].pop()
+            name, ident = top.todo.pop()
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd_of(top))
             except OSError:
@@ -673,11 +688,11 @@ def _walk(root_fd: int, visit: Callable[[str, int, Entries], None],
             if _identity(os.fstat(child)) != ident:
                 os.close(child)
                 raise _Changed  # another directory was moved in since the listing
-            enter(f"{top[0]}/{name}" if top[0] else name, child, ident)
+            enter(f"{top.rel}/{name}" if top.rel else name, child, ident)
     finally:
         for frame in frames:
-            if frame[1] is not None:
-                os.close(frame[1])
+            if frame.fd is not None:
+                os.close(frame.fd)
 
 
 def _scan(root_fd: int) -> tuple[dict[str, Record], set[str], list[str]]:
@@ -753,7 +768,7 @@ def _remove_quietly(parent_fd: int, name: str) -> None:
 
 
 def _chmod_dir_at(dir_fd: int, name: str, mode: int) -> None:
-    """chmod directory `name` without opening it for reading (its mode may forbid that)
+    """Chmod directory `name` without opening it for reading (its mode may forbid that)
     and without following a link: an O_PATH descriptor, changed through /proc."""
     fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                  dir_fd=dir_fd)
@@ -808,7 +823,7 @@ def _name(store: Core, ds_id: str) -> str:
 def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
     """Run `argv`; Ctrl-C or SIGTERM to dsv reaches the job, and dsv waits for it to end
     (so the namespace, and with it every mount, is gone before dsv cleans up)."""
-    child: subprocess.Popen | None = None
+    child: subprocess.Popen[bytes] | None = None
     early: list[int] = []  # signals that came while the job was being started
 
     def forward(signum: int, _frame: object) -> None:

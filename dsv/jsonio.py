@@ -8,12 +8,14 @@ never import anything else from dsv.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 MAX_DEPTH = 64   # dsv's own documents nest at most 6 deep (lineage inside a record)
 
 
-def load_bounded(data: bytes | str, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
+def load_bounded(data: bytes | str, max_bytes: int,
+                 max_depth: int = MAX_DEPTH) -> Any:  # noqa: ANN401 - JSON of any shape
     """Parse `data`, refusing (ValueError) more than `max_bytes` or `max_depth` levels.
 
     The depth is measured on the parsed value without recursion; a document nested
@@ -28,6 +30,7 @@ def load_bounded(data: bytes | str, max_bytes: int, max_depth: int = MAX_DEPTH) 
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

@@ -20,6 +20,7 @@ _POLL = 0.05
 
 
 def lock_timeout() -> float:
+    """Seconds to wait for the store lock: `DSV_LOCK_TIMEOUT`, else the default."""
     try:
         return float(os.environ.get("DSV_LOCK_TIMEOUT", DEFAULT_TIMEOUT))
     except ValueError:
@@ -36,9 +37,11 @@ class StoreLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock."""
         return self._depth > 0
 
     def holder(self) -> str:
+        """Who holds the lock, as the holder wrote it into the lock file (made printable)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
@@ -54,6 +57,8 @@ class StoreLock:
 
     def acquire(self, what: str, timeout: float | None = None,
                 on_wait: Callable[[str], None] | None = None) -> None:
+        """Take the lock for operation `what`, waiting up to `timeout` seconds
+        (StoreLocked after that); `on_wait` is told once who holds it. Re-entrant."""
         if self._depth:
             self._depth += 1
             return
@@ -100,6 +105,7 @@ class StoreLock:
         return True
 
     def release(self) -> None:
+        """Undo one `acquire`; the last one lets the lock go."""
         if not self._depth:
             return
         self._depth -= 1

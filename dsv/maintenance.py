@@ -18,7 +18,7 @@ from . import jobs, refs, tree
 from .core import Core, find_store
 from .errors import DsvError
 from .faults import crashpoint
-from .index import Index
+from .index import Index, Row, salvage
 from .lock import StoreLock
 from .model import Dataset, GcReport, RebuildReport, VerifyReport
 from .objects import KIND_VERSION, Ingest, ObjectStore
@@ -64,7 +64,7 @@ def gc(core: Core, dry_run: bool = False) -> GcReport:
                 report.freed_bytes += core.objects.pack_path(pack_id).stat().st_size
                 if not dry_run:
                     core.objects.delete_pack(pack_id)
-        for pack_id, (size, _count) in packs.items():
+        for pack_id, (_size, _count) in packs.items():
             entries = core.index.pack_objects(pack_id)
             keep = [e for e in entries if e[0] in live]
             if len(keep) == len(entries):
@@ -156,7 +156,7 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
     lock = StoreLock(dsv_dir / "lock")
     lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
     try:
-        old_datasets, old_tags, old_remotes = _salvage(dsv_dir / "index.db")
+        old_datasets, old_tags, old_remotes = salvage(dsv_dir / "index.db")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for suffix in ("", "-wal", "-shm"):
             old = dsv_dir / f"index.db{suffix}"
@@ -233,28 +233,6 @@ def _verify_versions(core: Core, report: VerifyReport) -> None:
                 report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
 
 
-def _salvage(db_path: Path) -> tuple[dict[str, tuple], list[tuple], list[dict[str, Any]]]:
-    """Dataset rows, tags and remotes from a damaged index, as far as they can be read."""
-    if not db_path.exists():
-        return {}, [], []
-    import sqlite3
-    try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        datasets = {r[0]: r for r in conn.execute(
-            "SELECT id, name, path, description, created FROM datasets")}
-        tags = list(conn.execute("SELECT dataset, name, version, created FROM tags"))
-    except sqlite3.Error:
-        return {}, [], []
-    try:
-        cursor = conn.execute("SELECT * FROM remotes")
-        cols = [d[0] for d in cursor.description]
-        remotes = [dict(zip(cols, r)) for r in cursor]
-    except sqlite3.Error:
-        remotes = []  # a store from before schema 3
-    conn.close()
-    return datasets, tags, remotes
-
-
 def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:
     """Versions whose blobs are not all here were fetched from a remote: say so again, so
     that verify accepts them and checkout downloads what they lack."""
@@ -276,7 +254,7 @@ def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str,
 
 
 def _restore_versions(index: Index, records: list[Record],
-                      old_datasets: dict[str, tuple], old_tags: list[tuple]) -> None:
+                      old_datasets: dict[str, Row], old_tags: list[Row]) -> None:
     """Insert datasets and committed versions described by version records."""
     records.sort(key=lambda r: r.version.committed or 0.0)
     ref_store = refs.RefStore(index)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 # ---- datasets and versions --------------------------------------------------------------
 
@@ -70,6 +70,15 @@ class Version:
                 "created": self.created, "committed": self.committed, "record": self.record,
                 "lineage": self.lineage, "size": self.size, "files": self.files,
                 "tags": self.tags}
+
+
+class TagRow(TypedDict):
+    """One tag as `Store.tags` lists it (and `dsv tags --json` prints it)."""
+
+    dataset: str        # the dataset's name (its id if it has none in this store)
+    tag: str
+    version: str        # version id
+    created: float
 
 
 StatRow = tuple[int, int, int, int, str, int]

@@ -73,9 +73,11 @@ class PackInfo:
 class ObjectLocator(Protocol):
     """Answers where a packed object lives (implemented by the index)."""
 
-    def locate(self, oid: str) -> tuple[str, int, int] | None: ...
+    def locate(self, oid: str) -> tuple[str, int, int] | None:
+        """Where a packed object is: (pack id, offset, length), or None."""
 
-    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]: ...
+    def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+        """Where those of `oids` that are packed are: oid → (pack, offset, length)."""
 
 
 def pack_id_of(table: bytes, trailer: bytes) -> str:
@@ -101,9 +103,11 @@ class PackWriter:
 
     @property
     def size(self) -> int:
+        """Bytes written to the pack so far."""
         return self._offset
 
     def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
+        """Append one object (a second copy of an id already added is skipped)."""
         if oid in self._seen:
             return
         self._file.write(data)
@@ -127,6 +131,7 @@ class PackWriter:
         return PackInfo(pack_id_of(table, trailer), size, self.entries)
 
     def abort(self) -> None:
+        """Drop the unfinished pack."""
         self._file.close()
         try:
             os.unlink(self.tmp)
@@ -152,10 +157,13 @@ class ObjectStore:
 
     @classmethod
     def create_layout(cls, root: Path) -> None:
+        """Make the `loose/` and `packs/` directories of a new store."""
         (root / "loose").mkdir(parents=True, exist_ok=True)
         (root / "packs").mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
+        """Close open packs and remove this process's staging directory with
+        anything still staged in it."""
         for fd in self._pack_fds.values():
             os.close(fd)
         self._pack_fds.clear()
@@ -172,7 +180,7 @@ class ObjectStore:
 
     @property
     def tmp_dir(self) -> Path:
-        """This process's staging directory, made on first use and flock'd until `close`:
+        """The staging directory of this process, made on first use and flock'd until `close`:
         temp files and staged objects live here, out of reach of other processes'
         clean-up (`remove_dead_stages`)."""
         if self._stage is None:
@@ -183,15 +191,19 @@ class ObjectStore:
 
     # ---- where things live -------------------------------------------------------
     def loose_path(self, oid: str) -> Path:
+        """Where loose object `oid` lives (`loose/<xx>/<oid>`)."""
         return self.loose_dir / oid[:2] / oid
 
     def pack_path(self, pack_id: str) -> Path:
+        """Where pack `pack_id` lives (`packs/<pack id>.pack`)."""
         return self.pack_dir / f"{pack_id}.pack"
 
     def has_loose(self, oid: str) -> bool:
+        """Whether `oid` is stored as a loose object."""
         return os.path.exists(self.loose_path(oid))
 
     def has(self, oid: str) -> bool:
+        """Whether `oid` is stored, packed or loose."""
         return self._locator.locate(oid) is not None or self.has_loose(oid)
 
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
@@ -244,6 +256,7 @@ class ObjectStore:
 
     # ---- writing -----------------------------------------------------------------
     def new_pack(self) -> PackWriter:
+        """A writer for a new pack in this store."""
         return PackWriter(self)
 
     def stage_large_file(self, src: str | os.PathLike[str],
@@ -276,7 +289,8 @@ class ObjectStore:
         """Stage bytes arriving in pieces (a download) as a loose object.
         `observe` sees every piece too (an MD5 to compare with an ETag). With `expect`,
         bytes that do not hash to it are dropped and CorruptObject raised."""
-        def fill(writer: fileio.DirectWriter, hash_update: Callable) -> int:
+        def fill(writer: fileio.DirectWriter,
+                 hash_update: Callable[[bytes | memoryview], object]) -> int:
             for chunk in chunks:
                 hash_update(chunk)
                 if observe is not None:
@@ -285,7 +299,8 @@ class ObjectStore:
             return 0
         return self._stage_loose(fill, expect)
 
-    def _stage_loose(self, fill: Callable[[fileio.DirectWriter, Callable], int],
+    def _stage_loose(self, fill: Callable[[fileio.DirectWriter,
+                                            Callable[[bytes | memoryview], object]], int],
                      expect: str | None = None) -> tuple[str, int, str | None]:
         """Write a loose object through `fill(writer, hasher.update)` and fsync it, named
         by the hash of what was written: (id, size, staged path, or None when the store
@@ -399,14 +414,18 @@ class ObjectStore:
         return path
 
     def iter_link_sources(self) -> Iterator[str]:
+        """Ids of the read-only copies kept for link checkouts."""
         if self.links_dir.exists():
-            yield from (n for n in os.listdir(self.links_dir) if not n.startswith(fileio.TMP_PREFIX))
+            yield from (n for n in os.listdir(self.links_dir)
+                        if not n.startswith(fileio.TMP_PREFIX))
 
     def delete_link_source(self, oid: str) -> None:
+        """Remove the link-checkout copy of `oid`, if any."""
         fileio.unlink_quietly(str(self.links_dir / oid))
 
     # ---- enumeration, verification and removal -----------------------------------
     def iter_loose(self) -> Iterator[str]:
+        """Ids of every loose object (staging temp files excluded)."""
         if not self.loose_dir.exists():
             return
         for sub in sorted(os.listdir(self.loose_dir)):
@@ -416,6 +435,7 @@ class ObjectStore:
                     yield name
 
     def iter_pack_ids(self) -> Iterator[str]:
+        """Ids of every pack file on disk."""
         if not self.pack_dir.exists():
             return
         for name in sorted(os.listdir(self.pack_dir)):
@@ -427,6 +447,7 @@ class ObjectStore:
         return parse_pack_table(self.pack_path(pack_id))
 
     def verify_loose(self, oid: str) -> bool:
+        """Whether loose object `oid` still hashes to its id."""
         return hash_file(self.loose_path(oid)) == oid
 
     def verify_pack(self, pack_id: str) -> tuple[bool, list[str], int]:
@@ -451,9 +472,11 @@ class ObjectStore:
         return whole_ok, bad, len(entries)
 
     def delete_loose(self, oid: str) -> None:
+        """Remove loose object `oid`, if present."""
         fileio.unlink_quietly(str(self.loose_path(oid)))
 
     def delete_pack(self, pack_id: str) -> None:
+        """Close and remove pack `pack_id` (the index is the caller's)."""
         fd = self._pack_fds.pop(pack_id, None)
         if fd is not None:
             os.close(fd)

@@ -43,7 +43,8 @@ def check_name(name: str) -> str:
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise UnsafePath(f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8",
+        raise UnsafePath(f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid "
+                         "UTF-8",
                          hint="rename the file; dsv stores names as UTF-8") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise UnsafePath(f"file name {name[:40]}… is longer than {MAX_NAME_BYTES} bytes")

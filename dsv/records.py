@@ -63,7 +63,7 @@ def encode_record(v: Version, parents: list[tuple[str, str | None]],
                       ensure_ascii=False).encode("utf-8")
 
 
-def parse_time(text: Any) -> float:
+def parse_time(text: Any) -> float:  # noqa: ANN401 - any JSON value, from outside
     """A record timestamp as seconds since the epoch (0.0 when unreadable)."""
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousRef, DatasetNotFound, InvalidInput, RefError
 from .index import Index
-from .model import COMMITTED, LATEST, Dataset, Version
-from .paths import NAME_RE, is_valid_name  # noqa: F401 - the grammar, re-exported
+from .model import COMMITTED, Dataset, Version
+from .model import LATEST as LATEST  # re-exported with the grammar
+from .paths import NAME_RE as NAME_RE  # the grammar, re-exported
+from .paths import is_valid_name as is_valid_name
 
 _ANCESTRY_RE = re.compile(r"((?:~\d*)+)$")
 MIN_PREFIX = 4
@@ -160,6 +162,7 @@ class RefStore:
         self.index.set_tag(ds_id, name, vid)
 
     def delete_tag(self, ds_id: str, name: str) -> None:
+        """Remove tag `name`, if it exists."""
         self.index.delete_tag(ds_id, name)
 
     def apply(self, changes: Iterable[RefChange]) -> None:
@@ -201,12 +204,15 @@ class History:
         self.index = index
 
     def version(self, vid: str) -> Version | None:
+        """A version by full id, if the index has it."""
         return self.index.version(vid)
 
     def dataset(self, ds_id: str) -> Dataset | None:
+        """A dataset by id, if the index has it."""
         return self.index.dataset_by("id", ds_id)
 
     def tag(self, ds_id: str, name: str) -> str | None:
+        """The version id a dataset's tag points at, if any."""
         return self.index.tag(ds_id, name)
 
     def descends(self, v: Version, record: str) -> bool:

@@ -19,7 +19,7 @@ from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .hashing import hash_bytes, hash_file, is_hash, new_hasher
 from .model import RemoteCheckReport
-from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size,
+from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, encode_pack, pack_tail_size,
                       parse_pack_index)
 from .records import parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
@@ -62,10 +62,9 @@ def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
     report = RemoteCheckReport(remote.name)
     remote.connect()
     listing = {key: size for key, size in remote.backend.list("")}
-    indexes = {layout.index_id_of_key(k): s for k, s in listing.items()
-               if layout.index_id_of_key(k) is not None}
-    packs = {layout.pack_id_of_key(k): s for k, s in listing.items()
-             if layout.pack_id_of_key(k) is not None}
+    indexes = {pid: s for k, s in listing.items()
+               if (pid := layout.index_id_of_key(k)) is not None}
+    packs = {pid: s for k, s in listing.items() if (pid := layout.pack_id_of_key(k)) is not None}
     loose = {k.rpartition("/")[2]: s for k, s in listing.items() if k.startswith(layout.LOOSE)}
     report.packs, report.loose = len(packs), len(loose)
     for key in listing:
@@ -78,7 +77,7 @@ def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
 
     # 1. pack indexes: each must hash to its name and describe a whole pack.
     bad_packs: set[str] = set()
-    entries_of: dict[str, list] = {}
+    entries_of: dict[str, list[PackEntry]] = {}
     for pack_id, size in sorted(indexes.items()):
         if not is_hash(pack_id):
             report.problems.append(f"index file {pack_id[:40]} is not named by a pack id")
@@ -133,7 +132,7 @@ def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
 _KIND = {KIND_BLOB: "file", KIND_TREE: "tree", KIND_VERSION: "version record"}
 
 
-def _read_data(store: Core, remote: Remote, entries_of: dict[str, list],
+def _read_data(store: Core, remote: Remote, entries_of: dict[str, list[PackEntry]],
                bad_packs: set[str], loose: dict[str, int], subset: float | None,
                report: RemoteCheckReport, damaged: dict[str, str]) -> None:
     packs = sorted(p for p in entries_of if p not in bad_packs)
@@ -269,7 +268,8 @@ def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oi
     pack_id, offset, length, got_kind = got
     problem = None
     if got_kind != kind:
-        problem = f"object {oid[:12]} in pack {pack_id[:12]} is a {_KIND[got_kind]}, not a {_KIND[kind]}"
+        problem = (f"object {oid[:12]} in pack {pack_id[:12]} is a {_KIND[got_kind]}, not a "
+                   f"{_KIND[kind]}")
     else:
         try:
             data = remote.backend.get_range(pack_key(pack_id), offset, length)
@@ -294,7 +294,7 @@ def _local_copy(remote: Remote, oid: str) -> bytes | None:
 
 def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
-            entries_of: dict[str, list], bad_packs: set[str]) -> None:
+            entries_of: dict[str, list[PackEntry]], bad_packs: set[str]) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop
     damaged packs whose every object is safe again."""
     objects = store.objects
@@ -325,7 +325,8 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
         pack_id, data, entries = encode_pack(small)
         uploaded.add(pack_id)
         remote.backend.put_bytes(pack_key(pack_id), data)
-        remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(entries)):])
+        remote.backend.put_bytes(index_key(pack_id),
+                                 data[len(data) - pack_tail_size(len(entries)):])
         sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
         fixed.update(oid for oid, _k, _d in small)
         report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
@@ -333,9 +334,9 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
     for pack_id in sorted(bad_packs - uploaded):
         # (A pack rebuilt from the same objects in the same order has the same id: the
         # upload has already replaced the damaged bytes, so it stays.)
-        entries = entries_of.get(pack_id)
-        if entries is None or any(e.oid not in fixed for e in entries):
-            lost = [e.oid for e in entries or [] if e.oid not in fixed]
+        held = entries_of.get(pack_id)
+        if held is None or any(e.oid not in fixed for e in held):
+            lost = [e.oid for e in held or [] if e.oid not in fixed]
             if lost:
                 report.problems.append(f"pack {pack_id[:12]} kept: {len(lost)} of its objects "
                                        f"have no good copy here")

@@ -13,28 +13,31 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import checkout, datasets, imports, jobs, maintenance, remotecheck, settings, versions
+# Modules the everyday local commands (status, commit, log, checkout) need are imported
+# here; the others (sync, jobs, imports, maintenance, ...) by the methods that use them,
+# because every command pays at start-up for every module it imports.
+from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
 from .errors import InvalidInput
 from .model import (Changes, CheckoutReport, Dataset, FetchReport, FileRow, GcReport,
                     ImportCheckReport, JobResult, Manifest, PruneReport, PullReport,
-                    PushReport, RebuildReport, RemoteCheckReport, StatusReport, VerifyReport,
-                    Version)
+                    PushReport, RebuildReport, RemoteCheckReport, StatusReport, TagRow,
+                    VerifyReport, Version)
 from .remotes.base import RemoteSpec, check_outside_stores, parse_duration, parse_size
-from .remotes.cache import ClusterCache
 from .reporting import Reporter
-from .sync import fetch as sync_fetch
-from .sync import pull as sync_pull
-from .sync import push as sync_push
-from .sync.remote import open_remote
 
 __all__ = ["Store", "find_store"]
 
 
 class Store:
-    """A dsv store: open one with `dsv.open(path)`, create one with `dsv.init(path)`."""
+    """A dsv store: open one with `dsv.open(path)`, create one with `dsv.init(path)`.
+
+    `core` (and its `index` and `objects`, also reachable here) is the open store the
+    operations work on: there for tools and tests, not a stable API.
+    """
 
     def __init__(self, root: Path, reporter: Reporter | None = None) -> None:
+        """Open the store whose workspace root is `root` (use `open` to search upwards)."""
         self._adopt(Core(root, reporter))
 
     @classmethod
@@ -55,11 +58,15 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
              exact: bool = False) -> "Store":
+        """The store holding `path`: the nearest `.dsv/` at or above it (with `exact`,
+        `path` itself must be the workspace or its `.dsv/`)."""
         return cls(find_store(Path(path), exact), reporter)
 
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", name: str | None = None,
              bind: bool = True, reporter: Reporter | None = None) -> "Store":
+        """Create a store at `path`; with `bind`, `path` itself becomes a dataset's working
+        directory (named `name`, else after the directory)."""
         root = Path(path).resolve()
         create_layout(root)
         store = cls(root, reporter)
@@ -68,6 +75,7 @@ class Store:
         return store
 
     def close(self) -> None:
+        """Release the lock and close the index and objects (also done by `with`)."""
         self.core.close()
 
     def __enter__(self) -> "Store":
@@ -82,12 +90,20 @@ class Store:
 
     # ---- datasets ---------------------------------------------------------------------
     def datasets(self) -> list[Dataset]:
+        """Every dataset of the store."""
         return self.index.datasets()
 
+    def dataset_by_id(self, ds_id: str) -> Dataset | None:
+        """The dataset with id `ds_id`, or None if there is none (it may have been
+        deleted since a version naming it was read)."""
+        return self.core.dataset_by_id(ds_id)
+
     def dataset(self, key: str) -> Dataset:
+        """A dataset by id or name (DatasetNotFound if there is none)."""
         return self.core.dataset(key)
 
     def dataset_root(self, ds: Dataset) -> Path:
+        """The absolute working directory of `ds` (InvalidInput if it is not bound to one)."""
         return self.core.dataset_root(ds)
 
     def dataset_at(self, cwd: str | os.PathLike[str] = ".") -> Dataset | None:
@@ -100,18 +116,19 @@ class Store:
 
     def create_dataset(self, name: str, path: str | os.PathLike[str] | None = None,
                        description: str | None = None) -> Dataset:
+        """A new dataset, bound to `path` (created if missing) when one is given."""
         return datasets.create_dataset(self.core, name=name, path=path, description=description)
-
 
     def update_dataset(self, key: str, name: str | None = None, description: str | None = None,
                        path: str | os.PathLike[str] | None = None) -> Dataset:
-        return datasets.update_dataset(self.core, key=key, name=name, description=description, path=path)
-
+        """Rename a dataset, change its description, or bind it to a working directory;
+        returns it as it is now."""
+        return datasets.update_dataset(self.core, key=key, name=name, description=description,
+                                       path=path)
 
     def delete_dataset(self, key: str) -> Dataset:
         """Forget a dataset and its versions (its files on disk are left alone)."""
         return datasets.delete_dataset(self.core, key=key)
-
 
     # ---- refs and versions --------------------------------------------------------------
     def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
@@ -119,21 +136,25 @@ class Store:
         return self.core.resolve(ref, cwd)
 
     def version(self, vid: str) -> Version:
+        """A version by its full id, with its tags (RefError if there is none)."""
         return self.core.version(vid)
 
     def log(self, key: str | None = None, cwd: str | os.PathLike[str] = ".",
             include_drafts: bool = False) -> list[Version]:
+        """A dataset's committed versions (and drafts, with `include_drafts`), newest first,
+        each with its tags."""
         return versions.log(self.core, key=key, cwd=cwd, include_drafts=include_drafts)
 
-
     def versions(self, key: str, state: str | None = None) -> list[Version]:
+        """A dataset's versions, newest first; only drafts or committed ones with `state`."""
         return versions.versions(self.core, key=key, state=state)
 
-
     def manifest(self, version: Version, prefix: str = "") -> Manifest:
+        """Every file of `version` (only those under `prefix`, if given): path → Entry."""
         return self.core.manifest(version, prefix)
 
     def read_tree(self, oid: str) -> bytes:
+        """The bytes of tree object `oid` (see docs/format.md, "Trees")."""
         return self.core.read_tree(oid)
 
     # ---- commit, status, checkout -----------------------------------------------------
@@ -141,87 +162,84 @@ class Store:
         """What changed in a dataset's working directory since the version it was last made."""
         return checkout.status(self.core, key=key, cwd=cwd)
 
-
     def statuses(self, key: str | None = None,
                  cwd: str | os.PathLike[str] = ".") -> list[StatusReport]:
         """Status of the dataset named, else of the one `cwd` is in, else of every dataset
         bound to a directory (as `git status` covers the whole repository)."""
         return checkout.statuses(self.core, key=key, cwd=cwd)
 
-
     def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
                author: str | None = None, allow_empty: bool = False,
                lineage: dict[str, Any] | None = None) -> Version:
         """Snapshot a dataset's working directory as a new committed version."""
-        return versions.commit(self.core, message=message, key=key, cwd=cwd, author=author, allow_empty=allow_empty, lineage=lineage)
-
+        return versions.commit(self.core, message=message, key=key, cwd=cwd, author=author,
+                               allow_empty=allow_empty, lineage=lineage)
 
     def checkout(self, ref: str, to: str | os.PathLike[str] | None = None,
                  paths: list[str] | None = None, force: bool = False, link: str = "auto",
                  cwd: str | os.PathLike[str] = ".") -> CheckoutReport:
         """Make a directory (the dataset's own, or `to`) hold exactly one version's files."""
-        return checkout.checkout(self.core, ref=ref, to=to, paths=paths, force=force, link=link, cwd=cwd)
-
+        return checkout.checkout(self.core, ref=ref, to=to, paths=paths, force=force, link=link,
+                                 cwd=cwd)
 
     def diff(self, ref_a: str, ref_b: str | None = None,
              cwd: str | os.PathLike[str] = ".") -> Changes:
         """Changes from version A to version B, or to A's dataset's working directory."""
         return checkout.diff(self.core, ref_a=ref_a, ref_b=ref_b, cwd=cwd)
 
-
     # ---- tags -------------------------------------------------------------------------
     def tag(self, ref: str, name: str, force: bool = False,
             cwd: str | os.PathLike[str] = ".") -> Version:
+        """Point tag `name` of the version's dataset at the committed version `ref` names
+        (TagExists if it names another, unless `force`); returns that version."""
         return versions.tag(self.core, ref=ref, name=name, force=force, cwd=cwd)
-
 
     def delete_tag(self, spec: str, cwd: str | os.PathLike[str] = ".") -> str:
         """Remove `DATASET:NAME`; returns the version it pointed at."""
         return versions.delete_tag(self.core, spec=spec, cwd=cwd)
 
-
-    def tags(self, key: str | None = None) -> list[dict[str, Any]]:
+    def tags(self, key: str | None = None) -> list[TagRow]:
+        """The tags of one dataset, or of every dataset."""
         return versions.tags(self.core, key=key)
-
 
     # ---- drafts -----------------------------------------------------------------------
     def create_version(self, key: str, message: str | None = None,
                        from_ref: str | None = None) -> Version:
         """A new draft of a dataset, starting from `from_ref` (default: its latest version)."""
-        return versions.create_version(self.core, key=key, message=message, from_ref=from_ref)
-
+        return versions.create_version(self.core, key=key, message=message,
+                                       from_ref=from_ref)
 
     def put_files(self, ref: str, sources: list[str | os.PathLike[str]],
                   target_path: str | None = None, cwd: str | os.PathLike[str] = ".") -> Version:
-        """Add files to a draft: a file lands at TARGET/name, a directory's contents under TARGET."""
-        return versions.put_files(self.core, ref=ref, sources=sources, target_path=target_path, cwd=cwd)
+        """Add files to a draft: a file lands at TARGET/name, a directory's contents under
+        TARGET."""
+        return versions.put_files(self.core, ref=ref, sources=sources, target_path=target_path,
+                                  cwd=cwd)
 
-
-    def delete_files(self, ref: str, paths: list[str], cwd: str | os.PathLike[str] = ".") -> Version:
+    def delete_files(self, ref: str, paths: list[str],
+                     cwd: str | os.PathLike[str] = ".") -> Version:
         """Remove files or whole directories from a draft."""
         return versions.delete_files(self.core, ref=ref, paths=paths, cwd=cwd)
-
 
     def commit_version(self, ref: str, message: str | None = None,
                        cwd: str | os.PathLike[str] = ".") -> Version:
         """Freeze a draft: from now on it can never change."""
         return versions.commit_version(self.core, ref=ref, message=message, cwd=cwd)
 
-
     def create_version_from_path(self, key: str, source: str | os.PathLike[str],
                                  message: str | None = None,
                                  lineage: dict[str, Any] | None = None,
                                  commit: bool = True) -> Version:
         """A version holding exactly the files of `source`: committed, or a draft."""
-        return versions.create_version_from_path(self.core, key=key, source=source, message=message, lineage=lineage, commit=commit)
-
+        return versions.create_version_from_path(self.core, key=key, source=source,
+                                                 message=message, lineage=lineage, commit=commit)
 
     def commit_manifest(self, key: str, manifest: Manifest, message: str,
                         lineage: dict[str, Any] | None = None,
                         create_dataset: bool = False) -> Version:
         """Commit a version made of objects already in the store (imports, for one)."""
-        return versions.commit_manifest(self.core, key=key, manifest=manifest, message=message, lineage=lineage, create_dataset=create_dataset)
-
+        return versions.commit_manifest(self.core, key=key, manifest=manifest, message=message,
+                                        lineage=lineage, create_dataset=create_dataset)
 
     def import_s3(self, url: str, name: str | None = None, etag: str | None = None,
                   version_id: str | None = None, endpoint_url: str | None = None,
@@ -229,6 +247,7 @@ class Store:
                   message: str | None = None) -> Version:
         """`dsv import`: a committed version of dataset `name` (default: from the URL) made
         from an S3 object or prefix, pinned by ETag or VersionId, every byte verified."""
+        from . import imports
         return imports.import_s3(self.core, url, name=name, etag=etag, version_id=version_id,
                                  endpoint_url=endpoint_url, profile=profile,
                                  no_sign_request=no_sign_request, message=message)
@@ -237,6 +256,7 @@ class Store:
                      profile: str | None = None,
                      no_sign_request: bool = False) -> ImportCheckReport:
         """`dsv import --check`: is the source still exactly what `ref` imported?"""
+        from . import imports
         return imports.check_import(self.core, ref, endpoint_url=endpoint_url, profile=profile,
                                     no_sign_request=no_sign_request)
 
@@ -245,35 +265,36 @@ class Store:
             mount: bool | None = None) -> JobResult:
         """`dsv run`: mount the inputs read-only, run `command`, and make each output
         directory a new version with lineage (see jobs.run)."""
+        from . import jobs
         return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount)
 
-    def update_version(self, ref: str, message: str, cwd: str | os.PathLike[str] = ".") -> Version:
+    def update_version(self, ref: str, message: str,
+                       cwd: str | os.PathLike[str] = ".") -> Version:
         """Change a draft's message (a committed version's message is part of it: immutable)."""
         return versions.update_version(self.core, ref=ref, message=message, cwd=cwd)
-
 
     def delete_version(self, ref: str, force: bool = False,
                        cwd: str | os.PathLike[str] = ".") -> Version:
         """Delete a draft, or with `force` a committed version nothing depends on."""
         return versions.delete_version(self.core, ref=ref, force=force, cwd=cwd)
 
-
     # ---- reading files of versions ---------------------------------------------------
     def files(self, ref: str, path: str = "", recursive: bool = False,
               cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+        """The entries of a version's directory `path` (the root by default); with
+        `recursive`, every file below it."""
         return checkout.files(self.core, ref=ref, path=path, recursive=recursive, cwd=cwd)
 
-
-    def get_files(self, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,
-                  cwd: str | os.PathLike[str] = ".") -> int:
-        """Copy files of a version into `target` (overwriting same-named files only)."""
+    def get_files(self, ref: str, target: str | os.PathLike[str],
+                  paths: list[str] | None = None, cwd: str | os.PathLike[str] = ".") -> int:
+        """Copy files of a version into `target` (overwriting same-named files only);
+        returns how many were written."""
         return checkout.get_files(self.core, ref=ref, target=target, paths=paths, cwd=cwd)
 
-
     def open_file(self, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:
-        """A file of a version, opened for reading; its bytes are verified before it is returned."""
+        """A file of a version, opened for reading; its bytes are verified before it is
+        returned."""
         return checkout.open_file(self.core, ref=ref, path=path, cwd=cwd)
-
 
     # ---- remotes and sync -------------------------------------------------------------
     def remote_specs(self) -> list[RemoteSpec]:
@@ -291,23 +312,29 @@ class Store:
                    default: bool = False, cwd: str | os.PathLike[str] = ".") -> RemoteSpec:
         """Configure a remote (an origin, or with `cache` a cluster cache directory).
         Only names and URLs are stored: credentials come from the AWS chain at run time."""
+        from . import settings
         return settings.add_remote(self.core, name, url, endpoint_url=endpoint_url,
                                    profile=profile, cache=cache, ttl=ttl, max_size=max_size,
                                    write_through=write_through, default=default, cwd=cwd)
 
     def remove_remote(self, name: str) -> RemoteSpec:
         """Forget a remote and what this store knew it holds."""
+        from . import settings
         return settings.remove_remote(self.core, name)
 
     def push(self, remote: str | None = None, targets: list[str] | None = None,
              force: bool = False) -> PushReport:
         """Upload what the remote lacks, then move its refs (compare-and-swap)."""
+        from .sync import push as sync_push
+        from .sync.remote import open_remote
         with self.locked("push"):
             return sync_push.push(self.core, open_remote(self.core, remote),
                                   list(targets or []), force)
 
     def fetch(self, remote: str | None = None) -> FetchReport:
         """Bring the remote's versions, trees and refs (no file contents)."""
+        from .sync import fetch as sync_fetch
+        from .sync.remote import open_remote
         with self.locked("fetch"):
             return sync_fetch.fetch(self.core, open_remote(self.core, remote))[0]
 
@@ -316,6 +343,7 @@ class Store:
              checkout: bool = True) -> PullReport:
         """Fetch, move local refs forward, download the objects the versions (or only
         `paths`) need, and bring working directories forward to them."""
+        from .sync import pull as sync_pull
         return sync_pull.pull(self.core, remote, targets, paths, force, checkout)
 
     @classmethod
@@ -325,6 +353,7 @@ class Store:
         """A new workspace from a remote: datasets bound where the pusher had them, each
         checked out at its latest version. Safe to kill and to race: running the same
         clone again (or `dsv pull` inside it) completes it (see sync.pull.clone)."""
+        from .sync import pull as sync_pull
         core, report = sync_pull.clone(url, path, endpoint_url, profile, reporter)
         return cls._around(core), report
 
@@ -333,6 +362,8 @@ class Store:
         """Check a remote (structure; with `read_data` or a `subset` such as "10%", the
         bytes too); with `repair`, upload good local copies of what it lacks or holds
         damaged. Returns a remotecheck.RemoteCheckReport."""
+        from . import remotecheck
+        from .sync.remote import open_remote
         fraction = remotecheck.parse_subset(subset)
         with self.locked("verify --remote"):
             return remotecheck.check_remote(self.core, open_remote(self.core, remote),
@@ -342,6 +373,7 @@ class Store:
                     max_size: str | None = None) -> PruneReport:
         """Evict cluster-cache entries unused for longer than the TTL, then the least
         recently used beyond the size budget (flags override the remote's settings)."""
+        from .remotes.cache import ClusterCache
         spec = self.remote_spec(name, kind="cache")
         ttl = parse_duration(older_than) if older_than else spec.ttl
         budget = parse_size(max_size) if max_size else spec.max_size
@@ -354,13 +386,13 @@ class Store:
     # ---- maintenance ----------------------------------------------------------------
     def gc(self, dry_run: bool = False) -> GcReport:
         """Delete objects no version needs; rewrite packs that hold any such object."""
+        from . import maintenance
         return maintenance.gc(self.core, dry_run=dry_run)
-
 
     def verify(self, repair: bool = False) -> VerifyReport:
         """Re-hash every object and check that every version is complete."""
+        from . import maintenance
         return maintenance.verify(self.core, repair=repair)
-
 
     @classmethod
     def rebuild_index(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,
@@ -372,4 +404,5 @@ class Store:
         datasets are named from their newest version record. Drafts live only in the
         index and are lost with it.
         """
+        from . import maintenance
         return maintenance.rebuild_index(path=path, reporter=reporter, exact=exact)

@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterable
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
 from .jsonio import load_bounded
-from .model import DIR, FILE, LINK, Entry, Manifest
+# Re-exported: a tree is made of these kinds and entries.
+from .model import DIR as DIR
+from .model import FILE as FILE
+from .model import LINK as LINK
+from .model import Entry as Entry
+from .model import Manifest as Manifest
 from .paths import MAX_PATH_BYTES, check_links, check_name, check_symlink_target, mode_class
 
 TREE_FORMAT = 1
@@ -111,7 +116,8 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
     raise AssertionError("unreachable: the root is always built last")
 
 
-def _add_dirs(children: dict[str, dict], directory: str) -> None:
+def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
+              directory: str) -> None:
     """Register `directory` and its missing ancestors; each parent's row for a child
     directory is filled in when that child is built (deepest first)."""
     while directory not in children:
@@ -166,7 +172,7 @@ def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
         rows_y = decode_tree(read_tree(y), y, trusted=True)
         if [r[0] for r in rows_x] != [r[0] for r in rows_y]:
             return False
-        for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y):
+        for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y, strict=True):
             if kx != ky:
                 return False
             if kx == DIR:
@@ -177,6 +183,7 @@ def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
 
 
 def empty_tree() -> tuple[str, bytes]:
+    """The id and bytes of the tree with no entries."""
     data = encode_tree([])
     return hash_bytes(data), data
 

@@ -26,7 +26,7 @@ from .errors import (
     VersionInUse,
 )
 from .hashing import hash_bytes
-from .model import COMMITTED, DRAFT, Entry, Manifest, StatRow, Version
+from .model import COMMITTED, DRAFT, Entry, Manifest, StatRow, TagRow, Version
 from .objects import KIND_VERSION, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
@@ -34,6 +34,7 @@ from .records import encode_record
 
 
 def default_author() -> str:
+    """`DSV_AUTHOR`, else `user@host`."""
     env = os.environ.get("DSV_AUTHOR")
     if env:
         return env
@@ -49,6 +50,8 @@ def default_author() -> str:
 
 def log(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
         include_drafts: bool = False) -> list[Version]:
+    """A dataset's committed versions (and drafts, with `include_drafts`), newest first,
+    each with its tags."""
     ds = core.pick_dataset(key, cwd)
     versions = core.index.versions(ds.id, None if include_drafts else "committed")
     tags: dict[str, list[str]] = {}
@@ -60,6 +63,7 @@ def log(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
 
 
 def versions(core: Core, key: str, state: str | None = None) -> list[Version]:
+    """A dataset's versions, newest first; only drafts or committed ones with `state`."""
     ds = core.dataset(key)
     return core.index.versions(ds.id, state)
 
@@ -144,6 +148,8 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
 
 def tag(core: Core, ref: str, name: str, force: bool = False,
         cwd: str | os.PathLike[str] = ".") -> Version:
+    """Point tag `name` of the version's dataset at the committed version `ref` names
+    (TagExists if it names another, unless `force`); returns that version."""
     refs.check_tag_name(name)
     with core.locked("tag"):
         version = core.resolve(ref, cwd)
@@ -175,7 +181,8 @@ def delete_tag(core: Core, spec: str, cwd: str | os.PathLike[str] = ".") -> str:
         return vid
 
 
-def tags(core: Core, key: str | None = None) -> list[dict[str, Any]]:
+def tags(core: Core, key: str | None = None) -> list[TagRow]:
+    """The tags of one dataset, or of every dataset."""
     ds_id = core.dataset(key).id if key else None
     names = {d.id: d.name for d in core.index.datasets()}
     return [{"dataset": names.get(d, d), "tag": n, "version": v, "created": c}
@@ -265,7 +272,8 @@ def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
             return _set_draft_manifest(core, v, manifest, ingest)
 
 
-def delete_files(core: Core, ref: str, paths: list[str], cwd: str | os.PathLike[str] = ".") -> Version:
+def delete_files(core: Core, ref: str, paths: list[str],
+                 cwd: str | os.PathLike[str] = ".") -> Version:
     """Remove files or whole directories from a draft."""
     with core.locked("files delete"):
         v = _draft(core, ref, cwd)
@@ -343,7 +351,8 @@ def commit_manifest(core: Core, key: str, manifest: Manifest, message: str,
             return _write_committed(core, ingest, v, new=True)
 
 
-def update_version(core: Core, ref: str, message: str, cwd: str | os.PathLike[str] = ".") -> Version:
+def update_version(core: Core, ref: str, message: str,
+                   cwd: str | os.PathLike[str] = ".") -> Version:
     """Change a draft's message (a committed version's message is part of it: immutable)."""
     with core.locked("versions update"):
         v = _draft(core, ref, cwd)

@@ -111,7 +111,8 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
     return found, skipped
 
 
-def all_trusted(files: dict[str, FileStat], keys: dict[str, tuple]) -> bool:
+def all_trusted(files: dict[str, FileStat],
+                keys: dict[str, tuple[int, int, int, int, int]]) -> bool:
     """Whether the stat cache vouches for every scanned file and holds no other path.
 
     A row vouches for a file when size, mtime, inode and mode match and the file was not
@@ -281,6 +282,7 @@ def compare(base: Manifest, current: Manifest) -> Changes:
 # ---- placing files ----------------------------------------------------------------
 
 def check_link_mode(link: str) -> None:
+    """InvalidInput unless `link` is `auto` or one of LINK_MODES."""
     if link not in ("auto", *LINK_MODES):
         raise InvalidInput(f"unknown link mode {link!r}",
                            hint=f"choose one of: auto, {', '.join(LINK_MODES)}")

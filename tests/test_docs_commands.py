@@ -174,3 +174,23 @@ def test_sections_nest_and_skip_fenced_code() -> None:
     assert has_option("`--json`", "--json") and not has_option("--json-lines", "--json")
     assert has_word("`dsv remote add NAME URL`", "NAME")
     assert not has_word("RENAME", "NAME") and not has_word("NAMES", "NAME")
+
+
+def test_every_command_a_module_defines_is_in_the_root_table() -> None:
+    """The root builds commands from `root.COMMANDS`: one defined but not listed there
+    would silently never be reachable."""
+    from importlib import import_module
+
+    import typer
+
+    from dsv.cli import root
+
+    defined: dict[str, str] = {}
+    for module in set(root.COMMANDS.values()):
+        app = import_module(f"dsv.cli.{module}").commands
+        for info in app.registered_commands:
+            name = info.name or typer.main.get_command_name(info.callback.__name__)
+            defined[name] = module
+        for group in app.registered_groups:
+            defined[group.name] = module
+    assert defined == root.COMMANDS

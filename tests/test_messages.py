@@ -398,12 +398,12 @@ def test_error_messages_quoting_user_text_are_made_safe(evil_ws: Path, dsv) -> N
 
 
 def test_the_one_helper() -> None:
-    from dsv.cli import _safe
-    assert _safe("plain [bold]text[/bold] ünïcödé") == "plain [bold]text[/bold] ünïcödé"
-    assert _safe("a\x1b[0mb\x00c\x7fd\x9be\u202ef") == "a\\x1b[0mb\\x00c\\x7fd\\x9be\\u202ef"
-    assert _safe("line\nnext\tcol\r") == "line\\nnext\\tcol\\r"
-    assert _safe("line\nnext\tcol\r", multiline=True) == "line\nnext\tcol\\r"
-    assert _safe("byte \udcff") == "byte \\xff"
+    from dsv.cli.output import safe
+    assert safe("plain [bold]text[/bold] ünïcödé") == "plain [bold]text[/bold] ünïcödé"
+    assert safe("a\x1b[0mb\x00c\x7fd\x9be\u202ef") == "a\\x1b[0mb\\x00c\\x7fd\\x9be\\u202ef"
+    assert safe("line\nnext\tcol\r") == "line\\nnext\\tcol\\r"
+    assert safe("line\nnext\tcol\r", multiline=True) == "line\nnext\tcol\\r"
+    assert safe("byte \udcff") == "byte \\xff"
 
 
 # ---- failures of hostile input, not bugs -------------------------------------------------

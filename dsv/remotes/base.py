@@ -2,9 +2,10 @@
 
 Owns the `Backend` protocol (a flat key space of immutable files plus a few small
 mutable refs changed only by compare-and-swap), `RemoteSpec` (a remote's settings as
-stored in the index: never a secret) and the parsers for `--ttl` / `--max-size`; and what every backend refuses to read
-(the caps, `check_key`, `open_dirs`), since a remote is written by others and is never
-trusted. Must never touch the store: remotes know nothing of the index or of versions.
+stored in the index: never a secret) and the parsers for `--ttl` / `--max-size`; and what
+every backend refuses to read (the caps, `check_key`, `open_dirs`), since a remote is
+written by others and is never trusted. Must never touch the store: remotes know nothing
+of the index or of versions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import fileio
-from ..errors import InvalidInput, RemoteError
+from ..errors import InvalidInput
+from ..errors import RemoteError as RemoteError  # re-exported: backends raise it
 
 # What a backend reads into memory at most (docs/format.md, "What a reader refuses"): a
 # remote's sizes are claims, checked before a byte is read and again while reading.
@@ -69,9 +71,11 @@ class RemoteSpec:
 
     @property
     def is_s3(self) -> bool:
+        """Whether the remote is an S3 bucket (else a directory)."""
         return self.url.startswith("s3://")
 
     def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
         return {"name": self.name, "url": self.url, "kind": self.kind,
                 "endpoint_url": self.endpoint_url, "profile": self.profile, "ttl": self.ttl,
                 "max_size": self.max_size, "write_through": self.write_through,

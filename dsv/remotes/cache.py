@@ -53,9 +53,11 @@ class ClusterCache:
 
     # ---- names -------------------------------------------------------------------
     def pack_path(self, pack_id: str) -> str:
+        """Where pack `pack_id` lives in the cache."""
         return os.path.join(self.root, *layout.pack_key(pack_id).split("/"))
 
     def loose_path(self, oid: str) -> str:
+        """Where loose object `oid` lives in the cache."""
         return os.path.join(self.root, *layout.loose_key(oid).split("/"))
 
     def _parts(self, path: str) -> list[str]:
@@ -238,6 +240,7 @@ class ClusterCache:
             os.close(tmp_dir)
 
     def fill_bytes(self, path: str, data: bytes) -> None:
+        """Write `data` as the cache entry `path` (whole, or not at all)."""
         self._fill(path, lambda fd: fileio.write_all(fd, data))
 
     def fill_stream(self, path: str, chunks: Iterable[bytes], expect: str) -> None:
@@ -262,6 +265,8 @@ class ClusterCache:
 
     # ---- pending: written through, not yet on the origin ----------------------------
     def mark_pending(self, path: str) -> None:
+        """Mark entry `path` as written through but not yet on the origin:
+        it is never evicted until `clear_pending`."""
         name = self._pending_name(path)
         directory = open_dirs(self.root, ["pending"], create=True, replace_bad=True)
         try:
@@ -282,6 +287,7 @@ class ClusterCache:
             os.close(directory)
 
     def clear_pending(self, path: str) -> None:
+        """The origin holds entry `path` now: it may be evicted again."""
         name = self._pending_name(path)
         try:
             directory = open_dirs(self.root, ["pending"])

@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -67,6 +67,7 @@ class FsBackend:
         return self._at(key, lambda name, parent: fileio.open_regular(name, dir_fd=parent))
 
     def check_reachable(self) -> None:
+        """Backend.check_reachable: the directory, or its parent, must exist."""
         parent = os.path.dirname(self.root.rstrip("/")) or "/"
         if not os.path.isdir(self.root) and not os.path.isdir(parent):
             raise RemoteError(f"remote directory {self.root} does not exist, nor does its parent",
@@ -112,11 +113,13 @@ class FsBackend:
                 os.close(fd)
 
     def get(self, key: str, max_size: int | None = None) -> bytes:
+        """Backend.get, read through descriptors that follow no link."""
         cap = MAX_GET_BYTES if max_size is None else max_size
         return self._at(key, lambda name, parent: fileio.read_regular(name, cap,
                                                                       dir_fd=parent))
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Backend.get_range, read through a descriptor that follows no link."""
         if start < 0 or length < 0:
             raise RemoteError(f"{self._path(key)}: asked for {length} bytes at {start}")
         if length > MAX_GET_BYTES:
@@ -139,6 +142,7 @@ class FsBackend:
         return data
 
     def download(self, key: str) -> Iterator[bytes]:
+        """Backend.download, in pieces of 8 MiB."""
         fd = self._open(key)
         try:
             while True:
@@ -150,6 +154,7 @@ class FsBackend:
             os.close(fd)
 
     def head(self, key: str) -> int | None:
+        """Backend.head: the size of the regular file at `key`, else None."""
         try:
             fd = self._open(key)
         except (NotFound, NotRegular):
@@ -160,7 +165,7 @@ class FsBackend:
             os.close(fd)
 
     # ---- writing: temp file + rename; directories below the root must be real ones ------
-    def _dir(self, parts: list[str]) -> str:
+    def _dir(self, parts: Sequence[str]) -> str:  # (`list` is a method here)
         """The path of ROOT/PARTS…, created, with every step a real directory (NotRegular
         when one is a symlink or a file: a rename there could land outside the root)."""
         try:
@@ -190,11 +195,13 @@ class FsBackend:
                              ) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """Backend.put_bytes: a temp file renamed into place."""
         path = self._parent(key)
         with self._replacing(key):
             fileio.atomic_write_bytes(path, data, 0o444, tmp_dir=self._tmp_dir())
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        """Backend.put_file: a copy into a temp file, renamed into place."""
         dest = self._parent(key)
         tmp = fileio.tmp_name(self._tmp_dir())
         try:
@@ -262,6 +269,7 @@ class FsBackend:
             os.close(fd)  # closing releases the lock
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
+        """Backend.read_ref; the version tag is the hash of the bytes."""
         try:
             data = self.get(key, MAX_REF_BYTES)
         except NotFound:
@@ -269,6 +277,7 @@ class FsBackend:
         return data, hash_bytes(data)
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
+        """Backend.write_ref, under a lock on the remote's refs."""
         with self._refs_locked():
             current = self.read_ref(key)
             if (current[1] if current else None) != expect:

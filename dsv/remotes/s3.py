@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import InvalidInput
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, BadKey, CorruptDownload, NotFound, Progress,
@@ -33,8 +33,24 @@ MULTIPART_CHUNK = 16 << 20
 _PIECE = 8 << 20
 
 
+S3Client = Any
+"""A boto3 S3 client (boto3 ships no type information)."""
+
+
+class Body(Protocol):
+    """A response body being read (botocore's StreamingBody)."""
+
+    def read(self, amt: int | None = None) -> bytes:
+        """Up to `amt` bytes (all that is left without it); b"" at the end."""
+
+    def close(self) -> None:
+        """Stop reading and release the connection."""
+
+
 @dataclass(frozen=True)
 class S3Object:
+    """One object of a bucket as a HEAD or a listing describes it (what `dsv import` pins)."""
+
     key: str
     size: int
     etag: str                 # without quotes
@@ -52,7 +68,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def make_client(endpoint_url: str | None = None, profile: str | None = None,
-                unsigned: bool | None = None) -> Any:
+                unsigned: bool | None = None) -> S3Client:
     """A boto3 S3 client. `unsigned=None` signs when credentials exist, else not (so
     public buckets work with no configuration)."""
     import boto3
@@ -106,7 +122,7 @@ def describe(exc: BaseException, what: str) -> RemoteError:
     return RemoteError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def check_reachable(client: Any, timeout: float = CONNECT_TIMEOUT) -> None:
+def check_reachable(client: S3Client, timeout: float = CONNECT_TIMEOUT) -> None:
     """Fail fast, with one clear line, when the endpoint cannot be reached at all
     (botocore would spend a minute retrying a refused connection)."""
     import socket
@@ -128,7 +144,8 @@ def _etag(raw: str | None) -> str:
     return (raw or "").strip('"')
 
 
-def head(client: Any, bucket: str, key: str, version_id: str | None = None) -> S3Object:
+def head(client: S3Client, bucket: str, key: str, version_id: str | None = None) -> S3Object:
+    """The object at `key` (at `version_id`, if given), as a HEAD request describes it."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
@@ -140,7 +157,7 @@ def head(client: Any, bucket: str, key: str, version_id: str | None = None) -> S
                     meta.get("VersionId") or version_id)
 
 
-def list_prefix(client: Any, bucket: str, prefix: str) -> Iterator[S3Object]:
+def list_prefix(client: S3Client, bucket: str, prefix: str) -> Iterator[S3Object]:
     """Every object under `prefix` (folder markers, keys ending in '/', left out)."""
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
@@ -153,7 +170,7 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> Iterator[S3Object]:
         raise describe(exc, f"listing s3://{bucket}/{prefix}") from None
 
 
-def open_object(client: Any, bucket: str, obj: S3Object) -> Any:
+def open_object(client: S3Client, bucket: str, obj: S3Object) -> Body:
     """The body stream of `obj`, pinned to the exact version (or ETag) listed."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
     if obj.version_id:
@@ -161,12 +178,14 @@ def open_object(client: Any, bucket: str, obj: S3Object) -> Any:
     elif obj.etag:
         args["IfMatch"] = f'"{obj.etag}"'
     try:
-        return client.get_object(**args)["Body"]
+        body: Body = client.get_object(**args)["Body"]
     except Exception as exc:
         raise describe(exc, f"s3://{bucket}/{obj.key}") from None
+    return body
 
 
 def corrupt_download(what: str) -> CorruptDownload:
+    """The error for a body that arrived whole but fails S3's checksum."""
     return CorruptDownload(f"{what}: the download arrived damaged (it fails S3's own "
                            f"checksum)", hint="nothing damaged was stored; try again, and if "
                                               "it persists the remote holds damaged data")
@@ -185,10 +204,11 @@ def _body_errors() -> tuple[type[BaseException], ...]:
 
 def _checksum_error() -> type[BaseException]:
     from botocore.exceptions import FlexibleChecksumError
-    return FlexibleChecksumError
+    error: type[BaseException] = FlexibleChecksumError
+    return error
 
 
-def read_bounded(body: Any, cap: int, what: str) -> bytes:
+def read_bounded(body: Body, cap: int, what: str) -> bytes:
     """All of a response body, refusing more than `cap` bytes (reads at most cap + 1: a
     body longer than its Content-Length claimed is never read to its end). Reading until
     the body says it is done is what makes botocore check its length and checksum."""
@@ -231,6 +251,7 @@ class S3Backend:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
     def check_reachable(self) -> None:
+        """Backend.check_reachable: a TCP connection to the endpoint."""
         check_reachable(self.client)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
@@ -258,18 +279,19 @@ class S3Backend:
             raise describe(exc, f"listing {self._where(prefix)}") from None
 
     def _get(self, key: str, cap: int, expect: int | None = None,
-             **args: Any) -> tuple[bytes, Any]:
+             **args: str) -> tuple[bytes, dict[str, Any]]:
         """(body, response) of a GET, its Content-Length checked against `cap` (and equal
         to `expect` if given) before the body is read, then read bounded."""
         where, full = self._where(key), self._key(key)
         for attempt in range(BODY_ATTEMPTS):
             try:  # botocore retries the request itself; its failure is final
-                response = self.client.get_object(Bucket=self.bucket, Key=full, **args)
+                response: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=full,
+                                                                  **args)
             except Exception as exc:
                 if _is_missing(exc):
                     raise NotFound(f"{where} does not exist") from None
                 raise describe(exc, where) from None
-            body = response["Body"]
+            body: Body = response["Body"]
             claimed = response.get("ContentLength")
             if expect is not None and claimed is not None and int(claimed) != expect:
                 body.close()
@@ -291,9 +313,11 @@ class S3Backend:
         raise AssertionError("unreachable")
 
     def get(self, key: str, max_size: int | None = None) -> bytes:
+        """Backend.get: one GET, its size checked before the body is read."""
         return self._get(key, MAX_GET_BYTES if max_size is None else max_size)[0]
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Backend.get_range: one ranged GET."""
         if start < 0 or length < 0:
             raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}")
         if length == 0:
@@ -319,6 +343,7 @@ class S3Backend:
         return data
 
     def download(self, key: str) -> Iterator[bytes]:
+        """Backend.download: one GET, streamed in pieces of 8 MiB."""
         full = self._key(key)
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
@@ -334,6 +359,7 @@ class S3Backend:
             raise corrupt_download(self._where(key)) from None
 
     def head(self, key: str) -> int | None:
+        """Backend.head: a HEAD request."""
         full = self._key(key)
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
@@ -343,6 +369,7 @@ class S3Backend:
             raise describe(exc, self._where(key)) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """Backend.put_bytes: one PUT."""
         full = self._key(key)
         try:
             self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
@@ -350,6 +377,7 @@ class S3Backend:
             raise describe(exc, f"uploading {self._where(key)}") from None
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
+        """Backend.put_file: a managed upload (multipart above 64 MiB)."""
         full = self._key(key)
         try:
             self.client.upload_file(path, self.bucket, full,
@@ -359,6 +387,7 @@ class S3Backend:
             raise describe(cause, f"uploading {self._where(key)}") from None
 
     def delete(self, key: str) -> None:
+        """Backend.delete: a DELETE (a missing key is fine)."""
         full = self._key(key)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=full)
@@ -368,6 +397,7 @@ class S3Backend:
             raise describe(exc, f"deleting {self._where(key)}") from None
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
+        """Backend.read_ref; the version tag is the object's ETag."""
         try:
             data, response = self._get(key, MAX_REF_BYTES)
         except NotFound:
@@ -375,6 +405,7 @@ class S3Backend:
         return data, response["ETag"]
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
+        """Backend.write_ref: a conditional PUT (If-None-Match or If-Match)."""
         if expect == "":
             return None  # no ref has an empty tag; an empty If-Match would be no condition
         condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
@@ -388,14 +419,16 @@ class S3Backend:
             if _status(exc) in (409, 412) or (expect is not None and _is_missing(exc)):
                 return None
             raise describe(exc, f"updating {self._where(key)}") from None
-        return response["ETag"]
+        etag: str = response["ETag"]
+        return etag
 
 
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return None
-    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code: int | None = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code
 
 
 def _is_missing(exc: BaseException) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
@@ -58,7 +57,8 @@ def _ranges(missing: dict[str, tuple[str, int, int]]
 
 
 def download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
-                     label: str, report: Any) -> Iterator[tuple[str, memoryview]]:
+                     label: str, report: FetchReport | PullReport
+                     ) -> Iterator[tuple[str, memoryview]]:
     """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
     cache where it holds the pack, else from the remote (caching packs mostly needed)."""
     if not missing:
@@ -76,7 +76,8 @@ def download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, i
                                              - pack_tail_size(counts.get(p, 0)))}
     total = sum(w[2] for w in missing.values())
 
-    def get(job: tuple[str, int, int, list]) -> tuple[list[tuple[str, bytes]], bool]:
+    def get(job: tuple[str, int, int, list[tuple[str, int, int]]]
+            ) -> tuple[list[tuple[str, memoryview]], bool]:
         pack, start, length, group = job
         data = None
         cached = False
@@ -124,7 +125,7 @@ def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
     """The objects of one ranged read, each checked against its id, and the first that
     fails (None when all are good)."""
     view = memoryview(data)  # slices share the buffer: no copy per object
-    out = []
+    out: list[tuple[str, memoryview]] = []
     for oid, offset, ln in group:
         piece = view[offset - start:offset - start + ln]
         if len(piece) != ln or hash_bytes(piece) != oid:
@@ -191,7 +192,7 @@ def ensure_blobs(store: Core, version: Version, entries: dict[str, int]) -> None
 
 
 def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
-                   report: Any, ingest: Ingest, label: str = "pulling") -> None:
+                   report: PullReport, ingest: Ingest, label: str = "pulling") -> None:
     """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
     small, large = _lacking(store, entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
@@ -244,7 +245,7 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
 
 
 def _download_loose(store: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
-                    report: Any, ingest: Ingest) -> None:
+                    report: PullReport, ingest: Ingest) -> None:
     cache = read_cache(store)
 
     def get(oid: str) -> tuple[int, bool]:

@@ -71,21 +71,20 @@ def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str
             if known is not None:
                 if known.record != v.record and known.state == "committed":
                     raise CorruptObject(f"version {v.id} on {remote.name} has record "
-                                        f"{v.record[:12]}, but this store's has "
+                                        f"{(v.record or '-')[:12]}, but this store's has "
                                         f"{(known.record or '-')[:12]}",
                                         hint="two versions share one id (a collision, or "
                                              "tampering); nothing was fetched")
                 continue
             if index.dataset_by("id", v.dataset) is None:
-                _create_dataset(store, v, rec.dataset_name, names.get(v.dataset))
-                report.new_datasets.append(index.dataset_by("id", v.dataset).name)
+                report.new_datasets.append(
+                    _create_dataset(store, v, rec.dataset_name, names.get(v.dataset)))
             index.insert_version(v)
             index.add_promised(v.id, remote.name)
             report.new_versions.append(v.id)
-        index.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote.name,))
+        index.replace_remote_refs(remote.name, [(r.dataset, r.ref, r.version, r.record, r.etag)
+                                                for r in remote_refs.values()])
         for ref in remote_refs.values():
-            index.set_remote_ref(remote.name, ref.dataset, ref.ref, ref.version, ref.record,
-                                 ref.etag)
             ds = index.dataset_by("id", ref.dataset)
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
                 ref.version
@@ -228,8 +227,9 @@ def _missing_tree(oid: str) -> None:
 
 
 def _create_dataset(store: Core, v: Version, dataset_name: str | None,
-                    ref: RemoteRef | None) -> None:
-    """A dataset first seen on a remote: unbound, named as the remote names it."""
+                    ref: RemoteRef | None) -> str:
+    """A dataset first seen on a remote: unbound, named as the remote names it. Returns
+    the name it got."""
     name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
     if not refs.is_valid_name(name) or name == LATEST:
         name = v.dataset
@@ -237,3 +237,4 @@ def _create_dataset(store: Core, v: Version, dataset_name: str | None,
     if taken is not None and taken.id != v.dataset:
         name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
     store.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
+    return name

@@ -21,11 +21,14 @@ Verdict = Literal["write", "same", "behind", "skip", "reject"]
 class LocalHistory(Protocol):
     """What the decisions need to know of this store."""
 
-    def version(self, vid: str) -> Version | None: ...
+    def version(self, vid: str) -> Version | None:
+        """A version by full id, if this store has it."""
 
-    def dataset(self, ds_id: str) -> Dataset | None: ...
+    def dataset(self, ds_id: str) -> Dataset | None:
+        """A dataset by id, if this store has it."""
 
-    def tag(self, ds_id: str, name: str) -> str | None: ...
+    def tag(self, ds_id: str, name: str) -> str | None:
+        """The version id a dataset's tag points at here, if any."""
 
     def descends(self, v: Version, record: str) -> bool:
         """Whether the version whose record is `record` is `v` or one of its ancestors."""

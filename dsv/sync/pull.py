@@ -55,7 +55,8 @@ def _pull_objects(store: Core, remote: Remote, targets: list[str], paths: list[s
         if named:  # only the datasets asked for move
             scope = {v.dataset for v in named}
             remote_refs = {k: r for k, r in remote_refs.items() if k[0] in scope}
-        changes, updated, report.diverged = plan_pull(refs.History(store.index), remote.name, remote_refs, force)
+        changes, updated, report.diverged = plan_pull(refs.History(store.index), remote.name,
+                                                      remote_refs, force)
         report.updated = fetch_report.updated + updated
         on_remote = {ds_id for ds_id, _ref in remote_refs}
     else:

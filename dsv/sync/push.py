@@ -22,7 +22,7 @@ from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
 from ..model import Dataset, PushReport, Version
-from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack,
+from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntry, encode_pack,
                        pack_tail_size)
 from ..refs import LATEST
 from ..remotes import layout
@@ -66,6 +66,7 @@ def _push_plan(store: Core, targets: list[str]
             if not committed:
                 continue
             roots.extend(committed)
+            assert ds.latest is not None  # a dataset with committed versions has a latest
             ref_plan.append((ds, LATEST, store.version(ds.latest), True))
             for _d, name, vid, _c in store.index.tags(ds.id):
                 ref_plan.append((ds, f"tags/{name}", store.version(vid), True))
@@ -88,6 +89,9 @@ _CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --f
 
 
 def push(store: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
+    """Upload what the remote lacks of the `targets` (by default every dataset with a
+    committed version), then move its refs by compare-and-swap; refs it would refuse
+    raise RefConflict before anything is sent."""
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
     remote.refresh()
@@ -154,7 +158,8 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
                                 hint="pull those versions completely first, or run `dsv verify`")
     with ThreadPoolExecutor(WORKERS) as pool:
         unknown = [oid for oid in large if oid not in known_loose]
-        sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)), unknown)))
+        sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)), unknown),
+                         strict=True))
     present = [oid for oid, size in sizes.items() if size is not None]
     if present:
         with index.transaction():
@@ -169,19 +174,19 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
     total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
     write_through = caches(store, write_through=True)
     loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
-    with store.reporter.task("pushing", len(send_small) + len(send_large), total_bytes) as advance, \
-            ThreadPoolExecutor(WORKERS) as pool:
+    with store.reporter.task("pushing", len(send_small) + len(send_large),
+                             total_bytes) as advance, ThreadPoolExecutor(WORKERS) as pool:
         # Publish order: blobs, then trees, then records; each phase whole before the next,
         # so a record on the remote always has its tree and blobs there too.
         for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
             phase = {o: w for o, w in send_small.items() if needed[o] == kind}
-            jobs: list[Future] = []
+            jobs: list[Future[Sent]] = []
 
-            def submit(fn: Callable[..., Sent], *args: Any) -> None:
+            def submit(fn: Callable[..., Sent], *args: Any) -> None:  # noqa: ANN401 - fn's
                 job = pool.submit(fn, *args)
                 job.add_done_callback(lambda f: f.exception() or advance(f.result().count,
                                                                          f.result().nbytes))
-                jobs.append(job)
+                jobs.append(job)  # noqa: B023 - called only within this phase
 
             if kind == KIND_BLOB:
                 for oid in send_large:
@@ -199,7 +204,7 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
             crashpoint("push:phase-sent")
 
 
-def _first_done(jobs: list[Future]) -> None:
+def _first_done(jobs: list[Future[Sent]]) -> None:
     wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
@@ -229,11 +234,11 @@ class Sent:
 
     count: int
     nbytes: int
-    pack: tuple[str, int, list] | None = None   # (pack id, size, entries)
+    pack: tuple[str, int, list[PackEntry]] | None = None   # (pack id, size, entries)
     loose: str | None = None                    # a loose object's oid
 
 
-def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
+def _upload_pack(remote: Remote, pack: tuple[str, bytes, list[PackEntry]],
                  write_through: list[ClusterCache]) -> Sent:
     pack_id, data, entries = pack
     for cache in write_through:
@@ -247,7 +252,7 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytes, list],
     return Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries))
 
 
-def _upload_loose(remote: Remote, objects: Any, oid: str, size: int,
+def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,
                   write_through: list[ClusterCache], slots: threading.Semaphore) -> Sent:
     path = str(objects.loose_path(oid))
     # Every object is re-hashed before it leaves: a bit flipped on local disk must never
@@ -279,6 +284,7 @@ def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
 
 
 def record_sent(store: Core, remote: Remote, sent: list[Sent]) -> None:
+    """Remember in the index what these uploads put on the remote."""
     with store.index.transaction():
         for item in sent:
             if item.pack is not None:
@@ -291,14 +297,15 @@ def _label(ds: Dataset, ref: str) -> str:
     return f"{ds.name}:{ref.rpartition('/')[2]}"
 
 
-def _preflight(store: Core, remote: Remote, ref_plan: list, force: bool) -> list[str]:
+def _preflight(store: Core, remote: Remote, ref_plan: list[tuple[Dataset, str, Version, bool]],
+               force: bool) -> list[str]:
     """Refs the push would be refused, judged before anything is uploaded (the final
     compare-and-swap still decides races)."""
     def judge(item: tuple[Dataset, str, Version, bool]) -> str | None:
         ds, ref, v, required = item
         key = ref_key(ds.id, ref)
-        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, _ref_body(ds, ref, v),
-                               remote.backend.read_ref(key), key)
+        verdict, why = decide_push(refs.History(store.index), ref, v, required, force,
+                                   _ref_body(ds, ref, v), remote.backend.read_ref(key), key)
         return f"{_label(ds, ref)} {why}" if verdict == "reject" else None
 
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -319,7 +326,8 @@ def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
     body = _ref_body(ds, ref, v)
     for _attempt in range(5):
         current = remote.backend.read_ref(key)
-        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, body, current, key)
+        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, body,
+                                   current, key)
         if verdict == "same":
             assert current is not None
             report.refs_unchanged.append(label)

@@ -12,13 +12,13 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TypeVar
 
 from ..core import Core
 from ..errors import (CorruptObject)
 from ..hashing import is_hash
 from ..jsonio import load_bounded
-from ..objects import (parse_pack_index)
+from ..objects import PackEntry, parse_pack_index
 from ..remotes import layout
 from ..remotes.connect import open_backend
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
@@ -28,6 +28,8 @@ from ..remotes.layout import (REMOTE_FORMAT, REMOTE_MARKER, RemoteRef, index_key
 
 
 WORKERS = 8
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Remote:
@@ -73,7 +75,7 @@ class Remote:
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
 
-        def read(pack_id: str) -> tuple[str, list, int] | None:
+        def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
             try:
                 data = self.backend.get(index_key(pack_id),
                                         max_size=min(listed[pack_id], MAX_GET_BYTES))
@@ -97,6 +99,8 @@ class Remote:
                 index.forget_remote_loose(self.name)
 
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
+        """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot
+        be read safely is skipped with a warning."""
         keys = [key for key, _size in self.backend.list("refs/")]
 
         def read(key: str) -> RemoteRef | None:
@@ -114,6 +118,7 @@ class Remote:
 
 
 def open_remote(store: Core, name: str | None, kind: str = "origin") -> Remote:
+    """The configured remote `name` (default: the default one of `kind`), opened."""
     spec = store.remote_spec(name, kind)
     return Remote(store, spec)
 
@@ -132,10 +137,10 @@ def read_cache(store: Core) -> ClusterCache | None:
     return found[0] if found else None
 
 
-def bounded(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
-             window: int) -> Iterator[Any]:
+def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
+            window: int) -> Iterator[R]:
     """pool.map that keeps at most `window` results pending (memory stays flat)."""
-    pending: list[Future] = []
+    pending: list[Future[R]] = []
     for item in items:
         pending.append(pool.submit(fn, item))
         if len(pending) >= window:

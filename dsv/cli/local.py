@@ -1,0 +1,222 @@
+"""Commands of the local workflow: a store, its datasets' working directories, versions
+committed from them and checked out into them (init, status, commit, log, show, diff, tag,
+tags, checkout). Each is one call of the Store API and the printing of its answer."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .options import DatasetOpt, JsonOpt
+from .output import (add_row, cell, console, echo, new_table, print_json, print_version, size,
+                     version_json, version_ref, when)
+from .session import open_store
+
+commands = typer.Typer(add_completion=False)
+
+
+class LinkMode(str, Enum):
+    """How `dsv checkout --link` places files (docs/commands.md, Link modes)."""
+
+    auto = "auto"
+    copy = "copy"
+    reflink = "reflink"
+    hardlink = "hardlink"
+    symlink = "symlink"
+
+
+@commands.command()
+def init(path: Path = typer.Argument(Path("."), help="Directory to create the store in."),
+         name: Optional[str] = typer.Option(None, "--name", help="Name of the dataset bound to "
+                                            "PATH (default: the directory's name)."),
+         bare: bool = typer.Option(False, "--bare", help="Bind no dataset; add them with "
+                                   "`dsv datasets create NAME --path DIR`."),
+         as_json: bool = JsonOpt) -> None:
+    """Create a store; bind the directory itself as a dataset."""
+    from ..store import Store
+    store = Store.init(path, name=name, bind=not bare)
+    datasets = store.datasets()
+    if as_json:
+        print_json({"store": str(store.dsv_dir), "datasets": [d.to_json() for d in datasets]})
+        return
+    echo(f"Initialized empty dsv store in {store.dsv_dir}")
+    for ds in datasets:
+        echo(f"dataset {ds.name} ({ds.id}) is bound to {store.dataset_root(ds)}")
+
+
+@commands.command()
+def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
+           short: bool = typer.Option(False, "--short", "-s", help="Counts only.")) -> None:
+    """What changed in each dataset's working directory since its current version."""
+    reports = open_store().statuses(dataset)
+    if as_json:
+        print_json([r.to_json() for r in reports])
+        return
+    out = []
+    for r in reports:
+        c = r.changes
+        head = r.head.id if r.head else (f"not checked out; latest {r.dataset.latest}"
+                                         if r.dataset.latest else "no version yet")
+        if c.clean:
+            out.append(f"{r.dataset.name} ({head}): clean")
+            continue
+        out.append(f"{r.dataset.name} ({head}): {len(c.added)} added ({size(c.added_bytes)}), "
+                   f"{len(c.modified)} modified ({size(c.modified_bytes)}), "
+                   f"{len(c.deleted)} deleted ({size(c.deleted_bytes)})")
+        if not short:
+            for label, paths in (("added", c.added), ("modified", c.modified),
+                                 ("deleted", c.deleted)):
+                out.extend(f"  {label:<9} {p}" for p in paths)
+        for p in r.skipped:
+            out.append(f"  skipped   {p} (not a regular file or symlink)")
+    for line in out:
+        echo(line)
+
+
+@commands.command()
+def commit(message: str = typer.Option(..., "-m", "--message", help="What this version is."),
+           dataset: Optional[str] = DatasetOpt,
+           allow_empty: bool = typer.Option(False, "--allow-empty",
+                                            help="Commit even if nothing changed."),
+           as_json: bool = JsonOpt) -> None:
+    """Snapshot a dataset's working directory as a new version (only changed files are hashed)."""
+    store = open_store()
+    v = store.commit(message, dataset, allow_empty=allow_empty)
+    if as_json:
+        print_json(version_json(store, v))
+    else:
+        echo(version_ref(store, v))
+
+
+@commands.command()
+def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."),
+        drafts: bool = typer.Option(False, "--drafts", help="Include drafts."),
+        limit: Optional[int] = typer.Option(None, "-n", help="Show at most N versions."),
+        as_json: bool = JsonOpt) -> None:
+    """History: versions with messages, authors, times, tags and lineage."""
+    store = open_store()
+    versions = store.log(dataset, include_drafts=drafts)[:limit]
+    if as_json:
+        print_json([version_json(store, v) for v in versions])
+        return
+    from rich.text import Text
+    terminal = console()
+    for v in versions:
+        head = [cell(version_ref(store, v), style="bold")]
+        if v.tags:
+            head.append(cell(f" ({', '.join(v.tags)})", style="yellow"))
+        if v.is_draft:
+            head.append(cell(" draft", style="red"))
+        terminal.print(Text.assemble(*head))
+        terminal.print(cell(f"  {when(v.committed or v.created)}  {v.author or ''}  "
+                            f"{v.files} files, {size(v.size)}"))
+        if v.lineage:
+            terminal.print(cell(f"  lineage: {_lineage_line(v.lineage)}"))
+        # Each line of a multi-line message indented, so none can pass for a new entry.
+        for line in (v.message or "").split("\n"):
+            terminal.print(cell(f"  {line}", multiline=True))
+        terminal.print()
+
+
+def _lineage_line(lineage: dict[str, Any]) -> str:
+    inputs = ", ".join(f"{k}={i.get('ref', i)}" for k, i in lineage.get("inputs", {}).items())
+    cmd = " ".join(lineage.get("command", [])) if isinstance(lineage.get("command"), list) \
+        else lineage.get("command", "")
+    return f"inputs {inputs or '-'}; command {cmd or '-'}"
+
+
+@commands.command()
+def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+         as_json: bool = JsonOpt) -> None:
+    """One version's details."""
+    store = open_store()
+    v = store.resolve(ref)
+    print_version(store, v, as_json)
+
+
+@commands.command()
+def diff(ref_a: str = typer.Argument(..., metavar="REF",
+                                     help="The version to compare from: "
+                                          "DATASET[:latest|VERSION|TAG][~N]."),
+         ref_b: Optional[str] = typer.Argument(None, metavar="[REF]",
+                                               help="Default: the working directory."),
+         as_json: bool = JsonOpt) -> None:
+    """What changed between two versions, or a version and the working directory."""
+    store = open_store()
+    changes = store.diff(ref_a, ref_b)
+    if as_json:
+        print_json(changes.to_json())
+        return
+    lines = [f"A {p}" for p in changes.added] + [f"M {p}" for p in changes.modified] + \
+            [f"D {p}" for p in changes.deleted]
+    lines.sort(key=lambda line: line[2:])
+    lines.append(f"{len(changes.added)} added, {len(changes.modified)} modified, "
+                 f"{len(changes.deleted)} deleted")
+    for line in lines:
+        echo(line)
+
+
+@commands.command()
+def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
+        name: Optional[str] = typer.Argument(None, metavar="NAME"),
+        delete: Optional[str] = typer.Option(None, "-d", "--delete", metavar="DATASET:NAME",
+                                             help="Delete a tag."),
+        force: bool = typer.Option(False, "--force", "-f", help="Move an existing tag."),
+        as_json: bool = JsonOpt) -> None:
+    """Name a committed version: `dsv tag REF NAME`; delete with `dsv tag -d DATASET:NAME`."""
+    store = open_store()
+    if delete:
+        vid = store.delete_tag(delete)
+        if as_json:
+            print_json({"deleted": delete, "version": vid})
+        else:
+            echo(f"deleted tag {delete} (was {vid})")
+        return
+    if not ref or not name:
+        raise typer.BadParameter("give REF and NAME, or -d DATASET:NAME")
+    v = store.tag(ref, name, force=force)
+    if as_json:
+        print_json({"tag": name, **version_json(store, v)})
+    else:
+        echo(f"{version_ref(store, v).split(':')[0]}:{name} -> {v.id}")
+
+
+@commands.command()
+def tags(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name "
+                                              "(default: every dataset)."),
+         as_json: bool = JsonOpt) -> None:
+    """List tags (of one dataset, or all)."""
+    store = open_store()
+    rows = store.tags(dataset)
+    if as_json:
+        print_json(rows)
+        return
+    table = new_table("dataset", "tag", "version", "created")
+    for row in rows:
+        add_row(table, row["dataset"], row["tag"], row["version"], when(row["created"]))
+    console().print(table)
+
+
+@commands.command()
+def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+             paths: Optional[list[str]] = typer.Argument(None, help="Only these paths."),
+             to: Optional[Path] = typer.Option(None, "--to", help="Directory to fill "
+                                               "(default: the dataset's working directory)."),
+             force: bool = typer.Option(False, "--force", "-f",
+                                        help="Discard uncommitted changes."),
+             link: LinkMode = typer.Option(LinkMode.auto, "--link", help="auto (reflink, else "
+                                           "copy), copy, reflink, hardlink or symlink (the last "
+                                           "two read-only)."),
+             as_json: bool = JsonOpt) -> None:
+    """Make a directory hold exactly one version: right bytes and modes, nothing extra."""
+    store = open_store()
+    report = store.checkout(ref, to=to, paths=paths or None, force=force, link=link.value)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        echo(f"{version_ref(store, report.version)} -> {report.target}: {report.written} written "
+             f"({size(report.bytes_written)}), {report.removed} removed, "
+             f"{report.unchanged} unchanged")

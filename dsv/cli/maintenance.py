@@ -1,0 +1,112 @@
+"""Commands that keep a store sound: gc, verify (of the store, or of a remote with
+--remote) and index rebuild."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from ..errors import UsageError
+from .options import JsonOpt
+from .output import RichReporter, echo, plural, print_json, size
+from .session import open_store, session
+
+if TYPE_CHECKING:
+    from ..model import RemoteCheckReport, VerifyReport
+
+commands = typer.Typer(add_completion=False)
+index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
+commands.add_typer(index_app, name="index")
+
+
+@commands.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
+       as_json: bool = JsonOpt) -> None:
+    """Remove objects that no version needs."""
+    store = open_store()
+    report = store.gc(dry_run=dry_run)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        verb = "would free" if dry_run else "freed"
+        echo(f"{plural(report.removed_objects, 'object')}, "
+             f"{plural(report.removed_packs, 'pack')} removed ({report.repacked_packs} "
+             f"repacked); {verb} {size(report.freed_bytes)}")
+
+
+@commands.command()
+def verify(repair: bool = typer.Option(False, "--repair",
+                                       help="Re-index packs the index lost; with --remote, "
+                                            "upload good local copies of what the remote "
+                                            "lacks or holds damaged."),
+           remote: Optional[str] = typer.Option(None, "--remote", metavar="REMOTE",
+                                                help="Check this remote instead of the "
+                                                     "local store."),
+           read_data: bool = typer.Option(False, "--read-data",
+                                          help="With --remote: read back and re-hash every "
+                                               "object."),
+           subset: Optional[str] = typer.Option(None, "--read-data-subset", metavar="N%",
+                                                help="With --remote: re-hash a random N% "
+                                                     "of packs and loose objects."),
+           as_json: bool = JsonOpt) -> None:
+    """Re-hash every object and check every version is complete (exit 1 on any problem)."""
+    from ..model import RemoteCheckReport
+    store = open_store()
+    report: VerifyReport | RemoteCheckReport
+    if remote is None:
+        if read_data or subset is not None:
+            raise UsageError("--read-data and --read-data-subset need --remote",
+                             hint="the local check always reads every object")
+        report = store.verify(repair=repair)
+    else:
+        report = store.verify_remote(remote, read_data, subset, repair)
+    if as_json:
+        print_json(report.to_json())
+    elif isinstance(report, RemoteCheckReport):
+        _print_remote_check(report)
+    else:
+        _print_store_check(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_store_check(report: VerifyReport) -> None:
+    for line in report.repaired:
+        echo(f"repaired: {line}")
+    for line in report.problems:
+        echo(f"problem: {line}")
+    echo(f"checked {report.objects_checked} objects ({size(report.bytes_checked)}) and "
+         f"{report.versions_checked} versions: "
+         f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+
+
+def _print_remote_check(report: RemoteCheckReport) -> None:
+    for line in report.found:
+        echo(f"found: {line}")
+    for line in report.repaired:
+        echo(f"repaired: {line}")
+    for line in report.warnings:
+        echo(f"warning: {line}")
+    for line in report.problems:
+        echo(f"problem: {line}")
+    read = (f", read {report.objects_read} objects ({size(report.bytes_read)})"
+            if report.objects_read else "")
+    echo(f"checked {report.remote}: {report.packs} packs, {report.loose} loose objects, "
+         f"{report.refs} refs, {report.versions_checked} versions{read}: "
+         f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+
+
+@index_app.command("rebuild")
+def index_rebuild(as_json: bool = JsonOpt) -> None:
+    """Recreate .dsv/index.db from the packs and version records (the old one is kept)."""
+    from ..store import Store
+    report = Store.rebuild_index(session.store or ".", reporter=RichReporter(),
+                                 exact=bool(session.store))
+    if as_json:
+        print_json(report.to_json())
+        return
+    for line in report.skipped:
+        echo(f"skipped: {line}")
+    echo(f"rebuilt the index from {report.packs} packs: {report.versions} versions "
+         f"of {report.datasets} datasets (drafts are not recoverable)")

@@ -1,0 +1,197 @@
+"""How the CLI shows things: human lines and tables on stdout, `--json`, progress on stderr.
+
+Owns `safe`, the one way text that dsv did not write itself (messages, names, paths, text
+from remotes, error messages quoting any of these) reaches a terminal: control characters
+become escapes, and rich gets such text as `Text`, never as markup. Imports rich only when
+something is drawn with it, so commands that print plain lines never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..reporting import Advance, Reporter
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..model import Version
+    from ..store import Store
+
+# Control characters (C0 but newline and tab in multi-line fields, DEL, C1: so every escape
+# sequence loses its ESC), bidi overrides, and surrogates (bytes that were not UTF-8).
+# Patterns, not compiled ones: most runs print only printable text and never need them.
+_UNSAFE_MULTILINE = ("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_UNSAFE_LINE = "[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def safe(value: object, multiline: bool = False) -> str:
+    r"""`value` as text a terminal shows as it is: control characters, bidi overrides and
+    bytes that were not UTF-8 become Python-style escapes (`\x1b`). The one way human
+    output shows text dsv did not write itself; newlines and tabs survive only in fields
+    that are multi-line."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return re.sub(_UNSAFE_MULTILINE if multiline else _UNSAFE_LINE, _escape_char, text)
+
+
+def echo(line: str = "", err: bool = False) -> None:
+    """One line of human output (stdout, or stderr for warnings), made safe."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(safe(line) + "\n")
+    if err:
+        stream.flush()
+
+
+def print_json(data: object) -> None:
+    """`data` as indented JSON on stdout (what `--json` prints)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def when(ts: float | None) -> str:
+    """A time as `YYYY-MM-DD HH:MM` (local time), or `-` for none."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def size(n: int) -> str:
+    """A size in bytes for people: `512 B`, `1.5 MiB`."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 object`, `2 objects` (`words` where adding an s is wrong)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+# ---- rich: tables and styled lines ---------------------------------------------------------
+
+def console(stderr: bool = False) -> Console:
+    """A rich console that highlights nothing of its own and never cuts lines."""
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def cell(value: object, multiline: bool = False, style: str = "") -> Text:
+    """Text for rich, made safe and never read as markup (`[bold]` in a name stays)."""
+    from rich.text import Text
+    return Text(safe(value, multiline), style=style)
+
+
+def new_table(*columns: str) -> Table:
+    """A borderless table with these column headings."""
+    from rich.table import Table
+    out = Table(box=None, pad_edge=False, header_style="bold")
+    for col in columns:
+        out.add_column(col)
+    return out
+
+
+def add_row(into: Table, *cells: object) -> None:
+    """A row of `cells`, each made safe unless it is already `Text` (from `cell`)."""
+    from rich.text import Text
+    into.add_row(*(c if isinstance(c, Text) else cell(c) for c in cells))
+
+
+# ---- versions ------------------------------------------------------------------------------
+
+def version_ref(store: Store, version: Version) -> str:
+    """`NAME:VERSION`, the way users type a version."""
+    ds = store.dataset_by_id(version.dataset)
+    return f"{ds.name if ds else version.dataset}:{version.id}"
+
+
+def version_json(store: Store, v: Version) -> dict[str, Any]:
+    """A version as `--json` shows it: its record's fields and its `ref`."""
+    data = v.to_json()
+    data["ref"] = version_ref(store, v)
+    return data
+
+
+def print_version(store: Store, v: Version, as_json: bool) -> None:
+    """One version's details: `dsv show`, `dsv versions details` and `update`."""
+    if as_json:
+        print_json(version_json(store, v))
+        return
+    fields = new_table("field", "value")
+    fields.show_header = False
+    for key, value in (("ref", version_ref(store, v)), ("state", v.state),
+                       ("message", v.message), ("author", v.author), ("created", when(v.created)),
+                       ("committed", when(v.committed)), ("parents", ", ".join(v.parents) or "-"),
+                       ("tags", ", ".join(v.tags) or "-"), ("files", str(v.files)),
+                       ("size", size(v.size)), ("tree", v.tree), ("record", v.record or "-")):
+        add_row(fields, key, cell(value if value is not None else "-",
+                                  multiline=key == "message"))
+    if v.lineage:
+        add_row(fields, "lineage", cell(json.dumps(v.lineage, indent=2), multiline=True))
+    console().print(fields)
+
+
+# ---- progress ------------------------------------------------------------------------------
+
+class RichReporter(Reporter):
+    """Progress bars on stderr, only when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+
+    def notice(self, message: str) -> None:
+        """A line on stderr."""
+        echo(message, err=True)
+
+    @contextmanager
+    def task(self, label: str, total_items: int | None = None,
+             total_bytes: int | None = None) -> Iterator[Advance]:
+        """A progress bar for the task, drawn only on a terminal and for a known total."""
+        if not self.interactive or not total_items:
+            yield lambda items, nbytes: None
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        if total_bytes:
+            columns.append(TextColumn("{task.fields[done]}/" + size(total_bytes)))
+        progress = Progress(*columns, TimeRemainingColumn(), console=console(stderr=True),
+                            transient=True)
+        lock = threading.Lock()
+        pending = [0, 0]
+        done = [0]
+        step = max(1, total_items // 200)  # ~200 redraws at most: the bar must not cost time
+
+        with progress:
+            task_id = progress.add_task(label, total=total_items, done=size(0))
+
+            def advance(items: int, nbytes: int) -> None:
+                with lock:
+                    pending[0] += items
+                    pending[1] += nbytes
+                    if pending[0] >= step:
+                        done[0] += pending[1]
+                        progress.update(task_id, advance=pending[0], done=size(done[0]))
+                        pending[0] = pending[1] = 0
+
+            yield advance
