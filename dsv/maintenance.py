@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from . import jobs, refs, tree
+from . import inputs, refs, tree
 from .core import Core, find_store
 from .errors import DsvError
 from .faults import crashpoint
@@ -94,7 +94,7 @@ def gc(core: Core, dry_run: bool = False) -> GcReport:
                 if not dry_run:
                     core.objects.delete_loose(oid)
         if not dry_run:
-            jobs.remove_unused_inputs(core)
+            inputs.remove_unused_inputs(core)
             core.index.checkpoint()
     return report
 

@@ -19,7 +19,7 @@ import pytest
 
 import dsv as dsv_api
 from conftest import read_tree, write_tree
-from dsv import jobs
+from dsv import inputs, jobs
 from dsv.errors import UnsafePath
 
 FILES = {"big.bin": os.urandom(3 << 20),       # large: a hard link to a shared copy
@@ -75,7 +75,7 @@ def project(tmp_path: Path):
 
 
 def build_tree(p: Project) -> None:
-    with dsv_api.open(p.ws) as store, jobs.input_tree(store, store.resolve(f"mnist:{p.version}")):
+    with dsv_api.open(p.ws) as store, inputs.input_tree(store.core, store.resolve(f"mnist:{p.version}")):
         pass
 
 
@@ -133,16 +133,16 @@ def test_a_tampered_tree_is_rebuilt_before_use_and_an_intact_one_is_reused_unhas
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     with dsv_api.open(project.ws) as store:
         v = store.resolve(f"mnist:{project.version}")
-        with jobs.input_tree(store, v) as first:
+        with inputs.input_tree(store.core, v) as first:
             inodes = {rel: os.lstat(first.path / rel).st_ino for rel in FILES}
         # An intact tree costs a stat per file: no hash, no rebuild.
-        monkeypatch.setattr(jobs, "_hash_at", _forbidden)
+        monkeypatch.setattr(inputs, "_hash_at", _forbidden)
         monkeypatch.setattr(store.objects, "link_source", _forbidden)
-        with jobs.input_tree(store, v) as again:
+        with inputs.input_tree(store.core, v) as again:
             assert {rel: os.lstat(again.path / rel).st_ino for rel in FILES} == inodes
         monkeypatch.undo()
         flip_byte_keeping_stat(project.tree / "labels.csv")
-        with jobs.input_tree(store, v) as rebuilt:
+        with inputs.input_tree(store.core, v) as rebuilt:
             assert read_tree(rebuilt.path) == FILES
 
 
@@ -177,19 +177,19 @@ def test_a_shared_copy_that_only_gained_a_link_is_rehashed_not_rebuilt(
         # moves that inode's ctime, though nothing was written.
         (project.ws / "data" / "labels.csv").write_text("4,5,6\n")
         other = store.commit("relabelled", "mnist")
-        with jobs.input_tree(store, other):
+        with inputs.input_tree(store.core, other):
             pass
         assert os.lstat(project.tree / "big.bin").st_ctime_ns != ctime
         hashed: list[str] = []
-        real_hash_at = jobs._hash_at
-        monkeypatch.setattr(jobs, "_hash_at",
+        real_hash_at = inputs._hash_at
+        monkeypatch.setattr(inputs, "_hash_at",
                             lambda fd, rel: hashed.append(rel) or real_hash_at(fd, rel))
         monkeypatch.setattr(store.objects, "link_source", _forbidden)  # no rebuild
-        with jobs.input_tree(store, v) as again:
+        with inputs.input_tree(store.core, v) as again:
             assert read_tree(again.path) == FILES
         assert hashed == ["big.bin"] and os.lstat(project.tree / "big.bin").st_ino == big_ino
         hashed.clear()
-        with jobs.input_tree(store, v):  # re-stamped: the next reuse hashes nothing
+        with inputs.input_tree(store.core, v):  # re-stamped: the next reuse hashes nothing
             pass
         assert hashed == []
 
@@ -320,15 +320,15 @@ def test_a_fifo_planted_in_the_tree_is_removed_not_opened(project: Project) -> N
 
 def test_trees_deeper_than_the_open_descriptor_budget_are_checked_and_removed(
         project: Project) -> None:
-    deep = "/".join(["d"] * (jobs._OPEN_DIRS + 20)) + "/leaf.txt"
+    deep = "/".join(["d"] * (inputs._OPEN_DIRS + 20)) + "/leaf.txt"
     data = project.ws / "deepdata"
     write_tree(data, {deep: b"leaf\n", "top.txt": b"top\n"})
     with dsv_api.open(project.ws) as store:
         v = store.create_version_from_path("model", data, "deep")
-        with jobs.input_tree(store, v) as tree:
+        with inputs.input_tree(store.core, v) as tree:
             leaf = tree.path / deep
         flip_byte_keeping_stat(leaf)
-        with jobs.input_tree(store, v) as tree:
+        with inputs.input_tree(store.core, v) as tree:
             assert read_tree(tree.path) == {deep: b"leaf\n", "top.txt": b"top\n"}
     with dsv_api.open(project.ws) as store:
         store.delete_version(f"model:{v.id}", force=True)
@@ -344,18 +344,18 @@ def test_a_versions_own_links_are_kept_and_a_replaced_link_is_caught(
     os.symlink("a.txt", data / "current")
     with dsv_api.open(project.ws) as store:
         v = store.create_version_from_path("model", data, "with a link")
-        with jobs.input_tree(store, v) as tree:
+        with inputs.input_tree(store.core, v) as tree:
             link = tree.path / "current"
             assert os.readlink(link) == "a.txt"
         monkeypatch.setattr(store.objects, "link_source", _forbidden)
-        monkeypatch.setattr(jobs, "_hash_at", _forbidden)
-        with jobs.input_tree(store, v):  # reused as it is
+        monkeypatch.setattr(inputs, "_hash_at", _forbidden)
+        with inputs.input_tree(store.core, v):  # reused as it is
             pass
         monkeypatch.undo()
         os.chmod(link.parent, 0o755)
         link.unlink()
         os.symlink("b.txt", link)  # same length, same name: a new link
-        with jobs.input_tree(store, v):
+        with inputs.input_tree(store.core, v):
             assert os.readlink(link) == "a.txt"
 
 
@@ -367,7 +367,7 @@ def test_the_mount_refuses_a_source_that_is_not_the_checked_directory(tmp_path: 
     marker = tmp_path / "ran"
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                            jobs._MOUNT_SCRIPT, "sh", str(src), str(dst),
-                           jobs._identity(os.stat(other)), "--", "touch", str(marker)],
+                           inputs.identity(os.stat(other)), "--", "touch", str(marker)],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 125 and not marker.exists()
     assert done.stderr == (f"error: {src} was replaced while it was being mounted; "
