@@ -44,7 +44,7 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     files, skipped = worktree.scan(root, core.excluded(ds))
     head = core.head(ds)
     if head is not None and ds.cache_tree == head.tree and \
-            worktree.all_trusted(files, core.index.stat_keys(ds.id)):
+            worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
         # The cache vouches for every file and describes the head tree exactly:
         # no tree to read, nothing to hash.
         return StatusReport(ds, head, Changes(), skipped)

@@ -88,7 +88,7 @@ def _relative(obj: s3.S3Object, base: str) -> str:
                          hint="nothing was imported") from None
 
 
-def import_s3(store: Core, url: str, name: str | None = None, etag: str | None = None,
+def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = None,
               version_id: str | None = None, endpoint_url: str | None = None,
               profile: str | None = None, no_sign_request: bool = False,
               message: str | None = None) -> Version:
@@ -101,15 +101,15 @@ def import_s3(store: Core, url: str, name: str | None = None, etag: str | None =
     if len(set(paths.values())) != len(paths):
         raise InvalidInput("two S3 keys map to one path")
     name = name or default_name(url)
-    done = store.index.imported(_source_key(bucket, o) for o in objects)
+    done = core.index.imported(_source_key(bucket, o) for o in objects)
     todo = [o for o in objects if _source_key(bucket, o) not in done
-            or not _still_stored(store, *done[_source_key(bucket, o)])]
+            or not _still_stored(core, *done[_source_key(bucket, o)])]
     total = sum(o.size for o in todo)
-    with store.reporter.task("downloading", len(todo), total) as advance:
+    with core.reporter.task("downloading", len(todo), total) as advance:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             for batch in _batches(todo):
-                _download_batch(store, client, bucket, batch, pool, advance)
-    done = store.index.imported(_source_key(bucket, o) for o in objects)
+                _download_batch(core, client, bucket, batch, pool, advance)
+    done = core.index.imported(_source_key(bucket, o) for o in objects)
     manifest = {}
     record_files = {}
     for obj in objects:
@@ -121,14 +121,14 @@ def import_s3(store: Core, url: str, name: str | None = None, etag: str | None =
     lineage = {"import": {"source": url, "bucket": bucket, "prefix": base,
                           "single_object": len(objects) == 1 and (key == objects[0].key),
                           "endpoint_url": endpoint_url, "files": record_files}}
-    return versions.commit_manifest(store, name, manifest, message or f"import {url}", lineage,
+    return versions.commit_manifest(core, name, manifest, message or f"import {url}", lineage,
                                  create_dataset=True)
 
 
-def _still_stored(store: Core, oid: str, size: int) -> bool:
+def _still_stored(core: Core, oid: str, size: int) -> bool:
     if size >= PACK_THRESHOLD:
-        return store.objects.has_loose(oid)
-    return store.index.locate(oid) is not None
+        return core.objects.has_loose(oid)
+    return core.index.locate(oid) is not None
 
 
 def _batches(objects: list[s3.S3Object]) -> list[list[s3.S3Object]]:
@@ -143,7 +143,7 @@ def _batches(objects: list[s3.S3Object]) -> list[list[s3.S3Object]]:
     return [b for b in batches if b]
 
 
-def _download_batch(store: Core, client: s3.S3Client, bucket: str, batch: list[s3.S3Object],
+def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3.S3Object],
                     pool: ThreadPoolExecutor, advance: Advance) -> None:
     """Download a batch in parallel, store it, and record it in one transaction, so an
     interrupted import keeps every finished batch."""
@@ -167,7 +167,7 @@ def _download_batch(store: Core, client: s3.S3Client, bucket: str, batch: list[s
         return obj, None, oid, size
 
     rows: list[tuple[str, str, int]] = []
-    with Ingest(store.objects) as ingest:
+    with Ingest(core.objects) as ingest:
         for obj, data, oid, size in pool.map(fetch, batch):
             if data is not None:
                 oid = hash_bytes(data)
@@ -177,8 +177,8 @@ def _download_batch(store: Core, client: s3.S3Client, bucket: str, batch: list[s
             advance(1, size)
         # Staged objects are this process's until published: gc cannot take them.
         crashpoint("import:objects-staged")
-        with store.locked("import"):
-            store.commit_objects(ingest, lambda: store.index.add_imported(rows))
+        with core.locked("import"):
+            core.commit_objects(ingest, lambda: core.index.add_imported(rows))
     crashpoint("import:batch-recorded")
 
 
@@ -191,10 +191,10 @@ def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:
                              hint="the server sent corrupted data; run the import again")
 
 
-def check_import(store: Core, ref: str, endpoint_url: str | None = None,
+def check_import(core: Core, ref: str, endpoint_url: str | None = None,
                  profile: str | None = None, no_sign_request: bool = False) -> ImportCheckReport:
     """Re-read the source's metadata: is it still exactly what `ref` imported?"""
-    version = store.resolve(ref)
+    version = core.resolve(ref)
     source = (version.lineage or {}).get("import")
     if not source:
         raise InvalidInput(f"{ref} was not made by `dsv import`")

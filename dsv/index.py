@@ -430,9 +430,13 @@ class Index:
 
     def stat_keys(self, ds_id: str) -> dict[str, tuple[int, int, int, int, int]]:
         """The cache without object ids: path → (size, mtime_ns, inode, mode, cached_ns)."""
-        rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, cached_ns "
-                                 "FROM statcache WHERE dataset=?", (ds_id,))
-        return {r[0]: r[1:] for r in rows}
+        return {r[0]: r[1:] for r in self.iter_stat_keys(ds_id)}
+
+    def iter_stat_keys(self, ds_id: str) -> Iterator[tuple[str, int, int, int, int, int]]:
+        """The cache's rows without object ids, as they are read: (path, size, mtime_ns,
+        inode, mode, cached_ns)."""
+        return iter(self.conn.execute("SELECT path, size, mtime_ns, ino, mode, cached_ns "
+                                      "FROM statcache WHERE dataset=?", (ds_id,)))
 
     def put_stat_rows(self, ds_id: str, rows: Iterable[tuple[str, StatRow]]) -> None:
         """Remember hashed files (a cache: on an index that cannot be written, skipped, so

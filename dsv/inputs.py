@@ -69,7 +69,7 @@ class InputTree:
         """`device:inode` of the tree's directory, as `stat -c %d:%i` prints it."""
         return identity(os.fstat(self.fd))
 
-    def changed_paths(self, store: Core) -> list[str]:
+    def changed_paths(self, core: Core) -> list[str]:
         """Paths done anything to since the check. A file whose only change is its ctime
         (a shared copy gained or lost a hard link) is re-hashed and passes if intact."""
         try:
@@ -83,7 +83,7 @@ class InputTree:
         manifest: Manifest | None = None
         for rel in sorted(suspects):
             if _same_but_ctime(files[rel], self.records[rel]):
-                manifest = manifest if manifest is not None else store.manifest(self.version)
+                manifest = manifest if manifest is not None else core.manifest(self.version)
                 entry = manifest.get(rel)
                 hashed = _hash_at(self.fd, rel)
                 if entry is not None and hashed is not None and hashed[0] == entry.oid:
@@ -104,7 +104,7 @@ class InputTree:
         self.close()
 
 
-def input_tree(store: Core, version: Version) -> InputTree:
+def input_tree(core: Core, version: Version) -> InputTree:
     """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
 
     Made once per version (large files hard links to verified shared copies, small ones
@@ -115,22 +115,22 @@ def input_tree(store: Core, version: Version) -> InputTree:
     (a changed byte, a planted link or file, a missing file, an unreadable stamp) makes
     the tree be rebuilt, never bound. The caller closes the returned tree.
     """
-    with store.locked("run: placing inputs"):
-        base, base_fd = _open_inputs_dir(store)
+    with core.locked("run: placing inputs"):
+        base, base_fd = _open_inputs_dir(core)
         try:
-            found = _reuse(store, version, base_fd)
+            found = _reuse(core, version, base_fd)
             if found is None:
-                found = _build(store, version, base, base_fd)
+                found = _build(core, version, base, base_fd)
         finally:
             os.close(base_fd)
     fd, records = found
     return InputTree(version, base / version.id, fd, records)
 
 
-def remove_unused_inputs(store: Core) -> int:
+def remove_unused_inputs(core: Core) -> int:
     """Drop input trees (and stamps) of versions that no longer exist, and half-built or
     discarded trees."""
-    base = store.dsv_dir / INPUTS_DIR
+    base = core.dsv_dir / INPUTS_DIR
     try:
         base_fd = os.open(base, _DIR_FLAGS)
     except OSError:
@@ -140,7 +140,7 @@ def remove_unused_inputs(store: Core) -> int:
         for name in os.listdir(base_fd):
             vid = name[: -len(STAMP_SUFFIX)] if name.endswith(STAMP_SUFFIX) else name
             vid, _, building = vid.partition(_BUILDING)
-            if building or store.index.version(vid) is None:
+            if building or core.index.version(vid) is None:
                 _remove_quietly(base_fd, name)
                 removed += 1
     finally:
@@ -148,9 +148,9 @@ def remove_unused_inputs(store: Core) -> int:
     return removed
 
 
-def _open_inputs_dir(store: Core) -> tuple[Path, int]:
+def _open_inputs_dir(core: Core) -> tuple[Path, int]:
     """`.dsv/inputs/` and a descriptor of it; a link or file in its place is removed."""
-    base = store.dsv_dir / INPUTS_DIR
+    base = core.dsv_dir / INPUTS_DIR
     for _ in range(3):
         try:
             return base, os.open(base, _DIR_FLAGS)
@@ -166,7 +166,7 @@ def _open_inputs_dir(store: Core) -> tuple[Path, int]:
     return base, os.open(base, _DIR_FLAGS)
 
 
-def _reuse(store: Core, version: Version, base_fd: int) -> tuple[int, dict[str, Record]] | None:
+def _reuse(core: Core, version: Version, base_fd: int) -> tuple[int, dict[str, Record]] | None:
     """The existing tree's descriptor and records, if its stamp vouches for all of it."""
     try:
         fd = os.open(version.id, _DIR_FLAGS, dir_fd=base_fd)
@@ -185,7 +185,7 @@ def _reuse(store: Core, version: Version, base_fd: int) -> tuple[int, dict[str, 
         suspects = [p for p, rec in files.items()
                     if rec != expected[p] or rec[3] >= trusted_before]
         if suspects:
-            files = _rehash(store, version, base_fd, fd, files, expected, suspects)
+            files = _rehash(core, version, base_fd, fd, files, expected, suspects)
         return fd, files
     except (_Changed, OSError):
         os.close(fd)
@@ -195,14 +195,14 @@ def _reuse(store: Core, version: Version, base_fd: int) -> tuple[int, dict[str, 
         raise
 
 
-def _rehash(store: Core, version: Version, base_fd: int, tree_fd: int,
+def _rehash(core: Core, version: Version, base_fd: int, tree_fd: int,
             files: dict[str, Record], expected: dict[str, Record],
             suspects: list[str]) -> dict[str, Record]:
     """Re-verify files whose ctime alone moved (a shared copy's link count changes when
     any other tree or checkout links it); raises _Changed for anything else."""
     if not all(_same_but_ctime(files[p], expected[p]) for p in suspects):
         raise _Changed
-    manifest = store.manifest(version)
+    manifest = core.manifest(version)
     if any(files[p][3] >= time.time_ns() - RACY_NS for p in suspects):
         time.sleep(RACY_NS / 1e9)  # changed within one timestamp tick: wait it out
     # A file whose ctime is older than this and unchanged across the hash held the hashed
@@ -218,11 +218,11 @@ def _rehash(store: Core, version: Version, base_fd: int, tree_fd: int,
     return files
 
 
-def _build(store: Core, version: Version, base: Path,
+def _build(core: Core, version: Version, base: Path,
            base_fd: int) -> tuple[int, dict[str, Record]]:
     """Make the tree afresh in `<version>.building-…`, seal it read-only, move it in
     place, and stamp it once every ctime it caused is at least one tick old."""
-    manifest = store.manifest(version)
+    manifest = core.manifest(version)
     items = list(manifest.items())
     wanted_dirs = _parents(manifest)
     stamp = version.id + STAMP_SUFFIX
@@ -234,7 +234,7 @@ def _build(store: Core, version: Version, base: Path,
         fd = os.open(building, _DIR_FLAGS, dir_fd=base_fd)
         try:
             # /proc/self/fd/N is the directory just made, whatever is renamed meanwhile.
-            worktree.Materializer(store.objects, Path(_fd_path(fd, base / building)),
+            worktree.Materializer(core.objects, Path(_fd_path(fd, base / building)),
                                   "hardlink", stat_rows=False).place(items)
             _seal(fd)
         except BaseException:

@@ -105,7 +105,7 @@ def can_mount_read_only() -> bool:
         return done.returncode == 0 and not (src / "x").exists()
 
 
-def check_mount_root(store: Core, mount_root: str | os.PathLike[str],
+def check_mount_root(core: Core, mount_root: str | os.PathLike[str],
                      fresh: bool = False) -> Path:
     """`mount_root` with symlinks resolved, refused (before anything is created) when it
     lies inside a store or holds this workspace's store: outputs must never land among
@@ -116,7 +116,7 @@ def check_mount_root(store: Core, mount_root: str | os.PathLike[str],
         resolved = Path(given).resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop on the way
         raise InvalidInput(f"--mount-root {given} cannot be resolved: {exc}") from None
-    stores = {store.dsv_dir, store.dsv_dir.resolve()}
+    stores = {core.dsv_dir, core.dsv_dir.resolve()}
     lexical = Path(os.path.abspath(given)).parts
     if any(is_reserved(part) for part in (*lexical, *resolved.parts)) or \
             any(resolved.is_relative_to(s) for s in stores):
@@ -125,7 +125,7 @@ def check_mount_root(store: Core, mount_root: str | os.PathLike[str],
                                           "--mount-root out for a new temporary one")
     if not fresh and any(s.is_relative_to(resolved) for s in stores):
         raise UnsafePath(f"--mount-root {given} contains this workspace's store "
-                         f"{store.dsv_dir}", hint="choose a directory that is not an ancestor "
+                         f"{core.dsv_dir}", hint="choose a directory that is not an ancestor "
                                                   "of the workspace, e.g. an empty "
                                                   "subdirectory of it")
     return resolved
@@ -148,7 +148,7 @@ def _binding_dir(root: Path, name: str) -> Path:
     return path
 
 
-def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
+def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
         mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
         mount: bool | None = None) -> JobResult:
     """Run `command` with `inputs` (NAME → REF) read-only and `outputs` (NAME → DATASET)
@@ -156,16 +156,16 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
     if not command:
         raise InvalidInput("no command to run", hint="put it after `--`: dsv run … -- CMD ARGS")
     if mount_root is not None:
-        chosen: Path | None = check_mount_root(store, mount_root)
+        chosen: Path | None = check_mount_root(core, mount_root)
     else:
         chosen = None
-        check_mount_root(store, tempfile.gettempdir(), fresh=True)  # TMPDIR in a store?
-    in_versions = {name: store.resolve(ref) for name, ref in inputs.items()}
+        check_mount_root(core, tempfile.gettempdir(), fresh=True)  # TMPDIR in a store?
+    in_versions = {name: core.resolve(ref) for name, ref in inputs.items()}
     for name, v in in_versions.items():
         if v.is_draft:
             raise InvalidInput(f"input {name} is draft {v.id}; inputs must be committed "
                                "versions, so lineage names something that cannot change")
-    out_datasets = {name: store.dataset(key) for name, key in outputs.items()}
+    out_datasets = {name: core.dataset(key) for name, key in outputs.items()}
     if chosen is not None:
         for name in (*in_versions, *out_datasets):
             _binding_dir(chosen, name)
@@ -176,18 +176,18 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
     binds: list[str] = []
     trees: dict[str, InputTree] = {}
     try:
-        with store.locked("run: placing inputs"):
+        with core.locked("run: placing inputs"):
             for name, v in in_versions.items():
                 target = _binding_dir(root, name)
                 target.mkdir(parents=True, exist_ok=True)
                 if mounted:
                     # The read-only bind is what keeps the job out; what is bound is the
                     # version's input tree, made once and reused by every later run.
-                    tree = trees[name] = input_tree(store, v)
+                    tree = trees[name] = input_tree(core, v)
                     binds += [str(tree.path), str(target), tree.identity]
                 else:
-                    worktree.Materializer(store.objects, target, "auto",
-                                          stat_rows=False).place(list(store.manifest(v).items()))
+                    worktree.Materializer(core.objects, target, "auto",
+                                          stat_rows=False).place(list(core.manifest(v).items()))
                 env[env_name("INPUT", name)] = str(target)
         for name in out_datasets:
             _binding_dir(root, name).mkdir(parents=True, exist_ok=True)
@@ -200,12 +200,12 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
         # The trees were checked before the job; anything done to them since (by anyone:
         # the job itself can reach `.dsv/inputs/` by its path) may have been read.
         changed = {name: paths for name, tree in trees.items()
-                   if (paths := tree.changed_paths(store))}
+                   if (paths := tree.changed_paths(core))}
         result = JobResult(command=list(command), exit_status=status, started=started,
                            duration=duration, mounted=mounted, mount_root=root)
         lineage: dict[str, Any] = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
-                              "ref": f"{_name(store, v.dataset)}:{v.id}"}
+                              "ref": f"{_name(core, v.dataset)}:{v.id}"}
                        for name, v in in_versions.items()},
             "outputs": {name: ds.id for name, ds in out_datasets.items()},
             "command": list(command), "exit_status": status,
@@ -215,9 +215,9 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
         text = message or f"dsv run: {' '.join(command)}"[:200]
         for name, ds in out_datasets.items():
             result.outputs[name] = versions.create_version_from_path(
-                store, ds.id, root / name, text, lineage=lineage,
+                core, ds.id, root / name, text, lineage=lineage,
                 commit=status == 0 and not changed)
-        kept = ", ".join(f"{_name(store, v.dataset)}:{v.id}" for v in result.outputs.values())
+        kept = ", ".join(f"{_name(core, v.dataset)}:{v.id}" for v in result.outputs.values())
         if changed:
             name, paths = next(iter(changed.items()))
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3
@@ -244,8 +244,8 @@ def run(store: Core, inputs: dict[str, str], outputs: dict[str, str], command: l
 
 # ---- running -------------------------------------------------------------------------
 
-def _name(store: Core, ds_id: str) -> str:
-    ds = store.index.dataset_by("id", ds_id)
+def _name(core: Core, ds_id: str) -> str:
+    ds = core.index.dataset_by("id", ds_id)
     return ds.name if ds else ds_id
 
 

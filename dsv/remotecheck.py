@@ -43,21 +43,21 @@ def parse_subset(text: str | None) -> float | None:
     return value
 
 
-def check_remote(store: Core, remote: Remote, read_data: bool = False,
+def check_remote(core: Core, remote: Remote, read_data: bool = False,
                  subset: float | None = None, repair: bool = False) -> RemoteCheckReport:
     """Check `remote`; with `repair`, fix what good local copies can fix, then check again
     (the report's `problems` are what remains, `found` what the first pass saw)."""
-    report = _check(store, remote, read_data, subset, repair)
+    report = _check(core, remote, read_data, subset, repair)
     if not repair or not report.repaired:
         if repair:
             report.found = list(report.problems)
         return report
-    again = _check(store, remote, read_data, subset, False)
+    again = _check(core, remote, read_data, subset, False)
     again.found, again.repaired = report.problems, report.repaired
     return again
 
 
-def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
+def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
            repair: bool) -> RemoteCheckReport:
     report = RemoteCheckReport(remote.name)
     remote.connect()
@@ -113,26 +113,26 @@ def _check(store: Core, remote: Remote, read_data: bool, subset: float | None,
     # 2. data: every object (or a random subset of packs and loose files) re-hashed.
     damaged: dict[str, str] = {}   # oid → where it is damaged (a pack id, or "loose")
     if read_data or subset is not None:
-        _read_data(store, remote, entries_of, bad_packs, loose, subset, report, damaged)
+        _read_data(core, remote, entries_of, bad_packs, loose, subset, report, damaged)
 
     # 3. refs → records → trees → blobs, all on the remote.
     needed: dict[str, tuple[int, int]] = {}    # oid → (kind, size or -1)
-    _walk_refs(store, remote, where, report, needed, damaged)
+    _walk_refs(core, remote, where, report, needed, damaged)
     bad_packs |= {where_ for where_ in damaged.values() if where_ != "loose"}
     missing = [oid for oid in needed if oid not in where and oid not in loose]
     for oid in missing:
         report.problems.append(f"object {oid[:12]} ({_KIND[needed[oid][0]]}) is needed by a "
                                f"version but not on the remote")
     if repair:
-        _repair(store, remote, report, missing, damaged, needed, entries_of, bad_packs)
-    store.index.checkpoint()
+        _repair(core, remote, report, missing, damaged, needed, entries_of, bad_packs)
+    core.index.checkpoint()
     return report
 
 
 _KIND = {KIND_BLOB: "file", KIND_TREE: "tree", KIND_VERSION: "version record"}
 
 
-def _read_data(store: Core, remote: Remote, entries_of: dict[str, list[PackEntry]],
+def _read_data(core: Core, remote: Remote, entries_of: dict[str, list[PackEntry]],
                bad_packs: set[str], loose: dict[str, int], subset: float | None,
                report: RemoteCheckReport, damaged: dict[str, str]) -> None:
     packs = sorted(p for p in entries_of if p not in bad_packs)
@@ -142,7 +142,7 @@ def _read_data(store: Core, remote: Remote, entries_of: dict[str, list[PackEntry
         packs = [p for p in packs if rng.random() < subset] or packs[:1]
         files = [o for o in files if rng.random() < subset] or files[:1]
     total = len(packs) + len(files)
-    with store.reporter.task("reading remote data", total) as advance:
+    with core.reporter.task("reading remote data", total) as advance:
         for pack_id in packs:
             entries = entries_of[pack_id]
             size = (max((e.offset + e.length for e in entries), default=8)
@@ -185,7 +185,7 @@ def _read_data(store: Core, remote: Remote, entries_of: dict[str, list[PackEntry
             advance(1, got)
 
 
-def _walk_refs(store: Core, remote: Remote, where: dict[str, tuple[str, int, int, int]],
+def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int, int]],
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
                damaged: dict[str, str]) -> None:
     """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
@@ -287,17 +287,17 @@ def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oi
 
 def _local_copy(remote: Remote, oid: str) -> bytes | None:
     try:
-        return remote.store.objects.read(oid)
+        return remote.core.objects.read(oid)
     except DsvError:
         return None
 
 
-def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
+def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
             entries_of: dict[str, list[PackEntry]], bad_packs: set[str]) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop
     damaged packs whose every object is safe again."""
-    objects = store.objects
+    objects = core.objects
     todo = set(missing) | set(damaged)
     for pack_id in bad_packs:
         todo.update(e.oid for e in entries_of.get(pack_id, []))
@@ -330,7 +330,7 @@ def _repair(store: Core, remote: Remote, report: RemoteCheckReport, missing: lis
         sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
         fixed.update(oid for oid, _k, _d in small)
         report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
-    record_sent(store, remote, sent)
+    record_sent(core, remote, sent)
     for pack_id in sorted(bad_packs - uploaded):
         # (A pack rebuilt from the same objects in the same order has the same id: the
         # upload has already replaced the damaged bytes, so it stays.)

@@ -74,8 +74,8 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
             continue
         with entries:
             listing = list(entries)
-        if rel_dir and any(is_reserved(e.name) and e.is_dir(follow_symlinks=False)
-                           for e in listing):
+        if rel_dir and any(e.name[0] == "." and is_reserved(e.name) and
+                           e.is_dir(follow_symlinks=False) for e in listing):
             if stores is not None:
                 stores.append(rel_dir)
             continue  # another store's workspace, as git leaves out a nested repository
@@ -112,22 +112,24 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
 
 
 def all_trusted(files: dict[str, FileStat],
-                keys: dict[str, tuple[int, int, int, int, int]]) -> bool:
+                rows: Iterable[tuple[str, int, int, int, int, int]]) -> bool:
     """Whether the stat cache vouches for every scanned file and holds no other path.
 
     A row vouches for a file when size, mtime, inode and mode match and the file was not
     modified so close to the moment it was cached that a later write could share its
-    mtime (git's "racily clean" entries: those are hashed again). `keys` rows are
-    (size, mtime_ns, inode, mode, cached_ns).
+    mtime (git's "racily clean" entries: those are hashed again). `rows` are (path, size,
+    mtime_ns, inode, mode, cached_ns), read as they come: no dictionary of 20,000 rows is
+    built only to be compared once (status pays this on every run).
     """
-    if len(files) != len(keys):
-        return False
-    get = keys.get
-    for path, fs in files.items():
-        row = get(path)
-        if row is None or fs[:4] != row[:4] or fs[1] >= row[4] - RACY_NS:
+    get = files.get
+    seen = 0
+    for path, size, mtime_ns, ino, mode, cached_ns in rows:
+        fs = get(path)
+        if fs is None or fs[0] != size or fs[1] != mtime_ns or fs[2] != ino or \
+                fs[3] != mode or mtime_ns >= cached_ns - RACY_NS:
             return False
-    return True
+        seen += 1
+    return seen == len(files)
 
 
 def _stored_mode(fs: FileStat) -> int:

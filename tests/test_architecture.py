@@ -129,3 +129,26 @@ def test_imports_are_read_everywhere(tmp_path: Path, source: str, expected: set[
     path = tmp_path / "a.py"
     path.write_text(source)
     assert _imports("dsv.a", path, {"dsv.a", "dsv.b"}) == expected
+
+
+def test_the_python_api_is_typed_and_documented() -> None:
+    """Every public method of `dsv.Store` has a docstring and a precise return type."""
+    import inspect
+    import typing
+
+    from dsv.store import Store
+
+    problems = []
+    for name, fn in inspect.getmembers(Store, inspect.isfunction) + \
+            inspect.getmembers(Store, inspect.ismethod):
+        if name.startswith("_"):
+            continue
+        hints = typing.get_type_hints(fn)
+        if not inspect.getdoc(fn):
+            problems.append(f"{name}: no docstring")
+        if "return" not in hints:
+            problems.append(f"{name}: no return type")
+        elif hints["return"] is typing.Any:
+            problems.append(f"{name}: returns Any")
+    assert len([n for n in vars(Store) if not n.startswith("_")]) > 40
+    assert not problems, problems

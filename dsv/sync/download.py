@@ -1,4 +1,4 @@
-"""Downloads: bringing objects a version needs into the store, every one verified.
+"""Downloads: bringing objects a version needs into the core, every one verified.
 
 Owns coalescing packed objects into ranged GETs, reading from the cluster cache first
 (filling it from the origin), loose objects streamed with a size cap, the free-space
@@ -56,21 +56,21 @@ def _ranges(missing: dict[str, tuple[str, int, int]]
     return out
 
 
-def download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
+def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
                      label: str, report: FetchReport | PullReport
                      ) -> Iterator[tuple[str, memoryview]]:
     """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
     cache where it holds the pack, else from the remote (caching packs mostly needed)."""
     if not missing:
         return
-    cache = read_cache(store)
+    cache = read_cache(core)
     whole: set[str] = set()
-    sizes = store.index.remote_packs(remote.name)
+    sizes = core.index.remote_packs(remote.name)
     if cache is not None:
         need: dict[str, int] = {}
         for pack, _off, length in missing.values():
             need[pack] = need.get(pack, 0) + length
-        counts = store.index.remote_pack_counts(remote.name)
+        counts = core.index.remote_pack_counts(remote.name)
         whole = {p for p, n in need.items() if cache.has(cache.pack_path(p))
                  or n >= WHOLE_PACK_SHARE * (sizes.get(p, 1 << 62)
                                              - pack_tail_size(counts.get(p, 0)))}
@@ -109,7 +109,7 @@ def download_packed(store: Core, remote: Remote, missing: dict[str, tuple[str, i
                                 "holds damaged data (`dsv verify --remote` checks it)")
         return out, cached
 
-    with store.reporter.task(label, len(missing), total) as advance, \
+    with core.reporter.task(label, len(missing), total) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
         for got, cached in bounded(pool, get, _ranges(missing), WORKERS):
             report.from_cache += len(got) if cached else 0
@@ -151,32 +151,32 @@ def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int |
     cache.fill_bytes(cache.pack_path(pack), data)
 
 
-def _lacking(store: Core, entries: dict[str, int]) -> tuple[list[str], list[str]]:
+def _lacking(core: Core, entries: dict[str, int]) -> tuple[list[str], list[str]]:
     """Blobs (oid → size) the store does not hold: (packed-size ones, loose-size ones)."""
     small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
-    present = store.objects.locate_many(small)
+    present = core.objects.locate_many(small)
     return ([o for o in small if o not in present],
             [o for o, size in entries.items()
-             if size >= PACK_THRESHOLD and not store.objects.has_loose(o)])
+             if size >= PACK_THRESHOLD and not core.objects.has_loose(o)])
 
 
-def origin_down(store: Core, exc: RemoteError) -> None:
+def origin_down(core: Core, exc: RemoteError) -> None:
     """Go on from the cluster cache when the origin cannot be reached (re-raise without one)."""
-    if not caches(store):
+    if not caches(core):
         raise exc
-    store.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
+    core.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
 
 
-def ensure_blobs(store: Core, version: Version, entries: dict[str, int]) -> None:
+def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
     """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
     cluster cache first, then the remote the version was fetched from, else the default
     remote. Does nothing, and needs no network, when every blob is here."""
-    if not any(_lacking(store, entries)):
+    if not any(_lacking(core, entries)):
         return
-    name = store.index.promised().get(version.id)
-    names = {s.name for s in store.remote_specs() if s.kind == "origin"}
+    name = core.index.promised().get(version.id)
+    names = {s.name for s in core.remote_specs() if s.kind == "origin"}
     try:
-        remote: Remote | None = open_remote(store, name if name in names else None)
+        remote: Remote | None = open_remote(core, name if name in names else None)
     except InvalidInput:
         remote = None
     if remote is not None:
@@ -184,17 +184,17 @@ def ensure_blobs(store: Core, version: Version, entries: dict[str, int]) -> None
             remote.connect()
             remote.refresh()
         except RemoteError as exc:
-            origin_down(store, exc)
+            origin_down(core, exc)
     report = PullReport("-", FetchReport("-"))
-    with Ingest(store.objects) as ingest:
-        download_blobs(store, remote, entries, report, ingest, label="downloading")
-        store.commit_objects(ingest, crash="pull:objects-written")
+    with Ingest(core.objects) as ingest:
+        download_blobs(core, remote, entries, report, ingest, label="downloading")
+        core.commit_objects(ingest, crash="pull:objects-written")
 
 
-def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
+def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
                    report: PullReport, ingest: Ingest, label: str = "pulling") -> None:
     """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
-    small, large = _lacking(store, entries)
+    small, large = _lacking(core, entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)
     report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)
@@ -204,7 +204,7 @@ def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
             raise MissingObject(f"{len(missing_any)} object(s) are not in this store and no "
                                 f"remote is configured", hint="add one with `dsv remote add`")
         return
-    located = store.index.remote_locate_many(remote.name, small)
+    located = core.index.remote_locate_many(remote.name, small)
     for oid in small:
         if oid not in located:
             large.append(oid)  # not in any pack the remote lists: try it as a loose file
@@ -214,20 +214,20 @@ def download_blobs(store: Core, remote: Remote | None, entries: dict[str, int],
             raise CorruptObject(f"object {oid[:12]} is {length} bytes on {remote.name}; the "
                                 f"version says {entries[oid]}", hint="the remote is damaged "
                                 "or hostile; nothing was stored")
-    _check_free_space(store, sum(entries[o] for o in small) + sum(entries[o] for o in large))
-    for oid, data in download_packed(store, remote, packed, label, report):
+    _check_free_space(core, sum(entries[o] for o in small) + sum(entries[o] for o in large))
+    for oid, data in download_packed(core, remote, packed, label, report):
         ingest.add(oid, KIND_BLOB, data)
     if large:
-        _download_loose(store, remote, large, entries, report, ingest)
+        _download_loose(core, remote, large, entries, report, ingest)
 
 
-def _check_free_space(store: Core, nbytes: int) -> None:
+def _check_free_space(core: Core, nbytes: int) -> None:
     """Refuse a download the disk cannot hold, before any byte of it (sizes come from
     trees, which may be hostile: a tree claiming a 1 TiB file must not fill the disk)."""
     import shutil
-    free = shutil.disk_usage(store.tmp_root).free
+    free = shutil.disk_usage(core.tmp_root).free
     if nbytes > free:
-        raise InvalidInput(f"the download needs {nbytes:,} bytes and {store.tmp_root} has "
+        raise InvalidInput(f"the download needs {nbytes:,} bytes and {core.tmp_root} has "
                            f"{free:,} free", hint="free some space, or pull only some paths "
                            "(--path)")
 
@@ -244,9 +244,9 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
         yield chunk
 
 
-def _download_loose(store: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
+def _download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
                     report: PullReport, ingest: Ingest) -> None:
-    cache = read_cache(store)
+    cache = read_cache(core)
 
     def get(oid: str) -> tuple[int, bool]:
         if cache is not None:
@@ -277,7 +277,7 @@ def _download_loose(store: Core, remote: Remote, oids: list[str], sizes: dict[st
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
 
     total = sum(sizes.get(o, 0) for o in oids)
-    with store.reporter.task("pulling large files", len(oids), total) as advance, \
+    with core.reporter.task("pulling large files", len(oids), total) as advance, \
             ThreadPoolExecutor(4) as pool:
         for size, cached in pool.map(get, oids):
             report.from_cache += cached

@@ -28,13 +28,13 @@ _Parsed = dict[str, tuple[Record, bytes | None]]
 """Version records read in a fetch: record oid → (parsed record, raw bytes if new here)."""
 
 
-def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
     """Bring the remote's version records, trees and refs (not file contents)."""
     report = FetchReport(remote.name)
     remote.connect()
     remote.refresh()
     remote_refs = remote.read_refs()
-    index = store.index
+    index = core.index
     # Records first (small), then only the history the remote's refs reach: versions of
     # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
     located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
@@ -43,22 +43,22 @@ def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str
     parsed: _Parsed = {}
     wanted = {oid: w for oid, w in located[KIND_VERSION].items() if w[2] <= MAX_RECORD_BYTES}
     for oid in located[KIND_VERSION].keys() - wanted.keys():
-        store.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
+        core.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
                               f"more than {MAX_RECORD_BYTES} bytes (ignored)")
-    local = store.objects.locate_many(wanted)
-    for oid, data in download_packed(store, remote, {o: w for o, w in wanted.items()
+    local = core.objects.locate_many(wanted)
+    for oid, data in download_packed(core, remote, {o: w for o, w in wanted.items()
                                                       if o not in local}, "fetching", report):
-        _parse_into(parsed, oid, bytes(data), True, store)
+        _parse_into(parsed, oid, bytes(data), True, core)
     for oid in wanted:
         if oid in local:
-            _parse_into(parsed, oid, store.objects.read(oid), False, store)
-    remote_refs = _owned_refs(remote_refs, parsed, store)
+            _parse_into(parsed, oid, core.objects.read(oid), False, core)
+    remote_refs = _owned_refs(remote_refs, parsed, core)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
-    _check_history(reachable, parsed, store)
-    trees = _fetch_trees(store, remote, {parsed[r][0].version.tree for r in reachable},
+    _check_history(reachable, parsed, core)
+    trees = _fetch_trees(core, remote, {parsed[r][0].version.tree for r in reachable},
                          located[KIND_TREE], report)
     for root in {parsed[r][0].version.tree for r in reachable}:
-        tree.check_expansion(root, lambda oid: trees.get(oid) or store.objects.read(oid))
+        tree.check_expansion(root, lambda oid: trees.get(oid) or core.objects.read(oid))
     # Only what the accepted refs reach enters the store: records no ref reaches were
     # never checked as history, and must not turn up later (in `index rebuild`, say).
     records = [parsed[oid][0] for oid in reachable]
@@ -78,7 +78,7 @@ def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str
                 continue
             if index.dataset_by("id", v.dataset) is None:
                 report.new_datasets.append(
-                    _create_dataset(store, v, rec.dataset_name, names.get(v.dataset)))
+                    _create_dataset(core, v, rec.dataset_name, names.get(v.dataset)))
             index.insert_version(v)
             index.add_promised(v.id, remote.name)
             report.new_versions.append(v.id)
@@ -89,45 +89,45 @@ def fetch(store: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \
                 ref.version
 
-    with Ingest(store.objects) as ingest:
+    with Ingest(core.objects) as ingest:
         for oid in reachable:
             raw = parsed[oid][1]
             if raw is not None:
                 ingest.add(oid, KIND_VERSION, raw)
         for oid, raw in trees.items():
             ingest.add(oid, KIND_TREE, raw)
-        store.commit_objects(ingest, record, crash="fetch:objects-written")
-    changes, report.updated, _kept = plan_pull(refs.History(store.index), remote.name, remote_refs,
+        core.commit_objects(ingest, record, crash="fetch:objects-written")
+    changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
-        store.refs.apply(changes)
+        core.refs.apply(changes)
     index.checkpoint()
     return report, remote_refs
 
 
 def _parse_into(parsed: _Parsed, oid: str,
-                raw: bytes, new: bool, store: Core) -> None:
+                raw: bytes, new: bool, core: Core) -> None:
     """Parse one record into `parsed` (raw bytes kept only when they are new here). One
     forged record must not stop a clone: it is left out, with the refs and history that
     need it."""
     try:
         parsed[oid] = (parse_record(raw, oid), raw if new else None)
     except CorruptObject as exc:
-        store.reporter.notice(f"warning: {exc.message} (ignored)")
+        core.reporter.notice(f"warning: {exc.message} (ignored)")
 
 
 def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
                 parsed: _Parsed,
-                store: Core) -> dict[tuple[str, str], RemoteRef]:
+                core: Core) -> dict[tuple[str, str], RemoteRef]:
     """The remote's refs that name a version of their own dataset by its true id; any
     other ref is ignored with a notice (a ref of A naming B's version would make
     `A:tag` act on B's directory). So is a dataset whose id is a local dataset's name:
     ids win over names, so it would take that name over."""
     kept = {}
     for key, ref in remote_refs.items():
-        if store.index.dataset_by("id", ref.dataset) is None and \
-                store.index.dataset_by("name", ref.dataset) is not None:
-            store.reporter.notice(f"warning: ignored remote dataset {ref.dataset}: its id is "
+        if core.index.dataset_by("id", ref.dataset) is None and \
+                core.index.dataset_by("name", ref.dataset) is not None:
+            core.reporter.notice(f"warning: ignored remote dataset {ref.dataset}: its id is "
                                   f"the name of a dataset here")
             continue
         got = parsed.get(ref.record)
@@ -135,10 +135,10 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
                 got[0].version.dataset == ref.dataset:
             kept[key] = ref
         elif got is not None:
-            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
+            core.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: it "
                                   f"names a version that is not {ref.version} of that dataset")
         else:
-            store.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: its "
+            core.reporter.notice(f"warning: ignored remote ref {ref.dataset}/{ref.ref}: its "
                                   f"version record is not in any pack the remote lists "
                                   f"(`dsv verify --remote` checks the remote)")
     return kept
@@ -146,7 +146,7 @@ def _owned_refs(remote_refs: dict[tuple[str, str], RemoteRef],
 
 def _check_history(reachable: list[str],
                    parsed: _Parsed,
-                   store: Core) -> None:
+                   core: Core) -> None:
     """History is a DAG within one dataset: every parent a record names (by id and
     record hash) is a version of the same dataset with that id. A parent that is neither
     on the remote nor here cannot be checked: it is left out of the version's parents
@@ -156,7 +156,7 @@ def _check_history(reachable: list[str],
         kept = []
         for parent in parsed[oid][0].parents:
             got = parsed.get(parent.record)
-            local = store.index.version(parent.id)
+            local = core.index.version(parent.id)
             if got is not None:
                 pid, pds = got[0].version.id, got[0].version.dataset
             elif local is not None:
@@ -192,7 +192,7 @@ def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
     return sorted(seen)
 
 
-def _fetch_trees(store: Core, remote: Remote, roots: set[str],
+def _fetch_trees(core: Core, remote: Remote, roots: set[str],
                  located: dict[str, tuple[str, int, int]], report: FetchReport
                  ) -> dict[str, bytes]:
     """The trees under `roots` this store lacks, level by level, each validated: only
@@ -203,7 +203,7 @@ def _fetch_trees(store: Core, remote: Remote, roots: set[str],
     frontier = set(roots)
     while frontier:
         seen |= frontier
-        stored = store.objects.locate_many(frontier)
+        stored = core.objects.locate_many(frontier)
         need = {}
         for oid in frontier:
             if oid in stored:
@@ -212,7 +212,7 @@ def _fetch_trees(store: Core, remote: Remote, roots: set[str],
                 _missing_tree(oid)
             need[oid] = located[oid]
         below: set[str] = set()
-        for oid, data in download_packed(store, remote, need, "fetching trees", report):
+        for oid, data in download_packed(core, remote, need, "fetching trees", report):
             raw = bytes(data)
             rows = tree.decode_tree(raw, oid)  # validated here; trusted once stored
             trees[oid] = raw
@@ -226,15 +226,15 @@ def _missing_tree(oid: str) -> None:
                         f"version needs it", hint="the remote is damaged; nothing was fetched")
 
 
-def _create_dataset(store: Core, v: Version, dataset_name: str | None,
+def _create_dataset(core: Core, v: Version, dataset_name: str | None,
                     ref: RemoteRef | None) -> str:
     """A dataset first seen on a remote: unbound, named as the remote names it. Returns
     the name it got."""
     name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
     if not refs.is_valid_name(name) or name == LATEST:
         name = v.dataset
-    taken = store.index.dataset_by("name", name) or store.index.dataset_by("id", name)
+    taken = core.index.dataset_by("name", name) or core.index.dataset_by("id", name)
     if taken is not None and taken.id != v.dataset:
         name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
-    store.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
+    core.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
     return name

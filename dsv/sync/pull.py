@@ -36,72 +36,72 @@ from .fetch import fetch
 from .policy import plan_pull
 
 
-def _pull_objects(store: Core, remote: Remote, targets: list[str], paths: list[str] | None,
+def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[str] | None,
          force: bool = False,
          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
          ) -> PullReport:
     fetch_report = FetchReport(remote.name)
     remote_refs: dict[tuple[str, str], RemoteRef] | None = None
     try:
-        fetch_report, remote_refs = prefetched or fetch(store, remote)
+        fetch_report, remote_refs = prefetched or fetch(core, remote)
     except RemoteError as exc:
         # The origin is down: what the cluster cache holds can still be pulled, for the
         # versions this store already knows.
-        origin_down(store, exc)
+        origin_down(core, exc)
     report = PullReport(remote.name, fetch_report)
-    named = [store.resolve(t) for t in targets]
+    named = [core.resolve(t) for t in targets]
     changes: list[RefChange] = []
     if remote_refs is not None:
         if named:  # only the datasets asked for move
             scope = {v.dataset for v in named}
             remote_refs = {k: r for k, r in remote_refs.items() if k[0] in scope}
-        changes, updated, report.diverged = plan_pull(refs.History(store.index), remote.name,
+        changes, updated, report.diverged = plan_pull(refs.History(core.index), remote.name,
                                                       remote_refs, force)
         report.updated = fetch_report.updated + updated
         on_remote = {ds_id for ds_id, _ref in remote_refs}
     else:
-        on_remote = {row[0] for row in store.index.remote_refs(remote.name)}
+        on_remote = {row[0] for row in core.index.remote_refs(remote.name)}
     # Local refs move only once the objects are here (a failed pull moves nothing), so the
     # targets are resolved against the planned refs inside a savepoint that is rolled back.
-    with store.index.rolled_back():
-        store.refs.apply(changes)
+    with core.index.rolled_back():
+        core.refs.apply(changes)
         if targets:
-            chosen = [store.resolve(t) for t in targets]
+            chosen = [core.resolve(t) for t in targets]
         else:
-            chosen = [store.version(ds.latest) for ds in store.index.datasets()
+            chosen = [core.version(ds.latest) for ds in core.index.datasets()
                       if ds.latest and ds.id in on_remote]
         # A dataset whose latest moves gets that version too, so that a working
         # directory following latest can follow it.
         if not paths:
-            chosen += [store.version(vid) for _ds, name, vid in changes if name == LATEST]
+            chosen += [core.version(vid) for _ds, name, vid in changes if name == LATEST]
     chosen = list({v.id: v for v in chosen}.values())
     wanted: dict[str, int] = {}
     for v in chosen:
         report.versions.append(v.id)
         if not paths:
             # Each distinct tree once: no flat manifest of the whole version is built.
-            wanted.update(tree.blob_sizes(v.tree, store.read_tree))
+            wanted.update(tree.blob_sizes(v.tree, core.read_tree))
             continue
-        manifest = store.manifest(v)
+        manifest = core.manifest(v)
         if paths:
             selected = {normalize_user_path(p) for p in paths}
             manifest = {p: e for p, e in manifest.items() if is_under(p, selected)}
             if not manifest:
-                ds = store.index.dataset_by("id", v.dataset)
+                ds = core.index.dataset_by("id", v.dataset)
                 ref = f"{ds.name if ds else v.dataset}:{v.id}"
                 raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
                                    hint=f"`dsv files list {ref} --recursive` shows its paths")
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
     def record() -> None:
-        store.refs.apply(changes)
+        core.refs.apply(changes)
         if not paths:
-            store.index.drop_promised(v.id for v in chosen)
+            core.index.drop_promised(v.id for v in chosen)
 
-    with Ingest(store.objects) as ingest:
-        download_blobs(store, remote, wanted, report, ingest)
-        store.commit_objects(ingest, record, crash="pull:objects-written")
-    store.index.checkpoint()
+    with Ingest(core.objects) as ingest:
+        download_blobs(core, remote, wanted, report, ingest)
+        core.commit_objects(ingest, record, crash="pull:objects-written")
+    core.index.checkpoint()
     return report
 
 
@@ -185,21 +185,21 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
                           hint="wait for it; if it was killed, run the same clone "
                                "again to complete it") from None
     claim = _ClonePlan(marker, url, endpoint_url, profile)
-    store: Core | None = None
+    core: Core | None = None
     try:
         claim.create()
         create_layout(root)
-        store = Core(root, reporter)
-        add_remote(store, "origin", url, endpoint_url=endpoint_url, profile=profile,
+        core = Core(root, reporter)
+        add_remote(core, "origin", url, endpoint_url=endpoint_url, profile=profile,
                    default=True)
-        report = _finish_clone(store)
+        report = _finish_clone(core)
     except BaseException:
         # Only what this clone made goes: the files its checkout placed (the directory
         # was empty, and no other clone can be in it while the marker is locked), then
         # its store, marker included; the lock is released last, so nobody can start
         # completing this clone while it is being removed.
-        if store is not None:
-            store.close()
+        if core is not None:
+            core.close()
         try:
             for child in root.iterdir():
                 if child.name == DSV_DIR:
@@ -215,7 +215,7 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
             claim.release()
         raise
     claim.finish()
-    return store, report
+    return core, report
 
 
 def _resume_clone(root: Path, url: str,
@@ -228,17 +228,17 @@ def _resume_clone(root: Path, url: str,
                               hint="run that clone again, or choose another directory")
         if not (root / DSV_DIR / "config.json").exists():
             create_layout(root)
-        store = Core(root, reporter)
-        if not any(s.name == "origin" for s in store.remote_specs()):
-            add_remote(store, "origin", claim.url, endpoint_url=claim.endpoint_url,
+        core = Core(root, reporter)
+        if not any(s.name == "origin" for s in core.remote_specs()):
+            add_remote(core, "origin", claim.url, endpoint_url=claim.endpoint_url,
                        profile=claim.profile, default=True)
-        store.reporter.notice(f"completing the interrupted clone of {claim.url}")
-        report = _finish_clone(store)
+        core.reporter.notice(f"completing the interrupted clone of {claim.url}")
+        report = _finish_clone(core)
     except BaseException:
         claim.release()
         raise
     claim.finish()
-    return store, report
+    return core, report
 
 def _finish_clone(core: Core) -> PullReport:
     """Fetch from origin, bind datasets where the pusher had them, pull and check out."""

@@ -47,71 +47,71 @@ def _ref_body(ds: Dataset, ref: str, v: Version) -> bytes:
     return layout.ref_body(ds.id, v.id, v.record, ds.name, ds.path, latest=ref == LATEST)
 
 
-def _push_plan(store: Core, targets: list[str]
+def _push_plan(core: Core, targets: list[str]
                ) -> tuple[list[Version], list[tuple[Dataset, str, Version, bool]]]:
     """Versions to send and refs to set: (dataset, ref, version, required)."""
     ref_plan: list[tuple[Dataset, str, Version, bool]] = []
     roots: list[Version] = []
     if not targets:
-        targets = [ds.id for ds in store.index.datasets() if ds.latest]
+        targets = [ds.id for ds in core.index.datasets() if ds.latest]
     for target in targets:
         ds = None
         if ":" not in target and "~" not in target:
             try:
-                ds = refs.find_dataset(store.index, target)
+                ds = refs.find_dataset(core.index, target)
             except DsvError:
                 ds = None
         if ds is not None:
-            committed = store.index.versions(ds.id, "committed")
+            committed = core.index.versions(ds.id, "committed")
             if not committed:
                 continue
             roots.extend(committed)
             assert ds.latest is not None  # a dataset with committed versions has a latest
-            ref_plan.append((ds, LATEST, store.version(ds.latest), True))
-            for _d, name, vid, _c in store.index.tags(ds.id):
-                ref_plan.append((ds, f"tags/{name}", store.version(vid), True))
+            ref_plan.append((ds, LATEST, core.version(ds.latest), True))
+            for _d, name, vid, _c in core.index.tags(ds.id):
+                ref_plan.append((ds, f"tags/{name}", core.version(vid), True))
             continue
-        v = store.resolve(target)
+        v = core.resolve(target)
         if v.is_draft:
             raise InvalidInput(f"{target} is a draft; only committed versions are pushed",
                                hint=f"commit it first: dsv versions commit {v.id}")
-        owner = store.index.dataset_by("id", v.dataset)
+        owner = core.index.dataset_by("id", v.dataset)
         assert owner is not None
         roots.append(v)
         ref_plan.append((owner, LATEST, v, False))
-        for name in store.index.tags_of(v.id):
+        for name in core.index.tags_of(v.id):
             ref_plan.append((owner, f"tags/{name}", v, True))
-    return refs.ancestry(store.index, roots), ref_plan
+    return refs.ancestry(core.index, roots), ref_plan
 
 
 _CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --force to "
                   "overwrite (the remote's versions stay stored)")
 
 
-def push(store: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
+def push(core: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
     """Upload what the remote lacks of the `targets` (by default every dataset with a
     committed version), then move its refs by compare-and-swap; refs it would refuse
     raise RefConflict before anything is sent."""
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
     remote.refresh()
-    versions, ref_plan = _push_plan(store, targets)
+    versions, ref_plan = _push_plan(core, targets)
     report.versions = len(versions)
-    refused = _preflight(store, remote, ref_plan, force)
+    refused = _preflight(core, remote, ref_plan, force)
     if refused:
         report.rejected = refused
         raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
                           + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
-    on_remote = {oid for oid, *_ in store.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+    on_remote = {oid for oid, *_ in core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
     new = [v for v in versions if v.record not in on_remote]
     report.versions_sent = len(new)
     if new:
-        _send_objects(store, remote, new, report)
+        _send_objects(core, remote, new, report)
     crashpoint("push:objects-sent")
-    _settle_pending(store, remote)
+    _settle_pending(core, remote)
     for ds, ref, v, required in ref_plan:
-        _push_ref(store, remote, ds, ref, v, required, force, report)
-    store.index.checkpoint()
+        _push_ref(core, remote, ds, ref, v, required, force, report)
+    core.index.checkpoint()
     if report.rejected:
         raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name} (another "
                           f"push won the race): " + "; ".join(report.rejected),
@@ -119,41 +119,41 @@ def push(store: Core, remote: Remote, targets: list[str], force: bool = False) -
     return report
 
 
-def _settle_pending(store: Core, remote: Remote) -> None:
+def _settle_pending(core: Core, remote: Remote) -> None:
     """Clear write-through markers of entries the origin now holds (a killed push left them)."""
-    for cache in caches(store, write_through=True):
+    for cache in caches(core, write_through=True):
         marked = cache.pending()
-        packs = store.index.remote_packs(remote.name)
-        loose = store.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
+        packs = core.index.remote_packs(remote.name)
+        loose = core.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
         for path in marked:
             name = os.path.basename(path)
             if name.removesuffix(".pack") in packs or name in loose:
                 cache.clear_pending(path)
 
 
-def _needed_objects(store: Core, versions: list[Version]) -> dict[str, int]:
+def _needed_objects(core: Core, versions: list[Version]) -> dict[str, int]:
     """Every object the versions need, with its kind: blobs, trees, then records."""
     needed: dict[str, int] = {}
     for v in versions:
         if v.tree not in needed:
-            for kind, oid in tree.subtree_ids(v.tree, store.read_tree):
+            for kind, oid in tree.subtree_ids(v.tree, core.read_tree):
                 needed.setdefault(oid, KIND_TREE if kind == tree.DIR else KIND_BLOB)
         assert v.record is not None
         needed[v.record] = KIND_VERSION
     return needed
 
 
-def _send_objects(store: Core, remote: Remote, versions: list[Version],
+def _send_objects(core: Core, remote: Remote, versions: list[Version],
                   report: PushReport) -> None:
-    index, objects = store.index, store.objects
-    needed = _needed_objects(store, versions)
+    index, objects = core.index, core.objects
+    needed = _needed_objects(core, versions)
     local = objects.locate_many(needed)
     remote_has = index.remote_locate_many(remote.name, needed)
     large = [oid for oid in needed if oid not in local]
     known_loose = index.remote_loose(remote.name, large)
     for oid in large:
         if oid not in known_loose and not objects.has_loose(oid):
-            raise MissingObject(f"object {oid[:12]} is not in this store, so the versions "
+            raise MissingObject(f"object {oid[:12]} is not in this core, so the versions "
                                 f"that need it cannot be pushed",
                                 hint="pull those versions completely first, or run `dsv verify`")
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -172,9 +172,9 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
         objects.loose_path(o).stat().st_size for o in large
         if o not in large_sizes and objects.has_loose(o))
     total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
-    write_through = caches(store, write_through=True)
+    write_through = caches(core, write_through=True)
     loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
-    with store.reporter.task("pushing", len(send_small) + len(send_large),
+    with core.reporter.task("pushing", len(send_small) + len(send_large),
                              total_bytes) as advance, ThreadPoolExecutor(WORKERS) as pool:
         # Publish order: blobs, then trees, then records; each phase whole before the next,
         # so a record on the remote always has its tree and blobs there too.
@@ -192,7 +192,7 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
                 for oid in send_large:
                     submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
                            loose_slots)
-            for batch in _read_batches(store, phase, kind):
+            for batch in _read_batches(core, phase, kind):
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
@@ -200,7 +200,7 @@ def _send_objects(store: Core, remote: Remote, versions: list[Version],
                 sent = job.result()
                 report.objects_sent += sent.count
                 report.bytes_sent += sent.nbytes
-            record_sent(store, remote, [j.result() for j in jobs])
+            record_sent(core, remote, [j.result() for j in jobs])
             crashpoint("push:phase-sent")
 
 
@@ -208,14 +208,14 @@ def _first_done(jobs: list[Future[Sent]]) -> None:
     wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
-def _read_batches(store: Core, phase: dict[str, tuple[str, int, int]], kind: int
+def _read_batches(core: Core, phase: dict[str, tuple[str, int, int]], kind: int
                   ) -> Iterator[list[tuple[str, int, bytes]]]:
     """The phase's objects read from local packs (in pack order), verified, in batches
     of about UPLOAD_PACK_SIZE bytes."""
     batch: list[tuple[str, int, bytes]] = []
     size = 0
     for oid, where in sorted(phase.items(), key=lambda item: item[1][:2]):
-        data = store.objects.read_packed(where)
+        data = core.objects.read_packed(where)
         if hash_bytes(data) != oid:
             raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
                                 hint="run `dsv verify` to list every damaged object")
@@ -283,28 +283,28 @@ def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
         cache.fill_file(path, src)
 
 
-def record_sent(store: Core, remote: Remote, sent: list[Sent]) -> None:
+def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
     """Remember in the index what these uploads put on the remote."""
-    with store.index.transaction():
+    with core.index.transaction():
         for item in sent:
             if item.pack is not None:
                 pack_id, size, entries = item.pack
-                store.index.add_remote_pack(remote.name, pack_id, size, entries)
-        store.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
+                core.index.add_remote_pack(remote.name, pack_id, size, entries)
+        core.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
 
 
 def _label(ds: Dataset, ref: str) -> str:
     return f"{ds.name}:{ref.rpartition('/')[2]}"
 
 
-def _preflight(store: Core, remote: Remote, ref_plan: list[tuple[Dataset, str, Version, bool]],
+def _preflight(core: Core, remote: Remote, ref_plan: list[tuple[Dataset, str, Version, bool]],
                force: bool) -> list[str]:
     """Refs the push would be refused, judged before anything is uploaded (the final
     compare-and-swap still decides races)."""
     def judge(item: tuple[Dataset, str, Version, bool]) -> str | None:
         ds, ref, v, required = item
         key = ref_key(ds.id, ref)
-        verdict, why = decide_push(refs.History(store.index), ref, v, required, force,
+        verdict, why = decide_push(refs.History(core.index), ref, v, required, force,
                                    _ref_body(ds, ref, v), remote.backend.read_ref(key), key)
         return f"{_label(ds, ref)} {why}" if verdict == "reject" else None
 
@@ -313,12 +313,12 @@ def _preflight(store: Core, remote: Remote, ref_plan: list[tuple[Dataset, str, V
         if refused:
             # The remote may merely be ahead, with versions this store has not seen yet:
             # fetch them (records and trees only) so ancestry can be judged.
-            fetch(store, remote)
+            fetch(core, remote)
             refused = [r for r in pool.map(judge, ref_plan) if r]
     return refused
 
 
-def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
+def _push_ref(core: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
               required: bool, force: bool, report: PushReport) -> None:
     """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
     key = ref_key(ds.id, ref)
@@ -326,12 +326,12 @@ def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
     body = _ref_body(ds, ref, v)
     for _attempt in range(5):
         current = remote.backend.read_ref(key)
-        verdict, why = decide_push(refs.History(store.index), ref, v, required, force, body,
+        verdict, why = decide_push(refs.History(core.index), ref, v, required, force, body,
                                    current, key)
         if verdict == "same":
             assert current is not None
             report.refs_unchanged.append(label)
-            _remember_ref(store, remote, ds.id, ref, v, current[1])
+            _remember_ref(core, remote, ds.id, ref, v, current[1])
             return
         if verdict == "behind":
             report.behind.append(f"{label}: {why}")
@@ -350,13 +350,13 @@ def _push_ref(store: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
                 continue  # lost a race: look again
         crashpoint("push:ref-written")
         report.refs_updated.append(f"{label} -> {v.id}")
-        _remember_ref(store, remote, ds.id, ref, v, etag)
+        _remember_ref(core, remote, ds.id, ref, v, etag)
         return
     report.rejected.append(f"{label} kept changing on the remote while pushing")
 
 
-def _remember_ref(store: Core, remote: Remote, ds_id: str, ref: str, v: Version,
+def _remember_ref(core: Core, remote: Remote, ds_id: str, ref: str, v: Version,
                   etag: str | None) -> None:
     assert v.record is not None
-    with store.index.transaction():
-        store.index.set_remote_ref(remote.name, ds_id, ref, v.id, v.record, etag)
+    with core.index.transaction():
+        core.index.set_remote_ref(remote.name, ds_id, ref, v.id, v.record, etag)

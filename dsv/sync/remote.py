@@ -35,8 +35,8 @@ R = TypeVar("R")
 class Remote:
     """One configured remote, opened: its backend, and the store's record of it."""
 
-    def __init__(self, store: Core, spec: RemoteSpec) -> None:
-        self.store = store
+    def __init__(self, core: Core, spec: RemoteSpec) -> None:
+        self.core = core
         self.spec = spec
         self.name = spec.name
         self.backend: Backend = open_backend(spec)
@@ -68,7 +68,7 @@ class Remote:
     def refresh(self) -> None:
         """Bring the store's picture of the remote's packs up to date (list `index/`;
         read each new pack index, which must hash to its pack's name)."""
-        index = self.store.index
+        index = self.core.index
         listed = {key.rpartition("/")[2]: size for key, size in self.backend.list("index/")}
         listed = {p: size for p, size in listed.items() if is_hash(p)}
         known = index.remote_packs(self.name)
@@ -83,7 +83,7 @@ class Remote:
             except (CorruptObject, RemoteRefused) as exc:
                 # One damaged or hostile index must not stop every clone: its pack is
                 # never read (`dsv verify --remote` reports it).
-                self.store.reporter.notice(f"warning: ignored pack index {pack_id[:12]} on "
+                self.core.reporter.notice(f"warning: ignored pack index {pack_id[:12]} on "
                                            f"{self.name}: {exc.message}")
                 return None
             return pack_id, entries, size
@@ -108,7 +108,7 @@ class Remote:
                 got = self.backend.read_ref(key)
             except RemoteRefused as exc:
                 # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
-                self.store.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
+                self.core.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
                 return None
             return layout.parse_ref(key, *got) if got else None
 
@@ -117,23 +117,23 @@ class Remote:
         return {(r.dataset, r.ref): r for r in found}
 
 
-def open_remote(store: Core, name: str | None, kind: str = "origin") -> Remote:
+def open_remote(core: Core, name: str | None, kind: str = "origin") -> Remote:
     """The configured remote `name` (default: the default one of `kind`), opened."""
-    spec = store.remote_spec(name, kind)
-    return Remote(store, spec)
+    spec = core.remote_spec(name, kind)
+    return Remote(core, spec)
 
 
-def caches(store: Core, write_through: bool = False) -> list[ClusterCache]:
+def caches(core: Core, write_through: bool = False) -> list[ClusterCache]:
     """The store's cluster caches (only those pushes write through to, if asked)."""
-    for spec in store.remote_specs():
+    for spec in core.remote_specs():
         check_outside_stores(spec.url)
-    return [ClusterCache(s.url) for s in store.remote_specs()
+    return [ClusterCache(s.url) for s in core.remote_specs()
             if s.kind == "cache" and (s.write_through or not write_through)]
 
 
-def read_cache(store: Core) -> ClusterCache | None:
+def read_cache(core: Core) -> ClusterCache | None:
     """The cluster cache reads go to first (the first configured), if any."""
-    found = caches(store)
+    found = caches(core)
     return found[0] if found else None
 
 
