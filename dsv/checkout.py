@@ -36,7 +36,6 @@ from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
 
-
 def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> StatusReport:
     """What changed in a dataset's working directory since the version it was last made."""
     ds = core.pick_dataset(key, cwd)
@@ -124,7 +123,7 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             core.reporter.notice(f"left out {left_out} path(s) of {version.id} that lie in "
                                  f"a nested dataset or store")
         wanted = placeable
-        selected = _select_paths(core, wanted, paths, Path(cwd).resolve(), target)
+        selected = _select_paths(wanted, paths, Path(cwd).resolve(), target)
         if selected is not None:
             wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
         target.mkdir(parents=True, exist_ok=True)
@@ -256,7 +255,7 @@ def _check_no_links_to(core: Core, ds: Dataset) -> None:
                              hint="move it away; dsv never writes through links")
 
 
-def _select_paths(core: Core, manifest: Manifest, paths: list[str] | None, cwd: Path,
+def _select_paths(manifest: Manifest, paths: list[str] | None, cwd: Path,
                   target: Path) -> set[str] | None:
     """Version paths named by the user: relative to the current directory when it is
     inside `target` (as with git), else relative to the version's root."""
@@ -320,7 +319,7 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
     """Copy files of a version into `target` (overwriting same-named files only)."""
     v = core.resolve(ref, cwd)
     manifest = core.manifest(v)
-    selected = _select_paths(core, manifest, paths, Path(cwd).resolve(), Path(target))
+    selected = _select_paths(manifest, paths, Path(cwd).resolve(), Path(target))
     items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
 
     dest = Path(target).resolve()
@@ -352,9 +351,12 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
 
 def _ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
-    from .sync import download  # only when blobs are missing: sync costs start-up time
+    needed = {e.oid: e.size for e in entries}
+    if not any(core.objects.lacking(needed)):
+        return  # the usual case: no lock, and no sync module to import
+    from .sync import download
     with core.locked("download"):
-        download.ensure_blobs(core, version, {e.oid: e.size for e in entries})
+        download.ensure_blobs(core, version, needed)
 
 
 def _links(manifest: Manifest) -> list[Entry]:

@@ -312,7 +312,6 @@ class Core:
         found.tags = self.index.tags_of(vid)
         return found
 
-
     # ---- remotes configured -----------------------------------------------------------
     def remote_specs(self) -> list[RemoteSpec]:
         """Every configured remote (origins and cluster caches)."""

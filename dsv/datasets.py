@@ -42,9 +42,6 @@ def _check_new_name(core: Core, name: str) -> None:
 def create_dataset(core: Core, name: str, path: str | os.PathLike[str] | None = None,
                    description: str | None = None) -> Dataset:
     """A new dataset, bound to `path` (created if missing) when one is given."""
-    if not refs.is_valid_name(name) or name == refs.LATEST:
-        raise InvalidInput(f"invalid dataset name {name!r}",
-                           hint="use letters, digits, '.', '_' and '-' (max 128)")
     with core.locked("datasets create"):
         _check_new_name(core, name)
         rel = core.workspace_path(path) if path is not None else None

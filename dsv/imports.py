@@ -15,6 +15,7 @@ import hashlib
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 from .core import Core
@@ -153,12 +154,11 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
         md5 = hashlib.md5(usedforsecurity=False)
         try:
             if obj.size < PACK_THRESHOLD:
-                data = body.read()
+                data = b"".join(_at_most(body, obj.size))
                 md5.update(data)
                 _check(obj, len(data), md5)
                 return obj, data, None, len(data)
-            oid, size = ingest.add_large_stream(iter(lambda: body.read(_CHUNK), b""),
-                                                md5.update)
+            oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)
         except DsvError:
             raise
         except Exception as exc:
@@ -180,6 +180,18 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
         with core.locked("import"):
             core.commit_objects(ingest, lambda: core.index.add_imported(rows))
     crashpoint("import:batch-recorded")
+
+
+def _at_most(body: s3.Body, size: int) -> Iterator[bytes]:
+    """The body's bytes, but never more than one past the `size` the listing gave: a
+    server sending more is caught by `_check` without filling memory or the disk."""
+    left = size + 1
+    while left > 0:
+        chunk = body.read(min(_CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
 
 
 def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:

@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from .hashing import LARGE_READ, new_hasher
 from .jsonio import load_bounded
 from .model import Version
 from .objects import RACY_NS
-from .paths import STORE_DIR
+from .paths import STORE_DIR, ancestors
 from .tree import FILE, LINK, Manifest
 
 INPUTS_DIR = "inputs"
@@ -77,7 +77,7 @@ class InputTree:
         except (_Changed, OSError):
             return ["the tree itself"]
         changed = sorted((files.keys() ^ self.records.keys()) | set(odd)
-                         | (dirs ^ _parents(self.records)))
+                         | (dirs ^ ancestors(self.records)))
         suspects = [p for p in files.keys() & self.records.keys()
                     if files[p] != self.records[p]]
         manifest: Manifest | None = None
@@ -179,7 +179,7 @@ def _reuse(core: Core, version: Version, base_fd: int) -> tuple[int, dict[str, R
         if stamp is None or odd:
             raise _Changed
         stamped, expected = stamp
-        if files.keys() != expected.keys() or dirs != _parents(expected):
+        if files.keys() != expected.keys() or dirs != ancestors(expected):
             raise _Changed
         trusted_before = stamped - RACY_NS
         suspects = [p for p, rec in files.items()
@@ -224,7 +224,7 @@ def _build(core: Core, version: Version, base: Path,
     place, and stamp it once every ctime it caused is at least one tick old."""
     manifest = core.manifest(version)
     items = list(manifest.items())
-    wanted_dirs = _parents(manifest)
+    wanted_dirs = ancestors(manifest)
     stamp = version.id + STAMP_SUFFIX
     for _attempt in range(_BUILD_ATTEMPTS):
         _remove_quietly(base_fd, stamp)
@@ -386,17 +386,6 @@ def _record(st: os.stat_result, kind: str) -> Record:
 def _same_but_ctime(now: Record, then: Record) -> bool:
     """A regular file with the same inode, size and mode (only its ctime may differ)."""
     return now[0] == then[0] == FILE and (now[1], now[2], now[4]) == (then[1], then[2], then[4])
-
-
-def _parents(paths: Iterable[str]) -> set[str]:
-    """Every directory above the given root-relative paths (the root itself excluded)."""
-    dirs: set[str] = set()
-    for rel in paths:
-        parent = rel.rpartition("/")[0]
-        while parent and parent not in dirs:
-            dirs.add(parent)
-            parent = parent.rpartition("/")[0]
-    return dirs
 
 
 Entries = list[tuple[str, os.stat_result]]

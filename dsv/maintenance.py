@@ -16,14 +16,16 @@ from typing import Any
 
 from . import inputs, refs, tree
 from .core import Core, find_store
-from .errors import DsvError
+from .errors import DsvError, InvalidInput
 from .faults import crashpoint
 from .index import Index, Row, salvage
 from .lock import StoreLock
-from .model import Dataset, GcReport, RebuildReport, VerifyReport
+from .model import Dataset, GcReport, PruneReport, RebuildReport, VerifyReport
 from .objects import KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .records import Record, parse_record
+from .remotes.base import check_outside_stores, parse_duration, parse_size
+from .remotes.cache import ClusterCache
 from .reporting import Reporter
 
 
@@ -291,3 +293,17 @@ def _restore_versions(index: Index, records: list[Record],
         if ds_id in datasets and found is not None and found.dataset == ds_id and \
                 refs.is_valid_name(name) and name != refs.LATEST:
             ref_store.set_tag(ds_id, name, vid)
+
+
+def prune_cache(core: Core, name: str | None = None, older_than: str | None = None,
+                max_size: str | None = None) -> PruneReport:
+    """Evict cluster-cache entries unused for longer than the TTL, then the least
+    recently used beyond the size budget (flags override the remote's settings)."""
+    spec = core.remote_spec(name, kind="cache")
+    ttl = parse_duration(older_than) if older_than else spec.ttl
+    budget = parse_size(max_size) if max_size else spec.max_size
+    if ttl is None and budget is None:
+        raise InvalidInput(f"cache {spec.name} has no --ttl or --max-size",
+                           hint="pass --older-than and/or --max-size")
+    check_outside_stores(spec.url)
+    return ClusterCache(spec.url).prune(ttl, budget)

@@ -132,6 +132,14 @@ class Changes:
 # ---- reports of local commands ----------------------------------------------------------
 
 
+class _FlatReport:
+    """A report whose `--json` form is its fields as they are."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return dict(self.__dict__)
+
+
 @dataclass
 class StatusReport:
     """`dsv status` of one dataset."""
@@ -183,7 +191,7 @@ class FileRow:
 
 
 @dataclass
-class GcReport:
+class GcReport(_FlatReport):
     """What `dsv gc` removed (or with `dry_run`, would remove)."""
 
     removed_objects: int = 0
@@ -192,10 +200,6 @@ class GcReport:
     freed_bytes: int = 0
     dry_run: bool = False
     kept_for_writers: int = 0   # unreachable objects kept because a writer was running
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -221,7 +225,7 @@ class VerifyReport:
 
 
 @dataclass
-class RebuildReport:
+class RebuildReport(_FlatReport):
     """What `dsv index rebuild` recovered from the objects."""
 
     packs: int = 0
@@ -229,16 +233,12 @@ class RebuildReport:
     datasets: int = 0
     skipped: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return dict(self.__dict__)
-
 
 # ---- reports of sync, jobs and imports --------------------------------------------------
 
 
 @dataclass
-class PushReport:
+class PushReport(_FlatReport):
     """What a push sent and which remote refs it moved."""
 
     remote: str
@@ -253,13 +253,9 @@ class PushReport:
     behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
     rejected: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return dict(self.__dict__)
-
 
 @dataclass
-class FetchReport:
+class FetchReport(_FlatReport):
     """What a fetch brought (versions, trees, refs; no file contents)."""
 
     remote: str
@@ -270,10 +266,6 @@ class FetchReport:
     objects_received: int = 0
     bytes_received: int = 0
     from_cache: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -327,7 +319,7 @@ class RemoteCheckReport:
 
 
 @dataclass
-class PruneReport:
+class PruneReport(_FlatReport):
     """What `dsv cache prune` evicted and kept."""
 
     removed: int = 0
@@ -337,10 +329,6 @@ class PruneReport:
     pending_kept: int = 0
     stale_tmp_removed: int = 0
     bad_removed: int = 0      # entries that were not regular files (FIFOs, links, …)
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return dict(self.__dict__)
 
 
 @dataclass

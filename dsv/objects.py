@@ -206,6 +206,15 @@ class ObjectStore:
         """Whether `oid` is stored, packed or loose."""
         return self._locator.locate(oid) is not None or self.has_loose(oid)
 
+    def lacking(self, entries: dict[str, int]) -> tuple[list[str], list[str]]:
+        """Which blobs (oid → size) this store does not hold: (those bound for packs,
+        those stored loose), by the size their trees give."""
+        small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
+        present = self.locate_many(small)
+        return ([o for o in small if o not in present],
+                [o for o, size in entries.items()
+                 if size >= PACK_THRESHOLD and not self.has_loose(o)])
+
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         """Pack locations of those of `oids` that are packed (small objects are never loose)."""
         return self._locator.locate_many(oids)

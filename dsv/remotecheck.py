@@ -29,7 +29,6 @@ from .sync.push import Sent, record_sent
 from .sync.remote import Remote
 
 
-
 def parse_subset(text: str | None) -> float | None:
     """`--read-data-subset 10%` (or `0.1`) as a fraction in (0, 1]."""
     if text is None:

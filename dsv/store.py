@@ -18,12 +18,11 @@ from typing import Any, BinaryIO
 # because every command pays at start-up for every module it imports.
 from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
-from .errors import InvalidInput
 from .model import (Changes, CheckoutReport, Dataset, FetchReport, FileRow, GcReport,
                     ImportCheckReport, JobResult, Manifest, PruneReport, PullReport,
                     PushReport, RebuildReport, RemoteCheckReport, StatusReport, TagRow,
                     VerifyReport, Version)
-from .remotes.base import RemoteSpec, check_outside_stores, parse_duration, parse_size
+from .remotes.base import RemoteSpec
 from .reporting import Reporter
 
 __all__ = ["Store", "find_store"]
@@ -373,15 +372,8 @@ class Store:
                     max_size: str | None = None) -> PruneReport:
         """Evict cluster-cache entries unused for longer than the TTL, then the least
         recently used beyond the size budget (flags override the remote's settings)."""
-        from .remotes.cache import ClusterCache
-        spec = self.remote_spec(name, kind="cache")
-        ttl = parse_duration(older_than) if older_than else spec.ttl
-        budget = parse_size(max_size) if max_size else spec.max_size
-        if ttl is None and budget is None:
-            raise InvalidInput(f"cache {spec.name} has no --ttl or --max-size",
-                               hint="pass --older-than and/or --max-size")
-        check_outside_stores(spec.url)
-        return ClusterCache(spec.url).prune(ttl, budget)
+        from . import maintenance
+        return maintenance.prune_cache(self.core, name, older_than, max_size)
 
     # ---- maintenance ----------------------------------------------------------------
     def gc(self, dry_run: bool = False) -> GcReport:

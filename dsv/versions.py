@@ -120,13 +120,14 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
         ds = core.pick_dataset(key, cwd)
         root = core.dataset_root(ds)
         stores: list[str] = []
-        files, _skipped = worktree.scan(root, core.excluded(ds), stores=stores)
+        excluded = core.excluded(ds)
+        files, _skipped = worktree.scan(root, excluded, stores=stores)
         cache = core.index.stat_cache(ds.id)
         with Ingest(core.objects) as ingest:
             total = sum(f[0] for f in files.values())
             with core.reporter.task("committing", len(files), total) as advance:
                 snap = worktree.snapshot(root, files, cache, ingest, advance,
-                                         fences=core.excluded(ds) + stores)
+                                         fences=excluded + stores)
             root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
             head = core.head(ds)
             if head is not None and not allow_empty and (

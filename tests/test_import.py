@@ -177,3 +177,25 @@ def test_public_bucket_without_credentials(store, s3, bucket, s3_endpoint, monke
                         no_sign_request=True)
     assert _files(store, f"pub:{v.id}") == _files(store, f"pub2:{w.id}") == \
         {"readme.txt": b"open data"}
+
+
+@pytest.mark.parametrize("listed", [100, (2 << 20) + 5])
+def test_a_server_sending_more_than_it_listed_is_cut_off(store, s3, bucket, s3_endpoint,
+                                                         monkeypatch, listed: int) -> None:
+    """A hostile endpoint streams without end: dsv reads at most one byte past the listed
+    size (small objects into memory, large ones to disk), refuses, and stores nothing."""
+    s3.put_object(Bucket=bucket, Key="data/f.bin", Body=b"x" * listed)
+    read: list[int] = []
+
+    class Endless:
+        def read(self, amt: int | None = None) -> bytes:
+            assert amt is not None, "an unbounded read"
+            read.append(amt)
+            return b"x" * amt
+
+    monkeypatch.setattr(imports.s3, "open_object", lambda client, bucket, obj: Endless())
+    with pytest.raises(ImportMismatch, match=f"received {listed + 1} bytes, expected {listed}"):
+        store.import_s3(f"s3://{bucket}/data/", endpoint_url=s3_endpoint)
+    assert sum(read) == listed + 1
+    assert store.datasets() == []
+    assert list(store.objects.iter_loose()) == []

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .options import JsonOpt
-from .output import echo, print_json, version_json, version_ref
+from .output import echo, print_json, print_version_ref, version_ref
 from .session import open_store
 
 commands = typer.Typer(add_completion=False)
@@ -98,7 +98,4 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
     v = store.import_s3(source, name=name, etag=etag, version_id=version_id,
                         endpoint_url=endpoint_url, profile=profile,
                         no_sign_request=no_sign_request, message=message)
-    if as_json:
-        print_json(version_json(store, v))
-    else:
-        echo(version_ref(store, v))
+    print_version_ref(store, v, as_json)

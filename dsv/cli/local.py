@@ -11,8 +11,8 @@ from typing import Any, Optional
 import typer
 
 from .options import DatasetOpt, JsonOpt
-from .output import (add_row, cell, console, echo, new_table, print_json, print_version, size,
-                     version_json, version_ref, when)
+from .output import (add_row, cell, console, echo, new_table, print_json, print_version,
+                     print_version_ref, size, version_json, version_ref, when)
 from .session import open_store
 
 commands = typer.Typer(add_completion=False)
@@ -85,10 +85,7 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
     """Snapshot a dataset's working directory as a new version (only changed files are hashed)."""
     store = open_store()
     v = store.commit(message, dataset, allow_empty=allow_empty)
-    if as_json:
-        print_json(version_json(store, v))
-    else:
-        echo(version_ref(store, v))
+    print_version_ref(store, v, as_json)
 
 
 @commands.command()

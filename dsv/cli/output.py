@@ -125,6 +125,15 @@ def version_ref(store: Store, version: Version) -> str:
     return f"{ds.name if ds else version.dataset}:{version.id}"
 
 
+def print_version_ref(store: Store, v: Version, as_json: bool) -> None:
+    """What a command that made or changed a version prints: `NAME:VERSION`, or with
+    `--json` the version's fields."""
+    if as_json:
+        print_json(version_json(store, v))
+    else:
+        echo(version_ref(store, v))
+
+
 def version_json(store: Store, v: Version) -> dict[str, Any]:
     """A version as `--json` shows it: its record's fields and its `ref`."""
     data = v.to_json()

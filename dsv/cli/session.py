@@ -36,5 +36,6 @@ def open_store() -> Store:
     from ..paths import STORE_DIR
     from ..store import Store, find_store
     where, exact = (session.store, True) if session.store else (".", False)
-    session.index_path = find_store(Path(where), exact) / STORE_DIR / "index.db"
-    return Store.open(where, reporter=RichReporter(), exact=exact)
+    root = find_store(Path(where), exact)
+    session.index_path = root / STORE_DIR / "index.db"
+    return Store(root, reporter=RichReporter())

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from .options import JsonOpt
-from .output import (add_row, console, echo, new_table, plural, print_json, print_version, safe,
-                     size, version_json, version_ref, when)
+from .output import (add_row, console, echo, new_table, plural, print_json, print_version,
+                     print_version_ref, safe, size, version_json, version_ref, when)
 from .session import open_store
 
 if TYPE_CHECKING:
@@ -126,10 +126,7 @@ def versions_create(dataset: str = typer.Argument(..., metavar="DATASET",
         v = store.create_version_from_path(dataset, source_path, message)
     else:
         v = store.create_version(dataset, message, from_ref)
-    if as_json:
-        print_json(version_json(store, v))
-    else:
-        echo(version_ref(store, v))
+    print_version_ref(store, v, as_json)
 
 
 @versions_app.command("commit")
@@ -142,10 +139,7 @@ def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT",
     """Freeze a draft; it can never change again."""
     store = open_store()
     v = store.commit_version(ref, message)
-    if as_json:
-        print_json(version_json(store, v))
-    else:
-        echo(version_ref(store, v))
+    print_version_ref(store, v, as_json)
 
 
 @versions_app.command("list")

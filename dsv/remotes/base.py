@@ -130,6 +130,17 @@ class Backend(Protocol):
         """Remove a file (`verify --remote --repair`, `gc --remote`); a missing key is fine."""
 
 
+def check_range(where: str, start: int, length: int, cap: int) -> None:
+    """Refuse a ranged read no backend may serve: a negative start or length (RemoteError)
+    or more than `cap` bytes at once (TooLarge: a pack index claiming a huge object)."""
+    if start < 0 or length < 0:
+        raise RemoteError(f"{where}: asked for {length} bytes at {start}")
+    if length > cap:
+        raise TooLarge(f"{where}: refusing to read {length} bytes at once (at most {cap})",
+                       hint="the remote's pack index claims an object larger than any "
+                            "dsv packs")
+
+
 def check_key(key: str) -> list[str]:
     """The `/`-separated components of a remote key; BadKey unless it is a plain relative
     path (every key dsv writes is one; anything else came from a hostile listing)."""

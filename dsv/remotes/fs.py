@@ -22,7 +22,7 @@ from typing import TypeVar
 from .. import fileio
 from ..hashing import hash_bytes
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, NotRegular, Progress, RemoteError,
-                   TooLarge, check_key, open_dirs)
+                   TooLarge, check_key, check_range, open_dirs)
 
 _PIECE = 8 << 20
 T = TypeVar("T")
@@ -120,13 +120,7 @@ class FsBackend:
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Backend.get_range, read through a descriptor that follows no link."""
-        if start < 0 or length < 0:
-            raise RemoteError(f"{self._path(key)}: asked for {length} bytes at {start}")
-        if length > MAX_GET_BYTES:
-            raise TooLarge(f"{self._path(key)}: refusing to read {length} bytes at once "
-                           f"(at most {MAX_GET_BYTES})",
-                           hint="the remote's pack index claims an object larger than any "
-                                "dsv packs")
+        check_range(self._path(key), start, length, MAX_GET_BYTES)
         fd = self._open(key)
         try:
             size = os.fstat(fd).st_size

@@ -32,7 +32,6 @@ TOP_LEVEL = ("index", "packs", "loose", "refs", "tmp", REMOTE_MARKER)
 remote's own)."""
 
 
-
 def pack_key(pack_id: str) -> str:
     """The key of a pack."""
     return f"{PACKS}{pack_id}.pack"

@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from .. import fileio
 from ..errors import RemoteError
 from ..hashing import hash_bytes
-from .base import MAX_GET_BYTES, MAX_REF_BYTES, NotFound, Progress, TooLarge, check_key
+from .base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, Progress, TooLarge, check_key,
+                   check_range)
 
 _PIECE = 8 << 20  # what `download` yields at a time, and `put_file` reads at a time
 
@@ -91,13 +92,7 @@ class MemoryBackend:
         """Exactly `length` bytes at `start`: RemoteError for a negative start or length or
         a range past the end (a zero-length one too: the file must exist and hold `start`),
         TooLarge for `length` above MAX_GET_BYTES, NotFound if absent."""
-        if start < 0 or length < 0:
-            raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}")
-        if length > MAX_GET_BYTES:
-            raise TooLarge(f"{self._where(key)}: refusing to read {length} bytes at once "
-                           f"(at most {MAX_GET_BYTES})",
-                           hint="the remote's pack index claims an object larger than any "
-                                "dsv packs")
+        check_range(self._where(key), start, length, MAX_GET_BYTES)
         data = self._existing(key)
         if start + length > len(data):
             raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}, "

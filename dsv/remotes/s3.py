@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..errors import InvalidInput
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, BadKey, CorruptDownload, NotFound, Progress,
-                   RemoteError, TooLarge, check_key)
+                   RemoteError, TooLarge, check_key, check_range)
 
 CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 30
@@ -318,8 +318,7 @@ class S3Backend:
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Backend.get_range: one ranged GET."""
-        if start < 0 or length < 0:
-            raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}")
+        check_range(self._where(key), start, length, MAX_GET_BYTES)
         if length == 0:
             # No byte to ask for (`bytes=N-(N-1)` is no valid range), but the key must
             # exist and `start` lie within it, as for any other range.
@@ -330,11 +329,6 @@ class S3Backend:
                 raise RemoteError(f"{self._where(key)}: asked for 0 bytes at {start}, past "
                                   f"its end ({size} bytes)")
             return b""
-        if length > MAX_GET_BYTES:
-            raise TooLarge(f"{self._where(key)}: refusing to read {length} bytes at once "
-                           f"(at most {MAX_GET_BYTES})",
-                           hint="the remote's pack index claims an object larger than any "
-                                "dsv packs")
         data = self._get(key, length, expect=length,
                          Range=f"bytes={start}-{start + length - 1}")[0]
         if len(data) != length:

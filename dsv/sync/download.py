@@ -17,7 +17,7 @@ from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
 from ..hashing import hash_bytes
 from ..model import FetchReport, PullReport, Version
-from ..objects import (KIND_BLOB, PACK_THRESHOLD, Ingest, pack_tail_size, parse_pack_index)
+from ..objects import (KIND_BLOB, Ingest, pack_tail_size, parse_pack_index)
 from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
                             RemoteRefused)
 from ..remotes.cache import ClusterCache
@@ -79,6 +79,16 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
     def get(job: tuple[str, int, int, list[tuple[str, int, int]]]
             ) -> tuple[list[tuple[str, memoryview]], bool]:
         pack, start, length, group = job
+
+        def from_origin() -> bytes:
+            try:
+                return remote.backend.get_range(pack_key(pack), start, length)
+            except NotFound:
+                raise MissingObject(f"{remote.name} has no pack {pack[:12]}"
+                                    + (" and the cluster cache does not hold it" if cache else ""),
+                                    hint="run `dsv fetch` to refresh what the remote holds; is "
+                                         "the remote reachable?") from None
+
         data = None
         cached = False
         if cache is not None and pack in whole:
@@ -89,20 +99,13 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
                 _fill_cache_pack(cache, remote, pack, sizes.get(pack))
                 data = cache.read_range(path, start, length)
         if data is None:
-            try:
-                data = remote.backend.get_range(pack_key(pack), start, length)
-            except NotFound:
-                raise MissingObject(f"{remote.name} has no pack {pack[:12]}"
-                                    + (" and the cluster cache does not hold it" if cache else ""),
-                                    hint="run `dsv fetch` to refresh what the remote holds; is "
-                                         "the remote reachable?") from None
+            data = from_origin()
         out, bad = _split_verified(data, start, group)
         if bad and cache is not None and pack in whole:
             # A damaged cache entry costs a download, never data: drop it, ask the origin.
             cache.drop(cache.pack_path(pack))
             cached = False
-            out, bad = _split_verified(remote.backend.get_range(pack_key(pack), start, length),
-                                       start, group)
+            out, bad = _split_verified(from_origin(), start, group)
         if bad:
             raise CorruptObject(f"object {bad[:12]} from {remote.name} is corrupt (pack "
                                 f"{pack[:12]})", hint="nothing corrupt was stored; the remote "
@@ -151,15 +154,6 @@ def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int |
     cache.fill_bytes(cache.pack_path(pack), data)
 
 
-def _lacking(core: Core, entries: dict[str, int]) -> tuple[list[str], list[str]]:
-    """Blobs (oid → size) the store does not hold: (packed-size ones, loose-size ones)."""
-    small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
-    present = core.objects.locate_many(small)
-    return ([o for o in small if o not in present],
-            [o for o, size in entries.items()
-             if size >= PACK_THRESHOLD and not core.objects.has_loose(o)])
-
-
 def origin_down(core: Core, exc: RemoteError) -> None:
     """Go on from the cluster cache when the origin cannot be reached (re-raise without one)."""
     if not caches(core):
@@ -171,7 +165,7 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
     """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
     cluster cache first, then the remote the version was fetched from, else the default
     remote. Does nothing, and needs no network, when every blob is here."""
-    if not any(_lacking(core, entries)):
+    if not any(core.objects.lacking(entries)):
         return
     name = core.index.promised().get(version.id)
     names = {s.name for s in core.remote_specs() if s.kind == "origin"}
@@ -194,7 +188,7 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
 def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
                    report: PullReport, ingest: Ingest, label: str = "pulling") -> None:
     """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
-    small, large = _lacking(core, entries)
+    small, large = core.objects.lacking(entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)
     report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)
@@ -214,7 +208,7 @@ def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
             raise CorruptObject(f"object {oid[:12]} is {length} bytes on {remote.name}; the "
                                 f"version says {entries[oid]}", hint="the remote is damaged "
                                 "or hostile; nothing was stored")
-    _check_free_space(core, sum(entries[o] for o in small) + sum(entries[o] for o in large))
+    _check_free_space(core, sum(entries[o] for o in packed) + sum(entries[o] for o in large))
     for oid, data in download_packed(core, remote, packed, label, report):
         ingest.add(oid, KIND_BLOB, data)
     if large:

@@ -14,7 +14,7 @@ import time
 from .. import refs, tree
 from ..core import Core
 from ..errors import (CorruptObject)
-from ..model import Dataset, FetchReport, Version
+from ..model import COMMITTED, Dataset, FetchReport, Version
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
 from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
@@ -69,7 +69,7 @@ def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str]
             v = rec.version
             known = index.version(v.id)
             if known is not None:
-                if known.record != v.record and known.state == "committed":
+                if known.record != v.record and known.state == COMMITTED:
                     raise CorruptObject(f"version {v.id} on {remote.name} has record "
                                         f"{(v.record or '-')[:12]}, but this store's has "
                                         f"{(known.record or '-')[:12]}",
@@ -230,11 +230,14 @@ def _create_dataset(core: Core, v: Version, dataset_name: str | None,
                     ref: RemoteRef | None) -> str:
     """A dataset first seen on a remote: unbound, named as the remote names it. Returns
     the name it got."""
-    name = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
-    if not refs.is_valid_name(name) or name == LATEST:
-        name = v.dataset
-    taken = core.index.dataset_by("name", name) or core.index.dataset_by("id", name)
-    if taken is not None and taken.id != v.dataset:
-        name = f"{name}-{v.dataset}" if refs.is_valid_name(f"{name}-{v.dataset}") else v.dataset
+    wanted = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
+    for name in (wanted, f"{wanted}-{v.dataset}", v.dataset):
+        taken = core.index.dataset_by("name", name) or core.index.dataset_by("id", name)
+        if refs.is_valid_name(name) and name != LATEST and \
+                (taken is None or taken.id == v.dataset):
+            break
+    else:
+        raise CorruptObject(f"dataset {v.dataset} on the remote cannot be named here: its id "
+                            f"is taken", hint="nothing was fetched")
     core.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
     return name

@@ -21,7 +21,7 @@ from ..core import Core, create_layout
 from ..settings import add_remote
 from ..errors import DirtyWorktree, DsvError, InvalidInput, StoreExists
 from ..jsonio import load_bounded
-from ..paths import STORE_DIR as DSV_DIR
+from ..paths import STORE_DIR
 from ..reporting import Reporter
 from ..model import FetchReport, PullReport
 from ..objects import (Ingest)
@@ -82,17 +82,16 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
             # Each distinct tree once: no flat manifest of the whole version is built.
             wanted.update(tree.blob_sizes(v.tree, core.read_tree))
             continue
-        manifest = core.manifest(v)
-        if paths:
-            selected = {normalize_user_path(p) for p in paths}
-            manifest = {p: e for p, e in manifest.items() if is_under(p, selected)}
-            if not manifest:
-                ds = core.index.dataset_by("id", v.dataset)
-                ref = f"{ds.name if ds else v.dataset}:{v.id}"
-                raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
-                                   hint=f"`dsv files list {ref} --recursive` shows its paths")
+        selected = {normalize_user_path(p) for p in paths}
+        manifest = {p: e for p, e in core.manifest(v).items() if is_under(p, selected)}
+        if not manifest:
+            ds = core.index.dataset_by("id", v.dataset)
+            ref = f"{ds.name if ds else v.dataset}:{v.id}"
+            raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
+                               hint=f"`dsv files list {ref} --recursive` shows its paths")
         for entry in manifest.values():
             wanted[entry.oid] = entry.size
+
     def record() -> None:
         core.refs.apply(changes)
         if not paths:
@@ -106,6 +105,7 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
 
 
 # ---- pull and clone as commands ---------------------------------------------------------
+
 
 def pull(core: Core, remote: str | None = None, targets: list[str] | None = None,
          paths: list[str] | None = None, force: bool = False,
@@ -124,6 +124,7 @@ def pull(core: Core, remote: str | None = None, targets: list[str] | None = None
         return report
     with core.locked("pull"):
         return _pull(core, remote, list(targets or []), paths, force, checkout)
+
 
 def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] | None,
           force: bool, checkout: bool,
@@ -153,6 +154,7 @@ def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] |
             report.notices.append(f"{ds.name}: not checked out: {exc.message}")
     return report
 
+
 def clone(url: str, path: str | os.PathLike[str] | None = None,
           endpoint_url: str | None = None, profile: str | None = None,
           reporter: Reporter | None = None) -> tuple[Core, PullReport]:
@@ -168,7 +170,7 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
     if path is None:
         path = url.rstrip("/").rpartition("/")[2] or "dsv-clone"
     root = Path(path).resolve()
-    marker = root / DSV_DIR / CLONE_MARKER
+    marker = root / STORE_DIR / CLONE_MARKER
     if os.path.lexists(marker):
         return _resume_clone(root, url, reporter)
     if root.exists() and any(root.iterdir()):
@@ -179,7 +181,7 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        (root / DSV_DIR).mkdir()
+        (root / STORE_DIR).mkdir()
     except FileExistsError:
         raise StoreExists(f"{root} is being cloned into by another process",
                           hint="wait for it; if it was killed, run the same clone "
@@ -202,11 +204,11 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
             core.close()
         try:
             for child in root.iterdir():
-                if child.name == DSV_DIR:
+                if child.name == STORE_DIR:
                     continue
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
                     else child.unlink()
-            shutil.rmtree(root / DSV_DIR, ignore_errors=True)
+            shutil.rmtree(root / STORE_DIR, ignore_errors=True)
             if made_root:
                 root.rmdir()
         except OSError:
@@ -221,24 +223,30 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
 def _resume_clone(root: Path, url: str,
                   reporter: Reporter | None) -> tuple[Core, PullReport]:
     """Complete a clone that was killed: same remote, nothing deleted on failure."""
-    claim = _ClonePlan.take(root / DSV_DIR / CLONE_MARKER)
+    claim = _ClonePlan.take(root / STORE_DIR / CLONE_MARKER)
     try:
         if claim.url != url:
             raise StoreExists(f"{root} holds an unfinished clone of {claim.url}",
                               hint="run that clone again, or choose another directory")
-        if not (root / DSV_DIR / "config.json").exists():
+        if not (root / STORE_DIR / "config.json").exists():
             create_layout(root)
         core = Core(root, reporter)
+    except BaseException:
+        claim.release()
+        raise
+    try:
         if not any(s.name == "origin" for s in core.remote_specs()):
             add_remote(core, "origin", claim.url, endpoint_url=claim.endpoint_url,
                        profile=claim.profile, default=True)
         core.reporter.notice(f"completing the interrupted clone of {claim.url}")
         report = _finish_clone(core)
     except BaseException:
+        core.close()  # its staging directory and lock go now, not at exit
         claim.release()
         raise
     claim.finish()
     return core, report
+
 
 def _finish_clone(core: Core) -> PullReport:
     """Fetch from origin, bind datasets where the pusher had them, pull and check out."""

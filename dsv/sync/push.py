@@ -21,7 +21,7 @@ from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
                       RefConflict)
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
-from ..model import Dataset, PushReport, Version
+from ..model import COMMITTED, Dataset, PushReport, Version
 from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntry, encode_pack,
                        pack_tail_size)
 from ..refs import LATEST
@@ -62,7 +62,7 @@ def _push_plan(core: Core, targets: list[str]
             except DsvError:
                 ds = None
         if ds is not None:
-            committed = core.index.versions(ds.id, "committed")
+            committed = core.index.versions(ds.id, COMMITTED)
             if not committed:
                 continue
             roots.extend(committed)
@@ -121,9 +121,9 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
 
 def _settle_pending(core: Core, remote: Remote) -> None:
     """Clear write-through markers of entries the origin now holds (a killed push left them)."""
+    packs = core.index.remote_packs(remote.name)
     for cache in caches(core, write_through=True):
         marked = cache.pending()
-        packs = core.index.remote_packs(remote.name)
         loose = core.index.remote_loose(remote.name, [os.path.basename(p) for p in marked])
         for path in marked:
             name = os.path.basename(path)

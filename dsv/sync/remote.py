@@ -69,8 +69,8 @@ class Remote:
         """Bring the store's picture of the remote's packs up to date (list `index/`;
         read each new pack index, which must hash to its pack's name)."""
         index = self.core.index
-        listed = {key.rpartition("/")[2]: size for key, size in self.backend.list("index/")}
-        listed = {p: size for p, size in listed.items() if is_hash(p)}
+        listed = {pid: size for key, size in self.backend.list(layout.INDEX)
+                  if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
         known = index.remote_packs(self.name)
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
@@ -101,7 +101,7 @@ class Remote:
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
         """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot
         be read safely is skipped with a warning."""
-        keys = [key for key, _size in self.backend.list("refs/")]
+        keys = [key for key, _size in self.backend.list(layout.REFS)]
 
         def read(key: str) -> RemoteRef | None:
             try:
@@ -125,10 +125,11 @@ def open_remote(core: Core, name: str | None, kind: str = "origin") -> Remote:
 
 def caches(core: Core, write_through: bool = False) -> list[ClusterCache]:
     """The store's cluster caches (only those pushes write through to, if asked)."""
-    for spec in core.remote_specs():
+    chosen = [s for s in core.remote_specs()
+              if s.kind == "cache" and (s.write_through or not write_through)]
+    for spec in chosen:
         check_outside_stores(spec.url)
-    return [ClusterCache(s.url) for s in core.remote_specs()
-            if s.kind == "cache" and (s.write_through or not write_through)]
+    return [ClusterCache(s.url) for s in chosen]
 
 
 def read_cache(core: Core) -> ClusterCache | None:
