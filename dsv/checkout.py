@@ -42,11 +42,21 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     root = core.dataset_root(ds)
     files, skipped = worktree.scan(root, core.excluded(ds))
     head = core.head(ds)
-    if head is not None and ds.cache_tree == head.tree and \
-            worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
-        # The cache vouches for every file and describes the head tree exactly:
-        # no tree to read, nothing to hash.
-        return StatusReport(ds, head, Changes(), skipped)
+    if head is not None:
+        digest = worktree.stat_digest(files)
+        if digest is not None and core.index.clean_scan(ds.id) == (head.tree, digest):
+            # This very scan was vouched for before: no stat-cache row to read.
+            return StatusReport(ds, head, Changes(), skipped)
+        if ds.cache_tree == head.tree and \
+                worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
+            # The cache vouches for every file and describes the head tree exactly: no
+            # tree to read, nothing to hash; and the next status compares one digest.
+            if digest is not None:
+                with core.locked_if_free("status") as got:
+                    now = core.index.dataset_by("id", ds.id) if got else None
+                    if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
+                        core.index.put_clean_scan(ds.id, head.tree, digest)
+            return StatusReport(ds, head, Changes(), skipped)
     cache = core.index.stat_cache(ds.id)
     with core.reporter.task("hashing", len(files)) as advance:
         snap = worktree.snapshot(root, files, cache, None, advance)

@@ -28,7 +28,7 @@ from .model import Dataset, StatRow, Version
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _IN_BATCH = 500
 
 
@@ -182,6 +182,9 @@ class Index:
             PRIMARY KEY (remote, dataset, ref)) WITHOUT ROWID""")
         db.execute("""CREATE TABLE IF NOT EXISTS promised (
             version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
+        # Schema 4: the scan each dataset's stat cache last vouched for (a cache).
+        db.execute("""CREATE TABLE IF NOT EXISTS statdigest (
+            dataset TEXT PRIMARY KEY, tree TEXT NOT NULL, digest TEXT NOT NULL) WITHOUT ROWID""")
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -269,6 +272,7 @@ class Index:
         with self.transaction():
             self.conn.execute("DELETE FROM tags WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
+            self.conn.execute("DELETE FROM statdigest WHERE dataset=?", (ds_id,))
             self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL, cache_tree=NULL "
                               "WHERE id=?", (ds_id,))
             self.conn.execute("DELETE FROM promised WHERE version IN "
@@ -460,9 +464,25 @@ class Index:
             self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?", doomed)
             self.conn.execute("UPDATE datasets SET cache_tree=NULL")
 
+    def clean_scan(self, ds_id: str) -> tuple[str, str] | None:
+        """(tree, digest): the last scan of the dataset's directory that the stat cache
+        vouched for in full, and the tree it showed (see worktree.stat_digest)."""
+        row = self.conn.execute("SELECT tree, digest FROM statdigest WHERE dataset=?",
+                                (ds_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def put_clean_scan(self, ds_id: str, tree: str, digest: str) -> None:
+        """Remember a scan the stat cache vouched for in full (skipped on an index that
+        cannot be written: it is a cache)."""
+        if self.read_only:
+            return
+        self.conn.execute("INSERT OR REPLACE INTO statdigest (dataset, tree, digest) "
+                          "VALUES (?,?,?)", (ds_id, tree, digest))
+
     def clear_stat_cache(self, ds_id: str) -> None:
         """Forget a dataset's whole stat cache (and that it vouched for a tree)."""
         self.conn.execute("DELETE FROM statcache WHERE dataset=?", (ds_id,))
+        self.conn.execute("DELETE FROM statdigest WHERE dataset=?", (ds_id,))
         self.conn.execute("UPDATE datasets SET cache_tree=NULL WHERE id=?", (ds_id,))
 
     # ---- imports: what was already downloaded, for resuming ----------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from . import fileio
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, UnsafePath
-from .hashing import hash_bytes, hash_file
+from .hashing import hash_bytes, hash_file, new_hasher
 from .model import Changes, StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
@@ -130,6 +131,31 @@ def all_trusted(files: dict[str, FileStat],
             return False
         seen += 1
     return seen == len(files)
+
+
+_STATS = struct.Struct("<qqQq")  # size, mtime_ns, inode, permission bits
+
+
+def stat_digest(files: dict[str, FileStat]) -> str | None:
+    """A digest of everything a scan saw (paths in scan order, kinds, stats), or None when a
+    value does not fit the digest's 64-bit fields.
+
+    Status stores it beside the tree once the stat cache has vouched for every file; a
+    later scan with the same digest saw the same files with the same stats, so the same
+    contents (the stat cache's own rule), and status needs to read no stat-cache row.
+    """
+    pack = _STATS.pack
+    try:
+        stats = b"".join([pack(fs[0], fs[1], fs[2], fs[3]) for fs in files.values()])
+    except struct.error:
+        return None
+    h = new_hasher()
+    h.update(b"dsv stat digest 1\n%d\n" % len(files))
+    h.update("\0".join(files).encode("utf-8", "surrogateescape"))
+    h.update(b"\0\0")
+    h.update("".join([fs[4] for fs in files.values()]).encode("ascii"))
+    h.update(stats)
+    return h.hexdigest()
 
 
 def _stored_mode(fs: FileStat) -> int:

@@ -315,6 +315,146 @@ def test_status_of_unchanged_tree_reads_no_file(committed, dsv, monkeypatch) -> 
     assert [Path(p).name for p in opened] == ["a.txt"]
 
 
+def _clean_scans(ws: Path) -> list[tuple[str, str, str]]:
+    import sqlite3
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        return list(conn.execute("SELECT dataset, tree, digest FROM statdigest"))
+
+
+def _age(ws: Path) -> None:
+    """Make every file old, so no stat-cache row of it is racily clean."""
+    for p in ws.rglob("*"):
+        if p.is_file() and ".dsv" not in p.parts:
+            os.utime(p, (1_600_000_000, 1_600_000_000))
+
+
+def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch) -> None:
+    """A clean status the cache vouched for in full leaves a digest of its scan; the next
+    status compares that digest instead of reading the cache, and any change of a path, a
+    stat or the head makes it fall back to the cache and to hashing."""
+    write_tree(ws, {"x.bin": b"1111", "y.bin": b"2222"})
+    _age(ws)
+    vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
+    assert _clean_scans(ws) == []              # a commit remembers no scan
+    assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True   # rows vouch: remember
+    ((ds_id, tree, digest),) = _clean_scans(ws)
+    assert tree == jout(dsv("show", vid, "--json", cwd=ws))["tree"] and len(digest) == 64
+
+    from dsv.index import Index
+
+    def no_rows(self: Index, ds: str) -> None:
+        raise AssertionError("the stat cache was read")
+    with monkeypatch.context() as m:
+        m.setattr(Index, "iter_stat_keys", no_rows)
+        m.setattr(Index, "stat_cache", no_rows)
+        assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
+        # Swapping two files of one size keeps every size and mtime: only the inodes move.
+        os.rename(ws / "x.bin", ws / "t.bin")
+        os.rename(ws / "y.bin", ws / "x.bin")
+        os.rename(ws / "t.bin", ws / "y.bin")
+        fails(dsv("status", cwd=ws), "the stat cache was read")
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert st["modified"] == ["x.bin", "y.bin"] and st["clean"] is False
+    assert _clean_scans(ws) == [(ds_id, tree, digest)]   # a dirty status records nothing
+
+    # The contents written back in place: clean again with other inodes, and the new scan
+    # (not the old one) is what is remembered once the cache vouches for it.
+    write_tree(ws, {"x.bin": b"1111", "y.bin": b"2222"})
+    _age(ws)
+    for _ in range(2):
+        assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True
+    ((_, tree2, digest2),) = _clean_scans(ws)
+    assert tree2 == tree and digest2 not in (None, digest)
+
+    # A new head: the remembered scan names the old tree and is not trusted for the new one.
+    (ws / "x.bin").write_bytes(b"33333")
+    _age(ws)
+    vid2 = vid_of(dsv("commit", "-m", "second", cwd=ws))
+    with monkeypatch.context() as m:
+        m.setattr(Index, "iter_stat_keys", no_rows)
+        m.setattr(Index, "stat_cache", no_rows)
+        fails(dsv("status", cwd=ws), "the stat cache was read")
+    assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid2}): clean\n"
+
+
+def test_status_remembers_no_scan_while_another_process_holds_the_lock(ws: Path, dsv) -> None:
+    from dsv.lock import StoreLock
+    _age(ws)
+    ok(dsv("commit", "-m", "first", cwd=ws))
+    for _ in range(2):
+        ok(dsv("status", cwd=ws))
+    assert len(_clean_scans(ws)) == 1
+    import sqlite3
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        conn.execute("DELETE FROM statdigest")
+    holder = StoreLock(ws / ".dsv" / "lock")
+    holder.acquire("test")
+    try:
+        assert "clean" in ok(dsv("status", cwd=ws)).out
+        assert _clean_scans(ws) == []
+    finally:
+        holder.release()
+    ok(dsv("status", cwd=ws))
+    assert len(_clean_scans(ws)) == 1
+
+
+def test_a_schema_3_store_gains_the_scan_digest_table(ws: Path, dsv) -> None:
+    import sqlite3
+    _age(ws)
+    vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        conn.execute("DROP TABLE statdigest")
+        conn.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    for _ in range(2):
+        assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
+    assert len(_clean_scans(ws)) == 1
+
+
+QUICK_LINES = [["status"], ["status", "--json"], ["status", "-s"], ["status", "--short", "--json"],
+               ["status", "-d", "mydata"], ["status", "--dataset", "mydata", "-s"],
+               ["status", "--dataset=mydata"], ["status", "-d", "nope"], ["--debug", "status", "-s"],
+               ["--store", "{ws}", "status"], ["--store={ws}/.dsv", "status", "--json"],
+               ["--store", "{ws}/nowhere", "status"]]
+TYPER_LINES = [["status", "-h"], ["status", "--bogus"], ["status", "-sd", "mydata"],
+               ["status", "extra"], ["status", "-d"], ["status", "--json", "--json"],
+               ["status", "-d=mydata"], ["status", "--dataset="], ["status", "-d", "-s"],
+               ["status", "--", "-s"], ["--store", "status"], ["statu"],
+               ["status", "-d", "caf\udce9"]]
+
+
+def test_plain_status_lines_skip_typer_and_print_what_typer_would(ws: Path, dsv,
+                                                                 monkeypatch) -> None:
+    """`dsv status` in its plain forms is read without typer (start-up); every line, read
+    either way, prints the same bytes and exits with the same status."""
+    from dsv.cli import quick
+    vid_of(dsv("commit", "-m", "first", cwd=ws))
+    (ws / "a.txt").write_text("changed\n")
+    (ws / "new.txt").write_text("new\n")
+    real = quick.command
+    for lines, quick_reads in ((QUICK_LINES, True), (TYPER_LINES, False)):
+        for line in lines:
+            args = [a.format(ws=ws) for a in line]
+            assert (real(args) is not None) is quick_reads, args
+            both = dsv(*args, cwd=ws)
+            with monkeypatch.context() as m:
+                m.setattr(quick, "command", lambda args: None)
+                assert dsv(*args, cwd=ws) == both, args
+            assert both.code in (0, 1, 2) and "Traceback" not in both.err
+    assert ok(dsv("status", "-s", cwd=ws)).out == \
+        "mydata ({}): 1 added (4 B), 1 modified (8 B), 0 deleted (0 B)\n".format(
+            jout(dsv("log", "--json", cwd=ws))[0]["id"])
+    fails(dsv("status", "-d", "nope", cwd=ws), "nope")
+    fails(dsv("status", "--bogus", cwd=ws), "no such option: --bogus", code=2)
+    # DSV_DIR names the store, as typer reads it; an empty one is left to typer.
+    monkeypatch.setenv("DSV_DIR", os.fspath(ws))
+    assert real(["status"]) is not None
+    assert "1 modified" in ok(dsv("status", cwd=ws.parent)).out
+    monkeypatch.setenv("DSV_DIR", "")
+    assert real(["status"]) is None
+
+
 def test_status_of_all_datasets_and_one(tmp_path: Path, dsv) -> None:
     proj = tmp_path / "proj"
     proj.mkdir()

@@ -52,39 +52,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(f"dsv {__version__}\n")
         return
 
-    import typer
-
     from .output import safe
-    from .root import app
+    from .quick import command as quick_command
     from .session import session
 
-    # click's exceptions, whether typer uses click itself or its own copy of it
-    click_errors: dict[str, Any] = {c.__name__: c for c in typer.BadParameter.__mro__}
     session.reset()
     try:
-        command = typer.main.get_command(app)
-        # Not standalone: usage errors come here, to be printed like every other error.
-        status = command.main(args=args, prog_name="dsv", standalone_mode=False)
-        if isinstance(status, int) and status:  # typer.Exit(status) inside a command
-            if status == 130:  # typer's answer to Ctrl-C
-                sys.stderr.write("interrupted\n")
-            sys.exit(status)
+        quick = quick_command(args)  # a plain `dsv status` does not pay for typer
+        if quick is not None:
+            quick()
+        else:
+            _run_typer(args)
     except DsvError as exc:
         if debug:
             raise
         _fail(exc)
-    except click_errors["UsageError"] as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            sys.exit(2)  # `dsv` or `dsv datasets` alone: the help was printed
-        _fail(_usage_error(exc))
-    except click_errors["ClickException"] as exc:
-        _fail(DsvError(exc.format_message()))
-    except typer.Abort as exc:  # no answer to a question (end of input), or Ctrl-C
-        sys.stderr.write("\n")
-        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            sys.stderr.write("interrupted\n")
-            sys.exit(130)
-        _fail(DsvError("aborted"))
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -97,6 +79,36 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: {type(exc).__name__}: {safe(exc)}\n"
                          "hint: this is a bug in dsv; rerun with --debug for the traceback\n")
         sys.exit(1)
+
+
+def _run_typer(args: list[str]) -> None:
+    """Read `args` with typer and run the command; a line click refuses is one `error:`."""
+    import typer
+
+    from .root import app
+
+    # click's exceptions, whether typer uses click itself or its own copy of it
+    click_errors: dict[str, Any] = {c.__name__: c for c in typer.BadParameter.__mro__}
+    try:
+        command = typer.main.get_command(app)
+        # Not standalone: usage errors come here, to be printed like every other error.
+        status = command.main(args=args, prog_name="dsv", standalone_mode=False)
+        if isinstance(status, int) and status:  # typer.Exit(status) inside a command
+            if status == 130:  # typer's answer to Ctrl-C
+                sys.stderr.write("interrupted\n")
+            sys.exit(status)
+    except click_errors["UsageError"] as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # `dsv` or `dsv datasets` alone: the help was printed
+        _fail(_usage_error(exc))
+    except click_errors["ClickException"] as exc:
+        _fail(DsvError(exc.format_message()))
+    except typer.Abort as exc:  # no answer to a question (end of input), or Ctrl-C
+        sys.stderr.write("\n")
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+        _fail(DsvError("aborted"))
 
 
 def _fail(error: DsvError) -> None:

@@ -13,6 +13,7 @@ import typer
 from .options import DatasetOpt, JsonOpt
 from .output import (add_row, cell, console, echo, new_table, print_json, print_version,
                      print_version_ref, size, version_json, version_ref, when)
+from .quick import show_status
 from .session import open_store
 
 commands = typer.Typer(add_completion=False)
@@ -51,29 +52,7 @@ def init(path: Path = typer.Argument(Path("."), help="Directory to create the st
 def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
            short: bool = typer.Option(False, "--short", "-s", help="Counts only.")) -> None:
     """What changed in each dataset's working directory since its current version."""
-    reports = open_store().statuses(dataset)
-    if as_json:
-        print_json([r.to_json() for r in reports])
-        return
-    out = []
-    for r in reports:
-        c = r.changes
-        head = r.head.id if r.head else (f"not checked out; latest {r.dataset.latest}"
-                                         if r.dataset.latest else "no version yet")
-        if c.clean:
-            out.append(f"{r.dataset.name} ({head}): clean")
-            continue
-        out.append(f"{r.dataset.name} ({head}): {len(c.added)} added ({size(c.added_bytes)}), "
-                   f"{len(c.modified)} modified ({size(c.modified_bytes)}), "
-                   f"{len(c.deleted)} deleted ({size(c.deleted_bytes)})")
-        if not short:
-            for label, paths in (("added", c.added), ("modified", c.modified),
-                                 ("deleted", c.deleted)):
-                out.extend(f"  {label:<9} {p}" for p in paths)
-        for p in r.skipped:
-            out.append(f"  skipped   {p} (not a regular file or symlink)")
-    for line in out:
-        echo(line)
+    show_status(dataset, as_json, short)
 
 
 @commands.command()

@@ -55,6 +55,15 @@ def safe(value: object, multiline: bool = False) -> str:
     return re.sub(_UNSAFE_MULTILINE if multiline else _UNSAFE_LINE, _escape_char, text)
 
 
+def is_utf8(text: str) -> bool:
+    """Whether `text` (an argument, which Python reads with surrogateescape) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def echo(line: str = "", err: bool = False) -> None:
     """One line of human output (stdout, or stderr for warnings), made safe."""
     stream = sys.stderr if err else sys.stdout

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import InvalidInput
-from .output import safe
+from .output import is_utf8, safe
 from .session import session
 
 # Every command and group of `dsv`, in the order `dsv --help` lists them, and the module
@@ -124,7 +124,7 @@ def refuse_non_utf8(command: ClickCommand) -> None:
         def checked(*args: object, **kwargs: object) -> object:
             for name, value in kwargs.items():
                 for item in value if isinstance(value, (list, tuple)) else [value]:
-                    if isinstance(item, str) and not _is_utf8(item):
+                    if isinstance(item, str) and not is_utf8(item):
                         param = params.get(name)
                         if param is None:
                             label = name
@@ -142,11 +142,3 @@ def refuse_non_utf8(command: ClickCommand) -> None:
     if isinstance(commands, dict):  # the root's are checked as each is built
         for sub in commands.values():
             refuse_non_utf8(sub)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
