@@ -23,7 +23,8 @@ from . import refs, tree, versions
 from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
-from .model import ImportCheckReport, Version
+from .model import Version
+from .reports import ImportCheckReport
 from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .reporting import Advance

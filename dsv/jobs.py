@@ -28,7 +28,7 @@ from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
 from . import refs, versions, worktree
 from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
-from .model import JobResult
+from .reports import JobResult
 from .paths import STORE_DIR, is_reserved
 
 

@@ -20,7 +20,8 @@ from .errors import DsvError, InvalidInput
 from .faults import crashpoint
 from .index import Index, Row, salvage
 from .lock import StoreLock
-from .model import Dataset, GcReport, PruneReport, RebuildReport, VerifyReport
+from .model import Dataset
+from .reports import GcReport, PruneReport, RebuildReport, VerifyReport
 from .objects import KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .records import Record, parse_record

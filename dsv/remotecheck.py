@@ -18,7 +18,7 @@ from .core import Core
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .hashing import hash_bytes, hash_file, is_hash, new_hasher
-from .model import RemoteCheckReport
+from .reports import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, encode_pack, pack_tail_size,
                       parse_pack_index)
 from .records import parse_record

@@ -11,19 +11,22 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 # Modules the everyday local commands (status, commit, log, checkout) need are imported
 # here; the others (sync, jobs, imports, maintenance, ...) by the methods that use them,
 # because every command pays at start-up for every module it imports.
 from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
-from .model import (Changes, CheckoutReport, Dataset, FetchReport, FileRow, GcReport,
-                    ImportCheckReport, JobResult, Manifest, PruneReport, PullReport,
-                    PushReport, RebuildReport, RemoteCheckReport, StatusReport, TagRow,
-                    VerifyReport, Version)
+from .model import (Changes, CheckoutReport, Dataset, FileRow, Manifest, StatusReport, TagRow,
+                    Version)
 from .remotes.base import RemoteSpec
 from .reporting import Reporter
+
+if TYPE_CHECKING:  # the reports of the commands that import their modules when they run
+    from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, PruneReport,
+                          PullReport, PushReport, RebuildReport, RemoteCheckReport,
+                          VerifyReport)
 
 __all__ = ["Store", "find_store"]
 

@@ -13,7 +13,7 @@ from .output import RichReporter, echo, plural, print_json, size
 from .session import open_store, session
 
 if TYPE_CHECKING:
-    from ..model import RemoteCheckReport, VerifyReport
+    from ..reports import RemoteCheckReport, VerifyReport
 
 commands = typer.Typer(add_completion=False)
 index_app = typer.Typer(no_args_is_help=True, help="Maintain the SQLite index.")
@@ -51,7 +51,7 @@ def verify(repair: bool = typer.Option(False, "--repair",
                                                      "of packs and loose objects."),
            as_json: bool = JsonOpt) -> None:
     """Re-hash every object and check every version is complete (exit 1 on any problem)."""
-    from ..model import RemoteCheckReport
+    from ..reports import RemoteCheckReport
     store = open_store()
     report: VerifyReport | RemoteCheckReport
     if remote is None:

@@ -13,7 +13,7 @@ from .output import RichReporter, add_row, console, echo, new_table, plural, pri
 from .session import open_store
 
 if TYPE_CHECKING:
-    from ..model import PullReport, PushReport
+    from ..reports import PullReport, PushReport
     from ..store import Store
 
 commands = typer.Typer(add_completion=False)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from .. import fileio
 from ..errors import CorruptObject
 from ..hashing import is_hash, new_hasher
-from ..model import PruneReport
+from ..reports import PruneReport
 from . import layout
 from .base import open_dirs
 

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
 from ..hashing import hash_bytes
-from ..model import FetchReport, PullReport, Version
+from ..model import Version
+from ..reports import FetchReport, PullReport
 from ..objects import (KIND_BLOB, Ingest, pack_tail_size, parse_pack_index)
 from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
                             RemoteRefused)

@@ -14,7 +14,8 @@ import time
 from .. import refs, tree
 from ..core import Core
 from ..errors import (CorruptObject)
-from ..model import COMMITTED, Dataset, FetchReport, Version
+from ..model import COMMITTED, Dataset, Version
+from ..reports import FetchReport
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
 from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST

@@ -23,7 +23,7 @@ from ..errors import DirtyWorktree, DsvError, InvalidInput, StoreExists
 from ..jsonio import load_bounded
 from ..paths import STORE_DIR
 from ..reporting import Reporter
-from ..model import FetchReport, PullReport
+from ..reports import FetchReport, PullReport
 from ..objects import (Ingest)
 from ..paths import is_under, normalize_user_path
 from ..refs import LATEST, RefChange

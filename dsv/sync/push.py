@@ -21,7 +21,8 @@ from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
                       RefConflict)
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
-from ..model import COMMITTED, Dataset, PushReport, Version
+from ..model import COMMITTED, Dataset, Version
+from ..reports import PushReport
 from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntry, encode_pack,
                        pack_tail_size)
 from ..refs import LATEST

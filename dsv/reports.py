@@ -1,0 +1,211 @@
+"""What the commands that are not part of the everyday local workflow return: gc, verify,
+index rebuild, push, fetch, pull, verify --remote, cache prune, run and import --check.
+
+Plain dataclasses, apart from dsv.model so that the everyday commands (status above all) do
+not pay at start-up for building classes they never use. Imports only dsv.model; must never
+do I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .model import Version
+
+
+class _FlatReport:
+    """A report whose `--json` form is its fields as they are."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return dict(self.__dict__)
+
+
+
+@dataclass
+class GcReport(_FlatReport):
+    """What `dsv gc` removed (or with `dry_run`, would remove)."""
+
+    removed_objects: int = 0
+    removed_packs: int = 0
+    repacked_packs: int = 0
+    freed_bytes: int = 0
+    dry_run: bool = False
+    kept_for_writers: int = 0   # unreachable objects kept because a writer was running
+
+
+@dataclass
+class VerifyReport:
+    """What `dsv verify` checked and found."""
+
+    objects_checked: int = 0
+    bytes_checked: int = 0
+    versions_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return {"ok": self.ok, "objects_checked": self.objects_checked,
+                "bytes_checked": self.bytes_checked, "versions_checked": self.versions_checked,
+                "problems": self.problems, "repaired": self.repaired}
+
+
+@dataclass
+class RebuildReport(_FlatReport):
+    """What `dsv index rebuild` recovered from the objects."""
+
+    packs: int = 0
+    versions: int = 0
+    datasets: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PushReport(_FlatReport):
+    """What a push sent and which remote refs it moved."""
+
+    remote: str
+    versions: int = 0           # versions considered
+    versions_sent: int = 0      # of which the remote lacked
+    objects_sent: int = 0
+    bytes_sent: int = 0
+    objects_skipped: int = 0
+    bytes_skipped: int = 0
+    refs_updated: list[str] = field(default_factory=list)
+    refs_unchanged: list[str] = field(default_factory=list)
+    behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
+    rejected: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FetchReport(_FlatReport):
+    """What a fetch brought (versions, trees, refs; no file contents)."""
+
+    remote: str
+    new_versions: list[str] = field(default_factory=list)
+    new_datasets: list[str] = field(default_factory=list)
+    refs: dict[str, str] = field(default_factory=dict)    # the remote's refs
+    updated: list[str] = field(default_factory=list)      # local refs it created
+    objects_received: int = 0
+    bytes_received: int = 0
+    from_cache: int = 0
+
+
+@dataclass
+class PullReport:
+    """What a pull fetched, downloaded, moved and checked out."""
+
+    remote: str
+    fetch: FetchReport
+    versions: list[str] = field(default_factory=list)
+    objects_received: int = 0
+    bytes_received: int = 0
+    objects_skipped: int = 0
+    bytes_skipped: int = 0
+    from_cache: int = 0
+    updated: list[str] = field(default_factory=list)     # local refs moved
+    diverged: list[str] = field(default_factory=list)    # local refs kept, remote differs
+    checked_out: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        data = dict(self.__dict__)
+        data["fetch"] = self.fetch.to_json()
+        return data
+
+
+@dataclass
+class RemoteCheckReport:
+    """What `dsv verify --remote` checked, found and repaired."""
+
+    remote: str
+    packs: int = 0
+    loose: int = 0
+    refs: int = 0
+    versions_checked: int = 0
+    objects_read: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)     # what is wrong now
+    warnings: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)        # with --repair: before repairing
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return {"ok": self.ok, **{k: v for k, v in self.__dict__.items()}}
+
+
+@dataclass
+class PruneReport(_FlatReport):
+    """What `dsv cache prune` evicted and kept."""
+
+    removed: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
+    kept_bytes: int = 0
+    pending_kept: int = 0
+    stale_tmp_removed: int = 0
+    bad_removed: int = 0      # entries that were not regular files (FIFOs, links, …)
+
+
+@dataclass
+class JobResult:
+    """A `dsv run`: the command, how it ended, and the versions its outputs became."""
+
+    command: list[str]
+    exit_status: int
+    started: float
+    duration: float
+    mounted: bool
+    mount_root: Path
+    outputs: dict[str, Version] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited 0."""
+        return self.exit_status == 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return {"command": self.command, "exit_status": self.exit_status,
+                "started": self.started, "duration_s": round(self.duration, 3),
+                "mounted_read_only": self.mounted, "mount_root": str(self.mount_root),
+                "outputs": {name: {"dataset": v.dataset, "version": v.id, "state": v.state}
+                            for name, v in self.outputs.items()}}
+
+
+@dataclass
+class ImportCheckReport:
+    """`dsv import --check`: is the source still exactly what a version imported?"""
+
+    ref: str
+    source: str
+    unchanged: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing changed, went missing or was added."""
+        return not (self.changed or self.missing or self.added)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return {"ref": self.ref, "source": self.source, "ok": self.ok,
+                "unchanged": len(self.unchanged), "changed": self.changed,
+                "missing": self.missing, "added": self.added}
