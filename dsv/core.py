@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import fileio, refs, tree
 from .errors import (
@@ -36,8 +36,10 @@ from .lock import StoreLock
 from .model import Dataset, Entry, Manifest, Version
 from .objects import KIND_TREE, Ingest, ObjectStore, live_stages, remove_dead_stages
 from .paths import STORE_DIR, check_relpath, is_reserved
-from .remotes.base import RemoteSpec
 from .reporting import Reporter
+
+if TYPE_CHECKING:
+    from .remotes.base import RemoteSpec
 
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
@@ -315,6 +317,7 @@ class Core:
     # ---- remotes configured -----------------------------------------------------------
     def remote_specs(self) -> list[RemoteSpec]:
         """Every configured remote (origins and cluster caches)."""
+        from .remotes.base import RemoteSpec  # here: local commands never load the backends
         return [RemoteSpec(r["name"], r["url"], r["kind"], r["endpoint_url"], r["profile"],
                            r["ttl"], r["max_size"], bool(r["write_through"]),
                            bool(r["is_default"])) for r in self.index.remotes()]

@@ -20,10 +20,10 @@ from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
 from .model import (Changes, CheckoutReport, Dataset, FileRow, Manifest, StatusReport, TagRow,
                     Version)
-from .remotes.base import RemoteSpec
 from .reporting import Reporter
 
-if TYPE_CHECKING:  # the reports of the commands that import their modules when they run
+if TYPE_CHECKING:  # what only the commands that import their modules when they run return
+    from .remotes.base import RemoteSpec
     from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, PruneReport,
                           PullReport, PushReport, RebuildReport, RemoteCheckReport,
                           VerifyReport)

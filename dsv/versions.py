@@ -27,7 +27,7 @@ from .errors import (
 )
 from .hashing import hash_bytes
 from .model import COMMITTED, DRAFT, Entry, Manifest, StatRow, TagRow, Version
-from .objects import KIND_VERSION, Ingest
+from .objects import KIND_VERSION, RACY_NS, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
 from .records import encode_record
@@ -79,8 +79,10 @@ def _record(core: Core, v: Version) -> bytes:
 
 def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                      stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
-                     head: bool = False, cache_tree: str | None = None) -> Version:
-    """Seal `v` (state committed): write its record, then make it visible in one transaction."""
+                     head: bool = False, cache_tree: str | None = None,
+                     scan: str | None = None) -> Version:
+    """Seal `v` (state committed): write its record, then make it visible in one transaction
+    (with the stat-cache rows, and the digest of a scan they vouch for in full)."""
     v.state = COMMITTED
     v.committed = time.time()
     record = _record(core, v)
@@ -104,6 +106,8 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
             ds_id, rows, gone = stat_rows
             core.index.drop_stat_rows(ds_id, gone)
             core.index.put_stat_rows(ds_id, rows)
+            if scan is not None:
+                core.index.put_clean_scan(ds_id, v.tree, scan)
 
     core.commit_objects(ingest, make_visible, crash="commit:objects-written")
     core.index.checkpoint()
@@ -142,9 +146,14 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                         lineage=lineage, size=size, files=len(snap.manifest))
             gone = set(cache) - set(files)
             complete = len(snap.stat_rows) == snap.hashed_files
+            # When the cache now vouches for every file, the next status needs only this
+            # scan's digest (see worktree.stat_digest).
+            vouched = complete and len(snap.manifest) == len(files) and \
+                all(row[1] < row[5] - RACY_NS for _, row in snap.stat_rows)
             return _write_committed(core, ingest, v, new=True, head=True,
-                                         stat_rows=(ds.id, snap.stat_rows, gone),
-                                         cache_tree=root_tree if complete else None)
+                                    stat_rows=(ds.id, snap.stat_rows, gone),
+                                    cache_tree=root_tree if complete else None,
+                                    scan=worktree.stat_digest(files) if vouched else None)
 
 
 def tag(core: Core, ref: str, name: str, force: bool = False,

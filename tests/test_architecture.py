@@ -137,6 +137,7 @@ def test_the_python_api_is_typed_and_documented() -> None:
     import typing
 
     import dsv.reports
+    from dsv.remotes.base import RemoteSpec
     from dsv.store import Store
 
     problems = []
@@ -144,8 +145,8 @@ def test_the_python_api_is_typed_and_documented() -> None:
             inspect.getmembers(Store, inspect.ismethod):
         if name.startswith("_"):
             continue
-        # the reports are imported for type checkers only (start-up): resolve them here
-        hints = typing.get_type_hints(fn, localns=vars(dsv.reports))
+        # names the facade imports for type checkers only (start-up) are resolved here
+        hints = typing.get_type_hints(fn, localns={**vars(dsv.reports), "RemoteSpec": RemoteSpec})
         if not inspect.getdoc(fn):
             problems.append(f"{name}: no docstring")
         if "return" not in hints:

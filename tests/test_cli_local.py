@@ -334,8 +334,12 @@ def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch
     stat or the head makes it fall back to the cache and to hashing."""
     write_tree(ws, {"x.bin": b"1111", "y.bin": b"2222"})
     _age(ws)
+    (ws / "x.bin").touch()                               # racily clean when committed
     vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
-    assert _clean_scans(ws) == []              # a commit remembers no scan
+    assert _clean_scans(ws) == []        # the cache cannot vouch for x.bin yet
+    _age(ws)
+    assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True   # hashes x.bin again
+    assert _clean_scans(ws) == []
     assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True   # rows vouch: remember
     ((ds_id, tree, digest),) = _clean_scans(ws)
     assert tree == jout(dsv("show", vid, "--json", cwd=ws))["tree"] and len(digest) == 64
@@ -366,23 +370,33 @@ def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch
     ((_, tree2, digest2),) = _clean_scans(ws)
     assert tree2 == tree and digest2 not in (None, digest)
 
-    # A new head: the remembered scan names the old tree and is not trusted for the new one.
+    # A new head whose commit could not vouch for every file (x.bin is racily clean): the
+    # remembered scan names the old tree and is not trusted for the new one.
     (ws / "x.bin").write_bytes(b"33333")
-    _age(ws)
     vid2 = vid_of(dsv("commit", "-m", "second", cwd=ws))
+    assert _clean_scans(ws) == [(ds_id, tree2, digest2)]
     with monkeypatch.context() as m:
         m.setattr(Index, "iter_stat_keys", no_rows)
         m.setattr(Index, "stat_cache", no_rows)
         fails(dsv("status", cwd=ws), "the stat cache was read")
     assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid2}): clean\n"
+    # A commit whose rows vouch for every file remembers its scan: the next status reads no
+    # row.
+    (ws / "y.bin").write_bytes(b"444444")
+    _age(ws)
+    vid3 = vid_of(dsv("commit", "-m", "third", cwd=ws))
+    ((_, tree3, _),) = _clean_scans(ws)
+    assert tree3 == jout(dsv("show", vid3, "--json", cwd=ws))["tree"]
+    with monkeypatch.context() as m:
+        m.setattr(Index, "iter_stat_keys", no_rows)
+        m.setattr(Index, "stat_cache", no_rows)
+        assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid3}): clean\n"
 
 
 def test_status_remembers_no_scan_while_another_process_holds_the_lock(ws: Path, dsv) -> None:
     from dsv.lock import StoreLock
     _age(ws)
     ok(dsv("commit", "-m", "first", cwd=ws))
-    for _ in range(2):
-        ok(dsv("status", cwd=ws))
     assert len(_clean_scans(ws)) == 1
     import sqlite3
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -188,6 +187,8 @@ class RichReporter(Reporter):
         if not self.interactive or not total_items:
             yield lambda items, nbytes: None
             return
+        import threading
+
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]

@@ -3,7 +3,6 @@ store they name. Holds no state between runs; `main` resets it before each."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,15 +12,16 @@ if TYPE_CHECKING:
     from ..store import Store
 
 
-@dataclass
 class Session:
-    """The global options of this run, and what is learnt while opening the store."""
+    """The global options of this run, and what is learnt while opening the store (a plain
+    class: building a dataclass costs every command start-up time)."""
 
-    store: Path | None = None  # --store / DSV_DIR; None: found from the current directory up
-    debug: bool = False  # --debug
-    # Known before the store is opened, so that errors of SQLite name the index file even
-    # when it is too damaged to open.
-    index_path: Path | None = None
+    def __init__(self) -> None:
+        self.store: Path | None = None  # --store / DSV_DIR; None: found from here up
+        self.debug = False  # --debug
+        # Known before the store is opened, so that errors of SQLite name the index file
+        # even when it is too damaged to open.
+        self.index_path: Path | None = None
 
     def reset(self) -> None:
         """Forget an earlier run in this process (tests run many)."""
