@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from . import tree, worktree
+from . import refs, tree, worktree
 from .core import Core
 from .errors import CorruptObject, DirtyWorktree, InvalidInput, UnsafePath
 from .faults import crashpoint
@@ -32,6 +32,7 @@ from .model import (
 from .objects import PACK_THRESHOLD
 from .paths import STORE_DIR as DSV_DIR
 from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_path
+from .reporting import plural
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
@@ -40,13 +41,16 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     """What changed in a dataset's working directory since the version it was last made."""
     ds = core.pick_dataset(key, cwd)
     root = core.dataset_root(ds)
-    files, skipped = worktree.scan(root, core.excluded(ds))
     head = core.head(ds)
+    behind, diverged = _behind_latest(core, ds, head)
+    if not root.is_dir():
+        return StatusReport(ds, head, Changes(), [], behind, diverged, missing=True)
+    files, skipped = worktree.scan(root, core.excluded(ds))
     if head is not None:
         digest = worktree.stat_digest(files)
         if digest is not None and core.index.clean_scan(ds.id) == (head.tree, digest):
             # This very scan was vouched for before: no stat-cache row to read.
-            return StatusReport(ds, head, Changes(), skipped)
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged)
         if ds.cache_tree == head.tree and \
                 worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
             # The cache vouches for every file and describes the head tree exactly: no
@@ -56,12 +60,13 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                     now = core.index.dataset_by("id", ds.id) if got else None
                     if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
                         core.index.put_clean_scan(ds.id, head.tree, digest)
-            return StatusReport(ds, head, Changes(), skipped)
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged)
     cache = core.index.stat_cache(ds.id)
     with core.reporter.task("hashing", len(files)) as advance:
         snap = worktree.snapshot(root, files, cache, None, advance)
     base = core.manifest(head) if head else {}
-    report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped)
+    report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped, behind,
+                          diverged)
     # Remember what was hashed, so the next status reads nothing, but only rows whose
     # content is already stored: the cache never names an object the store lacks.
     known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
@@ -75,6 +80,18 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                         assert head is not None  # `complete` requires a head
                         core.index.update_dataset(ds.id, cache_tree=head.tree)
     return report
+
+
+def _behind_latest(core: Core, ds: Dataset, head: Version | None) -> tuple[int, bool]:
+    """How many versions `latest` holds that the head does not, and whether latest has
+    left the head's line (a commit there would need --force)."""
+    if head is None or ds.latest is None or ds.latest == head.id:
+        return 0, False
+    latest = core.version(ds.latest)
+    if refs.is_ancestor(core.index, latest.id, head):
+        return 0, False  # the head is ahead of latest (a commit moves latest forward)
+    return refs.ahead_of(core.index, latest, head), \
+        not refs.is_ancestor(core.index, head.id, latest)
 
 
 def statuses(core: Core, key: str | None = None,
@@ -130,7 +147,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                      if p not in above_fenced and not is_under(p, fenced)}
         left_out = len(version_files) - len(placeable)
         if left_out:
-            core.reporter.notice(f"left out {left_out} path(s) of {version.id} that lie in "
+            core.reporter.notice(f"left out {plural(left_out, 'path')} of {version.id} that "
+                                 f"lie in "
                                  f"a nested dataset or store")
         wanted = placeable
         selected = _select_paths(wanted, paths, Path(cwd).resolve(), target)
@@ -166,7 +184,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             if at_risk:
                 shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                 raise DirtyWorktree(
-                    f"checkout would discard {len(at_risk)} uncommitted change(s) in "
+                    f"checkout would discard "
+                    f"{plural(len(at_risk), 'uncommitted change')} in "
                     f"{target}: {shown}", hint="commit them first, or pass --force")
         _ensure_blobs(core, version, [e for _p, e in to_write] + _links(version_files))
         tree.validate_links(placeable, core.objects.read, fenced)

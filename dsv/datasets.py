@@ -75,11 +75,17 @@ def update_dataset(core: Core, key: str, name: str | None = None, description: s
             other = core.index.dataset_by("path", rel)
             if other is not None and other.id != ds.id:
                 raise DatasetExists(f"{rel} is already the directory of dataset {other.name!r}")
-            (core.root / rel).mkdir(parents=True, exist_ok=True)
             fields["path"] = rel
             if ds.head is None and ds.latest:
                 # A newly bound directory is compared with the newest version.
                 fields["head"] = ds.latest
+            where = core.root / rel
+            if ds.latest is None:
+                where.mkdir(parents=True, exist_ok=True)  # ready for a first commit
+            elif not where.is_dir():
+                # Not created empty: a commit of an empty directory would delete every file.
+                core.reporter.notice(f"{where} does not exist yet: `dsv checkout "
+                                     f"{fields.get('name', ds.name)}:latest` fills it")
         if fields:
             with core.index.transaction():
                 core.index.update_dataset(ds.id, **fields)

@@ -109,6 +109,11 @@ class RefConflict(DsvError):
         self.report = report
 
 
+class HistoryConflict(DsvError):
+    """Moving `latest` would leave committed versions out of its history (only with
+    --force)."""
+
+
 class UsageError(DsvError):
     """A command line the argument parser rejects (unknown option, missing argument)."""
 

@@ -287,7 +287,7 @@ def _restore_versions(index: Index, records: list[Record],
         v.parents = [p.id for p in record.parents if p.record in by_oid
                      and by_oid[p.record].id == p.id and by_oid[p.record].dataset == v.dataset]
         index.insert_version(v)
-        ref_store.set_latest(v.dataset, v.id)
+        ref_store.set_latest(v.dataset, v.id, force=True)  # recreated in commit order
         index.update_dataset(v.dataset, head=v.id if datasets[v.dataset].path else None)
     for ds_id, name, vid, _created in old_tags:
         found = index.version(vid)

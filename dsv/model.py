@@ -140,11 +140,16 @@ class StatusReport:
     head: Version | None
     changes: Changes
     skipped: list[str] = field(default_factory=list)
+    behind: int = 0          # versions in latest's history that are not in the head's
+    diverged: bool = False   # latest does not descend from the head
+    missing: bool = False    # the working directory does not exist
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
         return {"dataset": self.dataset.name, "id": self.dataset.id, "path": self.dataset.path,
-                "head": self.head.id if self.head else None, "clean": self.changes.clean,
+                "head": self.head.id if self.head else None, "latest": self.dataset.latest,
+                "behind": self.behind, "diverged": self.diverged, "missing": self.missing,
+                "clean": self.changes.clean and not self.missing,
                 **self.changes.to_json(), "skipped": self.skipped}
 
 

@@ -4,7 +4,8 @@ Owns parsing (pure, property-tested) and resolution: `latest`, a tag, a version 
 unique prefix of one (≥ 4 chars), then `~N` ancestry along first parents (ambiguity is
 an error listing the candidates); `RefStore`, through which every write of a local ref
 (a dataset's `latest`, its tags) goes, so their rules live in one place; and walks of
-history (`ancestry`, `descends_from`). Must never write anything but refs, and only
+history (`ancestry`, `is_ancestor`, `ahead_of`, `descends_from`). No committed version
+leaves `latest`'s history unless the caller forces it. Must never write anything but refs, and only
 inside the caller's index transaction.
 """
 
@@ -14,7 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import AmbiguousRef, DatasetNotFound, InvalidInput, RefError
+from .errors import AmbiguousRef, DatasetNotFound, HistoryConflict, InvalidInput, RefError
 from .index import Index
 from .model import COMMITTED, Dataset, Version
 from .model import LATEST as LATEST  # re-exported with the grammar
@@ -149,10 +150,22 @@ class RefStore:
             raise RefError(f"{vid} is not a committed version of dataset {ds_id}")
         return version
 
-    def set_latest(self, ds_id: str, vid: str | None) -> None:
-        """Point `latest` at `vid` (None: the dataset has no committed version left)."""
+    def set_latest(self, ds_id: str, vid: str | None, force: bool = False) -> None:
+        """Point `latest` at `vid` (None: the dataset has no committed version left).
+
+        HistoryConflict unless the current `latest` is `vid` or one of its ancestors (no
+        committed version may drop out of `latest`'s history) or `force`.
+        """
+        ds = self.index.dataset_by("id", ds_id)
+        current = ds.latest if ds is not None else None
         if vid is not None:
-            self._target(ds_id, vid)
+            new = self._target(ds_id, vid)
+            if current is not None and not force and not is_ancestor(self.index, current, new):
+                assert ds is not None
+                raise HistoryConflict(
+                    f"moving {ds.name}:latest from {current} to {vid} would leave {current} "
+                    f"out of latest's history",
+                    hint="pass --force to move it anyway (the versions stay in the store)")
         self.index.update_dataset(ds_id, latest=vid)
 
     def set_tag(self, ds_id: str, name: str, vid: str) -> None:
@@ -166,10 +179,11 @@ class RefStore:
         self.index.delete_tag(ds_id, name)
 
     def apply(self, changes: Iterable[RefChange]) -> None:
-        """Move refs as planned (a pull's or fetch's decisions)."""
+        """Move refs as planned (a pull's or fetch's decisions: sync.policy moves `latest`
+        only forward, unless the user forced it)."""
         for ds_id, name, vid in changes:
             if name == LATEST:
-                self.set_latest(ds_id, vid)
+                self.set_latest(ds_id, vid, force=True)
             else:
                 self.set_tag(ds_id, name, vid)
 
@@ -190,6 +204,31 @@ def ancestry(index: Index, versions: Iterable[Version]) -> list[Version]:
             if parent is not None and parent.state == COMMITTED:
                 stack.append(parent)
     return list(out.values())
+
+
+def is_ancestor(index: Index, ancestor: str, v: Version) -> bool:
+    """Whether the version with id `ancestor` is `v` or one of its ancestors (stops as soon
+    as it is found)."""
+    seen: set[str] = set()
+    stack = [v]
+    while stack:
+        cur = stack.pop()
+        if cur.id == ancestor:
+            return True
+        if cur.id in seen:
+            continue
+        seen.add(cur.id)
+        for pid in cur.parents:
+            parent = index.version(pid)
+            if parent is not None:
+                stack.append(parent)
+    return False
+
+
+def ahead_of(index: Index, v: Version, base: Version) -> int:
+    """How many committed versions `v`'s history holds that `base`'s does not."""
+    behind = {a.id for a in ancestry(index, [base])}
+    return sum(1 for a in ancestry(index, [v]) if a.id not in behind)
 
 
 def descends_from(index: Index, v: Version, record: str) -> bool:

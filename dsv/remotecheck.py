@@ -27,6 +27,7 @@ from .remotes import layout
 from .remotes.layout import index_key, loose_key, pack_key
 from .sync.push import Sent, record_sent
 from .sync.remote import Remote
+from .reporting import plural
 
 
 def parse_subset(text: str | None) -> float | None:
@@ -328,7 +329,8 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
                                  data[len(data) - pack_tail_size(len(entries)):])
         sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
         fixed.update(oid for oid, _k, _d in small)
-        report.repaired.append(f"uploaded {len(small)} object(s) again in pack {pack_id[:12]}")
+        report.repaired.append(f"uploaded {plural(len(small), 'object')} again in pack "
+                               f"{pack_id[:12]}")
     record_sent(core, remote, sent)
     for pack_id in sorted(bad_packs - uploaded):
         # (A pack rebuilt from the same objects in the same order has the same id: the

@@ -26,5 +26,11 @@ class Reporter:
         yield _ignore
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 object`, `2 objects` (`words` where adding an s is wrong): every count in a
+    message to a user goes through here."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 def _ignore(items: int, nbytes: int) -> None:
     return None

@@ -172,10 +172,11 @@ class Store:
 
     def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
                author: str | None = None, allow_empty: bool = False,
-               lineage: dict[str, Any] | None = None) -> Version:
-        """Snapshot a dataset's working directory as a new committed version."""
+               lineage: dict[str, Any] | None = None, force: bool = False) -> Version:
+        """Snapshot a dataset's working directory as a new committed version (refused when
+        the directory is behind `latest`, unless `force`)."""
         return versions.commit(self.core, message=message, key=key, cwd=cwd, author=author,
-                               allow_empty=allow_empty, lineage=lineage)
+                               allow_empty=allow_empty, lineage=lineage, force=force)
 
     def checkout(self, ref: str, to: str | os.PathLike[str] | None = None,
                  paths: list[str] | None = None, force: bool = False, link: str = "auto",
@@ -224,9 +225,11 @@ class Store:
         return versions.delete_files(self.core, ref=ref, paths=paths, cwd=cwd)
 
     def commit_version(self, ref: str, message: str | None = None,
-                       cwd: str | os.PathLike[str] = ".") -> Version:
-        """Freeze a draft: from now on it can never change."""
-        return versions.commit_version(self.core, ref=ref, message=message, cwd=cwd)
+                       cwd: str | os.PathLike[str] = ".", force: bool = False) -> Version:
+        """Freeze a draft: from now on it can never change (refused when `latest` moved on
+        since the draft was started, unless `force`)."""
+        return versions.commit_version(self.core, ref=ref, message=message, cwd=cwd,
+                                       force=force)
 
     def create_version_from_path(self, key: str, source: str | os.PathLike[str],
                                  message: str | None = None,

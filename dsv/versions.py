@@ -17,6 +17,7 @@ from typing import Any
 from . import datasets, refs, tree, worktree
 from .core import Core
 from .errors import (
+    HistoryConflict,
     DatasetNotFound,
     InvalidInput,
     NothingToCommit,
@@ -26,11 +27,12 @@ from .errors import (
     VersionInUse,
 )
 from .hashing import hash_bytes
-from .model import COMMITTED, DRAFT, Entry, Manifest, StatRow, TagRow, Version
+from .model import COMMITTED, DRAFT, Dataset, Entry, Manifest, StatRow, TagRow, Version
 from .objects import KIND_VERSION, RACY_NS, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import check_relpath, normalize_user_path
 from .records import encode_record
+from .reporting import plural
 
 
 def default_author() -> str:
@@ -80,7 +82,7 @@ def _record(core: Core, v: Version) -> bytes:
 def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                      stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
                      head: bool = False, cache_tree: str | None = None,
-                     scan: str | None = None) -> Version:
+                     scan: str | None = None, force: bool = False) -> Version:
     """Seal `v` (state committed): write its record, then make it visible in one transaction
     (with the stat-cache rows, and the digest of a scan they vouch for in full)."""
     v.state = COMMITTED
@@ -99,7 +101,7 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
             core.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
                                       committed=v.committed, record=v.record, size=v.size,
                                       files=v.files, lineage=v.lineage)
-        core.refs.set_latest(v.dataset, v.id)
+        core.refs.set_latest(v.dataset, v.id, force=force)
         if head:
             core.index.update_dataset(v.dataset, head=v.id, cache_tree=cache_tree)
         if stat_rows is not None:
@@ -116,13 +118,20 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
 
 def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
            author: str | None = None, allow_empty: bool = False,
-           lineage: dict[str, Any] | None = None) -> Version:
-    """Snapshot a dataset's working directory as a new committed version."""
+           lineage: dict[str, Any] | None = None, force: bool = False) -> Version:
+    """Snapshot a dataset's working directory as a new committed version (HistoryConflict
+    when the directory is behind `latest`, unless `force`)."""
     if not message or not message.strip():
         raise InvalidInput("a commit needs a message", hint="pass -m MESSAGE")
     with core.locked("commit"):
         ds = core.pick_dataset(key, cwd)
         root = core.dataset_root(ds)
+        if not root.is_dir():
+            raise InvalidInput(f"the directory of dataset {ds.name!r} does not exist: {root}",
+                               hint=f"fill it with `dsv checkout {ds.name}:latest`, or bind "
+                                    f"another with `dsv datasets update {ds.name} --path DIR`")
+        if not force:
+            _check_not_behind(core, ds)
         stores: list[str] = []
         excluded = core.excluded(ds)
         files, _skipped = worktree.scan(root, excluded, stores=stores)
@@ -153,7 +162,33 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             return _write_committed(core, ingest, v, new=True, head=True,
                                     stat_rows=(ds.id, snap.stat_rows, gone),
                                     cache_tree=root_tree if complete else None,
-                                    scan=worktree.stat_digest(files) if vouched else None)
+                                    scan=worktree.stat_digest(files) if vouched else None,
+                                    force=force)
+
+
+def _check_not_behind(core: Core, ds: Dataset) -> None:
+    """Refuse a commit whose new version would leave `latest` out of its history."""
+    if ds.latest is None or ds.latest == ds.head:
+        return
+    latest = core.version(ds.latest)
+    head = core.head(ds)
+    if head is None:
+        where, ways = ("is not checked out", f"check out latest first (`dsv checkout "
+                       f"{ds.name}:latest`)")
+    elif refs.is_ancestor(core.index, ds.latest, head):
+        return  # the head descends from latest: committing moves latest forward
+    else:
+        ahead = refs.ahead_of(core.index, latest, head)
+        where = (f"is at {head.id}, {plural(ahead, 'version')} behind latest {latest.id}"
+                 if refs.is_ancestor(core.index, head.id, latest) else
+                 f"is at {head.id}, which latest {latest.id} does not descend from")
+        ways = (f"bring it to latest first (`dsv checkout {ds.name}:latest`, which refuses to "
+                f"discard your changes: copy them aside, or check out with --force)")
+    raise HistoryConflict(
+        f"{ds.name}'s working directory {where}: a commit here would leave {latest.id} out "
+        f"of latest's history",
+        hint=f"{ways}; or commit with --force to make the new version latest anyway "
+             f"({latest.id} stays in the store)")
 
 
 def tag(core: Core, ref: str, name: str, force: bool = False,
@@ -300,14 +335,16 @@ def delete_files(core: Core, ref: str, paths: list[str],
 
 
 def commit_version(core: Core, ref: str, message: str | None = None,
-                   cwd: str | os.PathLike[str] = ".") -> Version:
-    """Freeze a draft: from now on it can never change."""
+                   cwd: str | os.PathLike[str] = ".", force: bool = False) -> Version:
+    """Freeze a draft: from now on it can never change. It becomes `latest` (HistoryConflict
+    if `latest` moved on since the draft was started and is not among its parents, unless
+    `force`)."""
     with core.locked("versions commit"):
         v = _draft(core, ref, cwd)
         if message:
             v.message = message
         with Ingest(core.objects) as ingest:
-            return _write_committed(core, ingest, v, new=False)
+            return _write_committed(core, ingest, v, new=False, force=force)
 
 
 def create_version_from_path(core: Core, key: str, source: str | os.PathLike[str],
@@ -349,7 +386,7 @@ def commit_manifest(core: Core, key: str, manifest: Manifest, message: str,
             ds = datasets.create_dataset(core, key)
         missing = [p for p, e in manifest.items() if not core.objects.has(e.oid)]
         if missing:
-            raise InvalidInput(f"{len(missing)} file(s) have no stored content, e.g. "
+            raise InvalidInput(f"{plural(len(missing), 'file')} with no stored content, e.g. "
                                f"{missing[0]}")
         with Ingest(core.objects) as ingest:
             root_tree, size = tree.build_tree(manifest, core.tree_writer(ingest))
@@ -396,7 +433,8 @@ def delete_version(core: Core, ref: str, force: bool = False,
             core.index.delete_version(v.id)
             if ds.latest == v.id:
                 remaining = core.index.versions(ds.id, "committed")
-                core.refs.set_latest(ds.id, remaining[0].id if remaining else None)
+                core.refs.set_latest(ds.id, remaining[0].id if remaining else None,
+                                     force=True)  # deleting latest is itself forced
         return v
 
 

@@ -1014,8 +1014,22 @@ def test_datasets_create_list_details_update_delete(tmp_path: Path, dsv) -> None
     assert jout(dsv("show", "images:latest", "--json", cwd=proj))["message"] == "one"
     assert jout(dsv("show", f"{ds['id']}:latest", "--json", cwd=proj))["message"] == "one"
     fails(dsv("show", "raw:latest", cwd=proj), "raw")
-    up = jout(dsv("datasets", "update", ds["id"], "--path", "imgs", "--json", cwd=proj))
-    assert up["path"] == "imgs" and (proj / "imgs").is_dir()
+    # Binding a dataset that has versions to a missing directory does not create it empty
+    # (a commit of it would delete every file): it says how to fill it, and commit refuses.
+    moved = dsv("datasets", "update", ds["id"], "--path", "imgs", "--json", cwd=proj)
+    up = jout(moved)
+    assert up["path"] == "imgs" and not (proj / "imgs").exists()
+    assert "does not exist yet: `dsv checkout images:latest` fills it" in moved.err
+    (st,) = jout(dsv("status", "-d", "images", "--json", cwd=proj))
+    assert (st["missing"], st["clean"], st["deleted"]) == (True, False, [])
+    assert "imgs does not exist (`dsv checkout images:latest` fills it)" in \
+        ok(dsv("status", "-d", "images", cwd=proj)).out
+    fails(dsv("commit", "-m", "empty?", "-d", "images", cwd=proj), "does not exist",
+          "dsv checkout images:latest")
+    assert len(jout(dsv("log", "images", "--json", cwd=proj))) == 1
+    ok(dsv("checkout", "images:latest", cwd=proj))
+    assert read_tree(proj / "imgs") == {"f": b"f"}
+    assert jout(dsv("status", "-d", "images", "--json", cwd=proj))[0]["clean"] is True
     ok(dsv("datasets", "create", "other", cwd=proj))
     fails(dsv("datasets", "update", "other", "--name", "images", cwd=proj), "images")
     fails(dsv("datasets", "update", "nosuch", "--name", "x", cwd=proj), "nosuch")
@@ -1445,3 +1459,103 @@ def test_every_data_command_speaks_json(tmp_path: Path, dsv) -> None:
     j("verify")
     j("datasets", "delete", "other", "--yes")
     assert bad == []
+
+
+# ---- history: no committed version leaves latest's history without --force -----------------
+
+def _parents(dsv, ws: Path, vid: str) -> list[str]:
+    return jout(dsv("show", vid, "--json", cwd=ws))["parents"]
+
+
+def test_a_commit_behind_latest_is_refused_and_status_says_so(ws: Path, dsv) -> None:
+    """The trial: a draft committed beside the working directory moved latest on; a commit
+    from the directory (head v1) would have parent v1 and drop the draft's version."""
+    v1 = vid_of(dsv("commit", "-m", "one", cwd=ws))
+    draft = vid_of(dsv("versions", "create", "mydata", "-m", "side", cwd=ws))
+    write_tree(ws.parent / "side", {"side.txt": "side\n"})
+    ok(dsv("files", "put", f"mydata:{draft}", ws.parent / "side" / "side.txt", cwd=ws))
+    ok(dsv("versions", "commit", f"mydata:{draft}", cwd=ws))
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert (st["head"], st["latest"], st["behind"], st["diverged"], st["clean"]) == \
+        (v1, draft, 1, False, True)
+    human = ok(dsv("status", cwd=ws)).out
+    assert f"mydata ({v1}; latest {draft} has 1 version this directory lacks): clean" in human
+    assert "`dsv checkout mydata:latest` brings it up to date" in human
+
+    (ws / "a.txt").write_text("edited\n")
+    r = fails(dsv("commit", "-m", "two", cwd=ws), f"is at {v1}, 1 version behind latest {draft}",
+              f"would leave {draft} out of latest's history", "--force")
+    assert "dsv checkout mydata:latest" in r.err
+    assert [v["id"] for v in jout(dsv("log", "--json", cwd=ws))] == [draft, v1]
+    assert jout(dsv("show", "mydata:latest", "--json", cwd=ws))["id"] == draft
+
+    forced = vid_of(dsv("commit", "-m", "two", "--force", cwd=ws))
+    assert _parents(dsv, ws, forced) == [v1]
+    assert jout(dsv("show", "mydata:latest", "--json", cwd=ws))["id"] == forced
+    assert jout(dsv("show", draft, "--json", cwd=ws))["id"] == draft   # still in the store
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert (st["head"], st["behind"], st["diverged"]) == (forced, 0, False)
+
+
+def test_after_checking_out_an_older_version_commit_waits_for_latest(ws: Path, dsv) -> None:
+    v1 = vid_of(dsv("commit", "-m", "one", cwd=ws))
+    (ws / "a.txt").write_text("two\n")
+    v2 = vid_of(dsv("commit", "-m", "two", cwd=ws))
+    (ws / "a.txt").write_text("three\n")
+    v3 = vid_of(dsv("commit", "-m", "three", cwd=ws))
+    ok(dsv("checkout", f"mydata:{v1}", cwd=ws))
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert (st["head"], st["behind"], st["diverged"]) == (v1, 2, False)
+    (ws / "new.txt").write_text("new\n")
+    fails(dsv("commit", "-m", "from v1", cwd=ws), f"is at {v1}, 2 versions behind latest {v3}")
+    assert [v["id"] for v in jout(dsv("log", "--json", cwd=ws))] == [v3, v2, v1]
+    # the way forward the message gives: bring the directory to latest, then commit
+    (ws / "new.txt").unlink()
+    ok(dsv("checkout", "mydata:latest", cwd=ws))
+    (ws / "new.txt").write_text("new\n")
+    v4 = vid_of(dsv("commit", "-m", "on top", cwd=ws))
+    assert _parents(dsv, ws, v4) == [v3]
+    # a directory at a version off latest's line says so
+    ok(dsv("checkout", f"mydata:{v1}", cwd=ws))
+    (ws / "b.txt").write_text("b\n")
+    v5 = vid_of(dsv("commit", "-m", "side line", "--force", cwd=ws))
+    ok(dsv("checkout", f"mydata:{v4}", cwd=ws))
+    assert jout(dsv("status", "--json", cwd=ws))[0]["behind"] == 1   # v5, on another line
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert st["diverged"] is True and st["latest"] == v5
+    fails(dsv("commit", "-m", "x", "--allow-empty", cwd=ws),
+          f"is at {v4}, which latest {v5} does not descend from")
+
+
+def test_a_draft_started_before_latest_moved_is_not_committed_over_it(ws: Path, dsv) -> None:
+    vid_of(dsv("commit", "-m", "one", cwd=ws))
+    draft = vid_of(dsv("versions", "create", "mydata", "-m", "slow draft", cwd=ws))
+    (ws / "a.txt").write_text("two\n")
+    v2 = vid_of(dsv("commit", "-m", "two", cwd=ws))
+    fails(dsv("versions", "commit", f"mydata:{draft}", cwd=ws),
+          f"moving mydata:latest from {v2} to {draft} would leave {v2} out", "--force")
+    assert jout(dsv("show", f"mydata:{draft}", "--json", cwd=ws))["state"] == "draft"
+    assert jout(dsv("show", "mydata:latest", "--json", cwd=ws))["id"] == v2
+    ok(dsv("versions", "commit", f"mydata:{draft}", "--force", cwd=ws))
+    assert jout(dsv("show", "mydata:latest", "--json", cwd=ws))["id"] == draft
+
+
+def test_a_working_directory_never_checked_out_does_not_commit_over_latest(tmp_path: Path,
+                                                                         dsv) -> None:
+    proj = tmp_path / "proj"
+    write_tree(proj / "src", {"x": "x"})
+    ok(dsv("init", "--bare", cwd=proj))
+    ok(dsv("datasets", "create", "raw", "--path", "raw", cwd=proj))
+    v1 = vid_of(dsv("versions", "create", "raw", "--source-path", proj / "src", "-m", "one",
+                    cwd=proj))
+    (st,) = jout(dsv("status", "-d", "raw", "--json", cwd=proj))
+    assert (st["head"], st["latest"]) == (None, v1)
+    (proj / "raw" / "y").write_text("y")
+    fails(dsv("commit", "-m", "two", "-d", "raw", cwd=proj), "is not checked out",
+          f"would leave {v1} out of latest's history", "dsv checkout raw:latest")
+    (proj / "raw" / "y").rename(proj / "y.aside")        # the way forward: copy aside,
+    ok(dsv("checkout", "raw:latest", cwd=proj))          # bring the directory to latest,
+    (proj / "y.aside").rename(proj / "raw" / "y")        # put the change back, commit
+    assert read_tree(proj / "raw") == {"x": b"x", "y": b"y"}
+    v2 = vid_of(dsv("commit", "-m", "two", "-d", "raw", cwd=proj))
+    assert _parents(dsv, proj, f"raw:{v2}") == [v1]

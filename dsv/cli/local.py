@@ -60,10 +60,14 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
            dataset: Optional[str] = DatasetOpt,
            allow_empty: bool = typer.Option(False, "--allow-empty",
                                             help="Commit even if nothing changed."),
+           force: bool = typer.Option(False, "--force", "-f",
+                                      help="Commit even when the directory is behind latest: "
+                                           "the new version becomes latest, and the versions "
+                                           "in between leave its history."),
            as_json: bool = JsonOpt) -> None:
     """Snapshot a dataset's working directory as a new version (only changed files are hashed)."""
     store = open_store()
-    v = store.commit(message, dataset, allow_empty=allow_empty)
+    v = store.commit(message, dataset, allow_empty=allow_empty, force=force)
     print_version_ref(store, v, as_json)
 
 

@@ -78,7 +78,7 @@ def _print_store_check(report: VerifyReport) -> None:
         echo(f"problem: {line}")
     echo(f"checked {report.objects_checked} objects ({size(report.bytes_checked)}) and "
          f"{report.versions_checked} versions: "
-         f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+         f"{'ok' if report.ok else plural(len(report.problems), 'problem')}")
 
 
 def _print_remote_check(report: RemoteCheckReport) -> None:
@@ -94,7 +94,7 @@ def _print_remote_check(report: RemoteCheckReport) -> None:
             if report.objects_read else "")
     echo(f"checked {report.remote}: {report.packs} packs, {report.loose} loose objects, "
          f"{report.refs} refs, {report.versions_checked} versions{read}: "
-         f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+         f"{'ok' if report.ok else plural(len(report.problems), 'problem')}")
 
 
 @index_app.command("rebuild")

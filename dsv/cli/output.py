@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..reporting import Advance, Reporter
+from ..reporting import plural as plural  # re-exported for the commands
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,11 +90,6 @@ def size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 object`, `2 objects` (`words` where adding an s is wrong)."""
-    return f"{count} {word if count == 1 else words or word + 's'}"
 
 
 # ---- rich: tables and styled lines ---------------------------------------------------------

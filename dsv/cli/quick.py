@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .output import echo, is_utf8, print_json, size
+from .output import echo, is_utf8, plural, print_json, size
 from .session import open_store, session
 
 _GLOBAL_VALUES = {"--store": "store"}
@@ -94,12 +94,26 @@ def show_status(dataset: str | None, as_json: bool, short: bool) -> None:
         c = r.changes
         head = r.head.id if r.head else (f"not checked out; latest {r.dataset.latest}"
                                          if r.dataset.latest else "no version yet")
+        if r.behind or r.diverged:
+            head += (f"; latest {r.dataset.latest} has {plural(r.behind, 'version')} this "
+                     f"directory lacks" + (", on another line" if r.diverged else ""))
+        if r.missing:
+            out.append(f"{r.dataset.name} ({head}): its directory {r.dataset.path} does not "
+                       f"exist" + (f" (`dsv checkout {r.dataset.name}:latest` fills it)"
+                                   if r.dataset.latest else ""))
+            continue
         if c.clean:
             out.append(f"{r.dataset.name} ({head}): clean")
+        else:
+            out.append(f"{r.dataset.name} ({head}): {len(c.added)} added "
+                       f"({size(c.added_bytes)}), {len(c.modified)} modified "
+                       f"({size(c.modified_bytes)}), {len(c.deleted)} deleted "
+                       f"({size(c.deleted_bytes)})")
+        if r.behind or r.diverged:
+            out.append(f"  (`dsv checkout {r.dataset.name}:latest` brings it up to date; a "
+                       f"commit here is refused without --force)")
+        if c.clean:
             continue
-        out.append(f"{r.dataset.name} ({head}): {len(c.added)} added ({size(c.added_bytes)}), "
-                   f"{len(c.modified)} modified ({size(c.modified_bytes)}), "
-                   f"{len(c.deleted)} deleted ({size(c.deleted_bytes)})")
         if not short:
             for label, paths in (("added", c.added), ("modified", c.modified),
                                  ("deleted", c.deleted)):

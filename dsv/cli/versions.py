@@ -135,10 +135,15 @@ def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT",
                     message: Optional[str] = typer.Option(None, "-m", "--message",
                                                           help="Replace the draft's message "
                                                                "(default: keep it)."),
+                    force: bool = typer.Option(False, "--force", "-f",
+                                               help="Commit even when latest moved on since "
+                                                    "the draft was started: the draft becomes "
+                                                    "latest, and the versions in between leave "
+                                                    "its history."),
                     as_json: bool = JsonOpt) -> None:
     """Freeze a draft; it can never change again."""
     store = open_store()
-    v = store.commit_version(ref, message)
+    v = store.commit_version(ref, message, force=force)
     print_version_ref(store, v, as_json)
 
 

@@ -25,6 +25,7 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
 from .remote import WORKERS, Remote, open_remote, caches, read_cache, bounded
+from ..reporting import plural
 
 
 RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
@@ -196,7 +197,9 @@ def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
     if remote is None:
         missing_any = small or large
         if missing_any:
-            raise MissingObject(f"{len(missing_any)} object(s) are not in this store and no "
+            verb = "is" if len(missing_any) == 1 else "are"
+            raise MissingObject(f"{plural(len(missing_any), 'object')} {verb} not in this "
+                                f"store and no "
                                 f"remote is configured", hint="add one with `dsv remote add`")
         return
     located = core.index.remote_locate_many(remote.name, small)

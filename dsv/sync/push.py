@@ -33,6 +33,7 @@ from ..remotes.layout import (index_key, loose_key,
 from .policy import decide_push
 from .remote import WORKERS, Remote, caches
 from .fetch import fetch
+from ..reporting import plural
 
 
 UPLOAD_PACK_SIZE = 16 << 20
@@ -114,7 +115,8 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
         _push_ref(core, remote, ds, ref, v, required, force, report)
     core.index.checkpoint()
     if report.rejected:
-        raise RefConflict(f"{len(report.rejected)} ref(s) rejected by {remote.name} (another "
+        raise RefConflict(f"{plural(len(report.rejected), 'ref')} rejected by {remote.name} "
+                          f"(another "
                           f"push won the race): " + "; ".join(report.rejected),
                           hint=_CONFLICT_HINT, report=report)
     return report
