@@ -585,6 +585,13 @@ class Index:
                                       "remote_refs WHERE remote=? ORDER BY dataset, ref",
                                       (remote,)))
 
+    def remote_ref(self, remote: str, dataset: str, ref: str) -> str | None:
+        """The version id a dataset's ref (`latest` or `tags/NAME`) had on `remote` when
+        last seen there, if any."""
+        row = self.conn.execute("SELECT version FROM remote_refs WHERE remote=? AND dataset=? "
+                                "AND ref=?", (remote, dataset, ref)).fetchone()
+        return str(row[0]) if row else None
+
     def set_remote_ref(self, remote: str, dataset: str, ref: str, version: str, record: str,
                        etag: str | None) -> None:
         """Remember one ref as last seen on (or written to) `remote`."""

@@ -1,7 +1,8 @@
 """Refs: the grammar `DATASET[:SELECTOR][~N]`, resolution, the local ref store, ancestry.
 
 Owns parsing (pure, property-tested) and resolution: `latest`, a tag, a version id or a
-unique prefix of one (≥ 4 chars), then `~N` ancestry along first parents (ambiguity is
+unique prefix of one (≥ 4 chars), a remote-tracking ref `REMOTE/latest` or `REMOTE/TAG`
+(what the remote held when last seen), then `~N` ancestry along first parents (ambiguity is
 an error listing the candidates); `RefStore`, through which every write of a local ref
 (a dataset's `latest`, its tags) goes, so their rules live in one place; and walks of
 history (`ancestry`, `is_ancestor`, `ahead_of`, `descends_from`). No committed version
@@ -60,10 +61,14 @@ def parse_ref(text: str) -> RefSpec:
     dataset, sep, selector = body.partition(":")
     if not sep:
         selector = LATEST
-    if (dataset and not is_valid_name(dataset)) or not is_valid_name(selector) \
+    remote, slash, name = selector.partition("/")
+    valid_selector = is_valid_name(selector) or (
+        bool(slash) and is_valid_name(remote) and is_valid_name(name))
+    if (dataset and not is_valid_name(dataset)) or not valid_selector \
             or (not dataset and not sep):
         raise RefError(f"invalid ref {text!r}", hint="refs look like DATASET:latest, "
-                       "DATASET:TAG, DATASET:VERSION or DATASET:VERSION~1")
+                       "DATASET:TAG, DATASET:VERSION, DATASET:VERSION~1 or "
+                       "DATASET:REMOTE/latest")
     return RefSpec(dataset or None, selector, ancestor)
 
 
@@ -97,6 +102,8 @@ def resolve(index: Index, spec: RefSpec, default: Dataset | None = None) -> Vers
 
 
 def _select(index: Index, ds: Dataset, selector: str) -> Version:
+    if "/" in selector:
+        return _remote_tracking(index, ds, *selector.split("/", 1))
     if selector == LATEST:
         if ds.latest is None:
             raise RefError(f"dataset {ds.name!r} has no committed version yet",
@@ -127,6 +134,23 @@ def _select(index: Index, ds: Dataset, selector: str) -> Version:
                                 "name with a version prefix can be renamed with `dsv tag -d`")
     version = index.version(distinct.pop())
     assert version is not None
+    return version
+
+
+def _remote_tracking(index: Index, ds: Dataset, remote: str, name: str) -> Version:
+    """`DATASET:REMOTE/latest` or `DATASET:REMOTE/TAG`: the version that ref had on the
+    remote when this store last fetched from or pushed to it (as git's `origin/main`)."""
+    if remote not in {r["name"] for r in index.remotes()}:
+        raise RefError(f"{ds.name}:{remote}/{name}: no remote named {remote!r}",
+                       hint="`dsv remote list` shows the remotes")
+    vid = index.remote_ref(remote, ds.id, name if name == LATEST else f"tags/{name}")
+    if vid is None:
+        raise RefError(f"{ds.name}:{remote}/{name}: {remote} had no {name!r} for {ds.name} "
+                       f"when last seen", hint=f"`dsv fetch {remote}` brings what it has now")
+    version = index.version(vid)
+    if version is None or version.dataset != ds.id or version.state != COMMITTED:
+        raise RefError(f"{ds.name}:{remote}/{name} names {vid}, which this store does not "
+                       f"hold", hint=f"`dsv fetch {remote}` brings it")
     return version
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import dsv
@@ -108,8 +108,18 @@ def test_bad_characters_anywhere_are_rejected(ds: str, sel: str, bad: str, where
         text = f"{ds[:where]}{bad}{ds[where:]}:{sel}"
     else:
         where = min(where, len(sel))
+        # a slash between two names is a remote-tracking ref (REMOTE/TAG), not a bad char
+        assume(not (bad == "/" and is_valid_name(sel[:where]) and is_valid_name(sel[where:])))
         text = f"{ds}:{sel[:where]}{bad}{sel[where:]}"
     _assert_rejected(text)
+
+
+@given(names, names, names, st.integers(0, 3))
+def test_remote_tracking_refs_parse_and_round_trip(ds: str, remote: str, name: str,
+                                                   n: int) -> None:
+    text = f"{ds}:{remote}/{name}" + (f"~{n}" if n else "")
+    spec = parse_ref(text)
+    assert spec == RefSpec(ds, f"{remote}/{name}", n) and parse_ref(str(spec)) == spec
 
 
 @given(names, names)
@@ -130,7 +140,8 @@ def test_surrounding_whitespace_is_rejected(ds: str, sel: str, space: str, befor
 
 
 @pytest.mark.parametrize("text", ["", " ", ":", "ds:", ":~1", "~1", "~", "/", "a/b:c",
-                                  "ds:a/b", "ds:..", "ds:a..b", "..:x", "\0", "ds\0:x",
+                                  "ds:a/", "ds:/b", "ds:a/b/c", "ds:a//b", "ds:-a/b",
+                                  "ds:a/.b", "ds:..", "ds:a..b", "..:x", "\0", "ds\0:x",
                                   "ds:x\0", "-ds:x", "ds:-x", "ds:.x", "ds:x y"])
 def test_malformed_examples_are_rejected(text: str) -> None:
     _assert_rejected(text)

@@ -524,3 +524,35 @@ def test_index_rebuild_keeps_remotes_and_fetched_versions(source: Path, dsv,
     r = dsv("checkout", f"data:{vid}", "--to", tmp_path / "out", cwd=local)
     assert r.code == 0, r.err
     assert read_tree(tmp_path / "out") == read_tree(source)
+
+
+def test_remote_tracking_refs_name_what_the_remote_held(source: Path, dsv,
+                                                       tmp_path: Path) -> None:
+    """`DATASET:REMOTE/latest` and `DATASET:REMOTE/TAG` name the versions a remote's refs
+    held when last seen, as git's `origin/main`, so a diverged dataset can be compared."""
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    first = _json(dsv("show", "data:latest", "--json", cwd=source))["id"]
+    assert _json(dsv("show", "data:origin/latest", "--json", cwd=source))["id"] == first
+    assert _json(dsv("show", "data:origin/v1", "--json", cwd=source))["id"] == first
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    (other / "theirs.txt").write_bytes(b"theirs")
+    theirs = dsv("commit", "-m", "theirs", cwd=other).out.strip().split(":")[1]
+    assert dsv("push", cwd=other).code == 0
+    (source / "mine.txt").write_bytes(b"mine")
+    mine = dsv("commit", "-m", "mine", cwd=source).out.strip().split(":")[1]
+    # before a fetch, origin/latest is what the source last saw there
+    assert _json(dsv("show", "data:origin/latest", "--json", cwd=source))["id"] == first
+    assert dsv("fetch", cwd=source).code == 0
+    assert _json(dsv("show", "data:origin/latest", "--json", cwd=source))["id"] == theirs
+    assert _json(dsv("show", "data:latest", "--json", cwd=source))["id"] == mine
+    assert _json(dsv("show", "data:origin/latest~1", "--json", cwd=source))["id"] == first
+    diff = _json(dsv("diff", "data:latest", "data:origin/latest", "--json", cwd=source))
+    assert (diff["added"], diff["deleted"]) == (["theirs.txt"], ["mine.txt"])
+    r = dsv("show", "data:nowhere/latest", cwd=source)
+    assert r.code == 1 and "no remote named 'nowhere'" in r.err
+    r = dsv("show", "data:origin/v9", cwd=source)
+    assert r.code == 1 and "origin had no 'v9' for data when last seen" in r.err
+    assert "dsv fetch origin" in r.err
