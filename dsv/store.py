@@ -327,6 +327,12 @@ class Store:
         from . import settings
         return settings.remove_remote(self.core, name)
 
+    def split_remote(self, words: list[str]) -> tuple[str | None, list[str]]:
+        """`[REMOTE] [ITEM…]` as `dsv push` and `dsv pull` take them: the remote named
+        first (None: the default one) and the datasets or refs after it."""
+        from .sync.remote import split_remote
+        return split_remote(self.core, words)
+
     def push(self, remote: str | None = None, targets: list[str] | None = None,
              force: bool = False) -> PushReport:
         """Upload what the remote lacks, then move its refs (compare-and-swap)."""

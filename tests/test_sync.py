@@ -556,3 +556,24 @@ def test_remote_tracking_refs_name_what_the_remote_held(source: Path, dsv,
     r = dsv("show", "data:origin/v9", cwd=source)
     assert r.code == 1 and "origin had no 'v9' for data when last seen" in r.err
     assert "dsv fetch origin" in r.err
+
+
+def test_push_or_pull_of_a_word_that_is_no_remote_nor_dataset(source: Path, dsv,
+                                                             tmp_path: Path) -> None:
+    r = dsv("push", "nosuch", cwd=source)
+    assert r.code == 1 and "no remote or dataset named 'nosuch'" in r.err
+    assert "no remote is configured" in r.err
+    for name in ("origin", "backup"):
+        assert dsv("remote", "add", name, tmp_path / name, cwd=source).code == 0
+    assert dsv("push", "origin", cwd=source).code == 0
+    for command in ("push", "pull"):
+        r = dsv(command, "nosuch", cwd=source)
+        assert r.code == 1, r.err
+        assert r.err.splitlines()[0] == "error: no remote or dataset named 'nosuch'"
+        assert "remotes: backup, origin" in r.err
+    # a remote named first, then an unknown dataset: the same clear line
+    r = dsv("push", "origin", "nosuch", cwd=source)
+    assert r.code == 1 and "no remote or dataset named 'nosuch'" in r.err
+    # a ref of an unknown dataset stays a ref error
+    r = dsv("pull", "nosuch:latest", cwd=source)
+    assert r.code == 1 and "no dataset named 'nosuch'" in r.err

@@ -14,7 +14,6 @@ from .session import open_store
 
 if TYPE_CHECKING:
     from ..reports import PullReport, PushReport
-    from ..store import Store
 
 commands = typer.Typer(add_completion=False)
 remote_app = typer.Typer(no_args_is_help=True, help="Configure remotes and cluster caches.")
@@ -91,13 +90,6 @@ def remote_remove(name: str = typer.Argument(..., help="The remote's name."),
         echo(f"removed remote {spec.name} ({spec.url})")
 
 
-def _split_remote(store: Store, args: list[str]) -> tuple[Optional[str], list[str]]:
-    """`[REMOTE] [ITEM…]`: the first word is a remote if one has that name."""
-    if args and args[0] in {s.name for s in store.remote_specs()}:
-        return args[0], args[1:]
-    return None, args
-
-
 def _transfer_line(verb: str, report: PushReport | PullReport, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
     return (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
@@ -115,7 +107,7 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
     """Upload the versions a remote lacks, then update its refs (compare-and-swap)."""
     from ..errors import RefConflict
     store = open_store()
-    remote, targets = _split_remote(store, list(args or []))
+    remote, targets = store.split_remote(list(args or []))
     try:
         report = store.push(remote, targets, force=force)
     except RefConflict as exc:
@@ -169,7 +161,7 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
     """Fetch, download what the versions need, move local refs forward; working
     directories that followed latest move with it."""
     store = open_store()
-    remote, targets = _split_remote(store, list(args or []))
+    remote, targets = store.split_remote(list(args or []))
     report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout)
     if as_json:
         print_json(report.to_json())

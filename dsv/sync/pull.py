@@ -30,7 +30,7 @@ from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
 from ..remotes.base import RemoteError, RemoteSpec
 from ..remotes.layout import (RemoteRef)
-from .remote import Remote, open_remote
+from .remote import Remote, open_remote, resolve_target
 from .download import origin_down, download_blobs
 from .fetch import fetch
 from .policy import plan_pull
@@ -49,7 +49,7 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         # versions this store already knows.
         origin_down(core, exc)
     report = PullReport(remote.name, fetch_report)
-    named = [core.resolve(t) for t in targets]
+    named = [resolve_target(core, t) for t in targets]
     changes: list[RefChange] = []
     if remote_refs is not None:
         if named:  # only the datasets asked for move

@@ -31,7 +31,7 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (index_key, loose_key,
                               pack_key, ref_key)
 from .policy import decide_push
-from .remote import WORKERS, Remote, caches
+from .remote import WORKERS, Remote, caches, resolve_target
 from .fetch import fetch
 from ..reporting import plural
 
@@ -73,7 +73,7 @@ def _push_plan(core: Core, targets: list[str]
             for _d, name, vid, _c in core.index.tags(ds.id):
                 ref_plan.append((ds, f"tags/{name}", core.version(vid), True))
             continue
-        v = core.resolve(target)
+        v = resolve_target(core, target)
         if v.is_draft:
             raise InvalidInput(f"{target} is a draft; only committed versions are pushed",
                                hint=f"commit it first: dsv versions commit {v.id}")

@@ -15,9 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from ..core import Core
-from ..errors import (CorruptObject)
+from ..errors import AmbiguousRef, CorruptObject, DatasetNotFound, InvalidInput, RefError
 from ..hashing import is_hash
 from ..jsonio import load_bounded
+from ..model import Version
 from ..objects import PackEntry, parse_pack_index
 from ..remotes import layout
 from ..remotes.connect import open_backend
@@ -115,6 +116,34 @@ class Remote:
         with ThreadPoolExecutor(WORKERS) as pool:
             found = [r for r in pool.map(read, keys) if r is not None]
         return {(r.dataset, r.ref): r for r in found}
+
+
+def split_remote(core: Core, words: list[str]) -> tuple[str | None, list[str]]:
+    """`[REMOTE] [ITEM…]` as push and pull take them: the first word is a remote when one
+    has that name (remote names win over dataset names)."""
+    names = {s.name for s in core.remote_specs()}
+    if words and words[0] in names:
+        return words[0], words[1:]
+    if words and not names:
+        resolve_target(core, words[0])  # with no remote, it can only be a local dataset
+    return None, words
+
+
+def resolve_target(core: Core, target: str) -> Version:
+    """The version a push or pull target names; a bare word that names no dataset (nor a
+    remote, or it would have been split off) says so, with the remotes there are."""
+    try:
+        return core.resolve(target)
+    except (DatasetNotFound, RefError) as exc:
+        # (inside a dataset's directory a bare word may also be its tag or version)
+        if ":" in target or "~" in target or isinstance(exc, AmbiguousRef):
+            raise
+        names = sorted(s.name for s in core.remote_specs())
+        raise InvalidInput(
+            f"no remote or dataset named {target!r}",
+            hint=(f"remotes: {', '.join(names)}; `dsv datasets list` shows the datasets"
+                  if names else "no remote is configured: add one with `dsv remote add NAME "
+                                "URL`")) from None
 
 
 def open_remote(core: Core, name: str | None, kind: str = "origin") -> Remote:
