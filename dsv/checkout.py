@@ -187,7 +187,7 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                     f"checkout would discard "
                     f"{plural(len(at_risk), 'uncommitted change')} in "
                     f"{target}: {shown}", hint="commit them first, or pass --force")
-        _ensure_blobs(core, version, [e for _p, e in to_write] + _links(version_files))
+        ensure_blobs(core, version, [e for _p, e in to_write] + _links(version_files))
         tree.validate_links(placeable, core.objects.read, fenced)
         with core.index.transaction():
             core.index.begin_checkout(key, version.id)
@@ -353,7 +353,7 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
 
     dest = Path(target).resolve()
     _check_target_outside_store(core, dest)
-    _ensure_blobs(core, v, [e for _p, e in items] + _links(manifest))
+    ensure_blobs(core, v, [e for _p, e in items] + _links(manifest))
     tree.validate_links(manifest, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)
     with core.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
@@ -369,7 +369,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
     if not core.objects.has(entry.oid):
-        _ensure_blobs(core, v, [entry])
+        ensure_blobs(core, v, [entry])
     if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
         if not core.objects.verify_loose(entry.oid):
             raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
@@ -378,7 +378,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     return io.BytesIO(core.objects.read(entry.oid))
 
 
-def _ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
+def ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
     needed = {e.oid: e.size for e in entries}
     if not any(core.objects.lacking(needed)):

@@ -114,6 +114,15 @@ class HistoryConflict(DsvError):
     --force)."""
 
 
+class MergeConflict(DsvError):
+    """A merge found paths changed differently on the two sides; nothing was committed.
+    `report` (a MergeReport) lists them."""
+
+    def __init__(self, message: str, hint: str | None = None, report: object = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
 class UsageError(DsvError):
     """A command line the argument parser rejects (unknown option, missing argument)."""
 

@@ -1,5 +1,6 @@
 """What the commands that are not part of the everyday local workflow return: gc, verify,
-index rebuild, push, fetch, pull, verify --remote, cache prune, run and import --check.
+index rebuild, push, fetch, pull, verify --remote, cache prune, run, import --check and
+merge.
 
 Plain dataclasses, apart from dsv.model so that the everyday commands (status above all) do
 not pay at start-up for building classes they never use. Imports only dsv.model; must never
@@ -115,6 +116,7 @@ class PullReport:
     diverged: list[str] = field(default_factory=list)    # local refs kept, remote differs
     checked_out: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)      # with --merge: merges made
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
@@ -209,3 +211,21 @@ class ImportCheckReport:
         return {"ref": self.ref, "source": self.source, "ok": self.ok,
                 "unchanged": len(self.unchanged), "changed": self.changed,
                 "missing": self.missing, "added": self.added}
+
+
+@dataclass
+class MergeReport:
+    """What `dsv merge` did: nothing (up to date), a fast-forward, or a merge version."""
+
+    dataset: str
+    ours: str                      # the working directory's head
+    theirs: str                    # the version merged in
+    outcome: str = ""              # "up to date", "fast-forward", "merged"
+    base: str | None = None        # the merge base (None: histories never meet)
+    version: str | None = None     # the version the directory now holds, if it moved
+    conflicts: list[str] = field(default_factory=list)
+    resolved: str | None = None    # "ours" or "theirs" when conflicts were settled
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return dict(self.__dict__)

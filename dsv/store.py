@@ -24,9 +24,9 @@ from .reporting import Reporter
 
 if TYPE_CHECKING:  # what only the commands that import their modules when they run return
     from .remotes.base import RemoteSpec
-    from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, PruneReport,
-                          PullReport, PushReport, RebuildReport, RemoteCheckReport,
-                          VerifyReport)
+    from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, MergeReport,
+                          PruneReport, PullReport, PushReport, RebuildReport,
+                          RemoteCheckReport, VerifyReport)
 
 __all__ = ["Store", "find_store"]
 
@@ -327,6 +327,15 @@ class Store:
         from . import settings
         return settings.remove_remote(self.core, name)
 
+    def merge(self, ref: str, message: str | None = None, resolve: str | None = None,
+              key: str | None = None, cwd: str | os.PathLike[str] = ".") -> MergeReport:
+        """Merge the version `ref` names into its dataset's working directory: nothing to
+        do, a fast-forward, or a version with two parents (MergeConflict lists conflicting
+        paths unless `resolve` is "ours" or "theirs")."""
+        from . import merge
+        return merge.merge(self.core, ref=ref, message=message, resolve=resolve, key=key,
+                           cwd=cwd)
+
     def split_remote(self, words: list[str]) -> tuple[str | None, list[str]]:
         """`[REMOTE] [ITEM…]` as `dsv push` and `dsv pull` take them: the remote named
         first (None: the default one) and the datasets or refs after it."""
@@ -351,11 +360,12 @@ class Store:
 
     def pull(self, remote: str | None = None, targets: list[str] | None = None,
              paths: list[str] | None = None, force: bool = False,
-             checkout: bool = True) -> PullReport:
+             checkout: bool = True, merge: bool = False) -> PullReport:
         """Fetch, move local refs forward, download the objects the versions (or only
-        `paths`) need, and bring working directories forward to them."""
+        `paths`) need, and bring working directories forward to them; with `merge`, merge
+        the remote's latest into datasets whose latest is on another line."""
         from .sync import pull as sync_pull
-        return sync_pull.pull(self.core, remote, targets, paths, force, checkout)
+        return sync_pull.pull(self.core, remote, targets, paths, force, checkout, merge)
 
     @classmethod
     def clone(cls, url: str, path: str | os.PathLike[str] | None = None,

@@ -116,6 +116,12 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
     return v
 
 
+def write_committed(core: Core, ingest: Ingest, v: Version) -> Version:
+    """Record a new committed version whose objects `ingest` holds (a merge's, for one):
+    its record, then the version and `latest` in one transaction."""
+    return _write_committed(core, ingest, v, new=True)
+
+
 def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
            author: str | None = None, allow_empty: bool = False,
            lineage: dict[str, Any] | None = None, force: bool = False) -> Version:

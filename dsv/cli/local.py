@@ -1,20 +1,23 @@
 """Commands of the local workflow: a store, its datasets' working directories, versions
-committed from them and checked out into them (init, status, commit, log, show, diff, tag,
-tags, checkout). Each is one call of the Store API and the printing of its answer."""
+committed from them and checked out into them (init, status, commit, log, show, diff,
+merge, tag, tags, checkout). Each is one call of the Store API and the printing of its answer."""
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import typer
 
 from .options import DatasetOpt, JsonOpt
-from .output import (add_row, cell, console, echo, new_table, print_json, print_version,
-                     print_version_ref, size, version_json, version_ref, when)
+from .output import (add_row, cell, console, echo, new_table, plural, print_json,
+                     print_version, print_version_ref, size, version_json, version_ref, when)
 from .quick import show_status
 from .session import open_store
+
+if TYPE_CHECKING:
+    from ..reports import MergeReport
 
 commands = typer.Typer(add_completion=False)
 
@@ -137,6 +140,47 @@ def diff(ref_a: str = typer.Argument(..., metavar="REF",
                  f"{len(changes.deleted)} deleted")
     for line in lines:
         echo(line)
+
+
+@commands.command()
+def merge(ref: str = typer.Argument(..., metavar="REF",
+                                    help="The version to merge into the working directory, "
+                                         "e.g. DATASET:origin/latest."),
+          message: Optional[str] = typer.Option(None, "-m", "--message",
+                                                help="Message of the merge version "
+                                                     "(default: `merge REF into DATASET`)."),
+          ours: bool = typer.Option(False, "--ours", help="Settle every conflict with the "
+                                    "working directory's side."),
+          theirs: bool = typer.Option(False, "--theirs", help="Settle every conflict with "
+                                      "REF's side."),
+          dataset: Optional[str] = DatasetOpt,
+          as_json: bool = JsonOpt) -> None:
+    """Join REF's line of history with the working directory's: three-way by path."""
+    from ..errors import MergeConflict, UsageError
+    if ours and theirs:
+        raise UsageError("--ours and --theirs exclude each other",
+                         hint="see `dsv merge --help`")
+    store = open_store()
+    try:
+        report = store.merge(ref, message, "ours" if ours else "theirs" if theirs else None,
+                             key=dataset)
+    except MergeConflict as exc:
+        if as_json and exc.report is not None:
+            print_json(cast("MergeReport", exc.report).to_json())
+        raise
+    if as_json:
+        print_json(report.to_json())
+        return
+    if report.outcome == "up to date":
+        echo(f"{report.dataset}: already up to date ({report.theirs} is in {report.ours}'s "
+             f"history)")
+    elif report.outcome == "fast-forward":
+        echo(f"{report.dataset}: fast-forward {report.ours} -> {report.version}")
+    else:
+        settled = (f"; {plural(len(report.conflicts), 'conflict')} settled with "
+                   f"{report.resolved}" if report.conflicts else "")
+        echo(f"{report.dataset}:{report.version} merges {report.theirs} into {report.ours} "
+             f"(base {report.base or 'none'}){settled}")
 
 
 @commands.command()

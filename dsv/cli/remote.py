@@ -157,12 +157,17 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
                                     "where they differ from local ones."),
          no_checkout: bool = typer.Option(False, "--no-checkout", help="Leave working "
                                           "directories as they are."),
+         merge: bool = typer.Option(False, "--merge", help="Where latest here and on the "
+                                    "remote are on different lines, merge the remote's into "
+                                    "the working directory (as `dsv merge "
+                                    "DATASET:REMOTE/latest`)."),
          as_json: bool = JsonOpt) -> None:
     """Fetch, download what the versions need, move local refs forward; working
     directories that followed latest move with it."""
     store = open_store()
     remote, targets = store.split_remote(list(args or []))
-    report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout)
+    report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout,
+                        merge=merge)
     if as_json:
         print_json(report.to_json())
         return
@@ -179,6 +184,8 @@ def _print_pull(report: PullReport) -> None:
         echo(f"  {line}")
     for line in report.checked_out:
         echo(f"  checked out {line}")
+    for line in report.merged:
+        echo(f"  merged {line}")
     for line in report.diverged + report.notices:
         echo(f"warning: {line}", err=True)
 

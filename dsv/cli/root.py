@@ -25,7 +25,7 @@ from .session import session
 # (of this package) that defines it in its `commands` app.
 COMMANDS: dict[str, str] = {
     "init": "local", "status": "local", "commit": "local", "log": "local", "show": "local",
-    "diff": "local", "tag": "local", "tags": "local", "checkout": "local",
+    "diff": "local", "merge": "local", "tag": "local", "tags": "local", "checkout": "local",
     "gc": "maintenance", "verify": "maintenance",
     "run": "jobs", "import": "jobs",
     "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",

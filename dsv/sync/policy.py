@@ -85,7 +85,8 @@ def plan_pull(local: LocalHistory, remote: str, remote_refs: dict[tuple[str, str
                 updated.append(f"{ds.name}:latest -> {v.id}")
             elif fast_forward and current.id != v.id and \
                     not local.descends(current, v.record or ""):
-                diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on {remote}")
+                diverged.append(f"{ds.name}:latest is {current.id} here and {v.id} on {remote}, "
+                                f"on another line (kept; `dsv pull --merge` merges them)")
         else:
             name = ref.rpartition("/")[2]
             mine = local.tag(ds_id, name)

@@ -109,9 +109,10 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
 
 def pull(core: Core, remote: str | None = None, targets: list[str] | None = None,
          paths: list[str] | None = None, force: bool = False,
-         checkout: bool = True) -> PullReport:
+         checkout: bool = True, merge: bool = False) -> PullReport:
     """Fetch, move local refs forward, download the objects the versions (or only
-    `paths`) need, and bring working directories forward to them."""
+    `paths`) need, and bring working directories forward to them; with `merge`, merge the
+    remote's latest into datasets whose latest is on another line."""
     marker = core.dsv_dir / CLONE_MARKER
     if os.path.lexists(marker) and remote in (None, "origin") and not targets and not paths:
         claim = _ClonePlan.take(marker)
@@ -123,7 +124,31 @@ def pull(core: Core, remote: str | None = None, targets: list[str] | None = None
         claim.finish()
         return report
     with core.locked("pull"):
-        return _pull(core, remote, list(targets or []), paths, force, checkout)
+        report = _pull(core, remote, list(targets or []), paths, force, checkout)
+        if merge:
+            _merge_diverged(core, report, list(targets or []))
+        return report
+
+
+def _merge_diverged(core: Core, report: PullReport, targets: list[str]) -> None:
+    """`pull --merge`: each dataset (of those asked for) with a working directory whose
+    latest is on another line than the remote's gets the remote's merged in."""
+    from .. import merge
+    scope = {resolve_target(core, t).dataset for t in targets} if targets else None
+    for ds in core.index.datasets():
+        if ds.path is None or ds.latest is None or (scope is not None and ds.id not in scope):
+            continue
+        theirs_id = core.index.remote_ref(report.remote, ds.id, LATEST)
+        theirs = core.index.version(theirs_id) if theirs_id else None
+        if theirs is None or theirs.id == ds.latest:
+            continue
+        mine = core.version(ds.latest)
+        if refs.is_ancestor(core.index, theirs.id, mine) or \
+                refs.is_ancestor(core.index, mine.id, theirs):
+            continue  # not diverged (a fast-forward the pull already made, or kept behind)
+        done = merge.merge(core, f"{ds.id}:{report.remote}/latest", key=ds.id)
+        report.merged.append(f"{ds.name}:{done.version} merges {theirs.id} into {mine.id}")
+        report.diverged = [d for d in report.diverged if not d.startswith(f"{ds.name}:latest ")]
 
 
 def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] | None,

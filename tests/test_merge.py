@@ -1,0 +1,208 @@
+"""`dsv merge`: the three-way merge by path as a table of cases, then merges driven through
+the CLI (clean, conflicting, settled one way, fast-forward, up to date, refused) and a push
+of the merge as a fast-forward of the remote's line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import read_tree, write_tree
+from dsv.merge import three_way
+from dsv.model import Entry
+
+
+def e(oid: str, mode: int = 0o644) -> Entry:
+    return Entry("f", mode, len(oid), oid * 64 if len(oid) == 1 else oid)
+
+
+A, B, C = e("a"), e("b"), e("c")
+
+CASES = [
+    # (base, ours, theirs) of one path → merged entry (None: absent) or "conflict"
+    ("unchanged", A, A, A, A),
+    ("changed on our side only", A, B, A, B),
+    ("changed on their side only", A, A, B, B),
+    ("changed the same way on both", A, B, B, B),
+    ("changed differently", A, B, C, "conflict"),
+    ("added on our side", None, A, None, A),
+    ("added on their side", None, None, A, A),
+    ("added the same on both", None, A, A, A),
+    ("added differently on both", None, A, B, "conflict"),
+    ("deleted on our side", A, None, A, None),
+    ("deleted on their side", A, A, None, None),
+    ("deleted on both", A, None, None, None),
+    ("changed by us, deleted by them", A, B, None, "conflict"),
+    ("deleted by us, changed by them", A, None, B, "conflict"),
+    ("mode changed on their side", A, A, e("a", 0o755), e("a", 0o755)),
+    ("mode on one side, content on the other", A, e("a", 0o755), B, "conflict"),
+]
+
+
+@pytest.mark.parametrize("name,base,ours,theirs,want", CASES, ids=[c[0] for c in CASES])
+def test_three_way_by_path(name: str, base, ours, theirs, want) -> None:
+    def side(entry):
+        return {"x/p": entry} if entry is not None else {}
+    merged, conflicts = three_way(side(base), side(ours), side(theirs))
+    if want == "conflict":
+        assert merged == {} and conflicts == {"x/p": (ours, theirs)}
+    else:
+        assert conflicts == {} and merged == side(want)
+
+
+def test_a_file_on_one_side_where_the_other_made_a_directory_is_a_conflict() -> None:
+    merged, conflicts = three_way({"k": A}, {"d": B, "k": A}, {"d/inner": C, "k": A})
+    assert merged == {"k": A}
+    assert conflicts == {"d": (B, None), "d/inner": (None, C)}
+
+
+# ---- through the CLI ------------------------------------------------------------------------
+
+def ok(r):
+    assert r.code == 0, f"exit {r.code}\nout: {r.out}\nerr: {r.err}"
+    return r
+
+
+def vid(r) -> str:
+    return ok(r).out.strip().rsplit(":", 1)[1]
+
+
+def show(dsv, ws: Path, ref: str) -> dict:
+    return json.loads(ok(dsv("show", ref, "--json", cwd=ws)).out)
+
+
+@pytest.fixture
+def split(tmp_path: Path, dsv):
+    """A dataset whose history forked at `base`: `ours` in the working directory (latest),
+    `theirs` committed with --force from `base` and then left (a side line)."""
+    ws = tmp_path / "data"
+    write_tree(ws, {"keep.txt": "keep\n", "both.txt": "0\n", "mine.txt": "m0\n",
+                    "yours.txt": "y0\n", "gone.txt": "bye\n"})
+    ok(dsv("init", "--name", "data", cwd=ws))
+    base = vid(dsv("commit", "-m", "base", cwd=ws))
+    write_tree(ws, {"yours.txt": "y1\n", "both.txt": "theirs\n", "new-theirs.txt": "t\n"})
+    theirs = vid(dsv("commit", "-m", "theirs", cwd=ws))
+    ok(dsv("checkout", f"data:{base}", cwd=ws))
+    write_tree(ws, {"mine.txt": "m1\n", "both.txt": "ours\n"})
+    (ws / "gone.txt").unlink()
+    ours = vid(dsv("commit", "-m", "ours", "--force", cwd=ws))
+    return ws, base, ours, theirs
+
+
+def test_a_conflict_commits_nothing_and_lists_every_path(split, dsv) -> None:
+    ws, base, ours, theirs = split
+    before = read_tree(ws)
+    r = dsv("merge", f"data:{theirs}", cwd=ws)
+    assert r.code == 1 and "1 conflicting path: both.txt" in r.err and "--ours" in r.err
+    report = json.loads(dsv("merge", f"data:{theirs}", "--json", cwd=ws).out)
+    assert (report["conflicts"], report["base"], report["outcome"]) == (["both.txt"], base, "")
+    assert read_tree(ws) == before
+    assert show(dsv, ws, "data:latest")["id"] == ours
+    assert [v["id"] for v in json.loads(ok(dsv("log", "--json", cwd=ws)).out)][0] == ours
+
+
+@pytest.mark.parametrize("side", ["ours", "theirs"])
+def test_conflicts_settled_one_way_make_a_version_with_two_parents(split, dsv,
+                                                                    side: str) -> None:
+    ws, base, ours, theirs = split
+    r = ok(dsv("merge", f"data:{theirs}", f"--{side}", "-m", "join", cwd=ws))
+    assert "1 conflict settled with " + side in r.out
+    head = show(dsv, ws, "data:latest")
+    assert head["parents"] == [ours, theirs] and head["message"] == "join"
+    assert read_tree(ws) == {
+        "keep.txt": b"keep\n", "mine.txt": b"m1\n", "yours.txt": b"y1\n",
+        "new-theirs.txt": b"t\n", "both.txt": b"ours\n" if side == "ours" else b"theirs\n"}
+    (st,) = json.loads(ok(dsv("status", "--json", cwd=ws)).out)
+    assert (st["clean"], st["head"], st["behind"]) == (True, head["id"], 0)
+    # merging again: theirs is in the history now
+    assert "already up to date" in ok(dsv("merge", f"data:{theirs}", cwd=ws)).out
+
+
+def test_a_clean_merge_fast_forward_and_refusals(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "data"
+    write_tree(ws, {"a.txt": "a\n", "b.txt": "b\n"})
+    ok(dsv("init", "--name", "data", cwd=ws))
+    v1 = vid(dsv("commit", "-m", "one", cwd=ws))
+    (ws / "a.txt").write_text("a2\n")
+    v2 = vid(dsv("commit", "-m", "two", cwd=ws))
+    ok(dsv("checkout", f"data:{v1}", cwd=ws))
+    # the directory is behind latest: merging latest is a fast-forward, no new version
+    r = ok(dsv("merge", "data:latest", cwd=ws))
+    assert f"fast-forward {v1} -> {v2}" in r.out
+    assert read_tree(ws) == {"a.txt": b"a2\n", "b.txt": b"b\n"}
+    assert len(json.loads(ok(dsv("log", "--json", cwd=ws)).out)) == 2
+    # a side line that touched another file merges cleanly
+    ok(dsv("checkout", f"data:{v1}", cwd=ws))
+    (ws / "b.txt").write_text("b2\n")
+    side = vid(dsv("commit", "-m", "side", "--force", cwd=ws))
+    r = ok(dsv("merge", f"data:{v2}", cwd=ws))
+    merged = show(dsv, ws, "data:latest")
+    assert merged["parents"] == [side, v2] and merged["message"] == f"merge data:{v2} into data"
+    assert read_tree(ws) == {"a.txt": b"a2\n", "b.txt": b"b2\n"}
+    # refusals: uncommitted changes, a draft, both --ours and --theirs
+    (ws / "a.txt").write_text("dirty\n")
+    r = dsv("merge", f"data:{v1}", cwd=ws)
+    assert r.code == 1 and "uncommitted changes" in r.err
+    assert (ws / "a.txt").read_text() == "dirty\n"
+    r = dsv("merge", f"data:{v1}", "--ours", "--theirs", cwd=ws)
+    assert r.code == 2 and "exclude each other" in r.err
+
+
+def test_a_merge_of_the_remote_line_pushes_as_a_fast_forward(tmp_path: Path, dsv) -> None:
+    src = tmp_path / "src"
+    write_tree(src, {"a.txt": "a\n", "b.txt": "b\n"})
+    ok(dsv("init", "--name", "data", cwd=src))
+    ok(dsv("commit", "-m", "one", cwd=src))
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=src))
+    ok(dsv("push", cwd=src))
+    other = tmp_path / "other"
+    ok(dsv("clone", remote, other, cwd=tmp_path))
+    (other / "a.txt").write_text("theirs\n")
+    theirs = vid(dsv("commit", "-m", "theirs", cwd=other))
+    ok(dsv("push", cwd=other))
+    (src / "b.txt").write_text("mine\n")
+    mine = vid(dsv("commit", "-m", "mine", cwd=src))
+    assert dsv("push", cwd=src).code == 1          # not a fast-forward
+    ok(dsv("fetch", cwd=src))
+    ok(dsv("merge", "data:origin/latest", cwd=src))  # blobs of theirs are downloaded
+    merged = show(dsv, src, "data:latest")
+    assert merged["parents"] == [mine, theirs]
+    assert read_tree(src) == {"a.txt": b"theirs\n", "b.txt": b"mine\n"}
+    ok(dsv("push", cwd=src))                        # a fast-forward of the remote's line
+    ok(dsv("pull", cwd=other))
+    assert read_tree(other) == {"a.txt": b"theirs\n", "b.txt": b"mine\n"}
+    assert show(dsv, other, "data:latest")["id"] == merged["id"]
+
+
+def test_pull_on_a_diverged_dataset_says_so_and_pull_merge_merges(tmp_path: Path,
+                                                                  dsv) -> None:
+    src = tmp_path / "src"
+    write_tree(src, {"a.txt": "a\n", "b.txt": "b\n"})
+    ok(dsv("init", "--name", "data", cwd=src))
+    ok(dsv("commit", "-m", "one", cwd=src))
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=src))
+    ok(dsv("push", cwd=src))
+    other = tmp_path / "other"
+    ok(dsv("clone", remote, other, cwd=tmp_path))
+    (other / "a.txt").write_text("theirs\n")
+    theirs = vid(dsv("commit", "-m", "theirs", cwd=other))
+    ok(dsv("push", cwd=other))
+    (src / "b.txt").write_text("mine\n")
+    mine = vid(dsv("commit", "-m", "mine", cwd=src))
+    r = ok(dsv("pull", cwd=src))
+    assert f"data:latest is {mine} here and {theirs} on origin" in r.err
+    assert "`dsv pull --merge` merges them" in r.err
+    assert show(dsv, src, "data:latest")["id"] == mine and (src / "a.txt").read_text() == "a\n"
+    r = ok(dsv("pull", "--merge", cwd=src))
+    merged = show(dsv, src, "data:latest")
+    assert merged["parents"] == [mine, theirs]
+    assert f"merged data:{merged['id']} merges {theirs} into {mine}" in r.out
+    assert "warning" not in r.err
+    assert read_tree(src) == {"a.txt": b"theirs\n", "b.txt": b"mine\n"}
+    # nothing left to merge
+    r = ok(dsv("pull", "--merge", cwd=src))
+    assert "merged" not in r.out and show(dsv, src, "data:latest")["id"] == merged["id"]
