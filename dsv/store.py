@@ -147,6 +147,11 @@ class Store:
         each with its tags."""
         return versions.log(self.core, key=key, cwd=cwd, include_drafts=include_drafts)
 
+    def log_graph(self, history: list[Version]) -> list[tuple[str, Version | None]]:
+        """`history` (as `log` returns it) drawn as `git log --graph` does: (prefix,
+        version) rows, children before parents, with connecting rows (version None)."""
+        return versions.graph(history)
+
     def versions(self, key: str, state: str | None = None) -> list[Version]:
         """A dataset's versions, newest first; only drafts or committed ones with `state`."""
         return versions.versions(self.core, key=key, state=state)

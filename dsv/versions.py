@@ -9,6 +9,7 @@ never place files in a working directory (that is checkout's job).
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from pathlib import Path
@@ -62,6 +63,74 @@ def log(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
     for v in versions:
         v.tags = tags.get(v.id, [])
     return versions
+
+
+def graph(versions: list[Version]) -> list[tuple[str, Version | None]]:
+    r"""`versions` drawn as `git log --graph` draws commits: (prefix, version) rows, each
+    child before its parents (newest first among those ready), with connecting rows
+    (version None) where a line splits off at a merge or joins again where it began.
+
+    A lane per line of history: `*` is the version of the row, `|` a line passing by,
+    `\` a merge's other parent starting its lane, `/` a lane ending in the one it
+    branched from.
+    """
+    by_id = {v.id: v for v in versions}
+    waiting = dict.fromkeys(by_id, 0)   # children not yet drawn, per version
+    for v in versions:
+        for p in v.parents:
+            if p in waiting:
+                waiting[p] += 1
+    ready = [(-(v.committed or v.created), v.id) for v in versions if waiting[v.id] == 0]
+    heapq.heapify(ready)
+    rows: list[tuple[str, Version | None]] = []
+    lanes: list[str] = []               # the version each lane leads to next
+    while ready:
+        v = by_id[heapq.heappop(ready)[1]]
+        for p in v.parents:
+            if p in waiting:
+                waiting[p] -= 1
+                if waiting[p] == 0:
+                    heapq.heappush(ready, (-(by_id[p].committed or by_id[p].created), p))
+        if v.id not in lanes:
+            lanes.append(v.id)
+        col = lanes.index(v.id)
+        joining = [i for i, x in enumerate(lanes) if x == v.id and i != col]
+        if joining:  # lines that branched off here end: they join before its row
+            cells = [" "] * (2 * len(lanes))
+            for i in range(len(lanes)):
+                if i in joining or any(j < i for j in joining):
+                    cells[2 * i - 1] = "/"
+                else:
+                    cells[2 * i] = "|"
+            rows.append(("".join(cells).rstrip(), None))
+            lanes = [x for i, x in enumerate(lanes) if i not in joining]
+        rows.append((" ".join("*" if i == col else "|" for i in range(len(lanes))), v))
+        parents = [p for p in v.parents if p in by_id]
+        if not parents:
+            lanes.pop(col)
+            continue
+        lanes[col] = parents[0]
+        for p in parents[1:]:
+            if p in lanes:  # the other parent's lane is already drawn: link to it
+                k = lanes.index(p)
+                cells = [" "] * (2 * len(lanes))
+                for i in range(len(lanes)):
+                    cells[2 * i] = "|"
+                lo, hi = sorted((k, col))
+                for pos in range(2 * lo + 1, 2 * hi, 2):
+                    cells[pos] = "_"
+                cells[2 * col - 1 if k < col else 2 * col + 1] = "/" if k < col else "\\"
+                rows.append(("".join(cells).rstrip(), None))
+                continue
+            cells = [" "] * (2 * len(lanes))
+            for i in range(len(lanes)):
+                if i <= col:
+                    cells[2 * i] = "|"
+                if i >= col:
+                    cells[2 * i + 1] = "\\"
+            rows.append(("".join(cells).rstrip(), None))
+            lanes.insert(col + 1, p)
+    return rows
 
 
 def versions(core: Core, key: str, state: str | None = None) -> list[Version]:

@@ -206,3 +206,56 @@ def test_pull_on_a_diverged_dataset_says_so_and_pull_merge_merges(tmp_path: Path
     # nothing left to merge
     r = ok(dsv("pull", "--merge", cwd=src))
     assert "merged" not in r.out and show(dsv, src, "data:latest")["id"] == merged["id"]
+
+
+def test_log_graph_draws_merges_and_side_lines(tmp_path: Path, dsv) -> None:
+    import re
+    ws = tmp_path / "g"
+    write_tree(ws, {"a": "a"})
+    ok(dsv("init", "--name", "g", cwd=ws))
+    base = vid(dsv("commit", "-m", "base", cwd=ws))
+    write_tree(ws, {"b": "b"})
+    main1 = vid(dsv("commit", "-m", "main1", cwd=ws))
+    ok(dsv("checkout", f"g:{base}", cwd=ws))
+    write_tree(ws, {"c": "c"})
+    vid(dsv("commit", "-m", "side", "--force", cwd=ws))
+    ok(dsv("merge", f"g:{main1}", "-m", "join", cwd=ws))
+    write_tree(ws, {"d": "d"})
+    after = vid(dsv("commit", "-m", "after", cwd=ws))
+    ok(dsv("tag", f"g:{after}", "v2", cwd=ws))
+    ok(dsv("checkout", f"g:{main1}", cwd=ws))
+    write_tree(ws, {"e": "e"})
+    vid(dsv("commit", "-m", "off main1", "--force", cwd=ws))
+    out = ok(dsv("log", "--graph", cwd=ws)).out
+    shape = [re.sub(r"\b[0-9a-z]{10}\b", "ID", line) for line in out.splitlines()]
+    assert shape == [
+        "* ID off main1",
+        "| * ID (v2) after",
+        "| * ID join",
+        "|/|",
+        "| * ID side",
+        "* | ID main1",
+        "|/",
+        "* ID base",
+    ], "\n".join(shape)
+
+
+def _history(spec: list[tuple[str, list[str]]]):
+    from dsv.model import Version
+    n = len(spec)
+    return [Version(id=vid, dataset="d", state="committed", tree="t", parents=parents,
+                    message=vid, created=float(n - i)) for i, (vid, parents) in enumerate(spec)]
+
+
+@pytest.mark.parametrize("spec,want", [
+    ([("c", ["b"]), ("b", ["a"]), ("a", [])], ["* c", "* b", "* a"]),
+    # a merge whose second line is new: it starts a lane with "\"
+    ([("m", ["x", "y"]), ("x", ["a"]), ("y", ["a"]), ("a", [])],
+     ["* m", "|\\", "* | x", "| * y", "|/", "* a"]),
+    # two lines that never join (a dataset's two roots)
+    ([("p", ["q"]), ("r", []), ("q", [])], ["* p", "| * r", "* q"]),
+])
+def test_graph_shapes(spec, want) -> None:
+    from dsv.versions import graph
+    rows = [f"{prefix} {v.id}" if v else prefix for prefix, v in graph(_history(spec))]
+    assert rows == want

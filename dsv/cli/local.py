@@ -78,6 +78,9 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
 def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."),
         drafts: bool = typer.Option(False, "--drafts", help="Include drafts."),
         limit: Optional[int] = typer.Option(None, "-n", help="Show at most N versions."),
+        graph: bool = typer.Option(False, "--graph", help="One line per version, with the "
+                                   "lines of history drawn beside them (merges, side "
+                                   "lines), as `git log --graph --oneline`."),
         as_json: bool = JsonOpt) -> None:
     """History: versions with messages, authors, times, tags and lineage."""
     store = open_store()
@@ -87,6 +90,19 @@ def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."
         return
     from rich.text import Text
     terminal = console()
+    if graph:
+        for prefix, v in store.log_graph(versions):
+            if v is None:
+                terminal.print(cell(prefix))
+                continue
+            row = [cell(f"{prefix} "), cell(v.id, style="bold")]
+            if v.tags:
+                row.append(cell(f" ({', '.join(v.tags)})", style="yellow"))
+            if v.is_draft:
+                row.append(cell(" draft", style="red"))
+            row.append(cell(" " + (v.message or "").split("\n")[0]))
+            terminal.print(Text.assemble(*row))
+        return
     for v in versions:
         head = [cell(version_ref(store, v), style="bold")]
         if v.tags:
