@@ -37,20 +37,26 @@ from .reporting import plural
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
 
-def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> StatusReport:
-    """What changed in a dataset's working directory since the version it was last made."""
+def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+           list_ignored: bool = False) -> StatusReport:
+    """What changed in a dataset's working directory since the version it was last made
+    (with `list_ignored`, also what its `.dsvignore` files leave out)."""
     ds = core.pick_dataset(key, cwd)
+    ignored: list[str] | None = [] if list_ignored else None
     root = core.dataset_root(ds)
     head = core.head(ds)
     behind, diverged = _behind_latest(core, ds, head)
     if not root.is_dir():
         return StatusReport(ds, head, Changes(), [], behind, diverged, missing=True)
-    files, skipped = worktree.scan(root, core.excluded(ds))
+    files, skipped = worktree.scan(root, core.excluded(ds), ignore_files=True,
+                                   ignored=ignored)
+    if ignored is not None:
+        ignored.sort()
     if head is not None:
         digest = worktree.stat_digest(files)
         if digest is not None and core.index.clean_scan(ds.id) == (head.tree, digest):
             # This very scan was vouched for before: no stat-cache row to read.
-            return StatusReport(ds, head, Changes(), skipped, behind, diverged)
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
         if ds.cache_tree == head.tree and \
                 worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
             # The cache vouches for every file and describes the head tree exactly: no
@@ -60,13 +66,13 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                     now = core.index.dataset_by("id", ds.id) if got else None
                     if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
                         core.index.put_clean_scan(ds.id, head.tree, digest)
-            return StatusReport(ds, head, Changes(), skipped, behind, diverged)
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
     cache = core.index.stat_cache(ds.id)
     with core.reporter.task("hashing", len(files)) as advance:
         snap = worktree.snapshot(root, files, cache, None, advance)
     base = core.manifest(head) if head else {}
     report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped, behind,
-                          diverged)
+                          diverged, ignored=ignored)
     # Remember what was hashed, so the next status reads nothing, but only rows whose
     # content is already stored: the cache never names an object the store lacks.
     known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
@@ -94,14 +100,15 @@ def _behind_latest(core: Core, ds: Dataset, head: Version | None) -> tuple[int, 
         not refs.is_ancestor(core.index, head.id, latest)
 
 
-def statuses(core: Core, key: str | None = None,
-             cwd: str | os.PathLike[str] = ".") -> list[StatusReport]:
+def statuses(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+             list_ignored: bool = False) -> list[StatusReport]:
     """Status of the dataset named, else of the one `cwd` is in, else of every dataset
     bound to a directory (as `git status` covers the whole repository)."""
     here = core.dataset(key) if key else core.dataset_at(cwd)
     if here is not None:
-        return [status(core, here.id)]
-    return [status(core, ds.id) for ds in core.index.datasets() if ds.path is not None]
+        return [status(core, here.id, list_ignored=list_ignored)]
+    return [status(core, ds.id, list_ignored=list_ignored) for ds in core.index.datasets()
+            if ds.path is not None]
 
 
 def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
@@ -135,7 +142,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         key = str(target)
         leftovers: list[str] = []
         stores: list[str] = []
-        files, _ = worktree.scan(target, excluded, leftovers, stores)
+        files, _ = worktree.scan(target, excluded, leftovers, stores,
+                                 ignore_files=in_worktree)
         if core.index.checkout_journal(key) is None:
             leftovers = []  # no checkout was interrupted here: those are not ours
         # Nested datasets and stores are left alone: their directories belong to them
@@ -314,7 +322,7 @@ def diff(core: Core, ref_a: str, ref_b: str | None = None,
     ds = core.index.dataset_by("id", a.dataset)
     assert ds is not None
     root = core.dataset_root(ds)
-    files, _ = worktree.scan(root, core.excluded(ds))
+    files, _ = worktree.scan(root, core.excluded(ds), ignore_files=True)
     snap = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None)
     return worktree.compare(base, snap.manifest)
 

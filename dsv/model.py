@@ -143,6 +143,7 @@ class StatusReport:
     behind: int = 0          # versions in latest's history that are not in the head's
     diverged: bool = False   # latest does not descend from the head
     missing: bool = False    # the working directory does not exist
+    ignored: list[str] | None = None   # what .dsvignore leaves out, when asked for
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
@@ -150,7 +151,8 @@ class StatusReport:
                 "head": self.head.id if self.head else None, "latest": self.dataset.latest,
                 "behind": self.behind, "diverged": self.diverged, "missing": self.missing,
                 "clean": self.changes.clean and not self.missing,
-                **self.changes.to_json(), "skipped": self.skipped}
+                **self.changes.to_json(), "skipped": self.skipped,
+                **({"ignored": self.ignored} if self.ignored is not None else {})}
 
 
 @dataclass

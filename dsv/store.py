@@ -169,11 +169,12 @@ class Store:
         """What changed in a dataset's working directory since the version it was last made."""
         return checkout.status(self.core, key=key, cwd=cwd)
 
-    def statuses(self, key: str | None = None,
-                 cwd: str | os.PathLike[str] = ".") -> list[StatusReport]:
+    def statuses(self, key: str | None = None, cwd: str | os.PathLike[str] = ".",
+                 list_ignored: bool = False) -> list[StatusReport]:
         """Status of the dataset named, else of the one `cwd` is in, else of every dataset
-        bound to a directory (as `git status` covers the whole repository)."""
-        return checkout.statuses(self.core, key=key, cwd=cwd)
+        bound to a directory (as `git status` covers the whole repository); with
+        `list_ignored`, each lists what its `.dsvignore` files leave out."""
+        return checkout.statuses(self.core, key=key, cwd=cwd, list_ignored=list_ignored)
 
     def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
                author: str | None = None, allow_empty: bool = False,

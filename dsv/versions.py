@@ -209,7 +209,7 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             _check_not_behind(core, ds)
         stores: list[str] = []
         excluded = core.excluded(ds)
-        files, _skipped = worktree.scan(root, excluded, stores=stores)
+        files, _skipped = worktree.scan(root, excluded, stores=stores, ignore_files=True)
         cache = core.index.stat_cache(ds.id)
         with Ingest(core.objects) as ingest:
             total = sum(f[0] for f in files.values())
@@ -376,7 +376,7 @@ def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
             for src in sources:
                 src_path = Path(cwd, src).resolve() if not os.path.isabs(src) else Path(src)
                 if src_path.is_dir():
-                    files, _ = worktree.scan(src_path, [DSV_DIR])
+                    files, _ = worktree.scan(src_path, [DSV_DIR], ignore_files=True)
                     prefix = target
                     base_dir = src_path
                 elif src_path.exists() or src_path.is_symlink():
@@ -432,7 +432,7 @@ def create_version_from_path(core: Core, key: str, source: str | os.PathLike[str
         src = Path(source).resolve()
         if not src.is_dir():
             raise InvalidInput(f"{source} is not a directory")
-        files, _ = worktree.scan(src, [DSV_DIR])
+        files, _ = worktree.scan(src, [DSV_DIR], ignore_files=True)
         with Ingest(core.objects) as ingest:
             with core.reporter.task("hashing", len(files)) as advance:
                 snap = worktree.snapshot(src, files, {}, ingest, advance)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
 
-from . import fileio
+from . import fileio, ignore
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
@@ -53,21 +53,26 @@ in one step with the first four of a stat-cache row (index.StatRow).
 
 
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
-         stores: list[str] | None = None) -> tuple[dict[str, FileStat], list[str]]:
+         stores: list[str] | None = None, ignore_files: bool = False,
+         ignored: list[str] | None = None) -> tuple[dict[str, FileStat], list[str]]:
     """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
     Temp files of an interrupted checkout are never content; their paths are added to
     `leftovers` when given, and directories left out because they hold another store to
-    `stores`. One lstat per file, no reads.
+    `stores`. With `ignore_files`, what `.dsvignore` files leave out (dsv.ignore) is not
+    scanned; it is listed in `ignored` when given (directories with a trailing `/`). One
+    lstat per file, no reads.
     """
     skip = set(excluded)
     found: dict[str, FileStat] = {}
     skipped: list[str] = []
-    stack = [("", os.fspath(root))]
+    no_rules: ignore.Rules = ()
+    stack = [("", os.fspath(root), no_rules)]
     s_isreg, s_islnk, s_imode = stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    is_ignored = ignore.ignored
     while stack:
-        rel_dir, abs_dir = stack.pop()
+        rel_dir, abs_dir, rules = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
             entries = os.scandir(abs_dir)
@@ -75,11 +80,14 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
             continue
         with entries:
             listing = list(entries)
-        if rel_dir and any(e.name[0] == "." and is_reserved(e.name) and
-                           e.is_dir(follow_symlinks=False) for e in listing):
+        dotted = [e for e in listing if e.name[0] == "."]
+        if rel_dir and any(is_reserved(e.name) and e.is_dir(follow_symlinks=False)
+                           for e in dotted):
             if stores is not None:
                 stores.append(rel_dir)
             continue  # another store's workspace, as git leaves out a nested repository
+        if ignore_files and any(e.name == ignore.IGNORE_FILE for e in dotted):
+            rules = ignore.load(rules, rel_dir, abs_dir)
         for entry in listing:
             name = entry.name
             if name[0] == "." and (is_reserved(name) or is_temp_name(name)):
@@ -96,8 +104,15 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
                 continue
             if entry.is_dir(follow_symlinks=False):
                 rel = prefix + name
-                if rel not in skip:
-                    stack.append((rel, entry.path))
+                if rules and is_ignored(rules, rel, True):
+                    if ignored is not None:
+                        ignored.append(rel + "/")
+                elif rel not in skip:
+                    stack.append((rel, entry.path, rules))
+                continue
+            if rules and is_ignored(rules, prefix + name, False):
+                if ignored is not None:
+                    ignored.append(prefix + name)
                 continue
             st = entry.stat(follow_symlinks=False)
             mode = st.st_mode

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"dsv.errors", "dsv.model", "dsv.reports", "dsv.faults", "dsv.fileio",
                      "dsv.hashing", "dsv.jsonio", "dsv.reporting", "dsv.paths"}),
     ("storage", {"dsv.lock", "dsv.objects", "dsv.index", "dsv.tree", "dsv.records"}),
-    ("views and remotes", {"dsv.worktree", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
+    ("views and remotes", {"dsv.worktree", "dsv.ignore", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
                            "dsv.remotes.layout", "dsv.remotes.fs", "dsv.remotes.s3",
                            "dsv.remotes.memory", "dsv.remotes.cache", "dsv.remotes.connect"}),
     ("core", {"dsv.core"}),

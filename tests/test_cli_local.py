@@ -430,7 +430,7 @@ QUICK_LINES = [["status"], ["status", "--json"], ["status", "-s"], ["status", "-
                ["status", "-d", "mydata"], ["status", "--dataset", "mydata", "-s"],
                ["status", "--dataset=mydata"], ["status", "-d", "nope"], ["--debug", "status", "-s"],
                ["--store", "{ws}", "status"], ["--store={ws}/.dsv", "status", "--json"],
-               ["--store", "{ws}/nowhere", "status"]]
+               ["--store", "{ws}/nowhere", "status"], ["status", "--ignored", "--json"]]
 TYPER_LINES = [["status", "-h"], ["status", "--bogus"], ["status", "-sd", "mydata"],
                ["status", "extra"], ["status", "-d"], ["status", "--json", "--json"],
                ["status", "-d=mydata"], ["status", "--dataset="], ["status", "-d", "-s"],

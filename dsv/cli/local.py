@@ -53,9 +53,11 @@ def init(path: Path = typer.Argument(Path("."), help="Directory to create the st
 
 @commands.command()
 def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
-           short: bool = typer.Option(False, "--short", "-s", help="Counts only.")) -> None:
+           short: bool = typer.Option(False, "--short", "-s", help="Counts only."),
+           ignored: bool = typer.Option(False, "--ignored", help="Also list what "
+                                        ".dsvignore files leave out.")) -> None:
     """What changed in each dataset's working directory since its current version."""
-    show_status(dataset, as_json, short)
+    show_status(dataset, as_json, short, ignored)
 
 
 @commands.command()

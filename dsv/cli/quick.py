@@ -3,7 +3,8 @@ plain forms, so they do not pay for importing typer (about half of `dsv status`'
 a clean 20,000-file dataset).
 
 `command` reads a line only when every word is one it knows (the global `--store` and
-`--debug`, then `status` with `-d/--dataset`, `--json`, `-s/--short`, each at most once) and
+`--debug`, then `status` with `-d/--dataset`, `--json`, `-s/--short`, `--ignored`, each at
+most once) and
 returns None for anything else, which typer then reads: help, abbreviations, bundled short
 flags, a repeated option, `--`, text that is not UTF-8, mistakes. What a command prints is
 one function that both ways call, and a test runs lines both ways and compares the output.
@@ -23,7 +24,8 @@ _GLOBAL_FLAGS = {"--debug": "debug"}
 _COMMANDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     # command: (options taking a value, flags), each spelling → parameter name
     "status": ({"-d": "dataset", "--dataset": "dataset"},
-               {"--json": "as_json", "-s": "short", "--short": "short"}),
+               {"--json": "as_json", "-s": "short", "--short": "short",
+                "--ignored": "ignored"}),
 }
 
 
@@ -47,7 +49,8 @@ def command(args: list[str]) -> Callable[[], None] | None:
     if name == "status":
         dataset = params.get("dataset")
         return lambda: show_status(str(dataset) if dataset is not None else None,
-                                   bool(params.get("as_json")), bool(params.get("short")))
+                                   bool(params.get("as_json")), bool(params.get("short")),
+                                   bool(params.get("ignored")))
     return None  # pragma: no cover - every name in _COMMANDS is answered above
 
 
@@ -83,9 +86,10 @@ def _read_options(args: list[str], values: dict[str, str], flags: dict[str, str]
     return []
 
 
-def show_status(dataset: str | None, as_json: bool, short: bool) -> None:
+def show_status(dataset: str | None, as_json: bool, short: bool,
+                ignored: bool = False) -> None:
     """`dsv status`: each dataset's changes since its current version."""
-    reports = open_store().statuses(dataset)
+    reports = open_store().statuses(dataset, list_ignored=ignored)
     if as_json:
         print_json([r.to_json() for r in reports])
         return
@@ -112,13 +116,12 @@ def show_status(dataset: str | None, as_json: bool, short: bool) -> None:
         if r.behind or r.diverged:
             out.append(f"  (`dsv checkout {r.dataset.name}:latest` brings it up to date; a "
                        f"commit here is refused without --force)")
-        if c.clean:
-            continue
-        if not short:
-            for label, paths in (("added", c.added), ("modified", c.modified),
-                                 ("deleted", c.deleted)):
-                out.extend(f"  {label:<9} {p}" for p in paths)
-        for p in r.skipped:
-            out.append(f"  skipped   {p} (not a regular file or symlink)")
+        if not c.clean:
+            if not short:
+                for label, paths in (("added", c.added), ("modified", c.modified),
+                                     ("deleted", c.deleted)):
+                    out.extend(f"  {label:<9} {p}" for p in paths)
+            out.extend(f"  skipped   {p} (not a regular file or symlink)" for p in r.skipped)
+        out.extend(f"  ignored   {p}" for p in r.ignored or [])
     for line in out:
         echo(line)
