@@ -76,6 +76,7 @@ class Seaweed:
     url: str
     proc: subprocess.Popen
     log: Path
+    sockets: list[Path]     # unix sockets it makes in /tmp whatever TMPDIR says
 
     def client(self):
         return s3_client(self.url)
@@ -116,7 +117,15 @@ def start_seaweed(workdir: Path, timeout: float = 60) -> Seaweed:
         "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
     (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin,
      admin_grpc) = free_ports(10)
-    args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    # Nothing of it may stay in $TMPDIR: its logs go under `workdir` (glog's -logdir, else
+    # $TMPDIR), so do the filer's and S3's local sockets; the gRPC sockets it always makes
+    # as /tmp/seaweedfs-<service>-grpc-<port>.sock are removed when it stops.
+    logs, own_tmp = workdir / "logs", workdir / "tmp"
+    logs.mkdir(exist_ok=True)
+    own_tmp.mkdir(exist_ok=True)
+    args = [weed, f"-logdir={logs}", "mini", f"-dir={data}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-filer.localSocket={own_tmp}/filer.sock",
+            f"-s3.localSocket={own_tmp}/s3.sock",
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
@@ -127,8 +136,15 @@ def start_seaweed(workdir: Path, timeout: float = 60) -> Seaweed:
     log = workdir / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "TMPDIR": str(own_tmp)})
     url = f"http://127.0.0.1:{s3}"
+    sockets = [Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock") for service, port in (
+        ("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc),
+        ("s3", s3_grpc), ("admin", admin_grpc))] + \
+        [Path(f"/tmp/seaweedfs-{service}-{port}.sock") for service, port in (
+            ("filer", filer), ("s3", s3))]
+    server = Seaweed(url, proc, log, sockets)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -141,23 +157,26 @@ def start_seaweed(workdir: Path, timeout: float = 60) -> Seaweed:
             break  # any HTTP answer (403 for an anonymous request) means S3 is up
         except OSError:
             if time.monotonic() > deadline:
-                stop_seaweed(proc)
+                stop_seaweed(server)
                 pytest.fail(f"SeaweedFS S3 did not answer on {url} within {timeout} s:\n"
                             f"{log.read_text(errors='replace')[-3000:]}", pytrace=False)
             time.sleep(0.2)
-    return Seaweed(url, proc, log)
+    return server
 
 
-def stop_seaweed(proc: subprocess.Popen) -> None:
+def stop_seaweed(server: Seaweed) -> None:
     """Kill the server (its whole process group; its data is a temporary directory, so
-    there is nothing to shut down gracefully for)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+    there is nothing to shut down gracefully for) and remove the sockets it left in /tmp."""
+    proc = server.proc
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    for sock in server.sockets:
+        if sock.is_socket():
+            sock.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +186,7 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield server.url
     finally:
-        stop_seaweed(server.proc)
+        stop_seaweed(server)
 
 
 # ---- reading a remote directly ----------------------------------------------------------

@@ -301,3 +301,28 @@ def test_moto_honours_conditional_writes_one_at_a_time(s3_endpoint, aws_env):
     assert _status(put(IfNoneMatch="*")) == 412
     assert _status(put(IfMatch='"0123456789abcdef0123456789abcdef"')) == 412
     assert c.put_object(Bucket=bucket, Key="ref", Body=b"two", IfMatch=first)["ETag"]
+
+
+def test_seaweedfs_leaves_nothing_in_tmpdir(tmp_path: Path, monkeypatch) -> None:
+    """The suite leaves nothing in $TMPDIR: SeaweedFS would write its glog files and unix
+    sockets there; the harness points both into the server's own directory."""
+    from servers import start_seaweed, stop_seaweed
+    outer = tmp_path / "outer-tmp"
+    outer.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outer))
+    server = start_seaweed(tmp_path / "weed")
+    try:
+        import urllib.error
+        import urllib.request
+        try:
+            urllib.request.urlopen(server.url + "/", timeout=5)
+        except urllib.error.HTTPError:
+            pass  # an anonymous request is refused: the server answered
+    finally:
+        seen = [p for p in server.sockets if p.is_socket()]
+        stop_seaweed(server)
+    assert sorted(p.name for p in outer.iterdir()) == []
+    assert len(seen) >= 4 and not any(p.exists() for p in server.sockets)
+    assert sorted(p.name for p in (tmp_path / "weed" / "tmp").iterdir()) == ["filer.sock",
+                                                                             "s3.sock"]
+    assert any(p.name.startswith("weed") for p in (tmp_path / "weed" / "logs").iterdir())
