@@ -47,6 +47,9 @@ def add_remote(core: Core, name: str, url: str, endpoint_url: str | None = None,
                                "is_default": int(spec.is_default), "created": time.time()})
         if spec.is_default:
             core.index.set_default_remote(name)
+    if not spec.is_s3 and not os.path.isdir(url) and not os.path.isdir(os.path.dirname(url)):
+        core.reporter.notice(f"warning: neither {url} nor its parent exists yet (a typo, or a "
+                             f"volume not mounted?): `dsv push` refuses until the parent does")
     return spec
 
 

@@ -577,3 +577,13 @@ def test_push_or_pull_of_a_word_that_is_no_remote_nor_dataset(source: Path, dsv,
     # a ref of an unknown dataset stays a ref error
     r = dsv("pull", "nosuch:latest", cwd=source)
     assert r.code == 1 and "no dataset named 'nosuch'" in r.err
+
+
+def test_remote_add_of_a_directory_whose_parent_is_missing_warns_at_once(
+        source: Path, dsv, tmp_path: Path) -> None:
+    r = dsv("remote", "add", "typo", tmp_path / "no-such-volume" / "remote", cwd=source)
+    assert r.code == 0
+    assert r.err.startswith("warning: neither ") and "nor its parent exists yet" in r.err
+    r = dsv("remote", "add", "fine", tmp_path / "new-remote", cwd=source)   # parent exists
+    assert r.code == 0 and r.err == ""
+    assert dsv("push", "fine", cwd=source).code == 0
