@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from . import fileio, refs, tree
+from . import fileio, refs, state, tree
 from .errors import (
     DatasetNotFound,
     DsvError,
@@ -109,6 +109,7 @@ class Core:
                                 hint="recreate it from the objects with `dsv index rebuild`")
         if schema < SCHEMA_VERSION:
             self.index.create_schema()  # idempotent: adds what older stores lack
+        self.index.on_change = lambda: state.save(self.index, self.dsv_dir)
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
         self.lock = StoreLock(self.dsv_dir / "lock")
         self.refs = refs.RefStore(self.index)

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,11 @@ class Index:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.read_only = False
+        # Called when rows that `.dsv/state.json` mirrors changed: before the COMMIT of the
+        # transaction that changed them, or right after a change made outside one (set by
+        # core.Core; the index itself never writes another file).
+        self.on_change: Callable[[], None] | None = None
+        self._changed = False
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -208,14 +213,26 @@ class Index:
             return
         self.conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        self._changed = False
         try:
             yield
+            if self._changed and self.on_change is not None:
+                self.on_change()  # inside the transaction: a failure rolls it back
         except BaseException:
             self._depth = 0
+            self._changed = False
             self.conn.execute("ROLLBACK")
             raise
         self._depth = 0
+        self._changed = False
         self.conn.execute("COMMIT")
+
+    def _mirror(self) -> None:
+        """Note that a row `.dsv/state.json` mirrors changed (see `on_change`)."""
+        if self._depth:
+            self._changed = True
+        elif self.on_change is not None:
+            self.on_change()
 
     @contextmanager
     def rolled_back(self) -> Iterator[None]:
@@ -255,6 +272,7 @@ class Index:
         self.conn.execute(f"INSERT INTO datasets ({_DATASET_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                           (ds.id, ds.name, ds.path, ds.description, ds.created, ds.latest,
                            ds.head, ds.cache_tree))
+        self._mirror()
 
     def update_dataset(self, ds_id: str, **fields: Any) -> None:  # noqa: ANN401 - cell values
         """Set some of a dataset's mutable columns (name, path, description,
@@ -265,6 +283,8 @@ class Index:
             return  # vouching for the stat cache is an optimisation: skipped, not failed
         sets = ", ".join(f"{k}=?" for k in fields)
         self.conn.execute(f"UPDATE datasets SET {sets} WHERE id=?", (*fields.values(), ds_id))
+        if set(fields) - {"cache_tree"}:
+            self._mirror()
 
     def delete_dataset(self, ds_id: str) -> None:
         """Delete a dataset with its versions, tags and stat cache, in one
@@ -279,6 +299,7 @@ class Index:
                               "(SELECT id FROM versions WHERE dataset=?)", (ds_id,))
             self.conn.execute("DELETE FROM versions WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
+            self._mirror()
 
     # ---- versions ----------------------------------------------------------------
     def version(self, vid: str) -> Version | None:
@@ -303,6 +324,11 @@ class Index:
                                  (ds_id, prefix, prefix + "\x7f"))
         return [r[0] for r in rows]
 
+    def drafts(self) -> list[Version]:
+        """Every draft of every dataset, by id."""
+        return [_version(r) for r in self.conn.execute(
+            f"SELECT {_VERSION_COLS} FROM versions WHERE state='draft' ORDER BY id")]
+
     def all_versions(self) -> list[Version]:
         """Every version of every dataset."""
         return [_version(r) for r in self.conn.execute(f"SELECT {_VERSION_COLS} FROM versions")]
@@ -315,6 +341,7 @@ class Index:
              v.created, v.committed, v.record,
              json.dumps(v.lineage) if v.lineage is not None else None,
              v.size, v.files))
+        self._mirror()
 
     def update_version(self, vid: str, **fields: Any) -> None:  # noqa: ANN401 - cell values
         """Set some of a version's columns (a draft's edits, or its commit)."""
@@ -325,12 +352,14 @@ class Index:
                   for k, v in fields.items()]
         sets = ", ".join(f"{k}=?" for k in fields)
         self.conn.execute(f"UPDATE versions SET {sets} WHERE id=?", (*values, vid))
+        self._mirror()
 
     def delete_version(self, vid: str) -> None:
         """Delete a version with its tags and its promise."""
         self.conn.execute("DELETE FROM tags WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM promised WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM versions WHERE id=?", (vid,))
+        self._mirror()
 
     def children(self, vid: str) -> list[str]:
         """Ids of the versions that name `vid` as a parent."""
@@ -365,10 +394,12 @@ class Index:
         self.conn.execute("INSERT INTO tags (dataset, name, version, created) VALUES (?,?,?,?) "
                           "ON CONFLICT(dataset, name) DO UPDATE SET version=excluded.version, "
                           "created=excluded.created", (ds_id, name, vid, time.time()))
+        self._mirror()
 
     def delete_tag(self, ds_id: str, name: str) -> bool:
         """Remove a tag; whether there was one."""
         cur = self.conn.execute("DELETE FROM tags WHERE dataset=? AND name=?", (ds_id, name))
+        self._mirror()
         return cur.rowcount > 0
 
     # ---- objects in packs (implements objects.ObjectLocator) ----------------------
@@ -513,11 +544,13 @@ class Index:
         cols = ", ".join(row)
         marks = ",".join("?" * len(row))
         self.conn.execute(f"INSERT INTO remotes ({cols}) VALUES ({marks})", tuple(row.values()))
+        self._mirror()
 
     def set_default_remote(self, name: str) -> None:
         """Make `name` the one default origin."""
         self.conn.execute("UPDATE remotes SET is_default = (name = ?) WHERE kind = 'origin'",
                           (name,))
+        self._mirror()
 
     def delete_remote(self, name: str) -> None:
         """Forget a remote and everything remembered about what it holds."""
@@ -525,6 +558,7 @@ class Index:
         for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
+        self._mirror()
 
     def remote_packs(self, remote: str) -> dict[str, int]:
         """Packs known to be on `remote`: pack id → size."""

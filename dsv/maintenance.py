@@ -14,16 +14,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from . import inputs, refs, tree
+from . import inputs, refs, state, tree
 from .core import Core, find_store
 from .errors import DsvError, InvalidInput
 from .faults import crashpoint
 from .index import Index, Row, salvage
 from .lock import StoreLock
-from .model import Dataset
+from .model import COMMITTED, DRAFT, Dataset, Version
 from .reports import GcReport, PruneReport, RebuildReport, VerifyReport
 from .objects import KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
+from .paths import check_relpath
 from .records import Record, parse_record
 from .remotes.base import check_outside_stores, parse_duration, parse_size
 from .remotes.cache import ClusterCache
@@ -149,17 +150,21 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
                   exact: bool = False) -> RebuildReport:
     """Recreate `index.db` from the packs and version records (objects are the truth).
 
-    The old database is kept beside it as `index.db.broken-<time>`; dataset names,
-    directories and tags are copied from it when it can still be read, otherwise
-    datasets are named from their newest version record. Drafts live only in the
-    index and are lost with it.
+    The old database is kept beside it as `index.db.broken-<time>`. What no object
+    records (datasets and their directories, `latest`, heads, tags, remotes, drafts) comes
+    from `.dsv/state.json` (dsv.state), else from the old database as far as it can still
+    be read, else datasets are named from their newest version record. Only the stat
+    cache is not recovered.
     """
     root = find_store(Path(path), exact)
     dsv_dir = root / DSV_DIR
     lock = StoreLock(dsv_dir / "lock")
     lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
     try:
+        saved = state.load(dsv_dir)
         old_datasets, old_tags, old_remotes = salvage(dsv_dir / "index.db")
+        if saved is not None:
+            old_datasets, old_tags, old_remotes = _from_state(saved)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for suffix in ("", "-wal", "-shm"):
             old = dsv_dir / f"index.db{suffix}"
@@ -186,9 +191,12 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
                         except DsvError:
                             skipped.append(f"version record {e.oid[:12]} is unreadable")
             _restore_versions(index, records, old_datasets, old_tags)
-            for row in old_remotes:  # remote settings (never secrets) are index-only
+            if saved is not None:
+                _restore_state(index, objects, saved, old_datasets)
+            for row in old_remotes:  # remote settings (never secrets)
                 index.add_remote(row)
             _mark_incomplete(index, objects, old_remotes)
+            state.save(index, dsv_dir)
         objects.close()
         index.checkpoint()
         index.close()
@@ -254,6 +262,87 @@ def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str,
             complete = False
         if not complete:
             index.add_promised(v.id, default)
+
+
+_REMOTE_COLUMNS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "url": str, "kind": str, "endpoint_url": str, "profile": str,
+    "ttl": (int, float), "max_size": int, "write_through": int, "is_default": int,
+    "created": (int, float)}
+
+
+def _from_state(saved: dict[str, Any]) -> tuple[dict[str, Row], list[Row], list[dict[str, Any]]]:
+    """The rows `salvage` would give, from `.dsv/state.json`: each value checked, since the
+    file is as open to tampering as the index (a bad dataset path or remote column is
+    dropped, never used)."""
+    datasets: dict[str, Row] = {}
+    for d in saved["datasets"]:
+        ds_id, name, path = d.get("id"), d.get("name"), d.get("path")
+        if not isinstance(ds_id, str) or not refs.is_valid_name(ds_id) or \
+                not isinstance(name, str):
+            continue
+        if path is not None and (not isinstance(path, str) or not _safe_dir(path)):
+            path = None
+        description = d.get("description") if isinstance(d.get("description"), str) else None
+        created = d.get("created") if isinstance(d.get("created"), (int, float)) else time.time()
+        datasets[ds_id] = (ds_id, name, path, description, created)
+    tags = [tuple(t) for t in saved["tags"]]
+    remotes = []
+    for row in saved["remotes"]:
+        clean = {k: v for k, v in row.items() if k in _REMOTE_COLUMNS and
+                 (v is None or isinstance(v, _REMOTE_COLUMNS[k]))}
+        name = clean.get("name")
+        if isinstance(name, str) and refs.is_valid_name(name) and \
+                isinstance(clean.get("url"), str) and clean.get("kind") in ("origin", "cache"):
+            remotes.append(clean)
+    return datasets, tags, remotes
+
+
+def _safe_dir(path: str) -> bool:
+    if path == ".":
+        return True
+    try:
+        check_relpath(path)
+    except DsvError:
+        return False
+    return not any(part in ("", ".", DSV_DIR) for part in path.split("/"))
+
+
+def _restore_state(index: Index, objects: ObjectStore, saved: dict[str, Any],
+                   datasets: dict[str, Row]) -> None:
+    """After the versions: datasets that have none yet, each dataset's `latest` and head
+    as the state file has them, and drafts whose tree is still stored."""
+    for ds_id, name, path, description, created in datasets.values():
+        if index.dataset_by("id", ds_id) is None and refs.is_valid_name(str(name)) and \
+                index.dataset_by("name", name) is None:
+            index.insert_dataset(Dataset(id=ds_id, name=name, path=path,
+                                         description=description, created=created))
+    for d in saved["drafts"]:
+        vid, ds_id, tree_id = d.get("id"), d.get("dataset"), d.get("tree")
+        if not all(isinstance(x, str) for x in (vid, ds_id, tree_id)) or \
+                index.version(vid) is not None or index.dataset_by("id", ds_id) is None or \
+                not objects.has(tree_id):
+            continue
+        parents = [p for p in d.get("parents") or [] if isinstance(p, str) and
+                   (parent := index.version(p)) is not None and parent.dataset == ds_id]
+        index.insert_version(Version(
+            id=vid, dataset=ds_id, state=DRAFT, tree=tree_id, parents=parents,
+            message=d.get("message") if isinstance(d.get("message"), str) else None,
+            author=d.get("author") if isinstance(d.get("author"), str) else None,
+            created=d.get("created") if isinstance(d.get("created"), (int, float)) else 0.0,
+            lineage=d.get("lineage") if isinstance(d.get("lineage"), dict) else None,
+            size=d.get("size") if isinstance(d.get("size"), int) else 0,
+            files=d.get("files") if isinstance(d.get("files"), int) else 0))
+    ref_store = refs.RefStore(index)
+    for d in saved["datasets"]:
+        ds = index.dataset_by("id", d.get("id")) if isinstance(d.get("id"), str) else None
+        if ds is None:
+            continue
+        latest = index.version(d["latest"]) if isinstance(d.get("latest"), str) else None
+        if latest is not None and latest.dataset == ds.id and latest.state == COMMITTED:
+            ref_store.set_latest(ds.id, latest.id, force=True)
+        head = index.version(d["head"]) if isinstance(d.get("head"), str) else None
+        if head is not None and head.dataset == ds.id and ds.path is not None:
+            index.update_dataset(ds.id, head=head.id)
 
 
 def _restore_versions(index: Index, records: list[Record],

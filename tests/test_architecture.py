@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("views and remotes", {"dsv.worktree", "dsv.ignore", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
                            "dsv.remotes.layout", "dsv.remotes.fs", "dsv.remotes.s3",
                            "dsv.remotes.memory", "dsv.remotes.cache", "dsv.remotes.connect"}),
-    ("core", {"dsv.core"}),
+    ("core", {"dsv.core", "dsv.state"}),
     ("operations", {"dsv.datasets", "dsv.settings", "dsv.versions", "dsv.checkout", "dsv.merge",
                     "dsv.maintenance", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
