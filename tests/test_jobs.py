@@ -81,6 +81,31 @@ def test_outputs_are_committed_with_lineage_and_inputs_stay_intact(project, moun
     assert read_tree(ws / "copy") == {"big.bin": big, "labels.csv": b"1,2,3\n"}
 
 
+LIST_INPUT = """
+import os, pathlib
+src = os.environ["DSV_INPUT_TRAIN"]
+out = pathlib.Path(os.environ["DSV_OUTPUT_MODEL"])
+seen = sorted(os.path.relpath(os.path.join(d, n), src)
+              for d, dirs, names in os.walk(src) for n in names + dirs)
+(out / "seen.txt").write_text("\\n".join(seen))
+"""
+
+
+@pytest.mark.parametrize("mount", [None, False])
+def test_a_job_sees_exactly_the_files_of_its_input(project, mount) -> None:
+    """Nothing of dsv's own (no stamp, no marker) shows in an input: a job that lists or
+    hashes its inputs counts only the dataset's files, on a first run and on a reuse."""
+    store, ws, v, _big = project
+    os.chdir(ws)
+    (ws / "list.py").write_text(LIST_INPUT)
+    for _ in range(2):   # the second run reuses the tree the first one built
+        result = store.run({"train": f"mnist:{v.id}"}, {"model": "model"},
+                           [sys.executable, "list.py"], mount=mount)
+        assert result.ok
+        with store.open_file(f"model:{result.outputs['model'].id}", "seen.txt") as f:
+            assert f.read().decode().split("\n") == ["big.bin", "labels.csv"]
+
+
 def test_a_failed_command_commits_nothing_and_keeps_outputs_as_drafts(project) -> None:
     store, ws, v, _big = project
     os.chdir(ws)
