@@ -17,7 +17,8 @@ from typing import BinaryIO
 
 from . import refs, tree, worktree
 from .core import Core
-from .errors import CorruptObject, DirtyWorktree, InvalidInput, UnsafePath
+from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, InvalidInput, RefError,
+                     UnsafePath)
 from .faults import crashpoint
 from .model import (
     Changes,
@@ -312,19 +313,57 @@ def _select_paths(manifest: Manifest, paths: list[str] | None, cwd: Path,
     return selected
 
 
-def diff(core: Core, ref_a: str, ref_b: str | None = None,
-         cwd: str | os.PathLike[str] = ".") -> Changes:
-    """Changes from version A to version B, or to A's dataset's working directory."""
-    a = core.resolve(ref_a, cwd)
-    base = core.manifest(a)
+def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
+         paths: list[str] | None = None, cwd: str | os.PathLike[str] = ".") -> Changes:
+    """Changes from version A to version B, or to A's dataset's working directory; with no
+    A, from the head of the dataset of `cwd` to its working directory (as `git diff`).
+    `paths` (relative to `cwd` inside the dataset's directory, else to its root) limit it
+    to what lies at or under them."""
+    if ref_a is None:
+        ds = core.pick_dataset(None, cwd)
+        head = core.head(ds)
+        base = core.manifest(head) if head else {}
+    else:
+        a = core.resolve(ref_a, cwd)
+        base = core.manifest(a)
+        found = core.index.dataset_by("id", a.dataset)
+        assert found is not None
+        ds = found
     if ref_b is not None:
-        return worktree.compare(base, core.manifest(core.resolve(ref_b, cwd)))
-    ds = core.index.dataset_by("id", a.dataset)
-    assert ds is not None
-    root = core.dataset_root(ds)
-    files, _ = worktree.scan(root, core.excluded(ds), ignore_files=True)
-    snap = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None)
-    return worktree.compare(base, snap.manifest)
+        current = core.manifest(core.resolve(ref_b, cwd))
+    else:
+        root = core.dataset_root(ds)
+        files, _ = worktree.scan(root, core.excluded(ds), ignore_files=True)
+        current = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None).manifest
+    if paths:
+        target = core.dataset_root(ds) if ds.path is not None else None
+        here = Path(cwd).resolve()
+        selected = {worktree.resolve_user_path(target, here, p)
+                    if target is not None and (here == target or target in here.parents)
+                    else normalize_user_path(p) for p in paths}
+        if "" not in selected:
+            base = {p: e for p, e in base.items() if is_under(p, selected)}
+            current = {p: e for p, e in current.items() if is_under(p, selected)}
+    return worktree.compare(base, current)
+
+
+def split_diff_words(core: Core, words: list[str],
+                     cwd: str | os.PathLike[str] = ".") -> tuple[str | None, str | None,
+                                                                 list[str]]:
+    """`dsv diff [REF [REF]] [PATH…]`: the leading words (two at most) that are refs, the
+    rest paths. A word with a `:` is a ref (an error if it names nothing); a bare word is
+    a ref only if it names a version (`./NAME` is always a path)."""
+    refs_found: list[str | None] = []
+    rest = list(words)
+    while rest and len(refs_found) < 2:
+        if ":" not in rest[0]:
+            try:
+                core.resolve(rest[0], cwd)
+            except (RefError, DatasetNotFound, InvalidInput):
+                break
+        refs_found.append(rest.pop(0))
+    refs_found += [None] * (2 - len(refs_found))
+    return refs_found[0], refs_found[1], rest
 
 
 def files(core: Core, ref: str, path: str = "", recursive: bool = False,

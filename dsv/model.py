@@ -116,6 +116,8 @@ class Changes:
     added_bytes: int = 0
     modified_bytes: int = 0
     deleted_bytes: int = 0
+    # every changed path → (size before or None, size after or None): `dsv diff --stat`
+    sizes: dict[str, tuple[int | None, int | None]] = field(default_factory=dict, repr=False)
 
     @property
     def clean(self) -> bool:

@@ -191,10 +191,16 @@ class Store:
         return checkout.checkout(self.core, ref=ref, to=to, paths=paths, force=force, link=link,
                                  cwd=cwd)
 
-    def diff(self, ref_a: str, ref_b: str | None = None,
-             cwd: str | os.PathLike[str] = ".") -> Changes:
-        """Changes from version A to version B, or to A's dataset's working directory."""
-        return checkout.diff(self.core, ref_a=ref_a, ref_b=ref_b, cwd=cwd)
+    def diff(self, ref_a: str | None = None, ref_b: str | None = None,
+             paths: list[str] | None = None, cwd: str | os.PathLike[str] = ".") -> Changes:
+        """Changes from version A to version B, or to A's dataset's working directory (no
+        A: from the head of the dataset of `cwd`), limited to `paths` if given."""
+        return checkout.diff(self.core, ref_a=ref_a, ref_b=ref_b, paths=paths, cwd=cwd)
+
+    def split_diff_words(self, words: list[str], cwd: str | os.PathLike[str] = "."
+                         ) -> tuple[str | None, str | None, list[str]]:
+        """`[REF [REF]] [PATH…]` as `dsv diff` takes them: (ref A, ref B, paths)."""
+        return checkout.split_diff_words(self.core, words, cwd)
 
     # ---- tags -------------------------------------------------------------------------
     def tag(self, ref: str, name: str, force: bool = False,

@@ -303,19 +303,23 @@ def read_small(path: str, size: int) -> bytes:
 def compare(base: Manifest, current: Manifest) -> Changes:
     """Added, modified and deleted paths going from `base` to `current`, sorted."""
     changes = Changes()
+    sizes = changes.sizes
     for path, entry in current.items():
         old = base.get(path)
         if old is None:
             changes.added.append(path)
             changes.added_bytes += entry.size
+            sizes[path] = (None, entry.size)
         elif old.oid != entry.oid or old.kind != entry.kind or \
                 mode_class(old.mode) != mode_class(entry.mode):
             changes.modified.append(path)
             changes.modified_bytes += entry.size
+            sizes[path] = (old.size, entry.size)
     for path, entry in base.items():
         if path not in current:
             changes.deleted.append(path)
             changes.deleted_bytes += entry.size
+            sizes[path] = (entry.size, None)
     changes.added.sort()
     changes.modified.sort()
     changes.deleted.sort()

@@ -1390,7 +1390,7 @@ def test_verify_detects_flipped_byte_in_loose_object(ws: Path, dsv, tmp_path: Pa
     ["status", "--no-such-option"],
     ["commit"],
     ["show"],
-    ["diff"],
+    ["diff", "--no-such-option"],   # (`dsv diff` alone compares the directory with its head)
     ["checkout"],
     ["tag", "mydata:latest"],
     ["files", "get", "mydata:latest"],
@@ -1559,3 +1559,32 @@ def test_a_working_directory_never_checked_out_does_not_commit_over_latest(tmp_p
     assert read_tree(proj / "raw") == {"x": b"x", "y": b"y"}
     v2 = vid_of(dsv("commit", "-m", "two", "-d", "raw", cwd=proj))
     assert _parents(dsv, proj, f"raw:{v2}") == [v1]
+
+
+def test_diff_with_no_ref_stat_and_paths(committed, dsv) -> None:
+    """As git: no REF compares the working directory with its head; PATHs (relative to the
+    current directory inside the dataset) limit it; --stat gives sizes before and after."""
+    ws, vid = committed
+    (ws / "a.txt").write_text("alpha, longer\n")
+    (ws / "sub" / "deep" / "c.csv").unlink()
+    (ws / "sub" / "new.txt").write_text("new\n")
+    r = ok(dsv("diff", cwd=ws))
+    assert r.out.splitlines() == ["M a.txt", "D sub/deep/c.csv", "A sub/new.txt",
+                                  "1 added, 1 modified, 1 deleted"]
+    assert ok(dsv("diff", cwd=ws)).out == ok(dsv("diff", f"mydata:{vid}", cwd=ws)).out
+    stat = ok(dsv("diff", "--stat", cwd=ws)).out.splitlines()
+    assert stat[0] == "M a.txt  6 B -> 14 B (+8 B)"
+    assert stat[1] == "D sub/deep/c.csv  8 B -> - (-8 B)"
+    assert stat[-1] == "1 added, 1 modified, 1 deleted; +4 B in all"
+    # paths: from inside sub/, `deep` means sub/deep; a dataset-relative path from the root
+    assert ok(dsv("diff", "deep", cwd=ws / "sub")).out.splitlines() == \
+        ["D sub/deep/c.csv", "0 added, 0 modified, 1 deleted"]
+    assert ok(dsv("diff", "latest", "a.txt", cwd=ws)).out.splitlines() == \
+        ["M a.txt", "0 added, 1 modified, 0 deleted"]
+    data = jout(dsv("diff", "--stat", "--json", "sub", cwd=ws))
+    assert data["files"] == [{"path": "sub/deep/c.csv", "before": 8, "after": None},
+                             {"path": "sub/new.txt", "before": None, "after": 4}]
+    # two versions, limited to a path
+    vid2 = vid_of(dsv("commit", "-m", "two", cwd=ws))
+    assert jout(dsv("diff", f"mydata:{vid}", f"mydata:{vid2}", "sub", "--json",
+                    cwd=ws))["added"] == ["sub/new.txt"]

@@ -139,25 +139,42 @@ def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]")
 
 
 @commands.command()
-def diff(ref_a: str = typer.Argument(..., metavar="REF",
-                                     help="The version to compare from: "
-                                          "DATASET[:latest|VERSION|TAG][~N]."),
-         ref_b: Optional[str] = typer.Argument(None, metavar="[REF]",
-                                               help="Default: the working directory."),
+def diff(words: Optional[list[str]] = typer.Argument(
+            None, metavar="[REF [REF]] [PATH]...",
+            help="From REF (default: the working directory's head) to the second REF "
+                 "(default: the working directory); PATHs limit it (write ./PATH for a "
+                 "path that could be read as a ref)."),
+         stat: bool = typer.Option(False, "--stat", help="Per path, its size before and "
+                                   "after, and the totals."),
          as_json: bool = JsonOpt) -> None:
     """What changed between two versions, or a version and the working directory."""
     store = open_store()
-    changes = store.diff(ref_a, ref_b)
+    ref_a, ref_b, paths = store.split_diff_words(list(words or []))
+    changes = store.diff(ref_a, ref_b, paths or None)
     if as_json:
-        print_json(changes.to_json())
+        data = changes.to_json()
+        if stat:
+            data["files"] = [{"path": p, "before": b, "after": a}
+                             for p, (b, a) in sorted(changes.sizes.items())]
+        print_json(data)
         return
-    lines = [f"A {p}" for p in changes.added] + [f"M {p}" for p in changes.modified] + \
-            [f"D {p}" for p in changes.deleted]
-    lines.sort(key=lambda line: line[2:])
-    lines.append(f"{len(changes.added)} added, {len(changes.modified)} modified, "
-                 f"{len(changes.deleted)} deleted")
-    for line in lines:
-        echo(line)
+    letter = {**dict.fromkeys(changes.added, "A"), **dict.fromkeys(changes.modified, "M"),
+              **dict.fromkeys(changes.deleted, "D")}
+    for path in sorted(letter):
+        if stat:
+            before, after = changes.sizes[path]
+            delta = (after or 0) - (before or 0)
+            sign = "+" if delta >= 0 else "-"
+            echo(f"{letter[path]} {path}  {size(before) if before is not None else '-'} -> "
+                 f"{size(after) if after is not None else '-'} ({sign}{size(abs(delta))})")
+        else:
+            echo(f"{letter[path]} {path}")
+    summary = (f"{len(changes.added)} added, {len(changes.modified)} modified, "
+               f"{len(changes.deleted)} deleted")
+    if stat:
+        grown = sum((a or 0) - (b or 0) for b, a in changes.sizes.values())
+        summary += f"; {'+' if grown >= 0 else '-'}{size(abs(grown))} in all"
+    echo(summary)
 
 
 @commands.command()
