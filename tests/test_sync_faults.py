@@ -630,6 +630,60 @@ def test_corrupt_loose_object_on_remote_is_refused(dir_remote_pair, tmp_path):
     assert_pulled(clone, src)
 
 
+def _flaky_backend(monkeypatch, bad_reads: int) -> dict[str, int]:
+    """Make the directory backend hand out damaged bytes for the first `bad_reads` ranged
+    reads and whole-object downloads (a flipped byte, as a bad link or gateway would)."""
+    from dsv.remotes.fs import FsBackend
+    real_range, real_download = FsBackend.get_range, FsBackend.download
+    calls = {"range": 0, "download": 0}
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        data = real_range(self, key, start, length)
+        calls["range"] += 1
+        if key.startswith("packs/") and calls["range"] <= bad_reads:
+            data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x5A]) + \
+                data[len(data) // 2 + 1:]
+        return data
+
+    def download(self, key: str):
+        calls["download"] += 1
+        damage = key.startswith("loose/") and calls["download"] <= bad_reads
+        for chunk in real_download(self, key):
+            if damage and chunk:
+                chunk, damage = bytes([chunk[0] ^ 0x5A]) + chunk[1:], False
+            yield chunk
+
+    monkeypatch.setattr(FsBackend, "get_range", get_range)
+    monkeypatch.setattr(FsBackend, "download", download)
+    return calls
+
+
+@pytest.mark.parametrize("bad_reads", [1, 2])
+def test_bytes_damaged_in_transit_are_read_again(dir_remote_pair, dsv, monkeypatch,
+                                                 bad_reads: int) -> None:
+    """A download whose bytes do not hash to their id is read again, twice at most, before
+    the command fails: a transfer damaged once (or twice) does not fail a pull."""
+    src, _remote, clone, _small, _large = dir_remote_pair
+    calls = _flaky_backend(monkeypatch, bad_reads)
+    r = dsv("pull", cwd=clone)
+    assert r.code == 0, r.err
+    assert calls["range"] >= bad_reads + 1 and calls["download"] >= bad_reads + 1
+    monkeypatch.undo()
+    verify_ok(clone)
+    assert_pulled(clone, src)
+
+
+def test_bytes_damaged_three_times_fail_the_pull_cleanly(dir_remote_pair, dsv,
+                                                         monkeypatch) -> None:
+    _src, _remote, clone, _small, _large = dir_remote_pair
+    calls = _flaky_backend(monkeypatch, bad_reads=1000)
+    r = dsv("pull", cwd=clone)
+    assert r.code == 1 and "corrupt" in r.err and "Traceback" not in r.err
+    assert calls["range"] == 3 or calls["download"] == 3   # one read and two more
+    monkeypatch.undo()
+    verify_ok(clone)
+
+
 # ---- kill -9 during push ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

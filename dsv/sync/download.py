@@ -37,6 +37,10 @@ RANGE_MAX = 8 << 20          # but no single GET larger than this (keeps memory 
 WHOLE_PACK_SHARE = 0.5       # with a cache: fetch (and cache) a pack whole if we need this much
 
 
+RETRIES = 2
+"""How many more times bytes that do not hash to their id are read from the origin."""
+
+
 def _ranges(missing: dict[str, tuple[str, int, int]]
             ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
     """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
@@ -103,11 +107,16 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
         if data is None:
             data = from_origin()
         out, bad = _split_verified(data, start, group)
-        if bad and cache is not None and pack in whole:
+        if bad and cached:
             # A damaged cache entry costs a download, never data: drop it, ask the origin.
+            assert cache is not None
             cache.drop(cache.pack_path(pack))
             cached = False
+        for _retry in range(RETRIES if bad else 0):
+            # Bytes damaged once in transit (or by a flaky gateway) must not fail a pull.
             out, bad = _split_verified(from_origin(), start, group)
+            if not bad:
+                break
         if bad:
             raise CorruptObject(f"object {bad[:12]} from {remote.name} is corrupt (pack "
                                 f"{pack[:12]})", hint="nothing corrupt was stored; the remote "
@@ -268,9 +277,17 @@ def _download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str
                 finally:
                     os.close(fd)
                 cache.drop(path)  # a damaged cache entry: drop it, read the origin
+        for _retry in range(RETRIES):
+            try:
+                return from_origin(oid), False
+            except CorruptObject:
+                continue  # damaged in transit (or by a flaky gateway): read it again
+        return from_origin(oid), False
+
+    def from_origin(oid: str) -> int:
         try:
             return ingest.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
-                                                   sizes.get(oid), oid), expect=oid)[1], False
+                                                   sizes.get(oid), oid), expect=oid)[1]
         except NotFound:
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
 
