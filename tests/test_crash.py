@@ -498,3 +498,44 @@ def test_gc_killed_then_rerun(tmp_path: Path, garbage_ws, point: str, after: int
     (ws / "main" / "after-gc.txt").write_text("still works")
     ok("commit", "-d", "main", "-m", "three", cwd=ws)
     verify_ok(ws)
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command,point", [
+    (["commit", "-m", "second"], "snapshot:file-hashed"),
+    (["checkout", "data:first", "--force"], "checkout:file-written"),
+    (["push"], "push:objects-sent"),
+])
+def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing_half_written(
+        tmp_path: Path, command: list[str], point: str) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d/f{i:03d}.txt": f"first {i}\n" for i in range(50)})
+    ok("init", "--name", "data", cwd=ws)
+    ok("commit", "-m", "first", cwd=ws)
+    ok("tag", "data:latest", "first", cwd=ws)
+    remote = tmp_path / "remote"
+    ok("remote", "add", "origin", remote, cwd=ws)
+    write_tree(ws, {f"d/f{i:03d}.txt": f"second {i}\n" for i in range(50)})
+    if command[0] != "commit":
+        ok("commit", "-m", "second", cwd=ws)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {**os.environ, "DSV_PAUSE_AT": point, "DSV_PAUSE_DIR": str(pause)}
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", *command], cwd=ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pause / f"{point}.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+    verify_ok(ws)
+    leftovers = [p for root in (ws, remote) if root.exists()
+                 for p in root.rglob("*") if ".dsv-tmp-" in p.name or "tmp-" in p.name
+                 and ".dsv" not in p.parts]
+    assert leftovers == [], leftovers
+    ok(*command, cwd=ws)                         # run again, it completes
+    verify_ok(ws)
