@@ -17,8 +17,8 @@ from typing import BinaryIO
 
 from . import refs, tree, worktree
 from .core import Core
-from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, InvalidInput, RefError,
-                     UnsafePath)
+from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
+                     RefError, UnsafePath)
 from .faults import crashpoint
 from .model import (
     Changes,
@@ -400,7 +400,7 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
 
     dest = Path(target).resolve()
     _check_target_outside_store(core, dest)
-    ensure_blobs(core, v, [e for _p, e in items] + _links(manifest))
+    _ensure_for_paths(core, v, items, _links(manifest))
     tree.validate_links(manifest, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)
     with core.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
@@ -416,7 +416,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
     if not core.objects.has(entry.oid):
-        ensure_blobs(core, v, [entry])
+        _ensure_for_paths(core, v, [(rel, entry)])
     if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
         if not core.objects.verify_loose(entry.oid):
             raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
@@ -433,6 +433,22 @@ def ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     from .sync import download
     with core.locked("download"):
         download.ensure_blobs(core, version, needed)
+
+
+def _ensure_for_paths(core: Core, v: Version, items: list[tuple[str, Entry]],
+                      extra: list[Entry] | None = None) -> None:
+    """`ensure_blobs` for files a user asked for by path: a failure names those files
+    (not a pack or an object id) before saying why."""
+    try:
+        ensure_blobs(core, v, [e for _p, e in items] + (extra or []))
+    except DsvError as exc:
+        lacking = [p for p, e in items if not core.objects.has(e.oid)]
+        if lacking:
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more"
+                                              if len(lacking) > 3 else "")
+            exc.message = f"cannot get {shown} of {v.id}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
 
 
 def _links(manifest: Manifest) -> list[Entry]:

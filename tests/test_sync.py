@@ -587,3 +587,24 @@ def test_remote_add_of_a_directory_whose_parent_is_missing_warns_at_once(
     r = dsv("remote", "add", "fine", tmp_path / "new-remote", cwd=source)   # parent exists
     assert r.code == 0 and r.err == ""
     assert dsv("push", "fine", cwd=source).code == 0
+
+
+def test_an_offline_files_get_names_the_file_it_could_not_get(source: Path, dsv,
+                                                              tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    write_tree(source, {"fresh/new.txt": "only on the remote\n"})
+    assert dsv("commit", "-m", "second", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    assert dsv("fetch", cwd=clone).code == 0          # versions and trees, no contents
+    remote.rename(tmp_path / "remote-away")           # offline now
+    r = dsv("files", "get", "data:origin/latest", "fresh/new.txt", "--target-path",
+            tmp_path / "out", cwd=clone)
+    assert r.code == 1
+    first = r.err.splitlines()[0]
+    assert first.startswith("error: cannot get fresh/new.txt of ") and "pack" not in first, r.err
+    r = dsv("files", "get", "data:origin/latest", "--target-path", tmp_path / "out", cwd=clone)
+    assert r.code == 1 and "cannot get fresh/new.txt of " in r.err
