@@ -231,5 +231,8 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
         prefix = source.get("prefix") or ""
         known = {item["key"] for item in files.values()}
         listed = s3.list_prefix(client, bucket, prefix + "/" if prefix else "")
-        report.added = sorted(o.key for o in listed if o.key not in known)
+        # Named as the dataset would name them (relative to the imported prefix), as the
+        # changed and missing ones are.
+        report.added = sorted(o.key[len(prefix) + 1:] if prefix else o.key
+                              for o in listed if o.key not in known)
     return report

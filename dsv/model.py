@@ -189,4 +189,3 @@ class FileRow:
         """The fields a script sees (`--json`)."""
         return {"path": self.path, "type": self.kind, "size": self.size, "hash": self.oid,
                 "mode": oct(self.mode)}
-

@@ -1,13 +1,15 @@
 """How lower layers report progress and notices without knowing who is watching.
 
 Owns the `Reporter` interface: the Store API calls it; the CLI implements it with rich
-progress bars on stderr; library users get silence by default.
+progress bars on stderr; library users get silence by default. Also the words every layer
+shows people: `plural`, `size`, `lineage_summary`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 Advance = Callable[[int, int], None]
 """Advance a task by (items, bytes)."""
@@ -30,6 +32,38 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     """`1 object`, `2 objects` (`words` where adding an s is wrong): every count in a
     message to a user goes through here."""
     return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+def size(n: int) -> str:
+    """A size in bytes for people: `512 B`, `1.5 MiB`."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def lineage_summary(lineage: dict[str, Any]) -> str:
+    """A version's lineage as a person reads it, in a line or two: a job's inputs and
+    command; an import's source, object count and total size (never one line per file:
+    every field stays in `--json`)."""
+    imported = lineage.get("import")
+    if isinstance(imported, dict):
+        files = imported.get("files")
+        rows = [f for f in files.values() if isinstance(f, dict)] \
+            if isinstance(files, dict) else []
+        total = sum(f["size"] for f in rows if isinstance(f.get("size"), int))
+        pinned = "pinned by VersionId" if rows and all(f.get("version_id") for f in rows) \
+            else "pinned by ETag"
+        return (f"imported from {imported.get('source', '?')}: "
+                f"{plural(len(rows), 'object')}, {size(total)} ({pinned})")
+    inputs = lineage.get("inputs")
+    shown = ", ".join(f"{k}={i.get('ref', i) if isinstance(i, dict) else i}"
+                      for k, i in inputs.items()) if isinstance(inputs, dict) else ""
+    command = lineage.get("command")
+    cmd = " ".join(map(str, command)) if isinstance(command, list) else str(command or "")
+    return f"inputs {shown or '-'}; command {cmd or '-'}"
 
 
 def _ignore(items: int, nbytes: int) -> None:

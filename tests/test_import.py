@@ -72,7 +72,7 @@ def test_prefix_import_records_every_source(store, s3, bucket, s3_endpoint) -> N
     s3.delete_object(Bucket=bucket, Key="data/train/c.txt")
     report = store.check_import("train:latest")
     assert (report.changed, report.missing, report.added) == \
-        (["a.csv"], ["c.txt"], ["data/train/new.txt"])
+        (["a.csv"], ["c.txt"], ["new.txt"])   # every path relative to the imported prefix
 
 
 def test_single_object_pinned_by_etag(store, s3, bucket, s3_endpoint) -> None:
@@ -199,3 +199,21 @@ def test_a_server_sending_more_than_it_listed_is_cut_off(store, s3, bucket, s3_e
     assert sum(read) == listed + 1
     assert store.datasets() == []
     assert list(store.objects.iter_loose()) == []
+
+
+def test_log_and_show_of_an_import_summarize_its_source(store, s3, bucket, s3_endpoint,
+                                                        tmp_path: Path, dsv) -> None:
+    """One line names the source, the object count and the total size; no line per file
+    (every field stays in --json)."""
+    for i in range(30):
+        s3.put_object(Bucket=bucket, Key=f"set/part-{i:02d}.csv", Body=b"x" * 100)
+    store.import_s3(f"s3://{bucket}/set", endpoint_url=s3_endpoint)
+    ws = tmp_path / "ws"
+    line = f"imported from s3://{bucket}/set: 30 objects, 2.9 KiB (pinned by ETag)"
+    log = dsv("log", "set", cwd=ws)
+    assert log.code == 0 and f"  lineage: {line}\n" in log.out
+    show = dsv("show", "set:latest", cwd=ws)
+    assert show.code == 0 and line in " ".join(show.out.split())   # (a table may wrap it)
+    assert "part-07.csv" not in log.out + show.out
+    shown = json.loads(dsv("show", "set:latest", "--json", cwd=ws).out)
+    assert len(shown["lineage"]["import"]["files"]) == 30

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Optional, cast
 
 import typer
 
 from .options import DatasetOpt, JsonOpt
 from .output import (add_row, cell, console, echo, new_table, plural, print_json,
                      print_version, print_version_ref, size, version_json, version_ref, when)
+from ..reporting import lineage_summary
 from .quick import show_status
 from .session import open_store
 
@@ -115,18 +116,11 @@ def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."
         terminal.print(cell(f"  {when(v.committed or v.created)}  {v.author or ''}  "
                             f"{v.files} files, {size(v.size)}"))
         if v.lineage:
-            terminal.print(cell(f"  lineage: {_lineage_line(v.lineage)}"))
+            terminal.print(cell(f"  lineage: {lineage_summary(v.lineage)}"))
         # Each line of a multi-line message indented, so none can pass for a new entry.
         for line in (v.message or "").split("\n"):
             terminal.print(cell(f"  {line}", multiline=True))
         terminal.print()
-
-
-def _lineage_line(lineage: dict[str, Any]) -> str:
-    inputs = ", ".join(f"{k}={i.get('ref', i)}" for k, i in lineage.get("inputs", {}).items())
-    cmd = " ".join(lineage.get("command", [])) if isinstance(lineage.get("command"), list) \
-        else lineage.get("command", "")
-    return f"inputs {inputs or '-'}; command {cmd or '-'}"
 
 
 @commands.command()

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ..reporting import lineage_summary
 from ..reporting import Advance, Reporter
 from ..reporting import plural as plural  # re-exported for the commands
+from ..reporting import size as size
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,16 +82,6 @@ def print_json(data: object) -> None:
 def when(ts: float | None) -> str:
     """A time as `YYYY-MM-DD HH:MM` (local time), or `-` for none."""
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
-
-
-def size(n: int) -> str:
-    """A size in bytes for people: `512 B`, `1.5 MiB`."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 # ---- rich: tables and styled lines ---------------------------------------------------------
@@ -159,8 +151,8 @@ def print_version(store: Store, v: Version, as_json: bool) -> None:
                        ("size", size(v.size)), ("tree", v.tree), ("record", v.record or "-")):
         add_row(fields, key, cell(value if value is not None else "-",
                                   multiline=key == "message"))
-    if v.lineage:
-        add_row(fields, "lineage", cell(json.dumps(v.lineage, indent=2), multiline=True))
+    if v.lineage:  # (every field of it is in --json)
+        add_row(fields, "lineage", cell(lineage_summary(v.lineage), multiline=True))
     console().print(fields)
 
 
