@@ -342,9 +342,10 @@ def create_version(core: Core, key: str, message: str | None = None,
 def _draft(core: Core, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
     v = core.resolve(ref, cwd)
     if not v.is_draft:
+        ds = core.index.dataset_by("id", v.dataset)
         raise VersionImmutable(f"version {v.id} is committed and cannot change",
                                hint=f"create a draft from it: `dsv versions create "
-                                    f"DATASET --from {v.id}`")
+                                    f"{ds.name if ds else v.dataset} --from {v.id}`")
     return v
 
 

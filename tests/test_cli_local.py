@@ -1588,3 +1588,11 @@ def test_diff_with_no_ref_stat_and_paths(committed, dsv) -> None:
     vid2 = vid_of(dsv("commit", "-m", "two", cwd=ws))
     assert jout(dsv("diff", f"mydata:{vid}", f"mydata:{vid2}", "sub", "--json",
                     cwd=ws))["added"] == ["sub/new.txt"]
+
+
+def test_changing_a_committed_version_hints_with_the_real_dataset_name(committed, dsv) -> None:
+    ws, vid = committed
+    for args in (["versions", "update", f"mydata:{vid}", "-m", "again"],
+                 ["files", "delete", f"mydata:{vid}", "a.txt"]):
+        r = fails(dsv(*args, cwd=ws), "is committed and cannot change")
+        assert f"`dsv versions create mydata --from {vid}`" in r.err and "DATASET" not in r.err
