@@ -194,3 +194,21 @@ def test_every_command_a_module_defines_is_in_the_root_table() -> None:
         for group in app.registered_groups:
             defined[group.name] = module
     assert defined == root.COMMANDS
+
+
+def test_every_command_has_a_one_line_summary() -> None:
+    """`dsv --help` and each group's help list commands by the first paragraph of their help:
+    it must be one line, or the list breaks mid-sentence."""
+    from dsv.cli.root import COMMANDS, _build
+    bad = []
+
+    def walk(name: str, command) -> None:
+        first = (command.help or "").split("\n\n")[0].strip()
+        if not first or "\n" in first:
+            bad.append(f"{name}: {first!r}")
+        for sub, child in (getattr(command, "commands", None) or {}).items():
+            walk(f"{name} {sub}", child)
+
+    for name in COMMANDS:
+        walk(name, _build(name))
+    assert not bad, bad

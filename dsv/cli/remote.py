@@ -162,8 +162,10 @@ def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF
                                     "the working directory (as `dsv merge "
                                     "DATASET:REMOTE/latest`)."),
          as_json: bool = JsonOpt) -> None:
-    """Fetch, download what the versions need, move local refs forward; working
-    directories that followed latest move with it."""
+    """Fetch, download what the versions need, and move refs and working directories forward.
+
+    A working directory that followed latest moves with it; --merge merges a remote line
+    that diverged."""
     store = open_store()
     remote, targets = store.split_remote(list(args or []))
     report = store.pull(remote, targets, paths=path, force=force, checkout=not no_checkout,
