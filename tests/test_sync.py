@@ -608,3 +608,39 @@ def test_an_offline_files_get_names_the_file_it_could_not_get(source: Path, dsv,
     assert first.startswith("error: cannot get fresh/new.txt of ") and "pack" not in first, r.err
     r = dsv("files", "get", "data:origin/latest", "--target-path", tmp_path / "out", cwd=clone)
     assert r.code == 1 and "cannot get fresh/new.txt of " in r.err
+
+
+def test_a_large_file_moves_the_progress_bar_while_it_downloads(source: Path, dsv,
+                                                              tmp_path: Path) -> None:
+    """Progress advances by bytes inside a large file (the directory backend reads 8 MiB
+    pieces): a 20 MiB file reports three pieces before it counts as one file done."""
+    from contextlib import contextmanager
+
+    from dsv.reporting import Reporter
+    from dsv.store import Store
+
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    big = os.urandom(20 << 20)
+    (source / "big" / "huge.bin").parent.mkdir(exist_ok=True)
+    (source / "big" / "huge.bin").write_bytes(big)
+    assert dsv("commit", "-m", "huge", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+
+    calls: dict[str, list[tuple[int, int]]] = {}
+
+    class Recorder(Reporter):
+        @contextmanager
+        def task(self, label, total_items=None, total_bytes=None):
+            seen = calls.setdefault(label, [])
+            yield lambda items, nbytes: seen.append((items, nbytes))
+
+    with Store.open(clone, reporter=Recorder()) as store:
+        store.pull()
+    large = calls["pulling large files"]
+    assert large[:3] == [(0, 8 << 20), (0, 8 << 20), (0, 4 << 20)], large
+    assert large[3:] == [(1, 0)]
+    assert (clone / "big" / "huge.bin").read_bytes() == big

@@ -179,26 +179,36 @@ class RichReporter(Reporter):
 
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-        if total_bytes:
-            columns.append(TextColumn("{task.fields[done]}/" + size(total_bytes)))
+        # With a byte total the bar moves by bytes (a large file moves it while it is
+        # copied or downloaded), and the files done are counted beside it.
+        by_bytes = bool(total_bytes)
+        columns = [TextColumn("{task.description}"), BarColumn()]
+        if by_bytes:
+            columns += [TextColumn("{task.fields[items]}/" + str(total_items)),
+                        TextColumn("{task.fields[done]}/" + size(total_bytes or 0))]
+        else:
+            columns.append(MofNCompleteColumn())
         progress = Progress(*columns, TimeRemainingColumn(), console=console(stderr=True),
                             transient=True)
         lock = threading.Lock()
         pending = [0, 0]
-        done = [0]
+        done = [0, 0]   # items, bytes
         step = max(1, total_items // 200)  # ~200 redraws at most: the bar must not cost time
+        byte_step = max(1, (total_bytes or 0) // 200)
 
         with progress:
-            task_id = progress.add_task(label, total=total_items, done=size(0))
+            task_id = progress.add_task(label, total=total_bytes if by_bytes else total_items,
+                                        done=size(0), items=0)
 
             def advance(items: int, nbytes: int) -> None:
                 with lock:
                     pending[0] += items
                     pending[1] += nbytes
-                    if pending[0] >= step:
-                        done[0] += pending[1]
-                        progress.update(task_id, advance=pending[0], done=size(done[0]))
+                    if pending[0] >= step or (by_bytes and pending[1] >= byte_step):
+                        done[0] += pending[0]
+                        done[1] += pending[1]
+                        progress.update(task_id, advance=pending[1] if by_bytes else pending[0],
+                                        done=size(done[1]), items=done[0])
                         pending[0] = pending[1] = 0
 
             yield advance

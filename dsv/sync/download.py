@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
@@ -25,7 +26,7 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
 from .remote import WORKERS, Remote, open_remote, caches, read_cache, bounded
-from ..reporting import plural
+from ..reporting import Advance, plural
 
 
 RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
@@ -251,19 +252,57 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
         yield chunk
 
 
+def _counted(chunks: Iterable[bytes], advance: Advance) -> Iterator[bytes]:
+    """`chunks` as they come, each counted on the progress bar (a large file moves it by
+    bytes, not only when it is done)."""
+    for chunk in chunks:
+        advance(0, len(chunk))
+        yield chunk
+
+
 def _download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
                     report: PullReport, ingest: Ingest) -> None:
     cache = read_cache(core)
+    total = sum(sizes.get(o, 0) for o in oids)
+    with core.reporter.task("pulling large files", len(oids), total) as advance, \
+            ThreadPoolExecutor(4) as pool:
+        got = partial(_get_loose, remote, sizes, ingest, cache, advance)
+        for size, streamed, cached in pool.map(got, oids):
+            report.from_cache += cached
+            report.objects_received += 1
+            report.bytes_received += size
+            advance(1, max(0, size - streamed))
 
-    def get(oid: str) -> tuple[int, bool]:
+
+def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest,
+               cache: ClusterCache | None, advance: Advance, oid: str
+               ) -> tuple[int, int, bool]:
+    """Stage one large object: (its size, bytes already counted on the bar, whether the
+    cluster cache served it)."""
+    streamed = [0]
+
+    def count(items: int, nbytes: int) -> None:
+        streamed[0] += nbytes
+        advance(items, nbytes)
+
+    def from_origin() -> int:
+        try:
+            return ingest.add_large_stream(
+                _counted(_capped(remote.backend.download(loose_key(oid)), sizes.get(oid), oid),
+                         count), expect=oid)[1]
+        except NotFound:
+            raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+
+    def stage() -> tuple[int, bool]:
         if cache is not None:
             path = cache.loose_path(oid)
             cached = True
             fd = cache.open_entry(path)  # a regular file or None (anything else dropped)
             if fd is None:
                 try:
-                    cache.fill_stream(path, _capped(remote.backend.download(loose_key(oid)),
-                                                    sizes.get(oid), oid), oid)
+                    cache.fill_stream(path, _counted(_capped(
+                        remote.backend.download(loose_key(oid)), sizes.get(oid), oid),
+                        count), oid)
                 except NotFound:
                     raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
                 cached = False
@@ -279,23 +318,10 @@ def _download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str
                 cache.drop(path)  # a damaged cache entry: drop it, read the origin
         for _retry in range(RETRIES):
             try:
-                return from_origin(oid), False
+                return from_origin(), False
             except CorruptObject:
                 continue  # damaged in transit (or by a flaky gateway): read it again
-        return from_origin(oid), False
+        return from_origin(), False
 
-    def from_origin(oid: str) -> int:
-        try:
-            return ingest.add_large_stream(_capped(remote.backend.download(loose_key(oid)),
-                                                   sizes.get(oid), oid), expect=oid)[1]
-        except NotFound:
-            raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
-
-    total = sum(sizes.get(o, 0) for o in oids)
-    with core.reporter.task("pulling large files", len(oids), total) as advance, \
-            ThreadPoolExecutor(4) as pool:
-        for size, cached in pool.map(get, oids):
-            report.from_cache += cached
-            report.objects_received += 1
-            report.bytes_received += size
-            advance(1, size)
+    size, cached = stage()
+    return size, streamed[0], cached
