@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional, cast
 
 import typer
 
+from . import complete
 from .options import DatasetOpt, JsonOpt
 from .output import (add_row, cell, console, echo, new_table, plural, print_json,
                      print_version, print_version_ref, size, version_json, version_ref, when)
@@ -78,7 +79,8 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
 
 
 @commands.command()
-def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."),
+def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name.",
+                                                autocompletion=complete.datasets),
         drafts: bool = typer.Option(False, "--drafts", help="Include drafts."),
         limit: Optional[int] = typer.Option(None, "-n", help="Show at most N versions."),
         graph: bool = typer.Option(False, "--graph", help="One line per version, with the "
@@ -124,7 +126,8 @@ def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."
 
 
 @commands.command()
-def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]",
+                                   autocompletion=complete.refs),
          as_json: bool = JsonOpt) -> None:
     """One version's details."""
     store = open_store()
@@ -172,7 +175,7 @@ def diff(words: Optional[list[str]] = typer.Argument(
 
 
 @commands.command()
-def merge(ref: str = typer.Argument(..., metavar="REF",
+def merge(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                     help="The version to merge into the working directory, "
                                          "e.g. DATASET:origin/latest."),
           message: Optional[str] = typer.Option(None, "-m", "--message",
@@ -213,7 +216,7 @@ def merge(ref: str = typer.Argument(..., metavar="REF",
 
 
 @commands.command()
-def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
+def tag(ref: Optional[str] = typer.Argument(None, metavar="REF", autocompletion=complete.refs),
         name: Optional[str] = typer.Argument(None, metavar="NAME"),
         delete: Optional[str] = typer.Option(None, "-d", "--delete", metavar="DATASET:NAME",
                                              help="Delete a tag."),
@@ -238,7 +241,8 @@ def tag(ref: Optional[str] = typer.Argument(None, metavar="REF"),
 
 
 @commands.command()
-def tags(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name "
+def tags(dataset: Optional[str] = typer.Argument(None, autocompletion=complete.datasets,
+                                              help="Dataset id or name "
                                               "(default: every dataset)."),
          as_json: bool = JsonOpt) -> None:
     """List tags (of one dataset, or all)."""
@@ -254,7 +258,8 @@ def tags(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name 
 
 
 @commands.command()
-def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]"),
+def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]",
+                                       autocompletion=complete.refs),
              paths: Optional[list[str]] = typer.Argument(None, help="Only these paths."),
              to: Optional[Path] = typer.Option(None, "--to", help="Directory to fill "
                                                "(default: the dataset's working directory)."),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional, cast
 
 import typer
 
+from . import complete
 from .options import JsonOpt
 from .output import RichReporter, add_row, console, echo, new_table, plural, print_json, size
 from .session import open_store
@@ -80,7 +81,8 @@ def remote_list(as_json: bool = JsonOpt) -> None:
 
 
 @remote_app.command("remove")
-def remote_remove(name: str = typer.Argument(..., help="The remote's name."),
+def remote_remove(name: str = typer.Argument(..., help="The remote's name.",
+                                             autocompletion=complete.remotes),
                   as_json: bool = JsonOpt) -> None:
     """Forget a remote (nothing on the remote is deleted)."""
     spec = open_store().remove_remote(name)
@@ -99,6 +101,7 @@ def _transfer_line(verb: str, report: PushReport | PullReport, sent: str) -> str
 
 @commands.command()
 def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DATASET|REF]...",
+                                                   autocompletion=complete.remote_or_ref,
                                                    help="Default: every dataset, to the "
                                                         "default remote."),
          force: bool = typer.Option(False, "--force", "-f", help="Move remote refs even when "
@@ -134,6 +137,7 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
 
 @commands.command()
 def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]",
+                                                 autocompletion=complete.remotes,
                                                  help="Remote name (default: the default "
                                                       "remote)."),
           as_json: bool = JsonOpt) -> None:
@@ -150,6 +154,7 @@ def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]",
 
 @commands.command()
 def pull(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [REF]...",
+                                                   autocompletion=complete.remote_or_ref,
                                                    help="Default: every dataset's latest."),
          path: Optional[list[str]] = typer.Option(None, "--path", "-p", help="Only these "
                                                   "paths of each version (repeatable)."),

@@ -93,7 +93,7 @@ class _LazyGroup(TyperGroup):
         return list(self.commands)
 
 
-app = typer.Typer(cls=_LazyGroup, add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=_LazyGroup, add_completion=True, no_args_is_help=True,
                   help="dsv: a git-like, local-first version store for datasets.",
                   context_settings={"help_option_names": ["-h", "--help"]},
                   pretty_exceptions_enable=False)

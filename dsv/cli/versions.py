@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from . import complete
 from .options import JsonOpt
 from .output import (add_row, console, echo, new_table, plural, print_json, print_version,
                      print_version_ref, safe, size, version_json, version_ref, when)
@@ -53,6 +54,7 @@ def datasets_list(as_json: bool = JsonOpt) -> None:
 
 @datasets_app.command("details")
 def datasets_details(dataset: str = typer.Argument(..., metavar="ID",
+                                                   autocompletion=complete.datasets,
                                                    help="Dataset id or name."),
                      as_json: bool = JsonOpt) -> None:
     """One dataset."""
@@ -77,6 +79,7 @@ def datasets_create(name: str = typer.Argument(..., help="The new dataset's name
 
 @datasets_app.command("update")
 def datasets_update(dataset: str = typer.Argument(..., metavar="ID",
+                                                  autocompletion=complete.datasets,
                                                   help="Dataset id or name."),
                     name: Optional[str] = typer.Option(None, "--name", help="New name (the "
                                                        "id never changes)."),
@@ -93,6 +96,7 @@ def datasets_update(dataset: str = typer.Argument(..., metavar="ID",
 
 @datasets_app.command("delete")
 def datasets_delete(dataset: str = typer.Argument(..., metavar="ID",
+                                                  autocompletion=complete.datasets,
                                                   help="Dataset id or name."),
                     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
                     as_json: bool = JsonOpt) -> None:
@@ -112,6 +116,7 @@ def datasets_delete(dataset: str = typer.Argument(..., metavar="ID",
 
 @versions_app.command("create")
 def versions_create(dataset: str = typer.Argument(..., metavar="DATASET",
+                                                  autocompletion=complete.datasets,
                                                   help="Dataset id or name."),
                     message: Optional[str] = typer.Option(None, "-m", "--message",
                                                           help="The version's message."),
@@ -130,7 +135,7 @@ def versions_create(dataset: str = typer.Argument(..., metavar="DATASET",
 
 
 @versions_app.command("commit")
-def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT",
+def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT", autocompletion=complete.refs,
                                               help="The draft to commit."),
                     message: Optional[str] = typer.Option(None, "-m", "--message",
                                                           help="Replace the draft's message "
@@ -149,6 +154,7 @@ def versions_commit(ref: str = typer.Argument(..., metavar="DRAFT",
 
 @versions_app.command("list")
 def versions_list(dataset: str = typer.Argument(..., metavar="DATASET",
+                                                autocompletion=complete.datasets,
                                                 help="Dataset id or name."),
                   committed: bool = typer.Option(False, "--committed",
                                                  help="Only committed versions."),
@@ -171,7 +177,7 @@ def versions_list(dataset: str = typer.Argument(..., metavar="DATASET",
 
 
 @versions_app.command("details")
-def versions_details(ref: str = typer.Argument(..., metavar="REF",
+def versions_details(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                                help="DATASET[:latest|VERSION|TAG][~N]"),
                      as_json: bool = JsonOpt) -> None:
     """One version's details."""
@@ -180,7 +186,7 @@ def versions_details(ref: str = typer.Argument(..., metavar="REF",
 
 
 @versions_app.command("update")
-def versions_update(ref: str = typer.Argument(..., metavar="DRAFT",
+def versions_update(ref: str = typer.Argument(..., metavar="DRAFT", autocompletion=complete.refs,
                                               help="The draft to change."),
                     message: str = typer.Option(..., "-m", "--message",
                                                 help="The draft's new message."),
@@ -191,7 +197,7 @@ def versions_update(ref: str = typer.Argument(..., metavar="DRAFT",
 
 
 @versions_app.command("delete")
-def versions_delete(ref: str = typer.Argument(..., metavar="REF",
+def versions_delete(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                               help="The version to delete."),
                     force: bool = typer.Option(False, "--force", help="Also a committed version "
                                                "that nothing depends on."),
@@ -208,7 +214,7 @@ def versions_delete(ref: str = typer.Argument(..., metavar="REF",
 # ---- files -------------------------------------------------------------------------------
 
 @files_app.command("list")
-def files_list(ref: str = typer.Argument(..., metavar="REF",
+def files_list(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                          help="DATASET[:latest|VERSION|TAG][~N]"),
                path: str = typer.Option("", "--path", help="A directory or file in the version."),
                recursive: bool = typer.Option(False, "--recursive", "-r",
@@ -228,7 +234,7 @@ def files_list(ref: str = typer.Argument(..., metavar="REF",
 
 
 @files_app.command("get")
-def files_get(ref: str = typer.Argument(..., metavar="REF",
+def files_get(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                         help="DATASET[:latest|VERSION|TAG][~N]"),
               paths: Optional[list[str]] = typer.Argument(None, help="Only these files and "
                                                           "directories of the version "
@@ -244,7 +250,9 @@ def files_get(ref: str = typer.Argument(..., metavar="REF",
 
 
 @files_app.command("put")
-def files_put(ref: str = typer.Argument(..., metavar="DRAFT", help="The draft to add to."),
+def files_put(ref: str = typer.Argument(..., metavar="DRAFT",
+                                        autocompletion=complete.refs,
+                                        help="The draft to add to."),
               sources: list[Path] = typer.Argument(..., metavar="SRC...",
                                                    help="Files or directories to add."),
               target_path: Optional[str] = typer.Option(None, "--target-path",
@@ -260,7 +268,7 @@ def files_put(ref: str = typer.Argument(..., metavar="DRAFT", help="The draft to
 
 
 @files_app.command("delete")
-def files_delete(ref: str = typer.Argument(..., metavar="DRAFT",
+def files_delete(ref: str = typer.Argument(..., metavar="DRAFT", autocompletion=complete.refs,
                                            help="The draft to change."),
                  paths: list[str] = typer.Argument(..., metavar="PATH...",
                                                    help="Files or directories of the draft."),
