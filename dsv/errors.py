@@ -7,16 +7,30 @@ import anything else from dsv.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # not typing's: `dsv --version` imports this module and no more
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class ReportLike(Protocol):
+        """A report that can go out as `--json`."""
+
+        def to_json(self) -> dict[str, Any]:
+            """The fields a script sees."""
+
 
 class DsvError(Exception):
-    """Base of all expected failures; the CLI turns these into exit status 1."""
+    """Base of all expected failures; the CLI turns these into exit status 1. `report` is
+    what was found before failing (a refused push's refs, a merge's conflicts): with
+    `--json` the CLI prints its `to_json()` before the error line."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None,
+                 report: ReportLike | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.report = report
 
     def __str__(self) -> str:
         return self.message
@@ -102,11 +116,7 @@ class RemoteError(DsvError):
 
 class RefConflict(DsvError):
     """A push that would move a remote ref off a version it does not descend from (or move
-    a tag), or that lost a race with another pusher."""
-
-    def __init__(self, message: str, hint: str | None = None, report: object = None) -> None:
-        super().__init__(message, hint)
-        self.report = report
+    a tag), or that lost a race with another pusher (`report`: the PushReport)."""
 
 
 class HistoryConflict(DsvError):
@@ -117,10 +127,6 @@ class HistoryConflict(DsvError):
 class MergeConflict(DsvError):
     """A merge found paths changed differently on the two sides; nothing was committed.
     `report` (a MergeReport) lists them."""
-
-    def __init__(self, message: str, hint: str | None = None, report: object = None) -> None:
-        super().__init__(message, hint)
-        self.report = report
 
 
 class UsageError(DsvError):

@@ -239,9 +239,13 @@ class Index:
         """Changes made inside are seen by queries inside, then undone (a SAVEPOINT rolled
         back): for planning with tentative rows."""
         self.conn.execute("SAVEPOINT tentative")
+        changed, self._changed = self._changed, False
+        self._depth += 1  # tentative rows must never reach state.json (see `on_change`)
         try:
             yield
         finally:
+            self._depth -= 1
+            self._changed = changed
             self.conn.execute("ROLLBACK TO tentative")
             self.conn.execute("RELEASE tentative")
 

@@ -18,14 +18,15 @@ from . import inputs, refs, state, tree
 from .core import Core, find_store
 from .errors import DsvError, InvalidInput
 from .faults import crashpoint
+from .hashing import is_hash
 from .index import Index, Row, salvage
 from .lock import StoreLock
 from .model import COMMITTED, DRAFT, Dataset, Version
 from .reports import GcReport, PruneReport, RebuildReport, VerifyReport
 from .objects import KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath
-from .records import Record, parse_record
+from .paths import is_dataset_dir
+from .records import Record, is_id, parse_record
 from .remotes.base import check_outside_stores, parse_duration, parse_size
 from .remotes.cache import ClusterCache
 from .reporting import Reporter
@@ -277,10 +278,10 @@ def _from_state(saved: dict[str, Any]) -> tuple[dict[str, Row], list[Row], list[
     datasets: dict[str, Row] = {}
     for d in saved["datasets"]:
         ds_id, name, path = d.get("id"), d.get("name"), d.get("path")
-        if not isinstance(ds_id, str) or not refs.is_valid_name(ds_id) or \
+        if not isinstance(ds_id, str) or not is_id(ds_id) or \
                 not isinstance(name, str):
             continue
-        if path is not None and (not isinstance(path, str) or not _safe_dir(path)):
+        if path is not None and (not isinstance(path, str) or not is_dataset_dir(path)):
             path = None
         description = d.get("description") if isinstance(d.get("description"), str) else None
         created = d.get("created") if isinstance(d.get("created"), (int, float)) else time.time()
@@ -297,16 +298,6 @@ def _from_state(saved: dict[str, Any]) -> tuple[dict[str, Row], list[Row], list[
     return datasets, tags, remotes
 
 
-def _safe_dir(path: str) -> bool:
-    if path == ".":
-        return True
-    try:
-        check_relpath(path)
-    except DsvError:
-        return False
-    return not any(part in ("", ".", DSV_DIR) for part in path.split("/"))
-
-
 def _restore_state(index: Index, objects: ObjectStore, saved: dict[str, Any],
                    datasets: dict[str, Row]) -> None:
     """After the versions: datasets that have none yet, each dataset's `latest` and head
@@ -319,6 +310,7 @@ def _restore_state(index: Index, objects: ObjectStore, saved: dict[str, Any],
     for d in saved["drafts"]:
         vid, ds_id, tree_id = d.get("id"), d.get("dataset"), d.get("tree")
         if not all(isinstance(x, str) for x in (vid, ds_id, tree_id)) or \
+                not is_id(vid) or not is_hash(tree_id) or \
                 index.version(vid) is not None or index.dataset_by("id", ds_id) is None or \
                 not objects.has(tree_id):
             continue

@@ -49,13 +49,13 @@ def three_way(base: Manifest, ours: Manifest, theirs: Manifest
             continue
         if take is not None:
             merged[path] = take
-    # A path that is a file in the result and also a directory above another file.
-    for path in sorted(ancestors(merged.keys()) & merged.keys()):
-        conflicts[path] = (ours.get(path), theirs.get(path))
-        for other in [p for p in merged if p.startswith(path + "/")]:
-            conflicts[other] = (ours.get(other), theirs.get(other))
-            del merged[other]
-        del merged[path]
+    # A path that is a file in the result and also a directory above another file: it and
+    # everything under it (a file may be under several such paths: each is taken once).
+    clashing = ancestors(merged.keys()) & merged.keys()
+    if clashing:
+        for path in [p for p in merged if p in clashing or ancestors([p]) & clashing]:
+            conflicts[path] = (ours.get(path), theirs.get(path))
+            del merged[path]
     return merged, conflicts
 
 

@@ -75,6 +75,18 @@ def check_relpath(path: str) -> str:
     return path
 
 
+def is_dataset_dir(path: str) -> bool:
+    """Whether `path` may be a dataset's directory as stored (index, state file, a remote
+    ref): `.` or a relative path that cannot leave the workspace nor name a store."""
+    if path == ".":
+        return True
+    try:
+        check_relpath(path)
+    except UnsafePath:
+        return False
+    return True
+
+
 def normalize_user_path(path: str) -> str:
     """A path typed by a user (`./a//b/`) as a clean relative path (`a/b`); '' for the root."""
     cleaned = posixpath.normpath(path.replace("\\", "/")) if path else "."

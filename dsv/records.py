@@ -26,6 +26,11 @@ MAX_PARENTS = 16
 _ID = re.compile(r"[0-9a-z]{1,64}")
 
 
+def is_id(text: str) -> bool:
+    """Whether `text` can be a version or dataset id (what a record may name)."""
+    return bool(_ID.fullmatch(text))
+
+
 @dataclass(frozen=True)
 class ParentLink:
     """A parent as a record names it: by version id and by the hash of its record."""

@@ -55,7 +55,7 @@ def load(dsv_dir: Path) -> dict[str, Any] | None:
     what the old index still holds)."""
     try:
         raw = fileio.read_regular(dsv_dir / STATE_FILE, MAX_STATE_BYTES)
-        data = load_bounded(raw, MAX_STATE_BYTES, max_depth=8)
+        data = load_bounded(raw, MAX_STATE_BYTES)
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:

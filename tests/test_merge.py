@@ -58,6 +58,12 @@ def test_a_file_on_one_side_where_the_other_made_a_directory_is_a_conflict() -> 
     assert conflicts == {"d": (B, None), "d/inner": (None, C)}
 
 
+def test_file_and_directory_clashes_at_several_depths_are_each_one_conflict() -> None:
+    merged, conflicts = three_way({}, {"a": A, "a/b/c": C, "k": A}, {"a/b": B, "k": A})
+    assert merged == {"k": A}
+    assert conflicts == {"a": (A, None), "a/b": (None, B), "a/b/c": (C, None)}
+
+
 # ---- through the CLI ------------------------------------------------------------------------
 
 def ok(r):
@@ -150,7 +156,10 @@ def test_a_clean_merge_fast_forward_and_refusals(tmp_path: Path, dsv) -> None:
     assert r.code == 2 and "exclude each other" in r.err
 
 
-def test_a_merge_of_the_remote_line_pushes_as_a_fast_forward(tmp_path: Path, dsv) -> None:
+@pytest.fixture
+def diverged(tmp_path: Path, dsv) -> tuple[Path, Path, str, str]:
+    """`src` and its clone `other` each committed on top of the version both had; `other`
+    pushed first. Returns (src, other, mine, theirs)."""
     src = tmp_path / "src"
     write_tree(src, {"a.txt": "a\n", "b.txt": "b\n"})
     ok(dsv("init", "--name", "data", cwd=src))
@@ -165,6 +174,11 @@ def test_a_merge_of_the_remote_line_pushes_as_a_fast_forward(tmp_path: Path, dsv
     ok(dsv("push", cwd=other))
     (src / "b.txt").write_text("mine\n")
     mine = vid(dsv("commit", "-m", "mine", cwd=src))
+    return src, other, mine, theirs
+
+
+def test_a_merge_of_the_remote_line_pushes_as_a_fast_forward(diverged, dsv) -> None:
+    src, other, mine, theirs = diverged
     assert dsv("push", cwd=src).code == 1          # not a fast-forward
     ok(dsv("fetch", cwd=src))
     ok(dsv("merge", "data:origin/latest", cwd=src))  # blobs of theirs are downloaded
@@ -177,22 +191,8 @@ def test_a_merge_of_the_remote_line_pushes_as_a_fast_forward(tmp_path: Path, dsv
     assert show(dsv, other, "data:latest")["id"] == merged["id"]
 
 
-def test_pull_on_a_diverged_dataset_says_so_and_pull_merge_merges(tmp_path: Path,
-                                                                  dsv) -> None:
-    src = tmp_path / "src"
-    write_tree(src, {"a.txt": "a\n", "b.txt": "b\n"})
-    ok(dsv("init", "--name", "data", cwd=src))
-    ok(dsv("commit", "-m", "one", cwd=src))
-    remote = tmp_path / "remote"
-    ok(dsv("remote", "add", "origin", remote, cwd=src))
-    ok(dsv("push", cwd=src))
-    other = tmp_path / "other"
-    ok(dsv("clone", remote, other, cwd=tmp_path))
-    (other / "a.txt").write_text("theirs\n")
-    theirs = vid(dsv("commit", "-m", "theirs", cwd=other))
-    ok(dsv("push", cwd=other))
-    (src / "b.txt").write_text("mine\n")
-    mine = vid(dsv("commit", "-m", "mine", cwd=src))
+def test_pull_on_a_diverged_dataset_says_so_and_pull_merge_merges(diverged, dsv) -> None:
+    src, _other, mine, theirs = diverged
     r = ok(dsv("pull", cwd=src))
     assert f"data:latest is {mine} here and {theirs} on origin" in r.err
     assert "`dsv pull --merge` merges them" in r.err

@@ -98,6 +98,12 @@ def test_a_tampered_state_file_is_checked_not_trusted(tmp_path: Path, dsv) -> No
     state["drafts"].append({"id": "d000000001", "dataset": "evil0001", "tree": "0" * 64,
                             "parents": [], "message": "no tree", "author": None,
                             "created": 1.0, "lineage": None, "size": 0, "files": 0})
+    data_id = state["datasets"][0]["id"]
+    tree = json.loads(ok(dsv("show", v1, "--json", cwd=proj)).out)["tree"]
+    for bad_id, bad_tree in (("../../inputs/x", tree), ("d000000002", "../../../etc/passwd")):
+        state["drafts"].append({"id": bad_id, "dataset": data_id, "tree": bad_tree,
+                                "parents": "not a list", "message": "bad", "author": None,
+                                "created": 1.0, "lineage": None, "size": 0, "files": 0})
     state_path.write_text(json.dumps(state))
     (proj / ".dsv" / "index.db").unlink()
     ok(dsv("index", "rebuild", cwd=proj))
@@ -107,8 +113,36 @@ def test_a_tampered_state_file_is_checked_not_trusted(tmp_path: Path, dsv) -> No
     assert [r["name"] for r in js(dsv("remote", "list", "--json", cwd=proj))] == ["origin"]
     assert js(dsv("tags", "--json", cwd=proj)) == []
     assert js(dsv("versions", "list", "evil", "--drafts", "--json", cwd=proj)) == []
+    assert js(dsv("versions", "list", "data", "--drafts", "--json",
+                  cwd=proj)) == []                           # neither bad draft came back
     # a state file that is not JSON: the rebuild falls back to what the records say
     state_path.write_text("{not json")
     (proj / ".dsv" / "index.db").unlink()
     ok(dsv("index", "rebuild", cwd=proj))
     assert js(dsv("show", "data:latest", "--json", cwd=proj))["id"] == v1
+
+
+def test_tentative_rows_never_reach_the_state_file(tmp_path: Path) -> None:
+    """Pull plans with rows it rolls back (Index.rolled_back): the state file must not
+    mirror them, even when the plan runs outside a transaction."""
+    from dsv.index import Index
+    from dsv.model import Dataset
+    idx = Index(tmp_path / "index.db")
+    idx.create_schema()
+    saves: list[str] = []
+    idx.on_change = lambda: saves.append(str(idx.tags()))
+    idx.insert_dataset(Dataset(id="ds000001", name="raw", created=1.0))
+    assert len(saves) == 1                       # a change outside a transaction: at once
+    with idx.rolled_back():
+        idx.update_dataset("ds000001", description="tentative")
+    assert len(saves) == 1
+    with idx.transaction():
+        with idx.rolled_back():
+            idx.update_dataset("ds000001", description="tentative")
+    assert len(saves) == 1                       # the only change was undone
+    with idx.transaction():
+        idx.update_dataset("ds000001", description="kept")
+        with idx.rolled_back():
+            pass
+    assert len(saves) == 2                       # a real change before the savepoint stays
+    idx.close()

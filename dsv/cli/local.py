@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, cast
+from typing import Optional
 
 import typer
 
 from . import complete
 from .options import DatasetOpt, JsonOpt
-from .output import (add_row, cell, console, echo, new_table, plural, print_json,
+from .output import (add_row, cell, console, echo, failure_report, new_table, plural,
+                     print_json,
                      print_version, print_version_ref, size, version_json, version_ref, when)
 from ..reporting import lineage_summary
 from .quick import show_status
 from .session import open_store
-
-if TYPE_CHECKING:
-    from ..reports import MergeReport
 
 commands = typer.Typer(add_completion=False)
 
@@ -188,18 +186,14 @@ def merge(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.
           dataset: Optional[str] = DatasetOpt,
           as_json: bool = JsonOpt) -> None:
     """Join REF's line of history with the working directory's: three-way by path."""
-    from ..errors import MergeConflict, UsageError
+    from ..errors import UsageError
     if ours and theirs:
         raise UsageError("--ours and --theirs exclude each other",
                          hint="see `dsv merge --help`")
     store = open_store()
-    try:
+    with failure_report(as_json):
         report = store.merge(ref, message, "ours" if ours else "theirs" if theirs else None,
                              key=dataset)
-    except MergeConflict as exc:
-        if as_json and exc.report is not None:
-            print_json(cast("MergeReport", exc.report).to_json())
-        raise
     if as_json:
         print_json(report.to_json())
         return

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..reporting import lineage_summary
+from ..errors import DsvError
 from ..reporting import Advance, Reporter
 from ..reporting import plural as plural  # re-exported for the commands
 from ..reporting import size as size
@@ -77,6 +78,18 @@ def echo(line: str = "", err: bool = False) -> None:
 def print_json(data: object) -> None:
     """`data` as indented JSON on stdout (what `--json` prints)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def failure_report(as_json: bool) -> Iterator[None]:
+    """With `--json`, a failure that carries a report (a refused push, a merge conflict)
+    prints it on stdout; its `error:` line follows on stderr as for any failure."""
+    try:
+        yield
+    except DsvError as exc:
+        if as_json and exc.report is not None:
+            print_json(exc.report.to_json())
+        raise
 
 
 def when(ts: float | None) -> str:

@@ -4,13 +4,14 @@ pull, clone, and cache prune for the cluster cache."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from . import complete
 from .options import JsonOpt
-from .output import RichReporter, add_row, console, echo, new_table, plural, print_json, size
+from .output import (RichReporter, add_row, console, echo, failure_report, new_table, plural,
+                     print_json, size)
 from .session import open_store
 
 if TYPE_CHECKING:
@@ -108,15 +109,10 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
                                     "that is not a fast-forward."),
          as_json: bool = JsonOpt) -> None:
     """Upload the versions a remote lacks, then update its refs (compare-and-swap)."""
-    from ..errors import RefConflict
     store = open_store()
     remote, targets = store.split_remote(list(args or []))
-    try:
+    with failure_report(as_json):
         report = store.push(remote, targets, force=force)
-    except RefConflict as exc:
-        if as_json and exc.report is not None:
-            print_json(cast("PushReport", exc.report).to_json())
-        raise
     if as_json:
         print_json(report.to_json())
         return

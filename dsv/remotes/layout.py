@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DsvError
 from ..hashing import is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST
-from ..paths import check_relpath, is_valid_name
+from ..paths import is_dataset_dir, is_valid_name
 from .base import MAX_REF_BYTES
 
 REMOTE_MARKER = "dsv-remote.json"
@@ -121,15 +120,4 @@ def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     name, path = body.get("name"), body.get("path")
     return RemoteRef(ds_id, ref, vid, record, etag,
                      name if isinstance(name, str) and is_valid_name(name) else None,
-                     path if isinstance(path, str) and _valid_path(path) else None)
-
-
-def _valid_path(path: str) -> bool:
-    """A ref's working-directory path: `.` or a safe relative path (never into a store)."""
-    if path == ".":
-        return True
-    try:
-        check_relpath(path)
-    except DsvError:
-        return False
-    return True
+                     path if isinstance(path, str) and is_dataset_dir(path) else None)
