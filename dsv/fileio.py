@@ -17,6 +17,10 @@ from collections.abc import Callable
 TMP_PREFIX = ".dsv-tmp-"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 _COPY_CHUNK = 1 << 30
+# With a progress callback, copies go in pieces this big: a 1.5 GiB file moves a bar ~24
+# times, and one syscall per 64 MiB costs nothing measurable.
+PROGRESS_CHUNK = 64 << 20
+_READ_CHUNK = 8 << 20   # the read/write fallback's buffer
 
 
 _TMP_BASE = os.urandom(4).hex()   # per process; the counter makes each name new
@@ -67,33 +71,42 @@ def publish(tmp: str, path: str) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
-def copy_into(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy `size` bytes between open files in the kernel (copy_file_range, else sendfile/read)."""
+def copy_into(src_fd: int, dst_fd: int, size: int,
+              progress: Callable[[int], None] | None = None) -> None:
+    """Copy `size` bytes between open files in the kernel (copy_file_range, else a
+    read/write loop). `progress` hears the bytes of each piece as it lands (pieces of
+    PROGRESS_CHUNK, or of the fallback's buffer): once per piece, never per byte."""
+    chunk = _COPY_CHUNK if progress is None else PROGRESS_CHUNK
     remaining = size
     offset_in = 0
     try:
         while remaining > 0:
-            n = os.copy_file_range(src_fd, dst_fd, min(remaining, _COPY_CHUNK), offset_in)
+            n = os.copy_file_range(src_fd, dst_fd, min(remaining, chunk), offset_in)
             if n == 0:
                 break
             offset_in += n
             remaining -= n
+            if progress is not None:
+                progress(n)
         if remaining == 0:
             return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
+    # Carries on where the kernel copy stopped: the bytes it reported are not sent again.
     os.lseek(dst_fd, offset_in, os.SEEK_SET)
     while remaining > 0:
-        chunk = os.pread(src_fd, min(remaining, 8 << 20), offset_in)
-        if not chunk:
+        data = os.pread(src_fd, min(remaining, _READ_CHUNK), offset_in)
+        if not data:
             raise OSError(errno.EIO, "file shrank while it was being copied")
-        view = memoryview(chunk)
+        view = memoryview(data)
         while view:
             written = os.write(dst_fd, view)
             view = view[written:]
-        offset_in += len(chunk)
-        remaining -= len(chunk)
+        offset_in += len(data)
+        remaining -= len(data)
+        if progress is not None:
+            progress(len(data))
 
 
 def try_reflink(src_fd: int, dst_fd: int) -> bool:

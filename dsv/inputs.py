@@ -11,6 +11,7 @@ Must never follow a link inside `.dsv/inputs/` that it did not make.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -107,13 +108,19 @@ class InputTree:
 def input_tree(core: Core, version: Version) -> InputTree:
     """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
 
-    Made once per version (large files hard links to verified shared copies, small ones
-    written from their packs; files then 0444/0555, directories 0555), then reused: later
-    runs cost one lstat per file and one bind mount. `<version>.stamp` beside the tree
-    records every file's (kind, inode, size, ctime, mode). A tree whose files all still
-    match is reused as it is; a file whose ctime alone moved is re-hashed; anything else
-    (a changed byte, a planted link or file, a missing file, an unreadable stamp) makes
-    the tree be rebuilt, never bound. The caller closes the returned tree.
+    Made once per version, then reused: later runs cost one lstat per file and one bind
+    mount. Large files are hard links to the store's loose objects themselves, each
+    verified before it is linked (no copy: a 150 MB file costs no space), small ones are
+    written from their packs (then 0444/0555), directories 0555. The job sees the tree
+    only through a read-only bind mount, and `.dsv/objects/` and `.dsv/inputs/` are
+    mounted read-only in its namespace too (jobs.run), so no write of the job's can reach
+    an object. `<version>.stamp` beside the tree records every file's (kind, inode, size,
+    ctime, mode). A tree whose files all still match is reused as it is; a file whose
+    ctime alone moved is re-hashed; anything else (a changed byte, a planted link or
+    file, a missing file, an unreadable stamp) makes the tree be rebuilt, never bound.
+
+    The returned tree holds a shared lock on its directory until it is closed (the job
+    has ended): `dsv gc` never removes a tree in use. The stamp's mtime is its last use.
     """
     with core.locked("run: placing inputs"):
         base, base_fd = _open_inputs_dir(core)
@@ -121,31 +128,89 @@ def input_tree(core: Core, version: Version) -> InputTree:
             found = _reuse(core, version, base_fd)
             if found is None:
                 found = _build(core, version, base, base_fd)
+            fcntl.flock(found[0], fcntl.LOCK_SH)  # before the store lock goes: gc waits
+            os.utime(version.id + STAMP_SUFFIX, dir_fd=base_fd, follow_symlinks=False)
         finally:
             os.close(base_fd)
     fd, records = found
     return InputTree(version, base / version.id, fd, records)
 
 
-def remove_unused_inputs(core: Core) -> int:
-    """Drop input trees (and stamps) of versions that no longer exist, and half-built or
-    discarded trees."""
+INPUTS_KEEP = 7 * 86400.0
+"""How long `dsv gc` keeps an input tree no job has used (`--inputs-older-than`)."""
+
+
+def remove_unused_inputs(core: Core, older_than: float = INPUTS_KEEP,
+                         dry_run: bool = False) -> tuple[int, int]:
+    """Drop input trees (and stamps) of versions that no longer exist, trees no job has
+    used for `older_than` seconds, and half-built or discarded trees; a tree a running
+    job holds is kept. Returns (trees removed, bytes freed): a file that is a link to an
+    object frees nothing while the object is stored. With `dry_run`, only counts."""
     base = core.dsv_dir / INPUTS_DIR
     try:
         base_fd = os.open(base, _DIR_FLAGS)
     except OSError:
-        return 0
-    removed = 0
+        return 0, 0
+    removed = freed = 0
+    cutoff = time.time() - older_than
     try:
-        for name in os.listdir(base_fd):
-            vid = name[: -len(STAMP_SUFFIX)] if name.endswith(STAMP_SUFFIX) else name
-            vid, _, building = vid.partition(_BUILDING)
-            if building or core.index.version(vid) is None:
-                _remove_quietly(base_fd, name)
-                removed += 1
+        names = os.listdir(base_fd)
+        for name in names:
+            if name.endswith(STAMP_SUFFIX):
+                if name[: -len(STAMP_SUFFIX)] not in names and not dry_run:
+                    _remove_quietly(base_fd, name)  # a stamp without its tree
+                continue
+            vid, _, building = name.partition(_BUILDING)
+            if not building and core.index.version(vid) is not None and \
+                    _last_used(base_fd, name) >= cutoff:
+                continue
+            try:
+                held = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
+            except OSError:
+                if not dry_run:
+                    _remove_quietly(base_fd, name)  # a file or link in a tree's place
+                continue
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(held)
+                continue  # a running job holds it
+            try:
+                size = _tree_bytes(held)
+                if not dry_run:
+                    _remove_quietly(base_fd, name)
+                    _remove_quietly(base_fd, name + STAMP_SUFFIX)
+            finally:
+                os.close(held)
+            removed += 1
+            freed += size
     finally:
         os.close(base_fd)
-    return removed
+    return removed, freed
+
+
+def _last_used(base_fd: int, name: str) -> float:
+    """When a job last used tree `name`: its stamp's mtime (0 without a stamp)."""
+    try:
+        return os.stat(name + STAMP_SUFFIX, dir_fd=base_fd, follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _tree_bytes(fd: int) -> int:
+    """Bytes removing the tree open as `fd` frees: files no other name links."""
+    total = 0
+
+    def visit(_rel: str, _fd: int, entries: Entries) -> None:
+        nonlocal total
+        total += sum(st.st_size for _name, st in entries
+                     if stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
+
+    try:
+        _walk(fd, visit)
+    except (OSError, _Changed):
+        pass
+    return total
 
 
 def _open_inputs_dir(core: Core) -> tuple[Path, int]:
@@ -235,7 +300,7 @@ def _build(core: Core, version: Version, base: Path,
         try:
             # /proc/self/fd/N is the directory just made, whatever is renamed meanwhile.
             worktree.Materializer(core.objects, Path(_fd_path(fd, base / building)),
-                                  "hardlink", stat_rows=False).place(items)
+                                  stat_rows=False, share_objects=True).place(items)
             _seal(fd)
         except BaseException:
             os.close(fd)

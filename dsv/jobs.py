@@ -192,6 +192,11 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
         for name in out_datasets:
             _binding_dir(root, name).mkdir(parents=True, exist_ok=True)
             env[env_name("OUTPUT", name)] = str(root / name)
+        if binds:
+            # Input trees link the store's objects themselves: in the job's namespace the
+            # objects and the trees are read-only under their own paths too.
+            for guarded in (core.objects.root, core.dsv_dir / INPUTS_DIR):
+                binds += [str(guarded), str(guarded), identity(os.stat(guarded))]
         argv = (["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT, "sh",
                  *binds, "--", *command] if mounted and binds else list(command))
         started = time.time()

@@ -349,7 +349,8 @@ class ObjectStore:
         fileio.publish(staged, str(self.pack_path(pack.id)))
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
-                 twin: str | None = None) -> int:
+                 twin: str | None = None, progress: Callable[[int], None] | None = None
+                 ) -> int:
         """Write loose object `oid` to a new file `dest`, then verify what landed.
 
         The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
@@ -362,17 +363,36 @@ class ObjectStore:
         stat cache vouches for): copying it is often cheaper (it is in the page cache;
         objects are written around it). The same verification decides: if it does not
         hash to `oid`, the copy is redone from the object.
+
+        `progress` hears the bytes copied, piece by piece (a reflink: none); a copy redone
+        after a twin failed is heard only beyond where the first one got, so no byte is
+        reported twice. (The caller knows the object's size and counts what is left.)
         """
+        shown = 0  # bytes reported so far, over both attempts
+
+        def attempt(src: str) -> int:
+            if progress is None:
+                return self._copy_file(src, dest, mode, reflink)
+            copied = 0
+
+            def piece(n: int) -> None:
+                nonlocal copied, shown
+                copied += n
+                if copied > shown:
+                    progress(copied - shown)
+                    shown = copied
+            return self._copy_file(src, dest, mode, reflink, piece)
+
         if twin is not None:
             try:
-                size = self._copy_file(twin, dest, mode, reflink)
+                size = attempt(twin)
                 if hash_file(dest, size) == oid:
                     return size
             except OSError:
                 pass
             fileio.unlink_quietly(dest)
         try:
-            size = self._copy_file(str(self.loose_path(oid)), dest, mode, reflink)
+            size = attempt(str(self.loose_path(oid)))
         except FileNotFoundError as exc:
             if exc.filename != str(self.loose_path(oid)):
                 raise
@@ -385,7 +405,8 @@ class ObjectStore:
         return size
 
     @staticmethod
-    def _copy_file(src: str, dest: str, mode: int, reflink: str) -> int:
+    def _copy_file(src: str, dest: str, mode: int, reflink: str,
+                   progress: Callable[[int], None] | None = None) -> int:
         src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             size = os.fstat(src_fd).st_size
@@ -395,7 +416,7 @@ class ObjectStore:
                     if reflink == "always":
                         raise InvalidInput("this filesystem cannot reflink",
                                            hint="use --link copy (or auto)")
-                    fileio.copy_into(src_fd, dst_fd, size)
+                    fileio.copy_into(src_fd, dst_fd, size, progress)
             except BaseException:
                 os.close(dst_fd)
                 fileio.unlink_quietly(dest)
@@ -486,10 +507,16 @@ class ObjectStore:
 
     def delete_pack(self, pack_id: str) -> None:
         """Close and remove pack `pack_id` (the index is the caller's)."""
-        fd = self._pack_fds.pop(pack_id, None)
+        self.reopen_pack(pack_id)
+        fileio.unlink_quietly(str(self.pack_path(pack_id)))
+
+    def reopen_pack(self, pack_id: str) -> None:
+        """Forget the open descriptor of `pack_id`: the next read opens the file now at
+        its name (a damaged pack rewritten whole gets its own name back)."""
+        with self._fd_lock:
+            fd = self._pack_fds.pop(pack_id, None)
         if fd is not None:
             os.close(fd)
-        fileio.unlink_quietly(str(self.pack_path(pack_id)))
 
 
 def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:

@@ -7,12 +7,44 @@ shows people: `plural`, `size`, `lineage_summary`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 Advance = Callable[[int, int], None]
 """Advance a task by (items, bytes)."""
+
+
+class FileBytes:
+    """One large file's bytes on a progress bar while they move (a copy, a download, an
+    upload), reported piece by piece from any thread. The bar moves only past the
+    furthest point reached (a transfer that rewinds a part, or is `restart`ed after a
+    bad read, shows nothing until it passes that point) and never beyond the file's
+    size, so `shown` plus what the file's completion counts (`size - shown`) is the size
+    exactly."""
+
+    def __init__(self, advance: Advance, size: int) -> None:
+        self._advance = advance
+        self.size = size
+        self._at = 0
+        self._lock = threading.Lock()
+        self.shown = 0
+
+    def __call__(self, nbytes: int) -> None:
+        """`nbytes` more moved (negative: the transfer rewound)."""
+        with self._lock:
+            self._at += nbytes
+            step = min(self._at, self.size) - self.shown
+            if step <= 0:
+                return
+            self.shown += step
+        self._advance(0, step)
+
+    def restart(self) -> None:
+        """The transfer starts again from its first byte."""
+        with self._lock:
+            self._at = 0
 
 
 class Reporter:

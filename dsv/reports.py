@@ -35,6 +35,11 @@ class GcReport(_FlatReport):
     freed_bytes: int = 0
     dry_run: bool = False
     kept_for_writers: int = 0   # unreachable objects kept because a writer was running
+    removed_inputs: int = 0     # `dsv run` input trees removed (unused, or of gone versions)
+
+
+MAX_AFFECTED = 1000
+"""Rows `VerifyReport.affected` holds at most."""
 
 
 @dataclass
@@ -46,6 +51,10 @@ class VerifyReport:
     versions_checked: int = 0
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)     # with --repair: before repairing
+    affected: list[dict[str, str]] = field(default_factory=list)
+    """What remaining damage reaches: {version, path, object, problem} (path "" is the
+    version record, "/" the root tree; a path ending in / is a directory's tree)."""
 
     @property
     def ok(self) -> bool:
@@ -56,7 +65,8 @@ class VerifyReport:
         """The fields a script sees (`--json`)."""
         return {"ok": self.ok, "objects_checked": self.objects_checked,
                 "bytes_checked": self.bytes_checked, "versions_checked": self.versions_checked,
-                "problems": self.problems, "repaired": self.repaired}
+                "problems": self.problems, "repaired": self.repaired, "found": self.found,
+                "affected": self.affected}
 
 
 @dataclass
@@ -67,6 +77,7 @@ class RebuildReport(_FlatReport):
     versions: int = 0
     datasets: int = 0
     skipped: list[str] = field(default_factory=list)
+    from_state: bool = False    # names, refs, remotes and drafts came from state.json
 
 
 @dataclass
@@ -229,3 +240,27 @@ class MergeReport:
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
         return dict(self.__dict__)
+
+
+LOOSE = "loose"
+"""Where a damaged object is when it is not in a pack (`Damage.corrupt`)."""
+
+
+@dataclass
+class Damage:
+    """What one check of the store found that `dsv verify --repair` can act on (the
+    working state of maintenance.check and dsv.repair; never shown as it is)."""
+
+    corrupt: dict[str, str] = field(default_factory=dict)   # oid → pack id, or LOOSE
+    bad_packs: set[str] = field(default_factory=set)         # indexed packs to rewrite
+    lost_packs: set[str] = field(default_factory=set)        # indexed, gone from disk
+    stray_packs: set[str] = field(default_factory=set)       # intact, on disk, not indexed
+    missing: dict[str, int] = field(default_factory=dict)    # needed, nowhere: oid → kind
+    unreadable: set[str] = field(default_factory=set)        # trees present but not valid
+    sizes: dict[str, int] = field(default_factory=dict)      # blob sizes the trees give
+    reached: set[str] = field(default_factory=set)           # every object a version needs
+    trees: set[str] = field(default_factory=set)             # the readable trees among them
+
+    def __bool__(self) -> bool:
+        return bool(self.corrupt or self.bad_packs or self.lost_packs or self.stray_packs
+                    or self.missing or self.unreadable)

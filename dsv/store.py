@@ -410,10 +410,17 @@ class Store:
         return maintenance.prune_cache(self.core, name, older_than, max_size)
 
     # ---- maintenance ----------------------------------------------------------------
-    def gc(self, dry_run: bool = False) -> GcReport:
-        """Delete objects no version needs; rewrite packs that hold any such object."""
-        from . import maintenance
-        return maintenance.gc(self.core, dry_run=dry_run)
+    def gc(self, dry_run: bool = False, inputs_older_than: str | float | None = None
+           ) -> GcReport:
+        """Delete objects no version needs; rewrite packs that hold any such object; remove
+        `dsv run` input trees unused for `inputs_older_than` (a duration like "7d", or
+        seconds; default 7 days)."""
+        from . import inputs, maintenance
+        from .remotes.base import parse_duration
+        keep = inputs.INPUTS_KEEP if inputs_older_than is None else (
+            parse_duration(inputs_older_than) if isinstance(inputs_older_than, str)
+            else float(inputs_older_than))
+        return maintenance.gc(self.core, dry_run=dry_run, inputs_older_than=keep)
 
     def verify(self, repair: bool = False) -> VerifyReport:
         """Re-hash every object and check that every version is complete."""

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from . import fileio, ignore
 from .faults import crashpoint
-from .errors import CorruptObject, InvalidInput, UnsafePath
+from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import Changes, StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
+from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
 from .tree import FILE, LINK, Entry, Manifest
@@ -411,13 +412,17 @@ class Materializer:
     """
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
-                 stat_rows: bool = True, twins: dict[str, str] | None = None) -> None:
+                 stat_rows: bool = True, twins: dict[str, str] | None = None,
+                 share_objects: bool = False) -> None:
         check_link_mode(link)
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
         self.root = root
         self.link = link
+        # Large files as hard links to the loose objects themselves: only for trees that
+        # nothing but read-only mounts ever expose (inputs.input_tree).
+        self.share_objects = share_objects
 
     def place(self, items: list[tuple[str, Entry]], progress: Progress | None = None
               ) -> list[tuple[str, StatRow]]:
@@ -475,9 +480,12 @@ class Materializer:
         rows: list[tuple[str, StatRow]] = []
         for rel, entry in items:
             parent, _, name = rel.rpartition("/")
+            # A large file's copy moves the bar as it lands; its completion counts the rest.
+            pieces = FileBytes(progress, entry.size) \
+                if progress and entry.oid not in locations and entry.kind != LINK else None
             dir_fd, owned = dirs.open(parent)
             try:
-                self._place_one(dir_fd, name, rel, entry, locations)
+                self._place_one(dir_fd, name, rel, entry, locations, pieces)
                 crashpoint("checkout:file-written")
                 if self.stat_rows:
                     st = os.lstat(name, dir_fd=dir_fd)
@@ -487,11 +495,12 @@ class Materializer:
                 if owned:
                     os.close(dir_fd)
             if progress:
-                progress(1, entry.size)
+                progress(1, entry.size - (pieces.shown if pieces else 0))
         return rows
 
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
-                   locations: dict[str, tuple[str, int, int]]) -> None:
+                   locations: dict[str, tuple[str, int, int]],
+                   pieces: Callable[[int], None] | None = None) -> None:
         """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
         tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
         try:
@@ -501,7 +510,7 @@ class Materializer:
             elif entry.oid in locations:
                 self._write_small(dir_fd, tmp, entry, locations[entry.oid])
             else:
-                self._write_large(dir_fd, tmp, entry)
+                self._write_large(dir_fd, tmp, entry, pieces)
             _rename_over(dir_fd, tmp, name)
         except BaseException:
             try:
@@ -523,8 +532,14 @@ class Materializer:
         finally:
             os.close(fd)
 
-    def _write_large(self, dir_fd: int, tmp: str, entry: Entry) -> None:
+    def _write_large(self, dir_fd: int, tmp: str, entry: Entry,
+                     pieces: Callable[[int], None] | None = None) -> None:
         mode = placed_mode(entry.mode, _UMASK)
+        if self.share_objects:
+            self._link_object(dir_fd, tmp, entry.oid)
+            if pieces is not None:
+                pieces(entry.size)
+            return
         if self.link in ("hardlink", "symlink"):
             # Links share a verified copy, never the object itself: root ignores the
             # read-only mode, and an edit through a link must not reach the store.
@@ -540,7 +555,27 @@ class Materializer:
         dest = (f"/proc/self/fd/{dir_fd}/{tmp}" if _PROC_FD
                 else os.path.join(self.root, tmp))  # pragma: no cover - Linux has /proc
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
-        self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid))
+        self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid),
+                              pieces)
+
+    def _link_object(self, dir_fd: int, tmp: str, oid: str) -> None:
+        """Hard-link loose object `oid` as `tmp`: the very inode that was just hashed
+        (opened without following a link, linked through its descriptor)."""
+        try:
+            fd = os.open(self.objects.loose_path(oid), os.O_RDONLY | os.O_NOFOLLOW
+                         | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                hint="run `dsv verify --repair` to bring it back") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or \
+                    hash_file(f"/proc/self/fd/{fd}") != oid:
+                raise CorruptObject(f"object {oid[:12]} is corrupt; it was not placed",
+                                    hint="run `dsv verify --repair` to replace it with a "
+                                         "good copy")
+            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(fd)
 
 
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:

@@ -17,6 +17,7 @@ import dsv
 from conftest import read_tree, run_dsv, write_tree
 from dsv import jobs
 from dsv.errors import InvalidInput, JobFailed
+from dsv.hashing import hash_bytes
 
 TRAIN = """
 import hashlib, os, pathlib, sys
@@ -219,3 +220,36 @@ def test_an_input_tree_is_made_once_and_rebuilt_if_tampered_with(project) -> Non
     # Trees (read-only as they are) and stamps of live versions only.
     assert again.path.exists() and not doomed.path.exists()
     assert sorted(os.listdir(again.path.parent)) == [v.id, f"{v.id}.stamp"]
+
+
+def test_input_trees_link_the_objects_and_gc_removes_trees_unused_for_a_while(project) -> None:
+    store, ws, v, big = project
+    oid = hash_bytes(big)
+    with jobs.input_tree(store, v) as tree:
+        # The large file is the stored object itself: placing the input copied nothing.
+        assert (tree.path / "big.bin").stat().st_ino == store.objects.loose_path(oid).stat().st_ino
+        assert not store.objects.links_dir.exists()
+        held = store.gc(inputs_older_than="0")  # a tree a job holds is never removed
+        assert held.removed_inputs == 0 and (tree.path / "big.bin").exists()
+    stamp = tree.path.parent / f"{v.id}.stamp"
+    assert store.gc().removed_inputs == 0 and tree.path.exists()  # used just now
+    three_days_ago = time.time() - 3 * 86400
+    os.utime(stamp, (three_days_ago, three_days_ago))
+    assert store.gc(inputs_older_than="4d").removed_inputs == 0
+    dry = store.gc(dry_run=True, inputs_older_than="2d")
+    assert dry.removed_inputs == 1 and tree.path.exists()
+    report = store.gc(inputs_older_than="2d")
+    assert report.removed_inputs == 1 and not tree.path.exists() and not stamp.exists()
+    assert report.freed_bytes >= len("1,2,3\n")  # the small file was a copy; big.bin a link
+    assert store.verify().ok and store.objects.loose_path(oid).is_file()
+    # Through the CLI: the default keeps a week; the option is a duration.
+    with jobs.input_tree(store, v):
+        pass
+    assert run_dsv("gc", cwd=ws).returncode == 0 and tree.path.exists()
+    os.utime(stamp, (three_days_ago, three_days_ago))
+    done = run_dsv("gc", "--inputs-older-than", "1d", cwd=ws)
+    assert done.returncode == 0 and "1 input tree removed" in done.stdout, done.stdout
+    assert not tree.path.exists()
+    bad = run_dsv("gc", "--inputs-older-than", "soon", cwd=ws)
+    assert bad.returncode == 1
+    assert "not a duration: 'soon'" in bad.stderr

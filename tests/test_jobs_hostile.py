@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import dsv as dsv_api
 from conftest import read_tree, write_tree
 from dsv import inputs, jobs
 from dsv.errors import UnsafePath
+from dsv.hashing import hash_bytes
 
-FILES = {"big.bin": os.urandom(3 << 20),       # large: a hard link to a shared copy
+FILES = {"big.bin": os.urandom(3 << 20),       # large: a hard link to its object
          "labels.csv": b"1,2,3\n",              # small: written from its pack
          "sub/deep.txt": b"deep\n",
          "tool.sh": b"#!/bin/sh\necho hi\n"}
@@ -117,7 +119,7 @@ def committed_models(p: Project) -> list[str]:
 # ---- item 10: the cached input tree ---------------------------------------------------
 
 @mounts
-@pytest.mark.parametrize("victim", ["labels.csv", "big.bin", "sub/deep.txt"])
+@pytest.mark.parametrize("victim", ["labels.csv", "sub/deep.txt"])
 def test_a_byte_changed_in_a_cached_input_with_its_stat_restored_is_never_read(
         project: Project, dsv, victim: str) -> None:
     assert job_sees(project, dsv, "first") == FILES   # the tree is made and cached
@@ -129,6 +131,29 @@ def test_a_byte_changed_in_a_cached_input_with_its_stat_restored_is_never_read(
     assert dsv("verify", cwd=project.ws).code == 0
 
 
+@mounts
+def test_a_byte_changed_in_a_large_input_is_damage_to_its_object_and_is_never_read(
+        project: Project, dsv) -> None:
+    # A large input is a link to the stored object itself (no copy), so a process that
+    # writes into `.dsv/inputs/` from outside any job damages the object: dsv refuses to
+    # use it, verify names it, and --repair brings it back.
+    assert job_sees(project, dsv, "first") == FILES
+    oid = hash_bytes(FILES["big.bin"])
+    obj = project.ws / ".dsv" / "objects" / "loose" / oid[:2] / oid
+    assert os.lstat(project.tree / "big.bin").st_ino == os.lstat(obj).st_ino
+    flip_byte_keeping_stat(project.tree / "big.bin", offset=12345)
+    done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", *COPY_INPUT,
+               cwd=project.ws)
+    assert done.code == 1
+    assert f"object {oid[:12]} is corrupt" in done.err and "dsv verify --repair" in done.err
+    assert len(committed_models(project)) == 1  # only the first job's output
+    assert oid[:12] in dsv("verify", cwd=project.ws).out
+    repaired = dsv("verify", "--repair", cwd=project.ws)
+    assert repaired.code == 0, repaired.out
+    assert "good copy from the working directory" in repaired.out
+    assert job_sees(project, dsv, "after") == FILES
+
+
 def test_a_tampered_tree_is_rebuilt_before_use_and_an_intact_one_is_reused_unhashed(
         project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     with dsv_api.open(project.ws) as store:
@@ -137,7 +162,7 @@ def test_a_tampered_tree_is_rebuilt_before_use_and_an_intact_one_is_reused_unhas
             inodes = {rel: os.lstat(first.path / rel).st_ino for rel in FILES}
         # An intact tree costs a stat per file: no hash, no rebuild.
         monkeypatch.setattr(inputs, "_hash_at", _forbidden)
-        monkeypatch.setattr(store.objects, "link_source", _forbidden)
+        monkeypatch.setattr(inputs, "_build", _forbidden)
         with inputs.input_tree(store.core, v) as again:
             assert {rel: os.lstat(again.path / rel).st_ino for rel in FILES} == inodes
         monkeypatch.undo()
@@ -184,7 +209,7 @@ def test_a_shared_copy_that_only_gained_a_link_is_rehashed_not_rebuilt(
         real_hash_at = inputs._hash_at
         monkeypatch.setattr(inputs, "_hash_at",
                             lambda fd, rel: hashed.append(rel) or real_hash_at(fd, rel))
-        monkeypatch.setattr(store.objects, "link_source", _forbidden)  # no rebuild
+        monkeypatch.setattr(inputs, "_build", _forbidden)  # no rebuild
         with inputs.input_tree(store.core, v) as again:
             assert read_tree(again.path) == FILES
         assert hashed == ["big.bin"] and os.lstat(project.tree / "big.bin").st_ino == big_ino
@@ -195,15 +220,45 @@ def test_a_shared_copy_that_only_gained_a_link_is_rehashed_not_rebuilt(
 
 
 @mounts
+def test_a_job_cannot_write_into_the_store_by_its_path(project: Project, dsv) -> None:
+    build_tree(project)
+    oid = hash_bytes(FILES["big.bin"])
+    obj = project.ws / ".dsv" / "objects" / "loose" / oid[:2] / oid
+    # In the job's namespace the input tree and the objects are read-only under their
+    # own paths too (a large input is a link to its object).
+    (project.ws / "flip.py").write_text(FLIP.format(path=str(project.tree / "labels.csv")))
+    (project.ws / "flip_obj.py").write_text(FLIP.format(path=str(obj)))
+    for script in ("flip.py", "flip_obj.py"):
+        done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", "sh", "-c",
+                   f"python3 {script} 2>err.txt; echo $? > status.txt", cwd=project.ws)
+        assert done.code == 0, done.err
+        assert (project.ws / "status.txt").read_text().strip() != "0"
+        assert "Read-only file system" in (project.ws / "err.txt").read_text()
+    assert (project.tree / "labels.csv").read_bytes() == FILES["labels.csv"]
+    assert hash_bytes(obj.read_bytes()) == oid
+    assert dsv("verify", cwd=project.ws).code == 0
+
+
+@mounts
 def test_an_input_changed_while_the_job_runs_commits_nothing(project: Project, dsv) -> None:
     build_tree(project)
-    # The job itself can reach the cache by its path (only its own view is read-only).
-    (project.ws / "flip.py").write_text(FLIP.format(path=str(project.tree / "labels.csv")))
-    done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", "sh", "-c",
-               'python3 flip.py && cp -R "$DSV_INPUT_TRAIN/." "$DSV_OUTPUT_MODEL/"',
-               cwd=project.ws)
-    assert done.code == 1, done.err
-    assert _one_error(done.err).startswith(
+    # A process outside the job (in no namespace of dsv's) writes into the cache while
+    # the job runs: dsv notices afterwards, since the job may have read those bytes.
+    job = ("touch started; while [ ! -e go ]; do sleep 0.05; done; "
+           'cp -R "$DSV_INPUT_TRAIN/." "$DSV_OUTPUT_MODEL/"')
+    proc = subprocess.Popen(["python3", "-m", "dsv", "run", "-i", "train=mnist:latest", "-o",
+                             "model=model", "--", "sh", "-c", job], cwd=project.ws,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not (project.ws / "started").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        flip_byte_keeping_stat(project.tree / "labels.csv")
+    finally:
+        (project.ws / "go").touch()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert _one_error(err).startswith(
         f"error: input train (mnist:{project.version}) was changed in .dsv/inputs/ while "
         "the command ran (labels.csv); nothing was committed; outputs kept as drafts: model:")
     assert committed_models(project) == []
@@ -347,7 +402,7 @@ def test_a_versions_own_links_are_kept_and_a_replaced_link_is_caught(
         with inputs.input_tree(store.core, v) as tree:
             link = tree.path / "current"
             assert os.readlink(link) == "a.txt"
-        monkeypatch.setattr(store.objects, "link_source", _forbidden)
+        monkeypatch.setattr(inputs, "_build", _forbidden)
         monkeypatch.setattr(inputs, "_hash_at", _forbidden)
         with inputs.input_tree(store.core, v):  # reused as it is
             pass

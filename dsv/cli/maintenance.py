@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ..errors import UsageError
+from ..reports import MAX_AFFECTED
 from .options import JsonOpt
 from .output import RichReporter, echo, plural, print_json, size
 from .session import open_store, session
@@ -22,22 +23,30 @@ commands.add_typer(index_app, name="index")
 
 @commands.command()
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
+       inputs_older_than: str = typer.Option("7d", "--inputs-older-than", metavar="DURATION",
+                                             help="Remove `dsv run` input trees no job has "
+                                                  "used for this long (e.g. 12h, 7d; 0 "
+                                                  "removes every tree not in use)."),
        as_json: bool = JsonOpt) -> None:
-    """Remove objects that no version needs."""
+    """Remove objects that no version needs, and input trees no job has used lately."""
     store = open_store()
-    report = store.gc(dry_run=dry_run)
+    report = store.gc(dry_run=dry_run, inputs_older_than=inputs_older_than)
     if as_json:
         print_json(report.to_json())
     else:
         verb = "would free" if dry_run else "freed"
+        trees = (f", {plural(report.removed_inputs, 'input tree')}"
+                 if report.removed_inputs else "")
         echo(f"{plural(report.removed_objects, 'object')}, "
-             f"{plural(report.removed_packs, 'pack')} removed ({report.repacked_packs} "
+             f"{plural(report.removed_packs, 'pack')}{trees} removed ({report.repacked_packs} "
              f"repacked); {verb} {size(report.freed_bytes)}")
 
 
 @commands.command()
 def verify(repair: bool = typer.Option(False, "--repair",
-                                       help="Re-index packs the index lost; with --remote, "
+                                       help="Bring good copies of damaged or missing "
+                                            "objects from the remotes and cluster caches "
+                                            "and rewrite what held them; with --remote, "
                                             "upload good local copies of what the remote "
                                             "lacks or holds damaged."),
            remote: Optional[str] = typer.Option(None, "--remote", metavar="REMOTE",
@@ -71,11 +80,24 @@ def verify(repair: bool = typer.Option(False, "--repair",
         raise typer.Exit(1)
 
 
+AFFECTED_SHOWN = 20
+"""Affected paths printed (all of them, up to the report's bound, with --json)."""
+
+
 def _print_store_check(report: VerifyReport) -> None:
+    for line in report.found:
+        echo(f"found: {line}")
     for line in report.repaired:
         echo(f"repaired: {line}")
     for line in report.problems:
         echo(f"problem: {line}")
+    for row in report.affected[:AFFECTED_SHOWN]:
+        where = row["path"] or "(its version record)"
+        echo(f"affected: {row['version']} {where} ({row['problem']} object "
+             f"{row['object'][:12]})")
+    if len(report.affected) > AFFECTED_SHOWN:
+        echo(f"affected: … and {len(report.affected) - AFFECTED_SHOWN} more (--json lists "
+             f"up to {MAX_AFFECTED})")
     echo(f"checked {report.objects_checked} objects ({size(report.bytes_checked)}) and "
          f"{report.versions_checked} versions: "
          f"{'ok' if report.ok else plural(len(report.problems), 'problem')}")
@@ -108,5 +130,8 @@ def index_rebuild(as_json: bool = JsonOpt) -> None:
         return
     for line in report.skipped:
         echo(f"skipped: {line}")
-    echo(f"rebuilt the index from {report.packs} packs: {report.versions} versions "
-         f"of {report.datasets} datasets (drafts are not recoverable)")
+    echo(f"rebuilt the index from {plural(report.packs, 'pack')}: "
+         f"{plural(report.versions, 'version')} "
+         f"of {plural(report.datasets, 'dataset')}; "
+         + ("datasets, refs, remotes and drafts from .dsv/state.json" if report.from_state
+            else "no .dsv/state.json, so drafts are lost"))

@@ -83,7 +83,9 @@ class RemoteSpec:
 
 
 Progress = Callable[[int], None]
-"""Called with bytes transferred so far in a piece of one transfer."""
+"""Called with the bytes of each piece of one transfer as it is sent (not a running
+total). S3 calls it from its worker threads, and with a negative count when a part is
+rewound to be sent again; the pieces of a transfer that succeeds add up to its size."""
 
 
 class Backend(Protocol):
@@ -116,7 +118,8 @@ class Backend(Protocol):
         """Store an immutable file (visible only once whole; rewriting it is harmless)."""
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
-        """Store an immutable file from disk (multipart where that helps)."""
+        """Store an immutable file from disk (multipart where that helps); `progress`
+        hears its bytes piece by piece as they are sent (never per byte)."""
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
         """A ref's bytes and its version tag (for compare-and-swap), or None. TooLarge

@@ -195,7 +195,8 @@ class FsBackend:
             fileio.atomic_write_bytes(path, data, 0o444, tmp_dir=self._tmp_dir())
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
-        """Backend.put_file: a copy into a temp file, renamed into place."""
+        """Backend.put_file: a copy into a temp file, renamed into place; `progress` hears
+        each piece copied (fileio.copy_into: PROGRESS_CHUNK bytes at a time)."""
         dest = self._parent(key)
         tmp = fileio.tmp_name(self._tmp_dir())
         try:
@@ -205,14 +206,12 @@ class FsBackend:
                               | os.O_CLOEXEC, 0o444)
                 try:
                     size = os.fstat(src).st_size
-                    fileio.copy_into(src, dst, size)
+                    fileio.copy_into(src, dst, size, progress)
                     os.fsync(dst)
                 finally:
                     os.close(dst)
             finally:
                 os.close(src)
-            if progress is not None:
-                progress(size)
         except BaseException:
             fileio.unlink_quietly(tmp)
             raise

@@ -371,7 +371,8 @@ class S3Backend:
             raise describe(exc, f"uploading {self._where(key)}") from None
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
-        """Backend.put_file: a managed upload (multipart above 64 MiB)."""
+        """Backend.put_file: a managed upload (multipart above 64 MiB); `progress` is
+        boto3's Callback (pieces as they are sent, from its threads; negative on a retry)."""
         full = self._key(key)
         try:
             self.client.upload_file(path, self.bucket, full,

@@ -26,7 +26,7 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
 from .remote import WORKERS, Remote, open_remote, caches, read_cache, bounded
-from ..reporting import Advance, plural
+from ..reporting import Advance, FileBytes, plural
 
 
 RANGE_GAP = 256 << 10        # fetch neighbouring objects in one GET across gaps this small
@@ -226,7 +226,7 @@ def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
     for oid, data in download_packed(core, remote, packed, label, report):
         ingest.add(oid, KIND_BLOB, data)
     if large:
-        _download_loose(core, remote, large, entries, report, ingest)
+        download_loose(core, remote, large, entries, report, ingest)
 
 
 def _check_free_space(core: Core, nbytes: int) -> None:
@@ -252,19 +252,23 @@ def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[byt
         yield chunk
 
 
-def _counted(chunks: Iterable[bytes], advance: Advance) -> Iterator[bytes]:
+def _counted(chunks: Iterable[bytes], pieces: FileBytes) -> Iterator[bytes]:
     """`chunks` as they come, each counted on the progress bar (a large file moves it by
-    bytes, not only when it is done)."""
+    bytes, not only when it is done); a transfer read again counts from its start."""
+    pieces.restart()
     for chunk in chunks:
-        advance(0, len(chunk))
+        pieces(len(chunk))
         yield chunk
 
 
-def _download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
-                    report: PullReport, ingest: Ingest) -> None:
+def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
+                   report: PullReport, ingest: Ingest, label: str = "pulling large files"
+                   ) -> None:
+    """Stream large objects (each checked against its id, no bigger than `sizes` says)
+    into `ingest`: the cluster cache first, filling it from the origin."""
     cache = read_cache(core)
     total = sum(sizes.get(o, 0) for o in oids)
-    with core.reporter.task("pulling large files", len(oids), total) as advance, \
+    with core.reporter.task(label, len(oids), total) as advance, \
             ThreadPoolExecutor(4) as pool:
         got = partial(_get_loose, remote, sizes, ingest, cache, advance)
         for size, streamed, cached in pool.map(got, oids):
@@ -279,12 +283,7 @@ def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest,
                ) -> tuple[int, int, bool]:
     """Stage one large object: (its size, bytes already counted on the bar, whether the
     cluster cache served it)."""
-    streamed = [0]
-
-    def count(items: int, nbytes: int) -> None:
-        streamed[0] += nbytes
-        advance(items, nbytes)
-
+    count = FileBytes(advance, sizes.get(oid, 0))
     def from_origin() -> int:
         try:
             return ingest.add_large_stream(
@@ -324,4 +323,4 @@ def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest,
         return from_origin(), False
 
     size, cached = stage()
-    return size, streamed[0], cached
+    return size, count.shown, cached

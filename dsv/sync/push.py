@@ -33,7 +33,7 @@ from ..remotes.layout import (index_key, loose_key,
 from .policy import decide_push
 from .remote import WORKERS, Remote, caches, resolve_target
 from .fetch import fetch
-from ..reporting import plural
+from ..reporting import Advance, FileBytes, plural
 
 
 UPLOAD_PACK_SIZE = 16 << 20
@@ -187,14 +187,15 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
 
             def submit(fn: Callable[..., Sent], *args: Any) -> None:  # noqa: ANN401 - fn's
                 job = pool.submit(fn, *args)
-                job.add_done_callback(lambda f: f.exception() or advance(f.result().count,
-                                                                         f.result().nbytes))
+                # What a large upload showed while it was sent is not counted again.
+                job.add_done_callback(lambda f: f.exception() or advance(
+                    f.result().count, f.result().nbytes - f.result().shown))
                 jobs.append(job)  # noqa: B023 - called only within this phase
 
             if kind == KIND_BLOB:
                 for oid in send_large:
                     submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
-                           loose_slots)
+                           loose_slots, advance)
             for batch in _read_batches(core, phase, kind):
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
@@ -239,6 +240,7 @@ class Sent:
     nbytes: int
     pack: tuple[str, int, list[PackEntry]] | None = None   # (pack id, size, entries)
     loose: str | None = None                    # a loose object's oid
+    shown: int = 0                              # bytes already on the progress bar
 
 
 def _upload_pack(remote: Remote, pack: tuple[str, bytes, list[PackEntry]],
@@ -256,7 +258,8 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytes, list[PackEntry]],
 
 
 def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,
-                  write_through: list[ClusterCache], slots: threading.Semaphore) -> Sent:
+                  write_through: list[ClusterCache], slots: threading.Semaphore,
+                  advance: Advance) -> Sent:
     path = str(objects.loose_path(oid))
     # Every object is re-hashed before it leaves: a bit flipped on local disk must never
     # become every clone's problem.
@@ -265,12 +268,14 @@ def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,
                             hint="run `dsv verify` to list every damaged object")
     for cache in write_through:
         _write_through(cache, cache.loose_path(oid), src=path)
+    # (S3 reports from several threads, and rewinds a part it sends again.)
+    pieces = FileBytes(advance, size)
     with slots:  # each large upload is itself parallel (multipart): few at once
-        remote.backend.put_file(loose_key(oid), path)
+        remote.backend.put_file(loose_key(oid), path, pieces)
     for cache in write_through:
         cache.clear_pending(cache.loose_path(oid))
     crashpoint("push:uploaded")
-    return Sent(1, size, loose=oid)
+    return Sent(1, size, loose=oid, shown=pieces.shown)
 
 
 def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,

@@ -1,0 +1,295 @@
+"""`dsv verify --repair`: damaged and missing objects are brought back from the remotes
+(a directory remote, and an S3 server over HTTP), verified by hash, and written back
+safely; what no remote has is named with the versions and paths it reaches."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import boto3
+import pytest
+
+import dsv as dsv_api
+from conftest import read_tree, write_tree
+from dsv import tree
+from dsv.hashing import hash_bytes
+
+
+def _flip(path: Path, offset: int) -> None:
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.chmod(path, 0o444)
+
+
+def _files() -> dict[str, bytes]:
+    rng = random.Random(11)
+    return {"a.txt": rng.randbytes(3000), "sub/b.bin": rng.randbytes(5000),
+            "sub/deep/big.bin": rng.randbytes((1 << 20) + 777), "c.bin": rng.randbytes(900)}
+
+
+def _out(r) -> dict:
+    return json.loads(r.out)
+
+
+@pytest.fixture
+def pushed(tmp_path: Path, dsv):
+    """A workspace (dataset `data`, one version) pushed to a directory remote."""
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    return ws
+
+
+def _where(ws: Path, oid: str) -> tuple[str, int, int] | None:
+    store = dsv_api.open(ws)
+    try:
+        return store.index.locate(oid)
+    finally:
+        store.close()
+
+
+def _tree_of(ws: Path, path: str) -> str:
+    """The tree id of directory `path` in data:latest."""
+    store = dsv_api.open(ws)
+    try:
+        oid = store.core.resolve("data:latest").tree
+        for part in path.split("/"):
+            rows = {r[0]: r for r in tree.decode_tree(store.core.read_tree(oid), oid)}
+            oid = rows[part][4]
+        return oid
+    finally:
+        store.close()
+
+
+def _checkout_matches(ws: Path, tmp_path: Path, dsv, name: str) -> None:
+    out = tmp_path / name
+    r = dsv("checkout", "data:latest", "--to", out, cwd=ws)
+    assert r.code == 0, r.err
+    assert read_tree(out) == _files()
+
+
+def test_repair_replaces_damaged_packed_and_loose_objects_from_the_remote(
+        pushed: Path, dsv, tmp_path: Path) -> None:
+    files = _files()
+    small, big = hash_bytes(files["a.txt"]), hash_bytes(files["sub/deep/big.bin"])
+    pack_id, offset, length = _where(pushed, small)
+    pack = pushed / ".dsv/objects/packs" / f"{pack_id}.pack"
+    _flip(pack, offset + length // 2)
+    loose = pushed / ".dsv/objects/loose" / big[:2] / big
+    _flip(loose, 4321)
+    for name in ("a.txt", "sub/deep/big.bin"):  # (intact working copies would be used)
+        (pushed / name).unlink()
+
+    before = _out(dsv("verify", "--json", cwd=pushed))
+    assert before["ok"] is False
+    rows = {(a["path"], a["problem"]) for a in before["affected"]}
+    assert ("a.txt", "corrupt") in rows and ("sub/deep/big.bin", "corrupt") in rows
+
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out + r.err
+    assert f"found: object {small[:12]} in pack {pack_id[:12]} is corrupt" in r.out
+    assert f"repaired: pack {pack_id[:12]} rewritten: 1 damaged object replaced by a good " \
+           f"copy from origin" in r.out
+    assert f"repaired: object {big[:12]}: damaged loose file replaced by a good copy from " \
+           f"origin" in r.out
+    assert r.out.rstrip().endswith(": ok")
+    assert not pack.exists()  # the damaged pack is gone, its objects are in a new one
+    assert hash_bytes(loose.read_bytes()) == big and (loose.stat().st_mode & 0o777) == 0o444
+    again = _out(dsv("verify", "--json", cwd=pushed))
+    assert again["ok"] is True and again["affected"] == []
+    _checkout_matches(pushed, tmp_path, dsv, "out")
+    assert not list((pushed / ".dsv/tmp").rglob("damaged-*"))
+
+
+def test_a_pack_rewritten_with_the_same_objects_keeps_its_name(tmp_path: Path, dsv) -> None:
+    # The damaged object is the pack's first: its good copy is written first again, so
+    # the new pack has the old one's name. It must be kept (and read afresh), not deleted.
+    ws = tmp_path / "ws"
+    content = random.Random(9).randbytes(4000)
+    write_tree(ws, {"only.bin": content})
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    oid = hash_bytes(content)
+    pack_id, offset, _length = _where(ws, oid)
+    pack = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
+    assert offset == 8  # (just after the magic: the first object)
+    _flip(pack, offset + 5)
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 0, r.out
+    assert f"repaired: pack {pack_id[:12]} rewritten" in r.out
+    assert pack.exists() and hash_bytes(pack.read_bytes()[8:8 + 4000]) == oid
+    assert dsv("verify", cwd=ws).code == 0
+    out = tmp_path / "out"
+    assert dsv("checkout", "data:latest", "--to", out, cwd=ws).code == 0
+    assert (out / "only.bin").read_bytes() == content
+
+
+def test_repair_brings_back_a_lost_pack_and_what_lay_below_a_damaged_tree(
+        pushed: Path, dsv, tmp_path: Path) -> None:
+    files = _files()
+    # A damaged tree hides what is below it from the first check: the big file under it
+    # is gone too, and is found once the good tree is back.
+    deep = _tree_of(pushed, "sub/deep")
+    pack_id, offset, length = _where(pushed, deep)
+    _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 1)
+    big = hash_bytes(files["sub/deep/big.bin"])
+    (pushed / ".dsv/objects/loose" / big[:2] / big).unlink()
+    first = _out(dsv("verify", "--json", cwd=pushed))
+    assert not any(big[:12] in p for p in first["problems"])  # hidden below the tree
+    assert {"version", "path", "object", "problem"} <= set(first["affected"][0])
+    assert any(a["path"] == "sub/deep/" and a["object"] == deep for a in first["affected"])
+
+    r = dsv("verify", "--repair", "--json", cwd=pushed)
+    rep = _out(r)
+    assert r.code == 0 and rep["ok"] is True, rep
+    assert any("1 missing object brought back from origin" in line for line in rep["repaired"])
+    _checkout_matches(pushed, tmp_path, dsv, "out1")
+
+    # A pack deleted outright: every object in it comes back, the index forgets it.
+    (pack,) = (pushed / ".dsv/objects/packs").glob("*.pack")
+    pack.unlink()
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out
+    assert f"repaired: pack {pack.stem[:12]} (gone from disk) forgotten; " in r.out
+    assert "brought back from origin" in r.out
+    assert dsv("verify", cwd=pushed).code == 0
+    _checkout_matches(pushed, tmp_path, dsv, "out2")
+
+
+def test_what_no_remote_has_is_named_with_its_versions_and_paths(pushed: Path, dsv,
+                                                                 tmp_path: Path) -> None:
+    # v2 adds a file that was never pushed: no remote can repair it.
+    fresh = random.Random(3).randbytes(2000)
+    (pushed / "sub/new.bin").write_bytes(fresh)
+    r = dsv("commit", "-m", "second", cwd=pushed)
+    assert r.code == 0
+    oid = hash_bytes(fresh)
+    pack_id, offset, length = _where(pushed, oid)
+    pack = pushed / ".dsv/objects/packs" / f"{pack_id}.pack"
+    _flip(pack, offset + 7)
+    damaged = pack.read_bytes()
+    (pushed / "sub/new.bin").write_bytes(b"edited since")  # no intact copy anywhere
+
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 1
+    assert f"problem: object {oid[:12]} in pack {pack_id[:12]} is corrupt" in r.out
+    assert "affected: data:" in r.out and "sub/new.bin (corrupt object" in r.out
+    # Nothing better was found: the pack is left exactly as it was, never dropped.
+    assert pack.read_bytes() == damaged
+    rep = _out(dsv("verify", "--repair", "--json", cwd=pushed))
+    assert rep["ok"] is False and rep["repaired"] == []
+    (row,) = rep["affected"]
+    assert row["path"] == "sub/new.bin" and row["object"] == oid and row["problem"] == "corrupt"
+    assert row["version"].startswith("data:")
+    # The older version does not reach the damage and checks out whole.
+    out = tmp_path / "old"
+    vids = [v["id"] for v in _out(dsv("log", "--json", cwd=pushed))]
+    assert dsv("checkout", f"data:{vids[-1]}", "--to", out, cwd=pushed).code == 0
+    assert read_tree(out) == _files()
+
+    # Once the working directory holds the file's bytes again, they are the good copy.
+    (pushed / "sub/new.bin").write_bytes(fresh)
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out
+    assert f"repaired: pack {pack_id[:12]} rewritten: 1 damaged object replaced by a good " \
+           f"copy from the working directory" in r.out
+    assert dsv("verify", cwd=pushed).code == 0
+
+
+def test_a_working_directory_copy_repairs_a_large_file_but_a_link_is_never_followed(
+        tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    big = hash_bytes(_files()["sub/deep/big.bin"])
+    loose = ws / ".dsv/objects/loose" / big[:2] / big
+    _flip(loose, 10)
+    # A symlink to an intact copy elsewhere is not read (O_NOFOLLOW): not repaired.
+    (tmp_path / "elsewhere.bin").write_bytes(_files()["sub/deep/big.bin"])
+    (ws / "sub/deep/big.bin").unlink()
+    (ws / "sub/deep/big.bin").symlink_to(tmp_path / "elsewhere.bin")
+    assert dsv("verify", "--repair", cwd=ws).code == 1
+    (ws / "sub/deep/big.bin").unlink()
+    (ws / "sub/deep/big.bin").write_bytes(_files()["sub/deep/big.bin"])
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 0, r.out
+    assert f"repaired: object {big[:12]}: damaged loose file replaced by a good copy from " \
+           f"the working directory" in r.out
+    assert hash_bytes(loose.read_bytes()) == big
+
+
+def test_repair_without_a_remote_says_so_and_changes_nothing(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    big = hash_bytes(_files()["sub/deep/big.bin"])
+    loose = ws / ".dsv/objects/loose" / big[:2] / big
+    _flip(loose, 10)
+    damaged = loose.read_bytes()
+    (ws / "sub/deep/big.bin").unlink()  # (an intact working copy would be used)
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 1
+    assert "no remote is configured" in r.err
+    assert "affected: data:" in r.out and "sub/deep/big.bin (corrupt object" in r.out
+    assert loose.read_bytes() == damaged  # the damaged copy is put back, not lost
+
+
+def test_repair_from_s3_over_http(tmp_path: Path, dsv, s3_endpoint: str, aws_env: None) -> None:
+    bucket = f"b{os.urandom(4).hex()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "s3", f"s3://{bucket}/p", "--endpoint-url", s3_endpoint,
+               cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    small = hash_bytes(_files()["sub/b.bin"])
+    pack_id, offset, length = _where(ws, small)
+    _flip(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset)
+    big = hash_bytes(_files()["sub/deep/big.bin"])
+    (ws / ".dsv/objects/loose" / big[:2] / big).unlink()
+    for name in ("sub/b.bin", "sub/deep/big.bin"):  # (intact working copies would be used)
+        (ws / name).unlink()
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 0, r.out + r.err
+    assert "replaced by a good copy from s3" in r.out
+    assert "1 missing object brought back from s3" in r.out
+    assert dsv("verify", cwd=ws).code == 0
+    _checkout_matches(ws, tmp_path, dsv, "out")
+
+
+def test_repair_reads_the_cluster_cache_when_the_origin_is_gone(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("remote", "add", "shared", tmp_path / "cache", "--cache", "--write-through",
+               cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    (tmp_path / "remote").rename(tmp_path / "remote-unmounted")
+    small = hash_bytes(_files()["c.bin"])
+    pack_id, offset, _length = _where(ws, small)
+    _flip(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
+    big = hash_bytes(_files()["sub/deep/big.bin"])
+    _flip(ws / ".dsv/objects/loose" / big[:2] / big, 99)
+    for name in ("c.bin", "sub/deep/big.bin"):  # (intact working copies would be used)
+        (ws / name).unlink()
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 0, r.out + r.err
+    assert "warning:" in r.err and "does not exist" in r.err  # the origin is unreachable
+    assert dsv("verify", cwd=ws).code == 0
+    _checkout_matches(ws, tmp_path, dsv, "out")
