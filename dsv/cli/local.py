@@ -33,7 +33,8 @@ class LinkMode(str, Enum):
 
 
 @commands.command()
-def init(path: Path = typer.Argument(Path("."), help="Directory to create the store in."),
+def init(path: Path = typer.Argument(Path("."), metavar="[PATH]",
+                                     help="Directory to create the store in."),
          name: Optional[str] = typer.Option(None, "--name", help="Name of the dataset bound to "
                                             "PATH (default: the directory's name)."),
          bare: bool = typer.Option(False, "--bare", help="Bind no dataset; add them with "
@@ -77,7 +78,8 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
 
 
 @commands.command()
-def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name.",
+def log(dataset: Optional[str] = typer.Argument(None, metavar="[DATASET]",
+                                                help="Dataset id or name.",
                                                 autocompletion=complete.datasets),
         drafts: bool = typer.Option(False, "--drafts", help="Include drafts."),
         limit: Optional[int] = typer.Option(None, "-n", help="Show at most N versions."),
@@ -124,7 +126,7 @@ def log(dataset: Optional[str] = typer.Argument(None, help="Dataset id or name."
 
 
 @commands.command()
-def show(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]",
+def show(ref: str = typer.Argument(..., metavar="REF", help="DATASET[:latest|VERSION|TAG][~N]",
                                    autocompletion=complete.refs),
          as_json: bool = JsonOpt) -> None:
     """One version's details."""
@@ -235,9 +237,10 @@ def tag(ref: Optional[str] = typer.Argument(None, metavar="REF", autocompletion=
 
 
 @commands.command()
-def tags(dataset: Optional[str] = typer.Argument(None, autocompletion=complete.datasets,
-                                              help="Dataset id or name "
-                                              "(default: every dataset)."),
+def tags(dataset: Optional[str] = typer.Argument(None, metavar="[DATASET]",
+                                                 autocompletion=complete.datasets,
+                                                 help="Dataset id or name "
+                                                      "(default: every dataset)."),
          as_json: bool = JsonOpt) -> None:
     """List tags (of one dataset, or all)."""
     store = open_store()
@@ -252,9 +255,10 @@ def tags(dataset: Optional[str] = typer.Argument(None, autocompletion=complete.d
 
 
 @commands.command()
-def checkout(ref: str = typer.Argument(..., help="DATASET[:latest|VERSION|TAG][~N]",
+def checkout(ref: str = typer.Argument(..., metavar="REF", help="DATASET[:latest|VERSION|TAG][~N]",
                                        autocompletion=complete.refs),
-             paths: Optional[list[str]] = typer.Argument(None, help="Only these paths."),
+             paths: Optional[list[str]] = typer.Argument(None, metavar="[PATH]...",
+                                                         help="Only these paths."),
              to: Optional[Path] = typer.Option(None, "--to", help="Directory to fill "
                                                "(default: the dataset's working directory)."),
              force: bool = typer.Option(False, "--force", "-f",

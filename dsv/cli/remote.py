@@ -31,8 +31,10 @@ ProfileOpt = typer.Option(None, "--profile", help="AWS profile (credentials are 
 
 
 @remote_app.command("add")
-def remote_add(name: str = typer.Argument(..., help="Name for the remote (e.g. origin)."),
-               url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
+def remote_add(name: str = typer.Argument(..., metavar="NAME",
+                                          help="Name for the remote (e.g. origin)."),
+               url: str = typer.Argument(..., metavar="URL",
+                                         help="s3://BUCKET/PREFIX or a directory."),
                endpoint_url: Optional[str] = EndpointOpt,
                profile: Optional[str] = ProfileOpt,
                cache: bool = typer.Option(False, "--cache", help="A cluster cache (a shared "
@@ -82,7 +84,7 @@ def remote_list(as_json: bool = JsonOpt) -> None:
 
 
 @remote_app.command("remove")
-def remote_remove(name: str = typer.Argument(..., help="The remote's name.",
+def remote_remove(name: str = typer.Argument(..., metavar="NAME", help="The remote's name.",
                                              autocompletion=complete.remotes),
                   as_json: bool = JsonOpt) -> None:
     """Forget a remote (nothing on the remote is deleted)."""
@@ -194,7 +196,8 @@ def _print_pull(report: PullReport) -> None:
 
 
 @commands.command()
-def clone(url: str = typer.Argument(..., help="s3://BUCKET/PREFIX or a directory."),
+def clone(url: str = typer.Argument(..., metavar="URL",
+                                    help="s3://BUCKET/PREFIX or a directory."),
           directory: Optional[Path] = typer.Argument(None, metavar="[DIR]",
                                                      help="The new workspace, missing or "
                                                           "empty (default: the last "

@@ -62,7 +62,8 @@ def datasets_details(dataset: str = typer.Argument(..., metavar="ID",
 
 
 @datasets_app.command("create")
-def datasets_create(name: str = typer.Argument(..., help="The new dataset's name."),
+def datasets_create(name: str = typer.Argument(..., metavar="NAME",
+                                               help="The new dataset's name."),
                     path: Optional[Path] = typer.Option(None, "--path", help="Working directory "
                                                         "to bind (inside the workspace)."),
                     description: Optional[str] = typer.Option(None, "--description",
@@ -236,7 +237,8 @@ def files_list(ref: str = typer.Argument(..., metavar="REF", autocompletion=comp
 @files_app.command("get")
 def files_get(ref: str = typer.Argument(..., metavar="REF", autocompletion=complete.refs,
                                         help="DATASET[:latest|VERSION|TAG][~N]"),
-              paths: Optional[list[str]] = typer.Argument(None, help="Only these files and "
+              paths: Optional[list[str]] = typer.Argument(None, metavar="[PATH]...",
+                                                          help="Only these files and "
                                                           "directories of the version "
                                                           "(default: all)."),
               target_path: Path = typer.Option(..., "--target-path", help="Directory to write to."),
