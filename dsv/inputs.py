@@ -347,11 +347,17 @@ def _discard(base_fd: int, name: str) -> None:
     fd = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
     try:
         os.fchmod(fd, 0o700)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True  # a running job has it bound: out of the way, and gc removes it later
+        garbage = f"{name}{_BUILDING}{os.getpid()}-{os.urandom(4).hex()}-old"
+        os.rename(name, garbage, src_dir_fd=base_fd, dst_dir_fd=base_fd)
     finally:
         os.close(fd)
-    garbage = f"{name}{_BUILDING}{os.getpid()}-{os.urandom(4).hex()}-old"
-    os.rename(name, garbage, src_dir_fd=base_fd, dst_dir_fd=base_fd)
-    _remove_quietly(base_fd, garbage)
+    if not held:
+        _remove_quietly(base_fd, garbage)
 
 
 # ---- stamps --------------------------------------------------------------------------

@@ -194,9 +194,9 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
             env[env_name("OUTPUT", name)] = str(root / name)
         if binds:
             # Input trees link the store's objects themselves: in the job's namespace the
-            # objects and the trees are read-only under their own paths too.
-            for guarded in (core.objects.root, core.dsv_dir / INPUTS_DIR):
-                binds += [str(guarded), str(guarded), identity(os.stat(guarded))]
+            # trees are read-only under their own paths too (`.dsv/inputs/`).
+            guarded = core.dsv_dir / INPUTS_DIR
+            binds += [str(guarded), str(guarded), identity(os.stat(guarded))]
         argv = (["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT, "sh",
                  *binds, "--", *command] if mounted and binds else list(command))
         started = time.time()
@@ -231,8 +231,10 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                 f"input {name} ({lineage['inputs'][name]['ref']}) was changed in "
                 f"{STORE_DIR}/{INPUTS_DIR}/ while the command ran ({shown}); nothing was "
                 "committed" + (f"; outputs kept as drafts: {kept}" if kept else ""),
-                hint="something wrote into the cached input tree; run the job again (dsv "
-                     "rebuilds a changed input tree before binding it)")
+                hint="something outside the job wrote into the cached input tree; run the "
+                     "job again (dsv rebuilds a changed input tree before binding it). A "
+                     "large file there is the stored object itself: if one was changed, "
+                     "`dsv verify --repair` brings a good copy back")
         if status != 0:
             raise JobFailed(f"the command exited with status {status}; nothing was committed"
                             + (f"; outputs kept as drafts: {kept}" if kept else ""),

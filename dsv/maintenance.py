@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ from . import inputs, refs, state, tree
 from .core import Core, find_store
 from .errors import DsvError, InvalidInput
 from .faults import crashpoint
-from .hashing import hash_bytes, is_hash
+from .hashing import is_hash
 from .index import Index, Row, salvage
 from .lock import StoreLock
 from .model import COMMITTED, DRAFT, Dataset, Version
-from .reports import (LOOSE, MAX_AFFECTED, Damage, GcReport, PruneReport, RebuildReport,
-                      VerifyReport)
-from .objects import KIND_BLOB, KIND_TREE, KIND_VERSION, Ingest, ObjectStore
+from .reports import GcReport, PruneReport, RebuildReport
+from .objects import KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import is_dataset_dir
 from .records import Record, is_id, parse_record
@@ -47,14 +45,18 @@ def _reachable(core: Core) -> set[str]:
 
 
 def gc(core: Core, dry_run: bool = False,
-       inputs_older_than: float = inputs.INPUTS_KEEP) -> GcReport:
+       inputs_older_than: str | float | None = None) -> GcReport:
     """Delete objects no version needs; rewrite packs that hold any such object; remove
-    `dsv run` input trees no job has used for `inputs_older_than` seconds (first: a tree
-    holds links to objects, which free their space only once the tree is gone)."""
+    `dsv run` input trees no job has used for `inputs_older_than` (a duration such as
+    "7d", or seconds; default inputs.INPUTS_KEEP). Trees go first: a tree holds links to
+    objects, which free their space only once the tree is gone."""
+    unused_for = inputs.INPUTS_KEEP if inputs_older_than is None else (
+        parse_duration(inputs_older_than) if isinstance(inputs_older_than, str)
+        else float(inputs_older_than))
     report = GcReport(dry_run=dry_run)
     with core.locked("gc"):
         report.removed_inputs, report.freed_bytes = inputs.remove_unused_inputs(
-            core, inputs_older_than, dry_run)
+            core, unused_for, dry_run)
         live = _reachable(core)
         if core.writers_alive():
             # An import between its batches holds objects the index names (`imported`)
@@ -169,195 +171,6 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
                              skipped=skipped, from_state=saved is not None)
     finally:
         lock.release()
-
-
-def verify(core: Core, repair: bool = False) -> VerifyReport:
-    """Re-hash every object and check that every version is complete. With `repair`,
-    bring good copies of what is damaged or missing from the remotes and cluster caches
-    (dsv.repair), then check again: `found` is what the first pass saw, `problems` what
-    remains, and `affected` the versions and paths that remaining damage reaches."""
-    with core.locked("verify") if repair else nullcontext():
-        report, damage = check(core)
-        if repair and damage:
-            from . import repair as repairing  # loads the remote backends only when needed
-            repaired = repairing.repair(core, damage, affected_paths(core, damage))
-            found = report.problems
-            report, damage = check(core)
-            report.found, report.repaired = found, repaired
-        report.affected = affected_paths(core, damage)
-    return report
-
-
-def check(core: Core) -> tuple[VerifyReport, Damage]:
-    """One full check of the store: every pack and loose object re-hashed, every version
-    walked down to its blobs."""
-    report = VerifyReport()
-    damage = Damage()
-    packs = core.index.packs()
-    on_disk = set(core.objects.iter_pack_ids())
-    with core.reporter.task("verifying packs", len(on_disk)) as advance:
-        for pack_id in sorted(on_disk):
-            ok, bad, count = core.objects.verify_pack(pack_id)
-            size = core.objects.pack_path(pack_id).stat().st_size
-            report.objects_checked += count
-            report.bytes_checked += size
-            if not ok:
-                report.problems.append(f"pack {pack_id[:12]}: contents do not match its name")
-            indexed = pack_id in packs
-            if indexed and not ok:
-                # The pack's own table is damaged: check what the index says it holds.
-                bad = [oid for oid, off, length, _kind in core.index.pack_objects(pack_id)
-                       if hash_bytes(core.objects.read_packed((pack_id, off, length))) != oid]
-            for oid in bad:
-                report.problems.append(f"object {oid[:12]} in pack {pack_id[:12]} is corrupt")
-                if indexed:
-                    damage.corrupt[oid] = pack_id
-            if indexed and (bad or not ok):
-                damage.bad_packs.add(pack_id)
-            elif not indexed and ok and not bad:
-                damage.stray_packs.add(pack_id)  # (a killed writer's; gc removes it)
-            advance(1, size)
-    for pack_id in packs:
-        if pack_id not in on_disk:
-            report.problems.append(f"pack {pack_id[:12]} is in the index but missing")
-            damage.lost_packs.add(pack_id)
-    loose = list(core.objects.iter_loose())
-    with core.reporter.task("verifying objects", len(loose)) as advance:
-        for oid in loose:
-            size = core.objects.loose_path(oid).stat().st_size
-            report.objects_checked += 1
-            report.bytes_checked += size
-            if not core.objects.verify_loose(oid):
-                report.problems.append(f"object {oid[:12]} is corrupt")
-                damage.corrupt[oid] = LOOSE
-            advance(1, size)
-    _verify_versions(core, report, damage, set(loose))
-    return report, damage
-
-
-def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: set[str]) -> None:
-    """Walk every version: each object it needs must be here (a tree whose bytes are
-    damaged was reported by the object check; the walk goes on with the other trees).
-    Versions fetched from a remote may lack blobs (pulled on checkout): they are walked
-    last, so a tree shared with a complete version is judged as that version needs it."""
-    packed = {oid: pack for oid, pack, _kind in core.index.packed_oids()
-              if pack not in damage.lost_packs}
-    promised = core.index.promised()
-    seen: set[str] = set()
-
-    def lacks(oid: str, kind: int, label: str) -> None:
-        if oid not in damage.missing:
-            damage.missing[oid] = kind
-            what = {KIND_TREE: "tree", KIND_VERSION: "version record"}.get(kind, "file")
-            report.problems.append(f"{label}: {what} {oid[:12]} is missing")
-
-    versions = core.index.all_versions()
-    versions.sort(key=lambda v: v.id in promised)
-    for v in versions:
-        report.versions_checked += 1
-        label = f"version {v.id}"
-        stack = [v.tree]
-        while stack:
-            oid = stack.pop()
-            if oid in seen:
-                continue
-            seen.add(oid)
-            damage.reached.add(oid)
-            if oid not in packed and oid not in loose:
-                lacks(oid, KIND_TREE, label)
-                continue
-            try:
-                rows = tree.decode_tree(core.read_tree(oid), oid)
-            except DsvError as exc:
-                if oid not in damage.corrupt:
-                    damage.unreadable.add(oid)
-                    report.problems.append(f"{label}: {exc.message}")
-                continue
-            damage.trees.add(oid)
-            for _name, kind, _mode, size, child in rows:
-                if kind == tree.DIR:
-                    stack.append(child)
-                    continue
-                damage.reached.add(child)
-                damage.sizes[child] = size
-                if child not in packed and child not in loose and v.id not in promised:
-                    lacks(child, KIND_BLOB, label)
-        if v.state == COMMITTED:
-            if v.record:
-                damage.reached.add(v.record)
-            if not v.record or (v.record not in packed and v.record not in loose):
-                if v.record:
-                    lacks(v.record, KIND_VERSION, label)
-                else:
-                    report.problems.append(f"{label}: its version record is missing")
-            elif v.record not in damage.corrupt:
-                try:
-                    sealed = parse_record(core.objects.read(v.record), v.record).version
-                    if sealed.id != v.id or sealed.tree != v.tree:
-                        report.problems.append(f"{label}: record disagrees with the index")
-                except DsvError as exc:
-                    report.problems.append(f"{label}: bad record ({exc.message})")
-    for ds in core.index.datasets():
-        for field_name in ("latest", "head"):
-            vid = getattr(ds, field_name)
-            if vid and core.index.version(vid) is None:
-                report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
-
-
-def affected_paths(core: Core, damage: Damage) -> list[dict[str, str]]:
-    """Which versions and paths reach an object that is still damaged or missing: one
-    row per (version, path), the damaged object's own path (a file, or a directory whose
-    tree is lost). Only trees on the way to damage are opened."""
-    bad = set(damage.corrupt) | set(damage.missing) | damage.unreadable
-    bad &= damage.reached
-    if not bad:
-        return []
-    promised = core.index.promised()
-    # Which trees lead to damage: a tree is tainted if a row of it names a bad object or
-    # a tainted tree. Found bottom-up from a parent map of the readable trees.
-    parents: dict[str, set[str]] = {}
-    for oid in damage.trees:
-        for _name, kind, _mode, _size, child in tree.decode_tree(core.read_tree(oid), oid,
-                                                                 trusted=True):
-            if child in bad or kind == tree.DIR:
-                parents.setdefault(child, set()).add(oid)
-    tainted: set[str] = set()
-    todo = list(bad)
-    while todo:
-        for parent in parents.get(todo.pop(), ()):
-            if parent not in tainted:
-                tainted.add(parent)
-                todo.append(parent)
-    out: list[dict[str, str]] = []
-    names = {ds.id: ds.name for ds in core.index.datasets()}
-    for v in core.index.all_versions():
-        ref = f"{names.get(v.dataset, v.dataset)}:{v.id}"
-        if v.record in bad:
-            out.append({"version": ref, "path": "", "object": v.record,
-                        "problem": _problem(v.record, damage)})
-        if v.tree in bad:
-            out.append({"version": ref, "path": "/", "object": v.tree,
-                        "problem": _problem(v.tree, damage)})
-        stack = [("", v.tree)] if v.tree in tainted else []
-        while stack and len(out) < MAX_AFFECTED:
-            base, oid = stack.pop()
-            for name, kind, _mode, _size, child in tree.decode_tree(core.read_tree(oid), oid,
-                                                                    trusted=True):
-                path = f"{base}/{name}" if base else name
-                if child in bad and not (kind != tree.DIR and v.id in promised
-                                         and child in damage.missing):
-                    out.append({"version": ref, "path": path + ("/" if kind == tree.DIR
-                                                                else ""),
-                                "object": child, "problem": _problem(child, damage)})
-                elif kind == tree.DIR and child in tainted:
-                    stack.append((path, child))
-        if len(out) >= MAX_AFFECTED:
-            break
-    return out[:MAX_AFFECTED]
-
-
-def _problem(oid: str, damage: Damage) -> str:
-    return "corrupt" if oid in damage.corrupt or oid in damage.unreadable else "missing"
 
 
 def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:

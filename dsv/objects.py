@@ -27,6 +27,7 @@ from typing import Protocol
 
 from . import fileio
 from .errors import CorruptObject, InvalidInput, MissingObject
+from .reporting import FileBytes
 from .hashing import hash_bytes, hash_file, new_hasher
 
 # Files smaller than this go into packs; creating one file per small object costs more
@@ -154,6 +155,10 @@ class ObjectStore:
         self._fd_lock = threading.Lock()
         self._stage: Path | None = None
         self._stage_fd: int | None = None
+        # Loose objects whose stored copy is damaged: a good copy staged for one of these
+        # is renamed over it (`dsv verify --repair`, under the store lock), where normally
+        # an existing copy wins.
+        self.replacing: set[str] = set()
 
     @classmethod
     def create_layout(cls, root: Path) -> None:
@@ -330,15 +335,16 @@ class ObjectStore:
             raise CorruptObject(f"object {expect[:12]} arrived corrupt: its bytes hash to "
                                 f"{oid[:12]}", hint="nothing corrupt was stored; the source "
                                                     "holds damaged data")
-        if self.loose_path(oid).exists():
+        if self.loose_path(oid).exists() and oid not in self.replacing:
             os.unlink(tmp)
             return oid, size, None
         return oid, size, tmp
 
     def publish_loose(self, oid: str, staged: str) -> None:
-        """Move a staged loose object into place (an existing copy wins)."""
+        """Move a staged loose object into place (an existing copy wins, unless it is
+        being replaced: then the rename swaps the good copy in, atomically)."""
         dest = self.loose_path(oid)
-        if dest.exists():
+        if dest.exists() and oid not in self.replacing:
             fileio.unlink_quietly(staged)
             return
         dest.parent.mkdir(exist_ok=True)
@@ -349,8 +355,7 @@ class ObjectStore:
         fileio.publish(staged, str(self.pack_path(pack.id)))
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
-                 twin: str | None = None, progress: Callable[[int], None] | None = None
-                 ) -> int:
+                 twin: str | None = None, progress: FileBytes | None = None) -> int:
         """Write loose object `oid` to a new file `dest`, then verify what landed.
 
         The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
@@ -365,23 +370,13 @@ class ObjectStore:
         hash to `oid`, the copy is redone from the object.
 
         `progress` hears the bytes copied, piece by piece (a reflink: none); a copy redone
-        after a twin failed is heard only beyond where the first one got, so no byte is
-        reported twice. (The caller knows the object's size and counts what is left.)
+        after a twin failed restarts it, so no byte is shown twice. (The caller knows the
+        object's size and counts what is left.)
         """
-        shown = 0  # bytes reported so far, over both attempts
-
         def attempt(src: str) -> int:
-            if progress is None:
-                return self._copy_file(src, dest, mode, reflink)
-            copied = 0
-
-            def piece(n: int) -> None:
-                nonlocal copied, shown
-                copied += n
-                if copied > shown:
-                    progress(copied - shown)
-                    shown = copied
-            return self._copy_file(src, dest, mode, reflink, piece)
+            if progress is not None:
+                progress.restart()
+            return self._copy_file(src, dest, mode, reflink, progress)
 
         if twin is not None:
             try:

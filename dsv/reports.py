@@ -241,26 +241,3 @@ class MergeReport:
         """The fields a script sees (`--json`)."""
         return dict(self.__dict__)
 
-
-LOOSE = "loose"
-"""Where a damaged object is when it is not in a pack (`Damage.corrupt`)."""
-
-
-@dataclass
-class Damage:
-    """What one check of the store found that `dsv verify --repair` can act on (the
-    working state of maintenance.check and dsv.repair; never shown as it is)."""
-
-    corrupt: dict[str, str] = field(default_factory=dict)   # oid → pack id, or LOOSE
-    bad_packs: set[str] = field(default_factory=set)         # indexed packs to rewrite
-    lost_packs: set[str] = field(default_factory=set)        # indexed, gone from disk
-    stray_packs: set[str] = field(default_factory=set)       # intact, on disk, not indexed
-    missing: dict[str, int] = field(default_factory=dict)    # needed, nowhere: oid → kind
-    unreadable: set[str] = field(default_factory=set)        # trees present but not valid
-    sizes: dict[str, int] = field(default_factory=dict)      # blob sizes the trees give
-    reached: set[str] = field(default_factory=set)           # every object a version needs
-    trees: set[str] = field(default_factory=set)             # the readable trees among them
-
-    def __bool__(self) -> bool:
-        return bool(self.corrupt or self.bad_packs or self.lost_packs or self.stray_packs
-                    or self.missing or self.unreadable)

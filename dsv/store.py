@@ -415,17 +415,14 @@ class Store:
         """Delete objects no version needs; rewrite packs that hold any such object; remove
         `dsv run` input trees unused for `inputs_older_than` (a duration like "7d", or
         seconds; default 7 days)."""
-        from . import inputs, maintenance
-        from .remotes.base import parse_duration
-        keep = inputs.INPUTS_KEEP if inputs_older_than is None else (
-            parse_duration(inputs_older_than) if isinstance(inputs_older_than, str)
-            else float(inputs_older_than))
-        return maintenance.gc(self.core, dry_run=dry_run, inputs_older_than=keep)
+        from . import maintenance
+        return maintenance.gc(self.core, dry_run=dry_run, inputs_older_than=inputs_older_than)
 
     def verify(self, repair: bool = False) -> VerifyReport:
-        """Re-hash every object and check that every version is complete."""
-        from . import maintenance
-        return maintenance.verify(self.core, repair=repair)
+        """Re-hash every object and check that every version is complete; with `repair`,
+        bring good copies of what is damaged or missing (see dsv.verify)."""
+        from . import verify
+        return verify.verify(self.core, repair=repair)
 
     @classmethod
     def rebuild_index(cls, path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,

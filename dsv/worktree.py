@@ -378,6 +378,22 @@ class _Dirs:
         return fd, True
 
 
+def open_in_tree(root: Path, rel: str, max_size: int | None = None) -> int:
+    """A read-only descriptor of the regular file `rel` under `root`, every directory on
+    the way opened without following a link (see fileio.open_regular for the file)."""
+    dirs = _Dirs(root)
+    try:
+        parent, _, name = rel.rpartition("/")
+        dir_fd, owned = dirs.open(parent)
+        try:
+            return fileio.open_regular(name, max_size, dir_fd=dir_fd)
+        finally:
+            if owned:
+                os.close(dir_fd)
+    finally:
+        dirs.close()
+
+
 def _open_subdir(parent_fd: int, name: str, create: bool) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
@@ -500,7 +516,7 @@ class Materializer:
 
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
                    locations: dict[str, tuple[str, int, int]],
-                   pieces: Callable[[int], None] | None = None) -> None:
+                   pieces: FileBytes | None = None) -> None:
         """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
         tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
         try:
@@ -533,7 +549,7 @@ class Materializer:
             os.close(fd)
 
     def _write_large(self, dir_fd: int, tmp: str, entry: Entry,
-                     pieces: Callable[[int], None] | None = None) -> None:
+                     pieces: FileBytes | None = None) -> None:
         mode = placed_mode(entry.mode, _UMASK)
         if self.share_objects:
             self._link_object(dir_fd, tmp, entry.oid)

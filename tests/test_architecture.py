@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                            "dsv.remotes.memory", "dsv.remotes.cache", "dsv.remotes.connect"}),
     ("core", {"dsv.core", "dsv.state"}),
     ("operations", {"dsv.datasets", "dsv.settings", "dsv.versions", "dsv.checkout", "dsv.merge",
-                    "dsv.maintenance", "dsv.repair", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
+                    "dsv.maintenance", "dsv.verify", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
                     "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull"}),
     ("facade", {"dsv.store", "dsv"}),

@@ -220,23 +220,45 @@ def test_a_shared_copy_that_only_gained_a_link_is_rehashed_not_rebuilt(
 
 
 @mounts
-def test_a_job_cannot_write_into_the_store_by_its_path(project: Project, dsv) -> None:
+def test_a_job_cannot_write_into_its_input_tree_by_its_path(project: Project, dsv) -> None:
     build_tree(project)
     oid = hash_bytes(FILES["big.bin"])
     obj = project.ws / ".dsv" / "objects" / "loose" / oid[:2] / oid
-    # In the job's namespace the input tree and the objects are read-only under their
-    # own paths too (a large input is a link to its object).
-    (project.ws / "flip.py").write_text(FLIP.format(path=str(project.tree / "labels.csv")))
-    (project.ws / "flip_obj.py").write_text(FLIP.format(path=str(obj)))
-    for script in ("flip.py", "flip_obj.py"):
+    # In the job's namespace the input trees are read-only under their own paths too (a
+    # large input is a link to its object, so that path leads to the object itself).
+    for victim in ("labels.csv", "big.bin"):
+        (project.ws / "flip.py").write_text(FLIP.format(path=str(project.tree / victim)))
         done = dsv("run", "-i", "train=mnist:latest", "-o", "model=model", "--", "sh", "-c",
-                   f"python3 {script} 2>err.txt; echo $? > status.txt", cwd=project.ws)
+                   "python3 flip.py 2>err.txt; echo $? > status.txt", cwd=project.ws)
         assert done.code == 0, done.err
         assert (project.ws / "status.txt").read_text().strip() != "0"
         assert "Read-only file system" in (project.ws / "err.txt").read_text()
     assert (project.tree / "labels.csv").read_bytes() == FILES["labels.csv"]
     assert hash_bytes(obj.read_bytes()) == oid
     assert dsv("verify", cwd=project.ws).code == 0
+
+
+def test_a_tree_rebuilt_while_a_job_holds_it_is_moved_aside_not_emptied(
+        project: Project) -> None:
+    with dsv_api.open(project.ws) as store:
+        v = store.resolve(f"mnist:{project.version}")
+        with inputs.input_tree(store.core, v) as held:
+            fd = os.open(held.path, os.O_RDONLY | os.O_DIRECTORY)  # the job's view of it
+            try:
+                flip_byte_keeping_stat(project.tree / "labels.csv")
+                with inputs.input_tree(store.core, v) as rebuilt:
+                    assert read_tree(rebuilt.path) == FILES
+                # The old tree is out of the way but whole, for the job that has it.
+                names = sorted(os.listdir(fd))
+                assert names == sorted({rel.split("/")[0] for rel in FILES})
+                assert store.gc(inputs_older_than="0").removed_inputs == 1  # only the new
+            finally:
+                os.close(fd)
+        # Once the job has ended, gc removes the tree that was moved aside.
+        leftovers = [n for n in os.listdir(project.inputs) if ".building-" in n]
+        assert len(leftovers) == 1
+        assert store.gc().removed_inputs == 1
+        assert not [n for n in os.listdir(project.inputs) if ".building-" in n]
 
 
 @mounts

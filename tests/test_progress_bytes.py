@@ -17,7 +17,7 @@ import pytest
 from dsv import fileio
 from dsv.remotes import s3
 from dsv.remotes.layout import loose_key
-from dsv.reporting import Advance, Reporter
+from dsv.reporting import Advance, FileBytes, Reporter
 from dsv.store import Store
 from dsv.worktree import Materializer
 
@@ -152,10 +152,11 @@ def test_copy_out_reports_a_redone_copy_only_beyond_where_the_first_got(tmp_path
     oid = core.manifest(core.resolve("data:latest"))["big.bin"].oid
     twin = tmp_path / "twin"
     twin.write_bytes(big[:2 * MiB])         # a shorter, stale copy
-    calls: list[int] = []
+    advances: list[tuple[int, int]] = []
     size = core.objects.copy_out(oid, str(tmp_path / "dest"), 0o644, "never", str(twin),
-                                 calls.append)
+                                 FileBytes(lambda i, n: advances.append((i, n)), BIG))
     store.close()
+    calls = [n for _i, n in advances]
     assert size == BIG and sum(calls) == BIG
     assert calls == [MiB, MiB, MiB, MiB, MiB, 123]
     assert (tmp_path / "dest").read_bytes() == big

@@ -215,11 +215,19 @@ def test_a_working_directory_copy_repairs_a_large_file_but_a_link_is_never_follo
     big = hash_bytes(_files()["sub/deep/big.bin"])
     loose = ws / ".dsv/objects/loose" / big[:2] / big
     _flip(loose, 10)
-    # A symlink to an intact copy elsewhere is not read (O_NOFOLLOW): not repaired.
+    # A symlink to an intact copy elsewhere is not read (O_NOFOLLOW), nor is a link to
+    # a directory on the way: not repaired.
     (tmp_path / "elsewhere.bin").write_bytes(_files()["sub/deep/big.bin"])
     (ws / "sub/deep/big.bin").unlink()
     (ws / "sub/deep/big.bin").symlink_to(tmp_path / "elsewhere.bin")
     assert dsv("verify", "--repair", cwd=ws).code == 1
+    (tmp_path / "other/deep").mkdir(parents=True)
+    (tmp_path / "other/deep/big.bin").write_bytes(_files()["sub/deep/big.bin"])
+    (ws / "sub").rename(tmp_path / "sub-moved")
+    (ws / "sub").symlink_to(tmp_path / "other")
+    assert dsv("verify", "--repair", cwd=ws).code == 1
+    (ws / "sub").unlink()
+    (tmp_path / "sub-moved").rename(ws / "sub")
     (ws / "sub/deep/big.bin").unlink()
     (ws / "sub/deep/big.bin").write_bytes(_files()["sub/deep/big.bin"])
     r = dsv("verify", "--repair", cwd=ws)
@@ -293,3 +301,66 @@ def test_repair_reads_the_cluster_cache_when_the_origin_is_gone(tmp_path: Path, 
     assert "warning:" in r.err and "does not exist" in r.err  # the origin is unreachable
     assert dsv("verify", cwd=ws).code == 0
     _checkout_matches(ws, tmp_path, dsv, "out")
+
+
+def test_an_interrupted_repair_leaves_the_store_as_it_found_it(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsv import verify
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    big = hash_bytes(_files()["sub/deep/big.bin"])
+    loose = ws / ".dsv/objects/loose" / big[:2] / big
+    _flip(loose, 77)
+    small = hash_bytes(_files()["a.txt"])
+    pack_id, offset, _length = _where(ws, small)
+    pack = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
+    _flip(pack, offset + 1)
+    before = (loose.read_bytes(), pack.read_bytes())
+
+    def interrupted(*_args: object) -> dict[str, str]:
+        raise KeyboardInterrupt  # (after the working-directory copies were staged)
+
+    monkeypatch.setattr(verify, "_obtain", interrupted)
+    with dsv_api.open(ws) as store, pytest.raises(KeyboardInterrupt):
+        store.verify(repair=True)
+    assert (loose.read_bytes(), pack.read_bytes()) == before  # nothing lost, nothing half-done
+    assert not [p for p in (ws / ".dsv/tmp").rglob("*") if p.is_file()]
+    monkeypatch.undo()
+    r = dsv("verify", "--repair", cwd=ws)
+    assert r.code == 0, r.out
+    assert hash_bytes(loose.read_bytes()) == big
+
+
+def test_a_damaged_file_below_a_damaged_tree_is_repaired_not_dropped(pushed: Path,
+                                                                    dsv) -> None:
+    files = _files()
+    sub = _tree_of(pushed, "sub")
+    blob = hash_bytes(files["sub/b.bin"])
+    for oid in (sub, blob):
+        pack_id, offset, _length = _where(pushed, oid)
+        _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 2)
+    (pushed / "sub/b.bin").unlink()  # (an intact working copy would be used)
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out
+    assert "no version needs removed" not in r.out
+    assert dsv("verify", cwd=pushed).code == 0
+    out = pushed.parent / "out"
+    assert dsv("checkout", "data:latest", "--to", out, cwd=pushed).code == 0
+    assert read_tree(out) == files
+
+
+def test_the_shown_cap_does_not_limit_what_is_repaired(pushed: Path, dsv,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsv import verify
+    monkeypatch.setattr(verify, "MAX_AFFECTED", 1)
+    files = _files()
+    for name in ("a.txt", "c.bin"):
+        pack_id, offset, _length = _where(pushed, hash_bytes(files[name]))
+        _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
+    shown = _out(dsv("verify", "--json", cwd=pushed))
+    assert len(shown["affected"]) == 1
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out
+    assert "2 damaged objects replaced by good copies from the working directory" in r.out

@@ -45,8 +45,9 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
 @commands.command()
 def verify(repair: bool = typer.Option(False, "--repair",
                                        help="Bring good copies of damaged or missing "
-                                            "objects from the remotes and cluster caches "
-                                            "and rewrite what held them; with --remote, "
+                                            "objects from the working directories, the "
+                                            "remotes and cluster caches, and rewrite what "
+                                            "held them; with --remote, "
                                             "upload good local copies of what the remote "
                                             "lacks or holds damaged."),
            remote: Optional[str] = typer.Option(None, "--remote", metavar="REMOTE",
