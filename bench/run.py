@@ -512,14 +512,39 @@ class StepDef:
 STEPS: tuple[StepDef, ...] = (
     StepDef("commit_cold", "commit (cold)"),
     StepDef("status", "status (unchanged)", ("commit_cold",)),
+    StepDef("status_mutated", "status after mutation", ("commit_cold",)),
     StepDef("commit_mutated", "commit after mutation", ("commit_cold",)),
     StepDef("checkout", "checkout to empty dir", ("commit_cold", "commit_mutated")),
+    StepDef("verify", "verify", ("commit_cold", "commit_mutated")),
+    StepDef("gc", "gc", ("commit_cold", "commit_mutated")),
     StepDef("push", "push (cold)", (), "sync"),
     StepDef("push_noop", "push (no-op)", ("push",), "sync"),
     StepDef("clone_pull", "clone + pull", ("push",), "sync"),
+    # scale: the sync repo commits the mutation and pushes it; the clone fetches and pulls
+    StepDef("push_mutated", "push after mutation", ("push",), "sync"),
+    StepDef("fetch", "fetch (in the clone)", ("clone_pull", "push_mutated"), "sync"),
+    StepDef("pull", "pull (in the clone)", ("fetch",), "sync"),
+    # remote-age: "age" is a remote after N small pushes, "once" the same content pushed once
+    StepDef("age_clone", "clone after N pushes", (), "age"),
+    StepDef("once_push", "push final content once", (), "once"),
+    StepDef("once_clone", "clone of one push", ("once_push",), "once"),
 )
 STEP_BY_KEY = {s.key: s for s in STEPS}
 STEP_GROUPS = {g: [s.key for s in STEPS if s.group == g] for g in ("local", "sync")}
+STEP_GROUPS["age"] = [s.key for s in STEPS if s.group in ("age", "once")]
+REMOTE_GROUPS = ("sync", "age", "once")  # the groups that talk to a remote
+
+# The steps each workload has (``--steps`` picks among them).
+_CLASSIC = ("commit_cold", "status", "commit_mutated", "checkout", "push", "push_noop",
+            "clone_pull")
+WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
+    "small": _CLASSIC,
+    "large": _CLASSIC,
+    "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout", "verify",
+              "gc", "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
+    "flat": ("commit_cold", "commit_mutated"),
+    "remote-age": ("age_clone", "once_push", "once_clone"),
+}
 
 
 @dataclass
@@ -529,7 +554,21 @@ class Workload:
     expected: Path  # pristine + mutation: what the final checkout must reproduce
     info: workloads.TreeInfo
     has_large: bool
-    digest: dict[str, tuple[int, int, str]] | None = None  # of pristine, made when needed
+    params: workloads.Params = workloads.Params()
+    # tree -> path -> (size, mode, BLAKE3), made when a full-content check needs it
+    digests: dict[Path, dict[str, tuple[int, int, str]]] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        """What the mutation is, for the table header of the newer workloads."""
+        if self.name == "scale":
+            return f"mutation: {workloads.SCALE_MUTATE} files rewritten"
+        if self.name == "flat":
+            return f"mutation: {workloads.FLAT_MUTATE} file rewritten"
+        if self.name == "remote-age":
+            return (f"{self.params.rounds} rounds of {self.params.changes} files rewritten, "
+                    "commit, push")
+        return ""
 
 
 @dataclass
@@ -564,6 +603,7 @@ class Context:
     seed: int
     janitor: Janitor
     s3: S3Server | None = None  # the loopback S3 server of the sync steps
+    remote: str = "s3"  # "s3" (the server above) or "dir" (a directory remote)
 
 
 class Participant:
@@ -591,7 +631,7 @@ class Participant:
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
         """Untimed, after the timed command succeeded: check the result."""
 
-    # -- shared by the participants that use the S3 server
+    # -- shared by the participants that use a remote (S3 server or directory)
     def make_bucket(self, ctx: Context, wl: Workload, lane: Lane) -> str:
         assert ctx.s3 is not None, "sync steps without an S3 server"
         bucket = bucket_name(wl.name, self.key, lane.rep)
@@ -599,22 +639,55 @@ class Participant:
         lane.state["bucket"] = bucket
         return bucket
 
-    def remote_url(self, lane: Lane) -> str:
-        """``s3://BUCKET/<tool>-<rep>``: a fresh prefix of the lane's own bucket."""
-        return f"s3://{lane.state['bucket']}/{self.key}-{lane.rep}"
+    def make_remote(self, ctx: Context, wl: Workload, lane: Lane, name: str = "") -> str:
+        """A fresh, empty remote of the lane: ``s3://BUCKET/<tool>-<rep>[-name]`` (a prefix of
+        the lane's own bucket) or, with ``--remote dir``, ``<lane>/remote[-name]``."""
+        suffix = f"-{name}" if name else ""
+        if ctx.remote == "dir":
+            url = str(lane.root / f"remote{suffix}")
+        else:
+            if "bucket" not in lane.state:
+                self.make_bucket(ctx, wl, lane)
+            url = f"s3://{lane.state['bucket']}/{self.key}-{lane.rep}{suffix}"
+        lane.state[f"remote:{name}"] = url
+        return url
 
-    def remote_listing(self, ctx: Context, lane: Lane) -> dict[str, int]:
+    def remote_url(self, lane: Lane, name: str = "") -> str:
+        """The URL ``make_remote`` gave remote ``name`` of the lane."""
+        return str(lane.state[f"remote:{name}"])
+
+    def endpoint_args(self, ctx: Context, url: str) -> list[str]:
+        """``--endpoint-url`` of the S3 server for an ``s3://`` URL, nothing for a directory."""
+        if not url.startswith("s3://"):
+            return []
         assert ctx.s3 is not None
-        return ctx.s3.listing(lane.state["bucket"], f"{self.key}-{lane.rep}/")
+        return ["--endpoint-url", ctx.s3.url]
 
-    def check_push(self, ctx: Context, step: str, lane: Lane, m: Measurement) -> None:
+    def remote_listing(self, ctx: Context, lane: Lane, name: str = "") -> dict[str, int]:
+        """Key (or file, for a directory remote) -> size of everything the remote holds."""
+        url = self.remote_url(lane, name)
+        if url.startswith("s3://"):
+            assert ctx.s3 is not None
+            bucket, _, prefix = url[len("s3://"):].partition("/")
+            return ctx.s3.listing(bucket, prefix + "/")
+        out: dict[str, int] = {}
+        for dirpath, _dirs, names in os.walk(url):
+            for n in names:
+                full = os.path.join(dirpath, n)
+                out[os.path.relpath(full, url)] = os.lstat(full).st_size
+        return out
+
+    def check_push(
+        self, ctx: Context, step: str, lane: Lane, m: Measurement, name: str = ""
+    ) -> None:
         """After a push: the remote holds something; after the no-op push, the same."""
-        listing = self.remote_listing(ctx, lane)
+        listing = self.remote_listing(ctx, lane, name)
         m.extra["remote_objects"] = len(listing)
         m.extra["remote_bytes"] = sum(listing.values())
-        if step == "push":
+        if step != "push_noop":
             if not listing:
-                raise VerifyError(f"{self.label} push left nothing under {self.remote_url(lane)}")
+                raise VerifyError(
+                    f"{self.label} push left nothing under {self.remote_url(lane, name)}")
             lane.state["listing"] = listing
         elif listing != lane.state.get("listing"):
             before = lane.state.get("listing") or {}
@@ -651,7 +724,8 @@ class Dvc(Participant):
         self.argv = argv
 
     def supports(self, step: str, wl: Workload) -> bool:
-        return step in STEP_BY_KEY
+        # not on the scale / flat / remote-age workloads: far too slow at a million files
+        return wl.name in ("small", "large") and step in WORKLOAD_STEPS[wl.name]
 
     def _init(self, ctx: Context, lane: Lane, root: Path) -> None:
         for argv in (
@@ -672,13 +746,12 @@ class Dvc(Participant):
         lane.sync.mkdir()
         copy_tree(wl.pristine, lane.sync / DATASET)
         self._init(ctx, lane, lane.sync)
-        self.make_bucket(ctx, wl, lane)
-        assert ctx.s3 is not None
-        for argv in (
-            [*self.argv, "add", DATASET],
-            [*self.argv, "remote", "add", "-d", "s3", self.remote_url(lane)],
-            [*self.argv, "remote", "modify", "s3", "endpointurl", ctx.s3.url],
-        ):
+        url = self.make_remote(ctx, wl, lane)
+        steps = [[*self.argv, "add", DATASET], [*self.argv, "remote", "add", "-d", "r", url]]
+        if url.startswith("s3://"):
+            assert ctx.s3 is not None
+            steps.append([*self.argv, "remote", "modify", "r", "endpointurl", ctx.s3.url])
+        for argv in steps:
             run_checked(Command(argv, lane.sync), ctx.env, lane.log, ctx.timeout)
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
@@ -723,74 +796,173 @@ class Dsv(Participant):
         self.argv = argv
 
     def supports(self, step: str, wl: Workload) -> bool:
-        return step in STEP_BY_KEY
+        return step in WORKLOAD_STEPS[wl.name]
+
+    def _run(self, ctx: Context, lane: Lane, cwd: Path, *args: str) -> Measurement:
+        """An untimed dsv command of a set-up (measured all the same, for the record)."""
+        return run_checked(Command([*self.argv, *args], cwd), ctx.env, lane.log, ctx.timeout)
+
+    def _new_repo(self, ctx: Context, lane: Lane, src: Path, work: Path, url: str) -> None:
+        """``work``: a copy of ``src`` with a store, one commit and ``url`` as origin."""
+        work.parent.mkdir(parents=True, exist_ok=True)
+        copy_tree(src, work)
+        self._run(ctx, lane, work, "init")
+        self._run(ctx, lane, work, "commit", "-m", "cold")
+        self._run(ctx, lane, work, "remote", "add", "origin", url, *self.endpoint_args(ctx, url))
 
     def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
         if group == "local":
             copy_tree(wl.pristine, lane.data)
-            run_checked(Command([*self.argv, "init"], lane.data), ctx.env, lane.log, ctx.timeout)
-            return
-        # sync: a store with the pristine tree committed, and the lane's bucket as origin
-        work = lane.sync / DATASET
-        lane.sync.mkdir()
-        copy_tree(wl.pristine, work)
-        self.make_bucket(ctx, wl, lane)
-        assert ctx.s3 is not None
-        for argv in (
-            [*self.argv, "init"],
-            [*self.argv, "commit", "-m", "cold"],
-            [*self.argv, "remote", "add", "origin", self.remote_url(lane),
-             "--endpoint-url", ctx.s3.url],
-        ):
-            run_checked(Command(argv, work), ctx.env, lane.log, ctx.timeout)
+            self._run(ctx, lane, lane.data, "init")
+        elif group == "sync":
+            # a store with the pristine tree committed, and a fresh remote as origin
+            self._new_repo(ctx, lane, wl.pristine, lane.sync / DATASET,
+                           self.make_remote(ctx, wl, lane))
+        elif group == "age":
+            self._age(ctx, wl, lane)
+        elif group == "once":
+            # the content the aged remote ends with, committed once, to its own remote
+            self._new_repo(ctx, lane, wl.expected, lane.root / "once" / DATASET,
+                           self.make_remote(ctx, wl, lane, "once"))
+
+    def _age(self, ctx: Context, wl: Workload, lane: Lane) -> None:
+        """remote-age: commit the pristine tree, push, then N rounds of "rewrite a few
+        files, commit, push" to the same remote (untimed as a step; each push's time and
+        peak RSS are kept for the details table)."""
+        work = lane.root / "age" / DATASET
+        self._new_repo(ctx, lane, wl.pristine, work, self.make_remote(ctx, wl, lane, "age"))
+        first = self._run(ctx, lane, work, "push")
+        pushes, commits = [first], []
+        rounds, files = wl.params.rounds, wl.info.files
+        t = time.perf_counter()
+        for r in range(rounds):
+            workloads.age_round(work, ctx.seed, files, r, wl.params.changes)
+            commits.append(self._run(ctx, lane, work, "commit", "-m", f"round {r + 1}"))
+            pushes.append(self._run(ctx, lane, work, "push"))
+            if (r + 1) % 50 == 0 or r + 1 == rounds:
+                log(f"[{wl.name} rep{lane.rep}] dsv {r + 1}/{rounds} rounds of commit + push "
+                    f"({time.perf_counter() - t:.0f} s)")
+        lane.state["age"] = {"pushes": pushes, "commits": commits}
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
-        if step == "commit_mutated":
-            workloads.apply_mutation(lane.data, ctx.seed)
+        if step in ("status_mutated", "commit_mutated") and "mutation" not in lane.state:
+            lane.state["mutation"] = workloads.mutate(wl.name, lane.data, ctx.seed, wl.params)
+        if step in ("commit_cold", "commit_mutated"):
+            lane.state["store_before"] = store_usage(lane.data / ".dsv")
         elif step == "checkout":
             ctx.janitor.discard(lane.root / "checkout")
             (lane.root / "checkout").mkdir()
         elif step == "clone_pull":
             ctx.janitor.discard(lane.clone)  # dsv clone creates it
+        elif step == "push_mutated":
+            workloads.mutate(wl.name, lane.sync / DATASET, ctx.seed, wl.params)
+            self._run(ctx, lane, lane.sync / DATASET, "commit", "-m", "mutated")
+        elif step in ("age_clone", "once_clone"):
+            ctx.janitor.discard(lane.root / step)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
-        if step in ("push", "push_noop"):
+        if step in ("push", "push_noop", "push_mutated"):
             return Command([*self.argv, "push", "--json"], lane.sync / DATASET)
-        if step == "clone_pull":
-            assert ctx.s3 is not None
-            return Command([*self.argv, "clone", self.remote_url(lane), str(lane.clone),
-                            "--endpoint-url", ctx.s3.url, "--json"], lane.root)
+        if step == "once_push":
+            return Command([*self.argv, "push", "--json"], lane.root / "once" / DATASET)
+        if step in ("clone_pull", "age_clone", "once_clone"):
+            name = {"clone_pull": "", "age_clone": "age", "once_clone": "once"}[step]
+            url = self.remote_url(lane, name)
+            dest = lane.clone if step == "clone_pull" else lane.root / step
+            return Command([*self.argv, "clone", url, str(dest), *self.endpoint_args(ctx, url),
+                            "--json"], lane.root)
+        if step in ("fetch", "pull"):
+            return Command([*self.argv, step, "--json"], lane.clone)
         args = {
             "commit_cold": ["commit", "-m", "cold"],
             "status": ["status"],
+            "status_mutated": ["status"],
             "commit_mutated": ["commit", "-m", "mutated"],
             "checkout": ["checkout", f"{DATASET}:latest", "--to", str(lane.root / "checkout")],
+            "verify": ["verify"],
+            "gc": ["gc"],
         }[step]
         return Command([*self.argv, *args], lane.data)
 
     def warmup(self) -> Command | None:
         return Command([*self.argv, "--help"], Path("/"))
 
+    def _report(self, lane: Lane, m: Measurement, *keys: str) -> dict[str, Any]:
+        report = last_json(lane.log) or {}
+        for k in keys:
+            if k in report:
+                m.extra[k] = report[k]
+        return report
+
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
-        if step == "checkout":
+        if step in ("commit_cold", "commit_mutated"):
+            self._store_growth(step, lane, m)
+        elif step == "checkout":
             compare_trees(wl.expected, lane.root / "checkout")
-        elif step in ("push", "push_noop"):
-            report = last_json(lane.log)
-            if report is not None:
-                for k in ("objects_sent", "bytes_sent", "objects_skipped"):
-                    if k in report:
-                        m.extra[k] = report[k]
-                if step == "push_noop" and report.get("objects_sent"):
-                    raise VerifyError(f"dsv no-op push sent {report['objects_sent']} objects")
-            self.check_push(ctx, step, lane, m)
+        elif step in ("push", "push_noop", "push_mutated", "once_push"):
+            report = self._report(lane, m, "objects_sent", "bytes_sent", "objects_skipped")
+            if step == "push_noop" and report.get("objects_sent"):
+                raise VerifyError(f"dsv no-op push sent {report['objects_sent']} objects")
+            self.check_push(ctx, step, lane, m, "once" if step == "once_push" else "")
         elif step == "clone_pull":
-            report = last_json(lane.log)
-            if report is not None:
-                for k in ("objects_received", "bytes_received"):
-                    if k in report:
-                        m.extra[k] = report[k]
+            self._report(lane, m, "objects_received", "bytes_received")
             # the clone is a workspace: its .dsv/ store is not part of the data
             m.extra["verified_files"] = verify_same_bytes(wl, lane.clone, skip=(".dsv",))
+        elif step == "fetch":
+            self._report(lane, m, "objects_received", "bytes_received")
+        elif step == "pull":
+            self._report(lane, m, "objects_received", "bytes_received")
+            compare_trees(wl.expected, lane.clone, skip=(".dsv",))
+        elif step in ("age_clone", "once_clone"):
+            self._report(lane, m, "objects_received", "bytes_received")
+            name = "age" if step == "age_clone" else "once"
+            m.extra["remote_keys"] = len(self.remote_listing(ctx, lane, name))
+            m.extra["verified_files"] = verify_same_bytes(
+                wl, lane.root / step, skip=(".dsv",), want_root=wl.expected)
+            if step == "age_clone":
+                age = lane.state.get("age") or {}
+                pushes = [p.wall for p in age.get("pushes", [])[1:]]
+                commits = [c.wall for c in age.get("commits", [])]
+                if pushes:
+                    m.extra["rounds"] = len(pushes)
+                    m.extra["round_push_first10_s"] = round(statistics.median(pushes[:10]), 3)
+                    m.extra["round_push_last10_s"] = round(statistics.median(pushes[-10:]), 3)
+                    m.extra["round_commit_median_s"] = round(statistics.median(commits), 3)
+                    m.extra["round_push_peak_rss_mb"] = round(
+                        max(p.maxrss_bytes for p in age["pushes"]) / MB)
+
+    def _store_growth(self, step: str, lane: Lane, m: Measurement) -> None:
+        """How much the commit added to ``.dsv`` (apparent sizes), split into objects,
+        the SQLite index and the rest; minus the new file contents, that is metadata."""
+        before = lane.state.pop("store_before", {})
+        after = store_usage(lane.data / ".dsv")
+        growth = {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
+        m.extra["store_bytes"] = sum(after.values())
+        m.extra["store_growth_bytes"] = sum(growth.values())
+        for part in ("objects", "index", "other"):
+            m.extra[f"growth_{part}_bytes"] = growth.get(part, 0)
+        if step == "commit_mutated":
+            content = (lane.state.get("mutation") or {}).get("rewritten_bytes")
+            if content is not None:
+                m.extra["new_content_bytes"] = content
+                m.extra["metadata_growth_bytes"] = m.extra["store_growth_bytes"] - content
+
+
+def store_usage(store: Path) -> dict[str, int]:
+    """Apparent bytes under a ``.dsv`` directory: ``objects`` (packs and loose files),
+    ``index`` (``index.db`` and its journal files) and ``other``."""
+    out = {"objects": 0, "index": 0, "other": 0}
+    for dirpath, _dirs, names in os.walk(store):
+        rel = os.path.relpath(dirpath, store)
+        for n in names:
+            size = os.lstat(os.path.join(dirpath, n)).st_size
+            if rel == "objects" or rel.startswith("objects" + os.sep):
+                out["objects"] += size
+            elif rel == "." and n.startswith("index.db"):
+                out["index"] += size
+            else:
+                out["other"] += size
+    return out
 
 
 def last_json(log: Path) -> dict[str, Any] | None:
@@ -811,20 +983,22 @@ def last_json(log: Path) -> dict[str, Any] | None:
 
 
 class CopyBaseline(Participant):
-    """``cp -r`` of the expected tree into a fresh location: the checkout baseline."""
+    """``cp -r`` of the expected tree into a fresh location: the checkout baseline; on the
+    scale workload also ``cp -r`` of the pristine tree: the clone baseline."""
 
     key = "cp"
     label = "cp -r"
 
     def supports(self, step: str, wl: Workload) -> bool:
-        return step == "checkout"
+        return step == "checkout" or (step == "clone_pull" and wl.name == "scale")
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
-        ctx.janitor.discard(lane.root / "copy")
+        ctx.janitor.discard(lane.root / f"copy-{step}")
         lane.root.mkdir(parents=True, exist_ok=True)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
-        return Command(["cp", "-r", str(wl.expected), str(lane.root / "copy")], lane.root)
+        src = wl.expected if step == "checkout" else wl.pristine
+        return Command(["cp", "-r", str(src), str(lane.root / f"copy-{step}")], lane.root)
 
 
 B3_SCRIPT = """
@@ -919,7 +1093,7 @@ class Boto3Baseline(Blake3Baseline):
 
     def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
         lane.root.mkdir(parents=True, exist_ok=True)
-        self.make_bucket(ctx, wl, lane)
+        self.make_remote(ctx, wl, lane)  # s3://BUCKET/boto3-<rep>: the S3 server only
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         assert ctx.s3 is not None
@@ -941,18 +1115,91 @@ class Boto3Baseline(Blake3Baseline):
         m.extra["remote_bytes"] = sum(listing.values())
 
 
+HASH_LOOP_SCRIPT = """
+import os, sys, blake3
+stack, files = [sys.argv[1]], 0
+while stack:
+    with os.scandir(stack.pop()) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+                continue
+            os.stat(e.path, follow_symlinks=False)
+            with open(e.path, "rb") as f:
+                blake3.blake3(f.read()).digest()
+            files += 1
+print(files)
+"""
+
+WALK_SCRIPT = """
+import os, sys
+stack, files = [sys.argv[1]], 0
+while stack:
+    with os.scandir(stack.pop()) as it:
+        for e in it:
+            st = os.lstat(e.path)
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            else:
+                files += 1
+print(files)
+"""
+
+
+class HashLoopBaseline(Participant):
+    """A plain single-threaded Python loop over the pristine tree: ``os.scandir``, then
+    for every file ``stat``, ``read`` whole and ``blake3`` -- the floor of a cold commit
+    (scale workload). Timed as a whole process, like dsv."""
+
+    key = "hashloop"
+    label = "stat+read+b3"
+    script = HASH_LOOP_SCRIPT
+    step = "commit_cold"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step == self.step and wl.name == "scale"
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        lane.root.mkdir(parents=True, exist_ok=True)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        return Command([sys.executable, "-c", self.script, str(wl.pristine)], lane.root)
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        lines = lane.log.read_text().splitlines()
+        counted = next((int(x) for x in reversed(lines) if x.strip().isdigit()), None)
+        if counted != wl.info.files:
+            raise VerifyError(f"{self.label} saw {counted} files, not {wl.info.files}")
+
+
+class WalkBaseline(HashLoopBaseline):
+    """A plain ``os.scandir`` + ``lstat`` walk of the pristine tree: the floor of a
+    status of an unchanged tree (scale workload)."""
+
+    key = "walk"
+    label = "scandir+lstat"
+    script = WALK_SCRIPT
+    step = "status"
+
+
 class VerifyError(RuntimeError):
     """A tool's output tree differs from the expected tree."""
 
 
-def compare_trees(expected: Path, actual: Path, sample_every: int = 50) -> None:
+def compare_trees(
+    expected: Path, actual: Path, sample_every: int = 50, skip: Sequence[str] = ()
+) -> None:
     """Check ``actual`` has exactly ``expected``'s paths, sizes and permission bits;
     compare the contents of a sample (every ``sample_every``-th and every added small
-    file, the first and last MiB of each large file)."""
+    file, the first and last MiB of each large file). Top-level entries of ``actual``
+    named in ``skip`` are left out."""
 
     def listing(root: Path) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
-        for dirpath, _dirs, names in os.walk(root):
+        for dirpath, dirs, names in os.walk(root):
+            if dirpath == str(root):
+                dirs[:] = [d for d in dirs if d not in skip]
+                names = [n for n in names if n not in skip]
             for name in names:
                 full = os.path.join(dirpath, name)
                 st = os.lstat(full)
@@ -1014,12 +1261,16 @@ def tree_digest(root: Path, skip: Sequence[str] = ()) -> dict[str, tuple[int, in
     return out
 
 
-def verify_same_bytes(wl: Workload, actual: Path, skip: Sequence[str] = ()) -> int:
-    """Check that ``actual`` holds exactly the pristine tree: every path, size, permission
-    bits and the full content (hashed). Returns the number of files checked."""
-    if wl.digest is None:
-        wl.digest = tree_digest(wl.pristine)
-    want = wl.digest
+def verify_same_bytes(
+    wl: Workload, actual: Path, skip: Sequence[str] = (), want_root: Path | None = None
+) -> int:
+    """Check that ``actual`` holds exactly the pristine tree (or ``want_root``): every path,
+    size, permission bits and the full content (hashed). Returns the number of files
+    checked."""
+    root = wl.pristine if want_root is None else want_root
+    if root not in wl.digests:
+        wl.digests[root] = tree_digest(root)
+    want = wl.digests[root]
     if not actual.is_dir():
         raise VerifyError(f"{actual} does not exist: nothing was restored")
     got = tree_digest(actual, skip)
@@ -1044,8 +1295,13 @@ def verify_same_bytes(wl: Workload, actual: Path, skip: Sequence[str] = ()) -> i
 
 @dataclass(frozen=True)
 class Check:
-    """A target. ``kind`` "ratio": ``num / den`` of two participants' medians compared
-    with ``target``; "seconds": ``num``'s median time; "rss": ``num``'s peak RSS in MB."""
+    """A target. ``kind`` "ratio": ``num / den`` of two participants' medians (``den`` in
+    ``den_step`` when given, else in ``step``) compared with ``target``; "seconds":
+    ``num``'s median time; "rss": ``num``'s peak RSS in MB; "rss_all": the highest peak
+    RSS of ``num`` over every step of the workload, in MB; "extra": the median of
+    ``num``'s ``Measurement.extra[field]`` divided by ``divisor``; "dvc_extrapolated": the
+    time DVC would take on this workload's ``step`` at the files/s of its median ``step`` on
+    the small workload of the same run, divided by ``num``'s median."""
 
     workload: str
     name: str
@@ -1056,6 +1312,10 @@ class Check:
     target: float
     source: str = "issue"
     kind: str = "ratio"
+    den_step: str = ""
+    field: str = ""
+    divisor: float = 1.0
+    unit: str = ""  # printed after the target ("x" for ratios, " s" for seconds by default)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -1075,7 +1335,28 @@ CHECKS: tuple[Check, ...] = (
     Check("small", "no-op push: dsv time, s", "push_noop", "dsv", "", "<", 1, kind="seconds"),
     Check("large", "push: dsv / boto3 upload_file", "push", "dsv", "boto3", "<=", 1.3),
     Check("large", "dsv peak RSS during push, MB", "push", "dsv", "", "<", 250, kind="rss"),
+    # scale issue: a million files, a flat directory, an aged remote
+    Check("scale", "dsv peak RSS, MB (every command)", "*", "dsv", "", "<=", 300,
+          kind="rss_all"),
+    Check("scale", "commit cold: dsv / stat+read+b3 loop", "commit_cold", "dsv", "hashloop",
+          "<=", 2),
+    Check("scale", "status unchanged: dsv / scandir+lstat", "status", "dsv", "walk", "<=", 2),
+    Check("scale", "clone: dsv / cp -r", "clone_pull", "dsv", "cp", "<=", 1.5),
+    Check("scale", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
+    Check("scale", "push: DVC (extrapolated) / dsv", "push", "dsv", "dvc", ">=", 20,
+          kind="dvc_extrapolated"),
+    Check("flat", "one-file commit: dsv time", "commit_mutated", "dsv", "", "<=", 1,
+          kind="seconds"),
+    Check("flat", "one-file commit: metadata into .dsv, KiB", "commit_mutated", "dsv", "",
+          "<=", 64, kind="extra", field="metadata_growth_bytes", divisor=1024, unit=" KiB"),
+    Check("remote-age", "clone: after N pushes / pushed once", "age_clone", "dsv", "dsv",
+          "<=", 1.3, den_step="once_clone"),
 )
+
+
+def meets(value: float, op: str, target: float) -> bool:
+    """Whether ``value`` meets the target (``op`` ">=", "<=" or "<")."""
+    return {">=": value >= target, "<=": value <= target, "<": value < target}[op]
 
 
 # --------------------------------------------------------------------------- results
@@ -1114,6 +1395,7 @@ class WorkloadResult:
     steps: list[str]
     participants: list[Participant]
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
+    peers: dict[str, WorkloadResult] = field(default_factory=dict)  # every workload of the run
 
     def get(self, step: str, who: str) -> Series:
         return self.series.setdefault((step, who), Series())
@@ -1121,23 +1403,31 @@ class WorkloadResult:
     def checks(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for c in CHECKS:
-            if c.workload != self.workload.name or c.step not in self.steps:
+            if c.workload != self.workload.name:
+                continue
+            if c.kind == "rss_all":
+                out.extend(self._rss_all(c))
+                continue
+            if c.step not in self.steps or (c.den_step and c.den_step not in self.steps):
+                continue
+            if c.kind == "dvc_extrapolated":
+                out.append(self._dvc_extrapolated(c))
                 continue
             if c.kind != "ratio":
                 s = self.get(c.step, c.num)
-                v = s.median if c.kind == "seconds" else s.peak_rss
-                v = v / MB if v is not None and c.kind == "rss" else v
+                if c.kind == "extra":
+                    vals = [m.extra[c.field] for m in s.runs if c.field in m.extra]
+                    v = statistics.median(vals) / c.divisor if vals else None
+                else:
+                    v = s.median if c.kind == "seconds" else s.peak_rss
+                    v = v / MB if v is not None and c.kind == "rss" else v
                 out.append({**asdict(c), "value": v, "paired": None,
-                            "pass": None if v is None else v < c.target})
+                            "pass": None if v is None else meets(v, c.op, c.target)})
                 continue
-            a, b = self.get(c.step, c.num), self.get(c.step, c.den)
+            a, b = self.get(c.step, c.num), self.get(c.den_step or c.step, c.den)
             num, den = a.median, b.median
             value = num / den if num is not None and den else None
-            ok = (
-                None
-                if value is None
-                else (value >= c.target if c.op == ">=" else value <= c.target)
-            )
+            ok = None if value is None else meets(value, c.op, c.target)
             # Ratio within each repetition (both sides measured back to back), then median:
             # less sensitive to slow drift of the machine than the ratio of medians.
             pairs = [x.seconds / y.seconds for x, y in zip(a.runs, b.runs) if y.seconds]
@@ -1150,7 +1440,8 @@ class WorkloadResult:
             for (step, who), s in self.series.items()
             if who == "dsv" and step in local and s.peak_rss is not None
         ]
-        if local and any(p.key == "dsv" for p in self.participants):
+        if (self.workload.name in ("small", "large") and local
+                and any(p.key == "dsv" for p in self.participants)):
             peak = max(rss) if rss else None
             out.append(
                 {
@@ -1169,6 +1460,40 @@ class WorkloadResult:
                 }
             )
         return out
+
+    def _rss_all(self, c: Check) -> list[dict[str, Any]]:
+        """The highest peak RSS of ``c.num`` over the workload's steps, naming the step."""
+        peaks = [(s.peak_rss, step) for (step, who), s in self.series.items()
+                 if who == c.num and step in self.steps and s.peak_rss is not None]
+        if not any(p.key == c.num for p in self.participants) or not self.steps:
+            return []
+        if not peaks:
+            return [{**asdict(c), "value": None, "paired": None, "pass": None}]
+        peak, step = max(peaks)
+        v = peak / MB
+        return [{**asdict(c), "name": f"{c.name}; max: {STEP_BY_KEY[step].title}",
+                 "value": v, "paired": None, "pass": meets(v, c.op, c.target)}]
+
+    def _dvc_extrapolated(self, c: Check) -> dict[str, Any]:
+        """DVC's files/s in ``c.step`` of the small workload (same run), applied to this
+        workload's file count, over ``c.num``'s median here."""
+        small = self.peers.get("small")
+        mine = self.get(c.step, c.num).median
+        dvc = small.get(c.step, c.den).median if small is not None else None
+        row: dict[str, Any] = {**asdict(c), "value": None, "paired": None, "pass": None}
+        if dvc is None or small is None:
+            row["note"] = (f"{c.name}: n/a -- no DVC {STEP_BY_KEY[c.step].title} on the small "
+                           "workload in this run (add --workload small,... --tools dvc,dsv)")
+            return row
+        per_s = small.workload.info.files / dvc
+        projected = self.workload.info.files / per_s
+        row["note"] = (f"{c.name}: DVC {STEP_BY_KEY[c.step].title} on small: {dvc:.2f} s for "
+                       f"{small.workload.info.files} files = {per_s:.0f} files/s -> "
+                       f"{projected:.0f} s for {self.workload.info.files} files")
+        if mine:
+            row["value"] = projected / mine
+            row["pass"] = meets(row["value"], c.op, c.target)
+        return row
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1193,13 +1518,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare_workload(name: str, workdir: Path, seed: int) -> Workload:
+def prepare_workload(
+    name: str, workdir: Path, seed: int, params: workloads.Params | None = None
+) -> Workload:
     """Generate the pristine and expected trees once (reused across runs of one workdir)."""
+    params = params or workloads.Params()
     src = workdir / "src"
     src.mkdir(parents=True, exist_ok=True)
     pristine, expected = src / name, src / f"{name}-mutated"
     marker = src / f"{name}.json"
-    stamp = {"format": PRISTINE_FORMAT, "seed": seed}
+    stamp: dict[str, Any] = {"format": PRISTINE_FORMAT, "seed": seed}
+    if name not in ("small", "large"):
+        stamp["params"] = asdict(params)
     if marker.exists() and json.loads(marker.read_text()).get("stamp") == stamp:
         info = workloads.TreeInfo(**json.loads(marker.read_text())["info"])
     else:
@@ -1208,12 +1538,14 @@ def prepare_workload(name: str, workdir: Path, seed: int) -> Workload:
         remove_tree(expected)
         log(f"generating {name} workload in {pristine} ...")
         t = time.perf_counter()
-        info = workloads.generate(name, pristine, seed)
+        info = workloads.generate(name, pristine, seed, params)
+        log(f"  {info.files} files, {info.bytes / MB:.1f} MB in {time.perf_counter() - t:.1f} s;"
+            " copying and mutating it ...")
         copy_tree(pristine, expected)
-        workloads.apply_mutation(expected, seed)
-        log(f"  {info.files} files, {info.bytes / MB:.1f} MB in {time.perf_counter() - t:.1f} s")
+        workloads.mutate(name, expected, seed, params)
+        log(f"  done in {time.perf_counter() - t:.1f} s")
         marker.write_text(json.dumps({"stamp": stamp, "info": asdict(info)}))
-    return Workload(name, pristine, expected, info, has_large=name == "large")
+    return Workload(name, pristine, expected, info, has_large=name == "large", params=params)
 
 
 def needed_steps(selected: Sequence[str]) -> list[str]:
@@ -1255,6 +1587,8 @@ def run_workload(
         for step in execute:
             timed = step in selected
             active = [p for p in participants if p.supports(step, wl)]
+            if not timed:  # a prerequisite: only the tools' repos need it, not the baselines
+                active = [p for p in active if p.key in ("dvc", "dsv")]
             if not active:
                 continue
             shift = rep % len(active)  # alternate who goes first
@@ -1347,7 +1681,8 @@ def render(result: WorkloadResult, repeat: int) -> str:
     keys = [p.key for p in result.participants]
     labels = {p.key: p.label for p in result.participants}
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
-    baselines = [k for k in ("cp", "blake3", "dsvhash", "boto3") if k in keys and k in used]
+    baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "boto3")
+                 if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys]
 
     def spread(s: Series) -> str:
@@ -1387,18 +1722,23 @@ def render(result: WorkloadResult, repeat: int) -> str:
             "-"
             if c["value"] is None
             else f"{c['value']:.0f}"
-            if kind == "rss"
+            if kind in ("rss", "rss_all")
+            else f"{c['value']:.1f}"
+            if kind == "extra"
             else fmt_s(c["value"])
             if kind == "seconds"
             else fmt_x(c["value"])
         )
-        target = f"{c['op']} {c['target']:g}" + {"ratio": "x", "seconds": " s"}.get(kind, "")
+        unit = c.get("unit") or {"ratio": "x", "dvc_extrapolated": "x", "seconds": " s"}.get(
+            kind, "")
+        target = f"{c['op']} {c['target']:g}{unit}"
         paired = "" if c["paired"] is None else fmt_x(c["paired"])
         check_rows.append([c["name"], value, paired, target, result_s, c["source"]])
 
+    note = f"; {wl.note}" if wl.note else ""
     out = [
         (
-            f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB; "
+            f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB{note}; "
             f"median of {repeat} (± half the range) =="
         ),
         table(headers, rows),
@@ -1412,6 +1752,12 @@ def render(result: WorkloadResult, repeat: int) -> str:
             "targets",
             table(["check", "measured", "paired", "target", "result", "from"], check_rows),
         ]
+        out += [f"  {c['note']}" for c in result.checks() if c.get("note")]
+    if wl.name not in ("small", "large"):
+        details = details_lines(result, labels)
+        if details:
+            out += ["", "details (median over runs; sizes in KiB = 1024 B, MB = 10^6 B)",
+                    *details]
     failures = [
         f"  {labels[who]} {step}: {msg}"
         for (step, who), s in result.series.items()
@@ -1420,6 +1766,28 @@ def render(result: WorkloadResult, repeat: int) -> str:
     if failures:
         out += ["", "failures:", *failures]
     return "\n".join(out)
+
+
+def details_lines(result: WorkloadResult, labels: dict[str, str]) -> list[str]:
+    """One line per step and participant with the facts recorded in ``Measurement.extra``
+    (median of each over the runs): store growth, objects sent, remote key counts, ..."""
+
+    def fmt(key: str, v: float) -> str:
+        if "bytes" in key and abs(v) >= 10 * 1024:
+            return f"{v / 1024:,.1f} KiB" if abs(v) < 10 * MB else f"{v / MB:,.1f} MB"
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.3f}"
+
+    lines = []
+    for step in result.steps:
+        for p in result.participants:
+            runs = result.get(step, p.key).runs
+            keys = [k for k in (runs[0].extra if runs else {}) if
+                    all(isinstance(m.extra.get(k), (int, float)) for m in runs)]
+            if keys:
+                facts = ", ".join(
+                    f"{k}={fmt(k, statistics.median(m.extra[k] for m in runs))}" for k in keys)
+                lines.append(f"  {STEP_BY_KEY[step].title} ({labels[p.key]}): {facts}")
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -1513,14 +1881,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Benchmark dsv against DVC and raw baselines (SPEC §5).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--workload", choices=["small", "large", "all"], default="small")
+    ap.add_argument(
+        "--workload",
+        default="small",
+        help="comma-separated: small, large, scale, flat, remote-age; all = small,large",
+    )
+    ap.add_argument(
+        "--scale-files",
+        type=int,
+        default=int(os.environ.get("BENCH_SCALE_FILES", workloads.SCALE_FILES)),
+        help="files of the scale workload, in directories of 1,000 (env BENCH_SCALE_FILES)",
+    )
+    ap.add_argument("--flat-files", type=int, default=workloads.FLAT_FILES,
+                    help="files of the flat workload (one directory)")
+    ap.add_argument("--age-rounds", type=int, default=workloads.AGE_ROUNDS,
+                    help="remote-age: rounds of change, commit, push")
+    ap.add_argument("--age-changes", type=int, default=workloads.AGE_CHANGES,
+                    help="remote-age: files rewritten per round")
+    ap.add_argument(
+        "--remote",
+        choices=["s3", "dir"],
+        default="s3",
+        help="the remote of the sync and remote-age steps: the S3 server (--s3) or a "
+        "directory",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
     ap.add_argument(
         "--steps",
         default="all",
         help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)}; or the groups "
         f"local ({','.join(STEP_GROUPS['local'])}), sync ({','.join(STEP_GROUPS['sync'])}), "
-        "all (prerequisites run untimed)",
+        f"age ({','.join(STEP_GROUPS['age'])}), all (prerequisites run untimed; each workload "
+        "runs those of its steps that are chosen)",
     )
     ap.add_argument(
         "--s3",
@@ -1570,13 +1962,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         elif s:
             ap.error(f"unknown step {s!r}")
     args.steps = [s.key for s in STEPS if s.key in chosen]
+    names: list[str] = []
+    for w in (w.strip() for w in args.workload.split(",")):
+        for n in (["small", "large"] if w == "all" else [w] if w else []):
+            if n not in workloads.WORKLOADS:
+                ap.error(f"unknown workload {n!r}")
+            if n not in names:
+                names.append(n)
+    args.workloads = names
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in args.tools:
         if t not in ("dvc", "dsv"):
             ap.error(f"unknown tool {t!r}")
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if min(args.scale_files, args.flat_files, args.age_rounds, args.age_changes) < 1:
+        ap.error("--scale-files, --flat-files, --age-rounds and --age-changes must be >= 1")
     return args
+
+
+def workload_params(name: str, args: argparse.Namespace) -> workloads.Params:
+    """The size knobs of workload ``name`` from the command line."""
+    files = {"scale": args.scale_files, "flat": args.flat_files}.get(name, 0)
+    return workloads.Params(files=files, rounds=args.age_rounds, changes=args.age_changes)
+
+
+def workload_steps(name: str, chosen: Sequence[str]) -> list[str]:
+    """The chosen steps that workload ``name`` has, in execution order."""
+    return [k for k in chosen if k in WORKLOAD_STEPS[name]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1597,17 +2010,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dsv" in args.tools:
         participants.append(Dsv(dsv_argv))
         versions["dsv"] = tool_version(dsv_argv, env)
-    participants += [CopyBaseline(), Blake3Baseline(), DsvHashBaseline()]
-
-    participants.append(Boto3Baseline())
+    participants += [CopyBaseline(), HashLoopBaseline(), WalkBaseline(), Blake3Baseline(),
+                     DsvHashBaseline()]
+    if args.remote == "s3":
+        participants.append(Boto3Baseline())
 
     cache = CacheControl(args.cache)
     janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))
-    ctx = Context(env=env, timeout=args.timeout, seed=args.seed, janitor=janitor)
-    names = ["small", "large"] if args.workload == "all" else [args.workload]
+    ctx = Context(env=env, timeout=args.timeout, seed=args.seed, janitor=janitor,
+                  remote=args.remote)
+    names = args.workloads
     floor = rss_floor(env, workdir)
-    s3_note = "-"
-    if any(STEP_BY_KEY[k].group == "sync" for k in needed_steps(args.steps)):
+    s3_note = "-" if args.remote == "s3" else "- (directory remotes)"
+    needed = {k for n in names for k in needed_steps(workload_steps(n, args.steps))}
+    if args.remote == "s3" and any(STEP_BY_KEY[k].group in REMOTE_GROUPS for k in needed):
         ctx.s3 = S3Server(args.s3, workdir)
         log(f"starting the {args.s3} S3 server ...")
         try:
@@ -1631,12 +2047,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[WorkloadResult] = []
     try:
         for name in names:
-            wl = prepare_workload(name, workdir, args.seed)
+            steps = workload_steps(name, args.steps)
+            if not steps:
+                log(f"workload {name}: none of the chosen steps; skipped")
+                continue
+            t = time.perf_counter()
+            wl = prepare_workload(name, workdir, args.seed, workload_params(name, args))
             results.append(
-                run_workload(
-                    wl, participants, args.steps, args.repeat, ctx, cache, workdir, args.keep
-                )
+                run_workload(wl, participants, steps, args.repeat, ctx, cache, workdir, args.keep)
             )
+            log(f"workload {name}: {time.perf_counter() - t:.0f} s (generation included)")
     finally:
         if ctx.s3 is not None:
             ctx.s3.stop()
@@ -1652,6 +2072,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not failed:
                     workdir.rmdir()
 
+    for r in results:
+        r.peers = {x.workload.name: x for x in results}
     text = "\n\n".join([header, *(render(r, args.repeat) for r in results)])
     doc = {
         "meta": {

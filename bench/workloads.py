@@ -1,7 +1,7 @@
-"""Deterministic benchmark workloads for dsv (SPEC §5).
+"""Deterministic benchmark workloads for dsv (SPEC §5 and the scale issue).
 
-Three generators, all driven by a fixed seed so that every run, every tool and every
-machine sees byte-identical inputs:
+Generators, all driven by a fixed seed so that every run, every tool and every machine
+sees byte-identical inputs:
 
 * ``small``    -- 20,000 files of 1-16 KiB in 100 directories ``d000`` .. ``d099``
   (200 files each, ``f000.bin`` .. ``f199.bin``).
@@ -10,6 +10,13 @@ machine sees byte-identical inputs:
   rewritten with new content (same size, so only mtime/content reveal the change),
   100 new small files added, and 1 MiB appended to one large file. Each part applies
   only when the tree has files of that kind.
+* ``scale``    -- 1,000,000 files (``files``, scalable) of 256 B-4 KiB in directories of
+  1,000 (``d0000/f000.bin`` ..); its mutation rewrites 2,000 of them (same size).
+* ``flat``     -- 200,000 files (``files``) of 256 B-4 KiB in one directory
+  (``f000000.bin`` ..); its mutation rewrites one file (same size).
+* ``remote-age`` -- 2,000 files of 1-16 KiB in 20 directories of 100
+  (``d00/f000.bin`` ..), and ``rounds`` rounds of ``changes`` files rewritten each
+  (``age_round``); its "mutated" tree is the content after the last round.
 
 File contents are the BLAKE3 extendable output of a key made of the seed, the file's
 relative path and a generation number. That is pseudo-random (incompressible, no two
@@ -21,7 +28,9 @@ Command line (for inspection; ``bench/run.py`` imports this module)::
 
     python bench/workloads.py small DIR [--seed N]
     python bench/workloads.py large DIR
-    python bench/workloads.py mutate DIR
+    python bench/workloads.py scale DIR [--files 100000]
+    python bench/workloads.py mutate DIR                      # small / large mutation
+    python bench/workloads.py mutate DIR --workload scale [--files 100000]
 """
 
 from __future__ import annotations
@@ -52,7 +61,37 @@ MUT_REWRITE = 200
 MUT_ADD = 100
 MUT_APPEND = 1 * MIB
 
-WORKLOADS = ("small", "large")
+WORKLOADS = ("small", "large", "scale", "flat", "remote-age")
+
+SCALE_FILES = 1_000_000
+SCALE_PER_DIR = 1000
+TINY_MIN = 256  # file sizes of the scale and flat workloads
+TINY_MAX = 4 * KIB
+SCALE_MUTATE = 2000
+FLAT_FILES = 200_000
+FLAT_MUTATE = 1
+
+AGE_FILES = 2000
+AGE_PER_DIR = 100
+AGE_ROUNDS = 200
+AGE_CHANGES = 5
+
+
+@dataclass(frozen=True)
+class Params:
+    """The size knobs of the scalable workloads (``files`` of scale / flat; the rounds of
+    remote-age). ``files=0`` means the workload's default."""
+
+    files: int = 0
+    rounds: int = AGE_ROUNDS
+    changes: int = AGE_CHANGES
+
+    def count(self, workload: str) -> int:
+        """Number of files the workload generates."""
+        default = {"scale": SCALE_FILES, "flat": FLAT_FILES, "remote-age": AGE_FILES}
+        if workload in ("small", "large"):
+            return len(small_paths() if workload == "small" else large_paths())
+        return self.files or default[workload]
 
 
 @dataclass(frozen=True)
@@ -120,13 +159,109 @@ def generate_large(root: Path, seed: int = DEFAULT_SEED) -> TreeInfo:
     return TreeInfo(files=LARGE_FILES, bytes=LARGE_FILES * LARGE_SIZE)
 
 
-def generate(workload: str, root: Path, seed: int = DEFAULT_SEED) -> TreeInfo:
-    """Generate the named workload (``small`` or ``large``) into ``root``."""
+def many_paths(workload: str, files: int) -> list[str]:
+    """Relative paths of the scale, flat or remote-age workload of ``files`` files."""
+    if workload == "flat":
+        return [f"f{i:06d}.bin" for i in range(files)]
+    if workload == "scale":
+        return [f"d{i // SCALE_PER_DIR:04d}/f{i % SCALE_PER_DIR:03d}.bin" for i in range(files)]
+    if workload == "remote-age":
+        return [f"d{i // AGE_PER_DIR:02d}/f{i % AGE_PER_DIR:03d}.bin" for i in range(files)]
+    raise ValueError(f"{workload!r} is not a many-file workload")
+
+
+def generate_many(workload: str, root: Path, files: int, seed: int = DEFAULT_SEED) -> TreeInfo:
+    """Write ``files`` files of the scale, flat or remote-age workload into ``root``.
+
+    Fast enough for a million files (about a minute here): one ``os.open``/``os.write``/
+    ``os.close`` per file, relative to an open directory descriptor (no path lookups),
+    contents from BLAKE3 like every other workload.
+    """
+    lo, hi = (SMALL_MIN, SMALL_MAX) if workload == "remote-age" else (TINY_MIN, TINY_MAX)
+    rng = random.Random(f"{seed}:{workload}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    total = 0
+    root.mkdir(parents=True, exist_ok=True)
+    current, dir_fd = None, -1
+    try:
+        for rel in many_paths(workload, files):
+            parent, _, name = rel.rpartition("/")
+            if parent != current:
+                if dir_fd >= 0:
+                    os.close(dir_fd)
+                (root / parent).mkdir(exist_ok=True)
+                dir_fd = os.open(root / parent, os.O_RDONLY | os.O_DIRECTORY)
+                current = parent
+            size = rng.randint(lo, hi)
+            fd = os.open(name, flags, 0o644, dir_fd=dir_fd)
+            try:
+                os.write(fd, _content(seed, rel, 0, size))
+            finally:
+                os.close(fd)
+            total += size
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    return TreeInfo(files=files, bytes=total)
+
+
+def rewrite(root: Path, rels: list[str], seed: int, generation: int) -> int:
+    """Give each of ``rels`` new bytes of the same size (generation ``generation``);
+    return the number of bytes written."""
+    written = 0
+    for rel in rels:
+        size = (root / rel).stat().st_size
+        _write(root / rel, _content(seed, rel, generation, size))
+        written += size
+    return written
+
+
+def mutated_paths(workload: str, files: int, seed: int) -> list[str]:
+    """The files the scale or flat mutation rewrites (2,000, resp. 1), sorted."""
+    count = SCALE_MUTATE if workload == "scale" else FLAT_MUTATE
+    rng = random.Random(f"{seed}:{workload}:mutation")
+    paths = many_paths(workload, files)
+    return sorted(paths[i] for i in rng.sample(range(files), min(count, files)))
+
+
+def age_round(root: Path, seed: int, files: int, round_no: int, changes: int) -> int:
+    """Round ``round_no`` (0-based) of remote-age: rewrite ``changes`` files, each with
+    generation ``round_no + 1``. Returns the bytes written."""
+    rng = random.Random(f"{seed}:remote-age:{round_no}")
+    paths = many_paths("remote-age", files)
+    picked = sorted(paths[i] for i in rng.sample(range(files), min(changes, files)))
+    return rewrite(root, picked, seed, round_no + 1)
+
+
+def generate(
+    workload: str, root: Path, seed: int = DEFAULT_SEED, params: Params | None = None
+) -> TreeInfo:
+    """Generate the named workload into ``root``."""
+    params = params or Params()
     if workload == "small":
         return generate_small(root, seed)
     if workload == "large":
         return generate_large(root, seed)
+    if workload in WORKLOADS:
+        return generate_many(workload, root, params.count(workload), seed)
     raise ValueError(f"unknown workload {workload!r}; expected one of {WORKLOADS}")
+
+
+def mutate(
+    workload: str, root: Path, seed: int = DEFAULT_SEED, params: Params | None = None
+) -> dict[str, int]:
+    """Apply the workload's mutation to a generated tree in place; return counts of what
+    changed (``rewritten`` files and ``rewritten_bytes`` among them). For remote-age the
+    mutation is every round, one after the other: the content after the last push."""
+    params = params or Params()
+    if workload in ("small", "large"):
+        return apply_mutation(root, seed)
+    files = params.count(workload)
+    if workload == "remote-age":
+        written = sum(age_round(root, seed, files, r, params.changes) for r in range(params.rounds))
+        return {"rounds": params.rounds, "rewritten_bytes": written}
+    rels = mutated_paths(workload, files, seed)
+    return {"rewritten": len(rels), "rewritten_bytes": rewrite(root, rels, seed, 1)}
 
 
 def apply_mutation(root: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
@@ -175,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=[*WORKLOADS, "mutate"])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--workload", default="small", help="whose mutation (with mutate)")
+    parser.add_argument("--files", type=int, default=0, help="files of scale/flat/remote-age")
+    parser.add_argument("--rounds", type=int, default=AGE_ROUNDS, help="remote-age rounds")
+    parser.add_argument("--changes", type=int, default=AGE_CHANGES, help="files per round")
     args = parser.parse_args(argv)
+    params = Params(args.files, args.rounds, args.changes)
     if args.what == "mutate":
-        print(apply_mutation(args.dir, args.seed))
+        print(mutate(args.workload, args.dir, args.seed, params))
     else:
-        info = generate(args.what, args.dir, args.seed)
+        info = generate(args.what, args.dir, args.seed, params)
         print(f"{args.what}: {info.files} files, {info.bytes} bytes in {args.dir}")
     return 0
 

@@ -192,11 +192,10 @@ class Core:
         """The flat manifest of `version` (only what lies under `prefix`, if given)."""
         root = version.tree
         if prefix:
-            rows = tree.list_dir(version.tree, self.read_tree, prefix.rpartition("/")[0])
-            match = [r for r in rows if r[0] == prefix.rpartition("/")[2]]
-            if not match:
+            found = tree.find(version.tree, self.read_tree, prefix)
+            if found is None:
                 return {}
-            _name, kind, mode, size, oid = match[0]
+            _name, kind, mode, size, oid = found
             if kind != tree.DIR:
                 return {prefix: Entry(kind, mode, size, oid)}
             root = oid

@@ -245,14 +245,13 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
         if data is None:
             continue
         try:
-            rows = tree.decode_tree(data, oid)
+            node = tree.decode_node(data, oid)
         except DsvError as exc:
             report.problems.append(f"{who}: {exc.message}")
             continue
-        for _name, kind, _mode, size, child in rows:
-            if kind == tree.DIR:
-                stack.append(child)
-            else:
+        stack.extend(node.links)
+        for _name, kind, _mode, size, child in node.rows:
+            if kind != tree.DIR:
                 needed.setdefault(child, (KIND_BLOB, size))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
@@ -31,6 +32,34 @@ MAX_SIZE = 1 << 62            # bytes a file or a directory may claim
 # can describe 2^40 paths).
 MAX_VERSION_PATHS = 16_000_000
 MAX_TREE_DEPTH = MAX_PATH_BYTES // 2   # a path of 4096 bytes has at most 2048 parts
+SHARD_ENTRIES = 512
+"""A directory (or a shard of one) with more entries than this is split in 16 shards by
+the next hex digit of blake3(name): a one-file change in a directory of any size then
+rewrites one small leaf and the shard nodes above it (format.md, "Sharded directories")."""
+MAX_SHARD_DEPTH = 64                  # hex digits in a blake3 hash
+
+Row = tuple[str, str, int, int, str]
+"""One directory entry: (name, kind, mode, size, oid)."""
+
+
+class Node(NamedTuple):
+    """One tree object, decoded: a directory's whole tree (`prefix` None), a shard node
+    (`shards`: the (hex digit, child) of each non-empty shard), or a leaf of a sharded
+    directory (`rows` whose names' hashes start with `prefix`)."""
+
+    rows: list[Row]
+    shards: list[tuple[str, str]]
+    prefix: str | None
+
+    @property
+    def links(self) -> list[str]:
+        """The tree objects this one names: subdirectories' trees and shards."""
+        return [r[4] for r in self.rows if r[1] == DIR] + [c for _d, c in self.shards]
+
+
+def name_hash(name: str) -> str:
+    """The hex blake3 of a name: which shard it lives in, at every level."""
+    return hash_bytes(name.encode("utf-8", "surrogateescape"))
 
 
 def encode_tree(entries: list[tuple[str, str, int, int, str]]) -> bytes:
@@ -39,24 +68,71 @@ def encode_tree(entries: list[tuple[str, str, int, int, str]]) -> bytes:
                       separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def decode_tree(data: bytes, oid: str = "?", trusted: bool = False
-                ) -> list[tuple[str, str, int, int, str]]:
-    """Parse one tree object, validating every entry unless it is `trusted`.
+def decode_tree(data: bytes, oid: str = "?", trusted: bool = False) -> list[Row]:
+    """The rows of one tree object that holds entries (a directory's tree, or a leaf of a
+    sharded one), validating every entry unless it is `trusted`; CorruptObject for
+    anything else."""
+    node = decode_node(data, oid, trusted)
+    if node.shards:
+        raise CorruptObject(f"object {oid[:12]} is a shard node, not a tree of entries")
+    return node.rows
+
+
+def decode_node(data: bytes, oid: str = "?", trusted: bool = False) -> Node:
+    """Parse one tree object of any kind, validating it unless it is `trusted`.
 
     Trees enter the local store only after validation (dsv wrote them, or they were
     checked when fetched), so reads from the store skip the per-entry checks; every path
-    is still checked again where it touches the filesystem.
+    is still checked again where it touches the filesystem. How objects fit together (a
+    shard's prefix extends its parent's by its digit) is checked where they are walked
+    as a directory (`entries`, `flatten`).
     """
     try:
         # Trees in the store were validated on the way in; trees from outside are bounded.
         obj = json.loads(data) if trusted else load_bounded(data, MAX_TREE_BYTES)
+        kind = obj.get("type")
+        if obj.get("v") != TREE_FORMAT or kind not in ("tree", "leaf", "shards"):
+            raise ValueError("not a tree")
+        prefix = obj["prefix"] if kind != "tree" else None
+        if prefix is not None and (not isinstance(prefix, str) or len(prefix) > MAX_SHARD_DEPTH
+                                   or prefix.strip("0123456789abcdef")
+                                   or (kind == "leaf" and not prefix)):
+            raise ValueError("bad prefix")
+        if kind == "shards":
+            return Node([], _shards(obj["shards"], oid, trusted), prefix)
         rows = obj["entries"]
-        if obj.get("type") != "tree" or obj.get("v") != TREE_FORMAT or not isinstance(rows, list):
+        if not isinstance(rows, list):
             raise ValueError("not a tree")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptObject(f"object {oid[:12]} is not a valid tree") from None
     if trusted:
-        return rows
+        return Node(rows, [], prefix)
+    out = _rows(rows, oid)
+    if prefix and any(not name_hash(r[0]).startswith(prefix) for r in out):
+        raise CorruptObject(f"tree {oid[:12]} holds a name that is not in its shard")
+    return Node(out, [], prefix)
+
+
+def _shards(shards: object, oid: str, trusted: bool) -> list[tuple[str, str]]:
+    if trusted:
+        return [(d, c) for d, c in shards]  # type: ignore[attr-defined]
+    if not isinstance(shards, list) or not shards or len(shards) > 16:
+        raise ValueError("bad shards")
+    out: list[tuple[str, str]] = []
+    for row in shards:
+        if not isinstance(row, list) or len(row) != 2:
+            raise ValueError("bad shards")
+        digit, child = row
+        if not isinstance(digit, str) or len(digit) != 1 or digit not in "0123456789abcdef" \
+                or not isinstance(child, str) or not is_hash(child) or \
+                (out and digit <= out[-1][0]):
+            raise ValueError("bad shards")
+        out.append((digit, child))
+    return out
+
+
+def _rows(rows: list[Any], oid: str) -> list[Row]:
+    """Validated entries of a tree object."""
     if len(rows) > MAX_TREE_ENTRIES:
         raise CorruptObject(f"tree {oid[:12]} has too many entries")
     previous = None
@@ -80,6 +156,53 @@ def decode_tree(data: bytes, oid: str = "?", trusted: bool = False
     return out
 
 
+def _node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,
+             trusted: bool = True) -> Node:
+    """The object `oid` where a walk expects it: a directory's own tree or top shard node
+    (`prefix` ""), or a shard of prefix `prefix`."""
+    node = decode_node(read_tree(oid), oid, trusted)
+    if (node.prefix or "") != prefix:
+        raise CorruptObject(f"tree {oid[:12]} is not where it is named (a shard out of place)")
+    return node
+
+
+def entries(oid: str, read_tree: Callable[[str], bytes], trusted: bool = True) -> list[Row]:
+    """Every entry of the directory whose tree is `oid` (its shards gathered), by name."""
+    node = _node_at(read_tree, oid, "", trusted)
+    if not node.shards:
+        return node.rows
+    out: list[Row] = []
+    stack = [(child, (node.prefix or "") + digit) for digit, child in node.shards]
+    while stack:
+        child, prefix = stack.pop()
+        sub = _node_at(read_tree, child, prefix, trusted)
+        out.extend(sub.rows)
+        stack.extend((c, prefix + d) for d, c in sub.shards)
+        if len(out) > MAX_TREE_ENTRIES:
+            raise CorruptObject(f"tree {oid[:12]} has too many entries")
+    out.sort(key=lambda r: r[0].encode("utf-8", "surrogateescape"))
+    return out
+
+
+def lookup(oid: str, read_tree: Callable[[str], bytes], name: str) -> Row | None:
+    """The entry `name` of the directory whose tree is `oid`, reading only the shards on
+    the way to it."""
+    node = _node_at(read_tree, oid, "")
+    digits = name_hash(name) if node.shards else ""
+    prefix = ""
+    while node.shards:
+        digit = digits[len(prefix)]
+        child = dict(node.shards).get(digit)
+        if child is None:
+            return None
+        prefix += digit
+        node = _node_at(read_tree, child, prefix)
+    for row in node.rows:
+        if row[0] == name:
+            return row
+    return None
+
+
 def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> tuple[str, int]:
     """Write the trees of `manifest` bottom-up through `store_tree(oid, bytes)`.
 
@@ -99,13 +222,8 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         node = children[directory]
         # Code-point order is UTF-8 byte order (names never hold surrogates).
         rows = [(name, *node[name]) for name in sorted(node)]
-        data = encode_tree(rows)
-        if len(data) > MAX_TREE_BYTES:
-            raise InvalidInput(f"directory {directory or '.'} has {len(rows):,} entries, more "
-                               f"than one tree object may describe ({MAX_TREE_BYTES >> 20} MiB)",
-                               hint="split it into subdirectories")
-        oid = hash_bytes(data)
-        store_tree(oid, data)
+        oid = _store_dir(rows, "", store_tree) if len(rows) > SHARD_ENTRIES else \
+            _store(encode_tree(rows), store_tree, directory)
         if directory:
             parent, _, name = directory.rpartition("/")
             if isinstance(children[parent].get(name), tuple) and children[parent][name][0] != DIR:
@@ -114,6 +232,42 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         else:
             return oid, sum(r[3] for r in rows)
     raise AssertionError("unreachable: the root is always built last")
+
+
+def _store(data: bytes, store_tree: Callable[[str, bytes], None], directory: str) -> str:
+    if len(data) > MAX_TREE_BYTES:
+        raise InvalidInput(f"directory {directory or '.'} needs a tree object larger than "
+                           f"{MAX_TREE_BYTES >> 20} MiB", hint="split it into subdirectories")
+    oid = hash_bytes(data)
+    store_tree(oid, data)
+    return oid
+
+
+def _store_dir(rows: list[Row], prefix: str, store_tree: Callable[[str, bytes], None]) -> str:
+    """Store sorted `rows` (more than SHARD_ENTRIES of them) as a shard node of prefix
+    `prefix` over 16 shards by the next digit of each name's hash; returns its id. A shard
+    with at most SHARD_ENTRIES entries is a leaf, a larger one a shard node again. Which
+    shard a name is in depends on the name alone, so inserts never move other names."""
+    depth = len(prefix)
+    buckets: dict[str, list[Row]] = {}
+    for row in rows:
+        buckets.setdefault(name_hash(row[0])[depth], []).append(row)
+    shards = []
+    for digit in sorted(buckets):
+        sub, sub_prefix = buckets[digit], prefix + digit
+        if len(sub) > SHARD_ENTRIES and len(sub_prefix) < MAX_SHARD_DEPTH:
+            child = _store_dir(sub, sub_prefix, store_tree)
+        else:
+            child = _store(_encode({"entries": sub, "prefix": sub_prefix, "type": "leaf"}),
+                           store_tree, sub_prefix)
+        shards.append([digit, child])
+    return _store(_encode({"prefix": prefix, "shards": shards, "type": "shards"}), store_tree,
+                  prefix)
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps({**obj, "v": TREE_FORMAT}, separators=(",", ":"),
+                      ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
 def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
@@ -127,27 +281,32 @@ def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
 
 def check_expansion(root: str, read_tree: Callable[[str], bytes],
                     limit: int = MAX_VERSION_PATHS) -> int:
-    """How many paths tree `root` expands to, computed with each distinct tree visited
-    once; CorruptObject beyond `limit` paths or MAX_TREE_DEPTH levels."""
-    counts: dict[str, tuple[int, int]] = {}     # tree → (paths, height)
+    """How many paths tree `root` expands to, computed with each distinct tree object
+    visited once; CorruptObject beyond `limit` paths or MAX_TREE_DEPTH levels (a shard
+    adds objects, not levels: its depth is bounded by MAX_SHARD_DEPTH)."""
+    counts: dict[str, tuple[int, int]] = {}     # tree object → (paths, height)
     stack: list[tuple[str, bool]] = [(root, False)]
     while stack:
         oid, children_done = stack.pop()
         if oid in counts:
             continue
-        rows = decode_tree(read_tree(oid), oid, trusted=True)
+        node = decode_node(read_tree(oid), oid, trusted=True)
         if not children_done:
             stack.append((oid, True))
-            stack.extend((r[4], False) for r in rows if r[1] == DIR and r[4] not in counts)
+            stack.extend((c, False) for c in node.links if c not in counts)
             continue
         paths, height = 0, 1
-        for row in rows:
+        for row in node.rows:
             if row[1] == DIR:
                 sub_paths, sub_height = counts[row[4]]
                 paths += sub_paths
                 height = max(height, sub_height + 1)
             else:
                 paths += 1
+        for _digit, child in node.shards:
+            sub_paths, sub_height = counts[child]
+            paths += sub_paths
+            height = max(height, sub_height)
         if paths > limit:
             raise CorruptObject(f"tree {root[:12]} expands to more than {limit:,} paths",
                                 hint="a version that large is refused (a hostile tree can "
@@ -161,15 +320,15 @@ def check_expansion(root: str, read_tree: Callable[[str], bytes],
 
 def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
     """Whether trees `a` and `b` hold the same paths, kinds, contents and mode classes
-    (trees written before modes were classes may differ only in finer bits). Walks only
-    where the ids differ, and stops at the first real difference."""
+    (trees written before modes were classes may differ only in finer bits, and before
+    directories were sharded, in their sharding). Walks only where the ids differ, and
+    stops at the first real difference."""
     stack = [(a, b)]
     while stack:
         x, y = stack.pop()
         if x == y:
             continue
-        rows_x = decode_tree(read_tree(x), x, trusted=True)
-        rows_y = decode_tree(read_tree(y), y, trusted=True)
+        rows_x, rows_y = entries(x, read_tree), entries(y, read_tree)
         if [r[0] for r in rows_x] != [r[0] for r in rows_y]:
             return False
         for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y, strict=True):
@@ -192,39 +351,53 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
             trusted: bool = True) -> Manifest:
     """The flat manifest of tree `root` (optionally only the subtree at `prefix`)."""
     manifest: Manifest = {}
-    stack = [(prefix, root)]
+    stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
-        base, oid = stack.pop()
-        for name, kind, mode, size, child in decode_tree(read_tree(oid), oid, trusted):
+        base, oid, shard = stack.pop()
+        node = _node_at(read_tree, oid, shard, trusted)
+        for name, kind, mode, size, child in node.rows:
             path = f"{base}/{name}" if base else name
             if kind == DIR:
-                stack.append((path, child))
+                stack.append((path, child, ""))
             else:
                 manifest[path] = Entry(kind, mode, size, child)
+        stack.extend((base, child, shard + digit) for digit, child in node.shards)
         if len(manifest) > MAX_VERSION_PATHS:
             raise CorruptObject(f"tree {root[:12]} expands to more than "
                                 f"{MAX_VERSION_PATHS:,} paths")
     return manifest
 
 
-def list_dir(root: str, read_tree: Callable[[str], bytes],
-             path: str) -> list[tuple[str, str, int, int, str]]:
-    """The rows of the directory at `path` (`""` is the root); raises KeyError if absent."""
+def find(root: str, read_tree: Callable[[str], bytes], path: str) -> Row | None:
+    """The entry at `path` (not "") under tree `root`, reading only the trees and shards
+    on the way to it; None if there is none."""
+    row: Row | None = None
     oid = root
-    if path:
-        for part in path.split("/"):
-            rows = {r[0]: r for r in decode_tree(read_tree(oid), oid)}
-            row = rows.get(part)
-            if row is None or row[1] != DIR:
-                raise KeyError(path)
-            oid = row[4]
-    return decode_tree(read_tree(oid), oid)
+    for part in path.split("/"):
+        if row is not None and row[1] != DIR:
+            return None
+        row = lookup(oid, read_tree, part)
+        if row is None:
+            return None
+        oid = row[4]
+    return row
+
+
+def list_dir(root: str, read_tree: Callable[[str], bytes], path: str) -> list[Row]:
+    """The rows of the directory at `path` (`""` is the root); raises KeyError if absent."""
+    if not path:
+        return entries(root, read_tree)
+    row = find(root, read_tree, path)
+    if row is None or row[1] != DIR:
+        raise KeyError(path)
+    return entries(row[4], read_tree)
 
 
 def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool = False
-                   ) -> Iterable[tuple[str, list[tuple[str, str, int, int, str]]]]:
-    """(tree id, rows) of every tree under `root`, each distinct tree once (a version
-    that names one directory many times costs that directory once)."""
+                   ) -> Iterable[tuple[str, list[Row]]]:
+    """(object id, rows) of every tree object under `root` (shard nodes with no rows),
+    each distinct object once (a version that names one directory many times costs that
+    directory once)."""
     seen: set[str] = set()
     stack = [root]
     while stack:
@@ -232,13 +405,13 @@ def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool =
         if oid in seen:
             continue
         seen.add(oid)
-        rows = decode_tree(read_tree(oid), oid, trusted)
-        yield oid, rows
-        stack.extend(row[4] for row in rows if row[1] == DIR)
+        node = decode_node(read_tree(oid), oid, trusted)
+        yield oid, node.rows
+        stack.extend(node.links)
 
 
 def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
-    """Every (kind, oid) reachable from `root`, trees included, each tree once."""
+    """Every (kind, oid) reachable from `root`, tree objects included, each tree once."""
     for oid, rows in distinct_trees(root, read_tree):
         yield DIR, oid
         for _name, kind, _mode, _size, child in rows:

@@ -190,7 +190,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                 damage.blind = True
                 continue
             try:
-                rows = tree.decode_tree(core.read_tree(oid), oid)
+                node = tree.decode_node(core.read_tree(oid), oid)
             except DsvError as exc:
                 damage.blind = True
                 if oid not in damage.corrupt:
@@ -198,9 +198,9 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                     report.problems.append(f"{label}: {exc.message}")
                 continue
             damage.trees.add(oid)
-            for _name, kind, _mode, size, child in rows:
+            stack.extend(node.links)
+            for _name, kind, _mode, size, child in node.rows:
                 if kind == tree.DIR:
-                    stack.append(child)
                     continue
                 damage.reached.add(child)
                 damage.sizes[child] = size
@@ -239,10 +239,9 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
     promised = core.index.promised()
     parents: dict[str, set[str]] = {}
     for oid in damage.trees:
-        for _name, kind, _mode, _size, child in tree.decode_tree(core.read_tree(oid), oid,
-                                                                 trusted=True):
-            if child in bad or kind == tree.DIR:
-                parents.setdefault(child, set()).add(oid)
+        node = tree.decode_node(core.read_tree(oid), oid, trusted=True)
+        for child in [*node.links, *(r[4] for r in node.rows if r[4] in bad)]:
+            parents.setdefault(child, set()).add(oid)
     tainted: set[str] = set()   # trees that name a bad object, or a tainted tree
     todo = list(bad)
     while todo:
@@ -263,8 +262,8 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
         stack = [("", v.tree)] if v.tree in tainted else []
         while stack:
             base, oid = stack.pop()
-            for name, kind, _mode, _size, child in tree.decode_tree(core.read_tree(oid), oid,
-                                                                    trusted=True):
+            node = tree.decode_node(core.read_tree(oid), oid, trusted=True)
+            for name, kind, _mode, _size, child in node.rows:
                 path = f"{base}/{name}" if base else name
                 if child in bad:
                     if kind != tree.DIR and v.id in promised and child in damage.missing:
@@ -273,6 +272,12 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
                         return out
                 elif kind == tree.DIR and child in tainted:
                     stack.append((path, child))
+            for _digit, child in node.shards:  # a shard of this same directory
+                if child in bad:
+                    if add(v, f"{base}/" if base else "/", child):
+                        return out
+                elif child in tainted:
+                    stack.append((base, child))
     return out
 
 
@@ -472,12 +477,14 @@ def _absent_children(core: Core, oid: str, data: bytes, got: dict[str, str],
     when no version was fetched without its blobs: those are absent by design (pulled
     on checkout), and the next round's check asks for exactly what is needed."""
     try:
-        rows = tree.decode_tree(data, oid)
+        node = tree.decode_node(data, oid)
     except DsvError:
         return {}
     blobs = not core.index.promised()
     out: Wanted = {}
-    for _name, kind, _mode, size, child in rows:
+    children = [(tree.DIR, None, child) for child in node.links] + \
+        [(kind, size, child) for _name, kind, _mode, size, child in node.rows if kind != tree.DIR]
+    for kind, size, child in children:
         if child in got or (kind != tree.DIR and not blobs):
             continue
         if child in damage.corrupt or not core.objects.has(child):

@@ -215,9 +215,9 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
         below: set[str] = set()
         for oid, data in download_packed(core, remote, need, "fetching trees", report):
             raw = bytes(data)
-            rows = tree.decode_tree(raw, oid)  # validated here; trusted once stored
+            node = tree.decode_node(raw, oid)  # validated here; trusted once stored
             trees[oid] = raw
-            below.update(row[4] for row in rows if row[1] == tree.DIR)
+            below.update(node.links)
         frontier = below - seen
     return trees
 

@@ -1,0 +1,234 @@
+"""Sharded directories (issue 11): a directory with more than SHARD_ENTRIES entries is
+stored as shard nodes over leaves, by the hash of each name, so that a one-file change
+rewrites one small leaf and the nodes above it; every reader (flatten, lookups, expansion
+bounds, content comparison, fetch, verify, gc) works across shards, hostile shards are
+refused, and trees written before sharding keep working."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import blake3
+import pytest
+
+import dsv as dsv_api
+from conftest import read_tree, write_tree
+from dsv import tree
+from dsv.errors import CorruptObject
+from dsv.tree import FILE, Entry
+
+
+def _oid(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+class MemStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, oid: str, data: bytes) -> None:
+        assert _oid(data) == oid
+        self.objects.setdefault(oid, data)
+
+    def get(self, oid: str) -> bytes:
+        return self.objects[oid]
+
+
+def _manifest(n: int, directory: str = "flat", seed: int = 1) -> dict[str, Entry]:
+    rng = random.Random(seed)
+    return {f"{directory}/f{i:06d}.bin": Entry(FILE, 0o644, rng.randrange(1, 5000),
+                                               _oid(b"%d-%d" % (seed, i)))
+            for i in range(n)}
+
+
+def _kinds(store: MemStore) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for data in store.objects.values():
+        kind = json.loads(data)["type"]
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def test_a_large_directory_is_sharded_and_reads_back_whole() -> None:
+    manifest = {**_manifest(20_000), **_manifest(300, "small"), "top.txt": Entry(
+        FILE, 0o644, 3, _oid(b"top"))}
+    store = MemStore()
+    root, size = tree.build_tree(manifest, store.put)
+    assert size == sum(e.size for e in manifest.values())
+    kinds = _kinds(store)
+    assert kinds["shards"] >= 1 + 16 and kinds["leaf"] >= 256  # 20,000 entries: 2 levels
+    assert kinds["tree"] == 2  # the root and `small` stay plain trees
+    assert tree.flatten(root, store.get) == manifest
+    assert tree.flatten(root, store.get, trusted=False) == manifest
+    rows = tree.list_dir(root, store.get, "flat")
+    assert [r[0] for r in rows] == sorted(p.split("/")[1] for p in manifest if
+                                          p.startswith("flat/"))
+    assert tree.find(root, store.get, "flat/f012345.bin")[4] == manifest["flat/f012345.bin"].oid
+    assert tree.find(root, store.get, "flat/nosuch.bin") is None
+    assert tree.find(root, store.get, "top.txt/x") is None
+    assert tree.check_expansion(root, store.get) == len(manifest)
+    assert {oid for _k, oid in tree.subtree_ids(root, store.get)} >= set(store.objects)
+    assert sum(1 for _ in tree.blob_sizes(root, store.get)) == len(manifest)
+    for data in store.objects.values():  # every object small: no 2 MB directory object
+        assert len(data) < 64 << 10
+
+
+def test_a_one_file_change_rewrites_one_leaf_and_the_nodes_above_it() -> None:
+    manifest = _manifest(200_000)
+    old = MemStore()
+    root1, _ = tree.build_tree(manifest, old.put)
+    changed = dict(manifest)
+    changed["flat/f100000.bin"] = Entry(FILE, 0o644, 7, _oid(b"new"))
+    changed["flat/zz-inserted.bin"] = Entry(FILE, 0o644, 9, _oid(b"inserted"))
+    new = MemStore()
+    root2, _ = tree.build_tree(changed, new.put)
+    fresh = {oid: data for oid, data in new.objects.items() if oid not in old.objects}
+    # Two leaves (one per changed name), the shard nodes above them, the root: nothing
+    # else moved, because a name's shard depends on that name alone.
+    assert len(fresh) <= 2 * 4 + 1, len(fresh)
+    assert sum(map(len, fresh.values())) <= 64 << 10
+    assert tree.flatten(root2, new.get) == changed
+    assert not tree.same_content(root1, root2, lambda o: new.objects.get(o) or old.get(o))
+
+
+def test_a_plain_tree_written_before_sharding_still_reads_and_compares_equal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = _manifest(3000)
+    plain = MemStore()
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 1 << 30)
+    old_root, _ = tree.build_tree(manifest, plain.put)
+    monkeypatch.undo()
+    assert _kinds(plain) == {"tree": 2}
+    sharded = MemStore()
+    new_root, _ = tree.build_tree(manifest, sharded.put)
+    assert new_root != old_root
+    both = {**plain.objects, **sharded.objects}.__getitem__
+    assert tree.flatten(old_root, both) == tree.flatten(new_root, both) == manifest
+    assert tree.same_content(old_root, new_root, both)
+    assert tree.list_dir(old_root, both, "flat") == tree.list_dir(new_root, both, "flat")
+
+
+def _first(store: MemStore, kind: str) -> tuple[str, dict]:
+    for oid, data in store.objects.items():
+        obj = json.loads(data)
+        if obj["type"] == kind:
+            return oid, obj
+    raise AssertionError(kind)
+
+
+def _encode(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def test_hostile_shards_are_refused() -> None:
+    store = MemStore()
+    root, _ = tree.build_tree(_manifest(2000), store.put)
+    leaf_oid, leaf = _first(store, "leaf")
+    # A leaf naming a file whose hash is not in its shard.
+    stray = next(f"x{i}" for i in range(100) if not tree.name_hash(f"x{i}").startswith(
+        leaf["prefix"]))
+    bad = _encode({**leaf, "entries": sorted([*leaf["entries"], [stray, "f", 420, 1,
+                                                                  "0" * 64]])})
+    with pytest.raises(CorruptObject, match="not in its shard"):
+        tree.decode_node(bad, _oid(bad))
+    # Shard nodes: unsorted or repeated digits, too many shards, a bad prefix.
+    node_oid, node = _first(store, "shards")
+    for broken in ({**node, "shards": node["shards"][::-1]},
+                   {**node, "shards": [node["shards"][0]] * 2},
+                   {**node, "prefix": "xyz"},
+                   {**node, "prefix": "0" * 65},
+                   {**node, "shards": []}):
+        data = _encode(broken)
+        with pytest.raises(CorruptObject):
+            tree.decode_node(data, _oid(data))
+    # A shard put where another belongs (each valid alone): caught when it is walked.
+    swapped = dict(node)
+    first, second = node["shards"][0], node["shards"][1]
+    swapped["shards"] = [[first[0], second[1]], [second[0], first[1]], *node["shards"][2:]]
+    data = _encode(swapped)
+    store.put(_oid(data), data)
+    with pytest.raises(CorruptObject, match="out of place"):
+        tree.entries(_oid(data), store.get)
+    # A leaf where a directory's tree belongs is refused too.
+    with pytest.raises(CorruptObject, match="out of place"):
+        tree.entries(leaf_oid, store.get)
+    assert tree.flatten(root, store.get)  # the real tree is fine
+
+
+# ---- end to end ----------------------------------------------------------------------
+
+def _files(n: int) -> dict[str, bytes]:
+    return {f"flat/img{i:05d}.png": b"%05d" % i * 20 for i in range(n)}
+
+
+def _dsv_bytes(ws: Path) -> int:
+    return sum(p.stat().st_size for p in (ws / ".dsv" / "objects").rglob("*") if p.is_file())
+
+
+def test_a_sharded_dataset_commits_pushes_clones_and_verifies(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    files = _files(3000)
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    with dsv_api.open(ws) as store:
+        root = store.resolve("raw:latest").tree
+        flat = tree.find(root, store.read_tree, "flat")
+        assert json.loads(store.read_tree(flat[4]))["type"] == "shards"
+    # One file changed: a small commit, and the diff names just it.
+    before = _dsv_bytes(ws)
+    (ws / "flat/img01234.png").write_bytes(b"changed")
+    assert dsv("commit", "-m", "one file", cwd=ws).code == 0
+    assert _dsv_bytes(ws) - before < 64 << 10
+    diff = dsv("diff", "raw:latest~1", "raw:latest", cwd=ws)
+    assert diff.code == 0 and "flat/img01234.png" in diff.out and "img01235" not in diff.out
+    assert dsv("status", cwd=ws).out.strip().endswith("clean") or \
+        "0 added" in dsv("status", cwd=ws).out
+    assert dsv("commit", "-m", "again", cwd=ws).code == 1  # nothing to commit
+    # Push, clone, partial checkout and file listing across shards.
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
+    expected = {**files, "flat/img01234.png": b"changed"}
+    assert read_tree(clone / "raw") == expected or read_tree(clone) == expected
+    out = tmp_path / "one"
+    assert dsv("checkout", "raw:latest~1", "flat/img00007.png", "--to", out, cwd=ws).code == 0
+    assert read_tree(out) == {"flat/img00007.png": files["flat/img00007.png"]}
+    listing = dsv("files", "list", "raw:latest", "--path", "flat", "--json", cwd=ws)
+    assert listing.code == 0 and len(json.loads(listing.out)) == 3000
+    # gc keeps every shard; verify walks them.
+    assert dsv("gc", cwd=ws).code == 0
+    assert dsv("verify", cwd=ws).code == 0
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+
+
+def test_a_damaged_leaf_is_named_and_repaired(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, _files(1500))
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    with dsv_api.open(ws) as store:
+        root = store.resolve("raw:latest").tree
+        flat = tree.find(root, store.read_tree, "flat")[4]
+        shard = tree.decode_node(store.read_tree(flat), flat).shards[3][1]
+        pack_id, offset, _length = store.index.locate(shard)
+    path = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset + 10] ^= 1
+    path.write_bytes(bytes(data))
+    r = dsv("verify", "--json", cwd=ws)
+    rep = json.loads(r.out)
+    assert r.code == 1 and any(a["path"] == "flat/" and a["object"] == shard
+                               for a in rep["affected"])
+    fixed = dsv("verify", "--repair", cwd=ws)
+    assert fixed.code == 0, fixed.out
+    assert dsv("verify", cwd=ws).code == 0
+    assert dsv("checkout", "raw:latest", "--to", tmp_path / "out", cwd=ws).code == 0
+    assert read_tree(tmp_path / "out") == _files(1500)
