@@ -1683,7 +1683,7 @@ def render(result: WorkloadResult, repeat: int) -> str:
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
     baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "boto3")
                  if k in keys and k in used]
-    tools = [k for k in ("dvc", "dsv") if k in keys]
+    tools = [k for k in ("dvc", "dsv") if k in keys and k in used]
 
     def spread(s: Series) -> str:
         if not s.runs:

@@ -9,8 +9,11 @@ the working directory or the index.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
+
+from blake3 import blake3
 
 from .errors import CorruptObject, InvalidInput, UnsafePath
 from .hashing import hash_bytes, is_hash
@@ -59,7 +62,7 @@ class Node(NamedTuple):
 
 def name_hash(name: str) -> str:
     """The hex blake3 of a name: which shard it lives in, at every level."""
-    return hash_bytes(name.encode("utf-8", "surrogateescape"))
+    return blake3(name.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def encode_tree(entries: list[tuple[str, str, int, int, str]]) -> bytes:
@@ -222,7 +225,7 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         node = children[directory]
         # Code-point order is UTF-8 byte order (names never hold surrogates).
         rows = [(name, *node[name]) for name in sorted(node)]
-        oid = _store_dir(rows, "", store_tree) if len(rows) > SHARD_ENTRIES else \
+        oid = _store_dir(rows, store_tree) if len(rows) > SHARD_ENTRIES else \
             _store(encode_tree(rows), store_tree, directory)
         if directory:
             parent, _, name = directory.rpartition("/")
@@ -243,24 +246,37 @@ def _store(data: bytes, store_tree: Callable[[str, bytes], None], directory: str
     return oid
 
 
-def _store_dir(rows: list[Row], prefix: str, store_tree: Callable[[str, bytes], None]) -> str:
-    """Store sorted `rows` (more than SHARD_ENTRIES of them) as a shard node of prefix
-    `prefix` over 16 shards by the next digit of each name's hash; returns its id. A shard
-    with at most SHARD_ENTRIES entries is a leaf, a larger one a shard node again. Which
-    shard a name is in depends on the name alone, so inserts never move other names."""
-    depth = len(prefix)
-    buckets: dict[str, list[Row]] = {}
-    for row in rows:
-        buckets.setdefault(name_hash(row[0])[depth], []).append(row)
+def _store_dir(rows: list[Row], store_tree: Callable[[str, bytes], None]) -> str:
+    """Store a directory's sorted `rows` (more than SHARD_ENTRIES of them) as a shard node
+    over 16 shards by the first digit of each name's hash, and so on down; returns its
+    id. A shard with at most SHARD_ENTRIES entries is a leaf, a larger one a shard node
+    again. Which shard a name is in depends on the name alone, so inserts never move
+    other names. (Rows are ordered by hash once; every shard is then a contiguous run.)"""
+    by_name = [name_hash(row[0]) for row in rows]
+    order = sorted(range(len(rows)), key=by_name.__getitem__)
+    return _store_shard([by_name[i] for i in order], order, rows, 0, len(rows), "",
+                        store_tree)
+
+
+def _store_shard(hashes: list[str], order: list[int], rows: list[Row], lo: int, hi: int,
+                 prefix: str, store_tree: Callable[[str, bytes], None]) -> str:
+    """The shard node of prefix `prefix` over `rows[order[lo:hi]]` (`hashes` in the same
+    order, ascending)."""
     shards = []
-    for digit in sorted(buckets):
-        sub, sub_prefix = buckets[digit], prefix + digit
-        if len(sub) > SHARD_ENTRIES and len(sub_prefix) < MAX_SHARD_DEPTH:
-            child = _store_dir(sub, sub_prefix, store_tree)
-        else:
-            child = _store(_encode({"entries": sub, "prefix": sub_prefix, "type": "leaf"}),
-                           store_tree, sub_prefix)
-        shards.append([digit, child])
+    start = lo
+    for digit in "0123456789abcdef":
+        end = bisect_right(hashes, prefix + digit + "g", start, hi)  # ("g" follows any hex)
+        if end > start:
+            sub_prefix = prefix + digit
+            if end - start > SHARD_ENTRIES and len(sub_prefix) < MAX_SHARD_DEPTH:
+                child = _store_shard(hashes, order, rows, start, end, sub_prefix,
+                                     store_tree)
+            else:
+                leaf = [rows[i] for i in sorted(order[start:end])]  # back in name order
+                child = _store(_encode({"entries": leaf, "prefix": sub_prefix,
+                                        "type": "leaf"}), store_tree, sub_prefix)
+            shards.append([digit, child])
+        start = end
     return _store(_encode({"prefix": prefix, "shards": shards, "type": "shards"}), store_tree,
                   prefix)
 
