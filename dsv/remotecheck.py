@@ -196,6 +196,8 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
         except RemoteRefused as exc:
             report.problems.append(f"ref {key}: {exc.message}")
             continue
+        if got is not None and layout.is_tombstone(key, got[0]):
+            continue  # a deleted ref (`dsv push --delete`)
         ref = layout.parse_ref(key, *got) if got else None
         if ref is None:
             report.problems.append(f"ref {key} is not a ref dsv writes")

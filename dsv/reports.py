@@ -95,6 +95,7 @@ class PushReport(_FlatReport):
     refs_unchanged: list[str] = field(default_factory=list)
     behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
     rejected: list[str] = field(default_factory=list)
+    refs_deleted: list[str] = field(default_factory=list)  # `push --delete`
 
 
 @dataclass

@@ -355,11 +355,16 @@ class Store:
         return split_remote(self.core, words)
 
     def push(self, remote: str | None = None, targets: list[str] | None = None,
-             force: bool = False) -> PushReport:
-        """Upload what the remote lacks, then move its refs (compare-and-swap)."""
+             force: bool = False, delete: bool = False) -> PushReport:
+        """Upload what the remote lacks, then move its refs (compare-and-swap). With
+        `delete`, delete the named refs on the remote instead (`DATASET:TAG`, or `DATASET`
+        for all of its refs)."""
         from .sync import push as sync_push
         from .sync.remote import open_remote
         with self.locked("push"):
+            if delete:
+                return sync_push.delete_refs(self.core, open_remote(self.core, remote),
+                                             list(targets or []))
             return sync_push.push(self.core, open_remote(self.core, remote),
                                   list(targets or []), force)
 

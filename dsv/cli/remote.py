@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import complete
+from ..errors import UsageError
 from .options import JsonOpt
 from .output import (RichReporter, add_row, console, echo, failure_report, new_table, plural,
                      print_json, size)
@@ -109,14 +110,24 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
                                                         "default remote."),
          force: bool = typer.Option(False, "--force", "-f", help="Move remote refs even when "
                                     "that is not a fast-forward."),
+         delete: bool = typer.Option(False, "--delete", "-d",
+                                     help="Delete these refs on the remote instead: "
+                                          "DATASET:TAG, or DATASET for all of its refs."),
          as_json: bool = JsonOpt) -> None:
     """Upload the versions a remote lacks, then update its refs (compare-and-swap)."""
     store = open_store()
     remote, targets = store.split_remote(list(args or []))
+    if delete and force:
+        raise UsageError("--delete and --force do not go together",
+                         hint="a delete needs no force")
     with failure_report(as_json):
-        report = store.push(remote, targets, force=force)
+        report = store.push(remote, targets, force=force, delete=delete)
     if as_json:
         print_json(report.to_json())
+        return
+    if delete:
+        echo(f"deleted on {report.remote}: " + (", ".join(report.refs_deleted) or
+                                                  "nothing (already gone)"))
         return
     if not report.versions_sent and not report.refs_updated and report.behind:
         echo(f"nothing to push: {report.remote} is ahead")

@@ -100,6 +100,19 @@ def ref_body(ds_id: str, version: str, record: str | None, name: str | None = No
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def tombstone(ds_id: str) -> bytes:
+    """The bytes that mark a deleted ref (`dsv push --delete`): written by compare-and-swap
+    like any ref change, read as no ref at all, replaced by the next push of that ref."""
+    return json.dumps({"dataset": ds_id, "deleted": True}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def is_tombstone(key: str, data: bytes) -> bool:
+    """Whether the ref file at `key` holds a deletion marker for its dataset."""
+    parts = key.split("/")
+    return len(parts) >= 3 and data == tombstone(parts[1])
+
+
 def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     """A ref read from a remote (untrusted): None if it is not one dsv writes."""
     parts = key.split("/")

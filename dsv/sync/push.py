@@ -28,8 +28,8 @@ from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntr
 from ..refs import LATEST
 from ..remotes import layout
 from ..remotes.cache import ClusterCache
-from ..remotes.layout import (index_key, loose_key,
-                              pack_key, ref_key)
+from ..remotes.layout import (RemoteRef, index_key, is_tombstone, loose_key, pack_key,
+                              ref_key, tombstone)
 from .policy import decide_push
 from .remote import WORKERS, Remote, caches, resolve_target
 from .fetch import fetch
@@ -361,6 +361,70 @@ def _push_ref(core: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
         _remember_ref(core, remote, ds.id, ref, v, etag)
         return
     report.rejected.append(f"{label} kept changing on the remote while pushing")
+
+
+def delete_refs(core: Core, remote: Remote, targets: list[str]) -> PushReport:
+    """Delete refs on the remote: `DATASET:TAG` is one tag, `DATASET` the dataset's
+    `latest` and every tag (a dataset deleted here is found by its name on the remote).
+    Each ref is replaced by a tombstone by compare-and-swap, so a push racing with the
+    delete is never lost silently; the versions they reached stay until a remote gc.
+    Every named ref must exist: otherwise nothing is deleted."""
+    report = PushReport(remote.name)
+    if not targets:
+        raise InvalidInput("name what to delete", hint="dsv push --delete DATASET:TAG, or "
+                                                       "DATASET for all its refs")
+    remote.connect()
+    found = remote.read_refs()
+    keys: list[tuple[str, str, str]] = []   # (dataset id, ref, label)
+    for target in targets:
+        name, _, tag = target.partition(":")
+        ds_id = _remote_dataset(core, found, name, remote.name)
+        if tag and tag != LATEST:
+            if (ds_id, f"tags/{tag}") not in found:
+                raise InvalidInput(f"{remote.name} has no tag {target}; nothing was deleted",
+                                   hint=f"`dsv fetch {remote.name}` and `dsv tags` show its "
+                                        f"tags as DATASET:{remote.name}/TAG")
+            keys.append((ds_id, f"tags/{tag}", target))
+        else:
+            keys += [(ds_id, ref, f"{name}:{ref.removeprefix('tags/')}")
+                     for (d, ref) in sorted(found) if d == ds_id]
+    for ds_id, ref, label in keys:
+        key = ref_key(ds_id, ref)
+        marker = tombstone(ds_id)
+        for _attempt in range(5):
+            current = remote.backend.read_ref(key)
+            if current is None or is_tombstone(key, current[0]):
+                break  # gone already (another client deleted it)
+            if remote.backend.write_ref(key, marker, current[1]) is not None:
+                break
+            again = remote.backend.read_ref(key)
+            if again is not None and again[0] == marker:  # our retried write did land
+                break
+        else:
+            report.rejected.append(f"{label} kept changing on the remote while deleting")
+            continue
+        crashpoint("push:ref-deleted")
+        report.refs_deleted.append(label)
+        with core.index.transaction():
+            core.index.drop_remote_ref(remote.name, ds_id, ref)
+    if report.rejected:
+        raise RefConflict(f"{plural(len(report.rejected), 'ref')} not deleted on "
+                          f"{remote.name}: " + "; ".join(report.rejected),
+                          hint="run the delete again", report=report)
+    return report
+
+
+def _remote_dataset(core: Core, found: dict[tuple[str, str], RemoteRef], name: str,
+                    remote: str) -> str:
+    """The id of dataset `name` (here, or by the name the remote's `latest` carries)."""
+    local = core.index.dataset_by("name", name) or core.index.dataset_by("id", name)
+    if local is not None:
+        return local.id
+    ids = {r.dataset for r in found.values() if r.name == name or r.dataset == name}
+    if len(ids) != 1:
+        raise InvalidInput(f"no dataset named {name!r} here or on {remote}; nothing was "
+                           f"deleted", hint="`dsv datasets list` shows the datasets")
+    return ids.pop()
 
 
 def _remember_ref(core: Core, remote: Remote, ds_id: str, ref: str, v: Version,

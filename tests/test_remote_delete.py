@@ -1,0 +1,130 @@
+"""`dsv push --delete` (issue 11): deleting tags and datasets on a remote, by
+compare-and-swap like every ref change. A deleted ref is a tombstone: clones and fetches
+see no ref, `verify --remote` accepts it, and the next push of that ref replaces it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import write_tree
+from dsv.remotes.fs import FsBackend
+
+
+def _setup(tmp_path: Path, dsv, url: str | None = None, *extra: str) -> Path:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "alpha\n", "b.txt": "beta\n"})
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("tag", "raw:latest", "v1", cwd=ws).code == 0
+    assert dsv("tag", "raw:latest", "keep", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", url or str(tmp_path / "remote"), *extra,
+               cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    return ws
+
+
+def _tags(dsv, ws: Path) -> dict[str, str]:
+    r = dsv("tags", "raw", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    return {t["tag"]: t["version"] for t in json.loads(r.out)}
+
+
+def test_a_deleted_tag_is_gone_for_clones_and_fetches_and_can_be_pushed_again(
+        tmp_path: Path, dsv) -> None:
+    ws = _setup(tmp_path, dsv)
+    other = tmp_path / "other"
+    assert dsv("clone", tmp_path / "remote", other, cwd=tmp_path).code == 0
+    assert set(_tags(dsv, other)) >= {"v1", "keep"}
+
+    r = dsv("push", "--delete", "raw:v1", cwd=ws)
+    assert r.code == 0, r.err
+    assert r.out.strip() == "deleted on origin: raw:v1"
+    ref = tmp_path / "remote" / "refs"
+    (ds_dir,) = [p for p in ref.iterdir()]
+    assert json.loads((ds_dir / "tags" / "v1").read_bytes()) == {"dataset": ds_dir.name,
+                                                                  "deleted": True}
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", tmp_path / "remote", fresh, cwd=tmp_path).code == 0
+    assert "v1" not in _tags(dsv, fresh) and "keep" in _tags(dsv, fresh)
+    # Another clone learns of it at its next fetch: its remote-tracking ref goes.
+    assert dsv("show", "raw:origin/v1", cwd=other).code == 0
+    assert dsv("fetch", cwd=other).code == 0
+    assert dsv("show", "raw:origin/v1", cwd=other).code == 1
+    assert dsv("show", "raw:origin/v1", cwd=ws).code == 1  # the deleter forgot it at once
+    assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
+    # The local tag is still there; pushing it again replaces the tombstone.
+    assert dsv("push", cwd=ws).code == 0
+    assert json.loads((ds_dir / "tags" / "v1").read_bytes())["version"] == _tags(dsv, ws)["v1"]
+
+
+def test_deleting_a_dataset_deletes_all_its_refs_even_once_it_is_gone_here(
+        tmp_path: Path, dsv) -> None:
+    ws = _setup(tmp_path, dsv)
+    assert dsv("datasets", "delete", "raw", "--yes", cwd=ws).code == 0
+    r = dsv("push", "--delete", "raw", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    assert sorted(json.loads(r.out)["refs_deleted"]) == ["raw:keep", "raw:latest", "raw:v1"]
+    fresh = tmp_path / "fresh"
+    done = dsv("clone", tmp_path / "remote", fresh, cwd=tmp_path)
+    assert done.code == 0, done.err
+    listed = dsv("datasets", "list", "--json", cwd=fresh)
+    assert listed.code == 0 and json.loads(listed.out) == []
+    assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
+
+
+def test_nothing_is_deleted_when_one_named_ref_does_not_exist(tmp_path: Path, dsv) -> None:
+    ws = _setup(tmp_path, dsv)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes())
+                    for p in (tmp_path / "remote" / "refs").rglob("*") if p.is_file())
+    r = dsv("push", "--delete", "raw:keep", "raw:nosuch", cwd=ws)
+    assert r.code == 1 and "origin has no tag raw:nosuch; nothing was deleted" in r.err
+    after = sorted((p.relative_to(tmp_path), p.read_bytes())
+                   for p in (tmp_path / "remote" / "refs").rglob("*") if p.is_file())
+    assert after == before
+    assert dsv("push", "--delete", "nosuch", cwd=ws).code == 1
+    assert dsv("push", "--delete", cwd=ws).code == 1
+    assert dsv("push", "--delete", "--force", "raw:keep", cwd=ws).code == 2
+
+
+def test_a_tag_moved_by_another_pusher_while_deleting_is_read_again(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compare-and-swap fails once (another pusher wrote the ref between our read and
+    our write): the delete reads the ref again and deletes what is there now."""
+    ws = _setup(tmp_path, dsv)
+    real = FsBackend.write_ref
+    raced: list[str] = []
+
+    def racing(self: FsBackend, key: str, data: bytes, expect: str | None) -> str | None:
+        if key.endswith("/tags/v1") and not raced:
+            raced.append(key)
+            path = Path(self.root) / key
+            path.write_bytes(path.read_bytes().replace(b'"record"', b'"record"  '))
+        return real(self, key, data, expect)
+
+    monkeypatch.setattr(FsBackend, "write_ref", racing)
+    r = dsv("push", "--delete", "raw:v1", cwd=ws)
+    assert r.code == 0, r.err
+    assert raced and r.out.strip() == "deleted on origin: raw:v1"
+
+
+def test_delete_on_s3_over_http(tmp_path: Path, dsv, s3_endpoint: str, aws_env: None) -> None:
+    bucket = f"b{os.urandom(4).hex()}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    ws = _setup(tmp_path, dsv, f"s3://{bucket}/p", "--endpoint-url", s3_endpoint)
+    r = dsv("push", "--delete", "raw:v1", cwd=ws)
+    assert r.code == 0, r.err
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="p/refs/")["Contents"]]
+    (key,) = [k for k in keys if k.endswith("/tags/v1")]
+    body = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert body["deleted"] is True
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", f"s3://{bucket}/p", fresh, "--endpoint-url", s3_endpoint,
+               cwd=tmp_path).code == 0
+    assert "v1" not in _tags(dsv, fresh)
+    assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
