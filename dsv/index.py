@@ -428,6 +428,11 @@ class Index:
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
+    def packed_of_kind(self, oids: Iterable[str], kind: int) -> set[str]:
+        """Those of `oids` that are packed here as objects of `kind`."""
+        return {oid for (oid,) in self._rows_in(
+            "SELECT oid FROM objects WHERE kind=? AND oid IN ({marks})", oids, kind)}
+
     def add_pack(self, pack_id: str, size: int, entries: Iterable["PackEntry"]) -> None:
         """Record a pack and where each of its objects is."""
         rows = list(entries)

@@ -236,9 +236,9 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
 def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root: str,
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
                seen: set[str], who: str, damaged: dict[str, str]) -> None:
-    stack = [root]
+    stack = [(root, "")]   # (tree object, the shard prefix it must stand at)
     while stack:
-        oid = stack.pop()
+        oid, prefix = stack.pop()
         if oid in seen:
             continue
         seen.add(oid)
@@ -247,11 +247,12 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
         if data is None:
             continue
         try:
-            node = tree.decode_node(data, oid)
+            node = tree.check_place(tree.decode_node(data, oid), oid, prefix)
         except DsvError as exc:
             report.problems.append(f"{who}: {exc.message}")
             continue
-        stack.extend(node.links)
+        stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
+        stack.extend((c, prefix + d) for d, c in node.shards)
         for _name, kind, _mode, size, child in node.rows:
             if kind != tree.DIR:
                 needed.setdefault(child, (KIND_BLOB, size))

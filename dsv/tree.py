@@ -97,9 +97,9 @@ def decode_node(data: bytes, oid: str = "?", trusted: bool = False) -> Node:
         if obj.get("v") != TREE_FORMAT or kind not in ("tree", "leaf", "shards"):
             raise ValueError("not a tree")
         prefix = obj["prefix"] if kind != "tree" else None
-        if prefix is not None and (not isinstance(prefix, str) or len(prefix) > MAX_SHARD_DEPTH
-                                   or prefix.strip("0123456789abcdef")
-                                   or (kind == "leaf" and not prefix)):
+        if prefix is not None and (not isinstance(prefix, str) or prefix.strip("0123456789abcdef")
+                                   or (kind == "leaf" and not 0 < len(prefix) <= MAX_SHARD_DEPTH)
+                                   or (kind == "shards" and len(prefix) >= MAX_SHARD_DEPTH)):
             raise ValueError("bad prefix")
         if kind == "shards":
             return Node([], _shards(obj["shards"], oid, trusted), prefix)
@@ -159,11 +159,17 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
     return out
 
 
-def _node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,
-             trusted: bool = True) -> Node:
-    """The object `oid` where a walk expects it: a directory's own tree or top shard node
-    (`prefix` ""), or a shard of prefix `prefix`."""
-    node = decode_node(read_tree(oid), oid, trusted)
+def node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,
+            trusted: bool = True) -> Node:
+    """The object `oid` where a walk expects it (see `check_place`)."""
+    return check_place(decode_node(read_tree(oid), oid, trusted), oid, prefix)
+
+
+def check_place(node: Node, oid: str, prefix: str) -> Node:
+    """`node` if it may stand where a walk met it: a directory's own tree or top shard
+    node (`prefix` ""), or a shard of prefix `prefix` (the child of digit d under a node
+    of prefix p has prefix p + d); CorruptObject for an object out of place. Since a
+    shard's prefix is part of its bytes, each object has one place only."""
     if (node.prefix or "") != prefix:
         raise CorruptObject(f"tree {oid[:12]} is not where it is named (a shard out of place)")
     return node
@@ -171,16 +177,21 @@ def _node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,
 
 def entries(oid: str, read_tree: Callable[[str], bytes], trusted: bool = True) -> list[Row]:
     """Every entry of the directory whose tree is `oid` (its shards gathered), by name."""
-    node = _node_at(read_tree, oid, "", trusted)
+    return _gather(node_at(read_tree, oid, "", trusted), "", read_tree, trusted, oid)
+
+
+def _gather(node: Node, prefix: str, read_tree: Callable[[str], bytes],
+            trusted: bool = True, oid: str = "?") -> list[Row]:
+    """The entries `node` (standing at `prefix`) and the shards below it hold, by name."""
     if not node.shards:
         return node.rows
-    out: list[Row] = []
-    stack = [(child, (node.prefix or "") + digit) for digit, child in node.shards]
+    out: list[Row] = list(node.rows)
+    stack = [(child, prefix + digit) for digit, child in node.shards]
     while stack:
-        child, prefix = stack.pop()
-        sub = _node_at(read_tree, child, prefix, trusted)
+        child, at = stack.pop()
+        sub = node_at(read_tree, child, at, trusted)
         out.extend(sub.rows)
-        stack.extend((c, prefix + d) for d, c in sub.shards)
+        stack.extend((c, at + d) for d, c in sub.shards)
         if len(out) > MAX_TREE_ENTRIES:
             raise CorruptObject(f"tree {oid[:12]} has too many entries")
     out.sort(key=lambda r: r[0].encode("utf-8", "surrogateescape"))
@@ -190,16 +201,18 @@ def entries(oid: str, read_tree: Callable[[str], bytes], trusted: bool = True) -
 def lookup(oid: str, read_tree: Callable[[str], bytes], name: str) -> Row | None:
     """The entry `name` of the directory whose tree is `oid`, reading only the shards on
     the way to it."""
-    node = _node_at(read_tree, oid, "")
+    node = node_at(read_tree, oid, "")
     digits = name_hash(name) if node.shards else ""
     prefix = ""
     while node.shards:
+        if len(prefix) >= len(digits):
+            raise CorruptObject(f"tree {oid[:12]} has shards deeper than a hash")
         digit = digits[len(prefix)]
         child = dict(node.shards).get(digit)
         if child is None:
             return None
         prefix += digit
-        node = _node_at(read_tree, child, prefix)
+        node = node_at(read_tree, child, prefix)
     for row in node.rows:
         if row[0] == name:
             return row
@@ -298,19 +311,36 @@ def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
 def check_expansion(root: str, read_tree: Callable[[str], bytes],
                     limit: int = MAX_VERSION_PATHS) -> int:
     """How many paths tree `root` expands to, computed with each distinct tree object
-    visited once; CorruptObject beyond `limit` paths or MAX_TREE_DEPTH levels (a shard
-    adds objects, not levels: its depth is bounded by MAX_SHARD_DEPTH)."""
+    visited once, every object checked to stand where it is named (`node_at`: so shard
+    chains end within MAX_SHARD_DEPTH); CorruptObject beyond `limit` paths or
+    MAX_TREE_DEPTH directory levels (a shard adds objects, not levels)."""
     counts: dict[str, tuple[int, int]] = {}     # tree object → (paths, height)
-    stack: list[tuple[str, bool]] = [(root, False)]
+    placed: dict[str, str] = {}                 # tree object → the prefix it stands at
+    stack: list[tuple[str, str, bool]] = [(root, "", False)]
+    nodes: dict[str, Node] = {}
+
+    def place(oid: str, prefix: str) -> bool:
+        """Whether `oid` is new; CorruptObject if it was met at another place before."""
+        if placed.setdefault(oid, prefix) != prefix:
+            raise CorruptObject(f"tree {oid[:12]} is named in two different places")
+        return oid not in counts
+
+    place(root, "")
     while stack:
-        oid, children_done = stack.pop()
+        oid, prefix, children_done = stack.pop()
         if oid in counts:
             continue
-        node = decode_node(read_tree(oid), oid, trusted=True)
+        node = nodes.get(oid)
+        if node is None:
+            node = nodes[oid] = node_at(read_tree, oid, prefix)
         if not children_done:
-            stack.append((oid, True))
-            stack.extend((c, False) for c in node.links if c not in counts)
+            stack.append((oid, prefix, True))
+            stack.extend((r[4], "", False) for r in node.rows
+                         if r[1] == DIR and place(r[4], ""))
+            stack.extend((c, prefix + d, False) for d, c in node.shards
+                         if place(c, prefix + d))
             continue
+        del nodes[oid]
         paths, height = 0, 1
         for row in node.rows:
             if row[1] == DIR:
@@ -337,21 +367,28 @@ def check_expansion(root: str, read_tree: Callable[[str], bytes],
 def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
     """Whether trees `a` and `b` hold the same paths, kinds, contents and mode classes
     (trees written before modes were classes may differ only in finer bits, and before
-    directories were sharded, in their sharding). Walks only where the ids differ, and
-    stops at the first real difference."""
-    stack = [(a, b)]
+    directories were sharded, in their sharding). Walks only where the ids differ (two
+    sharded directories shard by shard), and stops at the first real difference."""
+    stack = [(a, b, "")]   # two objects standing at the same place
     while stack:
-        x, y = stack.pop()
+        x, y, prefix = stack.pop()
         if x == y:
             continue
-        rows_x, rows_y = entries(x, read_tree), entries(y, read_tree)
+        nx, ny = node_at(read_tree, x, prefix), node_at(read_tree, y, prefix)
+        if nx.shards and ny.shards:
+            if [d for d, _c in nx.shards] != [d for d, _c in ny.shards]:
+                return False
+            stack.extend((cx, cy, prefix + d)
+                         for (d, cx), (_d, cy) in zip(nx.shards, ny.shards, strict=True))
+            continue
+        rows_x, rows_y = _gather(nx, prefix, read_tree), _gather(ny, prefix, read_tree)
         if [r[0] for r in rows_x] != [r[0] for r in rows_y]:
             return False
         for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y, strict=True):
             if kx != ky:
                 return False
             if kx == DIR:
-                stack.append((ox, oy))
+                stack.append((ox, oy, ""))
             elif ox != oy or (kx == FILE and mode_class(mx) != mode_class(my)):
                 return False
     return True
@@ -370,7 +407,7 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
     stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
         base, oid, shard = stack.pop()
-        node = _node_at(read_tree, oid, shard, trusted)
+        node = node_at(read_tree, oid, shard, trusted)
         for name, kind, mode, size, child in node.rows:
             path = f"{base}/{name}" if base else name
             if kind == DIR:

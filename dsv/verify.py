@@ -178,9 +178,9 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     for v in versions:
         report.versions_checked += 1
         label = f"version {v.id}"
-        stack = [v.tree]
+        stack = [(v.tree, "")]   # (tree object, the shard prefix it must stand at)
         while stack:
-            oid = stack.pop()
+            oid, prefix = stack.pop()
             if oid in seen:
                 continue
             seen.add(oid)
@@ -190,7 +190,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                 damage.blind = True
                 continue
             try:
-                node = tree.decode_node(core.read_tree(oid), oid)
+                node = tree.node_at(core.read_tree, oid, prefix, trusted=False)
             except DsvError as exc:
                 damage.blind = True
                 if oid not in damage.corrupt:
@@ -198,7 +198,8 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                     report.problems.append(f"{label}: {exc.message}")
                 continue
             damage.trees.add(oid)
-            stack.extend(node.links)
+            stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
+            stack.extend((c, prefix + d) for d, c in node.shards)
             for _name, kind, _mode, size, child in node.rows:
                 if kind == tree.DIR:
                     continue

@@ -232,3 +232,99 @@ def test_a_damaged_leaf_is_named_and_repaired(tmp_path: Path, dsv) -> None:
     assert dsv("verify", cwd=ws).code == 0
     assert dsv("checkout", "raw:latest", "--to", tmp_path / "out", cwd=ws).code == 0
     assert read_tree(tmp_path / "out") == _files(1500)
+
+
+# ---- hostile remotes ------------------------------------------------------------------
+
+from hostile import HostileRemote, encode  # noqa: E402
+from dsv.objects import KIND_TREE  # noqa: E402
+
+DS = "victimds"
+
+
+def _publish_version(remote: HostileRemote, root: str, vid: str = "v1aaaaaaaa") -> None:
+    record = remote.record(vid, DS, root)
+    remote.publish()
+    remote.ref(DS, "latest", vid, record)
+
+
+def _shards_node(remote: HostileRemote, prefix: str, shards: list[list[str]]) -> str:
+    return remote.add(encode({"prefix": prefix, "shards": shards, "type": "shards", "v": 1}),
+                      KIND_TREE)
+
+
+def _leaf(remote: HostileRemote, prefix: str, rows: list[list]) -> str:
+    return remote.add(encode({"entries": rows, "prefix": prefix, "type": "leaf", "v": 1}),
+                      KIND_TREE)
+
+
+def _refused(dsv, remote: HostileRemote, tmp_path: Path, *needles: str) -> None:
+    r = dsv("clone", remote.root, tmp_path / "victim", cwd=tmp_path)
+    assert r.code == 1, r.out + r.err
+    assert r.err.startswith("error: ") and "bug in dsv" not in r.err, r.err
+    for needle in needles:
+        assert needle in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
+def test_a_shard_chain_deeper_than_a_hash_is_refused(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    name = "data.csv"
+    digits = tree.name_hash(name)
+    blob = remote.blob(b"x")
+    child = _leaf(remote, digits, [[name, "f", 420, 1, blob]])
+    for depth in range(63, -1, -1):  # nodes of prefix 63 … 0 digits, then one of 64
+        child = _shards_node(remote, digits[:depth], [[digits[depth], child]])
+    deep = _shards_node(remote, digits, [["0", child]])  # 64 digits: no node may be there
+    root = remote.tree([["d", "d", 0, 1, deep]])
+    _publish_version(remote, root)
+    _refused(dsv, remote, tmp_path, "not a valid tree")
+
+
+def test_misplaced_shards_are_refused_at_fetch(tmp_path: Path, dsv) -> None:
+    blob_rows = []
+    remote = HostileRemote(tmp_path / "remote")
+    for i in range(3):
+        blob_rows.append([f"f{i}", "f", 420, 1, remote.blob(b"%d" % i)])
+    # A plain tree where a shard belongs, under a valid top node.
+    plain = remote.tree(blob_rows)
+    top = _shards_node(remote, "", [["0", plain]])
+    _publish_version(remote, remote.tree([["d", "d", 0, 3, top]]))
+    _refused(dsv, remote, tmp_path, "out of place")
+
+
+def test_a_leaf_named_as_a_directory_is_refused_at_fetch(tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    name = "a.txt"
+    leaf = _leaf(remote, tree.name_hash(name)[:1], [[name, "f", 420, 1, remote.blob(b"a")]])
+    _publish_version(remote, remote.tree([["d", "d", 0, 1, leaf]]))
+    _refused(dsv, remote, tmp_path, "out of place")
+
+
+def test_a_stored_file_named_as_a_directory_is_fetched_and_checked(tmp_path: Path,
+                                                                  dsv) -> None:
+    """v1 holds a file whose bytes are a tree naming `../../pwned`; v2 names that file's
+    id as a directory. The file, stored as a blob, is not trusted as a tree."""
+    remote = HostileRemote(tmp_path / "remote")
+    evil = json.dumps({"entries": [["../../pwned", "f", 420, 1, "0" * 64]], "type": "tree",
+                       "v": 1}, separators=(",", ":")).encode()
+    v1 = remote.files({"evil.json": evil})
+    rec1 = remote.record("v1aaaaaaaa", DS, v1)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", rec1)
+    victim = tmp_path / "victim"
+    assert dsv("clone", remote.root, victim, cwd=tmp_path).code == 0
+    blob = blake3.blake3(evil).hexdigest()
+    remote.add(evil, KIND_TREE)  # the remote also offers it as a tree
+    v2 = remote.tree([["d", "d", 0, 1, blob]])
+    rec2 = remote.record("v2bbbbbbbb", DS, v2,
+                         parents=[{"id": "v1aaaaaaaa", "record": rec1}])
+    remote.publish()
+    remote.ref(DS, "latest", "v2bbbbbbbb", rec2)
+    r = dsv("fetch", cwd=victim)
+    # Before, the stored blob was read as a trusted tree: a TypeError ("bug in dsv"), or
+    # with a well-formed tree, `../../pwned` listed. Now it must come as a tree, checked.
+    assert r.code == 1 and "bug in dsv" not in r.err, r.err
+    assert f"tree {blob[:12]} is on neither the remote nor here" in r.err
+    assert dsv("verify", cwd=victim).code == 0
+    assert dsv("files", "list", "victim:latest", "-r", cwd=victim).out.count("pwned") == 0

@@ -204,7 +204,9 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
     frontier = set(roots)
     while frontier:
         seen |= frontier
-        stored = core.objects.locate_many(frontier)
+        # Only what is stored *as a tree* was validated as one: a file whose bytes happen
+        # to be named as a directory by a hostile version is fetched and checked.
+        stored = core.index.packed_of_kind(frontier, KIND_TREE)
         need = {}
         for oid in frontier:
             if oid in stored:
