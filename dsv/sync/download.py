@@ -63,11 +63,42 @@ def _ranges(missing: dict[str, tuple[str, int, int]]
     return out
 
 
+class PackGone(MissingObject):
+    """A pack the store's picture of the remote names is no longer there (another client
+    repacked it, or `verify --remote --repair` replaced it)."""
+
+
 def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
+                    label: str, report: FetchReport | PullReport
+                    ) -> Iterator[tuple[str, memoryview]]:
+    """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
+    cache where it holds the pack, else from the remote (caching packs mostly needed).
+    When a pack has gone from the remote meanwhile, the picture of the remote is
+    refreshed once and what is still missing is read from where it is now."""
+    done: set[str] = set()
+    try:
+        for oid, data in _download_packed(core, remote, missing, label, report):
+            done.add(oid)
+            yield oid, data
+        return
+    except PackGone:
+        remote.refresh()
+    rest = [oid for oid in missing if oid not in done]
+    moved = core.index.remote_locate_many(remote.name, rest)
+    for oid in rest:
+        if oid not in moved:
+            raise MissingObject(f"object {oid[:12]} is no longer on {remote.name}",
+                                hint="another client changed the remote; run the command "
+                                     "again")
+        if moved[oid][2] != missing[oid][2]:
+            raise CorruptObject(f"object {oid[:12]} changed length on {remote.name}",
+                                hint="the remote is damaged or hostile; nothing was stored")
+    yield from _download_packed(core, remote, moved, label, report)
+
+
+def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
                      label: str, report: FetchReport | PullReport
                      ) -> Iterator[tuple[str, memoryview]]:
-    """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
-    cache where it holds the pack, else from the remote (caching packs mostly needed)."""
     if not missing:
         return
     cache = read_cache(core)
@@ -91,10 +122,10 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
             try:
                 return remote.backend.get_range(pack_key(pack), start, length)
             except NotFound:
-                raise MissingObject(f"{remote.name} has no pack {pack[:12]}"
-                                    + (" and the cluster cache does not hold it" if cache else ""),
-                                    hint="run `dsv fetch` to refresh what the remote holds; is "
-                                         "the remote reachable?") from None
+                raise PackGone(f"{remote.name} has no pack {pack[:12]}"
+                               + (" and the cluster cache does not hold it" if cache else ""),
+                               hint="run `dsv fetch` to refresh what the remote holds; is "
+                                    "the remote reachable?") from None
 
         data = None
         cached = False

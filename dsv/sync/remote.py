@@ -75,6 +75,11 @@ class Remote:
         known = index.remote_packs(self.name)
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
+        if gone:
+            # Packs went (repacked by another client, or replaced by a repair): their
+            # objects may be in packs known already, whose rows named the gone pack first.
+            # Read every index again rather than lose an object from the picture.
+            new, gone = list(listed), list(known)
 
         def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
             try:
@@ -92,12 +97,12 @@ class Remote:
         with ThreadPoolExecutor(WORKERS) as pool:
             results = [r for r in pool.map(read, new) if r is not None]
         with index.transaction():
-            for pack_id, entries, size in results:
-                index.add_remote_pack(self.name, pack_id, size, entries)
-            for pack_id in gone:
+            for pack_id in gone:  # first: an object's row names the first pack holding it
                 index.forget_remote_pack(self.name, pack_id)
             if gone:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
+            for pack_id, entries, size in results:
+                index.add_remote_pack(self.name, pack_id, size, entries)
 
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
         """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot

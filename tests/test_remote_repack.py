@@ -1,0 +1,96 @@
+"""A reader whose picture of a remote is stale (another client repacked it, or `verify
+--remote --repair` replaced a pack) refreshes it once and reads the objects where they
+are now, instead of failing (issue 11: remotes shared by many clients for years)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import read_tree, write_tree
+from dsv.objects import encode_pack, pack_tail_size, parse_pack_index
+
+
+def _repack(remote: Path, pack_id: str) -> bool:
+    """Move every object of `pack_id` into a new pack (other order: another id), as a
+    maintenance run of another client would, and delete the old pack and its index;
+    False for a pack of one object (its new id would be the same)."""
+    tail = (remote / "index" / pack_id).read_bytes()
+    entries, _total = parse_pack_index(tail, pack_id)
+    if len(entries) < 2:
+        return False
+    data = (remote / "packs" / f"{pack_id}.pack").read_bytes()
+    objects = [(e.oid, e.kind, data[e.offset:e.offset + e.length]) for e in reversed(entries)]
+    new_id, new_data, new_entries = encode_pack(objects)
+    assert new_id != pack_id
+    (remote / "packs" / f"{new_id}.pack").write_bytes(new_data)
+    (remote / "index" / new_id).write_bytes(new_data[len(new_data)
+                                                     - pack_tail_size(len(new_entries)):])
+    (remote / "index" / pack_id).unlink()
+    (remote / "packs" / f"{pack_id}.pack").unlink()
+    return True
+
+
+def test_a_pull_after_another_client_repacked_the_remote_reads_the_new_pack(
+        tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "alpha\n"})
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0
+    before = set(os.listdir(remote / "packs"))
+    files = {f"d/f{i}.bin": os.urandom(200 + i) for i in range(30)}
+    write_tree(ws, files)
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    new_packs = [p.removesuffix(".pack") for p in set(os.listdir(remote / "packs")) - before]
+    assert dsv("fetch", cwd=other).code == 0  # learns where v2's objects are
+    assert sum(_repack(remote, pack_id) for pack_id in new_packs) >= 1
+    r = dsv("pull", cwd=other)
+    assert r.code == 0, r.err
+    assert read_tree(other) == {"a.txt": b"alpha\n", **files}
+    assert dsv("verify", cwd=other).code == 0
+
+
+def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new_one(
+        tmp_path: Path, dsv) -> None:
+    """The race itself: the picture was fresh when the download was planned, and the
+    pack went before its bytes were read."""
+    import dsv as dsv_api
+    from dsv import tree
+    from dsv.objects import Ingest
+    from dsv.reports import FetchReport, PullReport
+    from dsv.sync.download import download_blobs
+    from dsv.sync.remote import open_remote
+
+    ws = tmp_path / "ws"
+    files = {f"f{i}.bin": os.urandom(300 + i) for i in range(20)}
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    assert dsv("init", "--bare", other, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=other).code == 0
+    assert dsv("fetch", cwd=other).code == 0     # versions and trees; no file contents
+    packs = [p.removesuffix(".pack") for p in os.listdir(remote / "packs")]
+    assert sum(_repack(remote, p) for p in packs) >= 1
+    with dsv_api.open(other) as store:
+        core = store.core
+        v = core.resolve("raw:latest")
+        entries = dict(tree.blob_sizes(v.tree, core.read_tree))
+        origin = open_remote(core, "origin")   # its picture: the packs before the repack
+        report = PullReport("-", FetchReport("-"))
+        with core.locked("test"), Ingest(core.objects) as ingest:
+            download_blobs(core, origin, entries, report, ingest)
+            core.commit_objects(ingest)
+        assert report.objects_received == len(files)
+        for oid in entries:
+            assert core.objects.read(oid)  # verified on read
