@@ -584,6 +584,14 @@ class Index:
             "VALUES (?,?,?,?,?,?)", ((remote, e.oid, pack, e.offset, e.length, e.kind)
                                      for e in entries))
 
+    def remote_pack_kinds(self, remote: str) -> dict[str, set[int]]:
+        """The kinds of object each of `remote`'s packs holds (as its index rows say)."""
+        out: dict[str, set[int]] = {}
+        for pack, kind in self.conn.execute("SELECT DISTINCT pack, kind FROM remote_objects "
+                                            "WHERE remote=?", (remote,)):
+            out.setdefault(pack, set()).add(kind)
+        return out
+
     def remote_pack_counts(self, remote: str) -> dict[str, int]:
         """Objects known in each of `remote`'s packs: pack id → count."""
         return dict(self.conn.execute("SELECT pack, count(*) FROM remote_objects WHERE remote=? "

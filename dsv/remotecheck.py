@@ -25,7 +25,7 @@ from .records import parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
 from .remotes import layout
 from .remotes.layout import index_key, loose_key, pack_key
-from .sync.push import Sent, record_sent
+from .sync.remote import Sent, record_sent
 from .sync.remote import Remote
 from .reporting import plural
 

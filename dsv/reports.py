@@ -96,6 +96,22 @@ class PushReport(_FlatReport):
     behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do
     rejected: list[str] = field(default_factory=list)
     refs_deleted: list[str] = field(default_factory=list)  # `push --delete`
+    maintained: dict[str, Any] | None = None   # MaintainReport of the repack it ran after
+
+
+@dataclass
+class MaintainReport(_FlatReport):
+    """What `dsv remote maintain` (or a push that ran it) did to a remote's packs."""
+
+    remote: str
+    packs_before: int = 0
+    packs_after: int = 0
+    packs_repacked: int = 0     # small packs deleted once their objects were uploaded again
+    packs_written: int = 0
+    objects_moved: int = 0
+    bytes_moved: int = 0
+    skipped: list[str] = field(default_factory=list)   # small packs left alone, and why
+    written: list[str] = field(default_factory=list)   # ids of the packs written
 
 
 @dataclass

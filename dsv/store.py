@@ -24,7 +24,8 @@ from .reporting import Reporter
 
 if TYPE_CHECKING:  # what only the commands that import their modules when they run return
     from .remotes.base import RemoteSpec
-    from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, MergeReport,
+    from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, MaintainReport,
+                          MergeReport,
                           PruneReport, PullReport, PushReport, RebuildReport,
                           RemoteCheckReport, VerifyReport)
 
@@ -406,6 +407,14 @@ class Store:
         with self.locked("verify --remote"):
             return remotecheck.check_remote(self.core, open_remote(self.core, remote),
                                             read_data, fraction, repair)
+
+    def maintain_remote(self, remote: str | None = None) -> MaintainReport:
+        """Repack the remote's small packs into few large ones (safe with other clients
+        at work; see sync.maintain)."""
+        from .sync import maintain
+        from .sync.remote import open_remote
+        with self.locked("remote maintain"):
+            return maintain.maintain(self.core, open_remote(self.core, remote))
 
     def prune_cache(self, name: str | None = None, older_than: str | None = None,
                     max_size: str | None = None) -> PruneReport:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from conftest import read_tree, write_tree
 from dsv.objects import encode_pack, pack_tail_size, parse_pack_index
 
@@ -94,3 +96,93 @@ def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new
         assert report.objects_received == len(files)
         for oid in entries:
             assert core.objects.read(oid)  # verified on read
+
+
+def _small_pushes(tmp_path: Path, dsv, rounds: int) -> tuple[Path, Path]:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"base.txt": "base\n"})
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    for i in range(rounds):
+        write_tree(ws, {f"d/f{i}.txt": f"round {i}\n" * (i + 1)})
+        assert dsv("commit", "-m", f"round {i}", cwd=ws).code == 0
+        assert dsv("push", cwd=ws).code == 0
+    return ws, remote
+
+
+def test_maintain_repacks_small_packs_and_clones_still_work(tmp_path: Path, dsv) -> None:
+    import json
+    ws, remote = _small_pushes(tmp_path, dsv, 8)
+    other = tmp_path / "other"
+    assert dsv("clone", remote, other, cwd=tmp_path).code == 0  # a reader with the old picture
+    before = sorted(os.listdir(remote / "index"))
+    assert len(before) == 8 * 3
+    r = dsv("remote", "maintain", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["packs_repacked"] == 24 and rep["packs_written"] == 3  # one per object kind
+    assert rep["packs_after"] == 3 and rep["skipped"] == []
+    assert len(os.listdir(remote / "index")) == 3 == len(os.listdir(remote / "packs"))
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+    # Once more: one small pack per kind is nothing to repack (it would be written again
+    # as itself, under its own name, and must never be deleted as "repacked").
+    again = dsv("remote", "maintain", cwd=ws)
+    assert again.code == 0 and "nothing to repack (3 packs)" in again.out, again.out
+    assert len(os.listdir(remote / "packs")) == 3
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", remote, fresh, cwd=tmp_path).code == 0
+    assert read_tree(fresh) == read_tree(ws)
+    # The reader with the old picture pulls a new version through the repacked remote.
+    write_tree(ws, {"late.txt": "late\n"})
+    assert dsv("commit", "-m", "late", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    assert dsv("pull", cwd=other).code == 0
+    assert read_tree(other) == read_tree(ws)
+    last = dsv("remote", "maintain", cwd=ws)
+    assert last.code == 0 and "6 small packs repacked into 3" in last.out, last.out
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+
+
+def test_maintain_leaves_a_damaged_pack_alone_and_says_so(tmp_path: Path, dsv) -> None:
+    import json
+    ws, remote = _small_pushes(tmp_path, dsv, 3)
+    victim = sorted((remote / "packs").iterdir(), key=lambda p: -p.stat().st_size)[0]
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 1
+    victim.write_bytes(bytes(data))
+    rep = json.loads(dsv("remote", "maintain", "--json", cwd=ws).out)
+    assert rep["packs_repacked"] == 8 and len(rep["skipped"]) == 1
+    assert victim.stem[:12] in rep["skipped"][0] and "corrupt" in rep["skipped"][0]
+    assert victim.exists()  # never deleted, never copied: verify --remote --repair is for it
+
+
+def test_a_push_repacks_once_the_remote_has_many_small_packs(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsv.sync import maintain
+    monkeypatch.setattr(maintain, "AUTO_MAINTAIN_PACKS", 9)
+    ws, remote = _small_pushes(tmp_path, dsv, 2)
+    assert len(os.listdir(remote / "index")) == 6
+    write_tree(ws, {"x.txt": "x\n"})
+    assert dsv("commit", "-m", "third", cwd=ws).code == 0
+    r = dsv("push", cwd=ws)
+    assert r.code == 0 and "repacked 9 small packs on origin into 3" in r.out, r.out
+    assert len(os.listdir(remote / "index")) == 3
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", remote, fresh, cwd=tmp_path).code == 0
+    assert read_tree(fresh) == read_tree(ws)
+
+
+def test_a_pack_written_again_as_itself_is_never_deleted(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even when asked to repack packs that come out identical (same objects, same order,
+    same name), the maintainer deletes only packs whose objects now live elsewhere."""
+    from dsv.sync import maintain
+    ws, remote = _small_pushes(tmp_path, dsv, 1)
+    monkeypatch.setattr(maintain, "small_packs",
+                        lambda core, remote: sorted(core.index.remote_packs(remote.name)))
+    before = sorted(os.listdir(remote / "packs"))
+    r = dsv("remote", "maintain", cwd=ws)
+    assert r.code == 0, r.err
+    assert sorted(os.listdir(remote / "packs")) == before
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0

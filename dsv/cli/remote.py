@@ -96,6 +96,26 @@ def remote_remove(name: str = typer.Argument(..., metavar="NAME", help="The remo
         echo(f"removed remote {spec.name} ({spec.url})")
 
 
+@remote_app.command("maintain")
+def remote_maintain(name: Optional[str] = typer.Argument(None, metavar="[REMOTE]",
+                                                        autocompletion=complete.remotes,
+                                                        help="Default: the default remote."),
+                    as_json: bool = JsonOpt) -> None:
+    """Repack a remote's small packs into few large ones (push does it past 64)."""
+    report = open_store().maintain_remote(name)
+    if as_json:
+        print_json(report.to_json())
+        return
+    for line in report.skipped:
+        echo(f"skipped: {line}")
+    if not report.packs_repacked:
+        echo(f"{report.remote}: nothing to repack ({plural(report.packs_before, 'pack')})")
+        return
+    echo(f"{report.remote}: {plural(report.packs_repacked, 'small pack')} repacked into "
+         f"{report.packs_written} ({plural(report.objects_moved, 'object')}, "
+         f"{size(report.bytes_moved)}); {plural(report.packs_after, 'pack')} now")
+
+
 def _transfer_line(verb: str, report: PushReport | PullReport, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
     return (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
@@ -140,6 +160,10 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
              + _transfer_line("pushed", report, "sent"))
     for line in report.refs_updated:
         echo(f"  {line}")
+    if report.maintained:
+        done = report.maintained
+        echo(f"repacked {plural(done['packs_repacked'], 'small pack')} on {report.remote} "
+             f"into {done['packs_written']}")
     for line in report.behind:
         echo(f"note: {line}; pull to catch up", err=True)
 

@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 from .. import refs, tree
@@ -31,12 +30,12 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (RemoteRef, index_key, is_tombstone, loose_key, pack_key,
                               ref_key, tombstone)
 from .policy import decide_push
-from .remote import WORKERS, Remote, caches, resolve_target
+from .remote import UPLOAD_PACK_SIZE, WORKERS, Remote, Sent, caches, record_sent, resolve_target
+from . import maintain
 from .fetch import fetch
 from ..reporting import Advance, FileBytes, plural
 
 
-UPLOAD_PACK_SIZE = 16 << 20
 
 
 IN_FLIGHT = 3                # upload packs held in memory at once
@@ -114,6 +113,10 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
     for ds, ref, v, required in ref_plan:
         _push_ref(core, remote, ds, ref, v, required, force, report)
     core.index.checkpoint()
+    if not report.rejected and len(maintain.small_packs(core, remote)) >= \
+            maintain.AUTO_MAINTAIN_PACKS:
+        # Many small pushes leave many small packs, which every first fetch reads.
+        report.maintained = maintain.maintain(core, remote, refresh=False).to_json()
     if report.rejected:
         raise RefConflict(f"{plural(len(report.rejected), 'ref')} rejected by {remote.name} "
                           f"(another "
@@ -232,17 +235,6 @@ def _read_batches(core: Core, phase: dict[str, tuple[str, int, int]], kind: int
         yield batch
 
 
-@dataclass
-class Sent:
-    """What one upload put on the remote, for the store's record of it."""
-
-    count: int
-    nbytes: int
-    pack: tuple[str, int, list[PackEntry]] | None = None   # (pack id, size, entries)
-    loose: str | None = None                    # a loose object's oid
-    shown: int = 0                              # bytes already on the progress bar
-
-
 def _upload_pack(remote: Remote, pack: tuple[str, bytes, list[PackEntry]],
                  write_through: list[ClusterCache]) -> Sent:
     pack_id, data, entries = pack
@@ -289,16 +281,6 @@ def _write_through(cache: ClusterCache, path: str, data: bytes | None = None,
     else:
         assert src is not None
         cache.fill_file(path, src)
-
-
-def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
-    """Remember in the index what these uploads put on the remote."""
-    with core.index.transaction():
-        for item in sent:
-            if item.pack is not None:
-                pack_id, size, entries = item.pack
-                core.index.add_remote_pack(remote.name, pack_id, size, entries)
-        core.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
 
 
 def _label(ds: Dataset, ref: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -182,3 +183,28 @@ def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
             yield pending.pop(0).result()
     for fut in pending:
         yield fut.result()
+
+
+UPLOAD_PACK_SIZE = 16 << 20
+"""Bytes of objects a push (or a repack) puts in one remote pack."""
+
+
+@dataclass
+class Sent:
+    """What one upload put on the remote, for the store's record of it."""
+
+    count: int
+    nbytes: int
+    pack: tuple[str, int, list[PackEntry]] | None = None   # (pack id, size, entries)
+    loose: str | None = None                    # a loose object's oid
+    shown: int = 0                              # bytes already on the progress bar
+
+
+def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
+    """Remember in the index what these uploads put on the remote."""
+    with core.index.transaction():
+        for item in sent:
+            if item.pack is not None:
+                pack_id, size, entries = item.pack
+                core.index.add_remote_pack(remote.name, pack_id, size, entries)
+        core.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
