@@ -298,7 +298,12 @@ def delete_tag(core: Core, spec: str, cwd: str | os.PathLike[str] = ".") -> str:
             raise RefError(f"dataset {ds.name!r} has no tag {name!r}")
         with core.index.transaction():
             core.refs.delete_tag(ds.id, name)
-        return vid
+    for spec_ in core.remote_specs():
+        if spec_.kind == "origin" and core.index.remote_ref(spec_.name, ds.id, f"tags/{name}"):
+            core.reporter.notice(f"note: {ds.name}:{name} is still on {spec_.name}: "
+                                 f"`dsv push {spec_.name} --delete {ds.name}:{name}` deletes "
+                                 f"it there")
+    return vid
 
 
 def tags(core: Core, key: str | None = None) -> list[TagRow]:

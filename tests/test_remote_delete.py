@@ -128,3 +128,17 @@ def test_delete_on_s3_over_http(tmp_path: Path, dsv, s3_endpoint: str, aws_env: 
                cwd=tmp_path).code == 0
     assert "v1" not in _tags(dsv, fresh)
     assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
+
+
+def test_deleting_a_pushed_tag_here_says_how_to_delete_it_on_the_remote(tmp_path: Path,
+                                                                       dsv) -> None:
+    ws = _setup(tmp_path, dsv)
+    r = dsv("tag", "-d", "raw:v1", cwd=ws)
+    assert r.code == 0 and r.out.startswith("deleted tag raw:v1")
+    assert "note: raw:v1 is still on origin: `dsv push origin --delete raw:v1` deletes it " \
+           "there" in r.err
+    assert dsv("push", "origin", "--delete", "raw:v1", cwd=ws).code == 0
+    assert dsv("tag", "-d", "raw:keep", cwd=ws).code == 0
+    assert dsv("tag", "raw:latest", "fresh", cwd=ws).code == 0
+    quiet = dsv("tag", "-d", "raw:fresh", cwd=ws)  # never pushed: nothing to say
+    assert quiet.code == 0 and quiet.err == ""
