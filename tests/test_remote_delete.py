@@ -82,7 +82,7 @@ def test_nothing_is_deleted_when_one_named_ref_does_not_exist(tmp_path: Path, ds
     before = sorted((p.relative_to(tmp_path), p.read_bytes())
                     for p in (tmp_path / "remote" / "refs").rglob("*") if p.is_file())
     r = dsv("push", "--delete", "raw:keep", "raw:nosuch", cwd=ws)
-    assert r.code == 1 and "origin has no tag raw:nosuch; nothing was deleted" in r.err
+    assert r.code == 1 and "origin has no ref raw:nosuch; nothing was deleted" in r.err
     after = sorted((p.relative_to(tmp_path), p.read_bytes())
                    for p in (tmp_path / "remote" / "refs").rglob("*") if p.is_file())
     assert after == before
@@ -91,10 +91,10 @@ def test_nothing_is_deleted_when_one_named_ref_does_not_exist(tmp_path: Path, ds
     assert dsv("push", "--delete", "--force", "raw:keep", cwd=ws).code == 2
 
 
-def test_a_tag_moved_by_another_pusher_while_deleting_is_read_again(
+def test_a_tag_moved_by_another_pusher_after_it_was_read_is_not_deleted_unseen(
         tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The compare-and-swap fails once (another pusher wrote the ref between our read and
-    our write): the delete reads the ref again and deletes what is there now."""
+    """Another pusher writes the ref between the delete's read and its compare-and-swap:
+    what the user never saw is not deleted, and the delete says so."""
     ws = _setup(tmp_path, dsv)
     real = FsBackend.write_ref
     raced: list[str] = []
@@ -107,9 +107,25 @@ def test_a_tag_moved_by_another_pusher_while_deleting_is_read_again(
         return real(self, key, data, expect)
 
     monkeypatch.setattr(FsBackend, "write_ref", racing)
-    r = dsv("push", "--delete", "raw:v1", cwd=ws)
+    r = dsv("push", "--delete", "raw:v1", "raw:keep", cwd=ws)
+    assert raced and r.code == 1
+    assert "1 ref not deleted on origin: raw:v1 changed on the remote since it was read" \
+        in r.err
+    tags = tmp_path / "remote" / "refs"
+    (ds_dir,) = list(tags.iterdir())
+    assert b'"record"  ' in (ds_dir / "tags" / "v1").read_bytes()  # the racer's, intact
+    assert json.loads((ds_dir / "tags" / "keep").read_bytes())["deleted"] is True
+
+
+def test_dataset_latest_deletes_only_latest_and_names_are_deleted_once(tmp_path: Path,
+                                                                       dsv) -> None:
+    ws = _setup(tmp_path, dsv)
+    r = dsv("push", "--delete", "raw:latest", "--json", cwd=ws)
+    assert r.code == 0 and json.loads(r.out)["refs_deleted"] == ["raw:latest"]
+    r = dsv("push", "--delete", "raw:v1", "raw", "--json", cwd=ws)
     assert r.code == 0, r.err
-    assert raced and r.out.strip() == "deleted on origin: raw:v1"
+    deleted = json.loads(r.out)["refs_deleted"]
+    assert sorted(deleted) == ["raw:keep", "raw:v1"]
 
 
 def test_delete_on_s3_over_http(tmp_path: Path, dsv, s3_endpoint: str, aws_env: None) -> None:

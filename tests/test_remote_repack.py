@@ -186,3 +186,52 @@ def test_a_pack_written_again_as_itself_is_never_deleted(
     assert r.code == 0, r.err
     assert sorted(os.listdir(remote / "packs")) == before
     assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+
+
+def test_one_maintainer_at_a_time_and_an_expired_lease_is_taken_over(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+    from dsv.sync import maintain
+    ws, remote = _small_pushes(tmp_path, dsv, 3)
+    lock = remote / "maintain.lock"
+    lock.write_bytes(json.dumps({"owner": "someone", "until": time.time() + 600}).encode())
+    r = dsv("remote", "maintain", cwd=ws)
+    assert r.code == 1 and "another client is maintaining origin" in r.err
+    assert len(os.listdir(remote / "index")) == 9  # nothing touched
+    # A push past the threshold does not repack while the lease is held, and succeeds.
+    monkeypatch.setattr(maintain, "AUTO_MAINTAIN_PACKS", 2)
+    write_tree(ws, {"y.txt": "y\n"})
+    assert dsv("commit", "-m", "y", cwd=ws).code == 0
+    pushed = dsv("push", cwd=ws)
+    assert pushed.code == 0 and "repacked" not in pushed.out
+    assert len(os.listdir(remote / "index")) == 12
+    # An expired lease is taken over, and given back at the end.
+    lock.write_bytes(json.dumps({"owner": "someone", "until": time.time() - 1}).encode())
+    r = dsv("remote", "maintain", cwd=ws)
+    assert r.code == 0 and "12 small packs repacked into 3" in r.out, r.out + r.err
+    assert not lock.exists()
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+
+
+def test_a_push_whose_repack_fails_still_succeeds(tmp_path: Path, dsv,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsv.remotes.base import RemoteError
+    from dsv.remotes.fs import FsBackend
+    from dsv.sync import maintain
+    ws, remote = _small_pushes(tmp_path, dsv, 2)
+    monkeypatch.setattr(maintain, "AUTO_MAINTAIN_PACKS", 2)
+
+    def denied(self: FsBackend, key: str) -> None:
+        raise RemoteError(f"AccessDenied deleting {key}")
+
+    monkeypatch.setattr(FsBackend, "delete", denied)
+    write_tree(ws, {"z.txt": "z\n"})
+    assert dsv("commit", "-m", "z", cwd=ws).code == 0
+    r = dsv("push", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    assert "warning: could not repack origin's small packs: AccessDenied" in r.err
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    assert dsv("clone", remote, fresh, cwd=tmp_path).code == 0
+    assert read_tree(fresh) == read_tree(ws)

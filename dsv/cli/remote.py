@@ -160,7 +160,7 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
              + _transfer_line("pushed", report, "sent"))
     for line in report.refs_updated:
         echo(f"  {line}")
-    if report.maintained:
+    if report.maintained and report.maintained["packs_repacked"]:
         done = report.maintained
         echo(f"repacked {plural(done['packs_repacked'], 'small pack')} on {report.remote} "
              f"into {done['packs_written']}")

@@ -26,7 +26,9 @@ PACKS = "packs/"
 INDEX = "index/"
 LOOSE = "loose/"
 REFS = "refs/"
-TOP_LEVEL = ("index", "packs", "loose", "refs", "tmp", REMOTE_MARKER)
+MAINTAIN_LOCK = "maintain.lock"
+"""The lease a maintainer holds while it repacks (created if absent, by compare-and-swap)."""
+TOP_LEVEL = ("index", "packs", "loose", "refs", "tmp", REMOTE_MARKER, MAINTAIN_LOCK)
 """What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
 remote's own)."""
 

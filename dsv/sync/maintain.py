@@ -4,22 +4,28 @@ reads grows with the content, not with the number of pushes.
 Owns choosing the small packs (every push adds up to three, one per object kind), reading
 each whole and checking every object against its id, writing their objects into packs of
 about UPLOAD_PACK_SIZE (one kind per pack, as a push does), and only then deleting the
-old ones (each index before its pack). Safe with concurrent readers, pushers and other
-maintainers and no lock: every object a maintainer deletes it has first uploaded again
-itself, so an object on the remote stays on the remote; a reader that finds a pack gone
-refreshes its picture and reads the object from its new pack (download.download_packed).
+old ones (each index before its pack), all under the remote's maintenance lease (one
+maintainer at a time). Readers and pushers take no lock: every object a maintainer
+deletes it has first uploaded again itself, so an object on the remote stays on the
+remote; a reader that finds a pack gone refreshes its picture and reads the object from
+its new pack (download.download_packed).
 Must never move a ref, and never upload an object that does not hash to its id.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import time
 
 from ..core import Core
 from ..errors import CorruptObject
 from ..hashing import hash_bytes
 from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size, \
     parse_pack_index
-from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
-from ..remotes.layout import index_key, pack_key
+from ..jsonio import load_bounded
+from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
+from ..remotes.layout import MAINTAIN_LOCK, index_key, pack_key
 from ..reports import MaintainReport
 from .remote import UPLOAD_PACK_SIZE, Remote, Sent, record_sent
 
@@ -43,17 +49,97 @@ def small_packs(core: Core, remote: Remote) -> list[str]:
     return sorted(p for p in small if any(count[k] > 1 for k in kinds.get(p, ())))
 
 
-def maintain(core: Core, remote: Remote, refresh: bool = True) -> MaintainReport:
-    """Repack the remote's small packs into few large ones."""
+LEASE_SECONDS = 3600.0
+"""How long a maintainer's lease lasts; a run checks it still holds it before deleting."""
+
+
+def maintain(core: Core, remote: Remote, refresh: bool = True,
+             wait: bool = True) -> MaintainReport:
+    """Repack the remote's small packs into few large ones, holding the remote's
+    maintenance lease (RemoteError if another maintainer holds it; with `wait` False, an
+    empty report instead)."""
     report = MaintainReport(remote.name)
     if refresh:
         remote.connect()
         remote.refresh()
-    report.packs_before = len(core.index.remote_packs(remote.name))
+    report.packs_before = report.packs_after = len(core.index.remote_packs(remote.name))
+    if len(small_packs(core, remote)) < 2:
+        return report
+    lease = _Lease(remote)
+    if not lease.take():
+        if wait:
+            raise RemoteError(f"another client is maintaining {remote.name} (its lease "
+                              f"{MAINTAIN_LOCK} holds until {lease.holder_until})",
+                              hint="run it again later")
+        report.skipped.append(f"another client is maintaining {remote.name}")
+        return report
+    try:
+        remote.refresh()  # what the remote holds now that no other maintainer changes it
+        _repack(core, remote, report, lease)
+    finally:
+        lease.give_back()
+    return report
+
+
+class _Lease:
+    """The remote's maintenance lease: `maintain.lock`, created only if absent (S3
+    If-None-Match; a directory remote's ref lock), or taken over by compare-and-swap
+    once expired. Two maintainers at once could otherwise each delete the pack the other
+    just wrote (pack ids depend on content only)."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.owner = os.urandom(8).hex()
+        self.holder_until = ""
+
+    def _body(self) -> bytes:
+        return json.dumps({"owner": self.owner, "until": time.time() + LEASE_SECONDS},
+                          sort_keys=True).encode()
+
+    def take(self) -> bool:
+        backend = self.remote.backend
+        current = backend.read_ref(MAINTAIN_LOCK)
+        if current is not None:
+            until = _until(current[0])
+            if until > time.time():
+                self.holder_until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+                return False
+        return backend.write_ref(MAINTAIN_LOCK, self._body(),
+                                 current[1] if current else None) is not None
+
+    def held(self) -> bool:
+        current = self.remote.backend.read_ref(MAINTAIN_LOCK)
+        return current is not None and _owner(current[0]) == self.owner and \
+            _until(current[0]) > time.time() + 60
+
+    def give_back(self) -> None:
+        current = self.remote.backend.read_ref(MAINTAIN_LOCK)
+        if current is not None and _owner(current[0]) == self.owner:
+            self.remote.backend.delete(MAINTAIN_LOCK)
+
+
+def _lease_field(data: bytes, name: str) -> object:
+    try:
+        body = load_bounded(data, 4096)
+        return body.get(name) if isinstance(body, dict) else None
+    except ValueError:
+        return None
+
+
+def _until(data: bytes) -> float:
+    value = _lease_field(data, "until")
+    return float(value) if isinstance(value, (int, float)) else 0.0  # unreadable: expired
+
+
+def _owner(data: bytes) -> str | None:
+    value = _lease_field(data, "owner")
+    return value if isinstance(value, str) else None
+
+
+def _repack(core: Core, remote: Remote, report: MaintainReport, lease: _Lease) -> None:
     small = small_packs(core, remote)
     if len(small) < 2:
-        report.packs_after = report.packs_before
-        return report
+        return
     by_kind: dict[int, list[tuple[str, int, bytes]]] = {KIND_BLOB: [], KIND_TREE: [],
                                                         KIND_VERSION: []}
     done: list[str] = []
@@ -76,6 +162,10 @@ def maintain(core: Core, remote: Remote, refresh: bool = True) -> MaintainReport
                 _flush(core, remote, by_kind, report, final=False)
     # Blobs, then trees, then version records: the publish order of a push.
     _flush(core, remote, by_kind, report, final=True)
+    if not lease.held():
+        report.skipped.append(f"the lease on {remote.name} ran out before the old packs "
+                              f"were deleted: they stay (the next run merges them)")
+        done = []
     for pack_id in done:
         # Every object of these is in a pack uploaded above. The index first: an index on
         # the remote always names a whole pack. (A pack written again as itself, the same
@@ -87,7 +177,6 @@ def maintain(core: Core, remote: Remote, refresh: bool = True) -> MaintainReport
         report.packs_repacked += 1
     remote.refresh()
     report.packs_after = len(core.index.remote_packs(remote.name))
-    return report
 
 
 def _read_pack(remote: Remote, pack_id: str, report: MaintainReport

@@ -87,6 +87,8 @@ class Remote:
                 data = self.backend.get(index_key(pack_id),
                                         max_size=min(listed[pack_id], MAX_GET_BYTES))
                 entries, size = parse_pack_index(data, pack_id)
+            except NotFound:
+                return None  # deleted since the listing (a maintainer repacked it)
             except (CorruptObject, RemoteRefused) as exc:
                 # One damaged or hostile index must not stop every clone: its pack is
                 # never read (`dsv verify --remote` reports it).
