@@ -20,6 +20,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -707,18 +708,26 @@ class Ingest:
 STAGE_PREFIX = "stage-"
 
 
+MAKING_PREFIX = "making-"
+"""A staging directory being made: locked, then renamed to its `stage-` name, so that no
+other process's clean-up ever sees it unlocked."""
+
+
 def _make_stage(tmp_root: Path) -> tuple[int, Path]:
     """A new staging directory under `tmp_root`, flock'd: (its fd, its path)."""
     tmp_root.mkdir(exist_ok=True)
     while True:
-        path = tmp_root / f"{STAGE_PREFIX}{os.urandom(8).hex()}"
+        name = os.urandom(8).hex()
+        making = tmp_root / f"{MAKING_PREFIX}{name}"
         try:
-            os.mkdir(path, 0o755)
+            os.mkdir(making, 0o755)
             break
         except FileExistsError:
             continue
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(making, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    path = tmp_root / f"{STAGE_PREFIX}{name}"
+    os.rename(making, path)
     return fd, path
 
 
@@ -744,9 +753,18 @@ def remove_dead_stages(tmp_root: str | os.PathLike[str]) -> int:
     except FileNotFoundError:
         return 0
     for name in names:
+        path = os.path.join(tmp_root, name)
+        if name.startswith(MAKING_PREFIX):
+            # Left by a process killed between making and naming it (an hour is far more
+            # than that takes): empty, and never a live writer's.
+            try:
+                if os.lstat(path).st_mtime < time.time() - 3600:
+                    os.rmdir(path)
+            except OSError:
+                pass
+            continue
         if not name.startswith(STAGE_PREFIX):
             continue
-        path = os.path.join(tmp_root, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:

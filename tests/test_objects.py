@@ -803,3 +803,28 @@ def test_link_source_is_reverified_and_replaced_when_damaged(store, tmp_path: Pa
     store.delete_link_source(oid)
     assert list(store.iter_link_sources()) == []
     assert store.read(oid) == BIG            # the object itself was never touched
+
+
+def test_a_staging_directory_being_made_is_never_removed_by_another_cleanup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's clean-up runs between the directory's creation and its lock:
+    it must not take the new directory for a dead writer's (it did: a randomized gc race
+    test saw an import fail with its staging directory gone)."""
+    from dsv import objects as objects_module
+    real = objects_module.fcntl.flock
+    raced: list[bool] = []
+
+    def racing(fd: int, op: int) -> None:
+        if not raced:
+            raced.append(True)
+            objects_module.remove_dead_stages(tmp_path)  # (its own flock calls are real)
+        real(fd, op)
+
+    monkeypatch.setattr(objects_module.fcntl, "flock", racing)
+    fd, path = objects_module._make_stage(tmp_path)
+    try:
+        assert raced and path.is_dir() and path.name.startswith("stage-")
+        assert objects_module.remove_dead_stages(tmp_path) == 0  # locked: a live writer's
+    finally:
+        os.close(fd)
+    assert objects_module.remove_dead_stages(tmp_path) == 1  # its writer is gone now
