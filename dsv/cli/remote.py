@@ -101,7 +101,7 @@ def remote_maintain(name: Optional[str] = typer.Argument(None, metavar="[REMOTE]
                                                         autocompletion=complete.remotes,
                                                         help="Default: the default remote."),
                     as_json: bool = JsonOpt) -> None:
-    """Repack a remote's small packs into few large ones (push does it past 64)."""
+    """Repack a remote's small packs into few large ones (push does it past 24)."""
     report = open_store().maintain_remote(name)
     if as_json:
         print_json(report.to_json())

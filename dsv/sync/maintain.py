@@ -32,7 +32,7 @@ from .remote import UPLOAD_PACK_SIZE, Remote, Sent, record_sent
 SMALL_PACK = UPLOAD_PACK_SIZE // 2
 """A remote pack smaller than this is repacked with the others."""
 
-AUTO_MAINTAIN_PACKS = 64
+AUTO_MAINTAIN_PACKS = 24
 """A push that finds at least this many small packs on the remote repacks them."""
 
 
