@@ -566,8 +566,20 @@ class Index:
         # `promised` rows stay: the versions' blobs are still elsewhere, whatever the name.
         for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
+        self.conn.execute("DELETE FROM meta WHERE key=?", (f"remote-gc:{name}",))
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
         self._mirror()
+
+    def remote_gc_generation(self, remote: str) -> str:
+        """The gc generation of `remote` its picture here was read under ('' if none)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?",
+                                (f"remote-gc:{remote}",)).fetchone()
+        return str(row[0]) if row else ""
+
+    def set_remote_gc_generation(self, remote: str, generation: str) -> None:
+        """Remember the gc generation `remote`'s picture here was read under."""
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                          (f"remote-gc:{remote}", generation))
 
     def remote_packs(self, remote: str) -> dict[str, int]:
         """Packs known to be on `remote`: pack id → size."""

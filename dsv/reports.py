@@ -115,6 +115,26 @@ class MaintainReport(_FlatReport):
 
 
 @dataclass
+class RemoteGcReport(_FlatReport):
+    """What `dsv gc --remote` found unreachable on a remote, and deleted (or would)."""
+
+    remote: str
+    dry_run: bool = False
+    refs: int = 0                    # live refs it kept everything for
+    versions: int = 0                # versions those refs reach
+    objects_kept: int = 0
+    packs_deleted: int = 0           # packs with nothing live in them
+    packs_rewritten: int = 0         # partly-live packs whose live objects moved first
+    packs_written: int = 0
+    objects_deleted: int = 0
+    loose_deleted: int = 0
+    strays_deleted: int = 0          # a pack without its index, or an index without its pack
+    bytes_freed: int = 0
+    leases_removed: int = 0          # expired push leases of killed pushes
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
 class FetchReport(_FlatReport):
     """What a fetch brought (versions, trees, refs; no file contents)."""
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # what only the commands that import their modules when they 
     from .reports import (FetchReport, GcReport, ImportCheckReport, JobResult, MaintainReport,
                           MergeReport,
                           PruneReport, PullReport, PushReport, RebuildReport,
-                          RemoteCheckReport, VerifyReport)
+                          RemoteCheckReport, RemoteGcReport, VerifyReport)
 
 __all__ = ["Store", "find_store"]
 
@@ -415,6 +415,15 @@ class Store:
         from .sync.remote import open_remote
         with self.locked("remote maintain"):
             return maintain.maintain(self.core, open_remote(self.core, remote))
+
+    def gc_remote(self, remote: str | None = None, dry_run: bool = False) -> RemoteGcReport:
+        """Delete from a remote what none of its refs reaches (packs, loose objects, the
+        leftovers of killed pushes), rewriting partly-live packs; nothing while a push
+        is at work on it (see sync.gc). Fetches the remote's records and trees first."""
+        from .sync import gc
+        from .sync.remote import open_remote
+        with self.locked("gc --remote"):
+            return gc.collect(self.core, open_remote(self.core, remote), dry_run=dry_run)
 
     def prune_cache(self, name: str | None = None, older_than: str | None = None,
                     max_size: str | None = None) -> PruneReport:

@@ -341,8 +341,10 @@ def check_remote(view: DirView | S3View) -> RemoteState:
         if oid in verified:
             return
         body = json.loads(fetch(oid, who, (1,)))
-        assert body.get("type") == "tree", f"{who}: {oid[:12]} is not a tree"
-        for name, kind, _mode, size, child in body["entries"]:
+        assert body.get("type") in ("tree", "leaf", "shards"), f"{who}: {oid[:12]} is not a tree"
+        for _digit, shard in body.get("shards", []):  # a sharded directory's parts
+            walk_tree(shard, who)
+        for name, kind, _mode, size, child in body.get("entries", []):
             if kind == "d":
                 walk_tree(child, f"{who}/{name}")
             else:
@@ -365,5 +367,7 @@ def check_remote(view: DirView | S3View) -> RemoteState:
     for key, ref in sorted(state.refs.items()):
         parts = key.split("/")
         assert ref["dataset"] == parts[1], f"{key}: names dataset {ref['dataset']}"
+        if ref == {"dataset": parts[1], "deleted": True}:
+            continue  # a ref deleted by `dsv push --delete`
         walk_record(ref["record"], ref["version"], f"ref {key}")
     return state

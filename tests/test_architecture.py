@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("operations", {"dsv.datasets", "dsv.settings", "dsv.versions", "dsv.checkout", "dsv.merge",
                     "dsv.maintenance", "dsv.verify", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
-                    "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain"}),
+                    "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain", "dsv.sync.gc"}),
     ("facade", {"dsv.store", "dsv"}),
     ("cli", {"dsv.cli", "dsv.__main__"}),
 ]

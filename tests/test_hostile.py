@@ -986,6 +986,8 @@ def test_14_sparse_pack_index_and_huge_record_numbers(tmp_path: Path, dsv) -> No
     remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
     with open(remote.root / "index" / ("ab" * 32), "wb") as f:
         f.truncate(1 << 40)
+    # (with a pack beside it: an index without its pack is passed over unread)
+    (remote.root / "packs" / ("ab" * 32 + ".pack")).write_bytes(b"DSVPACK1")
     root = remote.files({"g.txt": b"g"})
     big = remote.record("v2bbbbbbbb", DS, root, size=2 ** 64)
     remote.publish()

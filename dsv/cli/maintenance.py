@@ -23,18 +23,40 @@ commands.add_typer(index_app, name="index")
 
 @commands.command()
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
-       inputs_older_than: str = typer.Option("7d", "--inputs-older-than", metavar="DURATION",
-                                             help="Remove `dsv run` input trees no job has "
-                                                  "used for this long (e.g. 12h, 7d; 0 "
-                                                  "removes every tree not in use)."),
+       inputs_older_than: Optional[str] = typer.Option(
+           None, "--inputs-older-than", metavar="DURATION",
+           help="Remove `dsv run` input trees no job has used for this long (e.g. 12h, 7d; "
+                "0 removes every tree not in use; default 7d)."),
+       remote: Optional[str] = typer.Option(None, "--remote", metavar="REMOTE",
+                                            help="Collect a remote's garbage instead: what "
+                                                 "none of its refs reaches."),
        as_json: bool = JsonOpt) -> None:
-    """Remove objects that no version needs, and input trees no job has used lately."""
+    """Remove objects no version needs (with --remote: what no ref of the remote reaches)."""
     store = open_store()
+    verb = "would free" if dry_run else "freed"
+    if remote is not None:
+        if inputs_older_than is not None:
+            raise UsageError("--inputs-older-than is for the local store",
+                             hint="a remote has no `dsv run` input trees")
+        found = store.gc_remote(remote, dry_run=dry_run)
+        if as_json:
+            print_json(found.to_json())
+            return
+        for line in found.skipped:
+            echo(f"skipped: {line}")
+        echo(f"{found.remote}: {plural(found.refs, 'ref')} reach "
+             f"{plural(found.versions, 'version')} ({plural(found.objects_kept, 'object')}); "
+             f"{plural(found.objects_deleted, 'object')} in "
+             f"{plural(found.packs_deleted, 'dead pack')}, "
+             f"{plural(found.packs_rewritten, 'partly-live pack')} and "
+             f"{plural(found.loose_deleted, 'loose file')}"
+             + (f", {plural(found.strays_deleted, 'leftover')}" if found.strays_deleted else "")
+             + f" {'would go' if dry_run else 'deleted'}; {verb} {size(found.bytes_freed)}")
+        return
     report = store.gc(dry_run=dry_run, inputs_older_than=inputs_older_than)
     if as_json:
         print_json(report.to_json())
     else:
-        verb = "would free" if dry_run else "freed"
         trees = (f", {plural(report.removed_inputs, 'input tree')}"
                  if report.removed_inputs else "")
         echo(f"{plural(report.removed_objects, 'object')}, "

@@ -2,7 +2,8 @@
 
 Owns the remote layout of docs/format.md ("Remotes"): `dsv-remote.json`,
 `packs/<id>.pack`, `index/<id>`, `loose/<xx>/<oid>`, `refs/<dataset>/latest`,
-`refs/<dataset>/tags/<name>`, and the small JSON body of a ref. Sync, `verify --remote`
+`refs/<dataset>/tags/<name>`, the leases (`maintain.lock`, `locks/<owner>`), the gc
+generation (`gc.json`), and the small JSON body of a ref. Sync, `verify --remote`
 and the cluster cache build and parse keys only through this module. Pure functions:
 must never do I/O, and never trust what it parses (a remote is written by others).
 """
@@ -26,9 +27,15 @@ PACKS = "packs/"
 INDEX = "index/"
 LOOSE = "loose/"
 REFS = "refs/"
+LOCKS = "locks/"
 MAINTAIN_LOCK = "maintain.lock"
-"""The lease a maintainer holds while it repacks (created if absent, by compare-and-swap)."""
-TOP_LEVEL = ("index", "packs", "loose", "refs", "tmp", REMOTE_MARKER, MAINTAIN_LOCK)
+"""The lease a maintainer holds while it repacks or collects garbage (created if absent,
+by compare-and-swap)."""
+GC_STATE = "gc.json"
+"""The remote's gc generation: changed by every `gc --remote` that deleted something, so
+a client knows its picture of the remote may name what is gone."""
+TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "tmp", REMOTE_MARKER, MAINTAIN_LOCK,
+             GC_STATE)
 """What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
 remote's own)."""
 
@@ -51,6 +58,12 @@ def loose_key(oid: str) -> str:
 def ref_key(ds_id: str, ref: str) -> str:
     """The key of ref `ref` (`latest` or `tags/NAME`) of dataset `ds_id`."""
     return f"{REFS}{ds_id}/{ref}"
+
+
+def push_lock_key(owner: str) -> str:
+    """The key of one push's lease (`locks/<owner>`), held while it relies on objects
+    already on the remote: a remote gc deletes nothing while one is live."""
+    return f"{LOCKS}{owner}"
 
 
 def pack_id_of_key(key: str) -> str | None:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 from ..core import Core
-from ..errors import CorruptObject
+from ..errors import CorruptObject, DsvError
 from ..hashing import hash_bytes
 from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size, \
     parse_pack_index
 from ..jsonio import load_bounded
 from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
-from ..remotes.layout import MAINTAIN_LOCK, index_key, pack_key
+from ..remotes.layout import LOCKS, MAINTAIN_LOCK, index_key, pack_key, push_lock_key
 from ..reports import MaintainReport
 from .remote import UPLOAD_PACK_SIZE, Remote, Sent, record_sent
 
@@ -65,7 +66,7 @@ def maintain(core: Core, remote: Remote, refresh: bool = True,
     report.packs_before = report.packs_after = len(core.index.remote_packs(remote.name))
     if len(small_packs(core, remote)) < 2:
         return report
-    lease = _Lease(remote)
+    lease = Lease(remote)
     if not lease.take():
         if wait:
             raise RemoteError(f"another client is maintaining {remote.name} (its lease "
@@ -81,41 +82,61 @@ def maintain(core: Core, remote: Remote, refresh: bool = True,
     return report
 
 
-class _Lease:
+class Lease:
     """The remote's maintenance lease: `maintain.lock`, created only if absent (S3
     If-None-Match; a directory remote's ref lock), or taken over by compare-and-swap
     once expired. Two maintainers at once could otherwise each delete the pack the other
-    just wrote (pack ids depend on content only)."""
+    just wrote (pack ids depend on content only). A remote gc's lease says so (`"gc":
+    true`): pushes wait for it to end."""
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: Remote, gc: bool = False) -> None:
         self.remote = remote
+        self.gc = gc
         self.owner = os.urandom(8).hex()
         self.holder_until = ""
 
     def _body(self) -> bytes:
-        return json.dumps({"owner": self.owner, "until": time.time() + LEASE_SECONDS},
-                          sort_keys=True).encode()
+        body: dict[str, object] = {"owner": self.owner, "until": time.time() + LEASE_SECONDS}
+        if self.gc:
+            body["gc"] = True
+        return json.dumps(body, sort_keys=True).encode()
 
     def take(self) -> bool:
+        """Take the lease if nobody holds it (or the holder's ran out); False if held."""
         backend = self.remote.backend
         current = backend.read_ref(MAINTAIN_LOCK)
         if current is not None:
             until = _until(current[0])
             if until > time.time():
-                self.holder_until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+                self.holder_until = _when(until)
                 return False
         return backend.write_ref(MAINTAIN_LOCK, self._body(),
                                  current[1] if current else None) is not None
 
     def held(self) -> bool:
+        """Whether this holder still holds the lease, for at least another minute."""
         current = self.remote.backend.read_ref(MAINTAIN_LOCK)
         return current is not None and _owner(current[0]) == self.owner and \
             _until(current[0]) > time.time() + 60
 
     def give_back(self) -> None:
+        """Remove the lease if this holder still holds it."""
         current = self.remote.backend.read_ref(MAINTAIN_LOCK)
         if current is not None and _owner(current[0]) == self.owner:
             self.remote.backend.delete(MAINTAIN_LOCK)
+
+
+def gc_lease_until(remote: Remote) -> float | None:
+    """Until when a remote gc holds the remote's maintenance lease, or None."""
+    current = remote.backend.read_ref(MAINTAIN_LOCK)
+    if current is None or _lease_field(current[0], "gc") is not True:
+        return None
+    until = _until(current[0])
+    return until if until > time.time() else None
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def _lease_field(data: bytes, name: str) -> object:
@@ -136,7 +157,129 @@ def _owner(data: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _repack(core: Core, remote: Remote, report: MaintainReport, lease: _Lease) -> None:
+# ---- a push's lease ---------------------------------------------------------------------
+
+PUSH_LEASE = 900.0
+"""How long a push's lease (`locks/<owner>`) lasts unless renewed; a running push renews
+it every PUSH_LEASE / 6 seconds."""
+PUSH_MARGIN = 120.0
+"""A push moves refs only while its lease holds at least this much longer."""
+GC_WAIT = 900.0
+"""How long a push waits for a remote gc to end before giving up."""
+_POLL = 1.0
+
+
+class PushLock:
+    """A push's lease on the remote: written before the push looks at what the remote
+    holds, renewed while it runs, removed when it ends. A remote gc deletes nothing while
+    a live one exists, and a push waits while a gc holds the maintenance lease: each
+    writes its own lease first and looks for the other's second, so of a push and a gc
+    that start together at least one sees the other. A push whose lease lapsed (the
+    process was stopped, the network went) may have been overtaken by a gc: `unbroken`
+    says so, and the push looks at the remote afresh before it moves a ref."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.owner = os.urandom(8).hex()
+        self.key = push_lock_key(self.owner)
+        self.until = 0.0
+        self.lapsed = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def take(self) -> None:
+        """Write the lease, waiting (at most GC_WAIT) while a remote gc runs."""
+        deadline = time.monotonic() + GC_WAIT
+        told = False
+        while True:
+            self._write()
+            until = gc_lease_until(self.remote)
+            if until is None:
+                break
+            self.remote.backend.delete(self.key)
+            if time.monotonic() > deadline:
+                raise RemoteError(f"a remote gc of {self.remote.name} is still running "
+                                  f"(its lease holds until {_when(until)}); nothing was "
+                                  f"pushed", hint="push again when it is done")
+            if not told:
+                self.remote.core.reporter.notice(
+                    f"waiting for the remote gc of {self.remote.name} to end (its lease "
+                    f"holds until {_when(until)})")
+                told = True
+            time.sleep(_POLL)
+        self.lapsed = False
+        if self._renewer is None:
+            self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                             name="dsv-push-lease")
+            self._renewer.start()
+
+    def _write(self) -> None:
+        now = time.time()
+        if self.until and now > self.until:
+            self.lapsed = True
+        until = now + PUSH_LEASE
+        body = json.dumps({"owner": self.owner, "until": until}, sort_keys=True).encode()
+        self.remote.backend.put_bytes(self.key, body)
+        self.until = until
+
+    def _renew(self) -> None:
+        while not self._stop.wait(PUSH_LEASE / 6):
+            try:
+                if not self._intact():
+                    self.lapsed = True
+                self._write()
+            except DsvError:
+                pass  # the lease may lapse: `unbroken` finds out before any ref moves
+
+    def _intact(self) -> bool:
+        """Whether the remote still holds this lease, unexpired (a gc removes only an
+        expired one: one whose holder was stopped, or whose clock disagrees)."""
+        try:
+            current = self.remote.backend.get(self.key, max_size=4096)
+        except NotFound:
+            return False
+        return _owner(current) == self.owner and _until(current) > time.time()
+
+    def unbroken(self, look: bool = False) -> bool:
+        """Whether the lease has held without a gap since `take`, and holds for at least
+        PUSH_MARGIN more seconds: then no remote gc can have run meanwhile, nor can one
+        start before the next ref is written. With `look`, the remote's copy is read
+        too."""
+        if self.lapsed or time.time() > self.until - PUSH_MARGIN:
+            return False
+        return not look or self._intact()
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease (best effort: an expired lease is harmless)."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        try:
+            self.remote.backend.delete(self.key)
+        except DsvError:
+            pass
+
+
+def live_push_locks(remote: Remote, remove_expired: bool) -> list[float]:
+    """Until when each live push lease on the remote holds; expired ones (pushes that
+    were killed) are removed if asked, and so are unreadable ones (dsv writes none)."""
+    live = []
+    for key, _size in remote.backend.list(LOCKS):
+        try:
+            data = remote.backend.get(key, max_size=4096)
+        except NotFound:
+            continue
+        except RemoteRefused:
+            data = b""
+        until = _until(data)
+        if until > time.time():
+            live.append(until)
+        elif remove_expired:
+            remote.backend.delete(key)
+    return live
+
+
+def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) -> None:
     small = small_packs(core, remote)
     if len(small) < 2:
         return
@@ -148,7 +291,7 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: _Lease) -
                             sum(core.index.remote_packs(remote.name)[p] for p in small)
                             ) as advance:
         for pack_id in small:
-            objects = _read_pack(remote, pack_id, report)
+            objects = read_pack(remote, pack_id, report.skipped)
             if objects is None:
                 continue
             for oid, kind, data in objects:
@@ -179,12 +322,12 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: _Lease) -
     report.packs_after = len(core.index.remote_packs(remote.name))
 
 
-def _read_pack(remote: Remote, pack_id: str, report: MaintainReport
-               ) -> list[tuple[str, int, bytes]] | None:
+def read_pack(remote: Remote, pack_id: str, skipped: list[str], max_size: int = SMALL_PACK
+              ) -> list[tuple[str, int, bytes]] | None:
     """A small pack's objects, each checked; None (the pack is left alone, and said so)
     when it is gone, unreadable or damaged: `dsv verify --remote --repair` is for that."""
     try:
-        data = remote.backend.get(pack_key(pack_id), max_size=min(SMALL_PACK, MAX_GET_BYTES))
+        data = remote.backend.get(pack_key(pack_id), max_size=min(max_size, MAX_GET_BYTES))
         count = int.from_bytes(data[-24:-16], "big") if len(data) >= 24 else -1
         if count < 0 or pack_tail_size(count) > len(data):
             raise CorruptObject(f"pack {pack_id[:12]} is cut short")
@@ -195,23 +338,24 @@ def _read_pack(remote: Remote, pack_id: str, report: MaintainReport
     except NotFound:
         return None  # repacked by another client meanwhile
     except (CorruptObject, RemoteRefused) as exc:
-        report.skipped.append(f"pack {pack_id[:12]}: {exc.message}")
+        skipped.append(f"pack {pack_id[:12]}: {exc.message}")
         return None
     out = []
     for e in entries:
         piece = data[e.offset:e.offset + e.length]
         if hash_bytes(piece) != e.oid:
-            report.skipped.append(f"pack {pack_id[:12]}: object {e.oid[:12]} is corrupt "
+            skipped.append(f"pack {pack_id[:12]}: object {e.oid[:12]} is corrupt "
                                   f"(run `dsv verify --remote {remote.name} --repair`)")
             return None
         out.append((e.oid, e.kind, piece))
     return out
 
 
-def _flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, bytes]]],
-           report: MaintainReport, final: bool) -> None:
-    """Upload what was gathered, in packs of about UPLOAD_PACK_SIZE (all of it when
-    `final`, else only full packs), one kind at a time."""
+def flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, bytes]]],
+          final: bool) -> list[Sent]:
+    """Upload what was gathered (checked objects), in packs of about UPLOAD_PACK_SIZE
+    (all of it when `final`, else only full packs), one kind at a time, and remember
+    them as the remote's; what was uploaded leaves `by_kind`."""
     sent: list[Sent] = []
     for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
         items, start = by_kind[kind], 0
@@ -228,10 +372,17 @@ def _flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, b
             remote.backend.put_bytes(index_key(pack_id),
                                      data[len(data) - pack_tail_size(len(entries)):])
             sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
-            report.written.append(pack_id)
-            report.packs_written += 1
-            report.objects_moved += len(entries)
-            report.bytes_moved += len(data)
             start = end
         del items[:start]
     record_sent(core, remote, sent)
+    return sent
+
+
+def _flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, bytes]]],
+           report: MaintainReport, final: bool) -> None:
+    for item in flush(core, remote, by_kind, final):
+        assert item.pack is not None
+        report.written.append(item.pack[0])
+        report.packs_written += 1
+        report.objects_moved += item.count
+        report.bytes_moved += item.nbytes

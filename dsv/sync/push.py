@@ -17,7 +17,7 @@ from typing import Any
 from .. import refs, tree
 from ..core import Core
 from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
-                      RefConflict)
+                      RefConflict, RemoteError)
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
 from ..model import COMMITTED, Dataset, Version
@@ -92,9 +92,26 @@ _CONFLICT_HINT = ("run `dsv pull` to get the remote's versions, or push with --f
 def push(core: Core, remote: Remote, targets: list[str], force: bool = False) -> PushReport:
     """Upload what the remote lacks of the `targets` (by default every dataset with a
     committed version), then move its refs by compare-and-swap; refs it would refuse
-    raise RefConflict before anything is sent."""
+    raise RefConflict before anything is sent. The push holds a lease on the remote
+    throughout (a remote gc waits for it, and it waits for a remote gc)."""
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
+    lock = maintain.PushLock(remote)
+    lock.take()
+    try:
+        _push(core, remote, targets, force, report, lock)
+    finally:
+        lock.release()
+    if report.rejected:
+        raise RefConflict(f"{plural(len(report.rejected), 'ref')} rejected by {remote.name} "
+                          f"(another "
+                          f"push won the race): " + "; ".join(report.rejected),
+                          hint=_CONFLICT_HINT, report=report)
+    return report
+
+
+def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: PushReport,
+          lock: maintain.PushLock) -> None:
     remote.refresh()
     versions, ref_plan = _push_plan(core, targets)
     report.versions = len(versions)
@@ -103,14 +120,11 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
         report.rejected = refused
         raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
                           + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
-    on_remote = {oid for oid, *_ in core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
-    new = [v for v in versions if v.record not in on_remote]
-    report.versions_sent = len(new)
-    if new:
-        _send_objects(core, remote, new, report)
-    crashpoint("push:objects-sent")
+    _send(core, remote, versions, report, lock)
     _settle_pending(core, remote)
     for ds, ref, v, required in ref_plan:
+        if not lock.unbroken():
+            _send(core, remote, versions, report, lock)
         _push_ref(core, remote, ds, ref, v, required, force, report)
     core.index.checkpoint()
     if not report.rejected and len(maintain.small_packs(core, remote)) >= \
@@ -124,12 +138,30 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
         except DsvError as exc:
             core.reporter.notice(f"warning: could not repack {remote.name}'s small packs: "
                                  f"{exc.message}")
-    if report.rejected:
-        raise RefConflict(f"{plural(len(report.rejected), 'ref')} rejected by {remote.name} "
-                          f"(another "
-                          f"push won the race): " + "; ".join(report.rejected),
-                          hint=_CONFLICT_HINT, report=report)
-    return report
+
+
+def _send(core: Core, remote: Remote, versions: list[Version], report: PushReport,
+          lock: maintain.PushLock) -> None:
+    """Upload what the remote lacks of `versions`, until the push's lease has held
+    throughout: if it lapsed, a remote gc may have deleted what the push found there, so
+    the lease is taken again and the remote looked at afresh."""
+    for _attempt in range(3):
+        on_remote = {oid for oid, *_ in
+                     core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+        new = [v for v in versions if v.record not in on_remote]
+        report.versions_sent += len(new)
+        if new:
+            _send_objects(core, remote, new, report)
+        crashpoint("push:objects-sent")
+        if lock.unbroken(look=True):
+            return
+        core.reporter.notice(f"warning: this push's lease on {remote.name} lapsed (was the "
+                             f"process stopped?); a remote gc may have run meanwhile: "
+                             f"looking at the remote again")
+        lock.take()
+        remote.refresh()
+    raise RemoteError(f"the push's lease on {remote.name} kept lapsing; no ref was moved",
+                      hint="push again")
 
 
 def _settle_pending(core: Core, remote: Remote) -> None:

@@ -68,18 +68,27 @@ class Remote:
                               f"this dsv reads format {REMOTE_FORMAT}")
 
     def refresh(self) -> None:
-        """Bring the store's picture of the remote's packs up to date (list `index/`;
-        read each new pack index, which must hash to its pack's name)."""
+        """Bring the store's picture of the remote's packs up to date (list `index/` and
+        `packs/`; read each new pack index, which must hash to its pack's name). After a
+        remote gc (its generation in `gc.json` changed) the picture is read afresh."""
         index = self.core.index
+        generation = self.gc_generation()
         listed = {pid: size for key, size in self.backend.list(layout.INDEX)
                   if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
+        # An index whose pack is not there (a gc deleted it under a push that was
+        # stopped, say) names nothing a reader can read.
+        whole = {pid for key, _size in self.backend.list(layout.PACKS)
+                 if (pid := layout.pack_id_of_key(key)) is not None}
+        listed = {pid: size for pid, size in listed.items() if pid in whole}
         known = index.remote_packs(self.name)
         new = [p for p in listed if p not in known]
         gone = [p for p in known if p not in listed]
-        if gone:
-            # Packs went (repacked by another client, or replaced by a repair): their
-            # objects may be in packs known already, whose rows named the gone pack first.
-            # Read every index again rather than lose an object from the picture.
+        reset = bool(gone) or generation != index.remote_gc_generation(self.name)
+        if reset:
+            # Packs went (repacked by another client, replaced by a repair, deleted by a
+            # gc): their objects may be in packs known already, whose rows named the gone
+            # pack first. Read every index again rather than lose an object from the
+            # picture, and forget the loose objects (a gc may have deleted some).
             new, gone = list(listed), list(known)
 
         def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
@@ -102,10 +111,27 @@ class Remote:
         with index.transaction():
             for pack_id in gone:  # first: an object's row names the first pack holding it
                 index.forget_remote_pack(self.name, pack_id)
-            if gone:  # the remote lost data (or was reset): trust nothing we remember of it
+            if reset:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
             for pack_id, entries, size in results:
                 index.add_remote_pack(self.name, pack_id, size, entries)
+            index.set_remote_gc_generation(self.name, generation)
+
+    def gc_generation(self) -> str:
+        """The remote's gc generation ('' before its first gc; unreadable counts as a
+        new one, so the picture is read afresh)."""
+        try:
+            got = self.backend.read_ref(layout.GC_STATE)
+        except RemoteRefused:
+            return os.urandom(8).hex()
+        if got is None:
+            return ""
+        try:
+            body = load_bounded(got[0], MAX_REF_BYTES)
+        except ValueError:
+            return os.urandom(8).hex()
+        value = body.get("generation") if isinstance(body, dict) else None
+        return value if isinstance(value, str) and len(value) <= 64 else os.urandom(8).hex()
 
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
         """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot

@@ -1,0 +1,327 @@
+"""`dsv gc --remote` (issue 11): what no ref of a remote reaches is deleted, with no
+server, and never what a push relies on.
+
+A push holds a lease on the remote (`locks/<owner>`) from before it looks at what the
+remote holds until its refs are written; gc holds the remote's maintenance lease and
+deletes nothing while a push's lease is live. The race tests stop a push between planning
+and its ref write (`DSV_PAUSE_AT`), run gc, let the push go on, and check the remote with
+the independent checker (tests/servers.py `check_remote`), then clone it and compare
+bytes. The last test runs pushers, gc and cloners at once against SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_tree, run_dsv, write_tree
+from servers import DirView, S3View, check_remote, read_remote, seaweedfs_endpoint  # noqa: F401
+from test_gc_race import finish, ok, paused, spawn, wait_for
+from test_sync_faults import new_bucket
+
+
+def _ws(root: Path, files: dict[str, bytes], remote: str, *extra: str) -> Path:
+    root.mkdir(parents=True)
+    write_tree(root, files)
+    ok("init", "--name", "raw", root, cwd=root.parent)
+    ok("commit", "-m", "one", cwd=root)
+    ok("remote", "add", "origin", remote, *extra, cwd=root)
+    return root
+
+
+def _gc(ws: Path, *args: str) -> dict:
+    return json.loads(ok("gc", "--remote", "origin", "--json", *args, cwd=ws).stdout)
+
+
+def _clone_matches(url: str, dest: Path, files: dict[str, bytes], *extra: str) -> None:
+    ok("clone", url, dest, *extra, cwd=dest.parent)
+    assert read_tree(dest) == files
+    ok("verify", cwd=dest)
+
+
+def _version_objects(ws: Path, ref: str) -> set[str]:
+    """Every object (blobs, trees, the record) version `ref` needs, read through dsv."""
+    import dsv as api
+    from dsv import tree
+    store = api.Store.open(ws)
+    try:
+        v = store.core.resolve(ref)
+        return {oid for _k, oid in tree.subtree_ids(v.tree, store.core.read_tree)} | \
+            {v.record or ""}
+    finally:
+        store.close()
+
+
+def test_gc_deletes_only_what_no_ref_reaches(tmp_path: Path) -> None:
+    """A version forced over, a deleted tag's version, a partly-live pack (objects of a
+    live and a dead version pushed together) and a large file only the dead version had:
+    gone; every live object stays, and a clone is byte-identical."""
+    remote = tmp_path / "remote"
+    one = {"keep.bin": os.urandom(5000), "a/small.txt": b"alpha\n"}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"dead.bin": os.urandom(7000), "big-dead.bin": os.urandom(1_300_000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)  # one and two in the same packs
+    dead = _version_objects(ws, "raw:latest") - _version_objects(ws, "raw:v1")
+    live = _version_objects(ws, "raw:v1")
+    ok("push", "--force", "raw:v1", cwd=ws)  # latest back to one: two is unreachable
+    before = read_remote(DirView(remote))
+    assert dead <= before.objects and live <= before.objects
+
+    dry = _gc(ws, "--dry-run")
+    assert dry["dry_run"] is True and dry["objects_deleted"] == len(dead)
+    assert read_remote(DirView(remote)).objects == before.objects  # nothing deleted
+
+    report = _gc(ws)
+    assert report["versions"] == 1 and report["objects_deleted"] == len(dead)
+    assert report["loose_deleted"] == 1 and report["packs_rewritten"] >= 1
+    after = check_remote(DirView(remote))
+    assert after.objects == live == after.reachable
+    assert not dead & after.objects
+    assert json.loads((remote / "gc.json").read_bytes())["generation"]
+    _clone_matches(str(remote), tmp_path / "clone", one)
+
+    again = _gc(ws)  # nothing left to delete; the remote is not touched
+    assert again["objects_deleted"] == 0 and again["packs_written"] == 0
+
+
+def test_deleting_a_dataset_on_the_remote_then_gc_frees_its_space(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    files = {"f.bin": os.urandom(4000), "big.bin": os.urandom(1_200_000)}
+    ws = _ws(tmp_path / "ws", files, str(remote))
+    ok("push", cwd=ws)
+    ok("push", "--delete", "raw", cwd=ws)
+    report = _gc(ws)
+    assert report["refs"] == 0 and report["loose_deleted"] == 1
+    assert sorted(os.listdir(remote / "packs")) == [] == sorted(os.listdir(remote / "index"))
+    assert not list((remote / "loose").rglob("*.*")) and not [
+        p for p in (remote / "loose").rglob("*") if p.is_file()]
+    check_remote(DirView(remote))
+    # The store that still has the version pushes it again whole (its picture of the
+    # remote is read afresh after the gc).
+    ok("push", cwd=ws)
+    assert check_remote(DirView(remote)).reachable >= _version_objects(ws, "raw:latest")
+    _clone_matches(str(remote), tmp_path / "clone", files)
+
+
+def test_another_clients_stale_picture_is_read_afresh_after_a_gc(tmp_path: Path) -> None:
+    """Client B learned the remote held a version's objects; A deletes the dataset there
+    and gc deletes them; B's next push of that version must upload them again."""
+    remote = tmp_path / "remote"
+    files = {"f.bin": os.urandom(4000), "big.bin": os.urandom(1_200_000)}
+    a = _ws(tmp_path / "a", files, str(remote))
+    ok("push", cwd=a)
+    b = tmp_path / "b"
+    ok("clone", remote, b, cwd=tmp_path)
+    ok("push", "--delete", "raw", cwd=a)
+    assert _gc(a)["objects_deleted"] >= 3
+    r = ok("push", "--json", cwd=b)
+    assert json.loads(r.stdout)["objects_sent"] >= 3
+    check_remote(DirView(remote))
+    _clone_matches(str(remote), tmp_path / "clone", files)
+
+
+def test_gc_removes_the_leftovers_of_killed_pushes(tmp_path: Path) -> None:
+    """A push killed after its first upload leaves packs no ref reaches; a pack without
+    its index, an index without its pack, and an expired push lease are removed too."""
+    remote = tmp_path / "remote"
+    files = {"f.bin": os.urandom(4000)}
+    ws = _ws(tmp_path / "ws", files, str(remote))
+    ok("push", cwd=ws)
+    write_tree(ws, {f"d/{i}.bin": os.urandom(3000) for i in range(5)})
+    ok("commit", "-m", "two", cwd=ws)
+    killed = run_dsv("push", cwd=ws, env={"DSV_CRASH_AT": "push:uploaded"})
+    assert killed.returncode != 0
+    (remote / "packs" / ("ab" * 32 + ".pack")).write_bytes(b"DSVPACK1 half a pack")
+    (remote / "index" / ("cd" * 32)).write_bytes(b"an index with no pack")
+    [lease] = os.listdir(remote / "locks")  # the killed push's, live for 15 minutes
+    other = tmp_path / "other"  # another client: this store's version two is not pushed
+    ok("clone", remote, other, cwd=tmp_path)
+    r = run_dsv("gc", "--remote", "origin", cwd=other)
+    assert r.returncode == 1 and "1 push to origin is in progress" in r.stderr
+    for name in (lease, "0123456789abcdef"):  # as if 15 minutes had passed
+        (remote / "locks" / name).write_text(json.dumps({"owner": name,
+                                                         "until": time.time() - 5}))
+    report = _gc(other)
+    assert report["strays_deleted"] == 2 and report["leases_removed"] == 2
+    assert report["packs_deleted"] >= 1
+    state = check_remote(DirView(remote))
+    assert state.objects == state.reachable
+    assert not (remote / "packs" / ("ab" * 32 + ".pack")).exists()
+    assert not (remote / "index" / ("cd" * 32)).exists()
+    assert os.listdir(remote / "locks") == []
+    ok("push", cwd=ws)  # the killed push, again
+    check_remote(DirView(remote))
+
+
+def test_gc_deletes_nothing_while_a_push_is_between_planning_and_its_ref_write(
+        tmp_path: Path) -> None:
+    """The push found the version's objects already on the remote (another client's,
+    unreachable since its dataset was deleted there) and is stopped before its ref write:
+    gc must refuse, and the push lands a complete version."""
+    remote = tmp_path / "remote"
+    files = {"f.bin": os.urandom(4000), "big.bin": os.urandom(1_200_000)}
+    a = _ws(tmp_path / "a", files, str(remote))
+    ok("push", cwd=a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b, symlinks=True)  # the same version, and the same picture
+    ok("push", "--delete", "raw", cwd=a)  # every object now unreachable
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    pusher = spawn("push", "--json", cwd=b, env=paused("push:objects-sent", pause))
+    wait_for(pause / "push:objects-sent.reached", pusher)
+    listing = DirView(remote).listing()
+    r = run_dsv("gc", "--remote", "origin", cwd=a)
+    assert r.returncode == 1
+    assert "1 push to origin is in progress" in r.stderr and "nothing was deleted" in r.stderr
+    assert DirView(remote).listing() == listing
+    (pause / "push:objects-sent.go").touch()
+    sent = json.loads(finish(pusher))
+    assert sent["objects_sent"] == 0  # it relied on what was there
+    state = check_remote(DirView(remote))
+    assert state.reachable >= _version_objects(b, "raw:latest")
+    _clone_matches(str(remote), tmp_path / "clone", files)
+    assert _gc(a)["objects_deleted"] == 0  # now reachable again
+
+
+@pytest.mark.parametrize("kind", ["dir", "moto"])
+def test_a_push_whose_lease_lapsed_uploads_again_what_gc_deleted(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """The push is stopped long enough for its lease to expire (the test ages it), gc
+    deletes the objects the push found on the remote, and the push, on waking, sees its
+    lease lapsed, reads the remote afresh and uploads them again before its ref write."""
+    files = {"f.bin": os.urandom(4000), "big.bin": os.urandom(1_200_000)}
+    if kind == "dir":
+        url, extra = str(tmp_path / "remote"), []
+        view: DirView | S3View = DirView(tmp_path / "remote")
+    else:
+        request.getfixturevalue("aws_env")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = new_bucket(endpoint)
+        url, extra = f"s3://{bucket}/r", ["--endpoint-url", endpoint]
+        view = S3View(endpoint, bucket, "r")
+    a = _ws(tmp_path / "a", files, url, *extra)
+    ok("push", cwd=a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b, symlinks=True)
+    ok("push", "--delete", "raw", cwd=a)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    pusher = spawn("push", "--json", cwd=b, env=paused("push:objects-sent", pause))
+    wait_for(pause / "push:objects-sent.reached", pusher)
+    [lock] = view.keys("locks/")
+    body = json.loads(view.get(lock))
+    expired = json.dumps({**body, "until": time.time() - 1}).encode()
+    if isinstance(view, DirView):
+        (view.root / lock).write_bytes(expired)
+    else:
+        view.client.put_object(Bucket=view.bucket, Key=view.prefix + lock, Body=expired)
+    report = _gc(a)
+    assert report["leases_removed"] == 1 and report["objects_deleted"] >= 3
+    assert not read_remote(view).objects  # what the push relied on is gone
+    (pause / "push:objects-sent.go").touch()
+    out = pusher.communicate(timeout=120)
+    assert pusher.returncode == 0, out
+    assert "lease on origin lapsed" in out[1]
+    assert json.loads(out[0])["objects_sent"] >= 3
+    state = check_remote(view)
+    assert state.reachable >= _version_objects(b, "raw:latest")
+    _clone_matches(url, tmp_path / "clone", files, *extra)
+
+
+def test_a_push_waits_for_a_running_gc(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    files = {"f.bin": os.urandom(4000)}
+    a = _ws(tmp_path / "a", files, str(remote))
+    ok("push", cwd=a)
+    b = tmp_path / "b"
+    ok("clone", remote, b, cwd=tmp_path)
+    write_tree(b, {"g.bin": os.urandom(5000)})
+    ok("commit", "-m", "two", cwd=b)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    collector = spawn("gc", "--remote", "origin", cwd=a, env=paused("gc:planned", pause))
+    wait_for(pause / "gc:planned.reached", collector)
+    pusher = spawn("push", cwd=b)
+    time.sleep(3)
+    assert pusher.poll() is None  # waiting
+    (pause / "gc:planned.go").touch()
+    finish(collector)
+    out, err = pusher.communicate(timeout=120)
+    assert pusher.returncode == 0, out + err
+    assert "waiting for the remote gc of origin to end" in err
+    check_remote(DirView(remote))
+    _clone_matches(str(remote), tmp_path / "clone", read_tree(b))
+
+
+def test_gc_refuses_while_a_ref_cannot_be_read(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"f.bin": os.urandom(4000)}, str(remote))
+    ok("push", cwd=ws)
+    (remote / "refs" / "someone" / "tags").mkdir(parents=True)
+    (remote / "refs" / "someone" / "tags" / "t").write_text('{"not": "a ref"}')
+    listing = DirView(remote).listing()
+    r = run_dsv("gc", "--remote", "origin", cwd=ws)
+    assert r.returncode == 1 and "refs/someone/tags/t" in r.stderr
+    assert "gc deletes nothing while a ref could reach anything" in r.stderr
+    assert DirView(remote).listing() == listing
+
+
+def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_endpoint,
+                                                    aws_env) -> None:
+    """A bounded randomized run: three clients push new versions (some forced over, some
+    deleting a tag), one runs gc in a loop, one clones; every clone must be whole and
+    byte-identical to a version some client pushed, and the remote must check out."""
+    bucket = new_bucket(seaweedfs_endpoint)
+    url, extra = f"s3://{bucket}/r", ["--endpoint-url", seaweedfs_endpoint]
+    view = S3View(seaweedfs_endpoint, bucket, "r")
+    rng = random.Random(11)
+    seed = _ws(tmp_path / "seed", {"base.bin": os.urandom(3000)}, url, *extra)
+    ok("push", cwd=seed)
+    clients = [tmp_path / f"c{i}" for i in range(3)]
+    for i, c in enumerate(clients):
+        ok("clone", url, c, *extra, cwd=tmp_path)
+    pushed: dict[str, dict[str, bytes]] = {}   # version id → files
+    deadline = time.monotonic() + 40
+    rounds = collected = deleted = 0
+    while time.monotonic() < deadline:
+        procs = []
+        for i, c in enumerate(clients):
+            files = {f"c{i}/r{rounds}.bin": os.urandom(rng.randint(100, 6000))}
+            if rng.random() < 0.3:
+                files[f"c{i}/big{rounds}.bin"] = os.urandom(1_100_000)
+            write_tree(c, files)
+            ok("commit", "-m", f"r{rounds}", cwd=c)
+            vid = json.loads(ok("show", "raw:latest", "--json", cwd=c).stdout)["id"]
+            pushed[vid] = read_tree(c)
+            procs.append(spawn("push", "--force", f"raw:{vid}", cwd=c))
+        procs.append(spawn("gc", "--remote", "origin", "--json", cwd=seed))
+        clone_dir = tmp_path / f"clone{rounds}"
+        procs.append(spawn("clone", url, clone_dir, *extra, cwd=tmp_path))
+        results = [p.communicate(timeout=180) for p in procs]
+        for out, err in results:
+            # A gc may be refused while a push runs; a clone may race a forced push
+            # (its version is then gone) -- but nothing may be half there.
+            assert "bug in dsv" not in err and "Traceback" not in err, out + err
+        if procs[len(clients)].returncode == 0:
+            collected += 1
+            deleted += json.loads(results[len(clients)][0])["objects_deleted"]
+        if clone_dir.exists() and procs[-1].returncode == 0:
+            vid = json.loads(ok("show", "raw:latest", "--json", cwd=clone_dir).stdout)["id"]
+            assert read_tree(clone_dir) == pushed.get(vid, read_tree(seed))
+        rounds += 1
+    winner = rng.choice(clients)
+    ok("push", "--force", cwd=winner)
+    ok("gc", "--remote", "origin", cwd=seed)
+    state = check_remote(view)
+    assert state.objects == state.reachable  # nothing unreachable left, nothing missing
+    final = tmp_path / "final"
+    _clone_matches(url, final, read_tree(winner), *extra)
+    assert rounds >= 2 and collected >= 1 and deleted >= 1, (rounds, collected, deleted)
