@@ -9,7 +9,10 @@ sync.policy's decision. Must never download blobs.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from .. import refs, tree
 from ..core import Core
@@ -56,10 +59,60 @@ def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str]
     remote_refs = _owned_refs(remote_refs, parsed, core)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
     _check_history(reachable, parsed, core)
-    trees = _fetch_trees(core, remote, {parsed[r][0].version.tree for r in reachable},
-                         located[KIND_TREE], report)
-    for root in {parsed[r][0].version.tree for r in reachable}:
-        tree.check_expansion(root, lambda oid: trees.get(oid) or core.objects.read(oid))
+    with _Scratch(core.objects.tmp_root) as trees:
+        _fetch_trees(core, remote, {parsed[r][0].version.tree for r in reachable},
+                     located[KIND_TREE], report, trees)
+        for root in {parsed[r][0].version.tree for r in reachable}:
+            tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
+                                 else core.objects.read(oid))
+        _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees)
+    changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
+                                                fast_forward=False)
+    with index.transaction():
+        core.refs.apply(changes)
+    index.checkpoint()
+    return report, remote_refs
+
+
+class _Scratch:
+    """The trees a fetch read, kept in an unnamed temp file until they are stored (only
+    where each one is stays in memory: a fetch holds no more than a few trees at once)."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        tmp_dir.mkdir(exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=tmp_dir)
+        self._fd = self._file.fileno()
+        self.where: dict[str, tuple[int, int]] = {}
+        self._end = 0
+
+    def __enter__(self) -> "_Scratch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self.where
+
+    def add(self, oid: str, data: bytes | memoryview) -> None:
+        """Keep one tree's bytes."""
+        if oid not in self.where:
+            os.pwrite(self._fd, data, self._end)
+            self.where[oid] = (self._end, len(data))
+            self._end += len(data)
+
+    def read(self, oid: str) -> bytes:
+        """A kept tree's bytes."""
+        offset, length = self.where[oid]
+        return os.pread(self._fd, length, offset)
+
+
+def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Parsed,
+                   reachable: list[str], remote_refs: dict[tuple[str, str], RemoteRef],
+                   trees: _Scratch) -> None:
+    """Store the new records and trees, and record the versions and refs, in one
+    transaction."""
+    index = core.index
     # Only what the accepted refs reach enters the store: records no ref reaches were
     # never checked as history, and must not turn up later (in `index rebuild`, say).
     records = [parsed[oid][0] for oid in reachable]
@@ -95,15 +148,9 @@ def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str]
             raw = parsed[oid][1]
             if raw is not None:
                 ingest.add(oid, KIND_VERSION, raw)
-        for oid, raw in trees.items():
-            ingest.add(oid, KIND_TREE, raw)
+        for oid in trees.where:
+            ingest.add(oid, KIND_TREE, trees.read(oid))
         core.commit_objects(ingest, record, crash="fetch:objects-written")
-    changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
-                                                fast_forward=False)
-    with index.transaction():
-        core.refs.apply(changes)
-    index.checkpoint()
-    return report, remote_refs
 
 
 def _parse_into(parsed: _Parsed, oid: str,
@@ -194,12 +241,11 @@ def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
 
 
 def _fetch_trees(core: Core, remote: Remote, roots: set[str],
-                 located: dict[str, tuple[str, int, int]], report: FetchReport
-                 ) -> dict[str, bytes]:
-    """The trees under `roots` this store lacks, level by level, each validated: only
-    what the versions reach is read (a remote may hold any amount of other trees). A
-    stored tree has everything beneath it stored already."""
-    trees: dict[str, bytes] = {}
+                 located: dict[str, tuple[str, int, int]], report: FetchReport,
+                 trees: _Scratch) -> None:
+    """The trees under `roots` this store lacks, level by level, each validated, into
+    `trees`: only what the versions reach is read (a remote may hold any amount of other
+    trees). A stored tree has everything beneath it stored already."""
     seen: set[str] = set()
     frontier = set(roots)
     while frontier:
@@ -216,12 +262,10 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
             need[oid] = located[oid]
         below: set[str] = set()
         for oid, data in download_packed(core, remote, need, "fetching trees", report):
-            raw = bytes(data)
-            node = tree.decode_node(raw, oid)  # validated here; trusted once stored
-            trees[oid] = raw
+            node = tree.decode_node(bytes(data), oid)  # validated here; trusted once stored
+            trees.add(oid, data)
             below.update(node.links)
         frontier = below - seen
-    return trees
 
 
 def _missing_tree(oid: str) -> None:
