@@ -58,8 +58,10 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         if digest is not None and core.index.clean_scan(ds.id) == (head.tree, digest):
             # This very scan was vouched for before: no stat-cache row to read.
             return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
-        if ds.cache_tree == head.tree and \
-                worktree.all_trusted(files, core.index.iter_stat_keys(ds.id)):
+        seen = worktree.stat_changes(files, core.index.iter_stat_keys(ds.id)) \
+            if ds.cache_tree == head.tree else None
+        if seen is not None and seen.rows == head.files and not seen.unvouched and \
+                not seen.gone:
             # The cache vouches for every file and describes the head tree exactly: no
             # tree to read, nothing to hash; and the next status compares one digest.
             if digest is not None:
@@ -68,15 +70,45 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                     if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
                         core.index.put_clean_scan(ds.id, head.tree, digest)
             return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
+        if seen is not None and seen.rows == head.files:
+            # Every other file is the head's entry (see versions._snapshot_changes): hash
+            # only these, and read only the parts of the head's tree that hold them.
+            with core.reporter.task("hashing", len(seen.unvouched)) as advance:
+                snap = worktree.snapshot(root, seen.unvouched, {}, None, advance)
+            base = _entries_at(core, head, [*seen.unvouched, *seen.gone])
+            return _status_report(core, ds, head, base, snap, skipped, behind, diverged,
+                                  ignored)
     cache = core.index.stat_cache(ds.id)
     with core.reporter.task("hashing", len(files)) as advance:
         snap = worktree.snapshot(root, files, cache, None, advance)
     base = core.manifest(head) if head else {}
+    return _status_report(core, ds, head, base, snap, skipped, behind, diverged, ignored)
+
+
+def _entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
+    """The entries `version` holds at `paths` (files and links; a path it lacks, or where
+    it has a directory, is left out), reading only the trees and shards on their way."""
+    out: Manifest = {}
+    for path in paths:
+        row = tree.find(version.tree, core.read_tree, path)
+        if row is not None and row[1] != tree.DIR:
+            out[path] = Entry(row[1], row[2], row[3], row[4])
+    return out
+
+
+def _status_report(core: Core, ds: Dataset, head: Version | None, base: Manifest,
+                   snap: worktree.Snapshot, skipped: list[str], behind: int, diverged: bool,
+                   ignored: list[str] | None) -> StatusReport:
+    """The report of `snap` against `base` (the head's entries, or those of them at the
+    paths `snap` may have changed), remembering in the stat cache what was hashed."""
     report = StatusReport(ds, head, worktree.compare(base, snap.manifest), skipped, behind,
                           diverged, ignored=ignored)
-    # Remember what was hashed, so the next status reads nothing, but only rows whose
-    # content is already stored: the cache never names an object the store lacks.
-    known = [(p, row) for p, row in snap.stat_rows if p in base and base[p].oid == row[4]]
+    # Remember what was hashed, so the next status reads nothing, but only rows of files
+    # that are the head's entry unchanged: the cache never names an object the store
+    # lacks, and while it describes the head's tree (cache_tree) a row it vouches for
+    # stands for that entry, mode included (a commit keeps the head's entry for it).
+    manifest = snap.manifest
+    known = [(p, row) for p, row in snap.stat_rows if _same_entry(base.get(p), manifest[p])]
     complete = report.changes.clean and len(known) == snap.hashed_files and head is not None
     if known or complete:
         with core.locked_if_free("status") as got:

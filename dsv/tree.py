@@ -1,7 +1,8 @@
 """Manifests as Merkle trees: one tree object per directory, shared between versions.
 
 Owns the tree object format (canonical JSON, see docs/format.md), building trees from a
-flat manifest, and flattening them back. A version that changes k files writes only the
+flat manifest (or updating a stored tree path by path: `update_tree`), and flattening
+them back. A version that changes k files writes only the
 k · depth trees on their paths; every other directory keeps its old id. Must never touch
 the working directory or the index.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from blake3 import blake3
@@ -248,6 +249,200 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
         else:
             return oid, sum(r[3] for r in rows)
     raise AssertionError("unreachable: the root is always built last")
+
+
+_KEEP: Any = object()
+"""In `update_tree`, a name whose file (or directory) the changes leave as it was."""
+
+
+def update_tree(root: str, root_size: int, changes: Mapping[str, Entry | None],
+                read_tree: Callable[[str], bytes],
+                store_tree: Callable[[str, bytes], None]) -> tuple[str, int]:
+    """The tree of `flatten(root)` with `changes` applied (path → its new entry, or None to
+    remove the path; removing a path that is not there changes nothing), written through
+    `store_tree`; returns the new root id and total size (`root_size` is the old one).
+
+    Only the trees and shards on the changed paths are read and written: the rest keeps
+    its ids, so a one-file change in a directory of 200,000 entries costs a few objects,
+    not a re-encoding of every leaf. For a `root` that `build_tree` wrote, the result is
+    exactly what `build_tree` writes for the changed manifest: every rewritten object is
+    encoded by the same code, and each directory or shard whose size crosses
+    SHARD_ENTRIES is re-split or gathered back into one leaf (or tree) as `build_tree`
+    would split it. Like `build_tree`, a path that is both a file and a directory is
+    InvalidInput, and a directory left with no entries disappears.
+    """
+    if not changes:
+        return root, root_size
+    files: dict[str, dict[str, Row | None]] = {}    # directory → name → new row / None
+    dirs = {""}
+    for path, entry in changes.items():
+        parent, _, name = path.rpartition("/")
+        files.setdefault(parent, {})[name] = None if entry is None else \
+            (name, entry.kind, entry.mode, entry.size, entry.oid)
+        while parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    by_depth = sorted(dirs, key=lambda d: d.count("/") + (d != ""))
+    # Where each directory on a changed path stood: its row in the old tree (None if the
+    # old tree had no directory there), parents first.
+    old: dict[str, Row | None] = {"": ("", DIR, 0, root_size, root)}
+    for directory in by_depth[1:]:
+        parent, _, name = directory.rpartition("/")
+        above = old[parent]
+        old[directory] = lookup(above[4], read_tree, name) \
+            if above is not None and above[1] == DIR else None
+    # Deepest first, so each parent sees its changed subdirectories' new rows.
+    subdirs: dict[str, dict[str, Row | None]] = {}
+    updater = _Updater(read_tree, store_tree)
+    for directory in reversed(by_depth):
+        here: dict[str, tuple[Any, Any]] = {
+            name: (row, _KEEP) for name, row in files.get(directory, {}).items()}
+        for name, row in subdirs.get(directory, {}).items():
+            here[name] = (here[name][0] if name in here else _KEEP, row)
+        new = updater.directory(directory, old[directory], here)
+        if not directory:
+            if new is None:
+                return _store(encode_tree([]), store_tree, ""), 0
+            return new[4], new[3]
+        parent, _, name = directory.rpartition("/")
+        subdirs.setdefault(parent, {})[name] = None if new is None else \
+            (name, DIR, 0, new[3], new[4])
+    raise AssertionError("unreachable: the root is always updated last")
+
+
+class _Updater:
+    """The directory and shard updates of one `update_tree` call.
+
+    A change is (file, directory) for one name: the name's new file row, None (the file
+    goes) or _KEEP, and the same for a subdirectory of that name (its new row, None when
+    it was left empty, or _KEEP when nothing under it changed)."""
+
+    def __init__(self, read_tree: Callable[[str], bytes],
+                 store_tree: Callable[[str, bytes], None]) -> None:
+        self.read_tree = read_tree
+        self.store_tree = store_tree
+        self.hashes: dict[str, str] = {}
+
+    def directory(self, path: str, old: Row | None, changes: dict[str, tuple[Any, Any]]
+                  ) -> Row | None:
+        """The new row of directory `path` (None: it holds nothing now)."""
+        old_rows: list[Row] = []
+        if old is not None and old[1] == DIR:
+            node = node_at(self.read_tree, old[4], "")
+            if node.shards:
+                small = self._rows_if_small(node, "", changes)
+                if small is None:
+                    oid, delta = self._update_node(node, "", changes, path)
+                    assert oid is not None  # it keeps more than SHARD_ENTRIES entries
+                    return (path, DIR, 0, old[3] + delta, oid)
+                old_rows = small
+            else:
+                old_rows = node.rows
+        rows = _merged(old_rows, changes, path)
+        if not rows:
+            return None
+        oid = _store_dir(rows, self.store_tree) if len(rows) > SHARD_ENTRIES else \
+            _store(encode_tree(rows), self.store_tree, path)
+        return (path, DIR, 0, sum(r[3] for r in rows), oid)
+
+    def _shard(self, oid: str | None, prefix: str, changes: dict[str, tuple[Any, Any]],
+               path: str) -> tuple[str | None, int]:
+        """The new id of the shard at `prefix` (None: it is empty now) and how much its
+        size changed."""
+        old_rows: list[Row] = []
+        if oid is not None:
+            node = node_at(self.read_tree, oid, prefix)
+            if node.shards:
+                small = self._rows_if_small(node, prefix, changes)
+                if small is None:
+                    return self._update_node(node, prefix, changes, path)
+                old_rows = small
+            else:
+                old_rows = node.rows
+        rows = _merged(old_rows, changes, path)
+        delta = sum(r[3] for r in rows) - sum(r[3] for r in old_rows)
+        if not rows:
+            return None, delta
+        if len(rows) > SHARD_ENTRIES and len(prefix) < MAX_SHARD_DEPTH:
+            hashes = [self._hash(r[0]) for r in rows]
+            order = sorted(range(len(rows)), key=hashes.__getitem__)
+            return _store_shard([hashes[i] for i in order], order, rows, 0, len(rows), prefix,
+                                self.store_tree), delta
+        return _store(_encode({"entries": rows, "prefix": prefix, "type": "leaf"}),
+                      self.store_tree, prefix), delta
+
+    def _update_node(self, node: Node, prefix: str, changes: dict[str, tuple[Any, Any]],
+                     path: str) -> tuple[str | None, int]:
+        """A shard node that stays one: only the shards the changes fall in are redone."""
+        depth = len(prefix)
+        by_digit: dict[str, dict[str, tuple[Any, Any]]] = {}
+        for name, change in changes.items():
+            by_digit.setdefault(self._hash(name)[depth], {})[name] = change
+        shards = dict(node.shards)
+        delta = 0
+        for digit, sub in by_digit.items():
+            child, moved = self._shard(shards.get(digit), prefix + digit, sub, path)
+            delta += moved
+            if child is None:
+                shards.pop(digit, None)
+            else:
+                shards[digit] = child
+        if not shards:
+            return None, delta
+        data = _encode({"prefix": prefix, "shards": [[d, shards[d]] for d in sorted(shards)],
+                        "type": "shards"})
+        return _store(data, self.store_tree, prefix), delta
+
+    def _rows_if_small(self, node: Node, prefix: str, changes: dict[str, tuple[Any, Any]]
+                       ) -> list[Row] | None:
+        """Every entry under shard node `node`, by name, when the changes could leave it
+        with SHARD_ENTRIES or fewer (it is then one leaf again); None when they cannot.
+        A node holds more than SHARD_ENTRIES entries, so only removals can shrink it that
+        far, and only entries up to that many plus the removals are ever read."""
+        removals = sum(1 for f, d in changes.values()
+                       if not isinstance(f, (tuple, list)) and not isinstance(d, (tuple, list)))
+        if not removals:
+            return None
+        limit = SHARD_ENTRIES + removals
+        out: list[Row] = list(node.rows)
+        stack = [(child, prefix + digit) for digit, child in node.shards]
+        while stack:
+            child, at = stack.pop()
+            sub = node_at(self.read_tree, child, at)
+            out.extend(sub.rows)
+            if len(out) > limit:
+                return None
+            stack.extend((c, at + d) for d, c in sub.shards)
+        out.sort(key=lambda r: r[0])
+        return out
+
+    def _hash(self, name: str) -> str:
+        digits = self.hashes.get(name)
+        if digits is None:
+            digits = self.hashes[name] = name_hash(name)
+        return digits
+
+
+def _merged(rows: list[Row], changes: dict[str, tuple[Any, Any]], directory: str
+            ) -> list[Row]:
+    """`rows` (sorted by name) with `changes` applied, sorted by name."""
+    by_name = {r[0]: r for r in rows}
+    for name, (file, sub) in changes.items():
+        old = by_name.get(name)
+        if file is _KEEP:
+            file = old if old is not None and old[1] != DIR else None
+        if sub is _KEEP:
+            sub = old if old is not None and old[1] == DIR else None
+        if file is not None and sub is not None:
+            path = f"{directory}/{name}" if directory else name
+            raise InvalidInput(f"{path} is both a file and a directory")
+        new = file if file is not None else sub
+        if new is None:
+            by_name.pop(name, None)
+        else:
+            by_name[name] = new
+    # Code-point order is UTF-8 byte order (names never hold surrogates), as in build_tree.
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def _store(data: bytes, store_tree: Callable[[str, bytes], None], directory: str) -> str:

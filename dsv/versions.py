@@ -209,15 +209,16 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             _check_not_behind(core, ds)
         stores: list[str] = []
         excluded = core.excluded(ds)
-        files, _skipped = worktree.scan(root, excluded, stores=stores, ignore_files=True)
-        cache = core.index.stat_cache(ds.id)
+        links: list[str] = []
+        files, _skipped = worktree.scan(root, excluded, stores=stores, ignore_files=True,
+                                        links=links)
+        head = core.head(ds)
         with Ingest(core.objects) as ingest:
             total = sum(f[0] for f in files.values())
             with core.reporter.task("committing", len(files), total) as advance:
-                snap = worktree.snapshot(root, files, cache, ingest, advance,
-                                         fences=excluded + stores)
-            root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
-            head = core.head(ds)
+                made = _snapshot_changes(core, ds, head, root, files, links, ingest,
+                                         advance, excluded + stores)
+            snap, root_tree, size, gone = made
             if head is not None and not allow_empty and (
                     head.tree == root_tree or
                     tree.same_content(head.tree, root_tree, core.read_tree)):
@@ -227,18 +228,50 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             v = Version(id=core.new_version_id(), dataset=ds.id, state=COMMITTED,
                         tree=root_tree, parents=[head.id] if head else [], message=message,
                         author=author or default_author(), created=now, committed=now,
-                        lineage=lineage, size=size, files=len(snap.manifest))
-            gone = set(cache) - set(files)
+                        lineage=lineage, size=size, files=len(files))
             complete = len(snap.stat_rows) == snap.hashed_files
             # When the cache now vouches for every file, the next status needs only this
             # scan's digest (see worktree.stat_digest).
-            vouched = complete and len(snap.manifest) == len(files) and \
-                all(row[1] < row[5] - RACY_NS for _, row in snap.stat_rows)
+            vouched = complete and all(row[1] < row[5] - RACY_NS for _, row in snap.stat_rows)
             return _write_committed(core, ingest, v, new=True, head=True,
                                     stat_rows=(ds.id, snap.stat_rows, gone),
                                     cache_tree=root_tree if complete else None,
                                     scan=worktree.stat_digest(files) if vouched else None,
                                     force=force)
+
+
+def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
+                      files: dict[str, worktree.FileStat], links: list[str], ingest: Ingest,
+                      advance: worktree.Progress, fences: list[str]
+                      ) -> tuple[worktree.Snapshot, str, int, set[str]]:
+    """Hash and store what the stat cache cannot vouch for, and make the tree of `files`:
+    (the snapshot of what was hashed, root tree, size, cached paths that are gone).
+
+    When the cache describes the head's tree exactly (`cache_tree`: every path of the
+    head has a row naming its content, and no other path has one) and holds as many rows
+    as the head has files, a file it vouches for is the head's entry unchanged, so the
+    new tree is the head's with only the other files applied (tree.update_tree): what a
+    commit costs beyond one lstat and one cache row per file grows with what changed,
+    not with the size of the directories. Otherwise every file goes into a manifest and
+    the tree is built whole; both give the same tree for the same files (for a head
+    tree that build_tree wrote: tests/test_incremental_tree.py).
+    """
+    if head is not None and ds.cache_tree == head.tree:
+        seen = worktree.stat_changes(files, core.index.iter_stat_keys(ds.id))
+        if seen.rows == head.files:
+            changed = seen.unvouched
+            advance(len(files) - len(changed), 0)
+            snap = worktree.snapshot(root, changed, {}, ingest, advance, fences=fences,
+                                     other_links=[p for p in links if p not in changed])
+            delta: dict[str, Entry | None] = dict.fromkeys(seen.gone)
+            delta.update(snap.manifest)
+            root_tree, size = tree.update_tree(head.tree, head.size, delta, core.read_tree,
+                                               core.tree_writer(ingest))
+            return snap, root_tree, size, set(seen.gone)
+    cache = core.index.stat_cache(ds.id)
+    snap = worktree.snapshot(root, files, cache, ingest, advance, fences=fences)
+    root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
+    return snap, root_tree, size, set(cache) - set(files)
 
 
 def _check_not_behind(core: Core, ds: Dataset) -> None:

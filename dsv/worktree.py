@@ -55,98 +55,141 @@ in one step with the first four of a stat-cache row (index.StatRow).
 
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
          stores: list[str] | None = None, ignore_files: bool = False,
-         ignored: list[str] | None = None) -> tuple[dict[str, FileStat], list[str]]:
+         ignored: list[str] | None = None, links: list[str] | None = None
+         ) -> tuple[dict[str, FileStat], list[str]]:
     """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
     Temp files of an interrupted checkout are never content; their paths are added to
     `leftovers` when given, and directories left out because they hold another store to
     `stores`. With `ignore_files`, what `.dsvignore` files leave out (dsv.ignore) is not
-    scanned; it is listed in `ignored` when given (directories with a trailing `/`). One
-    lstat per file, no reads.
+    scanned; it is listed in `ignored` when given (directories with a trailing `/`).
+    Symlinks found are also listed in `links` when given. One lstat per entry, no reads;
+    a symlink is recorded as one, never descended into.
+
+    This loop is most of what a status or commit of a large directory costs: names come
+    from `os.listdir` (no DirEntry objects) and each lstat's mode says what the entry is,
+    so every entry costs one syscall and one tuple.
     """
     skip = set(excluded)
     found: dict[str, FileStat] = {}
     skipped: list[str] = []
     no_rules: ignore.Rules = ()
     stack = [("", os.fspath(root), no_rules)]
-    s_isreg, s_islnk, s_imode = stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    lstat = os.lstat
     is_ignored = ignore.ignored
     while stack:
         rel_dir, abs_dir, rules = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
-            entries = os.scandir(abs_dir)
+            names = os.listdir(abs_dir)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        with entries:
-            listing = list(entries)
-        dotted = [e for e in listing if e.name[0] == "."]
-        if rel_dir and any(is_reserved(e.name) and e.is_dir(follow_symlinks=False)
-                           for e in dotted):
+        base = abs_dir + "/"
+        dotted = [name for name in names if name[0] == "."]
+        if rel_dir and any(is_reserved(name) and _is_dir(base + name) for name in dotted):
             if stores is not None:
                 stores.append(rel_dir)
             continue  # another store's workspace, as git leaves out a nested repository
-        if ignore_files and any(e.name == ignore.IGNORE_FILE for e in dotted):
+        if ignore_files and ignore.IGNORE_FILE in dotted:
             rules = ignore.load(rules, rel_dir, abs_dir)
-        for entry in listing:
-            name = entry.name
-            if name[0] == "." and (is_reserved(name) or is_temp_name(name)):
-                # Never content. Any `.dsv` is a store (this one or a nested one) or an
-                # attempt to look like one; a temp file is a leftover of an interrupted
-                # checkout (or a name that only looks like one: status reports it).
-                if is_reserved(name):
-                    if not entry.is_dir(follow_symlinks=False):
-                        skipped.append(prefix + name)
-                elif leftovers is not None and not entry.is_dir(follow_symlinks=False):
-                    leftovers.append(prefix + name)
-                else:
-                    skipped.append(prefix + name)
-                continue
-            if entry.is_dir(follow_symlinks=False):
+        if dotted:
+            _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
+        for name in names:
+            try:
+                st = lstat(base + name)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            mode = st.st_mode
+            kind = mode & 0o170000
+            if kind == 0o100000:      # S_IFREG
+                if rules and is_ignored(rules, prefix + name, False):
+                    if ignored is not None:
+                        ignored.append(prefix + name)
+                    continue
+                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777,
+                                        FILE)
+            elif kind == 0o040000:    # S_IFDIR
                 rel = prefix + name
                 if rules and is_ignored(rules, rel, True):
                     if ignored is not None:
                         ignored.append(rel + "/")
                 elif rel not in skip:
-                    stack.append((rel, entry.path, rules))
-                continue
-            if rules and is_ignored(rules, prefix + name, False):
+                    stack.append((rel, base + name, rules))
+            elif rules and is_ignored(rules, prefix + name, False):
                 if ignored is not None:
                     ignored.append(prefix + name)
-                continue
-            st = entry.stat(follow_symlinks=False)
-            mode = st.st_mode
-            if s_isreg(mode):
-                kind = FILE
-            elif s_islnk(mode):
-                kind = LINK
+            elif kind == 0o120000:    # S_IFLNK
+                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777,
+                                        LINK)
+                if links is not None:
+                    links.append(prefix + name)
             else:
                 skipped.append(prefix + name)
-                continue
-            found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, s_imode(mode), kind)
     return found, skipped
 
 
-def all_trusted(files: dict[str, FileStat],
-                rows: Iterable[tuple[str, int, int, int, int, int]]) -> bool:
-    """Whether the stat cache vouches for every scanned file and holds no other path.
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _leave_out_dotted(names: list[str], dotted: list[str], base: str, prefix: str,
+                      skipped: list[str], leftovers: list[str] | None) -> None:
+    """Take out of `names` the `dotted` ones that are never content. Any `.dsv` is a store
+    (this one or a nested one) or an attempt to look like one; a temp file is a leftover
+    of an interrupted checkout (or a name that only looks like one: status reports it)."""
+    for name in dotted:
+        if is_reserved(name):
+            if not _is_dir(base + name):
+                skipped.append(prefix + name)
+        elif not is_temp_name(name):
+            continue
+        elif leftovers is not None and not _is_dir(base + name):
+            leftovers.append(prefix + name)
+        else:
+            skipped.append(prefix + name)
+        names.remove(name)
+
+
+@dataclass
+class StatChanges:
+    """What a scan shows beside the stat cache (see `stat_changes`)."""
+
+    unvouched: dict[str, FileStat]   # scanned files the cache does not vouch for
+    gone: list[str]                  # cached paths the scan did not find
+    rows: int                        # rows the cache holds
+
+
+def stat_changes(files: dict[str, FileStat],
+                 rows: Iterable[tuple[str, int, int, int, int, int]]) -> StatChanges:
+    """The scanned files whose content the stat cache cannot vouch for, and the cached
+    paths that are gone, from rows (path, size, mtime_ns, inode, mode, cached_ns) read as
+    they come (no dictionary of 200,000 rows is built only to be compared once).
 
     A row vouches for a file when size, mtime, inode and mode match and the file was not
     modified so close to the moment it was cached that a later write could share its
-    mtime (git's "racily clean" entries: those are hashed again). `rows` are (path, size,
-    mtime_ns, inode, mode, cached_ns), read as they come: no dictionary of 20,000 rows is
-    built only to be compared once (status pays this on every run).
-    """
-    get = files.get
-    seen = 0
+    mtime (git's "racily clean" entries: those are hashed again). One comparison per
+    row: commit and status then hash, and look up in the head's tree, only what this
+    returns."""
+    remaining = dict(files)   # what no row names, once every row has taken its file
+    take = remaining.pop
+    unvouched: dict[str, FileStat] = {}
+    gone: list[str] = []
+    count = 0
+    racy = RACY_NS
     for path, size, mtime_ns, ino, mode, cached_ns in rows:
-        fs = get(path)
-        if fs is None or fs[0] != size or fs[1] != mtime_ns or fs[2] != ino or \
-                fs[3] != mode or mtime_ns >= cached_ns - RACY_NS:
-            return False
-        seen += 1
-    return seen == len(files)
+        count += 1
+        fs = take(path, None)
+        if fs is None:
+            gone.append(path)
+        elif fs[0] != size or fs[1] != mtime_ns or fs[2] != ino or fs[3] != mode or \
+                mtime_ns >= cached_ns - racy:
+            unvouched[path] = fs
+    unvouched.update(remaining)  # new files: no row at all
+    return StatChanges(unvouched, gone, count)
 
 
 _STATS = struct.Struct("<qqQq")  # size, mtime_ns, inode, permission bits
@@ -191,14 +234,18 @@ class Snapshot:
 
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
              ingest: Ingest | None, progress: Progress | None = None,
-             strict_links: bool = True, fences: Iterable[str] = ()) -> Snapshot:
+             strict_links: bool = True, fences: Iterable[str] = (),
+             other_links: Iterable[str] = ()) -> Snapshot:
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
     (status). Cache rows always name stored objects (gc drops rows of objects it removes),
     so a vouched-for file needs no store lookup. Symlinks are stored as blobs holding
     their target; one pointing out of the dataset is an error unless `strict_links` is
-    False (a --to directory filled with `--link symlink`, only being compared).
+    False (a --to directory filled with `--link symlink`, only being compared). With an
+    `ingest`, the links are checked through each other and through `other_links`, the
+    dataset's symlinks that are not in `files` (a commit that snapshots only what changed
+    still checks every link of the version it makes).
     """
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
@@ -221,7 +268,9 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         for rel, fs in files.items():
             row = cache.get(rel)
             if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
-                manifest[rel] = Entry(fs[4], _stored_mode(fs), fs[0], row[4])
+                # (_stored_mode inlined: this line runs once per file of the dataset)
+                manifest[rel] = Entry(fs[4], 0o777 if fs[4] == LINK else
+                                      0o755 if fs[3] & 0o100 else 0o644, fs[0], row[4])
                 vouched += 1
                 if fs[4] == LINK and ingest is not None:  # (status reads nothing vouched for)
                     result.links[rel] = os.readlink(os.path.join(root, rel))
@@ -263,6 +312,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     if ingest is not None:
+        for rel in other_links:
+            result.links[rel] = os.readlink(os.path.join(root, rel))
         check_links(result.links, fences)  # what is stored: links through each other stay inside
     return result
 
