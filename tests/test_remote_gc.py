@@ -325,3 +325,133 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     final = tmp_path / "final"
     _clone_matches(url, final, read_tree(winner), *extra)
     assert rounds >= 2 and collected >= 1 and deleted >= 1, (rounds, collected, deleted)
+
+
+def test_a_lease_that_lapsed_after_the_blobs_were_sent_makes_the_push_check_them_all(
+        tmp_path: Path) -> None:
+    """Stopped right after uploading its blobs, the push's lease runs out, and gc deletes
+    those blobs (no ref reaches them yet). On waking the push sends its trees and record,
+    finds its lease lapsed, and must check every object again, not trust the record it
+    just uploaded."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    files = {"n.bin": os.urandom(6000), "big.bin": os.urandom(1_100_000)}
+    write_tree(ws, files)
+    ok("commit", "-m", "two", cwd=ws)
+    other = tmp_path / "other"
+    ok("clone", remote, other, cwd=tmp_path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    pusher = spawn("push", cwd=ws, env=paused("push:phase-sent", pause))
+    wait_for(pause / "push:phase-sent.reached", pusher)
+    [lock] = os.listdir(remote / "locks")
+    (remote / "locks" / lock).write_text(json.dumps({"owner": lock, "until": time.time() - 1}))
+    assert _gc(other)["objects_deleted"] >= 2  # the new blob pack and the large file
+    (pause / "push:phase-sent.go").touch()
+    out, err = pusher.communicate(timeout=120)
+    assert pusher.returncode == 0, out + err
+    assert "lapsed" in err
+    check_remote(DirView(remote))
+    _clone_matches(str(remote), tmp_path / "clone", read_tree(ws))
+
+
+def test_a_pack_gc_writes_again_under_a_strays_name_is_not_deleted(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gc that failed between a rewritten pack and its index left `packs/X` with no
+    index; the next gc rewrites the same objects into the same X (ids depend on content)
+    and must not then delete X as a stray."""
+    from dsv.remotes.base import RemoteError
+    from dsv.remotes.fs import FsBackend
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"keep.bin": os.urandom(5000), "k2.bin": os.urandom(900)},
+             str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"dead.bin": os.urandom(7000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)
+    put = FsBackend.put_bytes
+
+    def failing(self: FsBackend, key: str, data: bytes) -> None:
+        if key.startswith("index/"):
+            raise RemoteError("simulated network failure")
+        put(self, key, data)
+
+    monkeypatch.setattr(FsBackend, "put_bytes", failing)
+    r = dsv("gc", "--remote", "origin", cwd=ws)
+    assert r.code != 0 and "simulated network failure" in r.err
+    monkeypatch.setattr(FsBackend, "put_bytes", put)
+    r = dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    state = check_remote(DirView(remote))
+    assert state.objects == state.reachable
+    v1 = tmp_path / "v1"
+    ok("checkout", "raw:v1", "--to", v1, cwd=ws)
+    _clone_matches(str(remote), tmp_path / "clone", read_tree(v1))
+
+
+def test_gc_deletes_nothing_while_a_pack_index_cannot_be_read(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"b.bin": os.urandom(3000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)
+    victim = sorted(os.listdir(remote / "index"))[0]
+    (remote / "index" / victim).write_bytes(b"garbage")
+    listing = DirView(remote).listing()
+    r = run_dsv("gc", "--remote", "origin", cwd=ws)
+    assert r.returncode == 1 and f"pack index {victim[:12]} on origin cannot be read" in \
+        r.stderr and "nothing was deleted" in r.stderr
+    assert DirView(remote).listing() == listing
+
+
+@pytest.mark.parametrize("until", ["1e300", "Infinity", "\"soon\"", "true"])
+def test_hostile_lease_expiries_count_as_expired(tmp_path: Path, until: str) -> None:
+    """A lease that ends in 10^300 years (or never, or is not a number) is no lease: it
+    must neither crash a push or a gc nor block them for ever."""
+    remote = tmp_path / "remote"
+    files = {"a.bin": os.urandom(3000)}
+    ws = _ws(tmp_path / "ws", files, str(remote))
+    ok("push", cwd=ws)
+    (remote / "locks").mkdir(exist_ok=True)
+    (remote / "locks" / "feedfacefeedface").write_text(
+        '{"owner": "feedfacefeedface", "until": %s}' % until)
+    (remote / "maintain.lock").write_text('{"owner": "x", "gc": true, "until": %s}' % until)
+    write_tree(ws, {"b.bin": os.urandom(2000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    report = _gc(ws)
+    assert report["leases_removed"] == 1
+    assert not (remote / "maintain.lock").exists()
+    check_remote(DirView(remote))
+
+
+def test_a_maintain_lock_that_cannot_be_read_stops_gc_but_not_pushes(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    (remote / "maintain.lock").mkdir()  # not a file
+    write_tree(ws, {"b.bin": os.urandom(2000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    assert os.listdir(remote / "locks") == []  # the push's own lease is gone
+    r = run_dsv("gc", "--remote", "origin", cwd=ws)
+    assert r.returncode == 1 and "maintain.lock on origin cannot be read" in r.stderr
+    assert "Traceback" not in r.stderr and "bug in dsv" not in r.stderr
+    check_remote(DirView(remote))
+
+
+def test_gc_raises_a_format_1_remote_to_format_2(tmp_path: Path) -> None:
+    """Format 2 is format 1 plus leases: a dsv that knows only format 1 takes none, so
+    once a gc deletes anything, such a dsv must refuse the remote."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 2
+    (remote / "dsv-remote.json").write_text('{"format": 1, "hash": "blake3"}\n')
+    ok("push", "--delete", "raw", cwd=ws)
+    assert _gc(ws)["objects_deleted"] >= 3
+    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 2

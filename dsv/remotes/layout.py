@@ -21,7 +21,17 @@ from ..paths import is_dataset_dir, is_valid_name
 from .base import MAX_REF_BYTES
 
 REMOTE_MARKER = "dsv-remote.json"
-REMOTE_FORMAT = 1
+REMOTE_FORMAT = 2
+"""The remote format this dsv writes: 2 = 1 plus leases and `gc --remote` (a dsv that
+knows only format 1 takes no push lease, so it must not push where a gc may run)."""
+READ_FORMATS = (1, 2)
+"""The remote formats this dsv reads and pushes to (`gc --remote` raises a format-1
+remote to 2 before it deletes anything)."""
+
+
+def marker_body(fmt: int = REMOTE_FORMAT) -> bytes:
+    """The bytes of `dsv-remote.json`."""
+    return json.dumps({"format": fmt, "hash": "blake3"}).encode() + b"\n"
 
 PACKS = "packs/"
 INDEX = "index/"

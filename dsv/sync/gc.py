@@ -26,25 +26,36 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import tree
 from ..core import Core
-from ..errors import CorruptObject
+from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
-from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
-from ..remotes.layout import GC_STATE, MAINTAIN_LOCK, RemoteRef, index_key, pack_key
+from ..jsonio import load_bounded
+from ..records import parse_record
+from ..remotes.base import MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError, RemoteRefused
+from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, REMOTE_MARKER, RemoteRef, index_key,
+                              pack_key)
 from ..reporting import plural
 from ..reports import RemoteGcReport
 from .fetch import fetch
-from .maintain import Lease, flush, live_push_locks, read_pack
+from .maintain import DELETE_BATCH, Lease, flush, live_push_locks, read_pack
 from .remote import UPLOAD_PACK_SIZE, WORKERS, Remote, Sent
 
 
 def collect(core: Core, remote: Remote, dry_run: bool = False) -> RemoteGcReport:
     """Delete from the remote every object no ref of it reaches (with `dry_run`, only
-    count them). RemoteError, with nothing deleted, while a push or another maintainer
-    is at work on it, or when a ref cannot be read."""
+    count them: no lease is taken and nothing is written). RemoteError, with nothing
+    deleted, while a push or another maintainer is at work on it, or when a ref or a
+    pack index cannot be read."""
     report = RemoteGcReport(remote.name, dry_run=dry_run)
     remote.connect()
+    if dry_run:
+        live, report.leases_removed = live_push_locks(remote, remove_expired=False)
+        if live:
+            report.skipped.append(f"{_pushes(live, remote.name)}: what they uploaded so "
+                                  f"far is counted as garbage")
+        _collect(core, remote, report, None)
+        return report
     lease = Lease(remote, gc=True)
     if not lease.take():
         raise RemoteError(f"another client is maintaining {remote.name} (its lease "
@@ -52,35 +63,55 @@ def collect(core: Core, remote: Remote, dry_run: bool = False) -> RemoteGcReport
                           f"deleted", hint="run it again later")
     try:
         # The lease first, the pushes' leases second (a push does the reverse).
-        before = len(list(remote.backend.list(layout.LOCKS)))
-        live = live_push_locks(remote, remove_expired=not dry_run)
+        live, report.leases_removed = live_push_locks(remote, remove_expired=True)
         if live:
-            until = time.strftime("%H:%M:%S", time.localtime(max(live)))
-            raise RemoteError(f"{plural(len(live), 'push')} to {remote.name} "
-                              f"{'is' if len(live) == 1 else 'are'} in progress (lease until "
-                              f"{until}); nothing was deleted",
-                              hint="run gc again once it is done (the lease of a push that "
-                                   "was killed expires within 15 minutes)")
-        if not dry_run:
-            report.leases_removed = before
-        _fetch_report, remote_refs = fetch(core, remote)
-        _check_every_ref(remote, remote_refs)
-        keep = _reachable(core, remote, remote_refs, report)
-        crashpoint("gc:planned")
-        _sweep(core, remote, keep, report, lease)
+            raise RemoteError(f"{_pushes(live, remote.name)}; nothing was "
+                              f"deleted", hint="run gc again once it is done (the lease of "
+                                               "a push that was killed expires within 15 "
+                                               "minutes)")
+        _collect(core, remote, report, lease)
     finally:
         lease.give_back()
     return report
 
 
+def _pushes(live: list[float], name: str) -> str:
+    return f"{plural(len(live), 'push', 'pushes')} to {name} " \
+        f"{'is' if len(live) == 1 else 'are'} in progress (lease until {_clock(max(live))})"
+
+
+def _clock(ts: float) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | None) -> None:
+    _fetch_report, remote_refs = fetch(core, remote)
+    _check_every_ref(remote, remote_refs)
+    listing = _Listing(remote)
+    entries = _read_indexes(core, remote, listing)
+    if set(entries) != set(core.index.remote_packs(remote.name)):
+        raise RemoteError(f"the packs of {remote.name} changed while gc read them; nothing "
+                          f"was deleted", hint="run gc again")
+    keep = _reachable(core, remote, remote_refs, report)
+    crashpoint("gc:planned")
+    _sweep(core, remote, keep, listing, entries, report, lease)
+
+
 def _check_every_ref(remote: Remote, accepted: dict[tuple[str, str], RemoteRef]) -> None:
     """Every ref file on the remote is a tombstone or a ref the fetch accepted, naming
     the same record: a ref gc cannot read could reach anything, so nothing is deleted."""
-    for key, _size in remote.backend.list(layout.REFS):
+    def read(key: str) -> tuple[str, tuple[bytes, str] | None]:
         try:
-            got = remote.backend.read_ref(key)
+            return key, remote.backend.read_ref(key)
         except RemoteRefused as exc:
             raise _unreadable(remote, key, exc.message) from None
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        found = list(pool.map(read, [key for key, _size in remote.backend.list(layout.REFS)]))
+    for key, got in found:
         if got is None or layout.is_tombstone(key, got[0]):
             continue
         ref = layout.parse_ref(key, *got)
@@ -104,51 +135,56 @@ def _unreadable(remote: Remote, key: str, why: str) -> RemoteError:
 def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], RemoteRef],
                report: RemoteGcReport) -> set[str]:
     """Every object a ref reaches: the records of its version and of their ancestors on
-    the remote, and every tree and blob under them (the fetch brought every record and
-    tree the refs reach into this store)."""
+    the remote (followed through the parent records each record names), and every tree
+    and blob under them (the fetch brought every record and tree the refs reach)."""
     on_remote = {oid for oid, *_ in core.index.remote_objects_of_kind(remote.name,
                                                                       KIND_VERSION)}
     keep: set[str] = set()
     roots: set[str] = set()
-    seen: set[str] = set()
-    stack = [(r.version, r.record) for r in remote_refs.values()]
+    records: set[str] = set()
+    stack = [r.record for r in remote_refs.values()]
     while stack:
-        vid, record = stack.pop()
-        if vid in seen or record not in on_remote:
+        record = stack.pop()
+        if record in records or record not in on_remote:
             continue  # history the remote does not hold ends the walk, as in a fetch
-        seen.add(vid)
-        v = core.index.version(vid)
-        if v is None or v.record != record:
-            raise CorruptObject(f"version {vid} of {remote.name} is not in this store as "
-                                f"fetched; nothing was deleted", hint="run gc again")
-        keep.add(record)
-        roots.add(v.tree)
-        for pid in v.parents:
-            parent = core.index.version(pid)
-            if parent is not None and parent.record is not None:
-                stack.append((pid, parent.record))
+        try:
+            parsed = parse_record(core.objects.read(record), record)
+        except (MissingObject, CorruptObject):
+            raise RemoteError(f"version record {record[:12]} of {remote.name} is not in this "
+                              f"store as fetched; nothing was deleted",
+                              hint="run gc again") from None
+        records.add(record)
+        roots.add(parsed.version.tree)
+        stack.extend(p.record for p in parsed.parents)
+    keep.update(records)
     with core.reporter.task("finding what the refs reach", len(roots)) as advance:
         for root in roots:
             if root not in keep:
                 keep.update(oid for _kind, oid in tree.subtree_ids(root, core.read_tree))
             advance(1, 0)
     report.refs = len(remote_refs)
-    report.versions = len(seen)
+    report.versions = len(records)
     report.objects_kept = len(keep)
     return keep
 
 
-def _sweep(core: Core, remote: Remote, keep: set[str], report: RemoteGcReport,
-           lease: Lease) -> None:
-    listing = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE)
-               for key, size in remote.backend.list(prefix)}
-    indexes = {pid: size for key, size in listing.items()
-               if (pid := layout.index_id_of_key(key)) is not None}
-    packs = {pid: size for key, size in listing.items()
-             if (pid := layout.pack_id_of_key(key)) is not None}
-    loose = {oid: size for key, size in listing.items()
-             if (oid := layout.loose_oid_of_key(key)) is not None}
-    entries = _read_indexes(core, remote, [p for p in indexes if p in packs], report)
+class _Listing:
+    """The remote's packs, pack indexes and loose objects, listed once."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.sizes = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE)
+                      for key, size in remote.backend.list(prefix)}
+        self.indexes = {pid: size for key, size in self.sizes.items()
+                        if (pid := layout.index_id_of_key(key)) is not None}
+        self.packs = {pid: size for key, size in self.sizes.items()
+                      if (pid := layout.pack_id_of_key(key)) is not None}
+        self.loose = {oid: size for key, size in self.sizes.items()
+                      if (oid := layout.loose_oid_of_key(key)) is not None}
+
+
+def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
+           entries: dict[str, list[PackEntry]], report: RemoteGcReport,
+           lease: Lease | None) -> None:
     dead, partial = [], []
     in_live_pack: set[str] = set()
     for pack_id, rows in entries.items():
@@ -159,81 +195,150 @@ def _sweep(core: Core, remote: Remote, keep: set[str], report: RemoteGcReport,
             partial.append(pack_id)
         else:
             dead.append(pack_id)
-    strays = [index_key(p) for p in indexes if p not in packs] + \
-        [pack_key(p) for p in packs if p not in indexes]
-    gone_loose = [oid for oid in loose if oid not in keep]
+    strays = [index_key(p) for p in listing.indexes if p not in listing.packs] + \
+        [pack_key(p) for p in listing.packs if p not in listing.indexes]
+    gone_loose = [oid for oid in listing.loose if oid not in keep]
     left: set[str] = set()    # partly-live packs that could not be read whole
-    if report.dry_run:  # what the rewrite would upload: the live objects, once each
+    written: dict[str, int] = {}
+    if lease is None:  # a dry run: what the rewrite would upload, each live object once
         moved = {e.oid: e.length for p in partial for e in entries[p]
                  if e.oid in keep and e.oid not in in_live_pack}
-        written = sum(moved.values())
+        uploaded = sum(moved.values())
     else:
         written = _rewrite(core, remote, partial, keep, in_live_pack, report, left)
-    partial = [p for p in partial if p not in left]
-    report.packs_deleted = len(dead)
-    report.packs_rewritten = len(partial)
-    report.objects_deleted = sum(sum(e.oid not in keep for e in entries[p])
-                                 for p in dead + partial) + len(gone_loose)
+        uploaded = sum(written.values())
+    # A pack written again as itself (same objects, same order: same id) stays.
+    dead = [p for p in dead if p not in written]
+    partial = [p for p in partial if p not in left and p not in written]
+    strays = [k for k in strays if (layout.index_id_of_key(k) or layout.pack_id_of_key(k))
+              not in written]
+    # Records first, each wave whole before the next: a record on the remote always has
+    # its tree and blobs there (a push skips a version whose record it finds).
+    records = [p for p in dead + partial if any(e.kind == KIND_VERSION for e in entries[p])]
+    rest = [p for p in dead + partial if p not in records]
+    kept_records = [p for p in left if any(e.kind == KIND_VERSION and e.oid not in keep
+                                           for e in entries[p])]
+    if kept_records:
+        # Dead records stay in a pack left alone: what they name stays too.
+        report.skipped.append(f"{plural(len(kept_records), 'pack')} of version records left "
+                              f"alone: only version records were deleted this time")
+        rest, gone_loose, strays = [], [], []
+    goes = {e.oid for p in records + rest for e in entries[p] if e.oid not in keep}
+    report.packs_deleted = len([p for p in dead if p in records or p in rest])
+    report.packs_rewritten = len([p for p in partial if p in records or p in rest])
+    report.objects_deleted = len(goes | set(gone_loose))
     report.loose_deleted = len(gone_loose)
     report.strays_deleted = len(strays)
-    report.bytes_freed = max(sum(packs[p] + indexes[p] for p in dead + partial) +
-                             sum(loose[o] for o in gone_loose) +
-                             sum(listing[k] for k in strays) - written, 0)
-    if report.dry_run:
+    report.bytes_freed = max(sum(listing.packs[p] + listing.indexes[p] for p in records + rest)
+                             + sum(listing.loose[o] for o in gone_loose)
+                             + sum(listing.sizes[k] for k in strays) - uploaded, 0)
+    waves = [[k for p in records for k in (index_key(p), pack_key(p))],
+             [k for p in rest for k in (index_key(p), pack_key(p))]
+             + [layout.loose_key(o) for o in gone_loose] + strays]
+    if lease is None or not any(waves):
         return
-    if not lease.held():
-        report.skipped.append(f"the lease on {remote.name} ran out before anything was "
-                              f"deleted: nothing was (run gc again)")
-        report.packs_deleted = report.packs_rewritten = report.objects_deleted = 0
-        report.loose_deleted = report.strays_deleted = report.bytes_freed = 0
+    if not lease.renew():
+        _nothing_deleted(report, f"the lease on {remote.name} was lost before anything was "
+                                 f"deleted: nothing was (run gc again)")
         return
-    doomed = [k for p in dead + partial for k in (index_key(p), pack_key(p))]  # index first
-    doomed += [layout.loose_key(o) for o in gone_loose] + strays
-    if not doomed:
-        return
+    _raise_format(remote)
     # Every client's picture may name what goes now: it reads the remote afresh next time.
     _new_generation(remote)
     crashpoint("gc:deleting")
-    with core.reporter.task("deleting", len(doomed)) as advance, \
+    with core.reporter.task("deleting", sum(map(len, waves))) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for _ in pool.map(remote.backend.delete, doomed):
-            advance(1, 0)
+        for wave in waves:
+            for start in range(0, len(wave), DELETE_BATCH):
+                if not lease.renew():
+                    report.skipped.append(f"the lease on {remote.name} was lost while "
+                                          f"deleting: the rest stays (run gc again)")
+                    remote.refresh()
+                    return
+                # (each index before its pack: they are in that order, and a batch ends
+                # only after every delete in it)
+                batch = wave[start:start + DELETE_BATCH]
+                for _ in pool.map(remote.backend.delete, _index_first(batch)):
+                    advance(1, 0)
+                for _ in pool.map(remote.backend.delete, _packs_after(batch)):
+                    advance(1, 0)
     remote.refresh()
 
 
-def _read_indexes(core: Core, remote: Remote, pack_ids: list[str],
-                  report: RemoteGcReport) -> dict[str, list[PackEntry]]:
-    """Each pack's entries from its index (which must hash to the pack's name). A pack
-    whose index cannot be read is left alone, and said so."""
+def _index_first(keys: list[str]) -> list[str]:
+    return [k for k in keys if layout.pack_id_of_key(k) is None]
+
+
+def _packs_after(keys: list[str]) -> list[str]:
+    return [k for k in keys if layout.pack_id_of_key(k) is not None]
+
+
+def _nothing_deleted(report: RemoteGcReport, why: str) -> None:
+    report.skipped.append(why)
+    report.packs_deleted = report.packs_rewritten = report.objects_deleted = 0
+    report.loose_deleted = report.strays_deleted = report.bytes_freed = 0
+
+
+def _raise_format(remote: Remote) -> None:
+    """A format-1 remote becomes format 2 before anything is deleted: a dsv that knows
+    only format 1 takes no push lease, and must not push where a gc runs."""
+    got = remote.backend.read_ref(REMOTE_MARKER)
+    if got is None:
+        return
+    try:
+        fmt = load_bounded(got[0], MAX_REF_BYTES).get("format")
+    except (ValueError, AttributeError):
+        return
+    if fmt != layout.REMOTE_FORMAT and \
+            remote.backend.write_ref(REMOTE_MARKER, layout.marker_body(), got[1]) is None:
+        raise RemoteError(f"{REMOTE_MARKER} on {remote.name} changed while gc ran; nothing "
+                          f"was deleted", hint="run gc again")
+
+
+def _read_indexes(core: Core, remote: Remote, listing: _Listing
+                  ) -> dict[str, list[PackEntry]]:
+    """Each pack's entries from its index (which must hash to the pack's name). An index
+    that cannot be read could name anything a ref reaches: then nothing is deleted."""
     def read(pack_id: str) -> tuple[str, list[PackEntry] | None]:
         try:
             data = remote.backend.get(index_key(pack_id), max_size=MAX_GET_BYTES)
             return pack_id, parse_pack_index(data, pack_id)[0]
         except NotFound:
-            return pack_id, None
+            return pack_id, None  # deleted since the listing: gc runs again
         except (CorruptObject, RemoteRefused) as exc:
-            report.skipped.append(f"pack {pack_id[:12]} left alone: {exc.message}")
-            return pack_id, None
+            raise RemoteError(f"pack index {pack_id[:12]} on {remote.name} cannot be read "
+                              f"({exc.message}); nothing was deleted",
+                              hint=f"`dsv verify --remote {remote.name} --repair` mends "
+                                   f"it") from None
 
     out: dict[str, list[PackEntry]] = {}
-    with core.reporter.task("reading pack indexes", len(pack_ids)) as advance, \
+    wanted = [p for p in listing.indexes if p in listing.packs]
+    with core.reporter.task("reading pack indexes", len(wanted)) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for pack_id, rows in pool.map(read, pack_ids):
-            if rows is not None:
-                out[pack_id] = rows
+        for pack_id, rows in pool.map(read, wanted):
+            if rows is None:
+                raise RemoteError(f"pack index {pack_id[:12]} went from {remote.name} while "
+                                  f"gc read it; nothing was deleted", hint="run gc again")
+            out[pack_id] = rows
             advance(1, 0)
     return out
 
 
 def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
-             elsewhere: set[str], report: RemoteGcReport, left: set[str]) -> int:
+             elsewhere: set[str], report: RemoteGcReport, left: set[str]) -> dict[str, int]:
     """Upload the live objects of partly-live packs that no wholly-live pack holds, into
     new packs; a pack that cannot be read whole is left alone (added to `left`).
-    Returns the bytes written."""
+    Returns the packs written: id → size."""
     by_kind: dict[int, list[tuple[str, int, bytes]]] = {KIND_BLOB: [], KIND_TREE: [],
                                                         KIND_VERSION: []}
     moved: set[str] = set(elsewhere)
-    written = 0
+    written: dict[str, int] = {}
+
+    def sent(items: list[Sent]) -> None:
+        for item in items:
+            assert item.pack is not None
+            written[item.pack[0]] = item.pack[1]
+        report.packs_written += len(items)
+
     with core.reporter.task("rewriting partly-live packs", len(partial)) as advance:
         for pack_id in partial:
             skipped: list[str] = []
@@ -250,14 +355,10 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
                     by_kind[kind].append((oid, kind, data))
             if sum(len(d) for items in by_kind.values() for _o, _k, d in items) \
                     >= 2 * UPLOAD_PACK_SIZE:
-                written += _sent_bytes(flush(core, remote, by_kind, final=False), report)
+                sent(flush(core, remote, by_kind, final=False))
             advance(1, 0)
-    return written + _sent_bytes(flush(core, remote, by_kind, final=True), report)
-
-
-def _sent_bytes(sent: list[Sent], report: RemoteGcReport) -> int:
-    report.packs_written += len(sent)
-    return sum(s.nbytes for s in sent)
+    sent(flush(core, remote, by_kind, final=True))
+    return written
 
 
 def _new_generation(remote: Remote) -> None:

@@ -15,6 +15,7 @@ Must never move a ref, and never upload an object that does not hash to its id.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -51,7 +52,9 @@ def small_packs(core: Core, remote: Remote) -> list[str]:
 
 
 LEASE_SECONDS = 3600.0
-"""How long a maintainer's lease lasts; a run checks it still holds it before deleting."""
+"""How long a maintainer's lease lasts; a run renews it before each batch of deletes."""
+DELETE_BATCH = 256
+"""Deletes between two renewals of the maintenance lease."""
 
 
 def maintain(core: Core, remote: Remote, refresh: bool = True,
@@ -104,9 +107,9 @@ class Lease:
     def take(self) -> bool:
         """Take the lease if nobody holds it (or the holder's ran out); False if held."""
         backend = self.remote.backend
-        current = backend.read_ref(MAINTAIN_LOCK)
+        current = _read_lease(self.remote)
         if current is not None:
-            until = _until(current[0])
+            until = _until(current[0], LEASE_SECONDS)
             if until > time.time():
                 self.holder_until = _when(until)
                 return False
@@ -115,28 +118,59 @@ class Lease:
 
     def held(self) -> bool:
         """Whether this holder still holds the lease, for at least another minute."""
-        current = self.remote.backend.read_ref(MAINTAIN_LOCK)
+        current = _read_lease(self.remote)
         return current is not None and _owner(current[0]) == self.owner and \
-            _until(current[0]) > time.time() + 60
+            _until(current[0], LEASE_SECONDS) > time.time() + 60
+
+    def renew(self) -> bool:
+        """Extend the lease to a full LEASE_SECONDS from now, if this holder still holds
+        it (compare-and-swap); False if it was lost. A holder renews before each batch of
+        deletes, so a batch never runs past the lease."""
+        current = _read_lease(self.remote)
+        if current is None or _owner(current[0]) != self.owner or \
+                _until(current[0], LEASE_SECONDS) <= time.time() + 60:
+            return False
+        return self.remote.backend.write_ref(MAINTAIN_LOCK, self._body(), current[1]) \
+            is not None
 
     def give_back(self) -> None:
         """Remove the lease if this holder still holds it."""
-        current = self.remote.backend.read_ref(MAINTAIN_LOCK)
+        try:
+            current = _read_lease(self.remote)
+        except RemoteError:
+            return
         if current is not None and _owner(current[0]) == self.owner:
             self.remote.backend.delete(MAINTAIN_LOCK)
 
 
+def _read_lease(remote: Remote) -> tuple[bytes, str] | None:
+    """`maintain.lock` as it is, or None; one that cannot be read (a FIFO, a huge file)
+    is an error that names it."""
+    try:
+        return remote.backend.read_ref(MAINTAIN_LOCK)
+    except RemoteRefused as exc:
+        raise RemoteError(f"{MAINTAIN_LOCK} on {remote.name} cannot be read: {exc.message}",
+                          hint=f"remove {MAINTAIN_LOCK} from the remote by hand") from None
+
+
 def gc_lease_until(remote: Remote) -> float | None:
-    """Until when a remote gc holds the remote's maintenance lease, or None."""
-    current = remote.backend.read_ref(MAINTAIN_LOCK)
+    """Until when a remote gc holds the remote's maintenance lease, or None (also when
+    the lease cannot be read: no gc can take it then either)."""
+    try:
+        current = remote.backend.read_ref(MAINTAIN_LOCK)
+    except RemoteRefused:
+        return None
     if current is None or _lease_field(current[0], "gc") is not True:
         return None
-    until = _until(current[0])
+    until = _until(current[0], LEASE_SECONDS)
     return until if until > time.time() else None
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 def _lease_field(data: bytes, name: str) -> object:
@@ -147,9 +181,14 @@ def _lease_field(data: bytes, name: str) -> object:
         return None
 
 
-def _until(data: bytes) -> float:
+def _until(data: bytes, longest: float) -> float:
+    """A lease's expiry; 0 (expired) when unreadable, not a finite number, or further
+    off than twice the longest lease (no dsv writes one: it would block others for ever)."""
     value = _lease_field(data, "until")
-    return float(value) if isinstance(value, (int, float)) else 0.0  # unreadable: expired
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+            not math.isfinite(value) or value > time.time() + 2 * longest:
+        return 0.0
+    return float(value)
 
 
 def _owner(data: bytes) -> str | None:
@@ -214,12 +253,14 @@ class PushLock:
             self._renewer.start()
 
     def _write(self) -> None:
-        now = time.time()
-        if self.until and now > self.until:
-            self.lapsed = True
-        until = now + PUSH_LEASE
+        before = time.time()
+        until = before + PUSH_LEASE
         body = json.dumps({"owner": self.owner, "until": until}, sort_keys=True).encode()
         self.remote.backend.put_bytes(self.key, body)
+        # Judged when the write is done: a write that hung past the old expiry leaves a gap
+        # in which a gc may have run.
+        if self.until and time.time() > self.until:
+            self.lapsed = True
         self.until = until
 
     def _renew(self) -> None:
@@ -228,8 +269,8 @@ class PushLock:
                 if not self._intact():
                     self.lapsed = True
                 self._write()
-            except DsvError:
-                pass  # the lease may lapse: `unbroken` finds out before any ref moves
+            except Exception:  # noqa: BLE001 - any failure: the lease may have lapsed
+                self.lapsed = True  # (`unbroken` then says so before any ref moves)
 
     def _intact(self) -> bool:
         """Whether the remote still holds this lease, unexpired (a gc removes only an
@@ -238,7 +279,7 @@ class PushLock:
             current = self.remote.backend.get(self.key, max_size=4096)
         except NotFound:
             return False
-        return _owner(current) == self.owner and _until(current) > time.time()
+        return _owner(current) == self.owner and _until(current, PUSH_LEASE) > time.time()
 
     def unbroken(self, look: bool = False) -> bool:
         """Whether the lease has held without a gap since `take`, and holds for at least
@@ -260,10 +301,11 @@ class PushLock:
             pass
 
 
-def live_push_locks(remote: Remote, remove_expired: bool) -> list[float]:
-    """Until when each live push lease on the remote holds; expired ones (pushes that
-    were killed) are removed if asked, and so are unreadable ones (dsv writes none)."""
-    live = []
+def live_push_locks(remote: Remote, remove_expired: bool) -> tuple[list[float], int]:
+    """Until when each live push lease on the remote holds, and how many expired ones
+    (pushes that were killed) there are; those are removed if asked, and so are unreadable
+    ones (dsv writes none)."""
+    live, expired = [], 0
     for key, _size in remote.backend.list(LOCKS):
         try:
             data = remote.backend.get(key, max_size=4096)
@@ -271,12 +313,14 @@ def live_push_locks(remote: Remote, remove_expired: bool) -> list[float]:
             continue
         except RemoteRefused:
             data = b""
-        until = _until(data)
+        until = _until(data, PUSH_LEASE)
         if until > time.time():
             live.append(until)
-        elif remove_expired:
+            continue
+        expired += 1
+        if remove_expired:
             remote.backend.delete(key)
-    return live
+    return live, expired
 
 
 def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) -> None:
@@ -305,16 +349,17 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
                 _flush(core, remote, by_kind, report, final=False)
     # Blobs, then trees, then version records: the publish order of a push.
     _flush(core, remote, by_kind, report, final=True)
-    if not lease.held():
-        report.skipped.append(f"the lease on {remote.name} ran out before the old packs "
-                              f"were deleted: they stay (the next run merges them)")
-        done = []
-    for pack_id in done:
+    for number, pack_id in enumerate(done):
         # Every object of these is in a pack uploaded above. The index first: an index on
         # the remote always names a whole pack. (A pack written again as itself, the same
         # objects in the same order, has the same name: it stays.)
         if pack_id in report.written:
             continue
+        if number % DELETE_BATCH == 0 and not lease.renew():
+            report.skipped.append(f"the lease on {remote.name} was lost before every old "
+                                  f"pack was deleted: the rest stay (the next run merges "
+                                  f"them)")
+            break
         remote.backend.delete(index_key(pack_id))
         remote.backend.delete(pack_key(pack_id))
         report.packs_repacked += 1

@@ -97,8 +97,8 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
     report = PushReport(remote.name)
     remote.connect(must_exist=False)
     lock = maintain.PushLock(remote)
-    lock.take()
     try:
+        lock.take()
         _push(core, remote, targets, force, report, lock)
     finally:
         lock.release()
@@ -122,10 +122,13 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
                           + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
     _send(core, remote, versions, report, lock)
     _settle_pending(core, remote)
-    for ds, ref, v, required in ref_plan:
+
+    def ready() -> None:  # before each ref write: the lease held throughout, or look again
         if not lock.unbroken():
-            _send(core, remote, versions, report, lock)
-        _push_ref(core, remote, ds, ref, v, required, force, report)
+            _send(core, remote, versions, report, lock, lapsed=True)
+
+    for ds, ref, v, required in ref_plan:
+        _push_ref(core, remote, ds, ref, v, required, force, report, ready)
     core.index.checkpoint()
     if not report.rejected and len(maintain.small_packs(core, remote)) >= \
             maintain.AUTO_MAINTAIN_PACKS:
@@ -141,25 +144,30 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
 
 
 def _send(core: Core, remote: Remote, versions: list[Version], report: PushReport,
-          lock: maintain.PushLock) -> None:
+          lock: maintain.PushLock, lapsed: bool = False) -> None:
     """Upload what the remote lacks of `versions`, until the push's lease has held
-    throughout: if it lapsed, a remote gc may have deleted what the push found there, so
-    the lease is taken again and the remote looked at afresh."""
+    throughout: if it lapsed, a remote gc may have deleted anything the push found there
+    or uploaded itself, so the lease is taken again, the remote looked at afresh, and
+    every object of every version checked against it again."""
     for _attempt in range(3):
-        on_remote = {oid for oid, *_ in
-                     core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
-        new = [v for v in versions if v.record not in on_remote]
-        report.versions_sent += len(new)
+        if lapsed:
+            core.reporter.notice(f"warning: this push's lease on {remote.name} lapsed (was "
+                                 f"the process stopped?); a remote gc may have run "
+                                 f"meanwhile: looking at the remote again")
+            lock.take()
+            remote.refresh()
+            new = versions  # a record on the remote no longer vouches for its version
+        else:
+            on_remote = {oid for oid, *_ in
+                         core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
+            new = [v for v in versions if v.record not in on_remote]
+            report.versions_sent = len(new)
         if new:
             _send_objects(core, remote, new, report)
         crashpoint("push:objects-sent")
         if lock.unbroken(look=True):
             return
-        core.reporter.notice(f"warning: this push's lease on {remote.name} lapsed (was the "
-                             f"process stopped?); a remote gc may have run meanwhile: "
-                             f"looking at the remote again")
-        lock.take()
-        remote.refresh()
+        lapsed = True
     raise RemoteError(f"the push's lease on {remote.name} kept lapsing; no ref was moved",
                       hint="push again")
 
@@ -348,7 +356,8 @@ def _preflight(core: Core, remote: Remote, ref_plan: list[tuple[Dataset, str, Ve
 
 
 def _push_ref(core: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
-              required: bool, force: bool, report: PushReport) -> None:
+              required: bool, force: bool, report: PushReport,
+              ready: Callable[[], None]) -> None:
     """Move one remote ref to `v` by compare-and-swap, if that is a fast-forward (or forced)."""
     key = ref_key(ds.id, ref)
     label = _label(ds, ref)
@@ -370,6 +379,7 @@ def _push_ref(core: Core, remote: Remote, ds: Dataset, ref: str, v: Version,
         if verdict == "reject":
             report.rejected.append(f"{label} {why}")
             return
+        ready()
         etag = remote.backend.write_ref(key, body, current[1] if current else None)
         if etag is None:
             again = remote.backend.read_ref(key)

@@ -8,7 +8,6 @@ uses. Must never decide what to send or which refs to move.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +25,7 @@ from ..remotes.connect import open_backend
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
                             RemoteRefused, RemoteSpec, check_outside_stores)
 from ..remotes.cache import ClusterCache
-from ..remotes.layout import (REMOTE_FORMAT, REMOTE_MARKER, RemoteRef, index_key)
+from ..remotes.layout import (REMOTE_MARKER, RemoteRef, index_key)
 
 
 WORKERS = 8
@@ -57,15 +56,15 @@ class Remote:
                 raise RemoteError(f"{self.spec.url} is not a dsv remote (nothing was pushed "
                                   f"to it yet)", hint="push to it first, or check the URL") \
                     from None
-            body = json.dumps({"format": REMOTE_FORMAT, "hash": "blake3"}).encode() + b"\n"
-            self.backend.write_ref(REMOTE_MARKER, body, None)
+            self.backend.write_ref(REMOTE_MARKER, layout.marker_body(), None)
             return
         except ValueError:
             raise RemoteError(f"{self.spec.url}/{REMOTE_MARKER} is unreadable") from None
-        if not isinstance(marker, dict) or marker.get("format") != REMOTE_FORMAT:
+        if not isinstance(marker, dict) or marker.get("format") not in layout.READ_FORMATS:
             raise RemoteError(f"{self.spec.url} has remote format "
                               f"{marker.get('format') if isinstance(marker, dict) else '?'}; "
-                              f"this dsv reads format {REMOTE_FORMAT}")
+                              f"this dsv reads formats "
+                              f"{', '.join(map(str, layout.READ_FORMATS))}")
 
     def refresh(self) -> None:
         """Bring the store's picture of the remote's packs up to date (list `index/` and
@@ -118,20 +117,20 @@ class Remote:
             index.set_remote_gc_generation(self.name, generation)
 
     def gc_generation(self) -> str:
-        """The remote's gc generation ('' before its first gc; unreadable counts as a
-        new one, so the picture is read afresh)."""
+        """The remote's gc generation ('' before its first gc; '?' when unreadable: no gc
+        wrote that, and the next one replaces it)."""
         try:
             got = self.backend.read_ref(layout.GC_STATE)
         except RemoteRefused:
-            return os.urandom(8).hex()
+            return "?"
         if got is None:
             return ""
         try:
             body = load_bounded(got[0], MAX_REF_BYTES)
         except ValueError:
-            return os.urandom(8).hex()
+            return "?"  # not a gc's: the next gc replaces it (and so changes it)
         value = body.get("generation") if isinstance(body, dict) else None
-        return value if isinstance(value, str) and len(value) <= 64 else os.urandom(8).hex()
+        return value if isinstance(value, str) and len(value) <= 64 else "?"
 
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
         """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot
