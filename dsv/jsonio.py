@@ -15,11 +15,13 @@ MAX_DEPTH = 64   # dsv's own documents nest at most 6 deep (lineage inside a rec
 
 
 def load_bounded(data: bytes | str, max_bytes: int,
-                 max_depth: int = MAX_DEPTH) -> Any:  # noqa: ANN401 - JSON of any shape
+                 max_depth: int | None = MAX_DEPTH) -> Any:  # noqa: ANN401 - JSON of any shape
     """Parse `data`, refusing (ValueError) more than `max_bytes` or `max_depth` levels.
 
     The depth is measured on the parsed value without recursion; a document nested
-    deeper than the parser itself can go is refused the same way.
+    deeper than the parser itself can go is refused the same way. A caller that checks
+    the exact shape of every value it reads (trees) may skip the depth walk with
+    `max_depth=None`.
     """
     if len(data) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes")
@@ -27,6 +29,8 @@ def load_bounded(data: bytes | str, max_bytes: int,
         value = json.loads(data)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    if max_depth is None:
+        return value
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()

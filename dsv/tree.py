@@ -10,6 +10,7 @@ the working directory or the index.
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -93,7 +94,9 @@ def decode_node(data: bytes, oid: str = "?", trusted: bool = False) -> Node:
     """
     try:
         # Trees in the store were validated on the way in; trees from outside are bounded.
-        obj = json.loads(data) if trusted else load_bounded(data, MAX_TREE_BYTES)
+        # (no depth walk: every value a tree may hold is checked for its exact shape below)
+        obj = json.loads(data) if trusted else load_bounded(data, MAX_TREE_BYTES,
+                                                           max_depth=None)
         kind = obj.get("type")
         if obj.get("v") != TREE_FORMAT or kind not in ("tree", "leaf", "shards"):
             raise ValueError("not a tree")
@@ -136,28 +139,36 @@ def _shards(shards: object, oid: str, trusted: bool) -> list[tuple[str, str]]:
 
 
 def _rows(rows: list[Any], oid: str) -> list[Row]:
-    """Validated entries of a tree object."""
+    """Validated entries of a tree object (checked row by row with the cheapest tests
+    first; the children's ids all at once)."""
     if len(rows) > MAX_TREE_ENTRIES:
         raise CorruptObject(f"tree {oid[:12]} has too many entries")
-    previous = None
-    out = []
+    previous = b""
+    out: list[Row] = []
     for row in rows:
-        try:
-            name, kind, mode, size, child = row
-        except (ValueError, TypeError):
-            raise CorruptObject(f"tree {oid[:12]} has a malformed entry") from None
-        if (not isinstance(name, str) or kind not in (FILE, LINK, DIR)
-                or not isinstance(mode, int) or not isinstance(size, int) or size < 0
-                or not 0 <= mode <= 0o7777 or not isinstance(child, str) or not is_hash(child)):
+        # (`type(...) is` rather than isinstance: a JSON true is no mode or size)
+        if type(row) is not list or len(row) != 5:
+            raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
+        name, kind, mode, size, child = row
+        if (type(name) is not str or kind not in _KINDS or type(mode) is not int
+                or type(size) is not int or size < 0 or not 0 <= mode <= 0o7777
+                or type(child) is not str or len(child) != 64):
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
         if size > MAX_SIZE:
             raise CorruptObject(f"tree {oid[:12]} claims an impossible size for {name!r}")
         check_name(name)
-        if previous is not None and name.encode() <= previous.encode():
+        encoded = name.encode()
+        if encoded <= previous and out:
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
-        previous = name
+        previous = encoded
         out.append((name, kind, mode, size, child))
+    if out and not _HEX_RUN.fullmatch("".join(r[4] for r in out)):
+        raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
     return out
+
+
+_KINDS = frozenset((FILE, LINK, DIR))
+_HEX_RUN = re.compile(r"[0-9a-f]*")
 
 
 def node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,
@@ -504,13 +515,18 @@ def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
 
 
 def check_expansion(root: str, read_tree: Callable[[str], bytes],
-                    limit: int = MAX_VERSION_PATHS) -> int:
+                    limit: int = MAX_VERSION_PATHS,
+                    seen: tuple[dict[str, tuple[int, int]], dict[str, str]] | None = None
+                    ) -> int:
     """How many paths tree `root` expands to, computed with each distinct tree object
     visited once, every object checked to stand where it is named (`node_at`: so shard
     chains end within MAX_SHARD_DEPTH); CorruptObject beyond `limit` paths or
-    MAX_TREE_DEPTH directory levels (a shard adds objects, not levels)."""
-    counts: dict[str, tuple[int, int]] = {}     # tree object → (paths, height)
-    placed: dict[str, str] = {}                 # tree object → the prefix it stands at
+    MAX_TREE_DEPTH directory levels (a shard adds objects, not levels). Checking many
+    versions' trees, pass the same `seen` (empty dicts at first) to every call: a tree
+    they share is then walked once."""
+    counts: dict[str, tuple[int, int]]          # tree object → (paths, height)
+    placed: dict[str, str]                      # tree object → the prefix it stands at
+    counts, placed = seen if seen is not None else ({}, {})
     stack: list[tuple[str, str, bool]] = [(root, "", False)]
     nodes: dict[str, Node] = {}
 

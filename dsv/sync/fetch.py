@@ -62,9 +62,10 @@ def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str]
     with _Scratch(core.objects.tmp_root) as trees:
         _fetch_trees(core, remote, {parsed[r][0].version.tree for r in reachable},
                      located[KIND_TREE], report, trees)
+        walked: tuple[dict[str, tuple[int, int]], dict[str, str]] = ({}, {})
         for root in {parsed[r][0].version.tree for r in reachable}:
             tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
-                                 else core.objects.read(oid))
+                                 else core.objects.read(oid), seen=walked)
         _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees)
     changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
                                                 fast_forward=False)
