@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,7 +115,7 @@ class Core:
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
         self.lock = StoreLock(self.dsv_dir / "lock")
         self.refs = refs.RefStore(self.index)
-        self._trees: dict[str, bytes] = {}
+        self._trees = _TreeCache(TREE_CACHE_BYTES)
 
     def close(self) -> None:
         """Release the lock, then close the objects (dropping anything staged) and index."""
@@ -178,13 +180,13 @@ class Core:
         data = self._trees.get(oid)
         if data is None:
             data = self.objects.read(oid)
-            self._trees[oid] = data
+            self._trees.put(oid, data)
         return data
 
     def tree_writer(self, ingest: Ingest) -> Callable[[str, bytes], None]:
         """A `tree.build_tree` sink: new trees go into `ingest` and the tree cache."""
         def store(oid: str, data: bytes) -> None:
-            self._trees[oid] = data
+            self._trees.put(oid, data)
             ingest.add(oid, KIND_TREE, data)
         return store
 
@@ -377,3 +379,35 @@ def check_store_files(dsv_dir: Path) -> None:
             kind = "directory" if want is stat.S_ISDIR else "regular file"
             raise UnsafePath(f"{path} is not a {kind} (a link or something else was put there)",
                              hint="remove it; dsv never follows links inside its store")
+
+
+TREE_CACHE_BYTES = 64 << 20
+"""Bytes of tree objects a store keeps in memory (the least recently used go first): a
+walk over a million-file version reads every tree once, and must not hold them all."""
+
+
+class _TreeCache:
+    """Tree objects by id, up to a byte budget, least recently used dropped first."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, oid: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(oid)
+            if data is not None:
+                self._items.move_to_end(oid)
+            return data
+
+    def put(self, oid: str, data: bytes) -> None:
+        with self._lock:
+            if oid in self._items:
+                return
+            self._items[oid] = data
+            self._bytes += len(data)
+            while self._bytes > self.budget and len(self._items) > 1:
+                _oid, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)

@@ -570,6 +570,64 @@ class Index:
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
         self._mirror()
 
+    # ---- what a push needs (a temp table: memory stays flat however many objects) ----
+    def need_reset(self) -> None:
+        """Start an empty `need` set (this connection's own; gone when it closes)."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS need (oid TEXT PRIMARY KEY, "
+                          "kind INTEGER NOT NULL) WITHOUT ROWID")
+        self.conn.execute("DELETE FROM need")
+
+    def need_add(self, rows: Iterable[tuple[str, int]]) -> None:
+        """Add (oid, kind) rows to the `need` set (the first kind named for an oid stays)."""
+        self.conn.executemany("INSERT OR IGNORE INTO need (oid, kind) VALUES (?,?)", rows)
+
+    def need_count(self) -> int:
+        """Objects in the `need` set."""
+        return int(self.conn.execute("SELECT count(*) FROM need").fetchone()[0])
+
+    def need_unsent(self, remote: str, kind: int) -> Iterator[tuple[str, tuple[str, int, int]]]:
+        """(oid, (pack, offset, length)) of needed objects of `kind` packed here that
+        `remote`'s packs lack, in local pack order, read as they are used (a first push
+        of a million files holds none of them all at once). Nothing may change
+        `remote_objects` until the iteration ends."""
+        cur = self.conn.execute(
+            "SELECT n.oid, o.pack, o.offset, o.length FROM need n "
+            "JOIN objects o ON o.oid = n.oid WHERE n.kind = ? AND NOT EXISTS (SELECT 1 FROM "
+            "remote_objects r WHERE r.remote = ? AND r.oid = n.oid) ORDER BY o.pack, o.offset",
+            (kind, remote))
+        while batch := cur.fetchmany(_IN_BATCH * 8):
+            for oid, pack, offset, length in batch:
+                yield oid, (pack, offset, length)
+
+    def need_unsent_size(self, remote: str) -> tuple[int, int]:
+        """(count, bytes) of what `need_unsent` yields, all kinds."""
+        count, total = self.conn.execute(
+            "SELECT count(*), coalesce(sum(o.length), 0) FROM need n JOIN objects o ON "
+            "o.oid = n.oid WHERE NOT EXISTS (SELECT 1 FROM remote_objects r WHERE "
+            "r.remote = ? AND r.oid = n.oid)", (remote,)).fetchone()
+        return int(count), int(total)
+
+    def need_on_remote(self, remote: str) -> tuple[int, int]:
+        """(count, bytes) of needed objects packed here that `remote`'s packs hold."""
+        count, total = self.conn.execute(
+            "SELECT count(*), coalesce(sum(r.length), 0) FROM need n JOIN objects o ON "
+            "o.oid = n.oid JOIN remote_objects r ON r.remote = ? AND r.oid = n.oid",
+            (remote,)).fetchone()
+        return int(count), int(total)
+
+    def need_unpacked(self) -> Iterator[list[str]]:
+        """Needed objects not packed here (large files: loose here, or not here at all),
+        in batches (each its own query: the caller may write between batches)."""
+        last = ""
+        while True:
+            batch = [row[0] for row in self.conn.execute(
+                "SELECT n.oid FROM need n WHERE n.oid > ? AND NOT EXISTS (SELECT 1 FROM "
+                "objects o WHERE o.oid = n.oid) ORDER BY n.oid LIMIT ?", (last, _IN_BATCH * 8))]
+            if not batch:
+                return
+            yield batch
+            last = batch[-1]
+
     def remote_gc_generation(self, remote: str) -> str:
         """The gc generation of `remote` its picture here was read under ('' if none)."""
         row = self.conn.execute("SELECT value FROM meta WHERE key=?",

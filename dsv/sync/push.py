@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -184,55 +184,78 @@ def _settle_pending(core: Core, remote: Remote) -> None:
                 cache.clear_pending(path)
 
 
-def _needed_objects(core: Core, versions: list[Version]) -> dict[str, int]:
-    """Every object the versions need, with its kind: blobs, trees, then records."""
-    needed: dict[str, int] = {}
+def _collect_needed(core: Core, versions: list[Version]) -> None:
+    """Every object the versions need, with its kind, into the index's `need` set (a temp
+    table: a push of a million files holds none of their ids in memory)."""
+    index = core.index
+    index.need_reset()
+    roots: set[str] = set()
+    batch: list[tuple[str, int]] = []
     for v in versions:
-        if v.tree not in needed:
-            for kind, oid in tree.subtree_ids(v.tree, core.read_tree):
-                needed.setdefault(oid, KIND_TREE if kind == tree.DIR else KIND_BLOB)
         assert v.record is not None
-        needed[v.record] = KIND_VERSION
-    return needed
+        batch.append((v.record, KIND_VERSION))
+        if v.tree in roots:
+            continue
+        roots.add(v.tree)
+        for kind, oid in tree.subtree_ids(v.tree, core.read_tree):
+            batch.append((oid, KIND_TREE if kind == tree.DIR else KIND_BLOB))
+            if len(batch) >= NEED_BATCH:
+                index.need_add(batch)
+                batch = []
+    index.need_add(batch)
+
+
+NEED_BATCH = 20_000
+
+
+def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, int]:
+    """The large (loose) objects the versions need that the remote lacks: oid → size.
+    Those not known to be there are asked for with HEAD."""
+    index, objects = core.index, core.objects
+    send: dict[str, int] = {}
+    for batch in index.need_unpacked():
+        known_loose = index.remote_loose(remote.name, batch)
+        for oid in batch:
+            if oid not in known_loose and not objects.has_loose(oid):
+                raise MissingObject(f"object {oid[:12]} is not in this core, so the versions "
+                                    f"that need it cannot be pushed",
+                                    hint="pull those versions completely first, or run "
+                                         "`dsv verify`")
+        unknown = [oid for oid in batch if oid not in known_loose]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)),
+                                               unknown), strict=True))
+        present = [oid for oid, size in sizes.items() if size is not None]
+        if present:
+            with index.transaction():
+                index.add_remote_loose(remote.name, present)
+        for oid in batch:
+            on_remote = oid in known_loose or sizes.get(oid) is not None
+            if not on_remote:
+                send[oid] = os.stat(objects.loose_path(oid)).st_size
+            elif objects.has_loose(oid):
+                report.bytes_skipped += objects.loose_path(oid).stat().st_size
+    return send
 
 
 def _send_objects(core: Core, remote: Remote, versions: list[Version],
                   report: PushReport) -> None:
     index, objects = core.index, core.objects
-    needed = _needed_objects(core, versions)
-    local = objects.locate_many(needed)
-    remote_has = index.remote_locate_many(remote.name, needed)
-    large = [oid for oid in needed if oid not in local]
-    known_loose = index.remote_loose(remote.name, large)
-    for oid in large:
-        if oid not in known_loose and not objects.has_loose(oid):
-            raise MissingObject(f"object {oid[:12]} is not in this core, so the versions "
-                                f"that need it cannot be pushed",
-                                hint="pull those versions completely first, or run `dsv verify`")
-    with ThreadPoolExecutor(WORKERS) as pool:
-        unknown = [oid for oid in large if oid not in known_loose]
-        sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)), unknown),
-                         strict=True))
-    present = [oid for oid, size in sizes.items() if size is not None]
-    if present:
-        with index.transaction():
-            index.add_remote_loose(remote.name, present)
-    send_small = {oid: local[oid] for oid in needed if oid in local and oid not in remote_has}
-    send_large = [oid for oid in large if oid not in known_loose and sizes.get(oid) is None]
-    large_sizes = {oid: os.stat(objects.loose_path(oid)).st_size for oid in send_large}
-    report.objects_skipped = len(needed) - len(send_small) - len(send_large)
-    report.bytes_skipped = sum(w[2] for w in remote_has.values()) + sum(
-        objects.loose_path(o).stat().st_size for o in large
-        if o not in large_sizes and objects.has_loose(o))
-    total_bytes = sum(w[2] for w in send_small.values()) + sum(large_sizes.values())
+    _collect_needed(core, versions)
+    report.bytes_skipped = 0
+    send_large = _large_to_send(core, remote, report)
+    small_count, small_bytes = index.need_unsent_size(remote.name)
+    report.objects_skipped = index.need_count() - small_count - len(send_large)
+    report.bytes_skipped += index.need_on_remote(remote.name)[1]
+    total_bytes = small_bytes + sum(send_large.values())
     write_through = caches(core, write_through=True)
     loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
-    with core.reporter.task("pushing", len(send_small) + len(send_large),
+    with core.reporter.task("pushing", small_count + len(send_large),
                              total_bytes) as advance, ThreadPoolExecutor(WORKERS) as pool:
         # Publish order: blobs, then trees, then records; each phase whole before the next,
         # so a record on the remote always has its tree and blobs there too.
         for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
-            phase = {o: w for o, w in send_small.items() if needed[o] == kind}
+            phase = index.need_unsent(remote.name, kind)
             jobs: list[Future[Sent]] = []
 
             def submit(fn: Callable[..., Sent], *args: Any) -> None:  # noqa: ANN401 - fn's
@@ -243,18 +266,16 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 jobs.append(job)  # noqa: B023 - called only within this phase
 
             if kind == KIND_BLOB:
-                for oid in send_large:
-                    submit(_upload_loose, remote, objects, oid, large_sizes[oid], write_through,
+                for oid, size in send_large.items():
+                    submit(_upload_loose, remote, objects, oid, size, write_through,
                            loose_slots, advance)
             for batch in _read_batches(core, phase, kind):
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
-            for job in jobs:
-                sent = job.result()
-                report.objects_sent += sent.count
-                report.bytes_sent += sent.nbytes
-            record_sent(core, remote, [j.result() for j in jobs])
+                    _record_done(core, remote, jobs, report)
+            wait(jobs)
+            _record_done(core, remote, jobs, report)
             crashpoint("push:phase-sent")
 
 
@@ -262,13 +283,27 @@ def _first_done(jobs: list[Future[Sent]]) -> None:
     wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
-def _read_batches(core: Core, phase: dict[str, tuple[str, int, int]], kind: int
+def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
+                 report: PushReport) -> None:
+    """Remember what the finished uploads put on the remote, and let them go (a push of
+    a million objects holds only the uploads in flight)."""
+    done = [j for j in jobs if j.done()]
+    sent = [j.result() for j in done]  # (an upload's error is raised here)
+    for item in sent:
+        report.objects_sent += item.count
+        report.bytes_sent += item.nbytes
+    record_sent(core, remote, sent)
+    gone = set(done)
+    jobs[:] = [j for j in jobs if j not in gone]
+
+
+def _read_batches(core: Core, phase: Iterable[tuple[str, tuple[str, int, int]]], kind: int
                   ) -> Iterator[list[tuple[str, int, bytes]]]:
-    """The phase's objects read from local packs (in pack order), verified, in batches
-    of about UPLOAD_PACK_SIZE bytes."""
+    """The phase's objects read from local packs (given in pack order), verified, in
+    batches of about UPLOAD_PACK_SIZE bytes."""
     batch: list[tuple[str, int, bytes]] = []
     size = 0
-    for oid, where in sorted(phase.items(), key=lambda item: item[1][:2]):
+    for oid, where in phase:
         data = core.objects.read_packed(where)
         if hash_bytes(data) != oid:
             raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
