@@ -240,6 +240,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         nbytes = sum(e.size for _p, e in to_write)
         with core.reporter.task("checkout", len(to_write), nbytes) as advance:
             rows = placer.place(to_write, advance)
+        if in_worktree and link not in ("hardlink", "symlink"):
+            rows = worktree.settle(target, rows)
         with core.index.transaction():
             if in_worktree:
                 # Rows of files left in place that already matched: their content is stored.

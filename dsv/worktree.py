@@ -163,6 +163,33 @@ class StatChanges:
     rows: int                        # rows the cache holds
 
 
+def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
+           ) -> list[tuple[str, StatRow]]:
+    """Stat-cache rows of files just written, made trustworthy. A file written within
+    one timestamp tick (RACY_NS) of its row's time is racily clean: the next status
+    would hash it again (all 200,000 files of a fresh clone). So the tick is waited out
+    once, every file is stat'ed again, and the rows of those unchanged since they were
+    written are kept with the new time; a file that changed meanwhile loses its row (and
+    is hashed by the next status)."""
+    if not rows:
+        return rows
+    newest = max(row[1] for _rel, row in rows)
+    wait = newest + RACY_NS + 1_000_000 - time.time_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    stamped = time.time_ns()
+    kept = []
+    for rel, row in rows:
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode)) == row[:4] \
+                and row[1] < stamped - RACY_NS:
+            kept.append((rel, (*row[:5], stamped)))
+    return kept
+
+
 def stat_changes(files: dict[str, FileStat],
                  rows: Iterable[tuple[str, int, int, int, int, int]]) -> StatChanges:
     """The scanned files whose content the stat cache cannot vouch for, and the cached
