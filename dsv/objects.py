@@ -600,6 +600,7 @@ class Ingest:
         self._writer: PackWriter | None = None
         self._packs: list[tuple[PackInfo, str]] = []
         self._loose: list[tuple[str, str]] = []
+        self._loose_ids: set[str] = set()
         self._loose_lock = threading.Lock()
         self._pending: set[str] = set()
         self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
@@ -622,6 +623,10 @@ class Ingest:
         self._staged_bytes += len(data)
         if len(self._staged) >= self._BATCH_OBJECTS or self._staged_bytes >= self._BATCH_BYTES:
             self._flush_staged()
+
+    def holds(self, oid: str) -> bool:
+        """Whether `oid` was added to this ingest already."""
+        return oid in self._pending or oid in self._staged or oid in self._loose_ids
 
     def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Write an object the caller knows the store lacks (gc's repacking)."""
@@ -650,6 +655,7 @@ class Ingest:
         if staged is not None:
             with self._loose_lock:  # large files are staged from several threads
                 self._loose.append((oid, staged))
+                self._loose_ids.add(oid)
         return oid, size
 
     def _flush_staged(self) -> None:

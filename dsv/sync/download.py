@@ -10,7 +10,7 @@ Ingest; the caller publishes. Must never move refs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -228,9 +228,29 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
         core.commit_objects(ingest, crash="pull:objects-written")
 
 
-def download_blobs(core: Core, remote: Remote | None, entries: dict[str, int],
+DOWNLOAD_CHUNK = 50_000
+"""Blobs a download plans at once: what it holds in memory does not grow with the
+version (a million files are downloaded in chunks, each in remote pack order)."""
+
+
+def download_blobs(core: Core, remote: Remote | None,
+                   entries: Mapping[str, int] | Iterable[tuple[str, int]],
                    report: PullReport, ingest: Ingest, label: str = "pulling") -> None:
-    """Fetch blobs (oid → size) the store lacks into `ingest` (the caller publishes)."""
+    """Fetch blobs (oid → size, or (oid, size) pairs as a walk yields them) the store
+    lacks into `ingest` (the caller publishes), a chunk at a time."""
+    pairs = entries.items() if isinstance(entries, Mapping) else entries
+    chunk: dict[str, int] = {}
+    for oid, size in pairs:
+        if oid not in chunk and not ingest.holds(oid):
+            chunk[oid] = size
+            if len(chunk) >= DOWNLOAD_CHUNK:
+                _download_chunk(core, remote, chunk, report, ingest, label)
+                chunk = {}
+    _download_chunk(core, remote, chunk, report, ingest, label)
+
+
+def _download_chunk(core: Core, remote: Remote | None, entries: dict[str, int],
+                    report: PullReport, ingest: Ingest, label: str) -> None:
     small, large = core.objects.lacking(entries)
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)

@@ -75,22 +75,19 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         if not paths:
             chosen += [core.version(vid) for _ds, name, vid in changes if name == LATEST]
     chosen = list({v.id: v for v in chosen}.values())
+    report.versions = [v.id for v in chosen]
     wanted: dict[str, int] = {}
-    for v in chosen:
-        report.versions.append(v.id)
-        if not paths:
-            # Each distinct tree once: no flat manifest of the whole version is built.
-            wanted.update(tree.blob_sizes(v.tree, core.read_tree))
-            continue
+    if paths:
         selected = {normalize_user_path(p) for p in paths}
-        manifest = {p: e for p, e in core.manifest(v).items() if is_under(p, selected)}
-        if not manifest:
-            ds = core.index.dataset_by("id", v.dataset)
-            ref = f"{ds.name if ds else v.dataset}:{v.id}"
-            raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
-                               hint=f"`dsv files list {ref} --recursive` shows its paths")
-        for entry in manifest.values():
-            wanted[entry.oid] = entry.size
+        for v in chosen:
+            manifest = {p: e for p, e in core.manifest(v).items() if is_under(p, selected)}
+            if not manifest:
+                ds = core.index.dataset_by("id", v.dataset)
+                ref = f"{ds.name if ds else v.dataset}:{v.id}"
+                raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
+                                   hint=f"`dsv files list {ref} --recursive` shows its paths")
+            for entry in manifest.values():
+                wanted[entry.oid] = entry.size
 
     def record() -> None:
         core.refs.apply(changes)
@@ -98,7 +95,11 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
             core.index.drop_promised(v.id for v in chosen)
 
     with Ingest(core.objects) as ingest:
-        download_blobs(core, remote, wanted, report, ingest)
+        # Whole versions: each distinct tree once, as the walk goes (no flat manifest, no
+        # list of every blob is built).
+        download_blobs(core, remote, wanted if paths else
+                       (pair for v in chosen for pair in tree.blob_sizes(v.tree, core.read_tree)),
+                       report, ingest)
         core.commit_objects(ingest, record, crash="pull:objects-written")
     core.index.checkpoint()
     return report
