@@ -9,6 +9,7 @@ the working directory or the index.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from bisect import bisect_right
@@ -156,7 +157,7 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
         if size > MAX_SIZE:
             raise CorruptObject(f"tree {oid[:12]} claims an impossible size for {name!r}")
-        check_name(name)
+        _check_name(name)
         encoded = name.encode()
         if encoded <= previous and out:
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
@@ -168,6 +169,9 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
 
 
 _KINDS = frozenset((FILE, LINK, DIR))
+_check_name = functools.lru_cache(maxsize=1 << 16)(check_name)
+"""`paths.check_name`, remembering the names that passed (the trees of a history repeat
+most names: a clone validates each once)."""
 _HEX_RUN = re.compile(r"[0-9a-f]*")
 
 
