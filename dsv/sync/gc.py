@@ -28,7 +28,7 @@ from .. import tree
 from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
-from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, parse_pack_index
+from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
 from ..jsonio import load_bounded
 from ..records import parse_record
@@ -38,7 +38,7 @@ from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, REMOTE_MARKER, RemoteRef,
 from ..reporting import plural
 from ..reports import RemoteGcReport
 from .fetch import fetch
-from .maintain import DELETE_BATCH, Lease, flush, live_push_locks, read_pack
+from .maintain import DELETE_BATCH, Gathered, Lease, live_push_locks, read_pack
 from .remote import UPLOAD_PACK_SIZE, WORKERS, Remote, Sent
 
 
@@ -328,9 +328,7 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
     """Upload the live objects of partly-live packs that no wholly-live pack holds, into
     new packs; a pack that cannot be read whole is left alone (added to `left`).
     Returns the packs written: id → size."""
-    by_kind: dict[int, list[tuple[str, int, bytes]]] = {KIND_BLOB: [], KIND_TREE: [],
-                                                        KIND_VERSION: []}
-    moved: set[str] = set(elsewhere)
+    gathered = Gathered()
     written: dict[str, int] = {}
 
     def sent(items: list[Sent]) -> None:
@@ -350,14 +348,12 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
                 advance(1, 0)
                 continue
             for oid, kind, data in objects:
-                if oid in keep and oid not in moved and kind in by_kind:
-                    moved.add(oid)
-                    by_kind[kind].append((oid, kind, data))
-            if sum(len(d) for items in by_kind.values() for _o, _k, d in items) \
-                    >= 2 * UPLOAD_PACK_SIZE:
-                sent(flush(core, remote, by_kind, final=False))
+                if oid in keep and oid not in elsewhere:
+                    gathered.add(oid, kind, data)
+            if gathered.nbytes >= 2 * UPLOAD_PACK_SIZE:
+                sent(gathered.flush(core, remote, final=False))
             advance(1, 0)
-    sent(flush(core, remote, by_kind, final=True))
+    sent(gathered.flush(core, remote, final=True))
     return written
 
 

@@ -327,10 +327,8 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
     small = small_packs(core, remote)
     if len(small) < 2:
         return
-    by_kind: dict[int, list[tuple[str, int, bytes]]] = {KIND_BLOB: [], KIND_TREE: [],
-                                                        KIND_VERSION: []}
+    gathered = Gathered()
     done: list[str] = []
-    seen: set[str] = set()
     with core.reporter.task("reading small packs", len(small),
                             sum(core.index.remote_packs(remote.name)[p] for p in small)
                             ) as advance:
@@ -339,16 +337,13 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
             if objects is None:
                 continue
             for oid, kind, data in objects:
-                if oid not in seen and kind in by_kind:
-                    seen.add(oid)
-                    by_kind[kind].append((oid, kind, data))
+                gathered.add(oid, kind, data)
             done.append(pack_id)
             advance(1, sum(len(d) for _o, _k, d in objects))
-            if sum(len(d) for items in by_kind.values() for _o, _k, d in items) \
-                    >= 4 * UPLOAD_PACK_SIZE:
-                _flush(core, remote, by_kind, report, final=False)
+            if gathered.nbytes >= 4 * UPLOAD_PACK_SIZE:
+                _flush(core, remote, gathered, report, final=False)
     # Blobs, then trees, then version records: the publish order of a push.
-    _flush(core, remote, by_kind, report, final=True)
+    _flush(core, remote, gathered, report, final=True)
     for number, pack_id in enumerate(done):
         # Every object of these is in a pack uploaded above. The index first: an index on
         # the remote always names a whole pack. (A pack written again as itself, the same
@@ -396,36 +391,53 @@ def read_pack(remote: Remote, pack_id: str, skipped: list[str], max_size: int = 
     return out
 
 
-def flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, bytes]]],
-          final: bool) -> list[Sent]:
-    """Upload what was gathered (checked objects), in packs of about UPLOAD_PACK_SIZE
-    (all of it when `final`, else only full packs), one kind at a time, and remember
-    them as the remote's; what was uploaded leaves `by_kind`."""
-    sent: list[Sent] = []
-    for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
-        items, start = by_kind[kind], 0
-        while start < len(items):
-            end, size = start, 0
-            while end < len(items) and (end == start or
-                                        size + len(items[end][2]) <= UPLOAD_PACK_SIZE):
-                size += len(items[end][2])
-                end += 1
-            if not final and end == len(items) and size < UPLOAD_PACK_SIZE:
-                break  # not a full pack yet: wait for more
-            pack_id, data, entries = encode_pack(items[start:end])
-            remote.backend.put_bytes(pack_key(pack_id), data)
-            remote.backend.put_bytes(index_key(pack_id),
-                                     data[len(data) - pack_tail_size(len(entries)):])
-            sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
-            start = end
-        del items[:start]
-    record_sent(core, remote, sent)
-    return sent
+class Gathered:
+    """Checked objects bound for new remote packs, by kind (each id once), with a running
+    count of their bytes."""
+
+    def __init__(self) -> None:
+        self.by_kind: dict[int, list[tuple[str, int, bytes]]] = {
+            KIND_BLOB: [], KIND_TREE: [], KIND_VERSION: []}
+        self.ids: set[str] = set()
+        self.nbytes = 0
+
+    def add(self, oid: str, kind: int, data: bytes) -> None:
+        """Gather one object (a second copy of an id, or an unknown kind, is skipped)."""
+        if oid not in self.ids and kind in self.by_kind:
+            self.ids.add(oid)
+            self.by_kind[kind].append((oid, kind, data))
+            self.nbytes += len(data)
+
+    def flush(self, core: Core, remote: Remote, final: bool) -> list[Sent]:
+        """Upload what was gathered, in packs of about UPLOAD_PACK_SIZE (all of it when
+        `final`, else only full packs), one kind at a time, blobs first; remember them as
+        the remote's; what was uploaded is let go."""
+        sent: list[Sent] = []
+        for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
+            items, start = self.by_kind[kind], 0
+            while start < len(items):
+                end, size = start, 0
+                while end < len(items) and (end == start or
+                                            size + len(items[end][2]) <= UPLOAD_PACK_SIZE):
+                    size += len(items[end][2])
+                    end += 1
+                if not final and end == len(items) and size < UPLOAD_PACK_SIZE:
+                    break  # not a full pack yet: wait for more
+                pack_id, data, entries = encode_pack(items[start:end])
+                remote.backend.put_bytes(pack_key(pack_id), data)
+                remote.backend.put_bytes(index_key(pack_id),
+                                         data[len(data) - pack_tail_size(len(entries)):])
+                sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
+                self.nbytes -= size
+                start = end
+            del items[:start]
+        record_sent(core, remote, sent)
+        return sent
 
 
-def _flush(core: Core, remote: Remote, by_kind: dict[int, list[tuple[str, int, bytes]]],
-           report: MaintainReport, final: bool) -> None:
-    for item in flush(core, remote, by_kind, final):
+def _flush(core: Core, remote: Remote, gathered: Gathered, report: MaintainReport,
+           final: bool) -> None:
+    for item in gathered.flush(core, remote, final):
         assert item.pack is not None
         report.written.append(item.pack[0])
         report.packs_written += 1
