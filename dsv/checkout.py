@@ -10,9 +10,11 @@ create versions.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import stat
 from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from . import refs, tree, worktree
@@ -164,7 +166,6 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             _check_no_links_to(core, ds)
         else:
             _check_target_outside_store(core, target)
-        version_files = core.manifest(version)
         if in_worktree:
             excluded = core.excluded(ds)
         elif target == core.root:  # every dataset's directory stays theirs
@@ -183,6 +184,13 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         # now, even where an older version of this dataset holds files there (or a
         # file where one of them has its directory).
         fenced = set(excluded + stores)
+        if not files and not leftovers and not paths and \
+                core.index.checkout_journal(key) is None:
+            # Nothing there to compare with, keep or remove (a clone, a new --to
+            # directory): the version is placed as its trees are walked, a chunk at a
+            # time, without a flat manifest of it.
+            return _place_fresh(core, version, ds, target, key, fenced, in_worktree, link)
+        version_files = core.manifest(version)
         above_fenced = ancestors(fenced)
         placeable = {p: e for p, e in version_files.items()
                      if p not in above_fenced and not is_under(p, fenced)}
@@ -266,6 +274,69 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         core.index.checkpoint()
         return CheckoutReport(version, target, len(to_write), len(to_remove),
                               len(wanted) - len(to_write), nbytes)
+
+
+FRESH_CHUNK = 50_000
+"""Files a checkout into an empty directory places at once."""
+
+
+def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: str,
+                 fenced: set[str], in_worktree: bool, link: str) -> CheckoutReport:
+    """Check out `version` into a directory that holds nothing of it (no files, no
+    interrupted checkout): walk its trees and place the files a chunk at a time, each
+    chunk's blobs downloaded first if the version was only fetched, its stat-cache rows
+    recorded as it lands. Memory does not grow with the version."""
+    above_fenced = ancestors(fenced)
+
+    def placeable() -> Iterator[tuple[str, Entry]]:
+        for path, entry in tree.iter_files(version.tree, core.read_tree):
+            if path not in above_fenced and not is_under(path, fenced):
+                yield path, entry
+
+    # The links of a version combine: every one is checked through the others first.
+    links = {p: e for p, e in placeable() if e.kind == tree.LINK}
+    ensure_blobs(core, version, list(links.values()))
+    tree.validate_links(links, core.objects.read, fenced)
+    target.mkdir(parents=True, exist_ok=True)
+    with core.index.transaction():
+        core.index.begin_checkout(key, version.id)
+    crashpoint("checkout:journal-written")
+    settle = in_worktree and link not in ("hardlink", "symlink")
+    written = nbytes = rows_kept = 0
+    with core.reporter.task("checkout", version.files, version.size) as advance:
+        chunk: list[tuple[str, Entry]] = []
+        for item in itertools.chain(placeable(), [None]):
+            if item is not None:
+                chunk.append(item)
+                if len(chunk) < FRESH_CHUNK:
+                    continue
+            if not chunk:
+                break
+            ensure_blobs(core, version, [e for _p, e in chunk])
+            twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
+            placer = worktree.Materializer(core.objects, target, link, stat_rows=in_worktree,
+                                           twins=twins)
+            rows = placer.place(chunk, advance)
+            written += len(chunk)
+            nbytes += sum(e.size for _p, e in chunk)
+            if settle:
+                rows = worktree.settle(target, rows)
+                with core.index.transaction():
+                    core.index.put_stat_rows(ds.id, rows)
+                rows_kept += len(rows)
+            chunk = []
+    left_out = version.files - written
+    if left_out > 0:
+        core.reporter.notice(f"left out {plural(left_out, 'path')} of {version.id} that lie "
+                             f"in a nested dataset or store")
+    with core.index.transaction():
+        if in_worktree:
+            complete = settle and left_out == 0 and rows_kept == written
+            core.index.update_dataset(ds.id, head=version.id,
+                                      cache_tree=version.tree if complete else None)
+        core.index.end_checkout(key, None if in_worktree else version.id)
+    core.index.checkpoint()
+    return CheckoutReport(version, target, written, 0, 0, nbytes)
 
 
 def _twins(core: Core, ds: Dataset, items: list[tuple[str, Entry]]) -> dict[str, str]:

@@ -13,7 +13,7 @@ import functools
 import json
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from blake3 import blake3
@@ -618,7 +618,14 @@ def empty_tree() -> tuple[str, bytes]:
 def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
             trusted: bool = True) -> Manifest:
     """The flat manifest of tree `root` (optionally only the subtree at `prefix`)."""
-    manifest: Manifest = {}
+    return dict(iter_files(root, read_tree, prefix, trusted))
+
+
+def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
+               trusted: bool = True) -> Iterator[tuple[str, Entry]]:
+    """(path, entry) of every file and link under tree `root`, as the walk meets them
+    (nothing of the version is held but the directories still to visit)."""
+    count = 0
     stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
         base, oid, shard = stack.pop()
@@ -628,12 +635,12 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
             if kind == DIR:
                 stack.append((path, child, ""))
             else:
-                manifest[path] = Entry(kind, mode, size, child)
+                count += 1
+                if count > MAX_VERSION_PATHS:
+                    raise CorruptObject(f"tree {root[:12]} expands to more than "
+                                        f"{MAX_VERSION_PATHS:,} paths")
+                yield path, Entry(kind, mode, size, child)
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
-        if len(manifest) > MAX_VERSION_PATHS:
-            raise CorruptObject(f"tree {root[:12]} expands to more than "
-                                f"{MAX_VERSION_PATHS:,} paths")
-    return manifest
 
 
 def find(root: str, read_tree: Callable[[str], bytes], path: str) -> Row | None:
