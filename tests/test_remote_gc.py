@@ -455,3 +455,34 @@ def test_gc_raises_a_format_1_remote_to_format_2(tmp_path: Path) -> None:
     ok("push", "--delete", "raw", cwd=ws)
     assert _gc(ws)["objects_deleted"] >= 3
     assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 2
+
+
+def test_a_gc_killed_between_its_delete_waves_leaves_no_record_without_its_version(
+        tmp_path: Path) -> None:
+    """Version records go first: a gc killed once they are deleted leaves the dead
+    versions' trees and blobs (garbage, for the next run) but no record whose version is
+    incomplete, so a push of such a version later sends it whole."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"dead.bin": os.urandom(7000), "big.bin": os.urandom(1_200_000)})
+    ok("commit", "-m", "two", cwd=ws)
+    two = json.loads(ok("show", "raw:latest", "--json", cwd=ws).stdout)["id"]
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)
+    killed = run_dsv("gc", "--remote", "origin", cwd=ws, env={"DSV_CRASH_AT": "gc:wave-deleted"})
+    assert killed.returncode != 0
+    state = check_remote(DirView(remote))
+    assert state.objects > state.reachable  # the dead version's tree and blobs are still there
+    records = {o for o, (_p, _off, _ln, kind) in state.located.items() if kind == 2}
+    assert records <= state.reachable  # no dead record is left
+    lease = json.loads((remote / "maintain.lock").read_bytes())
+    assert lease["gc"] is True and lease["until"] <= time.time() + 600
+    (remote / "maintain.lock").write_text(json.dumps({**lease, "until": time.time() - 1}))
+    r = ok("push", "--force", "--json", f"raw:{two}", cwd=ws)
+    assert json.loads(r.stdout)["versions_sent"] == 1
+    check_remote(DirView(remote))
+    report = _gc(ws)
+    assert report["versions"] == 2
+    state = check_remote(DirView(remote))
+    assert state.objects == state.reachable

@@ -261,6 +261,7 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
                     advance(1, 0)
                 for _ in pool.map(remote.backend.delete, _packs_after(batch)):
                     advance(1, 0)
+            crashpoint("gc:wave-deleted")
     remote.refresh()
 
 

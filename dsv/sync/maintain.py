@@ -51,8 +51,10 @@ def small_packs(core: Core, remote: Remote) -> list[str]:
     return sorted(p for p in small if any(count[k] > 1 for k in kinds.get(p, ())))
 
 
-LEASE_SECONDS = 3600.0
-"""How long a maintainer's lease lasts; a run renews it before each batch of deletes."""
+LEASE_SECONDS = 600.0
+"""How long a maintainer's lease lasts unless renewed: a thread renews it every minute
+while the run lasts, and the run renews it again before each batch of deletes, so a
+killed maintainer blocks others (and a killed gc, pushes) for ten minutes at most."""
 DELETE_BATCH = 256
 """Deletes between two renewals of the maintenance lease."""
 
@@ -97,6 +99,8 @@ class Lease:
         self.gc = gc
         self.owner = os.urandom(8).hex()
         self.holder_until = ""
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def _body(self) -> bytes:
         body: dict[str, object] = {"owner": self.owner, "until": time.time() + LEASE_SECONDS}
@@ -113,8 +117,21 @@ class Lease:
             if until > time.time():
                 self.holder_until = _when(until)
                 return False
-        return backend.write_ref(MAINTAIN_LOCK, self._body(),
-                                 current[1] if current else None) is not None
+        if backend.write_ref(MAINTAIN_LOCK, self._body(),
+                             current[1] if current else None) is None:
+            return False
+        self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                         name="dsv-maintain-lease")
+        self._renewer.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(60):
+            try:
+                if not self.renew():
+                    return  # lost: `held` and `renew` say so where it matters
+            except Exception:  # noqa: BLE001 - a failed renewal is a lease that may lapse
+                pass
 
     def held(self) -> bool:
         """Whether this holder still holds the lease, for at least another minute."""
@@ -134,7 +151,10 @@ class Lease:
             is not None
 
     def give_back(self) -> None:
-        """Remove the lease if this holder still holds it."""
+        """Stop renewing, and remove the lease if this holder still holds it."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
         try:
             current = _read_lease(self.remote)
         except RemoteError:
