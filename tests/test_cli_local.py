@@ -283,6 +283,23 @@ def test_status_sees_same_size_rewrite_and_mode_change(committed, dsv) -> None:
     assert st["added"] == [] and st["deleted"] == []
 
 
+def _files_opened_under(root: Path, monkeypatch) -> list[str]:
+    """A list that fills with every file under `root` (outside .dsv) opened from now on."""
+    opened: list[str] = []
+
+    def spy(real):
+        def spying(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and str(root) in os.fspath(file) \
+                    and ".dsv" not in os.fspath(file):
+                opened.append(os.fspath(file))
+            return real(file, *args, **kwargs)
+        return spying
+
+    monkeypatch.setattr("builtins.open", spy(open))
+    monkeypatch.setattr("os.open", spy(os.open))
+    return opened
+
+
 def test_status_of_unchanged_tree_reads_no_file(committed, dsv, monkeypatch) -> None:
     """SPEC §2.2: files whose size, mtime and inode are unchanged are not re-read."""
     ws, _ = committed
@@ -292,18 +309,7 @@ def test_status_of_unchanged_tree_reads_no_file(committed, dsv, monkeypatch) -> 
         if p.is_file() and ".dsv" not in p.parts:
             os.utime(p, (old, old))
     ok(dsv("status", cwd=ws))
-    opened: list[str] = []
-
-    def spy(real):
-        def spying(file, *args, **kwargs):
-            if isinstance(file, (str, os.PathLike)) and str(ws) in os.fspath(file) \
-                    and ".dsv" not in os.fspath(file):
-                opened.append(os.fspath(file))
-            return real(file, *args, **kwargs)
-        return spying
-
-    monkeypatch.setattr("builtins.open", spy(open))
-    monkeypatch.setattr("os.open", spy(os.open))
+    opened = _files_opened_under(ws, monkeypatch)
     (st,) = jout(dsv("status", "--json", cwd=ws))
     assert st["clean"] is True
     assert opened == []
@@ -1613,18 +1619,7 @@ def test_the_first_status_after_a_clone_or_checkout_reads_no_file(tmp_path: Path
     ok(dsv("clone", tmp_path / "remote", clone, cwd=tmp_path))
     (clone / "d0" / "f0.txt").unlink()
     ok(dsv("checkout", "raw:latest", cwd=clone))  # puts one file back: its row is fresh too
-    opened: list[str] = []
-
-    def spy(real):
-        def spying(file, *args, **kwargs):
-            if isinstance(file, (str, os.PathLike)) and str(clone) in os.fspath(file) \
-                    and ".dsv" not in os.fspath(file):
-                opened.append(os.fspath(file))
-            return real(file, *args, **kwargs)
-        return spying
-
-    monkeypatch.setattr("builtins.open", spy(open))
-    monkeypatch.setattr("os.open", spy(os.open))
+    opened = _files_opened_under(clone, monkeypatch)
     (st,) = jout(dsv("status", "--json", cwd=clone))
     assert st["clean"] is True
     assert opened == []

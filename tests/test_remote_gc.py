@@ -486,3 +486,23 @@ def test_a_gc_killed_between_its_delete_waves_leaves_no_record_without_its_versi
     assert report["versions"] == 2
     state = check_remote(DirView(remote))
     assert state.objects == state.reachable
+
+
+def test_hostile_entries_under_locks_are_neither_followed_nor_fatal(tmp_path: Path) -> None:
+    """A FIFO, a symlink out of the remote and a directory where push leases live: gc
+    and push neither hang on, follow nor choke on them, and count none as a live push."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"owner": "x", "until": time.time() + 600}))
+    (remote / "locks" / "dir" / "deeper").mkdir(parents=True)
+    os.mkfifo(remote / "locks" / "fifo")
+    os.symlink(outside, remote / "locks" / "link")
+    report = _gc(ws)  # not refused: nothing there is a push's live lease
+    assert report["refs"] == 1
+    assert json.loads(outside.read_text())["owner"] == "x"
+    write_tree(ws, {"b.bin": os.urandom(2000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    check_remote(DirView(remote))

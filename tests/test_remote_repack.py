@@ -33,15 +33,21 @@ def _repack(remote: Path, pack_id: str) -> bool:
     return True
 
 
-def test_a_pull_after_another_client_repacked_the_remote_reads_the_new_pack(
-        tmp_path: Path, dsv) -> None:
+def _pushed(tmp_path: Path, dsv, files: dict[str, bytes | str]) -> tuple[Path, Path]:
+    """A workspace `ws` with one committed version of `files`, pushed to `remote`."""
     ws = tmp_path / "ws"
-    write_tree(ws, {"a.txt": "alpha\n"})
+    write_tree(ws, files)
     assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
     assert dsv("commit", "-m", "one", cwd=ws).code == 0
     remote = tmp_path / "remote"
     assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
     assert dsv("push", cwd=ws).code == 0
+    return ws, remote
+
+
+def test_a_pull_after_another_client_repacked_the_remote_reads_the_new_pack(
+        tmp_path: Path, dsv) -> None:
+    ws, remote = _pushed(tmp_path, dsv, {"a.txt": "alpha\n"})
     other = tmp_path / "other"
     assert dsv("clone", remote, other, cwd=tmp_path).code == 0
     before = set(os.listdir(remote / "packs"))
@@ -69,14 +75,8 @@ def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new
     from dsv.sync.download import download_blobs
     from dsv.sync.remote import open_remote
 
-    ws = tmp_path / "ws"
     files = {f"f{i}.bin": os.urandom(300 + i) for i in range(20)}
-    write_tree(ws, files)
-    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "one", cwd=ws).code == 0
-    remote = tmp_path / "remote"
-    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
-    assert dsv("push", cwd=ws).code == 0
+    ws, remote = _pushed(tmp_path, dsv, files)
     other = tmp_path / "other"
     other.mkdir()
     assert dsv("init", "--bare", other, cwd=tmp_path).code == 0

@@ -38,7 +38,7 @@ from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, REMOTE_MARKER, RemoteRef,
 from ..reporting import plural
 from ..reports import RemoteGcReport
 from .fetch import fetch
-from .maintain import DELETE_BATCH, Gathered, Lease, live_push_locks, read_pack
+from .maintain import DELETE_BATCH, Gathered, Lease, live_push_locks, read_pack, when
 from .remote import UPLOAD_PACK_SIZE, WORKERS, Remote, Sent
 
 
@@ -76,15 +76,9 @@ def collect(core: Core, remote: Remote, dry_run: bool = False) -> RemoteGcReport
 
 
 def _pushes(live: list[float], name: str) -> str:
+    until = when(max(live), "%H:%M:%S")
     return f"{plural(len(live), 'push', 'pushes')} to {name} " \
-        f"{'is' if len(live) == 1 else 'are'} in progress (lease until {_clock(max(live))})"
-
-
-def _clock(ts: float) -> str:
-    try:
-        return time.strftime("%H:%M:%S", time.localtime(ts))
-    except (OverflowError, OSError, ValueError):
-        return "?"
+        f"{'is' if len(live) == 1 else 'are'} in progress (lease until {until})"
 
 
 def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | None) -> None:
@@ -215,7 +209,8 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
     # Records first, each wave whole before the next: a record on the remote always has
     # its tree and blobs there (a push skips a version whose record it finds).
     records = [p for p in dead + partial if any(e.kind == KIND_VERSION for e in entries[p])]
-    rest = [p for p in dead + partial if p not in records]
+    holding_records = set(records)
+    rest = [p for p in dead + partial if p not in holding_records]
     kept_records = [p for p in left if any(e.kind == KIND_VERSION and e.oid not in keep
                                            for e in entries[p])]
     if kept_records:
@@ -224,8 +219,9 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
                               f"alone: only version records were deleted this time")
         rest, gone_loose, strays = [], [], []
     goes = {e.oid for p in records + rest for e in entries[p] if e.oid not in keep}
-    report.packs_deleted = len([p for p in dead if p in records or p in rest])
-    report.packs_rewritten = len([p for p in partial if p in records or p in rest])
+    going = set(records + rest)
+    report.packs_deleted = len(going.intersection(dead))
+    report.packs_rewritten = len(going.intersection(partial))
     report.objects_deleted = len(goes | set(gone_loose))
     report.loose_deleted = len(gone_loose)
     report.strays_deleted = len(strays)

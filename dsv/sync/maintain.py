@@ -115,7 +115,7 @@ class Lease:
         if current is not None:
             until = _until(current[0], LEASE_SECONDS)
             if until > time.time():
-                self.holder_until = _when(until)
+                self.holder_until = when(until)
                 return False
         if backend.write_ref(MAINTAIN_LOCK, self._body(),
                              current[1] if current else None) is None:
@@ -186,9 +186,10 @@ def gc_lease_until(remote: Remote) -> float | None:
     return until if until > time.time() else None
 
 
-def _when(ts: float) -> str:
+def when(ts: float, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A lease's expiry as local time ('?' for one no clock can show)."""
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+        return time.strftime(fmt, time.localtime(ts))
     except (OverflowError, OSError, ValueError):
         return "?"
 
@@ -258,12 +259,12 @@ class PushLock:
             self.remote.backend.delete(self.key)
             if time.monotonic() > deadline:
                 raise RemoteError(f"a remote gc of {self.remote.name} is still running "
-                                  f"(its lease holds until {_when(until)}); nothing was "
+                                  f"(its lease holds until {when(until)}); nothing was "
                                   f"pushed", hint="push again when it is done")
             if not told:
                 self.remote.core.reporter.notice(
                     f"waiting for the remote gc of {self.remote.name} to end (its lease "
-                    f"holds until {_when(until)})")
+                    f"holds until {when(until)})")
                 told = True
             time.sleep(_POLL)
         self.lapsed = False
