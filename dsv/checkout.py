@@ -51,27 +51,37 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     behind, diverged = _behind_latest(core, ds, head)
     if not root.is_dir():
         return StatusReport(ds, head, Changes(), [], behind, diverged, missing=True)
-    files, skipped = worktree.scan(root, core.excluded(ds), ignore_files=True,
-                                   ignored=ignored)
-    if ignored is not None:
-        ignored.sort()
+    skipped: list[str] = []
+
+    def walk() -> Iterator[worktree.Run]:
+        # Each pass over the directory starts from nothing (a second pass runs only when
+        # the first one's shortcut failed).
+        skipped.clear()
+        if ignored is not None:
+            ignored.clear()
+        return worktree.walk(root, skipped, core.excluded(ds), ignore_files=True,
+                             ignored=ignored)
+
     if head is not None:
-        digest = worktree.stat_digest(files)
-        if digest is not None and core.index.clean_scan(ds.id) == (head.tree, digest):
-            # This very scan was vouched for before: no stat-cache row to read.
-            return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
-        seen = worktree.stat_changes(files, core.index.iter_stat_keys(ds.id)) \
+        remembered = core.index.clean_scan(ds.id)
+        if remembered is not None and remembered[0] == head.tree and \
+                worktree.scan_digest(walk()) == remembered[1]:
+            # This very walk was vouched for before: no stat-cache row to read.
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged,
+                                ignored=_sorted(ignored))
+        seen = worktree.stat_changes(walk(), core.index.iter_stat_keys(ds.id)) \
             if ds.cache_tree == head.tree else None
         if seen is not None and seen.rows == head.files and not seen.unvouched and \
                 not seen.gone:
             # The cache vouches for every file and describes the head tree exactly: no
             # tree to read, nothing to hash; and the next status compares one digest.
-            if digest is not None:
+            if seen.digest is not None:
                 with core.locked_if_free("status") as got:
                     now = core.index.dataset_by("id", ds.id) if got else None
                     if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
-                        core.index.put_clean_scan(ds.id, head.tree, digest)
-            return StatusReport(ds, head, Changes(), skipped, behind, diverged, ignored=ignored)
+                        core.index.put_clean_scan(ds.id, head.tree, seen.digest)
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged,
+                                ignored=_sorted(ignored))
         if seen is not None and seen.rows == head.files:
             # Every other file is the head's entry (see versions._snapshot_changes): hash
             # only these, and read only the parts of the head's tree that hold them.
@@ -79,12 +89,22 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                 snap = worktree.snapshot(root, seen.unvouched, {}, None, advance)
             base = _entries_at(core, head, [*seen.unvouched, *seen.gone])
             return _status_report(core, ds, head, base, snap, skipped, behind, diverged,
-                                  ignored)
+                                  _sorted(ignored))
+    files: dict[str, worktree.FileStat] = {}
+    for run in walk():
+        files.update(run)
+    ignored = _sorted(ignored)
     cache = core.index.stat_cache(ds.id)
     with core.reporter.task("hashing", len(files)) as advance:
         snap = worktree.snapshot(root, files, cache, None, advance)
     base = core.manifest(head) if head else {}
     return _status_report(core, ds, head, base, snap, skipped, behind, diverged, ignored)
+
+
+def _sorted(paths: list[str] | None) -> list[str] | None:
+    if paths is not None:
+        paths.sort()
+    return paths
 
 
 def _entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
@@ -174,6 +194,11 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         else:
             excluded = []
         key = str(target)
+        if in_worktree and not paths and not force and set(excluded) <= {DSV_DIR} and \
+                core.index.checkout_journal(key) is None:
+            changed = _place_changes(core, version, ds, target, key)
+            if changed is not None:
+                return changed
         leftovers: list[str] = []
         stores: list[str] = []
         files, _ = worktree.scan(target, excluded, leftovers, stores,
@@ -274,6 +299,94 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         core.index.checkpoint()
         return CheckoutReport(version, target, len(to_write), len(to_remove),
                               len(wanted) - len(to_write), nbytes)
+
+
+def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key: str
+                   ) -> CheckoutReport | None:
+    """Check `version` out into the dataset's directory from the head, when the stat
+    cache describes the head (`cache_tree`) and no nested dataset or store lies inside:
+    the walk is merged with the cache (status's way), the head and the version are
+    compared tree by tree (only directories whose ids differ are read), and only the
+    paths either changed are looked at, hashed, written or removed. Memory and time grow
+    with what changed, not with the version. None when the cache cannot say (the caller
+    then compares whole manifests)."""
+    head = core.head(ds)
+    if head is None or ds.cache_tree != head.tree:
+        return None
+    skipped: list[str] = []
+    stores: list[str] = []
+    seen = worktree.stat_changes(
+        worktree.walk(target, skipped, core.excluded(ds), stores=stores, ignore_files=True),
+        core.index.iter_stat_keys(ds.id))
+    if seen.rows != head.files or stores:
+        return None
+    # What the directory holds where the cache cannot vouch for it, and the head there.
+    snap = worktree.snapshot(target, seen.unvouched, {}, None)
+    current: dict[str, Entry | None] = dict.fromkeys(seen.gone)
+    current.update(snap.manifest)
+    head_at = _entries_at(core, head, list(current))
+    local = {p for p, e in current.items()
+             if e is None or p not in head_at or not _same_entry(e, head_at[p])}
+    # What the version holds where either side changed (a path only the directory
+    # changed keeps the head's entry in the version), and what stands there now.
+    wanted: dict[str, Entry | None] = {}
+    now: dict[str, Entry | None] = {}
+    for p, old, new in tree.diff_trees(head.tree, version.tree, core.read_tree):
+        wanted[p], now[p] = new, old
+    for p in local:
+        wanted.setdefault(p, head_at.get(p))
+        now[p] = current[p]
+    to_write: list[tuple[str, Entry]] = []
+    to_remove: list[str] = []
+    for p in sorted(wanted):
+        entry, there = wanted[p], now[p]
+        if entry is not None and not _same_entry(there, entry):
+            to_write.append((p, entry))
+        elif entry is None and there is not None:
+            to_remove.append(p)
+    # A file may be replaced or removed only if it is as the head left it.
+    at_risk = [p for p in to_remove + [p for p, _e in to_write] if p in local and
+               now[p] is not None]
+    if at_risk:
+        shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
+        raise DirtyWorktree(f"checkout would discard "
+                            f"{plural(len(at_risk), 'uncommitted change')} in {target}: "
+                            f"{shown}", hint="commit them first, or pass --force")
+    links: Manifest = {}
+    if any(e.kind == tree.LINK for _p, e in to_write):
+        # A new link is checked through every link of the version (the head's were
+        # checked when they were placed or committed).
+        links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree)
+                 if e.kind == tree.LINK}
+    ensure_blobs(core, version, [e for _p, e in to_write] + list(links.values()))
+    tree.validate_links(links, core.objects.read, {DSV_DIR})
+    with core.index.transaction():
+        core.index.begin_checkout(key, version.id)
+    crashpoint("checkout:journal-written")
+    worktree.remove_paths(target, to_remove)
+    placer = worktree.Materializer(core.objects, target, "auto", stat_rows=True)
+    nbytes = sum(e.size for _p, e in to_write)
+    with core.reporter.task("checkout", len(to_write), nbytes) as advance:
+        rows = placer.place(to_write, advance)
+    rows = worktree.settle(target, rows)
+    written = {p for p, _e in to_write}
+    # Rows of hashed files left in place that already matched: their content is stored.
+    final = {p: wanted[p] if p in wanted else head_at.get(p) for p in snap.manifest}
+    kept = [(p, r) for p, r in snap.stat_rows if p not in written and
+            (entry := final[p]) is not None and _same_entry(snap.manifest[p], entry)]
+    removed = set(to_remove)
+    untouched = [p for p in snap.manifest if p not in written and p not in removed]
+    complete = len(rows) == len(to_write) and len(kept) == len(untouched)
+    with core.index.transaction():
+        core.index.put_stat_rows(ds.id, kept)
+        core.index.put_stat_rows(ds.id, rows)
+        core.index.drop_stat_rows(ds.id, to_remove)
+        core.index.update_dataset(ds.id, head=version.id,
+                                  cache_tree=version.tree if complete else None)
+        core.index.end_checkout(key, None)
+    core.index.checkpoint()
+    return CheckoutReport(version, target, len(to_write), len(to_remove),
+                          version.files - len(to_write), nbytes)
 
 
 FRESH_CHUNK = 50_000

@@ -477,10 +477,43 @@ class Index:
         return {r[0]: r[1:] for r in self.iter_stat_keys(ds_id)}
 
     def iter_stat_keys(self, ds_id: str) -> Iterator[tuple[str, int, int, int, int, int]]:
-        """The cache's rows without object ids, as they are read: (path, size, mtime_ns,
-        inode, mode, cached_ns)."""
+        """The cache's rows without object ids, as they are read, in path order (the order
+        of worktree.walk): (path, size, mtime_ns, inode, mode, cached_ns)."""
         return iter(self.conn.execute("SELECT path, size, mtime_ns, ino, mode, cached_ns "
-                                      "FROM statcache WHERE dataset=?", (ds_id,)))
+                                      "FROM statcache WHERE dataset=? ORDER BY path",
+                                      (ds_id,)))
+
+    def stat_rows_between(self, ds_id: str, after: str, upto: str | None
+                          ) -> list[tuple[str, StatRow]]:
+        """The cache's rows of paths after `after` up to `upto` (to the end when None), in
+        path order: the rows of one stretch of a walk."""
+        sql = ("SELECT path, size, mtime_ns, ino, mode, oid, cached_ns FROM statcache "
+               "WHERE dataset=? AND path>?")
+        args: tuple[str, ...] = (ds_id, after)
+        if upto is not None:
+            sql, args = sql + " AND path<=?", args + (upto,)
+        return [(r[0], r[1:]) for r in self.conn.execute(sql + " ORDER BY path", args)]
+
+    def stage_stat_rows(self, rows: Iterable[tuple[str, StatRow]], first: bool = False
+                        ) -> None:
+        """Keep rows for `put_staged_stat_rows` in a temp table (this connection's own):
+        a commit of a million files holds none of them in memory. `first` drops what an
+        earlier use left."""
+        if first:
+            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS statstaged (path TEXT PRIMARY "
+                              "KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, mode INTEGER, "
+                              "oid TEXT, cached_ns INTEGER) WITHOUT ROWID")
+            self.conn.execute("DELETE FROM statstaged")
+        self.conn.executemany("INSERT OR REPLACE INTO statstaged VALUES (?,?,?,?,?,?,?)",
+                              ((p, *r) for p, r in rows))
+
+    def put_staged_stat_rows(self, ds_id: str) -> None:
+        """Move the staged rows into the dataset's stat cache."""
+        if not self.read_only:
+            self.conn.execute("INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, "
+                              "ino, mode, oid, cached_ns) SELECT ?, path, size, mtime_ns, ino, "
+                              "mode, oid, cached_ns FROM statstaged", (ds_id,))
+        self.conn.execute("DELETE FROM statstaged")
 
     def put_stat_rows(self, ds_id: str, rows: Iterable[tuple[str, StatRow]]) -> None:
         """Remember hashed files (a cache: on an index that cannot be written, skipped, so
@@ -506,7 +539,7 @@ class Index:
 
     def clean_scan(self, ds_id: str) -> tuple[str, str] | None:
         """(tree, digest): the last scan of the dataset's directory that the stat cache
-        vouched for in full, and the tree it showed (see worktree.stat_digest)."""
+        vouched for in full, and the tree it showed (see worktree.ScanDigest)."""
         row = self.conn.execute("SELECT tree, digest FROM statdigest WHERE dataset=?",
                                 (ds_id,)).fetchone()
         return (row[0], row[1]) if row else None

@@ -266,6 +266,51 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
     raise AssertionError("unreachable: the root is always built last")
 
 
+class TreeBuilder:
+    """`build_tree` for entries that arrive in path order (a walk's): each directory's
+    tree is written as soon as the paths leave it, so memory holds only the directories
+    on the current path, not the manifest. Gives the ids `build_tree` gives."""
+
+    def __init__(self, store_tree: Callable[[str, bytes], None]) -> None:
+        self._store_tree = store_tree
+        self._open: list[tuple[str, list[Row]]] = [("", [])]  # the current path's dirs
+        self._last = ""
+
+    def add(self, path: str, entry: Entry) -> None:
+        """The next file or link, its path after every path added before."""
+        if path <= self._last:
+            raise AssertionError(f"bug in dsv: {path} added to a tree after {self._last}")
+        self._last = path
+        parent, _, name = path.rpartition("/")
+        top = self._open[-1][0]
+        while top and parent != top and not parent.startswith(top + "/"):
+            self._close()
+            top = self._open[-1][0]
+        if parent != top:
+            rest = parent[len(top) + 1:] if top else parent
+            for part in rest.split("/"):
+                top = f"{top}/{part}" if top else part
+                self._open.append((top, []))
+        self._open[-1][1].append((name, entry.kind, entry.mode, entry.size, entry.oid))
+
+    def finish(self) -> tuple[str, int]:
+        """Write what is still open; the root tree's id and the total size."""
+        while len(self._open) > 1:
+            self._close()
+        return self._write(*self._open.pop())
+
+    def _close(self) -> None:
+        directory, rows = self._open.pop()
+        oid, size = self._write(directory, rows)
+        self._open[-1][1].append((directory.rpartition("/")[2], DIR, 0, size, oid))
+
+    def _write(self, directory: str, rows: list[Row]) -> tuple[str, int]:
+        rows.sort()   # names are unique: by name (code-point order is UTF-8 byte order)
+        oid = _store_dir(rows, self._store_tree) if len(rows) > SHARD_ENTRIES else \
+            _store(encode_tree(rows), self._store_tree, directory)
+        return oid, sum(r[3] for r in rows)
+
+
 _KEEP: Any = object()
 """In `update_tree`, a name whose file (or directory) the changes leave as it was."""
 
@@ -641,6 +686,33 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
                                         f"{MAX_VERSION_PATHS:,} paths")
                 yield path, Entry(kind, mode, size, child)
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
+
+
+def diff_trees(a: str, b: str, read_tree: Callable[[str], bytes]
+               ) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    """(path, entry under `a`, entry under `b`) of every file or link that differs between
+    trees `a` and `b` (None where one has none), reading only the directories whose ids
+    differ: what changed between two versions costs what changed, not what they hold.
+    A path that is a file on one side and a directory on the other yields the file, and
+    the directory's files with None on the file's side."""
+    stack: list[tuple[str, str | None, str | None]] = [("", a, b)]
+    while stack:
+        base, x, y = stack.pop()
+        if x == y:
+            continue
+        xs = {r[0]: r for r in entries(x, read_tree)} if x is not None else {}
+        ys = {r[0]: r for r in entries(y, read_tree)} if y is not None else {}
+        for name in xs.keys() | ys.keys():
+            path = f"{base}/{name}" if base else name
+            rx, ry = xs.get(name), ys.get(name)
+            dx = rx[4] if rx is not None and rx[1] == DIR else None
+            dy = ry[4] if ry is not None and ry[1] == DIR else None
+            if dx != dy:
+                stack.append((path, dx, dy))
+            fx = Entry(*rx[1:]) if rx is not None and dx is None else None
+            fy = Entry(*ry[1:]) if ry is not None and dy is None else None
+            if fx != fy:
+                yield path, fx, fy
 
 
 def find(root: str, read_tree: Callable[[str], bytes], path: str) -> Row | None:

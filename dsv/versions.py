@@ -12,6 +12,8 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from .hashing import hash_bytes
 from .model import COMMITTED, DRAFT, Dataset, Entry, Manifest, StatRow, TagRow, Version
 from .objects import KIND_VERSION, RACY_NS, Ingest
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_relpath, normalize_user_path
+from .paths import check_links, check_relpath, normalize_user_path
 from .records import encode_record
 from .reporting import plural
 
@@ -149,7 +151,8 @@ def _record(core: Core, v: Version) -> bytes:
 
 
 def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
-                     stat_rows: tuple[str, list[tuple[str, StatRow]], set[str]] | None = None,
+                     stat_rows: tuple[str, list[tuple[str, StatRow]] | None, set[str]]
+                     | None = None,
                      head: bool = False, cache_tree: str | None = None,
                      scan: str | None = None, force: bool = False) -> Version:
     """Seal `v` (state committed): write its record, then make it visible in one transaction
@@ -176,7 +179,10 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
         if stat_rows is not None:
             ds_id, rows, gone = stat_rows
             core.index.drop_stat_rows(ds_id, gone)
-            core.index.put_stat_rows(ds_id, rows)
+            if rows is None:   # staged in the index as the commit went
+                core.index.put_staged_stat_rows(ds_id)
+            else:
+                core.index.put_stat_rows(ds_id, rows)
             if scan is not None:
                 core.index.put_clean_scan(ds_id, v.tree, scan)
 
@@ -207,71 +213,152 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                                     f"another with `dsv datasets update {ds.name} --path DIR`")
         if not force:
             _check_not_behind(core, ds)
-        stores: list[str] = []
         excluded = core.excluded(ds)
-        links: list[str] = []
-        files, _skipped = worktree.scan(root, excluded, stores=stores, ignore_files=True,
-                                        links=links)
         head = core.head(ds)
         with Ingest(core.objects) as ingest:
-            total = sum(f[0] for f in files.values())
-            with core.reporter.task("committing", len(files), total) as advance:
-                made = _snapshot_changes(core, ds, head, root, files, links, ingest,
-                                         advance, excluded + stores)
-            snap, root_tree, size, gone = made
+            made = _snapshot_changes(core, ds, head, root, excluded, ingest)
             if head is not None and not allow_empty and (
-                    head.tree == root_tree or
-                    tree.same_content(head.tree, root_tree, core.read_tree)):
+                    head.tree == made.tree or
+                    tree.same_content(head.tree, made.tree, core.read_tree)):
                 raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                       hint="use --allow-empty to record it anyway")
             now = time.time()
             v = Version(id=core.new_version_id(), dataset=ds.id, state=COMMITTED,
-                        tree=root_tree, parents=[head.id] if head else [], message=message,
+                        tree=made.tree, parents=[head.id] if head else [], message=message,
                         author=author or default_author(), created=now, committed=now,
-                        lineage=lineage, size=size, files=len(files))
-            complete = len(snap.stat_rows) == snap.hashed_files
+                        lineage=lineage, size=made.size, files=made.files)
             # When the cache now vouches for every file, the next status needs only this
-            # scan's digest (see worktree.stat_digest).
-            vouched = complete and all(row[1] < row[5] - RACY_NS for _, row in snap.stat_rows)
+            # walk's digest (see worktree.ScanDigest).
             return _write_committed(core, ingest, v, new=True, head=True,
-                                    stat_rows=(ds.id, snap.stat_rows, gone),
-                                    cache_tree=root_tree if complete else None,
-                                    scan=worktree.stat_digest(files) if vouched else None,
+                                    stat_rows=(ds.id, None if made.staged else
+                                               made.snap.stat_rows, made.gone),
+                                    cache_tree=made.tree if made.complete else None,
+                                    scan=made.digest if made.vouched else None,
                                     force=force)
 
 
+@dataclass
+class _Made:
+    """What a commit's snapshot made: the tree of the directory and what it took."""
+
+    snap: worktree.Snapshot     # what was hashed (its stat-cache rows, unless staged)
+    tree: str
+    size: int
+    files: int
+    gone: set[str]              # cached paths no longer there
+    digest: str | None          # the walk's digest (worktree.ScanDigest)
+    staged: bool = True         # the new stat-cache rows are in the index's stage
+    complete: bool = False      # every hashed file has its row
+    vouched: bool = False       # ... and no row is racily clean
+
+
 def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
-                      files: dict[str, worktree.FileStat], links: list[str], ingest: Ingest,
-                      advance: worktree.Progress, fences: list[str]
-                      ) -> tuple[worktree.Snapshot, str, int, set[str]]:
-    """Hash and store what the stat cache cannot vouch for, and make the tree of `files`:
-    (the snapshot of what was hashed, root tree, size, cached paths that are gone).
+                      excluded: list[str], ingest: Ingest) -> _Made:
+    """Walk the dataset's directory, hash and store what the stat cache cannot vouch
+    for, and make the tree of what is there.
 
     When the cache describes the head's tree exactly (`cache_tree`: every path of the
     head has a row naming its content, and no other path has one) and holds as many rows
     as the head has files, a file it vouches for is the head's entry unchanged, so the
-    new tree is the head's with only the other files applied (tree.update_tree): what a
-    commit costs beyond one lstat and one cache row per file grows with what changed,
-    not with the size of the directories. Otherwise every file goes into a manifest and
-    the tree is built whole; both give the same tree for the same files (for a head
-    tree that build_tree wrote: tests/test_incremental_tree.py).
+    new tree is the head's with only the other files applied (tree.update_tree): the walk
+    is merged with the cache as both stream, and what a commit costs beyond one lstat
+    and one cache row per file grows with what changed, not with the dataset. Otherwise
+    every file goes into a manifest and the tree is built whole; both give the same tree
+    for the same files (for a head tree that build_tree wrote:
+    tests/test_incremental_tree.py).
     """
+    stores: list[str] = []
+    links: list[str] = []
+    skipped: list[str] = []
+
+    def walk() -> Iterator[worktree.Run]:
+        del stores[:], links[:], skipped[:]
+        return worktree.walk(root, skipped, excluded, stores=stores, ignore_files=True,
+                             links=links)
+
     if head is not None and ds.cache_tree == head.tree:
-        seen = worktree.stat_changes(files, core.index.iter_stat_keys(ds.id))
+        with core.reporter.task("scanning") as advance:
+            seen = worktree.stat_changes(_counted(walk(), advance),
+                                         core.index.iter_stat_keys(ds.id))
         if seen.rows == head.files:
             changed = seen.unvouched
-            advance(len(files) - len(changed), 0)
-            snap = worktree.snapshot(root, changed, {}, ingest, advance, fences=fences,
-                                     other_links=[p for p in links if p not in changed])
+            total = sum(f[0] for f in changed.values())
+            with core.reporter.task("committing", len(changed), total) as advance:
+                snap = worktree.snapshot(root, changed, {}, ingest, advance,
+                                         fences=excluded + stores,
+                                         other_links=[p for p in links if p not in changed])
             delta: dict[str, Entry | None] = dict.fromkeys(seen.gone)
             delta.update(snap.manifest)
             root_tree, size = tree.update_tree(head.tree, head.size, delta, core.read_tree,
                                                core.tree_writer(ingest))
-            return snap, root_tree, size, set(seen.gone)
-    cache = core.index.stat_cache(ds.id)
-    snap = worktree.snapshot(root, files, cache, ingest, advance, fences=fences)
-    root_tree, size = tree.build_tree(snap.manifest, core.tree_writer(ingest))
-    return snap, root_tree, size, set(cache) - set(files)
+            complete = len(snap.stat_rows) == snap.hashed_files
+            return _Made(snap, root_tree, size, seen.files, set(seen.gone), seen.digest,
+                         staged=False, complete=complete,
+                         vouched=complete and all(row[1] < row[5] - RACY_NS
+                                                  for _p, row in snap.stat_rows))
+    return _snapshot_whole(core, ds, root, walk(), excluded, stores, ingest)
+
+
+COMMIT_CHUNK = 20_000
+"""Files a commit without a usable stat cache hashes, and gives to its trees, at once."""
+
+
+def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree.Run],
+                    excluded: list[str], stores: list[str], ingest: Ingest) -> _Made:
+    """Snapshot every file of a walk (the cache may still vouch for some), a chunk at a
+    time: hash what the chunk's stat-cache rows do not vouch for, give its entries to a
+    TreeBuilder in path order, stage its new rows in the index. Memory holds one chunk
+    and the directories on the current path, never the dataset's manifest. The links
+    are checked together at the end, fenced by `excluded` and the nested `stores` the
+    walk met."""
+    builder = tree.TreeBuilder(core.tree_writer(ingest))
+    digest = worktree.ScanDigest()
+    links: dict[str, str] = {}
+    gone: set[str] = set()
+    made = _Made(worktree.Snapshot({}, []), "", 0, 0, gone, None)
+    staged = hashed = 0
+    vouched = True
+    core.index.stage_stat_rows((), first=True)
+    after = ""
+
+    def take(chunk: dict[str, worktree.FileStat], upto: str | None) -> None:
+        nonlocal after, staged, hashed, vouched
+        cache = dict(core.index.stat_rows_between(ds.id, after, upto))
+        gone.update(p for p in cache if p not in chunk)
+        snap = worktree.snapshot(root, chunk, cache, ingest, advance, check=False)
+        for path in sorted(snap.manifest):
+            builder.add(path, snap.manifest[path])
+        links.update(snap.links)
+        core.index.stage_stat_rows(snap.stat_rows)
+        staged += len(snap.stat_rows)
+        hashed += snap.hashed_files
+        vouched = vouched and all(row[1] < row[5] - RACY_NS for _p, row in snap.stat_rows)
+        made.files += len(chunk)
+        if upto is not None:
+            after = upto
+
+    with core.reporter.task("committing") as advance:
+        chunk: dict[str, worktree.FileStat] = {}
+        for run in runs:
+            digest.add(run)
+            chunk.update(run)
+            if len(chunk) >= COMMIT_CHUNK:
+                take(chunk, run[-1][0])
+                chunk = {}
+        take(chunk, None)
+    check_links(links, excluded + stores)
+    made.tree, made.size = builder.finish()
+    made.digest = digest.hexdigest()
+    made.complete = staged == hashed
+    made.vouched = made.complete and vouched
+    return made
+
+
+def _counted(runs: Iterator[worktree.Run], advance: worktree.Progress
+             ) -> Iterator[worktree.Run]:
+    for run in runs:
+        advance(len(run), 0)
+        yield run
 
 
 def _check_not_behind(core: Core, ds: Dataset) -> None:

@@ -10,13 +10,15 @@ touch the index: callers pass the stat cache in and write the rows it returns.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
 from . import fileio, ignore
@@ -53,11 +55,34 @@ in one step with the first four of a stat-cache row (index.StatRow).
 """
 
 
+Run = list[tuple[str, FileStat]]
+"""Files a walk yields at once: consecutive in path order."""
+
+RUN_FILES = 4096
+"""A walk's run ends once it holds this many files (the files of one directory between two
+of its subdirectories join a run whole)."""
+
+
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
          stores: list[str] | None = None, ignore_files: bool = False,
          ignored: list[str] | None = None, links: list[str] | None = None
          ) -> tuple[dict[str, FileStat], list[str]]:
-    """Every file and symlink under `root` (relative POSIX paths) and what was skipped.
+    """Every file and symlink under `root` (relative POSIX paths, in path order) and what
+    was skipped: `walk` gathered into one dictionary, for callers that need it whole."""
+    skipped: list[str] = []
+    found: dict[str, FileStat] = {}
+    for run in walk(root, skipped, excluded, leftovers, stores, ignore_files, ignored, links):
+        found.update(run)
+    return found, skipped
+
+
+def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
+         leftovers: list[str] | None = None, stores: list[str] | None = None,
+         ignore_files: bool = False, ignored: list[str] | None = None,
+         links: list[str] | None = None) -> Iterator[Run]:
+    """Every file and symlink under `root` (relative POSIX paths), in runs, in path order
+    (the order of the strings, so the order SQLite keeps the stat cache in): memory grows
+    with the largest directory, not with the tree. What is skipped is added to `skipped`.
 
     `excluded` are root-relative directories left out (the store itself, nested datasets).
     Temp files of an interrupted checkout are never content; their paths are added to
@@ -69,64 +94,105 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
 
     This loop is most of what a status or commit of a large directory costs: names come
     from `os.listdir` (no DirEntry objects) and each lstat's mode says what the entry is,
-    so every entry costs one syscall and one tuple.
+    so every entry costs one syscall and one tuple. A directory's entries are sorted with
+    a subdirectory keyed `name/`: its files then come exactly where their paths sort.
     """
     skip = set(excluded)
-    found: dict[str, FileStat] = {}
-    skipped: list[str] = []
     no_rules: ignore.Rules = ()
-    stack = [("", os.fspath(root), no_rules)]
+    # Open directories: [files sorted, subdirectories sorted with the position among the
+    # files where each sorts, next subdirectory]; a subdirectory is (rel, abs, rules).
+    frames: list[list[Any]] = []
+    listing = functools.partial(_listing, skip=skip, skipped=skipped, leftovers=leftovers,
+                                stores=stores, ignore_files=ignore_files, ignored=ignored,
+                                links=links)
+    top = listing("", os.fspath(root), no_rules)
+    if top is not None:
+        frames.append([*top, 0, 0])
+    run: Run = []
+    while frames:
+        frame = frames[-1]
+        files, subdirs, sub_i, file_i = frame
+        if sub_i < len(subdirs):
+            at, rel, abs_dir, rules = subdirs[sub_i]
+            run.extend(files[file_i:at])
+            frame[2], frame[3] = sub_i + 1, at
+            sub = listing(rel, abs_dir, rules)
+            if sub is not None:
+                frames.append([*sub, 0, 0])
+        else:
+            run.extend(files[file_i:])
+            frames.pop()
+        if len(run) >= RUN_FILES:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
+             skipped: list[str], leftovers: list[str] | None, stores: list[str] | None,
+             ignore_files: bool, ignored: list[str] | None, links: list[str] | None
+             ) -> tuple[Run, list[tuple[int, str, str, ignore.Rules]]] | None:
+    """One directory for `walk`: its files sorted, and its subdirectories, each with the
+    position among those files where its paths sort (keyed `name/`); None when it is
+    gone or left out."""
+    prefix = rel_dir + "/" if rel_dir else ""
+    try:
+        names = os.listdir(abs_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    base = abs_dir + "/"
+    dotted = [name for name in names if name[0] == "."]
+    if rel_dir and any(is_reserved(name) and _is_dir(base + name) for name in dotted):
+        if stores is not None:
+            stores.append(rel_dir)
+        return None  # another store's workspace, as git leaves out a nested repository
+    if ignore_files and ignore.IGNORE_FILE in dotted:
+        rules = ignore.load(rules, rel_dir, abs_dir)
+    if dotted:
+        _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
+    files: Run = []
+    add = files.append
+    dirs: list[str] = []
     lstat = os.lstat
     is_ignored = ignore.ignored
-    while stack:
-        rel_dir, abs_dir, rules = stack.pop()
-        prefix = rel_dir + "/" if rel_dir else ""
+    for name in names:
         try:
-            names = os.listdir(abs_dir)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        base = abs_dir + "/"
-        dotted = [name for name in names if name[0] == "."]
-        if rel_dir and any(is_reserved(name) and _is_dir(base + name) for name in dotted):
-            if stores is not None:
-                stores.append(rel_dir)
-            continue  # another store's workspace, as git leaves out a nested repository
-        if ignore_files and ignore.IGNORE_FILE in dotted:
-            rules = ignore.load(rules, rel_dir, abs_dir)
-        if dotted:
-            _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
-        for name in names:
-            try:
-                st = lstat(base + name)
-            except FileNotFoundError:
-                continue  # removed since it was listed
-            mode = st.st_mode
-            kind = mode & 0o170000
-            if kind == 0o100000:      # S_IFREG
-                if rules and is_ignored(rules, prefix + name, False):
-                    if ignored is not None:
-                        ignored.append(prefix + name)
-                    continue
-                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777,
-                                        FILE)
-            elif kind == 0o040000:    # S_IFDIR
-                rel = prefix + name
-                if rules and is_ignored(rules, rel, True):
-                    if ignored is not None:
-                        ignored.append(rel + "/")
-                elif rel not in skip:
-                    stack.append((rel, base + name, rules))
-            elif rules and is_ignored(rules, prefix + name, False):
+            st = lstat(base + name)
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        mode = st.st_mode
+        kind = mode & 0o170000
+        if kind == 0o100000:      # S_IFREG
+            if rules and is_ignored(rules, prefix + name, False):
                 if ignored is not None:
                     ignored.append(prefix + name)
-            elif kind == 0o120000:    # S_IFLNK
-                found[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777,
-                                        LINK)
-                if links is not None:
-                    links.append(prefix + name)
-            else:
-                skipped.append(prefix + name)
-    return found, skipped
+                continue
+            add((prefix + name, (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777, FILE)))
+        elif kind == 0o040000:    # S_IFDIR
+            rel = prefix + name
+            if rules and is_ignored(rules, rel, True):
+                if ignored is not None:
+                    ignored.append(rel + "/")
+            elif rel not in skip:
+                dirs.append(rel)
+        elif rules and is_ignored(rules, prefix + name, False):
+            if ignored is not None:
+                ignored.append(prefix + name)
+        elif kind == 0o120000:    # S_IFLNK
+            add((prefix + name, (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777, LINK)))
+            if links is not None:
+                links.append(prefix + name)
+        else:
+            skipped.append(prefix + name)
+    files.sort()   # paths are unique: the tuples compare by path alone
+    dirs.sort(key=_dir_key)
+    return files, [(bisect_left(files, (rel + "/",)), rel, base + rel[len(prefix):], rules)
+                   for rel in dirs]
+
+
+def _dir_key(rel: str) -> str:
+    return rel + "/"
 
 
 def _is_dir(path: str) -> bool:
@@ -156,11 +222,13 @@ def _leave_out_dotted(names: list[str], dotted: list[str], base: str, prefix: st
 
 @dataclass
 class StatChanges:
-    """What a scan shows beside the stat cache (see `stat_changes`)."""
+    """What a walk shows beside the stat cache (see `stat_changes`)."""
 
-    unvouched: dict[str, FileStat]   # scanned files the cache does not vouch for
-    gone: list[str]                  # cached paths the scan did not find
+    unvouched: dict[str, FileStat]   # walked files the cache does not vouch for
+    gone: list[str]                  # cached paths the walk did not find
     rows: int                        # rows the cache holds
+    files: int = 0                   # files walked
+    digest: str | None = None        # the walk's digest (ScanDigest)
 
 
 def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
@@ -190,58 +258,102 @@ def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
     return kept
 
 
-def stat_changes(files: dict[str, FileStat],
+def stat_changes(runs: Iterable[Run],
                  rows: Iterable[tuple[str, int, int, int, int, int]]) -> StatChanges:
-    """The scanned files whose content the stat cache cannot vouch for, and the cached
-    paths that are gone, from rows (path, size, mtime_ns, inode, mode, cached_ns) read as
-    they come (no dictionary of 200,000 rows is built only to be compared once).
+    """The walked files whose content the stat cache cannot vouch for, and the cached
+    paths that are gone, from runs in path order (`walk`) and rows (path, size, mtime_ns,
+    inode, mode, cached_ns) in path order, merged as they come: memory grows with what
+    changed, not with the tree.
 
     A row vouches for a file when size, mtime, inode and mode match and the file was not
     modified so close to the moment it was cached that a later write could share its
     mtime (git's "racily clean" entries: those are hashed again). One comparison per
     row: commit and status then hash, and look up in the head's tree, only what this
     returns."""
-    remaining = dict(files)   # what no row names, once every row has taken its file
-    take = remaining.pop
     unvouched: dict[str, FileStat] = {}
     gone: list[str] = []
     count = 0
     racy = RACY_NS
-    for path, size, mtime_ns, ino, mode, cached_ns in rows:
+    digest = ScanDigest()
+    pending = iter(rows)
+    row = next(pending, None)
+    last = ""
+    for run in runs:
+        digest.add(run)
+        if run[0][0] <= last:
+            raise AssertionError("bug in dsv: a walk left path order")
+        last = run[-1][0]
+        for rel, fs in run:
+            while row is not None and row[0] < rel:
+                gone.append(row[0])
+                count += 1
+                row = next(pending, None)
+            if row is None or row[0] != rel:
+                unvouched[rel] = fs    # a new file: no row at all
+                continue
+            count += 1
+            if fs[0] != row[1] or fs[1] != row[2] or fs[2] != row[3] or fs[3] != row[4] or \
+                    row[2] >= row[5] - racy:
+                unvouched[rel] = fs
+            row = next(pending, None)
+    while row is not None:
+        gone.append(row[0])
         count += 1
-        fs = take(path, None)
-        if fs is None:
-            gone.append(path)
-        elif fs[0] != size or fs[1] != mtime_ns or fs[2] != ino or fs[3] != mode or \
-                mtime_ns >= cached_ns - racy:
-            unvouched[path] = fs
-    unvouched.update(remaining)  # new files: no row at all
-    return StatChanges(unvouched, gone, count)
+        row = next(pending, None)
+    return StatChanges(unvouched, gone, count, digest.files, digest.hexdigest())
 
 
 _STATS = struct.Struct("<qqQq")  # size, mtime_ns, inode, permission bits
 
 
-def stat_digest(files: dict[str, FileStat]) -> str | None:
-    """A digest of everything a scan saw (paths in scan order, kinds, stats), or None when a
-    value does not fit the digest's 64-bit fields.
+class ScanDigest:
+    """A digest of everything a walk saw (paths in walk order, kinds, stats), fed run by
+    run; `hexdigest` is None when a value did not fit the digest's 64-bit fields.
 
     Status stores it beside the tree once the stat cache has vouched for every file; a
-    later scan with the same digest saw the same files with the same stats, so the same
+    later walk with the same digest saw the same files with the same stats, so the same
     contents (the stat cache's own rule), and status needs to read no stat-cache row.
+    Every run is framed by its length, so no two walks feed the same bytes.
     """
-    pack = _STATS.pack
-    try:
-        stats = b"".join([pack(fs[0], fs[1], fs[2], fs[3]) for fs in files.values()])
-    except struct.error:
-        return None
-    h = new_hasher()
-    h.update(b"dsv stat digest 1\n%d\n" % len(files))
-    h.update("\0".join(files).encode("utf-8", "surrogateescape"))
-    h.update(b"\0\0")
-    h.update("".join([fs[4] for fs in files.values()]).encode("ascii"))
-    h.update(stats)
-    return h.hexdigest()
+
+    def __init__(self) -> None:
+        self._hasher = new_hasher()
+        self._hasher.update(b"dsv stat digest 2\n")
+        self._fits = True
+        self.files = 0
+
+    def add(self, run: Run) -> None:
+        """Feed the next run of the walk."""
+        if not self._fits:
+            return
+        pack = _STATS.pack
+        try:
+            stats = b"".join([pack(fs[0], fs[1], fs[2], fs[3]) for _rel, fs in run])
+        except struct.error:
+            self._fits = False
+            return
+        update = self._hasher.update
+        update(b"%d\n" % len(run))
+        update("\0".join([rel for rel, _fs in run]).encode("utf-8", "surrogateescape"))
+        update(b"\0")
+        update("".join([fs[4] for _rel, fs in run]).encode("ascii"))
+        update(stats)
+        self.files += len(run)
+
+    def hexdigest(self) -> str | None:
+        """The digest of the whole walk (call once, after its last run)."""
+        if not self._fits:
+            return None
+        self._hasher.update(b"end %d\n" % self.files)
+        return self._hasher.hexdigest()
+
+
+def scan_digest(runs: Iterable[Run]) -> str | None:
+    """The ScanDigest of a whole walk."""
+    digest = ScanDigest()
+    for run in runs:
+        digest.add(run)
+    return digest.hexdigest()
 
 
 def _stored_mode(fs: FileStat) -> int:
@@ -262,7 +374,7 @@ class Snapshot:
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
              ingest: Ingest | None, progress: Progress | None = None,
              strict_links: bool = True, fences: Iterable[str] = (),
-             other_links: Iterable[str] = ()) -> Snapshot:
+             other_links: Iterable[str] = (), check: bool = True) -> Snapshot:
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
@@ -272,7 +384,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     False (a --to directory filled with `--link symlink`, only being compared). With an
     `ingest`, the links are checked through each other and through `other_links`, the
     dataset's symlinks that are not in `files` (a commit that snapshots only what changed
-    still checks every link of the version it makes).
+    still checks every link of the version it makes). A caller that snapshots a walk in
+    parts passes `check=False` and checks the links of all parts itself.
     """
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
@@ -341,7 +454,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     if ingest is not None:
         for rel in other_links:
             result.links[rel] = os.readlink(os.path.join(root, rel))
-        check_links(result.links, fences)  # what is stored: links through each other stay inside
+        if check:  # what is stored: links through each other stay inside
+            check_links(result.links, fences)
     return result
 
 

@@ -1,0 +1,283 @@
+"""Streaming walks and commits (issue 11): a walk yields files in path order (the order
+SQLite keeps the stat cache in), status and commit merge it with the cache as both
+stream, and a commit without a usable cache builds its trees directory by directory
+(tree.TreeBuilder) a chunk of files at a time, never holding the dataset's manifest.
+Chunks and runs are made tiny here, so every boundary is crossed many times."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import blake3
+import pytest
+
+import dsv as dsv_api
+from conftest import read_tree, write_tree
+from dsv import tree, versions, worktree
+from dsv.errors import UnsafePath
+from dsv.tree import FILE, LINK, Entry
+
+NAMES = ["a", "a.b", "a-b", "a0", "a b", "b", "é", "Z", "_", "aa"]
+
+
+def _tricky_tree(root: Path, seed: int, count: int) -> dict[str, bytes]:
+    """Files whose names sort differently as names and as paths ('a.b' < 'a/…' < 'a0')."""
+    rng = random.Random(seed)
+    files: dict[str, bytes] = {}
+    for i in range(count):
+        parts = [rng.choice(NAMES) for _ in range(rng.randrange(0, 4))] + [rng.choice(NAMES)]
+        path = "/".join(parts)
+        if any(p == path or p.startswith(path + "/") or path.startswith(p + "/")
+               for p in files):
+            continue
+        files[path] = b"%d" % i
+    write_tree(root, files)
+    return files
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_walk_yields_every_file_in_path_order(tmp_path: Path, seed: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worktree, "RUN_FILES", 3)
+    files = _tricky_tree(tmp_path / "w", seed, 120)
+    (tmp_path / "w/inner/.dsv").mkdir(parents=True)   # another store: left out
+    (tmp_path / "w/inner/x").write_bytes(b"x")
+    os.symlink("a", tmp_path / "w/zlink")
+    skipped: list[str] = []
+    stores: list[str] = []
+    runs = list(worktree.walk(tmp_path / "w", skipped, stores=stores))
+    paths = [rel for run in runs for rel, _fs in run]
+    assert paths == sorted([*files, "zlink"])
+    assert len(runs) > 3 and stores == ["inner"]
+    kinds = {rel: fs[4] for run in runs for rel, fs in run}
+    assert kinds["zlink"] == LINK and {kinds[p] for p in files} == {FILE}
+    # The same walk gives the same digest; any change of stat or name gives another.
+    first = worktree.scan_digest(worktree.walk(tmp_path / "w", []))
+    assert first == worktree.scan_digest(worktree.walk(tmp_path / "w", []))
+    some = sorted(files)[len(files) // 2]
+    os.utime(tmp_path / "w" / some, ns=(1, 1))
+    assert worktree.scan_digest(worktree.walk(tmp_path / "w", [])) != first
+
+
+def test_stat_changes_merges_runs_with_rows_in_path_order() -> None:
+    fs = (5, 1_000, 7, 0o644, FILE)
+    runs = [[("a.b", fs), ("a/x", fs)], [("a/y", (6, 1_000, 7, 0o644, FILE)), ("b", fs)]]
+    late = 10 ** 12
+    rows = [("a", 5, 1_000, 7, 0o644, late),      # gone (a directory now)
+            ("a/x", 5, 1_000, 7, 0o644, late),    # vouched for
+            ("a/y", 5, 1_000, 7, 0o644, late),    # size changed
+            ("b", 5, 1_000, 7, 0o644, 1_000),     # racily clean: hashed again
+            ("c", 5, 1_000, 7, 0o644, late)]      # gone
+    seen = worktree.stat_changes(runs, rows)
+    assert sorted(seen.unvouched) == ["a.b", "a/y", "b"]
+    assert seen.gone == ["a", "c"] and seen.rows == 5 and seen.files == 4
+    assert seen.digest == worktree.scan_digest(runs)
+    with pytest.raises(AssertionError, match="bug in dsv"):
+        worktree.stat_changes([[("b", fs)], [("a", fs)]], [])
+
+
+@pytest.mark.parametrize("shard_entries", [2, 5, 512])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_tree_built_in_path_order_is_the_tree_build_tree_makes(
+        monkeypatch: pytest.MonkeyPatch, shard_entries: int, seed: int) -> None:
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", shard_entries)
+    rng = random.Random(seed)
+    manifest: dict[str, Entry] = {}
+    for i in range(rng.randrange(0, 400)):
+        parts = [rng.choice(NAMES) for _ in range(rng.randrange(0, 3))] + [f"f{i}"]
+        path = "/".join(parts)
+        if any(p.startswith(path + "/") or path.startswith(p + "/") for p in manifest):
+            continue
+        manifest[path] = Entry(FILE, 0o644, rng.randrange(100),
+                               blake3.blake3(b"%d" % i).hexdigest())
+    whole: dict[str, bytes] = {}
+    streamed: dict[str, bytes] = {}
+    expected = tree.build_tree(manifest, whole.__setitem__)
+    builder = tree.TreeBuilder(streamed.__setitem__)
+    for path in sorted(manifest):
+        builder.add(path, manifest[path])
+    assert builder.finish() == expected and streamed == whole
+    late = tree.TreeBuilder(streamed.__setitem__)
+    late.add("b", Entry(FILE, 0o644, 1, "0" * 64))
+    with pytest.raises(AssertionError, match="bug in dsv"):
+        late.add("a", Entry(FILE, 0o644, 1, "0" * 64))
+
+
+def _cache_paths(ws: Path) -> list[str]:
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        return [r[0] for r in conn.execute("SELECT path FROM statcache ORDER BY path")]
+
+
+def _age(root: Path) -> None:
+    old = 1_600_000_000
+    for dirpath, _dirs, names in os.walk(root):
+        if ".dsv" in dirpath:
+            continue
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (old, old), follow_symlinks=False)
+
+
+def test_a_commit_in_chunks_makes_the_version_a_whole_build_makes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(versions, "COMMIT_CHUNK", 4)
+    monkeypatch.setattr(worktree, "RUN_FILES", 3)
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    ws = tmp_path / "ws"
+    files = _tricky_tree(ws, 7, 90)
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    first = store.commit("first")
+    manifest = store.manifest(first)
+    assert {p: e.size for p, e in manifest.items()} == {p: len(b) for p, b in files.items()}
+    whole: dict[str, bytes] = {}
+    assert tree.build_tree(manifest, whole.__setitem__) == (first.tree, first.size)
+    assert first.files == len(files)
+    assert _cache_paths(ws) == sorted(files)   # every row, staged chunk by chunk
+    assert store.status().changes.clean
+
+    # A cache that no longer describes the head (as after a --to checkout): the next
+    # commit walks in chunks again, reuses the rows it can, drops rows of gone files
+    # that fall between chunks, and hashes what changed.
+    store.core.index.update_dataset(store.dataset("raw").id, cache_tree=None)
+    gone = sorted(files)[::5]
+    for path in gone:
+        (ws / path).unlink()
+    changed = sorted(files)[1]
+    (ws / changed).write_bytes(b"changed!")
+    _age(ws)
+    second = store.commit("second")
+    kept = {p: b for p, b in files.items() if p not in gone}
+    kept[changed] = b"changed!"
+    assert _cache_paths(ws) == sorted(kept)
+    out = tmp_path / "out"
+    store.checkout(f"raw:{second.id}", to=out)
+    assert read_tree(out) == kept
+    assert store.status().changes.clean
+
+
+def test_links_are_checked_across_chunks(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(versions, "COMMIT_CHUNK", 2)
+    monkeypatch.setattr(worktree, "RUN_FILES", 1)
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"m/f{i}": b"%d" % i for i in range(6)})
+    os.mkdir(ws / "a")
+    os.symlink("..", ws / "a/up")                 # stays inside by itself
+    os.mkdir(ws / "z")
+    os.symlink("../a/up/../x", ws / "z/through")  # leaves the dataset only through a/up
+    store = dsv_api.init(ws, name="raw")
+    with pytest.raises(UnsafePath):
+        store.commit("escape through another chunk's link")
+    os.unlink(ws / "z/through")
+    version = store.commit("fine")
+    assert store.manifest(version)["a/up"].kind == LINK
+
+
+def _edit(ws: Path, rng: random.Random, round_no: int) -> None:
+    """Random edits of a working directory: files changed, added, deleted, a directory
+    emptied, a file replaced by a directory and back, links added."""
+    present = sorted(p for p in read_tree(ws))
+    for path in rng.sample(present, min(len(present), rng.randrange(1, 6))):
+        action = rng.random()
+        if action < 0.4:
+            (ws / path).write_bytes(b"r%d %s" % (round_no, path.encode()))
+        elif action < 0.7:
+            (ws / path).unlink()
+        elif action < 0.85 and not (ws / path).is_symlink():
+            (ws / path).unlink()
+            (ws / path).mkdir()
+            (ws / path / "inner").write_bytes(b"inner %d" % round_no)
+        else:
+            os.chmod(ws / path, 0o755)
+    for i in range(rng.randrange(0, 4)):
+        directory = ws / rng.choice(["", "new", "a/b", "flat"])
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"n{round_no}_{i}").write_bytes(b"n%d" % i)
+    if rng.random() < 0.3:
+        os.symlink("../flat", ws / f"new/link{round_no}") if (ws / "new").is_dir() else None
+    _age(ws)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_checkout_from_the_head_touches_only_what_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Checkouts between random versions, in the dataset's directory, from a head the stat
+    cache describes: what the tree diff plans is what comparing whole manifests plans
+    (same report), the directory ends up holding exactly the version, and nothing reads
+    a whole manifest."""
+    from dsv import checkout as checkout_module
+
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(seed)
+    ws = tmp_path / "ws"
+    files = {f"flat/f{i:02d}": b"%d" % i for i in range(30)}
+    files.update({"a/b/c": b"c", "a/x": b"x", "top": b"t"})
+    write_tree(ws, files)
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    versions_made = [store.commit("v0")]
+    contents = {versions_made[0].id: read_tree(ws)}
+    for round_no in range(1, 5):
+        _edit(ws, rng, round_no)
+        versions_made.append(store.commit(f"v{round_no}"))
+        contents[versions_made[-1].id] = read_tree(ws)
+    twin = tmp_path / "twin"   # the same history, checked out by the whole comparison
+    import shutil
+    shutil.copytree(ws, twin, symlinks=True)
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    whole = dsv_api.open(twin)
+    planned = checkout_module._place_changes
+    streamed = []
+
+    def spy(*args: object) -> object:
+        streamed.append(planned(*args))  # type: ignore[arg-type]
+        return streamed[-1]
+    for step in range(6):
+        target = rng.choice(versions_made)
+        with monkeypatch.context() as m:
+            m.setattr(store.core, "manifest", no_manifest)
+            m.setattr(checkout_module, "_place_changes", spy)
+            fast = store.checkout(f"raw:{target.id}")
+        assert len(streamed) == step + 1 and streamed[-1] is fast
+        with monkeypatch.context() as m:
+            m.setattr(checkout_module, "_place_changes", lambda *_a: None)
+            slow = whole.checkout(f"raw:{target.id}")
+        assert (fast.written, fast.removed, fast.unchanged, fast.bytes_written) == \
+            (slow.written, slow.removed, slow.unchanged, slow.bytes_written)
+        assert read_tree(ws) == contents[target.id] == read_tree(twin)
+        assert store.status().changes.clean
+        assert store.dataset("raw").cache_tree == target.tree
+
+
+def test_a_checkout_from_the_head_refuses_to_discard_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsv.errors import DirtyWorktree
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a": b"1", "b": b"2", "d/c": b"3"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    one = store.commit("one")
+    (ws / "a").write_bytes(b"changed")
+    _age(ws)
+    two = store.commit("two")
+    for edit, name in ((lambda: (ws / "a").write_bytes(b"mine"), "a"),     # changed on both
+                       (lambda: (ws / "b").write_bytes(b"mine"), "b"),     # only here
+                       (lambda: (ws / "new").write_bytes(b"mine"), "new")):  # untracked
+        edit()
+        _age(ws)
+        with pytest.raises(DirtyWorktree, match=f"1 uncommitted change in .*: {name}$"):
+            store.checkout(f"raw:{one.id}")
+        assert store.dataset("raw").head == two.id
+        store.checkout(f"raw:{two.id}", force=True)
+        assert read_tree(ws) == {"a": b"changed", "b": b"2", "d/c": b"3"}
+    # A file deleted here discards nothing: the checkout brings it back.
+    (ws / "d/c").unlink()
+    _age(ws)
+    report = store.checkout(f"raw:{one.id}")
+    assert read_tree(ws) == {"a": b"1", "b": b"2", "d/c": b"3"}
+    assert (report.written, report.removed, report.unchanged) == (2, 0, 1)
