@@ -378,9 +378,10 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     untouched = [p for p in snap.manifest if p not in written and p not in removed]
     complete = len(rows) == len(to_write) and len(kept) == len(untouched)
     with core.index.transaction():
+        # (Rows of files gone from the directory go too: those written back get new ones.)
+        core.index.drop_stat_rows(ds.id, [*seen.gone, *to_remove])
         core.index.put_stat_rows(ds.id, kept)
         core.index.put_stat_rows(ds.id, rows)
-        core.index.drop_stat_rows(ds.id, to_remove)
         core.index.update_dataset(ds.id, head=version.id,
                                   cache_tree=version.tree if complete else None)
         core.index.end_checkout(key, None)
@@ -458,11 +459,12 @@ def _twins(core: Core, ds: Dataset, items: list[tuple[str, Entry]]) -> dict[str,
     if ds.path is None:
         return {}
     root = core.dataset_root(ds)
-    cache = core.index.stat_cache(ds.id)
+    large = [(rel, entry) for rel, entry in items if entry.size >= PACK_THRESHOLD]
+    cache = core.index.stat_rows_at(ds.id, [rel for rel, _e in large])
     twins: dict[str, str] = {}
-    for rel, entry in items:
+    for rel, entry in large:
         row = cache.get(rel)
-        if entry.size < PACK_THRESHOLD or row is None or row[4] != entry.oid:
+        if row is None or row[4] != entry.oid:
             continue
         try:
             st = os.lstat(root / rel)
@@ -543,11 +545,21 @@ def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
         base = core.manifest(head) if head else {}
     else:
         a = core.resolve(ref_a, cwd)
-        base = core.manifest(a)
         found = core.index.dataset_by("id", a.dataset)
         assert found is not None
         ds = found
-    if ref_b is not None:
+        base = {} if ref_b is not None else core.manifest(a)
+    if ref_a is not None and ref_b is not None:
+        # Two versions: only directories whose ids differ are read, and only the paths
+        # that differ are compared.
+        current: Manifest = {}
+        for p, old, new in tree.diff_trees(a.tree, core.resolve(ref_b, cwd).tree,
+                                           core.read_tree):
+            if old is not None:
+                base[p] = old
+            if new is not None:
+                current[p] = new
+    elif ref_b is not None:
         current = core.manifest(core.resolve(ref_b, cwd))
     else:
         root = core.dataset_root(ds)

@@ -428,6 +428,10 @@ class Index:
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
+    def packed_among(self, oids: Iterable[str]) -> dict[str, str]:
+        """Those of `oids` that are packed here: oid → pack id."""
+        return dict(self._rows_in("SELECT oid, pack FROM objects WHERE oid IN ({marks})", oids))
+
     def packed_of_kind(self, oids: Iterable[str], kind: int) -> set[str]:
         """Those of `oids` that are packed here as objects of `kind`."""
         return {oid for (oid,) in self._rows_in(
@@ -471,6 +475,12 @@ class Index:
         rows = self.conn.execute("SELECT path, size, mtime_ns, ino, mode, oid, cached_ns "
                                  "FROM statcache WHERE dataset=?", (ds_id,))
         return {r[0]: r[1:] for r in rows}
+
+    def stat_rows_at(self, ds_id: str, paths: Iterable[str]) -> dict[str, StatRow]:
+        """The cache's rows of those of `paths` it has: path → StatRow."""
+        return {r[0]: r[1:] for r in self._rows_in(
+            "SELECT path, size, mtime_ns, ino, mode, oid, cached_ns FROM statcache "
+            "WHERE dataset=? AND path IN ({marks})", paths, ds_id)}
 
     def stat_keys(self, ds_id: str) -> dict[str, tuple[int, int, int, int, int]]:
         """The cache without object ids: path → (size, mtime_ns, inode, mode, cached_ns)."""

@@ -554,6 +554,20 @@ def parse_pack_index(tail: bytes, pack_id: str) -> tuple[list[PackEntry], int]:
     return _entries(tail[:-_TRAILER.size], table_offset, pack_id[:12]), table_offset + len(tail)
 
 
+def parse_whole_pack(data: bytes, pack_id: str) -> list[PackEntry]:
+    """The entries of a whole pack's bytes (a remote's `packs/<pack id>`), its table and
+    trailer checked against `pack_id` and its length against what the trailer says.
+    Untrusted input; the objects themselves are the caller's to check."""
+    count = int.from_bytes(data[-_TRAILER.size:-_TRAILER.size + 8], "big") \
+        if len(data) >= _TRAILER.size else -1
+    if count < 0 or pack_tail_size(count) > len(data):
+        raise CorruptObject(f"pack {pack_id[:12]} is cut short")
+    entries, total = parse_pack_index(data[len(data) - pack_tail_size(count):], pack_id)
+    if total != len(data):
+        raise CorruptObject(f"pack {pack_id[:12]} is {len(data)} bytes; its table says {total}")
+    return entries
+
+
 def pack_tail_size(count: int) -> int:
     """Bytes of a pack's table and trailer for `count` entries."""
     return count * _ENTRY.size + _TRAILER.size

@@ -55,8 +55,9 @@ class Damage:
     stray_packs: set[str] = field(default_factory=set)       # intact, on disk, not indexed
     missing: dict[str, int] = field(default_factory=dict)    # needed, nowhere: oid → kind
     unreadable: set[str] = field(default_factory=set)        # trees present but not valid
-    sizes: dict[str, int] = field(default_factory=dict)      # blob sizes the trees give
-    reached: set[str] = field(default_factory=set)           # every object a version needs
+    sizes: dict[str, int] = field(default_factory=dict)      # sizes trees give the damage
+    reached: set[str] = field(default_factory=set)           # trees, and the damaged or
+    #                                                          missing objects, versions need
     trees: set[str] = field(default_factory=set)             # the readable trees among them
     blind: bool = False     # a tree could not be read: `reached` misses what is below it
 
@@ -162,10 +163,17 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     damaged was reported by the object check; the walk goes on with the other trees).
     Versions fetched from a remote may lack blobs (pulled on checkout): they are walked
     last, so a tree shared with a complete version is judged as that version needs it."""
-    packed = {oid: pack for oid, pack, _kind in core.index.packed_oids()
-              if pack not in damage.lost_packs}
+    # Memory holds the trees and what is damaged, never a set of every object: whether
+    # a tree's children are here is asked of the index, a query per few hundred.
+    lost = {oid for pack in damage.lost_packs for oid, *_ in core.index.pack_objects(pack)}
+    watched = set(damage.corrupt) | lost   # the objects whose `reached` and size matter
     promised = core.index.promised()
     seen: set[str] = set()
+
+    def here(oids: list[str]) -> set[str]:
+        packed = core.index.packed_among(oids)
+        return {oid for oid in oids
+                if (oid in packed and packed[oid] not in damage.lost_packs) or oid in loose}
 
     def lacks(oid: str, kind: int, label: str) -> None:
         if oid not in damage.missing:
@@ -185,7 +193,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                 continue
             seen.add(oid)
             damage.reached.add(oid)
-            if oid not in packed and oid not in loose:
+            if not here([oid]):
                 lacks(oid, KIND_TREE, label)
                 damage.blind = True
                 continue
@@ -200,17 +208,20 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
             damage.trees.add(oid)
             stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
             stack.extend((c, prefix + d) for d, c in node.shards)
-            for _name, kind, _mode, size, child in node.rows:
-                if kind == tree.DIR:
-                    continue
-                damage.reached.add(child)
-                damage.sizes[child] = size
-                if child not in packed and child not in loose and v.id not in promised:
+            blobs = [(r[4], r[3]) for r in node.rows if r[1] != tree.DIR]
+            present = here([oid for oid, _size in blobs])
+            for child, size in blobs:
+                if child in watched:
+                    damage.reached.add(child)
+                    damage.sizes[child] = size
+                if child not in present and v.id not in promised:
+                    damage.reached.add(child)
+                    damage.sizes[child] = size
                     lacks(child, KIND_BLOB, label)
         if v.state == COMMITTED:
             if v.record:
                 damage.reached.add(v.record)
-            if not v.record or (v.record not in packed and v.record not in loose):
+            if not v.record or not here([v.record]):
                 if v.record:
                     lacks(v.record, KIND_VERSION, label)
                 else:

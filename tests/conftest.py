@@ -64,6 +64,16 @@ def write_tree(root: Path, files: dict[str, bytes | str]) -> None:
         path.write_bytes(content)
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Damage one byte of a (read-only) store or remote file in place, keeping its mode."""
+    mode = path.stat().st_mode & 0o777
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.chmod(path, mode)
+
+
 def read_tree(root: Path, skip: tuple[str, ...] = (".dsv",)) -> dict[str, bytes]:
     """Every regular file under `root` (relative path → bytes), leaving out `skip` dirs."""
     out = {}

@@ -18,7 +18,7 @@ import blake3
 import pytest
 
 import dsv as dsv_api
-from conftest import Result, read_tree, write_tree
+from conftest import Result, flip_byte, read_tree, write_tree
 
 BASE = {
     "a.txt": "alpha\n",
@@ -1300,14 +1300,6 @@ def test_gc_removes_objects_of_deleted_draft_and_keeps_the_rest(committed, dsv,
 
 # ---- verify and corruption ----------------------------------------------------------------
 
-def _flip(path: Path, offset: int) -> None:
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-    os.chmod(path, 0o444)
-
-
 def test_verify_good_store(committed, dsv) -> None:
     ws, _ = committed
     r = ok(dsv("verify", cwd=ws))
@@ -1328,7 +1320,7 @@ def test_verify_detects_flipped_byte_in_pack_and_checkout_refuses(ws: Path, dsv,
         pack_id, offset, length = store.index.locate(oid)
     finally:
         store.close()
-    _flip(ws / ".dsv" / "objects" / "packs" / f"{pack_id}.pack", offset + length // 2)
+    flip_byte(ws / ".dsv" / "objects" / "packs" / f"{pack_id}.pack", offset + length // 2)
 
     r = dsv("verify", cwd=ws)
     assert r.code == 1 and "Traceback" not in r.err
@@ -1353,7 +1345,7 @@ def test_verify_detects_flipped_byte_in_pack_and_checkout_refuses(ws: Path, dsv,
 def test_verify_detects_damaged_pack_table(committed, dsv) -> None:
     ws, _ = committed
     (pack,) = list((ws / ".dsv" / "objects" / "packs").glob("*.pack"))
-    _flip(pack, pack.stat().st_size - 30)  # inside the entry table / trailer
+    flip_byte(pack, pack.stat().st_size - 30)  # inside the entry table / trailer
     r = dsv("verify", cwd=ws)
     assert r.code == 1 and "Traceback" not in r.err
     assert pack.stem[:12] in r.out
@@ -1366,7 +1358,7 @@ def test_verify_detects_flipped_byte_in_loose_object(ws: Path, dsv, tmp_path: Pa
     oid = b3(big)
     loose = ws / ".dsv" / "objects" / "loose" / oid[:2] / oid
     assert loose.is_file()
-    _flip(loose, 12345)
+    flip_byte(loose, 12345)
 
     r = dsv("verify", cwd=ws)
     assert r.code == 1 and "Traceback" not in r.err

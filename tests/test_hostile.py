@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_tree, run_dsv, write_tree
+from conftest import flip_byte, read_tree, run_dsv, write_tree
 from dsv.hashing import hash_bytes
 from dsv.paths import check_links, placed_mode
 from dsv.errors import UnsafePath
@@ -519,15 +519,6 @@ def test_secrets_are_never_stored_or_printed(tmp_path: Path, dsv, monkeypatch) -
 
 # ---- 9: checking and repairing a remote ---------------------------------------------------
 
-def _flip(path: Path, at: int) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 1]))
-
-
 def test_9_verify_remote_finds_and_repairs_damage(tmp_path: Path, dsv) -> None:
     src = tmp_path / "src"
     big = os.urandom((1 << 20) + 10)
@@ -544,9 +535,9 @@ def test_9_verify_remote_finds_and_repairs_damage(tmp_path: Path, dsv) -> None:
     assert report["ok"] and report["versions_checked"] == 1 and report["objects_read"] >= 5
 
     big_oid = hash_bytes(big)
-    _flip(remote / "loose" / big_oid[:2] / big_oid, 4096)
+    flip_byte(remote / "loose" / big_oid[:2] / big_oid, 4096)
     pack = next(p for p in (remote / "packs").iterdir() if small in p.read_bytes())
-    _flip(pack, pack.read_bytes().index(small) + 3)
+    flip_byte(pack, pack.read_bytes().index(small) + 3)
     # Structure alone is intact; reading the data finds both.
     assert dsv("verify", "--remote", "origin", cwd=src).code == 0
     r = dsv("verify", "--remote", "origin", "--read-data", cwd=src)
@@ -747,7 +738,7 @@ def test_9_verify_remote_catches_a_corrupt_tree_and_repair_keeps_good_data(tmp_p
     assert dsv("push", cwd=src).code == 0
     marker = b'"a.txt"'
     pack = next(p for p in (remote / "packs").iterdir() if marker in p.read_bytes())
-    _flip(pack, pack.read_bytes().index(marker) + 2)
+    flip_byte(pack, pack.read_bytes().index(marker) + 2)
     # Structure alone already reads trees back: the damage is found without --read-data.
     r = dsv("verify", "--remote", "origin", cwd=src)
     assert r.code == 1 and "corrupt" in r.out, r.out + r.err
@@ -772,7 +763,7 @@ def test_9_repair_that_rebuilds_the_same_pack_keeps_it(tmp_path: Path, dsv) -> N
     assert dsv("push", cwd=src).code == 0
     blob = b"the only small file " * 5
     pack = next(p for p in (remote / "packs").iterdir() if blob in p.read_bytes())
-    _flip(pack, pack.read_bytes().index(blob) + 1)
+    flip_byte(pack, pack.read_bytes().index(blob) + 1)
     r = dsv("verify", "--remote", "origin", "--read-data", "--repair", "--json", cwd=src)
     assert r.code == 0, r.out + r.err
     r = dsv("verify", "--remote", "origin", "--read-data", cwd=src)

@@ -13,17 +13,9 @@ import boto3
 import pytest
 
 import dsv as dsv_api
-from conftest import read_tree, write_tree
+from conftest import flip_byte, read_tree, write_tree
 from dsv import tree
 from dsv.hashing import hash_bytes
-
-
-def _flip(path: Path, offset: int) -> None:
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-    os.chmod(path, 0o444)
 
 
 def _files() -> dict[str, bytes]:
@@ -82,9 +74,9 @@ def test_repair_replaces_damaged_packed_and_loose_objects_from_the_remote(
     small, big = hash_bytes(files["a.txt"]), hash_bytes(files["sub/deep/big.bin"])
     pack_id, offset, length = _where(pushed, small)
     pack = pushed / ".dsv/objects/packs" / f"{pack_id}.pack"
-    _flip(pack, offset + length // 2)
+    flip_byte(pack, offset + length // 2)
     loose = pushed / ".dsv/objects/loose" / big[:2] / big
-    _flip(loose, 4321)
+    flip_byte(loose, 4321)
     for name in ("a.txt", "sub/deep/big.bin"):  # (intact working copies would be used)
         (pushed / name).unlink()
 
@@ -125,7 +117,7 @@ def test_a_pack_rewritten_with_the_same_objects_keeps_its_name(tmp_path: Path, d
     pack_id, offset, _length = _where(ws, oid)
     pack = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
     assert offset == 8  # (just after the magic: the first object)
-    _flip(pack, offset + 5)
+    flip_byte(pack, offset + 5)
     r = dsv("verify", "--repair", cwd=ws)
     assert r.code == 0, r.out
     assert f"repaired: pack {pack_id[:12]} rewritten" in r.out
@@ -143,7 +135,7 @@ def test_repair_brings_back_a_lost_pack_and_what_lay_below_a_damaged_tree(
     # is gone too, and is found once the good tree is back.
     deep = _tree_of(pushed, "sub/deep")
     pack_id, offset, length = _where(pushed, deep)
-    _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 1)
+    flip_byte(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 1)
     big = hash_bytes(files["sub/deep/big.bin"])
     (pushed / ".dsv/objects/loose" / big[:2] / big).unlink()
     first = _out(dsv("verify", "--json", cwd=pushed))
@@ -178,7 +170,7 @@ def test_what_no_remote_has_is_named_with_its_versions_and_paths(pushed: Path, d
     oid = hash_bytes(fresh)
     pack_id, offset, length = _where(pushed, oid)
     pack = pushed / ".dsv/objects/packs" / f"{pack_id}.pack"
-    _flip(pack, offset + 7)
+    flip_byte(pack, offset + 7)
     damaged = pack.read_bytes()
     (pushed / "sub/new.bin").write_bytes(b"edited since")  # no intact copy anywhere
 
@@ -216,7 +208,7 @@ def test_a_working_directory_copy_repairs_a_large_file_but_a_link_is_never_follo
     assert dsv("commit", "-m", "first", cwd=ws).code == 0
     big = hash_bytes(_files()["sub/deep/big.bin"])
     loose = ws / ".dsv/objects/loose" / big[:2] / big
-    _flip(loose, 10)
+    flip_byte(loose, 10)
     # A symlink to an intact copy elsewhere is not read (O_NOFOLLOW), nor is a link to
     # a directory on the way: not repaired.
     (tmp_path / "elsewhere.bin").write_bytes(_files()["sub/deep/big.bin"])
@@ -246,7 +238,7 @@ def test_repair_without_a_remote_says_so_and_changes_nothing(tmp_path: Path, dsv
     assert dsv("commit", "-m", "first", cwd=ws).code == 0
     big = hash_bytes(_files()["sub/deep/big.bin"])
     loose = ws / ".dsv/objects/loose" / big[:2] / big
-    _flip(loose, 10)
+    flip_byte(loose, 10)
     damaged = loose.read_bytes()
     (ws / "sub/deep/big.bin").unlink()  # (an intact working copy would be used)
     r = dsv("verify", "--repair", cwd=ws)
@@ -268,7 +260,7 @@ def test_repair_from_s3_over_http(tmp_path: Path, dsv, s3_endpoint: str, aws_env
     assert dsv("push", cwd=ws).code == 0
     small = hash_bytes(_files()["sub/b.bin"])
     pack_id, offset, length = _where(ws, small)
-    _flip(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset)
+    flip_byte(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset)
     big = hash_bytes(_files()["sub/deep/big.bin"])
     (ws / ".dsv/objects/loose" / big[:2] / big).unlink()
     for name in ("sub/b.bin", "sub/deep/big.bin"):  # (intact working copies would be used)
@@ -293,9 +285,9 @@ def test_repair_reads_the_cluster_cache_when_the_origin_is_gone(tmp_path: Path, 
     (tmp_path / "remote").rename(tmp_path / "remote-unmounted")
     small = hash_bytes(_files()["c.bin"])
     pack_id, offset, _length = _where(ws, small)
-    _flip(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
+    flip_byte(ws / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
     big = hash_bytes(_files()["sub/deep/big.bin"])
-    _flip(ws / ".dsv/objects/loose" / big[:2] / big, 99)
+    flip_byte(ws / ".dsv/objects/loose" / big[:2] / big, 99)
     for name in ("c.bin", "sub/deep/big.bin"):  # (intact working copies would be used)
         (ws / name).unlink()
     r = dsv("verify", "--repair", cwd=ws)
@@ -314,11 +306,11 @@ def test_an_interrupted_repair_leaves_the_store_as_it_found_it(
     assert dsv("commit", "-m", "first", cwd=ws).code == 0
     big = hash_bytes(_files()["sub/deep/big.bin"])
     loose = ws / ".dsv/objects/loose" / big[:2] / big
-    _flip(loose, 77)
+    flip_byte(loose, 77)
     small = hash_bytes(_files()["a.txt"])
     pack_id, offset, _length = _where(ws, small)
     pack = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
-    _flip(pack, offset + 1)
+    flip_byte(pack, offset + 1)
     before = (loose.read_bytes(), pack.read_bytes())
 
     def interrupted(*_args: object) -> dict[str, str]:
@@ -342,7 +334,7 @@ def test_a_damaged_file_below_a_damaged_tree_is_repaired_not_dropped(pushed: Pat
     blob = hash_bytes(files["sub/b.bin"])
     for oid in (sub, blob):
         pack_id, offset, _length = _where(pushed, oid)
-        _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 2)
+        flip_byte(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 2)
     (pushed / "sub/b.bin").unlink()  # (an intact working copy would be used)
     r = dsv("verify", "--repair", cwd=pushed)
     assert r.code == 0, r.out
@@ -360,7 +352,7 @@ def test_the_shown_cap_does_not_limit_what_is_repaired(pushed: Path, dsv,
     files = _files()
     for name in ("a.txt", "c.bin"):
         pack_id, offset, _length = _where(pushed, hash_bytes(files[name]))
-        _flip(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
+        flip_byte(pushed / ".dsv/objects/packs" / f"{pack_id}.pack", offset + 3)
     shown = _out(dsv("verify", "--json", cwd=pushed))
     assert len(shown["affected"]) == 1
     r = dsv("verify", "--repair", cwd=pushed)

@@ -281,3 +281,42 @@ def test_a_checkout_from_the_head_refuses_to_discard_changes(
     report = store.checkout(f"raw:{one.id}")
     assert read_tree(ws) == {"a": b"1", "b": b"2", "d/c": b"3"}
     assert (report.written, report.removed, report.unchanged) == (2, 0, 1)
+    # A file deleted here that the version deletes too leaves no row behind.
+    (ws / "b").unlink()
+    _age(ws)
+    three = store.commit("three", force=True)   # one without b
+    store.checkout(f"raw:{one.id}")
+    (ws / "b").unlink()
+    _age(ws)
+    store.checkout(f"raw:{three.id}")
+    assert read_tree(ws) == {"a": b"1", "d/c": b"3"} and _cache_paths(ws) == ["a", "d/c"]
+
+
+def test_a_diff_of_two_versions_reads_only_what_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(11)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)}, "a/b/c": b"c"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    made = [store.commit("v0")]
+    for round_no in range(1, 4):
+        _edit(ws, rng, round_no)
+        made.append(store.commit(f"v{round_no}"))
+    manifests = {v.id: store.manifest(v) for v in made}
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    monkeypatch.setattr(store.core, "manifest", no_manifest)
+    for a in made:
+        for b in made:
+            got = store.diff(f"raw:{a.id}", f"raw:{b.id}")
+            want = worktree.compare(manifests[a.id], manifests[b.id])
+            assert (got.added, got.modified, got.deleted, got.sizes) == \
+                (want.added, want.modified, want.deleted, want.sizes)
+            assert (a.id == b.id) == got.clean
+    first, last = made[0], made[-1]
+    only_flat = store.diff(f"raw:{first.id}", f"raw:{last.id}", paths=["flat"], cwd=tmp_path)
+    assert only_flat.added + only_flat.modified + only_flat.deleted and all(
+        p.startswith("flat/") for p in only_flat.added + only_flat.modified + only_flat.deleted)

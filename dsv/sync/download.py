@@ -19,7 +19,7 @@ from ..errors import (CorruptObject, InvalidInput, MissingObject)
 from ..hashing import hash_bytes
 from ..model import Version
 from ..reports import FetchReport, PullReport
-from ..objects import (KIND_BLOB, Ingest, pack_tail_size, parse_pack_index)
+from ..objects import KIND_BLOB, Ingest, pack_tail_size, parse_whole_pack
 from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
                             RemoteRefused)
 from ..remotes.cache import ClusterCache
@@ -190,9 +190,8 @@ def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int |
     if size is not None and len(data) != size:
         return
     try:
-        count = int.from_bytes(data[-24:-16], "big")
-        parse_pack_index(data[len(data) - pack_tail_size(count):], pack)
-    except (CorruptObject, ValueError):
+        parse_whole_pack(data, pack)
+    except CorruptObject:
         return  # not cached; the caller's per-object check reports the damage
     cache.fill_bytes(cache.pack_path(pack), data)
 

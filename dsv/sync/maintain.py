@@ -24,7 +24,7 @@ from ..core import Core
 from ..errors import CorruptObject, DsvError
 from ..hashing import hash_bytes
 from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size, \
-    parse_pack_index
+    parse_whole_pack
 from ..jsonio import load_bounded
 from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
 from ..remotes.layout import LOCKS, MAINTAIN_LOCK, index_key, pack_key, push_lock_key
@@ -389,13 +389,7 @@ def read_pack(remote: Remote, pack_id: str, skipped: list[str], max_size: int = 
     when it is gone, unreadable or damaged: `dsv verify --remote --repair` is for that."""
     try:
         data = remote.backend.get(pack_key(pack_id), max_size=min(max_size, MAX_GET_BYTES))
-        count = int.from_bytes(data[-24:-16], "big") if len(data) >= 24 else -1
-        if count < 0 or pack_tail_size(count) > len(data):
-            raise CorruptObject(f"pack {pack_id[:12]} is cut short")
-        entries, total = parse_pack_index(data[len(data) - pack_tail_size(count):], pack_id)
-        if total != len(data):
-            raise CorruptObject(f"pack {pack_id[:12]} is {len(data)} bytes; its table "
-                                f"says {total}")
+        entries = parse_whole_pack(data, pack_id)
     except NotFound:
         return None  # repacked by another client meanwhile
     except (CorruptObject, RemoteRefused) as exc:
