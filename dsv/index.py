@@ -631,8 +631,8 @@ class Index:
     def need_unsent(self, remote: str, kind: int) -> Iterator[tuple[str, tuple[str, int, int]]]:
         """(oid, (pack, offset, length)) of needed objects of `kind` packed here that
         `remote`'s packs lack, in local pack order, read as they are used (a first push
-        of a million files holds none of them all at once). Nothing may change
-        `remote_objects` until the iteration ends."""
+        of a million files holds none of them all at once). While it runs, `remote_objects`
+        may gain only objects it has already yielded (what was just sent)."""
         cur = self.conn.execute(
             "SELECT n.oid, o.pack, o.offset, o.length FROM need n "
             "JOIN objects o ON o.oid = n.oid WHERE n.kind = ? AND NOT EXISTS (SELECT 1 FROM "

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -320,3 +323,47 @@ def test_a_diff_of_two_versions_reads_only_what_differs(
     only_flat = store.diff(f"raw:{first.id}", f"raw:{last.id}", paths=["flat"], cwd=tmp_path)
     assert only_flat.added + only_flat.modified + only_flat.deleted and all(
         p.startswith("flat/") for p in only_flat.added + only_flat.modified + only_flat.deleted)
+
+
+def test_a_push_lets_each_finished_upload_go_before_the_phase_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast remote finishes uploads before the in-flight window fills; each one is
+    recorded and let go as the next pack is made, not all of them when the phase ends
+    (at 1M files that held every uploaded pack's entries at once)."""
+    from dsv.sync import push, remote
+    monkeypatch.setattr(push, "UPLOAD_PACK_SIZE", 1024)
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d{i % 3}/f{i:03d}": os.urandom(200) for i in range(120)})
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v0")
+    store.add_remote("origin", str(tmp_path / "remote"))
+    batches: list[int] = []
+    recorded = remote.record_sent
+
+    def spy(core: object, rem: object, sent: list[remote.Sent]) -> None:
+        batches.append(sum(s.count for s in sent))
+        recorded(core, rem, sent)  # type: ignore[arg-type]
+    monkeypatch.setattr(push, "record_sent", spy)
+    # Each upload finishes before the next pack is made (as on a fast remote).
+    uploaded = threading.Semaphore(0)
+    upload, read_batches = push._upload_pack, push._read_batches
+
+    def upload_then_say(*args: object) -> remote.Sent:
+        try:
+            return upload(*args)  # type: ignore[arg-type]
+        finally:
+            uploaded.release()
+
+    def batches_one_by_one(*args: object) -> Iterator[object]:
+        for batch in read_batches(*args):  # type: ignore[arg-type]
+            yield batch
+            assert uploaded.acquire(timeout=30)
+            time.sleep(0.02)  # (the future is marked done just after the call returns)
+    monkeypatch.setattr(push, "_upload_pack", upload_then_say)
+    monkeypatch.setattr(push, "_read_batches", batches_one_by_one)
+    store.push("origin")
+    assert sum(batches) == 120 + 4 + 1  # blobs, trees (root and 3 directories), the record
+    assert len(batches) >= 20 and max(batches) <= 5 * push.IN_FLIGHT, batches
+    clone = tmp_path / "clone"
+    dsv_api.Store.clone(str(tmp_path / "remote"), clone)
+    assert read_tree(clone) == read_tree(ws)

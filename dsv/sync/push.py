@@ -273,7 +273,9 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
-                    _record_done(core, remote, jobs, report)
+                # Finished uploads are let go at once (a fast remote finishes them before
+                # the window fills, and they would pile up until the phase ends).
+                _record_done(core, remote, jobs, report)
             wait(jobs)
             _record_done(core, remote, jobs, report)
             crashpoint("push:phase-sent")
@@ -288,6 +290,8 @@ def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
     """Remember what the finished uploads put on the remote, and let them go (a push of
     a million objects holds only the uploads in flight)."""
     done = [j for j in jobs if j.done()]
+    if not done:
+        return
     sent = [j.result() for j in done]  # (an upload's error is raised here)
     for item in sent:
         report.objects_sent += item.count
