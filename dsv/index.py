@@ -28,7 +28,7 @@ from .model import Dataset, StatRow, Version
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _IN_BATCH = 500
 
 
@@ -190,6 +190,11 @@ class Index:
         # Schema 4: the scan each dataset's stat cache last vouched for (a cache).
         db.execute("""CREATE TABLE IF NOT EXISTS statdigest (
             dataset TEXT PRIMARY KEY, tree TEXT NOT NULL, digest TEXT NOT NULL) WITHOUT ROWID""")
+        # Schema 5: the dataset catalogs known to be on each remote (what a push wrote or
+        # a scoped fetch listed: `catalog/<dataset>/<pack>`).
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_catalog (
+            remote TEXT NOT NULL, dataset TEXT NOT NULL, pack TEXT NOT NULL,
+            PRIMARY KEY (remote, dataset, pack)) WITHOUT ROWID""")
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -607,9 +612,11 @@ class Index:
     def delete_remote(self, name: str) -> None:
         """Forget a remote and everything remembered about what it holds."""
         # `promised` rows stay: the versions' blobs are still elsewhere, whatever the name.
-        for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs"):
+        for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs",
+                      "remote_catalog"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
-        self.conn.execute("DELETE FROM meta WHERE key=?", (f"remote-gc:{name}",))
+        self.conn.execute("DELETE FROM meta WHERE key IN (?, ?)",
+                          (f"remote-gc:{name}", f"remote-scope:{name}"))
         self.conn.execute("DELETE FROM remotes WHERE name=?", (name,))
         self._mirror()
 
@@ -729,6 +736,47 @@ class Index:
         return list(self.conn.execute("SELECT oid, pack, offset, length FROM remote_objects "
                                       "WHERE remote=? AND kind=?", (remote, kind)))
 
+    # ---- dataset catalogs on remotes (`catalog/<dataset>/<pack>`) -----------------------
+    def catalog_packs(self, remote: str, dataset: str) -> set[str]:
+        """The packs `dataset`'s catalog on `remote` is known to name."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT pack FROM remote_catalog WHERE remote=? AND dataset=?", (remote, dataset))}
+
+    def set_catalog(self, remote: str, dataset: str, packs: Iterable[str],
+                    replace: bool = False) -> None:
+        """Remember that `dataset`'s catalog on `remote` names `packs` (with `replace`,
+        only them: what a listing of it just found)."""
+        if replace:
+            self.conn.execute("DELETE FROM remote_catalog WHERE remote=? AND dataset=?",
+                              (remote, dataset))
+        self.conn.executemany("INSERT OR IGNORE INTO remote_catalog (remote, dataset, pack) "
+                              "VALUES (?,?,?)", ((remote, dataset, p) for p in packs))
+
+    def forget_catalogs(self, remote: str) -> None:
+        """Forget every catalog entry remembered on `remote`."""
+        self.conn.execute("DELETE FROM remote_catalog WHERE remote=?", (remote,))
+
+    def need_remote_packs(self, remote: str) -> set[str]:
+        """The packs of `remote` that hold the objects in `need` it holds."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT r.pack FROM need n JOIN remote_objects r ON r.remote = ? AND "
+            "r.oid = n.oid", (remote,))}
+
+    def remote_scope(self, remote: str) -> list[str] | None:
+        """The datasets a store that reads only some of `remote`'s datasets reads (a
+        `clone --dataset`), or None: all of them."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?",
+                                (f"remote-scope:{remote}",)).fetchone()
+        return [str(d) for d in json.loads(row[0])] if row else None
+
+    def set_remote_scope(self, remote: str, datasets: list[str] | None) -> None:
+        """Remember which datasets of `remote` this store reads (None: all of them)."""
+        if datasets is None:
+            self.conn.execute("DELETE FROM meta WHERE key=?", (f"remote-scope:{remote}",))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                              (f"remote-scope:{remote}", json.dumps(sorted(set(datasets)))))
+
     def remote_loose(self, remote: str, oids: Iterable[str]) -> set[str]:
         """Those of `oids` known to be loose objects on `remote`."""
         return {r[0] for r in self._rows_in(
@@ -764,10 +812,16 @@ class Index:
                           (remote, dataset, ref, version, record, etag))
 
     def replace_remote_refs(self, remote: str,
-                            refs: Iterable[tuple[str, str, str, str, str | None]]) -> None:
-        """Forget every ref remembered of `remote`, then remember `refs` (dataset, ref,
-        version, record, etag): what a fetch just read."""
-        self.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote,))
+                            refs: Iterable[tuple[str, str, str, str, str | None]],
+                            datasets: Iterable[str] | None = None) -> None:
+        """Forget every ref remembered of `remote` (with `datasets`, of those datasets
+        only), then remember `refs` (dataset, ref, version, record, etag): what a fetch
+        just read."""
+        if datasets is None:
+            self.conn.execute("DELETE FROM remote_refs WHERE remote=?", (remote,))
+        else:
+            self.conn.executemany("DELETE FROM remote_refs WHERE remote=? AND dataset=?",
+                                  ((remote, d) for d in datasets))
         self.conn.executemany("INSERT OR REPLACE INTO remote_refs (remote, dataset, ref, "
                               "version, record, etag) VALUES (?,?,?,?,?,?)",
                               [(remote, *row) for row in refs])

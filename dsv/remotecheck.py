@@ -52,14 +52,17 @@ def check_remote(core: Core, remote: Remote, read_data: bool = False,
         if repair:
             report.found = list(report.problems)
         return report
-    again = _check(core, remote, read_data, subset, False)
-    again.found, again.repaired = report.problems, report.repaired
+    # (the packs the repair uploaded are named in the catalogs of the datasets needing
+    # them as this second pass finds them)
+    again = _check(core, remote, read_data, subset, False, repair_catalogs=True)
+    again.found, again.repaired = report.problems, report.repaired + again.repaired
     return again
 
 
 def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
-           repair: bool) -> RemoteCheckReport:
+           repair: bool, repair_catalogs: bool = False) -> RemoteCheckReport:
     report = RemoteCheckReport(remote.name)
+    remote.scope = None  # every dataset is checked
     remote.connect()
     listing = {key: size for key, size in remote.backend.list("")}
     indexes = {pid: s for k, s in listing.items()
@@ -117,7 +120,10 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
 
     # 3. refs → records → trees → blobs, all on the remote.
     needed: dict[str, tuple[int, int]] = {}    # oid → (kind, size or -1)
-    _walk_refs(core, remote, where, report, needed, damaged)
+    reach = _Reach()
+    _walk_refs(core, remote, where, report, needed, damaged, reach)
+    _check_catalogs(remote, listing, entries_of, bad_packs, reach, report,
+                    repair or repair_catalogs)
     bad_packs |= {where_ for where_ in damaged.values() if where_ != "loose"}
     missing = [oid for oid in needed if oid not in where and oid not in loose]
     for oid in missing:
@@ -185,9 +191,65 @@ def _read_data(core: Core, remote: Remote, entries_of: dict[str, list[PackEntry]
             advance(1, got)
 
 
+class _Reach:
+    """What the walk saw, for judging each dataset's catalog: the records and root trees
+    of each dataset, and each tree's children."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, set[str]] = {}
+        self.roots: dict[str, set[str]] = {}
+        self.children: dict[str, list[str]] = {}
+
+    def closure(self, ds_id: str) -> set[str]:
+        """Every object the dataset's refs reach (as far as the walk could read)."""
+        out = set(self.records.get(ds_id, ()))
+        stack = list(self.roots.get(ds_id, ()))
+        while stack:
+            oid = stack.pop()
+            if oid not in out:
+                out.add(oid)
+                stack.extend(self.children.get(oid, ()))
+        return out
+
+
+def _check_catalogs(remote: Remote, listing: dict[str, int],
+                    entries_of: dict[str, list[PackEntry]], bad_packs: set[str],
+                    reach: _Reach, report: RemoteCheckReport, repair: bool) -> None:
+    """On a format-3 remote, each dataset's catalog must name a pack holding every packed
+    object its refs reach (a reader of that dataset reads no other pack index); with
+    `repair`, the missing entries are written."""
+    if remote.format < layout.CATALOG_FORMAT:
+        return
+    named: dict[str, set[str]] = {}
+    for key in listing:
+        if (entry := layout.catalog_entry_of_key(key)) is not None:
+            named.setdefault(entry[0], set()).add(entry[1])
+            if entry[1] not in entries_of:
+                report.warnings.append(f"catalog entry {key[:60]} names no pack (harmless: "
+                                       f"the next gc removes it)")
+    holders: dict[str, list[str]] = {}
+    for pack_id, entries in entries_of.items():
+        if pack_id not in bad_packs:
+            for e in entries:
+                holders.setdefault(e.oid, []).append(pack_id)
+    for ds_id in sorted(reach.records):
+        lacking = [oid for oid in reach.closure(ds_id) if oid in holders and
+                   not named.get(ds_id, set()).intersection(holders[oid])]
+        if not lacking:
+            continue
+        if repair:
+            remote.add_to_catalog(ds_id, sorted({holders[oid][0] for oid in lacking}))
+            report.repaired.append(f"catalog of dataset {ds_id}: named the packs of "
+                                   f"{len(lacking)} objects")
+            continue
+        report.problems.append(f"catalog of dataset {ds_id} names no pack holding "
+                               f"{len(lacking)} of its objects (e.g. {lacking[0][:12]}): a "
+                               f"reader of that dataset alone would miss them")
+
+
 def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int, int]],
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
-               damaged: dict[str, str]) -> None:
+               damaged: dict[str, str], reach: _Reach) -> None:
     """Every ref, and the history, trees and blobs it reaches, must be on the remote."""
     refs = []
     for key, _size in remote.backend.list(layout.REFS):
@@ -227,15 +289,18 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
                                    f"{version.id} of dataset {version.dataset}")
             continue
         report.versions_checked += 1
+        reach.records.setdefault(ds_id, set()).add(record_oid)
+        reach.roots.setdefault(ds_id, set()).add(version.tree)
         for parent in parsed.parents:
             stack.append((parent.record, ds_id, parent.id, f"version {vid}"))
         _walk_tree(remote, where, version.tree, report, needed, trees_seen, f"version {vid}",
-                   damaged)
+                   damaged, reach.children)
 
 
 def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root: str,
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
-               seen: set[str], who: str, damaged: dict[str, str]) -> None:
+               seen: set[str], who: str, damaged: dict[str, str],
+               children: dict[str, list[str]]) -> None:
     stack = [(root, "")]   # (tree object, the shard prefix it must stand at)
     while stack:
         oid, prefix = stack.pop()
@@ -253,6 +318,7 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
             continue
         stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
         stack.extend((c, prefix + d) for d, c in node.shards)
+        children[oid] = [r[4] for r in node.rows] + [c for _d, c in node.shards]
         for _name, kind, _mode, size, child in node.rows:
             if kind != tree.DIR:
                 needed.setdefault(child, (KIND_BLOB, size))

@@ -131,6 +131,7 @@ class RemoteGcReport(_FlatReport):
     strays_deleted: int = 0          # a pack without its index, or an index without its pack
     bytes_freed: int = 0
     leases_removed: int = 0          # expired push leases of killed pushes
+    upgraded: bool = False           # raised to format 3 (every dataset's catalog written)
     skipped: list[str] = field(default_factory=list)
 
 

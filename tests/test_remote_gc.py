@@ -444,17 +444,24 @@ def test_a_maintain_lock_that_cannot_be_read_stops_gc_but_not_pushes(tmp_path: P
     check_remote(DirView(remote))
 
 
-def test_gc_raises_a_format_1_remote_to_format_2(tmp_path: Path) -> None:
+def test_gc_raises_an_older_remote_to_format_3(tmp_path: Path) -> None:
     """Format 2 is format 1 plus leases: a dsv that knows only format 1 takes none, so
-    once a gc deletes anything, such a dsv must refuse the remote."""
+    once a gc deletes anything, such a dsv must refuse the remote (it is raised to 2
+    before the first delete). Format 3 is 2 plus complete catalogs, which the gc writes,
+    and only a gc that finished raises it to 3."""
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
     ok("push", cwd=ws)
-    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 2
+    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 3
     (remote / "dsv-remote.json").write_text('{"format": 1, "hash": "blake3"}\n')
     ok("push", "--delete", "raw", cwd=ws)
-    assert _gc(ws)["objects_deleted"] >= 3
+    killed = run_dsv("gc", "--remote", "origin", cwd=ws, env={"DSV_CRASH_AT": "gc:deleting"})
+    assert killed.returncode != 0
     assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 2
+    lease = json.loads((remote / "maintain.lock").read_bytes())  # the killed gc's, expired
+    (remote / "maintain.lock").write_text(json.dumps({**lease, "until": time.time() - 1}))
+    assert _gc(ws)["objects_deleted"] >= 3
+    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 3
 
 
 def test_a_gc_killed_between_its_delete_waves_leaves_no_record_without_its_version(

@@ -52,6 +52,9 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
              f"{plural(found.loose_deleted, 'loose file')}"
              + (f", {plural(found.strays_deleted, 'leftover')}" if found.strays_deleted else "")
              + f" {'would go' if dry_run else 'deleted'}; {verb} {size(found.bytes_freed)}")
+        if found.upgraded:
+            echo(f"{found.remote}: wrote every dataset's catalog; raised to remote format 3 "
+                 f"(clients that read one dataset now read only its metadata)")
         return
     report = store.gc(dry_run=dry_run, inputs_older_than=inputs_older_than)
     if as_json:

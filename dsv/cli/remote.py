@@ -238,11 +238,15 @@ def clone(url: str = typer.Argument(..., metavar="URL",
                                                           "empty (default: the last "
                                                           "component of URL)."),
           endpoint_url: Optional[str] = EndpointOpt, profile: Optional[str] = ProfileOpt,
+          dataset: Optional[list[str]] = typer.Option(None, "--dataset", "-d",
+                                                      help="Only this dataset (name or id; "
+                                                           "repeatable): later fetches read "
+                                                           "only its metadata too."),
           as_json: bool = JsonOpt) -> None:
     """A new workspace from a remote, every dataset checked out at its latest version."""
     from ..store import Store
     store, report = Store.clone(url, directory, endpoint_url=endpoint_url, profile=profile,
-                                reporter=RichReporter())
+                                reporter=RichReporter(), datasets=dataset or None)
     if as_json:
         print_json({"store": str(store.dsv_dir), **report.to_json()})
         return

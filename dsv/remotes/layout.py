@@ -2,9 +2,10 @@
 
 Owns the remote layout of docs/format.md ("Remotes"): `dsv-remote.json`,
 `packs/<id>.pack`, `index/<id>`, `loose/<xx>/<oid>`, `refs/<dataset>/latest`,
-`refs/<dataset>/tags/<name>`, the leases (`maintain.lock`, `locks/<owner>`), the gc
-generation (`gc.json`), and the small JSON body of a ref. Sync, `verify --remote`
-and the cluster cache build and parse keys only through this module. Pure functions:
+`refs/<dataset>/tags/<name>`, `catalog/<dataset>/<pack>`, the leases (`maintain.lock`,
+`locks/<owner>`), the gc generation (`gc.json`), and the small JSON body of a ref.
+Sync, `verify --remote` and the cluster cache build and parse keys only through this
+module. Pure functions:
 must never do I/O, and never trust what it parses (a remote is written by others).
 """
 
@@ -21,12 +22,20 @@ from ..paths import is_dataset_dir, is_valid_name
 from .base import MAX_REF_BYTES
 
 REMOTE_MARKER = "dsv-remote.json"
-REMOTE_FORMAT = 2
+REMOTE_FORMAT = 3
 """The remote format this dsv writes: 2 = 1 plus leases and `gc --remote` (a dsv that
-knows only format 1 takes no push lease, so it must not push where a gc may run)."""
-READ_FORMATS = (1, 2)
-"""The remote formats this dsv reads and pushes to (`gc --remote` raises a format-1
-remote to 2 before it deletes anything)."""
+knows only format 1 takes no push lease, so it must not push where a gc may run); 3 = 2
+plus complete dataset catalogs (`catalog/`: a dsv that knows only format 2 writes none,
+so it must not push where readers rely on them)."""
+LEASE_FORMAT = 2
+"""The first format with leases: `gc --remote` raises an older remote to it (at least)
+before it deletes anything."""
+CATALOG_FORMAT = 3
+"""The first format whose every dataset has a complete catalog: before it, a client that
+wants one dataset reads every pack index."""
+READ_FORMATS = (1, 2, 3)
+"""The remote formats this dsv reads and pushes to (`gc --remote` raises an older remote
+to 3, writing every dataset's catalog, before it deletes anything)."""
 
 
 def marker_body(fmt: int = REMOTE_FORMAT) -> bytes:
@@ -44,8 +53,9 @@ by compare-and-swap)."""
 GC_STATE = "gc.json"
 """The remote's gc generation: changed by every `gc --remote` that deleted something, so
 a client knows its picture of the remote may name what is gone."""
-TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "tmp", REMOTE_MARKER, MAINTAIN_LOCK,
-             GC_STATE)
+CATALOG = "catalog/"
+TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "catalog", "tmp", REMOTE_MARKER,
+             MAINTAIN_LOCK, GC_STATE)
 """What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
 remote's own)."""
 
@@ -68,6 +78,30 @@ def loose_key(oid: str) -> str:
 def ref_key(ds_id: str, ref: str) -> str:
     """The key of ref `ref` (`latest` or `tags/NAME`) of dataset `ds_id`."""
     return f"{REFS}{ds_id}/{ref}"
+
+
+def catalog_prefix(ds_id: str) -> str:
+    """The prefix under which dataset `ds_id`'s catalog lists its packs."""
+    return f"{CATALOG}{ds_id}/"
+
+
+def catalog_key(ds_id: str, pack_id: str) -> str:
+    """The key of a catalog entry: pack `pack_id` holds objects of `ds_id`."""
+    return f"{CATALOG}{ds_id}/{pack_id}"
+
+
+CATALOG_ENTRY = b"1\n"
+"""The body of a catalog entry: its key says everything (a body, since some S3 servers
+mishandle empty ones)."""
+
+
+def catalog_entry_of_key(key: str) -> tuple[str, str] | None:
+    """(dataset id, pack id) a well-formed `catalog/<dataset>/<pack>` key names, or None."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] + "/" == CATALOG and is_valid_name(parts[1]) and \
+            is_hash(parts[2]):
+        return parts[1], parts[2]
+    return None
 
 
 def push_lock_key(owner: str) -> str:

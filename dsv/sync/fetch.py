@@ -32,13 +32,27 @@ _Parsed = dict[str, tuple[Record, bytes | None]]
 """Version records read in a fetch: record oid → (parsed record, raw bytes if new here)."""
 
 
-def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
-    """Bring the remote's version records, trees and refs (not file contents)."""
+def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
+          whole: bool = False) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+    """Bring the remote's version records, trees and refs (not file contents): of every
+    dataset (`whole`, or a store that reads them all), of the store's remembered scope
+    (a `clone --dataset`), or of `datasets` (ids) added to it. Where the remote keeps
+    catalogs, a scoped fetch reads only what the datasets' catalogs name."""
     report = FetchReport(remote.name)
     remote.connect()
+    if whole:
+        remote.scope = None
+    elif datasets:
+        remote.scope = sorted(set(datasets) | set(remote.scope or ()))
+    scope = remote.scope
     remote.refresh()
     remote_refs = remote.read_refs()
     index = core.index
+    if any(not index.remote_locate_many(remote.name, [r.record]) for r in remote_refs.values()):
+        # A push moved a ref after the packs were listed (its record is in a pack that
+        # listing missed): look once more, then judge the refs as they are.
+        remote.refresh()
+        remote_refs = remote.read_refs()
     # Records first (small), then only the history the remote's refs reach: versions of
     # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
     located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
@@ -66,7 +80,7 @@ def fetch(core: Core, remote: Remote) -> tuple[FetchReport, dict[tuple[str, str]
         for root in {parsed[r][0].version.tree for r in reachable}:
             tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
                                  else core.objects.read(oid), seen=walked)
-        _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees)
+        _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees, scope)
     changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
@@ -110,7 +124,7 @@ class _Scratch:
 
 def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Parsed,
                    reachable: list[str], remote_refs: dict[tuple[str, str], RemoteRef],
-                   trees: _Scratch) -> None:
+                   trees: _Scratch, scope: list[str] | None) -> None:
     """Store the new records and trees, and record the versions and refs, in one
     transaction."""
     index = core.index
@@ -138,7 +152,7 @@ def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Par
             index.add_promised(v.id, remote.name)
             report.new_versions.append(v.id)
         index.replace_remote_refs(remote.name, [(r.dataset, r.ref, r.version, r.record, r.etag)
-                                                for r in remote_refs.values()])
+                                                for r in remote_refs.values()], scope)
         for ref in remote_refs.values():
             ds = index.dataset_by("id", ref.dataset)
             report.refs[f"{ds.name if ds else ref.dataset}:{ref.ref.rpartition('/')[2]}"] = \

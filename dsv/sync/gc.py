@@ -82,7 +82,7 @@ def _pushes(live: list[float], name: str) -> str:
 
 
 def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | None) -> None:
-    _fetch_report, remote_refs = fetch(core, remote)
+    _fetch_report, remote_refs = fetch(core, remote, whole=True)
     _check_every_ref(remote, remote_refs)
     listing = _Listing(remote)
     entries = _read_indexes(core, remote, listing)
@@ -91,7 +91,49 @@ def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | 
                           f"was deleted", hint="run gc again")
     keep = _reachable(core, remote, remote_refs, report)
     crashpoint("gc:planned")
-    _sweep(core, remote, keep, listing, entries, report, lease)
+    upgrade = lease is not None and remote.format < layout.CATALOG_FORMAT
+    if upgrade:
+        _write_catalogs(core, remote, remote_refs, entries, listing)
+    _sweep(core, remote, keep, listing, entries, report, lease, {ds for ds, _r in remote_refs})
+    if upgrade and not report.skipped:
+        _raise_format(remote, layout.CATALOG_FORMAT)
+        report.upgraded = True
+
+
+def _write_catalogs(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], RemoteRef],
+                    entries: dict[str, list[PackEntry]], listing: "_Listing") -> None:
+    """Name in each dataset's catalog every pack holding an object its refs reach (a
+    remote an older dsv wrote has none, or partial ones), so the remote can be raised to
+    format 3. The fetch brought every record and tree the refs reach."""
+    holder: dict[str, str] = {}
+    for pack_id, rows in entries.items():
+        for e in rows:
+            holder.setdefault(e.oid, pack_id)
+    tips: dict[str, set[str]] = {}
+    for (ds_id, _ref), ref in remote_refs.items():
+        tips.setdefault(ds_id, set()).add(ref.record)
+    with core.reporter.task("writing dataset catalogs", len(tips)) as advance:
+        for ds_id, records in sorted(tips.items()):
+            packs: set[str] = set()
+            roots: set[str] = set()
+            stack, seen = list(records), set()
+            while stack:
+                record = stack.pop()
+                if record in seen or record not in holder:
+                    continue
+                seen.add(record)
+                packs.add(holder[record])
+                parsed = parse_record(core.objects.read(record), record)
+                roots.add(parsed.version.tree)
+                stack.extend(p.record for p in parsed.parents)
+            for root in roots:  # (tree objects included)
+                packs.update(holder[o] for _k, o in tree.subtree_ids(root, core.read_tree)
+                             if o in holder)
+            new = sorted(packs - {p for p, named in listing.owners.items() if ds_id in named})
+            remote.add_to_catalog(ds_id, new)
+            for pack_id in new:
+                listing.owners.setdefault(pack_id, set()).add(ds_id)
+            advance(1, 0)
 
 
 def _check_every_ref(remote: Remote, accepted: dict[tuple[str, str], RemoteRef]) -> None:
@@ -166,8 +208,13 @@ class _Listing:
     """The remote's packs, pack indexes and loose objects, listed once."""
 
     def __init__(self, remote: Remote) -> None:
-        self.sizes = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE)
+        self.sizes = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE,
+                                               layout.CATALOG)
                       for key, size in remote.backend.list(prefix)}
+        self.owners: dict[str, set[str]] = {}   # pack id → datasets whose catalog names it
+        for key in self.sizes:
+            if (entry := layout.catalog_entry_of_key(key)) is not None:
+                self.owners.setdefault(entry[1], set()).add(entry[0])
         self.indexes = {pid: size for key, size in self.sizes.items()
                         if (pid := layout.index_id_of_key(key)) is not None}
         self.packs = {pid: size for key, size in self.sizes.items()
@@ -178,7 +225,7 @@ class _Listing:
 
 def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
            entries: dict[str, list[PackEntry]], report: RemoteGcReport,
-           lease: Lease | None) -> None:
+           lease: Lease | None, live_datasets: set[str]) -> None:
     dead, partial = [], []
     in_live_pack: set[str] = set()
     for pack_id, rows in entries.items():
@@ -199,7 +246,8 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
                  if e.oid in keep and e.oid not in in_live_pack}
         uploaded = sum(moved.values())
     else:
-        written = _rewrite(core, remote, partial, keep, in_live_pack, report, left)
+        written = _rewrite(core, remote, partial, keep, in_live_pack, report, left,
+                           {p: named & live_datasets for p, named in listing.owners.items()})
         uploaded = sum(written.values())
     # A pack written again as itself (same objects, same order: same id) stays.
     dead = [p for p in dead if p not in written]
@@ -228,8 +276,21 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
     report.bytes_freed = max(sum(listing.packs[p] + listing.indexes[p] for p in records + rest)
                              + sum(listing.loose[o] for o in gone_loose)
                              + sum(listing.sizes[k] for k in strays) - uploaded, 0)
-    waves = [[k for p in records for k in (index_key(p), pack_key(p))],
-             [k for p in rest for k in (index_key(p), pack_key(p))]
+    # Catalog entries go with their pack (before it), and with their dataset when no
+    # ref of it is left; an entry naming no pack here is a leftover.
+    going_packs = set(records + rest)
+    loose_ends = [layout.catalog_key(ds, p) for p, named in listing.owners.items()
+                  for ds in sorted(named)
+                  if p not in going_packs and (ds not in live_datasets or
+                                               (p not in listing.packs and p not in written))]
+    strays += loose_ends
+    report.strays_deleted = len(strays)
+
+    def with_catalog(p: str) -> list[str]:
+        return [layout.catalog_key(ds, p) for ds in sorted(listing.owners.get(p, ()))] + \
+            [index_key(p), pack_key(p)]
+    waves = [[k for p in records for k in with_catalog(p)],
+             [k for p in rest for k in with_catalog(p)]
              + [layout.loose_key(o) for o in gone_loose] + strays]
     if lease is None or not any(waves):
         return
@@ -275,9 +336,10 @@ def _nothing_deleted(report: RemoteGcReport, why: str) -> None:
     report.loose_deleted = report.strays_deleted = report.bytes_freed = 0
 
 
-def _raise_format(remote: Remote) -> None:
-    """A format-1 remote becomes format 2 before anything is deleted: a dsv that knows
-    only format 1 takes no push lease, and must not push where a gc runs."""
+def _raise_format(remote: Remote, to: int = layout.LEASE_FORMAT) -> None:
+    """Raise the remote's format to `to`: a format-1 remote becomes format 2 before
+    anything is deleted (a dsv that knows only format 1 takes no push lease, and must not
+    push where a gc runs); a remote whose catalogs gc wrote becomes format 3."""
     got = remote.backend.read_ref(REMOTE_MARKER)
     if got is None:
         return
@@ -285,8 +347,8 @@ def _raise_format(remote: Remote) -> None:
         fmt = load_bounded(got[0], MAX_REF_BYTES).get("format")
     except (ValueError, AttributeError):
         return
-    if fmt != layout.REMOTE_FORMAT and \
-            remote.backend.write_ref(REMOTE_MARKER, layout.marker_body(), got[1]) is None:
+    if isinstance(fmt, int) and fmt < to and \
+            remote.backend.write_ref(REMOTE_MARKER, layout.marker_body(to), got[1]) is None:
         raise RemoteError(f"{REMOTE_MARKER} on {remote.name} changed while gc ran; nothing "
                           f"was deleted", hint="run gc again")
 
@@ -321,11 +383,13 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing
 
 
 def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
-             elsewhere: set[str], report: RemoteGcReport, left: set[str]) -> dict[str, int]:
+             elsewhere: set[str], report: RemoteGcReport, left: set[str],
+             owners: dict[str, set[str]]) -> dict[str, int]:
     """Upload the live objects of partly-live packs that no wholly-live pack holds, into
-    new packs; a pack that cannot be read whole is left alone (added to `left`).
-    Returns the packs written: id → size."""
-    gathered = Gathered()
+    new packs (named in the catalogs that named the packs they came from); a pack that
+    cannot be read whole is left alone (added to `left`). Returns the packs written:
+    id → size."""
+    gathered = Gathered(owners)
     written: dict[str, int] = {}
 
     def sent(items: list[Sent]) -> None:
@@ -346,7 +410,7 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
                 continue
             for oid, kind, data in objects:
                 if oid in keep and oid not in elsewhere:
-                    gathered.add(oid, kind, data)
+                    gathered.add(oid, kind, data, pack_id)
             if gathered.nbytes >= 2 * UPLOAD_PACK_SIZE:
                 sent(gathered.flush(core, remote, final=False))
             advance(1, 0)

@@ -27,7 +27,9 @@ from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail
     parse_whole_pack
 from ..jsonio import load_bounded
 from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
-from ..remotes.layout import LOCKS, MAINTAIN_LOCK, index_key, pack_key, push_lock_key
+from ..remotes import layout
+from ..remotes.layout import LOCKS, MAINTAIN_LOCK, catalog_key, index_key, pack_key, \
+    push_lock_key
 from ..reports import MaintainReport
 from .remote import UPLOAD_PACK_SIZE, Remote, Sent, record_sent
 
@@ -65,6 +67,7 @@ def maintain(core: Core, remote: Remote, refresh: bool = True,
     maintenance lease (RemoteError if another maintainer holds it; with `wait` False, an
     empty report instead)."""
     report = MaintainReport(remote.name)
+    remote.scope = None  # a maintainer looks at every pack
     if refresh:
         remote.connect()
         remote.refresh()
@@ -348,7 +351,8 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
     small = small_packs(core, remote)
     if len(small) < 2:
         return
-    gathered = Gathered()
+    owners = catalog_owners(remote)
+    gathered = Gathered(owners)
     done: list[str] = []
     with core.reporter.task("reading small packs", len(small),
                             sum(core.index.remote_packs(remote.name)[p] for p in small)
@@ -358,7 +362,7 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
             if objects is None:
                 continue
             for oid, kind, data in objects:
-                gathered.add(oid, kind, data)
+                gathered.add(oid, kind, data, pack_id)
             done.append(pack_id)
             advance(1, sum(len(d) for _o, _k, d in objects))
             if gathered.nbytes >= 4 * UPLOAD_PACK_SIZE:
@@ -376,6 +380,8 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
                                   f"pack was deleted: the rest stay (the next run merges "
                                   f"them)")
             break
+        for ds_id in sorted(owners.get(pack_id, ())):
+            remote.backend.delete(catalog_key(ds_id, pack_id))
         remote.backend.delete(index_key(pack_id))
         remote.backend.delete(pack_key(pack_id))
         report.packs_repacked += 1
@@ -406,21 +412,36 @@ def read_pack(remote: Remote, pack_id: str, skipped: list[str], max_size: int = 
     return out
 
 
+def catalog_owners(remote: Remote) -> dict[str, set[str]]:
+    """Which datasets' catalogs name each pack: pack id → dataset ids (one listing)."""
+    owners: dict[str, set[str]] = {}
+    for key, _size in remote.backend.list(layout.CATALOG):
+        entry = layout.catalog_entry_of_key(key)
+        if entry is not None:
+            owners.setdefault(entry[1], set()).add(entry[0])
+    return owners
+
+
 class Gathered:
     """Checked objects bound for new remote packs, by kind (each id once), with a running
-    count of their bytes."""
+    count of their bytes. A new pack is named in the catalog of every dataset whose
+    catalog named a pack one of its objects came from (`owners`: pack → datasets)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owners: dict[str, set[str]]) -> None:
         self.by_kind: dict[int, list[tuple[str, int, bytes]]] = {
             KIND_BLOB: [], KIND_TREE: [], KIND_VERSION: []}
         self.ids: set[str] = set()
+        self.came_from: dict[str, str] = {}
+        self.owners = owners
         self.nbytes = 0
 
-    def add(self, oid: str, kind: int, data: bytes) -> None:
-        """Gather one object (a second copy of an id, or an unknown kind, is skipped)."""
+    def add(self, oid: str, kind: int, data: bytes, pack_id: str) -> None:
+        """Gather one object read from `pack_id` (a second copy of an id, or an unknown
+        kind, is skipped)."""
         if oid not in self.ids and kind in self.by_kind:
             self.ids.add(oid)
             self.by_kind[kind].append((oid, kind, data))
+            self.came_from[oid] = pack_id
             self.nbytes += len(data)
 
     def flush(self, core: Core, remote: Remote, final: bool) -> list[Sent]:
@@ -442,6 +463,10 @@ class Gathered:
                 remote.backend.put_bytes(pack_key(pack_id), data)
                 remote.backend.put_bytes(index_key(pack_id),
                                          data[len(data) - pack_tail_size(len(entries)):])
+                # Named in the catalogs before the packs its objects came from can go.
+                for ds_id in sorted(set().union(*(
+                        self.owners.get(self.came_from.pop(e.oid), ()) for e in entries))):
+                    remote.add_to_catalog(ds_id, [pack_id])
                 sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
                 self.nbytes -= size
                 start = end

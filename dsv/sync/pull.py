@@ -183,9 +183,11 @@ def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] |
 
 def clone(url: str, path: str | os.PathLike[str] | None = None,
           endpoint_url: str | None = None, profile: str | None = None,
-          reporter: Reporter | None = None) -> tuple[Core, PullReport]:
+          reporter: Reporter | None = None,
+          datasets: list[str] | None = None) -> tuple[Core, PullReport]:
     """A new workspace from a remote: datasets bound where the pusher had them, each
-    checked out at its latest version.
+    checked out at its latest version. With `datasets` (names or ids), only those: the
+    store then reads only their refs, catalogs and packs, now and in later fetches.
 
     Safe to kill and to race: `.dsv/` is created exclusively and a clone marker
     (`.dsv/clone.json`, flock'd while the clone runs) says the clone is unfinished,
@@ -202,8 +204,8 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
     if root.exists() and any(root.iterdir()):
         raise StoreExists(f"{root} exists and is not empty")
     # The remote is checked before anything is created; a failed clone leaves nothing.
-    open_backend(RemoteSpec("origin", url, endpoint_url=endpoint_url,
-                            profile=profile)).check_reachable()
+    spec = RemoteSpec("origin", url, endpoint_url=endpoint_url, profile=profile)
+    open_backend(spec).check_reachable()
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -220,6 +222,10 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
         core = Core(root, reporter)
         add_remote(core, "origin", url, endpoint_url=endpoint_url, profile=profile,
                    default=True)
+        if datasets:
+            origin = open_remote(core, "origin")
+            with core.index.transaction():
+                core.index.set_remote_scope("origin", origin.dataset_ids(datasets))
         report = _finish_clone(core)
     except BaseException:
         # Only what this clone made goes: the files its checkout placed (the directory

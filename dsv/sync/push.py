@@ -164,12 +164,50 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
             report.versions_sent = len(new)
         if new:
             _send_objects(core, remote, new, report)
+        _write_catalogs(core, remote, versions, new)
         crashpoint("push:objects-sent")
         if lock.unbroken(look=True):
             return
         lapsed = True
     raise RemoteError(f"the push's lease on {remote.name} kept lapsing; no ref was moved",
                       hint="push again")
+
+
+def _write_catalogs(core: Core, remote: Remote, versions: list[Version],
+                    in_need: list[Version]) -> None:
+    """Make each version's dataset catalog on the remote name every pack holding its
+    objects, before any ref names the version (a reader of one dataset reads only what
+    its catalog names). The pack of the version's record is named last, so a catalog
+    naming it names the rest too; a version whose record's pack is named is skipped.
+    `in_need` are the versions whose objects the `need` set holds now."""
+    index = core.index
+    where = index.remote_locate_many(remote.name, [v.record for v in versions if v.record])
+    by_dataset: dict[str, list[Version]] = {}
+    for v in versions:
+        by_dataset.setdefault(v.dataset, []).append(v)
+    for ds_id, ds_versions in by_dataset.items():
+        known = index.catalog_packs(remote.name, ds_id)
+        todo = _unnamed(ds_versions, where, known)
+        if todo:
+            known |= remote.list_catalog(ds_id)
+            todo = _unnamed(ds_versions, where, known)
+        if not todo:
+            continue
+        if {v.id for v in todo} - {v.id for v in in_need}:
+            _collect_needed(core, todo)
+            in_need = todo
+        packs = index.need_remote_packs(remote.name)
+        last = {where[v.record][0] for v in todo if v.record in where}
+        remote.add_to_catalog(ds_id, sorted(packs - last - known))
+        remote.add_to_catalog(ds_id, sorted(last - known))  # last: see above
+        with index.transaction():
+            index.set_catalog(remote.name, ds_id, known | packs)
+
+
+def _unnamed(versions: list[Version], where: dict[str, tuple[str, int, int]],
+             named: set[str]) -> list[Version]:
+    """The versions whose record is in no pack of `named` (or not known on the remote)."""
+    return [v for v in versions if v.record not in where or where[v.record][0] not in named]
 
 
 def _settle_pending(core: Core, remote: Remote) -> None:

@@ -18,7 +18,7 @@ from ..core import Core
 from ..errors import AmbiguousRef, CorruptObject, DatasetNotFound, InvalidInput, RefError
 from ..hashing import is_hash
 from ..jsonio import load_bounded
-from ..model import Version
+from ..model import LATEST, Version
 from ..objects import PackEntry, parse_pack_index
 from ..remotes import layout
 from ..remotes.connect import open_backend
@@ -41,6 +41,10 @@ class Remote:
         self.spec = spec
         self.name = spec.name
         self.backend: Backend = open_backend(spec)
+        self.format = layout.REMOTE_FORMAT  # as its marker says, once connected
+        self.scope: list[str] | None = core.index.remote_scope(spec.name)
+        """The datasets this store reads of the remote (None: every one). Honoured only
+        where the remote keeps complete catalogs (format 3); else everything is read."""
 
     def connect(self, must_exist: bool = True) -> None:
         """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
@@ -57,6 +61,7 @@ class Remote:
                                   f"to it yet)", hint="push to it first, or check the URL") \
                     from None
             self.backend.write_ref(REMOTE_MARKER, layout.marker_body(), None)
+            self.format = layout.REMOTE_FORMAT
             return
         except ValueError:
             raise RemoteError(f"{self.spec.url}/{REMOTE_MARKER} is unreadable") from None
@@ -65,11 +70,22 @@ class Remote:
                               f"{marker.get('format') if isinstance(marker, dict) else '?'}; "
                               f"this dsv reads formats "
                               f"{', '.join(map(str, layout.READ_FORMATS))}")
+        self.format = int(marker["format"])
+
+    @property
+    def scoped(self) -> list[str] | None:
+        """The datasets reads are limited to, if they can be (complete catalogs)."""
+        return self.scope if self.format >= layout.CATALOG_FORMAT else None
 
     def refresh(self) -> None:
         """Bring the store's picture of the remote's packs up to date (list `index/` and
         `packs/`; read each new pack index, which must hash to its pack's name). After a
-        remote gc (its generation in `gc.json` changed) the picture is read afresh."""
+        remote gc (its generation in `gc.json` changed) the picture is read afresh. A
+        store that reads only some datasets lists their catalogs instead, and reads only
+        the indexes they name."""
+        if self.scoped is not None:
+            self._refresh_scoped(self.scoped)
+            return
         index = self.core.index
         generation = self.gc_generation()
         listed = {pid: size for key, size in self.backend.list(layout.INDEX)
@@ -90,10 +106,26 @@ class Remote:
             # picture, and forget the loose objects (a gc may have deleted some).
             new, gone = list(listed), list(known)
 
+        results = self._read_indexes(new, listed)
+        with index.transaction():
+            for pack_id in gone:  # first: an object's row names the first pack holding it
+                index.forget_remote_pack(self.name, pack_id)
+            if reset:  # the remote lost data (or was reset): trust nothing we remember of it
+                index.forget_remote_loose(self.name)
+                index.forget_catalogs(self.name)
+            for pack_id, entries, size in results:
+                index.add_remote_pack(self.name, pack_id, size, entries)
+            index.set_remote_gc_generation(self.name, generation)
+
+    def _read_indexes(self, packs: list[str], sizes: dict[str, int]
+                      ) -> list[tuple[str, list[PackEntry], int]]:
+        """The entries and pack size of each pack index that can be read (one that is
+        gone since it was listed, or damaged, is left out)."""
         def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
             try:
                 data = self.backend.get(index_key(pack_id),
-                                        max_size=min(listed[pack_id], MAX_GET_BYTES))
+                                        max_size=min(sizes.get(pack_id, MAX_GET_BYTES),
+                                                     MAX_GET_BYTES))
                 entries, size = parse_pack_index(data, pack_id)
             except NotFound:
                 return None  # deleted since the listing (a maintainer repacked it)
@@ -106,14 +138,49 @@ class Remote:
             return pack_id, entries, size
 
         with ThreadPoolExecutor(WORKERS) as pool:
-            results = [r for r in pool.map(read, new) if r is not None]
+            return [r for r in pool.map(read, packs) if r is not None]
+
+    def list_catalog(self, dataset: str) -> set[str]:
+        """The packs `dataset`'s catalog on the remote names (one LIST per 1,000)."""
+        found = set()
+        for key, _size in self.backend.list(layout.catalog_prefix(dataset)):
+            entry = layout.catalog_entry_of_key(key)
+            if entry is not None and entry[0] == dataset:
+                found.add(entry[1])
+        return found
+
+    def add_to_catalog(self, dataset: str, packs: Iterable[str]) -> None:
+        """Name `packs` in `dataset`'s catalog on the remote (idempotent)."""
+        keys = [layout.catalog_key(dataset, p) for p in packs]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(lambda k: self.backend.put_bytes(k, layout.CATALOG_ENTRY), keys))
+
+    def _refresh_scoped(self, scope: list[str]) -> None:
+        """Refresh only what `scope`'s datasets need: list their catalogs, read the
+        indexes of the packs they name that the picture lacks. A pack gone from a
+        catalog (repacked, or collected) makes that dataset's packs all read again (an
+        object's row names only the first pack holding it)."""
+        index = self.core.index
+        generation = self.gc_generation()
+        reset = generation != index.remote_gc_generation(self.name)
+        listed = {ds: self.list_catalog(ds) for ds in scope}
+        known = set(index.remote_packs(self.name))
+        forget: set[str] = set(known) if reset else set()
+        for ds, packs in listed.items():
+            if index.catalog_packs(self.name, ds) - packs:
+                forget |= known & (index.catalog_packs(self.name, ds) | packs)
+        wanted = set().union(*listed.values()) if listed else set()
+        results = self._read_indexes(sorted(wanted - (known - forget)), {})
         with index.transaction():
-            for pack_id in gone:  # first: an object's row names the first pack holding it
+            for pack_id in forget:
                 index.forget_remote_pack(self.name, pack_id)
-            if reset:  # the remote lost data (or was reset): trust nothing we remember of it
+            if reset:
                 index.forget_remote_loose(self.name)
+                index.forget_catalogs(self.name)
             for pack_id, entries, size in results:
                 index.add_remote_pack(self.name, pack_id, size, entries)
+            for ds, packs in listed.items():
+                index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
 
     def gc_generation(self) -> str:
@@ -132,10 +199,41 @@ class Remote:
         value = body.get("generation") if isinstance(body, dict) else None
         return value if isinstance(value, str) and len(value) <= 64 else "?"
 
+    def dataset_ids(self, words: list[str]) -> list[str]:
+        """The ids of the remote's datasets `words` name, each by id or by the name its
+        `latest` ref carries (one LIST of `refs/`, then, for names, one small GET per
+        dataset). InvalidInput for a word that names none."""
+        ids = sorted({parts[1] for key, _size in self.backend.list(layout.REFS)
+                      if len(parts := key.split("/")) >= 3})
+        names: dict[str, str] = {}
+        if any(w not in ids for w in words):
+            def latest(ds: str) -> RemoteRef | None:
+                try:
+                    got = self.backend.read_ref(layout.ref_key(ds, LATEST))
+                except RemoteRefused:
+                    return None
+                return layout.parse_ref(layout.ref_key(ds, LATEST), *got) \
+                    if got else None
+            with ThreadPoolExecutor(WORKERS) as pool:
+                for ref in pool.map(latest, ids):
+                    if ref is not None and ref.name:
+                        names.setdefault(ref.name, ref.dataset)
+        out = []
+        for word in words:
+            found = word if word in ids else names.get(word)
+            if found is None:
+                raise InvalidInput(f"{self.spec.url} has no dataset {word!r}",
+                                   hint=f"its datasets: {', '.join(sorted(names) or ids)}")
+            out.append(found)
+        return out
+
     def read_refs(self) -> dict[tuple[str, str], RemoteRef]:
-        """Every ref on the remote: (dataset id, ref) → RemoteRef; a ref that cannot
-        be read safely is skipped with a warning."""
-        keys = [key for key, _size in self.backend.list(layout.REFS)]
+        """Every ref on the remote (of the scope's datasets only, in a store that reads
+        only some, catalogs or not): (dataset id, ref) → RemoteRef; a ref that cannot be
+        read safely is skipped with a warning."""
+        prefixes = [layout.REFS] if self.scope is None else \
+            [f"{layout.REFS}{ds}/" for ds in self.scope]
+        keys = [key for prefix in prefixes for key, _size in self.backend.list(prefix)]
 
         def read(key: str) -> RemoteRef | None:
             try:
