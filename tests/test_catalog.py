@@ -251,3 +251,73 @@ def test_a_clone_of_one_dataset_over_s3(tmp_path: Path, dsv, s3_endpoint: str,
                  cwd=tmp_path)
     assert result.code == 0, result.err
     assert read_tree(clone) == {k: v for k, v in read_tree(ws).items() if k.startswith("beta/")}
+
+
+def test_gc_names_the_surviving_copy_of_an_object_in_the_catalog(shared, dsv,
+                                                                 tmp_path: Path) -> None:
+    """beta's new line holds a file that alpha's pack also holds; beta's catalog named
+    only its own copy's pack. A gc that deletes that (partly-live) pack must leave beta's
+    catalog naming alpha's copy."""
+    ws, remote = shared
+    ids = _ids(ws)
+    scoped = tmp_path / "scoped"
+    assert dsv("clone", remote, scoped, "--dataset", "beta", cwd=tmp_path).code == 0
+    first = json.loads(dsv("show", "beta:latest", "--json", cwd=scoped).out)["id"]
+    shared_file = (ws / "alpha" / "f00.bin").read_bytes()
+    write_tree(scoped / "beta", {"shared.bin": shared_file, "gone.bin": os.urandom(500)})
+    assert dsv("commit", "-m", "two", cwd=scoped / "beta").code == 0
+    assert dsv("push", cwd=scoped).code == 0
+    assert dsv("checkout", f"beta:{first}", cwd=scoped / "beta").code == 0
+    write_tree(scoped / "beta", {"shared.bin": shared_file})
+    assert dsv("commit", "--force", "-m", "other line", cwd=scoped / "beta").code == 0
+    assert dsv("push", "--force", cwd=scoped).code == 0
+    result = dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert result.code == 0 and json.loads(result.out)["packs_rewritten"] >= 1, result.out
+    assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    result = dsv("clone", remote, clone, "--dataset", "beta", cwd=tmp_path)
+    assert result.code == 0 and "do not name everything" not in result.err, result.err
+    assert (clone / "beta" / "shared.bin").read_bytes() == shared_file
+    assert ids["beta"] in {ds for ds in os.listdir(remote / "catalog")}
+
+
+def test_maintain_leaves_a_killed_pushs_unnamed_packs_alone(shared, dsv,
+                                                            tmp_path: Path) -> None:
+    """A push killed after its uploads, before it named them: merged into a named pack,
+    its record would seem named, and the push run again would skip naming the rest."""
+    from conftest import run_dsv
+    ws, remote = shared
+    ids = _ids(ws)
+    write_tree(ws / "alpha", {f"big{i}.bin": os.urandom(900_000) for i in range(10)})
+    assert dsv("commit", "-m", "big", cwd=ws / "alpha").code == 0
+    killed = run_dsv("push", "origin", "alpha", cwd=ws,
+                     env={"DSV_CRASH_AT": "push:phase-sent", "DSV_CRASH_AFTER": "3"})
+    assert killed.returncode != 0
+    for _ in range(2):  # more small named packs, so maintain has work
+        write_tree(ws / "beta", {f"n{_}.bin": os.urandom(300)})
+        assert dsv("commit", "-m", "n", cwd=ws / "beta").code == 0
+        assert dsv("push", "origin", "beta", cwd=ws).code == 0
+    assert dsv("remote", "maintain", "origin", cwd=ws).code == 0
+    assert dsv("push", "origin", "alpha", cwd=ws).code == 0
+    assert dsv("verify", "--remote", "origin", cwd=ws).code == 0
+    _assert_catalog_whole(remote, ws, ids["alpha"], "alpha")
+    clone = tmp_path / "clone"
+    result = dsv("clone", remote, clone, "--dataset", "alpha", cwd=tmp_path)
+    assert result.code == 0 and "do not name everything" not in result.err, result.err
+    assert read_tree(clone / "alpha") == read_tree(ws / "alpha")
+
+
+def test_a_reader_whose_catalog_falls_short_reads_every_index(shared, dsv,
+                                                              tmp_path: Path) -> None:
+    """A catalog is an economy, never a reason to fail: a store that reads one dataset
+    and finds what it needs in no pack the catalog names reads every pack index, once,
+    and says so."""
+    ws, remote = shared
+    ids = _ids(ws)
+    import shutil
+    shutil.rmtree(remote / "catalog" / ids["beta"])
+    clone = tmp_path / "clone"
+    result = dsv("clone", remote, clone, "--dataset", "beta", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "the catalogs of origin do not name everything" in result.err
+    assert read_tree(clone) == {k: v for k, v in read_tree(ws).items() if k.startswith("beta/")}

@@ -82,7 +82,9 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
             yield oid, data
         return
     except PackGone:
-        remote.refresh()
+        # (a store reading some datasets may have missed the move in their catalogs)
+        if not remote.widen():
+            remote.refresh()
     rest = [oid for oid in missing if oid not in done]
     moved = core.index.remote_locate_many(remote.name, rest)
     for oid in rest:
@@ -263,6 +265,8 @@ def _download_chunk(core: Core, remote: Remote | None, entries: dict[str, int],
                                 f"remote is configured", hint="add one with `dsv remote add`")
         return
     located = core.index.remote_locate_many(remote.name, small)
+    if len(located) < len(small) and remote.widen():
+        located = core.index.remote_locate_many(remote.name, small)
     for oid in small:
         if oid not in located:
             large.append(oid)  # not in any pack the remote lists: try it as a loose file

@@ -48,10 +48,15 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     remote.refresh()
     remote_refs = remote.read_refs()
     index = core.index
-    if any(not index.remote_locate_many(remote.name, [r.record]) for r in remote_refs.values()):
+    for _attempt in range(2):
+        if all(index.remote_locate_many(remote.name, [r.record])
+               for r in remote_refs.values()):
+            break
         # A push moved a ref after the packs were listed (its record is in a pack that
-        # listing missed): look once more, then judge the refs as they are.
-        remote.refresh()
+        # listing missed), or a catalog read is not whole: look once more (at every
+        # pack index, then), then judge the refs as they are.
+        if not remote.widen():
+            remote.refresh()
         remote_refs = remote.read_refs()
     # Records first (small), then only the history the remote's refs reach: versions of
     # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
@@ -272,6 +277,9 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
         for oid in frontier:
             if oid in stored:
                 continue
+            if oid not in located and remote.widen():
+                located.update((o, (p, off, ln)) for o, p, off, ln in
+                               core.index.remote_objects_of_kind(remote.name, KIND_TREE))
             if oid not in located:
                 _missing_tree(oid)
             need[oid] = located[oid]

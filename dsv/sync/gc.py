@@ -227,11 +227,11 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
            entries: dict[str, list[PackEntry]], report: RemoteGcReport,
            lease: Lease | None, live_datasets: set[str]) -> None:
     dead, partial = [], []
-    in_live_pack: set[str] = set()
+    in_live_pack: dict[str, str] = {}   # oid → a wholly live pack holding it
     for pack_id, rows in entries.items():
         live = sum(e.oid in keep for e in rows)
         if live == len(rows):
-            in_live_pack.update(e.oid for e in rows)
+            in_live_pack.update((e.oid, pack_id) for e in rows)
         elif live:
             partial.append(pack_id)
         else:
@@ -246,8 +246,11 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
                  if e.oid in keep and e.oid not in in_live_pack}
         uploaded = sum(moved.values())
     else:
-        written = _rewrite(core, remote, partial, keep, in_live_pack, report, left,
-                           {p: named & live_datasets for p, named in listing.owners.items()})
+        live_owners = {p: named & live_datasets for p, named in listing.owners.items()}
+        written = _rewrite(core, remote, partial, keep, set(in_live_pack), report, left,
+                           live_owners)
+        _name_survivors(remote, [p for p in partial if p not in left and p not in written],
+                        entries, keep, in_live_pack, live_owners)
         uploaded = sum(written.values())
     # A pack written again as itself (same objects, same order: same id) stays.
     dead = [p for p in dead if p not in written]
@@ -382,6 +385,24 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing
     return out
 
 
+def _name_survivors(remote: Remote, going: list[str], entries: dict[str, list[PackEntry]],
+                    keep: set[str], in_live_pack: dict[str, str],
+                    owners: dict[str, set[str]]) -> None:
+    """A live object of a partly-live pack that goes, which a wholly live pack also
+    holds, is not rewritten: that pack is named in the catalogs that named the one going
+    (before it goes), so every dataset keeps a named pack for it."""
+    wanted: dict[str, set[str]] = {}
+    for pack_id in going:
+        named = owners.get(pack_id, set())
+        for e in entries[pack_id] if named else ():
+            holder = in_live_pack.get(e.oid)
+            if e.oid in keep and holder is not None:
+                for ds_id in named - owners.get(holder, set()):
+                    wanted.setdefault(ds_id, set()).add(holder)
+    for ds_id, packs in sorted(wanted.items()):
+        remote.add_to_catalog(ds_id, sorted(packs))
+
+
 def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
              elsewhere: set[str], report: RemoteGcReport, left: set[str],
              owners: dict[str, set[str]]) -> dict[str, int]:
@@ -389,7 +410,7 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
     new packs (named in the catalogs that named the packs they came from); a pack that
     cannot be read whole is left alone (added to `left`). Returns the packs written:
     id → size."""
-    gathered = Gathered(owners)
+    gathered = Gathered()
     written: dict[str, int] = {}
 
     def sent(items: list[Sent]) -> None:
@@ -415,6 +436,7 @@ def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
                 sent(gathered.flush(core, remote, final=False))
             advance(1, 0)
     sent(gathered.flush(core, remote, final=True))
+    gathered.name_in_catalogs(remote, owners)
     return written
 
 

@@ -352,7 +352,13 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
     if len(small) < 2:
         return
     owners = catalog_owners(remote)
-    gathered = Gathered(owners)
+    if remote.format >= layout.CATALOG_FORMAT:
+        # A pack no catalog names (a push's, before it names them; or a killed push's)
+        # stays as it is: merged into a named pack, it would seem named.
+        small = [p for p in small if p in owners]
+        if len(small) < 2:
+            return
+    gathered = Gathered()
     done: list[str] = []
     with core.reporter.task("reading small packs", len(small),
                             sum(core.index.remote_packs(remote.name)[p] for p in small)
@@ -369,6 +375,9 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
                 _flush(core, remote, gathered, report, final=False)
     # Blobs, then trees, then version records: the publish order of a push.
     _flush(core, remote, gathered, report, final=True)
+    # Listed again: a push may have named an old pack meanwhile.
+    owners = catalog_owners(remote)
+    gathered.name_in_catalogs(remote, owners)
     for number, pack_id in enumerate(done):
         # Every object of these is in a pack uploaded above. The index first: an index on
         # the remote always names a whole pack. (A pack written again as itself, the same
@@ -424,25 +433,42 @@ def catalog_owners(remote: Remote) -> dict[str, set[str]]:
 
 class Gathered:
     """Checked objects bound for new remote packs, by kind (each id once), with a running
-    count of their bytes. A new pack is named in the catalog of every dataset whose
-    catalog named a pack one of its objects came from (`owners`: pack → datasets)."""
+    count of their bytes, and where each came from: once uploaded, a new pack is named
+    (`name_in_catalogs`) in the catalog of every dataset whose catalog names a pack any
+    copy of one of its objects came from."""
 
-    def __init__(self, owners: dict[str, set[str]]) -> None:
+    def __init__(self) -> None:
         self.by_kind: dict[int, list[tuple[str, int, bytes]]] = {
             KIND_BLOB: [], KIND_TREE: [], KIND_VERSION: []}
         self.ids: set[str] = set()
-        self.came_from: dict[str, str] = {}
-        self.owners = owners
+        self.sources: dict[str, list[str]] = {}   # oid → the packs its copies came from
+        self.placed: dict[str, str] = {}          # oid → the new pack it went to
         self.nbytes = 0
 
     def add(self, oid: str, kind: int, data: bytes, pack_id: str) -> None:
-        """Gather one object read from `pack_id` (a second copy of an id, or an unknown
-        kind, is skipped)."""
-        if oid not in self.ids and kind in self.by_kind:
+        """Gather one object read from `pack_id` (a second copy of an id is only noted
+        as such; an unknown kind is skipped)."""
+        if kind not in self.by_kind:
+            return
+        self.sources.setdefault(oid, []).append(pack_id)
+        if oid not in self.ids:
             self.ids.add(oid)
             self.by_kind[kind].append((oid, kind, data))
-            self.came_from[oid] = pack_id
             self.nbytes += len(data)
+
+    def name_in_catalogs(self, remote: Remote, owners: dict[str, set[str]]) -> None:
+        """Name each new pack in the catalogs (`owners`: pack → datasets, listed after the
+        uploads) that name a pack one of its objects came from: before those can go."""
+        wanted: dict[str, set[str]] = {}
+        for oid, new in self.placed.items():
+            for source in self.sources.get(oid, ()):
+                wanted.setdefault(new, set()).update(owners.get(source, ()))
+        by_dataset: dict[str, list[str]] = {}
+        for new, datasets in wanted.items():
+            for ds_id in datasets - owners.get(new, set()):
+                by_dataset.setdefault(ds_id, []).append(new)
+        for ds_id, packs in sorted(by_dataset.items()):
+            remote.add_to_catalog(ds_id, sorted(packs))
 
     def flush(self, core: Core, remote: Remote, final: bool) -> list[Sent]:
         """Upload what was gathered, in packs of about UPLOAD_PACK_SIZE (all of it when
@@ -463,10 +489,7 @@ class Gathered:
                 remote.backend.put_bytes(pack_key(pack_id), data)
                 remote.backend.put_bytes(index_key(pack_id),
                                          data[len(data) - pack_tail_size(len(entries)):])
-                # Named in the catalogs before the packs its objects came from can go.
-                for ds_id in sorted(set().union(*(
-                        self.owners.get(self.came_from.pop(e.oid), ()) for e in entries))):
-                    remote.add_to_catalog(ds_id, [pack_id])
+                self.placed.update((e.oid, pack_id) for e in entries)
                 sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
                 self.nbytes -= size
                 start = end

@@ -112,8 +112,13 @@ def push(core: Core, remote: Remote, targets: list[str], force: bool = False) ->
 
 def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: PushReport,
           lock: maintain.PushLock) -> None:
-    remote.refresh()
     versions, ref_plan = _push_plan(core, targets)
+    if remote.scope is not None and {ds.id for ds, *_ in ref_plan} - set(remote.scope):
+        # A store that reads only some datasets reads those it pushes too from now on.
+        remote.scope = sorted(set(remote.scope) | {ds.id for ds, *_ in ref_plan})
+        with core.index.transaction():
+            core.index.set_remote_scope(remote.name, remote.scope)
+    remote.refresh()
     report.versions = len(versions)
     refused = _preflight(core, remote, ref_plan, force)
     if refused:

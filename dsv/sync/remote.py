@@ -74,8 +74,27 @@ class Remote:
 
     @property
     def scoped(self) -> list[str] | None:
-        """The datasets reads are limited to, if they can be (complete catalogs)."""
-        return self.scope if self.format >= layout.CATALOG_FORMAT else None
+        """The datasets reads are limited to, if they can be (complete catalogs, and no
+        reason found to doubt them)."""
+        return self.scope if self.format >= layout.CATALOG_FORMAT and not self.widened \
+            else None
+
+    widened = False
+
+    def widen(self) -> bool:
+        """A store that reads only some datasets found its picture lacking (a catalog
+        that is not whole: an older dsv pushed, a maintainer raced a push, a pack went):
+        read every pack index once, as a store reading everything does. False if the
+        picture was whole already (nothing more to read)."""
+        if self.scoped is None:
+            return False
+        self.core.reporter.notice(f"warning: the catalogs of {self.name} do not name "
+                                   f"everything these datasets need; reading all of its "
+                                   f"pack indexes (`dsv verify --remote --repair` mends "
+                                   f"the catalogs)")
+        self.widened = True
+        self.refresh()
+        return True
 
     def refresh(self) -> None:
         """Bring the store's picture of the remote's packs up to date (list `index/` and
