@@ -170,6 +170,18 @@ class Core:
             result = record() if record is not None else None
         return result
 
+    def commit_sealed(self, ingest: Ingest) -> None:
+        """Make the packs `ingest` has sealed so far part of the store (as commit_objects
+        does, recording no rows that name them): a long download stays bounded in memory,
+        and what it publishes early is, until its refs move, what a killed one would
+        leave (unreferenced objects, which `gc` removes)."""
+        if not self.lock.held:
+            raise DsvError("bug in dsv: objects published without the store lock")
+        packs = ingest.publish_sealed()
+        if packs:
+            with self.index.transaction():
+                self.index.add_packs(packs)
+
     def writers_alive(self) -> int:
         """Other live processes with a staging directory (see objects.live_stages)."""
         return live_stages(self.tmp_root, self.objects.staging_dir)

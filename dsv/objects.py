@@ -704,6 +704,23 @@ class Ingest:
                 self._packs.append((info, writer.tmp))
 
     # ---- ending -----------------------------------------------------------------------
+    def publish_sealed(self) -> list[PackInfo]:
+        """Move the packs sealed so far (and the large files staged) into `objects/`, and
+        forget them: the caller records the packs in the index right away (under the
+        store lock), so this ingest's memory stays bounded however much it takes in;
+        what it is given again from then on the index already locates."""
+        for oid, staged in self._loose:
+            self.store.publish_loose(oid, staged)
+        for info, staged in self._packs:
+            self.store.publish_pack(info, staged)
+            for raw, *_rest in _ENTRY.iter_unpack(info.table):
+                self._pending.discard(raw)
+        packs = [info for info, _staged in self._packs]
+        with self._loose_lock:
+            self._loose, self._loose_ids = [], set()
+        self._packs = []
+        return packs
+
     def publish(self) -> list[PackInfo]:
         """Seal the last pack and move every staged object into `objects/`; returns the
         packs, which the caller must record in the index right away (under the store

@@ -369,12 +369,20 @@ class Store:
             return sync_push.push(self.core, open_remote(self.core, remote),
                                   list(targets or []), force)
 
-    def fetch(self, remote: str | None = None) -> FetchReport:
-        """Bring the remote's versions, trees and refs (no file contents)."""
+    def fetch(self, remote: str | None = None,
+              datasets: list[str] | None = None) -> FetchReport:
+        """Bring the remote's versions, trees and refs (no file contents); with
+        `datasets` (names or ids on the remote), only theirs (a store that reads only
+        some datasets, after `clone --dataset`, reads these too from now on)."""
         from .sync import fetch as sync_fetch
         from .sync.remote import open_remote
         with self.locked("fetch"):
-            return sync_fetch.fetch(self.core, open_remote(self.core, remote))[0]
+            opened = open_remote(self.core, remote)
+            ids = None
+            if datasets:
+                opened.connect()
+                ids = opened.dataset_ids(datasets)
+            return sync_fetch.fetch(self.core, opened, datasets=ids)[0]
 
     def pull(self, remote: str | None = None, targets: list[str] | None = None,
              paths: list[str] | None = None, force: bool = False,

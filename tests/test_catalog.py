@@ -321,3 +321,26 @@ def test_a_reader_whose_catalog_falls_short_reads_every_index(shared, dsv,
     assert result.code == 0, result.err
     assert "the catalogs of origin do not name everything" in result.err
     assert read_tree(clone) == {k: v for k, v in read_tree(ws).items() if k.startswith("beta/")}
+
+
+def test_a_fetch_of_another_dataset_widens_a_scoped_store(shared, dsv, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    ws, remote = shared
+    ids = _ids(ws)
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, "--dataset", "beta", cwd=tmp_path).code == 0
+    result = dsv("fetch", "origin", "alpha", "--json", cwd=clone)
+    assert result.code == 0, result.err
+    assert {d["name"] for d in json.loads(dsv("datasets", "list", "--json", cwd=clone).out)} \
+        == {"alpha", "beta"}
+    write_tree(ws / "alpha", {"later.bin": b"later"})
+    assert dsv("commit", "-m", "later", cwd=ws / "alpha").code == 0
+    assert dsv("push", "origin", "alpha", cwd=ws).code == 0
+    seen = _reads(monkeypatch)
+    result = dsv("fetch", "--json", cwd=clone)  # the store reads alpha now too
+    assert result.code == 0, result.err
+    assert "alpha:latest" in json.loads(result.out)["refs"]
+    assert f"LIST catalog/{ids['alpha']}/" in seen and "LIST index/" not in seen
+    bad = dsv("fetch", "origin", "gamma", cwd=clone)
+    assert bad.code != 0 and "has no dataset 'gamma'" in bad.err

@@ -669,3 +669,58 @@ def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
     assert pulled["objects_received"] == 9  # 7 + the shared one + the large one
     assert read_tree(tmp_path / "clone") == files
     assert dsv("verify", cwd=tmp_path / "clone").code == 0
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, killed: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull seals packs as they fill and puts them in the store after each chunk (its
+    memory does not grow with the version); refs move only at the end, so a pull killed
+    after some packs went in moves none, and the next pull does not download those."""
+    from dsv import objects
+    from dsv.sync import download
+    monkeypatch.setattr(download, "DOWNLOAD_CHUNK", 4)
+    monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 600)
+    monkeypatch.setattr(objects.Ingest, "_BATCH_OBJECTS", 2)
+    ws = tmp_path / "ws"
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(200 + i) for i in range(24)}
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
+    write_tree(ws, {f"new/g{i:02d}.bin": os.urandom(300 + i) for i in range(20)})
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    packs_before = len(list((clone / ".dsv" / "objects").rglob("*.pack")))
+    if killed:
+        chunk, calls = download._download_chunk, []
+
+        def dies_at_the_tenth(*args: object) -> None:
+            calls.append(1)
+            if len(calls) == 10:
+                raise KeyboardInterrupt  # as if killed in the middle of the download
+            chunk(*args)  # type: ignore[arg-type]
+        monkeypatch.setattr(download, "_download_chunk", dies_at_the_tenth)
+        died = dsv("pull", cwd=clone)
+        assert died.code != 0 and calls, died.out + died.err
+        assert read_tree(clone) == {k: v for k, v in read_tree(ws).items()
+                                    if not k.startswith("new/")}
+        status = dsv("status", cwd=clone)
+        assert status.code == 0 and "clean" in status.out
+        assert len(list((clone / ".dsv" / "objects").rglob("*.pack"))) > packs_before + 2
+        assert dsv("verify", cwd=clone).code == 0
+        monkeypatch.undo()
+        again = dsv("pull", "--json", cwd=clone)  # what went in is not downloaded again
+        assert again.code == 0, again.err
+        assert json.loads(again.out)["objects_received"] < 20
+        assert read_tree(clone) == read_tree(ws)
+    else:
+        result = dsv("pull", "--json", cwd=clone)
+        assert result.code == 0, result.err
+        assert json.loads(result.out)["objects_received"] == 20
+        assert len(list((clone / ".dsv" / "objects").rglob("*.pack"))) > packs_before + 2
+        assert read_tree(clone) == read_tree(ws)
+        assert dsv("verify", cwd=clone).code == 0

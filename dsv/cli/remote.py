@@ -169,13 +169,19 @@ def push(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DAT
 
 
 @commands.command()
-def fetch(remote: Optional[str] = typer.Argument(None, metavar="[REMOTE]",
-                                                 autocompletion=complete.remotes,
-                                                 help="Remote name (default: the default "
-                                                      "remote)."),
+def fetch(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DATASET]...",
+                                                    autocompletion=complete.remotes,
+                                                    help="Remote name (default: the default "
+                                                         "remote), then the datasets to "
+                                                         "fetch, by name or id (default: "
+                                                         "all, or those the store reads)."),
           as_json: bool = JsonOpt) -> None:
     """Bring a remote's versions and refs (not file contents)."""
-    report = open_store().fetch(remote)
+    store = open_store()
+    words = list(args or [])
+    remote = words.pop(0) if words and words[0] in \
+        {s.name for s in store.core.remote_specs()} else None
+    report = store.fetch(remote, words or None)
     if as_json:
         print_json(report.to_json())
         return

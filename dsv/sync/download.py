@@ -246,6 +246,9 @@ def download_blobs(core: Core, remote: Remote | None,
             chunk[oid] = size
             if len(chunk) >= DOWNLOAD_CHUNK:
                 _download_chunk(core, remote, chunk, report, ingest, label)
+                # What is sealed goes into the store now: an ingest of a million blobs
+                # would otherwise hold every id until the end.
+                core.commit_sealed(ingest)
                 chunk = {}
     _download_chunk(core, remote, chunk, report, ingest, label)
 

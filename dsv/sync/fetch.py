@@ -43,7 +43,12 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     if whole:
         remote.scope = None
     elif datasets:
-        remote.scope = sorted(set(datasets) | set(remote.scope or ()))
+        if remote.scope is not None:  # a store reading some datasets reads these too now
+            remote.scope = sorted(set(datasets) | set(remote.scope))
+            with core.index.transaction():
+                core.index.set_remote_scope(remote.name, remote.scope)
+        else:  # (a store reading everything reads only these this time)
+            remote.scope = sorted(set(datasets))
     scope = remote.scope
     remote.refresh()
     remote_refs = remote.read_refs()
