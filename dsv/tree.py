@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -151,7 +150,8 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
         if type(row) is not list or len(row) != 5:
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
         name, kind, mode, size, child = row
-        if (type(name) is not str or kind not in _KINDS or type(mode) is not int
+        if (type(name) is not str or type(kind) is not str or kind not in _KINDS
+                or type(mode) is not int
                 or type(size) is not int or size < 0 or not 0 <= mode <= 0o7777
                 or type(child) is not str or len(child) != 64):
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
@@ -163,7 +163,7 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
         previous = encoded
         out.append((name, kind, mode, size, child))
-    if out and not _HEX_RUN.fullmatch("".join(r[4] for r in out)):
+    if out and not _all_hex("".join(r[4] for r in out)):
         raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
     return out
 
@@ -172,7 +172,12 @@ _KINDS = frozenset((FILE, LINK, DIR))
 _check_name = functools.lru_cache(maxsize=1 << 16)(check_name)
 """`paths.check_name`, remembering the names that passed (the trees of a history repeat
 most names: a clone validates each once)."""
-_HEX_RUN = re.compile(r"[0-9a-f]*")
+
+
+def _all_hex(text: str) -> bool:
+    """Whether `text` is lowercase hex digits only (many ids joined: one pass in C; a
+    character that is not ASCII becomes "?", which is no digit)."""
+    return not text.encode("ascii", "replace").translate(None, b"0123456789abcdef")
 
 
 def node_at(read_tree: Callable[[str], bytes], oid: str, prefix: str,

@@ -480,6 +480,24 @@ def test_bad_names_in_tree_are_refused(tmp_path: Path, dsv, name: str) -> None:
     assert not (tmp_path / "evil").exists()
 
 
+@pytest.mark.parametrize("entry", [
+    ["f.txt", ["f"], 0o644, 4, None],        # a kind that is a list (unhashable)
+    ["f.txt", "f", True, 4, None],           # a JSON true for a mode
+    ["f.txt", "f", 0o644, 4, "A" * 64],      # an id in upper case
+    ["f.txt", "f", 0o644, 4, "\u00e9" * 64],  # an id of non-ASCII letters
+])
+def test_malformed_tree_entries_are_refused(tmp_path: Path, dsv, entry: list) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    blob = remote.blob(b"evil")
+    root = remote.tree([[*entry[:4], entry[4] or blob]])
+    record = remote.record("v1aaaaaaaa", DS, root)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "has a malformed entry" in r.err and "bug in dsv" not in r.err, r.err
+    assert not (tmp_path / "victim").exists()
+
+
 def test_absolute_symlink_is_refused(tmp_path: Path, dsv) -> None:
     remote = HostileRemote(tmp_path / "remote")
     remote.version("v1aaaaaaaa", DS, {"etc": ("l", "/etc"), "f.txt": b"x"})
