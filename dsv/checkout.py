@@ -9,6 +9,7 @@ create versions.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -40,6 +41,10 @@ from .reporting import plural
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
 
+def _no_rows(_after: str, _upto: str | None) -> list[tuple[str, int, int, int, int, int]]:
+    return []  # (a stat cache that does not describe the head vouches for nothing)
+
+
 def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
            list_ignored: bool = False) -> StatusReport:
     """What changed in a dataset's working directory since the version it was last made
@@ -55,7 +60,7 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
 
     def walk() -> Iterator[worktree.Run]:
         # Each pass over the directory starts from nothing (a second pass runs only when
-        # the first one's shortcut failed).
+        # the stat cache cannot say).
         skipped.clear()
         if ignored is not None:
             ignored.clear()
@@ -63,25 +68,27 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                              ignored=ignored)
 
     if head is not None:
-        remembered = core.index.clean_scan(ds.id)
-        if remembered is not None and remembered[0] == head.tree and \
-                worktree.scan_digest(walk()) == remembered[1]:
-            # This very walk was vouched for before: no stat-cache row to read.
-            return StatusReport(ds, head, Changes(), skipped, behind, diverged,
-                                ignored=_sorted(ignored))
-        seen = worktree.stat_changes(walk(), core.index.iter_stat_keys(ds.id)) \
-            if ds.cache_tree == head.tree else None
+        known = core.index.clean_scan(ds.id, head.tree)
+        cached = ds.cache_tree == head.tree
+        # Runs of the walk seen before need no row; without a cache that describes the
+        # head, only a walk made wholly of such runs says anything.
+        seen = worktree.stat_changes(
+            walk(), functools.partial(core.index.stat_keys_between, ds.id) if cached
+            else _no_rows, known, head.files) if cached or known else None
         if seen is not None and seen.rows == head.files and not seen.unvouched and \
                 not seen.gone:
             # The cache vouches for every file and describes the head tree exactly: no
-            # tree to read, nothing to hash; and the next status compares one digest.
-            if seen.digest is not None:
+            # tree to read, nothing to hash; and the next status reads no row of a run
+            # that is the same then.
+            if set(seen.clean) != known:
                 with core.locked_if_free("status") as got:
                     now = core.index.dataset_by("id", ds.id) if got else None
-                    if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
-                        core.index.put_clean_scan(ds.id, head.tree, seen.digest)
+                    if now is not None and now.head == ds.head:
+                        core.index.put_clean_scan(ds.id, head.tree, seen.clean)
             return StatusReport(ds, head, Changes(), skipped, behind, diverged,
                                 ignored=_sorted(ignored))
+        if not cached:
+            seen = None
         if seen is not None and seen.rows == head.files:
             # Every other file is the head's entry (see versions._snapshot_changes): hash
             # only these, and read only the parts of the head's tree that hold them.
@@ -317,7 +324,8 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     stores: list[str] = []
     seen = worktree.stat_changes(
         worktree.walk(target, skipped, core.excluded(ds), stores=stores, ignore_files=True),
-        core.index.iter_stat_keys(ds.id))
+        functools.partial(core.index.stat_keys_between, ds.id),
+        core.index.clean_scan(ds.id, head.tree), head.files)
     if seen.rows != head.files or stores:
         return None
     # What the directory holds where the cache cannot vouch for it, and the head there.

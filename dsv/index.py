@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DsvError, IndexBusy, IndexDamaged, IndexUnwritable
-from .model import Dataset, StatRow, Version
+from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version
 
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
@@ -498,6 +498,17 @@ class Index:
                                       "FROM statcache WHERE dataset=? ORDER BY path",
                                       (ds_id,)))
 
+    def stat_keys_between(self, ds_id: str, after: str, upto: str | None
+                          ) -> list[tuple[str, int, int, int, int, int]]:
+        """`iter_stat_keys` of the paths after `after` up to `upto` (to the end when None):
+        the rows of one run of a walk (worktree.stat_changes)."""
+        sql = ("SELECT path, size, mtime_ns, ino, mode, cached_ns FROM statcache "
+               "WHERE dataset=? AND path>?")
+        args: tuple[str, ...] = (ds_id, after)
+        if upto is not None:
+            sql, args = sql + " AND path<=?", args + (upto,)
+        return self.conn.execute(sql + " ORDER BY path", args).fetchall()
+
     def stat_rows_between(self, ds_id: str, after: str, upto: str | None
                           ) -> list[tuple[str, StatRow]]:
         """The cache's rows of paths after `after` up to `upto` (to the end when None), in
@@ -552,20 +563,23 @@ class Index:
             self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?", doomed)
             self.conn.execute("UPDATE datasets SET cache_tree=NULL")
 
-    def clean_scan(self, ds_id: str) -> tuple[str, str] | None:
-        """(tree, digest): the last scan of the dataset's directory that the stat cache
-        vouched for in full, and the tree it showed (see worktree.ScanDigest)."""
+    def clean_scan(self, ds_id: str, tree: str) -> set[str]:
+        """The digests of the runs of earlier walks of the dataset's directory that the
+        stat cache vouched for, when they showed `tree` (see worktree.ScanDigest)."""
         row = self.conn.execute("SELECT tree, digest FROM statdigest WHERE dataset=?",
                                 (ds_id,)).fetchone()
-        return (row[0], row[1]) if row else None
+        if row is None or row[0] != tree or not isinstance(row[1], str):
+            return set()
+        size = 2 * RUN_DIGEST_BYTES
+        return {row[1][i:i + size] for i in range(0, len(row[1]), size)}
 
-    def put_clean_scan(self, ds_id: str, tree: str, digest: str) -> None:
-        """Remember a scan the stat cache vouched for in full (skipped on an index that
-        cannot be written: it is a cache)."""
+    def put_clean_scan(self, ds_id: str, tree: str, runs: Iterable[str]) -> None:
+        """Remember the runs of a walk the stat cache vouched for, and the tree it showed
+        (skipped on an index that cannot be written: it is a cache)."""
         if self.read_only:
             return
         self.conn.execute("INSERT OR REPLACE INTO statdigest (dataset, tree, digest) "
-                          "VALUES (?,?,?)", (ds_id, tree, digest))
+                          "VALUES (?,?,?)", (ds_id, tree, "".join(sorted(set(runs)))))
 
     def clear_stat_cache(self, ds_id: str) -> None:
         """Forget a dataset's whole stat cache (and that it vouched for a tree)."""

@@ -84,6 +84,9 @@ class TagRow(TypedDict):
 StatRow = tuple[int, int, int, int, str, int]
 """A stat-cache row: (size, mtime_ns, inode, permission bits, object id, cached at ns)."""
 
+RUN_DIGEST_BYTES = 16
+"""Bytes of the digest of one run of a walk (worktree.ScanDigest; stored as hex)."""
+
 
 # ---- manifests --------------------------------------------------------------------------
 

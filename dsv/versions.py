@@ -9,6 +9,7 @@ never place files in a working directory (that is checkout's job).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import time
@@ -154,9 +155,9 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                      stat_rows: tuple[str, list[tuple[str, StatRow]] | None, set[str]]
                      | None = None,
                      head: bool = False, cache_tree: str | None = None,
-                     scan: str | None = None, force: bool = False) -> Version:
+                     runs: list[str] | None = None, force: bool = False) -> Version:
     """Seal `v` (state committed): write its record, then make it visible in one transaction
-    (with the stat-cache rows, and the digest of a scan they vouch for in full)."""
+    (with the stat-cache rows, and the digests of the runs of the walk they vouch for)."""
     v.state = COMMITTED
     v.committed = time.time()
     record = _record(core, v)
@@ -183,8 +184,8 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                 core.index.put_staged_stat_rows(ds_id)
             else:
                 core.index.put_stat_rows(ds_id, rows)
-            if scan is not None:
-                core.index.put_clean_scan(ds_id, v.tree, scan)
+            if runs:
+                core.index.put_clean_scan(ds_id, v.tree, runs)
 
     core.commit_objects(ingest, make_visible, crash="commit:objects-written")
     core.index.checkpoint()
@@ -227,13 +228,13 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                         tree=made.tree, parents=[head.id] if head else [], message=message,
                         author=author or default_author(), created=now, committed=now,
                         lineage=lineage, size=made.size, files=made.files)
-            # When the cache now vouches for every file, the next status needs only this
-            # walk's digest (see worktree.ScanDigest).
+            # The next status reads no stat-cache row of a run the cache vouches for
+            # now (see worktree.ScanDigest).
             return _write_committed(core, ingest, v, new=True, head=True,
                                     stat_rows=(ds.id, None if made.staged else
                                                made.snap.stat_rows, made.gone),
                                     cache_tree=made.tree if made.complete else None,
-                                    scan=made.digest if made.vouched else None,
+                                    runs=made.runs,
                                     force=force)
 
 
@@ -246,10 +247,9 @@ class _Made:
     size: int
     files: int
     gone: set[str]              # cached paths no longer there
-    digest: str | None          # the walk's digest (worktree.ScanDigest)
+    runs: list[str]             # digests of the walk's runs the cache vouches for
     staged: bool = True         # the new stat-cache rows are in the index's stage
     complete: bool = False      # every hashed file has its row
-    vouched: bool = False       # ... and no row is racily clean
 
 
 def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
@@ -279,7 +279,10 @@ def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
     if head is not None and ds.cache_tree == head.tree:
         with core.reporter.task("scanning") as advance:
             seen = worktree.stat_changes(_counted(walk(), advance),
-                                         core.index.iter_stat_keys(ds.id))
+                                         functools.partial(core.index.stat_keys_between,
+                                                           ds.id),
+                                         core.index.clean_scan(ds.id, head.tree),
+                                         head.files)
         if seen.rows == head.files:
             changed = seen.unvouched
             total = sum(f[0] for f in changed.values())
@@ -292,10 +295,13 @@ def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
             root_tree, size = tree.update_tree(head.tree, head.size, delta, core.read_tree,
                                                core.tree_writer(ingest))
             complete = len(snap.stat_rows) == snap.hashed_files
-            return _Made(snap, root_tree, size, seen.files, set(seen.gone), seen.digest,
-                         staged=False, complete=complete,
-                         vouched=complete and all(row[1] < row[5] - RACY_NS
-                                                  for _p, row in snap.stat_rows))
+            # The runs the cache vouched for stand in the new tree as they were; the
+            # others too when every file hashed now has a row that is not racily clean.
+            every = [r for r in seen.runs if r]
+            vouched = complete and len(every) == len(seen.runs) and \
+                all(row[1] < row[5] - RACY_NS for _p, row in snap.stat_rows)
+            return _Made(snap, root_tree, size, seen.files, set(seen.gone),
+                         every if vouched else seen.kept, staged=False, complete=complete)
     return _snapshot_whole(core, ds, root, walk(), excluded, stores, ingest)
 
 
@@ -315,7 +321,7 @@ def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree
     digest = worktree.ScanDigest()
     links: dict[str, str] = {}
     gone: set[str] = set()
-    made = _Made(worktree.Snapshot({}, []), "", 0, 0, gone, None)
+    made = _Made(worktree.Snapshot({}, []), "", 0, 0, gone, [])
     staged = hashed = 0
     vouched = True
     core.index.stage_stat_rows((), first=True)
@@ -340,7 +346,7 @@ def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree
     with core.reporter.task("committing") as advance:
         chunk: dict[str, worktree.FileStat] = {}
         for run in runs:
-            digest.add(run)
+            made.runs.append(digest.add(run) or "")
             chunk.update(run)
             if len(chunk) >= COMMIT_CHUNK:
                 take(chunk, run[-1][0])
@@ -348,9 +354,9 @@ def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree
         take(chunk, None)
     check_links(links, excluded + stores)
     made.tree, made.size = builder.finish()
-    made.digest = digest.hexdigest()
     made.complete = staged == hashed
-    made.vouched = made.complete and vouched
+    if not (made.complete and vouched and all(made.runs)):
+        made.runs = []   # (a racily clean row vouches for no run)
     return made
 
 

@@ -15,8 +15,9 @@ import os
 import stat
 import struct
 import time
+import zlib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from pathlib import Path
@@ -25,7 +26,7 @@ from . import fileio, ignore
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
-from .model import Changes, StatRow
+from .model import RUN_DIGEST_BYTES, Changes, StatRow
 from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
@@ -59,8 +60,9 @@ Run = list[tuple[str, FileStat]]
 """Files a walk yields at once: consecutive in path order."""
 
 RUN_FILES = 4096
-"""A walk's run ends once it holds this many files (the files of one directory between two
-of its subdirectories join a run whole)."""
+"""A walk's run ends once it holds this many files, where a directory (or the files of one
+between two of its subdirectories) ends; a run that would hold twice as many is cut into
+pieces of this many."""
 
 
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
@@ -122,11 +124,33 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
         else:
             run.extend(files[file_i:])
             frames.pop()
+        if len(run) >= 2 * RUN_FILES:   # a large directory: in pieces
+            for end in _cuts(run):
+                yield run[:end]
+                run = run[end:]
         if len(run) >= RUN_FILES:
             yield run
             run = []
     if run:
         yield run
+
+
+def _cuts(run: Run) -> Iterator[int]:
+    """Where to cut a long run (a large directory), each cut counted from the one before:
+    after each path whose CRC-32 is a multiple of RUN_FILES (a power of two: pieces of
+    RUN_FILES on average), and every 4 RUN_FILES without one. A file added or removed
+    then moves the cuts of its own piece only, so the other pieces keep their digests
+    (ScanDigest). The stretch after the last cut stays with the run."""
+    start = 0
+    marks = [i + 1 for i, (rel, _fs) in enumerate(run)
+             if not zlib.crc32(rel.encode("utf-8", "surrogateescape")) % RUN_FILES]
+    for mark in [*marks, len(run)]:
+        while mark - start > 4 * RUN_FILES:
+            start += 4 * RUN_FILES
+            yield 4 * RUN_FILES
+        if mark < len(run):
+            yield mark - start
+            start = mark
 
 
 def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
@@ -151,6 +175,7 @@ def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
         rules = ignore.load(rules, rel_dir, abs_dir)
     if dotted:
         _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
+    names.sort()   # (the files are then in path order as they are made)
     files: Run = []
     add = files.append
     dirs: list[str] = []
@@ -185,7 +210,6 @@ def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
                 links.append(prefix + name)
         else:
             skipped.append(prefix + name)
-    files.sort()   # paths are unique: the tuples compare by path alone
     dirs.sort(key=_dir_key)
     return files, [(bisect_left(files, (rel + "/",)), rel, base + rel[len(prefix):], rules)
                    for rel in dirs]
@@ -226,9 +250,13 @@ class StatChanges:
 
     unvouched: dict[str, FileStat]   # walked files the cache does not vouch for
     gone: list[str]                  # cached paths the walk did not find
-    rows: int                        # rows the cache holds
+    rows: int                        # rows the cache holds (a known run counts its files)
     files: int = 0                   # files walked
-    digest: str | None = None        # the walk's digest (ScanDigest)
+    runs: list[str | None] = field(default_factory=list)  # each run's digest (ScanDigest)
+    kept: list[str] = field(default_factory=list)    # ... of the runs whose every file
+    #                                  the cache vouches for
+    clean: list[str] = field(default_factory=list)   # ... of those with no gone path
+    #                                  in their stretch either
 
 
 def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
@@ -258,102 +286,112 @@ def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
     return kept
 
 
-def stat_changes(runs: Iterable[Run],
-                 rows: Iterable[tuple[str, int, int, int, int, int]]) -> StatChanges:
-    """The walked files whose content the stat cache cannot vouch for, and the cached
-    paths that are gone, from runs in path order (`walk`) and rows (path, size, mtime_ns,
-    inode, mode, cached_ns) in path order, merged as they come: memory grows with what
-    changed, not with the tree.
+RowsBetween = Callable[[str, "str | None"], list[tuple[str, int, int, int, int, int]]]
+"""The stat cache's rows (path, size, mtime_ns, inode, mode, cached_ns) of the paths after
+the first argument up to the second (to the end when None), in path order."""
 
-    A row vouches for a file when size, mtime, inode and mode match and the file was not
-    modified so close to the moment it was cached that a later write could share its
-    mtime (git's "racily clean" entries: those are hashed again). One comparison per
-    row: commit and status then hash, and look up in the head's tree, only what this
-    returns."""
+
+def stat_changes(runs: Iterable[Run], rows_between: RowsBetween,
+                 known: Collection[str] = (), tree_files: int = -1) -> StatChanges:
+    """The walked files whose content the stat cache cannot vouch for, and the cached
+    paths that are gone, from runs in path order (`walk`), each merged with the cache's
+    rows of its own stretch of paths: memory grows with what changed, not with the tree.
+
+    A run whose digest is `known` (one that a walk the cache vouched for saw, with the
+    same tree: see ScanDigest) is vouched for as it is, reading no row; so a directory of
+    200,000 files with one change reads the rows of one run, and a walk of known runs
+    holding `tree_files` files (that tree's count) reads none at all. Otherwise a row vouches for
+    a file when size, mtime, inode and mode match and the file was not modified so close
+    to the moment it was cached that a later write could share its mtime (git's "racily
+    clean" entries: those are hashed again). Commit and status then hash, and look up in
+    the head's tree, only what this returns."""
     unvouched: dict[str, FileStat] = {}
     gone: list[str] = []
     count = 0
     racy = RACY_NS
     digest = ScanDigest()
-    pending = iter(rows)
-    row = next(pending, None)
+    names: list[str | None] = []
+    kept: list[str] = []
+    clean: list[str] = []
     last = ""
     for run in runs:
-        digest.add(run)
         if run[0][0] <= last:
             raise AssertionError("bug in dsv: a walk left path order")
-        last = run[-1][0]
+        name = digest.add(run)
+        names.append(name)
+        after, last = last, run[-1][0]
+        if name is not None and name in known:
+            count += len(run)
+            kept.append(name)
+            clean.append(name)
+            continue
+        rows = rows_between(after, last)
+        count += len(rows)
+        was_unvouched, was_gone = len(unvouched), len(gone)
+        pending = iter(rows)
+        row = next(pending, None)
         for rel, fs in run:
             while row is not None and row[0] < rel:
                 gone.append(row[0])
-                count += 1
                 row = next(pending, None)
             if row is None or row[0] != rel:
                 unvouched[rel] = fs    # a new file: no row at all
                 continue
-            count += 1
             if fs[0] != row[1] or fs[1] != row[2] or fs[2] != row[3] or fs[3] != row[4] or \
                     row[2] >= row[5] - racy:
                 unvouched[rel] = fs
             row = next(pending, None)
-    while row is not None:
-        gone.append(row[0])
-        count += 1
-        row = next(pending, None)
-    return StatChanges(unvouched, gone, count, digest.files, digest.hexdigest())
+        if name is not None and len(unvouched) == was_unvouched:
+            kept.append(name)
+            if len(gone) == was_gone:
+                clean.append(name)
+    if len(clean) == len(names) and count == tree_files:
+        return StatChanges(unvouched, gone, count, digest.files, names, kept, clean)
+    tail = rows_between(last, None)
+    count += len(tail)
+    gone.extend(row[0] for row in tail)
+    return StatChanges(unvouched, gone, count, digest.files, names, kept, clean)
 
 
 _STATS = struct.Struct("<qqQq")  # size, mtime_ns, inode, permission bits
 
 
 class ScanDigest:
-    """A digest of everything a walk saw (paths in walk order, kinds, stats), fed run by
-    run; `hexdigest` is None when a value did not fit the digest's 64-bit fields.
+    """Digests of what a walk saw, run by run: each covers the last path of the run
+    before it, then the run's paths, kinds and stats (None when a value does not fit the
+    64-bit fields).
 
-    Status stores it beside the tree once the stat cache has vouched for every file; a
-    later walk with the same digest saw the same files with the same stats, so the same
-    contents (the stat cache's own rule), and status needs to read no stat-cache row.
-    Every run is framed by its length, so no two walks feed the same bytes.
+    Once the stat cache vouches for a run's every file, and no cached path between the
+    run before it and the run's last path is gone, the run's digest is stored beside the
+    tree (index.put_clean_scan). A later walk with a run of the same digest saw, in that
+    stretch of paths, the same files with the same stats as then, so the same contents
+    (the stat cache's own rule) and no path gone from the tree: no row of it need be
+    read. A change or a new file makes its own run's digest new; one that moves the
+    runs' ends makes every run after it new, which costs reading their rows.
     """
 
     def __init__(self) -> None:
-        self._hasher = new_hasher()
-        self._hasher.update(b"dsv stat digest 2\n")
-        self._fits = True
         self.files = 0
+        self._last = ""
 
-    def add(self, run: Run) -> None:
-        """Feed the next run of the walk."""
-        if not self._fits:
-            return
+    def add(self, run: Run) -> str | None:
+        """The digest of the walk's next run."""
+        after, self._last = self._last, run[-1][0]
+        self.files += len(run)
         pack = _STATS.pack
         try:
             stats = b"".join([pack(fs[0], fs[1], fs[2], fs[3]) for _rel, fs in run])
         except struct.error:
-            self._fits = False
-            return
-        update = self._hasher.update
-        update(b"%d\n" % len(run))
-        update("\0".join([rel for rel, _fs in run]).encode("utf-8", "surrogateescape"))
+            return None
+        hasher = new_hasher()
+        update = hasher.update
+        update(b"dsv stat run 3\n%d\n" % len(run))
+        update("\0".join([after, *[rel for rel, _fs in run]])
+               .encode("utf-8", "surrogateescape"))
         update(b"\0")
         update("".join([fs[4] for _rel, fs in run]).encode("ascii"))
         update(stats)
-        self.files += len(run)
-
-    def hexdigest(self) -> str | None:
-        """The digest of the whole walk (call once, after its last run)."""
-        if not self._fits:
-            return None
-        self._hasher.update(b"end %d\n" % self.files)
-        return self._hasher.hexdigest()
-
-
-def scan_digest(runs: Iterable[Run]) -> str | None:
-    """The ScanDigest of a whole walk."""
-    digest = ScanDigest()
-    for run in runs:
-        digest.add(run)
-    return digest.hexdigest()
+        return hasher.hexdigest(RUN_DIGEST_BYTES)
 
 
 def _stored_mode(fs: FileStat) -> int:

@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import blake3
@@ -57,12 +57,47 @@ def test_a_walk_yields_every_file_in_path_order(tmp_path: Path, seed: int,
     assert len(runs) > 3 and stores == ["inner"]
     kinds = {rel: fs[4] for run in runs for rel, fs in run}
     assert kinds["zlink"] == LINK and {kinds[p] for p in files} == {FILE}
-    # The same walk gives the same digest; any change of stat or name gives another.
-    first = worktree.scan_digest(worktree.walk(tmp_path / "w", []))
-    assert first == worktree.scan_digest(worktree.walk(tmp_path / "w", []))
+    # The same walk gives the same run digests; a change of stat gives its own run
+    # another, and only that one.
+    first = _run_digests(worktree.walk(tmp_path / "w", []))
+    assert first == _run_digests(worktree.walk(tmp_path / "w", []))
+    assert len(set(first)) == len(first) == len(runs)
     some = sorted(files)[len(files) // 2]
     os.utime(tmp_path / "w" / some, ns=(1, 1))
-    assert worktree.scan_digest(worktree.walk(tmp_path / "w", [])) != first
+    now = _run_digests(worktree.walk(tmp_path / "w", []))
+    changed = [i for i, (a, b) in enumerate(zip(first, now, strict=True)) if a != b]
+    assert [some in dict(runs[i]) for i in changed] == [True]
+
+
+def _run_digests(runs: Iterable[worktree.Run]) -> list[str | None]:
+    digest = worktree.ScanDigest()
+    return [digest.add(run) for run in runs]
+
+
+def _rows_between(rows: list[tuple[str, int, int, int, int, int]]) -> worktree.RowsBetween:
+    def between(after: str, upto: str | None) -> list[tuple[str, int, int, int, int, int]]:
+        return [r for r in rows if after < r[0] and (upto is None or r[0] <= upto)]
+    return between
+
+
+def test_a_large_directory_is_walked_in_pieces_that_an_insert_does_not_move(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory of many files comes in pieces cut where a path's hash says: a file
+    added (or removed) changes the digest of its own piece only, so a commit or status
+    after it reads the stat-cache rows of that piece only."""
+    monkeypatch.setattr(worktree, "RUN_FILES", 16)
+    names = [f"img{i:05d}.jpg" for i in range(0, 4000, 2)]
+    write_tree(tmp_path / "w", {n: b"x" for n in names})
+    before = list(worktree.walk(tmp_path / "w", []))
+    assert [rel for run in before for rel, _fs in run] == sorted(names)
+    assert len(before) > 2000 // (4 * 16) and max(map(len, before)) <= 4 * 16
+    digests = _run_digests(before)
+    write_tree(tmp_path / "w", {"img01001.jpg": b"new"})   # between two files
+    after = list(worktree.walk(tmp_path / "w", []))
+    moved = set(_run_digests(after)) - set(digests)
+    assert len(moved) == 1 and len(after) == len(before)
+    (piece,) = [run for run, d in zip(after, _run_digests(after), strict=True) if d in moved]
+    assert "img01001.jpg" in dict(piece)
 
 
 def test_stat_changes_merges_runs_with_rows_in_path_order() -> None:
@@ -74,12 +109,59 @@ def test_stat_changes_merges_runs_with_rows_in_path_order() -> None:
             ("a/y", 5, 1_000, 7, 0o644, late),    # size changed
             ("b", 5, 1_000, 7, 0o644, 1_000),     # racily clean: hashed again
             ("c", 5, 1_000, 7, 0o644, late)]      # gone
-    seen = worktree.stat_changes(runs, rows)
+    seen = worktree.stat_changes(runs, _rows_between(rows))
     assert sorted(seen.unvouched) == ["a.b", "a/y", "b"]
     assert seen.gone == ["a", "c"] and seen.rows == 5 and seen.files == 4
-    assert seen.digest == worktree.scan_digest(runs)
+    assert seen.runs == _run_digests(runs) and seen.kept == seen.clean == []
     with pytest.raises(AssertionError, match="bug in dsv"):
-        worktree.stat_changes([[("b", fs)], [("a", fs)]], [])
+        worktree.stat_changes([[("b", fs)], [("a", fs)]], _rows_between([]))
+
+
+def test_a_known_run_reads_no_row_and_a_gone_path_is_found_in_its_stretch() -> None:
+    """Rows are read run by run, for the stretch of paths from the end of the run before;
+    a run whose digest is known reads none. A path gone between two runs belongs to the
+    stretch of the run after it, whose digest covers where the run before it ended."""
+    fs = (5, 1_000, 7, 0o644, FILE)
+    late = 10 ** 12
+    rows = [(p, 5, 1_000, 7, 0o644, late) for p in ("a", "b", "c", "d", "e", "f")]
+    runs = [[("a", fs), ("b", fs)], [("c", fs), ("d", fs)], [("e", fs), ("f", fs)]]
+    asked: list[tuple[str, str | None]] = []
+
+    def between(after: str, upto: str | None) -> list[tuple[str, int, int, int, int, int]]:
+        asked.append((after, upto))
+        return _rows_between(rows)(after, upto)
+    seen = worktree.stat_changes(runs, between)
+    assert not seen.unvouched and not seen.gone and seen.rows == 6
+    assert seen.kept == seen.clean == seen.runs and len(set(seen.runs)) == 3
+    assert asked == [("", "b"), ("b", "d"), ("d", "f"), ("f", None)]
+    known = set(seen.clean)
+    # Every run known, holding as many files as the tree: no row at all.
+    asked.clear()
+    seen = worktree.stat_changes(runs, between, known, 6)
+    assert asked == [] and seen.rows == 6 and not seen.gone and not seen.unvouched
+    # (With a tree of more files, some are gone: the rows past the last run say which.)
+    seen = worktree.stat_changes(runs, between, known, 7)
+    assert asked == [("f", None)]
+    asked.clear()
+    # One file changed: only its run's rows are read, and it is neither kept nor clean.
+    asked.clear()
+    runs[1][1] = ("d", (6, 1_000, 7, 0o644, FILE))
+    seen = worktree.stat_changes(runs, between, known)
+    assert list(seen.unvouched) == ["d"] and seen.rows == 6
+    assert asked == [("b", "d"), ("f", None)]
+    assert seen.kept == seen.clean == [seen.runs[0], seen.runs[2]]
+    # "b" gone: the first run now ends at "a", so the second run's digest is new though
+    # its files are not; its stretch ("a", "d"] holds the gone path.
+    asked.clear()
+    runs = [[("a", fs)], [("c", fs), ("d", fs)], [("e", fs), ("f", fs)]]
+    seen = worktree.stat_changes(runs, between, known)
+    assert seen.gone == ["b"] and not seen.unvouched and seen.rows == 6
+    assert asked == [("", "a"), ("a", "d"), ("f", None)]
+    assert seen.runs[2] in seen.clean and seen.runs[1] in seen.kept
+    assert seen.runs[1] not in seen.clean
+    # A path gone at the end is found past the last run.
+    seen = worktree.stat_changes(runs[:2], between, known)
+    assert seen.gone == ["b", "e", "f"]
 
 
 @pytest.mark.parametrize("shard_entries", [2, 5, 512])
