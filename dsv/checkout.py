@@ -68,23 +68,24 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
                              ignored=ignored)
 
     if head is not None:
-        known = core.index.clean_scan(ds.id, head.tree)
+        known, known_files = core.index.clean_scan(ds.id, head.tree)
         cached = ds.cache_tree == head.tree
         # Runs of the walk seen before need no row; without a cache that describes the
         # head, only a walk made wholly of such runs says anything.
         seen = worktree.stat_changes(
             walk(), functools.partial(core.index.stat_keys_between, ds.id) if cached
-            else _no_rows, known, head.files) if cached or known else None
+            else _no_rows, known, known_files) if cached or known else None
         if seen is not None and seen.rows == head.files and not seen.unvouched and \
-                not seen.gone:
+                not seen.gone and (cached or seen.rows == known_files):
             # The cache vouches for every file and describes the head tree exactly: no
             # tree to read, nothing to hash; and the next status reads no row of a run
-            # that is the same then.
-            if set(seen.clean) != known:
+            # that is the same then. (Only while the cache is still the one compared
+            # with: a `checkout REF PATH` meanwhile writes rows of another version.)
+            if cached and set(seen.clean) != known:
                 with core.locked_if_free("status") as got:
                     now = core.index.dataset_by("id", ds.id) if got else None
-                    if now is not None and now.head == ds.head:
-                        core.index.put_clean_scan(ds.id, head.tree, seen.clean)
+                    if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
+                        core.index.put_clean_scan(ds.id, head.tree, seen.clean, seen.files)
             return StatusReport(ds, head, Changes(), skipped, behind, diverged,
                                 ignored=_sorted(ignored))
         if not cached:
@@ -325,7 +326,7 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     seen = worktree.stat_changes(
         worktree.walk(target, skipped, core.excluded(ds), stores=stores, ignore_files=True),
         functools.partial(core.index.stat_keys_between, ds.id),
-        core.index.clean_scan(ds.id, head.tree), head.files)
+        *core.index.clean_scan(ds.id, head.tree))
     if seen.rows != head.files or stores:
         return None
     # What the directory holds where the cache cannot vouch for it, and the head there.

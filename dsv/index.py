@@ -563,23 +563,29 @@ class Index:
             self.conn.executemany("DELETE FROM statcache WHERE dataset=? AND path=?", doomed)
             self.conn.execute("UPDATE datasets SET cache_tree=NULL")
 
-    def clean_scan(self, ds_id: str, tree: str) -> set[str]:
+    def clean_scan(self, ds_id: str, tree: str) -> tuple[set[str], int]:
         """The digests of the runs of earlier walks of the dataset's directory that the
-        stat cache vouched for, when they showed `tree` (see worktree.ScanDigest)."""
+        stat cache vouched for, when they showed `tree`, and how many files that tree
+        holds as a walk counted them (see worktree.ScanDigest); (empty, -1) if none."""
         row = self.conn.execute("SELECT tree, digest FROM statdigest WHERE dataset=?",
                                 (ds_id,)).fetchone()
         if row is None or row[0] != tree or not isinstance(row[1], str):
-            return set()
+            return set(), -1
+        files, sep, runs = row[1].partition(":")
+        if not sep or not files.isdigit():   # (an older format's digest: none of these)
+            return set(), -1
         size = 2 * RUN_DIGEST_BYTES
-        return {row[1][i:i + size] for i in range(0, len(row[1]), size)}
+        return {runs[i:i + size] for i in range(0, len(runs), size)}, int(files)
 
-    def put_clean_scan(self, ds_id: str, tree: str, runs: Iterable[str]) -> None:
-        """Remember the runs of a walk the stat cache vouched for, and the tree it showed
-        (skipped on an index that cannot be written: it is a cache)."""
+    def put_clean_scan(self, ds_id: str, tree: str, runs: Iterable[str], files: int) -> None:
+        """Remember the runs of a walk the stat cache vouched for, the tree it showed and
+        the files the walk counted in it, as `FILES:DIGESTS` (skipped on an index that
+        cannot be written: it is a cache)."""
         if self.read_only:
             return
         self.conn.execute("INSERT OR REPLACE INTO statdigest (dataset, tree, digest) "
-                          "VALUES (?,?,?)", (ds_id, tree, "".join(sorted(set(runs)))))
+                          "VALUES (?,?,?)",
+                          (ds_id, tree, f"{files}:" + "".join(sorted(set(runs)))))
 
     def clear_stat_cache(self, ds_id: str) -> None:
         """Forget a dataset's whole stat cache (and that it vouched for a tree)."""

@@ -185,7 +185,7 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
             else:
                 core.index.put_stat_rows(ds_id, rows)
             if runs:
-                core.index.put_clean_scan(ds_id, v.tree, runs)
+                core.index.put_clean_scan(ds_id, v.tree, runs, v.files)
 
     core.commit_objects(ingest, make_visible, crash="commit:objects-written")
     core.index.checkpoint()
@@ -281,8 +281,7 @@ def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
             seen = worktree.stat_changes(_counted(walk(), advance),
                                          functools.partial(core.index.stat_keys_between,
                                                            ds.id),
-                                         core.index.clean_scan(ds.id, head.tree),
-                                         head.files)
+                                         *core.index.clean_scan(ds.id, head.tree))
         if seen.rows == head.files:
             changed = seen.unvouched
             total = sum(f[0] for f in changed.values())

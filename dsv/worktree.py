@@ -300,7 +300,8 @@ def stat_changes(runs: Iterable[Run], rows_between: RowsBetween,
     A run whose digest is `known` (one that a walk the cache vouched for saw, with the
     same tree: see ScanDigest) is vouched for as it is, reading no row; so a directory of
     200,000 files with one change reads the rows of one run, and a walk of known runs
-    holding `tree_files` files (that tree's count) reads none at all. Otherwise a row vouches for
+    holding `tree_files` files (as many as a walk counted in that tree when it stored
+    them: not a count a version record claims) reads none at all. Otherwise a row vouches for
     a file when size, mtime, inode and mode match and the file was not modified so close
     to the moment it was cached that a later write could share its mtime (git's "racily
     clean" entries: those are hashed again). Commit and status then hash, and look up in
@@ -893,8 +894,16 @@ def remove_paths(root: Path, paths: Iterable[str]) -> None:
 
 
 def resolve_user_path(root: Path, cwd: Path, path: str) -> str:
-    """A path typed by the user (relative to cwd) as a root-relative POSIX path."""
-    absolute = (cwd / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
+    """A path typed by the user (relative to cwd) as a root-relative POSIX path. Its
+    last component is not followed: it may name a symlink of the dataset itself (even
+    one that loops, or points outside)."""
+    joined = Path(path) if os.path.isabs(path) else cwd / path
+    try:
+        absolute = joined.resolve() if joined.name in ("", ".", "..") else \
+            joined.parent.resolve() / joined.name
+    except (RuntimeError, OSError) as exc:   # (3.11 says RuntimeError for a loop)
+        raise InvalidInput(f"{path}: cannot follow the directories above it "
+                           f"({exc.__class__.__name__}: {exc})") from None
     try:
         rel = absolute.relative_to(root.resolve())
     except ValueError:

@@ -348,7 +348,9 @@ def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch
     assert _clean_scans(ws) == []
     assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True   # rows vouch: remember
     ((ds_id, tree, digest),) = _clean_scans(ws)
-    assert tree == jout(dsv("show", vid, "--json", cwd=ws))["tree"] and len(digest) == 32
+    assert tree == jout(dsv("show", vid, "--json", cwd=ws))["tree"]
+    files, _colon, runs = digest.partition(":")
+    assert len(runs) == 32 and int(files) == len(read_tree(ws))   # one run, its files
 
     from dsv.index import Index
 
@@ -400,6 +402,86 @@ def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch
         m.setattr(Index, "stat_keys_between", no_rows)
         m.setattr(Index, "stat_cache", no_rows)
         assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid3}): clean\n"
+
+
+def test_a_status_racing_a_checkout_of_a_path_remembers_nothing(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`checkout REF PATH` keeps the head but writes another version's file and rows: a
+    status that read them meanwhile must not remember its runs as the head's (every later
+    status would then say clean)."""
+    import subprocess
+    import sys
+
+    from dsv import worktree
+    monkeypatch.setattr(worktree, "RUN_FILES", 2)   # z/x in a later run than the a*
+    root = tmp_path / "race"
+    write_tree(root, {"a1": b"a1", "a2": b"a2", "a3": b"a3", "z/x": b"old!"})
+    _age(root)
+    store = dsv_api.init(root)
+    v1 = store.commit("v1")
+    (root / "z/x").write_bytes(b"new!")   # same size, other content, another mtime
+    os.utime(root / "z/x", (1_600_000_100, 1_600_000_100))
+    v2 = store.commit("v2")
+    store.checkout(f"race:{v1.id}")
+    assert store.status().changes.clean and store.status().changes.clean   # remembered
+    store.close()
+    listing = worktree._listing
+
+    def checkout_in_between(rel_dir: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if rel_dir == "z":
+            r = subprocess.run([sys.executable, "-m", "dsv", "checkout", f"race:{v2.id}", "z/x"],
+                               cwd=root, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        return listing(rel_dir, *args, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(worktree, "_listing", checkout_in_between)
+        store = dsv_api.open(root)
+        store.status()   # (what it says is a race; what it remembers must not be)
+        store.close()
+    assert (root / "z/x").read_bytes() == b"new!"
+    for _ in range(2):
+        (st,) = jout(dsv("status", "--json", cwd=root))
+        assert st["modified"] == ["z/x"] and st["clean"] is False
+
+
+def test_a_version_claiming_too_few_files_does_not_hide_a_deletion(ws: Path, dsv) -> None:
+    """The count of files a version record claims is not checked against its tree; a
+    status that trusted it to skip the cache rows past its last run would miss the
+    deletion of the last file."""
+    import sqlite3
+    write_tree(ws, {"a": b"a", "b": b"b", "zz": b"c"})
+    _age(ws)
+    vid = vid_of(dsv("commit", "-m", "one", cwd=ws))
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        conn.execute("UPDATE versions SET files=files-1 WHERE id=?", (vid,))
+    for _ in range(2):
+        assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True
+    (ws / "zz").unlink()
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert st["deleted"] == ["zz"] and st["clean"] is False
+    ok(dsv("commit", "-m", "two", cwd=ws))   # (not "nothing to commit")
+    files = {f["path"] for f in jout(dsv("files", "list", "mydata:latest", "-r", "--json",
+                                         cwd=ws))}
+    assert "zz" not in files and {"a", "b"} <= files
+
+
+def test_a_path_naming_a_symlink_is_the_link_itself(ws: Path, dsv) -> None:
+    """A path given to checkout names the entry itself, a symlink too (not what it points
+    to); a path that goes through a symlink loop is refused with one clear line."""
+    write_tree(ws, {"a.txt": b"a", "b.txt": b"b"})
+    os.symlink("a.txt", ws / "l")
+    ok(dsv("commit", "-m", "links", cwd=ws))
+    os.unlink(ws / "l")
+    os.symlink("b.txt", ws / "l")
+    (ws / "a.txt").write_bytes(b"changed")
+    ok(dsv("checkout", "mydata:latest", "l", "--force", cwd=ws))
+    assert os.readlink(ws / "l") == "a.txt" and (ws / "a.txt").read_bytes() == b"changed"
+    os.symlink("x", ws / "y")
+    os.symlink("y", ws / "x")
+    for path, message in (("x/a.txt", "cannot follow the directories above it"),
+                          ("x", "x is not in this version")):
+        r = dsv("checkout", "mydata:latest", path, cwd=ws)
+        assert r.code == 1 and message in r.err and "bug in dsv" not in r.err, r.err
 
 
 def test_status_remembers_no_scan_while_another_process_holds_the_lock(ws: Path, dsv) -> None:
