@@ -572,7 +572,8 @@ class Index:
         if row is None or row[0] != tree or not isinstance(row[1], str):
             return set(), -1
         files, sep, runs = row[1].partition(":")
-        if not sep or not files.isdigit():   # (an older format's digest: none of these)
+        if not sep or not (files.isascii() and files.isdigit()) or len(files) > 12:
+            # (an older format's digest, or damage: none of these)
             return set(), -1
         size = 2 * RUN_DIGEST_BYTES
         return {runs[i:i + size] for i in range(0, len(runs), size)}, int(files)

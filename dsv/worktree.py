@@ -62,7 +62,7 @@ Run = list[tuple[str, FileStat]]
 RUN_FILES = 4096
 """A walk's run ends once it holds this many files, where a directory (or the files of one
 between two of its subdirectories) ends; a run that would hold twice as many is cut into
-pieces of this many."""
+pieces of about this many (`_cuts`)."""
 
 
 def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None = None,
@@ -367,8 +367,9 @@ class ScanDigest:
     tree (index.put_clean_scan). A later walk with a run of the same digest saw, in that
     stretch of paths, the same files with the same stats as then, so the same contents
     (the stat cache's own rule) and no path gone from the tree: no row of it need be
-    read. A change or a new file makes its own run's digest new; one that moves the
-    runs' ends makes every run after it new, which costs reading their rows.
+    read. A change or a new file makes its own run's digest new; one that moves where
+    runs end makes the runs after it new up to where their ends meet again (in a large
+    directory, the next cut `_cuts` makes), which costs reading their rows.
     """
 
     def __init__(self) -> None:

@@ -484,6 +484,21 @@ def test_a_path_naming_a_symlink_is_the_link_itself(ws: Path, dsv) -> None:
         assert r.code == 1 and message in r.err and "bug in dsv" not in r.err, r.err
 
 
+@pytest.mark.parametrize("damage", ["\u00b2:" + "0" * 32, "9" * 5000 + ":" + "0" * 32, "x"])
+def test_a_damaged_scan_digest_is_ignored(ws: Path, dsv, damage: str) -> None:
+    """`statdigest` is a cache another process may have written anything into: a count
+    that is no plain decimal (a superscript digit, 5,000 digits) means nothing, and the
+    next clean status stores a good one."""
+    import sqlite3
+    _age(ws)
+    vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        conn.execute("UPDATE statdigest SET digest=?", (damage,))
+    assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
+    ((_, _, digest),) = _clean_scans(ws)
+    assert digest.partition(":")[0] == str(len(read_tree(ws)))
+
+
 def test_status_remembers_no_scan_while_another_process_holds_the_lock(ws: Path, dsv) -> None:
     from dsv.lock import StoreLock
     _age(ws)

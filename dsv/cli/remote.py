@@ -178,10 +178,8 @@ def fetch(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DA
           as_json: bool = JsonOpt) -> None:
     """Bring a remote's versions and refs (not file contents)."""
     store = open_store()
-    words = list(args or [])
-    remote = words.pop(0) if words and words[0] in \
-        {s.name for s in store.core.remote_specs()} else None
-    report = store.fetch(remote, words or None)
+    remote, datasets = store.split_remote(list(args or []))
+    report = store.fetch(remote, datasets or None)
     if as_json:
         print_json(report.to_json())
         return

@@ -45,6 +45,8 @@ class Remote:
         self.scope: list[str] | None = core.index.remote_scope(spec.name)
         """The datasets this store reads of the remote (None: every one). Honoured only
         where the remote keeps complete catalogs (format 3); else everything is read."""
+        self.widened = False
+        """Whether a lacking picture made this store read every pack index (`widen`)."""
 
     def connect(self, must_exist: bool = True) -> None:
         """Fail fast if unreachable; with `must_exist`, also if it is not a dsv remote."""
@@ -78,8 +80,6 @@ class Remote:
         reason found to doubt them)."""
         return self.scope if self.format >= layout.CATALOG_FORMAT and not self.widened \
             else None
-
-    widened = False
 
     def widen(self) -> bool:
         """A store that reads only some datasets found its picture lacking (a catalog
