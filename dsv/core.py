@@ -25,6 +25,7 @@ from .errors import (
     DatasetNotFound,
     DsvError,
     InvalidInput,
+    MissingObject,
     RefError,
     StoreExists,
     StoreNotFound,
@@ -116,6 +117,10 @@ class Core:
         self.lock = StoreLock(self.dsv_dir / "lock")
         self.refs = refs.RefStore(self.index)
         self._trees = _TreeCache(TREE_CACHE_BYTES)
+        self.fault_trees: Callable[[str], bool] | None = None
+        """Brings the trees under a root tree that a fetch left on a remote (installed
+        by the layer that opens remotes); False if the root is not such a tree."""
+        self._faulting = threading.Lock()
 
     def close(self) -> None:
         """Release the lock, then close the objects (dropping anything staged) and index."""
@@ -188,10 +193,18 @@ class Core:
 
     # ---- trees -------------------------------------------------------------------------
     def read_tree(self, oid: str) -> bytes:
-        """A tree object's bytes (cached: trees are immutable)."""
+        """A tree object's bytes (cached: trees are immutable). The root tree of a
+        version fetched without its trees is first brought by `fault_trees`."""
         data = self._trees.get(oid)
         if data is None:
-            data = self.objects.read(oid)
+            try:
+                data = self.objects.read(oid)
+            except MissingObject:
+                with self._faulting:  # (one fetch of a root, whatever thread asks)
+                    if not self.objects.has(oid) and \
+                            (self.fault_trees is None or not self.fault_trees(oid)):
+                        raise
+                data = self.objects.read(oid)
             self._trees.put(oid, data)
         return data
 

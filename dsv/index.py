@@ -28,7 +28,7 @@ from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _IN_BATCH = 500
 
 
@@ -195,6 +195,10 @@ class Index:
         db.execute("""CREATE TABLE IF NOT EXISTS remote_catalog (
             remote TEXT NOT NULL, dataset TEXT NOT NULL, pack TEXT NOT NULL,
             PRIMARY KEY (remote, dataset, pack)) WITHOUT ROWID""")
+        # Schema 6: versions a fetch brought without their trees (history no ref names:
+        # its trees stay on the remote until something reads them).
+        db.execute("""CREATE TABLE IF NOT EXISTS unfetched (
+            version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -304,8 +308,9 @@ class Index:
             self.conn.execute("DELETE FROM statdigest WHERE dataset=?", (ds_id,))
             self.conn.execute("UPDATE datasets SET latest=NULL, head=NULL, cache_tree=NULL "
                               "WHERE id=?", (ds_id,))
-            self.conn.execute("DELETE FROM promised WHERE version IN "
-                              "(SELECT id FROM versions WHERE dataset=?)", (ds_id,))
+            for table in ("promised", "unfetched"):
+                self.conn.execute(f"DELETE FROM {table} WHERE version IN "
+                                  f"(SELECT id FROM versions WHERE dataset=?)", (ds_id,))
             self.conn.execute("DELETE FROM versions WHERE dataset=?", (ds_id,))
             self.conn.execute("DELETE FROM datasets WHERE id=?", (ds_id,))
             self._mirror()
@@ -364,9 +369,10 @@ class Index:
         self._mirror()
 
     def delete_version(self, vid: str) -> None:
-        """Delete a version with its tags and its promise."""
+        """Delete a version with its tags and its promises."""
         self.conn.execute("DELETE FROM tags WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM promised WHERE version=?", (vid,))
+        self.conn.execute("DELETE FROM unfetched WHERE version=?", (vid,))
         self.conn.execute("DELETE FROM versions WHERE id=?", (vid,))
         self._mirror()
 
@@ -864,6 +870,31 @@ class Index:
     def drop_promised(self, vids: Iterable[str]) -> None:
         """Forget the promises of `vids` (their blobs are all here now)."""
         self.conn.executemany("DELETE FROM promised WHERE version=?", ((v,) for v in vids))
+
+    def unfetched(self) -> dict[str, str]:
+        """Versions whose trees are not here yet (history a fetch left on the remote):
+        version → remote."""
+        return dict(self.conn.execute("SELECT version, remote FROM unfetched"))
+
+    def add_unfetched(self, vid: str, remote: str) -> None:
+        """Note that `vid`'s trees are still only on `remote`."""
+        self.conn.execute("INSERT OR IGNORE INTO unfetched (version, remote) VALUES (?,?)",
+                          (vid, remote))
+
+    def unfetched_with_tree(self, root: str) -> list[tuple[str, str]]:
+        """The unfetched versions whose root tree is `root`: (version, remote)."""
+        return list(self.conn.execute(
+            "SELECT u.version, u.remote FROM unfetched u JOIN versions v ON v.id = u.version "
+            "WHERE v.tree=? ORDER BY u.version", (root,)))
+
+    def drop_unfetched_stored(self, tree_kind: int) -> int:
+        """Forget the unfetched mark of every version whose root tree is stored here now
+        as an object of `tree_kind` (a stored tree has everything beneath it stored); how
+        many were dropped."""
+        return self.conn.execute(
+            "DELETE FROM unfetched WHERE version IN (SELECT v.id FROM versions v "
+            "JOIN objects o ON o.oid = v.tree AND o.kind=? WHERE v.id IN "
+            "(SELECT version FROM unfetched))", (tree_kind,)).rowcount
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:

@@ -32,12 +32,14 @@ from .reporting import Reporter
 
 
 def _reachable(core: Core) -> set[str]:
-    """Every object some version (draft or committed) needs, records included."""
+    """Every object some version (draft or committed) needs, records included (of a
+    version fetched without its trees, only its record: its trees are on the remote)."""
     live: set[str] = set()
+    unfetched = core.index.unfetched()
     for v in core.index.all_versions():
         if v.record:
             live.add(v.record)
-        if v.tree in live:
+        if v.tree in live or v.id in unfetched:
             continue
         for _kind, oid in tree.subtree_ids(v.tree, core.read_tree):
             live.add(oid)
@@ -175,7 +177,8 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
 
 def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:
     """Versions whose blobs are not all here were fetched from a remote: say so again, so
-    that verify accepts them and checkout downloads what they lack."""
+    that verify accepts them and checkout downloads what they lack (and those whose root
+    tree is not here were fetched without their trees: reading them fetches those)."""
     origins = [r["name"] for r in remotes if r.get("kind") == "origin"]
     if not origins:
         return
@@ -191,6 +194,8 @@ def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str,
             complete = False
         if not complete:
             index.add_promised(v.id, default)
+        if v.tree not in packed and v.tree not in loose:
+            index.add_unfetched(v.id, default)
 
 
 _REMOTE_COLUMNS: dict[str, type | tuple[type, ...]] = {

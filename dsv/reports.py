@@ -144,6 +144,7 @@ class FetchReport(_FlatReport):
     new_datasets: list[str] = field(default_factory=list)
     refs: dict[str, str] = field(default_factory=dict)    # the remote's refs
     updated: list[str] = field(default_factory=list)      # local refs it created
+    unfetched: int = 0   # versions whose trees are still only on a remote, after it
     objects_received: int = 0
     bytes_received: int = 0
     from_cache: int = 0

@@ -56,6 +56,12 @@ class Store:
         self.tmp_dir = self.core.tmp_root
         self.reporter = self.core.reporter
         self.index, self.objects = self.core.index, self.core.objects
+        self.core.fault_trees = self._fault_trees
+
+    def _fault_trees(self, root: str) -> bool:
+        """Core's hook for a version fetched without its trees (see sync.fetch.fault_in)."""
+        from .sync import fetch as sync_fetch
+        return sync_fetch.fault_in(self.core, root)
 
     # ---- opening, creating, closing -------------------------------------------------
     @classmethod
@@ -370,8 +376,10 @@ class Store:
                                   list(targets or []), force)
 
     def fetch(self, remote: str | None = None,
-              datasets: list[str] | None = None) -> FetchReport:
-        """Bring the remote's versions, trees and refs (no file contents); with
+              datasets: list[str] | None = None, history: bool = False) -> FetchReport:
+        """Bring the remote's versions and refs, and the trees of the versions its refs
+        name (no file contents; with `history`, the trees of every version, for work
+        offline: otherwise an older version's trees come when first read); with
         `datasets` (names or ids on the remote), only theirs (a store that reads only
         some datasets, after `clone --dataset`, reads these too from now on)."""
         from .sync import fetch as sync_fetch
@@ -382,7 +390,7 @@ class Store:
             if datasets:
                 opened.connect()
                 ids = opened.dataset_ids(datasets)
-            return sync_fetch.fetch(self.core, opened, datasets=ids)[0]
+            return sync_fetch.fetch(self.core, opened, datasets=ids, history=history)[0]
 
     def pull(self, remote: str | None = None, targets: list[str] | None = None,
              paths: list[str] | None = None, force: bool = False,

@@ -79,10 +79,10 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 5
+    assert idx.schema_version() == SCHEMA_VERSION == 6
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 5 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 6 and [d.id for d in idx.datasets()] == ["ds000001"]
     idx.close()
 
 
@@ -743,7 +743,7 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
     out = json.loads(r.stdout)
     assert out["read_only"] is True
     assert (out["schema"], out["names"], out["version"], out["tag"]) == \
-        (5, ["mnist"], "first", "c000000001")
+        (6, ["mnist"], "first", "c000000001")
     kind, message, hint = out["write"]
     assert kind == "IndexUnwritable"
     assert message.startswith(f"cannot write the index {db}: the file-size limit")

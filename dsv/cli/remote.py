@@ -175,11 +175,14 @@ def fetch(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DA
                                                          "remote), then the datasets to "
                                                          "fetch, by name or id (default: "
                                                          "all, or those the store reads)."),
+          history: bool = typer.Option(False, "--history", help="Also the trees of every "
+                                       "older version (for work offline; otherwise they "
+                                       "come when first read)."),
           as_json: bool = JsonOpt) -> None:
     """Bring a remote's versions and refs (not file contents)."""
     store = open_store()
     remote, datasets = store.split_remote(list(args or []))
-    report = store.fetch(remote, datasets or None)
+    report = store.fetch(remote, datasets or None, history=history)
     if as_json:
         print_json(report.to_json())
         return
@@ -187,6 +190,9 @@ def fetch(args: Optional[list[str]] = typer.Argument(None, metavar="[REMOTE] [DA
          f"({plural(report.objects_received, 'object')}, {size(report.bytes_received)})")
     for ref, vid in sorted(report.refs.items()):
         echo(f"  {report.remote}/{ref} -> {vid}")
+    if report.unfetched:
+        echo(f"  {plural(report.unfetched, 'older version')}: trees left on the remote until "
+             f"read (`dsv fetch --history` brings them now)")
 
 
 @commands.command()

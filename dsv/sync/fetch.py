@@ -2,9 +2,11 @@
 
 Owns reading records (untrusted: parsed by records.parse_record, a forged one is left
 out with its history), accepting only refs that name their own dataset's versions,
-checking history before anything is stored, fetching only the trees the refs reach,
-and recording it all in one transaction. Which local refs then move is
-sync.policy's decision. Must never download blobs.
+checking history before anything is stored, fetching the trees of the versions the refs
+name (of their whole history only when asked: the rest are `unfetched`, and `fault_in`
+brings a version's trees the first time something reads them), and recording it all in
+one transaction. Which local refs then move is sync.policy's decision. Must never
+download blobs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from .. import refs, tree
 from ..core import Core
-from ..errors import (CorruptObject)
+from ..errors import CorruptObject, DsvError, MissingObject
 from ..model import COMMITTED, Dataset, Version
 from ..reports import FetchReport
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
@@ -24,7 +26,7 @@ from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
 from ..remotes.layout import (RemoteRef)
 from .policy import plan_pull
-from .remote import Remote
+from .remote import Remote, open_remote
 from .download import download_packed
 
 
@@ -33,11 +35,17 @@ _Parsed = dict[str, tuple[Record, bytes | None]]
 
 
 def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
-          whole: bool = False) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
+          whole: bool = False, history: bool = False
+          ) -> tuple[FetchReport, dict[tuple[str, str], RemoteRef]]:
     """Bring the remote's version records, trees and refs (not file contents): of every
     dataset (`whole`, or a store that reads them all), of the store's remembered scope
     (a `clone --dataset`), or of `datasets` (ids) added to it. Where the remote keeps
-    catalogs, a scoped fetch reads only what the datasets' catalogs name."""
+    catalogs, a scoped fetch reads only what the datasets' catalogs name.
+
+    Trees come for the versions the remote's refs name (its `latest`s and tags), and
+    with `history` for every version they reach; the others are recorded as `unfetched`
+    (their trees come when first read, see `fault_in`): a first fetch reads trees in
+    proportion to the content, not to the number of pushes."""
     report = FetchReport(remote.name)
     remote.connect()
     if whole:
@@ -83,14 +91,12 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     remote_refs = _owned_refs(remote_refs, parsed, core)
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
     _check_history(reachable, parsed, core)
+    named = {r.record for r in remote_refs.values()}
+    roots = {parsed[r][0].version.tree for r in reachable if history or r in named}
     with _Scratch(core.objects.tmp_root) as trees:
-        _fetch_trees(core, remote, {parsed[r][0].version.tree for r in reachable},
-                     located[KIND_TREE], report, trees)
-        walked: tuple[dict[str, tuple[int, int]], dict[str, str]] = ({}, {})
-        for root in {parsed[r][0].version.tree for r in reachable}:
-            tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
-                                 else core.objects.read(oid), seen=walked)
-        _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees, scope)
+        _fetch_checked_trees(core, remote, roots, located[KIND_TREE], report, trees)
+        _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees, scope,
+                       roots)
     changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
                                                 fast_forward=False)
     with index.transaction():
@@ -134,9 +140,10 @@ class _Scratch:
 
 def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Parsed,
                    reachable: list[str], remote_refs: dict[tuple[str, str], RemoteRef],
-                   trees: _Scratch, scope: list[str] | None) -> None:
+                   trees: _Scratch, scope: list[str] | None, roots: set[str]) -> None:
     """Store the new records and trees, and record the versions and refs, in one
-    transaction."""
+    transaction. A new version whose trees were not fetched (not under `roots`) is
+    marked unfetched, unless its root tree is here already."""
     index = core.index
     # Only what the accepted refs reach enters the store: records no ref reaches were
     # never checked as history, and must not turn up later (in `index rebuild`, say).
@@ -160,7 +167,12 @@ def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Par
                     _create_dataset(core, v, rec.dataset_name, names.get(v.dataset)))
             index.insert_version(v)
             index.add_promised(v.id, remote.name)
+            if v.tree not in roots:
+                index.add_unfetched(v.id, remote.name)
             report.new_versions.append(v.id)
+        # (trees stored now, or earlier: those versions' marks go)
+        index.drop_unfetched_stored(KIND_TREE)
+        report.unfetched = len(index.unfetched())
         index.replace_remote_refs(remote.name, [(r.dataset, r.ref, r.version, r.record, r.etag)
                                                 for r in remote_refs.values()], scope)
         for ref in remote_refs.values():
@@ -265,6 +277,64 @@ def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
     return sorted(seen)
 
 
+def fault_in(core: Core, root: str) -> bool:
+    """Bring the trees under `root` from the remote a fetch left them on (the default
+    origin if that one is no longer configured), if `root` is the tree of a version
+    fetched without its trees (False if it is not: nothing to fetch). Validated as a
+    fetch validates them, and stored for good."""
+    owners = core.index.unfetched_with_tree(root)
+    if not owners:
+        return False
+    vid, name = owners[0]
+    names = {s.name for s in core.remote_specs() if s.kind == "origin"}
+    try:
+        remote = open_remote(core, name if name in names else None)
+        name = remote.name
+    except DsvError as exc:
+        raise MissingObject(f"the trees of version {vid} are on remote {name}, which "
+                            f"cannot be opened: {exc.message}",
+                            hint="add the remote again, or `dsv fetch --history` from "
+                                 "another that holds them") from None
+    core.reporter.notice(f"fetching the trees of version {vid} from {name}")
+    report = FetchReport(name)
+    with core.locked("fetch"):
+        remote.connect()
+        remote.refresh()
+        located = _located_trees(core, remote)
+        if root not in located and remote.widen():
+            located = _located_trees(core, remote)
+        if root not in located:
+            raise MissingObject(f"the trees of version {vid} are no longer on {name}",
+                                hint="a remote gc removes history no ref reaches any more "
+                                     "(after a `push --force`); `dsv log` still lists the "
+                                     "version, but its files cannot be read")
+        with _Scratch(core.objects.tmp_root) as trees, Ingest(core.objects) as ingest:
+            _fetch_checked_trees(core, remote, {root}, located, report, trees)
+            for oid in trees.where:
+                ingest.add(oid, KIND_TREE, trees.read(oid))
+            core.commit_objects(ingest, lambda: core.index.drop_unfetched_stored(KIND_TREE))
+    return True
+
+
+def _located_trees(core: Core, remote: Remote) -> dict[str, tuple[str, int, int]]:
+    """Where each tree object the store knows of on `remote` is: oid → (pack, offset,
+    length)."""
+    return {oid: (pack, off, ln) for oid, pack, off, ln in
+            core.index.remote_objects_of_kind(remote.name, KIND_TREE)}
+
+
+def _fetch_checked_trees(core: Core, remote: Remote, roots: set[str],
+                         located: dict[str, tuple[str, int, int]], report: FetchReport,
+                         trees: _Scratch) -> None:
+    """The trees under `roots` this store lacks, into `trees`: each validated, and each
+    root's expansion bounded."""
+    _fetch_trees(core, remote, roots, located, report, trees)
+    walked: tuple[dict[str, tuple[int, int]], dict[str, str]] = ({}, {})
+    for root in roots:
+        tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
+                             else core.objects.read(oid), seen=walked)
+
+
 def _fetch_trees(core: Core, remote: Remote, roots: set[str],
                  located: dict[str, tuple[str, int, int]], report: FetchReport,
                  trees: _Scratch) -> None:
@@ -283,8 +353,7 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
             if oid in stored:
                 continue
             if oid not in located and remote.widen():
-                located.update((o, (p, off, ln)) for o, p, off, ln in
-                               core.index.remote_objects_of_kind(remote.name, KIND_TREE))
+                located.update(_located_trees(core, remote))
             if oid not in located:
                 _missing_tree(oid)
             need[oid] = located[oid]

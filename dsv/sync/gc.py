@@ -82,7 +82,7 @@ def _pushes(live: list[float], name: str) -> str:
 
 
 def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | None) -> None:
-    _fetch_report, remote_refs = fetch(core, remote, whole=True)
+    _fetch_report, remote_refs = fetch(core, remote, whole=True, history=True)
     _check_every_ref(remote, remote_refs)
     listing = _Listing(remote)
     entries = _read_indexes(core, remote, listing)

@@ -260,7 +260,7 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
         known_loose = index.remote_loose(remote.name, batch)
         for oid in batch:
             if oid not in known_loose and not objects.has_loose(oid):
-                raise MissingObject(f"object {oid[:12]} is not in this core, so the versions "
+                raise MissingObject(f"object {oid[:12]} is not in this store, so the versions "
                                     f"that need it cannot be pushed",
                                     hint="pull those versions completely first, or run "
                                          "`dsv verify`")
