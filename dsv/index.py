@@ -450,12 +450,12 @@ class Index:
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable["PackEntry"]) -> None:
         """Record a pack and where each of its objects is."""
-        rows = list(entries)
+        # In key order: a B-tree takes sorted rows several times faster than random ones.
+        rows = sorted((e.oid, pack_id, e.offset, e.length, e.kind) for e in entries)
         self.conn.execute("INSERT OR IGNORE INTO packs (id, size, count, created) "
                           "VALUES (?,?,?,?)", (pack_id, size, len(rows), time.time()))
         self.conn.executemany("INSERT OR IGNORE INTO objects (oid, pack, offset, length, kind) "
-                              "VALUES (?,?,?,?,?)",
-                              ((e.oid, pack_id, e.offset, e.length, e.kind) for e in rows))
+                              "VALUES (?,?,?,?,?)", rows)
 
     def add_packs(self, packs: Iterable["PackInfo"]) -> None:
         """Record packs just written (an Ingest's `finish()`)."""
@@ -726,10 +726,10 @@ class Index:
         """Record that `remote` holds `pack` with these entries."""
         self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size) VALUES (?,?,?)",
                           (remote, pack, size))
-        self.conn.executemany(
+        self.conn.executemany(  # (in key order, as add_pack)
             "INSERT OR IGNORE INTO remote_objects (remote, oid, pack, offset, length, kind) "
-            "VALUES (?,?,?,?,?,?)", ((remote, e.oid, pack, e.offset, e.length, e.kind)
-                                     for e in entries))
+            "VALUES (?,?,?,?,?,?)", sorted((remote, e.oid, pack, e.offset, e.length, e.kind)
+                                           for e in entries))
 
     def remote_pack_kinds(self, remote: str) -> dict[str, set[int]]:
         """The kinds of object each of `remote`'s packs holds (as its index rows say)."""
