@@ -25,7 +25,6 @@ from .errors import (
     DatasetNotFound,
     DsvError,
     InvalidInput,
-    MissingObject,
     RefError,
     StoreExists,
     StoreNotFound,
@@ -117,9 +116,9 @@ class Core:
         self.lock = StoreLock(self.dsv_dir / "lock")
         self.refs = refs.RefStore(self.index)
         self._trees = _TreeCache(TREE_CACHE_BYTES)
-        self.fault_trees: Callable[[str], bool] | None = None
+        self.fault_trees: Callable[[str], None] | None = None
         """Brings the trees under a root tree that a fetch left on a remote (installed
-        by the layer that opens remotes); False if the root is not such a tree."""
+        by the layer that opens remotes; see sync.fetch.fault_in)."""
         self._faulting = threading.Lock()
 
     def close(self) -> None:
@@ -194,17 +193,15 @@ class Core:
     # ---- trees -------------------------------------------------------------------------
     def read_tree(self, oid: str) -> bytes:
         """A tree object's bytes (cached: trees are immutable). The root tree of a
-        version fetched without its trees is first brought by `fault_trees`."""
+        version fetched without its trees is first brought, and validated, by
+        `fault_trees`: even when an object of that id is here (a file's bytes may be a
+        hostile tree that nothing validated)."""
         data = self._trees.get(oid)
         if data is None:
-            try:
-                data = self.objects.read(oid)
-            except MissingObject:
+            if self.fault_trees is not None and self.index.is_unfetched_root(oid):
                 with self._faulting:  # (one fetch of a root, whatever thread asks)
-                    if not self.objects.has(oid) and \
-                            (self.fault_trees is None or not self.fault_trees(oid)):
-                        raise
-                data = self.objects.read(oid)
+                    self.fault_trees(oid)
+            data = self.objects.read(oid)
             self._trees.put(oid, data)
         return data
 

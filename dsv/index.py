@@ -199,6 +199,7 @@ class Index:
         # its trees stay on the remote until something reads them).
         db.execute("""CREATE TABLE IF NOT EXISTS unfetched (
             version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
+        db.execute("CREATE INDEX IF NOT EXISTS versions_tree ON versions(tree)")
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def schema_version(self) -> int | None:
@@ -423,6 +424,12 @@ class Index:
         row = self.conn.execute("SELECT pack, offset, length FROM objects WHERE oid=?",
                                 (oid,)).fetchone()
         return (row[0], row[1], row[2]) if row else None
+
+    @staticmethod
+    def _batches(keys: list[str]) -> Iterator[list[str]]:
+        """`keys` in parts small enough for one statement's parameters."""
+        for i in range(0, len(keys), _IN_BATCH):
+            yield keys[i:i + _IN_BATCH]
 
     def _rows_in(self, sql: str, keys: Iterable[str],
                  *args: Any) -> Iterator[Row]:  # noqa: ANN401 - SQL parameters
@@ -880,21 +887,46 @@ class Index:
         """Note that `vid`'s trees are still only on `remote`."""
         self.conn.execute("INSERT OR IGNORE INTO unfetched (version, remote) VALUES (?,?)",
                           (vid, remote))
+        self._mirror()
 
     def unfetched_with_tree(self, root: str) -> list[tuple[str, str]]:
         """The unfetched versions whose root tree is `root`: (version, remote)."""
         return list(self.conn.execute(
-            "SELECT u.version, u.remote FROM unfetched u JOIN versions v ON v.id = u.version "
+            "SELECT u.version, u.remote FROM versions v JOIN unfetched u ON u.version = v.id "
             "WHERE v.tree=? ORDER BY u.version", (root,)))
 
-    def drop_unfetched_stored(self, tree_kind: int) -> int:
-        """Forget the unfetched mark of every version whose root tree is stored here now
-        as an object of `tree_kind` (a stored tree has everything beneath it stored); how
-        many were dropped."""
+    def is_unfetched_root(self, root: str) -> bool:
+        """Whether `root` is the root tree of a version fetched without its trees (one
+        indexed lookup: asked of every tree read that misses the cache)."""
         return self.conn.execute(
-            "DELETE FROM unfetched WHERE version IN (SELECT v.id FROM versions v "
-            "JOIN objects o ON o.oid = v.tree AND o.kind=? WHERE v.id IN "
-            "(SELECT version FROM unfetched))", (tree_kind,)).rowcount
+            "SELECT 1 FROM versions v JOIN unfetched u ON u.version = v.id WHERE v.tree=? "
+            "LIMIT 1", (root,)).fetchone() is not None
+
+    def unfetched_roots(self) -> set[str]:
+        """The root trees of the versions fetched without their trees (any version, a
+        draft made from one too, with such a root has its trees on the remote)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT v.tree FROM unfetched u JOIN versions v ON v.id = u.version")}
+
+    def drop_unfetched_roots(self, roots: Iterable[str]) -> None:
+        """Forget the unfetched mark of every version whose root tree is one of `roots`
+        (its trees were fetched and validated)."""
+        dropped = 0
+        for part in self._batches(list(roots)):
+            dropped += self.conn.execute(
+                f"DELETE FROM unfetched WHERE version IN (SELECT id FROM versions WHERE tree "
+                f"IN ({','.join('?' * len(part))}))", part).rowcount
+        if dropped:
+            self._mirror()
+
+    def drop_unfetched_stored(self, tree_kind: int) -> None:
+        """Forget the unfetched mark of every version whose root tree is stored here now
+        as an object of `tree_kind` (validated as a tree, with everything beneath it)."""
+        if self.conn.execute(
+                "DELETE FROM unfetched WHERE version IN (SELECT v.id FROM versions v "
+                "JOIN objects o ON o.oid = v.tree AND o.kind=? WHERE v.id IN "
+                "(SELECT version FROM unfetched))", (tree_kind,)).rowcount:
+            self._mirror()
 
     # ---- interrupted checkouts ---------------------------------------------------
     def checkout_journal(self, target: str) -> str | None:

@@ -22,7 +22,7 @@ from .index import Index, Row, salvage
 from .lock import StoreLock
 from .model import COMMITTED, DRAFT, Dataset, Version
 from .reports import GcReport, PruneReport, RebuildReport
-from .objects import KIND_VERSION, Ingest, ObjectStore
+from .objects import KIND_TREE, KIND_VERSION, Ingest, ObjectStore
 from .paths import STORE_DIR as DSV_DIR
 from .paths import is_dataset_dir
 from .records import Record, is_id, parse_record
@@ -35,11 +35,11 @@ def _reachable(core: Core) -> set[str]:
     """Every object some version (draft or committed) needs, records included (of a
     version fetched without its trees, only its record: its trees are on the remote)."""
     live: set[str] = set()
-    unfetched = core.index.unfetched()
+    lazy = core.index.unfetched_roots()
     for v in core.index.all_versions():
         if v.record:
             live.add(v.record)
-        if v.tree in live or v.id in unfetched:
+        if v.tree in live or v.tree in lazy:
             continue
         for _kind, oid in tree.subtree_ids(v.tree, core.read_tree):
             live.add(oid)
@@ -160,6 +160,7 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
             _restore_versions(index, records, old_datasets, old_tags)
             if saved is not None:
                 _restore_state(index, objects, saved, old_datasets)
+                _restore_unfetched(index, saved)
             for row in old_remotes:  # remote settings (never secrets)
                 index.add_remote(row)
             _mark_incomplete(index, objects, old_remotes)
@@ -177,8 +178,7 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
 
 def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str, Any]]) -> None:
     """Versions whose blobs are not all here were fetched from a remote: say so again, so
-    that verify accepts them and checkout downloads what they lack (and those whose root
-    tree is not here were fetched without their trees: reading them fetches those)."""
+    that verify accepts them and checkout downloads what they lack."""
     origins = [r["name"] for r in remotes if r.get("kind") == "origin"]
     if not origins:
         return
@@ -194,8 +194,6 @@ def _mark_incomplete(index: Index, objects: ObjectStore, remotes: list[dict[str,
             complete = False
         if not complete:
             index.add_promised(v.id, default)
-        if v.tree not in packed and v.tree not in loose:
-            index.add_unfetched(v.id, default)
 
 
 _REMOTE_COLUMNS: dict[str, type | tuple[type, ...]] = {
@@ -268,6 +266,17 @@ def _restore_state(index: Index, objects: ObjectStore, saved: dict[str, Any],
         head = index.version(d["head"]) if isinstance(d.get("head"), str) else None
         if head is not None and head.dataset == ds.id and ds.path is not None:
             index.update_dataset(ds.id, head=head.id)
+
+
+def _restore_unfetched(index: Index, saved: dict[str, Any]) -> None:
+    """The versions the state file says were fetched without their trees, whose root
+    tree is still not stored as a tree (a root lost otherwise is damage, for verify to
+    report: it is never guessed to be on a remote)."""
+    for vid, remote in saved.get("unfetched", []):
+        v = index.version(vid) if is_id(vid) else None
+        if v is not None and refs.is_valid_name(remote) and \
+                not index.packed_of_kind([v.tree], KIND_TREE):
+            index.add_unfetched(vid, remote)
 
 
 def _restore_versions(index: Index, records: list[Record],

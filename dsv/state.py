@@ -2,9 +2,9 @@
 
 The index is a cache of the objects except for a few things only it held: datasets (names,
 working directories, descriptions), where each dataset's `latest` and `head` are, tags,
-remotes and drafts. This file mirrors exactly those (as git keeps refs and config as
-files), so that `dsv index rebuild` after the index is lost restores everything but the
-stat cache.
+remotes, drafts, and which versions were fetched without their trees. This file mirrors
+exactly those (as git keeps refs and config as files), so that `dsv index rebuild` after
+the index is lost restores everything but the stat cache.
 
 Owns the file's format (`dump`) and reading it back, validated (`load`). It is rewritten
 (atomically, fsynced) inside every index transaction that changed one of those rows, just
@@ -38,7 +38,8 @@ def dump(index: Index) -> dict[str, Any]:
     drafts = [{k: getattr(v, k) for k in _DRAFT_KEYS} for v in index.drafts()]
     return {"format": STATE_FORMAT, "datasets": datasets,
             "tags": [list(row) for row in index.tags()],
-            "remotes": index.remotes(), "drafts": drafts}
+            "remotes": index.remotes(), "drafts": drafts,
+            "unfetched": sorted([vid, remote] for vid, remote in index.unfetched().items())}
 
 
 def save(index: Index, dsv_dir: Path) -> None:
@@ -66,5 +67,10 @@ def load(dsv_dir: Path) -> dict[str, Any] | None:
         if not isinstance(items, list) or not all(isinstance(i, item_type) for i in items):
             return None
     if not all(len(t) == 4 and all(isinstance(x, str) for x in t[:3]) for t in data["tags"]):
+        return None
+    unfetched = data.setdefault("unfetched", [])   # (a file an older dsv wrote has none)
+    if not isinstance(unfetched, list) or not all(
+            isinstance(u, list) and len(u) == 2 and all(isinstance(x, str) for x in u)
+            for u in unfetched):
         return None
     return data

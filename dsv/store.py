@@ -58,10 +58,10 @@ class Store:
         self.index, self.objects = self.core.index, self.core.objects
         self.core.fault_trees = self._fault_trees
 
-    def _fault_trees(self, root: str) -> bool:
+    def _fault_trees(self, root: str) -> None:
         """Core's hook for a version fetched without its trees (see sync.fetch.fault_in)."""
         from .sync import fetch as sync_fetch
-        return sync_fetch.fault_in(self.core, root)
+        sync_fetch.fault_in(self.core, root)
 
     # ---- opening, creating, closing -------------------------------------------------
     @classmethod

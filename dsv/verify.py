@@ -168,7 +168,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     lost = {oid for pack in damage.lost_packs for oid, *_ in core.index.pack_objects(pack)}
     watched = set(damage.corrupt) | lost   # the objects whose `reached` and size matter
     promised = core.index.promised()
-    unfetched = core.index.unfetched()   # (their trees are on a remote, by design)
+    lazy = core.index.unfetched_roots()   # (trees left on a remote, by design)
     seen: set[str] = set()
 
     def here(oids: list[str]) -> set[str]:
@@ -188,7 +188,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
         report.versions_checked += 1
         label = f"version {v.id}"
         # (tree object, the shard prefix it must stand at)
-        stack = [(v.tree, "")] if v.id not in unfetched else []
+        stack = [(v.tree, "")] if v.tree not in lazy else []
         while stack:
             oid, prefix = stack.pop()
             if oid in seen:

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,195 @@ def test_history_a_remote_gc_removed_is_one_clear_error(
     assert got.code != 0 and "bug in dsv" not in got.err
     assert f"the trees of version {_id(made[1][0])} are no longer on origin" in got.err
     assert _id(made[1][0]) in _unfetched(clone)
+
+
+def _ds(ref: str) -> str:
+    return ref.partition(":")[0]
+
+
+def _clone(remote: Path, tmp_path: Path, dsv) -> Path:
+    clone = tmp_path / "clone"
+    got = dsv("clone", remote, clone, cwd=tmp_path)
+    assert got.code == 0, got.err
+    return clone
+
+
+# ---- 1. a draft started from an unfetched version -------------------------------------
+
+def test_a_draft_from_an_unfetched_version_is_not_damage(aged, tmp_path, dsv):
+    """`versions create --from OLD` copies OLD's root tree id into a draft: its trees are
+    on the remote as OLD's are, which verify accepts."""
+    ws, remote, made = aged
+    clone = _clone(remote, tmp_path, dsv)
+    old = made[1][0]
+    assert _id(old) in _unfetched(clone)
+    got = dsv("versions", "create", _ds(old), "--from", _id(old), "--json", cwd=clone)
+    assert got.code == 0, got.err
+    v = dsv("verify", cwd=clone)
+    assert v.code == 0, v.out + v.err
+
+
+def test_gc_with_such_a_draft_needs_no_remote(aged, tmp_path, dsv):
+    """Local gc skips that draft's trees as it skips OLD's: no remote is asked."""
+    ws, remote, made = aged
+    clone = _clone(remote, tmp_path, dsv)
+    old = made[1][0]
+    got = dsv("versions", "create", _ds(old), "--from", _id(old), "--json", cwd=clone)
+    assert got.code == 0, got.err
+    shutil.move(remote, tmp_path / "gone")
+    g = dsv("gc", cwd=clone)
+    assert g.code == 0, g.err
+
+
+# ---- 2. index rebuild without an origin -----------------------------------------------
+
+def test_a_rebuild_without_an_origin_keeps_the_marks(aged, tmp_path, dsv):
+    """A lazy clone whose origin was removed: `index rebuild` restores the marks from the
+    state file, so gc still skips those trees."""
+    ws, remote, made = aged
+    clone = _clone(remote, tmp_path, dsv)
+    assert dsv("gc", cwd=clone).code == 0          # fine before the rebuild
+    assert dsv("remote", "remove", "origin", cwd=clone).code == 0
+    assert dsv("gc", cwd=clone).code == 0          # still fine: marks kept
+    (clone / ".dsv" / "index.db").unlink()
+    assert dsv("index", "rebuild", cwd=clone).code == 0
+    assert sorted(_unfetched(clone)) == sorted(_id(ref) for ref, _f in made[1:3])
+    g = dsv("gc", cwd=clone)
+    assert g.code == 0, g.err
+
+
+# ---- 3. hostile: a forged root tree whose bytes are also a file the store holds -------
+
+def _forge_commit(ws: Path, dsv, monkeypatch, forged: bytes, message: str) -> str:
+    """The attacker's (modified) dsv: commit a version whose record names `forged` as its
+    root tree (stored as a tree object)."""
+    from dsv import versions as dv
+    from dsv.hashing import hash_bytes
+    real = dv._snapshot_changes
+    oid = hash_bytes(forged)
+
+    def fake(core, ds, head, root, excluded, ingest):
+        made = real(core, ds, head, root, excluded, ingest)
+        core.tree_writer(ingest)(oid, forged)
+        made.tree = oid
+        return made
+
+    monkeypatch.setattr(dv, "_snapshot_changes", fake)
+    got = dsv("commit", "-m", message, "--json", cwd=ws)
+    monkeypatch.setattr(dv, "_snapshot_changes", real)
+    assert got.code == 0, got.err
+    with sqlite3.connect(ws / ".dsv" / "index.db") as db:   # next commit: built whole
+        db.execute("UPDATE datasets SET cache_tree=NULL")
+        db.execute("DELETE FROM statcache")
+    return json.loads(got.out)["ref"]
+
+
+def test_a_forged_root_is_refused_even_once_its_bytes_arrive_as_a_file(tmp_path, dsv,
+                                                                    monkeypatch):
+    """Fault-in validates a forged tree and refuses it; a file with the same bytes pulled
+    later (stored as a blob of the same id) must not let the tree be read unvalidated
+    (a name '../escape.txt' here): the root of an unfetched version is always fetched and
+    validated as a tree, whatever is stored under its id."""
+    from dsv.hashing import hash_bytes
+    ws = tmp_path / "ws"
+    files = {"a.bin": b"A" * 100, "b.bin": b"B" * 100}
+    write_tree(ws, files)
+    assert dsv("init", cwd=ws).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("commit", "-m", "r0", cwd=ws).code == 0
+    blob = hash_bytes(files["a.bin"])
+    forged = json.dumps({"entries": [["../escape.txt", "f", 0o644, 100, blob]],
+                         "type": "tree", "v": 1}, separators=(",", ":")).encode()
+    write_tree(ws, {"c.bin": b"C" * 10})
+    bad = _forge_commit(ws, dsv, monkeypatch, forged, "forged")
+    write_tree(ws, {"d.bin": b"D" * 10})
+    assert dsv("commit", "-m", "r2", cwd=ws).code == 0
+    import dsv.tree as dt
+    with monkeypatch.context() as m:   # the attacker's dsv checks nothing it sends
+        m.setattr(dt, "_check_name", lambda name: None)
+        got = dsv("push", cwd=ws)
+    assert got.code == 0, got.err
+
+    victim = _clone(remote, tmp_path, dsv)
+    assert _id(bad) in _unfetched(victim)
+    # Control: fault-in fetches the forged tree and refuses it, as a fetch would.
+    first = dsv("files", "list", _id(bad), cwd=victim)
+    assert first.code != 0 and "'../escape.txt' contains '/'" in first.err, first.err
+    assert _id(bad) in _unfetched(victim)
+
+    # The attacker now pushes a file whose bytes are the forged tree.
+    write_tree(ws, {"payload.json": forged})
+    assert dsv("commit", "-m", "payload", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    got = dsv("pull", cwd=victim)
+    assert got.code == 0, got.err
+    assert (victim / "payload.json").read_bytes() == forged
+    after = dsv("files", "list", _id(bad), cwd=victim)
+    out = tmp_path / "out"
+    co = dsv("checkout", _id(bad), "--to", out, cwd=victim)
+    assert after.code != 0, ("the forged tree is read as valid: " + after.out +
+                             f" | checkout --to: {co.code} {co.err.strip()} "
+                             f"escaped={os.path.exists(tmp_path / 'escape.txt')}")
+
+
+# ---- 4. concurrency --------------------------------------------------------------------
+
+def test_processes_reading_one_unfetched_version_at_once(aged, tmp_path, dsv):
+    ws, remote, made = aged
+    clone = _clone(remote, tmp_path, dsv)
+    (v1, _f1), (v2, _f2) = made[1], made[2]
+    for _round in range(3):
+        procs = [subprocess.Popen([sys.executable, "-m", "dsv", "diff", _id(v1), _id(v2),
+                                   "--json"], cwd=clone, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err
+            assert json.loads(out)["added"] == ["new2.txt"]
+        assert not _unfetched(clone)
+        v = dsv("verify", cwd=clone)
+        assert v.code == 0, v.out
+        # again from scratch: a new clone
+        shutil.rmtree(clone)
+        clone = _clone(remote, tmp_path, dsv)
+
+
+# ---- 6. index rebuild calls a lost root tree of a local version "unfetched" ----------
+
+def _drop_object(ws: Path, oid: str) -> None:
+    """Simulated damage: the pack holding `oid` loses it (rewritten without it)."""
+    from dsv.objects import encode_pack, parse_pack_table
+    packs = ws / ".dsv" / "objects" / "packs"
+    for path in packs.glob("*.pack"):
+        entries = parse_pack_table(path)
+        if not any(e.oid == oid for e in entries):
+            continue
+        data = path.read_bytes()
+        keep = [(e.oid, e.kind, data[e.offset:e.offset + e.length])
+                for e in entries if e.oid != oid]
+        pack_id, new, _entries = encode_pack(keep)
+        (packs / f"{pack_id}.pack").write_bytes(new)
+        path.unlink()
+        return
+    raise AssertionError("not found")
+
+
+def test_a_rebuild_never_takes_a_lost_root_for_an_unfetched_one(aged, tmp_path, dsv):
+    ws, remote, made = aged
+    files = dict(made[-1][1], **{"local-only.bin": os.urandom(5000)})
+    write_tree(ws, files)
+    got = dsv("commit", "-m", "never pushed", "--json", cwd=ws)
+    assert got.code == 0
+    local = json.loads(got.out)["ref"]
+    root = _version(ws, local)["tree"]
+    _drop_object(ws, root)
+    (ws / ".dsv" / "index.db").unlink()
+    assert dsv("index", "rebuild", cwd=ws).code == 0
+    v = dsv("verify", cwd=ws)
+    marks = _unfetched(ws)
+    g = dsv("gc", cwd=ws)
+    d = dsv("diff", _id(local), "--json", cwd=ws)
+    assert v.code != 0 and _id(local) not in marks, (
+        f"verify: {v.code} {v.out.strip()!r}; marked unfetched: {_id(local) in marks}; "
+        f"gc: {g.out.strip()!r}; diff: {d.err.strip()!r}")

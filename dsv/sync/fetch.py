@@ -170,7 +170,8 @@ def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Par
             if v.tree not in roots:
                 index.add_unfetched(v.id, remote.name)
             report.new_versions.append(v.id)
-        # (trees stored now, or earlier: those versions' marks go)
+        # (trees validated now, or stored as trees earlier: those versions' marks go)
+        index.drop_unfetched_roots(roots)
         index.drop_unfetched_stored(KIND_TREE)
         report.unfetched = len(index.unfetched())
         index.replace_remote_refs(remote.name, [(r.dataset, r.ref, r.version, r.record, r.etag)
@@ -277,27 +278,31 @@ def _reachable_records(tips: set[str], parsed: _Parsed) -> list[str]:
     return sorted(seen)
 
 
-def fault_in(core: Core, root: str) -> bool:
-    """Bring the trees under `root` from the remote a fetch left them on (the default
-    origin if that one is no longer configured), if `root` is the tree of a version
-    fetched without its trees (False if it is not: nothing to fetch). Validated as a
-    fetch validates them, and stored for good."""
-    owners = core.index.unfetched_with_tree(root)
-    if not owners:
-        return False
-    vid, name = owners[0]
-    names = {s.name for s in core.remote_specs() if s.kind == "origin"}
-    try:
-        remote = open_remote(core, name if name in names else None)
-        name = remote.name
-    except DsvError as exc:
-        raise MissingObject(f"the trees of version {vid} are on remote {name}, which "
-                            f"cannot be opened: {exc.message}",
-                            hint="add the remote again, or `dsv fetch --history` from "
-                                 "another that holds them") from None
-    core.reporter.notice(f"fetching the trees of version {vid} from {name}")
-    report = FetchReport(name)
+def fault_in(core: Core, root: str) -> None:
+    """Bring the trees under `root`, the root tree of versions fetched without their
+    trees, from the remote their fetch left them on (the default origin if that one is
+    no longer configured); validated as a fetch validates them, stored for good, and the
+    versions' marks dropped. Under the store lock, judged again once it is held: another
+    process may have brought them meanwhile."""
     with core.locked("fetch"):
+        owners = core.index.unfetched_with_tree(root)
+        if not owners:
+            return
+        if core.index.packed_of_kind([root], KIND_TREE):
+            with core.index.transaction():  # (validated when it was stored as a tree)
+                core.index.drop_unfetched_roots([root])
+            return
+        vid, name = owners[0]
+        names = {s.name for s in core.remote_specs() if s.kind == "origin"}
+        try:
+            remote = open_remote(core, name if name in names else None)
+            name = remote.name
+        except DsvError as exc:
+            raise MissingObject(f"the trees of version {vid} are on remote {name}, which "
+                                f"cannot be opened: {exc.message}",
+                                hint="add the remote again, or `dsv fetch --history` from "
+                                     "another that holds them") from None
+        core.reporter.notice(f"fetching the trees of version {vid} from {name}")
         remote.connect()
         remote.refresh()
         located = _located_trees(core, remote)
@@ -309,11 +314,11 @@ def fault_in(core: Core, root: str) -> bool:
                                      "(after a `push --force`); `dsv log` still lists the "
                                      "version, but its files cannot be read")
         with _Scratch(core.objects.tmp_root) as trees, Ingest(core.objects) as ingest:
-            _fetch_checked_trees(core, remote, {root}, located, report, trees)
+            # (the root is fetched even when its bytes are here as a file: unvalidated)
+            _fetch_checked_trees(core, remote, {root}, located, FetchReport(name), trees)
             for oid in trees.where:
                 ingest.add(oid, KIND_TREE, trees.read(oid))
-            core.commit_objects(ingest, lambda: core.index.drop_unfetched_stored(KIND_TREE))
-    return True
+            core.commit_objects(ingest, lambda: core.index.drop_unfetched_roots([root]))
 
 
 def _located_trees(core: Core, remote: Remote) -> dict[str, tuple[str, int, int]]:
