@@ -435,9 +435,7 @@ class Index:
                  *args: Any) -> Iterator[Row]:  # noqa: ANN401 - SQL parameters
         """Rows of `sql`, whose `{marks}` is an IN list, for every key (batched: SQLite
         limits the number of parameters); `args` come before the keys."""
-        batch = list(keys)
-        for i in range(0, len(batch), _IN_BATCH):
-            part = batch[i:i + _IN_BATCH]
+        for part in self._batches(list(keys)):
             yield from self.conn.execute(sql.format(marks=",".join("?" * len(part))),
                                          (*args, *part))
 

@@ -39,6 +39,17 @@ def _version(ws: Path, ref: str) -> dict[str, object]:
     return {"tree": row[0], "record": row[1]}
 
 
+def _ds(ref: str) -> str:
+    return ref.partition(":")[0]
+
+
+def _clone(remote: Path, tmp_path: Path, dsv) -> Path:
+    clone = tmp_path / "clone"
+    got = dsv("clone", remote, clone, cwd=tmp_path)
+    assert got.code == 0, got.err
+    return clone
+
+
 @pytest.fixture
 def aged(tmp_path: Path, dsv) -> tuple[Path, Path, list[tuple[str, dict[str, bytes]]]]:
     """A dataset pushed after each of four commits to a directory remote; the first is
@@ -68,9 +79,7 @@ def aged(tmp_path: Path, dsv) -> tuple[Path, Path, list[tuple[str, dict[str, byt
 def test_a_clone_fetches_trees_only_for_the_versions_refs_name(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    got = dsv("clone", remote, clone, cwd=tmp_path)
-    assert got.code == 0, got.err
+    clone = _clone(remote, tmp_path, dsv)
     assert read_tree(clone) == made[-1][1]
     # Rounds 1 and 2 are named by no ref: their records are here, their root trees are not.
     lazy = _unfetched(clone)
@@ -92,8 +101,7 @@ def test_a_clone_fetches_trees_only_for_the_versions_refs_name(
 def test_reading_an_older_version_fetches_its_trees_once(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     (v1, files1), (v2, _files2) = made[1], made[2]
     diff = dsv("diff", v1, v2, "--json", cwd=clone)
     assert diff.code == 0, diff.err
@@ -118,8 +126,7 @@ def test_reading_an_older_version_fetches_its_trees_once(
 def test_fetch_history_brings_every_tree(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     plain = dsv("fetch", cwd=clone)
     assert plain.code == 0 and "2 older versions: trees left on the remote" in plain.out
     got = dsv("fetch", "--history", "--json", cwd=clone)
@@ -134,8 +141,7 @@ def test_fetch_history_brings_every_tree(
 def test_an_older_version_whose_remote_is_gone_is_one_clear_error(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     shutil.rmtree(remote)
     got = dsv("diff", made[1][0], made[2][0], cwd=clone)
     assert got.code != 0
@@ -153,8 +159,7 @@ def test_an_older_version_whose_remote_is_gone_is_one_clear_error(
 def test_trees_come_from_the_default_origin_when_theirs_was_removed(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     assert dsv("remote", "remove", "origin", cwd=clone).code == 0
     assert dsv("remote", "add", "backup", remote, cwd=clone).code == 0
     got = dsv("diff", made[1][0], made[2][0], "--json", cwd=clone)
@@ -168,8 +173,7 @@ def test_a_forged_history_tree_is_refused_when_it_is_read(
     remote's pack holding round 1's trees is altered after the clone; the bytes no
     longer hash to their names, nothing is stored, and the version stays unfetched."""
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     root = _version(clone, made[1][0])["tree"]
     from dsv.objects import parse_pack_index
     damaged = 0
@@ -192,8 +196,7 @@ def test_a_forged_history_tree_is_refused_when_it_is_read(
 def test_an_index_rebuild_remembers_which_trees_are_on_the_remote(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     lazy = _unfetched(clone)
     (clone / ".dsv" / "index.db").unlink()
     got = dsv("index", "rebuild", cwd=clone)
@@ -208,8 +211,7 @@ def test_a_lazy_clone_pushes_whole_history_to_another_remote(
     """Pushing older versions elsewhere needs their trees and files: a pull of those
     versions brings both (the trees first, as any read does)."""
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     other = tmp_path / "other"
     assert dsv("remote", "add", "backup", other, cwd=clone).code == 0
     refused = dsv("push", "backup", cwd=clone)
@@ -233,8 +235,7 @@ def test_a_schema_5_store_gains_the_unfetched_table(
     """A store an older dsv wrote holds every tree it fetched: it opens, gains the table,
     and its next fetch leaves history on the remote as a new store's does."""
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     assert dsv("fetch", "--history", cwd=clone).code == 0
     with sqlite3.connect(clone / ".dsv" / "index.db") as db:
         db.execute("DROP TABLE unfetched")
@@ -258,8 +259,7 @@ def test_history_a_remote_gc_removed_is_one_clear_error(
     """A `push --force` back to the tagged first round leaves rounds 1-3 unreachable on the
     remote, and its gc deletes them; a clone that left their trees there says so."""
     ws, remote, made = aged
-    clone = tmp_path / "clone"
-    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    clone = _clone(remote, tmp_path, dsv)
     assert dsv("push", "--force", made[0][0], cwd=ws).code == 0
     got = dsv("gc", "--remote", "origin", cwd=ws)
     assert got.code == 0, got.err
@@ -267,17 +267,6 @@ def test_history_a_remote_gc_removed_is_one_clear_error(
     assert got.code != 0 and "bug in dsv" not in got.err
     assert f"the trees of version {_id(made[1][0])} are no longer on origin" in got.err
     assert _id(made[1][0]) in _unfetched(clone)
-
-
-def _ds(ref: str) -> str:
-    return ref.partition(":")[0]
-
-
-def _clone(remote: Path, tmp_path: Path, dsv) -> Path:
-    clone = tmp_path / "clone"
-    got = dsv("clone", remote, clone, cwd=tmp_path)
-    assert got.code == 0, got.err
-    return clone
 
 
 # ---- 1. a draft started from an unfetched version -------------------------------------

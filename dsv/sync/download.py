@@ -25,7 +25,7 @@ from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
 from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
-from .remote import WORKERS, Remote, open_remote, caches, read_cache, bounded
+from .remote import WORKERS, Remote, open_origin_of, caches, read_cache, bounded
 from ..reporting import Advance, FileBytes, plural
 
 
@@ -211,10 +211,8 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
     remote. Does nothing, and needs no network, when every blob is here."""
     if not any(core.objects.lacking(entries)):
         return
-    name = core.index.promised().get(version.id)
-    names = {s.name for s in core.remote_specs() if s.kind == "origin"}
     try:
-        remote: Remote | None = open_remote(core, name if name in names else None)
+        remote: Remote | None = open_origin_of(core, core.index.promised().get(version.id))
     except InvalidInput:
         remote = None
     if remote is not None:

@@ -26,7 +26,7 @@ from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
 from ..remotes.layout import (RemoteRef)
 from .policy import plan_pull
-from .remote import Remote, open_remote
+from .remote import Remote, open_origin_of
 from .download import download_packed
 
 
@@ -293,9 +293,8 @@ def fault_in(core: Core, root: str) -> None:
                 core.index.drop_unfetched_roots([root])
             return
         vid, name = owners[0]
-        names = {s.name for s in core.remote_specs() if s.kind == "origin"}
         try:
-            remote = open_remote(core, name if name in names else None)
+            remote = open_origin_of(core, name)
             name = remote.name
         except DsvError as exc:
             raise MissingObject(f"the trees of version {vid} are on remote {name}, which "

@@ -302,6 +302,13 @@ def open_remote(core: Core, name: str | None, kind: str = "origin") -> Remote:
     return Remote(core, spec)
 
 
+def open_origin_of(core: Core, name: str | None) -> Remote:
+    """The origin something was fetched from (`name`), opened; the default origin when
+    that one is no longer configured (removed, or added again under another name)."""
+    names = {s.name for s in core.remote_specs() if s.kind == "origin"}
+    return open_remote(core, name if name in names else None)
+
+
 def caches(core: Core, write_through: bool = False) -> list[ClusterCache]:
     """The store's cluster caches (only those pushes write through to, if asked)."""
     chosen = [s for s in core.remote_specs()
