@@ -21,6 +21,12 @@ class Result:
     err: str
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (bounded randomized runs, retry budgets: tens of seconds each)
+    go first, so that `-n 2` does not end with one worker running one of them alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DSV_DIR", raising=False)

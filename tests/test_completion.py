@@ -5,6 +5,7 @@ for them (`_DSV_COMPLETE=complete_bash`, COMP_WORDS, COMP_CWORD) from a real pro
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -39,5 +40,10 @@ def test_completion_of_commands_options_datasets_refs_and_remotes(tmp_path: Path
     assert complete("dsv push o", ws) == ["origin", "other:"]
     assert complete("dsv status -d my", ws) == ["mydata"]
     assert complete("dsv checkout x", tmp_path) == []   # no store here: nothing, no error
-    script = run_dsv("--show-completion", "bash", cwd=ws)
+    # `--show-completion` prints the script of the shell it runs under (found by walking
+    # up the process tree): run it under bash, whatever started the test suite.
+    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m dsv "
+                             "--show-completion"], cwd=ws, capture_output=True, text=True,
+                            timeout=60)
+    assert script.returncode == 0, script.stderr
     assert "_DSV_COMPLETE=complete_bash" in script.stdout

@@ -266,6 +266,7 @@ def test_second_commit_killed_then_rerun(tmp_path: Path, two_versions_ws, point:
     assert read_tree(tmp_path / "old") == FILES1
 
 
+@pytest.mark.slow
 def test_commit_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer, at several moments of a real commit of a larger dataset."""
     template, expected = big_ws
@@ -385,6 +386,7 @@ def test_checkout_to_dir_killed_then_rerun(tmp_path: Path, two_versions_ws, poin
     assert status[0]["clean"] is True and status[0]["head"] == v2
 
 
+@pytest.mark.slow
 def test_checkout_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer while a checkout writes 3,000 small and 3 big files, into an
     empty directory and over the dataset's own working directory."""

@@ -201,9 +201,10 @@ def test_gc_waits_for_a_pull_between_publish_and_record(tmp_path: Path) -> None:
 
 # ---- gc in a loop beside commits, imports and pulls ------------------------------------
 
-LOOP_SECONDS = 20
+LOOP_SECONDS = 12
 
 
+@pytest.mark.slow
 def test_gc_in_a_loop_beside_commit_import_and_pull(tmp_path: Path, s3, bucket: str,
                                                     s3_endpoint: str) -> None:
     seed = random.randrange(1 << 30)

@@ -305,6 +305,7 @@ def test_fault_proxy_forwards_verbatim_and_injects_faults():
         upstream.server_close()
 
 
+@pytest.mark.slow
 def test_push_and_clone_through_10_percent_faults(tmp_path, s3_endpoint, aws_env):
     """10 % of requests fail (drop, reset, 500, 503) or stall; dsv retries through all of
     it, and a clone through the same faults reproduces every byte, mode and symlink. On
@@ -337,6 +338,7 @@ def test_push_and_clone_through_10_percent_faults(tmp_path, s3_endpoint, aws_env
     assert log_ids(dst) == log_ids(src)
 
 
+@pytest.mark.slow
 def test_lost_responses_to_ref_writes_are_recognised(tmp_path, s3_endpoint, aws_env):
     """The server applies a conditional ref write but the answer is lost: botocore
     retries, the retry meets 412, and dsv must see that the ref already holds its value
@@ -373,6 +375,7 @@ def test_lost_responses_to_ref_writes_are_recognised(tmp_path, s3_endpoint, aws_
     assert [r["version"] for r in latest] == [log_ids(src)[0]]
 
 
+@pytest.mark.slow
 def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
     """At 100 % faults push, fetch, pull and clone each give up within 60 s with exit 1
     and one clear error line, and change nothing: the bucket (listed straight from moto)
@@ -440,6 +443,7 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
         check_remote(S3View(s3_endpoint, bucket, "data"))
 
 
+@pytest.mark.slow
 def test_connection_errors_get_one_retry_budget(tmp_path, s3_endpoint, aws_env):
     """A request that keeps failing must be given up after one retry budget, so that a
     dead endpoint is reported within a minute. botocore's standard mode (dsv: 5 attempts)
@@ -471,6 +475,7 @@ def test_connection_errors_get_one_retry_budget(tmp_path, s3_endpoint, aws_env):
     clean_failure(r, "s3://", "endpoint", "connection")
 
 
+@pytest.mark.slow
 def test_push_dies_before_refs_publishes_nothing(tmp_path, s3_endpoint, aws_env):
     """Every write to refs/ fails (reads work): the objects go up but the push fails
     (exit 1, clear error) and the remote has no ref. Once refs/ works again the next push
@@ -501,6 +506,7 @@ def test_push_dies_before_refs_publishes_nothing(tmp_path, s3_endpoint, aws_env)
 
 # ---- an unreachable endpoint ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unreachable_endpoint_fails_fast_and_local_work_goes_on(tmp_path, s3_endpoint,
                                                                 aws_env):
     """With the endpoint's port closed, push, fetch, pull and clone fail within 10 s
