@@ -524,15 +524,17 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("push_mutated", "push after mutation", ("push",), "sync"),
     StepDef("fetch", "fetch (in the clone)", ("clone_pull", "push_mutated"), "sync"),
     StepDef("pull", "pull (in the clone)", ("fetch",), "sync"),
-    # remote-age: "age" is a remote after N small pushes, "once" the same content pushed once
+    # remote-age: "age" is a remote after N small pushes, "once" the same content pushed
+    # once. One setup makes both repos, so that the two timed clones run back to back
+    # under the same conditions (not the aged one straight after its N rounds of writes).
+    StepDef("once_push", "push final content once", (), "age"),
     StepDef("age_clone", "clone after N pushes", (), "age"),
-    StepDef("once_push", "push final content once", (), "once"),
-    StepDef("once_clone", "clone of one push", ("once_push",), "once"),
+    StepDef("once_clone", "clone of one push", ("once_push",), "age"),
 )
 STEP_BY_KEY = {s.key: s for s in STEPS}
 STEP_GROUPS = {g: [s.key for s in STEPS if s.group == g] for g in ("local", "sync")}
-STEP_GROUPS["age"] = [s.key for s in STEPS if s.group in ("age", "once")]
-REMOTE_GROUPS = ("sync", "age", "once")  # the groups that talk to a remote
+STEP_GROUPS["age"] = [s.key for s in STEPS if s.group == "age"]
+REMOTE_GROUPS = ("sync", "age")  # the groups that talk to a remote
 
 # The steps each workload has (``--steps`` picks among them).
 _CLASSIC = ("commit_cold", "status", "commit_mutated", "checkout", "push", "push_noop",
@@ -543,7 +545,7 @@ WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
     "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout", "verify",
               "gc", "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
     "flat": ("commit_cold", "commit_mutated"),
-    "remote-age": ("age_clone", "once_push", "once_clone"),
+    "remote-age": ("once_push", "age_clone", "once_clone"),
 }
 
 
@@ -820,7 +822,6 @@ class Dsv(Participant):
                            self.make_remote(ctx, wl, lane))
         elif group == "age":
             self._age(ctx, wl, lane)
-        elif group == "once":
             # the content the aged remote ends with, committed once, to its own remote
             self._new_repo(ctx, lane, wl.expected, lane.root / "once" / DATASET,
                            self.make_remote(ctx, wl, lane, "once"))
