@@ -42,8 +42,9 @@ def test_completion_of_commands_options_datasets_refs_and_remotes(tmp_path: Path
     assert complete("dsv checkout x", tmp_path) == []   # no store here: nothing, no error
     # `--show-completion` prints the script of the shell it runs under (found by walking
     # up the process tree): run it under bash, whatever started the test suite.
+    # (a second command keeps bash from exec-ing dsv in its own place)
     script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m dsv "
-                             "--show-completion"], cwd=ws, capture_output=True, text=True,
-                            timeout=60)
+                             "--show-completion; exit $?"], cwd=ws, capture_output=True,
+                            text=True, timeout=60)
     assert script.returncode == 0, script.stderr
     assert "_DSV_COMPLETE=complete_bash" in script.stdout
