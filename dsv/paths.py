@@ -58,8 +58,18 @@ def check_name(name: str) -> str:
     return name
 
 
+# A component of plain ASCII (letters, digits, `_+,=@~-`, and dots after the first
+# character) that no rule of `check_name` can refuse: not empty, `.`, `..`, a store or a
+# temp name (each starts with a dot), no `/` or NUL, and 255 bytes at most. Most paths
+# are made of such components only, and are checked by one match.
+_PLAIN_NAME = r"[A-Za-z0-9_+,=@~-][A-Za-z0-9_.+,=@~-]{0,%d}" % (MAX_NAME_BYTES - 1)
+_PLAIN_PATH = re.compile(f"{_PLAIN_NAME}(?:/{_PLAIN_NAME})*")
+
+
 def check_relpath(path: str) -> str:
     """A dataset-relative POSIX path that cannot leave the dataset; returns it unchanged."""
+    if len(path) <= MAX_PATH_BYTES and _PLAIN_PATH.fullmatch(path):  # (ASCII: a byte a char)
+        return path
     if not path:
         raise UnsafePath("empty path")
     if "\0" in path:

@@ -148,6 +148,44 @@ def test_check_name_refuses(bad: str) -> None:
         check_name(bad)
 
 
+def _slow_check(path: str) -> str | None:
+    """check_relpath's verdict by its component-by-component rules only."""
+    import dsv.paths as paths
+    plain, paths._PLAIN_PATH = paths._PLAIN_PATH, __import__("re").compile("(?!)")
+    try:
+        return check_relpath(path)
+    except UnsafePath:
+        return None
+    finally:
+        paths._PLAIN_PATH = plain
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet="aZ09._-~+/\0é .DSVdsvtmp", max_size=12), min_size=1,
+                max_size=4).map("/".join))
+def test_the_one_match_check_agrees_with_the_full_rules(path: str) -> None:
+    try:
+        fast: str | None = check_relpath(path)
+    except UnsafePath:
+        fast = None
+    assert fast == _slow_check(path)
+
+
+@pytest.mark.parametrize("path", [".dsv", "a/.dsv", "a/.DSV", "a/..", "a/./b", "a//b", "/a",
+                                  "a/", "x" * 256, "a/" + "y" * 256, ".dsv-tmp-0123456789abcdef",
+                                  "a/b\0c", "\udcff/a", "\u00e9/.dsv", ("a/" * 2049)[:-1]])
+def test_paths_the_one_match_check_leaves_to_the_full_rules(path: str) -> None:
+    with pytest.raises(UnsafePath):
+        check_relpath(path)
+    assert _slow_check(path) is None
+
+
+def test_long_plain_names_and_paths_pass() -> None:
+    assert check_relpath("x" * 255) == "x" * 255
+    path = "/".join(["d" * 200] * 20)   # 4,019 bytes
+    assert check_relpath(path) == path and _slow_check(path) == path
+
+
 def test_normalize_user_path_cleans_but_never_escapes() -> None:
     assert normalize_user_path("./a//b/") == "a/b"
     assert normalize_user_path("") == "" and normalize_user_path(".") == ""
