@@ -156,6 +156,49 @@ def test_an_older_version_whose_remote_is_gone_is_one_clear_error(
         f"the trees of version {_id(made[2][0])}" in got.err
 
 
+def test_with_the_origin_down_older_trees_come_from_the_cluster_cache(
+        tmp_path: Path, dsv) -> None:
+    """Pushed through a write-through cluster cache, a version's trees are read from the
+    cache when they are first read and the origin cannot be reached (as its files are)."""
+    ws, remote, cache = tmp_path / "ws", tmp_path / "remote", tmp_path / "cache"
+    files = {f"d{i}/f.bin": os.urandom(50) for i in range(3)}
+    write_tree(ws, files)
+    assert dsv("init", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", "--write-through", cwd=ws).code == 0
+    refs = []
+    for n in range(3):
+        write_tree(ws, {"d1/f.bin": f"round {n}".encode()})
+        got = dsv("commit", "-m", f"round {n}", "--json", cwd=ws)
+        assert got.code == 0, got.err
+        refs.append(json.loads(got.out)["ref"])
+        assert dsv("push", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("init", "--bare", clone, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=clone).code == 0
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=clone).code == 0
+    assert dsv("fetch", cwd=clone).code == 0
+    assert sorted(_unfetched(clone)) == sorted(_id(ref) for ref in refs[:2])
+    shutil.move(remote, tmp_path / "away")   # the origin is down
+    got = dsv("diff", refs[0], refs[1], "--json", cwd=clone)
+    assert got.code == 0, got.err
+    assert "cluster cache only" in got.err
+    assert json.loads(got.out)["modified"] == ["d1/f.bin"]
+    assert not _unfetched(clone)
+    # A cache that lacks them: the error says the origin is gone, not the objects.
+    other = tmp_path / "other"
+    assert dsv("init", "--bare", other, cwd=tmp_path).code == 0
+    shutil.move(tmp_path / "away", remote)
+    assert dsv("remote", "add", "origin", remote, cwd=other).code == 0
+    assert dsv("remote", "add", "shared", tmp_path / "empty", "--cache", cwd=other).code == 0
+    assert dsv("fetch", cwd=other).code == 0
+    shutil.move(remote, tmp_path / "away")
+    got = dsv("diff", refs[0], refs[1], cwd=other)
+    assert got.code == 1 and "bug in dsv" not in got.err
+    [error] = [line for line in got.err.splitlines() if line.startswith("error:")]
+    assert error == f"error: remote directory {remote} does not exist", got.err
+
+
 def test_trees_come_from_the_default_origin_when_theirs_was_removed(
         aged: tuple[Path, Path, list[tuple[str, dict[str, bytes]]]], tmp_path: Path, dsv) -> None:
     ws, remote, made = aged

@@ -82,6 +82,9 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
             yield oid, data
         return
     except PackGone:
+        # An origin that cannot be reached says so here (a directory remote that is gone
+        # would list as empty, and every object seem deleted from it).
+        remote.connect()
         # (a store reading some datasets may have missed the move in their catalogs)
         if not remote.widen():
             remote.refresh()

@@ -24,10 +24,11 @@ from ..reports import FetchReport
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
 from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
+from ..remotes.base import RemoteError
 from ..remotes.layout import (RemoteRef)
 from .policy import plan_pull
 from .remote import Remote, open_origin_of
-from .download import download_packed
+from .download import download_packed, origin_down
 
 
 _Parsed = dict[str, tuple[Record, bytes | None]]
@@ -302,11 +303,20 @@ def fault_in(core: Core, root: str) -> None:
                                 hint="add the remote again, or `dsv fetch --history` from "
                                      "another that holds them") from None
         core.reporter.notice(f"fetching the trees of version {vid} from {name}")
-        remote.connect()
-        remote.refresh()
+        down: RemoteError | None = None
+        try:
+            remote.connect()
+            remote.refresh()
+        except RemoteError as exc:
+            # (as for files: where the origin's packs are is known from the last fetch,
+            # and a cluster cache may hold them)
+            origin_down(core, exc)
+            down = exc
         located = _located_trees(core, remote)
-        if root not in located and remote.widen():
+        if root not in located and down is None and remote.widen():
             located = _located_trees(core, remote)
+        if root not in located and down is not None:
+            raise down  # (not known to be anywhere the cache could hold)
         if root not in located:
             raise MissingObject(f"the trees of version {vid} are no longer on {name}",
                                 hint="a remote gc removes history no ref reaches any more "
