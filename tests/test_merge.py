@@ -200,6 +200,7 @@ def test_pull_on_a_diverged_dataset_says_so_and_pull_merge_merges(diverged, dsv)
     r = ok(dsv("pull", "--merge", cwd=src))
     merged = show(dsv, src, "data:latest")
     assert merged["parents"] == [mine, theirs]
+    assert merged["message"] == "merge data:origin/latest into data"   # (names, not ids)
     assert f"merged data:{merged['id']} merges {theirs} into {mine}" in r.out
     assert "warning" not in r.err
     assert read_tree(src) == {"a.txt": b"theirs\n", "b.txt": b"mine\n"}

@@ -147,7 +147,8 @@ def _merge_diverged(core: Core, report: PullReport, targets: list[str]) -> None:
         if refs.is_ancestor(core.index, theirs.id, mine) or \
                 refs.is_ancestor(core.index, mine.id, theirs):
             continue  # not diverged (a fast-forward the pull already made, or kept behind)
-        done = merge.merge(core, f"{ds.id}:{report.remote}/latest", key=ds.id)
+        done = merge.merge(core, f"{ds.id}:{report.remote}/latest", key=ds.id,
+                           message=f"merge {ds.name}:{report.remote}/latest into {ds.name}")
         report.merged.append(f"{ds.name}:{done.version} merges {theirs.id} into {mine.id}")
         report.diverged = [d for d in report.diverged if not d.startswith(f"{ds.name}:latest ")]
 
