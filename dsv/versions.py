@@ -335,6 +335,10 @@ def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree
             builder.add(path, snap.manifest[path])
         links.update(snap.links)
         core.index.stage_stat_rows(snap.stat_rows)
+        # The packs sealed so far join the store now (under the commit's lock, so no gc
+        # sees them unrecorded): the ingest then forgets their ids, and memory does not
+        # grow with the dataset. A killed commit leaves them unreferenced, for `gc`.
+        core.commit_sealed(ingest)
         staged += len(snap.stat_rows)
         hashed += snap.hashed_files
         vouched = vouched and all(row[1] < row[5] - RACY_NS for _p, row in snap.stat_rows)

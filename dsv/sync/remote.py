@@ -125,21 +125,22 @@ class Remote:
             # picture, and forget the loose objects (a gc may have deleted some).
             new, gone = list(listed), list(known)
 
-        results = self._read_indexes(new, listed)
         with index.transaction():
             for pack_id in gone:  # first: an object's row names the first pack holding it
                 index.forget_remote_pack(self.name, pack_id)
             if reset:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            for pack_id, entries, size in results:
+            for pack_id, entries, size in self._read_indexes(new, listed):
                 index.add_remote_pack(self.name, pack_id, size, entries)
             index.set_remote_gc_generation(self.name, generation)
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
-                      ) -> list[tuple[str, list[PackEntry], int]]:
+                      ) -> Iterator[tuple[str, list[PackEntry], int]]:
         """The entries and pack size of each pack index that can be read (one that is
-        gone since it was listed, or damaged, is left out)."""
+        gone since it was listed, or damaged, is left out), a few packs at a time: a
+        picture of a million objects is never in memory at once (it was 313 MB of a
+        million-file clone's peak)."""
         def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
             try:
                 data = self.backend.get(index_key(pack_id),
@@ -157,7 +158,7 @@ class Remote:
             return pack_id, entries, size
 
         with ThreadPoolExecutor(WORKERS) as pool:
-            return [r for r in pool.map(read, packs) if r is not None]
+            yield from (r for r in bounded(pool, read, packs, WORKERS) if r is not None)
 
     def list_catalog(self, dataset: str) -> set[str]:
         """The packs `dataset`'s catalog on the remote names (one LIST per 1,000)."""
@@ -189,14 +190,14 @@ class Remote:
             if index.catalog_packs(self.name, ds) - packs:
                 forget |= known & (index.catalog_packs(self.name, ds) | packs)
         wanted = set().union(*listed.values()) if listed else set()
-        results = self._read_indexes(sorted(wanted - (known - forget)), {})
         with index.transaction():
             for pack_id in forget:
                 index.forget_remote_pack(self.name, pack_id)
             if reset:
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            for pack_id, entries, size in results:
+            for pack_id, entries, size in self._read_indexes(sorted(wanted - (known - forget)),
+                                                              {}):
                 index.add_remote_pack(self.name, pack_id, size, entries)
             for ds, packs in listed.items():
                 index.set_catalog(self.name, ds, packs, replace=True)
