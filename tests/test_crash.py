@@ -524,8 +524,12 @@ def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing_half_written(
     pause = tmp_path / "pause"
     pause.mkdir()
     env = {**os.environ, "DSV_PAUSE_AT": point, "DSV_PAUSE_DIR": str(pause)}
+    # Ctrl-C reaches a command run in the foreground, whose SIGINT is not ignored: a suite
+    # started as a background job hands its children SIGINT ignored, and a process that
+    # starts so rightly keeps ignoring it.
     proc = subprocess.Popen([sys.executable, "-m", "dsv", *command], cwd=ws, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (pause / f"{point}.reached").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
