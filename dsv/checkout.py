@@ -399,7 +399,7 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
                           version.files - len(to_write), nbytes)
 
 
-FRESH_CHUNK = 50_000
+FRESH_CHUNK = 20_000
 """Files a checkout into an empty directory places at once."""
 
 

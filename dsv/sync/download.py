@@ -230,7 +230,7 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
         core.commit_objects(ingest, crash="pull:objects-written")
 
 
-DOWNLOAD_CHUNK = 50_000
+DOWNLOAD_CHUNK = 20_000
 """Blobs a download plans at once: what it holds in memory does not grow with the
 version (a million files are downloaded in chunks, each in remote pack order)."""
 
