@@ -23,6 +23,7 @@ from .core import Core
 from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
                      RefError, UnsafePath)
 from .faults import crashpoint
+from .hashing import hash_bytes
 from .model import (
     Changes,
     CheckoutReport,
@@ -202,8 +203,9 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         else:
             excluded = []
         key = str(target)
+        interrupted = core.index.checkout_journal(key)
         if in_worktree and not paths and not force and set(excluded) <= {DSV_DIR} and \
-                core.index.checkout_journal(key) is None:
+                interrupted is None:
             changed = _place_changes(core, version, ds, target, key)
             if changed is not None:
                 return changed
@@ -211,14 +213,14 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         stores: list[str] = []
         files, _ = worktree.scan(target, excluded, leftovers, stores,
                                  ignore_files=in_worktree)
-        if core.index.checkout_journal(key) is None:
+        if interrupted is None:
             leftovers = []  # no checkout was interrupted here: those are not ours
         # Nested datasets and stores are left alone: their directories belong to them
         # now, even where an older version of this dataset holds files there (or a
         # file where one of them has its directory).
         fenced = set(excluded + stores)
         if not files and not leftovers and not paths and \
-                core.index.checkout_journal(key) is None:
+                interrupted is None:
             # Nothing there to compare with, keep or remove (a clone, a new --to
             # directory): the version is placed as its trees are walked, a chunk at a
             # time, without a flat manifest of it.
@@ -257,12 +259,15 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             # A file may be replaced or removed only if it is as that version left it,
             # also when an interrupted checkout is resumed: what it already placed
             # matches the target and is not touched again; anything else the user
-            # made or edited meanwhile is theirs. (Files are placed by rename, so a
-            # killed checkout leaves no half-written file under a real name.)
+            # made or edited meanwhile is theirs. (Files are placed by rename, but for
+            # the small files of a fresh checkout: those it was writing when it was
+            # killed hold the first bytes of their content, and are replaced.)
             # (--to directories placed with links hold 0444 files: compare contents.)
             touched = to_remove + [p for p, _e in to_write if p in current]
             at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
                        and not _placed_link(core, target / p, base.get(p))]
+            if at_risk and interrupted is not None:
+                at_risk = _not_cut_short(core, interrupted, at_risk, current)
             if at_risk:
                 shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                 raise DirtyWorktree(
@@ -438,7 +443,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             ensure_blobs(core, version, [e for _p, e in chunk])
             twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
             placer = worktree.Materializer(core.objects, target, link, stat_rows=in_worktree,
-                                           twins=twins)
+                                           twins=twins, fresh=True)
             rows = placer.place(chunk, advance)
             written += len(chunk)
             nbytes += sum(e.size for _p, e in chunk)
@@ -460,6 +465,30 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         core.index.end_checkout(key, None if in_worktree else version.id)
     core.index.checkpoint()
     return CheckoutReport(version, target, written, 0, 0, nbytes)
+
+
+def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest) -> list[str]:
+    """`paths` less the files an interrupted checkout of version `vid` was writing when
+    it was killed: a fresh checkout writes small files under their own names (see
+    worktree.Materializer), so each of those holds the first bytes of the file it was
+    placing there. Replacing one loses nothing."""
+    version = core.index.version(vid)
+    if version is None:
+        return paths
+    placing = _entries_at(core, version, paths)
+    return [p for p in paths if not _cut_short(core, found[p], placing.get(p))]
+
+
+def _cut_short(core: Core, found: Entry, placing: Entry | None) -> bool:
+    """Whether `found` holds a proper prefix of the small file `placing`."""
+    if placing is None or found.kind != tree.FILE or placing.kind != tree.FILE or \
+            not found.size < placing.size < PACK_THRESHOLD:
+        return False
+    try:
+        data = core.objects.read(placing.oid)
+    except DsvError:
+        return False
+    return hash_bytes(data[:found.size]) == found.oid
 
 
 def _twins(core: Core, ds: Dataset, items: list[tuple[str, Entry]]) -> dict[str, str]:

@@ -652,7 +652,8 @@ class Ingest:
             bytes.fromhex(oid) in self._pending
 
     def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
-        """Write an object the caller knows the store lacks (gc's repacking)."""
+        """Write an object the caller knows the store lacks (gc's repacking, a download
+        of what the store was just found to lack)."""
         self._write(oid, kind, data)
 
     def add_large_file(self, src: str | os.PathLike[str],

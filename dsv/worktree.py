@@ -42,7 +42,7 @@ _LARGE_WORKERS = 2
 _READ_GROUP = 128
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-_CHUNK = 256
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Progress = Callable[[int, int], None]
 """Called with (files done, bytes done) increments."""
@@ -657,12 +657,20 @@ class Materializer:
     destination, so a checkout killed half-way never leaves a half-written file under a
     real name, and an existing file (or a hardlink into the store) is replaced, never
     written through. Directories are walked by descriptor without following links.
+
+    A `fresh` placement (into a directory that held none of these paths when the
+    checkout's journal was written) writes small files under their own names at once
+    (O_EXCL: anything found there meanwhile goes the temp-name way): the rename cost
+    as much kernel time as the rest of the file. A killed one can leave the few files it
+    was writing cut short under their names: each holds the first bytes of its content,
+    which the resumed checkout recognizes (checkout.py `_cut_short`) and replaces.
     """
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
                  stat_rows: bool = True, twins: dict[str, str] | None = None,
-                 share_objects: bool = False) -> None:
+                 share_objects: bool = False, fresh: bool = False) -> None:
         check_link_mode(link)
+        self.fresh = fresh
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
@@ -698,11 +706,15 @@ class Materializer:
                 fd, owned = dirs.open(parent, create=True)
                 if owned:
                     os.close(fd)
-            # Tasks: runs of small files, and every large file on its own, so big copies
-            # proceed side by side.
-            small = [it for it in items if it[1].oid in locations or it[1].kind == LINK]
-            tasks = [small[i:i + _CHUNK] for i in range(0, len(small), _CHUNK)]
-            tasks += [[it] for it in large]
+            # Tasks: the small files of one directory (threads that create files in the
+            # same directory wait for each other in the kernel: measured, two threads
+            # there took longer than one), and every large file on its own, so big
+            # copies proceed side by side.
+            by_dir: dict[str, list[tuple[str, Entry]]] = {}
+            for it in items:
+                if it[1].oid in locations or it[1].kind == LINK:
+                    by_dir.setdefault(it[0].rpartition("/")[0], []).append(it)
+            tasks = list(by_dir.values()) + [[it] for it in large]
             if len(tasks) <= 1:
                 return [row for task in tasks
                         for row in self._place_chunk(task, locations, dirs, progress)]
@@ -749,7 +761,23 @@ class Materializer:
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
                    locations: dict[str, tuple[str, int, int]],
                    pieces: FileBytes | None = None) -> None:
-        """Write `entry` under a temp name in `dir_fd`, then rename it over `name`."""
+        """Write `entry` under a temp name in `dir_fd`, then rename it over `name` (a
+        fresh placement's small file: under `name` itself, if nothing is there)."""
+        if self.fresh and entry.kind != LINK and entry.oid in locations:
+            data = self._small_bytes(entry, locations[entry.oid])
+            try:
+                fd = os.open(name, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # (not placed here first: replaced the usual way)
+            else:
+                try:
+                    fileio.write_all(fd, data)
+                except BaseException:
+                    os.unlink(name, dir_fd=dir_fd)  # (made just now by O_EXCL: ours)
+                    raise
+                finally:
+                    os.close(fd)
+                return
         tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
         try:
             if entry.kind == LINK:
@@ -767,14 +795,18 @@ class Materializer:
                 pass
             raise
 
-    def _write_small(self, dir_fd: int, tmp: str, entry: Entry,
-                     where: tuple[str, int, int]) -> None:
+    def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes:
+        """A packed object's bytes, checked against its id before anything is written."""
         data = self.objects.read_packed(where)
         if hash_bytes(data) != entry.oid:
             raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
                                 hint="run `dsv verify` to list every damaged object")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
+        return data
+
+    def _write_small(self, dir_fd: int, tmp: str, entry: Entry,
+                     where: tuple[str, int, int]) -> None:
+        data = self._small_bytes(entry, where)
+        fd = os.open(tmp, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
         try:
             fileio.write_all(fd, data)
         finally:

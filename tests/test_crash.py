@@ -386,6 +386,34 @@ def test_checkout_to_dir_killed_then_rerun(tmp_path: Path, two_versions_ws, poin
     assert status[0]["clean"] is True and status[0]["head"] == v2
 
 
+def test_fresh_checkout_killed_mid_write_replaces_only_what_it_cut_short(
+        tmp_path: Path, two_versions_ws) -> None:
+    """A checkout into an empty directory writes small files under their own names: a
+    kill leaves the ones in flight holding the first bytes of their content. The rerun
+    replaces those without --force, but refuses to discard a file that holds anything
+    else (someone's edit since), exactly as after any checkout."""
+    src, v1, _v2 = two_versions_ws
+    ws = copy_workspace(src, tmp_path / "data")
+    out = tmp_path / "out"
+    crash("checkout", "data:v1", "--to", out, cwd=ws, at="checkout:file-written", after=30)
+    placed = sorted(p for p in read_tree(out) if p.endswith(".dat"))
+    assert len(placed) >= 20
+    half, empty, edited = placed[:3]
+    (out / half).write_bytes(FILES1[half][:len(FILES1[half]) // 2])   # cut short
+    (out / empty).write_bytes(b"")                                     # made, nothing written
+    (out / edited).write_bytes(FILES1[edited][:10] + b"an edit")        # not a prefix
+
+    r = run_dsv("checkout", "data:v1", "--to", out, cwd=ws)
+    assert r.returncode == 1 and "would discard 1 uncommitted change" in r.stderr, r
+    assert edited in r.stderr and half not in r.stderr and empty not in r.stderr, r.stderr
+    assert (out / edited).read_bytes() == FILES1[edited][:10] + b"an edit"
+
+    (out / edited).write_bytes(FILES1[edited][:1])                     # now a prefix too
+    ok("checkout", "data:v1", "--to", out, cwd=ws)
+    assert read_tree(out) == FILES1
+    verify_ok(ws)
+
+
 @pytest.mark.slow
 def test_checkout_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer while a checkout writes 3,000 small and 3 big files, into an

@@ -281,8 +281,10 @@ def _download_chunk(core: Core, remote: Remote | None, entries: dict[str, int],
                                 f"version says {entries[oid]}", hint="the remote is damaged "
                                 "or hostile; nothing was stored")
     _check_free_space(core, sum(entries[o] for o in packed) + sum(entries[o] for o in large))
+    # (`lacking` found them missing from the store just now: no second lookup per object)
     for oid, data in download_packed(core, remote, packed, label, report):
-        ingest.add(oid, KIND_BLOB, data)
+        if not ingest.holds(oid):
+            ingest.add_new(oid, KIND_BLOB, data)
     if large:
         download_loose(core, remote, large, entries, report, ingest)
 
