@@ -205,6 +205,11 @@ class DirectWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`; whole buffers go to disk as they fill."""
+        used = self._used
+        if used + len(data) < len(self._view):  # (most writes: one small object)
+            self._view[used:used + len(data)] = data
+            self._used = used + len(data)
+            return
         data = memoryview(data)
         while data:
             room = len(self._view) - self._used
