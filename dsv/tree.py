@@ -672,24 +672,26 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
 
 
 def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
-               trusted: bool = True) -> Iterator[tuple[str, Entry]]:
-    """(path, entry) of every file and link under tree `root`, as the walk meets them
-    (nothing of the version is held but the directories still to visit)."""
+               trusted: bool = True, only: str | None = None
+               ) -> Iterator[tuple[str, Entry]]:
+    """(path, entry) of every file and link under tree `root` (only those of kind `only`,
+    when given), as the walk meets them (nothing of the version is held but the
+    directories still to visit)."""
     count = 0
     stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
         base, oid, shard = stack.pop()
         node = node_at(read_tree, oid, shard, trusted)
         for name, kind, mode, size, child in node.rows:
-            path = f"{base}/{name}" if base else name
             if kind == DIR:
-                stack.append((path, child, ""))
-            else:
-                count += 1
-                if count > MAX_VERSION_PATHS:
-                    raise CorruptObject(f"tree {root[:12]} expands to more than "
-                                        f"{MAX_VERSION_PATHS:,} paths")
-                yield path, Entry(kind, mode, size, child)
+                stack.append((f"{base}/{name}" if base else name, child, ""))
+                continue
+            count += 1
+            if count > MAX_VERSION_PATHS:
+                raise CorruptObject(f"tree {root[:12]} expands to more than "
+                                    f"{MAX_VERSION_PATHS:,} paths")
+            if only is None or kind == only:
+                yield f"{base}/{name}" if base else name, Entry(kind, mode, size, child)
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
 
 

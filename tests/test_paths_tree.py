@@ -265,6 +265,10 @@ def test_build_then_flatten_round_trips(manifest: dict[str, Entry]) -> None:
     for oid, data in store.objects.items():
         tree.decode_tree(data, oid)
     assert set(_dir_ids(root, store)) == dirs
+    # a walk of one kind yields exactly the entries of that kind
+    for kind in (tree.FILE, tree.LINK):
+        assert dict(tree.iter_files(root, store.get, only=kind)) == \
+            {p: e for p, e in manifest.items() if e.kind == kind}
 
 
 @given(manifests, st.randoms(use_true_random=False))
