@@ -764,28 +764,21 @@ class Materializer:
                    pieces: FileBytes | None = None) -> None:
         """Write `entry` under a temp name in `dir_fd`, then rename it over `name` (a
         fresh placement's small file: under `name` itself, if nothing is there)."""
-        if self.fresh and entry.kind != LINK and entry.oid in locations:
-            data = self._small_bytes(entry, locations[entry.oid])
+        small = entry.kind != LINK and entry.oid in locations
+        data = self._small_bytes(entry, locations[entry.oid]) if small else b""
+        if small and self.fresh:
             try:
-                fd = os.open(name, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
+                self._write_new(dir_fd, name, entry, data)
+                return
             except FileExistsError:
                 pass  # (not placed here first: replaced the usual way)
-            else:
-                try:
-                    fileio.write_all(fd, data)
-                except BaseException:
-                    os.unlink(name, dir_fd=dir_fd)  # (made just now by O_EXCL: ours)
-                    raise
-                finally:
-                    os.close(fd)
-                return
         tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
         try:
             if entry.kind == LINK:
                 target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
                 os.symlink(check_symlink_target(rel, target), tmp, dir_fd=dir_fd)
-            elif entry.oid in locations:
-                self._write_small(dir_fd, tmp, entry, locations[entry.oid])
+            elif small:
+                self._write_new(dir_fd, tmp, entry, data)
             else:
                 self._write_large(dir_fd, tmp, entry, pieces)
             _rename_over(dir_fd, tmp, name)
@@ -804,12 +797,16 @@ class Materializer:
                                 hint="run `dsv verify` to list every damaged object")
         return data
 
-    def _write_small(self, dir_fd: int, tmp: str, entry: Entry,
-                     where: tuple[str, int, int]) -> None:
-        data = self._small_bytes(entry, where)
-        fd = os.open(tmp, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
+    @staticmethod
+    def _write_new(dir_fd: int, name: str, entry: Entry, data: bytes) -> None:
+        """Create `name` in `dir_fd` (O_EXCL, never through a link) holding `data`; a
+        failed write leaves nothing under it."""
+        fd = os.open(name, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
         try:
             fileio.write_all(fd, data)
+        except BaseException:
+            os.unlink(name, dir_fd=dir_fd)  # (made just now by O_EXCL: ours)
+            raise
         finally:
             os.close(fd)
 
