@@ -6,7 +6,9 @@ medians, ratios against the targets, and the peak RSS of every step. Baselines a
 measured in the same run: ``cp -r`` of the tree (for checkout), raw multi-threaded
 BLAKE3 over the large files (for hashing throughput) and raw boto3 ``upload_file`` of
 the large files (for push). The sync steps (push, no-op push, clone + pull) run against
-an S3 server on loopback started for the run (moto's server mode, or SeaweedFS).
+an S3 server on loopback started for the run (moto's server mode, or SeaweedFS). The
+workloads of issue 12 (append, insert, checkpoint: one large file edited in place) record
+how much a commit adds to ``.dsv`` and how many bytes a push sends.
 
 Usage::
 
@@ -40,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -530,6 +532,10 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("once_push", "push final content once", (), "age"),
     StepDef("age_clone", "clone after N pushes", (), "age"),
     StepDef("once_clone", "clone of one push", ("once_push",), "age"),
+    # checkpoint (issue 12): rounds of "rewrite 4 tensors, commit, push" in the lane's one
+    # repo; the time is the sum of the rounds' commits and pushes
+    StepDef("rounds", f"{workloads.CKPT_ROUNDS} x (commit + push)", ("commit_cold", "push"),
+            "sync"),
 )
 STEP_BY_KEY = {s.key: s for s in STEPS}
 STEP_GROUPS = {g: [s.key for s in STEPS if s.group == g] for g in ("local", "sync")}
@@ -546,7 +552,23 @@ WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
               "gc", "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
     "flat": ("commit_cold", "commit_mutated"),
     "remote-age": ("once_push", "age_clone", "once_clone"),
+    # issue 12: one repo per lane (no second "sync" repo), in this order: commit, push, edit
+    # the file, commit, push
+    "append": ("commit_cold", "push", "commit_mutated", "push_mutated"),
+    "insert": ("commit_cold", "push", "commit_mutated", "push_mutated"),
+    "checkpoint": ("commit_cold", "push", "rounds"),
 }
+# Prerequisites that differ from ``StepDef.requires`` on a workload: the chunking
+# workloads push from the repo the commit steps use, after those commits.
+WORKLOAD_REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
+    name: {"push": ("commit_cold",), "push_mutated": ("push", "commit_mutated")}
+    for name in workloads.CHUNK_WORKLOADS
+}
+
+
+def step_requires(step: str, workload: str = "") -> tuple[str, ...]:
+    """The prerequisites of ``step`` on ``workload``."""
+    return WORKLOAD_REQUIRES.get(workload, {}).get(step, STEP_BY_KEY[step].requires)
 
 
 @dataclass
@@ -570,6 +592,15 @@ class Workload:
         if self.name == "remote-age":
             return (f"{self.params.rounds} rounds of {self.params.changes} files rewritten, "
                     "commit, push")
+        if self.name == "append":
+            return f"mutation: {workloads.EDIT_SIZE // workloads.MIB} MiB appended"
+        if self.name == "insert":
+            return (f"mutation: {workloads.EDIT_SIZE // workloads.MIB} MiB inserted at "
+                    f"{workloads.INSERT_AT // workloads.MIB} MiB")
+        if self.name == "checkpoint":
+            return (f"{workloads.CKPT_TENSORS} tensors of "
+                    f"{workloads.CKPT_TENSOR // workloads.MIB} MiB; {workloads.CKPT_ROUNDS} "
+                    f"rounds of {workloads.CKPT_CHANGES} rewritten, commit, push")
         return ""
 
 
@@ -626,6 +657,14 @@ class Participant:
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         raise NotImplementedError
 
+    def measure(
+        self, ctx: Context, step: str, wl: Workload, lane: Lane, settle: Callable[[], None]
+    ) -> Measurement | None:
+        """A step made of several timed commands (checkpoint's rounds): run them all,
+        calling ``settle`` before each, and return their sum. ``None`` (the default): the
+        step is the one command of ``command``."""
+        return None
+
     def warmup(self) -> Command | None:
         """A cheap command that loads the tool's code after the page cache is dropped."""
         return None
@@ -679,6 +718,10 @@ class Participant:
                 out[os.path.relpath(full, url)] = os.lstat(full).st_size
         return out
 
+    def remote_total(self, ctx: Context, lane: Lane, name: str = "") -> int:
+        """Bytes the remote holds (0 for a directory remote not created yet)."""
+        return sum(self.remote_listing(ctx, lane, name).values())
+
     def check_push(
         self, ctx: Context, step: str, lane: Lane, m: Measurement, name: str = ""
     ) -> None:
@@ -726,8 +769,11 @@ class Dvc(Participant):
         self.argv = argv
 
     def supports(self, step: str, wl: Workload) -> bool:
-        # not on the scale / flat / remote-age workloads: far too slow at a million files
-        return wl.name in ("small", "large") and step in WORKLOAD_STEPS[wl.name]
+        # not on the scale / flat / remote-age workloads: far too slow at a million files;
+        # nor on checkpoint (ten 512 MiB commits and pushes: ~11 GB more disk, for a tool
+        # that stores whole files anyway); on append and insert, as a reference
+        return wl.name in ("small", "large", "append", "insert") and step in WORKLOAD_STEPS[
+            wl.name]
 
     def _init(self, ctx: Context, lane: Lane, root: Path) -> None:
         for argv in (
@@ -744,28 +790,41 @@ class Dvc(Participant):
             copy_tree(wl.pristine, lane.data)
             self._init(ctx, lane, lane.root)
             return
-        # sync: a repo with the pristine tree added, and the lane's bucket as its remote
-        lane.sync.mkdir()
-        copy_tree(wl.pristine, lane.sync / DATASET)
-        self._init(ctx, lane, lane.sync)
+        one_repo = wl.name in workloads.CHUNK_WORKLOADS
+        steps: list[list[str]] = []
+        if not one_repo:
+            # sync: a repo with the pristine tree added, and the lane's bucket as its remote
+            lane.sync.mkdir()
+            copy_tree(wl.pristine, lane.sync / DATASET)
+            self._init(ctx, lane, lane.sync)
+            steps.append([*self.argv, "add", DATASET])
+        # (the chunking workloads: the remote is added to the repo of the commit steps)
         url = self.make_remote(ctx, wl, lane)
-        steps = [[*self.argv, "add", DATASET], [*self.argv, "remote", "add", "-d", "r", url]]
+        steps.append([*self.argv, "remote", "add", "-d", "r", url])
         if url.startswith("s3://"):
             assert ctx.s3 is not None
             steps.append([*self.argv, "remote", "modify", "r", "endpointurl", ctx.s3.url])
         for argv in steps:
-            run_checked(Command(argv, lane.sync), ctx.env, lane.log, ctx.timeout)
+            run_checked(Command(argv, lane.root if one_repo else lane.sync), ctx.env, lane.log,
+                        ctx.timeout)
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
         if step == "commit_mutated":
-            workloads.apply_mutation(lane.data, ctx.seed)
+            workloads.mutate(wl.name, lane.data, ctx.seed, wl.params)
         elif step == "checkout":
             ctx.janitor.discard(lane.data)
         elif step == "clone_pull":
             ctx.janitor.discard(lane.clone)
             dvc_metadata_copy(lane.sync, lane.clone)
+        if wl.name in workloads.CHUNK_WORKLOADS:
+            if step in ("commit_cold", "commit_mutated"):
+                lane.state["store_before"] = dir_bytes(lane.root / ".dvc")
+            elif step in ("push", "push_mutated"):
+                lane.state["remote_before"] = self.remote_total(ctx, lane)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        if wl.name in workloads.CHUNK_WORKLOADS and step in ("push", "push_mutated"):
+            return Command([*self.argv, "push"], lane.root)
         if step in ("push", "push_noop"):
             return Command([*self.argv, "push"], lane.sync)
         if step == "clone_pull":
@@ -784,10 +843,21 @@ class Dvc(Participant):
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
         if step == "checkout":
             compare_trees(wl.expected, lane.data)
-        elif step in ("push", "push_noop"):
+        elif step in ("push", "push_noop", "push_mutated"):
             self.check_push(ctx, step, lane, m)
         elif step == "clone_pull":
             m.extra["verified_files"] = verify_same_bytes(wl, lane.clone / DATASET)
+        if wl.name in workloads.CHUNK_WORKLOADS:
+            if step in ("commit_cold", "commit_mutated"):
+                # DVC's counterpart of the .dsv growth: everything under .dvc/ (its cache)
+                after = dir_bytes(lane.root / ".dvc")
+                m.extra["store_bytes"] = after
+                m.extra["store_growth_bytes"] = after - lane.state.pop("store_before", 0)
+            elif step in ("push", "push_mutated"):
+                # DVC reports no byte count: what the remote directory (or prefix) grew by
+                growth = m.extra["remote_bytes"] - lane.state.pop("remote_before", 0)
+                m.extra["remote_growth_bytes"] = growth
+                m.extra["sent_bytes"] = growth
 
 
 class Dsv(Participant):
@@ -812,10 +882,20 @@ class Dsv(Participant):
         self._run(ctx, lane, work, "commit", "-m", "cold")
         self._run(ctx, lane, work, "remote", "add", "origin", url, *self.endpoint_args(ctx, url))
 
+    def _push_repo(self, wl: Workload, lane: Lane) -> Path:
+        """Where the push steps run: the sync repo, or on the chunking workloads the
+        repo of the commit steps."""
+        return lane.data if wl.name in workloads.CHUNK_WORKLOADS else lane.sync / DATASET
+
     def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
         if group == "local":
             copy_tree(wl.pristine, lane.data)
             self._run(ctx, lane, lane.data, "init")
+        elif group == "sync" and wl.name in workloads.CHUNK_WORKLOADS:
+            # one repo: the commit steps' repo (committed by now) gets a fresh remote
+            url = self.make_remote(ctx, wl, lane)
+            self._run(ctx, lane, lane.data, "remote", "add", "origin", url,
+                      *self.endpoint_args(ctx, url))
         elif group == "sync":
             # a store with the pristine tree committed, and a fresh remote as origin
             self._new_repo(ctx, lane, wl.pristine, lane.sync / DATASET,
@@ -855,15 +935,17 @@ class Dsv(Participant):
             (lane.root / "checkout").mkdir()
         elif step == "clone_pull":
             ctx.janitor.discard(lane.clone)  # dsv clone creates it
-        elif step == "push_mutated":
+        elif step == "push_mutated" and wl.name not in workloads.CHUNK_WORKLOADS:
             workloads.mutate(wl.name, lane.sync / DATASET, ctx.seed, wl.params)
             self._run(ctx, lane, lane.sync / DATASET, "commit", "-m", "mutated")
         elif step in ("age_clone", "once_clone"):
             ctx.janitor.discard(lane.root / step)
+        if wl.name in workloads.CHUNK_WORKLOADS and step in ("push", "push_mutated"):
+            lane.state["remote_before"] = self.remote_total(ctx, lane)
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         if step in ("push", "push_noop", "push_mutated"):
-            return Command([*self.argv, "push", "--json"], lane.sync / DATASET)
+            return Command([*self.argv, "push", "--json"], self._push_repo(wl, lane))
         if step == "once_push":
             return Command([*self.argv, "push", "--json"], lane.root / "once" / DATASET)
         if step in ("clone_pull", "age_clone", "once_clone"):
@@ -905,6 +987,12 @@ class Dsv(Participant):
             if step == "push_noop" and report.get("objects_sent"):
                 raise VerifyError(f"dsv no-op push sent {report['objects_sent']} objects")
             self.check_push(ctx, step, lane, m, "once" if step == "once_push" else "")
+            if wl.name in workloads.CHUNK_WORKLOADS:
+                growth = m.extra["remote_bytes"] - lane.state.pop("remote_before", 0)
+                m.extra["remote_growth_bytes"] = growth
+                # the push's own count (object bytes, without pack framing or refs) when
+                # its --json has one, else what the remote grew by
+                m.extra["sent_bytes"] = int(report.get("bytes_sent", growth))
         elif step == "clone_pull":
             self._report(lane, m, "objects_received", "bytes_received")
             # the clone is a workspace: its .dsv/ store is not part of the data
@@ -932,6 +1020,70 @@ class Dsv(Participant):
                     m.extra["round_push_peak_rss_mb"] = round(
                         max(p.maxrss_bytes for p in age["pushes"]) / MB)
 
+    def measure(
+        self, ctx: Context, step: str, wl: Workload, lane: Lane, settle: Callable[[], None]
+    ) -> Measurement | None:
+        """The rounds of checkpoint: rewrite 4 tensors (untimed), ``dsv commit``, ``dsv
+        push``, ten times, in the lane's repo (committed and pushed once already). Per round:
+        the growth of ``.dsv`` over commit + push, and the bytes the push sent."""
+        if step != "rounds":
+            return None
+        work, store = lane.data, lane.data / ".dsv"
+        commits: list[Measurement] = []
+        pushes: list[Measurement] = []
+        growth: list[int] = []
+        commit_growth: list[int] = []
+        sent: list[int] = []
+        rewritten = 0
+        t = time.perf_counter()
+        for r in range(workloads.CKPT_ROUNDS):
+            rewritten += workloads.checkpoint_round(work, ctx.seed, r)["rewritten_bytes"]
+            before = dir_bytes(store)
+            remote_before = self.remote_total(ctx, lane)
+            settle()
+            commits.append(run_checked(Command([*self.argv, "commit", "-m", f"round {r + 1}"],
+                                               work), ctx.env, lane.log, ctx.timeout))
+            commit_growth.append(dir_bytes(store) - before)
+            settle()
+            pushes.append(run_checked(Command([*self.argv, "push", "--json"], work), ctx.env,
+                                      lane.log, ctx.timeout))
+            report = last_json(lane.log) or {}
+            growth.append(dir_bytes(store) - before)
+            remote_growth = self.remote_total(ctx, lane) - remote_before
+            sent.append(int(report.get("bytes_sent", remote_growth)))
+            log(f"[{wl.name} rep{lane.rep}] dsv round {r + 1}/{workloads.CKPT_ROUNDS}: "
+                f".dsv +{growth[-1] / MB:.1f} MB, sent {sent[-1] / MB:.1f} MB "
+                f"({time.perf_counter() - t:.0f} s)")
+        runs = commits + pushes
+        wall = sum(x.wall for x in runs)
+        listing = self.remote_listing(ctx, lane)
+        return Measurement(
+            seconds=wall,
+            wall=wall,
+            user=sum(x.user for x in runs),
+            sys=sum(x.sys for x in runs),
+            maxrss_bytes=max(x.maxrss_bytes for x in runs),
+            rc=0,
+            extra={
+                "rounds": workloads.CKPT_ROUNDS,
+                "rewritten_bytes_per_round": rewritten // workloads.CKPT_ROUNDS,
+                "max_step_growth_bytes": max(growth),
+                "mean_step_growth_bytes": statistics.mean(growth),
+                "max_commit_growth_bytes": max(commit_growth),
+                "max_step_sent_bytes": max(sent),
+                "mean_step_sent_bytes": statistics.mean(sent),
+                "round_commit_median_s": round(statistics.median(c.wall for c in commits), 3),
+                "round_push_median_s": round(statistics.median(p.wall for p in pushes), 3),
+                "store_bytes": dir_bytes(store),
+                "remote_objects": len(listing),
+                "remote_bytes": sum(listing.values()),
+                # per round, for the JSON (the details block shows numbers only)
+                "step_growth_bytes": growth,
+                "step_commit_growth_bytes": commit_growth,
+                "step_sent_bytes": sent,
+            },
+        )
+
     def _store_growth(self, step: str, lane: Lane, m: Measurement) -> None:
         """How much the commit added to ``.dsv`` (apparent sizes), split into objects,
         the SQLite index and the rest; minus the new file contents, that is metadata."""
@@ -947,6 +1099,15 @@ class Dsv(Participant):
             if content is not None:
                 m.extra["new_content_bytes"] = content
                 m.extra["metadata_growth_bytes"] = m.extra["store_growth_bytes"] - content
+
+
+def dir_bytes(root: Path) -> int:
+    """Apparent bytes of every file under ``root`` (recursive; 0 when it is missing)."""
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            total += os.lstat(os.path.join(dirpath, n)).st_size
+    return total
 
 
 def store_usage(store: Path) -> dict[str, int]:
@@ -1352,6 +1513,23 @@ CHECKS: tuple[Check, ...] = (
           "<=", 64, kind="extra", field="metadata_growth_bytes", divisor=1024, unit=" KiB"),
     Check("remote-age", "clone: after N pushes / pushed once", "age_clone", "dsv", "dsv",
           "<=", 1.3, den_step="once_clone"),
+    # issue 12: content-defined chunking of large files. Stored: the .dsv growth of the
+    # commit after the edit (the edit's chunks, at most 2 resp. 4 MiB, + 1 MiB metadata);
+    # sent: the bytes the push after it sent
+    Check("append", ".dsv growth, commit after append, MiB", "commit_mutated", "dsv", "",
+          "<=", 3, "issue 12", kind="extra", field="store_growth_bytes",
+          divisor=workloads.MIB, unit=" MiB"),
+    Check("append", "bytes sent, push after append, MiB", "push_mutated", "dsv", "",
+          "<=", 3, "issue 12", kind="extra", field="sent_bytes", divisor=workloads.MIB,
+          unit=" MiB"),
+    Check("insert", ".dsv growth, commit after insert, MiB", "commit_mutated", "dsv", "",
+          "<=", 5, "issue 12", kind="extra", field="store_growth_bytes",
+          divisor=workloads.MIB, unit=" MiB"),
+    Check("insert", "bytes sent, push after insert, MiB", "push_mutated", "dsv", "",
+          "<=", 5, "issue 12", kind="extra", field="sent_bytes", divisor=workloads.MIB,
+          unit=" MiB"),
+    Check("checkpoint", "max .dsv growth of a round, MB", "rounds", "dsv", "", "<=", 38,
+          "issue 12", kind="extra", field="max_step_growth_bytes", divisor=MB, unit=" MB"),
 )
 
 
@@ -1549,19 +1727,22 @@ def prepare_workload(
     return Workload(name, pristine, expected, info, has_large=name == "large", params=params)
 
 
-def needed_steps(selected: Sequence[str]) -> list[str]:
-    """Selected steps plus their prerequisites, in execution order."""
+def needed_steps(selected: Sequence[str], workload: str = "") -> list[str]:
+    """Selected steps plus their prerequisites (those of ``workload``), in execution
+    order: the order of ``WORKLOAD_STEPS[workload]``, then that of ``STEPS``."""
     need: set[str] = set()
 
     def add(key: str) -> None:
         if key not in need:
             need.add(key)
-            for dep in STEP_BY_KEY[key].requires:
+            for dep in step_requires(key, workload):
                 add(dep)
 
     for key in selected:
         add(key)
-    return [s.key for s in STEPS if s.key in need]
+    order = list(WORKLOAD_STEPS.get(workload, ()))
+    order += [s.key for s in STEPS if s.key not in order]
+    return [k for k in order if k in need]
 
 
 def run_workload(
@@ -1575,7 +1756,7 @@ def run_workload(
     keep: bool,
 ) -> WorkloadResult:
     result = WorkloadResult(wl, selected, participants)
-    execute = needed_steps(selected)
+    execute = needed_steps(selected, wl.name)
     for rep in range(repeat):
         rep_dir = workdir / wl.name / f"rep{rep}"
         ctx.janitor.discard(rep_dir)
@@ -1611,10 +1792,15 @@ def run_workload(
                         lane.ready.add(group)
                         phase = step
                     p.prepare(ctx, step, wl, lane)
-                    cache.settle()
-                    if cache.mode == "cold" and (warm := p.warmup()) is not None:
-                        run_measured(warm, ctx.env, lane.log, ctx.timeout)
-                    m = run_measured(p.command(ctx, step, wl, lane), ctx.env, lane.log, ctx.timeout)
+                    multi = p.measure(ctx, step, wl, lane, cache.settle)
+                    if multi is not None:
+                        m = multi
+                    else:
+                        cache.settle()
+                        if cache.mode == "cold" and (warm := p.warmup()) is not None:
+                            run_measured(warm, ctx.env, lane.log, ctx.timeout)
+                        m = run_measured(p.command(ctx, step, wl, lane), ctx.env, lane.log,
+                                         ctx.timeout)
                     if m.rc != 0:
                         raise CommandFailed(f"exit {m.rc}; see {lane.log}\n{tail(lane.log)}")
                     p.finish(ctx, step, wl, lane, m)
@@ -1885,7 +2071,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--workload",
         default="small",
-        help="comma-separated: small, large, scale, flat, remote-age; all = small,large",
+        help="comma-separated: small, large, scale, flat, remote-age, append, insert, "
+        "checkpoint; all = small,large",
     )
     ap.add_argument(
         "--scale-files",
@@ -1902,9 +2089,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--remote",
         choices=["s3", "dir"],
-        default="s3",
-        help="the remote of the sync and remote-age steps: the S3 server (--s3) or a "
-        "directory",
+        default=None,
+        help="the remote of the sync, remote-age and chunking steps: the S3 server (--s3) "
+        "or a directory (default: s3, but dir for append, insert and checkpoint)",
     )
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of every step")
     ap.add_argument(
@@ -1988,9 +2175,18 @@ def workload_params(name: str, args: argparse.Namespace) -> workloads.Params:
     return workloads.Params(files=files, rounds=args.age_rounds, changes=args.age_changes)
 
 
+def remote_kind(name: str, requested: str | None) -> str:
+    """The remote workload ``name`` pushes to: ``--remote``, else S3 except for the
+    chunking workloads (a directory: no GBs held by the S3 server)."""
+    if requested:
+        return requested
+    return "dir" if name in workloads.CHUNK_WORKLOADS else "s3"
+
+
 def workload_steps(name: str, chosen: Sequence[str]) -> list[str]:
-    """The chosen steps that workload ``name`` has, in execution order."""
-    return [k for k in chosen if k in WORKLOAD_STEPS[name]]
+    """The chosen steps that workload ``name`` has, in execution order (the order of
+    ``WORKLOAD_STEPS``: on append and insert the cold push comes before the edit)."""
+    return [k for k in WORKLOAD_STEPS[name] if k in chosen]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2013,18 +2209,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         versions["dsv"] = tool_version(dsv_argv, env)
     participants += [CopyBaseline(), HashLoopBaseline(), WalkBaseline(), Blake3Baseline(),
                      DsvHashBaseline()]
-    if args.remote == "s3":
+    if args.remote != "dir":
         participants.append(Boto3Baseline())
 
     cache = CacheControl(args.cache)
     janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))
     ctx = Context(env=env, timeout=args.timeout, seed=args.seed, janitor=janitor,
-                  remote=args.remote)
+                  remote=args.remote or "s3")  # set per workload below
     names = args.workloads
     floor = rss_floor(env, workdir)
-    s3_note = "-" if args.remote == "s3" else "- (directory remotes)"
-    needed = {k for n in names for k in needed_steps(workload_steps(n, args.steps))}
-    if args.remote == "s3" and any(STEP_BY_KEY[k].group in REMOTE_GROUPS for k in needed):
+    remotes = {n: remote_kind(n, args.remote) for n in names}
+    with_remote = [n for n in names if any(
+        STEP_BY_KEY[k].group in REMOTE_GROUPS
+        for k in needed_steps(workload_steps(n, args.steps), n))]
+    dirs = [n for n in with_remote if remotes[n] == "dir"]
+    dir_note = f"directory remotes: {', '.join(dirs)}" if dirs else ""
+    s3_note = f"- ({dir_note})" if dir_note else "-"
+    if any(remotes[n] == "s3" for n in with_remote):
         ctx.s3 = S3Server(args.s3, workdir)
         log(f"starting the {args.s3} S3 server ...")
         try:
@@ -2032,7 +2233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException:
             ctx.s3.stop()
             raise
-        s3_note = ctx.s3.describe()
+        s3_note = ctx.s3.describe() + (f"; {dir_note}" if dir_note else "")
         log(f"  {s3_note}")
     load_start = os.getloadavg()
     header = (
@@ -2053,6 +2254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"workload {name}: none of the chosen steps; skipped")
                 continue
             t = time.perf_counter()
+            ctx.remote = remotes[name]
             wl = prepare_workload(name, workdir, args.seed, workload_params(name, args))
             results.append(
                 run_workload(wl, participants, steps, args.repeat, ctx, cache, workdir, args.keep)

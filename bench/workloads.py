@@ -1,4 +1,4 @@
-"""Deterministic benchmark workloads for dsv (SPEC §5 and the scale issue).
+"""Deterministic benchmark workloads for dsv (SPEC §5, the scale issue and issue 12).
 
 Generators, all driven by a fixed seed so that every run, every tool and every machine
 sees byte-identical inputs:
@@ -18,6 +18,15 @@ sees byte-identical inputs:
   (``d00/f000.bin`` ..), and ``rounds`` rounds of ``changes`` files rewritten each
   (``age_round``); its "mutated" tree is the content after the last round.
 
+Content-defined chunking of large files (issue 12), one file each:
+
+* ``append``     -- ``big.bin``, 1 GiB; its mutation appends 1 MiB of new bytes.
+* ``insert``     -- ``big.bin``, 1 GiB; its mutation inserts 1 MiB of new bytes at
+  offset 512 MiB (everything after it moves 1 MiB further).
+* ``checkpoint`` -- ``model.ckpt``, 512 MiB made of 64 "tensors" of 8 MiB; a round
+  (``checkpoint_round``) rewrites 4 tensors chosen by the seed and the round number with
+  new bytes, in place; its "mutated" tree is the content after the 10th round.
+
 File contents are the BLAKE3 extendable output of a key made of the seed, the file's
 relative path and a generation number. That is pseudo-random (incompressible, no two
 1 MiB blocks alike, nothing for content-defined chunking to deduplicate), independent
@@ -31,6 +40,7 @@ Command line (for inspection; ``bench/run.py`` imports this module)::
     python bench/workloads.py scale DIR [--files 100000]
     python bench/workloads.py mutate DIR                      # small / large mutation
     python bench/workloads.py mutate DIR --workload scale [--files 100000]
+    python bench/workloads.py insert DIR && python bench/workloads.py mutate DIR --workload insert
 """
 
 from __future__ import annotations
@@ -61,7 +71,9 @@ MUT_REWRITE = 200
 MUT_ADD = 100
 MUT_APPEND = 1 * MIB
 
-WORKLOADS = ("small", "large", "scale", "flat", "remote-age")
+WORKLOADS = ("small", "large", "scale", "flat", "remote-age", "append", "insert", "checkpoint")
+# One large file each, edited in place: the workloads of content-defined chunking (issue 12)
+CHUNK_WORKLOADS = ("append", "insert", "checkpoint")
 
 SCALE_FILES = 1_000_000
 SCALE_PER_DIR = 1000
@@ -75,6 +87,16 @@ AGE_FILES = 2000
 AGE_PER_DIR = 100
 AGE_ROUNDS = 200
 AGE_CHANGES = 5
+
+BIG_FILE = "big.bin"  # append / insert
+BIG_SIZE = 1024 * MIB
+EDIT_SIZE = 1 * MIB  # bytes appended / inserted
+INSERT_AT = 512 * MIB
+CKPT_FILE = "model.ckpt"  # checkpoint
+CKPT_TENSORS = 64
+CKPT_TENSOR = 8 * MIB
+CKPT_ROUNDS = 10
+CKPT_CHANGES = 4  # tensors rewritten per round
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,8 @@ class Params:
         default = {"scale": SCALE_FILES, "flat": FLAT_FILES, "remote-age": AGE_FILES}
         if workload in ("small", "large"):
             return len(small_paths() if workload == "small" else large_paths())
+        if workload in CHUNK_WORKLOADS:
+            return 1
         return self.files or default[workload]
 
 
@@ -233,6 +257,97 @@ def age_round(root: Path, seed: int, files: int, round_no: int, changes: int) ->
     return rewrite(root, picked, seed, round_no + 1)
 
 
+def one_file(workload: str) -> tuple[str, int]:
+    """The file of a chunking workload (append, insert, checkpoint) and its size."""
+    if workload == "checkpoint":
+        return CKPT_FILE, CKPT_TENSORS * CKPT_TENSOR
+    if workload in ("append", "insert"):
+        return BIG_FILE, BIG_SIZE
+    raise ValueError(f"{workload!r} is not a chunking workload")
+
+
+def generate_one(workload: str, root: Path, seed: int = DEFAULT_SEED) -> TreeInfo:
+    """Write the one large file of the append, insert or checkpoint workload (BLAKE3
+    output like every other file, written 8 MiB at a time: ~1 s per GiB here)."""
+    rel, size = one_file(workload)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_large(root / rel, seed, rel, 0, size)
+    return TreeInfo(files=1, bytes=size)
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        part = os.pread(fd, length, offset)
+        if not part:
+            raise OSError(f"unexpected end of file at offset {offset}")
+        parts.append(part)
+        length -= len(part)
+        offset += len(part)
+    return b"".join(parts)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def insert_bytes(path: Path, offset: int, data: bytes) -> None:
+    """Insert ``data`` into the file at ``offset``: the bytes from ``offset`` on move
+    ``len(data)`` further, shifted 8 MiB at a time from the end (bounded memory)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        end = os.fstat(fd).st_size
+        if not 0 <= offset <= end:
+            raise ValueError(f"offset {offset} outside {path} ({end} bytes)")
+        while end > offset:
+            start = max(offset, end - LARGE_PIECE)
+            _pwrite_all(fd, _pread_all(fd, end - start, start), start + len(data))
+            end = start
+        _pwrite_all(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def append_mutation(root: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
+    """append: 1 MiB of new bytes (generation 1) at the end of ``big.bin``."""
+    path = root / BIG_FILE
+    with open(path, "ab", buffering=0) as f:
+        f.write(_content(seed, BIG_FILE, 1, EDIT_SIZE))
+    return {"appended_bytes": EDIT_SIZE, "size": path.stat().st_size}
+
+
+def insert_mutation(root: Path, seed: int = DEFAULT_SEED) -> dict[str, int]:
+    """insert: 1 MiB of new bytes (generation 1) inserted at offset 512 MiB of
+    ``big.bin``; the file grows by 1 MiB and its second half moves by 1 MiB."""
+    path = root / BIG_FILE
+    insert_bytes(path, INSERT_AT, _content(seed, BIG_FILE, 1, EDIT_SIZE))
+    return {"inserted_bytes": EDIT_SIZE, "offset": INSERT_AT, "size": path.stat().st_size}
+
+
+def checkpoint_tensors(seed: int, round_no: int) -> list[int]:
+    """The tensors (0-based indices) round ``round_no`` (0-based) rewrites, sorted."""
+    rng = random.Random(f"{seed}:checkpoint:{round_no}")
+    return sorted(rng.sample(range(CKPT_TENSORS), CKPT_CHANGES))
+
+
+def checkpoint_round(root: Path, seed: int, round_no: int) -> dict[str, int]:
+    """Round ``round_no`` (0-based) of checkpoint: rewrite 4 of the 64 tensors of
+    ``model.ckpt`` in place with new bytes (generation ``round_no + 1``); the file keeps
+    its size. Returns the bytes written."""
+    fd = os.open(root / CKPT_FILE, os.O_WRONLY)
+    try:
+        for t in checkpoint_tensors(seed, round_no):
+            data = _content(seed, f"{CKPT_FILE}:tensor{t}", round_no + 1, CKPT_TENSOR)
+            _pwrite_all(fd, data, t * CKPT_TENSOR)
+    finally:
+        os.close(fd)
+    return {"rewritten": CKPT_CHANGES, "rewritten_bytes": CKPT_CHANGES * CKPT_TENSOR}
+
+
 def generate(
     workload: str, root: Path, seed: int = DEFAULT_SEED, params: Params | None = None
 ) -> TreeInfo:
@@ -242,6 +357,8 @@ def generate(
         return generate_small(root, seed)
     if workload == "large":
         return generate_large(root, seed)
+    if workload in CHUNK_WORKLOADS:
+        return generate_one(workload, root, seed)
     if workload in WORKLOADS:
         return generate_many(workload, root, params.count(workload), seed)
     raise ValueError(f"unknown workload {workload!r}; expected one of {WORKLOADS}")
@@ -252,10 +369,19 @@ def mutate(
 ) -> dict[str, int]:
     """Apply the workload's mutation to a generated tree in place; return counts of what
     changed (``rewritten`` files and ``rewritten_bytes`` among them). For remote-age the
-    mutation is every round, one after the other: the content after the last push."""
+    mutation is every round, one after the other: the content after the last push; for
+    checkpoint, its 10 rounds likewise."""
     params = params or Params()
     if workload in ("small", "large"):
         return apply_mutation(root, seed)
+    if workload == "append":
+        return append_mutation(root, seed)
+    if workload == "insert":
+        return insert_mutation(root, seed)
+    if workload == "checkpoint":
+        written = sum(checkpoint_round(root, seed, r)["rewritten_bytes"]
+                      for r in range(CKPT_ROUNDS))
+        return {"rounds": CKPT_ROUNDS, "rewritten_bytes": written}
     files = params.count(workload)
     if workload == "remote-age":
         written = sum(age_round(root, seed, files, r, params.changes) for r in range(params.rounds))

@@ -9,6 +9,7 @@ create versions.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
 import itertools
@@ -123,7 +124,7 @@ def _entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
     for path in paths:
         row = tree.find(version.tree, core.read_tree, path)
         if row is not None and row[1] != tree.DIR:
-            out[path] = Entry(row[1], row[2], row[3], row[4])
+            out[path] = Entry(*row[1:])
     return out
 
 
@@ -647,7 +648,7 @@ def files(core: Core, ref: str, path: str = "", recursive: bool = False,
         manifest = core.manifest(v, rel)
         if not manifest:
             raise InvalidInput(f"{path} is not in version {v.id}")
-        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
                 for p, e in sorted(manifest.items())]
     try:
         rows = tree.list_dir(v.tree, core.read_tree, rel)
@@ -655,10 +656,10 @@ def files(core: Core, ref: str, path: str = "", recursive: bool = False,
         manifest = core.manifest(v, rel)
         if not manifest:
             raise InvalidInput(f"{path} is not in version {v.id}") from None
-        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode)
+        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
                 for p, e in manifest.items()]
-    return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode)
-            for name, kind, mode, size, oid in rows]
+    return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode,
+                    chunks) for name, kind, mode, size, oid, chunks in rows]
 
 
 def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,
@@ -686,6 +687,8 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     entry = core.manifest(v, rel).get(rel)
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
+    if entry.chunks:
+        return io.BufferedReader(ChunkedReader(core, v, core.chunks(entry)), _READ_AHEAD)
     if not core.objects.has(entry.oid):
         _ensure_for_paths(core, v, [(rel, entry)])
     if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
@@ -696,9 +699,85 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     return io.BytesIO(core.objects.read(entry.oid))
 
 
+_READ_AHEAD = 1 << 20
+"""Bytes of a chunked file a read brings from the store at once (about 8 chunks)."""
+_FETCH_AHEAD = 16 << 20
+"""Bytes of chunks a read that finds one missing downloads with it, the ones after it."""
+
+
+class ChunkedReader(io.RawIOBase):
+    """A chunked file of a version, read and seeked without putting it together: a read
+    takes the chunks its range covers, each verified against its id as it is read (a
+    damaged chunk is never returned), and a chunk the store lacks is downloaded then,
+    with the next few (by ranged reads of the remote's packs, through the cluster cache
+    when one is configured): reading part of a file fetches only that part."""
+
+    def __init__(self, core: Core, version: Version, chunks: tree.ChunkList) -> None:
+        super().__init__()
+        self._core = core
+        self._version = version
+        self._chunks = chunks.chunks
+        self._size = chunks.size
+        self._starts = list(itertools.accumulate((n for _c, n in self._chunks), initial=0))
+        self._pos = 0
+        self._held: tuple[int, bytes] = (-1, b"")
+
+    def readable(self) -> bool:
+        """Always: a reader."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always: any offset is a chunk and an offset in it."""
+        return True
+
+    def tell(self) -> int:
+        """The offset the next read starts at."""
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to `offset` (from the start, the current offset or the end)."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Fill `buffer` from the current offset, to the end of one chunk at most."""
+        if self._pos >= self._size:
+            return 0
+        i = bisect.bisect_right(self._starts, self._pos) - 1
+        data = self._chunk(i)
+        at = self._pos - self._starts[i]
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(data) - at)
+        view[:n] = data[at:at + n]
+        self._pos += n
+        return n
+
+    def _chunk(self, i: int) -> bytes:
+        if self._held[0] == i:
+            return self._held[1]
+        oid, length = self._chunks[i]
+        if not self._core.objects.has(oid):
+            window, total = [], 0
+            for chunk, n in self._chunks[i:]:
+                window.append(Entry(tree.FILE, 0o644, n, chunk))
+                total += n
+                if total >= _FETCH_AHEAD:
+                    break
+            ensure_blobs(self._core, self._version, window)
+        data = self._core.objects.read(oid)
+        if len(data) != length:
+            raise CorruptObject(f"object {oid[:12]} (a chunk) has {len(data)} bytes where "
+                                f"its chunk list says {length}")
+        self._held = (i, data)
+        return data
+
+
 def ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
     """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
-    needed = {e.oid: e.size for e in entries}
+    needed = core.blobs(entries)
     if not any(core.objects.lacking(needed)):
         return  # the usual case: no lock, and no sync module to import
     from .sync import download
@@ -713,7 +792,7 @@ def _ensure_for_paths(core: Core, v: Version, items: list[tuple[str, Entry]],
     try:
         ensure_blobs(core, v, [e for _p, e in items] + (extra or []))
     except DsvError as exc:
-        lacking = [p for p, e in items if not core.objects.has(e.oid)]
+        lacking = [p for p, e in items if not core.holds(e)]
         if lacking:
             shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more"
                                               if len(lacking) > 3 else "")

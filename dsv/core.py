@@ -25,6 +25,7 @@ from .errors import (
     DatasetNotFound,
     DsvError,
     InvalidInput,
+    MissingObject,
     RefError,
     StoreExists,
     StoreNotFound,
@@ -45,7 +46,12 @@ if TYPE_CHECKING:
 
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
+"""The store format this dsv writes: 2 = 1 plus chunked files (tree rows naming a chunk
+list). A store is created at 2; a format-1 store is raised to 2 by the first write that
+stores a chunk list (`_raise_format`), so a dsv that reads only format 1 refuses it then,
+and not before."""
+READ_STORE_FORMATS = (1, 2)
 DATASET_ID_LEN = 8
 VERSION_ID_LEN = 10
 
@@ -87,8 +93,13 @@ def create_layout(root: Path) -> None:
     index = Index(dsv_dir / "index.db")
     index.create_schema()
     index.close()
+    write_config(dsv_dir, STORE_FORMAT)
+
+
+def write_config(dsv_dir: Path, fmt: int) -> None:
+    """Write `.dsv/config.json` (atomically) saying the store has format `fmt`."""
     fileio.atomic_write_bytes(dsv_dir / "config.json", json.dumps(
-        {"format": STORE_FORMAT, "hash": "blake3"}, indent=2).encode() + b"\n")
+        {"format": fmt, "hash": "blake3"}, indent=2).encode() + b"\n")
 
 
 class Core:
@@ -99,7 +110,7 @@ class Core:
         self.dsv_dir = self.root / STORE_DIR
         self.tmp_root = self.dsv_dir / "tmp"
         self.reporter = reporter or Reporter()
-        check_format(self.dsv_dir)
+        self.format = check_format(self.dsv_dir)
         check_store_files(self.dsv_dir)
         if not (self.dsv_dir / "index.db").is_file():
             raise StoreNotFound(f"{self.dsv_dir} has lost its index",
@@ -164,6 +175,7 @@ class Core:
         the next `gc` removes."""
         if not self.lock.held:
             raise DsvError("bug in dsv: objects published without the store lock")
+        self._raise_format(ingest)
         packs = ingest.publish()
         if crash:
             crashpoint(crash)
@@ -181,10 +193,18 @@ class Core:
         leave (unreferenced objects, which `gc` removes)."""
         if not self.lock.held:
             raise DsvError("bug in dsv: objects published without the store lock")
+        self._raise_format(ingest)
         packs = ingest.publish_sealed()
         if packs:
             with self.index.transaction():
                 self.index.add_packs(packs)
+
+    def _raise_format(self, ingest: Ingest) -> None:
+        """Before the first chunk list joins a format-1 store, raise it to format 2 (a dsv
+        that reads only format 1 would take a chunked file's row for damage)."""
+        if ingest.chunk_lists and self.format < 2:
+            write_config(self.dsv_dir, 2)
+            self.format = 2
 
     def writers_alive(self) -> int:
         """Other live processes with a staging directory (see objects.live_stages)."""
@@ -212,6 +232,28 @@ class Core:
             ingest.add(oid, KIND_TREE, data)
         return store
 
+    def blobs(self, entries: Iterable[Entry]) -> dict[str, int]:
+        """The objects that hold the bytes of `entries` (oid → size): a file's or link's
+        blob, or each chunk of a chunked file (its chunk list read here)."""
+        out: dict[str, int] = {}
+        for entry in entries:
+            if entry.chunks:
+                out.update(self.chunks(entry).chunks)
+            else:
+                out[entry.oid] = entry.size
+        return out
+
+    def chunks(self, entry: Entry) -> tree.ChunkList:
+        """The chunk list of a chunked file's entry."""
+        return tree.read_chunks(self.read_tree, entry.chunks, entry.oid, entry.size)
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether every object holding the bytes of `entry` is in the store."""
+        try:
+            return not any(self.objects.lacking(self.blobs([entry])))
+        except MissingObject:
+            return False  # (its chunk list)
+
     def manifest(self, version: Version, prefix: str = "") -> Manifest:
         """The flat manifest of `version` (only what lies under `prefix`, if given)."""
         root = version.tree
@@ -219,10 +261,9 @@ class Core:
             found = tree.find(version.tree, self.read_tree, prefix)
             if found is None:
                 return {}
-            _name, kind, mode, size, oid = found
-            if kind != tree.DIR:
-                return {prefix: Entry(kind, mode, size, oid)}
-            root = oid
+            if found[1] != tree.DIR:
+                return {prefix: Entry(*found[1:])}
+            root = found[4]
         return tree.flatten(root, self.read_tree, prefix)
 
     # ---- ids ---------------------------------------------------------------------------
@@ -369,17 +410,20 @@ class Core:
         return chosen[0]
 
 
-def check_format(dsv_dir: Path) -> None:
-    """Refuse stores written in a format this dsv does not know (never guess at them)."""
+def check_format(dsv_dir: Path) -> int:
+    """The store's format; refuse stores written in a format this dsv does not know
+    (never guess at them)."""
     try:
         config = load_bounded(fileio.read_regular(dsv_dir / "config.json", 64 << 10), 64 << 10)
         fmt = int(config.get("format", 0))
     except (OSError, ValueError, TypeError, AttributeError):
         raise StoreNotFound(f"{dsv_dir}/config.json is unreadable",
                             hint="it must be a regular file written by dsv") from None
-    if fmt != STORE_FORMAT:
-        raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads format {STORE_FORMAT}",
+    if fmt not in READ_STORE_FORMATS:
+        raise DsvError(f"{dsv_dir} has store format {fmt}; this dsv reads formats "
+                       f"{', '.join(map(str, READ_STORE_FORMATS))}",
                        hint="use the dsv version that created it, or upgrade dsv")
+    return fmt
 
 
 def check_store_files(dsv_dir: Path) -> None:

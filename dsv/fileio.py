@@ -72,19 +72,23 @@ def publish(tmp: str, path: str) -> None:
 
 
 def copy_into(src_fd: int, dst_fd: int, size: int,
-              progress: Callable[[int], None] | None = None) -> None:
+              progress: Callable[[int], None] | None = None,
+              src_offset: int = 0, dst_offset: int = 0) -> None:
     """Copy `size` bytes between open files in the kernel (copy_file_range, else a
-    read/write loop). `progress` hears the bytes of each piece as it lands (pieces of
-    PROGRESS_CHUNK, or of the fallback's buffer): once per piece, never per byte."""
+    read/write loop), from `src_offset` in the source to `dst_offset` in the destination.
+    `progress` hears the bytes of each piece as it lands (pieces of PROGRESS_CHUNK, or of
+    the fallback's buffer): once per piece, never per byte."""
     chunk = _COPY_CHUNK if progress is None else PROGRESS_CHUNK
     remaining = size
-    offset_in = 0
+    offset_in, offset_out = src_offset, dst_offset
     try:
         while remaining > 0:
-            n = os.copy_file_range(src_fd, dst_fd, min(remaining, chunk), offset_in)
+            n = os.copy_file_range(src_fd, dst_fd, min(remaining, chunk), offset_in,
+                                   offset_out)
             if n == 0:
                 break
             offset_in += n
+            offset_out += n
             remaining -= n
             if progress is not None:
                 progress(n)
@@ -94,15 +98,15 @@ def copy_into(src_fd: int, dst_fd: int, size: int,
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
     # Carries on where the kernel copy stopped: the bytes it reported are not sent again.
-    os.lseek(dst_fd, offset_in, os.SEEK_SET)
     while remaining > 0:
         data = os.pread(src_fd, min(remaining, _READ_CHUNK), offset_in)
         if not data:
             raise OSError(errno.EIO, "file shrank while it was being copied")
         view = memoryview(data)
         while view:
-            written = os.write(dst_fd, view)
+            written = os.pwrite(dst_fd, view, offset_out)
             view = view[written:]
+            offset_out += written
         offset_in += len(data)
         remaining -= len(data)
         if progress is not None:

@@ -109,9 +109,11 @@ def input_tree(core: Core, version: Version) -> InputTree:
     """`.dsv/inputs/<version>/`: the files of a committed version, for binding read-only.
 
     Made once per version, then reused: later runs cost one lstat per file and one bind
-    mount. Large files are hard links to the store's loose objects themselves, each
-    verified before it is linked (no copy: a 150 MB file costs no space), small ones are
-    written from their packs (then 0444/0555), directories 0555. The job sees the tree
+    mount. Large files stored whole are hard links to the store's loose objects
+    themselves, each verified before it is linked (no copy: a 150 MB file costs no
+    space); small ones, and files stored in chunks (put together from them, and checked
+    against their whole hash), are written from their packs (then 0444/0555),
+    directories 0555. The job sees the tree
     only through a read-only bind mount, and `.dsv/objects/` and `.dsv/inputs/` are
     mounted read-only in its namespace too (jobs.run), so no write of the job's can reach
     an object. `<version>.stamp` beside the tree records every file's (kind, inode, size,

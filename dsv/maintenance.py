@@ -31,19 +31,28 @@ from .remotes.cache import ClusterCache
 from .reporting import Reporter
 
 
-def _reachable(core: Core) -> set[str]:
+def _reachable(core: Core) -> tuple[set[str], set[str]]:
     """Every object some version (draft or committed) needs, records included (of a
-    version fetched without its trees, only its record: its trees are on the remote)."""
+    version fetched without its trees, only its record: its trees are on the remote);
+    and the ids of the chunked files among their files (no objects: names of contents,
+    which stat-cache rows and link-checkout copies go by)."""
     live: set[str] = set()
+    chunked: set[str] = set()
     lazy = core.index.unfetched_roots()
     for v in core.index.all_versions():
         if v.record:
             live.add(v.record)
         if v.tree in live or v.tree in lazy:
             continue
-        for _kind, oid in tree.subtree_ids(v.tree, core.read_tree):
+        for oid, node in tree.distinct_trees(v.tree, core.read_tree, trusted=True):
+            if oid in live:
+                continue
             live.add(oid)
-    return live
+            live.update(r[4] for r in node.rows if r[1] != tree.DIR and not r[5])
+            chunked.update(r[4] for r in node.rows if r[5])
+            if node.chunks is not None:
+                live.update(c for c, _n in node.chunks.chunks)
+    return live, chunked
 
 
 def gc(core: Core, dry_run: bool = False,
@@ -59,7 +68,7 @@ def gc(core: Core, dry_run: bool = False,
     with core.locked("gc"):
         report.removed_inputs, report.freed_bytes = inputs.remove_unused_inputs(
             core, unused_for, dry_run)
-        live = _reachable(core)
+        live, chunked = _reachable(core)
         if core.writers_alive():
             # An import between its batches holds objects the index names (`imported`)
             # that no version reaches yet: they stay while any other writer runs.
@@ -70,7 +79,7 @@ def gc(core: Core, dry_run: bool = False,
             # First forget cache rows naming doomed objects: a commit after a gc killed
             # half-way must re-hash those files, never trust a row whose object is gone.
             with core.index.transaction():
-                core.index.forget_unstored(live)
+                core.index.forget_unstored(live | chunked)
         packs = core.index.packs()
         # Packs on disk the index never learned of are leftovers of killed writers.
         for pack_id in list(core.objects.iter_pack_ids()):
@@ -99,7 +108,7 @@ def gc(core: Core, dry_run: bool = False,
             core.objects.delete_pack(pack_id)
             report.removed_packs += 1
         for oid in list(core.objects.iter_link_sources()):
-            if oid not in live and not dry_run:
+            if oid not in live and oid not in chunked and not dry_run:
                 core.objects.delete_link_source(oid)
         for oid in list(core.objects.iter_loose()):
             if oid not in live:

@@ -97,12 +97,15 @@ DIR = "d"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One file or symlink of a manifest: kind, permission bits, size and content hash."""
+    """One file or symlink of a manifest: kind, permission bits, size and content hash
+    (blake3 of the whole bytes), and for a file stored in content-defined chunks the id
+    of its chunk list ("" otherwise)."""
 
     kind: str
     mode: int
     size: int
     oid: str
+    chunks: str = ""
 
 
 Manifest = dict[str, Entry]
@@ -187,8 +190,13 @@ class FileRow:
     size: int
     oid: str
     mode: int
+    chunks: str = ""   # a chunked file's chunk list
 
     def to_json(self) -> dict[str, Any]:
-        """The fields a script sees (`--json`)."""
-        return {"path": self.path, "type": self.kind, "size": self.size, "hash": self.oid,
-                "mode": oct(self.mode)}
+        """The fields a script sees (`--json`): `hash` is always the blake3 of the whole
+        file (what `b3sum` prints); `chunks` appears for a file stored in chunks."""
+        out = {"path": self.path, "type": self.kind, "size": self.size, "hash": self.oid,
+               "mode": oct(self.mode)}
+        if self.chunks:
+            out["chunks"] = self.chunks
+        return out

@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import fileio
 from .errors import CorruptObject, InvalidInput, MissingObject
 from .reporting import FileBytes
 from .hashing import hash_bytes, hash_file, new_hasher
+from .tree import is_chunk_list
 
 # Files smaller than this go into packs; creating one file per small object costs more
 # kernel time than hashing it (SPEC §5), so they are batched like git and restic do.
@@ -363,8 +364,11 @@ class ObjectStore:
         fileio.publish(staged, str(self.pack_path(pack.id)))
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
-                 twin: str | None = None, progress: FileBytes | None = None) -> int:
+                 twin: str | None = None, progress: FileBytes | None = None,
+                 chunks: list[tuple[str, int]] | None = None) -> int:
         """Write loose object `oid` to a new file `dest`, then verify what landed.
+        With `chunks` (a chunked file's chunk list), the file `oid` is put together
+        from those packed chunks instead (see `_copy_chunks`), and verified the same way.
 
         The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
         the filesystem can, else copy_file_range: the same work as `cp`), and the new file
@@ -394,17 +398,59 @@ class ObjectStore:
             except OSError:
                 pass
             fileio.unlink_quietly(dest)
-        try:
-            size = attempt(str(self.loose_path(oid)))
-        except FileNotFoundError as exc:
-            if exc.filename != str(self.loose_path(oid)):
-                raise
-            raise MissingObject(f"object {oid[:12]} is missing from the store",
-                                hint="run `dsv verify` to see what else is affected") from None
+        if chunks is not None:
+            if progress is not None:
+                progress.restart()
+            size = self._copy_chunks(chunks, dest, mode, progress)
+        else:
+            try:
+                size = attempt(str(self.loose_path(oid)))
+            except FileNotFoundError as exc:
+                if exc.filename != str(self.loose_path(oid)):
+                    raise
+                raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                    hint="run `dsv verify` to see what else is affected"
+                                    ) from None
         if hash_file(dest, size) != oid:
             fileio.unlink_quietly(dest)
             raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
                                 hint="run `dsv verify` to list every damaged object")
+        return size
+
+    def _copy_chunks(self, chunks: list[tuple[str, int]], dest: str, mode: int,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Write the packed `chunks`, in order, to a new file `dest`: each stretch of
+        chunks that lie back to back in one pack (as a commit writes them) is one copy in
+        the kernel, like `cp`. The caller hashes what landed; a chunk that is missing, or
+        whose pack entry has another length, leaves no file."""
+        where = self.locate_many(c for c, _n in chunks)
+        runs: list[list[Any]] = []   # [pack id, offset, length]
+        for chunk, length in chunks:
+            at = where.get(chunk)
+            if at is None:
+                raise MissingObject(f"object {chunk[:12]} (a chunk) is missing from the "
+                                    f"store", hint="run `dsv verify` to see what else is "
+                                                   "affected")
+            if at[2] != length:
+                raise CorruptObject(f"object {chunk[:12]} (a chunk) has {at[2]} bytes where "
+                                    f"its chunk list says {length}",
+                                    hint="run `dsv verify` to list every damaged object")
+            if runs and runs[-1][0] == at[0] and runs[-1][1] + runs[-1][2] == at[1]:
+                runs[-1][2] += length
+            else:
+                runs.append([*at])
+        dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        size = 0
+        try:
+            for pack_id, offset, length in runs:
+                fileio.copy_into(self._pack_fd(pack_id), dst_fd, length, progress,
+                                 offset, size)
+                size += length
+        except BaseException:
+            os.close(dst_fd)
+            fileio.unlink_quietly(dest)
+            raise
+        os.close(dst_fd)
         return size
 
     @staticmethod
@@ -429,8 +475,9 @@ class ObjectStore:
             os.close(src_fd)
         return size
 
-    def link_source(self, oid: str) -> Path:
-        """A read-only copy of loose object `oid` for hardlink/symlink checkouts.
+    def link_source(self, oid: str, chunks: list[tuple[str, int]] | None = None) -> Path:
+        """A read-only copy of loose object `oid` (or of the chunked file `oid` put
+        together from `chunks`) for hardlink/symlink checkouts.
 
         Checked-out links point here, not at the object, so writing through one can at
         worst damage this copy; it is re-hashed before every reuse and replaced if so.
@@ -442,7 +489,7 @@ class ObjectStore:
             os.unlink(path)
         self.links_dir.mkdir(exist_ok=True)
         tmp = fileio.tmp_name(self.tmp_dir)
-        self.copy_out(oid, tmp, 0o444)
+        self.copy_out(oid, tmp, 0o444, chunks=chunks)
         fileio.publish(tmp, str(path))
         return path
 
@@ -628,6 +675,8 @@ class Ingest:
         self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
         self._staged_bytes = 0
         self._done = False
+        self.chunk_lists = False
+        """Whether a chunk list went into a pack (core raises the store's format)."""
 
     def __enter__(self) -> "Ingest":
         return self
@@ -641,6 +690,8 @@ class Ingest:
         """Store `data` as `oid` (a small object, bound for a pack) unless already stored."""
         if oid in self._staged or bytes.fromhex(oid) in self._pending:
             return
+        if kind == KIND_TREE and is_chunk_list(data):
+            self.chunk_lists = True
         self._staged[oid] = (kind, data)
         self._staged_bytes += len(data)
         if len(self._staged) >= self._BATCH_OBJECTS or self._staged_bytes >= self._BATCH_BYTES:
@@ -654,6 +705,8 @@ class Ingest:
     def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Write an object the caller knows the store lacks (gc's repacking, a download
         of what the store was just found to lack)."""
+        if kind == KIND_TREE and is_chunk_list(data):
+            self.chunk_lists = True
         self._write(oid, kind, data)
 
     def add_large_file(self, src: str | os.PathLike[str],

@@ -12,6 +12,7 @@ what the store knows of the remote.
 
 from __future__ import annotations
 
+import functools
 import random
 
 from .core import Core
@@ -301,9 +302,10 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
                seen: set[str], who: str, damaged: dict[str, str],
                children: dict[str, list[str]]) -> None:
-    stack = [(root, "")]   # (tree object, the shard prefix it must stand at)
+    # (tree object, the shard prefix it must stand at; for a chunk list, the row naming it)
+    stack: list[tuple[str, str | tree.Row]] = [(root, "")]
     while stack:
-        oid, prefix = stack.pop()
+        oid, at = stack.pop()
         if oid in seen:
             continue
         seen.add(oid)
@@ -312,16 +314,28 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
         if data is None:
             continue
         try:
-            node = tree.check_place(tree.decode_node(data, oid), oid, prefix)
+            if not isinstance(at, str):  # a chunked file's chunk list
+                chunks = tree.read_chunks(functools.partial(_same, data), oid, at[4], at[3],
+                                          trusted=False)
+                children[oid] = [c for c, _n in chunks.chunks]
+                for child, length in chunks.chunks:
+                    needed.setdefault(child, (KIND_BLOB, length))
+                continue
+            node = tree.check_place(tree.decode_node(data, oid), oid, at)
         except DsvError as exc:
             report.problems.append(f"{who}: {exc.message}")
             continue
         stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
-        stack.extend((c, prefix + d) for d, c in node.shards)
-        children[oid] = [r[4] for r in node.rows] + [c for _d, c in node.shards]
-        for _name, kind, _mode, size, child in node.rows:
-            if kind != tree.DIR:
+        stack.extend((r[5], r) for r in node.rows if r[5])
+        stack.extend((c, at + d) for d, c in node.shards)
+        children[oid] = [r[5] or r[4] for r in node.rows] + [c for _d, c in node.shards]
+        for _name, kind, _mode, size, child, listed in node.rows:
+            if kind != tree.DIR and not listed:
                 needed.setdefault(child, (KIND_BLOB, size))
+
+
+def _same(data: bytes, _oid: str) -> bytes:
+    return data
 
 
 def _read_object(remote: Remote, where: dict[str, tuple[str, int, int, int]], oid: str,

@@ -42,24 +42,45 @@ SHARD_ENTRIES = 512
 the next hex digit of blake3(name): a one-file change in a directory of any size then
 rewrites one small leaf and the shard nodes above it (format.md, "Sharded directories")."""
 MAX_SHARD_DEPTH = 64                  # hex digits in a blake3 hash
+MAX_CHUNK_BYTES = (1 << 20) - 1
+"""The longest chunk a chunk list may name (dsv cuts at most chunking.MAX_CHUNK): below
+objects.PACK_THRESHOLD, so a chunk is always a packed object, never a loose one."""
+MAX_LIST_CHUNKS = MAX_TREE_BYTES // 76
+"""Chunks one list may name: each takes 76 bytes or more of its JSON."""
 
-Row = tuple[str, str, int, int, str]
-"""One directory entry: (name, kind, mode, size, oid)."""
+Row = tuple[str, str, int, int, str, str]
+"""One directory entry: (name, kind, mode, size, oid, chunks). `oid` is the blake3 of a
+file's whole bytes (or a symlink's target, or a directory's tree); `chunks` names the
+chunk list of a file stored in content-defined chunks, and is "" for everything else."""
+
+
+class ChunkList(NamedTuple):
+    """How a file stored in content-defined chunks is put together: the blake3 of its
+    whole bytes (what its tree row names it by, and what `b3sum` prints), its size, and
+    its chunks in order, each (object id, length)."""
+
+    oid: str
+    size: int
+    chunks: list[tuple[str, int]]
 
 
 class Node(NamedTuple):
     """One tree object, decoded: a directory's whole tree (`prefix` None), a shard node
-    (`shards`: the (hex digit, child) of each non-empty shard), or a leaf of a sharded
-    directory (`rows` whose names' hashes start with `prefix`)."""
+    (`shards`: the (hex digit, child) of each non-empty shard), a leaf of a sharded
+    directory (`rows` whose names' hashes start with `prefix`), or a chunked file's chunk
+    list (`chunks`; no rows, no shards)."""
 
     rows: list[Row]
     shards: list[tuple[str, str]]
     prefix: str | None
+    chunks: ChunkList | None = None
 
     @property
     def links(self) -> list[str]:
-        """The tree objects this one names: subdirectories' trees and shards."""
-        return [r[4] for r in self.rows if r[1] == DIR] + [c for _d, c in self.shards]
+        """The tree objects this one names: subdirectories' trees, chunked files' chunk
+        lists and shards."""
+        return [r[5] or r[4] for r in self.rows if r[1] == DIR or r[5]] + \
+            [c for _d, c in self.shards]
 
 
 def name_hash(name: str) -> str:
@@ -67,10 +88,16 @@ def name_hash(name: str) -> str:
     return blake3(name.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def encode_tree(entries: list[tuple[str, str, int, int, str]]) -> bytes:
-    """Serialise sorted (name, kind, mode, size, oid) rows canonically."""
-    return json.dumps({"entries": entries, "type": "tree", "v": TREE_FORMAT},
+def encode_tree(entries: list[Row]) -> bytes:
+    """Serialise sorted rows canonically."""
+    return json.dumps({"entries": _wire(entries), "type": "tree", "v": TREE_FORMAT},
                       separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _wire(rows: list[Row]) -> list[Any]:
+    """Rows as a tree object holds them: five fields, a sixth (the chunk list) only for a
+    chunked file, so trees without one keep the ids they had before chunks existed."""
+    return [r if r[5] else r[:5] for r in rows]
 
 
 def decode_tree(data: bytes, oid: str = "?", trusted: bool = False) -> list[Row]:
@@ -98,8 +125,10 @@ def decode_node(data: bytes, oid: str = "?", trusted: bool = False) -> Node:
         obj = json.loads(data) if trusted else load_bounded(data, MAX_TREE_BYTES,
                                                            max_depth=None)
         kind = obj.get("type")
-        if obj.get("v") != TREE_FORMAT or kind not in ("tree", "leaf", "shards"):
+        if obj.get("v") != TREE_FORMAT or kind not in ("tree", "leaf", "shards", "chunks"):
             raise ValueError("not a tree")
+        if kind == "chunks":
+            return Node([], [], None, _chunk_list(obj, oid, trusted))
         prefix = obj["prefix"] if kind != "tree" else None
         if prefix is not None and (not isinstance(prefix, str) or prefix.strip("0123456789abcdef")
                                    or (kind == "leaf" and not 0 < len(prefix) <= MAX_SHARD_DEPTH)
@@ -113,6 +142,9 @@ def decode_node(data: bytes, oid: str = "?", trusted: bool = False) -> Node:
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptObject(f"object {oid[:12]} is not a valid tree") from None
     if trusted:
+        for row in rows:
+            if len(row) == 5:
+                row.append("")
         return Node(rows, [], prefix)
     out = _rows(rows, oid)
     if prefix and any(not name_hash(r[0]).startswith(prefix) for r in out):
@@ -147,9 +179,10 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
     out: list[Row] = []
     for row in rows:
         # (`type(...) is` rather than isinstance: a JSON true is no mode or size)
-        if type(row) is not list or len(row) != 5:
+        if type(row) is not list or len(row) != 5 and (len(row) != 6 or row[1] != FILE or
+                                                        not is_hash(row[5])):
             raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
-        name, kind, mode, size, child = row
+        name, kind, mode, size, child = row[:5]
         if (type(name) is not str or type(kind) is not str or kind not in _KINDS
                 or type(mode) is not int
                 or type(size) is not int or size < 0 or not 0 <= mode <= 0o7777
@@ -162,7 +195,7 @@ def _rows(rows: list[Any], oid: str) -> list[Row]:
         if encoded <= previous and out:
             raise CorruptObject(f"tree {oid[:12]} is not sorted or repeats a name")
         previous = encoded
-        out.append((name, kind, mode, size, child))
+        out.append((name, kind, mode, size, child, row[5] if len(row) == 6 else ""))
     if out and not _all_hex("".join(r[4] for r in out)):
         raise CorruptObject(f"tree {oid[:12]} has a malformed entry")
     return out
@@ -191,9 +224,58 @@ def check_place(node: Node, oid: str, prefix: str) -> Node:
     node (`prefix` ""), or a shard of prefix `prefix` (the child of digit d under a node
     of prefix p has prefix p + d); CorruptObject for an object out of place. Since a
     shard's prefix is part of its bytes, each object has one place only."""
-    if (node.prefix or "") != prefix:
+    if (node.prefix or "") != prefix or node.chunks is not None:
         raise CorruptObject(f"tree {oid[:12]} is not where it is named (a shard out of place)")
     return node
+
+
+def _chunk_list(obj: dict[str, Any], oid: str, trusted: bool) -> ChunkList:
+    """A chunk list's fields (raising ValueError, KeyError or TypeError when they are
+    not what dsv writes, unless `trusted`)."""
+    chunks = obj["chunks"]
+    if trusted:
+        return ChunkList(obj["oid"], obj["size"], [(c, n) for c, n in chunks])
+    whole, size = obj["oid"], obj["size"]
+    if not isinstance(whole, str) or not is_hash(whole) or type(size) is not int or \
+            not isinstance(chunks, list) or len(chunks) > MAX_LIST_CHUNKS:
+        raise ValueError("bad chunk list")
+    out: list[tuple[str, int]] = []
+    total = 0
+    for row in chunks:
+        if type(row) is not list or len(row) != 2:
+            raise ValueError("bad chunk list")
+        child, length = row
+        if type(child) is not str or len(child) != 64 or type(length) is not int or \
+                not 0 < length <= MAX_CHUNK_BYTES:
+            raise ValueError("bad chunk list")
+        total += length
+        out.append((child, length))
+    if total != size or (out and not _all_hex("".join(c for c, _n in out))):
+        raise ValueError("bad chunk list")
+    return ChunkList(whole, size, out)
+
+
+def is_chunk_list(data: bytes | memoryview) -> bool:
+    """Whether a tree object's bytes are a chunk list (its first key, sorted, is
+    "chunks"; every other kind of tree object begins with another)."""
+    return bytes(data[:10]) == b'{"chunks":'
+
+
+def encode_chunks(chunks: ChunkList) -> bytes:
+    """A chunk list's canonical bytes (sorted keys, no whitespace, like a shard's)."""
+    return _encode({"chunks": [[c, n] for c, n in chunks.chunks], "oid": chunks.oid,
+                    "size": chunks.size, "type": "chunks"})
+
+
+def read_chunks(read_tree: Callable[[str], bytes], oid: str, entry_oid: str, size: int,
+                trusted: bool = True) -> ChunkList:
+    """The chunk list `oid` of a file whose row names its whole bytes `entry_oid` and
+    `size`; CorruptObject when the object is no chunk list or describes another file."""
+    chunks = decode_node(read_tree(oid), oid, trusted).chunks
+    if chunks is None or chunks.oid != entry_oid or chunks.size != size:
+        raise CorruptObject(f"object {oid[:12]} is not the chunk list of file "
+                            f"{entry_oid[:12]}")
+    return chunks
 
 
 def entries(oid: str, read_tree: Callable[[str], bytes], trusted: bool = True) -> list[Row]:
@@ -246,14 +328,14 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
     Returns the root tree id and the total size. `store_tree` is called for every
     directory; it skips ids already stored, which is what makes unchanged directories free.
     """
-    children: dict[str, dict[str, tuple[str, int, int, str]]] = {"": {}}
+    children: dict[str, dict[str, tuple[str, int, int, str, str]]] = {"": {}}
     for path, entry in manifest.items():
         parent, _, name = path.rpartition("/")
         node = children.get(parent)
         if node is None:
             _add_dirs(children, parent)
             node = children[parent]
-        node[name] = (entry.kind, entry.mode, entry.size, entry.oid)
+        node[name] = (entry.kind, entry.mode, entry.size, entry.oid, entry.chunks)
     # Deepest directories first, so each parent sees its children's ids.
     for directory in sorted(children, key=lambda d: d.count("/") + (d != ""), reverse=True):
         node = children[directory]
@@ -265,7 +347,7 @@ def build_tree(manifest: Manifest, store_tree: Callable[[str, bytes], None]) -> 
             parent, _, name = directory.rpartition("/")
             if isinstance(children[parent].get(name), tuple) and children[parent][name][0] != DIR:
                 raise InvalidInput(f"{directory} is both a file and a directory")
-            children[parent][name] = (DIR, 0, sum(r[3] for r in rows), oid)
+            children[parent][name] = (DIR, 0, sum(r[3] for r in rows), oid, "")
         else:
             return oid, sum(r[3] for r in rows)
     raise AssertionError("unreachable: the root is always built last")
@@ -296,7 +378,8 @@ class TreeBuilder:
             for part in rest.split("/"):
                 top = f"{top}/{part}" if top else part
                 self._open.append((top, []))
-        self._open[-1][1].append((name, entry.kind, entry.mode, entry.size, entry.oid))
+        self._open[-1][1].append((name, entry.kind, entry.mode, entry.size, entry.oid,
+                                  entry.chunks))
 
     def finish(self) -> tuple[str, int]:
         """Write what is still open; the root tree's id and the total size."""
@@ -307,7 +390,7 @@ class TreeBuilder:
     def _close(self) -> None:
         directory, rows = self._open.pop()
         oid, size = self._write(directory, rows)
-        self._open[-1][1].append((directory.rpartition("/")[2], DIR, 0, size, oid))
+        self._open[-1][1].append((directory.rpartition("/")[2], DIR, 0, size, oid, ""))
 
     def _write(self, directory: str, rows: list[Row]) -> tuple[str, int]:
         rows.sort()   # names are unique: by name (code-point order is UTF-8 byte order)
@@ -343,14 +426,14 @@ def update_tree(root: str, root_size: int, changes: Mapping[str, Entry | None],
     for path, entry in changes.items():
         parent, _, name = path.rpartition("/")
         files.setdefault(parent, {})[name] = None if entry is None else \
-            (name, entry.kind, entry.mode, entry.size, entry.oid)
+            (name, entry.kind, entry.mode, entry.size, entry.oid, entry.chunks)
         while parent not in dirs:
             dirs.add(parent)
             parent = parent.rpartition("/")[0]
     by_depth = sorted(dirs, key=lambda d: d.count("/") + (d != ""))
     # Where each directory on a changed path stood: its row in the old tree (None if the
     # old tree had no directory there), parents first.
-    old: dict[str, Row | None] = {"": ("", DIR, 0, root_size, root)}
+    old: dict[str, Row | None] = {"": ("", DIR, 0, root_size, root, "")}
     for directory in by_depth[1:]:
         parent, _, name = directory.rpartition("/")
         above = old[parent]
@@ -371,7 +454,7 @@ def update_tree(root: str, root_size: int, changes: Mapping[str, Entry | None],
             return new[4], new[3]
         parent, _, name = directory.rpartition("/")
         subdirs.setdefault(parent, {})[name] = None if new is None else \
-            (name, DIR, 0, new[3], new[4])
+            (name, DIR, 0, new[3], new[4], "")
     raise AssertionError("unreachable: the root is always updated last")
 
 
@@ -399,7 +482,7 @@ class _Updater:
                 if small is None:
                     oid, delta = self._update_node(node, "", changes, path)
                     assert oid is not None  # it keeps more than SHARD_ENTRIES entries
-                    return (path, DIR, 0, old[3] + delta, oid)
+                    return (path, DIR, 0, old[3] + delta, oid, "")
                 old_rows = small
             else:
                 old_rows = node.rows
@@ -408,7 +491,7 @@ class _Updater:
             return None
         oid = _store_dir(rows, self.store_tree) if len(rows) > SHARD_ENTRIES else \
             _store(encode_tree(rows), self.store_tree, path)
-        return (path, DIR, 0, sum(r[3] for r in rows), oid)
+        return (path, DIR, 0, sum(r[3] for r in rows), oid, "")
 
     def _shard(self, oid: str | None, prefix: str, changes: dict[str, tuple[Any, Any]],
                path: str) -> tuple[str | None, int]:
@@ -433,7 +516,7 @@ class _Updater:
             order = sorted(range(len(rows)), key=hashes.__getitem__)
             return _store_shard([hashes[i] for i in order], order, rows, 0, len(rows), prefix,
                                 self.store_tree), delta
-        return _store(_encode({"entries": rows, "prefix": prefix, "type": "leaf"}),
+        return _store(_encode({"entries": _wire(rows), "prefix": prefix, "type": "leaf"}),
                       self.store_tree, prefix), delta
 
     def _update_node(self, node: Node, prefix: str, changes: dict[str, tuple[Any, Any]],
@@ -546,7 +629,7 @@ def _store_shard(hashes: list[str], order: list[int], rows: list[Row], lo: int, 
                                      store_tree)
             else:
                 leaf = [rows[i] for i in sorted(order[start:end])]  # back in name order
-                child = _store(_encode({"entries": leaf, "prefix": sub_prefix,
+                child = _store(_encode({"entries": _wire(leaf), "prefix": sub_prefix,
                                         "type": "leaf"}), store_tree, sub_prefix)
             shards.append([digit, child])
         start = end
@@ -559,7 +642,7 @@ def _encode(obj: dict[str, Any]) -> bytes:
                       ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
-def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str]]],
+def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str, str]]],
               directory: str) -> None:
     """Register `directory` and its missing ancestors; each parent's row for a child
     directory is filled in when that child is built (deepest first)."""
@@ -649,7 +732,8 @@ def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
         rows_x, rows_y = _gather(nx, prefix, read_tree), _gather(ny, prefix, read_tree)
         if [r[0] for r in rows_x] != [r[0] for r in rows_y]:
             return False
-        for (_n, kx, mx, _sx, ox), (_m, ky, my, _sy, oy) in zip(rows_x, rows_y, strict=True):
+        for (_n, kx, mx, _sx, ox, _cx), (_m, ky, my, _sy, oy, _cy) in zip(rows_x, rows_y,
+                                                                         strict=True):
             if kx != ky:
                 return False
             if kx == DIR:
@@ -682,7 +766,7 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
     while stack:
         base, oid, shard = stack.pop()
         node = node_at(read_tree, oid, shard, trusted)
-        for name, kind, mode, size, child in node.rows:
+        for name, kind, mode, size, child, chunks in node.rows:
             if kind == DIR:
                 stack.append((f"{base}/{name}" if base else name, child, ""))
                 continue
@@ -691,7 +775,7 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
                 raise CorruptObject(f"tree {root[:12]} expands to more than "
                                     f"{MAX_VERSION_PATHS:,} paths")
             if only is None or kind == only:
-                yield f"{base}/{name}" if base else name, Entry(kind, mode, size, child)
+                yield f"{base}/{name}" if base else name, Entry(kind, mode, size, child, chunks)
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
 
 
@@ -748,9 +832,9 @@ def list_dir(root: str, read_tree: Callable[[str], bytes], path: str) -> list[Ro
 
 
 def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool = False
-                   ) -> Iterable[tuple[str, list[Row]]]:
-    """(object id, rows) of every tree object under `root` (shard nodes with no rows),
-    each distinct object once (a version that names one directory many times costs that
+                   ) -> Iterable[tuple[str, Node]]:
+    """(object id, node) of every tree object under `root` (chunk lists included), each
+    distinct object once (a version that names one directory many times costs that
     directory once)."""
     seen: set[str] = set()
     stack = [root]
@@ -760,25 +844,33 @@ def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool =
             continue
         seen.add(oid)
         node = decode_node(read_tree(oid), oid, trusted)
-        yield oid, node.rows
+        yield oid, node
         stack.extend(node.links)
 
 
 def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
-    """Every (kind, oid) reachable from `root`, tree objects included, each tree once."""
-    for oid, rows in distinct_trees(root, read_tree):
+    """Every (kind, oid) reachable from `root`, each tree once: tree objects (chunk lists
+    too) as DIR, blobs (chunks too) as their file's kind. A chunked file's whole-file id
+    names no object and is not among them."""
+    for oid, node in distinct_trees(root, read_tree):
         yield DIR, oid
-        for _name, kind, _mode, _size, child in rows:
-            if kind != DIR:
+        for _name, kind, _mode, _size, child, chunks in node.rows:
+            if kind != DIR and not chunks:
                 yield kind, child
+        if node.chunks is not None:
+            for child, _length in node.chunks.chunks:
+                yield FILE, child
 
 
 def blob_sizes(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, int]]:
-    """(oid, size) of every file and symlink blob under `root`, each tree read once."""
-    for _oid, rows in distinct_trees(root, read_tree, trusted=True):
-        for _name, kind, _mode, size, child in rows:
-            if kind != DIR:
+    """(oid, size) of every blob under `root` (files, symlinks, the chunks of chunked
+    files), each tree object read once."""
+    for _oid, node in distinct_trees(root, read_tree, trusted=True):
+        for _name, kind, _mode, size, child, chunks in node.rows:
+            if kind != DIR and not chunks:
                 yield child, size
+        if node.chunks is not None:
+            yield from node.chunks.chunks
 
 
 def validate_links(manifest: Manifest, read_blob: Callable[[str], bytes],

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from . import tree, worktree
 from .core import Core
 from .errors import DsvError, MissingObject
-from .hashing import hash_bytes
+from .hashing import hash_bytes, new_hasher
 from .model import COMMITTED, Version
 from .objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest
 from .records import parse_record
@@ -59,6 +59,8 @@ class Damage:
     reached: set[str] = field(default_factory=set)           # trees, and the damaged or
     #                                                          missing objects, versions need
     trees: set[str] = field(default_factory=set)             # the readable trees among them
+    chunked: dict[str, tuple[str, int]] = field(default_factory=dict)  # ... chunk lists:
+    #                                                          the file's id and size
     blind: bool = False     # a tree could not be read: `reached` misses what is below it
 
     def __bool__(self) -> bool:
@@ -155,7 +157,33 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
                 damage.corrupt[oid] = LOOSE
             advance(1, size)
     _verify_versions(core, report, damage, set(loose))
+    _verify_chunked(core, report, damage)
     return report, damage
+
+
+def _verify_chunked(core: Core, report: VerifyReport, damage: Damage) -> None:
+    """Each chunked file's chunks, put together, must hash to the file's own id (what its
+    row names it by, what `b3sum` prints): each chunk was checked against its own id
+    above, but a chunk list from elsewhere could list other bytes than the file's."""
+    total = sum(size for _oid, size in damage.chunked.values())
+    with core.reporter.task("verifying chunked files", len(damage.chunked), total) as advance:
+        for listed, (whole, size) in damage.chunked.items():
+            chunks = tree.read_chunks(core.read_tree, listed, whole, size)
+            if any(c in damage.corrupt or c in damage.missing for c, _n in chunks.chunks):
+                advance(1, size)
+                continue   # (reported already)
+            hasher = new_hasher(threads=True)
+            try:
+                for chunk, _length in chunks.chunks:
+                    hasher.update(core.objects.read(chunk, verify=False))
+            except DsvError:
+                advance(1, size)
+                continue   # (a pack gone meanwhile: reported by the next check)
+            if hasher.hexdigest() != chunks.oid:
+                report.problems.append(f"chunk list {listed[:12]}: its chunks do not make "
+                                       f"file {chunks.oid[:12]}")
+                damage.unreadable.add(listed)
+            advance(1, chunks.size)
 
 
 def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: set[str]) -> None:
@@ -181,6 +209,24 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
             damage.missing[oid] = kind
             what = {KIND_TREE: "tree", KIND_VERSION: "version record"}.get(kind, "file")
             report.problems.append(f"{label}: {what} {oid[:12]} is missing")
+
+    def chunks_of(row: tree.Row, label: str) -> list[tuple[str, int]]:
+        """The chunks a chunked file's row names through its chunk list (none when the
+        list is missing or damaged: reported, and the file then counts as damaged)."""
+        damage.reached.add(row[5])
+        if not here([row[5]]):
+            lacks(row[5], KIND_TREE, label)
+            return []
+        try:
+            chunks = tree.read_chunks(core.read_tree, row[5], row[4], row[3], trusted=False)
+        except DsvError as exc:
+            if row[5] not in damage.corrupt:
+                damage.unreadable.add(row[5])
+                report.problems.append(f"{label}: {exc.message}")
+            return []
+        damage.trees.add(row[5])
+        damage.chunked[row[5]] = (row[4], row[3])
+        return chunks.chunks
 
     versions = core.index.all_versions()
     versions.sort(key=lambda v: v.id in promised)
@@ -210,7 +256,11 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
             damage.trees.add(oid)
             stack.extend((r[4], "") for r in node.rows if r[1] == tree.DIR)
             stack.extend((c, prefix + d) for d, c in node.shards)
-            blobs = [(r[4], r[3]) for r in node.rows if r[1] != tree.DIR]
+            blobs = [(r[4], r[3]) for r in node.rows if r[1] != tree.DIR and not r[5]]
+            for r in node.rows:
+                if r[5] and r[5] not in seen:
+                    seen.add(r[5])
+                    blobs += chunks_of(r, label)
             present = here([oid for oid, _size in blobs])
             for child, size in blobs:
                 if child in watched:
@@ -254,7 +304,9 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
     parents: dict[str, set[str]] = {}
     for oid in damage.trees:
         node = tree.decode_node(core.read_tree(oid), oid, trusted=True)
-        for child in [*node.links, *(r[4] for r in node.rows if r[4] in bad)]:
+        chunks = [c for c, _n in node.chunks.chunks] if node.chunks is not None else []
+        for child in [*node.links, *(r[4] for r in node.rows if r[4] in bad),
+                      *(c for c in chunks if c in bad)]:
             parents.setdefault(child, set()).add(oid)
     tainted: set[str] = set()   # trees that name a bad object, or a tainted tree
     todo = list(bad)
@@ -277,8 +329,13 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
         while stack:
             base, oid = stack.pop()
             node = tree.decode_node(core.read_tree(oid), oid, trusted=True)
-            for name, kind, _mode, _size, child in node.rows:
+            for name, kind, _mode, _size, child, listed in node.rows:
                 path = f"{base}/{name}" if base else name
+                if listed and (listed in bad or listed in tainted):
+                    # (the file's chunk list is damaged or missing, or a chunk it names)
+                    if add(v, path, listed):
+                        return out
+                    continue
                 if child in bad:
                     if kind != tree.DIR and v.id in promised and child in damage.missing:
                         continue  # a fetched version's blob: pulled on checkout, by design
@@ -497,7 +554,10 @@ def _absent_children(core: Core, oid: str, data: bytes, got: dict[str, str],
     blobs = not core.index.promised()
     out: Wanted = {}
     children = [(tree.DIR, None, child) for child in node.links] + \
-        [(kind, size, child) for _name, kind, _mode, size, child in node.rows if kind != tree.DIR]
+        [(kind, size, child) for _name, kind, _mode, size, child, chunks in node.rows
+         if kind != tree.DIR and not chunks]
+    if node.chunks is not None:
+        children += [(tree.FILE, length, child) for child, length in node.chunks.chunks]
     for kind, size, child in children:
         if child in got or (kind != tree.DIR and not blobs):
             continue

@@ -301,15 +301,16 @@ def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
                 all(row[1] < row[5] - RACY_NS for _p, row in snap.stat_rows)
             return _Made(snap, root_tree, size, seen.files, set(seen.gone),
                          every if vouched else seen.kept, staged=False, complete=complete)
-    return _snapshot_whole(core, ds, root, walk(), excluded, stores, ingest)
+    return _snapshot_whole(core, ds, head, root, walk(), excluded, stores, ingest)
 
 
 COMMIT_CHUNK = 20_000
 """Files a commit without a usable stat cache hashes, and gives to its trees, at once."""
 
 
-def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree.Run],
-                    excluded: list[str], stores: list[str], ingest: Ingest) -> _Made:
+def _snapshot_whole(core: Core, ds: Dataset, head: Version | None, root: Path,
+                    runs: Iterator[worktree.Run], excluded: list[str], stores: list[str],
+                    ingest: Ingest) -> _Made:
     """Snapshot every file of a walk (the cache may still vouch for some), a chunk at a
     time: hash what the chunk's stat-cache rows do not vouch for, give its entries to a
     TreeBuilder in path order, stage its new rows in the index. Memory holds one chunk
@@ -326,11 +327,17 @@ def _snapshot_whole(core: Core, ds: Dataset, root: Path, runs: Iterator[worktree
     core.index.stage_stat_rows((), first=True)
     after = ""
 
+    def stored_as(path: str, oid: str) -> str | None:
+        """How the head stores content `oid` at `path` (see worktree.snapshot)."""
+        row = tree.find(head.tree, core.read_tree, path) if head is not None else None
+        return row[5] if row is not None and row[1] == tree.FILE and row[4] == oid else None
+
     def take(chunk: dict[str, worktree.FileStat], upto: str | None) -> None:
         nonlocal after, staged, hashed, vouched
         cache = dict(core.index.stat_rows_between(ds.id, after, upto))
         gone.update(p for p in cache if p not in chunk)
-        snap = worktree.snapshot(root, chunk, cache, ingest, advance, check=False)
+        snap = worktree.snapshot(root, chunk, cache, ingest, advance, check=False,
+                                 chunks_of=stored_as)
         for path in sorted(snap.manifest):
             builder.add(path, snap.manifest[path])
         links.update(snap.links)
@@ -594,7 +601,7 @@ def commit_manifest(core: Core, key: str, manifest: Manifest, message: str,
             if not create_dataset:
                 raise
             ds = datasets.create_dataset(core, key)
-        missing = [p for p, e in manifest.items() if not core.objects.has(e.oid)]
+        missing = [p for p, e in manifest.items() if not core.holds(e)]
         if missing:
             raise InvalidInput(f"{plural(len(missing), 'file')} with no stored content, e.g. "
                                f"{missing[0]}")

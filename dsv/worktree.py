@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
-from . import fileio, ignore
+from . import chunking, fileio, ignore
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow
-from .objects import KIND_BLOB, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
+from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
-from .tree import FILE, LINK, Entry, Manifest
+from .tree import FILE, LINK, ChunkList, Entry, Manifest, encode_chunks, read_chunks
 
 if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start threads
     from concurrent.futures import Future
@@ -414,7 +414,8 @@ class Snapshot:
 def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
              ingest: Ingest | None, progress: Progress | None = None,
              strict_links: bool = True, fences: Iterable[str] = (),
-             other_links: Iterable[str] = (), check: bool = True) -> Snapshot:
+             other_links: Iterable[str] = (), check: bool = True,
+             chunks_of: Callable[[str, str], str | None] | None = None) -> Snapshot:
     """Manifest of `files`, hashing only those the stat cache cannot vouch for.
 
     With an `ingest`, new contents are stored (commit); without one they are only hashed
@@ -426,6 +427,12 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     dataset's symlinks that are not in `files` (a commit that snapshots only what changed
     still checks every link of the version it makes). A caller that snapshots a walk in
     parts passes `check=False` and checks the links of all parts itself.
+
+    A commit stores files of chunking.CHUNK_THRESHOLD bytes or more in chunks (their
+    entries name a chunk list too). A cache row vouches only for a file's content, so a
+    commit given a `cache` passes `chunks_of(path, oid)`: how the version it builds on
+    stores that content at that path (its chunk list, "" when whole, None when it has
+    no such file: then the file is read again).
     """
     manifest: Manifest = {}
     rows: list[tuple[str, StatRow]] = []
@@ -434,23 +441,29 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
     vouched = 0
     pool = None  # a ThreadPoolExecutor, started at the first large file
 
-    def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int) -> None:
+    def record(rel: str, fs: FileStat, oid: str, size: int, hashed_at: int,
+               listed: str = "") -> None:
         result.hashed_files += 1
         crashpoint("snapshot:file-hashed")
-        manifest[rel] = Entry(fs[4], _stored_mode(fs), size, oid)
+        manifest[rel] = Entry(fs[4], _stored_mode(fs), size, oid, listed)
         if progress:
             progress(1, size)
         if size == fs[0]:
             rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
 
     small: list[tuple[str, FileStat]] = []
+    chunked: list[tuple[str, FileStat, int]] = []
     try:
         for rel, fs in files.items():
             row = cache.get(rel)
-            if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS:
+            listed: str | None = ""
+            if row is not None and fs[:4] == row[:4] and fs[1] < row[5] - RACY_NS and \
+                    (chunks_of is None or fs[0] < chunking.CHUNK_THRESHOLD or
+                     (listed := chunks_of(rel, row[4])) is not None):
                 # (_stored_mode inlined: this line runs once per file of the dataset)
                 manifest[rel] = Entry(fs[4], 0o777 if fs[4] == LINK else
-                                      0o755 if fs[3] & 0o100 else 0o644, fs[0], row[4])
+                                      0o755 if fs[3] & 0o100 else 0o644, fs[0], row[4],
+                                      listed or "")
                 vouched += 1
                 if fs[4] == LINK and ingest is not None:  # (status reads nothing vouched for)
                     result.links[rel] = os.readlink(os.path.join(root, rel))
@@ -471,6 +484,10 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                     ingest.add(oid, KIND_BLOB, data)
                 record(rel, fs, oid, len(data), hashed_at)
                 continue
+            if ingest is not None and \
+                    chunking.CHUNK_THRESHOLD <= fs[0] <= chunking.MAX_CHUNKED_SIZE:
+                chunked.append((rel, fs, hashed_at))  # (in this thread: it feeds `ingest`)
+                continue
             # Large files go to worker threads: copying and fsyncing one overlaps
             # hashing the next (blake3 and the kernel both run without the GIL).
             if pool is None:
@@ -485,6 +502,9 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 if ingest is not None:
                     ingest.add(oid, KIND_BLOB, data)
                 record(rel, fs, oid, len(data), hashed_at)
+        for rel, fs, hashed_at in chunked:
+            assert ingest is not None
+            record(rel, fs, *store_chunked(ingest, os.path.join(root, rel), hashed_at))
         for rel, fs, hashed_at, future in large:
             oid, size = future.result()
             record(rel, fs, oid, size, hashed_at)
@@ -511,6 +531,26 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
             data = read_small(f"{top}/{rel}", fs[0])
             out.append((rel, fs, data, hash_bytes(data), hashed_at))
         yield out
+
+
+def store_chunked(ingest: Ingest, path: str, hashed_at: int = 0
+                  ) -> tuple[str, int, int, str]:
+    """Store the file at `path` in content-defined chunks (each a packed object, those
+    the store holds already skipped) and its chunk list: (blake3 of the whole file, its
+    size, `hashed_at`, the chunk list's id). Read once, without following a link."""
+    # Non-blocking and regular files only: never hang on a FIFO put in a file's place.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file")
+        oid, size, chunks = chunking.chunk_fd(
+            fd, lambda chunk, data: ingest.add(chunk, KIND_BLOB, data))
+    finally:
+        os.close(fd)
+    data = encode_chunks(ChunkList(oid, size, chunks))
+    listed = hash_bytes(data)
+    ingest.add(listed, KIND_TREE, data)
+    return oid, size, hashed_at, listed
 
 
 def _hash_large(path: str) -> tuple[str, int]:
@@ -698,8 +738,9 @@ class Materializer:
         check_links({rel: self.objects.read(e.oid).decode("utf-8", "surrogateescape")
                      for rel, e in items if e.kind == LINK})
         large = [it for it in items if it[1].oid not in locations and it[1].kind != LINK]
-        if self.link == "reflink" and large:
-            self._probe_reflink(large[0][1])
+        whole = [e for _rel, e in large if not e.chunks]
+        if self.link == "reflink" and whole:
+            self._probe_reflink(whole[0])
         dirs = _Dirs(self.root)
         try:
             # Directories first, in one thread: workers then never race to create them.
@@ -813,7 +854,8 @@ class Materializer:
     def _write_large(self, dir_fd: int, tmp: str, entry: Entry,
                      pieces: FileBytes | None = None) -> None:
         mode = placed_mode(entry.mode, _UMASK)
-        if self.share_objects:
+        chunks = self._chunks(entry)
+        if self.share_objects and chunks is None:
             self._link_object(dir_fd, tmp, entry.oid)
             if pieces is not None:
                 pieces(entry.size)
@@ -821,7 +863,7 @@ class Materializer:
         if self.link in ("hardlink", "symlink"):
             # Links share a verified copy, never the object itself: root ignores the
             # read-only mode, and an edit through a link must not reach the store.
-            shared = self.objects.link_source(entry.oid)
+            shared = self.objects.link_source(entry.oid, chunks)
             if self.link == "hardlink":
                 os.link(shared, tmp, dst_dir_fd=dir_fd)
             else:
@@ -834,7 +876,15 @@ class Materializer:
                 else os.path.join(self.root, tmp))  # pragma: no cover - Linux has /proc
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
         self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid),
-                              pieces)
+                              pieces, chunks)
+
+    def _chunks(self, entry: Entry) -> list[tuple[str, int]] | None:
+        """The chunks of a chunked file (None for one stored whole). Its bytes are put
+        together from them: never a link to a shared object, even in a job's input tree."""
+        if not entry.chunks:
+            return None
+        listed = self.objects.read(entry.chunks)
+        return read_chunks(lambda _oid: listed, entry.chunks, entry.oid, entry.size).chunks
 
     def _link_object(self, dir_fd: int, tmp: str, oid: str) -> None:
         """Hard-link loose object `oid` as `tmp`: the very inode that was just hashed

@@ -344,9 +344,16 @@ def check_remote(view: DirView | S3View) -> RemoteState:
         assert body.get("type") in ("tree", "leaf", "shards"), f"{who}: {oid[:12]} is not a tree"
         for _digit, shard in body.get("shards", []):  # a sharded directory's parts
             walk_tree(shard, who)
-        for name, kind, _mode, size, child in body.get("entries", []):
+        for name, kind, _mode, size, child, *chunked in body.get("entries", []):
             if kind == "d":
                 walk_tree(child, f"{who}/{name}")
+            elif chunked:   # a chunked file: its chunk list (packed as a tree), its chunks
+                listing = json.loads(fetch(chunked[0], f"{who}/{name}", (1,)))
+                assert listing["type"] == "chunks" and listing["oid"] == child and \
+                    listing["size"] == size, f"{who}/{name}: chunk list disagrees"
+                for piece, length in listing["chunks"]:
+                    data = fetch(piece, f"{who}/{name}", (0,))
+                    assert data is None or len(data) == length, f"{who}/{name}: chunk size"
             else:
                 data = fetch(child, f"{who}/{name}", (0,))
                 if data is not None:

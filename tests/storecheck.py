@@ -134,14 +134,28 @@ def inspect_store(ws: Path) -> StoreState:
             reachable.add(tree_oid)
             body = json.loads(read(tree_oid, who))
             assert body.get("type") == "tree", f"{who}: {tree_oid} is not a tree"
-            for name, kind, mode, size, child in body["entries"]:
+            for name, kind, mode, size, child, *chunked in body["entries"]:
                 path = f"{base}/{name}" if base else name
                 if kind == "d":
                     stack.append((path, child))
                     continue
-                data = read(child, f"{who} {path}")
-                assert len(data) == size, f"{who} {path}: size {len(data)} != {size}"
-                reachable.add(child)
+                if chunked:   # a chunked file: its chunk list, then its chunks, in order
+                    assert kind == "f" and len(chunked) == 1, f"{who} {path}: bad row"
+                    listing = json.loads(read(chunked[0], f"{who} {path}"))
+                    assert listing["type"] == "chunks" and listing["oid"] == child and \
+                        listing["size"] == size, f"{who} {path}: chunk list disagrees"
+                    reachable.add(chunked[0])
+                    whole = blake3.blake3()
+                    for piece, length in listing["chunks"]:
+                        data = read(piece, f"{who} {path}")
+                        assert len(data) == length, f"{who} {path}: chunk {piece} cut short"
+                        whole.update(data)
+                        reachable.add(piece)
+                    assert whole.hexdigest() == child, f"{who} {path}: chunks != whole hash"
+                else:
+                    data = read(child, f"{who} {path}")
+                    assert len(data) == size, f"{who} {path}: size {len(data)} != {size}"
+                    reachable.add(child)
                 manifest[path] = (kind, mode, size, child)
         assert len(manifest) == row["files"], f"{who}: {len(manifest)} files, index says {row['files']}"
         manifests[vid] = manifest

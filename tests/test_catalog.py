@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_tree, write_tree
+from dsv.remotes.layout import REMOTE_FORMAT
 from dsv.objects import parse_pack_index
 from dsv.remotes.fs import FsBackend
 
@@ -94,7 +95,7 @@ def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_push_names_every_pack_of_the_dataset_in_its_catalog(shared, dsv) -> None:
     ws, remote = shared
     ids = _ids(ws)
-    assert json.loads((remote / "dsv-remote.json").read_text())["format"] == 3
+    assert json.loads((remote / "dsv-remote.json").read_text())["format"] == REMOTE_FORMAT
     alpha, beta = _catalog(remote, ids["alpha"]), _catalog(remote, ids["beta"])
     assert alpha and beta and not alpha & beta  # pushed apart: packs apart
     _assert_catalog_whole(remote, ws, ids["alpha"], "alpha")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import flip_byte, read_tree, run_dsv, write_tree
+from dsv.core import STORE_FORMAT
 from dsv.hashing import hash_bytes
 from dsv.paths import check_links, placed_mode
 from dsv.errors import UnsafePath
@@ -34,7 +35,7 @@ def _clone(dsv, remote: Path, dest: Path):
 def _no_store_planted(root: Path) -> None:
     """Nothing but dsv itself wrote into `.dsv/`, and no nested store appeared."""
     config = json.loads((root / ".dsv" / "config.json").read_bytes())
-    assert config == {"format": 1, "hash": "blake3"}
+    assert config == {"format": STORE_FORMAT, "hash": "blake3"}
     nested = [p for p in root.rglob(".dsv") if p != root / ".dsv"]
     assert nested == []
 
@@ -77,7 +78,7 @@ def test_1_local_doors_to_dsv_are_refused(tmp_path: Path, dsv) -> None:
     assert r.code == 1 and "store" in r.err, r.err
     r = dsv("datasets", "create", "nest2", "--path", ".dsv/objects", cwd=ws)
     assert r.code == 1 and "store" in r.err, r.err
-    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 1
+    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == STORE_FORMAT
 
 
 def test_1_file_named_dsv_in_worktree_is_never_content(tmp_path: Path, dsv) -> None:
@@ -672,7 +673,7 @@ def test_1_import_key_naming_a_store_is_refused(tmp_path: Path, dsv, s3_endpoint
     assert dsv("init", "--name", "data", cwd=ws).code == 0
     r = dsv("import", f"s3://{bucket}/pfx", "--endpoint-url", s3_endpoint, cwd=ws)
     assert r.code == 1 and "reserved" in r.err and "bug in dsv" not in r.err, r.err
-    assert json.loads((ws / ".dsv" / "config.json").read_text()) == {"format": 1,
+    assert json.loads((ws / ".dsv" / "config.json").read_text()) == {"format": STORE_FORMAT,
                                                                     "hash": "blake3"}
 
 

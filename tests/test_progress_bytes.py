@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dsv import fileio
+from dsv import chunking, fileio
 from dsv.remotes import s3
 from dsv.remotes.layout import loose_key
 from dsv.reporting import Advance, FileBytes, Reporter
@@ -47,6 +47,9 @@ class Recorder(Reporter):
 @pytest.fixture(autouse=True)
 def _small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fileio, "PROGRESS_CHUNK", MiB)
+    # Loose objects are what these tests follow (stores written before chunking, imports):
+    # no file here is stored in chunks.
+    monkeypatch.setattr(chunking, "CHUNK_THRESHOLD", 1 << 40)
 
 
 def _store(root: Path, files: dict[str, bytes]) -> Store:
@@ -89,11 +92,12 @@ def test_copy_into_falling_back_to_read_write_counts_on_from_where_it_stopped(
     real = os.copy_file_range
     done = [0]
 
-    def once(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+    def once(src: int, dst: int, count: int, offset_src: int | None = None,
+             offset_dst: int | None = None) -> int:
         if done[0]:
             raise OSError(errno.EXDEV, "cross-device")
         done[0] += 1
-        return real(src, dst, count, offset_src)
+        return real(src, dst, count, offset_src, offset_dst)
 
     monkeypatch.setattr(os, "copy_file_range", once)
     monkeypatch.setattr(fileio, "_READ_CHUNK", 2 * MiB)

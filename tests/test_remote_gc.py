@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dsv.remotes.layout import REMOTE_FORMAT
 from conftest import read_tree, run_dsv, write_tree
 from servers import DirView, S3View, check_remote, read_remote, seaweedfs_endpoint  # noqa: F401
 from test_gc_race import finish, ok, paused, spawn, wait_for
@@ -453,7 +454,7 @@ def test_gc_raises_an_older_remote_to_format_3(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
     ok("push", cwd=ws)
-    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == 3
+    assert json.loads((remote / "dsv-remote.json").read_bytes())["format"] == REMOTE_FORMAT
     (remote / "dsv-remote.json").write_text('{"format": 1, "hash": "blake3"}\n')
     ok("push", "--delete", "raw", cwd=ws)
     killed = run_dsv("gc", "--remote", "origin", cwd=ws, env={"DSV_CRASH_AT": "gc:deleting"})

@@ -611,10 +611,15 @@ def test_an_offline_files_get_names_the_file_it_could_not_get(source: Path, dsv,
 
 
 def test_a_large_file_moves_the_progress_bar_while_it_downloads(source: Path, dsv,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              monkeypatch) -> None:
     """Progress advances by bytes inside a large file (the directory backend reads 8 MiB
-    pieces): a 20 MiB file reports three pieces before it counts as one file done."""
+    pieces): a 20 MiB loose object reports three pieces before it counts as one file
+    done. (A file stored whole: one written before chunking, or imported.)"""
     from contextlib import contextmanager
+
+    from dsv import chunking
+    monkeypatch.setattr(chunking, "CHUNK_THRESHOLD", 1 << 40)
 
     from dsv.reporting import Reporter
     from dsv.store import Store

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from dsv import chunking
 from conftest import run_dsv, write_tree
 from faultproxy import FAILING, FaultProxy
 from servers import DirView, S3View, b3, check_remote, create_bucket, read_remote
@@ -566,7 +567,9 @@ def dir_remote_pair(tmp_path):
     ok("clone", remote, tmp_path / "clone", cwd=tmp_path)
     new_small = b"v2: this small file changed " * 40
     new_large = random.Random(9).randbytes(2 * MiB + 5)
-    write_tree(src, {"d05/s0005.bin": new_small, "big/new.bin": new_large})
+    chunked = random.Random(10).randbytes(5 * MiB + 7)   # stored in chunks
+    write_tree(src, {"d05/s0005.bin": new_small, "big/new.bin": new_large,
+                     "big/chunked.bin": chunked})
     ok("commit", "-m", "v2", cwd=src)
     ok("push", cwd=src)
     return src, remote, tmp_path / "clone", new_small, new_large
@@ -636,6 +639,31 @@ def test_corrupt_loose_object_on_remote_is_refused(dir_remote_pair, tmp_path):
     assert_pulled(clone, src)
 
 
+def test_corrupt_chunk_on_remote_is_refused(dir_remote_pair, tmp_path):
+    """A chunk of a chunked file damaged on the remote: pull and clone fail cleanly,
+    naming it; the file is not written and no damaged byte is stored."""
+    src, remote, clone, _, _ = dir_remote_pair
+    chunked = (src / "big" / "chunked.bin").read_bytes()
+    first = next(iter(chunking.chunker().cut_buf(chunked)))
+    oid = b3(bytes(first.data))
+    path, at = _corrupt_packed(remote, oid)
+
+    r = run_dsv("pull", cwd=clone)
+    line = clean_failure(r, "corrupt")
+    assert oid[:12] in line, line
+    assert not (clone / "big" / "chunked.bin").exists()
+    verify_ok(clone)
+    r = run_dsv("clone", remote, tmp_path / "fresh", cwd=tmp_path)
+    clean_failure(r, "corrupt")
+    assert not (tmp_path / "fresh" / "big" / "chunked.bin").exists()
+
+    flip_byte(path, at)
+    ok("pull", cwd=clone)
+    verify_ok(clone)
+    assert_pulled(clone, src)
+    assert (clone / "big" / "chunked.bin").read_bytes() == chunked
+
+
 def _flaky_backend(monkeypatch, bad_reads: int) -> dict[str, int]:
     """Make the directory backend hand out damaged bytes for the first `bad_reads` ranged
     reads and whole-object downloads (a flipped byte, as a bad link or gateway would)."""
@@ -700,7 +728,8 @@ def push_template(tmp_path_factory):
     new_workspace(root, dataset_files(seed=12))
     rng = random.Random(13)
     write_tree(root, {**{f"d{i:02d}/s{i:04d}.bin": rng.randbytes(200) for i in range(5)},
-                      "big/shard2.bin": rng.randbytes(MiB + 3), "v2/notes.txt": b"v2\n"})
+                      "big/shard2.bin": rng.randbytes(MiB + 3), "v2/notes.txt": b"v2\n",
+                      "big/chunked.bin": rng.randbytes(5 * MiB + 11)})
     ok("commit", "-m", "v2", cwd=root)
     return root
 

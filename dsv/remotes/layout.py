@@ -22,18 +22,21 @@ from ..paths import is_dataset_dir, is_valid_name
 from .base import MAX_REF_BYTES
 
 REMOTE_MARKER = "dsv-remote.json"
-REMOTE_FORMAT = 3
+REMOTE_FORMAT = 4
 """The remote format this dsv writes: 2 = 1 plus leases and `gc --remote` (a dsv that
 knows only format 1 takes no push lease, so it must not push where a gc may run); 3 = 2
 plus complete dataset catalogs (`catalog/`: a dsv that knows only format 2 writes none,
-so it must not push where readers rely on them)."""
+so it must not push where readers rely on them); 4 = 3 plus chunked files (a push raises
+an older remote to 4 before it sends a chunk list)."""
 LEASE_FORMAT = 2
 """The first format with leases: `gc --remote` raises an older remote to it (at least)
 before it deletes anything."""
 CATALOG_FORMAT = 3
 """The first format whose every dataset has a complete catalog: before it, a client that
 wants one dataset reads every pack index."""
-READ_FORMATS = (1, 2, 3)
+CHUNK_FORMAT = 4
+"""The first format whose trees may name chunk lists."""
+READ_FORMATS = (1, 2, 3, 4)
 """The remote formats this dsv reads and pushes to (`gc --remote` raises an older remote
 to 3, writing every dataset's catalog, before it deletes anything)."""
 

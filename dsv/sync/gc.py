@@ -30,10 +30,9 @@ from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
-from ..jsonio import load_bounded
 from ..records import parse_record
-from ..remotes.base import MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError, RemoteRefused
-from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, REMOTE_MARKER, RemoteRef, index_key,
+from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
+from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, RemoteRef, index_key,
                               pack_key)
 from ..reporting import plural
 from ..reports import RemoteGcReport
@@ -96,7 +95,7 @@ def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | 
         _write_catalogs(core, remote, remote_refs, entries, listing)
     _sweep(core, remote, keep, listing, entries, report, lease, {ds for ds, _r in remote_refs})
     if upgrade and not report.skipped:
-        _raise_format(remote, layout.CATALOG_FORMAT)
+        remote.raise_format(layout.CATALOG_FORMAT)
         report.upgraded = True
 
 
@@ -301,7 +300,7 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
         _nothing_deleted(report, f"the lease on {remote.name} was lost before anything was "
                                  f"deleted: nothing was (run gc again)")
         return
-    _raise_format(remote)
+    remote.raise_format(layout.LEASE_FORMAT)
     # Every client's picture may name what goes now: it reads the remote afresh next time.
     _new_generation(remote)
     crashpoint("gc:deleting")
@@ -337,23 +336,6 @@ def _nothing_deleted(report: RemoteGcReport, why: str) -> None:
     report.skipped.append(why)
     report.packs_deleted = report.packs_rewritten = report.objects_deleted = 0
     report.loose_deleted = report.strays_deleted = report.bytes_freed = 0
-
-
-def _raise_format(remote: Remote, to: int = layout.LEASE_FORMAT) -> None:
-    """Raise the remote's format to `to`: a format-1 remote becomes format 2 before
-    anything is deleted (a dsv that knows only format 1 takes no push lease, and must not
-    push where a gc runs); a remote whose catalogs gc wrote becomes format 3."""
-    got = remote.backend.read_ref(REMOTE_MARKER)
-    if got is None:
-        return
-    try:
-        fmt = load_bounded(got[0], MAX_REF_BYTES).get("format")
-    except (ValueError, AttributeError):
-        return
-    if isinstance(fmt, int) and fmt < to and \
-            remote.backend.write_ref(REMOTE_MARKER, layout.marker_body(to), got[1]) is None:
-        raise RemoteError(f"{REMOTE_MARKER} on {remote.name} changed while gc ran; nothing "
-                          f"was deleted", hint="run gc again")
 
 
 def _read_indexes(core: Core, remote: Remote, listing: _Listing

@@ -20,6 +20,7 @@ from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
                       RefConflict, RemoteError)
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
+from ..tree import is_chunk_list
 from ..model import COMMITTED, Dataset, Version
 from ..reports import PushReport
 from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntry, encode_pack,
@@ -313,6 +314,9 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                     submit(_upload_loose, remote, objects, oid, size, write_through,
                            loose_slots, advance)
             for batch in _read_batches(core, phase, kind):
+                if kind == KIND_TREE and remote.format < layout.CHUNK_FORMAT and \
+                        any(is_chunk_list(data) for _oid, _kind, data in batch):
+                    remote.raise_format(layout.CHUNK_FORMAT)
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)

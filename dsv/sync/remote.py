@@ -74,6 +74,25 @@ class Remote:
                               f"{', '.join(map(str, layout.READ_FORMATS))}")
         self.format = int(marker["format"])
 
+    def raise_format(self, to: int) -> None:
+        """Raise the remote's format to `to` (by compare-and-swap of its marker): a
+        format-1 remote becomes 2 before a gc deletes anything (a dsv that knows only
+        format 1 takes no push lease); one whose catalogs gc wrote becomes 3; one a push
+        sends its first chunk list becomes 4 (a dsv that knows only 3 would take a chunked
+        file's row for damage)."""
+        got = self.backend.read_ref(REMOTE_MARKER)
+        if got is None:
+            return
+        try:
+            fmt = load_bounded(got[0], MAX_REF_BYTES).get("format")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(fmt, int) and fmt < to:
+            if self.backend.write_ref(REMOTE_MARKER, layout.marker_body(to), got[1]) is None:
+                raise RemoteError(f"{REMOTE_MARKER} on {self.name} changed meanwhile; "
+                                  f"nothing was changed", hint="run the command again")
+            self.format = to
+
     @property
     def scoped(self) -> list[str] | None:
         """The datasets reads are limited to, if they can be (complete catalogs, and no

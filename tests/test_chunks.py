@@ -1,0 +1,410 @@
+"""Large files in content-defined chunks (issue 12): the chunker, the chunk-list format,
+and chunked files through commit, checkout, reads, verify, gc and sync.
+
+Files of chunking.CHUNK_THRESHOLD (4 MiB) or more are chunked; the tests use real sizes
+(6-12 MiB of random bytes) and real directories, and assert on bytes, hashes and the
+growth of the store and the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import blake3
+import boto3
+import pytest
+
+import dsv as dsv_api
+from conftest import Result, read_tree, write_tree
+from dsv import chunking, tree
+from dsv.errors import CorruptObject
+from servers import DirView, S3View, check_remote
+from storecheck import inspect_store
+
+MiB = 1 << 20
+
+
+def ok(r: Result) -> Result:
+    assert r.code == 0, f"exit {r.code}\nout: {r.out}\nerr: {r.err}"
+    return r
+
+
+def jout(r: Result):
+    return json.loads(ok(r).out)
+
+
+def b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def dir_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def cut(data: bytes) -> list[tuple[str, int]]:
+    """The chunks one pass of the chunker over all of `data` makes."""
+    return [(b3(bytes(c.data)), c.length) for c in chunking.chunker().cut_buf(data)]
+
+
+# ---- the chunker -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", [200_000, 1 << 20, 3 * MiB + 17])
+def test_chunk_fd_cuts_as_one_pass_over_the_file(tmp_path: Path, monkeypatch, block) -> None:
+    """Reading in blocks (a chunk cut short by a block's end is cut again with more bytes)
+    gives the cuts of one pass, the chunks' own ids and the blake3 of the whole file."""
+    data = rand(7 * MiB + 12345, 1)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    monkeypatch.setattr(chunking, "_BLOCK", block)
+    taken: list[tuple[str, bytes]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole, size, chunks = chunking.chunk_fd(fd, lambda oid, b: taken.append((oid, bytes(b))))
+    finally:
+        os.close(fd)
+    assert (whole, size) == (b3(data), len(data))
+    assert chunks == cut(data)
+    assert b"".join(b for _oid, b in taken) == data
+    assert all(b3(b) == oid for oid, b in taken)
+    assert all(chunking.MIN_CHUNK <= n <= chunking.MAX_CHUNK for _c, n in chunks[:-1])
+
+
+def test_cut_points_are_pinned() -> None:
+    """Where chunks are cut must never change between dsv versions (an unchanged file
+    would be stored again, chunk by chunk): the cuts of a fixed input are pinned here,
+    as FastCDC 2020 with dsv's sizes makes them (pyfastcdc 0.3.1)."""
+    data = blake3.blake3(b"dsv chunking").digest(length=4 * MiB)
+    assert [n for _c, n in cut(data)][:8] == PINNED_CUTS
+
+
+PINNED_CUTS = [134859, 158778, 115871, 243950, 133142, 93037, 177151, 150933]
+
+
+def test_an_edit_changes_only_the_chunks_it_touches() -> None:
+    data = rand(16 * MiB, 2)
+    before = set(cut(data))
+    inserted = data[:8 * MiB] + rand(MiB, 3) + data[8 * MiB:]
+    appended = data + rand(MiB, 4)
+    for edited, budget in ((inserted, 3 * MiB), (appended, 2 * MiB)):
+        new = [c for c in cut(edited) if c not in before]
+        assert sum(n for _c, n in new) <= budget
+
+
+# ---- the chunk-list format -------------------------------------------------------------
+
+def _listing(data: bytes) -> tuple[tree.ChunkList, bytes]:
+    listing = tree.ChunkList(b3(data), len(data), cut(data))
+    return listing, tree.encode_chunks(listing)
+
+
+def test_chunk_list_round_trip_and_hostile_variants() -> None:
+    listing, raw = _listing(rand(2 * MiB, 5))
+    assert tree.is_chunk_list(raw)
+    node = tree.decode_node(raw, b3(raw))
+    assert node.chunks == listing and node.rows == [] and node.links == []
+    assert tree.read_chunks(lambda _o: raw, b3(raw), listing.oid, listing.size) == listing
+    with pytest.raises(CorruptObject, match="not the chunk list"):
+        tree.read_chunks(lambda _o: raw, b3(raw), "0" * 64, listing.size)
+    with pytest.raises(CorruptObject, match="not where it is named"):
+        tree.check_place(node, b3(raw), "")   # never a directory
+
+    body = json.loads(raw)
+    bad = [
+        {**body, "size": body["size"] + 1},                           # lengths do not add up
+        {**body, "chunks": [[body["chunks"][0][0], 0]]},               # an empty chunk
+        {**body, "chunks": [[body["chunks"][0][0], tree.MAX_CHUNK_BYTES + 1]],
+         "size": tree.MAX_CHUNK_BYTES + 1},                            # a chunk too large
+        {**body, "chunks": [["G" * 64, body["size"]]]},                # not hex
+        {**body, "chunks": [[body["chunks"][0][0], True]]},            # a JSON true
+        {**body, "oid": "x"},
+    ]
+    for hostile in bad:
+        data = json.dumps(hostile, separators=(",", ":"), sort_keys=True).encode()
+        with pytest.raises(CorruptObject):
+            tree.decode_node(data, b3(data))
+
+
+def test_tree_rows_name_a_chunk_list_only_for_files() -> None:
+    h = "a" * 64
+    good = tree.encode_tree([("f", "f", 0o644, 10, h, "b" * 64)])
+    assert tree.decode_tree(good, b3(good)) == [("f", "f", 0o644, 10, h, "b" * 64)]
+    plain = tree.encode_tree([("f", "f", 0o644, 10, h, "")])
+    assert json.loads(plain)["entries"] == [["f", "f", 420, 10, h]]  # ids of old trees kept
+    for row in (["d", "d", 0, 10, h, h], ["l", "l", 511, 3, h, h], ["f", "f", 420, 10, h, "x"],
+                ["f", "f", 420, 10, h, h, h]):
+        data = json.dumps({"entries": [row], "type": "tree", "v": 1},
+                          separators=(",", ":")).encode()
+        with pytest.raises(CorruptObject):
+            tree.decode_tree(data, b3(data))
+
+
+# ---- chunked files in a store ----------------------------------------------------------
+
+@pytest.fixture
+def chunked_ws(tmp_path: Path, dsv) -> tuple[Path, dict[str, bytes], str]:
+    """Workspace `data`: a 10 MiB file, a 2 MiB one (loose) and a small one, committed."""
+    files = {"model.bin": rand(10 * MiB, 10), "mid.bin": rand(2 * MiB, 11), "a.txt": b"hi\n"}
+    ws = tmp_path / "data"
+    write_tree(ws, files)
+    ok(dsv("init", cwd=ws))
+    v1 = ok(dsv("commit", "-m", "one", cwd=ws)).out.strip().split(":")[1]
+    return ws, files, v1
+
+
+def test_commit_stores_chunks_and_lists_the_whole_file_hash(chunked_ws, dsv) -> None:
+    ws, files, v1 = chunked_ws
+    rows = {r["path"]: r for r in jout(dsv("files", "list", f"data:{v1}", "--json", cwd=ws))}
+    assert {p: r["hash"] for p, r in rows.items()} == {p: b3(d) for p, d in files.items()}
+    assert "chunks" in rows["model.bin"] and "chunks" not in rows["mid.bin"]
+    store = dsv_api.open(ws)
+    try:
+        listing = store.core.chunks(store.core.manifest(store.core.resolve(f"data:{v1}"))
+                                    ["model.bin"])
+        assert b"".join(store.objects.read(c) for c, _n in listing.chunks) == files["model.bin"]
+        assert not store.objects.has(b3(files["model.bin"]))  # never stored whole
+        assert store.objects.has(b3(files["mid.bin"]))
+    finally:
+        store.close()
+    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 2
+    state = inspect_store(ws)   # the independent checker puts each chunked file together
+    assert state.content(v1) == {p: b3(d) for p, d in files.items()}
+    ok(dsv("verify", cwd=ws))
+
+
+def test_an_insert_stores_only_the_chunks_around_it(chunked_ws, dsv, tmp_path: Path) -> None:
+    ws, files, v1 = chunked_ws
+    data = files["model.bin"]
+    edited = data[:5 * MiB] + rand(MiB, 12) + data[5 * MiB:]
+    (ws / "model.bin").write_bytes(edited)
+    before = dir_bytes(ws / ".dsv")
+    ok(dsv("commit", "-m", "insert", cwd=ws))
+    grown = dir_bytes(ws / ".dsv") - before
+    assert MiB < grown < 3 * MiB, grown
+    ok(dsv("checkout", f"data:{v1}", "--to", tmp_path / "old", cwd=ws))
+    ok(dsv("checkout", "data:latest", "--to", tmp_path / "new", cwd=ws))
+    assert read_tree(tmp_path / "old") == files
+    assert read_tree(tmp_path / "new") == {**files, "model.bin": edited}
+    ok(dsv("checkout", f"data:{v1}", cwd=ws))   # in place: the working directory
+    assert read_tree(ws) == files
+    assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True
+
+
+def test_link_checkouts_of_a_chunked_file(chunked_ws, dsv, tmp_path: Path) -> None:
+    ws, files, _v1 = chunked_ws
+    for mode in ("hardlink", "symlink", "copy"):
+        out = tmp_path / mode
+        ok(dsv("checkout", "data:latest", "--to", out, "--link", mode, cwd=ws))
+        assert (out / "model.bin").read_bytes() == files["model.bin"]
+    assert (tmp_path / "symlink" / "model.bin").is_symlink()
+    ok(dsv("gc", cwd=ws))   # a link source of a file some version holds stays
+    assert (tmp_path / "symlink" / "model.bin").read_bytes() == files["model.bin"]
+
+
+def test_ranged_reads_of_a_chunked_file(chunked_ws) -> None:
+    ws, files, v1 = chunked_ws
+    data = files["model.bin"]
+    store = dsv_api.open(ws)
+    try:
+        with store.open_file(f"data:{v1}", "model.bin") as f:
+            for at, n in ((0, 10), (3 * MiB - 5, 300_000), (len(data) - 7, 100)):
+                f.seek(at)
+                assert f.read(n) == data[at:at + n]
+            f.seek(-3, os.SEEK_END)
+            assert f.read() == data[-3:]
+            f.seek(0)
+            assert b3(f.read()) == b3(data)
+    finally:
+        store.close()
+
+
+def test_a_corrupt_chunk_is_found_and_never_checked_out(chunked_ws, dsv, tmp_path: Path) -> None:
+    ws, files, v1 = chunked_ws
+    store = dsv_api.open(ws)
+    try:
+        listing = store.core.chunks(store.core.manifest(store.core.resolve(f"data:{v1}"))
+                                    ["model.bin"])
+        pack, offset, _n = store.core.index.locate(listing.chunks[3][0])
+    finally:
+        store.close()
+    path = ws / ".dsv" / "objects" / "packs" / f"{pack}.pack"
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset + 100)
+        byte = f.read(1)
+        f.seek(offset + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = dsv("verify", cwd=ws)
+    assert r.code == 1 and "model.bin" in r.out and "corrupt" in r.out, r
+    (ws / "model.bin").unlink()   # (else checkout copies this intact twin, and checks it)
+    r = dsv("checkout", f"data:{v1}", "--to", tmp_path / "out", cwd=ws)
+    assert r.code == 1 and "corrupt" in r.err, r
+    assert not (tmp_path / "out" / "model.bin").exists()
+    store = dsv_api.open(ws)
+    try:
+        with store.open_file(f"data:{v1}", "model.bin") as f:
+            assert f.read(100) == files["model.bin"][:100]   # chunk 0 is intact
+            f.seek(sum(n for _c, n in listing.chunks[:3]))
+            with pytest.raises(CorruptObject):
+                f.read(10)
+    finally:
+        store.close()
+
+
+def test_gc_keeps_live_chunks_and_drops_dead_ones(chunked_ws, dsv) -> None:
+    ws, files, _v1 = chunked_ws
+    (ws / "model.bin").write_bytes(rand(6 * MiB, 13))
+    draft = ok(dsv("commit", "-m", "two", cwd=ws)).out.strip().split(":")[1]
+    ok(dsv("checkout", "data:latest~1", cwd=ws))
+    ok(dsv("versions", "delete", f"data:{draft}", "--force", cwd=ws))
+    before = dir_bytes(ws / ".dsv")
+    report = jout(dsv("gc", "--json", cwd=ws))
+    assert report["freed_bytes"] >= 6 * MiB and dir_bytes(ws / ".dsv") < before - 5 * MiB
+    ok(dsv("verify", cwd=ws))
+    assert read_tree(ws) == files
+    assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True
+
+
+def test_a_format_1_store_is_raised_by_its_first_chunked_file(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "old"
+    write_tree(ws, {"a.txt": b"a"})
+    ok(dsv("init", cwd=ws))
+    config = ws / ".dsv" / "config.json"
+    config.write_text(json.dumps({"format": 1, "hash": "blake3"}))
+    ok(dsv("commit", "-m", "small", cwd=ws))
+    assert json.loads(config.read_text())["format"] == 1   # nothing chunked: still 1
+    (ws / "big.bin").write_bytes(rand(5 * MiB, 14))
+    ok(dsv("commit", "-m", "big", cwd=ws))
+    assert json.loads(config.read_text())["format"] == 2
+    config.write_text(json.dumps({"format": 3, "hash": "blake3"}))
+    r = dsv("status", cwd=ws)
+    assert r.code == 1 and "store format 3" in r.err
+
+
+# ---- sync ------------------------------------------------------------------------------
+
+def _push(dsv, ws: Path) -> dict:
+    return jout(dsv("push", "--json", cwd=ws))
+
+
+def test_push_and_clone_send_only_new_chunks_directory_remote(chunked_ws, dsv,
+                                                              tmp_path: Path) -> None:
+    ws, files, _v1 = chunked_ws
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    first = _push(dsv, ws)
+    assert first["bytes_sent"] >= 12 * MiB
+    assert json.loads((remote / "dsv-remote.json").read_text())["format"] == 4
+    appended = files["model.bin"] + rand(MiB, 15)
+    (ws / "model.bin").write_bytes(appended)
+    ok(dsv("commit", "-m", "append", cwd=ws))
+    second = _push(dsv, ws)
+    assert MiB <= second["bytes_sent"] < 2 * MiB, second
+    check_remote(DirView(remote))
+
+    clone = tmp_path / "clone"
+    ok(dsv("clone", remote, clone, cwd=tmp_path))
+    assert read_tree(clone) == {**files, "model.bin": appended}
+    ok(dsv("verify", cwd=clone))
+    ok(dsv("verify", "--remote", "origin", cwd=clone))
+    ok(dsv("checkout", "data:latest~1", cwd=clone))   # the old version's chunks: only new ones
+    assert read_tree(clone) == files
+
+
+def test_a_format_3_remote_is_raised_by_the_first_chunk_list_pushed(tmp_path: Path,
+                                                                    dsv) -> None:
+    ws = tmp_path / "data"
+    write_tree(ws, {"a.txt": b"a"})
+    ok(dsv("init", cwd=ws))
+    ok(dsv("commit", "-m", "small", cwd=ws))
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    marker = remote / "dsv-remote.json"
+    marker.write_text(json.dumps({"format": 3, "hash": "blake3"}) + "\n")
+    (ws / "a.txt").write_bytes(b"b")
+    ok(dsv("commit", "-m", "small again", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    assert json.loads(marker.read_text())["format"] == 3   # no chunk list sent: still 3
+    (ws / "big.bin").write_bytes(rand(5 * MiB, 16))
+    ok(dsv("commit", "-m", "big", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    assert json.loads(marker.read_text())["format"] == 4
+    check_remote(DirView(remote))
+
+
+def test_chunked_files_over_s3(chunked_ws, dsv, tmp_path: Path, s3_endpoint: str,
+                               aws_env: None) -> None:
+    """Through a real S3 server: push, clone, and a read of part of a file from a store
+    that holds none of its chunks fetches only the chunks around that part."""
+    ws, files, v1 = chunked_ws
+    bucket = f"b{os.urandom(4).hex()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/ds"
+    ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    check_remote(S3View(s3_endpoint, bucket, "ds"))
+
+    reader = tmp_path / "reader"   # a store that fetched the version, none of its files
+    reader.mkdir()
+    ok(dsv("init", "--bare", cwd=reader))
+    ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=reader))
+    ok(dsv("fetch", cwd=reader))
+    store = dsv_api.open(reader)
+    try:
+        whole = store.core.manifest(store.core.resolve(f"data:{v1}"))["model.bin"]
+        listing = store.core.chunks(whole)
+        assert not any(store.objects.has(c) for c, _n in listing.chunks)
+        with store.open_file(f"data:{v1}", "model.bin") as f:
+            f.seek(6 * MiB)
+            assert f.read(1000) == files["model.bin"][6 * MiB:6 * MiB + 1000]
+        held = sum(n for c, n in listing.chunks if store.objects.has(c))
+        assert 0 < held <= len(files["model.bin"]) - 5 * MiB, held
+        assert not store.objects.has(listing.chunks[0][0])   # nothing before the range
+    finally:
+        store.close()
+    ok(dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=reader))
+    assert read_tree(tmp_path / "out") == files
+
+
+def test_a_chunk_list_that_lies_about_its_file_is_caught(tmp_path: Path, dsv) -> None:
+    """A chunk list whose chunks are intact but make other bytes than the file its row
+    names (a hostile remote can send one): verify says so, checkout writes nothing."""
+    from dsv import versions
+    from dsv.model import Entry
+    from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
+
+    ws = tmp_path / "data"
+    write_tree(ws, {"a.txt": b"a"})
+    ok(dsv("init", cwd=ws))
+    ok(dsv("commit", "-m", "one", cwd=ws))
+    data = rand(5 * MiB, 17)
+    claimed = b3(b"some other file")
+    listing = tree.ChunkList(claimed, len(data), cut(data))
+    raw = tree.encode_chunks(listing)
+    store = dsv_api.open(ws)
+    try:
+        core = store.core
+        with core.locked("test"), Ingest(core.objects) as ingest:
+            at = 0
+            for chunk, n in listing.chunks:
+                ingest.add(chunk, KIND_BLOB, data[at:at + n])
+                at += n
+            ingest.add(b3(raw), KIND_TREE, raw)
+            core.commit_objects(ingest)
+        manifest = {"a.txt": Entry("f", 0o644, 1, b3(b"a")),
+                    "lie.bin": Entry("f", 0o644, len(data), claimed, b3(raw))}
+        versions.commit_manifest(core, "data", manifest, "lie")
+    finally:
+        store.close()
+    r = dsv("verify", cwd=ws)
+    assert r.code == 1 and "do not make file" in r.out and "lie.bin" in r.out, r
+    r = dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
+    assert r.code == 1 and "corrupt" in r.err, r
+    assert not (tmp_path / "out" / "lie.bin").exists()
