@@ -11,8 +11,11 @@ is written (tree.py).
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyfastcdc.cy import FastCDC
 
@@ -47,40 +50,60 @@ def chunker() -> FastCDC:
 def chunk_fd(fd: int, take: Callable[[str, memoryview], None]
              ) -> tuple[str, int, list[tuple[str, int]]]:
     """Read `fd` from where it stands to its end, cut what it holds into chunks and give
-    each to `take(chunk id, bytes)`, in order: (blake3 of all the bytes read, their
-    number, each chunk's (id, length)). The ids name exactly the bytes read, even if the
-    file changes meanwhile. `take` may keep the memoryview: each block is a new buffer.
+    each to `take(chunk id, bytes)`, in order, in this thread: (blake3 of all the bytes
+    read, their number, each chunk's (id, length)). The ids name exactly the bytes read,
+    even if the file changes meanwhile. `take` must copy what it keeps: the buffers are
+    reused (three, allocated once: a fresh buffer per block cost more in page faults
+    than the hashing).
 
     Each block is cut from the start of the last chunk of the block before (that chunk
     ended only because the block did), so the cuts are those of one pass over the file.
+    Three kinds of work overlap, each without the GIL for most of its time: this thread
+    reads and cuts block k (FastCDC in C), a worker hashes block k into the whole-file
+    hash, another hashes block k's chunks, while `take` stores block k-1's.
     """
     cdc = chunker()
     whole = new_hasher(threads=True)
     chunks: list[tuple[str, int]] = []
     carry = memoryview(b"")
     size = 0
-    while True:
-        buf = bytearray(len(carry) + _BLOCK)
-        buf[:len(carry)] = carry
-        view = memoryview(buf)
-        got = os.readv(fd, [view[len(carry):]])
-        if got:
-            whole.update(view[len(carry):len(carry) + got])
-            size += got
-        end = len(carry) + got
-        if not end:
-            break
-        view = view[:end]
-        start = 0
-        for cut in cdc.cut_buf(view):
-            if got and cut.offset + cut.length == end:
-                break   # cut by the block's end, not by the content: cut again with more
-            data = view[cut.offset:cut.offset + cut.length]
-            oid = hash_bytes(data)
-            take(oid, data)
-            chunks.append((oid, cut.length))
-            start = cut.offset + cut.length
-        carry = view[start:]
-        if not got:
-            break
+    # Block k is read into ring[k % 3], after the chunk it carries over from block k-1:
+    # by then nothing refers to block k-3 any more (its hashing and `take` are done).
+    block = min(_BLOCK, max(os.fstat(fd).st_size, 1 << 20))
+    ring = [memoryview(bytearray(block + MAX_CHUNK)) for _ in range(3)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        whole_job: Future[object] | None = None
+        hashed: deque[Future[list[tuple[str, memoryview]]]] = deque()
+        for k in itertools.count():
+            view = ring[k % 3]
+            view[:len(carry)] = carry
+            got = os.readv(fd, [view[len(carry):len(carry) + block]])
+            if got:
+                if whole_job is not None:
+                    whole_job.result()   # (one update at a time, in file order)
+                whole_job = pool.submit(whole.update, view[len(carry):len(carry) + got])
+                size += got
+            end = len(carry) + got
+            view = view[:end]
+            pieces: list[memoryview] = []
+            start = 0
+            for cut in cdc.cut_buf(view) if end else ():
+                if got and cut.offset + cut.length == end:
+                    break   # cut by the block's end, not by the content: cut again with more
+                pieces.append(view[cut.offset:cut.offset + cut.length])
+                start = cut.offset + cut.length
+            hashed.append(pool.submit(_hash_all, pieces))
+            while len(hashed) > (1 if got else 0):
+                for oid, data in hashed.popleft().result():
+                    take(oid, data)
+                    chunks.append((oid, len(data)))
+            carry = view[start:]
+            if not got:
+                break
+        if whole_job is not None:
+            whole_job.result()
     return whole.hexdigest(), size, chunks
+
+
+def _hash_all(pieces: list[memoryview]) -> list[tuple[str, memoryview]]:
+    return [(hash_bytes(piece), piece) for piece in pieces]

@@ -544,7 +544,7 @@ def store_chunked(ingest: Ingest, path: str, hashed_at: int = 0
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidInput(f"{path} is not a regular file")
         oid, size, chunks = chunking.chunk_fd(
-            fd, lambda chunk, data: ingest.add(chunk, KIND_BLOB, data))
+            fd, lambda chunk, data: ingest.add(chunk, KIND_BLOB, bytes(data)))
     finally:
         os.close(fd)
     data = encode_chunks(ChunkList(oid, size, chunks))
