@@ -1220,11 +1220,37 @@ class DsvHashBaseline(Blake3Baseline):
 
     key = "dsvhash"
     label = "dsv hashing"
+    script = DSV_HASH_SCRIPT
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         files = [str(wl.pristine / rel) for rel in workloads.large_paths()]
-        return Command([str(DSV_VENV / "bin" / "python"), "-c", DSV_HASH_SCRIPT, *files],
+        return Command([str(DSV_VENV / "bin" / "python"), "-c", self.script, *files],
                        lane.root)
+
+
+DSV_CHUNK_SCRIPT = """
+import json, os, sys, time
+from dsv.chunking import chunk_fd
+t = time.perf_counter()
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        chunk_fd(fd, lambda oid, data: None)
+    finally:
+        os.close(fd)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+class DsvChunkBaseline(DsvHashBaseline):
+    """dsv's chunking of large files (dsv.chunking.chunk_fd: read, cut by FastCDC, hash
+    every chunk and the whole file, what a commit of a chunked file does before storing
+    the chunks), timed in process like the raw baseline: the chunking-throughput ratio
+    of issue 12."""
+
+    key = "dsvchunk"
+    label = "dsv chunking"
+    script = DSV_CHUNK_SCRIPT
 
 
 BOTO3_SCRIPT = """
@@ -1490,6 +1516,8 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "large", "hashing: raw blake3 / dsv hashing", "commit_cold", "blake3", "dsvhash", ">=", 0.67
     ),
+    Check("large", "chunking: raw blake3 / dsv chunking", "commit_cold", "blake3", "dsvchunk",
+          ">=", 0.5, "issue 12"),
     Check("large", "checkout: dsv / cp -r", "checkout", "dsv", "cp", "<=", 1.5),
     # sync (S3 on loopback; issue targets)
     Check("small", "push: DVC / dsv", "push", "dvc", "dsv", ">=", 10),
@@ -1868,7 +1896,8 @@ def render(result: WorkloadResult, repeat: int) -> str:
     keys = [p.key for p in result.participants]
     labels = {p.key: p.label for p in result.participants}
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
-    baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "boto3")
+    baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "dsvchunk",
+                             "boto3")
                  if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys and k in used]
 
@@ -2208,7 +2237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         participants.append(Dsv(dsv_argv))
         versions["dsv"] = tool_version(dsv_argv, env)
     participants += [CopyBaseline(), HashLoopBaseline(), WalkBaseline(), Blake3Baseline(),
-                     DsvHashBaseline()]
+                     DsvHashBaseline(), DsvChunkBaseline()]
     if args.remote != "dir":
         participants.append(Boto3Baseline())
 

@@ -62,15 +62,24 @@ def chunk_fd(fd: int, take: Callable[[str, memoryview], None]
     reads and cuts block k (FastCDC in C), a worker hashes block k into the whole-file
     hash, another hashes block k's chunks, while `take` stores block k-1's.
     """
+    block = min(_BLOCK, max(os.fstat(fd).st_size, 1 << 20))
+    ring = _take_ring(block + MAX_CHUNK)
+    done = _chunk_into(fd, take, block, ring)
+    if len(_RINGS) < 2:   # (not after a failure: a worker may still read the ring)
+        _RINGS.append(ring)
+    return done
+
+
+def _chunk_into(fd: int, take: Callable[[str, memoryview], None], block: int,
+                ring: list[memoryview]) -> tuple[str, int, list[tuple[str, int]]]:
+    """`chunk_fd` through a ring of three buffers: block k is read into ring[k % 3], after
+    the chunk it carries over from block k-1. By then nothing refers to block k-3 any
+    more (its hashing is done, and `take` copied what it kept)."""
     cdc = chunker()
     whole = new_hasher(threads=True)
     chunks: list[tuple[str, int]] = []
     carry = memoryview(b"")
     size = 0
-    # Block k is read into ring[k % 3], after the chunk it carries over from block k-1:
-    # by then nothing refers to block k-3 any more (its hashing and `take` are done).
-    block = min(_BLOCK, max(os.fstat(fd).st_size, 1 << 20))
-    ring = [memoryview(bytearray(block + MAX_CHUNK)) for _ in range(3)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         whole_job: Future[object] | None = None
         hashed: deque[Future[list[tuple[str, memoryview]]]] = deque()
@@ -103,6 +112,22 @@ def chunk_fd(fd: int, take: Callable[[str, memoryview], None]
         if whole_job is not None:
             whole_job.result()
     return whole.hexdigest(), size, chunks
+
+
+_RINGS: list[list[memoryview]] = []
+"""Rings of buffers of finished calls (a process chunking many files zeroes and faults
+in its buffers once). list.pop and list.append are atomic: threads may share them."""
+
+
+def _take_ring(size: int) -> list[memoryview]:
+    while _RINGS:
+        try:
+            ring = _RINGS.pop()
+        except IndexError:
+            break
+        if len(ring[0]) >= size:
+            return ring
+    return [memoryview(bytearray(size)) for _ in range(3)]
 
 
 def _hash_all(pieces: list[memoryview]) -> list[tuple[str, memoryview]]:

@@ -282,20 +282,29 @@ class DirectWriter:
             self.direct = pending.result()
 
     def close(self) -> None:
-        """Close the file without finishing it (after a failure)."""
-        try:
-            self._wait()
-        except OSError:
-            pass   # (closing after a failure: the first error was raised already)
-        finally:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
-            for buf in (self._buf, self._spare):
-                if buf is not None:
-                    _give_buffer(buf)
-            self._buf = self._spare = None
-            self._view = memoryview(b"")
+        """Close the file without finishing it (after a failure, Ctrl-C included)."""
+        self._settle()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        for buf in (self._buf, self._spare):
+            if buf is not None:
+                _give_buffer(buf)
+        self._buf = self._spare = None
+        self._view = memoryview(b"")
+
+    def _settle(self) -> None:
+        """Wait for the buffer being written, whatever happens meanwhile: its descriptor
+        must not be closed (and reused by another open) nor its buffer handed to another
+        writer while the write runs. It ends within one buffer's write; its error, if any,
+        was or will be someone else's to report (this is only called on the way out)."""
+        pending, self._pending = self._pending, None
+        while pending is not None:
+            try:
+                pending.exception()
+                return
+            except KeyboardInterrupt:
+                continue
 
 
 _WRITERS: ThreadPoolExecutor | None = None
