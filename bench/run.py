@@ -1303,6 +1303,56 @@ class Boto3Baseline(Blake3Baseline):
         m.extra["remote_bytes"] = sum(listing.values())
 
 
+BOTO3_GET_SCRIPT = """
+import json, os, sys, time
+from concurrent.futures import ThreadPoolExecutor
+t = time.perf_counter()
+import boto3
+url, bucket, prefix, dest, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+client = boto3.client("s3", endpoint_url=url)
+os.makedirs(dest)
+with ThreadPoolExecutor(len(names)) as pool:  # every object at once, default TransferConfig
+    list(pool.map(lambda n: client.download_file(bucket, prefix + "/" + n,
+                                                 os.path.join(dest, n)), names))
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+class Boto3GetBaseline(Boto3Baseline):
+    """Parallel whole-object GETs of the 8 large files (boto3 ``download_file``, all at
+    once) from a prefix the setup filled with ``upload_file`` (not timed): the baseline of
+    issue 12's "clone + pull <= 1.3x parallel whole-object GETs". Timed in process from
+    before ``import boto3``, like the upload baseline."""
+
+    key = "boto3get"
+    label = "boto3 GETs"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        return step == "clone_pull" and wl.has_large
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        super().setup(ctx, wl, lane, group)
+        run_checked(super().command(ctx, "push", wl, lane), ctx.env, lane.log, ctx.timeout)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        assert ctx.s3 is not None
+        names = [rel.rsplit("/", 1)[-1] for rel in workloads.large_paths()]
+        return Command(
+            [str(DSV_VENV / "bin" / "python"), "-c", BOTO3_GET_SCRIPT, ctx.s3.url,
+             lane.state["bucket"], f"{self.key}-{lane.rep}",
+             str(lane.root / f"get-{lane.rep}"), *names],
+            lane.root,
+        )
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        Blake3Baseline.finish(self, ctx, step, wl, lane, m)
+        got = {p.name: p.stat().st_size for p in (lane.root / f"get-{lane.rep}").iterdir()}
+        want = {rel.rsplit("/", 1)[-1]: (wl.pristine / rel).stat().st_size
+                for rel in workloads.large_paths()}
+        if got != want:
+            raise VerifyError(f"boto3 GET baseline: downloaded {got}, not {want}")
+
+
 HASH_LOOP_SCRIPT = """
 import os, sys, blake3
 stack, files = [sys.argv[1]], 0
@@ -1525,6 +1575,8 @@ CHECKS: tuple[Check, ...] = (
     Check("small", "no-op push: dsv time, s", "push_noop", "dsv", "", "<", 1, kind="seconds"),
     Check("large", "push: dsv / boto3 upload_file", "push", "dsv", "boto3", "<=", 1.3),
     Check("large", "dsv peak RSS during push, MB", "push", "dsv", "", "<", 250, kind="rss"),
+    Check("large", "clone + pull: dsv / parallel GETs", "clone_pull", "dsv", "boto3get", "<=",
+          1.3, "issue 12"),
     # scale issue: a million files, a flat directory, an aged remote
     Check("scale", "dsv peak RSS, MB (every command)", "*", "dsv", "", "<=", 300,
           kind="rss_all"),
@@ -1897,7 +1949,7 @@ def render(result: WorkloadResult, repeat: int) -> str:
     labels = {p.key: p.label for p in result.participants}
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
     baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "dsvchunk",
-                             "boto3")
+                             "boto3", "boto3get")
                  if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys and k in used]
 
@@ -2239,7 +2291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     participants += [CopyBaseline(), HashLoopBaseline(), WalkBaseline(), Blake3Baseline(),
                      DsvHashBaseline(), DsvChunkBaseline()]
     if args.remote != "dir":
-        participants.append(Boto3Baseline())
+        participants += [Boto3Baseline(), Boto3GetBaseline()]
 
     cache = CacheControl(args.cache)
     janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))

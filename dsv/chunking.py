@@ -32,11 +32,12 @@ MIN_CHUNK = 64 << 10
 MAX_CHUNK = 512 << 10
 """FastCDC's sizes. Chosen by measurement (docs/format.md): on ten checkpoints of 64
 tensors of 8 MiB with 4 rewritten per step, 128 KiB average chunks store at most 35.0 MB
-a step (restic's 1 MiB chunks: up to 46.7 MB), and a minimum of half the average cuts at
+a step (1 MiB ones, restic's size: 45.5 MB), and a minimum of half the average cuts at
 3.7 GB/s here (a quarter: 1.7 GB/s) for the same dedup."""
 
-MAX_CHUNKED_SIZE = 256 << 30
-"""Larger files are stored whole: their chunk list would pass tree.MAX_LIST_CHUNKS."""
+MAX_CHUNKED_SIZE = 128 << 30
+"""Larger files are stored whole (loose): cut at MIN_CHUNK everywhere (content can force
+that), a file of 215 GiB would need a chunk list over tree.MAX_TREE_BYTES."""
 
 _BLOCK = 16 << 20   # bytes read at a time
 

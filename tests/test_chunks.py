@@ -408,3 +408,30 @@ def test_a_chunk_list_that_lies_about_its_file_is_caught(tmp_path: Path, dsv) ->
     r = dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
     assert r.code == 1 and "corrupt" in r.err, r
     assert not (tmp_path / "out" / "lie.bin").exists()
+
+
+def test_files_get_of_one_chunked_file_downloads_only_its_chunks(tmp_path: Path, dsv) -> None:
+    files = {"a.bin": rand(6 * MiB, 20), "b.bin": rand(6 * MiB, 21)}
+    ws = tmp_path / "data"
+    write_tree(ws, files)
+    ok(dsv("init", cwd=ws))
+    ok(dsv("commit", "-m", "two files", cwd=ws))
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    reader = tmp_path / "reader"
+    reader.mkdir()
+    ok(dsv("init", "--bare", cwd=reader))
+    ok(dsv("remote", "add", "origin", remote, cwd=reader))
+    ok(dsv("fetch", cwd=reader))
+    ok(dsv("files", "get", "data:latest", "a.bin", "--target-path", tmp_path / "out",
+           cwd=reader))
+    assert read_tree(tmp_path / "out") == {"a.bin": files["a.bin"]}
+    store = dsv_api.open(reader)
+    try:
+        manifest = store.core.manifest(store.core.resolve("data:latest"))
+        held = {p: [store.objects.has(c) for c, _n in store.core.chunks(e).chunks]
+                for p, e in manifest.items()}
+    finally:
+        store.close()
+    assert all(held["a.bin"]) and not any(held["b.bin"])
