@@ -291,10 +291,14 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     for i, c in enumerate(clients):
         ok("clone", url, c, *extra, cwd=tmp_path)
     pushed: dict[str, dict[str, bytes]] = {}   # version id → files
-    deadline = time.monotonic() + 20
+    start = time.monotonic()
     rounds = collected = deleted = 0
-    while time.monotonic() < deadline:
+    # 20 s of rounds; on a slow machine every gc of those may have met a running push
+    # (and refused): then more rounds, until one deleted something (at most 90 s).
+    while time.monotonic() < start + 20 or (
+            (rounds < 2 or not deleted) and time.monotonic() < start + 90):
         procs = []
+        vids = []
         for i, c in enumerate(clients):
             files = {f"c{i}/r{rounds}.bin": os.urandom(rng.randint(100, 6000))}
             if rng.random() < 0.3:
@@ -303,8 +307,15 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
             ok("commit", "-m", f"r{rounds}", cwd=c)
             vid = json.loads(ok("show", "raw:latest", "--json", cwd=c).stdout)["id"]
             pushed[vid] = read_tree(c)
+            vids.append(vid)
+        # Odd rounds start the gc first (the pushes then meet a running gc), even ones
+        # the pushes first (the gc meets their leases): both races, every time.
+        gc = spawn("gc", "--remote", "origin", "--json", cwd=seed) if rounds % 2 else None
+        if gc is not None:
+            time.sleep(0.3)
+        for c, vid in zip(clients, vids, strict=True):
             procs.append(spawn("push", "--force", f"raw:{vid}", cwd=c))
-        procs.append(spawn("gc", "--remote", "origin", "--json", cwd=seed))
+        procs.append(gc or spawn("gc", "--remote", "origin", "--json", cwd=seed))
         clone_dir = tmp_path / f"clone{rounds}"
         procs.append(spawn("clone", url, clone_dir, *extra, cwd=tmp_path))
         results = [p.communicate(timeout=180) for p in procs]

@@ -567,7 +567,7 @@ def dir_remote_pair(tmp_path):
     ok("clone", remote, tmp_path / "clone", cwd=tmp_path)
     new_small = b"v2: this small file changed " * 40
     new_large = random.Random(9).randbytes(2 * MiB + 5)
-    chunked = random.Random(10).randbytes(5 * MiB + 7)   # stored in chunks
+    chunked = random.Random(10).randbytes(4 * MiB + 7)   # stored in chunks (>= 4 MiB)
     write_tree(src, {"d05/s0005.bin": new_small, "big/new.bin": new_large,
                      "big/chunked.bin": chunked})
     ok("commit", "-m", "v2", cwd=src)
@@ -729,7 +729,7 @@ def push_template(tmp_path_factory):
     rng = random.Random(13)
     write_tree(root, {**{f"d{i:02d}/s{i:04d}.bin": rng.randbytes(200) for i in range(5)},
                       "big/shard2.bin": rng.randbytes(MiB + 3), "v2/notes.txt": b"v2\n",
-                      "big/chunked.bin": rng.randbytes(5 * MiB + 11)})
+                      "big/chunked.bin": rng.randbytes(4 * MiB + 11)})
     ok("commit", "-m", "v2", cwd=root)
     return root
 
