@@ -289,6 +289,23 @@ def test_a_format_1_store_is_raised_by_its_first_chunked_file(tmp_path: Path, ds
 
 # ---- sync ------------------------------------------------------------------------------
 
+def _workspace(dsv, ws: Path, files: dict[str, bytes], message: str) -> Path:
+    """`ws` holding `files`, `dsv init` done, committed once."""
+    write_tree(ws, files)
+    ok(dsv("init", cwd=ws))
+    ok(dsv("commit", "-m", message, cwd=ws))
+    return ws
+
+
+def _reader(dsv, root: Path, url: str | Path, *extra: str) -> Path:
+    """A bare store at `root` that fetched `url`'s versions and holds none of their files."""
+    root.mkdir()
+    ok(dsv("init", "--bare", cwd=root))
+    ok(dsv("remote", "add", "origin", url, *extra, cwd=root))
+    ok(dsv("fetch", cwd=root))
+    return root
+
+
 def _push(dsv, ws: Path) -> dict:
     return jout(dsv("push", "--json", cwd=ws))
 
@@ -319,10 +336,7 @@ def test_push_and_clone_send_only_new_chunks_directory_remote(chunked_ws, dsv,
 
 def test_a_format_3_remote_is_raised_by_the_first_chunk_list_pushed(tmp_path: Path,
                                                                     dsv) -> None:
-    ws = tmp_path / "data"
-    write_tree(ws, {"a.txt": b"a"})
-    ok(dsv("init", cwd=ws))
-    ok(dsv("commit", "-m", "small", cwd=ws))
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "small")
     remote = tmp_path / "remote"
     ok(dsv("remote", "add", "origin", remote, cwd=ws))
     ok(dsv("push", cwd=ws))
@@ -351,11 +365,7 @@ def test_chunked_files_over_s3(chunked_ws, dsv, tmp_path: Path, s3_endpoint: str
     ok(dsv("push", cwd=ws))
     check_remote(S3View(s3_endpoint, bucket, "ds"))
 
-    reader = tmp_path / "reader"   # a store that fetched the version, none of its files
-    reader.mkdir()
-    ok(dsv("init", "--bare", cwd=reader))
-    ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=reader))
-    ok(dsv("fetch", cwd=reader))
+    reader = _reader(dsv, tmp_path / "reader", url, "--endpoint-url", s3_endpoint)
     store = dsv_api.open(reader)
     try:
         whole = store.core.manifest(store.core.resolve(f"data:{v1}"))["model.bin"]
@@ -380,10 +390,7 @@ def test_a_chunk_list_that_lies_about_its_file_is_caught(tmp_path: Path, dsv) ->
     from dsv.model import Entry
     from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
 
-    ws = tmp_path / "data"
-    write_tree(ws, {"a.txt": b"a"})
-    ok(dsv("init", cwd=ws))
-    ok(dsv("commit", "-m", "one", cwd=ws))
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
     data = rand(5 * MiB, 17)
     claimed = b3(b"some other file")
     listing = tree.ChunkList(claimed, len(data), cut(data))
@@ -412,18 +419,11 @@ def test_a_chunk_list_that_lies_about_its_file_is_caught(tmp_path: Path, dsv) ->
 
 def test_files_get_of_one_chunked_file_downloads_only_its_chunks(tmp_path: Path, dsv) -> None:
     files = {"a.bin": rand(6 * MiB, 20), "b.bin": rand(6 * MiB, 21)}
-    ws = tmp_path / "data"
-    write_tree(ws, files)
-    ok(dsv("init", cwd=ws))
-    ok(dsv("commit", "-m", "two files", cwd=ws))
+    ws = _workspace(dsv, tmp_path / "data", files, "two files")
     remote = tmp_path / "remote"
     ok(dsv("remote", "add", "origin", remote, cwd=ws))
     ok(dsv("push", cwd=ws))
-    reader = tmp_path / "reader"
-    reader.mkdir()
-    ok(dsv("init", "--bare", cwd=reader))
-    ok(dsv("remote", "add", "origin", remote, cwd=reader))
-    ok(dsv("fetch", cwd=reader))
+    reader = _reader(dsv, tmp_path / "reader", remote)
     ok(dsv("files", "get", "data:latest", "a.bin", "--target-path", tmp_path / "out",
            cwd=reader))
     assert read_tree(tmp_path / "out") == {"a.bin": files["a.bin"]}
