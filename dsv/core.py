@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from . import fileio, refs, state, tree
 from .errors import (
+    CorruptObject,
     DatasetNotFound,
     DsvError,
     InvalidInput,
@@ -251,8 +252,8 @@ class Core:
         """Whether every object holding the bytes of `entry` is in the store."""
         try:
             return not any(self.objects.lacking(self.blobs([entry])))
-        except MissingObject:
-            return False  # (its chunk list)
+        except (MissingObject, CorruptObject):
+            return False  # (its chunk list is not here, or damaged)
 
     def manifest(self, version: Version, prefix: str = "") -> Manifest:
         """The flat manifest of `version` (only what lies under `prefix`, if given)."""

@@ -504,7 +504,8 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
                 record(rel, fs, oid, len(data), hashed_at)
         for rel, fs, hashed_at in chunked:
             assert ingest is not None
-            record(rel, fs, *store_chunked(ingest, os.path.join(root, rel), hashed_at))
+            oid, size, listed = store_chunked(ingest, os.path.join(root, rel))
+            record(rel, fs, oid, size, hashed_at, listed)
         for rel, fs, hashed_at, future in large:
             oid, size = future.result()
             record(rel, fs, oid, size, hashed_at)
@@ -533,11 +534,10 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
         yield out
 
 
-def store_chunked(ingest: Ingest, path: str, hashed_at: int = 0
-                  ) -> tuple[str, int, int, str]:
+def store_chunked(ingest: Ingest, path: str) -> tuple[str, int, str]:
     """Store the file at `path` in content-defined chunks (each a packed object, those
     the store holds already skipped) and its chunk list: (blake3 of the whole file, its
-    size, `hashed_at`, the chunk list's id). Read once, without following a link."""
+    size, the chunk list's id). Read once, without following a link."""
     # Non-blocking and regular files only: never hang on a FIFO put in a file's place.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -550,7 +550,7 @@ def store_chunked(ingest: Ingest, path: str, hashed_at: int = 0
     data = encode_chunks(ChunkList(oid, size, chunks))
     listed = hash_bytes(data)
     ingest.add(listed, KIND_TREE, data)
-    return oid, size, hashed_at, listed
+    return oid, size, listed
 
 
 def _hash_large(path: str) -> tuple[str, int]:
