@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .model import Dataset, Version
+    from .reporting import Reporter
     from .store import Store
+    from .sync.reader import RemoteReader
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "DsvError", "Store", "Version", "init", "open"]
+__all__ = ["Dataset", "DsvError", "RemoteReader", "Store", "Version", "init", "open",
+           "open_remote"]
 
-_LAZY = {"Store": "store", "Dataset": "model", "Version": "model"}
+_LAZY = {"Store": "store", "Dataset": "model", "Version": "model",
+         "RemoteReader": "sync.reader"}
 
 
 def __getattr__(name: str) -> Any:
@@ -51,3 +55,15 @@ def init(path: str | os.PathLike[str] = ".", name: str | None = None, bind: bool
     """Create a store at `path`; by default bind `path` itself as a dataset."""
     from .store import Store
     return Store.init(path, name=name, bind=bind)
+
+
+def open_remote(url: str, *, endpoint_url: str | None = None, profile: str | None = None,
+                cache: str | os.PathLike[str] | None = None,
+                reporter: Reporter | None = None) -> RemoteReader:
+    """A remote opened for reading without a store (`dsv ls`, `dsv get`, `dsv cat`):
+    `resolve` a ref, then list, `get`, `cat` or `open` its files, every byte verified,
+    through the cluster cache `cache` when given (default: `DSV_CACHE`)."""
+    from .sync.reader import RemoteReader
+    chosen = cache if cache is not None else os.environ.get("DSV_CACHE") or None
+    return RemoteReader(url, endpoint_url=endpoint_url, profile=profile,
+                        cache=os.fspath(chosen) if chosen else None, reporter=reporter)

@@ -16,7 +16,7 @@ import itertools
 import os
 import stat
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from . import refs, tree, worktree
@@ -688,7 +688,9 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
     if entry.chunks:
-        return io.BufferedReader(ChunkedReader(core, v, core.chunks(entry)), _READ_AHEAD)
+        chunks = core.chunks(entry)
+        return io.BufferedReader(ChunkedReader(chunks, _store_chunks(core, v, chunks)),
+                                 _READ_AHEAD)
     if not core.objects.has(entry.oid):
         _ensure_for_paths(core, v, [(rel, entry)])
     if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
@@ -706,16 +708,14 @@ _FETCH_AHEAD = 16 << 20
 
 
 class ChunkedReader(io.RawIOBase):
-    """A chunked file of a version, read and seeked without putting it together: a read
-    takes the chunks its range covers, each verified against its id as it is read (a
-    damaged chunk is never returned), and a chunk the store lacks is downloaded then,
-    with the next few (by ranged reads of the remote's packs, through the cluster cache
-    when one is configured): reading part of a file fetches only that part."""
+    """A chunked file, read and seeked without putting it together: a read takes the
+    chunks its range covers from `source(i)` (chunk i's bytes, checked against its id by
+    the source), so reading part of a file reads only that part. A chunk of another
+    length than the list says is refused."""
 
-    def __init__(self, core: Core, version: Version, chunks: tree.ChunkList) -> None:
+    def __init__(self, chunks: tree.ChunkList, source: Callable[[int], bytes]) -> None:
         super().__init__()
-        self._core = core
-        self._version = version
+        self._source = source
         self._chunks = chunks.chunks
         self._size = chunks.size
         self._starts = list(itertools.accumulate((n for _c, n in self._chunks), initial=0))
@@ -759,20 +759,33 @@ class ChunkedReader(io.RawIOBase):
         if self._held[0] == i:
             return self._held[1]
         oid, length = self._chunks[i]
-        if not self._core.objects.has(oid):
-            window, total = [], 0
-            for chunk, n in self._chunks[i:]:
-                window.append(Entry(tree.FILE, 0o644, n, chunk))
-                total += n
-                if total >= _FETCH_AHEAD:
-                    break
-            ensure_blobs(self._core, self._version, window)
-        data = self._core.objects.read(oid)
+        data = self._source(i)
         if len(data) != length:
             raise CorruptObject(f"object {oid[:12]} (a chunk) has {len(data)} bytes where "
                                 f"its chunk list says {length}")
         self._held = (i, data)
         return data
+
+
+def _store_chunks(core: Core, version: Version, chunks: tree.ChunkList
+                  ) -> Callable[[int], bytes]:
+    """Chunk i of a file from the store; one it lacks is downloaded then, with the
+    chunks after it up to _FETCH_AHEAD (by ranged reads of the remote's packs, through
+    the cluster cache when one is configured)."""
+    listed = chunks.chunks
+
+    def source(i: int) -> bytes:
+        oid = listed[i][0]
+        if not core.objects.has(oid):
+            window, total = [], 0
+            for chunk, n in listed[i:]:
+                window.append(Entry(tree.FILE, 0o644, n, chunk))
+                total += n
+                if total >= _FETCH_AHEAD:
+                    break
+            ensure_blobs(core, version, window)
+        return core.objects.read(oid)
+    return source
 
 
 def ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 from .core import Core
 from . import tree
@@ -27,7 +28,7 @@ from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
 from .remotes import layout
 from .remotes.layout import index_key, loose_key, pack_key
 from .sync.remote import Sent, record_sent
-from .sync.remote import Remote
+from .sync.remote import WORKERS, Remote
 from .reporting import plural
 
 
@@ -125,6 +126,8 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
     _walk_refs(core, remote, where, report, needed, damaged, reach)
     _check_catalogs(remote, listing, entries_of, bad_packs, reach, report,
                     repair or repair_catalogs)
+    _check_locators(core, remote, listing, read_data or subset is not None,
+                    repair, report)
     bad_packs |= {where_ for where_ in damaged.values() if where_ != "loose"}
     missing = [oid for oid in needed if oid not in where and oid not in loose]
     for oid in missing:
@@ -190,6 +193,43 @@ def _read_data(core: Core, remote: Remote, entries_of: dict[str, list[PackEntry]
                 damaged[oid] = "loose"
                 report.problems.append(f"loose object {oid[:12]} is corrupt")
             advance(1, got)
+
+
+def _check_locators(core: Core, remote: Remote, listing: dict[str, int], read: bool,
+                    repair: bool, report: RemoteCheckReport) -> None:
+    """`loc/`: every file named by an object id; with `read`, each one's object hashing
+    to its name and its places in bounds. A damaged locator costs readers requests, not
+    data (they read the object by the pack indexes), so it is a warning, and a repair
+    deletes it."""
+    keys = [k for k in listing if k.startswith(layout.LOCATORS)]
+    for key in keys:
+        if layout.locator_oid_of_key(key) is None:
+            report.warnings.append(f"unexpected file {key}")
+    if not read:
+        return
+
+    def check(oid: str) -> str | None:
+        try:
+            layout.parse_locator(remote.backend.get(layout.locator_key(oid),
+                                                    max_size=MAX_GET_BYTES), oid)
+        except (CorruptObject, RemoteRefused) as exc:
+            return exc.message
+        except NotFound:
+            pass
+        return None
+
+    oids = [o for k in keys if (o := layout.locator_oid_of_key(k)) is not None]
+    with core.reporter.task("reading locators", len(oids)) as advance, \
+            ThreadPoolExecutor(WORKERS) as pool:
+        for oid, why in zip(oids, pool.map(check, oids), strict=True):
+            advance(1, 0)
+            if why is None:
+                continue
+            report.warnings.append(f"{why} (readers without a store read the object by "
+                                   f"the pack indexes)")
+            if repair:
+                remote.backend.delete(layout.locator_key(oid))
+                report.repaired.append(f"deleted damaged locator {oid[:12]}")
 
 
 class _Reach:

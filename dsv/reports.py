@@ -128,6 +128,7 @@ class RemoteGcReport(_FlatReport):
     packs_written: int = 0
     objects_deleted: int = 0
     loose_deleted: int = 0
+    locators_deleted: int = 0        # `loc/<oid>` of tree objects and records deleted
     strays_deleted: int = 0          # a pack without its index, or an index without its pack
     bytes_freed: int = 0
     leases_removed: int = 0          # expired push leases of killed pushes

@@ -848,6 +848,15 @@ def distinct_trees(root: str, read_tree: Callable[[str], bytes], trusted: bool =
         stack.extend(node.links)
 
 
+def leaves(node: Node) -> dict[str, int]:
+    """The blobs one tree object names directly, each with its size: unchunked files'
+    and symlinks' contents, or a chunk list's chunks (what a remote locator places)."""
+    found = {r[4]: r[3] for r in node.rows if r[1] != DIR and not r[5]}
+    if node.chunks is not None:
+        found.update(node.chunks.chunks)
+    return found
+
+
 def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
     """Every (kind, oid) reachable from `root`, each tree once: tree objects (chunk lists
     too) as DIR, blobs (chunks too) as their file's kind. A chunked file's whole-file id

@@ -906,6 +906,61 @@ class Materializer:
             os.close(fd)
 
 
+def write_files(root: Path, items: Iterable[tuple[str, Entry]],
+                content: Callable[[Entry], Iterable[bytes]],
+                progress: Callable[[int, int], None] | None = None) -> None:
+    """Write files of a version that come from outside any store (`dsv get`) into
+    `root`: each under a temp name in its directory (every directory opened without
+    following a link), hashed as its pieces arrive, and renamed over its name only when
+    its bytes are the ones its entry names; a symlink only with a target that stays in
+    the version. A file that fails its check leaves nothing under its name."""
+    dirs = _Dirs(root)
+    try:
+        for rel, entry in items:
+            check_relpath(rel)
+            if is_reserved(rel):
+                raise UnsafePath(f"refusing to write {rel!r}: '.dsv' is reserved")
+            parent, _, name = rel.rpartition("/")
+            dir_fd, owned = dirs.open(parent, create=True)
+            tmp = fileio.tmp_name("")
+            try:
+                if entry.kind == LINK:
+                    target = b"".join(content(entry)).decode("utf-8", "surrogateescape")
+                    os.symlink(check_symlink_target(rel, target), tmp, dir_fd=dir_fd)
+                else:
+                    _write_checked(dir_fd, tmp, entry, content(entry))
+                _rename_over(dir_fd, tmp, name)
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+                raise
+            finally:
+                if owned:
+                    os.close(dir_fd)
+            if progress is not None:
+                progress(1, entry.size)
+    finally:
+        dirs.close()
+
+
+def _write_checked(dir_fd: int, tmp: str, entry: Entry, pieces: Iterable[bytes]) -> None:
+    fd = os.open(tmp, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
+    try:
+        hasher = new_hasher(threads=entry.size >= 1 << 22)
+        size = 0
+        for piece in pieces:
+            hasher.update(piece)
+            fileio.write_all(fd, piece)
+            size += len(piece)
+        if size != entry.size or hasher.hexdigest() != entry.oid:
+            raise CorruptObject(f"file {entry.oid[:12]} did not arrive whole; nothing was "
+                                f"written under its name")
+    finally:
+        os.close(fd)
+
+
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:
     """Rename `tmp` over `name` in one directory. An empty directory in the way goes; a
     directory that still holds anything (a nested store, files dsv did not place) is

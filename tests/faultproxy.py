@@ -22,8 +22,9 @@ is signed by SigV4), so no connection is ever reused across an injected fault.
 
 Faults are chosen by a seeded RNG, so a run is reproducible up to thread scheduling.
 `rule(method, target)` may force a fault (or "forward") for chosen requests, e.g. every
-request touching `refs/`. Counters: `requests`, `forwarded`, `faults` (kind → count), and
-`log` (method, target, what happened) for messages in failing assertions.
+request touching `refs/`. Counters: `requests`, `forwarded`, `faults` (kind → count), `body_bytes`
+(response bodies relayed), and `log` (method, target, what happened) for messages in
+failing assertions.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class FaultProxy:
         self.forwarded = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.log: list[tuple[str, str, str]] = []
+        self.body_bytes = 0  # bytes of response bodies relayed to clients
         proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -292,17 +294,22 @@ class FaultProxy:
             te = (_header(resp_headers, "transfer-encoding") or "").lower()
             if length is not None and "chunked" not in te:
                 remaining = int(length) - len(rest)
-                client.sendall(rest)
+                self._relay(client, rest)
                 while remaining > 0:
                     chunk = up.recv(min(_PIECE, remaining))
                     if not chunk:
                         break
-                    client.sendall(chunk)
+                    self._relay(client, chunk)
                     remaining -= len(chunk)
             else:  # chunked or close-delimited: relay until the upstream closes
-                client.sendall(rest)
+                self._relay(client, rest)
                 while True:
                     chunk = up.recv(_PIECE)
                     if not chunk:
                         break
-                    client.sendall(chunk)
+                    self._relay(client, chunk)
+
+    def _relay(self, client: socket.socket, data: bytes) -> None:
+        client.sendall(data)
+        with self._lock:
+            self.body_bytes += len(data)

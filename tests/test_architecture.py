@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("operations", {"dsv.datasets", "dsv.settings", "dsv.versions", "dsv.checkout", "dsv.merge",
                     "dsv.maintenance", "dsv.verify", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
-                    "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain", "dsv.sync.gc"}),
+                    "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain", "dsv.sync.gc",
+                    "dsv.sync.reader"}),
     ("facade", {"dsv.store", "dsv"}),
     ("cli", {"dsv.cli", "dsv.__main__"}),
 ]

@@ -80,6 +80,7 @@ def test_gc_deletes_only_what_no_ref_reaches(tmp_path: Path) -> None:
     assert dry["dry_run"] is True and dry["objects_deleted"] == len(dead)
     assert read_remote(DirView(remote)).objects == before.objects  # nothing deleted
 
+    located = set(os.listdir(remote / "loc"))
     report = _gc(ws)
     assert report["versions"] == 1 and report["objects_deleted"] == len(dead)
     assert report["loose_deleted"] == 1 and report["packs_rewritten"] >= 1
@@ -88,6 +89,13 @@ def test_gc_deletes_only_what_no_ref_reaches(tmp_path: Path) -> None:
     assert not dead & after.objects
     assert json.loads((remote / "gc.json").read_bytes())["generation"]
     _clone_matches(str(remote), tmp_path / "clone", one)
+    # The locators of the dead version's trees and record went with them; the live ones
+    # stay, and a reader without a store still reads v1 (places that moved are found
+    # again in the pack indexes).
+    assert report["locators_deleted"] == len(dead & located) > 0
+    assert set(os.listdir(remote / "loc")) == located - dead and live & located
+    ok("get", str(remote), "raw:v1", "--to", tmp_path / "got", cwd=tmp_path)
+    assert read_tree(tmp_path / "got") == one
 
     again = _gc(ws)  # nothing left to delete; the remote is not touched
     assert again["objects_deleted"] == 0 and again["packs_written"] == 0

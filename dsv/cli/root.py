@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "gc": "maintenance", "verify": "maintenance",
     "run": "jobs", "import": "jobs",
     "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
+    "ls": "browse", "get": "browse", "cat": "browse",
     "datasets": "versions", "versions": "versions", "files": "versions",
     "remote": "remote", "cache": "remote",
     "index": "maintenance",

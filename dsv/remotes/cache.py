@@ -1,7 +1,7 @@
 """The cluster cache: a shared directory of remote packs and loose objects.
 
-Owns the cache's layout (`packs/<pack id>.pack`, `loose/<xx>/<oid>`, `pending/`,
-`tmp/`), filling it so that no reader ever sees part of a file (temp file + fsync +
+Owns the cache's layout (`packs/<pack id>.pack`, `loose/<xx>/<oid>`, `loc/<xx>/<oid>`,
+`pending/`, `tmp/`), filling it so that no reader ever sees part of a file (temp file + fsync +
 rename; many machines may fill one entry at once and the last rename wins with the same
 bytes), recency (a read bumps the file's mtime: that is the LRU clock) and pruning by
 age and size. An entry written through by a push is marked pending until the origin
@@ -59,6 +59,11 @@ class ClusterCache:
     def loose_path(self, oid: str) -> str:
         """Where loose object `oid` lives in the cache."""
         return os.path.join(self.root, *layout.loose_key(oid).split("/"))
+
+    def locator_path(self, oid: str) -> str:
+        """Where the locator of tree object or record `oid` lives in the cache (a reader
+        with no store keeps there what it read of the origin's `loc/<oid>`)."""
+        return os.path.join(self.root, "loc", oid[:2], oid)
 
     def _parts(self, path: str) -> list[str]:
         """`path`'s components below the root; ValueError for anything not strictly inside
@@ -330,7 +335,7 @@ class ClusterCache:
     # ---- eviction ----------------------------------------------------------------
     def _scan(self, bad: Callable[[int, str], None] | None = None
               ) -> Iterator[tuple[str, int, float]]:
-        """(path, size, mtime) of every regular file in packs/ and loose/xx/, read with
+        """(path, size, mtime) of every regular file in packs/, loose/xx/ and loc/xx/, read with
         lstat, without following any link; each thing that is not a regular file where an
         entry belongs (or not a real directory where a directory belongs) goes to
         `bad(dir_fd, name)`."""
@@ -356,7 +361,7 @@ class ClusterCache:
                 elif bad is not None:
                     bad(dir_fd, name)
 
-        for sub, depth in (("packs", 0), ("loose", 1)):
+        for sub, depth in (("packs", 0), ("loose", 1), ("loc", 1)):
             try:
                 top = open_dirs(self.root, [sub])
             except FileNotFoundError:

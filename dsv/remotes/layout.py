@@ -12,10 +12,12 @@ must never do I/O, and never trust what it parses (a remote is written by others
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..hashing import is_hash
+from ..errors import CorruptObject
+from ..hashing import hash_bytes, is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST
 from ..paths import is_dataset_dir, is_valid_name
@@ -57,7 +59,8 @@ GC_STATE = "gc.json"
 """The remote's gc generation: changed by every `gc --remote` that deleted something, so
 a client knows its picture of the remote may name what is gone."""
 CATALOG = "catalog/"
-TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "catalog", "tmp", REMOTE_MARKER,
+LOCATORS = "loc/"
+TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "catalog", "loc", "tmp", REMOTE_MARKER,
              MAINTAIN_LOCK, GC_STATE)
 """What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
 remote's own)."""
@@ -81,6 +84,18 @@ def loose_key(oid: str) -> str:
 def ref_key(ds_id: str, ref: str) -> str:
     """The key of ref `ref` (`latest` or `tags/NAME`) of dataset `ds_id`."""
     return f"{REFS}{ds_id}/{ref}"
+
+
+def locator_key(oid: str) -> str:
+    """The key of the locator of tree object or version record `oid` (see `Locator`)."""
+    return f"{LOCATORS}{oid}"
+
+
+def locator_oid_of_key(key: str) -> str | None:
+    """The object id a well-formed `loc/<oid>` key names, or None."""
+    if key.startswith(LOCATORS) and is_hash(oid := key[len(LOCATORS):]):
+        return oid
+    return None
 
 
 def catalog_prefix(ds_id: str) -> str:
@@ -196,3 +211,81 @@ def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     return RemoteRef(ds_id, ref, vid, record, etag,
                      name if isinstance(name, str) and is_valid_name(name) else None,
                      path if isinstance(path, str) and is_dataset_dir(path) else None)
+
+
+# ---- locators ---------------------------------------------------------------------------
+
+LOCATOR_MAGIC = b"DSVLOC1\n"
+_LOC_COUNT = struct.Struct(">I")
+_LOC_ENTRY = struct.Struct(">32sIQQ")     # raw object id, pack number, offset, length
+LOOSE_PACK = 0xFFFFFFFF
+"""The pack number of an object the remote keeps loose (`loose/<xx>/<oid>`)."""
+MAX_LOCATOR_ENTRIES = 1 << 20
+"""More leaves than any tree object or chunk list dsv writes names."""
+
+Location = tuple[str | None, int, int]
+"""Where an object is on a remote: (pack id, offset, length), or (None, 0, size) when it
+is a loose object."""
+
+
+@dataclass
+class Locator:
+    """What a reader that has no store needs to read one tree object (or version record)
+    and the file contents it names, each in one request (`loc/<oid>`, written by the push
+    that uploads the object): the object's own bytes, and where each blob or chunk it
+    names lies on the remote. The bytes are checked against the id like any object; the
+    places are hints (a maintainer may since have moved an object: a reader that finds
+    other bytes there looks the object up in the pack indexes)."""
+
+    data: bytes
+    places: dict[str, Location]
+
+
+def encode_locator(data: bytes, places: dict[str, Location]) -> bytes:
+    """A locator's bytes: magic, the object, the packs named, then one entry per leaf."""
+    packs = sorted({p for p, _o, _n in places.values() if p is not None})
+    number = {p: i for i, p in enumerate(packs)}
+    out = [LOCATOR_MAGIC, _LOC_COUNT.pack(len(data)), data, _LOC_COUNT.pack(len(packs))]
+    out += [bytes.fromhex(p) for p in packs]
+    out.append(_LOC_COUNT.pack(len(places)))
+    out += [_LOC_ENTRY.pack(bytes.fromhex(oid), LOOSE_PACK if pack is None else number[pack],
+                            offset, length)
+            for oid, (pack, offset, length) in sorted(places.items())]
+    return b"".join(out)
+
+
+def parse_locator(raw: bytes, oid: str) -> Locator:
+    """A locator read from a remote (untrusted): CorruptObject unless its object hashes
+    to `oid` and every count and entry is in bounds."""
+    view = memoryview(raw)
+    try:
+        if bytes(view[:len(LOCATOR_MAGIC)]) != LOCATOR_MAGIC:
+            raise ValueError("magic")
+        at = len(LOCATOR_MAGIC)
+        (size,) = _LOC_COUNT.unpack_from(view, at)
+        at += 4
+        data = bytes(view[at:at + size])
+        if len(data) != size or hash_bytes(data) != oid:
+            raise ValueError("object")
+        at += size
+        (npacks,) = _LOC_COUNT.unpack_from(view, at)
+        at += 4
+        if npacks * 32 > len(view) - at:
+            raise ValueError("packs")
+        packs = [bytes(view[at + 32 * i:at + 32 * i + 32]).hex() for i in range(npacks)]
+        at += 32 * npacks
+        (count,) = _LOC_COUNT.unpack_from(view, at)
+        at += 4
+        if count > MAX_LOCATOR_ENTRIES or at + count * _LOC_ENTRY.size != len(view):
+            raise ValueError("entries")
+        places: dict[str, Location] = {}
+        for raw_oid, pack, offset, length in _LOC_ENTRY.iter_unpack(view[at:]):
+            if pack == LOOSE_PACK:
+                places[raw_oid.hex()] = (None, 0, length)
+            elif pack < npacks:
+                places[raw_oid.hex()] = (packs[pack], offset, length)
+            else:
+                raise ValueError("pack number")
+    except (ValueError, struct.error):
+        raise CorruptObject(f"locator of {oid[:12]} on the remote is damaged") from None
+    return Locator(data, places)

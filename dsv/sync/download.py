@@ -42,7 +42,7 @@ RETRIES = 2
 """How many more times bytes that do not hash to their id are read from the origin."""
 
 
-def _ranges(missing: dict[str, tuple[str, int, int]]
+def coalesce(missing: dict[str, tuple[str, int, int]]
             ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
     """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
     by_pack: dict[str, list[tuple[str, int, int]]] = {}
@@ -162,7 +162,7 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
 
     with core.reporter.task(label, len(missing), total) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for got, cached in bounded(pool, get, _ranges(missing), WORKERS):
+        for got, cached in bounded(pool, get, coalesce(missing), WORKERS):
             report.from_cache += len(got) if cached else 0
             for oid, data in got:
                 report.objects_received += 1

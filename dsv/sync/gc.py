@@ -208,7 +208,7 @@ class _Listing:
 
     def __init__(self, remote: Remote) -> None:
         self.sizes = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE,
-                                               layout.CATALOG)
+                                               layout.CATALOG, layout.LOCATORS)
                       for key, size in remote.backend.list(prefix)}
         self.owners: dict[str, set[str]] = {}   # pack id → datasets whose catalog names it
         for key in self.sizes:
@@ -220,6 +220,8 @@ class _Listing:
                       if (pid := layout.pack_id_of_key(key)) is not None}
         self.loose = {oid: size for key, size in self.sizes.items()
                       if (oid := layout.loose_oid_of_key(key)) is not None}
+        self.locators = {oid: size for key, size in self.sizes.items()
+                         if (oid := layout.locator_oid_of_key(key)) is not None}
 
 
 def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
@@ -238,6 +240,9 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
     strays = [index_key(p) for p in listing.indexes if p not in listing.packs] + \
         [pack_key(p) for p in listing.packs if p not in listing.indexes]
     gone_loose = [oid for oid in listing.loose if oid not in keep]
+    # A locator goes with its object (a reader of a live one finds places that moved by
+    # the pack indexes; one it lacks, likewise).
+    gone_locators = [oid for oid in listing.locators if oid not in keep]
     left: set[str] = set()    # partly-live packs that could not be read whole
     written: dict[str, int] = {}
     if lease is None:  # a dry run: what the rewrite would upload, each live object once
@@ -267,16 +272,18 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
         # Dead records stay in a pack left alone: what they name stays too.
         report.skipped.append(f"{plural(len(kept_records), 'pack')} of version records left "
                               f"alone: only version records were deleted this time")
-        rest, gone_loose, strays = [], [], []
+        rest, gone_loose, strays, gone_locators = [], [], [], []
     goes = {e.oid for p in records + rest for e in entries[p] if e.oid not in keep}
     going = set(records + rest)
     report.packs_deleted = len(going.intersection(dead))
     report.packs_rewritten = len(going.intersection(partial))
     report.objects_deleted = len(goes | set(gone_loose))
     report.loose_deleted = len(gone_loose)
+    report.locators_deleted = len(gone_locators)
     report.strays_deleted = len(strays)
     report.bytes_freed = max(sum(listing.packs[p] + listing.indexes[p] for p in records + rest)
                              + sum(listing.loose[o] for o in gone_loose)
+                             + sum(listing.locators[o] for o in gone_locators)
                              + sum(listing.sizes[k] for k in strays) - uploaded, 0)
     # Catalog entries go with their pack (before it), and with their dataset when no
     # ref of it is left; an entry naming no pack here is a leftover.
@@ -293,7 +300,8 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
             [index_key(p), pack_key(p)]
     waves = [[k for p in records for k in with_catalog(p)],
              [k for p in rest for k in with_catalog(p)]
-             + [layout.loose_key(o) for o in gone_loose] + strays]
+             + [layout.loose_key(o) for o in gone_loose]
+             + [layout.locator_key(o) for o in gone_locators] + strays]
     if lease is None or not any(waves):
         return
     if not lease.renew():

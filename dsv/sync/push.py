@@ -42,6 +42,8 @@ from ..reporting import Advance, FileBytes, plural
 IN_FLIGHT = 3                # upload packs held in memory at once
 
 
+LOCATOR_JOBS = 4             # uploads a pack's locators are split into
+
 LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
 
 
@@ -317,6 +319,11 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 if kind == KIND_TREE and remote.format < layout.CHUNK_FORMAT and \
                         any(is_chunk_list(data) for _oid, _kind, data in batch):
                     remote.raise_format(layout.CHUNK_FORMAT)
+                if kind != KIND_BLOB:  # (every blob is on the remote by now)
+                    made = _locators(core, remote, batch)
+                    step = max(1, -(-len(made) // LOCATOR_JOBS))
+                    for start in range(0, len(made), step):
+                        submit(_upload_locators, remote, made[start:start + step])
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
@@ -366,6 +373,34 @@ def _read_batches(core: Core, phase: Iterable[tuple[str, tuple[str, int, int]]],
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def _locators(core: Core, remote: Remote, batch: list[tuple[str, int, bytes]]
+              ) -> list[tuple[str, bytes]]:
+    """(key, bytes) of the locator of each tree object and version record in `batch`
+    (layout.Locator): its bytes, and where each blob or chunk it names is on the remote,
+    so that a reader without a store reads a path of a version one request per step."""
+    named: list[tuple[str, bytes, dict[str, int]]] = []
+    for oid, kind, data in batch:
+        mine = tree.leaves(tree.decode_node(data, oid, trusted=True)) \
+            if kind == KIND_TREE else {}
+        named.append((oid, data, mine))
+    wanted = {leaf for _oid, _data, mine in named for leaf in mine}
+    packed = core.index.remote_locate_many(remote.name, wanted)
+    loose = core.index.remote_loose(remote.name, wanted - packed.keys())
+    out = []
+    for oid, data, mine in named:
+        places: dict[str, layout.Location] = {
+            leaf: packed[leaf] if leaf in packed else (None, 0, size)
+            for leaf, size in mine.items() if leaf in packed or leaf in loose}
+        out.append((layout.locator_key(oid), layout.encode_locator(data, places)))
+    return out
+
+
+def _upload_locators(remote: Remote, locators: list[tuple[str, bytes]]) -> Sent:
+    for key, data in locators:
+        remote.backend.put_bytes(key, data)
+    return Sent(0, 0)
 
 
 def _upload_pack(remote: Remote, pack: tuple[str, bytes, list[PackEntry]],

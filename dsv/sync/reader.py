@@ -1,0 +1,682 @@
+"""Reading a remote without a store: `dsv ls`, `dsv get`, `dsv cat` and `dsv://` files.
+
+Owns resolving a ref against a remote's own refs (no index), reading version records and
+tree objects through their locators (`loc/<oid>`: one request each, the cluster cache
+first), reading file contents where the locators place them (ranged GETs, neighbours
+coalesced, the cache first and filled with what was read), and the fallback when a
+locator is missing (an older dsv pushed) or a place is stale (a maintainer repacked): the
+dataset's catalog and pack indexes, read once. Every byte is checked against its id
+before it is returned. Must never write to a remote or to a store.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .. import tree, worktree
+from ..errors import CorruptObject, InvalidInput, MissingObject, RefError
+from ..hashing import hash_bytes, is_hash, new_hasher
+from ..jsonio import load_bounded
+from ..model import COMMITTED, FileRow, Version
+from ..objects import PACK_THRESHOLD, parse_pack_index
+from ..paths import normalize_user_path
+from ..records import Record, parse_record
+from ..refs import LATEST, MIN_PREFIX, parse_ref
+from ..remotes import layout
+from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError,
+                            RemoteRefused, RemoteSpec, check_outside_stores)
+from ..remotes.cache import ClusterCache
+from ..remotes.connect import normalize_url, open_backend
+from ..reporting import Reporter
+from .download import coalesce
+
+WORKERS = 8
+GET_BATCH_FILES = 2000
+GET_BATCH_BYTES = 64 << 20
+"""Files (and bytes) of small files `get` reads at once."""
+LOOSE_CACHE_MEMORY = 64 << 20
+"""A loose object streamed from the origin up to this size is also kept in the cache."""
+MAX_HISTORY = 100_000
+"""Version records a walk of one dataset's history reads at most."""
+SPAN = 8 << 20
+"""Bytes of a chunked file one prefetch job reads (ranged GETs of neighbouring chunks)."""
+AHEAD = 4
+"""Prefetch jobs a sequential read of a chunked file keeps in flight."""
+
+_KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
+
+
+@dataclass
+class RemoteDataset:
+    """A dataset as a remote's refs show it."""
+
+    id: str
+    name: str | None
+    latest: layout.RemoteRef | None
+    tags: dict[str, layout.RemoteRef] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The fields a script sees (`dsv ls URL --json`)."""
+        return {"id": self.id, "name": self.name,
+                "latest": self.latest.version if self.latest else None,
+                "path": self.latest.path if self.latest else None,
+                "tags": {t: r.version for t, r in sorted(self.tags.items())}}
+
+
+class RemoteReader:
+    """One remote, read without a store (see the module's docstring)."""
+
+    def __init__(self, url: str, endpoint_url: str | None = None, profile: str | None = None,
+                 cache: str | None = None, reporter: Reporter | None = None) -> None:
+        self.spec = RemoteSpec("origin", normalize_url(url), endpoint_url=endpoint_url,
+                               profile=profile)
+        self.url = self.spec.url
+        self.backend = open_backend(self.spec)
+        if cache:
+            check_outside_stores(os.path.abspath(cache))
+        self.cache = ClusterCache(os.path.abspath(cache)) if cache else None
+        self.reporter = reporter or Reporter()
+        self.format = 0
+        self._lock = threading.Lock()
+        self._keys: list[str] | None = None           # the remote's refs/ keys, listed once
+        self._refs: dict[str, layout.RemoteRef | None] = {}
+        self._places: dict[str, layout.Location] = {}
+        self._picture: dict[str, layout.Location] | None = None
+        self._scope: set[str] = set()                  # datasets whose objects are read
+        self._records: dict[str, Record] = {}
+
+    # ---- the remote and its refs ------------------------------------------------------
+    def connect(self) -> None:
+        """Check once that the URL is a dsv remote whose format this dsv reads."""
+        if self.format:
+            return
+        self.backend.check_reachable()
+        try:
+            marker = load_bounded(self.backend.get(layout.REMOTE_MARKER,
+                                                   max_size=MAX_REF_BYTES), MAX_REF_BYTES)
+        except NotFound:
+            raise RemoteError(f"{self.url} is not a dsv remote (nothing was pushed to it)",
+                              hint="check the URL (and --endpoint-url)") from None
+        except ValueError:
+            raise RemoteError(f"{self.url}/{layout.REMOTE_MARKER} is unreadable") from None
+        fmt = marker.get("format") if isinstance(marker, dict) else None
+        if fmt not in layout.READ_FORMATS:
+            raise RemoteError(f"{self.url} has remote format {fmt}; this dsv reads formats "
+                              f"{', '.join(map(str, layout.READ_FORMATS))}")
+        self.format = int(fmt)
+
+    def _ref_keys(self) -> list[str]:
+        if self._keys is None:
+            self.connect()
+            self._keys = sorted(k for k, _size in self.backend.list(layout.REFS))
+        return self._keys
+
+    def _read_ref(self, key: str) -> layout.RemoteRef | None:
+        """A ref of the remote (each read once by this reader), None if absent or bad."""
+        if key in self._refs:
+            return self._refs[key]
+        try:
+            got = self.backend.read_ref(key)
+        except RemoteRefused as exc:
+            self.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
+            got = None
+        ref = layout.parse_ref(key, *got) if got else None
+        with self._lock:
+            self._refs[key] = ref
+        return ref
+
+    def _read_refs(self, keys: list[str]) -> list[layout.RemoteRef]:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            return [r for r in pool.map(self._read_ref, keys) if r is not None]
+
+    def datasets(self) -> list[RemoteDataset]:
+        """Every dataset with a `latest` ref on the remote, with its tags."""
+        ids = sorted({parts[1] for key in self._ref_keys()
+                      if len(parts := key.split("/")) == 3 and parts[2] == LATEST})
+        return [self._dataset(ds_id, tags=True) for ds_id in ids]
+
+    def _dataset(self, ds_id: str, tags: bool = False) -> RemoteDataset:
+        """Dataset `ds_id` as its `latest` ref (and with `tags`, every tag) shows it."""
+        keys = [layout.ref_key(ds_id, LATEST)]
+        if tags:
+            keys += [k for k in self._ref_keys() if k.startswith(f"{layout.REFS}{ds_id}/tags/")]
+        ds = RemoteDataset(ds_id, None, None)
+        for ref in self._read_refs(keys):
+            if ref.ref == LATEST:
+                ds.latest, ds.name = ref, ref.name
+            else:
+                ds.tags[ref.ref.removeprefix("tags/")] = ref
+        return ds
+
+    def _tag(self, ds: RemoteDataset, name: str) -> layout.RemoteRef | None:
+        key = layout.ref_key(ds.id, f"tags/{name}")
+        return self._read_ref(key) if key in self._ref_keys() else None
+
+    def dataset(self, word: str) -> RemoteDataset:
+        """The dataset `word` names on the remote, by id or by the name its `latest` ref
+        carries (ids win); InvalidInput when none or several do."""
+        ids = sorted({parts[1] for key in self._ref_keys()
+                      if len(parts := key.split("/")) >= 3})
+        if word in ids:
+            return self._dataset(word)
+        if not ids:
+            raise InvalidInput(f"{self.url} holds no dataset yet")
+        latest = self._read_refs([layout.ref_key(i, LATEST) for i in ids])
+        named = [r.dataset for r in latest if r.name == word]
+        if len(named) != 1:
+            names = sorted(r.name or r.dataset for r in latest)
+            raise InvalidInput(f"{self.url} has {'several datasets' if named else 'no dataset'}"
+                               f" named {word!r}",
+                               hint=(f"name it by id: {', '.join(named)}" if named else
+                                     f"its datasets: {', '.join(names)}"))
+        return self._dataset(named[0])
+
+    def resolve(self, ref: str) -> Version:
+        """The committed version `ref` (`DATASET[:latest|TAG|VERSION][~N]`) names on the
+        remote."""
+        spec = parse_ref(ref)
+        if spec.dataset is None:
+            raise RefError(f"ref {ref!r} names no dataset",
+                           hint="write DATASET:SELECTOR, e.g. mldata:latest or mldata:v1.0")
+        if "/" in spec.selector:
+            raise RefError(f"{ref}: remote-tracking refs name what a store saw of a remote; "
+                           f"name the ref itself")
+        ds = self.dataset(spec.dataset)
+        self._scope.add(ds.id)
+        label = ds.name or ds.id
+        if spec.selector == LATEST:
+            if ds.latest is None:
+                raise RefError(f"{label} has no latest version on {self.url}")
+            version = self.record(ds.latest.record, ds.id).version
+        else:
+            version = self._select(ds, spec.selector)
+        for _ in range(spec.ancestor):
+            record = self.record(version.record or "", ds.id)
+            if not record.parents:
+                raise RefError(f"{ref} goes past the first version")
+            version = self.record(record.parents[0].record, ds.id).version
+        return version
+
+    def _select(self, ds: RemoteDataset, selector: str) -> Version:
+        label = ds.name or ds.id
+        found: dict[str, Version] = {}
+        tagged = self._tag(ds, selector)
+        if tagged is not None:
+            found[f"tag {selector}"] = self.record(tagged.record, ds.id).version
+        if tagged is None or tagged.version != selector:
+            for v in self.history(ds):
+                if v.id == selector or (len(selector) >= MIN_PREFIX and
+                                        v.id.startswith(selector)):
+                    found[f"version {v.id}"] = v
+        distinct = {v.id: v for v in found.values()}
+        if not distinct:
+            raise RefError(f"{label}:{selector} matches no tag or version on {self.url}",
+                           hint=f"`dsv ls {self.url} {label}` lists them")
+        if len(distinct) > 1:
+            raise RefError(f"{label}:{selector} is ambiguous: it matches "
+                           f"{', '.join(sorted(found))}", hint="name a version by more of its id")
+        return next(iter(distinct.values()))
+
+    def history(self, ds: RemoteDataset) -> list[Version]:
+        """Every version the dataset's refs reach on the remote, newest first."""
+        self._scope.add(ds.id)
+        ds = self._dataset(ds.id, tags=True)
+        heads = [r.record for r in ([ds.latest] if ds.latest else []) + list(ds.tags.values())]
+        seen: dict[str, Version] = {}
+        stack = list(heads)
+        while stack:
+            rec = stack.pop()
+            if rec in seen:
+                continue
+            if len(seen) >= MAX_HISTORY:
+                raise CorruptObject(f"{ds.name or ds.id} has more than {MAX_HISTORY:,} "
+                                    f"versions on {self.url}")
+            record = self.record(rec, ds.id)
+            seen[rec] = record.version
+            stack.extend(p.record for p in record.parents)
+        tags: dict[str, list[str]] = {}
+        for name, ref in ds.tags.items():
+            tags.setdefault(ref.version, []).append(name)
+        out = sorted(seen.values(), key=lambda v: v.committed or 0.0, reverse=True)
+        for v in out:
+            v.tags = sorted(tags.get(v.id, []))
+        return out
+
+    def record(self, oid: str, ds_id: str | None = None) -> Record:
+        """Version record `oid` (of dataset `ds_id`), read and checked."""
+        found = self._records.get(oid)
+        if found is not None:
+            return found
+        if not is_hash(oid):
+            raise CorruptObject(f"{oid[:40]!r} is not a version record id")
+        if ds_id:
+            self._scope.add(ds_id)
+        record = parse_record(self._node(oid), oid)
+        if ds_id is not None and record.version.dataset != ds_id:
+            raise CorruptObject(f"version record {oid[:12]} on {self.url} belongs to "
+                                f"another dataset")
+        record.version.record = oid
+        record.version.state = COMMITTED
+        self._records[oid] = record
+        return record
+
+    # ---- tree objects -----------------------------------------------------------------
+    def read_tree(self, oid: str) -> bytes:
+        """Tree object `oid`'s bytes (checked against its id): what `tree`'s walks read."""
+        return self._node(oid)
+
+    def _node(self, oid: str) -> bytes:
+        """A tree object or record, through its locator: from the cache, else from the
+        origin (then cached); by the pack indexes when the origin has no locator."""
+        key = layout.locator_key(oid)
+        path = self.cache.locator_path(oid) if self.cache else None
+        raw = self._cached(path, MAX_GET_BYTES) if path else None
+        if raw is not None:
+            try:
+                return self._learn(layout.parse_locator(raw, oid))
+            except CorruptObject:
+                assert self.cache is not None and path is not None
+                self.cache.drop(path)
+        self.connect()
+        try:
+            raw = self.backend.get(key, max_size=MAX_GET_BYTES)
+            locator = layout.parse_locator(raw, oid)
+        except NotFound:
+            data = self._fetch_packed(oid)
+            raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
+        except CorruptObject as exc:
+            self.reporter.notice(f"warning: {exc.message}; reading the object itself")
+            data = self._fetch_packed(oid)
+            raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
+        if self.cache is not None and path is not None:
+            self._fill(path, raw)
+        return self._learn(locator)
+
+    def _learn(self, locator: layout.Locator) -> bytes:
+        with self._lock:
+            self._places.update(locator.places)
+        return locator.data
+
+    # ---- file contents ----------------------------------------------------------------
+    def read_blob(self, oid: str, size: int) -> bytes:
+        """The contents `oid` (of `size` bytes) of an unchunked file or a chunk, checked."""
+        return next(iter(self.read_blobs({oid: size}).values()))
+
+    def read_blobs(self, wanted: dict[str, int]) -> dict[str, bytes]:
+        """The contents of several blobs (oid → size), each checked: from the cache, else
+        by ranged GETs of the origin's packs (neighbours in one GET), in parallel."""
+        out: dict[str, bytes] = {}
+        for oid, size in wanted.items():
+            data = self._cached_object(oid, size)
+            if data is not None:
+                out[oid] = data
+        rest = {oid: size for oid, size in wanted.items() if oid not in out}
+        if not rest:
+            return out
+        self.connect()
+        for stale in (False, True):
+            places = self._locate(rest, stale)
+            loose = {oid: n for oid, (pack, _o, n) in places.items() if pack is None}
+            packed = {oid: (p, o, n) for oid, (p, o, n) in places.items() if p is not None}
+            bad: list[str] = []
+            with ThreadPoolExecutor(WORKERS) as pool:
+                for got in pool.map(self._get_range, coalesce(packed)):
+                    for oid, data in got.items():
+                        (out.__setitem__(oid, data) if data is not None else bad.append(oid))
+                for oid, data in zip(loose, pool.map(self._get_loose, loose.items()),
+                                     strict=True):
+                    (out.__setitem__(oid, data) if data is not None else bad.append(oid))
+            rest = {oid: rest[oid] for oid in bad}
+            if not rest:
+                return out
+        oid = next(iter(rest))
+        raise CorruptObject(f"object {oid[:12]} is damaged or missing on {self.url}; "
+                            f"nothing of it was returned",
+                            hint="`dsv verify --remote` on a store with this remote "
+                                 "reports what is damaged")
+
+    def _locate(self, wanted: dict[str, int], stale: bool) -> dict[str, layout.Location]:
+        """Where each wanted object is: as the locators place it, unless `stale` (those
+        places held other bytes): then by the pack indexes, or loose."""
+        out: dict[str, layout.Location] = {}
+        picture = self._read_picture() if stale else None
+        for oid, size in wanted.items():
+            place = picture.get(oid) if picture is not None else self._places.get(oid)
+            if place is None and not stale:
+                picture = self._read_picture()
+                place = picture.get(oid)
+            out[oid] = place if place is not None else (None, 0, size)
+        return out
+
+    def _get_range(self, job: tuple[str, int, int, list[tuple[str, int, int]]]
+                   ) -> dict[str, bytes | None]:
+        pack, start, length, group = job
+        try:
+            data = self.backend.get_range(layout.pack_key(pack), start, length)
+        except (NotFound, RemoteRefused):  # (a pack gone since it was placed: looked up)
+            return {oid: None for oid, _o, _n in group}
+        out: dict[str, bytes | None] = {}
+        for oid, offset, n in group:
+            piece = data[offset - start:offset - start + n]
+            if hash_bytes(piece) == oid:
+                out[oid] = piece
+                self._cache_object(oid, piece)
+            else:
+                out[oid] = None
+        return out
+
+    def _get_loose(self, item: tuple[str, int]) -> bytes | None:
+        oid, size = item
+        if size > MAX_GET_BYTES:
+            raise InvalidInput(f"object {oid[:12]} is {size:,} bytes: too large to read "
+                               f"into memory", hint="use `dsv get` to write it to a file")
+        try:
+            data = self.backend.get(layout.loose_key(oid), max_size=size)
+        except (NotFound, RemoteRefused):
+            return None
+        if hash_bytes(data) != oid:
+            return None
+        self._cache_object(oid, data)
+        return data
+
+    def _fetch_packed(self, oid: str) -> bytes:
+        """A tree object or record that has no locator on the origin, by the pack indexes."""
+        pack, offset, length = self._read_picture().get(oid) or (None, 0, 0)
+        if pack is None:
+            raise MissingObject(f"object {oid[:12]} is not on {self.url}",
+                                hint="was the version deleted, or the remote collected?")
+        data = self.backend.get_range(layout.pack_key(pack), offset, length)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(f"object {oid[:12]} is damaged on {self.url}")
+        return data
+
+    def _read_picture(self) -> dict[str, layout.Location]:
+        """Where every object of the datasets read so far is, from their catalogs (every
+        pack index, where the remote keeps none): read once, when a locator is lacking."""
+        with self._lock:
+            if self._picture is not None:
+                return self._picture
+        if self.format >= layout.CATALOG_FORMAT and self._scope:
+            packs = {entry[1] for ds in sorted(self._scope)
+                     for key, _size in self.backend.list(layout.catalog_prefix(ds))
+                     if (entry := layout.catalog_entry_of_key(key)) is not None}
+        else:
+            packs = {pid for key, _size in self.backend.list(layout.INDEX)
+                     if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
+
+        def read(pack: str) -> list[tuple[str, layout.Location]]:
+            try:
+                entries, _size = parse_pack_index(
+                    self.backend.get(layout.index_key(pack), max_size=MAX_GET_BYTES), pack)
+            except (NotFound, CorruptObject, RemoteRefused):
+                return []
+            return [(e.oid, (pack, e.offset, e.length)) for e in entries]
+
+        picture: dict[str, layout.Location] = {}
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for found in pool.map(read, sorted(packs)):
+                picture.update(found)
+        with self._lock:
+            self._picture = picture
+        return picture
+
+    # ---- the cluster cache --------------------------------------------------------------
+    def _cached(self, path: str, cap: int) -> bytes | None:
+        assert self.cache is not None
+        fd = self.cache.open_entry(path)
+        if fd is None:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size > cap:
+                return None
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read(size)
+        finally:
+            os.close(fd)
+
+    def _cached_object(self, oid: str, size: int) -> bytes | None:
+        if self.cache is None:
+            return None
+        path = self.cache.loose_path(oid)
+        data = self._cached(path, size)
+        if data is None:
+            return None
+        if len(data) != size or hash_bytes(data) != oid:
+            self.cache.drop(path)  # damaged: read the origin instead
+            return None
+        return data
+
+    def _cache_object(self, oid: str, data: bytes) -> None:
+        if self.cache is not None:
+            self._fill(self.cache.loose_path(oid), data)
+
+    def _fill(self, path: str, data: bytes) -> None:
+        assert self.cache is not None
+        try:
+            self.cache.fill_bytes(path, data)
+        except OSError as exc:  # a full or read-only cache costs speed, never the read
+            self.reporter.notice(f"warning: could not fill the cluster cache "
+                                 f"{self.cache.root}: {exc.strerror or exc}")
+
+    # ---- versions' files ----------------------------------------------------------------
+    def files(self, version: Version, path: str = "", recursive: bool = False
+              ) -> list[FileRow]:
+        """The entries of the version's directory `path` (the root by default); with
+        `recursive`, every file and link below it. A file's path lists that file."""
+        rel = normalize_user_path(path) if path else ""
+        if recursive:
+            rows = self.entries(version, rel)
+            return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
+                    for p, e in rows]
+        if rel:
+            row = tree.find(version.tree, self.read_tree, rel)
+            if row is None:
+                raise InvalidInput(f"{path} is not in version {version.id}")
+            if row[1] != tree.DIR:
+                name, kind, mode, size, oid, chunks = row
+                return [FileRow(rel, _KIND_NAMES[kind], size, oid, mode, chunks)]
+            rows_here = tree.entries(row[4], self.read_tree, trusted=False)
+        else:
+            rows_here = tree.entries(version.tree, self.read_tree, trusted=False)
+        return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode,
+                        chunks) for name, kind, mode, size, oid, chunks in rows_here]
+
+    def entries(self, version: Version, rel: str = "") -> list[tuple[str, tree.Entry]]:
+        """(path, entry) of every file and link at or below `rel`, sorted by path."""
+        if not rel:
+            found = list(tree.iter_files(version.tree, self.read_tree, trusted=False))
+        else:
+            row = tree.find(version.tree, self.read_tree, rel)
+            if row is None:
+                raise InvalidInput(f"{rel} is not in version {version.id}")
+            if row[1] == tree.DIR:
+                found = list(tree.iter_files(row[4], self.read_tree, rel, trusted=False))
+            else:
+                found = [(rel, tree.Entry(row[1], row[2], row[3], row[4], row[5]))]
+        return sorted(found)
+
+    def chunk_list(self, entry: tree.Entry) -> tree.ChunkList:
+        """The chunk list of a chunked file."""
+        return tree.read_chunks(self.read_tree, entry.chunks, entry.oid, entry.size,
+                                trusted=False)
+
+    def open(self, entry: tree.Entry) -> BinaryIO:
+        """A file's contents, seekable: a chunked file reads only the chunks a read
+        covers (and prefetches ahead of a sequential read); every piece is checked."""
+        if entry.kind == tree.DIR:
+            raise InvalidInput("a directory cannot be opened as a file")
+        if entry.chunks:
+            from ..checkout import ChunkedReader
+            chunks = self.chunk_list(entry)
+            return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks)), 1 << 20)
+        return io.BytesIO(self.read_blob(entry.oid, entry.size))
+
+    def _stream_loose(self, entry: tree.Entry) -> Iterator[bytes]:
+        """A large unchunked file (a loose object): from the cache, else streamed from the
+        origin and, when it checks out, kept in the cache."""
+        if self.cache is not None:
+            fd = self.cache.open_entry(self.cache.loose_path(entry.oid))
+            if fd is not None:
+                with os.fdopen(fd, "rb") as f:
+                    yield from iter(lambda: f.read(1 << 20), b"")
+                return
+        self.connect()
+        stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size)
+        if self.cache is None:
+            yield from stream
+            return
+        # (the cache gets the object only if the whole of it hashes to its id)
+        held: list[bytes] | None = []
+        for piece in stream:
+            yield piece
+            if held is not None:
+                held.append(piece)
+                if stream.count > LOOSE_CACHE_MEMORY:
+                    held = None
+        if held is not None and stream.count == entry.size and \
+                stream.hasher.hexdigest() == entry.oid:
+            self._fill(self.cache.loose_path(entry.oid), b"".join(held))
+
+    def get(self, version: Version, paths: list[str], to: str | os.PathLike[str]) -> int:
+        """Write the files at or below `paths` of `version` (every file when none) into
+        directory `to`; returns how many. Small files are read in batches (neighbours in
+        one GET), chunked files chunk run by chunk run; nothing unchecked is written."""
+        dest = Path(to).absolute()
+        check_outside_stores(str(dest))
+        chosen: dict[str, tree.Entry] = {}
+        for rel in [normalize_user_path(p) for p in paths] or [""]:
+            chosen.update(self.entries(version, rel))
+        items = sorted(chosen.items())
+        dest.mkdir(parents=True, exist_ok=True)
+        batch: list[tuple[str, tree.Entry]] = []
+        held = 0
+        with self.reporter.task("downloading", len(items),
+                                sum(e.size for _r, e in items)) as advance:
+            for i, (rel, entry) in enumerate(items):
+                batch.append((rel, entry))
+                held += 0 if entry.chunks else entry.size
+                if held >= GET_BATCH_BYTES or len(batch) >= GET_BATCH_FILES or \
+                        i == len(items) - 1:
+                    small = {e.oid: e.size for _r, e in batch
+                             if not e.chunks and e.size <= PACK_THRESHOLD}
+                    worktree.write_files(dest, batch, self._content(small), advance)
+                    batch, held = [], 0
+        return len(items)
+
+    def cat(self, version: Version, path: str) -> Iterator[bytes]:
+        """The bytes of one file of `version`, in pieces, every piece checked before it
+        is given out (a large unchunked file is put aside and checked whole first)."""
+        rel = normalize_user_path(path)
+        found = dict(self.entries(version, rel)) if rel else {}
+        entry = found.get(rel)
+        if entry is None or entry.kind != tree.FILE:
+            raise InvalidInput(f"{path} is not a file of version {version.id}")
+        if entry.chunks or entry.size <= PACK_THRESHOLD:
+            yield from self.pieces(entry)
+            return
+        with tempfile.TemporaryFile() as held:
+            stream = _Hashed(self.pieces(entry), entry.size)
+            for piece in stream:
+                held.write(piece)
+            if stream.count != entry.size or stream.hasher.hexdigest() != entry.oid:
+                raise CorruptObject(f"{rel} arrived damaged from {self.url}; nothing of it "
+                                    f"was written")
+            held.seek(0)
+            yield from iter(lambda: held.read(1 << 20), b"")
+
+    def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[bytes]]:
+        """What `write_files` reads each file from: the small ones read at once (neighbours
+        in one GET), the others piece by piece."""
+        got = self.read_blobs(small) if small else {}
+        return lambda e: [got[e.oid]] if e.oid in got else self.pieces(e)
+
+    def pieces(self, entry: tree.Entry) -> Iterator[bytes]:
+        """A file's contents in pieces, in order (each chunk, or the whole blob), each
+        checked, a loose one as it streams (the caller checks the whole): what `get` and
+        `cat` write out."""
+        if not entry.chunks and entry.size > PACK_THRESHOLD:
+            yield from self._stream_loose(entry)
+            return
+        if not entry.chunks:
+            yield self.read_blob(entry.oid, entry.size)
+            return
+        chunks = self.chunk_list(entry)
+        fetch = _Prefetch(self, chunks)
+        for i in range(len(chunks.chunks)):
+            yield fetch(i)
+
+
+class _Hashed:
+    """Pieces passed through while they are hashed and counted."""
+
+    def __init__(self, pieces: Iterable[bytes], size: int) -> None:
+        self._pieces = pieces
+        self._size = size
+        self.hasher = new_hasher(threads=True)
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self._pieces:
+            self.count += len(piece)
+            if self.count > self._size:
+                raise CorruptObject("a file arrived longer than its entry says")
+            self.hasher.update(piece)
+            yield piece
+
+
+class _Prefetch:
+    """Chunk i of a chunked file on demand, reading SPAN-sized runs of chunks ahead of a
+    sequential reader in background jobs (AHEAD at once)."""
+
+    def __init__(self, reader: RemoteReader, chunks: tree.ChunkList) -> None:
+        self._reader = reader
+        self._chunks = chunks.chunks
+        self._span_of: list[int] = []
+        self._spans: list[tuple[int, int]] = []   # [first chunk, end chunk)
+        first, total = 0, 0
+        for i, (_oid, n) in enumerate(self._chunks):
+            if total and total + n > SPAN:
+                self._spans.append((first, i))
+                first, total = i, 0
+            total += n
+            self._span_of.append(len(self._spans))
+        if self._chunks:
+            self._spans.append((first, len(self._chunks)))
+        self._jobs: dict[int, Future[dict[str, bytes]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._last = -2
+
+    def _submit(self, span: int) -> None:
+        if span >= len(self._spans) or span in self._jobs:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(AHEAD)
+        lo, hi = self._spans[span]
+        wanted = dict(self._chunks[lo:hi])
+        self._jobs[span] = self._pool.submit(self._reader.read_blobs, wanted)
+
+    def __call__(self, i: int) -> bytes:
+        span = self._span_of[i]
+        sequential = span in (self._last, self._last + 1)
+        self._last = span
+        for ahead in range(span, span + (AHEAD if sequential else 1)):
+            self._submit(ahead)
+        for old in [s for s in self._jobs if s < span or s > span + AHEAD]:
+            self._jobs.pop(old).cancel()
+        data = self._jobs[span].result()[self._chunks[i][0]]
+        if i == self._spans[span][1] - 1:
+            self._jobs.pop(span, None)
+        return data
+
+    def __del__(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

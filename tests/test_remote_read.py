@@ -1,0 +1,259 @@
+"""Reading a remote with no store (issue 13): `dsv ls`, `dsv get`, `dsv cat`.
+
+A push writes a locator (`loc/<oid>`) for each tree object and version record it sends:
+the object's bytes and where each blob or chunk it names lies. A reader resolves a ref
+from the remote's refs, walks the path one locator per step and reads the file by a
+ranged GET, through the cluster cache when one is given. Every byte is checked; a
+missing locator or a stale place falls back to the pack indexes; damage is reported,
+never returned."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import Result, flip_byte, read_tree, write_tree
+from faultproxy import FaultProxy
+from servers import b3, create_bucket
+from dsv.remotes import layout
+
+
+def _ok(res: Result) -> Result:
+    assert res.code == 0, res.err
+    return res
+
+
+def _workspace(tmp_path: Path, dsv, files: dict[str, bytes], name: str = "mldata") -> Path:
+    ws = tmp_path / "ws"
+    write_tree(ws, files)
+    _ok(dsv("init", ws, "--name", name, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "first", cwd=ws))
+    return ws
+
+
+def _small(tmp_path: Path, dsv) -> tuple[Path, Path]:
+    """A dataset of two versions (a symlink, an executable, a chunked file) pushed to a
+    directory remote; v1.0 tags the first."""
+    big = os.urandom(5 << 20)
+    files = {"a.txt": b"alpha\n", "run.sh": b"#!/bin/sh\necho hi\n", "sub/b.bin": b"b" * 3000,
+             "sub/deep/c.txt": b"c\n", "big.bin": big}
+    ws = _workspace(tmp_path, dsv, files)
+    os.chmod(ws / "run.sh", 0o755)
+    os.symlink("sub/b.bin", ws / "link")
+    _ok(dsv("commit", "-m", "with link", cwd=ws))
+    _ok(dsv("tag", "mldata:latest", "v1.0", cwd=ws))
+    write_tree(ws, {"a.txt": b"alpha two\n", "new.txt": b"new\n"})
+    _ok(dsv("commit", "-m", "second", cwd=ws))
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    return ws, remote
+
+
+def test_push_writes_a_locator_for_every_tree_and_record(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    from dsv import tree
+    from dsv.store import Store
+    store = Store.open(ws)
+    core = store.core
+    ds = core.index.dataset_by("name", "mldata")
+    nodes = set()
+    for v in core.index.versions(ds.id):
+        nodes.add(v.record)
+        nodes |= {oid for oid, _node in tree.distinct_trees(v.tree, core.read_tree)}
+    store.close()
+    for oid in nodes:
+        raw = (remote / layout.locator_key(oid)).read_bytes()
+        loc = layout.parse_locator(raw, oid)
+        assert b3(loc.data) == oid
+    # a directory's locator places each of its files' blobs, where the pack holds them
+    root = json.loads(_ok(dsv("files", "list", "mldata:v1.0", "--path", "sub", "--json",
+                              cwd=ws)).out)
+    sub_tree = [r for r in json.loads(_ok(dsv("files", "list", "mldata:v1.0", "--json",
+                                              cwd=ws)).out) if r["path"] == "sub"][0]["hash"]
+    loc = layout.parse_locator((remote / layout.locator_key(sub_tree)).read_bytes(), sub_tree)
+    blob = [r for r in root if r["path"] == "sub/b.bin"][0]["hash"]
+    pack, offset, length = loc.places[blob]
+    with open(remote / layout.pack_key(pack), "rb") as f:
+        f.seek(offset)
+        assert f.read(length) == b"b" * 3000
+
+
+def test_ls_get_and_cat_without_a_store(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    listed = json.loads(_ok(dsv("ls", remote, "--json", cwd=tmp_path)).out)
+    assert [d["name"] for d in listed] == ["mldata"] and list(listed[0]["tags"]) == ["v1.0"]
+    versions = json.loads(_ok(dsv("ls", remote, "mldata", "--json", cwd=tmp_path)).out)
+    assert [v["message"] for v in versions] == ["second", "with link", "first"]
+    assert versions[1]["tags"] == ["v1.0"]
+    files = json.loads(_ok(dsv("ls", remote, "mldata:v1.0", "--json", "-r",
+                               cwd=tmp_path)).out)
+    assert {f["path"] for f in files} == {"a.txt", "run.sh", "sub/b.bin", "sub/deep/c.txt",
+                                         "big.bin", "link"}
+    assert [f for f in files if f["path"] == "big.bin"][0]["hash"] == \
+        b3((ws / "big.bin").read_bytes())
+    top = json.loads(_ok(dsv("ls", remote, "mldata:latest", "sub", "--json",
+                             cwd=tmp_path)).out)
+    assert [(f["path"], f["type"]) for f in top] == [("sub/b.bin", "file"), ("sub/deep", "dir")]
+
+    # get: the whole of v1.0 (by tag, by version prefix, by ~1) is the committed tree
+    expected = {k: v for k, v in read_tree(ws).items() if k not in ("new.txt", "a.txt")}
+    expected["a.txt"] = b"alpha\n"
+    for ref in ("mldata:v1.0", f"mldata:{versions[1]['id'][:6]}", "mldata:latest~1"):
+        out = tmp_path / f"got-{ref.replace(':', '_').replace('~', '_')}"
+        _ok(dsv("get", remote, ref, "--to", out, cwd=tmp_path))
+        assert read_tree(out) == expected
+        assert os.readlink(out / "link") == "sub/b.bin"
+        assert os.stat(out / "run.sh").st_mode & 0o111 and \
+            not os.stat(out / "a.txt").st_mode & 0o111
+    part = tmp_path / "part"
+    _ok(dsv("get", remote, "mldata:latest", "sub/deep", "new.txt", "--to", part, cwd=tmp_path))
+    assert read_tree(part) == {"sub/deep/c.txt": b"c\n", "new.txt": b"new\n"}
+
+    res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert res.out == "alpha two\n"
+    for ref, path, why in (("mldata:latest", "nope.txt", "nope.txt is not in version"),
+                           ("mldata:latest", "sub", "sub is not a file"),
+                           ("other:latest", "a.txt", "no dataset named 'other'"),
+                           ("mldata:v9", "a.txt", "matches no tag or version")):
+        res = dsv("cat", remote, ref, path, cwd=tmp_path)
+        assert res.code == 1 and why in res.err and res.out == "", res.err
+
+
+def test_cat_of_a_chunked_file_streams_checked_chunks(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    import dsv as api
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:v1.0")
+    assert b"".join(reader.cat(v, "big.bin")) == (ws / "big.bin").read_bytes()
+    entry = dict(reader.entries(v, "big.bin"))["big.bin"]
+    f = reader.open(entry)
+    f.seek(3_000_000)
+    assert f.read(5000) == (ws / "big.bin").read_bytes()[3_000_000:3_005_000]
+
+
+def test_a_remote_without_locators_is_read_by_its_pack_indexes(tmp_path, dsv):
+    """Pushed by an older dsv (no `loc/`), or its locators lost: the reader reads the
+    dataset's catalog and pack indexes instead."""
+    ws, remote = _small(tmp_path, dsv)
+    shutil.rmtree(remote / "loc")
+    out = tmp_path / "out"
+    _ok(dsv("get", remote, "mldata:v1.0", "sub", "big.bin", "--to", out, cwd=tmp_path))
+    assert read_tree(out) == {"sub/b.bin": b"b" * 3000, "sub/deep/c.txt": b"c\n",
+                              "big.bin": (ws / "big.bin").read_bytes()}
+
+
+def test_stale_and_forged_places_fall_back_and_damage_is_never_returned(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    files = {f["path"]: f for f in json.loads(_ok(dsv("files", "list", "mldata:latest",
+                                                      "--json", cwd=ws)).out)}
+    root_tree = json.loads(_ok(dsv("versions", "details", "mldata:latest", "--json",
+                                   cwd=ws)).out)["tree"]
+    key = remote / layout.locator_key(root_tree)
+    loc = layout.parse_locator(key.read_bytes(), root_tree)
+    blob = files["a.txt"]["hash"]
+    pack, offset, length = loc.places[blob]
+    # A place that names other bytes (a maintainer moved the object, or a forger): the
+    # reader checks what it read, then looks the object up in the pack indexes.
+    forged = dict(loc.places)
+    forged[blob] = (pack, offset + 1, length)
+    os.chmod(key, 0o644)
+    key.write_bytes(layout.encode_locator(loc.data, forged))
+    res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert res.out == "alpha two\n"
+    # A locator whose object is not the one its name says: a warning, then the pack indexes.
+    key.write_bytes(layout.encode_locator(b'{"entries":[],"type":"tree","v":1}', {}))
+    res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert res.out == "alpha two\n" and "damaged" in res.err
+    # The object itself damaged in its pack: an error, and nothing written under its name.
+    flip_byte(remote / layout.pack_key(pack), offset)
+    res = dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path)
+    assert res.code == 1 and res.out == "" and "damaged" in res.err, res.err
+    out = tmp_path / "out"
+    res = dsv("get", remote, "mldata:latest", "a.txt", "new.txt", "--to", out, cwd=tmp_path)
+    assert res.code == 1 and not (out / "a.txt").exists()
+
+
+def test_a_damaged_cache_entry_is_read_again_from_the_origin(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    cache = tmp_path / "cache"
+    _ok(dsv("get", remote, "mldata:latest", "sub/b.bin", "--to", tmp_path / "one",
+            "--cache", cache, cwd=tmp_path))
+    blob = b3(b"b" * 3000)
+    entry = cache / "loose" / blob[:2] / blob
+    assert entry.read_bytes() == b"b" * 3000
+    flip_byte(entry, 10)
+    _ok(dsv("get", remote, "mldata:latest", "sub/b.bin", "--to", tmp_path / "two",
+            "--cache", cache, cwd=tmp_path))
+    assert (tmp_path / "two" / "sub" / "b.bin").read_bytes() == b"b" * 3000
+    assert entry.read_bytes() == b"b" * 3000  # filled again with good bytes
+
+
+def _workload(root: Path) -> bytes:
+    """The 20,000-file workload's shape (100 directories of 200 files) with tiny files,
+    and one 8 KiB file: what a reader of one file pays does not depend on the others'
+    sizes."""
+    target = os.urandom(8192)
+    for d in range(100):
+        folder = root / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(200):
+            (folder / f"f{i:03d}.bin").write_bytes(f"{d}/{i}\n".encode() * 8)
+    (root / "d042" / "f117.bin").write_bytes(target)
+    return target
+
+
+@pytest.mark.slow
+def test_get_of_one_file_of_20000_through_s3_and_a_shared_cache(tmp_path, dsv, s3_endpoint,
+                                                               aws_env):
+    ws = tmp_path / "ws"
+    target = _workload(ws)
+    _ok(dsv("init", ws, "--name", "mldata", cwd=tmp_path))
+    _ok(dsv("commit", "-m", "workload", cwd=ws))
+    _ok(dsv("tag", "mldata:latest", "v1.0", cwd=ws))
+    bucket = f"dsv-read-{os.urandom(6).hex()}"
+    create_bucket(s3_endpoint, bucket)
+    url = f"s3://{bucket}/data"
+    _ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+
+    cache = tmp_path / "cache"
+    with FaultProxy(s3_endpoint) as proxy:
+        _ok(dsv("get", url, "mldata:v1.0", "d042/f117.bin", "--to", tmp_path / "node1",
+                "--endpoint-url", proxy.url, "--cache", cache, cwd=tmp_path))
+        log = list(proxy.log)
+        assert proxy.requests <= 10, log
+        assert proxy.body_bytes <= 1 << 20, (proxy.body_bytes, log)
+    assert (tmp_path / "node1" / "d042" / "f117.bin").read_bytes() == target
+    assert os.listdir(tmp_path / "node1") == ["d042"]
+
+    # Another machine sharing the cache: refs from the origin, no object data.
+    with FaultProxy(s3_endpoint) as proxy:
+        _ok(dsv("get", url, "mldata:v1.0", "d042/f117.bin", "--to", tmp_path / "node2",
+                "--endpoint-url", proxy.url, "--cache", cache, cwd=tmp_path))
+        objects = [t for _m, t, _w in proxy.log
+                   if any(f"/{p}" in t for p in ("packs/", "loc/", "loose/", "index/"))]
+        assert objects == [], proxy.log
+    assert (tmp_path / "node2" / "d042" / "f117.bin").read_bytes() == target
+
+
+def test_verify_remote_reads_locators_and_repair_deletes_a_damaged_one(tmp_path, dsv):
+    ws, remote = _small(tmp_path, dsv)
+    tree_id = json.loads(_ok(dsv("versions", "details", "mldata:latest", "--json",
+                                 cwd=ws)).out)["tree"]
+    key = remote / layout.locator_key(tree_id)
+    os.chmod(key, 0o644)
+    key.write_bytes(key.read_bytes()[:-3])
+    report = json.loads(_ok(dsv("verify", "--remote", "origin", "--read-data", "--json",
+                                cwd=ws)).out)
+    assert report["ok"] is True, report
+    assert any(tree_id[:12] in w and "damaged" in w for w in report["warnings"]), report
+    report = json.loads(_ok(dsv("verify", "--remote", "origin", "--read-data", "--repair",
+                                "--json", cwd=ws)).out)
+    assert any(tree_id[:12] in r for r in report["repaired"]) and not key.exists(), report
+    res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert res.out == "alpha two\n"
