@@ -1,0 +1,155 @@
+"""`dsv://` for fsspec: the files of any version, read-only, for pandas, pyarrow, Dask, ….
+
+    import pandas as pd
+    pd.read_csv("dsv://raw:v1/train.csv")                       # in a workspace
+    pd.read_csv("dsv://raw:v1/train.csv", storage_options={"store": "/data/lab"})
+    pd.read_parquet("dsv://raw:latest/part-0.parquet",
+                    storage_options={"remote": "s3://bucket/prefix", "cache": "/mnt/cache"})
+
+A path is `REF[/PATH]`: any ref (`DATASET:latest`, `:TAG`, `:VERSION`, `~N`; a bare
+`DATASET` is its latest) then a path in that version. Each ref is resolved once per file
+system object, so every read through it sees one version even while `latest` moves.
+Files come from a store (`store=`, else found as the CLI finds it) or, with `remote=`,
+straight from a remote with no store (dsv.open_remote: locators, ranged reads, the
+cluster cache). Every byte is checked against its id. Registered under the protocol
+`dsv` through the `fsspec.specs` entry point; fsspec is imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fsspec import AbstractFileSystem  # type: ignore[import-untyped]
+
+from .errors import InvalidInput
+from .model import FileRow, Version
+from .tree import FILE
+
+_TYPES = {"file": "file", "link": "link", "dir": "directory"}
+
+
+class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is untyped
+    """A read-only file system over the versions of a store or a remote (see the module)."""
+
+    protocol = "dsv"
+    root_marker = ""
+
+    def __init__(self, store: str | os.PathLike[str] | None = None, remote: str | None = None,
+                 endpoint_url: str | None = None, profile: str | None = None,
+                 cache: str | os.PathLike[str] | None = None,
+                 **kwargs: Any) -> None:  # noqa: ANN401 - fsspec's own options
+        super().__init__(**kwargs)
+        if store is not None and remote is not None:
+            raise InvalidInput("give dsv:// a store or a remote, not both")
+        self._store_path = os.fspath(store) if store is not None else None
+        self._remote = remote
+        self._endpoint_url, self._profile = endpoint_url, profile
+        self._cache = os.fspath(cache) if cache is not None else None
+        self._local = threading.local()   # a Store per thread (one SQLite connection each)
+        self._reader: Any = None
+        self._lock = threading.Lock()
+        self._versions: dict[str, Version] = {}
+
+    # ---- where versions come from -------------------------------------------------------
+    def _store(self) -> Any:  # noqa: ANN401 - dsv.Store, imported lazily
+        store = getattr(self._local, "store", None)
+        if store is None:
+            from .store import Store, find_store
+            where = self._store_path or os.environ.get("DSV_DIR")
+            store = Store(find_store(Path(where or "."), bool(where)))
+            self._local.store = store
+        return store
+
+    def _remote_reader(self) -> Any:  # noqa: ANN401 - dsv.RemoteReader, imported lazily
+        with self._lock:
+            if self._reader is None:
+                from . import open_remote
+                self._reader = open_remote(self._remote or "", endpoint_url=self._endpoint_url,
+                                           profile=self._profile, cache=self._cache)
+            return self._reader
+
+    def _split(self, path: str) -> tuple[Version, str]:
+        """(version, path in it) of a `REF[/PATH]`."""
+        path = self._strip_protocol(path)
+        ref, _, rel = path.partition("/")
+        if not ref:
+            raise FileNotFoundError("dsv:// paths begin with a ref, e.g. dsv://raw:v1/a.csv")
+        if ":" not in ref and "~" not in ref:
+            ref += ":latest"
+        with self._lock:
+            found = self._versions.get(ref)
+        if found is None:
+            found = self._remote_reader().resolve(ref) if self._remote \
+                else self._store().resolve(ref)
+            with self._lock:
+                found = self._versions.setdefault(ref, found)
+        return found, rel.strip("/")
+
+    def _rows(self, version: Version, rel: str, recursive: bool = False) -> list[FileRow]:
+        try:
+            if self._remote:
+                return list(self._remote_reader().files(version, rel, recursive))
+            return list(self._store().files(f"{version.dataset}:{version.id}", rel, recursive))
+        except InvalidInput:
+            raise FileNotFoundError(rel) from None
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> str:  # noqa: ANN401 - fsspec passes anything
+        text = os.fspath(path) if not isinstance(path, str) else path
+        if text.startswith("dsv://"):
+            text = text[len("dsv://"):]
+        return text.rstrip("/")
+
+    # ---- the fsspec interface ---------------------------------------------------------
+    def ls(self, path: str, detail: bool = True,
+           **kwargs: Any) -> list[Any]:  # noqa: ANN401 - fsspec's own options
+        """A directory's entries (a file's path lists that file)."""
+        path = self._strip_protocol(path)
+        version, rel = self._split(path)
+        ref = path.partition("/")[0]
+        rows = self._rows(version, rel)
+        out = [self._info(ref, row) for row in rows]
+        return out if detail else [o["name"] for o in out]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:  # noqa: ANN401
+        """One file's or directory's details: name, size, type, and its blake3 hash."""
+        path = self._strip_protocol(path)
+        version, rel = self._split(path)
+        ref = path.partition("/")[0]
+        if not rel:
+            return {"name": ref, "size": version.size, "type": "directory",
+                    "version": version.id}
+        parent, _, _name = rel.rpartition("/")
+        for row in self._rows(version, parent):
+            if row.path == rel:
+                return self._info(ref, row)
+        raise FileNotFoundError(path)
+
+    @staticmethod
+    def _info(ref: str, row: FileRow) -> dict[str, Any]:
+        return {"name": f"{ref}/{row.path}", "size": row.size, "type": _TYPES[row.kind],
+                "hash": row.oid}
+
+    def _open(self, path: str, mode: str = "rb",
+              **kwargs: Any) -> BinaryIO:  # noqa: ANN401 - fsspec's own options
+        if mode != "rb":
+            raise PermissionError("dsv:// is read-only: commit new versions with dsv")
+        version, rel = self._split(path)
+        if self._remote:
+            reader = self._remote_reader()
+            entry = dict(reader.entries(version, rel)).get(rel)
+            if entry is None or entry.kind != FILE:
+                raise FileNotFoundError(path)
+            return reader.open(entry)  # type: ignore[no-any-return]
+        try:
+            return self._store().open_file(  # type: ignore[no-any-return]
+                f"{version.dataset}:{version.id}", rel)
+        except InvalidInput:
+            raise FileNotFoundError(path) from None
+
+    def ukey(self, path: str) -> str:
+        """What identifies a file's contents: its blake3."""
+        return str(self.info(path)["hash"])

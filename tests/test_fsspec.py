@@ -1,0 +1,123 @@
+"""`dsv://` through fsspec (issue 13): pandas and pyarrow read any version's files from a
+workspace's store or straight from an S3 remote with no store, and a Dask cluster of
+worker processes computes over a versioned directory of Parquet files on S3."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from conftest import Result
+from servers import create_bucket
+
+
+def _ok(res: Result) -> Result:
+    assert res.code == 0, res.err
+    return res
+
+
+def _frame(seed: int, rows: int = 400) -> pd.DataFrame:
+    return pd.DataFrame({"key": [f"k{(i * 7 + seed) % 13}" for i in range(rows)],
+                         "value": [(i * 31 + seed) % 1000 for i in range(rows)]})
+
+
+def _dataset(tmp_path: Path, dsv) -> Path:
+    """`raw`: train.csv and four Parquet parts; v1 is tagged, then train.csv changes."""
+    ws = tmp_path / "raw"
+    (ws / "parts").mkdir(parents=True)
+    _frame(0).to_csv(ws / "train.csv", index=False)
+    for i in range(4):
+        _frame(i + 1).to_parquet(ws / "parts" / f"part-{i}.parquet")
+    (ws / "big.bin").write_bytes(os.urandom(5 << 20))   # a chunked file
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "v1", cwd=ws))
+    _ok(dsv("tag", "raw:latest", "v1", cwd=ws))
+    _frame(9).to_csv(ws / "train.csv", index=False)
+    _ok(dsv("commit", "-m", "v2", cwd=ws))
+    return ws
+
+
+def test_pandas_reads_versions_of_a_workspace(tmp_path, dsv, monkeypatch):
+    ws = _dataset(tmp_path, dsv)
+    v1 = json.loads(_ok(dsv("versions", "details", "raw:v1", "--json", cwd=ws)).out)["id"]
+    monkeypatch.chdir(ws)  # the store is found as the CLI finds it
+    for ref in ("raw:v1", f"raw:{v1}", "raw:latest~1", f"raw:{v1[:6]}"):
+        pd.testing.assert_frame_equal(pd.read_csv(f"dsv://{ref}/train.csv"), _frame(0))
+    pd.testing.assert_frame_equal(pd.read_csv("dsv://raw/train.csv"), _frame(9))
+    pd.testing.assert_frame_equal(pd.read_parquet("dsv://raw:v1/parts/part-2.parquet"),
+                                  _frame(3))
+    monkeypatch.chdir(tmp_path)  # elsewhere: the store named
+    opts = {"store": str(ws)}
+    pd.testing.assert_frame_equal(
+        pd.read_csv("dsv://raw:latest/train.csv", storage_options=opts), _frame(9))
+    fs = fsspec.filesystem("dsv", **opts)
+    assert fs.glob("raw:v1/parts/*.parquet") == [f"raw:v1/parts/part-{i}.parquet"
+                                                for i in range(4)]
+    info = fs.info("raw:v1/train.csv")
+    assert info["type"] == "file" and info["size"] == len(_frame(0).to_csv(index=False).encode())
+    assert fs.ls("raw:v1", detail=False) == ["raw:v1/big.bin", "raw:v1/parts",
+                                             "raw:v1/train.csv"]
+    big = (ws / "big.bin").read_bytes()
+    assert fs.cat_file("raw:v1/big.bin", start=4_000_000, end=4_000_100) == \
+        big[4_000_000:4_000_100]
+    with fs.open("raw:v1/big.bin") as f:
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == big[-10:]
+    with pytest.raises(FileNotFoundError):
+        fs.info("raw:v1/nope.csv")
+    with pytest.raises(PermissionError):
+        fs.open("raw:v1/train.csv", "wb")
+
+
+def _pushed(tmp_path: Path, dsv, endpoint: str) -> tuple[Path, str]:
+    ws = _dataset(tmp_path, dsv)
+    bucket = f"dsv-fs-{os.urandom(6).hex()}"
+    create_bucket(endpoint, bucket)
+    url = f"s3://{bucket}/data"
+    _ok(dsv("remote", "add", "origin", url, "--endpoint-url", endpoint, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    return ws, url
+
+
+def test_pandas_reads_straight_from_s3_with_no_store(tmp_path, dsv, s3_endpoint, aws_env):
+    ws, url = _pushed(tmp_path, dsv, s3_endpoint)
+    opts = {"remote": url, "endpoint_url": s3_endpoint, "cache": str(tmp_path / "cache")}
+    pd.testing.assert_frame_equal(
+        pd.read_csv("dsv://raw:v1/train.csv", storage_options=opts), _frame(0))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet("dsv://raw:latest/parts/part-0.parquet", storage_options=opts),
+        _frame(1))
+    fs = fsspec.filesystem("dsv", **opts)
+    big = (ws / "big.bin").read_bytes()
+    assert fs.cat_file("raw:latest/big.bin", start=3 << 20, end=(3 << 20) + 4096) == \
+        big[3 << 20:(3 << 20) + 4096]
+    assert fs.ukey("raw:v1/big.bin") == fs.info("raw:latest/big.bin")["hash"]
+    assert os.listdir(tmp_path / "cache" / "loc") and os.listdir(tmp_path / "cache" / "loose")
+
+
+@pytest.mark.slow
+def test_dask_workers_aggregate_parquet_of_a_version_on_s3(tmp_path, dsv, s3_endpoint,
+                                                           aws_env):
+    """A LocalCluster of two worker processes reads a versioned directory of Parquet
+    files through dsv:// from S3 (no store anywhere): the aggregate equals pandas'
+    over the original files."""
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    ws, url = _pushed(tmp_path, dsv, s3_endpoint)
+    expected = pd.concat([pd.read_parquet(ws / "parts" / f"part-{i}.parquet")
+                          for i in range(4)]).groupby("key")["value"].sum().sort_index()
+    opts = {"remote": url, "endpoint_url": s3_endpoint, "cache": str(tmp_path / "cache")}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        frame = dd.read_parquet("dsv://raw:v1/parts", storage_options=opts)
+        assert frame.npartitions == 4
+        got = frame.groupby("key")["value"].sum().compute().sort_index()
+    assert {str(k): int(v) for k, v in got.items()} == \
+        {str(k): int(v) for k, v in expected.items()} and len(expected) == 13
