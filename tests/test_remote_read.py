@@ -240,6 +240,16 @@ def test_get_of_one_file_of_20000_through_s3_and_a_shared_cache(tmp_path, dsv, s
         assert objects == [], proxy.log
     assert (tmp_path / "node2" / "d042" / "f117.bin").read_bytes() == target
 
+    # The endpoint down (nothing listens on the port): the cache still serves it.
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    res = _ok(dsv("get", url, "mldata:v1.0", "d042/f117.bin", "--to", tmp_path / "node3",
+                  "--endpoint-url", dead, "--cache", cache, cwd=tmp_path))
+    assert "cannot reach" in res.err
+    assert (tmp_path / "node3" / "d042" / "f117.bin").read_bytes() == target
+
 
 def test_verify_remote_reads_locators_and_repair_deletes_a_damaged_one(tmp_path, dsv):
     ws, remote = _small(tmp_path, dsv)
@@ -257,3 +267,35 @@ def test_verify_remote_reads_locators_and_repair_deletes_a_damaged_one(tmp_path,
     assert any(tree_id[:12] in r for r in report["repaired"]) and not key.exists(), report
     res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
     assert res.out == "alpha two\n"
+
+
+def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, dsv):
+    """The origin's volume is gone: with the cache, refs are those it last saw there,
+    files it holds are read and checked as ever; a file it lacks fails with one line."""
+    files = {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n", "c.txt": b"gamma\n"}
+    ws = _workspace(tmp_path, dsv, files)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    _ok(dsv("remote", "add", "origin", mount / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    _ok(dsv("get", mount / "remote", "mldata:latest", "a.txt", "sub", "--to",
+            tmp_path / "one", "--cache", cache, cwd=tmp_path))
+    mount.rename(tmp_path / "elsewhere")
+
+    res = _ok(dsv("get", mount / "remote", "mldata:latest", "a.txt", "sub", "--to",
+                  tmp_path / "two", "--cache", cache, cwd=tmp_path))
+    assert "does not exist" in res.err and "as the cluster cache saw them" in res.err
+    assert read_tree(tmp_path / "two") == {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n"}
+    res = dsv("cat", mount / "remote", "mldata:latest", "c.txt", "--cache", cache,
+              cwd=tmp_path)
+    assert res.code == 1 and res.out == "" and "not in the cluster cache" in res.err, res.err
+    # Without the cache, the same read fails at once.
+    res = dsv("cat", mount / "remote", "mldata:latest", "a.txt", cwd=tmp_path)
+    assert res.code == 1 and "does not exist" in res.err
+    # A saved ref file that is not one (planted, cut short) is no ref at all.
+    saved = next((cache / "refs").iterdir())
+    saved.write_bytes(b'{"refs": {"refs/x/latest": ["%%%", 1]}, "saved": 1}')
+    res = dsv("cat", mount / "remote", "mldata:latest", "a.txt", "--cache", cache,
+              cwd=tmp_path)
+    assert res.code == 1 and "does not exist" in res.err, res.err

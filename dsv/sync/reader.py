@@ -12,9 +12,13 @@ before it is returned. Must never write to a remote or to a store.
 from __future__ import annotations
 
 import io
+import base64
+import binascii
+import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +46,8 @@ WORKERS = 8
 GET_BATCH_FILES = 2000
 GET_BATCH_BYTES = 64 << 20
 """Files (and bytes) of small files `get` reads at once."""
+MAX_SAVED_REFS = 64 << 20
+"""The refs a cache keeps of one origin, at most (bytes of JSON)."""
 LOOSE_CACHE_MEMORY = 64 << 20
 """A loose object streamed from the origin up to this size is also kept in the cache."""
 MAX_HISTORY = 100_000
@@ -88,6 +94,9 @@ class RemoteReader:
         self._lock = threading.Lock()
         self._keys: list[str] | None = None           # the remote's refs/ keys, listed once
         self._refs: dict[str, layout.RemoteRef | None] = {}
+        self._raw_refs: dict[str, tuple[bytes, str]] = {}
+        self._saved: dict[str, tuple[bytes, str]] | None = None
+        """The refs as the cache last saw them, when the origin cannot be reached."""
         self._places: dict[str, layout.Location] = {}
         self._picture: dict[str, layout.Location] | None = None
         self._scope: set[str] = set()                  # datasets whose objects are read
@@ -95,10 +104,17 @@ class RemoteReader:
 
     # ---- the remote and its refs ------------------------------------------------------
     def connect(self) -> None:
-        """Check once that the URL is a dsv remote whose format this dsv reads."""
-        if self.format:
+        """Check once that the URL is a dsv remote whose format this dsv reads. When it
+        cannot be reached and a cache is given, the reader goes on with the refs it (or
+        another reader sharing the cache) last saw there, and what the cache holds."""
+        if self.format or self._saved is not None:
             return
-        self.backend.check_reachable()
+        try:
+            self.backend.check_reachable()
+        except RemoteError as exc:
+            if self.cache is None or not self._load_saved_refs(exc):
+                raise
+            return
         try:
             marker = load_bounded(self.backend.get(layout.REMOTE_MARKER,
                                                    max_size=MAX_REF_BYTES), MAX_REF_BYTES)
@@ -113,21 +129,79 @@ class RemoteReader:
                               f"{', '.join(map(str, layout.READ_FORMATS))}")
         self.format = int(fmt)
 
+    def _origin(self, oid: str) -> None:
+        """Connect, to read object `oid` the cache lacks (offline: say so)."""
+        self.connect()
+        if self._saved is not None:
+            raise MissingObject(f"object {oid[:12]} is not in the cluster cache, and "
+                                f"{self.url} cannot be reached",
+                                hint="what the cache holds can be read meanwhile; try again "
+                                     "when the remote is back")
+
     def _ref_keys(self) -> list[str]:
         if self._keys is None:
             self.connect()
-            self._keys = sorted(k for k, _size in self.backend.list(layout.REFS))
+            if self._saved is not None:
+                self._keys = sorted(self._saved)
+            else:
+                self._keys = sorted(k for k, _size in self.backend.list(layout.REFS))
         return self._keys
+
+    # (refs as last seen, kept in the cache for readers while the origin is down)
+    def _saved_refs_path(self) -> str:
+        assert self.cache is not None
+        return os.path.join(self.cache.root, "refs", hash_bytes(self.url.encode())[:32] +
+                            ".json")
+
+    def _load_saved_refs(self, exc: RemoteError) -> bool:
+        raw = self._cached(self._saved_refs_path(), MAX_SAVED_REFS)
+        try:
+            body = load_bounded(raw or b"", MAX_SAVED_REFS)
+            saved = {str(k): (base64.b64decode(v[0], validate=True), str(v[1]))
+                     for k, v in body["refs"].items()
+                     if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)}
+            when = float(body["saved"])
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            return False
+        self._saved = saved
+        self.reporter.notice(f"warning: {exc.message}; reading {self.url}'s refs as the "
+                             f"cluster cache saw them at {_when(when)}, and what the cache "
+                             f"holds")
+        return True
+
+    def _save_refs(self) -> None:
+        """Keep the refs read from the origin in the cache (merged with those saved before
+        that the origin still lists), for readers while it is down."""
+        if self.cache is None or self._saved is not None or self._keys is None:
+            return
+        listed = set(self._keys)
+        old: dict[str, list[str]] = {}
+        raw = self._cached(self._saved_refs_path(), MAX_SAVED_REFS)
+        if raw:
+            try:
+                found = load_bounded(raw, MAX_SAVED_REFS).get("refs", {})
+                old = {k: v for k, v in found.items() if k in listed}
+            except (ValueError, AttributeError):
+                old = {}
+        with self._lock:
+            new = {k: [base64.b64encode(data).decode(), etag]
+                   for k, (data, etag) in self._raw_refs.items() if k in listed}
+        body = {"refs": {**old, **new}, "saved": time.time(), "url": self.url}
+        self._fill(self._saved_refs_path(), json.dumps(body, sort_keys=True).encode())
 
     def _read_ref(self, key: str) -> layout.RemoteRef | None:
         """A ref of the remote (each read once by this reader), None if absent or bad."""
         if key in self._refs:
             return self._refs[key]
         try:
-            got = self.backend.read_ref(key)
+            got = self._saved.get(key) if self._saved is not None else \
+                self.backend.read_ref(key)
         except RemoteRefused as exc:
             self.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
             got = None
+        if got is not None and self._saved is None:
+            with self._lock:
+                self._raw_refs[key] = got
         ref = layout.parse_ref(key, *got) if got else None
         with self._lock:
             self._refs[key] = ref
@@ -141,7 +215,9 @@ class RemoteReader:
         """Every dataset with a `latest` ref on the remote, with its tags."""
         ids = sorted({parts[1] for key in self._ref_keys()
                       if len(parts := key.split("/")) == 3 and parts[2] == LATEST})
-        return [self._dataset(ds_id, tags=True) for ds_id in ids]
+        found = [self._dataset(ds_id, tags=True) for ds_id in ids]
+        self._save_refs()
+        return found
 
     def _dataset(self, ds_id: str, tags: bool = False) -> RemoteDataset:
         """Dataset `ds_id` as its `latest` ref (and with `tags`, every tag) shows it."""
@@ -203,6 +279,7 @@ class RemoteReader:
             if not record.parents:
                 raise RefError(f"{ref} goes past the first version")
             version = self.record(record.parents[0].record, ds.id).version
+        self._save_refs()
         return version
 
     def _select(self, ds: RemoteDataset, selector: str) -> Version:
@@ -285,7 +362,7 @@ class RemoteReader:
             except CorruptObject:
                 assert self.cache is not None and path is not None
                 self.cache.drop(path)
-        self.connect()
+        self._origin(oid)
         try:
             raw = self.backend.get(key, max_size=MAX_GET_BYTES)
             locator = layout.parse_locator(raw, oid)
@@ -321,7 +398,7 @@ class RemoteReader:
         rest = {oid: size for oid, size in wanted.items() if oid not in out}
         if not rest:
             return out
-        self.connect()
+        self._origin(next(iter(rest)))
         for stale in (False, True):
             places = self._locate(rest, stale)
             loose = {oid: n for oid, (pack, _o, n) in places.items() if pack is None}
@@ -529,7 +606,7 @@ class RemoteReader:
                 with os.fdopen(fd, "rb") as f:
                     yield from iter(lambda: f.read(1 << 20), b"")
                 return
-        self.connect()
+        self._origin(entry.oid)
         stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size)
         if self.cache is None:
             yield from stream
@@ -613,6 +690,10 @@ class RemoteReader:
         fetch = _Prefetch(self, chunks)
         for i in range(len(chunks.chunks)):
             yield fetch(i)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 class _Hashed:
