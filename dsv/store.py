@@ -405,14 +405,19 @@ class Store:
     def clone(cls, url: str, path: str | os.PathLike[str] | None = None,
               endpoint_url: str | None = None, profile: str | None = None,
               reporter: Reporter | None = None,
-              datasets: list[str] | None = None) -> tuple["Store", PullReport]:
+              datasets: list[str] | None = None, paths: list[str] | None = None,
+              checkout: bool = True, cache: str | os.PathLike[str] | None = None
+              ) -> tuple["Store", PullReport]:
         """A new workspace from a remote: datasets bound where the pusher had them, each
         checked out at its latest version (with `datasets`, names or ids, only those, and
-        later fetches read only them). Safe to kill and to race: running the same clone
-        again (or `dsv pull` inside it) completes it (see sync.pull.clone)."""
+        later fetches read only them; with `paths`, only the files at or below them;
+        without `checkout`, nothing placed; with `cache`, a cluster cache directory read
+        through from the first download on). Safe to kill and to race: running the same
+        clone again (or `dsv pull` inside it) completes it (see sync.pull.clone)."""
         from .sync import pull as sync_pull
         core, report = sync_pull.clone(url, path, endpoint_url, profile, reporter,
-                                       datasets)
+                                       datasets, paths, checkout,
+                                       os.fspath(cache) if cache is not None else None)
         return cls._around(core), report
 
     def verify_remote(self, remote: str | None = None, read_data: bool = False,

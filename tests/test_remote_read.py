@@ -299,3 +299,51 @@ def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, ds
     res = dsv("cat", mount / "remote", "mldata:latest", "a.txt", "--cache", cache,
               cwd=tmp_path)
     assert res.code == 1 and "does not exist" in res.err, res.err
+
+
+def test_clone_of_some_paths_without_checkout_and_through_a_cache(tmp_path, dsv,
+                                                                  monkeypatch):
+    ws, remote = _small(tmp_path, dsv)
+    part = tmp_path / "part"
+    _ok(dsv("clone", remote, part, "--path", "sub", "--path", "big.bin", cwd=tmp_path))
+    assert read_tree(part) == {"sub/b.bin": b"b" * 3000, "sub/deep/c.txt": b"c\n",
+                               "big.bin": (ws / "big.bin").read_bytes()}
+    report = json.loads(_ok(dsv("verify", "--json", cwd=part)).out)
+    assert report["ok"] is True, report
+    # the other files were not downloaded: reading one fetches it then
+    res = _ok(dsv("files", "get", "mldata:latest", "a.txt", "--target-path", tmp_path / "x",
+                  cwd=part))
+    assert (tmp_path / "x" / "a.txt").read_bytes() == b"alpha two\n", res.err
+
+    bare = tmp_path / "bare"
+    _ok(dsv("clone", remote, bare, "--no-checkout", cwd=tmp_path))
+    assert sorted(os.listdir(bare)) == [".dsv"]
+    _ok(dsv("checkout", "mldata:v1.0", cwd=bare))
+    assert (bare / "a.txt").read_bytes() == b"alpha\n"
+
+    cache = tmp_path / "cache"
+    one = tmp_path / "one"
+    _ok(dsv("clone", remote, one, "--cache", cache, cwd=tmp_path))
+    remotes = json.loads(_ok(dsv("remote", "list", "--json", cwd=one)).out)
+    assert {(r["name"], r["kind"]) for r in remotes} == {("origin", "origin"),
+                                                         ("cache", "cache")}
+    assert os.listdir(cache / "packs")  # the clone's first download filled the cache
+    # A second machine sharing the cache reads no object data from the origin.
+    from dsv.remotes.fs import FsBackend
+    read: list[str] = []
+    for name in ("get", "get_range", "download"):
+        real = getattr(FsBackend, name)
+
+        def spy(self, key, *args, _real=real, **kwargs):
+            read.append(key)
+            return _real(self, key, *args, **kwargs)
+        monkeypatch.setattr(FsBackend, name, spy)
+    two = tmp_path / "two"
+    _ok(dsv("clone", remote, two, "--cache", cache, cwd=tmp_path))
+    assert read_tree(two) == read_tree(one)
+    assert not [k for k in read if k.startswith(("packs/", "loose/"))], read
+    assert any(k.startswith("index/") for k in read)  # (the spy saw the clone's reads)
+    monkeypatch.undo()
+    res = dsv("clone", remote, tmp_path / "three", "--path", "nowhere", cwd=tmp_path)
+    assert res.code == 1 and "none of nowhere" in res.err and \
+        not (tmp_path / "three").exists(), res.err

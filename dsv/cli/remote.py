@@ -252,11 +252,20 @@ def clone(url: str = typer.Argument(..., metavar="URL",
                                                       help="Only this dataset (name or id; "
                                                            "repeatable): later fetches read "
                                                            "only its metadata too."),
+          path: Optional[list[str]] = typer.Option(None, "--path", "-p",
+                                                   help="Only the files at or below this "
+                                                        "path of each dataset (repeatable)."),
+          no_checkout: bool = typer.Option(False, "--no-checkout",
+                                           help="Download, but place no file."),
+          cache: Optional[str] = typer.Option(None, "--cache", envvar="DSV_CACHE",
+                                              help="A cluster cache directory to read "
+                                                   "through (added as the remote `cache`)."),
           as_json: bool = JsonOpt) -> None:
     """A new workspace from a remote, every dataset checked out at its latest version."""
     from ..store import Store
     store, report = Store.clone(url, directory, endpoint_url=endpoint_url, profile=profile,
-                                reporter=RichReporter(), datasets=dataset or None)
+                                reporter=RichReporter(), datasets=dataset or None,
+                                paths=path or None, checkout=not no_checkout, cache=cache)
     if as_json:
         print_json({"store": str(store.dsv_dir), **report.to_json()})
         return

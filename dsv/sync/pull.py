@@ -38,8 +38,8 @@ from .policy import plan_pull
 
 def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[str] | None,
          force: bool = False,
-         prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
-         ) -> PullReport:
+         prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None,
+         any_paths: bool = False) -> PullReport:
     fetch_report = FetchReport(remote.name)
     remote_refs: dict[tuple[str, str], RemoteRef] | None = None
     try:
@@ -75,19 +75,26 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         if not paths:
             chosen += [core.version(vid) for _ds, name, vid in changes if name == LATEST]
     chosen = list({v.id: v for v in chosen}.values())
-    report.versions = [v.id for v in chosen]
     wanted: dict[str, int] = {}
     if paths:
         selected = {normalize_user_path(p) for p in paths}
+        holding = []
         for v in chosen:
             manifest = {p: e for p, e in core.manifest(v).items() if is_under(p, selected)}
+            if not manifest and any_paths:
+                continue  # (a clone's --path: the datasets that hold none are skipped)
             if not manifest:
                 ds = core.index.dataset_by("id", v.dataset)
                 ref = f"{ds.name if ds else v.dataset}:{v.id}"
                 raise InvalidInput(f"none of {', '.join(paths)} is in {ref}",
                                    hint=f"`dsv files list {ref} --recursive` shows its paths")
-            for entry in manifest.values():
-                wanted[entry.oid] = entry.size
+            holding.append(v)
+            wanted.update(core.blobs(manifest.values()))
+        if not holding:
+            raise InvalidInput(f"none of {', '.join(paths)} is in any dataset of "
+                               f"{remote.name}")
+        chosen = holding
+    report.versions = [v.id for v in chosen]
 
     def record() -> None:
         core.refs.apply(changes)
@@ -185,10 +192,14 @@ def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] |
 def clone(url: str, path: str | os.PathLike[str] | None = None,
           endpoint_url: str | None = None, profile: str | None = None,
           reporter: Reporter | None = None,
-          datasets: list[str] | None = None) -> tuple[Core, PullReport]:
+          datasets: list[str] | None = None, paths: list[str] | None = None,
+          checkout: bool = True, cache: str | None = None) -> tuple[Core, PullReport]:
     """A new workspace from a remote: datasets bound where the pusher had them, each
     checked out at its latest version. With `datasets` (names or ids), only those: the
-    store then reads only their refs, catalogs and packs, now and in later fetches.
+    store then reads only their refs, catalogs and packs, now and in later fetches. With
+    `paths`, only the files at or below them are downloaded (and checked out) in the
+    datasets that hold any; without `checkout`, nothing is placed. With `cache` (a
+    cluster cache directory), the store reads through it, this first download too.
 
     Safe to kill and to race: `.dsv/` is created exclusively and a clone marker
     (`.dsv/clone.json`, flock'd while the clone runs) says the clone is unfinished,
@@ -215,7 +226,7 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
         raise StoreExists(f"{root} is being cloned into by another process",
                           hint="wait for it; if it was killed, run the same clone "
                                "again to complete it") from None
-    claim = _ClonePlan(marker, url, endpoint_url, profile)
+    claim = _ClonePlan(marker, url, endpoint_url, profile, paths, checkout)
     core: Core | None = None
     try:
         claim.create()
@@ -223,11 +234,13 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
         core = Core(root, reporter)
         add_remote(core, "origin", url, endpoint_url=endpoint_url, profile=profile,
                    default=True)
+        if cache:
+            add_remote(core, "cache", os.path.abspath(cache), cache=True)
         if datasets:
             origin = open_remote(core, "origin")
             with core.index.transaction():
                 core.index.set_remote_scope("origin", origin.dataset_ids(datasets))
-        report = _finish_clone(core)
+        report = _finish_clone(core, claim.paths, claim.checkout)
     except BaseException:
         # Only what this clone made goes: the files its checkout placed (the directory
         # was empty, and no other clone can be in it while the marker is locked), then
@@ -272,7 +285,7 @@ def _resume_clone(root: Path, url: str,
             add_remote(core, "origin", claim.url, endpoint_url=claim.endpoint_url,
                        profile=claim.profile, default=True)
         core.reporter.notice(f"completing the interrupted clone of {claim.url}")
-        report = _finish_clone(core)
+        report = _finish_clone(core, claim.paths, claim.checkout)
     except BaseException:
         core.close()  # its staging directory and lock go now, not at exit
         claim.release()
@@ -281,8 +294,10 @@ def _resume_clone(root: Path, url: str,
     return core, report
 
 
-def _finish_clone(core: Core) -> PullReport:
-    """Fetch from origin, bind datasets where the pusher had them, pull and check out."""
+def _finish_clone(core: Core, paths: list[str] | None = None,
+                  checkout: bool = True) -> PullReport:
+    """Fetch from origin, bind datasets where the pusher had them, pull and check out
+    (only `paths`, if given; nothing, without `checkout`)."""
     with core.locked("clone"):
         fetched = fetch(core, open_remote(core, "origin"))
         with core.index.transaction():
@@ -298,7 +313,20 @@ def _finish_clone(core: Core) -> PullReport:
                 ds = core.index.dataset_by("id", ref.dataset)
                 if ds is not None and ds.path is None:
                     core.index.update_dataset(ref.dataset, path=rel)
-        return _pull(core, "origin", [], None, False, True, prefetched=fetched)
+        if not paths:
+            return _pull(core, "origin", [], None, False, checkout, prefetched=fetched)
+        report = _pull_objects(core, open_remote(core, "origin"), [], paths,
+                               prefetched=fetched, any_paths=True)
+        if checkout:
+            for vid in report.versions:
+                v = core.version(vid)
+                ds = core.index.dataset_by("id", v.dataset)
+                if ds is None or ds.path is None:
+                    continue
+                held = [p for p in paths if core.manifest(v, normalize_user_path(p))]
+                checkouts.checkout(core, f"{ds.id}:{v.id}", paths=held)
+                report.checked_out.append(f"{ds.name}:{v.id}")
+        return report
 
 
 CLONE_MARKER = "clone.json"
@@ -313,8 +341,10 @@ class _ClonePlan:
     """
 
     def __init__(self, path: Path, url: str, endpoint_url: str | None,
-                 profile: str | None) -> None:
+                 profile: str | None, paths: list[str] | None = None,
+                 checkout: bool = True) -> None:
         self.path, self.url, self.endpoint_url, self.profile = path, url, endpoint_url, profile
+        self.paths, self.checkout = paths, checkout
         self._fd: int | None = None
 
     def create(self) -> None:
@@ -324,7 +354,8 @@ class _ClonePlan:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
         fileio.write_all(fd, json.dumps({"url": self.url, "endpoint_url": self.endpoint_url,
-                                         "profile": self.profile}).encode() + b"\n")
+                                         "profile": self.profile, "paths": self.paths,
+                                         "checkout": self.checkout}).encode() + b"\n")
         os.fsync(fd)
 
     @classmethod
@@ -350,12 +381,16 @@ class _ClonePlan:
             if not isinstance(url, str):
                 raise ValueError("no url")
             endpoint, profile = info.get("endpoint_url"), info.get("profile")
+            paths, checkout = info.get("paths"), info.get("checkout", True)
+            if paths is not None and (not isinstance(paths, list) or
+                                      not all(isinstance(p, str) for p in paths)):
+                raise ValueError("bad paths")
         except (ValueError, KeyError, TypeError, OSError):
             os.close(fd)
             raise StoreExists(f"{path} is damaged", hint="remove the directory and clone "
                               "again") from None
         plan = cls(path, url, endpoint if isinstance(endpoint, str) else None,
-                   profile if isinstance(profile, str) else None)
+                   profile if isinstance(profile, str) else None, paths, checkout is not False)
         plan._fd = fd
         return plan
 
