@@ -131,7 +131,28 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     @staticmethod
     def _info(ref: str, row: FileRow) -> dict[str, Any]:
         return {"name": f"{ref}/{row.path}", "size": row.size, "type": _TYPES[row.kind],
-                "hash": row.oid}
+                "hash": row.oid, "mode": row.mode}
+
+    def version(self, path: str) -> Version:
+        """The version a `REF[/PATH]` names (resolved once by this object)."""
+        return self._split(path)[0]
+
+    def readlink(self, path: str) -> str:
+        """A symlink's target, as the version holds it (checked against its id)."""
+        version, rel = self._split(path)
+        row = next((r for r in self._rows(version, rel.rpartition("/")[0]) if r.path == rel),
+                   None)
+        if row is None or row.kind != "link":
+            raise FileNotFoundError(path)
+        if self._remote:
+            data = self._remote_reader().read_blob(row.oid, row.size)
+        else:
+            from .checkout import ensure_blobs
+            from .tree import LINK, Entry
+            core = self._store().core
+            ensure_blobs(core, version, [Entry(LINK, row.mode, row.size, row.oid)])
+            data = core.objects.read(row.oid)
+        return bytes(data).decode("utf-8", "surrogateescape")
 
     def _open(self, path: str, mode: str = "rb",
               **kwargs: Any) -> BinaryIO:  # noqa: ANN401 - fsspec's own options

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
                     "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain", "dsv.sync.gc",
                     "dsv.sync.reader"}),
-    ("facade", {"dsv.store", "dsv", "dsv.fs"}),
+    ("facade", {"dsv.store", "dsv", "dsv.fs", "dsv.mount"}),
     ("cli", {"dsv.cli", "dsv.__main__"}),
 ]
 

@@ -111,3 +111,37 @@ def cat(url: str = UrlArg, ref: str = RefArg,
     for piece in reader.cat(reader.resolve(ref), path):
         out.write(piece)
     out.flush()
+
+
+@commands.command("mount")
+def mount(ref: str = RefArg,
+          directory: Path = typer.Argument(..., metavar="DIR", help="An existing directory."),
+          remote: Optional[str] = typer.Option(None, "--remote", metavar="URL",
+                                               help="Read straight from this remote (no "
+                                                    "store needed)."),
+          endpoint_url: Optional[str] = EndpointOpt, profile: Optional[str] = ProfileOpt,
+          cache: Optional[str] = CacheOpt,
+          foreground: bool = typer.Option(False, "--foreground",
+                                          help="Serve in this process until unmounted."),
+          ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True),
+          as_json: bool = JsonOpt) -> None:
+    """Mount a version read-only (FUSE): files are read on first use, verified."""
+    from .. import mount as mounting
+    from .session import session
+    store = str(session.store) if session.store else None
+    if foreground:
+        mounting.serve(ref, directory, store, remote, endpoint_url, profile, cache, ready_fd)
+        return
+    vid = mounting.mount(ref, directory, store, remote, endpoint_url, profile, cache)
+    if as_json:
+        print_json({"version": vid, "mounted": str(directory)})
+    else:
+        echo(f"mounted {vid} at {directory} (read-only); `dsv umount {directory}` ends it")
+
+
+@commands.command("umount")
+def umount(directory: Path = typer.Argument(..., metavar="DIR", help="A `dsv mount`.")) -> None:
+    """Unmount a `dsv mount`."""
+    from .. import mount as mounting
+    mounting.unmount(directory)
+    echo(f"unmounted {directory}")

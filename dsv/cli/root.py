@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "gc": "maintenance", "verify": "maintenance",
     "run": "jobs", "import": "jobs",
     "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
-    "ls": "browse", "get": "browse", "cat": "browse",
+    "ls": "browse", "get": "browse", "cat": "browse", "mount": "browse", "umount": "browse",
     "datasets": "versions", "versions": "versions", "files": "versions",
     "remote": "remote", "cache": "remote",
     "index": "maintenance",

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,15 +47,17 @@ WORKERS = 8
 GET_BATCH_FILES = 2000
 GET_BATCH_BYTES = 64 << 20
 """Files (and bytes) of small files `get` reads at once."""
+NODES_KEPT = 64 << 20
+"""Bytes of tree objects and records a reader keeps in memory (least recently used go)."""
 MAX_SAVED_REFS = 64 << 20
 """The refs a cache keeps of one origin, at most (bytes of JSON)."""
 LOOSE_CACHE_MEMORY = 64 << 20
 """A loose object streamed from the origin up to this size is also kept in the cache."""
 MAX_HISTORY = 100_000
 """Version records a walk of one dataset's history reads at most."""
-SPAN = 8 << 20
+SPAN = 2 << 20
 """Bytes of a chunked file one prefetch job reads (ranged GETs of neighbouring chunks)."""
-AHEAD = 4
+AHEAD = 8
 """Prefetch jobs a sequential read of a chunked file keeps in flight."""
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
@@ -101,6 +104,8 @@ class RemoteReader:
         self._picture: dict[str, layout.Location] | None = None
         self._scope: set[str] = set()                  # datasets whose objects are read
         self._records: dict[str, Record] = {}
+        self._nodes: OrderedDict[str, bytes] = OrderedDict()
+        self._held = 0
 
     # ---- the remote and its refs ------------------------------------------------------
     def connect(self) -> None:
@@ -353,12 +358,17 @@ class RemoteReader:
     def _node(self, oid: str) -> bytes:
         """A tree object or record, through its locator: from the cache, else from the
         origin (then cached); by the pack indexes when the origin has no locator."""
+        with self._lock:
+            held = self._nodes.get(oid)
+            if held is not None:
+                self._nodes.move_to_end(oid)
+                return held
         key = layout.locator_key(oid)
         path = self.cache.locator_path(oid) if self.cache else None
         raw = self._cached(path, MAX_GET_BYTES) if path else None
         if raw is not None:
             try:
-                return self._learn(layout.parse_locator(raw, oid))
+                return self._learn(oid, layout.parse_locator(raw, oid))
             except CorruptObject:
                 assert self.cache is not None and path is not None
                 self.cache.drop(path)
@@ -375,11 +385,18 @@ class RemoteReader:
             raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
         if self.cache is not None and path is not None:
             self._fill(path, raw)
-        return self._learn(locator)
+        return self._learn(oid, locator)
 
-    def _learn(self, locator: layout.Locator) -> bytes:
+    def _learn(self, oid: str, locator: layout.Locator) -> bytes:
+        """Remember a locator's places, and its object among the last NODES_KEPT bytes of
+        objects read (a version never changes: a walk that comes back reads nothing)."""
         with self._lock:
             self._places.update(locator.places)
+            self._nodes[oid] = locator.data
+            self._held += len(locator.data)
+            while self._held > NODES_KEPT and len(self._nodes) > 1:
+                _oid, data = self._nodes.popitem(last=False)
+                self._held -= len(data)
         return locator.data
 
     # ---- file contents ----------------------------------------------------------------

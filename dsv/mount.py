@@ -1,0 +1,294 @@
+"""`dsv mount`: one version as a read-only FUSE file system, read lazily.
+
+Listing a directory reads only its tree (through the store, or through locators from a
+remote with no store); a file's bytes are read on first read, by range for chunked
+files, checked against their ids, and kept in the store or the cluster cache (what
+`dsv.fs.DsvFileSystem` does, which this module serves over FUSE). A file that fails its
+check reads as EIO, never as other bytes. The binding is mfusepy (libfuse 3 or 2 through
+ctypes); where FUSE is missing, mounting fails with one line.
+
+`mount` returns once the file system answers (the FUSE loop runs in a child process,
+in its own session, until `unmount`); `serve` runs it in the foreground.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from .errors import DsvError, InvalidInput
+
+READY_TIMEOUT = 60.0
+"""Seconds `mount` waits for the child's file system to answer."""
+DIRS_KEPT = 10_000
+"""Directory listings a mount keeps in memory (a version never changes under it)."""
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+class FuseUnavailable(DsvError):
+    """FUSE cannot be used on this machine (no libfuse, no /dev/fuse, no permission)."""
+
+
+def _fuse() -> Any:  # noqa: ANN401 - mfusepy is untyped
+    try:
+        import mfusepy  # type: ignore[import-untyped]
+    except (ImportError, OSError, EnvironmentError) as exc:
+        raise FuseUnavailable(f"FUSE is not available here ({exc})",
+                              hint="install libfuse 3 (Debian/Ubuntu: apt-get install fuse3) "
+                                   "and make sure /dev/fuse exists") from None
+    return mfusepy
+
+
+def _options(store: str | None, remote: str | None, endpoint_url: str | None,
+             profile: str | None, cache: str | None) -> dict[str, Any]:
+    """The file system's options: the remote, or the store found now, as an absolute
+    path (libfuse moves the serving process to `/`)."""
+    if remote:
+        return {"remote": remote, "endpoint_url": endpoint_url, "profile": profile,
+                "cache": cache or os.environ.get("DSV_CACHE") or None}
+    from .store import find_store
+    where = store or os.environ.get("DSV_DIR")
+    return {"store": str(find_store(Path(where or "."), bool(where)).absolute())}
+
+
+def _filesystem(opts: dict[str, Any]) -> Any:  # noqa: ANN401 - fsspec's class
+    from .fs import DsvFileSystem
+    return DsvFileSystem(skip_instance_cache=True, **opts)
+
+
+def mount(ref: str, directory: str | os.PathLike[str], store: str | None = None,
+          remote: str | None = None, endpoint_url: str | None = None,
+          profile: str | None = None, cache: str | None = None) -> str:
+    """Mount the version `ref` names read-only at `directory` (in the background) and
+    return the version id, once the file system answers. From the store (`store`, else
+    the one found from here) or, with `remote`, straight from a remote."""
+    _fuse()
+    target = Path(directory).absolute()
+    if not target.is_dir():
+        raise InvalidInput(f"{directory} is not a directory", hint="make it first")
+    if os.path.ismount(target):
+        raise InvalidInput(f"{directory} is a mount point already",
+                           hint=f"`dsv umount {directory}` first")
+    opts = _options(store, remote, endpoint_url, profile, cache)
+    fs = _filesystem(opts)
+    version = fs.version(_ref_path(ref))
+    pinned = f"{version.dataset}:{version.id}"
+    read_fd, write_fd = os.pipe()
+    args = [sys.executable, "-m", "dsv"] + (["--store", opts["store"]] if "store" in opts
+                                             else [])
+    args += ["mount", pinned, str(target), "--foreground", "--ready-fd", str(write_fd)]
+    for flag, value in (("--remote", remote), ("--endpoint-url", endpoint_url),
+                        ("--profile", profile), ("--cache", opts.get("cache"))):
+        if value:
+            args += [flag, str(value)]
+    # (what the child says on stderr before it is ready explains a failure; it is read
+    # back from an unnamed temp file)
+    with tempfile.TemporaryFile() as log:
+        try:
+            subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=log, close_fds=True)
+        finally:
+            os.close(write_fd)
+        message = _wait_ready(read_fd)
+        if message != "ready":
+            log.seek(0)
+            said = [line for line in log.read(64 << 10).decode("utf-8", "replace")
+                    .splitlines() if line.strip() and not line.startswith(" ")]
+            raise DsvError(message or (said[-1] if said else
+                                       f"the mount of {pinned} at {directory} did not start"))
+    return str(version.id)
+
+
+def _ref_path(ref: str) -> str:
+    return ref if (":" in ref or "~" in ref) else f"{ref}:latest"
+
+
+def _wait_ready(fd: int) -> str:
+    """What the child said on its pipe ("ready", or its error) within READY_TIMEOUT."""
+    import select
+    got = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                piece = os.read(fd, 4096)
+                if not piece:
+                    break
+                got += piece
+                if got.endswith(b"\n"):
+                    break
+    finally:
+        os.close(fd)
+    return got.decode("utf-8", "replace").strip()
+
+
+def serve(ref: str, directory: str | os.PathLike[str], store: str | None = None,
+          remote: str | None = None, endpoint_url: str | None = None,
+          profile: str | None = None, cache: str | None = None,
+          ready_fd: int | None = None) -> None:
+    """Run the FUSE file system of `ref` at `directory` in the foreground, until it is
+    unmounted; "ready" (or the error) is written to `ready_fd` once it answers."""
+    try:
+        fuse = _fuse()
+        fs = _filesystem(_options(store, remote, endpoint_url, profile, cache))
+        version = fs.version(_ref_path(ref))
+        ops = _operations(fuse)(fs, f"{version.dataset}:{version.id}", version, ready_fd)
+    except DsvError as exc:
+        _tell(ready_fd, f"{exc.message}")
+        raise
+    try:
+        fuse.FUSE(ops, str(directory), foreground=True, ro=True, nothreads=False,
+                  fsname=f"dsv:{version.dataset}:{version.id}", default_permissions=True)
+    except RuntimeError as exc:
+        _tell(ready_fd, f"cannot mount at {directory}: {exc} (is /dev/fuse usable here?)")
+        raise FuseUnavailable(f"cannot mount at {directory}: {exc}") from None
+
+
+def _tell(fd: int | None, line: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, line.encode("utf-8", "replace") + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def unmount(directory: str | os.PathLike[str]) -> None:
+    """Unmount a `dsv mount` (fusermount3, fusermount, or umount)."""
+    target = str(Path(directory).absolute())
+    if not os.path.ismount(target):
+        raise InvalidInput(f"{directory} is not mounted")
+    why = "no fusermount3, fusermount or umount here"
+    for tool in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
+        if shutil.which(tool[0]) is not None:
+            done = subprocess.run(tool + [target], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            why = done.stderr.strip() or f"{tool[0]} failed"
+    raise DsvError(f"could not unmount {directory}: {why}",
+                   hint="is a process still using it? (`fuser -m DIR` names it)")
+
+
+def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
+    """The FUSE operations class (built on first use: mfusepy is imported only then)."""
+
+    class VersionFiles(fuse.Operations):  # type: ignore[misc]
+        """One version's files: directories from trees, bytes read on demand."""
+
+        use_ns = True
+
+        def __init__(self, fs: Any, ref: str, version: Any,  # noqa: ANN401
+                     ready_fd: int | None) -> None:
+            self.fs, self.ref, self.ready_fd = fs, ref, ready_fd
+            stamp = int((version.committed or version.created) * 1e9)
+            self.times = {"st_mtime": stamp, "st_ctime": stamp, "st_atime": stamp}
+            self.uid, self.gid = os.getuid(), os.getgid()
+            self.dirs: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+            self.lock = threading.Lock()
+            self.files: dict[int, tuple[threading.Lock, Any]] = {}
+            self.numbers = itertools.count(1)
+
+        def init(self, path: str) -> None:
+            _tell(self.ready_fd, "ready")
+            self.ready_fd = None
+
+        def _listing(self, rel: str) -> dict[str, dict[str, Any]]:
+            with self.lock:
+                found = self.dirs.get(rel)
+                if found is not None:
+                    self.dirs.move_to_end(rel)
+                    return found
+            entries = self.fs.ls(f"{self.ref}/{rel}" if rel else self.ref, detail=True)
+            found = {e["name"].rpartition("/")[2]: e for e in entries}
+            with self.lock:
+                self.dirs[rel] = found
+                while len(self.dirs) > DIRS_KEPT:
+                    self.dirs.popitem(last=False)
+            return found
+
+        def _entry(self, path: str) -> dict[str, Any] | None:
+            rel = path.strip("/")
+            if not rel:
+                return {"type": "directory", "size": 0, "mode": 0o755}
+            parent, _, name = rel.rpartition("/")
+            parent_entry = self._entry(parent) if parent else None
+            if parent and (parent_entry is None or parent_entry["type"] != "directory"):
+                return None
+            return self._listing(parent).get(name)
+
+        def _guard(self, call: Any) -> Any:  # noqa: ANN401
+            try:
+                return call()
+            except fuse.FuseOSError:
+                raise
+            except FileNotFoundError:
+                raise fuse.FuseOSError(errno.ENOENT) from None
+            except Exception:  # damage, an unreachable origin: the reader gets EIO
+                raise fuse.FuseOSError(errno.EIO) from None
+
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+            entry = self._guard(lambda: self._entry(path))
+            if entry is None:
+                raise fuse.FuseOSError(errno.ENOENT)
+            kind = entry["type"]
+            if kind == "directory":
+                mode, links = stat.S_IFDIR | 0o555, 2
+            elif kind == "link":
+                mode, links = stat.S_IFLNK | 0o777, 1
+            else:
+                mode = stat.S_IFREG | (0o555 if entry.get("mode", 0) & 0o100 else 0o444)
+                links = 1
+            return {"st_mode": mode, "st_nlink": links, "st_size": entry["size"],
+                    "st_uid": self.uid, "st_gid": self.gid, **self.times}
+
+        def readdir(self, path: str, fh: int) -> list[str]:
+            rel = path.strip("/")
+            return [".", ".."] + sorted(self._guard(lambda: self._listing(rel)))
+
+        def readlink(self, path: str) -> str:
+            return str(self._guard(lambda: self.fs.readlink(f"{self.ref}/{path.strip('/')}")))
+
+        def open(self, path: str, flags: int) -> int:
+            if flags & _WRITES:
+                raise fuse.FuseOSError(errno.EROFS)
+            handle = self._guard(lambda: self.fs.open(f"{self.ref}/{path.strip('/')}"))
+            number = next(self.numbers)
+            with self.lock:
+                self.files[number] = (threading.Lock(), handle)
+            return number
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            lock, handle = self.files[fh]
+
+            def read() -> bytes:
+                with lock:
+                    handle.seek(offset)
+                    return bytes(handle.read(size))
+            return bytes(self._guard(read))
+
+        def release(self, path: str, fh: int) -> int:
+            with self.lock:
+                _lock, handle = self.files.pop(fh, (None, None))
+            if handle is not None:
+                handle.close()
+            return 0
+
+        def statfs(self, path: str) -> dict[str, int]:
+            return {"f_bsize": 1 << 20, "f_frsize": 1 << 20, "f_blocks": 0, "f_bfree": 0,
+                    "f_bavail": 0, "f_namemax": 255}
+
+    return VersionFiles

@@ -1,0 +1,144 @@
+"""`dsv mount` (issue 13): one version as a read-only FUSE file system, from a store or
+straight from a remote; listing reads trees only, bytes are read on first use and
+checked; damage reads as EIO, never as other bytes; writes are refused."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Result, read_tree, run_dsv, write_tree
+from servers import b3, create_bucket
+
+
+def _ok(res: Result) -> Result:
+    assert res.code == 0, res.err
+    return res
+
+
+@pytest.fixture
+def mounts():
+    """Directories mounted by a test, unmounted at its end whatever happened."""
+    made: list[Path] = []
+    yield made
+    for where in made:
+        if os.path.ismount(where):
+            subprocess.run(["fusermount3", "-u", "-z", str(where)], capture_output=True)
+
+
+def _mount(mounts: list[Path], *args: str | os.PathLike[str], cwd: Path,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    where = Path(args[1])
+    where.mkdir(exist_ok=True)
+    mounts.append(where)
+    done = run_dsv("mount", *args, cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr
+    assert os.path.ismount(where)
+    return done
+
+
+def _dataset(tmp_path: Path, dsv) -> Path:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(3000),
+                    "sub/deep/c.txt": b"c\n", "run.sh": b"#!/bin/sh\n",
+                    "big.bin": os.urandom((9 << 20) + 123)})
+    os.chmod(ws / "run.sh", 0o755)
+    os.symlink("sub/b.bin", ws / "link")
+    _ok(dsv("init", ws, "--name", "raw", cwd=tmp_path))
+    _ok(dsv("commit", "-m", "one", cwd=ws))
+    _ok(dsv("tag", "raw:latest", "v1", cwd=ws))
+    write_tree(ws, {"a.txt": b"alpha two\n"})
+    _ok(dsv("commit", "-m", "two", cwd=ws))
+    return ws
+
+
+def test_mount_of_a_stores_version(tmp_path, dsv, mounts):
+    ws = _dataset(tmp_path, dsv)
+    expected = read_tree(ws)
+    expected["a.txt"] = b"alpha\n"
+    where = tmp_path / "mnt"
+    done = _mount(mounts, "raw:v1", where, cwd=ws)
+    assert "mounted" in done.stdout
+    assert read_tree(where) == expected
+    assert os.readlink(where / "link") == "sub/b.bin"
+    assert os.stat(where / "run.sh").st_mode & 0o111 and \
+        not os.stat(where / "a.txt").st_mode & 0o222
+    with open(where / "big.bin", "rb") as f:  # ranged reads of a chunked file
+        f.seek(4 << 20)
+        assert f.read(1000) == expected["big.bin"][4 << 20:(4 << 20) + 1000]
+    for attempt in (lambda: open(where / "a.txt", "wb"),
+                    lambda: open(where / "new.txt", "wb"),
+                    lambda: os.mkdir(where / "d"), lambda: os.unlink(where / "a.txt")):
+        with pytest.raises(OSError) as caught:
+            attempt()
+        assert caught.value.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    # while latest moves on, the mount keeps showing v1
+    write_tree(ws, {"a.txt": b"three\n"})
+    _ok(dsv("commit", "-m", "three", cwd=ws))
+    assert (where / "a.txt").read_bytes() == b"alpha\n"
+    res = run_dsv("mount", "raw:latest", where, cwd=ws)
+    assert res.returncode == 1 and "mount point already" in res.stderr
+    _ok(dsv("umount", where, cwd=tmp_path))
+    assert not os.path.ismount(where) and os.listdir(where) == []
+    res = dsv("umount", where, cwd=tmp_path)
+    assert res.code == 1 and "is not mounted" in res.err
+
+
+def test_mount_straight_from_s3_reads_lazily_and_never_returns_damage(
+        tmp_path, dsv, mounts, s3_endpoint, aws_env):
+    ws = _dataset(tmp_path, dsv)
+    bucket = f"dsv-mount-{os.urandom(6).hex()}"
+    create_bucket(s3_endpoint, bucket)
+    url = f"s3://{bucket}/data"
+    _ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    where = tmp_path / "mnt"
+    elsewhere = tmp_path / "node"
+    elsewhere.mkdir()
+    _mount(mounts, "raw:latest", where, "--remote", url, "--endpoint-url", s3_endpoint,
+           "--cache", cache, cwd=elsewhere)
+    assert sorted(os.listdir(where)) == ["a.txt", "big.bin", "link", "run.sh", "sub"]
+    assert not (cache / "loose").exists()  # listing read trees (locators) only
+    big = (ws / "big.bin").read_bytes()
+    with open(where / "big.bin", "rb") as f:
+        f.seek(1 << 20)
+        assert f.read(4096) == big[1 << 20:(1 << 20) + 4096]
+    held = sum(p.stat().st_size for p in (cache / "loose").rglob("*") if p.is_file())
+    assert 0 < held < len(big) // 2  # only the chunks around the read (and read-ahead)
+    assert b3((where / "big.bin").read_bytes()) == b3(big)
+    assert (where / "a.txt").read_bytes() == b"alpha two\n"
+
+    # A damaged object on the origin (and none in the cache) reads as EIO.
+    blob = b3((ws / "sub" / "deep" / "c.txt").read_bytes())
+    import boto3
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    listing = client.list_objects_v2(Bucket=bucket, Prefix="data/packs/")["Contents"]
+    for item in listing:
+        key = item["Key"]
+        data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        at = data.find(b"c\n")
+        while at != -1 and b3(bytes(data[at:at + 2])) != blob:
+            at = data.find(b"c\n", at + 1)
+        if at != -1:
+            data[at] ^= 0xFF
+            client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    with pytest.raises(OSError) as caught:
+        (where / "sub" / "deep" / "c.txt").read_bytes()
+    assert caught.value.errno == errno.EIO
+    _ok(dsv("umount", where, cwd=tmp_path))
+
+
+def test_without_fuse_mount_fails_with_one_line(tmp_path, dsv):
+    ws = _dataset(tmp_path, dsv)
+    (tmp_path / "mnt").mkdir()
+    res = run_dsv("mount", "raw:v1", tmp_path / "mnt", cwd=ws,
+                  env={"FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so")})
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[0].startswith("error: FUSE is not available here"), \
+        res.stderr
+    assert "Traceback" not in res.stderr and not os.path.ismount(tmp_path / "mnt")
