@@ -21,6 +21,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
 from . import refs, versions, worktree
 from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
+from .model import Version
 from .reports import JobResult
 from .paths import STORE_DIR, is_reserved
 
@@ -148,11 +150,16 @@ def _binding_dir(root: Path, name: str) -> Path:
     return path
 
 
+Mounter = Callable[[Version, Path], Callable[[], None]]
+"""Mounts a version read-only at a directory (lazily, `dsv mount`); returns the unmount."""
+
+
 def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
         mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
-        mount: bool | None = None) -> JobResult:
+        mount: bool | None = None, lazy: Mounter | None = None) -> JobResult:
     """Run `command` with `inputs` (NAME → REF) read-only and `outputs` (NAME → DATASET)
-    empty and writable under `mount_root`; commit the outputs when it succeeds."""
+    empty and writable under `mount_root`; commit the outputs when it succeeds. With
+    `lazy`, each input is mounted by it (files read on first use) instead of placed."""
     if not command:
         raise InvalidInput("no command to run", hint="put it after `--`: dsv run … -- CMD ARGS")
     if mount_root is not None:
@@ -175,11 +182,16 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
     env = dict(os.environ, DSV_MOUNT_ROOT=str(root))
     binds: list[str] = []
     trees: dict[str, InputTree] = {}
+    unmounts: list[Callable[[], None]] = []
     try:
         with core.locked("run: placing inputs"):
             for name, v in in_versions.items():
                 target = _binding_dir(root, name)
                 target.mkdir(parents=True, exist_ok=True)
+                if lazy is not None:
+                    # (served by another process, which reads the store: not under our lock)
+                    env[env_name("INPUT", name)] = str(target)
+                    continue
                 if mounted:
                     # The read-only bind is what keeps the job out; what is bound is the
                     # version's input tree, made once and reused by every later run.
@@ -189,6 +201,9 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     worktree.Materializer(core.objects, target, "auto",
                                           stat_rows=False).place(list(core.manifest(v).items()))
                 env[env_name("INPUT", name)] = str(target)
+        if lazy is not None:
+            for name, v in in_versions.items():
+                unmounts.append(lazy(v, _binding_dir(root, name)))
         for name in out_datasets:
             _binding_dir(root, name).mkdir(parents=True, exist_ok=True)
             env[env_name("OUTPUT", name)] = str(root / name)
@@ -207,7 +222,8 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
         changed = {name: paths for name, tree in trees.items()
                    if (paths := tree.changed_paths(core))}
         result = JobResult(command=list(command), exit_status=status, started=started,
-                           duration=duration, mounted=mounted, mount_root=root)
+                           duration=duration, mounted=mounted or lazy is not None,
+                           mount_root=root)
         lineage: dict[str, Any] = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
                               "ref": f"{_name(core, v.dataset)}:{v.id}"}
@@ -215,8 +231,10 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
             "outputs": {name: ds.id for name, ds in out_datasets.items()},
             "command": list(command), "exit_status": status,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "duration_s": round(duration, 3), "inputs_read_only": mounted,
+            "duration_s": round(duration, 3), "inputs_read_only": mounted or bool(lazy),
         }
+        if lazy is not None:
+            lineage["inputs_lazy"] = True
         text = message or f"dsv run: {' '.join(command)}"[:200]
         for name, ds in out_datasets.items():
             result.outputs[name] = versions.create_version_from_path(
@@ -242,6 +260,8 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                                  "`dsv versions commit DRAFT`", result=result)
         return result
     finally:
+        for unmount in unmounts:
+            unmount()
         for tree in trees.values():
             tree.close()
         if mount_root is None:

@@ -9,6 +9,7 @@ logic of its own, print, or parse command lines (that is the CLI's job).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -286,11 +287,22 @@ class Store:
 
     def run(self, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
             mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
-            mount: bool | None = None) -> JobResult:
+            mount: bool | None = None, lazy: bool = False) -> JobResult:
         """`dsv run`: mount the inputs read-only, run `command`, and make each output
-        directory a new version with lineage (see jobs.run)."""
+        directory a new version with lineage (see jobs.run). With `lazy`, each input is a
+        `dsv mount` (FUSE): its files are read on first use, so a job may read a dataset
+        larger than the local disk."""
         from . import jobs
-        return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount)
+        mounter = None
+        if lazy:
+            from . import mount as mounting
+            root = str(self.root)
+
+            def mounter(v: Version, target: Path) -> Callable[[], None]:
+                mounting.mount(f"{v.dataset}:{v.id}", target, store=root)
+                return lambda: mounting.unmount(target)
+        return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount,
+                        mounter)
 
     def update_version(self, ref: str, message: str,
                        cwd: str | os.PathLike[str] = ".") -> Version:

@@ -5,6 +5,7 @@ checked; damage reads as EIO, never as other bytes; writes are refused."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -142,3 +143,24 @@ def test_without_fuse_mount_fails_with_one_line(tmp_path, dsv):
     assert res.stderr.splitlines()[0].startswith("error: FUSE is not available here"), \
         res.stderr
     assert "Traceback" not in res.stderr and not os.path.ismount(tmp_path / "mnt")
+
+
+def test_run_with_lazy_inputs_reads_them_through_a_mount(tmp_path, dsv):
+    ws = _dataset(tmp_path, dsv)
+    _ok(dsv("datasets", "create", "out", cwd=ws))
+    job = ('grep " $DSV_INPUT_RAW " /proc/self/mounts > "$DSV_OUTPUT_OUT/mounts.txt"; '
+           'cat "$DSV_INPUT_RAW/a.txt" > "$DSV_OUTPUT_OUT/a.txt"; '
+           'tail -c 100 "$DSV_INPUT_RAW/big.bin" > "$DSV_OUTPUT_OUT/tail.bin"')
+    root = tmp_path / "jobroot"
+    res = _ok(dsv("run", "--input", "raw=raw:v1", "--output", "out=out", "--lazy",
+                  "--mount-root", root, "--json", "--", "sh", "-c", job, cwd=ws))
+    vid = json.loads(res.out)["outputs"]["out"]["version"]
+    out = tmp_path / "outcopy"
+    _ok(dsv("checkout", f"out:{vid}", "--to", out, cwd=ws))
+    assert (out / "a.txt").read_bytes() == b"alpha\n"
+    assert (out / "tail.bin").read_bytes() == (ws / "big.bin").read_bytes()[-100:]
+    assert "fuse" in (out / "mounts.txt").read_text()
+    lineage = json.loads(_ok(dsv("versions", "details", f"out:{vid}", "--json",
+                                 cwd=ws)).out)["lineage"]
+    assert lineage["inputs_lazy"] is True and lineage["inputs"]["raw"]["ref"].startswith("raw:")
+    assert not os.path.ismount(root / "raw")  # unmounted when the job ended

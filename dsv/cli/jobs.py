@@ -34,6 +34,10 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
         no_mount: bool = typer.Option(False, "--no-mount",
                                       help="Give inputs as private copies, even where "
                                            "read-only mounts are possible."),
+        lazy: bool = typer.Option(False, "--lazy",
+                                  help="Mount inputs with FUSE (`dsv mount`): files are "
+                                       "read on first use, for inputs larger than the "
+                                       "local disk."),
         as_json: bool = JsonOpt) -> None:
     """Run CMD with datasets as read-only inputs; commit its outputs with lineage.
 
@@ -44,7 +48,7 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
     store = open_store()
     ins, outs = parse_bindings(inputs, outputs, hosted)
     result = store.run(ins, outs, command, mount_root=mount_root, message=message,
-                       mount=False if no_mount else None)
+                       mount=False if no_mount else None, lazy=lazy)
     if as_json:
         print_json(result.to_json())
         return
