@@ -23,7 +23,7 @@ from . import refs, tree, versions
 from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
-from .model import Version
+from .model import COMMITTED, Version
 from .reports import ImportCheckReport
 from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
@@ -93,8 +93,10 @@ def _relative(obj: s3.S3Object, base: str) -> str:
 def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = None,
               version_id: str | None = None, endpoint_url: str | None = None,
               profile: str | None = None, no_sign_request: bool = False,
-              message: str | None = None) -> Version:
-    """Create a committed version of dataset `name` from an S3 object or prefix."""
+              message: str | None = None, reuse: bool = False) -> Version:
+    """Create a committed version of dataset `name` from an S3 object or prefix. With
+    `reuse`, a version of that dataset imported from the very same objects (keys, ETags,
+    VersionIds, sizes) is returned instead, and nothing is downloaded."""
     bucket, key = s3.parse_s3_url(url)
     client = s3.make_client(endpoint_url, profile, True if no_sign_request else None)
     s3.check_reachable(client)
@@ -103,6 +105,10 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     if len(set(paths.values())) != len(paths):
         raise InvalidInput("two S3 keys map to one path")
     name = name or default_name(url)
+    if reuse:
+        same = _same_import(core, name, url, {paths[o.key]: _file_record(o) for o in objects})
+        if same is not None:
+            return same
     done = core.index.imported(_source_key(bucket, o) for o in objects)
     todo = [o for o in objects if _source_key(bucket, o) not in done
             or not _still_stored(core, *done[_source_key(bucket, o)])]
@@ -118,13 +124,31 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
         oid, size = done[_source_key(bucket, obj)]
         path = paths[obj.key]
         manifest[path] = tree.Entry(tree.FILE, 0o644, size, oid)
-        record_files[path] = {"key": obj.key, "etag": obj.etag, "version_id": obj.version_id,
-                              "size": obj.size}
+        record_files[path] = _file_record(obj)
     lineage = {"import": {"source": url, "bucket": bucket, "prefix": base,
                           "single_object": len(objects) == 1 and (key == objects[0].key),
                           "endpoint_url": endpoint_url, "files": record_files}}
     return versions.commit_manifest(core, name, manifest, message or f"import {url}", lineage,
                                  create_dataset=True)
+
+
+def _file_record(obj: s3.S3Object) -> dict[str, Any]:
+    """What an imported version's lineage records of one source object."""
+    return {"key": obj.key, "etag": obj.etag, "version_id": obj.version_id, "size": obj.size}
+
+
+def _same_import(core: Core, name: str, url: str,
+                 files: dict[str, dict[str, Any]]) -> Version | None:
+    """The newest committed version of dataset `name` imported from `url` with exactly
+    these source objects, if there is one."""
+    ds = core.index.dataset_by("name", name)
+    if ds is None:
+        return None
+    for v in core.index.versions(ds.id, COMMITTED):
+        source = (v.lineage or {}).get("import") or {}
+        if source.get("source") == url and source.get("files") == files:
+            return v
+    return None
 
 
 def _still_stored(core: Core, oid: str, size: int) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
-from . import refs, versions, worktree
+from . import imports, refs, versions, worktree
 from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
 from .model import Version
 from .reports import JobResult
@@ -156,10 +156,14 @@ Mounter = Callable[[Version, Path], Callable[[], None]]
 
 def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
         mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
-        mount: bool | None = None, lazy: Mounter | None = None) -> JobResult:
+        mount: bool | None = None, lazy: Mounter | None = None,
+        source: dict[str, Any] | None = None) -> JobResult:
     """Run `command` with `inputs` (NAME → REF) read-only and `outputs` (NAME → DATASET)
     empty and writable under `mount_root`; commit the outputs when it succeeds. With
-    `lazy`, each input is mounted by it (files read on first use) instead of placed."""
+    `lazy`, each input is mounted by it (files read on first use) instead of placed. An
+    input `s3://BUCKET/KEY-OR-PREFIX` is imported first as `dsv import` does (pinned by
+    `source`'s etag or version_id, with its endpoint_url, profile, no_sign_request), an
+    earlier import of the very same objects reused."""
     if not command:
         raise InvalidInput("no command to run", hint="put it after `--`: dsv run … -- CMD ARGS")
     if mount_root is not None:
@@ -167,7 +171,14 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
     else:
         chosen = None
         check_mount_root(core, tempfile.gettempdir(), fresh=True)  # TMPDIR in a store?
-    in_versions = {name: core.resolve(ref) for name, ref in inputs.items()}
+    imported = {name: ref for name, ref in inputs.items() if ref.startswith("s3://")}
+    pins = {k: v for k, v in (source or {}).items() if k in ("etag", "version_id") and v}
+    if pins and len(imported) != 1:
+        raise InvalidInput("--etag and --version-id pin one s3:// input; "
+                           f"{'none is' if not imported else 'several are'} given",
+                           hint="import the others with `dsv import` and bind them by ref")
+    in_versions = {name: imports.import_s3(core, ref, reuse=True, **(source or {}))
+                   if name in imported else core.resolve(ref) for name, ref in inputs.items()}
     for name, v in in_versions.items():
         if v.is_draft:
             raise InvalidInput(f"input {name} is draft {v.id}; inputs must be committed "
@@ -226,7 +237,8 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                            mount_root=root)
         lineage: dict[str, Any] = {
             "inputs": {name: {"dataset": v.dataset, "version": v.id, "record": v.record,
-                              "ref": f"{_name(core, v.dataset)}:{v.id}"}
+                              "ref": f"{_name(core, v.dataset)}:{v.id}",
+                              **({"source": imported[name]} if name in imported else {})}
                        for name, v in in_versions.items()},
             "outputs": {name: ds.id for name, ds in out_datasets.items()},
             "command": list(command), "exit_status": status,

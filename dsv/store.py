@@ -287,11 +287,13 @@ class Store:
 
     def run(self, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
             mount_root: str | os.PathLike[str] | None = None, message: str | None = None,
-            mount: bool | None = None, lazy: bool = False) -> JobResult:
+            mount: bool | None = None, lazy: bool = False,
+            source: dict[str, Any] | None = None) -> JobResult:
         """`dsv run`: mount the inputs read-only, run `command`, and make each output
         directory a new version with lineage (see jobs.run). With `lazy`, each input is a
         `dsv mount` (FUSE): its files are read on first use, so a job may read a dataset
-        larger than the local disk."""
+        larger than the local disk. An input `s3://…` is imported first (pinned by
+        `source`: etag, version_id, endpoint_url, profile, no_sign_request)."""
         from . import jobs
         mounter = None
         if lazy:
@@ -302,7 +304,7 @@ class Store:
                 mounting.mount(f"{v.dataset}:{v.id}", target, store=root)
                 return lambda: mounting.unmount(target)
         return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount,
-                        mounter)
+                        mounter, source)
 
     def update_version(self, ref: str, message: str,
                        cwd: str | os.PathLike[str] = ".") -> Version:

@@ -217,3 +217,46 @@ def test_log_and_show_of_an_import_summarize_its_source(store, s3, bucket, s3_en
     assert "part-07.csv" not in log.out + show.out
     shown = json.loads(dsv("show", "set:latest", "--json", cwd=ws).out)
     assert len(shown["lineage"]["import"]["files"]) == 30
+
+
+def test_run_with_an_s3_input_imports_it_once_and_names_it_in_lineage(
+        tmp_path: Path, s3, bucket, s3_endpoint, dsv) -> None:
+    """`dsv run --input NAME=s3://…` (the hosted platforms' experiment datasets): the
+    prefix is imported as `dsv import` would (dataset named by the basename rule), bound
+    read-only at MOUNT_ROOT/NAME, and a second run over the same objects reuses that
+    version; the job's lineage names the imported version and its source."""
+    ws = tmp_path / "jobs"
+    ws.mkdir()
+    assert dsv("init", "--bare", cwd=ws).code == 0
+    assert dsv("datasets", "create", "out", cwd=ws).code == 0
+    s3.put_object(Bucket=bucket, Key="exp/train/a.csv", Body=b"x,y\n1,2\n")
+    s3.put_object(Bucket=bucket, Key="exp/train/b.csv", Body=b"x,y\n3,4\n")
+    url = f"s3://{bucket}/exp/train"
+    job = 'cat "$DSV_INPUT_DATA/a.csv" "$DSV_INPUT_DATA/b.csv" > "$DSV_OUTPUT_OUT/both.csv"'
+    runs = []
+    for _ in range(2):
+        res = dsv("run", "--input", f"data={url}", "--output", "out=out", "--endpoint-url",
+                  s3_endpoint, "--json", "--", "sh", "-c", job, cwd=ws)
+        assert res.code == 0, res.err
+        runs.append(json.loads(res.out)["outputs"]["out"]["version"])
+    details = [json.loads(dsv("versions", "details", f"out:{vid}", "--json", cwd=ws).out)
+               for vid in runs]
+    inputs = [d["lineage"]["inputs"]["data"] for d in details]
+    assert inputs[0]["source"] == url and inputs[0]["ref"].startswith("train:")
+    assert inputs[0]["version"] == inputs[1]["version"]  # the same import, reused
+    imported = json.loads(dsv("versions", "details", inputs[0]["ref"], "--json", cwd=ws).out)
+    assert imported["lineage"]["import"]["source"] == url
+    assert len(json.loads(dsv("versions", "list", "train", "--json", cwd=ws).out)) == 1
+    out = tmp_path / "o"
+    assert dsv("checkout", f"out:{runs[1]}", "--to", out, cwd=ws).code == 0
+    assert (out / "both.csv").read_bytes() == b"x,y\n1,2\nx,y\n3,4\n"
+
+    # A changed object is a new import; a pin that does not match fails before the job.
+    s3.put_object(Bucket=bucket, Key="exp/train/a.csv", Body=b"x,y\n5,6\n")
+    res = dsv("run", "--input", f"data={url}", "--output", "out=out", "--endpoint-url",
+              s3_endpoint, "--json", "--", "sh", "-c", job, cwd=ws)
+    assert res.code == 0, res.err
+    assert len(json.loads(dsv("versions", "list", "train", "--json", cwd=ws).out)) == 2
+    res = dsv("run", "--input", f"one={url}/a.csv", "--etag", "0" * 32, "--endpoint-url",
+              s3_endpoint, "--", "true", cwd=ws)
+    assert res.code == 1 and "etag" in res.err.lower(), res.err

@@ -19,7 +19,9 @@ commands = typer.Typer(add_completion=False)
 def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
                                             help="The command to run."),
         inputs: list[str] = typer.Option([], "--input", "-i", metavar="NAME=REF",
-                                         help="Mount a version read-only at MOUNT_ROOT/NAME."),
+                                         help="Mount a version read-only at MOUNT_ROOT/NAME "
+                                              "(REF may be s3://BUCKET/KEY-OR-PREFIX: "
+                                              "imported first)."),
         outputs: list[str] = typer.Option([], "--output", "-o", metavar="NAME=DATASET",
                                           help="An empty directory at MOUNT_ROOT/NAME, "
                                                "committed as a new version of DATASET."),
@@ -38,6 +40,17 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
                                   help="Mount inputs with FUSE (`dsv mount`): files are "
                                        "read on first use, for inputs larger than the "
                                        "local disk."),
+        etag: Optional[str] = typer.Option(None, "--etag", help="An s3:// input: fail "
+                                           "unless the object's ETag is this."),
+        version_id: Optional[str] = typer.Option(None, "--version-id", help="An s3:// "
+                                                 "input: import this VersionId."),
+        endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
+                                                   help="s3:// inputs: an S3-compatible "
+                                                        "endpoint."),
+        profile: Optional[str] = typer.Option(None, "--profile", help="s3:// inputs: AWS "
+                                              "profile."),
+        no_sign_request: bool = typer.Option(False, "--no-sign-request",
+                                             help="s3:// inputs: public buckets, unsigned."),
         as_json: bool = JsonOpt) -> None:
     """Run CMD with datasets as read-only inputs; commit its outputs with lineage.
 
@@ -48,7 +61,10 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
     store = open_store()
     ins, outs = parse_bindings(inputs, outputs, hosted)
     result = store.run(ins, outs, command, mount_root=mount_root, message=message,
-                       mount=False if no_mount else None, lazy=lazy)
+                       mount=False if no_mount else None, lazy=lazy,
+                       source={"etag": etag, "version_id": version_id,
+                               "endpoint_url": endpoint_url, "profile": profile,
+                               "no_sign_request": no_sign_request})
     if as_json:
         print_json(result.to_json())
         return
