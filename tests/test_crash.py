@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_tree, run_dsv, write_tree
+from conftest import read_tree, run_dsv, run_in_process, write_tree
 from storecheck import b3, copy_workspace, dir_content, inspect_store
 
 KILLED = -signal.SIGKILL
@@ -45,15 +46,18 @@ def crash(*args, cwd: Path, at: str, after: int = 1) -> subprocess.CompletedProc
 
 
 def verify_ok(ws: Path) -> None:
-    r = run_dsv("verify", "--json", cwd=ws)
-    assert r.returncode == 0, f"dsv verify failed after the crash:\n{r.stdout}{r.stderr}"
-    report = json.loads(r.stdout)
+    # `verify` and `log` are asked after every kill: run in this process (conftest
+    # `run_in_process`, the CLI's own main), sparing an interpreter start each time.
+    r = run_in_process("verify", "--json", cwd=ws)
+    assert r.code == 0, f"dsv verify failed after the crash:\n{r.out}{r.err}"
+    report = json.loads(r.out)
     assert report["ok"] is True and report["problems"] == [], report
 
 
 def log(ws: Path, dataset: str | None = None) -> list[dict]:
-    r = ok("log", *([dataset] if dataset else []), "--json", cwd=ws)
-    return json.loads(r.stdout)
+    r = run_in_process("log", *([dataset] if dataset else []), "--json", cwd=ws)
+    assert r.code == 0, f"dsv log exited {r.code}:\n{r.out}{r.err}"
+    return json.loads(r.out)
 
 
 def messages(entries: list[dict]) -> list[str]:
@@ -113,13 +117,29 @@ def _wait_for_lock(ws: Path, proc: subprocess.Popen) -> float:
     return time.monotonic()
 
 
+def _link_workspace(src: Path, dst: Path) -> Path:
+    """A copy of workspace `src` for one timed kill: its store (.dsv) copied, its working
+    files hard links to the template's. Copying the 3,000 files of `big_ws` took 1.5-2 s
+    a copy here (six or more copies a test); linking them, 0.1 s. Commit only reads the
+    working files, and checkout writes every file through O_EXCL under a new name (a temp
+    name renamed over the old one: worktree.Materializer, fileio), never through an
+    existing one, so no template inode is ever written. A dsv that did write through one
+    would change the template's bytes, and `expected` (hashed from the bytes the fixture
+    wrote) would fail on them."""
+    shutil.copytree(src, dst, symlinks=True, copy_function=os.link,
+                    ignore=lambda d, _names: [".dsv"] if Path(d) == src else [])
+    shutil.copytree(src / ".dsv", dst / ".dsv", symlinks=True)
+    return dst
+
+
 def _kill_in_flight(args: list[str], ws: Path, delay: float, attempts: int = 6
                     ) -> tuple[subprocess.Popen, Path]:
-    """Start `dsv ARGS` on a fresh copy of `ws`; SIGKILL it `delay` s after it takes the
-    store lock. If it finishes first, retry earlier. Returns the killed process and its copy."""
+    """Start `dsv ARGS` on a fresh copy of `ws` (`_link_workspace`); SIGKILL it `delay` s
+    after it takes the store lock. If it finishes first, retry earlier. Returns the
+    killed process and its copy."""
     for attempt in range(attempts):
         copy_dir = ws.parent.parent / f"{ws.parent.name}-{attempt}-{time.monotonic_ns()}"
-        work = copy_workspace(ws, copy_dir / ws.name)
+        work = _link_workspace(ws, copy_dir / ws.name)
         proc = subprocess.Popen([sys.executable, "-m", "dsv", *map(str, args)], cwd=work,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_lock(work, proc)
@@ -271,7 +291,7 @@ def test_commit_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer, at several moments of a real commit of a larger dataset."""
     template, expected = big_ws
 
-    window = _window(["commit", "-m", "snapshot"], copy_workspace(template, tmp_path / "c" / "big"))
+    window = _window(["commit", "-m", "snapshot"], _link_workspace(template, tmp_path / "c" / "big"))
     for n, fraction in enumerate((0.1, 0.35, 0.6, 0.85)):
         _proc, ws = _kill_in_flight(["commit", "-m", "snapshot"], template, window * fraction)
         verify_ok(ws)
@@ -419,14 +439,14 @@ def test_checkout_killed_at_random_moments(tmp_path: Path, big_ws) -> None:
     """SIGKILL from a timer while a checkout writes 3,000 small and 3 big files, into an
     empty directory and over the dataset's own working directory."""
     src, expected = big_ws
-    template = copy_workspace(src, tmp_path / "committed" / "big")
+    template = _link_workspace(src, tmp_path / "committed" / "big")
     ok("commit", "-m", "snapshot", cwd=template)
     for rel in list(expected)[::3]:           # the working directory drifts from the version
         (template / rel).unlink()
     ok("commit", "-m", "thinned", cwd=template)
     args_to = ["checkout", "big:latest~1", "--to", "../out"]
     args_wd = ["checkout", "big:latest~1"]
-    window = _window(args_to, copy_workspace(template, tmp_path / "w" / "big"))
+    window = _window(args_to, _link_workspace(template, tmp_path / "w" / "big"))
     for args, delay in ((args_to, 0.6 * window), (args_wd, 0.25 * window)):
         _proc, ws = _kill_in_flight(args, template, delay)
         verify_ok(ws)

@@ -22,7 +22,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from conftest import read_tree, run_dsv, write_tree
+from conftest import read_tree, run_dsv, run_in_process, write_tree
 
 
 def spawn(*args: str | os.PathLike[str], cwd: Path, env: dict[str, str] | None = None
@@ -65,7 +65,11 @@ def verify_ok(ws: Path) -> None:
 
 
 def checked_out(ws: Path, ref: str, out: Path) -> dict[str, bytes]:
-    ok("checkout", ref, "--to", out, cwd=ws)
+    """Version `ref` as `dsv checkout REF --to OUT` writes it. Run in this process
+    (conftest `run_in_process`): the final checks check out every version a loop made,
+    and no writer or gc runs by then."""
+    r = run_in_process("checkout", ref, "--to", out, cwd=ws)
+    assert r.code == 0, f"dsv checkout {ref}: {r.out}{r.err}"
     return read_tree(out)
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from dsv.remotes.layout import REMOTE_FORMAT
+from dsv.remotes.layout import MAINTAIN_LOCK, REMOTE_FORMAT
 from conftest import read_tree, run_dsv, write_tree
 from servers import DirView, S3View, check_remote, read_remote, seaweedfs_endpoint  # noqa: F401
 from test_gc_race import finish, ok, paused, spawn, wait_for
-from test_sync_faults import new_bucket
+from test_sync_faults import new_bucket, query_json
 
 
 def _ws(root: Path, files: dict[str, bytes], remote: str, *extra: str) -> Path:
@@ -283,6 +283,11 @@ def test_gc_refuses_while_a_ref_cannot_be_read(tmp_path: Path) -> None:
     assert DirView(remote).listing() == listing
 
 
+# The randomized run below: rounds alternate pushes first (0, 2) and gc first (1); each
+# round is five processes against SeaweedFS (5-8 s on two cores).
+MIN_ROUNDS = 3
+
+
 @pytest.mark.slow
 def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_endpoint,
                                                     aws_env) -> None:
@@ -296,31 +301,37 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     seed = _ws(tmp_path / "seed", {"base.bin": os.urandom(3000)}, url, *extra)
     ok("push", cwd=seed)
     clients = [tmp_path / f"c{i}" for i in range(3)]
-    for i, c in enumerate(clients):
-        ok("clone", url, c, *extra, cwd=tmp_path)
+    for p in [spawn("clone", url, c, *extra, cwd=tmp_path) for c in clients]:
+        finish(p)   # three independent clones, side by side
     pushed: dict[str, dict[str, bytes]] = {}   # version id → files
     start = time.monotonic()
     rounds = collected = deleted = 0
-    # 20 s of rounds; on a slow machine every gc of those may have met a running push
-    # (and refused): then more rounds, until one deleted something (at most 90 s).
-    while time.monotonic() < start + 20 or (
-            (rounds < 2 or not deleted) and time.monotonic() < start + 90):
+    # MIN_ROUNDS rounds; should every gc of those have met a running push (and refused),
+    # more rounds, until one deleted something (at most 90 s).
+    while rounds < MIN_ROUNDS or (not deleted and time.monotonic() < start + 90):
         procs = []
-        vids = []
+        commits = []
         for i, c in enumerate(clients):
             files = {f"c{i}/r{rounds}.bin": os.urandom(rng.randint(100, 6000))}
             if rng.random() < 0.3:
                 files[f"c{i}/big{rounds}.bin"] = os.urandom(1_100_000)
             write_tree(c, files)
-            ok("commit", "-m", f"r{rounds}", cwd=c)
-            vid = json.loads(ok("show", "raw:latest", "--json", cwd=c).stdout)["id"]
+            commits.append(spawn("commit", "-m", f"r{rounds}", "--json", cwd=c))
+        vids = []
+        for c, commit in zip(clients, commits, strict=True):
+            vid = json.loads(finish(commit))["id"]
             pushed[vid] = read_tree(c)
             vids.append(vid)
-        # Odd rounds start the gc first (the pushes then meet a running gc), even ones
-        # the pushes first (the gc meets their leases): both races, every time.
+        # Odd rounds start the gc first (the pushes then meet a running gc: they start
+        # once its lease is on the remote, 0-0.3 s later), even ones the pushes first
+        # (the gc meets their leases): both races, every time.
         gc = spawn("gc", "--remote", "origin", "--json", cwd=seed) if rounds % 2 else None
         if gc is not None:
-            time.sleep(0.3)
+            deadline = time.monotonic() + 60
+            while not view.keys(MAINTAIN_LOCK) and gc.poll() is None:
+                assert time.monotonic() < deadline, "the gc never took its lease"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.3))
         for c, vid in zip(clients, vids, strict=True):
             procs.append(spawn("push", "--force", f"raw:{vid}", cwd=c))
         procs.append(gc or spawn("gc", "--remote", "origin", "--json", cwd=seed))
@@ -335,7 +346,7 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
             collected += 1
             deleted += json.loads(results[len(clients)][0])["objects_deleted"]
         if clone_dir.exists() and procs[-1].returncode == 0:
-            vid = json.loads(ok("show", "raw:latest", "--json", cwd=clone_dir).stdout)["id"]
+            vid = query_json("show", "raw:latest", cwd=clone_dir)["id"]
             assert read_tree(clone_dir) == pushed.get(vid, read_tree(seed))
         rounds += 1
     winner = rng.choice(clients)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from dsv import chunking
-from conftest import run_dsv, write_tree
+from conftest import run_dsv, run_in_process, write_tree
 from faultproxy import FAILING, FaultProxy
 from servers import DirView, S3View, b3, check_remote, create_bucket, read_remote
 
@@ -50,6 +51,15 @@ def ok(*args, cwd: Path, env: dict[str, str] | None = None,
 
 def ok_json(*args, cwd: Path, env: dict[str, str] | None = None):
     return json.loads(ok(*args, "--json", cwd=cwd, env=env).stdout)
+
+
+def query_json(*args: str, cwd: Path):
+    """`dsv ARGS --json` for the read-only queries the tests ask again and again (log,
+    tags, verify, show), run in this process (conftest `run_in_process`); the commands
+    under test still run as processes."""
+    r = run_in_process(*args, "--json", cwd=cwd)
+    assert r.code == 0, f"dsv {' '.join(args)} --json exited {r.code}:\n{r.out}{r.err}"
+    return json.loads(r.out)
 
 
 def clean_failure(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -124,14 +134,14 @@ def new_workspace(root: Path, files: dict[str, bytes], name: str = "data") -> Pa
 
 
 def log_ids(ws: Path) -> list[str]:
-    return [v["id"] for v in ok_json("log", cwd=ws)]
+    return [v["id"] for v in query_json("log", cwd=ws)]
 
 
 def local_refs(ws: Path) -> tuple[list, list]:
     """What a fetch may change: versions (log) and tags, as dsv prints them."""
-    log = ok_json("log", cwd=ws)
+    log = query_json("log", cwd=ws)
     return ([(v["id"], v["record"], v["tags"]) for v in log],
-            sorted((t["dataset"], t["tag"], t["version"]) for t in ok_json("tags", cwd=ws)))
+            sorted((t["dataset"], t["tag"], t["version"]) for t in query_json("tags", cwd=ws)))
 
 
 def assert_pulled(clone: Path, src: Path) -> None:
@@ -146,7 +156,7 @@ def assert_pulled(clone: Path, src: Path) -> None:
 
 
 def verify_ok(ws: Path) -> None:
-    report = ok_json("verify", cwd=ws)
+    report = query_json("verify", cwd=ws)
     assert report["ok"] is True and report["problems"] == [], report
 
 
@@ -389,8 +399,11 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
     with FaultProxy(s3_endpoint, p=0.0, seed=5) as proxy:
         ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         ok("push", cwd=src)
-        for name in ("fetcher", "puller"):
-            ok("clone", url, tmp_path / name, "--endpoint-url", proxy.url, cwd=tmp_path)
+        cloned, _ = run_concurrently({   # two clones at once: they are independent
+            name: (["clone", url, str(tmp_path / name), "--endpoint-url", proxy.url],
+                   tmp_path) for name in ("fetcher", "puller")})
+        for name, r in cloned.items():
+            assert r.returncode == 0, f"dsv clone into {name}:\n{r.stdout}{r.stderr}"
         # The remote moves on (v2, tagged) so that a fetch or pull would have news ...
         write_tree(src, {"d00/s0000.bin": b"v2 bytes\n", "v2.txt": b"two\n"})
         ok("commit", "-m", "v2", cwd=src)
@@ -437,8 +450,9 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
 
         # Healed: everything that failed now works.
         ok("push", cwd=src)
-        ok("fetch", cwd=fetcher)
-        ok("pull", cwd=puller)
+        healed, _ = run_concurrently({"fetch": (["fetch"], fetcher), "pull": (["pull"], puller)})
+        for name, r in healed.items():
+            assert r.returncode == 0, f"dsv {name} once healed:\n{r.stdout}{r.stderr}"
         assert_pulled(puller, src)
         assert log_ids(fetcher) == log_ids(src)
         check_remote(S3View(s3_endpoint, bucket, "data"))
@@ -556,15 +570,17 @@ def test_unreachable_endpoint_fails_fast_and_local_work_goes_on(tmp_path, s3_end
 
 # ---- a remote serving corrupt bytes -----------------------------------------------------
 
-@pytest.fixture
-def dir_remote_pair(tmp_path):
-    """src pushes v1 to a directory remote; `clone` is a clone at v1; then src commits v2
-    (one small file changed, one large file added) and pushes it."""
-    remote = tmp_path / "remote"
-    src = new_workspace(tmp_path / "src", dataset_files(n_small=60, big=(2 * MiB,), seed=8))
+@pytest.fixture(scope="module")
+def _dir_remote_template(tmp_path_factory):
+    """What `dir_remote_pair` hands out, built once per module (and xdist worker): in
+    `live`, with a pristine copy beside it."""
+    base = tmp_path_factory.mktemp("dir-remote-pair")
+    live = base / "live"
+    remote = live / "remote"
+    src = new_workspace(live / "src", dataset_files(n_small=60, big=(2 * MiB,), seed=8))
     ok("remote", "add", "origin", remote, cwd=src)
     ok("push", cwd=src)
-    ok("clone", remote, tmp_path / "clone", cwd=tmp_path)
+    ok("clone", remote, live / "clone", cwd=live)
     new_small = b"v2: this small file changed " * 40
     new_large = random.Random(9).randbytes(2 * MiB + 5)
     chunked = random.Random(10).randbytes(4 * MiB + 7)   # stored in chunks (>= 4 MiB)
@@ -572,7 +588,37 @@ def dir_remote_pair(tmp_path):
                      "big/chunked.bin": chunked})
     ok("commit", "-m", "v2", cwd=src)
     ok("push", cwd=src)
-    return src, remote, tmp_path / "clone", new_small, new_large
+    pristine = base / "pristine"
+    shutil.copytree(live, pristine, symlinks=True)
+    return live, pristine, new_small, new_large
+
+
+def _rmtree(root: Path) -> None:
+    """Remove `root` whatever modes dsv left on its files and directories."""
+    def writable_again(func, path, _exc) -> None:
+        os.chmod(os.path.dirname(path), 0o755)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o755)
+        func(path)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(root, onexc=writable_again)
+    else:
+        shutil.rmtree(root, onerror=writable_again)
+
+
+@pytest.fixture
+def dir_remote_pair(_dir_remote_template):
+    """src pushes v1 to a directory remote; `clone` is a clone at v1; then src commits v2
+    (one small file changed, one large file added) and pushes it.
+
+    Built once (five pushes, clones and commits took 10 s of every test's setup on a busy
+    machine) and restored from its pristine copy for each test, at the same paths: the
+    remote URL each store holds is an absolute path, so the copy must live where the
+    original was. Tests of one module in one xdist worker run one at a time."""
+    live, pristine, new_small, new_large = _dir_remote_template
+    _rmtree(live)
+    shutil.copytree(pristine, live, symlinks=True)
+    return live / "src", live / "remote", live / "clone", new_small, new_large
 
 
 def _corrupt_packed(remote: Path, oid: str) -> tuple[Path, int]:
@@ -735,7 +781,6 @@ def push_template(tmp_path_factory):
 
 
 def _copy(template: Path, dst: Path) -> Path:
-    import shutil
     shutil.copytree(template, dst, symlinks=True)
     return dst
 
