@@ -713,14 +713,15 @@ class ChunkedReader(io.RawIOBase):
     the source), so reading part of a file reads only that part. A chunk of another
     length than the list says is refused."""
 
-    def __init__(self, chunks: tree.ChunkList, source: Callable[[int], bytes]) -> None:
+    def __init__(self, chunks: tree.ChunkList,
+                 source: Callable[[int], bytes | memoryview]) -> None:
         super().__init__()
         self._source = source
         self._chunks = chunks.chunks
         self._size = chunks.size
         self._starts = list(itertools.accumulate((n for _c, n in self._chunks), initial=0))
         self._pos = 0
-        self._held: tuple[int, bytes] = (-1, b"")
+        self._held: tuple[int, bytes | memoryview] = (-1, b"")
 
     def readable(self) -> bool:
         """Always: a reader."""
@@ -751,11 +752,11 @@ class ChunkedReader(io.RawIOBase):
         at = self._pos - self._starts[i]
         view = memoryview(buffer).cast("B")
         n = min(len(view), len(data) - at)
-        view[:n] = data[at:at + n]
+        view[:n] = memoryview(data)[at:at + n]
         self._pos += n
         return n
 
-    def _chunk(self, i: int) -> bytes:
+    def _chunk(self, i: int) -> bytes | memoryview:
         if self._held[0] == i:
             return self._held[1]
         oid, length = self._chunks[i]

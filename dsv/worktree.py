@@ -907,7 +907,7 @@ class Materializer:
 
 
 def write_files(root: Path, items: Iterable[tuple[str, Entry]],
-                content: Callable[[Entry], Iterable[bytes]],
+                content: Callable[[Entry], Iterable[bytes | memoryview]],
                 progress: Callable[[int, int], None] | None = None) -> None:
     """Write files of a version that come from outside any store (`dsv get`) into
     `root`: each under a temp name in its directory (every directory opened without
@@ -945,7 +945,8 @@ def write_files(root: Path, items: Iterable[tuple[str, Entry]],
         dirs.close()
 
 
-def _write_checked(dir_fd: int, tmp: str, entry: Entry, pieces: Iterable[bytes]) -> None:
+def _write_checked(dir_fd: int, tmp: str, entry: Entry,
+                   pieces: Iterable[bytes | memoryview]) -> None:
     fd = os.open(tmp, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
     try:
         hasher = new_hasher(threads=entry.size >= 1 << 22)

@@ -59,8 +59,13 @@ SPAN = 2 << 20
 """Bytes of a chunked file one prefetch job reads (ranged GETs of neighbouring chunks)."""
 AHEAD = 8
 """Prefetch jobs a sequential read of a chunked file keeps in flight."""
+SEQUENTIAL_SPANS = 4
+"""Spans one prefetch job of a sequential read reads (one ranged GET where they lie
+together in a pack)."""
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
+Blob = bytes | memoryview
+"""An object's bytes as read (a slice of a ranged GET's answer is not copied)."""
 
 
 @dataclass
@@ -402,12 +407,12 @@ class RemoteReader:
     # ---- file contents ----------------------------------------------------------------
     def read_blob(self, oid: str, size: int) -> bytes:
         """The contents `oid` (of `size` bytes) of an unchunked file or a chunk, checked."""
-        return next(iter(self.read_blobs({oid: size}).values()))
+        return bytes(next(iter(self.read_blobs({oid: size}).values())))
 
-    def read_blobs(self, wanted: dict[str, int]) -> dict[str, bytes]:
+    def read_blobs(self, wanted: dict[str, int]) -> dict[str, Blob]:
         """The contents of several blobs (oid → size), each checked: from the cache, else
         by ranged GETs of the origin's packs (neighbours in one GET), in parallel."""
-        out: dict[str, bytes] = {}
+        out: dict[str, Blob] = {}
         for oid, size in wanted.items():
             data = self._cached_object(oid, size)
             if data is not None:
@@ -420,15 +425,19 @@ class RemoteReader:
             places = self._locate(rest, stale)
             loose = {oid: n for oid, (pack, _o, n) in places.items() if pack is None}
             packed = {oid: (p, o, n) for oid, (p, o, n) in places.items() if p is not None}
-            bad: list[str] = []
-            with ThreadPoolExecutor(WORKERS) as pool:
-                for got in pool.map(self._get_range, coalesce(packed)):
-                    for oid, data in got.items():
-                        (out.__setitem__(oid, data) if data is not None else bad.append(oid))
-                for oid, data in zip(loose, pool.map(self._get_loose, loose.items()),
-                                     strict=True):
-                    (out.__setitem__(oid, data) if data is not None else bad.append(oid))
-            rest = {oid: rest[oid] for oid in bad}
+            ranges = coalesce(packed)
+            found: dict[str, Blob | None] = {}
+            if len(ranges) + len(loose) == 1:  # (one GET: a chunk run, one file) here
+                found = self._get_range(ranges[0]) if ranges else \
+                    {o: self._get_loose((o, n)) for o, n in loose.items()}
+            else:
+                with ThreadPoolExecutor(WORKERS) as pool:
+                    for got in pool.map(self._get_range, ranges):
+                        found.update(got)
+                    found.update(zip(loose, pool.map(self._get_loose, loose.items()),
+                                     strict=True))
+            out.update({oid: data for oid, data in found.items() if data is not None})
+            rest = {oid: rest[oid] for oid, data in found.items() if data is None}
             if not rest:
                 return out
         oid = next(iter(rest))
@@ -451,15 +460,16 @@ class RemoteReader:
         return out
 
     def _get_range(self, job: tuple[str, int, int, list[tuple[str, int, int]]]
-                   ) -> dict[str, bytes | None]:
+                   ) -> dict[str, Blob | None]:
         pack, start, length, group = job
         try:
             data = self.backend.get_range(layout.pack_key(pack), start, length)
         except (NotFound, RemoteRefused):  # (a pack gone since it was placed: looked up)
             return {oid: None for oid, _o, _n in group}
-        out: dict[str, bytes | None] = {}
+        out: dict[str, Blob | None] = {}
+        view = memoryview(data)
         for oid, offset, n in group:
-            piece = data[offset - start:offset - start + n]
+            piece = view[offset - start:offset - start + n]  # (no copy)
             if hash_bytes(piece) == oid:
                 out[oid] = piece
                 self._cache_object(oid, piece)
@@ -549,11 +559,11 @@ class RemoteReader:
             return None
         return data
 
-    def _cache_object(self, oid: str, data: bytes) -> None:
+    def _cache_object(self, oid: str, data: Blob) -> None:
         if self.cache is not None:
             self._fill(self.cache.loose_path(oid), data)
 
-    def _fill(self, path: str, data: bytes) -> None:
+    def _fill(self, path: str, data: Blob) -> None:
         assert self.cache is not None
         try:
             self.cache.fill_bytes(path, data)
@@ -614,7 +624,7 @@ class RemoteReader:
             return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks)), 1 << 20)
         return io.BytesIO(self.read_blob(entry.oid, entry.size))
 
-    def _stream_loose(self, entry: tree.Entry) -> Iterator[bytes]:
+    def _stream_loose(self, entry: tree.Entry) -> Iterator[Blob]:
         """A large unchunked file (a loose object): from the cache, else streamed from the
         origin and, when it checks out, kept in the cache."""
         if self.cache is not None:
@@ -629,7 +639,7 @@ class RemoteReader:
             yield from stream
             return
         # (the cache gets the object only if the whole of it hashes to its id)
-        held: list[bytes] | None = []
+        held: list[Blob] | None = []
         for piece in stream:
             yield piece
             if held is not None:
@@ -666,7 +676,7 @@ class RemoteReader:
                     batch, held = [], 0
         return len(items)
 
-    def cat(self, version: Version, path: str) -> Iterator[bytes]:
+    def cat(self, version: Version, path: str) -> Iterator[Blob]:
         """The bytes of one file of `version`, in pieces, every piece checked before it
         is given out (a large unchunked file is put aside and checked whole first)."""
         rel = normalize_user_path(path)
@@ -687,13 +697,13 @@ class RemoteReader:
             held.seek(0)
             yield from iter(lambda: held.read(1 << 20), b"")
 
-    def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[bytes]]:
+    def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[Blob]]:
         """What `write_files` reads each file from: the small ones read at once (neighbours
         in one GET), the others piece by piece."""
         got = self.read_blobs(small) if small else {}
         return lambda e: [got[e.oid]] if e.oid in got else self.pieces(e)
 
-    def pieces(self, entry: tree.Entry) -> Iterator[bytes]:
+    def pieces(self, entry: tree.Entry) -> Iterator[Blob]:
         """A file's contents in pieces, in order (each chunk, or the whole blob), each
         checked, a loose one as it streams (the caller checks the whole): what `get` and
         `cat` write out."""
@@ -716,13 +726,13 @@ def _when(ts: float) -> str:
 class _Hashed:
     """Pieces passed through while they are hashed and counted."""
 
-    def __init__(self, pieces: Iterable[bytes], size: int) -> None:
+    def __init__(self, pieces: Iterable[Blob], size: int) -> None:
         self._pieces = pieces
         self._size = size
         self.hasher = new_hasher(threads=True)
         self.count = 0
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Blob]:
         for piece in self._pieces:
             self.count += len(piece)
             if self.count > self._size:
@@ -732,8 +742,10 @@ class _Hashed:
 
 
 class _Prefetch:
-    """Chunk i of a chunked file on demand, reading SPAN-sized runs of chunks ahead of a
-    sequential reader in background jobs (AHEAD at once)."""
+    """Chunk i of a chunked file on demand. The file is cut into SPAN-sized runs of
+    chunks; a read that lands where the last one ended (a sequential reader) keeps
+    AHEAD jobs of SEQUENTIAL_SPANS runs each in flight ahead of it, any other read
+    fetches the one run it needs (a random read of a byte costs about SPAN)."""
 
     def __init__(self, reader: RemoteReader, chunks: tree.ChunkList) -> None:
         self._reader = reader
@@ -749,27 +761,39 @@ class _Prefetch:
             self._span_of.append(len(self._spans))
         if self._chunks:
             self._spans.append((first, len(self._chunks)))
-        self._jobs: dict[int, Future[dict[str, bytes]]] = {}
+        self._jobs: dict[int, Future[dict[str, Blob]]] = {}   # span → the job reading it
         self._pool: ThreadPoolExecutor | None = None
         self._last = -2
 
-    def _submit(self, span: int) -> None:
-        if span >= len(self._spans) or span in self._jobs:
+    def _submit(self, first: int, count: int) -> None:
+        """One job reading spans [first, first + count) (those not being read already)."""
+        spans = [s for s in range(first, min(first + count, len(self._spans)))
+                 if s not in self._jobs]
+        if not spans:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(AHEAD)
-        lo, hi = self._spans[span]
-        wanted = dict(self._chunks[lo:hi])
-        self._jobs[span] = self._pool.submit(self._reader.read_blobs, wanted)
+        lo, hi = self._spans[spans[0]][0], self._spans[spans[-1]][1]
+        job = self._pool.submit(self._reader.read_blobs, dict(self._chunks[lo:hi]))
+        for s in spans:
+            self._jobs[s] = job
 
-    def __call__(self, i: int) -> bytes:
+    def __call__(self, i: int) -> Blob:
         span = self._span_of[i]
         sequential = span in (self._last, self._last + 1)
         self._last = span
-        for ahead in range(span, span + (AHEAD if sequential else 1)):
-            self._submit(ahead)
-        for old in [s for s in self._jobs if s < span or s > span + AHEAD]:
-            self._jobs.pop(old).cancel()
+        if sequential:  # (jobs start at multiples of SEQUENTIAL_SPANS: none is cut short)
+            base = span - span % SEQUENTIAL_SPANS
+            reach = base + AHEAD * SEQUENTIAL_SPANS
+            for first in range(base, reach, SEQUENTIAL_SPANS):
+                self._submit(first, SEQUENTIAL_SPANS)
+        else:
+            self._submit(span, 1)
+            reach = span + 1
+        for old in [s for s in self._jobs if s < span or s >= reach]:
+            job = self._jobs.pop(old)
+            if job not in self._jobs.values():  # (a job may read several spans)
+                job.cancel()
         data = self._jobs[span].result()[self._chunks[i][0]]
         if i == self._spans[span][1] - 1:
             self._jobs.pop(span, None)
