@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Result, flip_byte, read_tree, write_tree
 from faultproxy import FaultProxy
-from servers import b3, create_bucket
+from servers import b3, create_bucket, seaweedfs_endpoint  # noqa: F401
 from dsv.remotes import layout
 
 
@@ -347,3 +347,41 @@ def test_clone_of_some_paths_without_checkout_and_through_a_cache(tmp_path, dsv,
     res = dsv("clone", remote, tmp_path / "three", "--path", "nowhere", cwd=tmp_path)
     assert res.code == 1 and "none of nowhere" in res.err and \
         not (tmp_path / "three").exists(), res.err
+
+
+@pytest.mark.slow
+def test_readers_racing_to_fill_one_cache_on_seaweedfs(tmp_path, dsv, seaweedfs_endpoint,
+                                                       aws_env):
+    """Four machines' readers start at once with one empty cache (each `dsv get` of the
+    whole version, one `dsv cat` of the chunked file): every one gets exactly the
+    version's bytes, and every entry the cache ends with is whole and checks out."""
+    import subprocess
+    import sys
+    ws, _remote = _small(tmp_path, dsv)
+    bucket = f"dsv-race-{os.urandom(6).hex()}"
+    create_bucket(seaweedfs_endpoint, bucket)
+    url = f"s3://{bucket}/data"
+    _ok(dsv("remote", "add", "sw", url, "--endpoint-url", seaweedfs_endpoint, cwd=ws))
+    _ok(dsv("push", "sw", cwd=ws))
+    cache = tmp_path / "cache"
+    base = [sys.executable, "-m", "dsv"]
+    common = ["--endpoint-url", seaweedfs_endpoint, "--cache", str(cache)]
+    procs = [subprocess.Popen(base + ["get", url, "mldata:v1.0", "--to",
+                                      str(tmp_path / f"m{i}"), *common],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(4)]
+    procs.append(subprocess.Popen(base + ["cat", url, "mldata:latest", "big.bin", *common],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(code == 0 for _o, _e, code in results), [e for _o, e, _c in results]
+    expected = {k: v for k, v in read_tree(ws).items() if k not in ("new.txt", "a.txt")}
+    expected["a.txt"] = b"alpha\n"
+    for i in range(4):
+        assert read_tree(tmp_path / f"m{i}") == expected
+    assert results[4][0] == (ws / "big.bin").read_bytes()
+    entries = [p for p in (cache / "loose").rglob("*") if p.is_file()]
+    assert entries and all(b3(p.read_bytes()) == p.name for p in entries)
+    for p in (cache / "loc").rglob("*"):
+        if p.is_file():
+            layout.parse_locator(p.read_bytes(), p.name)  # whole, and its object checks out
+    assert not [p for p in (cache / "tmp").iterdir()]  # no fill left half-done
