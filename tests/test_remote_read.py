@@ -385,3 +385,27 @@ def test_readers_racing_to_fill_one_cache_on_seaweedfs(tmp_path, dsv, seaweedfs_
         if p.is_file():
             layout.parse_locator(p.read_bytes(), p.name)  # whole, and its object checks out
     assert not [p for p in (cache / "tmp").iterdir()]  # no fill left half-done
+
+
+def test_a_large_unchunked_file_is_checked_whole_before_it_is_read(tmp_path, dsv):
+    """Files of 1-4 MiB are loose objects: `open` and `cat` put one aside and check it
+    whole first, so a damaged one gives no byte at all."""
+    data = os.urandom(2 << 20)
+    ws = _workspace(tmp_path, dsv, {"mid.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    import dsv as api
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:latest")
+    entry = dict(reader.entries(v))["mid.bin"]
+    assert not entry.chunks
+    with reader.open(entry) as f:
+        f.seek(1 << 20)
+        assert f.read(100) == data[1 << 20:(1 << 20) + 100]
+    loose = remote / layout.loose_key(b3(data))
+    flip_byte(loose, 12345)
+    res = dsv("cat", remote, "mldata:latest", "mid.bin", cwd=tmp_path)
+    assert res.code == 1 and res.out == "" and "damaged" in res.err, res.err
+    with pytest.raises(api.DsvError):
+        api.open_remote(str(remote)).open(entry)

@@ -49,6 +49,8 @@ GET_BATCH_BYTES = 64 << 20
 """Files (and bytes) of small files `get` reads at once."""
 NODES_KEPT = 64 << 20
 """Bytes of tree objects and records a reader keeps in memory (least recently used go)."""
+MAX_REFS = 1_000_000
+"""Refs (latest and tags of every dataset) a reader lists of a remote at most."""
 MAX_SAVED_REFS = 64 << 20
 """The refs a cache keeps of one origin, at most (bytes of JSON)."""
 LOOSE_CACHE_MEMORY = 64 << 20
@@ -154,7 +156,13 @@ class RemoteReader:
             if self._saved is not None:
                 self._keys = sorted(self._saved)
             else:
-                self._keys = sorted(k for k, _size in self.backend.list(layout.REFS))
+                keys = []
+                for key, _size in self.backend.list(layout.REFS):
+                    keys.append(key)
+                    if len(keys) > MAX_REFS:
+                        raise RemoteRefused(f"{self.url} lists more than {MAX_REFS:,} refs; "
+                                            f"dsv reads no more than that")
+                self._keys = sorted(keys)
         return self._keys
 
     # (refs as last seen, kept in the cache for readers while the origin is down)
@@ -622,6 +630,8 @@ class RemoteReader:
             from ..checkout import ChunkedReader
             chunks = self.chunk_list(entry)
             return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks)), 1 << 20)
+        if entry.size > PACK_THRESHOLD:
+            return self._spooled(entry, entry.oid[:12])
         return io.BytesIO(self.read_blob(entry.oid, entry.size))
 
     def _stream_loose(self, entry: tree.Entry) -> Iterator[Blob]:
@@ -687,15 +697,25 @@ class RemoteReader:
         if entry.chunks or entry.size <= PACK_THRESHOLD:
             yield from self.pieces(entry)
             return
-        with tempfile.TemporaryFile() as held:
+        with self._spooled(entry, rel) as held:
+            yield from iter(lambda: held.read(1 << 20), b"")
+
+    def _spooled(self, entry: tree.Entry, label: str) -> BinaryIO:
+        """A large unchunked file (a loose object), put aside in an unnamed temp file and
+        checked whole before anything reads it; at its start."""
+        held = tempfile.TemporaryFile()
+        try:
             stream = _Hashed(self.pieces(entry), entry.size)
             for piece in stream:
                 held.write(piece)
             if stream.count != entry.size or stream.hasher.hexdigest() != entry.oid:
-                raise CorruptObject(f"{rel} arrived damaged from {self.url}; nothing of it "
-                                    f"was written")
+                raise CorruptObject(f"{label} arrived damaged from {self.url}; nothing of it "
+                                    f"was returned")
             held.seek(0)
-            yield from iter(lambda: held.read(1 << 20), b"")
+        except BaseException:
+            held.close()
+            raise
+        return held  # (a BufferedRandom: readable, seekable)
 
     def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[Blob]]:
         """What `write_files` reads each file from: the small ones read at once (neighbours
