@@ -234,8 +234,8 @@ def test_run_with_an_s3_input_imports_it_once_and_names_it_in_lineage(
     url = f"s3://{bucket}/exp/train"
     job = 'cat "$DSV_INPUT_DATA/a.csv" "$DSV_INPUT_DATA/b.csv" > "$DSV_OUTPUT_OUT/both.csv"'
     runs = []
-    for _ in range(2):
-        res = dsv("run", "--input", f"data={url}", "--output", "out=out", "--endpoint-url",
+    for binding in (["--input", f"data={url}"], ["--dataset", f"data@{url}"]):
+        res = dsv("run", *binding, "--output", "out=out", "--endpoint-url",
                   s3_endpoint, "--json", "--", "sh", "-c", job, cwd=ws)
         assert res.code == 0, res.err
         runs.append(json.loads(res.out)["outputs"]["out"]["version"])
