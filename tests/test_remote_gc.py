@@ -24,15 +24,17 @@ from dsv.remotes.layout import MAINTAIN_LOCK, REMOTE_FORMAT
 from conftest import read_tree, run_dsv, write_tree
 from servers import DirView, S3View, check_remote, read_remote, seaweedfs_endpoint  # noqa: F401
 from test_gc_race import finish, ok, paused, spawn, wait_for
-from test_sync_faults import new_bucket, query_json
+from test_sync_faults import new_bucket, query_json, setup_ok
 
 
 def _ws(root: Path, files: dict[str, bytes], remote: str, *extra: str) -> Path:
+    """A store `raw` at `root` holding `files` as its first version, with remote origin;
+    set up in this process (test_sync_faults `setup_ok`)."""
     root.mkdir(parents=True)
     write_tree(root, files)
-    ok("init", "--name", "raw", root, cwd=root.parent)
-    ok("commit", "-m", "one", cwd=root)
-    ok("remote", "add", "origin", remote, *extra, cwd=root)
+    setup_ok("init", "--name", "raw", root, cwd=root.parent)
+    setup_ok("commit", "-m", "one", cwd=root)
+    setup_ok("remote", "add", "origin", remote, *extra, cwd=root)
     return root
 
 

@@ -53,6 +53,15 @@ def ok_json(*args, cwd: Path, env: dict[str, str] | None = None):
     return json.loads(ok(*args, "--json", cwd=cwd, env=env).stdout)
 
 
+def setup_ok(*args, cwd: Path) -> str:
+    """`dsv ARGS` for a test's setup (init, commit, tag, remote add: what a test needs
+    before the commands it is about), run in this process (conftest `run_in_process`):
+    the same code, without an interpreter start each time. Its stdout."""
+    r = run_in_process(*args, cwd=cwd)
+    assert r.code == 0, f"dsv {' '.join(map(str, args))} exited {r.code}:\n{r.out}{r.err}"
+    return r.out
+
+
 def query_json(*args: str, cwd: Path):
     """`dsv ARGS --json` for the read-only queries the tests ask again and again (log,
     tags, verify, show), run in this process (conftest `run_in_process`); the commands
@@ -127,9 +136,9 @@ def new_workspace(root: Path, files: dict[str, bytes], name: str = "data") -> Pa
     os.chmod(root / paths[0], 0o755)
     os.chmod(root / paths[-1], 0o700)
     os.symlink(paths[1].rpartition("/")[2], root / (paths[1] + ".link"))
-    ok("init", "--name", name, cwd=root)
-    ok("commit", "-m", "v1", cwd=root)
-    ok("tag", f"{name}:latest", "v1", cwd=root)
+    setup_ok("init", "--name", name, cwd=root)
+    setup_ok("commit", "-m", "v1", cwd=root)
+    setup_ok("tag", f"{name}:latest", "v1", cwd=root)
     return root
 
 
@@ -325,12 +334,12 @@ def test_push_and_clone_through_10_percent_faults(tmp_path, s3_endpoint, aws_env
     bucket = new_bucket(s3_endpoint)
     src = new_workspace(tmp_path / "src", dataset_files(seed=1))
     write_tree(src, {"d01/s0001.bin": b"changed in v2\n", "extra/new.txt": b"new\n"})
-    ok("commit", "-m", "v2", cwd=src)
+    setup_ok("commit", "-m", "v2", cwd=src)
     url = f"s3://{bucket}/team/data"
     push_rule = first_of_each({"/packs/": "500", "/loose/": "reset", "/refs/": "drop",
                                "/index/": "503"})
     with FaultProxy(s3_endpoint, p=0.10, seed=7, rule=push_rule) as proxy:
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         report = ok_json("push", cwd=src)
         assert report["rejected"] == [] and report["versions"] == 2, report
         forced = dict(proxy.faults)
@@ -369,15 +378,15 @@ def test_lost_responses_to_ref_writes_are_recognised(tmp_path, s3_endpoint, aws_
         return rule
 
     with FaultProxy(s3_endpoint, rule=lose_first_ref_put()) as proxy:
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         report = ok_json("push", cwd=src)
         assert proxy.faults["lost"] == 2, proxy.summary()     # latest and tags/v1
         assert report["rejected"] == [] and len(report["refs_updated"]) == 2, report
     write_tree(src, {"more.txt": b"more\n"})
-    ok("commit", "-m", "v2", cwd=src)
+    setup_ok("commit", "-m", "v2", cwd=src)
     with FaultProxy(s3_endpoint, rule=lose_first_ref_put()) as proxy:
-        ok("remote", "remove", "origin", cwd=src)
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "remove", "origin", cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         report = ok_json("push", cwd=src)
         assert proxy.faults["lost"] == 1, proxy.summary()     # latest moved (If-Match)
         assert report["rejected"] == [], report
@@ -397,7 +406,7 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
     url = f"s3://{bucket}/data"
     src = new_workspace(tmp_path / "src", dataset_files(n_small=40, big=(MiB + 17,), seed=3))
     with FaultProxy(s3_endpoint, p=0.0, seed=5) as proxy:
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         ok("push", cwd=src)
         cloned, _ = run_concurrently({   # two clones at once: they are independent
             name: (["clone", url, str(tmp_path / name), "--endpoint-url", proxy.url],
@@ -406,12 +415,12 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
             assert r.returncode == 0, f"dsv clone into {name}:\n{r.stdout}{r.stderr}"
         # The remote moves on (v2, tagged) so that a fetch or pull would have news ...
         write_tree(src, {"d00/s0000.bin": b"v2 bytes\n", "v2.txt": b"two\n"})
-        ok("commit", "-m", "v2", cwd=src)
-        ok("tag", "data:latest", "v2", cwd=src)
+        setup_ok("commit", "-m", "v2", cwd=src)
+        setup_ok("tag", "data:latest", "v2", cwd=src)
         ok("push", cwd=src)
         # ... and the pusher has news (v3) that must not reach the remote.
         write_tree(src, {"v3.txt": b"three\n"})
-        ok("commit", "-m", "v3", cwd=src)
+        setup_ok("commit", "-m", "v3", cwd=src)
 
         view = S3View(s3_endpoint, bucket)
         remote_before = view.listing()
@@ -477,7 +486,7 @@ def test_connection_errors_get_one_retry_budget(tmp_path, s3_endpoint, aws_env):
 
     armed = False
     with FaultProxy(s3_endpoint, rule=rule) as proxy:
-        ok("remote", "add", "origin", f"s3://{bucket}/data", "--endpoint-url", proxy.url,
+        setup_ok("remote", "add", "origin", f"s3://{bucket}/data", "--endpoint-url", proxy.url,
            cwd=src)
         ok("push", cwd=src)
         armed = True
@@ -504,7 +513,7 @@ def test_push_dies_before_refs_publishes_nothing(tmp_path, s3_endpoint, aws_env)
         return "500" if refs_down[0] and method == "PUT" and "/refs/" in target else None
 
     with FaultProxy(s3_endpoint, rule=rule) as proxy:
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         r = run_dsv("push", cwd=src, timeout=90)
         clean_failure(r, "refs/", "InternalError", "500")
         view = S3View(s3_endpoint, bucket, "data")
@@ -531,13 +540,13 @@ def test_unreachable_endpoint_fails_fast_and_local_work_goes_on(tmp_path, s3_end
     url = f"s3://{bucket}/data"
     src = new_workspace(tmp_path / "src", dataset_files(n_small=30, big=(MiB,), seed=6))
     with FaultProxy(s3_endpoint) as proxy:
-        ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
         ok("push", cwd=src)
         ok("clone", url, tmp_path / "other", "--endpoint-url", proxy.url, cwd=tmp_path)
     # The proxy is gone: its port is closed, so the endpoint refuses connections.
     other = tmp_path / "other"
     write_tree(src, {"later.txt": b"later\n"})
-    ok("commit", "-m", "v2", cwd=src)
+    setup_ok("commit", "-m", "v2", cwd=src)
     before = {ws: (local_refs(ws), snapshot(ws)) for ws in (src, other)}
     dead = f"http://127.0.0.1:{proxy.port}"
     for args, cwd in ((["push"], src), (["fetch"], other), (["pull"], other),
@@ -578,7 +587,7 @@ def _dir_remote_template(tmp_path_factory):
     live = base / "live"
     remote = live / "remote"
     src = new_workspace(live / "src", dataset_files(n_small=60, big=(2 * MiB,), seed=8))
-    ok("remote", "add", "origin", remote, cwd=src)
+    setup_ok("remote", "add", "origin", remote, cwd=src)
     ok("push", cwd=src)
     ok("clone", remote, live / "clone", cwd=live)
     new_small = b"v2: this small file changed " * 40
@@ -586,7 +595,7 @@ def _dir_remote_template(tmp_path_factory):
     chunked = random.Random(10).randbytes(4 * MiB + 7)   # stored in chunks (>= 4 MiB)
     write_tree(src, {"d05/s0005.bin": new_small, "big/new.bin": new_large,
                      "big/chunked.bin": chunked})
-    ok("commit", "-m", "v2", cwd=src)
+    setup_ok("commit", "-m", "v2", cwd=src)
     ok("push", cwd=src)
     pristine = base / "pristine"
     shutil.copytree(live, pristine, symlinks=True)
@@ -776,7 +785,7 @@ def push_template(tmp_path_factory):
     write_tree(root, {**{f"d{i:02d}/s{i:04d}.bin": rng.randbytes(200) for i in range(5)},
                       "big/shard2.bin": rng.randbytes(MiB + 3), "v2/notes.txt": b"v2\n",
                       "big/chunked.bin": rng.randbytes(4 * MiB + 11)})
-    ok("commit", "-m", "v2", cwd=root)
+    setup_ok("commit", "-m", "v2", cwd=root)
     return root
 
 
@@ -809,7 +818,7 @@ def test_kill_push_at_crash_point(tmp_path, push_template, s3_endpoint, aws_env,
                                   point, after):
     ws = _copy(push_template, tmp_path / "ws")
     url, extra, view = _remote_for(kind, tmp_path, s3_endpoint)
-    ok("remote", "add", "origin", url, *extra, cwd=ws)
+    setup_ok("remote", "add", "origin", url, *extra, cwd=ws)
     r = run_dsv("push", cwd=ws, env={"DSV_CRASH_AT": point, "DSV_CRASH_AFTER": str(after)})
     assert r.returncode == KILLED, f"not killed at {point}#{after}: {r.returncode}\n{r.stderr}"
 
@@ -851,7 +860,7 @@ def test_kill_push_at_random_times(tmp_path):
     files.update({f"large/{j}.bin": rng.randbytes(3 * MiB + j * 300_000) for j in range(4)})
     ws = new_workspace(tmp_path / "ws", files)
     remote = tmp_path / "remote"
-    ok("remote", "add", "origin", remote, cwd=ws)
+    setup_ok("remote", "add", "origin", remote, cwd=ws)
     view = DirView(remote)
     kills = completed = 0
     for round_ in range(6):
