@@ -64,12 +64,18 @@ def verify_ok(ws: Path) -> None:
     assert report["ok"] and report["problems"] == [], report
 
 
+def in_process(*args: str | os.PathLike[str], cwd: Path) -> str:
+    """`dsv ARGS` in this process (conftest `run_in_process`), for setup and final checks
+    while no other dsv runs on the store: no interpreter start each time. Its stdout."""
+    r = run_in_process(*args, cwd=cwd)
+    assert r.code == 0, f"dsv {' '.join(map(str, args))}: {r.out}{r.err}"
+    return r.out
+
+
 def checked_out(ws: Path, ref: str, out: Path) -> dict[str, bytes]:
-    """Version `ref` as `dsv checkout REF --to OUT` writes it. Run in this process
-    (conftest `run_in_process`): the final checks check out every version a loop made,
-    and no writer or gc runs by then."""
-    r = run_in_process("checkout", ref, "--to", out, cwd=ws)
-    assert r.code == 0, f"dsv checkout {ref}: {r.out}{r.err}"
+    """Version `ref` as `dsv checkout REF --to OUT` writes it, in this process: the final
+    checks check out every version a loop made, and no writer or gc runs by then."""
+    in_process("checkout", ref, "--to", out, cwd=ws)
     return read_tree(out)
 
 
@@ -216,20 +222,21 @@ def test_gc_in_a_loop_beside_commit_import_and_pull(tmp_path: Path, s3, bucket: 
     env = {"DSV_LOCK_TIMEOUT": "120"}
     # ws: dataset "work" is committed to, "imp" imported, "up" pulled from a directory
     # remote that workspace `up` pushes to.
+    # (set up in this process: nothing runs beside it yet)
     ws = tmp_path / "ws"
     (ws / "work").mkdir(parents=True)
-    ok("init", "--bare", cwd=ws)
-    ok("datasets", "create", "work", "--path", "work", cwd=ws)
+    in_process("init", "--bare", cwd=ws)
+    in_process("datasets", "create", "work", "--path", "work", cwd=ws)
     up = tmp_path / "up"
     up.mkdir()
-    ok("init", "--name", "up", cwd=up)
+    in_process("init", "--name", "up", cwd=up)
     remote = tmp_path / "remote"
-    ok("remote", "add", "origin", remote, cwd=up)
+    in_process("remote", "add", "origin", remote, cwd=up)
     write_tree(up, {"seed.txt": b"0"})
-    ok("commit", "-m", "seed", cwd=up)
-    ok("push", cwd=up)
-    ok("remote", "add", "origin", remote, cwd=ws)
-    ok("pull", cwd=ws, env=env)
+    in_process("commit", "-m", "seed", cwd=up)
+    in_process("push", cwd=up)
+    in_process("remote", "add", "origin", remote, cwd=ws)
+    in_process("pull", cwd=ws)
 
     expected: dict[str, dict[str, bytes]] = {}   # "dataset:version" → files
     errors: list[str] = []

@@ -303,8 +303,9 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     seed = _ws(tmp_path / "seed", {"base.bin": os.urandom(3000)}, url, *extra)
     ok("push", cwd=seed)
     clients = [tmp_path / f"c{i}" for i in range(3)]
-    for p in [spawn("clone", url, c, *extra, cwd=tmp_path) for c in clients]:
-        finish(p)   # three independent clones, side by side
+    ok("clone", url, clients[0], *extra, cwd=tmp_path)
+    for c in clients[1:]:   # the same clone twice more: a copied store is independent
+        shutil.copytree(clients[0], c, symlinks=True)   # (its dataset is bound to ".")
     pushed: dict[str, dict[str, bytes]] = {}   # version id → files
     start = time.monotonic()
     rounds = collected = deleted = 0
@@ -312,16 +313,13 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     # more rounds, until one deleted something (at most 90 s).
     while rounds < MIN_ROUNDS or (not deleted and time.monotonic() < start + 90):
         procs = []
-        commits = []
-        for i, c in enumerate(clients):
+        vids = []
+        for i, c in enumerate(clients):   # (each client's new version: set up in process)
             files = {f"c{i}/r{rounds}.bin": os.urandom(rng.randint(100, 6000))}
             if rng.random() < 0.3:
                 files[f"c{i}/big{rounds}.bin"] = os.urandom(1_100_000)
             write_tree(c, files)
-            commits.append(spawn("commit", "-m", f"r{rounds}", "--json", cwd=c))
-        vids = []
-        for c, commit in zip(clients, commits, strict=True):
-            vid = json.loads(finish(commit))["id"]
+            vid = json.loads(setup_ok("commit", "-m", f"r{rounds}", "--json", cwd=c))["id"]
             pushed[vid] = read_tree(c)
             vids.append(vid)
         # Odd rounds start the gc first (the pushes then meet a running gc: they start
