@@ -406,18 +406,16 @@ def test_every_request_failing(tmp_path, s3_endpoint, aws_env):
     url = f"s3://{bucket}/data"
     src = new_workspace(tmp_path / "src", dataset_files(n_small=40, big=(MiB + 17,), seed=3))
     with FaultProxy(s3_endpoint, p=0.0, seed=5) as proxy:
+        # (the healthy remote and stores this test starts from: set up in process)
         setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
-        ok("push", cwd=src)
-        cloned, _ = run_concurrently({   # two clones at once: they are independent
-            name: (["clone", url, str(tmp_path / name), "--endpoint-url", proxy.url],
-                   tmp_path) for name in ("fetcher", "puller")})
-        for name, r in cloned.items():
-            assert r.returncode == 0, f"dsv clone into {name}:\n{r.stdout}{r.stderr}"
+        setup_ok("push", cwd=src)
+        for name in ("fetcher", "puller"):
+            setup_ok("clone", url, tmp_path / name, "--endpoint-url", proxy.url, cwd=tmp_path)
         # The remote moves on (v2, tagged) so that a fetch or pull would have news ...
         write_tree(src, {"d00/s0000.bin": b"v2 bytes\n", "v2.txt": b"two\n"})
         setup_ok("commit", "-m", "v2", cwd=src)
         setup_ok("tag", "data:latest", "v2", cwd=src)
-        ok("push", cwd=src)
+        setup_ok("push", cwd=src)
         # ... and the pusher has news (v3) that must not reach the remote.
         write_tree(src, {"v3.txt": b"three\n"})
         setup_ok("commit", "-m", "v3", cwd=src)
@@ -540,9 +538,10 @@ def test_unreachable_endpoint_fails_fast_and_local_work_goes_on(tmp_path, s3_end
     url = f"s3://{bucket}/data"
     src = new_workspace(tmp_path / "src", dataset_files(n_small=30, big=(MiB,), seed=6))
     with FaultProxy(s3_endpoint) as proxy:
+        # (the pushed remote and its clone this test starts from: set up in process)
         setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=src)
-        ok("push", cwd=src)
-        ok("clone", url, tmp_path / "other", "--endpoint-url", proxy.url, cwd=tmp_path)
+        setup_ok("push", cwd=src)
+        setup_ok("clone", url, tmp_path / "other", "--endpoint-url", proxy.url, cwd=tmp_path)
     # The proxy is gone: its port is closed, so the endpoint refuses connections.
     other = tmp_path / "other"
     write_tree(src, {"later.txt": b"later\n"})
