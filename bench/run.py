@@ -8,7 +8,9 @@ BLAKE3 over the large files (for hashing throughput) and raw boto3 ``upload_file
 the large files (for push). The sync steps (push, no-op push, clone + pull) run against
 an S3 server on loopback started for the run (moto's server mode, or SeaweedFS). The
 workloads of issue 12 (append, insert, checkpoint: one large file edited in place) record
-how much a commit adds to ``.dsv`` and how many bytes a push sends.
+how much a commit adds to ``.dsv`` and how many bytes a push sends. The ``read`` workload
+(issue 13) reads a pushed version where it is used, with no store: ``dsv://`` against
+boto3, Dask over ``dsv://`` against s3fs, ``dsv mount`` against a checkout, ``dsv get``.
 
 Usage::
 
@@ -536,11 +538,25 @@ STEPS: tuple[StepDef, ...] = (
     # repo; the time is the sum of the rounds' commits and pushes
     StepDef("rounds", f"{workloads.CKPT_ROUNDS} x (commit + push)", ("commit_cold", "push"),
             "sync"),
+    # read (issue 13): one version (big.bin, parts/*.parquet, small/) pushed to S3 by the
+    # set-up, then read where it is used: no store except where the title says "store"
+    StepDef("read_seq", "read 1 GiB, 8 MiB reads", (), "read"),
+    StepDef("dask", "Dask groupby-sum, 16 pq", (), "read"),
+    StepDef("mount_ls_s3", "ls -R small/, S3 mount", (), "read"),
+    StepDef("mount_ls_store", "ls -R small/, store mnt", (), "read"),
+    StepDef("mount_cat_s3", "cat small/*, S3 mount", (), "read"),
+    StepDef("mount_cat_store", "cat small/*, store mnt", (), "read"),
+    StepDef("mount_stream", "cat 1 GiB, S3 mount", (), "read"),
+    StepDef("get_one", "dsv get 8 KiB, cold", (), "read"),
 )
 STEP_BY_KEY = {s.key: s for s in STEPS}
 STEP_GROUPS = {g: [s.key for s in STEPS if s.group == g] for g in ("local", "sync")}
 STEP_GROUPS["age"] = [s.key for s in STEPS if s.group == "age"]
-REMOTE_GROUPS = ("sync", "age")  # the groups that talk to a remote
+STEP_GROUPS["read"] = [s.key for s in STEPS if s.group == "read"]
+REMOTE_GROUPS = ("sync", "age", "read")  # the groups that talk to a remote
+# Groups whose steps do not build on each other (they only read what the set-up made): a
+# failed step does not skip the participant's later steps; a failed set-up still does.
+INDEPENDENT_GROUPS = ("read",)
 
 # The steps each workload has (``--steps`` picks among them).
 _CLASSIC = ("commit_cold", "status", "commit_mutated", "checkout", "push", "push_noop",
@@ -557,7 +573,18 @@ WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
     "append": ("commit_cold", "push", "commit_mutated", "push_mutated"),
     "insert": ("commit_cold", "push", "commit_mutated", "push_mutated"),
     "checkpoint": ("commit_cold", "push", "rounds"),
+    "read": ("read_seq", "dask", "mount_ls_s3", "mount_ls_store", "mount_cat_s3",
+             "mount_cat_store", "mount_stream", "get_one"),
 }
+# read: the mount steps, as (where the mount reads from, what runs over it)
+MOUNT_STEPS: dict[str, tuple[str, str]] = {
+    "mount_ls_s3": ("s3", "ls"),
+    "mount_ls_store": ("store", "ls"),
+    "mount_cat_s3": ("s3", "cat"),
+    "mount_cat_store": ("store", "cat"),
+    "mount_stream": ("s3", "stream"),
+}
+READ_PIECE = 8 * workloads.MIB  # read_seq: the size of each read
 # Prerequisites that differ from ``StepDef.requires`` on a workload: the chunking
 # workloads push from the repo the commit steps use, after those commits.
 WORKLOAD_REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -597,6 +624,10 @@ class Workload:
         if self.name == "insert":
             return (f"mutation: {workloads.EDIT_SIZE // workloads.MIB} MiB inserted at "
                     f"{workloads.INSERT_AT // workloads.MIB} MiB")
+        if self.name == "read":
+            return (f"read only: {workloads.BIG_FILE} {workloads.BIG_SIZE // workloads.MIB} "
+                    f"MiB, {workloads.READ_PART_COUNT} Parquet files, "
+                    f"{workloads.READ_SMALL}/ {len(workloads.small_paths())} files")
         if self.name == "checkpoint":
             return (f"{workloads.CKPT_TENSORS} tensors of "
                     f"{workloads.CKPT_TENSOR // workloads.MIB} MiB; {workloads.CKPT_ROUNDS} "
@@ -637,6 +668,8 @@ class Context:
     janitor: Janitor
     s3: S3Server | None = None  # the loopback S3 server of the sync steps
     remote: str = "s3"  # "s3" (the server above) or "dir" (a directory remote)
+    dask: DaskCluster | None = None  # read: the Dask cluster of the dask step
+    mounts: set[Path] = field(default_factory=set)  # read: every dsv mount made (unmounted)
 
 
 class Participant:
@@ -900,6 +933,11 @@ class Dsv(Participant):
             # a store with the pristine tree committed, and a fresh remote as origin
             self._new_repo(ctx, lane, wl.pristine, lane.sync / DATASET,
                            self.make_remote(ctx, wl, lane))
+        elif group == "read":
+            # the read workload's version, committed and pushed to the lane's S3 prefix;
+            # the store stays for the "store" mount steps only
+            self._new_repo(ctx, lane, wl.pristine, lane.data, self.make_remote(ctx, wl, lane))
+            self._run(ctx, lane, lane.data, "push")
         elif group == "age":
             self._age(ctx, wl, lane)
             # the content the aged remote ends with, committed once, to its own remote
@@ -940,6 +978,10 @@ class Dsv(Participant):
             self._run(ctx, lane, lane.sync / DATASET, "commit", "-m", "mutated")
         elif step in ("age_clone", "once_clone"):
             ctx.janitor.discard(lane.root / step)
+        elif step == "get_one":
+            for d in ("get", "get-cache"):  # a cold (empty) cache, a fresh destination
+                ctx.janitor.discard(lane.root / d)
+            (lane.root / "get-cache").mkdir()
         if wl.name in workloads.CHUNK_WORKLOADS and step in ("push", "push_mutated"):
             lane.state["remote_before"] = self.remote_total(ctx, lane)
 
@@ -956,6 +998,19 @@ class Dsv(Participant):
                             "--json"], lane.root)
         if step in ("fetch", "pull"):
             return Command([*self.argv, step, "--json"], lane.clone)
+        if step == "read_seq":
+            assert ctx.s3 is not None
+            return Command([str(DSV_VENV / "bin" / "python"), "-c", DSV_READ_SCRIPT,
+                            self.remote_url(lane), ctx.s3.url,
+                            f"{DATASET}:latest/{workloads.BIG_FILE}", str(READ_PIECE)],
+                           lane.root)
+        if step == "dask":
+            return dask_command(ctx, lane, "dsv", self.remote_url(lane))
+        if step == "get_one":
+            url = self.remote_url(lane)
+            return Command([*self.argv, "get", url, f"{DATASET}:latest", read_probe(wl),
+                            "--to", str(lane.root / "get"), *self.endpoint_args(ctx, url),
+                            "--cache", str(lane.root / "get-cache")], lane.root)
         args = {
             "commit_cold": ["commit", "-m", "cold"],
             "status": ["status"],
@@ -999,6 +1054,14 @@ class Dsv(Participant):
             m.extra["verified_files"] = verify_same_bytes(wl, lane.clone, skip=(".dsv",))
         elif step == "fetch":
             self._report(lane, m, "objects_received", "bytes_received")
+        elif step == "read_seq":
+            check_read(wl, lane, m)
+        elif step == "dask":
+            check_aggregate(wl, lane, m)
+        elif step in MOUNT_STEPS:
+            check_over_tree(MOUNT_STEPS[step][1], wl, lane, m)
+        elif step == "get_one":
+            self._check_get(ctx, wl, lane, m)
         elif step == "pull":
             self._report(lane, m, "objects_received", "bytes_received")
             compare_trees(wl.expected, lane.clone, skip=(".dsv",))
@@ -1025,7 +1088,10 @@ class Dsv(Participant):
     ) -> Measurement | None:
         """The rounds of checkpoint: rewrite 4 tensors (untimed), ``dsv commit``, ``dsv
         push``, ten times, in the lane's repo (committed and pushed once already). Per round:
-        the growth of ``.dsv`` over commit + push, and the bytes the push sent."""
+        the growth of ``.dsv`` over commit + push, and the bytes the push sent. The mount
+        steps of read: see ``_mounted``."""
+        if step in MOUNT_STEPS:
+            return self._mounted(ctx, step, wl, lane, settle)
         if step != "rounds":
             return None
         work, store = lane.data, lane.data / ".dsv"
@@ -1083,6 +1149,65 @@ class Dsv(Participant):
                 "step_sent_bytes": sent,
             },
         )
+
+    def _mounted(
+        self, ctx: Context, step: str, wl: Workload, lane: Lane, settle: Callable[[], None]
+    ) -> Measurement:
+        """A mount step of read: ``dsv mount`` of the version (untimed; its time goes to
+        the details as ``mount_s``) from the S3 prefix with ``--remote`` (no store, no
+        cache) or from the lane's store, the step's command over it (timed), then ``dsv
+        umount``, whatever happened. Every step gets a fresh mount: nothing is cached
+        from an earlier step. The serving process's peak RSS goes to the details."""
+        source, what = MOUNT_STEPS[step]
+        mnt = lane.root / f"mnt-{step}"
+        mnt.mkdir(exist_ok=True)
+        argv = [*self.argv, "mount", f"{DATASET}:latest", str(mnt)]
+        cwd = lane.data  # the store mount: the store found from here
+        if source == "s3":
+            url = self.remote_url(lane)
+            argv += ["--remote", url, *self.endpoint_args(ctx, url)]
+            cwd = lane.root  # no store here or above
+        mounted = run_checked(Command(argv, cwd), ctx.env, lane.log, ctx.timeout)
+        ctx.mounts.add(mnt)
+        try:
+            if not os.path.ismount(mnt):
+                raise CommandFailed(f"dsv mount returned but {mnt} is not a mount point")
+            settle()
+            target = mnt / (workloads.BIG_FILE if what == "stream" else workloads.READ_SMALL)
+            m = run_measured(over_tree(what, target, lane), ctx.env, lane.log, ctx.timeout)
+            rss = mount_peak_rss(mnt)
+        finally:
+            unmount(ctx, self.argv, mnt, lane)
+        m.extra["mount_s"] = round(mounted.wall, 3)
+        if rss is not None:
+            m.extra["mount_server_peak_rss_bytes"] = rss
+        return m
+
+    def _check_get(self, ctx: Context, wl: Workload, lane: Lane, m: Measurement) -> None:
+        """After ``dsv get``: the file has the version's bytes. Then, untimed, the same
+        ``dsv get`` again (fresh cache and destination) in one process that counts the
+        S3 requests botocore makes (``requests`` and per operation ``op_<Name>`` in the
+        details), and ``dsv --version``, the CLI's start-up (``cli_start_s``)."""
+        rel = read_probe(wl)
+        got = lane.root / "get" / rel
+        if not got.is_file() or got.read_bytes() != (wl.pristine / rel).read_bytes():
+            raise VerifyError(f"dsv get: {got} is missing or differs from {rel}")
+        m.extra["file_bytes"] = got.stat().st_size
+        url = self.remote_url(lane)
+        count = lane.root / "get-count"
+        ctx.janitor.discard(count)
+        (count / "cache").mkdir(parents=True)
+        run_checked(Command([str(DSV_VENV / "bin" / "python"), "-c", COUNT_REQUESTS_SCRIPT,
+                             "get", url, f"{DATASET}:latest", rel, "--to", str(count / "to"),
+                             *self.endpoint_args(ctx, url), "--cache", str(count / "cache")],
+                            lane.root), ctx.env, lane.log, ctx.timeout)
+        report = last_json_line(lane.log)
+        if report is None or not (count / "to" / rel).is_file():
+            raise VerifyError(f"the counted dsv get wrote no {rel}; see {lane.log}")
+        m.extra.update({k: v for k, v in report.items() if isinstance(v, int)})
+        start = run_checked(Command([*self.argv, "--version"], lane.root), ctx.env, lane.log,
+                            ctx.timeout)
+        m.extra["cli_start_s"] = round(start.wall, 3)
 
     def _store_growth(self, step: str, lane: Lane, m: Measurement) -> None:
         """How much the commit added to ``.dsv`` (apparent sizes), split into objects,
@@ -1152,6 +1277,8 @@ class CopyBaseline(Participant):
     label = "cp -r"
 
     def supports(self, step: str, wl: Workload) -> bool:
+        if wl.name == "read":  # for scale next to the cat of every small/ file
+            return step in ("mount_cat_s3", "mount_cat_store")
         return step == "checkout" or (step == "clone_pull" and wl.name == "scale")
 
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
@@ -1160,6 +1287,8 @@ class CopyBaseline(Participant):
 
     def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
         src = wl.expected if step == "checkout" else wl.pristine
+        if wl.name == "read":
+            src = wl.pristine / workloads.READ_SMALL
         return Command(["cp", "-r", str(src), str(lane.root / f"copy-{step}")], lane.root)
 
 
@@ -1528,6 +1657,459 @@ def verify_same_bytes(
     return len(got)
 
 
+# --------------------------------------------------------------------------- read (issue 13)
+#
+# One version (big.bin, parts/*.parquet, small/) pushed to S3 by the dsv lane's set-up,
+# read where it is used with no store, against plain objects of the same bytes read by
+# boto3 and s3fs, and through ``dsv mount`` against a directory ``dsv checkout`` wrote.
+
+DSV_READ_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import fsspec
+import blake3
+remote, endpoint, path, piece = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+t = time.perf_counter()
+fs = fsspec.filesystem("dsv", remote=remote, endpoint_url=endpoint, skip_instance_cache=True)
+total, head, last = 0, None, []  # last: the latest pieces, 1 MiB or more together
+with fs.open(path, "rb") as f:
+    while True:
+        data = f.read(piece)
+        if not data:
+            break
+        if head is None:
+            head = bytes(data[:1 << 20])
+        total += len(data)
+        last.append(data)
+        while len(last) > 1 and sum(map(len, last[1:])) >= 1 << 20:
+            last.pop(0)
+seconds = time.perf_counter() - t
+tail = b"".join(bytes(p) for p in last)[-(1 << 20):]
+print(json.dumps({"seconds": seconds, "import_s": t - t0, "bytes": total,
+                  "head": blake3.blake3(head or b"").hexdigest(),
+                  "tail": blake3.blake3(tail).hexdigest()}))
+"""
+
+BOTO3_READ_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import boto3
+import blake3
+url, bucket, key = sys.argv[1], sys.argv[2], sys.argv[3]
+
+class Sink:  # no seek: s3transfer writes its parallel ranged GETs in order
+    def __init__(self):
+        self.total, self.head, self.last = 0, b"", []  # last: 1 MiB or more together
+
+    def write(self, data):
+        if len(self.head) < 1 << 20:
+            self.head += bytes(data[:(1 << 20) - len(self.head)])
+        self.total += len(data)
+        self.last.append(data)
+        while len(self.last) > 1 and sum(map(len, self.last[1:])) >= 1 << 20:
+            self.last.pop(0)
+        return len(data)
+
+t = time.perf_counter()
+client = boto3.client("s3", endpoint_url=url)
+sink = Sink()
+client.download_fileobj(bucket, key, sink)  # default TransferConfig
+seconds = time.perf_counter() - t
+tail = b"".join(bytes(p) for p in sink.last)[-(1 << 20):]
+print(json.dumps({"seconds": seconds, "import_s": t - t0, "bytes": sink.total,
+                  "head": blake3.blake3(sink.head).hexdigest(),
+                  "tail": blake3.blake3(tail).hexdigest()}))
+"""
+
+CLUSTER_SCRIPT = """
+import os, signal, sys, time
+
+if __name__ == "__main__":
+    import dask, distributed, s3fs
+    from distributed import LocalCluster
+    out, local = sys.argv[1], sys.argv[2]
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, local_directory=local)
+    with open(out + ".tmp", "w") as f:
+        f.write(f"{cluster.scheduler_address}\\ndask {dask.__version__}, distributed "
+                f"{distributed.__version__}, s3fs {s3fs.__version__}\\n")
+    os.rename(out + ".tmp", out)
+    while not stop:
+        time.sleep(0.5)
+    cluster.close()
+"""
+
+DASK_SCRIPT = """
+import json, sys, time
+address, path, options, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+import dask.dataframe as dd
+import dsv.fs, pyarrow.parquet, s3fs  # the client reads footers too: loaded before the clock
+from distributed import Client
+
+def load():  # the same libraries in every (restarted) worker, before the clock
+    import dask.dataframe, dsv.fs, pyarrow.parquet, s3fs
+    return True
+
+client = Client(address, timeout=120)
+client.restart()  # fresh workers: no file system instance or cache left by an earlier run
+client.run(load)
+t = time.perf_counter()
+frame = dd.read_parquet(path, storage_options=options)
+result = frame.groupby("key").value.sum().compute()
+seconds = time.perf_counter() - t
+with open(out, "w") as f:
+    json.dump({str(k): int(v) for k, v in result.items()}, f)
+print(json.dumps({"seconds": seconds, "partitions": frame.npartitions, "groups": len(result)}))
+client.close()
+"""
+
+COUNT_REQUESTS_SCRIPT = """
+import collections, json, sys
+import botocore.client
+calls = collections.Counter()
+call = botocore.client.BaseClient._make_api_call
+
+def counted(self, operation, params):
+    calls[operation] += 1
+    return call(self, operation, params)
+
+botocore.client.BaseClient._make_api_call = counted
+from dsv.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    if e.code not in (0, None):
+        raise
+print(json.dumps({"requests": sum(calls.values()),
+                  **{"op_" + k: n for k, n in sorted(calls.items())}}))
+"""
+
+
+class DaskCluster:
+    """The cluster of the read workload's dask step: ``distributed.LocalCluster(
+    n_workers=2, threads_per_worker=1, processes=True)`` in a process of its own, with
+    dsv's venv (dsv, s3fs and pyarrow importable in the workers), started once per run
+    (its start-up is in no timing) and stopped at the end. Every timed run restarts the
+    workers first (untimed), so neither side reads through what an earlier run left."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "dask"
+        self.log_path = workdir / "logs" / "dask-cluster.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        self.version = "?"
+
+    def start(self, env: dict[str, str]) -> None:
+        """Start the cluster and wait for its scheduler's address."""
+        remove_tree(self.dir)
+        (self.dir / "local").mkdir(parents=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        script, address = self.dir / "cluster.py", self.dir / "address"
+        script.write_text(CLUSTER_SCRIPT)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [str(DSV_VENV / "bin" / "python"), str(script), str(address),
+                 str(self.dir / "local")], cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while not address.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the Dask cluster did not start; see {self.log_path}\n"
+                                   f"{tail(self.log_path)}")
+            time.sleep(0.2)
+        self.address, _, self.version = address.read_text().strip().partition("\n")
+
+    def stop(self) -> None:
+        """Stop the cluster (its workers with it)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+    def describe(self) -> str:
+        """One line for the header."""
+        return (f"LocalCluster(n_workers=2, threads_per_worker=1, processes=True) at "
+                f"{self.address} ({self.version})")
+
+
+def dask_command(ctx: Context, lane: Lane, who: str, url: str) -> Command:
+    """The dask step's client: restart the cluster's workers (untimed), then time
+    ``read_parquet`` + ``groupby("key").value.sum().compute()`` over the Parquet files,
+    through ``dsv://`` from the dsv prefix (``who`` "dsv") or with s3fs from the plain
+    objects; the result goes to ``lane/aggregate.json``."""
+    assert ctx.dask is not None and ctx.s3 is not None
+    if who == "dsv":
+        path = f"dsv://{DATASET}:latest/{workloads.READ_PARTS}"
+        options: dict[str, Any] = {"remote": url, "endpoint_url": ctx.s3.url}
+    else:
+        path = f"{url}/{workloads.READ_PARTS}"
+        options = {"key": FAKE_AWS["AWS_ACCESS_KEY_ID"],
+                   "secret": FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
+                   "client_kwargs": {"endpoint_url": ctx.s3.url}}
+    return Command([str(DSV_VENV / "bin" / "python"), "-c", DASK_SCRIPT, ctx.dask.address,
+                    path, json.dumps(options), str(lane.root / "aggregate.json")], lane.root)
+
+
+def last_json_line(log: Path) -> dict[str, Any] | None:
+    """The last one-line JSON object the last command in ``log`` printed, if any."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text[text.rfind("\n$ ") + 1:].splitlines()):
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                return None
+            return doc if isinstance(doc, dict) else None
+    return None
+
+
+def read_probe(wl: Workload) -> str:
+    """The file of ``dsv get``: the small/ file whose size is nearest 8 KiB (the first in
+    path order among equals)."""
+    small = wl.pristine / workloads.READ_SMALL
+    sizes = {f"{workloads.READ_SMALL}/{rel}": (small / rel).stat().st_size
+             for rel in workloads.small_paths()}
+    return min(sizes, key=lambda rel: (abs(sizes[rel] - 8 * 1024), rel))
+
+
+def small_tree_facts(root: Path) -> tuple[int, int]:
+    """(entries ``ls -R`` lists: directories and files below ``root``, bytes of its
+    files)."""
+    entries = size = 0
+    for dirpath, dirs, names in os.walk(root):
+        entries += len(dirs) + len(names)
+        size += sum(os.lstat(os.path.join(dirpath, n)).st_size for n in names)
+    return entries, size
+
+
+def over_tree(what: str, target: Path, lane: Lane) -> Command:
+    """The timed command of a mount step (and of its checkout-dir baseline) over
+    ``target``: ``ls -R`` of the small/ tree into a file (checked after), ``cat`` of
+    every file of it (``find -print0 | xargs -0 cat``, bytes counted by ``wc -c``), or
+    ``cat`` of one file to /dev/null."""
+    script = {
+        "ls": 'ls -R "$1" > "$2"',
+        "cat": 'set -o pipefail; find "$1" -type f -print0 | xargs -0 cat | wc -c',
+        "stream": 'cat "$1" > /dev/null',
+    }[what]
+    return Command(["bash", "-c", script, "bash", str(target), str(lane.root / "ls-R.txt")],
+                   lane.root)
+
+
+def check_over_tree(what: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+    """After ``over_tree``: ``ls -R`` listed every directory and file of small/, ``cat``
+    gave all of its bytes (a file that fails dsv's check reads as EIO: cat fails)."""
+    entries, size = small_tree_facts(wl.pristine / workloads.READ_SMALL)
+    if what == "ls":
+        listing = (lane.root / "ls-R.txt").read_text(errors="replace").splitlines()
+        listed = sum(1 for line in listing if line and not line.endswith(":"))
+        if listed != entries:
+            raise VerifyError(f"ls -R listed {listed} entries, not {entries}")
+        m.extra["entries"] = listed
+    elif what == "cat":
+        lines = lane.log.read_text(errors="replace").splitlines()
+        counted = next((int(x) for x in reversed(lines) if x.strip().isdigit()), None)
+        if counted != size:
+            raise VerifyError(f"cat of every file gave {counted} bytes, not {size}")
+        m.extra["bytes"] = counted
+    else:
+        big = (wl.pristine / workloads.BIG_FILE).stat().st_size
+        m.extra["MB_per_s"] = round(big / m.seconds / MB)
+
+
+def check_read(wl: Workload, lane: Lane, m: Measurement) -> None:
+    """After read_seq (either side): every byte came (count, and BLAKE3 of the first and
+    last MiB); the time is the one measured in the process, from before the client or
+    file system object is made to the last read (imports excluded: ``import_s``)."""
+    import blake3
+
+    report = last_json_line(lane.log)
+    if report is None:
+        raise VerifyError(f"the read printed no result; see {lane.log}")
+    path = wl.pristine / workloads.BIG_FILE
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(workloads.MIB)
+        f.seek(size - workloads.MIB)
+        end = f.read()
+    if report["bytes"] != size:
+        raise VerifyError(f"read {report['bytes']} bytes of {workloads.BIG_FILE}, not {size}")
+    if (report["head"], report["tail"]) != (blake3.blake3(head).hexdigest(),
+                                            blake3.blake3(end).hexdigest()):
+        raise VerifyError(f"the bytes read differ from {workloads.BIG_FILE}'s")
+    m.inner = m.seconds = float(report["seconds"])
+    m.extra["MB_per_s"] = round(size / m.seconds / MB)
+    m.extra["import_s"] = round(float(report["import_s"]), 3)
+
+
+def check_aggregate(wl: Workload, lane: Lane, m: Measurement) -> None:
+    """After the dask step (either side): the aggregate equals the one computed when the
+    files were made (so dsv's and s3fs's are equal); the time is the client's own."""
+    report = last_json_line(lane.log)
+    if report is None:
+        raise VerifyError(f"the Dask client printed no result; see {lane.log}")
+    want = json.loads(workloads.read_aggregate_path(wl.pristine).read_text())
+    got = json.loads((lane.root / "aggregate.json").read_text())
+    if got != want:
+        wrong = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise VerifyError(f"the Dask aggregate differs from the expected one in "
+                          f"{len(wrong)} keys {wrong[:3]}")
+    m.inner = m.seconds = float(report["seconds"])
+    m.extra["partitions"] = int(report["partitions"])
+    m.extra["groups"] = int(report["groups"])
+
+
+def mount_peak_rss(mnt: Path) -> int | None:
+    """Peak RSS (VmHWM) of the process serving the mount at ``mnt``, if found."""
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--foreground" not in args or str(mnt).encode() not in args:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return None
+
+
+def unmount(ctx: Context, dsv_argv: list[str], mnt: Path, lane: Lane) -> None:
+    """``dsv umount`` of a mount of the bench; when that leaves it mounted, a lazy
+    ``fusermount3 -u -z`` (so the run goes on) and a failure."""
+    if not os.path.ismount(mnt):
+        ctx.mounts.discard(mnt)
+        return
+    done = run_measured(Command([*dsv_argv, "umount", str(mnt)], lane.root), ctx.env,
+                        lane.log, ctx.timeout)
+    if os.path.ismount(mnt):
+        force_unmount(mnt)
+        raise CommandFailed(f"dsv umount {mnt} exited {done.rc} and left it mounted "
+                            f"(unmounted lazily); see {lane.log}\n{tail(lane.log)}")
+    ctx.mounts.discard(mnt)
+
+
+def force_unmount(mnt: Path) -> None:
+    """Lazy unmount with whichever tool is there (the end of a run, or after a failure)."""
+    for tool in (["fusermount3", "-u", "-z"], ["fusermount", "-u", "-z"], ["umount", "-l"]):
+        if shutil.which(tool[0]) and subprocess.run(
+                [*tool, str(mnt)], capture_output=True, check=False).returncode == 0:
+            return
+
+
+def upload(ctx: Context, lane: Lane, files: dict[str, Path]) -> None:
+    """Untimed: ``files`` (key under the lane's prefix -> local file) uploaded as plain
+    objects with the harness's boto3 (default TransferConfig)."""
+    assert ctx.s3 is not None
+    url = lane.state["remote:"]
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    for key, path in files.items():
+        try:
+            ctx.s3.client.upload_file(str(path), bucket, f"{prefix}/{key}")
+        except Exception as e:  # botocore's errors
+            raise S3Error(f"uploading {path} to {url}/{key}: {e}") from None
+
+
+class Boto3ReadBaseline(Participant):
+    """read: boto3 ``download_fileobj`` (default TransferConfig: parallel 8 MiB ranged
+    GETs) of big.bin, uploaded as a plain object of the lane's own bucket by the set-up,
+    into a sink that discards it (keeps the first and last MiB for the check). Timed in
+    process like dsv's side (client made, then the download)."""
+
+    key = "boto3read"
+    label = "boto3 read"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        """The steps it takes part in (read only)."""
+        return wl.name == "read" and step in ("read_seq", "mount_stream")
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        """Untimed: its objects or its checkout (see the class)."""
+        self.make_remote(ctx, wl, lane)
+        upload(ctx, lane, {workloads.BIG_FILE: wl.pristine / workloads.BIG_FILE})
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        """The timed command (see the class)."""
+        assert ctx.s3 is not None
+        bucket, _, prefix = self.remote_url(lane)[len("s3://"):].partition("/")
+        return Command([str(DSV_VENV / "bin" / "python"), "-c", BOTO3_READ_SCRIPT, ctx.s3.url,
+                        bucket, f"{prefix}/{workloads.BIG_FILE}"], lane.root)
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        """Check what it read (see the class)."""
+        check_read(wl, lane, m)
+
+
+class S3fsBaseline(Participant):
+    """read: the dask step over the same Parquet files uploaded as plain objects (by the
+    set-up, into the lane's own bucket), read by s3fs, on the same cluster."""
+
+    key = "s3fs"
+    label = "s3fs"
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        """The steps it takes part in (read only)."""
+        return wl.name == "read" and step == "dask"
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        """Untimed: its objects or its checkout (see the class)."""
+        self.make_remote(ctx, wl, lane)
+        upload(ctx, lane, {rel: wl.pristine / rel for rel in workloads.read_part_paths()})
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        """The timed command (see the class)."""
+        return dask_command(ctx, lane, "s3fs", self.remote_url(lane))
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        """Check what it read (see the class)."""
+        check_aggregate(wl, lane, m)
+
+
+class CheckoutDirBaseline(Participant):
+    """read: the mount steps' ``ls -R`` and ``cat`` over a directory ``dsv checkout``
+    wrote: small/ copied into the lane, ``dsv init``, ``dsv commit``, ``dsv checkout
+    small:latest --to checkout`` (all untimed, in the set-up)."""
+
+    key = "catdir"
+    label = "checkout dir"
+
+    def __init__(self, dsv_argv: list[str]) -> None:
+        self.argv = dsv_argv
+
+    def supports(self, step: str, wl: Workload) -> bool:
+        """The steps it takes part in (read only)."""
+        return wl.name == "read" and step in MOUNT_STEPS and MOUNT_STEPS[step][1] != "stream"
+
+    def setup(self, ctx: Context, wl: Workload, lane: Lane, group: str) -> None:
+        """Untimed: its objects or its checkout (see the class)."""
+        work = lane.root / workloads.READ_SMALL
+        copy_tree(wl.pristine / workloads.READ_SMALL, work)
+        (lane.root / "checkout").mkdir()
+        for args in (["init"], ["commit", "-m", "cold"],
+                     ["checkout", f"{workloads.READ_SMALL}:latest", "--to",
+                      str(lane.root / "checkout")]):
+            run_checked(Command([*self.argv, *args], work), ctx.env, lane.log, ctx.timeout)
+
+    def command(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> Command:
+        """The timed command (see the class)."""
+        return over_tree(MOUNT_STEPS[step][1], lane.root / "checkout", lane)
+
+    def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
+        """Check what it read (see the class)."""
+        check_over_tree(MOUNT_STEPS[step][1], wl, lane, m)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -1610,6 +2192,11 @@ CHECKS: tuple[Check, ...] = (
           unit=" MiB"),
     Check("checkpoint", "max .dsv growth of a round, MB", "rounds", "dsv", "", "<=", 38,
           "issue 12", kind="extra", field="max_step_growth_bytes", divisor=MB, unit=" MB"),
+    # issue 13: data where it is used. boto3 time / dsv time = dsv's throughput / boto3's
+    Check("read", "1 GiB via dsv://: throughput / boto3's", "read_seq", "boto3read", "dsv",
+          ">=", 0.5, "issue 13"),
+    Check("read", "Dask aggregate: dsv:// / s3fs time", "dask", "dsv", "s3fs", "<=", 2,
+          "issue 13"),
 )
 
 
@@ -1789,8 +2376,21 @@ def prepare_workload(
     stamp: dict[str, Any] = {"format": PRISTINE_FORMAT, "seed": seed}
     if name not in ("small", "large"):
         stamp["params"] = asdict(params)
+    if name == "read":  # read only: no mutated copy (1.4 GB); Parquet needs the dsv venv
+        expected = pristine
     if marker.exists() and json.loads(marker.read_text()).get("stamp") == stamp:
         info = workloads.TreeInfo(**json.loads(marker.read_text())["info"])
+    elif name == "read":
+        marker.unlink(missing_ok=True)
+        remove_tree(pristine)
+        log(f"generating {name} workload in {pristine} (with {DSV_VENV}/bin/python) ...")
+        t = time.perf_counter()
+        subprocess.run([str(DSV_VENV / "bin" / "python"), str(BENCH_DIR / "workloads.py"),
+                        name, str(pristine), "--seed", str(seed)], check=True,
+                       stdout=sys.stderr)
+        info = workloads.tree_info(pristine)
+        log(f"  {info.files} files, {info.bytes / MB:.1f} MB in {time.perf_counter() - t:.1f} s")
+        marker.write_text(json.dumps({"stamp": stamp, "info": asdict(info)}))
     else:
         marker.unlink(missing_ok=True)
         remove_tree(pristine)
@@ -1891,7 +2491,8 @@ def run_workload(
                     OSError,
                     S3Error,
                 ) as e:
-                    lane.failed = f"{phase} failed"
+                    if phase != step or group not in INDEPENDENT_GROUPS:
+                        lane.failed = f"{phase} failed"
                     result.get(step, p.key).failures.append(f"rep{rep}: {phase}: {e}")
                     log(f"[{wl.name} rep{rep}] {p.label} {phase} FAILED: {e}")
                     continue
@@ -1949,7 +2550,7 @@ def render(result: WorkloadResult, repeat: int) -> str:
     labels = {p.key: p.label for p in result.participants}
     used = {p.key for p in result.participants for step in result.steps if p.supports(step, wl)}
     baselines = [k for k in ("cp", "hashloop", "walk", "blake3", "dsvhash", "dsvchunk",
-                             "boto3", "boto3get")
+                             "boto3", "boto3get", "catdir", "boto3read", "s3fs")
                  if k in keys and k in used]
     tools = [k for k in ("dvc", "dsv") if k in keys and k in used]
 
@@ -2061,17 +2662,21 @@ def details_lines(result: WorkloadResult, labels: dict[str, str]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def resolve_dsv(spec: str | None) -> tuple[list[str], dict[str, str]]:
+def resolve_dsv(spec: str | None, read: bool = False) -> tuple[list[str], dict[str, str]]:
     """The dsv command line, plus environment additions it needs.
 
     By default this checkout is installed into bench/.venv-dsv (bench/setup_dsv.sh), so
-    dsv runs as a user would run it and as DVC runs here: from its own virtualenv.
+    dsv runs as a user would run it and as DVC runs here: from its own virtualenv. The
+    read workload's scripts run in that venv, with pandas, pyarrow, Dask and s3fs added
+    (``setup_dsv.sh read``), even when ``--dsv`` names another command.
     """
-    if spec:
+    if spec and not read:
         return shlex.split(spec), {}
-    log("installing this checkout of dsv into bench/.venv-dsv ...")
-    subprocess.run(["bash", str(BENCH_DIR / "setup_dsv.sh")], check=True, stdout=sys.stderr)
-    return [str(DSV_VENV / "bin" / "dsv")], {}
+    log("installing this checkout of dsv into bench/.venv-dsv"
+        + (" (with the read workload's libraries)" if read else "") + " ...")
+    subprocess.run(["bash", str(BENCH_DIR / "setup_dsv.sh"), *(["read"] if read else [])],
+                   check=True, stdout=sys.stderr)
+    return (shlex.split(spec) if spec else [str(DSV_VENV / "bin" / "dsv")]), {}
 
 
 def resolve_dvc(spec: str | None) -> list[str]:
@@ -2153,7 +2758,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workload",
         default="small",
         help="comma-separated: small, large, scale, flat, remote-age, append, insert, "
-        "checkpoint; all = small,large",
+        "checkpoint, read; all = small,large",
     )
     ap.add_argument(
         "--scale-files",
@@ -2180,7 +2785,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="all",
         help=f"comma-separated subset of: {', '.join(s.key for s in STEPS)}; or the groups "
         f"local ({','.join(STEP_GROUPS['local'])}), sync ({','.join(STEP_GROUPS['sync'])}), "
-        f"age ({','.join(STEP_GROUPS['age'])}), all (prerequisites run untimed; each workload "
+        f"age ({','.join(STEP_GROUPS['age'])}), read ({','.join(STEP_GROUPS['read'])}), all "
+        "(prerequisites run untimed; each workload "
         "runs those of its steps that are chosen)",
     )
     ap.add_argument(
@@ -2259,6 +2865,8 @@ def workload_params(name: str, args: argparse.Namespace) -> workloads.Params:
 def remote_kind(name: str, requested: str | None) -> str:
     """The remote workload ``name`` pushes to: ``--remote``, else S3 except for the
     chunking workloads (a directory: no GBs held by the S3 server)."""
+    if name == "read":
+        return "s3"  # its baselines read plain objects of the S3 server
     if requested:
         return requested
     return "dir" if name in workloads.CHUNK_WORKLOADS else "s3"
@@ -2276,7 +2884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dsv-bench-")) if own_workdir else args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     remove_tree(workdir / "logs")  # logs of an earlier run in a reused workdir
-    dsv_argv, dsv_env = resolve_dsv(args.dsv)
+    dsv_argv, dsv_env = resolve_dsv(args.dsv, "read" in args.workloads)
     env = build_env(workdir, dsv_env)
     participants: list[Participant] = []
     versions: dict[str, str] = {}
@@ -2292,6 +2900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      DsvHashBaseline(), DsvChunkBaseline()]
     if args.remote != "dir":
         participants += [Boto3Baseline(), Boto3GetBaseline()]
+    participants += [CheckoutDirBaseline(dsv_argv), Boto3ReadBaseline(), S3fsBaseline()]
 
     cache = CacheControl(args.cache)
     janitor = Janitor(workdir / "trash", min_free=int(args.min_free_gb * 1e9))
@@ -2316,6 +2925,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         s3_note = ctx.s3.describe() + (f"; {dir_note}" if dir_note else "")
         log(f"  {s3_note}")
+    if any("dask" in needed_steps(workload_steps(n, args.steps), n) for n in names):
+        ctx.dask = DaskCluster(workdir)
+        log("starting the Dask cluster ...")
+        try:
+            ctx.dask.start(env)
+        except BaseException:
+            ctx.dask.stop()
+            if ctx.s3 is not None:
+                ctx.s3.stop()
+            raise
+        log(f"  {ctx.dask.describe()}")
     load_start = os.getloadavg()
     header = (
         f"dsv bench: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
@@ -2325,6 +2945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({versions.get('dvc', '-')}); dsv: {shlex.join(dsv_argv)} ({versions.get('dsv', '-')})\n"
         f"repo: {repo_revision()}; workdir: {workdir}\n"
         f"s3: {s3_note}"
+        + (f"\ndask: {ctx.dask.describe()}" if ctx.dask is not None else "")
     )
     log(f"dsv bench: work in {workdir}; {cache.note}")
     results: list[WorkloadResult] = []
@@ -2342,6 +2963,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             log(f"workload {name}: {time.perf_counter() - t:.0f} s (generation included)")
     finally:
+        for mnt in sorted(ctx.mounts):  # a mount some failure left behind
+            if os.path.ismount(mnt):
+                log(f"warning: {mnt} still mounted at the end; unmounting it lazily")
+                force_unmount(mnt)
+        if ctx.dask is not None:
+            ctx.dask.stop()
         if ctx.s3 is not None:
             ctx.s3.stop()
         failed = any(s.failures for r in results for s in r.series.values())

@@ -7,6 +7,11 @@
 #
 # The install is checked against the source tree: every module under dsv/ must be in
 # the venv (a sub-package missing from pyproject.toml's package list fails here, loudly).
+#
+# `setup_dsv.sh read` (run.py passes it for --workload read) also installs what the read
+# workload's measuring scripts import next to dsv: pandas, pyarrow and Dask (dsv:// in a
+# Dask cluster) and s3fs (its baseline), resolved in the same pip run as dsv, so that pip
+# picks a boto3/botocore that aiobotocore (s3fs) accepts, and checks that they import.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,8 +25,13 @@ if [ ! -x "$venv/bin/python" ]; then
     quiet "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
 
+extras=()
+if [ "${1:-}" = read ]; then
+    extras=("pandas>=2" "pyarrow>=14" "dask[dataframe,distributed]>=2024.1" "s3fs")
+fi
+
 install_from() {  # $1: a source tree with pyproject.toml
-    quiet "$venv/bin/python" -m pip install --quiet "$1"          # new dependencies, if any
+    quiet "$venv/bin/python" -m pip install --quiet "$1" "${extras[@]}"  # new dependencies
     quiet "$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$1"
 }
 
@@ -51,5 +61,11 @@ if [ -n "$missing" ]; then
          "(check [tool.setuptools] packages in pyproject.toml):" >&2
     echo "$missing" | sed 's/^/  /' >&2
     exit 1
+fi
+if [ "${#extras[@]}" -gt 0 ]; then
+    (cd / && "$venv/bin/python" -c "import fsspec, mfusepy, pandas, pyarrow, s3fs, dask.dataframe, distributed, dsv.fs") || {
+        echo "setup_dsv.sh: the read workload's libraries do not import in $venv" >&2
+        exit 1
+    }
 fi
 echo "dsv installed: $("$venv/bin/dsv" --version) ($venv)"

@@ -27,6 +27,16 @@ Content-defined chunking of large files (issue 12), one file each:
   (``checkpoint_round``) rewrites 4 tensors chosen by the seed and the round number with
   new bytes, in place; its "mutated" tree is the content after the 10th round.
 
+Reading where the data is used (issue 13), one tree, read only (no mutation):
+
+* ``read``       -- ``big.bin`` (1 GiB, the bytes of append's), ``parts/part-00.parquet``
+  .. ``part-15.parquet`` (16 x 1,000,000 rows of ``key`` int64 in [0, 1000) and ``value``
+  int64 in [0, 2^40), from numpy's generator seeded by the seed and the part number,
+  snappy, ~144 MB) and ``small/`` (the small workload's 20,000 files, same bytes).
+  ``generate_read`` needs numpy and pyarrow (``bench/run.py`` runs it with the dsv
+  venv's Python); it also writes the expected ``groupby(key).value.sum()`` beside the
+  tree (``read_aggregate_path``).
+
 File contents are the BLAKE3 extendable output of a key made of the seed, the file's
 relative path and a generation number. That is pseudo-random (incompressible, no two
 1 MiB blocks alike, nothing for content-defined chunking to deduplicate), independent
@@ -41,6 +51,7 @@ Command line (for inspection; ``bench/run.py`` imports this module)::
     python bench/workloads.py mutate DIR                      # small / large mutation
     python bench/workloads.py mutate DIR --workload scale [--files 100000]
     python bench/workloads.py insert DIR && python bench/workloads.py mutate DIR --workload insert
+    bench/.venv-dsv/bin/python bench/workloads.py read DIR    # needs numpy and pyarrow
 """
 
 from __future__ import annotations
@@ -71,7 +82,8 @@ MUT_REWRITE = 200
 MUT_ADD = 100
 MUT_APPEND = 1 * MIB
 
-WORKLOADS = ("small", "large", "scale", "flat", "remote-age", "append", "insert", "checkpoint")
+WORKLOADS = ("small", "large", "scale", "flat", "remote-age", "append", "insert", "checkpoint",
+             "read")
 # One large file each, edited in place: the workloads of content-defined chunking (issue 12)
 CHUNK_WORKLOADS = ("append", "insert", "checkpoint")
 
@@ -98,6 +110,13 @@ CKPT_TENSOR = 8 * MIB
 CKPT_ROUNDS = 10
 CKPT_CHANGES = 4  # tensors rewritten per round
 
+READ_SMALL = "small"  # read (issue 13): the small workload's tree, under this directory
+READ_PARTS = "parts"  # the Parquet files, under this directory
+READ_PART_COUNT = 16
+READ_PART_ROWS = 1_000_000
+READ_KEYS = 1000
+READ_VALUE_MAX = 1 << 40  # sums of ~16,000 values per key stay far below 2^63
+
 
 @dataclass(frozen=True)
 class Params:
@@ -115,6 +134,8 @@ class Params:
             return len(small_paths() if workload == "small" else large_paths())
         if workload in CHUNK_WORKLOADS:
             return 1
+        if workload == "read":
+            return 1 + READ_PART_COUNT + len(small_paths())
         return self.files or default[workload]
 
 
@@ -275,6 +296,47 @@ def generate_one(workload: str, root: Path, seed: int = DEFAULT_SEED) -> TreeInf
     return TreeInfo(files=1, bytes=size)
 
 
+def read_part_paths() -> list[str]:
+    """Relative paths of the read workload's Parquet files."""
+    return [f"{READ_PARTS}/part-{i:02d}.parquet" for i in range(READ_PART_COUNT)]
+
+
+def read_aggregate_path(root: Path) -> Path:
+    """Where ``generate_read`` writes the expected aggregate of the tree at ``root``."""
+    return root.with_name(root.name + "-aggregate.json")
+
+
+def generate_parquet(root: Path, seed: int = DEFAULT_SEED) -> dict[int, int]:
+    """Write the read workload's Parquet files under ``root`` and return the expected
+    ``groupby(key).value.sum()`` (exact: int64 values, summed as int64)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sums = np.zeros(READ_KEYS, dtype=np.int64)
+    for i, rel in enumerate(read_part_paths()):
+        rng = np.random.default_rng([seed, i])
+        keys = rng.integers(0, READ_KEYS, READ_PART_ROWS, dtype=np.int64)
+        values = rng.integers(0, READ_VALUE_MAX, READ_PART_ROWS, dtype=np.int64)
+        np.add.at(sums, keys, values)
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"key": keys, "value": values}), root / rel,
+                       compression="snappy")
+    return {k: int(v) for k, v in enumerate(sums) if v}
+
+
+def generate_read(root: Path, seed: int = DEFAULT_SEED) -> TreeInfo:
+    """Write the read workload (see the module docstring) and its expected aggregate."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    _write_large(root / BIG_FILE, seed, BIG_FILE, 0, BIG_SIZE)  # append's big.bin
+    generate_small(root / READ_SMALL, seed)
+    aggregate = generate_parquet(root, seed)
+    read_aggregate_path(root).write_text(json.dumps({str(k): v for k, v in aggregate.items()}))
+    return tree_info(root)
+
+
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
     parts = []
     while length > 0:
@@ -359,6 +421,8 @@ def generate(
         return generate_large(root, seed)
     if workload in CHUNK_WORKLOADS:
         return generate_one(workload, root, seed)
+    if workload == "read":
+        return generate_read(root, seed)
     if workload in WORKLOADS:
         return generate_many(workload, root, params.count(workload), seed)
     raise ValueError(f"unknown workload {workload!r}; expected one of {WORKLOADS}")
@@ -372,6 +436,8 @@ def mutate(
     mutation is every round, one after the other: the content after the last push; for
     checkpoint, its 10 rounds likewise."""
     params = params or Params()
+    if workload == "read":
+        return {}  # read only: nothing changes
     if workload in ("small", "large"):
         return apply_mutation(root, seed)
     if workload == "append":
