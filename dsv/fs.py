@@ -17,8 +17,11 @@ cluster cache). Every byte is checked against its id. Registered under the proto
 
 from __future__ import annotations
 
+import io
 import os
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,20 +51,22 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         self._remote = remote
         self._endpoint_url, self._profile = endpoint_url, profile
         self._cache = os.fspath(cache) if cache is not None else None
-        self._local = threading.local()   # a Store per thread (one SQLite connection each)
+        self._stores = _Stores(self._store_path)
         self._reader: Any = None
         self._lock = threading.Lock()
         self._versions: dict[str, Version] = {}
 
     # ---- where versions come from -------------------------------------------------------
-    def _store(self) -> Any:  # noqa: ANN401 - dsv.Store, imported lazily
-        store = getattr(self._local, "store", None)
-        if store is None:
-            from .store import Store, find_store
-            where = self._store_path or os.environ.get("DSV_DIR")
-            store = Store(find_store(Path(where or "."), bool(where)))
-            self._local.store = store
-        return store
+    @contextmanager
+    def _store(self) -> Iterator[Any]:
+        """A Store for one operation, from a small pool: threads take one and give it
+        back (a Store may serve any thread, one at a time), so a caller that runs each
+        operation on a new thread (libfuse does) opens no new descriptors each time."""
+        store = self._stores.take()
+        try:
+            yield store
+        finally:
+            self._stores.give(store)
 
     def _remote_reader(self) -> Any:  # noqa: ANN401 - dsv.RemoteReader, imported lazily
         with self._lock:
@@ -82,8 +87,11 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         with self._lock:
             found = self._versions.get(ref)
         if found is None:
-            found = self._remote_reader().resolve(ref) if self._remote \
-                else self._store().resolve(ref)
+            if self._remote:
+                found = self._remote_reader().resolve(ref)
+            else:
+                with self._store() as store:
+                    found = store.resolve(ref)
             with self._lock:
                 found = self._versions.setdefault(ref, found)
         return found, rel.strip("/")
@@ -92,7 +100,8 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         try:
             if self._remote:
                 return list(self._remote_reader().files(version, rel, recursive))
-            return list(self._store().files(f"{version.dataset}:{version.id}", rel, recursive))
+            with self._store() as store:
+                return list(store.files(f"{version.dataset}:{version.id}", rel, recursive))
         except InvalidInput:
             raise FileNotFoundError(rel) from None
 
@@ -149,9 +158,9 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         else:
             from .checkout import ensure_blobs
             from .tree import LINK, Entry
-            core = self._store().core
-            ensure_blobs(core, version, [Entry(LINK, row.mode, row.size, row.oid)])
-            data = core.objects.read(row.oid)
+            with self._store() as store:
+                ensure_blobs(store.core, version, [Entry(LINK, row.mode, row.size, row.oid)])
+                data = store.core.objects.read(row.oid)
         return bytes(data).decode("utf-8", "surrogateescape")
 
     def _open(self, path: str, mode: str = "rb",
@@ -165,12 +174,85 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             if entry is None or entry.kind != FILE:
                 raise FileNotFoundError(path)
             return reader.open(entry)  # type: ignore[no-any-return]
+        store = self._stores.take()  # (held while the file is open: it reads through it)
         try:
-            return self._store().open_file(  # type: ignore[no-any-return]
-                f"{version.dataset}:{version.id}", rel)
+            handle = store.open_file(f"{version.dataset}:{version.id}", rel)
         except InvalidInput:
+            self._stores.give(store)
             raise FileNotFoundError(path) from None
+        except BaseException:
+            self._stores.give(store)
+            raise
+        return io.BufferedReader(_Lending(handle, lambda: self._stores.give(store)))
 
     def ukey(self, path: str) -> str:
         """What identifies a file's contents: its blake3."""
         return str(self.info(path)["hash"])
+
+
+class _Stores:
+    """Open Stores of one store path, lent out one operation (or one open file) at a
+    time; at most KEEP idle ones stay open."""
+
+    KEEP = 4
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Any:  # noqa: ANN401 - dsv.Store, imported lazily
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        from .store import Store, find_store
+        where = self._path or os.environ.get("DSV_DIR")
+        return Store(find_store(Path(where or "."), bool(where)))
+
+    def give(self, store: Any) -> None:  # noqa: ANN401 - dsv.Store
+        with self._lock:
+            if len(self._idle) < self.KEEP:
+                self._idle.append(store)
+                return
+        store.close()
+
+
+class _Lending(io.RawIOBase):
+    """A file of a store, giving the Store it reads through back when it is closed."""
+
+    def __init__(self, inner: BinaryIO, release: Callable[[], None]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    def readable(self) -> bool:
+        """Always: a reader."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - any writable buffer
+        """Fill `buffer` from the file."""
+        data = self._inner.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move in the file."""
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        """Where the next read starts."""
+        return self._inner.tell()
+
+    def close(self) -> None:
+        """Close the file and give its Store back (once)."""
+        if self._release is not None:
+            release, self._release = self._release, None
+            try:
+                self._inner.close()
+            finally:
+                release()
+        super().close()

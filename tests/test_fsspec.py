@@ -121,3 +121,26 @@ def test_dask_workers_aggregate_parquet_of_a_version_on_s3(tmp_path, dsv, s3_end
         got = frame.groupby("key")["value"].sum().compute().sort_index()
     assert {str(k): int(v) for k, v in got.items()} == \
         {str(k): int(v) for k, v in expected.items()} and len(expected) == 13
+
+
+def test_reads_from_many_short_lived_threads_keep_descriptors_bounded(tmp_path, dsv):
+    """Each operation borrows a Store from a small pool: a caller that runs every read on
+    a new thread (libfuse does, for `dsv mount`) must not open new descriptors each
+    time (it ran out of them after about 9,900 files)."""
+    import threading
+    ws = _dataset(tmp_path, dsv)
+    fs = fsspec.filesystem("dsv", store=str(ws), skip_instance_cache=True)
+    expected = (ws / "big.bin").read_bytes()[:1000]
+
+    def read(i: int, out: list[bytes]) -> None:
+        out.append(fs.cat_file("raw:v1/big.bin", start=0, end=1000) if i % 2 else
+                   fs.cat_file("raw:v1/parts/part-1.parquet", start=0, end=4))
+    fs.cat_file("raw:v1/train.csv")  # (the pool's first Stores)
+    before = len(os.listdir("/proc/self/fd"))
+    got: list[bytes] = []
+    for i in range(300):
+        t = threading.Thread(target=read, args=(i, got))
+        t.start()
+        t.join()
+    assert len(got) == 300 and expected in got and b"PAR1" in got
+    assert len(os.listdir("/proc/self/fd")) - before < 20
