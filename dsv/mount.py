@@ -16,38 +16,19 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .errors import DsvError, InvalidInput
+from .errors import DsvError
+from .mounting import FuseUnavailable, fuse_module, spawn, tell
+from .mounting import unmount as unmount  # (the CLI's `dsv umount`)
 
-READY_TIMEOUT = 60.0
-"""Seconds `mount` waits for the child's file system to answer."""
 DIRS_KEPT = 10_000
 """Directory listings a mount keeps in memory (a version never changes under it)."""
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-
-
-class FuseUnavailable(DsvError):
-    """FUSE cannot be used on this machine (no libfuse, no /dev/fuse, no permission)."""
-
-
-def _fuse() -> Any:  # noqa: ANN401 - mfusepy is untyped
-    try:
-        import mfusepy  # type: ignore[import-untyped]
-    except (ImportError, OSError, EnvironmentError) as exc:
-        raise FuseUnavailable(f"FUSE is not available here ({exc})",
-                              hint="install libfuse 3 (Debian/Ubuntu: apt-get install fuse3) "
-                                   "and make sure /dev/fuse exists") from None
-    return mfusepy
 
 
 def _options(store: str | None, remote: str | None, endpoint_url: str | None,
@@ -57,7 +38,7 @@ def _options(store: str | None, remote: str | None, endpoint_url: str | None,
     if remote:
         return {"remote": remote, "endpoint_url": endpoint_url, "profile": profile,
                 "cache": cache or os.environ.get("DSV_CACHE") or None}
-    from .store import find_store
+    from .core import find_store
     where = store or os.environ.get("DSV_DIR")
     return {"store": str(find_store(Path(where or "."), bool(where)).absolute())}
 
@@ -73,66 +54,16 @@ def mount(ref: str, directory: str | os.PathLike[str], store: str | None = None,
     """Mount the version `ref` names read-only at `directory` (in the background) and
     return the version id, once the file system answers. From the store (`store`, else
     the one found from here) or, with `remote`, straight from a remote."""
-    _fuse()
-    target = Path(directory).absolute()
-    if not target.is_dir():
-        raise InvalidInput(f"{directory} is not a directory", hint="make it first")
-    if os.path.ismount(target):
-        raise InvalidInput(f"{directory} is a mount point already",
-                           hint=f"`dsv umount {directory}` first")
+    fuse_module()
     opts = _options(store, remote, endpoint_url, profile, cache)
-    fs = _filesystem(opts)
-    version = fs.version(_ref_path(ref))
-    pinned = f"{version.dataset}:{version.id}"
-    read_fd, write_fd = os.pipe()
-    args = [sys.executable, "-m", "dsv"] + (["--store", opts["store"]] if "store" in opts
-                                             else [])
-    args += ["mount", pinned, str(target), "--foreground", "--ready-fd", str(write_fd)]
-    for flag, value in (("--remote", remote), ("--endpoint-url", endpoint_url),
-                        ("--profile", profile), ("--cache", opts.get("cache"))):
-        if value:
-            args += [flag, str(value)]
-    # (what the child says on stderr before it is ready explains a failure; it is read
-    # back from an unnamed temp file)
-    with tempfile.TemporaryFile() as log:
-        try:
-            subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=log, close_fds=True)
-        finally:
-            os.close(write_fd)
-        message = _wait_ready(read_fd)
-        if message != "ready":
-            log.seek(0)
-            said = [line for line in log.read(64 << 10).decode("utf-8", "replace")
-                    .splitlines() if line.strip() and not line.startswith(" ")]
-            raise DsvError(message or (said[-1] if said else
-                                       f"the mount of {pinned} at {directory} did not start"))
+    version = _filesystem(opts).version(_ref_path(ref))
+    spawn(f"{version.dataset}:{version.id}", directory, opts.get("store"), remote,
+          endpoint_url, profile, opts.get("cache"))
     return str(version.id)
 
 
 def _ref_path(ref: str) -> str:
     return ref if (":" in ref or "~" in ref) else f"{ref}:latest"
-
-
-def _wait_ready(fd: int) -> str:
-    """What the child said on its pipe ("ready", or its error) within READY_TIMEOUT."""
-    import select
-    got = b""
-    deadline = time.monotonic() + READY_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                piece = os.read(fd, 4096)
-                if not piece:
-                    break
-                got += piece
-                if got.endswith(b"\n"):
-                    break
-    finally:
-        os.close(fd)
-    return got.decode("utf-8", "replace").strip()
 
 
 def serve(ref: str, directory: str | os.PathLike[str], store: str | None = None,
@@ -142,45 +73,19 @@ def serve(ref: str, directory: str | os.PathLike[str], store: str | None = None,
     """Run the FUSE file system of `ref` at `directory` in the foreground, until it is
     unmounted; "ready" (or the error) is written to `ready_fd` once it answers."""
     try:
-        fuse = _fuse()
+        fuse = fuse_module()
         fs = _filesystem(_options(store, remote, endpoint_url, profile, cache))
         version = fs.version(_ref_path(ref))
         ops = _operations(fuse)(fs, f"{version.dataset}:{version.id}", version, ready_fd)
     except DsvError as exc:
-        _tell(ready_fd, f"{exc.message}")
+        tell(ready_fd, f"{exc.message}")
         raise
     try:
         fuse.FUSE(ops, str(directory), foreground=True, ro=True, nothreads=False,
                   fsname=f"dsv:{version.dataset}:{version.id}", default_permissions=True)
     except RuntimeError as exc:
-        _tell(ready_fd, f"cannot mount at {directory}: {exc} (is /dev/fuse usable here?)")
+        tell(ready_fd, f"cannot mount at {directory}: {exc} (is /dev/fuse usable here?)")
         raise FuseUnavailable(f"cannot mount at {directory}: {exc}") from None
-
-
-def _tell(fd: int | None, line: str) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, line.encode("utf-8", "replace") + b"\n")
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def unmount(directory: str | os.PathLike[str]) -> None:
-    """Unmount a `dsv mount` (fusermount3, fusermount, or umount)."""
-    target = str(Path(directory).absolute())
-    if not os.path.ismount(target):
-        raise InvalidInput(f"{directory} is not mounted")
-    why = "no fusermount3, fusermount or umount here"
-    for tool in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
-        if shutil.which(tool[0]) is not None:
-            done = subprocess.run(tool + [target], capture_output=True, text=True)
-            if done.returncode == 0:
-                return
-            why = done.stderr.strip() or f"{tool[0]} failed"
-    raise DsvError(f"could not unmount {directory}: {why}",
-                   hint="is a process still using it? (`fuser -m DIR` names it)")
 
 
 def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
@@ -203,7 +108,7 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             self.numbers = itertools.count(1)
 
         def init(self, path: str) -> None:
-            _tell(self.ready_fd, "ready")
+            tell(self.ready_fd, "ready")
             self.ready_fd = None
 
         def _listing(self, rel: str) -> dict[str, dict[str, Any]]:

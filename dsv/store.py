@@ -297,11 +297,11 @@ class Store:
         from . import jobs
         mounter = None
         if lazy:
-            from . import mount as mounting
+            from . import mounting
             root = str(self.root)
 
             def mounter(v: Version, target: Path) -> Callable[[], None]:
-                mounting.mount(f"{v.dataset}:{v.id}", target, store=root)
+                mounting.spawn(f"{v.dataset}:{v.id}", target, store=root)
                 return lambda: mounting.unmount(target)
         return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount,
                         mounter, source)

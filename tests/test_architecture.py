@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                     "dsv.maintenance", "dsv.verify", "dsv.inputs", "dsv.jobs", "dsv.imports", "dsv.remotecheck",
                     "dsv.sync", "dsv.sync.remote", "dsv.sync.policy", "dsv.sync.download",
                     "dsv.sync.fetch", "dsv.sync.push", "dsv.sync.pull", "dsv.sync.maintain", "dsv.sync.gc",
-                    "dsv.sync.reader"}),
+                    "dsv.sync.reader", "dsv.mounting"}),
     ("facade", {"dsv.store", "dsv", "dsv.fs", "dsv.mount"}),
     ("cli", {"dsv.cli", "dsv.__main__"}),
 ]

@@ -1,0 +1,125 @@
+"""Starting and ending the process that serves a `dsv mount` (the FUSE side is
+dsv/mount.py): checking FUSE is usable, spawning `dsv mount --foreground` in its own
+session and waiting for it to answer (its failure comes back as one line), and
+unmounting. Used by `dsv mount` and by `dsv run --lazy`; knows nothing of versions.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import DsvError, InvalidInput
+
+READY_TIMEOUT = 60.0
+"""Seconds `spawn` waits for the child's file system to answer."""
+
+
+class FuseUnavailable(DsvError):
+    """FUSE cannot be used on this machine (no libfuse, no /dev/fuse, no permission)."""
+
+
+def fuse_module() -> Any:  # noqa: ANN401 - mfusepy is untyped
+    """The FUSE binding (mfusepy, which loads libfuse); FuseUnavailable without it."""
+    try:
+        import mfusepy  # type: ignore[import-untyped]
+    except (ImportError, OSError, EnvironmentError) as exc:
+        raise FuseUnavailable(f"FUSE is not available here ({exc})",
+                              hint="install libfuse 3 (Debian/Ubuntu: apt-get install fuse3) "
+                                   "and make sure /dev/fuse exists") from None
+    return mfusepy
+
+
+def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = None,
+          remote: str | None = None, endpoint_url: str | None = None,
+          profile: str | None = None, cache: str | None = None) -> None:
+    """Serve version `pinned` (`DATASET_ID:VERSION_ID`) read-only at `directory` from a
+    background `dsv mount --foreground` (of the store at `store`, or of `remote`), and
+    return once it answers; DsvError with its reason when it does not."""
+    fuse_module()
+    target = Path(directory).absolute()
+    if not target.is_dir():
+        raise InvalidInput(f"{directory} is not a directory", hint="make it first")
+    if os.path.ismount(target):
+        raise InvalidInput(f"{directory} is a mount point already",
+                           hint=f"`dsv umount {directory}` first")
+    read_fd, write_fd = os.pipe()
+    args = [sys.executable, "-m", "dsv"] + (["--store", store] if store else [])
+    args += ["mount", pinned, str(target), "--foreground", "--ready-fd", str(write_fd)]
+    for flag, value in (("--remote", remote), ("--endpoint-url", endpoint_url),
+                        ("--profile", profile), ("--cache", cache)):
+        if value:
+            args += [flag, str(value)]
+    # (what the child says on stderr before it is ready explains a failure; it is read
+    # back from an unnamed temp file)
+    with tempfile.TemporaryFile() as log:
+        try:
+            subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=log, close_fds=True)
+        finally:
+            os.close(write_fd)
+        message = _wait_ready(read_fd)
+        if message != "ready":
+            log.seek(0)
+            said = [line for line in log.read(64 << 10).decode("utf-8", "replace")
+                    .splitlines() if line.strip() and not line.startswith(" ")]
+            raise DsvError(message or (said[-1] if said else
+                                       f"the mount of {pinned} at {directory} did not start"))
+
+
+def _wait_ready(fd: int) -> str:
+    """What the child said on its pipe ("ready", or its error) within READY_TIMEOUT
+    (poll, not select: the descriptor may be above 1024)."""
+    got = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    try:
+        while time.monotonic() < deadline:
+            if poller.poll(200):
+                piece = os.read(fd, 4096)
+                if not piece:
+                    break
+                got += piece
+                if got.endswith(b"\n"):
+                    break
+    finally:
+        os.close(fd)
+    return got.decode("utf-8", "replace").strip()
+
+
+def tell(fd: int | None, line: str) -> None:
+    """Say `line` on the ready pipe `fd` (if any), then close it."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, line.encode("utf-8", "replace") + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def unmount(directory: str | os.PathLike[str]) -> None:
+    """Unmount a `dsv mount` (fusermount3, fusermount, or umount)."""
+    target = str(Path(directory).absolute())
+    if not os.path.ismount(target):
+        raise InvalidInput(f"{directory} is not mounted")
+    why = "no fusermount3, fusermount or umount here"
+    for tool in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
+        if shutil.which(tool[0]) is not None:
+            done = subprocess.run(tool + [target], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            why = done.stderr.strip() or f"{tool[0]} failed"
+    raise DsvError(f"could not unmount {directory}: {why}",
+                   hint="is a process still using it? (`fuser -m DIR` names it)")
+
+
