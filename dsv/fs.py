@@ -153,15 +153,15 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
                    None)
         if row is None or row.kind != "link":
             raise FileNotFoundError(path)
+        from .tree import LINK, Entry, validate_links
+        entry = Entry(LINK, row.mode, row.size, row.oid)
         if self._remote:
-            data = self._remote_reader().read_blob(row.oid, row.size)
-        else:
-            from .checkout import ensure_blobs
-            from .tree import LINK, Entry
-            with self._store() as store:
-                ensure_blobs(store.core, version, [Entry(LINK, row.mode, row.size, row.oid)])
-                data = store.core.objects.read(row.oid)
-        return bytes(data).decode("utf-8", "surrogateescape")
+            reader = self._remote_reader()
+            return validate_links({rel: entry}, lambda oid: reader.read_blob(oid, row.size))[rel]
+        from .checkout import ensure_blobs
+        with self._store() as store:
+            ensure_blobs(store.core, version, [entry])
+            return validate_links({rel: entry}, store.core.objects.read)[rel]
 
     def _open(self, path: str, mode: str = "rb",
               **kwargs: Any) -> BinaryIO:  # noqa: ANN401 - fsspec's own options

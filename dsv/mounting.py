@@ -61,12 +61,21 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
     # back from an unnamed temp file)
     with tempfile.TemporaryFile() as log:
         try:
-            subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=log, close_fds=True)
+            child = subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=log, close_fds=True)
         finally:
             os.close(write_fd)
-        message = _wait_ready(read_fd)
+        try:
+            message = _wait_ready(read_fd)
+        except BaseException:
+            message = ""
+            raise
+        finally:
+            if message != "ready":  # (a child that mounted late, or hangs, goes too)
+                if os.path.ismount(target):
+                    unmount(target)
+                child.kill()
         if message != "ready":
             log.seek(0)
             said = [line for line in log.read(64 << 10).decode("utf-8", "replace")

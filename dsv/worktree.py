@@ -813,8 +813,7 @@ class Materializer:
                 return
             except FileExistsError:
                 pass  # (not placed here first: replaced the usual way)
-        tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
-        try:
+        def write(tmp: str) -> None:
             if entry.kind == LINK:
                 target = self.objects.read(entry.oid).decode("utf-8", "surrogateescape")
                 os.symlink(check_symlink_target(rel, target), tmp, dir_fd=dir_fd)
@@ -822,13 +821,7 @@ class Materializer:
                 self._write_new(dir_fd, tmp, entry, data)
             else:
                 self._write_large(dir_fd, tmp, entry, pieces)
-            _rename_over(dir_fd, tmp, name)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
+        _place_via_tmp(dir_fd, name, write)
 
     def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes:
         """A packed object's bytes, checked against its id before anything is written."""
@@ -922,20 +915,16 @@ def write_files(root: Path, items: Iterable[tuple[str, Entry]],
                 raise UnsafePath(f"refusing to write {rel!r}: '.dsv' is reserved")
             parent, _, name = rel.rpartition("/")
             dir_fd, owned = dirs.open(parent, create=True)
-            tmp = fileio.tmp_name("")
-            try:
+
+            def write(tmp: str, rel: str = rel, entry: Entry = entry, dir_fd: int = dir_fd
+                      ) -> None:
                 if entry.kind == LINK:
                     target = b"".join(content(entry)).decode("utf-8", "surrogateescape")
                     os.symlink(check_symlink_target(rel, target), tmp, dir_fd=dir_fd)
                 else:
                     _write_checked(dir_fd, tmp, entry, content(entry))
-                _rename_over(dir_fd, tmp, name)
-            except BaseException:
-                try:
-                    os.unlink(tmp, dir_fd=dir_fd)
-                except OSError:
-                    pass
-                raise
+            try:
+                _place_via_tmp(dir_fd, name, write)
             finally:
                 if owned:
                     os.close(dir_fd)
@@ -960,6 +949,21 @@ def _write_checked(dir_fd: int, tmp: str, entry: Entry,
                                 f"written under its name")
     finally:
         os.close(fd)
+
+
+def _place_via_tmp(dir_fd: int, name: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` a new temp name in `dir_fd`, then rename it over `name`; whatever
+    fails leaves no temp file behind."""
+    tmp = fileio.tmp_name("")  # a bare name, relative to dir_fd
+    try:
+        write(tmp)
+        _rename_over(dir_fd, tmp, name)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 def _rename_over(dir_fd: int, tmp: str, name: str) -> None:

@@ -409,3 +409,33 @@ def test_a_large_unchunked_file_is_checked_whole_before_it_is_read(tmp_path, dsv
     assert res.code == 1 and res.out == "" and "damaged" in res.err, res.err
     with pytest.raises(api.DsvError):
         api.open_remote(str(remote)).open(entry)
+
+
+def test_get_refuses_links_that_escape_through_each_other(tmp_path, dsv):
+    """A version (as a hostile pusher can write one) whose links each look inside the
+    dataset but escape through one another: `get` places none of them."""
+    from dsv import tree as trees
+    from dsv.hashing import hash_bytes
+    from dsv.objects import KIND_BLOB, Ingest
+    from dsv.store import Store
+    from dsv.versions import commit_manifest
+    ws = _workspace(tmp_path, dsv, {"a.txt": b"alpha\n"})
+    store = Store.open(ws)
+    core = store.core
+    targets = {"d/l": b".", "e": b"d/l/../.."}
+    with core.locked("test"), Ingest(core.objects) as ingest:
+        for data in targets.values():
+            ingest.add(hash_bytes(data), KIND_BLOB, data)
+        core.commit_objects(ingest, lambda: None)
+    manifest = {p: trees.Entry(trees.LINK, 0o777, len(t), hash_bytes(t))
+                for p, t in targets.items()}
+    manifest["a.txt"] = trees.Entry(trees.FILE, 0o644, 6, hash_bytes(b"alpha\n"))
+    commit_manifest(core, "mldata", manifest, "hostile")
+    store.close()
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    out = tmp_path / "out"
+    res = dsv("get", remote, "mldata:latest", "--to", out, cwd=tmp_path)
+    assert res.code == 1 and "e" in res.err, res.err
+    assert not os.path.lexists(out / "e") and not os.path.lexists(out / "d" / "l")

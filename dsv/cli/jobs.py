@@ -14,6 +14,15 @@ from .session import open_store
 
 commands = typer.Typer(add_completion=False)
 
+# What pins and reaches an S3 source: `dsv import`'s, and `dsv run`'s s3:// inputs'.
+EtagOpt = typer.Option(None, "--etag", help="Fail unless the S3 object has this ETag.")
+VersionIdOpt = typer.Option(None, "--version-id", help="Read this S3 object version.")
+S3EndpointOpt = typer.Option(None, "--endpoint-url", envvar="AWS_ENDPOINT_URL",
+                             help="Any S3-compatible endpoint.")
+S3ProfileOpt = typer.Option(None, "--profile", help="AWS profile.")
+NoSignOpt = typer.Option(False, "--no-sign-request", help="Anonymous requests (public "
+                         "buckets).")
+
 
 @commands.command(context_settings={"allow_interspersed_args": False})
 def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
@@ -40,17 +49,9 @@ def run(command: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...",
                                   help="Mount inputs with FUSE (`dsv mount`): files are "
                                        "read on first use, for inputs larger than the "
                                        "local disk."),
-        etag: Optional[str] = typer.Option(None, "--etag", help="An s3:// input: fail "
-                                           "unless the object's ETag is this."),
-        version_id: Optional[str] = typer.Option(None, "--version-id", help="An s3:// "
-                                                 "input: import this VersionId."),
-        endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
-                                                   help="s3:// inputs: an S3-compatible "
-                                                        "endpoint."),
-        profile: Optional[str] = typer.Option(None, "--profile", help="s3:// inputs: AWS "
-                                              "profile."),
-        no_sign_request: bool = typer.Option(False, "--no-sign-request",
-                                             help="s3:// inputs: public buckets, unsigned."),
+        etag: Optional[str] = EtagOpt, version_id: Optional[str] = VersionIdOpt,
+        endpoint_url: Optional[str] = S3EndpointOpt, profile: Optional[str] = S3ProfileOpt,
+        no_sign_request: bool = NoSignOpt,
         as_json: bool = JsonOpt) -> None:
     """Run CMD with datasets as read-only inputs; commit its outputs with lineage.
 
@@ -80,16 +81,9 @@ def import_(source: str = typer.Argument(..., metavar="s3://BUCKET[/KEY-OR-PREFI
                                               "to re-check)."),
             name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: "
                                                "the last path item without extension)."),
-            etag: Optional[str] = typer.Option(None, "--etag", help="Fail unless the object "
-                                               "has this ETag."),
-            version_id: Optional[str] = typer.Option(None, "--version-id",
-                                                     help="Read this S3 object version."),
-            endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url",
-                                                       envvar="AWS_ENDPOINT_URL",
-                                                       help="Any S3-compatible endpoint."),
-            profile: Optional[str] = typer.Option(None, "--profile", help="AWS profile."),
-            no_sign_request: bool = typer.Option(False, "--no-sign-request",
-                                                 help="Anonymous requests (public buckets)."),
+            etag: Optional[str] = EtagOpt, version_id: Optional[str] = VersionIdOpt,
+            endpoint_url: Optional[str] = S3EndpointOpt,
+            profile: Optional[str] = S3ProfileOpt, no_sign_request: bool = NoSignOpt,
             check: bool = typer.Option(False, "--check", help="Re-read the source of an "
                                        "imported version: does it still match?"),
             message: Optional[str] = typer.Option(None, "-m", "--message",

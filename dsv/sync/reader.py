@@ -204,6 +204,8 @@ class RemoteReader:
         with self._lock:
             new = {k: [base64.b64encode(data).decode(), etag]
                    for k, (data, etag) in self._raw_refs.items() if k in listed}
+        if all(old.get(k) == v for k, v in new.items()) and len(old) == len(listed):
+            return  # (as the cache saw them already: no write on every read)
         body = {"refs": {**old, **new}, "saved": time.time(), "url": self.url}
         self._fill(self._saved_refs_path(), json.dumps(body, sort_keys=True).encode())
 
@@ -670,6 +672,10 @@ class RemoteReader:
         for rel in [normalize_user_path(p) for p in paths] or [""]:
             chosen.update(self.entries(version, rel))
         items = sorted(chosen.items())
+        # Links are checked as a checkout checks them: each target bounded and inside
+        # the version, also when resolved through the other links placed with it.
+        tree.validate_links({p: e for p, e in items if e.kind == tree.LINK},
+                            self._link_blob(items))
         dest.mkdir(parents=True, exist_ok=True)
         batch: list[tuple[str, tree.Entry]] = []
         held = 0
@@ -716,6 +722,11 @@ class RemoteReader:
             held.close()
             raise
         return held  # (a BufferedRandom: readable, seekable)
+
+    def _link_blob(self, items: Iterable[tuple[str, tree.Entry]]) -> Callable[[str], bytes]:
+        """Reads a link's target by its id (what tree.validate_links asks for)."""
+        sizes = {e.oid: e.size for _p, e in items if e.kind == tree.LINK}
+        return lambda oid: self.read_blob(oid, sizes[oid])
 
     def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[Blob]]:
         """What `write_files` reads each file from: the small ones read at once (neighbours
