@@ -27,6 +27,7 @@ fi
 
 extras=()
 if [ "${1:-}" = read ]; then
+    bash "$repo/tests/setup.sh"  # libfuse 3 and fusermount3, for the mount steps
     extras=("pandas>=2" "pyarrow>=14" "dask[dataframe,distributed]>=2024.1" "s3fs")
 fi
 

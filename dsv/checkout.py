@@ -687,6 +687,12 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     entry = core.manifest(v, rel).get(rel)
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
+    return open_entry(core, v, rel, entry)
+
+
+def open_entry(core: Core, v: Version, rel: str, entry: tree.Entry) -> BinaryIO:
+    """The file `rel` of version `v`, whose entry the caller has read from the version's
+    trees (a listing it keeps): opened for reading, its bytes verified."""
     if entry.chunks:
         chunks = core.chunks(entry)
         return io.BufferedReader(ChunkedReader(chunks, _store_chunks(core, v, chunks)),

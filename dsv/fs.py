@@ -21,7 +21,9 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterator
+from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,9 +31,22 @@ from fsspec import AbstractFileSystem  # type: ignore[import-untyped]
 
 from .errors import InvalidInput
 from .model import FileRow, Version
-from .tree import FILE
+from .model import Entry
+from .objects import PACK_THRESHOLD
+from .tree import DIR, FILE, LINK
 
 _TYPES = {"file": "file", "link": "link", "dir": "directory"}
+_KINDS = {"file": FILE, "link": LINK, "dir": DIR}
+LISTED_ROWS = 1_000_000
+"""Entries of directory listings a file system keeps (a version never changes)."""
+AHEAD_FILES = 256
+AHEAD_BYTES = 4 << 20
+"""Small files (and their bytes) read ahead, at most, when files of one directory of a
+remote are opened one after another (the window doubles with each such open)."""
+SEQUENTIAL_GAP = 4
+"""An open at most this many entries after the last one in its directory counts as
+reading the directory in order."""
+_READING_KEPT = 1024
 
 
 class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is untyped
@@ -55,6 +70,9 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         self._reader: Any = None
         self._lock = threading.Lock()
         self._versions: dict[str, Version] = {}
+        self._listings: OrderedDict[tuple[str, str], _Listing] = OrderedDict()
+        self._listed = 0
+        self._reading: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
 
     # ---- where versions come from -------------------------------------------------------
     @contextmanager
@@ -105,6 +123,51 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         except InvalidInput:
             raise FileNotFoundError(rel) from None
 
+    def _listing(self, version: Version, rel: str) -> _Listing:
+        """The rows of directory `rel` (a file's path: that file), kept (LISTED_ROWS)."""
+        key = (version.id, rel)
+        with self._lock:
+            found = self._listings.get(key)
+            if found is not None:
+                self._listings.move_to_end(key)
+                return found
+        rows = self._rows(version, rel)
+        found = _Listing(rows, {row.path: i for i, row in enumerate(rows)})
+        with self._lock:
+            if key not in self._listings:
+                self._listings[key] = found
+                self._listed += len(rows)
+            while self._listed > LISTED_ROWS and len(self._listings) > 1:
+                _key, old = self._listings.popitem(last=False)
+                self._listed -= len(old.rows)
+        return found
+
+    def _row(self, version: Version, rel: str) -> FileRow | None:
+        listing = self._listing(version, rel.rpartition("/")[0])
+        i = listing.where.get(rel)
+        return listing.rows[i] if i is not None else None
+
+    def _ahead(self, version: Version, parent: str, listing: _Listing, i: int) -> list[Entry]:
+        """The small files after entry i of a directory to read with it: none, unless
+        the directory is being opened in order (then a window that doubles each time)."""
+        key = (version.id, parent)
+        with self._lock:
+            last, window = self._reading.pop(key, (-SEQUENTIAL_GAP - 1, 0))
+            in_order = last < i <= last + SEQUENTIAL_GAP
+            window = min(max(1, 2 * window), AHEAD_FILES) if in_order else 0
+            self._reading[key] = (i, window)
+            while len(self._reading) > _READING_KEPT:
+                self._reading.popitem(last=False)
+        out: list[Entry] = []
+        total = 0
+        for row in listing.rows[i + 1:i + 1 + window]:
+            if row.kind == "file" and not row.chunks and row.size <= PACK_THRESHOLD:
+                total += row.size
+                if total > AHEAD_BYTES:
+                    break
+                out.append(_entry(row))
+        return out
+
     @classmethod
     def _strip_protocol(cls, path: Any) -> str:  # noqa: ANN401 - fsspec passes anything
         text = os.fspath(path) if not isinstance(path, str) else path
@@ -119,7 +182,7 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         path = self._strip_protocol(path)
         version, rel = self._split(path)
         ref = path.partition("/")[0]
-        rows = self._rows(version, rel)
+        rows = self._listing(version, rel).rows
         out = [self._info(ref, row) for row in rows]
         return out if detail else [o["name"] for o in out]
 
@@ -131,11 +194,10 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         if not rel:
             return {"name": ref, "size": version.size, "type": "directory",
                     "version": version.id}
-        parent, _, _name = rel.rpartition("/")
-        for row in self._rows(version, parent):
-            if row.path == rel:
-                return self._info(ref, row)
-        raise FileNotFoundError(path)
+        row = self._row(version, rel)
+        if row is None:
+            raise FileNotFoundError(path)
+        return self._info(ref, row)
 
     @staticmethod
     def _info(ref: str, row: FileRow) -> dict[str, Any]:
@@ -149,12 +211,11 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     def readlink(self, path: str) -> str:
         """A symlink's target, as the version holds it (checked against its id)."""
         version, rel = self._split(path)
-        row = next((r for r in self._rows(version, rel.rpartition("/")[0]) if r.path == rel),
-                   None)
+        row = self._row(version, rel) if rel else None
         if row is None or row.kind != "link":
             raise FileNotFoundError(path)
-        from .tree import LINK, Entry, validate_links
-        entry = Entry(LINK, row.mode, row.size, row.oid)
+        from .tree import validate_links
+        entry = _entry(row)
         if self._remote:
             reader = self._remote_reader()
             return validate_links({rel: entry}, lambda oid: reader.read_blob(oid, row.size))[rel]
@@ -168,18 +229,19 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         if mode != "rb":
             raise PermissionError("dsv:// is read-only: commit new versions with dsv")
         version, rel = self._split(path)
+        parent = rel.rpartition("/")[0]
+        listing = self._listing(version, parent) if rel else _Listing([], {})
+        i = listing.where.get(rel)
+        if i is None or listing.rows[i].kind != "file":
+            raise FileNotFoundError(path)
+        entry = _entry(listing.rows[i])
         if self._remote:
             reader = self._remote_reader()
-            entry = dict(reader.entries(version, rel)).get(rel)
-            if entry is None or entry.kind != FILE:
-                raise FileNotFoundError(path)
-            return reader.open(entry)  # type: ignore[no-any-return]
+            ahead = self._ahead(version, parent, listing, i)
+            return reader.open(entry, ahead)  # type: ignore[no-any-return]
         store = self._stores.take()  # (held while the file is open: it reads through it)
         try:
-            handle = store.open_file(f"{version.dataset}:{version.id}", rel)
-        except InvalidInput:
-            self._stores.give(store)
-            raise FileNotFoundError(path) from None
+            handle = store.open_entry(version, rel, entry)
         except BaseException:
             self._stores.give(store)
             raise
@@ -188,6 +250,18 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     def ukey(self, path: str) -> str:
         """What identifies a file's contents: its blake3."""
         return str(self.info(path)["hash"])
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A directory's rows, in order, and where each path is among them."""
+
+    rows: list[FileRow]
+    where: dict[str, int]
+
+
+def _entry(row: FileRow) -> Entry:
+    return Entry(_KINDS[row.kind], row.mode, row.size, row.oid, row.chunks)
 
 
 class _Stores:

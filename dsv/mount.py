@@ -103,7 +103,9 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             self.times = {"st_mtime": stamp, "st_ctime": stamp, "st_atime": stamp}
             self.uid, self.gid = os.getuid(), os.getgid()
             self.dirs: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
-            self.lock = threading.Lock()
+            # (no attribute may take an operation's name: `self.lock` hid FUSE's `lock`,
+            # which each close then called, failing with a logged traceback)
+            self._mutex = threading.Lock()
             self.files: dict[int, tuple[threading.Lock, Any]] = {}
             self.numbers = itertools.count(1)
 
@@ -112,14 +114,14 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             self.ready_fd = None
 
         def _listing(self, rel: str) -> dict[str, dict[str, Any]]:
-            with self.lock:
+            with self._mutex:
                 found = self.dirs.get(rel)
                 if found is not None:
                     self.dirs.move_to_end(rel)
                     return found
             entries = self.fs.ls(f"{self.ref}/{rel}" if rel else self.ref, detail=True)
             found = {e["name"].rpartition("/")[2]: e for e in entries}
-            with self.lock:
+            with self._mutex:
                 self.dirs[rel] = found
                 while len(self.dirs) > DIRS_KEPT:
                     self.dirs.popitem(last=False)
@@ -172,7 +174,7 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
                 raise fuse.FuseOSError(errno.EROFS)
             handle = self._guard(lambda: self.fs.open(f"{self.ref}/{path.strip('/')}"))
             number = next(self.numbers)
-            with self.lock:
+            with self._mutex:
                 self.files[number] = (threading.Lock(), handle)
             return number
 
@@ -186,7 +188,7 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             return bytes(self._guard(read))
 
         def release(self, path: str, fh: int) -> int:
-            with self.lock:
+            with self._mutex:
                 _lock, handle = self.files.pop(fh, (None, None))
             if handle is not None:
                 handle.close()

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 # because every command pays at start-up for every module it imports.
 from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
-from .model import (Changes, CheckoutReport, Dataset, FileRow, Manifest, StatusReport, TagRow,
-                    Version)
+from .model import (Changes, CheckoutReport, Dataset, Entry, FileRow, Manifest, StatusReport,
+                    TagRow, Version)
 from .reporting import Reporter
 
 if TYPE_CHECKING:  # what only the commands that import their modules when they run return
@@ -333,6 +333,11 @@ class Store:
         """A file of a version, opened for reading; its bytes are verified before it is
         returned."""
         return checkout.open_file(self.core, ref=ref, path=path, cwd=cwd)
+
+    def open_entry(self, version: Version, path: str, entry: Entry) -> BinaryIO:
+        """The file `path` of `version` whose entry the caller has listed (what `open_file`
+        does without resolving the ref and walking the trees again); verified."""
+        return checkout.open_entry(self.core, version, path, entry)
 
     # ---- remotes and sync -------------------------------------------------------------
     def remote_specs(self) -> list[RemoteSpec]:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import Result
+from faultproxy import FaultProxy
 from servers import create_bucket
 
 
@@ -144,3 +145,36 @@ def test_reads_from_many_short_lived_threads_keep_descriptors_bounded(tmp_path, 
         t.join()
     assert len(got) == 300 and expected in got and b"PAR1" in got
     assert len(os.listdir("/proc/self/fd")) - before < 20
+
+
+def test_files_of_a_directory_opened_in_order_are_read_ahead(tmp_path, dsv, s3_endpoint,
+                                                           aws_env):
+    """Opening a directory's small files one after another (a `cat` through a mount, a
+    data loader walking a folder) reads them a window at a time, the window doubling;
+    opened out of order, each is one ranged GET. Every byte is the pushed file's."""
+    ws = tmp_path / "imgs"
+    files = {f"img/{i:03d}.bin": os.urandom(900 + i) for i in range(120)}
+    for rel, data in files.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_bytes(data)
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "v1", cwd=ws))
+    bucket = f"dsv-fs-{os.urandom(6).hex()}"
+    create_bucket(s3_endpoint, bucket)
+    url = f"s3://{bucket}/data"
+    _ok(dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+
+    def pack_gets(order: list[str]) -> int:
+        with FaultProxy(s3_endpoint) as proxy:
+            fs = fsspec.filesystem("dsv", remote=url, endpoint_url=proxy.url,
+                                   skip_instance_cache=True)
+            for rel in order:
+                with fs.open(f"imgs:latest/{rel}") as f:
+                    assert f.read() == files[rel], rel
+            return sum(1 for _m, target, _w in proxy.log if "/packs/" in target)
+
+    in_order = sorted(files)
+    # windows of 1, 2, 4, … files after the first two opens: 1 + log2(120) GETs or so
+    assert pack_gets(in_order) <= 9
+    assert pack_gets(in_order[::-1]) == len(files)

@@ -5,6 +5,7 @@ checked; damage reads as EIO, never as other bytes; writes are refused."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -71,6 +72,9 @@ def test_mount_of_a_stores_version(tmp_path, dsv, mounts):
     with open(where / "big.bin", "rb") as f:  # ranged reads of a chunked file
         f.seek(4 << 20)
         assert f.read(1000) == expected["big.bin"][4 << 20:(4 << 20) + 1000]
+    with open(where / "a.txt", "rb") as f:  # POSIX locks (SQLite takes them) are granted
+        fcntl.lockf(f, fcntl.LOCK_SH)
+        assert f.read() == b"alpha\n"
     for attempt in (lambda: open(where / "a.txt", "wb"),
                     lambda: open(where / "new.txt", "wb"),
                     lambda: os.mkdir(where / "d"), lambda: os.unlink(where / "a.txt")):

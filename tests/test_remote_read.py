@@ -178,6 +178,36 @@ def test_stale_and_forged_places_fall_back_and_damage_is_never_returned(tmp_path
     assert res.code == 1 and not (out / "a.txt").exists()
 
 
+def test_a_damaged_file_read_ahead_with_its_neighbours_costs_only_itself(tmp_path, dsv):
+    """Files opened in order through dsv:// are read a window at a time: a damaged one
+    in the window fails its own open, never its neighbours', and gives no byte."""
+    files = {f"img/{i:02d}.bin": os.urandom(500 + i) for i in range(40)}
+    ws = _workspace(tmp_path, dsv, files)
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    import dsv as api
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:latest")
+    damaged = "img/13.bin"
+    oid = dict(reader.entries(v, damaged))[damaged].oid
+    img = next(row.oid for row in reader.files(v) if row.path == "img")
+    places = layout.parse_locator((remote / layout.locator_key(img)).read_bytes(), img).places
+    pack, offset, _length = places[oid]
+    flip_byte(remote / layout.pack_key(pack), offset + 3)
+
+    from dsv.errors import CorruptObject
+    from dsv.fs import DsvFileSystem
+    fs = DsvFileSystem(remote=str(remote), skip_instance_cache=True)
+    for rel, data in sorted(files.items()):
+        if rel == damaged:
+            with pytest.raises(CorruptObject):
+                fs.open(f"mldata:latest/{rel}")
+            continue
+        with fs.open(f"mldata:latest/{rel}") as f:
+            assert f.read() == data, rel
+
+
 def test_a_damaged_cache_entry_is_read_again_from_the_origin(tmp_path, dsv):
     ws, remote = _small(tmp_path, dsv)
     cache = tmp_path / "cache"

@@ -49,6 +49,8 @@ GET_BATCH_BYTES = 64 << 20
 """Files (and bytes) of small files `get` reads at once."""
 NODES_KEPT = 64 << 20
 """Bytes of tree objects and records a reader keeps in memory (least recently used go)."""
+BLOBS_KEPT = 64 << 20
+"""Bytes of small files a reader keeps in memory once read (those an open read ahead)."""
 MAX_REFS = 1_000_000
 """Refs (latest and tags of every dataset) a reader lists of a remote at most."""
 MAX_SAVED_REFS = 64 << 20
@@ -113,6 +115,8 @@ class RemoteReader:
         self._records: dict[str, Record] = {}
         self._nodes: OrderedDict[str, bytes] = OrderedDict()
         self._held = 0
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()  # small files read (ahead)
+        self._blobs_held = 0
 
     # ---- the remote and its refs ------------------------------------------------------
     def connect(self) -> None:
@@ -623,9 +627,12 @@ class RemoteReader:
         return tree.read_chunks(self.read_tree, entry.chunks, entry.oid, entry.size,
                                 trusted=False)
 
-    def open(self, entry: tree.Entry) -> BinaryIO:
+    def open(self, entry: tree.Entry, ahead: Iterable[tree.Entry] = ()) -> BinaryIO:
         """A file's contents, seekable: a chunked file reads only the chunks a read
-        covers (and prefetches ahead of a sequential read); every piece is checked."""
+        covers (and prefetches ahead of a sequential read); every piece is checked. A
+        small file is read with the small files of `ahead` (the caller's guess at what
+        is opened next: the files after it in its directory), which the reader then
+        holds in memory (BLOBS_KEPT): a directory read file by file costs a few GETs."""
         if entry.kind == tree.DIR:
             raise InvalidInput("a directory cannot be opened as a file")
         if entry.chunks:
@@ -634,7 +641,34 @@ class RemoteReader:
             return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks)), 1 << 20)
         if entry.size > PACK_THRESHOLD:
             return self._spooled(entry, entry.oid[:12])
-        return io.BytesIO(self.read_blob(entry.oid, entry.size))
+        return io.BytesIO(self._small(entry, ahead))
+
+    def _small(self, entry: tree.Entry, ahead: Iterable[tree.Entry]) -> bytes:
+        with self._lock:
+            held = self._blobs.get(entry.oid)
+            if held is not None:
+                self._blobs.move_to_end(entry.oid)
+                return held
+            wanted = {entry.oid: entry.size} | {
+                e.oid: e.size for e in ahead
+                if e.kind == tree.FILE and not e.chunks and e.size <= PACK_THRESHOLD
+                and e.oid not in self._blobs}
+        try:
+            got = self.read_blobs(wanted)
+        except CorruptObject:
+            if len(wanted) == 1:
+                raise
+            got = self.read_blobs({entry.oid: entry.size})  # (a damaged neighbour)
+        data = {oid: bytes(blob) for oid, blob in got.items()}
+        with self._lock:
+            for oid, blob in data.items():
+                if oid not in self._blobs:
+                    self._blobs[oid] = blob
+                    self._blobs_held += len(blob)
+            while self._blobs_held > BLOBS_KEPT and self._blobs:
+                _oid, old = self._blobs.popitem(last=False)
+                self._blobs_held -= len(old)
+        return data[entry.oid]
 
     def _stream_loose(self, entry: tree.Entry) -> Iterator[Blob]:
         """A large unchunked file (a loose object): from the cache, else streamed from the
