@@ -136,6 +136,33 @@ def test_cat_of_a_chunked_file_streams_checked_chunks(tmp_path, dsv):
     assert f.read(5000) == (ws / "big.bin").read_bytes()[3_000_000:3_005_000]
 
 
+def test_a_sequential_read_asking_a_little_out_of_order_reads_each_byte_once(tmp_path, dsv):
+    """Reads in flight arrive out of order (the kernel's read-ahead through a mount): a
+    read a few MiB behind the furthest one is still part of the sequential read, so the
+    file's bytes are fetched about once, not again after each step back."""
+    data = os.urandom(24 << 20)
+    ws = _workspace(tmp_path, dsv, {"big.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    import dsv as api
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:latest")
+    entry = dict(reader.entries(v, "big.bin"))["big.bin"]
+    fetched = []
+    get_range = reader.backend.get_range
+    reader.backend.get_range = lambda key, start, n: fetched.append(n) or get_range(key, start, n)
+    f = reader.open(entry)
+    block = 128 << 10
+    offsets = list(range(0, len(data), block))
+    for i in range(0, len(offsets) - 24, 24):  # every 3 MiB, a step back of 2.5 MiB
+        offsets[i + 23], offsets[i + 3] = offsets[i + 3], offsets[i + 23]
+    for offset in offsets:
+        f.seek(offset)
+        assert f.read(block) == data[offset:offset + block], offset
+    assert sum(fetched) <= len(data) * 1.1, (sum(fetched), len(data))
+
+
 def test_a_remote_without_locators_is_read_by_its_pack_indexes(tmp_path, dsv):
     """Pushed by an older dsv (no `loc/`), or its locators lost: the reader reads the
     dataset's catalog and pack indexes instead."""

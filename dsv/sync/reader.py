@@ -67,6 +67,11 @@ SEQUENTIAL_SPANS = 4
 """Spans one prefetch job of a sequential read reads (one ranged GET where they lie
 together in a pack)."""
 
+NEAR = 4
+"""Spans behind (or ahead of) the furthest a sequential read has reached that it may ask
+for next (reads in flight arrive out of order; the kernel reads ahead of a mount's
+reader) without being taken for a random reader."""
+
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 Blob = bytes | memoryview
 """An object's bytes as read (a slice of a ranged GET's answer is not copied)."""
@@ -117,6 +122,7 @@ class RemoteReader:
         self._held = 0
         self._blobs: OrderedDict[str, bytes] = OrderedDict()  # small files read (ahead)
         self._blobs_held = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     # ---- the remote and its refs ------------------------------------------------------
     def connect(self) -> None:
@@ -445,11 +451,11 @@ class RemoteReader:
                 found = self._get_range(ranges[0]) if ranges else \
                     {o: self._get_loose((o, n)) for o, n in loose.items()}
             else:
-                with ThreadPoolExecutor(WORKERS) as pool:
-                    for got in pool.map(self._get_range, ranges):
-                        found.update(got)
-                    found.update(zip(loose, pool.map(self._get_loose, loose.items()),
-                                     strict=True))
+                pool = self._workers()
+                for got in pool.map(self._get_range, ranges):
+                    found.update(got)
+                found.update(zip(loose, pool.map(self._get_loose, loose.items()),
+                                 strict=True))
             out.update({oid: data for oid, data in found.items() if data is not None})
             rest = {oid: rest[oid] for oid, data in found.items() if data is None}
             if not rest:
@@ -459,6 +465,13 @@ class RemoteReader:
                             f"nothing of it was returned",
                             hint="`dsv verify --remote` on a store with this remote "
                                  "reports what is damaged")
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """The reader's GET threads (its tasks submit none: callers may share them)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="dsv-read")
+            return self._pool
 
     def _locate(self, wanted: dict[str, int], stale: bool) -> dict[str, layout.Location]:
         """Where each wanted object is: as the locators place it, unless `stale` (those
@@ -845,24 +858,27 @@ class _Prefetch:
 
     def __call__(self, i: int) -> Blob:
         span = self._span_of[i]
-        sequential = span in (self._last, self._last + 1)
-        self._last = span
-        if sequential:  # (jobs start at multiples of SEQUENTIAL_SPANS: none is cut short)
-            base = span - span % SEQUENTIAL_SPANS
-            reach = base + AHEAD * SEQUENTIAL_SPANS
+        # (a reader with several reads in flight, as the kernel's read-ahead through a
+        # mount is, asks a little out of order: spans up to NEAR from the furthest one
+        # read still count as sequential, and the jobs of those behind it are kept)
+        sequential = self._last >= 0 and abs(span - self._last) <= NEAR
+        if sequential:
+            self._last = max(self._last, span)
+            base = self._last - self._last % SEQUENTIAL_SPANS  # (jobs start at multiples
+            reach = base + AHEAD * SEQUENTIAL_SPANS              # of SEQUENTIAL_SPANS)
             for first in range(base, reach, SEQUENTIAL_SPANS):
                 self._submit(first, SEQUENTIAL_SPANS)
+            self._submit(span, 1)  # (one behind the jobs above, and not read yet)
+            keep = self._last - NEAR
         else:
+            self._last = keep = span
             self._submit(span, 1)
             reach = span + 1
-        for old in [s for s in self._jobs if s < span or s >= reach]:
+        for old in [s for s in self._jobs if s < keep or s >= reach]:
             job = self._jobs.pop(old)
             if job not in self._jobs.values():  # (a job may read several spans)
                 job.cancel()
-        data = self._jobs[span].result()[self._chunks[i][0]]
-        if i == self._spans[span][1] - 1:
-            self._jobs.pop(span, None)
-        return data
+        return self._jobs[span].result()[self._chunks[i][0]]
 
     def __del__(self) -> None:
         if self._pool is not None:
