@@ -186,11 +186,14 @@ class Store:
 
     def commit(self, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
                author: str | None = None, allow_empty: bool = False,
-               lineage: dict[str, Any] | None = None, force: bool = False) -> Version:
+               lineage: dict[str, Any] | None = None, force: bool = False,
+               paths: list[str] | None = None) -> Version:
         """Snapshot a dataset's working directory as a new committed version (refused when
-        the directory is behind `latest`, unless `force`)."""
+        the directory is behind `latest`, unless `force`); with `paths`, only what lies at
+        or under them (the rest of the directory is not looked at)."""
         return versions.commit(self.core, message=message, key=key, cwd=cwd, author=author,
-                               allow_empty=allow_empty, lineage=lineage, force=force)
+                               allow_empty=allow_empty, lineage=lineage, force=force,
+                               paths=paths)
 
     def checkout(self, ref: str, to: str | os.PathLike[str] | None = None,
                  paths: list[str] | None = None, force: bool = False, link: str = "auto",

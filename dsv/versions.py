@@ -200,9 +200,13 @@ def write_committed(core: Core, ingest: Ingest, v: Version) -> Version:
 
 def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathLike[str] = ".",
            author: str | None = None, allow_empty: bool = False,
-           lineage: dict[str, Any] | None = None, force: bool = False) -> Version:
+           lineage: dict[str, Any] | None = None, force: bool = False,
+           paths: list[str] | None = None) -> Version:
     """Snapshot a dataset's working directory as a new committed version (HistoryConflict
-    when the directory is behind `latest`, unless `force`)."""
+    when the directory is behind `latest`, unless `force`). With `paths` (relative to
+    `cwd` inside the directory, else to its root; as `git commit PATH…`), only what lies
+    at or under them is looked at: the new version is the head with those paths as the
+    directory holds them now, and the rest of the directory is not even listed."""
     if not message or not message.strip():
         raise InvalidInput("a commit needs a message", hint="pass -m MESSAGE")
     with core.locked("commit"):
@@ -216,8 +220,11 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             _check_not_behind(core, ds)
         excluded = core.excluded(ds)
         head = core.head(ds)
+        chosen = _chosen_paths(ds, head, root, paths, cwd) if paths else None
         with Ingest(core.objects) as ingest:
-            made = _snapshot_changes(core, ds, head, root, excluded, ingest)
+            made = _snapshot_paths(core, ds, head, root, excluded, ingest, chosen) \
+                if chosen and head is not None else \
+                _snapshot_changes(core, ds, head, root, excluded, ingest)
             if head is not None and not allow_empty and (
                     head.tree == made.tree or
                     tree.same_content(head.tree, made.tree, core.read_tree)):
@@ -236,6 +243,74 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                                     cache_tree=made.tree if made.complete else None,
                                     runs=made.runs,
                                     force=force)
+
+
+def _chosen_paths(ds: Dataset, head: Version | None, root: Path, paths: list[str],
+                  cwd: str | os.PathLike[str]) -> list[str] | None:
+    """The root-relative paths a `commit PATH…` names (None: the whole directory)."""
+    here = Path(cwd).resolve()
+    inside = here == root.resolve() or root.resolve() in here.parents
+    chosen = sorted({worktree.resolve_user_path(root, here, p) if inside
+                     else normalize_user_path(p) for p in paths})
+    if "" in chosen:
+        return None
+    if head is None:
+        raise InvalidInput(f"the first commit of {ds.name} takes its whole directory",
+                           hint="commit without paths")
+    for rel in chosen:
+        check_relpath(rel)
+    # (a path under another chosen one adds nothing)
+    return [p for i, p in enumerate(chosen)
+            if not any(p.startswith(q + "/") for q in chosen[:i])]
+
+
+def _snapshot_paths(core: Core, ds: Dataset, head: Version, root: Path, excluded: list[str],
+                    ingest: Ingest, chosen: list[str]) -> _Made:
+    """The head with what lies at or under each of `chosen` replaced by what the directory
+    holds there now (worktree.scan_paths: nothing else is listed), hashing only what the
+    stat cache cannot vouch for. Memory and time grow with the chosen paths, not with the
+    dataset: one lstat per directory above each path, then the files under it."""
+    stores: list[str] = []
+    links: list[str] = []
+    skipped: list[str] = []
+    files = worktree.scan_paths(root, chosen, excluded, skipped, stores, links)
+    before: Manifest = {}
+    for rel in chosen:
+        row = tree.find(head.tree, core.read_tree, rel)
+        if row is not None:
+            if row[1] == tree.DIR:
+                before.update(tree.iter_files(row[4], core.read_tree, rel))
+            else:
+                before[rel] = Entry(*row[1:])
+        if row is None and not any(p == rel or p.startswith(rel + "/") for p in files):
+            raise InvalidInput(f"{rel} matches no file in {ds.name}'s directory or in its "
+                               f"version {head.id}",
+                               hint="`dsv status` shows what changed")
+    other_links: list[str] = []
+    if links:  # (new links are checked through every link of the version they join)
+        other_links = [p for p, e in tree.iter_files(head.tree, core.read_tree)
+                       if e.kind == tree.LINK and p not in before]
+
+    def stored_as(path: str, oid: str) -> str | None:
+        entry = before.get(path)
+        return entry.chunks if entry is not None and entry.kind == tree.FILE and \
+            entry.oid == oid else None
+
+    total = sum(f[0] for f in files.values())
+    with core.reporter.task("committing", len(files), total) as advance:
+        snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files), ingest,
+                                 advance, fences=excluded + stores, other_links=other_links,
+                                 chunks_of=stored_as)
+    gone = {p for p in before if p not in files}
+    delta: dict[str, Entry | None] = dict.fromkeys(gone)
+    delta.update(snap.manifest)
+    root_tree, size = tree.update_tree(head.tree, head.size, delta, core.read_tree,
+                                       core.tree_writer(ingest))
+    # The stat cache still names the new tree exactly if it named the head's and every
+    # file hashed now has its row.
+    complete = ds.cache_tree == head.tree and len(snap.stat_rows) == snap.hashed_files
+    return _Made(snap, root_tree, size, head.files + len(files) - len(before), gone, [],
+                 staged=False, complete=complete)
 
 
 @dataclass

@@ -81,7 +81,8 @@ def scan(root: Path, excluded: Iterable[str] = (), leftovers: list[str] | None =
 def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
          leftovers: list[str] | None = None, stores: list[str] | None = None,
          ignore_files: bool = False, ignored: list[str] | None = None,
-         links: list[str] | None = None) -> Iterator[Run]:
+         links: list[str] | None = None, start: str = "",
+         rules: ignore.Rules = ()) -> Iterator[Run]:
     """Every file and symlink under `root` (relative POSIX paths), in runs, in path order
     (the order of the strings, so the order SQLite keeps the stat cache in): memory grows
     with the largest directory, not with the tree. What is skipped is added to `skipped`.
@@ -92,7 +93,9 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
     `stores`. With `ignore_files`, what `.dsvignore` files leave out (dsv.ignore) is not
     scanned; it is listed in `ignored` when given (directories with a trailing `/`).
     Symlinks found are also listed in `links` when given. One lstat per entry, no reads;
-    a symlink is recorded as one, never descended into.
+    a symlink is recorded as one, never descended into. With `start` (a root-relative
+    directory the caller has checked, see `scan_paths`, and the `.dsvignore` `rules` of
+    the directories above it), only what lies under it is walked.
 
     This loop is most of what a status or commit of a large directory costs: names come
     from `os.listdir` (no DirEntry objects) and each lstat's mode says what the entry is,
@@ -107,7 +110,8 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
     listing = functools.partial(_listing, skip=skip, skipped=skipped, leftovers=leftovers,
                                 stores=stores, ignore_files=ignore_files, ignored=ignored,
                                 links=links)
-    top = listing("", os.fspath(root), no_rules)
+    top = listing(start, os.path.join(os.fspath(root), start) if start else os.fspath(root),
+                  rules or no_rules)
     if top is not None:
         frames.append([*top, 0, 0])
     run: Run = []
@@ -133,6 +137,61 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
             run = []
     if run:
         yield run
+
+
+def scan_paths(root: Path, paths: Iterable[str], excluded: Iterable[str], skipped: list[str],
+               stores: list[str], links: list[str]) -> dict[str, FileStat]:
+    """The files and symlinks at or under each of `paths` (root-relative), exactly as a
+    whole walk with `.dsvignore` files would find them there (what a commit of some
+    paths looks at), without looking anywhere else: each directory above a path is
+    lstat'ed (it must be one, never a link), its dotted names listed (a nested store
+    leaves it out) and its `.dsvignore` read. A path that is gone, left out or ignored
+    adds nothing; the lists are filled as `walk` fills them."""
+    skip = set(excluded)
+    found: dict[str, FileStat] = {}
+    base = os.fspath(root)
+    top_rules: ignore.Rules = ()
+    if os.path.lexists(os.path.join(base, ignore.IGNORE_FILE)):
+        top_rules = ignore.load(top_rules, "", base)
+    for rel in paths:
+        parts = rel.split("/")
+        rules, here = top_rules, base
+        for i, name in enumerate(parts):
+            sub = "/".join(parts[:i + 1])
+            if sub in skip or (name[0] == "." and (is_reserved(name) or is_temp_name(name))):
+                break
+            try:
+                st = os.lstat(os.path.join(here, name))
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            kind = st.st_mode & 0o170000
+            last = i == len(parts) - 1
+            if rules and ignore.ignored(rules, sub, kind == 0o040000):
+                break
+            if kind != 0o040000:
+                if not last:
+                    break  # (a file, or a link never followed, where a directory was)
+                if kind in (0o100000, 0o120000):
+                    found[sub] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777,
+                                  FILE if kind == 0o100000 else LINK)
+                    if kind == 0o120000:
+                        links.append(sub)
+                else:
+                    skipped.append(sub)
+                break
+            if last:
+                for run in walk(root, skipped, skip, stores=stores, ignore_files=True,
+                                links=links, start=sub, rules=rules):
+                    found.update(run)
+                break
+            here = os.path.join(here, name)
+            dotted = [n for n in os.listdir(here) if n[0] == "."]
+            if any(is_reserved(n) and _is_dir(os.path.join(here, n)) for n in dotted):
+                stores.append(sub)
+                break
+            if ignore.IGNORE_FILE in dotted:
+                rules = ignore.load(rules, sub, here)
+    return found
 
 
 def _cuts(run: Run) -> Iterator[int]:
@@ -176,14 +235,35 @@ def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
     if dotted:
         _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
     names.sort()   # (the files are then in path order as they are made)
+    is_ignored = ignore.ignored
+    try:  # (each lstat relative to the directory: no walk of the path from / each time)
+        fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return None  # (replaced by a link since it was listed: never followed)
+    lstat = functools.partial(os.stat, dir_fd=fd, follow_symlinks=False)
+    try:
+        return _stat_names(names, lstat, prefix, base, rules, is_ignored, skip, skipped,
+                           ignored, links)
+    finally:
+        os.close(fd)
+
+
+def _stat_names(names: list[str], lstat: Callable[[str], os.stat_result], prefix: str,
+                base: str, rules: ignore.Rules,
+                is_ignored: Callable[[ignore.Rules, str, bool], bool], skip: set[str],
+                skipped: list[str], ignored: list[str] | None, links: list[str] | None
+                ) -> tuple[Run, list[tuple[int, str, str, ignore.Rules]]]:
+    """The lstat half of `_listing`: `names` (sorted) as files and subdirectories."""
     files: Run = []
     add = files.append
     dirs: list[str] = []
-    lstat = os.lstat
-    is_ignored = ignore.ignored
     for name in names:
         try:
-            st = lstat(base + name)
+            st = lstat(name)
         except FileNotFoundError:
             continue  # removed since it was listed
         mode = st.st_mode

@@ -284,13 +284,15 @@ def test_status_sees_same_size_rewrite_and_mode_change(committed, dsv) -> None:
 
 
 def _files_opened_under(root: Path, monkeypatch) -> list[str]:
-    """A list that fills with every file under `root` (outside .dsv) opened from now on."""
+    """A list that fills with every file under `root` (outside .dsv) opened from now on
+    (directories opened to be listed are not files read)."""
     opened: list[str] = []
 
     def spy(real):
         def spying(file, *args, **kwargs):
+            flags = args[0] if args and isinstance(args[0], int) else 0
             if isinstance(file, (str, os.PathLike)) and str(root) in os.fspath(file) \
-                    and ".dsv" not in os.fspath(file):
+                    and ".dsv" not in os.fspath(file) and not flags & os.O_DIRECTORY:
                 opened.append(os.fspath(file))
             return real(file, *args, **kwargs)
         return spying

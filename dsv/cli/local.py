@@ -62,7 +62,11 @@ def status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt,
 
 
 @commands.command()
-def commit(message: str = typer.Option(..., "-m", "--message", help="What this version is."),
+def commit(paths: Optional[list[str]] = typer.Argument(
+               None, metavar="[PATH]...",
+               help="Commit only what lies at or under these paths (the rest of the "
+                    "directory is not looked at); default: the whole directory."),
+           message: str = typer.Option(..., "-m", "--message", help="What this version is."),
            dataset: Optional[str] = DatasetOpt,
            allow_empty: bool = typer.Option(False, "--allow-empty",
                                             help="Commit even if nothing changed."),
@@ -73,7 +77,8 @@ def commit(message: str = typer.Option(..., "-m", "--message", help="What this v
            as_json: bool = JsonOpt) -> None:
     """Snapshot a dataset's working directory as a new version (only changed files are hashed)."""
     store = open_store()
-    v = store.commit(message, dataset, allow_empty=allow_empty, force=force)
+    v = store.commit(message, dataset, allow_empty=allow_empty, force=force,
+                     paths=paths or None)
     print_version_ref(store, v, as_json)
 
 
