@@ -14,18 +14,20 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .core import Core
-from . import refs, tree, versions
+from . import chunking, refs, tree, versions
 from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
 from .model import COMMITTED, Version
 from .reports import ImportCheckReport
-from .objects import KIND_BLOB, PACK_THRESHOLD, Ingest
+from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .reporting import Advance
 from .remotes import s3
@@ -121,9 +123,9 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     manifest = {}
     record_files = {}
     for obj in objects:
-        oid, size = done[_source_key(bucket, obj)]
+        oid, size, listed = done[_source_key(bucket, obj)]
         path = paths[obj.key]
-        manifest[path] = tree.Entry(tree.FILE, 0o644, size, oid)
+        manifest[path] = tree.Entry(tree.FILE, 0o644, size, oid, listed)
         record_files[path] = _file_record(obj)
     lineage = {"import": {"source": url, "bucket": bucket, "prefix": base,
                           "single_object": len(objects) == 1 and (key == objects[0].key),
@@ -151,7 +153,15 @@ def _same_import(core: Core, name: str, url: str,
     return None
 
 
-def _still_stored(core: Core, oid: str, size: int) -> bool:
+def _still_stored(core: Core, oid: str, size: int, listed: str) -> bool:
+    if listed:
+        if core.index.locate(listed) is None:
+            return False
+        try:
+            chunks = tree.read_chunks(core.read_tree, listed, oid, size, trusted=True)
+        except DsvError:
+            return False
+        return all(core.index.locate(c) is not None for c, _n in chunks.chunks)
     if size >= PACK_THRESHOLD:
         return core.objects.has_loose(oid)
     return core.index.locate(oid) is not None
@@ -173,38 +183,72 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
                     pool: ThreadPoolExecutor, advance: Advance) -> None:
     """Download a batch in parallel, store it, and record it in one transaction, so an
     interrupted import keeps every finished batch."""
+    adding = threading.Lock()  # (Ingest.add is for one thread at a time)
 
-    def fetch(obj: s3.S3Object) -> tuple[s3.S3Object, bytes | None, str | None, int]:
+    def add(oid: str, kind: int, data: bytes | memoryview) -> None:
+        with adding:
+            ingest.add(oid, kind, data)
+
+    def fetch(obj: s3.S3Object) -> tuple[s3.S3Object, bytes | None, str | None, int, str]:
         body = s3.open_object(client, bucket, obj)
         md5 = hashlib.md5(usedforsecurity=False)
+        listed = ""
         try:
             if obj.size < PACK_THRESHOLD:
                 data = b"".join(_at_most(body, obj.size))
                 md5.update(data)
                 _check(obj, len(data), md5)
-                return obj, data, None, len(data)
-            oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)
+                return obj, data, None, len(data), ""
+            if obj.size >= chunking.CHUNK_THRESHOLD:
+                oid, size, listed = _store_chunked(core, obj, body, md5, add)
+            else:
+                oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)
         except DsvError:
             raise
         except Exception as exc:
             raise s3.describe(exc, f"downloading s3://{bucket}/{obj.key}") from None
         _check(obj, size, md5)
-        return obj, None, oid, size
+        return obj, None, oid, size, listed
 
-    rows: list[tuple[str, str, int]] = []
+    rows: list[tuple[str, str, int, str]] = []
     with Ingest(core.objects) as ingest:
-        for obj, data, oid, size in pool.map(fetch, batch):
+        for obj, data, oid, size, listed in pool.map(fetch, batch):
             if data is not None:
                 oid = hash_bytes(data)
-                ingest.add(oid, KIND_BLOB, data)
+                add(oid, KIND_BLOB, data)
             assert oid is not None
-            rows.append((_source_key(bucket, obj), oid, size))
+            rows.append((_source_key(bucket, obj), oid, size, listed))
             advance(1, size)
         # Staged objects are this process's until published: gc cannot take them.
         crashpoint("import:objects-staged")
         with core.locked("import"):
             core.commit_objects(ingest, lambda: core.index.add_imported(rows))
     crashpoint("import:batch-recorded")
+
+
+def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._Hash",
+                   add: Callable[[str, int, bytes | memoryview], None]
+                   ) -> tuple[str, int, str]:
+    """A large object stored as a commit stores a large file: in content-defined chunks
+    (those the store holds already skipped) and a chunk list; (blake3 of the whole,
+    size, chunk list id). The body is put aside first, in an unnamed file of the store's
+    temp directory (its size and MD5 checked as it arrives, so nothing of a body longer
+    than listed is kept), then read once by the chunker."""
+    with tempfile.TemporaryFile(dir=core.objects.tmp_dir) as spool:
+        size = 0
+        for piece in _at_most(body, obj.size):
+            md5.update(piece)
+            spool.write(piece)
+            size += len(piece)
+        _check(obj, size, md5)
+        spool.flush()
+        spool.seek(0)
+        oid, size, chunks = chunking.chunk_fd(
+            spool.fileno(), lambda chunk, data: add(chunk, KIND_BLOB, bytes(data)))
+    data = tree.encode_chunks(tree.ChunkList(oid, size, chunks))
+    listed = hash_bytes(data)
+    add(listed, KIND_TREE, data)
+    return oid, size, listed
 
 
 def _at_most(body: s3.Body, size: int) -> Iterator[bytes]:

@@ -28,7 +28,7 @@ from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _IN_BATCH = 500
 
 
@@ -166,6 +166,10 @@ class Index:
             db.table("checkouts").add_column("done", int)
         db.table("imported").create({"source": str, "oid": str, "size": int}, pk="source",
                                     if_not_exists=True)
+        # Schema 7: an imported object of chunking.CHUNK_THRESHOLD bytes or more is stored
+        # in chunks; its row names the chunk list (NULL or "" when stored whole).
+        if "chunks" not in db.table("imported").columns_dict:
+            db.table("imported").add_column("chunks", str)
         # Schema 3: remotes, and what each remote is known to hold (SPEC §3).
         db.table("remotes").create({"name": str, "url": str, "kind": str, "endpoint_url": str,
                                     "profile": str, "ttl": float, "max_size": int,
@@ -606,19 +610,28 @@ class Index:
         self.conn.execute("UPDATE datasets SET cache_tree=NULL WHERE id=?", (ds_id,))
 
     # ---- imports: what was already downloaded, for resuming ----------------------
-    def imported(self, sources: Iterable[str]) -> dict[str, tuple[str, int]]:
-        """Objects already downloaded for import sources: source → (oid, size)."""
-        return {source: (oid, size) for source, oid, size in self._rows_in(
-            "SELECT source, oid, size FROM imported WHERE source IN ({marks})", sources)}
+    def imported(self, sources: Iterable[str]) -> dict[str, tuple[str, int, str]]:
+        """Objects already downloaded for import sources: source → (oid, size, chunk
+        list id, "" when stored whole)."""
+        return {source: (oid, size, chunks or "") for source, oid, size, chunks in
+                self._rows_in("SELECT source, oid, size, chunks FROM imported "
+                              "WHERE source IN ({marks})", sources)}
 
     def imported_oids(self) -> set[str]:
-        """Every object an import downloaded (a version may not reach it yet)."""
-        return {oid for (oid,) in self.conn.execute("SELECT oid FROM imported")}
+        """Every object an import stored (a version may not reach it yet): whole files,
+        and the chunk lists of chunked ones (not their chunks)."""
+        return {chunks or oid for oid, chunks in
+                self.conn.execute("SELECT oid, chunks FROM imported")}
 
-    def add_imported(self, rows: Iterable[tuple[str, str, int]]) -> None:
-        """Remember (source, oid, size) of downloaded import sources."""
-        self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size) "
-                              "VALUES (?,?,?)", rows)
+    def imported_chunk_lists(self) -> set[str]:
+        """The chunk lists of the chunked objects imports stored."""
+        return {chunks for (chunks,) in self.conn.execute(
+            "SELECT chunks FROM imported WHERE chunks IS NOT NULL AND chunks != ''")}
+
+    def add_imported(self, rows: Iterable[tuple[str, str, int, str]]) -> None:
+        """Remember (source, oid, size, chunk list or "") of downloaded import sources."""
+        self.conn.executemany("INSERT OR REPLACE INTO imported (source, oid, size, chunks) "
+                              "VALUES (?,?,?,?)", rows)
 
     # ---- remotes -----------------------------------------------------------------
     def remotes(self) -> list[dict[str, Any]]:

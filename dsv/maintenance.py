@@ -73,6 +73,13 @@ def gc(core: Core, dry_run: bool = False,
             # An import between its batches holds objects the index names (`imported`)
             # that no version reaches yet: they stay while any other writer runs.
             pending = core.index.imported_oids() - live
+            for listed in core.index.imported_chunk_lists() & pending:
+                try:
+                    node = tree.decode_node(core.read_tree(listed), listed, trusted=True)
+                except DsvError:
+                    continue  # (a killed import's: its chunks are unreferenced)
+                if node.chunks is not None:
+                    pending.update(c for c, _n in node.chunks.chunks)
             report.kept_for_writers = len(pending)
             live |= pending
         if not dry_run:

@@ -75,6 +75,41 @@ def test_prefix_import_records_every_source(store, s3, bucket, s3_endpoint) -> N
         (["a.csv"], ["c.txt"], ["new.txt"])   # every path relative to the imported prefix
 
 
+def test_a_large_object_is_imported_in_chunks(store, s3, bucket, s3_endpoint,
+                                             monkeypatch) -> None:
+    """An object of CHUNK_THRESHOLD bytes or more is stored as a commit stores a large
+    file: in chunks and a chunk list, its hash the blake3 of all its bytes. A rerun
+    downloads nothing; an object that differs by a little stores a little."""
+    import blake3
+    base = os.urandom(9 << 20)
+    s3.put_object(Bucket=bucket, Key="ckpt/model.bin", Body=base)
+    v = store.import_s3(f"s3://{bucket}/ckpt/", name="ckpt", endpoint_url=s3_endpoint)
+    (row,) = store.files(f"ckpt:{v.id}", recursive=True)
+    assert row.chunks and row.oid == blake3.blake3(base).hexdigest()
+    assert list(store.objects.iter_loose()) == []
+    assert _files(store, f"ckpt:{v.id}") == {"model.bin": base}
+    with store.open_file(f"ckpt:{v.id}", "model.bin") as f:
+        f.seek(5 << 20)
+        assert f.read(1000) == base[5 << 20:(5 << 20) + 1000]
+    assert store.verify().ok
+    # the rerun of an unchanged source downloads nothing
+    opened: list[str] = []
+    real_open = imports.s3.open_object
+    monkeypatch.setattr(imports.s3, "open_object",
+                        lambda c, b, o: opened.append(o.key) or real_open(c, b, o))
+    assert store.import_s3(f"s3://{bucket}/ckpt/", name="ckpt",
+                           endpoint_url=s3_endpoint).tree == v.tree
+    assert opened == []
+    # 1 MiB appended: about 1 MiB more in the store, not 10
+    packs = store.dsv_dir / "objects" / "packs"
+    size = sum(p.stat().st_size for p in packs.rglob("*") if p.is_file())
+    s3.put_object(Bucket=bucket, Key="ckpt/model.bin", Body=base + os.urandom(1 << 20))
+    v2 = store.import_s3(f"s3://{bucket}/ckpt/", name="ckpt", endpoint_url=s3_endpoint)
+    grown = sum(p.stat().st_size for p in packs.rglob("*") if p.is_file()) - size
+    assert v2.id != v.id and (1 << 20) <= grown < 2 << 20, grown
+    assert store.gc().removed_objects == 0 and store.verify().ok
+
+
 def test_single_object_pinned_by_etag(store, s3, bucket, s3_endpoint) -> None:
     s3.put_object(Bucket=bucket, Key="mnist.zip", Body=b"zipbytes")
     etag = s3.head_object(Bucket=bucket, Key="mnist.zip")["ETag"].strip('"')

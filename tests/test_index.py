@@ -79,10 +79,27 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 6
+    assert idx.schema_version() == SCHEMA_VERSION == 7
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 6 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 7 and [d.id for d in idx.datasets()] == ["ds000001"]
+    idx.close()
+
+
+def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
+    """Schema 7 adds `imported.chunks`; rows written before it read as stored whole."""
+    idx = Index(db)
+    idx.create_schema()
+    idx.conn.execute("ALTER TABLE imported DROP COLUMN chunks")
+    idx.conn.execute("INSERT INTO imported (source, oid, size) VALUES ('b/k@e', ?, 5)",
+                     ("a" * 64,))
+    idx.conn.execute("UPDATE meta SET value='6' WHERE key='schema'")
+    idx.create_schema()
+    assert idx.schema_version() == 7
+    assert idx.imported(["b/k@e"]) == {"b/k@e": ("a" * 64, 5, "")}
+    idx.add_imported([("b/big@e", "b" * 64, 9 << 20, "c" * 64)])
+    assert idx.imported_oids() == {"a" * 64, "c" * 64}
+    assert idx.imported_chunk_lists() == {"c" * 64}
     idx.close()
 
 
@@ -452,10 +469,10 @@ def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) ->
 # ---- imports ------------------------------------------------------------------------------------
 
 def test_imported_sources(index: Index) -> None:
-    index.add_imported([("s3://b/a", h("a"), 1), ("s3://b/b", h("b"), 2)])
-    index.add_imported([("s3://b/a", h("a2"), 3)])
+    index.add_imported([("s3://b/a", h("a"), 1, ""), ("s3://b/b", h("b"), 2, "")])
+    index.add_imported([("s3://b/a", h("a2"), 3, h("list"))])
     assert index.imported(["s3://b/a", "s3://b/b", "s3://b/c"]) == {
-        "s3://b/a": (h("a2"), 3), "s3://b/b": (h("b"), 2)}
+        "s3://b/a": (h("a2"), 3, h("list")), "s3://b/b": (h("b"), 2, "")}
     assert index.imported([]) == {}
 
 
@@ -743,7 +760,7 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
     out = json.loads(r.stdout)
     assert out["read_only"] is True
     assert (out["schema"], out["names"], out["version"], out["tag"]) == \
-        (6, ["mnist"], "first", "c000000001")
+        (7, ["mnist"], "first", "c000000001")
     kind, message, hint = out["write"]
     assert kind == "IndexUnwritable"
     assert message.startswith(f"cannot write the index {db}: the file-size limit")
