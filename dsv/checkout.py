@@ -120,12 +120,9 @@ def _sorted(paths: list[str] | None) -> list[str] | None:
 def _entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
     """The entries `version` holds at `paths` (files and links; a path it lacks, or where
     it has a directory, is left out), reading only the trees and shards on their way."""
-    out: Manifest = {}
-    for path in paths:
-        row = tree.find(version.tree, core.read_tree, path)
-        if row is not None and row[1] != tree.DIR:
-            out[path] = Entry(*row[1:])
-    return out
+    return {path: Entry(*row[1:])
+            for path, row in tree.find_many(version.tree, core.read_tree, paths).items()
+            if row[1] != tree.DIR}
 
 
 def _status_report(core: Core, ds: Dataset, head: Version | None, base: Manifest,

@@ -301,10 +301,17 @@ def _gather(node: Node, prefix: str, read_tree: Callable[[str], bytes],
     return out
 
 
-def lookup(oid: str, read_tree: Callable[[str], bytes], name: str) -> Row | None:
+NodeLoader = Callable[[str, str], Node]
+"""(oid, prefix) → the node there (`node_at` over some `read_tree`)."""
+
+
+def lookup(oid: str, read_tree: Callable[[str], bytes], name: str,
+           load: NodeLoader | None = None) -> Row | None:
     """The entry `name` of the directory whose tree is `oid`, reading only the shards on
-    the way to it."""
-    node = node_at(read_tree, oid, "")
+    the way to it (through `load`, if given)."""
+    if load is None:
+        load = functools.partial(node_at, read_tree)
+    node = load(oid, "")
     digits = name_hash(name) if node.shards else ""
     prefix = ""
     while node.shards:
@@ -315,7 +322,7 @@ def lookup(oid: str, read_tree: Callable[[str], bytes], name: str) -> Row | None
         if child is None:
             return None
         prefix += digit
-        node = node_at(read_tree, child, prefix)
+        node = load(child, prefix)
     for row in node.rows:
         if row[0] == name:
             return row
@@ -806,7 +813,8 @@ def diff_trees(a: str, b: str, read_tree: Callable[[str], bytes]
                 yield path, fx, fy
 
 
-def find(root: str, read_tree: Callable[[str], bytes], path: str) -> Row | None:
+def find(root: str, read_tree: Callable[[str], bytes], path: str,
+         load: NodeLoader | None = None) -> Row | None:
     """The entry at `path` (not "") under tree `root`, reading only the trees and shards
     on the way to it; None if there is none."""
     row: Row | None = None
@@ -814,11 +822,40 @@ def find(root: str, read_tree: Callable[[str], bytes], path: str) -> Row | None:
     for part in path.split("/"):
         if row is not None and row[1] != DIR:
             return None
-        row = lookup(oid, read_tree, part)
+        row = lookup(oid, read_tree, part, load)
         if row is None:
             return None
         oid = row[4]
     return row
+
+
+FIND_NODES_KEPT = 256
+"""Decoded trees and shards `find_many` keeps while it looks paths up."""
+
+
+def find_many(root: str, read_tree: Callable[[str], bytes],
+              paths: Iterable[str]) -> dict[str, Row]:
+    """`find` of many paths: the entries found, by path. Paths are looked up in order,
+    so the paths of one directory decode its tree (and shards) once, whatever their
+    number; at most FIND_NODES_KEPT decoded nodes are held."""
+    kept: dict[tuple[str, str], Node] = {}
+
+    def load(oid: str, prefix: str) -> Node:
+        key = (oid, prefix)
+        node = kept.pop(key, None)
+        if node is None:
+            node = node_at(read_tree, oid, prefix)
+            if len(kept) >= FIND_NODES_KEPT:
+                del kept[next(iter(kept))]  # (dicts keep order: the least recent)
+        kept[key] = node
+        return node
+
+    out: dict[str, Row] = {}
+    for path in sorted(paths):
+        row = find(root, read_tree, path, load)
+        if row is not None:
+            out[path] = row
+    return out
 
 
 def list_dir(root: str, read_tree: Callable[[str], bytes], path: str) -> list[Row]:

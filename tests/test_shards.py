@@ -94,6 +94,31 @@ def test_a_one_file_change_rewrites_one_leaf_and_the_nodes_above_it() -> None:
     assert not tree.same_content(root1, root2, lambda o: new.objects.get(o) or old.get(o))
 
 
+def test_many_paths_are_looked_up_reading_each_tree_and_shard_once() -> None:
+    manifest = {**_manifest(5_000), **_manifest(40, "small"), **_manifest(3, "small/sub")}
+    store = MemStore()
+    root, _ = tree.build_tree(manifest, store.put)
+    reads: list[str] = []
+
+    def counted(oid: str) -> bytes:
+        reads.append(oid)
+        return store.get(oid)
+
+    wanted = [*manifest, "flat/nope.bin", "small/sub", "small/f000001.bin/x", "gone/x"]
+    random.Random(3).shuffle(wanted)
+    found = tree.find_many(root, counted, wanted)
+    assert {p: Entry(*r[1:]) for p, r in found.items() if r[1] == FILE} == manifest
+    assert found["small/sub"][1] == tree.DIR and "flat/nope.bin" not in found
+    assert "small/f000001.bin/x" not in found and "gone/x" not in found
+    # Each tree and shard on the way was decoded once (the store holds nothing else).
+    assert len(reads) == len(set(reads)) == len(store.objects), (len(reads), len(store.objects))
+    # One at a time (`find`), the root and flat/'s top node are read for every path.
+    reads.clear()
+    for path in list(manifest)[:100]:
+        tree.find(root, counted, path)
+    assert len(reads) >= 300
+
+
 def test_a_plain_tree_written_before_sharding_still_reads_and_compares_equal(
         monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = _manifest(3000)
