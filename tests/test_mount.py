@@ -168,3 +168,38 @@ def test_run_with_lazy_inputs_reads_them_through_a_mount(tmp_path, dsv):
                                  cwd=ws)).out)["lineage"]
     assert lineage["inputs_lazy"] is True and lineage["inputs"]["raw"]["ref"].startswith("raw:")
     assert not os.path.ismount(root / "raw")  # unmounted when the job ended
+
+
+def _store_bytes(ws: Path) -> int:
+    return sum(f.stat().st_size for f in (ws / ".dsv" / "objects").rglob("*") if f.is_file())
+
+
+def test_run_lazy_reads_from_the_remote_only_what_the_job_reads(tmp_path, dsv):
+    """A store that holds a version's trees but not its files (a clone of one path) runs
+    a lazy job over the whole version: the bytes the job reads come from the remote on
+    first read, checked, and nothing else is downloaded (a dataset larger than the disk)."""
+    ws = _dataset(tmp_path, dsv)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    _ok(dsv("clone", remote, tmp_path / "node", "--path", "a.txt", cwd=tmp_path))
+    node = tmp_path / "node"
+    assert sorted(p.name for p in node.iterdir()) == [".dsv", "a.txt"]
+    before = _store_bytes(node)
+    assert before < 1 << 20, before  # big.bin (9 MiB) was not downloaded
+    _ok(dsv("datasets", "create", "out", cwd=node))
+    job = ('cat "$DSV_INPUT_RAW/sub/b.bin" > "$DSV_OUTPUT_OUT/b.bin"; '
+           'tail -c 100 "$DSV_INPUT_RAW/big.bin" > "$DSV_OUTPUT_OUT/tail.bin"; '
+           'ls "$DSV_INPUT_RAW/sub/deep" > "$DSV_OUTPUT_OUT/ls.txt"')
+    res = _ok(dsv("run", "--input", "raw=raw:v1", "--output", "out=out", "--lazy",
+                  "--json", "--", "sh", "-c", job, cwd=node))
+    vid = json.loads(res.out)["outputs"]["out"]["version"]
+    out = tmp_path / "outcopy"
+    _ok(dsv("checkout", f"out:{vid}", "--to", out, cwd=node))
+    assert (out / "b.bin").read_bytes() == (ws / "sub" / "b.bin").read_bytes()
+    assert (out / "tail.bin").read_bytes() == (ws / "big.bin").read_bytes()[-100:]
+    assert (out / "ls.txt").read_text() == "c.txt\n"
+    # The chunks of big.bin's tail came, not the file (chunks are at most 1 MiB).
+    grown = _store_bytes(node) - before
+    assert 100 < grown < 3 << 20, grown
