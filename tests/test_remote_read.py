@@ -358,6 +358,36 @@ def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, ds
     assert res.code == 1 and "does not exist" in res.err, res.err
 
 
+def test_files_read_ahead_the_cache_lacks_cost_nothing_with_the_origin_down(tmp_path, dsv):
+    """A file the cluster cache holds opens with the origin down even when it is opened in
+    order after another: the neighbours read ahead with it, which the cache lacks (and
+    the origin cannot give), are left for their own opens."""
+    files = {f"img/{i:02d}.bin": os.urandom(300 + i) for i in range(8)}
+    ws = _workspace(tmp_path, dsv, files)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    _ok(dsv("remote", "add", "origin", mount / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    from dsv.errors import MissingObject
+    from dsv.fs import DsvFileSystem
+
+    def fs() -> DsvFileSystem:
+        return DsvFileSystem(remote=str(mount / "remote"), cache=str(cache),
+                             skip_instance_cache=True)
+    first = fs()
+    for rel in ["img/01.bin", "img/00.bin"]:   # (out of order: read one by one)
+        with first.open(f"mldata:latest/{rel}") as f:
+            assert f.read() == files[rel]
+    mount.rename(tmp_path / "elsewhere")
+    offline = fs()
+    for rel in ["img/00.bin", "img/01.bin"]:   # in order: 01 with 02 ahead of it
+        with offline.open(f"mldata:latest/{rel}") as f:
+            assert f.read() == files[rel], rel
+    with pytest.raises(MissingObject):
+        offline.open("mldata:latest/img/02.bin")
+
+
 def test_clone_of_some_paths_without_checkout_and_through_a_cache(tmp_path, dsv,
                                                                   monkeypatch):
     ws, remote = _small(tmp_path, dsv)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .. import tree, worktree
-from ..errors import CorruptObject, InvalidInput, MissingObject, RefError
+from ..errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefError
 from ..hashing import hash_bytes, is_hash, new_hasher
 from ..jsonio import load_bounded
 from ..model import COMMITTED, FileRow, Version
@@ -668,10 +668,12 @@ class RemoteReader:
                 and e.oid not in self._blobs}
         try:
             got = self.read_blobs(wanted)
-        except CorruptObject:
+        except DsvError:
             if len(wanted) == 1:
                 raise
-            got = self.read_blobs({entry.oid: entry.size})  # (a damaged neighbour)
+            # (a neighbour damaged, or one the cluster cache lacks while the origin is
+            # down, or a failed GET: only the file asked for must be read)
+            got = self.read_blobs({entry.oid: entry.size})
         data = {oid: bytes(blob) for oid, blob in got.items()}
         with self._lock:
             for oid, blob in data.items():
