@@ -199,7 +199,7 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
                 md5.update(data)
                 _check(obj, len(data), md5)
                 return obj, data, None, len(data), ""
-            if obj.size >= chunking.CHUNK_THRESHOLD:
+            if chunking.CHUNK_THRESHOLD <= obj.size <= chunking.MAX_CHUNKED_SIZE:
                 oid, size, listed = _store_chunked(core, obj, body, md5, add)
             else:
                 oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)

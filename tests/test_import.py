@@ -110,6 +110,23 @@ def test_a_large_object_is_imported_in_chunks(store, s3, bucket, s3_endpoint,
     assert store.gc().removed_objects == 0 and store.verify().ok
 
 
+def test_an_object_too_large_to_chunk_is_imported_whole(store, s3, bucket, s3_endpoint,
+                                                       monkeypatch) -> None:
+    """As a commit stores a file over chunking.MAX_CHUNKED_SIZE whole (its chunk list
+    could outgrow a tree), an import does: an object that large is one loose object."""
+    from dsv import chunking
+    monkeypatch.setattr(chunking, "MAX_CHUNKED_SIZE", 6 << 20)
+    body, chunked = os.urandom(7 << 20), os.urandom(5 << 20)
+    s3.put_object(Bucket=bucket, Key="ckpt/huge.bin", Body=body)
+    s3.put_object(Bucket=bucket, Key="ckpt/mid.bin", Body=chunked)
+    v = store.import_s3(f"s3://{bucket}/ckpt/", name="ckpt", endpoint_url=s3_endpoint)
+    rows = {row.path: row for row in store.files(f"ckpt:{v.id}", recursive=True)}
+    assert not rows["huge.bin"].chunks and rows["mid.bin"].chunks
+    assert list(store.objects.iter_loose()) == [rows["huge.bin"].oid]
+    assert _files(store, f"ckpt:{v.id}") == {"huge.bin": body, "mid.bin": chunked}
+    assert store.verify().ok
+
+
 def test_single_object_pinned_by_etag(store, s3, bucket, s3_endpoint) -> None:
     s3.put_object(Bucket=bucket, Key="mnist.zip", Body=b"zipbytes")
     etag = s3.head_object(Bucket=bucket, Key="mnist.zip")["ETag"].strip('"')
