@@ -286,10 +286,12 @@ def _snapshot_paths(core: Core, ds: Dataset, head: Version, root: Path, excluded
             raise InvalidInput(f"{rel} matches no file in {ds.name}'s directory or in its "
                                f"version {head.id}",
                                hint="`dsv status` shows what changed")
-    other_links: list[str] = []
-    if links:  # (new links are checked through every link of the version they join)
-        other_links = [p for p, e in tree.iter_files(head.tree, core.read_tree)
-                       if e.kind == tree.LINK and p not in before]
+    other_links: dict[str, str] = {}
+    if links:  # (new links are checked through every link of the version they join,
+        # the ones kept as the head holds them: the directory may hold others there now)
+        other_links = tree.validate_links(
+            {p: e for p, e in tree.iter_files(head.tree, core.read_tree)
+             if e.kind == tree.LINK and p not in before}, core.objects.read)
 
     def stored_as(path: str, oid: str) -> str | None:
         entry = before.get(path)
@@ -299,8 +301,9 @@ def _snapshot_paths(core: Core, ds: Dataset, head: Version, root: Path, excluded
     total = sum(f[0] for f in files.values())
     with core.reporter.task("committing", len(files), total) as advance:
         snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files), ingest,
-                                 advance, fences=excluded + stores, other_links=other_links,
-                                 chunks_of=stored_as)
+                                 advance, check=False, chunks_of=stored_as)
+    if snap.links:
+        check_links(other_links | snap.links, excluded + stores)
     gone = {p for p in before if p not in files}
     delta: dict[str, Entry | None] = dict.fromkeys(gone)
     delta.update(snap.manifest)

@@ -123,3 +123,27 @@ def test_the_first_commit_takes_the_whole_directory(tmp_path: Path, dsv) -> None
     # the root itself is the whole directory
     _ok(dsv("commit", "-m", "first", ".", cwd=ws))
     assert list(_files(dsv, ws)) == ["a.txt"]
+
+
+def test_links_outside_the_paths_are_checked_as_the_version_holds_them(
+        tmp_path: Path, dsv) -> None:
+    """The links a commit of some paths keeps from the head are checked through as the
+    head holds them, not as the directory holds them now: a link there changed (or
+    gone) since is not what the new version will place."""
+    ws = _workspace(tmp_path, dsv)
+    os.symlink("..", ws / "sub" / "l")          # sub/l -> the dataset's root
+    _ok(dsv("commit", "-m", "up link", "sub/l", cwd=ws))
+    os.unlink(ws / "sub" / "l")
+    os.symlink(".", ws / "sub" / "l")           # now sub/l -> sub, not committed
+    os.symlink("sub/l/..", ws / "s")            # through the committed sub/l: above root
+    res = dsv("commit", "-m", "escape", "s", cwd=ws)
+    assert res.code == 1 and "outside the dataset" in res.err, res.err
+    assert "s" not in _files(dsv, ws)
+    # a kept link the directory no longer has is read from the version, not the disk
+    os.unlink(ws / "s")
+    os.unlink(ws / "sub" / "l")
+    os.symlink("a.txt", ws / "t")
+    res = _ok(dsv("commit", "-m", "t", "t", cwd=ws))
+    assert "bug in dsv" not in res.err
+    files = _files(dsv, ws)
+    assert "t" in files and "sub/l" in files
