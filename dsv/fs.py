@@ -37,7 +37,7 @@ from .tree import DIR, FILE, LINK
 
 _TYPES = {"file": "file", "link": "link", "dir": "directory"}
 _KINDS = {"file": FILE, "link": LINK, "dir": DIR}
-LISTED_ROWS = 1_000_000
+LISTED_ROWS = 250_000
 """Entries of directory listings a file system keeps (a version never changes)."""
 AHEAD_FILES = 256
 AHEAD_BYTES = 4 << 20

@@ -226,6 +226,10 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
     crashpoint("import:batch-recorded")
 
 
+_CHUNKING = threading.BoundedSemaphore(2)
+"""Objects chunked at once (each holds ~50 MB of buffers; downloads go on meanwhile)."""
+
+
 def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._Hash",
                    add: Callable[[str, int, bytes | memoryview], None]
                    ) -> tuple[str, int, str]:
@@ -243,8 +247,9 @@ def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._H
         _check(obj, size, md5)
         spool.flush()
         spool.seek(0)
-        oid, size, chunks = chunking.chunk_fd(
-            spool.fileno(), lambda chunk, data: add(chunk, KIND_BLOB, bytes(data)))
+        with _CHUNKING:
+            oid, size, chunks = chunking.chunk_fd(
+                spool.fileno(), lambda chunk, data: add(chunk, KIND_BLOB, bytes(data)))
     data = tree.encode_chunks(tree.ChunkList(oid, size, chunks))
     listed = hash_bytes(data)
     add(listed, KIND_TREE, data)

@@ -248,6 +248,10 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
 def _chosen_paths(ds: Dataset, head: Version | None, root: Path, paths: list[str],
                   cwd: str | os.PathLike[str]) -> list[str] | None:
     """The root-relative paths a `commit PATH…` names (None: the whole directory)."""
+    if "" in paths:
+        # (an unset shell variable, most likely: committing everything would surprise)
+        raise InvalidInput("an empty path names nothing to commit",
+                           hint="name `.` to commit the whole directory")
     here = Path(cwd).resolve()
     inside = here == root.resolve() or root.resolve() in here.parents
     chosen = sorted({worktree.resolve_user_path(root, here, p) if inside

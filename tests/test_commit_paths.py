@@ -120,7 +120,10 @@ def test_the_first_commit_takes_the_whole_directory(tmp_path: Path, dsv) -> None
     _ok(dsv("init", "--name", "data", cwd=ws))
     res = dsv("commit", "-m", "first", "a.txt", cwd=ws)
     assert res.code == 1 and "whole directory" in res.err, res.err
-    # the root itself is the whole directory
+    # the root itself is the whole directory; an empty path (an unset variable) is refused
+    for empty in ("",):
+        res = dsv("commit", "-m", "first", empty, cwd=ws)
+        assert res.code == 1 and "empty path" in res.err, res.err
     _ok(dsv("commit", "-m", "first", ".", cwd=ws))
     assert list(_files(dsv, ws)) == ["a.txt"]
 
