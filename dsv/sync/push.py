@@ -42,7 +42,8 @@ from ..reporting import Advance, FileBytes, plural
 IN_FLIGHT = 3                # upload packs held in memory at once
 
 
-LOCATOR_JOBS = 4             # uploads a pack's locators are split into
+LOCATOR_JOBS = 4             # uploads a group of locators is split into
+LOCATOR_LEAVES = 20_000      # blobs named by the trees of one group of locators (memory)
 
 LOOSE_AT_ONCE = 2            # large files uploaded side by side (each in MULTIPART parts)
 
@@ -320,10 +321,12 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                         any(is_chunk_list(data) for _oid, _kind, data in batch):
                     remote.raise_format(layout.CHUNK_FORMAT)
                 if kind != KIND_BLOB:  # (every blob is on the remote by now)
-                    made = _locators(core, remote, batch)
-                    step = max(1, -(-len(made) // LOCATOR_JOBS))
-                    for start in range(0, len(made), step):
-                        submit(_upload_locators, remote, made[start:start + step])
+                    for made in _locators(core, remote, batch):
+                        step = max(1, -(-len(made) // LOCATOR_JOBS))
+                        for start in range(0, len(made), step):
+                            submit(_upload_locators, remote, made[start:start + step])
+                        while sum(not j.done() for j in jobs) >= IN_FLIGHT + LOCATOR_JOBS:
+                            _first_done(jobs)
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
                 while sum(not j.done() for j in jobs) >= IN_FLIGHT:
                     _first_done(jobs)
@@ -376,15 +379,29 @@ def _read_batches(core: Core, phase: Iterable[tuple[str, tuple[str, int, int]]],
 
 
 def _locators(core: Core, remote: Remote, batch: list[tuple[str, int, bytes]]
-              ) -> list[tuple[str, bytes]]:
+              ) -> Iterator[list[tuple[str, bytes]]]:
     """(key, bytes) of the locator of each tree object and version record in `batch`
     (layout.Locator): its bytes, and where each blob or chunk it names is on the remote,
-    so that a reader without a store reads a path of a version one request per step."""
+    so that a reader without a store reads a path of a version one request per step.
+    Made a group at a time, each naming about LOCATOR_LEAVES blobs: memory follows
+    that, not the batch (16 MiB of trees of a million-file dataset name 160,000)."""
     named: list[tuple[str, bytes, dict[str, int]]] = []
+    leaves = 0
     for oid, kind, data in batch:
         mine = tree.leaves(tree.decode_node(data, oid, trusted=True)) \
             if kind == KIND_TREE else {}
         named.append((oid, data, mine))
+        leaves += len(mine)
+        if leaves >= LOCATOR_LEAVES:
+            yield _locate(core, remote, named)
+            named, leaves = [], 0
+    if named:
+        yield _locate(core, remote, named)
+
+
+def _locate(core: Core, remote: Remote, named: list[tuple[str, bytes, dict[str, int]]]
+            ) -> list[tuple[str, bytes]]:
+    """The locators of `named` (object id, its bytes, the blobs it names: id → size)."""
     wanted = {leaf for _oid, _data, mine in named for leaf in mine}
     packed = core.index.remote_locate_many(remote.name, wanted)
     loose = core.index.remote_loose(remote.name, wanted - packed.keys())
