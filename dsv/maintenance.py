@@ -86,7 +86,7 @@ def gc(core: Core, dry_run: bool = False,
             # First forget cache rows naming doomed objects: a commit after a gc killed
             # half-way must re-hash those files, never trust a row whose object is gone.
             with core.index.transaction():
-                core.index.forget_unstored(live | chunked)
+                core.index.forget_unstored(live, chunked)
         packs = core.index.packs()
         # Packs on disk the index never learned of are leftovers of killed writers.
         for pack_id in list(core.objects.iter_pack_ids()):
