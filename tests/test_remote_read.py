@@ -326,15 +326,22 @@ def test_verify_remote_reads_locators_and_repair_deletes_a_damaged_one(tmp_path,
     assert res.out == "alpha two\n"
 
 
-def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, dsv):
-    """The origin's volume is gone: with the cache, refs are those it last saw there,
-    files it holds are read and checked as ever; a file it lacks fails with one line."""
-    files = {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n", "c.txt": b"gamma\n"}
+def _pushed_to_a_volume(tmp_path: Path, dsv, files: dict[str, bytes]) -> Path:
+    """`files` committed and pushed to a directory remote at MOUNT/remote; MOUNT (which
+    a test may take away, as a volume that is gone)."""
     ws = _workspace(tmp_path, dsv, files)
     mount = tmp_path / "mnt"
     mount.mkdir()
     _ok(dsv("remote", "add", "origin", mount / "remote", cwd=ws))
     _ok(dsv("push", cwd=ws))
+    return mount
+
+
+def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, dsv):
+    """The origin's volume is gone: with the cache, refs are those it last saw there,
+    files it holds are read and checked as ever; a file it lacks fails with one line."""
+    files = {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n", "c.txt": b"gamma\n"}
+    mount = _pushed_to_a_volume(tmp_path, dsv, files)
     cache = tmp_path / "cache"
     _ok(dsv("get", mount / "remote", "mldata:latest", "a.txt", "sub", "--to",
             tmp_path / "one", "--cache", cache, cwd=tmp_path))
@@ -363,11 +370,7 @@ def test_files_read_ahead_the_cache_lacks_cost_nothing_with_the_origin_down(tmp_
     order after another: the neighbours read ahead with it, which the cache lacks (and
     the origin cannot give), are left for their own opens."""
     files = {f"img/{i:02d}.bin": os.urandom(300 + i) for i in range(8)}
-    ws = _workspace(tmp_path, dsv, files)
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    _ok(dsv("remote", "add", "origin", mount / "remote", cwd=ws))
-    _ok(dsv("push", cwd=ws))
+    mount = _pushed_to_a_volume(tmp_path, dsv, files)
     cache = tmp_path / "cache"
     from dsv.errors import MissingObject
     from dsv.fs import DsvFileSystem

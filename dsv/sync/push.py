@@ -325,11 +325,9 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                         step = max(1, -(-len(made) // LOCATOR_JOBS))
                         for start in range(0, len(made), step):
                             submit(_upload_locators, remote, made[start:start + step])
-                        while sum(not j.done() for j in jobs) >= IN_FLIGHT + LOCATOR_JOBS:
-                            _first_done(jobs)
+                        _fewer_than(jobs, IN_FLIGHT + LOCATOR_JOBS)
                 submit(_upload_pack, remote, encode_pack(batch), write_through)
-                while sum(not j.done() for j in jobs) >= IN_FLIGHT:
-                    _first_done(jobs)
+                _fewer_than(jobs, IN_FLIGHT)
                 # Finished uploads are let go at once (a fast remote finishes them before
                 # the window fills, and they would pile up until the phase ends).
                 _record_done(core, remote, jobs, report)
@@ -338,8 +336,10 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
             crashpoint("push:phase-sent")
 
 
-def _first_done(jobs: list[Future[Sent]]) -> None:
-    wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
+def _fewer_than(jobs: list[Future[Sent]], limit: int) -> None:
+    """Wait until fewer than `limit` of `jobs` are unfinished."""
+    while sum(not j.done() for j in jobs) >= limit:
+        wait([j for j in jobs if not j.done()], return_when=FIRST_COMPLETED)
 
 
 def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
