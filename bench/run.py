@@ -1364,7 +1364,7 @@ t = time.perf_counter()
 for p in sys.argv[1:]:
     fd = os.open(p, os.O_RDONLY)
     try:
-        chunk_fd(fd, lambda oid, data: None)
+        chunk_fd(fd, lambda pieces: None)
     finally:
         os.close(fd)
 print(json.dumps({"seconds": time.perf_counter() - t}))

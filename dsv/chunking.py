@@ -48,14 +48,17 @@ def chunker() -> FastCDC:
                    normalized_chunking=1)
 
 
-def chunk_fd(fd: int, take: Callable[[str, memoryview], None]
-             ) -> tuple[str, int, list[tuple[str, int]]]:
+Take = Callable[[list[tuple[str, memoryview]]], None]
+"""Given the chunks of a block, in order: [(chunk id, bytes)]."""
+
+
+def chunk_fd(fd: int, take: Take) -> tuple[str, int, list[tuple[str, int]]]:
     """Read `fd` from where it stands to its end, cut what it holds into chunks and give
-    each to `take(chunk id, bytes)`, in order, in this thread: (blake3 of all the bytes
-    read, their number, each chunk's (id, length)). The ids name exactly the bytes read,
-    even if the file changes meanwhile. `take` must copy what it keeps: the buffers are
-    reused (three, allocated once: a fresh buffer per block cost more in page faults
-    than the hashing).
+    them to `take`, a block's worth at a time, in order, in this thread: (blake3 of all
+    the bytes read, their number, each chunk's (id, length)). The ids name exactly the
+    bytes read, even if the file changes meanwhile. `take` must copy what it keeps
+    before it returns: the buffers are reused (three, allocated once: a fresh buffer per
+    block cost more in page faults than the hashing).
 
     Each block is cut from the start of the last chunk of the block before (that chunk
     ended only because the block did), so the cuts are those of one pass over the file.
@@ -71,7 +74,7 @@ def chunk_fd(fd: int, take: Callable[[str, memoryview], None]
     return done
 
 
-def _chunk_into(fd: int, take: Callable[[str, memoryview], None], block: int,
+def _chunk_into(fd: int, take: Take, block: int,
                 ring: list[memoryview]) -> tuple[str, int, list[tuple[str, int]]]:
     """`chunk_fd` through a ring of three buffers: block k is read into ring[k % 3], after
     the chunk it carries over from block k-1. By then nothing refers to block k-3 any
@@ -104,9 +107,9 @@ def _chunk_into(fd: int, take: Callable[[str, memoryview], None], block: int,
                 start = cut.offset + cut.length
             hashed.append(pool.submit(_hash_all, pieces))
             while len(hashed) > (1 if got else 0):
-                for oid, data in hashed.popleft().result():
-                    take(oid, data)
-                    chunks.append((oid, len(data)))
+                done = hashed.popleft().result()
+                take(done)
+                chunks.extend((oid, len(data)) for oid, data in done)
             carry = view[start:]
             if not got:
                 break

@@ -189,6 +189,10 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
         with adding:
             ingest.add(oid, kind, data)
 
+    def add_chunks(pieces: list[tuple[str, memoryview]]) -> None:
+        with adding:
+            ingest.add_borrowed(KIND_BLOB, pieces)
+
     def fetch(obj: s3.S3Object) -> tuple[s3.S3Object, bytes | None, str | None, int, str]:
         body = s3.open_object(client, bucket, obj)
         md5 = hashlib.md5(usedforsecurity=False)
@@ -200,7 +204,7 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
                 _check(obj, len(data), md5)
                 return obj, data, None, len(data), ""
             if chunking.CHUNK_THRESHOLD <= obj.size <= chunking.MAX_CHUNKED_SIZE:
-                oid, size, listed = _store_chunked(core, obj, body, md5, add)
+                oid, size, listed = _store_chunked(core, obj, body, md5, add, add_chunks)
             else:
                 oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)
         except DsvError:
@@ -231,8 +235,8 @@ _CHUNKING = threading.BoundedSemaphore(2)
 
 
 def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._Hash",
-                   add: Callable[[str, int, bytes | memoryview], None]
-                   ) -> tuple[str, int, str]:
+                   add: Callable[[str, int, bytes | memoryview], None],
+                   add_chunks: chunking.Take) -> tuple[str, int, str]:
     """A large object stored as a commit stores a large file: in content-defined chunks
     (those the store holds already skipped) and a chunk list; (blake3 of the whole,
     size, chunk list id). The body is put aside first, in an unnamed file of the store's
@@ -248,8 +252,7 @@ def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._H
         spool.flush()
         spool.seek(0)
         with _CHUNKING:
-            oid, size, chunks = chunking.chunk_fd(
-                spool.fileno(), lambda chunk, data: add(chunk, KIND_BLOB, bytes(data)))
+            oid, size, chunks = chunking.chunk_fd(spool.fileno(), add_chunks)
     data = tree.encode_chunks(tree.ChunkList(oid, size, chunks))
     listed = hash_bytes(data)
     add(listed, KIND_TREE, data)

@@ -21,7 +21,9 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -667,6 +669,9 @@ class Ingest:
         self.store = store
         self._writer: PackWriter | None = None
         self._packs: list[tuple[PackInfo, str]] = []
+        # Packs being sealed by a background thread (its last write and its fsync), each
+        # with its temp name: the next pack fills meanwhile.
+        self._sealing: deque[tuple[Future[PackInfo | None], str]] = deque()
         self._loose: list[tuple[str, str]] = []
         self._loose_ids: set[str] = set()
         self._loose_lock = threading.Lock()
@@ -701,6 +706,19 @@ class Ingest:
         """Whether `oid` was added to this ingest already."""
         return oid in self._staged or oid in self._loose_ids or \
             bytes.fromhex(oid) in self._pending
+
+    def add_borrowed(self, kind: int, items: list[tuple[str, memoryview]]) -> None:
+        """Store each (oid, bytes) of `items` unless already stored, copying the bytes
+        into the pack before returning: the caller may reuse its buffers right after (a
+        chunker's ring), where `add` would keep a copy of each until its batch is
+        checked. One index query for all of them."""
+        fresh = [(oid, data) for oid, data in items if not self.holds(oid)]
+        if not fresh:
+            return
+        present = self.store.locate_many(oid for oid, _data in fresh)
+        for oid, data in fresh:
+            if oid not in present and bytes.fromhex(oid) not in self._pending:
+                self._write(oid, kind, data)   # (a chunk repeated within `items`: once)
 
     def add_new(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Write an object the caller knows the store lacks (gc's repacking, a download
@@ -750,12 +768,40 @@ class Ingest:
         if self._writer.size >= PACK_TARGET_SIZE:
             self._seal()
 
+    _SEALING_MAX = 2
+    """Packs sealed at once (each holds its writer's buffers until its fsync is done)."""
+
     def _seal(self) -> None:
+        """Hand the pack being written to a sealer thread: its last write and its fsync
+        overlap the filling of the next pack (32 fsyncs a GiB, each waiting for the disk,
+        cost a commit or a pull of large files about a second a GiB when serial)."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            info = writer.finish()
-            if info is not None:
-                self._packs.append((info, writer.tmp))
+            while len(self._sealing) >= self._SEALING_MAX:
+                self._collect_sealed()
+            self._sealing.append((_sealer_pool().submit(writer.finish), writer.tmp))
+
+    def _collect_sealed(self) -> None:
+        """Wait for the oldest pack being sealed; a failed one is removed and raised."""
+        future, tmp = self._sealing.popleft()
+        try:
+            info = future.result()
+        except BaseException:
+            fileio.unlink_quietly(tmp)
+            raise
+        if info is not None:
+            self._packs.append((info, tmp))
+
+    def _settle_sealing(self) -> None:
+        """Wait for every pack being sealed; raise the first failure once all are done."""
+        failure: BaseException | None = None
+        while self._sealing:
+            try:
+                self._collect_sealed()
+            except BaseException as exc:  # (the others still finish: their files are ours)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     # ---- ending -----------------------------------------------------------------------
     def publish_sealed(self) -> list[PackInfo]:
@@ -763,6 +809,7 @@ class Ingest:
         forget them: the caller records the packs in the index right away (under the
         store lock), so this ingest's memory stays bounded however much it takes in;
         what it is given again from then on the index already locates."""
+        self._settle_sealing()
         for oid, staged in self._loose:
             self.store.publish_loose(oid, staged)
         for info, staged in self._packs:
@@ -781,6 +828,7 @@ class Ingest:
         lock: see core.Core.commit_objects)."""
         self._flush_staged()
         self._seal()
+        self._settle_sealing()
         for oid, staged in self._loose:
             self.store.publish_loose(oid, staged)
         for info, staged in self._packs:
@@ -794,6 +842,10 @@ class Ingest:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+        while self._sealing:   # (each ends within one write and an fsync)
+            future, tmp = self._sealing.popleft()
+            _settle(future)
+            fileio.unlink_quietly(tmp)
         for _oid, staged in self._loose:
             fileio.unlink_quietly(staged)
         for _info, staged in self._packs:
@@ -801,6 +853,30 @@ class Ingest:
         self._loose.clear()
         self._packs.clear()
         self._done = True
+
+
+_SEALERS: ThreadPoolExecutor | None = None
+_SEALERS_LOCK = threading.Lock()
+
+
+def _sealer_pool() -> ThreadPoolExecutor:
+    """The threads that seal packs for every ingest of the process."""
+    global _SEALERS
+    with _SEALERS_LOCK:
+        if _SEALERS is None:
+            _SEALERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dsv-seal")
+        return _SEALERS
+
+
+def _settle(future: Future[Any]) -> None:
+    """Wait until `future` is done, whatever it raised, Ctrl-C included: its file must not
+    be removed while it is still written."""
+    while True:
+        try:
+            future.exception()
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 # ---- staging directories ----------------------------------------------------------------

@@ -624,7 +624,7 @@ def store_chunked(ingest: Ingest, path: str) -> tuple[str, int, str]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidInput(f"{path} is not a regular file")
         oid, size, chunks = chunking.chunk_fd(
-            fd, lambda chunk, data: ingest.add(chunk, KIND_BLOB, bytes(data)))
+            fd, lambda pieces: ingest.add_borrowed(KIND_BLOB, pieces))
     finally:
         os.close(fd)
     data = encode_chunks(ChunkList(oid, size, chunks))

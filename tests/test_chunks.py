@@ -66,7 +66,7 @@ def test_chunk_fd_cuts_as_one_pass_over_the_file(tmp_path: Path, monkeypatch, bl
     taken: list[tuple[str, bytes]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        whole, size, chunks = chunking.chunk_fd(fd, lambda oid, b: taken.append((oid, bytes(b))))
+        whole, size, chunks = chunking.chunk_fd(fd, lambda pieces: taken.extend((oid, bytes(b)) for oid, b in pieces))
     finally:
         os.close(fd)
     assert (whole, size) == (b3(data), len(data))

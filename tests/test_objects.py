@@ -360,6 +360,74 @@ def test_ingest_abort_leaves_no_temp_file(store, locator) -> None:
     assert ingest.publish() == []
 
 
+def test_ingest_add_borrowed_copies_before_returning_and_skips_what_is_stored(
+        store, locator) -> None:
+    install(store, locator, [(KIND_BLOB, b"old")])
+    ring = bytearray(b"oldnewnewxyz")
+    view = memoryview(ring)
+    pieces = [(h(b"old"), view[0:3]), (h(b"new"), view[3:6]), (h(b"new"), view[6:9]),
+              (h(b"xyz"), view[9:12])]
+    ingest = Ingest(store)
+    ingest.add_borrowed(KIND_BLOB, pieces)
+    ring[:] = b"\0" * len(ring)          # the caller reuses its buffer right away
+    ingest.add_borrowed(KIND_BLOB, [(h(b"xyz"), memoryview(b"xyz"))])  # pending already
+    (info,) = ingest.publish()
+    # One query for the block; none for the second call; publish's flush has nothing.
+    assert locator.batches == [4, 0]
+    assert [(e.oid, e.length) for e in info.entries] == [(h(b"new"), 3), (h(b"xyz"), 3)]
+    locator.record(info.id, info.entries)
+    assert store.read(h(b"new")) == b"new" and store.read(h(b"xyz")) == b"xyz"
+
+
+def test_ingest_seals_packs_in_the_background_and_raises_a_failed_seal(
+        store, locator, monkeypatch) -> None:
+    monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 100)
+    real_finish = objects.PackWriter.finish
+    calls = []
+
+    def finish(self):
+        calls.append(self.tmp)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_finish(self)
+
+    monkeypatch.setattr(objects.PackWriter, "finish", finish)
+    ingest = Ingest(store)
+    with pytest.raises(OSError, match="No space left"):
+        with ingest:
+            for i in range(7):
+                ingest.add_new(h(bytes([i]) * 40), KIND_BLOB, bytes([i]) * 40)
+            ingest.publish()
+    assert len(calls) == 3                       # every pack was handed to a sealer
+    assert listing(store.tmp_dir) == [] and listing(store.pack_dir) == []
+
+
+def test_ingest_abort_waits_for_packs_being_sealed(store, locator, monkeypatch) -> None:
+    import threading
+    monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 100)
+    release = threading.Event()
+    real_finish = objects.PackWriter.finish
+
+    finished = []
+
+    def slow_finish(self):
+        release.wait(10)
+        try:
+            return real_finish(self)
+        finally:
+            finished.append(self.tmp)
+
+    monkeypatch.setattr(objects.PackWriter, "finish", slow_finish)
+    ingest = Ingest(store)
+    for i in range(3):
+        ingest.add_new(h(bytes([i]) * 40), KIND_BLOB, bytes([i]) * 40)
+    assert len(listing(store.tmp_dir)) == 1      # sealing, not sealed
+    threading.Timer(0.2, release.set).start()
+    ingest.abort()
+    assert len(finished) == 1                    # abort returned after the seal ended
+    assert listing(store.tmp_dir) == [] and listing(store.pack_dir) == []
+
+
 # ---- corruption of a pack: every byte -------------------------------------------------------
 
 CORRUPTIBLE = [(KIND_BLOB, b"data\n"), (KIND_BLOB, b""), (KIND_TREE, EMPTY_TREE),
