@@ -46,7 +46,7 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644,
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray, mode: int = 0o644,
                        tmp_dir: str | os.PathLike[str] | None = None) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never
     a part."""
@@ -164,7 +164,7 @@ def _fill(fd: int, view: memoryview) -> int:
     return got
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """os.write until every byte is written."""
     _write_all(fd, memoryview(data), direct=False)
 

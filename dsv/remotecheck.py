@@ -444,12 +444,12 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
     small.sort(key=lambda item: item[1])
     uploaded: set[str] = set()
     if small:
-        pack_id, data, entries = encode_pack(small)
+        pack_id, pack, entries = encode_pack(small)
         uploaded.add(pack_id)
-        remote.backend.put_bytes(pack_key(pack_id), data)
+        remote.backend.put_bytes(pack_key(pack_id), pack)
         remote.backend.put_bytes(index_key(pack_id),
-                                 data[len(data) - pack_tail_size(len(entries)):])
-        sent.append(Sent(len(entries), len(data), (pack_id, len(data), entries)))
+                                 pack[len(pack) - pack_tail_size(len(entries)):])
+        sent.append(Sent(len(entries), len(pack), (pack_id, len(pack), entries)))
         fixed.update(oid for oid, _k, _d in small)
         report.repaired.append(f"uploaded {plural(len(small), 'object')} again in pack "
                                f"{pack_id[:12]}")

@@ -151,6 +151,16 @@ def test_encode_pack_writes_exactly_the_documented_bytes() -> None:
                        PackEntry(h(TREE), 21, len(TREE), KIND_TREE)]
 
 
+@pytest.mark.parametrize("before", [b"", b"x" * 7, b"y" * 5000])
+def test_encode_pack_into_a_used_buffer_writes_the_same_bytes(before: bytes) -> None:
+    items = triples([(KIND_BLOB, b"data\n"), (KIND_BLOB, b"real.txt"), (KIND_TREE, TREE)])
+    buf = bytearray(before)               # empty, smaller and larger than the pack
+    pack_id, data, entries = encode_pack(items, into=buf)
+    fresh_id, fresh, fresh_entries = encode_pack(items)
+    assert data is buf
+    assert (pack_id, bytes(data), entries) == (fresh_id, bytes(fresh), fresh_entries)
+
+
 def test_encode_pack_of_nothing_is_a_valid_empty_pack(tmp_path: Path) -> None:
     pack_id, data, entries = encode_pack([])
     assert data == b"DSVPACK1" + struct.pack(">QQ", 0, 8) + b"DSVPEND1"

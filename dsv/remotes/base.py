@@ -114,7 +114,7 @@ class Backend(Protocol):
         """The size of `key`, or None if the remote lacks it (or holds something that is
         not a regular file there, which an upload then replaces)."""
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Store an immutable file (visible only once whole; rewriting it is harmless)."""
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:

@@ -244,7 +244,7 @@ class ClusterCache:
         finally:
             os.close(tmp_dir)
 
-    def fill_bytes(self, path: str, data: bytes | memoryview) -> None:
+    def fill_bytes(self, path: str, data: bytes | bytearray | memoryview) -> None:
         """Write `data` as the cache entry `path` (whole, or not at all)."""
         self._fill(path, lambda fd: fileio.write_all(fd, data))
 

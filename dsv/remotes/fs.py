@@ -188,7 +188,7 @@ class FsBackend:
                              hint="something other than dsv wrote into the remote directory"
                              ) from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Backend.put_bytes: a temp file renamed into place."""
         path = self._parent(key)
         with self._replacing(key):

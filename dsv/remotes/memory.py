@@ -113,7 +113,7 @@ class MemoryBackend:
         return None if data is None else len(data)
 
     # ---- writing ------------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Store a copy of `data` at `key` (replacing what was there), all at once."""
         check_key(key)
         copy = bytes(data)

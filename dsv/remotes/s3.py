@@ -362,7 +362,7 @@ class S3Backend:
                 return None
             raise describe(exc, self._where(key)) from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Backend.put_bytes: one PUT."""
         full = self._key(key)
         try:
