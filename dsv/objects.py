@@ -651,10 +651,13 @@ def encode_pack(objects: Iterable[tuple[str, int, bytes | memoryview]],
     trailer = _TRAILER.pack(len(entries), offset, PACK_END_MAGIC)
     out = bytearray() if into is None else into
     total = offset + len(table) + len(trailer)
-    if len(out) > total:
-        del out[total:]   # (CPython keeps the memory unless it shrinks below half)
-    elif len(out) < total:
-        out.extend(bytes(total - len(out)))
+    try:
+        if len(out) > total:
+            del out[total:]   # (CPython keeps the memory unless it shrinks below half)
+        elif len(out) < total:
+            out.extend(bytes(total - len(out)))
+    except BufferError:   # (a view of the buffer is still held somewhere: not this one)
+        out = bytearray(total)
     with memoryview(out) as view:
         view[:len(PACK_MAGIC)] = PACK_MAGIC
         for (_oid, _kind, data), entry in zip(items, entries, strict=True):

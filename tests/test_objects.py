@@ -161,6 +161,15 @@ def test_encode_pack_into_a_used_buffer_writes_the_same_bytes(before: bytes) -> 
     assert (pack_id, bytes(data), entries) == (fresh_id, bytes(fresh), fresh_entries)
 
 
+def test_encode_pack_into_a_buffer_still_viewed_elsewhere_uses_a_new_one() -> None:
+    items = triples([(KIND_BLOB, b"data\n")])
+    buf = bytearray(b"z" * 3)
+    held = memoryview(buf)                # (cannot be resized while this lives)
+    _pack_id, data, _entries = encode_pack(items, into=buf)
+    assert data is not buf and bytes(held) == b"zzz"
+    assert bytes(data) == bytes(encode_pack(items)[1])
+
+
 def test_encode_pack_of_nothing_is_a_valid_empty_pack(tmp_path: Path) -> None:
     pack_id, data, entries = encode_pack([])
     assert data == b"DSVPACK1" + struct.pack(">QQ", 0, 8) + b"DSVPEND1"
