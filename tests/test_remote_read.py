@@ -529,3 +529,72 @@ def test_get_refuses_links_that_escape_through_each_other(tmp_path, dsv):
     res = dsv("get", remote, "mldata:latest", "--to", out, cwd=tmp_path)
     assert res.code == 1 and "e" in res.err, res.err
     assert not os.path.lexists(out / "e") and not os.path.lexists(out / "d" / "l")
+
+
+def test_a_sharded_directory_costs_one_locator_that_carries_its_leaf_shards(
+        tmp_path, dsv, monkeypatch):
+    """A leaf shard of a big directory has no locator of its own: its parent's carries it
+    (one upload per directory, not one per shard). A reader walks the directory through
+    those locators alone, also after it let the leaves go, and never needs the pack
+    indexes; a carried leaf that is not what its id says is refused."""
+    from dsv import tree
+    from dsv.sync import reader as reader_mod
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 6)  # 120 names: leaves, and shards of shards
+    files = {f"big/{i:03d}.txt": f"file {i}\n".encode() for i in range(120)}
+    files["top.txt"] = b"top\n"
+    ws = _workspace(tmp_path, dsv, files)
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    import dsv as api
+    from dsv.store import Store
+    store = Store.open(ws)
+    core = store.core
+    version = core.index.versions(core.index.dataset_by("name", "mldata").id)[0]
+    nodes = dict(tree.distinct_trees(version.tree, core.read_tree))
+    store.close()
+    leaves = {oid for oid, node in nodes.items() if node.prefix and not node.shards}
+    carriers = {oid: node for oid, node in nodes.items() if node.shards}
+    assert leaves and carriers and any(
+        c in carriers for node in carriers.values() for _d, c in node.shards)
+    written = {p.name for p in (remote / "loc").iterdir()}
+    assert written == (set(nodes) - leaves) | {version.record}
+    carried: set[str] = set()
+    for oid, node in carriers.items():
+        loc = layout.parse_locator((remote / layout.locator_key(oid)).read_bytes(), oid)
+        assert set(loc.nodes) == {c for _d, c in node.shards if c in leaves}
+        carried |= set(loc.nodes)
+        for leaf in loc.nodes:  # and it places the files of the leaves it carries
+            for name, _k, _m, size, blob, _c in nodes[leaf].rows:
+                pack, offset, length = loc.places[blob]
+                assert length == size
+                with open(remote / layout.pack_key(pack), "rb") as f:
+                    f.seek(offset)
+                    assert f.read(length) == files[f"big/{name}"]
+    assert carried == leaves
+
+    monkeypatch.setattr(reader_mod, "NODES_KEPT", 1)  # every node let go once read
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:latest")
+    got = {row.path: b"".join(reader.cat(v, row.path))
+           for row in reader.files(v, recursive=True) if row.path.startswith("big/")}
+    assert got == {k: v for k, v in files.items() if k.startswith("big/")}
+    assert reader._picture is None  # (no locator was missing: no pack index was read)
+
+    # A locator carrying a leaf whose bytes are not its id's: damaged, never used.
+    top = next(oid for oid, node in carriers.items() if node.prefix == "" and
+               any(c in leaves for _d, c in node.shards))
+    key = remote / layout.locator_key(top)
+    loc = layout.parse_locator(key.read_bytes(), top)
+    leaf = sorted(loc.nodes)[0]
+    forged = dict(loc.nodes)
+    forged[leaf] = loc.nodes[leaf].replace(b"txt", b"bin", 1)
+    with pytest.raises(Exception, match="damaged"):
+        layout.parse_locator(layout.encode_locator(loc.data, loc.places, forged), top)
+    os.chmod(key, 0o644)
+    key.write_bytes(layout.encode_locator(loc.data, loc.places, forged))
+    res = _ok(dsv("get", remote, "mldata:latest", "big", "--to", tmp_path / "out",
+                  cwd=tmp_path))
+    assert "damaged" in res.err
+    assert read_tree(tmp_path / "out") == {k: v for k, v in files.items()
+                                           if k.startswith("big/")}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptObject
@@ -216,12 +216,16 @@ def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
 # ---- locators ---------------------------------------------------------------------------
 
 LOCATOR_MAGIC = b"DSVLOC1\n"
+BUNDLE_MAGIC = b"DSVLOC2\n"
+"""A locator that also carries the leaf shards of a shard node (see `Locator.nodes`)."""
 _LOC_COUNT = struct.Struct(">I")
 _LOC_ENTRY = struct.Struct(">32sIQQ")     # raw object id, pack number, offset, length
 LOOSE_PACK = 0xFFFFFFFF
 """The pack number of an object the remote keeps loose (`loose/<xx>/<oid>`)."""
 MAX_LOCATOR_ENTRIES = 1 << 20
 """More leaves than any tree object or chunk list dsv writes names."""
+MAX_CARRIED = 16
+"""Tree objects a locator carries besides its own, at most: a shard node's children."""
 
 Location = tuple[str | None, int, int]
 """Where an object is on a remote: (pack id, offset, length), or (None, 0, size) when it
@@ -235,17 +239,29 @@ class Locator:
     that uploads the object): the object's own bytes, and where each blob or chunk it
     names lies on the remote. The bytes are checked against the id like any object; the
     places are hints (a maintainer may since have moved an object: a reader that finds
-    other bytes there looks the object up in the pack indexes)."""
+    other bytes there looks the object up in the pack indexes).
+
+    The locator of a shard node also carries its children that are leaves (`nodes`: id →
+    bytes, each checked against its id), and the places of their files: a leaf shard has
+    no locator of its own, so a directory of 1,000 files costs one locator, not 17."""
 
     data: bytes
     places: dict[str, Location]
+    nodes: dict[str, bytes] = field(default_factory=dict)
 
 
-def encode_locator(data: bytes, places: dict[str, Location]) -> bytes:
-    """A locator's bytes: magic, the object, the packs named, then one entry per leaf."""
+def encode_locator(data: bytes, places: dict[str, Location],
+                   nodes: dict[str, bytes] | None = None) -> bytes:
+    """A locator's bytes: magic, the object, (the objects it carries,) the packs named,
+    then one entry per leaf."""
     packs = sorted({p for p, _o, _n in places.values() if p is not None})
     number = {p: i for i, p in enumerate(packs)}
-    out = [LOCATOR_MAGIC, _LOC_COUNT.pack(len(data)), data, _LOC_COUNT.pack(len(packs))]
+    out = [BUNDLE_MAGIC if nodes else LOCATOR_MAGIC, _LOC_COUNT.pack(len(data)), data]
+    if nodes:
+        out.append(_LOC_COUNT.pack(len(nodes)))
+        for oid, carried in sorted(nodes.items()):
+            out += [bytes.fromhex(oid), _LOC_COUNT.pack(len(carried)), carried]
+    out.append(_LOC_COUNT.pack(len(packs)))
     out += [bytes.fromhex(p) for p in packs]
     out.append(_LOC_COUNT.pack(len(places)))
     out += [_LOC_ENTRY.pack(bytes.fromhex(oid), LOOSE_PACK if pack is None else number[pack],
@@ -255,19 +271,23 @@ def encode_locator(data: bytes, places: dict[str, Location]) -> bytes:
 
 
 def parse_locator(raw: bytes, oid: str) -> Locator:
-    """A locator read from a remote (untrusted): CorruptObject unless its object hashes
-    to `oid` and every count and entry is in bounds."""
+    """A locator read from a remote (untrusted): CorruptObject unless its object (and
+    each object it carries) hashes to its id and every count and entry is in bounds."""
     view = memoryview(raw)
     try:
-        if bytes(view[:len(LOCATOR_MAGIC)]) != LOCATOR_MAGIC:
+        magic = bytes(view[:len(LOCATOR_MAGIC)])
+        if magic not in (LOCATOR_MAGIC, BUNDLE_MAGIC):
             raise ValueError("magic")
-        at = len(LOCATOR_MAGIC)
-        (size,) = _LOC_COUNT.unpack_from(view, at)
-        at += 4
-        data = bytes(view[at:at + size])
-        if len(data) != size or hash_bytes(data) != oid:
-            raise ValueError("object")
-        at += size
+        data, at = _carried(view, len(LOCATOR_MAGIC), oid)
+        nodes: dict[str, bytes] = {}
+        if magic == BUNDLE_MAGIC:
+            (ncarried,) = _LOC_COUNT.unpack_from(view, at)
+            at += 4
+            if not 0 < ncarried <= MAX_CARRIED:
+                raise ValueError("carried")
+            for _ in range(ncarried):
+                child = bytes(view[at:at + 32]).hex()
+                nodes[child], at = _carried(view, at + 32, child)
         (npacks,) = _LOC_COUNT.unpack_from(view, at)
         at += 4
         if npacks * 32 > len(view) - at:
@@ -288,4 +308,15 @@ def parse_locator(raw: bytes, oid: str) -> Locator:
                 raise ValueError("pack number")
     except (ValueError, struct.error):
         raise CorruptObject(f"locator of {oid[:12]} on the remote is damaged") from None
-    return Locator(data, places)
+    return Locator(data, places, nodes)
+
+
+def _carried(view: memoryview, at: int, oid: str) -> tuple[bytes, int]:
+    """The object of id `oid` at `at` of a locator (its size, then its bytes, which must
+    hash to `oid`), and where what follows it starts; ValueError if not."""
+    (size,) = _LOC_COUNT.unpack_from(view, at)
+    at += 4
+    data = bytes(view[at:at + size])
+    if len(data) != size or hash_bytes(data) != oid:
+        raise ValueError("object")
+    return data, at + size

@@ -385,14 +385,27 @@ def _locators(core: Core, remote: Remote, batch: list[tuple[str, int, bytes]]
     """(key, bytes) of the locator of each tree object and version record in `batch`
     (layout.Locator): its bytes, and where each blob or chunk it names is on the remote,
     so that a reader without a store reads a path of a version one request per step.
+    A leaf shard of a big directory has none: its parent's locator carries it (one
+    upload per directory of a few thousand files, not one per shard).
     Made a group at a time, each naming about LOCATOR_LEAVES blobs: memory follows
     that, not the batch (16 MiB of trees of a million-file dataset name 160,000)."""
-    named: list[tuple[str, bytes, dict[str, int]]] = []
+    named: list[tuple[str, bytes, dict[str, bytes], dict[str, int]]] = []
     leaves = 0
     for oid, kind, data in batch:
-        mine = tree.leaves(tree.decode_node(data, oid, trusted=True)) \
-            if kind == KIND_TREE else {}
-        named.append((oid, data, mine))
+        carried: dict[str, bytes] = {}
+        mine: dict[str, int] = {}
+        if kind == KIND_TREE:
+            node = tree.decode_node(data, oid, trusted=True)
+            if _is_leaf_shard(node):
+                continue
+            mine = tree.leaves(node)
+            for _digit, child in node.shards:
+                child_data = core.read_tree(child)
+                child_node = tree.decode_node(child_data, child, trusted=True)
+                if _is_leaf_shard(child_node):
+                    carried[child] = child_data
+                    mine.update(tree.leaves(child_node))
+        named.append((oid, data, carried, mine))
         leaves += len(mine)
         if leaves >= LOCATOR_LEAVES:
             yield _locate(core, remote, named)
@@ -401,18 +414,25 @@ def _locators(core: Core, remote: Remote, batch: list[tuple[str, int, bytes]]
         yield _locate(core, remote, named)
 
 
-def _locate(core: Core, remote: Remote, named: list[tuple[str, bytes, dict[str, int]]]
+def _is_leaf_shard(node: tree.Node) -> bool:
+    """Whether `node` is a leaf of a sharded directory (entries of one shard)."""
+    return bool(node.prefix) and not node.shards
+
+
+def _locate(core: Core, remote: Remote,
+            named: list[tuple[str, bytes, dict[str, bytes], dict[str, int]]]
             ) -> list[tuple[str, bytes]]:
-    """The locators of `named` (object id, its bytes, the blobs it names: id → size)."""
-    wanted = {leaf for _oid, _data, mine in named for leaf in mine}
+    """The locators of `named` (object id, its bytes, the objects it carries, the blobs
+    it and they name: id → size)."""
+    wanted = {leaf for _oid, _data, _carried, mine in named for leaf in mine}
     packed = core.index.remote_locate_many(remote.name, wanted)
     loose = core.index.remote_loose(remote.name, wanted - packed.keys())
     out = []
-    for oid, data, mine in named:
+    for oid, data, carried, mine in named:
         places: dict[str, layout.Location] = {
             leaf: packed[leaf] if leaf in packed else (None, 0, size)
             for leaf, size in mine.items() if leaf in packed or leaf in loose}
-        out.append((layout.locator_key(oid), layout.encode_locator(data, places)))
+        out.append((layout.locator_key(oid), layout.encode_locator(data, places, carried)))
     return out
 
 

@@ -49,6 +49,8 @@ GET_BATCH_BYTES = 64 << 20
 """Files (and bytes) of small files `get` reads at once."""
 NODES_KEPT = 64 << 20
 """Bytes of tree objects and records a reader keeps in memory (least recently used go)."""
+MAX_CARRIERS = 1 << 20
+"""Leaf shards a reader remembers the carrier of (the oldest are forgotten)."""
 BLOBS_KEPT = 64 << 20
 """Bytes of small files a reader keeps in memory once read (those an open read ahead)."""
 MAX_REFS = 1_000_000
@@ -120,6 +122,7 @@ class RemoteReader:
         self._records: dict[str, Record] = {}
         self._nodes: OrderedDict[str, bytes] = OrderedDict()
         self._held = 0
+        self._carriers: dict[str, str] = {}  # leaf shard → the node whose locator carries it
         self._blobs: OrderedDict[str, bytes] = OrderedDict()  # small files read (ahead)
         self._blobs_held = 0
         self._pool: ThreadPoolExecutor | None = None
@@ -381,19 +384,30 @@ class RemoteReader:
         return self._node(oid)
 
     def _node(self, oid: str) -> bytes:
-        """A tree object or record, through its locator: from the cache, else from the
-        origin (then cached); by the pack indexes when the origin has no locator."""
+        """A tree object or record, through its locator (a leaf shard: through its
+        parent's, which carries it): from the cache, else from the origin (then cached);
+        by the pack indexes when the origin has no locator."""
         with self._lock:
             held = self._nodes.get(oid)
             if held is not None:
                 self._nodes.move_to_end(oid)
                 return held
+            carrier = self._carriers.get(oid)
+        if carrier is not None:  # (read before, and let go since: read its carrier again)
+            data = self._learn(carrier, self._locator(carrier)).get(oid)
+            if data is not None:
+                return data
+        return self._learn(oid, self._locator(oid))[oid]
+
+    def _locator(self, oid: str) -> layout.Locator:
+        """The locator of `oid`, from the cache, else from the origin (then cached); one
+        made of the object alone (read by the pack indexes) when the origin has none."""
         key = layout.locator_key(oid)
         path = self.cache.locator_path(oid) if self.cache else None
         raw = self._cached(path, MAX_GET_BYTES) if path else None
         if raw is not None:
             try:
-                return self._learn(oid, layout.parse_locator(raw, oid))
+                return layout.parse_locator(raw, oid)
             except CorruptObject:
                 assert self.cache is not None and path is not None
                 self.cache.drop(path)
@@ -410,19 +424,27 @@ class RemoteReader:
             raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
         if self.cache is not None and path is not None:
             self._fill(path, raw)
-        return self._learn(oid, locator)
+        return locator
 
-    def _learn(self, oid: str, locator: layout.Locator) -> bytes:
-        """Remember a locator's places, and its object among the last NODES_KEPT bytes of
-        objects read (a version never changes: a walk that comes back reads nothing)."""
+    def _learn(self, oid: str, locator: layout.Locator) -> dict[str, bytes]:
+        """Remember a locator's places, and its object (and those it carries) among the
+        last NODES_KEPT bytes of objects read (a version never changes: a walk that comes
+        back reads nothing); returns those objects, by id."""
+        nodes = {**locator.nodes, oid: locator.data}
         with self._lock:
             self._places.update(locator.places)
-            self._nodes[oid] = locator.data
-            self._held += len(locator.data)
+            for child in locator.nodes:
+                if len(self._carriers) >= MAX_CARRIERS:
+                    del self._carriers[next(iter(self._carriers))]
+                self._carriers[child] = oid
+            for node, data in nodes.items():
+                if node not in self._nodes:
+                    self._nodes[node] = data
+                    self._held += len(data)
             while self._held > NODES_KEPT and len(self._nodes) > 1:
                 _oid, data = self._nodes.popitem(last=False)
                 self._held -= len(data)
-        return locator.data
+        return nodes
 
     # ---- file contents ----------------------------------------------------------------
     def read_blob(self, oid: str, size: int) -> bytes:
