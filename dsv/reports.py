@@ -89,8 +89,11 @@ class PushReport(_FlatReport):
     versions_sent: int = 0      # of which the remote lacked
     objects_sent: int = 0
     bytes_sent: int = 0
-    objects_skipped: int = 0
+    objects_skipped: int = 0    # looked at, and found on the remote
     bytes_skipped: int = 0
+    # Versions the remote holds whole that versions sent were compared with: what they
+    # share was neither looked at nor counted as skipped.
+    based_on: list[str] = field(default_factory=list)
     refs_updated: list[str] = field(default_factory=list)
     refs_unchanged: list[str] = field(default_factory=list)
     behind: list[str] = field(default_factory=list)      # remote is ahead: nothing to do

@@ -894,10 +894,20 @@ def leaves(node: Node) -> dict[str, int]:
     return found
 
 
-def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, str]]:
+def subtree_ids(root: str, read_tree: Callable[[str], bytes], base: str | None = None
+                ) -> Iterable[tuple[str, str]]:
     """Every (kind, oid) reachable from `root`, each tree once: tree objects (chunk lists
     too) as DIR, blobs (chunks too) as their file's kind. A chunked file's whole-file id
-    names no object and is not among them."""
+    names no object and is not among them.
+
+    With `base` (another tree, in the store), what `base` holds at the same place is left
+    out: a subtree whose id is the same there (unread), a blob the same entry names there,
+    a chunk its chunk list names there. Only the tree objects that differ are read, so
+    what is beyond `base` costs what changed (a push after a commit of a few files, whose
+    parent the remote holds whole). Everything left out is reachable from `base`."""
+    if base is not None:
+        yield from _ids_beyond(root, base, read_tree)
+        return
     for oid, node in distinct_trees(root, read_tree):
         yield DIR, oid
         for _name, kind, _mode, _size, child, chunks in node.rows:
@@ -906,6 +916,51 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[
         if node.chunks is not None:
             for child, _length in node.chunks.chunks:
                 yield FILE, child
+
+
+def _ids_beyond(root: str, base: str, read_tree: Callable[[str], bytes]
+                ) -> Iterator[tuple[str, str]]:
+    """`subtree_ids(root)` less what `base` holds at the same places: the two trees are
+    walked side by side, node by node (shards paired by digit while both are sharded
+    alike; otherwise a node is compared with the entries of the base's whole directory
+    or shard there)."""
+    seen: set[str] = set()
+    stack: list[tuple[str, str | None]] = [(root, base)]
+    while stack:
+        oid, old = stack.pop()
+        if oid == old or oid in seen:
+            continue
+        seen.add(oid)
+        node = decode_node(read_tree(oid), oid)
+        yield DIR, oid
+        was = decode_node(read_tree(old), old, trusted=True) if old is not None else None
+        if node.chunks is not None:
+            had = {c for c, _n in was.chunks.chunks} if was and was.chunks else set()
+            for child, _length in node.chunks.chunks:
+                if child not in had:
+                    yield FILE, child
+            continue
+        if node.shards:
+            if was is not None and was.shards and was.prefix == node.prefix:
+                by_digit = dict(was.shards)
+                stack.extend((child, by_digit.get(digit)) for digit, child in node.shards)
+            else:  # (the base's directory is not sharded like this one here)
+                stack.extend((child, old) for _digit, child in node.shards)
+            continue
+        if was is None or was.chunks is not None:
+            old_rows: dict[str, Row] = {}
+        elif was.shards or was.prefix != node.prefix:
+            old_rows = {r[0]: r for r in _gather(was, was.prefix or "", read_tree)}
+        else:
+            old_rows = {r[0]: r for r in was.rows}
+        for name, kind, _mode, _size, child, chunks in node.rows:
+            there = old_rows.get(name)
+            if kind == DIR:
+                stack.append((child, there[4] if there and there[1] == DIR else None))
+            elif chunks:
+                stack.append((chunks, there[5] if there and there[5] else None))
+            elif there is None or there[4] != child or there[5] or there[1] == DIR:
+                yield kind, child
 
 
 def blob_sizes(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, int]]:

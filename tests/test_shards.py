@@ -353,3 +353,93 @@ def test_a_stored_file_named_as_a_directory_is_fetched_and_checked(tmp_path: Pat
     assert f"tree {blob[:12]} is on neither the remote nor here" in r.err
     assert dsv("verify", cwd=victim).code == 0
     assert dsv("files", "list", "victim:latest", "-r", cwd=victim).out.count("pwned") == 0
+
+
+# ---- what a version holds beyond one the remote has (a push after a small commit) -------
+
+def _chunked(store: MemStore, n: int, tag: bytes) -> Entry:
+    """A chunked file's entry: a chunk list of `n` chunks of 100 bytes, written to `store`."""
+    chunks = [(_oid(tag + b"%d" % i), 100) for i in range(n)]
+    data = tree.encode_chunks(tree.ChunkList(_oid(tag + b"whole%d" % n), 100 * n, chunks))
+    store.put(_oid(data), data)
+    return Entry(FILE, 0o644, 100 * n, _oid(tag + b"whole%d" % n), _oid(data))
+
+
+def _beyond(old: dict[str, Entry], new: dict[str, Entry], store: MemStore
+            ) -> tuple[set[str], set[str], set[str], list[str]]:
+    """(every id under the new tree, every id under the old, the ids `subtree_ids` finds
+    beyond the old, the tree objects that walk read)."""
+    root_old, _ = tree.build_tree(old, store.put)
+    root_new, _ = tree.build_tree(new, store.put)
+    reads: list[str] = []
+
+    def counted(oid: str) -> bytes:
+        reads.append(oid)
+        return store.get(oid)
+
+    beyond = {oid for _k, oid in tree.subtree_ids(root_new, counted, base=root_old)}
+    return ({oid for _k, oid in tree.subtree_ids(root_new, store.get)},
+            {oid for _k, oid in tree.subtree_ids(root_old, store.get)}, beyond, reads)
+
+
+def test_what_a_tree_holds_beyond_a_base_costs_what_differs() -> None:
+    limit = tree.SHARD_ENTRIES
+    one = Entry(FILE, 0o644, 1, _oid(b"one"))
+    big = _manifest(20_000)
+    store = MemStore()
+    cases = [
+        (big, {**big, "flat/f000123.bin": one}),                        # one file in 20,000
+        (big, {p: e for p, e in big.items() if p != "flat/f000042.bin"}),  # one removed
+        (_manifest(limit), {**_manifest(limit), "flat/zzz": one}),      # plain → sharded
+        ({**_manifest(limit), "flat/zzz": one}, _manifest(limit)),      # sharded → plain
+        ({**_manifest(300, "a"), "b/x": one},                           # dirs come and go,
+         {**_manifest(300, "a", seed=2), "b": one, "c/d/e": one}),      # a dir becomes a file
+        ({"m.bin": _chunked(store, 40, b"c")}, {"m.bin": _chunked(store, 41, b"c")}),  # append
+        ({}, _manifest(700)),                                           # nothing in common
+    ]
+    for old, new in cases:
+        full_new, full_old, beyond, _reads = _beyond(old, new, store)
+        # Everything left out is under the base; nothing outside the new tree is named.
+        assert full_new - full_old <= beyond <= full_new, (len(full_new - full_old), len(beyond))
+    # A one-file change in 20,000 entries: the root, the nodes and the leaf on its way,
+    # the blob; and only the tree objects that differ (on both sides) are read.
+    full_new, full_old, beyond, reads = _beyond(big, {**big, "flat/f000123.bin": one}, store)
+    assert len(beyond) <= 5 and one.oid in beyond, len(beyond)
+    assert len(reads) <= 2 * 4, len(reads)
+    # An append to a chunked file: its new list and its one new chunk.
+    _n, _o, beyond, _r = _beyond({"m.bin": _chunked(store, 40, b"c")},
+                                 {"m.bin": _chunked(store, 41, b"c")}, store)
+    assert len(beyond) == 3 and _oid(b"c40") in beyond  # (the root, the list, the chunk)
+
+
+def test_a_push_after_a_small_commit_looks_only_at_what_changed(tmp_path: Path, dsv) -> None:
+    ws = tmp_path / "ws"
+    files = _files(1500)
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    first = json.loads(dsv("push", "--json", cwd=ws).out)
+    assert first["based_on"] == [] and first["objects_sent"] > 1500
+    (ws / "flat/img01234.png").write_bytes(b"changed")
+    (ws / "flat/new.png").write_bytes(_files(1)["flat/img00000.png"])  # content it holds
+    assert dsv("commit", "-m", "two files", cwd=ws).code == 0
+    with dsv_api.open(ws) as store:
+        parent = store.resolve("raw:latest~1").id
+    r = dsv("push", "--json", cwd=ws)
+    second = json.loads(r.out)
+    # The parent is on the remote whole: only the changed path was looked at (a blob,
+    # leaves, shard node, root, record), and the unchanged 1,498 files were not.
+    assert second["based_on"] == [parent], second
+    assert second["objects_sent"] + second["objects_skipped"] <= 8, second
+    assert second["objects_sent"] >= 3, second
+    line = dsv("push", cwd=ws)
+    assert line.code == 0 and "up to date" in line.out
+    clone = tmp_path / "clone"
+    assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
+    expected = {**files, "flat/img01234.png": b"changed",
+                "flat/new.png": files["flat/img00000.png"]}
+    assert read_tree(clone / "raw") == expected or read_tree(clone) == expected
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+    assert dsv("checkout", "raw:latest~1", "--to", tmp_path / "old", cwd=clone).code == 0
+    assert read_tree(tmp_path / "old") == files

@@ -836,8 +836,10 @@ def test_kill_push_at_crash_point(tmp_path, push_template, s3_endpoint, aws_env,
     needed = final.reachable
     # Only what was still missing went up again.
     assert report["objects_sent"] == len(needed - had), (report, len(needed), len(had))
-    if report["objects_sent"]:
+    if report["objects_sent"] and not report["based_on"]:
         assert report["objects_sent"] + report["objects_skipped"] == len(needed), report
+    # (compared with a version the remote holds whole, what they share is not looked at)
+    assert report["objects_sent"] + report["objects_skipped"] <= len(needed), report
     if had & needed:
         assert report["objects_sent"] < len(needed)
     assert ok_json("push", cwd=ws)["objects_sent"] == 0

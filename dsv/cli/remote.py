@@ -118,9 +118,14 @@ def remote_maintain(name: Optional[str] = typer.Argument(None, metavar="[REMOTE]
 
 def _transfer_line(verb: str, report: PushReport | PullReport, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
-    return (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
+    line = (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
             f"{'to' if sent == 'sent' else 'from'} {report.remote}; "
             f"{report.objects_skipped} already there ({size(report.bytes_skipped)})")
+    based_on = getattr(report, "based_on", [])
+    if based_on:
+        line += (f", besides what they share with {plural(len(based_on), 'version')} "
+                 f"{report.remote} holds")
+    return line
 
 
 @commands.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -166,13 +166,17 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
             lock.take()
             remote.refresh()
             new = versions  # a record on the remote no longer vouches for its version
+            bases: dict[str, tuple[str, str]] = {}
+            report.based_on = []
         else:
             on_remote = {oid for oid, *_ in
                          core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
             new = [v for v in versions if v.record not in on_remote]
             report.versions_sent = len(new)
+            bases = _bases(core, remote, new, on_remote)
+            report.based_on = sorted({vid for vid, _tree in bases.values()})
         if new:
-            _send_objects(core, remote, new, report)
+            _send_objects(core, remote, new, report, bases)
         _write_catalogs(core, remote, versions, new)
         crashpoint("push:objects-sent")
         if lock.unbroken(look=True):
@@ -231,9 +235,48 @@ def _settle_pending(core: Core, remote: Remote) -> None:
                 cache.clear_pending(path)
 
 
-def _collect_needed(core: Core, versions: list[Version]) -> None:
+BASE_DEPTH = 64
+"""How many ancestors of a version `_bases` looks through for one the remote holds."""
+
+
+def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[str]
+           ) -> dict[str, tuple[str, str]]:
+    """For each of `versions` that has one, the tree of its nearest ancestor in the same
+    dataset that the remote holds whole: its record is there (records go up last, after
+    their trees and blobs) and the dataset's catalog there is known to name the record's
+    pack (a catalog naming it names the rest). Only what a version holds beyond that
+    tree then needs looking at (`_collect_needed`): a push after a commit of a few files
+    costs what changed, not what the version holds. Version id → (base id, its tree).
+
+    A push whose lease lapsed uses none: a record on the remote no longer vouches for
+    its version then (`_send`)."""
+    unfetched = core.index.unfetched()
+    catalogs: dict[str, set[str]] = {}
+    out: dict[str, tuple[str, str]] = {}
+    for v in versions:
+        queue, looked = list(v.parents), 0
+        while queue and looked < BASE_DEPTH:
+            looked += 1
+            parent = core.index.version(queue.pop(0))
+            if parent is None or parent.dataset != v.dataset or parent.id in unfetched:
+                continue
+            if parent.record is None or parent.record not in on_remote:
+                queue.extend(parent.parents)
+                continue
+            if v.dataset not in catalogs:
+                catalogs[v.dataset] = core.index.catalog_packs(remote.name, v.dataset)
+            where = core.index.remote_locate_many(remote.name, [parent.record])
+            if parent.record in where and where[parent.record][0] in catalogs[v.dataset]:
+                out[v.id] = (parent.id, parent.tree)
+            break
+    return out
+
+
+def _collect_needed(core: Core, versions: list[Version],
+                    bases: Mapping[str, tuple[str, str]] | None = None) -> None:
     """Every object the versions need, with its kind, into the index's `need` set (a temp
-    table: a push of a million files holds none of their ids in memory)."""
+    table: a push of a million files holds none of their ids in memory); with `bases`
+    (`_bases`), only what each version holds beyond its base's tree."""
     index = core.index
     index.need_reset()
     roots: set[str] = set()
@@ -244,7 +287,8 @@ def _collect_needed(core: Core, versions: list[Version]) -> None:
         if v.tree in roots:
             continue
         roots.add(v.tree)
-        for kind, oid in tree.subtree_ids(v.tree, core.read_tree):
+        base = (bases or {}).get(v.id)
+        for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base and base[1]):
             batch.append((oid, KIND_TREE if kind == tree.DIR else KIND_BLOB))
             if len(batch) >= NEED_BATCH:
                 index.need_add(batch)
@@ -286,9 +330,9 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
 
 
 def _send_objects(core: Core, remote: Remote, versions: list[Version],
-                  report: PushReport) -> None:
+                  report: PushReport, bases: Mapping[str, tuple[str, str]]) -> None:
     index, objects = core.index, core.objects
-    _collect_needed(core, versions)
+    _collect_needed(core, versions, bases)
     report.bytes_skipped = 0
     send_large = _large_to_send(core, remote, report)
     small_count, small_bytes = index.need_unsent_size(remote.name)
