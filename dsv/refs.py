@@ -13,7 +13,7 @@ inside the caller's index transaction.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import AmbiguousRef, DatasetNotFound, HistoryConflict, InvalidInput, RefError
@@ -247,6 +247,35 @@ def is_ancestor(index: Index, ancestor: str, v: Version) -> bool:
             if parent is not None:
                 stack.append(parent)
     return False
+
+
+NEAREST_DEPTH = 64
+"""How many ancestors `nearest_ancestor` looks through."""
+
+COMPARE_MIN_FILES = 1024
+"""A push or a pull compares a version of at least this many files with an ancestor
+(`nearest_ancestor`); a smaller one is looked at whole, which costs milliseconds and
+keeps its "already there" counts whole."""
+
+
+def nearest_ancestor(index: Index, v: Version, accept: Callable[[Version], bool]
+                     ) -> Version | None:
+    """The nearest ancestor of `v` in its own dataset (breadth first, at most
+    NEAREST_DEPTH looked at) that `accept`s, or None: what a push or a pull compares a
+    version with, so that it looks only at what differs."""
+    queue, seen = list(v.parents), set[str]()
+    while queue and len(seen) < NEAREST_DEPTH:
+        pid = queue.pop(0)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        parent = index.version(pid)
+        if parent is None or parent.dataset != v.dataset:
+            continue
+        if accept(parent):
+            return parent
+        queue.extend(parent.parents)
+    return None
 
 
 def ahead_of(index: Index, v: Version, base: Version) -> int:

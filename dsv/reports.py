@@ -163,8 +163,11 @@ class PullReport:
     versions: list[str] = field(default_factory=list)
     objects_received: int = 0
     bytes_received: int = 0
-    objects_skipped: int = 0
+    objects_skipped: int = 0    # looked at, and found here
     bytes_skipped: int = 0
+    # Versions this store holds whole that the versions pulled were compared with: what
+    # they share was neither looked at nor counted as skipped.
+    based_on: list[str] = field(default_factory=list)
     from_cache: int = 0
     updated: list[str] = field(default_factory=list)     # local refs moved
     diverged: list[str] = field(default_factory=list)    # local refs kept, remote differs

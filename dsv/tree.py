@@ -906,7 +906,8 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes], base: str | None =
     what is beyond `base` costs what changed (a push after a commit of a few files, whose
     parent the remote holds whole). Everything left out is reachable from `base`."""
     if base is not None:
-        yield from _ids_beyond(root, base, read_tree)
+        for kind, oid, _size in _ids_beyond(root, base, read_tree):
+            yield kind, oid
         return
     for oid, node in distinct_trees(root, read_tree):
         yield DIR, oid
@@ -919,11 +920,11 @@ def subtree_ids(root: str, read_tree: Callable[[str], bytes], base: str | None =
 
 
 def _ids_beyond(root: str, base: str, read_tree: Callable[[str], bytes]
-                ) -> Iterator[tuple[str, str]]:
-    """`subtree_ids(root)` less what `base` holds at the same places: the two trees are
-    walked side by side, node by node (shards paired by digit while both are sharded
-    alike; otherwise a node is compared with the entries of the base's whole directory
-    or shard there)."""
+                ) -> Iterator[tuple[str, str, int]]:
+    """(kind, oid, size) of `subtree_ids(root)` less what `base` holds at the same places
+    (a tree object's size is -1): the two trees are walked side by side, node by node
+    (shards paired by digit while both are sharded alike; otherwise a node is compared
+    with the entries of the base's whole directory or shard there)."""
     seen: set[str] = set()
     stack: list[tuple[str, str | None]] = [(root, base)]
     while stack:
@@ -932,13 +933,13 @@ def _ids_beyond(root: str, base: str, read_tree: Callable[[str], bytes]
             continue
         seen.add(oid)
         node = decode_node(read_tree(oid), oid)
-        yield DIR, oid
+        yield DIR, oid, -1
         was = decode_node(read_tree(old), old, trusted=True) if old is not None else None
         if node.chunks is not None:
             had = {c for c, _n in was.chunks.chunks} if was and was.chunks else set()
-            for child, _length in node.chunks.chunks:
+            for child, length in node.chunks.chunks:
                 if child not in had:
-                    yield FILE, child
+                    yield FILE, child, length
             continue
         if node.shards:
             if was is not None and was.shards and was.prefix == node.prefix:
@@ -953,19 +954,26 @@ def _ids_beyond(root: str, base: str, read_tree: Callable[[str], bytes]
             old_rows = {r[0]: r for r in _gather(was, was.prefix or "", read_tree)}
         else:
             old_rows = {r[0]: r for r in was.rows}
-        for name, kind, _mode, _size, child, chunks in node.rows:
+        for name, kind, _mode, size, child, chunks in node.rows:
             there = old_rows.get(name)
             if kind == DIR:
                 stack.append((child, there[4] if there and there[1] == DIR else None))
             elif chunks:
                 stack.append((chunks, there[5] if there and there[5] else None))
             elif there is None or there[4] != child or there[5] or there[1] == DIR:
-                yield kind, child
+                yield kind, child, size
 
 
-def blob_sizes(root: str, read_tree: Callable[[str], bytes]) -> Iterable[tuple[str, int]]:
+def blob_sizes(root: str, read_tree: Callable[[str], bytes], base: str | None = None
+               ) -> Iterable[tuple[str, int]]:
     """(oid, size) of every blob under `root` (files, symlinks, the chunks of chunked
-    files), each tree object read once."""
+    files), each tree object read once; with `base`, less what it holds at the same
+    places (as `subtree_ids`)."""
+    if base is not None:
+        for kind, oid, size in _ids_beyond(root, base, read_tree):
+            if kind != DIR:
+                yield oid, size
+        return
     for _oid, node in distinct_trees(root, read_tree, trusted=True):
         for _name, kind, _mode, size, child, chunks in node.rows:
             if kind != DIR and not chunks:

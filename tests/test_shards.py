@@ -443,3 +443,20 @@ def test_a_push_after_a_small_commit_looks_only_at_what_changed(tmp_path: Path, 
     assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
     assert dsv("checkout", "raw:latest~1", "--to", tmp_path / "old", cwd=clone).code == 0
     assert read_tree(tmp_path / "old") == files
+    # The clone pulls a further change comparing it with the version it holds whole:
+    # only the changed file's blob is looked at (and downloaded).
+    with dsv_api.open(clone) as store:
+        held = store.resolve("raw:latest").id
+    (ws / "flat/img00500.png").write_bytes(b"third")
+    assert dsv("commit", "-m", "third", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    pulled = dsv("pull", "--json", cwd=clone)
+    assert pulled.code == 0, pulled.err
+    report = json.loads(pulled.out)
+    assert report["based_on"] == [held], report
+    assert report["objects_received"] == 1 and report["objects_skipped"] == 0, report
+    expected["flat/img00500.png"] = b"third"
+    assert read_tree(clone / "raw") == expected or read_tree(clone) == expected
+    assert dsv("verify", cwd=clone).code == 0
+    line = dsv("pull", cwd=clone)
+    assert line.code == 0, line.err

@@ -118,14 +118,18 @@ def remote_maintain(name: Optional[str] = typer.Argument(None, metavar="[REMOTE]
 
 def _transfer_line(verb: str, report: PushReport | PullReport, sent: str) -> str:
     objects, nbytes = getattr(report, f"objects_{sent}"), getattr(report, f"bytes_{sent}")
-    line = (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
+    return (f"{verb} {plural(objects, 'object')} ({size(nbytes)}) "
             f"{'to' if sent == 'sent' else 'from'} {report.remote}; "
-            f"{report.objects_skipped} already there ({size(report.bytes_skipped)})")
-    based_on = getattr(report, "based_on", [])
-    if based_on:
-        line += (f", besides what they share with {plural(len(based_on), 'version')} "
-                 f"{report.remote} holds")
-    return line
+            f"{report.objects_skipped} already there ({size(report.bytes_skipped)})"
+            + _besides(report.based_on, report.remote))
+
+
+def _besides(based_on: list[str], holder: str) -> str:
+    """The end of a transfer line when versions were compared with ones `holder` holds
+    whole (what they share was not looked at, so not counted)."""
+    if not based_on:
+        return ""
+    return f", besides what they share with {plural(len(based_on), 'version')} {holder} holds"
 
 
 @commands.command()
@@ -234,7 +238,8 @@ def _print_pull(report: PullReport) -> None:
     echo(f"{plural(len(report.fetch.new_versions), 'new version')}; "
          f"downloaded {plural(report.objects_received, 'object')} ({size(report.bytes_received)})"
          + (f", {cached} of them from the cluster cache" if cached else "")
-         + f"; {report.objects_skipped} already here ({size(report.bytes_skipped)})")
+         + f"; {report.objects_skipped} already here ({size(report.bytes_skipped)})"
+         + _besides(report.based_on, "this store"))
     for line in report.updated:
         echo(f"  {line}")
     for line in report.checked_out:

@@ -24,7 +24,8 @@ from ..jsonio import load_bounded
 from ..paths import STORE_DIR
 from ..reporting import Reporter
 from ..reports import FetchReport, PullReport
-from ..objects import (Ingest)
+from ..model import Version
+from ..objects import Ingest
 from ..paths import is_under, normalize_user_path
 from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
@@ -101,15 +102,41 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         if not paths:
             core.index.drop_promised(v.id for v in chosen)
 
+    bases = {} if paths else _local_bases(core, chosen)
+    report.based_on = sorted({base.id for base in bases.values()})
     with Ingest(core.objects) as ingest:
         # Whole versions: each distinct tree once, as the walk goes (no flat manifest, no
-        # list of every blob is built).
-        download_blobs(core, remote, wanted if paths else
-                       (pair for v in chosen for pair in tree.blob_sizes(v.tree, core.read_tree)),
-                       report, ingest)
+        # list of every blob is built), and only where it differs from a version this
+        # store holds whole.
+        download_blobs(core, remote, wanted if paths else (
+            pair for v in chosen for pair in tree.blob_sizes(
+                v.tree, core.read_tree, bases[v.id].tree if v.id in bases else None)),
+            report, ingest)
         core.commit_objects(ingest, record, crash="pull:objects-written")
     core.index.checkpoint()
     return report
+
+
+def _local_bases(core: Core, versions: list[Version]) -> dict[str, Version]:
+    """For each of `versions` that has one, its nearest ancestor whose every blob this
+    store holds (committed, neither promised nor only listed): what the two share is
+    here, so a pull after a few files changed looks at those files only. Version id →
+    that ancestor."""
+    promised = core.index.promised()
+    unfetched = core.index.unfetched()
+
+    def whole(parent: Version) -> bool:
+        return not parent.is_draft and parent.id not in promised and \
+            parent.id not in unfetched
+
+    out: dict[str, Version] = {}
+    for v in versions:
+        if v.files < refs.COMPARE_MIN_FILES:
+            continue
+        base = refs.nearest_ancestor(core.index, v, whole)
+        if base is not None:
+            out[v.id] = base
+    return out
 
 
 # ---- pull and clone as commands ---------------------------------------------------------

@@ -235,40 +235,35 @@ def _settle_pending(core: Core, remote: Remote) -> None:
                 cache.clear_pending(path)
 
 
-BASE_DEPTH = 64
-"""How many ancestors of a version `_bases` looks through for one the remote holds."""
-
-
 def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[str]
            ) -> dict[str, tuple[str, str]]:
-    """For each of `versions` that has one, the tree of its nearest ancestor in the same
-    dataset that the remote holds whole: its record is there (records go up last, after
-    their trees and blobs) and the dataset's catalog there is known to name the record's
-    pack (a catalog naming it names the rest). Only what a version holds beyond that
-    tree then needs looking at (`_collect_needed`): a push after a commit of a few files
-    costs what changed, not what the version holds. Version id → (base id, its tree).
+    """For each of `versions` that has one, its nearest ancestor that the remote holds
+    whole: its record is there (records go up last, after their trees and blobs) and
+    the dataset's catalog there is known to name the record's pack (a catalog naming it
+    names the rest). Only what a version holds beyond that ancestor's tree then needs
+    looking at (`_collect_needed`): a push after a commit of a few files costs what
+    changed, not what the version holds. Version id → (base id, its tree).
 
     A push whose lease lapsed uses none: a record on the remote no longer vouches for
     its version then (`_send`)."""
     unfetched = core.index.unfetched()
     catalogs: dict[str, set[str]] = {}
+
+    def whole(parent: Version) -> bool:
+        if parent.id in unfetched or parent.record is None or parent.record not in on_remote:
+            return False
+        if parent.dataset not in catalogs:
+            catalogs[parent.dataset] = core.index.catalog_packs(remote.name, parent.dataset)
+        where = core.index.remote_locate_many(remote.name, [parent.record])
+        return parent.record in where and where[parent.record][0] in catalogs[parent.dataset]
+
     out: dict[str, tuple[str, str]] = {}
     for v in versions:
-        queue, looked = list(v.parents), 0
-        while queue and looked < BASE_DEPTH:
-            looked += 1
-            parent = core.index.version(queue.pop(0))
-            if parent is None or parent.dataset != v.dataset or parent.id in unfetched:
-                continue
-            if parent.record is None or parent.record not in on_remote:
-                queue.extend(parent.parents)
-                continue
-            if v.dataset not in catalogs:
-                catalogs[v.dataset] = core.index.catalog_packs(remote.name, v.dataset)
-            where = core.index.remote_locate_many(remote.name, [parent.record])
-            if parent.record in where and where[parent.record][0] in catalogs[v.dataset]:
-                out[v.id] = (parent.id, parent.tree)
-            break
+        if v.files < refs.COMPARE_MIN_FILES:
+            continue
+        base = refs.nearest_ancestor(core.index, v, whole)
+        if base is not None:
+            out[v.id] = (base.id, base.tree)
     return out
 
 
