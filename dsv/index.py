@@ -438,8 +438,11 @@ class Index:
     def _rows_in(self, sql: str, keys: Iterable[str],
                  *args: Any) -> Iterator[Row]:  # noqa: ANN401 - SQL parameters
         """Rows of `sql`, whose `{marks}` is an IN list, for every key (batched: SQLite
-        limits the number of parameters); `args` come before the keys."""
-        for part in self._batches(list(keys)):
+        limits the number of parameters); `args` come before the keys, and the rows come
+        in no particular order. The keys are sorted first: each batch then reads one
+        stretch of the table's B-tree instead of pages all over it (87,000 random ids
+        among 3 million rows: 0.85 s instead of 1.1-1.9 s, measured)."""
+        for part in self._batches(sorted(keys)):
             yield from self.conn.execute(sql.format(marks=",".join("?" * len(part))),
                                          (*args, *part))
 
