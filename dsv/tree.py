@@ -798,19 +798,48 @@ def diff_trees(a: str, b: str, read_tree: Callable[[str], bytes]
         base, x, y = stack.pop()
         if x == y:
             continue
-        xs = {r[0]: r for r in entries(x, read_tree)} if x is not None else {}
-        ys = {r[0]: r for r in entries(y, read_tree)} if y is not None else {}
-        for name in xs.keys() | ys.keys():
-            path = f"{base}/{name}" if base else name
-            rx, ry = xs.get(name), ys.get(name)
-            dx = rx[4] if rx is not None and rx[1] == DIR else None
-            dy = ry[4] if ry is not None and ry[1] == DIR else None
-            if dx != dy:
-                stack.append((path, dx, dy))
-            fx = Entry(*rx[1:]) if rx is not None and dx is None else None
-            fy = Entry(*ry[1:]) if ry is not None and dy is None else None
-            if fx != fy:
-                yield path, fx, fy
+        for xs, ys in _differing_rows(x, y, read_tree):
+            yield from _diff_rows(base, xs, ys, stack)
+
+
+def _diff_rows(base: str, xs: dict[str, Row], ys: dict[str, Row],
+               stack: list[tuple[str, str | None, str | None]]
+               ) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    """The files that differ between the rows `xs` and `ys` of one directory at `base`;
+    the subdirectories that differ go on `stack` (for `diff_trees`)."""
+    for name in xs.keys() | ys.keys():
+        path = f"{base}/{name}" if base else name
+        rx, ry = xs.get(name), ys.get(name)
+        dx = rx[4] if rx is not None and rx[1] == DIR else None
+        dy = ry[4] if ry is not None and ry[1] == DIR else None
+        if dx != dy:
+            stack.append((path, dx, dy))
+        fx = Entry(*rx[1:]) if rx is not None and dx is None else None
+        fy = Entry(*ry[1:]) if ry is not None and dy is None else None
+        if fx != fy:
+            yield path, fx, fy
+
+
+def _differing_rows(x: str | None, y: str | None, read_tree: Callable[[str], bytes]
+                    ) -> Iterator[tuple[dict[str, Row], dict[str, Row]]]:
+    """The entries of directories `x` and `y` (by name) wherever they may differ: shards
+    of the same digit are compared by id and read only when they differ, so a one-file
+    change in a sharded directory costs its leaf, not the directory. Where the two are
+    not sharded alike, the whole of each below that place (every name there has the
+    same shard prefix on both sides)."""
+    stack: list[tuple[str | None, str | None, str]] = [(x, y, "")]
+    while stack:
+        x, y, prefix = stack.pop()
+        if x == y:
+            continue
+        nx = node_at(read_tree, x, prefix) if x is not None else None
+        ny = node_at(read_tree, y, prefix) if y is not None else None
+        if nx is not None and ny is not None and nx.shards and ny.shards:
+            cx, cy = dict(nx.shards), dict(ny.shards)
+            stack.extend((cx.get(d), cy.get(d), prefix + d) for d in cx.keys() | cy.keys())
+            continue
+        yield ({r[0]: r for r in _gather(nx, prefix, read_tree)} if nx is not None else {},
+               {r[0]: r for r in _gather(ny, prefix, read_tree)} if ny is not None else {})
 
 
 def find(root: str, read_tree: Callable[[str], bytes], path: str,

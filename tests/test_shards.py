@@ -460,3 +460,39 @@ def test_a_push_after_a_small_commit_looks_only_at_what_changed(tmp_path: Path, 
     assert dsv("verify", cwd=clone).code == 0
     line = dsv("pull", cwd=clone)
     assert line.code == 0, line.err
+
+
+def test_a_diff_of_sharded_directories_reads_only_the_shards_that_differ() -> None:
+    limit = tree.SHARD_ENTRIES
+    one = Entry(FILE, 0o644, 1, _oid(b"one"))
+    big = _manifest(20_000)
+    cases = [
+        (big, {**big, "flat/f000123.bin": one}),
+        (big, {p: e for p, e in big.items() if p != "flat/f000042.bin"}),
+        (_manifest(limit), {**_manifest(limit), "flat/zzz": one}),
+        ({**_manifest(limit), "flat/zzz": one}, _manifest(limit)),
+        ({**_manifest(300, "a"), "b/x": one}, {**_manifest(300, "a", seed=2), "b": one,
+                                               "c/d/e": one}),
+        ({}, _manifest(700)),
+        (_manifest(3 * limit), _manifest(3 * limit, seed=5)),  # every file differs
+    ]
+    store = MemStore()
+    for old, new in cases:
+        a, _ = tree.build_tree(old, store.put)
+        b, _ = tree.build_tree(new, store.put)
+        expected = {p: (old.get(p), new.get(p)) for p in old.keys() | new.keys()
+                    if old.get(p) != new.get(p)}
+        got = {p: (x, y) for p, x, y in tree.diff_trees(a, b, store.get)}
+        assert got == expected
+    a, _ = tree.build_tree(big, store.put)
+    b, _ = tree.build_tree({**big, "flat/f000123.bin": one}, store.put)
+    reads: list[str] = []
+
+    def counted(oid: str) -> bytes:
+        reads.append(oid)
+        return store.get(oid)
+
+    assert [p for p, _x, _y in tree.diff_trees(a, b, counted)] == ["flat/f000123.bin"]
+    # The roots, flat/'s top nodes, one inner node and one leaf on each side: not the
+    # 256 leaves of a 20,000-entry directory.
+    assert len(reads) <= 2 * 4, len(reads)
