@@ -773,3 +773,33 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
         assert again.dataset_by("id", "ds000001").cache_tree is None
     finally:
         again.close()
+
+
+SCHEMA_IMPORTS = textwrap.dedent("""
+    import importlib.util, sys
+    import dsv
+    assert importlib.util.find_spec("pandas") and importlib.util.find_spec("numpy")
+    if sys.argv[2] == "pandas-first":
+        import pandas
+    dsv.init(sys.argv[1])
+    print(sorted(m for m in ("pandas", "numpy") if m in sys.modules))
+    import pandas, numpy, sqlite_utils.db
+    print(sqlite_utils.db.pd is (pandas if sys.argv[2] == "pandas-first" else None),
+          pandas.DataFrame({"a": [1, 2]}).shape, int(numpy.arange(3).sum()))
+""")
+
+
+@pytest.mark.parametrize("order, loaded, theirs", [
+    ("dsv-first", "[]", "True (2, 1) 3"),
+    ("pandas-first", "['numpy', 'pandas']", "True (2, 1) 3"),
+])
+def test_creating_an_index_loads_neither_pandas_nor_numpy(tmp_path: Path, order: str,
+                                                          loaded: str, theirs: str) -> None:
+    """sqlite_utils imports pandas and numpy when they are installed (as in the test
+    environment): creating a store must not pay for them, and must leave both importable
+    afterwards, and sqlite_utils as it would be, in a process that had imported pandas."""
+    r = subprocess.run([sys.executable, "-c", SCHEMA_IMPORTS, str(tmp_path / "s"), order],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [loaded, theirs]
+    assert (tmp_path / "s" / ".dsv" / "index.db").is_file()
