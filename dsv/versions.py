@@ -558,8 +558,21 @@ def create_version(core: Core, key: str, message: str | None = None,
                         tree=root_tree, parents=[base.id] if base else [], message=message,
                         author=default_author(), created=time.time(), size=size,
                         files=files)
-            core.commit_objects(ingest, lambda: core.index.insert_version(v))
+            core.commit_objects(ingest, lambda: _insert_draft(core, v, base))
         return v
+
+
+def _insert_draft(core: Core, v: Version, base: Version | None) -> None:
+    """Record draft `v`. A draft of a version whose blobs are still only on a remote (a
+    fetched version, or one pulled for some paths: promised) holds what that version
+    holds, so it is promised by the same remote too, and stays so once committed: this
+    store must never take it for a version it holds whole (a pull compares with such
+    versions and skips what they share). Trees are found by their root, as for any
+    version fetched without them (`Index.unfetched_roots`)."""
+    core.index.insert_version(v)
+    remote = core.index.promised().get(base.id) if base is not None else None
+    if remote is not None:
+        core.index.add_promised(v.id, remote)
 
 
 def _draft(core: Core, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:

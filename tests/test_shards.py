@@ -496,3 +496,40 @@ def test_a_diff_of_sharded_directories_reads_only_the_shards_that_differ() -> No
     # The roots, flat/'s top nodes, one inner node and one leaf on each side: not the
     # 256 leaves of a 20,000-entry directory.
     assert len(reads) <= 2 * 4, len(reads)
+
+
+def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path, dsv) -> None:
+    """A version made from one pulled for some paths holds blobs this store never had:
+    it stays promised once committed, so a later pull does not take it for a version
+    held whole (and skip the blobs they share)."""
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
+    files = {**_files(1100), "sub/k.txt": b"keep"}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    r = dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub", cwd=tmp_path)
+    assert r.code == 0, r.err
+    (tmp_path / "extra.txt").write_bytes(b"extra")
+    draft = dsv("versions", "create", "ds", "--from", "latest", "-m", "draft", cwd=bob)
+    assert draft.code == 0, draft.err
+    vid = draft.out.strip().rpartition(":")[2]
+    assert dsv("files", "put", vid, tmp_path / "extra.txt", cwd=bob).code == 0
+    assert dsv("versions", "commit", vid, cwd=bob).code == 0
+    with dsv_api.open(bob) as store:
+        assert store.core.index.promised().get(vid) == "origin"
+    assert dsv("push", cwd=bob).code == 0
+    assert dsv("pull", cwd=alice).code == 0
+    (alice / "flat/alice3.png").write_bytes(b"alice3")
+    assert dsv("commit", "-m", "v3", cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    pulled = dsv("pull", "--no-checkout", "--json", cwd=bob)
+    assert pulled.code == 0, pulled.err
+    report = json.loads(pulled.out)
+    assert vid not in report["based_on"], report
+    assert report["objects_received"] >= 1100, report
+    remote.rename(tmp_path / "away")  # everything v3 needs is in bob's store now
+    assert dsv("checkout", "ds:latest", "--to", tmp_path / "out", cwd=bob).code == 0
+    assert read_tree(tmp_path / "out") == {**files, "extra.txt": b"extra",
+                                           "flat/alice3.png": b"alice3"}
