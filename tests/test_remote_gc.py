@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import random
 import shutil
 import time
@@ -386,6 +387,37 @@ def test_a_lease_that_lapsed_after_the_blobs_were_sent_makes_the_push_check_them
     out, err = pusher.communicate(timeout=120)
     assert pusher.returncode == 0, out + err
     assert "lapsed" in err
+    check_remote(DirView(remote))
+    _clone_matches(str(remote), tmp_path / "clone", read_tree(ws))
+
+
+def test_a_push_whose_lease_lapsed_before_its_records_sends_no_record(
+        tmp_path: Path) -> None:
+    """Stopped after its blobs, lease run out, gc deletes them; on waking the push must
+    not upload its record (a record on the remote vouches for its version: a later push
+    of it would send nothing and publish the ref). Killed right after its objects went
+    up, it leaves a remote on which the next push completes the version."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    write_tree(ws, {"n.bin": os.urandom(6000), "m.bin": os.urandom(7000)})
+    ok("commit", "-m", "two", cwd=ws)
+    other = tmp_path / "other"
+    ok("clone", remote, other, cwd=tmp_path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    pusher = spawn("push", cwd=ws, env={**paused("push:phase-sent", pause),
+                                        "DSV_CRASH_AT": "push:objects-sent"})
+    wait_for(pause / "push:phase-sent.reached", pusher)
+    [lock] = os.listdir(remote / "locks")
+    (remote / "locks" / lock).write_text(json.dumps({"owner": lock, "until": time.time() - 1}))
+    assert _gc(other)["objects_deleted"] >= 2  # the new blob pack's
+    (pause / "push:phase-sent.go").touch()
+    out, err = pusher.communicate(timeout=120)
+    assert pusher.returncode == -signal.SIGKILL, out + err
+    assert "lapsed" in err
+    os.unlink(pause / "push:phase-sent.reached")
+    ok("push", cwd=ws)
     check_remote(DirView(remote))
     _clone_matches(str(remote), tmp_path / "clone", read_tree(ws))
 

@@ -533,3 +533,106 @@ def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path,
     assert dsv("checkout", "ds:latest", "--to", tmp_path / "out", cwd=bob).code == 0
     assert read_tree(tmp_path / "out") == {**files, "extra.txt": b"extra",
                                            "flat/alice3.png": b"alice3"}
+
+
+def _lose_blob_packs(remote: Path) -> int:
+    """Delete every pack (and its index) of directory remote `remote` that holds a blob,
+    as a storage fault or a stray delete would; how many."""
+    from dsv.objects import KIND_BLOB, parse_pack_index
+    lost = 0
+    for index in sorted((remote / "index").iterdir()):
+        entries, _size = parse_pack_index(index.read_bytes(), index.name)
+        if any(e.kind == KIND_BLOB for e in entries):
+            index.unlink()
+            (remote / "packs" / f"{index.name}.pack").unlink()
+            lost += 1
+    return lost
+
+
+def test_a_push_never_compares_with_a_version_whose_packs_the_remote_lost(
+        tmp_path: Path, dsv) -> None:
+    """A remote that lost a pack (not by gc or maintain: those take it out of the
+    catalogs first) no longer holds its versions whole: a later push of a child of one
+    checks each object again and sends what was lost, so the ref it publishes is whole."""
+    ws, remote = tmp_path / "ws", tmp_path / "remote"
+    files = {**_files(1100), "only_b.txt": b"only in B"}
+    write_tree(ws, files)
+    assert dsv("init", "--name", "ds", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "B", cwd=ws).code == 0
+    with dsv_api.open(ws) as store:
+        b = store.resolve("ds:latest").id
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    assert _lose_blob_packs(remote) >= 1
+    (ws / "only_b.txt").unlink()
+    (ws / "flat/img00001.png").write_bytes(b"changed")
+    assert dsv("commit", "-m", "V1", cwd=ws).code == 0
+    v1 = json.loads(dsv("push", "--json", cwd=ws).out)
+    assert v1["based_on"] == [], v1
+    draft = dsv("versions", "create", "ds", "--from", b, "-m", "W", cwd=ws)
+    vid = draft.out.strip().rpartition(":")[2]
+    (tmp_path / "w.txt").write_bytes(b"w")
+    assert dsv("files", "put", vid, tmp_path / "w.txt", cwd=ws).code == 0
+    assert dsv("versions", "commit", vid, "--force", cwd=ws).code == 0
+    r = dsv("push", "--force", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    w = json.loads(r.out)
+    assert w["based_on"] == [], w
+    assert "lost 1 pack" in r.err and "ds" in r.err, r.err
+    assert w["objects_sent"] >= 1, w   # only_b.txt, lost with B's pack
+    assert dsv("clone", remote, tmp_path / "c", cwd=tmp_path).code == 0
+    assert read_tree(tmp_path / "c") == {**files, "w.txt": b"w"}
+
+
+def test_versions_of_two_datasets_with_one_tree_each_get_a_whole_catalog(
+        tmp_path: Path, dsv) -> None:
+    """A push of two versions with the same root tree, one compared with a base of its
+    own dataset, the other (another dataset) with none: the other dataset's catalog
+    names every pack its version needs, so a clone of that dataset alone reads only it."""
+    ws, remote = tmp_path / "ws", tmp_path / "remote"
+    write_tree(ws / "zzz", _files(1100))
+    assert dsv("init", "--bare", ws, cwd=tmp_path).code == 0
+    assert dsv("datasets", "create", "zzz", "--path", "zzz", cwd=ws).code == 0
+    assert dsv("datasets", "create", "aaa", cwd=ws).code == 0
+    assert dsv("commit", "-m", "v0", cwd=ws / "zzz").code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    (ws / "zzz/flat/img00001.png").write_bytes(b"changed")
+    assert dsv("commit", "-m", "v1", cwd=ws / "zzz").code == 0
+    assert dsv("versions", "create", "aaa", "--source-path", "zzz", "-m", "copy",
+               cwd=ws).code == 0
+    r = dsv("push", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    assert len(json.loads(r.out)["based_on"]) == 1, r.out
+    check = dsv("verify", "--remote", "origin", cwd=ws)
+    assert check.code == 0 and "catalog" not in check.out + check.err, check.out + check.err
+    c = dsv("clone", remote, tmp_path / "c", "--dataset", "aaa", cwd=tmp_path)
+    assert c.code == 0 and "do not name everything" not in c.err, c.err
+
+
+def test_a_locator_names_the_place_of_a_large_file_shared_with_the_base(
+        tmp_path: Path, dsv) -> None:
+    """A store that reads one dataset knows nothing of the remote's loose files; its push
+    compares with the base and never looks at the large file they share, yet the new
+    root's locator gives that file's place (a reader without a store finds it in one
+    request, not by reading every pack index)."""
+    from dsv.remotes import layout
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
+    big = os.urandom(3 << 20)
+    write_tree(alice, {**_files(1100), "big.bin": big})
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
+    (bob / "top.txt").write_bytes(b"new")
+    assert dsv("commit", "-m", "v2", cwd=bob).code == 0
+    pushed = json.loads(dsv("push", "--json", cwd=bob).out)
+    assert len(pushed["based_on"]) == 1, pushed
+    with dsv_api.open(bob) as store:
+        root = store.resolve("ds:latest").tree
+    locator = layout.parse_locator((remote / layout.locator_key(root)).read_bytes(), root)
+    assert locator.places[blake3.blake3(big).hexdigest()][0] is None  # loose, on the remote
+    reader = dsv_api.open_remote(str(remote))
+    reader.get(reader.resolve("ds:latest"), ["big.bin"], tmp_path / "got")
+    assert (tmp_path / "got" / "big.bin").read_bytes() == big

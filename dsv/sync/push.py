@@ -176,7 +176,12 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
             bases = _bases(core, remote, new, on_remote)
             report.based_on = sorted({vid for vid, _tree in bases.values()})
         if new:
-            _send_objects(core, remote, new, report, bases)
+            try:
+                _send_objects(core, remote, new, report, bases,
+                              held=lambda: lock.unbroken(look=True))
+            except _Lapsed:
+                lapsed = True
+                continue
         _write_catalogs(core, remote, versions, new)
         crashpoint("push:objects-sent")
         if lock.unbroken(look=True):
@@ -184,6 +189,10 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
         lapsed = True
     raise RemoteError(f"the push's lease on {remote.name} kept lapsing; no ref was moved",
                       hint="push again")
+
+
+class _Lapsed(Exception):
+    """The push's lease lapsed before its records went up (`_send_objects`)."""
 
 
 def _write_catalogs(core: Core, remote: Remote, versions: list[Version],
@@ -245,15 +254,30 @@ def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[s
     changed, not what the version holds. Version id → (base id, its tree).
 
     A push whose lease lapsed uses none: a record on the remote no longer vouches for
-    its version then (`_send`)."""
+    its version then (`_send`). Nor does a dataset whose catalog names a pack the remote
+    no longer lists: gc and maintain take a pack out of the catalogs before deleting it,
+    so the remote lost it otherwise (deleted by hand, a damaged bucket), and the versions
+    whose objects it held are no longer whole; each object is then checked against what
+    the remote lists, and what it lost is sent again."""
     unfetched = core.index.unfetched()
+    listed = set(core.index.remote_packs(remote.name))
     catalogs: dict[str, set[str]] = {}
 
     def whole(parent: Version) -> bool:
         if parent.id in unfetched or parent.record is None or parent.record not in on_remote:
             return False
         if parent.dataset not in catalogs:
-            catalogs[parent.dataset] = core.index.catalog_packs(remote.name, parent.dataset)
+            named = core.index.catalog_packs(remote.name, parent.dataset)
+            lost = named - listed
+            if lost:
+                ds = core.index.dataset_by("id", parent.dataset)
+                core.reporter.notice(
+                    f"warning: {remote.name} lost {plural(len(lost), 'pack')} the catalog "
+                    f"of {ds.name if ds else parent.dataset} names (e.g. "
+                    f"{min(lost)[:12]}); this push "
+                    f"checks every object of its versions (`dsv verify --remote "
+                    f"{remote.name}` lists what is missing)")
+            catalogs[parent.dataset] = set() if lost else named
         where = core.index.remote_locate_many(remote.name, [parent.record])
         return parent.record in where and where[parent.record][0] in catalogs[parent.dataset]
 
@@ -274,15 +298,18 @@ def _collect_needed(core: Core, versions: list[Version],
     (`_bases`), only what each version holds beyond its base's tree."""
     index = core.index
     index.need_reset()
-    roots: set[str] = set()
+    # Each root once per base it is compared with: a version of another dataset with the
+    # same tree and another base (or none) needs what the first one's base held, in its
+    # own catalog (`_write_catalogs` names the packs of the `need` set).
+    walked: set[tuple[str, str | None]] = set()
     batch: list[tuple[str, int]] = []
     for v in versions:
         assert v.record is not None
         batch.append((v.record, KIND_VERSION))
-        if v.tree in roots:
-            continue
-        roots.add(v.tree)
         base = (bases or {}).get(v.id)
+        if (v.tree, base and base[1]) in walked:
+            continue
+        walked.add((v.tree, base and base[1]))
         for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base and base[1]):
             batch.append((oid, KIND_TREE if kind == tree.DIR else KIND_BLOB))
             if len(batch) >= NEED_BATCH:
@@ -307,16 +334,9 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
                                     f"that need it cannot be pushed",
                                     hint="pull those versions completely first, or run "
                                          "`dsv verify`")
-        unknown = [oid for oid in batch if oid not in known_loose]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            sizes = dict(zip(unknown, pool.map(lambda o: remote.backend.head(loose_key(o)),
-                                               unknown), strict=True))
-        present = [oid for oid, size in sizes.items() if size is not None]
-        if present:
-            with index.transaction():
-                index.add_remote_loose(remote.name, present)
+        found = _ask_loose(core, remote, [oid for oid in batch if oid not in known_loose])
         for oid in batch:
-            on_remote = oid in known_loose or sizes.get(oid) is not None
+            on_remote = oid in known_loose or oid in found
             if not on_remote:
                 send[oid] = os.stat(objects.loose_path(oid)).st_size
             elif objects.has_loose(oid):
@@ -324,8 +344,24 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
     return send
 
 
+def _ask_loose(core: Core, remote: Remote, oids: list[str]) -> set[str]:
+    """Which of `oids` the remote holds as loose objects (a HEAD each), remembered."""
+    with ThreadPoolExecutor(WORKERS) as pool:
+        sizes = pool.map(lambda o: remote.backend.head(loose_key(o)), oids)
+        present = [oid for oid, size in zip(oids, sizes, strict=True) if size is not None]
+    if present:
+        with core.index.transaction():
+            core.index.add_remote_loose(remote.name, present)
+    return set(present)
+
+
 def _send_objects(core: Core, remote: Remote, versions: list[Version],
-                  report: PushReport, bases: Mapping[str, tuple[str, str]]) -> None:
+                  report: PushReport, bases: Mapping[str, tuple[str, str]],
+                  held: Callable[[], bool] = lambda: True) -> None:
+    """Upload what `versions` need that the remote lacks: blobs, then trees, then records.
+    Records go up only while the lease still `held` since the push began (else _Lapsed):
+    a gc that ran meanwhile may have deleted blobs the push found there, and a record on
+    the remote vouches for everything under it (a later push compares with it)."""
     index, objects = core.index, core.objects
     _collect_needed(core, versions, bases)
     report.bytes_skipped = 0
@@ -342,6 +378,8 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
         # Publish order: blobs, then trees, then records; each phase whole before the next,
         # so a record on the remote always has its tree and blobs there too.
         for kind in (KIND_BLOB, KIND_TREE, KIND_VERSION):
+            if kind == KIND_VERSION and not held():
+                raise _Lapsed()
             phase = index.need_unsent(remote.name, kind)
             jobs: list[Future[Sent]] = []
 
@@ -466,6 +504,10 @@ def _locate(core: Core, remote: Remote,
     wanted = {leaf for _oid, _data, _carried, mine in named for leaf in mine}
     packed = core.index.remote_locate_many(remote.name, wanted)
     loose = core.index.remote_loose(remote.name, wanted - packed.keys())
+    # A large file the push did not look at (shared with its base) may be on the remote
+    # all the same, unknown here: asked for, so that readers find it in one request.
+    loose |= _ask_loose(core, remote, sorted(
+        leaf for leaf in wanted - packed.keys() - loose if core.objects.has_loose(leaf)))
     out = []
     for oid, data, carried, mine in named:
         places: dict[str, layout.Location] = {
