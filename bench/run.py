@@ -144,7 +144,13 @@ def run_measured(cmd: Command, env: dict[str, str], log: Path, timeout: float) -
             raise CommandFailed(f"{cmd.show()} timed out after {timeout:.0f} s")
         if rc != 0 and not result.exists():
             raise CommandFailed(f"{cmd.show()}: could not run (exit {rc}); see {log}\n{tail(log)}")
-        r = json.loads(result.read_text())
+        try:
+            r = json.loads(result.read_text())
+        except ValueError:  # (the wrapper could not write it: most often a full disk)
+            free = shutil.disk_usage(result.parent).free
+            raise CommandFailed(f"{cmd.show()}: its measurement in {result} is unreadable "
+                                f"(exit {rc}; {free / 1e9:.1f} GB free on that disk: a "
+                                f"full disk leaves it empty); see {log}\n{tail(log)}") from None
         result.unlink()
         out.write(f"[exit {r['rc']}, {r['wall']:.3f} s, maxrss {r['maxrss_kib']} KiB]\n".encode())
     return Measurement(
