@@ -906,6 +906,12 @@ class Index:
         """Versions fetched from a remote whose blobs may not all be here: version → remote."""
         return dict(self.conn.execute("SELECT version, remote FROM promised"))
 
+    def promised_by(self, vid: str) -> str | None:
+        """The remote `vid`'s blobs may still be only on, if it is promised."""
+        row = self.conn.execute("SELECT remote FROM promised WHERE version=?",
+                                (vid,)).fetchone()
+        return row[0] if row else None
+
     def add_promised(self, vid: str, remote: str) -> None:
         """Note that `vid`'s blobs may still be only on `remote`."""
         self.conn.execute("INSERT OR IGNORE INTO promised (version, remote) VALUES (?,?)",

@@ -570,7 +570,7 @@ def _insert_draft(core: Core, v: Version, base: Version | None) -> None:
     versions and skips what they share). Trees are found by their root, as for any
     version fetched without them (`Index.unfetched_roots`)."""
     core.index.insert_version(v)
-    remote = core.index.promised().get(base.id) if base is not None else None
+    remote = core.index.promised_by(base.id) if base is not None else None
     if remote is not None:
         core.index.add_promised(v.id, remote)
 

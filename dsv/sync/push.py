@@ -307,10 +307,11 @@ def _collect_needed(core: Core, versions: list[Version],
         assert v.record is not None
         batch.append((v.record, KIND_VERSION))
         base = (bases or {}).get(v.id)
-        if (v.tree, base and base[1]) in walked:
+        base_tree = base[1] if base else None
+        if (v.tree, base_tree) in walked:
             continue
-        walked.add((v.tree, base and base[1]))
-        for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base and base[1]):
+        walked.add((v.tree, base_tree))
+        for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base_tree):
             batch.append((oid, KIND_TREE if kind == tree.DIR else KIND_BLOB))
             if len(batch) >= NEED_BATCH:
                 index.need_add(batch)
@@ -346,6 +347,8 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
 
 def _ask_loose(core: Core, remote: Remote, oids: list[str]) -> set[str]:
     """Which of `oids` the remote holds as loose objects (a HEAD each), remembered."""
+    if not oids:  # (the usual case for a group of locators: no thread pool for nothing)
+        return set()
     with ThreadPoolExecutor(WORKERS) as pool:
         sizes = pool.map(lambda o: remote.backend.head(loose_key(o)), oids)
         present = [oid for oid, size in zip(oids, sizes, strict=True) if size is not None]
@@ -357,7 +360,7 @@ def _ask_loose(core: Core, remote: Remote, oids: list[str]) -> set[str]:
 
 def _send_objects(core: Core, remote: Remote, versions: list[Version],
                   report: PushReport, bases: Mapping[str, tuple[str, str]],
-                  held: Callable[[], bool] = lambda: True) -> None:
+                  held: Callable[[], bool]) -> None:
     """Upload what `versions` need that the remote lacks: blobs, then trees, then records.
     Records go up only while the lease still `held` since the push began (else _Lapsed):
     a gc that ran meanwhile may have deleted blobs the push found there, and a record on
