@@ -584,6 +584,67 @@ def test_a_push_never_compares_with_a_version_whose_packs_the_remote_lost(
     assert read_tree(tmp_path / "c") == {**files, "w.txt": b"w"}
 
 
+def test_a_store_reading_one_dataset_never_compares_with_a_version_whose_packs_were_lost(
+        tmp_path: Path, dsv) -> None:
+    """A clone of one dataset lists no pack of the remote: before comparing with a
+    version there, its push asks for the packs the dataset's catalog names, and one the
+    remote lost makes it check (and send) every object, so the ref it publishes is whole."""
+    alice, remote = tmp_path / "alice", tmp_path / "remote"
+    files = {**_files(1100), "only_b.txt": b"only in B"}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "B", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    bob = tmp_path / "bob"
+    assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
+    assert _lose_blob_packs(remote) >= 1
+    (bob / "flat/img00001.png").write_bytes(b"changed")
+    assert dsv("commit", "-m", "V2", cwd=bob).code == 0
+    r = dsv("push", "--json", cwd=bob)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["based_on"] == [], report
+    assert "lost 1 pack" in r.err, r.err
+    assert report["objects_sent"] >= 1100, report
+    # What only B held (img00001's old content) stays lost: V2 does not need it.
+    check = dsv("verify", "--remote", "origin", cwd=bob)
+    assert check.out.count("not on the remote") == 1, check.out + check.err
+    assert dsv("clone", remote, tmp_path / "c", cwd=tmp_path).code == 0
+    assert read_tree(tmp_path / "c") == {**files, "flat/img00001.png": b"changed"}
+
+
+def test_a_push_never_compares_with_a_version_whose_large_file_the_remote_lost(
+        tmp_path: Path, dsv) -> None:
+    """A large (loose) file shared with the base that the remote lost is found when the
+    push writes the locator of its directory: the push then checks every object, sends
+    the file again, and only then moves the ref. (A store reading one dataset: one that
+    pushed the file itself remembers it there and asks nothing, as before bases.)"""
+    alice, remote = tmp_path / "alice", tmp_path / "remote"
+    big = bytes(range(256)) * 8192  # 2 MiB: stored loose, below the chunking threshold
+    files = {**_files(1100), "big.bin": big}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    ws = tmp_path / "bob"
+    assert dsv("clone", remote, ws, "--dataset", "ds", cwd=tmp_path).code == 0
+    lost = [p for p in (remote / "loose").rglob("*") if p.is_file()]
+    assert len(lost) == 1
+    lost[0].unlink()
+    (ws / "top.txt").write_bytes(b"new")
+    assert dsv("commit", "-m", "v2", cwd=ws).code == 0
+    r = dsv("push", "--json", cwd=ws)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["based_on"] == [], report
+    assert "lacks object" in r.err, r.err
+    assert lost[0].is_file() and lost[0].read_bytes() == big
+    assert dsv("clone", remote, tmp_path / "c", cwd=tmp_path).code == 0
+    assert read_tree(tmp_path / "c") == {**files, "top.txt": b"new"}
+
+
 def test_versions_of_two_datasets_with_one_tree_each_get_a_whole_catalog(
         tmp_path: Path, dsv) -> None:
     """A push of two versions with the same root tree, one compared with a base of its

@@ -158,6 +158,7 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
     throughout: if it lapsed, a remote gc may have deleted anything the push found there
     or uploaded itself, so the lease is taken again, the remote looked at afresh, and
     every object of every version checked against it again."""
+    compare = True  # with bases (`_bases`) until one proves not whole
     for _attempt in range(3):
         if lapsed:
             core.reporter.notice(f"warning: this push's lease on {remote.name} lapsed (was "
@@ -173,7 +174,7 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
                          core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
             new = [v for v in versions if v.record not in on_remote]
             report.versions_sent = len(new)
-            bases = _bases(core, remote, new, on_remote)
+            bases = _bases(core, remote, new, on_remote) if compare else {}
             report.based_on = sorted({vid for vid, _tree in bases.values()})
         if new:
             try:
@@ -181,6 +182,17 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
                               held=lambda: lock.unbroken(look=True))
             except _Lapsed:
                 lapsed = True
+                continue
+            except _NotWhole as exc:
+                if not bases:
+                    raise RemoteError(f"object {exc.oid[:12]} went missing from "
+                                      f"{remote.name} during this push; no ref was moved",
+                                      hint="push again") from None
+                core.reporter.notice(f"warning: {remote.name} lacks object {exc.oid[:12]} "
+                                     f"of a version it held whole; this push checks every "
+                                     f"object of its versions (`dsv verify --remote "
+                                     f"{remote.name}` lists what is missing)")
+                compare = False
                 continue
         _write_catalogs(core, remote, versions, new)
         crashpoint("push:objects-sent")
@@ -193,6 +205,15 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
 
 class _Lapsed(Exception):
     """The push's lease lapsed before its records went up (`_send_objects`)."""
+
+
+class _NotWhole(Exception):
+    """A file shared with a push's base is not on the remote (`_locate`): the base was
+    not whole there after all, and comparing with it skipped what the remote lost."""
+
+    def __init__(self, oid: str) -> None:
+        super().__init__(oid)
+        self.oid = oid
 
 
 def _write_catalogs(core: Core, remote: Remote, versions: list[Version],
@@ -268,7 +289,12 @@ def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[s
             return False
         if parent.dataset not in catalogs:
             named = core.index.catalog_packs(remote.name, parent.dataset)
-            lost = named - listed
+            # (A store reading only some datasets lists no pack: it asks for those named.)
+            lost = named - listed if remote.scoped is None else _absent_packs(remote, named)
+            if lost and remote.scoped is not None:
+                with core.index.transaction():  # (what they held is sent again)
+                    for pack_id in lost:
+                        core.index.forget_remote_pack(remote.name, pack_id)
             if lost:
                 ds = core.index.dataset_by("id", parent.dataset)
                 core.reporter.notice(
@@ -289,6 +315,16 @@ def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[s
         if base is not None:
             out[v.id] = (base.id, base.tree)
     return out
+
+
+def _absent_packs(remote: Remote, packs: set[str]) -> set[str]:
+    """Those of `packs` the remote no longer holds (a HEAD each)."""
+    ordered = sorted(packs)
+    if not ordered:
+        return set()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        sizes = list(pool.map(lambda p: remote.backend.head(pack_key(p)), ordered))
+    return {p for p, size in zip(ordered, sizes, strict=True) if size is None}
 
 
 def _collect_needed(core: Core, versions: list[Version],
@@ -507,10 +543,15 @@ def _locate(core: Core, remote: Remote,
     wanted = {leaf for _oid, _data, _carried, mine in named for leaf in mine}
     packed = core.index.remote_locate_many(remote.name, wanted)
     loose = core.index.remote_loose(remote.name, wanted - packed.keys())
-    # A large file the push did not look at (shared with its base) may be on the remote
-    # all the same, unknown here: asked for, so that readers find it in one request.
-    loose |= _ask_loose(core, remote, sorted(
-        leaf for leaf in wanted - packed.keys() - loose if core.objects.has_loose(leaf)))
+    # A large file the push did not look at (shared with its base) is on the remote if
+    # the base is whole there, unknown here: asked for, so that readers find it in one
+    # request. One that is not there was lost (every blob this push sent is known).
+    asked = sorted(leaf for leaf in wanted - packed.keys() - loose
+                   if core.objects.has_loose(leaf))
+    found = _ask_loose(core, remote, asked)
+    if len(found) < len(asked):
+        raise _NotWhole(min(set(asked) - found))
+    loose |= found
     out = []
     for oid, data, carried, mine in named:
         places: dict[str, layout.Location] = {
