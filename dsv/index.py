@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,26 +34,61 @@ SCHEMA_VERSION = 7
 _IN_BATCH = 500
 
 
+_SQLITE_UTILS: list[Any] = []   # the module, once loaded
+_SQLITE_UTILS_LOCK = threading.Lock()
+
+
 def _sqlite_utils() -> Any:  # noqa: ANN401 - the module
-    """sqlite_utils, imported on first use (only `init` and migrations pay for it) and
+    """sqlite_utils.db, imported on first use (only `init` and migrations pay for it) and
     without pandas and numpy: its `db` module imports both when they are installed, for
     DataFrame values dsv never inserts. Where they are (any ML environment), that import
     took 1.19 s and 109 MB of RSS instead of 0.43 s and 24 MB (a whole `python -c`
-    here), on every `dsv init` and `dsv clone`. Each is refused only while sqlite_utils
-    loads, and only if nothing imported it yet (then sqlite_utils gets it as usual)."""
+    here), on every `dsv init` and `dsv clone`.
+
+    Both are refused only to the thread loading it (other threads import them as usual),
+    and only if nothing imported them yet. That copy is dsv's own: it leaves
+    `sys.modules`, so a program that imports sqlite_utils later gets it whole (numpy
+    values and all). One already imported is used as it is."""
+    import importlib
     import sys
-    if "sqlite_utils.db" in sys.modules:
-        return sys.modules["sqlite_utils"]
-    refused = [name for name in ("pandas", "numpy") if name not in sys.modules]
-    for name in refused:
-        sys.modules[name] = None  # type: ignore[assignment]  # (the import system's "not here")
-    try:
-        import sqlite_utils
-    finally:
-        for name in refused:
-            if name in sys.modules and sys.modules[name] is None:
+    with _SQLITE_UTILS_LOCK:
+        if _SQLITE_UTILS:
+            return _SQLITE_UTILS[0]
+        if "sqlite_utils" in sys.modules or \
+                all(name in sys.modules for name in ("pandas", "numpy")):
+            # (an import waits for another thread still importing it)
+            _SQLITE_UTILS.append(importlib.import_module("sqlite_utils.db"))
+            return _SQLITE_UTILS[0]
+        refuse = _Refuse({"pandas", "numpy"} - sys.modules.keys())
+        sys.meta_path.insert(0, refuse)
+        try:
+            module = importlib.import_module("sqlite_utils.db")
+        finally:
+            sys.meta_path.remove(refuse)
+        if refuse.refused:
+            for name in [n for n in sys.modules
+                         if n == "sqlite_utils" or n.startswith("sqlite_utils.")]:
                 del sys.modules[name]
-    return sqlite_utils
+        _SQLITE_UTILS.append(module)
+        return module
+
+
+class _Refuse:
+    """A finder (first on `sys.meta_path`) that tells the thread that made it that
+    `names` are not installed, and defers to the others for everything else."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.thread = threading.get_ident()
+        self.refused: set[str] = set()
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None
+                  ) -> None:
+        """Raise ModuleNotFoundError for `names` in the thread; else None (not mine)."""
+        if fullname in self.names and threading.get_ident() == self.thread:
+            self.refused.add(fullname)
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
 
 
 _VERSION_COLS = ("id, dataset, state, tree, parents, message, author, created, committed, "

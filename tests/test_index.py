@@ -784,14 +784,16 @@ SCHEMA_IMPORTS = textwrap.dedent("""
     dsv.init(sys.argv[1])
     print(sorted(m for m in ("pandas", "numpy") if m in sys.modules))
     import pandas, numpy, sqlite_utils.db
-    print(sqlite_utils.db.pd is (pandas if sys.argv[2] == "pandas-first" else None),
-          pandas.DataFrame({"a": [1, 2]}).shape, int(numpy.arange(3).sum()))
+    db = sqlite_utils.Database(memory=True)
+    db["t"].insert({"a": numpy.int64(3)})
+    print(sqlite_utils.db.pd is pandas, pandas.DataFrame({"a": [1, 2]}).shape,
+          int(numpy.arange(3).sum()), db["t"].columns_dict["a"].__name__)
 """)
 
 
 @pytest.mark.parametrize("order, loaded, theirs", [
-    ("dsv-first", "[]", "True (2, 1) 3"),
-    ("pandas-first", "['numpy', 'pandas']", "True (2, 1) 3"),
+    ("dsv-first", "[]", "True (2, 1) 3 int"),
+    ("pandas-first", "['numpy', 'pandas']", "True (2, 1) 3 int"),
 ])
 def test_creating_an_index_loads_neither_pandas_nor_numpy(tmp_path: Path, order: str,
                                                           loaded: str, theirs: str) -> None:
@@ -803,3 +805,39 @@ def test_creating_an_index_loads_neither_pandas_nor_numpy(tmp_path: Path, order:
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [loaded, theirs]
     assert (tmp_path / "s" / ".dsv" / "index.db").is_file()
+
+
+SCHEMA_THREADS = textwrap.dedent("""
+    import sys, threading
+    import dsv
+    errors = []
+    def init(i):
+        try:
+            dsv.init(f"{sys.argv[1]}/s{i}")
+        except BaseException as exc:
+            errors.append(repr(exc))
+    def user():
+        try:
+            import pandas
+            pandas.DataFrame({"a": [1]})
+        except BaseException as exc:
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=init, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=user))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(errors)
+""")
+
+
+def test_stores_created_by_threads_at_once_and_a_thread_importing_pandas_meanwhile(
+        tmp_path: Path) -> None:
+    """sqlite_utils is loaded once, by one thread, with pandas refused to that thread
+    only: other threads creating stores wait for it, and one importing pandas gets it."""
+    r = subprocess.run([sys.executable, "-c", SCHEMA_THREADS, str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[]"]
+    assert all((tmp_path / f"s{i}" / ".dsv" / "index.db").is_file() for i in range(4))
