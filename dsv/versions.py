@@ -155,9 +155,12 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                      stat_rows: tuple[str, list[tuple[str, StatRow]] | None, set[str]]
                      | None = None,
                      head: bool = False, cache_tree: str | None = None,
-                     runs: list[str] | None = None, force: bool = False) -> Version:
+                     runs: list[str] | None = None, force: bool = False,
+                     promised_by: str | None = None) -> Version:
     """Seal `v` (state committed): write its record, then make it visible in one transaction
-    (with the stat-cache rows, and the digests of the runs of the walk they vouch for)."""
+    (with the stat-cache rows, and the digests of the runs of the walk they vouch for). A
+    new version that names blobs of a promised one is promised by the same remote
+    (`promised_by`; see _insert_draft)."""
     v.state = COMMITTED
     v.committed = time.time()
     record = _record(core, v)
@@ -167,6 +170,8 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
     def make_visible() -> None:
         if new:
             core.index.insert_version(v)
+            if promised_by is not None:
+                core.index.add_promised(v.id, promised_by)
         else:
             current = core.index.version(v.id)
             if current is None or current.state != DRAFT:
@@ -242,7 +247,10 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                                                made.snap.stat_rows, made.gone),
                                     cache_tree=made.tree if made.complete else None,
                                     runs=made.runs,
-                                    force=force)
+                                    force=force,
+                                    # (the head's other files may be only on a remote)
+                                    promised_by=core.index.promised_by(head.id)
+                                    if chosen and head is not None else None)
 
 
 def _chosen_paths(ds: Dataset, head: Version | None, root: Path, paths: list[str],

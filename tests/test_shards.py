@@ -535,6 +535,41 @@ def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path,
                                            "flat/alice3.png": b"alice3"}
 
 
+def test_a_commit_of_some_paths_on_a_promised_head_is_never_a_pull_base(
+        tmp_path: Path, dsv) -> None:
+    """`commit PATH` keeps the rest of the head: on a head that is only fetched (its
+    blobs on the remote), the new versions are promised by the same remote, so a pull
+    downloads what they name instead of taking them for versions held whole."""
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
+    files = {**_files(1100), "sub/k.txt": b"keep"}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    assert dsv("init", "--bare", bob, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=bob).code == 0
+    assert dsv("fetch", cwd=bob).code == 0
+    assert dsv("datasets", "update", "ds", "--path", "ds", cwd=bob).code == 0
+    write_tree(bob / "ds", {"sub/k.txt": b"bob"})
+    made = []
+    for text in (b"bob", b"bob2"):
+        (bob / "ds/sub/k.txt").write_bytes(text)
+        r = dsv("commit", "sub/k.txt", "-m", text.decode(), cwd=bob / "ds")
+        assert r.code == 0, r.err
+        made.append(r.out.strip().rpartition(":")[2])
+    with dsv_api.open(bob) as store:
+        promised = store.core.index.promised()
+    assert [promised.get(vid) for vid in made] == ["origin", "origin"], promised
+    pulled = dsv("pull", "--no-checkout", "--json", cwd=bob)
+    assert pulled.code == 0, pulled.err
+    report = json.loads(pulled.out)
+    assert report["based_on"] == [] and report["objects_received"] >= 1100, report
+    remote.rename(tmp_path / "away")  # everything the latest needs is in bob's store now
+    assert dsv("checkout", "ds:latest", "--to", tmp_path / "out", cwd=bob).code == 0
+    assert read_tree(tmp_path / "out") == {**files, "sub/k.txt": b"bob2"}
+
+
 def _lose_blob_packs(remote: Path) -> int:
     """Delete every pack (and its index) of directory remote `remote` that holds a blob,
     as a storage fault or a stray delete would; how many."""
