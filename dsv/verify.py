@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import tree, worktree
+from . import refs, tree, worktree
 from .core import Core
 from .errors import DsvError, MissingObject
 from .hashing import hash_bytes, new_hasher
@@ -186,6 +186,33 @@ def _verify_chunked(core: Core, report: VerifyReport, damage: Damage) -> None:
             advance(1, chunks.size)
 
 
+def _own_blobs(core: Core, promised: dict[str, str], lazy: set[str]) -> dict[str, set[str]]:
+    """The blobs each promised version made in this store holds beyond the version it
+    was made from: version id → blob ids. A draft of a fetched version, or a `commit
+    PATH` on one, is promised (its other blobs may be only on the remote), but what it
+    added is on no remote until pushed: that must be here. A version counts as made
+    here when its record is not on its remote as far as this store knows; it is compared
+    with its nearest ancestor whose record is (none, or one whose trees are still on the
+    remote: nothing of it is checked, as for a fetched version)."""
+    out: dict[str, set[str]] = {}
+    for vid, remote in promised.items():
+        v = core.index.version(vid)
+        if v is None or v.tree in lazy:
+            continue
+
+        def on_remote(x: Version, remote: str = remote) -> bool:
+            return x.record is not None and \
+                bool(core.index.remote_locate_many(remote, [x.record]))
+
+        if on_remote(v):
+            continue
+        base = refs.nearest_ancestor(core.index, v, on_remote)
+        if base is None or base.tree in lazy:
+            continue
+        out[vid] = {oid for oid, _size in tree.blob_sizes(v.tree, core.read_tree, base.tree)}
+    return out
+
+
 def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: set[str]) -> None:
     """Walk every version: each object it needs must be here (a tree whose bytes are
     damaged was reported by the object check; the walk goes on with the other trees).
@@ -197,6 +224,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     watched = set(damage.corrupt) | lost   # the objects whose `reached` and size matter
     promised = core.index.promised()
     lazy = core.index.unfetched_roots()   # (trees left on a remote, by design)
+    own = _own_blobs(core, promised, lazy)
     seen: set[str] = set()
 
     def here(oids: list[str]) -> set[str]:
@@ -229,7 +257,8 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
         return chunks.chunks
 
     versions = core.index.all_versions()
-    versions.sort(key=lambda v: v.id in promised)
+    # (a tree a fetched version shares with one made here is judged as the fetched one's)
+    versions.sort(key=lambda v: (v.id in promised, v.id in own))
     for v in versions:
         report.versions_checked += 1
         label = f"version {v.id}"
@@ -266,7 +295,8 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                 if child in watched:
                     damage.reached.add(child)
                     damage.sizes[child] = size
-                if child not in present and v.id not in promised:
+                if child not in present and (v.id not in promised or
+                                             child in own.get(v.id, ())):
                     damage.reached.add(child)
                     damage.sizes[child] = size
                     lacks(child, KIND_BLOB, label)

@@ -535,6 +535,38 @@ def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path,
                                            "flat/alice3.png": b"alice3"}
 
 
+def test_verify_finds_a_lost_file_a_promised_draft_added(tmp_path: Path, dsv) -> None:
+    """A draft of a version pulled for some paths is promised (the base's blobs are on
+    the remote), but a file it added is on no remote: verify reports it lost, and still
+    not the base's blobs it never had."""
+    from dsv.hashing import hash_bytes
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
+    files = {**_files(1100), "sub/k.txt": b"keep"}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    assert dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub",
+               cwd=tmp_path).code == 0
+    big = bytes(range(256)) * 8192 + b"bob"  # stored loose
+    (tmp_path / "big.bin").write_bytes(big)
+    draft = dsv("versions", "create", "ds", "--from", "latest", "-m", "d", cwd=bob)
+    vid = draft.out.strip().rpartition(":")[2]
+    assert dsv("files", "put", vid, tmp_path / "big.bin", cwd=bob).code == 0
+    assert dsv("versions", "commit", vid, cwd=bob).code == 0
+    ok = dsv("verify", cwd=bob)
+    assert ok.code == 0, ok.out + ok.err
+    oid = hash_bytes(big)
+    lost = [p for p in (bob / ".dsv/objects").rglob(oid) if p.is_file()]
+    assert len(lost) == 1
+    lost[0].unlink()
+    r = dsv("verify", cwd=bob)
+    assert r.code == 1, r.out + r.err
+    assert f"file {oid[:12]} is missing" in r.out + r.err, r.out + r.err
+    assert (r.out + r.err).count("is missing") == 1, r.out + r.err
+
+
 def test_a_commit_of_some_paths_on_a_promised_head_is_never_a_pull_base(
         tmp_path: Path, dsv) -> None:
     """`commit PATH` keeps the rest of the head: on a head that is only fetched (its
