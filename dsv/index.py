@@ -772,14 +772,18 @@ class Index:
             (remote,)).fetchone()
         return int(count), int(total)
 
-    def need_unpacked(self) -> Iterator[list[str]]:
-        """Needed objects not packed here (large files: loose here, or not here at all),
-        in batches (each its own query: the caller may write between batches)."""
+    def need_unpacked(self, remote: str) -> Iterator[list[str]]:
+        """Needed objects neither packed here nor in `remote`'s packs (large files: loose
+        here, or not here at all; a promised version's small files are in the packs of
+        the remote it came from), in batches (each its own query: the caller may write
+        between batches)."""
         last = ""
         while True:
             batch = [row[0] for row in self.conn.execute(
                 "SELECT n.oid FROM need n WHERE n.oid > ? AND NOT EXISTS (SELECT 1 FROM "
-                "objects o WHERE o.oid = n.oid) ORDER BY n.oid LIMIT ?", (last, _IN_BATCH * 8))]
+                "objects o WHERE o.oid = n.oid) AND NOT EXISTS (SELECT 1 FROM remote_objects "
+                "r WHERE r.remote = ? AND r.oid = n.oid) ORDER BY n.oid LIMIT ?",
+                (last, remote, _IN_BATCH * 8))]
             if not batch:
                 return
             yield batch

@@ -535,6 +535,37 @@ def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path,
                                            "flat/alice3.png": b"alice3"}
 
 
+def test_a_small_draft_of_a_partly_pulled_version_pushes_to_its_origin(
+        tmp_path: Path, dsv) -> None:
+    """A version of fewer files than a push compares (no base) made from one pulled for
+    some paths: the blobs it never had are in the packs of the remote it came from, so
+    a push there sends only what it added."""
+    alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
+    files = {**_files(50), "sub/k.txt": b"keep"}
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+    assert dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub",
+               cwd=tmp_path).code == 0
+    (tmp_path / "extra.txt").write_bytes(b"extra")
+    draft = dsv("versions", "create", "ds", "--from", "latest", "-m", "d", cwd=bob)
+    vid = draft.out.strip().rpartition(":")[2]
+    assert dsv("files", "put", vid, tmp_path / "extra.txt", cwd=bob).code == 0
+    assert dsv("versions", "commit", vid, cwd=bob).code == 0
+    # Another remote has none of them: nothing is pushed there.
+    assert dsv("remote", "add", "other", tmp_path / "other", cwd=bob).code == 0
+    elsewhere = dsv("push", "other", cwd=bob)
+    assert elsewhere.code != 0 and "is not in this store" in elsewhere.err, elsewhere.err
+    assert (remote / "refs").is_dir() and not (tmp_path / "other" / "refs").exists()
+    r = dsv("push", "--json", cwd=bob)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["based_on"] == [], r.out
+    assert dsv("pull", cwd=alice).code == 0
+    assert read_tree(alice) == {**files, "extra.txt": b"extra"}
+
+
 def test_verify_finds_a_lost_file_a_promised_draft_added(tmp_path: Path, dsv) -> None:
     """A draft of a version pulled for some paths is promised (the base's blobs are on
     the remote), but a file it added is on no remote: verify reports it lost, and still

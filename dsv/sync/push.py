@@ -363,7 +363,7 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
     Those not known to be there are asked for with HEAD."""
     index, objects = core.index, core.objects
     send: dict[str, int] = {}
-    for batch in index.need_unpacked():
+    for batch in index.need_unpacked(remote.name):
         known_loose = index.remote_loose(remote.name, batch)
         for oid in batch:
             if oid not in known_loose and not objects.has_loose(oid):
