@@ -209,7 +209,11 @@ def _own_blobs(core: Core, promised: dict[str, str], lazy: set[str]) -> dict[str
         base = refs.nearest_ancestor(core.index, v, on_remote)
         if base is None or base.tree in lazy:
             continue
-        out[vid] = {oid for oid, _size in tree.blob_sizes(v.tree, core.read_tree, base.tree)}
+        try:
+            out[vid] = {oid for oid, _size in
+                        tree.blob_sizes(v.tree, core.read_tree, base.tree)}
+        except DsvError:
+            continue  # (a tree missing or damaged: the walk reports it)
     return out
 
 

@@ -166,10 +166,12 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
                                  f"meanwhile: looking at the remote again")
             lock.take()
             remote.refresh()
+            _forget_lost_packs(core, remote)
             new = versions  # a record on the remote no longer vouches for its version
             bases: dict[str, tuple[str, str]] = {}
             report.based_on = []
         else:
+            _forget_lost_packs(core, remote)
             on_remote = {oid for oid, *_ in
                          core.index.remote_objects_of_kind(remote.name, KIND_VERSION)}
             new = [v for v in versions if v.record not in on_remote]
@@ -289,12 +291,7 @@ def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[s
             return False
         if parent.dataset not in catalogs:
             named = core.index.catalog_packs(remote.name, parent.dataset)
-            # (A store reading only some datasets lists no pack: it asks for those named.)
-            lost = named - listed if remote.scoped is None else _absent_packs(remote, named)
-            if lost and remote.scoped is not None:
-                with core.index.transaction():  # (what they held is sent again)
-                    for pack_id in lost:
-                        core.index.forget_remote_pack(remote.name, pack_id)
+            lost = named - listed
             if lost:
                 ds = core.index.dataset_by("id", parent.dataset)
                 core.reporter.notice(
@@ -317,14 +314,28 @@ def _bases(core: Core, remote: Remote, versions: list[Version], on_remote: set[s
     return out
 
 
-def _absent_packs(remote: Remote, packs: set[str]) -> set[str]:
-    """Those of `packs` the remote no longer holds (a HEAD each)."""
-    ordered = sorted(packs)
-    if not ordered:
-        return set()
+def _forget_lost_packs(core: Core, remote: Remote) -> None:
+    """A store that reads only some datasets lists no pack of the remote (a store that
+    reads all of it does, at each refresh, and forgets those gone): before a push
+    trusts its picture, it asks for each pack it knows of (a HEAD each) and forgets the
+    ones the remote lost, so that what they held is sent again if a version needs it."""
+    if remote.scoped is None:
+        return
+    known = sorted(core.index.remote_packs(remote.name))
+    if not known:
+        return
     with ThreadPoolExecutor(WORKERS) as pool:
-        sizes = list(pool.map(lambda p: remote.backend.head(pack_key(p)), ordered))
-    return {p for p, size in zip(ordered, sizes, strict=True) if size is None}
+        sizes = list(pool.map(lambda p: remote.backend.head(pack_key(p)), known))
+    lost = [p for p, size in zip(known, sizes, strict=True) if size is None]
+    if not lost:
+        return
+    core.reporter.notice(f"warning: {remote.name} lost {plural(len(lost), 'pack')} this "
+                         f"store knew of (e.g. {lost[0][:12]}); what the versions pushed "
+                         f"need of them is sent again (`dsv verify --remote {remote.name}` "
+                         f"lists what is missing)")
+    with core.index.transaction():
+        for pack_id in lost:
+            core.index.forget_remote_pack(remote.name, pack_id)
 
 
 def _collect_needed(core: Core, versions: list[Version],
