@@ -160,7 +160,7 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
     """Seal `v` (state committed): write its record, then make it visible in one transaction
     (with the stat-cache rows, and the digests of the runs of the walk they vouch for). A
     new version that names blobs of a promised one is promised by the same remote
-    (`promised_by`; see _insert_draft)."""
+    (`promised_by`; see _insert)."""
     v.state = COMMITTED
     v.committed = time.time()
     record = _record(core, v)
@@ -169,9 +169,7 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
 
     def make_visible() -> None:
         if new:
-            core.index.insert_version(v)
-            if promised_by is not None:
-                core.index.add_promised(v.id, promised_by)
+            _insert(core, v, promised_by)
         else:
             current = core.index.version(v.id)
             if current is None or current.state != DRAFT:
@@ -566,21 +564,22 @@ def create_version(core: Core, key: str, message: str | None = None,
                         tree=root_tree, parents=[base.id] if base else [], message=message,
                         author=default_author(), created=time.time(), size=size,
                         files=files)
-            core.commit_objects(ingest, lambda: _insert_draft(core, v, base))
+            promised_by = core.index.promised_by(base.id) if base is not None else None
+            core.commit_objects(ingest, lambda: _insert(core, v, promised_by))
         return v
 
 
-def _insert_draft(core: Core, v: Version, base: Version | None) -> None:
-    """Record draft `v`. A draft of a version whose blobs are still only on a remote (a
-    fetched version, or one pulled for some paths: promised) holds what that version
-    holds, so it is promised by the same remote too, and stays so once committed: this
-    store must never take it for a version it holds whole (a pull compares with such
-    versions and skips what they share). Trees are found by their root, as for any
-    version fetched without them (`Index.unfetched_roots`)."""
+def _insert(core: Core, v: Version, promised_by: str | None) -> None:
+    """Record new version `v`. One made from a version whose blobs are still only on a
+    remote (a fetched version, or one pulled for some paths: promised) that keeps what
+    that version holds (a draft of it, a `commit PATH` on it) is promised by the same
+    remote too (`promised_by`), and stays so once committed: this store must never take
+    it for a version it holds whole (a pull compares with such versions and skips what
+    they share). Trees are found by their root, as for any version fetched without them
+    (`Index.unfetched_roots`)."""
     core.index.insert_version(v)
-    remote = core.index.promised_by(base.id) if base is not None else None
-    if remote is not None:
-        core.index.add_promised(v.id, remote)
+    if promised_by is not None:
+        core.index.add_promised(v.id, promised_by)
 
 
 def _draft(core: Core, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:

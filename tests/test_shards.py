@@ -189,6 +189,17 @@ def _files(n: int) -> dict[str, bytes]:
     return {f"flat/img{i:05d}.png": b"%05d" % i * 20 for i in range(n)}
 
 
+def _pushed(dsv, alice: Path, remote: Path, files: dict[str, bytes], message: str = "v1"
+            ) -> None:
+    """Dataset `ds` of `files` at `alice`, committed and pushed to directory remote
+    `remote` (as origin)."""
+    write_tree(alice, files)
+    assert dsv("init", "--name", "ds", alice, cwd=alice.parent).code == 0
+    assert dsv("commit", "-m", message, cwd=alice).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
+    assert dsv("push", cwd=alice).code == 0
+
+
 def _dsv_bytes(ws: Path) -> int:
     return sum(p.stat().st_size for p in (ws / ".dsv" / "objects").rglob("*") if p.is_file())
 
@@ -504,11 +515,7 @@ def test_a_draft_of_a_partly_pulled_version_is_never_a_pull_base(tmp_path: Path,
     held whole (and skip the blobs they share)."""
     alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
     files = {**_files(1100), "sub/k.txt": b"keep"}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     r = dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub", cwd=tmp_path)
     assert r.code == 0, r.err
     (tmp_path / "extra.txt").write_bytes(b"extra")
@@ -542,11 +549,7 @@ def test_a_small_draft_of_a_partly_pulled_version_pushes_to_its_origin(
     a push there sends only what it added."""
     alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
     files = {**_files(50), "sub/k.txt": b"keep"}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     assert dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub",
                cwd=tmp_path).code == 0
     (tmp_path / "extra.txt").write_bytes(b"extra")
@@ -573,11 +576,7 @@ def test_verify_finds_a_lost_file_a_promised_draft_added(tmp_path: Path, dsv) ->
     from dsv.hashing import hash_bytes
     alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
     files = {**_files(1100), "sub/k.txt": b"keep"}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     assert dsv("clone", remote, bob, "--dataset", "ds", "--path", "sub",
                cwd=tmp_path).code == 0
     big = bytes(range(256)) * 8192 + b"bob"  # stored loose
@@ -635,11 +634,7 @@ def test_a_commit_of_some_paths_on_a_promised_head_is_never_a_pull_base(
     downloads what they name instead of taking them for versions held whole."""
     alice, bob, remote = tmp_path / "alice", tmp_path / "bob", tmp_path / "remote"
     files = {**_files(1100), "sub/k.txt": b"keep"}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     assert dsv("init", "--bare", bob, cwd=tmp_path).code == 0
     assert dsv("remote", "add", "origin", remote, cwd=bob).code == 0
     assert dsv("fetch", cwd=bob).code == 0
@@ -719,11 +714,7 @@ def test_a_store_reading_one_dataset_never_compares_with_a_version_whose_packs_w
     remote lost makes it check (and send) every object, so the ref it publishes is whole."""
     alice, remote = tmp_path / "alice", tmp_path / "remote"
     files = {**_files(1100), "only_b.txt": b"only in B"}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "B", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files, "B")
     bob = tmp_path / "bob"
     assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
     assert _lose_blob_packs(remote) >= 1
@@ -748,11 +739,7 @@ def test_a_store_reading_one_dataset_resends_what_a_lost_pack_held_without_a_bas
     store asks for each pack it knows of first, and what a lost one held is sent again."""
     alice, remote = tmp_path / "alice", tmp_path / "remote"
     files = {f"d/f{i}.txt": b"f%d" % i for i in range(1, 4)}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     bob = tmp_path / "bob"
     assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
     assert _lose_blob_packs(remote) >= 1
@@ -778,11 +765,7 @@ def test_a_push_never_compares_with_a_version_whose_large_file_the_remote_lost(
     alice, remote = tmp_path / "alice", tmp_path / "remote"
     big = bytes(range(256)) * 8192  # 2 MiB: stored loose, below the chunking threshold
     files = {**_files(1100), "big.bin": big}
-    write_tree(alice, files)
-    assert dsv("init", "--name", "ds", alice, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "v1", cwd=alice).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=alice).code == 0
-    assert dsv("push", cwd=alice).code == 0
+    _pushed(dsv, alice, remote, files)
     ws = tmp_path / "bob"
     assert dsv("clone", remote, ws, "--dataset", "ds", cwd=tmp_path).code == 0
     lost = [p for p in (remote / "loose").rglob("*") if p.is_file()]

@@ -322,11 +322,8 @@ def _forget_lost_packs(core: Core, remote: Remote) -> None:
     if remote.scoped is None:
         return
     known = sorted(core.index.remote_packs(remote.name))
-    if not known:
-        return
-    with ThreadPoolExecutor(WORKERS) as pool:
-        sizes = list(pool.map(lambda p: remote.backend.head(pack_key(p)), known))
-    lost = [p for p, size in zip(known, sizes, strict=True) if size is None]
+    held = _held(remote, [pack_key(p) for p in known])
+    lost = [p for p in known if pack_key(p) not in held]
     if not lost:
         return
     core.reporter.notice(f"warning: {remote.name} lost {plural(len(lost), 'pack')} this "
@@ -394,15 +391,21 @@ def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, 
 
 def _ask_loose(core: Core, remote: Remote, oids: list[str]) -> set[str]:
     """Which of `oids` the remote holds as loose objects (a HEAD each), remembered."""
-    if not oids:  # (the usual case for a group of locators: no thread pool for nothing)
-        return set()
-    with ThreadPoolExecutor(WORKERS) as pool:
-        sizes = pool.map(lambda o: remote.backend.head(loose_key(o)), oids)
-        present = [oid for oid, size in zip(oids, sizes, strict=True) if size is not None]
+    held = _held(remote, [loose_key(o) for o in oids])
+    present = [oid for oid in oids if loose_key(oid) in held]
     if present:
         with core.index.transaction():
             core.index.add_remote_loose(remote.name, present)
     return set(present)
+
+
+def _held(remote: Remote, keys: list[str]) -> set[str]:
+    """Those of `keys` the remote holds (a HEAD each, in parallel)."""
+    if not keys:  # (the usual case for a group of locators: no thread pool for nothing)
+        return set()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        sizes = list(pool.map(remote.backend.head, keys))
+    return {key for key, size in zip(keys, sizes, strict=True) if size is not None}
 
 
 def _send_objects(core: Core, remote: Remote, versions: list[Version],
