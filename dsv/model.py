@@ -173,12 +173,17 @@ class CheckoutReport:
     removed: int
     unchanged: int
     bytes_written: int
+    # Blobs the store lacked (a version only fetched), downloaded for the checkout:
+    downloaded: int = 0
+    bytes_downloaded: int = 0
+    from_cache: int = 0     # of those, read from a cluster cache
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
         return {"version": self.version.id, "dataset": self.version.dataset,
                 "target": str(self.target), "written": self.written, "removed": self.removed,
-                "unchanged": self.unchanged, "bytes_written": self.bytes_written}
+                "unchanged": self.unchanged, "bytes_written": self.bytes_written,
+                "downloaded": self.downloaded, "bytes_downloaded": self.bytes_downloaded}
 
 
 @dataclass

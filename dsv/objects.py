@@ -820,6 +820,12 @@ class Ingest:
         if failure is not None:
             raise failure
 
+    @property
+    def sealed_objects(self) -> int:
+        """Objects in the packs sealed so far and not yet published (packs still being
+        sealed not counted)."""
+        return sum(len(info.table) for info, _staged in self._packs) // _ENTRY.size
+
     # ---- ending -----------------------------------------------------------------------
     def publish_sealed(self) -> list[PackInfo]:
         """Move the packs sealed so far (and the large files staged) into `objects/`, and

@@ -682,9 +682,10 @@ def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, kill
     """A pull seals packs as they fill and puts them in the store after each chunk (its
     memory does not grow with the version); refs move only at the end, so a pull killed
     after some packs went in moves none, and the next pull does not download those."""
-    from dsv import objects
+    from dsv import core, objects
     from dsv.sync import download
     monkeypatch.setattr(download, "DOWNLOAD_CHUNK", 4)
+    monkeypatch.setattr(core, "SEALED_BATCH", 2)
     monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 600)
     monkeypatch.setattr(objects.Ingest, "_BATCH_OBJECTS", 2)
     ws = tmp_path / "ws"

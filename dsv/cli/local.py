@@ -280,4 +280,6 @@ def checkout(ref: str = typer.Argument(..., metavar="REF", help="DATASET[:latest
     else:
         echo(f"{version_ref(store, report.version)} -> {report.target}: {report.written} written "
              f"({size(report.bytes_written)}), {report.removed} removed, "
-             f"{report.unchanged} unchanged")
+             f"{report.unchanged} unchanged" + (
+                 f"; downloaded {plural(report.downloaded, 'object')} "
+                 f"({size(report.bytes_downloaded)})" if report.downloaded else ""))

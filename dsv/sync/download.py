@@ -212,22 +212,55 @@ def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
     """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
     cluster cache first, then the remote the version was fetched from, else the default
     remote. Does nothing, and needs no network, when every blob is here."""
-    if not any(core.objects.lacking(entries)):
-        return
-    try:
-        remote: Remote | None = open_origin_of(core, core.index.promised().get(version.id))
-    except InvalidInput:
-        remote = None
-    if remote is not None:
+    BlobSource(core, version)(entries)
+
+
+class BlobSource:
+    """Where the blobs a checkout of `version` lacks come from, for one checkout: the
+    remote (the one the version was fetched from, else the default) is opened and its
+    picture refreshed at the first blob that is missing, once, however many times the
+    checkout calls (a fresh checkout asks once per chunk of its files)."""
+
+    def __init__(self, core: Core, version: Version) -> None:
+        self.core = core
+        self.version = version
+        self._opened = False
+        self._remote: Remote | None = None
+        self.report = PullReport("-", FetchReport("-"))  # what every call downloaded
+
+    def __call__(self, entries: dict[str, int],
+                 lacking: tuple[list[str], list[str]] | None = None) -> None:
+        """Bring in those of `entries` (oid → size) the store lacks (`lacking`: what
+        `ObjectStore.lacking` said of them just now, if the caller asked)."""
+        small, large = lacking if lacking is not None else self.core.objects.lacking(entries)
+        if not small and not large:
+            return
+        core = self.core
+        remote = self._open()
+        with Ingest(core.objects) as ingest:
+            if len(entries) > DOWNLOAD_CHUNK:
+                download_blobs(core, remote, entries, self.report, ingest,
+                               label="downloading")
+            else:
+                _download_lacking(core, remote, entries, small, large, self.report, ingest,
+                                  "downloading")
+            core.commit_objects(ingest, crash="pull:objects-written")
+
+    def _open(self) -> Remote | None:
+        if self._opened:
+            return self._remote
+        self._opened = True
         try:
-            remote.connect()
-            remote.refresh()
+            self._remote = open_origin_of(self.core,
+                                          self.core.index.promised_by(self.version.id))
+        except InvalidInput:
+            return None
+        try:
+            self._remote.connect()
+            self._remote.refresh()
         except RemoteError as exc:
-            origin_down(core, exc)
-    report = PullReport("-", FetchReport("-"))
-    with Ingest(core.objects) as ingest:
-        download_blobs(core, remote, entries, report, ingest, label="downloading")
-        core.commit_objects(ingest, crash="pull:objects-written")
+            origin_down(self.core, exc)
+        return self._remote
 
 
 DOWNLOAD_CHUNK = 20_000
@@ -257,6 +290,14 @@ def download_blobs(core: Core, remote: Remote | None,
 def _download_chunk(core: Core, remote: Remote | None, entries: dict[str, int],
                     report: PullReport, ingest: Ingest, label: str) -> None:
     small, large = core.objects.lacking(entries)
+    _download_lacking(core, remote, entries, small, large, report, ingest, label)
+
+
+def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int],
+                      small: list[str], large: list[str], report: PullReport, ingest: Ingest,
+                      label: str) -> None:
+    """Fetch `small` (bound for packs) and `large` (loose), the blobs of `entries` the
+    store was found to lack, into `ingest`."""
     report.objects_skipped += len(entries) - len(small) - len(large)
     todo = set(small) | set(large)
     report.bytes_skipped += sum(size for oid, size in entries.items() if oid not in todo)

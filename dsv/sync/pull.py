@@ -40,7 +40,12 @@ from .policy import plan_pull
 def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[str] | None,
          force: bool = False,
          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None,
-         any_paths: bool = False) -> PullReport:
+         any_paths: bool = False, defer: set[str] | None = None) -> PullReport:
+    """Fetch, move local refs, download what the versions pulled lack. With `defer`,
+    the versions a checkout will place into a working directory that never held one
+    are left out of the download and added to `defer`: refs move, they stay promised,
+    and their checkout downloads their blobs a chunk at a time as it places them (see
+    `_make_whole`)."""
     fetch_report = FetchReport(remote.name)
     remote_refs: dict[tuple[str, str], RemoteRef] | None = None
     try:
@@ -75,7 +80,9 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         # directory following latest can follow it.
         if not paths:
             chosen += [core.version(vid) for _ds, name, vid in changes if name == LATEST]
-    chosen = list({v.id: v for v in chosen}.values())
+        chosen = list({v.id: v for v in chosen}.values())
+        if defer is not None and not paths:
+            defer.update(v.id for v in chosen if _first_checkout(core, v))
     wanted: dict[str, int] = {}
     if paths:
         selected = {normalize_user_path(p) for p in paths}
@@ -100,8 +107,9 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
     def record() -> None:
         core.refs.apply(changes)
         if not paths:
-            core.index.drop_promised(v.id for v in chosen)
+            core.index.drop_promised(v.id for v in chosen if v.id not in later)
 
+    later = defer or set()
     bases = {} if paths else _local_bases(core, chosen)
     report.based_on = sorted({base.id for base in bases.values()})
     with Ingest(core.objects) as ingest:
@@ -109,12 +117,32 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         # list of every blob is built), and only where it differs from a version this
         # store holds whole.
         download_blobs(core, remote, wanted if paths else (
-            pair for v in chosen for pair in tree.blob_sizes(
+            pair for v in chosen if v.id not in later for pair in tree.blob_sizes(
                 v.tree, core.read_tree, bases[v.id].tree if v.id in bases else None)),
             report, ingest)
         core.commit_objects(ingest, record, crash="pull:objects-written")
     core.index.checkpoint()
     return report
+
+
+def _first_checkout(core: Core, v: Version) -> bool:
+    """Whether a pull will check `v` out into a working directory that has never held a
+    version (with refs as the pull moves them)."""
+    ds = core.index.dataset_by("id", v.dataset)
+    return ds is not None and ds.path is not None and ds.head is None and ds.latest == v.id
+
+
+def _make_whole(core: Core, remote: Remote, versions: list[Version], placed: set[str],
+                report: PullReport) -> None:
+    """Deferred versions (see `_pull_objects`) are no longer promised once every blob is
+    here: those whose checkout placed every file have them all; the rest (a checkout
+    that did not happen, or left files out) are downloaded now."""
+    rest = [v for v in versions if v.id not in placed]
+    with Ingest(core.objects) as ingest:
+        download_blobs(core, remote, (pair for v in rest for pair in tree.blob_sizes(
+            v.tree, core.read_tree)), report, ingest)
+        core.commit_objects(ingest, lambda: core.index.drop_promised(v.id for v in versions),
+                            crash="pull:objects-written")
 
 
 def _local_bases(core: Core, versions: list[Version]) -> dict[str, Version]:
@@ -189,13 +217,16 @@ def _merge_diverged(core: Core, report: PullReport, targets: list[str]) -> None:
 
 def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] | None,
           force: bool, checkout: bool,
-          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None
-          ) -> PullReport:
+          prefetched: tuple[FetchReport, dict[tuple[str, str], RemoteRef]] | None = None,
+          defer: bool = False) -> PullReport:
     before = {ds.id: ds.latest for ds in core.index.datasets()}
-    report = _pull_objects(core, open_remote(core, remote), targets, paths, force,
-                           prefetched=prefetched)
+    opened = open_remote(core, remote)
+    deferred: set[str] = set()
+    report = _pull_objects(core, opened, targets, paths, force, prefetched=prefetched,
+                           defer=deferred if defer and checkout and not paths else None)
     if not checkout or paths:
         return report
+    placed: set[str] = set()
     for vid in report.versions:
         v = core.version(vid)
         ds = core.index.dataset_by("id", v.dataset)
@@ -209,10 +240,19 @@ def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] |
                                   f"brings it to {v.id}")
             continue
         try:
-            checkouts.checkout(core, f"{ds.id}:{v.id}")
+            done = checkouts.checkout(core, f"{ds.id}:{v.id}")
             report.checked_out.append(f"{ds.name}:{v.id}")
         except DirtyWorktree as exc:
             report.notices.append(f"{ds.name}: not checked out: {exc.message}")
+            continue
+        report.objects_received += done.downloaded
+        report.bytes_received += done.bytes_downloaded
+        report.from_cache += done.from_cache
+        if done.written == v.files:
+            placed.add(v.id)
+    if deferred:
+        _make_whole(core, opened, [core.version(vid) for vid in sorted(deferred)], placed,
+                    report)
     return report
 
 
@@ -341,7 +381,9 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
                 if ds is not None and ds.path is None:
                     core.index.update_dataset(ref.dataset, path=rel)
         if not paths:
-            return _pull(core, "origin", [], None, False, checkout, prefetched=fetched)
+            # A clone places each dataset as it downloads it (see `_pull_objects`).
+            return _pull(core, "origin", [], None, False, checkout, prefetched=fetched,
+                         defer=True)
         report = _pull_objects(core, open_remote(core, "origin"), [], paths,
                                prefetched=fetched, any_paths=True)
         if checkout:
