@@ -676,6 +676,101 @@ def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
     assert dsv("verify", cwd=tmp_path / "clone").code == 0
 
 
+def _pushed_files(tmp_path: Path, dsv, files: dict[str, bytes]) -> Path:
+    """A workspace holding `files`, committed and pushed to a directory remote."""
+    ws = tmp_path / "ws"
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    return ws
+
+
+def test_a_clone_places_each_chunk_while_it_downloads_the_next(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone leaves a dataset's blobs to its checkout, which downloads one chunk of
+    files while a thread of its own places the one before; afterwards the version is
+    whole (not promised): it checks out with the remote gone."""
+    import shutil
+    import threading
+
+    from dsv import checkout, worktree
+    from dsv.core import Core
+    from dsv.sync import download
+    monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
+    events: list[tuple[str, str]] = []
+    fetch_blobs, place = download.BlobSource.__call__, worktree.Materializer.place
+    second_download = threading.Event()
+    overlapped: list[bool] = []
+
+    def fetching(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(("download", threading.current_thread().name))
+        if len([e for e in events if e[0] == "download"]) == 2:
+            second_download.set()
+        return fetch_blobs(self, *args, **kwargs)
+
+    def placing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append(("place", threading.current_thread().name))
+        if not overlapped:  # the first chunk is still being placed when the second
+            overlapped.append(second_download.wait(timeout=10))  # one's download starts
+        return place(self, *args, **kwargs)
+    monkeypatch.setattr(download.BlobSource, "__call__", fetching)
+    monkeypatch.setattr(worktree.Materializer, "place", placing)
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
+    _pushed_files(tmp_path, dsv, files)
+    events.clear()
+    clone = tmp_path / "clone"
+    r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["objects_received"] == 12
+    assert read_tree(clone) == files
+    downloads = [e for e in events if e[0] == "download"]
+    places = [e for e in events if e[0] == "place"]
+    assert len(downloads) == 4 and len(places) == 4, events
+    assert all(t == "MainThread" for _e, t in downloads), events
+    assert all(t.startswith("dsv-place") for _e, t in places), events
+    assert events[0][0] == "download" and overlapped == [True], events
+    core = Core(clone)
+    try:
+        assert core.index.promised() == {}
+    finally:
+        core.close()
+    shutil.rmtree(tmp_path / "remote")
+    assert dsv("verify", cwd=clone).code == 0
+    out = dsv("checkout", "raw:latest", "--to", tmp_path / "copy", cwd=clone)
+    assert out.code == 0, out.err
+    assert read_tree(tmp_path / "copy") == files
+
+
+def test_a_clone_whose_checkout_did_not_happen_still_downloads_everything(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset whose blobs were left to a checkout that then did not place it (here:
+    refused) is downloaded whole before the clone ends: no version stays promised."""
+    import shutil
+
+    from dsv.errors import DirtyWorktree
+    from dsv.sync import pull
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise DirtyWorktree("refused for the test")
+    monkeypatch.setattr(pull.checkouts, "checkout", refused)
+    files = {f"d{i % 2}/f{i:02d}.bin": os.urandom(200 + i) for i in range(9)}
+    _pushed_files(tmp_path, dsv, files)
+    clone = tmp_path / "clone"
+    r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["objects_received"] == 9
+    assert any("refused for the test" in n for n in report["notices"]), report
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "remote")
+    assert dsv("verify", cwd=clone).code == 0
+    out = dsv("checkout", "raw:latest", cwd=clone)
+    assert out.code == 0, out.err
+    assert read_tree(clone) == files
+
+
 @pytest.mark.parametrize("killed", [False, True])
 def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, killed: bool,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
