@@ -144,7 +144,12 @@ class Core:
     def side_objects(self) -> Iterator[ObjectStore]:
         """The same objects, read through a connection of their own to the index: for a
         thread that reads objects while this one writes the index (a fresh checkout places
-        one chunk of files while it downloads the next). It sees what was committed."""
+        one chunk of files while it downloads the next). It sees what was committed. An
+        index that can only be read (see Index._connect_read_only: no other connection may
+        share it) is shared instead; this process then writes nothing to it."""
+        if self.index.read_only:
+            yield self.objects
+            return
         index = Index(self.index.path)
         objects = ObjectStore(self.dsv_dir / "objects", index, self.tmp_root)
         try:
