@@ -316,7 +316,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                                     else version.id)
         core.index.checkpoint()
         return downloads.tally(CheckoutReport(version, target, len(to_write), len(to_remove),
-                                              len(wanted) - len(to_write), nbytes))
+                                              len(wanted) - len(to_write), nbytes,
+                                              left_out=left_out))
 
 
 def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key: str
@@ -426,11 +427,15 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     this thread, which alone writes the index): a clone costs about the longer of the
     two instead of their sum."""
     above_fenced = ancestors(fenced)
+    left_out = 0
 
     def placeable() -> Iterator[tuple[str, Entry]]:
+        nonlocal left_out
         for path, entry in tree.iter_files(version.tree, core.read_tree):
             if path not in above_fenced and not is_under(path, fenced):
                 yield path, entry
+            else:
+                left_out += 1
 
     # The links of a version combine: every one is checked through the others first
     # (a walk that builds no path or entry for a file: 0.12 s instead of 0.40 s for
@@ -477,7 +482,6 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             nbytes += sum(e.size for _p, e in chunk)
         if placing is not None:
             landed(placing)
-    left_out = version.files - written
     if left_out > 0:
         core.reporter.notice(f"left out {plural(left_out, 'path')} of {version.id} that lie "
                              f"in a nested dataset or store")
@@ -488,7 +492,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                                       cache_tree=version.tree if complete else None)
         core.index.end_checkout(key, None if in_worktree else version.id)
     core.index.checkpoint()
-    return downloads.tally(CheckoutReport(version, target, written, 0, 0, nbytes))
+    return downloads.tally(CheckoutReport(version, target, written, 0, 0, nbytes,
+                                          left_out=left_out))
 
 
 def _batched(items: Iterator[tuple[str, Entry]], n: int

@@ -177,6 +177,9 @@ class CheckoutReport:
     downloaded: int = 0
     bytes_downloaded: int = 0
     from_cache: int = 0     # of those, read from a cluster cache
+    # Files of the version's trees not placed: they lie in a nested dataset or store
+    # (counted in the trees, never taken from the version record's file count).
+    left_out: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""

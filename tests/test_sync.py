@@ -771,6 +771,47 @@ def test_a_clone_whose_checkout_did_not_happen_still_downloads_everything(
     assert read_tree(clone) == files
 
 
+@pytest.mark.parametrize("lying", [False, True])
+def test_a_clone_that_leaves_out_a_nested_dataset_still_holds_the_whole_version(
+        tmp_path: Path, dsv, lying: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outer dataset's version holds files under a directory that is now a nested
+    dataset: its checkout leaves them out, so the clone downloads them before it ends
+    (counted once, as received). With a record that claims fewer files than its tree
+    holds (as many as the checkout placed), the same: what the checkout placed is counted
+    in the trees, never taken from the record (found by review)."""
+    import dataclasses
+    import shutil
+
+    from dsv import versions
+    ws = tmp_path / "ws"
+    files = {f"d/f{i}.bin": os.urandom(100 + i) for i in range(6)}
+    files.update({f"sub/s{i}.bin": os.urandom(200 + i) for i in range(6)})
+    write_tree(ws, files)
+    assert dsv("init", "--name", "top", ws, cwd=tmp_path).code == 0
+    if lying:
+        encode = versions.encode_record
+        monkeypatch.setattr(versions, "encode_record", lambda v, *a: encode(
+            dataclasses.replace(v, files=v.files - 6), *a))
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    monkeypatch.undo()
+    assert dsv("datasets", "create", "nested", "--path", "sub", cwd=ws).code == 0
+    write_tree(ws, {f"sub/s{i}.bin": os.urandom(300 + i) for i in range(6)})
+    assert dsv("commit", "-m", "n1", cwd=ws / "sub").code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert (report["objects_received"], report["objects_skipped"]) == (18, 0), report
+    shutil.rmtree(tmp_path / "remote")
+    checked = dsv("verify", cwd=clone)
+    assert checked.code == 0, checked.out + checked.err
+    out = dsv("checkout", "top:latest", "--to", tmp_path / "copy", cwd=clone)
+    assert out.code == 0, out.err
+    assert read_tree(tmp_path / "copy") == files
+
+
 @pytest.mark.parametrize("killed", [False, True])
 def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, killed: bool,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:

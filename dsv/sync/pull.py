@@ -138,11 +138,17 @@ def _make_whole(core: Core, remote: Remote, versions: list[Version], placed: set
     here: those whose checkout placed every file have them all; the rest (a checkout
     that did not happen, or left files out) are downloaded now."""
     rest = [v for v in versions if v.id not in placed]
+    # (What the checkouts downloaded is here now: counted once, as received, not again
+    # as found here.)
+    got = PullReport(report.remote, report.fetch)
     with Ingest(core.objects) as ingest:
         download_blobs(core, remote, (pair for v in rest for pair in tree.blob_sizes(
-            v.tree, core.read_tree)), report, ingest)
+            v.tree, core.read_tree)), got, ingest)
         core.commit_objects(ingest, lambda: core.index.drop_promised(v.id for v in versions),
                             crash="pull:objects-written")
+    report.objects_received += got.objects_received
+    report.bytes_received += got.bytes_received
+    report.from_cache += got.from_cache
 
 
 def _local_bases(core: Core, versions: list[Version]) -> dict[str, Version]:
@@ -248,7 +254,7 @@ def _pull(core: Core, remote: str | None, targets: list[str], paths: list[str] |
         report.objects_received += done.downloaded
         report.bytes_received += done.bytes_downloaded
         report.from_cache += done.from_cache
-        if done.written == v.files:
+        if done.unchanged == 0 and done.left_out == 0:  # it placed every file its trees hold
             placed.add(v.id)
     if deferred:
         _make_whole(core, opened, [core.version(vid) for vid in sorted(deferred)], placed,
