@@ -3,7 +3,7 @@
 Owns comparing a directory with a version (status, diff) and making a directory hold
 exactly one version (checkout: plan what to write and remove, refuse to discard
 uncommitted changes, place, record), plus reading a version's files (list, get, open).
-Blobs a version lacks locally are downloaded first (sync.ensure_blobs). Must never
+Blobs a version lacks locally are downloaded first (sync.download.BlobSource). Must never
 create versions.
 """
 
@@ -828,7 +828,7 @@ def _store_chunks(core: Core, version: Version, chunks: tree.ChunkList
 
 
 def ensure_blobs(core: Core, version: Version, entries: list[Entry]) -> None:
-    """Download the blobs of `entries` this store lacks (see sync.ensure_blobs)."""
+    """Download the blobs of `entries` this store lacks (see sync.download.BlobSource)."""
     _Downloads(core, version)(entries)
 
 

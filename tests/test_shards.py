@@ -658,6 +658,20 @@ def test_a_commit_of_some_paths_on_a_promised_head_is_never_a_pull_base(
     assert read_tree(tmp_path / "out") == {**files, "sub/k.txt": b"bob2"}
 
 
+def _push_after_loss(dsv, tmp_path: Path, remote: Path, bob: Path, path: str,
+                     content: bytes = b"changed") -> tuple[dict, str]:
+    """Clone dataset `ds` of `remote` as `bob`, reading that dataset only; lose the
+    remote's blob packs; write `content` at `path`, commit and push: the push's JSON
+    report and its stderr."""
+    assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
+    assert _lose_blob_packs(remote) >= 1
+    (bob / path).write_bytes(content)
+    assert dsv("commit", "-m", "v2", cwd=bob).code == 0
+    r = dsv("push", "--json", cwd=bob)
+    assert r.code == 0, r.err
+    return json.loads(r.out), r.err
+
+
 def _lose_blob_packs(remote: Path) -> int:
     """Delete every pack (and its index) of directory remote `remote` that holds a blob,
     as a storage fault or a stray delete would; how many."""
@@ -716,15 +730,9 @@ def test_a_store_reading_one_dataset_never_compares_with_a_version_whose_packs_w
     files = {**_files(1100), "only_b.txt": b"only in B"}
     _pushed(dsv, alice, remote, files, "B")
     bob = tmp_path / "bob"
-    assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
-    assert _lose_blob_packs(remote) >= 1
-    (bob / "flat/img00001.png").write_bytes(b"changed")
-    assert dsv("commit", "-m", "V2", cwd=bob).code == 0
-    r = dsv("push", "--json", cwd=bob)
-    assert r.code == 0, r.err
-    report = json.loads(r.out)
+    report, err = _push_after_loss(dsv, tmp_path, remote, bob, "flat/img00001.png")
     assert report["based_on"] == [], report
-    assert "lost 1 pack" in r.err, r.err
+    assert "lost 1 pack" in err, err
     assert report["objects_sent"] >= 1100, report
     # What only B held (img00001's old content) stays lost: V2 does not need it.
     check = dsv("verify", "--remote", "origin", cwd=bob)
@@ -741,14 +749,9 @@ def test_a_store_reading_one_dataset_resends_what_a_lost_pack_held_without_a_bas
     files = {f"d/f{i}.txt": b"f%d" % i for i in range(1, 4)}
     _pushed(dsv, alice, remote, files)
     bob = tmp_path / "bob"
-    assert dsv("clone", remote, bob, "--dataset", "ds", cwd=tmp_path).code == 0
-    assert _lose_blob_packs(remote) >= 1
-    (bob / "d/f2.txt").write_bytes(b"new")
-    assert dsv("commit", "-m", "v2", cwd=bob).code == 0
-    r = dsv("push", "--json", cwd=bob)
-    assert r.code == 0, r.err
-    assert "lost 1 pack" in r.err, r.err
-    assert json.loads(r.out)["objects_sent"] >= 3, r.out   # f1, f3 again, and f2
+    report, err = _push_after_loss(dsv, tmp_path, remote, bob, "d/f2.txt", b"new")
+    assert "lost 1 pack" in err, err
+    assert report["objects_sent"] >= 3, report   # f1, f3 again, and f2
     check = dsv("verify", "--remote", "origin", cwd=bob)
     # (only v1's old f2 stays lost: v2 does not need it)
     assert check.out.count("not on the remote") == 1, check.out + check.err

@@ -651,31 +651,6 @@ def test_a_large_file_moves_the_progress_bar_while_it_downloads(source: Path, ds
     assert (clone / "big" / "huge.bin").read_bytes() == big
 
 
-def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Downloads are planned a chunk at a time (memory does not grow with the version):
-    with chunks of 1, a clone of 11 files (three of them the same bytes, one large)
-    still receives each distinct object once and every byte right."""
-    from dsv.sync import download
-    monkeypatch.setattr(download, "DOWNLOAD_CHUNK", 1)
-    ws = tmp_path / "ws"
-    same = os.urandom(300)
-    files = {f"d{i % 2}/f{i}.bin": os.urandom(100 + i) for i in range(7)}
-    files.update({"x/same1.bin": same, "y/same2.bin": same, "z/same3.bin": same,
-                  "big.bin": os.urandom((1 << 20) + 5)})
-    write_tree(ws, files)
-    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "one", cwd=ws).code == 0
-    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
-    assert dsv("push", cwd=ws).code == 0
-    r = dsv("clone", tmp_path / "remote", tmp_path / "clone", "--json", cwd=tmp_path)
-    assert r.code == 0, r.err
-    pulled = json.loads(r.out)
-    assert pulled["objects_received"] == 9  # 7 + the shared one + the large one
-    assert read_tree(tmp_path / "clone") == files
-    assert dsv("verify", cwd=tmp_path / "clone").code == 0
-
-
 def _pushed_files(tmp_path: Path, dsv, files: dict[str, bytes]) -> Path:
     """A workspace holding `files`, committed and pushed to a directory remote."""
     ws = tmp_path / "ws"
@@ -685,6 +660,26 @@ def _pushed_files(tmp_path: Path, dsv, files: dict[str, bytes]) -> Path:
     assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
     assert dsv("push", cwd=ws).code == 0
     return ws
+
+
+def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads are planned a chunk at a time (memory does not grow with the version):
+    with chunks of 1, a clone of 11 files (three of them the same bytes, one large)
+    still receives each distinct object once and every byte right."""
+    from dsv.sync import download
+    monkeypatch.setattr(download, "DOWNLOAD_CHUNK", 1)
+    same = os.urandom(300)
+    files = {f"d{i % 2}/f{i}.bin": os.urandom(100 + i) for i in range(7)}
+    files.update({"x/same1.bin": same, "y/same2.bin": same, "z/same3.bin": same,
+                  "big.bin": os.urandom((1 << 20) + 5)})
+    _pushed_files(tmp_path, dsv, files)
+    r = dsv("clone", tmp_path / "remote", tmp_path / "clone", "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    pulled = json.loads(r.out)
+    assert pulled["objects_received"] == 9  # 7 + the shared one + the large one
+    assert read_tree(tmp_path / "clone") == files
+    assert dsv("verify", cwd=tmp_path / "clone").code == 0
 
 
 def test_a_clone_places_each_chunk_while_it_downloads_the_next(
@@ -824,13 +819,8 @@ def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, kill
     monkeypatch.setattr(core, "SEALED_BATCH", 2)
     monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 600)
     monkeypatch.setattr(objects.Ingest, "_BATCH_OBJECTS", 2)
-    ws = tmp_path / "ws"
-    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(200 + i) for i in range(24)}
-    write_tree(ws, files)
-    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
-    assert dsv("commit", "-m", "one", cwd=ws).code == 0
-    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
-    assert dsv("push", cwd=ws).code == 0
+    ws = _pushed_files(tmp_path, dsv,
+                       {f"d{i % 3}/f{i:02d}.bin": os.urandom(200 + i) for i in range(24)})
     clone = tmp_path / "clone"
     assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
     write_tree(ws, {f"new/g{i:02d}.bin": os.urandom(300 + i) for i in range(20)})

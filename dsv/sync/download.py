@@ -2,7 +2,7 @@
 
 Owns coalescing packed objects into ranged GETs, reading from the cluster cache first
 (filling it from the origin), loose objects streamed with a size cap, the free-space
-check before any byte arrives, and `ensure_blobs` (what checkout and file reads call
+check before any byte arrives, and `BlobSource` (what checkout and file reads call
 when a fetched version's blobs are not here yet). Everything lands in the caller's
 Ingest; the caller publishes. Must never move refs.
 """
@@ -208,18 +208,12 @@ def origin_down(core: Core, exc: RemoteError) -> None:
     core.reporter.notice(f"warning: {exc.message}; reading from the cluster cache only")
 
 
-def ensure_blobs(core: Core, version: Version, entries: dict[str, int]) -> None:
-    """Download the blobs (oid → size) a checkout of `version` needs and the store lacks:
-    cluster cache first, then the remote the version was fetched from, else the default
-    remote. Does nothing, and needs no network, when every blob is here."""
-    BlobSource(core, version)(entries)
-
-
 class BlobSource:
-    """Where the blobs a checkout of `version` lacks come from, for one checkout: the
-    remote (the one the version was fetched from, else the default) is opened and its
-    picture refreshed at the first blob that is missing, once, however many times the
-    checkout calls (a fresh checkout asks once per chunk of its files)."""
+    """Downloads the blobs (oid → size) a checkout of `version` needs and the store
+    lacks: cluster cache first, then the remote the version was fetched from, else the
+    default remote. That remote is opened and its picture refreshed at the first blob
+    that is missing, once per checkout however many times it asks (a fresh checkout asks
+    once per chunk of its files); nothing needs the network when every blob is here."""
 
     def __init__(self, core: Core, version: Version) -> None:
         self.core = core
