@@ -13,16 +13,14 @@ import errno
 import functools
 import os
 import stat
-import struct
 import time
-import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from pathlib import Path
 
-from . import chunking, fileio, ignore
+from . import chunking, fileio, ignore, native
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
@@ -40,6 +38,9 @@ LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
 _WORKERS = 4
 _LARGE_WORKERS = 2
 _READ_GROUP = 128
+_WRITE_BATCH = 256
+_WRITE_BATCH_BYTES = 8 << 20
+_READ_GROUP_BYTES = 8 << 20  # (two groups are in memory at once: the one read ahead)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -201,8 +202,7 @@ def _cuts(run: Run) -> Iterator[int]:
     then moves the cuts of its own piece only, so the other pieces keep their digests
     (ScanDigest). The stretch after the last cut stays with the run."""
     start = 0
-    marks = [i + 1 for i, (rel, _fs) in enumerate(run)
-             if not zlib.crc32(rel.encode("utf-8", "surrogateescape")) % RUN_FILES]
+    marks = native.cut_marks(run, RUN_FILES)
     for mark in [*marks, len(run)]:
         while mark - start > 4 * RUN_FILES:
             start += 4 * RUN_FILES
@@ -235,7 +235,6 @@ def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
     if dotted:
         _leave_out_dotted(names, dotted, base, prefix, skipped, leftovers)
     names.sort()   # (the files are then in path order as they are made)
-    is_ignored = ignore.ignored
     try:  # (each lstat relative to the directory: no walk of the path from / each time)
         fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -244,52 +243,46 @@ def _listing(rel_dir: str, abs_dir: str, rules: ignore.Rules, skip: set[str],
         if exc.errno != errno.ELOOP:
             raise
         return None  # (replaced by a link since it was listed: never followed)
-    lstat = functools.partial(os.stat, dir_fd=fd, follow_symlinks=False)
     try:
-        return _stat_names(names, lstat, prefix, base, rules, is_ignored, skip, skipped,
-                           ignored, links)
+        return _stat_names(names, fd, prefix, base, rules, skip, skipped, ignored, links)
     finally:
         os.close(fd)
 
 
-def _stat_names(names: list[str], lstat: Callable[[str], os.stat_result], prefix: str,
-                base: str, rules: ignore.Rules,
-                is_ignored: Callable[[ignore.Rules, str, bool], bool], skip: set[str],
-                skipped: list[str], ignored: list[str] | None, links: list[str] | None
+def _stat_names(names: list[str], dir_fd: int, prefix: str, base: str,
+                rules: ignore.Rules, skip: set[str], skipped: list[str],
+                ignored: list[str] | None, links: list[str] | None
                 ) -> tuple[Run, list[tuple[int, str, str, ignore.Rules]]]:
     """The lstat half of `_listing`: `names` (sorted) as files and subdirectories."""
-    files: Run = []
-    add = files.append
-    dirs: list[str] = []
-    for name in names:
-        try:
-            st = lstat(name)
-        except FileNotFoundError:
-            continue  # removed since it was listed
-        mode = st.st_mode
-        kind = mode & 0o170000
-        if kind == 0o100000:      # S_IFREG
-            if rules and is_ignored(rules, prefix + name, False):
-                if ignored is not None:
-                    ignored.append(prefix + name)
-                continue
-            add((prefix + name, (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777, FILE)))
-        elif kind == 0o040000:    # S_IFDIR
-            rel = prefix + name
-            if rules and is_ignored(rules, rel, True):
-                if ignored is not None:
-                    ignored.append(rel + "/")
-            elif rel not in skip:
-                dirs.append(rel)
-        elif rules and is_ignored(rules, prefix + name, False):
+    files, found_links, names_of_dirs, others = native.stat_names(dir_fd, names, prefix,
+                                                                 FILE, LINK)
+    if rules:
+        is_ignored = ignore.ignored
+        kept: Run = []
+        for row in files:
+            if not is_ignored(rules, row[0], False):
+                kept.append(row)
+            elif ignored is not None:
+                ignored.append(row[0])
+        if len(kept) < len(files) and found_links:
+            found_links = [rel for rel, fs in kept if fs[4] == LINK]
+        files = kept
+    if links is not None:
+        links.extend(found_links)
+    for name in others:
+        if rules and ignore.ignored(rules, prefix + name, False):
             if ignored is not None:
                 ignored.append(prefix + name)
-        elif kind == 0o120000:    # S_IFLNK
-            add((prefix + name, (st.st_size, st.st_mtime_ns, st.st_ino, mode & 0o7777, LINK)))
-            if links is not None:
-                links.append(prefix + name)
         else:
             skipped.append(prefix + name)
+    dirs: list[str] = []
+    for name in names_of_dirs:
+        rel = prefix + name
+        if rules and ignore.ignored(rules, rel, True):
+            if ignored is not None:
+                ignored.append(rel + "/")
+        elif rel not in skip:
+            dirs.append(rel)
     dirs.sort(key=_dir_key)
     return files, [(bisect_left(files, (rel + "/",)), rel, base + rel[len(prefix):], rules)
                    for rel in dirs]
@@ -434,7 +427,6 @@ def stat_changes(runs: Iterable[Run], rows_between: RowsBetween,
     return StatChanges(unvouched, gone, count, digest.files, names, kept, clean)
 
 
-_STATS = struct.Struct("<qqQq")  # size, mtime_ns, inode, permission bits
 
 
 class ScanDigest:
@@ -460,19 +452,12 @@ class ScanDigest:
         """The digest of the walk's next run."""
         after, self._last = self._last, run[-1][0]
         self.files += len(run)
-        pack = _STATS.pack
-        try:
-            stats = b"".join([pack(fs[0], fs[1], fs[2], fs[3]) for _rel, fs in run])
-        except struct.error:
+        payload = native.run_payload(run, after)
+        if payload is None:
             return None
         hasher = new_hasher()
-        update = hasher.update
-        update(b"dsv stat run 3\n%d\n" % len(run))
-        update("\0".join([after, *[rel for rel, _fs in run]])
-               .encode("utf-8", "surrogateescape"))
-        update(b"\0")
-        update("".join([fs[4] for _rel, fs in run]).encode("ascii"))
-        update(stats)
+        hasher.update(b"dsv stat run 3\n%d\n" % len(run))
+        hasher.update(payload)
         return hasher.hexdigest(RUN_DIGEST_BYTES)
 
 
@@ -602,16 +587,72 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
 
 def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
                       ) -> Iterator[list[tuple[str, FileStat, bytes, str, int]]]:
-    """Read and hash small files, a group at a time. (Worker threads were measured here
-    and lost: the GIL serialises the Python part, and the kernel part is too short.)"""
-    top = os.fspath(root)  # (joined by hand: os.path.join cost 6% of a cold commit)
-    for i in range(0, len(small), _READ_GROUP):
-        out = []
-        for rel, fs in small[i:i + _READ_GROUP]:
-            hashed_at = time.time_ns()
-            data = read_small(f"{top}/{rel}", fs[0])
-            out.append((rel, fs, data, hash_bytes(data), hashed_at))
-        yield out
+    """Read and hash small files, a group at a time (at most _READ_GROUP files and
+    _READ_GROUP_BYTES). `native.read_files` reads each group without following a link
+    anywhere below `root`; with its C version (no GIL held) a thread reads the next
+    group while this one hashes the last and the caller stores it. (Python reads in
+    threads were measured here and lost: the GIL serialises them.)"""
+    groups = _read_groups(small)
+    if not groups:
+        return
+    root_fd = os.open(root, _DIR_FLAGS)
+
+    def read(group: list[tuple[str, FileStat]]) -> tuple[int, list[bytes]]:
+        hashed_at = time.time_ns()  # (before any of the group is read: the racy rule)
+        try:
+            return hashed_at, native.read_files(root_fd, [rel for rel, _fs in group],
+                                                [fs[0] for _rel, fs in group])
+        except OSError as exc:
+            raise _unreadable(root, exc) from exc
+
+    reader = None
+    if native.BUILT and len(groups) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        reader = ThreadPoolExecutor(1, "dsv-read")
+    try:
+        ahead: Future[tuple[int, list[bytes]]] | None = None
+        for group, after in zip(groups, [*groups[1:], None], strict=True):
+            if reader is None:
+                hashed_at, datas = read(group)
+            else:
+                if ahead is None:
+                    ahead = reader.submit(read, group)
+                hashed_at, datas = ahead.result()
+                ahead = reader.submit(read, after) if after else None
+            yield [(rel, fs, data, hash_bytes(data), hashed_at)
+                   for (rel, fs), data in zip(group, datas, strict=True)]
+    finally:
+        if reader is not None:
+            reader.shutdown(wait=True, cancel_futures=True)
+        os.close(root_fd)
+
+
+def _unreadable(root: Path, exc: OSError) -> Exception:
+    """What to raise for a file of a walk that `native.read_files` could not read."""
+    path = os.path.join(root, exc.filename)
+    if exc.errno == errno.ENOENT:
+        return InvalidInput(f"{path} was removed while dsv read it",
+                            hint="run the command again")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EINVAL):
+        return UnsafePath(f"{path} is no longer a regular file under {root} (a link or a "
+                          "special file took its place, or its directory's, while dsv read "
+                          "it): not followed", hint="run the command again")
+    return OSError(exc.errno, exc.strerror, path)
+
+
+def _read_groups(small: list[tuple[str, FileStat]]) -> list[list[tuple[str, FileStat]]]:
+    groups: list[list[tuple[str, FileStat]]] = []
+    group: list[tuple[str, FileStat]] = []
+    size = 0
+    for item in small:
+        if group and (len(group) == _READ_GROUP or size + item[1][0] > _READ_GROUP_BYTES):
+            groups.append(group)
+            group, size = [], 0
+        group.append(item)
+        size += item[1][0]
+    if group:
+        groups.append(group)
+    return groups
 
 
 def store_chunked(ingest: Ingest, path: str) -> tuple[str, int, str]:
@@ -636,22 +677,6 @@ def store_chunked(ingest: Ingest, path: str) -> tuple[str, int, str]:
 def _hash_large(path: str) -> tuple[str, int]:
     size = os.stat(path).st_size
     return hash_file(path, size), size
-
-
-def read_small(path: str, size: int) -> bytes:
-    """A small file's whole content, in as few syscalls as Python allows."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        data = os.read(fd, size + 1)
-        if len(data) <= size:
-            return data
-        # It grew since the scan: take all of it; the hash names what was read.
-        chunks = [data]
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def compare(base: Manifest, current: Manifest) -> Changes:
@@ -860,6 +885,8 @@ class Materializer:
                      locations: dict[str, tuple[str, int, int]], dirs: _Dirs,
                      progress: Progress | None) -> list[tuple[str, StatRow]]:
         rows: list[tuple[str, StatRow]] = []
+        if self.fresh:
+            items = self._place_new_small(items, locations, dirs, progress, rows)
         for rel, entry in items:
             parent, _, name = rel.rpartition("/")
             # A large file's copy moves the bar as it lands; its completion counts the rest.
@@ -879,6 +906,58 @@ class Materializer:
             if progress:
                 progress(1, entry.size - (pieces.shown if pieces else 0))
         return rows
+
+    def _place_new_small(self, items: list[tuple[str, Entry]],
+                         locations: dict[str, tuple[str, int, int]], dirs: _Dirs,
+                         progress: Progress | None, rows: list[tuple[str, StatRow]]
+                         ) -> list[tuple[str, Entry]]:
+        """A fresh placement's small files, a batch at a time (one directory, at most
+        _WRITE_BATCH files and _WRITE_BATCH_BYTES): each checked against its id, then
+        all made by `native.write_new_files` (C: one wait for the GIL a batch instead of
+        four a file, while the thread that downloads the next chunk runs). Returns the
+        items left for `_place_one`: links, large files, and names something took."""
+        rest = [it for it in items if it[1].kind == LINK or it[1].oid not in locations]
+        small = [it for it in items if it[1].kind != LINK and it[1].oid in locations]
+        small.sort(key=lambda it: it[0].rpartition("/")[0])  # (stable: pack order kept)
+        batch: list[tuple[str, Entry]] = []
+        size = 0
+        for i, item in enumerate(small):
+            batch.append(item)
+            size += item[1].size
+            after = small[i + 1] if i + 1 < len(small) else None
+            if after is None or len(batch) == _WRITE_BATCH or \
+                    size + after[1].size > _WRITE_BATCH_BYTES or \
+                    after[0].rpartition("/")[0] != item[0].rpartition("/")[0]:
+                rest += self._write_batch(batch, locations, dirs, progress, rows)
+                batch, size = [], 0
+        return rest
+
+    def _write_batch(self, batch: list[tuple[str, Entry]],
+                     locations: dict[str, tuple[str, int, int]], dirs: _Dirs,
+                     progress: Progress | None, rows: list[tuple[str, StatRow]]
+                     ) -> list[tuple[str, Entry]]:
+        datas = [self._small_bytes(entry, locations[entry.oid]) for _rel, entry in batch]
+        dir_fd, owned = dirs.open(batch[0][0].rpartition("/")[0])
+        try:
+            written = native.write_new_files(
+                dir_fd, [rel.rpartition("/")[2] for rel, _e in batch], datas,
+                [placed_mode(entry.mode, _UMASK) for _rel, entry in batch])
+        finally:
+            if owned:
+                os.close(dir_fd)
+        taken: list[tuple[str, Entry]] = []
+        for (rel, entry), result in zip(batch, written, strict=True):
+            if isinstance(result, int):
+                if result == errno.EEXIST:
+                    taken.append((rel, entry))  # (not placed here first: the usual way)
+                    continue
+                raise OSError(result, os.strerror(result), os.path.join(self.root, rel))
+            crashpoint("checkout:file-written")
+            if self.stat_rows:
+                rows.append((rel, (*result, entry.oid, time.time_ns())))
+            if progress:
+                progress(1, entry.size)
+        return taken
 
     def _place_one(self, dir_fd: int, name: str, rel: str, entry: Entry,
                    locations: dict[str, tuple[str, int, int]],

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dsv"
 # Lowest first. A module may import its own layer and the layers below, never above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {"dsv.errors", "dsv.model", "dsv.reports", "dsv.faults", "dsv.fileio",
-                     "dsv.hashing", "dsv.chunking", "dsv.jsonio", "dsv.reporting", "dsv.paths"}),
+                     "dsv.hashing", "dsv.chunking", "dsv.jsonio", "dsv.reporting", "dsv.paths",
+                     "dsv.native"}),
     ("storage", {"dsv.lock", "dsv.objects", "dsv.index", "dsv.tree", "dsv.records"}),
     ("views and remotes", {"dsv.worktree", "dsv.ignore", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
                            "dsv.remotes.layout", "dsv.remotes.fs", "dsv.remotes.s3",

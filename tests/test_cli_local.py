@@ -18,6 +18,7 @@ import blake3
 import pytest
 
 import dsv as dsv_api
+from dsv import native
 from conftest import Result, flip_byte, read_tree, write_tree
 
 BASE = {
@@ -297,8 +298,17 @@ def _files_opened_under(root: Path, monkeypatch) -> list[str]:
             return real(file, *args, **kwargs)
         return spying
 
+    def spy_reads(real):  # (native.read_files opens its files in C: named here)
+        def reading(root_fd, rels, sizes):
+            top = os.readlink(f"/proc/self/fd/{root_fd}")
+            opened.extend(os.path.join(top, rel) for rel in rels
+                          if str(root) in top and ".dsv" not in top)
+            return real(root_fd, rels, sizes)
+        return reading
+
     monkeypatch.setattr("builtins.open", spy(open))
     monkeypatch.setattr("os.open", spy(os.open))
+    monkeypatch.setattr(native, "read_files", spy_reads(native.read_files))
     return opened
 
 

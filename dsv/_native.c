@@ -1,0 +1,765 @@
+/* dsv._native: the two loops that run once per file of a dataset, in C.
+ *
+ * Optional: dsv works the same without it (setup.py builds it when a compiler is there;
+ * dsv/native.py falls back to Python). Each function does exactly what its Python twin
+ * in dsv/native.py does, and tests/test_native.py holds them to it.
+ *
+ * stat_names(dir_fd, names, prefix, file_kind, link_kind) -> (files, links, dirs, others)
+ *     lstat each of `names` (str) relative to the open directory `dir_fd`, never following
+ *     a link. files: [(prefix + name, (size, mtime_ns, ino, mode & 0o7777, kind))] of the
+ *     regular files (kind = file_kind) and symlinks (kind = link_kind), in the order of
+ *     `names`; links: [prefix + name] of the symlinks; dirs: [name] of the directories;
+ *     others: [name] of everything else. A name gone since it was listed is left out; any
+ *     other failure raises OSError. The syscalls run without the GIL.
+ *
+ * cut_marks(run, modulus) -> [int]
+ *     For each (rel, stat) of `run` whose CRC-32 of rel (UTF-8, surrogateescape) is a
+ *     multiple of `modulus`: its index + 1 (where worktree._cuts may cut a long run).
+ *
+ * run_payload(run, after) -> bytes | None
+ *     What a run's scan digest hashes after its header: "\0".join([after, *rels])
+ *     (UTF-8, surrogateescape), "\0", the kinds (ASCII), then each (size, mtime_ns, ino,
+ *     mode) packed "<qqQq"; None when a value does not fit its field.
+ *
+ * write_new_files(dir_fd, names, datas, modes) -> [stat | errno]
+ *     Create each of `names` (plain names) in the open directory `dir_fd` with
+ *     O_CREAT | O_EXCL | O_NOFOLLOW (never through anything already there) and its mode,
+ *     and write its bytes (a bytes-like object) whole. For each, in order: its
+ *     (size, mtime_ns, ino, mode & 0o7777) once written, or the errno that stopped it
+ *     (EEXIST: something was there, left as it was; a failed write removes the file it
+ *     made). Names with a "/" or that are "", "." or "..": EINVAL. No GIL held while the
+ *     files are made.
+ *
+ * read_files(root_fd, rels, sizes) -> [bytes]
+ *     Each file's whole content. `rels` are paths under the open directory `root_fd`
+ *     ("a/b/c", no empty, "." or ".." part: EINVAL); every part is opened relative to the
+ *     one before with O_NOFOLLOW, so no link is followed anywhere in a path (ELOOP), and a
+ *     run of files in one directory opens that directory once. Each file must be a regular
+ *     file (else EINVAL: never a FIFO or device put in its place) and is read with one
+ *     read() of size + 1 bytes, to its end if it grew since its size was taken. The first
+ *     failure raises OSError. The syscalls run without the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Encoded names (the filesystem encoding, surrogateescape: what os.stat passes). */
+typedef struct {
+    Py_ssize_t n;
+    PyObject **encoded; /* owned bytes objects */
+} Names;
+
+static void names_free(Names *names) {
+    if (names->encoded) {
+        for (Py_ssize_t i = 0; i < names->n; i++)
+            Py_XDECREF(names->encoded[i]);
+        PyMem_Free(names->encoded);
+    }
+    names->encoded = NULL;
+    names->n = 0;
+}
+
+static int names_encode(PyObject *list, Names *names) {
+    names->n = 0;
+    names->encoded = NULL;
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "names must be a list of str");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    names->encoded = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+    if (!names->encoded) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    names->n = n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(list, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "names must be a list of str");
+            return -1;
+        }
+        PyObject *raw = PyUnicode_EncodeFSDefault(name);
+        if (!raw)
+            return -1;
+        if ((Py_ssize_t)strlen(PyBytes_AS_STRING(raw)) != PyBytes_GET_SIZE(raw)) {
+            Py_DECREF(raw);
+            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            return -1;
+        }
+        names->encoded[i] = raw;
+    }
+    return 0;
+}
+
+typedef struct {
+    int err; /* 0, or the errno of its lstat */
+    struct stat st;
+} Stat;
+
+typedef struct {
+    int dir_fd;
+    Names *names;
+    Stat *stats;
+    Py_ssize_t start, stop;
+} StatJob;
+
+static void *stat_range(void *arg) {
+    StatJob *job = arg;
+    for (Py_ssize_t i = job->start; i < job->stop; i++) {
+        if (fstatat(job->dir_fd, PyBytes_AS_STRING(job->names->encoded[i]),
+                    &job->stats[i].st, AT_SYMLINK_NOFOLLOW) != 0)
+            job->stats[i].err = errno;
+    }
+    return NULL;
+}
+
+/* A directory this large has its lstats split between two threads: the syscall (a
+   lookup in the directory) is the whole cost, and it runs on both cores. */
+#define SPLIT_STATS 4096
+
+static PyObject *stat_names(PyObject *Py_UNUSED(self), PyObject *args) {
+    int dir_fd;
+    PyObject *list, *prefix, *file_kind, *link_kind;
+    if (!PyArg_ParseTuple(args, "iO!U" "OO:stat_names", &dir_fd, &PyList_Type, &list,
+                          &prefix, &file_kind, &link_kind))
+        return NULL;
+    Names names;
+    if (names_encode(list, &names) < 0) {
+        names_free(&names);
+        return NULL;
+    }
+    Stat *stats = PyMem_Calloc(names.n ? (size_t)names.n : 1, sizeof(Stat));
+    if (!stats) {
+        names_free(&names);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    StatJob first = {dir_fd, &names, stats, 0, names.n}, second = first;
+    pthread_t helper;
+    int split = names.n >= SPLIT_STATS && sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    if (split) {
+        first.stop = second.start = names.n / 2;
+        split = pthread_create(&helper, NULL, stat_range, &second) == 0;
+        if (!split)
+            first.stop = names.n; /* no thread to be had: all of it here */
+    }
+    stat_range(&first);
+    if (split)
+        pthread_join(helper, NULL);
+    Py_END_ALLOW_THREADS
+
+    PyObject *files = PyList_New(0), *links = PyList_New(0), *dirs = PyList_New(0);
+    PyObject *others = PyList_New(0), *result = NULL;
+    if (!files || !links || !dirs || !others)
+        goto done;
+    for (Py_ssize_t i = 0; i < names.n; i++) {
+        PyObject *name = PyList_GET_ITEM(list, i);
+        Stat *s = &stats[i];
+        if (s->err == ENOENT)
+            continue; /* removed since it was listed */
+        if (s->err) {
+            errno = s->err;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+            goto done;
+        }
+        mode_t kind = s->st.st_mode & S_IFMT;
+        if (kind == S_IFDIR || (kind != S_IFREG && kind != S_IFLNK)) {
+            if (PyList_Append(kind == S_IFDIR ? dirs : others, name) < 0)
+                goto done;
+            continue;
+        }
+        PyObject *rel = PyUnicode_Concat(prefix, name);
+        if (!rel)
+            goto done;
+        long long mtime_ns = (long long)s->st.st_mtim.tv_sec * 1000000000LL
+                             + (long long)s->st.st_mtim.tv_nsec;
+        PyObject *fs = PyTuple_New(5), *entry = PyTuple_New(2);
+        if (!fs || !entry) {
+            Py_XDECREF(fs);
+            Py_XDECREF(entry);
+            Py_DECREF(rel);
+            goto done;
+        }
+        PyObject *kind_str = kind == S_IFREG ? file_kind : link_kind;
+        Py_INCREF(kind_str);
+        PyTuple_SET_ITEM(fs, 0, PyLong_FromLongLong((long long)s->st.st_size));
+        PyTuple_SET_ITEM(fs, 1, PyLong_FromLongLong(mtime_ns));
+        PyTuple_SET_ITEM(fs, 2, PyLong_FromUnsignedLongLong((unsigned long long)s->st.st_ino));
+        PyTuple_SET_ITEM(fs, 3, PyLong_FromLong((long)(s->st.st_mode & 07777)));
+        PyTuple_SET_ITEM(fs, 4, kind_str);
+        Py_INCREF(rel);
+        PyTuple_SET_ITEM(entry, 0, rel);
+        PyTuple_SET_ITEM(entry, 1, fs);
+        int bad = !PyTuple_GET_ITEM(fs, 0) || !PyTuple_GET_ITEM(fs, 1) ||
+                  !PyTuple_GET_ITEM(fs, 2) || !PyTuple_GET_ITEM(fs, 3) ||
+                  PyList_Append(files, entry) < 0 ||
+                  (kind == S_IFLNK && PyList_Append(links, rel) < 0);
+        Py_DECREF(entry);
+        Py_DECREF(rel);
+        if (bad) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            goto done;
+        }
+    }
+    result = PyTuple_Pack(4, files, links, dirs, others);
+done:
+    Py_XDECREF(files);
+    Py_XDECREF(links);
+    Py_XDECREF(dirs);
+    Py_XDECREF(others);
+    PyMem_Free(stats);
+    names_free(&names);
+    return result;
+}
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_of(const char *data, Py_ssize_t length) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < length; i++)
+        c = crc_table[(c ^ (unsigned char)data[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* A path's bytes as dsv hashes it: UTF-8, surrogateescape. New reference in *owner
+   when the fast path (valid UTF-8, cached in the str) cannot be taken. */
+static const char *path_bytes(PyObject *rel, Py_ssize_t *length, PyObject **owner) {
+    *owner = NULL;
+    if (!PyUnicode_Check(rel)) {
+        PyErr_SetString(PyExc_TypeError, "a run's paths must be str");
+        return NULL;
+    }
+    const char *data = PyUnicode_AsUTF8AndSize(rel, length);
+    if (data)
+        return data;
+    PyErr_Clear();
+    *owner = PyUnicode_AsEncodedString(rel, "utf-8", "surrogateescape");
+    if (!*owner)
+        return NULL;
+    *length = PyBytes_GET_SIZE(*owner);
+    return PyBytes_AS_STRING(*owner);
+}
+
+/* run[i] as (rel, stat) with a tuple stat of 5; NULL (error set) otherwise. */
+static PyObject *run_item(PyObject *run, Py_ssize_t i, PyObject **stat) {
+    PyObject *item = PyList_GET_ITEM(run, i);
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+        !PyTuple_Check(PyTuple_GET_ITEM(item, 1)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(item, 1)) != 5) {
+        PyErr_SetString(PyExc_TypeError, "a run holds (path, (size, mtime, ino, mode, kind))");
+        return NULL;
+    }
+    *stat = PyTuple_GET_ITEM(item, 1);
+    return PyTuple_GET_ITEM(item, 0);
+}
+
+static PyObject *cut_marks(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *run;
+    unsigned long modulus;
+    if (!PyArg_ParseTuple(args, "O!k:cut_marks", &PyList_Type, &run, &modulus))
+        return NULL;
+    if (modulus == 0) {
+        PyErr_SetString(PyExc_ValueError, "modulus must be positive");
+        return NULL;
+    }
+    PyObject *marks = PyList_New(0);
+    for (Py_ssize_t i = 0; marks && i < PyList_GET_SIZE(run); i++) {
+        PyObject *stat, *owner, *rel = run_item(run, i, &stat);
+        Py_ssize_t length;
+        const char *data = rel ? path_bytes(rel, &length, &owner) : NULL;
+        if (!data) {
+            Py_CLEAR(marks);
+            break;
+        }
+        uint32_t crc = crc32_of(data, length);
+        Py_XDECREF(owner);
+        if (crc % modulus == 0) {
+            PyObject *mark = PyLong_FromSsize_t(i + 1);
+            if (!mark || PyList_Append(marks, mark) < 0)
+                Py_CLEAR(marks);
+            Py_XDECREF(mark);
+        }
+    }
+    return marks;
+}
+
+/* Growable bytes. */
+typedef struct {
+    char *data;
+    size_t length, cap;
+} Buffer;
+
+static int buffer_put(Buffer *buf, const void *data, size_t length) {
+    if (buf->length + length > buf->cap) {
+        size_t cap = buf->cap ? buf->cap : 4096;
+        while (cap < buf->length + length)
+            cap *= 2;
+        char *more = PyMem_Realloc(buf->data, cap);
+        if (!more) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        buf->data = more;
+        buf->cap = cap;
+    }
+    memcpy(buf->data + buf->length, data, length);
+    buf->length += length;
+    return 0;
+}
+
+static void put_le64(unsigned char *out, uint64_t value) {
+    for (int k = 0; k < 8; k++)
+        out[k] = (unsigned char)(value >> (8 * k));
+}
+
+static PyObject *run_payload(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *run, *after;
+    if (!PyArg_ParseTuple(args, "O!U:run_payload", &PyList_Type, &run, &after))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(run);
+    Buffer names = {NULL, 0, 0}, kinds = {NULL, 0, 0}, stats = {NULL, 0, 0};
+    PyObject *result = NULL, *owner;
+    Py_ssize_t length;
+    const char *data = path_bytes(after, &length, &owner);
+    if (!data || buffer_put(&names, data, (size_t)length) < 0)
+        goto done;
+    Py_CLEAR(owner);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *stat, *rel = run_item(run, i, &stat);
+        if (!rel || buffer_put(&names, "\0", 1) < 0)
+            goto done;
+        if (!(data = path_bytes(rel, &length, &owner)) ||
+            buffer_put(&names, data, (size_t)length) < 0)
+            goto done;
+        Py_CLEAR(owner);
+        PyObject *kind = PyTuple_GET_ITEM(stat, 4);
+        const char *kind_text = PyUnicode_Check(kind) ? PyUnicode_AsUTF8AndSize(kind, &length)
+                                                      : NULL;
+        if (!kind_text) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a kind must be str");
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < length; k++) {
+            if ((unsigned char)kind_text[k] > 127) {
+                PyErr_SetString(PyExc_ValueError, "a kind must be ASCII");
+                goto done;
+            }
+        }
+        if (buffer_put(&kinds, kind_text, (size_t)length) < 0)
+            goto done;
+        unsigned char packed[32];
+        for (int f = 0; f < 4; f++) {
+            PyObject *value = PyTuple_GET_ITEM(stat, f);
+            int overflow = 0;
+            uint64_t word;
+            if (!PyLong_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "a stat value must be int");
+                goto done;
+            }
+            if (f == 2) { /* the inode: unsigned (negative: OverflowError too) */
+                word = PyLong_AsUnsignedLongLong(value);
+                if (word == (uint64_t)-1 && PyErr_Occurred()) {
+                    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                        goto done;
+                    PyErr_Clear();
+                    overflow = 1;
+                }
+            } else {
+                long long signed_value = PyLong_AsLongLongAndOverflow(value, &overflow);
+                if (signed_value == -1 && PyErr_Occurred())
+                    goto done;
+                word = (uint64_t)signed_value;
+            }
+            if (overflow) { /* (struct.error in the Python twin) */
+                Py_INCREF(Py_None);
+                result = Py_None;
+                goto done;
+            }
+            put_le64(packed + 8 * f, word);
+        }
+        if (buffer_put(&stats, packed, sizeof packed) < 0)
+            goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(names.length + 1 + kinds.length
+                                                          + stats.length));
+    if (result) {
+        char *out = PyBytes_AS_STRING(result);
+        if (names.length)
+            memcpy(out, names.data, names.length);
+        out[names.length] = '\0';
+        if (kinds.length)
+            memcpy(out + names.length + 1, kinds.data, kinds.length);
+        if (stats.length)
+            memcpy(out + names.length + 1 + kinds.length, stats.data, stats.length);
+    }
+done:
+    Py_XDECREF(owner);
+    PyMem_Free(names.data);
+    PyMem_Free(kinds.data);
+    PyMem_Free(stats.data);
+    return result;
+}
+
+typedef struct {
+    int err;         /* 0, or the errno of its open or read */
+    char *data;      /* malloc'ed */
+    size_t length;
+} Read;
+
+typedef struct {
+    int err;
+    struct stat st;
+} Written;
+
+/* Create `name` in `dir_fd` holding `length` bytes of `data`; no GIL held. */
+static void write_one(int dir_fd, const char *name, const char *data, size_t length,
+                      mode_t mode, Written *out) {
+    if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        out->err = EINVAL;
+        return;
+    }
+    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0) {
+        out->err = errno;
+        return;
+    }
+    size_t done = 0;
+    while (done < length) {
+        ssize_t put = write(fd, data + done, length - done);
+        if (put < 0) {
+            if (errno == EINTR)
+                continue;
+            out->err = errno;
+            break;
+        }
+        done += (size_t)put;
+    }
+    if (!out->err && fstat(fd, &out->st) != 0)
+        out->err = errno;
+    if (close(fd) != 0 && !out->err)
+        out->err = errno;
+    if (out->err)
+        unlinkat(dir_fd, name, 0); /* (made just now by O_EXCL: ours) */
+}
+
+static PyObject *write_new_files(PyObject *Py_UNUSED(self), PyObject *args) {
+    int dir_fd;
+    PyObject *list, *datas, *modes;
+    if (!PyArg_ParseTuple(args, "iO!O!O!:write_new_files", &dir_fd, &PyList_Type, &list,
+                          &PyList_Type, &datas, &PyList_Type, &modes))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (PyList_GET_SIZE(datas) != n || PyList_GET_SIZE(modes) != n) {
+        PyErr_SetString(PyExc_ValueError, "names, datas and modes differ in length");
+        return NULL;
+    }
+    Names names;
+    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    mode_t *mode_of = PyMem_Calloc(n ? (size_t)n : 1, sizeof(mode_t));
+    Written *written = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Written));
+    Py_ssize_t held = 0;
+    PyObject *result = NULL;
+    if (names_encode(list, &names) < 0)
+        goto done;
+    if (!views || !mode_of || !written) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long mode = PyLong_AsLong(PyList_GET_ITEM(modes, i));
+        if (mode == -1 && PyErr_Occurred())
+            goto done;
+        if (mode < 0 || mode > 07777) {
+            PyErr_SetString(PyExc_ValueError, "a mode out of range");
+            goto done;
+        }
+        mode_of[i] = (mode_t)mode;
+    }
+    for (; held < n; held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(datas, held), &views[held], PyBUF_SIMPLE) < 0)
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        write_one(dir_fd, PyBytes_AS_STRING(names.encoded[i]), views[i].buf,
+                  (size_t)views[i].len, mode_of[i], &written[i]);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        Written *w = &written[i];
+        PyObject *item;
+        if (w->err) {
+            item = PyLong_FromLong(w->err);
+        } else {
+            long long mtime_ns = (long long)w->st.st_mtim.tv_sec * 1000000000LL
+                                 + (long long)w->st.st_mtim.tv_nsec;
+            item = Py_BuildValue("(LLKi)", (long long)w->st.st_size, mtime_ns,
+                                 (unsigned long long)w->st.st_ino,
+                                 (int)(w->st.st_mode & 07777));
+        }
+        if (!item)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, item);
+    }
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(mode_of);
+    PyMem_Free(written);
+    names_free(&names);
+    return result;
+}
+
+#define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+#define FILE_FLAGS (O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+
+/* The directory a run of files is read from: `path` (its first `length` bytes, "" for
+   the root itself) open as `fd`. */
+typedef struct {
+    int root_fd, fd;
+    char *path;
+    size_t length;
+} Here;
+
+/* Make `here` the directory `rel[0:length]`, opening each of its parts relative to the
+   one before, never following a link. 0, or an errno. No GIL held. */
+static int here_enter(Here *here, const char *rel, size_t length) {
+    if (here->path && here->length == length && memcmp(here->path, rel, length) == 0)
+        return 0;
+    if (here->fd != here->root_fd)
+        close(here->fd);
+    free(here->path);
+    here->path = NULL;
+    here->fd = here->root_fd;
+    char *path = malloc(length + 1);
+    if (!path)
+        return ENOMEM;
+    memcpy(path, rel, length);
+    path[length] = '\0';
+    int fd = here->root_fd;
+    for (char *part = path; length && part;) {
+        char *slash = strchr(part, '/');
+        if (slash)
+            *slash = '\0';
+        int next = openat(fd, part, DIR_FLAGS);
+        int err = next < 0 ? errno : 0;
+        if (fd != here->root_fd)
+            close(fd);
+        if (err) {
+            free(path);
+            return err;
+        }
+        fd = next;
+        if (slash)
+            *slash = '/';
+        part = slash ? slash + 1 : NULL;
+    }
+    here->fd = fd;
+    here->path = path;
+    here->length = length;
+    return 0;
+}
+
+/* 0 when `rel` is "a/b/c" with no empty, "." or ".." part. */
+static int check_rel(const char *rel) {
+    const char *part = rel;
+    for (;;) {
+        const char *end = strchr(part, '/');
+        size_t n = end ? (size_t)(end - part) : strlen(part);
+        if (n == 0 || (n == 1 && part[0] == '.') || (n == 2 && part[0] == '.' && part[1] == '.'))
+            return EINVAL;
+        if (!end)
+            return 0;
+        part = end + 1;
+    }
+}
+
+/* The whole file `rel` under `here`'s root, expecting `size` bytes; no GIL held. */
+static void read_one(Here *here, const char *rel, size_t size, Read *out) {
+    if ((out->err = check_rel(rel)))
+        return;
+    const char *slash = strrchr(rel, '/');
+    size_t dir_length = slash ? (size_t)(slash - rel) : 0;
+    if ((out->err = here_enter(here, rel, dir_length)))
+        return;
+    int fd = openat(here->fd, slash ? slash + 1 : rel, FILE_FLAGS);
+    if (fd < 0) {
+        out->err = errno;
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        out->err = errno;
+    else if (!S_ISREG(st.st_mode))
+        out->err = EINVAL; /* a FIFO or device put in its place */
+    if (out->err) {
+        close(fd);
+        return;
+    }
+    size_t cap = size + 1, length = 0;
+    char *data = malloc(cap);
+    if (!data) {
+        out->err = ENOMEM;
+        close(fd);
+        return;
+    }
+    for (;;) {
+        ssize_t got = read(fd, data + length, cap - length);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            out->err = errno;
+            break;
+        }
+        if (got == 0)
+            break;
+        length += (size_t)got;
+        if (length == cap) { /* it grew since its size was taken: read to its end */
+            size_t bigger = cap < (1u << 20) ? cap + (1u << 20) : cap * 2;
+            char *more = realloc(data, bigger);
+            if (!more) {
+                out->err = ENOMEM;
+                break;
+            }
+            data = more;
+            cap = bigger;
+        }
+    }
+    close(fd);
+    if (out->err) {
+        free(data);
+        return;
+    }
+    out->data = data;
+    out->length = length;
+}
+
+static PyObject *read_files(PyObject *Py_UNUSED(self), PyObject *args) {
+    int dir_fd;
+    PyObject *list, *sizes;
+    if (!PyArg_ParseTuple(args, "iO!O!:read_files", &dir_fd, &PyList_Type, &list,
+                          &PyList_Type, &sizes))
+        return NULL;
+    if (PyList_GET_SIZE(sizes) != PyList_GET_SIZE(list)) {
+        PyErr_SetString(PyExc_ValueError, "names and sizes differ in length");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    size_t *want = PyMem_Calloc(n ? (size_t)n : 1, sizeof(size_t));
+    if (!want)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long size = PyLong_AsLongLong(PyList_GET_ITEM(sizes, i));
+        if (size == -1 && PyErr_Occurred()) {
+            PyMem_Free(want);
+            return NULL;
+        }
+        if (size < 0 || size > (1LL << 30)) {
+            PyMem_Free(want);
+            PyErr_SetString(PyExc_ValueError, "a size out of range");
+            return NULL;
+        }
+        want[i] = (size_t)size;
+    }
+    Names names;
+    if (names_encode(list, &names) < 0) {
+        names_free(&names);
+        PyMem_Free(want);
+        return NULL;
+    }
+    Read *reads = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Read));
+    if (!reads) {
+        names_free(&names);
+        PyMem_Free(want);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Here here = {dir_fd, dir_fd, NULL, 0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        read_one(&here, PyBytes_AS_STRING(names.encoded[i]), want[i], &reads[i]);
+        if (reads[i].err)
+            break; /* the first failure is the one raised */
+    }
+    if (here.fd != here.root_fd)
+        close(here.fd);
+    free(here.path);
+    Py_END_ALLOW_THREADS
+
+    PyObject *result = PyList_New(n);
+    for (Py_ssize_t i = 0; result && i < n; i++) {
+        if (reads[i].err) {
+            errno = reads[i].err;
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyList_GET_ITEM(list, i));
+            Py_CLEAR(result);
+            break;
+        }
+        PyObject *data = PyBytes_FromStringAndSize(reads[i].data, (Py_ssize_t)reads[i].length);
+        if (!data) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, data);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        free(reads[i].data);
+    PyMem_Free(reads);
+    PyMem_Free(want);
+    names_free(&names);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"stat_names", stat_names, METH_VARARGS,
+     "lstat names relative to a directory: (files, links, dirs, others)."},
+    {"cut_marks", cut_marks, METH_VARARGS,
+     "Where a long run may be cut: index + 1 of each path whose CRC-32 divides."},
+    {"run_payload", run_payload, METH_VARARGS,
+     "The bytes a run's scan digest hashes after its header (None: a value too big)."},
+    {"write_new_files", write_new_files, METH_VARARGS,
+     "Create files that must not exist yet in a directory: (size, mtime_ns, ino, mode) "
+     "or an errno each."},
+    {"read_files", read_files, METH_VARARGS,
+     "Read whole files relative to a directory, without following links."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "dsv._native",
+    "dsv's per-file loops in C (optional: dsv/native.py has their Python twins).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+/* What dsv/native.py checks before it uses this module: bump it whenever a function is
+   added or changes, so that a build left over from older sources (an editable install
+   whose sources moved on) is not used. */
+#define ABI 2
+
+PyMODINIT_FUNC PyInit__native(void) {
+    crc_init();
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI", ABI) < 0)
+        Py_CLEAR(m);
+    return m;
+}

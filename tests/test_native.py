@@ -1,0 +1,311 @@
+"""dsv/_native.c against its Python twins in dsv/native.py: the same results on the same
+trees (odd names, links, FIFOs, files that vanish or grow), the same refusals, and a
+walk that finds the same thing through either."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dsv import native, worktree
+from dsv.model import FILE, LINK
+
+
+ODD = os.fsdecode(b"caf\xc3\xa9-\xff\xfe.bin")  # valid UTF-8, then bytes that are not
+
+
+def _c() -> object:
+    """The C module: CI builds it (`pip install -e .` with gcc), so its absence fails."""
+    assert native.BUILT, "dsv/_native.c was not built: is a C compiler installed?"
+    return native._native
+
+
+def _tree(root: Path) -> list[str]:
+    (root / "sub" / "deep").mkdir(parents=True)
+    names = ["a.txt", "b.bin", ODD, "sub/x", "sub/deep/y", "sub/deep/z"]
+    for i, rel in enumerate(names):
+        (root / rel).write_bytes(b"%d" % i * (i + 1))
+    (root / "link").symlink_to("a.txt")
+    (root / "dangling").symlink_to("nowhere/at/all")
+    os.mkfifo(root / "fifo")
+    os.chmod(root / "b.bin", 0o751)
+    return names
+
+
+def _dir_fd(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_the_c_loops_are_built_and_used() -> None:
+    c = _c()
+    assert native.stat_names is c.stat_names  # type: ignore[attr-defined]
+    assert native.read_files is c.read_files  # type: ignore[attr-defined]
+    assert native.cut_marks is c.cut_marks  # type: ignore[attr-defined]
+    assert native.run_payload is c.run_payload  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_stat_names_twins_agree(tmp_path: Path, many: bool) -> None:
+    c = _c()
+    _tree(tmp_path)
+    if many:  # past the size where C splits the lstats between two threads
+        for i in range(5000):
+            (tmp_path / f"n{i:05d}").write_bytes(b"x" * (i % 7))
+    names = sorted(os.listdir(tmp_path)) + ["gone-since-listed"]
+    fd = _dir_fd(tmp_path)
+    try:
+        got = c.stat_names(fd, names, "p/q/", FILE, LINK)  # type: ignore[attr-defined]
+        want = native.stat_names_py(fd, names, "p/q/", FILE, LINK)
+    finally:
+        os.close(fd)
+    assert got == want
+    files, links, dirs, others = got
+    rows = dict(files)
+    st = os.lstat(tmp_path / "b.bin")
+    assert rows["p/q/b.bin"] == (st.st_size, st.st_mtime_ns, st.st_ino, 0o751, FILE)
+    assert rows[f"p/q/{ODD}"][4] == FILE
+    assert rows["p/q/link"] == (5, os.lstat(tmp_path / "link").st_mtime_ns,
+                                os.lstat(tmp_path / "link").st_ino, 0o777, LINK)
+    assert links == ["p/q/dangling", "p/q/link"]
+    assert dirs == ["sub"] and others == ["fifo"]
+    assert "p/q/gone-since-listed" not in rows
+    assert [rel for rel, _fs in files] == sorted(rel for rel, _fs in files)
+    assert len(files) == 3 + 2 + (5000 if many else 0)
+
+
+def test_stat_names_refuse_what_lstat_refuses(tmp_path: Path) -> None:
+    c = _c()
+    fd = _dir_fd(tmp_path)
+    try:
+        for twin in (c.stat_names, native.stat_names_py):  # type: ignore[attr-defined]
+            with pytest.raises(ValueError):
+                twin(fd, ["a\0b"], "", FILE, LINK)
+        os.close(fd)
+        for twin in (c.stat_names, native.stat_names_py):  # type: ignore[attr-defined]
+            with pytest.raises(OSError) as err:
+                twin(fd, ["a"], "", FILE, LINK)
+            assert err.value.errno == errno.EBADF
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_read_files_twins_agree(tmp_path: Path) -> None:
+    c = _c()
+    names = _tree(tmp_path)
+    (tmp_path / "big").write_bytes(os.urandom(3 << 20))
+    rels = [*names, "big", "a.txt"]
+    sizes = [(tmp_path / r).stat().st_size for r in rels]
+    sizes[rels.index("big")] = 10  # it grew since its size was taken: read to its end
+    fd = _dir_fd(tmp_path)
+    try:
+        got = c.read_files(fd, rels, sizes)  # type: ignore[attr-defined]
+        want = native.read_files_py(fd, rels, sizes)
+        assert got == want == [(tmp_path / r).read_bytes() for r in rels]
+        assert c.read_files(fd, [], []) == native.read_files_py(fd, [], []) == []  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("rel", "code"), [
+    ("link", errno.ELOOP),                 # a link in a file's place: never followed
+    ("through/a.txt", errno.ENOTDIR),     # a link in a directory's place (O_DIRECTORY)
+    ("sub/../a.txt", errno.EINVAL),
+    ("./a.txt", errno.EINVAL),
+    ("sub//x", errno.EINVAL),
+    ("/etc/passwd", errno.EINVAL),
+    ("fifo", errno.EINVAL),               # never read (nor waited on)
+    ("sub", errno.EINVAL),                # a directory is no file either
+    ("missing", errno.ENOENT),
+    ("a.txt/x", errno.ENOTDIR),
+])
+def test_read_files_refuse_links_and_odd_paths(tmp_path: Path, rel: str, code: int) -> None:
+    c = _c()
+    _tree(tmp_path)
+    (tmp_path / "through").symlink_to(tmp_path)
+    fd = _dir_fd(tmp_path)
+    try:
+        for twin in (c.read_files, native.read_files_py):  # type: ignore[attr-defined]
+            with pytest.raises(OSError) as err:
+                twin(fd, ["a.txt", rel, "b.bin"], [1, 1, 1])
+            assert err.value.errno == code, twin
+            assert err.value.filename == rel
+    finally:
+        os.close(fd)
+
+
+def test_read_files_refuse_sizes_out_of_range(tmp_path: Path) -> None:
+    c = _c()
+    (tmp_path / "a").write_bytes(b"a")
+    fd = _dir_fd(tmp_path)
+    try:
+        for twin in (c.read_files, native.read_files_py):  # type: ignore[attr-defined]
+            for sizes in ([-1], [native.MAX_READ + 1], [1, 2]):
+                with pytest.raises(ValueError):
+                    twin(fd, ["a"], sizes)
+    finally:
+        os.close(fd)
+
+
+def _run(n: int) -> list[tuple[str, tuple[int, int, int, int, str]]]:
+    return [(f"d{i % 13}/{ODD if i % 5 == 0 else ''}f{i:06d}",
+             (i * 37, 1_700_000_000_000_000_000 + i, 2**64 - 1 - i, 0o644, LINK if i % 9 else FILE))
+            for i in range(n)]
+
+
+def test_cut_marks_and_run_payload_twins_agree() -> None:
+    c = _c()
+    for n in (0, 1, 7, 20_000):
+        run = _run(n)
+        for modulus in (1, 2, 4096):
+            assert c.cut_marks(run, modulus) == native.cut_marks_py(run, modulus)  # type: ignore[attr-defined]
+        assert c.run_payload(run, "after\udcff") == native.run_payload_py(run, "after\udcff")  # type: ignore[attr-defined]
+    assert c.cut_marks(_run(20_000), 4096) != []  # type: ignore[attr-defined]
+    assert native.run_payload_py([("a", (1, 2, 3, 4, "f"))], "") == \
+        b"\0a\0f" + (1).to_bytes(8, "little") + (2).to_bytes(8, "little") + \
+        (3).to_bytes(8, "little") + (4).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("stat", [(2**63, 0, 0, 0, "f"), (0, -2**63 - 1, 0, 0, "f"),
+                                  (0, 0, -1, 0, "f"), (0, 0, 2**64, 0, "f")])
+def test_run_payload_is_none_where_a_value_does_not_fit(stat: tuple) -> None:
+    c = _c()
+    run = [("a", (1, 2, 3, 4, "f")), ("b", stat)]
+    assert c.run_payload(run, "") is None  # type: ignore[attr-defined]
+    assert native.run_payload_py(run, "") is None
+
+
+def test_a_walk_finds_the_same_through_either_twin(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _c()
+    _tree(tmp_path)
+    (tmp_path / ".dsvignore").write_text("*.txt\nsub/deep/\n")
+    for i in range(300):
+        (tmp_path / "sub" / f"m{i:03d}").write_bytes(b"m")
+
+    def walked() -> tuple[list, list, list, list]:
+        skipped: list[str] = []
+        ignored: list[str] = []
+        links: list[str] = []
+        runs = list(worktree.walk(tmp_path, skipped, [".dsv"], stores=[], ignore_files=True,
+                                  links=links, ignored=ignored))
+        return runs, sorted(skipped), sorted(ignored), links
+
+    with_c = walked()
+    monkeypatch.setattr(native, "stat_names", native.stat_names_py)
+    monkeypatch.setattr(native, "cut_marks", native.cut_marks_py)
+    with_py = walked()
+    assert with_c == with_py
+    runs, skipped, ignored, links = with_c
+    found = [rel for run in runs for rel, _fs in run]
+    assert "a.txt" not in found and "sub/deep/y" not in found and f"{ODD}" in found
+    assert ignored == ["a.txt", "sub/deep/"]
+    assert skipped == ["fifo"] and links == ["dangling", "link"]
+    assert len(found) == 1 + 1 + 1 + 2 + 300 + 1  # b.bin, ODD, sub/x, links, m*, .dsvignore
+
+
+@pytest.mark.parametrize("swap", ["link", "dir-link", "fifo", "removed"])
+def test_a_file_swapped_between_walk_and_read_is_refused(tmp_path: Path, dsv,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         swap: str) -> None:
+    """A commit reads what its walk found: a file that a link, a FIFO or nothing replaces
+    in between (or whose directory a link replaces) fails the commit with a clear message;
+    nothing outside the dataset is read, and no version is made."""
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    (ws / "sub" / "a.txt").write_bytes(b"a")
+    (ws / "b.txt").write_bytes(b"b")
+    secret = tmp_path / "secret"
+    (secret / "sub").mkdir(parents=True)
+    (secret / "sub" / "a.txt").write_bytes(b"SECRET")
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    real = native.read_files
+
+    def swapping(root_fd: int, rels: list[str], sizes: list[int]) -> list[bytes]:
+        if swap == "link":
+            (ws / "sub" / "a.txt").unlink()
+            (ws / "sub" / "a.txt").symlink_to(secret / "sub" / "a.txt")
+        elif swap == "dir-link":
+            (ws / "sub" / "a.txt").unlink()
+            (ws / "sub").rmdir()
+            (ws / "sub").symlink_to(secret / "sub")
+        elif swap == "fifo":
+            (ws / "sub" / "a.txt").unlink()
+            os.mkfifo(ws / "sub" / "a.txt")
+        else:
+            (ws / "sub" / "a.txt").unlink()
+        return real(root_fd, rels, sizes)
+
+    monkeypatch.setattr(native, "read_files", swapping)
+    res = dsv("commit", "-m", "one", cwd=ws)
+    assert res.code != 0
+    assert "bug in dsv" not in res.err and "Traceback" not in res.err
+    where = os.path.join(ws, "sub/a.txt")
+    if swap == "removed":
+        assert f"{where} was removed while dsv read it" in " ".join(res.err.split())
+    else:
+        assert f"{where} is no longer a regular file under {ws}" in " ".join(res.err.split())
+    monkeypatch.setattr(native, "read_files", real)
+    log = dsv("log", "data", "--json", cwd=ws)
+    assert log.code == 0 and "SECRET" not in log.out
+    assert "one" not in [v.get("message") for v in json.loads(log.out)]
+
+
+def test_a_build_from_older_sources_is_left_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = _c()
+    assert native._load() is c
+    monkeypatch.setattr(c, "ABI", native.ABI - 1)
+    assert native._load() is None
+    monkeypatch.delattr(c, "ABI")
+    assert native._load() is None
+
+
+def test_write_new_files_twins_agree(tmp_path: Path) -> None:
+    c = _c()
+    results = {}
+    for label, twin in (("c", c.write_new_files), ("py", native.write_new_files_py)):  # type: ignore[attr-defined]
+        where = tmp_path / label
+        where.mkdir()
+        (where / "taken").write_bytes(b"keep me")
+        (where / "link").symlink_to(tmp_path / "outside")
+        names = ["a", "empty", "taken", "link", ODD, "x/y", "..", "", "big", "exec"]
+        datas = [b"alpha", b"", b"new", b"through", b"odd", b"no", b"no", b"no",
+                 os.urandom(5 << 20), bytearray(b"#!/bin/sh\n")]
+        modes = [0o644, 0o600, 0o644, 0o644, 0o640, 0o644, 0o644, 0o644, 0o644, 0o755]
+        fd = _dir_fd(where)
+        try:
+            got = twin(fd, names, datas, modes)
+        finally:
+            os.close(fd)
+        errors = {name: r for name, r in zip(names, got) if isinstance(r, int)}
+        assert errors == {"taken": errno.EEXIST, "link": errno.EEXIST, "x/y": errno.EINVAL,
+                          "..": errno.EINVAL, "": errno.EINVAL}
+        for name, data, mode, r in zip(names, datas, modes, got):
+            if isinstance(r, int):
+                continue
+            st = os.lstat(where / name)
+            assert r == (st.st_size, st.st_mtime_ns, st.st_ino, mode & ~0o022 & 0o7777)
+            assert (where / name).read_bytes() == bytes(data)
+        assert (where / "taken").read_bytes() == b"keep me"
+        assert not (tmp_path / "outside").exists()  # never written through the link
+        results[label] = sorted(os.listdir(where))
+    assert results["c"] == results["py"]
+
+
+def test_write_new_files_refuse_bad_arguments(tmp_path: Path) -> None:
+    c = _c()
+    fd = _dir_fd(tmp_path)
+    try:
+        for twin in (c.write_new_files, native.write_new_files_py):  # type: ignore[attr-defined]
+            with pytest.raises(ValueError):
+                twin(fd, ["a"], [b"a", b"b"], [0o644])
+            with pytest.raises(ValueError):
+                twin(fd, ["a"], [b"a"], [0o10000])
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.close(fd)
