@@ -187,6 +187,8 @@ ABI = 2  # what dsv/_native.c must say it offers (its ABI)
 
 
 def _load() -> ModuleType | None:
+    if os.environ.get("DSV_NO_NATIVE"):  # (to compare, or to rule the C module out)
+        return None
     try:
         from . import _native
     except ImportError:  # built without a C compiler

@@ -309,3 +309,49 @@ def test_write_new_files_refuse_bad_arguments(tmp_path: Path) -> None:
         assert os.listdir(tmp_path) == []
     finally:
         os.close(fd)
+
+
+def test_the_python_twins_make_the_same_versions_end_to_end(tmp_path: Path) -> None:
+    """The same commit, status and fresh checkout through the CLI with the C module and
+    with DSV_NO_NATIVE=1: the same tree id, the same bytes and modes checked out."""
+    import subprocess
+    import sys
+
+    _c()
+    trees = {}
+    for label, env_extra in (("c", {}), ("py", {"DSV_NO_NATIVE": "1"})):
+        ws = tmp_path / label / "ws"
+        for i in range(600):  # past one read group and one write batch
+            path = ws / f"d{i % 3}" / f"f{i:04d}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"%d" % i * (i % 50 + 1))
+        (ws / "café ü.bin").write_bytes(b"odd")  # (names not in UTF-8 are refused)
+        os.chmod(ws / "d1" / "f0001.bin", 0o755)
+        (ws / "link").symlink_to("d0/f0000.bin")
+        env = {**os.environ, "DSV_AUTHOR": "t@t", **env_extra}
+
+        def run(*args: str, cwd: Path = ws) -> str:
+            res = subprocess.run([sys.executable, "-m", "dsv", *args], cwd=cwd, env=env,
+                                 capture_output=True, text=True, check=False)
+            assert res.returncode == 0, res.stderr
+            return res.stdout
+
+        built = subprocess.run([sys.executable, "-c", "from dsv import native; "
+                                "print(native.BUILT)"], env=env, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        assert built == str(label == "c")
+        run("init", "--name", "data")
+        run("commit", "-m", "one")
+        assert json.loads(run("status", "--json"))[0]["clean"] is True
+        out = tmp_path / label / "out"
+        run("checkout", "data:latest", "--to", str(out))
+        trees[label] = json.loads(run("versions", "details", "data:latest", "--json"))["tree"]
+        for path in ws.rglob("*"):
+            rel = path.relative_to(ws)
+            if ".dsv" in rel.parts or path.is_dir():
+                continue
+            placed = out / rel
+            assert os.readlink(placed) == os.readlink(path) if path.is_symlink() else \
+                placed.read_bytes() == path.read_bytes(), rel
+            assert (placed.lstat().st_mode & 0o100) == (path.lstat().st_mode & 0o100), rel
+    assert trees["c"] == trees["py"]
