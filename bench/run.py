@@ -2682,6 +2682,10 @@ def resolve_dsv(spec: str | None, read: bool = False) -> tuple[list[str], dict[s
         + (" (with the read workload's libraries)" if read else "") + " ...")
     subprocess.run(["bash", str(BENCH_DIR / "setup_dsv.sh"), *(["read"] if read else [])],
                    check=True, stdout=sys.stderr)
+    loops = subprocess.run([str(DSV_VENV / "bin" / "python"), "-c",
+                            "from dsv import native; print('C' if native.BUILT else 'Python')"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    log(f"dsv's per-file loops: {loops or '?'} (dsv/_native.c built: C)")
     return (shlex.split(spec) if spec else [str(DSV_VENV / "bin" / "dsv")]), {}
 
 

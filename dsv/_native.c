@@ -1,8 +1,10 @@
-/* dsv._native: the two loops that run once per file of a dataset, in C.
+/* dsv._native: the loops that run once per file of a dataset, in C.
  *
  * Optional: dsv works the same without it (setup.py builds it when a compiler is there;
  * dsv/native.py falls back to Python). Each function does exactly what its Python twin
- * in dsv/native.py does, and tests/test_native.py holds them to it.
+ * in dsv/native.py does, and tests/test_native.py holds them to it. Every list argument
+ * is copied into a tuple on entry, so nothing a caller (or the code an argument runs)
+ * does to its lists meanwhile can reach memory this module reads.
  *
  * stat_names(dir_fd, names, prefix, file_kind, link_kind) -> (files, links, dirs, others)
  *     lstat each of `names` (str) relative to the open directory `dir_fd`, never following
@@ -10,7 +12,8 @@
  *     regular files (kind = file_kind) and symlinks (kind = link_kind), in the order of
  *     `names`; links: [prefix + name] of the symlinks; dirs: [name] of the directories;
  *     others: [name] of everything else. A name gone since it was listed is left out; any
- *     other failure raises OSError. The syscalls run without the GIL.
+ *     other failure raises OSError. The syscalls run without the GIL, on two threads for
+ *     a large directory.
  *
  * cut_marks(run, modulus) -> [int]
  *     For each (rel, stat) of `run` whose CRC-32 of rel (UTF-8, surrogateescape) is a
@@ -19,7 +22,7 @@
  * run_payload(run, after) -> bytes | None
  *     What a run's scan digest hashes after its header: "\0".join([after, *rels])
  *     (UTF-8, surrogateescape), "\0", the kinds (ASCII), then each (size, mtime_ns, ino,
- *     mode) packed "<qqQq"; None when a value does not fit its field.
+ *     mode) packed "<qqQq"; None when a stat value is no int or does not fit its field.
  *
  * write_new_files(dir_fd, names, datas, modes) -> [stat | errno]
  *     Create each of `names` (plain names) in the open directory `dir_fd` with
@@ -27,17 +30,19 @@
  *     and write its bytes (a bytes-like object) whole. For each, in order: its
  *     (size, mtime_ns, ino, mode & 0o7777) once written, or the errno that stopped it
  *     (EEXIST: something was there, left as it was; a failed write removes the file it
- *     made). Names with a "/" or that are "", "." or "..": EINVAL. No GIL held while the
- *     files are made.
+ *     made). Names with a "/" or that are "", "." or "..": EINVAL. The first failure
+ *     other than EEXIST ends the batch: the names after it are ECANCELED, not made. No
+ *     GIL held while the files are made.
  *
  * read_files(root_fd, rels, sizes) -> [bytes]
  *     Each file's whole content. `rels` are paths under the open directory `root_fd`
  *     ("a/b/c", no empty, "." or ".." part: EINVAL); every part is opened relative to the
- *     one before with O_NOFOLLOW, so no link is followed anywhere in a path (ELOOP), and a
- *     run of files in one directory opens that directory once. Each file must be a regular
- *     file (else EINVAL: never a FIFO or device put in its place) and is read with one
- *     read() of size + 1 bytes, to its end if it grew since its size was taken. The first
- *     failure raises OSError. The syscalls run without the GIL.
+ *     one before with O_NOFOLLOW, so no link is followed anywhere in a path (ELOOP or
+ *     ENOTDIR), and a run of files in one directory opens that directory once. Each file
+ *     must be a regular file (else EINVAL: never a FIFO or device put in its place) and
+ *     is read with one read() of size + 1 bytes, to its end if that found it grown since
+ *     its size was taken. The first failure raises OSError. The syscalls run without the
+ *     GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -51,7 +56,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Encoded names (the filesystem encoding, surrogateescape: what os.stat passes). */
+#ifdef __APPLE__
+#define MTIME(st) ((st).st_mtimespec)
+#else
+#define MTIME(st) ((st).st_mtim)
+#endif
+
+/* ---- arguments -------------------------------------------------------------------- */
+
+/* A list argument as a tuple of its items now (a new reference), or NULL. */
+static PyObject *frozen(PyObject *list) { return PyList_AsTuple(list); }
+
+/* Names, encoded as os.stat encodes them (the filesystem encoding, surrogateescape). */
 typedef struct {
     Py_ssize_t n;
     PyObject **encoded; /* owned bytes objects */
@@ -67,14 +83,10 @@ static void names_free(Names *names) {
     names->n = 0;
 }
 
-static int names_encode(PyObject *list, Names *names) {
+/* Encode the str items of `tuple`; -1 with an error set (ValueError for a NUL). */
+static int names_encode(PyObject *tuple, Names *names) {
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
     names->n = 0;
-    names->encoded = NULL;
-    if (!PyList_Check(list)) {
-        PyErr_SetString(PyExc_TypeError, "names must be a list of str");
-        return -1;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(list);
     names->encoded = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
     if (!names->encoded) {
         PyErr_NoMemory();
@@ -82,23 +94,96 @@ static int names_encode(PyObject *list, Names *names) {
     }
     names->n = n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = PyList_GET_ITEM(list, i);
+        PyObject *name = PyTuple_GET_ITEM(tuple, i);
         if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "names must be a list of str");
+            PyErr_SetString(PyExc_TypeError, "names must be str");
             return -1;
         }
         PyObject *raw = PyUnicode_EncodeFSDefault(name);
         if (!raw)
             return -1;
+        names->encoded[i] = raw;
         if ((Py_ssize_t)strlen(PyBytes_AS_STRING(raw)) != PyBytes_GET_SIZE(raw)) {
-            Py_DECREF(raw);
             PyErr_SetString(PyExc_ValueError, "embedded null byte");
             return -1;
         }
-        names->encoded[i] = raw;
     }
     return 0;
 }
+
+static const char *name_at(Names *names, Py_ssize_t i) {
+    return PyBytes_AS_STRING(names->encoded[i]);
+}
+
+/* ---- results ---------------------------------------------------------------------- */
+
+/* A stat's mtime in ns as an int: exact also where it does not fit 64 bits (as Python's
+   st_mtime_ns, which the twin reads). */
+static PyObject *mtime_ns(const struct stat *st) {
+    long long sec = (long long)MTIME(*st).tv_sec, ns = (long long)MTIME(*st).tv_nsec, total;
+    if (!__builtin_mul_overflow(sec, 1000000000LL, &total) &&
+        !__builtin_add_overflow(total, ns, &total))
+        return PyLong_FromLongLong(total);
+    PyObject *s = PyLong_FromLongLong(sec), *billion = PyLong_FromLong(1000000000L);
+    PyObject *n = PyLong_FromLongLong(ns), *scaled = NULL, *result = NULL;
+    if (s && billion && n && (scaled = PyNumber_Multiply(s, billion)))
+        result = PyNumber_Add(scaled, n);
+    Py_XDECREF(s);
+    Py_XDECREF(billion);
+    Py_XDECREF(n);
+    Py_XDECREF(scaled);
+    return result;
+}
+
+/* (size, mtime_ns, ino, mode & 0o7777[, kind]) of `st` (kind NULL: a 4-tuple). */
+static PyObject *stat_tuple(const struct stat *st, PyObject *kind) {
+    PyObject *t = PyTuple_New(kind ? 5 : 4);
+    if (!t)
+        return NULL;
+    PyTuple_SET_ITEM(t, 0, PyLong_FromLongLong((long long)st->st_size));
+    PyTuple_SET_ITEM(t, 1, mtime_ns(st));
+    PyTuple_SET_ITEM(t, 2, PyLong_FromUnsignedLongLong((unsigned long long)st->st_ino));
+    PyTuple_SET_ITEM(t, 3, PyLong_FromLong((long)(st->st_mode & 07777)));
+    if (kind) {
+        Py_INCREF(kind);
+        PyTuple_SET_ITEM(t, 4, kind);
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        if (!PyTuple_GET_ITEM(t, i)) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+/* ---- syscalls, retried when a signal interrupts them ------------------------------- */
+
+static int open_at(int dir_fd, const char *name, int flags, mode_t mode) {
+    int fd;
+    do
+        fd = openat(dir_fd, name, flags, mode);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static int lstat_at(int dir_fd, const char *name, struct stat *st) {
+    int rc;
+    do
+        rc = fstatat(dir_fd, name, st, AT_SYMLINK_NOFOLLOW);
+    while (rc != 0 && errno == EINTR);
+    return rc;
+}
+
+static int fstat_fd(int fd, struct stat *st) {
+    int rc;
+    do
+        rc = fstat(fd, st);
+    while (rc != 0 && errno == EINTR);
+    return rc;
+}
+
+/* ---- stat_names ------------------------------------------------------------------- */
 
 typedef struct {
     int err; /* 0, or the errno of its lstat */
@@ -115,8 +200,7 @@ typedef struct {
 static void *stat_range(void *arg) {
     StatJob *job = arg;
     for (Py_ssize_t i = job->start; i < job->stop; i++) {
-        if (fstatat(job->dir_fd, PyBytes_AS_STRING(job->names->encoded[i]),
-                    &job->stats[i].st, AT_SYMLINK_NOFOLLOW) != 0)
+        if (lstat_at(job->dir_fd, name_at(job->names, i), &job->stats[i].st) != 0)
             job->stats[i].err = errno;
     }
     return NULL;
@@ -129,18 +213,21 @@ static void *stat_range(void *arg) {
 static PyObject *stat_names(PyObject *Py_UNUSED(self), PyObject *args) {
     int dir_fd;
     PyObject *list, *prefix, *file_kind, *link_kind;
-    if (!PyArg_ParseTuple(args, "iO!U" "OO:stat_names", &dir_fd, &PyList_Type, &list,
+    if (!PyArg_ParseTuple(args, "iO!UOO:stat_names", &dir_fd, &PyList_Type, &list,
                           &prefix, &file_kind, &link_kind))
         return NULL;
-    Names names;
-    if (names_encode(list, &names) < 0) {
-        names_free(&names);
+    PyObject *tuple = frozen(list);
+    if (!tuple)
         return NULL;
-    }
-    Stat *stats = PyMem_Calloc(names.n ? (size_t)names.n : 1, sizeof(Stat));
+    Names names = {0, NULL};
+    Stat *stats = NULL;
+    PyObject *files = NULL, *links = NULL, *dirs = NULL, *others = NULL, *result = NULL;
+    if (names_encode(tuple, &names) < 0)
+        goto done;
+    stats = PyMem_Calloc(names.n ? (size_t)names.n : 1, sizeof(Stat));
     if (!stats) {
-        names_free(&names);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        goto done;
     }
     Py_BEGIN_ALLOW_THREADS
     StatJob first = {dir_fd, &names, stats, 0, names.n}, second = first;
@@ -157,12 +244,12 @@ static PyObject *stat_names(PyObject *Py_UNUSED(self), PyObject *args) {
         pthread_join(helper, NULL);
     Py_END_ALLOW_THREADS
 
-    PyObject *files = PyList_New(0), *links = PyList_New(0), *dirs = PyList_New(0);
-    PyObject *others = PyList_New(0), *result = NULL;
+    files = PyList_New(0), links = PyList_New(0), dirs = PyList_New(0);
+    others = PyList_New(0);
     if (!files || !links || !dirs || !others)
         goto done;
     for (Py_ssize_t i = 0; i < names.n; i++) {
-        PyObject *name = PyList_GET_ITEM(list, i);
+        PyObject *name = PyTuple_GET_ITEM(tuple, i);
         Stat *s = &stats[i];
         if (s->err == ENOENT)
             continue; /* removed since it was listed */
@@ -172,44 +259,22 @@ static PyObject *stat_names(PyObject *Py_UNUSED(self), PyObject *args) {
             goto done;
         }
         mode_t kind = s->st.st_mode & S_IFMT;
-        if (kind == S_IFDIR || (kind != S_IFREG && kind != S_IFLNK)) {
+        if (kind != S_IFREG && kind != S_IFLNK) {
             if (PyList_Append(kind == S_IFDIR ? dirs : others, name) < 0)
                 goto done;
             continue;
         }
         PyObject *rel = PyUnicode_Concat(prefix, name);
-        if (!rel)
-            goto done;
-        long long mtime_ns = (long long)s->st.st_mtim.tv_sec * 1000000000LL
-                             + (long long)s->st.st_mtim.tv_nsec;
-        PyObject *fs = PyTuple_New(5), *entry = PyTuple_New(2);
-        if (!fs || !entry) {
-            Py_XDECREF(fs);
-            Py_XDECREF(entry);
-            Py_DECREF(rel);
-            goto done;
-        }
-        PyObject *kind_str = kind == S_IFREG ? file_kind : link_kind;
-        Py_INCREF(kind_str);
-        PyTuple_SET_ITEM(fs, 0, PyLong_FromLongLong((long long)s->st.st_size));
-        PyTuple_SET_ITEM(fs, 1, PyLong_FromLongLong(mtime_ns));
-        PyTuple_SET_ITEM(fs, 2, PyLong_FromUnsignedLongLong((unsigned long long)s->st.st_ino));
-        PyTuple_SET_ITEM(fs, 3, PyLong_FromLong((long)(s->st.st_mode & 07777)));
-        PyTuple_SET_ITEM(fs, 4, kind_str);
-        Py_INCREF(rel);
-        PyTuple_SET_ITEM(entry, 0, rel);
-        PyTuple_SET_ITEM(entry, 1, fs);
-        int bad = !PyTuple_GET_ITEM(fs, 0) || !PyTuple_GET_ITEM(fs, 1) ||
-                  !PyTuple_GET_ITEM(fs, 2) || !PyTuple_GET_ITEM(fs, 3) ||
-                  PyList_Append(files, entry) < 0 ||
+        PyObject *fs = rel ? stat_tuple(&s->st, kind == S_IFREG ? file_kind : link_kind)
+                           : NULL;
+        PyObject *entry = fs ? PyTuple_Pack(2, rel, fs) : NULL;
+        int bad = !entry || PyList_Append(files, entry) < 0 ||
                   (kind == S_IFLNK && PyList_Append(links, rel) < 0);
-        Py_DECREF(entry);
-        Py_DECREF(rel);
-        if (bad) {
-            if (!PyErr_Occurred())
-                PyErr_NoMemory();
+        Py_XDECREF(entry);
+        Py_XDECREF(fs);
+        Py_XDECREF(rel);
+        if (bad)
             goto done;
-        }
     }
     result = PyTuple_Pack(4, files, links, dirs, others);
 done:
@@ -219,8 +284,11 @@ done:
     Py_XDECREF(others);
     PyMem_Free(stats);
     names_free(&names);
+    Py_DECREF(tuple);
     return result;
 }
+
+/* ---- cut_marks and run_payload ---------------------------------------------------- */
 
 static uint32_t crc_table[256];
 
@@ -240,18 +308,19 @@ static uint32_t crc32_of(const char *data, Py_ssize_t length) {
     return c ^ 0xFFFFFFFFu;
 }
 
-/* A path's bytes as dsv hashes it: UTF-8, surrogateescape. New reference in *owner
-   when the fast path (valid UTF-8, cached in the str) cannot be taken. */
+/* A path's bytes as dsv hashes it: UTF-8, surrogateescape. An ASCII str lends its own
+   bytes; any other is encoded into a new bytes object, returned in *owner (no UTF-8 copy
+   is cached in the str, which a commit keeps for every path). */
 static const char *path_bytes(PyObject *rel, Py_ssize_t *length, PyObject **owner) {
     *owner = NULL;
     if (!PyUnicode_Check(rel)) {
         PyErr_SetString(PyExc_TypeError, "a run's paths must be str");
         return NULL;
     }
-    const char *data = PyUnicode_AsUTF8AndSize(rel, length);
-    if (data)
-        return data;
-    PyErr_Clear();
+    if (PyUnicode_IS_ASCII(rel)) {
+        *length = PyUnicode_GET_LENGTH(rel);
+        return (const char *)PyUnicode_DATA(rel);
+    }
     *owner = PyUnicode_AsEncodedString(rel, "utf-8", "surrogateescape");
     if (!*owner)
         return NULL;
@@ -259,9 +328,9 @@ static const char *path_bytes(PyObject *rel, Py_ssize_t *length, PyObject **owne
     return PyBytes_AS_STRING(*owner);
 }
 
-/* run[i] as (rel, stat) with a tuple stat of 5; NULL (error set) otherwise. */
+/* run[i] as (rel, stat) with a stat tuple of 5; NULL (error set) otherwise. */
 static PyObject *run_item(PyObject *run, Py_ssize_t i, PyObject **stat) {
-    PyObject *item = PyList_GET_ITEM(run, i);
+    PyObject *item = PyTuple_GET_ITEM(run, i);
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
         !PyTuple_Check(PyTuple_GET_ITEM(item, 1)) ||
         PyTuple_GET_SIZE(PyTuple_GET_ITEM(item, 1)) != 5) {
@@ -273,16 +342,19 @@ static PyObject *run_item(PyObject *run, Py_ssize_t i, PyObject **stat) {
 }
 
 static PyObject *cut_marks(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *run;
-    unsigned long modulus;
-    if (!PyArg_ParseTuple(args, "O!k:cut_marks", &PyList_Type, &run, &modulus))
+    PyObject *list;
+    Py_ssize_t modulus;
+    if (!PyArg_ParseTuple(args, "O!n:cut_marks", &PyList_Type, &list, &modulus))
         return NULL;
-    if (modulus == 0) {
-        PyErr_SetString(PyExc_ValueError, "modulus must be positive");
+    if (modulus <= 0 || (unsigned long long)modulus > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "modulus out of range");
         return NULL;
     }
+    PyObject *run = frozen(list);
+    if (!run)
+        return NULL;
     PyObject *marks = PyList_New(0);
-    for (Py_ssize_t i = 0; marks && i < PyList_GET_SIZE(run); i++) {
+    for (Py_ssize_t i = 0; marks && i < PyTuple_GET_SIZE(run); i++) {
         PyObject *stat, *owner, *rel = run_item(run, i, &stat);
         Py_ssize_t length;
         const char *data = rel ? path_bytes(rel, &length, &owner) : NULL;
@@ -292,13 +364,14 @@ static PyObject *cut_marks(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         uint32_t crc = crc32_of(data, length);
         Py_XDECREF(owner);
-        if (crc % modulus == 0) {
+        if (crc % (uint32_t)modulus == 0) {
             PyObject *mark = PyLong_FromSsize_t(i + 1);
             if (!mark || PyList_Append(marks, mark) < 0)
                 Py_CLEAR(marks);
             Py_XDECREF(mark);
         }
     }
+    Py_DECREF(run);
     return marks;
 }
 
@@ -309,6 +382,10 @@ typedef struct {
 } Buffer;
 
 static int buffer_put(Buffer *buf, const void *data, size_t length) {
+    if (length > SIZE_MAX / 4 - buf->length) {
+        PyErr_NoMemory();
+        return -1;
+    }
     if (buf->length + length > buf->cap) {
         size_t cap = buf->cap ? buf->cap : 4096;
         while (cap < buf->length + length)
@@ -331,19 +408,67 @@ static void put_le64(unsigned char *out, uint64_t value) {
         out[k] = (unsigned char)(value >> (8 * k));
 }
 
+/* The four stat values of every item packed "<qqQq" into `stats`: 1 when all fit, 0
+   when one is no int or does not fit (struct.error in the twin), -1 on an error. */
+static int pack_stats(PyObject *run, Buffer *stats) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(run); i++) {
+        PyObject *stat;
+        if (!run_item(run, i, &stat))
+            return -1;
+        unsigned char packed[32];
+        for (int f = 0; f < 4; f++) {
+            PyObject *value = PyTuple_GET_ITEM(stat, f);
+            uint64_t word;
+            if (!PyLong_Check(value))
+                return 0;
+            if (f == 2) { /* the inode: unsigned (a negative one is OverflowError too) */
+                word = PyLong_AsUnsignedLongLong(value);
+                if (word == (uint64_t)-1 && PyErr_Occurred()) {
+                    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                        return -1;
+                    PyErr_Clear();
+                    return 0;
+                }
+            } else {
+                int overflow = 0;
+                long long signed_value = PyLong_AsLongLongAndOverflow(value, &overflow);
+                if (signed_value == -1 && PyErr_Occurred())
+                    return -1;
+                if (overflow)
+                    return 0;
+                word = (uint64_t)signed_value;
+            }
+            put_le64(packed + 8 * f, word);
+        }
+        if (buffer_put(stats, packed, sizeof packed) < 0)
+            return -1;
+    }
+    return 1;
+}
+
 static PyObject *run_payload(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *run, *after;
-    if (!PyArg_ParseTuple(args, "O!U:run_payload", &PyList_Type, &run, &after))
+    PyObject *list, *after;
+    if (!PyArg_ParseTuple(args, "O!U:run_payload", &PyList_Type, &list, &after))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(run);
+    PyObject *run = frozen(list);
+    if (!run)
+        return NULL;
     Buffer names = {NULL, 0, 0}, kinds = {NULL, 0, 0}, stats = {NULL, 0, 0};
-    PyObject *result = NULL, *owner;
+    PyObject *result = NULL, *owner = NULL;
     Py_ssize_t length;
+    int fits = pack_stats(run, &stats); /* first, as the twin packs them first */
+    if (fits <= 0) {
+        if (fits == 0) {
+            Py_INCREF(Py_None);
+            result = Py_None;
+        }
+        goto done;
+    }
     const char *data = path_bytes(after, &length, &owner);
     if (!data || buffer_put(&names, data, (size_t)length) < 0)
         goto done;
     Py_CLEAR(owner);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(run); i++) {
         PyObject *stat, *rel = run_item(run, i, &stat);
         if (!rel || buffer_put(&names, "\0", 1) < 0)
             goto done;
@@ -352,52 +477,12 @@ static PyObject *run_payload(PyObject *Py_UNUSED(self), PyObject *args) {
             goto done;
         Py_CLEAR(owner);
         PyObject *kind = PyTuple_GET_ITEM(stat, 4);
-        const char *kind_text = PyUnicode_Check(kind) ? PyUnicode_AsUTF8AndSize(kind, &length)
-                                                      : NULL;
-        if (!kind_text) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "a kind must be str");
+        if (!PyUnicode_Check(kind) || !PyUnicode_IS_ASCII(kind)) {
+            PyErr_SetString(PyUnicode_Check(kind) ? PyExc_ValueError : PyExc_TypeError,
+                            "a kind must be ASCII str");
             goto done;
         }
-        for (Py_ssize_t k = 0; k < length; k++) {
-            if ((unsigned char)kind_text[k] > 127) {
-                PyErr_SetString(PyExc_ValueError, "a kind must be ASCII");
-                goto done;
-            }
-        }
-        if (buffer_put(&kinds, kind_text, (size_t)length) < 0)
-            goto done;
-        unsigned char packed[32];
-        for (int f = 0; f < 4; f++) {
-            PyObject *value = PyTuple_GET_ITEM(stat, f);
-            int overflow = 0;
-            uint64_t word;
-            if (!PyLong_Check(value)) {
-                PyErr_SetString(PyExc_TypeError, "a stat value must be int");
-                goto done;
-            }
-            if (f == 2) { /* the inode: unsigned (negative: OverflowError too) */
-                word = PyLong_AsUnsignedLongLong(value);
-                if (word == (uint64_t)-1 && PyErr_Occurred()) {
-                    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-                        goto done;
-                    PyErr_Clear();
-                    overflow = 1;
-                }
-            } else {
-                long long signed_value = PyLong_AsLongLongAndOverflow(value, &overflow);
-                if (signed_value == -1 && PyErr_Occurred())
-                    goto done;
-                word = (uint64_t)signed_value;
-            }
-            if (overflow) { /* (struct.error in the Python twin) */
-                Py_INCREF(Py_None);
-                result = Py_None;
-                goto done;
-            }
-            put_le64(packed + 8 * f, word);
-        }
-        if (buffer_put(&stats, packed, sizeof packed) < 0)
+        if (buffer_put(&kinds, PyUnicode_DATA(kind), (size_t)PyUnicode_GET_LENGTH(kind)) < 0)
             goto done;
     }
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(names.length + 1 + kinds.length
@@ -417,14 +502,11 @@ done:
     PyMem_Free(names.data);
     PyMem_Free(kinds.data);
     PyMem_Free(stats.data);
+    Py_DECREF(run);
     return result;
 }
 
-typedef struct {
-    int err;         /* 0, or the errno of its open or read */
-    char *data;      /* malloc'ed */
-    size_t length;
-} Read;
+/* ---- write_new_files -------------------------------------------------------------- */
 
 typedef struct {
     int err;
@@ -438,7 +520,8 @@ static void write_one(int dir_fd, const char *name, const char *data, size_t len
         out->err = EINVAL;
         return;
     }
-    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    int fd = open_at(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     mode);
     if (fd < 0) {
         out->err = errno;
         return;
@@ -454,9 +537,9 @@ static void write_one(int dir_fd, const char *name, const char *data, size_t len
         }
         done += (size_t)put;
     }
-    if (!out->err && fstat(fd, &out->st) != 0)
+    if (!out->err && fstat_fd(fd, &out->st) != 0)
         out->err = errno;
-    if (close(fd) != 0 && !out->err)
+    if (close(fd) != 0 && errno != EINTR && !out->err) /* (Linux: closed even then) */
         out->err = errno;
     if (out->err)
         unlinkat(dir_fd, name, 0); /* (made just now by O_EXCL: ours) */
@@ -464,59 +547,64 @@ static void write_one(int dir_fd, const char *name, const char *data, size_t len
 
 static PyObject *write_new_files(PyObject *Py_UNUSED(self), PyObject *args) {
     int dir_fd;
-    PyObject *list, *datas, *modes;
-    if (!PyArg_ParseTuple(args, "iO!O!O!:write_new_files", &dir_fd, &PyList_Type, &list,
-                          &PyList_Type, &datas, &PyList_Type, &modes))
+    PyObject *name_list, *data_list, *mode_list;
+    if (!PyArg_ParseTuple(args, "iO!O!O!:write_new_files", &dir_fd, &PyList_Type,
+                          &name_list, &PyList_Type, &data_list, &PyList_Type, &mode_list))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    if (PyList_GET_SIZE(datas) != n || PyList_GET_SIZE(modes) != n) {
-        PyErr_SetString(PyExc_ValueError, "names, datas and modes differ in length");
-        return NULL;
-    }
-    Names names;
-    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    mode_t *mode_of = PyMem_Calloc(n ? (size_t)n : 1, sizeof(mode_t));
-    Written *written = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Written));
-    Py_ssize_t held = 0;
-    PyObject *result = NULL;
-    if (names_encode(list, &names) < 0)
+    PyObject *names_t = frozen(name_list), *datas = frozen(data_list);
+    PyObject *modes = frozen(mode_list), *result = NULL;
+    Names names = {0, NULL};
+    Py_buffer *views = NULL;
+    mode_t *mode_of = NULL;
+    Written *written = NULL;
+    Py_ssize_t held = 0, n = 0;
+    if (!names_t || !datas || !modes)
         goto done;
+    n = PyTuple_GET_SIZE(names_t);
+    if (PyTuple_GET_SIZE(datas) != n || PyTuple_GET_SIZE(modes) != n) {
+        PyErr_SetString(PyExc_ValueError, "names, datas and modes differ in length");
+        goto done;
+    }
+    views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
+    mode_of = PyMem_Calloc(n ? (size_t)n : 1, sizeof(mode_t));
+    written = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Written));
     if (!views || !mode_of || !written) {
         PyErr_NoMemory();
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long mode = PyLong_AsLong(PyList_GET_ITEM(modes, i));
-        if (mode == -1 && PyErr_Occurred())
+        PyObject *mode = PyTuple_GET_ITEM(modes, i);
+        long value = PyLong_Check(mode) ? PyLong_AsLong(mode) : -1;
+        if (value == -1 && PyErr_Occurred())
             goto done;
-        if (mode < 0 || mode > 07777) {
+        if (value < 0 || value > 07777) {
             PyErr_SetString(PyExc_ValueError, "a mode out of range");
             goto done;
         }
-        mode_of[i] = (mode_t)mode;
+        mode_of[i] = (mode_t)value;
     }
+    if (names_encode(names_t, &names) < 0)
+        goto done;
     for (; held < n; held++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(datas, held), &views[held], PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(datas, held), &views[held], PyBUF_SIMPLE) < 0)
             goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        write_one(dir_fd, PyBytes_AS_STRING(names.encoded[i]), views[i].buf,
-                  (size_t)views[i].len, mode_of[i], &written[i]);
+    int stopped = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (stopped) {
+            written[i].err = ECANCELED;
+            continue;
+        }
+        write_one(dir_fd, name_at(&names, i), views[i].buf, (size_t)views[i].len, mode_of[i],
+                  &written[i]);
+        stopped = written[i].err && written[i].err != EEXIST;
+    }
     Py_END_ALLOW_THREADS
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result && i < n; i++) {
         Written *w = &written[i];
-        PyObject *item;
-        if (w->err) {
-            item = PyLong_FromLong(w->err);
-        } else {
-            long long mtime_ns = (long long)w->st.st_mtim.tv_sec * 1000000000LL
-                                 + (long long)w->st.st_mtim.tv_nsec;
-            item = Py_BuildValue("(LLKi)", (long long)w->st.st_size, mtime_ns,
-                                 (unsigned long long)w->st.st_ino,
-                                 (int)(w->st.st_mode & 07777));
-        }
+        PyObject *item = w->err ? PyLong_FromLong(w->err) : stat_tuple(&w->st, NULL);
         if (!item)
             Py_CLEAR(result);
         else
@@ -529,11 +617,23 @@ done:
     PyMem_Free(mode_of);
     PyMem_Free(written);
     names_free(&names);
+    Py_XDECREF(names_t);
+    Py_XDECREF(datas);
+    Py_XDECREF(modes);
     return result;
 }
 
+/* ---- read_files ------------------------------------------------------------------- */
+
+typedef struct {
+    int err;      /* 0, or the errno of its open or read */
+    char *data;   /* malloc'ed */
+    size_t length;
+} Read;
+
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 #define FILE_FLAGS (O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+#define MAX_READ (1LL << 30)
 
 /* The directory a run of files is read from: `path` (its first `length` bytes, "" for
    the root itself) open as `fd`. */
@@ -563,7 +663,7 @@ static int here_enter(Here *here, const char *rel, size_t length) {
         char *slash = strchr(part, '/');
         if (slash)
             *slash = '\0';
-        int next = openat(fd, part, DIR_FLAGS);
+        int next = open_at(fd, part, DIR_FLAGS, 0);
         int err = next < 0 ? errno : 0;
         if (fd != here->root_fd)
             close(fd);
@@ -596,6 +696,15 @@ static int check_rel(const char *rel) {
     }
 }
 
+/* read() retried on EINTR: bytes read, or -1 with errno. */
+static ssize_t read_some(int fd, char *into, size_t length) {
+    ssize_t got;
+    do
+        got = read(fd, into, length);
+    while (got < 0 && errno == EINTR);
+    return got;
+}
+
 /* The whole file `rel` under `here`'s root, expecting `size` bytes; no GIL held. */
 static void read_one(Here *here, const char *rel, size_t size, Read *out) {
     if ((out->err = check_rel(rel)))
@@ -604,48 +713,45 @@ static void read_one(Here *here, const char *rel, size_t size, Read *out) {
     size_t dir_length = slash ? (size_t)(slash - rel) : 0;
     if ((out->err = here_enter(here, rel, dir_length)))
         return;
-    int fd = openat(here->fd, slash ? slash + 1 : rel, FILE_FLAGS);
+    int fd = open_at(here->fd, slash ? slash + 1 : rel, FILE_FLAGS, 0);
     if (fd < 0) {
         out->err = errno;
         return;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0)
+    if (fstat_fd(fd, &st) != 0)
         out->err = errno;
     else if (!S_ISREG(st.st_mode))
         out->err = EINVAL; /* a FIFO or device put in its place */
-    if (out->err) {
-        close(fd);
-        return;
-    }
+    else if (fcntl(fd, F_SETFL, O_RDONLY) != 0) /* (no O_NONBLOCK for a file's reads) */
+        out->err = errno;
     size_t cap = size + 1, length = 0;
-    char *data = malloc(cap);
-    if (!data) {
+    char *data = out->err ? NULL : malloc(cap);
+    if (!out->err && !data)
         out->err = ENOMEM;
-        close(fd);
-        return;
-    }
-    for (;;) {
-        ssize_t got = read(fd, data + length, cap - length);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            out->err = errno;
+    ssize_t got = out->err ? 0 : read_some(fd, data, cap);
+    if (got < 0)
+        out->err = errno;
+    else
+        length = (size_t)got;
+    while (!out->err && length == cap) { /* it grew since its size was taken: to its end */
+        size_t bigger = cap < ((size_t)1 << 20) ? cap + ((size_t)1 << 20) : cap * 2;
+        char *more = bigger > cap ? realloc(data, bigger) : NULL;
+        if (!more) {
+            out->err = ENOMEM;
             break;
         }
-        if (got == 0)
-            break;
-        length += (size_t)got;
-        if (length == cap) { /* it grew since its size was taken: read to its end */
-            size_t bigger = cap < (1u << 20) ? cap + (1u << 20) : cap * 2;
-            char *more = realloc(data, bigger);
-            if (!more) {
-                out->err = ENOMEM;
+        data = more;
+        cap = bigger;
+        while ((got = read_some(fd, data + length, cap - length)) > 0) {
+            length += (size_t)got;
+            if (length == cap)
                 break;
-            }
-            data = more;
-            cap = bigger;
         }
+        if (got < 0)
+            out->err = errno;
+        else if (got == 0)
+            break;
     }
     close(fd);
     if (out->err) {
@@ -658,47 +764,45 @@ static void read_one(Here *here, const char *rel, size_t size, Read *out) {
 
 static PyObject *read_files(PyObject *Py_UNUSED(self), PyObject *args) {
     int dir_fd;
-    PyObject *list, *sizes;
-    if (!PyArg_ParseTuple(args, "iO!O!:read_files", &dir_fd, &PyList_Type, &list,
-                          &PyList_Type, &sizes))
+    PyObject *rel_list, *size_list;
+    if (!PyArg_ParseTuple(args, "iO!O!:read_files", &dir_fd, &PyList_Type, &rel_list,
+                          &PyList_Type, &size_list))
         return NULL;
-    if (PyList_GET_SIZE(sizes) != PyList_GET_SIZE(list)) {
+    PyObject *rels = frozen(rel_list), *sizes = frozen(size_list), *result = NULL;
+    Names names = {0, NULL};
+    size_t *want = NULL;
+    Read *reads = NULL;
+    Py_ssize_t n = 0;
+    if (!rels || !sizes)
+        goto done;
+    n = PyTuple_GET_SIZE(rels);
+    if (PyTuple_GET_SIZE(sizes) != n) {
         PyErr_SetString(PyExc_ValueError, "names and sizes differ in length");
-        return NULL;
+        goto done;
     }
-    Py_ssize_t n = PyList_GET_SIZE(list);
-    size_t *want = PyMem_Calloc(n ? (size_t)n : 1, sizeof(size_t));
-    if (!want)
-        return PyErr_NoMemory();
+    want = PyMem_Calloc(n ? (size_t)n : 1, sizeof(size_t));
+    reads = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Read));
+    if (!want || !reads) {
+        PyErr_NoMemory();
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long long size = PyLong_AsLongLong(PyList_GET_ITEM(sizes, i));
-        if (size == -1 && PyErr_Occurred()) {
-            PyMem_Free(want);
-            return NULL;
-        }
-        if (size < 0 || size > (1LL << 30)) {
-            PyMem_Free(want);
+        PyObject *size = PyTuple_GET_ITEM(sizes, i);
+        long long value = PyLong_Check(size) ? PyLong_AsLongLong(size) : -1;
+        if (value == -1 && PyErr_Occurred())
+            goto done;
+        if (value < 0 || value > MAX_READ) {
             PyErr_SetString(PyExc_ValueError, "a size out of range");
-            return NULL;
+            goto done;
         }
-        want[i] = (size_t)size;
+        want[i] = (size_t)value;
     }
-    Names names;
-    if (names_encode(list, &names) < 0) {
-        names_free(&names);
-        PyMem_Free(want);
-        return NULL;
-    }
-    Read *reads = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Read));
-    if (!reads) {
-        names_free(&names);
-        PyMem_Free(want);
-        return PyErr_NoMemory();
-    }
+    if (names_encode(rels, &names) < 0)
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     Here here = {dir_fd, dir_fd, NULL, 0};
     for (Py_ssize_t i = 0; i < n; i++) {
-        read_one(&here, PyBytes_AS_STRING(names.encoded[i]), want[i], &reads[i]);
+        read_one(&here, name_at(&names, i), want[i], &reads[i]);
         if (reads[i].err)
             break; /* the first failure is the one raised */
     }
@@ -707,11 +811,11 @@ static PyObject *read_files(PyObject *Py_UNUSED(self), PyObject *args) {
     free(here.path);
     Py_END_ALLOW_THREADS
 
-    PyObject *result = PyList_New(n);
+    result = PyList_New(n);
     for (Py_ssize_t i = 0; result && i < n; i++) {
         if (reads[i].err) {
             errno = reads[i].err;
-            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyList_GET_ITEM(list, i));
+            PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(rels, i));
             Py_CLEAR(result);
             break;
         }
@@ -722,13 +826,20 @@ static PyObject *read_files(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         PyList_SET_ITEM(result, i, data);
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        free(reads[i].data);
+done:
+    if (reads) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            free(reads[i].data);
+    }
     PyMem_Free(reads);
     PyMem_Free(want);
     names_free(&names);
+    Py_XDECREF(rels);
+    Py_XDECREF(sizes);
     return result;
 }
+
+/* ---- the module ------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"stat_names", stat_names, METH_VARARGS,
@@ -741,7 +852,7 @@ static PyMethodDef methods[] = {
      "Create files that must not exist yet in a directory: (size, mtime_ns, ino, mode) "
      "or an errno each."},
     {"read_files", read_files, METH_VARARGS,
-     "Read whole files relative to a directory, without following links."},
+     "Read whole files under a directory, following no link."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -754,7 +865,7 @@ static struct PyModuleDef module = {
 /* What dsv/native.py checks before it uses this module: bump it whenever a function is
    added or changes, so that a build left over from older sources (an editable install
    whose sources moved on) is not used. */
-#define ABI 2
+#define ABI 3
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();

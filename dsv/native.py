@@ -24,6 +24,16 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_READ = 1 << 30  # the largest size `read_files` takes
 
 
+def _check_names(names: list[str]) -> None:
+    """Refuse, before any syscall (as the C twin encodes every name first), a name that
+    is no str, holds a NUL or cannot be encoded as os.stat encodes names."""
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError("names must be str")
+        if b"\0" in os.fsencode(name):
+            raise ValueError("embedded null byte")
+
+
 def stat_names_py(dir_fd: int, names: list[str], prefix: str, file_kind: str,
                   link_kind: str) -> Stats:
     """Each of `names` lstat'ed relative to the open directory `dir_fd`, never following a
@@ -32,6 +42,8 @@ def stat_names_py(dir_fd: int, names: list[str], prefix: str, file_kind: str,
     in the order of `names`; links: prefix + name of the symlinks; dirs: names of the
     directories; others: names of everything else. A name gone since it was listed is
     left out; any other failure raises OSError."""
+    names = list(names)
+    _check_names(names)
     files: list[FileRow] = []
     links: list[str] = []
     dirs: list[str] = []
@@ -63,13 +75,15 @@ def read_files_py(root_fd: int, rels: list[str], sizes: list[int]) -> list[bytes
     ("a/b/c"; an empty, "." or ".." part raises EINVAL); every part is opened relative
     to the one before without following a link (ELOOP), a directory once for a run of
     files in it, and a file without blocking on a FIFO; one that is not a regular file
-    raises EINVAL. A file is read with one read of
-    size + 1 bytes (`sizes` as last seen, each at most MAX_READ), to its end if it grew.
-    The first failure raises OSError."""
+    raises EINVAL. A file is read with one read of size + 1 bytes (`sizes` as last
+    seen, each at most MAX_READ), to its end if that found it grown. The first failure
+    raises OSError."""
+    rels, sizes = list(rels), list(sizes)
     if len(rels) != len(sizes):
         raise ValueError("names and sizes differ in length")
-    if any(not 0 <= size <= MAX_READ for size in sizes):
+    if any(not isinstance(size, int) or not 0 <= size <= MAX_READ for size in sizes):
         raise ValueError("a size out of range")
+    _check_names(rels)
     out = []
     here, here_fd = "", root_fd
     try:
@@ -103,7 +117,8 @@ def _read_whole(name: str, dir_fd: int, size: int) -> bytes:
     fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device in its place
-            raise OSError(errno.EINVAL, "not a regular file")
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        os.set_blocking(fd, True)  # (O_NONBLOCK was for the open only)
         data = os.read(fd, size + 1)
         if len(data) <= size:
             return data
@@ -127,39 +142,52 @@ def write_new_files_py(dir_fd: int, names: list[str],
     bytes whole. For each, in order: its (size, mtime_ns, ino, mode & 0o7777) once
     written, or the errno that stopped it (EEXIST: something was there, left as it was;
     a failed write removes the file it made). A name with a "/", or "", "." or "..":
-    EINVAL."""
+    EINVAL. The first failure other than EEXIST ends the batch: the names after it are
+    ECANCELED, not made."""
+    names, datas, modes = list(names), list(datas), list(modes)
     if not len(names) == len(datas) == len(modes):
         raise ValueError("names, datas and modes differ in length")
-    if any(not 0 <= mode <= 0o7777 for mode in modes):
+    if any(not isinstance(mode, int) or not 0 <= mode <= 0o7777 for mode in modes):
         raise ValueError("a mode out of range")
+    _check_names(names)
+    views = [memoryview(data).cast("B") for data in datas]
     out: list[Written] = []
-    for name, data, mode in zip(names, datas, modes, strict=True):
-        if name in ("", ".", "..") or "/" in name:
-            out.append(errno.EINVAL)
+    stopped = False
+    for name, view, mode in zip(names, views, modes, strict=True):
+        if stopped:
+            out.append(errno.ECANCELED)
             continue
-        try:
-            fd = os.open(name, _NEW_FLAGS, mode, dir_fd=dir_fd)
-        except OSError as exc:
-            out.append(exc.errno or errno.EIO)
-            continue
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            st = os.fstat(fd)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(name, dir_fd=dir_fd)  # (made just now by O_EXCL: ours)
-            out.append(exc.errno or errno.EIO)
-            continue
-        os.close(fd)
-        out.append((st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777))
+        result = errno.EINVAL if name in ("", ".", "..") or "/" in name \
+            else _write_new(dir_fd, name, view, mode)
+        out.append(result)
+        stopped = isinstance(result, int) and result != errno.EEXIST
     return out
+
+
+def _write_new(dir_fd: int, name: str, view: memoryview, mode: int) -> Written:
+    try:
+        fd = os.open(name, _NEW_FLAGS, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+        st = os.fstat(fd)
+    except BaseException as exc:
+        os.close(fd)
+        os.unlink(name, dir_fd=dir_fd)  # (made just now by O_EXCL: ours)
+        if isinstance(exc, OSError):
+            return exc.errno or errno.EIO
+        raise
+    os.close(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)
 
 
 def cut_marks_py(run: list[FileRow], modulus: int) -> list[int]:
     """Where worktree._cuts may cut `run`: index + 1 of each (path, stat) whose path's
     CRC-32 (UTF-8, surrogateescape) is a multiple of `modulus`."""
+    if not 0 < modulus <= 0xFFFFFFFF:
+        raise ValueError("modulus out of range")
     crc32 = zlib.crc32
     return [i + 1 for i, (rel, _fs) in enumerate(run)
             if not crc32(rel.encode("utf-8", "surrogateescape")) % modulus]
@@ -183,12 +211,12 @@ def run_payload_py(run: list[FileRow], after: str) -> bytes | None:
         b"\0", "".join([fs[4] for _rel, fs in run]).encode("ascii"), stats])
 
 
-ABI = 2  # what dsv/_native.c must say it offers (its ABI)
+ABI = 3  # what dsv/_native.c must say it offers (its ABI)
 
 
 def _load() -> ModuleType | None:
-    if os.environ.get("DSV_NO_NATIVE"):  # (to compare, or to rule the C module out)
-        return None
+    if os.environ.get("DSV_NO_NATIVE", "0") not in ("", "0"):  # to compare, or to rule
+        return None  # the C module out
     try:
         from . import _native
     except ImportError:  # built without a C compiler

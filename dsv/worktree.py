@@ -595,7 +595,9 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
     groups = _read_groups(small)
     if not groups:
         return
-    root_fd = os.open(root, _DIR_FLAGS)
+    # (the root as given, a link to it included, as a path walk takes it; nothing below
+    # it is followed)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def read(group: list[tuple[str, FileStat]]) -> tuple[int, list[bytes]]:
         hashed_at = time.time_ns()  # (before any of the group is read: the racy rule)
@@ -606,10 +608,10 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
             raise _unreadable(root, exc) from exc
 
     reader = None
-    if native.BUILT and len(groups) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        reader = ThreadPoolExecutor(1, "dsv-read")
     try:
+        if native.BUILT and len(groups) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            reader = ThreadPoolExecutor(1, "dsv-read")
         ahead: Future[tuple[int, list[bytes]]] | None = None
         for group, after in zip(groups, [*groups[1:], None], strict=True):
             if reader is None:

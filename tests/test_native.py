@@ -45,6 +45,24 @@ def test_the_c_loops_are_built_and_used() -> None:
     assert native.read_files is c.read_files  # type: ignore[attr-defined]
     assert native.cut_marks is c.cut_marks  # type: ignore[attr-defined]
     assert native.run_payload is c.run_payload  # type: ignore[attr-defined]
+    assert native.write_new_files is c.write_new_files  # type: ignore[attr-defined]
+
+
+def test_scan_digests_are_what_they_were_before_the_c_module() -> None:
+    """A store remembers scan digests (index statdigest): the bytes they hash must not
+    change. Pinned to what the Python code before dsv/_native.c gave for these runs."""
+    run = [("a/b.txt", (12, 1_700_000_000_123_456_789, 42, 0o644, FILE)),
+           ("a/caf\u00e9", (0, 5, 2**64 - 1, 0o755, FILE)),
+           ("a/l\udcff", (3, -7, 1, 0o777, LINK))]
+    for twin in (_c().run_payload, native.run_payload_py):  # type: ignore[attr-defined]
+        for cuts in (_c().cut_marks, native.cut_marks_py):  # type: ignore[attr-defined]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(native, "run_payload", twin)
+                patch.setattr(native, "cut_marks", cuts)
+                digest = worktree.ScanDigest()
+                assert digest.add(run) == "da077049f4530f5cdc8acb5ab7d057a8"
+                assert digest.add([("z", (1, 2, 3, 4, FILE))]) == \
+                    "6195a506a2dbc5089fa636aa6f6dbc09"
 
 
 @pytest.mark.parametrize("many", [False, True])
@@ -74,6 +92,28 @@ def test_stat_names_twins_agree(tmp_path: Path, many: bool) -> None:
     assert "p/q/gone-since-listed" not in rows
     assert [rel for rel, _fs in files] == sorted(rel for rel, _fs in files)
     assert len(files) == 3 + 2 + (5000 if many else 0)
+
+
+def test_mtimes_past_2262_are_exact_both_ways(tmp_path: Path) -> None:
+    """An mtime in ns that does not fit 64 bits (a file dated 2300) is the same big int
+    from both twins, as os.lstat gives it (the walk then treats it as the old code did)."""
+    c = _c()
+    (tmp_path / "future").write_bytes(b"f")
+    when = 10_500_000_000 * 10**9 + 123  # 2302
+    try:
+        os.utime(tmp_path / "future", ns=(when, when))
+    except (OverflowError, OSError):
+        pytest.skip("this file system cannot store a date past 2262")
+    want = os.lstat(tmp_path / "future").st_mtime_ns
+    assert want > 2**63
+    fd = _dir_fd(tmp_path)
+    try:
+        got = c.stat_names(fd, ["future"], "", FILE, LINK)  # type: ignore[attr-defined]
+        assert got == native.stat_names_py(fd, ["future"], "", FILE, LINK)
+        assert got[0][0][1][1] == want
+        assert c.run_payload(got[0], "") is None  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
 
 
 def test_stat_names_refuse_what_lstat_refuses(tmp_path: Path) -> None:
@@ -158,6 +198,18 @@ def _run(n: int) -> list[tuple[str, tuple[int, int, int, int, str]]]:
             for i in range(n)]
 
 
+def test_cut_marks_and_run_payload_refuse_alike() -> None:
+    c = _c()
+    for twin in (c.cut_marks, native.cut_marks_py):  # type: ignore[attr-defined]
+        for modulus in (0, -4096):
+            with pytest.raises(ValueError):
+                twin(_run(3), modulus)
+    for twin in (c.run_payload, native.run_payload_py):  # type: ignore[attr-defined]
+        assert twin([("a", (1.5, 2, 3, 4, FILE))], "") is None  # no int: as struct.pack
+        with pytest.raises(ValueError):
+            twin([("a", (1, 2, 3, 4, "\u00e9"))], "")  # a kind that is not ASCII
+
+
 def test_cut_marks_and_run_payload_twins_agree() -> None:
     c = _c()
     for n in (0, 1, 7, 20_000):
@@ -215,45 +267,67 @@ def test_a_file_swapped_between_walk_and_read_is_refused(tmp_path: Path, dsv,
                                                          swap: str) -> None:
     """A commit reads what its walk found: a file that a link, a FIFO or nothing replaces
     in between (or whose directory a link replaces) fails the commit with a clear message;
-    nothing outside the dataset is read, and no version is made."""
+    nothing outside the dataset is read, and no version is made. The file lies in a later
+    group than the first, so the thread that reads ahead is the one that meets it."""
     ws = tmp_path / "ws"
     (ws / "sub").mkdir(parents=True)
-    (ws / "sub" / "a.txt").write_bytes(b"a")
-    (ws / "b.txt").write_bytes(b"b")
+    for i in range(3 * worktree._READ_GROUP):
+        (ws / f"a{i:04d}.txt").write_bytes(b"a%d" % i)
+    (ws / "sub" / "z.txt").write_bytes(b"z")
     secret = tmp_path / "secret"
     (secret / "sub").mkdir(parents=True)
-    (secret / "sub" / "a.txt").write_bytes(b"SECRET")
+    (secret / "sub" / "z.txt").write_bytes(b"SECRET")
     assert dsv("init", "--name", "data", cwd=ws).code == 0
     real = native.read_files
+    calls = []
 
     def swapping(root_fd: int, rels: list[str], sizes: list[int]) -> list[bytes]:
-        if swap == "link":
-            (ws / "sub" / "a.txt").unlink()
-            (ws / "sub" / "a.txt").symlink_to(secret / "sub" / "a.txt")
-        elif swap == "dir-link":
-            (ws / "sub" / "a.txt").unlink()
-            (ws / "sub").rmdir()
-            (ws / "sub").symlink_to(secret / "sub")
-        elif swap == "fifo":
-            (ws / "sub" / "a.txt").unlink()
-            os.mkfifo(ws / "sub" / "a.txt")
-        else:
-            (ws / "sub" / "a.txt").unlink()
+        calls.append(len(rels))
+        if "sub/z.txt" in rels:
+            (ws / "sub" / "z.txt").unlink()
+            if swap == "link":
+                (ws / "sub" / "z.txt").symlink_to(secret / "sub" / "z.txt")
+            elif swap == "dir-link":
+                (ws / "sub").rmdir()
+                (ws / "sub").symlink_to(secret / "sub")
+            elif swap == "fifo":
+                os.mkfifo(ws / "sub" / "z.txt")
         return real(root_fd, rels, sizes)
 
     monkeypatch.setattr(native, "read_files", swapping)
     res = dsv("commit", "-m", "one", cwd=ws)
     assert res.code != 0
+    assert len(calls) >= 3  # (the file was in a group read ahead)
     assert "bug in dsv" not in res.err and "Traceback" not in res.err
-    where = os.path.join(ws, "sub/a.txt")
+    where = os.path.join(ws, "sub/z.txt")
     if swap == "removed":
         assert f"{where} was removed while dsv read it" in " ".join(res.err.split())
     else:
         assert f"{where} is no longer a regular file under {ws}" in " ".join(res.err.split())
     monkeypatch.setattr(native, "read_files", real)
     log = dsv("log", "data", "--json", cwd=ws)
-    assert log.code == 0 and "SECRET" not in log.out
+    assert log.code == 0
     assert "one" not in [v.get("message") for v in json.loads(log.out)]
+    for path in (ws / ".dsv").rglob("*"):  # the outside file's bytes went nowhere
+        if path.is_file():
+            assert b"SECRET" not in path.read_bytes(), path
+
+
+def test_a_root_reached_through_a_link_is_read(tmp_path: Path) -> None:
+    """The root itself may be a link (a home directory on another disk): only what lies
+    below it is never followed."""
+    real = tmp_path / "real"
+    (real / "d").mkdir(parents=True)
+    (real / "d" / "x").write_bytes(b"x" * 10)
+    (tmp_path / "alias").symlink_to(real)
+    stat_of = os.lstat(real / "d" / "x")
+    fs = (10, stat_of.st_mtime_ns, stat_of.st_ino, 0o644, FILE)
+    for twin in (native.read_files_py, _c().read_files):  # type: ignore[attr-defined]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(native, "read_files", twin)
+            groups = list(worktree._read_small_files(tmp_path / "alias", [("d/x", fs)]))
+        assert [(rel, data) for group in groups for rel, _fs, data, _oid, _at in group] == \
+            [("d/x", b"x" * 10)]
 
 
 def test_a_build_from_older_sources_is_left_unused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,28 +347,49 @@ def test_write_new_files_twins_agree(tmp_path: Path) -> None:
         where.mkdir()
         (where / "taken").write_bytes(b"keep me")
         (where / "link").symlink_to(tmp_path / "outside")
-        names = ["a", "empty", "taken", "link", ODD, "x/y", "..", "", "big", "exec"]
-        datas = [b"alpha", b"", b"new", b"through", b"odd", b"no", b"no", b"no",
-                 os.urandom(5 << 20), bytearray(b"#!/bin/sh\n")]
-        modes = [0o644, 0o600, 0o644, 0o644, 0o640, 0o644, 0o644, 0o644, 0o644, 0o755]
+        names = ["a", "empty", "taken", "link", ODD, "big", "exec"]
+        datas = [b"alpha", b"", b"new", b"through", b"odd", os.urandom(5 << 20),
+                 bytearray(b"#!/bin/sh\n")]
+        modes = [0o644, 0o600, 0o644, 0o644, 0o640, 0o644, 0o755]
         fd = _dir_fd(where)
         try:
             got = twin(fd, names, datas, modes)
+            for bad in ("x/y", "..", "", "."):
+                assert twin(fd, [bad], [b"no"], [0o644]) == [errno.EINVAL]
         finally:
             os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
         errors = {name: r for name, r in zip(names, got) if isinstance(r, int)}
-        assert errors == {"taken": errno.EEXIST, "link": errno.EEXIST, "x/y": errno.EINVAL,
-                          "..": errno.EINVAL, "": errno.EINVAL}
+        assert errors == {"taken": errno.EEXIST, "link": errno.EEXIST}
         for name, data, mode, r in zip(names, datas, modes, got):
             if isinstance(r, int):
                 continue
             st = os.lstat(where / name)
-            assert r == (st.st_size, st.st_mtime_ns, st.st_ino, mode & ~0o022 & 0o7777)
+            assert r == (st.st_size, st.st_mtime_ns, st.st_ino, mode & ~umask & 0o7777)
             assert (where / name).read_bytes() == bytes(data)
         assert (where / "taken").read_bytes() == b"keep me"
         assert not (tmp_path / "outside").exists()  # never written through the link
         results[label] = sorted(os.listdir(where))
     assert results["c"] == results["py"]
+
+
+def test_write_new_files_stop_at_the_first_failure(tmp_path: Path) -> None:
+    """A failure other than EEXIST (a name too long) ends the batch: nothing after it is
+    made, and both twins say ECANCELED for those."""
+    c = _c()
+    for label, twin in (("c", c.write_new_files), ("py", native.write_new_files_py)):  # type: ignore[attr-defined]
+        where = tmp_path / label
+        where.mkdir()
+        (where / "there").write_bytes(b"x")
+        fd = _dir_fd(where)
+        try:
+            got = twin(fd, ["a", "there", "n" * 300, "b"], [b"1", b"2", b"3", b"4"],
+                       [0o644] * 4)
+        finally:
+            os.close(fd)
+        assert got[1:] == [errno.EEXIST, errno.ENAMETOOLONG, errno.ECANCELED], label
+        assert sorted(os.listdir(where)) == ["a", "there"], label
 
 
 def test_write_new_files_refuse_bad_arguments(tmp_path: Path) -> None:
@@ -321,8 +416,8 @@ def test_the_python_twins_make_the_same_versions_end_to_end(tmp_path: Path) -> N
     trees = {}
     for label, env_extra in (("c", {}), ("py", {"DSV_NO_NATIVE": "1"})):
         ws = tmp_path / label / "ws"
-        for i in range(600):  # past one read group and one write batch
-            path = ws / f"d{i % 3}" / f"f{i:04d}.bin"
+        for i in range(700):  # past one read group, and one write batch in a directory
+            path = ws / f"d{i % 2}" / f"f{i:04d}.bin"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"%d" % i * (i % 50 + 1))
         (ws / "café ü.bin").write_bytes(b"odd")  # (names not in UTF-8 are refused)
@@ -346,6 +441,16 @@ def test_the_python_twins_make_the_same_versions_end_to_end(tmp_path: Path) -> N
         out = tmp_path / label / "out"
         run("checkout", "data:latest", "--to", str(out))
         trees[label] = json.loads(run("versions", "details", "data:latest", "--json"))["tree"]
+        # A clone places into its working directory: stat rows from the batch writes.
+        run("remote", "add", "origin", str(tmp_path / label / "remote"))
+        run("push")
+        run("clone", str(tmp_path / label / "remote"), str(tmp_path / label / "clone"),
+            cwd=tmp_path / label)
+        (status,) = json.loads(run("status", "--json", cwd=tmp_path / label / "clone"))
+        assert status["clean"] is True
+        files = json.loads(run("files", "list", "data:latest", "--recursive", "--json",
+                               cwd=tmp_path / label / "clone"))
+        assert len(files) == 700 + 2
         for path in ws.rglob("*"):
             rel = path.relative_to(ws)
             if ".dsv" in rel.parts or path.is_dir():
