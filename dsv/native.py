@@ -183,6 +183,31 @@ def _write_new(dir_fd: int, name: str, view: memoryview, mode: int) -> Written:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777)
 
 
+def pread_many_py(fds: list[int], offsets: list[int], lengths: list[int]) -> list[bytes]:
+    """os.pread(fds[i], lengths[i], offsets[i]) for each i (the packed objects a checkout
+    places, read in one go): fewer bytes where a file ends early; the first failure
+    raises OSError."""
+    fds, offsets, lengths = list(fds), list(offsets), list(lengths)
+    if not len(fds) == len(offsets) == len(lengths):
+        raise ValueError("fds, offsets and lengths differ in length")
+    if any(not isinstance(v, int) for v in (*fds, *offsets, *lengths)):
+        raise TypeError("fds, offsets and lengths must be int")
+    if any(fd < 0 or fd > 0x7FFFFFFF for fd in fds) or any(off < 0 for off in offsets) or \
+            any(not 0 <= ln <= MAX_READ for ln in lengths):
+        raise ValueError("an fd, offset or length out of range")
+    out = []
+    for fd, offset, length in zip(fds, offsets, lengths, strict=True):
+        chunks = []
+        while length:
+            chunk = os.pread(fd, length, offset)
+            if not chunk:
+                break  # the file ends early
+            chunks.append(chunk)
+            offset, length = offset + len(chunk), length - len(chunk)
+        out.append(b"".join(chunks))
+    return out
+
+
 def cut_marks_py(run: list[FileRow], modulus: int) -> list[int]:
     """Where worktree._cuts may cut `run`: index + 1 of each (path, stat) whose path's
     CRC-32 (UTF-8, surrogateescape) is a multiple of `modulus`."""
@@ -211,7 +236,7 @@ def run_payload_py(run: list[FileRow], after: str) -> bytes | None:
         b"\0", "".join([fs[4] for _rel, fs in run]).encode("ascii"), stats])
 
 
-ABI = 3  # what dsv/_native.c must say it offers (its ABI)
+ABI = 4  # what dsv/_native.c must say it offers (its ABI)
 
 
 def _load() -> ModuleType | None:
@@ -232,3 +257,4 @@ read_files = _native.read_files if _native else read_files_py
 cut_marks = _native.cut_marks if _native else cut_marks_py
 run_payload = _native.run_payload if _native else run_payload_py
 write_new_files = _native.write_new_files if _native else write_new_files_py
+pread_many = _native.pread_many if _native else pread_many_py

@@ -241,7 +241,7 @@ class ObjectStore:
         where = self._locator.locate(oid)
         if where is not None:
             pack_id, offset, length = where
-            data = os.pread(self._pack_fd(pack_id), length, offset)
+            data = os.pread(self.pack_fd(pack_id), length, offset)
             if len(data) != length:
                 raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
         else:
@@ -259,9 +259,10 @@ class ObjectStore:
     def read_packed(self, where: tuple[str, int, int]) -> bytes:
         """Raw bytes at a pack location (unverified: the caller hashes them)."""
         pack_id, offset, length = where
-        return os.pread(self._pack_fd(pack_id), length, offset)
+        return os.pread(self.pack_fd(pack_id), length, offset)
 
-    def _pack_fd(self, pack_id: str) -> int:
+    def pack_fd(self, pack_id: str) -> int:
+        """A descriptor of a local pack, open for reading (kept: do not close it)."""
         fd = self._pack_fds.get(pack_id)
         if fd is not None:
             return fd
@@ -445,7 +446,7 @@ class ObjectStore:
         size = 0
         try:
             for pack_id, offset, length in runs:
-                fileio.copy_into(self._pack_fd(pack_id), dst_fd, length, progress,
+                fileio.copy_into(self.pack_fd(pack_id), dst_fd, length, progress,
                                  offset, size)
                 size += length
         except BaseException:
@@ -547,7 +548,7 @@ class ObjectStore:
             f.seek(table_offset)
             tail = f.read()
         whole_ok = pack_id_of(tail[:-_TRAILER.size], tail[-_TRAILER.size:]) == pack_id
-        fd = self._pack_fd(pack_id)
+        fd = self.pack_fd(pack_id)
         for e in entries:
             if hash_bytes(os.pread(fd, e.length, e.offset)) != e.oid:
                 bad.append(e.oid)

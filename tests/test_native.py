@@ -46,6 +46,7 @@ def test_the_c_loops_are_built_and_used() -> None:
     assert native.cut_marks is c.cut_marks  # type: ignore[attr-defined]
     assert native.run_payload is c.run_payload  # type: ignore[attr-defined]
     assert native.write_new_files is c.write_new_files  # type: ignore[attr-defined]
+    assert native.pread_many is c.pread_many  # type: ignore[attr-defined]
 
 
 def test_scan_digests_are_what_they_were_before_the_c_module() -> None:
@@ -460,3 +461,34 @@ def test_the_python_twins_make_the_same_versions_end_to_end(tmp_path: Path) -> N
                 placed.read_bytes() == path.read_bytes(), rel
             assert (placed.lstat().st_mode & 0o100) == (path.lstat().st_mode & 0o100), rel
     assert trees["c"] == trees["py"]
+
+
+def test_pread_many_twins_agree(tmp_path: Path) -> None:
+    c = _c()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.write_bytes(os.urandom(100_000))
+    two.write_bytes(b"0123456789")
+    fd1, fd2 = os.open(one, os.O_RDONLY), os.open(two, os.O_RDONLY)
+    try:
+        fds = [fd1, fd2, fd1, fd2, fd2]
+        offsets = [5, 0, 99_990, 8, 50]
+        lengths = [70_000, 10, 10, 5, 3]   # the last two run past the end: fewer bytes
+        got = c.pread_many(fds, offsets, lengths)  # type: ignore[attr-defined]
+        assert got == native.pread_many_py(fds, offsets, lengths)
+        data = one.read_bytes()
+        assert got == [data[5:70_005], b"0123456789", data[99_990:], b"89", b""]
+        for twin in (c.pread_many, native.pread_many_py):  # type: ignore[attr-defined]
+            assert twin([], [], []) == []
+            with pytest.raises(ValueError):
+                twin([fd1], [0, 1], [1])
+            with pytest.raises(ValueError):
+                twin([fd1], [-1], [1])
+            with pytest.raises(TypeError):
+                twin([fd1], [0], [1.0])
+    finally:
+        os.close(fd1)
+        os.close(fd2)
+    for twin in (c.pread_many, native.pread_many_py):  # type: ignore[attr-defined]
+        with pytest.raises(OSError) as err:
+            twin([fd1], [0], [4])  # closed
+        assert err.value.errno == errno.EBADF
