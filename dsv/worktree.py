@@ -986,8 +986,10 @@ class Materializer:
 
     def _small_batch(self, entries: list[Entry],
                      locations: dict[str, tuple[str, int, int]]) -> list[bytes]:
-        """`_small_bytes` of many packed objects, read in one go (`native.pread_many`)."""
-        wheres = [locations[entry.oid] for entry in entries]
+        """`_small_bytes` of many packed objects, read in one go (`native.pread_many`).
+        A location is believed only for the size the tree gives (the index may have been
+        touched by another hand: no read of a length it made up)."""
+        wheres = [_sized(entry, locations[entry.oid]) for entry in entries]
         datas = native.pread_many([self.objects.pack_fd(pack) for pack, _o, _n in wheres],
                                   [offset for _p, offset, _n in wheres],
                                   [length for _p, _o, length in wheres])
@@ -999,7 +1001,7 @@ class Materializer:
 
     def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes:
         """A packed object's bytes, checked against its id before anything is written."""
-        data = self.objects.read_packed(where)
+        data = self.objects.read_packed(_sized(entry, where))
         if hash_bytes(data) != entry.oid:
             raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
                                 hint="run `dsv verify` to list every damaged object")
@@ -1071,6 +1073,16 @@ class Materializer:
             os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
         finally:
             os.close(fd)
+
+
+def _sized(entry: Entry, where: tuple[str, int, int]) -> tuple[str, int, int]:
+    """`where` (pack, offset, length), if its length is the size `entry`'s tree gives:
+    an index another hand touched makes no read of a length it made up."""
+    if where[2] != entry.size or where[2] > native.MAX_READ:
+        raise CorruptObject(f"object {entry.oid[:12]} is {where[2]} bytes in the index but "
+                            f"{entry.size} in its tree; it was not written",
+                            hint="run `dsv verify` to list every damaged object")
+    return where
 
 
 def write_files(root: Path, items: Iterable[tuple[str, Entry]],

@@ -492,3 +492,27 @@ def test_pread_many_twins_agree(tmp_path: Path) -> None:
         with pytest.raises(OSError) as err:
             twin([fd1], [0], [4])  # closed
         assert err.value.errno == errno.EBADF
+
+
+def test_a_placement_reads_no_length_the_index_made_up(tmp_path: Path) -> None:
+    """A location whose length is not the size the tree gives (an index another hand
+    touched) stops the batch with CorruptObject before any read or write."""
+    from dsv.errors import CorruptObject
+    from dsv.tree import Entry
+
+    class Objects:
+        def pack_fd(self, pack: str) -> int:  # pragma: no cover - must not be reached
+            raise AssertionError("read a length the index made up")
+
+        def read_packed(self, where: tuple) -> bytes:  # pragma: no cover - the same
+            raise AssertionError("read a length the index made up")
+
+    placer = worktree.Materializer(Objects(), tmp_path, fresh=True)  # type: ignore[arg-type]
+    entry = Entry(FILE, 0o644, 10, "ab" * 32, "")
+    for length in (9, 11, 2**40):
+        where = ("p" * 64, 0, length)
+        with pytest.raises(CorruptObject, match="bytes in the index but 10 in its tree"):
+            placer._small_batch([entry], {entry.oid: where})
+        with pytest.raises(CorruptObject, match="bytes in the index but 10 in its tree"):
+            placer._small_bytes(entry, where)
+    assert os.listdir(tmp_path) == []
