@@ -17,7 +17,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from pathlib import Path
 
 from . import chunking, fileio, ignore, native
@@ -427,8 +427,6 @@ def stat_changes(runs: Iterable[Run], rows_between: RowsBetween,
     return StatChanges(unvouched, gone, count, digest.files, names, kept, clean)
 
 
-
-
 class ScanDigest:
     """Digests of what a walk saw, run by run: each covers the last path of the run
     before it, then the run's paths, kinds and stats (None when a value does not fit the
@@ -592,7 +590,7 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
     anywhere below `root`; with its C version (no GIL held) a thread reads the next
     group while this one hashes the last and the caller stores it. (Python reads in
     threads were measured here and lost: the GIL serialises them.)"""
-    groups = _read_groups(small)
+    groups = list(_batches(small, lambda it: it[1][0], _READ_GROUP, _READ_GROUP_BYTES))
     if not groups:
         return
     # (the root as given, a link to it included, as a path walk takes it; nothing below
@@ -642,19 +640,26 @@ def _unreadable(root: Path, exc: OSError) -> Exception:
     return OSError(exc.errno, exc.strerror, path)
 
 
-def _read_groups(small: list[tuple[str, FileStat]]) -> list[list[tuple[str, FileStat]]]:
-    groups: list[list[tuple[str, FileStat]]] = []
-    group: list[tuple[str, FileStat]] = []
-    size = 0
-    for item in small:
-        if group and (len(group) == _READ_GROUP or size + item[1][0] > _READ_GROUP_BYTES):
-            groups.append(group)
-            group, size = [], 0
-        group.append(item)
-        size += item[1][0]
-    if group:
-        groups.append(group)
-    return groups
+Item = TypeVar("Item")
+
+
+def _batches(items: Iterable[Item], size: Callable[[Item], int], most: int, most_bytes: int,
+             key: Callable[[Item], str] | None = None) -> Iterator[list[Item]]:
+    """`items` in runs of at most `most` items and `most_bytes` bytes (an item larger
+    than that on its own), a run never holding two different `key`s."""
+    batch: list[Item] = []
+    total = 0
+    last = None
+    for item in items:
+        n, k = size(item), key(item) if key else None
+        if batch and (len(batch) == most or total + n > most_bytes or k != last):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+        last = k
+    if batch:
+        yield batch
 
 
 def store_chunked(ingest: Ingest, path: str) -> tuple[str, int, str]:
@@ -920,18 +925,13 @@ class Materializer:
         items left for `_place_one`: links, large files, and names something took."""
         rest = [it for it in items if it[1].kind == LINK or it[1].oid not in locations]
         small = [it for it in items if it[1].kind != LINK and it[1].oid in locations]
-        small.sort(key=lambda it: it[0].rpartition("/")[0])  # (stable: pack order kept)
-        batch: list[tuple[str, Entry]] = []
-        size = 0
-        for i, item in enumerate(small):
-            batch.append(item)
-            size += item[1].size
-            after = small[i + 1] if i + 1 < len(small) else None
-            if after is None or len(batch) == _WRITE_BATCH or \
-                    size + after[1].size > _WRITE_BATCH_BYTES or \
-                    after[0].rpartition("/")[0] != item[0].rpartition("/")[0]:
-                rest += self._write_batch(batch, locations, dirs, progress, rows)
-                batch, size = [], 0
+        def folder(item: tuple[str, Entry]) -> str:
+            return item[0].rpartition("/")[0]
+
+        small.sort(key=folder)  # (stable: pack order kept)
+        for batch in _batches(small, lambda it: it[1].size, _WRITE_BATCH, _WRITE_BATCH_BYTES,
+                              key=folder):
+            rest += self._write_batch(batch, locations, dirs, progress, rows)
         return rest
 
     def _write_batch(self, batch: list[tuple[str, Entry]],
@@ -986,9 +986,10 @@ class Materializer:
 
     def _small_batch(self, entries: list[Entry],
                      locations: dict[str, tuple[str, int, int]]) -> list[bytes]:
-        """`_small_bytes` of many packed objects, read in one go (`native.pread_many`).
-        A location is believed only for the size the tree gives (the index may have been
-        touched by another hand: no read of a length it made up)."""
+        """Packed objects' bytes, read in one go (`native.pread_many`) and each checked
+        against its id before anything is written. A location is believed only for the
+        size the tree gives (the index may have been touched by another hand: no read of
+        a length it made up)."""
         wheres = [_sized(entry, locations[entry.oid]) for entry in entries]
         datas = native.pread_many([self.objects.pack_fd(pack) for pack, _o, _n in wheres],
                                   [offset for _p, offset, _n in wheres],
@@ -1001,11 +1002,7 @@ class Materializer:
 
     def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes:
         """A packed object's bytes, checked against its id before anything is written."""
-        data = self.objects.read_packed(_sized(entry, where))
-        if hash_bytes(data) != entry.oid:
-            raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
-                                hint="run `dsv verify` to list every damaged object")
-        return data
+        return self._small_batch([entry], {entry.oid: where})[0]
 
     @staticmethod
     def _write_new(dir_fd: int, name: str, entry: Entry, data: bytes) -> None:

@@ -504,9 +504,6 @@ def test_a_placement_reads_no_length_the_index_made_up(tmp_path: Path) -> None:
         def pack_fd(self, pack: str) -> int:  # pragma: no cover - must not be reached
             raise AssertionError("read a length the index made up")
 
-        def read_packed(self, where: tuple) -> bytes:  # pragma: no cover - the same
-            raise AssertionError("read a length the index made up")
-
     placer = worktree.Materializer(Objects(), tmp_path, fresh=True)  # type: ignore[arg-type]
     entry = Entry(FILE, 0o644, 10, "ab" * 32, "")
     for length in (9, 11, 2**40):
