@@ -76,6 +76,12 @@ class PackInfo:
     size: int
     table: bytes
 
+    def rows(self) -> list[tuple[str, int, int, int]]:
+        """(oid, offset, length, kind) of each object, in pack order: `entries` without an
+        object per entry (what the index records)."""
+        return [(raw.hex(), offset, length, kind)
+                for raw, offset, length, kind in _ENTRY.iter_unpack(self.table)]
+
     @property
     def entries(self) -> list[PackEntry]:
         """The objects the pack holds, in pack order."""

@@ -284,6 +284,23 @@ def test_status_sees_same_size_rewrite_and_mode_change(committed, dsv) -> None:
     assert st["added"] == [] and st["deleted"] == []
 
 
+def test_a_file_dated_past_2262_is_committed_and_checked_out(ws: Path, dsv,
+                                                             tmp_path: Path) -> None:
+    """Its mtime in nanoseconds does not fit SQLite's integers: the commit stored it
+    (it failed as "bug in dsv"), status finds it unchanged, a checkout writes it."""
+    late = 10_500_000_000 * 10**9   # 2302
+    os.utime(ws / "a.txt", ns=(late, late))
+    assert (ws / "a.txt").stat().st_mtime_ns == late
+    vid = vid_of(ok(dsv("commit", "-m", "late", cwd=ws)))
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert st["added"] == st["modified"] == st["deleted"] == []
+    (ws / "a.txt").write_text("ALPHA\n")   # same size, and the mtime changes: seen
+    (st,) = jout(dsv("status", "--json", cwd=ws))
+    assert st["modified"] == ["a.txt"]
+    ok(dsv("checkout", f"mydata:{vid}", "--to", tmp_path / "out", cwd=ws))
+    assert (tmp_path / "out" / "a.txt").read_bytes() == BASE["a.txt"].encode()
+
+
 def _files_opened_under(root: Path, monkeypatch) -> list[str]:
     """A list that fills with every file under `root` (outside .dsv) opened from now on
     (directories opened to be listed are not files read)."""

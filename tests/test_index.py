@@ -425,6 +425,40 @@ def test_locate_many_beyond_one_sql_batch(index: Index) -> None:
     assert index.locate_many([]) == {}
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["one-step", "row-by-row"])
+def test_bulk_rows_go_in_and_come_out_whole_either_way(two: Index, packed: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written by many-row statements and read back by one JSON step each (or row by
+    row, on an SQLite without JSON functions) are the same rows: over several statements,
+    with text that JSON must escape, negative and 64-bit numbers."""
+    monkeypatch.setattr("dsv.index._JSON", packed)
+    index = two
+    odd = ['quote"back\\slash', "tab\tnew\nline", "ünï 漢字 \u2028", "ctl\x01"]
+    paths = [f"d/{i:05d}" for i in range(2345)] + odd
+    rows = {p: (i, -(1 << 62) + i, (1 << 63) - 1 - i, 0o100644, h(p), i)
+            for i, p in enumerate(paths)}
+    index.put_stat_rows("ds000001", rows.items())   # more rows than one statement binds
+    assert index.stat_cache("ds000001") == rows
+    some = paths[::7] + odd + ["d/absent"]
+    assert index.stat_rows_at("ds000001", some) == {p: rows[p] for p in some if p in rows}
+    es = entries("bulk", 2100)
+    index.add_pack(h("bulk"), 5, es)
+    assert index.locate_many(e.oid for e in es) == {e.oid: (h("bulk"), e.offset, e.length)
+                                                     for e in es}
+    assert index.pack_objects(h("bulk")) == [(e.oid, e.offset, e.length, e.kind) for e in es]
+
+
+def test_stat_rows_past_64_bits_are_not_cached(two: Index) -> None:
+    """A file dated past 2262 or an inode number past 2**63 does not fit SQLite's
+    integers: its row is left out of the cache (hashed again next time), the rest kept."""
+    late = (3, 10_500_000_000_000_000_000, 7, 0o100644, h("late"), 1)
+    big_ino = (3, 5, 1 << 63, 0o100644, h("ino"), 1)
+    two.put_stat_rows("ds000001", [("late", late), ("ino", big_ino), ("a.txt", ROW_A)])
+    two.stage_stat_rows([("late", late), ("b", ROW_B)], first=True)
+    two.put_staged_stat_rows("ds000001")
+    assert two.stat_cache("ds000001") == {"a.txt": ROW_A, "b": ROW_B}
+
+
 def test_an_object_in_two_packs_keeps_its_first_location(index: Index) -> None:
     shared = PackEntry(h("shared"), 8, 6, KIND_BLOB)
     index.add_pack(h("p1"), 100, [shared])
