@@ -55,14 +55,15 @@ def _has_json() -> bool:
 
 
 _JSON = _has_json()
-_INT64 = range(-(1 << 63), 1 << 63)
+_INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
 
 
 def _fits(row: StatRow) -> bool:
     """Whether a stat row's numbers fit SQLite's 64-bit integers. One that does not (a
     file dated past 2262, an inode number past 2**63) is not cached: it is hashed again
-    each time, where storing it would fail the command."""
-    return all(v in _INT64 for v in row if isinstance(v, int))
+    each time, where storing it would fail the command. (Sizes, modes and the time a row
+    was cached always fit.)"""
+    return _INT64_MIN <= row[1] < _INT64_END and row[2] < _INT64_END
 
 
 _SQLITE_UTILS: list[Any] = []   # the module, once loaded
