@@ -412,7 +412,10 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
 
 
 FRESH_CHUNK = 20_000
-"""Files a checkout into an empty directory places at once."""
+FRESH_CHUNK_BYTES = 128 << 20
+"""Files, and bytes of them, a checkout into an empty directory places at once: the
+next chunk downloads while one is placed, so a clone of a few large files places the
+first ones while the last ones download."""
 
 
 def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: str,
@@ -470,7 +473,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             core.side_objects() as objects, \
             ThreadPoolExecutor(1, thread_name_prefix="dsv-place") as stage:
         placing: Future[list[tuple[str, StatRow]]] | None = None
-        for chunk in _batched(placeable(), FRESH_CHUNK):
+        for chunk in _batched(placeable(), FRESH_CHUNK, FRESH_CHUNK_BYTES):
             downloads([e for _p, e in chunk])
             twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
             placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
@@ -496,10 +499,19 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                                           left_out=left_out))
 
 
-def _batched(items: Iterator[tuple[str, Entry]], n: int
+def _batched(items: Iterator[tuple[str, Entry]], n: int, nbytes: int
              ) -> Iterator[list[tuple[str, Entry]]]:
-    """`items` in lists of `n` (the last one shorter)."""
-    while chunk := list(itertools.islice(items, n)):
+    """`items` in lists of `n`, or fewer when their files reach `nbytes` first (a list
+    holds at least one)."""
+    chunk: list[tuple[str, Entry]] = []
+    held = 0
+    for item in items:
+        chunk.append(item)
+        held += item[1].size
+        if len(chunk) >= n or held >= nbytes:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
         yield chunk
 
 

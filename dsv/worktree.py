@@ -347,16 +347,35 @@ def settle(root: str | os.PathLike[str], rows: list[tuple[str, StatRow]]
     if wait > 0:
         time.sleep(wait / 1e9)
     stamped = time.time_ns()
-    kept = []
+    by_dir: dict[str, list[tuple[str, str, StatRow]]] = {}
     for rel, row in rows:
-        try:
-            st = os.lstat(os.path.join(root, rel))
-        except OSError:
-            continue
-        if (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode)) == row[:4] \
-                and row[1] < stamped - RACY_NS:
-            kept.append((rel, (*row[:5], stamped)))
+        parent, _, name = rel.rpartition("/")
+        by_dir.setdefault(parent, []).append((name, rel, row))
+    kept = []
+    for parent, group in by_dir.items():
+        now = _restat(os.path.join(root, parent), [name for name, _rel, _row in group])
+        for name, rel, row in group:
+            if now.get(name) == row[:4] and row[1] < stamped - RACY_NS:
+                kept.append((rel, (*row[:5], stamped)))
     return kept
+
+
+def _restat(folder: str, names: list[str]) -> dict[str, tuple[int, int, int, int]]:
+    """(size, mtime_ns, inode, permission bits) of those of `names` in `folder` that are
+    files or links, lstat'ed by the C loop without the GIL (a fresh clone's 100,000 files
+    each waited for the GIL after its os.lstat while the next chunk downloaded); nothing
+    for a folder that cannot be read."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        files = native.stat_names(fd, names, "", FILE, LINK)[0]
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    return {name: st[:4] for name, st in files}
 
 
 RowsBetween = Callable[[str, "str | None"], list[tuple[str, int, int, int, int, int]]]

@@ -513,3 +513,32 @@ def test_a_placement_reads_no_length_the_index_made_up(tmp_path: Path) -> None:
         with pytest.raises(CorruptObject, match="bytes in the index but 10 in its tree"):
             placer._small_bytes(entry, where)
     assert os.listdir(tmp_path) == []
+
+
+def test_settle_keeps_the_rows_of_files_unchanged_since_they_were_written(
+        tmp_path: Path) -> None:
+    """worktree.settle stats the files a checkout wrote again (one C call a folder): the
+    rows of those unchanged come back stamped later than the tick they were written in;
+    a file rewritten meanwhile, a removed one, one in a folder gone and a folder
+    replaced by a file lose theirs."""
+    def row(rel: str) -> tuple:
+        st = os.lstat(tmp_path / rel)
+        return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777, "0" * 64, 1)
+
+    for rel in ("a", "sub/b", "sub/c", "sub/deep/d", "gone/e", "lost"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(rel.encode())
+    os.symlink("a", tmp_path / "sub" / "link")
+    rels = ["a", "sub/b", "sub/c", "sub/deep/d", "sub/link", "gone/e", "lost"]
+    rows = [(rel, row(rel)) for rel in rels]
+    (tmp_path / "sub" / "c").write_bytes(b"other bytes")   # rewritten after its row
+    (tmp_path / "lost").unlink()
+    (tmp_path / "gone" / "e").unlink()
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "gone").write_bytes(b"now a file")
+    kept = dict(worktree.settle(tmp_path, rows))
+    assert sorted(kept) == ["a", "sub/b", "sub/deep/d", "sub/link"]
+    before = dict(rows)
+    for rel, settled in kept.items():
+        assert settled[:5] == before[rel][:5]
+        assert settled[5] > before[rel][1] + worktree.RACY_NS

@@ -682,18 +682,24 @@ def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
     assert dsv("verify", cwd=tmp_path / "clone").code == 0
 
 
+@pytest.mark.parametrize("cut", ["files", "bytes"])
 def test_a_clone_places_each_chunk_while_it_downloads_the_next(
-        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """A clone leaves a dataset's blobs to its checkout, which downloads one chunk of
     files while a thread of its own places the one before; afterwards the version is
-    whole (not promised): it checks out with the remote gone."""
+    whole (not promised): it checks out with the remote gone. A chunk ends at a number
+    of files, or at a number of bytes (three files of 100-111 bytes reach 300, two
+    never do)."""
     import shutil
     import threading
 
     from dsv import checkout, worktree
     from dsv.core import Core
     from dsv.sync import download
-    monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
+    if cut == "files":
+        monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
+    else:
+        monkeypatch.setattr(checkout, "FRESH_CHUNK_BYTES", 300)
     events: list[tuple[str, str]] = []
     fetch_blobs, place = download.BlobSource.__call__, worktree.Materializer.place
     second_download = threading.Event()
