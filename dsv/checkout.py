@@ -413,9 +413,9 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
 
 FRESH_CHUNK = 20_000
 FRESH_CHUNK_BYTES = 128 << 20
-"""Files, and bytes of them, a checkout into an empty directory places at once: the
-next chunk downloads while one is placed, so a clone of a few large files places the
-first ones while the last ones download."""
+"""Files, and bytes of them (where they are downloaded), a checkout into an empty
+directory places at once: the next chunk downloads while one is placed, so a clone of a
+few large files places the first ones while the last ones download."""
 
 
 def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: str,
@@ -473,7 +473,11 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             core.side_objects() as objects, \
             ThreadPoolExecutor(1, thread_name_prefix="dsv-place") as stage:
         placing: Future[list[tuple[str, StatRow]]] | None = None
-        for chunk in _batched(placeable(), FRESH_CHUNK, FRESH_CHUNK_BYTES):
+        # Cut by bytes too only where the blobs may have to be downloaded: a chunk's
+        # large files are placed side by side, which a checkout from the store keeps.
+        fetched = core.index.promised_by(version.id) is not None
+        for chunk in _batched(placeable(), FRESH_CHUNK,
+                              FRESH_CHUNK_BYTES if fetched else 1 << 62):
             downloads([e for _p, e in chunk])
             twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
             placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
