@@ -505,14 +505,18 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
 
 def _batched(items: Iterator[tuple[str, Entry]], n: int, nbytes: int
              ) -> Iterator[list[tuple[str, Entry]]]:
-    """`items` in lists of `n`, or fewer when their files reach `nbytes` first (a list
-    holds at least one)."""
+    """`items` in lists of `n`, or fewer where the next file would take a list past
+    `nbytes` (a file that large alone has a list of its own: the files before it are
+    not kept waiting for its download)."""
     chunk: list[tuple[str, Entry]] = []
     held = 0
     for item in items:
+        if chunk and held + item[1].size > nbytes:
+            yield chunk
+            chunk, held = [], 0
         chunk.append(item)
         held += item[1].size
-        if len(chunk) >= n or held >= nbytes:
+        if len(chunk) >= n:
             yield chunk
             chunk, held = [], 0
     if chunk:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -41,7 +42,7 @@ statement cache)."""
 
 def _has_json() -> bool:
     """Whether this SQLite has its JSON functions (built in since 3.38, and in nearly
-    every build before): `_packed_rows` and `_put_rows` use them."""
+    every build before): `_packed_rows` uses them."""
     try:
         db = sqlite3.connect(":memory:")
         try:
@@ -55,6 +56,7 @@ def _has_json() -> bool:
 
 
 _JSON = _has_json()
+_PLAIN_COLUMNS = re.compile(r"[a-z_]+(, [a-z_]+)*")
 _INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
 
 
@@ -548,9 +550,22 @@ class Index:
         if not _JSON:
             yield from self.conn.execute(sql, params)
             return
-        columns = sql.removeprefix("SELECT ").partition(" FROM ")[0]
-        (packed,), = self.conn.execute(
-            f"SELECT json_group_array(json_array({columns})) FROM ({sql})", params)
+        select, _, _rest = sql.partition(" FROM ")
+        columns = select.removeprefix("SELECT ")
+        if columns == select or not _PLAIN_COLUMNS.fullmatch(columns):
+            raise DsvError(f"bug in dsv: {select!r} is not a SELECT of plain columns")
+        # A value JSON cannot carry as it is (a BLOB or REAL in a column of text or
+        # integers: an index another hand damaged) sends the batch down the row-by-row
+        # path, whose values the callers' checks report as damage.
+        odd = [f"typeof({c}) IN ('blob', 'real')" for c in columns.split(", ")]
+        values = ", ".join(f"CASE WHEN {o} THEN NULL ELSE {c} END"
+                           for o, c in zip(odd, columns.split(", "), strict=True))
+        (packed, damaged), = self.conn.execute(
+            f"SELECT json_group_array(json_array({values})), max({' OR '.join(odd)}) "
+            f"FROM ({sql})", params)
+        if damaged:
+            yield from self.conn.execute(sql, params)
+            return
         yield from map(tuple, json.loads(packed))
 
     def _put_rows(self, head: str, rows: Iterable[tuple[Any, ...]], width: int) -> None:
@@ -563,6 +578,8 @@ class Index:
         it = iter(rows)
         marks = f"({','.join('?' * width)})"
         while batch := list(itertools.islice(it, per)):
+            if any(len(row) != width for row in batch):
+                raise DsvError(f"bug in dsv: a row for {head!r} has not {width} values")
             self.conn.execute(f"{head} VALUES {','.join([marks] * len(batch))}",
                               [value for row in batch for value in row])
 

@@ -290,7 +290,8 @@ def test_a_file_dated_past_2262_is_committed_and_checked_out(ws: Path, dsv,
     (it failed as "bug in dsv"), status finds it unchanged, a checkout writes it."""
     late = 10_500_000_000 * 10**9   # 2302
     os.utime(ws / "a.txt", ns=(late, late))
-    assert (ws / "a.txt").stat().st_mtime_ns == late
+    if (ws / "a.txt").stat().st_mtime_ns != late:
+        pytest.skip("this filesystem cannot hold a date in 2302")
     vid = vid_of(ok(dsv("commit", "-m", "late", cwd=ws)))
     (st,) = jout(dsv("status", "--json", cwd=ws))
     assert st["added"] == st["modified"] == st["deleted"] == []

@@ -431,6 +431,8 @@ def test_bulk_rows_go_in_and_come_out_whole_either_way(two: Index, packed: bool,
     """Rows written by many-row statements and read back by one JSON step each (or row by
     row, on an SQLite without JSON functions) are the same rows: over several statements,
     with text that JSON must escape, negative and 64-bit numbers."""
+    from dsv.index import _has_json
+    assert _has_json()   # (so that "one-step" runs the JSON path here)
     monkeypatch.setattr("dsv.index._JSON", packed)
     index = two
     odd = ['quote"back\\slash', "tab\tnew\nline", "ünï 漢字 \u2028", "ctl\x01"]
@@ -446,6 +448,23 @@ def test_bulk_rows_go_in_and_come_out_whole_either_way(two: Index, packed: bool,
     assert index.locate_many(e.oid for e in es) == {e.oid: (h("bulk"), e.offset, e.length)
                                                      for e in es}
     assert index.pack_objects(h("bulk")) == [(e.oid, e.offset, e.length, e.kind) for e in es]
+
+
+def test_values_json_cannot_carry_are_read_row_by_row(index: Index, db: Path) -> None:
+    """A BLOB or a REAL where the index keeps text or integers (another hand damaged
+    it) comes back as SQLite holds it, as row by row, for the callers' checks to report
+    as damage: not a JSON error, and not a value JSON reshaped."""
+    es = entries("odd", 3)
+    index.add_pack(h("p"), 100, es)
+    other = sqlite3.connect(db)
+    with other:
+        other.execute("UPDATE objects SET length=? WHERE oid=?", (b"\x00\x06", es[0].oid))
+        other.execute("UPDATE objects SET length=9e999 WHERE oid=?", (es[1].oid,))
+    other.close()
+    found = index.locate_many(e.oid for e in es)
+    assert found == {es[0].oid: (h("p"), es[0].offset, b"\x00\x06"),
+                     es[1].oid: (h("p"), es[1].offset, float("inf")),
+                     es[2].oid: (h("p"), es[2].offset, es[2].length)}
 
 
 def test_stat_rows_past_64_bits_are_not_cached(two: Index) -> None:

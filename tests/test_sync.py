@@ -682,14 +682,61 @@ def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
     assert dsv("verify", cwd=tmp_path / "clone").code == 0
 
 
+def test_chunks_of_a_fresh_checkout_end_before_the_file_that_would_overflow() -> None:
+    """A file past the byte limit has a chunk of its own: the files before it do not
+    wait for its download; a chunk also ends at its count of files (empty files too)."""
+    from dsv.checkout import _batched
+    from dsv.tree import FILE, Entry
+
+    def items(*sizes: int) -> list[tuple[str, Entry]]:
+        return [(f"f{i}", Entry(FILE, 0o644, n, hash_bytes(b"%d" % i))) for i, n in enumerate(sizes)]
+
+    def names(chunks: object) -> list[list[str]]:
+        return [[p for p, _e in chunk] for chunk in chunks]  # type: ignore[attr-defined]
+
+    mib = 1 << 20
+    assert names(_batched(iter(items(100 * mib, 10_000 * mib, mib)), 5, 128 * mib)) == \
+        [["f0"], ["f1"], ["f2"]]
+    assert names(_batched(iter(items(60 * mib, 60 * mib, 60 * mib)), 5, 128 * mib)) == \
+        [["f0", "f1"], ["f2"]]
+    assert names(_batched(iter(items(0, 0, 0, 0, 0)), 2, 128 * mib)) == \
+        [["f0", "f1"], ["f2", "f3"], ["f4"]]
+    assert names(_batched(iter([]), 2, 10)) == []
+
+
+def test_a_checkout_from_the_store_is_not_cut_by_bytes(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a version whose blobs may have to be downloaded is placed in chunks of
+    bytes; one whose blobs are here keeps its files in one chunk (its large files are
+    copied side by side)."""
+    from dsv import checkout, worktree
+    monkeypatch.setattr(checkout, "FRESH_CHUNK_BYTES", 300)
+    calls: list[int] = []
+    place = worktree.Materializer.place
+
+    def placing(self, items, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return place(self, items, *args, **kwargs)
+    monkeypatch.setattr(worktree.Materializer, "place", placing)
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
+    src = tmp_path / "src"
+    write_tree(src, files)
+    assert dsv("init", cwd=src).code == 0
+    assert dsv("commit", "-m", "v1", cwd=src).code == 0
+    calls.clear()
+    r = dsv("checkout", "src:latest", "--to", tmp_path / "out", cwd=src)
+    assert r.code == 0, r.err
+    assert calls == [12] and read_tree(tmp_path / "out") == files
+
+
 @pytest.mark.parametrize("cut", ["files", "bytes"])
 def test_a_clone_places_each_chunk_while_it_downloads_the_next(
         tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
     """A clone leaves a dataset's blobs to its checkout, which downloads one chunk of
     files while a thread of its own places the one before; afterwards the version is
     whole (not promised): it checks out with the remote gone. A chunk ends at a number
-    of files, or at a number of bytes (three files of 100-111 bytes reach 300, two
-    never do)."""
+    of files, or before the file that would take it past a number of bytes (three files
+    of 100-111 bytes fit in 340, four never do)."""
     import shutil
     import threading
 
@@ -699,7 +746,7 @@ def test_a_clone_places_each_chunk_while_it_downloads_the_next(
     if cut == "files":
         monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
     else:
-        monkeypatch.setattr(checkout, "FRESH_CHUNK_BYTES", 300)
+        monkeypatch.setattr(checkout, "FRESH_CHUNK_BYTES", 340)
     events: list[tuple[str, str]] = []
     fetch_blobs, place = download.BlobSource.__call__, worktree.Materializer.place
     second_download = threading.Event()
