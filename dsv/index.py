@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DsvError, IndexBusy, IndexDamaged, IndexUnwritable
-from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version
+from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version, storable
 
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
@@ -57,15 +57,9 @@ def _has_json() -> bool:
 
 _JSON = _has_json()
 _PLAIN_COLUMNS = re.compile(r"[a-z_]+(, [a-z_]+)*")
-_INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
-
-
-def _fits(row: StatRow) -> bool:
-    """Whether a stat row's numbers fit SQLite's 64-bit integers. One that does not (a
-    file dated past 2262, an inode number past 2**63) is not cached: it is hashed again
-    each time, where storing it would fail the command. (Sizes, modes and the time a row
-    was cached always fit.)"""
-    return _INT64_MIN <= row[1] < _INT64_END and row[2] < _INT64_END
+_fits = storable
+"""(Rows are filtered where they are made, model.storable; again here, the last guard
+before SQLite, which would fail the command.)"""
 
 
 _SQLITE_UTILS: list[Any] = []   # the module, once loaded

@@ -84,6 +84,17 @@ class TagRow(TypedDict):
 StatRow = tuple[int, int, int, int, str, int]
 """A stat-cache row: (size, mtime_ns, inode, permission bits, object id, cached at ns)."""
 
+_INT64_MIN, _INT64_END = -(1 << 63), 1 << 63
+
+
+def storable(row: tuple[Any, ...]) -> bool:
+    """Whether a stat row's numbers fit the index's 64-bit integers. One that does not
+    (a file dated past 2262, an inode number past 2**63) is never made: its file is
+    hashed again each time, and no count of rows takes it for cached. (Sizes, modes
+    and the time a row was made always fit.)"""
+    return bool(_INT64_MIN <= row[1] < _INT64_END and row[2] < _INT64_END)
+
+
 RUN_DIGEST_BYTES = 16
 """Bytes of the digest of one run of a walk (worktree.ScanDigest; stored as hex)."""
 

@@ -24,7 +24,7 @@ from . import chunking, fileio, ignore, native
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
-from .model import RUN_DIGEST_BYTES, Changes, StatRow
+from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
@@ -541,7 +541,7 @@ def snapshot(root: Path, files: dict[str, FileStat], cache: dict[str, StatRow],
         manifest[rel] = Entry(fs[4], _stored_mode(fs), size, oid, listed)
         if progress:
             progress(1, size)
-        if size == fs[0]:
+        if size == fs[0] and storable(fs):
             rows.append((rel, (fs[0], fs[1], fs[2], fs[3], oid, hashed_at)))
 
     small: list[tuple[str, FileStat]] = []
@@ -935,8 +935,10 @@ class Materializer:
                 crashpoint("checkout:file-written")
                 if self.stat_rows:
                     st = os.lstat(name, dir_fd=dir_fd)
-                    rows.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino,
-                                       stat.S_IMODE(st.st_mode), entry.oid, time.time_ns())))
+                    row = (st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode),
+                           entry.oid, time.time_ns())
+                    if storable(row):
+                        rows.append((rel, row))
             finally:
                 if owned:
                     os.close(dir_fd)
@@ -985,7 +987,7 @@ class Materializer:
                     continue
                 raise OSError(result, os.strerror(result), os.path.join(self.root, rel))
             crashpoint("checkout:file-written")
-            if self.stat_rows:
+            if self.stat_rows and storable(result):
                 rows.append((rel, (*result, entry.oid, time.time_ns())))
             if progress:
                 progress(1, entry.size)

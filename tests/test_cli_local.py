@@ -293,6 +293,15 @@ def test_a_file_dated_past_2262_is_committed_and_checked_out(ws: Path, dsv,
     if (ws / "a.txt").stat().st_mtime_ns != late:
         pytest.skip("this filesystem cannot hold a date in 2302")
     vid = vid_of(ok(dsv("commit", "-m", "late", cwd=ws)))
+    from dsv.index import Index
+    index = Index(ws / ".dsv" / "index.db")
+    try:   # its row is never made, and so the cache vouches for no tree
+        (ds,) = index.datasets()
+        cached = index.stat_cache(ds.id)
+        assert "a.txt" not in cached and len(cached) == len(BASE) - 1
+        assert ds.cache_tree is None
+    finally:
+        index.close()
     (st,) = jout(dsv("status", "--json", cwd=ws))
     assert st["added"] == st["modified"] == st["deleted"] == []
     (ws / "a.txt").write_text("ALPHA\n")   # same size, and the mtime changes: seen
