@@ -476,8 +476,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         # Cut by bytes too only where the blobs may have to be downloaded: a chunk's
         # large files are placed side by side, which a checkout from the store keeps.
         fetched = core.index.promised_by(version.id) is not None
-        for chunk in _batched(placeable(), FRESH_CHUNK,
-                              FRESH_CHUNK_BYTES if fetched else 1 << 62):
+        for chunk in worktree.batches(placeable(), lambda it: it[1].size, FRESH_CHUNK,
+                                      FRESH_CHUNK_BYTES if fetched else 1 << 62):
             downloads([e for _p, e in chunk])
             twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
             placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
@@ -501,26 +501,6 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     core.index.checkpoint()
     return downloads.tally(CheckoutReport(version, target, written, 0, 0, nbytes,
                                           left_out=left_out))
-
-
-def _batched(items: Iterator[tuple[str, Entry]], n: int, nbytes: int
-             ) -> Iterator[list[tuple[str, Entry]]]:
-    """`items` in lists of `n`, or fewer where the next file would take a list past
-    `nbytes` (a file that large alone has a list of its own: the files before it are
-    not kept waiting for its download)."""
-    chunk: list[tuple[str, Entry]] = []
-    held = 0
-    for item in items:
-        if chunk and held + item[1].size > nbytes:
-            yield chunk
-            chunk, held = [], 0
-        chunk.append(item)
-        held += item[1].size
-        if len(chunk) >= n:
-            yield chunk
-            chunk, held = [], 0
-    if chunk:
-        yield chunk
 
 
 def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest) -> list[str]:

@@ -57,9 +57,6 @@ def _has_json() -> bool:
 
 _JSON = _has_json()
 _PLAIN_COLUMNS = re.compile(r"[a-z_]+(, [a-z_]+)*")
-_fits = storable
-"""(Rows are filtered where they are made, model.storable; again here, the last guard
-before SQLite, which would fail the command.)"""
 
 
 _SQLITE_UTILS: list[Any] = []   # the module, once loaded
@@ -551,9 +548,10 @@ class Index:
         # A value JSON cannot carry as it is (a BLOB or REAL in a column of text or
         # integers: an index another hand damaged) sends the batch down the row-by-row
         # path, whose values the callers' checks report as damage.
-        odd = [f"typeof({c}) IN ('blob', 'real')" for c in columns.split(", ")]
+        names = columns.split(", ")
+        odd = [f"typeof({c}) IN ('blob', 'real')" for c in names]
         values = ", ".join(f"CASE WHEN {o} THEN NULL ELSE {c} END"
-                           for o, c in zip(odd, columns.split(", "), strict=True))
+                           for o, c in zip(odd, names, strict=True))
         (packed, damaged), = self.conn.execute(
             f"SELECT json_group_array(json_array({values})), max({' OR '.join(odd)}) "
             f"FROM ({sql})", params)
@@ -687,7 +685,7 @@ class Index:
                               "oid TEXT, cached_ns INTEGER) WITHOUT ROWID")
             self.conn.execute("DELETE FROM statstaged")
         self._put_rows("INSERT OR REPLACE INTO statstaged (path, size, mtime_ns, ino, mode, "
-                       "oid, cached_ns)", ((p, *r) for p, r in rows if _fits(r)), 7)
+                       "oid, cached_ns)", ((p, *r) for p, r in rows if storable(r)), 7)
 
     def put_staged_stat_rows(self, ds_id: str) -> None:
         """Move the staged rows into the dataset's stat cache."""
@@ -703,7 +701,7 @@ class Index:
         if self.read_only:
             return
         self._put_rows("INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, "
-                       "mode, oid, cached_ns)", ((ds_id, p, *r) for p, r in rows if _fits(r)),
+                       "mode, oid, cached_ns)", ((ds_id, p, *r) for p, r in rows if storable(r)),
                        8)
 
     def drop_stat_rows(self, ds_id: str, paths: Iterable[str]) -> None:

@@ -85,8 +85,7 @@ class PackInfo:
     @property
     def entries(self) -> list[PackEntry]:
         """The objects the pack holds, in pack order."""
-        return [PackEntry(raw.hex(), offset, length, kind)
-                for raw, offset, length, kind in _ENTRY.iter_unpack(self.table)]
+        return [PackEntry(*row) for row in self.rows()]
 
 
 class ObjectLocator(Protocol):

@@ -378,12 +378,9 @@ def _restat(folder: str, names: list[str]) -> dict[str, tuple[int, int, int, int
         files = []
         for name in names:
             try:
-                st = os.lstat(name, dir_fd=fd)
+                files += native.stat_names(fd, [name], "", FILE, LINK)[0]
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                files.append((name, (st.st_size, st.st_mtime_ns, st.st_ino,
-                                     stat.S_IMODE(st.st_mode), FILE)))
     finally:
         os.close(fd)
     return {name: st[:4] for name, st in files}
@@ -620,7 +617,7 @@ def _read_small_files(root: Path, small: list[tuple[str, FileStat]]
     anywhere below `root`; with its C version (no GIL held) a thread reads the next
     group while this one hashes the last and the caller stores it. (Python reads in
     threads were measured here and lost: the GIL serialises them.)"""
-    groups = list(_batches(small, lambda it: it[1][0], _READ_GROUP, _READ_GROUP_BYTES))
+    groups = list(batches(small, lambda it: it[1][0], _READ_GROUP, _READ_GROUP_BYTES))
     if not groups:
         return
     # (the root as given, a link to it included, as a path walk takes it; nothing below
@@ -673,8 +670,8 @@ def _unreadable(root: Path, exc: OSError) -> Exception:
 Item = TypeVar("Item")
 
 
-def _batches(items: Iterable[Item], size: Callable[[Item], int], most: int, most_bytes: int,
-             key: Callable[[Item], str] | None = None) -> Iterator[list[Item]]:
+def batches(items: Iterable[Item], size: Callable[[Item], int], most: int, most_bytes: int,
+            key: Callable[[Item], str] | None = None) -> Iterator[list[Item]]:
     """`items` in runs of at most `most` items and `most_bytes` bytes (an item larger
     than that on its own), a run never holding two different `key`s."""
     batch: list[Item] = []
@@ -961,8 +958,8 @@ class Materializer:
             return item[0].rpartition("/")[0]
 
         small.sort(key=folder)  # (stable: pack order kept)
-        for batch in _batches(small, lambda it: it[1].size, _WRITE_BATCH, _WRITE_BATCH_BYTES,
-                              key=folder):
+        for batch in batches(small, lambda it: it[1].size, _WRITE_BATCH, _WRITE_BATCH_BYTES,
+                             key=folder):
             rest += self._write_batch(batch, locations, dirs, progress, rows)
         return rest
 

@@ -685,11 +685,14 @@ def test_a_clone_downloads_in_chunks_each_object_once(tmp_path: Path, dsv,
 def test_chunks_of_a_fresh_checkout_end_before_the_file_that_would_overflow() -> None:
     """A file past the byte limit has a chunk of its own: the files before it do not
     wait for its download; a chunk also ends at its count of files (empty files too)."""
-    from dsv.checkout import _batched
+    from dsv.worktree import batches
     from dsv.tree import FILE, Entry
 
     def items(*sizes: int) -> list[tuple[str, Entry]]:
         return [(f"f{i}", Entry(FILE, 0o644, n, hash_bytes(b"%d" % i))) for i, n in enumerate(sizes)]
+
+    def _batched(it: object, n: int, nbytes: int) -> object:
+        return batches(it, lambda item: item[1].size, n, nbytes)  # type: ignore[arg-type]
 
     def names(chunks: object) -> list[list[str]]:
         return [[p for p, _e in chunk] for chunk in chunks]  # type: ignore[attr-defined]
