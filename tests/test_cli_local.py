@@ -12,6 +12,7 @@ import os
 import random
 import re
 import stat
+import time
 from pathlib import Path
 
 import blake3
@@ -373,13 +374,20 @@ def _age(ws: Path) -> None:
             os.utime(p, (1_600_000_000, 1_600_000_000))
 
 
+def _racy(path: Path) -> None:
+    """Date `path` a minute ahead, so that however slowly the next command starts, its
+    stat-cache row is racily clean (its mtime is not a timestamp tick before the hash)."""
+    ahead = time.time_ns() + 60 * 10**9
+    os.utime(path, ns=(ahead, ahead))
+
+
 def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch) -> None:
     """A clean status the cache vouched for in full leaves a digest of its scan; the next
     status compares that digest instead of reading the cache, and any change of a path, a
     stat or the head makes it fall back to the cache and to hashing."""
     write_tree(ws, {"x.bin": b"1111", "y.bin": b"2222"})
     _age(ws)
-    (ws / "x.bin").touch()                               # racily clean when committed
+    _racy(ws / "x.bin")                                  # racily clean when committed
     vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
     assert _clean_scans(ws) == []        # the cache cannot vouch for x.bin yet
     _age(ws)
@@ -421,6 +429,7 @@ def test_status_trusts_a_remembered_scan_and_no_other(ws: Path, dsv, monkeypatch
     # A new head whose commit could not vouch for every file (x.bin is racily clean): the
     # remembered scan names the old tree and is not trusted for the new one.
     (ws / "x.bin").write_bytes(b"33333")
+    _racy(ws / "x.bin")
     vid2 = vid_of(dsv("commit", "-m", "second", cwd=ws))
     assert _clean_scans(ws) == [(ds_id, tree2, digest2)]
     with monkeypatch.context() as m:
