@@ -679,3 +679,31 @@ def test_remote_caps_are_the_documented_ones() -> None:
     assert base.MAX_GET_BYTES == 256 << 20
     doc = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
     assert "64 KiB" in doc and "256 MiB" in doc
+
+
+def test_clients_share_the_service_models_but_not_the_credentials(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """make_client reads botocore's service models once a process (a shared loader whose
+    search paths do not grow), while each client still looks up its own credentials: a
+    client made after the credentials went away sends unsigned requests, and an unknown
+    profile is refused at once."""
+    from botocore import UNSIGNED
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    signed = s3.make_client("http://127.0.0.1:9")
+    paths = list(s3._LOADER.search_paths)
+    assert signed.meta.config.signature_version is not UNSIGNED
+    assert signed.meta.region_name == "us-east-1"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    unsigned = s3.make_client("http://127.0.0.1:9")
+    assert unsigned.meta.config.signature_version is UNSIGNED
+    assert s3._LOADER.search_paths == paths and len(set(paths)) == len(paths)
+    assert unsigned._loader is signed._loader is s3._LOADER
+    with pytest.raises(RemoteError, match=r"AWS profile problem: .*nope"):
+        s3.make_client("http://127.0.0.1:9", profile="nope", unsigned=False)
