@@ -590,6 +590,29 @@ def test_remote_packs_objects_and_loose(index: Index) -> None:
     assert index.remote_loose("origin", [h("big1"), h("big2")]) == set()
 
 
+def test_many_remote_packs_at_once_keep_the_first_location_of_an_object(index: Index) -> None:
+    """add_remote_packs records rows in key order at the end, yet the pack recorded
+    first names an object two packs hold, as pack by pack did; nothing is left waiting."""
+    shared = [e for e in entries("shared", 300)]
+    first = [(h(f"pack {i}"), shared[i * 50:(i + 1) * 50] + entries(f"own{i}", 40), 1000 + i)
+             for i in range(3)]
+    later = (h("pack later"), list(reversed(shared)), 5000)   # all of them again, at the end
+    with index.transaction():
+        index.add_remote_packs("origin", iter([*first, later]))
+    counts = index.remote_pack_counts("origin")
+    assert index.remote_packs("origin") == {**{p: n for p, _e, n in first}, later[0]: 5000}
+    assert counts == {**{p: 90 for p, _e, _n in first}, later[0]: 150}
+    located = index.remote_locate_many("origin", [e.oid for e in shared])
+    for i, e in enumerate(shared):
+        pack = first[i // 50][0] if i < 150 else later[0]
+        assert located[e.oid] == (pack, e.offset, e.length), i
+    assert index.conn.execute("SELECT count(*) FROM arriving_remote_objects").fetchone() == (0,)
+    with index.transaction():
+        index.add_remote_packs("origin", [])                 # nothing to record: no change
+        index.add_remote_packs("origin", [first[0]])          # recorded again: no change
+    assert index.remote_pack_counts("origin") == counts
+
+
 def test_remote_refs_set_replace_and_drop(index: Index) -> None:
     index.set_remote_ref("origin", "ds000001", "latest", "c000000001", h("r1"), '"etag1"')
     index.set_remote_ref("origin", "ds000001", "tags/v1", "c000000001", h("r1"), None)

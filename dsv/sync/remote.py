@@ -150,8 +150,7 @@ class Remote:
             if reset:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            for pack_id, entries, size in self._read_indexes(new, listed):
-                index.add_remote_pack(self.name, pack_id, size, entries)
+            index.add_remote_packs(self.name, self._read_indexes(new, listed))
             index.set_remote_gc_generation(self.name, generation)
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
@@ -215,9 +214,8 @@ class Remote:
             if reset:
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            for pack_id, entries, size in self._read_indexes(sorted(wanted - (known - forget)),
-                                                              {}):
-                index.add_remote_pack(self.name, pack_id, size, entries)
+            index.add_remote_packs(self.name, self._read_indexes(sorted(wanted - (known - forget)),
+                                                                 {}))
             for ds, packs in listed.items():
                 index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
@@ -374,8 +372,6 @@ class Sent:
 def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
     """Remember in the index what these uploads put on the remote."""
     with core.index.transaction():
-        for item in sent:
-            if item.pack is not None:
-                pack_id, size, entries = item.pack
-                core.index.add_remote_pack(remote.name, pack_id, size, entries)
+        core.index.add_remote_packs(remote.name, [(item.pack[0], item.pack[2], item.pack[1])
+                                                  for item in sent if item.pack is not None])
         core.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
