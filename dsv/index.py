@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version, storable
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _IN_BATCH = 500
 _MAX_PARAMS = 999
 """Parameters a statement of `_put_rows` binds: what every SQLite allows (32,766 since
@@ -261,10 +261,18 @@ class Index:
             remote TEXT NOT NULL, oid TEXT NOT NULL, pack TEXT NOT NULL,
             offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,
             PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
-        db.execute("CREATE INDEX IF NOT EXISTS remote_objects_pack ON remote_objects(remote, pack)")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_packs (
-            remote TEXT NOT NULL, pack TEXT NOT NULL, size INTEGER NOT NULL,
+            remote TEXT NOT NULL, pack TEXT NOT NULL, size INTEGER NOT NULL, count INTEGER,
             PRIMARY KEY (remote, pack)) WITHOUT ROWID""")
+        # Schema 8: each remote pack's entry count is kept with it, and `remote_objects`
+        # has no index by pack (at a million objects it cost 5.5 s of a clone's 9.4 s of
+        # recording them, and half the table's size; a pack's rows are looked for only
+        # when packs are forgotten, several in one pass).
+        if "count" not in db.table("remote_packs").columns_dict:
+            db.table("remote_packs").add_column("count", int)
+            db.execute("UPDATE remote_packs SET count = (SELECT count(*) FROM remote_objects r "
+                       "WHERE r.remote = remote_packs.remote AND r.pack = remote_packs.pack)")
+        db.execute("DROP INDEX IF EXISTS remote_objects_pack")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_loose (
             remote TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_refs (
@@ -885,12 +893,12 @@ class Index:
                                       (remote,)))
 
     def add_remote_pack(self, remote: str, pack: str, size: int,
-                        entries: Iterable["PackEntry"]) -> None:
+                        entries: Collection["PackEntry"]) -> None:
         """Record that `remote` holds `pack` with these entries."""
         self.add_remote_packs(remote, [(pack, entries, size)])
 
     def add_remote_packs(self, remote: str,
-                         packs: Iterable[tuple[str, Iterable["PackEntry"], int]]) -> None:
+                         packs: Iterable[tuple[str, Collection["PackEntry"], int]]) -> None:
         """Record that `remote` holds each (pack id, entries, size) of `packs`, taken as
         they come (a refresh reads them a few at a time). Their rows wait in a temporary
         table and join `remote_objects` at the end in key order, in one statement (SQLite
@@ -902,8 +910,8 @@ class Index:
                           "remote TEXT, oid TEXT, pack TEXT, offset INTEGER, length INTEGER, "
                           "kind INTEGER)")
         for pack, entries, size in packs:
-            self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size) "
-                              "VALUES (?,?,?)", (remote, pack, size))
+            self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size, count) "
+                              "VALUES (?,?,?,?)", (remote, pack, size, len(entries)))
             self._put_rows(
                 "INSERT INTO arriving_remote_objects (remote, oid, pack, offset, length, kind)",
                 ((remote, e.oid, pack, e.offset, e.length, e.kind) for e in entries), 6)
@@ -921,14 +929,24 @@ class Index:
         return out
 
     def remote_pack_counts(self, remote: str) -> dict[str, int]:
-        """Objects known in each of `remote`'s packs: pack id → count."""
-        return dict(self.conn.execute("SELECT pack, count(*) FROM remote_objects WHERE remote=? "
-                                      "GROUP BY pack", (remote,)))
+        """Entries in each of `remote`'s packs, as its index said: pack id → count (0
+        where a dsv of schema 7 recorded the pack)."""
+        return dict(self.conn.execute("SELECT pack, coalesce(count, 0) FROM remote_packs "
+                                      "WHERE remote=?", (remote,)))
 
-    def forget_remote_pack(self, remote: str, pack: str) -> None:
-        """Forget that `remote` holds `pack` (and its objects)."""
-        self.conn.execute("DELETE FROM remote_objects WHERE remote=? AND pack=?", (remote, pack))
-        self.conn.execute("DELETE FROM remote_packs WHERE remote=? AND pack=?", (remote, pack))
+    def forget_remote_packs(self, remote: str, packs: Iterable[str]) -> None:
+        """Forget that `remote` holds these packs (and their objects): one pass over the
+        remote's rows however many packs go. Call within a transaction."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS going_remote_packs ("
+                          "pack TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._put_rows("INSERT OR IGNORE INTO going_remote_packs (pack)",
+                       ((pack,) for pack in packs), 1)
+        if self.conn.execute("SELECT 1 FROM going_remote_packs").fetchone() is None:
+            return
+        for table in ("remote_objects", "remote_packs"):
+            self.conn.execute(f"DELETE FROM {table} WHERE remote=? AND pack IN "
+                              "(SELECT pack FROM going_remote_packs)", (remote,))
+        self.conn.execute("DELETE FROM going_remote_packs")
 
     def remote_locate_many(self, remote: str, oids: Iterable[str]
                            ) -> dict[str, tuple[str, int, int]]:

@@ -79,10 +79,10 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 7
+    assert idx.schema_version() == SCHEMA_VERSION == 8
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 7 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 8 and [d.id for d in idx.datasets()] == ["ds000001"]
     idx.close()
 
 
@@ -95,11 +95,39 @@ def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
                      ("a" * 64,))
     idx.conn.execute("UPDATE meta SET value='6' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 7
+    assert idx.schema_version() == 8
     assert idx.imported(["b/k@e"]) == {"b/k@e": ("a" * 64, 5, "")}
     idx.add_imported([("b/big@e", "b" * 64, 9 << 20, "c" * 64)])
     assert idx.imported_oids() == {"a" * 64, "c" * 64}
     assert idx.imported_chunk_lists() == {"c" * 64}
+    idx.close()
+
+
+def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db: Path
+                                                                              ) -> None:
+    """Schema 8 keeps each remote pack's entry count in `remote_packs` (filled from the
+    rows when an older store is opened) and drops `remote_objects`' index by pack."""
+    idx = Index(db)
+    idx.create_schema()
+    idx.conn.execute("DROP TABLE remote_packs")
+    idx.conn.execute("CREATE TABLE remote_packs (remote TEXT NOT NULL, pack TEXT NOT NULL, "
+                     "size INTEGER NOT NULL, PRIMARY KEY (remote, pack)) WITHOUT ROWID")
+    idx.conn.execute("CREATE INDEX remote_objects_pack ON remote_objects(remote, pack)")
+    for pack, n in ((h("p1"), 3), (h("p2"), 5)):
+        idx.conn.execute("INSERT INTO remote_packs VALUES ('origin', ?, 100)", (pack,))
+        for e in entries(pack, n):
+            idx.conn.execute("INSERT INTO remote_objects VALUES ('origin', ?, ?, ?, ?, ?)",
+                             (e.oid, pack, e.offset, e.length, e.kind))
+    idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
+    idx.create_schema()
+    assert idx.schema_version() == 8
+    assert idx.remote_pack_counts("origin") == {h("p1"): 3, h("p2"): 5}
+    assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='remote_objects_pack'"
+                            ).fetchone() is None
+    with idx.transaction():
+        idx.forget_remote_packs("origin", [h("p1")])
+    assert idx.remote_packs("origin") == {h("p2"): 100}
+    assert idx.conn.execute("SELECT count(*) FROM remote_objects").fetchone() == (5,)
     idx.close()
 
 
@@ -578,7 +606,8 @@ def test_remote_packs_objects_and_loose(index: Index) -> None:
         if e.kind == KIND_TREE)
     # Local packs are a different table.
     assert index.locate(ea[0].oid) is None
-    index.forget_remote_pack("origin", a)
+    with index.transaction():
+        index.forget_remote_packs("origin", [a, h("never known")])
     assert index.remote_packs("origin") == {b: 2000}
     assert index.remote_pack_counts("origin") == {b: 2}
     assert index.remote_locate_many("backup", [ea[0].oid]) == {ea[0].oid: (a, 8, 10)}
@@ -601,7 +630,10 @@ def test_many_remote_packs_at_once_keep_the_first_location_of_an_object(index: I
         index.add_remote_packs("origin", iter([*first, later]))
     counts = index.remote_pack_counts("origin")
     assert index.remote_packs("origin") == {**{p: n for p, _e, n in first}, later[0]: 5000}
-    assert counts == {**{p: 90 for p, _e, _n in first}, later[0]: 150}
+    assert counts == {**{p: 90 for p, _e, _n in first}, later[0]: 300}   # (its whole index)
+    assert index.conn.execute("SELECT pack, count(*) FROM remote_objects GROUP BY pack"
+                              ).fetchall() == sorted([*((p, 90) for p, _e, _n in first),
+                                                      (later[0], 150)])
     located = index.remote_locate_many("origin", [e.oid for e in shared])
     for i, e in enumerate(shared):
         pack = first[i // 50][0] if i < 150 else later[0]
@@ -836,7 +868,7 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
     out = json.loads(r.stdout)
     assert out["read_only"] is True
     assert (out["schema"], out["names"], out["version"], out["tag"]) == \
-        (7, ["mnist"], "first", "c000000001")
+        (8, ["mnist"], "first", "c000000001")
     kind, message, hint = out["write"]
     assert kind == "IndexUnwritable"
     assert message.startswith(f"cannot write the index {db}: the file-size limit")

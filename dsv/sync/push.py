@@ -331,8 +331,7 @@ def _forget_lost_packs(core: Core, remote: Remote) -> None:
                          f"need of them is sent again (`dsv verify --remote {remote.name}` "
                          f"lists what is missing)")
     with core.index.transaction():
-        for pack_id in lost:
-            core.index.forget_remote_pack(remote.name, pack_id)
+        core.index.forget_remote_packs(remote.name, lost)
 
 
 def _collect_needed(core: Core, versions: list[Version],

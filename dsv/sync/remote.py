@@ -145,8 +145,8 @@ class Remote:
             new, gone = list(listed), list(known)
 
         with index.transaction():
-            for pack_id in gone:  # first: an object's row names the first pack holding it
-                index.forget_remote_pack(self.name, pack_id)
+            # (first: an object's row names the first pack holding it)
+            index.forget_remote_packs(self.name, gone)
             if reset:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
@@ -209,8 +209,7 @@ class Remote:
                 forget |= known & (index.catalog_packs(self.name, ds) | packs)
         wanted = set().union(*listed.values()) if listed else set()
         with index.transaction():
-            for pack_id in forget:
-                index.forget_remote_pack(self.name, pack_id)
+            index.forget_remote_packs(self.name, forget)
             if reset:
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
