@@ -128,8 +128,11 @@ class Core:
         if schema is None:
             raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
                                 hint="recreate it from the objects with `dsv index rebuild`")
-        if schema < SCHEMA_VERSION:
-            self.index.create_schema()  # idempotent: adds what older stores lack
+        # (idempotent: adds what older stores lack. An index that can only be read is
+        # read as it is where that works: schema 8 only dropped an index and added a
+        # count that reads never use.)
+        if schema < SCHEMA_VERSION and not (self.index.read_only and schema >= 7):
+            self.index.create_schema()
         self.index.on_change = lambda: state.save(self.index, self.dsv_dir)
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
         self.lock = StoreLock(self.dsv_dir / "lock")

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -129,6 +130,51 @@ def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db
     assert idx.remote_packs("origin") == {h("p2"): 100}
     assert idx.conn.execute("SELECT count(*) FROM remote_objects").fetchone() == (5,)
     idx.close()
+
+
+def test_a_migration_cut_short_fills_the_counts_when_run_again(db: Path) -> None:
+    """Killed after it added the column (or raced by a second process): the next open
+    still fills the counts from the rows, while the old index by pack stands."""
+    idx = Index(db)
+    idx.create_schema()
+    with idx.transaction():
+        idx.add_remote_packs("origin", [(h("p1"), entries("p1", 4), 100)])
+    idx.conn.execute("UPDATE remote_packs SET count = NULL")
+    idx.conn.execute("CREATE INDEX remote_objects_pack ON remote_objects(remote, pack)")
+    idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
+    idx.create_schema()
+    idx.create_schema()                                   # (again: nothing changes)
+    assert idx.remote_pack_counts("origin") == {h("p1"): 4}
+    assert idx.schema_version() == 8
+    idx.close()
+
+
+def test_packs_whose_recording_failed_leave_nothing_behind(index: Index) -> None:
+    """A refresh that fails part way through its packs (its error caught by a caller
+    inside a wider transaction) records none of them: never a pack without its rows,
+    and nothing it staged joins the next call's packs."""
+    def failing() -> Iterator[tuple[str, list[PackEntry], int]]:
+        yield h("a"), entries("a", 3), 10
+        raise OSError("the remote went away")
+    with index.transaction():
+        with pytest.raises(OSError):
+            with index.transaction():
+                index.add_remote_packs("origin", failing())
+        index.add_remote_packs("backup", [(h("b"), entries("b", 2), 20)])
+    assert index.remote_packs("origin") == {} and index.remote_pack_counts("origin") == {}
+    assert index.remote_locate_many("origin", [e.oid for e in entries("a", 3)]) == {}
+    assert index.remote_packs("backup") == {h("b"): 20}
+    assert index.conn.execute("SELECT count(*) FROM remote_objects").fetchone() == (2,)
+
+    def going() -> Iterator[str]:
+        yield h("b")
+        yield from (h(f"other {i}") for i in range(2000))      # (past one statement)
+        raise OSError("interrupted")
+    with index.transaction():
+        with pytest.raises(OSError):
+            index.forget_remote_packs("backup", going())
+        index.forget_remote_packs("backup", [])                  # nothing left to forget
+    assert index.remote_packs("backup") == {h("b"): 20}
 
 
 def test_connection_settings_and_tables(index: Index) -> None:
@@ -881,6 +927,33 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
         assert again.dataset_by("id", "ds000001").cache_tree is None
     finally:
         again.close()
+
+
+def test_a_schema_7_store_that_can_only_be_read_is_read_as_it_is(tmp_path: Path) -> None:
+    """Schema 8 changed nothing reads use: a schema 7 store on a full disk (here: a
+    file-size limit of 0) still answers `status`, unmigrated and unchanged."""
+    import resource
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_bytes(b"hello")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def dsv(*args: str, limit: bool = False) -> subprocess.CompletedProcess[str]:
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        return subprocess.run([sys.executable, "-m", "dsv", *args], cwd=ws, env=env,
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                     (0, hard))) if limit
+                              else None)
+    assert dsv("init").returncode == 0 and dsv("commit", "-m", "first").returncode == 0
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
+    conn.close()
+    before = (ws / ".dsv" / "index.db").read_bytes()
+    got = dsv("status", "--json", limit=True)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)[0]["clean"] is True
+    assert (ws / ".dsv" / "index.db").read_bytes() == before
 
 
 SCHEMA_IMPORTS = textwrap.dedent("""

@@ -707,3 +707,13 @@ def test_clients_share_the_service_models_but_not_the_credentials(tmp_path: Path
     assert unsigned._loader is signed._loader is s3._LOADER
     with pytest.raises(RemoteError, match=r"AWS profile problem: .*nope"):
         s3.make_client("http://127.0.0.1:9", profile="nope", unsigned=False)
+    # An unsigned client never asks a profile for credentials (which may fail, or run a
+    # program): `--no-sign-request --profile P` only takes P's region.
+    (tmp_path / "config").write_text("[profile broken]\nregion = eu-west-3\n"
+                                     "credential_process = /bin/false\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    public = s3.make_client("http://127.0.0.1:9", profile="broken", unsigned=True)
+    assert public.meta.config.signature_version is UNSIGNED
+    assert public.meta.region_name == "eu-west-3"
+    with pytest.raises(RemoteError, match=r"AWS profile problem: .*custom-process"):
+        s3.make_client("http://127.0.0.1:9", profile="broken")

@@ -80,10 +80,14 @@ def make_client(endpoint_url: str | None = None, profile: str | None = None,
 
     try:
         session = _session(profile)
+        if profile is not None and profile not in session.available_profiles:
+            # (boto3 checks this itself only for a session it makes)
+            raise RemoteError(f"AWS profile problem: The config profile ({profile}) could "
+                              "not be found")
         if unsigned is None:
             unsigned = session.get_credentials() is None
-        elif profile is not None:
-            session.get_credentials()  # (an unknown profile fails here, not at a request)
+    except RemoteError:
+        raise
     except Exception as exc:  # botocore.exceptions.ProfileNotFound and kin
         raise RemoteError(f"AWS profile problem: {exc}") from None
     config = botocore.config.Config(
