@@ -457,7 +457,11 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
 
     def place(placer: worktree.Materializer, chunk: list[tuple[str, Entry]],
               advance: worktree.Progress) -> list[tuple[str, StatRow]]:
-        rows = placer.place(chunk, advance)
+        try:
+            rows = placer.place(chunk, advance)
+        finally:
+            if placer.spool is not None:
+                placer.spool.close()
         return worktree.settle(target, rows) if settle else rows
 
     def landed(placing: Future[list[tuple[str, StatRow]]]) -> None:
@@ -478,10 +482,17 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         fetched = core.index.promised_by(version.id) is not None
         for chunk in worktree.batches(placeable(), lambda it: it[1].size, FRESH_CHUNK,
                                       FRESH_CHUNK_BYTES if fetched else 1 << 62):
-            downloads([e for _p, e in chunk])
+            spool = _spool(core, target, chunk) if fetched and link not in (
+                "hardlink", "symlink") else None
+            try:
+                downloads([e for _p, e in chunk], spool)
+            except BaseException:
+                if spool is not None:
+                    spool.close()
+                raise
             twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
             placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
-                                           twins=twins, fresh=True)
+                                           twins=twins, fresh=True, spool=spool)
             if placing is not None:
                 landed(placing)
             placing = stage.submit(place, placer, chunk, advance)
@@ -501,6 +512,14 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     core.index.checkpoint()
     return downloads.tally(CheckoutReport(version, target, written, 0, 0, nbytes,
                                           left_out=left_out))
+
+
+def _spool(core: Core, target: Path, chunk: list[tuple[str, Entry]]) -> worktree.Spool | None:
+    """A spool for the chunked files of `chunk` (None when it has none): they are
+    written as their chunks download, not read back from the store afterwards."""
+    files = [(rel, e, core.chunks(e).chunks) for rel, e in chunk
+             if e.kind == tree.FILE and e.chunks]
+    return worktree.Spool(target, files) if files else None
 
 
 def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest) -> list[str]:
@@ -841,7 +860,8 @@ class _Downloads:
         self.version = version
         self.source: BlobSource | None = None
 
-    def __call__(self, entries: list[Entry]) -> None:
+    def __call__(self, entries: list[Entry],
+                 tap: Callable[[str, memoryview], None] | None = None) -> None:
         needed = self.core.blobs(entries)
         lacking = self.core.objects.lacking(needed)
         if not lacking[0] and not lacking[1]:
@@ -850,7 +870,7 @@ class _Downloads:
         if self.source is None:
             self.source = download.BlobSource(self.core, self.version)
         with self.core.locked("download"):
-            self.source(needed, lacking)
+            self.source(needed, lacking, tap)
 
     def tally(self, report: CheckoutReport) -> CheckoutReport:
         """`report` with what was downloaded for it."""

@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 TMP_PREFIX = ".dsv-tmp-"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -184,6 +184,14 @@ def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
     return direct
 
 
+def _write_observed(fd: int, data: memoryview, direct: bool,
+                    observe: Callable[[memoryview], object] | None) -> bool:
+    """`_write_all`, the bytes shown to `observe` first."""
+    if observe is not None:
+        observe(data)
+    return _write_all(fd, data, direct)
+
+
 class DirectWriter:
     """Sequential writes to a new file through a page-aligned buffer, flushed with
     O_DIRECT in whole blocks, buffered where the filesystem refuses O_DIRECT (tmpfs,
@@ -196,9 +204,15 @@ class DirectWriter:
     one, so hashing and chunking go on while the disk writes (on a disk of 200-300 MB/s
     a commit of large files waited for every 8 MiB otherwise). A write that failed is
     raised by the next call that needs its buffer, or by `finish`.
+
+    `observe` (a hasher's update), if given, is shown every byte written, in order, a
+    whole buffer at a time, by the thread that writes it: a file hashed as it is written
+    costs its writer no time (a checkout writing what a download brings). Not for
+    `copy_from`, which shows its caller's `observe` every piece itself.
     """
 
-    def __init__(self, path: str, mode: int = 0o644, buffer: int = STREAM_BUFFER) -> None:
+    def __init__(self, path: str, mode: int = 0o644, buffer: int = STREAM_BUFFER,
+                 observe: Callable[[memoryview], object] | None = None) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         self.direct = hasattr(os, "O_DIRECT")
         try:
@@ -213,6 +227,7 @@ class DirectWriter:
         self._view = memoryview(self._buf)
         self._used = 0
         self._pending: Future[bool] | None = None
+        self._observe = observe
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -247,18 +262,23 @@ class DirectWriter:
             self._used += n
             copied += n
 
-    def finish(self) -> int:
-        """Write what is buffered, make the file durable, close it; returns its size."""
+    def finish(self, durable: bool = True) -> int:
+        """Write what is buffered, make the file durable (unless not `durable`: a
+        working-directory file, which `cp` would not fsync either), close it; returns
+        its size."""
         try:
             self._wait()
             total = self.size + self._used
             if self._used:
+                if self._observe is not None:
+                    self._observe(self._view[:self._used])
                 padded = -(-self._used // _ALIGN) * _ALIGN if self.direct else self._used
                 self._view[self._used:padded] = bytes(padded - self._used)
                 self.direct = _write_all(self.fd, self._view[:padded], self.direct)
                 if padded != self._used:
                     os.ftruncate(self.fd, total)
-            os.fsync(self.fd)
+            if durable:
+                os.fsync(self.fd)
         finally:
             self.close()
         return total
@@ -269,8 +289,8 @@ class DirectWriter:
         assert self._buf is not None
         full, self._buf = self._buf, self._spare or _take_buffer(len(self._buf))
         self._spare = full
-        self._pending = _writer_pool().submit(_write_all, self.fd, memoryview(full),
-                                              self.direct)
+        self._pending = _writer_pool().submit(_write_observed, self.fd, memoryview(full),
+                                              self.direct, self._observe)
         self.size += self._used
         self._view = memoryview(self._buf)
         self._used = 0
@@ -305,6 +325,50 @@ class DirectWriter:
                 return
             except KeyboardInterrupt:
                 continue
+
+
+def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
+                buffer: int = STREAM_BUFFER) -> Iterator[memoryview]:
+    """The bytes of each (offset, length) of the file at `path`, in order, in pieces of
+    at most `buffer` bytes; a piece is valid until the next one is asked for. Read with
+    O_DIRECT where the filesystem allows (whole aligned blocks into an aligned buffer:
+    a pack that a download or a commit wrote past the page cache is not pulled into it
+    to be copied once), else buffered. Never through a link; a file shorter than a range
+    raises OSError (EIO)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    direct = hasattr(os, "O_DIRECT")
+    try:
+        fd = os.open(path, flags | (os.O_DIRECT if direct else 0))
+    except OSError as exc:
+        if not direct or exc.errno != errno.EINVAL:
+            raise
+        direct = False
+        fd = os.open(path, flags)
+    buf = _take_buffer(buffer)
+    view = memoryview(buf)
+    try:
+        for offset, length in ranges:
+            pos, end = offset - offset % _ALIGN, offset + length
+            while pos < end:
+                want = min(len(view), -(-(end - pos) // _ALIGN) * _ALIGN)
+                try:
+                    got = os.preadv(fd, [view[:want]], pos)
+                except OSError as exc:
+                    if not direct or exc.errno != errno.EINVAL:
+                        raise
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    direct = False
+                    continue
+                lo, hi = max(offset - pos, 0), min(got, end - pos)
+                if hi <= lo:
+                    raise OSError(errno.EIO, "file shorter than the range read from it",
+                                  str(path))
+                yield view[lo:hi]
+                pos += got
+    finally:
+        view.release()
+        _give_buffer(buf)
+        os.close(fd)
 
 
 _WRITERS: ThreadPoolExecutor | None = None

@@ -25,7 +25,8 @@ from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
-from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, Ingest, ObjectStore
+from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
+                      ObjectStore)
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
@@ -848,9 +849,11 @@ class Materializer:
 
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
                  stat_rows: bool = True, twins: dict[str, str] | None = None,
-                 share_objects: bool = False, fresh: bool = False) -> None:
+                 share_objects: bool = False, fresh: bool = False,
+                 spool: Spool | None = None) -> None:
         check_link_mode(link)
         self.fresh = fresh
+        self.spool = spool  # chunked files written while they downloaded (see Spool)
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
@@ -1010,7 +1013,7 @@ class Materializer:
             elif small:
                 self._write_new(dir_fd, tmp, entry, data)
             else:
-                self._write_large(dir_fd, tmp, entry, pieces)
+                self._write_large(dir_fd, tmp, entry, pieces, rel)
         _place_via_tmp(dir_fd, name, write)
 
     def _small_batch(self, entries: list[Entry],
@@ -1047,7 +1050,11 @@ class Materializer:
             os.close(fd)
 
     def _write_large(self, dir_fd: int, tmp: str, entry: Entry,
-                     pieces: FileBytes | None = None) -> None:
+                     pieces: FileBytes | None = None, rel: str = "") -> None:
+        spooled = self.spool.take(rel) if self.spool is not None else None
+        if spooled is not None and spooled.entry == entry and \
+                self._place_spooled(dir_fd, tmp, spooled, pieces):
+            return
         mode = placed_mode(entry.mode, _UMASK)
         chunks = self._chunks(entry)
         if self.share_objects and chunks is None:
@@ -1072,6 +1079,29 @@ class Materializer:
         reflink = {"copy": "never", "reflink": "always"}.get(self.link, "auto")
         self.objects.copy_out(entry.oid, dest, mode, reflink, self.twins.get(entry.oid),
                               pieces, chunks)
+
+    def _place_spooled(self, dir_fd: int, tmp: str, spooled: _Spooled,
+                       pieces: FileBytes | None) -> bool:
+        """Finish a file the spool began (the chunks it did not write, from the store),
+        and rename it to `tmp` if its bytes are its id's; False where it cannot be used
+        (the caller writes the file the usual way; the spool removes what is left)."""
+        assert self.spool is not None
+        try:
+            if spooled.writer is not None:
+                if pieces is not None:
+                    pieces(sum(n for _c, n in spooled.chunks[:spooled.written]))
+                self.objects.write_chunks(spooled.chunks[spooled.written:], spooled.writer,
+                                          pieces)
+                spooled.finish()
+            if not spooled.ready:
+                return False
+            os.rename(spooled.tmp, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except (OSError, MissingObject, CorruptObject):
+            if pieces is not None:
+                pieces.restart()
+            return False
+        self.spool.placed(spooled)
+        return True
 
     def _chunks(self, entry: Entry) -> list[tuple[str, int]] | None:
         """The chunks of a chunked file (None for one stored whole). Its bytes are put
@@ -1099,6 +1129,154 @@ class Materializer:
             os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
         finally:
             os.close(fd)
+
+
+SPOOL_OPEN = 4
+"""Files a spool writes at once (each holds its writer's buffers until its last chunk)."""
+
+
+class _Spooled:
+    """One file a spool writes: its chunks, how many are written, its writer."""
+
+    def __init__(self, rel: str, entry: Entry, chunks: list[tuple[str, int]]) -> None:
+        self.rel = rel
+        self.entry = entry
+        self.chunks = chunks
+        self.written = 0                        # chunks written, in order
+        self.writer: fileio.DirectWriter | None = None
+        self.hasher = new_hasher()
+        self.tmp = ""                            # its temp name in its directory
+        self.ready = False                       # complete, and its bytes are its id's
+
+    def finish(self) -> None:
+        """Close the complete file and check it against its id (a mismatch: not ready,
+        so its placement goes the usual way and reports the damage)."""
+        assert self.writer is not None
+        writer, self.writer = self.writer, None
+        size = writer.finish(durable=False)
+        self.ready = size == self.entry.size and self.hasher.hexdigest() == self.entry.oid
+
+
+class Spool:
+    """The chunked files of a fresh placement, written while their chunks download.
+
+    A download holds each chunk's bytes, checked against the chunk's id, on their way
+    into a pack: the spool (the download's `tap`) appends them to the files that need
+    them next, in file order, so placing such a file afterwards is a rename where it
+    would read the packs back from disk. Each file is hashed as it is written and is
+    used only if its bytes are its id's. A file whose chunks do not arrive in order (a
+    chunk the store held already, a chunk seen earlier) stops there and is finished
+    from the store when placed (`Materializer`); a file whose first chunk is not
+    downloaded is not spooled at all. Files wait under temp names in their directories
+    (made here, never through a link); `close` removes every one not placed.
+    """
+
+    def __init__(self, root: Path, files: list[tuple[str, Entry, list[tuple[str, int]]]]
+                 ) -> None:
+        self.root = root
+        self._dirs: _Dirs | None = None
+        self._files: dict[str, _Spooled] = {}
+        self._waiting: dict[str, list[_Spooled]] = {}   # chunk id → files it comes next in
+        self._open = 0
+        for rel, entry, chunks in files:
+            if chunks and _PROC_FD:
+                check_relpath(rel)
+                spooled = _Spooled(rel, entry, chunks)
+                self._files[rel] = spooled
+                self._waiting.setdefault(chunks[0][0], []).append(spooled)
+
+    def __call__(self, oid: str, data: bytes | memoryview) -> None:
+        """A downloaded chunk (checked against `oid`): written wherever it comes next."""
+        waiting = self._waiting.pop(oid, None)
+        for spooled in waiting or ():
+            try:
+                self._feed(spooled, oid, data)
+            except OSError:
+                self._drop(spooled)  # (placed the usual way, which reports a lasting error)
+
+    def _feed(self, spooled: _Spooled, oid: str, data: bytes | memoryview) -> None:
+        if spooled.written == 0:
+            if self._open >= SPOOL_OPEN:
+                del self._files[spooled.rel]
+                return
+            self._start(spooled)
+        assert spooled.writer is not None
+        chunks = spooled.chunks
+        while spooled.written < len(chunks) and chunks[spooled.written][0] == oid:
+            if len(data) != chunks[spooled.written][1]:
+                raise OSError(errno.EIO, "chunk of another length")  # (a lying chunk list)
+            spooled.writer.write(data)
+            spooled.written += 1
+            crashpoint("checkout:chunk-spooled")
+        if spooled.written == len(chunks):
+            self._open -= 1
+            spooled.finish()
+            if not spooled.ready:
+                self._drop(spooled)
+        else:
+            self._waiting.setdefault(chunks[spooled.written][0], []).append(spooled)
+
+    def _start(self, spooled: _Spooled) -> None:
+        """Create the file under a temp name in its directory."""
+        if self._dirs is None:
+            self._dirs = _Dirs(self.root)
+        dir_fd, owned = self._dirs.open(spooled.rel.rpartition("/")[0], create=True)
+        try:
+            tmp = fileio.tmp_name("")
+            spooled.writer = fileio.DirectWriter(
+                f"/proc/self/fd/{dir_fd}/{tmp}", placed_mode(spooled.entry.mode, _UMASK),
+                WORKTREE_BUFFER, spooled.hasher.update)
+            spooled.tmp = tmp
+            self._open += 1
+        finally:
+            if owned:
+                os.close(dir_fd)
+
+    def take(self, rel: str) -> _Spooled | None:
+        """The spooled file at `rel`, if it was begun (after the download: the placing
+        thread finishes it, see Materializer)."""
+        spooled = self._files.get(rel)
+        return spooled if spooled is not None and spooled.tmp else None
+
+    def placed(self, spooled: _Spooled) -> None:
+        """`spooled` was renamed into place: nothing of it is left to remove."""
+        self._files.pop(spooled.rel, None)
+
+    def _drop(self, spooled: _Spooled) -> None:
+        self._files.pop(spooled.rel, None)
+        self._discard(spooled)
+
+    def _discard(self, spooled: _Spooled) -> None:
+        """Close `spooled` and remove its temp file."""
+        if spooled.writer is not None:
+            spooled.writer.close()
+            spooled.writer = None
+            self._open -= 1
+        if spooled.tmp and self._dirs is not None:
+            try:
+                dir_fd, owned = self._dirs.open(spooled.rel.rpartition("/")[0])
+            except OSError:
+                return  # (its directory went: so did the file)
+            try:
+                os.unlink(spooled.tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            finally:
+                if owned:
+                    os.close(dir_fd)
+            spooled.tmp = ""
+
+    def close(self) -> None:
+        """Remove every file not placed (after the placement, or a failed download)."""
+        try:
+            for spooled in list(self._files.values()):
+                self._discard(spooled)
+            self._files.clear()
+            self._waiting.clear()
+        finally:
+            if self._dirs is not None:
+                self._dirs.close()
+                self._dirs = None
 
 
 def _sized(entry: Entry, where: tuple[str, int, int]) -> tuple[str, int, int]:

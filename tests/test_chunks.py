@@ -435,3 +435,105 @@ def test_files_get_of_one_chunked_file_downloads_only_its_chunks(tmp_path: Path,
     finally:
         store.close()
     assert all(held["a.bin"]) and not any(held["b.bin"])
+
+
+# ---- a fresh checkout writes chunked files as their chunks download (worktree.Spool) --
+
+def _count_store_copies(monkeypatch) -> list[int]:
+    """Counts of chunks a placement read back from the store (ObjectStore.write_chunks):
+    what the spool did not write while the download ran."""
+    from dsv.objects import ObjectStore
+    calls: list[int] = []
+    real = ObjectStore.write_chunks
+
+    def counted(self, chunks, writer, progress=None):
+        calls.append(len(chunks))
+        return real(self, chunks, writer, progress)
+    monkeypatch.setattr(ObjectStore, "write_chunks", counted)
+    return calls
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".dsv-tmp-*") if ".dsv" not in p.relative_to(root).parts[:-1]]
+
+
+def test_a_clone_writes_chunked_files_while_they_download(tmp_path: Path, dsv,
+                                                          monkeypatch) -> None:
+    """Every chunk of a clone's chunked files arrives in file order: each file is written
+    (and hashed) as its chunks arrive, none is read back from the store's packs, and a
+    file the version holds twice is written from the one download."""
+    big = rand(9 * MiB, 30)
+    files = {"d/a.bin": big, "e/twin.bin": big, "b.bin": rand(6 * MiB, 31), "s.txt": b"s"}
+    ws = _workspace(dsv, tmp_path / "data", files, "three")
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    calls = _count_store_copies(monkeypatch)
+    clone = tmp_path / "clone"
+    ok(dsv("clone", remote, clone, cwd=tmp_path))
+    assert read_tree(clone) == files
+    assert calls == []
+    assert _temp_files(clone) == []
+    ok(dsv("verify", cwd=clone))
+    assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
+
+
+def test_a_file_whose_chunks_stop_coming_in_order_is_finished_from_the_store(
+        tmp_path: Path, dsv, monkeypatch) -> None:
+    """A file that repeats itself names chunks downloaded once, earlier: the spool stops
+    at the first repeat and the placement writes the rest from the store; with room for
+    one file at a time, a second file waiting on the same first chunk is left to the
+    placement whole. The bytes are the same either way."""
+    from dsv import worktree
+    half = rand(5 * MiB, 32)
+    files = {"rep.bin": half + half, "copy.bin": half + half}
+    ws = _workspace(dsv, tmp_path / "data", files, "repeats")
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    listed = cut(half + half)
+    first_repeat = next(i for i, (c, _n) in enumerate(listed) if c in dict(listed[:i]))
+    monkeypatch.setattr(worktree, "SPOOL_OPEN", 1)
+    calls = _count_store_copies(monkeypatch)
+    clone = tmp_path / "clone"
+    ok(dsv("clone", remote, clone, cwd=tmp_path))
+    assert read_tree(clone) == files
+    assert sorted(calls) == sorted([len(listed) - first_repeat, len(listed)]), calls
+    assert _temp_files(clone) == []
+
+
+def test_a_lying_chunk_list_from_a_remote_is_caught_by_a_clone(tmp_path: Path, dsv) -> None:
+    """Chunks that are each intact but make other bytes than their file's id (a hostile
+    remote): the clone writes nothing under the file's name and leaves no temp file."""
+    from dsv import versions
+    from dsv.model import Entry
+    from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
+
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
+    data = rand(5 * MiB, 33)
+    claimed = b3(b"not these bytes")
+    listing = tree.ChunkList(claimed, len(data), cut(data))
+    raw = tree.encode_chunks(listing)
+    store = dsv_api.open(ws)
+    try:
+        core = store.core
+        with core.locked("test"), Ingest(core.objects) as ingest:
+            at = 0
+            for chunk, n in listing.chunks:
+                ingest.add(chunk, KIND_BLOB, data[at:at + n])
+                at += n
+            ingest.add(b3(raw), KIND_TREE, raw)
+            core.commit_objects(ingest)
+        manifest = {"a.txt": Entry("f", 0o644, 1, b3(b"a")),
+                    "lie.bin": Entry("f", 0o644, len(data), claimed, b3(raw))}
+        versions.commit_manifest(core, "data", manifest, "lie")
+    finally:
+        store.close()
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    clone = tmp_path / "clone"
+    r = dsv("clone", remote, clone, cwd=tmp_path)
+    assert r.code == 1 and "corrupt" in r.err, r
+    assert not (clone / "lie.bin").exists()
+    assert _temp_files(clone) == []

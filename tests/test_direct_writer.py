@@ -65,3 +65,54 @@ def test_a_failed_background_write_is_raised(tmp_path: Path, monkeypatch) -> Non
     writer.close()
     assert writer.fd == -1
     assert calls[0] == 2   # nothing was written after the failure
+
+
+def test_observe_sees_every_byte_written_in_order(tmp_path: Path, monkeypatch) -> None:
+    """A writer given `observe` (a hasher) shows it each full buffer, from its writing
+    thread, and the tail at `finish`: exactly the file's bytes. Not durable: no fsync."""
+    import blake3
+    data = random.Random(5).randbytes(2 * MiB + 4097)
+    hasher = blake3.blake3()
+    syncs: list[int] = []
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: syncs.append(fd))
+    writer = fileio.DirectWriter(str(tmp_path / "f"), 0o600, MiB, hasher.update)
+    for at in range(0, len(data), 300_001):
+        writer.write(data[at:at + 300_001])
+    assert writer.finish(durable=False) == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.hexdigest() == blake3.blake3(data).hexdigest()
+    assert syncs == []
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_read_ranges_gives_exactly_the_ranges(tmp_path: Path, where: str) -> None:
+    """Unaligned ranges, ranges longer than the buffer, neighbouring ones: the bytes of
+    each, in order, read with O_DIRECT (tmp_path) or without it (tmpfs refuses it)."""
+    base = Path("/dev/shm") if where == "shm" and Path("/dev/shm").is_dir() else tmp_path
+    path = base / f"ranges-{os.getpid()}-{where}"
+    data = random.Random(6).randbytes(3 * MiB + 123)
+    path.write_bytes(data)
+    try:
+        for ranges in ([(0, 10)], [(5, 4096)], [(4095, 2)], [(len(data) - 7, 7)],
+                       [(100, 2 * MiB + 7), (2 * MiB + 107, 5), (3 * MiB, 123)],
+                       [(0, len(data))]):
+            for buffer in (64 << 10, MiB):
+                got = b"".join(bytes(p) for p in fileio.read_ranges(path, ranges, buffer))
+                assert got == b"".join(data[o:o + n] for o, n in ranges), (ranges, buffer)
+    finally:
+        path.unlink()
+
+
+def test_read_ranges_refuses_a_short_file_and_a_link(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 5000)
+    with pytest.raises(OSError) as short:
+        list(fileio.read_ranges(path, [(4990, 20)]))
+    assert short.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        list(fileio.read_ranges(path, [(6000, 1)]))
+    (tmp_path / "link").symlink_to(path)
+    with pytest.raises(OSError) as link:
+        list(fileio.read_ranges(tmp_path / "link", [(0, 1)]))
+    assert link.value.errno == errno.ELOOP

@@ -894,6 +894,25 @@ def test_kill_push_at_random_times(tmp_path):
 
 # ---- kill -9 during pull ----------------------------------------------------------------
 
+def test_kill_clone_while_a_chunked_file_is_written_as_it_downloads(dir_remote_pair,
+                                                                   tmp_path):
+    """A clone killed while it writes a chunked file from its arriving chunks (a
+    worktree.Spool) leaves that file under a temp name: the checkout run again writes
+    every file, removes the leftover, and the store checks out clean."""
+    src, remote, _clone, _, _ = dir_remote_pair
+    fresh = tmp_path / "fresh"
+    r = run_dsv("clone", remote, fresh, cwd=tmp_path,
+                env={"DSV_CRASH_AT": "checkout:chunk-spooled", "DSV_CRASH_AFTER": "5"})
+    assert r.returncode == KILLED, f"not killed: {r.returncode}\n{r.stderr}"
+    left = [p for p in fresh.glob("big/.dsv-tmp-*")]
+    assert len(left) == 1 and left[0].stat().st_size < 4 * MiB, left
+    assert not (fresh / "big" / "chunked.bin").exists()
+    ok("checkout", "data:latest", cwd=fresh)
+    assert not list(fresh.glob("big/.dsv-tmp-*"))
+    verify_ok(fresh)
+    assert_pulled(fresh, src)
+
+
 @pytest.mark.parametrize("point", ["fetch:objects-written", "pull:objects-written"])
 def test_kill_pull_at_crash_point(dir_remote_pair, point):
     src, _remote, clone, _, _ = dir_remote_pair

@@ -10,7 +10,7 @@ Ingest; the caller publishes. Must never move refs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -223,9 +223,11 @@ class BlobSource:
         self.report = PullReport("-", FetchReport("-"))  # what every call downloaded
 
     def __call__(self, entries: dict[str, int],
-                 lacking: tuple[list[str], list[str]] | None = None) -> None:
+                 lacking: tuple[list[str], list[str]] | None = None,
+                 tap: Tap | None = None) -> None:
         """Bring in those of `entries` (oid → size) the store lacks (`lacking`: what
-        `ObjectStore.lacking` said of them just now, if the caller asked)."""
+        `ObjectStore.lacking` said of them just now, if the caller asked); `tap` sees
+        each packed object downloaded, once it is checked (see `download_blobs`)."""
         small, large = lacking if lacking is not None else self.core.objects.lacking(entries)
         if not small and not large:
             return
@@ -234,10 +236,10 @@ class BlobSource:
         with Ingest(core.objects) as ingest:
             if len(entries) > DOWNLOAD_CHUNK:
                 download_blobs(core, remote, entries, self.report, ingest,
-                               label="downloading")
+                               label="downloading", tap=tap)
             else:
                 _download_lacking(core, remote, entries, small, large, self.report, ingest,
-                                  "downloading")
+                                  "downloading", tap)
             core.commit_objects(ingest, crash="pull:objects-written")
 
     def _open(self) -> Remote | None:
@@ -262,34 +264,41 @@ DOWNLOAD_CHUNK = 20_000
 version (a million files are downloaded in chunks, each in remote pack order)."""
 
 
+Tap = Callable[[str, memoryview], None]
+"""Shown each packed object a download brings, after its check, in download order (a
+checkout's worktree.Spool writes them into the files that need them)."""
+
+
 def download_blobs(core: Core, remote: Remote | None,
                    entries: Mapping[str, int] | Iterable[tuple[str, int]],
-                   report: PullReport, ingest: Ingest, label: str = "pulling") -> None:
+                   report: PullReport, ingest: Ingest, label: str = "pulling",
+                   tap: Tap | None = None) -> None:
     """Fetch blobs (oid → size, or (oid, size) pairs as a walk yields them) the store
-    lacks into `ingest` (the caller publishes), a chunk at a time."""
+    lacks into `ingest` (the caller publishes), a chunk at a time; `tap`, if given, is
+    shown each packed one that arrives."""
     pairs = entries.items() if isinstance(entries, Mapping) else entries
     chunk: dict[str, int] = {}
     for oid, size in pairs:
         if oid not in chunk and not ingest.holds(oid):
             chunk[oid] = size
             if len(chunk) >= DOWNLOAD_CHUNK:
-                _download_chunk(core, remote, chunk, report, ingest, label)
+                _download_chunk(core, remote, chunk, report, ingest, label, tap)
                 # What is sealed goes into the store now: an ingest of a million blobs
                 # would otherwise hold every id until the end.
                 core.commit_sealed(ingest)
                 chunk = {}
-    _download_chunk(core, remote, chunk, report, ingest, label)
+    _download_chunk(core, remote, chunk, report, ingest, label, tap)
 
 
 def _download_chunk(core: Core, remote: Remote | None, entries: dict[str, int],
-                    report: PullReport, ingest: Ingest, label: str) -> None:
+                    report: PullReport, ingest: Ingest, label: str, tap: Tap | None) -> None:
     small, large = core.objects.lacking(entries)
-    _download_lacking(core, remote, entries, small, large, report, ingest, label)
+    _download_lacking(core, remote, entries, small, large, report, ingest, label, tap)
 
 
 def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int],
                       small: list[str], large: list[str], report: PullReport, ingest: Ingest,
-                      label: str) -> None:
+                      label: str, tap: Tap | None = None) -> None:
     """Fetch `small` (bound for packs) and `large` (loose), the blobs of `entries` the
     store was found to lack, into `ingest`."""
     report.objects_skipped += len(entries) - len(small) - len(large)
@@ -320,6 +329,8 @@ def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int]
     for oid, data in download_packed(core, remote, packed, label, report):
         if not ingest.holds(oid):
             ingest.add_new(oid, KIND_BLOB, data)
+        if tap is not None:
+            tap(oid, data)
     if large:
         download_loose(core, remote, large, entries, report, ingest)
 
