@@ -39,7 +39,12 @@ MAX_CHUNKED_SIZE = 128 << 30
 """Larger files are stored whole (loose): cut at MIN_CHUNK everywhere (content can force
 that), a file of 215 GiB would need a chunk list over tree.MAX_TREE_BYTES."""
 
-_BLOCK = 16 << 20   # bytes read at a time
+_BLOCK = 4 << 20
+"""Bytes read at a time. Measured here on the large workload (8 files of 128 MiB, warm):
+chunk_fd took 0.58-0.59 s with 16 MiB blocks, 0.48-0.54 s with 8 MiB and 0.49-0.52 s
+with 4 MiB, and a cold commit 1.16-1.35 s / 1.09-1.17 s / 1.02-1.09 s with peak RSS
+118 / 93 / 81 MB: a block that stays in the CPU's caches from its read to its cutting
+and hashing is worth more than fewer calls."""
 
 
 def chunker() -> FastCDC:
