@@ -213,15 +213,21 @@ class DirectWriter:
 
     def __init__(self, path: str, mode: int = 0o644, buffer: int = STREAM_BUFFER,
                  observe: Callable[[memoryview], object] | None = None) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        self.direct = hasattr(os, "O_DIRECT")
-        try:
-            self.fd = os.open(path, flags | (os.O_DIRECT if self.direct else 0), mode)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.direct = False
-            self.fd = os.open(path, flags, mode)
+        # Created first, O_DIRECT asked for after: a filesystem that refuses it in open
+        # (ramfs, tmpfs before Linux 6.6) does so only once the file exists, and O_EXCL
+        # would then refuse a second open.
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, mode)
+        self.direct = False
+        if hasattr(os, "O_DIRECT"):
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL,
+                            fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
+                self.direct = True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    os.close(self.fd)
+                    raise
         self._buf: mmap.mmap | None = _take_buffer(buffer)
         self._spare: mmap.mmap | None = None   # the buffer being written, or taken next
         self._view = memoryview(self._buf)

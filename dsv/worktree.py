@@ -1095,6 +1095,12 @@ class Materializer:
                 spooled.finish()
             if not spooled.ready:
                 return False
+            # The file hashed, not another put under its name meanwhile by someone who
+            # may write to this directory: else the usual way (the spool removes it).
+            st = os.stat(spooled.tmp, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != spooled.made or not stat.S_ISREG(st.st_mode) or \
+                    st.st_size != spooled.entry.size:
+                return False
             os.rename(spooled.tmp, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (OSError, MissingObject, CorruptObject):
             if pieces is not None:
@@ -1146,6 +1152,7 @@ class _Spooled:
         self.writer: fileio.DirectWriter | None = None
         self.hasher = new_hasher()
         self.tmp = ""                            # its temp name in its directory
+        self.made: tuple[int, int] = (-1, -1)    # (device, inode) of the file made there
         self.ready = False                       # complete, and its bytes are its id's
 
     def finish(self) -> None:
@@ -1228,6 +1235,8 @@ class Spool:
                 WORKTREE_BUFFER, spooled.hasher.update)
             spooled.tmp = tmp
             self._open += 1
+            st = os.fstat(spooled.writer.fd)
+            spooled.made = (st.st_dev, st.st_ino)
         finally:
             if owned:
                 os.close(dir_fd)

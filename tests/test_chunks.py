@@ -502,33 +502,38 @@ def test_a_file_whose_chunks_stop_coming_in_order_is_finished_from_the_store(
     assert _temp_files(clone) == []
 
 
-def test_a_lying_chunk_list_from_a_remote_is_caught_by_a_clone(tmp_path: Path, dsv) -> None:
-    """Chunks that are each intact but make other bytes than their file's id (a hostile
-    remote): the clone writes nothing under the file's name and leaves no temp file."""
+def _commit_chunked(ws: Path, files: dict[str, tuple[bytes, str]], message: str) -> None:
+    """Commit a version of `ws` holding, at each path, a chunked file of those bytes whose
+    row claims that id (a lying chunk list where they differ), with a.txt beside them."""
     from dsv import versions
     from dsv.model import Entry
     from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
 
-    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
-    data = rand(5 * MiB, 33)
-    claimed = b3(b"not these bytes")
-    listing = tree.ChunkList(claimed, len(data), cut(data))
-    raw = tree.encode_chunks(listing)
+    manifest = {"a.txt": Entry("f", 0o644, 1, b3(b"a"))}
     store = dsv_api.open(ws)
     try:
         core = store.core
         with core.locked("test"), Ingest(core.objects) as ingest:
-            at = 0
-            for chunk, n in listing.chunks:
-                ingest.add(chunk, KIND_BLOB, data[at:at + n])
-                at += n
-            ingest.add(b3(raw), KIND_TREE, raw)
+            for rel, (data, claimed) in files.items():
+                listing = tree.ChunkList(claimed, len(data), cut(data))
+                raw = tree.encode_chunks(listing)
+                at = 0
+                for chunk, n in listing.chunks:
+                    ingest.add(chunk, KIND_BLOB, data[at:at + n])
+                    at += n
+                ingest.add(b3(raw), KIND_TREE, raw)
+                manifest[rel] = Entry("f", 0o644, len(data), claimed, b3(raw))
             core.commit_objects(ingest)
-        manifest = {"a.txt": Entry("f", 0o644, 1, b3(b"a")),
-                    "lie.bin": Entry("f", 0o644, len(data), claimed, b3(raw))}
-        versions.commit_manifest(core, "data", manifest, "lie")
+        versions.commit_manifest(core, "data", manifest, message)
     finally:
         store.close()
+
+
+def test_a_lying_chunk_list_from_a_remote_is_caught_by_a_clone(tmp_path: Path, dsv) -> None:
+    """Chunks that are each intact but make other bytes than their file's id (a hostile
+    remote): the clone writes nothing under the file's name and leaves no temp file."""
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
+    _commit_chunked(ws, {"lie.bin": (rand(5 * MiB, 33), b3(b"not these bytes"))}, "lie")
     remote = tmp_path / "remote"
     ok(dsv("remote", "add", "origin", remote, cwd=ws))
     ok(dsv("push", cwd=ws))
@@ -537,3 +542,55 @@ def test_a_lying_chunk_list_from_a_remote_is_caught_by_a_clone(tmp_path: Path, d
     assert r.code == 1 and "corrupt" in r.err, r
     assert not (clone / "lie.bin").exists()
     assert _temp_files(clone) == []
+
+
+def test_a_checkout_that_fails_leaves_no_file_the_spool_began(tmp_path: Path, dsv,
+                                                              monkeypatch) -> None:
+    """A fresh checkout whose placement of one batch fails (a lying chunk list) while the
+    next batch's file was already written as it downloaded: the error is reported, and
+    neither a temp file nor a directory descriptor of the spool is left."""
+    from dsv import checkout
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
+    good = rand(6 * MiB, 34)
+    _commit_chunked(ws, {"b/lie.bin": (rand(5 * MiB, 33), b3(b"not these bytes")),
+                         "a/good.bin": (good, b3(good))}, "lie")
+    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    reader = _reader(dsv, tmp_path / "reader", tmp_path / "remote")
+    monkeypatch.setattr(checkout, "FRESH_CHUNK", 1)   # a batch a file, in path order
+    fds = set(os.listdir("/proc/self/fd"))
+    r = dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=reader)
+    assert r.code == 1 and "corrupt" in r.err, r
+    assert _temp_files(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "b" / "lie.bin").exists()
+    opened = {os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - fds
+              if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not {p for p in opened if p.startswith(str(tmp_path / "out"))}, opened
+
+
+def test_a_spooled_file_replaced_before_its_placement_is_not_placed(tmp_path: Path, dsv,
+                                                                     monkeypatch) -> None:
+    """Someone who may write to the target directory puts other bytes under a spooled
+    file's temp name after its hash was checked: the placement notices that the file is
+    not the one it hashed, and writes the file from the store instead."""
+    from dsv import worktree
+    big = rand(6 * MiB, 40)
+    ws = _workspace(dsv, tmp_path / "data", {"d/big.bin": big}, "one")
+    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    clone = tmp_path / "clone"
+    real = worktree.Materializer._place_spooled
+    swapped: list[str] = []
+
+    def swap_first(self, dir_fd, tmp, spooled, pieces):
+        evil = clone / "d" / ".evil"
+        evil.write_bytes(b"E" * len(big))
+        os.rename(evil, clone / "d" / spooled.tmp)
+        swapped.append(spooled.tmp)
+        return real(self, dir_fd, tmp, spooled, pieces)
+    monkeypatch.setattr(worktree.Materializer, "_place_spooled", swap_first)
+    ok(dsv("clone", tmp_path / "remote", clone, cwd=tmp_path))
+    assert swapped
+    assert (clone / "d" / "big.bin").read_bytes() == big
+    assert _temp_files(clone) == []
+    assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")

@@ -116,3 +116,37 @@ def test_read_ranges_refuses_a_short_file_and_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError) as link:
         list(fileio.read_ranges(tmp_path / "link", [(0, 1)]))
     assert link.value.errno == errno.ELOOP
+
+
+def test_a_filesystem_that_refuses_o_direct_gets_buffered_writes(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """As ramfs does (and tmpfs before Linux 6.6): an open asking for O_DIRECT creates
+    the file and then fails with EINVAL, and so does turning O_DIRECT on. The writer
+    and read_ranges go on buffered: every byte lands, nothing else is left."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.fail("this test needs Linux (O_DIRECT)")
+    real_open, real_fcntl = os.open, fileio.fcntl.fcntl
+
+    def ramfs_open(path, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(path, flags & ~os.O_DIRECT, mode, dir_fd=dir_fd)
+        if flags & os.O_DIRECT:
+            os.close(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return fd
+
+    def ramfs_fcntl(fd, cmd, arg=0):
+        if cmd == fileio.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(fileio.os, "open", ramfs_open)
+    monkeypatch.setattr(fileio.fcntl, "fcntl", ramfs_fcntl)
+    data = random.Random(7).randbytes(MiB + 4097)
+    writer = fileio.DirectWriter(str(tmp_path / "f"), 0o644, 64 << 10)
+    assert writer.direct is False
+    writer.write(data)
+    assert writer.finish() == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    got = b"".join(bytes(p) for p in fileio.read_ranges(tmp_path / "f", [(3, MiB)], 64 << 10))
+    assert got == data[3:3 + MiB]
