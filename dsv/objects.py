@@ -39,8 +39,8 @@ from .tree import is_chunk_list
 PACK_THRESHOLD = 1 << 20
 PACK_TARGET_SIZE = 32 << 20
 
-# The buffers of a chunked file's copy into a working directory (each of up to four
-# placing threads holds three: one read, two written).
+# The buffers of a chunked file written into a working directory as it downloads
+# (worktree.Spool: two a file it writes) and of the reads that finish one.
 WORKTREE_BUFFER = 4 << 20
 
 # A file changed this recently may change again within one timestamp tick, unseen by stat.
@@ -380,8 +380,7 @@ class ObjectStore:
                  chunks: list[tuple[str, int]] | None = None) -> int:
         """Write loose object `oid` to a new file `dest`, then verify what landed.
         With `chunks` (a chunked file's chunk list), the file `oid` is put together
-        from those packed chunks instead (see `write_chunks`), hashed on its way into
-        `dest`, and must hash to `oid` the same way.
+        from those packed chunks instead (see `_copy_chunks`), and verified the same way.
 
         The copy is done in the kernel (a reflink when `reflink` is "auto" or "always" and
         the filesystem can, else copy_file_range: the same work as `cp`), and the new file
@@ -414,20 +413,16 @@ class ObjectStore:
         if chunks is not None:
             if progress is not None:
                 progress.restart()
-            size, digest = self._copy_chunks(chunks, dest, mode, progress)
-            if digest != oid:
-                fileio.unlink_quietly(dest)
-                raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
-                                    hint="run `dsv verify` to list every damaged object")
-            return size
-        try:
-            size = attempt(str(self.loose_path(oid)))
-        except FileNotFoundError as exc:
-            if exc.filename != str(self.loose_path(oid)):
-                raise
-            raise MissingObject(f"object {oid[:12]} is missing from the store",
-                                hint="run `dsv verify` to see what else is affected"
-                                ) from None
+            size = self._copy_chunks(chunks, dest, mode, progress)
+        else:
+            try:
+                size = attempt(str(self.loose_path(oid)))
+            except FileNotFoundError as exc:
+                if exc.filename != str(self.loose_path(oid)):
+                    raise
+                raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                    hint="run `dsv verify` to see what else is affected"
+                                    ) from None
         if hash_file(dest, size) != oid:
             fileio.unlink_quietly(dest)
             raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
@@ -435,46 +430,38 @@ class ObjectStore:
         return size
 
     def _copy_chunks(self, chunks: list[tuple[str, int]], dest: str, mode: int,
-                     progress: Callable[[int], None] | None = None) -> tuple[int, str]:
-        """Write the packed `chunks`, in order, to a new file `dest`: (its size, the
-        blake3 of the bytes written). Read and written past the page cache (see
-        `write_chunks`); a failure leaves no file."""
-        hasher = new_hasher()
-        writer = fileio.DirectWriter(dest, mode, WORKTREE_BUFFER, hasher.update)
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Write the packed `chunks`, in order, to a new file `dest`: each stretch of
+        chunks that lie back to back in one pack (as a commit writes them) is one copy in
+        the kernel, like `cp`, through the page cache (a pack read again is read from
+        memory: copies that read packs past it took 1.9 s for 1 GiB where this takes 0.7
+        s). The caller hashes what landed; a chunk that is missing, or whose pack entry
+        has another length, leaves no file."""
+        runs = self._chunk_runs(chunks)
+        dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        size = 0
         try:
-            self.write_chunks(chunks, writer, progress)
-            size = writer.finish(durable=False)
+            for pack_id, offset, length in runs:
+                fileio.copy_into(self.pack_fd(pack_id), dst_fd, length, progress,
+                                 offset, size)
+                size += length
         except BaseException:
-            writer.close()
+            os.close(dst_fd)
             fileio.unlink_quietly(dest)
             raise
-        return size, hasher.hexdigest()
+        os.close(dst_fd)
+        return size
 
     def write_chunks(self, chunks: list[tuple[str, int]], writer: fileio.DirectWriter,
                      progress: Callable[[int], None] | None = None) -> None:
         """Append the packed `chunks`, in order, to `writer` (which hashes what it
-        writes). Each stretch of chunks that lie back to back in one pack (as a commit
-        or a download writes them) is read in one go, with O_DIRECT where the filesystem
-        allows (fileio.read_ranges): a pack written past the page cache is not pulled
-        into it. Chunks are not checked one by one here: the
-        caller checks the blake3 of the whole. A chunk that is missing, or whose pack
-        entry has another length, raises before any byte is written."""
-        where = self.locate_many(c for c, _n in chunks)
-        runs: list[list[Any]] = []   # [pack id, offset, length]
-        for chunk, length in chunks:
-            at = where.get(chunk)
-            if at is None:
-                raise MissingObject(f"object {chunk[:12]} (a chunk) is missing from the "
-                                    f"store", hint="run `dsv verify` to see what else is "
-                                                   "affected")
-            if at[2] != length:
-                raise CorruptObject(f"object {chunk[:12]} (a chunk) has {at[2]} bytes where "
-                                    f"its chunk list says {length}",
-                                    hint="run `dsv verify` to list every damaged object")
-            if runs and runs[-1][0] == at[0] and runs[-1][1] + runs[-1][2] == at[1]:
-                runs[-1][2] += length
-            else:
-                runs.append([*at])
+        writes): the rest of a file a download began (worktree.Spool), from packs that
+        download has just written past the page cache, so they are read past it too
+        (fileio.read_ranges), a stretch of chunks lying back to back in one pack at a
+        time. Chunks are not checked one by one here: the caller checks the blake3 of
+        the whole. A chunk that is missing, or whose pack entry has another length,
+        raises before any byte is written."""
+        runs = self._chunk_runs(chunks)
         i = 0
         while i < len(runs):   # consecutive runs of one pack: one open of it
             j = i + 1
@@ -491,6 +478,28 @@ class ObjectStore:
                 raise MissingObject(f"pack {runs[i][0][:12]} is missing from the store",
                                     hint="run `dsv verify` to see what is affected") from None
             i = j
+
+    def _chunk_runs(self, chunks: list[tuple[str, int]]) -> list[list[Any]]:
+        """Where `chunks` lie, as [pack id, offset, length] stretches of chunks back to
+        back in one pack; a chunk that is missing, or whose pack entry has another
+        length than the chunk list says, raises."""
+        where = self.locate_many(c for c, _n in chunks)
+        runs: list[list[Any]] = []
+        for chunk, length in chunks:
+            at = where.get(chunk)
+            if at is None:
+                raise MissingObject(f"object {chunk[:12]} (a chunk) is missing from the "
+                                    f"store", hint="run `dsv verify` to see what else is "
+                                                   "affected")
+            if at[2] != length:
+                raise CorruptObject(f"object {chunk[:12]} (a chunk) has {at[2]} bytes where "
+                                    f"its chunk list says {length}",
+                                    hint="run `dsv verify` to list every damaged object")
+            if runs and runs[-1][0] == at[0] and runs[-1][1] + runs[-1][2] == at[1]:
+                runs[-1][2] += length
+            else:
+                runs.append([*at])
+        return runs
 
     @staticmethod
     def _copy_file(src: str, dest: str, mode: int, reflink: str,

@@ -439,17 +439,23 @@ def test_files_get_of_one_chunked_file_downloads_only_its_chunks(tmp_path: Path,
 
 # ---- a fresh checkout writes chunked files as their chunks download (worktree.Spool) --
 
-def _count_store_copies(monkeypatch) -> list[int]:
-    """Counts of chunks a placement read back from the store (ObjectStore.write_chunks):
-    what the spool did not write while the download ran."""
+def _count_store_copies(monkeypatch) -> list[tuple[str, int]]:
+    """Chunks a placement read back from the store: ("rest", n) where it finished a file
+    the spool began (ObjectStore.write_chunks), ("copy", n) where it wrote one whole
+    (ObjectStore._copy_chunks): what the spool did not write while the download ran."""
     from dsv.objects import ObjectStore
-    calls: list[int] = []
-    real = ObjectStore.write_chunks
+    calls: list[tuple[str, int]] = []
+    rest, copy = ObjectStore.write_chunks, ObjectStore._copy_chunks
 
-    def counted(self, chunks, writer, progress=None):
-        calls.append(len(chunks))
-        return real(self, chunks, writer, progress)
-    monkeypatch.setattr(ObjectStore, "write_chunks", counted)
+    def counted_rest(self, chunks, writer, progress=None):
+        calls.append(("rest", len(chunks)))
+        return rest(self, chunks, writer, progress)
+
+    def counted_copy(self, chunks, dest, mode, progress=None):
+        calls.append(("copy", len(chunks)))
+        return copy(self, chunks, dest, mode, progress)
+    monkeypatch.setattr(ObjectStore, "write_chunks", counted_rest)
+    monkeypatch.setattr(ObjectStore, "_copy_chunks", counted_copy)
     return calls
 
 
@@ -498,7 +504,7 @@ def test_a_file_whose_chunks_stop_coming_in_order_is_finished_from_the_store(
     clone = tmp_path / "clone"
     ok(dsv("clone", remote, clone, cwd=tmp_path))
     assert read_tree(clone) == files
-    assert sorted(calls) == sorted([len(listed) - first_repeat, len(listed)]), calls
+    assert sorted(calls) == [("copy", len(listed)), ("rest", len(listed) - first_repeat)], calls
     assert _temp_files(clone) == []
 
 
