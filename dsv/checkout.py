@@ -484,16 +484,18 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                                       FRESH_CHUNK_BYTES if fetched else 1 << 62):
             spool = _spool(core, target, chunk) if fetched and link not in (
                 "hardlink", "symlink") else None
-            try:   # (the spool is this loop's to close until `place` owns it)
+            handed = False   # (the spool is this loop's to close until `place` owns it)
+            try:
                 downloads([e for _p, e in chunk], spool)
                 twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
                 placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
                                                twins=twins, fresh=True, spool=spool)
                 if placing is not None:
                     landed(placing)
+                handed = True
                 placing = stage.submit(place, placer, chunk, advance)
             except BaseException:
-                if spool is not None:
+                if spool is not None and not handed:
                     spool.close()
                 raise
             written += len(chunk)

@@ -216,6 +216,7 @@ class DirectWriter:
         # Created first, O_DIRECT asked for after: a filesystem that refuses it in open
         # (ramfs, tmpfs before Linux 6.6) does so only once the file exists, and O_EXCL
         # would then refuse a second open.
+        self._buf: mmap.mmap | None = _take_buffer(buffer)   # (first: nothing to undo)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, mode)
         self.direct = False
@@ -227,8 +228,8 @@ class DirectWriter:
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     os.close(self.fd)
+                    _give_buffer(self._buf)
                     raise
-        self._buf: mmap.mmap | None = _take_buffer(buffer)
         self._spare: mmap.mmap | None = None   # the buffer being written, or taken next
         self._view = memoryview(self._buf)
         self._used = 0
@@ -283,11 +284,21 @@ class DirectWriter:
                 self.direct = _write_all(self.fd, self._view[:padded], self.direct)
                 if padded != self._used:
                     os.ftruncate(self.fd, total)
+            self._buffered()
             if durable:
                 os.fsync(self.fd)
         finally:
             self.close()
         return total
+
+    def _buffered(self) -> None:
+        """Drop O_DIRECT before fsync and close: overlayfs over a filesystem without it
+        takes the flag and fails every call after it (fsync and close included) with
+        EINVAL, where a write, which drops it on EINVAL, was never made."""
+        if self.direct and self.fd >= 0:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                        & ~os.O_DIRECT)
+            self.direct = False
 
     def _flush_full(self) -> None:
         """Hand the full buffer to the writer thread and go on in the other one."""
@@ -310,14 +321,20 @@ class DirectWriter:
     def close(self) -> None:
         """Close the file without finishing it (after a failure, Ctrl-C included)."""
         self._settle()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        for buf in (self._buf, self._spare):
-            if buf is not None:
-                _give_buffer(buf)
-        self._buf = self._spare = None
-        self._view = memoryview(b"")
+        try:
+            if self.fd >= 0:
+                try:
+                    self._buffered()
+                except OSError:
+                    pass
+                fd, self.fd = self.fd, -1
+                os.close(fd)   # (Linux frees the descriptor even when close fails)
+        finally:
+            for buf in (self._buf, self._spare):
+                if buf is not None:
+                    _give_buffer(buf)
+            self._buf = self._spare = None
+            self._view = memoryview(b"")
 
     def _settle(self) -> None:
         """Wait for the buffer being written, whatever happens meanwhile: its descriptor

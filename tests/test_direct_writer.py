@@ -150,3 +150,39 @@ def test_a_filesystem_that_refuses_o_direct_gets_buffered_writes(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
     got = b"".join(bytes(p) for p in fileio.read_ranges(tmp_path / "f", [(3, MiB)], 64 << 10))
     assert got == data[3:3 + MiB]
+
+
+def test_a_filesystem_that_takes_o_direct_and_then_fails_is_closed_cleanly(
+        tmp_path: Path, monkeypatch) -> None:
+    """As overlayfs over a filesystem without O_DIRECT does: turning it on succeeds, and
+    then every fsync and close of the file fails with EINVAL while it is on. A writer
+    that never flushed a buffer still finishes, and one abandoned still closes."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.fail("this test needs Linux (O_DIRECT)")
+    real_fsync, real_close = os.fsync, os.close
+
+    def direct(fd: int) -> bool:
+        return bool(fileio.fcntl.fcntl(fd, fileio.fcntl.F_GETFL) & os.O_DIRECT)
+
+    def overlay_fsync(fd: int) -> None:
+        if direct(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    def overlay_close(fd: int) -> None:
+        on = direct(fd)
+        real_close(fd)
+        if on:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(fileio.os, "fsync", overlay_fsync)
+    monkeypatch.setattr(fileio.os, "close", overlay_close)
+    writer = fileio.DirectWriter(str(tmp_path / "small"))
+    assert writer.direct
+    writer.write(b"twelve bytes")
+    assert writer.finish() == 12
+    assert (tmp_path / "small").read_bytes() == b"twelve bytes"
+    abandoned = fileio.DirectWriter(str(tmp_path / "abandoned"))
+    abandoned.write(b"x")
+    abandoned.close()
+    assert abandoned.fd == -1
