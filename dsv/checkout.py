@@ -43,6 +43,7 @@ from .reporting import plural
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from .sync.download import Tap
 
     from .sync.download import BlobSource
 
@@ -862,8 +863,7 @@ class _Downloads:
         self.version = version
         self.source: BlobSource | None = None
 
-    def __call__(self, entries: list[Entry],
-                 tap: Callable[[str, memoryview], None] | None = None) -> None:
+    def __call__(self, entries: list[Entry], tap: Tap | None = None) -> None:
         needed = self.core.blobs(entries)
         lacking = self.core.objects.lacking(needed)
         if not lacking[0] and not lacking[1]:

@@ -169,6 +169,21 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     _write_all(fd, memoryview(data), direct=False)
 
 
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; whether it is on after (a filesystem that
+    refuses it says EINVAL, and the file stays buffered)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError as exc:
+        if not on or exc.errno != errno.EINVAL:
+            raise
+        return False
+    return on
+
+
 def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
     """Write all of `data`; drops O_DIRECT if the filesystem refuses it. Returns `direct`."""
     while data:
@@ -177,8 +192,7 @@ def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
         except OSError as exc:
             if not direct or exc.errno != errno.EINVAL:
                 raise
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-            direct = False
+            direct = _set_direct(fd, False)
             continue
         data = data[written:]
     return direct
@@ -219,17 +233,12 @@ class DirectWriter:
         self._buf: mmap.mmap | None = _take_buffer(buffer)   # (first: nothing to undo)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, mode)
-        self.direct = False
-        if hasattr(os, "O_DIRECT"):
-            try:
-                fcntl.fcntl(self.fd, fcntl.F_SETFL,
-                            fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_DIRECT)
-                self.direct = True
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    os.close(self.fd)
-                    _give_buffer(self._buf)
-                    raise
+        try:
+            self.direct = _set_direct(self.fd, True)
+        except OSError:
+            os.close(self.fd)
+            _give_buffer(self._buf)
+            raise
         self._spare: mmap.mmap | None = None   # the buffer being written, or taken next
         self._view = memoryview(self._buf)
         self._used = 0
@@ -296,9 +305,7 @@ class DirectWriter:
         takes the flag and fails every call after it (fsync and close included) with
         EINVAL, where a write, which drops it on EINVAL, was never made."""
         if self.direct and self.fd >= 0:
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL)
-                        & ~os.O_DIRECT)
-            self.direct = False
+            self.direct = _set_direct(self.fd, False)
 
     def _flush_full(self) -> None:
         """Hand the full buffer to the writer thread and go on in the other one."""
@@ -358,18 +365,11 @@ def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
     a pack that a download or a commit wrote past the page cache is not pulled into it
     to be copied once), else buffered. Never through a link; a file shorter than a range
     raises OSError (EIO)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    direct = hasattr(os, "O_DIRECT")
-    try:
-        fd = os.open(path, flags | (os.O_DIRECT if direct else 0))
-    except OSError as exc:
-        if not direct or exc.errno != errno.EINVAL:
-            raise
-        direct = False
-        fd = os.open(path, flags)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     buf = _take_buffer(buffer)
     view = memoryview(buf)
     try:
+        direct = _set_direct(fd, True)
         for offset, length in ranges:
             pos, end = offset - offset % _ALIGN, offset + length
             while pos < end:
@@ -379,8 +379,7 @@ def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
                 except OSError as exc:
                     if not direct or exc.errno != errno.EINVAL:
                         raise
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    direct = False
+                    direct = _set_direct(fd, False)
                     continue
                 lo, hi = max(offset - pos, 0), min(got, end - pos)
                 if hi <= lo:

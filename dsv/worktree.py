@@ -1103,9 +1103,7 @@ class Materializer:
                 return False
             os.rename(spooled.tmp, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (OSError, MissingObject, CorruptObject):
-            if pieces is not None:
-                pieces.restart()
-            return False
+            return False   # (the usual way restarts `pieces`)
         self.spool.placed(spooled)
         return True
 
