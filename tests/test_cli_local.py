@@ -1803,3 +1803,17 @@ def test_a_checkout_into_an_empty_directory_places_the_version_in_chunks(
     assert read_tree(ws) == read_tree(out)
     (st,) = jout(dsv("status", "--json", cwd=ws))
     assert st["clean"] is True
+
+
+def test_the_cli_collects_cycles_rarely_and_the_library_leaves_it_alone() -> None:
+    import subprocess
+    import sys
+    script = ("import gc, io, contextlib, dsv\n"
+              "before = gc.get_threshold()\n"
+              "from dsv.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              "    main(['--version'])\n"
+              "print(before, gc.get_threshold(), gc.get_freeze_count() > 0)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert " ".join(out) == "(700, 10, 10) (100000, 20, 100) True"

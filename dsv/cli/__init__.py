@@ -55,6 +55,28 @@ def _return_freed_buffers() -> None:
         pass
 
 
+def _collect_less() -> None:
+    """Run Python's cycle collector rarely (the CLI owns its process; the library leaves
+    the collector alone).
+
+    A clone or commit of many files keeps millions of small tuples and strings alive for
+    a while; at the default thresholds (700, 10, 10) the collector walks them again and
+    again, and nothing dsv makes in bulk is a cycle. What the interpreter made before the
+    command is frozen out of every collection, and a young collection waits for 100,000
+    new objects instead of 700: a 100,000-file clone took 7.08-7.54 s instead of
+    7.89-8.74 s (user CPU 4.50-5.03 s instead of 5.38-5.95 s), at the same peak RSS.
+    Cycles are still collected, so a long-running command (a mount) does not grow. Frozen
+    once per process (a process that calls `main` many times, like the tests, would
+    otherwise keep every earlier call's garbage)."""
+    import gc
+    if gc.get_threshold()[0] != _YOUNG:
+        gc.freeze()
+        gc.set_threshold(_YOUNG, 20, 100)
+
+
+_YOUNG = 100_000
+
+
 _M_MMAP_THRESHOLD = -3
 """mallopt's parameter number for the mmap threshold (glibc, musl ignores it)."""
 
@@ -63,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected failures become one `error:` line and exit status 1 (2 for a
     usage error); anything else is a bug in dsv and says so."""
     _return_freed_buffers()
+    _collect_less()
     args = list(argv if argv is not None else sys.argv[1:])
     own = args[:args.index("--")] if "--" in args else args
     debug = "--debug" in own or os.environ.get("DSV_DEBUG") == "1"
