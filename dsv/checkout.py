@@ -483,18 +483,14 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         fetched = core.index.promised_by(version.id) is not None
         for chunk in worktree.batches(placeable(), lambda it: it[1].size, FRESH_CHUNK,
                                       FRESH_CHUNK_BYTES if fetched else 1 << 62):
-            copies = fetched and link not in ("hardlink", "symlink")
-            spool = _spool(core, target, chunk) if copies else None
-            kept = worktree.Kept({e.oid for _p, e in chunk if e.kind == tree.FILE
-                                  and e.size < PACK_THRESHOLD}, worktree.KEPT_BYTES) \
-                if copies else None
+            spool = _spool(core, target, chunk) if fetched and link not in (
+                "hardlink", "symlink") else None
             handed = False   # (the spool is this loop's to close until `place` owns it)
             try:
-                downloads([e for _p, e in chunk], _both(spool, kept))
+                downloads([e for _p, e in chunk], spool)
                 twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
                 placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
-                                               twins=twins, fresh=True, spool=spool,
-                                               kept=kept)
+                                               twins=twins, fresh=True, spool=spool)
                 if placing is not None:
                     landed(placing)
                 handed = True
@@ -519,17 +515,6 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     core.index.checkpoint()
     return downloads.tally(CheckoutReport(version, target, written, 0, 0, nbytes,
                                           left_out=left_out))
-
-
-def _both(spool: worktree.Spool | None, kept: worktree.Kept | None) -> Tap | None:
-    """One download tap that shows each object to the spool and to the keeper."""
-    if spool is None or kept is None:
-        return spool or kept
-
-    def tap(oid: str, data: memoryview) -> None:
-        spool(oid, data)
-        kept(oid, data)
-    return tap
 
 
 def _spool(core: Core, target: Path, chunk: list[tuple[str, Entry]]) -> worktree.Spool | None:

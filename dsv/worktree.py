@@ -850,11 +850,10 @@ class Materializer:
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
                  stat_rows: bool = True, twins: dict[str, str] | None = None,
                  share_objects: bool = False, fresh: bool = False,
-                 spool: Spool | None = None, kept: Kept | None = None) -> None:
+                 spool: Spool | None = None) -> None:
         check_link_mode(link)
         self.fresh = fresh
         self.spool = spool  # chunked files written while they downloaded (see Spool)
-        self.kept = kept.bytes if kept is not None else {}  # small files' bytes (see Kept)
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
@@ -871,9 +870,7 @@ class Materializer:
         Files are written by a few threads: creating files is kernel work, and the
         kernel can do it on every core while Python waits in the syscalls.
         """
-        # (Bytes in hand need no location: they are marked as at the start of no pack.)
-        locations = self.objects.locate_many(e.oid for _, e in items if e.oid not in self.kept)
-        locations.update((e.oid, ("", 0, e.size)) for _, e in items if e.oid in self.kept)
+        locations = self.objects.locate_many(e.oid for _, e in items)
         # Read packs in order: sequential I/O, and each pack opened once.
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
         for rel, _entry in items:
@@ -1020,37 +1017,27 @@ class Materializer:
         _place_via_tmp(dir_fd, name, write)
 
     def _small_batch(self, entries: list[Entry],
-                     locations: dict[str, tuple[str, int, int]]) -> list[bytes | memoryview]:
-        """Packed objects' bytes: those the download had in hand (`kept`, checked against
-        their ids as they arrived), the rest read in one go (`native.pread_many`) and
-        each checked against its id, before anything is written. A location is believed
-        only for the size the tree gives (the index may have been touched by another
-        hand: no read of a length it made up)."""
-        datas: list[bytes | memoryview | None] = [self.kept.get(e.oid) for e in entries]
-        todo = [i for i, data in enumerate(datas) if data is None]
+                     locations: dict[str, tuple[str, int, int]]) -> list[bytes]:
+        """Packed objects' bytes, read in one go (`native.pread_many`) and each checked
+        against its id before anything is written. A location is believed only for the
+        size the tree gives (the index may have been touched by another hand: no read of
+        a length it made up)."""
+        wheres = [_sized(entry, locations[entry.oid]) for entry in entries]
+        datas = native.pread_many([self.objects.pack_fd(pack) for pack, _o, _n in wheres],
+                                  [offset for _p, offset, _n in wheres],
+                                  [length for _p, _o, length in wheres])
         for entry, data in zip(entries, datas, strict=True):
-            if data is not None and len(data) != entry.size:
-                raise CorruptObject(f"object {entry.oid[:12]} is {len(data)} bytes but "
-                                    f"{entry.size} in its tree; it was not written")
-        if todo:
-            wheres = [_sized(entries[i], locations[entries[i].oid]) for i in todo]
-            read = native.pread_many([self.objects.pack_fd(pack) for pack, _o, _n in wheres],
-                                     [offset for _p, offset, _n in wheres],
-                                     [length for _p, _o, length in wheres])
-            for i, data in zip(todo, read, strict=True):
-                if hash_bytes(data) != entries[i].oid:
-                    raise CorruptObject(f"object {entries[i].oid[:12]} is corrupt; it was "
-                                        f"not written", hint="run `dsv verify` to list every "
-                                        "damaged object")
-                datas[i] = data
-        return datas  # type: ignore[return-value]  # (every None was filled)
+            if hash_bytes(data) != entry.oid:
+                raise CorruptObject(f"object {entry.oid[:12]} is corrupt; it was not written",
+                                    hint="run `dsv verify` to list every damaged object")
+        return datas
 
-    def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes | memoryview:
+    def _small_bytes(self, entry: Entry, where: tuple[str, int, int]) -> bytes:
         """A packed object's bytes, checked against its id before anything is written."""
         return self._small_batch([entry], {entry.oid: where})[0]
 
     @staticmethod
-    def _write_new(dir_fd: int, name: str, entry: Entry, data: bytes | memoryview) -> None:
+    def _write_new(dir_fd: int, name: str, entry: Entry, data: bytes) -> None:
         """Create `name` in `dir_fd` (O_EXCL, never through a link) holding `data`; a
         failed write leaves nothing under it."""
         fd = os.open(name, _NEW_FILE, placed_mode(entry.mode, _UMASK), dir_fd=dir_fd)
@@ -1146,33 +1133,6 @@ class Materializer:
             os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
         finally:
             os.close(fd)
-
-
-class Kept:
-    """The small files of a fresh placement whose bytes the download had in hand.
-
-    A download checks each object against its id on its way into a pack; as the
-    download's `tap`, this keeps the bytes of the small files a chunk of the placement
-    needs (views of the download's buffers, no copy), up to `cap` bytes, so that placing
-    them writes them at once where it would look each one up in the index, read it back
-    from the pack and hash it again. What is not kept is placed from the store."""
-
-    def __init__(self, wanted: Collection[str], cap: int) -> None:
-        self.wanted = wanted
-        self.cap = cap
-        self.size = 0
-        self.bytes: dict[str, bytes | memoryview] = {}
-
-    def __call__(self, oid: str, data: bytes | memoryview) -> None:
-        """A downloaded object (checked against `oid`): kept if a file needs it."""
-        if oid in self.wanted and oid not in self.bytes and self.size + len(data) <= self.cap:
-            self.bytes[oid] = data
-            self.size += len(data)
-
-
-KEPT_BYTES = 16 << 20
-"""Bytes of small files a fresh placement keeps from its download, per chunk of files
-(a chunk is placed while the next one downloads: twice this, at most, held at once)."""
 
 
 SPOOL_OPEN = 4

@@ -600,36 +600,3 @@ def test_a_spooled_file_replaced_before_its_placement_is_not_placed(tmp_path: Pa
     assert (clone / "d" / "big.bin").read_bytes() == big
     assert _temp_files(clone) == []
     assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
-
-
-def test_a_clone_writes_small_files_from_the_bytes_it_downloaded(tmp_path: Path, dsv,
-                                                                  monkeypatch) -> None:
-    """A fresh checkout that downloads places small files from the downloaded bytes
-    (checked against their ids as they arrived: worktree.Kept), reading none back from
-    the packs, up to KEPT_BYTES a chunk of files; past that cap the rest come from the
-    store. Either way every file has its bytes and the clone is clean."""
-    from dsv import checkout, native, worktree
-    rng = random.Random(7)
-    files = {f"d{i % 3}/f{i:02d}.bin": rng.randbytes(rng.randrange(0, 3000)) for i in range(60)}
-    ws = _workspace(dsv, tmp_path / "data", files, "small")
-    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
-    ok(dsv("push", cwd=ws))
-    monkeypatch.setattr(checkout, "FRESH_CHUNK", 25)   # several chunks of files
-    real = native.pread_many
-    read: list[int] = []
-
-    def counted(fds, offsets, lengths):
-        read.append(len(fds))
-        return real(fds, offsets, lengths)
-    monkeypatch.setattr(native, "pread_many", counted)
-    for cap, name in ((worktree.KEPT_BYTES, "all"), (4000, "some")):
-        monkeypatch.setattr(worktree, "KEPT_BYTES", cap)
-        read.clear()
-        clone = tmp_path / name
-        ok(dsv("clone", tmp_path / "remote", clone, cwd=tmp_path))
-        assert read_tree(clone) == files
-        assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
-        if name == "all":
-            assert sum(read) == 0, read
-        else:   # (each chunk keeps what fits in 4,000 bytes: fewer than its 25 files)
-            assert 0 < sum(read) < len(files) - 3, read
