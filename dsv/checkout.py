@@ -43,9 +43,8 @@ from .reporting import plural
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
-    from .sync.download import Tap
 
-    from .sync.download import BlobSource
+    from .sync.download import BlobSource, Tap
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
