@@ -236,7 +236,18 @@ def run_payload_py(run: list[FileRow], after: str) -> bytes | None:
         b"\0", "".join([fs[4] for _rel, fs in run]).encode("ascii"), stats])
 
 
-ABI = 4  # what dsv/_native.c must say it offers (its ABI)
+def copy_into_py(dst: memoryview, offset: int, src: bytes | memoryview) -> int:
+    """Copy `src` into the writable buffer `dst` at `offset`; returns len(src). Refuses
+    (ValueError) bytes that do not fit there. (The C twin makes large copies without
+    the GIL.)"""
+    n = len(src)
+    if offset < 0 or offset > len(dst) or n > len(dst) - offset:
+        raise ValueError("the bytes do not fit in the buffer there")
+    dst[offset:offset + n] = src
+    return n
+
+
+ABI = 5  # what dsv/_native.c must say it offers (its ABI)
 
 
 def _load() -> ModuleType | None:
@@ -258,3 +269,4 @@ cut_marks = _native.cut_marks if _native else cut_marks_py
 run_payload = _native.run_payload if _native else run_payload_py
 write_new_files = _native.write_new_files if _native else write_new_files_py
 pread_many = _native.pread_many if _native else pread_many_py
+copy_into = _native.copy_into if _native else copy_into_py

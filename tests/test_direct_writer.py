@@ -1,6 +1,6 @@
 """fileio.DirectWriter: what it writes is what it was given, in order, whatever the pieces,
-although full buffers are written by a background thread; a failed background write is
-raised to the caller, and nothing of the writer outlives `close`."""
+although full buffers are written by background threads, several at once; a failed
+background write is raised to the caller, and nothing of the writer outlives `close`."""
 
 from __future__ import annotations
 
@@ -47,24 +47,70 @@ def test_copy_from_through_several_buffers(tmp_path: Path) -> None:
 
 
 def test_a_failed_background_write_is_raised(tmp_path: Path, monkeypatch) -> None:
-    real = fileio._write_all
+    real = fileio._pwrite_all
     calls = [0]
 
-    def failing(fd: int, view: memoryview, direct: bool) -> bool:
+    def failing(fd: int, view: memoryview, offset: int, direct: bool) -> bool:
         calls[0] += 1
         if calls[0] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, view, direct)
+        return real(fd, view, offset, direct)
 
-    monkeypatch.setattr(fileio, "_write_all", failing)
+    monkeypatch.setattr(fileio, "_pwrite_all", failing)
     writer = fileio.DirectWriter(str(tmp_path / "f"))
+    written = 0
     with pytest.raises(OSError, match="No space left"):
-        for _ in range(5):
+        for _ in range(2 * fileio.WRITE_DEPTH + 4):
             writer.write(bytes(fileio.STREAM_BUFFER))
+            written += 1
         writer.finish()
     writer.close()
     assert writer.fd == -1
-    assert calls[0] == 2   # nothing was written after the failure
+    # Raised by the first call that waited for the failed write: no more than the
+    # writes already under way when it failed were made after it.
+    assert written <= fileio.WRITE_DEPTH + 1
+    assert calls[0] <= fileio.WRITE_DEPTH + 1
+
+
+def test_buffers_are_written_side_by_side_and_observed_in_order(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Up to WRITE_DEPTH buffers are being written at once (the first write here waits
+    until the second has begun: one write at a time would never finish), and `observe`
+    still sees them in order although the first one's hashing is the slowest."""
+    import threading
+    import time
+
+    import blake3
+    assert fileio.WRITE_DEPTH >= 2
+    real = fileio._pwrite_all
+    second_begun = threading.Event()
+    offsets: list[int] = []
+
+    def writes(fd: int, view: memoryview, offset: int, direct: bool) -> bool:
+        offsets.append(offset)
+        if offset == 0:
+            assert second_begun.wait(10), "the second buffer was not written meanwhile"
+        elif offset == MiB:
+            second_begun.set()
+        return real(fd, view, offset, direct)
+
+    monkeypatch.setattr(fileio, "_pwrite_all", writes)
+    hasher = blake3.blake3()
+
+    def slow_first(view: memoryview) -> None:
+        if not hasher_fed[0]:
+            time.sleep(0.2)
+        hasher_fed[0] += 1
+        hasher.update(view)
+
+    hasher_fed = [0]
+    data = random.Random(8).randbytes(4 * MiB + 3)
+    writer = fileio.DirectWriter(str(tmp_path / "f"), 0o644, MiB, slow_first)
+    writer.write(data)
+    assert writer.finish() == len(data)
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.hexdigest() == blake3.blake3(data).hexdigest()
+    assert sorted(offsets) == [0, MiB, 2 * MiB, 3 * MiB, 4 * MiB]
 
 
 def test_observe_sees_every_byte_written_in_order(tmp_path: Path, monkeypatch) -> None:

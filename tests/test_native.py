@@ -47,6 +47,7 @@ def test_the_c_loops_are_built_and_used() -> None:
     assert native.run_payload is c.run_payload  # type: ignore[attr-defined]
     assert native.write_new_files is c.write_new_files  # type: ignore[attr-defined]
     assert native.pread_many is c.pread_many  # type: ignore[attr-defined]
+    assert native.copy_into is c.copy_into  # type: ignore[attr-defined]
 
 
 def test_scan_digests_are_what_they_were_before_the_c_module() -> None:
@@ -492,6 +493,35 @@ def test_pread_many_twins_agree(tmp_path: Path) -> None:
         with pytest.raises(OSError) as err:
             twin([fd1], [0], [4])  # closed
         assert err.value.errno == errno.EBADF
+
+
+def test_copy_into_twins_agree(tmp_path: Path) -> None:
+    """Small copies and large ones (made without the GIL), at the start, the middle and
+    the very end of a buffer, from bytes and from views; what does not fit is refused
+    with nothing written, and a read-only buffer is no destination."""
+    import mmap
+    data = os.urandom(300_000)
+    for twin in (_c().copy_into, native.copy_into_py):  # type: ignore[attr-defined]
+        buf = mmap.mmap(-1, 1 << 20)
+        view = memoryview(buf)
+        assert twin(view, 0, data[:10]) == 10
+        assert twin(view, 4096, memoryview(data)[7:200_007]) == 200_000
+        assert twin(view, len(view) - 5, b"tail!") == 5
+        assert twin(view, len(view), b"") == 0
+        assert bytes(view[:10]) == data[:10]
+        assert bytes(view[4096:204_096]) == data[7:200_007]
+        assert bytes(view[-5:]) == b"tail!"
+        assert bytes(view[10:4096]) == bytes(4086)
+        before = bytes(view)
+        for offset, piece in ((len(view) - 4, b"fives"), (-1, b"x"), (len(view) + 1, b""),
+                              (len(view) - 299_999, data)):
+            with pytest.raises(ValueError):
+                twin(view, offset, piece)
+        assert bytes(view) == before
+        with pytest.raises(TypeError):
+            twin(memoryview(data), 0, b"x")   # bytes cannot be written to
+        view.release()
+        buf.close()
 
 
 def test_a_placement_reads_no_length_the_index_made_up(tmp_path: Path) -> None:
