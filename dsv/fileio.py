@@ -315,7 +315,9 @@ class DirectWriter:
         working-directory file, which `cp` would not fsync either), close it; returns
         its size."""
         try:
-            self._wait(0)
+            written = self._wait(0)
+            if written is not None:
+                _give_buffer(written)
             total = self.size + self._used
             if self._used:
                 if self._observe is not None:
@@ -354,14 +356,22 @@ class DirectWriter:
         self._buf = None
         self._view = memoryview(b"")
         self._used = 0
-        self._buf = self._wait(self._depth - 1) or _take_buffer(len(full))
+        # A written buffer if there is one, a new one only while fewer than `depth` are
+        # being written (a disk that keeps up never needs more than two: each new
+        # buffer costs a page fault per 4 KiB when first filled).
+        spare = self._wait(len(self._writing), done_only=True)
+        if spare is None and len(self._writing) >= self._depth:
+            spare = self._wait(self._depth - 1)
+        self._buf = spare or _take_buffer(len(full))
         self._view = memoryview(self._buf)
 
-    def _wait(self, most: int) -> mmap.mmap | None:
-        """Wait until at most `most` buffers are being written; raise what a write
-        raised. Returns a buffer that was written (None if none had to be waited for)."""
+    def _wait(self, most: int, done_only: bool = False) -> mmap.mmap | None:
+        """Wait until at most `most` buffers are being written, or with `done_only`
+        only collect those already written; raise what a write raised. Returns one
+        written buffer for the caller (None if none was); any others go to the pool."""
         spare = None
-        while len(self._writing) > most:
+        while self._writing and (len(self._writing) > most or
+                                 done_only and self._writing[0][0].done()):
             pending, buf, _shown = self._writing[0]
             try:
                 direct = pending.result()

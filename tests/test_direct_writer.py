@@ -113,6 +113,30 @@ def test_buffers_are_written_side_by_side_and_observed_in_order(tmp_path: Path,
     assert sorted(offsets) == [0, MiB, 2 * MiB, 3 * MiB, 4 * MiB]
 
 
+def test_every_buffer_a_writer_took_is_given_back(tmp_path: Path, monkeypatch) -> None:
+    """Buffers go back to the pool when a writer finishes or is closed, the ones it
+    wrote last included: a buffer made anew costs a page fault per 4 KiB."""
+    real = fileio._take_buffer
+    taken: list[object] = []
+
+    def take(size: int):
+        buf = real(size)
+        taken.append(buf)
+        return buf
+
+    monkeypatch.setattr(fileio, "_take_buffer", take)
+    monkeypatch.setattr(fileio, "_BUFFERS", [])
+    for end in ("finish", "close"):
+        taken.clear()
+        fileio._BUFFERS.clear()
+        writer = fileio.DirectWriter(str(tmp_path / end), 0o644, MiB)
+        writer.write(bytes(5 * MiB + 10))
+        getattr(writer, end)()
+        made = {id(buf) for buf in taken}   # (a buffer given back may be taken again)
+        assert 2 <= len(made) <= fileio.WRITE_DEPTH + 1
+        assert sorted(map(id, fileio._BUFFERS)) == sorted(made), end
+
+
 def test_observe_sees_every_byte_written_in_order(tmp_path: Path, monkeypatch) -> None:
     """A writer given `observe` (a hasher) shows it each full buffer, from its writing
     thread, and the tail at `finish`: exactly the file's bytes. Not durable: no fsync."""
