@@ -597,6 +597,11 @@ class Index:
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM objects WHERE oid IN ({marks})", oids)}
 
+    def any_packed(self) -> bool:
+        """Whether any object is packed at all."""
+        (found,), = self.conn.execute("SELECT EXISTS (SELECT 1 FROM objects)")
+        return bool(found)
+
     def packed_among(self, oids: Iterable[str]) -> dict[str, str]:
         """Those of `oids` that are packed here: oid → pack id."""
         return dict(self._rows_in("SELECT oid, pack FROM objects WHERE oid IN ({marks})", oids))

@@ -101,6 +101,9 @@ class ObjectLocator(Protocol):
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         """Where those of `oids` that are packed are: oid → (pack, offset, length)."""
 
+    def any_packed(self) -> bool:
+        """Whether any object is packed at all."""
+
 
 def pack_id_of(table: bytes, trailer: bytes) -> str:
     """A pack's id: blake3 of its entry table and trailer. The table names every object
@@ -243,6 +246,10 @@ class ObjectStore:
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         """Pack locations of those of `oids` that are packed (small objects are never loose)."""
         return self._locator.locate_many(oids)
+
+    def any_packed(self) -> bool:
+        """Whether the store holds any packed object (a new store's first commit: no)."""
+        return self._locator.any_packed()
 
     # ---- reading -----------------------------------------------------------------
     def read(self, oid: str, verify: bool = True) -> bytes:
@@ -742,6 +749,12 @@ class Ingest:
         self._pending: set[bytes] = set()
         self._staged: dict[str, tuple[int, bytes | memoryview]] = {}
         self._staged_bytes = 0
+        # A store that held no packed object when this began holds none of what is
+        # added here but what this ingest wrote (`_pending`): no lookup per object. At a
+        # million files, a first commit spent 3.7 s of 31 s finding none of them in the
+        # index. (Another process packing one of them meanwhile costs a duplicate copy
+        # in a pack, never a wrong row: the index keeps the first location.)
+        self._none_stored = not store.any_packed()
         self._done = False
         self.chunk_lists = False
         """Whether a chunk list went into a pack (core raises the store's format)."""
@@ -778,7 +791,8 @@ class Ingest:
         fresh = [(oid, data) for oid, data in items if not self.holds(oid)]
         if not fresh:
             return
-        present = self.store.locate_many(oid for oid, _data in fresh)
+        present = {} if self._none_stored else \
+            self.store.locate_many(oid for oid, _data in fresh)
         for oid, data in fresh:
             if oid not in present and bytes.fromhex(oid) not in self._pending:
                 self._write(oid, kind, data)   # (a chunk repeated within `items`: once)
@@ -818,7 +832,7 @@ class Ingest:
 
     def _flush_staged(self) -> None:
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
-        present = self.store.locate_many(staged)
+        present = {} if self._none_stored else self.store.locate_many(staged)
         for oid, (kind, data) in staged.items():
             if oid not in present:
                 self._write(oid, kind, data)

@@ -49,6 +49,9 @@ class DictLocator:
         self.batches.append(len(oids))
         return {o: self.where[o] for o in oids if o in self.where}
 
+    def any_packed(self) -> bool:
+        return bool(self.where)
+
     def record(self, pack_id: str, entries) -> None:
         for e in entries:
             self.where.setdefault(e.oid, (pack_id, e.offset, e.length))
@@ -325,6 +328,7 @@ def test_ingest_with_nothing_new_writes_no_pack(store, locator) -> None:
 
 def test_ingest_queries_in_batches_and_dedups_across_them(store, locator, monkeypatch) -> None:
     monkeypatch.setattr(Ingest, "_BATCH_OBJECTS", 4)
+    install(store, locator, [(KIND_BLOB, b"held")])   # (a store holding nothing is not asked)
     ingest = Ingest(store)
     bodies = [f"b{i}".encode() for i in range(10)]
     for body in bodies + bodies[:3] + bodies:          # repeats, some in later batches
@@ -334,8 +338,33 @@ def test_ingest_queries_in_batches_and_dedups_across_them(store, locator, monkey
     assert [e.oid for e in info.entries] == [h(b) for b in bodies]
 
 
+def test_an_ingest_into_a_store_holding_nothing_asks_the_index_nothing(
+        store, locator, monkeypatch) -> None:
+    """A new store's first commit: nothing added can be stored already but what this
+    ingest packed itself, which it still writes once. An ingest begun once something is
+    packed asks again."""
+    monkeypatch.setattr(Ingest, "_BATCH_OBJECTS", 4)
+    bodies = [f"b{i}".encode() for i in range(10)]
+    ingest = Ingest(store)
+    for body in bodies + bodies[:3] + bodies:
+        ingest.add(h(body), KIND_BLOB, body)
+    ingest.add_borrowed(KIND_BLOB, [(h(b"b1"), memoryview(b"b1")),
+                                    (h(b"c"), memoryview(b"c"))])
+    (info,) = ingest.publish()
+    assert locator.batches == []
+    assert sorted(e.oid for e in info.entries) == sorted(h(b) for b in bodies + [b"c"])
+    locator.record(info.id, info.entries)
+    later = Ingest(store)
+    later.add(h(b"b2"), KIND_BLOB, b"b2")
+    later.add(h(b"d"), KIND_BLOB, b"d")
+    (more,) = later.publish()
+    assert locator.batches == [2]
+    assert [e.oid for e in more.entries] == [h(b"d")]
+
+
 def test_ingest_flushes_a_batch_by_bytes(store, locator, monkeypatch) -> None:
     monkeypatch.setattr(Ingest, "_BATCH_BYTES", 100)
+    install(store, locator, [(KIND_BLOB, b"held")])
     ingest = Ingest(store)
     for i in range(5):
         ingest.add(h(bytes([i]) * 60), KIND_BLOB, bytes([i]) * 60)
