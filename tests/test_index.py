@@ -593,6 +593,43 @@ def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) ->
     store.close()
 
 
+def test_add_packs_records_runs_in_key_order_and_keeps_the_first_pack_of_an_object(
+        index: Index, monkeypatch) -> None:
+    """Object rows go in sorted runs across packs (at most _MERGED_ROWS each), not one
+    run a pack; an object in two packs keeps the first pack's row, as pack by pack."""
+    from dsv import index as index_module
+    from dsv.objects import _ENTRY, PackInfo
+
+    def pack(name: str, objects: list[str]) -> PackInfo:
+        table = b"".join(_ENTRY.pack(bytes.fromhex(h(o)), 8 + 10 * i, 10, KIND_BLOB)
+                         for i, o in enumerate(objects))
+        return PackInfo(h(name), 1000, table)
+
+    runs: list[list[str]] = []
+    real = Index._put_rows
+
+    def put_rows(self, head, rows, width):
+        rows = list(rows)
+        if "INTO objects" in head:
+            runs.append([row[0] for row in rows])
+        return real(self, head, rows, width)
+
+    monkeypatch.setattr(Index, "_put_rows", put_rows)
+    monkeypatch.setattr(index_module, "_MERGED_ROWS", 5)
+    packs = [pack("p1", ["a", "b", "shared"]), pack("p2", ["c", "shared"]),
+             pack("p3", ["d", "e", "f"])]
+    with index.transaction():
+        index.add_packs(packs)
+    assert [sorted(run) == run for run in runs] == [True, True]
+    assert sorted(runs[0]) == sorted(h(o) for o in ["a", "b", "shared", "c", "shared"])
+    assert sorted(runs[1]) == sorted(h(o) for o in ["d", "e", "f"])
+    assert index.locate(h("shared")) == (h("p1"), 28, 10)
+    assert index.locate(h("c")) == (h("p2"), 8, 10)
+    assert index.locate(h("f")) == (h("p3"), 28, 10)
+    assert {p: n for p, (_size, n) in index.packs().items()} == \
+        {h("p1"): 3, h("p2"): 2, h("p3"): 3}
+
+
 # ---- imports ------------------------------------------------------------------------------------
 
 def test_imported_sources(index: Index) -> None:
