@@ -57,7 +57,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray, mo
     tmp = tmp_name(tmp_dir or os.path.dirname(path) or ".")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        _write_all(fd, memoryview(data), direct=False)
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -171,7 +171,9 @@ def _fill(fd: int, view: memoryview) -> int:
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """os.write until every byte is written."""
-    _write_all(fd, memoryview(data), direct=False)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _set_direct(fd: int, on: bool) -> bool:
@@ -189,22 +191,9 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
-def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
-    """Write all of `data`; drops O_DIRECT if the filesystem refuses it. Returns `direct`."""
-    while data:
-        try:
-            written = os.write(fd, data)
-        except OSError as exc:
-            if not direct or exc.errno != errno.EINVAL:
-                raise
-            direct = _set_direct(fd, False)
-            continue
-        data = data[written:]
-    return direct
-
-
 def _pwrite_all(fd: int, data: memoryview, offset: int, direct: bool) -> bool:
-    """`_write_all` at `offset` (writes of one file may then run side by side)."""
+    """Write all of `data` at `offset` (writes of one file may then run side by side);
+    drops O_DIRECT if the filesystem refuses it. Returns `direct`."""
     while data:
         try:
             written = os.pwrite(fd, data, offset)

@@ -617,35 +617,29 @@ class Index:
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable["PackEntry"]) -> None:
         """Record a pack and where each of its objects is."""
-        # In key order: a B-tree takes sorted rows several times faster than random ones.
-        self._add_pack_rows(pack_id, size, [(e.oid, e.offset, e.length, e.kind)
-                                            for e in entries])
-
-    def _add_pack_rows(self, pack_id: str, size: int,
-                       rows: list[tuple[str, int, int, int]]) -> None:
-        """`add_pack` from (oid, offset, length, kind) rows."""
-        self.conn.execute("INSERT OR IGNORE INTO packs (id, size, count, created) "
-                          "VALUES (?,?,?,?)", (pack_id, size, len(rows), time.time()))
-        rows.sort()
-        self._put_rows("INSERT OR IGNORE INTO objects (oid, pack, offset, length, kind)",
-                       ((oid, pack_id, offset, length, kind)
-                        for oid, offset, length, kind in rows), 5)
+        self._add_packs([(pack_id, size, [(e.oid, e.offset, e.length, e.kind)
+                                          for e in entries])])
 
     def add_packs(self, packs: Iterable["PackInfo"]) -> None:
-        """Record packs just written (an Ingest's `finish()`): their objects' rows in
-        runs of up to _MERGED_ROWS in key order, not one run a pack. Each run of random
-        ids touches most of the table's pages: a million-file commit recording 100,000
+        """Record packs just written (an Ingest's `finish()`)."""
+        self._add_packs((pack.id, pack.size, pack.rows()) for pack in packs)
+
+    def _add_packs(self, packs: Iterable[tuple[str, int, list[tuple[str, int, int, int]]]]
+                   ) -> None:
+        """Record (pack id, size, [(oid, offset, length, kind)]) packs: their objects' rows
+        in runs of up to _MERGED_ROWS in key order (a B-tree takes sorted rows several
+        times faster than random ones), not one run a pack. Each run of random ids
+        touches most of the table's pages: a million-file commit recording 100,000
         objects at a time took 25.7-26.2 s so, 27.4-32.3 s a pack at a time."""
         rows: list[tuple[str, str, int, int, int]] = []
         now = time.time()
-        for pack in packs:
-            found = pack.rows()
+        for pack_id, size, found in packs:
             self.conn.execute("INSERT OR IGNORE INTO packs (id, size, count, created) "
-                              "VALUES (?,?,?,?)", (pack.id, pack.size, len(found), now))
+                              "VALUES (?,?,?,?)", (pack_id, size, len(found), now))
             if len(rows) + len(found) > _MERGED_ROWS:
                 self._put_object_rows(rows)
                 rows = []
-            rows += ((oid, pack.id, offset, length, kind)
+            rows += ((oid, pack_id, offset, length, kind)
                      for oid, offset, length, kind in found)
         self._put_object_rows(rows)
 
