@@ -427,6 +427,34 @@ def test_ingest_add_borrowed_copies_before_returning_and_skips_what_is_stored(
     assert store.read(h(b"new")) == b"new" and store.read(h(b"xyz")) == b"xyz"
 
 
+def test_ingest_add_new_run_writes_adjacent_objects_at_once_and_packs_them_right(
+        store, locator, monkeypatch) -> None:
+    # A range as a download reads it: "aaa" "bb" then a gap, "cccc", an overlapping
+    # "cc" (its own object over bytes of the one before), "aaa" again (skipped: added).
+    data = b"aaabbXXcccc"
+    run = [(h(b"aaa"), 0, 3), (h(b"bb"), 3, 2), (h(b"cccc"), 7, 4), (h(b"cc"), 9, 2),
+           (h(b"aaa"), 0, 3)]
+    writes: list[bytes] = []
+    original = objects.fileio.DirectWriter.write
+    monkeypatch.setattr(objects.fileio.DirectWriter, "write",
+                        lambda self, d: (writes.append(bytes(d)), original(self, d))[1])
+    ingest = Ingest(store)
+    ingest.add_new_run(KIND_BLOB, memoryview(data), run)
+    ingest.add_new_run(KIND_BLOB, memoryview(b"bbdd"), [(h(b"bb"), 0, 2), (h(b"dd"), 2, 2)])
+    assert ingest.holds(h(b"cc")) and ingest.holds(h(b"dd"))
+    (info,) = ingest.publish()
+    # One write per stretch of adjacent objects (not one per object), gaps left out.
+    assert writes[1:4] == [b"aaabb", b"cccc", b"cc"] and writes[4] == b"dd"
+    assert [(e.oid, e.offset, e.length) for e in info.entries] == [
+        (h(b"aaa"), 8, 3), (h(b"bb"), 11, 2), (h(b"cccc"), 13, 4), (h(b"cc"), 17, 2),
+        (h(b"dd"), 19, 2)]
+    expected_id, expected, _entries = encode_pack(
+        [(h(d), KIND_BLOB, d) for d in (b"aaa", b"bb", b"cccc", b"cc", b"dd")])
+    assert (info.id, store.pack_path(info.id).read_bytes()) == (expected_id, expected)
+    locator.record(info.id, info.entries)
+    assert store.verify_pack(info.id) == (True, [], 5)
+
+
 def test_ingest_seals_packs_in_the_background_and_raises_a_failed_seal(
         store, locator, monkeypatch) -> None:
     monkeypatch.setattr(objects, "PACK_TARGET_SIZE", 100)

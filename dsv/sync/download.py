@@ -68,18 +68,33 @@ class PackGone(MissingObject):
     repacked it, or `verify --remote --repair` replaced it)."""
 
 
+Run = tuple[memoryview, list[tuple[str, int, int]]]
+"""Objects of one ranged read, each checked against its id: the bytes read, and each
+object's (oid, start, length) in them, in pack order."""
+
+
 def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
                     label: str, report: FetchReport | PullReport
                     ) -> Iterator[tuple[str, memoryview]]:
-    """(oid, bytes) of packed objects, each verified against its oid; read from a cluster
-    cache where it holds the pack, else from the remote (caching packs mostly needed).
-    When a pack has gone from the remote meanwhile, the picture of the remote is
-    refreshed once and what is still missing is read from where it is now."""
+    """(oid, bytes) of packed objects, each verified against its oid (see
+    `download_packed_runs`)."""
+    for view, run in download_packed_runs(core, remote, missing, label, report):
+        for oid, start, length in run:
+            yield oid, view[start:start + length]
+
+
+def download_packed_runs(core: Core, remote: Remote,
+                         missing: dict[str, tuple[str, int, int]], label: str,
+                         report: FetchReport | PullReport) -> Iterator[Run]:
+    """Packed objects, a ranged read at a time, each verified against its oid; read from
+    a cluster cache where it holds the pack, else from the remote (caching packs mostly
+    needed). When a pack has gone from the remote meanwhile, the picture of the remote
+    is refreshed once and what is still missing is read from where it is now."""
     done: set[str] = set()
     try:
-        for oid, data in _download_packed(core, remote, missing, label, report):
-            done.add(oid)
-            yield oid, data
+        for view, run in _download_packed(core, remote, missing, label, report):
+            done.update(oid for oid, _start, _length in run)
+            yield view, run
         return
     except PackGone:
         # An origin that cannot be reached says so here (a directory remote that is gone
@@ -102,8 +117,7 @@ def download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, in
 
 
 def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
-                     label: str, report: FetchReport | PullReport
-                     ) -> Iterator[tuple[str, memoryview]]:
+                     label: str, report: FetchReport | PullReport) -> Iterator[Run]:
     if not missing:
         return
     cache = read_cache(core)
@@ -120,7 +134,7 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
     total = sum(w[2] for w in missing.values())
 
     def get(job: tuple[str, int, int, list[tuple[str, int, int]]]
-            ) -> tuple[list[tuple[str, memoryview]], bool]:
+            ) -> tuple[memoryview, list[tuple[str, int, int]], bool]:
         pack, start, length, group = job
 
         def from_origin() -> bytes:
@@ -143,7 +157,7 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
                 data = cache.read_range(path, start, length)
         if data is None:
             data = from_origin()
-        out, bad = _split_verified(data, start, group)
+        run, bad = _split_verified(data, start, group)
         if bad and cached:
             # A damaged cache entry costs a download, never data: drop it, ask the origin.
             assert cache is not None
@@ -151,38 +165,40 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
             cached = False
         for _retry in range(RETRIES if bad else 0):
             # Bytes damaged once in transit (or by a flaky gateway) must not fail a pull.
-            out, bad = _split_verified(from_origin(), start, group)
+            data = from_origin()
+            run, bad = _split_verified(data, start, group)
             if not bad:
                 break
         if bad:
             raise CorruptObject(f"object {bad[:12]} from {remote.name} is corrupt (pack "
                                 f"{pack[:12]})", hint="nothing corrupt was stored; the remote "
                                 "holds damaged data (`dsv verify --remote` checks it)")
-        return out, cached
+        return memoryview(data), run, cached
 
     with core.reporter.task(label, len(missing), total) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for got, cached in bounded(pool, get, coalesce(missing), WORKERS):
-            report.from_cache += len(got) if cached else 0
-            for oid, data in got:
-                report.objects_received += 1
-                report.bytes_received += len(data)
-                advance(1, len(data))
-                yield oid, data
+        for view, run, cached in bounded(pool, get, coalesce(missing), WORKERS):
+            nbytes = sum(length for _oid, _start, length in run)
+            report.from_cache += len(run) if cached else 0
+            report.objects_received += len(run)
+            report.bytes_received += nbytes
+            advance(len(run), nbytes)
+            yield view, run
 
 
 def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
-                    ) -> tuple[list[tuple[str, memoryview]], str | None]:
-    """The objects of one ranged read, each checked against its id, and the first that
-    fails (None when all are good)."""
+                    ) -> tuple[list[tuple[str, int, int]], str | None]:
+    """The objects of one ranged read as (oid, start, length) in `data`, each checked
+    against its id, and the first that fails (None when all are good)."""
     view = memoryview(data)  # slices share the buffer: no copy per object
-    out: list[tuple[str, memoryview]] = []
+    run: list[tuple[str, int, int]] = []
     for oid, offset, ln in group:
-        piece = view[offset - start:offset - start + ln]
+        at = offset - start
+        piece = view[at:at + ln]
         if len(piece) != ln or hash_bytes(piece) != oid:
-            return out, oid
-        out.append((oid, piece))
-    return out, None
+            return run, oid
+        run.append((oid, at, ln))
+    return run, None
 
 
 def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
@@ -326,11 +342,11 @@ def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int]
                                 "or hostile; nothing was stored")
     _check_free_space(core, sum(entries[o] for o in packed) + sum(entries[o] for o in large))
     # (`lacking` found them missing from the store just now: no second lookup per object)
-    for oid, data in download_packed(core, remote, packed, label, report):
-        if not ingest.holds(oid):
-            ingest.add_new(oid, KIND_BLOB, data)
+    for view, run in download_packed_runs(core, remote, packed, label, report):
+        ingest.add_new_run(KIND_BLOB, view, run)
         if tap is not None:
-            tap(oid, data)
+            for oid, start, length in run:
+                tap(oid, view[start:start + length])
     if large:
         download_loose(core, remote, large, entries, report, ingest)
 
