@@ -259,6 +259,7 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
         base = core.manifest(base_version) if base_version else {}
         to_write = [(p, e) for p, e in wanted.items() if not _same_entry(current.get(p), e)]
         to_remove = [p for p in current if p not in wanted]
+        downloads = _Downloads(core, version)
         if not force:
             # A file may be replaced or removed only if it is as that version left it,
             # also when an interrupted checkout is resumed: what it already placed
@@ -271,14 +272,14 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
                        and not _placed_link(core, target / p, base.get(p))]
             if at_risk and interrupted is not None:
-                at_risk = _not_cut_short(core, interrupted, at_risk, current)
+                at_risk = _not_cut_short(core, interrupted, at_risk, current,
+                                         downloads if interrupted == version.id else None)
             if at_risk:
                 shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
                 raise DirtyWorktree(
                     f"checkout would discard "
                     f"{plural(len(at_risk), 'uncommitted change')} in "
                     f"{target}: {shown}", hint="commit them first, or pass --force")
-        downloads = _Downloads(core, version)
         downloads([e for _p, e in to_write] + _links(version_files))
         tree.validate_links(placeable, core.objects.read, fenced)
         with core.index.transaction():
@@ -517,30 +518,48 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
 
 
 def _spool(core: Core, target: Path, chunk: list[tuple[str, Entry]]) -> worktree.Spool | None:
-    """A spool for the chunked files of `chunk` (None when it has none): they are
-    written as their chunks download, not read back from the store afterwards."""
-    files = [(rel, e, core.chunks(e).chunks) for rel, e in chunk
-             if e.kind == tree.FILE and e.chunks]
+    """A spool for the files of `chunk` (None when it has none): they are written as
+    their objects download, not read back from the store afterwards."""
+    files = [(rel, e, core.chunks(e).chunks if e.chunks else []) for rel, e in chunk
+             if e.kind == tree.FILE]
     return worktree.Spool(target, files) if files else None
 
 
-def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest) -> list[str]:
+def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest,
+                   downloads: _Downloads | None = None) -> list[str]:
     """`paths` less the files an interrupted checkout of version `vid` was writing when
     it was killed: a fresh checkout writes small files under their own names (see
     worktree.Materializer), so each of those holds the first bytes of the file it was
-    placing there. Replacing one loses nothing."""
+    placing there. Replacing one loses nothing. (`downloads`: the checkout's own, where
+    it places version `vid`, so that its report counts what this downloads.)"""
     version = core.index.version(vid)
     if version is None:
         return paths
     placing = _entries_at(core, version, paths)
+    # A clone writes small files as their objects arrive (worktree.Spool), before the
+    # download that brings them is in the store: a kill can leave a file cut short
+    # whose object is not. Those objects are downloaded first (what fails to arrive
+    # leaves its file a change of the user's).
+    wanted = [e for p, e in placing.items() if _may_be_cut_short(found[p], e)]
+    if wanted:
+        try:
+            (downloads or _Downloads(core, version))(wanted)
+        except DsvError:
+            pass
     return [p for p in paths if not _cut_short(core, found[p], placing.get(p))]
+
+
+def _may_be_cut_short(found: Entry, placing: Entry | None) -> bool:
+    """Whether `found` could hold a proper prefix of the small file `placing`."""
+    return placing is not None and found.kind == tree.FILE and \
+        placing.kind == tree.FILE and found.size < placing.size < PACK_THRESHOLD
 
 
 def _cut_short(core: Core, found: Entry, placing: Entry | None) -> bool:
     """Whether `found` holds a proper prefix of the small file `placing`."""
-    if placing is None or found.kind != tree.FILE or placing.kind != tree.FILE or \
-            not found.size < placing.size < PACK_THRESHOLD:
+    if not _may_be_cut_short(found, placing):
         return False
+    assert placing is not None
     try:
         data = core.objects.read(placing.oid)
     except DsvError:

@@ -15,6 +15,7 @@ import os
 import stat
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,7 +34,7 @@ from .paths import (check_links, check_relpath, check_symlink_target, is_reserve
 from .tree import FILE, LINK, ChunkList, Entry, Manifest, encode_chunks, read_chunks
 
 if TYPE_CHECKING:  # imported lazily at run time: read-only commands never start threads
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 LINK_MODES = ("copy", "reflink", "hardlink", "symlink")
 _WORKERS = 4
@@ -870,6 +871,9 @@ class Materializer:
         Files are written by a few threads: creating files is kernel work, and the
         kernel can do it on every core while Python waits in the syscalls.
         """
+        rows: list[tuple[str, StatRow]] = []
+        if self.spool is not None:
+            items = self._spooled(items, progress, rows)
         locations = self.objects.locate_many(e.oid for _, e in items)
         # Read packs in order: sequential I/O, and each pack opened once.
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
@@ -900,15 +904,35 @@ class Materializer:
                     by_dir.setdefault(it[0].rpartition("/")[0], []).append(it)
             tasks = list(by_dir.values()) + [[it] for it in large]
             if len(tasks) <= 1:
-                return [row for task in tasks
-                        for row in self._place_chunk(task, locations, dirs, progress)]
+                return rows + [row for task in tasks
+                               for row in self._place_chunk(task, locations, dirs, progress)]
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
                 results = list(pool.map(
                     lambda t: self._place_chunk(t, locations, dirs, progress), tasks))
-            return [row for rows in results for row in rows]
+            return rows + [row for placed in results for row in placed]
         finally:
             dirs.close()
+
+    def _spooled(self, items: list[tuple[str, Entry]], progress: Progress | None,
+                 rows: list[tuple[str, StatRow]]) -> list[tuple[str, Entry]]:
+        """`items` less the small files the spool made while they downloaded (their
+        stat-cache rows added to `rows`)."""
+        assert self.spool is not None
+        made = self.spool.drain()
+        if not made:
+            return items
+        rest: list[tuple[str, Entry]] = []
+        for rel, entry in items:
+            got = made.get(rel)
+            if got is None or got[0] != entry:
+                rest.append((rel, entry))
+                continue
+            if self.stat_rows and storable(got[1]):
+                rows.append((rel, (*got[1], entry.oid, time.time_ns())))
+            if progress:
+                progress(1, entry.size)
+        return rest
 
     def _probe_reflink(self, entry: Entry) -> None:
         """Fail before writing anything when reflinks were demanded and cannot be made."""
@@ -1137,6 +1161,8 @@ class Materializer:
 
 SPOOL_OPEN = 4
 """Files a spool writes at once (each holds its writer's buffers until its last chunk)."""
+SPOOL_BATCHES = 2
+"""Batches of small files a spool's writing thread may hold at once (memory bound)."""
 
 
 class _Spooled:
@@ -1163,7 +1189,18 @@ class _Spooled:
 
 
 class Spool:
-    """The chunked files of a fresh placement, written while their chunks download.
+    """The files of a fresh placement, written while their objects download.
+
+    A small file whose object arrives (checked against its id) is written under its own
+    name at once, as the fresh placement would write it (O_EXCL, never through a
+    link: something found there is left for the placement, which takes the temp-name
+    way): batched by directory and made by `native.write_new_files` in a thread of the
+    spool's own, while the download goes on. The placement then has nothing to read
+    back from the packs, check again or write for it (`drain`); a file whose object the
+    store held already is placed the usual way. At most SPOOL_BATCHES batches
+    (_WRITE_BATCH files, _WRITE_BATCH_BYTES) wait for that thread at once.
+
+    The chunked files of a fresh placement are written while their chunks download.
 
     A download holds each chunk's bytes, checked against the chunk's id, on their way
     into a pack: the spool (the download's `tap`) appends them to the files that need
@@ -1183,21 +1220,94 @@ class Spool:
         self._files: dict[str, _Spooled] = {}
         self._waiting: dict[str, list[_Spooled]] = {}   # chunk id → files it comes next in
         self._open = 0
+        self._small: dict[str, list[tuple[str, Entry]]] = {}   # oid → whole files of it
+        self._batch: list[tuple[str, Entry, bytes]] = []       # (rel, entry, bytes): one dir
+        self._batch_dir = ""
+        self._batch_bytes = 0
+        self._writing: deque[tuple[Future[list[native.Written]], int, bool,
+                                   list[tuple[str, Entry, bytes]]]] = deque()
+        self._writer: ThreadPoolExecutor | None = None
+        self._made: dict[str, tuple[Entry, tuple[int, int, int, int]]] = {}
         for rel, entry, chunks in files:
             if chunks and _PROC_FD:
                 check_relpath(rel)
                 spooled = _Spooled(rel, entry, chunks)
                 self._files[rel] = spooled
                 self._waiting.setdefault(chunks[0][0], []).append(spooled)
+            elif not chunks and not entry.chunks:
+                check_relpath(rel)
+                self._small.setdefault(entry.oid, []).append((rel, entry))
 
     def __call__(self, oid: str, data: bytes | memoryview) -> None:
-        """A downloaded chunk (checked against `oid`): written wherever it comes next."""
+        """A downloaded object or chunk (checked against `oid`): written wherever it
+        comes next."""
         waiting = self._waiting.pop(oid, None)
         for spooled in waiting or ():
             try:
                 self._feed(spooled, oid, data)
             except OSError:
                 self._drop(spooled)  # (placed the usual way, which reports a lasting error)
+        copy = None
+        for rel, entry in self._small.pop(oid, ()):
+            if len(data) == entry.size:   # (else: the usual way, which reports it)
+                copy = bytes(data) if copy is None else copy   # (the download reuses its buffer)
+                self._queue(rel, entry, copy)
+
+    def _queue(self, rel: str, entry: Entry, data: bytes) -> None:
+        parent = rel.rpartition("/")[0]
+        if self._batch and (parent != self._batch_dir or len(self._batch) >= _WRITE_BATCH
+                            or self._batch_bytes + len(data) > _WRITE_BATCH_BYTES):
+            self._flush()
+        self._batch_dir = parent
+        self._batch.append((rel, entry, data))
+        self._batch_bytes += len(data)
+
+    def _flush(self) -> None:
+        """Hand the batch to the writing thread (waiting for the oldest one first when
+        SPOOL_BATCHES are in its hands)."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        if self._dirs is None:
+            self._dirs = _Dirs(self.root)
+        try:
+            dir_fd, owned = self._dirs.open(self._batch_dir, create=True)
+        except OSError:
+            return  # (placed the usual way, which reports a lasting error)
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="dsv-spool")
+        future = self._writer.submit(
+            native.write_new_files, dir_fd, [rel.rpartition("/")[2] for rel, _e, _d in batch],
+            [data for _r, _e, data in batch],
+            [placed_mode(entry.mode, _UMASK) for _r, entry, _d in batch])
+        self._writing.append((future, dir_fd, owned, batch))
+        while len(self._writing) > SPOOL_BATCHES:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Wait for the oldest batch in the writing thread's hands; note what it made."""
+        future, dir_fd, owned, batch = self._writing.popleft()
+        try:
+            results = future.result()
+        except OSError:
+            results = [errno.EIO] * len(batch)   # (none made: placed the usual way)
+        finally:
+            if owned:
+                os.close(dir_fd)
+        for (rel, entry, _data), result in zip(batch, results, strict=True):
+            if not isinstance(result, int):
+                self._made[rel] = (entry, result)
+                crashpoint("checkout:file-written")
+
+    def drain(self) -> dict[str, tuple[Entry, tuple[int, int, int, int]]]:
+        """The small files made, each (its entry, (size, mtime_ns, ino, mode)), once
+        every one handed over is written (after the download: the placement skips
+        them)."""
+        self._flush()
+        while self._writing:
+            self._collect()
+        return self._made
 
     def _feed(self, spooled: _Spooled, oid: str, data: bytes | memoryview) -> None:
         if spooled.written == 0:
@@ -1274,8 +1384,18 @@ class Spool:
             spooled.tmp = ""
 
     def close(self) -> None:
-        """Remove every file not placed (after the placement, or a failed download)."""
+        """Remove every chunked file not placed (after the placement, or a failed
+        download); small files made stay under their names, as a placement's would."""
         try:
+            self._batch = []
+            while self._writing:
+                try:
+                    self._collect()
+                except BaseException:  # (each batch's descriptor is closed all the same)
+                    pass
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
             for spooled in list(self._files.values()):
                 self._discard(spooled)
             self._files.clear()

@@ -8,6 +8,7 @@ growth of the store and the remote.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -437,7 +438,7 @@ def test_files_get_of_one_chunked_file_downloads_only_its_chunks(tmp_path: Path,
     assert all(held["a.bin"]) and not any(held["b.bin"])
 
 
-# ---- a fresh checkout writes chunked files as their chunks download (worktree.Spool) --
+# ---- a fresh checkout writes files as their objects download (worktree.Spool) --------
 
 def _count_store_copies(monkeypatch) -> list[tuple[str, int]]:
     """Chunks a placement read back from the store: ("rest", n) where it finished a file
@@ -482,6 +483,96 @@ def test_a_clone_writes_chunked_files_while_they_download(tmp_path: Path, dsv,
     assert _temp_files(clone) == []
     ok(dsv("verify", cwd=clone))
     assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
+
+
+def _count_pack_reads(monkeypatch) -> list[str]:
+    """Small files a placement read back from the store's packs (Materializer._small_batch):
+    what the spool did not write while the download ran."""
+    from dsv import worktree
+    read: list[str] = []
+    real = worktree.Materializer._small_batch
+
+    def counted(self, entries, locations):
+        read.extend(e.oid for e in entries)
+        return real(self, entries, locations)
+    monkeypatch.setattr(worktree.Materializer, "_small_batch", counted)
+    return read
+
+
+def test_a_clone_writes_small_files_while_they_download(tmp_path: Path, dsv,
+                                                        monkeypatch) -> None:
+    """A clone's small files are made as their objects arrive, checked: none is read back
+    from the store's packs, a file the version holds twice is written from the one
+    download, modes are kept, and the stat cache knows every file (status is clean)."""
+    files = {f"d{i % 3}/f{i:03d}.txt": rand(100 + i, 200 + i) for i in range(40)}
+    files["e/twin.txt"] = files["d0/f000.txt"]
+    ws = _workspace(dsv, tmp_path / "data", files, "small")
+    (ws / "d1" / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (ws / "d1" / "run.sh").chmod(0o755)
+    ok(dsv("commit", "-m", "exec", cwd=ws))
+    files["d1/run.sh"] = b"#!/bin/sh\necho hi\n"
+    remote = tmp_path / "remote"
+    ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    ok(dsv("push", cwd=ws))
+    read = _count_pack_reads(monkeypatch)
+    clone = tmp_path / "clone"
+    ok(dsv("clone", remote, clone, cwd=tmp_path))
+    assert read_tree(clone) == files
+    assert read == []
+    assert (clone / "d1" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (clone / "d0" / "f003.txt").stat().st_mode & 0o777 == 0o644
+    ok(dsv("verify", cwd=clone))
+    assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
+
+
+def test_small_files_the_store_held_are_placed_from_it_the_rest_as_they_download(
+        tmp_path: Path, dsv, monkeypatch) -> None:
+    """A checkout of a version some of whose objects the store held already: those files
+    are read from the packs, only the downloaded ones are spooled."""
+    old = {"a.txt": b"held a", "b/b.txt": b"held b"}
+    ws = _workspace(dsv, tmp_path / "data", old, "one")
+    first = jout(dsv("log", "--json", cwd=ws))[0]["id"]
+    new = {"c.txt": b"new c", "b/d.txt": b"new d"}
+    write_tree(ws, new)
+    ok(dsv("commit", "-m", "two", cwd=ws))
+    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    reader = _reader(dsv, tmp_path / "reader", tmp_path / "remote")
+    ok(dsv("checkout", f"data:{first}", "--to", tmp_path / "first", cwd=reader))
+    read = _count_pack_reads(monkeypatch)
+    ok(dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=reader))
+    assert read_tree(tmp_path / "out") == old | new
+    assert sorted(read) == sorted(b3(d) for d in old.values())
+
+
+def test_a_name_taken_while_a_small_file_downloads_is_placed_the_usual_way(
+        tmp_path: Path, dsv, monkeypatch) -> None:
+    """Something put under a small file's name before the spool makes it: the spool
+    leaves it be (O_EXCL), and the placement replaces it by a rename, as a fresh
+    placement does with any name something took."""
+    from dsv import native
+    files = {"d/a.txt": b"aaa", "d/b.txt": b"bbb", "d/c.txt": b"ccc"}
+    ws = _workspace(dsv, tmp_path / "data", files, "one")
+    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    ok(dsv("push", cwd=ws))
+    reader = _reader(dsv, tmp_path / "reader", tmp_path / "remote")
+    out = tmp_path / "out"
+    real = native.write_new_files
+    planted: list[list[native.Written]] = []
+
+    def plant_first(dir_fd, names, datas, modes):
+        if planted:   # (the placement's own batch, later: as it is)
+            return real(dir_fd, names, datas, modes)
+        with open(os.open(names[0], os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd), "wb") as f:
+            f.write(b"planted")
+        planted.append(real(dir_fd, names, datas, modes))
+        return planted[-1]
+    monkeypatch.setattr(native, "write_new_files", plant_first)
+    read = _count_pack_reads(monkeypatch)
+    ok(dsv("checkout", "data:latest", "--to", out, cwd=reader))
+    assert read_tree(out) == files
+    assert planted and planted[0][0] == errno.EEXIST and not isinstance(planted[0][1], int)
+    assert set(read) == {b3(b"aaa")}   # (b and c: made by the spool)
 
 
 def test_a_file_whose_chunks_stop_coming_in_order_is_finished_from_the_store(

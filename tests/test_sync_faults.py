@@ -913,6 +913,23 @@ def test_kill_clone_while_a_chunked_file_is_written_as_it_downloads(dir_remote_p
     assert_pulled(fresh, src)
 
 
+def test_kill_clone_while_small_files_are_written_as_they_download(dir_remote_pair,
+                                                                  tmp_path):
+    """A clone killed once the spool has made some small files under their own names (the
+    next batch perhaps cut short in its writing thread): the checkout run again keeps
+    what is whole, replaces what was cut short, and the store checks out clean."""
+    src, remote, _clone, _, _ = dir_remote_pair
+    fresh = tmp_path / "fresh"
+    r = run_dsv("clone", remote, fresh, cwd=tmp_path,
+                env={"DSV_CRASH_AT": "checkout:file-written", "DSV_CRASH_AFTER": "5"})
+    assert r.returncode == KILLED, f"not killed: {r.returncode}\n{r.stderr}"
+    made = [p for p in fresh.rglob("*") if p.is_file() and ".dsv" not in p.parts]
+    assert len(made) >= 5, made
+    ok("checkout", "data:latest", cwd=fresh)
+    verify_ok(fresh)
+    assert_pulled(fresh, src)
+
+
 @pytest.mark.parametrize("point", ["fetch:objects-written", "pull:objects-written"])
 def test_kill_pull_at_crash_point(dir_remote_pair, point):
     src, _remote, clone, _, _ = dir_remote_pair
