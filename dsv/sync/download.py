@@ -25,7 +25,7 @@ from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
 from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
-from .remote import WORKERS, Remote, open_origin_of, caches, read_cache, bounded
+from .remote import WORKERS, Remote, open_origin_of, caches, read_cache, bounded, getters
 from ..reporting import Advance, FileBytes, plural
 
 
@@ -175,9 +175,8 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
                                 "holds damaged data (`dsv verify --remote` checks it)")
         return memoryview(data), run, cached
 
-    with core.reporter.task(label, len(missing), total) as advance, \
-            ThreadPoolExecutor(WORKERS) as pool:
-        for view, run, cached in bounded(pool, get, coalesce(missing), WORKERS):
+    with core.reporter.task(label, len(missing), total) as advance:
+        for view, run, cached in bounded(getters(), get, coalesce(missing), WORKERS):
             nbytes = sum(length for _oid, _start, length in run)
             report.from_cache += len(run) if cached else 0
             report.objects_received += len(run)

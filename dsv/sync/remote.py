@@ -9,6 +9,7 @@ uses. Must never decide what to send or which refs to move.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -175,8 +176,7 @@ class Remote:
                 return None
             return pack_id, entries, size
 
-        with ThreadPoolExecutor(WORKERS) as pool:
-            yield from (r for r in bounded(pool, read, packs, WORKERS) if r is not None)
+        yield from (r for r in bounded(getters(), read, packs, WORKERS) if r is not None)
 
     def list_catalog(self, dataset: str) -> set[str]:
         """The packs `dataset`'s catalog on the remote names (one LIST per 1,000)."""
@@ -343,14 +343,35 @@ def read_cache(core: Core) -> ClusterCache | None:
 
 def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
             window: int) -> Iterator[R]:
-    """pool.map that keeps at most `window` results pending (memory stays flat)."""
+    """pool.map that keeps at most `window` results pending (memory stays flat); those
+    not yet begun when the caller stops (an error) are cancelled."""
     pending: list[Future[R]] = []
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.pop(0).result()
+        while pending:
             yield pending.pop(0).result()
-    for fut in pending:
-        yield fut.result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+_GETTERS: ThreadPoolExecutor | None = None
+_GETTERS_LOCK = threading.Lock()
+
+
+def getters() -> ThreadPoolExecutor:
+    """The WORKERS threads that run the requests of a download or a refresh, made once
+    a process: a clone downloads a chunk of files at a time, and each thread started
+    while others hold the GIL waits for it (a pool a round: 57 thread starts, 0.5 s of a
+    100,000-file clone's main thread). Its tasks never wait for each other's."""
+    global _GETTERS
+    with _GETTERS_LOCK:
+        if _GETTERS is None:
+            _GETTERS = ThreadPoolExecutor(WORKERS, thread_name_prefix="dsv-get")
+        return _GETTERS
 
 
 UPLOAD_PACK_SIZE = 16 << 20
