@@ -538,14 +538,11 @@ def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest,
     placing = _entries_at(core, version, paths)
     # A clone writes small files as their objects arrive (worktree.Spool), before the
     # download that brings them is in the store: a kill can leave a file cut short
-    # whose object is not. Those objects are downloaded first (what fails to arrive
-    # leaves its file a change of the user's).
+    # whose object is not. Those objects are downloaded first: a download that fails
+    # stops the checkout with its own error, never calls such a file the user's change.
     wanted = [e for p, e in placing.items() if _may_be_cut_short(found[p], e)]
     if wanted:
-        try:
-            (downloads or _Downloads(core, version))(wanted)
-        except DsvError:
-            pass
+        (downloads or _Downloads(core, version))(wanted)
     return [p for p in paths if not _cut_short(core, found[p], placing.get(p))]
 
 

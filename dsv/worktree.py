@@ -1250,7 +1250,7 @@ class Spool:
         copy = None
         for rel, entry in self._small.pop(oid, ()):
             if len(data) == entry.size:   # (else: the usual way, which reports it)
-                copy = bytes(data) if copy is None else copy   # (the download reuses its buffer)
+                copy = bytes(data) if copy is None else copy   # (kept past the call)
                 self._queue(rel, entry, copy)
 
     def _queue(self, rel: str, entry: Entry, data: bytes) -> None:
@@ -1293,7 +1293,9 @@ class Spool:
         except OSError:
             results = [errno.EIO] * len(batch)   # (none made: placed the usual way)
         finally:
-            if owned:
+            if owned:   # (not while the writing thread may still use it: an interrupt)
+                from concurrent.futures import wait
+                wait([future])
                 os.close(dir_fd)
         for (rel, entry, _data), result in zip(batch, results, strict=True):
             if not isinstance(result, int):

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from ..core import Core
@@ -343,8 +343,9 @@ def read_cache(core: Core) -> ClusterCache | None:
 
 def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
             window: int) -> Iterator[R]:
-    """pool.map that keeps at most `window` results pending (memory stays flat); those
-    not yet begun when the caller stops (an error) are cancelled."""
+    """pool.map that keeps at most `window` results pending (memory stays flat); when
+    the caller stops (an error), those not yet begun are cancelled and those running
+    waited for."""
     pending: list[Future[R]] = []
     try:
         for item in items:
@@ -356,6 +357,7 @@ def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
     finally:
         for fut in pending:
             fut.cancel()
+        wait(pending)
 
 
 _GETTERS: ThreadPoolExecutor | None = None
