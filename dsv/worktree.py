@@ -1309,6 +1309,9 @@ class Spool:
         self._flush()
         while self._writing:
             self._collect()
+        if self._dirs is not None:   # (the placement keeps directories of its own open)
+            self._dirs.close()
+            self._dirs = None
         return self._made
 
     def _feed(self, spooled: _Spooled, oid: str, data: bytes | memoryview) -> None:
@@ -1371,7 +1374,9 @@ class Spool:
             spooled.writer.close()
             spooled.writer = None
             self._open -= 1
-        if spooled.tmp and self._dirs is not None:
+        if spooled.tmp:
+            if self._dirs is None:
+                self._dirs = _Dirs(self.root)
             try:
                 dir_fd, owned = self._dirs.open(spooled.rel.rpartition("/")[0])
             except OSError:

@@ -641,6 +641,40 @@ def test_a_lying_chunk_list_from_a_remote_is_caught_by_a_clone(tmp_path: Path, d
     assert _temp_files(clone) == []
 
 
+def test_the_spool_holds_no_directory_open_once_drained(tmp_path: Path) -> None:
+    """The spool's directory descriptors are closed when its small files are all written
+    (drain), not kept while the placement opens its own: the two would hold up to twice
+    the budget of open directories."""
+    from dsv.tree import Entry
+    from dsv.worktree import Spool
+
+    def open_dirs() -> set[str]:
+        fds = Path("/proc/self/fd")
+        found = set()
+        for fd in fds.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)):
+                found.add(target)
+        return found
+
+    files = {f"d{i}/f{j}.txt": f"{i}-{j}".encode() for i in range(5) for j in range(3)}
+    spool = Spool(tmp_path, [(rel, Entry("f", 0o644, len(data), b3(data)), [])
+                             for rel, data in files.items()])
+    try:
+        for data in files.values():
+            spool(b3(data), data)
+        made = spool.drain()
+        assert sorted(made) == sorted(files)
+        assert open_dirs() == set()
+        assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
+    finally:
+        spool.close()
+    assert open_dirs() == set()
+
+
 def test_a_checkout_that_fails_leaves_no_file_the_spool_began(tmp_path: Path, dsv,
                                                               monkeypatch) -> None:
     """A fresh checkout whose placement of one batch fails (a lying chunk list) while the

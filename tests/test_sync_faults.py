@@ -913,11 +913,33 @@ def test_kill_clone_while_a_chunked_file_is_written_as_it_downloads(dir_remote_p
     assert_pulled(fresh, src)
 
 
+def _cut_short_unstored(fresh: Path) -> tuple[Path, bytes]:
+    """A file a killed clone's spool made whose object the store does not hold (its
+    chunk's packs were not recorded yet), cut short as a kill in its write would leave
+    it: (path, its whole bytes)."""
+    import sqlite3
+    db = sqlite3.connect(fresh / ".dsv" / "index.db")
+    try:
+        stored = {oid for (oid,) in db.execute("SELECT oid FROM objects")}
+    finally:
+        db.close()
+    for path in sorted(p for p in fresh.rglob("*") if p.is_file() and ".dsv" not in p.parts
+                       and p.stat().st_size > 1):
+        data = path.read_bytes()
+        if b3(data) not in stored:
+            with open(path, "r+b") as f:
+                f.truncate(len(data) // 2)
+            return path, data
+    raise AssertionError("every file the spool made has its object in the store")
+
+
 def test_kill_clone_while_small_files_are_written_as_they_download(dir_remote_pair,
                                                                   tmp_path):
     """A clone killed once the spool has made some small files under their own names (the
-    next batch perhaps cut short in its writing thread): the checkout run again keeps
-    what is whole, replaces what was cut short, and the store checks out clean."""
+    next batch perhaps cut short in its writing thread), one of them cut short with its
+    object not yet in the store: the checkout run again downloads that object before it
+    compares, so it replaces the file instead of calling it the user's change, and the
+    store checks out clean."""
     src, remote, _clone, _, _ = dir_remote_pair
     fresh = tmp_path / "fresh"
     r = run_dsv("clone", remote, fresh, cwd=tmp_path,
@@ -925,9 +947,31 @@ def test_kill_clone_while_small_files_are_written_as_they_download(dir_remote_pa
     assert r.returncode == KILLED, f"not killed: {r.returncode}\n{r.stderr}"
     made = [p for p in fresh.rglob("*") if p.is_file() and ".dsv" not in p.parts]
     assert len(made) >= 5, made
+    cut, whole = _cut_short_unstored(fresh)
     ok("checkout", "data:latest", cwd=fresh)
+    assert cut.read_bytes() == whole
     verify_ok(fresh)
     assert_pulled(fresh, src)
+
+
+def test_a_killed_clone_whose_remote_is_gone_stops_with_the_remote_error(dir_remote_pair,
+                                                                         tmp_path):
+    """The same killed clone, run again with its remote unreachable: the objects of the
+    files that may be cut short cannot be downloaded, so the checkout stops with that
+    error; it neither calls the cut-short file the user's change nor touches it."""
+    _src, remote, _clone, _, _ = dir_remote_pair
+    fresh = tmp_path / "fresh"
+    r = run_dsv("clone", remote, fresh, cwd=tmp_path,
+                env={"DSV_CRASH_AT": "checkout:file-written", "DSV_CRASH_AFTER": "5"})
+    assert r.returncode == KILLED, f"not killed: {r.returncode}\n{r.stderr}"
+    cut, whole = _cut_short_unstored(fresh)
+    short = cut.read_bytes()
+    remote.rename(remote.with_name("gone"))
+    got = run_dsv("checkout", "data:latest", cwd=fresh)
+    assert got.returncode not in (0, KILLED), got.stdout
+    assert "remote" in got.stderr.lower(), got.stderr
+    assert "commit" not in got.stderr.lower() and "bug in dsv" not in got.stderr, got.stderr
+    assert cut.read_bytes() == short != whole
 
 
 @pytest.mark.parametrize("point", ["fetch:objects-written", "pull:objects-written"])
