@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -129,8 +129,8 @@ class Core:
             raise StoreNotFound(f"{self.dsv_dir}/index.db is empty or damaged",
                                 hint="recreate it from the objects with `dsv index rebuild`")
         # (idempotent: adds what older stores lack. An index that can only be read is
-        # read as it is where that works: schema 8 only dropped an index and added a
-        # count that reads never use.)
+        # read as it is where that works: schemas 8 and 9 only dropped indexes and
+        # added a count that reads never use.)
         if schema < SCHEMA_VERSION and not (self.index.read_only and schema >= 7):
             self.index.create_schema()
         self.index.on_change = lambda: state.save(self.index, self.dsv_dir)
@@ -193,11 +193,13 @@ class Core:
                 self.lock.release()
 
     def commit_objects(self, ingest: Ingest, record: Callable[[], T] | None = None,
-                       crash: str | None = None, retire: Iterable[str] = ()) -> T | None:
+                       crash: str | None = None,
+                       retire: Mapping[str, Iterable[str]] | None = None) -> T | None:
         """Make `ingest`'s objects part of the store: publish them (fsynced, renamed into
         `objects/`), then in one index transaction record their packs and run `record`
         (the rows that name them). Packs in `retire` (gc's repacking: their live objects
-        are in the new packs) leave the index in the same transaction.
+        are in the new packs; pack id → the oids whose rows name it) leave the index in
+        the same transaction.
 
         Under the store lock, so `gc` never sees a published object the index has not
         learned of; a crash between the two steps leaves only unreferenced objects, which
@@ -209,8 +211,9 @@ class Core:
         if crash:
             crashpoint(crash)
         with self.index.transaction():
-            for pack_id in retire:  # first: an object's row names the first pack holding it
-                self.index.delete_pack(pack_id)
+            for pack_id, oids in (retire or {}).items():
+                # first: an object's row names the first pack holding it
+                self.index.delete_pack(pack_id, oids)
             self.index.add_packs(packs)
             result = record() if record is not None else None
         return result

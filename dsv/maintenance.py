@@ -95,8 +95,14 @@ def gc(core: Core, dry_run: bool = False,
                 report.freed_bytes += core.objects.pack_path(pack_id).stat().st_size
                 if not dry_run:
                     core.objects.delete_pack(pack_id)
-        for pack_id, (_size, _count) in packs.items():
-            entries = core.index.pack_objects(pack_id)
+        # One pass over the object rows finds the packs holding anything dead; only
+        # those are read (by their own tables: the index has no index by pack).
+        dying = {pack_id for oid, pack_id, _kind in core.index.packed_oids()
+                 if oid not in live}
+        for pack_id in packs:
+            if pack_id not in dying:
+                continue
+            entries = _pack_rows(core, pack_id)
             keep = [e for e in entries if e[0] in live]
             if len(keep) == len(entries):
                 continue
@@ -110,7 +116,8 @@ def gc(core: Core, dry_run: bool = False,
                 for oid, _off, _len, kind in keep:
                     ingest.add_new(oid, kind, core.objects.read(oid))
                 report.repacked_packs += bool(keep)
-                core.commit_objects(ingest, crash="gc:repacked", retire=[pack_id])
+                core.commit_objects(ingest, crash="gc:repacked",
+                                    retire={pack_id: [e[0] for e in entries]})
             crashpoint("gc:index-updated")
             core.objects.delete_pack(pack_id)
             report.removed_packs += 1
@@ -127,6 +134,17 @@ def gc(core: Core, dry_run: bool = False,
         if not dry_run:
             core.index.checkpoint()
     return report
+
+
+def _pack_rows(core: Core, pack_id: str) -> list[tuple[str, int, int, int]]:
+    """The index's rows placing objects in a pack, (oid, offset, length, kind) in pack
+    order: looked up by the oids the pack's own table lists, or, where that table cannot
+    be read (the pack damaged or gone), by a pass over every row."""
+    try:
+        listed = [e.oid for e in core.objects.read_pack_entries(pack_id)]
+    except (DsvError, OSError):
+        return core.index.pack_objects(pack_id)
+    return core.index.pack_rows_among(pack_id, listed)
 
 
 def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,

@@ -224,7 +224,8 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     last, so a tree shared with a complete version is judged as that version needs it."""
     # Memory holds the trees and what is damaged, never a set of every object: whether
     # a tree's children are here is asked of the index, a query per few hundred.
-    lost = {oid for pack in damage.lost_packs for oid, *_ in core.index.pack_objects(pack)}
+    lost = {oid for rows in core.index.packs_objects(damage.lost_packs).values()
+            for oid, *_ in rows}
     watched = set(damage.corrupt) | lost   # the objects whose `reached` and size matter
     promised = core.index.promised()
     lazy = core.index.unfetched_roots()   # (trees left on a remote, by design)
@@ -405,10 +406,10 @@ def _repair(core: Core, damage: Damage) -> list[str]:
         repaired.append(f"indexed pack {pack_id[:12]} (it was on disk, not in the index)")
         for e in entries:
             damage.missing.pop(e.oid, None)
-    rows_of = {p: core.index.pack_objects(p) for p in damage.bad_packs | damage.lost_packs}
+    rows_of = core.index.packs_objects(damage.bad_packs | damage.lost_packs)
     with core.index.transaction():
         for pack_id in damage.lost_packs:  # what was in them is not here any more
-            core.index.delete_pack(pack_id)
+            core.index.delete_pack(pack_id, [row[0] for row in rows_of[pack_id]])
     known = {oid: (kind, length) for rows in rows_of.values()
              for oid, _off, length, kind in rows}
     wanted: Wanted = {}
@@ -436,7 +437,8 @@ def _repair(core: Core, damage: Damage) -> list[str]:
                 if line:
                     rewritten.append(pack_id)
                     repaired.append(line)
-            core.commit_objects(ingest, crash="verify:repaired", retire=rewritten)
+            core.commit_objects(ingest, crash="verify:repaired",
+                                retire={p: [row[0] for row in rows_of[p]] for p in rewritten})
     finally:
         objects.replacing = set()
     indexed = core.index.packs()

@@ -576,7 +576,7 @@ def test_a_schema_3_store_gains_the_scan_digest_table(ws: Path, dsv) -> None:
     for _ in range(2):
         assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("8",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("9",)
     assert len(_clean_scans(ws)) == 1
 
 

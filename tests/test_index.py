@@ -80,10 +80,10 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 8
+    assert idx.schema_version() == SCHEMA_VERSION == 9
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 8 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 9 and [d.id for d in idx.datasets()] == ["ds000001"]
     idx.close()
 
 
@@ -96,7 +96,7 @@ def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
                      ("a" * 64,))
     idx.conn.execute("UPDATE meta SET value='6' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 8
+    assert idx.schema_version() == 9
     assert idx.imported(["b/k@e"]) == {"b/k@e": ("a" * 64, 5, "")}
     idx.add_imported([("b/big@e", "b" * 64, 9 << 20, "c" * 64)])
     assert idx.imported_oids() == {"a" * 64, "c" * 64}
@@ -121,7 +121,7 @@ def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db
                              (e.oid, pack, e.offset, e.length, e.kind))
     idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 8
+    assert idx.schema_version() == 9
     assert idx.remote_pack_counts("origin") == {h("p1"): 3, h("p2"): 5}
     assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='remote_objects_pack'"
                             ).fetchone() is None
@@ -145,7 +145,7 @@ def test_a_migration_cut_short_fills_the_counts_when_run_again(db: Path) -> None
     idx.create_schema()
     idx.create_schema()                                   # (again: nothing changes)
     assert idx.remote_pack_counts("origin") == {h("p1"): 4}
-    assert idx.schema_version() == 8
+    assert idx.schema_version() == 9
     idx.close()
 
 
@@ -567,6 +567,41 @@ def test_an_object_in_two_packs_keeps_its_first_location(index: Index) -> None:
     assert index.locate(h("own")) == (h("p2"), 26, 3)
 
 
+def test_a_packs_rows_are_found_by_its_own_table_and_forgotten_by_oid(index: Index) -> None:
+    """Without an index by pack: the rows placing objects in a pack are looked up by the
+    oids its own table lists (those placed elsewhere are not its rows), several packs
+    come from one pass, and forgetting a pack by its oids leaves other packs' rows."""
+    shared = PackEntry(h("shared"), 8, 6, KIND_BLOB)
+    index.add_pack(h("p1"), 100, [shared])
+    own = entries("own", 700)                      # (more than one IN batch)
+    index.add_pack(h("p2"), 200, [PackEntry(h("shared"), 0, 6, KIND_BLOB), *own])
+    listed = [h("shared")] + [e.oid for e in own] + [h("never")]
+    want = [(e.oid, e.offset, e.length, e.kind) for e in own]
+    assert index.pack_rows_among(h("p2"), reversed(listed)) == want
+    assert index.packs_objects([h("p1"), h("p2"), h("none")]) == {
+        h("p1"): [(h("shared"), 8, 6, KIND_BLOB)], h("p2"): want, h("none"): []}
+    with index.transaction():
+        index.delete_pack(h("p2"), listed)
+    assert h("p2") not in index.packs() and index.locate(own[0].oid) is None
+    assert index.locate(h("shared")) == (h("p1"), 8, 6)
+    assert index.conn.execute("SELECT count(*) FROM objects").fetchone() == (1,)
+
+
+def test_a_schema_8_index_loses_its_index_of_objects_by_pack(db: Path) -> None:
+    """Schema 9 drops `objects_pack`; the rows stay and are found as before."""
+    idx = Index(db)
+    idx.create_schema()
+    idx.conn.execute("CREATE INDEX objects_pack ON objects(pack)")
+    idx.conn.execute("UPDATE meta SET value='8' WHERE key='schema'")
+    idx.add_pack(h("p"), 100, entries("p", 3))
+    idx.create_schema()
+    assert idx.schema_version() == 9
+    assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='objects_pack'"
+                            ).fetchone() is None
+    assert len(idx.pack_objects(h("p"))) == 3
+    idx.close()
+
+
 def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) -> None:
     root = tmp_path / "objects"
     ObjectStore.create_layout(root)
@@ -951,7 +986,7 @@ def test_read_only_fallback_when_the_index_cannot_be_written(db: Path, index: In
     out = json.loads(r.stdout)
     assert out["read_only"] is True
     assert (out["schema"], out["names"], out["version"], out["tag"]) == \
-        (8, ["mnist"], "first", "c000000001")
+        (SCHEMA_VERSION, ["mnist"], "first", "c000000001")
     kind, message, hint = out["write"]
     assert kind == "IndexUnwritable"
     assert message.startswith(f"cannot write the index {db}: the file-size limit")

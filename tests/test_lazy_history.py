@@ -292,7 +292,7 @@ def test_a_schema_5_store_gains_the_unfetched_table(
     got = dsv("pull", cwd=clone)
     assert got.code == 0, got.err
     with sqlite3.connect(clone / ".dsv" / "index.db") as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("8",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("9",)
     assert len(_unfetched(clone)) == 1   # "late": neither latest nor tagged
     assert read_tree(clone) == dict(files, **{"later.txt": b"and another"})
 
