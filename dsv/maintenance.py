@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,19 @@ def gc(core: Core, dry_run: bool = False,
                 report.freed_bytes += core.objects.pack_path(pack_id).stat().st_size
                 if not dry_run:
                     core.objects.delete_pack(pack_id)
-        # One pass over the object rows finds the packs holding anything dead; only
-        # those are read (by their own tables: the index has no index by pack).
-        dying = {pack_id for oid, pack_id, _kind in core.index.packed_oids()
-                 if oid not in live}
+        # One pass over the object rows finds the packs holding anything dead, and how
+        # many rows name each; only those packs are read (by their own tables: the
+        # index has no index by pack).
+        dying: set[str] = set()
+        named: Counter[str] = Counter()
+        for oid, pack_id, _kind in core.index.packed_oids():
+            named[pack_id] += 1
+            if oid not in live:
+                dying.add(pack_id)
         for pack_id in packs:
             if pack_id not in dying:
                 continue
-            entries = _pack_rows(core, pack_id)
+            entries = _pack_rows(core, pack_id, named[pack_id])
             keep = [e for e in entries if e[0] in live]
             if len(keep) == len(entries):
                 continue
@@ -136,15 +142,21 @@ def gc(core: Core, dry_run: bool = False,
     return report
 
 
-def _pack_rows(core: Core, pack_id: str) -> list[tuple[str, int, int, int]]:
+def _pack_rows(core: Core, pack_id: str, named: int | None = None
+               ) -> list[tuple[str, int, int, int]]:
     """The index's rows placing objects in a pack, (oid, offset, length, kind) in pack
-    order: looked up by the oids the pack's own table lists, or, where that table cannot
-    be read (the pack damaged or gone), by a pass over every row."""
+    order: looked up by the oids the pack's own table lists, or by a pass over every row
+    where that table cannot be read (the pack damaged or gone) or does not list every
+    row naming the pack (`named` of them: a damaged index, whose rows would otherwise
+    outlive the pack gc retires)."""
     try:
         listed = [e.oid for e in core.objects.read_pack_entries(pack_id)]
     except (DsvError, OSError):
         return core.index.pack_objects(pack_id)
-    return core.index.pack_rows_among(pack_id, listed)
+    rows = core.index.pack_rows_among(pack_id, listed)
+    if named is not None and len(rows) != named:
+        return core.index.pack_objects(pack_id)
+    return rows
 
 
 def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None = None,

@@ -294,6 +294,32 @@ def test_gc_repacks_by_the_packs_own_tables_and_forgets_only_their_rows(store_di
     assert maintenance._pack_rows(store.core, pack) == good
 
 
+
+def test_gc_forgets_a_row_naming_a_retired_pack_that_its_table_does_not_list(
+        store_dir, tmp_path: Path) -> None:
+    """A damaged index names a pack for an object the pack's own table does not list:
+    gc counts the rows naming each pack in its pass, reads that pack's rows by a scan,
+    and leaves no row naming the pack it retires (looked up by the table alone, the row
+    outlived it)."""
+    store, _root = store_dir
+    store.commit("first")
+    draft = store.create_version("ds")
+    src = tmp_path / "n.bin"
+    src.write_bytes(random.Random(5).randbytes(3000))
+    store.put_files(f"ds:{draft.id}", [src])
+    pack = store.index.locate(b3(src.read_bytes()))[0]
+    stray = b3(b"in no pack's table")
+    with store.index.transaction():
+        store.index.conn.execute("INSERT INTO objects VALUES (?, ?, 8, 10, 1)", (stray, pack))
+    store.delete_version(f"ds:{draft.id}")
+    report = store.gc()
+    assert pack not in store.index.packs()
+    assert store.index.pack_objects(pack) == []
+    assert store.index.locate(stray) is None
+    assert report.removed_objects >= 2
+    assert store.verify().ok
+
+
 def _new_trees(store: dsv.Store, before: set[str]) -> set[str]:
     from dsv import tree
     v = store.resolve("ds:latest")
