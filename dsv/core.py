@@ -47,12 +47,14 @@ if TYPE_CHECKING:
 
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
-STORE_FORMAT = 2
+STORE_FORMAT = 3
 """The store format this dsv writes: 2 = 1 plus chunked files (tree rows naming a chunk
-list). A store is created at 2; a format-1 store is raised to 2 by the first write that
-stores a chunk list (`_raise_format`), so a dsv that reads only format 1 refuses it then,
-and not before."""
-READ_STORE_FORMATS = (1, 2)
+list); 3 = 2 with an index of schema 10 or later (object rows name their pack by number:
+a dsv that reads format 2 would take the numbers for pack ids and every packed object
+for lost). A store is created at 3; an older one is raised to 3 when this dsv opens it
+and can write its index, just before the index is migrated (see Core.__init__). One
+whose index cannot be written is read as it is."""
+READ_STORE_FORMATS = (1, 2, 3)
 DATASET_ID_LEN = 8
 VERSION_ID_LEN = 10
 
@@ -130,7 +132,13 @@ class Core:
                                 hint="recreate it from the objects with `dsv index rebuild`")
         # (idempotent: adds what older stores lack. An index that can only be read is
         # read as it is where that works: schemas 8 and 9 only dropped indexes and
-        # added a count that reads never use.)
+        # added a count that reads never use, and schema 10's pack numbers are read
+        # through a view, see Index._view_unnumbered.)
+        # The format first: a crash between the two leaves a store older dsvs refuse and
+        # this one migrates on its next open, never a migrated index they would misread.
+        if self.format < STORE_FORMAT and not self.index.read_only:
+            write_config(self.dsv_dir, STORE_FORMAT)
+            self.format = STORE_FORMAT
         if schema < SCHEMA_VERSION and not (self.index.read_only and schema >= 7):
             self.index.create_schema()
         self.index.on_change = lambda: state.save(self.index, self.dsv_dir)
@@ -206,7 +214,6 @@ class Core:
         the next `gc` removes."""
         if not self.lock.held:
             raise DsvError("bug in dsv: objects published without the store lock")
-        self._raise_format(ingest)
         packs = ingest.publish()
         if crash:
             crashpoint(crash)
@@ -228,18 +235,10 @@ class Core:
             raise DsvError("bug in dsv: objects published without the store lock")
         if ingest.sealed_objects < SEALED_BATCH:
             return
-        self._raise_format(ingest)
         packs = ingest.publish_sealed()
         if packs:
             with self.index.transaction():
                 self.index.add_packs(packs)
-
-    def _raise_format(self, ingest: Ingest) -> None:
-        """Before the first chunk list joins a format-1 store, raise it to format 2 (a dsv
-        that reads only format 1 would take a chunked file's row for damage)."""
-        if ingest.chunk_lists and self.format < 2:
-            write_config(self.dsv_dir, 2)
-            self.format = 2
 
     def writers_alive(self) -> int:
         """Other live processes with a staging directory (see objects.live_stages)."""

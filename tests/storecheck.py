@@ -70,8 +70,10 @@ def inspect_store(ws: Path) -> StoreState:
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        objects = {oid: (pack, off, ln) for oid, pack, off, ln in
-                   conn.execute("SELECT oid, pack, offset, length FROM objects")}
+        # (schema 10: a row names its pack by number; one naming no pack is dangling)
+        objects = {oid: (pack, off, ln) for oid, pack, off, ln in conn.execute(
+            "SELECT o.oid, p.id, o.offset, o.length FROM objects o "
+            "LEFT JOIN packs p ON p.num = o.pack_num")}
         indexed_packs = {r[0] for r in conn.execute("SELECT id FROM packs")}
         version_rows = {}
         for row in conn.execute("SELECT id, dataset, state, tree, parents, message, record, "

@@ -310,7 +310,8 @@ def test_gc_forgets_a_row_naming_a_retired_pack_that_its_table_does_not_list(
     pack = store.index.locate(b3(src.read_bytes()))[0]
     stray = b3(b"in no pack's table")
     with store.index.transaction():
-        store.index.conn.execute("INSERT INTO objects VALUES (?, ?, 8, 10, 1)", (stray, pack))
+        store.index.conn.execute("INSERT INTO objects SELECT ?, num, 8, 10, 1 FROM packs "
+                                 "WHERE id=?", (stray, pack))
     store.delete_version(f"ds:{draft.id}")
     report = store.gc()
     assert pack not in store.index.packs()

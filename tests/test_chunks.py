@@ -21,6 +21,7 @@ import pytest
 import dsv as dsv_api
 from conftest import Result, read_tree, write_tree
 from dsv import chunking, tree
+from dsv.core import STORE_FORMAT
 from dsv.errors import CorruptObject
 from servers import DirView, S3View, check_remote
 from storecheck import inspect_store
@@ -173,7 +174,7 @@ def test_commit_stores_chunks_and_lists_the_whole_file_hash(chunked_ws, dsv) -> 
         assert store.objects.has(b3(files["mid.bin"]))
     finally:
         store.close()
-    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 2
+    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == STORE_FORMAT
     state = inspect_store(ws)   # the independent checker puts each chunked file together
     assert state.content(v1) == {p: b3(d) for p, d in files.items()}
     ok(dsv("verify", cwd=ws))
@@ -272,20 +273,26 @@ def test_gc_keeps_live_chunks_and_drops_dead_ones(chunked_ws, dsv) -> None:
     assert jout(dsv("status", "--json", cwd=ws))[0]["clean"] is True
 
 
-def test_a_format_1_store_is_raised_by_its_first_chunked_file(tmp_path: Path, dsv) -> None:
+def test_an_older_store_is_raised_to_format_3_when_opened_for_writing(tmp_path: Path,
+                                                                      dsv) -> None:
+    """Format 3 = chunk lists (format 2) and an index whose object rows name packs by
+    number: a store of format 1 or 2 is raised before its index is migrated, and a
+    format this dsv does not know is refused."""
     ws = tmp_path / "old"
     write_tree(ws, {"a.txt": b"a"})
     ok(dsv("init", cwd=ws))
     config = ws / ".dsv" / "config.json"
-    config.write_text(json.dumps({"format": 1, "hash": "blake3"}))
-    ok(dsv("commit", "-m", "small", cwd=ws))
-    assert json.loads(config.read_text())["format"] == 1   # nothing chunked: still 1
+    assert json.loads(config.read_text())["format"] == 3
+    for old in (1, 2):
+        config.write_text(json.dumps({"format": old, "hash": "blake3"}))
+        ok(dsv("status", cwd=ws))
+        assert json.loads(config.read_text())["format"] == 3
     (ws / "big.bin").write_bytes(rand(5 * MiB, 14))
     ok(dsv("commit", "-m", "big", cwd=ws))
-    assert json.loads(config.read_text())["format"] == 2
-    config.write_text(json.dumps({"format": 3, "hash": "blake3"}))
+    assert json.loads(config.read_text())["format"] == 3
+    config.write_text(json.dumps({"format": 4, "hash": "blake3"}))
     r = dsv("status", cwd=ws)
-    assert r.code == 1 and "store format 3" in r.err
+    assert r.code == 1 and "store format 4" in r.err and "reads formats 1, 2, 3" in r.err
 
 
 # ---- sync ------------------------------------------------------------------------------

@@ -576,8 +576,54 @@ def test_a_schema_3_store_gains_the_scan_digest_table(ws: Path, dsv) -> None:
     for _ in range(2):
         assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("9",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
     assert len(_clean_scans(ws)) == 1
+
+
+def _unnumber_index(dsv_dir: Path, fmt: int) -> None:
+    """Turn a store's index back into schema 9's (object rows naming packs by id) and its
+    config into format `fmt`: what an older dsv left."""
+    import sqlite3
+    with sqlite3.connect(dsv_dir / "index.db") as conn:
+        for sql in ("DROP VIEW object_rows",
+                    "CREATE TABLE old_packs ([id] TEXT PRIMARY KEY, [size] INTEGER, "
+                    "[count] INTEGER, [created] FLOAT)",
+                    "INSERT INTO old_packs SELECT id, size, count, created FROM packs",
+                    "CREATE TABLE old_objects (oid TEXT PRIMARY KEY, pack TEXT NOT NULL, "
+                    "offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL) "
+                    "WITHOUT ROWID",
+                    "INSERT INTO old_objects SELECT o.oid, p.id, o.offset, o.length, o.kind "
+                    "FROM objects o JOIN packs p ON p.num = o.pack_num",
+                    "DROP TABLE objects", "DROP TABLE packs",
+                    "ALTER TABLE old_packs RENAME TO packs",
+                    "ALTER TABLE old_objects RENAME TO objects",
+                    "UPDATE meta SET value='9' WHERE key='schema'"):
+            conn.execute(sql)
+    (dsv_dir / "config.json").write_text(json.dumps({"format": fmt, "hash": "blake3"}))
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_a_store_of_an_older_dsv_is_migrated_and_reads_as_before(ws: Path, dsv, fmt: int,
+                                                                  tmp_path: Path) -> None:
+    """A store written by the dsv before schema 10 (its index's object rows name packs by
+    id): the first command raises its format to 3 and numbers its packs; every object is
+    where it was, the store checks clean, and a checkout gives back the same bytes."""
+    import sqlite3
+    from storecheck import inspect_store
+    _age(ws)
+    files = read_tree(ws)
+    vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
+    _unnumber_index(ws / ".dsv", fmt)
+    assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
+    assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 3
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+        assert "pack_num" in {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
+    ok(dsv("verify", cwd=ws))
+    assert inspect_store(ws).content(vid) == {p: blake3.blake3(d).hexdigest()
+                                              for p, d in files.items()}
+    ok(dsv("checkout", f"mydata:{vid}", "--to", str(tmp_path / "out"), cwd=ws))
+    assert read_tree(tmp_path / "out") == files
 
 
 QUICK_LINES = [["status"], ["status", "--json"], ["status", "-s"], ["status", "--short", "--json"],

@@ -80,10 +80,10 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 9
+    assert idx.schema_version() == SCHEMA_VERSION == 10
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 9 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 10 and [d.id for d in idx.datasets()] == ["ds000001"]
     idx.close()
 
 
@@ -96,7 +96,7 @@ def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
                      ("a" * 64,))
     idx.conn.execute("UPDATE meta SET value='6' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 9
+    assert idx.schema_version() == 10
     assert idx.imported(["b/k@e"]) == {"b/k@e": ("a" * 64, 5, "")}
     idx.add_imported([("b/big@e", "b" * 64, 9 << 20, "c" * 64)])
     assert idx.imported_oids() == {"a" * 64, "c" * 64}
@@ -121,7 +121,7 @@ def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db
                              (e.oid, pack, e.offset, e.length, e.kind))
     idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 9
+    assert idx.schema_version() == 10
     assert idx.remote_pack_counts("origin") == {h("p1"): 3, h("p2"): 5}
     assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='remote_objects_pack'"
                             ).fetchone() is None
@@ -145,7 +145,7 @@ def test_a_migration_cut_short_fills_the_counts_when_run_again(db: Path) -> None
     idx.create_schema()
     idx.create_schema()                                   # (again: nothing changes)
     assert idx.remote_pack_counts("origin") == {h("p1"): 4}
-    assert idx.schema_version() == 9
+    assert idx.schema_version() == 10
     idx.close()
 
 
@@ -587,19 +587,96 @@ def test_a_packs_rows_are_found_by_its_own_table_and_forgotten_by_oid(index: Ind
     assert index.conn.execute("SELECT count(*) FROM objects").fetchone() == (1,)
 
 
+def unnumbered(idx: Index, schema: int,
+               packs: dict[str, list[PackEntry]]) -> None:
+    """Give `idx` the `packs` and `objects` tables of schemas 9 and older (object rows
+    naming their pack by id) holding `packs`, stamped `schema`."""
+    for sql in ("DROP VIEW object_rows", "DROP TABLE objects", "DROP TABLE packs",
+                "CREATE TABLE [packs] ([id] TEXT PRIMARY KEY, [size] INTEGER, "
+                "[count] INTEGER, [created] FLOAT)",
+                "CREATE TABLE objects (oid TEXT PRIMARY KEY, pack TEXT NOT NULL, offset "
+                "INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL) "
+                "WITHOUT ROWID"):
+        idx.conn.execute(sql)
+    for pack, found in packs.items():
+        idx.conn.execute("INSERT INTO packs VALUES (?, 100, ?, 1.0)", (pack, len(found)))
+        idx.conn.executemany("INSERT OR IGNORE INTO objects VALUES (?,?,?,?,?)",
+                             [(e.oid, pack, e.offset, e.length, e.kind) for e in found])
+    idx.conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(schema),))
+
+
 def test_a_schema_8_index_loses_its_index_of_objects_by_pack(db: Path) -> None:
     """Schema 9 drops `objects_pack`; the rows stay and are found as before."""
     idx = Index(db)
     idx.create_schema()
+    unnumbered(idx, 8, {h("p"): entries("p", 3)})
     idx.conn.execute("CREATE INDEX objects_pack ON objects(pack)")
-    idx.conn.execute("UPDATE meta SET value='8' WHERE key='schema'")
-    idx.add_pack(h("p"), 100, entries("p", 3))
     idx.create_schema()
-    assert idx.schema_version() == 9
+    assert idx.schema_version() == 10
     assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='objects_pack'"
                             ).fetchone() is None
-    assert len(idx.pack_objects(h("p"))) == 3
+    assert idx.pack_objects(h("p")) == [(e.oid, e.offset, e.length, e.kind)
+                                        for e in entries("p", 3)]
     idx.close()
+
+
+def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
+    """Schema 10: object rows name their pack by number. Migrating keeps every row that
+    names a known pack (where it was), drops one naming none, and is done once; numbers
+    are never reused, so no stray row can come to name a later pack."""
+    idx = Index(db)
+    idx.create_schema()
+    one, two = entries("p1", 3), entries("p2", 4, start=100)
+    unnumbered(idx, 9, {h("p1"): one, h("p2"): two})
+    idx.conn.execute("INSERT INTO objects VALUES (?, ?, 8, 10, 1)", (h("stray"), h("gone")))
+    idx.create_schema()
+    assert idx.schema_version() == 10
+    assert idx.packs() == {h("p1"): (100, 3), h("p2"): (100, 4)}
+    assert idx.locate_many(e.oid for e in one + two) == {
+        e.oid: (p, e.offset, e.length) for p, es in ((h("p1"), one), (h("p2"), two))
+        for e in es}
+    assert idx.locate(h("stray")) is None
+    assert idx.conn.execute("SELECT count(*) FROM objects").fetchone() == (7,)
+    assert dict(idx.conn.execute("SELECT id, num FROM packs")) == {h("p1"): 1, h("p2"): 2}
+    idx.create_schema()                                   # (again: nothing changes)
+    assert idx.locate(one[0].oid) == (h("p1"), one[0].offset, one[0].length)
+    idx.add_pack(h("p3"), 50, entries("p3", 2))
+    with idx.transaction():
+        idx.delete_pack(h("p3"))
+    idx.add_pack(h("p4"), 50, entries("p4", 2))
+    assert dict(idx.conn.execute("SELECT id, num FROM packs WHERE id=?", (h("p4"),))) == {
+        h("p4"): 4}
+    idx.close()
+
+
+def test_a_schema_9_index_that_cannot_be_written_is_read_as_it_is(db: Path) -> None:
+    """No migration where the index cannot be written: its object rows, which name packs
+    by id, are read through a view of the connection's own with schema 10's columns."""
+    idx = Index(db)
+    idx.create_schema()
+    found = entries("p", 3)
+    unnumbered(idx, 9, {h("p"): found})
+    idx.close()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    probe = textwrap.dedent("""
+        import json, resource, sys
+        from dsv.index import Index
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(
+            resource.RLIMIT_FSIZE)[1]))
+        idx = Index(sys.argv[1])
+        print(json.dumps({"read_only": idx.read_only, "schema": idx.schema_version(),
+                          "where": idx.locate_many(sys.argv[2:]),
+                          "rows": sorted(idx.packed_oids())}))
+    """)
+    r = subprocess.run([sys.executable, "-c", probe, str(db), *(e.oid for e in found)],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["read_only"], out["schema"]) == (True, 9)
+    assert out["where"] == {e.oid: [h("p"), e.offset, e.length] for e in found}
+    assert out["rows"] == sorted([e.oid, h("p"), e.kind] for e in found)
+    with sqlite3.connect(db) as conn:   # untouched
+        assert "pack" in {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
 
 
 def test_the_index_locates_what_an_ingest_wrote(index: Index, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_tree, write_tree
+from dsv.index import SCHEMA_VERSION
 
 
 def _unfetched(ws: Path) -> dict[str, str]:
@@ -292,7 +293,7 @@ def test_a_schema_5_store_gains_the_unfetched_table(
     got = dsv("pull", cwd=clone)
     assert got.code == 0, got.err
     with sqlite3.connect(clone / ".dsv" / "index.db") as db:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("9",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert len(_unfetched(clone)) == 1   # "late": neither latest nor tagged
     assert read_tree(clone) == dict(files, **{"later.txt": b"and another"})
 
