@@ -39,6 +39,13 @@ _PACKS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
 _OBJECTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
     oid TEXT PRIMARY KEY, pack_num INTEGER NOT NULL, offset INTEGER NOT NULL,
     length INTEGER NOT NULL, kind INTEGER NOT NULL) WITHOUT ROWID"""
+_REMOTE_PACKS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+    num INTEGER PRIMARY KEY AUTOINCREMENT, remote TEXT NOT NULL, pack TEXT NOT NULL,
+    size INTEGER NOT NULL, count INTEGER, UNIQUE (remote, pack))"""
+_REMOTE_OBJECTS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+    remote TEXT NOT NULL, oid TEXT NOT NULL, pack_num INTEGER NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,
+    PRIMARY KEY (remote, oid)) WITHOUT ROWID"""
 _IN_BATCH = 500
 _MAX_PARAMS = 999
 """Parameters a statement of `_put_rows` binds: what every SQLite allows (32,766 since
@@ -186,18 +193,23 @@ class Index:
     def _view_unnumbered(self) -> None:
         """An index that cannot be written keeps the schema it has (core.Core reads
         schemas 7 to 9 as they are): where its object rows name packs by id, reads see
-        them through a view of this connection alone with the columns of schema 10's
-        `object_rows`. A file SQLite cannot read is left to the queries to report."""
-        try:
-            if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='object_rows'"
-                                 ).fetchone() is not None:
+        them through views of this connection alone with the columns of schema 10's
+        `object_rows` and `remote_object_rows`. A file SQLite cannot read is left to the
+        queries to report."""
+        for view, table, columns in (
+                ("object_rows", "objects", "oid, pack AS pack_id, offset, length, kind"),
+                ("remote_object_rows", "remote_objects",
+                 "remote, oid, pack, offset, length, kind")):
+            try:
+                if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name=?",
+                                     (view,)).fetchone() is not None:
+                    continue
+                if "pack" in {row[1] for row in self.conn.execute(
+                        f"PRAGMA main.table_info({table})")}:
+                    self.conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {view} AS SELECT "
+                                      f"{columns} FROM main.{table}")
+            except sqlite3.DatabaseError:
                 return
-            columns = {row[1] for row in self.conn.execute("PRAGMA main.table_info(objects)")}
-            if "pack" in columns:
-                self.conn.execute("CREATE TEMP VIEW IF NOT EXISTS object_rows AS SELECT oid, "
-                                  "pack AS pack_id, offset, length, kind FROM main.objects")
-        except sqlite3.DatabaseError:
-            pass
 
     def _connect_read_only(self, failure: sqlite3.OperationalError) -> sqlite3.Connection:
         """A connection that reads the index without writing a byte, or `failure` raised.
@@ -268,9 +280,6 @@ class Index:
         # `object_rows`.
         db.execute(_PACKS_TABLE.format(name="packs"))
         db.execute(_OBJECTS_TABLE.format(name="objects"))
-        self._number_packs()
-        db.execute("""CREATE VIEW IF NOT EXISTS object_rows AS SELECT o.oid, p.id AS pack_id,
-            o.offset, o.length, o.kind FROM objects o JOIN packs p ON p.num = o.pack_num""")
         # Schema 9: `objects` has no index by pack. It doubled the table's size (a pack
         # id and an oid an entry) and the pages every insert of random ids dirties: a
         # million object rows recorded 20,000 at a time took 20.2 s with it, 14.7 s
@@ -297,13 +306,9 @@ class Index:
                                     "profile": str, "ttl": float, "max_size": int,
                                     "write_through": int, "is_default": int, "created": float},
                                    pk="name", not_null={"url", "kind"}, if_not_exists=True)
-        db.execute("""CREATE TABLE IF NOT EXISTS remote_objects (
-            remote TEXT NOT NULL, oid TEXT NOT NULL, pack TEXT NOT NULL,
-            offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,
-            PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
-        db.execute("""CREATE TABLE IF NOT EXISTS remote_packs (
-            remote TEXT NOT NULL, pack TEXT NOT NULL, size INTEGER NOT NULL, count INTEGER,
-            PRIMARY KEY (remote, pack)) WITHOUT ROWID""")
+        # (schema 10, as `objects`: rows name their remote pack by number)
+        db.execute(_REMOTE_OBJECTS_TABLE.format(name="remote_objects"))
+        db.execute(_REMOTE_PACKS_TABLE.format(name="remote_packs"))
         # Schema 8: each remote pack's entry count is kept with it, and `remote_objects`
         # has no index by pack (at a million objects it cost 5.5 s of a clone's 9.4 s of
         # recording them, and half the table's size; a pack's rows are looked for only
@@ -322,6 +327,12 @@ class Index:
                        "WHERE r.remote = remote_packs.remote AND r.pack = remote_packs.pack) "
                        "WHERE count IS NULL")
             db.execute("DROP INDEX IF EXISTS remote_objects_pack")
+        self._number_packs()
+        db.execute("""CREATE VIEW IF NOT EXISTS object_rows AS SELECT o.oid, p.id AS pack_id,
+            o.offset, o.length, o.kind FROM objects o JOIN packs p ON p.num = o.pack_num""")
+        db.execute("""CREATE VIEW IF NOT EXISTS remote_object_rows AS SELECT o.remote, o.oid,
+            p.pack, o.offset, o.length, o.kind FROM remote_objects o
+            JOIN remote_packs p ON p.num = o.pack_num""")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_loose (
             remote TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_refs (
@@ -346,29 +357,43 @@ class Index:
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
 
     def _number_packs(self) -> None:
-        """Migrate `packs` and `objects` of schema 9 or older to schema 10 (see
-        create_schema): both tables rewritten in one transaction, which a crash or a second
-        process opening the store at once leaves done or not begun. An object row naming
-        a pack `packs` does not know (only a damaged index holds one) is dropped with the
-        old table: no pack number can name it, and nothing could be read through it that
-        verify would not call lost."""
+        """Migrate the pack tables of schema 9 or older to schema 10 (see create_schema):
+        `packs` and `objects`, then `remote_packs` and `remote_objects`, rewritten in one
+        transaction, which a crash or a second process opening the store at once leaves
+        done or not begun. An object row naming a pack its table does not know (only a
+        damaged index holds one) is dropped with the old table: no number can name it,
+        and nothing could be read through it that verify would not call lost."""
         with self.transaction():
-            columns = {row[1] for row in self.conn.execute("PRAGMA main.table_info(packs)")}
-            if "num" in columns:
-                return
-            for table in ("packs_numbered", "objects_numbered"):
-                self.conn.execute(f"DROP TABLE IF EXISTS {table}")
-            self.conn.execute(_PACKS_TABLE.format(name="packs_numbered"))
-            self.conn.execute("INSERT INTO packs_numbered (id, size, count, created) "
-                              "SELECT id, size, count, created FROM packs ORDER BY rowid")
-            self.conn.execute(_OBJECTS_TABLE.format(name="objects_numbered"))
-            self.conn.execute("INSERT INTO objects_numbered (oid, pack_num, offset, length, "
-                              "kind) SELECT o.oid, p.num, o.offset, o.length, o.kind FROM "
-                              "objects o JOIN packs_numbered p ON p.id = o.pack ORDER BY o.oid")
-            self.conn.execute("DROP TABLE objects")
-            self.conn.execute("DROP TABLE packs")
-            self.conn.execute("ALTER TABLE packs_numbered RENAME TO packs")
-            self.conn.execute("ALTER TABLE objects_numbered RENAME TO objects")
+            self._renumber(("packs", _PACKS_TABLE, "id, size, count, created", "rowid"),
+                           ("objects", _OBJECTS_TABLE, "o.oid"), "p.id = o.pack")
+            self._renumber(("remote_packs", _REMOTE_PACKS_TABLE, "remote, pack, size, count",
+                            "remote, pack"),   # (WITHOUT ROWID before)
+                           ("remote_objects", _REMOTE_OBJECTS_TABLE, "o.remote, o.oid"),
+                           "p.remote = o.remote AND p.pack = o.pack")
+
+    def _renumber(self, packs: tuple[str, str, str, str], objects: tuple[str, str, str],
+                  same_pack: str) -> None:
+        """`_number_packs` of one pair of tables: packs = (table, its schema-10 DDL, the
+        columns kept, the order numbers are given in), objects = (table, its DDL, its
+        key columns); an old object row o finds its numbered pack p where `same_pack`."""
+        pack_table, pack_ddl, pack_columns, order = packs
+        object_table, object_ddl, keys = objects
+        columns = {row[1] for row in self.conn.execute(f"PRAGMA main.table_info({pack_table})")}
+        if "num" in columns:
+            return
+        for table in ("numbering", "numbered"):
+            self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+        self.conn.execute(pack_ddl.format(name="numbering"))
+        self.conn.execute(f"INSERT INTO numbering ({pack_columns}) SELECT {pack_columns} "
+                          f"FROM {pack_table} ORDER BY {order}")
+        self.conn.execute(object_ddl.format(name="numbered"))
+        self.conn.execute(f"INSERT INTO numbered SELECT {keys}, p.num, o.offset, o.length, "
+                          f"o.kind FROM {object_table} o JOIN numbering p ON {same_pack} "
+                          f"ORDER BY {keys}")
+        self.conn.execute(f"DROP TABLE {object_table}")
+        self.conn.execute(f"DROP TABLE {pack_table}")
+        self.conn.execute(f"ALTER TABLE numbering RENAME TO {pack_table}")
+        self.conn.execute(f"ALTER TABLE numbered RENAME TO {object_table}")
 
     def schema_version(self) -> int | None:
         """The schema version stamped in `meta`, or None before there is one."""
@@ -1052,17 +1077,19 @@ class Index:
         self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size, count) "
                           "SELECT remote, pack, size, count FROM arriving_remote_packs "
                           "ORDER BY rowid")
-        self.conn.execute("INSERT OR IGNORE INTO remote_objects (remote, oid, pack, offset, "
-                          "length, kind) SELECT remote, oid, pack, offset, length, kind FROM "
-                          "arriving_remote_objects ORDER BY remote, oid, rowid")
+        self.conn.execute("INSERT OR IGNORE INTO remote_objects (remote, oid, pack_num, "
+                          "offset, length, kind) SELECT a.remote, a.oid, p.num, a.offset, "
+                          "a.length, a.kind FROM arriving_remote_objects a JOIN remote_packs "
+                          "p ON p.remote = a.remote AND p.pack = a.pack "
+                          "ORDER BY a.remote, a.oid, a.rowid")
         for table in ("arriving_remote_packs", "arriving_remote_objects"):
             self.conn.execute(f"DELETE FROM {table}")
 
     def remote_pack_kinds(self, remote: str) -> dict[str, set[int]]:
         """The kinds of object each of `remote`'s packs holds (as its index rows say)."""
         out: dict[str, set[int]] = {}
-        for pack, kind in self.conn.execute("SELECT DISTINCT pack, kind FROM remote_objects "
-                                            "WHERE remote=?", (remote,)):
+        for pack, kind in self.conn.execute("SELECT DISTINCT pack, kind FROM "
+                                            "remote_object_rows WHERE remote=?", (remote,)):
             out.setdefault(pack, set()).add(kind)
         return out
 
@@ -1082,9 +1109,11 @@ class Index:
                        ((pack,) for pack in packs), 1)
         if self.conn.execute("SELECT 1 FROM going_remote_packs").fetchone() is None:
             return
-        for table in ("remote_objects", "remote_packs"):
-            self.conn.execute(f"DELETE FROM {table} WHERE remote=? AND pack IN "
-                              "(SELECT pack FROM going_remote_packs)", (remote,))
+        self.conn.execute("DELETE FROM remote_objects WHERE remote=? AND pack_num IN (SELECT "
+                          "num FROM remote_packs WHERE remote=? AND pack IN (SELECT pack FROM "
+                          "going_remote_packs))", (remote, remote))
+        self.conn.execute("DELETE FROM remote_packs WHERE remote=? AND pack IN "
+                          "(SELECT pack FROM going_remote_packs)", (remote,))
         self.conn.execute("DELETE FROM going_remote_packs")
 
     def remote_locate_many(self, remote: str, oids: Iterable[str]
@@ -1092,14 +1121,15 @@ class Index:
         """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset,
         length)."""
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
-            "SELECT oid, pack, offset, length FROM remote_objects WHERE remote=? AND oid IN "
-            "({marks})", oids, remote)}
+            "SELECT oid, pack, offset, length FROM remote_object_rows WHERE remote=? AND "
+            "oid IN ({marks})", oids, remote)}
 
     def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
         """(oid, pack, offset, length) of `remote`'s packed objects of
         one kind."""
-        return list(self.conn.execute("SELECT oid, pack, offset, length FROM remote_objects "
-                                      "WHERE remote=? AND kind=?", (remote, kind)))
+        return list(self.conn.execute("SELECT oid, pack, offset, length FROM "
+                                      "remote_object_rows WHERE remote=? AND kind=?",
+                                      (remote, kind)))
 
     # ---- dataset catalogs on remotes (`catalog/<dataset>/<pack>`) -----------------------
     def catalog_packs(self, remote: str, dataset: str) -> set[str]:
@@ -1124,7 +1154,7 @@ class Index:
     def need_remote_packs(self, remote: str) -> set[str]:
         """The packs of `remote` that hold the objects in `need` it holds."""
         return {r[0] for r in self.conn.execute(
-            "SELECT DISTINCT r.pack FROM need n JOIN remote_objects r ON r.remote = ? AND "
+            "SELECT DISTINCT r.pack FROM need n JOIN remote_object_rows r ON r.remote = ? AND "
             "r.oid = n.oid", (remote,))}
 
     def remote_scope(self, remote: str) -> list[str] | None:

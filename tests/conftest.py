@@ -91,6 +91,41 @@ def write_tree(root: Path, files: dict[str, bytes | str]) -> None:
         path.write_bytes(content)
 
 
+def unnumber_index(dsv_dir: Path, fmt: int) -> None:
+    """Turn a store's index back into schema 9's (object rows, local and remote, naming
+    their pack by id) and its config into format `fmt`: what an older dsv left."""
+    import json
+    import sqlite3
+    # (table, its schema-9 columns, what fills them from the schema-10 tables)
+    old = [("packs", "[id] TEXT PRIMARY KEY, [size] INTEGER, [count] INTEGER, [created] "
+            "FLOAT", "id, size, count, created FROM packs"),
+           ("objects", "oid TEXT PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL, "
+            "length INTEGER NOT NULL, kind INTEGER NOT NULL",
+            "o.oid, p.id, o.offset, o.length, o.kind FROM objects o JOIN packs p ON "
+            "p.num = o.pack_num"),
+           ("remote_packs", "remote TEXT NOT NULL, pack TEXT NOT NULL, size INTEGER NOT "
+            "NULL, count INTEGER, PRIMARY KEY (remote, pack)",
+            "remote, pack, size, count FROM remote_packs"),
+           ("remote_objects", "remote TEXT NOT NULL, oid TEXT NOT NULL, pack TEXT NOT NULL, "
+            "offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL, "
+            "PRIMARY KEY (remote, oid)",
+            "o.remote, o.oid, p.pack, o.offset, o.length, o.kind FROM remote_objects o "
+            "JOIN remote_packs p ON p.num = o.pack_num")]
+    with sqlite3.connect(dsv_dir / "index.db") as conn:
+        conn.execute("DROP VIEW object_rows")
+        conn.execute("DROP VIEW remote_object_rows")
+        for table, columns, select in old:
+            rowid = "" if table == "packs" else " WITHOUT ROWID"
+            conn.execute(f"CREATE TABLE old_{table} ({columns}){rowid}")
+            conn.execute(f"INSERT INTO old_{table} SELECT {select}")
+        for table, _c, _s in reversed(old):
+            conn.execute(f"DROP TABLE {table}")
+        for table, _c, _s in old:
+            conn.execute(f"ALTER TABLE old_{table} RENAME TO {table}")
+        conn.execute("UPDATE meta SET value='9' WHERE key='schema'")
+    (dsv_dir / "config.json").write_text(json.dumps({"format": fmt, "hash": "blake3"}))
+
+
 def flip_byte(path: Path, offset: int) -> None:
     """Damage one byte of a (read-only) store or remote file in place, keeping its mode."""
     mode = path.stat().st_mode & 0o777

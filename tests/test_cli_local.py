@@ -20,7 +20,7 @@ import pytest
 
 import dsv as dsv_api
 from dsv import native
-from conftest import Result, flip_byte, read_tree, write_tree
+from conftest import Result, flip_byte, read_tree, unnumber_index, write_tree
 
 BASE = {
     "a.txt": "alpha\n",
@@ -580,28 +580,6 @@ def test_a_schema_3_store_gains_the_scan_digest_table(ws: Path, dsv) -> None:
     assert len(_clean_scans(ws)) == 1
 
 
-def _unnumber_index(dsv_dir: Path, fmt: int) -> None:
-    """Turn a store's index back into schema 9's (object rows naming packs by id) and its
-    config into format `fmt`: what an older dsv left."""
-    import sqlite3
-    with sqlite3.connect(dsv_dir / "index.db") as conn:
-        for sql in ("DROP VIEW object_rows",
-                    "CREATE TABLE old_packs ([id] TEXT PRIMARY KEY, [size] INTEGER, "
-                    "[count] INTEGER, [created] FLOAT)",
-                    "INSERT INTO old_packs SELECT id, size, count, created FROM packs",
-                    "CREATE TABLE old_objects (oid TEXT PRIMARY KEY, pack TEXT NOT NULL, "
-                    "offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL) "
-                    "WITHOUT ROWID",
-                    "INSERT INTO old_objects SELECT o.oid, p.id, o.offset, o.length, o.kind "
-                    "FROM objects o JOIN packs p ON p.num = o.pack_num",
-                    "DROP TABLE objects", "DROP TABLE packs",
-                    "ALTER TABLE old_packs RENAME TO packs",
-                    "ALTER TABLE old_objects RENAME TO objects",
-                    "UPDATE meta SET value='9' WHERE key='schema'"):
-            conn.execute(sql)
-    (dsv_dir / "config.json").write_text(json.dumps({"format": fmt, "hash": "blake3"}))
-
-
 @pytest.mark.parametrize("fmt", [1, 2])
 def test_a_store_of_an_older_dsv_is_migrated_and_reads_as_before(ws: Path, dsv, fmt: int,
                                                                   tmp_path: Path) -> None:
@@ -613,7 +591,7 @@ def test_a_store_of_an_older_dsv_is_migrated_and_reads_as_before(ws: Path, dsv, 
     _age(ws)
     files = read_tree(ws)
     vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
-    _unnumber_index(ws / ".dsv", fmt)
+    unnumber_index(ws / ".dsv", fmt)
     assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
     assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 3
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:

@@ -104,15 +104,27 @@ def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
     idx.close()
 
 
+def old_remote_tables(idx: Index, count: bool) -> None:
+    """Give `idx` the remote pack tables of schema 9 (`count`) or 7 (without it): rows
+    naming their remote pack by id."""
+    for sql in ("DROP VIEW remote_object_rows", "DROP TABLE remote_objects",
+                "DROP TABLE remote_packs",
+                "CREATE TABLE remote_objects (remote TEXT NOT NULL, oid TEXT NOT NULL, pack "
+                "TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER "
+                "NOT NULL, PRIMARY KEY (remote, oid)) WITHOUT ROWID",
+                "CREATE TABLE remote_packs (remote TEXT NOT NULL, pack TEXT NOT NULL, size "
+                f"INTEGER NOT NULL, {'count INTEGER, ' if count else ''}"
+                "PRIMARY KEY (remote, pack)) WITHOUT ROWID"):
+        idx.conn.execute(sql)
+
+
 def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db: Path
                                                                               ) -> None:
     """Schema 8 keeps each remote pack's entry count in `remote_packs` (filled from the
     rows when an older store is opened) and drops `remote_objects`' index by pack."""
     idx = Index(db)
     idx.create_schema()
-    idx.conn.execute("DROP TABLE remote_packs")
-    idx.conn.execute("CREATE TABLE remote_packs (remote TEXT NOT NULL, pack TEXT NOT NULL, "
-                     "size INTEGER NOT NULL, PRIMARY KEY (remote, pack)) WITHOUT ROWID")
+    old_remote_tables(idx, count=False)
     idx.conn.execute("CREATE INDEX remote_objects_pack ON remote_objects(remote, pack)")
     for pack, n in ((h("p1"), 3), (h("p2"), 5)):
         idx.conn.execute("INSERT INTO remote_packs VALUES ('origin', ?, 100)", (pack,))
@@ -137,9 +149,11 @@ def test_a_migration_cut_short_fills_the_counts_when_run_again(db: Path) -> None
     still fills the counts from the rows, while the old index by pack stands."""
     idx = Index(db)
     idx.create_schema()
-    with idx.transaction():
-        idx.add_remote_packs("origin", [(h("p1"), entries("p1", 4), 100)])
-    idx.conn.execute("UPDATE remote_packs SET count = NULL")
+    old_remote_tables(idx, count=True)
+    idx.conn.execute("INSERT INTO remote_packs VALUES ('origin', ?, 100, NULL)", (h("p1"),))
+    idx.conn.executemany("INSERT INTO remote_objects VALUES ('origin', ?, ?, ?, ?, ?)",
+                         [(e.oid, h("p1"), e.offset, e.length, e.kind)
+                          for e in entries("p1", 4)])
     idx.conn.execute("CREATE INDEX remote_objects_pack ON remote_objects(remote, pack)")
     idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
     idx.create_schema()
@@ -649,6 +663,42 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     idx.close()
 
 
+def test_a_schema_9_index_numbers_its_remote_packs(db: Path) -> None:
+    """The same for what the store knows of its remotes: each remote pack numbered, each
+    row kept where it was (the same pack id on two remotes is two packs), a row naming no
+    pack of its remote dropped."""
+    idx = Index(db)
+    idx.create_schema()
+    old_remote_tables(idx, count=True)
+    one, two = entries("p1", 3), entries("p2", 4, start=100)
+    for remote, pack, found in (("origin", h("p1"), one), ("origin", h("p2"), two),
+                                ("backup", h("p1"), one)):
+        idx.conn.execute("INSERT INTO remote_packs VALUES (?, ?, 100, ?)",
+                         (remote, pack, len(found)))
+        idx.conn.executemany("INSERT INTO remote_objects VALUES (?,?,?,?,?,?)",
+                             [(remote, e.oid, pack, e.offset, e.length, e.kind) for e in found])
+    idx.conn.execute("INSERT INTO remote_objects VALUES ('backup', ?, ?, 8, 10, 1)",
+                     (h("stray"), h("p2")))            # backup has no pack p2
+    idx.conn.execute("UPDATE meta SET value='9' WHERE key='schema'")
+    idx.create_schema()
+    assert idx.remote_locate_many("origin", [e.oid for e in one + two]) == {
+        e.oid: (p, e.offset, e.length) for p, es in ((h("p1"), one), (h("p2"), two))
+        for e in es}
+    assert idx.remote_locate_many("backup", [e.oid for e in one] + [h("stray")]) == {
+        e.oid: (h("p1"), e.offset, e.length) for e in one}
+    assert idx.remote_pack_counts("origin") == {h("p1"): 3, h("p2"): 4}
+    assert idx.remote_pack_kinds("backup") == {h("p1"): {e.kind for e in one}}
+    assert idx.conn.execute("SELECT count(*) FROM remote_objects").fetchone() == (10,)
+    idx.create_schema()                                   # (again: nothing changes)
+    with idx.transaction():
+        idx.forget_remote_packs("origin", [h("p1")])
+    assert idx.remote_packs("origin") == {h("p2"): 100}
+    assert idx.remote_locate_many("backup", [one[0].oid]) == {
+        one[0].oid: (h("p1"), one[0].offset, one[0].length)}
+    assert idx.conn.execute("SELECT count(*) FROM remote_objects").fetchone() == (7,)
+    idx.close()
+
+
 def test_a_schema_9_index_that_cannot_be_written_is_read_as_it_is(db: Path) -> None:
     """No migration where the index cannot be written: its object rows, which name packs
     by id, are read through a view of the connection's own with schema 10's columns."""
@@ -656,6 +706,10 @@ def test_a_schema_9_index_that_cannot_be_written_is_read_as_it_is(db: Path) -> N
     idx.create_schema()
     found = entries("p", 3)
     unnumbered(idx, 9, {h("p"): found})
+    old_remote_tables(idx, count=True)
+    idx.conn.execute("INSERT INTO remote_packs VALUES ('origin', ?, 100, 3)", (h("r"),))
+    idx.conn.executemany("INSERT INTO remote_objects VALUES ('origin', ?, ?, ?, ?, ?)",
+                         [(e.oid, h("r"), e.offset, e.length, e.kind) for e in found])
     idx.close()
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     probe = textwrap.dedent("""
@@ -666,6 +720,7 @@ def test_a_schema_9_index_that_cannot_be_written_is_read_as_it_is(db: Path) -> N
         idx = Index(sys.argv[1])
         print(json.dumps({"read_only": idx.read_only, "schema": idx.schema_version(),
                           "where": idx.locate_many(sys.argv[2:]),
+                          "there": idx.remote_locate_many("origin", sys.argv[2:]),
                           "rows": sorted(idx.packed_oids())}))
     """)
     r = subprocess.run([sys.executable, "-c", probe, str(db), *(e.oid for e in found)],
@@ -675,6 +730,7 @@ def test_a_schema_9_index_that_cannot_be_written_is_read_as_it_is(db: Path) -> N
     assert (out["read_only"], out["schema"]) == (True, 9)
     assert out["where"] == {e.oid: [h("p"), e.offset, e.length] for e in found}
     assert out["rows"] == sorted([e.oid, h("p"), e.kind] for e in found)
+    assert out["there"] == {e.oid: [h("r"), e.offset, e.length] for e in found}
     with sqlite3.connect(db) as conn:   # untouched
         assert "pack" in {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
 
@@ -826,7 +882,7 @@ def test_many_remote_packs_at_once_keep_the_first_location_of_an_object(index: I
     counts = index.remote_pack_counts("origin")
     assert index.remote_packs("origin") == {**{p: n for p, _e, n in first}, later[0]: 5000}
     assert counts == {**{p: 90 for p, _e, _n in first}, later[0]: 300}   # (its whole index)
-    assert index.conn.execute("SELECT pack, count(*) FROM remote_objects GROUP BY pack"
+    assert index.conn.execute("SELECT pack, count(*) FROM remote_object_rows GROUP BY pack"
                               ).fetchall() == sorted([*((p, 90) for p, _e, _n in first),
                                                       (later[0], 150)])
     located = index.remote_locate_many("origin", [e.oid for e in shared])

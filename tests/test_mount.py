@@ -124,7 +124,7 @@ def test_mount_straight_from_s3_reads_lazily_and_never_returns_damage(
     # chance in the random bytes of other files.)
     blob = b3((ws / "sub" / "deep" / "c.txt").read_bytes())
     with sqlite3.connect(ws / ".dsv" / "index.db") as db:
-        pack, offset, length = db.execute("SELECT pack, offset, length FROM remote_objects "
+        pack, offset, length = db.execute("SELECT pack, offset, length FROM remote_object_rows "
                                           "WHERE oid=?", (blob,)).fetchone()
     import boto3
     client = boto3.client("s3", endpoint_url=s3_endpoint)

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from conftest import read_tree, write_tree
+from conftest import read_tree, unnumber_index, write_tree
 from dsv.hashing import hash_bytes
 
 SECRET = "testing-secret"
@@ -126,6 +126,33 @@ def test_push_clone_checkout_directory_remote(source: Path, dsv, tmp_path: Path)
     layout = {p.relative_to(tmp_path / "remote").parts[0]
               for p in (tmp_path / "remote").rglob("*") if p.is_file()}
     assert {"dsv-remote.json", "packs", "index", "loose", "refs"} <= layout
+
+
+def test_a_clone_an_older_dsv_made_is_migrated_and_syncs_as_before(source: Path, dsv,
+                                                                  tmp_path: Path) -> None:
+    """A clone whose index is schema 9's (local and remote pack rows naming packs by id):
+    its first command migrates it, what it knew of the remote is kept (a pull downloads
+    only the new version's objects), and it pushes and pulls as before."""
+    remote = str(tmp_path / "remote")
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    unnumber_index(clone / ".dsv", 2)
+    write_tree(source, {"new.txt": b"pushed after the clone"})
+    assert dsv("commit", "-m", "second", cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    pulled = _json(dsv("pull", "--json", cwd=clone))
+    assert pulled["objects_received"] == 1   # the new file: nothing it had again
+    assert json.loads((clone / ".dsv" / "config.json").read_text())["format"] == 3
+    assert read_tree(clone) == read_tree(source)
+    write_tree(clone, {"from-clone.txt": b"back"})
+    assert dsv("commit", "-m", "third", cwd=clone).code == 0
+    pushed = _json(dsv("push", "--json", cwd=clone))
+    assert pushed["objects_sent"] == 3, pushed   # the new file, its tree and record
+    assert dsv("pull", cwd=source).code == 0
+    assert read_tree(source)["from-clone.txt"] == b"back"
+    assert dsv("verify", cwd=clone).code == 0
 
 
 def test_push_clone_checkout_s3(source: Path, dsv, tmp_path: Path, s3_endpoint: str,
