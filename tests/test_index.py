@@ -652,6 +652,7 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     assert idx.locate(h("stray")) is None
     assert idx.conn.execute("SELECT count(*) FROM objects").fetchone() == (7,)
     assert dict(idx.conn.execute("SELECT id, num FROM packs")) == {h("p1"): 1, h("p2"): 2}
+    assert idx.conn.execute("PRAGMA freelist_count").fetchone() == (0,)   # vacuumed
     idx.create_schema()                                   # (again: nothing changes)
     assert idx.locate(one[0].oid) == (h("p1"), one[0].offset, one[0].length)
     idx.add_pack(h("p3"), 50, entries("p3", 2))
