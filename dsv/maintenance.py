@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import inputs, refs, state, tree
-from .core import Core, find_store
+from .core import STORE_FORMAT, Core, check_format, find_store, write_config
 from .errors import DsvError, InvalidInput
 from .faults import crashpoint
 from .hashing import is_hash
@@ -174,6 +174,9 @@ def rebuild_index(path: str | os.PathLike[str] = ".", reporter: Reporter | None 
     lock = StoreLock(dsv_dir / "lock")
     lock.acquire("index rebuild", on_wait=(reporter or Reporter()).notice)
     try:
+        # (the index made below has this dsv's schema: an older dsv must refuse it)
+        if check_format(dsv_dir) < STORE_FORMAT:
+            write_config(dsv_dir, STORE_FORMAT)
         saved = state.load(dsv_dir)
         old_datasets, old_tags, old_remotes = salvage(dsv_dir / "index.db")
         if saved is not None:

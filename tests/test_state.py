@@ -69,11 +69,14 @@ def test_index_rebuild_after_the_index_is_deleted_loses_nothing(tmp_path: Path, 
     assert len(before["drafts"]) == 1 and len(before["remotes"]) == 3
     assert (proj / ".dsv" / "state.json").is_file()
 
+    config = proj / ".dsv" / "config.json"
+    config.write_text('{"format": 2, "hash": "blake3"}')   # as an older dsv left it
     for suffix in ("", "-wal", "-shm"):
         (proj / ".dsv" / f"index.db{suffix}").unlink(missing_ok=True)
     r = dsv("status", cwd=proj)
     assert r.code == 1 and "dsv index rebuild" in r.err
     ok(dsv("index", "rebuild", cwd=proj))
+    assert json.loads(config.read_text())["format"] == 3   # its index is schema 10's
     assert _everything(dsv, proj) == before
     # and it all works: the draft commits, latest is where it was, files read back
     assert js(dsv("show", "raw:latest", "--json", cwd=proj))["id"] == r2
