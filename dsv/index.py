@@ -328,11 +328,6 @@ class Index:
                        "WHERE count IS NULL")
             db.execute("DROP INDEX IF EXISTS remote_objects_pack")
         numbered = self._number_packs()
-        db.execute("""CREATE VIEW IF NOT EXISTS object_rows AS SELECT o.oid, p.id AS pack_id,
-            o.offset, o.length, o.kind FROM objects o JOIN packs p ON p.num = o.pack_num""")
-        db.execute("""CREATE VIEW IF NOT EXISTS remote_object_rows AS SELECT o.remote, o.oid,
-            p.pack, o.offset, o.length, o.kind FROM remote_objects o
-            JOIN remote_packs p ON p.num = o.pack_num""")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_loose (
             remote TEXT NOT NULL, oid TEXT NOT NULL, PRIMARY KEY (remote, oid)) WITHOUT ROWID""")
         db.execute("""CREATE TABLE IF NOT EXISTS remote_refs (
@@ -363,11 +358,12 @@ class Index:
         index.db was 307 MB at schema 9, 401 MB right after numbering its packs (2.2 s),
         208 MB after this (1.0 s more, measured). Skipped where it cannot be done now (a
         full disk: VACUUM copies the file; another process writing): SQLite reuses free
-        pages anyway."""
+        pages anyway. VACUUM writes the whole database through the WAL: truncated after."""
         try:
             self.conn.execute("VACUUM")
         except sqlite3.OperationalError:
-            pass
+            return
+        self.checkpoint()
 
     def _number_packs(self) -> bool:
         """Migrate the pack tables of schema 9 or older to schema 10 (see create_schema):
@@ -385,6 +381,13 @@ class Index:
                  "remote, pack"),   # (WITHOUT ROWID before)
                 ("remote_objects", _REMOTE_OBJECTS_TABLE, "o.remote, o.oid"),
                 "p.remote = o.remote AND p.pack = o.pack")
+            # (in the same transaction: never numbered tables without their views)
+            self.conn.execute("""CREATE VIEW IF NOT EXISTS object_rows AS SELECT o.oid,
+                p.id AS pack_id, o.offset, o.length, o.kind FROM objects o
+                JOIN packs p ON p.num = o.pack_num""")
+            self.conn.execute("""CREATE VIEW IF NOT EXISTS remote_object_rows AS SELECT
+                o.remote, o.oid, p.pack, o.offset, o.length, o.kind FROM remote_objects o
+                JOIN remote_packs p ON p.num = o.pack_num""")
         return local or remote
 
     def _renumber(self, packs: tuple[str, str, str, str], objects: tuple[str, str, str],
@@ -707,7 +710,7 @@ class Index:
 
     def any_packed(self) -> bool:
         """Whether any object is packed at all."""
-        (found,), = self.conn.execute("SELECT EXISTS (SELECT 1 FROM objects)")
+        (found,), = self.conn.execute("SELECT EXISTS (SELECT 1 FROM object_rows)")
         return bool(found)
 
     def packed_among(self, oids: Iterable[str]) -> dict[str, str]:
@@ -718,7 +721,7 @@ class Index:
     def packed_of_kind(self, oids: Iterable[str], kind: int) -> set[str]:
         """Those of `oids` that are packed here as objects of `kind`."""
         return {oid for (oid,) in self._rows_in(
-            "SELECT oid FROM objects WHERE kind=? AND oid IN ({marks})", oids, kind)}
+            "SELECT oid FROM object_rows WHERE kind=? AND oid IN ({marks})", oids, kind)}
 
     def add_pack(self, pack_id: str, size: int, entries: Iterable["PackEntry"]) -> None:
         """Record a pack and where each of its objects is."""
@@ -1019,7 +1022,7 @@ class Index:
     def need_unsent_size(self, remote: str) -> tuple[int, int]:
         """(count, bytes) of what `need_unsent` yields, all kinds."""
         count, total = self.conn.execute(
-            "SELECT count(*), coalesce(sum(o.length), 0) FROM need n JOIN objects o ON "
+            "SELECT count(*), coalesce(sum(o.length), 0) FROM need n JOIN object_rows o ON "
             "o.oid = n.oid WHERE NOT EXISTS (SELECT 1 FROM remote_objects r WHERE "
             "r.remote = ? AND r.oid = n.oid)", (remote,)).fetchone()
         return int(count), int(total)
@@ -1027,7 +1030,7 @@ class Index:
     def need_on_remote(self, remote: str) -> tuple[int, int]:
         """(count, bytes) of needed objects packed here that `remote`'s packs hold."""
         count, total = self.conn.execute(
-            "SELECT count(*), coalesce(sum(r.length), 0) FROM need n JOIN objects o ON "
+            "SELECT count(*), coalesce(sum(r.length), 0) FROM need n JOIN object_rows o ON "
             "o.oid = n.oid JOIN remote_objects r ON r.remote = ? AND r.oid = n.oid",
             (remote,)).fetchone()
         return int(count), int(total)
@@ -1041,7 +1044,7 @@ class Index:
         while True:
             batch = [row[0] for row in self.conn.execute(
                 "SELECT n.oid FROM need n WHERE n.oid > ? AND NOT EXISTS (SELECT 1 FROM "
-                "objects o WHERE o.oid = n.oid) AND NOT EXISTS (SELECT 1 FROM remote_objects "
+                "object_rows o WHERE o.oid = n.oid) AND NOT EXISTS (SELECT 1 FROM remote_objects "
                 "r WHERE r.remote = ? AND r.oid = n.oid) ORDER BY n.oid LIMIT ?",
                 (last, remote, _IN_BATCH * 8))]
             if not batch:
@@ -1309,7 +1312,7 @@ class Index:
         as an object of `tree_kind` (validated as a tree, with everything beneath it)."""
         if self.conn.execute(
                 "DELETE FROM unfetched WHERE version IN (SELECT v.id FROM versions v "
-                "JOIN objects o ON o.oid = v.tree AND o.kind=? WHERE v.id IN "
+                "JOIN object_rows o ON o.oid = v.tree AND o.kind=? WHERE v.id IN "
                 "(SELECT version FROM unfetched))", (tree_kind,)).rowcount:
             self._mirror()
 

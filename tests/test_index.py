@@ -653,6 +653,7 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     assert idx.conn.execute("SELECT count(*) FROM objects").fetchone() == (7,)
     assert dict(idx.conn.execute("SELECT id, num FROM packs")) == {h("p1"): 1, h("p2"): 2}
     assert idx.conn.execute("PRAGMA freelist_count").fetchone() == (0,)   # vacuumed
+    assert Path(f"{db}-wal").stat().st_size == 0          # and the WAL truncated after
     idx.create_schema()                                   # (again: nothing changes)
     assert idx.locate(one[0].oid) == (h("p1"), one[0].offset, one[0].length)
     idx.add_pack(h("p3"), 50, entries("p3", 2))
@@ -662,6 +663,20 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     assert dict(idx.conn.execute("SELECT id, num FROM packs WHERE id=?", (h("p4"),))) == {
         h("p4"): 4}
     idx.close()
+
+
+def test_a_row_naming_no_pack_number_is_packed_for_no_query(index: Index) -> None:
+    """A damaged index's object row whose pack number names no pack is seen by no query
+    (all read through `object_rows`): not located, not packed of its kind, not counted
+    as packed for a push (which then looks for it elsewhere)."""
+    index.add_pack(h("p"), 100, entries("p", 2))
+    stray = h("stray")
+    index.conn.execute("INSERT INTO objects VALUES (?, 999, 8, 10, 1)", (stray,))
+    assert index.locate(stray) is None and index.packed_among([stray]) == {}
+    assert index.packed_of_kind([stray], 1) == set()
+    with index.transaction():
+        index.conn.execute("DELETE FROM objects WHERE oid != ?", (stray,))
+    assert index.any_packed() is False
 
 
 def test_a_schema_9_index_numbers_its_remote_packs(db: Path) -> None:
