@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import threading
 from collections import OrderedDict
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .faults import crashpoint
 from .hashing import random_id
-from .index import SCHEMA_VERSION, Index
+from .index import SCHEMA_VERSION, Index, is_write_failure
 from .jsonio import load_bounded
 from .lock import StoreLock
 from .model import Dataset, Entry, Manifest, Version
@@ -136,11 +137,18 @@ class Core:
         # through a view, see Index._view_unnumbered.)
         # The format first: a crash between the two leaves a store older dsvs refuse and
         # this one migrates on its next open, never a migrated index they would misread.
-        if self.format < STORE_FORMAT and not self.index.read_only:
-            write_config(self.dsv_dir, STORE_FORMAT)
-            self.format = STORE_FORMAT
-        if schema < SCHEMA_VERSION and not (self.index.read_only and schema >= 7):
-            self.index.create_schema()
+        # Where the migration cannot be written (a full disk), a store it need not read
+        # is read as it is, its index as one that cannot be written.
+        try:
+            if self.format < STORE_FORMAT and not self.index.read_only:
+                write_config(self.dsv_dir, STORE_FORMAT)
+                self.format = STORE_FORMAT
+            if schema < SCHEMA_VERSION and not (self.index.read_only and schema >= 7):
+                self.index.create_schema()
+        except (OSError, sqlite3.Error) as exc:
+            if schema < 7 or self.index.read_only or not is_write_failure(exc):
+                raise
+            self.index.keep_schema(exc)
         self.index.on_change = lambda: state.save(self.index, self.dsv_dir)
         self.objects = ObjectStore(self.dsv_dir / "objects", self.index, self.tmp_root)
         self.lock = StoreLock(self.dsv_dir / "lock")

@@ -14,6 +14,7 @@ that commands which only read keep working on a full disk.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -160,6 +161,17 @@ _MERGED_ROWS = 100_000
 """Object rows `add_packs` sorts and inserts at once (some 150 bytes each meanwhile)."""
 
 
+_KEEP_UNLESS_DANGLING = (
+    "ON CONFLICT ({key}) DO UPDATE SET pack_num = excluded.pack_num, offset = "
+    "excluded.offset, length = excluded.length, kind = excluded.kind WHERE NOT EXISTS "
+    "(SELECT 1 FROM {packs} WHERE num = {table}.pack_num)")
+"""How a new row for an object that has one already is taken (the upsert clause of its
+`table`, unique on `key`): the old row is kept (an object in two packs is read from the
+first), unless its pack number names no pack of `packs`. Only a damaged index holds such
+a row; no query sees it (they read through the views), so the object counts as absent,
+and the row must not stop verify's repair or a fetch from recording where it is now."""
+
+
 class Index:
     """One connection to `.dsv/index.db` with the queries dsv needs."""
 
@@ -171,31 +183,55 @@ class Index:
         # core.Core; the index itself never writes another file).
         self.on_change: Callable[[], None] | None = None
         self._changed = False
+        # Why this index is read with an older schema's pack tables (see `keep_schema`):
+        # raised by a write to them, which could not be done in that shape.
+        self.unmigrated: Exception | None = None
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
                                check_same_thread=False)
+        exc: Exception | None = None
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.OperationalError as failure:
             conn.close()
-            if not _is_write_failure(exc):
+            if not _is_write_failure(failure):
                 raise
             # Even reading a WAL database writes (its -shm index): on a full disk or under
             # a file-size limit that fails, so read without it; writes then fail clearly.
-            conn = self._connect_read_only(exc)
-            self.read_only = True
+            conn = self._connect_read_only(failure)
+            self.read_only, exc = True, failure
+        self._depth = 0
+        self._use(conn)
+        if exc is not None:
+            self._view_unnumbered(exc)
+
+    def _numbered(self) -> None:
+        """Before a write to the pack tables: they must have schema 10's shape."""
+        if self.unmigrated is not None:
+            raise self.unmigrated
+
+    def _use(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
-        self._depth = 0
-        if self.read_only:
-            self._view_unnumbered()
 
-    def _view_unnumbered(self) -> None:
+    def keep_schema(self, failure: Exception) -> None:
+        """Read this index in the schema it has from now on: a migration to schema 10
+        (`create_schema`) failed for want of space or of the right to write (`failure`,
+        which a write to the pack tables then raises). A full disk must not make the
+        store unreadable: it is read as an index that cannot be written is (see
+        `_connect_read_only`), the migration left to the next open that can write."""
+        self.conn.close()
+        self._use(self._connect_read_only(failure))
+        self.read_only = True
+        self._view_unnumbered(failure)
+
+    def _view_unnumbered(self, failure: Exception) -> None:
         """An index that cannot be written keeps the schema it has (core.Core reads
         schemas 7 to 9 as they are): where its object rows name packs by id, reads see
         them through views of this connection alone with the columns of schema 10's
-        `object_rows` and `remote_object_rows`. A file SQLite cannot read is left to the
-        queries to report."""
+        `object_rows` and `remote_object_rows`, and writes to those tables raise
+        `failure`, why the index was not migrated. A file SQLite cannot read is left to
+        the queries to report."""
         for view, table, columns in (
                 ("object_rows", "objects", "oid, pack AS pack_id, offset, length, kind"),
                 ("remote_object_rows", "remote_objects",
@@ -208,10 +244,11 @@ class Index:
                         f"PRAGMA main.table_info({table})")}:
                     self.conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {view} AS SELECT "
                                       f"{columns} FROM main.{table}")
+                    self.unmigrated = failure
             except sqlite3.DatabaseError:
                 return
 
-    def _connect_read_only(self, failure: sqlite3.OperationalError) -> sqlite3.Connection:
+    def _connect_read_only(self, failure: Exception) -> sqlite3.Connection:
         """A connection that reads the index without writing a byte, or `failure` raised.
 
         First exclusive locking mode, in which SQLite keeps the WAL index in memory instead
@@ -445,7 +482,8 @@ class Index:
         except BaseException:
             self._depth = 0
             self._changed = False
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:   # (SQLite ends it itself on a full disk or I/O error)
+                self.conn.execute("ROLLBACK")
             raise
         self._depth = 0
         self._changed = False
@@ -688,19 +726,21 @@ class Index:
             return
         yield from map(tuple, json.loads(packed))
 
-    def _put_rows(self, head: str, rows: Iterable[tuple[Any, ...]], width: int) -> None:
+    def _put_rows(self, head: str, rows: Iterable[tuple[Any, ...]], width: int,
+                  on_conflict: str = "") -> None:
         """`executemany` of `head` ("INSERT … INTO table (columns)") over `rows` (each
         `width` values), in order, as few statements of many rows each: one step of
         SQLite, so one wait for the GIL, a statement instead of one a row (see
         `_packed_rows`). 100,000 stat rows: 0.15 s, where executemany took 0.21 s alone
-        and 1.8-1.9 s beside two threads running Python."""
+        and 1.8-1.9 s beside two threads running Python. `on_conflict`: an upsert
+        clause ending each statement."""
         per = max(1, _MAX_PARAMS // width)
         it = iter(rows)
         marks = f"({','.join('?' * width)})"
         while batch := list(itertools.islice(it, per)):
             if any(len(row) != width for row in batch):
                 raise DsvError(f"bug in dsv: a row for {head!r} has not {width} values")
-            self.conn.execute(f"{head} VALUES {','.join([marks] * len(batch))}",
+            self.conn.execute(f"{head} VALUES {','.join([marks] * len(batch))} {on_conflict}",
                               [value for row in batch for value in row])
 
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
@@ -739,6 +779,7 @@ class Index:
         times faster than random ones), not one run a pack. Each run of random ids
         touches most of the table's pages: a million-file commit recording 100,000
         objects at a time took 25.7-26.2 s so, 27.4-32.3 s a pack at a time."""
+        self._numbered()
         rows: list[tuple[str, int, int, int, int]] = []
         now = time.time()
         for pack_id, size, found in packs:
@@ -755,8 +796,8 @@ class Index:
         # (stable: an object in two of the packs keeps the first one's row, as it would
         # pack by pack)
         rows.sort(key=lambda row: row[0])
-        self._put_rows("INSERT OR IGNORE INTO objects (oid, pack_num, offset, length, kind)",
-                       rows, 5)
+        self._put_rows("INSERT INTO objects (oid, pack_num, offset, length, kind)", rows, 5,
+                       _KEEP_UNLESS_DANGLING.format(table="objects", key="oid", packs="packs"))
 
     def packs(self) -> dict[str, tuple[int, int]]:
         """Every local pack: pack id → (size, object count)."""
@@ -800,6 +841,7 @@ class Index:
         """Forget a pack and the objects located in it: those of `oids` (the pack's own
         table, looked up by the primary key), or, without them, whichever rows name it
         (one pass over every object row)."""
+        self._numbered()
         row = self.conn.execute("SELECT num FROM packs WHERE id=?", (pack_id,)).fetchone()
         if row is None:
             return
@@ -1082,6 +1124,7 @@ class Index:
         page. Pack by pack, each pack's rows landed on pages all over it: 500,000 rows
         took 5.9 s that way and 3.6 s this way. Where two packs hold an object, the first
         recorded names it, as before. Call within a transaction."""
+        self._numbered()
         # (emptied first: a call that failed half-way, its error caught, left rows there)
         for table, columns in (("arriving_remote_packs", "remote, pack, size, count"),
                                ("arriving_remote_objects",
@@ -1098,11 +1141,12 @@ class Index:
         self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size, count) "
                           "SELECT remote, pack, size, count FROM arriving_remote_packs "
                           "ORDER BY rowid")
-        self.conn.execute("INSERT OR IGNORE INTO remote_objects (remote, oid, pack_num, "
-                          "offset, length, kind) SELECT a.remote, a.oid, p.num, a.offset, "
-                          "a.length, a.kind FROM arriving_remote_objects a JOIN remote_packs "
-                          "p ON p.remote = a.remote AND p.pack = a.pack "
-                          "ORDER BY a.remote, a.oid, a.rowid")
+        self.conn.execute("INSERT INTO remote_objects (remote, oid, pack_num, offset, "
+                          "length, kind) SELECT a.remote, a.oid, p.num, a.offset, a.length, "
+                          "a.kind FROM arriving_remote_objects a JOIN remote_packs p ON "
+                          "p.remote = a.remote AND p.pack = a.pack WHERE true "
+                          "ORDER BY a.remote, a.oid, a.rowid " + _KEEP_UNLESS_DANGLING.format(
+                              table="remote_objects", key="remote, oid", packs="remote_packs"))
         for table in ("arriving_remote_packs", "arriving_remote_objects"):
             self.conn.execute(f"DELETE FROM {table}")
 
@@ -1123,6 +1167,7 @@ class Index:
     def forget_remote_packs(self, remote: str, packs: Iterable[str]) -> None:
         """Forget that `remote` holds these packs (and their objects): one pass over the
         remote's rows however many packs go. Call within a transaction."""
+        self._numbered()
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS going_remote_packs ("
                           "pack TEXT PRIMARY KEY) WITHOUT ROWID")
         self.conn.execute("DELETE FROM going_remote_packs")  # (see add_remote_packs)
@@ -1369,6 +1414,15 @@ def _primary(name: str) -> str:
 
 
 _READ_FAILURES = ("SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether `exc` says a file could not be written for want of space or of the right
+    to write (SQLite's failure, or the system's), not that anything is damaged."""
+    if isinstance(exc, sqlite3.Error):
+        return _is_write_failure(exc)
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _is_write_failure(exc: sqlite3.Error) -> bool:

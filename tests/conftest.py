@@ -123,6 +123,7 @@ def unnumber_index(dsv_dir: Path, fmt: int) -> None:
         for table, _c, _s in old:
             conn.execute(f"ALTER TABLE old_{table} RENAME TO {table}")
         conn.execute("UPDATE meta SET value='9' WHERE key='schema'")
+    conn.close()   # (`with` only commits; the WAL is folded in once no connection is left)
     (dsv_dir / "config.json").write_text(json.dumps({"format": fmt, "hash": "blake3"}))
 
 

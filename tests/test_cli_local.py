@@ -604,6 +604,58 @@ def test_a_store_of_an_older_dsv_is_migrated_and_reads_as_before(ws: Path, dsv, 
     assert read_tree(tmp_path / "out") == files
 
 
+def test_a_migration_the_disk_cannot_hold_leaves_the_store_readable(tmp_path: Path,
+                                                                    dsv) -> None:
+    """An older dsv's store opened where the migration's writes fail (here a file-size
+    limit of 128 KiB, as a full disk does): commands that read work on the index as it
+    is, a write fails with a clear message, and the next open that can write migrates.
+    Before, every command failed, even `status`."""
+    import resource
+    import sqlite3
+    import subprocess
+    import sys
+    ws = tmp_path / "ws"
+    files = {f"d{i // 100}/f{i}.txt": f"file {i}\n".encode() for i in range(3000)}
+    write_tree(ws, files)
+    ok(dsv("init", "--name", "mydata", str(ws), cwd=tmp_path))
+    vid = vid_of(dsv("commit", "-m", "first", cwd=ws))
+    unnumber_index(ws / ".dsv", 2)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+
+    def limited(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dsv", *args], cwd=ws, env=env, capture_output=True,
+            text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (128 << 10, hard)))
+
+    import gc
+    gc.collect()   # (stores the in-process commands left to the cycle collector: closed)
+    got = limited("status", "--json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)[0]["clean"] is True
+    got = limited("files", "get", f"mydata:{vid}", "d7/f777.txt", "--target-path",
+                  str(tmp_path / "got"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "got" / "d7" / "f777.txt").read_bytes() == b"file 777\n"
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:   # not migrated
+        assert "pack" in {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
+    conn.close()
+    (ws / "new.txt").write_text("new\n")
+    got = limited("commit", "-m", "second")
+    assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
+    assert "error: cannot write the index" in got.stderr and "ulimit -f" in got.stderr
+    assert "bug in dsv" not in got.stderr
+    # With room again: migrated, and nothing was lost.
+    assert ok(dsv("status", cwd=ws)).out.startswith(f"mydata ({vid}): 1 added")
+    with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+    conn.close()
+    ok(dsv("verify", cwd=ws))
+    ok(dsv("checkout", f"mydata:{vid}", "--to", str(tmp_path / "out"), cwd=ws))
+    assert read_tree(tmp_path / "out") == files
+
+
 QUICK_LINES = [["status"], ["status", "--json"], ["status", "-s"], ["status", "--short", "--json"],
                ["status", "-d", "mydata"], ["status", "--dataset", "mydata", "-s"],
                ["status", "--dataset=mydata"], ["status", "-d", "nope"], ["--debug", "status", "-s"],

@@ -679,6 +679,31 @@ def test_a_row_naming_no_pack_number_is_packed_for_no_query(index: Index) -> Non
     assert index.any_packed() is False
 
 
+def test_a_row_naming_no_pack_gives_way_to_a_pack_that_holds_the_object(index: Index) -> None:
+    """Such a row must not stop the object being recorded where it really is (verify's
+    repair, a fetch): the new row replaces it. A row naming a pack that exists is kept
+    (an object in two packs is read from the first)."""
+    index.add_pack(h("p"), 100, entries("p", 2))
+    stray, kept = entries("q", 2)
+    index.conn.execute("INSERT INTO objects VALUES (?, 999, 8, 10, 1)", (stray.oid,))
+    index.add_pack(h("q"), 100, [stray, PackEntry(entries("p", 1)[0].oid, 50, 7, 0), kept])
+    assert index.locate(stray.oid) == (h("q"), stray.offset, stray.length)
+    assert index.locate(kept.oid) == (h("q"), kept.offset, kept.length)
+    first = entries("p", 1)[0]
+    assert index.locate(first.oid) == (h("p"), first.offset, first.length)
+    # The same for a remote's rows.
+    index.add_remote_packs("origin", [(h("r"), entries("r", 1), 20)])
+    index.conn.execute("INSERT INTO remote_objects VALUES ('origin', ?, 999, 8, 10, 1)",
+                       (stray.oid,))
+    assert index.remote_locate_many("origin", [stray.oid]) == {}
+    index.add_remote_packs("origin", [(h("s"), [stray], 40)])
+    assert index.remote_locate_many("origin", [stray.oid]) == {
+        stray.oid: (h("s"), stray.offset, stray.length)}
+    index.add_remote_packs("origin", [(h("t"), [stray], 40)])   # kept: its pack exists
+    assert index.remote_locate_many("origin", [stray.oid]) == {
+        stray.oid: (h("s"), stray.offset, stray.length)}
+
+
 def test_a_schema_9_index_numbers_its_remote_packs(db: Path) -> None:
     """The same for what the store knows of its remotes: each remote pack numbered, each
     row kept where it was (the same pack id on two remotes is two packs), a row naming no
@@ -792,11 +817,11 @@ def test_add_packs_records_runs_in_key_order_and_keeps_the_first_pack_of_an_obje
     runs: list[list[str]] = []
     real = Index._put_rows
 
-    def put_rows(self, head, rows, width):
+    def put_rows(self, head, rows, width, on_conflict=""):
         rows = list(rows)
         if "INTO objects" in head:
             runs.append([row[0] for row in rows])
-        return real(self, head, rows, width)
+        return real(self, head, rows, width, on_conflict)
 
     monkeypatch.setattr(Index, "_put_rows", put_rows)
     monkeypatch.setattr(index_module, "_MERGED_ROWS", 5)

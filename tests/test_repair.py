@@ -358,3 +358,26 @@ def test_the_shown_cap_does_not_limit_what_is_repaired(pushed: Path, dsv,
     r = dsv("verify", "--repair", cwd=pushed)
     assert r.code == 0, r.out
     assert "2 damaged objects replaced by good copies from the working directory" in r.out
+
+
+def test_repair_replaces_an_index_row_that_names_no_pack(pushed: Path, dsv) -> None:
+    """A damaged index's row naming a pack number no pack has hides its object (verify
+    calls it missing). The repair's new row must replace it: before, the old row was
+    kept, and the repair said "repaired" every time while the object stayed missing."""
+    a = hash_bytes(_files()["a.txt"])
+    store = dsv_api.open(pushed)
+    try:
+        with store.index.transaction():
+            store.index.conn.execute("UPDATE objects SET pack_num = 999 WHERE oid = ?", (a,))
+    finally:
+        store.close()
+    assert _where(pushed, a) is None
+    r = dsv("verify", cwd=pushed)
+    assert r.code == 1 and f"file {a[:12]} is missing" in r.out
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out + r.err
+    assert "repaired: 1 missing object" in r.out
+    assert _where(pushed, a) is not None
+    again = dsv("verify", cwd=pushed)
+    assert again.code == 0 and again.out.rstrip().endswith(": ok"), again.out
+    _checkout_matches(pushed, pushed.parent, dsv, "after")
