@@ -411,11 +411,11 @@ class Index:
         and nothing could be read through it that verify would not call lost."""
         with self.transaction():
             local = self._renumber(
-                ("packs", _PACKS_TABLE, "id, size, count, created", "rowid"),
+                ("packs", _PACKS_TABLE, "id, size, count, created", "rowid", "id"),
                 ("objects", _OBJECTS_TABLE, "o.oid"), "p.id = o.pack")
             remote = self._renumber(
                 ("remote_packs", _REMOTE_PACKS_TABLE, "remote, pack, size, count",
-                 "remote, pack"),   # (WITHOUT ROWID before)
+                 "remote, pack", "remote, pack"),   # (WITHOUT ROWID before)
                 ("remote_objects", _REMOTE_OBJECTS_TABLE, "o.remote, o.oid"),
                 "p.remote = o.remote AND p.pack = o.pack")
             # (in the same transaction: never numbered tables without their views)
@@ -427,13 +427,13 @@ class Index:
                 JOIN remote_packs p ON p.num = o.pack_num""")
         return local or remote
 
-    def _renumber(self, packs: tuple[str, str, str, str], objects: tuple[str, str, str],
+    def _renumber(self, packs: tuple[str, str, str, str, str], objects: tuple[str, str, str],
                   same_pack: str) -> bool:
         """`_number_packs` of one pair of tables: packs = (table, its schema-10 DDL, the
-        columns kept, the order numbers are given in), objects = (table, its DDL, its
+        columns kept, the order numbers are given in, its key), objects = (table, its DDL, its
         key columns); an old object row o finds its numbered pack p where `same_pack`.
         Whether there was anything to do."""
-        pack_table, pack_ddl, pack_columns, order = packs
+        pack_table, pack_ddl, pack_columns, order, key = packs
         object_table, object_ddl, keys = objects
         columns = {row[1] for row in self.conn.execute(f"PRAGMA main.table_info({pack_table})")}
         if "num" in columns:
@@ -441,8 +441,11 @@ class Index:
         for table in ("numbering", "numbered"):
             self.conn.execute(f"DROP TABLE IF EXISTS {table}")
         self.conn.execute(pack_ddl.format(name="numbering"))
+        # (a rowid table's TEXT PRIMARY KEY takes NULL: a damaged row of one is dropped,
+        # with the object rows naming it, which no join finds)
+        named = " AND ".join(f"{column} IS NOT NULL" for column in key.split(", "))
         self.conn.execute(f"INSERT INTO numbering ({pack_columns}) SELECT {pack_columns} "
-                          f"FROM {pack_table} ORDER BY {order}")
+                          f"FROM {pack_table} WHERE {named} ORDER BY {order}")
         self.conn.execute(object_ddl.format(name="numbered"))
         self.conn.execute(f"INSERT INTO numbered SELECT {keys}, p.num, o.offset, o.length, "
                           f"o.kind FROM {object_table} o JOIN numbering p ON {same_pack} "

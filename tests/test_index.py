@@ -643,6 +643,8 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     one, two = entries("p1", 3), entries("p2", 4, start=100)
     unnumbered(idx, 9, {h("p1"): one, h("p2"): two})
     idx.conn.execute("INSERT INTO objects VALUES (?, ?, 8, 10, 1)", (h("stray"), h("gone")))
+    # (damage an old table took: a pack row without an id; it aborted the migration)
+    idx.conn.execute("INSERT INTO packs VALUES (NULL, 100, 1, 1.0)")
     idx.create_schema()
     assert idx.schema_version() == 10
     assert idx.packs() == {h("p1"): (100, 3), h("p2"): (100, 4)}
