@@ -10,6 +10,7 @@ create versions.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import io
 import itertools
@@ -32,11 +33,10 @@ from .model import (
     Entry,
     FileRow,
     Manifest,
-    StatRow,
     StatusReport,
     Version,
 )
-from .objects import PACK_THRESHOLD
+from .objects import PACK_THRESHOLD, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_path
 from .reporting import plural
@@ -44,6 +44,7 @@ from .reporting import plural
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from .index import Index
     from .sync.download import BlobSource, Tap
 
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
@@ -426,10 +427,14 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     chunk's blobs downloaded first if the version was only fetched, its stat-cache rows
     recorded as it lands. Memory does not grow with the version.
 
-    Placing a chunk (kernel work, in a thread of its own that reads objects through its
-    own index connection) overlaps downloading the next one (network and hashing, in
-    this thread, which alone writes the index): a clone costs about the longer of the
-    two instead of their sum."""
+    Placing a chunk (kernel work, in a thread of its own with its own index connection)
+    overlaps downloading the next one (network and hashing, in this thread): a clone
+    costs about the longer of the two instead of their sum. That thread also records in
+    the index what was downloaded for its chunk (before it places it: the files may read
+    those objects) and the chunk's stat-cache rows; SQLite does that work without the
+    GIL, beside this thread's. Meanwhile objects downloaded for the chunk being placed
+    count as here (`pending`): the next chunk does not download them again. The store
+    lock is held throughout when anything may be downloaded."""
     above_fenced = ancestors(fenced)
     left_out = 0
 
@@ -457,52 +462,66 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     written = nbytes = rows_kept = 0
 
     def place(placer: worktree.Materializer, chunk: list[tuple[str, Entry]],
-              advance: worktree.Progress) -> list[tuple[str, StatRow]]:
+              advance: worktree.Progress, ingest: Ingest | None, index: Index) -> int:
+        """Record what was downloaded for `chunk` (through this thread's connection),
+        place `chunk`, record its stat rows; how many."""
         try:
+            if ingest is not None:
+                with ingest:
+                    core.commit_objects(ingest, crash="pull:objects-written", index=index)
             rows = placer.place(chunk, advance)
         finally:
             if placer.spool is not None:
                 placer.spool.close()
-        return worktree.settle(target, rows) if settle else rows
-
-    def landed(placing: Future[list[tuple[str, StatRow]]]) -> None:
-        nonlocal rows_kept
-        rows = placing.result()
-        if settle:
-            with core.index.transaction():
-                core.index.put_stat_rows(ds.id, rows)
-            rows_kept += len(rows)
+        if not settle:
+            return 0
+        rows = worktree.settle(target, rows)
+        if not index.read_only:   # (else shared with this thread, and cache rows are skipped)
+            with index.transaction():
+                index.put_stat_rows(ds.id, rows)
+        return len(rows)
 
     from concurrent.futures import ThreadPoolExecutor
+    # Cut by bytes too only where the blobs may have to be downloaded: a chunk's large
+    # files are placed side by side, which a checkout from the store keeps.
+    fetched = core.index.promised_by(version.id) is not None
     with core.reporter.task("checkout", version.files, version.size) as advance, \
-            core.side_objects() as objects, \
+            core.side_objects() as (objects, side_index), \
+            (core.locked("download") if fetched else contextlib.nullcontext()), \
             ThreadPoolExecutor(1, thread_name_prefix="dsv-place") as stage:
-        placing: Future[list[tuple[str, StatRow]]] | None = None
-        # Cut by bytes too only where the blobs may have to be downloaded: a chunk's
-        # large files are placed side by side, which a checkout from the store keeps.
-        fetched = core.index.promised_by(version.id) is not None
+        # (the lock held throughout: the placing thread records what this one downloaded)
+        placing: Future[int] | None = None
+        pending: set[str] = set()   # (downloaded for the chunk being placed)
         for chunk in worktree.batches(placeable(), lambda it: it[1].size, FRESH_CHUNK,
                                       FRESH_CHUNK_BYTES if fetched else 1 << 62):
             spool = _spool(core, target, chunk) if fetched and link not in (
                 "hardlink", "symlink") else None
-            handed = False   # (the spool is this loop's to close until `place` owns it)
+            ingest: Ingest | None = None
+            handed = False   # (spool and ingest are this loop's until `place` owns them)
             try:
-                downloads([e for _p, e in chunk], spool)
+                if side_index is core.index:   # (one connection: recorded here)
+                    downloads([e for _p, e in chunk], spool)
+                else:
+                    ingest, got = downloads.stage([e for _p, e in chunk], spool, pending)
                 twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
                 placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
                                                twins=twins, fresh=True, spool=spool)
                 if placing is not None:
-                    landed(placing)
+                    rows_kept += placing.result()
                 handed = True
-                placing = stage.submit(place, placer, chunk, advance)
+                placing = stage.submit(place, placer, chunk, advance, ingest, side_index)
+                pending = got if ingest is not None else set()
             except BaseException:
-                if spool is not None and not handed:
-                    spool.close()
+                if not handed:
+                    if spool is not None:
+                        spool.close()
+                    if ingest is not None:
+                        ingest.abort()
                 raise
             written += len(chunk)
             nbytes += sum(e.size for _p, e in chunk)
         if placing is not None:
-            landed(placing)
+            rows_kept += placing.result()
     if left_out > 0:
         core.reporter.notice(f"left out {plural(left_out, 'path')} of {version.id} that lie "
                              f"in a nested dataset or store")
@@ -888,6 +907,29 @@ class _Downloads:
             self.source = download.BlobSource(self.core, self.version)
         with self.core.locked("download"):
             self.source(needed, lacking, tap)
+
+    def stage(self, entries: list[Entry], tap: Tap | None,
+              pending: set[str]) -> tuple[Ingest | None, set[str]]:
+        """`__call__` that leaves the objects in an ingest for the caller to publish and
+        record (under the store lock, which it holds): (that ingest, None if nothing was
+        lacking, and the ids it holds). `pending`: objects an earlier call brought that
+        are not recorded yet (they count as here)."""
+        needed = self.core.blobs(entries)
+        small, large = self.core.objects.lacking(needed)
+        small = [oid for oid in small if oid not in pending]
+        large = [oid for oid in large if oid not in pending]
+        if not small and not large:
+            return None, set()
+        from .sync import download
+        if self.source is None:
+            self.source = download.BlobSource(self.core, self.version)
+        ingest = Ingest(self.core.objects)
+        try:
+            self.source.fetch_into(ingest, needed, (small, large), tap)
+        except BaseException:
+            ingest.abort()
+            raise
+        return ingest, {*small, *large}
 
     def tally(self, report: CheckoutReport) -> CheckoutReport:
         """`report` with what was downloaded for it."""

@@ -160,19 +160,20 @@ class Core:
         self._faulting = threading.Lock()
 
     @contextmanager
-    def side_objects(self) -> Iterator[ObjectStore]:
-        """The same objects, read through a connection of their own to the index: for a
-        thread that reads objects while this one writes the index (a fresh checkout places
-        one chunk of files while it downloads the next). It sees what was committed. An
-        index that can only be read (see Index._connect_read_only: no other connection may
-        share it) is shared instead; this process then writes nothing to it."""
+    def side_objects(self) -> Iterator[tuple[ObjectStore, Index]]:
+        """The same objects, read through a connection of their own to the index, and
+        that connection: for a thread that reads objects and records what it placed
+        while this one downloads (a fresh checkout places one chunk of files while it
+        downloads the next). It sees what was committed. An index that can only be read
+        (see Index._connect_read_only: no other connection may share it) is shared
+        instead (`self.objects`, `self.index`); this process then writes nothing to it."""
         if self.index.read_only:
-            yield self.objects
+            yield self.objects, self.index
             return
         index = Index(self.index.path)
         objects = ObjectStore(self.dsv_dir / "objects", index, self.tmp_root)
         try:
-            yield objects
+            yield objects, index
         finally:
             objects.close()
             index.close()
@@ -210,7 +211,8 @@ class Core:
 
     def commit_objects(self, ingest: Ingest, record: Callable[[], T] | None = None,
                        crash: str | None = None,
-                       retire: Mapping[str, Iterable[str]] | None = None) -> T | None:
+                       retire: Mapping[str, Iterable[str]] | None = None,
+                       index: Index | None = None) -> T | None:
         """Make `ingest`'s objects part of the store: publish them (fsynced, renamed into
         `objects/`), then in one index transaction record their packs and run `record`
         (the rows that name them). Packs in `retire` (gc's repacking: their live objects
@@ -219,17 +221,20 @@ class Core:
 
         Under the store lock, so `gc` never sees a published object the index has not
         learned of; a crash between the two steps leaves only unreferenced objects, which
-        the next `gc` removes."""
+        the next `gc` removes. `index`: the connection to record them through, where not
+        `self.index` (a thread of a checkout that records while this one downloads, see
+        `side_objects`)."""
         if not self.lock.held:
             raise DsvError("bug in dsv: objects published without the store lock")
+        index = self.index if index is None else index
         packs = ingest.publish()
         if crash:
             crashpoint(crash)
-        with self.index.transaction():
+        with index.transaction():
             for pack_id, oids in (retire or {}).items():
                 # first: an object's row names the first pack holding it
-                self.index.delete_pack(pack_id, oids)
-            self.index.add_packs(packs)
+                index.delete_pack(pack_id, oids)
+            index.add_packs(packs)
             result = record() if record is not None else None
         return result
 

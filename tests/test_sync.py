@@ -778,7 +778,7 @@ def test_a_clone_places_each_chunk_while_it_downloads_the_next(
     else:
         monkeypatch.setattr(checkout, "FRESH_CHUNK_BYTES", 340)
     events: list[tuple[str, str]] = []
-    fetch_blobs, place = download.BlobSource.__call__, worktree.Materializer.place
+    fetch_blobs, place = download.BlobSource.fetch_into, worktree.Materializer.place
     second_download = threading.Event()
     overlapped: list[bool] = []
 
@@ -793,7 +793,7 @@ def test_a_clone_places_each_chunk_while_it_downloads_the_next(
         if not overlapped:  # the first chunk is still being placed when the second
             overlapped.append(second_download.wait(timeout=10))  # one's download starts
         return place(self, *args, **kwargs)
-    monkeypatch.setattr(download.BlobSource, "__call__", fetching)
+    monkeypatch.setattr(download.BlobSource, "fetch_into", fetching)
     monkeypatch.setattr(worktree.Materializer, "place", placing)
     files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
     _pushed_files(tmp_path, dsv, files)
@@ -819,6 +819,39 @@ def test_a_clone_places_each_chunk_while_it_downloads_the_next(
     out = dsv("checkout", "raw:latest", "--to", tmp_path / "copy", cwd=clone)
     assert out.code == 0, out.err
     assert read_tree(tmp_path / "copy") == files
+
+
+def test_a_clone_records_each_chunk_on_the_placing_thread_and_downloads_a_blob_once(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a chunk downloaded is recorded in the index by the thread that places it,
+    through its own connection, while this one downloads the next chunk; a blob the
+    next chunk needs again is not downloaded twice meanwhile (it counts as here), and
+    every file of the clone holds its bytes."""
+    import threading
+
+    from dsv import checkout
+    from dsv.core import Core
+    monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
+    recorded: list[str] = []
+    commit = Core.commit_objects
+
+    def committing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        recorded.append(threading.current_thread().name)
+        return commit(self, *args, **kwargs)
+    monkeypatch.setattr(Core, "commit_objects", committing)
+    same = os.urandom(150)
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
+    files["d0/f00.bin"] = files["d2/f11.bin"] = files["d1/f04.bin"] = same
+    _pushed_files(tmp_path, dsv, files)
+    recorded.clear()
+    clone = tmp_path / "clone"
+    r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["objects_received"] == 10
+    assert read_tree(clone) == files
+    # (the fetch records versions and trees here; each of the 4 chunks is recorded there)
+    assert [t for t in recorded if t.startswith("dsv-place")] == ["dsv-place_0"] * 4, recorded
+    assert dsv("verify", cwd=clone).code == 0
 
 
 def test_a_clone_whose_checkout_did_not_happen_still_downloads_everything(

@@ -246,16 +246,22 @@ class BlobSource:
         small, large = lacking if lacking is not None else self.core.objects.lacking(entries)
         if not small and not large:
             return
-        core = self.core
+        with Ingest(self.core.objects) as ingest:
+            self.fetch_into(ingest, entries, (small, large), tap)
+            self.core.commit_objects(ingest, crash="pull:objects-written")
+
+    def fetch_into(self, ingest: Ingest, entries: dict[str, int],
+                   lacking: tuple[list[str], list[str]], tap: Tap | None = None) -> None:
+        """`__call__` into `ingest`, which the caller publishes and records (see
+        core.Core.commit_objects)."""
+        small, large = lacking
         remote = self._open()
-        with Ingest(core.objects) as ingest:
-            if len(entries) > DOWNLOAD_CHUNK:
-                download_blobs(core, remote, entries, self.report, ingest,
-                               label="downloading", tap=tap)
-            else:
-                _download_lacking(core, remote, entries, small, large, self.report, ingest,
-                                  "downloading", tap)
-            core.commit_objects(ingest, crash="pull:objects-written")
+        if len(entries) > DOWNLOAD_CHUNK:
+            download_blobs(self.core, remote, entries, self.report, ingest,
+                           label="downloading", tap=tap)
+        else:
+            _download_lacking(self.core, remote, entries, small, large, self.report, ingest,
+                              "downloading", tap)
 
     def _open(self) -> Remote | None:
         if self._opened:
