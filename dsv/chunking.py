@@ -11,6 +11,7 @@ is written (tree.py).
 
 from __future__ import annotations
 
+import array
 import itertools
 import os
 from collections import deque
@@ -18,7 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyfastcdc.cy import FastCDC
+from pyfastcdc.py.constants import GEAR, MASKS
 
+from . import native
 from .hashing import hash_bytes, new_hasher
 
 CHUNK_THRESHOLD = 4 << 20
@@ -53,6 +56,24 @@ def chunker() -> FastCDC:
                    normalized_chunking=1)
 
 
+_GEAR = array.array("Q", GEAR).tobytes()
+_BITS = AVG_CHUNK.bit_length() - 1
+_MASK_S, _MASK_L = MASKS[_BITS + 1], MASKS[_BITS - 1]
+"""pyfastcdc's gear table and the masks of its normalized chunking (level 1) at
+AVG_CHUNK, for the C cutter (native.cut_chunks), which cuts where pyfastcdc does."""
+
+
+def cut_lengths(data: memoryview) -> list[int]:
+    """The lengths of the chunks `data` is cut into, in order (the last one ends with
+    `data`, whatever its content). In C where dsv was built with it: 3.5 GB/s here on
+    random bytes against pyfastcdc's 2.2 GB/s (measured), the same cuts."""
+    if native.cut_chunks is not None:
+        lengths: list[int] = native.cut_chunks(data, _GEAR, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK,
+                                               _MASK_S, _MASK_L)
+        return lengths
+    return [cut.length for cut in chunker().cut_buf(data)]
+
+
 Take = Callable[[list[tuple[str, memoryview]]], None]
 """Given the chunks of a block, in order: [(chunk id, bytes)]."""
 
@@ -84,7 +105,6 @@ def _chunk_into(fd: int, take: Take, block: int,
     """`chunk_fd` through a ring of three buffers: block k is read into ring[k % 3], after
     the chunk it carries over from block k-1. By then nothing refers to block k-3 any
     more (its hashing is done, and `take` copied what it kept)."""
-    cdc = chunker()
     whole = new_hasher(threads=True)
     chunks: list[tuple[str, int]] = []
     carry = memoryview(b"")
@@ -105,11 +125,11 @@ def _chunk_into(fd: int, take: Take, block: int,
             view = view[:end]
             pieces: list[memoryview] = []
             start = 0
-            for cut in cdc.cut_buf(view) if end else ():
-                if got and cut.offset + cut.length == end:
+            for length in cut_lengths(view) if end else ():
+                if got and start + length == end:
                     break   # cut by the block's end, not by the content: cut again with more
-                pieces.append(view[cut.offset:cut.offset + cut.length])
-                start = cut.offset + cut.length
+                pieces.append(view[start:start + length])
+                start += length
             hashed.append(pool.submit(_hash_all, pieces))
             while len(hashed) > (1 if got else 0):
                 done = hashed.popleft().result()

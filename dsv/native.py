@@ -247,7 +247,7 @@ def copy_into_py(dst: memoryview, offset: int, src: bytes | memoryview) -> int:
     return n
 
 
-ABI = 5  # what dsv/_native.c must say it offers (its ABI)
+ABI = 6  # what dsv/_native.c must say it offers (its ABI)
 
 
 def _load() -> ModuleType | None:
@@ -270,3 +270,6 @@ run_payload = _native.run_payload if _native else run_payload_py
 write_new_files = _native.write_new_files if _native else write_new_files_py
 pread_many = _native.pread_many if _native else pread_many_py
 copy_into = _native.copy_into if _native else copy_into_py
+cut_chunks = _native.cut_chunks if _native else None
+"""FastCDC's cuts of a buffer (see _native.c); without the C module, dsv.chunking cuts
+with pyfastcdc."""

@@ -20,7 +20,7 @@ import pytest
 
 import dsv as dsv_api
 from conftest import Result, read_tree, write_tree
-from dsv import chunking, tree
+from dsv import chunking, native, tree
 from dsv.core import STORE_FORMAT
 from dsv.errors import CorruptObject
 from servers import DirView, S3View, check_remote
@@ -87,6 +87,57 @@ def test_cut_points_are_pinned() -> None:
 
 
 PINNED_CUTS = [134859, 158778, 115871, 243950, 133142, 93037, 177151, 150933]
+
+
+def pyfastcdc_lengths(data: bytes, sizes: tuple[int, int, int]) -> list[int]:
+    low, avg, high = sizes
+    return [c.length for c in chunking.FastCDC(avg_size=avg, min_size=low, max_size=high,
+                                               normalized_chunking=1).cut_buf(data)]
+
+
+@pytest.mark.skipif(native.cut_chunks is None, reason="dsv built without its C module")
+@pytest.mark.parametrize("sizes", [(64 << 10, 128 << 10, 512 << 10), (64, 256, 1024),
+                                   (1024, 4096, 16384), (2048, 8192, 65536)])
+def test_the_c_cutter_cuts_where_pyfastcdc_does(sizes: tuple[int, int, int]) -> None:
+    """native.cut_chunks scans stretches of a chunk side by side; the cuts must be one
+    pass's, pyfastcdc's, byte for byte: random inputs of every size around the limits
+    (small sizes put many cuts in the second, third and fourth stretches), and inputs
+    where the content cuts nothing (zeros, a short pattern repeated) or at once."""
+    low, avg, high = sizes
+    bits = avg.bit_length() - 1
+    masks = chunking.MASKS[bits + 1], chunking.MASKS[bits - 1]
+    rng = random.Random(12)
+    pool = rng.randbytes(6 * MiB)
+    lengths = [0, 1, 63, 64, 65, low - 1, low, low + 1, avg - 1, avg, avg + 1, high - 1,
+               high, high + 1, 2 * high + 3] + [rng.randrange(4 * MiB) for _ in range(12)]
+    inputs = [pool[at:at + n] for n in lengths for at in (rng.randrange(2 * MiB),)]
+    inputs += [bytes(3 * high + 5), b"abc" * (high + 7), bytes(range(256)) * (high // 64)]
+    cuts = 0
+    for data in inputs:
+        got = native.cut_chunks(data, chunking._GEAR, low, avg, high, *masks)
+        assert got == pyfastcdc_lengths(data, sizes), len(data)
+        assert sum(got) == len(data)
+        cuts += len(got)
+    assert cuts > 100
+    with pytest.raises(ValueError, match="gear table"):
+        native.cut_chunks(b"x", chunking._GEAR[:8], low, avg, high, *masks)
+
+
+def test_without_the_c_module_chunk_fd_cuts_the_same(tmp_path: Path, monkeypatch) -> None:
+    """Where dsv was built without its C module, pyfastcdc cuts: the same chunks."""
+    data = rand(5 * MiB + 999, 3)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+
+    def chunked() -> tuple[str, int, list[tuple[str, int]]]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return chunking.chunk_fd(fd, lambda pieces: None)
+        finally:
+            os.close(fd)
+    fast = chunked()
+    monkeypatch.setattr(native, "cut_chunks", None)
+    assert chunked() == fast and fast[2] == cut(data)
 
 
 def test_an_edit_changes_only_the_chunks_it_touches() -> None:
