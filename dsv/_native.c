@@ -1085,7 +1085,8 @@ static PyObject *cut_chunks(PyObject *Py_UNUSED(self), PyObject *args) {
                         "64 <= min <= avg <= max");
         goto done;
     }
-    size_t room = (size_t)data.len / (size_t)min + 2;
+    /* (every chunk but the last is at least min rounded down to even long) */
+    size_t room = (size_t)data.len / ((size_t)min / 2 * 2) + 2;
     lengths = PyMem_RawMalloc(room * sizeof(size_t));
     if (lengths == NULL) {
         PyErr_NoMemory();

@@ -914,10 +914,9 @@ class _Downloads:
         record (under the store lock, which it holds): (that ingest, None if nothing was
         lacking, and the ids it holds). `pending`: objects an earlier call brought that
         are not recorded yet (they count as here)."""
-        needed = self.core.blobs(entries)
+        needed = {oid: size for oid, size in self.core.blobs(entries).items()
+                  if oid not in pending}
         small, large = self.core.objects.lacking(needed)
-        small = [oid for oid in small if oid not in pending]
-        large = [oid for oid in large if oid not in pending]
         if not small and not large:
             return None, set()
         from .sync import download

@@ -218,12 +218,16 @@ class Index:
         """Read this index in the schema it has from now on: a migration to schema 10
         (`create_schema`) failed for want of space or of the right to write (`failure`,
         which a write to the pack tables then raises). A full disk must not make the
-        store unreadable: it is read as an index that cannot be written is (see
-        `_connect_read_only`), the migration left to the next open that can write."""
-        self.conn.close()
-        self._use(self._connect_read_only(failure))
+        store unreadable: it is read as an index that cannot be written is, through this
+        connection made read-only (`query_only`: any write fails, as on a read-only
+        file), the migration left to the next open that can write."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
         self.read_only = True
         self._view_unnumbered(failure)
+        # (the connection as it is, WAL and all, shared with other processes as before;
+        # only nothing may be written through it: a write would not reach state.json)
+        self.conn.execute("PRAGMA query_only=ON")
 
     def _view_unnumbered(self, failure: Exception) -> None:
         """An index that cannot be written keeps the schema it has (core.Core reads

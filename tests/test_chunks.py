@@ -95,6 +95,11 @@ def pyfastcdc_lengths(data: bytes, sizes: tuple[int, int, int]) -> list[int]:
                                                normalized_chunking=1).cut_buf(data)]
 
 
+def masks_of(avg: int) -> tuple[int, int]:
+    bits = avg.bit_length() - 1
+    return chunking.MASKS[bits + 1], chunking.MASKS[bits - 1]
+
+
 @pytest.mark.skipif(native.cut_chunks is None, reason="dsv built without its C module")
 @pytest.mark.parametrize("sizes", [(64 << 10, 128 << 10, 512 << 10), (64, 256, 1024),
                                    (1024, 4096, 16384), (2048, 8192, 65536)])
@@ -104,8 +109,7 @@ def test_the_c_cutter_cuts_where_pyfastcdc_does(sizes: tuple[int, int, int]) -> 
     (small sizes put many cuts in the second, third and fourth stretches), and inputs
     where the content cuts nothing (zeros, a short pattern repeated) or at once."""
     low, avg, high = sizes
-    bits = avg.bit_length() - 1
-    masks = chunking.MASKS[bits + 1], chunking.MASKS[bits - 1]
+    masks = masks_of(avg)
     rng = random.Random(12)
     pool = rng.randbytes(6 * MiB)
     lengths = [0, 1, 63, 64, 65, low - 1, low, low + 1, avg - 1, avg, avg + 1, high - 1,
@@ -119,6 +123,11 @@ def test_the_c_cutter_cuts_where_pyfastcdc_does(sizes: tuple[int, int, int]) -> 
         assert sum(got) == len(data)
         cuts += len(got)
     assert cuts > 100
+    # An odd minimum cuts as short as the even number below it: more chunks than
+    # length / minimum (the C cutter once sized its list so; found by review).
+    odd = bytes([248]) * 65_000
+    got = native.cut_chunks(odd, chunking._GEAR, 65, 256, 1024, *masks_of(256))
+    assert got == pyfastcdc_lengths(odd, (65, 256, 1024)) and len(got) > 65_000 // 65
     with pytest.raises(ValueError, match="gear table"):
         native.cut_chunks(b"x", chunking._GEAR[:8], low, avg, high, *masks)
 

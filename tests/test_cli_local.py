@@ -646,10 +646,15 @@ def test_a_migration_the_disk_cannot_hold_leaves_the_store_readable(tmp_path: Pa
     assert got.returncode == 1 and "Traceback" not in got.stderr, got.stderr
     assert "error: cannot write the index" in got.stderr and "ulimit -f" in got.stderr
     assert "bug in dsv" not in got.stderr
+    # Nothing else is written either (state.json, which mirrors tags, is not kept then).
+    got = limited("tag", f"mydata:{vid}", "v1")
+    assert got.returncode == 1 and "error: cannot write the index" in got.stderr, got.stderr
+    assert json.loads((ws / ".dsv" / "state.json").read_text())["tags"] == []
     # With room again: migrated, and nothing was lost.
     assert ok(dsv("status", cwd=ws)).out.startswith(f"mydata ({vid}): 1 added")
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
         assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+        assert conn.execute("SELECT count(*) FROM tags").fetchone() == (0,)
     conn.close()
     ok(dsv("verify", cwd=ws))
     ok(dsv("checkout", f"mydata:{vid}", "--to", str(tmp_path / "out"), cwd=ws))
