@@ -471,7 +471,8 @@ class Index:
     # ---- transactions ------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE … COMMIT; nested uses join the outer transaction."""
+        """BEGIN IMMEDIATE … COMMIT (BEGIN … where the index can only be read); nested
+        uses join the outer transaction."""
         if self._depth:
             self._depth += 1
             try:
@@ -479,7 +480,9 @@ class Index:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        # (an index that can only be read takes no write lock: its writes fail anyway,
+        # and commands that only read still use transactions)
+        self.conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         self._depth = 1
         self._changed = False
         try:
