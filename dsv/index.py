@@ -1134,6 +1134,15 @@ class Index:
         page. Pack by pack, each pack's rows landed on pages all over it: 500,000 rows
         took 5.9 s that way and 3.6 s this way. Where two packs hold an object, the first
         recorded names it, as before. Call within a transaction."""
+        self.stage_remote_packs(remote, packs)
+        self.add_staged_remote_packs()
+
+    def stage_remote_packs(self, remote: str,
+                           packs: Iterable[tuple[str, Collection["PackEntry"], int]]) -> None:
+        """The first half of `add_remote_packs`: the rows wait in temporary tables of this
+        connection, which take no lock on the index. Outside a transaction, so that the
+        write lock is not held while `packs` is read from a remote (other writers, the
+        placing thread of a checkout among them, would wait for the network)."""
         self._numbered()
         # (emptied first: a call that failed half-way, its error caught, left rows there)
         for table, columns in (("arriving_remote_packs", "remote, pack, size, count"),
@@ -1147,6 +1156,11 @@ class Index:
             self._put_rows(
                 "INSERT INTO arriving_remote_objects (remote, oid, pack, offset, length, kind)",
                 ((remote, e.oid, pack, e.offset, e.length, e.kind) for e in entries), 6)
+
+    def add_staged_remote_packs(self) -> None:
+        """The second half of `add_remote_packs`: what was staged joins the index. Call
+        within a transaction."""
+        self._numbered()
         # Nothing is recorded until every pack was taken: never a pack without its rows.
         self.conn.execute("INSERT OR IGNORE INTO remote_packs (remote, pack, size, count) "
                           "SELECT remote, pack, size, count FROM arriving_remote_packs "

@@ -972,3 +972,42 @@ def test_a_long_pull_publishes_sealed_packs_as_it_goes(tmp_path: Path, dsv, kill
         assert len(list((clone / ".dsv" / "objects").rglob("*.pack"))) > packs_before + 2
         assert read_tree(clone) == read_tree(ws)
         assert dsv("verify", cwd=clone).code == 0
+
+
+def test_a_refresh_reads_pack_indexes_without_the_index_write_lock(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh reads the remote's pack indexes over the network before it takes the
+    index's write lock: meanwhile another writer (another process, or a checkout's
+    placing thread) is not kept waiting. Checked by a write through a second connection,
+    with no busy timeout, while the indexes are being read."""
+    import sqlite3
+
+    from dsv.sync.remote import Remote
+    files = {f"f{i}.bin": os.urandom(200 + i) for i in range(4)}
+    ws = _pushed_files(tmp_path, dsv, files)
+    clone = tmp_path / "clone"
+    assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
+    (ws / "new.bin").write_bytes(b"new bytes")
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    read = Remote._read_indexes
+    wrote: list[str] = []
+
+    def reading(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for item in read(self, *args, **kwargs):
+            conn = sqlite3.connect(clone / ".dsv" / "index.db", timeout=0,
+                                   isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                wrote.append(item[0])
+            except sqlite3.OperationalError as exc:
+                wrote.append(str(exc))
+            finally:
+                conn.close()
+            yield item
+    monkeypatch.setattr(Remote, "_read_indexes", reading)
+    r = dsv("pull", cwd=clone)
+    assert r.code == 0, r.err
+    assert wrote and all(len(w) == 64 for w in wrote), wrote
+    assert read_tree(clone) == {**files, "new.bin": b"new bytes"}

@@ -145,13 +145,14 @@ class Remote:
             # picture, and forget the loose objects (a gc may have deleted some).
             new, gone = list(listed), list(known)
 
+        index.stage_remote_packs(self.name, self._read_indexes(new, listed))  # (no lock)
         with index.transaction():
             # (first: an object's row names the first pack holding it)
             index.forget_remote_packs(self.name, gone)
             if reset:  # the remote lost data (or was reset): trust nothing we remember of it
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            index.add_remote_packs(self.name, self._read_indexes(new, listed))
+            index.add_staged_remote_packs()
             index.set_remote_gc_generation(self.name, generation)
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
@@ -208,13 +209,14 @@ class Remote:
             if index.catalog_packs(self.name, ds) - packs:
                 forget |= known & (index.catalog_packs(self.name, ds) | packs)
         wanted = set().union(*listed.values()) if listed else set()
+        index.stage_remote_packs(self.name, self._read_indexes(
+            sorted(wanted - (known - forget)), {}))   # (no lock held meanwhile)
         with index.transaction():
             index.forget_remote_packs(self.name, forget)
             if reset:
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
-            index.add_remote_packs(self.name, self._read_indexes(sorted(wanted - (known - forget)),
-                                                                 {}))
+            index.add_staged_remote_packs()
             for ds, packs in listed.items():
                 index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
