@@ -497,6 +497,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             spool = _spool(core, target, chunk) if fetched and link not in (
                 "hardlink", "symlink") else None
             ingest: Ingest | None = None
+            got: set[str] = set()
             handed = False   # (spool and ingest are this loop's until `place` owns them)
             try:
                 if side_index is core.index:   # (one connection: recorded here)
@@ -510,7 +511,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                     rows_kept += placing.result()
                 handed = True
                 placing = stage.submit(place, placer, chunk, advance, ingest, side_index)
-                pending = got if ingest is not None else set()
+                pending = got
             except BaseException:
                 if not handed:
                     if spool is not None:
@@ -902,11 +903,8 @@ class _Downloads:
         lacking = self.core.objects.lacking(needed)
         if not lacking[0] and not lacking[1]:
             return  # the usual case: no lock, and no sync module to import
-        from .sync import download
-        if self.source is None:
-            self.source = download.BlobSource(self.core, self.version)
         with self.core.locked("download"):
-            self.source(needed, lacking, tap)
+            self._source()(needed, lacking, tap)
 
     def stage(self, entries: list[Entry], tap: Tap | None,
               pending: set[str]) -> tuple[Ingest | None, set[str]]:
@@ -919,16 +917,20 @@ class _Downloads:
         small, large = self.core.objects.lacking(needed)
         if not small and not large:
             return None, set()
-        from .sync import download
-        if self.source is None:
-            self.source = download.BlobSource(self.core, self.version)
         ingest = Ingest(self.core.objects)
         try:
-            self.source.fetch_into(ingest, needed, (small, large), tap)
+            self._source().fetch_into(ingest, needed, (small, large), tap)
         except BaseException:
             ingest.abort()
             raise
         return ingest, {*small, *large}
+
+    def _source(self) -> BlobSource:
+        """The download source, made at the first blob that is missing."""
+        if self.source is None:
+            from .sync import download
+            self.source = download.BlobSource(self.core, self.version)
+        return self.source
 
     def tally(self, report: CheckoutReport) -> CheckoutReport:
         """`report` with what was downloaded for it."""

@@ -199,8 +199,10 @@ class Index:
             # a file-size limit that fails, so read without it; writes then fail clearly.
             conn = self._connect_read_only(failure)
             self.read_only, exc = True, failure
+        self.conn = conn
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
-        self._use(conn)
         if exc is not None:
             self._view_unnumbered(exc)
 
@@ -208,11 +210,6 @@ class Index:
         """Before a write to the pack tables: they must have schema 10's shape."""
         if self.unmigrated is not None:
             raise self.unmigrated
-
-    def _use(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
 
     def keep_schema(self, failure: Exception) -> None:
         """Read this index in the schema it has from now on: a migration to schema 10
@@ -252,7 +249,7 @@ class Index:
             except sqlite3.DatabaseError:
                 return
 
-    def _connect_read_only(self, failure: Exception) -> sqlite3.Connection:
+    def _connect_read_only(self, failure: sqlite3.OperationalError) -> sqlite3.Connection:
         """A connection that reads the index without writing a byte, or `failure` raised.
 
         First exclusive locking mode, in which SQLite keeps the WAL index in memory instead
@@ -1143,7 +1140,6 @@ class Index:
         connection, which take no lock on the index. Outside a transaction, so that the
         write lock is not held while `packs` is read from a remote (other writers, the
         placing thread of a checkout among them, would wait for the network)."""
-        self._numbered()
         # (emptied first: a call that failed half-way, its error caught, left rows there)
         for table, columns in (("arriving_remote_packs", "remote, pack, size, count"),
                                ("arriving_remote_objects",
