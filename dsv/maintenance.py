@@ -112,9 +112,11 @@ def gc(core: Core, dry_run: bool = False,
             keep = [e for e in entries if e[0] in live]
             if len(keep) == len(entries):
                 continue
+            # (lengths come from index rows: a damaged one may claim more than the pack
+            # holds, and no pack frees more than its file's size)
             dead_bytes = sum(e[2] for e in entries if e[0] not in live)
             report.removed_objects += len(entries) - len(keep)
-            report.freed_bytes += dead_bytes
+            report.freed_bytes += min(dead_bytes, _file_size(core.objects.pack_path(pack_id)))
             if dry_run:
                 report.removed_packs += 1
                 continue
@@ -140,6 +142,14 @@ def gc(core: Core, dry_run: bool = False,
         if not dry_run:
             core.index.checkpoint()
     return report
+
+
+def _file_size(path: Path) -> int:
+    """The size of the file at `path`; 0 when there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _pack_rows(core: Core, pack_id: str, named: int | None = None

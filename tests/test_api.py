@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -356,3 +357,25 @@ def test_one_changed_file_adds_little_metadata(tmp_path: Path) -> None:
         with store.open_file("ds:latest", "dir07/file0042.bin") as f:
             assert f.read() == b"changed content"
         assert store.verify().ok
+
+
+def test_gc_never_reports_more_freed_than_a_pack_holds(store_dir, tmp_path: Path) -> None:
+    """A damaged index row's length (another hand wrote 10**12) must not reach the report:
+    a pack frees at most its file's size."""
+    store, root = store_dir
+    store.commit("first")
+    src = tmp_path / "junk.bin"
+    junk = random.Random(10).randbytes(5000)
+    src.write_bytes(junk)
+    draft = store.create_version("ds")
+    store.put_files(f"ds:{draft.id}", [src])
+    store.delete_version(f"ds:{draft.id}")
+    pack = store.objects.locate_many([b3(junk)])[b3(junk)][0]
+    pack_size = store.objects.pack_path(pack).stat().st_size
+    with sqlite3.connect(root / ".dsv" / "index.db") as other:
+        other.execute("UPDATE objects SET length=? WHERE oid=?", (10**12, b3(junk)))
+    report = store.gc()
+    assert report.removed_objects >= 1
+    assert len(junk) <= report.freed_bytes <= pack_size
+    assert not store.objects.has(b3(junk))
+    assert store.verify().ok
