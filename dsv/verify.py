@@ -173,13 +173,22 @@ def _verify_chunked(core: Core, report: VerifyReport, damage: Damage) -> None:
                 advance(1, size)
                 continue   # (reported already)
             hasher = new_hasher(threads=True)
+            wrong = ""
             try:
-                for chunk, _length in chunks.chunks:
-                    hasher.update(core.objects.read(chunk, verify=False))
+                for chunk, length in chunks.chunks:
+                    data = core.objects.read(chunk, verify=False)
+                    if len(data) != length:   # (a checkout refuses the chunk: so must this)
+                        wrong = (f"chunk {chunk[:12]} has {len(data)} bytes where chunk list "
+                                 f"{listed[:12]} says {length}")
+                        break
+                    hasher.update(data)
             except DsvError:
                 advance(1, size)
                 continue   # (a pack gone meanwhile: reported by the next check)
-            if hasher.hexdigest() != chunks.oid:
+            if wrong:
+                report.problems.append(wrong)
+                damage.unreadable.add(listed)
+            elif hasher.hexdigest() != chunks.oid:
                 report.problems.append(f"chunk list {listed[:12]}: its chunks do not make "
                                        f"file {chunks.oid[:12]}")
                 damage.unreadable.add(listed)

@@ -8,6 +8,7 @@ growth of the store and the remote.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -669,6 +670,16 @@ def test_a_file_whose_chunks_stop_coming_in_order_is_finished_from_the_store(
 def _commit_chunked(ws: Path, files: dict[str, tuple[bytes, str]], message: str) -> None:
     """Commit a version of `ws` holding, at each path, a chunked file of those bytes whose
     row claims that id (a lying chunk list where they differ), with a.txt beside them."""
+    _commit_listed(ws, {rel: (data, tree.ChunkList(claimed, len(data), cut(data)))
+                        for rel, (data, claimed) in files.items()}, message)
+
+
+def _commit_listed(ws: Path, files: dict[str, tuple[bytes, tree.ChunkList]], message: str,
+                   rows: dict[str, tuple[str, int]] | None = None) -> None:
+    """Commit a version of `ws` holding a.txt and, at each path, a row naming that chunk
+    list, whatever it says (a hostile remote can send any), with the chunks of those
+    bytes stored as dsv cuts them. `rows`: the (id, size) a path's row claims, where it
+    is not the list's own (the commit then takes the rows as they are)."""
     from dsv import versions
     from dsv.model import Entry
     from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
@@ -678,16 +689,19 @@ def _commit_chunked(ws: Path, files: dict[str, tuple[bytes, str]], message: str)
     try:
         core = store.core
         with core.locked("test"), Ingest(core.objects) as ingest:
-            for rel, (data, claimed) in files.items():
-                listing = tree.ChunkList(claimed, len(data), cut(data))
+            for rel, (data, listing) in files.items():
                 raw = tree.encode_chunks(listing)
                 at = 0
-                for chunk, n in listing.chunks:
+                for chunk, n in cut(data):
                     ingest.add(chunk, KIND_BLOB, data[at:at + n])
                     at += n
                 ingest.add(b3(raw), KIND_TREE, raw)
-                manifest[rel] = Entry("f", 0o644, len(data), claimed, b3(raw))
+                manifest[rel] = Entry("f", 0o644, listing.size, listing.oid, b3(raw))
             core.commit_objects(ingest)
+        for rel, (oid, size) in (rows or {}).items():
+            manifest[rel] = dataclasses.replace(manifest[rel], oid=oid, size=size)
+        if rows:
+            core.holds = lambda _entry: True   # (this store's own check of the rows)
         versions.commit_manifest(core, "data", manifest, message)
     finally:
         store.close()
@@ -792,3 +806,25 @@ def test_a_spooled_file_replaced_before_its_placement_is_not_placed(tmp_path: Pa
     assert (clone / "d" / "big.bin").read_bytes() == big
     assert _temp_files(clone) == []
     assert ok(dsv("status", cwd=clone)).out.rstrip().endswith("clean")
+
+
+# ---- damage `dsv verify` must name ----------------------------------------------------
+
+def test_verify_finds_a_chunk_list_whose_lengths_are_not_its_chunks(tmp_path: Path,
+                                                                      dsv) -> None:
+    """A chunk list naming intact chunks that make its file, but with 7 bytes of one
+    chunk's length moved to the next (the lengths still add up to the size, the chunks
+    still hash to the file's id): a checkout refuses the chunk and sends the user to
+    `dsv verify`, which must then name the file."""
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a"}, "one")
+    data = rand(5 * MiB, 50)
+    listed = cut(data)
+    (c0, n0), (c1, n1) = listed[:2]
+    listing = tree.ChunkList(b3(data), len(data), [(c0, n0 + 7), (c1, n1 - 7), *listed[2:]])
+    _commit_listed(ws, {"shifted.bin": (data, listing)}, "shifted")
+    r = dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
+    assert r.code == 1 and f"has {n0} bytes where its chunk list says {n0 + 7}" in r.err, r
+    r = dsv("verify", cwd=ws)
+    assert r.code == 1 and f"chunk {c0[:12]} has {n0} bytes where chunk list " \
+        f"{b3(tree.encode_chunks(listing))[:12]} says {n0 + 7}" in r.out, r
+    assert "shifted.bin" in r.out, r
