@@ -240,6 +240,7 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
     lazy = core.index.unfetched_roots()   # (trees left on a remote, by design)
     own = _own_blobs(core, promised, lazy)
     seen: set[str] = set()
+    lists_seen: set[str] = set()   # (apart: a row may name a directory's tree)
 
     def here(oids: list[str]) -> set[str]:
         packed = core.index.packed_among(oids)
@@ -301,9 +302,16 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
             stack.extend((c, prefix + d) for d, c in node.shards)
             blobs = [(r[4], r[3]) for r in node.rows if r[1] != tree.DIR and not r[5]]
             for r in node.rows:
-                if r[5] and r[5] not in seen:
-                    seen.add(r[5])
+                if r[5] and r[5] not in lists_seen:
+                    lists_seen.add(r[5])
                     blobs += chunks_of(r, label)
+                elif r[5] in damage.chunked and damage.chunked[r[5]] != (r[4], r[3]) \
+                        and r[5] not in damage.unreadable:
+                    # (another row named this list as the file it lists: read_chunks
+                    # refuses it for this one, and the list was read once only)
+                    damage.unreadable.add(r[5])
+                    report.problems.append(f"{label}: object {r[5][:12]} is not the chunk "
+                                           f"list of file {r[4][:12]}")
             present = here([oid for oid, _size in blobs])
             for child, size in blobs:
                 if child in watched:

@@ -675,11 +675,11 @@ def _commit_chunked(ws: Path, files: dict[str, tuple[bytes, str]], message: str)
 
 
 def _commit_listed(ws: Path, files: dict[str, tuple[bytes, tree.ChunkList]], message: str,
-                   rows: dict[str, tuple[str, int]] | None = None) -> None:
+                   rows: dict[str, dict[str, str]] | None = None) -> None:
     """Commit a version of `ws` holding a.txt and, at each path, a row naming that chunk
     list, whatever it says (a hostile remote can send any), with the chunks of those
-    bytes stored as dsv cuts them. `rows`: the (id, size) a path's row claims, where it
-    is not the list's own (the commit then takes the rows as they are)."""
+    bytes stored as dsv cuts them. `rows`: fields of a path's row (`oid`, `chunks`) that
+    are not the list's own (the commit then takes the rows as they are)."""
     from dsv import versions
     from dsv.model import Entry
     from dsv.objects import KIND_BLOB, KIND_TREE, Ingest
@@ -698,8 +698,8 @@ def _commit_listed(ws: Path, files: dict[str, tuple[bytes, tree.ChunkList]], mes
                 ingest.add(b3(raw), KIND_TREE, raw)
                 manifest[rel] = Entry("f", 0o644, listing.size, listing.oid, b3(raw))
             core.commit_objects(ingest)
-        for rel, (oid, size) in (rows or {}).items():
-            manifest[rel] = dataclasses.replace(manifest[rel], oid=oid, size=size)
+        for rel, fields in (rows or {}).items():
+            manifest[rel] = dataclasses.replace(manifest[rel], **fields)
         if rows:
             core.holds = lambda _entry: True   # (this store's own check of the rows)
         versions.commit_manifest(core, "data", manifest, message)
@@ -828,3 +828,30 @@ def test_verify_finds_a_chunk_list_whose_lengths_are_not_its_chunks(tmp_path: Pa
     assert r.code == 1 and f"chunk {c0[:12]} has {n0} bytes where chunk list " \
         f"{b3(tree.encode_chunks(listing))[:12]} says {n0 + 7}" in r.out, r
     assert "shifted.bin" in r.out, r
+
+
+def test_verify_checks_every_row_that_names_a_chunk_list(tmp_path: Path, dsv) -> None:
+    """Rows a hostile remote's tree may hold (fetch checks each object alone): b.bin names
+    a.bin's chunk list with another id, c.bin names a directory's tree (walked by the
+    version before) as its list. Reading either fails ("not the chunk list of file"), so
+    verify must name both, though the list and the tree were read for other rows."""
+    ws = _workspace(dsv, tmp_path / "data", {"a.txt": b"a", "d/x.txt": b"x"}, "one")
+    data = rand(5 * MiB, 51)
+    listing = tree.ChunkList(b3(data), len(data), cut(data))
+    store = dsv_api.open(ws)
+    try:
+        directory = tree.find(store.core.resolve("data:latest").tree, store.core.read_tree,
+                              "d")[4]
+    finally:
+        store.close()
+    other, third = b3(b"other bytes"), b3(b"third")
+    _commit_listed(ws, {"a.bin": (data, listing), "b.bin": (data, listing),
+                        "c.bin": (data, listing)}, "rows",
+                   rows={"b.bin": {"oid": other}, "c.bin": {"oid": third, "chunks": directory}})
+    r = dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
+    assert r.code == 1 and "is not the chunk list of file" in r.err, r
+    r = dsv("verify", cwd=ws)
+    assert r.code == 1, r
+    assert f"is not the chunk list of file {other[:12]}" in r.out, r
+    assert f"{directory[:12]} is not the chunk list of file {third[:12]}" in r.out, r
+    assert "b.bin" in r.out and "c.bin" in r.out, r
