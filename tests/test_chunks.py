@@ -855,3 +855,43 @@ def test_verify_checks_every_row_that_names_a_chunk_list(tmp_path: Path, dsv) ->
     assert f"is not the chunk list of file {other[:12]}" in r.out, r
     assert f"{directory[:12]} is not the chunk list of file {third[:12]}" in r.out, r
     assert "b.bin" in r.out and "c.bin" in r.out, r
+
+
+# ---- what a remote serves --------------------------------------------------------------
+
+def test_small_objects_a_remote_holds_as_loose_files_are_packed_here(tmp_path: Path,
+                                                                    dsv) -> None:
+    """A remote (or a cluster cache that readers without a store filled: they keep chunks
+    as loose entries) may hold a chunk or a small file as a loose file. A download takes
+    it, and stores it in a pack: this store reads chunks and small objects from its packs
+    only, so one kept loose made every checkout of the file fail ("a chunk is missing
+    from the store", while verify found nothing wrong) and the small file download again."""
+    from hostile import HostileRemote
+
+    data = rand(5 * MiB, 52)
+    listed = cut(data)
+    remote = HostileRemote(tmp_path / "remote")
+    at = 0
+    for i, (_chunk, n) in enumerate(listed):
+        (remote.loose if i == 3 else remote.blob)(data[at:at + n])
+        at += n
+    listing = remote.add(tree.encode_chunks(tree.ChunkList(b3(data), len(data), listed)), 1)
+    root = remote.tree([["a.txt", "f", 0o644, 1, remote.loose(b"a")],
+                        ["f.bin", "f", 0o644, len(data), b3(data), listing]])
+    record = remote.record("v1abcdefgh", "ds000001", root, files=2, size=len(data) + 1)
+    remote.publish()
+    remote.ref("ds000001", "latest", "v1abcdefgh", record)
+    clone = tmp_path / "clone"
+    ok(dsv("clone", remote.root, clone, cwd=tmp_path))
+    assert read_tree(clone) == {"a.txt": b"a", "f.bin": data}
+    store = dsv_api.open(clone)
+    try:
+        assert store.core.index.locate(listed[3][0]) is not None
+        assert store.core.index.locate(b3(b"a")) is not None
+        assert not store.objects.has_loose(listed[3][0])
+    finally:
+        store.close()
+    r = jout(dsv("checkout", "victim:latest", "--to", tmp_path / "out", "--json", cwd=clone))
+    assert r["downloaded"] == 0, r
+    assert read_tree(tmp_path / "out") == {"a.txt": b"a", "f.bin": data}
+    ok(dsv("verify", cwd=clone))

@@ -10,6 +10,7 @@ Ingest; the caller publishes. Must never move refs.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -19,7 +20,7 @@ from ..errors import (CorruptObject, InvalidInput, MissingObject)
 from ..hashing import hash_bytes
 from ..model import Version
 from ..reports import FetchReport, PullReport
-from ..objects import KIND_BLOB, Ingest, pack_tail_size, parse_whole_pack
+from ..objects import KIND_BLOB, PACK_THRESHOLD, Ingest, pack_tail_size, parse_whole_pack
 from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
                             RemoteRefused)
 from ..remotes.cache import ClusterCache
@@ -392,12 +393,16 @@ def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str,
                    report: PullReport, ingest: Ingest, label: str = "pulling large files"
                    ) -> None:
     """Stream large objects (each checked against its id, no bigger than `sizes` says)
-    into `ingest`: the cluster cache first, filling it from the origin."""
+    into `ingest`: the cluster cache first, filling it from the origin. One that `sizes`
+    gives fewer than PACK_THRESHOLD bytes (a remote, or a cache that readers without a
+    store filled, may hold a chunk or a small file as a loose file) goes into a pack:
+    this store looks for small objects in its packs only."""
     cache = read_cache(core)
     total = sum(sizes.get(o, 0) for o in oids)
+    packing = threading.Lock()   # (Ingest.add_new is for one thread at a time)
     with core.reporter.task(label, len(oids), total) as advance, \
             ThreadPoolExecutor(4) as pool:
-        got = partial(_get_loose, remote, sizes, ingest, cache, advance)
+        got = partial(_get_loose, remote, sizes, ingest, packing, cache, advance)
         for size, streamed, cached in pool.map(got, oids):
             report.from_cache += cached
             report.objects_received += 1
@@ -405,17 +410,31 @@ def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str,
             advance(1, max(0, size - streamed))
 
 
-def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest,
+def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest, packing: threading.Lock,
                cache: ClusterCache | None, advance: Advance, oid: str
                ) -> tuple[int, int, bool]:
     """Stage one large object: (its size, bytes already counted on the bar, whether the
     cluster cache served it)."""
     count = FileBytes(advance, sizes.get(oid, 0))
+    small = sizes.get(oid, PACK_THRESHOLD) < PACK_THRESHOLD
+
+    def keep(pieces: Iterable[bytes]) -> int:
+        """Stage the object's bytes: loose, or into a pack if small (see download_loose)."""
+        if not small:
+            return ingest.add_large_stream(pieces, expect=oid)[1]
+        data = b"".join(pieces)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(f"object {oid[:12]} arrived corrupt: its bytes do not match "
+                                f"its hash", hint="nothing corrupt was stored; the source "
+                                                  "holds damaged data")
+        with packing:
+            ingest.add_new(oid, KIND_BLOB, data)
+        return len(data)
+
     def from_origin() -> int:
         try:
-            return ingest.add_large_stream(
-                _counted(_capped(remote.backend.download(loose_key(oid)), sizes.get(oid), oid),
-                         count), expect=oid)[1]
+            return keep(_counted(_capped(remote.backend.download(loose_key(oid)),
+                                         sizes.get(oid), oid), count))
         except NotFound:
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
 
@@ -436,6 +455,8 @@ def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest,
             if fd is not None:
                 try:
                     if os.fstat(fd).st_size == sizes.get(oid, -1):
+                        if small:
+                            return keep(iter(partial(os.read, fd, 1 << 20), b"")), cached
                         return ingest.add_large_fd(fd, oid)[1], cached
                 except CorruptObject:
                     pass
