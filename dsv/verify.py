@@ -354,11 +354,14 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
         return []
     promised = core.index.promised()
     parents: dict[str, set[str]] = {}
+    bad_chunk: dict[str, str] = {}   # chunk list → the first damaged or missing chunk in it
     for oid in damage.trees:
         node = tree.decode_node(core.read_tree(oid), oid, trusted=True)
-        chunks = [c for c, _n in node.chunks.chunks] if node.chunks is not None else []
-        for child in [*node.links, *(r[4] for r in node.rows if r[4] in bad),
-                      *(c for c in chunks if c in bad)]:
+        chunks = [c for c, _n in node.chunks.chunks if c in bad] if node.chunks is not None \
+            else []
+        if chunks:
+            bad_chunk[oid] = chunks[0]
+        for child in [*node.links, *(r[4] for r in node.rows if r[4] in bad), *chunks]:
             parents.setdefault(child, set()).add(oid)
     tainted: set[str] = set()   # trees that name a bad object, or a tainted tree
     todo = list(bad)
@@ -385,7 +388,7 @@ def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:
                 path = f"{base}/{name}" if base else name
                 if listed and (listed in bad or listed in tainted):
                     # (the file's chunk list is damaged or missing, or a chunk it names)
-                    if add(v, path, listed):
+                    if add(v, path, listed if listed in bad else bad_chunk.get(listed, listed)):
                         return out
                     continue
                 if child in bad:

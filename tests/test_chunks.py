@@ -895,3 +895,28 @@ def test_small_objects_a_remote_holds_as_loose_files_are_packed_here(tmp_path: P
     assert r["downloaded"] == 0, r
     assert read_tree(tmp_path / "out") == {"a.txt": b"a", "f.bin": data}
     ok(dsv("verify", cwd=clone))
+
+
+def test_verify_names_the_damaged_chunk_of_an_affected_file(chunked_ws, dsv) -> None:
+    """A corrupt chunk: the file is listed as affected by that chunk, corrupt (not by its
+    chunk list, which is intact, as if it were missing)."""
+    ws, _files, v1 = chunked_ws
+    store = dsv_api.open(ws)
+    try:
+        listing = store.core.chunks(store.core.manifest(store.core.resolve(f"data:{v1}"))
+                                    ["model.bin"])
+        pack, offset, _n = store.core.index.locate(listing.chunks[3][0])
+    finally:
+        store.close()
+    path = ws / ".dsv" / "objects" / "packs" / f"{pack}.pack"
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset + 100)
+        byte = f.read(1)
+        f.seek(offset + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = dsv("verify", "--json", cwd=ws)
+    assert r.code == 1, r
+    affected = json.loads(r.out)["affected"]
+    assert [(a["path"], a["object"], a["problem"]) for a in affected] == \
+        [("model.bin", listing.chunks[3][0], "corrupt")], affected
