@@ -283,6 +283,12 @@ def test_ranged_reads_of_a_chunked_file(chunked_ws) -> None:
             assert f.read() == data[-3:]
             f.seek(0)
             assert b3(f.read()) == b3(data)
+            for whence in (3, 4, -1):   # as an io file refuses them, the offset kept
+                with pytest.raises(ValueError, match="whence"):
+                    f.seek(0, whence)
+            assert f.tell() == len(data)
+            with pytest.raises(ValueError, match="negative seek position"):
+                f.seek(-1)
     finally:
         store.close()
 
