@@ -455,9 +455,22 @@ class ObjectStore:
                                     ) from None
         if hash_file(dest, size) != oid:
             fileio.unlink_quietly(dest)
-            raise CorruptObject(f"object {oid[:12]} is corrupt; {dest} was not written",
+            raise CorruptObject(f"{self._what_is_corrupt(oid, chunks)}; it was not written",
                                 hint="run `dsv verify` to list every damaged object")
         return size
+
+    def _what_is_corrupt(self, oid: str, chunks: list[tuple[str, int]] | None) -> str:
+        """Why a copy of file `oid` did not hash to it: for a chunked file, the first of
+        its chunks that is damaged (each read and checked again: a failure's cost only),
+        or its chunk list when every chunk is intact."""
+        if not chunks:
+            return f"object {oid[:12]} is corrupt"
+        for chunk, _length in chunks:
+            try:
+                self.read(chunk)
+            except CorruptObject:
+                return f"object {chunk[:12]} (a chunk of file {oid[:12]}) is corrupt"
+        return f"file {oid[:12]} is corrupt: the chunks its chunk list names do not make it"
 
     def _copy_chunks(self, chunks: list[tuple[str, int]], dest: str, mode: int,
                      progress: Callable[[int], None] | None = None) -> int:

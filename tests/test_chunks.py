@@ -313,7 +313,9 @@ def test_a_corrupt_chunk_is_found_and_never_checked_out(chunked_ws, dsv, tmp_pat
     assert r.code == 1 and "model.bin" in r.out and "corrupt" in r.out, r
     (ws / "model.bin").unlink()   # (else checkout copies this intact twin, and checks it)
     r = dsv("checkout", f"data:{v1}", "--to", tmp_path / "out", cwd=ws)
-    assert r.code == 1 and "corrupt" in r.err, r
+    assert r.code == 1, r   # (the damaged chunk named, as verify names it; no temp path)
+    assert f"object {listing.chunks[3][0][:12]} (a chunk of file {listing.oid[:12]}) is " \
+        "corrupt; it was not written" in r.err, r
     assert not (tmp_path / "out" / "model.bin").exists()
     store = dsv_api.open(ws)
     try:

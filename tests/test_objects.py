@@ -896,7 +896,7 @@ def test_loose_object_that_does_not_hash_to_its_name(store, tmp_path: Path) -> N
     assert not store.verify_loose(oid)
     dest = tmp_path / "out.bin"
     with pytest.raises(CorruptObject,
-                       match=rf"object {oid[:12]} is corrupt; {dest} was not written"):
+                       match=rf"^object {oid[:12]} is corrupt; it was not written$"):
         store.copy_out(oid, str(dest), 0o644)
     assert not dest.exists()
     with pytest.raises(CorruptObject):
