@@ -843,9 +843,11 @@ def _differing_rows(x: str | None, y: str | None, read_tree: Callable[[str], byt
 
 
 def find(root: str, read_tree: Callable[[str], bytes], path: str,
-         load: NodeLoader | None = None) -> Row | None:
+         load: NodeLoader | None = None, trusted: bool = True) -> Row | None:
     """The entry at `path` (not "") under tree `root`, reading only the trees and shards
-    on the way to it; None if there is none."""
+    on the way to it (each validated unless `trusted`); None if there is none."""
+    if load is None:
+        load = functools.partial(node_at, read_tree, trusted=trusted)
     row: Row | None = None
     oid = root
     for part in path.split("/"):

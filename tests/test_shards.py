@@ -337,6 +337,30 @@ def test_a_leaf_named_as_a_directory_is_refused_at_fetch(tmp_path: Path, dsv) ->
     _refused(dsv, remote, tmp_path, "out of place")
 
 
+@pytest.mark.parametrize("rows", [
+    lambda blob: [["a.txt", "q", 420, 5, blob]],                         # no such kind
+    lambda blob: [5],                                                     # no row at all
+    lambda blob: [["a.txt", "f", 420, 5, "0" * 64], ["a.txt", "f", 420, 5, blob]],  # twice
+], ids=["kind", "row", "twice"])
+def test_a_path_looked_up_in_a_hostile_leaf_without_a_store_is_refused(
+        tmp_path: Path, dsv, rows) -> None:
+    """`ls`, `get` and `cat` of one path read only the shards on its way: each is checked
+    as `ls -r` checks it, so a malformed leaf is refused, never listed or written."""
+    remote = HostileRemote(tmp_path / "remote")
+    digit = tree.name_hash("a.txt")[0]
+    leaf = _leaf(remote, digit, rows(remote.blob(b"hello")))
+    _publish_version(remote, remote.tree([["d", "d", 0, 5, _shards_node(
+        remote, "", [[digit, leaf]])]]))
+    out = tmp_path / "out"
+    for args in (("ls", "--json"), ("get", "--to", out), ("cat",)):
+        r = dsv(args[0], remote.root, "victim:latest", "d/a.txt", *args[1:], cwd=tmp_path)
+        assert r.code == 1 and r.out == "", (args, r.out, r.err)
+        assert r.err.startswith("error: ") and f"tree {leaf[:12]}" in r.err, (args, r.err)
+    assert not out.exists()
+    listed = dsv("ls", remote.root, "victim:latest", "-r", cwd=tmp_path)   # (as before)
+    assert listed.code == 1 and f"tree {leaf[:12]}" in listed.err, listed.err
+
+
 def test_a_stored_file_named_as_a_directory_is_fetched_and_checked(tmp_path: Path,
                                                                   dsv) -> None:
     """v1 holds a file whose bytes are a tree naming `../../pwned`; v2 names that file's

@@ -631,7 +631,7 @@ class RemoteReader:
             return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
                     for p, e in rows]
         if rel:
-            row = tree.find(version.tree, self.read_tree, rel)
+            row = tree.find(version.tree, self.read_tree, rel, trusted=False)
             if row is None:
                 raise InvalidInput(f"{path} is not in version {version.id}")
             if row[1] != tree.DIR:
@@ -648,7 +648,7 @@ class RemoteReader:
         if not rel:
             found = list(tree.iter_files(version.tree, self.read_tree, trusted=False))
         else:
-            row = tree.find(version.tree, self.read_tree, rel)
+            row = tree.find(version.tree, self.read_tree, rel, trusted=False)
             if row is None:
                 raise InvalidInput(f"{rel} is not in version {version.id}")
             if row[1] == tree.DIR:
