@@ -43,8 +43,11 @@ def check_name(name: str) -> str:
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise UnsafePath(f"file name {name.encode('utf-8', 'surrogateescape')!r} is not valid "
-                         "UTF-8",
+        try:  # (the bytes of a name read from disk; JSON may spell a surrogate no byte makes)
+            shown = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "backslashreplace")
+        raise UnsafePath(f"file name {shown!r} is not valid UTF-8",
                          hint="rename the file; dsv stores names as UTF-8") from None
     if len(encoded) > MAX_NAME_BYTES:
         raise UnsafePath(f"file name {name[:40]}… is longer than {MAX_NAME_BYTES} bytes")

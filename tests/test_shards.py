@@ -17,7 +17,8 @@ import pytest
 import dsv as dsv_api
 from conftest import read_tree, write_tree
 from dsv import tree
-from dsv.errors import CorruptObject
+from dsv.errors import CorruptObject, UnsafePath
+from dsv.paths import check_name
 from dsv.tree import FILE, Entry
 
 
@@ -359,6 +360,23 @@ def test_a_path_looked_up_in_a_hostile_leaf_without_a_store_is_refused(
     assert not out.exists()
     listed = dsv("ls", remote.root, "victim:latest", "-r", cwd=tmp_path)   # (as before)
     assert listed.code == 1 and f"tree {leaf[:12]}" in listed.err, listed.err
+
+
+def test_a_leaf_naming_a_lone_surrogate_is_refused_as_a_bad_name(tmp_path: Path, dsv) -> None:
+    """JSON may spell a name no UTF-8 can hold ("\\ud800"): refused as the name it is,
+    not blamed on the user's arguments or environment."""
+    remote = HostileRemote(tmp_path / "remote")
+    rows = [["\ud800", "f", 420, 5, remote.blob(b"hello")]]
+    leaf = remote.add(json.dumps({"entries": rows, "prefix": "0", "type": "leaf", "v": 1},
+                                 separators=(",", ":"), sort_keys=True).encode(), KIND_TREE)
+    _publish_version(remote, remote.tree([["d", "d", 0, 5, _shards_node(
+        remote, "", [["0", leaf]])]]))
+    _refused(dsv, remote, tmp_path, "error: file name ", "is not valid UTF-8")
+    r = dsv("ls", remote.root, "victim:latest", "-r", cwd=tmp_path)
+    assert r.code == 1 and r.err.startswith("error: file name "), r.err
+    assert "is not valid UTF-8" in r.err and "environment" not in r.err, r.err
+    with pytest.raises(UnsafePath, match="not valid UTF-8"):
+        check_name("\ud800")
 
 
 def test_a_stored_file_named_as_a_directory_is_fetched_and_checked(tmp_path: Path,
