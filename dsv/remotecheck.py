@@ -308,7 +308,7 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
         refs.append(ref)
     report.refs = len(refs)
     seen: set[str] = set()
-    trees_seen: set[str] = set()
+    trees_seen: dict[str, object] = {}
     stack = [(r.record, r.dataset, r.version, f"ref {r.dataset}/{r.ref}") for r in refs]
     while stack:
         record_oid, ds_id, vid, who = stack.pop()
@@ -340,15 +340,22 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
 
 def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root: str,
                report: RemoteCheckReport, needed: dict[str, tuple[int, int]],
-               seen: set[str], who: str, damaged: dict[str, str],
+               seen: dict[str, object], who: str, damaged: dict[str, str],
                children: dict[str, list[str]]) -> None:
     # (tree object, the shard prefix it must stand at; for a chunk list, the row naming it)
     stack: list[tuple[str, str | tree.Row]] = [(root, "")]
     while stack:
         oid, at = stack.pop()
+        # Each object has one place (its prefix, or the file it lists); one met in another
+        # place is reported once, as a fetch refuses it, whichever place came first.
+        place = at if isinstance(at, str) else (at[4], at[3])
         if oid in seen:
+            if seen[oid] not in (place, _TWO_PLACES):
+                seen[oid] = _TWO_PLACES
+                report.problems.append(f"{who}: tree {oid[:12]} is named in two different "
+                                       f"places")
             continue
-        seen.add(oid)
+        seen[oid] = place
         needed[oid] = (KIND_TREE, -1)
         data = _read_object(remote, where, oid, KIND_TREE, report, damaged)
         if data is None:
@@ -372,6 +379,10 @@ def _walk_tree(remote: Remote, where: dict[str, tuple[str, int, int, int]], root
         for _name, kind, _mode, size, child, listed in node.rows:
             if kind != tree.DIR and not listed:
                 needed.setdefault(child, (KIND_BLOB, size))
+
+
+_TWO_PLACES = object()
+"""In `_walk_tree`'s places: a tree already reported as named in two places."""
 
 
 def _same(data: bytes, _oid: str) -> bytes:

@@ -330,6 +330,24 @@ def test_misplaced_shards_are_refused_at_fetch(tmp_path: Path, dsv) -> None:
     _refused(dsv, remote, tmp_path, "out of place")
 
 
+def test_verify_remote_finds_a_leaf_also_named_as_a_directory(tmp_path: Path, dsv) -> None:
+    """One leaf in its place under a shard node and also named as a directory (met there
+    second): `verify --remote` reports what clone refuses, whichever place it met first."""
+    remote = HostileRemote(tmp_path / "remote")
+    digit = tree.name_hash("x.txt")[0]
+    leaf = _leaf(remote, digit, [["x.txt", "f", 420, 5, remote.blob(b"hello")]])
+    top = _shards_node(remote, "", [[digit, leaf]])
+    _publish_version(remote, remote.tree([["a", "d", 0, 5, leaf], ["b", "d", 0, 5, top]]))
+    _refused(dsv, remote, tmp_path, f"tree {leaf[:12]}")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert dsv("init", "--name", "mine", ws, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote.root, cwd=ws).code == 0
+    r = dsv("verify", "--remote", "origin", cwd=ws)
+    assert r.code == 1, r.out + r.err
+    assert f"tree {leaf[:12]} is named in two different places" in r.out + r.err, r.out + r.err
+
+
 def test_a_leaf_named_as_a_directory_is_refused_at_fetch(tmp_path: Path, dsv) -> None:
     remote = HostileRemote(tmp_path / "remote")
     name = "a.txt"
