@@ -660,10 +660,11 @@ def _add_dirs(children: dict[str, dict[str, tuple[str, int, int, str, str]]],
 
 def check_expansion(root: str, read_tree: Callable[[str], bytes],
                     limit: int = MAX_VERSION_PATHS,
-                    seen: tuple[dict[str, tuple[int, int]], dict[str, str]] | None = None
-                    ) -> int:
+                    seen: tuple[dict[str, tuple[int, int]], dict[str, str]] | None = None,
+                    trusted: bool = True) -> int:
     """How many paths tree `root` expands to, computed with each distinct tree object
-    visited once, every object checked to stand where it is named (`node_at`: so shard
+    visited once (and validated, unless `trusted`), every object checked to stand where it
+    is named (`node_at`: so shard
     chains end within MAX_SHARD_DEPTH); CorruptObject beyond `limit` paths or
     MAX_TREE_DEPTH directory levels (a shard adds objects, not levels). Checking many
     versions' trees, pass the same `seen` (empty dicts at first) to every call: a tree
@@ -687,7 +688,7 @@ def check_expansion(root: str, read_tree: Callable[[str], bytes],
             continue
         node = nodes.get(oid)
         if node is None:
-            node = nodes[oid] = node_at(read_tree, oid, prefix)
+            node = nodes[oid] = node_at(read_tree, oid, prefix, trusted)
         if not children_done:
             stack.append((oid, prefix, True))
             stack.extend((r[4], "", False) for r in node.rows

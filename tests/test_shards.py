@@ -380,6 +380,37 @@ def test_a_path_looked_up_in_a_hostile_leaf_without_a_store_is_refused(
     assert listed.code == 1 and f"tree {leaf[:12]}" in listed.err, listed.err
 
 
+def test_a_version_naming_one_directory_many_times_is_refused_without_a_store(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """26 small trees, each naming the next twice, describe 2^25 paths (of one sharded
+    directory): `ls -r` and `get` without a store bound the version by its distinct trees
+    first, as a fetch does, instead of listing paths until the limit (minutes, GBs)."""
+    remote = HostileRemote(tmp_path / "remote")
+    digit = tree.name_hash("a.txt")[0]
+    child = _shards_node(remote, "", [[digit, _leaf(
+        remote, digit, [["a.txt", "f", 420, 5, remote.blob(b"hello")]])]])
+    for _ in range(25):
+        child = remote.tree([["x", "d", 0, 5, child], ["y", "d", 0, 5, child]])
+    _publish_version(remote, remote.tree([["top", "d", 0, 5, child]]))
+    decode, calls = tree.decode_node, []
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) > 10_000:
+            raise AssertionError("the walk reads trees far beyond the version's 29")
+        return decode(*args, **kwargs)
+    monkeypatch.setattr(tree, "decode_node", counted)
+    out = tmp_path / "out"
+    for args in (("ls", "victim:latest", "-r"), ("ls", "victim:latest", "top/x", "-r"),
+                 ("get", "victim:latest", "--to", out), ("get", "victim:latest", "top/y",
+                                                           "--to", out)):
+        calls.clear()
+        r = dsv(args[0], remote.root, *args[1:], cwd=tmp_path)
+        assert r.code == 1 and "expands to more than 16,000,000 paths" in r.err, (args, r.err)
+        assert r.out == "" and "bug in dsv" not in r.err, (args, r.err)
+    assert not out.exists()
+
+
 def test_a_leaf_naming_a_lone_surrogate_is_refused_as_a_bad_name(tmp_path: Path, dsv) -> None:
     """JSON may spell a name no UTF-8 can hold ("\\ud800"): refused as the name it is,
     not blamed on the user's arguments or environment."""

@@ -644,18 +644,20 @@ class RemoteReader:
                         chunks) for name, kind, mode, size, oid, chunks in rows_here]
 
     def entries(self, version: Version, rel: str = "") -> list[tuple[str, tree.Entry]]:
-        """(path, entry) of every file and link at or below `rel`, sorted by path."""
-        if not rel:
-            found = list(tree.iter_files(version.tree, self.read_tree, trusted=False))
-        else:
+        """(path, entry) of every file and link at or below `rel`, sorted by path. The
+        directory is bounded by its distinct trees before its paths are listed, as a fetch
+        bounds a version (a few hostile trees naming one directory many times describe
+        more paths than memory holds)."""
+        root = version.tree
+        if rel:
             row = tree.find(version.tree, self.read_tree, rel, trusted=False)
             if row is None:
                 raise InvalidInput(f"{rel} is not in version {version.id}")
-            if row[1] == tree.DIR:
-                found = list(tree.iter_files(row[4], self.read_tree, rel, trusted=False))
-            else:
-                found = [(rel, tree.Entry(row[1], row[2], row[3], row[4], row[5]))]
-        return sorted(found)
+            if row[1] != tree.DIR:
+                return [(rel, tree.Entry(row[1], row[2], row[3], row[4], row[5]))]
+            root = row[4]
+        tree.check_expansion(root, self.read_tree, trusted=False)
+        return sorted(tree.iter_files(root, self.read_tree, rel, trusted=False))
 
     def chunk_list(self, entry: tree.Entry) -> tree.ChunkList:
         """The chunk list of a chunked file."""
