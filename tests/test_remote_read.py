@@ -250,6 +250,43 @@ def test_a_damaged_cache_entry_is_read_again_from_the_origin(tmp_path, dsv):
     assert entry.read_bytes() == b"b" * 3000  # filled again with good bytes
 
 
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "sparse"])
+def test_a_damaged_cache_entry_of_a_large_file_is_read_again_from_the_origin(tmp_path, dsv,
+                                                                            damage):
+    """A file over PACK_THRESHOLD and not chunked is a loose object, streamed from the
+    cache: a damaged entry costs a download (and is filled again), never the read."""
+    data = os.urandom((2 << 20) + 17)
+    ws = _workspace(tmp_path, dsv, {"big.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "one", "--cache", cache,
+            cwd=tmp_path))
+    oid = b3(data)
+    entry = cache / "loose" / oid[:2] / oid
+    assert entry.read_bytes() == data
+
+    def damage_entry() -> None:
+        if damage == "flipped":
+            flip_byte(entry, 1 << 20)
+        elif damage == "truncated":
+            os.truncate(entry, 1000)
+        else:
+            os.truncate(entry, 1 << 40)  # a huge sparse file: never read to its end
+
+    damage_entry()
+    res = dsv("get", remote, "mldata:latest", "--to", tmp_path / "two", "--cache", cache,
+              cwd=tmp_path)
+    assert res.code == 0, res.err
+    assert (tmp_path / "two" / "big.bin").read_bytes() == data
+    assert entry.read_bytes() == data  # filled again with good bytes
+    damage_entry()  # (what `cat`, dsv:// and mounts read through)
+    import dsv as api
+    reader = api.open_remote(str(remote), cache=cache)
+    assert b"".join(reader.cat(reader.resolve("mldata:latest"), "big.bin")) == data
+
+
 def _workload(root: Path) -> bytes:
     """The 20,000-file workload's shape (100 directories of 200 files) with tiny files,
     and one 8 KiB file: what a reader of one file pays does not depend on the others'

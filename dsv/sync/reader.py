@@ -713,11 +713,17 @@ class RemoteReader:
         """A large unchunked file (a loose object): from the cache, else streamed from the
         origin and, when it checks out, kept in the cache."""
         if self.cache is not None:
-            fd = self.cache.open_entry(self.cache.loose_path(entry.oid))
+            path = self.cache.loose_path(entry.oid)
+            fd = self.cache.open_entry(path)
             if fd is not None:
                 with os.fdopen(fd, "rb") as f:
-                    yield from iter(lambda: f.read(1 << 20), b"")
-                return
+                    # Checked before any byte is given out: a damaged entry costs a
+                    # download, not the read (and is read no further than its size).
+                    if _holds(f, entry):
+                        f.seek(0)
+                        yield from _Hashed(iter(lambda: f.read(1 << 20), b""), entry.size)
+                        return
+                self.cache.drop(path)
         self._origin(entry.oid)
         stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size)
         if self.cache is None:
@@ -825,6 +831,20 @@ class RemoteReader:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _holds(f: BinaryIO, entry: tree.Entry) -> bool:
+    """Whether the open cache entry `f` holds exactly `entry`'s bytes: its size first
+    (a truncated or huge sparse file is not read), then its hash."""
+    if os.fstat(f.fileno()).st_size != entry.size:
+        return False
+    stream = _Hashed(iter(lambda: f.read(1 << 20), b""), entry.size)
+    try:
+        for _piece in stream:
+            pass
+    except CorruptObject:  # (grew since the fstat)
+        return False
+    return stream.count == entry.size and stream.hasher.hexdigest() == entry.oid
 
 
 class _Hashed:
