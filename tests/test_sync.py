@@ -335,6 +335,35 @@ def test_cluster_cache_fills_serves_and_survives_origin_outage(
     assert read_tree(tmp_path / "out") == read_tree(source)
 
 
+def test_a_cache_that_cannot_be_filled_costs_speed_never_the_pull(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared cache whose directories another user made (mode 755), or that is full:
+    every fill fails, and the pull reads the origin as if there were no cache."""
+    import errno
+
+    from dsv.remotes.cache import ClusterCache
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    dest = tmp_path / "dest"
+    assert dsv("init", "--bare", dest, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=dest).code == 0
+    assert dsv("remote", "add", "shared", tmp_path / "cache", "--cache", cwd=dest).code == 0
+
+    def refused(self: ClusterCache, path: str, write) -> None:  # noqa: ANN001
+        raise PermissionError(errno.EACCES, "Permission denied", "tmp")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ClusterCache, "_fill", refused)
+        r = dsv("pull", "--json", cwd=dest)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["from_cache"] == 0
+    assert r.err.count("could not fill the cluster cache") == 1, r.err
+    assert dsv("checkout", "data:v1", "--to", tmp_path / "out", cwd=dest).code == 0
+    assert read_tree(tmp_path / "out") == read_tree(source)
+    assert dsv("verify", cwd=dest).code == 0
+
+
 def test_cache_prune_by_age_and_size_keeps_pending(tmp_path: Path, source: Path, dsv) -> None:
     cache = tmp_path / "cache"
     remote = tmp_path / "remote"

@@ -153,8 +153,7 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
             path = cache.pack_path(pack)
             data = cache.read_range(path, start, length)
             cached = data is not None
-            if data is None:
-                _fill_cache_pack(cache, remote, pack, sizes.get(pack))
+            if data is None and _fill_cache_pack(core, cache, remote, pack, sizes.get(pack)):
                 data = cache.read_range(path, start, length)
         if data is None:
             data = from_origin()
@@ -201,20 +200,43 @@ def _split_verified(data: bytes, start: int, group: list[tuple[str, int, int]]
     return run, None
 
 
-def _fill_cache_pack(cache: ClusterCache, remote: Remote, pack: str, size: int | None) -> None:
-    """Copy a whole remote pack into the cache (checked against its name first)."""
+def _fill_cache_pack(core: Core, cache: ClusterCache, remote: Remote, pack: str,
+                     size: int | None) -> bool:
+    """Copy a whole remote pack into the cache (checked against its name first); whether
+    it was."""
     try:
         data = remote.backend.get(pack_key(pack), max_size=min(size or MAX_GET_BYTES,
                                                                MAX_GET_BYTES))
     except (NotFound, RemoteRefused):
-        return
+        return False
     if size is not None and len(data) != size:
-        return
+        return False
     try:
         parse_whole_pack(data, pack)
     except CorruptObject:
-        return  # not cached; the caller's per-object check reports the damage
-    cache.fill_bytes(cache.pack_path(pack), data)
+        return False  # not cached; the caller's per-object check reports the damage
+    return _try_fill(core, cache, lambda: cache.fill_bytes(cache.pack_path(pack), data))
+
+
+_UNFILLABLE: set[str] = set()
+_UNFILLABLE_LOCK = threading.Lock()
+
+
+def _try_fill(core: Core, cache: ClusterCache, fill: Callable[[], None]) -> bool:
+    """Run `fill`, a write into the cluster cache; whether it succeeded. A cache that
+    cannot be written (full, read-only, a directory another user made) costs speed,
+    never the download: said once a process per cache, then read around."""
+    try:
+        fill()
+        return True
+    except OSError as exc:
+        with _UNFILLABLE_LOCK:
+            first = cache.root not in _UNFILLABLE
+            _UNFILLABLE.add(cache.root)
+        if first:
+            core.reporter.notice(f"warning: could not fill the cluster cache {cache.root}: "
+                                 f"{exc.strerror or exc}")
+        return False
 
 
 def origin_down(core: Core, exc: RemoteError) -> None:
@@ -402,7 +424,7 @@ def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str,
     packing = threading.Lock()   # (Ingest.add_new is for one thread at a time)
     with core.reporter.task(label, len(oids), total) as advance, \
             ThreadPoolExecutor(4) as pool:
-        got = partial(_get_loose, remote, sizes, ingest, packing, cache, advance)
+        got = partial(_get_loose, core, remote, sizes, ingest, packing, cache, advance)
         for size, streamed, cached in pool.map(got, oids):
             report.from_cache += cached
             report.objects_received += 1
@@ -410,9 +432,9 @@ def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str,
             advance(1, max(0, size - streamed))
 
 
-def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest, packing: threading.Lock,
-               cache: ClusterCache | None, advance: Advance, oid: str
-               ) -> tuple[int, int, bool]:
+def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest,
+               packing: threading.Lock, cache: ClusterCache | None, advance: Advance,
+               oid: str) -> tuple[int, int, bool]:
     """Stage one large object: (its size, bytes already counted on the bar, whether the
     cluster cache served it)."""
     count = FileBytes(advance, sizes.get(oid, 0))
@@ -445,13 +467,13 @@ def _get_loose(remote: Remote, sizes: dict[str, int], ingest: Ingest, packing: t
             fd = cache.open_entry(path)  # a regular file or None (anything else dropped)
             if fd is None:
                 try:
-                    cache.fill_stream(path, _counted(_capped(
-                        remote.backend.download(loose_key(oid)), sizes.get(oid), oid),
-                        count), oid)
+                    filled = _try_fill(core, cache, lambda: cache.fill_stream(
+                        path, _counted(_capped(remote.backend.download(loose_key(oid)),
+                                               sizes.get(oid), oid), count), oid))
                 except NotFound:
                     raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
                 cached = False
-                fd = cache.open_entry(path)
+                fd = cache.open_entry(path) if filled else None
             if fd is not None:
                 try:
                     if os.fstat(fd).st_size == sizes.get(oid, -1):
