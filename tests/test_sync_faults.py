@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -759,6 +760,43 @@ def test_bytes_damaged_in_transit_are_read_again(dir_remote_pair, dsv, monkeypat
     monkeypatch.undo()
     verify_ok(clone)
     assert_pulled(clone, src)
+
+
+@pytest.mark.parametrize("bad_reads", [1, 1000])
+def test_bytes_damaged_in_transit_are_read_again_through_a_cluster_cache(
+        dir_remote_pair, dsv, monkeypatch, tmp_path, bad_reads: int) -> None:
+    """With a cluster cache, a large object's first download fills the cache: bytes
+    damaged on that read are read again (never cached), three reads in all, as without
+    a cache."""
+    src, _remote, clone, _small, _large = dir_remote_pair
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=clone).code == 0
+    from dsv.remotes.fs import FsBackend
+    real_download = FsBackend.download
+    calls = {"download": 0}
+
+    def download(self: FsBackend, key: str) -> Iterator[bytes]:
+        calls["download"] += 1
+        damage = calls["download"] <= bad_reads
+        for chunk in real_download(self, key):
+            if damage and chunk:
+                chunk, damage = bytes([chunk[0] ^ 0x5A]) + chunk[1:], False
+            yield chunk
+
+    monkeypatch.setattr(FsBackend, "download", download)
+    r = dsv("pull", cwd=clone)
+    if bad_reads == 1:
+        assert r.code == 0, r.err
+        assert calls["download"] >= 2
+    else:
+        assert r.code == 1 and "corrupt" in r.err and "Traceback" not in r.err, r.err
+        assert calls["download"] == 3   # one read and two more
+    monkeypatch.undo()
+    verify_ok(clone)
+    if bad_reads == 1:
+        assert_pulled(clone, src)
+    for entry in (cache / "loose").rglob("*"):
+        assert entry.is_dir() or b3(entry.read_bytes()) == entry.name
 
 
 def test_bytes_damaged_three_times_fail_the_pull_cleanly(dir_remote_pair, dsv,

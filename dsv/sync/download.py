@@ -461,6 +461,7 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
             raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
 
     def stage() -> tuple[int, bool]:
+        reads = RETRIES + 1  # of the origin, a fill of the cache's among them
         if cache is not None:
             path = cache.loose_path(oid)
             cached = True
@@ -472,6 +473,8 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
                                                sizes.get(oid), oid), count), oid))
                 except NotFound:
                     raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+                except CorruptObject:  # damaged in transit (nothing cached): read it again
+                    filled, reads = False, reads - 1
                 cached = False
                 fd = cache.open_entry(path) if filled else None
             if fd is not None:
@@ -485,7 +488,7 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
                 finally:
                     os.close(fd)
                 cache.drop(path)  # a damaged cache entry: drop it, read the origin
-        for _retry in range(RETRIES):
+        for _retry in range(reads - 1):
             try:
                 return from_origin(), False
             except CorruptObject:
