@@ -402,6 +402,24 @@ def test_an_unreachable_origin_leaves_what_the_cache_holds_readable(tmp_path, ds
     assert res.code == 1 and "does not exist" in res.err, res.err
 
 
+@pytest.mark.parametrize("saved", ["1e300", "-1e300", "1e20", "NaN", "Infinity"])
+def test_saved_refs_of_a_time_out_of_range_are_no_refs(tmp_path, dsv, saved):
+    """A saved ref file in the cache (planted, or written by a broken clock) whose time
+    cannot be shown is no ref at all: the origin's own error, never a bug in dsv."""
+    mount = _pushed_to_a_volume(tmp_path, dsv, {"a.txt": b"alpha\n"})
+    cache = tmp_path / "cache"
+    _ok(dsv("ls", mount / "remote", "mldata:latest", "--cache", cache, cwd=tmp_path))
+    mount.rename(tmp_path / "elsewhere")
+    path = next((cache / "refs").iterdir())
+    body = path.read_text()
+    path.write_text(body.replace(f'"saved": {json.loads(body)["saved"]!r}',
+                                 f'"saved": {saved}'))
+    assert json.loads(path.read_text())["refs"]  # (the refs themselves are good)
+    res = dsv("ls", mount / "remote", "mldata:latest", "--cache", cache, cwd=tmp_path)
+    assert res.code == 1 and "does not exist" in res.err, res.err
+    assert "bug in dsv" not in res.err and "Error" not in res.err
+
+
 def test_files_read_ahead_the_cache_lacks_cost_nothing_with_the_origin_down(tmp_path, dsv):
     """A file the cluster cache holds opens with the origin down even when it is opened in
     order after another: the neighbours read ahead with it, which the cache lacks (and

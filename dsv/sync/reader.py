@@ -191,13 +191,13 @@ class RemoteReader:
             saved = {str(k): (base64.b64decode(v[0], validate=True), str(v[1]))
                      for k, v in body["refs"].items()
                      if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)}
-            when = float(body["saved"])
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            when = _when(float(body["saved"]))  # (a time no clock can show: no refs)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error,
+                OverflowError, OSError):
             return False
         self._saved = saved
         self.reporter.notice(f"warning: {exc.message}; reading {self.url}'s refs as the "
-                             f"cluster cache saw them at {_when(when)}, and what the cache "
-                             f"holds")
+                             f"cluster cache saw them at {when}, and what the cache holds")
         return True
 
     def _save_refs(self) -> None:
