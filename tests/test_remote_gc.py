@@ -579,3 +579,49 @@ def test_hostile_entries_under_locks_are_neither_followed_nor_fatal(tmp_path: Pa
     ok("commit", "-m", "two", cwd=ws)
     ok("push", cwd=ws)
     check_remote(DirView(remote))
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_gc_keeps_the_good_copy_of_an_object_whose_other_copy_is_damaged(
+        tmp_path: Path, damage: str) -> None:
+    """A live object of a partly-live pack that a wholly live pack also holds is not
+    rewritten; but when that other copy is damaged (a flipped byte, a pack cut short
+    whose index still names the object), the only good copy must not go with its pack."""
+    from dsv.hashing import hash_bytes
+    from dsv.objects import encode_pack, pack_tail_size, parse_pack_index
+    remote = tmp_path / "remote"
+    one = {"keep.bin": os.urandom(5000), "small.txt": b"alpha\n"}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"dead.bin": os.urandom(7000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)  # the blob pack is partly live
+    oid = hash_bytes(one["keep.bin"])
+    for pack_id in os.listdir(remote / "index"):
+        rows, _total = parse_pack_index((remote / "index" / pack_id).read_bytes(), pack_id)
+        if any(e.oid == oid for e in rows):
+            e = next(e for e in rows if e.oid == oid)
+            data = (remote / "packs" / f"{pack_id}.pack").read_bytes()
+            assert data[e.offset:e.offset + e.length] == one["keep.bin"]
+    # Another copy, in a pack of its own (wholly live), then damaged.
+    copy_id, copy, _rows = encode_pack([(oid, 0, one["keep.bin"])])
+    tail = bytes(copy[len(copy) - pack_tail_size(1):])
+    if damage == "flip":
+        copy[100] ^= 1
+    else:
+        copy = copy[:50] + tail
+    (remote / "packs" / f"{copy_id}.pack").write_bytes(copy)
+    (remote / "index" / copy_id).write_bytes(tail)
+    report = _gc(ws)
+    assert report["packs_rewritten"] >= 1
+    held = []
+    for pack_id in os.listdir(remote / "index"):
+        rows, _total = parse_pack_index((remote / "index" / pack_id).read_bytes(), pack_id)
+        data = (remote / "packs" / f"{pack_id}.pack").read_bytes()
+        held += [data[e.offset:e.offset + e.length] for e in rows if e.oid == oid]
+    assert sum(h == one["keep.bin"] for h in held) >= 1, "the only good copy was deleted"
+    (remote / "index" / copy_id).unlink()  # (the damaged copy, which verify reports)
+    (remote / "packs" / f"{copy_id}.pack").unlink()
+    check_remote(DirView(remote))
+    _clone_matches(str(remote), tmp_path / "clone", one)

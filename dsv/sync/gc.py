@@ -28,6 +28,7 @@ from .. import tree
 from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
+from ..hashing import hash_bytes
 from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
 from ..records import parse_record
@@ -251,6 +252,7 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
         uploaded = sum(moved.values())
     else:
         live_owners = {p: named & live_datasets for p, named in listing.owners.items()}
+        _drop_damaged_copies(remote, partial, entries, keep, in_live_pack)
         written = _rewrite(core, remote, partial, keep, set(in_live_pack), report, left,
                            live_owners)
         _name_survivors(remote, [p for p in partial if p not in left and p not in written],
@@ -391,6 +393,32 @@ def _name_survivors(remote: Remote, going: list[str], entries: dict[str, list[Pa
                     wanted.setdefault(ds_id, set()).add(holder)
     for ds_id, packs in sorted(wanted.items()):
         remote.add_to_catalog(ds_id, sorted(packs))
+
+
+def _drop_damaged_copies(remote: Remote, partial: list[str],
+                         entries: dict[str, list[PackEntry]], keep: set[str],
+                         in_live_pack: dict[str, str]) -> None:
+    """A live object of a partly-live pack is not rewritten when a wholly live pack holds
+    it too, and its pack goes: so that other copy is read and checked first (its index
+    is no proof of its bytes: a pack cut short or damaged keeps a whole index). One that
+    cannot be read or fails its hash is dropped from `in_live_pack`: the object is
+    rewritten from the partly-live pack, whose copy `read_pack` checks."""
+    where = {(e.oid, pack_id): e for pack_id, rows in entries.items() for e in rows}
+    wanted = sorted({e.oid for p in partial for e in entries[p]
+                     if e.oid in keep and e.oid in in_live_pack})
+
+    def good(oid: str) -> bool:
+        e = where[(oid, in_live_pack[oid])]
+        try:
+            data = remote.backend.get_range(pack_key(in_live_pack[oid]), e.offset, e.length)
+        except RemoteError:
+            return False
+        return hash_bytes(data) == oid
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for oid, fine in zip(wanted, pool.map(good, wanted), strict=True):
+            if not fine:
+                del in_live_pack[oid]
 
 
 def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
