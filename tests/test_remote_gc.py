@@ -625,3 +625,25 @@ def test_gc_keeps_the_good_copy_of_an_object_whose_other_copy_is_damaged(
     (remote / "packs" / f"{copy_id}.pack").unlink()
     check_remote(DirView(remote))
     _clone_matches(str(remote), tmp_path / "clone", one)
+
+
+def test_planted_keys_not_named_by_a_pack_id_neither_stop_gc_nor_go(tmp_path: Path) -> None:
+    """`index/foo` with `packs/foo.pack` (a copy of a real pair) are not dsv's packs (a
+    reader ignores them): gc must not refuse for ever on them (its hint, `verify --remote
+    --repair`, does not remove them), nor delete them."""
+    remote = tmp_path / "remote"
+    one = {"a.bin": os.urandom(3000)}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, {"b.bin": os.urandom(3000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)
+    real = sorted(os.listdir(remote / "index"))[0]
+    shutil.copy(remote / "index" / real, remote / "index" / "foo")
+    shutil.copy(remote / "packs" / f"{real}.pack", remote / "packs" / "foo.pack")
+    r = run_dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["objects_deleted"] == 3  # version two
+    assert (remote / "index" / "foo").exists() and (remote / "packs" / "foo.pack").exists()
+    _clone_matches(str(remote), tmp_path / "clone", one)

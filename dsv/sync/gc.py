@@ -28,7 +28,7 @@ from .. import tree
 from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
-from ..hashing import hash_bytes
+from ..hashing import hash_bytes, is_hash
 from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
 from ..records import parse_record
@@ -215,10 +215,11 @@ class _Listing:
         for key in self.sizes:
             if (entry := layout.catalog_entry_of_key(key)) is not None:
                 self.owners.setdefault(entry[1], set()).add(entry[0])
+        # (a name that is no pack id is not dsv's: readers ignore it, and so does gc)
         self.indexes = {pid: size for key, size in self.sizes.items()
-                        if (pid := layout.index_id_of_key(key)) is not None}
+                        if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
         self.packs = {pid: size for key, size in self.sizes.items()
-                      if (pid := layout.pack_id_of_key(key)) is not None}
+                      if (pid := layout.pack_id_of_key(key)) is not None and is_hash(pid)}
         self.loose = {oid: size for key, size in self.sizes.items()
                       if (oid := layout.loose_oid_of_key(key)) is not None}
         self.locators = {oid: size for key, size in self.sizes.items()
