@@ -87,6 +87,10 @@ def test_nothing_is_deleted_when_one_named_ref_does_not_exist(tmp_path: Path, ds
                    for p in (tmp_path / "remote" / "refs").rglob("*") if p.is_file())
     assert after == before
     assert dsv("push", "--delete", "nosuch", cwd=ws).code == 1
+    r = dsv("push", "--delete", "raw:", cwd=ws)   # a tag forgotten: not every ref
+    assert r.code == 1 and "raw: names no tag; nothing was deleted" in r.err, r
+    assert sorted((p.relative_to(tmp_path), p.read_bytes()) for p in
+                  (tmp_path / "remote" / "refs").rglob("*") if p.is_file()) == before
     assert dsv("push", "--delete", cwd=ws).code == 1
     assert dsv("push", "--delete", "--force", "raw:keep", cwd=ws).code == 2
 

@@ -728,7 +728,11 @@ def delete_refs(core: Core, remote: Remote, targets: list[str]) -> PushReport:
     found = remote.read_refs()
     keys: dict[tuple[str, str], str] = {}   # (dataset id, ref) → label
     for target in targets:
-        name, _, tag = target.partition(":")
+        name, colon, tag = target.partition(":")
+        if colon and not tag:   # (a tag forgotten must not widen to every ref)
+            raise InvalidInput(f"{target} names no tag; nothing was deleted",
+                               hint=f"dsv push --delete {name}:TAG deletes one tag, "
+                                    f"{name} alone all its refs")
         ds_id = _remote_dataset(core, found, name, remote.name)
         ref = LATEST if tag == LATEST else f"tags/{tag}"
         if tag and (ds_id, ref) not in found:
