@@ -663,10 +663,10 @@ def check_expansion(root: str, read_tree: Callable[[str], bytes],
                     seen: tuple[dict[str, tuple[int, int]], dict[str, str]] | None = None,
                     trusted: bool = True) -> int:
     """How many paths tree `root` expands to, computed with each distinct tree object
-    visited once (and validated, unless `trusted`), every object checked to stand where it
-    is named (`node_at`: so shard
-    chains end within MAX_SHARD_DEPTH); CorruptObject beyond `limit` paths or
-    MAX_TREE_DEPTH directory levels (a shard adds objects, not levels). Checking many
+    visited once (and validated, unless `trusted`), every object checked to stand where
+    it is named (`node_at`: so shard chains end within MAX_SHARD_DEPTH); CorruptObject
+    beyond `limit` paths or MAX_TREE_DEPTH directory levels (a shard adds objects, not
+    levels). Checking many
     versions' trees, pass the same `seen` (empty dicts at first) to every call: a tree
     they share is then walked once."""
     counts: dict[str, tuple[int, int]]          # tree object → (paths, height)

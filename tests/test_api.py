@@ -233,16 +233,23 @@ def test_a_version_cannot_start_from_a_draft(tmp_path: Path) -> None:
     assert [v.id for v in store.versions("data", "draft")] == [draft.id]
 
 
-def test_gc_and_verify_reports(store_dir, tmp_path: Path) -> None:
-    store, _root = store_dir
+def _junk_left_by_a_deleted_draft(store: dsv.Store, tmp_path: Path, seed: int) -> bytes:
+    """Commit the store's files, then put 5,000 random bytes into a draft of dataset ds
+    and delete it: those bytes, stored and reached by no version."""
     store.commit("first")
     src = tmp_path / "junk.bin"
-    junk = random.Random(9).randbytes(5000)
+    junk = random.Random(seed).randbytes(5000)
     src.write_bytes(junk)
     draft = store.create_version("ds")
     store.put_files(f"ds:{draft.id}", [src])
     assert store.objects.has(b3(junk))
     store.delete_version(f"ds:{draft.id}")
+    return junk
+
+
+def test_gc_and_verify_reports(store_dir, tmp_path: Path) -> None:
+    store, _root = store_dir
+    junk = _junk_left_by_a_deleted_draft(store, tmp_path, 9)
     report = store.gc()
     assert report.removed_objects >= 1 and report.freed_bytes >= len(junk)
     assert not store.objects.has(b3(junk))
@@ -363,13 +370,7 @@ def test_gc_never_reports_more_freed_than_a_pack_holds(store_dir, tmp_path: Path
     """A damaged index row's length (another hand wrote 10**12) must not reach the report:
     a pack frees at most its file's size."""
     store, root = store_dir
-    store.commit("first")
-    src = tmp_path / "junk.bin"
-    junk = random.Random(10).randbytes(5000)
-    src.write_bytes(junk)
-    draft = store.create_version("ds")
-    store.put_files(f"ds:{draft.id}", [src])
-    store.delete_version(f"ds:{draft.id}")
+    junk = _junk_left_by_a_deleted_draft(store, tmp_path, 10)
     pack = store.objects.locate_many([b3(junk)])[b3(junk)][0]
     pack_size = store.objects.pack_path(pack).stat().st_size
     with sqlite3.connect(root / ".dsv" / "index.db") as other:

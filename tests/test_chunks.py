@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 import dsv as dsv_api
-from conftest import Result, read_tree, write_tree
+from conftest import Result, flip_byte, read_tree, write_tree
 from dsv import chunking, native, tree
 from dsv.core import STORE_FORMAT
 from dsv.errors import CorruptObject
@@ -293,22 +293,23 @@ def test_ranged_reads_of_a_chunked_file(chunked_ws) -> None:
         store.close()
 
 
-def test_a_corrupt_chunk_is_found_and_never_checked_out(chunked_ws, dsv, tmp_path: Path) -> None:
-    ws, files, v1 = chunked_ws
+def _corrupt_chunk(ws: Path, v1: str, i: int) -> tree.ChunkList:
+    """Flip a byte of chunk `i` of model.bin (version `v1`) in its local pack; the file's
+    chunk list."""
     store = dsv_api.open(ws)
     try:
         listing = store.core.chunks(store.core.manifest(store.core.resolve(f"data:{v1}"))
                                     ["model.bin"])
-        pack, offset, _n = store.core.index.locate(listing.chunks[3][0])
+        pack, offset, _n = store.core.index.locate(listing.chunks[i][0])
     finally:
         store.close()
-    path = ws / ".dsv" / "objects" / "packs" / f"{pack}.pack"
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset + 100)
-        byte = f.read(1)
-        f.seek(offset + 100)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(ws / ".dsv" / "objects" / "packs" / f"{pack}.pack", offset + 100)
+    return listing
+
+
+def test_a_corrupt_chunk_is_found_and_never_checked_out(chunked_ws, dsv, tmp_path: Path) -> None:
+    ws, files, v1 = chunked_ws
+    listing = _corrupt_chunk(ws, v1, 3)
     r = dsv("verify", cwd=ws)
     assert r.code == 1 and "model.bin" in r.out and "corrupt" in r.out, r
     (ws / "model.bin").unlink()   # (else checkout copies this intact twin, and checks it)
@@ -909,20 +910,7 @@ def test_verify_names_the_damaged_chunk_of_an_affected_file(chunked_ws, dsv) -> 
     """A corrupt chunk: the file is listed as affected by that chunk, corrupt (not by its
     chunk list, which is intact, as if it were missing)."""
     ws, _files, v1 = chunked_ws
-    store = dsv_api.open(ws)
-    try:
-        listing = store.core.chunks(store.core.manifest(store.core.resolve(f"data:{v1}"))
-                                    ["model.bin"])
-        pack, offset, _n = store.core.index.locate(listing.chunks[3][0])
-    finally:
-        store.close()
-    path = ws / ".dsv" / "objects" / "packs" / f"{pack}.pack"
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset + 100)
-        byte = f.read(1)
-        f.seek(offset + 100)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    listing = _corrupt_chunk(ws, v1, 3)
     r = dsv("verify", "--json", cwd=ws)
     assert r.code == 1, r
     affected = json.loads(r.out)["affected"]

@@ -39,6 +39,16 @@ def _ws(root: Path, files: dict[str, bytes], remote: str, *extra: str) -> Path:
     return root
 
 
+def _push_two_then_back_to_one(ws: Path, more: dict[str, bytes]) -> None:
+    """Tag the first version v1, commit `more` as a second, push both, then force latest
+    back to v1: the second version is left unreachable on the remote."""
+    ok("tag", "raw:latest", "v1", cwd=ws)
+    write_tree(ws, more)
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    ok("push", "--force", "raw:v1", cwd=ws)
+
+
 def _gc(ws: Path, *args: str) -> dict:
     return json.loads(ok("gc", "--remote", "origin", "--json", *args, cwd=ws).stdout)
 
@@ -432,11 +442,7 @@ def test_a_pack_gc_writes_again_under_a_strays_name_is_not_deleted(
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"keep.bin": os.urandom(5000), "k2.bin": os.urandom(900)},
              str(remote))
-    ok("tag", "raw:latest", "v1", cwd=ws)
-    write_tree(ws, {"dead.bin": os.urandom(7000)})
-    ok("commit", "-m", "two", cwd=ws)
-    ok("push", cwd=ws)
-    ok("push", "--force", "raw:v1", cwd=ws)
+    _push_two_then_back_to_one(ws, {"dead.bin": os.urandom(7000)})
     put = FsBackend.put_bytes
 
     def failing(self: FsBackend, key: str, data: bytes) -> None:
@@ -460,11 +466,7 @@ def test_a_pack_gc_writes_again_under_a_strays_name_is_not_deleted(
 def test_gc_deletes_nothing_while_a_pack_index_cannot_be_read(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
-    ok("tag", "raw:latest", "v1", cwd=ws)
-    write_tree(ws, {"b.bin": os.urandom(3000)})
-    ok("commit", "-m", "two", cwd=ws)
-    ok("push", cwd=ws)
-    ok("push", "--force", "raw:v1", cwd=ws)
+    _push_two_then_back_to_one(ws, {"b.bin": os.urandom(3000)})
     victim = sorted(os.listdir(remote / "index"))[0]
     (remote / "index" / victim).write_bytes(b"garbage")
     listing = DirView(remote).listing()
@@ -592,11 +594,8 @@ def test_gc_keeps_the_good_copy_of_an_object_whose_other_copy_is_damaged(
     remote = tmp_path / "remote"
     one = {"keep.bin": os.urandom(5000), "small.txt": b"alpha\n"}
     ws = _ws(tmp_path / "ws", one, str(remote))
-    ok("tag", "raw:latest", "v1", cwd=ws)
-    write_tree(ws, {"dead.bin": os.urandom(7000)})
-    ok("commit", "-m", "two", cwd=ws)
-    ok("push", cwd=ws)
-    ok("push", "--force", "raw:v1", cwd=ws)  # the blob pack is partly live
+    # (the blob pack is left partly live)
+    _push_two_then_back_to_one(ws, {"dead.bin": os.urandom(7000)})
     oid = hash_bytes(one["keep.bin"])
     for pack_id in os.listdir(remote / "index"):
         rows, _total = parse_pack_index((remote / "index" / pack_id).read_bytes(), pack_id)
@@ -634,11 +633,7 @@ def test_planted_keys_not_named_by_a_pack_id_neither_stop_gc_nor_go(tmp_path: Pa
     remote = tmp_path / "remote"
     one = {"a.bin": os.urandom(3000)}
     ws = _ws(tmp_path / "ws", one, str(remote))
-    ok("tag", "raw:latest", "v1", cwd=ws)
-    write_tree(ws, {"b.bin": os.urandom(3000)})
-    ok("commit", "-m", "two", cwd=ws)
-    ok("push", cwd=ws)
-    ok("push", "--force", "raw:v1", cwd=ws)
+    _push_two_then_back_to_one(ws, {"b.bin": os.urandom(3000)})
     real = sorted(os.listdir(remote / "index"))[0]
     shutil.copy(remote / "index" / real, remote / "index" / "foo")
     shutil.copy(remote / "packs" / f"{real}.pack", remote / "packs" / "foo.pack")

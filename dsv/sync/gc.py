@@ -404,12 +404,14 @@ def _drop_damaged_copies(remote: Remote, partial: list[str],
     is no proof of its bytes: a pack cut short or damaged keeps a whole index). One that
     cannot be read or fails its hash is dropped from `in_live_pack`: the object is
     rewritten from the partly-live pack, whose copy `read_pack` checks."""
-    where = {(e.oid, pack_id): e for pack_id, rows in entries.items() for e in rows}
     wanted = sorted({e.oid for p in partial for e in entries[p]
                      if e.oid in keep and e.oid in in_live_pack})
+    # (the other copies' entries, from their packs only: not a map of the whole remote)
+    where = {e.oid: e for pack_id in {in_live_pack[oid] for oid in wanted}
+             for e in entries[pack_id] if in_live_pack.get(e.oid) == pack_id}
 
     def good(oid: str) -> bool:
-        e = where[(oid, in_live_pack[oid])]
+        e = where[oid]
         try:
             data = remote.backend.get_range(pack_key(in_live_pack[oid]), e.offset, e.length)
         except RemoteError:
