@@ -150,6 +150,22 @@ def _binding_dir(root: Path, name: str) -> Path:
     return path
 
 
+def _check_env_names(inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    """Refuse two bindings of one kind whose variables are the same (`train-set` and
+    `train_set`, `Train` and `train`): the job would see one of them only, while the
+    lineage names both."""
+    for kind, names in (("INPUT", inputs), ("OUTPUT", outputs)):
+        seen: dict[str, str] = {}
+        for name in names:
+            var = env_name(kind, name)
+            if var in seen:
+                raise InvalidInput(f"bindings {seen[var]} and {name} would both be ${var}; "
+                                   "nothing was run",
+                                   hint="give them names that differ in more than case and "
+                                        "punctuation")
+            seen[var] = name
+
+
 Mounter = Callable[[Version, Path], Callable[[], None]]
 """Mounts a version read-only at a directory (lazily, `dsv mount`); returns the unmount."""
 
@@ -166,6 +182,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
     earlier import of the very same objects reused."""
     if not command:
         raise InvalidInput("no command to run", hint="put it after `--`: dsv run … -- CMD ARGS")
+    _check_env_names(inputs, outputs)
     if mount_root is not None:
         chosen: Path | None = check_mount_root(core, mount_root)
     else:

@@ -155,6 +155,31 @@ def test_bindings_are_validated_before_anything_runs(project, tmp_path: Path) ->
     assert jobs.env_name("INPUT", "train-set.v2") == "DSV_INPUT_TRAIN_SET_V2"
 
 
+def test_two_bindings_that_would_share_one_variable_are_refused(project, tmp_path: Path) -> None:
+    """`train-set` and `train_set` (or `Train` and `train`) both name DSV_INPUT_TRAIN_SET:
+    the job could read only one of them while the lineage names both."""
+    store, ws, v, _big = project
+    marker = tmp_path / "ran"
+    for ins, outs in (({"train-set": "mnist:latest", "train_set": "mnist:latest"}, {}),
+                      ({"Train": "mnist:latest", "train": "mnist:latest"}, {}),
+                      ({}, {"m.1": "model", "m-1": "model"})):
+        with pytest.raises(InvalidInput) as caught:
+            store.run(ins, outs, ["touch", str(marker)])
+        a, b = (*ins, *outs)
+        kind = "INPUT" if ins else "OUTPUT"
+        assert caught.value.message == (
+            f"bindings {a} and {b} would both be ${jobs.env_name(kind, a)}; "
+            "nothing was run")
+    assert not marker.exists()
+    done = run_dsv("run", "-i", "train-set=mnist:latest", "-i", "train_set=mnist:latest",
+                   "--", "touch", str(marker), cwd=ws)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == ("error: bindings train-set and train_set would "
+                                           "both be $DSV_INPUT_TRAIN_SET; nothing was run")
+    assert not marker.exists()
+    assert [x.id for x in store.versions("model")] == []
+
+
 def test_interrupting_dsv_run_stops_the_job_and_cleans_up(project) -> None:
     store, ws, _v, _big = project
     root = ws / "mnt"
