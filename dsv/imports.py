@@ -31,6 +31,7 @@ from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .reporting import Advance
 from .remotes import s3
+from .sync.download import _check_free_space
 
 
 WORKERS = 8
@@ -83,6 +84,25 @@ def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
     return objects, key.rstrip("/")
 
 
+def _check_sizes(bucket: str, objects: list[s3.S3Object]) -> None:
+    """Every size the listing gives is one a file can have: a negative one would hide
+    the others from the free-space check."""
+    for obj in objects:
+        if not 0 <= obj.size <= tree.MAX_SIZE:
+            raise InvalidInput(f"s3://{bucket}/{obj.key} is listed with {obj.size} bytes, "
+                               f"which no object has",
+                               hint="the endpoint is broken or hostile; nothing was imported")
+
+
+def _space_needed(objects: list[s3.S3Object]) -> int:
+    """Bytes the download of `objects` may take on the store's disk: every object, plus
+    the spool of each large one being chunked (up to WORKERS at once) beside its chunks."""
+    spooled = sorted((o.size for o in objects
+                      if chunking.CHUNK_THRESHOLD <= o.size <= chunking.MAX_CHUNKED_SIZE),
+                     reverse=True)
+    return sum(o.size for o in objects) + sum(spooled[:WORKERS])
+
+
 def _relative(obj: s3.S3Object, base: str) -> str:
     rel = obj.key[len(base) + 1:] if base else obj.key
     try:
@@ -103,6 +123,7 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     client = s3.make_client(endpoint_url, profile, True if no_sign_request else None)
     s3.check_reachable(client)
     objects, base = _listing(client, bucket, key, etag, version_id)
+    _check_sizes(bucket, objects)
     paths = {obj.key: _relative(obj, base) for obj in objects}
     if len(set(paths.values())) != len(paths):
         raise InvalidInput("two S3 keys map to one path")
@@ -114,6 +135,11 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     done = core.index.imported(_source_key(bucket, o) for o in objects)
     todo = [o for o in objects if _source_key(bucket, o) not in done
             or not _still_stored(core, *done[_source_key(bucket, o)])]
+    try:
+        _check_free_space(core, _space_needed(todo))
+    except InvalidInput as exc:  # (its hint is a pull's)
+        raise InvalidInput(exc.message, hint="free some space, or import a smaller prefix; "
+                                             "nothing was imported") from None
     total = sum(o.size for o in todo)
     with core.reporter.task("downloading", len(todo), total) as advance:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
