@@ -112,6 +112,23 @@ def _relative(obj: s3.S3Object, base: str) -> str:
                          hint="nothing was imported") from None
 
 
+def _check_no_file_is_a_directory(bucket: str, paths: dict[str, str]) -> None:
+    """Keys `a` and `a/b` cannot both be files of a dataset: refused from the listing,
+    before any download, naming both keys."""
+    key_of = {path: key for key, path in paths.items()}
+    for key, path in paths.items():
+        cut = path.find("/")
+        while cut != -1:
+            other = key_of.get(path[:cut])
+            if other is not None:
+                raise InvalidInput(f"S3 keys s3://{bucket}/{other} and s3://{bucket}/{key} "
+                                   f"cannot both be imported: {path[:cut]} would be a file "
+                                   f"and a directory",
+                                   hint="import a prefix that holds only one of them; "
+                                        "nothing was imported")
+            cut = path.find("/", cut + 1)
+
+
 def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = None,
               version_id: str | None = None, endpoint_url: str | None = None,
               profile: str | None = None, no_sign_request: bool = False,
@@ -127,6 +144,7 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     paths = {obj.key: _relative(obj, base) for obj in objects}
     if len(set(paths.values())) != len(paths):
         raise InvalidInput("two S3 keys map to one path")
+    _check_no_file_is_a_directory(bucket, paths)
     name = name or default_name(url)
     if reuse:
         same = _same_import(core, name, url, {paths[o.key]: _file_record(o) for o in objects})

@@ -344,3 +344,21 @@ def test_an_import_larger_than_the_free_space_is_refused_before_any_download(
     with pytest.raises(DsvError, match=r"big/neg.bin is listed with -10000 bytes"):
         store.import_s3(f"s3://{bucket}/big/", endpoint_url=s3_endpoint)
     assert opened == [] and store.datasets() == []
+
+
+@pytest.mark.parametrize("keys", [("d/a", "d/a/b"), ("d/x/y", "d/x/y/z/w")])
+def test_a_key_that_is_also_a_directory_is_refused_before_any_download(
+        store, s3, bucket, s3_endpoint, monkeypatch, keys: tuple[str, str]) -> None:
+    """Keys `a` and `a/b` cannot both be paths of a dataset: the listing says so, before
+    any byte is downloaded, and the message names both keys."""
+    for key in (*keys, "d/ok.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"1")
+    opened: list[str] = []
+    real_open = imports.s3.open_object
+    monkeypatch.setattr(imports.s3, "open_object",
+                        lambda c, b, o: opened.append(o.key) or real_open(c, b, o))
+    with pytest.raises(DsvError) as info:
+        store.import_s3(f"s3://{bucket}/d/", endpoint_url=s3_endpoint)
+    assert f"s3://{bucket}/{keys[0]}" in info.value.message
+    assert f"s3://{bucket}/{keys[1]}" in info.value.message
+    assert opened == [] and store.datasets() == []
