@@ -39,6 +39,9 @@ BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
 _CHUNK = 8 << 20
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+# An ETag that can go in an If-Match header as one strong entity-tag (RFC 9110's
+# etagc, without obs-text): anything else (empty, weak, holding a quote) cannot pin.
+_PINNING_ETAG = re.compile(r"[\x21\x23-\x7e]{1,1024}")
 
 
 class ImportMismatch(DsvError):
@@ -82,6 +85,32 @@ def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
     if not objects:
         raise InvalidInput(f"nothing to import at s3://{bucket}/{key}")
     return objects, key.rstrip("/")
+
+
+def _pinned(client: s3.S3Client, bucket: str,
+            objects: list[s3.S3Object]) -> list[s3.S3Object]:
+    """`objects`, each one a GET can be pinned to: by its VersionId, or else by an ETag
+    that can go in If-Match. One the listing gives no such ETag for is described again
+    by a HEAD (its VersionId, in a versioned bucket, or its ETag); one still unpinned is
+    refused, before any download: its bytes could be other than those recorded."""
+    def can_pin(obj: s3.S3Object) -> bool:
+        return bool(obj.version_id) or _PINNING_ETAG.fullmatch(obj.etag) is not None
+
+    loose = [i for i, obj in enumerate(objects) if not can_pin(obj)]
+    if not loose:
+        return objects
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        heads = list(pool.map(lambda i: s3.head(client, bucket, objects[i].key,
+                                                objects[i].version_id), loose))
+    pinned = list(objects)
+    for i, obj in zip(loose, heads, strict=True):
+        if not can_pin(obj):
+            raise InvalidInput(f"s3://{bucket}/{obj.key} has no ETag (nor VersionId) to pin "
+                               f"its download by", hint="dsv imports only bytes it can pin; "
+                               "enable versioning on the bucket or use an endpoint that "
+                               "gives ETags; nothing was imported")
+        pinned[i] = obj
+    return pinned
 
 
 def _check_sizes(bucket: str, objects: list[s3.S3Object]) -> None:
@@ -140,6 +169,7 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     client = s3.make_client(endpoint_url, profile, True if no_sign_request else None)
     s3.check_reachable(client)
     objects, base = _listing(client, bucket, key, etag, version_id)
+    objects = _pinned(client, bucket, objects)
     _check_sizes(bucket, objects)
     paths = {obj.key: _relative(obj, base) for obj in objects}
     if len(set(paths.values())) != len(paths):

@@ -362,3 +362,50 @@ def test_a_key_that_is_also_a_directory_is_refused_before_any_download(
     assert f"s3://{bucket}/{keys[0]}" in info.value.message
     assert f"s3://{bucket}/{keys[1]}" in info.value.message
     assert opened == [] and store.datasets() == []
+
+
+@pytest.mark.parametrize("etag", ["", 'a", *', "W/\"weak"])
+def test_a_listed_etag_that_cannot_pin_is_read_again_by_head(
+        store, s3, bucket, s3_endpoint, monkeypatch, etag: str) -> None:
+    """A listing whose ETag is empty or no valid entity-tag cannot make the GET
+    conditional: the object is described again by a HEAD, and pinned by what that gives
+    (its ETag, or its VersionId), never downloaded unpinned."""
+    s3.put_object(Bucket=bucket, Key="e/a.txt", Body=b"alpha")
+    real_etag = s3.head_object(Bucket=bucket, Key="e/a.txt")["ETag"].strip('"')
+    real_list = imports.s3.list_prefix
+    monkeypatch.setattr(imports.s3, "list_prefix", lambda *a: [
+        imports.s3.S3Object(o.key, o.size, etag, o.version_id) for o in real_list(*a)])
+    v = store.import_s3(f"s3://{bucket}/e/", endpoint_url=s3_endpoint)
+    assert _files(store, f"e:{v.id}") == {"a.txt": b"alpha"}
+    assert v.lineage["import"]["files"]["a.txt"]["etag"] == real_etag
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_an_object_with_no_etag_is_pinned_by_version_id_or_refused(
+        store, s3, bucket, s3_endpoint, monkeypatch, versioned: bool) -> None:
+    """With no ETag from the listing nor from a HEAD, only a VersionId can pin the GET:
+    a versioned bucket's object is read at its version, any other is refused, naming
+    the key, before any byte is downloaded."""
+    if versioned:
+        s3.put_bucket_versioning(Bucket=bucket,
+                                 VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=bucket, Key="n/a.txt", Body=b"alpha").get("VersionId")
+    s3.put_object(Bucket=bucket, Key="n/b.txt", Body=b"beta")
+    monkeypatch.setattr(imports.s3, "_etag", lambda raw: "")
+    opened: list[str] = []
+    real_open = imports.s3.open_object
+    monkeypatch.setattr(imports.s3, "open_object",
+                        lambda c, b, o: opened.append(o.key) or real_open(c, b, o))
+    if versioned:
+        v = store.import_s3(f"s3://{bucket}/n/", endpoint_url=s3_endpoint)
+        assert _files(store, f"n:{v.id}") == {"a.txt": b"alpha", "b.txt": b"beta"}
+        assert v.lineage["import"]["files"]["a.txt"]["version_id"] == first
+        return
+    with pytest.raises(DsvError) as info:
+        store.import_s3(f"s3://{bucket}/n/", endpoint_url=s3_endpoint)
+    assert f"s3://{bucket}/n/a.txt has no ETag" in info.value.message
+    assert "nothing was imported" in (info.value.hint or "")
+    assert opened == [] and store.datasets() == []
+    with pytest.raises(DsvError, match="has no ETag"):   # one object, as one
+        store.import_s3(f"s3://{bucket}/n/a.txt", endpoint_url=s3_endpoint)
+    assert opened == [] and store.datasets() == []
