@@ -642,3 +642,59 @@ def test_planted_keys_not_named_by_a_pack_id_neither_stop_gc_nor_go(tmp_path: Pa
     assert json.loads(r.stdout)["objects_deleted"] == 3  # version two
     assert (remote / "index" / "foo").exists() and (remote / "packs" / "foo.pack").exists()
     _clone_matches(str(remote), tmp_path / "clone", one)
+
+
+@pytest.mark.parametrize("damage", ["dir", "link", "large", "s3-large"])
+def test_a_damaged_gc_json_is_replaced_or_refused_before_anything_is_uploaded(
+        tmp_path: Path, damage: str, request: pytest.FixtureRequest) -> None:
+    """`gc.json` (the gc generation) that is a directory, a symlink or larger than a ref
+    may be: gc must not upload its rewritten packs and only then fail on it. One it can
+    replace (a link, never followed; a file too large) it replaces with a new generation
+    and goes on; a directory (dsv never removes one) stops it before any upload, with the
+    way out."""
+    one = {"keep.bin": os.urandom(5000), "small.txt": b"alpha\n"}
+    if damage == "s3-large":
+        request.getfixturevalue("aws_env")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = new_bucket(endpoint)
+        url, extra = f"s3://{bucket}/r", ["--endpoint-url", endpoint]
+        view: DirView | S3View = S3View(endpoint, bucket, "r")
+    else:
+        url, extra = str(tmp_path / "remote"), []
+        view = DirView(tmp_path / "remote")
+    ws = _ws(tmp_path / "ws", one, url, *extra)
+    _push_two_then_back_to_one(ws, {"dead.bin": os.urandom(7000)})  # (a partly-live pack)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b'{"generation": "theirs"}')
+    big = b'{"generation": "' + b"x" * (70 << 10) + b'"}'
+    if damage == "dir":
+        (tmp_path / "remote" / "gc.json" / "inside").mkdir(parents=True)
+    elif damage == "link":
+        os.symlink(outside, tmp_path / "remote" / "gc.json")
+    elif damage == "large":
+        (tmp_path / "remote" / "gc.json").write_bytes(big)
+    else:
+        assert isinstance(view, S3View)
+        view.client.put_object(Bucket=view.bucket, Key=view.prefix + "gc.json", Body=big)
+    before = {k for k in view.keys("") if not k.startswith(("gc.json", "maintain.lock"))}
+    r = run_dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert "Traceback" not in r.stderr and "bug in dsv" not in r.stderr
+    if damage == "dir":
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "gc.json on origin cannot be read" in r.stderr
+        assert "nothing was deleted" in r.stderr and "remove gc.json" in r.stderr
+        after = {k for k in view.keys("") if not k.startswith(("gc.json", "maintain.lock"))}
+        assert after == before  # nothing uploaded, nothing deleted
+        assert (tmp_path / "remote" / "gc.json" / "inside").is_dir()
+        assert not (tmp_path / "remote" / "maintain.lock").exists()
+        shutil.rmtree(tmp_path / "remote" / "gc.json")  # the way out
+        r = run_dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["objects_deleted"] == 3  # version two
+    if damage != "dir":
+        assert "gc.json on origin could not be read" in r.stderr
+    assert json.loads(view.get("gc.json"))["generation"]
+    assert outside.read_bytes() == b'{"generation": "theirs"}'  # never written through
+    state = check_remote(view)
+    assert state.objects == state.reachable
+    _clone_matches(url, tmp_path / "clone", one, *extra)

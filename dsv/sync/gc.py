@@ -69,10 +69,35 @@ def collect(core: Core, remote: Remote, dry_run: bool = False) -> RemoteGcReport
                               f"deleted", hint="run gc again once it is done (the lease of "
                                                "a push that was killed expires within 15 "
                                                "minutes)")
+        _mend_gc_state(core, remote)
         _collect(core, remote, report, lease)
     finally:
         lease.give_back()
     return report
+
+
+def _mend_gc_state(core: Core, remote: Remote) -> None:
+    """Before anything is uploaded: this gc changes `gc.json` before its first delete,
+    and a generation no client can read tells no client to read the remote afresh. One
+    that cannot be read (a link, a FIFO, a file too large: no gc wrote it) is replaced
+    now by a new generation, so every client reads the remote afresh (never left absent:
+    a client that last read it absent would then see no change); a directory, which dsv
+    never removes, stops the gc here."""
+    try:
+        remote.backend.read_ref(GC_STATE)
+        return
+    except RemoteRefused as exc:
+        why = exc.message
+    try:
+        remote.backend.delete(GC_STATE)
+    except RemoteRefused as exc:
+        raise RemoteError(f"{GC_STATE} on {remote.name} cannot be read, nor replaced by gc "
+                          f"({exc.message}); nothing was deleted",
+                          hint=f"remove {GC_STATE} from the remote by hand (it holds only "
+                               f"the gc generation), then run gc again") from None
+    core.reporter.notice(f"warning: {GC_STATE} on {remote.name} could not be read ({why}); "
+                         f"replaced by a new gc generation")
+    _new_generation(remote)
 
 
 def _pushes(live: list[float], name: str) -> str:
