@@ -107,7 +107,8 @@ class JobFailed(DsvError):
         super().__init__(message, hint)
         self.result = result
         status = getattr(result, "exit_status", 1)
-        self.exit_code = status if 0 < status < 256 else 128 + (-status if status < 0 else 0)
+        # (status 0: the command succeeded but its outputs could not be saved)
+        self.exit_code = status if 0 < status < 256 else 128 - status if status < 0 else 1
 
 
 class RemoteError(DsvError):

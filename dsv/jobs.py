@@ -28,7 +28,7 @@ from typing import Any
 from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
 from . import imports, refs, versions, worktree
-from .errors import CorruptObject, InvalidInput, JobFailed, UnsafePath
+from .errors import CorruptObject, DsvError, InvalidInput, JobFailed, UnsafePath
 from .model import Version
 from .reports import JobResult
 from .paths import STORE_DIR, is_reserved
@@ -211,6 +211,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
     binds: list[str] = []
     trees: dict[str, InputTree] = {}
     unmounts: list[Callable[[], None]] = []
+    keep_root = False  # (a temporary root holding outputs that could not be saved)
     try:
         with core.locked("run: placing inputs"):
             for name, v in in_versions.items():
@@ -265,11 +266,34 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
         if lazy is not None:
             lineage["inputs_lazy"] = True
         text = message or f"dsv run: {' '.join(command)}"[:200]
-        for name, ds in out_datasets.items():
-            result.outputs[name] = versions.create_version_from_path(
-                core, ds.id, root / name, text, lineage=lineage,
-                commit=status == 0 and not changed)
+        # Every output is saved as a draft first, and committed only when all of them
+        # could be: a job's outputs are committed together or not at all.
+        unsaved: list[tuple[str, str]] = []
+        with core.locked("run: saving outputs"):
+            for name, ds in out_datasets.items():
+                try:
+                    result.outputs[name] = versions.create_version_from_path(
+                        core, ds.id, root / name, text, lineage=lineage, commit=False)
+                except (DsvError, OSError) as exc:  # what the job left cannot be stored
+                    unsaved.append((name, exc.message if isinstance(exc, DsvError)
+                                    else f"{exc.strerror or exc}"))
+            if status == 0 and not changed and not unsaved:
+                result.outputs = dict(zip(result.outputs, versions.commit_drafts(
+                    core, [v.id for v in result.outputs.values()]), strict=True))
         kept = ", ".join(f"{_name(core, v.dataset)}:{v.id}" for v in result.outputs.values())
+        if unsaved:
+            keep_root = mount_root is None
+            name, why = unsaved[0]
+            more = f" (and {len(unsaved) - 1} more outputs)" if len(unsaved) > 1 else ""
+            raise JobFailed(
+                (f"the command exited with status {status}; " if status else "")
+                + f"output {name} ({_name(core, out_datasets[name].id)}) could not be saved"
+                f"{more}: {why}; nothing was committed"
+                + (f"; outputs kept as drafts: {kept}" if kept else "")
+                + f"; what the job wrote stays in {root}",
+                hint=f"fix it there, then keep it with `dsv versions create "
+                     f"{_name(core, out_datasets[name].id)} --source-path {root / name}`",
+                result=result)
         if changed:
             name, paths = next(iter(changed.items()))
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3
@@ -293,7 +317,10 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
             unmount()
         for tree in trees.values():
             tree.close()
-        if mount_root is None:
+        if keep_root:
+            for name in in_versions:  # (private copies, or empty mount points)
+                shutil.rmtree(root / name, ignore_errors=True)
+        elif mount_root is None:
             # Inputs are gone with the namespace; outputs are in the store now.
             shutil.rmtree(root, ignore_errors=True)
 

@@ -176,7 +176,7 @@ def _write_committed(core: Core, ingest: Ingest, v: Version, new: bool,
                 raise VersionImmutable(f"version {v.id} was committed meanwhile")
             core.index.update_version(v.id, state=v.state, tree=v.tree, message=v.message,
                                       committed=v.committed, record=v.record, size=v.size,
-                                      files=v.files, lineage=v.lineage)
+                                      files=v.files, lineage=v.lineage, parents=v.parents)
         core.refs.set_latest(v.dataset, v.id, force=force)
         if head:
             core.index.update_dataset(v.dataset, head=v.id, cache_tree=cache_tree)
@@ -664,6 +664,26 @@ def commit_version(core: Core, ref: str, message: str | None = None,
             v.message = message
         with Ingest(core.objects) as ingest:
             return _write_committed(core, ingest, v, new=False, force=force)
+
+
+def commit_drafts(core: Core, ids: list[str]) -> list[Version]:
+    """Commit drafts made together (a job's outputs), in order, under one hold of the lock.
+    A draft of a dataset that an earlier one of them was just committed to is parented to
+    that one (both were made on the same `latest`): two outputs into one dataset become
+    two consecutive versions."""
+    with core.locked("versions commit"):
+        done: dict[str, str] = {}
+        out: list[Version] = []
+        for vid in ids:
+            v = core.version(vid)
+            if not v.is_draft:
+                raise VersionImmutable(f"version {v.id} was committed meanwhile")
+            if v.dataset in done:
+                v.parents = [done[v.dataset]]
+            with Ingest(core.objects) as ingest:
+                out.append(_write_committed(core, ingest, v, new=False))
+            done[v.dataset] = v.id
+        return out
 
 
 def create_version_from_path(core: Core, key: str, source: str | os.PathLike[str],

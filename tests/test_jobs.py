@@ -180,6 +180,51 @@ def test_two_bindings_that_would_share_one_variable_are_refused(project, tmp_pat
     assert [x.id for x in store.versions("model")] == []
 
 
+@pytest.mark.parametrize("bad", ["absolute-link", "name-not-utf8", "directory-gone"])
+def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(project,
+                                                                          bad: str) -> None:
+    """A job that exits 0 leaving one output dsv cannot store (a link out of it, a name
+    that is not UTF-8, its directory removed): no output is committed (never some of
+    them), the others are kept as drafts, and what the job wrote stays where it was."""
+    store, ws, _v, _big = project
+    store.create_dataset("other", path=ws / "other")
+    spoil = {"absolute-link": 'ln -s /etc/passwd "$DSV_OUTPUT_BAD/p"',
+             "name-not-utf8": 'printf x > "$DSV_OUTPUT_BAD/$(printf \'\\377\')"',
+             "directory-gone": 'rmdir "$DSV_OUTPUT_BAD"'}[bad]
+    job = f'echo good > "$DSV_OUTPUT_GOOD/ok"; echo "$DSV_MOUNT_ROOT" > root.txt; {spoil}'
+    done = run_dsv("run", "-o", "good=model", "-o", "bad=other", "--", "sh", "-c", job, cwd=ws)
+    assert done.returncode == 1, done.stderr
+    root = Path((ws / "root.txt").read_text().strip())
+    reason = {"absolute-link": "symlink 'p' points to an absolute path (/etc/passwd)",
+              "name-not-utf8": "file name b'\\xff' is not valid UTF-8",
+              "directory-gone": f"{root / 'bad'} is not a directory"}[bad]
+    drafts = store.versions("model")
+    assert [x.state for x in drafts] == ["draft"]
+    assert done.stderr.splitlines()[0] == (
+        f"error: output bad (other) could not be saved: {reason}; nothing was committed; "
+        f"outputs kept as drafts: model:{drafts[0].id}; what the job wrote stays in {root}")
+    assert store.versions("other") == []
+    assert (root / "good" / "ok").read_bytes() == b"good\n"
+    if bad == "absolute-link":
+        assert os.readlink(root / "bad" / "p") == "/etc/passwd"
+    elif bad == "name-not-utf8":
+        assert (root / "bad" / os.fsdecode(b"\xff")).read_bytes() == b"x"
+    store.get_files(f"model:{drafts[0].id}", ws / "seen")
+    assert read_tree(ws / "seen") == {"ok": b"good\n"}
+
+
+def test_two_outputs_into_one_dataset_are_two_consecutive_versions(project) -> None:
+    store, ws, _v, _big = project
+    result = store.run({}, {"a": "model", "b": "model"},
+                       ["sh", "-c", 'echo a > "$DSV_OUTPUT_A/f"; echo b > "$DSV_OUTPUT_B/f"'])
+    a, b = result.outputs["a"], result.outputs["b"]
+    assert (a.state, b.state) == ("committed", "committed")
+    assert b.parents == [a.id]
+    assert store.resolve("model:latest").id == b.id
+    with store.open_file(f"model:{b.id}", "f") as f:
+        assert f.read() == b"b\n"
+
+
 def test_interrupting_dsv_run_stops_the_job_and_cleans_up(project) -> None:
     store, ws, _v, _big = project
     root = ws / "mnt"
