@@ -292,17 +292,14 @@ class ClusterCache:
             os.close(directory)
 
     def clear_pending(self, path: str) -> None:
-        """The origin holds entry `path` now: it may be evicted again."""
+        """The origin holds entry `path` now: it may be evicted again (best effort, never
+        fails: a marker that cannot be removed only keeps the entry from eviction)."""
         name = self._pending_name(path)
         try:
             directory = open_dirs(self.root, ["pending"])
         except OSError:
             return
         try:
-            os.unlink(name, dir_fd=directory)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
             self._drop_at(directory, name)
         finally:
             os.close(directory)
@@ -315,6 +312,8 @@ class ClusterCache:
             return set()
         try:
             return set(os.listdir(directory))
+        except OSError:  # (another user's directory this one may not list)
+            return set()
         finally:
             os.close(directory)
 

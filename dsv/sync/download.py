@@ -26,7 +26,8 @@ from ..remotes.base import (MAX_GET_BYTES, NotFound, RemoteError,
 from ..remotes.cache import ClusterCache
 from ..remotes.layout import (loose_key,
                               pack_key)
-from .remote import WORKERS, Remote, open_origin_of, caches, read_cache, bounded, getters
+from .remote import (WORKERS, Remote, open_origin_of, caches, read_cache, bounded, getters,
+                     try_fill as _try_fill)
 from ..reporting import Advance, FileBytes, plural
 
 
@@ -216,27 +217,6 @@ def _fill_cache_pack(core: Core, cache: ClusterCache, remote: Remote, pack: str,
     except CorruptObject:
         return False  # not cached; the caller's per-object check reports the damage
     return _try_fill(core, cache, lambda: cache.fill_bytes(cache.pack_path(pack), data))
-
-
-_UNFILLABLE: set[str] = set()
-_UNFILLABLE_LOCK = threading.Lock()
-
-
-def _try_fill(core: Core, cache: ClusterCache, fill: Callable[[], None]) -> bool:
-    """Run `fill`, a write into the cluster cache; whether it succeeded. A cache that
-    cannot be written (full, read-only, a directory another user made) costs speed,
-    never the download: said once a process per cache, then read around."""
-    try:
-        fill()
-        return True
-    except OSError as exc:
-        with _UNFILLABLE_LOCK:
-            first = cache.root not in _UNFILLABLE
-            _UNFILLABLE.add(cache.root)
-        if first:
-            core.reporter.notice(f"warning: could not fill the cluster cache {cache.root}: "
-                                 f"{exc.strerror or exc}")
-        return False
 
 
 def origin_down(core: Core, exc: RemoteError) -> None:

@@ -31,7 +31,8 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (RemoteRef, index_key, is_tombstone, loose_key, pack_key,
                               ref_key, tombstone)
 from .policy import decide_push
-from .remote import UPLOAD_PACK_SIZE, WORKERS, Remote, Sent, caches, record_sent, resolve_target
+from .remote import (UPLOAD_PACK_SIZE, WORKERS, Remote, Sent, caches, record_sent, resolve_target,
+                     try_fill)
 from . import maintain
 from .fetch import fetch
 from ..reporting import Advance, FileBytes, plural
@@ -602,15 +603,15 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytearray, list[PackEntry]],
                  write_through: list[ClusterCache], buffers: _Buffers) -> Sent:
     pack_id, data, entries = pack
     try:
-        for cache in write_through:
-            _write_through(cache, cache.pack_path(pack_id), data=data)
+        written = [cache for cache in write_through
+                   if _write_through(remote.core, cache, cache.pack_path(pack_id), data=data)]
         # The pack first, then its index: an index on the remote always names a whole pack.
         remote.backend.put_bytes(pack_key(pack_id), data)
         remote.backend.put_bytes(index_key(pack_id),
                                  data[len(data) - pack_tail_size(len(entries)):])
     finally:
         buffers.give(data)
-    for cache in write_through:
+    for cache in written:
         cache.clear_pending(cache.pack_path(pack_id))
     crashpoint("push:uploaded")
     return Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries))
@@ -625,29 +626,36 @@ def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,
     if hash_file(path) != oid:
         raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
                             hint="run `dsv verify` to list every damaged object")
-    for cache in write_through:
-        _write_through(cache, cache.loose_path(oid), src=path)
+    written = [cache for cache in write_through
+               if _write_through(remote.core, cache, cache.loose_path(oid), src=path)]
     # (S3 reports from several threads, and rewinds a part it sends again.)
     pieces = FileBytes(advance, size)
     with slots:  # each large upload is itself parallel (multipart): few at once
         remote.backend.put_file(loose_key(oid), path, pieces)
-    for cache in write_through:
+    for cache in written:
         cache.clear_pending(cache.loose_path(oid))
     crashpoint("push:uploaded")
     return Sent(1, size, loose=oid, shown=pieces.shown)
 
 
-def _write_through(cache: ClusterCache, path: str, data: bytes | bytearray | None = None,
-                   src: str | None = None) -> None:
-    """Copy an upload into a cache, marked pending (never evicted) until the origin has it."""
-    cache.mark_pending(path)
-    if cache.has(path):
-        return
-    if data is not None:
-        cache.fill_bytes(path, data)
-    else:
-        assert src is not None
-        cache.fill_file(path, src)
+def _write_through(core: Core, cache: ClusterCache, path: str,
+                   data: bytes | bytearray | None = None, src: str | None = None) -> bool:
+    """Copy an upload into a cache, marked pending (never evicted) until the origin has
+    it; whether it is there. A cache that cannot be written (read-only, full, another
+    user's directories) costs the copy, never the push (`try_fill`: one warning)."""
+    def fill() -> None:
+        if data is not None:
+            cache.fill_bytes(path, data)
+        else:
+            assert src is not None
+            cache.fill_file(path, src)
+
+    if not try_fill(core, cache, lambda: cache.mark_pending(path)):
+        return False
+    if cache.has(path) or try_fill(core, cache, fill):
+        return True
+    cache.clear_pending(path)  # nothing of ours to keep
+    return False
 
 
 def _label(ds: Dataset, ref: str) -> str:
