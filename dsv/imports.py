@@ -132,7 +132,13 @@ def _space_needed(objects: list[s3.S3Object]) -> int:
     return sum(o.size for o in objects) + sum(spooled[:WORKERS])
 
 
-def _relative(obj: s3.S3Object, base: str) -> str:
+def _relative(bucket: str, obj: s3.S3Object, base: str) -> str:
+    """The dataset path of `obj`, a key under `base`: refused when the listing (the
+    endpoint's, untrusted) names a key outside it."""
+    if base and not obj.key.startswith(base + "/"):
+        raise InvalidInput(f"the listing of s3://{bucket}/{base}/ names s3://{bucket}/"
+                           f"{obj.key}, which is not under it",
+                           hint="the endpoint is broken or hostile; nothing was imported")
     rel = obj.key[len(base) + 1:] if base else obj.key
     try:
         return check_relpath(rel)
@@ -171,7 +177,7 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     objects, base = _listing(client, bucket, key, etag, version_id)
     objects = _pinned(client, bucket, objects)
     _check_sizes(bucket, objects)
-    paths = {obj.key: _relative(obj, base) for obj in objects}
+    paths = {obj.key: _relative(bucket, obj, base) for obj in objects}
     if len(set(paths.values())) != len(paths):
         raise InvalidInput("two S3 keys map to one path")
     _check_no_file_is_a_directory(bucket, paths)
@@ -384,5 +390,6 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
         # Named as the dataset would name them (relative to the imported prefix), as the
         # changed and missing ones are.
         report.added = sorted(o.key[len(prefix) + 1:] if prefix else o.key
-                              for o in listed if o.key not in known)
+                              for o in listed if o.key not in known
+                              and (not prefix or o.key.startswith(prefix + "/")))
     return report

@@ -409,3 +409,32 @@ def test_an_object_with_no_etag_is_pinned_by_version_id_or_refused(
     with pytest.raises(DsvError, match="has no ETag"):   # one object, as one
         store.import_s3(f"s3://{bucket}/n/a.txt", endpoint_url=s3_endpoint)
     assert opened == [] and store.datasets() == []
+
+
+def _listing_plus(monkeypatch, *extra: "imports.s3.S3Object") -> None:
+    """The server's listing, with `extra` objects a hostile endpoint adds to it."""
+    real_list = imports.s3.list_prefix
+    monkeypatch.setattr(imports.s3, "list_prefix", lambda *a: [*real_list(*a), *extra])
+
+
+def test_a_listed_key_outside_the_prefix_is_refused(store, s3, bucket, s3_endpoint,
+                                                   monkeypatch) -> None:
+    """A hostile listing of prefix d/ naming other/evil.txt (or dx/evil.txt) must not
+    become a file of the import under a name cut from it ("her/evil.txt")."""
+    s3.put_object(Bucket=bucket, Key="d/ok.txt", Body=b"1")
+    honest = imports.s3.list_prefix
+    for key in ("other/evil.txt", "dx/evil.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"evil")
+    _listing_plus(monkeypatch, *(imports.s3.head(s3, bucket, k)
+                                 for k in ("other/evil.txt", "dx/evil.txt")))
+    with pytest.raises(DsvError) as info:
+        store.import_s3(f"s3://{bucket}/d/", endpoint_url=s3_endpoint)
+    assert info.value.message == (f"the listing of s3://{bucket}/d/ names "
+                                  f"s3://{bucket}/other/evil.txt, which is not under it")
+    assert store.datasets() == []
+    # --check names no key from outside the prefix as new
+    monkeypatch.setattr(imports.s3, "list_prefix", honest)
+    v = store.import_s3(f"s3://{bucket}/d/", endpoint_url=s3_endpoint)
+    _listing_plus(monkeypatch, imports.s3.head(s3, bucket, "other/evil.txt"))
+    report = store.check_import(f"d:{v.id}")
+    assert report.ok and report.added == []
