@@ -177,9 +177,12 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     objects, base = _listing(client, bucket, key, etag, version_id)
     objects = _pinned(client, bucket, objects)
     _check_sizes(bucket, objects)
-    paths = {obj.key: _relative(bucket, obj, base) for obj in objects}
-    if len(set(paths.values())) != len(paths):
-        raise InvalidInput("two S3 keys map to one path")
+    paths: dict[str, str] = {}
+    for obj in objects:  # (distinct keys under one prefix are distinct paths)
+        if obj.key in paths:
+            raise InvalidInput(f"the listing names s3://{bucket}/{obj.key} twice",
+                               hint="the endpoint is broken or hostile; nothing was imported")
+        paths[obj.key] = _relative(bucket, obj, base)
     _check_no_file_is_a_directory(bucket, paths)
     name = name or default_name(url)
     if reuse:

@@ -438,3 +438,18 @@ def test_a_listed_key_outside_the_prefix_is_refused(store, s3, bucket, s3_endpoi
     _listing_plus(monkeypatch, imports.s3.head(s3, bucket, "other/evil.txt"))
     report = store.check_import(f"d:{v.id}")
     assert report.ok and report.added == []
+
+
+def test_a_listing_naming_one_key_twice_is_refused(store, s3, bucket, s3_endpoint,
+                                                   monkeypatch) -> None:
+    s3.put_object(Bucket=bucket, Key="d/a.txt", Body=b"1")
+    opened: list[str] = []
+    real_open = imports.s3.open_object
+    monkeypatch.setattr(imports.s3, "open_object",
+                        lambda c, b, o: opened.append(o.key) or real_open(c, b, o))
+    _listing_plus(monkeypatch, imports.s3.head(s3, bucket, "d/a.txt"))
+    with pytest.raises(DsvError) as info:
+        store.import_s3(f"s3://{bucket}/d/", endpoint_url=s3_endpoint)
+    assert info.value.message == f"the listing names s3://{bucket}/d/a.txt twice"
+    assert opened == [] and store.datasets() == []
+
