@@ -38,6 +38,9 @@ WORKERS = 8
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
 _CHUNK = 8 << 20
+MAX_OBJECTS = tree.MAX_VERSION_PATHS
+"""The most objects one import takes: as many paths as a version may hold (counted as
+the listing arrives, so an endless one is not kept in memory)."""
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 # An ETag that can go in an If-Match header as one strong entity-tag (RFC 9110's
 # etagc, without obs-text): anything else (empty, weak, holding a quote) cannot pin.
@@ -81,7 +84,12 @@ def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
         except RemoteError:
             pass  # not an object: a prefix without its trailing slash
         key += "/"
-    objects = list(s3.list_prefix(client, bucket, key))
+    objects: list[s3.S3Object] = []
+    for obj in s3.list_prefix(client, bucket, key):
+        if len(objects) >= MAX_OBJECTS:
+            raise InvalidInput(f"s3://{bucket}/{key} holds more than {MAX_OBJECTS:,} objects",
+                               hint="import a smaller prefix; nothing was imported")
+        objects.append(obj)
     if not objects:
         raise InvalidInput(f"nothing to import at s3://{bucket}/{key}")
     return objects, key.rstrip("/")

@@ -453,3 +453,23 @@ def test_a_listing_naming_one_key_twice_is_refused(store, s3, bucket, s3_endpoin
     assert info.value.message == f"the listing names s3://{bucket}/d/a.txt twice"
     assert opened == [] and store.datasets() == []
 
+
+
+def test_a_listing_of_more_objects_than_a_version_holds_is_refused_as_it_comes(
+        store, s3, bucket, s3_endpoint, monkeypatch) -> None:
+    """The count is bounded while listing: an endpoint listing without end is not read
+    to its end (nor kept in memory)."""
+    s3.put_object(Bucket=bucket, Key="p/0", Body=b"0")
+    listed: list[int] = []
+
+    def endless(*args):
+        for i in range(1000):
+            listed.append(i)
+            yield imports.s3.S3Object(f"p/{i}", 1, "0" * 32, None)
+
+    monkeypatch.setattr(imports.s3, "list_prefix", endless)
+    monkeypatch.setattr(imports, "MAX_OBJECTS", 10, raising=False)
+    with pytest.raises(DsvError) as info:
+        store.import_s3(f"s3://{bucket}/p/", endpoint_url=s3_endpoint)
+    assert info.value.message == f"s3://{bucket}/p/ holds more than 10 objects"
+    assert len(listed) == 11 and store.datasets() == []
