@@ -698,3 +698,50 @@ def test_a_damaged_gc_json_is_replaced_or_refused_before_anything_is_uploaded(
     state = check_remote(view)
     assert state.objects == state.reachable
     _clone_matches(url, tmp_path / "clone", one, *extra)
+
+
+def test_history_behind_a_record_listed_under_another_kind_is_not_deleted(
+        tmp_path: Path) -> None:
+    """The parent of `latest`'s version is on the remote, but the pack that holds its
+    record lists it as a blob (a damaged or hostile remote; a repack that kept the first
+    kind it saw). The ref still reaches that version through the parent record its
+    record names: gc must keep it, and what only it holds (a file deleted since)."""
+    from dsv.hashing import hash_bytes
+    from dsv.objects import KIND_BLOB, KIND_VERSION, encode_pack, pack_tail_size, \
+        parse_pack_index
+    remote = tmp_path / "remote"
+    one = {"only-in-one.bin": os.urandom(5000), "both.txt": b"alpha\n"}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    v1 = _version_objects(ws, "raw:latest")
+    (ws / "only-in-one.bin").unlink()
+    write_tree(ws, {"new.bin": os.urandom(3000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    v1_record = json.loads(ok("show", "raw:latest~1", "--json", cwd=ws).stdout)["record"]
+    # The records' pack, written again without v1's record, and a pack that lists that
+    # record as a blob.
+    [records] = [p for p in os.listdir(remote / "index")
+                 if any(e.oid == v1_record for e in parse_pack_index(
+                     (remote / "index" / p).read_bytes(), p)[0])]
+    data = (remote / "packs" / f"{records}.pack").read_bytes()
+    rows, _total = parse_pack_index((remote / "index" / records).read_bytes(), records)
+    raw = {e.oid: data[e.offset:e.offset + e.length] for e in rows}
+    assert hash_bytes(raw[v1_record]) == v1_record
+    for objects in ([(o, KIND_VERSION, b) for o, b in raw.items() if o != v1_record],
+                    [(v1_record, KIND_BLOB, raw[v1_record])]):
+        pack_id, pack, entries = encode_pack(objects)
+        (remote / "packs" / f"{pack_id}.pack").write_bytes(pack)
+        (remote / "index" / pack_id).write_bytes(pack[len(pack) - pack_tail_size(len(entries)):])
+    os.unlink(remote / "index" / records)
+    os.unlink(remote / "packs" / f"{records}.pack")
+    # gc run by a store that never saw the parent version (the fetch does not take the
+    # record for one), then by the store that pushed it
+    other = tmp_path / "other"
+    ok("clone", remote, other, cwd=tmp_path)
+    for where in (other, ws):
+        r = run_dsv("gc", "--remote", "origin", "--json", cwd=where)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["versions"] == 2
+    lost = v1 - read_remote(DirView(remote)).objects
+    assert not lost, f"gc deleted {len(lost)} objects of the parent version"
+    _clone_matches(str(remote), tmp_path / "clone", read_tree(ws))

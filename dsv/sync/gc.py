@@ -31,7 +31,7 @@ from ..faults import crashpoint
 from ..hashing import hash_bytes, is_hash
 from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
-from ..records import parse_record
+from ..records import MAX_RECORD_BYTES, parse_record
 from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
 from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, RemoteRef, index_key,
                               pack_key)
@@ -197,23 +197,25 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
                report: RemoteGcReport) -> set[str]:
     """Every object a ref reaches: the records of its version and of their ancestors on
     the remote (followed through the parent records each record names), and every tree
-    and blob under them (the fetch brought every record and tree the refs reach)."""
-    on_remote = {oid for oid, *_ in core.index.remote_objects_of_kind(remote.name,
-                                                                      KIND_VERSION)}
+    and blob under them (the fetch brought every record and tree the refs reach, and
+    `_Objects` what it could not see: a parent record a pack lists under another kind)."""
+    objects = _Objects(core, remote)
     keep: set[str] = set()
     roots: set[str] = set()
     records: set[str] = set()
     stack = [r.record for r in remote_refs.values()]
     while stack:
         record = stack.pop()
-        if record in records or record not in on_remote:
+        if record in records or record in keep:
+            continue
+        data = objects.get(record, MAX_RECORD_BYTES)
+        if data is None:
             continue  # history the remote does not hold ends the walk, as in a fetch
         try:
-            parsed = parse_record(core.objects.read(record), record)
-        except (MissingObject, CorruptObject):
-            raise RemoteError(f"version record {record[:12]} of {remote.name} is not in this "
-                              f"store as fetched; nothing was deleted",
-                              hint="run gc again") from None
+            parsed = parse_record(data, record)
+        except CorruptObject:
+            keep.add(record)  # (its own bytes, checked, but no record: nothing beyond)
+            continue
         records.add(record)
         roots.add(parsed.version.tree)
         stack.extend(p.record for p in parsed.parents)
@@ -221,12 +223,72 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
     with core.reporter.task("finding what the refs reach", len(roots)) as advance:
         for root in roots:
             if root not in keep:
-                keep.update(oid for _kind, oid in tree.subtree_ids(root, core.read_tree))
+                keep.update(oid for _kind, oid in tree.subtree_ids(root, objects.tree))
             advance(1, 0)
     report.refs = len(remote_refs)
     report.versions = len(records)
     report.objects_kept = len(keep)
     return keep
+
+
+class _Objects:
+    """The records and trees the walk reads: from the store (as the fetch left it), else
+    from the remote where its picture places them, whatever kind the pack's table gives
+    (a record listed as a blob is still the record its child names by hash), each checked
+    against its id. What cannot be read stops the gc, nothing deleted: what it reaches
+    is unknown."""
+
+    def __init__(self, core: Core, remote: Remote) -> None:
+        self.core = core
+        self.remote = remote
+        # (the common case, in one query: records the picture lists as records)
+        self.records = {oid for oid, *_ in core.index.remote_objects_of_kind(remote.name,
+                                                                             KIND_VERSION)}
+
+    def get(self, oid: str, cap: int) -> bytes | None:
+        """Object `oid` of the remote, checked; None if the remote holds none."""
+        if oid not in self.records and \
+                not self.core.index.remote_locate_many(self.remote.name, [oid]):
+            return None
+        try:
+            return self.core.objects.read(oid)
+        except (MissingObject, CorruptObject):
+            pass
+        return self._download(oid, cap)
+
+    def tree(self, oid: str) -> bytes:
+        """A tree object of a version a ref reaches (`tree.subtree_ids` reads through it)."""
+        try:
+            return self.core.read_tree(oid)
+        except (MissingObject, CorruptObject):
+            pass
+        data = self._download(oid, MAX_GET_BYTES)
+        if data is None:
+            raise RemoteError(f"tree {oid[:12]} of a version a ref of {self.remote.name} "
+                              f"reaches is not on the remote; nothing was deleted",
+                              hint=f"`dsv verify --remote {self.remote.name}` checks the "
+                                   f"remote")
+        return data
+
+    def _download(self, oid: str, cap: int) -> bytes | None:
+        where = self.core.index.remote_locate_many(self.remote.name, [oid]).get(oid)
+        if where is None:
+            return None
+        pack_id, offset, length = where
+        why = f"it claims {length} bytes" if length > cap else ""
+        if not why:
+            try:
+                data = self.remote.backend.get_range(pack_key(pack_id), offset, length)
+                why = "" if hash_bytes(data) == oid else "its bytes do not match its id"
+            except RemoteError as exc:
+                why = exc.message
+        if why:
+            raise RemoteError(f"object {oid[:12]} in pack {pack_id[:12]} on "
+                              f"{self.remote.name}, which a ref reaches, cannot be read "
+                              f"({why}); nothing was deleted",
+                              hint=f"`dsv verify --remote {self.remote.name} --repair` "
+                                   f"mends it")
+        return data
 
 
 class _Listing:
