@@ -166,8 +166,10 @@ def _check_env_names(inputs: dict[str, str], outputs: dict[str, str]) -> None:
             seen[var] = name
 
 
-Mounter = Callable[[Version, Path], Callable[[], None]]
-"""Mounts a version read-only at a directory (lazily, `dsv mount`); returns the unmount."""
+Mounter = Callable[[Version, Path, int], Callable[[], None]]
+"""Mounts a version read-only at a directory (lazily, `dsv mount`) until it is unmounted
+(the returned call) or the pipe whose read end is the third argument has no writer left;
+returns the unmount."""
 
 
 def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: list[str],
@@ -212,6 +214,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
     trees: dict[str, InputTree] = {}
     unmounts: list[Callable[[], None]] = []
     keep_root = False  # (a temporary root holding outputs that could not be saved)
+    lifeline = keepalive = -1  # (the pipe of lazy mounts, see below)
     try:
         with core.locked("run: placing inputs"):
             for name, v in in_versions.items():
@@ -231,8 +234,13 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                                           stat_rows=False).place(list(core.manifest(v).items()))
                 env[env_name("INPUT", name)] = str(target)
         if lazy is not None:
+            # The mounts are served by processes of their own: they end when dsv unmounts
+            # them, or else (dsv killed) when neither dsv nor the job holds this pipe.
+            lifeline, keepalive = os.pipe()
             for name, v in in_versions.items():
-                unmounts.append(lazy(v, _binding_dir(root, name)))
+                unmounts.append(lazy(v, _binding_dir(root, name), lifeline))
+            os.close(lifeline)
+            lifeline = -1
         for name in out_datasets:
             _binding_dir(root, name).mkdir(parents=True, exist_ok=True)
             env[env_name("OUTPUT", name)] = str(root / name)
@@ -244,7 +252,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
         argv = (["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT, "sh",
                  *binds, "--", *command] if mounted and binds else list(command))
         started = time.time()
-        status = _run_forwarding_signals(argv, env)
+        status = _run_forwarding_signals(argv, env, keepalive)
         duration = time.time() - started
         # The trees were checked before the job; anything done to them since (by anyone:
         # the job itself can reach `.dsv/inputs/` by its path) may have been read.
@@ -313,8 +321,13 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                                  "`dsv versions commit DRAFT`", result=result)
         return result
     finally:
-        for unmount in unmounts:
-            unmount()
+        try:
+            for unmount in unmounts:
+                unmount()
+        finally:
+            for fd in (lifeline, keepalive):  # (after: the mounts would end themselves)
+                if fd >= 0:
+                    os.close(fd)
         for tree in trees.values():
             tree.close()
         if keep_root:
@@ -332,9 +345,10 @@ def _name(core: Core, ds_id: str) -> str:
     return ds.name if ds else ds_id
 
 
-def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
+def _run_forwarding_signals(argv: list[str], env: dict[str, str], keep: int = -1) -> int:
     """Run `argv`; Ctrl-C or SIGTERM to dsv reaches the job, and dsv waits for it to end
-    (so the namespace, and with it every mount, is gone before dsv cleans up)."""
+    (so the namespace, and with it every mount, is gone before dsv cleans up). The job
+    inherits descriptor `keep` (when not -1)."""
     child: subprocess.Popen[bytes] | None = None
     early: list[int] = []  # signals that came while the job was being started
 
@@ -348,7 +362,7 @@ def _run_forwarding_signals(argv: list[str], env: dict[str, str]) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            child = subprocess.Popen(argv, env=env)
+            child = subprocess.Popen(argv, env=env, pass_fds=(keep,) if keep >= 0 else ())
         except FileNotFoundError:
             raise InvalidInput(f"command not found: {argv[0]}") from None
         for signum in early:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DsvError
-from .mounting import FuseUnavailable, fuse_module, spawn, tell
+from .mounting import FuseUnavailable, end_with, fuse_module, spawn, tell
 from .mounting import unmount as unmount  # (the CLI's `dsv umount`)
 
 DIRS_KEPT = 10_000
@@ -69,9 +69,10 @@ def _ref_path(ref: str) -> str:
 def serve(ref: str, directory: str | os.PathLike[str], store: str | None = None,
           remote: str | None = None, endpoint_url: str | None = None,
           profile: str | None = None, cache: str | None = None,
-          ready_fd: int | None = None) -> None:
+          ready_fd: int | None = None, lifeline_fd: int | None = None) -> None:
     """Run the FUSE file system of `ref` at `directory` in the foreground, until it is
-    unmounted; "ready" (or the error) is written to `ready_fd` once it answers."""
+    unmounted; "ready" (or the error) is written to `ready_fd` once it answers. With
+    `lifeline_fd`, it is unmounted once that pipe has no writer left (`end_with`)."""
     try:
         fuse = fuse_module()
         fs = _filesystem(_options(store, remote, endpoint_url, profile, cache))
@@ -80,6 +81,8 @@ def serve(ref: str, directory: str | os.PathLike[str], store: str | None = None,
     except DsvError as exc:
         tell(ready_fd, f"{exc.message}")
         raise
+    if lifeline_fd is not None:
+        end_with(lifeline_fd, directory)
     try:
         fuse.FUSE(ops, str(directory), foreground=True, ro=True, nothreads=False,
                   fsname=f"dsv:{version.dataset}:{version.id}", default_permissions=True)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,13 @@ def fuse_module() -> Any:  # noqa: ANN401 - mfusepy is untyped
 
 def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = None,
           remote: str | None = None, endpoint_url: str | None = None,
-          profile: str | None = None, cache: str | None = None) -> None:
+          profile: str | None = None, cache: str | None = None,
+          lifeline: int | None = None) -> None:
     """Serve version `pinned` (`DATASET_ID:VERSION_ID`) read-only at `directory` from a
     background `dsv mount --foreground` (of the store at `store`, or of `remote`), and
-    return once it answers; DsvError with its reason when it does not."""
+    return once it answers; DsvError with its reason when it does not. With `lifeline`
+    (the read end of a pipe) the mount ends by itself once every holder of the pipe's
+    write end has closed it or died (see `end_with`)."""
     fuse_module()
     target = Path(directory).absolute()
     if not target.is_dir():
@@ -53,6 +57,8 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
     read_fd, write_fd = os.pipe()
     args = [sys.executable, "-m", "dsv"] + (["--store", store] if store else [])
     args += ["mount", pinned, str(target), "--foreground", "--ready-fd", str(write_fd)]
+    if lifeline is not None:
+        args += ["--lifeline-fd", str(lifeline)]
     for flag, value in (("--remote", remote), ("--endpoint-url", endpoint_url),
                         ("--profile", profile), ("--cache", cache)):
         if value:
@@ -61,7 +67,8 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
     # back from an unnamed temp file)
     with tempfile.TemporaryFile() as log:
         try:
-            child = subprocess.Popen(args, pass_fds=(write_fd,), start_new_session=True,
+            passed = (write_fd,) if lifeline is None else (write_fd, lifeline)
+            child = subprocess.Popen(args, pass_fds=passed, start_new_session=True,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=log, close_fds=True)
         finally:
@@ -114,6 +121,34 @@ def tell(fd: int | None, line: str) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def end_with(lifeline: int, directory: str | os.PathLike[str]) -> None:
+    """Unmount `directory` (lazily: files still open there go on reading) once the pipe
+    whose read end is `lifeline` has no writer left, from a daemon thread. `dsv run
+    --lazy` holds the write end and hands it to its job, so its mounts outlive neither
+    both: not even when dsv itself is killed with SIGKILL, and no cleanup code runs."""
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(lifeline, select.POLLIN | select.POLLHUP)
+        while True:
+            poller.poll()
+            try:
+                if not os.read(lifeline, 4096):
+                    break
+            except OSError:
+                break
+        target = str(Path(directory).absolute())
+        tools = [tool for tool in (["fusermount3", "-u", "-z"], ["fusermount", "-u", "-z"],
+                                   ["umount", "-l"]) if shutil.which(tool[0]) is not None]
+        deadline = time.monotonic() + READY_TIMEOUT  # (the mount may not be made yet)
+        while time.monotonic() < deadline:
+            for tool in tools:
+                if subprocess.run(tool + [target], capture_output=True).returncode == 0:
+                    return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="dsv-mount-lifeline", daemon=True).start()
 
 
 def unmount(directory: str | os.PathLike[str]) -> None:

@@ -303,8 +303,8 @@ class Store:
             from . import mounting
             root = str(self.root)
 
-            def mounter(v: Version, target: Path) -> Callable[[], None]:
-                mounting.spawn(f"{v.dataset}:{v.id}", target, store=root)
+            def mounter(v: Version, target: Path, lifeline: int) -> Callable[[], None]:
+                mounting.spawn(f"{v.dataset}:{v.id}", target, store=root, lifeline=lifeline)
                 return lambda: mounting.unmount(target)
         return jobs.run(self.core, inputs, outputs, command, mount_root, message, mount,
                         mounter, source)

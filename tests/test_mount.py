@@ -10,6 +10,8 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,42 @@ def test_run_lazy_reads_from_the_remote_only_what_the_job_reads(tmp_path, dsv):
     # The chunks of big.bin's tail came, not the file (chunks are at most 1 MiB).
     grown = _store_bytes(node) - before
     assert 100 < grown < 3 << 20, grown
+
+
+def test_a_killed_lazy_run_leaves_its_mounts_only_while_its_job_runs(tmp_path, dsv):
+    """dsv run --lazy killed with SIGKILL (no cleanup code runs): the job, which goes on,
+    still reads its input; once it ends, the mount and the process serving it go too."""
+    ws = _dataset(tmp_path, dsv)
+    root = tmp_path / "jobroot"
+    seen = tmp_path / "seen.txt"
+    job = f'sleep 3; cat "$DSV_INPUT_RAW/a.txt" > {seen}'
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", "run", "--input", "raw=raw:v1",
+                             "--lazy", "--mount-root", str(root), "--", "sh", "-c", job],
+                            cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not os.path.ismount(root / "raw"):
+        time.sleep(0.05)
+    assert os.path.ismount(root / "raw")
+    servers = _serving(root / "raw")
+    assert len(servers) == 1
+    proc.kill()
+    proc.wait(timeout=20)
+    deadline = time.time() + 30
+    while time.time() < deadline and (os.path.ismount(root / "raw") or _serving(root / "raw")):
+        time.sleep(0.1)
+    assert seen.read_bytes() == b"alpha\n"  # read through the mount after dsv was killed
+    assert not os.path.ismount(root / "raw")
+    assert _serving(root / "raw") == []
+
+
+def _serving(where: Path) -> list[int]:
+    """The processes serving a `dsv mount` at `where` (by their command lines)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in argv and os.fsencode(where) in argv and b"--foreground" in argv:
+            found.append(int(pid))
+    return found

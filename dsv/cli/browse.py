@@ -124,13 +124,15 @@ def mount(ref: str = RefArg,
           foreground: bool = typer.Option(False, "--foreground",
                                           help="Serve in this process until unmounted."),
           ready_fd: Optional[int] = typer.Option(None, "--ready-fd", hidden=True),
+          lifeline_fd: Optional[int] = typer.Option(None, "--lifeline-fd", hidden=True),
           as_json: bool = JsonOpt) -> None:
     """Mount a version read-only (FUSE): files are read on first use, verified."""
     from .. import mount as mounting
     from .session import session
     store = str(session.store) if session.store else None
     if foreground:
-        mounting.serve(ref, directory, store, remote, endpoint_url, profile, cache, ready_fd)
+        mounting.serve(ref, directory, store, remote, endpoint_url, profile, cache, ready_fd,
+                       lifeline_fd)
         return
     vid = mounting.mount(ref, directory, store, remote, endpoint_url, profile, cache)
     if as_json:
