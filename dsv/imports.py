@@ -378,6 +378,7 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
     source = (version.lineage or {}).get("import")
     if not source:
         raise InvalidInput(f"{ref} was not made by `dsv import`")
+    _check_record(ref, source)
     client = s3.make_client(endpoint_url or source.get("endpoint_url"), profile,
                             True if no_sign_request else None)
     s3.check_reachable(client)
@@ -404,3 +405,32 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
                               for o in listed if o.key not in known
                               and (not prefix or o.key.startswith(prefix + "/")))
     return report
+
+
+def _check_record(ref: str, source: object) -> None:
+    """An import record as `import_s3` writes it: a version's lineage may come from a
+    remote (damaged or hostile), and --check reads every field."""
+    def bad(what: str) -> InvalidInput:
+        return InvalidInput(f"{ref} has a malformed import record ({what})",
+                            hint="the version was damaged, or made by a hostile remote; "
+                                 "nothing was checked")
+
+    def text(value: object, optional: bool = False) -> bool:
+        return isinstance(value, str) or (optional and value is None)
+
+    if not isinstance(source, dict):
+        raise bad("not a mapping")
+    for field in ("source", "bucket"):
+        if not text(source.get(field)) or not source[field]:
+            raise bad(f"{field} is not a name")
+    if not text(source.get("prefix"), optional=True) or \
+            not text(source.get("endpoint_url"), optional=True):
+        raise bad("prefix or endpoint_url is not a string")
+    files = source.get("files")
+    if not isinstance(files, dict):
+        raise bad("files is not a mapping")
+    for path, item in files.items():
+        if not isinstance(item, dict) or not text(item.get("key")) or \
+                not text(item.get("etag")) or not text(item.get("version_id"), optional=True) \
+                or type(item.get("size")) is not int:
+            raise bad(f"the source of {path!r} is not a key, ETag, VersionId and size")

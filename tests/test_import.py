@@ -473,3 +473,27 @@ def test_a_listing_of_more_objects_than_a_version_holds_is_refused_as_it_comes(
         store.import_s3(f"s3://{bucket}/p/", endpoint_url=s3_endpoint)
     assert info.value.message == f"s3://{bucket}/p/ holds more than 10 objects"
     assert len(listed) == 11 and store.datasets() == []
+
+
+@pytest.mark.parametrize("record", [
+    "yes", {"source": "s3://b/x", "files": {}}, {"source": 5, "bucket": "b", "files": {}},
+    {"source": "s3://b/x", "bucket": "b", "files": ["x"]},
+    {"source": "s3://b/x", "bucket": "b", "files": {"a": {"key": 3, "etag": "e",
+                                                          "size": 1}}},
+    {"source": "s3://b/x", "bucket": "b", "files": {"a": {"key": "x/a", "etag": "e",
+                                                          "size": "1"}}},
+    {"source": "s3://b/x", "bucket": "b", "prefix": ["x"], "files": {}},
+    {"source": "s3://b/x", "bucket": "b", "endpoint_url": 7, "files": {}},
+])
+def test_a_malformed_import_record_is_refused_by_check(store, tmp_path: Path, s3_endpoint,
+                                                      aws_env, dsv, record) -> None:
+    """A version's import record may come from a remote (a damaged or hostile one):
+    --check refuses a malformed one in one line, never with a bug's traceback."""
+    from dsv import versions
+    versions.commit_manifest(store.core, "d", {}, "m", {"import": record},
+                             create_dataset=True)
+    res = dsv("import", "--check", "d:latest", "--endpoint-url", s3_endpoint,
+              cwd=tmp_path / "ws")
+    assert res.code == 1 and res.err.startswith(
+        "error: d:latest has a malformed import record"), res.err
+    assert "bug in dsv" not in res.err
