@@ -169,6 +169,23 @@ def _fill(fd: int, view: memoryview) -> int:
     return got
 
 
+def pieces_at_most(fd: int, size: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    """The first `size` bytes of `fd` (fewer if it ends first) in pieces, never more: a
+    file another user may append to is read no further than the size that was checked."""
+    got = 0
+    while got < size:
+        data = os.pread(fd, min(size - got, piece), got)
+        if not data:
+            return
+        got += len(data)
+        yield data
+
+
+def read_at_most(fd: int, size: int) -> bytes:
+    """`pieces_at_most` in one piece."""
+    return b"".join(pieces_at_most(fd, size, 1 << 30))
+
+
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """os.write until every byte is written."""
     view = memoryview(data)
@@ -284,20 +301,24 @@ class DirectWriter:
             if self._used == len(self._view):
                 self._flush_full()
 
-    def copy_from(self, src_fd: int, observe: Callable[[memoryview], object]) -> int:
-        """Copy the rest of `src_fd` in, showing every chunk to `observe` (a hasher) on
-        its way from the source into the aligned buffer: the bytes observed are exactly
-        the bytes written. Returns the bytes copied."""
+    def copy_from(self, src_fd: int, observe: Callable[[memoryview], object],
+                  limit: int | None = None) -> int:
+        """Copy the rest of `src_fd` in (at most `limit` bytes: a file another user may
+        grow is read no further than the size checked), showing every chunk to `observe`
+        (a hasher) on its way from the source into the aligned buffer: the bytes observed
+        are exactly the bytes written. Returns the bytes copied."""
         copied = 0
-        while True:
+        while limit is None or copied < limit:
             if self._used == len(self._view):
                 self._flush_full()
-            n = _fill(src_fd, self._view[self._used:])
+            room = self._view[self._used:]
+            n = _fill(src_fd, room if limit is None else room[:limit - copied])
             if n == 0:
                 return copied
             observe(self._view[self._used:self._used + n])
             self._used += n
             copied += n
+        return copied
 
     def finish(self, durable: bool = True) -> int:
         """Write what is buffered, make the file durable (unless not `durable`: a

@@ -342,11 +342,12 @@ class ObjectStore:
         finally:
             os.close(src_fd)
 
-    def stage_large_fd(self, src_fd: int, expect: str | None = None
-                       ) -> tuple[str, int, str | None]:
-        """`stage_large_file` from a file the caller opened (and checked) itself."""
-        return self._stage_loose(lambda writer, observe: writer.copy_from(src_fd, observe),
-                                 expect)
+    def stage_large_fd(self, src_fd: int, expect: str | None = None,
+                       limit: int | None = None) -> tuple[str, int, str | None]:
+        """`stage_large_file` from a file the caller opened (and checked) itself, read no
+        further than `limit` bytes (the size it checked)."""
+        return self._stage_loose(
+            lambda writer, observe: writer.copy_from(src_fd, observe, limit), expect)
 
     def stage_large_stream(self, chunks: Iterable[bytes],
                            observe: Callable[[bytes], None] | None = None,
@@ -847,9 +848,11 @@ class Ingest:
         was written, even if the source changes meanwhile."""
         return self._keep(*self.store.stage_large_file(src, expect))
 
-    def add_large_fd(self, src_fd: int, expect: str | None = None) -> tuple[str, int]:
-        """`add_large_file` from a file the caller opened (and checked) itself."""
-        return self._keep(*self.store.stage_large_fd(src_fd, expect))
+    def add_large_fd(self, src_fd: int, expect: str | None = None,
+                     limit: int | None = None) -> tuple[str, int]:
+        """`add_large_file` from a file the caller opened (and checked) itself, read no
+        further than `limit` bytes."""
+        return self._keep(*self.store.stage_large_fd(src_fd, expect, limit))
 
     def add_large_stream(self, chunks: Iterable[bytes],
                          observe: Callable[[bytes], None] | None = None,

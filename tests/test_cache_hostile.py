@@ -99,3 +99,132 @@ def test_a_full_write_through_cache_costs_the_copy_never_the_push(
     assert "No space left on device" in r.err
     assert not (cache / "pending").exists() or not list((cache / "pending").iterdir())
     _clone_matches(tmp_path, dsv, source)
+
+
+# ---- 2. an entry that grows after its size was checked ---------------------------------
+
+def _grows_after_fstat(monkeypatch: pytest.MonkeyPatch, entry: Path, by: int) -> list[int]:
+    """Whoever checks the size of the open cache entry `entry` (fstat) sees it whole;
+    right after, another user appends `by` bytes (a sparse hole: cheap to make, costly to
+    read). Returns the sizes it was seen at (one per check)."""
+    from dsv.remotes.cache import ClusterCache
+    opened: set[int] = set()
+    seen: list[int] = []
+    real_open, real_fstat = ClusterCache.open_entry, os.fstat
+
+    def open_entry(self: ClusterCache, path: str) -> int | None:
+        fd = real_open(self, path)
+        if fd is not None and Path(path) == entry:
+            opened.add(fd)
+        return fd
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if fd in opened:
+            opened.discard(fd)
+            seen.append(st.st_size)
+            os.truncate(entry, st.st_size + by)
+        return st
+
+    monkeypatch.setattr(ClusterCache, "open_entry", open_entry)
+    monkeypatch.setattr(os, "fstat", fstat)
+    return seen
+
+
+def _fetched_with_cache(tmp_path: Path, dsv, source: Path, name: str) -> Path:
+    assert dsv("push", cwd=source).code == 0
+    store = tmp_path / name
+    assert dsv("init", "--bare", store, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=store).code == 0
+    assert dsv("remote", "add", "shared", tmp_path / "cache", "--cache", cwd=store).code == 0
+    assert dsv("fetch", cwd=store).code == 0
+    return store
+
+
+def test_a_small_cached_object_that_grows_after_its_size_check_is_read_no_further(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small object kept loose in the cache (as readers without a store keep them),
+    read by a store's download: it grows by 64 MiB after the fstat. Only the size checked
+    is read, so the entry serves (its first bytes are the object)."""
+    import dsv as dsv_api
+    from dsv.objects import Ingest
+    from dsv.reports import FetchReport, PullReport
+    from dsv.sync.download import download_loose
+    from dsv.sync.remote import open_remote
+    store = _fetched_with_cache(tmp_path, dsv, source, "store")
+    data = (source / "d1/f07.bin").read_bytes()
+    oid = __import__("dsv.hashing", fromlist=["hash_bytes"]).hash_bytes(data)
+    entry = tmp_path / "cache" / "loose" / oid[:2] / oid
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(data)
+    seen = _grows_after_fstat(monkeypatch, entry, 64 << 20)
+    with dsv_api.open(store) as opened:
+        core = opened.core
+        report = PullReport("-", FetchReport("-"))
+        with core.locked("test"), Ingest(core.objects) as ingest:
+            download_loose(core, open_remote(core, "origin"), [oid], {oid: len(data)},
+                           report, ingest)
+            core.commit_objects(ingest)
+        assert bytes(core.objects.read(oid)) == data
+    monkeypatch.undo()
+    assert seen == [len(data)]
+    assert report.from_cache == 1 and report.objects_received == 1
+    assert entry.stat().st_size == len(data) + (64 << 20)  # (not dropped: it served)
+
+
+def test_a_large_cached_object_that_grows_after_its_size_check_is_read_no_further(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for a large (loose) object pulled by a store: the copy into the store
+    stops at the size checked, and the object is taken from the cache."""
+    first = _fetched_with_cache(tmp_path, dsv, source, "first")
+    assert dsv("pull", cwd=first).code == 0  # fills the cache
+    second = _fetched_with_cache(tmp_path, dsv, source, "second")
+    data = (source / "big/shard.bin").read_bytes()
+    oid = __import__("dsv.hashing", fromlist=["hash_bytes"]).hash_bytes(data)
+    entry = tmp_path / "cache" / "loose" / oid[:2] / oid
+    assert entry.stat().st_size == len(data)
+    with monkeypatch.context() as patched:
+        seen = _grows_after_fstat(patched, entry, 64 << 20)
+        r = dsv("pull", "--json", cwd=second)
+    assert r.code == 0, r.err
+    assert seen == [len(data)]
+    report = __import__("json").loads(r.out)
+    assert report["from_cache"] == report["objects_received"], report
+    assert entry.stat().st_size == len(data) + (64 << 20)
+    assert dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=second).code == 0
+    assert read_tree(tmp_path / "out") == read_tree(source)
+    assert dsv("verify", cwd=second).code == 0
+
+
+@pytest.mark.parametrize("when", ["after its size check", "after its hash check"])
+def test_a_cached_large_file_that_grows_while_a_reader_reads_it_is_read_no_further(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """`dsv get --cache` (no store) of a large file: the reader checks the entry's size,
+    hashes it, then streams it out. Grown by 64 MiB at either point, it is read no further
+    than its size: the entry serves, and the file is whole."""
+    from dsv.sync import reader as reader_mod
+    assert dsv("push", cwd=source).code == 0
+    remote, cache = tmp_path / "remote", tmp_path / "cache"
+    r = dsv("get", remote, "data:latest", "big/shard.bin", "--to", tmp_path / "one",
+            "--cache", cache, cwd=tmp_path)
+    assert r.code == 0, r.err
+    data = (source / "big/shard.bin").read_bytes()
+    oid = __import__("dsv.hashing", fromlist=["hash_bytes"]).hash_bytes(data)
+    entry = cache / "loose" / oid[:2] / oid
+    assert entry.stat().st_size == len(data)
+    with monkeypatch.context() as patched:
+        if when == "after its size check":
+            _grows_after_fstat(patched, entry, 64 << 20)
+        else:
+            holds = reader_mod._holds
+
+            def grows_after(f, e) -> bool:  # noqa: ANN001
+                held = holds(f, e)
+                os.truncate(entry, len(data) + (64 << 20))
+                return held
+            patched.setattr(reader_mod, "_holds", grows_after)
+        r = dsv("get", remote, "data:latest", "big/shard.bin", "--to", tmp_path / "two",
+                "--cache", cache, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert (tmp_path / "two/big/shard.bin").read_bytes() == data
+    assert entry.stat().st_size == len(data) + (64 << 20)  # it served: not dropped

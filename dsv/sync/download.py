@@ -17,6 +17,7 @@ from functools import partial
 
 from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
+from ..fileio import read_at_most
 from ..hashing import hash_bytes
 from ..model import Version
 from ..reports import FetchReport, PullReport
@@ -459,10 +460,11 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
                 fd = cache.open_entry(path) if filled else None
             if fd is not None:
                 try:
-                    if os.fstat(fd).st_size == sizes.get(oid, -1):
+                    size = sizes.get(oid, -1)
+                    if os.fstat(fd).st_size == size:  # (and read no further: it may grow)
                         if small:
-                            return keep(iter(partial(os.read, fd, 1 << 20), b"")), cached
-                        return ingest.add_large_fd(fd, oid)[1], cached
+                            return keep([read_at_most(fd, size)]), cached
+                        return ingest.add_large_fd(fd, oid, limit=size)[1], cached
                 except CorruptObject:
                     pass
                 finally:

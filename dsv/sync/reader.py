@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from .. import tree, worktree
 from ..errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefError
+from ..fileio import pieces_at_most
 from ..hashing import hash_bytes, is_hash, new_hasher
 from ..jsonio import load_bounded
 from ..model import COMMITTED, FileRow, Version
@@ -720,8 +721,8 @@ class RemoteReader:
                     # Checked before any byte is given out: a damaged entry costs a
                     # download, not the read (and is read no further than its size).
                     if _holds(f, entry):
-                        f.seek(0)
-                        yield from _Hashed(iter(lambda: f.read(1 << 20), b""), entry.size)
+                        yield from _Hashed(pieces_at_most(f.fileno(), entry.size),
+                                           entry.size)
                         return
                 self.cache.drop(path)
         self._origin(entry.oid)
@@ -838,12 +839,9 @@ def _holds(f: BinaryIO, entry: tree.Entry) -> bool:
     (a truncated or huge sparse file is not read), then its hash."""
     if os.fstat(f.fileno()).st_size != entry.size:
         return False
-    stream = _Hashed(iter(lambda: f.read(1 << 20), b""), entry.size)
-    try:
-        for _piece in stream:
-            pass
-    except CorruptObject:  # (grew since the fstat)
-        return False
+    stream = _Hashed(pieces_at_most(f.fileno(), entry.size), entry.size)
+    for _piece in stream:  # (no further than that size: another user may append to it)
+        pass
     return stream.count == entry.size and stream.hasher.hexdigest() == entry.oid
 
 
