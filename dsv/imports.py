@@ -61,8 +61,11 @@ def default_name(url: str) -> str:
     return cleaned if cleaned and refs.is_valid_name(cleaned) else bucket
 
 
-def _source_key(bucket: str, obj: s3.S3Object) -> str:
-    return f"{bucket}/{obj.key}@{obj.version_id or obj.etag}"
+def _source_key(client: s3.S3Client, bucket: str, obj: s3.S3Object) -> str:
+    """What table `imported` calls a downloaded object: the endpoint's URL, bucket, key
+    and pin. (A VersionId, or a multipart ETag, is only a name the server chose: bytes
+    one endpoint gave under it are not another endpoint's.)"""
+    return f"{client.meta.endpoint_url}/{bucket}/{obj.key}@{obj.version_id or obj.etag}"
 
 
 def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
@@ -197,9 +200,9 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
         same = _same_import(core, name, url, {paths[o.key]: _file_record(o) for o in objects})
         if same is not None:
             return same
-    done = core.index.imported(_source_key(bucket, o) for o in objects)
-    todo = [o for o in objects if _source_key(bucket, o) not in done
-            or not _still_stored(core, *done[_source_key(bucket, o)])]
+    done = core.index.imported(_source_key(client, bucket, o) for o in objects)
+    todo = [o for o in objects if _source_key(client, bucket, o) not in done
+            or not _still_stored(core, *done[_source_key(client, bucket, o)])]
     try:
         _check_free_space(core, _space_needed(todo))
     except InvalidInput as exc:  # (its hint is a pull's)
@@ -210,11 +213,11 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             for batch in _batches(todo):
                 _download_batch(core, client, bucket, batch, pool, advance)
-    done = core.index.imported(_source_key(bucket, o) for o in objects)
+    done = core.index.imported(_source_key(client, bucket, o) for o in objects)
     manifest = {}
     record_files = {}
     for obj in objects:
-        oid, size, listed = done[_source_key(bucket, obj)]
+        oid, size, listed = done[_source_key(client, bucket, obj)]
         path = paths[obj.key]
         manifest[path] = tree.Entry(tree.FILE, 0o644, size, oid, listed)
         record_files[path] = _file_record(obj)
@@ -312,7 +315,7 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
                 oid = hash_bytes(data)
                 add(oid, KIND_BLOB, data)
             assert oid is not None
-            rows.append((_source_key(bucket, obj), oid, size, listed))
+            rows.append((_source_key(client, bucket, obj), oid, size, listed))
             advance(1, size)
         # Staged objects are this process's until published: gc cannot take them.
         crashpoint("import:objects-staged")

@@ -497,3 +497,24 @@ def test_a_malformed_import_record_is_refused_by_check(store, tmp_path: Path, s3
     assert res.code == 1 and res.err.startswith(
         "error: d:latest has a malformed import record"), res.err
     assert "bug in dsv" not in res.err
+
+
+def test_what_one_endpoint_served_is_not_taken_for_another_endpoints_object(
+        store, s3, bucket, s3_endpoint, monkeypatch) -> None:
+    """The record of what an import downloaded (for resuming) names the endpoint: bytes
+    one server gave for bucket/key@pin (a VersionId or multipart ETag is only a name the
+    server chose) are not reused when another endpoint names the same bucket, key and
+    pin; the same endpoint's are."""
+    s3.put_object(Bucket=bucket, Key="r/a.bin", Body=b"payload")
+    opened: list[str] = []
+    real_open = imports.s3.open_object
+    monkeypatch.setattr(imports.s3, "open_object",
+                        lambda c, b, o: opened.append(o.key) or real_open(c, b, o))
+    store.import_s3(f"s3://{bucket}/r/", endpoint_url=s3_endpoint)
+    store.import_s3(f"s3://{bucket}/r/", name="again", endpoint_url=s3_endpoint)
+    assert opened == ["r/a.bin"]
+    other = s3_endpoint.replace("127.0.0.1", "localhost")
+    assert other != s3_endpoint
+    v = store.import_s3(f"s3://{bucket}/r/", name="other", endpoint_url=other)
+    assert opened == ["r/a.bin", "r/a.bin"]
+    assert _files(store, f"other:{v.id}") == {"a.bin": b"payload"}
