@@ -166,6 +166,15 @@ def _check_env_names(inputs: dict[str, str], outputs: dict[str, str]) -> None:
             seen[var] = name
 
 
+def _check_not_a_link(*paths: Path) -> None:
+    """Refuse an output whose directory (or the mount root) the job replaced by a link:
+    following it would store whatever it points at, `.dsv/` itself included."""
+    for path in paths:
+        if os.path.islink(path):
+            raise UnsafePath(f"{path} was replaced by a link; dsv never follows a link it "
+                             "did not make")
+
+
 Mounter = Callable[[Version, Path, int], Callable[[], None]]
 """Mounts a version read-only at a directory (lazily, `dsv mount`) until it is unmounted
 (the returned call) or the pipe whose read end is the third argument has no writer left;
@@ -280,6 +289,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
         with core.locked("run: saving outputs"):
             for name, ds in out_datasets.items():
                 try:
+                    _check_not_a_link(root, root / name)
                     result.outputs[name] = versions.create_version_from_path(
                         core, ds.id, root / name, text, lineage=lineage, commit=False)
                 except (DsvError, OSError) as exc:  # what the job left cannot be stored
@@ -330,7 +340,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     os.close(fd)
         for tree in trees.values():
             tree.close()
-        if keep_root:
+        if keep_root and not os.path.islink(root):
             for name in in_versions:  # (private copies, or empty mount points)
                 shutil.rmtree(root / name, ignore_errors=True)
         elif mount_root is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,7 +181,8 @@ def test_two_bindings_that_would_share_one_variable_are_refused(project, tmp_pat
     assert [x.id for x in store.versions("model")] == []
 
 
-@pytest.mark.parametrize("bad", ["absolute-link", "name-not-utf8", "directory-gone"])
+@pytest.mark.parametrize("bad", ["absolute-link", "name-not-utf8", "directory-gone",
+                                 "directory-a-link-to-the-store"])
 def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(project,
                                                                           bad: str) -> None:
     """A job that exits 0 leaving one output dsv cannot store (a link out of it, a name
@@ -190,14 +192,18 @@ def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(projec
     store.create_dataset("other", path=ws / "other")
     spoil = {"absolute-link": 'ln -s /etc/passwd "$DSV_OUTPUT_BAD/p"',
              "name-not-utf8": 'printf x > "$DSV_OUTPUT_BAD/$(printf \'\\377\')"',
-             "directory-gone": 'rmdir "$DSV_OUTPUT_BAD"'}[bad]
+             "directory-gone": 'rmdir "$DSV_OUTPUT_BAD"',
+             "directory-a-link-to-the-store": f'rmdir "$DSV_OUTPUT_BAD"; '
+                                              f'ln -s {ws / ".dsv"} "$DSV_OUTPUT_BAD"'}[bad]
     job = f'echo good > "$DSV_OUTPUT_GOOD/ok"; echo "$DSV_MOUNT_ROOT" > root.txt; {spoil}'
     done = run_dsv("run", "-o", "good=model", "-o", "bad=other", "--", "sh", "-c", job, cwd=ws)
     assert done.returncode == 1, done.stderr
     root = Path((ws / "root.txt").read_text().strip())
     reason = {"absolute-link": "symlink 'p' points to an absolute path (/etc/passwd)",
               "name-not-utf8": "file name b'\\xff' is not valid UTF-8",
-              "directory-gone": f"{root / 'bad'} is not a directory"}[bad]
+              "directory-gone": f"{root / 'bad'} is not a directory",
+              "directory-a-link-to-the-store": f"{root / 'bad'} was replaced by a link; "
+                                               "dsv never follows a link it did not make"}[bad]
     drafts = store.versions("model")
     assert [x.state for x in drafts] == ["draft"]
     assert done.stderr.splitlines()[0] == (
@@ -211,6 +217,27 @@ def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(projec
         assert (root / "bad" / os.fsdecode(b"\xff")).read_bytes() == b"x"
     store.get_files(f"model:{drafts[0].id}", ws / "seen")
     assert read_tree(ws / "seen") == {"ok": b"good\n"}
+
+
+def test_a_mount_root_the_job_replaced_by_a_link_is_not_followed(project) -> None:
+    store, ws, _v, _big = project
+    (ws / "elsewhere" / "model").mkdir(parents=True)
+    (ws / "elsewhere" / "model" / "x").write_bytes(b"not the job's\n")
+    job = (f'echo "$DSV_MOUNT_ROOT" > root.txt; mv "$DSV_MOUNT_ROOT" "$DSV_MOUNT_ROOT.gone"; '
+           f'ln -s {ws / "elsewhere"} "$DSV_MOUNT_ROOT"')
+    done = run_dsv("run", "-o", "model=model", "--", "sh", "-c", job, cwd=ws)
+    root = Path((ws / "root.txt").read_text().strip())
+    try:
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines()[0] == (
+            f"error: output model (model) could not be saved: {root} was replaced by a link; "
+            f"dsv never follows a link it did not make; nothing was committed; what the job "
+            f"wrote stays in {root}")
+        assert store.versions("model") == []
+        assert (ws / "elsewhere" / "model" / "x").read_bytes() == b"not the job's\n"
+    finally:
+        os.unlink(root)
+        shutil.rmtree(f"{root}.gone")
 
 
 def test_two_outputs_into_one_dataset_are_two_consecutive_versions(project) -> None:
