@@ -48,7 +48,8 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
     (the read end of a pipe) the mount ends by itself once every holder of the pipe's
     write end has closed it or died (see `end_with`)."""
     fuse_module()
-    target = Path(directory).absolute()
+    # (the directory a link names: where the kernel mounts, and what ismount checks)
+    target = _resolved(directory)
     if not target.is_dir():
         raise InvalidInput(f"{directory} is not a directory", hint="make it first")
     if os.path.ismount(target):
@@ -89,6 +90,13 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
                     .splitlines() if line.strip() and not line.startswith(" ")]
             raise DsvError(message or (said[-1] if said else
                                        f"the mount of {pinned} at {directory} did not start"))
+
+
+def _resolved(directory: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(directory).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise InvalidInput(f"{directory} cannot be resolved: {exc}") from None
 
 
 def _wait_ready(fd: int) -> str:
@@ -153,7 +161,7 @@ def end_with(lifeline: int, directory: str | os.PathLike[str]) -> None:
 
 def unmount(directory: str | os.PathLike[str]) -> None:
     """Unmount a `dsv mount` (fusermount3, fusermount, or umount)."""
-    target = str(Path(directory).absolute())
+    target = str(_resolved(directory))
     if not os.path.ismount(target):
         raise InvalidInput(f"{directory} is not mounted")
     why = "no fusermount3, fusermount or umount here"

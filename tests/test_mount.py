@@ -96,6 +96,33 @@ def test_mount_of_a_stores_version(tmp_path, dsv, mounts):
     assert res.code == 1 and "is not mounted" in res.err
 
 
+def test_a_mount_point_given_as_a_link_is_the_directory_it_names(tmp_path, dsv, mounts):
+    """`dsv mount REF LINK` mounts at the directory LINK names: a second mount there is
+    refused as over any mount point, and `dsv umount LINK` (what mount says) ends it."""
+    ws = _dataset(tmp_path, dsv)
+    real = tmp_path / "real"
+    real.mkdir()
+    mounts.append(real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    _ok(dsv("mount", "raw:v1", link, cwd=ws))
+    assert os.path.ismount(real) and (link / "a.txt").read_bytes() == b"alpha\n"
+    res = dsv("mount", "raw:v1", link, cwd=ws)
+    assert res.code == 1 and res.err.splitlines()[0] == \
+        f"error: {link} is a mount point already", res.err
+    assert len([m for m in Path("/proc/mounts").read_text().splitlines()
+            if f" {real} " in m]) == 1
+    _ok(dsv("umount", link, cwd=tmp_path))
+    assert not os.path.ismount(real) and os.listdir(real) == []
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for args in (("mount", "raw:v1", tmp_path / "loop1"), ("umount", tmp_path / "loop1")):
+        res = dsv(*args, cwd=ws)
+        assert res.code == 1 and res.err.startswith(
+            f"error: {tmp_path / 'loop1'} cannot be resolved: Symlink loop"), res.err
+        assert "bug in dsv" not in res.err
+
+
 def test_mount_straight_from_s3_reads_lazily_and_never_returns_damage(
         tmp_path, dsv, mounts, s3_endpoint, aws_env):
     ws = _dataset(tmp_path, dsv)
