@@ -228,3 +228,68 @@ def test_a_cached_large_file_that_grows_while_a_reader_reads_it_is_read_no_furth
     assert r.code == 0, r.err
     assert (tmp_path / "two/big/shard.bin").read_bytes() == data
     assert entry.stat().st_size == len(data) + (64 << 20)  # it served: not dropped
+
+
+# ---- 3. locators in the cache that lie about where an object is ---------------------------
+
+def _rewrite_cached_places(cache: Path, oid: str, place: tuple[str | None, int, int]) -> int:
+    """Every locator in the cache that places `oid` now places it at `place`; how many."""
+    from dsv.remotes import layout
+    changed = 0
+    for path in (cache / "loc").rglob("*"):
+        if not path.is_file():
+            continue
+        loc = layout.parse_locator(path.read_bytes(), path.name)
+        if oid in loc.places:
+            loc.places[oid] = place
+            path.write_bytes(layout.encode_locator(loc.data, loc.places, loc.nodes or None))
+            changed += 1
+    return changed
+
+
+@pytest.mark.parametrize("lie", ["the whole pack", "past the pack's end", "a huge loose file"])
+def test_a_cached_locator_whose_length_lies_costs_a_lookup_never_a_big_read(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch, lie: str) -> None:
+    """A reader without a store, sharing a cache where another user rewrote the locators:
+    a 300-byte file is placed as a whole 6 MiB pack, as a range past the pack's end, or as
+    a loose file of 1 TiB. Such a place is not trusted (its length is not the file's
+    size): the file is found by the pack indexes, read in a range of its own size, and
+    the command succeeds."""
+    from dsv.hashing import hash_bytes
+    from dsv.remotes.fs import FsBackend
+    files = {f"w/f{i}.bin": os.urandom((1 << 20) - 1000) for i in range(6)}
+    files["small.bin"] = os.urandom(300)
+    src = tmp_path / "src"
+    write_tree(src, files)
+    assert dsv("init", "--name", "data", src, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=src).code == 0
+    remote, cache = tmp_path / "remote", tmp_path / "cache"
+    assert dsv("remote", "add", "origin", remote, cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    r = dsv("get", remote, "data:latest", "small.bin", "--to", tmp_path / "one",
+            "--cache", cache, cwd=tmp_path)
+    assert r.code == 0, r.err
+    oid = hash_bytes(files["small.bin"])
+    (cache / "loose" / oid[:2] / oid).unlink()  # the file itself is not in the cache
+    pack = max((remote / "packs").iterdir(), key=lambda p: p.stat().st_size)
+    size = pack.stat().st_size
+    assert size > 5 << 20
+    place = {"the whole pack": (pack.stem, 0, size),
+             "past the pack's end": (pack.stem, size - 100, 300),
+             "a huge loose file": (None, 0, 1 << 40)}[lie]
+    assert _rewrite_cached_places(cache, oid, place) >= 1
+    reads: list[int] = []
+    real = FsBackend.get_range
+
+    def counted(self: FsBackend, key: str, start: int, length: int) -> bytes:
+        reads.append(length)
+        return real(self, key, start, length)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FsBackend, "get_range", counted)
+        r = dsv("get", remote, "data:latest", "small.bin", "--to", tmp_path / "two",
+                "--cache", cache, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "Traceback" not in r.err
+    assert (tmp_path / "two/small.bin").read_bytes() == files["small.bin"]
+    assert reads and max(reads) <= 300, reads

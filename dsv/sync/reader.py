@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import BinaryIO
 
 from .. import tree, worktree
@@ -470,12 +471,13 @@ class RemoteReader:
             packed = {oid: (p, o, n) for oid, (p, o, n) in places.items() if p is not None}
             ranges = coalesce(packed)
             found: dict[str, Blob | None] = {}
+            get_range = partial(self._get_range, hint=not stale)
             if len(ranges) + len(loose) == 1:  # (one GET: a chunk run, one file) here
-                found = self._get_range(ranges[0]) if ranges else \
+                found = get_range(ranges[0]) if ranges else \
                     {o: self._get_loose((o, n)) for o, n in loose.items()}
             else:
                 pool = self._workers()
-                for got in pool.map(self._get_range, ranges):
+                for got in pool.map(get_range, ranges):
                     found.update(got)
                 found.update(zip(loose, pool.map(self._get_loose, loose.items()),
                                  strict=True))
@@ -498,23 +500,34 @@ class RemoteReader:
 
     def _locate(self, wanted: dict[str, int], stale: bool) -> dict[str, layout.Location]:
         """Where each wanted object is: as the locators place it, unless `stale` (those
-        places held other bytes): then by the pack indexes, or loose."""
+        places held other bytes): then by the pack indexes, or loose. A place whose length
+        is not the object's size (a locator anyone who can write the cache may have
+        rewritten) is not one: no read is longer than the object it is for."""
         out: dict[str, layout.Location] = {}
         picture = self._read_picture() if stale else None
         for oid, size in wanted.items():
             place = picture.get(oid) if picture is not None else self._places.get(oid)
+            if place is not None and place[2] != size:
+                place = None
             if place is None and not stale:
                 picture = self._read_picture()
                 place = picture.get(oid)
-            out[oid] = place if place is not None else (None, 0, size)
+            out[oid] = place if place is not None and place[2] == size else (None, 0, size)
         return out
 
-    def _get_range(self, job: tuple[str, int, int, list[tuple[str, int, int]]]
-                   ) -> dict[str, Blob | None]:
+    def _get_range(self, job: tuple[str, int, int, list[tuple[str, int, int]]],
+                   hint: bool = False) -> dict[str, Blob | None]:
+        """The objects of one ranged read of a pack (None for each that is not there).
+        When the places were a locator's `hint`, any failure to read them (a range past
+        the pack's end, a pack gone since) only sends them to the pack indexes."""
         pack, start, length, group = job
         try:
             data = self.backend.get_range(layout.pack_key(pack), start, length)
         except (NotFound, RemoteRefused):  # (a pack gone since it was placed: looked up)
+            return {oid: None for oid, _o, _n in group}
+        except RemoteError:
+            if not hint:
+                raise
             return {oid: None for oid, _o, _n in group}
         out: dict[str, Blob | None] = {}
         view = memoryview(data)
