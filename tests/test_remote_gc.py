@@ -283,17 +283,106 @@ def test_a_push_waits_for_a_running_gc(tmp_path: Path) -> None:
     _clone_matches(str(remote), tmp_path / "clone", read_tree(b))
 
 
-def test_gc_refuses_while_a_ref_cannot_be_read(tmp_path: Path) -> None:
+def test_a_ref_that_changes_while_gc_runs_stops_it(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ref that names another record when gc reads every ref again than when the
+    fetch read it (a push that takes no lease): nothing is deleted."""
+    import dsv.sync.gc as gc_module
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"f.bin": os.urandom(4000)}, str(remote))
-    ok("push", cwd=ws)
-    (remote / "refs" / "someone" / "tags").mkdir(parents=True)
-    (remote / "refs" / "someone" / "tags" / "t").write_text('{"not": "a ref"}')
-    listing = DirView(remote).listing()
-    r = run_dsv("gc", "--remote", "origin", cwd=ws)
-    assert r.returncode == 1 and "refs/someone/tags/t" in r.stderr
-    assert "gc deletes nothing while a ref could reach anything" in r.stderr
-    assert DirView(remote).listing() == listing
+    _push_two_then_back_to_one(ws, {"g.bin": os.urandom(4000)})
+    two = json.loads(ok("show", "raw:latest", "--json", cwd=ws).stdout)
+    [latest] = list((remote / "refs").rglob("latest"))
+    moved = json.dumps({**json.loads(latest.read_bytes()), "record": "ab" * 32})
+    real = gc_module.fetch
+
+    def fetch_then_move(*args, **kwargs):  # (a push between the fetch and the check)
+        out = real(*args, **kwargs)
+        latest.write_text(moved)
+        return out
+
+    monkeypatch.setattr(gc_module, "fetch", fetch_then_move)
+    r = dsv("gc", "--remote", "origin", cwd=ws)
+    assert r.code == 1 and "changed while gc ran" in r.err and "nothing was deleted" in r.err
+    assert two["record"] in read_remote(DirView(remote)).objects
+
+
+def _stranger(ds: str, record: str, version: str, kind: str) -> tuple[str, bytes]:
+    """A file under refs/ that no reader takes for a ref, which names `record`."""
+    body = json.dumps({"dataset": ds, "record": record, "version": version},
+                      sort_keys=True, separators=(",", ":")).encode()
+    if kind == "cut":   # a ref caught mid-write (a copy by another tool, say)
+        return f"refs/{ds}/tags/old", body[:body.index(record.encode()) + 64 + 2]
+    if kind == "newer":  # a ref of a kind a newer dsv might write
+        return f"refs/{ds}/branches/exp", body
+    if kind == "other-dataset":  # names a version that is not its dataset's
+        return f"refs/{'z' * 8}/latest", body.replace(ds.encode(), b"z" * 8)
+    return f"refs/{ds}/tags/big", body + b" " * (70 << 10)   # larger than any ref
+
+
+@pytest.mark.parametrize("kind", ["nothing", "cut", "newer", "other-dataset", "s3-large"])
+def test_files_under_refs_that_are_no_refs_neither_stop_gc_nor_lose_what_they_name(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """Readers ignore a file under refs/ that is no ref they can read; gc refused for
+    ever on one. Now it goes on; but such a file may be a ref caught mid-write, damaged,
+    or of a newer dsv, so the version records it names (that the remote holds) are kept
+    with their history, as a ref's. One that names none is ignored, with a warning."""
+    one = {"keep.bin": os.urandom(5000), "a/small.txt": b"alpha\n"}
+    if kind == "s3-large":
+        request.getfixturevalue("aws_env")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = new_bucket(endpoint)
+        url, extra = f"s3://{bucket}/r", ["--endpoint-url", endpoint]
+        view: DirView | S3View = S3View(endpoint, bucket, "r")
+    else:
+        url, extra = str(tmp_path / "remote"), []
+        view = DirView(tmp_path / "remote")
+
+    def put(key: str, data: bytes) -> None:
+        if isinstance(view, S3View):
+            view.client.put_object(Bucket=view.bucket, Key=view.prefix + key, Body=data)
+        else:
+            (view.root / key).parent.mkdir(parents=True, exist_ok=True)
+            (view.root / key).write_bytes(data)
+
+    ws = _ws(tmp_path / "ws", one, url, *extra)
+    _push_two_then_back_to_one(ws, {"dead.bin": os.urandom(7000),
+                                    "big-dead.bin": os.urandom(1_200_000)})
+    two = json.loads(ok("show", "raw:latest", "--json", cwd=ws).stdout)
+    dead = _version_objects(ws, "raw:latest")
+    # (version two is not the local latest: the local store had moved on, then forced
+    # the remote back)
+    planted = {"refs/junk": os.urandom(300),
+               "refs/someone/tags/t": b'{"not": "a ref"}',
+               f"refs/{two['dataset']}/tags/.v1.Xz09": view.get(
+                   f"refs/{two['dataset']}/latest")}   # (names the live record)
+    if kind != "nothing":
+        key, data = _stranger(two["dataset"], two["record"], two["id"], kind)
+        planted[key] = data
+    for key, data in planted.items():
+        put(key, data)
+    r = run_dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "bug in dsv" not in r.stderr
+    for key in ("refs/junk", "refs/someone/tags/t"):
+        assert f"warning: ignored {key} on origin: not a ref dsv can read" in r.stderr
+    for key, data in planted.items():  # gc never touches refs
+        assert view.get(key) == data
+        if isinstance(view, S3View):  # (tests/servers.py reads only refs)
+            view.client.delete_object(Bucket=view.bucket, Key=view.prefix + key)
+        else:
+            (view.root / key).unlink()
+    held = read_remote(view).objects
+    if kind == "nothing":
+        assert json.loads(r.stdout)["objects_deleted"] == len(dead - _version_objects(
+            ws, "raw:latest~1"))
+        assert not dead - _version_objects(ws, "raw:latest~1") & held
+    else:
+        assert json.loads(r.stdout)["objects_deleted"] == 0
+        assert dead <= held, "gc deleted what a ref caught mid-write may name"
+        assert f"{key} on origin is not a ref dsv can read, but names version record " \
+            f"{two['record'][:12]}" in r.stderr
+    _clone_matches(url, tmp_path / "clone", one, *extra)
 
 
 # The randomized run below: rounds alternate pushes first (even) and gc first (odd), so

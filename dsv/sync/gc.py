@@ -9,8 +9,10 @@ killed pushes), and the leases of killed pushes.
 Safety with concurrent clients rests on two leases (sync.maintain): the gc holds the
 remote's maintenance lease marked `gc`, and deletes nothing while any push holds a live
 lease in `locks/`; a push waits while a gc's lease holds, and moves no ref unless its own
-lease held throughout (else it looks at the remote afresh and uploads what is gone). Every
-ref must be readable, or nothing is deleted. Before its first delete the gc changes the
+lease held throughout (else it looks at the remote afresh and uploads what is gone). A
+file under refs/ that is no ref readers take still keeps the version records it names (it
+may be a ref mid-write, damaged, or a newer dsv's); one that cannot be read at all stops
+the gc. Before its first delete the gc changes the
 remote's gc generation (`gc.json`), so every client reads its picture of the remote afresh
 before it relies on it again. Readers take no lock: only what no ref reaches is deleted,
 and a live object moves to its new pack before the old one goes.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +35,8 @@ from ..hashing import hash_bytes, is_hash
 from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
-from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
+from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError,
+                            RemoteRefused, TooLarge)
 from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, RemoteRef, index_key,
                               pack_key)
 from ..reporting import plural
@@ -108,13 +112,15 @@ def _pushes(live: list[float], name: str) -> str:
 
 def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | None) -> None:
     _fetch_report, remote_refs = fetch(core, remote, whole=True, history=True)
-    _check_every_ref(remote, remote_refs)
+    strangers = _check_every_ref(core, remote, remote_refs)
     listing = _Listing(remote)
     entries = _read_indexes(core, remote, listing)
     if set(entries) != set(core.index.remote_packs(remote.name)):
         raise RemoteError(f"the packs of {remote.name} changed while gc read them; nothing "
                           f"was deleted", hint="run gc again")
-    keep = _reachable(core, remote, remote_refs, report)
+    keep, records = _reachable(core, remote, remote_refs, report,
+                               {oid for named in strangers.values() for oid in named})
+    _tell_strangers(core, remote, strangers, records)
     crashpoint("gc:planned")
     upgrade = lease is not None and remote.format < layout.CATALOG_FORMAT
     if upgrade:
@@ -161,30 +167,64 @@ def _write_catalogs(core: Core, remote: Remote, remote_refs: dict[tuple[str, str
             advance(1, 0)
 
 
-def _check_every_ref(remote: Remote, accepted: dict[tuple[str, str], RemoteRef]) -> None:
-    """Every ref file on the remote is a tombstone or a ref the fetch accepted, naming
-    the same record: a ref gc cannot read could reach anything, so nothing is deleted."""
+def _check_every_ref(core: Core, remote: Remote, accepted: dict[tuple[str, str], RemoteRef]
+                     ) -> dict[str, list[str]]:
+    """Every ref file on the remote is a tombstone, a ref the fetch accepted naming the
+    same record (else a push moved it meanwhile: nothing is deleted), or a stranger:
+    a file readers do not take for a ref (no ref name, a body that does not parse, one
+    too large, a version not of its dataset). A stranger may still be a ref caught
+    mid-write, damaged, or of a newer dsv, so it is not ignored outright: returned are,
+    for each, the objects of the remote its bytes name by id (its first MAX_REF_BYTES),
+    which gc keeps, with their history, where they are version records."""
     def read(key: str) -> tuple[str, tuple[bytes, str] | None]:
         try:
             return key, remote.backend.read_ref(key)
+        except TooLarge:
+            pass  # no ref; what it starts with is looked at all the same
+        except RemoteRefused as exc:
+            raise _unreadable(remote, key, exc.message) from None
+        try:
+            size = remote.backend.head(key)
+            if size is None:
+                return key, None
+            return key, (remote.backend.get_range(key, 0, min(size, MAX_REF_BYTES)), "")
         except RemoteRefused as exc:
             raise _unreadable(remote, key, exc.message) from None
 
     with ThreadPoolExecutor(WORKERS) as pool:
         found = list(pool.map(read, [key for key, _size in remote.backend.list(layout.REFS)]))
+    strangers: dict[str, list[str]] = {}
     for key, got in found:
         if got is None or layout.is_tombstone(key, got[0]):
             continue
-        ref = layout.parse_ref(key, *got)
-        if ref is None:
-            raise _unreadable(remote, key, "not a ref dsv writes")
-        seen = accepted.get((ref.dataset, ref.ref))
-        if seen is None:
-            raise _unreadable(remote, key, "its version is not one the fetch could accept")
-        if seen.record != ref.record:
+        ref = layout.parse_ref(key, *got) if got[1] else None
+        seen = accepted.get((ref.dataset, ref.ref)) if ref is not None else None
+        if ref is None or seen is None:
+            named = sorted({m.decode() for m in _OBJECT_ID.findall(got[0])})
+            strangers[key] = sorted(core.index.remote_locate_many(remote.name, named))
+        elif seen.record != ref.record:
             raise RemoteError(f"ref {key} on {remote.name} changed while gc ran (a push "
                               f"that takes no lease?); nothing was deleted",
                               hint="run gc again")
+    return strangers
+
+
+_OBJECT_ID = re.compile(rb"[0-9a-f]{64}")
+
+
+def _tell_strangers(core: Core, remote: Remote, strangers: dict[str, list[str]],
+                    records: set[str]) -> None:
+    for key, named in sorted(strangers.items()):
+        held = [oid for oid in named if oid in records]
+        if held:
+            more = f" and {plural(len(held) - 1, 'other')}" if len(held) > 1 else ""
+            core.reporter.notice(f"warning: {key} on {remote.name} is not a ref dsv can "
+                                 f"read, but names version record {held[0][:12]}{more}: "
+                                 f"kept, with its history, as a ref's (remove {key} from "
+                                 f"the remote if it is no ref)")
+        else:
+            core.reporter.notice(f"warning: ignored {key} on {remote.name}: not a ref dsv "
+                                 f"can read, and it names no version record there")
 
 
 def _unreadable(remote: Remote, key: str, why: str) -> RemoteError:
@@ -194,18 +234,21 @@ def _unreadable(remote: Remote, key: str, why: str) -> RemoteError:
 
 
 def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], RemoteRef],
-               report: RemoteGcReport) -> set[str]:
-    """Every object a ref reaches: the records of its version and of their ancestors on
-    the remote (followed through the parent records each record names), and every tree
-    and blob under them (the fetch brought every record and tree the refs reach, and
-    `_Objects` what it could not see: a parent record a pack lists under another kind)."""
+               report: RemoteGcReport, extra: set[str]) -> tuple[set[str], set[str]]:
+    """Every object a ref reaches, and the version records among them: the records of
+    its version and of their ancestors on the remote (followed through the parent records
+    each record names), and every tree and blob under them (the fetch brought every
+    record and tree the refs reach, and `_Objects` what it could not see: a parent record
+    a pack lists under another kind). `extra` are ids a file that may be a ref names:
+    those that are version records are walked as a ref's."""
     objects = _Objects(core, remote)
     keep: set[str] = set()
     roots: set[str] = set()
     records: set[str] = set()
-    stack = [r.record for r in remote_refs.values()]
+    stack = [(oid, False) for oid in sorted(extra)] + \
+        [(r.record, True) for r in remote_refs.values()]
     while stack:
-        record = stack.pop()
+        record, named = stack.pop()
         if record in records or record in keep:
             continue
         data = objects.get(record, MAX_RECORD_BYTES)
@@ -214,11 +257,12 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
         try:
             parsed = parse_record(data, record)
         except CorruptObject:
-            keep.add(record)  # (its own bytes, checked, but no record: nothing beyond)
+            if named:  # (its own bytes, checked, but no record: nothing beyond)
+                keep.add(record)
             continue
         records.add(record)
         roots.add(parsed.version.tree)
-        stack.extend(p.record for p in parsed.parents)
+        stack.extend((p.record, True) for p in parsed.parents)
     keep.update(records)
     with core.reporter.task("finding what the refs reach", len(roots)) as advance:
         for root in roots:
@@ -228,7 +272,7 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
     report.refs = len(remote_refs)
     report.versions = len(records)
     report.objects_kept = len(keep)
-    return keep
+    return keep, records
 
 
 class _Objects:
