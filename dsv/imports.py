@@ -16,7 +16,7 @@ import posixpath
 import re
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +49,10 @@ _PINNING_ETAG = re.compile(r"[\x21\x23-\x7e]{1,1024}")
 
 class ImportMismatch(DsvError):
     """The source is not what was pinned (ETag), or no longer what was imported."""
+
+
+class _Stopped(DsvError):
+    """A download given up because another of its batch failed (never shown)."""
 
 
 def default_name(url: str) -> str:
@@ -287,36 +291,56 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
         with adding:
             ingest.add_borrowed(KIND_BLOB, pieces)
 
+    stop = threading.Event()
+
     def fetch(obj: s3.S3Object) -> tuple[s3.S3Object, bytes | None, str | None, int, str]:
+        if stop.is_set():
+            raise _Stopped("stopped")
         body = s3.open_object(client, bucket, obj)
         md5 = hashlib.md5(usedforsecurity=False)
         listed = ""
         try:
             if obj.size < PACK_THRESHOLD:
-                data = b"".join(_at_most(body, obj.size))
+                data = b"".join(_at_most(body, obj.size, stop))
                 md5.update(data)
                 _check(obj, len(data), md5)
                 return obj, data, None, len(data), ""
             if chunking.CHUNK_THRESHOLD <= obj.size <= chunking.MAX_CHUNKED_SIZE:
-                oid, size, listed = _store_chunked(core, obj, body, md5, add, add_chunks)
+                oid, size, listed = _store_chunked(core, obj, body, md5, add, add_chunks,
+                                                   stop)
             else:
-                oid, size = ingest.add_large_stream(_at_most(body, obj.size), md5.update)
+                oid, size = ingest.add_large_stream(_at_most(body, obj.size, stop),
+                                                    md5.update)
         except DsvError:
             raise
         except Exception as exc:
             raise s3.describe(exc, f"downloading s3://{bucket}/{obj.key}") from None
+        finally:
+            body.close()
         _check(obj, size, md5)
         return obj, None, oid, size, listed
 
     rows: list[tuple[str, str, int, str]] = []
     with Ingest(core.objects) as ingest:
-        for obj, data, oid, size, listed in pool.map(fetch, batch):
-            if data is not None:
-                oid = hash_bytes(data)
-                add(oid, KIND_BLOB, data)
-            assert oid is not None
-            rows.append((_source_key(client, bucket, obj), oid, size, listed))
-            advance(1, size)
+        futures = [pool.submit(fetch, obj) for obj in batch]
+        try:
+            for future in as_completed(futures):   # (a failure is seen at once)
+                obj, data, oid, size, listed = future.result()
+                if data is not None:
+                    oid = hash_bytes(data)
+                    add(oid, KIND_BLOB, data)
+                assert oid is not None
+                rows.append((_source_key(client, bucket, obj), oid, size, listed))
+                advance(1, size)
+        except BaseException:
+            # The first failure ends the import: the batch's other downloads do not
+            # start, running ones stop at their next read, and the Ingest is dropped
+            # only once no thread writes into it.
+            stop.set()
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
         # Staged objects are this process's until published: gc cannot take them.
         crashpoint("import:objects-staged")
         with core.locked("import"):
@@ -330,7 +354,7 @@ _CHUNKING = threading.BoundedSemaphore(2)
 
 def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._Hash",
                    add: Callable[[str, int, bytes | memoryview], None],
-                   add_chunks: chunking.Take) -> tuple[str, int, str]:
+                   add_chunks: chunking.Take, stop: threading.Event) -> tuple[str, int, str]:
     """A large object stored as a commit stores a large file: in content-defined chunks
     (those the store holds already skipped) and a chunk list; (blake3 of the whole,
     size, chunk list id). The body is put aside first, in an unnamed file of the store's
@@ -338,7 +362,7 @@ def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._H
     than listed is kept), then read once by the chunker."""
     with tempfile.TemporaryFile(dir=core.objects.tmp_dir) as spool:
         size = 0
-        for piece in _at_most(body, obj.size):
+        for piece in _at_most(body, obj.size, stop):
             md5.update(piece)
             spool.write(piece)
             size += len(piece)
@@ -353,11 +377,14 @@ def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._H
     return oid, size, listed
 
 
-def _at_most(body: s3.Body, size: int) -> Iterator[bytes]:
+def _at_most(body: s3.Body, size: int, stop: threading.Event) -> Iterator[bytes]:
     """The body's bytes, but never more than one past the `size` the listing gave: a
-    server sending more is caught by `_check` without filling memory or the disk."""
+    server sending more is caught by `_check` without filling memory or the disk. Ends
+    with _Stopped once `stop` is set."""
     left = size + 1
     while left > 0:
+        if stop.is_set():
+            raise _Stopped("stopped")
         chunk = body.read(min(_CHUNK, left))
         if not chunk:
             return

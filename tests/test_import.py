@@ -245,6 +245,9 @@ def test_a_server_sending_more_than_it_listed_is_cut_off(store, s3, bucket, s3_e
             read.append(amt)
             return b"x" * amt
 
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(imports.s3, "open_object", lambda client, bucket, obj: Endless())
     with pytest.raises(ImportMismatch, match=f"received {listed + 1} bytes, expected {listed}"):
         store.import_s3(f"s3://{bucket}/data/", endpoint_url=s3_endpoint)
@@ -518,3 +521,51 @@ def test_what_one_endpoint_served_is_not_taken_for_another_endpoints_object(
     v = store.import_s3(f"s3://{bucket}/r/", name="other", endpoint_url=other)
     assert opened == ["r/a.bin", "r/a.bin"]
     assert _files(store, f"other:{v.id}") == {"a.bin": b"payload"}
+
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_failed_download_stops_the_others_of_its_batch(store, s3, bucket, s3_endpoint,
+                                                        monkeypatch, whole: bool) -> None:
+    """One object failing ends the import at once: downloads running beside it stop at
+    their next read (not read to their end, written into a batch already dropped), and
+    nothing they read is left behind in the store's temp directory."""
+    import threading
+    import time
+    from dsv import chunking
+    if whole:
+        monkeypatch.setattr(chunking, "MAX_CHUNKED_SIZE", 1 << 20)
+    size = 5 << 20
+    for i in range(imports.WORKERS - 1):
+        s3.put_object(Bucket=bucket, Key=f"f/{i}.bin", Body=os.urandom(size))
+    s3.put_object(Bucket=bucket, Key="f/bad.bin", Body=b"x" * size)
+    ended: list[str] = []
+    real_open = imports.s3.open_object
+
+    class Slow:
+        def __init__(self, key: str, body) -> None:
+            self.key, self.body = key, body
+
+        def read(self, amt: int | None = None) -> bytes:
+            time.sleep(0.02)
+            data = self.body.read(min(amt or size, 128 << 10))
+            if not data:
+                ended.append(self.key)
+            return data
+
+        def close(self) -> None:
+            self.body.close()
+
+    def failing(c, b, o):
+        if o.key == "f/bad.bin":
+            time.sleep(0.2)   # (the others are under way)
+            raise imports.s3.RemoteError("f/bad.bin: connection reset (injected)")
+        return Slow(o.key, real_open(c, b, o))
+
+    monkeypatch.setattr(imports.s3, "open_object", failing)
+    started = time.monotonic()
+    with pytest.raises(DsvError, match="injected"):
+        store.import_s3(f"s3://{bucket}/f/", endpoint_url=s3_endpoint)
+    assert ended == [] and time.monotonic() - started < 0.6   # (0.8 s to read each whole)
+    assert [p for p in store.tmp_dir.rglob("*") if p.is_file()] == []
+    assert store.datasets() == [] and threading.active_count() < 20
