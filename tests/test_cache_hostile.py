@@ -293,3 +293,41 @@ def test_a_cached_locator_whose_length_lies_costs_a_lookup_never_a_big_read(
     assert "Traceback" not in r.err
     assert (tmp_path / "two/small.bin").read_bytes() == files["small.bin"]
     assert reads and max(reads) <= 300, reads
+
+
+# ---- a directory that cannot be opened just now is not dropped ---------------------------
+
+def _fails_once(monkeypatch: pytest.MonkeyPatch, step: list[str], code: int) -> list[int]:
+    """Opening the cache directory `step` fails once with `code` (ESTALE: an NFS file
+    handle gone stale; EACCES; EIO), as a shared file system does now and then."""
+    from dsv.remotes import cache as cache_mod
+    real, failed = cache_mod.open_dirs, []
+
+    def open_dirs(root: str, parts, *args, **kwargs) -> int:  # noqa: ANN001
+        if list(parts) == step and not failed:
+            failed.append(1)
+            raise OSError(code, os.strerror(code), step[-1])
+        return real(root, parts, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "open_dirs", open_dirs)
+    return failed
+
+
+@pytest.mark.parametrize("code", [errno.ESTALE, errno.EIO, errno.EACCES])
+def test_prune_never_removes_a_directory_it_could_not_open_just_now(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Only a link or a file where packs/ belongs is dropped; a real packs/ that failed
+    to open (a stale NFS handle, an I/O error) stays whole, and prune says what failed."""
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "shared", cache, "--cache", "--write-through",
+               cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    packs = sorted((cache / "packs").iterdir())
+    assert packs
+    with monkeypatch.context() as patched:
+        failed = _fails_once(patched, ["packs"], code)
+        r = dsv("cache", "prune", "--max-size", "1T", cwd=source)
+    assert failed
+    assert sorted((cache / "packs").iterdir()) == packs
+    assert r.code == 1 and r.err.startswith(f"error: {os.strerror(code)}: packs"), r.err
+    assert "Traceback" not in r.err

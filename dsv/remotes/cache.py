@@ -44,6 +44,14 @@ _PENDING_PACK = re.compile(r"packs-([0-9a-f]{64})\.pack")
 _PENDING_LOOSE = re.compile(r"loose-([0-9a-f]{2})-([0-9a-f]{64})")
 
 
+def _not_a_directory(exc: OSError) -> bool:
+    """Whether a step failed to open as a directory because it is none (a link, a file, a
+    FIFO: something to drop), not because it cannot be opened just now (EACCES, EIO, an
+    NFS handle gone stale, out of descriptors): a real directory is never dropped."""
+    return isinstance(exc, (NotADirectoryError, fileio.NotRegularFile)) or \
+        exc.errno in (errno.ENOTDIR, errno.ELOOP)
+
+
 class ClusterCache:
     """A cache directory shared by many machines (NFS, Lustre, a PVC)."""
 
@@ -103,11 +111,10 @@ class ClusterCache:
             return None
         try:
             parent = open_dirs(self.root, parts[:-1])
-        except FileNotFoundError:
-            return None
-        except OSError:
-            self._drop(parts)  # a link or file where a directory belongs: drop it
-            return None
+        except OSError as exc:
+            if _not_a_directory(exc):
+                self._drop(parts)  # a link or file where a directory belongs: drop it
+            return None  # (else absent, or not to be opened just now: read the origin)
         try:
             fd = fileio.open_regular(parts[-1], dir_fd=parent)
         except fileio.NotRegularFile:
@@ -176,10 +183,9 @@ class ClusterCache:
                     return
                 try:
                     step = os.open(part, _DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    return
-                except OSError:
-                    self._drop_at(fd, part)
+                except OSError as exc:
+                    if _not_a_directory(exc):
+                        self._drop_at(fd, part)
                     return
                 os.close(fd)
                 fd = step
@@ -365,7 +371,9 @@ class ClusterCache:
                 top = open_dirs(self.root, [sub])
             except FileNotFoundError:
                 continue
-            except OSError:
+            except OSError as exc:
+                if not _not_a_directory(exc):
+                    raise  # (a real directory that cannot be opened now is never dropped)
                 if bad is not None:
                     self._drop([sub])  # packs/ or loose/ is a link or a file
                 continue
@@ -419,7 +427,9 @@ class ClusterCache:
             directory = open_dirs(self.root, ["tmp"])
         except FileNotFoundError:
             return
-        except OSError:
+        except OSError as exc:
+            if not _not_a_directory(exc):
+                raise
             self._drop(["tmp"])  # a link or a file where tmp/ belongs
             return
         try:
