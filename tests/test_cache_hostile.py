@@ -331,3 +331,17 @@ def test_prune_never_removes_a_directory_it_could_not_open_just_now(
     assert sorted((cache / "packs").iterdir()) == packs
     assert r.code == 1 and r.err.startswith(f"error: {os.strerror(code)}: packs"), r.err
     assert "Traceback" not in r.err
+
+
+def test_a_reader_warns_once_of_a_cache_it_cannot_fill(tmp_path: Path, source: Path,
+                                                        dsv) -> None:
+    """`dsv get --cache` through a read-only cache: one warning, not one per file."""
+    assert dsv("push", cwd=source).code == 0
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    done = _read_only([cache], "get", tmp_path / "remote", "data:latest", "--to",
+                      tmp_path / "out", "--cache", cache, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"warning: could not fill the cluster cache {cache}: "
+                           "Read-only file system\n")
+    assert read_tree(tmp_path / "out") == read_tree(source)

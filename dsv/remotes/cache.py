@@ -25,6 +25,7 @@ import re
 import shutil
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -50,6 +51,11 @@ def _not_a_directory(exc: OSError) -> bool:
     NFS handle gone stale, out of descriptors): a real directory is never dropped."""
     return isinstance(exc, (NotADirectoryError, fileio.NotRegularFile)) or \
         exc.errno in (errno.ENOTDIR, errno.ELOOP)
+
+
+# Caches this process could not fill, and so warned of once (by root).
+_UNFILLABLE: set[str] = set()
+_UNFILLABLE_LOCK = threading.Lock()
 
 
 class ClusterCache:
@@ -249,6 +255,23 @@ class ClusterCache:
                 raise
         finally:
             os.close(tmp_dir)
+
+    def try_fill(self, fill: Callable[[], None], notice: Callable[[str], None]) -> bool:
+        """Run `fill`, a write into this cache; whether it succeeded. A cache that cannot
+        be written (full, read-only, a directory another user made) costs speed, never the
+        read or the push: `notice` is told once a process per cache, then it is read
+        around."""
+        try:
+            fill()
+            return True
+        except OSError as exc:
+            with _UNFILLABLE_LOCK:
+                first = self.root not in _UNFILLABLE
+                _UNFILLABLE.add(self.root)
+            if first:
+                notice(f"warning: could not fill the cluster cache {self.root}: "
+                       f"{exc.strerror or exc}")
+            return False
 
     def fill_bytes(self, path: str, data: bytes | bytearray | memoryview) -> None:
         """Write `data` as the cache entry `path` (whole, or not at all)."""

@@ -627,12 +627,9 @@ class RemoteReader:
             self._fill(self.cache.loose_path(oid), data)
 
     def _fill(self, path: str, data: Blob) -> None:
-        assert self.cache is not None
-        try:
-            self.cache.fill_bytes(path, data)
-        except OSError as exc:  # a full or read-only cache costs speed, never the read
-            self.reporter.notice(f"warning: could not fill the cluster cache "
-                                 f"{self.cache.root}: {exc.strerror or exc}")
+        cache = self.cache
+        assert cache is not None  # (a full or read-only cache: one warning, then read on)
+        cache.try_fill(lambda: cache.fill_bytes(path, data), self.reporter.notice)
 
     # ---- versions' files ----------------------------------------------------------------
     def files(self, version: Version, path: str = "", recursive: bool = False

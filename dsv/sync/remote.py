@@ -343,25 +343,10 @@ def read_cache(core: Core) -> ClusterCache | None:
     return found[0] if found else None
 
 
-_UNFILLABLE: set[str] = set()
-_UNFILLABLE_LOCK = threading.Lock()
-
-
 def try_fill(core: Core, cache: ClusterCache, fill: Callable[[], None]) -> bool:
-    """Run `fill`, a write into the cluster cache; whether it succeeded. A cache that
-    cannot be written (full, read-only, a directory another user made) costs speed,
-    never the download or the push: said once a process per cache, then read around."""
-    try:
-        fill()
-        return True
-    except OSError as exc:
-        with _UNFILLABLE_LOCK:
-            first = cache.root not in _UNFILLABLE
-            _UNFILLABLE.add(cache.root)
-        if first:
-            core.reporter.notice(f"warning: could not fill the cluster cache {cache.root}: "
-                                 f"{exc.strerror or exc}")
-        return False
+    """`ClusterCache.try_fill`, warning on this store's reporter: a cache that cannot be
+    written costs speed, never the download or the push."""
+    return cache.try_fill(fill, core.reporter.notice)
 
 
 def bounded(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
