@@ -552,12 +552,39 @@ def test_a_pack_gc_writes_again_under_a_strays_name_is_not_deleted(
     _clone_matches(str(remote), tmp_path / "clone", read_tree(v1))
 
 
+def test_a_damaged_pack_index_is_written_again_from_its_whole_pack(tmp_path: Path) -> None:
+    """An index file damaged while its pack is whole stopped every gc for good (its hint,
+    `verify --remote --repair`, leaves the index as it is). The pack's own table is the
+    index: gc writes it again, and goes on."""
+    remote = tmp_path / "remote"
+    one = {"a.bin": os.urandom(3000)}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    _push_two_then_back_to_one(ws, {"b.bin": os.urandom(3000)})
+    victims = sorted(os.listdir(remote / "index"))
+    good = {v: (remote / "index" / v).read_bytes() for v in victims}
+    for v in victims:
+        (remote / "index" / v).write_bytes(b"garbage")
+    r = run_dsv("gc", "--remote", "origin", "--json", cwd=ws)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["objects_deleted"] == 3  # version two
+    assert f"pack index {victims[0][:12]} on origin was damaged; written again from its " \
+        f"pack" in r.stderr
+    for v in victims:
+        if (remote / "packs" / f"{v}.pack").exists():
+            assert (remote / "index" / v).read_bytes() == good[v]
+    state = check_remote(DirView(remote))
+    assert state.objects == state.reachable
+    _clone_matches(str(remote), tmp_path / "clone", one)
+
+
 def test_gc_deletes_nothing_while_a_pack_index_cannot_be_read(tmp_path: Path) -> None:
+    """A damaged index whose pack is damaged too could have named anything."""
     remote = tmp_path / "remote"
     ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
     _push_two_then_back_to_one(ws, {"b.bin": os.urandom(3000)})
     victim = sorted(os.listdir(remote / "index"))[0]
     (remote / "index" / victim).write_bytes(b"garbage")
+    (remote / "packs" / f"{victim}.pack").write_bytes(b"DSVPACK1 more garbage")
     listing = DirView(remote).listing()
     r = run_dsv("gc", "--remote", "origin", cwd=ws)
     assert r.returncode == 1 and f"pack index {victim[:12]} on origin cannot be read" in \

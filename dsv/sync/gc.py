@@ -32,7 +32,8 @@ from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..hashing import hash_bytes, is_hash
-from ..objects import KIND_VERSION, PackEntry, parse_pack_index
+from ..objects import (KIND_VERSION, PackEntry, pack_tail_size, parse_pack_index,
+                       parse_whole_pack)
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError,
@@ -114,7 +115,12 @@ def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | 
     _fetch_report, remote_refs = fetch(core, remote, whole=True, history=True)
     strangers = _check_every_ref(core, remote, remote_refs)
     listing = _Listing(remote)
-    entries = _read_indexes(core, remote, listing)
+    entries, mended = _read_indexes(core, remote, listing, mend=lease is not None)
+    if mended:  # (the fetch read the remote without those packs: again, with them)
+        _fetch_report, remote_refs = fetch(core, remote, whole=True, history=True)
+        strangers = _check_every_ref(core, remote, remote_refs)
+        listing = _Listing(remote)
+        entries, _mended = _read_indexes(core, remote, listing, mend=False)
     if set(entries) != set(core.index.remote_packs(remote.name)):
         raise RemoteError(f"the packs of {remote.name} changed while gc read them; nothing "
                           f"was deleted", hint="run gc again")
@@ -480,33 +486,58 @@ def _nothing_deleted(report: RemoteGcReport, why: str) -> None:
     report.loose_deleted = report.strays_deleted = report.bytes_freed = 0
 
 
-def _read_indexes(core: Core, remote: Remote, listing: _Listing
-                  ) -> dict[str, list[PackEntry]]:
-    """Each pack's entries from its index (which must hash to the pack's name). An index
-    that cannot be read could name anything a ref reaches: then nothing is deleted."""
-    def read(pack_id: str) -> tuple[str, list[PackEntry] | None]:
+def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
+                  ) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    """Each pack's entries from its index (which must hash to the pack's name), and the
+    packs whose index was written again. An index that cannot be read could name
+    anything a ref reaches: then nothing is deleted; but with `mend`, one whose pack is
+    whole is first written again from the pack's own table and trailer (the index is
+    their copy), so a damaged copy does not stop every gc for good."""
+    def read(pack_id: str) -> tuple[str, list[PackEntry] | None, bool]:
         try:
             data = remote.backend.get(index_key(pack_id), max_size=MAX_GET_BYTES)
-            return pack_id, parse_pack_index(data, pack_id)[0]
+            return pack_id, parse_pack_index(data, pack_id)[0], False
         except NotFound:
-            return pack_id, None  # deleted since the listing: gc runs again
+            return pack_id, None, False  # deleted since the listing: gc runs again
         except (CorruptObject, RemoteRefused) as exc:
+            why = exc.message
+        rows = _index_from_pack(remote, pack_id) if mend else None
+        if rows is None:
             raise RemoteError(f"pack index {pack_id[:12]} on {remote.name} cannot be read "
-                              f"({exc.message}); nothing was deleted",
-                              hint=f"`dsv verify --remote {remote.name} --repair` mends "
-                                   f"it") from None
+                              f"({why}); nothing was deleted",
+                              hint=f"`dsv verify --remote {remote.name} --repair` uploads "
+                                   f"its objects again from a store that holds them; then "
+                                   f"remove {index_key(pack_id)} and {pack_key(pack_id)}")
+        core.reporter.notice(f"warning: pack index {pack_id[:12]} on {remote.name} was "
+                             f"damaged; written again from its pack")
+        return pack_id, rows, True
 
     out: dict[str, list[PackEntry]] = {}
+    mended = []
     wanted = [p for p in listing.indexes if p in listing.packs]
     with core.reporter.task("reading pack indexes", len(wanted)) as advance, \
             ThreadPoolExecutor(WORKERS) as pool:
-        for pack_id, rows in pool.map(read, wanted):
+        for pack_id, rows, written in pool.map(read, wanted):
             if rows is None:
                 raise RemoteError(f"pack index {pack_id[:12]} went from {remote.name} while "
                                   f"gc read it; nothing was deleted", hint="run gc again")
             out[pack_id] = rows
+            if written:
+                mended.append(pack_id)
             advance(1, 0)
-    return out
+    return out, mended
+
+
+def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
+    """Write `index/<pack_id>` again from the pack's own table and trailer, if the pack is
+    whole (they hash to its name); its entries, or None when the pack cannot tell."""
+    try:
+        data = remote.backend.get(pack_key(pack_id), max_size=MAX_GET_BYTES)
+        rows = parse_whole_pack(data, pack_id)
+    except (CorruptObject, RemoteError):
+        return None
+    remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(rows)):])
+    return rows
 
 
 def _name_survivors(remote: Remote, going: list[str], entries: dict[str, list[PackEntry]],
