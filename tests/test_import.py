@@ -319,32 +319,27 @@ def test_run_with_an_s3_input_imports_it_once_and_names_it_in_lineage(
 
 def test_an_import_larger_than_the_free_space_is_refused_before_any_download(
         store, s3, bucket, s3_endpoint, monkeypatch) -> None:
-    """The listing's sizes say what the import needs: more than the disk has free is
-    refused before any byte is downloaded, naming both numbers."""
-    import shutil
+    """The listing's sizes say what the import needs: more than the disk has free (here
+    an object listed with 2^60 bytes) is refused before any byte is downloaded, naming
+    both numbers."""
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"big/{i}.bin", Body=b"z" * 5000)
-    real = shutil.disk_usage
-
-    def tight(path):
-        usage = real(path)
-        return usage._replace(free=12_000)
-
-    monkeypatch.setattr(shutil, "disk_usage", tight)
+    real_list = imports.s3.list_prefix
+    huge = imports.s3.S3Object("big/huge.bin", 1 << 60, "0" * 32, None)
+    monkeypatch.setattr(imports.s3, "list_prefix", lambda *a: [*real_list(*a), huge])
     opened: list[str] = []
     monkeypatch.setattr(imports.s3, "open_object",
                         lambda c, b, o: opened.append(o.key) or pytest.fail("downloaded"))
     with pytest.raises(DsvError) as info:
         store.import_s3(f"s3://{bucket}/big/", endpoint_url=s3_endpoint)
-    assert "needs 15,000 bytes" in info.value.message
-    assert "12,000 free" in info.value.message
+    assert f"needs {(1 << 60) + 15_000:,} bytes" in info.value.message
+    assert " free" in info.value.message
     assert "nothing was imported" in (info.value.hint or "")
     assert opened == [] and store.datasets() == []
     # A size below zero in a hostile listing cannot hide the others from the check.
-    real_list = imports.s3.list_prefix
-    monkeypatch.setattr(imports.s3, "list_prefix", lambda *a: [
-        *real_list(*a), imports.s3.S3Object("big/neg.bin", -10_000, "0" * 32, None)])
-    with pytest.raises(DsvError, match=r"big/neg.bin is listed with -10000 bytes"):
+    neg = imports.s3.S3Object("big/neg.bin", -(1 << 60), "0" * 32, None)
+    monkeypatch.setattr(imports.s3, "list_prefix", lambda *a: [*real_list(*a), huge, neg])
+    with pytest.raises(DsvError, match=f"big/neg.bin is listed with {-(1 << 60)} bytes"):
         store.import_s3(f"s3://{bucket}/big/", endpoint_url=s3_endpoint)
     assert opened == [] and store.datasets() == []
 
