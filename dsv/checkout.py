@@ -17,10 +17,10 @@ import itertools
 import os
 import stat
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from . import refs, tree, worktree
+from . import fileio, refs, tree, worktree
 from .core import Core
 from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
                      RefError, UnsafePath)
@@ -281,6 +281,10 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                     f"checkout would discard "
                     f"{plural(len(at_risk), 'uncommitted change')} in "
                     f"{target}: {shown}", hint="commit them first, or pass --force")
+        # (files are replaced one at a time, each freeing its old bytes once renamed over)
+        gone = to_remove + [p for p, _e in to_write if p in current]
+        _check_room(core, target, link, [e for _p, e in to_write],
+                    less=sum(current[p].size for p in gone if current[p].kind == tree.FILE))
         downloads([e for _p, e in to_write] + _links(version_files))
         tree.validate_links(placeable, core.objects.read, fenced)
         with core.index.transaction():
@@ -380,6 +384,9 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
         # checked when they were placed or committed).
         links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree)
                  if e.kind == tree.LINK}
+    gone = [now[p] for p in to_remove + [p for p, _e in to_write]]
+    _check_room(core, target, "auto", [e for _p, e in to_write],
+                less=sum(e.size for e in gone if e is not None and e.kind == tree.FILE))
     downloads = _Downloads(core, version)
     downloads([e for _p, e in to_write] + list(links.values()))
     tree.validate_links(links, core.objects.read, {DSV_DIR})
@@ -420,6 +427,42 @@ directory places at once: the next chunk downloads while one is placed, so a clo
 few large files places the first ones while the last ones download."""
 
 
+def _room_taken(entries: Iterable[Entry], shared: bool) -> tuple[int, int]:
+    """(the bytes, the largest file's) that placing `entries` puts on the disk: every
+    file's, but none for large whole files when `shared` (a hard link, symlink or
+    reflink to their loose object takes no room)."""
+    total = largest = 0
+    for e in entries:
+        if e.kind == tree.FILE and not (shared and e.size >= PACK_THRESHOLD and not e.chunks):
+            total += e.size
+            largest = max(largest, e.size)
+    return total, largest
+
+
+def _check_room(core: Core, target: Path, link: str, entries: Iterable[Entry],
+                less: int = 0, claimed: int | None = None) -> None:
+    """Refuse, before any file is written, a placement of `entries` into `target` its disk
+    cannot hold (the sizes come from trees, which may be hostile: a small tree can name
+    one large blob many times). `less`: bytes not to count again (of files the placement
+    removes or replaces, or has written already). `claimed`: the bytes as a version's
+    size gives them, checked first, so that `entries` (an iterable, walked only then)
+    are looked at only when that does not fit. Where the link mode may share large
+    files' blocks with the store, they count only if it cannot."""
+    free = fileio.free_bytes(target)
+    if claimed is not None and claimed <= free:
+        return
+    pieces = list(entries)
+    shared = link in ("hardlink", "symlink")
+    need, largest = _room_taken(pieces, shared)
+    need = max(need - less, largest)
+    if need > free and link in ("auto", "reflink") and \
+            fileio.reflinks_between(core.tmp_root, fileio.nearest_existing(target)):
+        need, largest = _room_taken(pieces, True)
+        need = max(need - less, largest)
+    fileio.check_room(target, need, "the checkout",
+                      hint="free some space, or check out only some paths")
+
+
 def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: str,
                  fenced: set[str], in_worktree: bool, link: str) -> CheckoutReport:
     """Check out `version` into a directory that holds nothing of it (no files, no
@@ -438,6 +481,10 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     above_fenced = ancestors(fenced)
     left_out = 0
 
+    def placeable_unseen() -> Iterator[tuple[str, Entry]]:
+        return ((p, e) for p, e in tree.iter_files(version.tree, core.read_tree)
+                if p not in above_fenced and not is_under(p, fenced))
+
     def placeable() -> Iterator[tuple[str, Entry]]:
         nonlocal left_out
         for path, entry in tree.iter_files(version.tree, core.read_tree):
@@ -455,11 +502,15 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     downloads(list(links.values()))
     tree.validate_links(links, core.objects.read, fenced)
     target.mkdir(parents=True, exist_ok=True)
+    # The version's size is checked first; its trees are walked for the room the files
+    # take only when that does not fit, or once they turn out to take more (below).
+    _check_room(core, target, link, (e for _p, e in placeable_unseen()), claimed=version.size)
     with core.index.transaction():
         core.index.begin_checkout(key, version.id)
     crashpoint("checkout:journal-written")
     settle = in_worktree and link not in ("hardlink", "symlink")
-    written = nbytes = rows_kept = 0
+    written = nbytes = rows_kept = file_bytes = 0
+    bound = version.size
 
     def place(placer: worktree.Materializer, chunk: list[tuple[str, Entry]],
               advance: worktree.Progress, ingest: Ingest | None, index: Index) -> int:
@@ -494,6 +545,14 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         pending: set[str] = set()   # (downloaded for the chunk being placed)
         for chunk in worktree.batches(placeable(), lambda it: it[1].size, FRESH_CHUNK,
                                       FRESH_CHUNK_BYTES if fetched else 1 << 62):
+            chunk_bytes = sum(e.size for _p, e in chunk if e.kind == tree.FILE)
+            if file_bytes + chunk_bytes > bound:
+                # The version said it held less (a damaged or hostile record): what its
+                # files still take is counted from its trees before any more is written.
+                _check_room(core, target, link, (e for _p, e in placeable_unseen()),
+                            less=file_bytes)
+                bound = 1 << 62
+            file_bytes += chunk_bytes
             spool = _spool(core, target, chunk) if fetched and link not in (
                 "hardlink", "symlink") else None
             ingest: Ingest | None = None
@@ -761,6 +820,7 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
 
     dest = Path(target).resolve()
     _check_target_outside_store(core, dest)
+    _check_room(core, dest, "auto", [e for _p, e in items])
     _ensure_for_paths(core, v, items, _links(manifest))
     tree.validate_links(manifest, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)

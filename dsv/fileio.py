@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 
+from .errors import InvalidInput
 from .native import copy_into as _copy_bytes
 
 TMP_PREFIX = ".dsv-tmp-"
@@ -126,6 +127,53 @@ def try_reflink(src_fd: int, dst_fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def nearest_existing(path: str | os.PathLike[str]) -> str:
+    """`path` if it exists, else the nearest directory above it that does."""
+    at = os.path.abspath(path)
+    while not os.path.lexists(at) and os.path.dirname(at) != at:
+        at = os.path.dirname(at)
+    return at
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """The bytes an unprivileged writer may still put on the filesystem holding `path`
+    (for a path not made yet: holding the nearest directory above it that exists)."""
+    st = os.statvfs(nearest_existing(path))
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(path: str | os.PathLike[str], nbytes: int, what: str, hint: str) -> None:
+    """Refuse work that puts `nbytes` on the filesystem holding `path` when it has not that
+    much free, before any of it is written: `what` ("the download") needs …"""
+    free = free_bytes(path)
+    if nbytes > free:
+        raise InvalidInput(f"{what} needs {nbytes:,} bytes in {os.fspath(path)} and its disk "
+                           f"has {free:,} free", hint=hint)
+
+
+def reflinks_between(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str]
+                     ) -> bool:
+    """Whether a file in `src_dir` can share its blocks with a new one in `dst_dir` (the
+    same btrfs or xfs filesystem): tried on a probe file of one block, removed after."""
+    src, dst = tmp_name(src_dir), tmp_name(dst_dir)
+    try:
+        src_fd = os.open(src, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(src_fd, bytes(_ALIGN))
+            dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                return try_reflink(src_fd, dst_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+    except OSError:
+        return False
+    finally:
+        unlink_quietly(src)
+        unlink_quietly(dst)
 
 
 def remove_tmp_files(directory: str | os.PathLike[str]) -> int:

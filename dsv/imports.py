@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .core import Core
-from . import chunking, refs, tree, versions
+from . import chunking, fileio, refs, tree, versions
 from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
@@ -31,7 +31,6 @@ from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .reporting import Advance
 from .remotes import s3
-from .sync.download import _check_free_space
 
 
 WORKERS = 8
@@ -207,11 +206,8 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     done = core.index.imported(_source_key(client, bucket, o) for o in objects)
     todo = [o for o in objects if _source_key(client, bucket, o) not in done
             or not _still_stored(core, *done[_source_key(client, bucket, o)])]
-    try:
-        _check_free_space(core, _space_needed(todo))
-    except InvalidInput as exc:  # (its hint is a pull's)
-        raise InvalidInput(exc.message, hint="free some space, or import a smaller prefix; "
-                                             "nothing was imported") from None
+    fileio.check_room(core.tmp_root, _space_needed(todo), "the import",
+                      hint="free some space, or import a smaller prefix; nothing was imported")
     total = sum(o.size for o in todo)
     with core.reporter.task("downloading", len(todo), total) as advance:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:

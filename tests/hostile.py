@@ -39,6 +39,7 @@ class HostileRemote:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.staged: list[tuple[str, int, bytes]] = []
+        self.sizes: dict[str, int] = {}   # tree → the sum of its rows' sizes
         root.mkdir(parents=True, exist_ok=True)
         (root / "dsv-remote.json").write_bytes(b'{"format":1,"hash":"blake3"}\n')
 
@@ -53,7 +54,9 @@ class HostileRemote:
         return self.add(data, KIND_BLOB)
 
     def tree(self, rows: list[list[Any]]) -> str:
-        return self.add(tree_bytes(rows), KIND_TREE)
+        oid = self.add(tree_bytes(rows), KIND_TREE)
+        self.sizes[oid] = sum(row[3] for row in rows if isinstance(row[3], int))
+        return oid
 
     def files(self, files: dict[str, bytes | tuple[str, bytes]], mode: int = 0o644) -> str:
         """A tree of `files` (path → bytes, or → ("l", target) for a symlink)."""
@@ -91,7 +94,8 @@ class HostileRemote:
                 "parents": parents or [], "message": extra.pop("message", "hostile"),
                 "author": "mallory", "created": "2026-11-30T10:00:00.000000Z",
                 "committed": "2026-11-30T10:00:00.000000Z", "lineage": None,
-                "size": extra.pop("size", 1), "files": extra.pop("files", 1), **extra}
+                "size": extra.pop("size", self.sizes.get(tree, 1)),
+                "files": extra.pop("files", 1), **extra}
         return self.add(encode(body), KIND_VERSION)
 
     # ---- files on the remote -------------------------------------------------------

@@ -612,8 +612,9 @@ def test_14_loose_object_claiming_a_terabyte_is_refused_before_download(tmp_path
     remote.publish()
     remote.ref(DS, "latest", "v1aaaaaaaa", record)
     r = _clone(dsv, remote.root, tmp_path / "victim")
-    assert r.code == 1 and "needs" in r.err and "free" in r.err, r.err
-    assert not (tmp_path / "victim").exists()
+    # (refused before the download: the checkout finds first that the disk cannot hold it)
+    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    assert " free" in r.err and not (tmp_path / "victim").exists()
 
 
 # ---- 16: cluster-cache entries that are not files -----------------------------------------
@@ -1115,3 +1116,58 @@ def test_4_commit_of_an_old_fine_mode_tree_with_no_change_is_nothing(tmp_path: P
     assert json.loads(dsv("status", "--json", cwd=ws).out)[0]["clean"]
     with api.open(ws) as store, pytest.raises(NothingToCommit):
         store.commit("no change", "g")
+
+
+# ---- 14: a small tree that names one blob many times --------------------------------------
+
+def _amplified(remote: HostileRemote, levels: int, blob: bytes) -> str:
+    """A tree of 2**(levels + 1) files, each naming the one blob `blob`: each level names
+    the one below twice (distinct trees: levels + 1)."""
+    oid = remote.loose(blob)
+    child = remote.tree([["a", "f", 0o644, len(blob), oid], ["b", "f", 0o644, len(blob), oid]])
+    for _level in range(levels):
+        child = remote.tree([["a", "d", 0, 0, child], ["b", "d", 0, 0, child]])
+    return child
+
+
+@pytest.mark.parametrize("claim", ["low", "true"])
+def test_14_a_version_writing_more_than_the_disk_holds_is_refused_before_writing(
+        tmp_path: Path, dsv, claim: str) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    blob = os.urandom(4 << 20)
+    root = _amplified(remote, 17, blob)            # 262,144 files of 4 MiB: 1 TiB
+    size = 1 if claim == "low" else (1 << 18) * len(blob)
+    record = remote.record("v1aaaaaaaa", DS, root, size=size, files=1 << 18)
+    remote.publish()
+    remote.ref(DS, "latest", "v1aaaaaaaa", record)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1 and "bug in dsv" not in r.err, r.err
+    # (a record that says less is found out by the first chunk, before it is written)
+    assert f"the checkout needs {(1 << 18) * len(blob):,} bytes in" in r.err, r.err
+    assert " free" in r.err
+    assert not (tmp_path / "victim").exists()
+
+
+def test_14_a_checkout_writing_more_than_the_disk_holds_leaves_the_directory_alone(
+        tmp_path: Path, dsv) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"a.txt": b"one"})
+    blob = os.urandom(4 << 20)
+    root = _amplified(remote, 17, blob)
+    record = remote.record("v2bbbbbbbb", DS, root, size=(1 << 18) * len(blob), files=1 << 18)
+    remote.publish()
+    remote.ref(DS, "tags/big", "v2bbbbbbbb", record)
+    victim = tmp_path / "victim"
+    assert _clone(dsv, remote.root, victim).code == 0
+    r = dsv("checkout", f"{DS}:big", cwd=victim)
+    # (less the 3 bytes of a.txt, which the checkout removes)
+    assert r.code == 1 and "the checkout needs 1,099,511,627,773 bytes in" in r.err, r.err
+    assert read_tree(victim) == {"a.txt": b"one"}
+    r = dsv("checkout", f"{DS}:big", "--to", tmp_path / "out", cwd=victim)
+    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    assert not any((tmp_path / "out").rglob("*"))
+    r = dsv("files", "get", f"{DS}:big", "--target-path", tmp_path / "got", cwd=victim)
+    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    r = dsv("get", remote.root, f"{DS}:big", "--to", tmp_path / "read", cwd=tmp_path)
+    assert r.code == 1 and "the download needs 1,099,511,627,776 bytes in" in r.err, r.err
+    assert not (tmp_path / "got").exists() and not (tmp_path / "read").exists()

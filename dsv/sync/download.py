@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from .. import fileio
 from ..core import Core
 from ..errors import (CorruptObject, InvalidInput, MissingObject)
 from ..fileio import read_at_most
@@ -363,12 +364,8 @@ def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int]
 def _check_free_space(core: Core, nbytes: int) -> None:
     """Refuse a download the disk cannot hold, before any byte of it (sizes come from
     trees, which may be hostile: a tree claiming a 1 TiB file must not fill the disk)."""
-    import shutil
-    free = shutil.disk_usage(core.tmp_root).free
-    if nbytes > free:
-        raise InvalidInput(f"the download needs {nbytes:,} bytes and {core.tmp_root} has "
-                           f"{free:,} free", hint="free some space, or pull only some paths "
-                           "(--path)")
+    fileio.check_room(core.tmp_root, nbytes, "the download", hint="free some space, or "
+                      "pull only some paths (--path)")
 
 
 def _capped(chunks: Iterable[bytes], size: int | None, oid: str) -> Iterator[bytes]:

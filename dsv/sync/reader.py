@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO
 
-from .. import tree, worktree
+from .. import fileio, tree, worktree
 from ..errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefError
 from ..fileio import pieces_at_most
 from ..hashing import hash_bytes, is_hash, new_hasher
@@ -766,6 +766,9 @@ class RemoteReader:
         # the version, also when resolved through the other links placed with it.
         tree.validate_links({p: e for p, e in items if e.kind == tree.LINK},
                             self._link_blob(items))
+        fileio.check_room(dest, sum(e.size for _r, e in items if e.kind == tree.FILE),
+                          "the download",
+                          hint="free some space, or get only some paths")
         dest.mkdir(parents=True, exist_ok=True)
         batch: list[tuple[str, tree.Entry]] = []
         held = 0
