@@ -17,6 +17,7 @@ cluster cache). Every byte is checked against its id. Registered under the proto
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -29,10 +30,11 @@ from typing import Any, BinaryIO
 
 from fsspec import AbstractFileSystem  # type: ignore[import-untyped]
 
-from .errors import InvalidInput
+from .errors import DatasetNotFound, InvalidInput, RefError, UnsafePath
 from .model import FileRow, Version
 from .model import Entry
 from .objects import PACK_THRESHOLD
+from .paths import check_relpath
 from .tree import DIR, FILE, LINK
 
 _TYPES = {"file": "file", "link": "link", "dir": "directory"}
@@ -95,11 +97,27 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             return self._reader
 
     def _split(self, path: str) -> tuple[Version, str]:
-        """(version, path in it) of a `REF[/PATH]`."""
+        """(version, path in it) of a `REF[/PATH]`: the one place every path of the fsspec
+        interface is read. A path is taken literally, as fsspec's memory file system and
+        object stores take theirs (only trailing slashes are dropped): a `.`, `..` or
+        empty component, a NUL, a reserved name or a ref that names no version names
+        nothing here, FileNotFoundError (percent signs are characters like any other)."""
         path = self._strip_protocol(path)
         ref, _, rel = path.partition("/")
         if not ref:
-            raise FileNotFoundError("dsv:// paths begin with a ref, e.g. dsv://raw:v1/a.csv")
+            raise FileNotFoundError(errno.ENOENT, "dsv:// paths begin with a ref, e.g. "
+                                    "dsv://raw:v1/a.csv", path)
+        if rel:
+            why = _no_name(rel)
+            if why:
+                raise FileNotFoundError(errno.ENOENT, f"no such file ({why})", path)
+        try:
+            return self._resolve(ref), rel
+        except (RefError, DatasetNotFound, InvalidInput) as exc:
+            raise FileNotFoundError(errno.ENOENT, exc.message, path) from None
+
+    def _resolve(self, ref: str) -> Version:
+        """The version `ref` names (resolved once by this object); dsv's errors if none."""
         if ":" not in ref and "~" not in ref:
             ref += ":latest"
         with self._lock:
@@ -112,7 +130,7 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
                     found = store.resolve(ref)
             with self._lock:
                 found = self._versions.setdefault(ref, found)
-        return found, rel.strip("/")
+        return found
 
     def _rows(self, version: Version, rel: str, recursive: bool = False) -> list[FileRow]:
         try:
@@ -205,8 +223,9 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
                 "hash": row.oid, "mode": row.mode}
 
     def version(self, path: str) -> Version:
-        """The version a `REF[/PATH]` names (resolved once by this object)."""
-        return self._split(path)[0]
+        """The version a `REF[/PATH]` names (resolved once by this object); dsv's own
+        errors (RefError, DatasetNotFound, …) when it names none."""
+        return self._resolve(self._strip_protocol(path).partition("/")[0])
 
     def readlink(self, path: str) -> str:
         """A symlink's target, as the version holds it (checked against its id)."""
@@ -258,6 +277,21 @@ class _Listing:
 
     rows: list[FileRow]
     where: dict[str, int]
+
+
+def _no_name(rel: str) -> str | None:
+    """Why the path `rel` in a version can name no file (None if it can)."""
+    if "\0" in rel:
+        return "a path with NUL names no file"
+    for part in rel.split("/"):
+        if part in (".", "..") or not part:
+            return f"{repr(part) if part else '//'} names no file: dsv:// paths are " \
+                   f"taken literally"
+    try:
+        check_relpath(rel)
+    except UnsafePath as exc:
+        return exc.message
+    return None
 
 
 def _entry(row: FileRow) -> Entry:

@@ -178,3 +178,46 @@ def test_files_of_a_directory_opened_in_order_are_read_ahead(tmp_path, dsv, s3_e
     # windows of 1, 2, 4, … files after the first two opens: 1 + log2(120) GETs or so
     assert pack_gets(in_order) <= 9
     assert pack_gets(in_order[::-1]) == len(files)
+
+
+def _named(tmp_path: Path, dsv) -> tuple[Path, str]:
+    """`data`: a.txt, a file named `%61.txt`, sub2/b.txt; pushed to a directory remote."""
+    ws = tmp_path / "data"
+    (ws / "sub2").mkdir(parents=True)
+    (ws / "a.txt").write_bytes(b"hello")
+    (ws / "%61.txt").write_bytes(b"percent")
+    (ws / "sub2" / "b.txt").write_bytes(b"bee")
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "v1", cwd=ws))
+    _ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    return ws, str(tmp_path / "remote")
+
+
+# Paths that name nothing: a path is taken literally, as fsspec's memory file system and
+# object stores take it (`.`, `..` and empty components are no names; `%61` is not `a`).
+_NAMING_NOTHING = ["data/sub/../a.txt", "data/./a.txt", "data//a.txt", "data/../a.txt",
+                   "data/sub2/../../x", "data/.", "data/sub2/./b.txt", "data/a.txt\0",
+                   "data/%61%2etxt", "data/.dsv/index.db", "nope:v1/a.txt", "data:nope/a.txt"]
+
+
+@pytest.mark.parametrize("where", ["store", "remote"])
+def test_every_method_takes_a_path_literally(tmp_path, dsv, where):
+    """ls, info, exists, isdir, isfile, open, cat, cat_file, find, glob, walk, du and get
+    agree on every path: one that names nothing (`..`, `.`, `//`, NUL, an unknown ref) is
+    FileNotFoundError (an OSError), or absent, for each of them, never a dsv error."""
+    ws, remote = _named(tmp_path, dsv)
+    opts = {"store": str(ws)} if where == "store" else {"remote": remote}
+    fs = fsspec.filesystem("dsv", skip_instance_cache=True, **opts)
+    assert fs.cat("dsv://data/%61.txt") == b"percent" and fs.cat("data/a.txt/") == b"hello"
+    assert fs.cat_file("data/sub2/b.txt", start=1, end=3) == b"ee"
+    for path in _NAMING_NOTHING:
+        for call in (fs.ls, fs.info, fs.open, fs.cat, fs.ukey,
+                     lambda p: fs.cat_file(p, start=1, end=3),
+                     lambda p: fs.get(p, str(tmp_path / "out"))):
+            with pytest.raises(FileNotFoundError):
+                call(f"dsv://{path}")
+        assert not fs.exists(path) and not fs.isdir(path) and not fs.isfile(path), path
+        assert fs.find(path) == [] and fs.glob(path) == [] and fs.glob(f"{path}*") == []
+        assert list(fs.walk(path)) == [] and fs.du(path) == 0, path
+    assert not (tmp_path / "out").exists()
