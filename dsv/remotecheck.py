@@ -6,8 +6,9 @@ subtrees and blobs are on the remote), the data check (`--read-data`, or a rando
 `--read-data-subset`: every object read back and re-hashed), and repair (`--repair`:
 objects the remote lacks or holds damaged are uploaded again from good local copies,
 then a damaged pack and its index are deleted once every object in it is safe
-elsewhere). Must never change the local store's versions or refs; it only refreshes
-what the store knows of the remote.
+elsewhere), holding the remote's maintenance lease as `remote maintain` and `gc
+--remote` do (sync.maintain.Lease). Must never change the local store's versions or
+refs; it only refreshes what the store knows of the remote.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from .core import Core
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
+from .faults import crashpoint
 from .hashing import hash_bytes, hash_file, is_hash, new_hasher
 from .reports import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, encode_pack, pack_tail_size,
                       parse_pack_index)
 from .records import parse_record
-from .remotes.base import MAX_GET_BYTES, NotFound, RemoteRefused
+from .remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
 from .remotes import layout
-from .remotes.layout import index_key, loose_key, pack_key
+from .remotes.layout import MAINTAIN_LOCK, index_key, loose_key, pack_key
+from .sync.maintain import Lease, maintenance_until, when
 from .sync.remote import Sent, record_sent
 from .sync.remote import WORKERS, Remote
 from .reporting import plural
@@ -48,24 +51,46 @@ def parse_subset(text: str | None) -> float | None:
 def check_remote(core: Core, remote: Remote, read_data: bool = False,
                  subset: float | None = None, repair: bool = False) -> RemoteCheckReport:
     """Check `remote`; with `repair`, fix what good local copies can fix, then check again
-    (the report's `problems` are what remains, `found` what the first pass saw)."""
-    report = _check(core, remote, read_data, subset, repair)
-    if not repair or not report.repaired:
-        if repair:
-            report.found = list(report.problems)
+    (the report's `problems` are what remains, `found` what the first pass saw). A
+    repair holds the remote's maintenance lease throughout (RemoteError, nothing
+    changed, while another client holds it): a gc beside it would take the pack it has
+    just uploaded, not yet indexed, for a leftover, and the repair would then delete the
+    damaged pack whose objects that pack held."""
+    remote.scope = None  # every dataset is checked
+    remote.connect()
+    if not repair:
+        report = _check(core, remote, read_data, subset, None)
+        if (until := maintenance_until(remote)) is not None:
+            report.warnings.append(f"another client is maintaining {remote.name} (its "
+                                   f"lease holds until {when(until)}): what it changes "
+                                   f"meanwhile may show as problems here")
         return report
-    # (the packs the repair uploaded are named in the catalogs of the datasets needing
-    # them as this second pass finds them)
-    again = _check(core, remote, read_data, subset, False, repair_catalogs=True)
-    again.found, again.repaired = report.problems, report.repaired + again.repaired
-    return again
+    lease = Lease(remote)
+    if not lease.take():
+        raise RemoteError(f"another client is maintaining {remote.name} (a gc, a repack or "
+                          f"a repair: its lease {MAINTAIN_LOCK} holds until "
+                          f"{lease.holder_until}); nothing was repaired",
+                          hint="run it again later (without --repair, verify --remote "
+                               "only checks, and runs beside it)")
+    try:
+        report = _check(core, remote, read_data, subset, lease)
+        if not report.repaired:
+            report.found = list(report.problems)
+            return report
+        # (the packs the repair uploaded are named in the catalogs of the datasets
+        # needing them as this second pass finds them)
+        again = _check(core, remote, read_data, subset, None, repair_catalogs=True)
+        again.found, again.repaired = report.problems, report.repaired + again.repaired
+        return again
+    finally:
+        lease.give_back()
 
 
 def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
-           repair: bool, repair_catalogs: bool = False) -> RemoteCheckReport:
+           lease: Lease | None, repair_catalogs: bool = False) -> RemoteCheckReport:
+    """One pass; with `lease` (held by the caller), repairing what it finds."""
+    repair = lease is not None
     report = RemoteCheckReport(remote.name)
-    remote.scope = None  # every dataset is checked
-    remote.connect()
     listing = {key: size for key, size in remote.backend.list("")}
     indexes = {pid: s for k, s in listing.items()
                if (pid := layout.index_id_of_key(k)) is not None}
@@ -133,8 +158,9 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
     for oid in missing:
         report.problems.append(f"object {oid[:12]} ({_KIND[needed[oid][0]]}) is needed by a "
                                f"version but not on the remote")
-    if repair:
-        _repair(core, remote, report, missing, damaged, needed, entries_of, bad_packs)
+    if lease is not None:
+        _repair(core, remote, report, missing, damaged, needed, entries_of, bad_packs,
+                lease)
     core.index.checkpoint()
     return report
 
@@ -427,7 +453,8 @@ def _local_copy(remote: Remote, oid: str) -> bytes | None:
 
 def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
-            entries_of: dict[str, list[PackEntry]], bad_packs: set[str]) -> None:
+            entries_of: dict[str, list[PackEntry]], bad_packs: set[str],
+            lease: Lease) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop
     damaged packs whose every object is safe again."""
     objects = core.objects
@@ -458,6 +485,7 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
         pack_id, pack, entries = encode_pack(small)
         uploaded.add(pack_id)
         remote.backend.put_bytes(pack_key(pack_id), pack)
+        crashpoint("repair:pack-uploaded")
         remote.backend.put_bytes(index_key(pack_id),
                                  pack[len(pack) - pack_tail_size(len(entries)):])
         sent.append(Sent(len(entries), len(pack), (pack_id, len(pack), entries)))
@@ -465,7 +493,12 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
         report.repaired.append(f"uploaded {plural(len(small), 'object')} again in pack "
                                f"{pack_id[:12]}")
     record_sent(core, remote, sent)
-    for pack_id in sorted(bad_packs - uploaded):
+    goes = sorted(bad_packs - uploaded)
+    if goes and not lease.renew():
+        report.problems.append(f"the lease on {remote.name} was lost before the damaged "
+                               f"packs were deleted: they stay (run the repair again)")
+        goes = []
+    for pack_id in goes:
         # (A pack rebuilt from the same objects in the same order has the same id: the
         # upload has already replaced the damaged bytes, so it stays.)
         held = entries_of.get(pack_id)

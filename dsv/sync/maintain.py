@@ -179,11 +179,17 @@ def _read_lease(remote: Remote) -> tuple[bytes, str] | None:
 def gc_lease_until(remote: Remote) -> float | None:
     """Until when a remote gc holds the remote's maintenance lease, or None (also when
     the lease cannot be read: no gc can take it then either)."""
+    return maintenance_until(remote, gc_only=True)
+
+
+def maintenance_until(remote: Remote, gc_only: bool = False) -> float | None:
+    """Until when another client (a gc, with `gc_only`) holds the remote's maintenance
+    lease, or None (also when the lease cannot be read: nobody can take it then)."""
     try:
         current = remote.backend.read_ref(MAINTAIN_LOCK)
     except RemoteRefused:
         return None
-    if current is None or _lease_field(current[0], "gc") is not True:
+    if current is None or (gc_only and _lease_field(current[0], "gc") is not True):
         return None
     until = _until(current[0], LEASE_SECONDS)
     return until if until > time.time() else None
