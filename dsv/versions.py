@@ -284,6 +284,7 @@ def _snapshot_paths(core: Core, ds: Dataset, head: Version, root: Path, excluded
     links: list[str] = []
     skipped: list[str] = []
     files = worktree.scan_paths(root, chosen, excluded, skipped, stores, links)
+    _tell_skipped(core, skipped)
     before: Manifest = {}
     for rel in chosen:
         row = tree.find(head.tree, core.read_tree, rel)
@@ -387,9 +388,21 @@ def _snapshot_changes(core: Core, ds: Dataset, head: Version | None, root: Path,
             every = [r for r in seen.runs if r]
             vouched = complete and len(every) == len(seen.runs) and \
                 all(row[1] < row[5] - RACY_NS for _p, row in snap.stat_rows)
+            _tell_skipped(core, skipped)
             return _Made(snap, root_tree, size, seen.files, set(seen.gone),
                          every if vouched else seen.kept, staged=False, complete=complete)
-    return _snapshot_whole(core, ds, head, root, walk(), excluded, stores, ingest)
+    made = _snapshot_whole(core, ds, head, root, walk(), excluded, stores, ingest)
+    _tell_skipped(core, skipped)
+    return made
+
+
+def _tell_skipped(core: Core, skipped: list[str]) -> None:
+    """Say what a commit left out for not being a regular file or a symlink (FIFOs,
+    sockets, devices), as `status` lists them: never silently."""
+    if skipped:
+        shown = ", ".join(sorted(skipped)[:5]) + (" …" if len(skipped) > 5 else "")
+        core.reporter.notice(f"left out {plural(len(skipped), 'entry', 'entries')}, each "
+                             f"neither a regular file nor a symlink: {shown}")
 
 
 COMMIT_CHUNK = 20_000

@@ -276,6 +276,33 @@ def test_status_counts_and_bytes(committed, dsv) -> None:
     assert re.search(r"deleted\s+sub/deep/c\.csv", human)
 
 
+def test_entries_that_are_no_files_are_never_left_out_silently(committed, dsv) -> None:
+    """A FIFO or socket is not versioned: `status` lists it also when the rest is clean,
+    and a commit says it left it out (it said nothing, and `status` only "clean")."""
+    import socket
+    ws, vid = committed
+    os.mkfifo(ws / "sub" / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(ws / "sock"))
+        human = ok(dsv("status", cwd=ws)).out
+        assert f"mydata ({vid}): clean" in human
+        assert re.search(r"skipped\s+sock \(not a regular file or symlink\)", human), human
+        assert re.search(r"skipped\s+sub/pipe \(not a regular file or symlink\)", human)
+        (ws / "new.txt").write_bytes(b"new\n")
+        r = ok(dsv("commit", "-m", "with a fifo", cwd=ws))
+        assert "left out 2 entries, each neither a regular file nor a symlink: sock, " \
+            "sub/pipe" in r.err, r.err
+        (ws / "sub" / "more.txt").write_bytes(b"more\n")
+        r = ok(dsv("commit", "-m", "one path", "sub", cwd=ws))   # (a scan of chosen paths)
+        assert "left out 1 entry, each neither a regular file nor a symlink: sub/pipe" \
+            in r.err, r.err
+        listed = jout(dsv("files", "list", "mydata:latest", "-r", "--json", cwd=ws))
+        assert "sock" not in str(listed) and "pipe" not in str(listed)
+    finally:
+        sock.close()
+
+
 def test_status_sees_same_size_rewrite_and_mode_change(committed, dsv) -> None:
     ws, _ = committed
     (ws / "a.txt").write_text("ALPHA\n")  # same size as "alpha\n"

@@ -121,7 +121,7 @@ def show_status(dataset: str | None, as_json: bool, short: bool,
                 for label, paths in (("added", c.added), ("modified", c.modified),
                                      ("deleted", c.deleted)):
                     out.extend(f"  {label:<9} {p}" for p in paths)
-            out.extend(f"  skipped   {p} (not a regular file or symlink)" for p in r.skipped)
+        out.extend(f"  skipped   {p} (not a regular file or symlink)" for p in r.skipped)
         out.extend(f"  ignored   {p}" for p in r.ignored or [])
     for line in out:
         echo(line)
