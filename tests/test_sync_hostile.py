@@ -1,0 +1,48 @@
+"""Fetch, pull and push against a hostile remote and against concurrent clients.
+
+Remotes are built by hand (tests/hostile.py) with true blake3 ids, so that only dsv's
+semantic checks (formats, refs against records, history, races) stand in the way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostile import HostileRemote
+
+DS = "vict1m"
+
+
+def _clone(dsv, remote: Path, dest: Path):
+    return dsv("clone", remote, dest, cwd=dest.parent)
+
+
+@pytest.mark.parametrize("marker, said", [
+    (b'{"format":4,"hash":"sha256"}\n', "hash sha256"),
+    (b'{"format":4}\n', "hash ?"),
+    (b'{"format":true,"hash":"blake3"}\n', "remote format true"),
+    (b'{"format":4.0,"hash":"blake3"}\n', "remote format 4.0"),
+])
+def test_marker_claiming_another_hash_or_a_format_that_is_no_number_is_refused(
+        tmp_path: Path, dsv, marker: bytes, said: str) -> None:
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", DS, {"f.txt": b"good"})
+    (remote.root / "dsv-remote.json").write_bytes(marker)
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 1, r.out + r.err
+    assert r.err.startswith("error: ") and said in r.err, r.err
+    assert "bug in dsv" not in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "victim").exists()
+    # A push to it refuses too, and leaves its marker as it was.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_bytes(b"mine")
+    assert dsv("init", "--name", "mine", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", remote.root, cwd=ws).code == 0
+    r = dsv("push", cwd=ws)
+    assert r.code == 1 and said in r.err, r.err
+    assert (remote.root / "dsv-remote.json").read_bytes() == marker
+    assert not (remote.root / "refs" / "mine").exists()
