@@ -653,3 +653,49 @@ def test_a_sharded_directory_costs_one_locator_that_carries_its_leaf_shards(
     assert "damaged" in res.err
     assert read_tree(tmp_path / "out") == {k: v for k, v in files.items()
                                            if k.startswith("big/")}
+
+
+@pytest.mark.parametrize("how", ["get", "cat", "open"])
+def test_a_large_cache_entry_changed_in_place_while_read_costs_nothing(tmp_path, dsv,
+                                                                       monkeypatch, how):
+    """The owner of a cache entry of a loose object rewrites it in place (same inode,
+    same size) just after dsv has read it: the bytes dsv returns are the ones it read
+    and checked, never a second read's. (A check, then a second read that was returned,
+    failed `dsv get` with "did not arrive whole".)"""
+    import dsv.sync.reader as reader_module
+    data = os.urandom((2 << 20) + 17)
+    ws = _workspace(tmp_path, dsv, {"big.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "one", "--cache", cache,
+            cwd=tmp_path))
+    oid = b3(data)
+    entry = cache / "loose" / oid[:2] / oid
+    real = reader_module.pieces_at_most
+    rewrites = []
+
+    def then_rewritten(fd: int, size: int, *args: int):
+        yield from real(fd, size, *args)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(entry):
+            with open(entry, "r+b") as f:  # (in place: the open fd sees it)
+                f.write(os.urandom(4096))
+            rewrites.append(fd)
+    monkeypatch.setattr(reader_module, "pieces_at_most", then_rewritten)
+    if how == "get":
+        res = dsv("get", remote, "mldata:latest", "--to", tmp_path / "two", "--cache", cache,
+                  cwd=tmp_path)
+        assert res.code == 0, res.err
+        assert (tmp_path / "two" / "big.bin").read_bytes() == data
+    else:
+        import dsv as api
+        reader = api.open_remote(str(remote), cache=str(cache))
+        version = reader.resolve("mldata:latest")
+        if how == "cat":
+            assert b"".join(reader.cat(version, "big.bin")) == data
+        else:
+            with reader.open(dict(reader.entries(version))["big.bin"]) as f:
+                f.seek(1 << 20)
+                assert f.read() == data[1 << 20:]
+    assert rewrites  # (the entry was read from the cache, then changed)

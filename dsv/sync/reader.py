@@ -723,18 +723,48 @@ class RemoteReader:
     def _stream_loose(self, entry: tree.Entry) -> Iterator[Blob]:
         """A large unchunked file (a loose object): from the cache, else streamed from the
         origin and, when it checks out, kept in the cache."""
-        if self.cache is not None:
-            path = self.cache.loose_path(entry.oid)
-            fd = self.cache.open_entry(path)
-            if fd is not None:
-                with os.fdopen(fd, "rb") as f:
-                    # Checked before any byte is given out: a damaged entry costs a
-                    # download, not the read (and is read no further than its size).
-                    if _holds(f, entry):
-                        yield from _Hashed(pieces_at_most(f.fileno(), entry.size),
-                                           entry.size)
-                        return
-                self.cache.drop(path)
+        held = self._cached_loose(entry)
+        if held is not None:
+            with held:
+                yield from iter(lambda: held.read(1 << 20), b"")
+            return
+        yield from self._stream_origin(entry)
+
+    def _cached_loose(self, entry: tree.Entry) -> BinaryIO | None:
+        """A private, checked copy of the cache's entry of loose object `entry` (at its
+        start: in memory up to LOOSE_CACHE_MEMORY, else in an unnamed temp file), or None
+        when the cache lacks it or holds other bytes (then it is dropped: a damaged entry
+        costs a download, not the read). The entry is read once: its owner may rewrite
+        it in place at any moment, so a second read could differ from what was checked."""
+        if self.cache is None:
+            return None
+        path = self.cache.loose_path(entry.oid)
+        fd = self.cache.open_entry(path)
+        if fd is None:
+            return None
+        held: BinaryIO = io.BytesIO() if entry.size <= LOOSE_CACHE_MEMORY else \
+            tempfile.TemporaryFile()
+        try:
+            with os.fdopen(fd, "rb") as f:
+                # (its size first: a truncated or huge sparse file is not read; then no
+                # further than that size: another user may append to it)
+                if os.fstat(f.fileno()).st_size == entry.size:
+                    stream = _Hashed(pieces_at_most(f.fileno(), entry.size), entry.size)
+                    for piece in stream:
+                        held.write(piece)
+                    if stream.count == entry.size and \
+                            stream.hasher.hexdigest() == entry.oid:
+                        held.seek(0)
+                        return held
+        except (OSError, CorruptObject):
+            pass  # (unreadable just now, or grew while read: the origin has it)
+        held.close()
+        self.cache.drop(path)
+        return None
+
+    def _stream_origin(self, entry: tree.Entry) -> Iterator[Blob]:
+        """A loose object streamed from the origin (the caller checks the whole) and, when
+        it checks out, kept in the cache."""
         self._origin(entry.oid)
         stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size)
         if self.cache is None:
@@ -800,11 +830,15 @@ class RemoteReader:
             yield from iter(lambda: held.read(1 << 20), b"")
 
     def _spooled(self, entry: tree.Entry, label: str) -> BinaryIO:
-        """A large unchunked file (a loose object), put aside in an unnamed temp file and
-        checked whole before anything reads it; at its start."""
+        """A large unchunked file (a loose object), put aside (the cache's entry: see
+        `_cached_loose`; from the origin: in an unnamed temp file) and checked whole
+        before anything reads it; at its start."""
+        cached = self._cached_loose(entry)  # (checked already: no second copy)
+        if cached is not None:
+            return cached
         held = tempfile.TemporaryFile()
         try:
-            stream = _Hashed(self.pieces(entry), entry.size)
+            stream = _Hashed(self._stream_origin(entry), entry.size)
             for piece in stream:
                 held.write(piece)
             if stream.count != entry.size or stream.hasher.hexdigest() != entry.oid:
@@ -814,7 +848,7 @@ class RemoteReader:
         except BaseException:
             held.close()
             raise
-        return held  # (a BufferedRandom: readable, seekable)
+        return held  # (readable, seekable)
 
     def _link_blob(self, items: Iterable[tuple[str, tree.Entry]]) -> Callable[[str], bytes]:
         """Reads a link's target by its id (what tree.validate_links asks for)."""
@@ -845,17 +879,6 @@ class RemoteReader:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _holds(f: BinaryIO, entry: tree.Entry) -> bool:
-    """Whether the open cache entry `f` holds exactly `entry`'s bytes: its size first
-    (a truncated or huge sparse file is not read), then its hash."""
-    if os.fstat(f.fileno()).st_size != entry.size:
-        return False
-    stream = _Hashed(pieces_at_most(f.fileno(), entry.size), entry.size)
-    for _piece in stream:  # (no further than that size: another user may append to it)
-        pass
-    return stream.count == entry.size and stream.hasher.hexdigest() == entry.oid
 
 
 class _Hashed:
