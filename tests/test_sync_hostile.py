@@ -6,6 +6,7 @@ semantic checks (formats, refs against records, history, races) stand in the way
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,32 @@ def test_marker_claiming_another_hash_or_a_format_that_is_no_number_is_refused(
     assert r.code == 1 and said in r.err, r.err
     assert (remote.root / "dsv-remote.json").read_bytes() == marker
     assert not (remote.root / "refs" / "mine").exists()
+
+
+@pytest.mark.parametrize("their_time", ["2027-01-01T00:00:00.000000Z",
+                                        "2025-01-01T00:00:00.000000Z"])
+def test_no_dataset_is_named_as_another_arriving_dataset_is_identified(
+        tmp_path: Path, dsv, their_time: str) -> None:
+    """Ids win over names: a dataset named `data` next to one whose id is `data` would
+    be listed as `data` while `data` leads to the other one."""
+    remote = HostileRemote(tmp_path / "remote")
+    mine = remote.record("x1aaaaaaaa", "x1aaaaaa", remote.files({"real.txt": b"real"}),
+                         dataset_name="data")
+    theirs = remote.record("y1aaaaaaaa", "data", remote.files({"evil.txt": b"evil"}),
+                           dataset_name="evil", committed=their_time)
+    remote.publish()
+    remote.ref("x1aaaaaa", "latest", "x1aaaaaaaa", mine, name="data", path="data")
+    remote.ref("data", "latest", "y1aaaaaaaa", theirs, name="evil", path="evil")
+    r = _clone(dsv, remote.root, tmp_path / "victim")
+    assert r.code == 0, r.err
+    assert "warning: dataset x1aaaaaa of the remote, data there, is named data-x1aaaaaa " \
+           "here: data is the id of another of its datasets" in r.err, r.err
+    victim = tmp_path / "victim"
+    listed = {d["id"]: d["name"] for d in
+              json.loads(dsv("datasets", "list", "--json", cwd=victim).out)}
+    assert listed == {"x1aaaaaa": "data-x1aaaaaa", "data": "evil"}
+    # Every name listed leads to its own dataset.
+    for ds_id, name in listed.items():
+        shown = json.loads(dsv("show", f"{name}:latest", "--json", cwd=victim).out)
+        assert shown["dataset"] == ds_id
+    assert (victim / "data" / "real.txt").read_bytes() == b"real"

@@ -150,6 +150,9 @@ def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Par
     # never checked as history, and must not turn up later (in `index rebuild`, say).
     records = [parsed[oid][0] for oid in reachable]
     names = {ref.dataset: ref for ref in remote_refs.values() if ref.ref == LATEST}
+    # (no dataset is named as another one of this fetch is identified: ids win over
+    # names, so the name would lead to the other one, whatever the listing says)
+    ids = {rec.version.dataset for rec in records}
 
     def record() -> None:
         for rec in sorted(records, key=lambda r: r.version.committed or 0):
@@ -165,7 +168,7 @@ def _store_fetched(core: Core, remote: Remote, report: FetchReport, parsed: _Par
                 continue
             if index.dataset_by("id", v.dataset) is None:
                 report.new_datasets.append(
-                    _create_dataset(core, v, rec.dataset_name, names.get(v.dataset)))
+                    _create_dataset(core, v, rec.dataset_name, names.get(v.dataset), ids))
             index.insert_version(v)
             index.add_promised(v.id, remote.name)
             if v.tree not in roots:
@@ -385,17 +388,23 @@ def _missing_tree(oid: str) -> None:
 
 
 def _create_dataset(core: Core, v: Version, dataset_name: str | None,
-                    ref: RemoteRef | None) -> str:
-    """A dataset first seen on a remote: unbound, named as the remote names it. Returns
-    the name it got."""
+                    ref: RemoteRef | None, arriving: set[str]) -> str:
+    """A dataset first seen on a remote: unbound, named as the remote names it, unless
+    that name is taken here or is the id of a dataset `arriving` with it. Returns the
+    name it got."""
     wanted = (ref.name if ref and ref.name else None) or dataset_name or v.dataset
     for name in (wanted, f"{wanted}-{v.dataset}", v.dataset):
         taken = core.index.dataset_by("name", name) or core.index.dataset_by("id", name)
         if refs.is_valid_name(name) and name != LATEST and \
-                (taken is None or taken.id == v.dataset):
+                (taken is None or taken.id == v.dataset) and \
+                (name == v.dataset or name not in arriving):
             break
     else:
         raise CorruptObject(f"dataset {v.dataset} on the remote cannot be named here: its id "
                             f"is taken", hint="nothing was fetched")
+    if name != wanted and wanted in arriving:
+        core.reporter.notice(f"warning: dataset {v.dataset} of the remote, {wanted} there, "
+                             f"is named {name} here: {wanted} is the id of another of its "
+                             f"datasets, which that name would lead to")
     core.index.insert_dataset(Dataset(id=v.dataset, name=name, created=time.time()))
     return name
