@@ -9,13 +9,22 @@ the remote with the independent checker (tests/servers.py `check_remote`) and by
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from conftest import flip_byte, read_tree, write_tree
-from servers import DirView, check_remote
+import pytest
+
+from conftest import flip_byte, read_tree, run_dsv, write_tree
+from servers import DirView, check_remote, s3_client
 from test_gc_race import finish, ok, paused, spawn, wait_for
-from test_sync_faults import setup_ok
+from test_sync_faults import new_bucket, setup_ok
 
 from dsv.remotes.layout import MAINTAIN_LOCK
 
@@ -128,3 +137,184 @@ def test_verify_without_repair_takes_no_lease(tmp_path: Path) -> None:
     assert r.returncode == 1, out + err   # the flipped byte
     assert "is corrupt" in out and "Traceback" not in err, out + err
     assert "warning: another client is maintaining origin" in out, out
+
+
+# ---- S3 answers that lack what dsv reads from them ------------------------------------------
+
+Mangle = Callable[[str, str, list[tuple[str, str]], bytes],
+                  tuple[list[tuple[str, str]], bytes]]
+
+
+class _Mangler:
+    """An HTTP proxy in front of an S3 server that relays every request and lets
+    `mangle(method, path, headers, body)` change each answer: an endpoint that leaves out
+    a field dsv reads. (Answers are relayed with a Content-Length the proxy sets, unless
+    `mangle` removes it; every connection carries one request.)"""
+
+    def __init__(self, upstream: str, mangle: Mangle) -> None:
+        host, _, port = upstream.split("://", 1)[1].rstrip("/").partition(":")
+        target = (host, int(port or 80))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                conn = http.client.HTTPConnection(*target, timeout=60)
+                conn.putrequest(self.command, self.path, skip_host=True,
+                                skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    if k.lower() not in ("connection", "keep-alive"):
+                        conn.putheader(k, v)
+                conn.putheader("Connection", "close")
+                conn.endheaders(body)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                headers = [(k, v) for k, v in resp.getheaders()
+                           if k.lower() not in ("connection", "transfer-encoding")
+                           and (self.command == "HEAD" or k.lower() != "content-length")]
+                if self.command != "HEAD":
+                    headers.append(("Content-Length", str(len(data))))
+                headers, data = mangle(self.command, self.path, headers, data)
+                self.send_response(resp.status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                self.close_connection = True
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _without(name: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() != name.lower()]
+
+
+@pytest.fixture
+def mangler(s3_endpoint: str, aws_env: None):
+    made: list[_Mangler] = []
+
+    def make(mangle: Mangle) -> str:
+        made.append(_Mangler(s3_endpoint, mangle))
+        return made[-1].url
+    yield make
+    for m in made:
+        m.close()
+
+
+def _clean_error(r: subprocess.CompletedProcess[str], *words: str) -> str:
+    text = f"exit {r.returncode}\n{r.stdout}{r.stderr}"
+    assert r.returncode == 1, text
+    assert "Traceback" not in text and "bug in dsv" not in text, text
+    error = next(line for line in r.stderr.splitlines() if line.startswith("error:"))
+    for word in words:
+        assert word in error, text
+    return error
+
+
+def _store(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_tree(ws, {"x.txt": b"x"})
+    setup_ok("init", "--name", "data", cwd=ws)
+    setup_ok("commit", "-m", "one", cwd=ws)
+    return ws
+
+
+def test_import_of_an_object_whose_head_has_no_length(tmp_path: Path, s3_endpoint: str,
+                                                      mangler) -> None:
+    bucket = new_bucket(s3_endpoint)
+    client = s3_client(s3_endpoint)
+    client.put_object(Bucket=bucket, Key="data/file.bin", Body=b"payload " * 100)
+    etag = client.head_object(Bucket=bucket, Key="data/file.bin")["ETag"].strip('"')
+    url = mangler(lambda method, path, headers, body: (
+        _without("Content-Length", headers) if method == "HEAD" else headers, body))
+    ws = _store(tmp_path)
+    r = run_dsv("import", f"s3://{bucket}/data/file.bin", "--etag", etag,
+                "--endpoint-url", url, cwd=ws)
+    _clean_error(r, f"s3://{bucket}/data/file.bin", "answer has no valid Content-Length")
+
+
+def test_import_of_a_listing_without_sizes(tmp_path: Path, s3_endpoint: str,
+                                           mangler) -> None:
+    bucket = new_bucket(s3_endpoint)
+    client = s3_client(s3_endpoint)
+    for name in ("a", "b"):
+        client.put_object(Bucket=bucket, Key=f"data/{name}.txt", Body=name.encode() * 10)
+
+    def no_sizes(method: str, path: str, headers: list[tuple[str, str]], body: bytes):
+        if method == "GET" and "list-type=2" in path:
+            body = re.sub(rb"<Size>[^<]*</Size>", b"", body)
+            headers = _without("Content-Length", headers) + [("Content-Length",
+                                                             str(len(body)))]
+        return headers, body
+    url = mangler(no_sizes)
+    ws = _store(tmp_path)
+    r = run_dsv("import", f"s3://{bucket}/data/", "--endpoint-url", url, cwd=ws)
+    _clean_error(r, f"listing s3://{bucket}/data/", "answer has no valid Size for 'data/a.txt'")
+
+
+def test_remote_whose_gets_carry_no_etag(tmp_path: Path, s3_endpoint: str, mangler) -> None:
+    """A ref read without an ETag cannot be changed safely: a clean error, never a
+    KeyError."""
+    bucket = new_bucket(s3_endpoint)
+    ws = _store(tmp_path)
+    setup_ok("remote", "add", "origin", f"s3://{bucket}/r", "--endpoint-url", s3_endpoint,
+             cwd=ws)
+    ok("push", cwd=ws)
+    url = mangler(lambda method, path, headers, body: (
+        _without("ETag", headers) if method == "GET" else headers, body))
+    r = run_dsv("clone", f"s3://{bucket}/r", tmp_path / "clone", "--endpoint-url", url,
+                cwd=tmp_path)
+    _clean_error(r, f"s3://{bucket}/r/", "answer has no valid ETag")
+    assert not (tmp_path / "clone").exists()
+
+
+def test_remote_whose_puts_carry_no_etag(tmp_path: Path, s3_endpoint: str, mangler) -> None:
+    bucket = new_bucket(s3_endpoint)
+    url = mangler(lambda method, path, headers, body: (
+        _without("ETag", headers) if method == "PUT" else headers, body))
+    ws = _store(tmp_path)
+    setup_ok("remote", "add", "origin", f"s3://{bucket}/r", "--endpoint-url", url, cwd=ws)
+    r = run_dsv("push", cwd=ws)
+    _clean_error(r, f"updating s3://{bucket}/r/", "answer has no valid ETag")
+
+
+def test_remote_whose_heads_carry_no_length(tmp_path: Path, s3_endpoint: str,
+                                            mangler) -> None:
+    """A second store pushes a large file the remote already holds: its HEAD (is it
+    there?) comes back without a Content-Length."""
+    bucket = new_bucket(s3_endpoint)
+    big = os.urandom(2 << 20)
+    first = _store(tmp_path)
+    write_tree(first, {"big.bin": big})
+    setup_ok("commit", "-m", "big", cwd=first)
+    setup_ok("remote", "add", "origin", f"s3://{bucket}/r", "--endpoint-url", s3_endpoint,
+             cwd=first)
+    ok("push", cwd=first)
+    url = mangler(lambda method, path, headers, body: (
+        _without("Content-Length", headers) if method == "HEAD" else headers, body))
+    second = tmp_path / "second"
+    write_tree(second, {"big.bin": big})
+    setup_ok("init", "--name", "other", cwd=second)
+    setup_ok("commit", "-m", "same big file", cwd=second)
+    setup_ok("remote", "add", "origin", f"s3://{bucket}/r", "--endpoint-url", url,
+             cwd=second)
+    r = run_dsv("push", cwd=second)
+    _clean_error(r, f"s3://{bucket}/r/loose/", "answer has no valid Content-Length")

@@ -174,8 +174,37 @@ def check_reachable(client: S3Client, timeout: float = CONNECT_TIMEOUT) -> None:
             from None
 
 
-def _etag(raw: str | None) -> str:
-    return (raw or "").strip('"')
+def _etag(raw: object) -> str:
+    return raw.strip('"') if isinstance(raw, str) else ""
+
+
+_ANSWER_HINT = ("the endpoint is not S3-compatible enough for dsv, or something between "
+                "dsv and it changed its answers")
+
+
+def bad_answer(where: str, what: str) -> RemoteError:
+    """The error for an S3 answer that lacks a field dsv reads from it (or holds one that
+    is not what S3 sends): a hostile or broken endpoint, never a bug in dsv."""
+    return RemoteError(f"{where}: the S3 endpoint's answer has no valid {what}",
+                       hint=_ANSWER_HINT)
+
+
+def _size(value: object, where: str, what: str = "Content-Length") -> int:
+    """A size from an S3 answer: a whole number ≥ 0 (botocore gives an int; a listing's
+    `Size` is parsed from XML), else `bad_answer`."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise bad_answer(where, what)
+    return value
+
+
+def _body(response: object, where: str) -> Body:
+    body = response.get("Body") if isinstance(response, dict) else None
+    if body is None or not hasattr(body, "read"):
+        raise bad_answer(where, "body")
+    got: Body = body
+    return got
 
 
 def head(client: S3Client, bucket: str, key: str, version_id: str | None = None) -> S3Object:
@@ -183,25 +212,43 @@ def head(client: S3Client, bucket: str, key: str, version_id: str | None = None)
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
+    where = f"s3://{bucket}/{key}"
     try:
         meta = client.head_object(**args)
     except Exception as exc:
-        raise describe(exc, f"s3://{bucket}/{key}") from None
-    return S3Object(key, int(meta["ContentLength"]), _etag(meta.get("ETag")),
-                    meta.get("VersionId") or version_id)
+        # (a 404 keeps describe's words: `dsv import --check` looks for "404" in them)
+        raise describe(exc, where) from None
+    got_version = meta.get("VersionId")
+    return S3Object(key, _size(meta.get("ContentLength"), where), _etag(meta.get("ETag")),
+                    got_version if isinstance(got_version, str) and got_version
+                    else version_id)
 
 
 def list_prefix(client: S3Client, bucket: str, prefix: str) -> Iterator[S3Object]:
-    """Every object under `prefix` (folder markers, keys ending in '/', left out)."""
+    """Every object under `prefix` (folder markers, keys ending in '/', left out). An
+    entry without a key or a size is an error (leaving it out would import less than
+    the prefix holds)."""
+    where = f"listing s3://{bucket}/{prefix}"
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                     Prefix=prefix):
-            for item in page.get("Contents", []):
-                if item["Key"].endswith("/"):
-                    continue
-                yield S3Object(item["Key"], int(item["Size"]), _etag(item.get("ETag")), None)
+        pages = iter(client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix))
     except Exception as exc:
-        raise describe(exc, f"listing s3://{bucket}/{prefix}") from None
+        raise describe(exc, where) from None
+    while True:
+        try:
+            page = next(pages, None)
+        except Exception as exc:
+            raise describe(exc, where) from None
+        if page is None:
+            return
+        for item in page.get("Contents", []) if isinstance(page, dict) else ():
+            key = item.get("Key") if isinstance(item, dict) else None
+            if not isinstance(key, str) or not key:
+                raise bad_answer(where, "Key for one of its objects")
+            if key.endswith("/"):
+                continue
+            size = _size(item.get("Size"), where, f"Size for {key[:200]!r}")
+            yield S3Object(key, size, _etag(item.get("ETag")), None)
 
 
 def open_object(client: S3Client, bucket: str, obj: S3Object) -> Body:
@@ -211,11 +258,12 @@ def open_object(client: S3Client, bucket: str, obj: S3Object) -> Body:
         args["VersionId"] = obj.version_id
     elif obj.etag:
         args["IfMatch"] = f'"{obj.etag}"'
+    where = f"s3://{bucket}/{obj.key}"
     try:
-        body: Body = client.get_object(**args)["Body"]
+        response = client.get_object(**args)
     except Exception as exc:
-        raise describe(exc, f"s3://{bucket}/{obj.key}") from None
-    return body
+        raise describe(exc, where) from None
+    return _body(response, where)
 
 
 def corrupt_download(what: str) -> CorruptDownload:
@@ -325,13 +373,19 @@ class S3Backend:
                 if _is_missing(exc):
                     raise NotFound(f"{where} does not exist") from None
                 raise describe(exc, where) from None
-            body: Body = response["Body"]
+            body = _body(response, where)
             claimed = response.get("ContentLength")
-            if expect is not None and claimed is not None and int(claimed) != expect:
+            if claimed is not None:
+                try:
+                    claimed = _size(claimed, where)
+                except RemoteError:
+                    body.close()
+                    raise
+            if expect is not None and claimed is not None and claimed != expect:
                 body.close()
                 raise RemoteError(f"{where}: asked for {expect} bytes, the answer has "
                                   f"{claimed}")
-            if claimed is not None and int(claimed) > cap:
+            if claimed is not None and claimed > cap:
                 body.close()
                 raise TooLarge(f"{where} is {claimed} bytes, more than the {cap} dsv reads "
                                f"for it", hint="the remote holds a damaged or hostile object")
@@ -374,11 +428,15 @@ class S3Backend:
         """Backend.download: one GET, streamed in pieces of 8 MiB."""
         full = self._key(key)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             if _is_missing(exc):
                 raise NotFound(f"{self._where(key)} does not exist") from None
             raise describe(exc, self._where(key)) from None
+        body = _body(response, self._where(key))
+        if not hasattr(body, "iter_chunks"):
+            body.close()
+            raise bad_answer(self._where(key), "body")
         try:
             yield from body.iter_chunks(_PIECE)
         except _body_errors() as exc:
@@ -390,11 +448,12 @@ class S3Backend:
         """Backend.head: a HEAD request."""
         full = self._key(key)
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
+            meta = self.client.head_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             if _is_missing(exc):
                 return None
             raise describe(exc, self._where(key)) from None
+        return _size(meta.get("ContentLength"), self._where(key))
 
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Backend.put_bytes: one PUT."""
@@ -426,12 +485,17 @@ class S3Backend:
             raise describe(exc, f"deleting {self._where(key)}") from None
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
-        """Backend.read_ref; the version tag is the object's ETag."""
+        """Backend.read_ref; the version tag is the object's ETag (an answer without one
+        is an error: refs change only by compare-and-swap on it)."""
         try:
             data, response = self._get(key, MAX_REF_BYTES)
         except NotFound:
             return None
-        return data, response["ETag"]
+        etag = response.get("ETag")
+        if not isinstance(etag, str) or not etag:
+            raise bad_answer(self._where(key), "ETag (dsv changes refs only by "
+                             "compare-and-swap on it)")
+        return data, etag
 
     def write_ref(self, key: str, data: bytes, expect: str | None) -> str | None:
         """Backend.write_ref: a conditional PUT (If-None-Match or If-Match)."""
@@ -448,7 +512,10 @@ class S3Backend:
             if _status(exc) in (409, 412) or (expect is not None and _is_missing(exc)):
                 return None
             raise describe(exc, f"updating {self._where(key)}") from None
-        etag: str = response["ETag"]
+        etag = response.get("ETag") if isinstance(response, dict) else None
+        if not isinstance(etag, str) or not etag:
+            raise bad_answer(f"updating {self._where(key)}", "ETag (the write may have "
+                             "landed; dsv changes refs only by compare-and-swap on it)")
         return etag
 
 
