@@ -344,3 +344,62 @@ def test_a_reader_warns_once_of_a_cache_it_cannot_fill(tmp_path: Path, source: P
     assert done.stderr == (f"warning: could not fill the cluster cache {cache}: "
                            "Read-only file system\n")
     assert read_tree(tmp_path / "out") == read_tree(source)
+
+
+# ---- 6. pending markers anyone may plant -------------------------------------------------
+
+def _plant(cache: Path, data: bytes, name: str | None = None, marker_age: float = 0.0,
+           used_age: float = 7200.0) -> Path:
+    """A loose entry of `data` (named by its blake3 unless `name`), used `used_age` ago,
+    with a pending marker made `marker_age` ago."""
+    from dsv.hashing import hash_bytes
+    import time
+    oid = name or hash_bytes(data)
+    entry = cache / "loose" / oid[:2] / oid
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_bytes(data)
+    now = time.time()
+    os.utime(entry, (now - used_age, now - used_age))
+    marker = cache / "pending" / f"loose-{oid[:2]}-{oid}"
+    marker.parent.mkdir(exist_ok=True)
+    marker.touch()
+    os.utime(marker, (now - marker_age, now - marker_age))
+    return entry
+
+
+def test_prune_honours_only_pending_markers_of_entries_a_push_uploads(
+        tmp_path: Path, source: Path, dsv) -> None:
+    """A marker keeps its entry only if it is fresh (24 h) and names an entry a push
+    uploads (a whole pack, or a loose object of 1 MiB or more that hashes to its name);
+    and what pending entries keep never takes more than half of --max-size from the
+    others. (Before, any marker kept its entry for good, and a planted marker plus a big
+    file made prune evict everything else.)"""
+    import json
+    assert dsv("push", cwd=source).code == 0
+    cache = tmp_path / "cache"
+    assert dsv("get", tmp_path / "remote", "data:latest", "--to", tmp_path / "one",
+               "--cache", cache, cwd=tmp_path).code == 0
+    real = sorted(p for p in (cache / "loose").rglob("*") if p.is_file())
+    small = next(p for p in real if p.stat().st_size < 1000)
+    big = next(p for p in real if p.stat().st_size > 1 << 20)
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=source).code == 0
+
+    junk = _plant(cache, os.urandom(3 << 20), name="ab" + os.urandom(31).hex())
+    stale = _plant(cache, os.urandom(3 << 19), marker_age=2 * 86400)
+    kept = _plant(cache, os.urandom(3 << 19))
+    _plant(cache, small.read_bytes())  # a real entry, but no push uploads a small loose one
+    r = dsv("cache", "prune", "--older-than", "1h", "--json", cwd=source)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["pending_kept"] == 1 and report["removed"] == 3, report
+    assert kept.exists() and not junk.exists() and not stale.exists() and not small.exists()
+    assert big.exists()
+
+    # A genuine entry marked pending, larger than the whole budget: kept, but the others
+    # keep half of the budget (here, all of them: 1.1 MiB of 3 MiB).
+    huge = _plant(cache, os.urandom(3 << 20), used_age=0)
+    r = dsv("cache", "prune", "--max-size", "3MiB", "--json", cwd=source)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["pending_kept"] == 2 and report["removed"] == 0, report
+    assert huge.exists() and kept.exists() and big.exists()

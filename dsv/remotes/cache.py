@@ -5,7 +5,9 @@ Owns the cache's layout (`packs/<pack id>.pack`, `loose/<xx>/<oid>`, `loc/<xx>/<
 rename; many machines may fill one entry at once and the last rename wins with the same
 bytes), recency (a read bumps the file's mtime: that is the LRU clock) and pruning by
 age and size. An entry written through by a push is marked pending until the origin
-holds it, and pending entries are never evicted. Everything read from a cache is
+holds it, and prune keeps pending entries; as anyone may plant a marker, only a fresh one
+naming an entry a push uploads counts, and pending entries take at most half of a size
+budget from the rest (`_honoured_pending`, `prune`). Everything read from a cache is
 verified by the caller, so a damaged entry costs a download, never data.
 
 Anyone who can write the cache may plant anything in it, so: every step below the root
@@ -32,17 +34,41 @@ from collections.abc import Callable, Iterable, Iterator
 from .. import fileio
 from ..errors import CorruptObject
 from ..hashing import is_hash, new_hasher
+from ..objects import PACK_THRESHOLD, parse_pack_index, pack_tail_size
 from ..reports import PruneReport
 from . import layout
-from .base import open_dirs
+from .base import MAX_GET_BYTES, open_dirs
 
 # A temp file this old belongs to a filler that died; prune removes it.
 STALE_TMP_S = 3600.0
+PENDING_MAX_AGE_S = 86400.0
+"""A pending marker keeps its entry this long after it was made (or last renewed by a
+push writing that entry again): a push holds one for the upload of one pack or loose
+object, and a marker a killed push left is cleared by the next push to that origin."""
+PENDING_SHARE = 0.5
+"""With a size budget, pending entries take at most this share of it from the others."""
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PENDING_PACK = re.compile(r"packs-([0-9a-f]{64})\.pack")
 _PENDING_LOOSE = re.compile(r"loose-([0-9a-f]{2})-([0-9a-f]{64})")
+
+
+def _whole_pack(fd: int, size: int, pack_id: str) -> bool:
+    """Whether the open file `fd` of `size` bytes is the whole pack `pack_id`: its table
+    and trailer (read alone, at most MAX_GET_BYTES) hash to its id and say its length."""
+    trailer = pack_tail_size(0)
+    if size < trailer:
+        return False
+    count = int.from_bytes(os.pread(fd, 8, size - trailer), "big")
+    tail = pack_tail_size(count)
+    if tail > min(size, MAX_GET_BYTES):
+        return False
+    try:
+        _entries, total = parse_pack_index(os.pread(fd, tail, size - tail), pack_id)
+    except CorruptObject:
+        return False
+    return total == size
 
 
 def _not_a_directory(exc: OSError) -> bool:
@@ -313,8 +339,12 @@ class ClusterCache:
                         mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
                     except FileNotFoundError:
                         continue
-                    if stat.S_ISREG(mode):
-                        return  # already marked
+                    if stat.S_ISREG(mode):  # already marked: renewed (best effort)
+                        try:
+                            os.utime(name, dir_fd=directory, follow_symlinks=False)
+                        except OSError:
+                            pass
+                        return
                     self._drop_at(directory, name)
             raise OSError(errno.EAGAIN, "the pending marker kept changing", name)
         finally:
@@ -350,15 +380,76 @@ class ClusterCache:
         """Paths of the entries marked pending. The names come from a shared directory:
         only `packs-<pack id>.pack` and `loose-<xx>-<oid>` (64 hex digits, xx its first
         two) count; anything else is ignored."""
-        out = []
-        for name in sorted(self._pending_names()):
-            pack = _PENDING_PACK.fullmatch(name)
-            loose = _PENDING_LOOSE.fullmatch(name)
-            if pack and is_hash(pack.group(1)):
-                out.append(self.pack_path(pack.group(1)))
-            elif loose and is_hash(loose.group(2)) and loose.group(2)[:2] == loose.group(1):
-                out.append(self.loose_path(loose.group(2)))
-        return out
+        return sorted(path for name in self._pending_names()
+                      if (path := self._pending_entry(name)) is not None)
+
+    def _pending_entry(self, name: str) -> str | None:
+        """The entry a marker's name stands for, None if it is no marker's name."""
+        pack = _PENDING_PACK.fullmatch(name)
+        loose = _PENDING_LOOSE.fullmatch(name)
+        if pack and is_hash(pack.group(1)):
+            return self.pack_path(pack.group(1))
+        if loose and is_hash(loose.group(2)) and loose.group(2)[:2] == loose.group(1):
+            return self.loose_path(loose.group(2))
+        return None
+
+    def _honoured_pending(self, entries: list[tuple[str, int, float]], now: float
+                          ) -> set[str]:
+        """The entries among `entries` that prune keeps as pending. Anyone may write
+        pending/, so a marker counts only if it is a regular file made (or renewed) within
+        PENDING_MAX_AGE_S, and the entry it names is one a push uploads: a whole pack (its
+        table and trailer hash to its id, and it is as long as they say) or a loose object
+        of at least PACK_THRESHOLD bytes that hashes to its id."""
+        try:
+            directory = open_dirs(self.root, ["pending"])
+        except OSError:
+            return set()
+        try:
+            fresh = set()
+            for name in os.listdir(directory):
+                path = self._pending_entry(name)
+                try:
+                    st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                except OSError:
+                    continue
+                if path is not None and stat.S_ISREG(st.st_mode) and \
+                        abs(now - st.st_mtime) <= PENDING_MAX_AGE_S:
+                    fresh.add(path)
+        except OSError:  # (another user's directory this one may not list)
+            return set()
+        finally:
+            os.close(directory)
+        return {path for path, _size, _used in entries
+                if path in fresh and self._uploadable(path)}
+
+    def _uploadable(self, path: str) -> bool:
+        """Whether the entry at `path` is what a push writes there (see `_honoured_pending`);
+        read without following links, and without touching its time of last use."""
+        parts = self._parts(path)
+        try:
+            parent = open_dirs(self.root, parts[:-1])
+        except OSError:
+            return False
+        try:
+            fd = fileio.open_regular(parts[-1], dir_fd=parent)
+        except OSError:
+            return False
+        finally:
+            os.close(parent)
+        try:
+            size = os.fstat(fd).st_size
+            if parts[0] == "packs":
+                return _whole_pack(fd, size, parts[-1].removesuffix(".pack"))
+            hasher = new_hasher(threads=True)
+            got = 0
+            for piece in fileio.pieces_at_most(fd, size):
+                hasher.update(piece)
+                got += len(piece)
+            return size >= PACK_THRESHOLD and got == size and hasher.hexdigest() == parts[-1]
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     # ---- eviction ----------------------------------------------------------------
     def _scan(self, bad: Callable[[int, str], None] | None = None
@@ -412,8 +503,10 @@ class ClusterCache:
     def prune(self, older_than: float | None, max_size: int | None,
               now: float | None = None) -> PruneReport:
         """Evict entries unused for `older_than` seconds, then the least recently used
-        until the cache holds at most `max_size` bytes. Pending entries always stay.
-        Things that are not regular files where entries belong are removed too."""
+        until the cache holds at most `max_size` bytes. Pending entries (those
+        `_honoured_pending` keeps) stay, but take at most PENDING_SHARE of `max_size`
+        from the others. Things that are not regular files where entries belong are
+        removed too."""
         now = time.time() if now is None else now
         report = PruneReport()
         self._prune_tmp(now, report)
@@ -422,10 +515,11 @@ class ClusterCache:
             if self._drop_at(dir_fd, name):
                 report.bad_removed += 1
 
-        marked = self._pending_names()
+        entries = sorted(self._scan(bad), key=lambda e: e[2])
+        marked = self._honoured_pending(entries, now)
         live = []
-        for path, size, used in sorted(self._scan(bad), key=lambda e: e[2]):
-            if self._pending_name(path) in marked:
+        for path, size, used in entries:
+            if path in marked:
                 report.pending_kept += 1
                 report.kept += 1
                 report.kept_bytes += size
@@ -434,9 +528,11 @@ class ClusterCache:
                 self._evict(path, size, report)
             else:
                 live.append((path, size))
-        total = sum(size for _p, size in live) + report.kept_bytes
+        total = sum(size for _p, size in live)
+        budget = None if max_size is None else \
+            max(max_size - report.kept_bytes, int(max_size * (1 - PENDING_SHARE)))
         for path, size in live:  # oldest first
-            if max_size is not None and total > max_size:
+            if budget is not None and total > budget:
                 self._evict(path, size, report)
                 total -= size
             else:
