@@ -76,3 +76,22 @@ def test_no_dataset_is_named_as_another_arriving_dataset_is_identified(
         shown = json.loads(dsv("show", f"{name}:latest", "--json", cwd=victim).out)
         assert shown["dataset"] == ds_id
     assert (victim / "data" / "real.txt").read_bytes() == b"real"
+
+
+def test_a_remote_tag_named_latest_never_moves_latest_here(tmp_path: Path, dsv) -> None:
+    """No tag may be named `latest`; one on a remote was taken for the dataset's latest
+    and moved it back, past the commit made here, by a mere fetch."""
+    remote = HostileRemote(tmp_path / "remote")
+    first = remote.version("v1aaaaaaaa", DS, {"a.txt": b"one"})
+    victim = tmp_path / "victim"
+    assert _clone(dsv, remote.root, victim).code == 0
+    (victim / "a.txt").write_bytes(b"two")
+    mine = dsv("commit", "-m", "two", cwd=victim).out.strip().rpartition(":")[2]
+    remote.ref(DS, "tags/latest", "v1aaaaaaaa", first)
+    for command in ("fetch", "pull"):
+        r = dsv(command, cwd=victim)
+        assert r.code == 0, r.err
+        shown = json.loads(dsv("show", "victim:latest", "--json", cwd=victim).out)
+        assert shown["id"] == mine, command
+    assert json.loads(dsv("tags", "--json", cwd=victim).out) == []
+    assert (victim / "a.txt").read_bytes() == b"two"

@@ -195,7 +195,8 @@ def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:
     parts = key.split("/")
     if len(parts) == 3 and parts[2] == LATEST:
         ref = LATEST
-    elif len(parts) == 4 and parts[2] == "tags" and is_valid_name(parts[3]):
+    elif len(parts) == 4 and parts[2] == "tags" and is_valid_name(parts[3]) and \
+            parts[3] != LATEST:  # (no tag is named `latest`: it would be taken for latest)
         ref = f"tags/{parts[3]}"
     else:
         return None
