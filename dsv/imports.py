@@ -299,11 +299,11 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
             if obj.size < PACK_THRESHOLD:
                 data = b"".join(_at_most(body, obj.size, stop))
                 md5.update(data)
-                _check(obj, len(data), md5)
+                _check(bucket, obj, len(data), md5)
                 return obj, data, None, len(data), ""
             if chunking.CHUNK_THRESHOLD <= obj.size <= chunking.MAX_CHUNKED_SIZE:
-                oid, size, listed = _store_chunked(core, obj, body, md5, add, add_chunks,
-                                                   stop)
+                oid, size, listed = _store_chunked(core, bucket, obj, body, md5, add,
+                                                   add_chunks, stop)
             else:
                 oid, size = ingest.add_large_stream(_at_most(body, obj.size, stop),
                                                     md5.update)
@@ -313,7 +313,7 @@ def _download_batch(core: Core, client: s3.S3Client, bucket: str, batch: list[s3
             raise s3.describe(exc, f"downloading s3://{bucket}/{obj.key}") from None
         finally:
             body.close()
-        _check(obj, size, md5)
+        _check(bucket, obj, size, md5)
         return obj, None, oid, size, listed
 
     rows: list[tuple[str, str, int, str]] = []
@@ -348,7 +348,8 @@ _CHUNKING = threading.BoundedSemaphore(2)
 """Objects chunked at once (each holds ~50 MB of buffers; downloads go on meanwhile)."""
 
 
-def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._Hash",
+def _store_chunked(core: Core, bucket: str, obj: s3.S3Object, body: s3.Body,
+                   md5: "hashlib._Hash",
                    add: Callable[[str, int, bytes | memoryview], None],
                    add_chunks: chunking.Take, stop: threading.Event) -> tuple[str, int, str]:
     """A large object stored as a commit stores a large file: in content-defined chunks
@@ -362,7 +363,7 @@ def _store_chunked(core: Core, obj: s3.S3Object, body: s3.Body, md5: "hashlib._H
             md5.update(piece)
             spool.write(piece)
             size += len(piece)
-        _check(obj, size, md5)
+        _check(bucket, obj, size, md5)
         spool.flush()
         spool.seek(0)
         with _CHUNKING:
@@ -388,12 +389,12 @@ def _at_most(body: s3.Body, size: int, stop: threading.Event) -> Iterator[bytes]
         yield chunk
 
 
-def _check(obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:
+def _check(bucket: str, obj: s3.S3Object, size: int, md5: "hashlib._Hash") -> None:
     """The bytes received are the bytes listed: size always, MD5 for single-part ETags."""
     if size != obj.size:
-        raise ImportMismatch(f"s3://…/{obj.key}: received {size} bytes, expected {obj.size}")
+        raise ImportMismatch(f"s3://{bucket}/{obj.key}: received {size} bytes, expected {obj.size}")
     if _MD5_ETAG.fullmatch(obj.etag) and md5.hexdigest() != obj.etag:
-        raise ImportMismatch(f"s3://…/{obj.key}: received bytes do not match its ETag",
+        raise ImportMismatch(f"s3://{bucket}/{obj.key}: received bytes do not match its ETag",
                              hint="the server sent corrupted data; run the import again")
 
 
