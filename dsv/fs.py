@@ -254,17 +254,32 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         if i is None or listing.rows[i].kind != "file":
             raise FileNotFoundError(path)
         entry = _entry(listing.rows[i])
+        opened: Any
         if self._remote:
             reader = self._remote_reader()
             ahead = self._ahead(version, parent, listing, i)
-            return reader.open(entry, ahead)  # type: ignore[no-any-return]
-        store = self._stores.take()  # (held while the file is open: it reads through it)
-        try:
-            handle = store.open_entry(version, rel, entry)
-        except BaseException:
-            self._stores.give(store)
-            raise
-        return io.BufferedReader(_Lending(handle, lambda: self._stores.give(store)))
+            opened = reader.open(entry, ahead)
+        else:
+            store = self._stores.take()  # (held while the file is open: it reads through it)
+            try:
+                handle = store.open_entry(version, rel, entry)
+            except BaseException:
+                self._stores.give(store)
+                raise
+            opened = io.BufferedReader(_Lending(handle, lambda: self._stores.give(store)))
+        opened.size = entry.size  # (as fsspec's own files: read_block and others use it)
+        return opened  # type: ignore[no-any-return]
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
+                 **kwargs: Any) -> bytes:  # noqa: ANN401 - fsspec's own options
+        """Bytes [start, end) of a file, as a Python slice takes them: a negative bound
+        counts from the end, bounds past the end stop there, and an empty range is b""."""
+        with self.open(path, "rb") as f:
+            first, stop, _step = slice(start, end).indices(f.size)
+            if stop <= first:
+                return b""
+            f.seek(first)
+            return bytes(f.read(stop - first))
 
     def ukey(self, path: str) -> str:
         """What identifies a file's contents: its blake3."""

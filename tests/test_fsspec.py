@@ -221,3 +221,37 @@ def test_every_method_takes_a_path_literally(tmp_path, dsv, where):
         assert fs.find(path) == [] and fs.glob(path) == [] and fs.glob(f"{path}*") == []
         assert list(fs.walk(path)) == [] and fs.du(path) == 0, path
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["store", "remote", "cache"])
+def test_ranges_of_every_kind_of_file_read_as_python_slices(tmp_path, dsv, where):
+    """cat_file with a negative, reversed or too long range, cat_ranges, read_block (what
+    Dask's read_csv calls), head and tail, and the open file's `size`, as fsspec's own
+    files have, on a small, a loose and a chunked file. (Before: AttributeError "no
+    attribute 'size'" for a negative start, and a reversed range read the rest of a small
+    file or raised ValueError.)"""
+    ws = tmp_path / "data"
+    files = {"small.txt": b"0123456789", "loose.bin": os.urandom((2 << 20) + 7),
+             "big.bin": os.urandom(5 << 20)}
+    for name, data in files.items():
+        (ws / name).parent.mkdir(exist_ok=True)
+        (ws / name).write_bytes(data)
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "v1", cwd=ws))
+    _ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    opts = {"store": {"store": str(ws)}, "remote": {"remote": str(tmp_path / "remote")},
+            "cache": {"remote": str(tmp_path / "remote"), "cache": str(tmp_path / "c")}}[where]
+    fs = fsspec.filesystem("dsv", skip_instance_cache=True, **opts)
+    for name, d in files.items():
+        path, n = f"data/{name}", len(d)
+        for start, end in [(None, None), (-5, None), (1, -1), (-3, -1), (n + 10, None),
+                           (5, 2), (0, n + 100), (-n - 9, 4), (3, 3), (None, -2)]:
+            assert fs.cat_file(path, start=start, end=end) == d[start:end], (name, start, end)
+        assert fs.cat_ranges([path, path], [0, 3], [2, 9]) == [d[0:2], d[3:9]]
+        assert fs.read_block(path, 2, 5) == d[2:7] and fs.read_block(path, n - 3, 50) == d[-3:]
+        assert fs.head(path, 4) == d[:4] and fs.tail(path, 4) == d[-4:]
+        with fs.open(path) as f:
+            assert f.size == n
+            f.seek(n + 100)
+            assert f.read() == b""
