@@ -21,6 +21,7 @@ import errno
 import io
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -75,6 +76,16 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         self._listings: OrderedDict[tuple[str, str], _Listing] = OrderedDict()
         self._listed = 0
         self._reading: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        _LIVE[id(self)] = self
+
+    def _after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's remote reader (its GET
+        threads do not exist here; its connections are the parent's) and its Stores
+        (SQLite handles must not cross a fork) are left to the parent, and fresh ones are
+        opened on first use. What was resolved and listed stays: a version never changes."""
+        self._lock = threading.Lock()   # (another thread may have held it at the fork)
+        self._reader = None
+        self._stores = _Stores(self._store_path)
 
     # ---- where versions come from -------------------------------------------------------
     @contextmanager
@@ -284,6 +295,19 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     def ukey(self, path: str) -> str:
         """What identifies a file's contents: its blake3."""
         return str(self.info(path)["hash"])
+
+
+_LIVE: weakref.WeakValueDictionary[int, DsvFileSystem] = weakref.WeakValueDictionary()
+"""Every file system of this process (by id: fsspec's hash and == are by options), told
+when the process forks."""
+
+
+def _forked() -> None:
+    for fs in list(_LIVE.values()):
+        fs._after_fork()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 @dataclass(frozen=True)

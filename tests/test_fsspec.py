@@ -255,3 +255,50 @@ def test_ranges_of_every_kind_of_file_read_as_python_slices(tmp_path, dsv, where
             assert f.size == n
             f.seek(n + 100)
             assert f.read() == b""
+
+
+def test_a_file_system_used_before_a_fork_reads_in_the_forked_worker(tmp_path, dsv):
+    """A PyTorch DataLoader (fork start method) copies a Dataset whose file system has
+    already read: the worker must not use the parent's reader threads (they do not exist
+    in the child: a read through them waited for ever) nor its remote connections and
+    SQLite handles. Files of one directory lie in two packs, so reads read ahead with
+    several GETs at once."""
+    import signal
+    ws = tmp_path / "imgs"
+    files = {f"d/{i:03d}.bin": os.urandom(500 + i) for i in range(80)}
+    for i, (rel, data) in enumerate(files.items()):
+        if i % 2 == 0:
+            (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ws / rel).write_bytes(data)
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "evens", cwd=ws))
+    _ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    for i, (rel, data) in enumerate(files.items()):
+        if i % 2:
+            (ws / rel).write_bytes(data)
+    _ok(dsv("commit", "-m", "odds", cwd=ws))
+    _ok(dsv("push", cwd=ws))   # (a second pack: neighbours alternate between the two)
+    order = sorted(files)
+    for opts in ({"remote": str(tmp_path / "remote")}, {"store": str(ws)}):
+        fs = fsspec.filesystem("dsv", skip_instance_cache=True, **opts)
+        for rel in order[:4]:   # (in order: read ahead, several GETs in parallel)
+            assert fs.cat(f"imgs/{rel}") == files[rel]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 3
+            try:
+                os.close(read)
+                signal.alarm(30)
+                code = 0 if all(fs.cat(f"imgs/{rel}") == files[rel] for rel in order[4:]) \
+                    else 1
+                os.write(write, b"done")
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            said = pipe.read()
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and said == b"done", (opts, status)
+        assert all(fs.cat(f"imgs/{rel}") == files[rel] for rel in order[4:])  # the parent
