@@ -115,6 +115,8 @@ class MaintainReport(_FlatReport):
     bytes_moved: int = 0
     skipped: list[str] = field(default_factory=list)   # small packs left alone, and why
     written: list[str] = field(default_factory=list)   # ids of the packs written
+    stale_uploads_removed: int = 0   # temp files of killed uploads (directory remotes)
+    stale_upload_bytes: int = 0
 
 
 @dataclass
@@ -135,6 +137,7 @@ class RemoteGcReport(_FlatReport):
     strays_deleted: int = 0          # a pack without its index, or an index without its pack
     bytes_freed: int = 0
     leases_removed: int = 0          # expired push leases of killed pushes
+    stale_uploads_removed: int = 0   # temp files of killed uploads (directory remotes)
     upgraded: bool = False           # raised to format 3 (every dataset's catalog written)
     skipped: list[str] = field(default_factory=list)
 

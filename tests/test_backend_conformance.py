@@ -112,7 +112,7 @@ def test_the_protocol_is_what_this_suite_covers() -> None:
     # A method added to Backend must get conformance tests here (and a memory version).
     assert PROTOCOL_METHODS == ["check_reachable", "delete", "download", "get", "get_range",
                                 "head", "list", "put_bytes", "put_file", "read_ref",
-                                "write_ref"]
+                                "remove_stale_uploads", "write_ref"]
     assert "url" in Backend.__annotations__
 
 
@@ -125,6 +125,20 @@ def test_every_backend_has_every_method_with_the_protocols_signature(cls: type) 
             [(p.name, p.kind, p.default) for p in want.parameters.values()], (cls, name)
     # the streaming methods are generators: a missing key is reported when iterated
     assert inspect.isgeneratorfunction(cls.download) and inspect.isgeneratorfunction(cls.list)
+
+
+def test_remove_stale_uploads_never_touches_a_file(remote: Remote, tmp_path: Path) -> None:
+    """Whatever age it is given, only leftovers of killed uploads go (a directory
+    remote's temp files: tests/test_remote_repair.py); every file, and a ref, stays."""
+    b = remote.backend
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"f" * 1000)
+    b.put_bytes("packs/a.pack", b"pack")
+    b.put_file("loose/ab/cd", str(src))
+    b.write_ref("refs/d/latest", b"ref", None)
+    before = {k: b.get(k) for k, _size in b.list("")}
+    assert b.remove_stale_uploads(0.0) == (0, 0)
+    assert {k: b.get(k) for k, _size in b.list("")} == before
 
 
 def test_url_and_reachable(remote: Remote) -> None:

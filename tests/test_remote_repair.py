@@ -318,3 +318,132 @@ def test_remote_whose_heads_carry_no_length(tmp_path: Path, s3_endpoint: str,
              cwd=second)
     r = run_dsv("push", cwd=second)
     _clean_error(r, f"s3://{bucket}/r/loose/", "answer has no valid Content-Length")
+
+
+# ---- temp files that killed uploads leave on a directory remote ------------------------------
+
+BIG = {"big.bin": os.urandom(3 << 20), "small.txt": b"small\n"}
+DAY = 24 * 3600
+
+
+def _big_store(tmp_path: Path) -> tuple[Path, Path]:
+    ws, remote = tmp_path / "ws", tmp_path / "remote"
+    ws.mkdir()
+    write_tree(ws, BIG)
+    setup_ok("init", "--name", "data", cwd=ws)
+    setup_ok("commit", "-m", "big", cwd=ws)
+    setup_ok("remote", "add", "origin", remote, cwd=ws)
+    return ws, remote
+
+
+def _temp_files(remote: Path) -> list[Path]:
+    return sorted((remote / "tmp").glob(".dsv-tmp-*"))
+
+
+def _big_temp(remote: Path) -> Path:
+    """The large file's temp file, whole (the push stopped before renaming it)."""
+    [path] = [p for p in _temp_files(remote) if p.stat().st_size == len(BIG["big.bin"])]
+    return path
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = path.stat().st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def _expire_push_leases(remote: Path) -> None:
+    """As if the killed push's lease had run out (15 minutes on)."""
+    for lease in (remote / "locks").glob("*"):
+        lease.write_text(json.dumps({"owner": lease.name, "until": 1}))
+
+
+def test_maintain_and_gc_remove_a_killed_uploads_temp_file(tmp_path: Path) -> None:
+    """A push killed while its large file's temp file was whole but not yet renamed
+    left 3 MiB in tmp/ for good. `remote maintain` and `gc --remote` remove such files
+    once nothing has written to them for a day, and leave younger ones alone."""
+    ws, remote = _big_store(tmp_path)
+    r = run_dsv("push", cwd=ws, env={"DSV_CRASH_AT": "fs:temp-written"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    # (the large file's, and any pack's the parallel uploads were writing)
+    left = _temp_files(remote)
+    assert len(BIG["big.bin"]) in [p.stat().st_size for p in left]
+    out = ok("remote", "maintain", "--json", cwd=ws).stdout
+    assert json.loads(out)["stale_uploads_removed"] == 0   # too young
+    assert _temp_files(remote) == left
+    for path in left:
+        _age(path, DAY + 60)
+    out = ok("remote", "maintain", cwd=ws).stdout
+    assert f"origin: removed {len(left)} temp file" in out and "of killed uploads (3." in out, \
+        out
+    assert _temp_files(remote) == []
+
+    # The same through gc (once the killed push's lease has run out).
+    r = run_dsv("push", cwd=ws, env={"DSV_CRASH_AT": "fs:temp-written"})
+    assert r.returncode == -9, r.stdout + r.stderr
+    left = _temp_files(remote)
+    young = remote / "tmp" / ".dsv-tmp-still-being-written"
+    young.write_bytes(b"x" * 1000)
+    for path in left:
+        _age(path, DAY + 60)
+    _expire_push_leases(remote)
+    report = json.loads(ok("gc", "--remote", "origin", "--json", cwd=ws).stdout)
+    assert report["stale_uploads_removed"] == len(left), report
+    assert report["bytes_freed"] >= len(BIG["big.bin"]), report
+    assert _temp_files(remote) == [young]
+    ok("push", cwd=ws)
+    check_remote(DirView(remote))
+
+
+def test_maintain_beside_a_push_writing_its_temp_file(tmp_path: Path) -> None:
+    """A push whose temp file is whole but not yet renamed, while `remote maintain`
+    runs: the file is young, so it stays, and the push completes."""
+    ws, remote = _big_store(tmp_path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    point = "fs:temp-written"
+    push = spawn("push", cwd=ws, env=paused(point, pause))
+    wait_for(pause / f"{point}.reached", push)
+    writing = _big_temp(remote)
+    other = tmp_path / "other"
+    other.mkdir()
+    setup_ok("init", "--bare", cwd=other)
+    setup_ok("remote", "add", "origin", remote, cwd=other)
+    out = json.loads(ok("remote", "maintain", "--json", cwd=other).stdout)
+    assert out["stale_uploads_removed"] == 0 and writing.exists()
+    (pause / f"{point}.go").touch()
+    finish(push)
+    check_remote(DirView(remote))
+    clone = tmp_path / "clone"
+    ok("clone", remote, clone, cwd=tmp_path)
+    assert read_tree(clone) == BIG
+
+
+def test_push_stopped_for_a_day_before_its_rename_fails_clearly(tmp_path: Path) -> None:
+    """A pusher stopped for over a day between writing its temp file and renaming it:
+    a maintainer removed the file meanwhile. The push fails with one clear line and
+    publishes nothing; run again, it completes."""
+    ws, remote = _big_store(tmp_path)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    point = "fs:temp-written"
+    push = spawn("push", cwd=ws, env=paused(point, pause))
+    wait_for(pause / f"{point}.reached", push)
+    writing = _big_temp(remote)
+    _age(writing, DAY + 60)
+    other = tmp_path / "other"
+    other.mkdir()
+    setup_ok("init", "--bare", cwd=other)
+    setup_ok("remote", "add", "origin", remote, cwd=other)
+    out = json.loads(ok("remote", "maintain", "--json", cwd=other).stdout)
+    assert out["stale_uploads_removed"] == 1 and not writing.exists()
+    (pause / f"{point}.go").touch()
+    out, err = push.communicate(timeout=120)
+    assert push.returncode == 1, out + err
+    assert "was removed before it was renamed into place" in err, err
+    assert "Traceback" not in err and "bug in dsv" not in err, err
+    assert not (remote / "refs").exists() or not any((remote / "refs").rglob("latest"))
+    ok("push", cwd=ws)
+    check_remote(DirView(remote))
+    clone = tmp_path / "clone"
+    ok("clone", remote, clone, cwd=tmp_path)
+    assert read_tree(clone) == BIG

@@ -51,6 +51,8 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only report."),
              f"{plural(found.packs_rewritten, 'partly-live pack')} and "
              f"{plural(found.loose_deleted, 'loose file')}"
              + (f", {plural(found.strays_deleted, 'leftover')}" if found.strays_deleted else "")
+             + (f", {plural(found.stale_uploads_removed, 'temp file')} of killed uploads"
+                if found.stale_uploads_removed else "")
              + f" {'would go' if dry_run else 'deleted'}; {verb} {size(found.bytes_freed)}")
         if found.upgraded:
             echo(f"{found.remote}: wrote every dataset's catalog; raised to remote format 3 "

@@ -108,6 +108,9 @@ def remote_maintain(name: Optional[str] = typer.Argument(None, metavar="[REMOTE]
         return
     for line in report.skipped:
         echo(f"skipped: {line}")
+    if report.stale_uploads_removed:
+        echo(f"{report.remote}: removed {plural(report.stale_uploads_removed, 'temp file')} "
+             f"of killed uploads ({size(report.stale_upload_bytes)})")
     if not report.packs_repacked:
         echo(f"{report.remote}: nothing to repack ({plural(report.packs_before, 'pack')})")
         return

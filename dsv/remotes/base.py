@@ -132,6 +132,19 @@ class Backend(Protocol):
     def delete(self, key: str) -> None:
         """Remove a file (`verify --remote --repair`, `gc --remote`); a missing key is fine."""
 
+    def remove_stale_uploads(self, older_than: float) -> tuple[int, int]:
+        """Remove what interrupted uploads left that nothing has written to for
+        `older_than` seconds (a directory remote's temp files in `tmp/`); returns how
+        many, and their bytes. An upload still being written is never that old."""
+
+
+STALE_UPLOAD_AGE = 24 * 3600.0
+"""A directory remote's temp file nothing has written to for this long is the leftover of
+a killed upload (a live one is written to every few seconds, and renamed once whole):
+`remote maintain` and `gc --remote` remove it. A day: clocks of the file server and the
+clients may disagree by minutes, and a pusher stopped for a day fails with a clear error
+rather than publish anything."""
+
 
 def check_range(where: str, start: int, length: int, cap: int) -> None:
     """Refuse a ranged read no backend may serve: a negative start or length (RemoteError)

@@ -6,7 +6,9 @@ an exclusive lock on `refs.lock` with the compare and the rename inside it, so t
 pushers can never both move one ref. The directory is shared with others, so nothing in
 it is trusted: keys must be plain relative paths (`check_key`), every step below the root
 is opened without following links (`open_dirs`), and every file is opened as a regular
-file only, size-capped, never blocking (`fileio.open_regular`). Must never touch the store.
+file only, size-capped, never blocking (`fileio.open_regular`). The temp files of
+killed uploads are removed once a day old (`remove_stale_uploads`, called by `remote
+maintain` and `gc --remote`). Must never touch the store.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 from .. import fileio
+from ..faults import crashpoint
 from ..hashing import hash_bytes
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, NotRegular, Progress, RemoteError,
                    TooLarge, check_key, check_range, open_dirs)
@@ -188,10 +192,27 @@ class FsBackend:
                              hint="something other than dsv wrote into the remote directory"
                              ) from None
 
+    @contextmanager
+    def _publishing(self, key: str, tmp: str | None) -> Iterator[None]:
+        """A rename whose temp file is gone: removed as stale (`remove_stale_uploads`)
+        while this process was stopped for longer than STALE_UPLOAD_AGE. Nothing was
+        published; say so."""
+        with self._replacing(key):
+            try:
+                yield
+            except FileNotFoundError:
+                if tmp is not None and os.path.lexists(tmp):
+                    raise
+                raise RemoteError(f"the temp file of {self._path(key)} was removed before "
+                                  f"it was renamed into place (nothing wrote to it for a "
+                                  f"day: `remote maintain` and `gc --remote` take such a "
+                                  f"file for the leftover of a killed upload); nothing was "
+                                  f"published there", hint="run the command again") from None
+
     def put_bytes(self, key: str, data: bytes | bytearray) -> None:
         """Backend.put_bytes: a temp file renamed into place."""
         path = self._parent(key)
-        with self._replacing(key):
+        with self._publishing(key, None):
             fileio.atomic_write_bytes(path, data, 0o444, tmp_dir=self._tmp_dir())
 
     def put_file(self, key: str, path: str, progress: Progress | None = None) -> None:
@@ -215,7 +236,8 @@ class FsBackend:
         except BaseException:
             fileio.unlink_quietly(tmp)
             raise
-        with self._replacing(key):
+        crashpoint("fs:temp-written")
+        with self._publishing(key, tmp):
             fileio.publish(tmp, dest)
 
     def delete(self, key: str) -> None:
@@ -239,6 +261,41 @@ class FsBackend:
                 from None
         finally:
             os.close(parent)
+
+    def remove_stale_uploads(self, older_than: float) -> tuple[int, int]:
+        """Backend.remove_stale_uploads: the `tmp/.dsv-tmp-*` entries (a killed upload's
+        temp file, up to a whole large file) last written (mtime, as the file server
+        sets it) more than `older_than` seconds ago. A live upload's
+        file changes as it is written; removed anyway (its process stopped that long),
+        its rename fails and nothing is published. Nothing is followed; directories are
+        left alone."""
+        try:
+            fd = open_dirs(self.root, ["tmp"])
+        except (OSError, RemoteError):
+            return 0, 0  # no tmp/, or not a real directory: nothing of ours in it
+        cutoff = time.time() - older_than
+        count = nbytes = 0
+        try:
+            with os.scandir(fd) as entries:
+                listed = [e for e in entries if e.name.startswith(fileio.TMP_PREFIX)]
+            for entry in listed:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode) or st.st_mtime > cutoff:
+                    continue
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                count += 1
+                nbytes += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if count:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return count, nbytes
 
     @contextmanager
     def _refs_locked(self) -> Iterator[None]:

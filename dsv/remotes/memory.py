@@ -147,6 +147,10 @@ class MemoryBackend:
         with self._lock:
             self._files.pop(key, None)
 
+    def remove_stale_uploads(self, older_than: float) -> tuple[int, int]:
+        """Backend.remove_stale_uploads: uploads here leave nothing behind."""
+        return 0, 0
+
     # ---- refs: compare-and-swap under the lock --------------------------------------------
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
         """The ref's bytes and tag (their blake3 digest), or None; TooLarge above

@@ -484,6 +484,12 @@ class S3Backend:
                 return
             raise describe(exc, f"deleting {self._where(key)}") from None
 
+    def remove_stale_uploads(self, older_than: float) -> tuple[int, int]:
+        """Backend.remove_stale_uploads: nothing (S3 shows an upload only when complete;
+        an interrupted multipart upload's parts are the bucket's lifecycle rules' to
+        abort)."""
+        return 0, 0
+
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
         """Backend.read_ref; the version tag is the object's ETag (an answer without one
         is an error: refs change only by compare-and-swap on it)."""

@@ -36,8 +36,8 @@ from ..objects import (KIND_VERSION, PackEntry, pack_tail_size, parse_pack_index
                        parse_whole_pack)
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
-from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError,
-                            RemoteRefused, TooLarge)
+from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, STALE_UPLOAD_AGE, NotFound,
+                            RemoteError, RemoteRefused, TooLarge)
 from ..remotes.layout import (GC_STATE, MAINTAIN_LOCK, RemoteRef, index_key,
                               pack_key)
 from ..reporting import plural
@@ -76,6 +76,10 @@ def collect(core: Core, remote: Remote, dry_run: bool = False) -> RemoteGcReport
                                                "minutes)")
         _mend_gc_state(core, remote)
         _collect(core, remote, report, lease)
+        # The temp files of killed uploads on a directory remote (no listing shows them).
+        report.stale_uploads_removed, stale_bytes = \
+            remote.backend.remove_stale_uploads(STALE_UPLOAD_AGE)
+        report.bytes_freed += stale_bytes
     finally:
         lease.give_back()
     return report

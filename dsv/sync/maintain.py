@@ -26,7 +26,8 @@ from ..hashing import hash_bytes
 from ..objects import KIND_BLOB, KIND_TREE, KIND_VERSION, encode_pack, pack_tail_size, \
     parse_whole_pack
 from ..jsonio import load_bounded
-from ..remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
+from ..remotes.base import MAX_GET_BYTES, STALE_UPLOAD_AGE, NotFound, RemoteError, \
+    RemoteRefused
 from ..remotes import layout
 from ..remotes.layout import LOCKS, MAINTAIN_LOCK, catalog_key, index_key, pack_key, \
     push_lock_key
@@ -71,6 +72,9 @@ def maintain(core: Core, remote: Remote, refresh: bool = True,
     if refresh:
         remote.connect()
         remote.refresh()
+    if wait:  # (`dsv remote maintain`, not a push's repack: that one is the push's own)
+        report.stale_uploads_removed, report.stale_upload_bytes = \
+            remote.backend.remove_stale_uploads(STALE_UPLOAD_AGE)
     report.packs_before = report.packs_after = len(core.index.remote_packs(remote.name))
     if len(small_packs(core, remote)) < 2:
         return report
