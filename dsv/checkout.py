@@ -283,8 +283,9 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                     f"{target}: {shown}", hint="commit them first, or pass --force")
         # (files are replaced one at a time, each freeing its old bytes once renamed over)
         gone = to_remove + [p for p, _e in to_write if p in current]
-        _check_room(core, target, link, [e for _p, e in to_write],
-                    less=sum(current[p].size for p in gone if current[p].kind == tree.FILE))
+        check_room(core, target, link, [e for _p, e in to_write],
+                   less=sum(current[p].size for p in gone if current[p].kind == tree.FILE),
+                   fetched=core.index.promised_by(version.id) is not None)
         downloads([e for _p, e in to_write] + _links(version_files))
         tree.validate_links(placeable, core.objects.read, fenced)
         with core.index.transaction():
@@ -385,8 +386,9 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
         links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree)
                  if e.kind == tree.LINK}
     gone = [now[p] for p in to_remove + [p for p, _e in to_write]]
-    _check_room(core, target, "auto", [e for _p, e in to_write],
-                less=sum(e.size for e in gone if e is not None and e.kind == tree.FILE))
+    check_room(core, target, "auto", [e for _p, e in to_write],
+               less=sum(e.size for e in gone if e is not None and e.kind == tree.FILE),
+               fetched=core.index.promised_by(version.id) is not None)
     downloads = _Downloads(core, version)
     downloads([e for _p, e in to_write] + list(links.values()))
     tree.validate_links(links, core.objects.read, {DSV_DIR})
@@ -427,40 +429,84 @@ directory places at once: the next chunk downloads while one is placed, so a clo
 few large files places the first ones while the last ones download."""
 
 
-def _room_taken(entries: Iterable[Entry], shared: bool) -> tuple[int, int]:
-    """(the bytes, the largest file's) that placing `entries` puts on the disk: every
-    file's, but none for large whole files when `shared` (a hard link, symlink or
-    reflink to their loose object takes no room)."""
+def _room(files: list[Entry], mode: str, less: int) -> int:
+    """The bytes that placing `files` puts on the target's disk, less `less` (bytes of
+    files it removes or replaces, or has written already), and at least its largest file.
+    Small files are always written. Large ones by `mode`: "copy" writes each; "reflink"
+    shares a whole (loose) object's blocks, but writes a chunked file; "link" (hard links,
+    symlinks) takes no room there (see `_link_sources`); "share" (a job's input tree)
+    hard-links whole objects themselves and writes chunked files."""
     total = largest = 0
-    for e in entries:
-        if e.kind == tree.FILE and not (shared and e.size >= PACK_THRESHOLD and not e.chunks):
-            total += e.size
-            largest = max(largest, e.size)
-    return total, largest
+    for e in files:
+        taken = e.size
+        if e.size >= PACK_THRESHOLD and (mode == "link" or mode in ("reflink", "share")
+                                         and not e.chunks):
+            taken = 0
+        total += taken
+        largest = max(largest, taken)
+    return max(total - less, largest)
 
 
-def _check_room(core: Core, target: Path, link: str, entries: Iterable[Entry],
-                less: int = 0, claimed: int | None = None) -> None:
-    """Refuse, before any file is written, a placement of `entries` into `target` its disk
-    cannot hold (the sizes come from trees, which may be hostile: a small tree can name
-    one large blob many times). `less`: bytes not to count again (of files the placement
-    removes or replaces, or has written already). `claimed`: the bytes as a version's
-    size gives them, checked first, so that `entries` (an iterable, walked only then)
-    are looked at only when that does not fit. Where the link mode may share large
-    files' blocks with the store, they count only if it cannot."""
+def _link_sources(core: Core, files: list[Entry]) -> int:
+    """The bytes of the read-only copies a hardlink or symlink checkout of `files` makes
+    in the store (ObjectStore.link_source: one per distinct large file, where none is
+    yet)."""
+    made: set[str] = set()
+    total = 0
+    for e in files:
+        if e.size >= PACK_THRESHOLD and e.oid not in made:
+            made.add(e.oid)
+            if not (core.objects.links_dir / e.oid).exists():
+                total += e.size
+    return total
+
+
+def check_room(core: Core, target: Path, link: str, entries: Iterable[Entry],
+               *, less: int = 0, claimed: int | None = None, fetched: bool = False,
+               share_objects: bool = False, what: str = "the checkout",
+               hint: str = "free some space, or check out only some paths") -> None:
+    """Refuse, before any file is written, a placement of `entries` into `target` that
+    the disks cannot hold (sizes come from trees, which may be hostile: a small tree can
+    name one large blob many times): the target's disk for the files, the store's for
+    the objects it must download first (`fetched`) and the copies links point to; both
+    together where they are one disk. `less`: see `_room`. `claimed`: the bytes as a
+    version's size gives them, checked first, so that `entries` (a lazy walk: taken only
+    then) is looked at only when that does not fit. Where the link mode may share a large
+    file's blocks with the store (a reflink that a probe file shows works), it counts
+    only if it cannot."""
+    mode = "share" if share_objects else "link" if link in ("hardlink", "symlink") else "copy"
     free = fileio.free_bytes(target)
-    if claimed is not None and claimed <= free:
-        return
-    pieces = list(entries)
-    shared = link in ("hardlink", "symlink")
-    need, largest = _room_taken(pieces, shared)
-    need = max(need - less, largest)
-    if need > free and link in ("auto", "reflink") and \
-            fileio.reflinks_between(core.tmp_root, fileio.nearest_existing(target)):
-        need, largest = _room_taken(pieces, True)
-        need = max(need - less, largest)
-    fileio.check_room(target, need, "the checkout",
-                      hint="free some space, or check out only some paths")
+    same_disk = _same_disk(core.objects.tmp_root, target)
+    in_store = fetched or mode == "link"    # (may the store grow too?)
+    if claimed is not None:
+        if claimed * (2 if in_store and same_disk else 1) <= free and \
+                (same_disk or not in_store or claimed <= fileio.free_bytes(core.objects.tmp_root)):
+            return
+    files = [e for e in entries if e.kind == tree.FILE]
+    place = _room(files, mode, less)
+    if place > free and mode == "copy" and link in ("auto", "reflink") and \
+            fileio.reflinks_between(core.objects.tmp_root, fileio.nearest_existing(target)):
+        place = _room(files, "reflink", less)
+    store = _link_sources(core, files) if mode == "link" else 0
+    store_free = free if same_disk else fileio.free_bytes(core.objects.tmp_root)
+    if fetched and store + sum(e.size for e in files) + (place if same_disk else 0) \
+            > store_free:
+        # (only then are the objects looked up: what the store lacks is downloaded)
+        blobs = core.blobs(files)
+        small, large = core.objects.lacking(blobs)
+        store += sum(blobs[oid] for oid in small) + sum(blobs[oid] for oid in large)
+    if same_disk:
+        fileio.check_room(target, place + store, what, hint=hint)
+    else:
+        fileio.check_room(target, place, what, hint=hint)
+        fileio.check_room(core.objects.tmp_root, store, what, hint=hint)
+
+
+def _same_disk(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether `a` and `b` (or the nearest directories above them that exist) are on one
+    filesystem."""
+    return os.stat(fileio.nearest_existing(a)).st_dev == \
+        os.stat(fileio.nearest_existing(b)).st_dev
 
 
 def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: str,
@@ -504,7 +550,9 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     target.mkdir(parents=True, exist_ok=True)
     # The version's size is checked first; its trees are walked for the room the files
     # take only when that does not fit, or once they turn out to take more (below).
-    _check_room(core, target, link, (e for _p, e in placeable_unseen()), claimed=version.size)
+    fetched = core.index.promised_by(version.id) is not None
+    check_room(core, target, link, (e for _p, e in placeable_unseen()),
+               claimed=version.size, fetched=fetched)
     with core.index.transaction():
         core.index.begin_checkout(key, version.id)
     crashpoint("checkout:journal-written")
@@ -533,9 +581,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
         return len(rows)
 
     from concurrent.futures import ThreadPoolExecutor
-    # Cut by bytes too only where the blobs may have to be downloaded: a chunk's large
-    # files are placed side by side, which a checkout from the store keeps.
-    fetched = core.index.promised_by(version.id) is not None
+    # Cut by bytes too only where the blobs may have to be downloaded (`fetched`): a
+    # chunk's large files are placed side by side, which a checkout from the store keeps.
     with core.reporter.task("checkout", version.files, version.size) as advance, \
             core.side_objects() as (objects, side_index), \
             (core.locked("download") if fetched else contextlib.nullcontext()), \
@@ -549,8 +596,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             if file_bytes + chunk_bytes > bound:
                 # The version said it held less (a damaged or hostile record): what its
                 # files still take is counted from its trees before any more is written.
-                _check_room(core, target, link, (e for _p, e in placeable_unseen()),
-                            less=file_bytes)
+                check_room(core, target, link, (e for _p, e in placeable_unseen()),
+                           less=file_bytes, fetched=fetched)
                 bound = 1 << 62
             file_bytes += chunk_bytes
             spool = _spool(core, target, chunk) if fetched and link not in (
@@ -820,7 +867,8 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
 
     dest = Path(target).resolve()
     _check_target_outside_store(core, dest)
-    _check_room(core, dest, "auto", [e for _p, e in items])
+    check_room(core, dest, "auto", [e for _p, e in items],
+               fetched=core.index.promised_by(v.id) is not None)
     _ensure_for_paths(core, v, items, _links(manifest))
     tree.validate_links(manifest, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)

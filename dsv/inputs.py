@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fileio, worktree
+from .checkout import check_room
 from .core import Core
 from .errors import InvalidInput
 from .hashing import LARGE_READ, new_hasher
@@ -291,6 +292,8 @@ def _build(core: Core, version: Version, base: Path,
     place, and stamp it once every ctime it caused is at least one tick old."""
     manifest = core.manifest(version)
     items = list(manifest.items())
+    check_room(core, base, "auto", manifest.values(), share_objects=True,
+               what=f"the input tree of {version.id}", hint="free some space; nothing was run")
     wanted_dirs = ancestors(manifest)
     stamp = version.id + STAMP_SUFFIX
     for _attempt in range(_BUILD_ATTEMPTS):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .checkout import check_room
 from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
 from . import imports, refs, versions, worktree
@@ -239,8 +240,11 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     tree = trees[name] = input_tree(core, v)
                     binds += [str(tree.path), str(target), tree.identity]
                 else:
+                    files = list(core.manifest(v).items())
+                    check_room(core, target, "auto", (e for _p, e in files), what=f"input {name}",
+                               hint="free some space; nothing was run")
                     worktree.Materializer(core.objects, target, "auto",
-                                          stat_rows=False).place(list(core.manifest(v).items()))
+                                          stat_rows=False).place(files)
                 env[env_name("INPUT", name)] = str(target)
         if lazy is not None:
             # The mounts are served by processes of their own: they end when dsv unmounts

@@ -613,7 +613,8 @@ def test_14_loose_object_claiming_a_terabyte_is_refused_before_download(tmp_path
     remote.ref(DS, "latest", "v1aaaaaaaa", record)
     r = _clone(dsv, remote.root, tmp_path / "victim")
     # (refused before the download: the checkout finds first that the disk cannot hold it)
-    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    # (the file, and the object it is downloaded as first, on the same disk)
+    assert r.code == 1 and "the checkout needs 2,199,023,255,552 bytes in" in r.err, r.err
     assert " free" in r.err and not (tmp_path / "victim").exists()
 
 
@@ -1142,8 +1143,9 @@ def test_14_a_version_writing_more_than_the_disk_holds_is_refused_before_writing
     remote.ref(DS, "latest", "v1aaaaaaaa", record)
     r = _clone(dsv, remote.root, tmp_path / "victim")
     assert r.code == 1 and "bug in dsv" not in r.err, r.err
-    # (a record that says less is found out by the first chunk, before it is written)
-    assert f"the checkout needs {(1 << 18) * len(blob):,} bytes in" in r.err, r.err
+    # (a record that says less is found out by the first chunk, before it is written;
+    # the blob the files name is downloaded into the store, on the same disk)
+    assert f"the checkout needs {(1 << 18) * len(blob) + len(blob):,} bytes in" in r.err, r.err
     assert " free" in r.err
     assert not (tmp_path / "victim").exists()
 
@@ -1160,14 +1162,16 @@ def test_14_a_checkout_writing_more_than_the_disk_holds_leaves_the_directory_alo
     victim = tmp_path / "victim"
     assert _clone(dsv, remote.root, victim).code == 0
     r = dsv("checkout", f"{DS}:big", cwd=victim)
-    # (less the 3 bytes of a.txt, which the checkout removes)
-    assert r.code == 1 and "the checkout needs 1,099,511,627,773 bytes in" in r.err, r.err
+    # (1 TiB of files and the 4 MiB blob they name, to download; less the 3 bytes of
+    # a.txt, which the checkout removes)
+    whole = (1 << 40) + len(blob)
+    assert r.code == 1 and f"the checkout needs {whole - 3:,} bytes in" in r.err, r.err
     assert read_tree(victim) == {"a.txt": b"one"}
     r = dsv("checkout", f"{DS}:big", "--to", tmp_path / "out", cwd=victim)
-    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    assert r.code == 1 and f"the checkout needs {whole:,} bytes in" in r.err, r.err
     assert not any((tmp_path / "out").rglob("*"))
     r = dsv("files", "get", f"{DS}:big", "--target-path", tmp_path / "got", cwd=victim)
-    assert r.code == 1 and "the checkout needs 1,099,511,627,776 bytes in" in r.err, r.err
+    assert r.code == 1 and f"the checkout needs {whole:,} bytes in" in r.err, r.err
     r = dsv("get", remote.root, f"{DS}:big", "--to", tmp_path / "read", cwd=tmp_path)
     assert r.code == 1 and "the download needs 1,099,511,627,776 bytes in" in r.err, r.err
     assert not (tmp_path / "got").exists() and not (tmp_path / "read").exists()
