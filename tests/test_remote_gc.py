@@ -861,3 +861,35 @@ def test_history_behind_a_record_listed_under_another_kind_is_not_deleted(
     lost = v1 - read_remote(DirView(remote)).objects
     assert not lost, f"gc deleted {len(lost)} objects of the parent version"
     _clone_matches(str(remote), tmp_path / "clone", read_tree(ws))
+
+
+def test_a_pack_that_cannot_be_read_just_now_is_never_called_damaged(tmp_path: Path,
+                                                                    s3_endpoint, aws_env
+                                                                    ) -> None:
+    """A damaged index whose pack answers 500 (a flaky gateway): gc stops with nothing
+    deleted and says why, and never tells the user to delete the pack, which is whole.
+    (Before: any failure to read the pack counted as "the pack cannot tell", and the hint
+    said to remove the index and the pack.)"""
+    from faultproxy import FaultProxy
+    bucket = new_bucket(s3_endpoint)
+    url = f"s3://{bucket}/r"
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.bin": os.urandom(3000)})
+    setup_ok("init", "--name", "data", cwd=ws)
+    setup_ok("commit", "-m", "one", cwd=ws)
+    view = S3View(s3_endpoint, bucket, "r")
+    with FaultProxy(s3_endpoint, rule=lambda method, target:
+                    "500" if method == "GET" and "/packs/" in target else None) as proxy:
+        setup_ok("remote", "add", "origin", url, "--endpoint-url", proxy.url, cwd=ws)
+        setup_ok("push", cwd=ws)
+        keys = view.keys("index/")   # (one pack of each kind)
+        view.client.put_object(Bucket=bucket, Key=view.prefix + keys[0], Body=b"garbage")
+        before = sorted(view.keys(""))
+        r = run_dsv("gc", "--remote", "origin", cwd=ws)
+        assert proxy.faults["500"] >= 1, proxy.summary()
+    assert r.returncode == 1 and "bug in dsv" not in r.stderr, r.stderr
+    assert "remove index/" not in r.stderr and "packs/" in r.stderr, r.stderr
+    assert "(read to write its damaged index again); nothing was deleted" in r.stderr
+    assert sorted(view.keys("")) == before
+    body = view.client.get_object(Bucket=bucket, Key=view.prefix + keys[0])["Body"].read()
+    assert body == b"garbage"

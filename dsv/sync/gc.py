@@ -510,8 +510,10 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
             raise RemoteError(f"pack index {pack_id[:12]} on {remote.name} cannot be read "
                               f"({why}); nothing was deleted",
                               hint=f"`dsv verify --remote {remote.name} --repair` uploads "
-                                   f"its objects again from a store that holds them; then "
-                                   f"remove {index_key(pack_id)} and {pack_key(pack_id)}")
+                                   f"its objects again from a store that holds them; once "
+                                   f"`dsv verify --remote {remote.name}` finds nothing "
+                                   f"missing, remove {index_key(pack_id)} and "
+                                   f"{pack_key(pack_id)}")
         core.reporter.notice(f"warning: pack index {pack_id[:12]} on {remote.name} was "
                              f"damaged; written again from its pack")
         return pack_id, rows, True
@@ -538,8 +540,12 @@ def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
     try:
         data = remote.backend.get(pack_key(pack_id), max_size=MAX_GET_BYTES)
         rows = parse_whole_pack(data, pack_id)
-    except (CorruptObject, RemoteError):
-        return None
+    except (CorruptObject, RemoteRefused, NotFound):
+        return None   # (damaged, too large, not a file, or gone: it cannot tell)
+    except RemoteError as exc:
+        # A timeout or a 5xx says nothing of the pack: never call it damaged.
+        raise RemoteError(f"{exc.message} (read to write its damaged index again); "
+                          f"nothing was deleted", hint="run gc again") from None
     remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(rows)):])
     return rows
 
