@@ -200,7 +200,8 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
     _check_no_file_is_a_directory(bucket, paths)
     name = name or default_name(url)
     if reuse:
-        same = _same_import(core, name, url, {paths[o.key]: _file_record(o) for o in objects})
+        same = _same_import(core, name, url, client.meta.endpoint_url,
+                            {paths[o.key]: _file_record(o) for o in objects})
         if same is not None:
             return same
     done = core.index.imported(_source_key(client, bucket, o) for o in objects)
@@ -223,7 +224,8 @@ def import_s3(core: Core, url: str, name: str | None = None, etag: str | None = 
         record_files[path] = _file_record(obj)
     lineage = {"import": {"source": url, "bucket": bucket, "prefix": base,
                           "single_object": len(objects) == 1 and (key == objects[0].key),
-                          "endpoint_url": endpoint_url, "files": record_files}}
+                          "endpoint_url": endpoint_url,
+                          "served_by": client.meta.endpoint_url, "files": record_files}}
     return versions.commit_manifest(core, name, manifest, message or f"import {url}", lineage,
                                  create_dataset=True)
 
@@ -233,16 +235,19 @@ def _file_record(obj: s3.S3Object) -> dict[str, Any]:
     return {"key": obj.key, "etag": obj.etag, "version_id": obj.version_id, "size": obj.size}
 
 
-def _same_import(core: Core, name: str, url: str,
+def _same_import(core: Core, name: str, url: str, served_by: str,
                  files: dict[str, dict[str, Any]]) -> Version | None:
     """The newest committed version of dataset `name` imported from `url` with exactly
-    these source objects, if there is one."""
+    these source objects, served by the endpoint at `served_by`, if there is one. (As
+    for `_source_key`: what one endpoint served under a key and ETag or VersionId is not
+    another endpoint's object; an import recorded without `served_by` is never reused.)"""
     ds = core.index.dataset_by("name", name)
     if ds is None:
         return None
     for v in core.index.versions(ds.id, COMMITTED):
         source = (v.lineage or {}).get("import") or {}
-        if source.get("source") == url and source.get("files") == files:
+        if source.get("source") == url and source.get("served_by") == served_by \
+                and source.get("files") == files:
             return v
     return None
 

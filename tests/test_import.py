@@ -520,6 +520,25 @@ def test_what_one_endpoint_served_is_not_taken_for_another_endpoints_object(
     assert _files(store, f"other:{v.id}") == {"a.bin": b"payload"}
 
 
+def test_a_reused_import_is_one_the_same_endpoint_served(store, s3, bucket,
+                                                        s3_endpoint) -> None:
+    """`dsv run --input s3://…` reuses an earlier import of the very same objects only
+    when the same endpoint served them: another endpoint naming the same bucket, keys and
+    ETags is imported anew, and its lineage names that endpoint."""
+    s3.put_object(Bucket=bucket, Key="r/a.bin", Body=b"payload")
+    url = f"s3://{bucket}/r/"
+    first = imports.import_s3(store.core, url, endpoint_url=s3_endpoint, reuse=True)
+    again = imports.import_s3(store.core, url, endpoint_url=s3_endpoint, reuse=True)
+    assert again.id == first.id
+    other = s3_endpoint.replace("127.0.0.1", "localhost")
+    assert other != s3_endpoint
+    v = imports.import_s3(store.core, url, endpoint_url=other, reuse=True)
+    assert v.id != first.id, f"reused {first.id}, imported from {s3_endpoint}"
+    assert v.lineage["import"]["endpoint_url"] == other
+    assert v.lineage["import"]["served_by"] == other
+    assert _files(store, f"r:{v.id}") == {"a.bin": b"payload"}
+
+
 
 @pytest.mark.parametrize("whole", [False, True])
 def test_a_failed_download_stops_the_others_of_its_batch(store, s3, bucket, s3_endpoint,
