@@ -403,3 +403,55 @@ def test_prune_honours_only_pending_markers_of_entries_a_push_uploads(
     report = json.loads(r.out)
     assert report["pending_kept"] == 2 and report["removed"] == 0, report
     assert huge.exists() and kept.exists() and big.exists()
+
+
+@pytest.mark.parametrize("how", ["open", "list", "stat"])
+@pytest.mark.parametrize("code", [errno.ESTALE, errno.EACCES])
+def test_prune_removes_nothing_when_pending_cannot_be_read_just_now(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch, how: str,
+        code: int) -> None:
+    """A real pending/ that cannot be opened, listed or looked into just now (a stale NFS
+    handle; another user's directory) is not taken for "no markers": prune stops, naming
+    it, and removes nothing, pending entries least of all. (Before: every marker counted
+    as absent, and the entry a push had not uploaded yet was evicted.)"""
+    from dsv.remotes import cache as cache_mod
+    assert dsv("push", cwd=source).code == 0
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=source).code == 0
+    entry = _plant(cache, os.urandom(3 << 19))          # pending upload, unused for 2 h
+    old = _plant(cache, os.urandom(1000), used_age=7200)  # an ordinary entry, as old
+    (cache / "pending" / f"loose-{old.name[:2]}-{old.name}").unlink()
+    real_open, real_listdir, real_stat = cache_mod.open_dirs, os.listdir, os.stat
+    pending_fd: list[int] = []
+
+    def open_dirs(root: str, parts, *args, **kwargs) -> int:  # noqa: ANN001
+        if list(parts) == ["pending"] and how == "open":
+            raise OSError(code, os.strerror(code), "pending")
+        fd = real_open(root, parts, *args, **kwargs)
+        if list(parts) == ["pending"]:
+            pending_fd.append(fd)
+        return fd
+
+    def listdir(path=".") -> list[str]:  # noqa: ANN001
+        if how == "list" and isinstance(path, int) and path in pending_fd:
+            raise OSError(code, os.strerror(code))
+        return real_listdir(path)
+
+    def stat(path, *args, dir_fd=None, **kwargs):  # noqa: ANN001, ANN202
+        if how == "stat" and dir_fd is not None and dir_fd in pending_fd:
+            raise OSError(code, os.strerror(code), path)
+        return real_stat(path, *args, dir_fd=dir_fd, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache_mod, "open_dirs", open_dirs)
+        patched.setattr(cache_mod.os, "listdir", listdir)
+        patched.setattr(cache_mod.os, "stat", stat)
+        r = dsv("cache", "prune", "--older-than", "1h", cwd=source)
+    assert r.code == 1, r.out + r.err
+    assert r.err.startswith(f"error: {os.strerror(code)}: pending"), r.err
+    assert "Traceback" not in r.err and "bug in dsv" not in r.err
+    assert entry.exists() and old.exists()
+    # Once it can be read again, prune goes on: the pending entry stays, the other goes.
+    r = dsv("cache", "prune", "--older-than", "1h", cwd=source)
+    assert r.code == 0, r.err
+    assert entry.exists() and not old.exists()

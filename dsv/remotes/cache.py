@@ -363,24 +363,49 @@ class ClusterCache:
         finally:
             os.close(directory)
 
-    def _pending_names(self) -> set[str]:
-        """Names in pending/ (a real directory; anything else holds no marker)."""
+    def _pending_markers(self, drop_bad: bool = False) -> dict[str, os.stat_result]:
+        """Each name in pending/ with its lstat. Only a real directory holds markers: a
+        link or file where pending/ belongs holds none (with `drop_bad`, it is dropped,
+        as prune drops one where packs/ belongs). A real pending/ that cannot be opened,
+        listed or looked into just now (no permission, an I/O error, an NFS handle gone
+        stale) raises OSError naming it: its markers are never taken for absent."""
         try:
             directory = open_dirs(self.root, ["pending"])
-        except OSError:
-            return set()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            if not _not_a_directory(exc):
+                raise
+            if drop_bad:
+                self._drop(["pending"])
+            return {}
         try:
-            return set(os.listdir(directory))
-        except OSError:  # (another user's directory this one may not list)
-            return set()
+            try:
+                names = os.listdir(directory)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, "pending") from None
+            found = {}
+            for name in names:
+                try:
+                    found[name] = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # (cleared meanwhile: the origin has its entry)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, f"pending/{name}") from None
+            return found
         finally:
             os.close(directory)
 
     def pending(self) -> list[str]:
         """Paths of the entries marked pending. The names come from a shared directory:
         only `packs-<pack id>.pack` and `loose-<xx>-<oid>` (64 hex digits, xx its first
-        two) count; anything else is ignored."""
-        return sorted(path for name in self._pending_names()
+        two) count; anything else is ignored. A pending/ that cannot be read just now
+        gives none (a push only clears the markers it finds: best effort)."""
+        try:
+            names = self._pending_markers()
+        except OSError:
+            return []
+        return sorted(path for name in names
                       if (path := self._pending_entry(name)) is not None)
 
     def _pending_entry(self, name: str) -> str | None:
@@ -393,32 +418,17 @@ class ClusterCache:
             return self.loose_path(loose.group(2))
         return None
 
-    def _honoured_pending(self, entries: list[tuple[str, int, float]], now: float
-                          ) -> set[str]:
-        """The entries among `entries` that prune keeps as pending. Anyone may write
-        pending/, so a marker counts only if it is a regular file made (or renewed) within
-        PENDING_MAX_AGE_S, and the entry it names is one a push uploads: a whole pack (its
-        table and trailer hash to its id, and it is as long as they say) or a loose object
-        of at least PACK_THRESHOLD bytes that hashes to its id."""
-        try:
-            directory = open_dirs(self.root, ["pending"])
-        except OSError:
-            return set()
-        try:
-            fresh = set()
-            for name in os.listdir(directory):
-                path = self._pending_entry(name)
-                try:
-                    st = os.stat(name, dir_fd=directory, follow_symlinks=False)
-                except OSError:
-                    continue
-                if path is not None and stat.S_ISREG(st.st_mode) and \
-                        abs(now - st.st_mtime) <= PENDING_MAX_AGE_S:
-                    fresh.add(path)
-        except OSError:  # (another user's directory this one may not list)
-            return set()
-        finally:
-            os.close(directory)
+    def _honoured_pending(self, entries: list[tuple[str, int, float]],
+                          markers: dict[str, os.stat_result], now: float) -> set[str]:
+        """The entries among `entries` that prune keeps as pending, by `markers` (as
+        `_pending_markers` read them). Anyone may write pending/, so a marker counts only
+        if it is a regular file made (or renewed) within PENDING_MAX_AGE_S, and the entry
+        it names is one a push uploads: a whole pack (its table and trailer hash to its
+        id, and it is as long as they say) or a loose object of at least PACK_THRESHOLD
+        bytes that hashes to its id."""
+        fresh = {path for name, st in markers.items()
+                 if (path := self._pending_entry(name)) is not None
+                 and stat.S_ISREG(st.st_mode) and abs(now - st.st_mtime) <= PENDING_MAX_AGE_S}
         return {path for path, _size, _used in entries
                 if path in fresh and self._uploadable(path)}
 
@@ -509,6 +519,8 @@ class ClusterCache:
         removed too."""
         now = time.time() if now is None else now
         report = PruneReport()
+        # (read before anything is removed: a pending/ that cannot be read stops prune)
+        markers = self._pending_markers(drop_bad=True)
         self._prune_tmp(now, report)
 
         def bad(dir_fd: int, name: str) -> None:
@@ -516,7 +528,7 @@ class ClusterCache:
                 report.bad_removed += 1
 
         entries = sorted(self._scan(bad), key=lambda e: e[2])
-        marked = self._honoured_pending(entries, now)
+        marked = self._honoured_pending(entries, markers, now)
         live = []
         for path, size, used in entries:
             if path in marked:
