@@ -389,4 +389,4 @@ def prune_cache(core: Core, name: str | None = None, older_than: str | None = No
         raise InvalidInput(f"cache {spec.name} has no --ttl or --max-size",
                            hint="pass --older-than and/or --max-size")
     check_outside_stores(spec.url)
-    return ClusterCache(spec.url).prune(ttl, budget)
+    return ClusterCache(spec.url).prune(ttl, budget, notice=core.reporter.notice)

@@ -455,3 +455,44 @@ def test_prune_removes_nothing_when_pending_cannot_be_read_just_now(
     r = dsv("cache", "prune", "--older-than", "1h", cwd=source)
     assert r.code == 0, r.err
     assert entry.exists() and not old.exists()
+
+
+@pytest.mark.parametrize("how", ["open", "list"])
+def test_prune_skips_a_tmp_it_cannot_read_with_a_warning_and_prunes_the_rest(
+        tmp_path: Path, source: Path, dsv, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """tmp/ holds only temp files of fills (stale ones at worst): one another user made
+    under umask 077 costs its own cleanup, with a warning, never the rest of the prune.
+    (Before: prune stopped with "error: Permission denied: tmp", removing nothing.)"""
+    from dsv.remotes import cache as cache_mod
+    assert dsv("push", cwd=source).code == 0
+    cache = tmp_path / "cache"
+    assert dsv("remote", "add", "shared", cache, "--cache", cwd=source).code == 0
+    old = _plant(cache, os.urandom(1000), used_age=7200)
+    (cache / "pending" / f"loose-{old.name[:2]}-{old.name}").unlink()
+    (cache / "tmp").mkdir()
+    real_open, real_listdir = cache_mod.open_dirs, os.listdir
+    tmp_fd: list[int] = []
+
+    def open_dirs(root: str, parts, *args, **kwargs) -> int:  # noqa: ANN001
+        if list(parts) == ["tmp"] and how == "open":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "tmp")
+        fd = real_open(root, parts, *args, **kwargs)
+        if list(parts) == ["tmp"]:
+            tmp_fd.append(fd)
+        return fd
+
+    def listdir(path=".") -> list[str]:  # noqa: ANN001
+        if isinstance(path, int) and path in tmp_fd:
+            tmp_fd.remove(path)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_listdir(path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache_mod, "open_dirs", open_dirs)
+        patched.setattr(cache_mod.os, "listdir", listdir)
+        r = dsv("cache", "prune", "--older-than", "1h", cwd=source)
+    assert r.code == 0, r.err
+    assert r.out.startswith("removed 1 entry"), r.out
+    assert r.err == (f"warning: cannot clean the temp files of the cluster cache {cache}: "
+                     "Permission denied: tmp (skipped)\n"), r.err
+    assert not old.exists() and (cache / "tmp").is_dir()

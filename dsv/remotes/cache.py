@@ -511,17 +511,18 @@ class ClusterCache:
         return list(self._scan())
 
     def prune(self, older_than: float | None, max_size: int | None,
-              now: float | None = None) -> PruneReport:
+              now: float | None = None,
+              notice: Callable[[str], None] = lambda _line: None) -> PruneReport:
         """Evict entries unused for `older_than` seconds, then the least recently used
         until the cache holds at most `max_size` bytes. Pending entries (those
         `_honoured_pending` keeps) stay, but take at most PENDING_SHARE of `max_size`
         from the others. Things that are not regular files where entries belong are
-        removed too."""
+        removed too; a tmp/ that cannot be read is skipped (`notice` is told)."""
         now = time.time() if now is None else now
         report = PruneReport()
         # (read before anything is removed: a pending/ that cannot be read stops prune)
         markers = self._pending_markers(drop_bad=True)
-        self._prune_tmp(now, report)
+        self._prune_tmp(now, report, notice)
 
         def bad(dir_fd: int, name: str) -> None:
             if self._drop_at(dir_fd, name):
@@ -552,23 +553,40 @@ class ClusterCache:
                 report.kept_bytes += size
         return report
 
-    def _prune_tmp(self, now: float, report: PruneReport) -> None:
-        """Remove temp files (or anything else) in tmp/ older than STALE_TMP_S."""
+    def _prune_tmp(self, now: float, report: PruneReport,
+                   notice: Callable[[str], None]) -> None:
+        """Remove temp files (or anything else) in tmp/ older than STALE_TMP_S. tmp/ holds
+        nothing but fills' temp files, so one that cannot be read (another user made it
+        under umask 077; an NFS handle gone stale) is skipped, with a `notice`, and prune
+        goes on with the entries."""
+        def skip(exc: OSError, name: str) -> None:
+            notice(f"warning: cannot clean the temp files of the cluster cache {self.root}: "
+                   f"{exc.strerror or exc}: {name} (skipped)")
+
         try:
             directory = open_dirs(self.root, ["tmp"])
         except FileNotFoundError:
             return
         except OSError as exc:
-            if not _not_a_directory(exc):
-                raise
-            self._drop(["tmp"])  # a link or a file where tmp/ belongs
+            if _not_a_directory(exc):
+                self._drop(["tmp"])  # a link or a file where tmp/ belongs
+            else:
+                skip(exc, "tmp")
             return
         try:
-            for name in os.listdir(directory):
+            try:
+                names = os.listdir(directory)
+            except OSError as exc:
+                skip(exc, "tmp")
+                return
+            for name in names:
                 try:
                     st = os.stat(name, dir_fd=directory, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                except OSError as exc:
+                    skip(exc, "tmp")
+                    return
                 if now - st.st_mtime > STALE_TMP_S and self._drop_at(directory, name):
                     report.stale_tmp_removed += 1
         finally:
