@@ -31,7 +31,7 @@ from .remotes import layout
 from .remotes.layout import MAINTAIN_LOCK, index_key, loose_key, pack_key
 from .sync.maintain import Lease, maintenance_until, when
 from .sync.remote import Sent, record_sent
-from .sync.remote import WORKERS, Remote
+from .sync.remote import UPLOAD_PACK_SIZE, WORKERS, Remote
 from .reporting import plural
 
 
@@ -463,35 +463,46 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
         todo.update(e.oid for e in entries_of.get(pack_id, []))
     local = objects.locate_many(todo)
     kinds = {e.oid: e.kind for p in bad_packs for e in entries_of.get(p, [])}
-    small: list[tuple[str, int, bytes]] = []
     fixed: set[str] = set()
     sent: list[Sent] = []
+    packed: list[tuple[int, str]] = []   # (kind, oid) of the small ones
     for oid in sorted(todo):
         if oid in local:
-            data = objects.read_packed(local[oid])
-            if hash_bytes(data) != oid:
-                continue
-            kind = kinds.get(oid, needed.get(oid, (KIND_BLOB, 0))[0])
-            small.append((oid, kind, data))
+            packed.append((kinds.get(oid, needed.get(oid, (KIND_BLOB, 0))[0]), oid))
         elif objects.has_loose(oid) and hash_file(objects.loose_path(oid)) == oid:
             remote.backend.put_file(loose_key(oid), str(objects.loose_path(oid)))
             sent.append(Sent(1, objects.loose_path(oid).stat().st_size, loose=oid))
             fixed.add(oid)
             report.repaired.append(f"uploaded object {oid[:12]} again (loose)")
-    # Blobs, then trees, then records: the publish order holds for repairs too.
-    small.sort(key=lambda item: item[1])
     uploaded: set[str] = set()
-    if small:
-        pack_id, pack, entries = encode_pack(small)
+
+    def flush(batch: list[tuple[str, int, bytes]]) -> None:
+        pack_id, pack, entries = encode_pack(batch)
         uploaded.add(pack_id)
         remote.backend.put_bytes(pack_key(pack_id), pack)
         crashpoint("repair:pack-uploaded")
         remote.backend.put_bytes(index_key(pack_id),
                                  pack[len(pack) - pack_tail_size(len(entries)):])
         sent.append(Sent(len(entries), len(pack), (pack_id, len(pack), entries)))
-        fixed.update(oid for oid, _k, _d in small)
-        report.repaired.append(f"uploaded {plural(len(small), 'object')} again in pack "
+        fixed.update(oid for oid, _k, _d in batch)
+        report.repaired.append(f"uploaded {plural(len(batch), 'object')} again in pack "
                                f"{pack_id[:12]}")
+
+    # Blobs, then trees, then records: the publish order holds for repairs too. Packs of
+    # about UPLOAD_PACK_SIZE, as a push makes them: one is in memory at a time.
+    batch: list[tuple[str, int, bytes]] = []
+    size = 0
+    for kind, oid in sorted(packed):
+        data = objects.read_packed(local[oid])
+        if hash_bytes(data) != oid:
+            continue
+        if batch and (kind != batch[-1][1] or size + len(data) > UPLOAD_PACK_SIZE):
+            flush(batch)
+            batch, size = [], 0
+        batch.append((oid, kind, data))
+        size += len(data)
+    if batch:
+        flush(batch)
     record_sent(core, remote, sent)
     goes = sorted(bad_packs - uploaded)
     if goes and not lease.renew():

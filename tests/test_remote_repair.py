@@ -447,3 +447,30 @@ def test_push_stopped_for_a_day_before_its_rename_fails_clearly(tmp_path: Path) 
     clone = tmp_path / "clone"
     ok("clone", remote, clone, cwd=tmp_path)
     assert read_tree(clone) == BIG
+
+
+def test_a_big_repair_uploads_packs_of_a_pushs_size(tmp_path: Path) -> None:
+    """A repair of 36 MiB of small objects puts them in packs of about UPLOAD_PACK_SIZE,
+    one kind each, as a push does, holding one in memory at a time. (Before: every object
+    went into one pack built in memory: here 37 MB, for a large remote any size.)"""
+    from dsv.sync.remote import UPLOAD_PACK_SIZE
+    src, remote = tmp_path / "src", tmp_path / "remote"
+    files = {f"f{i:02d}.bin": os.urandom(900 << 10) for i in range(40)}
+    write_tree(src, files)
+    setup_ok("init", "--name", "data", cwd=src)
+    setup_ok("commit", "-m", "forty", cwd=src)
+    setup_ok("remote", "add", "origin", remote, cwd=src)
+    ok("push", cwd=src)
+    before = set(os.listdir(remote / "packs"))
+    for name in sorted(before):   # one byte of every pack
+        pack = remote / "packs" / name
+        flip_byte(pack, 100)
+    r = ok("verify", "--remote", "origin", "--read-data", "--repair", "--json", cwd=src)
+    assert json.loads(r.stdout)["ok"], r.stdout
+    new = set(os.listdir(remote / "packs")) - before
+    sizes = sorted((remote / "packs" / n).stat().st_size for n in new)
+    assert len(new) >= 3 and sizes[-1] <= UPLOAD_PACK_SIZE + (1 << 20), sizes
+    check_remote(DirView(remote))
+    clone = tmp_path / "check"
+    ok("clone", remote, clone, cwd=tmp_path)
+    assert read_tree(clone) == files
