@@ -22,7 +22,7 @@ from typing import Any
 
 from .core import Core
 from . import chunking, fileio, refs, tree, versions
-from .errors import DsvError, InvalidInput, RemoteError, UnsafePath
+from .errors import DsvError, InvalidInput, UnsafePath
 from .faults import crashpoint
 from .hashing import hash_bytes
 from .model import COMMITTED, Version
@@ -31,6 +31,7 @@ from .objects import KIND_BLOB, KIND_TREE, PACK_THRESHOLD, Ingest
 from .paths import check_relpath
 from .reporting import Advance
 from .remotes import s3
+from .remotes.base import NotFound
 
 
 WORKERS = 8
@@ -87,7 +88,7 @@ def _listing(client: s3.S3Client, bucket: str, key: str, etag: str | None,
         try:
             obj = s3.head(client, bucket, key)
             return [obj], posixpath.dirname(key)
-        except RemoteError:
+        except NotFound:
             pass  # not an object: a prefix without its trailing slash
         key += "/"
     objects: list[s3.S3Object] = []
@@ -420,11 +421,9 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
     for path, item in sorted(files.items()):
         try:
             now = s3.head(client, bucket, item["key"], item.get("version_id"))
-        except RemoteError as exc:
-            if "404" in exc.message or "NoSuch" in exc.message:
-                report.missing.append(path)
-                continue
-            raise
+        except NotFound:
+            report.missing.append(path)
+            continue
         (report.unchanged if now.etag == item["etag"] and now.size == item["size"]
          else report.changed).append(path)
     if not source.get("single_object"):

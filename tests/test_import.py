@@ -14,6 +14,7 @@ import dsv
 from dsv import imports
 from dsv.errors import DsvError, UnsafePath
 from dsv.imports import ImportMismatch
+from faultproxy import FaultProxy
 
 
 @pytest.fixture
@@ -585,3 +586,75 @@ def test_a_failed_download_stops_the_others_of_its_batch(store, s3, bucket, s3_e
     assert ended == [] and time.monotonic() - started < 0.6   # (0.8 s to read each whole)
     assert [p for p in store.tmp_dir.rglob("*") if p.is_file()] == []
     assert store.datasets() == [] and threading.active_count() < 20
+
+
+def _heads_fail(key: str):
+    """A FaultProxy rule: every HEAD of `key` is answered 500."""
+    def rule(method: str, target: str) -> str | None:
+        return "500" if method == "HEAD" and key in target else None
+    return rule
+
+
+def test_a_failing_head_of_an_object_is_reported_as_itself(tmp_path: Path, s3, bucket,
+                                                          s3_endpoint, dsv,
+                                                          monkeypatch) -> None:
+    """`dsv import s3://b/KEY` takes KEY as a prefix only when there is no such object
+    (HEAD: 404): a HEAD that fails otherwise is reported as that failure, not as
+    "nothing to import at s3://b/KEY/"."""
+    monkeypatch.setattr(imports.s3, "MAX_ATTEMPTS", 1)   # (no retry budget to sit out)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert dsv("init", "--bare", cwd=ws).code == 0
+    s3.put_object(Bucket=bucket, Key="m/data.csv", Body=b"1,2\n")
+    with FaultProxy(s3_endpoint, rule=_heads_fail("/m/data.csv")) as proxy:
+        res = dsv("import", f"s3://{bucket}/m/data.csv", "--endpoint-url", proxy.url, cwd=ws)
+    assert res.code == 1 and res.err.startswith(f"error: s3://{bucket}/m/data.csv: "), res.err
+    assert "(500)" in res.err and "nothing to import" not in res.err, res.err
+    assert "Traceback" not in res.err and "bug in dsv" not in res.err
+    assert json.loads(dsv("datasets", "list", "--json", cwd=ws).out) == []
+    # A HEAD answer without its Content-Length is refused as such, too.
+    real_client = imports.s3.make_client
+
+    def lengthless(*args, **kw):
+        client = real_client(*args, **kw)
+        head = client.head_object
+        client.head_object = lambda **a: {k: v for k, v in head(**a).items()
+                                         if k != "ContentLength"}
+        return client
+
+    with monkeypatch.context() as m:
+        m.setattr(imports.s3, "make_client", lengthless)
+        res = dsv("import", f"s3://{bucket}/m/data.csv", "--endpoint-url", s3_endpoint,
+                  cwd=ws)
+    assert res.code == 1 and res.err.startswith(
+        f"error: s3://{bucket}/m/data.csv: the S3 endpoint's answer has no valid "
+        "Content-Length"), res.err
+    # With no such object the key is a prefix, as before.
+    res = dsv("import", f"s3://{bucket}/m/nope", "--endpoint-url", s3_endpoint, cwd=ws)
+    assert res.code == 1 and res.err.startswith(
+        f"error: nothing to import at s3://{bucket}/m/nope/"), res.err
+
+
+def test_check_reports_only_a_missing_key_as_missing(tmp_path: Path, s3, bucket,
+                                                    s3_endpoint, dsv, monkeypatch) -> None:
+    """`dsv import --check` reports a key whose HEAD answers 404 as missing, and any
+    other failed HEAD as the failure it is (even for a key whose name holds "404")."""
+    monkeypatch.setattr(imports.s3, "MAX_ATTEMPTS", 1)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert dsv("init", "--bare", cwd=ws).code == 0
+    s3.put_object(Bucket=bucket, Key="c/404.txt", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="c/ok.txt", Body=b"b")
+    done = dsv("import", f"s3://{bucket}/c", "--endpoint-url", s3_endpoint, "--json", cwd=ws)
+    assert done.code == 0, done.err
+    ref = json.loads(done.out)["ref"]
+    with FaultProxy(s3_endpoint, rule=_heads_fail("/c/404.txt")) as proxy:
+        res = dsv("import", "--check", ref, "--endpoint-url", proxy.url, cwd=ws)
+    assert res.code == 1 and res.err.startswith(f"error: s3://{bucket}/c/404.txt: "), \
+        (res.out, res.err)
+    assert "(500)" in res.err and "missing" not in res.out, (res.out, res.err)
+    s3.delete_object(Bucket=bucket, Key="c/ok.txt")
+    res = dsv("import", "--check", ref, "--json", cwd=ws)
+    assert res.code == 1, res.err
+    report = json.loads(res.out)
+    assert (report["missing"], report["changed"], report["added"]) == (["ok.txt"], [], [])

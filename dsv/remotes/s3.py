@@ -208,7 +208,8 @@ def _body(response: object, where: str) -> Body:
 
 
 def head(client: S3Client, bucket: str, key: str, version_id: str | None = None) -> S3Object:
-    """The object at `key` (at `version_id`, if given), as a HEAD request describes it."""
+    """The object at `key` (at `version_id`, if given), as a HEAD request describes it;
+    NotFound when there is no such object (404, NoSuchKey), any other failure as itself."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
@@ -216,8 +217,10 @@ def head(client: S3Client, bucket: str, key: str, version_id: str | None = None)
     try:
         meta = client.head_object(**args)
     except Exception as exc:
-        # (a 404 keeps describe's words: `dsv import --check` looks for "404" in them)
-        raise describe(exc, where) from None
+        error = describe(exc, where)
+        if _is_missing(exc):
+            raise NotFound(error.message, hint=error.hint) from None
+        raise error from None
     got_version = meta.get("VersionId")
     return S3Object(key, _size(meta.get("ContentLength"), where), _etag(meta.get("ETag")),
                     got_version if isinstance(got_version, str) and got_version
