@@ -699,3 +699,86 @@ def test_a_large_cache_entry_changed_in_place_while_read_costs_nothing(tmp_path,
                 f.seek(1 << 20)
                 assert f.read() == data[1 << 20:]
     assert rewrites  # (the entry was read from the cache, then changed)
+
+
+def _cached_big_file(tmp_path: Path, dsv) -> tuple[Path, Path, bytes, Path]:
+    """A 2 MiB unchunked file (a loose object) pushed to a directory remote and read once
+    through a cluster cache: (remote, cache, its bytes, its cache entry)."""
+    data = os.urandom((2 << 20) + 17)
+    ws = _workspace(tmp_path, dsv, {"big.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    cache = tmp_path / "cache"
+    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "one", "--cache", cache,
+            cwd=tmp_path))
+    oid = b3(data)
+    entry = cache / "loose" / oid[:2] / oid
+    assert entry.read_bytes() == data
+    return remote, cache, data, entry
+
+
+def test_a_temp_dir_without_room_for_a_cached_file_keeps_the_cache_entry(tmp_path, dsv):
+    """TMPDIR on a disk of 1 MiB, a cached loose object larger than a reader keeps in
+    memory (here 1 MiB, as if LOOSE_CACHE_MEMORY were that): the reader cannot put its
+    private copy aside. That is this machine's temp directory's fault, not the shared
+    entry's: `get` and `cat` say so before copying, and the entry stays for every other
+    user. (Before: the copy failed with ENOSPC and the entry was dropped from the cache.)"""
+    import subprocess
+    import sys
+    remote, cache, data, entry = _cached_big_file(tmp_path, dsv)
+    small = tmp_path / "small"
+    small.mkdir()
+    run = ("import sys, dsv.sync.reader as r; r.LOOSE_CACHE_MEMORY = 1 << 20; "
+           "sys.argv[0] = 'dsv'; from dsv.cli import main; main()")
+    script = (f'mount -t tmpfs -o size=1m tmpfs "{small}" || exit 99\n'
+              f'export TMPDIR="{small}"\n'
+              f'"{sys.executable}" -c "{run}" get "{remote}" mldata:latest --to "{tmp_path}/two" '
+              f'--cache "{cache}"; echo "get=$?"\n'
+              f'"{sys.executable}" -c "{run}" cat "{remote}" mldata:latest big.bin '
+              f'--cache "{cache}" > "{tmp_path}/cat.out"; echo "cat=$?"\n')
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert "get=1" in out and "cat=1" in out, out
+    assert out.count(f"error: putting big.bin aside needs {len(data):,} bytes in {small} "
+                     "and its disk has") == 2, out
+    assert "TMPDIR" in out and "Traceback" not in out and "bug in dsv" not in out, out
+    assert (tmp_path / "cat.out").read_bytes() == b""
+    assert entry.read_bytes() == data
+
+
+@pytest.mark.parametrize("how", ["get", "cat"])
+def test_a_failed_write_of_the_private_copy_keeps_the_cache_entry(tmp_path, dsv,
+                                                                   monkeypatch, how):
+    """The temp directory had room when checked, and fills up while the private copy of
+    a cached loose object is written (ENOSPC): a clear error about the temp directory,
+    and the shared cache entry stays. (Before: any OSError dropped the entry.)"""
+    import errno
+    import tempfile
+    import dsv.sync.reader as reader_module
+    remote, cache, data, entry = _cached_big_file(tmp_path, dsv)
+    real = tempfile.TemporaryFile
+
+    class Full:
+        def __init__(self) -> None:
+            self._f = real()
+
+        def write(self, piece: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(reader_module, "LOOSE_CACHE_MEMORY", 1 << 20)
+    monkeypatch.setattr(reader_module.tempfile, "TemporaryFile", Full)
+    if how == "get":
+        res = dsv("get", remote, "mldata:latest", "--to", tmp_path / "two", "--cache", cache,
+                  cwd=tmp_path)
+    else:
+        res = dsv("cat", remote, "mldata:latest", "big.bin", "--cache", cache, cwd=tmp_path)
+    assert res.code == 1, res.err
+    assert res.err.startswith(f"error: cannot put big.bin aside in {tempfile.gettempdir()}: "
+                              "No space left on device"), res.err
+    assert "TMPDIR" in res.err and "Traceback" not in res.err
+    assert entry.read_bytes() == data

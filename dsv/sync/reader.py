@@ -28,7 +28,8 @@ from functools import partial
 from typing import BinaryIO
 
 from .. import fileio, tree, worktree
-from ..errors import CorruptObject, DsvError, InvalidInput, MissingObject, RefError
+from ..errors import (CannotWrite, CorruptObject, DsvError, InvalidInput, MissingObject,
+                      RefError)
 from ..fileio import pieces_at_most
 from ..hashing import hash_bytes, is_hash, new_hasher
 from ..jsonio import load_bounded
@@ -720,47 +721,84 @@ class RemoteReader:
                 self._blobs_held -= len(old)
         return data[entry.oid]
 
-    def _stream_loose(self, entry: tree.Entry) -> Iterator[Blob]:
+    def _stream_loose(self, entry: tree.Entry, label: str | None = None) -> Iterator[Blob]:
         """A large unchunked file (a loose object): from the cache, else streamed from the
         origin and, when it checks out, kept in the cache."""
-        held = self._cached_loose(entry)
+        held = self._cached_loose(entry, label)
         if held is not None:
             with held:
                 yield from iter(lambda: held.read(1 << 20), b"")
             return
         yield from self._stream_origin(entry)
 
-    def _cached_loose(self, entry: tree.Entry) -> BinaryIO | None:
+    def _cached_loose(self, entry: tree.Entry, label: str | None = None) -> BinaryIO | None:
         """A private, checked copy of the cache's entry of loose object `entry` (at its
         start: in memory up to LOOSE_CACHE_MEMORY, else in an unnamed temp file), or None
         when the cache lacks it or holds other bytes (then it is dropped: a damaged entry
         costs a download, not the read). The entry is read once: its owner may rewrite
-        it in place at any moment, so a second read could differ from what was checked."""
+        it in place at any moment, so a second read could differ from what was checked.
+        Only a failure to read or hash the entry itself drops it: a temp directory with
+        no room for the copy is this machine's, and fails the read (CannotWrite)."""
         if self.cache is None:
             return None
+        label = label or f"file {entry.oid[:12]}"
         path = self.cache.loose_path(entry.oid)
         fd = self.cache.open_entry(path)
         if fd is None:
             return None
-        held: BinaryIO = io.BytesIO() if entry.size <= LOOSE_CACHE_MEMORY else \
-            tempfile.TemporaryFile()
-        try:
-            with os.fdopen(fd, "rb") as f:
-                # (its size first: a truncated or huge sparse file is not read; then no
-                # further than that size: another user may append to it)
-                if os.fstat(f.fileno()).st_size == entry.size:
-                    stream = _Hashed(pieces_at_most(f.fileno(), entry.size), entry.size)
-                    for piece in stream:
-                        held.write(piece)
-                    if stream.count == entry.size and \
-                            stream.hasher.hexdigest() == entry.oid:
+        with os.fdopen(fd, "rb") as f:
+            # (its size first: a truncated or huge sparse file is not read; then no
+            # further than that size: another user may append to it)
+            try:
+                whole = os.fstat(f.fileno()).st_size == entry.size
+            except OSError:
+                whole = False
+            if whole:
+                held = self._aside(entry.size, label)
+                try:
+                    if self._copy_checked(f.fileno(), entry, held, label):
                         held.seek(0)
                         return held
-        except (OSError, CorruptObject):
-            pass  # (unreadable just now, or grew while read: the origin has it)
-        held.close()
+                except BaseException:
+                    held.close()
+                    raise
+                held.close()
         self.cache.drop(path)
         return None
+
+    def _aside(self, size: int, label: str) -> BinaryIO:
+        """A private place for `size` bytes of `label`: memory up to LOOSE_CACHE_MEMORY,
+        else an unnamed temp file, once the temp directory's disk has room for it."""
+        if size <= LOOSE_CACHE_MEMORY:
+            return io.BytesIO()
+        where = tempfile.gettempdir()
+        try:
+            fileio.check_room(where, size, f"putting {label} aside", hint=_TMP_HINT)
+            return tempfile.TemporaryFile()
+        except InvalidInput as exc:
+            raise CannotWrite(exc.message, hint=exc.hint) from None
+        except OSError as exc:
+            raise _cannot_aside(label, exc) from None
+
+    @staticmethod
+    def _copy_checked(fd: int, entry: tree.Entry, held: BinaryIO, label: str) -> bool:
+        """Copy `entry.size` bytes of the cache entry `fd` into `held`; whether they are
+        the object's. False when the entry cannot be read just now or grows while read
+        (the origin has it); a write to `held` that fails raises CannotWrite."""
+        stream = _Hashed(pieces_at_most(fd, entry.size), entry.size)
+        pieces = iter(stream)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration:
+                break
+            except (OSError, CorruptObject):
+                return False
+            try:
+                held.write(piece)
+            except OSError as exc:
+                raise _cannot_aside(label, exc) from None
+        return stream.count == entry.size and stream.hasher.hexdigest() == entry.oid
 
     def _stream_origin(self, entry: tree.Entry) -> Iterator[Blob]:
         """A loose object streamed from the origin (the caller checks the whole) and, when
@@ -811,7 +849,7 @@ class RemoteReader:
                         i == len(items) - 1:
                     small = {e.oid: e.size for _r, e in batch
                              if not e.chunks and e.size <= PACK_THRESHOLD}
-                    worktree.write_files(dest, batch, self._content(small), advance)
+                    worktree.write_files(dest, batch, self._content(small, batch), advance)
                     batch, held = [], 0
         return len(items)
 
@@ -833,7 +871,7 @@ class RemoteReader:
         """A large unchunked file (a loose object), put aside (the cache's entry: see
         `_cached_loose`; from the origin: in an unnamed temp file) and checked whole
         before anything reads it; at its start."""
-        cached = self._cached_loose(entry)  # (checked already: no second copy)
+        cached = self._cached_loose(entry, label)  # (checked already: no second copy)
         if cached is not None:
             return cached
         held = tempfile.TemporaryFile()
@@ -855,18 +893,20 @@ class RemoteReader:
         sizes = {e.oid: e.size for _p, e in items if e.kind == tree.LINK}
         return lambda oid: self.read_blob(oid, sizes[oid])
 
-    def _content(self, small: dict[str, int]) -> Callable[[tree.Entry], Iterable[Blob]]:
+    def _content(self, small: dict[str, int], batch: list[tuple[str, tree.Entry]]
+                 ) -> Callable[[tree.Entry], Iterable[Blob]]:
         """What `write_files` reads each file from: the small ones read at once (neighbours
         in one GET), the others piece by piece."""
         got = self.read_blobs(small) if small else {}
-        return lambda e: [got[e.oid]] if e.oid in got else self.pieces(e)
+        names = {e.oid: rel for rel, e in batch}  # (what an error names a file by)
+        return lambda e: [got[e.oid]] if e.oid in got else self.pieces(e, names.get(e.oid))
 
-    def pieces(self, entry: tree.Entry) -> Iterator[Blob]:
+    def pieces(self, entry: tree.Entry, label: str | None = None) -> Iterator[Blob]:
         """A file's contents in pieces, in order (each chunk, or the whole blob), each
         checked, a loose one as it streams (the caller checks the whole): what `get` and
-        `cat` write out."""
+        `cat` write out. `label` names the file in errors (default: its id)."""
         if not entry.chunks and entry.size > PACK_THRESHOLD:
-            yield from self._stream_loose(entry)
+            yield from self._stream_loose(entry, label)
             return
         if not entry.chunks:
             yield self.read_blob(entry.oid, entry.size)
@@ -875,6 +915,18 @@ class RemoteReader:
         fetch = _Prefetch(self, chunks)
         for i in range(len(chunks.chunks)):
             yield fetch(i)
+
+
+_TMP_HINT = ("a large file read from a cluster cache is checked whole in the temp directory "
+             "before it is used; free some space there, or set TMPDIR to a directory on a "
+             "disk with room")
+
+
+def _cannot_aside(label: str, exc: OSError) -> CannotWrite:
+    """The temp directory refused the private copy of `label`: this machine's trouble,
+    never the cache entry's."""
+    return CannotWrite(f"cannot put {label} aside in {tempfile.gettempdir()}: "
+                       f"{exc.strerror or exc}", hint=_TMP_HINT)
 
 
 def _when(ts: float) -> str:
