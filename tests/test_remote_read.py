@@ -782,3 +782,26 @@ def test_a_failed_write_of_the_private_copy_keeps_the_cache_entry(tmp_path, dsv,
                               "No space left on device"), res.err
     assert "TMPDIR" in res.err and "Traceback" not in res.err
     assert entry.read_bytes() == data
+
+
+@pytest.mark.parametrize("marker, said", [
+    (b'{"format":4,"hash":"sha256"}\n', "names its objects by hash sha256"),
+    (b'{"format":4}\n', "names its objects by hash ?"),
+    (b'{"format":true,"hash":"blake3"}\n', "has remote format true"),
+    (b'{"format":4.0,"hash":"blake3"}\n', "has remote format 4.0"),
+])
+def test_ls_refuses_a_marker_naming_another_hash_or_no_integer_format(tmp_path, dsv,
+                                                                       marker, said):
+    """A reader without a store checks the marker as fetch and push do (one check, in
+    remotes/layout.py): JSON true or 4.0 is no format, and only blake3 ids are read.
+    (Before: all four were read, `true` as format 1.)"""
+    ws = _workspace(tmp_path, dsv, {"f.txt": b"good"})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    (remote / "dsv-remote.json").write_bytes(marker)
+    res = dsv("ls", remote, cwd=tmp_path)
+    assert res.code == 1, res.out + res.err
+    assert res.err.startswith(f"error: {remote} {said}"), res.err
+    assert "Traceback" not in res.err and "bug in dsv" not in res.err
+    assert (remote / "dsv-remote.json").read_bytes() == marker

@@ -21,7 +21,7 @@ from ..hashing import hash_bytes, is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST
 from ..paths import is_dataset_dir, is_valid_name
-from .base import MAX_REF_BYTES
+from .base import MAX_REF_BYTES, RemoteError
 
 REMOTE_MARKER = "dsv-remote.json"
 REMOTE_FORMAT = 4
@@ -46,6 +46,28 @@ to 3, writing every dataset's catalog, before it deletes anything)."""
 def marker_body(fmt: int = REMOTE_FORMAT) -> bytes:
     """The bytes of `dsv-remote.json`."""
     return json.dumps({"format": fmt, "hash": "blake3"}).encode() + b"\n"
+
+
+def marker_format(url: str, marker: object) -> int:
+    """The format `marker` (the parsed `dsv-remote.json` of the remote at `url`) gives,
+    or RemoteError naming what it says: its `format` must be an integer this dsv reads
+    and its `hash` exactly "blake3". Every client checks a remote with this, before it
+    reads or writes anything else there."""
+    fmt = marker.get("format") if isinstance(marker, dict) else None
+    # (JSON's true and 4.0 compare equal to 1 and 4: a format is an integer, exactly)
+    if type(fmt) is not int or fmt not in READ_FORMATS:
+        raise RemoteError(f"{url} has remote format "
+                          f"{'?' if fmt is None else json.dumps(fmt)[:32]}; this dsv "
+                          f"reads formats {', '.join(map(str, READ_FORMATS))}",
+                          hint="a newer dsv may read it")
+    digest = marker.get("hash") if isinstance(marker, dict) else None
+    if digest != "blake3":
+        # Every id on it would be another hash's: each object would look corrupt.
+        shown = digest if isinstance(digest, str) and is_valid_name(digest[:32]) and \
+            len(digest) <= 32 else "?"
+        raise RemoteError(f"{url} names its objects by hash {shown}; this dsv reads only "
+                          f"blake3 remotes", hint=f"check {REMOTE_MARKER}; nothing was changed")
+    return fmt
 
 PACKS = "packs/"
 INDEX = "index/"

@@ -151,11 +151,7 @@ class RemoteReader:
                               hint="check the URL (and --endpoint-url)") from None
         except ValueError:
             raise RemoteError(f"{self.url}/{layout.REMOTE_MARKER} is unreadable") from None
-        fmt = marker.get("format") if isinstance(marker, dict) else None
-        if fmt not in layout.READ_FORMATS:
-            raise RemoteError(f"{self.url} has remote format {fmt}; this dsv reads formats "
-                              f"{', '.join(map(str, layout.READ_FORMATS))}")
-        self.format = int(fmt)
+        self.format = layout.marker_format(self.url, marker)
 
     def _origin(self, oid: str) -> None:
         """Connect, to read object `oid` the cache lacks (offline: say so)."""

@@ -8,7 +8,6 @@ uses. Must never decide what to send or which refs to move.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from ..hashing import is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST, Version
 from ..objects import PackEntry, parse_pack_index
-from ..paths import is_valid_name
 from ..remotes import layout
 from ..remotes.connect import open_backend
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
@@ -70,22 +68,7 @@ class Remote:
             return
         except ValueError:
             raise RemoteError(f"{self.spec.url}/{REMOTE_MARKER} is unreadable") from None
-        fmt = marker.get("format") if isinstance(marker, dict) else None
-        # (JSON's true and 4.0 compare equal to 1 and 4: a format is an integer, exactly)
-        if type(fmt) is not int or fmt not in layout.READ_FORMATS:
-            raise RemoteError(f"{self.spec.url} has remote format "
-                              f"{'?' if fmt is None else json.dumps(fmt)[:32]}; this dsv "
-                              f"reads formats {', '.join(map(str, layout.READ_FORMATS))}",
-                              hint="a newer dsv may read it")
-        digest = marker.get("hash")
-        if digest != "blake3":
-            # Every id on it would be another hash's: each object would look corrupt.
-            shown = digest if isinstance(digest, str) and is_valid_name(digest[:32]) and \
-                len(digest) <= 32 else "?"
-            raise RemoteError(f"{self.spec.url} names its objects by hash {shown}; this dsv "
-                              f"reads only blake3 remotes",
-                              hint=f"check {REMOTE_MARKER}; nothing was changed")
-        self.format = fmt
+        self.format = layout.marker_format(self.spec.url, marker)
 
     def raise_format(self, to: int) -> None:
         """Raise the remote's format to `to` (by compare-and-swap of its marker): a
