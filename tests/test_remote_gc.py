@@ -39,6 +39,18 @@ def _ws(root: Path, files: dict[str, bytes], remote: str, *extra: str) -> Path:
     return root
 
 
+def _remote_at(tmp_path: Path, request: pytest.FixtureRequest, s3: bool
+               ) -> tuple[str, list[str], DirView | S3View]:
+    """A remote for one test: a bucket of the moto server, else tmp_path/remote: (its
+    url, the options that reach it, a view of its keys)."""
+    if s3:
+        request.getfixturevalue("aws_env")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = new_bucket(endpoint)
+        return f"s3://{bucket}/r", ["--endpoint-url", endpoint], S3View(endpoint, bucket, "r")
+    return str(tmp_path / "remote"), [], DirView(tmp_path / "remote")
+
+
 def _push_two_then_back_to_one(ws: Path, more: dict[str, bytes]) -> None:
     """Tag the first version v1, commit `more` as a second, push both, then force latest
     back to v1: the second version is left unreachable on the remote."""
@@ -328,15 +340,7 @@ def test_files_under_refs_that_are_no_refs_neither_stop_gc_nor_lose_what_they_na
     or of a newer dsv, so the version records it names (that the remote holds) are kept
     with their history, as a ref's. One that names none is ignored, with a warning."""
     one = {"keep.bin": os.urandom(5000), "a/small.txt": b"alpha\n"}
-    if kind == "s3-large":
-        request.getfixturevalue("aws_env")
-        endpoint = request.getfixturevalue("s3_endpoint")
-        bucket = new_bucket(endpoint)
-        url, extra = f"s3://{bucket}/r", ["--endpoint-url", endpoint]
-        view: DirView | S3View = S3View(endpoint, bucket, "r")
-    else:
-        url, extra = str(tmp_path / "remote"), []
-        view = DirView(tmp_path / "remote")
+    url, extra, view = _remote_at(tmp_path, request, s3=kind == "s3-large")
 
     def put(key: str, data: bytes) -> None:
         if isinstance(view, S3View):
@@ -769,15 +773,7 @@ def test_a_damaged_gc_json_is_replaced_or_refused_before_anything_is_uploaded(
     and goes on; a directory (dsv never removes one) stops it before any upload, with the
     way out."""
     one = {"keep.bin": os.urandom(5000), "small.txt": b"alpha\n"}
-    if damage == "s3-large":
-        request.getfixturevalue("aws_env")
-        endpoint = request.getfixturevalue("s3_endpoint")
-        bucket = new_bucket(endpoint)
-        url, extra = f"s3://{bucket}/r", ["--endpoint-url", endpoint]
-        view: DirView | S3View = S3View(endpoint, bucket, "r")
-    else:
-        url, extra = str(tmp_path / "remote"), []
-        view = DirView(tmp_path / "remote")
+    url, extra, view = _remote_at(tmp_path, request, s3=damage == "s3-large")
     ws = _ws(tmp_path / "ws", one, url, *extra)
     _push_two_then_back_to_one(ws, {"dead.bin": os.urandom(7000)})  # (a partly-live pack)
     outside = tmp_path / "outside.json"

@@ -255,17 +255,7 @@ def test_a_damaged_cache_entry_of_a_large_file_is_read_again_from_the_origin(tmp
                                                                             damage):
     """A file over PACK_THRESHOLD and not chunked is a loose object, streamed from the
     cache: a damaged entry costs a download (and is filled again), never the read."""
-    data = os.urandom((2 << 20) + 17)
-    ws = _workspace(tmp_path, dsv, {"big.bin": data})
-    remote = tmp_path / "remote"
-    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
-    _ok(dsv("push", cwd=ws))
-    cache = tmp_path / "cache"
-    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "one", "--cache", cache,
-            cwd=tmp_path))
-    oid = b3(data)
-    entry = cache / "loose" / oid[:2] / oid
-    assert entry.read_bytes() == data
+    remote, cache, data, entry = _cached_big_file(tmp_path, dsv)
 
     def damage_entry() -> None:
         if damage == "flipped":
@@ -663,16 +653,7 @@ def test_a_large_cache_entry_changed_in_place_while_read_costs_nothing(tmp_path,
     and checked, never a second read's. (A check, then a second read that was returned,
     failed `dsv get` with "did not arrive whole".)"""
     import dsv.sync.reader as reader_module
-    data = os.urandom((2 << 20) + 17)
-    ws = _workspace(tmp_path, dsv, {"big.bin": data})
-    remote = tmp_path / "remote"
-    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
-    _ok(dsv("push", cwd=ws))
-    cache = tmp_path / "cache"
-    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "one", "--cache", cache,
-            cwd=tmp_path))
-    oid = b3(data)
-    entry = cache / "loose" / oid[:2] / oid
+    remote, cache, data, entry = _cached_big_file(tmp_path, dsv)
     real = reader_module.pieces_at_most
     rewrites = []
 

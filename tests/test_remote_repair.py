@@ -394,23 +394,36 @@ def test_maintain_and_gc_remove_a_killed_uploads_temp_file(tmp_path: Path) -> No
     check_remote(DirView(remote))
 
 
-def test_maintain_beside_a_push_writing_its_temp_file(tmp_path: Path) -> None:
-    """A push whose temp file is whole but not yet renamed, while `remote maintain`
-    runs: the file is young, so it stays, and the push completes."""
+PAUSED_AT = "fs:temp-written"
+
+
+def _push_paused_with_its_temp_file(tmp_path: Path):
+    """A push of `_big_store` paused with its large file's temp file whole but not yet
+    renamed: (workspace, remote, pause dir, the push, the temp file)."""
     ws, remote = _big_store(tmp_path)
     pause = tmp_path / "pause"
     pause.mkdir()
-    point = "fs:temp-written"
-    push = spawn("push", cwd=ws, env=paused(point, pause))
-    wait_for(pause / f"{point}.reached", push)
-    writing = _big_temp(remote)
+    push = spawn("push", cwd=ws, env=paused(PAUSED_AT, pause))
+    wait_for(pause / f"{PAUSED_AT}.reached", push)
+    return ws, remote, pause, push, _big_temp(remote)
+
+
+def _maintain_from_another_client(tmp_path: Path, remote: Path) -> dict:
+    """`dsv remote maintain --json` of `remote` from a second, bare store."""
     other = tmp_path / "other"
     other.mkdir()
     setup_ok("init", "--bare", cwd=other)
     setup_ok("remote", "add", "origin", remote, cwd=other)
-    out = json.loads(ok("remote", "maintain", "--json", cwd=other).stdout)
+    return json.loads(ok("remote", "maintain", "--json", cwd=other).stdout)
+
+
+def test_maintain_beside_a_push_writing_its_temp_file(tmp_path: Path) -> None:
+    """A push whose temp file is whole but not yet renamed, while `remote maintain`
+    runs: the file is young, so it stays, and the push completes."""
+    ws, remote, pause, push, writing = _push_paused_with_its_temp_file(tmp_path)
+    out = _maintain_from_another_client(tmp_path, remote)
     assert out["stale_uploads_removed"] == 0 and writing.exists()
-    (pause / f"{point}.go").touch()
+    (pause / f"{PAUSED_AT}.go").touch()
     finish(push)
     check_remote(DirView(remote))
     clone = tmp_path / "clone"
@@ -422,21 +435,11 @@ def test_push_stopped_for_a_day_before_its_rename_fails_clearly(tmp_path: Path) 
     """A pusher stopped for over a day between writing its temp file and renaming it:
     a maintainer removed the file meanwhile. The push fails with one clear line and
     publishes nothing; run again, it completes."""
-    ws, remote = _big_store(tmp_path)
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    point = "fs:temp-written"
-    push = spawn("push", cwd=ws, env=paused(point, pause))
-    wait_for(pause / f"{point}.reached", push)
-    writing = _big_temp(remote)
+    ws, remote, pause, push, writing = _push_paused_with_its_temp_file(tmp_path)
     _age(writing, DAY + 60)
-    other = tmp_path / "other"
-    other.mkdir()
-    setup_ok("init", "--bare", cwd=other)
-    setup_ok("remote", "add", "origin", remote, cwd=other)
-    out = json.loads(ok("remote", "maintain", "--json", cwd=other).stdout)
+    out = _maintain_from_another_client(tmp_path, remote)
     assert out["stale_uploads_removed"] == 1 and not writing.exists()
-    (pause / f"{point}.go").touch()
+    (pause / f"{PAUSED_AT}.go").touch()
     out, err = push.communicate(timeout=120)
     assert push.returncode == 1, out + err
     assert "was removed before it was renamed into place" in err, err
