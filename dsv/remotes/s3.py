@@ -31,6 +31,11 @@ MAX_ATTEMPTS = 5
 BODY_ATTEMPTS = 3
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
+MAX_STALE_UPLOADS = 100_000
+"""Unfinished uploads `remove_stale_uploads` aborts at most in one call (two requests
+each; a listing that never ends must not hold a gc for good)."""
+MAX_PARTS = 10_000
+"""S3's most parts in one upload: the most a listing of one upload's parts is read."""
 _PIECE = 8 << 20
 
 
@@ -488,10 +493,77 @@ class S3Backend:
             raise describe(exc, f"deleting {self._where(key)}") from None
 
     def remove_stale_uploads(self, older_than: float) -> tuple[int, int]:
-        """Backend.remove_stale_uploads: nothing (S3 shows an upload only when complete;
-        an interrupted multipart upload's parts are the bucket's lifecycle rules' to
-        abort)."""
-        return 0, 0
+        """Backend.remove_stale_uploads: the multipart uploads of loose objects (the only
+        files dsv uploads in parts) that were begun more than `older_than` seconds ago
+        and never completed: a push killed during a large file's upload leaves its parts,
+        which no listing of keys shows and the bucket bills for good. Each is aborted,
+        its parts' bytes counted first.
+
+        Only uploads of well-formed `loose/` keys below this remote's prefix: a bucket
+        shared with other tools keeps theirs. An upload without a usable start time is
+        never aborted (its age is unknown). At most MAX_STALE_UPLOADS per call, from a
+        listing of at most ten times as many (the next call goes on). An endpoint
+        without the listing, or credentials that may not use it, have nothing removed
+        (a lifecycle rule's job there)."""
+        import time
+        from datetime import datetime
+
+        from .layout import LOOSE, loose_oid_of_key
+        cutoff = time.time() - older_than
+        stale: list[tuple[str, str]] = []
+        seen = 0
+        full = self.prefix + LOOSE
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=self.bucket, Prefix=full):
+                for upload in page.get("Uploads", []):
+                    seen += 1
+                    key, upload_id = upload.get("Key"), upload.get("UploadId")
+                    began = upload.get("Initiated")
+                    if not isinstance(key, str) or not key.startswith(full) or \
+                            loose_oid_of_key(key[len(self.prefix):]) is None or \
+                            not isinstance(upload_id, str) or not upload_id or \
+                            not isinstance(began, datetime) or began.tzinfo is None or \
+                            began.timestamp() > cutoff:
+                        continue
+                    stale.append((key, upload_id))
+                if len(stale) >= MAX_STALE_UPLOADS or seen >= 10 * MAX_STALE_UPLOADS:
+                    break
+        except Exception as exc:
+            if _unsupported(exc):
+                return 0, 0
+            raise describe(exc, f"listing the unfinished uploads of "
+                                f"{self._where(LOOSE)}") from None
+        count = nbytes = 0
+        for key, upload_id in stale[:MAX_STALE_UPLOADS]:
+            size = self._parts_bytes(key, upload_id)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   UploadId=upload_id)
+            except Exception as exc:
+                if _error_code(exc) == "NoSuchUpload":
+                    continue   # completed or aborted by another client meanwhile
+                raise describe(exc, f"aborting an unfinished upload of "
+                                    f"s3://{self.bucket}/{key}") from None
+            count += 1
+            nbytes += size
+        return count, nbytes
+
+    def _parts_bytes(self, key: str, upload_id: str) -> int:
+        """The bytes of the parts an unfinished upload holds, as listed (0 where the
+        listing fails or says nothing usable: only a figure for the report)."""
+        total = 0
+        try:
+            for page in self.client.get_paginator("list_parts").paginate(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    PaginationConfig={"MaxItems": MAX_PARTS}):
+                for part in page.get("Parts", []):
+                    size = part.get("Size")
+                    if isinstance(size, int) and 0 <= size <= MAX_GET_BYTES:
+                        total += size
+        except Exception:   # (the abort that follows says what is wrong, if anything)
+            return total
+        return total
 
     def read_ref(self, key: str) -> tuple[bytes, str] | None:
         """Backend.read_ref; the version tag is the object's ETag (an answer without one
@@ -536,8 +608,20 @@ def _status(exc: BaseException) -> int | None:
     return code
 
 
-def _is_missing(exc: BaseException) -> bool:
+def _error_code(exc: BaseException) -> str | None:
     response = getattr(exc, "response", None)
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _is_missing(exc: BaseException) -> bool:
+    code = _error_code(exc)
     return code in ("NoSuchKey", "404", "NotFound") or _status(exc) == 404 and \
         code != "NoSuchBucket"
+
+
+def _unsupported(exc: BaseException) -> bool:
+    """An answer that the endpoint lacks a request, or these credentials may not make it
+    (not a failure of the request itself)."""
+    return _error_code(exc) in ("NotImplemented", "AccessDenied", "MethodNotAllowed") or \
+        _status(exc) in (403, 405, 501)
