@@ -889,3 +889,76 @@ def test_a_pack_that_cannot_be_read_just_now_is_never_called_damaged(tmp_path: P
     assert sorted(view.keys("")) == before
     body = view.client.get_object(Bucket=bucket, Key=view.prefix + keys[0])["Body"].read()
     assert body == b"garbage"
+
+
+def test_a_remote_listing_more_refs_than_dsv_reads_is_refused_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote that lists more refs than dsv reads (layout.MAX_REFS; here lowered to 2,
+    with 3 on the remote) is refused with one clear error, by fetch and by gc: never read
+    in part (a gc that saw some refs would delete what the others reach), and never read
+    without end (a hostile endless listing held every key in memory before)."""
+    import dsv as api
+    from dsv.remotes import layout
+    from dsv.remotes.base import RemoteRefused
+    ws = _ws(tmp_path / "ws", {"a.txt": b"a" * 300}, str(tmp_path / "remote"))
+    ok("tag", "raw:latest", "t1", cwd=ws)
+    ok("tag", "raw:latest", "t2", cwd=ws)
+    ok("push", cwd=ws)
+    view = DirView(tmp_path / "remote")
+    before = view.listing()
+    monkeypatch.setattr(layout, "MAX_REFS", 2)
+    store = api.Store.open(ws)
+    try:
+        for act in (lambda: store.gc_remote("origin"), lambda: store.fetch("origin")):
+            with pytest.raises(RemoteRefused, match="origin lists more than 2 refs; dsv "
+                                                    "reads no more than that"):
+                act()
+    finally:
+        store.close()
+    assert view.listing() == before
+    assert _gc(ws)["packs_deleted"] == 0   # (in a process of its own: all 3 refs read)
+
+
+def test_a_remote_with_more_version_records_than_a_fetch_holds_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every version record a fetch reads is held parsed until it is stored. A remote
+    whose pack indexes give more bytes of records than a fetch holds (MAX_RECORDS_HELD,
+    lowered here) is refused before any record is read, and the store is left as it was;
+    at exactly the bytes of the remote's records, the fetch goes on. (Before: read
+    whatever the remote listed, up to 16 MiB a record.)"""
+    import dsv as api
+    from dsv.objects import KIND_VERSION
+    from dsv.remotes.base import RemoteRefused
+    from dsv.sync import fetch as fetch_module
+    ws = _ws(tmp_path / "ws", {"a.txt": b"a" * 300}, str(tmp_path / "remote"))
+    ok("push", cwd=ws)
+    other = tmp_path / "other"
+    ok("clone", tmp_path / "remote", other, cwd=tmp_path)
+    write_tree(ws, {"b.txt": b"b" * 300})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+
+    def fetch_with(cap: int) -> None:
+        monkeypatch.setattr(fetch_module, "MAX_RECORDS_HELD", cap)
+        store = api.Store.open(other)
+        try:
+            store.fetch("origin")
+        finally:
+            store.close()
+
+    refused = r"origin holds [0-9,]+ bytes of version records, more than the {} a fetch " \
+              r"holds at once; nothing was fetched"
+    with pytest.raises(RemoteRefused, match=refused.format(1)):
+        fetch_with(1)
+    ok("pull", cwd=other)   # (in a process of its own)
+    assert len(query_json("log", "raw", cwd=other)) == 2
+    store = api.Store.open(other)
+    try:
+        records = store.core.index.remote_objects_of_kind("origin", KIND_VERSION)
+    finally:
+        store.close()
+    held = sum(length for _oid, _pack, _offset, length in records)
+    assert len(records) == 2
+    with pytest.raises(RemoteRefused, match=refused.format(f"{held - 1:,}")):
+        fetch_with(held - 1)
+    fetch_with(held)

@@ -73,6 +73,9 @@ PACKS = "packs/"
 INDEX = "index/"
 LOOSE = "loose/"
 REFS = "refs/"
+MAX_REFS = 1_000_000
+"""Refs (latest and tags of every dataset) dsv lists of a remote at most: every one is
+read, and a gc must see them all (a remote with more is refused, never half read)."""
 LOCKS = "locks/"
 MAINTAIN_LOCK = "maintain.lock"
 """The lease a maintainer holds while it repacks or collects garbage (created if absent,

@@ -24,11 +24,19 @@ from ..reports import FetchReport
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
 from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
-from ..remotes.base import RemoteError
+from ..remotes.base import RemoteError, RemoteRefused
 from ..remotes.layout import (RemoteRef)
 from .policy import plan_pull
 from .remote import Remote, open_origin_of
 from .download import download_packed, origin_down
+
+MAX_RECORDS_HELD = 256 << 20
+"""Bytes of version records (every one of the datasets fetched, as the remote's pack
+indexes give their lengths) a fetch reads and holds parsed at most. A record is a few
+hundred bytes, so this is hundreds of thousands of versions, more than years of hourly
+pushes of dozens of datasets. A hostile remote listing many records near
+MAX_RECORD_BYTES is refused before any is read, where it could otherwise make a fetch
+hold gigabytes."""
 
 
 _Parsed = dict[str, tuple[Record, bytes | None]]
@@ -82,6 +90,12 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     for oid in located[KIND_VERSION].keys() - wanted.keys():
         core.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
                               f"more than {MAX_RECORD_BYTES} bytes (ignored)")
+    claimed = sum(length for _pack, _offset, length in wanted.values())
+    if claimed > MAX_RECORDS_HELD:
+        raise RemoteRefused(f"{remote.name} holds {claimed:,} bytes of version records, "
+                            f"more than the {MAX_RECORDS_HELD:,} a fetch holds at once; "
+                            f"nothing was fetched", hint="the remote is damaged or "
+                            "hostile; or clone only some of its datasets (--dataset)")
     local = core.objects.locate_many(wanted)
     for oid, data in download_packed(core, remote, {o: w for o, w in wanted.items()
                                                       if o not in local}, "fetching", report):

@@ -266,7 +266,15 @@ class Remote:
         read safely is skipped with a warning."""
         prefixes = [layout.REFS] if self.scope is None else \
             [f"{layout.REFS}{ds}/" for ds in self.scope]
-        keys = [key for prefix in prefixes for key, _size in self.backend.list(prefix)]
+        keys: list[str] = []
+        for prefix in prefixes:
+            for key, _size in self.backend.list(prefix):
+                keys.append(key)
+                if len(keys) > layout.MAX_REFS:   # (gc must never go on with some of them)
+                    raise RemoteRefused(f"{self.name} lists more than {layout.MAX_REFS:,} "
+                                        f"refs; dsv reads no more than that", hint="the "
+                                        "remote is damaged or hostile, or holds more tags "
+                                        "than dsv supports")
 
         def read(key: str) -> RemoteRef | None:
             try:
