@@ -786,3 +786,105 @@ def test_ls_refuses_a_marker_naming_another_hash_or_no_integer_format(tmp_path, 
     assert res.err.startswith(f"error: {remote} {said}"), res.err
     assert "Traceback" not in res.err and "bug in dsv" not in res.err
     assert (remote / "dsv-remote.json").read_bytes() == marker
+
+
+def test_a_temp_dir_without_room_for_an_origin_file_fails_before_downloading(tmp_path, dsv):
+    """`cat` of a large unchunked file straight from the origin (no cache) checks it
+    whole in the temp directory first. TMPDIR on a disk of 1 MiB and a 2 MiB file (kept
+    in memory only up to 1 MiB here): one clear line naming TMPDIR before any byte is
+    downloaded. (Before: the download filled the temp disk and failed with "cannot write
+    a file: no space left on the device".)"""
+    import subprocess
+    import sys
+    data = os.urandom((2 << 20) + 17)
+    ws = _workspace(tmp_path, dsv, {"big.bin": data})
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    small = tmp_path / "small"
+    small.mkdir()
+    run = ("import sys, dsv.sync.reader as r; r.LOOSE_CACHE_MEMORY = 1 << 20; "
+           "sys.argv[0] = 'dsv'; from dsv.cli import main; main()")
+    script = (f'mount -t tmpfs -o size=1m tmpfs "{small}" || exit 99\n'
+              f'export TMPDIR="{small}"\n'
+              f'"{sys.executable}" -c "{run}" cat "{remote}" mldata:latest big.bin '
+              f'> "{tmp_path}/cat.out"; echo "cat=$?"\n'
+              f'df -k "{small}" | tail -1\n')
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert "cat=1" in out, out
+    assert f"error: putting big.bin aside needs {len(data):,} bytes in {small} and its " \
+           "disk has" in out, out
+    assert "TMPDIR" in out and "Traceback" not in out and "bug in dsv" not in out, out
+    assert (tmp_path / "cat.out").read_bytes() == b""
+    # the temp disk was left empty (1024 KiB, none used)
+    assert done.stdout.splitlines()[-1].split()[2] == "0", out
+
+
+@pytest.mark.parametrize("where", ["dir", "s3"])
+def test_a_reader_used_before_a_fork_reads_in_the_forked_worker(tmp_path, dsv, request,
+                                                                 monkeypatch, where):
+    """A PyTorch DataLoader (fork start method) copies a Dataset holding a reader from
+    `dsv.open_remote` that has already read, and an open chunked file partway through a
+    sequential read. The worker must not wait on the parent's GET threads (they do not
+    exist in the child: it waited for ever) nor use its connections; the parent reads on
+    as before. Small files lie in two packs (neighbours alternate: parallel GETs), and a
+    sequential read keeps one job of one span in flight (so the child needs new ones)."""
+    import signal
+    import uuid
+    import dsv as api
+    import dsv.sync.reader as reader_module
+    monkeypatch.setattr(reader_module, "AHEAD", 1)
+    monkeypatch.setattr(reader_module, "SEQUENTIAL_SPANS", 1)
+    small = {f"d/{i:03d}.bin": os.urandom(500 + i) for i in range(40)}
+    big = os.urandom(12 << 20)
+    evens = {rel: data for i, (rel, data) in enumerate(small.items()) if i % 2 == 0}
+    ws = _workspace(tmp_path, dsv, {**evens, "big.bin": big})
+    if where == "s3":
+        request.getfixturevalue("aws_env")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        bucket = f"fork-{uuid.uuid4().hex[:12]}"
+        create_bucket(endpoint, bucket)
+        url, options = f"s3://{bucket}/r", {"endpoint_url": endpoint}
+        _ok(dsv("remote", "add", "origin", url, "--endpoint-url", endpoint, cwd=ws))
+    else:
+        url, options = str(tmp_path / "remote"), {}
+        _ok(dsv("remote", "add", "origin", url, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    write_tree(ws, small)
+    _ok(dsv("commit", "-m", "odds", cwd=ws))
+    _ok(dsv("push", cwd=ws))   # (a second pack)
+    reader = api.open_remote(url, **options)
+    v = reader.resolve("mldata:latest")
+    entries = dict(reader.entries(v))
+    order = sorted(small)
+
+    def read(rel: str, ahead: int = len(order)) -> bytes:
+        at = order.index(rel)
+        with reader.open(entries[rel], [entries[r] for r in order[at + 1:at + 1 + ahead]]) as f:
+            return f.read()
+
+    assert [read(rel, 1) for rel in order[:2]] == [small[rel] for rel in order[:2]]
+    f = reader.open(entries["big.bin"])
+    assert f.read(3 << 20) == big[:3 << 20]   # (a sequential read: a job ahead in flight)
+    rest = big[3 << 20:]
+    read_pipe, write_pipe = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 3
+        try:
+            os.close(read_pipe)
+            signal.alarm(30)
+            got = [read(rel) for rel in order[2:]]
+            code = 0 if got == [small[rel] for rel in order[2:]] and f.read() == rest else 1
+            os.write(write_pipe, b"done")
+        finally:
+            os._exit(code)
+    os.close(write_pipe)
+    with os.fdopen(read_pipe, "rb") as pipe:
+        said = pipe.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and said == b"done", status
+    assert f.read() == rest   # the parent
+    assert [read(rel) for rel in order[2:]] == [small[rel] for rel in order[2:]]

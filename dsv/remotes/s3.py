@@ -13,6 +13,7 @@ paths, are left out. Must never touch the store.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,6 +106,16 @@ def make_client(endpoint_url: str | None = None, profile: str | None = None,
 
 _LOADER: Any = None
 _LOADER_LOCK = threading.Lock()
+
+
+def _new_loader_lock() -> None:
+    """In a forked child: another thread of the parent may have held the lock at the
+    fork, and would never give it back here."""
+    global _LOADER_LOCK
+    _LOADER_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_loader_lock)
 
 
 def _session(profile: str | None) -> BotoSession:

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from ..paths import normalize_user_path
 from ..records import Record, parse_record
 from ..refs import LATEST, MIN_PREFIX, parse_ref
 from ..remotes import layout
-from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, NotFound, RemoteError,
+from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
                             RemoteRefused, RemoteSpec, check_outside_stores)
 from ..remotes.cache import ClusterCache
 from ..remotes.connect import normalize_url, open_backend
@@ -56,8 +57,6 @@ MAX_CARRIERS = 1 << 20
 """Leaf shards a reader remembers the carrier of (the oldest are forgotten)."""
 BLOBS_KEPT = 64 << 20
 """Bytes of small files a reader keeps in memory once read (those an open read ahead)."""
-MAX_REFS = 1_000_000
-"""Refs (latest and tags of every dataset) a reader lists of a remote at most."""
 MAX_SAVED_REFS = 64 << 20
 """The refs a cache keeps of one origin, at most (bytes of JSON)."""
 LOOSE_CACHE_MEMORY = 64 << 20
@@ -107,7 +106,7 @@ class RemoteReader:
         self.spec = RemoteSpec("origin", normalize_url(url), endpoint_url=endpoint_url,
                                profile=profile)
         self.url = self.spec.url
-        self.backend = open_backend(self.spec)
+        self._backend: Backend | None = open_backend(self.spec)
         if cache:
             check_outside_stores(os.path.abspath(cache))
         self.cache = ClusterCache(os.path.abspath(cache)) if cache else None
@@ -129,6 +128,28 @@ class RemoteReader:
         self._blobs: OrderedDict[str, bytes] = OrderedDict()  # small files read (ahead)
         self._blobs_held = 0
         self._pool: ThreadPoolExecutor | None = None
+        _LIVE_READERS.add(self)
+
+    @property
+    def backend(self) -> Backend:
+        """The remote's files (opened again on first use in a forked child)."""
+        backend = self._backend
+        if backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = open_backend(self.spec)
+                backend = self._backend
+        return backend
+
+    def _after_fork(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's GET threads do not exist
+        here, and its remote connections (and its lock, which a thread may have held at
+        the fork) are the parent's. They are left to it untouched, and fresh ones are
+        opened on first use. What was read stays: refs as seen, records, trees and small
+        files read ahead are the same bytes here."""
+        self._lock = threading.Lock()
+        self._pool = None
+        self._backend = None
 
     # ---- the remote and its refs ------------------------------------------------------
     def connect(self) -> None:
@@ -171,9 +192,10 @@ class RemoteReader:
                 keys = []
                 for key, _size in self.backend.list(layout.REFS):
                     keys.append(key)
-                    if len(keys) > MAX_REFS:
-                        raise RemoteRefused(f"{self.url} lists more than {MAX_REFS:,} refs; "
-                                            f"dsv reads no more than that")
+                    if len(keys) > layout.MAX_REFS:
+                        raise RemoteRefused(f"{self.url} lists more than "
+                                            f"{layout.MAX_REFS:,} refs; dsv reads no more "
+                                            f"than that")
                 self._keys = sorted(keys)
         return self._keys
 
@@ -865,16 +887,20 @@ class RemoteReader:
 
     def _spooled(self, entry: tree.Entry, label: str) -> BinaryIO:
         """A large unchunked file (a loose object), put aside (the cache's entry: see
-        `_cached_loose`; from the origin: in an unnamed temp file) and checked whole
-        before anything reads it; at its start."""
+        `_cached_loose`; from the origin: `_aside`, in memory or an unnamed temp file
+        once the temp directory's disk has room) and checked whole before anything
+        reads it; at its start."""
         cached = self._cached_loose(entry, label)  # (checked already: no second copy)
         if cached is not None:
             return cached
-        held = tempfile.TemporaryFile()
+        held = self._aside(entry.size, label)   # (the disk's room checked first)
         try:
             stream = _Hashed(self._stream_origin(entry), entry.size)
             for piece in stream:
-                held.write(piece)
+                try:
+                    held.write(piece)
+                except OSError as exc:
+                    raise _cannot_aside(label, exc) from None
             if stream.count != entry.size or stream.hasher.hexdigest() != entry.oid:
                 raise CorruptObject(f"{label} arrived damaged from {self.url}; nothing of it "
                                     f"was returned")
@@ -913,9 +939,9 @@ class RemoteReader:
             yield fetch(i)
 
 
-_TMP_HINT = ("a large file read from a cluster cache is checked whole in the temp directory "
-             "before it is used; free some space there, or set TMPDIR to a directory on a "
-             "disk with room")
+_TMP_HINT = ("a large unchunked file read without a store is checked whole in the temp "
+             "directory before it is used; free some space there, or set TMPDIR to a "
+             "directory on a disk with room")
 
 
 def _cannot_aside(label: str, exc: OSError) -> CannotWrite:
@@ -927,6 +953,21 @@ def _cannot_aside(label: str, exc: OSError) -> CannotWrite:
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+_LIVE_READERS: weakref.WeakSet[RemoteReader] = weakref.WeakSet()
+_LIVE_PREFETCHES: weakref.WeakSet[_Prefetch] = weakref.WeakSet()
+"""The readers and open chunked files of this process, told when it forks."""
+
+
+def _forked() -> None:
+    for reader in list(_LIVE_READERS):
+        reader._after_fork()
+    for prefetch in list(_LIVE_PREFETCHES):
+        prefetch._after_fork()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class _Hashed:
@@ -970,6 +1011,13 @@ class _Prefetch:
         self._jobs: dict[int, Future[dict[str, Blob]]] = {}   # span → the job reading it
         self._pool: ThreadPoolExecutor | None = None
         self._last = -2
+        _LIVE_PREFETCHES.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the jobs in flight were the parent's threads', which do not
+        exist here (a read waiting on one would wait for ever); they are read again."""
+        self._jobs = {}
+        self._pool = None
 
     def _submit(self, first: int, count: int) -> None:
         """One job reading spans [first, first + count) (those not being read already)."""
