@@ -412,7 +412,7 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
     if not source:
         raise InvalidInput(f"{ref} was not made by `dsv import`")
     _check_record(ref, source)
-    client = s3.make_client(endpoint_url or source.get("endpoint_url"), profile,
+    client = s3.make_client(endpoint_url or _trusted_endpoint(core, ref, source), profile,
                             True if no_sign_request else None)
     s3.check_reachable(client)
     bucket = source["bucket"]
@@ -436,6 +436,29 @@ def check_import(core: Core, ref: str, endpoint_url: str | None = None,
                               for o in listed if o.key not in known
                               and (not prefix or o.key.startswith(prefix + "/")))
     return report
+
+
+def _trusted_endpoint(core: Core, ref: str, source: dict[str, Any]) -> str | None:
+    """The endpoint an import record names, if this store has a reason to send requests
+    there: an import of this store downloaded from it, or one of its remotes uses it.
+    A version pulled from a remote records whatever endpoint its maker (or a hostile
+    remote) chose: --check signs its requests with this user's credentials (the access
+    key id and any session token travel with them), so an endpoint no one here named is
+    refused; the user names it with --endpoint-url once they trust it."""
+    recorded, served = source.get("endpoint_url"), source.get("served_by")
+    if not recorded:
+        return None   # (the default chain: AWS, or AWS_ENDPOINT_URL here)
+    named = {spec.endpoint_url for spec in core.remote_specs() if spec.endpoint_url}
+    if recorded in named:
+        return str(recorded)
+    if isinstance(served, str) and served and (served in named or
+                                               core.index.imported_through(served)):
+        return served   # (the one this store knows, whatever else the record says)
+    raise InvalidInput(f"{ref} was imported through the endpoint {recorded}, which no "
+                       f"import or remote of this store uses; dsv sends your credentials "
+                       f"only to endpoints you name, so nothing was checked",
+                       hint=f"if you trust it: dsv import --check {ref} --endpoint-url "
+                            f"{recorded}")
 
 
 def _check_record(ref: str, source: object) -> None:

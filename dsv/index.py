@@ -990,6 +990,13 @@ class Index:
                 self._rows_in("SELECT source, oid, size, chunks FROM imported "
                               "WHERE source IN ({marks})", sources)}
 
+    def imported_through(self, endpoint: str) -> bool:
+        """Whether an import of this store downloaded anything from `endpoint` (as its
+        client named it: the start of a source key, see imports._source_key)."""
+        start = endpoint + "/"
+        return self.conn.execute("SELECT 1 FROM imported WHERE source >= ? AND source < ? "
+                                 "LIMIT 1", (start, endpoint + "0")).fetchone() is not None
+
     def imported_oids(self) -> set[str]:
         """Every object an import stored (a version may not reach it yet): whole files,
         and the chunk lists of chunked ones (not their chunks)."""

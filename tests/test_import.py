@@ -658,3 +658,41 @@ def test_check_reports_only_a_missing_key_as_missing(tmp_path: Path, s3, bucket,
     assert res.code == 1, res.err
     report = json.loads(res.out)
     assert (report["missing"], report["changed"], report["added"]) == (["ok.txt"], [], [])
+
+
+def test_check_sends_credentials_only_to_an_endpoint_this_store_uses(
+        tmp_path: Path, s3, bucket, s3_endpoint, dsv) -> None:
+    """A version pulled from a remote records whatever endpoint its maker (or a hostile
+    remote) chose; `import --check` signs its requests with this user's credentials. It
+    uses the recorded endpoint only where this store imported through it, or one of its
+    remotes uses it; elsewhere it asks for --endpoint-url and sends nothing. (Before: a
+    clone's --check sent its signed requests to the recorded endpoint.)"""
+    s3.put_object(Bucket=bucket, Key="ds/a.txt", Body=b"hello")
+    with FaultProxy(s3_endpoint) as proxy:   # (the endpoint the import names)
+        maker, remote, user = tmp_path / "maker", tmp_path / "remote", tmp_path / "user"
+        maker.mkdir()
+        assert dsv("init", "--bare", cwd=maker).code == 0
+        done = dsv("import", f"s3://{bucket}/ds", "--endpoint-url", proxy.url, "--json",
+                   cwd=maker)
+        assert done.code == 0, done.err
+        ref = json.loads(done.out)["ref"]
+        assert dsv("remote", "add", "origin", remote, cwd=maker).code == 0
+        assert dsv("push", cwd=maker).code == 0
+        assert dsv("clone", remote, user, cwd=tmp_path).code == 0
+
+        mine = dsv("import", "--check", ref, cwd=maker)   # imported through it here
+        assert mine.code == 0 and "matches its source" in mine.out, mine.err
+        sent = proxy.requests
+        theirs = dsv("import", "--check", ref, cwd=user)
+        assert theirs.code == 1, theirs.out + theirs.err
+        assert theirs.err.startswith(f"error: {ref} was imported through the endpoint "
+                                     f"{proxy.url}, which no import or remote of this store "
+                                     f"uses"), theirs.err
+        assert f"--endpoint-url {proxy.url}" in theirs.err
+        assert proxy.requests == sent   # not one request
+        named = dsv("import", "--check", ref, "--endpoint-url", proxy.url, cwd=user)
+        assert named.code == 0 and "matches its source" in named.out, named.err
+        assert dsv("remote", "add", "minio", f"s3://{bucket}/dsv", "--endpoint-url",
+                   proxy.url, cwd=user).code == 0
+        by_remote = dsv("import", "--check", ref, cwd=user)   # a remote of it uses it
+        assert by_remote.code == 0 and "matches its source" in by_remote.out, by_remote.err
