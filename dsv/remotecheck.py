@@ -160,7 +160,7 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
                                f"version but not on the remote")
     if lease is not None:
         _repair(core, remote, report, missing, damaged, needed, entries_of, bad_packs,
-                lease)
+                lease, _catalog_owners(listing))
     core.index.checkpoint()
     return report
 
@@ -451,12 +451,23 @@ def _local_copy(remote: Remote, oid: str) -> bytes | None:
         return None
 
 
+def _catalog_owners(listing: dict[str, int]) -> dict[str, set[str]]:
+    """Each pack's id → the datasets whose catalog names it (remote format 3 or more)."""
+    owners: dict[str, set[str]] = {}
+    for key in listing:
+        if (entry := layout.catalog_entry_of_key(key)) is not None:
+            owners.setdefault(entry[1], set()).add(entry[0])
+    return owners
+
+
 def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
             entries_of: dict[str, list[PackEntry]], bad_packs: set[str],
-            lease: Lease) -> None:
+            lease: Lease, catalogs: dict[str, set[str]]) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop
-    damaged packs whose every object is safe again."""
+    damaged packs whose every object is safe again, with the entries of `catalogs` (pack
+    → datasets) naming them. (The catalogs that need the new packs name them in verify's
+    second pass, see `check`.)"""
     objects = core.objects
     todo = set(missing) | set(damaged)
     for pack_id in bad_packs:
@@ -522,6 +533,8 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
         # The index goes first: an index on the remote always names a whole pack.
         remote.backend.delete(index_key(pack_id))
         remote.backend.delete(pack_key(pack_id))
+        for ds_id in sorted(catalogs.get(pack_id, ())):
+            remote.backend.delete(layout.catalog_key(ds_id, pack_id))
         report.repaired.append(f"deleted damaged pack {pack_id[:12]}")
     for oid in set(missing) | set(damaged):
         if oid not in fixed:

@@ -550,3 +550,41 @@ def test_maintain_and_gc_abort_unfinished_uploads_of_loose_objects(
     clone = tmp_path / "clone"
     ok("clone", f"s3://{bucket}/r", clone, "--endpoint-url", s3_endpoint, cwd=tmp_path)
     assert read_tree(clone) == {"x.txt": b"x"}
+
+
+def _catalog(remote: Path) -> set[tuple[str, str]]:
+    """(dataset id, pack id) of every catalog entry on a directory remote."""
+    root = remote / "catalog"
+    return {(d.name, p.name) for d in root.iterdir() for p in d.iterdir()} \
+        if root.exists() else set()
+
+
+def test_a_repair_names_its_new_packs_in_the_catalogs_and_drops_the_deleted_ones(
+        tmp_path: Path) -> None:
+    """A reader of one dataset reads only the packs its catalog names. A repair that
+    writes the damaged packs' objects into a new pack names it in the catalog of every
+    dataset that needs it, and removes the entries of the packs it deletes. (Before: the
+    entries naming the deleted packs stayed until the next gc, and every verify warned of
+    them.)"""
+    src, other, remote, damaged = _damaged_remote(tmp_path)
+    before = _catalog(remote)
+    gone = {p.name.removesuffix(".pack") for p in damaged}
+    assert gone <= {pack for _ds, pack in before}
+    packs = {p.name for p in (remote / "packs").iterdir()}
+    report = json.loads(ok("verify", "--remote", "origin", "--read-data", "--repair",
+                           "--json", cwd=src).stdout)
+    assert report["ok"] and not any("catalog" in w for w in report["warnings"]), report
+    [new] = [p.removesuffix(".pack") for p in
+             {p.name for p in (remote / "packs").iterdir()} - packs]
+    after = _catalog(remote)
+    datasets = {ds for ds, _pack in before}
+    assert after == {(ds, p) for ds, p in before if p not in gone} | \
+        {(ds, new) for ds in datasets}, (before, after)
+    r = ok("verify", "--remote", "origin", "--json", cwd=src)
+    checked = json.loads(r.stdout)
+    assert checked["ok"] and checked["problems"] == [] and not any(
+        "catalog" in w for w in checked["warnings"]), checked
+    # A reader of the one dataset alone finds every file.
+    scoped = tmp_path / "scoped"
+    ok("clone", remote, scoped, "--dataset", "data", cwd=tmp_path)
+    assert read_tree(scoped) == SMALL
