@@ -217,3 +217,25 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+def in_a_forked_child(work) -> None:  # noqa: ANN001 - a callable returning bool
+    """Run `work()` in a child forked from this process (as a DataLoader forks its
+    workers) and assert it returned True within 30 s (a hang is killed by SIGALRM)."""
+    import signal
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.close(read)
+            signal.alarm(30)
+            code = 0 if work() else 1
+            os.write(write, b"done")
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and said == b"done", status

@@ -12,7 +12,7 @@ import fsspec
 import pandas as pd
 import pytest
 
-from conftest import Result
+from conftest import Result, in_a_forked_child
 from faultproxy import FaultProxy
 from servers import create_bucket
 
@@ -263,7 +263,6 @@ def test_a_file_system_used_before_a_fork_reads_in_the_forked_worker(tmp_path, d
     in the child: a read through them waited for ever) nor its remote connections and
     SQLite handles. Files of one directory lie in two packs, so reads read ahead with
     several GETs at once."""
-    import signal
     ws = tmp_path / "imgs"
     files = {f"d/{i:03d}.bin": os.urandom(500 + i) for i in range(80)}
     for i, (rel, data) in enumerate(files.items()):
@@ -284,21 +283,6 @@ def test_a_file_system_used_before_a_fork_reads_in_the_forked_worker(tmp_path, d
         fs = fsspec.filesystem("dsv", skip_instance_cache=True, **opts)
         for rel in order[:4]:   # (in order: read ahead, several GETs in parallel)
             assert fs.cat(f"imgs/{rel}") == files[rel]
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 3
-            try:
-                os.close(read)
-                signal.alarm(30)
-                code = 0 if all(fs.cat(f"imgs/{rel}") == files[rel] for rel in order[4:]) \
-                    else 1
-                os.write(write, b"done")
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            said = pipe.read()
-        _pid, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0 and said == b"done", (opts, status)
+        in_a_forked_child(lambda: all(fs.cat(f"imgs/{rel}") == files[rel]
+                                      for rel in order[4:]))
         assert all(fs.cat(f"imgs/{rel}") == files[rel] for rel in order[4:])  # the parent

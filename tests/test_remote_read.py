@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Result, flip_byte, read_tree, write_tree
+from conftest import Result, flip_byte, in_a_forked_child, read_tree, write_tree
 from faultproxy import FaultProxy
 from servers import b3, create_bucket, seaweedfs_endpoint  # noqa: F401
 from dsv.remotes import layout
@@ -699,27 +699,38 @@ def _cached_big_file(tmp_path: Path, dsv) -> tuple[Path, Path, bytes, Path]:
     return remote, cache, data, entry
 
 
+def _dsv_with_a_1mib_tmpdir(tmp_path: Path, *lines: str):
+    """Run shell `lines` in a private mount namespace where TMPDIR is a tmpfs of 1 MiB
+    (`tmp_path/small`), `DSV` in them running dsv with LOOSE_CACHE_MEMORY at 1 MiB (so a
+    2 MiB loose file is put aside on that disk): (the tmpfs, the finished process)."""
+    import subprocess
+    import sys
+    small = tmp_path / "small"
+    small.mkdir()
+    run = ("import sys, dsv.sync.reader as r; r.LOOSE_CACHE_MEMORY = 1 << 20; "
+           "sys.argv[0] = 'dsv'; from dsv.cli import main; main()")
+    dsv = f'"{sys.executable}" -c "{run}"'
+    script = (f'mount -t tmpfs -o size=1m tmpfs "{small}" || exit 99\n'
+              f'export TMPDIR="{small}"\n' + "".join(line.replace("DSV ", dsv + " ") + "\n"
+                                                     for line in lines))
+    return small, subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                  script], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=120)
+
+
 def test_a_temp_dir_without_room_for_a_cached_file_keeps_the_cache_entry(tmp_path, dsv):
     """TMPDIR on a disk of 1 MiB, a cached loose object larger than a reader keeps in
     memory (here 1 MiB, as if LOOSE_CACHE_MEMORY were that): the reader cannot put its
     private copy aside. That is this machine's temp directory's fault, not the shared
     entry's: `get` and `cat` say so before copying, and the entry stays for every other
     user. (Before: the copy failed with ENOSPC and the entry was dropped from the cache.)"""
-    import subprocess
-    import sys
     remote, cache, data, entry = _cached_big_file(tmp_path, dsv)
-    small = tmp_path / "small"
-    small.mkdir()
-    run = ("import sys, dsv.sync.reader as r; r.LOOSE_CACHE_MEMORY = 1 << 20; "
-           "sys.argv[0] = 'dsv'; from dsv.cli import main; main()")
-    script = (f'mount -t tmpfs -o size=1m tmpfs "{small}" || exit 99\n'
-              f'export TMPDIR="{small}"\n'
-              f'"{sys.executable}" -c "{run}" get "{remote}" mldata:latest --to "{tmp_path}/two" '
-              f'--cache "{cache}"; echo "get=$?"\n'
-              f'"{sys.executable}" -c "{run}" cat "{remote}" mldata:latest big.bin '
-              f'--cache "{cache}" > "{tmp_path}/cat.out"; echo "cat=$?"\n')
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    small, done = _dsv_with_a_1mib_tmpdir(
+        tmp_path,
+        f'DSV get "{remote}" mldata:latest --to "{tmp_path}/two" --cache "{cache}"; '
+        'echo "get=$?"',
+        f'DSV cat "{remote}" mldata:latest big.bin --cache "{cache}" > "{tmp_path}/cat.out"; '
+        'echo "cat=$?"')
     out = done.stdout + done.stderr
     assert "get=1" in out and "cat=1" in out, out
     assert out.count(f"error: putting big.bin aside needs {len(data):,} bytes in {small} "
@@ -794,24 +805,15 @@ def test_a_temp_dir_without_room_for_an_origin_file_fails_before_downloading(tmp
     in memory only up to 1 MiB here): one clear line naming TMPDIR before any byte is
     downloaded. (Before: the download filled the temp disk and failed with "cannot write
     a file: no space left on the device".)"""
-    import subprocess
-    import sys
     data = os.urandom((2 << 20) + 17)
     ws = _workspace(tmp_path, dsv, {"big.bin": data})
     remote = tmp_path / "remote"
     _ok(dsv("remote", "add", "origin", remote, cwd=ws))
     _ok(dsv("push", cwd=ws))
-    small = tmp_path / "small"
-    small.mkdir()
-    run = ("import sys, dsv.sync.reader as r; r.LOOSE_CACHE_MEMORY = 1 << 20; "
-           "sys.argv[0] = 'dsv'; from dsv.cli import main; main()")
-    script = (f'mount -t tmpfs -o size=1m tmpfs "{small}" || exit 99\n'
-              f'export TMPDIR="{small}"\n'
-              f'"{sys.executable}" -c "{run}" cat "{remote}" mldata:latest big.bin '
-              f'> "{tmp_path}/cat.out"; echo "cat=$?"\n'
-              f'df -k "{small}" | tail -1\n')
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    small, done = _dsv_with_a_1mib_tmpdir(
+        tmp_path,
+        f'DSV cat "{remote}" mldata:latest big.bin > "{tmp_path}/cat.out"; echo "cat=$?"',
+        f'df -k "{tmp_path}/small" | tail -1')
     out = done.stdout + done.stderr
     assert "cat=1" in out, out
     assert f"error: putting big.bin aside needs {len(data):,} bytes in {small} and its " \
@@ -831,7 +833,6 @@ def test_a_reader_used_before_a_fork_reads_in_the_forked_worker(tmp_path, dsv, r
     exist in the child: it waited for ever) nor use its connections; the parent reads on
     as before. Small files lie in two packs (neighbours alternate: parallel GETs), and a
     sequential read keeps one job of one span in flight (so the child needs new ones)."""
-    import signal
     import uuid
     import dsv as api
     import dsv.sync.reader as reader_module
@@ -869,22 +870,7 @@ def test_a_reader_used_before_a_fork_reads_in_the_forked_worker(tmp_path, dsv, r
     f = reader.open(entries["big.bin"])
     assert f.read(3 << 20) == big[:3 << 20]   # (a sequential read: a job ahead in flight)
     rest = big[3 << 20:]
-    read_pipe, write_pipe = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the worker
-        code = 3
-        try:
-            os.close(read_pipe)
-            signal.alarm(30)
-            got = [read(rel) for rel in order[2:]]
-            code = 0 if got == [small[rel] for rel in order[2:]] and f.read() == rest else 1
-            os.write(write_pipe, b"done")
-        finally:
-            os._exit(code)
-    os.close(write_pipe)
-    with os.fdopen(read_pipe, "rb") as pipe:
-        said = pipe.read()
-    _pid, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and said == b"done", status
+    in_a_forked_child(lambda: [read(rel) for rel in order[2:]] ==
+                      [small[rel] for rel in order[2:]] and f.read() == rest)
     assert f.read() == rest   # the parent
     assert [read(rel) for rel in order[2:]] == [small[rel] for rel in order[2:]]

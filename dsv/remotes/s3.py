@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from ..errors import InvalidInput
+from .layout import LOOSE, loose_oid_of_key
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, BadKey, CorruptDownload, NotFound, Progress,
                    RemoteError, TooLarge, check_key, check_range)
 
@@ -516,10 +519,6 @@ class S3Backend:
         listing of at most ten times as many (the next call goes on). An endpoint
         without the listing, or credentials that may not use it, have nothing removed
         (a lifecycle rule's job there)."""
-        import time
-        from datetime import datetime
-
-        from .layout import LOOSE, loose_oid_of_key
         cutoff = time.time() - older_than
         stale: list[tuple[str, str]] = []
         seen = 0
