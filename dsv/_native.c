@@ -141,6 +141,16 @@ static PyObject *mtime_ns(const struct stat *st) {
     return result;
 }
 
+/* Take a new tuple of ints and strs, or of such tuples, out of the cycle collector's
+   sight: it can be in no cycle, and the collector would untrack it at its first look
+   anyway (CPython's _PyTuple_MaybeUntrack). A walk makes two such tuples a file; left
+   tracked, the collections they set off cost a 200,000-file commit about a tenth of
+   its time. */
+static void untracked(PyObject *t) {
+    if (t && PyObject_GC_IsTracked(t))
+        PyObject_GC_UnTrack(t);
+}
+
 /* (size, mtime_ns, ino, mode & 0o7777[, kind]) of `st` (kind NULL: a 4-tuple). */
 static PyObject *stat_tuple(const struct stat *st, PyObject *kind) {
     PyObject *t = PyTuple_New(kind ? 5 : 4);
@@ -160,6 +170,7 @@ static PyObject *stat_tuple(const struct stat *st, PyObject *kind) {
             return NULL;
         }
     }
+    untracked(t);
     return t;
 }
 
@@ -274,6 +285,7 @@ static PyObject *stat_names(PyObject *Py_UNUSED(self), PyObject *args) {
         PyObject *fs = rel ? stat_tuple(&s->st, kind == S_IFREG ? file_kind : link_kind)
                            : NULL;
         PyObject *entry = fs ? PyTuple_Pack(2, rel, fs) : NULL;
+        untracked(entry);
         int bad = !entry || PyList_Append(files, entry) < 0 ||
                   (kind == S_IFLNK && PyList_Append(links, rel) < 0);
         Py_XDECREF(entry);

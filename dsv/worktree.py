@@ -132,9 +132,11 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
             run.extend(files[file_i:])
             frames.pop()
         if len(run) >= 2 * RUN_FILES:   # a large directory: in pieces
-            for end in _cuts(run):
-                yield run[:end]
-                run = run[end:]
+            start = 0  # (each piece sliced once: no copy of the rest at every cut)
+            for length in _cuts(run):
+                yield run[start:start + length]
+                start += length
+            del run[:start]
         if len(run) >= RUN_FILES:
             yield run
             run = []
