@@ -524,6 +524,9 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("status", "status (unchanged)", ("commit_cold",)),
     StepDef("status_mutated", "status after mutation", ("commit_cold",)),
     StepDef("commit_mutated", "commit after mutation", ("commit_cold",)),
+    # flat: the same one-file change committed with `dsv monitor` watching the directory
+    # (started, and made to vouch by one walking commit, in the untimed set-up)
+    StepDef("commit_monitored", "commit, monitor on", ("commit_mutated",)),
     StepDef("checkout", "checkout to empty dir", ("commit_cold", "commit_mutated")),
     StepDef("verify", "verify", ("commit_cold", "commit_mutated")),
     StepDef("gc", "gc", ("commit_cold", "commit_mutated")),
@@ -572,7 +575,7 @@ WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
     "large": _CLASSIC,
     "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout", "verify",
               "gc", "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
-    "flat": ("commit_cold", "commit_mutated"),
+    "flat": ("commit_cold", "commit_mutated", "commit_monitored"),
     "remote-age": ("once_push", "age_clone", "once_clone"),
     # issue 12: one repo per lane (no second "sync" repo), in this order: commit, push, edit
     # the file, commit, push
@@ -972,7 +975,13 @@ class Dsv(Participant):
     def prepare(self, ctx: Context, step: str, wl: Workload, lane: Lane) -> None:
         if step in ("status_mutated", "commit_mutated") and "mutation" not in lane.state:
             lane.state["mutation"] = workloads.mutate(wl.name, lane.data, ctx.seed, wl.params)
-        if step in ("commit_cold", "commit_mutated"):
+        if step == "commit_monitored":
+            self._run(ctx, lane, lane.data, "monitor", "start")
+            self._run(ctx, lane, lane.data, "commit", "-m", "vouch", "--allow-empty")
+            rels = workloads.mutated_paths(wl.name, wl.params.count(wl.name), ctx.seed)
+            lane.state["mutation"] = {"rewritten": len(rels), "rewritten_bytes":
+                                      workloads.rewrite(lane.data, rels, ctx.seed, 2)}
+        if step in ("commit_cold", "commit_mutated", "commit_monitored"):
             lane.state["store_before"] = store_usage(lane.data / ".dsv")
         elif step == "checkout":
             ctx.janitor.discard(lane.root / "checkout")
@@ -1022,6 +1031,7 @@ class Dsv(Participant):
             "status": ["status"],
             "status_mutated": ["status"],
             "commit_mutated": ["commit", "-m", "mutated"],
+            "commit_monitored": ["commit", "-m", "monitored"],
             "checkout": ["checkout", f"{DATASET}:latest", "--to", str(lane.root / "checkout")],
             "verify": ["verify"],
             "gc": ["gc"],
@@ -1039,8 +1049,15 @@ class Dsv(Participant):
         return report
 
     def finish(self, ctx: Context, step: str, wl: Workload, lane: Lane, m: Measurement) -> None:
-        if step in ("commit_cold", "commit_mutated"):
+        if step in ("commit_cold", "commit_mutated", "commit_monitored"):
             self._store_growth(step, lane, m)
+        if step == "commit_monitored":  # (what it committed is what a walk finds)
+            self._run(ctx, lane, lane.data, "monitor", "stop")
+            out = subprocess.run([*self.argv, "status", "--json"], cwd=lane.data, env=ctx.env,
+                                 capture_output=True, text=True, timeout=ctx.timeout)
+            if out.returncode != 0 or not json.loads(out.stdout)[0]["clean"]:
+                raise VerifyError(f"dsv status after the monitored commit: {out.stdout[:300]}"
+                                  f"{out.stderr[:300]}")
         elif step == "checkout":
             compare_trees(wl.expected, lane.root / "checkout")
         elif step in ("push", "push_noop", "push_mutated", "once_push"):
@@ -1225,7 +1242,7 @@ class Dsv(Participant):
         m.extra["store_growth_bytes"] = sum(growth.values())
         for part in ("objects", "index", "other"):
             m.extra[f"growth_{part}_bytes"] = growth.get(part, 0)
-        if step == "commit_mutated":
+        if step in ("commit_mutated", "commit_monitored"):
             content = (lane.state.get("mutation") or {}).get("rewritten_bytes")
             if content is not None:
                 m.extra["new_content_bytes"] = content
@@ -2179,6 +2196,11 @@ CHECKS: tuple[Check, ...] = (
           kind="seconds"),
     Check("flat", "one-file commit: metadata into .dsv, KiB", "commit_mutated", "dsv", "",
           "<=", 64, kind="extra", field="metadata_growth_bytes", divisor=1024, unit=" KiB"),
+    Check("flat", "one-file commit, monitor on: dsv time", "commit_monitored", "dsv", "",
+          "<=", 1, kind="seconds"),
+    Check("flat", "one-file commit, monitor on: metadata, KiB", "commit_monitored", "dsv",
+          "", "<=", 64, kind="extra", field="metadata_growth_bytes", divisor=1024,
+          unit=" KiB"),
     Check("remote-age", "clone: after N pushes / pushed once", "age_clone", "dsv", "dsv",
           "<=", 1.3, den_step="once_clone"),
     # issue 12: content-defined chunking of large files. Stored: the .dsv growth of the

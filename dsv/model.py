@@ -219,3 +219,24 @@ class FileRow:
         if self.chunks:
             out["chunks"] = self.chunks
         return out
+
+
+@dataclass
+class MonitorReport:
+    """`dsv monitor start` / `status` of one dataset: the file-change monitor watching its
+    directory, if one runs."""
+
+    dataset: Dataset
+    root: Path
+    running: bool
+    pid: int | None = None
+    watches: int = 0          # directories watched
+    started: float | None = None
+    vouched: bool = False     # the stat cache is good as of one of its tokens: the next
+    #                           commit looks only at what it reports changed
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields a script sees (`--json`)."""
+        return {"dataset": self.dataset.name, "id": self.dataset.id, "root": str(self.root),
+                "running": self.running, "pid": self.pid, "watches": self.watches,
+                "started": self.started, "vouched": self.vouched}

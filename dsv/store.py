@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 # because every command pays at start-up for every module it imports.
 from . import checkout, datasets, versions
 from .core import Core, create_layout, find_store
-from .model import (Changes, CheckoutReport, Dataset, Entry, FileRow, Manifest, StatusReport,
-                    TagRow, Version)
+from .model import (Changes, CheckoutReport, Dataset, Entry, FileRow, Manifest, MonitorReport,
+                    StatusReport, TagRow, Version)
 from .reporting import Reporter
 
 if TYPE_CHECKING:  # what only the commands that import their modules when they run return
@@ -139,6 +139,21 @@ class Store:
     def delete_dataset(self, key: str) -> Dataset:
         """Forget a dataset and its versions (its files on disk are left alone)."""
         return datasets.delete_dataset(self.core, key=key)
+
+    def start_monitor(self, key: str | None = None, cwd: str | os.PathLike[str] = "."
+                      ) -> MonitorReport:
+        """Start the file-change monitor of a dataset's directory (Linux: inotify), so that
+        a commit looks only at what changed instead of walking every file."""
+        return datasets.start_monitor(self.core, key=key, cwd=cwd)
+
+    def stop_monitor(self, key: str | None = None, cwd: str | os.PathLike[str] = "."
+                     ) -> MonitorReport:
+        """Stop the file-change monitor of a dataset's directory."""
+        return datasets.stop_monitor(self.core, key=key, cwd=cwd)
+
+    def monitor(self, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> MonitorReport:
+        """Whether a file-change monitor watches a dataset's directory."""
+        return datasets.monitor_report(self.core, key=key, cwd=cwd)
 
     # ---- refs and versions --------------------------------------------------------------
     def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:

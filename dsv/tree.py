@@ -890,6 +890,19 @@ def find_many(root: str, read_tree: Callable[[str], bytes],
     return out
 
 
+def files_under(root: str, read_tree: Callable[[str], bytes], paths: Iterable[str]
+                ) -> dict[str, Entry]:
+    """The files and links under tree `root` at or under each of `paths` (a path naming a
+    directory stands for everything in it), reading only the trees on their way."""
+    out: dict[str, Entry] = {}
+    for path, row in find_many(root, read_tree, paths).items():
+        if row[1] == DIR:
+            out.update(iter_files(row[4], read_tree, path))
+        else:
+            out[path] = Entry(*row[1:])
+    return out
+
+
 def list_dir(root: str, read_tree: Callable[[str], bytes], path: str) -> list[Row]:
     """The rows of the directory at `path` (`""` is the root); raises KeyError if absent."""
     if not path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import datasets, refs, tree, worktree
+from . import datasets, monitor, refs, tree, worktree
 from .core import Core
 from .errors import (
     HistoryConflict,
@@ -224,13 +224,25 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
         excluded = core.excluded(ds)
         head = core.head(ds)
         chosen = _chosen_paths(ds, head, root, paths, cwd) if paths else None
+        # (asked before any file is looked at: a change made meanwhile comes after it)
+        asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(core.dsv_dir, ds.id),
+                                root.resolve()) if chosen is None else None
+        watched = monitor.to_look_at(asked) \
+            if head is not None and ds.cache_tree == head.tree else None
         with Ingest(core.objects) as ingest:
-            made = _snapshot_paths(core, ds, head, root, excluded, ingest, chosen) \
-                if chosen and head is not None else \
-                _snapshot_changes(core, ds, head, root, excluded, ingest)
+            if chosen and head is not None:
+                made = _snapshot_paths(core, ds, head, root, excluded, ingest, chosen)
+            elif watched is not None and head is not None:
+                made = _snapshot_paths(core, ds, head, root, excluded, ingest, watched,
+                                       named=False)
+            else:
+                made = _snapshot_changes(core, ds, head, root, excluded, ingest)
             if head is not None and not allow_empty and (
                     head.tree == made.tree or
                     tree.same_content(head.tree, made.tree, core.read_tree)):
+                if asked is not None and ds.cache_tree == head.tree:
+                    # (every file holds what the head names, as of the token)
+                    monitor.save_token(core.dsv_dir, ds.id, asked.token)
                 raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                       hint="use --allow-empty to record it anyway")
             now = time.time()
@@ -240,15 +252,18 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                         lineage=lineage, size=made.size, files=made.files)
             # The next status reads no stat-cache row of a run the cache vouches for
             # now (see worktree.ScanDigest).
-            return _write_committed(core, ingest, v, new=True, head=True,
-                                    stat_rows=(ds.id, None if made.staged else
-                                               made.snap.stat_rows, made.gone),
-                                    cache_tree=made.tree if made.complete else None,
-                                    runs=made.runs,
-                                    force=force,
-                                    # (the head's other files may be only on a remote)
-                                    promised_by=core.index.promised_by(head.id)
-                                    if chosen and head is not None else None)
+            v = _write_committed(core, ingest, v, new=True, head=True,
+                                 stat_rows=(ds.id, None if made.staged else
+                                            made.snap.stat_rows, made.gone),
+                                 cache_tree=made.tree if made.complete else None,
+                                 runs=made.runs,
+                                 force=force,
+                                 # (the head's other files may be only on a remote)
+                                 promised_by=core.index.promised_by(head.id)
+                                 if chosen and head is not None else None)
+        if asked is not None:  # (the stat cache now vouches for the directory as of it)
+            monitor.save_token(core.dsv_dir, ds.id, asked.token if made.complete else None)
+        return v
 
 
 def _chosen_paths(ds: Dataset, head: Version | None, root: Path, paths: list[str],
@@ -275,25 +290,22 @@ def _chosen_paths(ds: Dataset, head: Version | None, root: Path, paths: list[str
 
 
 def _snapshot_paths(core: Core, ds: Dataset, head: Version, root: Path, excluded: list[str],
-                    ingest: Ingest, chosen: list[str]) -> _Made:
+                    ingest: Ingest, chosen: list[str], named: bool = True) -> _Made:
     """The head with what lies at or under each of `chosen` replaced by what the directory
     holds there now (worktree.scan_paths: nothing else is listed), hashing only what the
     stat cache cannot vouch for. Memory and time grow with the chosen paths, not with the
-    dataset: one lstat per directory above each path, then the files under it."""
+    dataset: one lstat per directory above each path, then the files under it. With
+    `named` (the user named them), a path that matches nothing is an error; the paths a
+    monitor reports changed may have come and gone since."""
     stores: list[str] = []
     links: list[str] = []
     skipped: list[str] = []
     files = worktree.scan_paths(root, chosen, excluded, skipped, stores, links)
     _tell_skipped(core, skipped)
-    before: Manifest = {}
-    for rel in chosen:
-        row = tree.find(head.tree, core.read_tree, rel)
-        if row is not None:
-            if row[1] == tree.DIR:
-                before.update(tree.iter_files(row[4], core.read_tree, rel))
-            else:
-                before[rel] = Entry(*row[1:])
-        if row is None and not any(p == rel or p.startswith(rel + "/") for p in files):
+    before = tree.files_under(head.tree, core.read_tree, chosen)
+    for rel in chosen if named else ():
+        if rel not in before and not any(p.startswith(rel + "/") for p in before) and \
+                not any(p == rel or p.startswith(rel + "/") for p in files):
             raise InvalidInput(f"{rel} matches no file in {ds.name}'s directory or in its "
                                f"version {head.id}",
                                hint="`dsv status` shows what changed")

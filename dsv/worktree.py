@@ -132,11 +132,11 @@ def walk(root: Path, skipped: list[str], excluded: Iterable[str] = (),
             run.extend(files[file_i:])
             frames.pop()
         if len(run) >= 2 * RUN_FILES:   # a large directory: in pieces
-            start = 0  # (each piece sliced once: no copy of the rest at every cut)
+            at = 0  # (each piece sliced once: no copy of the rest at every cut)
             for length in _cuts(run):
-                yield run[start:start + length]
-                start += length
-            del run[:start]
+                yield run[at:at + length]
+                at += length
+            del run[:at]
         if len(run) >= RUN_FILES:
             yield run
             run = []

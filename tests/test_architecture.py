@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                      "dsv.hashing", "dsv.chunking", "dsv.jsonio", "dsv.reporting", "dsv.paths",
                      "dsv.native"}),
     ("storage", {"dsv.lock", "dsv.objects", "dsv.index", "dsv.tree", "dsv.records"}),
-    ("views and remotes", {"dsv.worktree", "dsv.ignore", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
+    ("views and remotes", {"dsv.worktree", "dsv.monitor", "dsv.ignore", "dsv.refs", "dsv.remotes", "dsv.remotes.base",
                            "dsv.remotes.layout", "dsv.remotes.fs", "dsv.remotes.s3",
                            "dsv.remotes.memory", "dsv.remotes.cache", "dsv.remotes.connect"}),
     ("core", {"dsv.core", "dsv.state"}),

@@ -1,6 +1,7 @@
 """Commands of the local workflow: a store, its datasets' working directories, versions
 committed from them and checked out into them (init, status, commit, log, show, diff,
-merge, tag, tags, checkout). Each is one call of the Store API and the printing of its answer."""
+merge, tag, tags, checkout, monitor). Each is one call of the Store API and the printing
+of its answer."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from .options import DatasetOpt, JsonOpt
 from .output import (add_row, cell, console, echo, failure_report, new_table, plural,
                      print_json,
                      print_version, print_version_ref, size, version_json, version_ref, when)
+from ..model import MonitorReport
 from ..reporting import lineage_summary
 from .quick import show_status
 from .session import open_store
 
 commands = typer.Typer(add_completion=False)
+monitor_app = typer.Typer(no_args_is_help=True, help="A file-change monitor of a dataset's "
+                          "directory, so that commits look only at what changed.")
+commands.add_typer(monitor_app, name="monitor")
 
 
 class LinkMode(str, Enum):
@@ -283,3 +288,34 @@ def checkout(ref: str = typer.Argument(..., metavar="REF", help="DATASET[:latest
              f"{report.unchanged} unchanged" + (
                  f"; downloaded {plural(report.downloaded, 'object')} "
                  f"({size(report.bytes_downloaded)})" if report.downloaded else ""))
+
+
+def _print_monitor(report: MonitorReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_json())
+    elif not report.running:
+        echo(f"{report.dataset.name}: no monitor watches {report.root}")
+    else:
+        echo(f"{report.dataset.name}: monitor {report.pid} watches {report.root} "
+             f"({plural(report.watches, 'directory', 'directories')}); " +
+             ("commits look only at what it reports changed" if report.vouched else
+              "the next commit walks the directory once, then commits look only at what it "
+              "reports changed"))
+
+
+@monitor_app.command("start")
+def monitor_start(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt) -> None:
+    """Start watching a dataset's directory (Linux inotify; as git's fsmonitor)."""
+    _print_monitor(open_store().start_monitor(dataset), as_json)
+
+
+@monitor_app.command("stop")
+def monitor_stop(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt) -> None:
+    """Stop watching a dataset's directory: commits walk it again."""
+    _print_monitor(open_store().stop_monitor(dataset), as_json)
+
+
+@monitor_app.command("status")
+def monitor_status(dataset: Optional[str] = DatasetOpt, as_json: bool = JsonOpt) -> None:
+    """Whether a monitor watches a dataset's directory."""
+    _print_monitor(open_store().monitor(dataset), as_json)

@@ -26,6 +26,7 @@ from .session import session
 COMMANDS: dict[str, str] = {
     "init": "local", "status": "local", "commit": "local", "log": "local", "show": "local",
     "diff": "local", "merge": "local", "tag": "local", "tags": "local", "checkout": "local",
+    "monitor": "local",
     "gc": "maintenance", "verify": "maintenance",
     "run": "jobs", "import": "jobs",
     "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",

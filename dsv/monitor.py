@@ -1,0 +1,609 @@
+"""The file-change monitor of a dataset's directory (`dsv monitor`), as git's fsmonitor:
+a background process that watches every directory under the dataset's root with Linux
+inotify and tells a commit which paths changed since a token, so that a commit of a
+directory of 200,000 files looks at the few that changed instead of lstat'ing them all.
+
+The process (`python -m dsv.monitor`, started by `start`) and its client (`changes`)
+meet on an abstract unix socket whose random name, with the process's pid, is in
+`.dsv/monitor/<dataset id>/address`; the client speaks only to a peer of its own uid
+and that pid. A token is `<epoch>.<sequence>`: the epoch is random for each process,
+the sequence counts the events it has taken in. An answer is exact only when the
+process has taken in every event that happened before the question: it creates a
+cookie file in a directory it watches and answers once the cookie's own event comes
+out of the same inotify queue (FIFO), behind every change made before it.
+
+An answer is "everything may have changed" (None from `changes`) whenever the monitor
+cannot vouch: another epoch, an inotify queue overflow, a directory moved (its watches'
+paths go stale), a `.dsvignore` changed, more than MAX_CHANGED paths, the root itself
+touched, or any doubt about the process or its answer. The caller then walks.
+
+What inotify does not see, the monitor cannot report: writes through a shared mmap,
+changes made through a hard link that lives outside the dataset's directory, and
+changes on a network file system made by another machine. Knows nothing of the index.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import fileio, ignore
+from .errors import DsvError
+from .jsonio import load_bounded
+from .paths import check_relpath, is_reserved
+from .errors import UnsafePath
+
+if TYPE_CHECKING:
+    import subprocess
+
+MONITOR_DIR = "monitor"
+"""Under `.dsv/`: one directory per monitored dataset (its id)."""
+
+MAX_CHANGED = 100_000
+"""Paths a monitor remembers, and hands over in one answer; beyond them it vouches for
+nothing older (the caller walks, as without a monitor)."""
+
+MOST_LOOKED_AT = 20_000
+"""Changed paths a monitor may report for a command to look at them alone; past them it
+walks the whole directory (as fast, and a commit's walk lets the stat cache vouch for
+whole runs again)."""
+
+MAX_ANSWER = 64 << 20
+"""Bytes of an answer a client reads."""
+
+ASK_TIMEOUT = 10.0
+"""Seconds a client waits for an answer before it walks instead."""
+
+READY_TIMEOUT = 120.0
+"""Seconds `start` waits for the process to watch every directory."""
+
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT = 0x400, 0x800, 0x2000
+IN_Q_OVERFLOW, IN_IGNORED = 0x4000, 0x8000
+IN_ONLYDIR, IN_DONT_FOLLOW, IN_EXCL_UNLINK, IN_ISDIR = \
+    0x01000000, 0x02000000, 0x04000000, 0x40000000
+WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+           | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
+           | IN_EXCL_UNLINK)
+_EVENT = struct.Struct("iIII")
+
+
+class MonitorError(DsvError):
+    """The monitor cannot be started, stopped or used as asked."""
+
+
+@dataclass
+class Answer:
+    """What changed since a token: the new token, and the root-relative paths that may
+    have changed since the old one (None: anything may have)."""
+
+    token: str
+    changed: list[str] | None
+
+
+def monitor_dir(dsv_dir: Path, ds_id: str) -> Path:
+    """Where the monitor of dataset `ds_id` keeps its address, token and cookies."""
+    return dsv_dir / MONITOR_DIR / ds_id
+
+
+def saved_token(dsv_dir: Path, ds_id: str) -> str | None:
+    """The token the dataset's stat cache is good as of (see `save_token`), if any."""
+    try:
+        raw = fileio.read_regular(monitor_dir(dsv_dir, ds_id) / "token", 256)
+    except (OSError, DsvError):
+        return None
+    text = raw.decode("ascii", "replace").strip()
+    return text if _parse_token(text) is not None else None
+
+
+def save_token(dsv_dir: Path, ds_id: str, token: str | None) -> None:
+    """Record that every file of the dataset's directory the monitor has not reported
+    since `token` is as its stat-cache row says (None: forget any token). A caller saves
+    a token only after the stat cache it vouches for is written, and only one it asked
+    for before it looked at any file."""
+    path = monitor_dir(dsv_dir, ds_id) / "token"
+    if token is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    if path.parent.is_dir():
+        fileio.atomic_write_bytes(path, token.encode("ascii") + b"\n")
+
+
+def _parse_token(token: str) -> tuple[str, int] | None:
+    epoch, _, seq = token.partition(".")
+    if len(epoch) != 32 or not all(c in "0123456789abcdef" for c in epoch) or \
+            not seq.isdigit() or len(seq) > 18:
+        return None
+    return epoch, int(seq)
+
+
+# ---- the client ------------------------------------------------------------------------
+
+def _address(dsv_dir: Path, ds_id: str) -> tuple[bytes, int] | None:
+    try:
+        raw = fileio.read_regular(monitor_dir(dsv_dir, ds_id) / "address", 4096)
+        info = load_bounded(raw, 4096)
+        name, pid = info["socket"], info["pid"]
+    except (OSError, DsvError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(name, str) or not name.startswith("dsv-monitor-") or len(name) > 80 \
+            or type(pid) is not int or pid <= 0:
+        return None
+    return b"\0" + name.encode("ascii", "replace"), pid
+
+
+def _request(dsv_dir: Path, ds_id: str, line: str, timeout: float = ASK_TIMEOUT) -> bytes | None:
+    """Send `line` to the dataset's monitor and return its answer (None: no monitor, or
+    one that is not this user's process, or that did not answer in time)."""
+    where = _address(dsv_dir, ds_id)
+    if where is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    name, pid = where
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(name)
+            peer_pid, peer_uid, _gid = struct.unpack(
+                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if peer_uid != os.getuid() or peer_pid != pid:
+                return None
+            sock.sendall(line.encode("ascii") + b"\n")
+            got = bytearray()
+            while len(got) <= MAX_ANSWER:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                piece = sock.recv(1 << 20)
+                if not piece:
+                    break
+                got += piece
+            if len(got) > MAX_ANSWER or not got.endswith(b"\n"):
+                return None
+            return bytes(got)
+    except (OSError, ValueError):
+        return None
+
+
+def changes(dsv_dir: Path, ds_id: str, since: str | None, root: Path) -> Answer | None:
+    """Ask the dataset's monitor what changed under `root` since `since`: None when no
+    monitor of this user watching `root` answers (the caller walks, and saves no token);
+    else the new token, with the changed paths when the monitor vouches for the rest."""
+    if not (monitor_dir(dsv_dir, ds_id) / "address").exists():
+        return None
+    raw = _request(dsv_dir, ds_id, f"since {since or '-'}")
+    if raw is None:
+        return None
+    try:
+        got = load_bounded(raw, MAX_ANSWER, max_depth=3)
+        token, changed, watched = got["token"], got.get("changed"), got["root"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(token, str) or _parse_token(token) is None or watched != str(root):
+        return None
+    if since is None or changed is None:
+        return Answer(token, None)
+    if not isinstance(changed, list) or len(changed) > MAX_CHANGED or \
+            not all(isinstance(p, str) and _plausible(p) for p in changed):
+        return Answer(token, None)
+    return Answer(token, changed)
+
+
+def to_look_at(answer: Answer | None) -> list[str] | None:
+    """The paths an answer reports changed, as a command looks at them (sorted, none under
+    another), or None when it should walk instead: no answer or one that vouches for
+    nothing, too many paths, or one that no walk would give (checked like any input)."""
+    if answer is None or answer.changed is None or len(answer.changed) > MOST_LOOKED_AT:
+        return None
+    try:
+        chosen = sorted({check_relpath(p) for p in answer.changed})
+    except UnsafePath:
+        return None
+    kept: list[str] = []
+    for p in chosen:
+        if not (kept and p.startswith(kept[-1] + "/")):
+            kept.append(p)
+    return kept
+
+
+def _plausible(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and "\0" not in rel and all(p not in ("", ".", "..") for p in parts)
+
+
+# ---- starting and stopping ---------------------------------------------------------------
+
+def running(dsv_dir: Path, ds_id: str) -> dict[str, object] | None:
+    """What the dataset's monitor says of itself (pid, root, watches, since), or None when
+    none of this user answers."""
+    raw = _request(dsv_dir, ds_id, "info", timeout=5.0)
+    if raw is None:
+        return None
+    try:
+        info = load_bounded(raw, 1 << 16)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def start(dsv_dir: Path, ds_id: str, root: Path) -> dict[str, object]:
+    """Start the monitor of the dataset whose directory is `root`, and return its `info`
+    once it watches every directory there (MonitorError when it cannot)."""
+    if not sys.platform.startswith("linux"):
+        raise MonitorError("the file-change monitor needs Linux (inotify)")
+    now = running(dsv_dir, ds_id)
+    if now is not None:
+        if now.get("root") == str(root):
+            return now
+        stop(dsv_dir, ds_id)
+    here = monitor_dir(dsv_dir, ds_id)
+    (here / "cookies").mkdir(parents=True, exist_ok=True)
+    save_token(dsv_dir, ds_id, None)
+    read_fd, write_fd = os.pipe()
+    try:
+        # (through a process that starts it and ends at once: the monitor is nobody's
+        # child, and no zombie of it stays in a long-lived caller when it ends)
+        _spawn(["--spawn", str(dsv_dir), ds_id, str(root), str(write_fd)], write_fd).wait()
+    finally:
+        os.close(write_fd)
+    said = _wait_line(read_fd, READY_TIMEOUT)
+    if said != "ready":
+        raise MonitorError(said or f"the monitor of {root} did not start")
+    info = running(dsv_dir, ds_id)
+    if info is None:
+        raise MonitorError(f"the monitor of {root} started but does not answer")
+    return info
+
+
+def stop(dsv_dir: Path, ds_id: str) -> bool:
+    """Stop the dataset's monitor; False when none was running. Its token goes too."""
+    save_token(dsv_dir, ds_id, None)
+    answered = _request(dsv_dir, ds_id, "stop", timeout=5.0) is not None
+    try:
+        os.unlink(monitor_dir(dsv_dir, ds_id) / "address")
+    except FileNotFoundError:
+        pass
+    return answered
+
+
+def _spawn(args: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
+    import subprocess
+    return subprocess.Popen([sys.executable, "-m", "dsv.monitor", *args], pass_fds=(ready_fd,),
+                            start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True)
+
+
+def _wait_line(fd: int, timeout: float) -> str:
+    got = b""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    try:
+        while time.monotonic() < deadline and not got.endswith(b"\n") and len(got) < 4096:
+            if poller.poll(200):
+                piece = os.read(fd, 4096)
+                if not piece:
+                    break
+                got += piece
+    finally:
+        os.close(fd)
+    return got.decode("utf-8", "replace").strip()
+
+
+# ---- the process -----------------------------------------------------------------------
+
+class _Inotify:
+    """An inotify instance, through libc."""
+
+    def __init__(self) -> None:
+        import ctypes  # (only the monitor process pays for it)
+        self.get_errno = ctypes.get_errno
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.inotify_init1.argtypes = [ctypes.c_int]
+        self.libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p,
+                                                ctypes.c_uint32]
+        self.libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(self.get_errno(), "inotify_init1")
+        self.fd = fd
+
+    def add(self, path: str, mask: int = WATCHED) -> int:
+        wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            code = self.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        self.libc.inotify_rm_watch(self.fd, wd)
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """The events waiting: (wd, mask, name)."""
+        events: list[tuple[int, int, str]] = []
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                return events
+            at = 0
+            while at + _EVENT.size <= len(buf):
+                wd, mask, _cookie, length = _EVENT.unpack_from(buf, at)
+                at += _EVENT.size
+                name = os.fsdecode(buf[at:at + length].rstrip(b"\0"))
+                at += length
+                events.append((wd, mask, name))
+
+
+class _Monitor:
+    """The state of the monitor process: its watches, and what changed when."""
+
+    def __init__(self, dsv_dir: Path, ds_id: str, root: Path) -> None:
+        self.root = str(root)
+        self.here = monitor_dir(dsv_dir, ds_id)
+        self.cookies = str(self.here / "cookies")
+        self.epoch = os.urandom(16).hex()
+        self.seq = 0
+        self.floor = 0          # tokens below this vouch for nothing
+        self.changed: dict[str, int] = {}
+        self.paths: dict[int, str] = {}   # watch -> root-relative directory ("" = root)
+        self.inotify = _Inotify()
+        self.cookie_wd = self.inotify.add(self.cookies, IN_CREATE | IN_DELETE_SELF |
+                                          IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
+        self.cookie_no = 0
+        self.started = time.time()
+        self.done = False
+        self.watch_tree()
+
+    def watch_tree(self, rel: str = "") -> None:
+        """Watch `rel` and every directory under it (never through a link; never a
+        store's `.dsv`)."""
+        todo = [rel]
+        while todo:
+            here = todo.pop()
+            path = os.path.join(self.root, here) if here else self.root
+            try:
+                wd = self.inotify.add(path)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # (gone, or replaced by a file or a link: its event says so)
+                if exc.errno == errno.ENOSPC:
+                    raise MonitorError(
+                        "the system's limit of inotify watches is reached "
+                        "(/proc/sys/fs/inotify/max_user_watches)") from None
+                raise
+            self.paths[wd] = here
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if not is_reserved(entry.name) and entry.is_dir(follow_symlinks=False):
+                            todo.append(f"{here}/{entry.name}" if here else entry.name)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+
+    def reset(self) -> None:
+        """Forget every watch and watch the tree again: no token given before vouches."""
+        for wd in list(self.paths):
+            self.inotify.remove(wd)
+        self.paths.clear()
+        self.changed.clear()
+        self.seq += 1
+        self.floor = self.seq + 1
+        self.watch_tree()
+
+    def note(self, rel: str) -> None:
+        self.seq += 1
+        self.changed[rel] = self.seq
+        if len(self.changed) > MAX_CHANGED:
+            self.changed.clear()
+            self.floor = self.seq + 1
+
+    def take(self, events: list[tuple[int, int, str]], waiting: set[str]) -> None:
+        """Take in events; the names of cookies seen are removed from `waiting`."""
+        for wd, mask, name in events:
+            if mask & IN_Q_OVERFLOW:
+                self.reset()
+                continue
+            if wd == self.cookie_wd:
+                if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                    self.done = True  # (the store went)
+                waiting.discard(name)
+                continue
+            if mask & IN_IGNORED:
+                self.paths.pop(wd, None)
+                continue
+            where = self.paths.get(wd)
+            if where is None:
+                continue
+            if mask & IN_UNMOUNT:
+                self.reset()  # (a file system under the root went)
+                continue
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                if where == "":
+                    self.done = True  # the root itself went
+                continue  # (a subdirectory: its parent's event names it)
+            if not name:
+                self.seq += 1
+                self.floor = self.seq + 1  # the root's own attributes: vouch for nothing
+                continue
+            rel = f"{where}/{name}" if where else name
+            if name == ignore.IGNORE_FILE or is_reserved(name):
+                # (what a walk leaves out changed: a `.dsvignore`, or a `.dsv` that makes
+                # its directory another store's)
+                self.seq += 1
+                self.floor = self.seq + 1
+                continue
+            if mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB) and not mask & IN_ISDIR and \
+                    self._linked(rel):
+                # (a file with other hard links: its other names changed too, and no event
+                # names them)
+                self.seq += 1
+                self.floor = self.seq + 1
+                continue
+            if mask & IN_ISDIR:
+                if mask & IN_MOVED_FROM:
+                    self.reset()  # (the watches under it now have stale paths)
+                    continue
+                if mask & (IN_CREATE | IN_MOVED_TO) and not is_reserved(name):
+                    self.watch_tree(rel)
+            self.note(rel)
+
+    def _linked(self, rel: str) -> bool:
+        try:
+            st = os.lstat(os.path.join(self.root, rel))
+        except OSError:
+            return False
+        return (st.st_mode & 0o170000) == 0o100000 and st.st_nlink > 1
+
+    def answer(self, request: str) -> bytes:
+        if request == "info":
+            return json.dumps({"pid": os.getpid(), "root": self.root,
+                               "watches": len(self.paths), "started": self.started,
+                               "token": f"{self.epoch}.{self.seq}"}).encode() + b"\n"
+        token = f"{self.epoch}.{self.seq}"
+        since = _parse_token(request[len("since "):])
+        if since is None or since[0] != self.epoch or since[1] < self.floor:
+            return json.dumps({"token": token, "root": self.root}).encode() + b"\n"
+        changed = sorted(rel for rel, seq in self.changed.items() if seq > since[1])
+        return json.dumps({"token": token, "root": self.root,
+                           "changed": changed}).encode() + b"\n"
+
+    def cookie(self) -> str:
+        """Create and remove a cookie file; its event comes after every earlier change."""
+        self.cookie_no += 1
+        name = f"c{self.cookie_no}"
+        path = os.path.join(self.cookies, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        os.unlink(path)
+        return name
+
+
+def serve(dsv_dir: Path, ds_id: str, root: Path, ready_fd: int) -> None:
+    """The monitor process: watch, answer, until told to stop or the root goes. What
+    ends it unexpectedly is written to `error` in its directory (clients walk meanwhile)."""
+    os.chdir("/")  # (no directory of the caller stays busy)
+    try:
+        state = _Monitor(dsv_dir, ds_id, root)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        name = f"dsv-monitor-{os.urandom(16).hex()}"
+        listener.bind(b"\0" + name.encode())
+        listener.listen(16)
+        listener.setblocking(False)
+        fileio.atomic_write_bytes(state.here / "address", json.dumps(
+            {"socket": name, "pid": os.getpid()}).encode() + b"\n", mode=0o600)
+    except (OSError, DsvError) as exc:
+        _tell(ready_fd, f"cannot watch {root}: {exc}")
+        return
+    _tell(ready_fd, "ready")
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: setattr(state, "done", True))
+    try:
+        _loop(state, listener)
+    except Exception:  # (a bug in dsv: say it where `monitor status` users can find it)
+        import traceback
+        fileio.atomic_write_bytes(state.here / "error", traceback.format_exc().encode())
+        raise
+    finally:
+        listener.close()
+        try:
+            address = json.loads((state.here / "address").read_bytes())
+            if address.get("pid") == os.getpid():
+                os.unlink(state.here / "address")
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _loop(state: _Monitor, listener: socket.socket) -> None:
+    """Take in events and answer clients until told to stop, or the root goes."""
+    poller = select.poll()
+    poller.register(state.inotify.fd, select.POLLIN)
+    poller.register(listener.fileno(), select.POLLIN)
+    pending: list[tuple[socket.socket, str, str]] = []   # (client, request, cookie)
+    waiting: set[str] = set()
+    while not state.done:
+        poller.poll(1000 if not pending else 50)
+        state.take(state.inotify.read(), waiting)
+        for client, request, cookie in [p for p in pending if p[2] not in waiting]:
+            pending.remove((client, request, cookie))
+            _reply(client, state.answer(request))
+        while True:
+            try:
+                client, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            asked = _read_request(client) if _same_user(client) else None
+            if asked is None:
+                client.close()
+            elif asked == "stop":
+                _reply(client, b"stopping\n")
+                state.done = True
+            elif asked == "info":
+                _reply(client, state.answer(asked))
+            else:
+                cookie = state.cookie()
+                waiting.add(cookie)
+                pending.append((client, asked, cookie))
+    for waiter in pending:
+        waiter[0].close()
+
+
+def _same_user(client: socket.socket) -> bool:
+    _pid, uid, _gid = struct.unpack(
+        "3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return bool(uid == os.getuid())
+
+
+def _read_request(client: socket.socket) -> str | None:
+    """A client's one line (bounded, within a second), if it is one this process takes."""
+    client.settimeout(1.0)
+    got = b""
+    try:
+        while not got.endswith(b"\n") and len(got) < 256:
+            piece = client.recv(256)
+            if not piece:
+                break
+            got += piece
+    except OSError:
+        return None
+    line = got.decode("ascii", "replace").strip()
+    return line if line in ("info", "stop") or line.startswith("since ") else None
+
+
+def _reply(client: socket.socket, data: bytes) -> None:
+    try:
+        client.settimeout(5.0)
+        client.sendall(data)
+    except OSError:
+        pass
+    finally:
+        client.close()
+
+
+def _tell(fd: int, line: str) -> None:
+    try:
+        os.write(fd, line.encode("utf-8", "replace") + b"\n")
+    finally:
+        os.close(fd)
+
+
+if __name__ == "__main__":
+    _args = sys.argv[1:]
+    if _args[:1] == ["--spawn"] and len(_args) == 5:
+        _spawn(_args[1:], int(_args[4]))
+    elif len(_args) == 4:
+        serve(Path(_args[0]), _args[1], Path(_args[2]), int(_args[3]))
+    else:
+        raise SystemExit("usage: python -m dsv.monitor DSV_DIR DATASET_ID ROOT READY_FD")
