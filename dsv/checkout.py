@@ -33,6 +33,7 @@ from .model import (
     Entry,
     FileRow,
     Manifest,
+    MonitorReport,
     StatusReport,
     Version,
 )
@@ -67,6 +68,36 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         return StatusReport(ds, head, Changes(), [], behind, diverged, missing=True)
     skipped: list[str] = []
 
+    # (asked before any file is looked at: a change made meanwhile comes after it)
+    asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(core.dsv_dir, ds.id),
+                            root.resolve()) if head is not None and ignored is None else None
+    if head is not None and ds.cache_tree == head.tree:
+        changed = monitor.to_look_at(asked)
+        if changed is not None:
+            # A monitor vouches for every other file: it holds the head's entry (see
+            # versions.commit).
+            found = worktree.scan_paths(root, changed, core.excluded(ds), skipped, [], [])
+            with core.reporter.task("hashing", len(found)) as advance:
+                snap = worktree.snapshot(root, found, core.index.stat_rows_at(ds.id, found),
+                                         None, advance)
+            return _status_report(core, ds, head,
+                                  tree.files_under(head.tree, core.read_tree, changed), snap,
+                                  skipped, behind, diverged, None)
+    report = _walked_status(core, ds, head, root, skipped, ignored, behind, diverged)
+    if asked is not None and head is not None and report.changes.clean:
+        # Every file holds the head's entry, as of a token asked before the walk: from
+        # now on a commit or status can look only at what the monitor reports.
+        with core.locked_if_free("status") as got:
+            now = core.index.dataset_by("id", ds.id) if got else None
+            if now is not None and (now.head, now.cache_tree) == (head.id, head.tree):
+                monitor.save_token(core.dsv_dir, ds.id, asked.token)
+    return report
+
+
+def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
+                   skipped: list[str], ignored: list[str] | None, behind: int,
+                   diverged: bool) -> StatusReport:
+    """`status` by a walk of the whole directory, merged with the stat cache."""
     def walk() -> Iterator[worktree.Run]:
         # Each pass over the directory starts from nothing (a second pass runs only when
         # the stat cache cannot say).
@@ -76,19 +107,6 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         return worktree.walk(root, skipped, core.excluded(ds), ignore_files=True,
                              ignored=ignored)
 
-    if head is not None and ignored is None and ds.cache_tree == head.tree:
-        changed = monitor.to_look_at(monitor.changes(
-            core.dsv_dir, ds.id, monitor.saved_token(core.dsv_dir, ds.id), root.resolve()))
-        if changed is not None:
-            # A monitor vouches for every other file: it is as the stat cache says, which
-            # is the head's entry (see versions.commit).
-            found = worktree.scan_paths(root, changed, core.excluded(ds), skipped, [], [])
-            with core.reporter.task("hashing", len(found)) as advance:
-                snap = worktree.snapshot(root, found, core.index.stat_rows_at(ds.id, found),
-                                         None, advance)
-            return _status_report(core, ds, head,
-                                  tree.files_under(head.tree, core.read_tree, changed), snap,
-                                  skipped, behind, diverged, None)
     if head is not None:
         known, known_files = core.index.clean_scan(ds.id, head.tree)
         cached = ds.cache_tree == head.tree
@@ -129,6 +147,48 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         snap = worktree.snapshot(root, files, cache, None, advance)
     base = core.manifest(head) if head else {}
     return _status_report(core, ds, head, base, snap, skipped, behind, diverged, ignored)
+
+
+def start_monitor(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
+                  ) -> MonitorReport:
+    """Start the file-change monitor of a dataset's directory (`dsv monitor start`; one
+    already watching it is kept), then check the directory once, as `status` does: when
+    it matches the head, commits and status look only at what the monitor reports from
+    now on (else the next commit walks once more)."""
+    ds = core.pick_dataset(key, cwd)
+    root = core.dataset_root(ds)
+    if not root.is_dir():
+        raise InvalidInput(f"the directory of dataset {ds.name!r} does not exist: {root}",
+                           hint=f"fill it with `dsv checkout {ds.name}:latest` first")
+    try:
+        monitor.start(core.dsv_dir, ds.id, root.resolve())
+    except monitor.MonitorError as exc:
+        raise InvalidInput(f"cannot monitor {root}: {exc}") from None
+    status(core, ds.id)
+    return monitor_report(core, ds.id)
+
+
+def stop_monitor(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
+                 ) -> MonitorReport:
+    """Stop the file-change monitor of a dataset's directory (commits walk it again)."""
+    ds = core.pick_dataset(key, cwd)
+    monitor.stop(core.dsv_dir, ds.id)
+    return monitor_report(core, ds.id)
+
+
+def monitor_report(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
+                   ) -> MonitorReport:
+    """Whether a file-change monitor watches a dataset's directory, and what it says."""
+    ds = core.pick_dataset(key, cwd)
+    root = core.dataset_root(ds)
+    info = monitor.running(core.dsv_dir, ds.id)
+    if info is None:
+        return MonitorReport(ds, root, running=False)
+    pid, watches, started = info.get("pid"), info.get("watches"), info.get("started")
+    return MonitorReport(ds, root, running=True, pid=pid if type(pid) is int else None,
+                         watches=watches if type(watches) is int else 0,
+                         started=started if isinstance(started, float) else None,
+                         vouched=monitor.saved_token(core.dsv_dir, ds.id) is not None)
 
 
 def _sorted(paths: list[str] | None) -> list[str] | None:

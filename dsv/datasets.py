@@ -15,7 +15,7 @@ from typing import Any
 from . import monitor, refs
 from .core import Core
 from .errors import DatasetExists, InvalidInput
-from .model import Dataset, MonitorReport
+from .model import Dataset
 
 
 def dataset_name_for(directory: Path) -> str:
@@ -106,42 +106,3 @@ def delete_dataset(core: Core, key: str) -> Dataset:
         core.index.delete_dataset(ds.id)
         return ds
 
-
-def start_monitor(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
-                  ) -> MonitorReport:
-    """Start the file-change monitor of a dataset's directory (`dsv monitor start`; one
-    already watching it is kept): from the commit after next, a commit looks only at the
-    paths it reports changed (the next one walks once, to vouch for the rest)."""
-    ds = core.pick_dataset(key, cwd)
-    root = core.dataset_root(ds)
-    if not root.is_dir():
-        raise InvalidInput(f"the directory of dataset {ds.name!r} does not exist: {root}",
-                           hint=f"fill it with `dsv checkout {ds.name}:latest` first")
-    try:
-        monitor.start(core.dsv_dir, ds.id, root.resolve())
-    except monitor.MonitorError as exc:
-        raise InvalidInput(f"cannot monitor {root}: {exc}") from None
-    return monitor_report(core, ds.name)
-
-
-def stop_monitor(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
-                 ) -> MonitorReport:
-    """Stop the file-change monitor of a dataset's directory (commits walk it again)."""
-    ds = core.pick_dataset(key, cwd)
-    monitor.stop(core.dsv_dir, ds.id)
-    return monitor_report(core, ds.name)
-
-
-def monitor_report(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
-                   ) -> MonitorReport:
-    """Whether a file-change monitor watches a dataset's directory, and what it says."""
-    ds = core.pick_dataset(key, cwd)
-    root = core.dataset_root(ds)
-    info = monitor.running(core.dsv_dir, ds.id)
-    if info is None:
-        return MonitorReport(ds, root, running=False)
-    pid, watches, started = info.get("pid"), info.get("watches"), info.get("started")
-    return MonitorReport(ds, root, running=True, pid=pid if type(pid) is int else None,
-                         watches=watches if type(watches) is int else 0,
-                         started=started if isinstance(started, float) else None,
-                         vouched=monitor.saved_token(core.dsv_dir, ds.id) is not None)

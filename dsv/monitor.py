@@ -356,7 +356,7 @@ class _Monitor:
         self.cookies = str(self.here / "cookies")
         self.epoch = os.urandom(16).hex()
         self.seq = 0
-        self.floor = 0          # tokens below this vouch for nothing
+        self.floor = 0          # tokens below this vouch for nothing (`vouch_from_now`)
         self.changed: dict[str, int] = {}
         self.paths: dict[int, str] = {}   # watch -> root-relative directory ("" = root)
         self.inotify = _Inotify()
@@ -398,17 +398,21 @@ class _Monitor:
         for wd in list(self.paths):
             self.inotify.remove(wd)
         self.paths.clear()
+        self.vouch_from_now()
+        self.watch_tree()
+
+    def vouch_from_now(self) -> None:
+        """No token given out so far vouches for anything; the next one does (a walk
+        that starts after it sees everything since)."""
         self.changed.clear()
         self.seq += 1
-        self.floor = self.seq + 1
-        self.watch_tree()
+        self.floor = self.seq
 
     def note(self, rel: str) -> None:
         self.seq += 1
         self.changed[rel] = self.seq
         if len(self.changed) > MAX_CHANGED:
-            self.changed.clear()
-            self.floor = self.seq + 1
+            self.vouch_from_now()
 
     def take(self, events: list[tuple[int, int, str]], waiting: set[str]) -> None:
         """Take in events; the names of cookies seen are removed from `waiting`."""
@@ -435,22 +439,18 @@ class _Monitor:
                     self.done = True  # the root itself went
                 continue  # (a subdirectory: its parent's event names it)
             if not name:
-                self.seq += 1
-                self.floor = self.seq + 1  # the root's own attributes: vouch for nothing
-                continue
+                continue  # (a directory's own attributes: no part of what a version holds)
             rel = f"{where}/{name}" if where else name
             if name == ignore.IGNORE_FILE or is_reserved(name):
                 # (what a walk leaves out changed: a `.dsvignore`, or a `.dsv` that makes
                 # its directory another store's)
-                self.seq += 1
-                self.floor = self.seq + 1
+                self.vouch_from_now()
                 continue
             if mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB) and not mask & IN_ISDIR and \
                     self._linked(rel):
                 # (a file with other hard links: its other names changed too, and no event
                 # names them)
-                self.seq += 1
-                self.floor = self.seq + 1
+                self.vouch_from_now()
                 continue
             if mask & IN_ISDIR:
                 if mask & IN_MOVED_FROM:

@@ -144,16 +144,16 @@ class Store:
                       ) -> MonitorReport:
         """Start the file-change monitor of a dataset's directory (Linux: inotify), so that
         a commit looks only at what changed instead of walking every file."""
-        return datasets.start_monitor(self.core, key=key, cwd=cwd)
+        return checkout.start_monitor(self.core, key=key, cwd=cwd)
 
     def stop_monitor(self, key: str | None = None, cwd: str | os.PathLike[str] = "."
                      ) -> MonitorReport:
         """Stop the file-change monitor of a dataset's directory."""
-        return datasets.stop_monitor(self.core, key=key, cwd=cwd)
+        return checkout.stop_monitor(self.core, key=key, cwd=cwd)
 
     def monitor(self, key: str | None = None, cwd: str | os.PathLike[str] = ".") -> MonitorReport:
         """Whether a file-change monitor watches a dataset's directory."""
-        return datasets.monitor_report(self.core, key=key, cwd=cwd)
+        return checkout.monitor_report(self.core, key=key, cwd=cwd)
 
     # ---- refs and versions --------------------------------------------------------------
     def resolve(self, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:

@@ -50,9 +50,9 @@ def watched(tmp_path: Path, dsv):
                     "gone/e.txt": "e"})
     _ok(dsv("init", "--name", "data", cwd=ws))
     _ok(dsv("commit", "-m", "one", cwd=ws))
+    write_tree(ws, {"a.txt": "a1"})   # (a change: the start cannot vouch at once)
     started = json.loads(_ok(dsv("monitor", "start", "--json", cwd=ws)).out)
     assert started["running"] and started["watches"] == 4 and not started["vouched"]
-    write_tree(ws, {"a.txt": "a1"})
     _ok(dsv("commit", "-m", "walks once", cwd=ws))   # (vouches for the rest from now on)
     assert json.loads(_ok(dsv("monitor", "status", "--json", cwd=ws)).out)["vouched"]
     yield ws
@@ -129,6 +129,12 @@ def test_what_the_monitor_cannot_vouch_for_makes_the_commit_walk(
         os.mkdir(ws / "sub" / ".dsv")
     _ok(dsv("commit", "-m", change, cwd=ws))
     assert walks == [str(ws)]
+    # the token that walking commit saved vouches again: the next commit does not walk
+    # (without a monitor, every commit walks)
+    write_tree(ws, {"new-after.txt": "later"})
+    _ok(dsv("commit", "-m", "after", cwd=ws))
+    assert walks == [str(ws)] * (2 if change == "killed" else 1)
+    assert _files(dsv, ws)["new-after.txt"] == _hash("later")
     _clean_by_walking(dsv, ws)
     files = _files(dsv, ws)
     if change == "dsvignore":
@@ -277,5 +283,42 @@ def test_a_change_to_a_hard_linked_file_makes_the_commit_walk(watched: Path, dsv
         f.write(" and more")
     _ok(dsv("commit", "-m", "through one name", cwd=ws))
     assert walks == [str(ws)]
+    write_tree(ws, {"b.txt": "b2"})
+    _ok(dsv("commit", "-m", "after", cwd=ws))
+    assert walks == [str(ws)]
     files = _files(dsv, ws)
     assert files["linked.txt"] == files["sub/c.txt"] == _hash("c and more")
+
+
+def test_start_on_a_clean_directory_vouches_at_once(tmp_path: Path, dsv,
+                                                    walks: list[str]) -> None:
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a.txt": "a", "sub/b.txt": "b"})
+    _ok(dsv("init", "--name", "data", cwd=ws))
+    _ok(dsv("commit", "-m", "one", cwd=ws))
+    walks.clear()
+    try:
+        started = json.loads(_ok(dsv("monitor", "start", "--json", cwd=ws)).out)
+        assert started["vouched"] and walks == [str(ws)]   # (the start's own check)
+        write_tree(ws, {"sub/b.txt": "b2"})
+        _ok(dsv("commit", "-m", "two", cwd=ws))
+        assert walks == [str(ws)] and _files(dsv, ws)["sub/b.txt"] == _hash("b2")
+    finally:
+        dsv("monitor", "stop", cwd=ws)
+
+
+def test_a_walking_status_that_finds_the_directory_clean_vouches(watched: Path, dsv,
+                                                                 walks: list[str]) -> None:
+    ws = watched
+    _ok(dsv("monitor", "stop", cwd=ws))
+    _ok(dsv("monitor", "start", cwd=ws))   # (clean: vouched by its own check)
+    pid = json.loads(_ok(dsv("monitor", "status", "--json", cwd=ws)).out)["pid"]
+    dsv_dir, ds_id = ws / ".dsv", _dataset_id(dsv, ws)
+    monitor.save_token(dsv_dir, ds_id, None)
+    walks.clear()
+    _clean_by_walking(dsv, ws)
+    assert walks == [str(ws)] and monitor.saved_token(dsv_dir, ds_id) is not None
+    write_tree(ws, {"b.txt": "b2"})
+    _ok(dsv("commit", "-m", "monitored", cwd=ws))
+    assert walks == [str(ws)] and _files(dsv, ws)["b.txt"] == _hash("b2")
+    assert json.loads(_ok(dsv("monitor", "status", "--json", cwd=ws)).out)["pid"] == pid

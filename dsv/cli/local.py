@@ -299,8 +299,8 @@ def _print_monitor(report: MonitorReport, as_json: bool) -> None:
         echo(f"{report.dataset.name}: monitor {report.pid} watches {report.root} "
              f"({plural(report.watches, 'directory', 'directories')}); " +
              ("commits look only at what it reports changed" if report.vouched else
-              "the next commit walks the directory once, then commits look only at what it "
-              "reports changed"))
+              "the directory differs from its version: the next commit walks it once, then "
+              "commits look only at what the monitor reports changed"))
 
 
 @monitor_app.command("start")
