@@ -69,8 +69,11 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     skipped: list[str] = []
 
     # (asked before any file is looked at: a change made meanwhile comes after it)
-    asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(core.dsv_dir, ds.id),
-                            root.resolve()) if head is not None and ignored is None else None
+    watching = monitor.context(root.resolve(), core.excluded(ds)) \
+        if head is not None and ignored is None and \
+        monitor.is_running(core.dsv_dir, ds.id) else None
+    asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(
+        core.dsv_dir, ds.id, watching), root.resolve()) if watching else None
     if head is not None and ds.cache_tree == head.tree:
         changed = monitor.to_look_at(asked)
         if changed is not None:
@@ -89,8 +92,9 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         # now on a commit or status can look only at what the monitor reports.
         with core.locked_if_free("status") as got:
             now = core.index.dataset_by("id", ds.id) if got else None
-            if now is not None and (now.head, now.cache_tree) == (head.id, head.tree):
-                monitor.save_token(core.dsv_dir, ds.id, asked.token)
+            if now is not None and (now.head, now.cache_tree) == (head.id, head.tree) and \
+                    watching:
+                monitor.save_token(core.dsv_dir, ds.id, asked.token, watching)
     return report
 
 
@@ -188,7 +192,8 @@ def monitor_report(core: Core, key: str | None = None, cwd: str | os.PathLike[st
     return MonitorReport(ds, root, running=True, pid=pid if type(pid) is int else None,
                          watches=watches if type(watches) is int else 0,
                          started=started if isinstance(started, float) else None,
-                         vouched=monitor.saved_token(core.dsv_dir, ds.id) is not None)
+                         vouched=monitor.saved_token(core.dsv_dir, ds.id, monitor.context(
+                             root.resolve(), core.excluded(ds))) is not None)
 
 
 def _sorted(paths: list[str] | None) -> list[str] | None:

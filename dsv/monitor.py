@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 
 from . import fileio, ignore
 from .errors import DsvError
+from .hashing import hash_bytes
 from .jsonio import load_bounded
-from .paths import check_relpath, is_reserved
+from .paths import check_relpath, is_reserved, module_argv
 from .errors import UnsafePath
 
 if TYPE_CHECKING:
@@ -96,21 +97,31 @@ def monitor_dir(dsv_dir: Path, ds_id: str) -> Path:
     return dsv_dir / MONITOR_DIR / ds_id
 
 
-def saved_token(dsv_dir: Path, ds_id: str) -> str | None:
-    """The token the dataset's stat cache is good as of (see `save_token`), if any."""
+def context(root: Path, excluded: list[str]) -> str:
+    """What a token is good for besides the files: the directory (its path and its inode:
+    a directory put in its place is another one) and the nested datasets' directories a
+    walk leaves out (made or removed with no event in the directory)."""
+    st = os.stat(root)
+    return hash_bytes(json.dumps([str(root), st.st_dev, st.st_ino, sorted(excluded)],
+                                 ensure_ascii=True).encode())
+
+
+def saved_token(dsv_dir: Path, ds_id: str, now: str) -> str | None:
+    """The token the dataset's directory is vouched for as of (see `save_token`), if it
+    was saved for the same `context` as `now`."""
     try:
-        raw = fileio.read_regular(monitor_dir(dsv_dir, ds_id) / "token", 256)
+        raw = fileio.read_regular(monitor_dir(dsv_dir, ds_id) / "token", 512)
     except (OSError, DsvError):
         return None
-    text = raw.decode("ascii", "replace").strip()
-    return text if _parse_token(text) is not None else None
+    token, _, rest = raw.decode("ascii", "replace").partition("\n")
+    return token if _parse_token(token) is not None and rest.strip() == now else None
 
 
-def save_token(dsv_dir: Path, ds_id: str, token: str | None) -> None:
+def save_token(dsv_dir: Path, ds_id: str, token: str | None, now: str = "") -> None:
     """Record that every file of the dataset's directory the monitor has not reported
-    since `token` is as its stat-cache row says (None: forget any token). A caller saves
-    a token only after the stat cache it vouches for is written, and only one it asked
-    for before it looked at any file."""
+    since `token` holds what the head names, for the `context` `now` (None: forget any
+    token). A caller saves only a token it asked for before it looked at any file, once
+    what vouches for it (the commit, a clean status) is done."""
     path = monitor_dir(dsv_dir, ds_id) / "token"
     if token is None:
         try:
@@ -119,13 +130,13 @@ def save_token(dsv_dir: Path, ds_id: str, token: str | None) -> None:
             pass
         return
     if path.parent.is_dir():
-        fileio.atomic_write_bytes(path, token.encode("ascii") + b"\n")
+        fileio.atomic_write_bytes(path, f"{token}\n{now}\n".encode("ascii"))
 
 
 def _parse_token(token: str) -> tuple[str, int] | None:
     epoch, _, seq = token.partition(".")
     if len(epoch) != 32 or not all(c in "0123456789abcdef" for c in epoch) or \
-            not seq.isdigit() or len(seq) > 18:
+            not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         return None
     return epoch, int(seq)
 
@@ -176,21 +187,30 @@ def _request(dsv_dir: Path, ds_id: str, line: str, timeout: float = ASK_TIMEOUT)
         return None
 
 
+def is_running(dsv_dir: Path, ds_id: str) -> bool:
+    """Whether a monitor of the dataset may run (its address is there): one `stat`, what
+    a command without a monitor pays."""
+    return (monitor_dir(dsv_dir, ds_id) / "address").exists()
+
+
 def changes(dsv_dir: Path, ds_id: str, since: str | None, root: Path) -> Answer | None:
     """Ask the dataset's monitor what changed under `root` since `since`: None when no
     monitor of this user watching `root` answers (the caller walks, and saves no token);
     else the new token, with the changed paths when the monitor vouches for the rest."""
-    if not (monitor_dir(dsv_dir, ds_id) / "address").exists():
-        return None
     raw = _request(dsv_dir, ds_id, f"since {since or '-'}")
     if raw is None:
         return None
     try:
         got = load_bounded(raw, MAX_ANSWER, max_depth=3)
-        token, changed, watched = got["token"], got.get("changed"), got["root"]
-    except (ValueError, KeyError, TypeError):
+        token, changed, watched, inode = got["token"], got.get("changed"), got["root"], \
+            got["inode"]
+        st = os.stat(root)
+    except (ValueError, KeyError, TypeError, OSError):
         return None
-    if not isinstance(token, str) or _parse_token(token) is None or watched != str(root):
+    # (the directory it watches, by path and by inode: one moved away and another put in
+    # its place gives the watched one no event)
+    if not isinstance(token, str) or _parse_token(token) is None or watched != str(root) or \
+            inode != [st.st_dev, st.st_ino]:
         return None
     if since is None or changed is None:
         return Answer(token, None)
@@ -247,6 +267,7 @@ def start(dsv_dir: Path, ds_id: str, root: Path) -> dict[str, object]:
         if now.get("root") == str(root):
             return now
         stop(dsv_dir, ds_id)
+    _refuse_unwatchable(root)
     here = monitor_dir(dsv_dir, ds_id)
     (here / "cookies").mkdir(parents=True, exist_ok=True)
     save_token(dsv_dir, ds_id, None)
@@ -266,8 +287,64 @@ def start(dsv_dir: Path, ds_id: str, root: Path) -> dict[str, object]:
     return info
 
 
+WATCHABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs",
+             "jfs", "reiserfs", "overlay", "ramfs"}
+"""File systems whose every change on this machine inotify reports, with names compared
+exactly. Not network file systems (another machine's changes make no event here), FUSE
+(its daemon's), nor those that fold case (an event's name can differ from the one a walk
+gives)."""
+
+_FS_IOC_GETFLAGS, _FS_CASEFOLD_FL = 0x80086601, 0x40000000
+
+
+def _refuse_unwatchable(root: Path) -> None:
+    """MonitorError unless `root` lies on a file system in WATCHABLE and does not fold
+    case (ext4 and f2fs may, per directory: `chattr +F`)."""
+    kind = _fs_type(root)
+    if kind not in WATCHABLE:
+        raise MonitorError(f"{root} is on a {kind or 'unknown'} file system, whose changes "
+                           f"inotify cannot be trusted to report")
+    import fcntl
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MonitorError(f"{root} cannot be opened: {exc.strerror}") from None
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, b"\0" * 8))[0]
+    except OSError:
+        flags = 0  # (a file system without these flags folds no case)
+    finally:
+        os.close(fd)
+    if flags & _FS_CASEFOLD_FL:
+        raise MonitorError(f"{root} folds the case of names (chattr +F)")
+
+
+def _fs_type(path: Path) -> str:
+    """The type of the file system `path` lies on, from /proc/self/mountinfo ("" if
+    unknown): the longest mount point that holds it."""
+    try:
+        lines = fileio.read_regular("/proc/self/mountinfo", 16 << 20).decode(
+            "utf-8", "replace").splitlines()
+    except (OSError, DsvError):
+        return ""
+    best, kind = -1, ""
+    target = str(path)
+    for line in lines:
+        fields = line.split(" ")
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        after = fields[fields.index("-") + 1:]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best and after:
+            best, kind = len(point), after[0]
+    return kind
+
+
 def stop(dsv_dir: Path, ds_id: str) -> bool:
-    """Stop the dataset's monitor; False when none was running. Its token goes too."""
+    """Stop the dataset's monitor; False when none was running. Its token goes too, and
+    so does its address: a process that did not answer ends by itself once it sees that
+    its address is gone."""
     save_token(dsv_dir, ds_id, None)
     answered = _request(dsv_dir, ds_id, "stop", timeout=5.0) is not None
     try:
@@ -279,10 +356,10 @@ def stop(dsv_dir: Path, ds_id: str) -> bool:
 
 def _spawn(args: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
     import subprocess
-    return subprocess.Popen([sys.executable, "-m", "dsv.monitor", *args], pass_fds=(ready_fd,),
+    return subprocess.Popen([*module_argv("dsv.monitor"), *args], pass_fds=(ready_fd,),
                             start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            close_fds=True)
+                            close_fds=True, cwd="/")
 
 
 def _wait_line(fd: int, timeout: float) -> str:
@@ -352,6 +429,8 @@ class _Monitor:
 
     def __init__(self, dsv_dir: Path, ds_id: str, root: Path) -> None:
         self.root = str(root)
+        st = os.stat(self.root)
+        self.inode = [st.st_dev, st.st_ino]
         self.here = monitor_dir(dsv_dir, ds_id)
         self.cookies = str(self.here / "cookies")
         self.epoch = os.urandom(16).hex()
@@ -359,17 +438,23 @@ class _Monitor:
         self.floor = 0          # tokens below this vouch for nothing (`vouch_from_now`)
         self.changed: dict[str, int] = {}
         self.paths: dict[int, str] = {}   # watch -> root-relative directory ("" = root)
-        self.inotify = _Inotify()
-        self.cookie_wd = self.inotify.add(self.cookies, IN_CREATE | IN_DELETE_SELF |
-                                          IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
+        self.blind: set[str] = set()      # directories it could not watch (no permission)
+        self.linked = False     # a regular file with other hard links was seen
         self.cookie_no = 0
         self.started = time.time()
         self.done = False
+        self.was_reset = False  # (waiting clients are then answered at once)
+        self.inotify = _Inotify()
+        self.cookie_wd = self._watch_cookies()
         self.watch_tree()
+
+    def _watch_cookies(self) -> int:
+        return self.inotify.add(self.cookies, IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF |
+                                IN_ONLYDIR | IN_DONT_FOLLOW)
 
     def watch_tree(self, rel: str = "") -> None:
         """Watch `rel` and every directory under it (never through a link; never a
-        store's `.dsv`)."""
+        store's `.dsv`), and look at each file's link count."""
         todo = [rel]
         while todo:
             here = todo.pop()
@@ -379,26 +464,41 @@ class _Monitor:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     continue  # (gone, or replaced by a file or a link: its event says so)
+                if exc.errno == errno.EACCES:
+                    self.blind.add(here)  # (vouches for nothing until it can watch it)
+                    continue
                 if exc.errno == errno.ENOSPC:
                     raise MonitorError(
                         "the system's limit of inotify watches is reached "
                         "(/proc/sys/fs/inotify/max_user_watches)") from None
                 raise
             self.paths[wd] = here
+            self.blind.discard(here)
             try:
                 with os.scandir(path) as entries:
                     for entry in entries:
-                        if not is_reserved(entry.name) and entry.is_dir(follow_symlinks=False):
+                        if is_reserved(entry.name):
+                            continue
+                        if entry.is_dir(follow_symlinks=False):
                             todo.append(f"{here}/{entry.name}" if here else entry.name)
-            except (FileNotFoundError, NotADirectoryError):
-                pass
+                        elif not self.linked and entry.is_file(follow_symlinks=False):
+                            self.linked = entry.stat(follow_symlinks=False).st_nlink > 1
+            except OSError as exc:
+                if exc.errno == errno.EACCES:
+                    self.blind.add(here)
+                elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
 
     def reset(self) -> None:
-        """Forget every watch and watch the tree again: no token given before vouches."""
-        for wd in list(self.paths):
-            self.inotify.remove(wd)
+        """Watch the tree again from a new inotify instance (the old one's queue, and any
+        cookie in it, is dropped): no token given before vouches."""
+        os.close(self.inotify.fd)
+        self.inotify = _Inotify()
+        self.cookie_wd = self._watch_cookies()
         self.paths.clear()
+        self.blind.clear()
         self.vouch_from_now()
+        self.was_reset = True
         self.watch_tree()
 
     def vouch_from_now(self) -> None:
@@ -417,9 +517,11 @@ class _Monitor:
     def take(self, events: list[tuple[int, int, str]], waiting: set[str]) -> None:
         """Take in events; the names of cookies seen are removed from `waiting`."""
         for wd, mask, name in events:
+            if self.done:
+                return
             if mask & IN_Q_OVERFLOW:
                 self.reset()
-                continue
+                return
             if wd == self.cookie_wd:
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                     self.done = True  # (the store went)
@@ -433,7 +535,7 @@ class _Monitor:
                 continue
             if mask & IN_UNMOUNT:
                 self.reset()  # (a file system under the root went)
-                continue
+                return  # (the rest of the batch came from the old instance: covered)
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 if where == "":
                     self.done = True  # the root itself went
@@ -446,54 +548,74 @@ class _Monitor:
                 # its directory another store's)
                 self.vouch_from_now()
                 continue
-            if mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB) and not mask & IN_ISDIR and \
-                    self._linked(rel):
-                # (a file with other hard links: its other names changed too, and no event
-                # names them)
+            if not mask & IN_ISDIR and self._changes_other_names(rel, mask):
                 self.vouch_from_now()
                 continue
             if mask & IN_ISDIR:
                 if mask & IN_MOVED_FROM:
                     self.reset()  # (the watches under it now have stale paths)
-                    continue
-                if mask & (IN_CREATE | IN_MOVED_TO) and not is_reserved(name):
+                    return
+                if mask & (IN_CREATE | IN_MOVED_TO) or rel in self.blind:
                     self.watch_tree(rel)
             self.note(rel)
 
-    def _linked(self, rel: str) -> bool:
+    def _changes_other_names(self, rel: str, mask: int) -> bool:
+        """Whether a file event may have changed files no event names: the file has
+        other hard links (inotify names only the link a change went through), or, once
+        such a file was seen, the file is gone before its link count could be read."""
+        if not mask & (IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_CREATE | IN_MOVED_TO):
+            return False
         try:
             st = os.lstat(os.path.join(self.root, rel))
         except OSError:
-            return False
-        return (st.st_mode & 0o170000) == 0o100000 and st.st_nlink > 1
+            return self.linked
+        if (st.st_mode & 0o170000) == 0o100000 and st.st_nlink > 1:
+            self.linked = True
+            return True
+        return False
 
     def answer(self, request: str) -> bytes:
+        token = f"{self.epoch}.{self.seq}"
         if request == "info":
             return json.dumps({"pid": os.getpid(), "root": self.root,
                                "watches": len(self.paths), "started": self.started,
-                               "token": f"{self.epoch}.{self.seq}"}).encode() + b"\n"
-        token = f"{self.epoch}.{self.seq}"
+                               "token": token}).encode() + b"\n"
         since = _parse_token(request[len("since "):])
-        if since is None or since[0] != self.epoch or since[1] < self.floor:
-            return json.dumps({"token": token, "root": self.root}).encode() + b"\n"
+        if since is None or since[0] != self.epoch or since[1] < self.floor or self.blind:
+            return json.dumps({"token": token, "root": self.root,
+                               "inode": self.inode}).encode() + b"\n"
         changed = sorted(rel for rel, seq in self.changed.items() if seq > since[1])
-        return json.dumps({"token": token, "root": self.root,
+        return json.dumps({"token": token, "root": self.root, "inode": self.inode,
                            "changed": changed}).encode() + b"\n"
 
     def cookie(self) -> str:
         """Create and remove a cookie file; its event comes after every earlier change."""
         self.cookie_no += 1
-        name = f"c{self.cookie_no}"
+        name = f"{self.epoch}-{self.cookie_no}"
         path = os.path.join(self.cookies, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         os.close(fd)
         os.unlink(path)
         return name
 
+    def still_mine(self) -> bool:
+        """Whether `address` still names this process (`stop` removes it; a later
+        `start` replaces it)."""
+        try:
+            address = json.loads(fileio.read_regular(self.here / "address", 4096))
+            return bool(address.get("pid") == os.getpid())
+        except (OSError, DsvError, ValueError, AttributeError):
+            return False
+
+
+MAX_WAITING = 64
+"""Clients a monitor process keeps waiting for their cookies at once."""
+
 
 def serve(dsv_dir: Path, ds_id: str, root: Path, ready_fd: int) -> None:
-    """The monitor process: watch, answer, until told to stop or the root goes. What
-    ends it unexpectedly is written to `error` in its directory (clients walk meanwhile)."""
+    """The monitor process: watch, answer, until told to stop, its address goes or the
+    root goes. What ends it unexpectedly is written to `error` in its directory (clients
+    walk meanwhile)."""
     os.chdir("/")  # (no directory of the caller stays busy)
     try:
         state = _Monitor(dsv_dir, ds_id, root)
@@ -518,24 +640,42 @@ def serve(dsv_dir: Path, ds_id: str, root: Path, ready_fd: int) -> None:
         raise
     finally:
         listener.close()
-        try:
-            address = json.loads((state.here / "address").read_bytes())
-            if address.get("pid") == os.getpid():
-                os.unlink(state.here / "address")
-        except (OSError, ValueError, AttributeError):
-            pass
+        if state.still_mine():
+            os.unlink(state.here / "address")
 
 
 def _loop(state: _Monitor, listener: socket.socket) -> None:
     """Take in events and answer clients until told to stop, or the root goes."""
-    poller = select.poll()
-    poller.register(state.inotify.fd, select.POLLIN)
-    poller.register(listener.fileno(), select.POLLIN)
+    try:
+        mounts = open("/proc/self/mountinfo", "rb")  # (POLLPRI when the mounts change)
+    except OSError:
+        mounts = None
     pending: list[tuple[socket.socket, str, str]] = []   # (client, request, cookie)
     waiting: set[str] = set()
+    checked = time.monotonic()
     while not state.done:
-        poller.poll(1000 if not pending else 50)
+        poller = select.poll()
+        poller.register(state.inotify.fd, select.POLLIN)
+        poller.register(listener.fileno(), select.POLLIN)
+        if mounts is not None:
+            poller.register(mounts.fileno(), select.POLLPRI | select.POLLERR)
+        ready = poller.poll(1000 if not pending else 50)
+        if mounts is not None and any(fd == mounts.fileno() for fd, _ev in ready):
+            mounts.seek(0)
+            mounts.read()
+            state.reset()  # (a file system mounted or unmounted: under the root, maybe)
         state.take(state.inotify.read(), waiting)
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            state.done = state.done or not state.still_mine()
+        if state.done:
+            break
+        if state.was_reset:  # (their cookies went with the old queue: vouch for nothing)
+            state.was_reset = False
+            waiting.clear()
+            for waiter in pending:
+                _reply(waiter[0], state.answer("since -"))
+            pending.clear()
         for client, request, cookie in [p for p in pending if p[2] not in waiting]:
             pending.remove((client, request, cookie))
             _reply(client, state.answer(request))
@@ -544,6 +684,8 @@ def _loop(state: _Monitor, listener: socket.socket) -> None:
                 client, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
+            except OSError:
+                break  # (out of descriptors, for one: the next round tries again)
             asked = _read_request(client) if _same_user(client) else None
             if asked is None:
                 client.close()
@@ -552,12 +694,16 @@ def _loop(state: _Monitor, listener: socket.socket) -> None:
                 state.done = True
             elif asked == "info":
                 _reply(client, state.answer(asked))
+            elif len(pending) >= MAX_WAITING:
+                _reply(client, state.answer("since -"))
             else:
                 cookie = state.cookie()
                 waiting.add(cookie)
                 pending.append((client, asked, cookie))
     for waiter in pending:
         waiter[0].close()
+    if mounts is not None:
+        mounts.close()
 
 
 def _same_user(client: socket.socket) -> bool:

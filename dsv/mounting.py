@@ -10,7 +10,6 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DsvError, InvalidInput
+from .paths import module_argv
 
 READY_TIMEOUT = 60.0
 """Seconds `spawn` waits for the child's file system to answer."""
@@ -56,7 +56,7 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
         raise InvalidInput(f"{directory} is a mount point already",
                            hint=f"`dsv umount {directory}` first")
     read_fd, write_fd = os.pipe()
-    args = [sys.executable, "-m", "dsv"] + (["--store", store] if store else [])
+    args = module_argv("dsv") + (["--store", store] if store else [])
     args += ["mount", pinned, str(target), "--foreground", "--ready-fd", str(write_fd)]
     if lifeline is not None:
         args += ["--lifeline-fd", str(lifeline)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import sys
 from collections.abc import Iterable
 
 from .errors import UnsafePath
@@ -22,6 +23,14 @@ MAX_LINK_HOPS = 40   # as Linux's own limit on symlinks followed in one lookup
 
 # dsv's own temp files (fileio.tmp_name): `.dsv-tmp-` and 16 hex digits, exactly.
 _TEMP_NAME = re.compile(r"\.dsv-tmp-[0-9a-f]{16}")
+
+
+def module_argv(module: str) -> list[str]:
+    """The command that runs `python -m module` in a child process with the current
+    directory left off `sys.path`: a child started in a dataset's directory (a pulled one
+    may hold a `dsv/` package) must import dsv's own modules, never the dataset's."""
+    return [sys.executable, "-c", "import runpy, sys; del sys.path[0]; "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"]
 
 
 def is_reserved(name: str) -> bool:

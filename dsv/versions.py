@@ -225,8 +225,10 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
         head = core.head(ds)
         chosen = _chosen_paths(ds, head, root, paths, cwd) if paths else None
         # (asked before any file is looked at: a change made meanwhile comes after it)
-        asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(core.dsv_dir, ds.id),
-                                root.resolve()) if chosen is None else None
+        watching = monitor.context(root.resolve(), excluded) if chosen is None and \
+            monitor.is_running(core.dsv_dir, ds.id) else None
+        asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(
+            core.dsv_dir, ds.id, watching), root.resolve()) if watching else None
         watched = monitor.to_look_at(asked) \
             if head is not None and ds.cache_tree == head.tree else None
         with Ingest(core.objects) as ingest:
@@ -240,9 +242,9 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
             if head is not None and not allow_empty and (
                     head.tree == made.tree or
                     tree.same_content(head.tree, made.tree, core.read_tree)):
-                if asked is not None and ds.cache_tree == head.tree:
+                if asked is not None and watching and ds.cache_tree == head.tree:
                     # (every file holds what the head names, as of the token)
-                    monitor.save_token(core.dsv_dir, ds.id, asked.token)
+                    monitor.save_token(core.dsv_dir, ds.id, asked.token, watching)
                 raise NothingToCommit(f"nothing to commit: {ds.name} matches {head.id}",
                                       hint="use --allow-empty to record it anyway")
             now = time.time()
@@ -261,8 +263,9 @@ def commit(core: Core, message: str, key: str | None = None, cwd: str | os.PathL
                                  # (the head's other files may be only on a remote)
                                  promised_by=core.index.promised_by(head.id)
                                  if chosen and head is not None else None)
-        if asked is not None:  # (the stat cache now vouches for the directory as of it)
-            monitor.save_token(core.dsv_dir, ds.id, asked.token if made.complete else None)
+        if asked is not None and watching:  # (the directory holds the new head as of it)
+            monitor.save_token(core.dsv_dir, ds.id, asked.token if made.complete else None,
+                               watching)
         return v
 
 

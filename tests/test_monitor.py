@@ -108,7 +108,8 @@ def test_nothing_changed_keeps_the_monitor_vouching(watched: Path, dsv, walks: l
     assert res.code == 1 and "nothing to commit" in res.err and walks == []
 
 
-@pytest.mark.parametrize("change", ["dsvignore", "rename_dir", "restart", "killed", "store"])
+@pytest.mark.parametrize("change", ["dsvignore", "rename_dir", "restart", "killed", "store",
+                                    "nested", "unnested"])
 def test_what_the_monitor_cannot_vouch_for_makes_the_commit_walk(
         watched: Path, dsv, walks: list[str], change: str) -> None:
     ws = watched
@@ -127,6 +128,13 @@ def test_what_the_monitor_cannot_vouch_for_makes_the_commit_walk(
         write_tree(ws, {"a.txt": "changed while no monitor ran"})
     elif change == "store":   # (a nested store: its directory leaves the dataset)
         os.mkdir(ws / "sub" / ".dsv")
+    elif change == "nested":   # (a nested dataset: made with no event in the directory)
+        _ok(dsv("datasets", "create", "inner", "--path", "sub", cwd=ws))
+    elif change == "unnested":
+        _ok(dsv("datasets", "create", "inner", "--path", "sub", cwd=ws))
+        _ok(dsv("commit", "-m", "sub leaves", cwd=ws))
+        walks.clear()
+        _ok(dsv("datasets", "delete", "inner", "--yes", cwd=ws))
     _ok(dsv("commit", "-m", change, cwd=ws))
     assert walks == [str(ws)]
     # the token that walking commit saved vouches again: the next commit does not walk
@@ -143,6 +151,8 @@ def test_what_the_monitor_cannot_vouch_for_makes_the_commit_walk(
         assert "sub2/c.txt" in files and "sub/c.txt" not in files
     elif change in ("restart", "killed"):
         assert files["a.txt"] != _hash("a1")
+    elif change == "unnested":
+        assert files["sub/c.txt"] == _hash("c") and "sub/deep/d.txt" in files
     else:
         assert not any(p.startswith("sub/") for p in files)
 
@@ -199,18 +209,22 @@ class _FakeMonitor:
             client.close()
 
 
-@pytest.mark.parametrize("case", ["bad_path", "other_root", "other_pid", "garbage"])
+@pytest.mark.parametrize("case", ["bad_path", "other_root", "other_inode", "other_pid",
+                                  "garbage"])
 def test_a_monitor_answer_that_cannot_be_trusted_makes_the_commit_walk(
         watched: Path, dsv, walks: list[str], case: str) -> None:
     ws = watched
     dsv("monitor", "stop", cwd=ws)
     dsv_dir, ds_id = ws / ".dsv", _dataset_id(dsv, ws)
     token = "0" * 32 + ".5"
-    monitor.save_token(dsv_dir, ds_id, token)
+    monitor.save_token(dsv_dir, ds_id, token, monitor.context(ws.resolve(), [".dsv"]))
     changed = ["../../etc/passwd"] if case == "bad_path" else []
     root = "/elsewhere" if case == "other_root" else str(ws.resolve())
+    st = os.stat(ws)
+    inode = [st.st_dev, st.st_ino + (1 if case == "other_inode" else 0)]
     answer = b"{not json\n" if case == "garbage" else json.dumps(
-        {"token": "0" * 32 + ".6", "root": root, "changed": changed}).encode() + b"\n"
+        {"token": "0" * 32 + ".6", "root": root, "inode": inode,
+         "changed": changed}).encode() + b"\n"
     fake = _FakeMonitor(answer)
     pid = os.getpid() + (1 if case == "other_pid" else 0)
     (monitor.monitor_dir(dsv_dir, ds_id) / "address").write_text(
@@ -228,8 +242,11 @@ def test_the_fake_monitor_is_believed_when_everything_checks(watched: Path, dsv,
     ws = watched
     dsv("monitor", "stop", cwd=ws)
     dsv_dir, ds_id = ws / ".dsv", _dataset_id(dsv, ws)
-    monitor.save_token(dsv_dir, ds_id, "0" * 32 + ".5")
+    monitor.save_token(dsv_dir, ds_id, "0" * 32 + ".5",
+                       monitor.context(ws.resolve(), [".dsv"]))
+    st = os.stat(ws)
     fake = _FakeMonitor(json.dumps({"token": "0" * 32 + ".6", "root": str(ws.resolve()),
+                                    "inode": [st.st_dev, st.st_ino],
                                     "changed": ["new.txt"]}).encode() + b"\n")
     (monitor.monitor_dir(dsv_dir, ds_id) / "address").write_text(
         json.dumps({"socket": fake.name, "pid": os.getpid()}))
@@ -278,14 +295,14 @@ def test_a_change_to_a_hard_linked_file_makes_the_commit_walk(watched: Path, dsv
     ws = watched
     os.link(ws / "sub" / "c.txt", ws / "linked.txt")
     _ok(dsv("commit", "-m", "a second name", cwd=ws))
-    assert walks == []
+    assert walks == [str(ws)]
     with open(ws / "sub" / "c.txt", "a") as f:
         f.write(" and more")
     _ok(dsv("commit", "-m", "through one name", cwd=ws))
-    assert walks == [str(ws)]
-    write_tree(ws, {"b.txt": "b2"})
+    assert walks == [str(ws)] * 2
+    write_tree(ws, {"b.txt": "b2"})   # (a file of one name: the monitor vouches again)
     _ok(dsv("commit", "-m", "after", cwd=ws))
-    assert walks == [str(ws)]
+    assert walks == [str(ws)] * 2
     files = _files(dsv, ws)
     assert files["linked.txt"] == files["sub/c.txt"] == _hash("c and more")
 
@@ -317,8 +334,56 @@ def test_a_walking_status_that_finds_the_directory_clean_vouches(watched: Path, 
     monitor.save_token(dsv_dir, ds_id, None)
     walks.clear()
     _clean_by_walking(dsv, ws)
-    assert walks == [str(ws)] and monitor.saved_token(dsv_dir, ds_id) is not None
+    assert walks == [str(ws)]
+    assert monitor.saved_token(dsv_dir, ds_id, monitor.context(ws.resolve(), [".dsv"]))
     write_tree(ws, {"b.txt": "b2"})
     _ok(dsv("commit", "-m", "monitored", cwd=ws))
     assert walks == [str(ws)] and _files(dsv, ws)["b.txt"] == _hash("b2")
     assert json.loads(_ok(dsv("monitor", "status", "--json", cwd=ws)).out)["pid"] == pid
+
+
+def test_a_directory_put_in_place_of_the_watched_one_is_walked(tmp_path: Path, dsv,
+                                                               walks: list[str]) -> None:
+    """The monitor watches inodes: a directory moved away (renaming its parent gives it
+    no event) and a copy put where it was are told apart by the inode."""
+    top = tmp_path / "top"
+    ws = top / "ws"
+    write_tree(ws, {"a.txt": "a"})
+    _ok(dsv("init", "--name", "data", cwd=ws))
+    _ok(dsv("commit", "-m", "one", cwd=ws))
+    try:
+        assert json.loads(_ok(dsv("monitor", "start", "--json", cwd=ws)).out)["vouched"]
+        os.rename(top, tmp_path / "old")
+        os.mkdir(top)
+        os.rename(tmp_path / "old" / "ws", ws)   # (the same store, moved back...)
+        os.rename(ws, tmp_path / "old" / "ws")   # (...and away again: the monitor
+        import shutil                            #  still watches that inode)
+        shutil.copytree(tmp_path / "old" / "ws", ws, symlinks=True)
+        write_tree(ws, {"a.txt": "a2"})
+        walks.clear()
+        _ok(dsv("commit", "-m", "two", cwd=ws))
+        assert walks == [str(ws)] and _files(dsv, ws)["a.txt"] == _hash("a2")
+    finally:
+        dsv("monitor", "stop", cwd=ws)
+
+
+def test_monitor_start_never_runs_code_from_the_dataset(tmp_path: Path, dsv) -> None:
+    """The monitor process is started as `python -m dsv.monitor`; started in a dataset's
+    directory holding a `dsv/` package, Python would import that one (the current
+    directory comes first on sys.path) and run the dataset's code."""
+    ws = tmp_path / "ws"
+    marker = tmp_path / "ran"
+    hostile = f"open({str(marker)!r}, 'w').write('dataset code ran')\n"
+    write_tree(ws, {"dsv/__init__.py": hostile, "dsv/monitor.py": hostile, "a.txt": "a"})
+    _ok(dsv("init", "--name", "data", cwd=ws))
+    _ok(dsv("commit", "-m", "one", cwd=ws))
+    try:
+        assert json.loads(_ok(dsv("monitor", "start", "--json", cwd=ws)).out)["running"]
+        assert not marker.exists()
+    finally:
+        dsv("monitor", "stop", cwd=ws)
+
+
+def test_start_refuses_a_file_system_whose_changes_inotify_may_not_report() -> None:
+    with pytest.raises(monitor.MonitorError, match="proc file system"):
+        monitor._refuse_unwatchable(Path("/proc/self"))

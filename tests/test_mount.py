@@ -273,3 +273,19 @@ def _serving(where: Path) -> list[int]:
         if b"mount" in argv and os.fsencode(where) in argv and b"--foreground" in argv:
             found.append(int(pid))
     return found
+
+
+def test_mount_never_runs_code_from_the_directory_it_is_started_in(tmp_path, dsv, mounts):
+    """`dsv mount` serves from a child `python … dsv`; started in a dataset's directory
+    that holds a `dsv/` package (a pulled dataset may), the child must import dsv's own
+    modules, not that package (Python puts the current directory first for `-m`)."""
+    ws = _dataset(tmp_path, dsv)
+    marker = tmp_path / "ran"
+    hostile = f"open({str(marker)!r}, 'w').write('dataset code ran')\n"
+    write_tree(ws, {"dsv/__init__.py": hostile, "dsv/__main__.py": hostile})
+    where = tmp_path / "mnt"
+    where.mkdir()
+    mounts.append(where)
+    _ok(dsv("mount", "raw:v1", where, cwd=ws))
+    assert os.path.ismount(where) and (where / "a.txt").read_bytes() == b"alpha\n"
+    assert not marker.exists()
