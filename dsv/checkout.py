@@ -189,11 +189,12 @@ def monitor_report(core: Core, key: str | None = None, cwd: str | os.PathLike[st
     if info is None:
         return MonitorReport(ds, root, running=False)
     pid, watches, started = info.get("pid"), info.get("watches"), info.get("started")
+    vouched = monitor.saved_token(core.dsv_dir, ds.id, monitor.context(
+        root.resolve(), core.excluded(ds))) is not None
     return MonitorReport(ds, root, running=True, pid=pid if type(pid) is int else None,
                          watches=watches if type(watches) is int else 0,
                          started=started if isinstance(started, float) else None,
-                         vouched=monitor.saved_token(core.dsv_dir, ds.id, monitor.context(
-                             root.resolve(), core.excluded(ds))) is not None)
+                         vouched=vouched)
 
 
 def _sorted(paths: list[str] | None) -> list[str] | None:

@@ -100,8 +100,12 @@ def monitor_dir(dsv_dir: Path, ds_id: str) -> Path:
 def context(root: Path, excluded: list[str]) -> str:
     """What a token is good for besides the files: the directory (its path and its inode:
     a directory put in its place is another one) and the nested datasets' directories a
-    walk leaves out (made or removed with no event in the directory)."""
-    st = os.stat(root)
+    walk leaves out (made or removed with no event in the directory). "" when the
+    directory is gone: no token is saved for it, nor read."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return ""
     return hash_bytes(json.dumps([str(root), st.st_dev, st.st_ino, sorted(excluded)],
                                  ensure_ascii=True).encode())
 
@@ -114,7 +118,7 @@ def saved_token(dsv_dir: Path, ds_id: str, now: str) -> str | None:
     except (OSError, DsvError):
         return None
     token, _, rest = raw.decode("ascii", "replace").partition("\n")
-    return token if _parse_token(token) is not None and rest.strip() == now else None
+    return token if now and _parse_token(token) is not None and rest.strip() == now else None
 
 
 def save_token(dsv_dir: Path, ds_id: str, token: str | None, now: str = "") -> None:
@@ -304,6 +308,10 @@ def _refuse_unwatchable(root: Path) -> None:
     if kind not in WATCHABLE:
         raise MonitorError(f"{root} is on a {kind or 'unknown'} file system, whose changes "
                            f"inotify cannot be trusted to report")
+    for point, fs in sorted(_mount_points_under(str(root))):
+        if fs not in WATCHABLE:
+            raise MonitorError(f"{point} inside it is a {fs} file system, whose changes "
+                               f"inotify cannot be trusted to report")
     import fcntl
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -319,26 +327,37 @@ def _refuse_unwatchable(root: Path) -> None:
         raise MonitorError(f"{root} folds the case of names (chattr +F)")
 
 
-def _fs_type(path: Path) -> str:
-    """The type of the file system `path` lies on, from /proc/self/mountinfo ("" if
-    unknown): the longest mount point that holds it."""
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount this process sees."""
     try:
         lines = fileio.read_regular("/proc/self/mountinfo", 16 << 20).decode(
             "utf-8", "replace").splitlines()
     except (OSError, DsvError):
-        return ""
-    best, kind = -1, ""
-    target = str(path)
+        return []
+    out = []
     for line in lines:
         fields = line.split(" ")
-        if "-" not in fields or len(fields) < 5:
-            continue
-        point = fields[4].replace("\\040", " ")
-        after = fields[fields.index("-") + 1:]
+        if "-" in fields and len(fields) >= 5 and fields.index("-") + 1 < len(fields):
+            out.append((fields[4].replace("\\040", " "), fields[fields.index("-") + 1]))
+    return out
+
+
+def _fs_type(path: Path) -> str:
+    """The type of the file system `path` lies on ("" if unknown): that of the longest
+    mount point that holds it."""
+    best, kind = -1, ""
+    target = str(path)
+    for point, fs in _mounts():
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best and after:
-            best, kind = len(point), after[0]
+        if inside and len(point) > best:
+            best, kind = len(point), fs
     return kind
+
+
+def _mount_points_under(root: str) -> set[tuple[str, str]]:
+    """The mounts at or under `root` (a walk crosses into them; inotify does not)."""
+    return {(point, fs) for point, fs in _mounts()
+            if point == root or point.startswith(root.rstrip("/") + "/")}
 
 
 def stop(dsv_dir: Path, ds_id: str) -> bool:
@@ -444,6 +463,7 @@ class _Monitor:
         self.started = time.time()
         self.done = False
         self.was_reset = False  # (waiting clients are then answered at once)
+        self.mounts = _mount_points_under(self.root)
         self.inotify = _Inotify()
         self.cookie_wd = self._watch_cookies()
         self.watch_tree()
@@ -488,6 +508,10 @@ class _Monitor:
                     self.blind.add(here)
                 elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                     raise
+
+    def paths_of(self, rel: str) -> int:
+        """The watch of the directory `rel` (tests feed events through it)."""
+        return next(wd for wd, where in self.paths.items() if where == rel)
 
     def reset(self) -> None:
         """Watch the tree again from a new inotify instance (the old one's queue, and any
@@ -581,7 +605,9 @@ class _Monitor:
                                "watches": len(self.paths), "started": self.started,
                                "token": token}).encode() + b"\n"
         since = _parse_token(request[len("since "):])
-        if since is None or since[0] != self.epoch or since[1] < self.floor or self.blind:
+        foreign = any(fs not in WATCHABLE for _point, fs in self.mounts)
+        if since is None or since[0] != self.epoch or since[1] < self.floor or self.blind or \
+                foreign:
             return json.dumps({"token": token, "root": self.root,
                                "inode": self.inode}).encode() + b"\n"
         changed = sorted(rel for rel, seq in self.changed.items() if seq > since[1])
@@ -661,9 +687,10 @@ def _loop(state: _Monitor, listener: socket.socket) -> None:
             poller.register(mounts.fileno(), select.POLLPRI | select.POLLERR)
         ready = poller.poll(1000 if not pending else 50)
         if mounts is not None and any(fd == mounts.fileno() for fd, _ev in ready):
-            mounts.seek(0)
-            mounts.read()
-            state.reset()  # (a file system mounted or unmounted: under the root, maybe)
+            now = _mount_points_under(state.root)
+            if now != state.mounts:  # (a file system mounted or unmounted under the root)
+                state.mounts = now
+                state.reset()
         state.take(state.inotify.read(), waiting)
         if time.monotonic() - checked > 1.0:
             checked = time.monotonic()
