@@ -105,4 +105,3 @@ def delete_dataset(core: Core, key: str) -> Dataset:
         monitor.stop(core.dsv_dir, ds.id)
         core.index.delete_dataset(ds.id)
         return ds
-
