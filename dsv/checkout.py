@@ -69,7 +69,8 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
     skipped: list[str] = []
 
     # (asked before any file is looked at: a change made meanwhile comes after it)
-    watching = monitor.context(root.resolve(), core.excluded(ds)) \
+    excluded = core.excluded(ds)
+    watching = monitor.context(root.resolve(), excluded) \
         if head is not None and ignored is None and \
         monitor.is_running(core.dsv_dir, ds.id) else None
     asked = monitor.changes(core.dsv_dir, ds.id, monitor.saved_token(
@@ -79,7 +80,7 @@ def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
         if changed is not None:
             # A monitor vouches for every other file: it holds the head's entry (see
             # versions.commit).
-            found = worktree.scan_paths(root, changed, core.excluded(ds), skipped, [], [])
+            found = worktree.scan_paths(root, changed, excluded, skipped, [], [])
             with core.reporter.task("hashing", len(found)) as advance:
                 snap = worktree.snapshot(root, found, core.index.stat_rows_at(ds.id, found),
                                          None, advance)

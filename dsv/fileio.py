@@ -13,8 +13,10 @@ import fcntl
 import itertools
 import mmap
 import os
+import select
 import stat
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 
@@ -642,3 +644,37 @@ def read_regular(path: str | os.PathLike[str], max_size: int, *,
     finally:
         os.close(fd)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+# ---- a child's one line on a pipe ------------------------------------------------------
+
+def read_line(fd: int, timeout: float) -> str:
+    """What a child process says on the pipe `fd` ("ready", or its error): one line of at
+    most 4 KiB, within `timeout` seconds, decoded and stripped ("" when it said nothing).
+    Closes `fd` (poll, not select: the descriptor may be above 1024)."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    try:
+        while time.monotonic() < deadline and not got.endswith(b"\n") and len(got) < 4096:
+            if poller.poll(200):
+                piece = os.read(fd, 4096)
+                if not piece:
+                    break
+                got += piece
+    finally:
+        os.close(fd)
+    return got.decode("utf-8", "replace").strip()
+
+
+def tell(fd: int | None, line: str) -> None:
+    """Say `line` on the pipe `fd` (if any; see `read_line`), then close it; a reader
+    gone meanwhile is no error."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, line.encode("utf-8", "replace") + b"\n")
+        os.close(fd)
+    except OSError:
+        pass

@@ -282,7 +282,7 @@ def start(dsv_dir: Path, ds_id: str, root: Path) -> dict[str, object]:
         _spawn(["--spawn", str(dsv_dir), ds_id, str(root), str(write_fd)], write_fd).wait()
     finally:
         os.close(write_fd)
-    said = _wait_line(read_fd, READY_TIMEOUT)
+    said = fileio.read_line(read_fd, READY_TIMEOUT)
     if said != "ready":
         raise MonitorError(said or f"the monitor of {root} did not start")
     info = running(dsv_dir, ds_id)
@@ -379,23 +379,6 @@ def _spawn(args: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
                             start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             close_fds=True, cwd="/")
-
-
-def _wait_line(fd: int, timeout: float) -> str:
-    got = b""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    try:
-        while time.monotonic() < deadline and not got.endswith(b"\n") and len(got) < 4096:
-            if poller.poll(200):
-                piece = os.read(fd, 4096)
-                if not piece:
-                    break
-                got += piece
-    finally:
-        os.close(fd)
-    return got.decode("utf-8", "replace").strip()
 
 
 # ---- the process -----------------------------------------------------------------------
@@ -653,9 +636,9 @@ def serve(dsv_dir: Path, ds_id: str, root: Path, ready_fd: int) -> None:
         fileio.atomic_write_bytes(state.here / "address", json.dumps(
             {"socket": name, "pid": os.getpid()}).encode() + b"\n", mode=0o600)
     except (OSError, DsvError) as exc:
-        _tell(ready_fd, f"cannot watch {root}: {exc}")
+        fileio.tell(ready_fd, f"cannot watch {root}: {exc}")
         return
-    _tell(ready_fd, "ready")
+    fileio.tell(ready_fd, "ready")
     import signal
     signal.signal(signal.SIGTERM, lambda *_: setattr(state, "done", True))
     try:
@@ -763,13 +746,6 @@ def _reply(client: socket.socket, data: bytes) -> None:
         pass
     finally:
         client.close()
-
-
-def _tell(fd: int, line: str) -> None:
-    try:
-        os.write(fd, line.encode("utf-8", "replace") + b"\n")
-    finally:
-        os.close(fd)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DsvError
-from .mounting import FuseUnavailable, end_with, fuse_module, spawn, tell
+from .fileio import tell
+from .mounting import FuseUnavailable, end_with, fuse_module, spawn
 from .mounting import unmount as unmount  # (the CLI's `dsv umount`)
 
 DIRS_KEPT = 10_000

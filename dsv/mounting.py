@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import fileio
 from .errors import DsvError, InvalidInput
 from .paths import module_argv
 
@@ -75,7 +76,7 @@ def spawn(pinned: str, directory: str | os.PathLike[str], store: str | None = No
         finally:
             os.close(write_fd)
         try:
-            message = _wait_ready(read_fd)
+            message = fileio.read_line(read_fd, READY_TIMEOUT)
         except BaseException:
             message = ""
             raise
@@ -97,38 +98,6 @@ def _resolved(directory: str | os.PathLike[str]) -> Path:
         return Path(directory).resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise InvalidInput(f"{directory} cannot be resolved: {exc}") from None
-
-
-def _wait_ready(fd: int) -> str:
-    """What the child said on its pipe ("ready", or its error) within READY_TIMEOUT
-    (poll, not select: the descriptor may be above 1024)."""
-    got = b""
-    deadline = time.monotonic() + READY_TIMEOUT
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    try:
-        while time.monotonic() < deadline:
-            if poller.poll(200):
-                piece = os.read(fd, 4096)
-                if not piece:
-                    break
-                got += piece
-                if got.endswith(b"\n"):
-                    break
-    finally:
-        os.close(fd)
-    return got.decode("utf-8", "replace").strip()
-
-
-def tell(fd: int | None, line: str) -> None:
-    """Say `line` on the ready pipe `fd` (if any), then close it."""
-    if fd is None:
-        return
-    try:
-        os.write(fd, line.encode("utf-8", "replace") + b"\n")
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def end_with(lifeline: int, directory: str | os.PathLike[str]) -> None:

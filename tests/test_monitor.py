@@ -389,13 +389,16 @@ def test_start_refuses_a_file_system_whose_changes_inotify_may_not_report() -> N
         monitor._refuse_unwatchable(Path("/proc/self"))
 
 
-def _state(tmp_path: Path) -> monitor._Monitor:
+@pytest.fixture
+def state(tmp_path: Path):
     """The monitor process's state, in this process: events are fed to it by hand."""
     root = tmp_path / "root"
     write_tree(root, {"a.txt": "a", "sub/b.txt": "b"})
     dsv_dir = tmp_path / "store" / ".dsv"
     (monitor.monitor_dir(dsv_dir, "ds") / "cookies").mkdir(parents=True)
-    return monitor._Monitor(dsv_dir, "ds", root)
+    made = monitor._Monitor(dsv_dir, "ds", root)
+    yield made
+    os.close(made.inotify.fd)
 
 
 def _said(state: monitor._Monitor, token: str) -> dict:
@@ -403,50 +406,38 @@ def _said(state: monitor._Monitor, token: str) -> dict:
 
 
 def test_an_overflow_vouches_for_no_token_given_before_it_and_for_the_next(
-        tmp_path: Path) -> None:
-    state = _state(tmp_path)
-    try:
-        before = _said(state, "-")["token"]
-        state.take([(state.paths_of(""), monitor.IN_MODIFY, "a.txt")], set())
-        assert _said(state, before)["changed"] == ["a.txt"]
-        state.take([(-1, monitor.IN_Q_OVERFLOW, ""),
-                    (state.paths_of(""), monitor.IN_MODIFY, "lost.txt")], set())
-        assert "changed" not in _said(state, before)
-        after = _said(state, before)["token"]
-        assert _said(state, after)["changed"] == []   # (the token given after it vouches)
-        state.take([(state.paths_of("sub"), monitor.IN_CREATE, "c.txt")], set())
-        assert _said(state, after)["changed"] == ["sub/c.txt"]
-    finally:
-        os.close(state.inotify.fd)
+        state: monitor._Monitor) -> None:
+    before = _said(state, "-")["token"]
+    state.take([(state.paths_of(""), monitor.IN_MODIFY, "a.txt")], set())
+    assert _said(state, before)["changed"] == ["a.txt"]
+    state.take([(-1, monitor.IN_Q_OVERFLOW, ""),
+                (state.paths_of(""), monitor.IN_MODIFY, "lost.txt")], set())
+    assert "changed" not in _said(state, before)
+    after = _said(state, before)["token"]
+    assert _said(state, after)["changed"] == []   # (the token given after it vouches)
+    state.take([(state.paths_of("sub"), monitor.IN_CREATE, "c.txt")], set())
+    assert _said(state, after)["changed"] == ["sub/c.txt"]
 
 
-def test_a_mount_inside_the_root_resets_and_a_foreign_one_vouches_for_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = _state(tmp_path)
-    try:
-        token = _said(state, "-")["token"]
-        assert _said(state, token)["changed"] == []
-        state.mounts = {(state.root + "/sub", "nfs4")}   # (what a mount there makes)
-        assert "changed" not in _said(state, _said(state, "-")["token"])
-        state.mounts = set()
-        assert _said(state, token)["changed"] == []
-    finally:
-        os.close(state.inotify.fd)
+def test_a_foreign_file_system_mounted_inside_the_root_vouches_for_nothing(
+        state: monitor._Monitor) -> None:
+    token = _said(state, "-")["token"]
+    assert _said(state, token)["changed"] == []
+    state.mounts = {(state.root + "/sub", "nfs4")}   # (what a mount there makes)
+    assert "changed" not in _said(state, _said(state, "-")["token"])
+    state.mounts = set()
+    assert _said(state, token)["changed"] == []
 
 
 def test_once_a_hard_linked_file_was_seen_a_file_gone_before_its_event_counts_as_one(
-        tmp_path: Path) -> None:
-    state = _state(tmp_path)
-    try:
-        token = _said(state, "-")["token"]
-        # (a file of one name, gone by the time its event is taken in: an editor's temp)
-        state.take([(state.paths_of(""), monitor.IN_CLOSE_WRITE, "gone.tmp")], set())
-        assert _said(state, token)["changed"] == ["gone.tmp"]
-        os.link(Path(state.root) / "a.txt", Path(state.root) / "b.txt")
-        state.take([(state.paths_of(""), monitor.IN_CREATE, "b.txt")], set())
-        assert state.linked and "changed" not in _said(state, token)
-        token = _said(state, token)["token"]
-        state.take([(state.paths_of(""), monitor.IN_MODIFY, "gone2.tmp")], set())
-        assert "changed" not in _said(state, token)
-    finally:
-        os.close(state.inotify.fd)
+        state: monitor._Monitor) -> None:
+    token = _said(state, "-")["token"]
+    # (a file of one name, gone by the time its event is taken in: an editor's temp)
+    state.take([(state.paths_of(""), monitor.IN_CLOSE_WRITE, "gone.tmp")], set())
+    assert _said(state, token)["changed"] == ["gone.tmp"]
+    os.link(Path(state.root) / "a.txt", Path(state.root) / "b.txt")
+    state.take([(state.paths_of(""), monitor.IN_CREATE, "b.txt")], set())
+    assert state.linked and "changed" not in _said(state, token)
+    token = _said(state, token)["token"]
+    state.take([(state.paths_of(""), monitor.IN_MODIFY, "gone2.tmp")], set())
+    assert "changed" not in _said(state, token)
