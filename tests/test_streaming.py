@@ -410,7 +410,7 @@ def test_a_diff_of_two_versions_reads_only_what_differs(
 def test_a_push_lets_each_finished_upload_go_before_the_phase_ends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fast remote finishes uploads before the in-flight window fills; each one is
-    recorded and let go as the next pack is made, not all of them when the phase ends
+    staged and let go as the next pack is made, not all of them when the phase ends
     (at 1M files that held every uploaded pack's entries at once)."""
     from dsv.sync import push, remote
     monkeypatch.setattr(push, "UPLOAD_PACK_SIZE", 1024)
@@ -420,12 +420,12 @@ def test_a_push_lets_each_finished_upload_go_before_the_phase_ends(
     store.commit("v0")
     store.add_remote("origin", str(tmp_path / "remote"))
     batches: list[int] = []
-    recorded = remote.record_sent
+    staged = remote.stage_sent
 
     def spy(core: object, rem: object, sent: list[remote.Sent]) -> None:
         batches.append(sum(s.count for s in sent))
-        recorded(core, rem, sent)  # type: ignore[arg-type]
-    monkeypatch.setattr(push, "record_sent", spy)
+        staged(core, rem, sent)  # type: ignore[arg-type]
+    monkeypatch.setattr(push, "stage_sent", spy)
     # Each upload finishes before the next pack is made (as on a fast remote).
     uploaded = threading.Semaphore(0)
     upload, read_batches = push._upload_pack, push._read_batches

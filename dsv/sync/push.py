@@ -31,7 +31,7 @@ from ..remotes.cache import ClusterCache
 from ..remotes.layout import (RemoteRef, index_key, is_tombstone, loose_key, pack_key,
                               ref_key, tombstone)
 from .policy import decide_push
-from .remote import (UPLOAD_PACK_SIZE, WORKERS, Remote, Sent, caches, record_sent, resolve_target,
+from .remote import (UPLOAD_PACK_SIZE, WORKERS, Remote, Sent, caches, resolve_target, stage_sent,
                      try_fill)
 from . import maintain
 from .fetch import fetch
@@ -340,30 +340,23 @@ def _collect_needed(core: Core, versions: list[Version],
     """Every object the versions need, with its kind, into the index's `need` set (a temp
     table: a push of a million files holds none of their ids in memory); with `bases`
     (`_bases`), only what each version holds beyond its base's tree."""
-    index = core.index
-    index.need_reset()
-    # Each root once per base it is compared with: a version of another dataset with the
-    # same tree and another base (or none) needs what the first one's base held, in its
-    # own catalog (`_write_catalogs` names the packs of the `need` set).
-    walked: set[tuple[str, str | None]] = set()
-    batch: list[tuple[str, int]] = []
-    for v in versions:
-        assert v.record is not None
-        batch.append((v.record, KIND_VERSION))
-        base = (bases or {}).get(v.id)
-        base_tree = base[1] if base else None
-        if (v.tree, base_tree) in walked:
-            continue
-        walked.add((v.tree, base_tree))
-        for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base_tree):
-            batch.append((oid, KIND_TREE if kind == tree.DIR else KIND_BLOB))
-            if len(batch) >= NEED_BATCH:
-                index.need_add(batch)
-                batch = []
-    index.need_add(batch)
+    def rows() -> Iterator[tuple[str, int]]:
+        # Each root once per base it is compared with: a version of another dataset with
+        # the same tree and another base (or none) needs what the first one's base held,
+        # in its own catalog (`_write_catalogs` names the packs of the `need` set).
+        walked: set[tuple[str, str | None]] = set()
+        for v in versions:
+            assert v.record is not None
+            yield v.record, KIND_VERSION
+            base = (bases or {}).get(v.id)
+            base_tree = base[1] if base else None
+            if (v.tree, base_tree) in walked:
+                continue
+            walked.add((v.tree, base_tree))
+            for kind, oid in tree.subtree_ids(v.tree, core.read_tree, base_tree):
+                yield oid, KIND_TREE if kind == tree.DIR else KIND_BLOB
 
-
-NEED_BATCH = 20_000
+    core.index.need_fill(rows())
 
 
 def _large_to_send(core: Core, remote: Remote, report: PushReport) -> dict[str, int]:
@@ -435,6 +428,7 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 raise _Lapsed()
             phase = index.need_unsent(remote.name, kind)
             jobs: list[Future[Sent]] = []
+            index.stage_remote_packs(remote.name, [])  # (empty: see `_record_done`)
 
             def submit(fn: Callable[..., Sent], *args: Any) -> None:  # noqa: ANN401 - fn's
                 job = pool.submit(fn, *args)
@@ -465,6 +459,8 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 _record_done(core, remote, jobs, report)
             wait(jobs)
             _record_done(core, remote, jobs, report)
+            with index.transaction():
+                index.add_staged_remote_packs()
             crashpoint("push:phase-sent")
 
 
@@ -476,8 +472,10 @@ def _fewer_than(jobs: list[Future[Sent]], limit: int) -> None:
 
 def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
                  report: PushReport) -> None:
-    """Remember what the finished uploads put on the remote, and let them go (a push of
-    a million objects holds only the uploads in flight)."""
+    """Stage what the finished uploads put on the remote, and let them go (a push of
+    a million objects holds only the uploads in flight). The phase's packs are recorded
+    when it ends; a push stopped before that leaves them for the next one's `refresh`
+    to find."""
     done = [j for j in jobs if j.done()]
     if not done:
         return
@@ -485,7 +483,7 @@ def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
     for item in sent:
         report.objects_sent += item.count
         report.bytes_sent += item.nbytes
-    record_sent(core, remote, sent)
+    stage_sent(core, remote, sent)
     gone = set(done)
     jobs[:] = [j for j in jobs if j not in gone]
 

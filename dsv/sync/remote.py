@@ -405,6 +405,20 @@ class Sent:
 def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
     """Remember in the index what these uploads put on the remote."""
     with core.index.transaction():
-        core.index.add_remote_packs(remote.name, [(item.pack[0], item.pack[2], item.pack[1])
-                                                  for item in sent if item.pack is not None])
+        core.index.add_remote_packs(remote.name, _sent_packs(sent))
         core.index.add_remote_loose(remote.name, [s.loose for s in sent if s.loose])
+
+
+def stage_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
+    """`record_sent` for a push of many packs: their rows are staged (`more`, see
+    `Index.stage_remote_packs`) until `Index.add_staged_remote_packs`; the loose objects,
+    few and large, are recorded at once."""
+    core.index.stage_remote_packs(remote.name, _sent_packs(sent), more=True)
+    loose = [s.loose for s in sent if s.loose]
+    if loose:
+        with core.index.transaction():
+            core.index.add_remote_loose(remote.name, loose)
+
+
+def _sent_packs(sent: list[Sent]) -> list[tuple[str, list[PackEntry], int]]:
+    return [(item.pack[0], item.pack[2], item.pack[1]) for item in sent if item.pack is not None]
