@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import blake3
@@ -763,6 +764,54 @@ def test_the_spool_holds_no_directory_open_once_drained(tmp_path: Path) -> None:
     finally:
         spool.close()
     assert open_dirs() == set()
+
+
+def test_the_spools_writing_thread_holds_many_small_batches_but_bounded_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While its writing thread is slow, a spool hands it many batches of small files
+    (so that it writes on while the download stalls), but once it holds more than one
+    batch, never more than SPOOL_BYTES."""
+    from dsv import worktree
+    from dsv.tree import Entry
+    from dsv.worktree import Spool
+
+    monkeypatch.setattr(worktree, "_WRITE_BATCH", 4)
+    monkeypatch.setattr(worktree, "SPOOL_BYTES", 64 << 10)
+    gate = threading.Event()
+    write = native.write_new_files
+
+    def slow(*args: object) -> object:
+        gate.wait(5)   # (a spool that waits for the thread: fails in 5 s a batch)
+        return write(*args)  # type: ignore[arg-type]
+    monkeypatch.setattr(native, "write_new_files", slow)
+    small = {f"s/f{i:03d}": os.urandom(100) + bytes([i % 256]) for i in range(40)}
+    big = {f"b/g{i:02d}": os.urandom(20 << 10) + bytes([i]) for i in range(16)}
+    files = {**small, **big}
+    spool = Spool(tmp_path, [(rel, Entry("f", 0o644, len(data), b3(data)), [])
+                             for rel, data in files.items()])
+    held: list[tuple[int, int]] = []   # (batches, bytes) the thread holds after each hand-over
+    flush = spool._flush
+
+    def seen() -> None:
+        flush()
+        held.append((len(spool._writing), spool._writing_bytes))
+    monkeypatch.setattr(spool, "_flush", seen)
+    try:
+        for data in small.values():   # 10 batches of 4 small files: all handed over
+            spool(b3(data), data)
+        spool._flush()
+        assert held[-1] == (10, sum(map(len, small.values())))
+        gate.set()
+        for data in big.values():     # batches of 80 KiB: one at a time
+            spool(b3(data), data)
+        made = spool.drain()
+        assert sorted(made) == sorted(files)
+        assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
+        assert len(held) == 10 + 4, held   # (the last big batch: handed over by drain)
+        assert all(n <= 1 or nbytes <= 64 << 10 for n, nbytes in held), held
+        assert (1, 4 * ((20 << 10) + 1)) in held
+    finally:
+        spool.close()
 
 
 def test_a_checkout_that_fails_leaves_no_file_the_spool_began(tmp_path: Path, dsv,

@@ -952,9 +952,9 @@ def test_kill_clone_while_a_chunked_file_is_written_as_it_downloads(dir_remote_p
 
 
 def _cut_short_unstored(fresh: Path) -> tuple[Path, bytes]:
-    """A file a killed clone's spool made whose object the store does not hold (its
-    chunk's packs were not recorded yet), cut short as a kill in its write would leave
-    it: (path, its whole bytes)."""
+    """A file a killed clone's spool made under its own name (not a chunked file's temp
+    name) whose object the store does not hold (its chunk's packs were not recorded
+    yet), cut short as a kill in its write would leave it: (path, its whole bytes)."""
     import sqlite3
     db = sqlite3.connect(fresh / ".dsv" / "index.db")
     try:
@@ -962,7 +962,7 @@ def _cut_short_unstored(fresh: Path) -> tuple[Path, bytes]:
     finally:
         db.close()
     for path in sorted(p for p in fresh.rglob("*") if p.is_file() and ".dsv" not in p.parts
-                       and p.stat().st_size > 1):
+                       and not p.name.startswith(".dsv-tmp-") and p.stat().st_size > 1):
         data = path.read_bytes()
         if b3(data) not in stored:
             with open(path, "r+b") as f:
