@@ -675,6 +675,7 @@ def tell(fd: int | None, line: str) -> None:
         return
     try:
         os.write(fd, line.encode("utf-8", "replace") + b"\n")
-        os.close(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)

@@ -492,10 +492,6 @@ class _Monitor:
                 elif exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                     raise
 
-    def paths_of(self, rel: str) -> int:
-        """The watch of the directory `rel` (tests feed events through it)."""
-        return next(wd for wd, where in self.paths.items() if where == rel)
-
     def reset(self) -> None:
         """Watch the tree again from a new inotify instance (the old one's queue, and any
         cookie in it, is dropped): no token given before vouches."""

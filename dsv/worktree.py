@@ -1235,7 +1235,7 @@ class Spool:
         self._batch_dir = ""
         self._batch_bytes = 0
         self._writing: deque[tuple[Future[list[native.Written]], int, bool,
-                                   list[tuple[str, Entry, bytes]]]] = deque()
+                                   list[tuple[str, Entry, bytes]], int]] = deque()
         self._writing_bytes = 0   # (of the batches in `_writing`)
         self._writer: ThreadPoolExecutor | None = None
         self._made: dict[str, tuple[Entry, tuple[int, int, int, int]]] = {}
@@ -1277,7 +1277,8 @@ class Spool:
         """Hand the batch to the writing thread (waiting for the oldest ones while more
         than SPOOL_BYTES, or SPOOL_BATCHES, are in its hands), and let go of those it has
         written."""
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        batch, nbytes = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
         if not batch:
             return
         if self._dirs is None:
@@ -1293,8 +1294,8 @@ class Spool:
             native.write_new_files, dir_fd, [rel.rpartition("/")[2] for rel, _e, _d in batch],
             [data for _r, _e, data in batch],
             [placed_mode(entry.mode, _UMASK) for _r, entry, _d in batch])
-        self._writing.append((future, dir_fd, owned, batch))
-        self._writing_bytes += sum(len(data) for _r, _e, data in batch)
+        self._writing.append((future, dir_fd, owned, batch, nbytes))
+        self._writing_bytes += nbytes
         # (the batches written already are let go at once: their bytes, and what they
         # made noted as early as the thread made it)
         while self._writing and (self._writing[0][0].done() or
@@ -1304,8 +1305,8 @@ class Spool:
 
     def _collect(self) -> None:
         """Wait for the oldest batch in the writing thread's hands; note what it made."""
-        future, dir_fd, owned, batch = self._writing.popleft()
-        self._writing_bytes -= sum(len(data) for _r, _e, data in batch)
+        future, dir_fd, owned, batch, nbytes = self._writing.popleft()
+        self._writing_bytes -= nbytes
         try:
             results = future.result()
         except OSError:

@@ -401,6 +401,11 @@ def state(tmp_path: Path):
     os.close(made.inotify.fd)
 
 
+def _watch_of(state: monitor._Monitor, rel: str) -> int:
+    """The watch of the directory `rel` (events are fed through it)."""
+    return next(wd for wd, where in state.paths.items() if where == rel)
+
+
 def _said(state: monitor._Monitor, token: str) -> dict:
     return json.loads(state.answer(f"since {token}"))
 
@@ -408,14 +413,14 @@ def _said(state: monitor._Monitor, token: str) -> dict:
 def test_an_overflow_vouches_for_no_token_given_before_it_and_for_the_next(
         state: monitor._Monitor) -> None:
     before = _said(state, "-")["token"]
-    state.take([(state.paths_of(""), monitor.IN_MODIFY, "a.txt")], set())
+    state.take([(_watch_of(state, ""), monitor.IN_MODIFY, "a.txt")], set())
     assert _said(state, before)["changed"] == ["a.txt"]
     state.take([(-1, monitor.IN_Q_OVERFLOW, ""),
-                (state.paths_of(""), monitor.IN_MODIFY, "lost.txt")], set())
+                (_watch_of(state, ""), monitor.IN_MODIFY, "lost.txt")], set())
     assert "changed" not in _said(state, before)
     after = _said(state, before)["token"]
     assert _said(state, after)["changed"] == []   # (the token given after it vouches)
-    state.take([(state.paths_of("sub"), monitor.IN_CREATE, "c.txt")], set())
+    state.take([(_watch_of(state, "sub"), monitor.IN_CREATE, "c.txt")], set())
     assert _said(state, after)["changed"] == ["sub/c.txt"]
 
 
@@ -433,11 +438,11 @@ def test_once_a_hard_linked_file_was_seen_a_file_gone_before_its_event_counts_as
         state: monitor._Monitor) -> None:
     token = _said(state, "-")["token"]
     # (a file of one name, gone by the time its event is taken in: an editor's temp)
-    state.take([(state.paths_of(""), monitor.IN_CLOSE_WRITE, "gone.tmp")], set())
+    state.take([(_watch_of(state, ""), monitor.IN_CLOSE_WRITE, "gone.tmp")], set())
     assert _said(state, token)["changed"] == ["gone.tmp"]
     os.link(Path(state.root) / "a.txt", Path(state.root) / "b.txt")
-    state.take([(state.paths_of(""), monitor.IN_CREATE, "b.txt")], set())
+    state.take([(_watch_of(state, ""), monitor.IN_CREATE, "b.txt")], set())
     assert state.linked and "changed" not in _said(state, token)
     token = _said(state, token)["token"]
-    state.take([(state.paths_of(""), monitor.IN_MODIFY, "gone2.tmp")], set())
+    state.take([(_watch_of(state, ""), monitor.IN_MODIFY, "gone2.tmp")], set())
     assert "changed" not in _said(state, token)
