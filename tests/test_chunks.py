@@ -814,6 +814,54 @@ def test_the_spools_writing_thread_holds_many_small_batches_but_bounded_bytes(
         spool.close()
 
 
+def test_the_spool_writes_two_directories_at_once_and_each_in_one_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool's batches go to SPOOL_WRITERS threads: files of two directories are made
+    at the same time, and all the batches of one directory by the same thread (two
+    threads in one directory would wait for each other in the kernel)."""
+    from dsv import worktree
+    from dsv.tree import Entry
+    from dsv.worktree import Spool
+
+    assert worktree.SPOOL_WRITERS == 2
+    monkeypatch.setattr(worktree, "_WRITE_BATCH", 4)
+    inside: list[int] = []   # the threads writing now
+    both = threading.Event()
+    lock = threading.Lock()
+    threads: dict[str, set[int]] = {}   # directory → the threads that wrote its batches
+    write = native.write_new_files
+
+    def watched(dir_fd: int, *args: object) -> object:
+        folder = os.path.basename(os.readlink(f"/proc/self/fd/{dir_fd}"))
+        me = threading.get_ident()
+        with lock:
+            threads.setdefault(folder, set()).add(me)
+            inside.append(me)
+            if len(set(inside)) >= 2:
+                both.set()
+        both.wait(5)   # (one thread alone: waits in vain, and the test fails)
+        try:
+            return write(dir_fd, *args)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                inside.remove(me)
+    monkeypatch.setattr(native, "write_new_files", watched)
+    files = {f"{d}/f{i}": os.urandom(64) + bytes([i]) for d in "abcd" for i in range(8)}
+    spool = Spool(tmp_path, [(rel, Entry("f", 0o644, len(data), b3(data)), [])
+                             for rel, data in files.items()])
+    try:
+        for data in files.values():
+            spool(b3(data), data)
+        assert sorted(spool.drain()) == sorted(files)
+    finally:
+        spool.close()
+    assert both.is_set()
+    assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
+    assert sorted(threads) == ["a", "b", "c", "d"]
+    assert all(len(names) == 1 for names in threads.values()), threads
+    assert len(set().union(*threads.values())) == 2, threads
+
+
 def test_a_checkout_that_fails_leaves_no_file_the_spool_began(tmp_path: Path, dsv,
                                                               monkeypatch) -> None:
     """A fresh checkout whose placement of one batch fails (a lying chunk list) while the

@@ -1914,19 +1914,22 @@ def test_a_checkout_into_an_empty_directory_places_the_version_in_chunks(
     assert st["clean"] is True
 
 
-def test_the_cli_collects_cycles_rarely_and_the_library_leaves_it_alone() -> None:
+def test_the_cli_collects_cycles_rarely_and_switches_threads_often_and_the_library_leaves_both_alone(
+        ) -> None:
     import subprocess
     import sys
-    script = ("import gc, io, contextlib, json\n"
-              "seen = [gc.get_threshold()]\n"
+    script = ("import gc, io, contextlib, json, sys\n"
+              "seen = [[*gc.get_threshold(), sys.getswitchinterval()]]\n"
               "import dsv\n"
               "from dsv.cli import main\n"
-              "seen.append(gc.get_threshold())\n"
+              "seen.append([*gc.get_threshold(), sys.getswitchinterval()])\n"
               "with contextlib.redirect_stdout(io.StringIO()):\n"
               "    main(['--version'])\n"
-              "print(json.dumps([*seen, gc.get_threshold(), gc.get_freeze_count() > 0]))\n")
+              "print(json.dumps([*seen, [*gc.get_threshold(), sys.getswitchinterval()],\n"
+              "                  gc.get_freeze_count() > 0]))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout
     python, library, cli, frozen = json.loads(out)
     assert library == python   # (Python's own defaults, whatever this Python's are)
-    assert cli == [100_000, 20, 100] and frozen is True
+    assert python[3] == 0.005
+    assert cli == [100_000, 20, 100, 0.0005] and frozen is True

@@ -77,6 +77,22 @@ def _collect_less() -> None:
 _YOUNG = 100_000
 
 
+def _switch_often() -> None:
+    """Let a thread that waits for the GIL have it after 0.5 ms instead of 5 (the CLI
+    owns its process; the library leaves the interpreter alone).
+
+    A clone's downloading thread makes thousands of calls that let go of the GIL (SQLite
+    queries, directories made, waits for the writing threads) while the threads that
+    check downloads and record placed files run Python; each such call then waited up
+    to the whole interval to go on. Clones of 200,000 files took 9.5-10.6 s (median
+    10.3) so, 10.3-11.4 s (median 10.7) at the default, alternating in one run; a
+    200,000-file commit, status and push took the same time either way."""
+    sys.setswitchinterval(_SWITCH_S)
+
+
+_SWITCH_S = 0.0005
+
+
 _M_MMAP_THRESHOLD = -3
 """mallopt's parameter number for the mmap threshold (glibc, musl ignores it)."""
 
@@ -86,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     usage error); anything else is a bug in dsv and says so."""
     _return_freed_buffers()
     _collect_less()
+    _switch_often()
     args = list(argv if argv is not None else sys.argv[1:])
     own = args[:args.index("--")] if "--" in args else args
     debug = "--debug" in own or os.environ.get("DSV_DEBUG") == "1"
