@@ -232,6 +232,16 @@ def test_a_sharded_dataset_commits_pushes_clones_and_verifies(tmp_path: Path, ds
     assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
     expected = {**files, "flat/img01234.png": b"changed"}
     assert read_tree(clone / "raw") == expected or read_tree(clone) == expected
+    # A partial clone and a partial pull of files in the sharded directory: just those.
+    part = tmp_path / "part"
+    assert dsv("clone", tmp_path / "remote", part, "--path", "flat/img01234.png",
+               cwd=tmp_path).code == 0
+    assert read_tree(part) == {"flat/img01234.png": b"changed"}
+    pulled = dsv("pull", "raw:latest", "--path", "flat/img00020.png", "--json", cwd=part)
+    assert pulled.code == 0 and json.loads(pulled.out)["objects_received"] == 1
+    with dsv_api.open(part) as store:
+        assert store.open_file("raw:latest", "flat/img00020.png").read() == \
+            files["flat/img00020.png"]
     out = tmp_path / "one"
     assert dsv("checkout", "raw:latest~1", "flat/img00007.png", "--to", out, cwd=ws).code == 0
     assert read_tree(out) == {"flat/img00007.png": files["flat/img00007.png"]}

@@ -26,7 +26,7 @@ from ..reporting import Reporter
 from ..reports import FetchReport, PullReport
 from ..model import Version
 from ..objects import Ingest
-from ..paths import is_under, normalize_user_path
+from ..paths import normalize_user_path
 from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
 from ..remotes.base import RemoteError, RemoteSpec
@@ -88,7 +88,10 @@ def _pull_objects(core: Core, remote: Remote, targets: list[str], paths: list[st
         selected = {normalize_user_path(p) for p in paths}
         holding = []
         for v in chosen:
-            manifest = {p: e for p, e in core.manifest(v).items() if is_under(p, selected)}
+            # Each path's subtree only: what is held grows with what is pulled, not
+            # with the version (a path in a sharded directory reads its shard).
+            manifest = {p: e for path in sorted(selected) for p, e in
+                        core.manifest(v, path).items()}
             if not manifest and any_paths:
                 continue  # (a clone's --path: the datasets that hold none are skipped)
             if not manifest:
