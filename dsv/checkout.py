@@ -987,7 +987,10 @@ def open_entry(core: Core, v: Version, rel: str, entry: tree.Entry) -> BinaryIO:
 _READ_AHEAD = 1 << 20
 """Bytes of a chunked file a read brings from the store at once (about 8 chunks)."""
 _FETCH_AHEAD = 16 << 20
-"""Bytes of chunks a read that finds one missing downloads with it, the ones after it."""
+"""At most this many bytes of chunks after a missing one are downloaded with it, once
+the reads are sequential (see `_store_chunks`)."""
+_FIRST_AHEAD = 1 << 20
+"""The window of the first sequential miss; each next one doubles it, to _FETCH_AHEAD."""
 
 
 class ChunkedReader(io.RawIOBase):
@@ -1056,20 +1059,28 @@ class ChunkedReader(io.RawIOBase):
 
 def _store_chunks(core: Core, version: Version, chunks: tree.ChunkList
                   ) -> Callable[[int], bytes]:
-    """Chunk i of a file from the store; one it lacks is downloaded then, with the
-    chunks after it up to _FETCH_AHEAD (by ranged reads of the remote's packs, through
-    the cluster cache when one is configured)."""
+    """Chunk i of a file from the store; one it lacks is downloaded then (by ranged
+    reads of the remote's packs, through the cluster cache when one is configured).
+    A read of a range gets the chunks it covers and no more; reads that go on where the
+    last download ended get the chunks after theirs too, a window that doubles with
+    each such miss (from _FIRST_AHEAD to _FETCH_AHEAD bytes): a file read through
+    costs a few large requests, a seek-and-read costs its chunk."""
     listed = chunks.chunks
+    ahead, follows = 0, -1   # (the window's bytes after its first chunk; where it ended)
 
     def source(i: int) -> bytes:
+        nonlocal ahead, follows
         oid = listed[i][0]
         if not core.objects.has(oid):
-            window, total = [], 0
-            for chunk, n in listed[i:]:
+            ahead = min(max(2 * ahead, _FIRST_AHEAD), _FETCH_AHEAD) if i == follows else 0
+            window = [Entry(tree.FILE, 0o644, listed[i][1], oid)]
+            total = 0
+            for chunk, n in listed[i + 1:]:
+                if total + n > ahead:
+                    break
                 window.append(Entry(tree.FILE, 0o644, n, chunk))
                 total += n
-                if total >= _FETCH_AHEAD:
-                    break
+            follows = i + len(window)
             ensure_blobs(core, version, window)
         return core.objects.read(oid)
     return source

@@ -8,8 +8,10 @@ growth of the store and the remote.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import errno
+import itertools
 import json
 import os
 import random
@@ -22,7 +24,7 @@ import pytest
 
 import dsv as dsv_api
 from conftest import Result, flip_byte, read_tree, write_tree
-from dsv import chunking, native, tree
+from dsv import checkout, chunking, native, tree
 from dsv.core import STORE_FORMAT
 from dsv.errors import CorruptObject
 from servers import DirView, S3View, check_remote
@@ -433,9 +435,10 @@ def test_a_format_3_remote_is_raised_by_the_first_chunk_list_pushed(tmp_path: Pa
 
 
 def test_chunked_files_over_s3(chunked_ws, dsv, tmp_path: Path, s3_endpoint: str,
-                               aws_env: None) -> None:
-    """Through a real S3 server: push, clone, and a read of part of a file from a store
-    that holds none of its chunks fetches only the chunks around that part."""
+                               aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a real S3 server: push, clone, and reads of parts of a file from a store
+    that holds none of its chunks: a seek and a read fetch the chunk it covers, and
+    reading on fetches windows that grow."""
     ws, files, v1 = chunked_ws
     bucket = f"b{os.urandom(4).hex()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
@@ -450,12 +453,34 @@ def test_chunked_files_over_s3(chunked_ws, dsv, tmp_path: Path, s3_endpoint: str
         whole = store.core.manifest(store.core.resolve(f"data:{v1}"))["model.bin"]
         listing = store.core.chunks(whole)
         assert not any(store.objects.has(c) for c, _n in listing.chunks)
+        def held() -> list[int]:
+            return [i for i, (c, _n) in enumerate(listing.chunks) if store.objects.has(c)]
+
+        starts = list(itertools.accumulate((n for _c, n in listing.chunks), initial=0))
+
+        def covering(at: int) -> int:
+            return bisect.bisect_right(starts, at) - 1
+
+        windows: list[int] = []   # (chunks asked for by each download)
+        ensure = checkout.ensure_blobs
+        monkeypatch.setattr(checkout, "ensure_blobs", lambda core, v, entries: (
+            windows.append(len(entries)), ensure(core, v, entries))[1])
         with store.open_file(f"data:{v1}", "model.bin") as f:
+            # A seek and a small read: the one chunk that holds those bytes.
             f.seek(6 * MiB)
             assert f.read(1000) == files["model.bin"][6 * MiB:6 * MiB + 1000]
-        held = sum(n for c, n in listing.chunks if store.objects.has(c))
-        assert 0 < held <= len(files["model.bin"]) - 5 * MiB, held
-        assert not store.objects.has(listing.chunks[0][0])   # nothing before the range
+            assert held() == [covering(6 * MiB)] and windows == [1]
+            # Another, far away: its chunk only.
+            f.seek(2 * MiB)
+            assert f.read(10) == files["model.bin"][2 * MiB:2 * MiB + 10]
+            assert held() == sorted([covering(2 * MiB), covering(6 * MiB)])
+            assert windows == [1, 1]
+            # Reading on from there: windows that grow, not a download per chunk.
+            assert f.read(3 * MiB) == files["model.bin"][2 * MiB + 10:5 * MiB + 10]
+            read_on = windows[2:]
+            assert 1 <= len(read_on) <= 3 and read_on == sorted(read_on), windows
+            assert sum(read_on) >= covering(5 * MiB) - covering(2 * MiB)
+            assert 0 not in held()   # nothing before the ranges read
     finally:
         store.close()
     ok(dsv("checkout", "data:latest", "--to", tmp_path / "out", cwd=reader))
