@@ -399,19 +399,31 @@ def test_push_and_clone_send_only_new_chunks_directory_remote(chunked_ws, dsv,
     first = _push(dsv, ws)
     assert first["bytes_sent"] >= 12 * MiB
     assert json.loads((remote / "dsv-remote.json").read_text())["format"] == 4
+    early = tmp_path / "early"   # (a clone of the first version, pulled after the append)
+    ok(dsv("clone", remote, early, cwd=tmp_path))
     appended = files["model.bin"] + rand(MiB, 15)
     (ws / "model.bin").write_bytes(appended)
     ok(dsv("commit", "-m", "append", cwd=ws))
     second = _push(dsv, ws)
     assert MiB <= second["bytes_sent"] < 2 * MiB, second
     check_remote(DirView(remote))
+    pulled = dsv("pull", "--json", cwd=early)
+    ok(pulled)
+    assert MiB <= json.loads(pulled.out)["bytes_received"] < 2 * MiB, pulled.out
+    assert read_tree(early) == {**files, "model.bin": appended}
 
     clone = tmp_path / "clone"
     ok(dsv("clone", remote, clone, cwd=tmp_path))
     assert read_tree(clone) == {**files, "model.bin": appended}
     ok(dsv("verify", cwd=clone))
     ok(dsv("verify", "--remote", "origin", cwd=clone))
-    ok(dsv("checkout", "data:latest~1", cwd=clone))   # the old version's chunks: only new ones
+    # The old version's chunks came with the new one's, but for its last (cut by the end
+    # of the file, which the append moved): that one is downloaded, and nothing else.
+    back = dsv("checkout", "data:latest~1", "--json", cwd=clone)
+    ok(back)
+    report = json.loads(back.out)
+    assert report["downloaded"] == 1 and report["bytes_downloaded"] <= chunking.MAX_CHUNK, \
+        back.out
     assert read_tree(clone) == files
 
 
