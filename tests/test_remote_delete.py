@@ -13,6 +13,9 @@ import pytest
 
 from conftest import write_tree
 from dsv.remotes.fs import FsBackend
+from servers import DirView, check_remote
+from test_gc_race import ok
+from test_remote_gc import _clone_matches, _gc, _version_objects, _ws
 
 
 def _setup(tmp_path: Path, dsv, url: str | None = None, *extra: str) -> Path:
@@ -162,3 +165,66 @@ def test_deleting_a_pushed_tag_here_says_how_to_delete_it_on_the_remote(tmp_path
     assert dsv("tag", "raw:latest", "fresh", cwd=ws).code == 0
     quiet = dsv("tag", "-d", "raw:fresh", cwd=ws)  # never pushed: nothing to say
     assert quiet.code == 0 and quiet.err == ""
+
+
+def test_a_version_no_ref_reaches_is_not_pushed_again_after_gc(tmp_path: Path) -> None:
+    """A version that `commit --force` on an older one left behind, forced over on the
+    remote and deleted there by gc, is not sent again by the next push: a push sends
+    what the refs it sets reach (as a fetch brings), so the space stays reclaimed. A tag
+    on it makes it reachable again: then it is pushed, and gc keeps it."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.txt": b"one\n"}, str(remote))
+    write_tree(ws, {"a.txt": b"two\n", "dead.bin": os.urandom(7000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    two = _version_objects(ws, "raw:latest")
+    dead = two - _version_objects(ws, "raw:latest~1")
+    ok("checkout", "raw:latest~1", cwd=ws)
+    write_tree(ws, {"a.txt": b"three\n"})
+    ok("commit", "--force", "-m", "three", cwd=ws)   # latest: three, on one
+    ok("push", "--force", cwd=ws)
+    assert _gc(ws)["objects_deleted"] == len(dead) > 0
+    assert not dead & check_remote(DirView(remote)).objects
+
+    again = json.loads(ok("push", "--json", cwd=ws).stdout)
+    assert again["versions_sent"] == 0 and again["objects_sent"] == 0, again
+    assert _gc(ws, "--dry-run")["objects_deleted"] == 0
+    assert not dead & check_remote(DirView(remote)).objects
+
+    listed = json.loads(ok("versions", "list", "raw", "--json", cwd=ws).stdout)
+    left = [v["id"] for v in listed if v["message"] == "two"]
+    ok("tag", f"raw:{left[0]}", "kept", cwd=ws)
+    tagged = json.loads(ok("push", "--json", cwd=ws).stdout)
+    assert tagged["versions_sent"] == 1 and tagged["refs_updated"] == [
+        f"raw:kept -> {left[0]}"], tagged
+    assert _gc(ws)["objects_deleted"] == 0
+    assert two <= check_remote(DirView(remote)).reachable
+
+
+def test_a_version_deleted_here_is_deleted_on_the_remote_by_a_forced_push_and_gc(
+        tmp_path: Path) -> None:
+    """`versions delete` here, `push --force` (the remote's latest goes back), then
+    `gc --remote`: the version's objects leave the remote, and stay gone although the
+    push's fetch brought the version back here (no ref reaches it)."""
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.txt": b"one\n"}, str(remote))
+    write_tree(ws, {"a.txt": b"two\n", "gone.bin": os.urandom(6000)})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("push", cwd=ws)
+    dead = _version_objects(ws, "raw:latest") - _version_objects(ws, "raw:latest~1")
+    gone = json.loads(ok("show", "raw:latest", "--json", cwd=ws).stdout)["id"]
+    ok("checkout", "raw:latest~1", cwd=ws)
+    ok("versions", "delete", f"raw:{gone}", "--force", cwd=ws)
+    # A plain push finds the remote ahead, sends nothing, and its fetch brings the
+    # version back here (named by no ref of this store); the forced push moves the
+    # remote's latest back.
+    assert "origin is ahead" in ok("push", cwd=ws).stdout
+    listed = json.loads(ok("versions", "list", "raw", "--json", cwd=ws).stdout)
+    assert gone in [v["id"] for v in listed]
+    ok("push", "--force", cwd=ws)
+    assert _gc(ws)["objects_deleted"] == len(dead) > 0
+    again = json.loads(ok("push", "--json", cwd=ws).stdout)
+    assert again["objects_sent"] == 0, again
+    after = check_remote(DirView(remote))
+    assert not dead & after.objects
+    _clone_matches(str(remote), tmp_path / "clone", {"a.txt": b"one\n"})

@@ -21,7 +21,7 @@ from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
 from ..faults import crashpoint
 from ..hashing import hash_bytes, hash_file
 from ..tree import is_chunk_list
-from ..model import COMMITTED, Dataset, Version
+from ..model import Dataset, Version
 from ..reports import PushReport
 from ..objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, ObjectStore, PackEntry, encode_pack,
                        pack_tail_size)
@@ -68,14 +68,16 @@ def _push_plan(core: Core, targets: list[str]
             except DsvError:
                 ds = None
         if ds is not None:
-            committed = core.index.versions(ds.id, COMMITTED)
-            if not committed:
+            if ds.latest is None:   # (no committed version)
                 continue
-            roots.extend(committed)
-            assert ds.latest is not None  # a dataset with committed versions has a latest
-            ref_plan.append((ds, LATEST, core.version(ds.latest), True))
-            for _d, name, vid, _c in core.index.tags(ds.id):
-                ref_plan.append((ds, f"tags/{name}", core.version(vid), True))
+            # What its refs reach, as a fetch brings: a version no ref reaches (left out
+            # of latest's history by `commit --force`, its tag deleted, or deleted here
+            # and fetched back) stays here, and is not sent again after a remote gc.
+            planned = [(ds, LATEST, core.version(ds.latest), True)]
+            planned += [(ds, f"tags/{name}", core.version(vid), True)
+                        for _d, name, vid, _c in core.index.tags(ds.id)]
+            ref_plan += planned
+            roots += [v for _ds, _ref, v, _required in planned]
             continue
         v = resolve_target(core, target)
         if v.is_draft:
