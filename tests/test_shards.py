@@ -253,6 +253,47 @@ def test_a_sharded_dataset_commits_pushes_clones_and_verifies(tmp_path: Path, ds
     assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
 
 
+def test_a_store_written_before_sharding_works_end_to_end(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big directory committed as one plain tree (as a dsv before sharding wrote it),
+    then used by this dsv through the command line: nothing to commit while nothing
+    changed, a one-file change committed (the directory sharded then), push, clone,
+    verify of the store and of the remote, and both versions checked out whole."""
+    ws = tmp_path / "ws"
+    files = _files(1500)
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 1 << 30)
+    assert dsv("commit", "-m", "plain", cwd=ws).code == 0
+    monkeypatch.undo()
+    with dsv_api.open(ws) as store:
+        root = store.resolve("raw:latest").tree
+        flat = tree.find(root, store.read_tree, "flat")
+        assert json.loads(store.read_tree(flat[4]))["type"] == "tree"   # one plain tree
+    for rel in files:   # (new times: the files are hashed again, a sharded tree built)
+        os.utime(ws / rel, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    assert dsv("status", cwd=ws).out.strip().endswith("clean")
+    assert dsv("commit", "-m", "again", cwd=ws).code == 1   # nothing to commit
+    (ws / "flat/img00042.png").write_bytes(b"changed")
+    assert dsv("commit", "-m", "one file", cwd=ws).code == 0
+    with dsv_api.open(ws) as store:
+        root = store.resolve("raw:latest").tree
+        flat = tree.find(root, store.read_tree, "flat")
+        assert json.loads(store.read_tree(flat[4]))["type"] == "shards"
+    diff = dsv("diff", "raw:latest~1", "raw:latest", "--json", cwd=ws)
+    assert diff.code == 0 and "flat/img00042.png" in diff.out and "img00043" not in diff.out
+    assert dsv("verify", cwd=ws).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    assert dsv("verify", "--remote", "origin", "--read-data", cwd=ws).code == 0
+    clone = tmp_path / "clone"
+    assert dsv("clone", tmp_path / "remote", clone, cwd=tmp_path).code == 0
+    assert read_tree(clone) == {**files, "flat/img00042.png": b"changed"}
+    assert dsv("checkout", "raw:latest~1", cwd=clone).code == 0
+    assert read_tree(clone) == files
+    assert dsv("verify", cwd=clone).code == 0
+
+
 def test_a_damaged_leaf_is_named_and_repaired(tmp_path: Path, dsv) -> None:
     ws = tmp_path / "ws"
     write_tree(ws, _files(1500))
