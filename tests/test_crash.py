@@ -9,6 +9,7 @@ gives exactly the result an uninterrupted run gives.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_tree, run_dsv, run_in_process, write_tree
+from dsv import chunking
 from storecheck import b3, copy_workspace, dir_content, inspect_store
 
 KILLED = -signal.SIGKILL
@@ -341,6 +343,145 @@ def test_killed_commit_does_not_make_an_edit_discardable(tmp_path: Path, two_ver
     ok("checkout", f"data:{vid}", "--to", tmp_path / "out", cwd=ws)
     assert (tmp_path / "out" / "big0.bin").read_bytes() == edited
     verify_ok(ws)
+
+
+# ---- commit of chunked files -------------------------------------------------------------
+# Files of chunking.CHUNK_THRESHOLD (4 MiB) or more are stored as content-defined chunks
+# in packs, with a chunk list (docs/format.md "Chunked files"); the cases above hold only
+# packed small files and loose ones. Separate workspaces: the counts asserted above stay
+# what they are.
+
+@functools.cache
+def _chunked_versions() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Two versions of a dataset with chunked files. One: 40 small files (packed), a
+    1.5 MiB file (loose) and two chunked ones, `model.bin` 34 MiB (its chunks fill more
+    than one 32 MiB pack: a pack is sealed while the file is being stored) and
+    `table.bin` 6 MiB. Two: 4 KiB inserted in the middle of `model.bin`, a new chunked
+    `extra.bin` (10 MiB: more than the 8 MiB a pack writer buffers), three small files
+    rewritten."""
+    rng = random.Random(21)
+    one = {f"d/f{i:02d}.dat": rng.randbytes(rng.randint(64, 3000)) for i in range(40)}
+    one["loose.bin"] = rng.randbytes(3 * MiB // 2)
+    one["model.bin"] = rng.randbytes(34 * MiB)
+    one["table.bin"] = rng.randbytes(6 * MiB)
+    two = dict(one)
+    model = one["model.bin"]
+    two["model.bin"] = model[:17 * MiB] + rng.randbytes(4096) + model[17 * MiB:]
+    two["extra.bin"] = rng.randbytes(10 * MiB)
+    for rel in sorted(p for p in one if p.endswith(".dat"))[:3]:
+        two[rel] = rng.randbytes(rng.randint(64, 3000))
+    return one, two
+
+
+def _chunks(data: bytes) -> dict[str, int]:
+    """The chunks (id → length) dsv's chunker cuts `data` into."""
+    return {b3(bytes(c.data)): c.length for c in chunking.chunker().cut_buf(data)}
+
+
+def _chunked_chunks(files: dict[str, bytes]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for data in files.values():
+        if chunking.CHUNK_THRESHOLD <= len(data):
+            out.update(_chunks(data))
+    return out
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def chunked_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Two workspaces `data`: "first" holds version one's files, `dsv init` done, nothing
+    committed; "second" has version one committed (tag v1) and two's files in place."""
+    one, two = _chunked_versions()
+    first = tmp_path_factory.mktemp("chunked-first") / "data"
+    write_tree(first, one)
+    ok("init", cwd=first)
+    second = tmp_path_factory.mktemp("chunked-second") / "data"
+    write_tree(second, one)
+    ok("init", cwd=second)
+    v1 = ok("commit", "-m", "one", cwd=second).stdout.strip().split(":")[1]
+    ok("tag", f"data:{v1}", "v1", cwd=second)
+    set_tree(second, one, two)
+    return {"first": (first, {}), "second": (second, {v1: one})}
+
+
+@pytest.mark.parametrize("history", ["first", "second"])
+@pytest.mark.parametrize("point", ["snapshot:file-hashed", "commit:objects-written"])
+def test_commit_of_chunked_files_killed_then_rerun(tmp_path: Path, chunked_ws, history: str,
+                                                   point: str) -> None:
+    """Killed while chunked files are stored: after the first chunked file's chunks went
+    into staged packs (`snapshot:file-hashed` of that file: the other chunked file and
+    the version record not yet written), or with every pack published, the version record
+    among them, before the index transaction (`commit:objects-written`). The store
+    verifies, no version references a missing object, the re-run commits, and a
+    checkout gives back every byte."""
+    src, before = chunked_ws[history]
+    one, two = _chunked_versions()
+    files = two if before else one
+    ws = copy_workspace(src, tmp_path / "data")
+    held = inspect_store(ws).indexed
+    chunks = _chunked_chunks(files)
+    new_chunks = {oid: n for oid, n in chunks.items() if oid not in held}
+    assert sum(new_chunks.values()) >= 5 * MiB     # (the kill has chunks to cut short)
+    # The commit records small files first, then chunked ones, then loose ones (every
+    # file is hashed again here: the copy has new inodes).
+    small = sum(1 for data in files.values() if len(data) < 1 * MiB)
+    crash("commit", "-m", "killed", cwd=ws, at=point,
+          after=small + 1 if point == "snapshot:file-hashed" else 1)
+
+    # Where the kill landed, seen before anything cleans up after it.
+    state = inspect_store(ws)
+    assert new_chunks.keys().isdisjoint(state.indexed)
+    if point == "snapshot:file-hashed":
+        # The first chunked file's chunks are in staged packs (the 34 MiB `model.bin`'s
+        # fill a sealed pack and part of the next; the 10 MiB `extra.bin`'s more than a
+        # pack writer's buffer): nothing of them is in `objects/`.
+        assert _tree_bytes(ws / ".dsv" / "tmp") >= 4 * MiB
+        assert state.pack_files == state.indexed_packs
+    else:
+        # Every pack is published, chunks and version record included; the index knows
+        # none of them.
+        unknown = state.pack_files - state.indexed_packs
+        assert sum((ws / ".dsv" / "objects" / "packs" / f"{p}.pack").stat().st_size
+                   for p in unknown) >= sum(new_chunks.values())
+
+    verify_ok(ws)
+    state = inspect_store(ws)       # every version whole, every object it names present
+    assert set(state.committed()) == set(before)
+    for vid, content in before.items():
+        assert state.content(vid) == hashes(content)
+    assert messages(log(ws)) == (["one"] if before else [])
+
+    vid = ok("commit", "-m", "again", cwd=ws).stdout.strip().split(":", 1)[1]
+    # The staged packs of the killed commit went with its staging directory (the re-run,
+    # first to take the lock, cleared it).
+    assert _tree_bytes(ws / ".dsv" / "tmp") == 0
+    verify_ok(ws)
+    state = inspect_store(ws)
+    assert state.content(vid) == hashes(files)
+    assert set(chunks) <= state.indexed                          # stored in chunks ...
+    assert b3(files["model.bin"]) not in state.loose | state.indexed   # ... never whole
+    assert b3(files["loose.bin"]) in state.loose
+    assert messages(log(ws)) == sorted(["again", *(["one"] if before else [])])
+
+    # gc takes what the killed commit left (published packs nothing names).
+    r = run_in_process("gc", cwd=ws)
+    assert r.code == 0, r.err
+    state = inspect_store(ws)
+    assert state.pack_files == state.indexed_packs
+    assert state.indexed | state.loose == state.reachable
+    verify_ok(ws)
+
+    r = run_in_process("checkout", "data:latest", "--to", tmp_path / "out", cwd=ws)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "out") == files
+    assert dir_content(tmp_path / "out") == hashes(files)
+    if before:
+        r = run_in_process("checkout", "data:v1", "--to", tmp_path / "old", cwd=ws)
+        assert r.code == 0, r.err
+        assert read_tree(tmp_path / "old") == one
 
 
 # ---- checkout ---------------------------------------------------------------------------
