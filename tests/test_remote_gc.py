@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import random
+import re
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -124,6 +126,52 @@ def test_gc_deletes_only_what_no_ref_reaches(tmp_path: Path) -> None:
 
     again = _gc(ws)  # nothing left to delete; the remote is not touched
     assert again["objects_deleted"] == 0 and again["packs_written"] == 0
+
+
+def test_a_version_only_a_deleted_tag_reached_is_reclaimed(tmp_path: Path) -> None:
+    """Tag `exp` is the only ref reaching version two (latest was forced back to one, then
+    moved on to three by another client, which shares a file with two): while the tag
+    stands gc keeps two; once `push --delete raw:exp` replaced it by a tombstone, gc
+    deletes what only two held, keeps the shared file, and versions one and three still
+    clone byte-identical."""
+    remote = tmp_path / "remote"
+    shared = os.urandom(6000)
+    one = {"keep.bin": os.urandom(5000), "a/small.txt": b"alpha\n"}
+    ws = _ws(tmp_path / "ws", one, str(remote))
+    ok("tag", "raw:latest", "keep", cwd=ws)
+    write_tree(ws, {"exp.bin": os.urandom(7000), "big-exp.bin": os.urandom(1_300_000),
+                    "shared.bin": shared})
+    ok("commit", "-m", "two", cwd=ws)
+    ok("tag", "raw:latest", "exp", cwd=ws)
+    ok("push", cwd=ws)   # latest and exp at two, keep at one
+    ok("push", "--force", "raw:keep", cwd=ws)   # latest back to one: only exp reaches two
+    other = tmp_path / "other"
+    ok("clone", remote, other, cwd=tmp_path)
+    three = {**one, "shared.bin": shared, "three.bin": os.urandom(4000)}
+    write_tree(other, three)
+    ok("commit", "-m", "three", cwd=other)
+    ok("push", "raw:latest", cwd=other)   # latest: one -> three
+    v1 = _version_objects(ws, "raw:keep")
+    v3 = _version_objects(other, "raw:latest")
+    dead = _version_objects(ws, "raw:exp") - v1 - v3
+    assert len(dead) >= 4   # two's record and tree, exp.bin, big-exp.bin (loose)
+    state = check_remote(DirView(remote))
+    assert dead | v1 | v3 <= state.reachable   # the tag still reaches two
+    assert _gc(ws)["objects_deleted"] == 0
+
+    ok("push", "--delete", "raw:exp", cwd=ws)
+    report = _gc(ws)
+    after = check_remote(DirView(remote))
+    kept = dead & after.objects
+    assert not kept, f"gc kept {len(kept)} of the {len(dead)} objects only exp reached"
+    assert after.objects == after.reachable == v1 | v3
+    assert report["objects_deleted"] == len(dead) and report["loose_deleted"] == 1
+    _clone_matches(str(remote), tmp_path / "clone", three)
+    ok("get", str(remote), "raw:keep", "--to", tmp_path / "got", cwd=tmp_path)
+    assert read_tree(tmp_path / "got") == one
+    r = run_dsv("get", str(remote), "raw:exp", "--to", tmp_path / "gone", cwd=tmp_path)
+    assert r.returncode == 1 and "raw:exp matches no tag or version" in r.stderr
+    assert not (tmp_path / "gone").exists()
 
 
 def test_deleting_a_dataset_on_the_remote_then_gc_frees_its_space(tmp_path: Path) -> None:
@@ -389,80 +437,207 @@ def test_files_under_refs_that_are_no_refs_neither_stop_gc_nor_lose_what_they_na
     _clone_matches(url, tmp_path / "clone", one, *extra)
 
 
-# The randomized run below: rounds alternate pushes first (even) and gc first (odd), so
-# two rounds meet both races. Each round is five processes against SeaweedFS: 5-8 s on two
-# cores, 10-20 s on a loaded machine (where "20 s of rounds", the bound before, also came
-# to two rounds; a fast machine got four or five).
-MIN_ROUNDS = 2
+# The randomized run below (issue 11). Where a push is stopped between planning and its
+# ref write (dsv/sync/push.py): after its first upload, after its first phase (the
+# blobs), after every object and catalog (a push that found everything on the remote
+# reaches only that one).
+PUSH_PAUSES = ("push:uploaded", "push:phase-sent", "push:objects-sent")
+# The failures of the run that are no fault, by their error line; any other failure is.
+GC_REFUSED_FOR_A_PUSH = re.compile(r"error: [0-9]+ push(es)? to origin (is|are) in "
+                                   r"progress \(lease until [0-9:]+\); nothing was deleted")
+GC_MAY_FAIL = (
+    GC_REFUSED_FOR_A_PUSH,
+    # a push repacking the remote's small packs holds the maintenance lease
+    re.compile(r"error: another client is maintaining origin \(its lease maintain\.lock "
+               r"holds until [^)]*\); nothing was deleted"),
+    # a push uploaded a pack while the gc read the pack indexes
+    re.compile(r"error: the packs of origin changed while gc read them; nothing was "
+               r"deleted"),
+)
+# forced pushes that lost every compare-and-swap of `latest` to the others
+PUSH_MAY_FAIL = (re.compile(r"error: 1 ref rejected by origin \(another push won the "
+                            r"race\): raw:latest kept changing on the remote while pushing"),)
+# a clone that read `latest` before a forced push moved it, and a gc then deleted that
+# version (readers take no lock): allowed only in a round whose gc deleted something
+CLONE_MAY_FAIL = (re.compile(r"error: object [0-9a-f]{12} is (no longer|not) on origin"),
+                  re.compile(r"error: the trees of version \S+ are no longer on origin"),
+                  re.compile(r"error: origin has no pack [0-9a-f]{12}"))
+ROUNDS = 6
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err and "bug in dsv" not in err, err
+    return " ".join(lines[0].split())
+
+
+def _failed_as_expected(what: str, out: str, err: str, allowed: tuple[re.Pattern, ...]
+                        ) -> re.Pattern:
+    line = _error_line(err)
+    for pattern in allowed:
+        if pattern.match(line):
+            return pattern
+    pytest.fail(f"{what} failed unexpectedly: {out}{err}")
 
 
 @pytest.mark.slow
 def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_endpoint,
                                                     aws_env) -> None:
-    """A bounded randomized run: three clients push new versions (some forced over, some
-    deleting a tag), one runs gc in a loop, one clones; every clone must be whole and
-    byte-identical to a version some client pushed, and the remote must check out."""
+    """A bounded randomized run against SeaweedFS: in each round three clients push (a new
+    version, some tagged, or one of their older versions again: the remote may still hold
+    all of it, unreachable, so the push sends nothing and relies on what is there), a
+    fourth deletes a tag pushed in an earlier round, gc runs and a clone is made.
+    "pause" rounds stop pushes between planning and their ref write (`DSV_PAUSE_AT`, a
+    random point each), run gc while they wait, and let each go on a random short while
+    after the gc started or once it ended; "gc-first" rounds start the pushes once the
+    gc holds its lease. After every round the remote is checked by the independent
+    checker, and the clone must be byte-identical to the version it names; a process
+    may fail only with one of the expected messages above."""
+    seed = int(os.environ.get("DSV_TEST_SEED") or random.randrange(1 << 32))
+    print(f"seed {seed} (DSV_TEST_SEED={seed} runs the same choices again)")
+    rng = random.Random(seed)
     bucket = new_bucket(seaweedfs_endpoint)
     url, extra = f"s3://{bucket}/r", ["--endpoint-url", seaweedfs_endpoint]
     view = S3View(seaweedfs_endpoint, bucket, "r")
-    rng = random.Random(11)
-    seed = _ws(tmp_path / "seed", {"base.bin": os.urandom(3000)}, url, *extra)
-    ok("push", cwd=seed)
+    seed_ws = _ws(tmp_path / "seed", {"base.bin": rng.randbytes(3000)}, url, *extra)
+    ok("push", cwd=seed_ws)
     clients = [tmp_path / f"c{i}" for i in range(3)]
     ok("clone", url, clients[0], *extra, cwd=tmp_path)
-    for c in clients[1:]:   # the same clone twice more: a copied store is independent
+    for c in clients[1:] + [tmp_path / "deleter"]:   # a copied store is independent
         shutil.copytree(clients[0], c, symlinks=True)   # (its dataset is bound to ".")
-    pushed: dict[str, dict[str, bytes]] = {}   # version id → files
-    start = time.monotonic()
-    rounds = collected = deleted = 0
-    # MIN_ROUNDS rounds; should every gc of those have met a running push (and refused),
-    # more rounds, until one deleted something (at most 90 s).
-    while rounds < MIN_ROUNDS or (not deleted and time.monotonic() < start + 90):
-        procs = []
-        vids = []
-        for i, c in enumerate(clients):   # (each client's new version: set up in process)
-            files = {f"c{i}/r{rounds}.bin": os.urandom(rng.randint(100, 6000))}
-            if rng.random() < 0.3:
-                files[f"c{i}/big{rounds}.bin"] = os.urandom(1_100_000)
-            write_tree(c, files)
-            vid = json.loads(setup_ok("commit", "-m", f"r{rounds}", "--json", cwd=c))["id"]
-            pushed[vid] = read_tree(c)
-            vids.append(vid)
-        # Odd rounds start the gc first (the pushes then meet a running gc: they start
-        # once its lease is on the remote, 0-0.3 s later), even ones the pushes first
-        # (the gc meets their leases): both races, every time.
-        gc = spawn("gc", "--remote", "origin", "--json", cwd=seed) if rounds % 2 else None
-        if gc is not None:
+    deleter = tmp_path / "deleter"
+    pushed = {query_json("show", "raw:latest", cwd=seed_ws)["id"]: read_tree(seed_ws)}
+    older: list[list[str]] = [[] for _ in clients]   # each client's untagged versions
+    tags: list[tuple[Path, str]] = []   # (client, tag) on the remote, to delete later
+    kinds = ["pause", "gc-first"] * (ROUNDS // 2)
+    rng.shuffle(kinds)
+    deleted = refused_for_push = paused_through_gc = tags_deleted = 0
+    for rounds, kind in enumerate(kinds):
+        pushes: list[tuple[subprocess.Popen[str], Path, str | None]] = []  # (.., client, tag)
+        plans = []   # (client, target, tag, pause point or None)
+        for i, c in enumerate(clients):
+            tag = None
+            if older[i] and rng.random() < 0.25:
+                target = rng.choice(older[i])   # again, maybe found whole on the remote
+                point = "push:objects-sent"
+            else:
+                files = {f"c{i}/r{rounds}.bin": rng.randbytes(rng.randint(100, 6000))}
+                if rng.random() < 0.3:
+                    files[f"c{i}/big{rounds}.bin"] = rng.randbytes(1_100_000)
+                write_tree(c, files)
+                target = json.loads(setup_ok("commit", "-m", f"r{rounds}", "--json",
+                                             cwd=c))["id"]
+                pushed[target] = read_tree(c)
+                if rng.random() < 0.35 or (rounds, i) == (0, 0):   # (one at least)
+                    tag = f"t{rounds}c{i}"
+                    setup_ok("tag", f"raw:{target}", tag, cwd=c)
+                else:
+                    older[i].append(target)
+                point = rng.choice(PUSH_PAUSES)
+            pause = point if kind == "pause" and rng.random() < 0.75 else None
+            plans.append((c, target, tag, pause))
+        if kind == "pause" and not any(p for *_x, p in plans):
+            c, target, tag, _p = plans[0]
+            plans[0] = (c, target, tag, "push:objects-sent")
+        deleting = None
+        # A tag pushed in an earlier round goes (one at least, in the last round).
+        if tags and (rng.random() < 0.6 or (rounds == ROUNDS - 1 and not tags_deleted)):
+            owner, deleting = tags.pop(rng.randrange(len(tags)))
+            setup_ok("tag", "-d", f"raw:{deleting}", cwd=owner)   # (not pushed again)
+
+        def start_pushes() -> dict[int, Path]:
+            waiting = {}
+            for i, (c, target, tag, pause) in enumerate(plans):
+                env = None
+                if pause is not None:
+                    waiting[i] = tmp_path / f"pause-{rounds}-{i}"
+                    waiting[i].mkdir()
+                    env = paused(pause, waiting[i])
+                pushes.append((spawn("push", "--force", f"raw:{target}", cwd=c, env=env),
+                               c, tag))
+            return waiting
+
+        gc = None
+        if kind == "gc-first":
+            gc = spawn("gc", "--remote", "origin", "--json", cwd=seed_ws)
             deadline = time.monotonic() + 60
             while not view.keys(MAINTAIN_LOCK) and gc.poll() is None:
                 assert time.monotonic() < deadline, "the gc never took its lease"
                 time.sleep(0.02)
             time.sleep(rng.uniform(0, 0.3))
-        for c, vid in zip(clients, vids, strict=True):
-            procs.append(spawn("push", "--force", f"raw:{vid}", cwd=c))
-        procs.append(gc or spawn("gc", "--remote", "origin", "--json", cwd=seed))
-        clone_dir = tmp_path / f"clone{rounds}"
-        procs.append(spawn("clone", url, clone_dir, *extra, cwd=tmp_path))
-        results = [p.communicate(timeout=180) for p in procs]
-        for out, err in results:
-            # A gc may be refused while a push runs; a clone may race a forced push
-            # (its version is then gone) -- but nothing may be half there.
-            assert "bug in dsv" not in err and "Traceback" not in err, out + err
-        if procs[len(clients)].returncode == 0:
-            collected += 1
-            deleted += json.loads(results[len(clients)][0])["objects_deleted"]
-        if clone_dir.exists() and procs[-1].returncode == 0:
+        waiting = start_pushes()
+        # The pushes to stop: each goes on `delay` seconds after the gc started, or that
+        # long after the gc ended.
+        release = {i: (rng.uniform(0, 1.5), rng.random() < 0.5) for i in waiting}
+        if kind == "pause" and not any(after for _d, after in release.values()):
+            i = rng.choice(sorted(release))   # one at least waits out the whole gc
+            release[i] = (release[i][0], True)
+        if kind == "pause":
+            for i, pause_dir in waiting.items():
+                wait_for(pause_dir / f"{plans[i][3]}.reached", pushes[i][0])
+            gc = spawn("gc", "--remote", "origin", "--json", cwd=seed_ws)
+        assert gc is not None
+        gc_started = time.monotonic()
+        others = [spawn("clone", url, tmp_path / f"clone{rounds}", *extra, cwd=tmp_path)]
+        if deleting is not None:
+            others.append(spawn("push", "--delete", f"raw:{deleting}", cwd=deleter))
+        gc_ended = None
+        deadline = time.monotonic() + 180
+        while waiting:
+            assert time.monotonic() < deadline, "a stopped push was never let go"
+            if gc_ended is None and gc.poll() is not None:
+                gc_ended = time.monotonic()
+            for i, pause_dir in list(waiting.items()):
+                delay, after_gc = release[i]
+                since = gc_ended if after_gc else gc_started
+                reached = (pause_dir / f"{plans[i][3]}.reached").exists()
+                if pushes[i][0].poll() is not None or (
+                        reached and since is not None and time.monotonic() >= since + delay):
+                    if reached and after_gc and kind == "pause":
+                        paused_through_gc += 1   # stopped from before the gc to its end
+                    (pause_dir / f"{plans[i][3]}.go").touch()
+                    del waiting[i]
+            time.sleep(0.02)
+        gc_out, gc_err = gc.communicate(timeout=180)
+        if gc.returncode == 0:
+            deleted_now = json.loads(gc_out)["objects_deleted"]
+            deleted += deleted_now
+        else:
+            deleted_now = 0
+            why = _failed_as_expected("gc", gc_out, gc_err, GC_MAY_FAIL)
+            refused_for_push += why is GC_REFUSED_FOR_A_PUSH
+        for proc, c, tag in pushes:
+            out, err = proc.communicate(timeout=180)
+            if proc.returncode != 0:
+                _failed_as_expected("push", out, err, PUSH_MAY_FAIL)
+            elif tag is not None:
+                tags.append((c, tag))
+        clone, *deleting_proc = others
+        out, err = clone.communicate(timeout=180)
+        if clone.returncode == 0:
+            clone_dir = tmp_path / f"clone{rounds}"
             vid = query_json("show", "raw:latest", cwd=clone_dir)["id"]
-            assert read_tree(clone_dir) == pushed.get(vid, read_tree(seed))
-        rounds += 1
+            assert read_tree(clone_dir) == pushed[vid], f"clone of {vid} differs"
+        else:
+            assert deleted_now, f"a clone failed, and the gc of its round deleted nothing: " \
+                f"{out}{err}"
+            _failed_as_expected("clone", out, err, CLONE_MAY_FAIL)
+        for proc in deleting_proc:   # a tag that only this client wrote: it goes
+            finish(proc)
+            tags_deleted += 1
+        check_remote(view)   # every ref on the remote names a whole version
+        print(f"round {rounds} ({kind}): gc exit {gc.returncode}, deleted {deleted_now}; "
+              f"pushes exit {[p.returncode for p, *_x in pushes]}; clone exit "
+              f"{clone.returncode}; tag deleted: {deleting}")
     winner = rng.choice(clients)
     ok("push", "--force", cwd=winner)
-    ok("gc", "--remote", "origin", cwd=seed)
+    ok("gc", "--remote", "origin", cwd=seed_ws)
     state = check_remote(view)
     assert state.objects == state.reachable  # nothing unreachable left, nothing missing
-    final = tmp_path / "final"
-    _clone_matches(url, final, read_tree(winner), *extra)
-    assert rounds >= 2 and collected >= 1 and deleted >= 1, (rounds, collected, deleted)
+    _clone_matches(url, tmp_path / "final", read_tree(winner), *extra)
+    # The run met both races, deleted something and deleted tags: else it proved little.
+    assert deleted >= 1 and refused_for_push >= 1 and paused_through_gc >= 1 and \
+        tags_deleted >= 1, (deleted, refused_for_push, paused_through_gc, tags_deleted)
 
 
 def test_a_lease_that_lapsed_after_the_blobs_were_sent_makes_the_push_check_them_all(
