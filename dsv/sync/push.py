@@ -125,14 +125,6 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
         remote.scope = sorted(set(remote.scope) | {ds.id for ds, *_ in ref_plan})
         with core.index.transaction():
             core.index.set_remote_scope(remote.name, remote.scope)
-    elif remote.scope is None:
-        # A store that reads every dataset of the remote still reads, to push, only what
-        # the datasets it holds need (their catalogs, where the remote keeps them): a
-        # remote shared by many datasets costs a push in proportion to this store's.
-        # What only other datasets hold is then sent again (stored twice, as when two
-        # pushers race).
-        remote.scope = sorted({ds.id for ds in core.index.datasets()}
-                              | {ds.id for ds, *_ in ref_plan})
     remote.refresh()
     report.versions = len(versions)
     refused = _preflight(core, remote, ref_plan, force)
