@@ -183,8 +183,8 @@ def test_two_bindings_that_would_share_one_variable_are_refused(project, tmp_pat
 
 @pytest.mark.parametrize("bad", ["absolute-link", "name-not-utf8", "directory-gone",
                                  "directory-a-link-to-the-store"])
-def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(project,
-                                                                          bad: str) -> None:
+def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(
+        project, bad: str, request: pytest.FixtureRequest) -> None:
     """A job that exits 0 leaving one output dsv cannot store (a link out of it, a name
     that is not UTF-8, its directory removed): no output is committed (never some of
     them), the others are kept as drafts, and what the job wrote stays where it was."""
@@ -199,6 +199,8 @@ def test_an_output_that_cannot_be_saved_loses_nothing_and_commits_nothing(projec
     done = run_dsv("run", "-o", "good=model", "-o", "bad=other", "--", "sh", "-c", job, cwd=ws)
     assert done.returncode == 1, done.stderr
     root = Path((ws / "root.txt").read_text().strip())
+    # (dsv keeps the job's temporary root for the user; the test removes it)
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
     reason = {"absolute-link": "symlink 'p' points to an absolute path (/etc/passwd)",
               "name-not-utf8": "file name b'\\xff' is not valid UTF-8",
               "directory-gone": f"{root / 'bad'} is not a directory",
