@@ -188,13 +188,20 @@ def fresh_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def two_versions_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """Workspace `data`: v1 = FILES1 (tag v1), v2 = FILES2; the working dir holds FILES2."""
     ws = tmp_path_factory.mktemp("two") / "data"
-    write_tree(ws, FILES1)
+    v1 = _one_tagged_then(ws, FILES1, FILES2)
+    v2 = ok("commit", "-m", "two", cwd=ws).stdout.strip().split(":")[1]
+    return ws, v1, v2
+
+
+def _one_tagged_then(ws: Path, one: dict[str, bytes], two: dict[str, bytes]) -> str:
+    """A workspace `data` at `ws` with `one` committed as its first version (tag v1), and
+    `two` in place of it in the working directory; v1's id."""
+    write_tree(ws, one)
     ok("init", cwd=ws)
     v1 = ok("commit", "-m", "one", cwd=ws).stdout.strip().split(":")[1]
     ok("tag", f"data:{v1}", "v1", cwd=ws)
-    set_tree(ws, FILES1, FILES2)
-    v2 = ok("commit", "-m", "two", cwd=ws).stdout.strip().split(":")[1]
-    return ws, v1, v2
+    set_tree(ws, one, two)
+    return v1
 
 
 def _big_files() -> dict[str, bytes]:
@@ -399,11 +406,7 @@ def chunked_ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
     write_tree(first, one)
     ok("init", cwd=first)
     second = tmp_path_factory.mktemp("chunked-second") / "data"
-    write_tree(second, one)
-    ok("init", cwd=second)
-    v1 = ok("commit", "-m", "one", cwd=second).stdout.strip().split(":")[1]
-    ok("tag", f"data:{v1}", "v1", cwd=second)
-    set_tree(second, one, two)
+    v1 = _one_tagged_then(second, one, two)
     return {"first": (first, {}), "second": (second, {v1: one})}
 
 
