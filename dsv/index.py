@@ -33,7 +33,7 @@ from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version, storable
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 _PACKS_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
     num INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, size INTEGER,
     count INTEGER, created FLOAT)"""
@@ -387,6 +387,13 @@ class Index:
         db.execute("""CREATE TABLE IF NOT EXISTS unfetched (
             version TEXT PRIMARY KEY, remote TEXT NOT NULL) WITHOUT ROWID""")
         db.execute("CREATE INDEX IF NOT EXISTS versions_tree ON versions(tree)")
+        # Schema 11: the packs a push began to upload to each remote and has not recorded
+        # there yet (`remote_packs`), so that the next push finds them even where it
+        # lists no `index/` (a store that reads only some datasets): a push killed after
+        # its uploads then sends only what is still missing.
+        db.execute("""CREATE TABLE IF NOT EXISTS remote_sending (
+            remote TEXT NOT NULL, pack TEXT NOT NULL, PRIMARY KEY (remote, pack))
+            WITHOUT ROWID""")
         db.table("meta").upsert({"key": "schema", "value": str(SCHEMA_VERSION)}, pk="key")
         if numbered:
             self._vacuum()
@@ -1038,7 +1045,7 @@ class Index:
         """Forget a remote and everything remembered about what it holds."""
         # `promised` rows stay: the versions' blobs are still elsewhere, whatever the name.
         for table in ("remote_objects", "remote_packs", "remote_loose", "remote_refs",
-                      "remote_catalog"):
+                      "remote_catalog", "remote_sending"):
             self.conn.execute(f"DELETE FROM {table} WHERE remote=?", (name,))
         self.conn.execute("DELETE FROM meta WHERE key IN (?, ?)",
                           (f"remote-gc:{name}", f"remote-scope:{name}"))
@@ -1255,6 +1262,29 @@ class Index:
     def forget_catalogs(self, remote: str) -> None:
         """Forget every catalog entry remembered on `remote`."""
         self.conn.execute("DELETE FROM remote_catalog WHERE remote=?", (remote,))
+
+    # ---- packs a push began to upload (`remote_sending`, schema 11) ---------------------
+    def note_sending(self, remote: str, packs: Iterable[str]) -> None:
+        """Remember that a push begins to upload `packs` to `remote` (before it does: a
+        push killed meanwhile leaves them for the next one to look for)."""
+        self.conn.executemany("INSERT OR IGNORE INTO remote_sending (remote, pack) "
+                              "VALUES (?,?)", ((remote, p) for p in packs))
+
+    def sending(self, remote: str) -> set[str]:
+        """The packs a push began to upload to `remote` and did not record there (none in
+        an index of an older schema that can only be read: such a store pushes nothing)."""
+        try:
+            return {r[0] for r in self.conn.execute(
+                "SELECT pack FROM remote_sending WHERE remote=?", (remote,))}
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return set()
+            raise
+
+    def forget_sending(self, remote: str, packs: Iterable[str]) -> None:
+        """Forget `packs` as begun: recorded on `remote` now, or looked for and not there."""
+        self.conn.executemany("DELETE FROM remote_sending WHERE remote=? AND pack=?",
+                              ((remote, p) for p in packs))
 
     def need_remote_packs(self, remote: str) -> set[str]:
         """The packs of `remote` that hold the objects in `need` it holds."""

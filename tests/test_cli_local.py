@@ -20,6 +20,7 @@ import pytest
 
 import dsv as dsv_api
 from dsv import native
+from dsv.index import SCHEMA_VERSION
 from conftest import Result, flip_byte, read_tree, unnumber_index, write_tree
 
 BASE = {
@@ -603,7 +604,7 @@ def test_a_schema_3_store_gains_the_scan_digest_table(ws: Path, dsv) -> None:
     for _ in range(2):
         assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert len(_clean_scans(ws)) == 1
 
 
@@ -622,7 +623,7 @@ def test_a_store_of_an_older_dsv_is_migrated_and_reads_as_before(ws: Path, dsv, 
     assert ok(dsv("status", cwd=ws)).out == f"mydata ({vid}): clean\n"
     assert json.loads((ws / ".dsv" / "config.json").read_text())["format"] == 3
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
         assert "pack_num" in {row[1] for row in conn.execute("PRAGMA table_info(objects)")}
     ok(dsv("verify", cwd=ws))
     assert inspect_store(ws).content(vid) == {p: blake3.blake3(d).hexdigest()
@@ -681,7 +682,7 @@ def test_a_migration_the_disk_cannot_hold_leaves_the_store_readable(tmp_path: Pa
     # With room again: migrated, and nothing was lost.
     assert ok(dsv("status", cwd=ws)).out.startswith(f"mydata ({vid}): 1 added")
     with sqlite3.connect(ws / ".dsv" / "index.db") as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("10",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("SELECT count(*) FROM tags").fetchone() == (0,)
     conn.close()
     ok(dsv("verify", cwd=ws))

@@ -80,10 +80,10 @@ def test_a_new_file_has_no_schema_until_it_is_created(db: Path) -> None:
     idx = Index(db)
     assert db.is_file() and idx.schema_version() is None and not idx.read_only
     idx.create_schema()
-    assert idx.schema_version() == SCHEMA_VERSION == 10
+    assert idx.schema_version() == SCHEMA_VERSION == 11
     idx.insert_dataset(dataset())
     idx.create_schema()                       # idempotent: keeps what is there
-    assert idx.schema_version() == 10 and [d.id for d in idx.datasets()] == ["ds000001"]
+    assert idx.schema_version() == 11 and [d.id for d in idx.datasets()] == ["ds000001"]
     idx.close()
 
 
@@ -96,7 +96,7 @@ def test_a_schema_6_index_gains_the_chunks_of_imports(db: Path) -> None:
                      ("a" * 64,))
     idx.conn.execute("UPDATE meta SET value='6' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 10
+    assert idx.schema_version() == 11
     assert idx.imported(["b/k@e"]) == {"b/k@e": ("a" * 64, 5, "")}
     idx.add_imported([("b/big@e", "b" * 64, 9 << 20, "c" * 64)])
     assert idx.imported_oids() == {"a" * 64, "c" * 64}
@@ -133,7 +133,7 @@ def test_a_schema_7_index_keeps_its_remote_pack_counts_without_the_pack_index(db
                              (e.oid, pack, e.offset, e.length, e.kind))
     idx.conn.execute("UPDATE meta SET value='7' WHERE key='schema'")
     idx.create_schema()
-    assert idx.schema_version() == 10
+    assert idx.schema_version() == 11
     assert idx.remote_pack_counts("origin") == {h("p1"): 3, h("p2"): 5}
     assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='remote_objects_pack'"
                             ).fetchone() is None
@@ -159,7 +159,7 @@ def test_a_migration_cut_short_fills_the_counts_when_run_again(db: Path) -> None
     idx.create_schema()
     idx.create_schema()                                   # (again: nothing changes)
     assert idx.remote_pack_counts("origin") == {h("p1"): 4}
-    assert idx.schema_version() == 10
+    assert idx.schema_version() == 11
     idx.close()
 
 
@@ -626,7 +626,7 @@ def test_a_schema_8_index_loses_its_index_of_objects_by_pack(db: Path) -> None:
     unnumbered(idx, 8, {h("p"): entries("p", 3)})
     idx.conn.execute("CREATE INDEX objects_pack ON objects(pack)")
     idx.create_schema()
-    assert idx.schema_version() == 10
+    assert idx.schema_version() == 11
     assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='objects_pack'"
                             ).fetchone() is None
     assert idx.pack_objects(h("p")) == [(e.oid, e.offset, e.length, e.kind)
@@ -646,7 +646,7 @@ def test_a_schema_9_index_numbers_its_packs(db: Path) -> None:
     # (damage an old table took: a pack row without an id; it aborted the migration)
     idx.conn.execute("INSERT INTO packs VALUES (NULL, 100, 1, 1.0)")
     idx.create_schema()
-    assert idx.schema_version() == 10
+    assert idx.schema_version() == 11
     assert idx.packs() == {h("p1"): (100, 3), h("p2"): (100, 4)}
     assert idx.locate_many(e.oid for e in one + two) == {
         e.oid: (p, e.offset, e.length) for p, es in ((h("p1"), one), (h("p2"), two))
@@ -962,8 +962,10 @@ def test_delete_remote_forgets_what_it_held_but_keeps_promises(index: Index) -> 
         index.add_remote_pack(name, h("p"), 10, entries("o", 1))
         index.add_remote_loose(name, [h("l")])
         index.set_remote_ref(name, "ds000001", "latest", "c000000001", h("r"), None)
+        index.note_sending(name, [h("s")])
     index.add_promised("c000000001", "origin")
     index.delete_remote("origin")
+    assert index.sending("origin") == set() and index.sending("backup") == {h("s")}
     assert [r["name"] for r in index.remotes()] == ["backup"]
     assert index.remote_packs("origin") == {} and index.remote_refs("origin") == []
     assert index.remote_loose("origin", [h("l")]) == set()
@@ -971,6 +973,15 @@ def test_delete_remote_forgets_what_it_held_but_keeps_promises(index: Index) -> 
     assert index.promised() == {"c000000001": "origin"}
     assert index.remote_packs("backup") == {h("p"): 10}
     assert index.remote_loose("backup", [h("l")]) == {h("l")}
+
+
+def test_packs_a_push_began_are_remembered_per_remote_until_forgotten(index: Index) -> None:
+    index.note_sending("origin", [h("a"), h("b")])
+    index.note_sending("origin", [h("a")])              # (twice is once)
+    index.note_sending("backup", [h("c")])
+    assert index.sending("origin") == {h("a"), h("b")} and index.sending("backup") == {h("c")}
+    index.forget_sending("origin", [h("a"), h("z")])
+    assert index.sending("origin") == {h("b")} and index.sending("backup") == {h("c")}
 
 
 def test_promised_versions(index: Index) -> None:

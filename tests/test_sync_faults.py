@@ -887,6 +887,44 @@ def test_kill_push_at_crash_point(tmp_path, push_template, s3_endpoint, aws_env,
     assert snapshot(tmp_path / "clone") == snapshot(ws)
 
 
+SCOPED_CRASHES = [("push:uploaded", 1), ("push:uploaded", 2), ("push:phase-sent", 1)]
+
+
+@pytest.mark.parametrize("point,after", SCOPED_CRASHES,
+                         ids=[f"{p}-{n}" for p, n in SCOPED_CRASHES])
+def test_kill_push_of_a_store_that_reads_one_dataset(tmp_path, push_template, point, after):
+    """A store made by `clone --dataset` refreshes from its dataset's catalog, and lists
+    no `index/`: the packs a killed push uploaded are in no catalog yet. The store noted
+    each one before uploading it, so the push run again finds them and sends only what
+    is still missing (it sent everything again before)."""
+    ws = _copy(push_template, tmp_path / "ws")
+    url, _extra, view = _remote_for("dir", tmp_path, "")
+    setup_ok("remote", "add", "origin", url, cwd=ws)
+    ok("push", cwd=ws)
+    ok("clone", url, tmp_path / "scoped", "--dataset", "data", cwd=tmp_path)
+    work = tmp_path / "scoped"   # (the one dataset, at the clone's root)
+    rng = random.Random(14)
+    write_tree(work, {**{f"new{i // 50}/n{i:04d}.bin": rng.randbytes(300 + i)
+                         for i in range(400)},
+                      "big/chunked.bin": rng.randbytes(6 * MiB + 5)})
+    setup_ok("commit", "-m", "v3", cwd=work)
+    before = check_remote(view)
+    r = run_dsv("push", cwd=work, env={"DSV_CRASH_AT": point, "DSV_CRASH_AFTER": str(after)})
+    assert r.returncode == KILLED, f"not killed at {point}#{after}: {r.returncode}\n{r.stderr}"
+    had = check_remote(view).objects
+    assert had - before.objects, "the killed push uploaded nothing"
+
+    report = ok_json("push", cwd=work)
+    final = check_remote(view)
+    assert len(final.versions) == len(before.versions) + 1
+    missing = final.reachable - had
+    assert report["objects_sent"] == len(missing), (report, len(missing))
+    assert ok_json("push", cwd=work)["objects_sent"] == 0
+    ok("clone", url, tmp_path / "clone", cwd=tmp_path)
+    verify_ok(tmp_path / "clone")
+    assert snapshot(tmp_path / "clone") == snapshot(work)
+
+
 def test_kill_push_at_random_times(tmp_path):
     """SIGKILL pushes of ~2000 small files and a few large ones at random moments
     (0.05–1.0 s after start); after every kill each remote ref names complete data. A

@@ -430,6 +430,7 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 raise _Lapsed()
             phase = index.need_unsent(remote.name, kind)
             jobs: list[Future[Sent]] = []
+            begun: list[str] = []
             index.stage_remote_packs(remote.name, [])  # (empty: see `_record_done`)
 
             def submit(fn: Callable[..., Sent], *args: Any) -> None:  # noqa: ANN401 - fn's
@@ -453,8 +454,11 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                         for start in range(0, len(made), step):
                             submit(_upload_locators, remote, made[start:start + step])
                         _fewer_than(jobs, IN_FLIGHT + LOCATOR_JOBS)
-                submit(_upload_pack, remote, encode_pack(batch, into=buffers.take()),
-                       write_through, buffers)
+                pack = encode_pack(batch, into=buffers.take())
+                with index.transaction():   # (before the upload: see `Remote.refresh`)
+                    index.note_sending(remote.name, [pack[0]])
+                begun.append(pack[0])
+                submit(_upload_pack, remote, pack, write_through, buffers)
                 _fewer_than(jobs, IN_FLIGHT)
                 # Finished uploads are let go at once (a fast remote finishes them before
                 # the window fills, and they would pile up until the phase ends).
@@ -463,6 +467,7 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
             _record_done(core, remote, jobs, report)
             with index.transaction():
                 index.add_staged_remote_packs()
+                index.forget_sending(remote.name, begun)
             crashpoint("push:phase-sent")
 
 
@@ -477,7 +482,7 @@ def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
     """Stage what the finished uploads put on the remote, and let them go (a push of
     a million objects holds only the uploads in flight). The phase's packs are recorded
     when it ends; a push stopped before that leaves them for the next one's `refresh`
-    to find."""
+    to find (each was noted in `Index.sending` before its upload began)."""
     done = [j for j in jobs if j.done()]
     if not done:
         return

@@ -116,11 +116,14 @@ class Remote:
         `packs/`; read each new pack index, which must hash to its pack's name). After a
         remote gc (its generation in `gc.json` changed) the picture is read afresh. A
         store that reads only some datasets lists their catalogs instead, and reads only
-        the indexes they name."""
+        the indexes they name, and those of the packs a push of this store began to
+        upload and never recorded (`Index.sending`: killed before its catalogs went up,
+        they are in none; found, they are not sent again)."""
         if self.scoped is not None:
             self._refresh_scoped(self.scoped)
             return
         index = self.core.index
+        begun = index.sending(self.name)   # (every index is listed: nothing more to read)
         generation = self.gc_generation()
         listed = {pid: size for key, size in self.backend.list(layout.INDEX)
                   if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
@@ -149,6 +152,7 @@ class Remote:
                 index.forget_catalogs(self.name)
             index.add_staged_remote_packs()
             index.set_remote_gc_generation(self.name, generation)
+            index.forget_sending(self.name, begun)
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
                       ) -> Iterator[tuple[str, list[PackEntry], int]]:
@@ -203,7 +207,8 @@ class Remote:
         for ds, packs in listed.items():
             if index.catalog_packs(self.name, ds) - packs:
                 forget |= known & (index.catalog_packs(self.name, ds) | packs)
-        wanted = set().union(*listed.values()) if listed else set()
+        begun = index.sending(self.name)   # (in no catalog if the push was killed)
+        wanted = set().union(begun, *listed.values())
         index.stage_remote_packs(self.name, self._read_indexes(
             sorted(wanted - (known - forget)), {}))   # (no lock held meanwhile)
         with index.transaction():
@@ -215,6 +220,7 @@ class Remote:
             for ds, packs in listed.items():
                 index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
+            index.forget_sending(self.name, begun)   # (read, or never whole there)
 
     def gc_generation(self) -> str:
         """The remote's gc generation ('' before its first gc; '?' when unreadable: no gc
