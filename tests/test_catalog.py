@@ -142,6 +142,39 @@ def test_a_clone_of_one_dataset_reads_only_its_metadata(
     assert [d["name"] for d in json.loads(listed.out)] == ["beta"]
 
 
+def test_a_store_that_reads_every_dataset_pushes_reading_only_its_own(
+        shared, dsv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store with its own dataset, added the shared remote and pushes to it: the push
+    reads the catalogs and pack indexes of the datasets this store holds, none of the
+    others' refs, catalogs or pack indexes (it lists `index/` and `packs/`, a request per
+    1,000 packs, to see packs that went)."""
+    ws, remote = shared
+    ids = _ids(ws)
+    others = _catalog(remote, ids["alpha"]) | _catalog(remote, ids["beta"])
+    solo = tmp_path / "solo"
+    write_tree(solo, _files("gamma"))
+    assert dsv("init", "--name", "gamma", solo, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "gamma", cwd=solo).code == 0
+    assert dsv("remote", "add", "origin", remote, cwd=solo).code == 0
+    seen = _reads(monkeypatch)
+    for round_no in range(2):   # a first push, and one more on top of it
+        if round_no:
+            write_tree(solo, {f"more{round_no}.bin": os.urandom(500)})
+            assert dsv("commit", "-m", "more", cwd=solo).code == 0
+        result = dsv("push", cwd=solo)
+        assert result.code == 0, result.err
+        read_indexes = {k.removeprefix("index/") for k in seen if k.startswith("index/")}
+        assert not read_indexes & others, round_no
+        assert not any(ids["alpha"] in k or ids["beta"] in k for k in seen)
+    gamma = _ids(solo)["gamma"]
+    assert read_indexes <= _catalog(remote, gamma)
+    _assert_catalog_whole(remote, solo, gamma, "gamma")
+    # Everyone still clones everything.
+    clone = tmp_path / "everything"
+    assert dsv("clone", remote, clone, cwd=tmp_path).code == 0
+    assert read_tree(clone) == {**read_tree(ws), **read_tree(solo)}   # (gamma at the top)
+
+
 def test_a_clone_by_dataset_id_and_an_unknown_name(shared, dsv, tmp_path: Path) -> None:
     ws, remote = shared
     ids = _ids(ws)

@@ -125,19 +125,25 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
         remote.scope = sorted(set(remote.scope) | {ds.id for ds, *_ in ref_plan})
         with core.index.transaction():
             core.index.set_remote_scope(remote.name, remote.scope)
-    remote.refresh()
+    # A store that reads every dataset of the remote reads, to push, only the pack
+    # indexes the catalogs of its own datasets name: a push to a remote shared by many
+    # datasets costs in proportion to this store's. What only other datasets' packs
+    # hold, and this store never read, is then uploaded again (stored twice, as when
+    # two pushers race: space, never data).
+    mine = sorted({ds.id for ds in core.index.datasets()} | {ds.id for ds, *_ in ref_plan})
+    remote.refresh(mine)
     report.versions = len(versions)
     refused = _preflight(core, remote, ref_plan, force)
     if refused:
         report.rejected = refused
         raise RefConflict(f"push to {remote.name} refused, nothing was sent: "
                           + "; ".join(refused), hint=_CONFLICT_HINT, report=report)
-    _send(core, remote, versions, report, lock)
+    _send(core, remote, versions, report, lock, mine)
     _settle_pending(core, remote)
 
     def ready() -> None:  # before each ref write: the lease held throughout, or look again
         if not lock.unbroken():
-            _send(core, remote, versions, report, lock, lapsed=True)
+            _send(core, remote, versions, report, lock, mine, lapsed=True)
 
     for ds, ref, v, required in ref_plan:
         _push_ref(core, remote, ds, ref, v, required, force, report, ready)
@@ -156,11 +162,12 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
 
 
 def _send(core: Core, remote: Remote, versions: list[Version], report: PushReport,
-          lock: maintain.PushLock, lapsed: bool = False) -> None:
+          lock: maintain.PushLock, mine: list[str], lapsed: bool = False) -> None:
     """Upload what the remote lacks of `versions`, until the push's lease has held
     throughout: if it lapsed, a remote gc may have deleted anything the push found there
-    or uploaded itself, so the lease is taken again, the remote looked at afresh, and
-    every object of every version checked against it again."""
+    or uploaded itself, so the lease is taken again, the remote looked at afresh (the
+    catalogs of the datasets `mine`: see `_push`), and every object of every version
+    checked against it again."""
     compare = True  # with bases (`_bases`) until one proves not whole
     for _attempt in range(3):
         if lapsed:
@@ -168,7 +175,7 @@ def _send(core: Core, remote: Remote, versions: list[Version], report: PushRepor
                                  f"the process stopped?); a remote gc may have run "
                                  f"meanwhile: looking at the remote again")
             lock.take()
-            remote.refresh()
+            remote.refresh(mine)
             _forget_lost_packs(core, remote)
             new = versions  # a record on the remote no longer vouches for its version
             bases: dict[str, tuple[str, str]] = {}

@@ -111,20 +111,28 @@ class Remote:
         self.refresh()
         return True
 
-    def refresh(self) -> None:
+    def refresh(self, datasets: list[str] | None = None) -> None:
         """Bring the store's picture of the remote's packs up to date (list `index/` and
         `packs/`; read each new pack index, which must hash to its pack's name). After a
         remote gc (its generation in `gc.json` changed) the picture is read afresh. A
         store that reads only some datasets lists their catalogs instead, and reads only
         the indexes they name, and those of the packs a push of this store began to
         upload and never recorded (`Index.sending`: killed before its catalogs went up,
-        they are in none; found, they are not sent again)."""
+        they are in none; found, they are not sent again).
+
+        With `datasets` (a push from a store that reads every dataset), the listings are
+        the same, but of the new indexes only those are read that these datasets'
+        catalogs name, or that the store began to upload: a push of one dataset to a
+        remote shared by many reads what that dataset needs. The others stay new for the
+        next refresh without `datasets` (a fetch)."""
         if self.scoped is not None:
             self._refresh_scoped(self.scoped)
             return
         index = self.core.index
-        begun = index.sending(self.name)   # (every index is listed: nothing more to read)
+        begun = index.sending(self.name)
         generation = self.gc_generation()
+        catalogs = {ds: self.list_catalog(ds) for ds in datasets or ()} \
+            if self.format >= layout.CATALOG_FORMAT and datasets is not None else None
         listed = {pid: size for key, size in self.backend.list(layout.INDEX)
                   if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
         # An index whose pack is not there (a gc deleted it under a push that was
@@ -142,6 +150,9 @@ class Remote:
             # pack first. Read every index again rather than lose an object from the
             # picture, and forget the loose objects (a gc may have deleted some).
             new, gone = list(listed), list(known)
+        if catalogs is not None:
+            named = set().union(begun, *catalogs.values())
+            new = [p for p in new if p in named]
 
         index.stage_remote_packs(self.name, self._read_indexes(new, listed))  # (no lock)
         with index.transaction():
@@ -151,8 +162,10 @@ class Remote:
                 index.forget_remote_loose(self.name)
                 index.forget_catalogs(self.name)
             index.add_staged_remote_packs()
+            for ds, packs in (catalogs or {}).items():
+                index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
-            index.forget_sending(self.name, begun)
+            index.forget_sending(self.name, begun)   # (listed and read, or not there)
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
                       ) -> Iterator[tuple[str, list[PackEntry], int]]:
