@@ -413,9 +413,11 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     cache describes the head (`cache_tree`) and no nested dataset or store lies inside:
     the walk is merged with the cache (status's way), the head and the version are
     compared tree by tree (only directories whose ids differ are read), and only the
-    paths either changed are looked at, hashed, written or removed. Memory and time grow
-    with what changed, not with the version. None when the cache cannot say (the caller
-    then compares whole manifests)."""
+    paths either changed are looked at, hashed, written or removed. Time grows with what
+    changed, not with the version; memory with what the directory changed (the user's
+    edits), never with the paths the versions differ by: those are walked again for
+    each step (check, download, remove, write), a chunk at a time. None when the cache
+    cannot say (the caller then compares whole manifests)."""
     head = core.head(ds)
     if head is None or ds.cache_tree != head.tree:
         return None
@@ -434,72 +436,106 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     head_at = _entries_at(core, head, list(current))
     local = {p for p, e in current.items()
              if e is None or p not in head_at or not _same_entry(e, head_at[p])}
-    # What the version holds where either side changed (a path only the directory
-    # changed keeps the head's entry in the version), and what stands there now.
-    wanted: dict[str, Entry | None] = {}
-    now: dict[str, Entry | None] = {}
-    for p, old, new in tree.diff_trees(head.tree, version.tree, core.read_tree):
-        wanted[p], now[p] = new, old
-    for p in local:
-        wanted.setdefault(p, head_at.get(p))
-        now[p] = current[p]
-    to_write: list[tuple[str, Entry]] = []
-    to_remove: list[str] = []
-    for p in sorted(wanted):
-        entry, there = wanted[p], now[p]
+
+    def decided() -> Iterator[tuple[str, Entry | None, Entry | None]]:
+        """(path, the version's entry, what stands there now) of every path either side
+        changed (a path only the directory changed keeps the head's entry)."""
+        covered: set[str] = set()
+        for p, old, new in tree.diff_trees(head.tree, version.tree, core.read_tree):
+            if p in local:
+                covered.add(p)
+                old = current[p]
+            yield p, new, old
+        for p in sorted(local - covered):
+            yield p, head_at.get(p), current[p]
+
+    def writes() -> Iterator[tuple[str, Entry]]:
+        return ((p, entry) for p, entry, there in decided()
+                if entry is not None and not _same_entry(there, entry))
+
+    def removals() -> Iterator[str]:
+        return (p for p, entry, there in decided() if entry is None and there is not None)
+
+    # First the whole change is judged, holding only totals (and what the directory
+    # changed): nothing is written if any of it is refused.
+    at_risk: list[str] = []
+    final: dict[str, Entry | None] = {}   # (the version's entry where the snapshot hashed)
+    write_count = remove_count = nbytes = less = 0
+    has_link = False
+    for p, entry, there in decided():
+        if p in snap.manifest:
+            final[p] = entry
         if entry is not None and not _same_entry(there, entry):
-            to_write.append((p, entry))
+            write_count += 1
+            nbytes += entry.size
+            has_link = has_link or entry.kind == tree.LINK
         elif entry is None and there is not None:
-            to_remove.append(p)
-    # A file may be replaced or removed only if it is as the head left it.
-    at_risk = [p for p in to_remove + [p for p, _e in to_write] if p in local and
-               now[p] is not None]
+            remove_count += 1
+        else:
+            continue
+        # A file may be replaced or removed only if it is as the head left it.
+        if p in local and there is not None:
+            at_risk.append(p)
+        if there is not None and there.kind == tree.FILE:
+            less += there.size
     if at_risk:
         shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
         raise DirtyWorktree(f"checkout would discard "
                             f"{plural(len(at_risk), 'uncommitted change')} in {target}: "
                             f"{shown}", hint="commit them first, or pass --force")
     links: Manifest = {}
-    if any(e.kind == tree.LINK for _p, e in to_write):
+    if has_link:
         # A new link is checked through every link of the version (the head's were
         # checked when they were placed or committed).
         links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree)
                  if e.kind == tree.LINK}
-    gone = [now[p] for p in to_remove + [p for p, _e in to_write]]
-    check_room(core, target, "auto", [e for _p, e in to_write],
-               less=sum(e.size for e in gone if e is not None and e.kind == tree.FILE),
-               fetched=core.index.promised_by(version.id) is not None)
+    fetched = core.index.promised_by(version.id) is not None
+    check_room(core, target, "auto", (e for _p, e in writes()), less=less,
+               claimed=nbytes, fetched=fetched)
     downloads = _Downloads(core, version)
-    downloads([e for _p, e in to_write] + list(links.values()))
+    downloads(list(links.values()))
+    if fetched:   # (every blob here before the directory is touched)
+        for chunk in worktree.batches(writes(), lambda it: it[1].size, FRESH_CHUNK,
+                                      FRESH_CHUNK_BYTES):
+            downloads([e for _p, e in chunk])
     tree.validate_links(links, core.objects.read, {DSV_DIR})
     with core.index.transaction():
         core.index.begin_checkout(key, version.id)
+        # Until the end the cache describes neither version (it gains rows as files
+        # land); rows of files gone from the directory go now (written back, they get
+        # new ones).
+        core.index.update_dataset(ds.id, cache_tree=None)
+        core.index.drop_stat_rows(ds.id, seen.gone)
     crashpoint("checkout:journal-written")
-    worktree.remove_paths(target, to_remove)
+    for paths in worktree.batches(removals(), lambda _p: 0, FRESH_CHUNK, 1 << 62):
+        worktree.remove_paths(target, paths)
+        with core.index.transaction():
+            core.index.drop_stat_rows(ds.id, paths)
     placer = worktree.Materializer(core.objects, target, "auto", stat_rows=True)
-    nbytes = sum(e.size for _p, e in to_write)
-    with core.reporter.task("checkout", len(to_write), nbytes) as advance:
-        rows = placer.place(to_write, advance)
-    rows = worktree.settle(target, rows)
-    written = {p for p, _e in to_write}
+    rows_count = 0
+    written: set[str] = set()   # (of the paths the snapshot hashed)
+    with core.reporter.task("checkout", write_count, nbytes) as advance:
+        for chunk in worktree.batches(writes(), lambda it: it[1].size, FRESH_CHUNK,
+                                      FRESH_CHUNK_BYTES):
+            rows = worktree.settle(target, placer.place(chunk, advance))
+            rows_count += len(rows)
+            written.update(p for p, _e in chunk if p in snap.manifest)
+            with core.index.transaction():
+                core.index.put_stat_rows(ds.id, rows)
     # Rows of hashed files left in place that already matched: their content is stored.
-    final = {p: wanted[p] if p in wanted else head_at.get(p) for p in snap.manifest}
+    final = {p: final[p] if p in final else head_at.get(p) for p in snap.manifest}
     kept = [(p, r) for p, r in snap.stat_rows if p not in written and
             (entry := final[p]) is not None and _same_entry(snap.manifest[p], entry)]
-    removed = set(to_remove)
-    untouched = [p for p in snap.manifest if p not in written and p not in removed]
-    complete = len(rows) == len(to_write) and len(kept) == len(untouched)
+    untouched = [p for p in snap.manifest if p not in written and final[p] is not None]
+    complete = rows_count == write_count and len(kept) == len(untouched)
     with core.index.transaction():
-        # (Rows of files gone from the directory go too: those written back get new ones.)
-        core.index.drop_stat_rows(ds.id, [*seen.gone, *to_remove])
         core.index.put_stat_rows(ds.id, kept)
-        core.index.put_stat_rows(ds.id, rows)
         core.index.update_dataset(ds.id, head=version.id,
                                   cache_tree=version.tree if complete else None)
         core.index.end_checkout(key, None)
     core.index.checkpoint()
-    return downloads.tally(CheckoutReport(version, target, len(to_write), len(to_remove),
-                                          version.files - len(to_write), nbytes))
+    return downloads.tally(CheckoutReport(version, target, write_count, remove_count,
+                                          version.files - write_count, nbytes))
 
 
 FRESH_CHUNK = 20_000

@@ -26,9 +26,11 @@ kept every tree it read (a dict in place of the scratch file) grows by about all
 those bytes, twice what is allowed; so does a pull whose tree cache has no budget, or a
 download that makes every ranged read of a level before handing over the first.
 
-(Not bounded, and not measured here: a checkout from the head holds its whole plan, an
-entry for every path that changed (`checkout._place_changes`), about 1.5 KB a path.
-Version 2 changes one file a directory.)
+A checkout from the head (`checkout._place_changes`: the one a pull ends with, and `dsv
+checkout` in a dataset's directory) walks the paths the two versions differ by once for
+each step, placing or removing `checkout.FRESH_CHUNK` of them at a time: its peak does
+not grow with them either (it held an entry for every changed path, about 1.5 KB each,
+before it did).
 """
 
 from __future__ import annotations
@@ -239,3 +241,56 @@ def test_clone_and_pull_hold_a_window_of_trees_not_a_version(
     wrong = _judge("clone", (clone_n, clone_4n), small.v1, large.v1) + \
         _judge("pull", (pull_n, pull_4n), small.v2, large.v2)
     assert not wrong, "\n".join(wrong)
+
+
+def _switch(root: Path, dirs: int, spied: list[object]) -> tuple[int, int]:
+    """A dataset whose version 1 is one file and version 2 the `dirs` directories: the
+    peaks of checking out version 2 over version 1 (every path written), then version 1
+    over it (every path removed), each from the head."""
+    work = root / f"switch{dirs}"
+    write_tree(work, {"README": b"r"})
+    _run("init", "--name", "data", cwd=work)
+    _run("commit", "-m", "v1", cwd=work)
+    _run("tag", "data:latest", "one", cwd=work)
+    write_tree(work, _files(dirs, 2))
+    _run("commit", "-m", "v2", cwd=work)
+    _run("checkout", "data:one", cwd=work)
+    assert read_tree(work) == {"README": b"r"}
+    peaks = []
+    for ref, files in (("data:latest", {"README": b"r", **_files(dirs, 2)}),
+                       ("data:one", {"README": b"r"})):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            report = json.loads(_run("checkout", ref, "--json", cwd=work).out)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+        finally:
+            tracemalloc.stop()
+        assert read_tree(work) == files
+        changed = len(_files(dirs, 2))
+        assert (report["written"], report["removed"]) == \
+            ((changed, 0) if ref == "data:latest" else (0, changed)), report
+    assert spied and all(r is not None for r in spied), "not checked out from the head"
+    spied.clear()
+    return peaks[0], peaks[1]
+
+
+def test_a_checkout_from_the_head_holds_a_window_of_the_paths_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_windows: None) -> None:
+    spied: list[object] = []
+    place_changes = checkout._place_changes
+
+    def spy(*args: object, **kwargs: object) -> object:
+        spied.append(place_changes(*args, **kwargs))
+        return spied[-1]
+
+    monkeypatch.setattr(checkout, "_place_changes", spy)
+    _switch(tmp_path, 2, spied)   # (a warm-up, as above)
+    small, large = _switch(tmp_path, N, spied), _switch(tmp_path, 4 * N, spied)
+    added = len(_files(4 * N, 2)) - len(_files(N, 2))
+    for what, n, four_n in (("write", small[0], large[0]), ("remove", small[1], large[1])):
+        print(f"checkout from the head, {what} every path: peak {n:,} B with "
+              f"{len(_files(N, 2))} paths, {four_n:,} B with {len(_files(4 * N, 2))}")
+        assert four_n - n < 150 * added, (what, n, four_n, added)
