@@ -1228,13 +1228,14 @@ class Index:
                           "(SELECT pack FROM going_remote_packs)", (remote,))
         self.conn.execute("DELETE FROM going_remote_packs")
 
-    def remote_locate_many(self, remote: str, oids: Iterable[str]
+    def remote_locate_many(self, remote: str, oids: Iterable[str], kind: int | None = None
                            ) -> dict[str, tuple[str, int, int]]:
-        """Where `remote` holds those of `oids` that are in its packs: oid → (pack, offset,
-        length)."""
+        """Where `remote` holds those of `oids` that are in its packs (as objects of
+        `kind`, if given): oid → (pack, offset, length)."""
+        of_kind = "" if kind is None else f"kind={int(kind)} AND "
         return {oid: (pack, offset, length) for oid, pack, offset, length in self._rows_in(
             "SELECT oid, pack, offset, length FROM remote_object_rows WHERE remote=? AND "
-            "oid IN ({marks})", oids, remote)}
+            f"{of_kind}oid IN ({{marks}})", oids, remote)}
 
     def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
         """(oid, pack, offset, length) of `remote`'s packed objects of

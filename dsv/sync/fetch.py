@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from .. import refs, tree
@@ -82,12 +83,11 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
         remote_refs = remote.read_refs()
     # Records first (small), then only the history the remote's refs reach: versions of
     # lost races or forced-over pushes stay on the remote but are not fetched, as in git.
-    located = {kind: {oid: (pack, off, ln) for oid, pack, off, ln in
-                      index.remote_objects_of_kind(remote.name, kind)}
-               for kind in (KIND_TREE, KIND_VERSION)}
+    records = {oid: (pack, off, ln) for oid, pack, off, ln in
+               index.remote_objects_of_kind(remote.name, KIND_VERSION)}
     parsed: _Parsed = {}
-    wanted = {oid: w for oid, w in located[KIND_VERSION].items() if w[2] <= MAX_RECORD_BYTES}
-    for oid in located[KIND_VERSION].keys() - wanted.keys():
+    wanted = {oid: w for oid, w in records.items() if w[2] <= MAX_RECORD_BYTES}
+    for oid in records.keys() - wanted.keys():
         core.reporter.notice(f"warning: version record {oid[:12]} on {remote.name} claims "
                               f"more than {MAX_RECORD_BYTES} bytes (ignored)")
     claimed = sum(length for _pack, _offset, length in wanted.values())
@@ -109,7 +109,7 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     named = {r.record for r in remote_refs.values()}
     roots = {parsed[r][0].version.tree for r in reachable if history or r in named}
     with _Scratch(core.objects.tmp_root) as trees:
-        _fetch_checked_trees(core, remote, roots, located[KIND_TREE], report, trees)
+        _fetch_checked_trees(core, remote, roots, report, trees)
         _store_fetched(core, remote, report, parsed, reachable, remote_refs, trees, scope,
                        roots)
     changes, report.updated, _kept = plan_pull(refs.History(core.index), remote.name, remote_refs,
@@ -329,9 +329,9 @@ def fault_in(core: Core, root: str) -> None:
             # and a cluster cache may hold them)
             origin_down(core, exc)
             down = exc
-        located = _located_trees(core, remote)
+        located = _locate_trees(core, remote, [root])
         if root not in located and down is None and remote.widen():
-            located = _located_trees(core, remote)
+            located = _locate_trees(core, remote, [root])
         if root not in located and down is not None:
             raise down  # (not known to be anywhere the cache could hold)
         if root not in located:
@@ -341,33 +341,32 @@ def fault_in(core: Core, root: str) -> None:
                                      "version, but its files cannot be read")
         with _Scratch(core.objects.tmp_root) as trees, Ingest(core.objects) as ingest:
             # (the root is fetched even when its bytes are here as a file: unvalidated)
-            _fetch_checked_trees(core, remote, {root}, located, FetchReport(name), trees)
+            _fetch_checked_trees(core, remote, {root}, FetchReport(name), trees)
             for oid in trees.where:
                 ingest.add(oid, KIND_TREE, trees.read(oid))
             core.commit_objects(ingest, lambda: core.index.drop_unfetched_roots([root]))
 
 
-def _located_trees(core: Core, remote: Remote) -> dict[str, tuple[str, int, int]]:
-    """Where each tree object the store knows of on `remote` is: oid → (pack, offset,
-    length)."""
-    return {oid: (pack, off, ln) for oid, pack, off, ln in
-            core.index.remote_objects_of_kind(remote.name, KIND_TREE)}
+def _locate_trees(core: Core, remote: Remote, oids: Iterable[str]
+                  ) -> dict[str, tuple[str, int, int]]:
+    """Where those of `oids` the store knows of as tree objects on `remote` are: oid →
+    (pack, offset, length). Asked for a level of trees at a time: a remote's history
+    holds any number of trees, and a fetch holds none but those it reads."""
+    return core.index.remote_locate_many(remote.name, oids, KIND_TREE)
 
 
-def _fetch_checked_trees(core: Core, remote: Remote, roots: set[str],
-                         located: dict[str, tuple[str, int, int]], report: FetchReport,
+def _fetch_checked_trees(core: Core, remote: Remote, roots: set[str], report: FetchReport,
                          trees: _Scratch) -> None:
     """The trees under `roots` this store lacks, into `trees`: each validated, and each
     root's expansion bounded."""
-    _fetch_trees(core, remote, roots, located, report, trees)
+    _fetch_trees(core, remote, roots, report, trees)
     walked: tuple[dict[str, tuple[int, int]], dict[str, str]] = ({}, {})
     for root in roots:
         tree.check_expansion(root, lambda oid: trees.read(oid) if oid in trees
                              else core.objects.read(oid), seen=walked)
 
 
-def _fetch_trees(core: Core, remote: Remote, roots: set[str],
-                 located: dict[str, tuple[str, int, int]], report: FetchReport,
+def _fetch_trees(core: Core, remote: Remote, roots: set[str], report: FetchReport,
                  trees: _Scratch) -> None:
     """The trees under `roots` this store lacks, level by level, each validated, into
     `trees`: only what the versions reach is read (a remote may hold any amount of other
@@ -379,15 +378,12 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str],
         # Only what is stored *as a tree* was validated as one: a file whose bytes happen
         # to be named as a directory by a hostile version is fetched and checked.
         stored = core.index.packed_of_kind(frontier, KIND_TREE)
-        need = {}
-        for oid in frontier:
-            if oid in stored:
-                continue
-            if oid not in located and remote.widen():
-                located.update(_located_trees(core, remote))
-            if oid not in located:
-                _missing_tree(oid)
-            need[oid] = located[oid]
+        lacking = frontier - stored
+        need = _locate_trees(core, remote, lacking)
+        if len(need) < len(lacking) and remote.widen():
+            need = _locate_trees(core, remote, lacking)
+        if len(need) < len(lacking):
+            _missing_tree(min(lacking - need.keys()))
         below: set[str] = set()
         for oid, data in download_packed(core, remote, need, "fetching trees", report):
             node = tree.decode_node(bytes(data), oid)  # validated here; trusted once stored
