@@ -289,9 +289,9 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             excluded = []
         key = str(target)
         interrupted = core.index.checkout_journal(key)
-        if in_worktree and not paths and not force and set(excluded) <= {DSV_DIR} and \
+        if in_worktree and not paths and set(excluded) <= {DSV_DIR} and \
                 interrupted is None:
-            changed = _place_changes(core, version, ds, target, key)
+            changed = _place_changes(core, version, ds, target, key, force)
             if changed is not None:
                 return changed
         leftovers: list[str] = []
@@ -407,8 +407,8 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                                               left_out=left_out))
 
 
-def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key: str
-                   ) -> CheckoutReport | None:
+def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key: str,
+                   force: bool = False) -> CheckoutReport | None:
     """Check `version` out into the dataset's directory from the head, when the stat
     cache describes the head (`cache_tree`) and no nested dataset or store lies inside:
     the walk is merged with the cache (status's way), the head and the version are
@@ -417,7 +417,9 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     changed, not with the version; memory with what the directory changed (the user's
     edits), never with the paths the versions differ by: those are walked again for
     each step (check, download, remove, write), a chunk at a time. None when the cache
-    cannot say (the caller then compares whole manifests)."""
+    cannot say (the caller then compares whole manifests). With `force`, what the
+    directory changed is discarded (edits replaced, files the head lacks removed), as
+    the comparison of whole manifests does."""
     head = core.head(ds)
     if head is None or ds.cache_tree != head.tree:
         return None
@@ -478,7 +480,7 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
             at_risk.append(p)
         if there is not None and there.kind == tree.FILE:
             less += there.size
-    if at_risk:
+    if at_risk and not force:
         shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
         raise DirtyWorktree(f"checkout would discard "
                             f"{plural(len(at_risk), 'uncommitted change')} in {target}: "

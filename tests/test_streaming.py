@@ -339,6 +339,64 @@ def test_a_checkout_from_the_head_touches_only_what_changed(
         assert store.dataset("raw").cache_tree == target.tree
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_forced_checkout_from_the_head_discards_what_the_directory_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """`checkout --force` in the dataset's directory, over random edits there (files
+    changed, added, deleted, a file made a directory, links): planned by the tree diff
+    (no whole manifest read), it does what comparing whole manifests does (same report),
+    and the directory holds exactly the version."""
+    import shutil
+    from dsv import checkout as checkout_module
+
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(100 + seed)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
+                    "a/b/c": b"c", "a/x": b"x", "top": b"t"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    made = [store.commit("v0")]
+    contents = {made[0].id: read_tree(ws)}
+    for round_no in range(1, 4):
+        _edit(ws, rng, round_no)
+        made.append(store.commit(f"v{round_no}"))
+        contents[made[-1].id] = read_tree(ws)
+    twin = tmp_path / "twin"
+    shutil.copytree(ws, twin, symlinks=True)
+    whole = dsv_api.open(twin)
+    planned = checkout_module._place_changes
+    streamed = []
+
+    def spy(*args: object) -> object:
+        streamed.append(planned(*args))  # type: ignore[arg-type]
+        return streamed[-1]
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    for step in range(4):
+        state = rng.getstate()
+        _edit(ws, rng, 10 + step)
+        mirror = random.Random()
+        mirror.setstate(state)
+        _edit(twin, mirror, 10 + step)
+        assert read_tree(ws) == read_tree(twin)
+        target = rng.choice(made)
+        with monkeypatch.context() as m:
+            m.setattr(store.core, "manifest", no_manifest)
+            m.setattr(checkout_module, "_place_changes", spy)
+            fast = store.checkout(f"raw:{target.id}", force=True)
+        assert len(streamed) == step + 1 and streamed[-1] is fast
+        with monkeypatch.context() as m:
+            m.setattr(checkout_module, "_place_changes", lambda *_a: None)
+            slow = whole.checkout(f"raw:{target.id}", force=True)
+        assert (fast.written, fast.removed, fast.unchanged, fast.bytes_written) == \
+            (slow.written, slow.removed, slow.unchanged, slow.bytes_written)
+        assert read_tree(ws) == contents[target.id] == read_tree(twin)
+        assert store.status().changes.clean
+        assert store.dataset("raw").cache_tree == target.tree
+
+
 def test_a_checkout_from_the_head_refuses_to_discard_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dsv.errors import DirtyWorktree
