@@ -113,8 +113,8 @@ def merge(core: Core, ref: str, message: str | None = None, resolve: str | None 
             return report
         base = merge_base(core, ours, theirs)
         report.base = base.id if base else None
-        merged, conflicts = three_way(core.manifest(base) if base else {},
-                                      core.manifest(ours), core.manifest(theirs))
+        sides = _changed_part(core, base.tree if base else tree.empty_tree()[0], ours, theirs)
+        merged, conflicts = three_way(*sides)
         report.conflicts = sorted(conflicts)
         if conflicts and resolve is None:
             raise MergeConflict(
@@ -137,8 +137,10 @@ def merge(core: Core, ref: str, message: str | None = None, resolve: str | None 
                 f"neither {ds.name}'s head {ours.id} nor {theirs.id} holds latest {latest} in "
                 f"its history: the merge would leave it out",
                 hint=f"merge {ds.name}:latest first (`dsv merge {ds.name}:latest`), then {ref}")
-        checkout.ensure_blobs(core, theirs, list(merged.values()))
-        v = _commit_merge(core, ds.id, merged, [ours.id, theirs.id],
+        changes = {p: merged.get(p) for p in merged.keys() | sides[1].keys()
+                   if merged.get(p) != sides[1].get(p)}
+        checkout.ensure_blobs(core, theirs, [e for e in changes.values() if e is not None])
+        v = _commit_merge(core, ds.id, ours, sides[1], changes, [ours.id, theirs.id],
                           message or f"merge {ref} into {ds.name}")
         _move_to(core, ds.id, v)
         report.outcome = "merged"
@@ -155,14 +157,38 @@ def _without_file_dir_clashes(manifest: Manifest) -> Manifest:
             if not any(p.startswith(a + "/") for a in above)}
 
 
-def _commit_merge(core: Core, ds_id: str, manifest: Manifest, parents: list[str],
-                  message: str) -> Version:
+def _changed_part(core: Core, base: str, ours: Version, theirs: Version
+                  ) -> tuple[Manifest, Manifest, Manifest]:
+    """The parts of the base's, our and their manifests at the paths either line changed
+    (`tree.diff_trees`: only the directories whose ids differ are read): all `three_way`
+    must see to merge the whole. Every other path is the same on the three sides and
+    stays as our tree has it; and a file that is a directory above another file in the
+    merge is at a changed path, as is that other file (were either the same on all three
+    sides, one side would hold both). Memory grows with what the lines changed, not with
+    the dataset."""
+    changed = {p for p, _old, _new in tree.diff_trees(base, ours.tree, core.read_tree)}
+    changed.update(p for p, _old, _new in tree.diff_trees(base, theirs.tree, core.read_tree))
+    parts = [{path: Entry(*row[1:])
+              for path, row in tree.find_many(root, core.read_tree, changed).items()
+              if row[1] != tree.DIR}
+             for root in (base, ours.tree, theirs.tree)]
+    return parts[0], parts[1], parts[2]
+
+
+def _commit_merge(core: Core, ds_id: str, ours: Version, ours_there: Manifest,
+                  changes: dict[str, Entry | None], parents: list[str], message: str
+                  ) -> Version:
+    """Commit our tree with `changes` (path → the merged entry, None: removed; what
+    our tree holds at each of those paths is in `ours_there`)."""
     with Ingest(core.objects) as ingest:
-        root_tree, size = tree.build_tree(manifest, core.tree_writer(ingest))
+        root_tree, size = tree.update_tree(ours.tree, ours.size, changes, core.read_tree,
+                                           core.tree_writer(ingest))
+        added = sum(1 for p, e in changes.items() if e is not None and p not in ours_there)
+        removed = sum(1 for e in changes.values() if e is None)
         now = time.time()
         v = Version(id=core.new_version_id(), dataset=ds_id, state=COMMITTED, tree=root_tree,
                     parents=parents, message=message, author=versions.default_author(),
-                    created=now, committed=now, size=size, files=len(manifest))
+                    created=now, committed=now, size=size, files=ours.files + added - removed)
         return versions.write_committed(core, ingest, v)
 
 

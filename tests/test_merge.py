@@ -260,3 +260,107 @@ def test_graph_shapes(spec, want) -> None:
     from dsv.versions import graph
     rows = [f"{prefix} {v.id}" if v else prefix for prefix, v in graph(_history(spec))]
     assert rows == want
+
+
+def _whole_merge(store, base, ours, theirs, resolve: str | None):
+    """What merging by whole manifests makes (the way dsv merged before it read only what
+    the lines changed): (the merged tree's id, its files, the conflicts)."""
+    from dsv import merge as merge_module, tree
+    core = store.core
+    merged, conflicts = three_way(core.manifest(base), core.manifest(ours),
+                                  core.manifest(theirs))
+    if resolve is not None:
+        for path, pair in conflicts.items():
+            chosen = pair[0 if resolve == "ours" else 1]
+            if chosen is not None:
+                merged[path] = chosen
+        merged = merge_module._without_file_dir_clashes(merged)
+    root, _size = tree.build_tree(merged, lambda _oid, _data: None)
+    return root, len(merged), sorted(conflicts)
+
+
+def _line_edit(ws: Path, rng, tag: bytes) -> None:
+    """Random edits of a line: files changed, deleted, made directories, their modes
+    changed; a directory made a file; files added under names both lines may pick."""
+    import os
+    import shutil
+    for path in rng.sample(sorted(read_tree(ws)), rng.randrange(2, 8)):
+        action = rng.random()
+        if action < 0.35:
+            (ws / path).write_bytes(tag + path.encode())
+        elif action < 0.6:
+            (ws / path).unlink()
+        elif action < 0.8:
+            (ws / path).unlink()
+            (ws / path).mkdir()
+            (ws / path / "inner").write_bytes(tag)
+        else:
+            os.chmod(ws / path, 0o755)
+    folders = sorted({p.rpartition("/")[0] for p in read_tree(ws) if "/" in p})
+    if folders and rng.random() < 0.5:
+        folder = rng.choice(folders)
+        shutil.rmtree(ws / folder)
+        (ws / folder).write_bytes(tag)
+    for i in range(rng.randrange(0, 3)):
+        where = ws / rng.choice(["flat", "a", "d/e"])
+        if not where.is_file():
+            where.mkdir(parents=True, exist_ok=True)
+            (where / f"n{i}").write_bytes(rng.choice([b"same", tag]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_merge_of_what_two_lines_changed_is_the_merge_of_whole_manifests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Two lines of random edits (files changed, added, deleted, files made directories
+    and directories files, modes) over a base with sharded directories: the merge, which
+    reads only what the lines changed (`merge._changed_part`) and updates our tree,
+    makes the tree, the file count and the conflicts that the three-way merge of whole
+    manifests makes, settled either way; and it never reads a whole manifest."""
+    import random
+    import shutil
+
+    import dsv as dsv_api
+    from dsv import tree
+    from dsv.errors import MergeConflict
+    from test_streaming import _age
+
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(seed)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(10)},
+                    "a/b/c": b"c", "a/x": b"x", "top": b"t", "d/e/f": b"f"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    base = store.commit("base")
+    _line_edit(ws, rng, b"theirs")
+    _age(ws)
+    theirs = store.commit("theirs")
+    store.checkout(f"raw:{base.id}")
+    _line_edit(ws, rng, b"ours")
+    _age(ws)
+    ours = store.commit("ours", force=True)
+    store.close()
+    seen: list[list[str]] = []
+    for resolve in (None, "ours", "theirs"):
+        copy = tmp_path / f"copy-{resolve}"
+        shutil.copytree(ws, copy, symlinks=True)
+        with dsv_api.open(copy) as there:
+            want_root, want_files, want_conflicts = _whole_merge(there, base, ours, theirs,
+                                                                 resolve)
+
+            def no_manifest(*_a: object, **_k: object) -> object:
+                raise AssertionError("a whole manifest was read")
+            with monkeypatch.context() as m:
+                m.setattr(there.core, "manifest", no_manifest)
+                try:
+                    report = there.merge(f"raw:{theirs.id}", resolve=resolve)
+                except MergeConflict as exc:
+                    seen.append(want_conflicts)
+                    assert resolve is None and want_conflicts, exc
+                    assert exc.report.conflicts == want_conflicts
+                    continue
+            assert resolve is not None or not want_conflicts
+            assert report.conflicts == want_conflicts and report.outcome == "merged"
+            made = there.core.version(report.version)
+            assert (made.tree, made.files) == (want_root, want_files)
+            assert there.status().changes.clean
