@@ -896,6 +896,12 @@ def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
     to what lies at or under them."""
     if ref_a is None:
         ds = core.pick_dataset(None, cwd)
+        if ref_b is None and ds.path is not None and core.dataset_root(ds).is_dir():
+            # The head against its directory is what status reports: the stat cache (or
+            # a monitor) vouches for the files that did not change, and only the rest
+            # is read, and looked up in the head's tree.
+            return _only_under(status(core, ds.id).changes,
+                               _selected(core, ds, paths, cwd) if paths else None)
         head = core.head(ds)
         base = core.manifest(head) if head else {}
     else:
@@ -921,15 +927,36 @@ def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
         files, _ = worktree.scan(root, core.excluded(ds), ignore_files=True)
         current = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None).manifest
     if paths:
-        target = core.dataset_root(ds) if ds.path is not None else None
-        here = Path(cwd).resolve()
-        selected = {worktree.resolve_user_path(target, here, p)
-                    if target is not None and (here == target or target in here.parents)
-                    else normalize_user_path(p) for p in paths}
+        selected = _selected(core, ds, paths, cwd)
         if "" not in selected:
             base = {p: e for p, e in base.items() if is_under(p, selected)}
             current = {p: e for p, e in current.items() if is_under(p, selected)}
     return worktree.compare(base, current)
+
+
+def _selected(core: Core, ds: Dataset, paths: list[str], cwd: str | os.PathLike[str]
+              ) -> set[str]:
+    """`diff`'s paths as paths of the dataset (relative to `cwd` inside its directory,
+    else to its root)."""
+    target = core.dataset_root(ds) if ds.path is not None else None
+    here = Path(cwd).resolve()
+    return {worktree.resolve_user_path(target, here, p)
+            if target is not None and (here == target or target in here.parents)
+            else normalize_user_path(p) for p in paths}
+
+
+def _only_under(changes: Changes, selected: set[str] | None) -> Changes:
+    """The part of `changes` at or under `selected` (all of it for None or the root)."""
+    if selected is None or "" in selected:
+        return changes
+    out = Changes()
+    for name in ("added", "modified", "deleted"):
+        kept = [p for p in getattr(changes, name) if is_under(p, selected)]
+        setattr(out, name, kept)
+        side = 0 if name == "deleted" else 1
+        setattr(out, f"{name}_bytes", sum(changes.sizes[p][side] or 0 for p in kept))
+        out.sizes.update((p, changes.sizes[p]) for p in kept)
+    return out
 
 
 def split_diff_words(core: Core, words: list[str],

@@ -397,6 +397,52 @@ def test_a_forced_checkout_from_the_head_discards_what_the_directory_changed(
         assert store.dataset("raw").cache_tree == target.tree
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """`dsv diff` with no ref (the head against its directory), over random edits, with
+    and without paths: what comparing the head's whole manifest with a scan of the whole
+    directory gives (added, modified, deleted, their bytes and sizes), without reading
+    a whole manifest (status's way: the stat cache vouches for the rest)."""
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(200 + seed)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
+                    "a/b/c": b"c", "a/x": b"x", "top": b"t"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v0")
+    store.status()
+    for round_no in range(3):
+        _edit(ws, rng, round_no)
+        head = store.core.head(store.dataset("raw"))
+        files, _ = worktree.scan(ws, store.core.excluded(store.dataset("raw")),
+                                 ignore_files=True)
+        whole = worktree.compare(store.core.manifest(head),
+                                 worktree.snapshot(ws, files, {}, None).manifest)
+        for paths in (None, ["flat"], ["a", "new"], ["nothing-here"]):
+            want = whole
+            if paths:
+                kept = {p for p in whole.sizes if any(p == q or p.startswith(q + "/")
+                                                      for q in paths)}
+                want = worktree.compare(
+                    {p: e for p, e in store.core.manifest(head).items() if p in kept},
+                    {p: e for p, e in worktree.snapshot(ws, files, {}, None).manifest.items()
+                     if p in kept})
+
+            def no_manifest(*_a: object, **_k: object) -> object:
+                raise AssertionError("a whole manifest was read")
+            with monkeypatch.context() as m:
+                m.setattr(store.core, "manifest", no_manifest)
+                got = store.diff(paths=paths, cwd=ws)
+            assert (got.added, got.modified, got.deleted) == \
+                (want.added, want.modified, want.deleted), paths
+            assert (got.added_bytes, got.modified_bytes, got.deleted_bytes, got.sizes) == \
+                (want.added_bytes, want.modified_bytes, want.deleted_bytes, want.sizes)
+        assert not whole.clean
+        store.commit(f"v{round_no + 1}")
+
+
 def test_a_checkout_from_the_head_refuses_to_discard_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dsv.errors import DirtyWorktree
