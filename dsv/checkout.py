@@ -1004,22 +1004,63 @@ def files(core: Core, ref: str, path: str = "", recursive: bool = False,
 
 def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,
               cwd: str | os.PathLike[str] = ".") -> int:
-    """Copy files of a version into `target` (overwriting same-named files only)."""
+    """Copy files of a version into `target` (overwriting same-named files only). The
+    version's trees are walked, not flattened: its files are placed (and, if it was
+    only fetched, first downloaded) FRESH_CHUNK at a time."""
     v = core.resolve(ref, cwd)
-    manifest = core.manifest(v)
-    selected = _select_paths(manifest, paths, Path(cwd).resolve(), Path(target))
-    items = [(p, e) for p, e in manifest.items() if selected is None or is_under(p, selected)]
+    selected = _select_tree_paths(core, v, paths, Path(cwd).resolve(), Path(target))
+
+    def items() -> Iterator[tuple[str, Entry]]:
+        if selected is None:
+            yield from tree.iter_files(v.tree, core.read_tree)
+            return
+        for path, row in tree.find_many(v.tree, core.read_tree, selected).items():
+            if row[1] == tree.DIR:
+                yield from tree.iter_files(row[4], core.read_tree, path)
+            else:
+                yield path, Entry(*row[1:])
 
     dest = Path(target).resolve()
     _check_target_outside_store(core, dest)
-    check_room(core, dest, "auto", [e for _p, e in items],
-               fetched=core.index.promised_by(v.id) is not None)
-    _ensure_for_paths(core, v, items, _links(manifest))
-    tree.validate_links(manifest, core.objects.read)
+    count = nbytes = 0
+    for _p, e in items():
+        count += 1
+        nbytes += e.size
+    fetched = core.index.promised_by(v.id) is not None
+    check_room(core, dest, "auto", (e for _p, e in items()), claimed=nbytes, fetched=fetched)
+    links = dict(tree.iter_files(v.tree, core.read_tree, only=tree.LINK))
+    _ensure_for_paths(core, v, [], list(links.values()))   # (all here before any write)
+    for chunk in worktree.batches(items(), lambda it: it[1].size, FRESH_CHUNK,
+                                  FRESH_CHUNK_BYTES):
+        _ensure_for_paths(core, v, chunk)
+    tree.validate_links(links, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)
-    with core.reporter.task("copying", len(items), sum(e.size for _, e in items)) as advance:
-        worktree.Materializer(core.objects, dest, stat_rows=False).place(items, advance)
-    return len(items)
+    placer = worktree.Materializer(core.objects, dest, stat_rows=False)
+    with core.reporter.task("copying", count, nbytes) as advance:
+        for chunk in worktree.batches(items(), lambda it: it[1].size, FRESH_CHUNK,
+                                      FRESH_CHUNK_BYTES):
+            placer.place(chunk, advance)
+    return count
+
+
+def _select_tree_paths(core: Core, v: Version, paths: list[str] | None, cwd: Path,
+                       target: Path) -> set[str] | None:
+    """`_select_paths` looked up in `v`'s trees (no manifest): the paths named, less
+    those under another one named."""
+    if not paths:
+        return None
+    inside = cwd == target or target in cwd.parents
+    selected = set()
+    for p in paths:
+        rel = (worktree.resolve_user_path(target, cwd, p) if inside
+               else normalize_user_path(p))
+        if rel == "":
+            return None
+        if tree.find(v.tree, core.read_tree, rel) is None:
+            raise InvalidInput(f"{p} is not in this version",
+                               hint="`dsv files list REF --recursive` shows its paths")
+        selected.add(rel)
+    return {p for p in selected if not ancestors([p]) & selected}
 
 
 def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:

@@ -553,3 +553,49 @@ def test_a_push_lets_each_finished_upload_go_before_the_phase_ends(
     clone = tmp_path / "clone"
     dsv_api.Store.clone(str(tmp_path / "remote"), clone)
     assert read_tree(clone) == read_tree(ws)
+
+
+def test_files_get_walks_the_trees_a_chunk_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`files get` of a whole version and of paths (one under another named too, a file,
+    a sharded directory) places what comparing with the manifest would, a few files at
+    a time, without reading a whole manifest; a path the version lacks is refused."""
+    from dsv import checkout as checkout_module
+    from dsv.errors import InvalidInput
+
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 3)
+    ws = tmp_path / "ws"
+    files = {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
+             "a/b/c": b"c", "a/x": b"x", "top": b"t"}
+    write_tree(ws, files)
+    os.symlink("x", ws / "a" / "to-x")
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v")
+    want = read_tree(ws)
+    placed: list[int] = []
+    place = worktree.Materializer.place
+
+    def counting(self: worktree.Materializer, items: list, *args: object) -> object:
+        placed.append(len(items))
+        return place(self, items, *args)  # type: ignore[arg-type]
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    monkeypatch.setattr(store.core, "manifest", no_manifest)
+    monkeypatch.setattr(worktree.Materializer, "place", counting)
+    for n, (paths, kept) in enumerate([
+            (None, want),
+            (["a", "a/b", "top"], {p: d for p, d in want.items()
+                                   if p.startswith("a/") or p == "top"}),
+            (["flat"], {p: d for p, d in want.items() if p.startswith("flat/")})]):
+        out = tmp_path / f"out{n}"
+        placed.clear()
+        with_link = paths is None or "a" in paths     # (read_tree leaves links out)
+        count = len(kept) + with_link
+        assert store.get_files("raw:latest", out, paths, cwd=tmp_path) == count
+        assert read_tree(out) == kept
+        assert (out / "a" / "to-x").is_symlink() == with_link
+        assert max(placed) <= 3 and sum(placed) == count
+    with pytest.raises(InvalidInput, match="nope is not in this version"):
+        store.get_files("raw:latest", tmp_path / "out9", ["nope"], cwd=tmp_path)
