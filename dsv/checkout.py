@@ -1029,10 +1029,14 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
     fetched = core.index.promised_by(v.id) is not None
     check_room(core, dest, "auto", (e for _p, e in items()), claimed=nbytes, fetched=fetched)
     links = dict(tree.iter_files(v.tree, core.read_tree, only=tree.LINK))
-    _ensure_for_paths(core, v, [], list(links.values()))   # (all here before any write)
+    downloads = _Downloads(core, v)   # (one source, opened at the first blob missing)
+    extra = list(links.values())
     for chunk in worktree.batches(items(), lambda it: it[1].size, FRESH_CHUNK,
-                                  FRESH_CHUNK_BYTES):
-        _ensure_for_paths(core, v, chunk)
+                                  FRESH_CHUNK_BYTES):   # (all here before any write)
+        _ensure_for_paths(core, v, chunk, extra, downloads)
+        extra = []
+    if extra:
+        _ensure_for_paths(core, v, [], extra, downloads)
     tree.validate_links(links, core.objects.read)
     dest.mkdir(parents=True, exist_ok=True)
     placer = worktree.Materializer(core.objects, dest, stat_rows=False)
@@ -1250,11 +1254,17 @@ class _Downloads:
 
 
 def _ensure_for_paths(core: Core, v: Version, items: list[tuple[str, Entry]],
-                      extra: list[Entry] | None = None) -> None:
-    """`ensure_blobs` for files a user asked for by path: a failure names those files
-    (not a pack or an object id) before saying why."""
+                      extra: list[Entry] | None = None,
+                      downloads: _Downloads | None = None) -> None:
+    """`ensure_blobs` for files a user asked for by path (through `downloads`, when the
+    caller asks a chunk at a time): a failure names those files (not a pack or an
+    object id) before saying why."""
     try:
-        ensure_blobs(core, v, [e for _p, e in items] + (extra or []))
+        entries = [e for _p, e in items] + (extra or [])
+        if downloads is not None:
+            downloads(entries)
+        else:
+            ensure_blobs(core, v, entries)
     except DsvError as exc:
         lacking = [p for p, e in items if not core.holds(e)]
         if lacking:

@@ -599,3 +599,34 @@ def test_files_get_walks_the_trees_a_chunk_at_a_time(
         assert max(placed) <= 3 and sum(placed) == count
     with pytest.raises(InvalidInput, match="nope is not in this version"):
         store.get_files("raw:latest", tmp_path / "out9", ["nope"], cwd=tmp_path)
+
+
+def test_files_get_of_a_fetched_version_opens_the_remote_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`files get` of a version only fetched downloads its blobs a chunk at a time through
+    one source: the remote is refreshed once, not once a chunk."""
+    from dsv import checkout as checkout_module
+    from dsv.sync import remote as remote_module
+
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d{i % 4}/f{i}": b"v0 %d" % i for i in range(40)})
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v0")
+    store.add_remote("origin", str(tmp_path / "remote"))
+    store.push("origin")
+    clone = dsv_api.Store.clone(str(tmp_path / "remote"), tmp_path / "clone")[0]
+    write_tree(ws, {f"d{i % 4}/f{i}": b"v1 %d" % i for i in range(40)})
+    store.commit("v1")
+    store.push("origin")
+    clone.fetch("origin")
+    monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 5)
+    refreshes: list[object] = []
+    refresh = remote_module.Remote.refresh
+
+    def counting(self: remote_module.Remote, *args: object) -> None:
+        refreshes.append(args)
+        refresh(self, *args)  # type: ignore[arg-type]
+    monkeypatch.setattr(remote_module.Remote, "refresh", counting)
+    assert clone.get_files("raw:origin/latest", tmp_path / "out") == 40
+    assert read_tree(tmp_path / "out") == {f"d{i % 4}/f{i}": b"v1 %d" % i for i in range(40)}
+    assert len(refreshes) == 1
