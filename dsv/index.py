@@ -1260,6 +1260,11 @@ class Index:
         self.conn.executemany("INSERT OR IGNORE INTO remote_catalog (remote, dataset, pack) "
                               "VALUES (?,?,?)", ((remote, dataset, p) for p in packs))
 
+    def catalog_datasets(self, remote: str) -> set[str]:
+        """The datasets whose catalog on `remote` is known to name some pack."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT dataset FROM remote_catalog WHERE remote=?", (remote,))}
+
     def forget_catalogs(self, remote: str) -> None:
         """Forget every catalog entry remembered on `remote`."""
         self.conn.execute("DELETE FROM remote_catalog WHERE remote=?", (remote,))

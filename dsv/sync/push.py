@@ -126,11 +126,14 @@ def _push(core: Core, remote: Remote, targets: list[str], force: bool, report: P
         with core.index.transaction():
             core.index.set_remote_scope(remote.name, remote.scope)
     # A store that reads every dataset of the remote reads, to push, only the pack
-    # indexes the catalogs of its own datasets name: a push to a remote shared by many
-    # datasets costs in proportion to this store's. What only other datasets' packs
-    # hold, and this store never read, is then uploaded again (stored twice, as when
-    # two pushers race: space, never data).
-    mine = sorted({ds.id for ds in core.index.datasets()} | {ds.id for ds, *_ in ref_plan})
+    # indexes the catalogs of the datasets it pushes name (and of those of its own it
+    # pushed there before): a push to a remote shared by many datasets costs in
+    # proportion to this store's. What only other datasets' packs hold, and this store
+    # never read, is then uploaded again (stored twice, as when two pushers race:
+    # space, never data).
+    local = {ds.id for ds in core.index.datasets()}
+    mine = sorted({ds.id for ds, *_ in ref_plan}
+                  | (core.index.catalog_datasets(remote.name) & local))
     remote.refresh(mine)
     report.versions = len(versions)
     refused = _preflight(core, remote, ref_plan, force)

@@ -131,7 +131,7 @@ class Remote:
         index = self.core.index
         begun = index.sending(self.name)
         generation = self.gc_generation()
-        catalogs = {ds: self.list_catalog(ds) for ds in datasets or ()} \
+        catalogs = self.list_catalogs(datasets) \
             if self.format >= layout.CATALOG_FORMAT and datasets is not None else None
         listed = {pid: size for key, size in self.backend.list(layout.INDEX)
                   if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
@@ -200,6 +200,11 @@ class Remote:
                 found.add(entry[1])
         return found
 
+    def list_catalogs(self, datasets: list[str]) -> dict[str, set[str]]:
+        """`list_catalog` of each of `datasets`, side by side."""
+        with ThreadPoolExecutor(WORKERS) as pool:
+            return dict(zip(datasets, pool.map(self.list_catalog, datasets), strict=True))
+
     def add_to_catalog(self, dataset: str, packs: Iterable[str]) -> None:
         """Name `packs` in `dataset`'s catalog on the remote (idempotent)."""
         keys = [layout.catalog_key(dataset, p) for p in packs]
@@ -214,7 +219,7 @@ class Remote:
         index = self.core.index
         generation = self.gc_generation()
         reset = generation != index.remote_gc_generation(self.name)
-        listed = {ds: self.list_catalog(ds) for ds in scope}
+        listed = self.list_catalogs(scope)
         known = set(index.remote_packs(self.name))
         forget: set[str] = set(known) if reset else set()
         for ds, packs in listed.items():
