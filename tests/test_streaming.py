@@ -12,7 +12,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -286,6 +288,68 @@ def _edit(ws: Path, rng: random.Random, round_no: int) -> None:
     _age(ws)
 
 
+@dataclass
+class _History:
+    """A dataset's random history, and a twin of its store and directory."""
+
+    ws: Path
+    store: dsv_api.Store
+    made: list[Any]                       # the versions, in order
+    contents: dict[str, dict[str, bytes]]  # version id → its files
+    twin: Path
+    whole: dsv_api.Store                   # the twin's store
+
+
+def _history(tmp_path: Path, rng: random.Random, rounds: int) -> _History:
+    """`rounds` random edits (`_edit`) committed after a first version, and a copy of
+    it all (the twin, checked out by comparing whole manifests)."""
+    import shutil
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
+                    "a/b/c": b"c", "a/x": b"x", "top": b"t"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    made = [store.commit("v0")]
+    contents = {made[0].id: read_tree(ws)}
+    for round_no in range(1, rounds + 1):
+        _edit(ws, rng, round_no)
+        made.append(store.commit(f"v{round_no}"))
+        contents[made[-1].id] = read_tree(ws)
+    twin = tmp_path / "twin"
+    shutil.copytree(ws, twin, symlinks=True)
+    return _History(ws, store, made, contents, twin, dsv_api.open(twin))
+
+
+def _check_out_both_ways(h: _History, target: Any, monkeypatch: pytest.MonkeyPatch,
+                         force: bool = False) -> None:
+    """Check `target` out in the store from the head (by the tree diff: no whole
+    manifest read) and in the twin by comparing whole manifests: the same report, and
+    both directories hold exactly the version, clean, with a cache that describes it."""
+    from dsv import checkout as checkout_module
+    planned = checkout_module._place_changes
+    streamed = []
+
+    def spy(*args: object) -> object:
+        streamed.append(planned(*args))  # type: ignore[arg-type]
+        return streamed[-1]
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    with monkeypatch.context() as m:
+        m.setattr(h.store.core, "manifest", no_manifest)
+        m.setattr(checkout_module, "_place_changes", spy)
+        fast = h.store.checkout(f"raw:{target.id}", force=force)
+    assert len(streamed) == 1 and streamed[0] is fast
+    with monkeypatch.context() as m:
+        m.setattr(checkout_module, "_place_changes", lambda *_a: None)
+        slow = h.whole.checkout(f"raw:{target.id}", force=force)
+    assert (fast.written, fast.removed, fast.unchanged, fast.bytes_written) == \
+        (slow.written, slow.removed, slow.unchanged, slow.bytes_written)
+    assert read_tree(h.ws) == h.contents[target.id] == read_tree(h.twin)
+    assert h.store.status().changes.clean
+    assert h.store.dataset("raw").cache_tree == target.tree
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_checkout_from_the_head_touches_only_what_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
@@ -293,50 +357,11 @@ def test_a_checkout_from_the_head_touches_only_what_changed(
     cache describes: what the tree diff plans is what comparing whole manifests plans
     (same report), the directory ends up holding exactly the version, and nothing reads
     a whole manifest."""
-    from dsv import checkout as checkout_module
-
     monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
     rng = random.Random(seed)
-    ws = tmp_path / "ws"
-    files = {f"flat/f{i:02d}": b"%d" % i for i in range(30)}
-    files.update({"a/b/c": b"c", "a/x": b"x", "top": b"t"})
-    write_tree(ws, files)
-    _age(ws)
-    store = dsv_api.init(ws, name="raw")
-    versions_made = [store.commit("v0")]
-    contents = {versions_made[0].id: read_tree(ws)}
-    for round_no in range(1, 5):
-        _edit(ws, rng, round_no)
-        versions_made.append(store.commit(f"v{round_no}"))
-        contents[versions_made[-1].id] = read_tree(ws)
-    twin = tmp_path / "twin"   # the same history, checked out by the whole comparison
-    import shutil
-    shutil.copytree(ws, twin, symlinks=True)
-
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
-    whole = dsv_api.open(twin)
-    planned = checkout_module._place_changes
-    streamed = []
-
-    def spy(*args: object) -> object:
-        streamed.append(planned(*args))  # type: ignore[arg-type]
-        return streamed[-1]
-    for step in range(6):
-        target = rng.choice(versions_made)
-        with monkeypatch.context() as m:
-            m.setattr(store.core, "manifest", no_manifest)
-            m.setattr(checkout_module, "_place_changes", spy)
-            fast = store.checkout(f"raw:{target.id}")
-        assert len(streamed) == step + 1 and streamed[-1] is fast
-        with monkeypatch.context() as m:
-            m.setattr(checkout_module, "_place_changes", lambda *_a: None)
-            slow = whole.checkout(f"raw:{target.id}")
-        assert (fast.written, fast.removed, fast.unchanged, fast.bytes_written) == \
-            (slow.written, slow.removed, slow.unchanged, slow.bytes_written)
-        assert read_tree(ws) == contents[target.id] == read_tree(twin)
-        assert store.status().changes.clean
-        assert store.dataset("raw").cache_tree == target.tree
+    h = _history(tmp_path, rng, 4)
+    for _step in range(6):
+        _check_out_both_ways(h, rng.choice(h.made), monkeypatch)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -346,55 +371,17 @@ def test_a_forced_checkout_from_the_head_discards_what_the_directory_changed(
     changed, added, deleted, a file made a directory, links): planned by the tree diff
     (no whole manifest read), it does what comparing whole manifests does (same report),
     and the directory holds exactly the version."""
-    import shutil
-    from dsv import checkout as checkout_module
-
     monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
     rng = random.Random(100 + seed)
-    ws = tmp_path / "ws"
-    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
-                    "a/b/c": b"c", "a/x": b"x", "top": b"t"})
-    _age(ws)
-    store = dsv_api.init(ws, name="raw")
-    made = [store.commit("v0")]
-    contents = {made[0].id: read_tree(ws)}
-    for round_no in range(1, 4):
-        _edit(ws, rng, round_no)
-        made.append(store.commit(f"v{round_no}"))
-        contents[made[-1].id] = read_tree(ws)
-    twin = tmp_path / "twin"
-    shutil.copytree(ws, twin, symlinks=True)
-    whole = dsv_api.open(twin)
-    planned = checkout_module._place_changes
-    streamed = []
-
-    def spy(*args: object) -> object:
-        streamed.append(planned(*args))  # type: ignore[arg-type]
-        return streamed[-1]
-
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
+    h = _history(tmp_path, rng, 3)
     for step in range(4):
         state = rng.getstate()
-        _edit(ws, rng, 10 + step)
+        _edit(h.ws, rng, 10 + step)
         mirror = random.Random()
         mirror.setstate(state)
-        _edit(twin, mirror, 10 + step)
-        assert read_tree(ws) == read_tree(twin)
-        target = rng.choice(made)
-        with monkeypatch.context() as m:
-            m.setattr(store.core, "manifest", no_manifest)
-            m.setattr(checkout_module, "_place_changes", spy)
-            fast = store.checkout(f"raw:{target.id}", force=True)
-        assert len(streamed) == step + 1 and streamed[-1] is fast
-        with monkeypatch.context() as m:
-            m.setattr(checkout_module, "_place_changes", lambda *_a: None)
-            slow = whole.checkout(f"raw:{target.id}", force=True)
-        assert (fast.written, fast.removed, fast.unchanged, fast.bytes_written) == \
-            (slow.written, slow.removed, slow.unchanged, slow.bytes_written)
-        assert read_tree(ws) == contents[target.id] == read_tree(twin)
-        assert store.status().changes.clean
-        assert store.dataset("raw").cache_tree == target.tree
+        _edit(h.twin, mirror, 10 + step)
+        assert read_tree(h.ws) == read_tree(h.twin)
+        _check_out_both_ways(h, rng.choice(h.made), monkeypatch, force=True)
 
 
 @pytest.mark.parametrize("seed", range(3))
