@@ -320,7 +320,9 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                                  f"lie in "
                                  f"a nested dataset or store")
         wanted = placeable
-        selected = _select_paths(wanted, paths, Path(cwd).resolve(), target)
+        selected = _select_paths(
+            lambda rel: rel in wanted or any(q.startswith(rel + "/") for q in wanted),
+            paths, Path(cwd).resolve(), target)
         if selected is not None:
             wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
         target.mkdir(parents=True, exist_ok=True)
@@ -868,10 +870,11 @@ def _check_no_links_to(core: Core, ds: Dataset) -> None:
                              hint="move it away; dsv never writes through links")
 
 
-def _select_paths(manifest: Manifest, paths: list[str] | None, cwd: Path,
+def _select_paths(holds: Callable[[str], bool], paths: list[str] | None, cwd: Path,
                   target: Path) -> set[str] | None:
     """Version paths named by the user: relative to the current directory when it is
-    inside `target` (as with git), else relative to the version's root."""
+    inside `target` (as with git), else relative to the version's root; each must be a
+    file or directory of the version (`holds`)."""
     if not paths:
         return None
     selected = set()
@@ -881,7 +884,7 @@ def _select_paths(manifest: Manifest, paths: list[str] | None, cwd: Path,
                else normalize_user_path(p))
         if rel == "":
             return None
-        if rel not in manifest and not any(q.startswith(rel + "/") for q in manifest):
+        if not holds(rel):
             raise InvalidInput(f"{p} is not in this version",
                                hint="`dsv files list REF --recursive` shows its paths")
         selected.add(rel)
@@ -1008,7 +1011,10 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
     version's trees are walked, not flattened: its files are placed (and, if it was
     only fetched, first downloaded) FRESH_CHUNK at a time."""
     v = core.resolve(ref, cwd)
-    selected = _select_tree_paths(core, v, paths, Path(cwd).resolve(), Path(target))
+    selected = _select_paths(lambda rel: tree.find(v.tree, core.read_tree, rel) is not None,
+                             paths, Path(cwd).resolve(), Path(target))
+    if selected is not None:   # (one named under another is placed with it)
+        selected = {p for p in selected if not ancestors([p]) & selected}
 
     def items() -> Iterator[tuple[str, Entry]]:
         if selected is None:
@@ -1045,26 +1051,6 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
                                       FRESH_CHUNK_BYTES):
             placer.place(chunk, advance)
     return count
-
-
-def _select_tree_paths(core: Core, v: Version, paths: list[str] | None, cwd: Path,
-                       target: Path) -> set[str] | None:
-    """`_select_paths` looked up in `v`'s trees (no manifest): the paths named, less
-    those under another one named."""
-    if not paths:
-        return None
-    inside = cwd == target or target in cwd.parents
-    selected = set()
-    for p in paths:
-        rel = (worktree.resolve_user_path(target, cwd, p) if inside
-               else normalize_user_path(p))
-        if rel == "":
-            return None
-        if tree.find(v.tree, core.read_tree, rel) is None:
-            raise InvalidInput(f"{p} is not in this version",
-                               hint="`dsv files list REF --recursive` shows its paths")
-        selected.add(rel)
-    return {p for p in selected if not ancestors([p]) & selected}
 
 
 def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = ".") -> BinaryIO:
