@@ -378,3 +378,32 @@ def test_a_fetch_of_another_dataset_widens_a_scoped_store(shared, dsv, tmp_path:
     assert f"LIST catalog/{ids['alpha']}/" in seen and "LIST index/" not in seen
     bad = dsv("fetch", "origin", "gamma", cwd=clone)
     assert bad.code != 0 and "has no dataset 'gamma'" in bad.err
+
+
+@pytest.mark.parametrize("scoped", [True, False], ids=["clone-dataset", "remote-add"])
+def test_a_noted_pack_that_is_no_pack_id_is_never_asked_for(
+        shared, dsv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scoped: bool) -> None:
+    """The packs a push noted before uploading them (`remote_sending`) are read from an
+    index another hand may have touched: an id that is not a hash is never made a key."""
+    import sqlite3
+    ws, remote = shared
+    store = tmp_path / "store"
+    if scoped:
+        assert dsv("clone", remote, store, "--dataset", "beta", cwd=tmp_path).code == 0
+        work = store / "beta"
+    else:
+        work = store / "gamma"
+        write_tree(work, _files("gamma"))
+        assert dsv("init", "--name", "gamma", work, cwd=tmp_path).code == 0
+        assert dsv("remote", "add", "origin", remote, cwd=work).code == 0
+        store = work
+    bad = ["../dsv-remote.json", "../../../etc/passwd", "A" * 64, "ab/" + "c" * 61]
+    with sqlite3.connect(store / ".dsv" / "index.db") as conn:
+        conn.executemany("INSERT INTO remote_sending (remote, pack) VALUES ('origin', ?)",
+                         [(b,) for b in bad])
+    write_tree(work, {"new.bin": os.urandom(300)})
+    assert dsv("commit", "-m", "more", cwd=work).code == 0
+    seen = _reads(monkeypatch)
+    result = dsv("push", cwd=work)
+    assert result.code == 0, result.err
+    assert not [k for k in seen if any(b in k for b in bad)], seen

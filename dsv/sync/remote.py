@@ -129,7 +129,7 @@ class Remote:
             self._refresh_scoped(self.scoped)
             return
         index = self.core.index
-        begun = index.sending(self.name)
+        begun = self._begun()
         generation = self.gc_generation()
         catalogs = self.list_catalogs(datasets) \
             if self.format >= layout.CATALOG_FORMAT and datasets is not None else None
@@ -166,6 +166,12 @@ class Remote:
                 index.set_catalog(self.name, ds, packs, replace=True)
             index.set_remote_gc_generation(self.name, generation)
             index.forget_sending(self.name, begun)   # (listed and read, or not there)
+
+    def _begun(self) -> set[str]:
+        """The packs a push of this store began to upload here (`Index.sending`): only
+        ids that are hashes (the index is a file another hand may have touched; an id
+        becomes a key)."""
+        return {p for p in self.core.index.sending(self.name) if is_hash(p)}
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
                       ) -> Iterator[tuple[str, list[PackEntry], int]]:
@@ -225,7 +231,7 @@ class Remote:
         for ds, packs in listed.items():
             if index.catalog_packs(self.name, ds) - packs:
                 forget |= known & (index.catalog_packs(self.name, ds) | packs)
-        begun = index.sending(self.name)   # (in no catalog if the push was killed)
+        begun = self._begun()   # (in no catalog if the push was killed)
         wanted = set().union(begun, *listed.values())
         index.stage_remote_packs(self.name, self._read_indexes(
             sorted(wanted - (known - forget)), {}))   # (no lock held meanwhile)
