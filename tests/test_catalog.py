@@ -383,8 +383,9 @@ def test_a_fetch_of_another_dataset_widens_a_scoped_store(shared, dsv, tmp_path:
 @pytest.mark.parametrize("scoped", [True, False], ids=["clone-dataset", "remote-add"])
 def test_a_noted_pack_that_is_no_pack_id_is_never_asked_for(
         shared, dsv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scoped: bool) -> None:
-    """The packs a push noted before uploading them (`remote_sending`) are read from an
-    index another hand may have touched: an id that is not a hash is never made a key."""
+    """The packs a push noted before uploading them (`remote_sending`), and the datasets
+    of a store's scope, are read from an index another hand may have touched: an id
+    that is not a hash (or a dataset id) is never made a key."""
     import sqlite3
     ws, remote = shared
     store = tmp_path / "store"
@@ -401,6 +402,12 @@ def test_a_noted_pack_that_is_no_pack_id_is_never_asked_for(
     with sqlite3.connect(store / ".dsv" / "index.db") as conn:
         conn.executemany("INSERT INTO remote_sending (remote, pack) VALUES ('origin', ?)",
                          [(b,) for b in bad])
+        if scoped:   # (and a dataset of the scope that is no dataset id)
+            row = conn.execute("SELECT value FROM meta WHERE key='remote-scope:origin'")
+            scope = json.loads(row.fetchone()[0]) + ["../refs"]
+            conn.execute("UPDATE meta SET value=? WHERE key='remote-scope:origin'",
+                         (json.dumps(scope),))
+            bad += ["catalog/../refs", "refs/../refs"]
     write_tree(work, {"new.bin": os.urandom(300)})
     assert dsv("commit", "-m", "more", cwd=work).code == 0
     seen = _reads(monkeypatch)

@@ -21,6 +21,7 @@ from ..hashing import is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST, Version
 from ..objects import PackEntry, parse_pack_index
+from ..records import is_id
 from ..remotes import layout
 from ..remotes.connect import open_backend
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
@@ -198,8 +199,12 @@ class Remote:
         yield from (r for r in bounded(getters(), read, packs, WORKERS) if r is not None)
 
     def list_catalog(self, dataset: str) -> set[str]:
-        """The packs `dataset`'s catalog on the remote names (one LIST per 1,000)."""
-        found = set()
+        """The packs `dataset`'s catalog on the remote names (one LIST per 1,000; none
+        for a word that is no dataset id: the ids come from the index, which another
+        hand may have touched, and an id becomes a key)."""
+        found: set[str] = set()
+        if not is_id(dataset):
+            return found
         for key, _size in self.backend.list(layout.catalog_prefix(dataset)):
             entry = layout.catalog_entry_of_key(key)
             if entry is not None and entry[0] == dataset:
@@ -295,7 +300,7 @@ class Remote:
         only some, catalogs or not): (dataset id, ref) → RemoteRef; a ref that cannot be
         read safely is skipped with a warning."""
         prefixes = [layout.REFS] if self.scope is None else \
-            [f"{layout.REFS}{ds}/" for ds in self.scope]
+            [f"{layout.REFS}{ds}/" for ds in self.scope if is_id(ds)]   # (see list_catalog)
         keys: list[str] = []
         for prefix in prefixes:
             for key, _size in self.backend.list(prefix):
