@@ -15,10 +15,13 @@ import functools
 import io
 import itertools
 import os
+import pickle
 import stat
+import tempfile
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import fileio, monitor, refs, tree, worktree
 from .core import Core
@@ -296,117 +299,286 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
                 return changed
         leftovers: list[str] = []
         stores: list[str] = []
-        files, _ = worktree.scan(target, excluded, leftovers, stores,
-                                 ignore_files=in_worktree)
+        found = 0   # (a first walk: which stores are fenced off, and is anything there)
+        for run in worktree.walk(target, [], excluded, leftovers, stores,
+                                 ignore_files=in_worktree):
+            found += len(run)
         if interrupted is None:
             leftovers = []  # no checkout was interrupted here: those are not ours
         # Nested datasets and stores are left alone: their directories belong to them
         # now, even where an older version of this dataset holds files there (or a
         # file where one of them has its directory).
         fenced = set(excluded + stores)
-        if not files and not leftovers and not paths and \
-                interrupted is None:
+        if not found and not leftovers and not paths and interrupted is None:
             # Nothing there to compare with, keep or remove (a clone, a new --to
             # directory): the version is placed as its trees are walked, a chunk at a
             # time, without a flat manifest of it.
             return _place_fresh(core, version, ds, target, key, fenced, in_worktree, link)
-        version_files = core.manifest(version)
-        above_fenced = ancestors(fenced)
-        placeable = {p: e for p, e in version_files.items()
-                     if p not in above_fenced and not is_under(p, fenced)}
-        left_out = len(version_files) - len(placeable)
-        if left_out:
-            core.reporter.notice(f"left out {plural(left_out, 'path')} of {version.id} that "
-                                 f"lie in "
-                                 f"a nested dataset or store")
-        wanted = placeable
-        selected = _select_paths(
-            lambda rel: rel in wanted or any(q.startswith(rel + "/") for q in wanted),
-            paths, Path(cwd).resolve(), target)
-        if selected is not None:
-            wanted = {p: e for p, e in wanted.items() if is_under(p, selected)}
+        return _Placement(core, version, ds, target, key, fenced, in_worktree, link,
+                          force, interrupted).run(paths, Path(cwd).resolve(), excluded,
+                                                  leftovers, found)
+
+
+@dataclass
+class _Judged:
+    """What the first pass of a `_Placement` found, in totals."""
+
+    wanted: int = 0       # version paths to be there (placeable and selected)
+    left_out: int = 0     # version paths in a nested dataset or store
+    writes: int = 0
+    removals: int = 0
+    nbytes: int = 0       # of the writes
+    less: int = 0         # bytes of the files removed or replaced
+    has_link: bool = False
+    hashed: int = 0       # files the snapshot hashed, and the stat rows it made of them
+    rows: int = 0
+    at_risk: int = 0
+    shown: list[str] = field(default_factory=list)   # the first few at risk
+
+
+class _Placement:
+    """A checkout into a directory that holds files already and that `_place_changes`
+    cannot take: a `--to` directory, a working directory the stat cache does not
+    describe, a checkout of some paths, or the rest of an interrupted one.
+
+    The directory's walk, the version's files and those of the version the directory
+    last held (its base: the head, or the version a finished checkout placed in a `--to`
+    directory) are merged in path order (`_aligned`) and compared a chunk at a time. A
+    first pass judges the whole change (hashing what the stat cache cannot vouch for)
+    before anything is touched, and writes what to remove, write and keep into a spill
+    file with no name (only this process holds it, so nobody else can change it). Later
+    passes read the spill back to download, remove and write. Memory grows with the
+    largest directory and one chunk, not with the version or the directory."""
+
+    def __init__(self, core: Core, version: Version, ds: Dataset, target: Path, key: str,
+                 fenced: set[str], in_worktree: bool, link: str, force: bool,
+                 interrupted: str | None) -> None:
+        self.core, self.version, self.ds, self.target, self.key = \
+            core, version, ds, target, key
+        self.fenced, self.above_fenced = fenced, ancestors(fenced)
+        self.in_worktree, self.link, self.force = in_worktree, link, force
+        self.interrupted = interrupted
+
+    def run(self, paths: list[str] | None, cwd: Path, excluded: list[str],
+            leftovers: list[str], found: int) -> CheckoutReport:
+        core, version, target = self.core, self.version, self.target
+        selected = _select_paths(self._holds, paths, cwd, target)
+        previous = self.ds.head if self.in_worktree else core.index.placed_version(self.key)
+        base = core.index.version(previous) if previous else None
         target.mkdir(parents=True, exist_ok=True)
-        if selected is not None:
-            # What is selected, and what stands where a selected path needs a
-            # directory (an edited link there is a change like any other).
-            above = ancestors(selected) | ancestors(wanted)
-            files = {p: f for p, f in files.items()
-                     if p in wanted or is_under(p, selected) or p in above}
-        cache = core.index.stat_cache(ds.id) if in_worktree else {}
-        before = worktree.snapshot(target, files, cache, None, strict_links=in_worktree)
-        current = before.manifest
-        # What the directory should hold if nobody touched it: the working directory's
-        # head, or the version a finished checkout last placed in a --to directory.
-        previous = ds.head if in_worktree else core.index.placed_version(key)
-        base_version = core.index.version(previous) if previous else None
-        base = core.manifest(base_version) if base_version else {}
-        to_write = [(p, e) for p, e in wanted.items() if not _same_entry(current.get(p), e)]
-        to_remove = [p for p in current if p not in wanted]
         downloads = _Downloads(core, version)
-        if not force:
-            # A file may be replaced or removed only if it is as that version left it,
-            # also when an interrupted checkout is resumed: what it already placed
-            # matches the target and is not touched again; anything else the user
-            # made or edited meanwhile is theirs. (Files are placed by rename, but for
-            # the small files of a fresh checkout: those it was writing when it was
-            # killed hold the first bytes of their content, and are replaced.)
-            # (--to directories placed with links hold 0444 files: compare contents.)
-            touched = to_remove + [p for p, _e in to_write if p in current]
-            at_risk = [p for p in touched if _edited(current[p], base.get(p), in_worktree)
-                       and not _placed_link(core, target / p, base.get(p))]
-            if at_risk and interrupted is not None:
-                at_risk = _not_cut_short(core, interrupted, at_risk, current,
-                                         downloads if interrupted == version.id else None)
-            if at_risk:
-                shown = ", ".join(sorted(at_risk)[:5]) + (" …" if len(at_risk) > 5 else "")
+        with tempfile.TemporaryFile(dir=core.objects.tmp_dir) as spill:
+            judged = self._judge(spill, selected, base, excluded,
+                                 found if selected is None else None, downloads)
+            if judged.left_out:
+                core.reporter.notice(f"left out {plural(judged.left_out, 'path')} of "
+                                     f"{version.id} that lie in a nested dataset or store")
+            if judged.at_risk:
+                shown = ", ".join(judged.shown) + (" …" if judged.at_risk > 5 else "")
                 raise DirtyWorktree(
                     f"checkout would discard "
-                    f"{plural(len(at_risk), 'uncommitted change')} in "
-                    f"{target}: {shown}", hint="commit them first, or pass --force")
-        # (files are replaced one at a time, each freeing its old bytes once renamed over)
-        gone = to_remove + [p for p, _e in to_write if p in current]
-        check_room(core, target, link, [e for _p, e in to_write],
-                   less=sum(current[p].size for p in gone if current[p].kind == tree.FILE),
-                   fetched=core.index.promised_by(version.id) is not None)
-        downloads([e for _p, e in to_write] + _links(version_files))
-        tree.validate_links(placeable, core.objects.read, fenced)
-        with core.index.transaction():
-            core.index.begin_checkout(key, version.id)
-        crashpoint("checkout:journal-written")
-        worktree.remove_paths(target, to_remove + leftovers)
-        twins = {} if in_worktree or link != "auto" else _twins(core, ds, to_write)
-        placer = worktree.Materializer(core.objects, target, link, stat_rows=in_worktree,
-                                       twins=twins)
-        nbytes = sum(e.size for _p, e in to_write)
-        with core.reporter.task("checkout", len(to_write), nbytes) as advance:
-            rows = placer.place(to_write, advance)
-        if in_worktree and link not in ("hardlink", "symlink"):
-            rows = worktree.settle(target, rows)
-        with core.index.transaction():
-            if in_worktree:
-                # Rows of files left in place that already matched: their content is stored.
-                kept = [(p, r) for p, r in before.stat_rows
-                        if p in wanted and wanted[p].oid == r[4]]
-                core.index.put_stat_rows(ds.id, kept)
-                if link in ("hardlink", "symlink"):
-                    core.index.drop_stat_rows(ds.id, (p for p, _r in rows))
-                else:
-                    core.index.put_stat_rows(ds.id, rows)
-                core.index.drop_stat_rows(ds.id, to_remove)
-                if selected is None:
-                    complete = link not in ("hardlink", "symlink") and \
-                        len(before.stat_rows) == before.hashed_files and \
-                        len(wanted) == len(version_files)
-                    core.index.update_dataset(ds.id, head=version.id,
-                                              cache_tree=version.tree if complete else None)
-                else:
-                    core.index.update_dataset(ds.id, cache_tree=None)
-            core.index.end_checkout(key, None if in_worktree or selected is not None
-                                    else version.id)
+                    f"{plural(judged.at_risk, 'uncommitted change')} in {target}: {shown}",
+                    hint="commit them first, or pass --force")
+            written = self._place(spill, judged, downloads, leftovers)
+            with core.index.transaction():
+                if self.in_worktree:
+                    for rows in _spilled(spill, "k"):
+                        core.index.put_stat_rows(self.ds.id, rows)
+                    if selected is None:
+                        complete = judged.rows == judged.hashed and not judged.left_out \
+                            and written == judged.writes
+                        core.index.update_dataset(
+                            self.ds.id, head=version.id,
+                            cache_tree=version.tree if complete else None)
+                core.index.end_checkout(self.key, None if self.in_worktree or
+                                        selected is not None else version.id)
         core.index.checkpoint()
-        return downloads.tally(CheckoutReport(version, target, len(to_write), len(to_remove),
-                                              len(wanted) - len(to_write), nbytes,
-                                              left_out=left_out))
+        return downloads.tally(CheckoutReport(
+            version, target, judged.writes, judged.removals, judged.wanted - judged.writes,
+            judged.nbytes, left_out=judged.left_out))
+
+    def _holds(self, rel: str) -> bool:
+        """Whether a path the user named is a file or directory of the version that is not
+        fenced off."""
+        return not is_under(rel, self.fenced) and \
+            tree.find(self.version.tree, self.core.read_tree, rel) is not None
+
+    def _judge(self, spill: BinaryIO, selected: set[str] | None, base: Version | None,
+               excluded: list[str], found: int | None, downloads: _Downloads) -> _Judged:
+        """The first pass: every path compared, the records of what to do spilled a chunk
+        at a time ("w": write the version's entry, "r": remove, "k": a stat row of a file
+        that already matches), what it amounts to returned."""
+        core = self.core
+        judged = _Judged()
+        # What is selected, and what stands where a selected path needs a directory
+        # (an edited link there is a change like any other).
+        above = ancestors(selected) if selected is not None else set()
+
+        def scoped() -> Iterator[tuple[str, worktree.FileStat | None, Entry | None]]:
+            walk = worktree.walk(self.target, [], excluded, stores=[],
+                                 ignore_files=self.in_worktree)
+            for path, fs, entry in _aligned(
+                    walk, tree.iter_sorted(self.version.tree, core.read_tree)):
+                if entry is not None:
+                    if path in self.above_fenced or is_under(path, self.fenced):
+                        judged.left_out += 1
+                        entry = None
+                    elif selected is not None and not is_under(path, selected):
+                        entry = None
+                    else:
+                        judged.wanted += 1
+                if fs is not None and selected is not None and \
+                        not is_under(path, selected) and path not in above:
+                    fs = None
+                if fs is not None or entry is not None:
+                    yield path, fs, entry
+
+        with core.reporter.task("comparing", found) as advance:
+            for chunk in worktree.batches(scoped(), lambda _item: 0, FRESH_CHUNK, 1 << 62):
+                self._judge_chunk(chunk, base, spill, judged, advance, downloads)
+        return judged
+
+    def _judge_chunk(self, chunk: list[tuple[str, worktree.FileStat | None, Entry | None]],
+                     base: Version | None, spill: BinaryIO, judged: _Judged,
+                     advance: worktree.Progress, downloads: _Downloads) -> None:
+        core, target = self.core, self.target
+        files = {path: fs for path, fs, _e in chunk if fs is not None}
+        cache = core.index.stat_rows_at(self.ds.id, files) if self.in_worktree else {}
+        snap = worktree.snapshot(target, files, cache, None, advance,
+                                 strict_links=self.in_worktree)
+        judged.hashed += snap.hashed_files
+        judged.rows += len(snap.stat_rows)
+        current = snap.manifest
+        hashed = dict(snap.stat_rows)
+        records: list[tuple[str, str, object]] = []
+        touched: list[tuple[str, Entry, Entry | None]] = []   # (path, there, its entry)
+        for path, _fs, entry in chunk:
+            there = current.get(path)
+            if entry is not None:
+                if _same_entry(there, entry):
+                    row = hashed.get(path)
+                    if row is not None and row[4] == entry.oid:
+                        records.append(("k", path, row))
+                    continue
+                records.append(("w", path, entry))
+                judged.writes += 1
+                judged.nbytes += entry.size
+                judged.has_link = judged.has_link or entry.kind == tree.LINK
+            elif there is not None:
+                records.append(("r", path, None))
+                judged.removals += 1
+            if there is not None:
+                touched.append((path, there, entry))
+                if there.kind == tree.FILE:
+                    judged.less += there.size
+        # A file may be replaced or removed only if it is as that version left it, also
+        # when an interrupted checkout is resumed: what it already placed matches the
+        # target and is not touched again; anything else the user made or edited
+        # meanwhile is theirs. (Files are placed by rename, but for the small files of
+        # a fresh checkout: those it was writing when it was killed hold the first bytes
+        # of their content, and are replaced.) (--to directories placed with links hold
+        # 0444 files: compare contents.) Only those paths of the base are read.
+        at_risk: list[str] = []
+        if touched and not self.force:
+            if base is not None and base.tree == self.version.tree:
+                was: Manifest = {p: e for p, _t, e in touched if e is not None}
+            else:
+                was = _entries_at(core, base, [p for p, _t, _e in touched]) if base else {}
+            at_risk = [p for p, there, _e in touched
+                       if _edited(there, was.get(p), self.in_worktree) and
+                       not _placed_link(core, target / p, was.get(p))]
+        if at_risk and self.interrupted is not None:
+            at_risk = _not_cut_short(core, self.interrupted, at_risk, current,
+                                     downloads if self.interrupted == self.version.id
+                                     else None)
+        judged.at_risk += len(at_risk)
+        judged.shown.extend(at_risk[:5 - len(judged.shown)])
+        if records:
+            pickle.dump(records, spill, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _place(self, spill: BinaryIO, judged: _Judged, downloads: _Downloads,
+               leftovers: list[str]) -> int:
+        """The later passes: download what the store lacks, remove, write (each a chunk at
+        a time, recording stat rows as files land); how many stat rows were recorded."""
+        core, version, target, ds = self.core, self.version, self.target, self.ds
+        links: Manifest = {}
+        if judged.has_link:
+            # A new link is checked through every link the version places.
+            links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree,
+                                                      only=tree.LINK)
+                     if p not in self.above_fenced and not is_under(p, self.fenced)}
+        fetched = core.index.promised_by(version.id) is not None
+        check_room(core, target, self.link,
+                   (e for rows in _spilled(spill, "w") for _p, e in rows),
+                   less=judged.less, claimed=judged.nbytes, fetched=fetched)
+        downloads(list(links.values()))
+        for rows in _spilled(spill, "w"):
+            downloads([e for _p, e in rows])   # (every blob here before anything is touched)
+        tree.validate_links(links, core.objects.read, self.fenced)
+        with core.index.transaction():
+            core.index.begin_checkout(self.key, version.id)
+            if self.in_worktree:   # (until the end it describes neither version)
+                core.index.update_dataset(ds.id, cache_tree=None)
+        crashpoint("checkout:journal-written")
+        for paths in itertools.chain(([p for p, _n in rows] for rows in _spilled(spill, "r")),
+                                     [leftovers]):
+            worktree.remove_paths(target, paths)
+            if self.in_worktree:
+                with core.index.transaction():
+                    core.index.drop_stat_rows(ds.id, paths)
+        written = 0
+        with core.reporter.task("checkout", judged.writes, judged.nbytes) as advance:
+            for rows in _spilled(spill, "w"):
+                for chunk in worktree.batches(rows, lambda it: it[1].size, FRESH_CHUNK,
+                                              FRESH_CHUNK_BYTES):
+                    twins = {} if self.in_worktree or self.link != "auto" else \
+                        _twins(core, ds, chunk)
+                    placer = worktree.Materializer(core.objects, target, self.link,
+                                                   stat_rows=self.in_worktree, twins=twins)
+                    placed = placer.place(chunk, advance)
+                    if self.in_worktree:
+                        placed = worktree.settle(target, placed)
+                        written += len(placed)
+                        with core.index.transaction():
+                            core.index.put_stat_rows(ds.id, placed)
+        return written
+
+
+def _spilled(spill: BinaryIO, tag: str) -> Iterator[list[tuple[str, Any]]]:
+    """The records tagged `tag` of a `_Placement`'s spill, (path, what) a chunk at a
+    time, in path order. (One reader at a time: each starts from the top.)"""
+    spill.seek(0)
+    while True:
+        try:
+            records = pickle.load(spill)
+        except EOFError:
+            return
+        chosen = [(path, what) for kind, path, what in records if kind == tag]
+        if chosen:
+            yield chosen
+
+
+def _aligned(runs: Iterable[worktree.Run], ours: Iterator[tuple[str, Entry]]
+             ) -> Iterator[tuple[str, worktree.FileStat | None, Entry | None]]:
+    """(path, what the directory holds there, the version's entry) of every path either
+    has, in path order, from a walk (`runs`) and a tree walk in path order
+    (tree.iter_sorted)."""
+    here = itertools.chain.from_iterable(runs)
+    h, o = next(here, None), next(ours, None)
+    while h is not None and o is not None:
+        if h[0] == o[0]:
+            yield h[0], h[1], o[1]
+            h, o = next(here, None), next(ours, None)
+        elif h[0] < o[0]:
+            yield h[0], h[1], None
+            h = next(here, None)
+        else:
+            yield o[0], None, o[1]
+            o = next(ours, None)
+    for path, fs in itertools.chain([h] if h is not None else [], here):
+        yield path, fs, None
+    for path, entry in itertools.chain([o] if o is not None else [], ours):
+        yield path, None, entry
 
 
 def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key: str,
@@ -905,36 +1077,55 @@ def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
             # is read, and looked up in the head's tree.
             return _only_under(status(core, ds.id).changes,
                                _selected(core, ds, paths, cwd) if paths else None)
-        head = core.head(ds)
-        base = core.manifest(head) if head else {}
+        a = core.head(ds)
     else:
         a = core.resolve(ref_a, cwd)
         found = core.index.dataset_by("id", a.dataset)
         assert found is not None
         ds = found
-        base = {} if ref_b is not None else core.manifest(a)
-    if ref_a is not None and ref_b is not None:
+    selected = _selected(core, ds, paths, cwd) if paths else None
+    if selected is not None and "" in selected:
+        selected = None
+    if ref_b is None and a is not None:
+        return _diff_directory(core, ds, a, selected)
+    base: Manifest = {}
+    current: Manifest = {}
+    if a is not None and ref_b is not None:
         # Two versions: only directories whose ids differ are read, and only the paths
         # that differ are compared.
-        current: Manifest = {}
         for p, old, new in tree.diff_trees(a.tree, core.resolve(ref_b, cwd).tree,
                                            core.read_tree):
             if old is not None:
                 base[p] = old
             if new is not None:
                 current[p] = new
-    elif ref_b is not None:
-        current = core.manifest(core.resolve(ref_b, cwd))
-    else:
-        root = core.dataset_root(ds)
-        files, _ = worktree.scan(root, core.excluded(ds), ignore_files=True)
-        current = worktree.snapshot(root, files, core.index.stat_cache(ds.id), None).manifest
-    if paths:
-        selected = _selected(core, ds, paths, cwd)
-        if "" not in selected:
-            base = {p: e for p, e in base.items() if is_under(p, selected)}
-            current = {p: e for p, e in current.items() if is_under(p, selected)}
-    return worktree.compare(base, current)
+    elif ref_b is not None:   # (no head yet: everything the version holds is added)
+        current = dict(tree.iter_files(core.resolve(ref_b, cwd).tree, core.read_tree))
+    return _only_under(worktree.compare(base, current), selected)
+
+
+def _diff_directory(core: Core, ds: Dataset, version: Version, selected: set[str] | None
+                    ) -> Changes:
+    """`diff` of a version against the dataset's directory: the walk and the version's
+    files merged in path order and compared `FRESH_CHUNK` paths at a time (the stat
+    cache vouches for what it can, the rest is hashed), holding only what differs."""
+    root = core.dataset_root(ds)
+    changes = Changes()
+    walk = worktree.walk(root, [], core.excluded(ds), ignore_files=True)
+    paths = _aligned(walk, tree.iter_sorted(version.tree, core.read_tree))
+    if selected is not None:
+        paths = (item for item in paths if is_under(item[0], selected))
+    for chunk in worktree.batches(paths, lambda _item: 0, FRESH_CHUNK, 1 << 62):
+        files = {path: fs for path, fs, _e in chunk if fs is not None}
+        snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files), None)
+        part = worktree.compare({path: e for path, _fs, e in chunk if e is not None},
+                                snap.manifest)
+        for name in ("added", "modified", "deleted"):   # (chunks come in path order)
+            getattr(changes, name).extend(getattr(part, name))
+            setattr(changes, f"{name}_bytes",
+                    getattr(changes, f"{name}_bytes") + getattr(part, f"{name}_bytes"))
+        changes.sizes.update(part.sizes)
+    return changes
 
 
 def _selected(core: Core, ds: Dataset, paths: list[str], cwd: str | os.PathLike[str]
@@ -1259,10 +1450,6 @@ def _ensure_for_paths(core: Core, v: Version, items: list[tuple[str, Entry]],
             exc.message = f"cannot get {shown} of {v.id}: {exc.message}"
             exc.args = (exc.message,)
         raise
-
-
-def _links(manifest: Manifest) -> list[Entry]:
-    return [e for e in manifest.values() if e.kind == tree.LINK]
 
 
 def _edited(current: Entry, base: Entry | None, with_mode: bool) -> bool:

@@ -787,6 +787,40 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
 
 
+def iter_sorted(root: str, read_tree: Callable[[str], bytes], trusted: bool = True
+                ) -> Iterator[tuple[str, Entry]]:
+    """`iter_files` in the order of the path strings (worktree.walk's order, so the two
+    can be merged): each directory's entries, its shards gathered, are sorted with a
+    subdirectory keyed `name/`. Memory grows with the largest directory times the depth,
+    never with the tree."""
+    count = 0
+    stack = [iter(_sorted_dir(root, "", read_tree, trusted))]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        path, (_name, kind, mode, size, child, chunks) = item
+        if kind == DIR:
+            stack.append(iter(_sorted_dir(child, path + "/", read_tree, trusted)))
+            continue
+        count += 1
+        if count > MAX_VERSION_PATHS:
+            raise CorruptObject(f"tree {root[:12]} expands to more than "
+                                f"{MAX_VERSION_PATHS:,} paths")
+        yield path, Entry(kind, mode, size, child, chunks)
+
+
+def _sorted_dir(oid: str, prefix: str, read_tree: Callable[[str], bytes], trusted: bool
+                ) -> list[tuple[str, Row]]:
+    """(path, row) of the entries of the directory tree `oid` standing at `prefix`, in
+    path order."""
+    rows = _gather(node_at(read_tree, oid, "", trusted), "", read_tree, trusted, oid)
+    items = [(prefix + row[0], row) for row in rows]
+    items.sort(key=lambda item: item[0] + "/" if item[1][1] == DIR else item[0])
+    return items
+
+
 def diff_trees(a: str, b: str, read_tree: Callable[[str], bytes]
                ) -> Iterator[tuple[str, Entry | None, Entry | None]]:
     """(path, entry under `a`, entry under `b`) of every file or link that differs between

@@ -16,7 +16,7 @@ import pytest
 
 import dsv as dsv_api
 from conftest import read_tree, write_tree
-from dsv import tree
+from dsv import tree, worktree
 from dsv.errors import CorruptObject, UnsafePath
 from dsv.paths import check_name
 from dsv.tree import FILE, Entry
@@ -75,6 +75,31 @@ def test_a_large_directory_is_sharded_and_reads_back_whole() -> None:
     assert sum(1 for _ in tree.blob_sizes(root, store.get)) == len(manifest)
     for data in store.objects.values():  # every object small: no 2 MB directory object
         assert len(data) < 64 << 10
+
+
+def test_a_version_walked_in_path_order_meets_a_directory_walk(tmp_path: Path) -> None:
+    """tree.iter_sorted yields a version's files in the order worktree.walk yields a
+    directory holding them (what checkout merges the two by), across shards and for the
+    names that sort between a directory and its files."""
+    rng = random.Random(5)
+    names = ["a", "a.b", "a-", "a!", "a0", "b", "\u00e9t\u00e9", "z\u4e2d", "_x", "A"]
+    files: dict[str, bytes | str] = {}
+    for top in names:
+        files[f"{top}/x"] = "x"
+        files[f"{top}.txt"] = "t"
+        files[f"{top}/{top}/deep"] = "d"
+    for i in range(700):   # (sharded, with names that sort around its subdirectories)
+        files[f"big/{rng.choice(names)}{i:03d}" + rng.choice(["", "/in", ".z"])] = str(i)
+    manifest = {rel: Entry(FILE, 0o644, len(data), _oid(data.encode()))
+                for rel, data in files.items() if isinstance(data, str)}
+    store = MemStore()
+    root, _size = tree.build_tree(manifest, store.put)
+    assert _kinds(store)["shards"] >= 1
+    walked_tree = [path for path, _e in tree.iter_sorted(root, store.get)]
+    write_tree(tmp_path, files)
+    walked_dir = [rel for run in worktree.walk(tmp_path, []) for rel, _fs in run]
+    assert walked_tree == sorted(manifest) == walked_dir
+    assert dict(tree.iter_sorted(root, store.get)) == manifest
 
 
 def test_a_one_file_change_rewrites_one_leaf_and_the_nodes_above_it() -> None:

@@ -385,12 +385,59 @@ def test_a_forced_checkout_from_the_head_discards_what_the_directory_changed(
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_a_checkout_over_any_directory_compares_it_a_chunk_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Checkouts the head cannot plan (`checkout._Placement`), judged and placed 3 paths
+    at a time from walks of 2 files: into a `--to` directory holding another version
+    and random edits, and of one path in the dataset's directory. Without --force a
+    change there is refused and nothing is touched; with it the directory (or the path)
+    holds exactly the version, whatever stood there, and the rest is left as it was. No
+    whole manifest is read."""
+    from dsv import checkout as checkout_module
+    from dsv.errors import DirtyWorktree
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(200 + seed)
+    h = _history(tmp_path, rng, 4)
+    monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 3)
+    monkeypatch.setattr(worktree, "RUN_FILES", 2)
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    monkeypatch.setattr(h.store.core, "manifest", no_manifest)
+    other = tmp_path / "other"
+    for step in range(4):
+        source, target = rng.sample(h.made, 2)
+        h.store.checkout(f"raw:{source.id}", to=other, force=True)
+        assert read_tree(other) == h.contents[source.id]
+        _edit(other, rng, 20 + step)
+        (other / f"junk{step}").write_bytes(b"mine")
+        before = read_tree(other)
+        with pytest.raises(DirtyWorktree, match="uncommitted change"):
+            h.store.checkout(f"raw:{target.id}", to=other)
+        assert read_tree(other) == before
+        report = h.store.checkout(f"raw:{target.id}", to=other, force=True)
+        assert read_tree(other) == h.contents[target.id]
+        assert report.written + report.unchanged == target.files
+
+        there = read_tree(h.ws)
+        picked = rng.choice(sorted({p.split("/")[0] for p in h.contents[target.id]}))
+        h.store.checkout(f"raw:{target.id}", paths=[picked], force=True, cwd=h.ws)
+        expected = {p: c for p, c in there.items() if p != picked and
+                    not p.startswith(picked + "/")}
+        expected.update((p, c) for p, c in h.contents[target.id].items()
+                        if p == picked or p.startswith(picked + "/"))
+        assert read_tree(h.ws) == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    """`dsv diff` with no ref (the head against its directory), over random edits, with
-    and without paths: what comparing the head's whole manifest with a scan of the whole
-    directory gives (added, modified, deleted, their bytes and sizes), without reading
-    a whole manifest (status's way: the stat cache vouches for the rest)."""
+    """`dsv diff` with no ref (the head against its directory) and `dsv diff REF` (an
+    older version against it, compared 3 paths at a time from walks of 2 files), over
+    random edits, with and without paths: what comparing the version's whole manifest
+    with a scan of the whole directory gives (added, modified, deleted, their bytes and
+    sizes), without reading a whole manifest."""
+    from dsv import checkout as checkout_module
     monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
     rng = random.Random(200 + seed)
     ws = tmp_path / "ws"
@@ -398,35 +445,38 @@ def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
                     "a/b/c": b"c", "a/x": b"x", "top": b"t"})
     _age(ws)
     store = dsv_api.init(ws, name="raw")
-    store.commit("v0")
+    first = store.commit("v0")
     store.status()
     for round_no in range(3):
         _edit(ws, rng, round_no)
         head = store.core.head(store.dataset("raw"))
         files, _ = worktree.scan(ws, store.core.excluded(store.dataset("raw")),
                                  ignore_files=True)
-        whole = worktree.compare(store.core.manifest(head),
-                                 worktree.snapshot(ws, files, {}, None).manifest)
-        for paths in (None, ["flat"], ["a", "new"], ["nothing-here"]):
-            want = whole
-            if paths:
-                kept = {p for p in whole.sizes if any(p == q or p.startswith(q + "/")
-                                                      for q in paths)}
-                want = worktree.compare(
-                    {p: e for p, e in store.core.manifest(head).items() if p in kept},
-                    {p: e for p, e in worktree.snapshot(ws, files, {}, None).manifest.items()
-                     if p in kept})
+        there = worktree.snapshot(ws, files, {}, None).manifest
+        for ref, version in ((None, head), (f"raw:{first.id}", first)):
+            whole = worktree.compare(store.core.manifest(version), there)
+            assert ref is not None or not whole.clean
+            for paths in (None, ["flat"], ["a", "new"], ["nothing-here"]):
+                want = whole
+                if paths:
+                    kept = {p for p in whole.sizes if any(p == q or p.startswith(q + "/")
+                                                          for q in paths)}
+                    want = worktree.compare(
+                        {p: e for p, e in store.core.manifest(version).items() if p in kept},
+                        {p: e for p, e in there.items() if p in kept})
 
-            def no_manifest(*_a: object, **_k: object) -> object:
-                raise AssertionError("a whole manifest was read")
-            with monkeypatch.context() as m:
-                m.setattr(store.core, "manifest", no_manifest)
-                got = store.diff(paths=paths, cwd=ws)
-            assert (got.added, got.modified, got.deleted) == \
-                (want.added, want.modified, want.deleted), paths
-            assert (got.added_bytes, got.modified_bytes, got.deleted_bytes, got.sizes) == \
-                (want.added_bytes, want.modified_bytes, want.deleted_bytes, want.sizes)
-        assert not whole.clean
+                def no_manifest(*_a: object, **_k: object) -> object:
+                    raise AssertionError("a whole manifest was read")
+                with monkeypatch.context() as m:
+                    m.setattr(store.core, "manifest", no_manifest)
+                    m.setattr(checkout_module, "FRESH_CHUNK", 3)
+                    m.setattr(worktree, "RUN_FILES", 2)
+                    got = store.diff(ref, paths=paths, cwd=ws)
+                assert (got.added, got.modified, got.deleted) == \
+                    (want.added, want.modified, want.deleted), (ref, paths)
+                assert (got.added_bytes, got.modified_bytes, got.deleted_bytes,
+                        got.sizes) == (want.added_bytes, want.modified_bytes,
+                                       want.deleted_bytes, want.sizes)
         store.commit(f"v{round_no + 1}")
 
 

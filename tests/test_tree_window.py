@@ -294,3 +294,67 @@ def test_a_checkout_from_the_head_holds_a_window_of_the_paths_it_changes(
         print(f"checkout from the head, {what} every path: peak {n:,} B with "
               f"{len(_files(N, 2))} paths, {four_n:,} B with {len(_files(4 * N, 2))}")
         assert four_n - n < 150 * added, (what, n, four_n, added)
+
+
+def _over(root: Path, dirs: int, spied: list[object]) -> list[int]:
+    """Peaks of three checkouts into directories that hold files already, which the
+    checkout from the head cannot take (`checkout._Placement`): version 2 into a `--to`
+    directory holding version 1 (every path written), version 1 into it then (every
+    path removed), and version 2 into the working directory after a checkout of one path
+    there (the stat cache then describes no version; every path written)."""
+    work, other = root / f"over{dirs}", root / f"other{dirs}"
+    write_tree(work, {"README": b"r"})
+    _run("init", "--name", "data", cwd=work)
+    _run("commit", "-m", "v1", cwd=work)
+    _run("tag", "data:latest", "one", cwd=work)
+    write_tree(work, _files(dirs, 2))
+    _run("commit", "-m", "v2", cwd=work)
+    _run("checkout", "data:one", "--to", other, cwd=work)
+    _run("checkout", "data:one", cwd=work)
+    _run("checkout", "data:latest", "README", cwd=work)
+    v2 = {"README": b"r", **{p: c.encode() if isinstance(c, str) else c
+                             for p, c in _files(dirs, 2).items()}}
+    peaks = []
+    for args, where, files in (
+            (("data:latest", "--to", other), other, v2),
+            (("data:one", "--to", other), other, {"README": b"r"}),
+            (("data:latest",), work, v2)):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            report = json.loads(_run("checkout", *args, "--json", cwd=work).out)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+        finally:
+            tracemalloc.stop()
+        assert read_tree(where) == files
+        changed = len(files) - 1 if files is v2 else len(v2) - 1
+        assert (report["written"], report["removed"]) == \
+            ((changed, 0) if files is v2 else (0, changed)), (args, report)
+    assert len(spied) == 4, spied   # (the checkout of README too)
+    spied.clear()
+    return peaks
+
+
+def test_a_checkout_over_a_directory_holds_a_window_not_the_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_windows: None) -> None:
+    spied: list[object] = []
+    run = checkout._Placement.run
+
+    def spy(self: checkout._Placement, *args: object, **kwargs: object) -> object:
+        spied.append(self.key)
+        return run(self, *args, **kwargs)   # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkout._Placement, "run", spy)
+    _over(tmp_path, 2, spied)   # (a warm-up, as above)
+    small, large = _over(tmp_path, N, spied), _over(tmp_path, 4 * N, spied)
+    added = len(_files(4 * N, 2)) - len(_files(N, 2))
+    wrong = []
+    for what, n, four_n in zip(("write --to", "remove --to", "write in place"), small, large,
+                               strict=True):
+        print(f"checkout over a directory, {what}: peak {n:,} B with "
+              f"{len(_files(N, 2))} paths, {four_n:,} B with {len(_files(4 * N, 2))}")
+        if four_n - n >= 150 * added:
+            wrong.append((what, n, four_n, added))
+    assert not wrong, wrong
