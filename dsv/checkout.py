@@ -146,15 +146,9 @@ def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
             base = _entries_at(core, head, [*seen.unvouched, *seen.gone])
             return _status_report(core, ds, head, base, snap, skipped, behind, diverged,
                                   _sorted(ignored))
-    files: dict[str, worktree.FileStat] = {}
-    for run in walk():
-        files.update(run)
-    ignored = _sorted(ignored)
-    cache = core.index.stat_cache(ds.id)
-    with core.reporter.task("hashing", len(files)) as advance:
-        snap = worktree.snapshot(root, files, cache, None, advance)
-    base = core.manifest(head) if head else {}
-    return _status_report(core, ds, head, base, snap, skipped, behind, diverged, ignored)
+    changes = _compare_directory(core, ds, head, walk(), remember=True)
+    return StatusReport(ds, head, changes, skipped, behind, diverged,
+                        ignored=_sorted(ignored))
 
 
 def start_monitor(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = "."
@@ -1106,25 +1100,61 @@ def diff(core: Core, ref_a: str | None = None, ref_b: str | None = None,
 
 def _diff_directory(core: Core, ds: Dataset, version: Version, selected: set[str] | None
                     ) -> Changes:
-    """`diff` of a version against the dataset's directory: the walk and the version's
-    files merged in path order and compared `FRESH_CHUNK` paths at a time (the stat
-    cache vouches for what it can, the rest is hashed), holding only what differs."""
+    """`diff` of a version against the dataset's directory (see `_compare_directory`)."""
+    walk = worktree.walk(core.dataset_root(ds), [], core.excluded(ds), ignore_files=True)
+    return _compare_directory(core, ds, version, walk, selected)
+
+
+def _compare_directory(core: Core, ds: Dataset, version: Version | None,
+                       runs: Iterable[worktree.Run], selected: set[str] | None = None,
+                       remember: bool = False) -> Changes:
+    """What changed from `version` (None: an empty one) to the dataset's directory as
+    walked (`runs`): the walk and the version's files merged in path order and compared
+    `FRESH_CHUNK` paths at a time (the stat cache vouches for what it can, the rest is
+    hashed), holding only what differs. With `remember` (status), the rows of hashed
+    files that hold the version's entry are recorded chunk by chunk (when the store lock
+    is free), and if the directory holds exactly the version and every file it hashed got
+    a row, the cache is marked as describing it (`cache_tree`)."""
     root = core.dataset_root(ds)
     changes = Changes()
-    walk = worktree.walk(root, [], core.excluded(ds), ignore_files=True)
-    paths = _aligned(walk, tree.iter_sorted(version.tree, core.read_tree))
+    ours = tree.iter_sorted(version.tree, core.read_tree) if version else iter(())
+    paths = _aligned(runs, ours)
     if selected is not None:
         paths = (item for item in paths if is_under(item[0], selected))
-    for chunk in worktree.batches(paths, lambda _item: 0, FRESH_CHUNK, 1 << 62):
-        files = {path: fs for path, fs, _e in chunk if fs is not None}
-        snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files), None)
-        part = worktree.compare({path: e for path, _fs, e in chunk if e is not None},
-                                snap.manifest)
-        for name in ("added", "modified", "deleted"):   # (chunks come in path order)
-            getattr(changes, name).extend(getattr(part, name))
-            setattr(changes, f"{name}_bytes",
-                    getattr(changes, f"{name}_bytes") + getattr(part, f"{name}_bytes"))
-        changes.sizes.update(part.sizes)
+    complete = remember and version is not None
+    with core.reporter.task("hashing") as advance:
+        for chunk in worktree.batches(paths, lambda _item: 0, FRESH_CHUNK, 1 << 62):
+            files = {path: fs for path, fs, _e in chunk if fs is not None}
+            snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files),
+                                     None, advance)
+            base = {path: e for path, _fs, e in chunk if e is not None}
+            part = worktree.compare(base, snap.manifest)
+            for name in ("added", "modified", "deleted"):   # (chunks come in path order)
+                getattr(changes, name).extend(getattr(part, name))
+                setattr(changes, f"{name}_bytes",
+                        getattr(changes, f"{name}_bytes") + getattr(part, f"{name}_bytes"))
+            changes.sizes.update(part.sizes)
+            if not remember:
+                continue
+            # Only rows of files that hold the version's entry: the cache never names an
+            # object the store lacks.
+            manifest = snap.manifest
+            known = [(p, row) for p, row in snap.stat_rows
+                     if _same_entry(base.get(p), manifest[p])]
+            complete = complete and part.clean and len(known) == snap.hashed_files
+            if known:
+                with core.locked_if_free("status") as got:
+                    if got:
+                        with core.index.transaction():
+                            core.index.put_stat_rows(ds.id, known)
+                    complete = complete and got
+    if complete:
+        assert version is not None
+        with core.locked_if_free("status") as got:
+            now = core.index.dataset_by("id", ds.id) if got else None
+            if now is not None and now.head == version.id:
+                with core.index.transaction():
+                    core.index.update_dataset(ds.id, cache_tree=version.tree)
     return changes
 
 
