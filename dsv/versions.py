@@ -13,7 +13,7 @@ import functools
 import heapq
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .hashing import hash_bytes
 from .model import COMMITTED, DRAFT, Dataset, Entry, Manifest, StatRow, TagRow, Version
 from .objects import KIND_VERSION, RACY_NS, Ingest
 from .paths import STORE_DIR as DSV_DIR
-from .paths import check_links, check_relpath, normalize_user_path
+from .paths import ancestors, check_links, check_relpath, normalize_user_path
 from .records import encode_record
 from .reporting import plural
 
@@ -620,21 +620,105 @@ def _draft(core: Core, ref: str, cwd: str | os.PathLike[str] = ".") -> Version:
     return v
 
 
-def _set_draft_manifest(core: Core, v: Version, manifest: Manifest, ingest: Ingest) -> Version:
-    root_tree, size = tree.build_tree(manifest, core.tree_writer(ingest))
+class _DraftEdit:
+    """Changes to a draft's files (`files put`, `files delete`), read against its tree:
+    only the paths edited, the directories above them and what they displace are looked
+    up, never the whole manifest, and the new tree is the old one with the changes
+    applied (tree.update_tree: the ids `build_tree` would give the edited manifest)."""
 
-    def update() -> None:
-        # Each `files put` checked its own links; the draft's links together must hold
-        # too (read inside the transaction that records the new objects).
-        tree.validate_links(manifest, core.objects.read)
-        current = core.index.version(v.id)
-        if current is None or not current.is_draft:
-            raise VersionImmutable(f"version {v.id} was committed meanwhile")
-        core.index.update_version(v.id, tree=root_tree, size=size, files=len(manifest))
+    def __init__(self, core: Core, v: Version) -> None:
+        self.core, self.v = core, v
+        self.changes: dict[str, Entry | None] = {}   # path → new entry, None: removed
+        self.cleared = False                          # every file removed
+        self._kinds: dict[str, str | None] = {}      # path → its kind in the draft's tree
+        self._pending_dirs: set[str] = set()          # directories above new entries
 
-    core.commit_objects(ingest, update)
-    core.index.checkpoint()
-    return core.version(v.id)
+    def look_up(self, paths: Iterable[str]) -> None:
+        """Find what the draft's tree holds at `paths` and the directories above them
+        (one read of each tree on their way, whatever their number)."""
+        wanted = {a for p in paths for a in (p, *ancestors([p])) if a not in self._kinds}
+        rows = tree.find_many(self.v.tree, self.core.read_tree, wanted)
+        for p in wanted:
+            self._kinds[p] = rows[p][1] if p in rows else None
+
+    def _is_file(self, path: str) -> bool:
+        return self._kinds.get(path) in (tree.FILE, tree.LINK)
+
+    def _drop(self, path: str) -> None:
+        if self._is_file(path):
+            self.changes[path] = None
+        else:
+            self.changes.pop(path, None)
+
+    def put(self, path: str, entry: Entry) -> None:
+        """Add `path` (looked up first), replacing a file in the way of a directory and a
+        directory in the way of a file."""
+        for above in ancestors([path]):
+            if self._is_file(above) or self.changes.get(above) is not None:
+                self._drop(above)
+        if self._kinds.get(path) == tree.DIR:
+            for below in tree.files_under(self.v.tree, self.core.read_tree, [path]):
+                self._kinds[below] = tree.FILE
+                self.changes[below] = None
+        if path in self._pending_dirs:
+            for below in [q for q in self.changes if q.startswith(path + "/")]:
+                self._drop(below)
+        self.changes[path] = entry
+        self._pending_dirs.update(ancestors([path]))
+
+    def delete(self, path: str) -> bool:
+        """Remove the file or directory `path` ("" for everything); whether the draft held
+        anything there."""
+        if self.cleared:
+            return False
+        if path == "":
+            self.cleared = self.v.files > 0
+            return self.cleared
+        self.look_up([path])
+        kind = self._kinds[path]
+        if kind == tree.DIR:
+            gone = [q for q in tree.files_under(self.v.tree, self.core.read_tree, [path])
+                    if self.changes.get(q, "") is not None]
+        else:
+            gone = [path] if kind is not None and self.changes.get(path, "") is not None \
+                else []
+        for q in gone:
+            self._kinds.setdefault(q, tree.FILE)
+            self.changes[q] = None
+        return bool(gone)
+
+    def finish(self, ingest: Ingest) -> Version:
+        """Write the new tree and record it as the draft's."""
+        core, v = self.core, self.v
+        store_tree = core.tree_writer(ingest)
+        links: Manifest = {}
+        if self.cleared:
+            root_tree, data = tree.empty_tree()
+            store_tree(root_tree, data)
+            size = files = 0
+        else:
+            root_tree, size = tree.update_tree(v.tree, v.size, self.changes, core.read_tree,
+                                               store_tree)
+            # (a path removed was a file of the tree; one added replaces one, or is new)
+            files = v.files + sum(-1 if e is None else 0 if self._is_file(p) else 1
+                                  for p, e in self.changes.items())
+            links = {p: e for p, e in tree.iter_files(v.tree, core.read_tree, only=tree.LINK)
+                     if p not in self.changes}
+            links.update((p, e) for p, e in self.changes.items()
+                         if e is not None and e.kind == tree.LINK)
+
+        def update() -> None:
+            # Each `files put` checked its own links; the draft's links together must
+            # hold too (read inside the transaction that records the new objects).
+            tree.validate_links(links, core.objects.read)
+            current = core.index.version(v.id)
+            if current is None or not current.is_draft:
+                raise VersionImmutable(f"version {v.id} was committed meanwhile")
+            core.index.update_version(v.id, tree=root_tree, size=size, files=files)
+
+        core.commit_objects(ingest, update)
+        core.index.checkpoint()
+        return core.version(v.id)
 
 
 def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
@@ -642,8 +726,7 @@ def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
     """Add files to a draft: a file lands at TARGET/name, a directory's contents under TARGET."""
     target = normalize_user_path(target_path or "")
     with core.locked("files put"):
-        v = _draft(core, ref, cwd)
-        manifest = core.manifest(v)
+        edit = _DraftEdit(core, _draft(core, ref, cwd))
         with Ingest(core.objects) as ingest:
             for src in sources:
                 src_path = Path(cwd, src).resolve() if not os.path.isabs(src) else Path(src)
@@ -658,10 +741,12 @@ def put_files(core: Core, ref: str, sources: list[str | os.PathLike[str]],
                 else:
                     raise InvalidInput(f"{src} does not exist")
                 snap = worktree.snapshot(base_dir, files, {}, ingest)
-                for rel, entry in snap.manifest.items():
-                    path = f"{prefix}/{rel}" if prefix else rel
-                    _put_entry(manifest, check_relpath(path), entry)
-            return _set_draft_manifest(core, v, manifest, ingest)
+                placed = [(check_relpath(f"{prefix}/{rel}" if prefix else rel), entry)
+                          for rel, entry in snap.manifest.items()]
+                edit.look_up(path for path, _e in placed)
+                for path, entry in placed:
+                    edit.put(path, entry)
+            return edit.finish(ingest)
 
 
 def delete_files(core: Core, ref: str, paths: list[str],
@@ -669,16 +754,12 @@ def delete_files(core: Core, ref: str, paths: list[str],
     """Remove files or whole directories from a draft."""
     with core.locked("files delete"):
         v = _draft(core, ref, cwd)
-        manifest = core.manifest(v)
+        edit = _DraftEdit(core, v)
         for p in paths:
-            rel = normalize_user_path(p)
-            doomed = [q for q in manifest if rel == "" or q == rel or q.startswith(rel + "/")]
-            if not doomed:
+            if not edit.delete(normalize_user_path(p)):
                 raise InvalidInput(f"{p} is not in draft {v.id}")
-            for q in doomed:
-                del manifest[q]
         with Ingest(core.objects) as ingest:
-            return _set_draft_manifest(core, v, manifest, ingest)
+            return edit.finish(ingest)
 
 
 def commit_version(core: Core, ref: str, message: str | None = None,
@@ -803,14 +884,3 @@ def delete_version(core: Core, ref: str, force: bool = False,
                 core.refs.set_latest(ds.id, remaining[0].id if remaining else None,
                                      force=True)  # deleting latest is itself forced
         return v
-
-
-def _put_entry(manifest: Manifest, path: str, entry: Entry) -> None:
-    """Add `path`, replacing a file in the way of a directory and vice versa."""
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        manifest.pop("/".join(parts[:i]), None)
-    prefix = path + "/"
-    for existing in [p for p in manifest if p.startswith(prefix)]:
-        del manifest[existing]
-    manifest[path] = entry

@@ -480,6 +480,59 @@ def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
         store.commit(f"v{round_no + 1}")
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """`status` with no cache that describes the head (after `checkout REF PATH`): the
+    walk and the head's files merged 3 paths at a time, over random edits, give what
+    comparing whole manifests gives, without reading one; a clean directory then gets a
+    cache that describes the head, and the next status hashes nothing."""
+    from dsv import checkout as checkout_module
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(300 + seed)
+    h = _history(tmp_path, rng, 3)
+    ws, store = h.ws, h.store
+    for step in range(3):
+        _edit(ws, rng, 30 + step)
+        store.checkout(f"raw:{h.made[0].id}", paths=["top"], force=True, cwd=ws)
+        ds = store.dataset("raw")
+        assert ds.cache_tree is None
+        head = store.core.head(ds)
+        files, _ = worktree.scan(ws, store.core.excluded(ds), ignore_files=True)
+        want = worktree.compare(store.core.manifest(head),
+                                worktree.snapshot(ws, files, {}, None).manifest)
+
+        def no_manifest(*_a: object, **_k: object) -> object:
+            raise AssertionError("a whole manifest was read")
+        with monkeypatch.context() as m:
+            m.setattr(store.core, "manifest", no_manifest)
+            m.setattr(checkout_module, "FRESH_CHUNK", 3)
+            m.setattr(worktree, "RUN_FILES", 2)
+            m.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
+            got = store.status().changes
+        assert (got.added, got.modified, got.deleted, got.sizes) == \
+            (want.added, want.modified, want.deleted, want.sizes)
+        assert store.dataset("raw").cache_tree is None or got.clean
+        store.commit(f"s{step}")
+    store.checkout(f"raw:{h.made[0].id}", paths=["top"], force=True, cwd=ws)
+    assert store.dataset("raw").cache_tree is None
+    time.sleep(0.1)   # (nothing racily clean: each file hashed gets a row that vouches)
+    with monkeypatch.context() as m:
+        m.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
+        assert store.status().changes.clean
+    head = store.core.head(store.dataset("raw"))
+    assert store.dataset("raw").cache_tree == head.tree
+    hashed = []
+    snapshot = worktree.snapshot
+
+    def counting(*args: Any, **kwargs: Any) -> worktree.Snapshot:
+        snap = snapshot(*args, **kwargs)
+        hashed.append(snap.hashed_files)
+        return snap
+    monkeypatch.setattr(worktree, "snapshot", counting)
+    assert store.status().changes.clean and sum(hashed) == 0
+
+
 def test_a_checkout_from_the_head_refuses_to_discard_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dsv.errors import DirtyWorktree
@@ -667,3 +720,76 @@ def test_files_get_of_a_fetched_version_opens_the_remote_once(
     assert clone.get_files("raw:origin/latest", tmp_path / "out") == 40
     assert read_tree(tmp_path / "out") == {f"d{i % 4}/f{i}": b"v1 %d" % i for i in range(40)}
     assert len(refreshes) == 1
+
+
+def _model_put(manifest: dict[str, Entry], path: str, entry: Entry) -> None:
+    """`files put` of one path on a whole manifest, as it was done before drafts were
+    edited on their trees: a file in the way of a directory goes, and a directory in the
+    way of a file."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        manifest.pop("/".join(parts[:i]), None)
+    for existing in [p for p in manifest if p.startswith(path + "/")]:
+        del manifest[existing]
+    manifest[path] = entry
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_draft_edited_on_its_tree_is_the_draft_a_whole_manifest_makes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Random `files put` (several sources at once, files put where directories are and
+    back, into sharded directories) and `files delete` on a draft, applied to its tree
+    without reading a whole manifest: after each, the draft's tree id, file count and
+    size are those of the edited whole manifest built afresh."""
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(400 + seed)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"flat/f{i:02d}": b"%d" % i for i in range(30)},
+                    "a/b/c": b"c", "a/x": b"x", "top": b"t"})
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v0")
+    draft = store.create_version("raw", "edits")
+    model = dict(store.core.manifest(store.resolve(f"raw:{draft.id}")))
+    names = ["a", "a/b", "a/b/c", "flat", "flat/f03", "top", "new", "new/deep", "z"]
+
+    def no_manifest(*_a: object, **_k: object) -> object:
+        raise AssertionError("a whole manifest was read")
+    for step in range(12):
+        if rng.random() < 0.6 or not model:
+            sources = []
+            for k in range(rng.randrange(1, 3)):
+                src = tmp_path / f"src{step}_{k}"
+                if rng.random() < 0.5:   # a directory of files (maybe one named as a dir)
+                    write_tree(src, {f"{rng.choice(names)}/n{step}{k}{i}": b"%d %d" % (step, i)
+                                     for i in range(rng.randrange(1, 8))})
+                    if rng.random() < 0.5:
+                        write_tree(src, {rng.choice(names): b"file %d" % step})
+                else:
+                    src = src / rng.choice(["x", "a", "top", "flat"])
+                    write_tree(src.parent, {src.name: b"one %d" % step})
+                sources.append(src)
+            target = rng.choice(["", "", "flat", "a", "a/b/c", "deep/er"])
+            with monkeypatch.context() as m:
+                m.setattr(store.core, "manifest", no_manifest)
+                made = store.put_files(f"raw:{draft.id}", sources, target_path=target or None)
+            for src in sources:
+                base = src if src.is_dir() else src.parent
+                found = sorted(read_tree(src).items()) if src.is_dir() else \
+                    [(src.name, src.read_bytes())]
+                for rel, data in found:
+                    path = f"{target}/{rel}" if target else rel
+                    _model_put(model, path, Entry(FILE, 0o644, len(data),
+                                                  blake3.blake3(data).hexdigest()))
+                assert base.exists()
+        else:
+            gone = rng.sample(sorted({p.rsplit("/", rng.randrange(1, 3))[0] if "/" in p else p
+                                      for p in model}), 1)
+            with monkeypatch.context() as m:
+                m.setattr(store.core, "manifest", no_manifest)
+                made = store.delete_files(f"raw:{draft.id}", gone)
+            model = {p: e for p, e in model.items()
+                     if not any(p == g or p.startswith(g + "/") for g in gone)}
+        built: dict[str, bytes] = {}
+        root, size = tree.build_tree(model, lambda oid, data: built.setdefault(oid, data))
+        assert (made.tree, made.files, made.size) == (root, len(model), size), step
+    assert store.verify().ok
