@@ -143,7 +143,7 @@ def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
             # only these, and read only the parts of the head's tree that hold them.
             with core.reporter.task("hashing", len(seen.unvouched)) as advance:
                 snap = worktree.snapshot(root, seen.unvouched, {}, None, advance)
-            base = _entries_at(core, head, [*seen.unvouched, *seen.gone])
+            base = entries_at(core, head, [*seen.unvouched, *seen.gone])
             return _status_report(core, ds, head, base, snap, skipped, behind, diverged,
                                   _sorted(ignored))
     changes = _compare_directory(core, ds, head, walk(), remember=True)
@@ -201,7 +201,7 @@ def _sorted(paths: list[str] | None) -> list[str] | None:
     return paths
 
 
-def _entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
+def entries_at(core: Core, version: Version, paths: list[str]) -> Manifest:
     """The entries `version` holds at `paths` (files and links; a path it lacks, or where
     it has a directory, is left out), reading only the trees and shards on their way."""
     return {path: Entry(*row[1:])
@@ -477,7 +477,7 @@ class _Placement:
             if base is not None and base.tree == self.version.tree:
                 was: Manifest = {p: e for p, _t, e in touched if e is not None}
             else:
-                was = _entries_at(core, base, [p for p, _t, _e in touched]) if base else {}
+                was = entries_at(core, base, [p for p, _t, _e in touched]) if base else {}
             at_risk = [p for p, there, _e in touched
                        if _edited(there, was.get(p), self.in_worktree) and
                        not _placed_link(core, target / p, was.get(p))]
@@ -603,7 +603,7 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
     snap = worktree.snapshot(target, seen.unvouched, {}, None)
     current: dict[str, Entry | None] = dict.fromkeys(seen.gone)
     current.update(snap.manifest)
-    head_at = _entries_at(core, head, list(current))
+    head_at = entries_at(core, head, list(current))
     local = {p for p, e in current.items()
              if e is None or p not in head_at or not _same_entry(e, head_at[p])}
 
@@ -947,7 +947,7 @@ def _not_cut_short(core: Core, vid: str, paths: list[str], found: Manifest,
     version = core.index.version(vid)
     if version is None:
         return paths
-    placing = _entries_at(core, version, paths)
+    placing = entries_at(core, version, paths)
     # A clone writes small files as their objects arrive (worktree.Spool), before the
     # download that brings them is in the store: a kill can leave a file cut short
     # whose object is not. Those objects are downloaded first: a download that fails
@@ -1278,7 +1278,7 @@ def open_file(core: Core, ref: str, path: str, cwd: str | os.PathLike[str] = "."
     """A file of a version, opened for reading; its bytes are verified before it is returned."""
     v = core.resolve(ref, cwd)
     rel = normalize_user_path(path)
-    entry = core.manifest(v, rel).get(rel)
+    entry = entries_at(core, v, [rel]).get(rel) if rel else None
     if entry is None or entry.kind != tree.FILE:
         raise InvalidInput(f"{path} is not a file of version {v.id}")
     return open_entry(core, v, rel, entry)

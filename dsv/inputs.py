@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fileio, worktree
-from .checkout import check_room
+from .checkout import check_room, entries_at
 from .core import Core
 from .errors import InvalidInput
 from .hashing import LARGE_READ, new_hasher
@@ -30,7 +30,7 @@ from .jsonio import load_bounded
 from .model import Version
 from .objects import RACY_NS
 from .paths import STORE_DIR, ancestors
-from .tree import FILE, LINK, Manifest
+from .tree import FILE, LINK
 
 INPUTS_DIR = "inputs"
 STAMP_SUFFIX = ".stamp"       # `.dsv/inputs/<version>.stamp`, beside (not in) the tree
@@ -82,11 +82,11 @@ class InputTree:
                          | (dirs ^ ancestors(self.records)))
         suspects = [p for p in files.keys() & self.records.keys()
                     if files[p] != self.records[p]]
-        manifest: Manifest | None = None
+        alike = [rel for rel in suspects if _same_but_ctime(files[rel], self.records[rel])]
+        entries = entries_at(core, self.version, alike)
         for rel in sorted(suspects):
-            if _same_but_ctime(files[rel], self.records[rel]):
-                manifest = manifest if manifest is not None else core.manifest(self.version)
-                entry = manifest.get(rel)
+            if rel in alike:
+                entry = entries.get(rel)
                 hashed = _hash_at(self.fd, rel)
                 if entry is not None and hashed is not None and hashed[0] == entry.oid:
                     continue
@@ -270,7 +270,7 @@ def _rehash(core: Core, version: Version, base_fd: int, tree_fd: int,
     any other tree or checkout links it); raises _Changed for anything else."""
     if not all(_same_but_ctime(files[p], expected[p]) for p in suspects):
         raise _Changed
-    manifest = core.manifest(version)
+    manifest = entries_at(core, version, suspects)
     if any(files[p][3] >= time.time_ns() - RACY_NS for p in suspects):
         time.sleep(RACY_NS / 1e9)  # changed within one timestamp tick: wait it out
     # A file whose ctime is older than this and unchanged across the hash held the hashed

@@ -13,6 +13,7 @@ its lineage names, and never put a mount root inside a store.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -25,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkout import check_room
+from .checkout import FRESH_CHUNK, FRESH_CHUNK_BYTES, check_room
 from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
 from . import imports, refs, versions, worktree
 from .errors import CorruptObject, DsvError, InvalidInput, JobFailed, UnsafePath
 from .model import Version
 from .reports import JobResult
+from .tree import iter_files
 from .paths import STORE_DIR, is_reserved
 
 
@@ -240,11 +242,15 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     tree = trees[name] = input_tree(core, v)
                     binds += [str(tree.path), str(target), tree.identity]
                 else:
-                    files = list(core.manifest(v).items())
-                    check_room(core, target, "auto", (e for _p, e in files), what=f"input {name}",
-                               hint="free some space; nothing was run")
-                    worktree.Materializer(core.objects, target, "auto",
-                                          stat_rows=False).place(files)
+                    # (the version's trees walked, its files copied a chunk at a time)
+                    files = functools.partial(iter_files, v.tree, core.read_tree)
+                    check_room(core, target, "auto", (e for _p, e in files()),
+                               what=f"input {name}", hint="free some space; nothing was run")
+                    placer = worktree.Materializer(core.objects, target, "auto",
+                                                   stat_rows=False)
+                    for chunk in worktree.batches(files(), lambda it: it[1].size, FRESH_CHUNK,
+                                                  FRESH_CHUNK_BYTES):
+                        placer.place(chunk)
                 env[env_name("INPUT", name)] = str(target)
         if lazy is not None:
             # The mounts are served by processes of their own: they end when dsv unmounts

@@ -401,10 +401,17 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
                 ds = core.index.dataset_by("id", v.dataset)
                 if ds is None or ds.path is None:
                     continue
-                held = [p for p in paths if core.manifest(v, normalize_user_path(p))]
+                held = [p for p in paths if _holds(core, v, normalize_user_path(p))]
                 checkouts.checkout(core, f"{ds.id}:{v.id}", paths=held)
                 report.checked_out.append(f"{ds.name}:{v.id}")
         return report
+
+
+def _holds(core: Core, v: Version, path: str) -> bool:
+    """Whether version `v` has a file or directory at `path` ("" is its root), reading only
+    the trees on the way."""
+    return v.files > 0 if path == "" else \
+        tree.find(v.tree, core.read_tree, path) is not None
 
 
 CLONE_MARKER = "clone.json"
