@@ -528,6 +528,11 @@ STEPS: tuple[StepDef, ...] = (
     # (started, and made to vouch by one walking commit, in the untimed set-up)
     StepDef("commit_monitored", "commit, monitor on", ("commit_mutated",)),
     StepDef("checkout", "checkout to empty dir", ("commit_cold", "commit_mutated")),
+    # scale: checkouts the head cannot plan, and a status with no usable stat cache (each
+    # merges the walk with the version's files a chunk at a time: issue 11)
+    StepDef("checkout_over", "checkout over that dir", ("checkout",)),
+    StepDef("checkout_path", "checkout of one dir", ("commit_mutated",)),
+    StepDef("status_nocache", "status, cache unusable", ("checkout_path",)),
     StepDef("verify", "verify", ("commit_cold", "commit_mutated")),
     StepDef("gc", "gc", ("commit_cold", "commit_mutated")),
     StepDef("push", "push (cold)", (), "sync"),
@@ -573,8 +578,9 @@ _CLASSIC = ("commit_cold", "status", "commit_mutated", "checkout", "push", "push
 WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
     "small": _CLASSIC,
     "large": _CLASSIC,
-    "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout", "verify",
-              "gc", "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
+    "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout",
+              "checkout_over", "verify", "gc", "checkout_path", "status_nocache", "push",
+              "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
     "flat": ("commit_cold", "commit_mutated", "commit_monitored"),
     "remote-age": ("once_push", "age_clone", "once_clone"),
     # issue 12: one repo per lane (no second "sync" repo), in this order: commit, push, edit
@@ -1033,6 +1039,12 @@ class Dsv(Participant):
             "commit_mutated": ["commit", "-m", "mutated"],
             "commit_monitored": ["commit", "-m", "monitored"],
             "checkout": ["checkout", f"{DATASET}:latest", "--to", str(lane.root / "checkout")],
+            # (back to the cold version over the mutated one placed by "checkout")
+            "checkout_over": ["checkout", f"{DATASET}:latest~1", "--to",
+                              str(lane.root / "checkout")],
+            "checkout_path": ["checkout", f"{DATASET}:latest~1",
+                              _first_mutated_dir(ctx, wl)],
+            "status_nocache": ["status", "--json"],
             "verify": ["verify"],
             "gc": ["gc"],
         }[step]
@@ -1060,6 +1072,27 @@ class Dsv(Participant):
                                   f"{out.stderr[:300]}")
         elif step == "checkout":
             compare_trees(wl.expected, lane.root / "checkout")
+        elif step == "checkout_over":
+            compare_trees(wl.pristine, lane.root / "checkout")
+        elif step == "checkout_path":
+            where = _first_mutated_dir(ctx, wl)
+            compare_trees(wl.pristine / where, lane.data / where)
+        elif step == "status_nocache":
+            # the head is the mutated version; one directory was put back as it was
+            where = _first_mutated_dir(ctx, wl)
+            want = [p for p in workloads.mutated_paths(wl.name, wl.params.count(wl.name),
+                                                       ctx.seed)
+                    if p.startswith(where + "/")]
+            text = lane.log.read_text(errors="replace")
+            out = text[text.rfind("\n$ ") + 1:]
+            try:
+                got = json.loads(out[out.index("\n["):out.rindex("\n]") + 2])
+            except ValueError:
+                got = None
+            report = got[0] if isinstance(got, list) and got else {}
+            if (report.get("modified"), report.get("added"), report.get("deleted")) != \
+                    (want, [], []):
+                raise VerifyError(f"dsv status with no usable cache: {str(report)[:300]}")
         elif step in ("push", "push_noop", "push_mutated", "once_push"):
             report = self._report(lane, m, "objects_sent", "bytes_sent", "objects_skipped")
             if step == "push_noop" and report.get("objects_sent"):
@@ -1574,6 +1607,12 @@ class WalkBaseline(HashLoopBaseline):
 
 class VerifyError(RuntimeError):
     """A tool's output tree differs from the expected tree."""
+
+
+def _first_mutated_dir(ctx: Context, wl: Workload) -> str:
+    """The directory of the first file the workload's mutation rewrites (scale)."""
+    first = workloads.mutated_paths(wl.name, wl.params.count(wl.name), ctx.seed)[0]
+    return first.rsplit("/", 1)[0]
 
 
 def compare_trees(
