@@ -1032,6 +1032,9 @@ class Dsv(Participant):
             return Command([*self.argv, "get", url, f"{DATASET}:latest", read_probe(wl),
                             "--to", str(lane.root / "get"), *self.endpoint_args(ctx, url),
                             "--cache", str(lane.root / "get-cache")], lane.root)
+        if step == "checkout_path":
+            return Command([*self.argv, "checkout", f"{DATASET}:latest~1",
+                            _first_mutated_dir(ctx, wl)], lane.data)
         args = {
             "commit_cold": ["commit", "-m", "cold"],
             "status": ["status"],
@@ -1042,8 +1045,6 @@ class Dsv(Participant):
             # (back to the cold version over the mutated one placed by "checkout")
             "checkout_over": ["checkout", f"{DATASET}:latest~1", "--to",
                               str(lane.root / "checkout")],
-            "checkout_path": ["checkout", f"{DATASET}:latest~1",
-                              _first_mutated_dir(ctx, wl)],
             "status_nocache": ["status", "--json"],
             "verify": ["verify"],
             "gc": ["gc"],

@@ -37,6 +37,7 @@ from .model import (
     FileRow,
     Manifest,
     MonitorReport,
+    StatRow,
     StatusReport,
     Version,
 )
@@ -520,7 +521,7 @@ class _Placement:
             if self.in_worktree:
                 with core.index.transaction():
                     core.index.drop_stat_rows(ds.id, paths)
-        written = 0
+        settled = _SettledLate(core, ds, target)
         with core.reporter.task("checkout", judged.writes, judged.nbytes) as advance:
             for rows in _spilled(spill, "w"):
                 for chunk in worktree.batches(rows, lambda it: it[1].size, FRESH_CHUNK,
@@ -529,13 +530,33 @@ class _Placement:
                         _twins(core, ds, chunk)
                     placer = worktree.Materializer(core.objects, target, self.link,
                                                    stat_rows=self.in_worktree, twins=twins)
-                    placed = placer.place(chunk, advance)
-                    if self.in_worktree:
-                        placed = worktree.settle(target, placed)
-                        written += len(placed)
-                        with core.index.transaction():
-                            core.index.put_stat_rows(ds.id, placed)
-        return written
+                    settled.add(placer.place(chunk, advance))
+        settled.flush()
+        return settled.count
+
+
+class _SettledLate:
+    """The stat rows of the chunks a checkout places in a dataset's directory, settled
+    (worktree.settle) and recorded one chunk late: placing the next chunk outlasts the
+    racy tick that the last chunk's rows must wait out, so only the final chunk waits
+    for it. `count`: the rows recorded."""
+
+    def __init__(self, core: Core, ds: Dataset, target: Path) -> None:
+        self.core, self.ds, self.target = core, ds, target
+        self.count = 0
+        self._pending: list[tuple[str, StatRow]] = []
+
+    def add(self, rows: list[tuple[str, StatRow]]) -> None:
+        """The rows of a chunk just placed (those of the one before it are recorded)."""
+        self.flush()
+        self._pending = rows
+
+    def flush(self) -> None:
+        rows, self._pending = worktree.settle(self.target, self._pending), []
+        if rows:
+            with self.core.index.transaction():
+                self.core.index.put_stat_rows(self.ds.id, rows)
+            self.count += len(rows)
 
 
 def _spilled(spill: BinaryIO, tag: str) -> Iterator[list[tuple[str, Any]]]:
@@ -682,16 +703,15 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
         with core.index.transaction():
             core.index.drop_stat_rows(ds.id, paths)
     placer = worktree.Materializer(core.objects, target, "auto", stat_rows=True)
-    rows_count = 0
+    settled = _SettledLate(core, ds, target)
     written: set[str] = set()   # (of the paths the snapshot hashed)
     with core.reporter.task("checkout", write_count, nbytes) as advance:
         for chunk in worktree.batches(writes(), lambda it: it[1].size, FRESH_CHUNK,
                                       FRESH_CHUNK_BYTES):
-            rows = worktree.settle(target, placer.place(chunk, advance))
-            rows_count += len(rows)
+            settled.add(placer.place(chunk, advance))
             written.update(p for p, _e in chunk if p in snap.manifest)
-            with core.index.transaction():
-                core.index.put_stat_rows(ds.id, rows)
+    settled.flush()
+    rows_count = settled.count
     # Rows of hashed files left in place that already matched: their content is stored.
     final = {p: final[p] if p in final else head_at.get(p) for p in snap.manifest}
     kept = [(p, r) for p, r in snap.stat_rows if p not in written and
