@@ -393,10 +393,17 @@ class _Placement:
             judged.nbytes, left_out=judged.left_out))
 
     def _holds(self, rel: str) -> bool:
-        """Whether a path the user named is a file or directory of the version that is not
-        fenced off."""
-        return not is_under(rel, self.fenced) and \
-            tree.find(self.version.tree, self.core.read_tree, rel) is not None
+        """Whether a path the user named is a file of the version, or a directory holding
+        one, that is not fenced off (in or above a nested dataset or store)."""
+        if is_under(rel, self.fenced):
+            return False
+        row = tree.find(self.version.tree, self.core.read_tree, rel)
+        if row is None or row[1] != tree.DIR:
+            return row is not None and rel not in self.above_fenced
+        if rel not in self.above_fenced:
+            return True
+        return any(p not in self.above_fenced and not is_under(p, self.fenced)
+                   for p, _e in tree.iter_files(row[4], self.core.read_tree, rel))
 
     def _judge(self, spill: BinaryIO, selected: set[str] | None, base: Version | None,
                excluded: list[str], found: int | None, downloads: _Downloads) -> _Judged:
@@ -452,7 +459,7 @@ class _Placement:
             if entry is not None:
                 if _same_entry(there, entry):
                     row = hashed.get(path)
-                    if row is not None and row[4] == entry.oid:
+                    if row is not None and row[4] == entry.oid and self.in_worktree:
                         records.append(("k", path, row))
                     continue
                 records.append(("w", path, entry))
@@ -475,10 +482,7 @@ class _Placement:
         # 0444 files: compare contents.) Only those paths of the base are read.
         at_risk: list[str] = []
         if touched and not self.force:
-            if base is not None and base.tree == self.version.tree:
-                was: Manifest = {p: e for p, _t, e in touched if e is not None}
-            else:
-                was = entries_at(core, base, [p for p, _t, _e in touched]) if base else {}
+            was = entries_at(core, base, [p for p, _t, _e in touched]) if base else {}
             at_risk = [p for p, there, _e in touched
                        if _edited(there, was.get(p), self.in_worktree) and
                        not _placed_link(core, target / p, was.get(p))]

@@ -82,8 +82,8 @@ class InputTree:
                          | (dirs ^ ancestors(self.records)))
         suspects = [p for p in files.keys() & self.records.keys()
                     if files[p] != self.records[p]]
-        alike = [rel for rel in suspects if _same_but_ctime(files[rel], self.records[rel])]
-        entries = entries_at(core, self.version, alike)
+        alike = {rel for rel in suspects if _same_but_ctime(files[rel], self.records[rel])}
+        entries = entries_at(core, self.version, sorted(alike))
         for rel in sorted(suspects):
             if rel in alike:
                 entry = entries.get(rel)

@@ -33,7 +33,7 @@ from . import imports, refs, versions, worktree
 from .errors import CorruptObject, DsvError, InvalidInput, JobFailed, UnsafePath
 from .model import Version
 from .reports import JobResult
-from .tree import iter_files
+from .tree import LINK, iter_files, validate_links
 from .paths import STORE_DIR, is_reserved
 
 
@@ -242,10 +242,15 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     tree = trees[name] = input_tree(core, v)
                     binds += [str(tree.path), str(target), tree.identity]
                 else:
-                    # (the version's trees walked, its files copied a chunk at a time)
+                    # The version's trees walked, its files copied a chunk at a time;
+                    # its links checked through each other first (a chunk's placement
+                    # sees only the links of that chunk).
                     files = functools.partial(iter_files, v.tree, core.read_tree)
                     check_room(core, target, "auto", (e for _p, e in files()),
-                               what=f"input {name}", hint="free some space; nothing was run")
+                               claimed=v.size, what=f"input {name}",
+                               hint="free some space; nothing was run")
+                    validate_links(dict(iter_files(v.tree, core.read_tree, only=LINK)),
+                                   core.objects.read)
                     placer = worktree.Materializer(core.objects, target, "auto",
                                                    stat_rows=False)
                     for chunk in worktree.batches(files(), lambda it: it[1].size, FRESH_CHUNK,

@@ -751,6 +751,12 @@ def same_content(a: str, b: str, read_tree: Callable[[str], bytes]) -> bool:
     return True
 
 
+def is_empty(root: str, read_tree: Callable[[str], bytes]) -> bool:
+    """Whether tree `root` has no entries (reading that one object)."""
+    node = node_at(read_tree, root, "")
+    return not node.rows and not node.shards
+
+
 def empty_tree() -> tuple[str, bytes]:
     """The id and bytes of the tree with no entries."""
     data = encode_tree([])
@@ -764,11 +770,13 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
 
 
 def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
-               trusted: bool = True, only: str | None = None
-               ) -> Iterator[tuple[str, Entry]]:
+               trusted: bool = True, only: str | None = None,
+               tally: list[int] | None = None) -> Iterator[tuple[str, Entry]]:
     """(path, entry) of every file and link under tree `root` (only those of kind `only`,
     when given), as the walk meets them (nothing of the version is held but the
-    directories still to visit)."""
+    directories still to visit). `tally`, when given, holds as its one item the number
+    of files and links the walk met, once it is done (the count of the tree itself, not
+    what a record says)."""
     count = 0
     stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
@@ -785,6 +793,8 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
             if only is None or kind == only:
                 yield f"{base}/{name}" if base else name, Entry(kind, mode, size, child, chunks)
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
+    if tally is not None:
+        tally[:] = [count]
 
 
 def iter_sorted(root: str, read_tree: Callable[[str], bytes], trusted: bool = True

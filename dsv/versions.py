@@ -671,8 +671,9 @@ class _DraftEdit:
         anything there."""
         if self.cleared:
             return False
-        if path == "":
-            self.cleared = self.v.files > 0
+        if path == "":   # (something must be left to delete)
+            self.cleared = any(self.changes.get(p, "") is not None for p, _e in
+                               tree.iter_files(self.v.tree, self.core.read_tree))
             return self.cleared
         self.look_up([path])
         kind = self._kinds[path]
@@ -699,11 +700,13 @@ class _DraftEdit:
         else:
             root_tree, size = tree.update_tree(v.tree, v.size, self.changes, core.read_tree,
                                                store_tree)
-            # (a path removed was a file of the tree; one added replaces one, or is new)
-            files = v.files + sum(-1 if e is None else 0 if self._is_file(p) else 1
-                                  for p, e in self.changes.items())
-            links = {p: e for p, e in tree.iter_files(v.tree, core.read_tree, only=tree.LINK)
+            held = [0]   # (the files the draft's tree holds: counted, not taken on trust)
+            links = {p: e for p, e in tree.iter_files(v.tree, core.read_tree, only=tree.LINK,
+                                                      tally=held)
                      if p not in self.changes}
+            # (a path removed was a file of the tree; one added replaces one, or is new)
+            files = held[0] + sum(-1 if e is None else 0 if self._is_file(p) else 1
+                                  for p, e in self.changes.items())
             links.update((p, e) for p, e in self.changes.items()
                          if e is not None and e.kind == tree.LINK)
 

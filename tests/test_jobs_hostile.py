@@ -518,3 +518,24 @@ def test_the_python_api_refuses_the_same_mount_roots(project: Project) -> None:
 
 def _forbidden(*_args: object, **_kwargs: object) -> None:
     raise AssertionError("an intact input tree must be reused without hashing or rebuilding")
+
+
+def test_the_links_of_a_copied_input_are_checked_through_each_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pulled version whose two links escape only together (`d/l -> .`, then
+    `s -> d/l/../..`, which climbs out through it) is refused before a job that copies
+    its inputs runs, however its files fall into the chunks the copy places (one file
+    each here: each chunk alone would pass)."""
+    from hostile import HostileRemote
+    remote = HostileRemote(tmp_path / "remote")
+    remote.version("v1aaaaaaaa", "vict1m", {"d/l": ("l", "."), "s": ("l", "d/l/../.."),
+                                            **{f"f{i}.txt": b"x%d" % i for i in range(4)}})
+    store = dsv_api.init(tmp_path / "ws", bind=False)
+    store.add_remote("origin", str(remote.root))
+    store.pull("origin", checkout=False)
+    monkeypatch.setattr(jobs, "FRESH_CHUNK", 1)
+    ran = tmp_path / "ran"
+    with pytest.raises(UnsafePath, match="outside the dataset"):
+        store.run({"data": "vict1m:latest"}, {}, ["touch", str(ran)], mount=False)
+    assert not ran.exists()
+    store.close()

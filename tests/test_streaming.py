@@ -793,3 +793,44 @@ def test_a_draft_edited_on_its_tree_is_the_draft_a_whole_manifest_makes(
         root, size = tree.build_tree(model, lambda oid, data: built.setdefault(oid, data))
         assert (made.tree, made.files, made.size) == (root, len(model), size), step
     assert store.verify().ok
+
+
+def test_a_draft_counts_its_files_from_its_tree_and_delete_all_needs_something_left(
+        tmp_path: Path) -> None:
+    """A draft's file count after an edit comes from its tree, not from the index's record
+    (which another hand may have touched); deleting "" (everything) needs something left
+    to delete."""
+    from dsv.errors import InvalidInput
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a/x": b"x", "a/y": b"y", "b": b"b"})
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v0")
+    draft = store.create_version("raw", "edits")
+    store.core.index.update_version(draft.id, files=0)   # (a damaged record)
+    (tmp_path / "new.txt").write_bytes(b"n")
+    assert store.put_files(f"raw:{draft.id}", [tmp_path / "new.txt"]).files == 4
+    with pytest.raises(InvalidInput, match="not in draft"):
+        store.delete_files(f"raw:{draft.id}", ["a", "b", "new.txt", ""])
+    assert store.resolve(f"raw:{draft.id}").files == 4   # (nothing was deleted)
+    assert store.delete_files(f"raw:{draft.id}", [""]).files == 0
+
+
+def test_a_path_held_only_where_a_nested_store_now_stands_is_refused(tmp_path: Path) -> None:
+    """`checkout REF PATH` of a file of the version where the directory now holds a
+    nested store below that path is refused (the store's directory is left alone);
+    a directory of the version that holds a placeable file beside a nested store is not."""
+    from dsv.errors import InvalidInput
+    ws = tmp_path / "ws"
+    write_tree(ws, {"a": b"file a", "b/x": b"x"})
+    store = dsv_api.init(ws, name="raw")
+    v1 = store.commit("v1")
+    (ws / "a").unlink()
+    dsv_api.init(ws / "a" / "n", name="inner").close()
+    dsv_api.init(ws / "b" / "n", name="inner2").close()
+    (ws / "b" / "x").write_bytes(b"changed")
+    with pytest.raises(InvalidInput, match="not in this version"):
+        store.checkout(f"raw:{v1.id}", paths=["a"], cwd=ws)
+    assert (ws / "a" / "n" / ".dsv").is_dir()
+    report = store.checkout(f"raw:{v1.id}", paths=["b"], force=True, cwd=ws)
+    assert (ws / "b" / "x").read_bytes() == b"x" and report.written == 1
+    assert (ws / "b" / "n" / ".dsv").is_dir()

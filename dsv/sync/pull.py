@@ -410,7 +410,7 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
 def _holds(core: Core, v: Version, path: str) -> bool:
     """Whether version `v` has a file or directory at `path` ("" is its root), reading only
     the trees on the way."""
-    return v.files > 0 if path == "" else \
+    return not tree.is_empty(v.tree, core.read_tree) if path == "" else \
         tree.find(v.tree, core.read_tree, path) is not None
 
 
