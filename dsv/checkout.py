@@ -18,6 +18,7 @@ import os
 import pickle
 import stat
 import tempfile
+import time
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .model import (
     StatusReport,
     Version,
 )
+from .index import ROW_TIME_MODULUS
 from .objects import PACK_THRESHOLD, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_path
@@ -1146,6 +1148,8 @@ def _compare_directory(core: Core, ds: Dataset, version: Version | None,
     if selected is not None:
         paths = (item for item in paths if is_under(item[0], selected))
     complete = remember and version is not None
+    started = time.time_ns()
+    made = [0, 0]   # (the rows this status recorded, and the sum of their times)
     with core.reporter.task("hashing") as advance:
         for chunk in worktree.batches(paths, lambda _item: 0, FRESH_CHUNK, 1 << 62):
             files = {path: fs for path, fs, _e in chunk if fs is not None}
@@ -1171,12 +1175,18 @@ def _compare_directory(core: Core, ds: Dataset, version: Version | None,
                     if got:
                         with core.index.transaction():
                             core.index.put_stat_rows(ds.id, known)
+                        made[0] += len(known)
+                        made[1] += sum(row[5] % ROW_TIME_MODULUS for _p, row in known)
                     complete = complete and got
     if complete:
+        # Only if nobody else wrote cache rows meanwhile (a checkout of some paths, which
+        # leaves the head as it is, writes rows of another version's files): each row
+        # made since this status began must be one of its own.
         assert version is not None
         with core.locked_if_free("status") as got:
             now = core.index.dataset_by("id", ds.id) if got else None
-            if now is not None and now.head == version.id:
+            if now is not None and now.head == version.id and \
+                    core.index.stat_rows_since(ds.id, started) == (made[0], made[1]):
                 with core.index.transaction():
                     core.index.update_dataset(ds.id, cache_tree=version.tree)
     return changes

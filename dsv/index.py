@@ -172,6 +172,11 @@ a row; no query sees it (they read through the views), so the object counts as a
 and the row must not stop verify's repair or a fetch from recording where it is now."""
 
 
+
+ROW_TIME_MODULUS = 2_147_483_647
+"""`stat_rows_since` sums row times modulo this prime: a million rows' sum fits 64 bits."""
+
+
 class Index:
     """One connection to `.dsv/index.db` with the queries dsv needs."""
 
@@ -942,6 +947,15 @@ class Index:
         self._put_rows("INSERT OR REPLACE INTO statcache (dataset, path, size, mtime_ns, ino, "
                        "mode, oid, cached_ns)", ((ds_id, p, *r) for p, r in rows if storable(r)),
                        8)
+
+    def stat_rows_since(self, ds_id: str, since_ns: int) -> tuple[int, int]:
+        """How many of the dataset's cache rows were made at `since_ns` or later, and the
+        sum of their `cached_ns` modulo ROW_TIME_MODULUS (what a status compares with the
+        rows it made itself, to learn that nobody else wrote any meanwhile)."""
+        count, total = self.conn.execute(
+            "SELECT count(*), coalesce(sum(cached_ns % ?), 0) FROM statcache WHERE "
+            "dataset=? AND cached_ns >= ?", (ROW_TIME_MODULUS, ds_id, since_ns)).fetchone()
+        return int(count), int(total)
 
     def drop_stat_rows(self, ds_id: str, paths: Iterable[str]) -> None:
         """Forget the stat-cache rows of `paths`."""

@@ -834,3 +834,38 @@ def test_a_path_held_only_where_a_nested_store_now_stands_is_refused(tmp_path: P
     report = store.checkout(f"raw:{v1.id}", paths=["b"], force=True, cwd=ws)
     assert (ws / "b" / "x").read_bytes() == b"x" and report.written == 1
     assert (ws / "b" / "n" / ".dsv").is_dir()
+
+
+@pytest.mark.parametrize("meddle", [False, True])
+def test_a_status_marks_no_cache_when_rows_were_written_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meddle: bool) -> None:
+    """A status with no usable cache that finds the directory clean marks the cache as
+    describing the head, but not when someone else wrote cache rows while it compared
+    (here: a row naming another object for a file it had already found clean, as a
+    checkout of some paths that leaves the head alone would write)."""
+    from dsv import checkout as checkout_module
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"f{i:02d}": b"%d" % i for i in range(12)})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    first = store.commit("v0")
+    store.checkout(f"raw:{first.id}", paths=["f00"], force=True, cwd=ws)
+    ds = store.dataset("raw")
+    assert ds.cache_tree is None
+    monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 3)
+    monkeypatch.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
+    snapshot = worktree.snapshot
+    calls = []
+
+    def meddling(*args: Any, **kwargs: Any) -> worktree.Snapshot:
+        calls.append(1)
+        if meddle and len(calls) == 2:
+            st = os.lstat(ws / "f00")
+            with store.core.index.transaction():
+                store.core.index.put_stat_rows(ds.id, [("f00", (
+                    st.st_size, st.st_mtime_ns, st.st_ino, 0o644, "0" * 64, time.time_ns()))])
+        return snapshot(*args, **kwargs)
+    monkeypatch.setattr(worktree, "snapshot", meddling)
+    time.sleep(0.1)   # (nothing racily clean)
+    assert store.status().changes.clean and len(calls) == 4
+    assert store.dataset("raw").cache_tree == (None if meddle else first.tree)
