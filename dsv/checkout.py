@@ -294,12 +294,13 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             changed = _place_changes(core, version, ds, target, key, force)
             if changed is not None:
                 return changed
-        leftovers: list[str] = []
-        stores: list[str] = []
-        found = 0   # (a first walk: which stores are fenced off, and is anything there)
-        for run in worktree.walk(target, [], excluded, leftovers, stores,
-                                 ignore_files=in_worktree):
-            found += len(run)
+        if paths and in_worktree and interrupted is None:
+            # Some paths of the dataset's directory: only they (and what stands where
+            # they need a directory) are walked.
+            return _Placement(core, version, ds, target, key, set(excluded), in_worktree,
+                              link, force, interrupted).run(paths, Path(cwd).resolve(),
+                                                            excluded)
+        found, leftovers, stores = _survey(target, excluded, in_worktree)
         if interrupted is None:
             leftovers = []  # no checkout was interrupted here: those are not ours
         # Nested datasets and stores are left alone: their directories belong to them
@@ -313,7 +314,20 @@ def checkout(core: Core, ref: str, to: str | os.PathLike[str] | None = None,
             return _place_fresh(core, version, ds, target, key, fenced, in_worktree, link)
         return _Placement(core, version, ds, target, key, fenced, in_worktree, link,
                           force, interrupted).run(paths, Path(cwd).resolve(), excluded,
-                                                  leftovers, found)
+                                                  (found, leftovers))
+
+
+def _survey(target: Path, excluded: list[str], in_worktree: bool
+            ) -> tuple[int, list[str], list[str]]:
+    """A first walk of a checkout's directory: how many files it holds, the temp files an
+    interrupted checkout may have left, and the nested stores to fence off."""
+    leftovers: list[str] = []
+    stores: list[str] = []
+    found = 0
+    for run in worktree.walk(target, [], excluded, leftovers, stores,
+                             ignore_files=in_worktree):
+        found += len(run)
+    return found, leftovers, stores
 
 
 @dataclass
@@ -357,16 +371,36 @@ class _Placement:
         self.interrupted = interrupted
 
     def run(self, paths: list[str] | None, cwd: Path, excluded: list[str],
-            leftovers: list[str], found: int) -> CheckoutReport:
+            surveyed: tuple[int, list[str]] | None = None) -> CheckoutReport:
+        """The checkout; `surveyed`: (files found, leftovers to remove) of a first walk
+        of the whole directory (`_survey`, which fenced its stores off), or None for
+        `paths` in the dataset's directory: then only the selected paths are walked,
+        each a subtree of the version merged with a walk under it (`walk_paths`)."""
         core, version, target = self.core, self.version, self.target
         selected = _select_paths(self._holds, paths, cwd, target)
+        tops: list[str] | None = None
+        if surveyed is None and selected is None:   # (a path named the whole directory)
+            found, _leftovers, stores = _survey(target, excluded, self.in_worktree)
+            self._fence(stores)
+            surveyed = (found, [])
+        elif surveyed is None:
+            assert selected is not None
+            tops = sorted(p for p in selected if not ancestors([p]) & selected)
+            stores = []
+            found = sum(len(run) for run in worktree.walk_paths(
+                target, tops, excluded, [], stores, [], blockers=True))
+            if stores:
+                self._fence(stores)
+                selected = _select_paths(self._holds, paths, cwd, target)  # (again)
+            surveyed = (found, [])
+        found, leftovers = surveyed
         previous = self.ds.head if self.in_worktree else core.index.placed_version(self.key)
         base = core.index.version(previous) if previous else None
         target.mkdir(parents=True, exist_ok=True)
         downloads = _Downloads(core, version)
         with tempfile.TemporaryFile(dir=core.objects.tmp_dir) as spill:
-            judged = self._judge(spill, selected, base, excluded,
-                                 found if selected is None else None, downloads)
+            judged = self._judge(spill, selected, tops, base, excluded,
+                                 found if selected is None or tops else None, downloads)
             if judged.left_out:
                 core.reporter.notice(f"left out {plural(judged.left_out, 'path')} of "
                                      f"{version.id} that lie in a nested dataset or store")
@@ -394,6 +428,10 @@ class _Placement:
             version, target, judged.writes, judged.removals, judged.wanted - judged.writes,
             judged.nbytes, left_out=judged.left_out))
 
+    def _fence(self, stores: list[str]) -> None:
+        self.fenced |= set(stores)
+        self.above_fenced = ancestors(self.fenced)
+
     def _holds(self, rel: str) -> bool:
         """Whether a path the user named is a file of the version, or a directory holding
         one, that is not fenced off (in or above a nested dataset or store)."""
@@ -407,22 +445,42 @@ class _Placement:
         return any(p not in self.above_fenced and not is_under(p, self.fenced)
                    for p, _e in tree.iter_files(row[4], self.core.read_tree, rel))
 
-    def _judge(self, spill: BinaryIO, selected: set[str] | None, base: Version | None,
-               excluded: list[str], found: int | None, downloads: _Downloads) -> _Judged:
+    def _judge(self, spill: BinaryIO, selected: set[str] | None, tops: list[str] | None,
+               base: Version | None, excluded: list[str], found: int | None,
+               downloads: _Downloads) -> _Judged:
         """The first pass: every path compared, the records of what to do spilled a chunk
         at a time ("w": write the version's entry, "r": remove, "k": a stat row of a file
-        that already matches), what it amounts to returned."""
+        that already matches), what it amounts to returned. (`tops`: walk only these
+        selected paths.)"""
         core = self.core
         judged = _Judged()
         # What is selected, and what stands where a selected path needs a directory
         # (an edited link there is a change like any other).
         above = ancestors(selected) if selected is not None else set()
 
+        def merged() -> Iterator[tuple[str, worktree.FileStat | None, Entry | None]]:
+            if tops is None:
+                yield from _aligned(worktree.walk(self.target, [], excluded, stores=[],
+                                                  ignore_files=self.in_worktree),
+                                    tree.iter_sorted(self.version.tree, core.read_tree))
+                return
+            blocking: set[str] = set()   # (met under an earlier top already)
+            for top in tops:
+                row = tree.find(self.version.tree, core.read_tree, top)
+                assert row is not None   # (`_holds`)
+                ours = tree.iter_sorted(row[4], core.read_tree, prefix=top + "/") \
+                    if row[1] == tree.DIR else iter([(top, Entry(*row[1:]))])
+                runs = worktree.walk_paths(self.target, [top], excluded, [], [], [],
+                                           blockers=True)
+                for path, fs, entry in _aligned(runs, ours):
+                    if entry is None and path in above:
+                        if path in blocking:
+                            continue
+                        blocking.add(path)
+                    yield path, fs, entry
+
         def scoped() -> Iterator[tuple[str, worktree.FileStat | None, Entry | None]]:
-            walk = worktree.walk(self.target, [], excluded, stores=[],
-                                 ignore_files=self.in_worktree)
-            for path, fs, entry in _aligned(
-                    walk, tree.iter_sorted(self.version.tree, core.read_tree)):
+            for path, fs, entry in merged():
                 if entry is not None:
                     if path in self.above_fenced or is_under(path, self.fenced):
                         judged.left_out += 1

@@ -797,14 +797,14 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
         tally[:] = [count]
 
 
-def iter_sorted(root: str, read_tree: Callable[[str], bytes], trusted: bool = True
-                ) -> Iterator[tuple[str, Entry]]:
+def iter_sorted(root: str, read_tree: Callable[[str], bytes], trusted: bool = True,
+                prefix: str = "") -> Iterator[tuple[str, Entry]]:
     """`iter_files` in the order of the path strings (worktree.walk's order, so the two
     can be merged): each directory's entries, its shards gathered, are sorted with a
     subdirectory keyed `name/`. Memory grows with the largest directory times the depth,
-    never with the tree."""
+    never with the tree. (`prefix`: what each path starts with, as `dir/`.)"""
     count = 0
-    stack = [iter(_sorted_dir(root, "", read_tree, trusted))]
+    stack = [iter(_sorted_dir(root, prefix, read_tree, trusted))]
     while stack:
         item = next(stack[-1], None)
         if item is None:

@@ -148,12 +148,26 @@ def scan_paths(root: Path, paths: Iterable[str], excluded: Iterable[str], skippe
                stores: list[str], links: list[str]) -> dict[str, FileStat]:
     """The files and symlinks at or under each of `paths` (root-relative), exactly as a
     whole walk with `.dsvignore` files would find them there (what a commit of some
-    paths looks at), without looking anywhere else: each directory above a path is
+    paths looks at), without looking anywhere else: `walk_paths` gathered into one
+    dictionary."""
+    found: dict[str, FileStat] = {}
+    for run in walk_paths(root, paths, excluded, skipped, stores, links):
+        found.update(run)
+    return found
+
+
+def walk_paths(root: Path, paths: Iterable[str], excluded: Iterable[str], skipped: list[str],
+               stores: list[str], links: list[str], blockers: bool = False
+               ) -> Iterator[Run]:
+    """The files and symlinks at or under each of `paths` (root-relative), in runs, path
+    by path (each path's in path order), exactly as a whole walk with `.dsvignore` files
+    would find them there, without looking anywhere else: each directory above a path is
     lstat'ed (it must be one, never a link), its dotted names listed (a nested store
     leaves it out) and its `.dsvignore` read. A path that is gone, left out or ignored
-    adds nothing; the lists are filled as `walk` fills them."""
+    adds nothing; the lists are filled as `walk` fills them. With `blockers`, a file or
+    link that stands where a path needs a directory is yielded too (a checkout of the
+    path replaces it)."""
     skip = set(excluded)
-    found: dict[str, FileStat] = {}
     base = os.fspath(root)
     top_rules: ignore.Rules = ()
     if os.path.lexists(os.path.join(base, ignore.IGNORE_FILE)):
@@ -174,20 +188,17 @@ def scan_paths(root: Path, paths: Iterable[str], excluded: Iterable[str], skippe
             if rules and ignore.ignored(rules, sub, kind == 0o040000):
                 break
             if kind != 0o040000:
-                if not last:
-                    break  # (a file, or a link never followed, where a directory was)
-                if kind in (0o100000, 0o120000):
-                    found[sub] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777,
-                                  FILE if kind == 0o100000 else LINK)
+                if kind in (0o100000, 0o120000) and (last or blockers):
+                    yield [(sub, (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode & 0o7777,
+                                  FILE if kind == 0o100000 else LINK))]
                     if kind == 0o120000:
                         links.append(sub)
-                else:
+                elif last:
                     skipped.append(sub)
-                break
+                break  # (a file, or a link never followed, where a directory was)
             if last:
-                for run in walk(root, skipped, skip, stores=stores, ignore_files=True,
-                                links=links, start=sub, rules=rules):
-                    found.update(run)
+                yield from walk(root, skipped, skip, stores=stores, ignore_files=True,
+                                links=links, start=sub, rules=rules)
                 break
             here = os.path.join(here, name)
             dotted = [n for n in os.listdir(here) if n[0] == "."]
@@ -196,7 +207,6 @@ def scan_paths(root: Path, paths: Iterable[str], excluded: Iterable[str], skippe
                 break
             if ignore.IGNORE_FILE in dotted:
                 rules = ignore.load(rules, sub, here)
-    return found
 
 
 def _cuts(run: Run) -> Iterator[int]:

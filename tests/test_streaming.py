@@ -22,7 +22,7 @@ import pytest
 import dsv as dsv_api
 from conftest import read_tree, write_tree
 from dsv import tree, versions, worktree
-from dsv.errors import UnsafePath
+from dsv.errors import DirtyWorktree, UnsafePath
 from dsv.tree import FILE, LINK, Entry
 
 NAMES = ["a", "a.b", "a-b", "a0", "a b", "b", "é", "Z", "_", "aa"]
@@ -869,3 +869,43 @@ def test_a_status_marks_no_cache_when_rows_were_written_meanwhile(
     time.sleep(0.1)   # (nothing racily clean)
     assert store.status().changes.clean and len(calls) == 4
     assert store.dataset("raw").cache_tree == (None if meddle else first.tree)
+
+
+def test_a_checkout_of_some_paths_walks_only_them(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`checkout REF PATH…` in the dataset's directory walks only the paths named (and
+    what stands where they need a directory: a file there is replaced, with --force),
+    and reads only their subtrees of the version: the rest of the directory, edits
+    included, is never looked at."""
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    ws = tmp_path / "ws"
+    write_tree(ws, {**{f"big/f{i:02d}": b"%d" % i for i in range(20)},
+                    "a/b/c": b"c", "a/b/d": b"d", "top": b"t", "c/x": b"x"})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    v1 = store.commit("v1")
+    (ws / "a" / "b" / "c").write_bytes(b"edited")
+    (ws / "big" / "f03").write_bytes(b"edited too")
+    store.commit("v2")
+    import shutil
+    shutil.rmtree(ws / "a")
+    (ws / "a").write_bytes(b"a file where a directory was")
+    (ws / "big" / "f05").write_bytes(b"an uncommitted edit")
+    walked: list[str] = []
+    walk = worktree.walk
+
+    def spy(*args: Any, **kwargs: Any) -> Iterator[worktree.Run]:
+        walked.append(kwargs.get("start", ""))
+        return walk(*args, **kwargs)
+    monkeypatch.setattr(worktree, "walk", spy)
+
+    def no_whole_walk(*_a: object, **_k: object) -> object:
+        raise AssertionError("the whole version was walked")
+    monkeypatch.setattr(tree, "iter_files", no_whole_walk)
+    with pytest.raises(DirtyWorktree):   # ("a" is not as the head left it)
+        store.checkout(f"raw:{v1.id}", paths=["a/b", "top", "c"], cwd=ws)
+    report = store.checkout(f"raw:{v1.id}", paths=["a/b", "top", "c"], force=True, cwd=ws)
+    assert read_tree(ws / "a") == {"b/c": b"c", "b/d": b"d"}
+    assert (report.written, report.removed, report.unchanged) == (2, 1, 2)
+    assert (ws / "big" / "f05").read_bytes() == b"an uncommitted edit"
+    assert walked and set(walked) == {"c"}, walked
