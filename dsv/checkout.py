@@ -1208,11 +1208,16 @@ def _compare_directory(core: Core, ds: Dataset, version: Version | None,
     complete = remember and version is not None
     started = time.time_ns()
     made = [0, 0]   # (the rows this status recorded, and the sum of their times)
+    last = ""   # (a whole walk's chunks follow each other: each reads its stretch of rows)
     with core.reporter.task("hashing") as advance:
         for chunk in worktree.batches(paths, lambda _item: 0, FRESH_CHUNK, 1 << 62):
             files = {path: fs for path, fs, _e in chunk if fs is not None}
-            snap = worktree.snapshot(root, files, core.index.stat_rows_at(ds.id, files),
-                                     None, advance)
+            if selected is None:
+                cache = dict(core.index.stat_rows_between(ds.id, last, chunk[-1][0]))
+                last = chunk[-1][0]
+            else:
+                cache = core.index.stat_rows_at(ds.id, files)
+            snap = worktree.snapshot(root, files, cache, None, advance)
             base = {path: e for path, _fs, e in chunk if e is not None}
             part = worktree.compare(base, snap.manifest)
             for name in ("added", "modified", "deleted"):   # (chunks come in path order)
