@@ -369,6 +369,7 @@ class _Placement:
         self.fenced, self.above_fenced = fenced, ancestors(fenced)
         self.in_worktree, self.link, self.force = in_worktree, link, force
         self.interrupted = interrupted
+        self.keep_cache = False
 
     def run(self, paths: list[str] | None, cwd: Path, excluded: list[str],
             surveyed: tuple[int, list[str]] | None = None) -> CheckoutReport:
@@ -396,6 +397,11 @@ class _Placement:
         found, leftovers = surveyed
         previous = self.ds.head if self.in_worktree else core.index.placed_version(self.key)
         base = core.index.version(previous) if previous else None
+        # Some paths checked out where the cache describes the head: it is made to
+        # describe it again at the end (`_describe_head`), so that status and commit go
+        # on reading only what changed.
+        self.keep_cache = self.in_worktree and selected is not None and base is not None \
+            and self.ds.cache_tree == base.tree
         target.mkdir(parents=True, exist_ok=True)
         downloads = _Downloads(core, version)
         with tempfile.TemporaryFile(dir=core.objects.tmp_dir) as spill:
@@ -415,18 +421,42 @@ class _Placement:
                 if self.in_worktree:
                     for rows in _spilled(spill, "k"):
                         core.index.put_stat_rows(self.ds.id, rows)
-                    if selected is None:
-                        complete = judged.rows == judged.hashed and not judged.left_out \
-                            and written == judged.writes
-                        core.index.update_dataset(
-                            self.ds.id, head=version.id,
-                            cache_tree=version.tree if complete else None)
+                if self.keep_cache:
+                    assert base is not None
+                    for marks in _spilled(spill, "h"):
+                        self._describe_head(marks)
+                    core.index.update_dataset(self.ds.id, cache_tree=base.tree)
+                if self.in_worktree and selected is None:
+                    complete = judged.rows == judged.hashed and not judged.left_out \
+                        and written == judged.writes
+                    core.index.update_dataset(self.ds.id, head=version.id,
+                                              cache_tree=version.tree if complete else None)
                 core.index.end_checkout(self.key, None if self.in_worktree or
                                         selected is not None else version.id)
         core.index.checkpoint()
         return downloads.tally(CheckoutReport(
             version, target, judged.writes, judged.removals, judged.wanted - judged.writes,
             judged.nbytes, left_out=judged.left_out))
+
+    def _describe_head(self, marks: list[tuple[str, Entry | None]]) -> None:
+        """Make the cache rows of the paths a checkout of some paths wrote, removed or
+        kept (each with the head's entry there) describe the head again: a row that
+        names the head's content stays, one of a path the head lacks goes, and any other
+        becomes a row that vouches for nothing (size -1) but still names the head's
+        entry, so that status sees the path (changed, or gone) and hashes it."""
+        core = self.core
+        rows = core.index.stat_rows_at(self.ds.id, [p for p, _h in marks])
+        drop, put = [], []
+        for path, head in marks:
+            row = rows.get(path)
+            if head is None:
+                if row is not None:
+                    drop.append(path)
+            elif row is None or row[4] != head.oid or \
+                    mode_class(row[3]) != mode_class(head.mode):
+                put.append((path, (-1, 0, 0, 0, head.oid, 0)))
+        core.index.drop_stat_rows(self.ds.id, drop)
+        core.index.put_stat_rows(self.ds.id, put)
 
     def _fence(self, stores: list[str]) -> None:
         self.fenced |= set(stores)
@@ -552,6 +582,10 @@ class _Placement:
                                      else None)
         judged.at_risk += len(at_risk)
         judged.shown.extend(at_risk[:5 - len(judged.shown)])
+        if self.keep_cache:   # (the head's entries of every path written, removed, kept)
+            marked = [path for _kind, path, _what in records]
+            head_at = entries_at(core, base, marked) if base is not None else {}
+            records.extend(("h", path, head_at.get(path)) for path in marked)
         if records:
             pickle.dump(records, spill, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -480,10 +480,17 @@ def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
         store.commit(f"v{round_no + 1}")
 
 
+def _forget_cache(store: dsv_api.Store) -> None:
+    """Make the stat cache describe no version (as a killed checkout leaves it)."""
+    with store.core.index.transaction():
+        store.core.index.update_dataset(store.dataset("raw").id, cache_tree=None)
+    assert store.dataset("raw").cache_tree is None
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    """`status` with no cache that describes the head (after `checkout REF PATH`): the
+    """`status` with no cache that describes the head (as after a killed checkout): the
     walk and the head's files merged 3 paths at a time, over random edits, give what
     comparing whole manifests gives, without reading one; a clean directory then gets a
     cache that describes the head, and the next status hashes nothing."""
@@ -495,8 +502,8 @@ def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
     for step in range(3):
         _edit(ws, rng, 30 + step)
         store.checkout(f"raw:{h.made[0].id}", paths=["top"], force=True, cwd=ws)
+        _forget_cache(store)
         ds = store.dataset("raw")
-        assert ds.cache_tree is None
         head = store.core.head(ds)
         files, _ = worktree.scan(ws, store.core.excluded(ds), ignore_files=True)
         want = worktree.compare(store.core.manifest(head),
@@ -515,7 +522,7 @@ def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
         assert store.dataset("raw").cache_tree is None or got.clean
         store.commit(f"s{step}")
     store.checkout(f"raw:{h.made[0].id}", paths=["top"], force=True, cwd=ws)
-    assert store.dataset("raw").cache_tree is None
+    _forget_cache(store)
     time.sleep(0.1)   # (nothing racily clean: each file hashed gets a row that vouches)
     with monkeypatch.context() as m:
         m.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
@@ -850,8 +857,8 @@ def test_a_status_marks_no_cache_when_rows_were_written_meanwhile(
     store = dsv_api.init(ws, name="raw")
     first = store.commit("v0")
     store.checkout(f"raw:{first.id}", paths=["f00"], force=True, cwd=ws)
+    _forget_cache(store)
     ds = store.dataset("raw")
-    assert ds.cache_tree is None
     monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 3)
     monkeypatch.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
     snapshot = worktree.snapshot
@@ -909,3 +916,55 @@ def test_a_checkout_of_some_paths_walks_only_them(tmp_path: Path,
     assert (report.written, report.removed, report.unchanged) == (2, 1, 2)
     assert (ws / "big" / "f05").read_bytes() == b"an uncommitted edit"
     assert walked and set(walked) == {"c"}, walked
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_checkout_of_some_paths_keeps_a_cache_that_describes_the_head(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """After `checkout OLD PATH…` (random paths of random versions, with --force over
+    random edits), the stat cache still describes the head: status takes its fast path
+    (never the whole comparison) and reports exactly what comparing whole manifests
+    reports, and a commit then records exactly the directory."""
+    from dsv import checkout as checkout_module
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    rng = random.Random(500 + seed)
+    h = _history(tmp_path, rng, 4)
+    ws, store = h.ws, h.store
+    store.status()
+
+    def whole() -> tuple[Any, dict[str, Entry]]:
+        ds = store.dataset("raw")
+        files, _ = worktree.scan(ws, store.core.excluded(ds), ignore_files=True)
+        there = worktree.snapshot(ws, files, {}, None).manifest
+        return worktree.compare(store.core.manifest(store.core.head(ds)), there), there
+
+    def no_fallback(*_a: object, **_k: object) -> object:
+        raise AssertionError("status compared the whole directory")
+    for step in range(5):
+        target = rng.choice(h.made)
+        tops = sorted({p.split("/")[0] for p in h.contents[target.id]})
+        picked = rng.sample(tops, min(len(tops), rng.randrange(1, 3)))
+        if rng.random() < 0.5:
+            _edit(ws, rng, 50 + step)
+            # (_edit dates every file alike: a same-size rewrite that got a freed inode
+            # back would then look unchanged to any stat cache; real edits move mtime)
+            for i, (dirpath, _dirs, names) in enumerate(os.walk(ws)):
+                for j, name in enumerate(names):
+                    if ".dsv" not in dirpath:
+                        when = (1_600_000_000 + 1000 * step + i) * 10**9 + j
+                        os.utime(os.path.join(dirpath, name), ns=(when, when),
+                                 follow_symlinks=False)
+        store.checkout(f"raw:{target.id}", paths=picked, force=True, cwd=ws)
+        head = store.core.head(store.dataset("raw"))
+        assert store.dataset("raw").cache_tree == head.tree, step
+        want, there = whole()
+        with monkeypatch.context() as m:
+            m.setattr(checkout_module, "_compare_directory", no_fallback)
+            got = store.status().changes
+        assert (got.added, got.modified, got.deleted) == \
+            (want.added, want.modified, want.deleted), (step, picked)
+        if not got.clean:
+            made = store.commit(f"s{step}")
+            assert {p: (e.kind, e.oid) for p, e in store.core.manifest(made).items()} == \
+                {p: (e.kind, e.oid) for p, e in there.items()}
+            assert store.status().changes.clean
