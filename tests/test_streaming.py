@@ -963,8 +963,16 @@ def test_a_checkout_of_some_paths_keeps_a_cache_that_describes_the_head(
             got = store.status().changes
         assert (got.added, got.modified, got.deleted) == \
             (want.added, want.modified, want.deleted), (step, picked)
-        if not got.clean:
+        if not got.clean and step % 2:
             made = store.commit(f"s{step}")
             assert {p: (e.kind, e.oid) for p, e in store.core.manifest(made).items()} == \
                 {p: (e.kind, e.oid) for p, e in there.items()}
+            assert store.status().changes.clean
+        elif not got.clean:   # (or back to the head: refused, then from the head, forced)
+            with pytest.raises(DirtyWorktree):
+                store.checkout(f"raw:{head.id}", cwd=ws)
+            report = store.checkout(f"raw:{head.id}", force=True, cwd=ws)
+            assert report.written + report.removed > 0
+            assert {p: (e.kind, e.oid) for p, e in whole()[1].items()} == \
+                {p: (e.kind, e.oid) for p, e in store.core.manifest(head).items()}
             assert store.status().changes.clean
