@@ -57,8 +57,18 @@ if TYPE_CHECKING:
 _KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
 
-def _no_rows(_after: str, _upto: str | None) -> list[tuple[str, int, int, int, int, int]]:
-    return []  # (a stat cache that does not describe the head vouches for nothing)
+def _all_known(runs: Iterable[worktree.Run], known: set[str], files: int) -> bool:
+    """Whether a walk is made wholly of runs seen before (`known` digests, see
+    worktree.ScanDigest) holding `files` files in all; stops at the first run that is
+    not, holding nothing."""
+    digest = worktree.ScanDigest()
+    count = 0
+    for run in runs:
+        name = digest.add(run)
+        if name is None or name not in known:
+            return False
+        count += len(run)
+    return count == files
 
 
 def status(core: Core, key: str | None = None, cwd: str | os.PathLike[str] = ".",
@@ -121,26 +131,30 @@ def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
     if head is not None:
         known, known_files = core.index.clean_scan(ds.id, head.tree)
         cached = ds.cache_tree == head.tree
-        # Runs of the walk seen before need no row; without a cache that describes the
-        # head, only a walk made wholly of such runs says anything.
+        if not cached and known and known_files == head.files and \
+                _all_known(walk(), known, known_files):
+            # Without a cache that describes the head, only a walk made wholly of runs
+            # seen before (each the same stretch of the same files, unchanged) says
+            # anything: then the directory holds the head.
+            return StatusReport(ds, head, Changes(), skipped, behind, diverged,
+                                ignored=_sorted(ignored))
+        # Runs of the walk seen before need no row.
         seen = worktree.stat_changes(
-            walk(), functools.partial(core.index.stat_keys_between, ds.id) if cached
-            else _no_rows, known, known_files) if cached or known else None
+            walk(), functools.partial(core.index.stat_keys_between, ds.id), known,
+            known_files) if cached else None
         if seen is not None and seen.rows == head.files and not seen.unvouched and \
-                not seen.gone and (cached or seen.rows == known_files):
+                not seen.gone:
             # The cache vouches for every file and describes the head tree exactly: no
             # tree to read, nothing to hash; and the next status reads no row of a run
             # that is the same then. (Only while the cache is still the one compared
             # with: a `checkout REF PATH` meanwhile writes rows of another version.)
-            if cached and set(seen.clean) != known:
+            if set(seen.clean) != known:
                 with core.locked_if_free("status") as got:
                     now = core.index.dataset_by("id", ds.id) if got else None
                     if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
                         core.index.put_clean_scan(ds.id, head.tree, seen.clean, seen.files)
             return StatusReport(ds, head, Changes(), skipped, behind, diverged,
                                 ignored=_sorted(ignored))
-        if not cached:
-            seen = None
         if seen is not None and seen.rows == head.files:
             # Every other file is the head's entry (see versions._snapshot_changes): hash
             # only these, and read only the parts of the head's tree that hold them.
