@@ -139,6 +139,7 @@ def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
             return StatusReport(ds, head, Changes(), skipped, behind, diverged,
                                 ignored=_sorted(ignored))
         # Runs of the walk seen before need no row.
+        began = time.time_ns()
         seen = worktree.stat_changes(
             walk(), functools.partial(core.index.stat_keys_between, ds.id), known,
             known_files) if cached else None
@@ -149,9 +150,12 @@ def _walked_status(core: Core, ds: Dataset, head: Version | None, root: Path,
             # that is the same then. (Only while the cache is still the one compared
             # with: a `checkout REF PATH` meanwhile writes rows of another version.)
             if set(seen.clean) != known:
+                # (and only if no cache row was made since the walk began: a checkout of
+                # some paths meanwhile leaves the head and cache_tree as they were)
                 with core.locked_if_free("status") as got:
                     now = core.index.dataset_by("id", ds.id) if got else None
-                    if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree):
+                    if now is not None and (now.head, now.cache_tree) == (ds.head, head.tree) \
+                            and core.index.stat_rows_since(ds.id, began) == (0, 0):
                         core.index.put_clean_scan(ds.id, head.tree, seen.clean, seen.files)
             return StatusReport(ds, head, Changes(), skipped, behind, diverged,
                                 ignored=_sorted(ignored))
@@ -452,23 +456,27 @@ class _Placement:
             version, target, judged.writes, judged.removals, judged.wanted - judged.writes,
             judged.nbytes, left_out=judged.left_out))
 
-    def _describe_head(self, marks: list[tuple[str, Entry | None]]) -> None:
+    def _describe_head(self, marks: list[tuple[str, tuple[Entry | None, Entry | None]]]
+                       ) -> None:
         """Make the cache rows of the paths a checkout of some paths wrote, removed or
-        kept (each with the head's entry there) describe the head again: a row that
-        names the head's content stays, one of a path the head lacks goes, and any other
-        becomes a row that vouches for nothing (size -1) but still names the head's
-        entry, so that status sees the path (changed, or gone) and hashes it."""
+        kept (each with the head's entry there and what the checkout left there) describe
+        the head again: a row of what is the head's entry (kind, content, mode class)
+        stays, one of a path the head lacks goes, and any other becomes a row that
+        vouches for nothing (size -1) but still names the head's entry, so that status
+        sees the path (changed, or gone) and hashes it. Those rows are stamped now: a
+        status that began before them does not take its walk for one of the head."""
         core = self.core
         rows = core.index.stat_rows_at(self.ds.id, [p for p, _h in marks])
         drop, put = [], []
-        for path, head in marks:
+        now = time.time_ns()
+        for path, (head, there) in marks:
             row = rows.get(path)
             if head is None:
                 if row is not None:
                     drop.append(path)
-            elif row is None or row[4] != head.oid or \
-                    mode_class(row[3]) != mode_class(head.mode):
-                put.append((path, (-1, 0, 0, 0, head.oid, 0)))
+            elif row is None or there is None or not _same_entry(there, head) or \
+                    row[4] != head.oid or mode_class(row[3]) != mode_class(head.mode):
+                put.append((path, (-1, 0, 0, 0, head.oid, now)))
         core.index.drop_stat_rows(self.ds.id, drop)
         core.index.put_stat_rows(self.ds.id, put)
 
@@ -558,6 +566,7 @@ class _Placement:
         hashed = dict(snap.stat_rows)
         records: list[tuple[str, str, object]] = []
         touched: list[tuple[str, Entry, Entry | None]] = []   # (path, there, its entry)
+        placed: dict[str, Entry] = {}   # (what the "w" and "k" records leave there)
         for path, _fs, entry in chunk:
             there = current.get(path)
             if entry is not None:
@@ -565,8 +574,10 @@ class _Placement:
                     row = hashed.get(path)
                     if row is not None and row[4] == entry.oid and self.in_worktree:
                         records.append(("k", path, row))
+                        placed[path] = entry
                     continue
                 records.append(("w", path, entry))
+                placed[path] = entry
                 judged.writes += 1
                 judged.nbytes += entry.size
                 judged.has_link = judged.has_link or entry.kind == tree.LINK
@@ -599,7 +610,8 @@ class _Placement:
         if self.keep_cache:   # (the head's entries of every path written, removed, kept)
             marked = [path for _kind, path, _what in records]
             head_at = entries_at(core, base, marked) if base is not None else {}
-            records.extend(("h", path, head_at.get(path)) for path in marked)
+            records.extend(("h", path, (head_at.get(path), placed.get(path)))
+                           for path in marked)
         if records:
             pickle.dump(records, spill, protocol=pickle.HIGHEST_PROTOCOL)
 

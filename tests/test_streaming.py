@@ -976,3 +976,58 @@ def test_a_checkout_of_some_paths_keeps_a_cache_that_describes_the_head(
             assert {p: (e.kind, e.oid) for p, e in whole()[1].items()} == \
                 {p: (e.kind, e.oid) for p, e in store.core.manifest(head).items()}
             assert store.status().changes.clean
+
+
+def test_a_link_put_back_where_the_head_has_a_file_of_its_target_is_seen(
+        tmp_path: Path) -> None:
+    """A partial checkout that puts a symlink where the head has an executable file
+    holding the link's target text (the same blob id, the same mode class) leaves no
+    row that vouches for it: status reports the path modified."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {"keep": b"k"})
+    os.symlink("tool.sh", ws / "run")
+    store = dsv_api.init(ws, name="raw")
+    v1 = store.commit("link")
+    (ws / "run").unlink()
+    (ws / "run").write_bytes(b"tool.sh")
+    os.chmod(ws / "run", 0o755)
+    store.commit("file")
+    time.sleep(0.1)
+    assert store.status().changes.clean
+    store.checkout(f"raw:{v1.id}", paths=["run"], force=True, cwd=ws)
+    assert (ws / "run").is_symlink()
+    time.sleep(0.1)
+    assert store.status().changes.modified == ["run"]
+
+
+@pytest.mark.parametrize("meddle", [False, True])
+def test_a_status_stores_no_digest_of_a_walk_that_rows_were_made_during(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meddle: bool) -> None:
+    """A clean status stores its walk's run digests for the head (the next one then reads
+    no rows), but not when a cache row was made while it walked: a checkout of some
+    paths meanwhile leaves the head and `cache_tree` as they were, and its rows may have
+    vouched for what the walk saw."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d{i}/f": b"%d" % i for i in range(6)})
+    _age(ws)
+    store = dsv_api.init(ws, name="raw")
+    store.commit("v1")
+    time.sleep(0.1)
+    ds = store.dataset("raw")
+    monkeypatch.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
+    stored: list[object] = []
+    monkeypatch.setattr(store.core.index, "put_clean_scan", lambda *a: stored.append(a))
+    walk = worktree.walk
+
+    def meddling(*args: Any, **kwargs: Any) -> Iterator[worktree.Run]:
+        for i, run in enumerate(walk(*args, **kwargs)):
+            if meddle and i == 0:
+                row = store.core.index.stat_rows_at(ds.id, ["d5/f"])["d5/f"]
+                with store.core.index.transaction():
+                    store.core.index.put_stat_rows(ds.id, [("d5/f", (*row[:5],
+                                                                     time.time_ns()))])
+            yield run
+    monkeypatch.setattr(worktree, "RUN_FILES", 1)
+    monkeypatch.setattr(worktree, "walk", meddling)
+    assert store.status().changes.clean
+    assert len(stored) == (0 if meddle else 1)
