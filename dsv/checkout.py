@@ -42,7 +42,6 @@ from .model import (
     StatusReport,
     Version,
 )
-from .index import ROW_TIME_MODULUS
 from .objects import PACK_THRESHOLD, Ingest
 from .paths import STORE_DIR as DSV_DIR
 from .paths import ancestors, is_reserved, is_under, mode_class, normalize_user_path
@@ -1280,11 +1279,7 @@ def _compare_directory(core: Core, ds: Dataset, version: Version | None,
             snap = worktree.snapshot(root, files, cache, None, advance)
             base = {path: e for path, _fs, e in chunk if e is not None}
             part = worktree.compare(base, snap.manifest)
-            for name in ("added", "modified", "deleted"):   # (chunks come in path order)
-                getattr(changes, name).extend(getattr(part, name))
-                setattr(changes, f"{name}_bytes",
-                        getattr(changes, f"{name}_bytes") + getattr(part, f"{name}_bytes"))
-            changes.sizes.update(part.sizes)
+            changes.extend(part)   # (chunks come in path order)
             if not remember:
                 continue
             # Only rows of files that hold the version's entry: the cache never names an
@@ -1299,7 +1294,7 @@ def _compare_directory(core: Core, ds: Dataset, version: Version | None,
                         with core.index.transaction():
                             core.index.put_stat_rows(ds.id, known)
                         made[0] += len(known)
-                        made[1] += sum(row[5] % ROW_TIME_MODULUS for _p, row in known)
+                        made[1] += core.index.row_times(known)
                     complete = complete and got
     if complete:
         # Only if nobody else wrote cache rows meanwhile (a checkout of some paths, which

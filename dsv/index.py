@@ -948,6 +948,11 @@ class Index:
                        "mode, oid, cached_ns)", ((ds_id, p, *r) for p, r in rows if storable(r)),
                        8)
 
+    @staticmethod
+    def row_times(rows: Iterable[tuple[str, StatRow]]) -> int:
+        """The sum `stat_rows_since` gives for `rows` once they are in the cache."""
+        return sum(row[5] % ROW_TIME_MODULUS for _path, row in rows)
+
     def stat_rows_since(self, ds_id: str, since_ns: int) -> tuple[int, int]:
         """How many of the dataset's cache rows were made at `since_ns` or later, and the
         sum of their `cached_ns` modulo ROW_TIME_MODULUS (what a status compares with the

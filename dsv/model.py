@@ -141,6 +141,17 @@ class Changes:
         """Whether nothing differs."""
         return not (self.added or self.modified or self.deleted)
 
+    def extend(self, later: "Changes") -> None:
+        """Add `later`, the changes of paths that all sort after these (a comparison made
+        a chunk at a time): the lists stay sorted."""
+        self.added += later.added
+        self.modified += later.modified
+        self.deleted += later.deleted
+        self.added_bytes += later.added_bytes
+        self.modified_bytes += later.modified_bytes
+        self.deleted_bytes += later.deleted_bytes
+        self.sizes.update(later.sizes)
+
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`)."""
         return {"added": self.added, "modified": self.modified, "deleted": self.deleted,

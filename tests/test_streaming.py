@@ -263,6 +263,18 @@ def test_links_are_checked_across_chunks(tmp_path: Path,
     assert store.manifest(version)["a/up"].kind == LINK
 
 
+def _no_manifest(*_a: object, **_k: object) -> object:
+    raise AssertionError("a whole manifest was read")
+
+
+def _blind_and_chunked(m: pytest.MonkeyPatch, store: dsv_api.Store) -> None:
+    """No whole manifest may be read; comparisons go 3 paths at a time, walks 2 files."""
+    from dsv import checkout as checkout_module
+    m.setattr(store.core, "manifest", _no_manifest)
+    m.setattr(checkout_module, "FRESH_CHUNK", 3)
+    m.setattr(worktree, "RUN_FILES", 2)
+
+
 def _edit(ws: Path, rng: random.Random, round_no: int) -> None:
     """Random edits of a working directory: files changed, added, deleted, a directory
     emptied, a file replaced by a directory and back, links added."""
@@ -333,10 +345,8 @@ def _check_out_both_ways(h: _History, target: Any, monkeypatch: pytest.MonkeyPat
         streamed.append(planned(*args))  # type: ignore[arg-type]
         return streamed[-1]
 
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
     with monkeypatch.context() as m:
-        m.setattr(h.store.core, "manifest", no_manifest)
+        m.setattr(h.store.core, "manifest", _no_manifest)
         m.setattr(checkout_module, "_place_changes", spy)
         fast = h.store.checkout(f"raw:{target.id}", force=force)
     assert len(streamed) == 1 and streamed[0] is fast
@@ -401,9 +411,7 @@ def test_a_checkout_over_any_directory_compares_it_a_chunk_at_a_time(
     monkeypatch.setattr(checkout_module, "FRESH_CHUNK", 3)
     monkeypatch.setattr(worktree, "RUN_FILES", 2)
 
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
-    monkeypatch.setattr(h.store.core, "manifest", no_manifest)
+    monkeypatch.setattr(h.store.core, "manifest", _no_manifest)
     other = tmp_path / "other"
     for step in range(4):
         source, target = rng.sample(h.made, 2)
@@ -437,7 +445,6 @@ def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
     random edits, with and without paths: what comparing the version's whole manifest
     with a scan of the whole directory gives (added, modified, deleted, their bytes and
     sizes), without reading a whole manifest."""
-    from dsv import checkout as checkout_module
     monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
     rng = random.Random(200 + seed)
     ws = tmp_path / "ws"
@@ -465,12 +472,8 @@ def test_a_diff_of_the_head_and_its_directory_reads_what_changed(
                         {p: e for p, e in store.core.manifest(version).items() if p in kept},
                         {p: e for p, e in there.items() if p in kept})
 
-                def no_manifest(*_a: object, **_k: object) -> object:
-                    raise AssertionError("a whole manifest was read")
                 with monkeypatch.context() as m:
-                    m.setattr(store.core, "manifest", no_manifest)
-                    m.setattr(checkout_module, "FRESH_CHUNK", 3)
-                    m.setattr(worktree, "RUN_FILES", 2)
+                    _blind_and_chunked(m, store)
                     got = store.diff(ref, paths=paths, cwd=ws)
                 assert (got.added, got.modified, got.deleted) == \
                     (want.added, want.modified, want.deleted), (ref, paths)
@@ -494,7 +497,6 @@ def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
     walk and the head's files merged 3 paths at a time, over random edits, give what
     comparing whole manifests gives, without reading one; a clean directory then gets a
     cache that describes the head, and the next status hashes nothing."""
-    from dsv import checkout as checkout_module
     monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
     rng = random.Random(300 + seed)
     h = _history(tmp_path, rng, 3)
@@ -509,12 +511,8 @@ def test_a_status_the_cache_cannot_vouch_for_compares_a_chunk_at_a_time(
         want = worktree.compare(store.core.manifest(head),
                                 worktree.snapshot(ws, files, {}, None).manifest)
 
-        def no_manifest(*_a: object, **_k: object) -> object:
-            raise AssertionError("a whole manifest was read")
         with monkeypatch.context() as m:
-            m.setattr(store.core, "manifest", no_manifest)
-            m.setattr(checkout_module, "FRESH_CHUNK", 3)
-            m.setattr(worktree, "RUN_FILES", 2)
+            _blind_and_chunked(m, store)
             m.setattr(store.core.index, "clean_scan", lambda *_a: (set(), -1))
             got = store.status().changes
         assert (got.added, got.modified, got.deleted, got.sizes) == \
@@ -592,9 +590,7 @@ def test_a_diff_of_two_versions_reads_only_what_differs(
         made.append(store.commit(f"v{round_no}"))
     manifests = {v.id: store.manifest(v) for v in made}
 
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
-    monkeypatch.setattr(store.core, "manifest", no_manifest)
+    monkeypatch.setattr(store.core, "manifest", _no_manifest)
     for a in made:
         for b in made:
             got = store.diff(f"raw:{a.id}", f"raw:{b.id}")
@@ -677,9 +673,7 @@ def test_files_get_walks_the_trees_a_chunk_at_a_time(
         placed.append(len(items))
         return place(self, items, *args)  # type: ignore[arg-type]
 
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
-    monkeypatch.setattr(store.core, "manifest", no_manifest)
+    monkeypatch.setattr(store.core, "manifest", _no_manifest)
     monkeypatch.setattr(worktree.Materializer, "place", counting)
     for n, (paths, kept) in enumerate([
             (None, want),
@@ -759,8 +753,6 @@ def test_a_draft_edited_on_its_tree_is_the_draft_a_whole_manifest_makes(
     model = dict(store.core.manifest(store.resolve(f"raw:{draft.id}")))
     names = ["a", "a/b", "a/b/c", "flat", "flat/f03", "top", "new", "new/deep", "z"]
 
-    def no_manifest(*_a: object, **_k: object) -> object:
-        raise AssertionError("a whole manifest was read")
     for step in range(12):
         if rng.random() < 0.6 or not model:
             sources = []
@@ -777,7 +769,7 @@ def test_a_draft_edited_on_its_tree_is_the_draft_a_whole_manifest_makes(
                 sources.append(src)
             target = rng.choice(["", "", "flat", "a", "a/b/c", "deep/er"])
             with monkeypatch.context() as m:
-                m.setattr(store.core, "manifest", no_manifest)
+                m.setattr(store.core, "manifest", _no_manifest)
                 made = store.put_files(f"raw:{draft.id}", sources, target_path=target or None)
             for src in sources:
                 base = src if src.is_dir() else src.parent
@@ -792,7 +784,7 @@ def test_a_draft_edited_on_its_tree_is_the_draft_a_whole_manifest_makes(
             gone = rng.sample(sorted({p.rsplit("/", rng.randrange(1, 3))[0] if "/" in p else p
                                       for p in model}), 1)
             with monkeypatch.context() as m:
-                m.setattr(store.core, "manifest", no_manifest)
+                m.setattr(store.core, "manifest", _no_manifest)
                 made = store.delete_files(f"raw:{draft.id}", gone)
             model = {p: e for p, e in model.items()
                      if not any(p == g or p.startswith(g + "/") for g in gone)}

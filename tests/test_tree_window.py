@@ -243,17 +243,23 @@ def test_clone_and_pull_hold_a_window_of_trees_not_a_version(
     assert not wrong, "\n".join(wrong)
 
 
-def _switch(root: Path, dirs: int, spied: list[object]) -> tuple[int, int]:
-    """A dataset whose version 1 is one file and version 2 the `dirs` directories: the
-    peaks of checking out version 2 over version 1 (every path written), then version 1
-    over it (every path removed), each from the head."""
-    work = root / f"switch{dirs}"
+def _two_versions(work: Path, dirs: int) -> None:
+    """Dataset `data` in `work`: version 1 (tagged `one`) is one file, version 2 adds the
+    `dirs` directories."""
     write_tree(work, {"README": b"r"})
     _run("init", "--name", "data", cwd=work)
     _run("commit", "-m", "v1", cwd=work)
     _run("tag", "data:latest", "one", cwd=work)
     write_tree(work, _files(dirs, 2))
     _run("commit", "-m", "v2", cwd=work)
+
+
+def _switch(root: Path, dirs: int, spied: list[object]) -> tuple[int, int]:
+    """A dataset whose version 1 is one file and version 2 the `dirs` directories: the
+    peaks of checking out version 2 over version 1 (every path written), then version 1
+    over it (every path removed), each from the head."""
+    work = root / f"switch{dirs}"
+    _two_versions(work, dirs)
     _run("checkout", "data:one", cwd=work)
     assert read_tree(work) == {"README": b"r"}
     peaks = []
@@ -303,12 +309,7 @@ def _over(root: Path, dirs: int, spied: list[object]) -> list[int]:
     path removed), and version 2 into the working directory whose stat cache describes
     no version (as a killed checkout leaves it; every path written)."""
     work, other = root / f"over{dirs}", root / f"other{dirs}"
-    write_tree(work, {"README": b"r"})
-    _run("init", "--name", "data", cwd=work)
-    _run("commit", "-m", "v1", cwd=work)
-    _run("tag", "data:latest", "one", cwd=work)
-    write_tree(work, _files(dirs, 2))
-    _run("commit", "-m", "v2", cwd=work)
+    _two_versions(work, dirs)
     _run("checkout", "data:one", "--to", other, cwd=work)
     _run("checkout", "data:one", cwd=work)
     with dsv_api.open(work) as store:   # (a cache that describes no version)
