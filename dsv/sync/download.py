@@ -46,6 +46,11 @@ RETRIES = 2
 """How many more times bytes that do not hash to their id are read from the origin."""
 
 
+PACK_MOVES = 3
+"""How many times a download reads the remote's picture afresh when a pack it was reading
+went (another client repacked it) before it gives up."""
+
+
 def coalesce(missing: dict[str, tuple[str, int, int]]
             ) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
     """Coalesce object locations into GETs: (pack, start, length, [(oid, offset, length)])."""
@@ -93,31 +98,36 @@ def download_packed_runs(core: Core, remote: Remote,
     """Packed objects, a ranged read at a time, each verified against its oid; read from
     a cluster cache where it holds the pack, else from the remote (caching packs mostly
     needed). When a pack has gone from the remote meanwhile, the picture of the remote
-    is refreshed once and what is still missing is read from where it is now."""
+    is refreshed and what is still missing is read from where it is now (PACK_MOVES
+    times at most: a refresh may list a pack a maintainer deletes the moment after)."""
     done: set[str] = set()
-    try:
-        for view, run in _download_packed(core, remote, missing, label, report):
-            done.update(oid for oid, _start, _length in run)
-            yield view, run
-        return
-    except PackGone:
-        # An origin that cannot be reached says so here (a directory remote that is gone
-        # would list as empty, and every object seem deleted from it).
-        remote.connect()
-        # (a store reading some datasets may have missed the move in their catalogs)
-        if not remote.widen():
-            remote.refresh()
-    rest = [oid for oid in missing if oid not in done]
-    moved = core.index.remote_locate_many(remote.name, rest)
-    for oid in rest:
-        if oid not in moved:
-            raise MissingObject(f"object {oid[:12]} is no longer on {remote.name}",
-                                hint="another client changed the remote; run the command "
-                                     "again")
-        if moved[oid][2] != missing[oid][2]:
-            raise CorruptObject(f"object {oid[:12]} changed length on {remote.name}",
-                                hint="the remote is damaged or hostile; nothing was stored")
-    yield from _download_packed(core, remote, moved, label, report)
+    todo = missing
+    for moves in range(PACK_MOVES + 1):
+        try:
+            for view, run in _download_packed(core, remote, todo, label, report):
+                done.update(oid for oid, _start, _length in run)
+                yield view, run
+            return
+        except PackGone:
+            if moves == PACK_MOVES:
+                raise
+            # An origin that cannot be reached says so here (a directory remote that is
+            # gone would list as empty, and every object seem deleted from it).
+            remote.connect()
+            # (a store reading some datasets may have missed the move in their catalogs)
+            if not remote.widen():
+                remote.refresh()
+        rest = [oid for oid in missing if oid not in done]
+        todo = core.index.remote_locate_many(remote.name, rest)
+        for oid in rest:
+            if oid not in todo:
+                raise MissingObject(f"object {oid[:12]} is no longer on {remote.name}",
+                                    hint="another client changed the remote; run the "
+                                         "command again")
+            if todo[oid][2] != missing[oid][2]:
+                raise CorruptObject(f"object {oid[:12]} changed length on {remote.name}",
+                                    hint="the remote is damaged or hostile; nothing was "
+                                         "stored")
 
 
 def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, int, int]],
