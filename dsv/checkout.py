@@ -29,7 +29,7 @@ from .core import Core
 from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
                      RefError, UnsafePath)
 from .faults import crashpoint
-from .hashing import hash_bytes
+from .hashing import hash_bytes, is_hash
 from .model import (
     Changes,
     CheckoutReport,
@@ -627,7 +627,7 @@ class _Placement:
                      if p not in self.above_fenced and not is_under(p, self.fenced)}
         fetched = core.index.promised_by(version.id) is not None
         check_room(core, target, self.link,
-                   (e for rows in _spilled(spill, "w") for _p, e in rows),
+                   lambda: (pair for rows in _spilled(spill, "w") for pair in rows),
                    less=judged.less, claimed=judged.nbytes, fetched=fetched)
         downloads(list(links.values()))
         for rows in _spilled(spill, "w"):
@@ -804,7 +804,7 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
         links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree)
                  if e.kind == tree.LINK}
     fetched = core.index.promised_by(version.id) is not None
-    check_room(core, target, "auto", (e for _p, e in writes()), less=less,
+    check_room(core, target, "auto", writes, less=less,
                claimed=nbytes, fetched=fetched)
     downloads = _Downloads(core, version)
     downloads(list(links.values()))
@@ -858,51 +858,89 @@ directory places at once: the next chunk downloads while one is placed, so a clo
 few large files places the first ones while the last ones download."""
 
 
-def _room(files: list[Entry], mode: str, less: int) -> int:
-    """The bytes that placing `files` puts on the target's disk, less `less` (bytes of
-    files it removes or replaces, or has written already), and at least its largest file.
-    Small files are always written. Large ones by `mode`: "copy" writes each; "reflink"
-    shares a whole (loose) object's blocks, but writes a chunked file; "link" (hard links,
-    symlinks) takes no room there (see `_link_sources`); "share" (a job's input tree)
-    hard-links whole objects themselves and writes chunked files."""
-    total = largest = 0
-    for e in files:
-        taken = e.size
-        if e.size >= PACK_THRESHOLD and (mode == "link" or mode in ("reflink", "share")
-                                         and not e.chunks):
-            taken = 0
-        total += taken
-        largest = max(largest, taken)
-    return max(total - less, largest)
+ROOM_BATCH = 10_000
+"""Files whose objects `check_room` looks up in the store at once (a walk's worth is
+never held)."""
 
 
-def _link_sources(core: Core, files: list[Entry]) -> int:
-    """The bytes of the read-only copies a hardlink or symlink checkout of `files` makes
-    in the store (ObjectStore.link_source: one per distinct large file, where none is
-    yet)."""
-    made: set[str] = set()
+def _taken(e: Entry, mode: str) -> int:
+    """The bytes placing file `e` puts on the target's disk. Small files are always
+    written. Large ones by `mode`: "copy" writes each; "reflink" shares a whole (loose)
+    object's blocks, but writes a chunked file; "link" (hard links, symlinks) takes no
+    room there (see `_Room.sources`); "share" (a job's input tree) hard-links whole
+    objects themselves and writes chunked files."""
+    if e.size >= PACK_THRESHOLD and (mode == "link" or mode in ("reflink", "share")
+                                     and not e.chunks):
+        return 0
+    return e.size
+
+
+def _key(oid: str) -> bytes:
+    """An object id as a set holds it (half of it, as bytes: a million take 83 MB, not
+    147; two ids alike in 128 bits only make a room check count one object once)."""
+    return bytes.fromhex(oid[:32]) if is_hash(oid) else oid.encode()
+
+
+class _Room:
+    """What placing files takes, tallied in one pass over a lazy walk of them: their
+    bytes, and per link mode the bytes they put on the target's disk and the largest
+    file; in "link" mode the read-only copies made in the store (ObjectStore.link_source:
+    one per distinct large file, where none is yet)."""
+
+    def __init__(self, core: Core, modes: tuple[str, ...], files: Iterable[Entry]) -> None:
+        self.sizes = self.sources = 0
+        self.total = dict.fromkeys(modes, 0)
+        self.largest = dict.fromkeys(modes, 0)
+        made: set[bytes] = set()
+        for e in files:
+            self.sizes += e.size
+            for mode in modes:
+                taken = _taken(e, mode)
+                self.total[mode] += taken
+                self.largest[mode] = max(self.largest[mode], taken)
+            if "link" in modes and e.size >= PACK_THRESHOLD and _key(e.oid) not in made:
+                made.add(_key(e.oid))
+                if not (core.objects.links_dir / e.oid).exists():
+                    self.sources += e.size
+
+    def place(self, mode: str, less: int) -> int:
+        """The bytes placing the files puts on the target's disk in `mode`, less `less`
+        (bytes of files it removes or replaces, or has written already), and at least
+        its largest file."""
+        return max(self.total[mode] - less, self.largest[mode])
+
+
+def _lacking_bytes(core: Core, files: Iterable[Entry]) -> int:
+    """The bytes of the objects holding `files` that the store lacks (each counted once),
+    looked up ROOM_BATCH files at a time."""
+    counted: set[bytes] = set()
     total = 0
-    for e in files:
-        if e.size >= PACK_THRESHOLD and e.oid not in made:
-            made.add(e.oid)
-            if not (core.objects.links_dir / e.oid).exists():
-                total += e.size
+    it = iter(files)
+    while batch := list(itertools.islice(it, ROOM_BATCH)):
+        blobs = {oid: size for oid, size in core.blobs(batch).items()
+                 if _key(oid) not in counted}
+        small, large = core.objects.lacking(blobs)
+        for oid in (*small, *large):
+            counted.add(_key(oid))
+            total += blobs[oid]
     return total
 
 
-def check_room(core: Core, target: Path, link: str, entries: Iterable[Entry],
-               *, less: int = 0, claimed: int | None = None, fetched: bool = False,
+def check_room(core: Core, target: Path, link: str,
+               walk: Callable[[], Iterable[tuple[str, Entry]]], *, less: int = 0,
+               claimed: int | None = None, fetched: bool = False,
                share_objects: bool = False, what: str = "the checkout",
                hint: str = "free some space, or check out only some paths") -> None:
-    """Refuse, before any file is written, a placement of `entries` into `target` that
-    the disks cannot hold (sizes come from trees, which may be hostile: a small tree can
-    name one large blob many times): the target's disk for the files, the store's for
-    the objects it must download first (`fetched`) and the copies links point to; both
-    together where they are one disk. `less`: see `_room`. `claimed`: the bytes as a
-    version's size gives them, checked first, so that `entries` (a lazy walk: taken only
-    then) is looked at only when that does not fit. Where the link mode may share a large
-    file's blocks with the store (a reflink that a probe file shows works), it counts
-    only if it cannot."""
+    """Refuse, before any file is written, a placement of the files `walk` gives (as
+    path, entry) into `target` that the disks cannot hold (sizes come from trees, which
+    may be hostile: a small tree can name one large blob many times): the target's disk
+    for the files, the store's for the objects it must download first (`fetched`) and the
+    copies links point to; both together where they are one disk. `less`: see
+    `_Room.place`. `claimed`: the bytes as a version's size gives them, checked first, so
+    that the files are walked only when that does not fit (once; twice when objects must
+    be looked up too, a batch at a time: memory does not grow with the files). Where the
+    link mode may share a large file's blocks with the store (a reflink that a probe file
+    shows works), it counts only if it cannot."""
     mode = "share" if share_objects else "link" if link in ("hardlink", "symlink") else "copy"
     free = fileio.free_bytes(target)
     same_disk = _same_disk(core.objects.tmp_root, target)
@@ -911,19 +949,21 @@ def check_room(core: Core, target: Path, link: str, entries: Iterable[Entry],
         if claimed * (2 if in_store and same_disk else 1) <= free and \
                 (same_disk or not in_store or claimed <= fileio.free_bytes(core.objects.tmp_root)):
             return
-    files = [e for e in entries if e.kind == tree.FILE]
-    place = _room(files, mode, less)
-    if place > free and mode == "copy" and link in ("auto", "reflink") and \
+
+    def files() -> Iterator[Entry]:
+        return (e for _p, e in walk() if e.kind == tree.FILE)
+
+    may_share = mode == "copy" and link in ("auto", "reflink")
+    room = _Room(core, (mode, "reflink") if may_share else (mode,), files())
+    place = room.place(mode, less)
+    if place > free and may_share and \
             fileio.reflinks_between(core.objects.tmp_root, fileio.nearest_existing(target)):
-        place = _room(files, "reflink", less)
-    store = _link_sources(core, files) if mode == "link" else 0
+        place = room.place("reflink", less)
+    store = room.sources
     store_free = free if same_disk else fileio.free_bytes(core.objects.tmp_root)
-    if fetched and store + sum(e.size for e in files) + (place if same_disk else 0) \
-            > store_free:
+    if fetched and store + room.sizes + (place if same_disk else 0) > store_free:
         # (only then are the objects looked up: what the store lacks is downloaded)
-        blobs = core.blobs(files)
-        small, large = core.objects.lacking(blobs)
-        store += sum(blobs[oid] for oid in small) + sum(blobs[oid] for oid in large)
+        store += _lacking_bytes(core, files())
     if same_disk:
         fileio.check_room(target, place + store, what, hint=hint)
     else:
@@ -980,7 +1020,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     # The version's size is checked first; its trees are walked for the room the files
     # take only when that does not fit, or once they turn out to take more (below).
     fetched = core.index.promised_by(version.id) is not None
-    check_room(core, target, link, (e for _p, e in placeable_unseen()),
+    check_room(core, target, link, placeable_unseen,
                claimed=version.size, fetched=fetched)
     with core.index.transaction():
         core.index.begin_checkout(key, version.id)
@@ -1025,7 +1065,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             if file_bytes + chunk_bytes > bound:
                 # The version said it held less (a damaged or hostile record): what its
                 # files still take is counted from its trees before any more is written.
-                check_room(core, target, link, (e for _p, e in placeable_unseen()),
+                check_room(core, target, link, placeable_unseen,
                            less=file_bytes, fetched=fetched)
                 bound = 1 << 62
             file_bytes += chunk_bytes
@@ -1406,7 +1446,7 @@ def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[
         count += 1
         nbytes += e.size
     fetched = core.index.promised_by(v.id) is not None
-    check_room(core, dest, "auto", (e for _p, e in items()), claimed=nbytes, fetched=fetched)
+    check_room(core, dest, "auto", items, claimed=nbytes, fetched=fetched)
     links = dict(tree.iter_files(v.tree, core.read_tree, only=tree.LINK))
     downloads = _Downloads(core, v)   # (one source, opened at the first blob missing)
     extra = list(links.values())

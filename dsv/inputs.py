@@ -292,7 +292,7 @@ def _build(core: Core, version: Version, base: Path,
     place, and stamp it once every ctime it caused is at least one tick old."""
     manifest = core.manifest(version)
     items = list(manifest.items())
-    check_room(core, base, "auto", manifest.values(), share_objects=True,
+    check_room(core, base, "auto", manifest.items, share_objects=True,
                what=f"the input tree of {version.id}", hint="free some space; nothing was run")
     wanted_dirs = ancestors(manifest)
     stamp = version.id + STAMP_SUFFIX

@@ -246,7 +246,7 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
                     # its links checked through each other first (a chunk's placement
                     # sees only the links of that chunk).
                     files = functools.partial(iter_files, v.tree, core.read_tree)
-                    check_room(core, target, "auto", (e for _p, e in files()),
+                    check_room(core, target, "auto", files,
                                claimed=v.size, what=f"input {name}",
                                hint="free some space; nothing was run")
                     validate_links(dict(iter_files(v.tree, core.read_tree, only=LINK)),

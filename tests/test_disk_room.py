@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import write_tree
 
 MiB = 1 << 20
@@ -65,3 +67,47 @@ ls ../out ../out2 2>/dev/null | grep -c bin; echo "links=$(ls .dsv/objects/links
     assert "hardlink rc=1" in out and "copy rc=1" in out, out
     assert out.count(f"the checkout needs {36 * MiB:,} bytes in") == 2, out
     assert "\n0\n" in out and "links=0" in out, out
+
+
+def test_a_room_check_that_must_look_objects_up_does_so_a_batch_at_a_time(
+        tmp_path: Path, dsv, monkeypatch) -> None:
+    """When a version's size does not fit, its files are walked (never held: a million
+    entries were 200 MB) and, for a version only fetched, what the store lacks is looked
+    up `ROOM_BATCH` files at a time, each object counted once across batches."""
+    import dsv as dsv_api
+    from dsv import checkout, fileio, tree
+    from dsv.errors import InvalidInput
+
+    src = tmp_path / "src"
+    # three distinct blobs, each named by three files that fall in different batches
+    write_tree(src, {f"d/f{i}.bin": bytes([i % 3]) * 5000 for i in range(9)})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "nine", cwd=src).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    assert dsv("init", "--bare", other, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=other).code == 0
+    assert dsv("fetch", cwd=other).code == 0      # trees here, no file contents
+    with dsv_api.open(other) as store:
+        core = store.core
+        v = core.resolve("data:latest")
+        looked_up: list[int] = []
+        blobs = core.blobs
+
+        def counting(entries):  # type: ignore[no-untyped-def]
+            entries = list(entries)
+            looked_up.append(len(entries))
+            return blobs(entries)
+
+        monkeypatch.setattr(core, "blobs", counting)
+        monkeypatch.setattr(checkout, "ROOM_BATCH", 2)
+        monkeypatch.setattr(fileio, "free_bytes", lambda _path: 1000)
+        with pytest.raises(InvalidInput) as exc:
+            checkout.check_room(core, tmp_path / "out", "auto",
+                                lambda: tree.iter_files(v.tree, core.read_tree),
+                                claimed=v.size, fetched=True)
+    # the files (9 × 5000) and the three objects the store lacks (3 × 5000)
+    assert f"the checkout needs {60_000:,} bytes in" in exc.value.message
+    assert looked_up and max(looked_up) <= 2 and sum(looked_up) == 9, looked_up
