@@ -286,3 +286,33 @@ def test_a_push_whose_repack_fails_still_succeeds(tmp_path: Path, dsv,
     fresh = tmp_path / "fresh"
     assert dsv("clone", remote, fresh, cwd=tmp_path).code == 0
     assert read_tree(fresh) == read_tree(ws)
+
+
+def test_a_remote_reader_whose_picture_went_stale_reads_it_again(tmp_path: Path, dsv) -> None:
+    """A reader without a store (a mount, `dsv get`, a DataLoader) keeps the picture of
+    the remote's packs it read; a maintainer that repacks the remote later makes both
+    the locators' places and that picture name a gone pack. The reader reads the picture
+    again rather than call the object damaged or missing; likewise for a tree."""
+    import json
+
+    from dsv.sync.reader import RemoteReader
+
+    files = {f"d{i % 2}/f{i}.bin": os.urandom(300 + i) for i in range(20)}
+    ws, remote = _pushed(tmp_path, dsv, files)
+    rows = json.loads(dsv("files", "list", "raw:latest", "--recursive", "--json",
+                          cwd=ws).out)
+    wanted = {r["hash"]: r["size"] for r in rows if r["path"] in ("d1/f3.bin", "d0/f10.bin")}
+    assert len(wanted) == 2
+    reader = RemoteReader(str(remote))
+    reader._read_picture()   # read before the repack (as a long-lived reader's is)
+    packs = [p.removesuffix(".pack") for p in os.listdir(remote / "packs")]
+    assert sum(_repack(remote, p) for p in packs) >= 1
+    got = reader.read_blobs(wanted)
+    assert {oid: bytes(data) for oid, data in got.items()} == \
+        {r["hash"]: files[r["path"]] for r in rows if r["hash"] in wanted}
+    reader._forget_picture()
+    reader._read_picture()
+    assert sum(_repack(remote, p.removesuffix(".pack"))
+               for p in os.listdir(remote / "packs")) >= 1
+    root = json.loads(dsv("show", "raw:latest", "--json", cwd=ws).out)["tree"]
+    assert reader._fetch_packed(root)   # (checked against its id inside)

@@ -484,7 +484,12 @@ class RemoteReader:
         if not rest:
             return out
         self._origin(next(iter(rest)))
-        for stale in (False, True):
+        for round_ in range(3):
+            stale = round_ > 0
+            if round_ == 2:
+                # A picture read before a maintainer repacked the remote names packs that
+                # are gone: read it again, once (a mount lives for hours).
+                self._forget_picture()
             places = self._locate(rest, stale)
             loose = {oid: n for oid, (pack, _o, n) in places.items() if pack is None}
             packed = {oid: (p, o, n) for oid, (p, o, n) in places.items() if p is not None}
@@ -574,19 +579,37 @@ class RemoteReader:
         return data
 
     def _fetch_packed(self, oid: str) -> bytes:
-        """A tree object or record that has no locator on the origin, by the pack indexes."""
-        pack, offset, length = self._read_picture().get(oid) or (None, 0, 0)
-        if pack is None:
-            raise MissingObject(f"object {oid[:12]} is not on {self.url}",
-                                hint="was the version deleted, or the remote collected?")
-        data = self.backend.get_range(layout.pack_key(pack), offset, length)
+        """A tree object or record that has no locator on the origin, by the pack indexes
+        (read again, once, when the pack they named is gone: see `read_blobs`)."""
+        for again in (False, True):
+            if again:
+                self._forget_picture()
+            pack, offset, length = self._read_picture().get(oid) or (None, 0, 0)
+            if pack is None:
+                if not again:
+                    continue
+                raise MissingObject(f"object {oid[:12]} is not on {self.url}",
+                                    hint="was the version deleted, or the remote collected?")
+            try:
+                data = self.backend.get_range(layout.pack_key(pack), offset, length)
+                break
+            except NotFound:
+                if again:
+                    raise MissingObject(f"object {oid[:12]} is not on {self.url}",
+                                        hint="was the version deleted, or the remote "
+                                             "collected?") from None
         if hash_bytes(data) != oid:
             raise CorruptObject(f"object {oid[:12]} is damaged on {self.url}")
         return data
 
+    def _forget_picture(self) -> None:
+        with self._lock:
+            self._picture = None
+
     def _read_picture(self) -> dict[str, layout.Location]:
         """Where every object of the datasets read so far is, from their catalogs (every
-        pack index, where the remote keeps none): read once, when a locator is lacking."""
+        pack index, where the remote keeps none): read when a locator is lacking, and
+        again when it names a pack gone since (`_forget_picture`)."""
         with self._lock:
             if self._picture is not None:
                 return self._picture
