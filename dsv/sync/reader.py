@@ -585,19 +585,15 @@ class RemoteReader:
             if again:
                 self._forget_picture()
             pack, offset, length = self._read_picture().get(oid) or (None, 0, 0)
-            if pack is None:
-                if not again:
-                    continue
-                raise MissingObject(f"object {oid[:12]} is not on {self.url}",
-                                    hint="was the version deleted, or the remote collected?")
-            try:
-                data = self.backend.get_range(layout.pack_key(pack), offset, length)
-                break
-            except NotFound:
-                if again:
-                    raise MissingObject(f"object {oid[:12]} is not on {self.url}",
-                                        hint="was the version deleted, or the remote "
-                                             "collected?") from None
+            if pack is not None:
+                try:
+                    data = self.backend.get_range(layout.pack_key(pack), offset, length)
+                    break
+                except NotFound:
+                    pass
+        else:
+            raise MissingObject(f"object {oid[:12]} is not on {self.url}",
+                                hint="was the version deleted, or the remote collected?")
         if hash_bytes(data) != oid:
             raise CorruptObject(f"object {oid[:12]} is damaged on {self.url}")
         return data
