@@ -5,7 +5,9 @@ are now, instead of failing (issue 11: remotes shared by many clients for years)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,19 +66,12 @@ def test_a_pull_after_another_client_repacked_the_remote_reads_the_new_pack(
     assert dsv("verify", cwd=other).code == 0
 
 
-def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new_one(
-        tmp_path: Path, dsv) -> None:
-    """The race itself: the picture was fresh when the download was planned, and the
-    pack went before its bytes were read."""
-    import dsv as dsv_api
-    from dsv import tree
-    from dsv.objects import Ingest
-    from dsv.reports import FetchReport, PullReport
-    from dsv.sync.download import download_blobs
-    from dsv.sync.remote import open_remote
-
+def _fetched_then_repacked(tmp_path: Path, dsv) -> tuple[dict[str, bytes], Path, Path]:
+    """Twenty files pushed to `remote`, and `other`, a bare store that fetched their
+    version (its trees, no file contents); then the remote's packs are repacked, so that
+    `other`'s picture names packs that are gone. Returns (files, remote, other)."""
     files = {f"f{i}.bin": os.urandom(300 + i) for i in range(20)}
-    ws, remote = _pushed(tmp_path, dsv, files)
+    _ws, remote = _pushed(tmp_path, dsv, files)
     other = tmp_path / "other"
     other.mkdir()
     assert dsv("init", "--bare", other, cwd=tmp_path).code == 0
@@ -84,18 +79,43 @@ def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new
     assert dsv("fetch", cwd=other).code == 0     # versions and trees; no file contents
     packs = [p.removesuffix(".pack") for p in os.listdir(remote / "packs")]
     assert sum(_repack(remote, p) for p in packs) >= 1
+    return files, remote, other
+
+
+def _download_every_blob(other: Path, meddle: Callable[[Any], None] | None = None) -> int:
+    """Download the blobs of `raw:latest` into the store `other` through a remote
+    opened with its picture as it stands (`meddle`, given that remote, may wrap its
+    backend); each is then read back, checked against its id. Returns how many objects
+    the download received."""
+    import dsv as dsv_api
+    from dsv import tree
+    from dsv.objects import Ingest
+    from dsv.reports import FetchReport, PullReport
+    from dsv.sync.download import download_blobs
+    from dsv.sync.remote import open_remote
+
     with dsv_api.open(other) as store:
         core = store.core
         v = core.resolve("raw:latest")
         entries = dict(tree.blob_sizes(v.tree, core.read_tree))
         origin = open_remote(core, "origin")   # its picture: the packs before the repack
+        if meddle is not None:
+            meddle(origin)
         report = PullReport("-", FetchReport("-"))
         with core.locked("test"), Ingest(core.objects) as ingest:
             download_blobs(core, origin, entries, report, ingest)
             core.commit_objects(ingest)
-        assert report.objects_received == len(files)
         for oid in entries:
             assert core.objects.read(oid)  # verified on read
+    return report.objects_received
+
+
+def test_a_download_that_finds_its_pack_gone_refreshes_and_reads_it_from_the_new_one(
+        tmp_path: Path, dsv) -> None:
+    """The race itself: the picture was fresh when the download was planned, and the
+    pack went before its bytes were read."""
+    files, _remote, other = _fetched_then_repacked(tmp_path, dsv)
+    assert _download_every_blob(other) == len(files)
 
 
 def test_a_download_whose_pack_moves_again_as_it_retries_follows_it(
@@ -104,30 +124,13 @@ def test_a_download_whose_pack_moves_again_as_it_retries_follows_it(
     the merged pack first, then deletes the old ones): the retry finds that one gone
     too, and looks again rather than fail the clone (a CI run of the gc stress test
     failed so: `origin has no pack ...`)."""
-    import dsv as dsv_api
-    from dsv import tree
-    from dsv.objects import Ingest
     from dsv.remotes.layout import pack_id_of_key
-    from dsv.reports import FetchReport, PullReport
-    from dsv.sync.download import download_blobs
-    from dsv.sync.remote import open_remote
 
-    files = {f"f{i}.bin": os.urandom(300 + i) for i in range(20)}
-    ws, remote = _pushed(tmp_path, dsv, files)
-    other = tmp_path / "other"
-    other.mkdir()
-    assert dsv("init", "--bare", other, cwd=tmp_path).code == 0
-    assert dsv("remote", "add", "origin", remote, cwd=other).code == 0
-    assert dsv("fetch", cwd=other).code == 0
-    packs = [p.removesuffix(".pack") for p in os.listdir(remote / "packs")]
-    assert sum(_repack(remote, p) for p in packs) >= 1
-    with dsv_api.open(other) as store:
-        core = store.core
-        v = core.resolve("raw:latest")
-        entries = dict(tree.blob_sizes(v.tree, core.read_tree))
-        origin = open_remote(core, "origin")
+    files, remote, other = _fetched_then_repacked(tmp_path, dsv)
+    moved_again: list[str] = []
+
+    def meddle(origin: Any) -> None:
         get_range = origin.backend.get_range
-        moved_again: list[str] = []
 
         def racing(key: str, start: int, length: int) -> bytes:
             pack_id = pack_id_of_key(key)
@@ -138,15 +141,10 @@ def test_a_download_whose_pack_moves_again_as_it_retries_follows_it(
                 assert _repack(remote, pack_id)
             return get_range(key, start, length)
 
-        origin.backend.get_range = racing  # type: ignore[method-assign]
-        report = PullReport("-", FetchReport("-"))
-        with core.locked("test"), Ingest(core.objects) as ingest:
-            download_blobs(core, origin, entries, report, ingest)
-            core.commit_objects(ingest)
-        assert moved_again
-        assert report.objects_received == len(files)
-        for oid in entries:
-            assert core.objects.read(oid)
+        origin.backend.get_range = racing
+
+    assert _download_every_blob(other, meddle) == len(files)
+    assert moved_again
 
 
 def _small_pushes(tmp_path: Path, dsv, rounds: int) -> tuple[Path, Path]:
