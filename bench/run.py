@@ -219,10 +219,28 @@ class Janitor:
         self.trash.mkdir(parents=True, exist_ok=True)
         self.count += 1
         os.rename(path, self.trash / f"{self.count}-{path.name}")
-        if shutil.disk_usage(self.trash).free < self.min_free:
-            log("warning: low on disk space, emptying the trash mid-run (file creation may")
-            log("         be slower for the next minutes; see Janitor in run.py)")
-            self.empty()
+        if self.free() < self.min_free:
+            self._empty_early("mid-run")
+
+    def free(self) -> int:
+        """Free bytes on the work directory's file system."""
+        return shutil.disk_usage(self.trash.parent).free
+
+    def make_room(self, need: int) -> bool:
+        """Whether `need` bytes (what a repetition took the last time) fit beside
+        ``min_free``; the trash is emptied first if that makes them fit. A scale
+        repetition takes ~35 GB: three of them filled a 60 GiB disk, and the second one
+        failed half-way with ENOSPC instead of saying so before it began."""
+        if self.free() >= need + self.min_free:
+            return True
+        if self.trash.exists():
+            self._empty_early("between repetitions")
+        return self.free() >= need + self.min_free
+
+    def _empty_early(self, when: str) -> None:
+        log(f"warning: low on disk space, emptying the trash {when} (file creation may")
+        log("         be slower for the next minutes; see Janitor in run.py)")
+        self.empty()
 
     def empty(self) -> None:
         remove_tree(self.trash)
@@ -2310,6 +2328,7 @@ class WorkloadResult:
     participants: list[Participant]
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
     peers: dict[str, WorkloadResult] = field(default_factory=dict)  # every workload of the run
+    begun: int = 0   # repetitions begun (fewer than asked for when the disk ran short)
 
     def get(self, step: str, who: str) -> Series:
         return self.series.setdefault((step, who), Series())
@@ -2505,7 +2524,16 @@ def run_workload(
 ) -> WorkloadResult:
     result = WorkloadResult(wl, selected, participants)
     execute = needed_steps(selected, wl.name)
+    took = 0   # bytes of disk the last repetition took (its trees, stores, S3 data)
     for rep in range(repeat):
+        if rep and not ctx.janitor.make_room(took):
+            log(f"[{wl.name}] stopped before rep{rep}: a repetition took "
+                f"{took / 1e9:.1f} GB, and {ctx.janitor.free() / 1e9:.1f} GB are free "
+                f"(--min-free-gb {ctx.janitor.min_free / 1e9:g} kept); use a bigger "
+                "--workdir disk or a smaller --repeat")
+            break
+        free_before = ctx.janitor.free()
+        result.begun += 1
         rep_dir = workdir / wl.name / f"rep{rep}"
         ctx.janitor.discard(rep_dir)
         lanes = {
@@ -2571,6 +2599,7 @@ def run_workload(
                     f"{m.seconds:8.3f} s  rss {m.maxrss_bytes / MB:7.1f} MB"
                     + ("" if timed else "  (prerequisite, not reported)")
                 )
+        took = max(0, free_before - ctx.janitor.free())
         if not keep:
             ctx.janitor.discard(rep_dir)
             drop_buckets(ctx, lanes.values())
@@ -2676,7 +2705,8 @@ def render(result: WorkloadResult, repeat: int) -> str:
     out = [
         (
             f"== workload {wl.name}: {wl.info.files} files, {wl.info.bytes / MB:.1f} MB{note}; "
-            f"median of {repeat} (± half the range) =="
+            f"median of {result.begun} (± half the range)"
+            f"{f'; {repeat} asked for' if result.begun < repeat else ''} =="
         ),
         table(headers, rows),
         "",
