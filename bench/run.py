@@ -212,6 +212,7 @@ class Janitor:
         self.trash = trash
         self.min_free = min_free
         self.count = 0
+        self.freed = 0   # bytes emptying the trash gave back, in all
 
     def discard(self, path: Path) -> None:
         if not path.exists():
@@ -226,11 +227,21 @@ class Janitor:
         """Free bytes on the work directory's file system."""
         return shutil.disk_usage(self.trash.parent).free
 
+    def mark(self) -> tuple[int, int]:
+        """Where the disk stands now, for `used_since`."""
+        return self.free(), self.freed
+
+    def used_since(self, mark: tuple[int, int]) -> int:
+        """Bytes of disk taken since `mark`, counting what the trash held if it was
+        emptied meanwhile."""
+        free, freed = mark
+        return max(0, free - self.free() + self.freed - freed)
+
     def make_room(self, need: int) -> bool:
         """Whether `need` bytes (what a repetition took the last time) fit beside
-        ``min_free``; the trash is emptied first if that makes them fit. A scale
-        repetition takes ~35 GB: three of them filled a 60 GiB disk, and the second one
-        failed half-way with ENOSPC instead of saying so before it began."""
+        ``min_free``; the trash is emptied first if that makes them fit. (A scale run of
+        three repetitions on a 58 GiB disk failed half-way through the second with
+        ENOSPC, instead of saying so before it began.)"""
         if self.free() >= need + self.min_free:
             return True
         if self.trash.exists():
@@ -243,7 +254,9 @@ class Janitor:
         self.empty()
 
     def empty(self) -> None:
+        before = self.free()
         remove_tree(self.trash)
+        self.freed += max(0, self.free() - before)
 
 
 class CacheControl:
@@ -2532,7 +2545,7 @@ def run_workload(
                 f"(--min-free-gb {ctx.janitor.min_free / 1e9:g} kept); use a bigger "
                 "--workdir disk or a smaller --repeat")
             break
-        free_before = ctx.janitor.free()
+        mark = ctx.janitor.mark()
         result.begun += 1
         rep_dir = workdir / wl.name / f"rep{rep}"
         ctx.janitor.discard(rep_dir)
@@ -2599,7 +2612,7 @@ def run_workload(
                     f"{m.seconds:8.3f} s  rss {m.maxrss_bytes / MB:7.1f} MB"
                     + ("" if timed else "  (prerequisite, not reported)")
                 )
-        took = max(0, free_before - ctx.janitor.free())
+        took = ctx.janitor.used_since(mark)
         if not keep:
             ctx.janitor.discard(rep_dir)
             drop_buckets(ctx, lanes.values())

@@ -56,3 +56,21 @@ def test_a_repetition_that_cannot_fit_is_refused(
     janitor = _trash_holding(tmp_path, 500)
     assert janitor.make_room(1401) is False
     assert janitor.free() == 1500                 # (emptied on the way: all it could do)
+
+
+def test_what_a_repetition_took_counts_a_trash_emptied_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    used = [0]   # bytes the repetition's own files take (outside the trash)
+
+    def usage(_path: object) -> _Usage:
+        trash = tmp_path / "trash"
+        held = sum(p.stat().st_size for p in trash.rglob("*") if p.is_file()) \
+            if trash.exists() else 0
+        return _Usage(1 << 40, 0, 5000 - held - used[0])
+    monkeypatch.setattr(run.shutil, "disk_usage", usage)
+    janitor = _trash_holding(tmp_path, 500)       # (an earlier repetition's)
+    mark = janitor.mark()
+    used[0] = 1200
+    janitor.empty()                               # (mid-run: 500 bytes come back)
+    assert janitor.free() == 5000 - 1200
+    assert janitor.used_since(mark) == 1200
