@@ -898,8 +898,9 @@ class _Room:
                 taken = _taken(e, mode)
                 self.total[mode] += taken
                 self.largest[mode] = max(self.largest[mode], taken)
-            if "link" in modes and e.size >= PACK_THRESHOLD and _key(e.oid) not in made:
-                made.add(_key(e.oid))
+            if "link" in modes and e.size >= PACK_THRESHOLD and \
+                    (key := _key(e.oid)) not in made:
+                made.add(key)
                 if not (core.objects.links_dir / e.oid).exists():
                     self.sources += e.size
 
