@@ -111,7 +111,8 @@ PROTOCOL_METHODS = sorted(name for name, value in vars(Backend).items()
 def test_the_protocol_is_what_this_suite_covers() -> None:
     # A method added to Backend must get conformance tests here (and a memory version).
     assert PROTOCOL_METHODS == ["check_reachable", "delete", "download", "get", "get_range",
-                                "head", "list", "put_bytes", "put_file", "read_ref",
+                                "get_range_into", "head", "list", "put_bytes", "put_file",
+                                "read_ref",
                                 "remove_stale_uploads", "write_ref"]
     assert "url" in Backend.__annotations__
 
@@ -280,6 +281,31 @@ def test_get_range_past_the_end_or_negative_is_an_error(remote: Remote) -> None:
             b.get_range(key, start, length)
         assert is_plain_remote_error(info.value), (label, info.value)
     assert b.get_range("packs/empty.pack", 0, 0) == b""
+
+
+def test_get_range_into_fills_exactly_the_buffer_and_checks_as_get_range(
+        remote: Remote) -> None:
+    """base.Backend.get_range_into: the bytes of `get_range`, written into the caller's
+    buffer (the rest of the buffer untouched), with `get_range`'s errors."""
+    b = remote.backend
+    b.put_bytes("packs/p.pack", RANGE_DATA)
+    buf = bytearray(b"\xee" * (N + 8))
+    for label, start, length in [("start", 0, 10), ("middle", 4000, 1000), ("end", N - 10, 10),
+                                 ("whole", 0, N), ("zero in the middle", 500, 0)]:
+        buf[:] = b"\xee" * (N + 8)
+        b.get_range_into("packs/p.pack", start, memoryview(buf)[:length])
+        assert bytes(buf[:length]) == RANGE_DATA[start:start + length], label
+        assert buf[length:] == b"\xee" * (N + 8 - length), label
+    for label, key, start, length in [("runs past the end", "packs/p.pack", N - 5, 10),
+                                      ("starts past the end", "packs/p.pack", N + 10, 1),
+                                      ("negative start", "packs/p.pack", -1, 1)]:
+        with pytest.raises(RemoteError) as info:
+            b.get_range_into(key, start, memoryview(buf)[:length])
+        assert is_plain_remote_error(info.value), (label, info.value)
+    with pytest.raises(NotFound):
+        b.get_range_into("packs/absent.pack", 0, memoryview(buf)[:10])
+    with pytest.raises(BadKey):
+        b.get_range_into("packs/../x", 0, memoryview(buf)[:10])
 
 
 def test_a_zero_length_range_still_needs_the_file_and_its_start(

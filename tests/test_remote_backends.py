@@ -717,3 +717,75 @@ def test_clients_share_the_service_models_but_not_the_credentials(tmp_path: Path
     assert public.meta.region_name == "eu-west-3"
     with pytest.raises(RemoteError, match=r"AWS profile problem: .*custom-process"):
         s3.make_client("http://127.0.0.1:9", profile="broken")
+
+
+def test_s3_range_into_fills_the_buffer_and_keeps_the_connection_usable(
+        s3_endpoint: str, bucket: str, s3_remote: S3Backend) -> None:
+    data = os.urandom(3 << 20)
+    s3_remote.put_bytes("packs/p.pack", data)
+    buf = bytearray(4 << 20)
+    for start, length in [(0, 3 << 20), (12345, 1 << 20), (5, 1), (7, 0)] * 3:
+        view = memoryview(buf)[:length]
+        s3_remote.get_range_into("packs/p.pack", start, view)   # (one pooled connection)
+        assert bytes(view) == data[start:start + length]
+    with pytest.raises(RemoteError):
+        s3_remote.get_range_into("packs/p.pack", (3 << 20) - 10, memoryview(buf)[:100])
+    with pytest.raises(TooLarge):
+        s3_remote.get_range_into("packs/p.pack", 0, memoryview(bytearray(MAX_GET_BYTES + 1)))
+    with pytest.raises(NotFound):
+        s3_remote.get_range_into("packs/q.pack", 0, memoryview(buf)[:10])
+    with pytest.raises(BadKey):
+        s3_remote.get_range_into("../escape", 0, memoryview(buf)[:10])
+
+
+class _Ranges(BaseHTTPRequestHandler):
+    """An S3 endpoint answering every ranged GET with `body` under a Content-Length of
+    `claim` (none: the body ends where the connection does), and `checksum` if set."""
+
+    protocol_version = "HTTP/1.1"
+    body = b""
+    claim: int | None = 0
+    checksum: str | None = None
+    requests = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        type(self).requests += 1
+        self.send_response(206)
+        if self.claim is not None:
+            self.send_header("Content-Length", str(self.claim))
+        self.send_header("ETag", '"0123"')
+        if self.checksum is not None:
+            self.send_header("x-amz-checksum-crc32", self.checksum)
+        self.end_headers()
+        self.wfile.write(self.body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("case", ["short", "long", "bad checksum"])
+def test_s3_range_into_refuses_a_body_that_is_not_the_range(aws_env: None, case: str) -> None:
+    """The answer is read straight into the caller's buffer; one that breaks off, runs on
+    past the range (no Content-Length: it ends where the connection does), or fails S3's
+    checksum (botocore's checking body: read and copied) is asked again and then
+    refused, never taken as the range's bytes."""
+    handler = type("Answer", (_Ranges,), {
+        "body": {"short": b"x" * 600, "long": b"y" * 1500, "bad checksum": b"z" * 1000}[case],
+        "claim": {"short": 1000, "long": None, "bad checksum": 1000}[case],
+        "checksum": "AAAAAA==" if case == "bad checksum" else None, "requests": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = S3Backend("s3://bkt/p", f"http://127.0.0.1:{server.server_address[1]}")
+        buf = memoryview(bytearray(1000))
+        error = CorruptDownload if case == "bad checksum" else RemoteError
+        with pytest.raises(error) as info:
+            within(lambda: backend.get_range_into("packs/a.pack", 0, buf), 60)
+        assert "damaged" in str(info.value) if case == "bad checksum" else \
+            "broke off 3 times" in str(info.value)
+        assert handler.requests >= 3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1040,3 +1040,40 @@ def test_a_refresh_reads_pack_indexes_without_the_index_write_lock(
     assert r.code == 0, r.err
     assert wrote and all(len(w) == 64 for w in wrote), wrote
     assert read_tree(clone) == {**files, "new.bin": b"new bytes"}
+
+
+def test_a_clone_over_s3_reads_its_ranges_into_a_few_reused_buffers(
+        tmp_path: Path, dsv, s3_endpoint: str, bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ranged GET of a download is read into a buffer that an earlier one gave back
+    (download._range_buffer): with ranges of at most 8 KiB, a clone of 300 files makes
+    dozens of reads through no more buffers than the download window holds, and every
+    byte arrives right (a buffer filled again while its bytes were still needed would
+    show as wrong files or a corrupt object)."""
+    from dsv.sync import download
+    monkeypatch.setattr(download, "RANGE_MAX", 8 << 10)
+    monkeypatch.setattr(download, "_RANGE_BUFFERS", [])
+    handed: list[int] = []
+    take = download._range_buffer
+
+    def counted(length: int) -> bytearray:
+        buf = take(length)
+        handed.append(id(buf))
+        return buf
+    monkeypatch.setattr(download, "_range_buffer", counted)
+    files = {f"d{i % 4}/f{i:03d}.bin": os.urandom(500 + 13 * i) for i in range(300)}
+    files["big/chunked.bin"] = os.urandom(3 << 20)
+    ws = tmp_path / "ws"
+    write_tree(ws, files)
+    assert dsv("init", "--name", "raw", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    url = f"s3://{bucket}/ds"
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint, cwd=ws).code == 0
+    assert dsv("push", cwd=ws).code == 0
+    handed.clear()
+    r = dsv("clone", url, tmp_path / "clone", "--endpoint-url", s3_endpoint, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert read_tree(tmp_path / "clone") == files
+    assert dsv("verify", cwd=tmp_path / "clone").code == 0
+    assert len(handed) >= 40, len(handed)
+    assert len(set(handed)) <= download.WORKERS + 1, (len(set(handed)), len(handed))

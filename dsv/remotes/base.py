@@ -107,6 +107,11 @@ class Backend(Protocol):
         """`length` bytes at `start` (exactly; a short read, or a range past the end, is an
         error; so is `length` above MAX_GET_BYTES)."""
 
+    def get_range_into(self, key: str, start: int, into: memoryview) -> None:
+        """`get_range` of `len(into)` bytes, written into `into` (a buffer the caller
+        reuses: S3 reads the answer straight into it, where a new 8 MiB buffer for every
+        range cost a page fault per 4 KiB received)."""
+
     def download(self, key: str) -> Iterator[bytes]:
         """A large file's bytes, in pieces."""
 

@@ -88,6 +88,10 @@ class MemoryBackend:
                            hint="the remote holds a damaged or hostile file")
         return data
 
+    def get_range_into(self, key: str, start: int, into: memoryview) -> None:
+        """Backend.get_range_into, through `get_range`."""
+        into[:] = self.get_range(key, start, len(into))
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """Exactly `length` bytes at `start`: RemoteError for a negative start or length or
         a range past the end (a zero-length one too: the file must exist and hold `start`),

@@ -312,6 +312,45 @@ def _checksum_error() -> type[BaseException]:
     return error
 
 
+def read_into(body: Body, into: memoryview, what: str) -> None:
+    """Fill `into` with a whole response body, which must be exactly `len(into)` bytes
+    (its Content-Length was checked against that already).
+
+    Where botocore hands over its plain body, the bytes go from the connection straight
+    into `into` (http.client's `readinto`, under botocore's and urllib3's wrappers; the
+    connection then goes back to their pool), with no buffer made for them. Any other
+    body (a checksum-checking one, say) is read through `read_bounded` and copied. A
+    body that ends early, or says more, is an error the caller may ask again after (a
+    ConnectionError), never bytes taken for good."""
+    from botocore.response import StreamingBody
+    raw: Any = getattr(body, "_raw_stream", None)
+    conn: Any = getattr(raw, "_fp", None)
+    if type(body) is not StreamingBody or not hasattr(conn, "readinto") or \
+            not hasattr(conn, "isclosed") or not hasattr(raw, "release_conn"):
+        data = read_bounded(body, len(into), what)
+        if len(data) != len(into):
+            raise ConnectionError(f"{what}: the answer held {len(data)} of {len(into)} bytes")
+        into[:] = data
+        return
+    import http.client
+    got = 0
+    try:
+        while got < len(into):
+            n = conn.readinto(into[got:])
+            if not n:
+                break
+            got += n
+        more = got == len(into) and not conn.isclosed() and conn.readinto(bytearray(1))
+    except (http.client.HTTPException, OSError) as exc:
+        body.close()
+        raise ConnectionError(f"{what}: the answer broke off ({exc})") from None
+    if got != len(into) or more:
+        body.close()
+        raise ConnectionError(f"{what}: the answer held {'more than ' if more else ''}"
+                              f"{got} of {len(into)} bytes")
+    raw.release_conn()
+
+
 def read_bounded(body: Body, cap: int, what: str) -> bytes:
     """All of a response body, refusing more than `cap` bytes (reads at most cap + 1: a
     body longer than its Content-Length claimed is never read to its end). Reading until
@@ -383,9 +422,11 @@ class S3Backend:
             raise describe(exc, f"listing {self._where(prefix)}") from None
 
     def _get(self, key: str, cap: int, expect: int | None = None,
-             **args: str) -> tuple[bytes, dict[str, Any]]:
+             into: memoryview | None = None, **args: str) -> tuple[bytes, dict[str, Any]]:
         """(body, response) of a GET, its Content-Length checked against `cap` (and equal
-        to `expect` if given) before the body is read, then read bounded."""
+        to `expect` if given) before the body is read, then read bounded. With `into`
+        (`expect` bytes long), the body is read into it, and the body returned is
+        empty."""
         where, full = self._where(key), self._key(key)
         for attempt in range(BODY_ATTEMPTS):
             try:  # botocore retries the request itself; its failure is final
@@ -412,6 +453,9 @@ class S3Backend:
                 raise TooLarge(f"{where} is {claimed} bytes, more than the {cap} dsv reads "
                                f"for it", hint="the remote holds a damaged or hostile object")
             try:  # …but not a body that breaks off after the headers: ask again
+                if into is not None:
+                    read_into(body, into, where)
+                    return b"", response
                 return read_bounded(body, cap, where), response
             except _body_errors():
                 if attempt == BODY_ATTEMPTS - 1:
@@ -445,6 +489,16 @@ class S3Backend:
             raise RemoteError(f"{self._where(key)}: asked for {length} bytes at {start}, "
                               f"got {len(data)}")
         return data
+
+    def get_range_into(self, key: str, start: int, into: memoryview) -> None:
+        """Backend.get_range_into: one ranged GET, read straight into `into`."""
+        length = len(into)
+        check_range(self._where(key), start, length, MAX_GET_BYTES)
+        if length == 0:
+            self.get_range(key, start, 0)   # (the same checks, no bytes)
+            return
+        self._get(key, length, expect=length, into=into,
+                  Range=f"bytes={start}-{start + length - 1}")
 
     def download(self, key: str) -> Iterator[bytes]:
         """Backend.download: one GET, streamed in pieces of 8 MiB."""
