@@ -851,11 +851,14 @@ def _place_changes(core: Core, version: Version, ds: Dataset, target: Path, key:
                                           version.files - write_count, nbytes))
 
 
-FRESH_CHUNK = 20_000
+FRESH_CHUNK = 10_000
 FRESH_CHUNK_BYTES = 128 << 20
 """Files, and bytes of them (where they are downloaded), a checkout into an empty
 directory places at once: the next chunk downloads while one is placed, so a clone of a
-few large files places the first ones while the last ones download."""
+few large files places the first ones while the last ones download. (A clone of
+1,000,000 files, each on a new ext4: 63.4 / 52.7 s and 250 / 248 MB peak at 10,000;
+60.7 / 57.8 s and 293 / 282 MB at 20,000, the issue's bound being 300 MB. A checkout of
+them from the store: 35.4 s and 69 MB against 34.8 s and 87 MB.)"""
 
 
 ROOM_BATCH = 10_000
