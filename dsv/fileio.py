@@ -317,14 +317,14 @@ class DirectWriter:
         # Created first, O_DIRECT asked for after: a filesystem that refuses it in open
         # (ramfs, tmpfs before Linux 6.6) does so only once the file exists, and O_EXCL
         # would then refuse a second open.
-        self._buf: mmap.mmap | None = _take_buffer(buffer)   # (first: nothing to undo)
+        self._buf: mmap.mmap | None = take_buffer(buffer)   # (first: nothing to undo)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, mode)
         try:
             self.direct = _set_direct(self.fd, True)
         except OSError:
             os.close(self.fd)
-            _give_buffer(self._buf)
+            give_buffer(self._buf)
             raise
         self._depth = max(1, depth)
         # Buffers being written, oldest first, each with its write and the event set
@@ -377,7 +377,7 @@ class DirectWriter:
         try:
             written = self._wait(0)
             if written is not None:
-                _give_buffer(written)
+                give_buffer(written)
             total = self.size + self._used
             if self._used:
                 if self._observe is not None:
@@ -422,7 +422,7 @@ class DirectWriter:
         spare = self._wait(len(self._writing), done_only=True)
         if spare is None and len(self._writing) >= self._depth:
             spare = self._wait(self._depth - 1)
-        self._buf = spare or _take_buffer(len(full))
+        self._buf = spare or take_buffer(len(full))
         self._view = memoryview(self._buf)
 
     def _wait(self, most: int, done_only: bool = False) -> mmap.mmap | None:
@@ -438,7 +438,7 @@ class DirectWriter:
             finally:
                 self._writing.popleft()
                 if spare is not None:
-                    _give_buffer(spare)
+                    give_buffer(spare)
                 spare = buf
             self.direct = self.direct and direct
         return spare
@@ -456,7 +456,7 @@ class DirectWriter:
                 os.close(fd)   # (Linux frees the descriptor even when close fails)
         finally:
             if self._buf is not None:
-                _give_buffer(self._buf)
+                give_buffer(self._buf)
             self._buf = None
             self._view = memoryview(b"")
 
@@ -473,7 +473,7 @@ class DirectWriter:
             except KeyboardInterrupt:
                 continue
             self._writing.popleft()
-            _give_buffer(buf)
+            give_buffer(buf)
 
 
 def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
@@ -485,7 +485,7 @@ def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
     to be copied once), else buffered. Never through a link; a file shorter than a range
     raises OSError (EIO)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    buf = _take_buffer(buffer)
+    buf = take_buffer(buffer)
     view = memoryview(buf)
     try:
         direct = _set_direct(fd, True)
@@ -508,7 +508,7 @@ def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
                 pos += got
     finally:
         view.release()
-        _give_buffer(buf)
+        give_buffer(buf)
         os.close(fd)
 
 
@@ -527,14 +527,19 @@ def _writer_pool() -> ThreadPoolExecutor:
 
 
 _BUFFERS: list[mmap.mmap] = []
-"""Buffers of closed writers, for the next ones: a fresh buffer costs a page fault per
-4 KiB when it is first filled, which on the target VMs cost more than the copy itself
-(a commit of a 1 GiB chunked file fills 32 packs' buffers)."""
-_BUFFERS_KEPT = 8
+"""Buffers of closed writers and finished downloads, for the next ones: a fresh buffer
+costs a page fault per 4 KiB when it is first filled, which on the target VMs cost more
+than the copy itself (a commit of a 1 GiB chunked file fills 32 packs' buffers; a clone
+of it received each byte into a new page, 300,000 faults, before its ranged reads took
+their buffers from here)."""
+_BUFFERS_KEPT = 16
+"""Buffers kept: a clone's download window (8 ranges) beside its writers'."""
 _BUFFERS_LOCK = threading.Lock()
 
 
-def _take_buffer(size: int) -> mmap.mmap:
+def take_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of `size` bytes: a kept one of that size, else a new one.
+    Give it back with `give_buffer` once nothing reads or writes it any more."""
     with _BUFFERS_LOCK:
         for i, buf in enumerate(_BUFFERS):
             if len(buf) == size:
@@ -542,7 +547,8 @@ def _take_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _give_buffer(buf: mmap.mmap) -> None:
+def give_buffer(buf: mmap.mmap) -> None:
+    """Keep `buf` for the next `take_buffer` of its size (or unmap it: enough kept)."""
     with _BUFFERS_LOCK:
         if len(_BUFFERS) < _BUFFERS_KEPT:
             _BUFFERS.append(buf)

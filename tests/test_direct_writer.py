@@ -116,7 +116,7 @@ def test_buffers_are_written_side_by_side_and_observed_in_order(tmp_path: Path,
 def test_every_buffer_a_writer_took_is_given_back(tmp_path: Path, monkeypatch) -> None:
     """Buffers go back to the pool when a writer finishes or is closed, the ones it
     wrote last included: a buffer made anew costs a page fault per 4 KiB."""
-    real = fileio._take_buffer
+    real = fileio.take_buffer
     taken: list[object] = []
 
     def take(size: int):
@@ -124,7 +124,7 @@ def test_every_buffer_a_writer_took_is_given_back(tmp_path: Path, monkeypatch) -
         taken.append(buf)
         return buf
 
-    monkeypatch.setattr(fileio, "_take_buffer", take)
+    monkeypatch.setattr(fileio, "take_buffer", take)
     monkeypatch.setattr(fileio, "_BUFFERS", [])
     for end in ("finish", "close"):
         taken.clear()

@@ -1050,13 +1050,14 @@ def test_a_clone_over_s3_reads_its_ranges_into_a_few_reused_buffers(
     dozens of reads through no more buffers than the download window holds, and every
     byte arrives right (a buffer filled again while its bytes were still needed would
     show as wrong files or a corrupt object)."""
+    from dsv import fileio
     from dsv.sync import download
     monkeypatch.setattr(download, "RANGE_MAX", 8 << 10)
-    monkeypatch.setattr(download, "_RANGE_BUFFERS", [])
+    monkeypatch.setattr(fileio, "_BUFFERS", [])
     handed: list[int] = []
     take = download._range_buffer
 
-    def counted(length: int) -> bytearray:
+    def counted(length: int) -> object:
         buf = take(length)
         handed.append(id(buf))
         return buf

@@ -9,6 +9,7 @@ Ingest; the caller publishes. Must never move refs.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -154,9 +155,9 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
     total = sum(w[2] for w in missing.values())
 
     def get(job: tuple[str, int, int, list[tuple[str, int, int]]]
-            ) -> tuple[memoryview, list[tuple[str, int, int]], bool, bytearray | None]:
+            ) -> tuple[memoryview, list[tuple[str, int, int]], bool, mmap.mmap | None]:
         pack, start, length, group = job
-        buf: bytearray | None = None   # (read into, where `reuse`)
+        buf: mmap.mmap | None = None   # (read into, where `reuse`)
 
         def from_origin() -> bytes | memoryview:
             try:
@@ -212,28 +213,17 @@ def _download_packed(core: Core, remote: Remote, missing: dict[str, tuple[str, i
                 _give_range_buffer(buf)
 
 
-_RANGE_BUFFERS: list[bytearray] = []
-_RANGE_BUFFERS_LOCK = threading.Lock()
+def _range_buffer(length: int) -> mmap.mmap:
+    """A buffer for a ranged read of `length` bytes, from the buffers finished reads and
+    writers gave back (`fileio.take_buffer`): a new 8 MiB buffer for every read cost a
+    page fault per 4 KiB received (a 1 GiB clone: 260,000 faults, a third of its kernel
+    time). RANGE_MAX bytes, the size of almost every read, so that they are shared."""
+    return fileio.take_buffer(max(length, RANGE_MAX))
 
 
-def _range_buffer(length: int) -> bytearray:
-    """A buffer for a ranged read of `length` bytes: one a finished read gave back, where
-    it fits. A new 8 MiB buffer for every read cost a page fault per 4 KiB received (a
-    1 GiB clone: 260,000 faults, a third of its kernel time); the download window keeps
-    at most WORKERS of them in use, and as many are kept."""
-    if length > RANGE_MAX:
-        return bytearray(length)   # (one object larger than a range: its own buffer)
-    with _RANGE_BUFFERS_LOCK:
-        if _RANGE_BUFFERS and len(_RANGE_BUFFERS[-1]) >= length:
-            return _RANGE_BUFFERS.pop()
-    return bytearray(RANGE_MAX)
-
-
-def _give_range_buffer(buf: bytearray) -> None:
-    if len(buf) == RANGE_MAX:
-        with _RANGE_BUFFERS_LOCK:
-            if len(_RANGE_BUFFERS) < WORKERS:
-                _RANGE_BUFFERS.append(buf)
+def _give_range_buffer(buf: mmap.mmap) -> None:
+    if len(buf) == RANGE_MAX:   # (one object larger than a range: its own, let go)
+        fileio.give_buffer(buf)
 
 
 def _split_verified(data: bytes | memoryview, start: int, group: list[tuple[str, int, int]]
