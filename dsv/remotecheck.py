@@ -153,6 +153,8 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
                     repair or repair_catalogs)
     _check_locators(core, remote, listing, read_data or subset is not None,
                     repair, report)
+    _check_multi_indexes(core, remote, listing, packs, read_data or subset is not None,
+                         repair, report)
     bad_packs |= {where_ for where_ in damaged.values() if where_ != "loose"}
     missing = [oid for oid in needed if oid not in where and oid not in loose]
     for oid in missing:
@@ -256,6 +258,51 @@ def _check_locators(core: Core, remote: Remote, listing: dict[str, int], read: b
             if repair:
                 remote.backend.delete(layout.locator_key(oid))
                 report.repaired.append(f"deleted damaged locator {oid[:12]}")
+
+
+def _check_multi_indexes(core: Core, remote: Remote, listing: dict[str, int],
+                         packs: dict[str, int], read: bool, repair: bool,
+                         report: RemoteCheckReport) -> None:
+    """`midx/`: every file named by a pack id and the hash of its bytes, that pack on the
+    remote (else no reader reads it); with `read`, its bytes hashing to its name and
+    each index in it to its pack. A damaged or stale one costs readers requests, not
+    data (they read the index files one by one), so it is a warning, and a repair
+    deletes it."""
+    named: dict[str, tuple[str, str]] = {}
+    for key in listing:
+        if key.startswith(layout.MULTI_INDEX):
+            if (got := layout.multi_index_of_key(key)) is None:
+                report.warnings.append(f"unexpected file {key}")
+            else:
+                named[key] = got
+    bad = {key: f"multi-pack index {body[:12]} is named by pack {pack[:12]}, which is not "
+                f"on the remote (no reader reads it)"
+           for key, (pack, body) in named.items() if pack not in packs}
+
+    def check(key: str) -> str | None:
+        try:
+            raw = remote.backend.get(key, max_size=layout.MAX_MULTI_BYTES)
+            for pack_id, data in layout.parse_multi_index(raw, *named[key]):
+                parse_pack_index(bytes(data), pack_id)
+        except (CorruptObject, RemoteRefused) as exc:
+            return f"{exc.message} (readers read the pack indexes one by one)"
+        except NotFound:
+            pass
+        return None
+
+    if read:
+        keys = [k for k in named if k not in bad]
+        with core.reporter.task("reading multi-pack indexes", len(keys)) as advance, \
+                ThreadPoolExecutor(WORKERS) as pool:
+            for key, why in zip(keys, pool.map(check, keys), strict=True):
+                advance(1, 0)
+                if why is not None:
+                    bad[key] = why
+    for key, why in sorted(bad.items()):
+        report.warnings.append(why)
+        if repair:
+            remote.backend.delete(key)
+            report.repaired.append(f"deleted multi-pack index {named[key][1][:12]}")
 
 
 class _Reach:

@@ -134,7 +134,8 @@ class RemoteGcReport(_FlatReport):
     objects_deleted: int = 0
     loose_deleted: int = 0
     locators_deleted: int = 0        # `loc/<oid>` of tree objects and records deleted
-    strays_deleted: int = 0          # a pack without its index, or an index without its pack
+    strays_deleted: int = 0          # a pack without its index, an index without its pack,
+                                     # a catalog entry or multi-pack index naming a gone pack
     bytes_freed: int = 0
     leases_removed: int = 0          # expired push leases of killed pushes
     stale_uploads_removed: int = 0   # temp files of killed uploads (directory remotes)

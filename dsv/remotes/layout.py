@@ -2,8 +2,8 @@
 
 Owns the remote layout of docs/format.md ("Remotes"): `dsv-remote.json`,
 `packs/<id>.pack`, `index/<id>`, `loose/<xx>/<oid>`, `refs/<dataset>/latest`,
-`refs/<dataset>/tags/<name>`, `catalog/<dataset>/<pack>`, the leases (`maintain.lock`,
-`locks/<owner>`), the gc generation (`gc.json`), and the small JSON body of a ref.
+`refs/<dataset>/tags/<name>`, `catalog/<dataset>/<pack>`, `midx/<pack>.<id>`, the leases
+(`maintain.lock`, `locks/<owner>`), the gc generation (`gc.json`), and the small JSON body of a ref.
 Sync, `verify --remote` and the cluster cache build and parse keys only through this
 module. Pure functions:
 must never do I/O, and never trust what it parses (a remote is written by others).
@@ -85,8 +85,9 @@ GC_STATE = "gc.json"
 a client knows its picture of the remote may name what is gone."""
 CATALOG = "catalog/"
 LOCATORS = "loc/"
-TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "catalog", "loc", "tmp", REMOTE_MARKER,
-             MAINTAIN_LOCK, GC_STATE)
+MULTI_INDEX = "midx/"
+TOP_LEVEL = ("index", "packs", "loose", "refs", "locks", "catalog", "loc", "midx", "tmp",
+             REMOTE_MARKER, MAINTAIN_LOCK, GC_STATE)
 """What may stand at a remote's top level (`tmp` and `refs.lock` are a directory
 remote's own)."""
 
@@ -346,3 +347,74 @@ def _carried(view: memoryview, at: int, oid: str) -> tuple[bytes, int]:
     if len(data) != size or hash_bytes(data) != oid:
         raise ValueError("object")
     return data, at + size
+
+
+# ---- multi-pack indexes -----------------------------------------------------------------
+
+MULTI_MAGIC = b"DSVMIDX1"
+_MULTI_ENTRY = struct.Struct(">32sI")     # raw pack id, length of that pack's index
+MULTI_HEAD_BYTES = len(MULTI_MAGIC) + _LOC_COUNT.size
+MULTI_ENTRY_BYTES = _MULTI_ENTRY.size
+"""Bytes a multi-pack index takes before its entries, and per pack besides its index."""
+MULTI_MIN_PACKS = 4
+"""A push writes a multi-pack index once it uploads this many packs, and a reader looks
+for them once it lacks the indexes of this many: below that, the index files themselves
+cost about as many requests."""
+MAX_MULTI_BYTES = 4 << 20
+"""Bytes of one multi-pack index, at most (about 85,000 objects): a push starts another
+past it, and a reader holds a few at once."""
+MAX_MULTI_PACKS = 4096
+
+
+def multi_index_key(named: str, body_id: str) -> str:
+    """The key of a multi-pack index: named by the first pack it covers (a reader reads
+    it when it lacks that pack's index) and by the blake3 of its bytes."""
+    return f"{MULTI_INDEX}{named}.{body_id}"
+
+
+def multi_index_of_key(key: str) -> tuple[str, str] | None:
+    """(first pack id, id of the bytes) a well-formed `midx/<pack>.<id>` key names, or
+    None."""
+    if not key.startswith(MULTI_INDEX):
+        return None
+    named, dot, body_id = key[len(MULTI_INDEX):].partition(".")
+    return (named, body_id) if dot and is_hash(named) and is_hash(body_id) else None
+
+
+def encode_multi_index(indexes: list[tuple[str, bytes]]) -> bytes:
+    """A multi-pack index's bytes: magic, the number of packs, (pack id, length) of each,
+    then each pack's index (`index/<pack id>`, its table and trailer) in that order."""
+    out: list[bytes] = [MULTI_MAGIC, _LOC_COUNT.pack(len(indexes))]
+    out += [_MULTI_ENTRY.pack(bytes.fromhex(pack_id), len(data)) for pack_id, data in indexes]
+    out += [data for _pack_id, data in indexes]
+    return b"".join(out)
+
+
+def parse_multi_index(raw: bytes, named: str, body_id: str) -> list[tuple[str, memoryview]]:
+    """The (pack id, index bytes) a multi-pack index read from a remote holds (untrusted):
+    CorruptObject unless it hashes to `body_id`, its first pack is `named` (as its key
+    says) and its lengths fill it exactly, each pack named once. Each index's bytes
+    are the caller's to check against their pack id (objects.parse_pack_index), as those
+    of an `index/` file are."""
+    view = memoryview(raw)
+    try:
+        if hash_bytes(view) != body_id or bytes(view[:len(MULTI_MAGIC)]) != MULTI_MAGIC:
+            raise ValueError("magic")
+        (count,) = _LOC_COUNT.unpack_from(view, len(MULTI_MAGIC))
+        at = len(MULTI_MAGIC) + _LOC_COUNT.size
+        if not 0 < count <= MAX_MULTI_PACKS or count * _MULTI_ENTRY.size > len(view) - at:
+            raise ValueError("count")
+        heads = list(_MULTI_ENTRY.iter_unpack(view[at:at + count * _MULTI_ENTRY.size]))
+        at += count * _MULTI_ENTRY.size
+        if sum(length for _raw, length in heads) != len(view) - at:
+            raise ValueError("lengths")
+        found: list[tuple[str, memoryview]] = []
+        for raw_id, length in heads:
+            found.append((raw_id.hex(), view[at:at + length]))
+            at += length
+        if found[0][0] != named or len({p for p, _data in found}) != count:
+            raise ValueError("packs")
+    except (ValueError, struct.error):
+        raise CorruptObject(f"multi-pack index {body_id[:12]} on the remote is damaged") \
+            from None
+    return found

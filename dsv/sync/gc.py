@@ -350,7 +350,8 @@ class _Listing:
 
     def __init__(self, remote: Remote) -> None:
         self.sizes = {key: size for prefix in (layout.INDEX, layout.PACKS, layout.LOOSE,
-                                               layout.CATALOG, layout.LOCATORS)
+                                               layout.CATALOG, layout.LOCATORS,
+                                               layout.MULTI_INDEX)
                       for key, size in remote.backend.list(prefix)}
         self.owners: dict[str, set[str]] = {}   # pack id → datasets whose catalog names it
         for key in self.sizes:
@@ -365,6 +366,8 @@ class _Listing:
                       if (oid := layout.loose_oid_of_key(key)) is not None}
         self.locators = {oid: size for key, size in self.sizes.items()
                          if (oid := layout.locator_oid_of_key(key)) is not None}
+        self.multi = {key: named for key in self.sizes
+                      if (named := layout.multi_index_of_key(key)) is not None}
 
 
 def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
@@ -436,7 +439,13 @@ def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
                   for ds in sorted(named)
                   if p not in going_packs and (ds not in live_datasets or
                                                (p not in listing.packs and p not in written))]
-    strays += loose_ends
+    # A multi-pack index goes with the pack its key names: only a client that lacks that
+    # pack's index reads it (its other packs are then read one index at a time).
+    stale_multi = [key for key, (named, _body) in listing.multi.items()
+                   if named in going_packs or (named not in listing.packs
+                                               and named not in written)]
+    report.bytes_freed += sum(listing.sizes[k] for k in stale_multi)
+    strays += loose_ends + stale_multi
     report.strays_deleted = len(strays)
 
     def with_catalog(p: str) -> list[str]:

@@ -388,6 +388,7 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
     # Listed again: a push may have named an old pack meanwhile.
     owners = catalog_owners(remote)
     gathered.name_in_catalogs(remote, owners)
+    deleted: set[str] = set()
     for number, pack_id in enumerate(done):
         # Every object of these is in a pack uploaded above. The index first: an index on
         # the remote always names a whole pack. (A pack written again as itself, the same
@@ -404,8 +405,21 @@ def _repack(core: Core, remote: Remote, report: MaintainReport, lease: Lease) ->
         remote.backend.delete(index_key(pack_id))
         remote.backend.delete(pack_key(pack_id))
         report.packs_repacked += 1
+        deleted.add(pack_id)
+    _drop_multi_indexes(remote, deleted)
     remote.refresh()
     report.packs_after = len(core.index.remote_packs(remote.name))
+
+
+def _drop_multi_indexes(remote: Remote, packs: set[str]) -> None:
+    """Delete the multi-pack indexes named by `packs` (deleted just now): only a client
+    lacking a pack's index reads the one named by it."""
+    if not packs:
+        return
+    for key, _size in list(remote.backend.list(layout.MULTI_INDEX)):
+        named = layout.multi_index_of_key(key)
+        if named is not None and named[0] in packs:
+            remote.backend.delete(key)
 
 
 def read_pack(remote: Remote, pack_id: str, skipped: list[str], max_size: int = SMALL_PACK

@@ -431,6 +431,7 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
     write_through = caches(core, write_through=True)
     loose_slots = threading.Semaphore(LOOSE_AT_ONCE)
     buffers = _Buffers()
+    multi = _MultiIndex(remote)
     with core.reporter.task("pushing", small_count + len(send_large),
                              total_bytes) as advance, ThreadPoolExecutor(WORKERS) as pool:
         # Publish order: blobs, then trees, then records; each phase whole before the next,
@@ -472,13 +473,14 @@ def _send_objects(core: Core, remote: Remote, versions: list[Version],
                 _fewer_than(jobs, IN_FLIGHT)
                 # Finished uploads are let go at once (a fast remote finishes them before
                 # the window fills, and they would pile up until the phase ends).
-                _record_done(core, remote, jobs, report)
+                _record_done(core, remote, jobs, report, multi)
             wait(jobs)
-            _record_done(core, remote, jobs, report)
+            _record_done(core, remote, jobs, report, multi)
             with index.transaction():
                 index.add_staged_remote_packs()
                 index.forget_sending(remote.name, begun)
             crashpoint("push:phase-sent")
+    multi.flush()   # (before any ref names what it indexes: a clone that follows reads it)
 
 
 def _fewer_than(jobs: list[Future[Sent]], limit: int) -> None:
@@ -488,7 +490,7 @@ def _fewer_than(jobs: list[Future[Sent]], limit: int) -> None:
 
 
 def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
-                 report: PushReport) -> None:
+                 report: PushReport, multi: _MultiIndex) -> None:
     """Stage what the finished uploads put on the remote, and let them go (a push of
     a million objects holds only the uploads in flight). The phase's packs are recorded
     when it ends; a push stopped before that leaves them for the next one's `refresh`
@@ -501,6 +503,7 @@ def _record_done(core: Core, remote: Remote, jobs: list[Future[Sent]],
         report.objects_sent += item.count
         report.bytes_sent += item.nbytes
     stage_sent(core, remote, sent)
+    multi.add(sent)
     gone = set(done)
     jobs[:] = [j for j in jobs if j not in gone]
 
@@ -622,14 +625,49 @@ def _upload_pack(remote: Remote, pack: tuple[str, bytearray, list[PackEntry]],
                    if _write_through(remote.core, cache, cache.pack_path(pack_id), data=data)]
         # The pack first, then its index: an index on the remote always names a whole pack.
         remote.backend.put_bytes(pack_key(pack_id), data)
-        remote.backend.put_bytes(index_key(pack_id),
-                                 data[len(data) - pack_tail_size(len(entries)):])
+        index = bytes(data[len(data) - pack_tail_size(len(entries)):])
+        remote.backend.put_bytes(index_key(pack_id), index)
     finally:
         buffers.give(data)
     for cache in written:
         cache.clear_pending(cache.pack_path(pack_id))
     crashpoint("push:uploaded")
-    return Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries))
+    return Sent(len(entries), sum(e.length for e in entries), (pack_id, len(data), entries),
+                index=index)
+
+
+class _MultiIndex:
+    """The indexes of the packs a push uploads, gathered into multi-pack indexes
+    (`midx/`, docs/format.md): a first fetch reads one file where it read one per pack (a
+    1 GiB file is 66 packs: 66 GETs, a sixth of the clone's time before its first byte
+    of data). Up to MAX_MULTI_BYTES each; fewer than MULTI_MIN_PACKS left at the end are
+    read one by one. Only a saving: a push stopped before it writes one loses nothing."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.held: list[tuple[str, bytes]] = []
+        self.nbytes = 0
+
+    def add(self, sent: list[Sent]) -> None:
+        for item in sent:
+            if item.pack is None or item.index is None:
+                continue
+            size = len(item.index) + layout.MULTI_ENTRY_BYTES
+            if size > layout.MAX_MULTI_BYTES - layout.MULTI_HEAD_BYTES:
+                continue   # (a pack of very many objects: its own index serves)
+            if self.nbytes + size > layout.MAX_MULTI_BYTES - layout.MULTI_HEAD_BYTES or \
+                    len(self.held) == layout.MAX_MULTI_PACKS:
+                self.flush()
+            self.held.append((item.pack[0], item.index))
+            self.nbytes += size
+
+    def flush(self) -> None:
+        """Upload what is held as one multi-pack index (if it is worth one)."""
+        if len(self.held) >= layout.MULTI_MIN_PACKS:
+            body = layout.encode_multi_index(self.held)
+            self.remote.backend.put_bytes(
+                layout.multi_index_key(self.held[0][0], hash_bytes(body)), body)
+        self.held, self.nbytes = [], 0
 
 
 def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,

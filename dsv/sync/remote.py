@@ -155,7 +155,7 @@ class Remote:
             named = set().union(begun, *catalogs.values())
             new = [p for p in new if p in named]
 
-        index.stage_remote_packs(self.name, self._read_indexes(new, listed))  # (no lock)
+        index.stage_remote_packs(self.name, self._read_new(new, listed))  # (no lock)
         with index.transaction():
             # (first: an object's row names the first pack holding it)
             index.forget_remote_packs(self.name, gone)
@@ -173,6 +173,47 @@ class Remote:
         ids that are hashes (the index is a file another hand may have touched; an id
         becomes a key)."""
         return {p for p in self.core.index.sending(self.name) if is_hash(p)}
+
+    def _read_new(self, packs: list[str], sizes: dict[str, int]
+                  ) -> Iterator[tuple[str, list[PackEntry], int]]:
+        """`_read_indexes` of `packs`, through the multi-pack indexes a push wrote
+        (`midx/`) where MULTI_MIN_PACKS or more are new: those that name one of them
+        first are read (one LIST, one GET each), then the index files of the rest. Not
+        for a store reading some datasets: `midx/` grows with the whole bucket."""
+        covered: set[str] = set()
+        if len(packs) >= layout.MULTI_MIN_PACKS:
+            for found in self._read_multi(set(packs)):
+                if found[0] not in covered:
+                    covered.add(found[0])
+                    yield found
+        yield from self._read_indexes([p for p in packs if p not in covered], sizes)
+
+    def _read_multi(self, wanted: set[str]) -> Iterator[tuple[str, list[PackEntry], int]]:
+        """The entries of the packs of `wanted` that the multi-pack indexes naming one of
+        them hold (each index checked against its pack id, as an index file is; a damaged
+        multi-pack index is ignored with a warning, its packs read one by one)."""
+        keys = [named for key, size in self.backend.list(layout.MULTI_INDEX)
+                if (named := layout.multi_index_of_key(key)) is not None
+                and named[0] in wanted and size <= layout.MAX_MULTI_BYTES]
+
+        def read(named: tuple[str, str]) -> list[tuple[str, list[PackEntry], int]]:
+            found = []
+            try:
+                raw = self.backend.get(layout.multi_index_key(*named),
+                                       max_size=layout.MAX_MULTI_BYTES)
+                for pack_id, data in layout.parse_multi_index(raw, *named):
+                    if pack_id in wanted:
+                        found.append((pack_id, *parse_pack_index(bytes(data), pack_id)))
+            except NotFound:
+                return []   # (deleted since the listing: a gc or maintainer went by)
+            except (CorruptObject, RemoteRefused) as exc:
+                self.core.reporter.notice(f"warning: ignored multi-pack index "
+                                           f"{named[1][:12]} on {self.name}: {exc.message}")
+                return []
+            return found
+
+        for found in bounded(getters(), read, keys, WORKERS):
+            yield from found
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
                       ) -> Iterator[tuple[str, list[PackEntry], int]]:
@@ -435,6 +476,7 @@ class Sent:
     pack: tuple[str, int, list[PackEntry]] | None = None   # (pack id, size, entries)
     loose: str | None = None                    # a loose object's oid
     shown: int = 0                              # bytes already on the progress bar
+    index: bytes | None = None                  # the pack's index, as uploaded
 
 
 def record_sent(core: Core, remote: Remote, sent: list[Sent]) -> None:
