@@ -316,8 +316,7 @@ class BlobSource:
         except InvalidInput:
             return None
         try:
-            self._remote.connect()
-            self._remote.refresh()
+            self._remote.ready()
         except RemoteError as exc:
             origin_down(self.core, exc)
         return self._remote

@@ -31,7 +31,7 @@ from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
 from ..remotes.base import RemoteError, RemoteSpec
 from ..remotes.layout import (RemoteRef)
-from .remote import Remote, open_remote, resolve_target
+from .remote import Remote, one_opening, open_remote, resolve_target
 from .download import origin_down, download_blobs
 from .fetch import fetch
 from .policy import plan_pull
@@ -195,7 +195,7 @@ def pull(core: Core, remote: str | None = None, targets: list[str] | None = None
             raise
         claim.finish()
         return report
-    with core.locked("pull"):
+    with core.locked("pull"), one_opening(core):
         report = _pull(core, remote, list(targets or []), paths, force, checkout)
         if merge:
             _merge_diverged(core, report, list(targets or []))
@@ -374,7 +374,7 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
                   checkout: bool = True) -> PullReport:
     """Fetch from origin, bind datasets where the pusher had them, pull and check out
     (only `paths`, if given; nothing, without `checkout`)."""
-    with core.locked("clone"):
+    with core.locked("clone"), one_opening(core):
         fetched = fetch(core, open_remote(core, "origin"))
         with core.index.transaction():
             for ref in fetched[1].values():
