@@ -4,7 +4,9 @@ all their indexes, and a first fetch reads it instead of one index file per pack
 Only a saving, never a source of truth: each index in it must hash to its pack's id, as
 an index file must; a damaged or forged one is ignored with a warning (the packs are
 read one index at a time), gc and maintain delete the one a deleted pack names, and
-`verify --remote` reports (and `--repair` deletes) damaged and stale ones."""
+`verify --remote` reports (and `--repair` deletes) damaged and stale ones.
+
+Also what a first fetch reads besides: a clone or a pull opens its origin once."""
 
 from __future__ import annotations
 
@@ -235,3 +237,32 @@ def test_over_s3_a_clone_reads_one_multi_index_for_all_the_packs(
     assert read_tree(tmp_path / "clone") == made
     assert [k for k in asked if k.startswith("index/")] == []
     assert len([k for k in asked if k.startswith("midx/")]) == 1, asked
+
+
+def test_a_clone_and_a_pull_open_their_origin_once(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetch, pull and the checkout's download share one opened remote: its marker is
+    read and its packs listed once per command, not once per step."""
+    ws, remote, made = _pushed(tmp_path, dsv, monkeypatch, files=12)
+    gets = _Gets(monkeypatch)
+    listed: list[str] = []
+    real_list = FsBackend.list
+
+    def list_(backend: FsBackend, prefix: str):  # type: ignore[no-untyped-def]
+        listed.append(prefix)
+        return real_list(backend, prefix)
+    monkeypatch.setattr(FsBackend, "list", list_)
+    _ok(dsv("clone", remote, tmp_path / "clone", cwd=tmp_path))
+    assert read_tree(tmp_path / "clone") == made
+    assert gets.keys.count(layout.REMOTE_MARKER) == 1 and listed.count("index/") == 1, \
+        (gets.keys, listed)
+    write_tree(ws, {"d1/more.bin": os.urandom(5000)})
+    _ok(dsv("commit", "-m", "two", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    gets.keys.clear()
+    listed.clear()
+    _ok(dsv("pull", cwd=tmp_path / "clone"))
+    assert (tmp_path / "clone" / "d1" / "more.bin").read_bytes() == \
+        (ws / "d1" / "more.bin").read_bytes()
+    assert gets.keys.count(layout.REMOTE_MARKER) == 1 and listed.count("index/") == 1, \
+        (gets.keys, listed)
