@@ -19,8 +19,10 @@ import fcntl
 import os
 import stat
 import struct
+import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -201,6 +203,9 @@ class ObjectStore:
         self._fd_lock = threading.Lock()
         self._stage: Path | None = None
         self._stage_fd: int | None = None
+        # The ingests under way, whose trees are readable before they are published.
+        self._ingests: weakref.WeakSet[Ingest] = weakref.WeakSet()
+        self._ingests_lock = threading.Lock()
         # Loose objects whose stored copy is damaged: a good copy staged for one of these
         # is renamed over it (`dsv verify --repair`, under the store lock), where normally
         # an existing copy wins.
@@ -288,12 +293,27 @@ class ObjectStore:
                 with open(self.loose_path(oid), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
-                raise MissingObject(f"object {oid[:12]} is missing from the store",
-                                    hint="run `dsv verify` to see what else is affected") from None
+                staged = self._staged_tree(oid)
+                if staged is None:
+                    raise MissingObject(f"object {oid[:12]} is missing from the store",
+                                        hint="run `dsv verify` to see what else is affected"
+                                        ) from None
+                data = staged
         if verify and hash_bytes(data) != oid:
             raise CorruptObject(f"object {oid[:12]} is corrupt: its bytes do not match its hash",
                                 hint="run `dsv verify` to list every damaged object")
         return data
+
+    def _staged_tree(self, oid: str) -> bytes | None:
+        """Tree object `oid` if an ingest under way in this process took it (see
+        `Ingest` and `_KeptTrees`)."""
+        with self._ingests_lock:
+            ingests = list(self._ingests)
+        for ingest in ingests:
+            data = ingest.kept.read(oid)
+            if data is not None:
+                return data
+        return None
 
     def read_packed(self, where: tuple[str, int, int]) -> bytes:
         """Raw bytes at a pack location (unverified: the caller hashes them)."""
@@ -764,9 +784,12 @@ class Ingest:
     Use it as a context manager: leaving the block without publishing (an error, or
     nothing worth keeping) removes everything it staged. Small objects are checked
     against the index in batches (one query per few hundred objects, not one each).
-    Staged objects are invisible to readers and safe from other processes' clean-up;
+    Staged objects are invisible to other processes and safe from their clean-up;
     `publish` (called by core.Core.commit_objects, under the store lock) renames them into
-    `objects/`, after which the caller records the packs in the index at once.
+    `objects/`, after which the caller records the packs in the index at once. Until the
+    block ends, the tree objects it took are readable in this process
+    (`ObjectStore.read`): a commit reads back trees it made, which the tree cache may
+    have let go, before they are published.
     """
 
     _BATCH_OBJECTS = 512
@@ -795,6 +818,9 @@ class Ingest:
         self._done = False
         self.chunk_lists = False
         """Whether a chunk list went into a pack (core raises the store's format)."""
+        self.kept = _KeptTrees(store.tmp_root)
+        with store._ingests_lock:
+            store._ingests.add(self)
 
     def __enter__(self) -> "Ingest":
         return self
@@ -802,14 +828,16 @@ class Ingest:
     def __exit__(self, *exc: object) -> None:
         if not self._done:
             self.abort()
+        self.kept.close()
 
     # ---- adding ---------------------------------------------------------------------
     def add(self, oid: str, kind: int, data: bytes | memoryview) -> None:
         """Store `data` as `oid` (a small object, bound for a pack) unless already stored."""
         if oid in self._staged or bytes.fromhex(oid) in self._pending:
             return
-        if kind == KIND_TREE and is_chunk_list(data):
-            self.chunk_lists = True
+        if kind == KIND_TREE:
+            self.chunk_lists = self.chunk_lists or is_chunk_list(data)
+            self.kept.keep(oid, data)
         self._staged[oid] = (kind, data)
         self._staged_bytes += len(data)
         if len(self._staged) >= self._BATCH_OBJECTS or self._staged_bytes >= self._BATCH_BYTES:
@@ -997,6 +1025,46 @@ class Ingest:
         self._loose.clear()
         self._packs.clear()
         self._done = True
+        self.kept.close()
+
+
+class _KeptTrees:
+    """The tree objects an ingest took, readable by id until it ends: in an unnamed
+    temp file (memory stays flat: the trees of a million-file commit are 95 MB), each
+    read checked against its id by the caller (`ObjectStore.read`)."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self._dir = tmp_dir
+        self._file: Any = None
+        self._at: dict[str, tuple[int, int]] = {}
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def keep(self, oid: str, data: bytes | memoryview) -> None:
+        with self._lock:
+            if oid in self._at:
+                return
+            if self._file is None:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                self._file = tempfile.TemporaryFile(dir=self._dir)
+            fileio.write_all(self._file.fileno(), data)   # (appended: reads use pread)
+            self._at[oid] = (self._end, len(data))
+            self._end += len(data)
+
+    def read(self, oid: str) -> bytes | None:
+        with self._lock:
+            where = self._at.get(oid)
+            if where is None or self._file is None:
+                return None
+            data = os.pread(self._file.fileno(), where[1], where[0])
+        return data if len(data) == where[1] else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._at.clear()
 
 
 _SEALERS: ThreadPoolExecutor | None = None
