@@ -266,3 +266,26 @@ def test_a_clone_and_a_pull_open_their_origin_once(
         (ws / "d1" / "more.bin").read_bytes()
     assert gets.keys.count(layout.REMOTE_MARKER) == 1 and listed.count("index/") == 1, \
         (gets.keys, listed)
+
+
+def test_a_push_past_the_size_bound_writes_several_each_within_it(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout, "MAX_MULTI_BYTES", 1500)   # (about 6 packs' indexes here)
+    _ws, remote, made = _pushed(tmp_path, dsv, monkeypatch)
+    keys = _multi_keys(remote)
+    assert len(keys) >= 3, keys
+    covered: list[str] = []
+    for key in keys:
+        raw = (remote / key).read_bytes()
+        assert len(raw) <= 1500
+        named, body_id = layout.multi_index_of_key(key) or ("", "")
+        held = [p for p, _d in layout.parse_multi_index(raw, named, body_id)]
+        assert len(held) >= layout.MULTI_MIN_PACKS and held[0] == named
+        covered += held
+    packs = _index_ids(remote)
+    assert len(covered) == len(set(covered)) and set(covered) <= packs
+    gets = _Gets(monkeypatch)
+    _ok(dsv("clone", remote, tmp_path / "clone", cwd=tmp_path))
+    assert read_tree(tmp_path / "clone") == made
+    assert sorted(gets.under("midx/")) == keys
+    assert {k.split("/")[1] for k in gets.under("index/")} == packs - set(covered)

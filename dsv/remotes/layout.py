@@ -360,9 +360,10 @@ MULTI_MIN_PACKS = 4
 """A push writes a multi-pack index once it uploads this many packs, and a reader looks
 for them once it lacks the indexes of this many: below that, the index files themselves
 cost about as many requests."""
-MAX_MULTI_BYTES = 4 << 20
-"""Bytes of one multi-pack index, at most (about 85,000 objects): a push starts another
-past it, and a reader holds a few at once."""
+MAX_MULTI_BYTES = 1 << 20
+"""Bytes of one multi-pack index, at most (about 21,000 objects: 4 MB once parsed): a push
+starts another past it, and a reader holds a few at once (a million-file clone's peak
+memory is bounded at 300 MB)."""
 MAX_MULTI_PACKS = 4096
 
 

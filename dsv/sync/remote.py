@@ -230,7 +230,8 @@ class Remote:
                 return []
             return found
 
-        for found in bounded(getters(), read, keys, WORKERS):
+        # (half the window of index files: each holds the entries of many packs)
+        for found in bounded(getters(), read, keys, WORKERS // 2):
             yield from found
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
