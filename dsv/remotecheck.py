@@ -281,9 +281,7 @@ def _check_multi_indexes(core: Core, remote: Remote, listing: dict[str, int],
 
     def check(key: str) -> str | None:
         try:
-            raw = remote.backend.get(key, max_size=layout.MAX_MULTI_BYTES)
-            for pack_id, data in layout.parse_multi_index(raw, *named[key]):
-                parse_pack_index(bytes(data), pack_id)
+            remote.read_multi_index(named[key])
         except (CorruptObject, RemoteRefused) as exc:
             return f"{exc.message} (readers read the pack indexes one by one)"
         except NotFound:

@@ -13,7 +13,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -215,24 +215,29 @@ class Remote:
                 and named[0] in wanted and size <= layout.MAX_MULTI_BYTES]
 
         def read(named: tuple[str, str]) -> list[tuple[str, list[PackEntry], int]]:
-            found = []
             try:
-                raw = self.backend.get(layout.multi_index_key(*named),
-                                       max_size=layout.MAX_MULTI_BYTES)
-                for pack_id, data in layout.parse_multi_index(raw, *named):
-                    if pack_id in wanted:
-                        found.append((pack_id, *parse_pack_index(bytes(data), pack_id)))
+                return self.read_multi_index(named, wanted)
             except NotFound:
                 return []   # (deleted since the listing: a gc or maintainer went by)
             except (CorruptObject, RemoteRefused) as exc:
                 self.core.reporter.notice(f"warning: ignored multi-pack index "
                                            f"{named[1][:12]} on {self.name}: {exc.message}")
                 return []
-            return found
 
         # (half the window of index files: each holds the entries of many packs)
         for found in bounded(getters(), read, keys, WORKERS // 2):
             yield from found
+
+    def read_multi_index(self, named: tuple[str, str], wanted: Container[str] | None = None
+                         ) -> list[tuple[str, list[PackEntry], int]]:
+        """(pack id, entries, pack size) of each pack the multi-pack index `named` (its
+        first pack, the id of its bytes) holds (of `wanted` only, if given): read within
+        MAX_MULTI_BYTES, checked against its key, each index in it against its pack id
+        as an `index/` file is. NotFound, RemoteRefused or CorruptObject otherwise."""
+        raw = self.backend.get(layout.multi_index_key(*named), max_size=layout.MAX_MULTI_BYTES)
+        return [(pack_id, *parse_pack_index(bytes(data), pack_id))
+                for pack_id, data in layout.parse_multi_index(raw, *named)
+                if wanted is None or pack_id in wanted]
 
     def _read_indexes(self, packs: list[str], sizes: dict[str, int]
                       ) -> Iterator[tuple[str, list[PackEntry], int]]:
