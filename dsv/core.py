@@ -39,7 +39,7 @@ from .index import SCHEMA_VERSION, Index, is_write_failure
 from .jsonio import load_bounded
 from .lock import StoreLock
 from .model import Dataset, Entry, Manifest, Version
-from .objects import KIND_TREE, Ingest, ObjectStore, live_stages, remove_dead_stages
+from .objects import KIND_TREE, Ingest, ObjectStore, PackInfo, live_stages, remove_dead_stages
 from .paths import STORE_DIR, check_relpath, is_reserved
 from .reporting import Reporter
 
@@ -224,12 +224,8 @@ class Core:
         the next `gc` removes. `index`: the connection to record them through, where not
         `self.index` (a thread of a checkout that records while this one downloads, see
         `side_objects`)."""
-        if not self.lock.held:
-            raise DsvError("bug in dsv: objects published without the store lock")
         index = self.index if index is None else index
-        packs = ingest.publish()
-        if crash:
-            crashpoint(crash)
+        packs = self.publish_objects(ingest, crash)
         with index.transaction():
             for pack_id, oids in (retire or {}).items():
                 # first: an object's row names the first pack holding it
@@ -237,6 +233,17 @@ class Core:
             index.add_packs(packs)
             result = record() if record is not None else None
         return result
+
+    def publish_objects(self, ingest: Ingest, crash: str | None = None) -> list[PackInfo]:
+        """The first half of `commit_objects`: `ingest`'s objects published, their packs
+        returned for the caller to record, under the store lock it holds until then (a
+        fresh checkout records several chunks' packs at once: see checkout._Unrecorded)."""
+        if not self.lock.held:
+            raise DsvError("bug in dsv: objects published without the store lock")
+        packs = ingest.publish()
+        if crash:
+            crashpoint(crash)
+        return packs
 
     def commit_sealed(self, ingest: Ingest) -> None:
         """Make the packs `ingest` has sealed so far part of the store (as commit_objects

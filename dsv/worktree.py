@@ -863,10 +863,14 @@ class Materializer:
     def __init__(self, objects: ObjectStore, root: Path, link: str = "auto",
                  stat_rows: bool = True, twins: dict[str, str] | None = None,
                  share_objects: bool = False, fresh: bool = False,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None,
+                 before_reading: Callable[[], None] | None = None) -> None:
         check_link_mode(link)
         self.fresh = fresh
         self.spool = spool  # chunked files written while they downloaded (see Spool)
+        # run once, before the first object is read from the store (a fresh checkout
+        # records there what it downloaded for earlier chunks: see checkout._Unrecorded)
+        self.before_reading = before_reading
         self.stat_rows = stat_rows  # only a working directory's checkout needs them
         self.twins = twins or {}    # oid → a file believed to hold it (see copy_out)
         self.objects = objects
@@ -886,6 +890,8 @@ class Materializer:
         rows: list[tuple[str, StatRow]] = []
         if self.spool is not None:
             items = self._spooled(items, progress, rows)
+        if items and self.before_reading is not None:
+            self.before_reading()
         locations = self.objects.locate_many(e.oid for _, e in items)
         # Read packs in order: sequential I/O, and each pack opened once.
         items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])

@@ -850,36 +850,118 @@ def test_a_clone_places_each_chunk_while_it_downloads_the_next(
     assert read_tree(tmp_path / "copy") == files
 
 
-def test_a_clone_records_each_chunk_on_the_placing_thread_and_downloads_a_blob_once(
+def test_a_clone_records_chunks_on_the_placing_thread_and_downloads_a_blob_once(
         tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a chunk downloaded is recorded in the index by the thread that places it,
-    through its own connection, while this one downloads the next chunk; a blob the
-    next chunk needs again is not downloaded twice meanwhile (it counts as here), and
-    every file of the clone holds its bytes."""
+    """What chunks downloaded is recorded in the index by the thread that places them,
+    through its own connection, every RECORD_EVERY chunks, while this one downloads the
+    next; a blob a later chunk needs again is not downloaded twice meanwhile (it counts
+    as here), and is recorded before that chunk reads it from the store; every file of
+    the clone holds its bytes, and has its stat row."""
     import threading
 
     from dsv import checkout
     from dsv.core import Core
     monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
-    recorded: list[str] = []
-    commit = Core.commit_objects
+    monkeypatch.setattr(checkout, "RECORD_EVERY", 3)
+    recorded: list[tuple[str, int, int]] = []
+    record = checkout._Unrecorded.record
 
-    def committing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        recorded.append(threading.current_thread().name)
-        return commit(self, *args, **kwargs)
-    monkeypatch.setattr(Core, "commit_objects", committing)
+    def recording(self, index):  # type: ignore[no-untyped-def]
+        if self.packs or self.rows:
+            recorded.append((threading.current_thread().name,
+                             sum(len(p.rows()) for p in self.packs), len(self.rows)))
+        return record(self, index)
+    monkeypatch.setattr(checkout._Unrecorded, "record", recording)
     same = os.urandom(150)
     files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
-    files["d0/f00.bin"] = files["d2/f11.bin"] = files["d1/f04.bin"] = same
+    # chunks, in the trees' order: d2/f02 f05 f08 | d2/f11 d1/f01 f04 | d1/f07 f10 d0/f00 |
+    # d0/f03 f06 f09
+    files["d2/f05.bin"] = files["d0/f00.bin"] = files["d0/f09.bin"] = same
     _pushed_files(tmp_path, dsv, files)
-    recorded.clear()
     clone = tmp_path / "clone"
     r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
     assert r.code == 0, r.err
     assert json.loads(r.out)["objects_received"] == 10
     assert read_tree(clone) == files
-    # (the fetch records versions and trees here; each of the 4 chunks is recorded there)
-    assert [t for t in recorded if t.startswith("dsv-place")] == ["dsv-place_0"] * 4, recorded
+    # The third chunk reads `same` (the first brought it, not recorded yet: not
+    # downloaded again) from the store, so what the three brought is recorded first, with
+    # the stat rows of the two placed; then its own rows (every third chunk); the end
+    # records the rest (the fourth chunk reads `same` too: its objects go first).
+    assert recorded == [("dsv-place_0", 8, 6), ("dsv-place_0", 0, 3),
+                        ("dsv-place_0", 2, 0), ("dsv-place_0", 0, 3)], recorded
+    core = Core(clone)
+    try:
+        assert core.index.promised() == {}
+        assert len(core.index.stat_rows_at(core.index.datasets()[0].id, files)) == 12
+    finally:
+        core.close()
+    assert dsv("verify", cwd=clone).code == 0
+
+
+def test_a_checkout_that_fails_part_way_keeps_what_it_downloaded_recorded(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout of a fetched version whose placement fails after some chunks still
+    records what it downloaded, though it waited to be recorded with later chunks: run
+    again, it downloads only the rest."""
+    from dsv import checkout, worktree
+    from dsv.core import Core
+    monkeypatch.setattr(checkout, "FRESH_CHUNK", 3)
+    monkeypatch.setattr(checkout, "RECORD_EVERY", 4)
+    place = worktree.Materializer.place
+    calls: list[list[str]] = []
+
+    def failing(self, items, progress=None):  # type: ignore[no-untyped-def]
+        calls.append([rel for rel, _e in items])
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device (for the test)")
+        return place(self, items, progress)
+    monkeypatch.setattr(worktree.Materializer, "place", failing)
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
+    _pushed_files(tmp_path, dsv, files)
+    store = tmp_path / "store"
+    assert dsv("init", store, cwd=tmp_path).code == 0
+    assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=store).code == 0
+    assert dsv("fetch", cwd=store).code == 0
+    r = dsv("checkout", "raw:latest", "--to", tmp_path / "out", cwd=store)
+    assert r.code == 1 and "no space left on the device" in r.err, r.err
+    assert len(calls) == 3
+    downloaded = {hash_bytes(files[rel]) for chunk in calls for rel in chunk}
+    core = Core(store)
+    try:   # (the three chunks' objects, no more: the fourth was not downloaded)
+        assert {oid for oid in map(hash_bytes, files.values())
+                if core.objects.has(oid)} == downloaded
+    finally:
+        core.close()
+    monkeypatch.setattr(worktree.Materializer, "place", place)
+    r = dsv("checkout", "raw:latest", "--to", tmp_path / "out", "--json", cwd=store)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["downloaded"] == 3, r.out
+    assert read_tree(tmp_path / "out") == files
+
+
+def test_a_clone_killed_with_chunks_placed_but_not_recorded_completes_when_run_again(
+        tmp_path: Path, dsv) -> None:
+    """Killed while chunks it placed wait to be recorded (their packs published, no row
+    naming them), a clone run again downloads their objects again: the store ends whole
+    and verified, not holding files whose objects it lost."""
+    import subprocess
+    import sys
+    files = {f"d{i % 3}/f{i:02d}.bin": os.urandom(100 + i) for i in range(12)}
+    _pushed_files(tmp_path, dsv, files)
+    clone = tmp_path / "clone"
+    small_chunks = ("import sys; from dsv import checkout; checkout.FRESH_CHUNK = 3; "
+                    "checkout.RECORD_EVERY = 4; from dsv.cli import main; sys.exit(main())")
+    killed = subprocess.run(
+        [sys.executable, "-c", small_chunks, "clone", str(tmp_path / "remote"), str(clone)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DSV_CRASH_AT": "checkout:file-written", "DSV_CRASH_AFTER": "10"})
+    assert killed.returncode == -9, killed.stderr
+    present = {p for p in files if (clone / p).exists()}
+    assert len(present) >= 9, present   # three chunks placed, none recorded
+    r = dsv("clone", tmp_path / "remote", clone, "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["objects_received"] == 12, r.out
+    assert read_tree(clone) == files
     assert dsv("verify", cwd=clone).code == 0
 
 
