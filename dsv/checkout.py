@@ -667,8 +667,8 @@ class _Unrecorded:
     leaves published packs no row names, which `gc` removes (the version stays promised,
     so a resumed clone downloads them again)."""
 
-    def __init__(self, core: Core, ds: Dataset) -> None:
-        self.core, self.ds = core, ds
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
         self.packs: list[PackInfo] = []
         self.rows: list[tuple[str, StatRow]] = []
 
@@ -1082,7 +1082,7 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     written = nbytes = rows_kept = file_bytes = 0
     bound = version.size
 
-    unrecorded = _Unrecorded(core, ds)   # (the placing thread's)
+    unrecorded = _Unrecorded(ds)   # (the placing thread's)
 
     def place(placer: worktree.Materializer, chunk: list[tuple[str, Entry]],
               advance: worktree.Progress, ingest: Ingest | None, index: Index,
@@ -1096,7 +1096,6 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                 with ingest:
                     unrecorded.packs += core.publish_objects(ingest,
                                                              crash="pull:objects-written")
-            placer.before_reading = lambda: unrecorded.record(index)
             rows = placer.place(chunk, advance)
         finally:
             if placer.spool is not None:
@@ -1145,8 +1144,9 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
                 else:
                     ingest, got = downloads.stage([e for _p, e in chunk], spool, pending)
                 twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
-                placer = worktree.Materializer(objects, target, link, stat_rows=in_worktree,
-                                               twins=twins, fresh=True, spool=spool)
+                placer = worktree.Materializer(
+                    objects, target, link, stat_rows=in_worktree, twins=twins, fresh=True,
+                    spool=spool, before_reading=lambda: unrecorded.record(side_index))
                 if placing is not None:
                     rows_kept += placing.result()
                     if recording:
