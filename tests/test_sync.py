@@ -867,9 +867,9 @@ def test_a_clone_records_chunks_on_the_placing_thread_and_downloads_a_blob_once(
     record = checkout._Unrecorded.record
 
     def recording(self, index):  # type: ignore[no-untyped-def]
-        if self.packs or self.rows:
+        if self.packs or self.staged:
             recorded.append((threading.current_thread().name,
-                             sum(len(p.rows()) for p in self.packs), len(self.rows)))
+                             sum(len(p.rows()) for p in self.packs), self.staged))
         return record(self, index)
     monkeypatch.setattr(checkout._Unrecorded, "record", recording)
     same = os.urandom(150)
