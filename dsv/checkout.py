@@ -671,14 +671,13 @@ class _Unrecorded:
     def __init__(self, ds: Dataset) -> None:
         self.ds = ds
         self.packs: list[PackInfo] = []
-        self.staged = 0        # (stat rows in the temp table)
-        self._fresh = True     # (the temp table may hold what an earlier use left)
+        self.staged = 0   # (stat rows in the temp table)
 
     def add_rows(self, index: Index, rows: list[tuple[str, StatRow]]) -> None:
-        """Stage a chunk's stat rows (settled) until the next `record`."""
+        """Stage a chunk's stat rows (settled) until the next `record` (the first after
+        one drops whatever the temp table held)."""
         if rows:
-            index.stage_stat_rows(rows, first=self._fresh)
-            self._fresh = False
+            index.stage_stat_rows(rows, first=self.staged == 0)
             self.staged += len(rows)
 
     @contextlib.contextmanager
