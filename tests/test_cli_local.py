@@ -1926,11 +1926,17 @@ def test_the_cli_collects_cycles_rarely_and_switches_threads_often_and_the_libra
               "seen.append([*gc.get_threshold(), sys.getswitchinterval()])\n"
               "with contextlib.redirect_stdout(io.StringIO()):\n"
               "    main(['--version'])\n"
+              "frozen = gc.get_freeze_count()\n"
+              "made = [[n] for n in range(10_000)]\n"
+              "import atexit\n"
+              "atexit._run_exitfuncs()\n"
               "print(json.dumps([*seen, [*gc.get_threshold(), sys.getswitchinterval()],\n"
-              "                  gc.get_freeze_count() > 0]))\n")
+              "                  frozen, gc.get_freeze_count() - frozen]))\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout
-    python, library, cli, frozen = json.loads(out)
+    python, library, cli, frozen, frozen_at_exit = json.loads(out)
     assert library == python   # (Python's own defaults, whatever this Python's are)
     assert python[3] == 0.005
-    assert cli == [100_000, 20, 100, 0.0005] and frozen is True
+    assert cli == [100_000, 20, 100, 0.0005] and frozen > 0
+    # At exit, what the command made is frozen too: the last collections skip it.
+    assert frozen_at_exit > 9_000
