@@ -1148,11 +1148,12 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
             ingest: Ingest | None = None
             got: set[str] = set()
             handed = False   # (spool and ingest are this loop's until `place` owns them)
+            tap = spool.feed if spool is not None else None
             try:
                 if side_index is core.index:   # (one connection: recorded here)
-                    downloads([e for _p, e in chunk], spool)
+                    downloads([e for _p, e in chunk], tap)
                 else:
-                    ingest, got = downloads.stage([e for _p, e in chunk], spool, pending)
+                    ingest, got = downloads.stage([e for _p, e in chunk], tap, pending)
                 twins = {} if in_worktree or link != "auto" else _twins(core, ds, chunk)
                 placer = worktree.Materializer(
                     objects, target, link, stat_rows=in_worktree, twins=twins, fresh=True,

@@ -1050,3 +1050,59 @@ def test_verify_names_the_damaged_chunk_of_an_affected_file(chunked_ws, dsv) -> 
     affected = json.loads(r.out)["affected"]
     assert [(a["path"], a["object"], a["problem"]) for a in affected] == \
         [("model.bin", listing.chunks[3][0], "corrupt")], affected
+
+
+def test_the_spool_writes_a_stretch_of_next_chunks_at_once_and_no_further_than_another_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A downloaded run whose chunks one file takes next, back to back, is written to it
+    in one write; the stretch stops before a chunk another file waits for, a chunk a
+    small file is made of, and a gap in the run. Every file gets exactly its bytes."""
+    from dsv import fileio
+    from dsv.tree import Entry
+    from dsv.worktree import Spool
+
+    a = [os.urandom(n) + bytes([i])
+         for i, n in enumerate((3000, 5000, 700, 4100, 2048, 999, 1234))]
+    b0 = os.urandom(1500)
+    whole_a, whole_b = b"".join(a), b0 + a[2]
+    writes: dict[int, list[int]] = {}   # writer → the length of each write, in order
+    write = fileio.DirectWriter.write
+
+    def counted(self: fileio.DirectWriter, data: bytes | memoryview) -> None:
+        writes.setdefault(id(self), []).append(len(data))
+        write(self, data)
+    monkeypatch.setattr(fileio.DirectWriter, "write", counted)
+    spool = Spool(tmp_path, [
+        ("x/a.bin", Entry("f", 0o644, len(whole_a), b3(whole_a), "c" * 64),
+         [(b3(c), len(c)) for c in a]),
+        ("x/b.bin", Entry("f", 0o644, len(whole_b), b3(whole_b), "d" * 64),
+         [(b3(b0), len(b0)), (b3(a[2]), len(a[2]))]),
+        ("x/s.bin", Entry("f", 0o644, len(a[4]), b3(a[4])), [])])
+
+    def run(pieces: list[bytes], gap_before: int = -1) -> tuple[memoryview, list]:
+        buf, entries = bytearray(), []
+        for i, piece in enumerate(pieces):
+            if i == gap_before:
+                buf += b"\0" * 10   # (an object of the range no file asked for)
+            entries.append((b3(piece), len(buf), len(piece)))
+            buf += piece
+        return memoryview(bytes(buf)), entries
+
+    try:
+        spool.feed(*run([b0]))
+        spool.feed(*run(a[:5]))     # a0 a1 | a2 (b waits for it) | a3 | a4 (s.bin is it)
+        spool.feed(*run(a[5:], gap_before=1))   # a5 | a6
+        made = spool.drain()
+        assert sorted(made) == ["x/s.bin"]
+        assert (tmp_path / "x/s.bin").read_bytes() == a[4]
+        for rel, want in (("x/a.bin", whole_a), ("x/b.bin", whole_b)):
+            spooled = spool.take(rel)
+            assert spooled is not None and spooled.ready, rel
+            assert (tmp_path / "x" / spooled.tmp).read_bytes() == want
+        lengths = sorted(writes.values(), key=sum)
+        assert lengths == [[len(b0), len(a[2])],
+                           [len(a[0]) + len(a[1]), len(a[2]), len(a[3]), len(a[4]),
+                            len(a[5]), len(a[6])]], lengths
+    finally:
+        spool.close()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["s.bin"]

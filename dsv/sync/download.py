@@ -327,9 +327,10 @@ DOWNLOAD_CHUNK = 20_000
 version (a million files are downloaded in chunks, each in remote pack order)."""
 
 
-Tap = Callable[[str, memoryview], None]
-"""Shown each packed object a download brings, after its check, in download order (a
-checkout's worktree.Spool writes them into the files that need them)."""
+Tap = Callable[[memoryview, list[tuple[str, int, int]]], None]
+"""Shown each run of packed objects a download brings, after their check, in download
+order: the buffer and each object's (oid, start, length) in it (a checkout's
+`worktree.Spool.feed` writes them into the files that need them)."""
 
 
 def download_blobs(core: Core, remote: Remote | None,
@@ -393,8 +394,7 @@ def _download_lacking(core: Core, remote: Remote | None, entries: dict[str, int]
     for view, run in download_packed_runs(core, remote, packed, label, report, reuse=True):
         ingest.add_new_run(KIND_BLOB, view, run)
         if tap is not None:
-            for oid, start, length in run:
-                tap(oid, view[start:start + length])
+            tap(view, run)
     if large:
         download_loose(core, remote, large, entries, report, ingest)
 
