@@ -168,6 +168,31 @@ def test_push_clone_checkout_s3(source: Path, dsv, tmp_path: Path, s3_endpoint: 
     assert f"team/ds/loose/{oid[:2]}/{oid}" in keys
 
 
+def test_a_clone_makes_one_s3_client(source: Path, dsv, tmp_path: Path, s3_endpoint: str,
+                                     bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client a clone checks its remote with is the one it fetches and downloads
+    through (each S3 client costs tens of ms of CPU: botocore's models)."""
+    from dsv.remotes import s3
+    url = f"s3://{bucket}/ds"
+    assert dsv("remote", "add", "origin", url, "--endpoint-url", s3_endpoint,
+               cwd=source).code == 0
+    assert dsv("push", cwd=source).code == 0
+    made = []
+    make = s3.make_client
+
+    def counted(*args: object, **kwargs: object) -> object:
+        made.append(args)
+        return make(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(s3, "make_client", counted)
+    for name, extra in (("all", ()), ("one", ("--dataset", "data"))):
+        r = dsv("clone", url, tmp_path / name, "--endpoint-url", s3_endpoint, *extra,
+                cwd=tmp_path)
+        assert r.code == 0, r.err
+        assert read_tree(tmp_path / name) == read_tree(source)
+        assert len(made) == 1, (name, made)
+        made.clear()
+
+
 def test_incremental_push_sends_only_new_objects(source: Path, dsv, tmp_path: Path) -> None:
     assert dsv("remote", "add", "origin", tmp_path / "remote", cwd=source).code == 0
     first = _json(dsv("push", "--json", cwd=source))

@@ -29,7 +29,7 @@ from ..objects import Ingest
 from ..paths import normalize_user_path
 from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
-from ..remotes.base import RemoteError, RemoteSpec
+from ..remotes.base import Backend, RemoteError, RemoteSpec
 from ..remotes.layout import (RemoteRef)
 from .remote import Remote, one_opening, open_remote, resolve_target
 from .download import origin_down, download_blobs
@@ -293,7 +293,8 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
         raise StoreExists(f"{root} exists and is not empty")
     # The remote is checked before anything is created; a failed clone leaves nothing.
     spec = RemoteSpec("origin", url, endpoint_url=endpoint_url, profile=profile)
-    open_backend(spec).check_reachable()
+    backend = open_backend(spec)
+    backend.check_reachable()
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -313,10 +314,10 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
         if cache:
             add_remote(core, "cache", os.path.abspath(cache), cache=True)
         if datasets:
-            origin = open_remote(core, "origin")
+            origin = open_remote(core, "origin", backend=backend)
             with core.index.transaction():
                 core.index.set_remote_scope("origin", origin.dataset_ids(datasets))
-        report = _finish_clone(core, claim.paths, claim.checkout)
+        report = _finish_clone(core, claim.paths, claim.checkout, backend)
     except BaseException:
         # Only what this clone made goes: the files its checkout placed (the directory
         # was empty, and no other clone can be in it while the marker is locked), then
@@ -371,11 +372,12 @@ def _resume_clone(root: Path, url: str,
 
 
 def _finish_clone(core: Core, paths: list[str] | None = None,
-                  checkout: bool = True) -> PullReport:
-    """Fetch from origin, bind datasets where the pusher had them, pull and check out
-    (only `paths`, if given; nothing, without `checkout`)."""
+                  checkout: bool = True, backend: Backend | None = None) -> PullReport:
+    """Fetch from origin (through `backend`, if the clone opened one), bind datasets
+    where the pusher had them, pull and check out (only `paths`, if given; nothing,
+    without `checkout`)."""
     with core.locked("clone"), one_opening(core):
-        fetched = fetch(core, open_remote(core, "origin"))
+        fetched = fetch(core, open_remote(core, "origin", backend=backend))
         with core.index.transaction():
             for ref in fetched[1].values():
                 if ref.ref != refs.LATEST or ref.path is None:
