@@ -1280,7 +1280,7 @@ class Spool:
         waiting = self._waiting.pop(oid, None)
         for spooled in waiting or ():
             try:
-                self._feed(spooled, [oid], data)
+                self._feed(spooled, oid, data)
             except OSError:
                 self._drop(spooled)  # (placed the usual way, which reports a lasting error)
         copy = None
@@ -1303,10 +1303,9 @@ class Spool:
                 end = self._stretch(waiting[0], run, i)
                 if end > i + 1:
                     del self._waiting[oid]
-                    last = run[end - 1]
+                    last, at, n = run[end - 1]
                     try:
-                        self._feed(waiting[0], [o for o, _s, _n in run[i:end]],
-                                   view[start:last[1] + last[2]])
+                        self._feed(waiting[0], last, view[start:at + n], end - i)
                     except OSError:
                         self._drop(waiting[0])
                     i = end
@@ -1400,9 +1399,11 @@ class Spool:
             self._dirs = None
         return self._made
 
-    def _feed(self, spooled: _Spooled, oids: list[str], data: bytes | memoryview) -> None:
-        """Write `data` to `spooled`: the bytes of `oids`, which it takes next (more than
-        one: a stretch `_stretch` found), then again while the last comes again next."""
+    def _feed(self, spooled: _Spooled, oid: str, data: bytes | memoryview,
+              taken: int = 1) -> None:
+        """Write `data` to `spooled`: `oid`'s bytes, or (`taken` > 1) those of the next
+        `taken` chunks it takes, back to back, ending with `oid`'s (a stretch `_stretch`
+        found); then `oid`'s again while it comes again next."""
         if spooled.written == 0:
             if self._open >= SPOOL_OPEN:
                 del self._files[spooled.rel]
@@ -1410,10 +1411,9 @@ class Spool:
             self._start(spooled)
         assert spooled.writer is not None
         chunks = spooled.chunks
-        oid = oids[-1]
-        if len(oids) > 1:
+        if taken > 1:
             spooled.writer.write(data)
-            for _oid in oids:
+            for _ in range(taken):
                 spooled.written += 1
                 crashpoint("checkout:chunk-spooled")
             data = data[len(data) - chunks[spooled.written - 1][1]:]
