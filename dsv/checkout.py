@@ -1065,7 +1065,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
 
     def placeable() -> Iterator[tuple[str, Entry]]:
         nonlocal left_out
-        for path, entry in tree.iter_files(version.tree, core.read_tree):
+        for path, entry in tree.iter_files(version.tree, core.read_tree,
+                                           read_ahead=core.read_trees_ahead):
             if path not in above_fenced and not is_under(path, fenced):
                 yield path, entry
             else:

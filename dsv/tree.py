@@ -771,16 +771,22 @@ def flatten(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
 
 def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
                trusted: bool = True, only: str | None = None,
-               tally: list[int] | None = None) -> Iterator[tuple[str, Entry]]:
+               tally: list[int] | None = None,
+               read_ahead: Callable[[str, Callable[[], list[str]]], None] | None = None
+               ) -> Iterator[tuple[str, Entry]]:
     """(path, entry) of every file and link under tree `root` (only those of kind `only`,
     when given), as the walk meets them (nothing of the version is held but the
     directories still to visit). `tally`, when given, holds as its one item the number
     of files and links the walk met, once it is done (the count of the tree itself, not
-    what a record says)."""
+    what a record says). `read_ahead`, when given, is told each tree before it is read,
+    with what gives the next READ_AHEAD - 1 trees the walk will read (see
+    `Core.read_trees_ahead`)."""
     count = 0
     stack = [(prefix, root, "")]   # (path, object, the shard prefix it must have)
     while stack:
         base, oid, shard = stack.pop()
+        if read_ahead is not None:
+            read_ahead(oid, lambda: [o for _b, o, _s in stack[:-READ_AHEAD:-1]])
         node = node_at(read_tree, oid, shard, trusted)
         for name, kind, mode, size, child, chunks in node.rows:
             if kind == DIR:
@@ -795,6 +801,10 @@ def iter_files(root: str, read_tree: Callable[[str], bytes], prefix: str = "",
         stack.extend((base, child, shard + digit) for digit, child in node.shards)
     if tally is not None:
         tally[:] = [count]
+
+
+READ_AHEAD = 64
+"""Trees a walk with `read_ahead` reads at once (a million-file version: 17,017 trees)."""
 
 
 def iter_sorted(root: str, read_tree: Callable[[str], bytes], trusted: bool = True,

@@ -361,3 +361,77 @@ def test_a_checkout_over_a_directory_holds_a_window_not_the_version(
         if four_n - n >= 150 * added:
             wrong.append((what, n, four_n, added))
     assert not wrong, wrong
+
+
+def _read_counted(root: Path, ahead: bool, monkeypatch: pytest.MonkeyPatch
+                  ) -> tuple[dict[str, tree.Entry], list[int], int]:
+    """Every file under the head of the store at `root`, walked with a cold tree cache
+    (with `Core.read_trees_ahead`, or without), and how the trees were read: the size of
+    each batch `read_many_packed` was asked for, and how many `read` calls reached a pack."""
+    batches: list[int] = []
+    singles = 0
+    many, one = objects.ObjectStore.read_many_packed, objects.ObjectStore.read
+
+    def read_many(self, oids):  # type: ignore[no-untyped-def]
+        batches.append(len(oids))
+        return many(self, oids)
+
+    def read(self, oid, verify=True):  # type: ignore[no-untyped-def]
+        nonlocal singles
+        singles += 1
+        return one(self, oid, verify)
+    monkeypatch.setattr(objects.ObjectStore, "read_many_packed", read_many)
+    monkeypatch.setattr(objects.ObjectStore, "read", read)
+    c = core.Core(root)
+    try:
+        head = c.index.datasets()[0].head
+        version = c.index.version(head or "")
+        assert version is not None
+        root_tree = version.tree
+        walked = dict(tree.iter_files(root_tree, c.read_tree,
+                                      read_ahead=c.read_trees_ahead if ahead else None))
+    finally:
+        c.close()
+        monkeypatch.undo()
+    return walked, batches, singles
+
+
+def test_a_walk_reads_the_trees_it_meets_next_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk given `read_ahead` (a fresh checkout's) reads the trees it will meet next in
+    one go, READ_AHEAD at most, where it would read them one at a time: the same files,
+    from 71 trees (the root and 70 directories) in one read of the root and two of 64 and
+    6 trees. A tree damaged in its pack is not taken from such a read: the walk meets it
+    as it would without one, and reports it."""
+    files = {f"d{i:02d}/f{j}.txt": f"{i} {j}\n" for i in range(70) for j in range(2)}
+    write_tree(tmp_path / "ws", files)
+    _run("init", "ws", cwd=tmp_path)
+    _run("commit", "-m", "one", cwd=tmp_path / "ws")
+    store = tmp_path / "ws"
+    plain, none, singles = _read_counted(store, False, monkeypatch)
+    assert none == [] and singles == 71
+    walked, batches, singles = _read_counted(store, True, monkeypatch)
+    assert walked == plain and sorted(walked) == sorted(files)
+    assert (batches, singles) == ([64, 6], 1)
+    # A directory's tree damaged in its pack (the same length, other bytes, which a
+    # walk of trusted trees would take for the directory's).
+    c = core.Core(store)
+    try:
+        version = c.index.version(c.index.datasets()[0].head or "")
+        assert version is not None
+        d33 = next(row[4] for row in tree.entries(version.tree, c.read_tree)
+                   if row[0] == "d33")
+        pack, offset, length = c.index.locate(d33) or ("", 0, 0)
+        path = c.objects.pack_path(pack)
+    finally:
+        c.close()
+    assert length > 8
+    with open(path, "r+b") as f:   # (still a tree that decodes: a file renamed F0.txt)
+        f.seek(offset)
+        at = offset + f.read(length).index(b'"f0.txt"') + 1
+        f.seek(at)
+        f.write(b"F")
+    with pytest.raises(objects.CorruptObject, match=d33[:12]):
+        _read_counted(store, True, monkeypatch)
+    with pytest.raises(objects.CorruptObject, match=d33[:12]):
+        _read_counted(store, False, monkeypatch)
