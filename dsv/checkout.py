@@ -1060,7 +1060,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     left_out = 0
 
     def placeable_unseen() -> Iterator[tuple[str, Entry]]:
-        return ((p, e) for p, e in tree.iter_files(version.tree, core.read_tree)
+        return ((p, e) for p, e in tree.iter_files(version.tree, core.read_tree,
+                                                   read_ahead=core.read_trees_ahead)
                 if p not in above_fenced and not is_under(p, fenced))
 
     def placeable() -> Iterator[tuple[str, Entry]]:
@@ -1075,7 +1076,8 @@ def _place_fresh(core: Core, version: Version, ds: Dataset, target: Path, key: s
     # The links of a version combine: every one is checked through the others first
     # (a walk that builds no path or entry for a file: 0.12 s instead of 0.40 s for
     # 100,000 files).
-    links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree, only=tree.LINK)
+    links = {p: e for p, e in tree.iter_files(version.tree, core.read_tree, only=tree.LINK,
+                                              read_ahead=core.read_trees_ahead)
              if p not in above_fenced and not is_under(p, fenced)}
     downloads = _Downloads(core, version)
     downloads(list(links.values()))

@@ -103,6 +103,9 @@ class ObjectLocator(Protocol):
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         """Where those of `oids` that are packed are: oid → (pack, offset, length)."""
 
+    def packed_ids(self, oids: Iterable[str]) -> set[str]:
+        """Those of `oids` that are packed."""
+
     def any_packed(self) -> bool:
         """Whether any object is packed at all."""
 
@@ -266,7 +269,7 @@ class ObjectStore:
         """Which blobs (oid → size) this store does not hold: (those bound for packs,
         those stored loose), by the size their trees give."""
         small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
-        present = self.locate_many(small)
+        present = self._locator.packed_ids(small)
         return ([o for o in small if o not in present],
                 [o for o, size in entries.items()
                  if size >= PACK_THRESHOLD and not self.has_loose(o)])
@@ -274,6 +277,11 @@ class ObjectStore:
     def locate_many(self, oids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
         """Pack locations of those of `oids` that are packed (small objects are never loose)."""
         return self._locator.locate_many(oids)
+
+    def packed_ids(self, oids: Iterable[str]) -> set[str]:
+        """Those of `oids` that are packed here (only whether: what `locate_many` finds
+        without where, which a million ids read in about half the time)."""
+        return self._locator.packed_ids(oids)
 
     def any_packed(self) -> bool:
         """Whether the store holds any packed object (a new store's first commit: no)."""
@@ -871,8 +879,8 @@ class Ingest:
         fresh = [(oid, data) for oid, data in items if not self.holds(oid)]
         if not fresh:
             return
-        present = {} if self._none_stored else \
-            self.store.locate_many(oid for oid, _data in fresh)
+        present = set() if self._none_stored else \
+            self.store.packed_ids(oid for oid, _data in fresh)
         for oid, data in fresh:
             if oid not in present and bytes.fromhex(oid) not in self._pending:
                 self._write(oid, kind, data)   # (a chunk repeated within `items`: once)
@@ -914,7 +922,7 @@ class Ingest:
 
     def _flush_staged(self) -> None:
         staged, self._staged, self._staged_bytes = self._staged, {}, 0
-        present = {} if self._none_stored else self.store.locate_many(staged)
+        present = set() if self._none_stored else self.store.packed_ids(staged)
         for oid, (kind, data) in staged.items():
             if oid not in present:
                 self._write(oid, kind, data)

@@ -729,6 +729,14 @@ def test_a_row_naming_no_pack_gives_way_to_a_pack_that_holds_the_object(index: I
     index.add_remote_packs("origin", [(h("t"), [stray], 40)])   # kept: its pack exists
     assert index.remote_locate_many("origin", [stray.oid]) == {
         stray.oid: (h("s"), stray.offset, stray.length)}
+    # A row naming a pack of another remote (by its number) names none of its own.
+    index.add_remote_packs("backup", [(h("u"), entries("u", 1), 20)])
+    (num,), = index.conn.execute("SELECT num FROM remote_packs WHERE remote='backup'")
+    other = entries("v", 1)[0]
+    index.conn.execute("INSERT INTO remote_objects VALUES ('origin', ?, ?, 8, 10, 1)",
+                       (other.oid, num))
+    assert index.remote_locate_many("origin", [other.oid, stray.oid]) == {
+        stray.oid: (h("s"), stray.offset, stray.length)}
 
 
 def test_a_schema_9_index_numbers_its_remote_packs(db: Path) -> None:

@@ -49,6 +49,9 @@ class DictLocator:
         self.batches.append(len(oids))
         return {o: self.where[o] for o in oids if o in self.where}
 
+    def packed_ids(self, oids):
+        return set(self.locate_many(oids))
+
     def any_packed(self) -> bool:
         return bool(self.where)
 
