@@ -293,7 +293,11 @@ class Core:
             oids = [oid for oid in oids if oid not in roots]
         if len(oids) < 2:
             return
-        for oid, data in self.objects.read_many_packed(oids).items():
+        try:
+            found = self.objects.read_many_packed(oids)
+        except (OSError, DsvError):   # (a pack gone or unreadable: each read reports it)
+            return
+        for oid, data in found.items():
             self._trees.put(oid, data)
 
     def tree_writer(self, ingest: Ingest) -> Callable[[str, bytes], None]:

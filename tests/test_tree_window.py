@@ -413,6 +413,13 @@ def test_a_walk_reads_the_trees_it_meets_next_at_once(
     walked, batches, singles = _read_counted(store, True, monkeypatch)
     assert walked == plain and sorted(walked) == sorted(files)
     assert (batches, singles) == ([64, 6], 1)
+    # A read ahead that fails (a pack gone, a read error) leaves each tree to its own
+    # read, which reports what is wrong with it, if anything.
+    def failing(self, oids):  # type: ignore[no-untyped-def]
+        raise OSError(5, "Input/output error (for the test)")
+    monkeypatch.setattr(objects.ObjectStore, "read_many_packed", failing)
+    walked, batches, singles = _read_counted(store, True, monkeypatch)
+    assert walked == plain and (len(batches), singles) == (69, 71)   # (a try a miss)
     # A directory's tree damaged in its pack (the same length, other bytes, which a
     # walk of trusted trees would take for the directory's).
     c = core.Core(store)
