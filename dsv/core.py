@@ -294,7 +294,7 @@ class Core:
         if len(oids) < 2:
             return
         try:
-            found = self.objects.read_many_packed(oids)
+            found = self.objects.read_many_packed(oids, self._trees.budget)
         except (OSError, DsvError):   # (a pack gone or unreadable: each read reports it)
             return
         for oid, data in found.items():

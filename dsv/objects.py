@@ -269,7 +269,7 @@ class ObjectStore:
         """Which blobs (oid → size) this store does not hold: (those bound for packs,
         those stored loose), by the size their trees give."""
         small = [oid for oid, size in entries.items() if size < PACK_THRESHOLD]
-        present = self._locator.packed_ids(small)
+        present = self.packed_ids(small)
         return ([o for o in small if o not in present],
                 [o for o, size in entries.items()
                  if size >= PACK_THRESHOLD and not self.has_loose(o)])
@@ -323,12 +323,19 @@ class ObjectStore:
                 return data
         return None
 
-    def read_many_packed(self, oids: list[str]) -> dict[str, bytes]:
+    def read_many_packed(self, oids: list[str], max_bytes: int) -> dict[str, bytes]:
         """The bytes of those of `oids` that are packed here and hash to their ids, read
         in one go (one lookup, and `native.pread_many`: one wait for the GIL however
-        many there are); the others are left out, for `read` to bring (or report)."""
+        many there are), as many as the lengths the index gives allow within
+        `max_bytes` (an index another hand touched may claim any length); the others
+        are left out, for `read` to bring (or report)."""
         wheres = self.locate_many(oids)
-        found = [oid for oid in oids if oid in wheres]
+        found: list[str] = []
+        for oid in oids:
+            where = wheres.get(oid)
+            if where is not None and where[2] <= max_bytes:
+                found.append(oid)
+                max_bytes -= where[2]
         if not found:
             return {}
         from . import native

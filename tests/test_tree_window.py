@@ -372,9 +372,9 @@ def _read_counted(root: Path, ahead: bool, monkeypatch: pytest.MonkeyPatch
     singles = 0
     many, one = objects.ObjectStore.read_many_packed, objects.ObjectStore.read
 
-    def read_many(self, oids):  # type: ignore[no-untyped-def]
+    def read_many(self, oids, max_bytes):  # type: ignore[no-untyped-def]
         batches.append(len(oids))
-        return many(self, oids)
+        return many(self, oids, max_bytes)
 
     def read(self, oid, verify=True):  # type: ignore[no-untyped-def]
         nonlocal singles
@@ -415,11 +415,26 @@ def test_a_walk_reads_the_trees_it_meets_next_at_once(
     assert (batches, singles) == ([64, 6], 1)
     # A read ahead that fails (a pack gone, a read error) leaves each tree to its own
     # read, which reports what is wrong with it, if anything.
-    def failing(self, oids):  # type: ignore[no-untyped-def]
+    def failing(self, oids, max_bytes):  # type: ignore[no-untyped-def]
         raise OSError(5, "Input/output error (for the test)")
     monkeypatch.setattr(objects.ObjectStore, "read_many_packed", failing)
     walked, batches, singles = _read_counted(store, True, monkeypatch)
     assert walked == plain and (len(batches), singles) == (69, 71)   # (a try a miss)
+    # An index that claims a tree longer than a read ahead may take: that tree is left
+    # out of it (and read on its own), the others read.
+    c = core.Core(store)
+    try:
+        top = c.index.version(c.index.datasets()[0].head or "")
+        assert top is not None
+        d05, d06 = (next(row[4] for row in tree.entries(top.tree, c.read_tree)
+                         if row[0] == name) for name in ("d05", "d06"))
+        (length,), = c.index.conn.execute("SELECT length FROM objects WHERE oid = ?", (d05,))
+        c.index.conn.execute("UPDATE objects SET length = ? WHERE oid = ?", (1 << 40, d05))
+        assert set(c.objects.read_many_packed([d05, d06], 1 << 20)) == {d06}
+        assert c.objects.read_many_packed([d06], 10) == {}
+        c.index.conn.execute("UPDATE objects SET length = ? WHERE oid = ?", (length, d05))
+    finally:
+        c.close()
     # A directory's tree damaged in its pack (the same length, other bytes, which a
     # walk of trusted trees would take for the directory's).
     c = core.Core(store)
