@@ -1135,17 +1135,17 @@ def _amplified(remote: HostileRemote, levels: int, blob: bytes) -> str:
 def test_14_a_version_writing_more_than_the_disk_holds_is_refused_before_writing(
         tmp_path: Path, dsv, claim: str) -> None:
     remote = HostileRemote(tmp_path / "remote")
-    blob = os.urandom(4 << 20)
-    root = _amplified(remote, 17, blob)            # 262,144 files of 4 MiB: 1 TiB
-    size = 1 if claim == "low" else (1 << 18) * len(blob)
-    record = remote.record("v1aaaaaaaa", DS, root, size=size, files=1 << 18)
+    blob = os.urandom(64 << 20)
+    root = _amplified(remote, 13, blob)            # 16,384 files of 64 MiB: 1 TiB
+    size = 1 if claim == "low" else (1 << 14) * len(blob)
+    record = remote.record("v1aaaaaaaa", DS, root, size=size, files=1 << 14)
     remote.publish()
     remote.ref(DS, "latest", "v1aaaaaaaa", record)
     r = _clone(dsv, remote.root, tmp_path / "victim")
     assert r.code == 1 and "bug in dsv" not in r.err, r.err
     # (a record that says less is found out by the first chunk, before it is written;
     # the blob the files name is downloaded into the store, on the same disk)
-    assert f"the checkout needs {(1 << 18) * len(blob) + len(blob):,} bytes in" in r.err, r.err
+    assert f"the checkout needs {(1 << 14) * len(blob) + len(blob):,} bytes in" in r.err, r.err
     assert " free" in r.err
     assert not (tmp_path / "victim").exists()
 
@@ -1154,15 +1154,15 @@ def test_14_a_checkout_writing_more_than_the_disk_holds_leaves_the_directory_alo
         tmp_path: Path, dsv) -> None:
     remote = HostileRemote(tmp_path / "remote")
     remote.version("v1aaaaaaaa", DS, {"a.txt": b"one"})
-    blob = os.urandom(4 << 20)
-    root = _amplified(remote, 17, blob)
-    record = remote.record("v2bbbbbbbb", DS, root, size=(1 << 18) * len(blob), files=1 << 18)
+    blob = os.urandom(64 << 20)
+    root = _amplified(remote, 13, blob)
+    record = remote.record("v2bbbbbbbb", DS, root, size=(1 << 14) * len(blob), files=1 << 14)
     remote.publish()
     remote.ref(DS, "tags/big", "v2bbbbbbbb", record)
     victim = tmp_path / "victim"
     assert _clone(dsv, remote.root, victim).code == 0
     r = dsv("checkout", f"{DS}:big", cwd=victim)
-    # (1 TiB of files and the 4 MiB blob they name, to download; less the 3 bytes of
+    # (1 TiB of files and the 64 MiB blob they name, to download; less the 3 bytes of
     # a.txt, which the checkout removes)
     whole = (1 << 40) + len(blob)
     assert r.code == 1 and f"the checkout needs {whole - 3:,} bytes in" in r.err, r.err
