@@ -886,6 +886,15 @@ class Index:
                                      "WHERE pack_id=? AND oid IN ({marks})", oids, pack_id)),
                       key=lambda row: row[1])
 
+    def correct_rows(self, pack_id: str, rows: list[tuple[str, int, int, int]]) -> None:
+        """Set where (oid, offset, length, kind) rows that place objects in `pack_id`
+        say they are (verify's repair: from the pack's own table)."""
+        self._numbered()
+        self.conn.executemany(
+            "UPDATE objects SET offset=?, length=?, kind=? WHERE oid=? AND "
+            "pack_num=(SELECT num FROM packs WHERE id=?)",
+            [(offset, length, kind, oid, pack_id) for oid, offset, length, kind in rows])
+
     def packed_oids(self) -> Iterator[tuple[str, str, int]]:
         """(oid, pack id, kind) of every packed object."""
         yield from self.conn.execute("SELECT oid, pack_id, kind FROM object_rows")

@@ -292,7 +292,7 @@ class ObjectStore:
         """The bytes of object `oid`, checked against its name unless `verify` is False."""
         where = self._locator.locate(oid)
         if where is not None:
-            pack_id, offset, length = where
+            pack_id, offset, length = _bounded(where, oid)
             data = os.pread(self.pack_fd(pack_id), length, offset)
             if len(data) != length:
                 raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
@@ -333,7 +333,7 @@ class ObjectStore:
         found: list[str] = []
         for oid in oids:
             where = wheres.get(oid)
-            if where is not None and where[2] <= max_bytes:
+            if where is not None and 0 <= where[2] <= max_bytes and where[1] >= 0:
                 found.append(oid)
                 max_bytes -= where[2]
         if not found:
@@ -347,7 +347,7 @@ class ObjectStore:
 
     def read_packed(self, where: tuple[str, int, int]) -> bytes:
         """Raw bytes at a pack location (unverified: the caller hashes them)."""
-        pack_id, offset, length = where
+        pack_id, offset, length = _bounded(where)
         return os.pread(self.pack_fd(pack_id), length, offset)
 
     def pack_fd(self, pack_id: str) -> int:
@@ -755,6 +755,19 @@ def parse_whole_pack(data: bytes, pack_id: str) -> list[PackEntry]:
     if total != len(data):
         raise CorruptObject(f"pack {pack_id[:12]} is {len(data)} bytes; its table says {total}")
     return entries
+
+
+def _bounded(where: tuple[str, int, int], oid: str = "") -> tuple[str, int, int]:
+    """`where` (pack, offset, length: an index row, which another process may have
+    touched), if a pack could hold an object there: never a read of a negative or
+    larger length than any packed object has (`MAX_PACKED_OBJECT`)."""
+    pack_id, offset, length = where
+    if not (0 <= length <= MAX_PACKED_OBJECT and offset >= 0):
+        what = f"object {oid[:12]}" if oid else "an object"
+        raise CorruptObject(f"the index places {what} at offset {offset:,} of pack "
+                            f"{pack_id[:12]} for {length:,} bytes, which no packed object "
+                            f"has", hint="run `dsv verify` to list every damaged object")
+    return where
 
 
 def pack_tail_size(count: int) -> int:

@@ -53,6 +53,9 @@ class Damage:
     bad_packs: set[str] = field(default_factory=set)         # indexed packs to rewrite
     lost_packs: set[str] = field(default_factory=set)        # indexed, gone from disk
     stray_packs: set[str] = field(default_factory=set)       # intact, on disk, not indexed
+    misplaced: dict[str, list[tuple[str, int, int, int]]] = field(default_factory=dict)
+    #   intact pack → (oid, offset, length, kind) its table gives objects the index's rows
+    #   place in it otherwise
     missing: dict[str, int] = field(default_factory=dict)    # needed, nowhere: oid → kind
     unreadable: set[str] = field(default_factory=set)        # trees present but not valid
     sizes: dict[str, int] = field(default_factory=dict)      # sizes trees give the damage
@@ -65,7 +68,7 @@ class Damage:
 
     def __bool__(self) -> bool:
         return bool(self.corrupt or self.bad_packs or self.lost_packs or self.stray_packs
-                    or self.missing or self.unreadable)
+                    or self.misplaced or self.missing or self.unreadable)
 
 
 class Affected(NamedTuple):
@@ -135,6 +138,8 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
                     damage.corrupt[oid] = pack_id
             if indexed and (bad or not ok):
                 damage.bad_packs.add(pack_id)
+            elif indexed:
+                _check_rows(core, pack_id, report, damage)
             elif not indexed and ok and not bad:
                 damage.stray_packs.add(pack_id)  # (a killed writer's; gc removes it)
             advance(1, size)
@@ -159,6 +164,21 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
     _verify_versions(core, report, damage, set(loose))
     _verify_chunked(core, report, damage)
     return report, damage
+
+
+def _check_rows(core: Core, pack_id: str, report: VerifyReport, damage: Damage) -> None:
+    """The index's rows for an intact pack's objects must say what its own table says:
+    a row another process touched (another offset, a length no object has) would have
+    every read of the object fail, or read other bytes."""
+    table = {e.oid: (e.offset, e.length, e.kind)
+             for e in core.objects.read_pack_entries(pack_id)}
+    for oid, offset, length, kind in core.index.pack_rows_among(pack_id, table):
+        if (offset, length, kind) != table[oid]:
+            report.problems.append(
+                f"object {oid[:12]}: the index places it at offset {offset:,} of pack "
+                f"{pack_id[:12]} for {length:,} bytes; the pack's table says "
+                f"{table[oid][0]:,} for {table[oid][1]:,}")
+            damage.misplaced.setdefault(pack_id, []).append((oid, *table[oid]))
 
 
 def _verify_chunked(core: Core, report: VerifyReport, damage: Damage) -> None:
@@ -426,6 +446,14 @@ def _repair(core: Core, damage: Damage) -> list[str]:
         repaired.append(f"indexed pack {pack_id[:12]} (it was on disk, not in the index)")
         for e in entries:
             damage.missing.pop(e.oid, None)
+    if damage.misplaced:
+        with core.index.transaction():
+            for pack_id, rows in damage.misplaced.items():
+                core.index.correct_rows(pack_id, rows)
+        count = sum(map(len, damage.misplaced.values()))
+        whose = "the pack's own table" if len(damage.misplaced) == 1 else \
+            f"the own tables of their {len(damage.misplaced)} packs"
+        repaired.append(f"{plural(count, 'index row')} written again from {whose}")
     rows_of = core.index.packs_objects(damage.bad_packs | damage.lost_packs)
     with core.index.transaction():
         for pack_id in damage.lost_packs:  # what was in them is not here any more

@@ -381,3 +381,39 @@ def test_repair_replaces_an_index_row_that_names_no_pack(pushed: Path, dsv) -> N
     again = dsv("verify", cwd=pushed)
     assert again.code == 0 and again.out.rstrip().endswith(": ok"), again.out
     _checkout_matches(pushed, pushed.parent, dsv, "after")
+
+
+@pytest.mark.parametrize("length", [1 << 40, -5])
+def test_an_index_row_claiming_a_length_no_pack_holds_is_reported_and_repaired(
+        pushed: Path, dsv, length: int) -> None:
+    """A damaged index's row that gives a tree a length no packed object has (1 TiB, or
+    less than nothing): every read of it says so, naming the object, where before a
+    checkout tried to allocate 1 TiB ("out of memory") or failed with a bare "Invalid
+    argument"; verify names the row, and its repair writes it again from the pack's
+    own table (no remote needed: the pack is whole)."""
+    sub = _tree_of(pushed, "sub")
+    store = dsv_api.open(pushed)
+    try:
+        with store.index.transaction():
+            store.index.conn.execute("UPDATE objects SET length = ? WHERE oid = ?",
+                                     (length, sub))
+    finally:
+        store.close()
+    said = f"the index places object {sub[:12]} at offset "
+    claim = f"for {length:,} bytes, which no packed object has"
+    for args in (("checkout", "data:latest", "--to", pushed.parent / "out"),
+                 ("diff", "data:latest")):
+        r = dsv(*args, cwd=pushed)
+        assert r.code == 1 and said in r.err and claim in r.err, r.err
+        assert "out of memory" not in r.err and "bug in dsv" not in r.err
+    assert not (pushed.parent / "out").exists()
+    r = dsv("verify", cwd=pushed)
+    assert r.code == 1 and f"object {sub[:12]}: the index places it at offset " in r.out
+    assert f"for {length:,} bytes; the pack's table says " in r.out, r.out
+    r = dsv("verify", "--repair", cwd=pushed)
+    assert r.code == 0, r.out + r.err
+    assert "repaired: 1 index row written again from the pack's own table" in r.out, r.out
+    where = _where(pushed, sub)
+    assert where is not None and 0 < where[2] < 1 << 20
+    assert dsv("verify", cwd=pushed).code == 0
+    _checkout_matches(pushed, pushed.parent, dsv, "after")
