@@ -675,12 +675,17 @@ class ObjectStore:
     def verify_pack(self, pack_id: str) -> tuple[bool, list[str], int]:
         """Re-hash a pack: whether its table matches its id, which entries are damaged,
         and how many entries it holds."""
+        whole_ok, bad, entries = self.check_pack(pack_id)
+        return whole_ok, bad, len(entries)
+
+    def check_pack(self, pack_id: str) -> tuple[bool, list[str], list[PackEntry]]:
+        """`verify_pack`, with the entries of the pack's table (none if it is damaged)."""
         path = self.pack_path(pack_id)
         bad: list[str] = []
         try:
             entries = parse_pack_table(path)
         except CorruptObject:
-            return False, [], 0
+            return False, [], []
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             table_offset = size - _TRAILER.size - len(entries) * _ENTRY.size
@@ -691,7 +696,7 @@ class ObjectStore:
         for e in entries:
             if hash_bytes(os.pread(fd, e.length, e.offset)) != e.oid:
                 bad.append(e.oid)
-        return whole_ok, bad, len(entries)
+        return whole_ok, bad, entries
 
     def delete_loose(self, oid: str) -> None:
         """Remove loose object `oid`, if present."""
