@@ -292,7 +292,7 @@ class ObjectStore:
         """The bytes of object `oid`, checked against its name unless `verify` is False."""
         where = self._locator.locate(oid)
         if where is not None:
-            pack_id, offset, length = _bounded(where, oid)
+            pack_id, offset, length = bounded_where(where, oid)
             data = os.pread(self.pack_fd(pack_id), length, offset)
             if len(data) != length:
                 raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
@@ -347,7 +347,7 @@ class ObjectStore:
 
     def read_packed(self, where: tuple[str, int, int]) -> bytes:
         """Raw bytes at a pack location (unverified: the caller hashes them)."""
-        pack_id, offset, length = _bounded(where)
+        pack_id, offset, length = bounded_where(where)
         return os.pread(self.pack_fd(pack_id), length, offset)
 
     def pack_fd(self, pack_id: str) -> int:
@@ -589,6 +589,7 @@ class ObjectStore:
                 raise CorruptObject(f"object {chunk[:12]} (a chunk) has {at[2]} bytes where "
                                     f"its chunk list says {length}",
                                     hint="run `dsv verify` to list every damaged object")
+            bounded_where(at, chunk)
             if runs and runs[-1][0] == at[0] and runs[-1][1] + runs[-1][2] == at[1]:
                 runs[-1][2] += length
             else:
@@ -762,7 +763,7 @@ def parse_whole_pack(data: bytes, pack_id: str) -> list[PackEntry]:
     return entries
 
 
-def _bounded(where: tuple[str, int, int], oid: str = "") -> tuple[str, int, int]:
+def bounded_where(where: tuple[str, int, int], oid: str = "") -> tuple[str, int, int]:
     """`where` (pack, offset, length: an index row, which another process may have
     touched), if a pack could hold an object there: never a read of a negative or
     larger length than any packed object has (`MAX_PACKED_OBJECT`)."""

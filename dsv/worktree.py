@@ -27,7 +27,7 @@ from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
-                      ObjectStore)
+                      ObjectStore, bounded_where)
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
@@ -1515,7 +1515,7 @@ def _sized(entry: Entry, where: tuple[str, int, int]) -> tuple[str, int, int]:
         raise CorruptObject(f"object {entry.oid[:12]} is {where[2]} bytes in the index but "
                             f"{entry.size} in its tree; it was not written",
                             hint="run `dsv verify` to list every damaged object")
-    return where
+    return bounded_where(where, entry.oid)
 
 
 def write_files(root: Path, items: Iterable[tuple[str, Entry]],

@@ -417,3 +417,23 @@ def test_an_index_row_claiming_a_length_no_pack_holds_is_reported_and_repaired(
     assert where is not None and 0 < where[2] < 1 << 20
     assert dsv("verify", cwd=pushed).code == 0
     _checkout_matches(pushed, pushed.parent, dsv, "after")
+
+
+@pytest.mark.parametrize("offset", [-5, 1 << 62])
+def test_a_blob_row_placing_it_where_no_pack_holds_it_is_reported_by_the_checkout(
+        pushed: Path, dsv, offset: int) -> None:
+    """A damaged index's row for a file's blob at an offset no pack has (negative, or
+    far past any end): the checkout names the object and writes nothing for it, where
+    the negative one reached the native read ("an fd, offset or length out of range",
+    "this is a bug in dsv")."""
+    a = hash_bytes(_files()["a.txt"])
+    store = dsv_api.open(pushed)
+    try:
+        with store.index.transaction():
+            store.index.conn.execute("UPDATE objects SET offset = ? WHERE oid = ?", (offset, a))
+    finally:
+        store.close()
+    r = dsv("checkout", "data:latest", "--to", pushed.parent / "out", cwd=pushed)
+    assert r.code == 1 and "bug in dsv" not in r.err, r.err
+    assert f"object {a[:12]}" in r.err, r.err
+    assert not (pushed.parent / "out" / "a.txt").exists()
