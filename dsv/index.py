@@ -143,6 +143,10 @@ Row = tuple[Any, ...]
 def _version(row: Row) -> Version:
     (vid, ds, state, tree, parents, message, author, created, committed, record, lineage,
      size, files) = row
+    if not (_is_time(created) and (committed is None or _is_time(committed))
+            and all(n is None or type(n) is int for n in (size, files))):
+        # (read as damage, as the JSON below is: see _MESSAGE_NAMES)
+        raise sqlite3.DatabaseError(f"malformed time or count in the row of version {vid!r}")
     try:
         return Version(id=vid, dataset=ds, state=state, tree=tree, parents=json.loads(parents),
                        message=message, author=author, created=created, committed=committed,
@@ -151,6 +155,11 @@ def _version(row: Row) -> Version:
     except (ValueError, TypeError, RecursionError):
         # dsv wrote these cells as JSON: anything else is damage (index_error says so)
         raise sqlite3.DatabaseError(f"malformed JSON in the row of version {vid!r}") from None
+
+
+def _is_time(value: object) -> bool:
+    """Whether `value` (a cell) is a time as dsv writes them: seconds, whole or not."""
+    return type(value) in (int, float)
 
 
 def _dataset(row: Row) -> Dataset:

@@ -333,7 +333,7 @@ class ObjectStore:
         found: list[str] = []
         for oid in oids:
             where = wheres.get(oid)
-            if where is not None and 0 <= where[2] <= max_bytes and where[1] >= 0:
+            if where is not None and sound_where(where, max_bytes):
                 found.append(oid)
                 max_bytes -= where[2]
         if not found:
@@ -768,12 +768,27 @@ def bounded_where(where: tuple[str, int, int], oid: str = "") -> tuple[str, int,
     touched), if a pack could hold an object there: never a read of a negative or
     larger length than any packed object has (`MAX_PACKED_OBJECT`)."""
     pack_id, offset, length = where
-    if not (0 <= length <= MAX_PACKED_OBJECT and offset >= 0):
+    if not sound_where(where, MAX_PACKED_OBJECT):
         what = f"object {oid[:12]}" if oid else "an object"
-        raise CorruptObject(f"the index places {what} at offset {offset:,} of pack "
-                            f"{pack_id[:12]} for {length:,} bytes, which no packed object "
-                            f"has", hint="run `dsv verify` to list every damaged object")
+        raise CorruptObject(f"the index places {what} at offset {number(offset)} of pack "
+                            f"{pack_id[:12]} for {number(length)} bytes, which no packed "
+                            f"object has", hint="run `dsv verify` to list every damaged object")
     return where
+
+
+def sound_where(where: tuple[str, int, int], max_length: int) -> bool:
+    """Whether `where` (pack, offset, length: an index row) could place an object of at
+    most `max_length` bytes: whole numbers (a damaged row may hold text or a real), not
+    negative."""
+    _pack, offset, length = where
+    return type(offset) is int and type(length) is int and offset >= 0 \
+        and 0 <= length <= max_length
+
+
+def number(value: object) -> str:
+    """`value` as a message shows a count: with separators if it is a whole number (a
+    damaged index row's value may be anything)."""
+    return f"{value:,}" if type(value) is int else repr(value)
 
 
 def pack_tail_size(count: int) -> int:

@@ -109,7 +109,9 @@ def _select(index: Index, ds: Dataset, selector: str) -> Version:
             raise RefError(f"dataset {ds.name!r} has no committed version yet",
                            hint="commit one with `dsv commit -m MSG`")
         found = index.version(ds.latest)
-        assert found is not None
+        if found is None:   # (an index another hand touched)
+            raise RefError(f"{ds.name}:latest names version {ds.latest}, which is not in "
+                           f"this store", hint="run `dsv verify` to see what else is amiss")
         return found
     candidates: dict[str, str] = {}
     tagged = index.tag(ds.id, selector)
@@ -132,8 +134,11 @@ def _select(index: Index, ds: Dataset, selector: str) -> Version:
         raise AmbiguousRef(f"{ds.name}:{selector} is ambiguous: it matches {listing}",
                            hint="name a version by more of its id; a tag that shares its "
                                 "name with a version prefix can be renamed with `dsv tag -d`")
-    version = index.version(distinct.pop())
-    assert version is not None
+    vid = distinct.pop()
+    version = index.version(vid)
+    if version is None:   # (a tag naming a version the index lacks: another hand's)
+        raise RefError(f"{ds.name}:{selector} names version {vid}, which is not in this "
+                       f"store", hint="run `dsv verify` to see what else is amiss")
     return version
 
 

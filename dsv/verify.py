@@ -26,7 +26,8 @@ from .core import Core
 from .errors import DsvError, MissingObject
 from .hashing import hash_bytes, new_hasher
 from .model import COMMITTED, Version
-from .objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, PackEntry
+from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, PackEntry,
+                      number)
 from .records import parse_record
 from .remotes.base import RemoteError
 from .reporting import plural
@@ -181,8 +182,8 @@ def _check_rows(core: Core, pack_id: str, entries: list[PackEntry], report: Veri
     for oid, offset, length, kind in core.index.pack_rows_among(pack_id, table):
         if (offset, length, kind) != table[oid]:
             report.problems.append(
-                f"object {oid[:12]}: the index places it at offset {offset:,} of pack "
-                f"{pack_id[:12]} for {length:,} bytes; the pack's table says "
+                f"object {oid[:12]}: the index places it at offset {number(offset)} of "
+                f"pack {pack_id[:12]} for {number(length)} bytes; the pack's table says "
                 f"{table[oid][0]:,} for {table[oid][1]:,}")
             damage.misplaced.setdefault(pack_id, []).append((oid, *table[oid]))
 
@@ -363,11 +364,17 @@ def _verify_versions(core: Core, report: VerifyReport, damage: Damage, loose: se
                         report.problems.append(f"{label}: record disagrees with the index")
                 except DsvError as exc:
                     report.problems.append(f"{label}: bad record ({exc.message})")
+    names = {}
     for ds in core.index.datasets():
+        names[ds.id] = ds.name
         for field_name in ("latest", "head"):
             vid = getattr(ds, field_name)
             if vid and core.index.version(vid) is None:
                 report.problems.append(f"dataset {ds.name}: {field_name} {vid} is missing")
+    for ds_id, name, vid, _created in core.index.tags():
+        if core.index.version(vid) is None:
+            report.problems.append(f"dataset {names.get(ds_id, ds_id)}: tag {name} names "
+                                   f"version {vid}, which is missing")
 
 
 def affected(core: Core, damage: Damage, limit: int) -> list[Affected]:

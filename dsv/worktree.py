@@ -27,7 +27,7 @@ from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
-                      ObjectStore, bounded_where)
+                      ObjectStore, bounded_where, number)
 from .reporting import FileBytes
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
@@ -894,7 +894,7 @@ class Materializer:
             self.before_reading()
         locations = self.objects.locate_many(e.oid for _, e in items)
         # Read packs in order: sequential I/O, and each pack opened once.
-        items = sorted(items, key=lambda it: locations.get(it[1].oid, ("", 0, 0))[:2])
+        items = sorted(items, key=lambda it: _pack_order(locations.get(it[1].oid)))
         for rel, _entry in items:
             check_relpath(rel)
         # The links placed here are checked through each other wherever this is called
@@ -1508,12 +1508,20 @@ class Spool:
                 self._dirs = None
 
 
+def _pack_order(where: tuple[str, int, int] | None) -> tuple[str, int]:
+    """Where a read of `where` (an index row, or None) falls in pack order (a damaged
+    row's offset that is no whole number sorts first, and is refused when read)."""
+    if where is None:
+        return "", 0
+    return where[0], where[1] if type(where[1]) is int else -1
+
+
 def _sized(entry: Entry, where: tuple[str, int, int]) -> tuple[str, int, int]:
     """`where` (pack, offset, length), if its length is the size `entry`'s tree gives:
     an index another hand touched makes no read of a length it made up."""
     if where[2] != entry.size or where[2] > native.MAX_READ:
-        raise CorruptObject(f"object {entry.oid[:12]} is {where[2]} bytes in the index but "
-                            f"{entry.size} in its tree; it was not written",
+        raise CorruptObject(f"object {entry.oid[:12]} is {number(where[2])} bytes in the "
+                            f"index but {entry.size} in its tree; it was not written",
                             hint="run `dsv verify` to list every damaged object")
     return bounded_where(where, entry.oid)
 

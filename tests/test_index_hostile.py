@@ -1,0 +1,67 @@
+"""An index another process touched: cells of another type than dsv writes (text where a
+number belongs, a real where an offset belongs), and rows naming versions the index does
+not hold. Every command that meets one says what is wrong and exits 1; none reaches a
+"bug in dsv" (each case below did, before: a TypeError, a ValueError from a format, an
+AssertionError)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import write_tree
+
+COMMANDS = [["status"], ["log"], ["diff", "data:latest"], ["checkout", "data:t1", "--to", "OUT"],
+            ["verify"], ["show", "data:latest"], ["files", "list", "data:latest"], ["gc"]]
+
+CASES = {
+    # (what is done to the index; each command that fails says one of these)
+    "object length text": ("UPDATE objects SET length = 'abc'", ("'abc' bytes",)),
+    "object offset real": ("UPDATE objects SET offset = 1.5", ("at offset 1.5 of pack",)),
+    "version times text": ("UPDATE versions SET created = 'x', committed = 'y'",
+                           ("malformed time or count in the row of version",)),
+    "latest missing": ("UPDATE datasets SET head = 'nonexist00', latest = 'nonexist00'",
+                       ("data:latest names version nonexist00, which is not in this store",
+                        "problem: dataset data: latest nonexist00 is missing")),
+    "tag names no version": ("UPDATE tags SET version = 'zzzzzzzzzz'",
+                             ("data:t1 names version zzzzzzzzzz, which is not in this store",
+                              "dataset data: tag t1 names version zzzzzzzzzz, which is "
+                              "missing")),
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path, dsv) -> Path:
+    """Dataset `data`: two versions (the second tagged t1), one file chunked."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d/f{i}.txt": f"file {i}\n" for i in range(3)})
+    write_tree(ws, {"big.bin": bytes(range(256)) * 20_000})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    write_tree(ws, {"d/f3.txt": "x\n"})
+    assert dsv("commit", "-m", "two", cwd=ws).code == 0
+    assert dsv("tag", "data:latest", "t1", cwd=ws).code == 0
+    return ws
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_damaged_index_row_is_reported_never_a_bug(store: Path, dsv, case: str) -> None:
+    sql, said = CASES[case]
+    db = sqlite3.connect(store / ".dsv" / "index.db")
+    try:
+        db.execute(sql)
+        db.commit()
+    finally:
+        db.close()
+    failed = 0
+    for args in COMMANDS:
+        args = [str(store.parent / "out") if a == "OUT" else a for a in args]
+        r = dsv(*args, cwd=store)
+        assert r.code in (0, 1) and "bug in dsv" not in r.err, (args, r.err)
+        if r.code == 1:
+            failed += 1
+            assert any(s in r.err + r.out for s in said), (args, r.out, r.err)
+    assert failed, "no command met the damage"
+    assert not (store.parent / "out" / "d" / "f0.txt").exists() or case == "latest missing"
