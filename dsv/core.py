@@ -19,13 +19,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import fileio, refs, state, tree
 from .errors import (
     CorruptObject,
     DatasetNotFound,
     DsvError,
+    IndexDamaged,
     InvalidInput,
     MissingObject,
     RefError,
@@ -47,6 +48,22 @@ if TYPE_CHECKING:
     from .remotes.base import RemoteSpec
 
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
+
+def _check_remote_row(row: dict[str, Any]) -> None:
+    """A remote's row as dsv writes it (an index another hand touched may hold anything):
+    else IndexDamaged, naming the remote and the cell."""
+    texts = ("name", "url") + (() if row["endpoint_url"] is None else ("endpoint_url",)) \
+        + (() if row["profile"] is None else ("profile",))
+    wrong = [c for c in texts if type(row[c]) is not str]
+    if row["kind"] not in _KIND_WORDS:
+        wrong.append("kind")
+    wrong += [c for c in ("ttl", "max_size")
+              if row[c] is not None and (type(row[c]) not in (int, float) or row[c] < 0)]
+    if wrong:
+        raise IndexDamaged(f"the index's row for remote {row['name']!r} is damaged (its "
+                           f"{', '.join(wrong)})", hint="recreate the index with `dsv index "
+                           "rebuild` (it takes the remotes from .dsv/state.json)")
+
 
 STORE_FORMAT = 3
 """The store format this dsv writes: 2 = 1 plus chunked files (tree rows naming a chunk
@@ -458,9 +475,12 @@ class Core:
     def remote_specs(self) -> list[RemoteSpec]:
         """Every configured remote (origins and cluster caches)."""
         from .remotes.base import RemoteSpec  # here: local commands never load the backends
+        rows = self.index.remotes()
+        for r in rows:
+            _check_remote_row(r)
         return [RemoteSpec(r["name"], r["url"], r["kind"], r["endpoint_url"], r["profile"],
                            r["ttl"], r["max_size"], bool(r["write_through"]),
-                           bool(r["is_default"])) for r in self.index.remotes()]
+                           bool(r["is_default"])) for r in rows]
 
     def remote_spec(self, name: str | None = None, kind: str | None = "origin") -> RemoteSpec:
         """A configured remote by name (of `kind`, unless None); without a name, the

@@ -157,6 +157,15 @@ def _version(row: Row) -> Version:
         raise sqlite3.DatabaseError(f"malformed JSON in the row of version {vid!r}") from None
 
 
+def _check_wheres(found: dict[str, tuple[str, int, int]], remote: str) -> None:
+    """Remote object locations as dsv records them: whole numbers, not negative (read
+    as damage, see _MESSAGE_NAMES)."""
+    for oid, (_pack, offset, length) in found.items():
+        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+            raise sqlite3.DatabaseError(f"malformed location of object {oid[:12]} on remote "
+                                        f"{remote!r}")
+
+
 def _is_time(value: object) -> bool:
     """Whether `value` (a cell) is a time as dsv writes them: seconds, whole or not."""
     return type(value) in (int, float)
@@ -1206,8 +1215,13 @@ class Index:
 
     def remote_packs(self, remote: str) -> dict[str, int]:
         """Packs known to be on `remote`: pack id → size."""
-        return dict(self.conn.execute("SELECT pack, size FROM remote_packs WHERE remote=?",
-                                      (remote,)))
+        found = dict(self.conn.execute("SELECT pack, size FROM remote_packs WHERE remote=?",
+                                       (remote,)))
+        for pack, size in found.items():
+            if type(size) is not int or size < 0:
+                raise sqlite3.DatabaseError(f"malformed size of pack {pack!r} of remote "
+                                            f"{remote!r}")   # (damage: see _MESSAGE_NAMES)
+        return found
 
     def add_remote_pack(self, remote: str, pack: str, size: int,
                         entries: Collection["PackEntry"]) -> None:
@@ -1305,10 +1319,12 @@ class Index:
         `kind`, if given): oid → (pack, offset, length)."""
         of_kind = "" if kind is None else f"kind={int(kind)} AND "
         if self.unmigrated is not None:   # (packs named by id: see _view_unnumbered)
-            return {oid: (pack, offset, length) for oid, pack, offset, length in
-                    self._rows_in("SELECT oid, pack, offset, length FROM remote_object_rows "
-                                  f"WHERE remote=? AND {of_kind}oid IN ({{marks}})", oids,
-                                  remote)}
+            found = {oid: (pack, offset, length) for oid, pack, offset, length in
+                     self._rows_in("SELECT oid, pack, offset, length FROM remote_object_rows "
+                                   f"WHERE remote=? AND {of_kind}oid IN ({{marks}})", oids,
+                                   remote)}
+            _check_wheres(found, remote)
+            return found
         # (the pack's number, not its id: no join, and a fifth of the text to decode per
         # row; a number naming no pack of `remote` is skipped, as the view would)
         rows = list(self._rows_in(
@@ -1321,8 +1337,10 @@ class Index:
             packs.update(self.conn.execute(
                 "SELECT num, pack FROM remote_packs WHERE remote=? AND num IN "
                 f"({','.join('?' * len(part))})", (remote, *part)))
-        return {oid: (packs[num], offset, length) for oid, num, offset, length in rows
-                if num in packs}
+        found = {oid: (packs[num], offset, length) for oid, num, offset, length in rows
+                 if num in packs}
+        _check_wheres(found, remote)
+        return found
 
     def remote_objects_of_kind(self, remote: str, kind: int) -> list[tuple[str, str, int, int]]:
         """(oid, pack, offset, length) of `remote`'s packed objects of

@@ -65,3 +65,47 @@ def test_a_damaged_index_row_is_reported_never_a_bug(store: Path, dsv, case: str
             assert any(s in r.err + r.out for s in said), (args, r.out, r.err)
     assert failed, "no command met the damage"
     assert not (store.parent / "out" / "d" / "f0.txt").exists() or case == "latest missing"
+
+
+REMOTE_COMMANDS = [["push"], ["fetch"], ["pull"], ["remote", "list"],
+                   ["verify", "--remote", "origin"], ["gc", "--remote", "origin", "--dry-run"]]
+
+REMOTE_CASES = {
+    "remote row": ("UPDATE remotes SET kind = 'weird', ttl = 'abc'",
+                   ("the index's row for remote 'origin' is damaged (its kind, ttl)",)),
+    "remote object location": ("UPDATE remote_objects SET length = 'abc', offset = 1.5",
+                               ("malformed location of object",)),
+    "remote object negative": ("UPDATE remote_objects SET length = -1",
+                               ("malformed location of object",)),
+    "remote pack size": ("UPDATE remote_packs SET size = 'x', count = 'y'",
+                         ("malformed size of pack",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE_CASES))
+def test_a_damaged_remote_row_is_reported_never_a_bug(store: Path, dsv, case: str) -> None:
+    """The same for the rows that describe a remote and what it holds: the commands that
+    speak to it fail with the damage named (a KeyError, a TypeError before); `dsv index
+    rebuild` then brings the store back to work with the remote."""
+    assert dsv("remote", "add", "origin", store.parent / "remote", cwd=store).code == 0
+    assert dsv("push", cwd=store).code == 0
+    write_tree(store, {"new.txt": "new\n"})
+    assert dsv("commit", "-m", "three", cwd=store).code == 0
+    sql, said = REMOTE_CASES[case]
+    db = sqlite3.connect(store / ".dsv" / "index.db")
+    try:
+        db.execute(sql)
+        db.commit()
+    finally:
+        db.close()
+    failed = 0
+    for args in REMOTE_COMMANDS:
+        r = dsv(*args, cwd=store)
+        assert r.code in (0, 1) and "bug in dsv" not in r.err, (args, r.err)
+        if r.code == 1:
+            failed += 1
+            assert any(s in r.err + r.out for s in said), (args, r.out, r.err)
+    assert failed, "no command met the damage"
+    assert dsv("index", "rebuild", cwd=store).code == 0
+    r = dsv("push", cwd=store)
+    assert r.code == 0, r.err
