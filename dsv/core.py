@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 _KIND_WORDS = {"origin": "an origin", "cache": "a cluster cache"}
 
+
 def _check_remote_row(row: dict[str, Any]) -> None:
     """A remote's row as dsv writes it (an index another hand touched may hold anything):
     else IndexDamaged, naming the remote and the cell."""

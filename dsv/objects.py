@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from . import fileio
 from .errors import CorruptObject, InvalidInput, MissingObject
-from .reporting import FileBytes
+from .reporting import FileBytes, number
 from .hashing import hash_bytes, hash_file, new_hasher
 from .tree import is_chunk_list
 
@@ -783,12 +783,6 @@ def sound_where(where: tuple[str, int, int], max_length: int) -> bool:
     _pack, offset, length = where
     return type(offset) is int and type(length) is int and offset >= 0 \
         and 0 <= length <= max_length
-
-
-def number(value: object) -> str:
-    """`value` as a message shows a count: with separators if it is a whole number (a
-    damaged index row's value may be anything)."""
-    return f"{value:,}" if type(value) is int else repr(value)
 
 
 def pack_tail_size(count: int) -> int:

@@ -66,6 +66,12 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     return f"{count} {word if count == 1 else words or word + 's'}"
 
 
+def number(value: object) -> str:
+    """`value` as a message shows a count: with separators if it is a whole number (a
+    value read from a damaged index may be anything)."""
+    return f"{value:,}" if type(value) is int else repr(value)
+
+
 def size(n: int) -> str:
     """A size in bytes for people: `512 B`, `1.5 MiB`."""
     value = float(n)

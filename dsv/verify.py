@@ -26,11 +26,10 @@ from .core import Core
 from .errors import DsvError, MissingObject
 from .hashing import hash_bytes, new_hasher
 from .model import COMMITTED, Version
-from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, PackEntry,
-                      number)
+from .objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, PackEntry
 from .records import parse_record
 from .remotes.base import RemoteError
-from .reporting import plural
+from .reporting import number, plural
 from .reports import MAX_AFFECTED, FetchReport, PullReport, VerifyReport
 from .sync.download import download_loose, download_packed
 from .sync.remote import Remote

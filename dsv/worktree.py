@@ -27,8 +27,8 @@ from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
-                      ObjectStore, bounded_where, number)
-from .reporting import FileBytes
+                      ObjectStore, bounded_where)
+from .reporting import FileBytes, number
 from .paths import (check_links, check_relpath, check_symlink_target, is_reserved,
                     is_temp_name, mode_class, placed_mode)
 from .tree import FILE, LINK, ChunkList, Entry, Manifest, encode_chunks, read_chunks
