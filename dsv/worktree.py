@@ -1255,11 +1255,11 @@ class Spool:
         self._waiting: dict[str, list[_Spooled]] = {}   # chunk id → files it comes next in
         self._open = 0
         self._small: dict[str, list[tuple[str, Entry]]] = {}   # oid → whole files of it
-        self._batch: list[tuple[str, Entry, bytes]] = []       # (rel, entry, bytes): one dir
+        self._batch: list[tuple[str, Entry, memoryview]] = []  # (rel, entry, bytes): one dir
         self._batch_dir = ""
         self._batch_bytes = 0
         self._writing: deque[tuple[Future[list[native.Written]], int, bool,
-                                   list[tuple[str, Entry, bytes]], int]] = deque()
+                                   list[tuple[str, Entry, memoryview]], int]] = deque()
         self._writing_bytes = 0   # (of the batches in `_writing`)
         self._writers: list[ThreadPoolExecutor] = []
         self._writer_of: dict[str, int] = {}   # directory → its writing thread
@@ -1274,27 +1274,38 @@ class Spool:
                 check_relpath(rel)
                 self._small.setdefault(entry.oid, []).append((rel, entry))
 
-    def __call__(self, oid: str, data: bytes | memoryview) -> None:
+    def __call__(self, oid: str, data: bytes | memoryview,
+                 kept: memoryview | None = None) -> None:
         """A downloaded object or chunk (checked against `oid`): written wherever it
-        comes next."""
+        comes next. (`kept`: the same bytes where they outlive the call, else a small
+        file's are copied.)"""
         waiting = self._waiting.pop(oid, None)
         for spooled in waiting or ():
             try:
                 self._feed(spooled, oid, data)
             except OSError:
                 self._drop(spooled)  # (placed the usual way, which reports a lasting error)
-        copy = None
         for rel, entry in self._small.pop(oid, ()):
             if len(data) == entry.size:   # (else: the usual way, which reports it)
-                copy = bytes(data) if copy is None else copy   # (kept past the call)
-                self._queue(rel, entry, copy)
+                kept = memoryview(bytes(data)) if kept is None else kept
+                self._queue(rel, entry, kept)
 
     def feed(self, view: memoryview, run: list[tuple[str, int, int]]) -> None:
         """`__call__` for each object of a downloaded run, in order ((oid, start, length)
         in `view`, each checked against its oid). A stretch of chunks lying back to back
         in `view` that one chunked file needs next, and nothing else waits for, is
         written to it at once: a GiB clone fed ~6,000 chunks to its files one call and
-        one copy each, on the thread that every download waits for."""
+        one copy each, on the thread that every download waits for.
+
+        A run whose bytes go mostly to small files is copied once, whole, and each file
+        handed a view into that copy (one copy a run where a clone of a million small
+        files made one `bytes` a file); such a copy is let go once its last file is
+        written, so the spool holds at most twice the bytes it counts."""
+        small = self._small
+        kept = None
+        if small and 2 * sum(length for oid, _start, length in run if oid in small) \
+                >= len(view):
+            kept = memoryview(view.tobytes())
         i = 0
         while i < len(run):
             oid, start, length = run[i]
@@ -1310,7 +1321,8 @@ class Spool:
                         self._drop(waiting[0])
                     i = end
                     continue
-            self(oid, view[start:start + length])
+            self(oid, view[start:start + length],
+                 None if kept is None else kept[start:start + length])
             i += 1
 
     def _stretch(self, spooled: _Spooled, run: list[tuple[str, int, int]], i: int) -> int:
@@ -1327,7 +1339,7 @@ class Spool:
             j += 1
         return j
 
-    def _queue(self, rel: str, entry: Entry, data: bytes) -> None:
+    def _queue(self, rel: str, entry: Entry, data: memoryview) -> None:
         parent = rel.rpartition("/")[0]
         if self._batch and (parent != self._batch_dir or len(self._batch) >= _WRITE_BATCH
                             or self._batch_bytes + len(data) > _WRITE_BATCH_BYTES):

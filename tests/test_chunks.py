@@ -803,6 +803,50 @@ def test_the_spool_holds_no_directory_open_once_drained(tmp_path: Path) -> None:
     assert open_dirs() == set()
 
 
+def test_a_run_of_small_files_is_copied_once_and_outlives_the_buffer_it_came_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`feed` of a run whose bytes go mostly to small files copies the run once and hands
+    the writing thread views into that copy: the files are right although the download
+    fills its buffer again before they are written; a run that is mostly something else
+    (here bytes no file wants) is copied a file at a time, and is right too."""
+    from dsv.tree import Entry
+    from dsv.worktree import Spool
+
+    gate = threading.Event()
+    write = native.write_new_files
+    handed: list[list[object]] = []
+
+    def slow(dir_fd: int, names: list[str], datas: list[object], modes: list[int]) -> object:
+        handed.append(datas)
+        gate.wait(5)
+        return write(dir_fd, names, datas, modes)  # type: ignore[arg-type]
+    monkeypatch.setattr(native, "write_new_files", slow)
+    rng = random.Random(7)
+    mostly = {f"a/f{i}": rng.randbytes(rng.randint(1, 3000)) for i in range(30)}
+    sparse = {f"b/g{i}": rng.randbytes(100) for i in range(3)}
+    files = {**mostly, **sparse}
+    spool = Spool(tmp_path, [(rel, Entry("f", 0o644, len(data), b3(data)), [])
+                             for rel, data in files.items()])
+    buffer = bytearray(1 << 20)   # (the download's, filled again for each run)
+    try:
+        for run_files, gap in ((mostly, 0), (sparse, 5000)):
+            run, at = [], 0
+            for data in run_files.values():
+                buffer[at:at + len(data)] = data
+                run.append((b3(data), at, len(data)))
+                at += len(data) + gap
+            spool.feed(memoryview(buffer)[:at], run)
+            buffer[:at] = bytes(at)   # (reused at once)
+        gate.set()
+        made = spool.drain()
+        assert sorted(made) == sorted(files)
+        assert {rel: (tmp_path / rel).read_bytes() for rel in files} == files
+        copies = {id(view.obj) for datas in handed for view in datas}  # type: ignore[attr-defined]
+        assert len(copies) == 1 + len(sparse), copies   # one for the run, one a sparse file
+    finally:
+        spool.close()
+
+
 def test_the_spools_writing_thread_holds_many_small_batches_but_bounded_bytes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While its writing thread is slow, a spool hands it many batches of small files
