@@ -1300,7 +1300,8 @@ class Spool:
         A run whose bytes go mostly to small files is copied once, whole, and each file
         handed a view into that copy (one copy a run where a clone of a million small
         files made one `bytes` a file); such a copy is let go once its last file is
-        written, so the spool holds at most twice the bytes it counts."""
+        written. Batches are written in the order their files came, so the files
+        waiting hold at most twice their bytes, plus the two runs at their ends."""
         small = self._small
         kept = None
         if small and 2 * sum(length for oid, _start, length in run if oid in small) \
