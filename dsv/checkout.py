@@ -1570,10 +1570,11 @@ def open_entry(core: Core, v: Version, rel: str, entry: tree.Entry) -> BinaryIO:
     if not core.objects.has(entry.oid):
         _ensure_for_paths(core, v, [(rel, entry)])
     if core.index.locate(entry.oid) is None and core.objects.has_loose(entry.oid):
-        if not core.objects.verify_loose(entry.oid):
+        try:
+            return core.objects.open_loose(entry.oid)
+        except CorruptObject:
             raise CorruptObject(f"object {entry.oid[:12]} ({rel}) is corrupt",
-                                hint="run `dsv verify` to list every damaged object")
-        return open(core.objects.loose_path(entry.oid), "rb")
+                                hint="run `dsv verify` to list every damaged object") from None
     return io.BytesIO(core.objects.read(entry.oid))
 
 

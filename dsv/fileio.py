@@ -483,8 +483,8 @@ def read_ranges(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]],
     O_DIRECT where the filesystem allows (whole aligned blocks into an aligned buffer:
     a pack that a download or a commit wrote past the page cache is not pulled into it
     to be copied once), else buffered. Never through a link; a file shorter than a range
-    raises OSError (EIO)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    raises OSError (EIO); a file of another kind, NotRegularFile (see `open_regular`)."""
+    fd = open_regular(path)
     buf = take_buffer(buffer)
     view = memoryview(buf)
     try:

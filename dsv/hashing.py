@@ -6,8 +6,10 @@ random short ids of datasets and versions. Must never touch the store or the ind
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 
 import blake3
 
@@ -25,35 +27,42 @@ def hash_bytes(data: bytes | memoryview) -> str:
 
 
 def hash_file(path: str | os.PathLike[str], size: int | None = None) -> str:
-    """The blake3 hex digest of a file's contents."""
-    if size is None:
-        size = os.stat(path).st_size
-    if size < LARGE_READ:
-        with open(path, "rb") as f:
-            return blake3.blake3(f.read()).hexdigest()
-    # Mapped windows, not one map of the whole file: the same speed as blake3's own
-    # update_mmap, but resident memory stays at one window. (A file truncated by another
-    # process while it is mapped kills the reader with SIGBUS, as in git; every dsv
-    # write is crash-safe, so that costs a retry, never data. Commit does not hash
-    # through a map: it hashes the private copy it writes, see objects.add_large_file.)
+    """The blake3 hex digest of a file's contents. Regular files only: something else
+    put in a file's place (a FIFO, whose open would never return; a device) is refused
+    with OSError EINVAL before a byte is read. (Opened non-blocking, which changes
+    nothing for a regular file.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if (st.st_size if size is None else size) < LARGE_READ:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return blake3.blake3(f.read()).hexdigest()
+        return _hash_mapped(fd, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def _hash_mapped(fd: int, size: int) -> str:
+    """Mapped windows, not one map of the whole file: the same speed as blake3's own
+    update_mmap, but resident memory stays at one window. (A file truncated by another
+    process while it is mapped kills the reader with SIGBUS, as in git; every dsv write
+    is crash-safe, so that costs a retry, never data. Commit does not hash through a
+    map: it hashes the private copy it writes, see objects.add_large_file.)"""
     import mmap
 
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        offset = 0
-        while offset < size:
-            length = min(HASH_WINDOW, size - offset)
-            window = mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
-            try:
-                with memoryview(window) as view:
-                    hasher.update(view)
-            finally:
-                window.close()
-            offset += length
-    finally:
-        os.close(fd)
+    offset = 0
+    while offset < size:
+        length = min(HASH_WINDOW, size - offset)
+        window = mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ)
+        try:
+            with memoryview(window) as view:
+                hasher.update(view)
+        finally:
+            window.close()
+        offset += length
     return hasher.hexdigest()
 
 

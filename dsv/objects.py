@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from . import fileio
 from .errors import CorruptObject, InvalidInput, MissingObject
@@ -298,7 +298,7 @@ class ObjectStore:
                 raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
         else:
             try:
-                with open(self.loose_path(oid), "rb") as f:
+                with os.fdopen(self._open_loose(oid), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 staged = self._staged_tree(oid)
@@ -362,12 +362,16 @@ class ObjectStore:
         fd = self._pack_fds.get(pack_id)
         if fd is None:
             try:
-                fd = os.open(self.pack_path(pack_id), os.O_RDONLY)
+                fd = open_stored(self.pack_path(pack_id), f"pack {pack_id[:12]}")
             except FileNotFoundError:
                 raise MissingObject(f"pack {pack_id[:12]} is missing from the store",
                                     hint="run `dsv verify` to see what is affected") from None
             self._pack_fds[pack_id] = fd
         return fd
+
+    def _open_loose(self, oid: str) -> int:
+        """A read-only fd of loose object `oid` (see `open_stored`)."""
+        return open_stored(self.loose_path(oid), f"object {oid[:12]}")
 
     # ---- writing -----------------------------------------------------------------
     def new_pack(self) -> PackWriter:
@@ -504,6 +508,8 @@ class ObjectStore:
                 raise MissingObject(f"object {oid[:12]} is missing from the store",
                                     hint="run `dsv verify` to see what else is affected"
                                     ) from None
+            except fileio.NotRegularFile as exc:
+                raise not_regular(f"object {oid[:12]}", exc) from None
         if hash_file(dest, size) != oid:
             fileio.unlink_quietly(dest)
             raise CorruptObject(f"{self._what_is_corrupt(oid, chunks)}; it was not written",
@@ -571,6 +577,8 @@ class ObjectStore:
             except FileNotFoundError:
                 raise MissingObject(f"pack {runs[i][0][:12]} is missing from the store",
                                     hint="run `dsv verify` to see what is affected") from None
+            except fileio.NotRegularFile as exc:
+                raise not_regular(f"pack {runs[i][0][:12]}", exc) from None
             i = j
 
     def _chunk_runs(self, chunks: list[tuple[str, int]]) -> list[list[Any]]:
@@ -599,7 +607,7 @@ class ObjectStore:
     @staticmethod
     def _copy_file(src: str, dest: str, mode: int, reflink: str,
                    progress: Callable[[int], None] | None = None) -> int:
-        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        src_fd = fileio.open_regular(src)
         try:
             size = os.fstat(src_fd).st_size
             dst_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -670,8 +678,28 @@ class ObjectStore:
         return parse_pack_table(self.pack_path(pack_id))
 
     def verify_loose(self, oid: str) -> bool:
-        """Whether loose object `oid` still hashes to its id."""
-        return hash_file(self.loose_path(oid)) == oid
+        """Whether loose object `oid` still hashes to its id (a file of another kind in
+        its place, or a link, does not)."""
+        try:
+            self.open_loose(oid).close()
+        except CorruptObject:
+            return False
+        return True
+
+    def open_loose(self, oid: str) -> BinaryIO:
+        """Loose object `oid`, opened for reading once it was checked against its id
+        through the same descriptor (CorruptObject if it is not, or is no regular
+        file)."""
+        fd = self._open_loose(oid)
+        try:
+            if hash_file(f"/proc/self/fd/{fd}") != oid:
+                raise CorruptObject(f"object {oid[:12]} is corrupt",
+                                    hint="run `dsv verify --repair` to replace it with a "
+                                         "good copy")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def verify_pack(self, pack_id: str) -> tuple[bool, list[str], int]:
         """Re-hash a pack: whether its table matches its id, which entries are damaged,
@@ -687,7 +715,7 @@ class ObjectStore:
             entries = parse_pack_table(path)
         except CorruptObject:
             return False, [], []
-        with open(path, "rb") as f:
+        with os.fdopen(open_stored(path, f"pack {pack_id[:12]}"), "rb") as f:
             size = f.seek(0, os.SEEK_END)
             table_offset = size - _TRAILER.size - len(entries) * _ENTRY.size
             f.seek(table_offset)
@@ -717,10 +745,27 @@ class ObjectStore:
             os.close(fd)
 
 
+def open_stored(path: str | os.PathLike[str], what: str) -> int:
+    """A read-only fd of a file of the store (a pack, a loose object): never through a
+    link, never blocking. Something else in its place (a FIFO, whose open would hang
+    every reader; a directory; a link to a file elsewhere) is reported as damage, so
+    verify names it and `--repair` replaces it; FileNotFoundError is the caller's."""
+    try:
+        return fileio.open_regular(path)
+    except fileio.NotRegularFile as exc:
+        raise not_regular(what, exc) from None
+
+
+def not_regular(what: str, exc: fileio.NotRegularFile) -> CorruptObject:
+    """The damage a file of the store that is no regular file is reported as."""
+    return CorruptObject(f"{what} in the store is {exc.strerror}",
+                         hint="run `dsv verify --repair` to replace it with a good copy")
+
+
 def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:
     """Read the entry table at the end of a pack file, checking its bounds."""
     name = Path(path).name
-    with open(path, "rb") as f:
+    with os.fdopen(open_stored(path, f"pack {name}"), "rb") as f:
         size = f.seek(0, os.SEEK_END)
         if size < len(PACK_MAGIC) + _TRAILER.size:
             raise CorruptObject(f"pack {name} is too short")

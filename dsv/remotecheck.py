@@ -21,7 +21,7 @@ from .core import Core
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .faults import crashpoint
-from .hashing import hash_bytes, hash_file, is_hash, new_hasher
+from .hashing import hash_bytes, is_hash, new_hasher
 from .reports import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, encode_pack, pack_tail_size,
                       parse_pack_index)
@@ -525,7 +525,7 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
     for oid in sorted(todo):
         if oid in local:
             packed.append((kinds.get(oid, needed.get(oid, (KIND_BLOB, 0))[0]), oid))
-        elif objects.has_loose(oid) and hash_file(objects.loose_path(oid)) == oid:
+        elif objects.has_loose(oid) and objects.verify_loose(oid):
             remote.backend.put_file(loose_key(oid), str(objects.loose_path(oid)))
             sent.append(Sent(1, objects.loose_path(oid).stat().st_size, loose=oid))
             fixed.add(oid)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from . import refs, tree, worktree
 from .core import Core
-from .errors import DsvError, MissingObject
+from .errors import CorruptObject, DsvError, MissingObject
 from .hashing import hash_bytes, new_hasher
 from .model import COMMITTED, Version
 from .objects import KIND_BLOB, KIND_TREE, KIND_VERSION, PACK_THRESHOLD, Ingest, PackEntry
@@ -130,8 +130,14 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
                     f"interrupted write or repair: `dsv gc` removes it)")
             if indexed and not ok:
                 # The pack's own table is damaged: check what the index says it holds.
-                bad = [oid for oid, off, length, _kind in core.index.pack_objects(pack_id)
-                       if hash_bytes(core.objects.read_packed((pack_id, off, length))) != oid]
+                held = core.index.pack_objects(pack_id)
+                try:
+                    bad = [oid for oid, off, length, _kind in held
+                           if hash_bytes(core.objects.read_packed((pack_id, off, length)))
+                           != oid]
+                except CorruptObject as exc:   # no regular file: none of it can be read
+                    report.problems.append(exc.message)
+                    bad = [oid for oid, _off, _length, _kind in held]
             for oid in bad:
                 report.problems.append(f"object {oid[:12]} in pack {pack_id[:12]} is corrupt")
                 if indexed:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 from pathlib import Path
 
 import boto3
 import pytest
 
 import dsv as dsv_api
-from conftest import flip_byte, read_tree, write_tree
+from conftest import flip_byte, read_tree, run_dsv, write_tree
 from dsv import tree
 from dsv.hashing import hash_bytes
 
@@ -437,3 +438,53 @@ def test_a_blob_row_placing_it_where_no_pack_holds_it_is_reported_by_the_checkou
     assert r.code == 1 and "bug in dsv" not in r.err, r.err
     assert f"object {a[:12]}" in r.err, r.err
     assert not (pushed.parent / "out" / "a.txt").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+@pytest.mark.parametrize("what", ["pack", "loose"])
+def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
+        pushed: Path, tmp_path: Path, what: str, kind: str) -> None:
+    """A FIFO put where a pack or a loose object was would hang every reader's open(); a
+    link there would be followed to a file elsewhere. Every command that reads the file
+    (each a real process, with a deadline) ends at once with a message naming it; the
+    whole store is checked by verify (where push refuses to send the object, for a loose
+    one), and `--repair` puts a good copy back from the remote."""
+    files = _files()
+    oid = hash_bytes(files["a.txt" if what == "pack" else "sub/deep/big.bin"])
+    if what == "pack":
+        pack_id = _where(pushed, oid)[0]
+        path = pushed / ".dsv/objects/packs" / f"{pack_id}.pack"
+        name = f"pack {pack_id[:12]}"
+    else:
+        path = pushed / ".dsv/objects/loose" / oid[:2] / oid
+        name = f"object {oid[:12]}"
+    path.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(path.name.encode() if what == "pack" else files["sub/deep/big.bin"])
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(elsewhere)   # (for the loose object: even bytes that match)
+    (pushed / "sub/deep/big.bin").unlink()   # (else its working copy would be used)
+    shown = "a FIFO" if kind == "fifo" else "a symlink"
+    for args in (["checkout", "data:latest", "--to", tmp_path / "out"],
+                 ["files", "get", "data:latest", "--target-path", tmp_path / "got"]):
+        r = run_dsv(*args, cwd=pushed, timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"error: {name} in the store is not a regular file ({shown})" in r.stderr
+        assert "bug in dsv" not in r.stderr and "Traceback" not in r.stderr
+    r = run_dsv("verify", cwd=pushed, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    if what == "pack":
+        assert f"problem: {name} in the store is not a regular file ({shown})" in r.stdout
+        assert f"problem: object {oid[:12]} in {name} is corrupt" in r.stdout
+    else:
+        assert f"problem: {name} is corrupt" in r.stdout
+    r = run_dsv("verify", "--repair", cwd=pushed, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.rstrip().endswith(": ok")
+    assert not path.is_symlink() and not stat.S_ISFIFO(path.lstat().st_mode) \
+        if path.exists() else what == "pack"   # (a pack rewritten: under a new name)
+    r = run_dsv("checkout", "data:latest", "--to", tmp_path / "after", cwd=pushed, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert read_tree(tmp_path / "after") == files

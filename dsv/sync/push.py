@@ -19,7 +19,7 @@ from ..core import Core
 from ..errors import (CorruptObject, DsvError, InvalidInput, MissingObject,
                       RefConflict, RemoteError)
 from ..faults import crashpoint
-from ..hashing import hash_bytes, hash_file
+from ..hashing import hash_bytes
 from ..tree import is_chunk_list
 from ..model import Dataset, Version
 from ..reports import PushReport
@@ -676,7 +676,7 @@ def _upload_loose(remote: Remote, objects: ObjectStore, oid: str, size: int,
     path = str(objects.loose_path(oid))
     # Every object is re-hashed before it leaves: a bit flipped on local disk must never
     # become every clone's problem.
-    if hash_file(path) != oid:
+    if not objects.verify_loose(oid):
         raise CorruptObject(f"object {oid[:12]} is corrupt in this store; not pushed",
                             hint="run `dsv verify` to list every damaged object")
     written = [cache for cache in write_through
