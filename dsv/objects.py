@@ -634,8 +634,18 @@ class ObjectStore:
         worst damage this copy; it is re-hashed before every reuse and replaced if so.
         """
         path = self.links_dir / oid
-        if path.exists():
-            if hash_file(path) == oid:
+        try:
+            fd = fileio.open_regular(path)   # (a link or FIFO put there: never used)
+        except FileNotFoundError:
+            pass
+        except fileio.NotRegularFile:
+            fileio.unlink_quietly(str(path))
+        else:
+            try:
+                intact = hash_file(f"/proc/self/fd/{fd}") == oid
+            finally:
+                os.close(fd)
+            if intact:
                 return path
             os.unlink(path)
         self.links_dir.mkdir(exist_ok=True)

@@ -937,6 +937,27 @@ def test_copy_out_writes_verified_bytes_with_the_mode_asked(store, tmp_path: Pat
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_link_or_fifo_planted_as_a_link_source_is_replaced_never_used(
+        store, tmp_path: Path, planted: str) -> None:
+    """A link checkout's copy is looked at without following a link or blocking: a
+    symlink put in its place (to a file outside the store holding the very bytes, which
+    its owner may change later) or a FIFO is replaced by a real copy, not handed out."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(BIG)
+    oid, _ = add_large_file(store, src)
+    store.links_dir.mkdir(exist_ok=True)
+    path = store.links_dir / oid
+    if planted == "symlink":
+        path.symlink_to(src)
+    else:
+        os.mkfifo(path)
+    assert store.link_source(oid) == path
+    st = path.lstat()
+    assert stat.S_ISREG(st.st_mode) and st.st_ino != src.stat().st_ino
+    assert path.read_bytes() == BIG and stat.S_IMODE(st.st_mode) == 0o444
+
+
 def test_link_source_is_reverified_and_replaced_when_damaged(store, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(BIG)
