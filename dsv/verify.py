@@ -117,7 +117,7 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
         for pack_id in sorted(on_disk):
             try:
                 ok, bad, entries = core.objects.check_pack(pack_id)
-                size = core.objects.pack_path(pack_id).stat().st_size
+                size = core.objects.pack_path(pack_id).lstat().st_size   # (never a link's target)
             except (FileNotFoundError, MissingObject):
                 continue  # removed meanwhile (by gc, or a repair): no longer part of the store
             report.objects_checked += len(entries)
@@ -157,7 +157,7 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
     with core.reporter.task("verifying objects", len(loose)) as advance:
         for oid in loose:
             try:
-                size = core.objects.loose_path(oid).stat().st_size
+                size = core.objects.loose_path(oid).lstat().st_size
                 intact = core.objects.verify_loose(oid)
             except FileNotFoundError:
                 continue  # removed meanwhile

@@ -440,8 +440,10 @@ def test_a_blob_row_placing_it_where_no_pack_holds_it_is_reported_by_the_checkou
     assert not (pushed.parent / "out" / "a.txt").exists()
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink"])
-@pytest.mark.parametrize("what", ["pack", "loose"])
+# (a loose object behind a link to nothing is missing, and a checkout downloads it)
+@pytest.mark.parametrize("what, kind", [("pack", "fifo"), ("pack", "symlink"),
+                                        ("pack", "dangling"), ("loose", "fifo"),
+                                        ("loose", "symlink")])
 def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
         pushed: Path, tmp_path: Path, what: str, kind: str) -> None:
     """A FIFO put where a pack or a loose object was would hang every reader's open(); a
@@ -463,8 +465,8 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
     elsewhere.write_bytes(path.name.encode() if what == "pack" else files["sub/deep/big.bin"])
     if kind == "fifo":
         os.mkfifo(path)
-    else:
-        path.symlink_to(elsewhere)   # (for the loose object: even bytes that match)
+    else:   # (for the loose object: even bytes that match; or a link to nothing)
+        path.symlink_to(elsewhere if kind == "symlink" else tmp_path / "nothing")
     (pushed / "sub/deep/big.bin").unlink()   # (else its working copy would be used)
     shown = "a FIFO" if kind == "fifo" else "a symlink"
     for args in (["checkout", "data:latest", "--to", tmp_path / "out"],
