@@ -541,6 +541,17 @@ def check_store_files(dsv_dir: Path) -> None:
             kind = "directory" if want is stat.S_ISDIR else "regular file"
             raise UnsafePath(f"{path} is not a {kind} (a link or something else was put there)",
                              hint="remove it; dsv never follows links inside its store")
+    # Loose objects lie in `loose/<xx>/`: a link there would take their reads, writes
+    # and deletions out of the store (one directory read, however many objects).
+    try:
+        with os.scandir(dsv_dir / "objects" / "loose") as entries:
+            for entry in entries:
+                if len(entry.name) == 2 and not entry.is_dir(follow_symlinks=False):
+                    raise UnsafePath(f"{entry.path} is not a directory (a link or something "
+                                     f"else was put there)",
+                                     hint="remove it; dsv never follows links inside its store")
+    except (FileNotFoundError, NotADirectoryError):
+        pass
 
 
 TREE_CACHE_BYTES = 16 << 20

@@ -107,6 +107,29 @@ def test_1_lock_symlink_is_never_followed(tmp_path: Path, dsv) -> None:
     assert outside.read_text() == "keep me"
 
 
+def test_1_a_link_in_place_of_a_loose_objects_directory_is_refused(tmp_path: Path,
+                                                                     dsv) -> None:
+    """`objects/loose/<xx>/` replaced by a link to a directory elsewhere would take loose
+    objects' reads, writes and deletions (gc) out of the store: every command refuses
+    the store, naming it, and nothing outside is touched."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {"big.bin": os.urandom(3 << 20)})
+    assert dsv("init", "--name", "data", cwd=ws).code == 0
+    assert dsv("commit", "-m", "one", cwd=ws).code == 0
+    (sub,) = (ws / ".dsv/objects/loose").iterdir()
+    outside = tmp_path / "outside"
+    sub.rename(outside)
+    sub.symlink_to(outside)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    (ws / "big.bin").write_bytes(os.urandom(3 << 20))
+    for args in (["status"], ["commit", "-m", "two"], ["gc"], ["verify"]):
+        r = dsv(*args, cwd=ws)
+        assert r.code == 1, (args, r.out, r.err)
+        assert r.err.startswith(f"error: {sub} is not a directory (a link or something else "
+                                f"was put there)"), r.err
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
 def test_2_ref_path_into_a_store_is_not_bound(tmp_path: Path, dsv) -> None:
     remote = HostileRemote(tmp_path / "remote")
     remote.version("v1aaaaaaaa", DS, {"f.txt": b"data"}, path="x/.dsv")
