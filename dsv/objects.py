@@ -298,7 +298,7 @@ class ObjectStore:
                 raise CorruptObject(f"object {oid[:12]} is cut short in pack {pack_id[:12]}")
         else:
             try:
-                with os.fdopen(self._open_loose(oid), "rb") as f:
+                with os.fdopen(self.open_loose_fd(oid), "rb") as f:
                     data = f.read()
             except FileNotFoundError:
                 staged = self._staged_tree(oid)
@@ -369,7 +369,7 @@ class ObjectStore:
             self._pack_fds[pack_id] = fd
         return fd
 
-    def _open_loose(self, oid: str) -> int:
+    def open_loose_fd(self, oid: str) -> int:
         """A read-only fd of loose object `oid` (see `open_stored`)."""
         return open_stored(self.loose_path(oid), f"object {oid[:12]}")
 
@@ -454,11 +454,14 @@ class ObjectStore:
             fileio.unlink_quietly(staged)
             return
         dest.parent.mkdir(exist_ok=True)
+        _clear_directory(dest)
         fileio.publish(staged, str(dest))
 
     def publish_pack(self, pack: PackInfo, staged: str) -> None:
         """Move a sealed pack into place under its id."""
-        fileio.publish(staged, str(self.pack_path(pack.id)))
+        dest = self.pack_path(pack.id)
+        _clear_directory(dest)
+        fileio.publish(staged, str(dest))
 
     def copy_out(self, oid: str, dest: str, mode: int, reflink: str = "auto",
                  twin: str | None = None, progress: FileBytes | None = None,
@@ -700,7 +703,7 @@ class ObjectStore:
         """Loose object `oid`, opened for reading once it was checked against its id
         through the same descriptor (CorruptObject if it is not, or is no regular
         file)."""
-        fd = self._open_loose(oid)
+        fd = self.open_loose_fd(oid)
         try:
             if hash_file(f"/proc/self/fd/{fd}") != oid:
                 raise CorruptObject(f"object {oid[:12]} is corrupt",
@@ -739,11 +742,13 @@ class ObjectStore:
 
     def delete_loose(self, oid: str) -> None:
         """Remove loose object `oid`, if present."""
+        _clear_directory(self.loose_path(oid))
         fileio.unlink_quietly(str(self.loose_path(oid)))
 
     def delete_pack(self, pack_id: str) -> None:
         """Close and remove pack `pack_id` (the index is the caller's)."""
         self.reopen_pack(pack_id)
+        _clear_directory(self.pack_path(pack_id))
         fileio.unlink_quietly(str(self.pack_path(pack_id)))
 
     def reopen_pack(self, pack_id: str) -> None:
@@ -753,6 +758,18 @@ class ObjectStore:
             fd = self._pack_fds.pop(pack_id, None)
         if fd is not None:
             os.close(fd)
+
+
+def _clear_directory(dest: Path) -> None:
+    """Remove a directory someone put where a store file goes (neither a rename nor an
+    unlink removes it; a link or FIFO there they do), never following a link inside
+    it."""
+    try:
+        if stat.S_ISDIR(os.lstat(dest).st_mode):
+            import shutil
+            shutil.rmtree(dest)
+    except FileNotFoundError:
+        pass
 
 
 def open_stored(path: str | os.PathLike[str], what: str) -> int:
@@ -775,7 +792,7 @@ def not_regular(what: str, exc: fileio.NotRegularFile) -> CorruptObject:
 def parse_pack_table(path: str | os.PathLike[str]) -> list[PackEntry]:
     """Read the entry table at the end of a pack file, checking its bounds."""
     name = Path(path).name
-    with os.fdopen(open_stored(path, f"pack {name}"), "rb") as f:
+    with os.fdopen(open_stored(path, f"pack {Path(path).stem[:12]}"), "rb") as f:
         size = f.seek(0, os.SEEK_END)
         if size < len(PACK_MAGIC) + _TRAILER.size:
             raise CorruptObject(f"pack {name} is too short")

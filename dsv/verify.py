@@ -132,12 +132,14 @@ def check(core: Core) -> tuple[VerifyReport, Damage]:
                 # The pack's own table is damaged: check what the index says it holds.
                 held = core.index.pack_objects(pack_id)
                 try:
-                    bad = [oid for oid, off, length, _kind in held
-                           if hash_bytes(core.objects.read_packed((pack_id, off, length)))
-                           != oid]
+                    core.objects.pack_fd(pack_id)
                 except CorruptObject as exc:   # no regular file: none of it can be read
                     report.problems.append(exc.message)
                     bad = [oid for oid, _off, _length, _kind in held]
+                else:
+                    bad = [oid for oid, off, length, _kind in held
+                           if hash_bytes(core.objects.read_packed((pack_id, off, length)))
+                           != oid]
             for oid in bad:
                 report.problems.append(f"object {oid[:12]} in pack {pack_id[:12]} is corrupt")
                 if indexed:
@@ -549,6 +551,11 @@ def _rewrite(core: Core, pack_id: str, rows: list[tuple[str, int, int, int]],
     if bad and not fixed and not dropped:
         return None  # nothing better to write: the damage stays, and is reported
     kept = 0
+    if any(oid not in got and oid not in dropped for oid, *_ in rows):
+        try:
+            core.objects.pack_fd(pack_id)
+        except CorruptObject:
+            return None  # no regular file: what no source has cannot be kept, so it stays
     for oid, offset, length, kind in rows:
         if oid in got or oid in dropped:
             continue  # a good copy is in `ingest` already; garbage no version needs goes

@@ -1161,14 +1161,12 @@ class Materializer:
         """Hard-link loose object `oid` as `tmp`: the very inode that was just hashed
         (opened without following a link, linked through its descriptor)."""
         try:
-            fd = os.open(self.objects.loose_path(oid), os.O_RDONLY | os.O_NOFOLLOW
-                         | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = self.objects.open_loose_fd(oid)
         except FileNotFoundError:
             raise MissingObject(f"object {oid[:12]} is missing from the store",
                                 hint="run `dsv verify --repair` to bring it back") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or \
-                    hash_file(f"/proc/self/fd/{fd}") != oid:
+            if hash_file(f"/proc/self/fd/{fd}") != oid:
                 raise CorruptObject(f"object {oid[:12]} is corrupt; it was not placed",
                                     hint="run `dsv verify --repair` to replace it with a "
                                          "good copy")

@@ -442,8 +442,9 @@ def test_a_blob_row_placing_it_where_no_pack_holds_it_is_reported_by_the_checkou
 
 # (a loose object behind a link to nothing is missing, and a checkout downloads it)
 @pytest.mark.parametrize("what, kind", [("pack", "fifo"), ("pack", "symlink"),
-                                        ("pack", "dangling"), ("loose", "fifo"),
-                                        ("loose", "symlink")])
+                                        ("pack", "dangling"), ("pack", "dir"),
+                                        ("loose", "fifo"), ("loose", "symlink"),
+                                        ("loose", "dir")])
 def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
         pushed: Path, tmp_path: Path, what: str, kind: str) -> None:
     """A FIFO put where a pack or a loose object was would hang every reader's open(); a
@@ -465,10 +466,13 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
     elsewhere.write_bytes(path.name.encode() if what == "pack" else files["sub/deep/big.bin"])
     if kind == "fifo":
         os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+        (path / "x").write_bytes(b"x")
     else:   # (for the loose object: even bytes that match; or a link to nothing)
         path.symlink_to(elsewhere if kind == "symlink" else tmp_path / "nothing")
     (pushed / "sub/deep/big.bin").unlink()   # (else its working copy would be used)
-    shown = "a FIFO" if kind == "fifo" else "a symlink"
+    shown = {"fifo": "a FIFO", "dir": "a directory"}.get(kind, "a symlink")
     for args in (["checkout", "data:latest", "--to", tmp_path / "out"],
                  ["files", "get", "data:latest", "--target-path", tmp_path / "got"]):
         r = run_dsv(*args, cwd=pushed, timeout=60)
@@ -485,8 +489,35 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
     r = run_dsv("verify", "--repair", cwd=pushed, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.rstrip().endswith(": ok")
-    assert not path.is_symlink() and not stat.S_ISFIFO(path.lstat().st_mode) \
-        if path.exists() else what == "pack"   # (a pack rewritten: under a new name)
+    assert stat.S_ISREG(path.lstat().st_mode) \
+        if os.path.lexists(path) else what == "pack"   # (a pack rewritten: a new name)
     r = run_dsv("checkout", "data:latest", "--to", tmp_path / "after", cwd=pushed, timeout=60)
     assert r.returncode == 0, r.stderr
     assert read_tree(tmp_path / "after") == files
+
+
+def test_a_fifo_pack_whose_objects_only_partly_have_a_good_copy_stays_reported(
+        tmp_path: Path, dsv) -> None:
+    """With no remote, a pack replaced by a FIFO can get good copies only of the files
+    still in the working directory: the rest cannot be kept (there are no bytes to
+    keep), so the pack is not rewritten, the repair ends normally, and the damage is
+    still reported, not hidden by a half-written pack."""
+    ws = tmp_path / "ws"
+    write_tree(ws, _files())
+    assert dsv("init", "--name", "data", ws, cwd=tmp_path).code == 0
+    assert dsv("commit", "-m", "first", cwd=ws).code == 0
+    pack_id = _where(ws, hash_bytes(_files()["a.txt"]))[0]
+    write_tree(ws, {"d.txt": "new"})   # (the second version's trees: in another pack)
+    assert dsv("commit", "-m", "second", cwd=ws).code == 0
+    path = ws / ".dsv/objects/packs" / f"{pack_id}.pack"
+    path.unlink()
+    os.mkfifo(path)
+    (ws / "c.bin").unlink()   # (a.txt and sub/b.bin keep working copies)
+    r = run_dsv("verify", "--repair", cwd=ws, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "bug in dsv" not in r.stderr and "error:" not in r.stderr, r.stderr
+    assert f"problem: pack {pack_id[:12]} in the store is not a regular file (a FIFO)" \
+        in r.stdout
+    assert f"problem: object {hash_bytes(_files()['c.bin'])[:12]} in pack {pack_id[:12]} " \
+           f"is corrupt" in r.stdout
+    assert stat.S_ISFIFO(path.lstat().st_mode)
