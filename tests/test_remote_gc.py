@@ -508,8 +508,8 @@ def test_gc_beside_pushers_and_cloners_on_seaweedfs(tmp_path: Path, seaweedfs_en
     deleter = tmp_path / "deleter"
     pushed = {query_json("show", "raw:latest", cwd=seed_ws)["id"]: read_tree(seed_ws)}
     # A version no client descends from, latest until the first round's pushes move
-    # `latest` off it: from then on unreachable, so every gc that runs after the first
-    # round has something to delete while the others push and clone.
+    # `latest` off it: from then on unreachable, so the first gc that succeeds after the
+    # first round has it to delete while the others push and clone.
     write_tree(seed_ws, {"gone.bin": random.Random(seed + 1).randbytes(200_000)})
     pushed[json.loads(setup_ok("commit", "-m", "gone", "--json", cwd=seed_ws))["id"]] = \
         read_tree(seed_ws)
