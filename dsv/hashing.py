@@ -33,15 +33,25 @@ def hash_file(path: str | os.PathLike[str], size: int | None = None) -> str:
     nothing for a regular file.)"""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        if (st.st_size if size is None else size) < LARGE_READ:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                return blake3.blake3(f.read()).hexdigest()
-        return _hash_mapped(fd, st.st_size)
+        return hash_fd(fd, size, os.fspath(path))
     finally:
         os.close(fd)
+
+
+def hash_fd(fd: int, size: int | None = None, name: str | None = None) -> str:
+    """`hash_file` of the file open at `fd` (read from its start, by position: the fd's
+    offset is left as it was)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", name)
+    if (st.st_size if size is None else size) >= LARGE_READ:
+        return _hash_mapped(fd, st.st_size)
+    hasher = blake3.blake3()
+    offset = 0
+    while piece := os.pread(fd, LARGE_READ, offset):
+        hasher.update(piece)
+        offset += len(piece)
+    return hasher.hexdigest()
 
 
 def _hash_mapped(fd: int, size: int) -> str:

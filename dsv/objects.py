@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Protocol
 from . import fileio
 from .errors import CorruptObject, InvalidInput, MissingObject
 from .reporting import FileBytes, number
-from .hashing import hash_bytes, hash_file, new_hasher
+from .hashing import hash_bytes, hash_fd, hash_file, new_hasher
 from .tree import is_chunk_list
 
 # Files smaller than this go into packs; creating one file per small object costs more
@@ -645,7 +645,7 @@ class ObjectStore:
             fileio.unlink_quietly(str(path))
         else:
             try:
-                intact = hash_file(f"/proc/self/fd/{fd}") == oid
+                intact = hash_fd(fd) == oid
             finally:
                 os.close(fd)
             if intact:
@@ -705,7 +705,7 @@ class ObjectStore:
         file)."""
         fd = self.open_loose_fd(oid)
         try:
-            if hash_file(f"/proc/self/fd/{fd}") != oid:
+            if hash_fd(fd) != oid:
                 raise CorruptObject(f"object {oid[:12]} is corrupt",
                                     hint="run `dsv verify --repair` to replace it with a "
                                          "good copy")

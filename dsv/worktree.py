@@ -24,7 +24,7 @@ from pathlib import Path
 from . import chunking, fileio, ignore, native
 from .faults import crashpoint
 from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
-from .hashing import hash_bytes, hash_file, new_hasher
+from .hashing import hash_bytes, hash_fd, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
                       ObjectStore, bounded_where)
@@ -1166,7 +1166,7 @@ class Materializer:
             raise MissingObject(f"object {oid[:12]} is missing from the store",
                                 hint="run `dsv verify --repair` to bring it back") from None
         try:
-            if hash_file(f"/proc/self/fd/{fd}") != oid:
+            if hash_fd(fd) != oid:
                 raise CorruptObject(f"object {oid[:12]} is corrupt; it was not placed",
                                     hint="run `dsv verify --repair` to replace it with a "
                                          "good copy")
