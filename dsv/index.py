@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DsvError, IndexBusy, IndexDamaged, IndexUnwritable
 from .model import RUN_DIGEST_BYTES, Dataset, StatRow, Version, storable
+from .objects import MAX_PACKED_OBJECT, sound_where
 
 if TYPE_CHECKING:
     from .objects import PackEntry, PackInfo
@@ -158,10 +159,11 @@ def _version(row: Row) -> Version:
 
 
 def _check_wheres(found: dict[str, tuple[str, int, int]], remote: str) -> None:
-    """Remote object locations as dsv records them: whole numbers, not negative (read
-    as damage, see _MESSAGE_NAMES)."""
-    for oid, (_pack, offset, length) in found.items():
-        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+    """Remote object locations as a pack could hold them (`objects.sound_where`: whole
+    numbers, not negative, no longer than a packed object is); else read as damage (see
+    _MESSAGE_NAMES)."""
+    for oid, where in found.items():
+        if not sound_where(where, MAX_PACKED_OBJECT):
             raise sqlite3.DatabaseError(f"malformed location of object {oid[:12]} on remote "
                                         f"{remote!r}")
 
