@@ -16,7 +16,6 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ STAMP_FORMAT = 1
 _BUILDING = ".building-"      # `<version>.building-…`: half-built or discarded trees
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_DIRS = 64               # directory descriptors one walk keeps open; deeper are reopened
 _BUILD_ATTEMPTS = 3
 _MAX_STAMP_BYTES = 1 << 30
 _READ_CHUNK = 8 << 20
@@ -204,13 +202,13 @@ def _tree_bytes(fd: int) -> int:
     """Bytes removing the tree open as `fd` frees: files no other name links."""
     total = 0
 
-    def visit(_rel: str, _fd: int, entries: Entries) -> None:
+    def visit(_rel: str, _fd: int, entries: fileio.DirEntries) -> None:
         nonlocal total
         total += sum(st.st_size for _name, st in entries
                      if stat.S_ISREG(st.st_mode) and st.st_nlink == 1)
 
     try:
-        _walk(fd, visit)
+        fileio.walk_dirs(fd, visit)
     except (OSError, _Changed):
         pass
     return total
@@ -464,91 +462,13 @@ def _same_but_ctime(now: Record, then: Record) -> bool:
     return now[0] == then[0] == FILE and (now[1], now[2], now[4]) == (then[1], then[2], then[4])
 
 
-Entries = list[tuple[str, os.stat_result]]
-
-
-@dataclass
-class _Frame:
-    """One directory on `_walk`'s stack."""
-
-    rel: str
-    fd: int | None                  # None once closed to stay under _OPEN_DIRS
-    ident: str                      # device:inode, to check a reopened directory
-    todo: list[tuple[str, str]]     # subdirectories still to walk: (name, device:inode)
-
-
-def _walk(root_fd: int, visit: Callable[[str, int, Entries], None],
-          leave: Callable[[int, str], None] | None = None) -> None:
-    """Depth first over every directory under `root_fd`, by descriptor, following no link:
-    `visit(rel_dir, dir_fd, entries)` gets each directory's (name, lstat) pairs (the root's
-    rel_dir is ""); `leave(parent_fd, name)` follows once a subdirectory's whole subtree is
-    done. At most _OPEN_DIRS descriptors stay open: a deep ancestor is reopened from the
-    root when needed and must still be the same directory. A directory replaced while it
-    is walked raises _Changed."""
-    frames: list[_Frame] = []
-
-    def enter(rel: str, fd: int, ident: str) -> None:
-        frames.append(_Frame(rel, fd, ident, []))  # from here on, closed by the walk
-        entries = [(name, os.stat(name, dir_fd=fd, follow_symlinks=False))
-                   for name in os.listdir(fd)]
-        visit(rel, fd, entries)
-        frames[-1].todo = [(n, identity(st)) for n, st in entries if stat.S_ISDIR(st.st_mode)]
-        open_frames = [f for f in frames if f.fd is not None]
-        if len(open_frames) > _OPEN_DIRS:
-            oldest = open_frames[0]
-            assert oldest.fd is not None
-            os.close(oldest.fd)
-            oldest.fd = None
-
-    def fd_of(frame: _Frame) -> int:
-        if frame.fd is None:
-            fd = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
-            for part in frame.rel.split("/") if frame.rel else ():
-                try:
-                    sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                finally:
-                    os.close(fd)
-                fd = sub
-            frame.fd = fd
-            if identity(os.fstat(fd)) != frame.ident:
-                raise _Changed
-            return fd
-        return frame.fd
-
-    try:
-        first = os.open(".", _DIR_FLAGS, dir_fd=root_fd)
-        enter("", first, identity(os.fstat(first)))
-        while frames:
-            top = frames[-1]
-            if not top.todo:
-                frames.pop()
-                if top.fd is not None:
-                    os.close(top.fd)
-                if frames and leave is not None:
-                    leave(fd_of(frames[-1]), top.rel.rpartition("/")[2])
-                continue
-            name, ident = top.todo.pop()
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd_of(top))
-            except OSError:
-                raise _Changed from None  # gone, or now a link or a file
-            if identity(os.fstat(child)) != ident:
-                os.close(child)
-                raise _Changed  # another directory was moved in since the listing
-            enter(f"{top.rel}/{name}" if top.rel else name, child, ident)
-    finally:
-        for frame in frames:
-            if frame.fd is not None:
-                os.close(frame.fd)
-
-
 def _scan(root_fd: int) -> tuple[dict[str, Record], set[str], list[str]]:
     """Files and links (path → Record), directories, and anything else (FIFOs, devices)."""
     files: dict[str, Record] = {}
     dirs: set[str] = set()
     odd: list[str] = []
 
-    def visit(rel: str, _fd: int, entries: Entries) -> None:
+    def visit(rel: str, _fd: int, entries: fileio.DirEntries) -> None:
         prefix = rel + "/" if rel else ""
         for name, st in entries:
             mode = st.st_mode
@@ -561,7 +481,7 @@ def _scan(root_fd: int) -> tuple[dict[str, Record], set[str], list[str]]:
             else:
                 odd.append(prefix + name)
 
-    _walk(root_fd, visit)
+    fileio.walk_dirs(root_fd, visit)
     return files, dirs, odd
 
 
@@ -570,7 +490,7 @@ def _seal(root_fd: int) -> None:
     directories 0555. Hard-linked shared copies are already 0444 and are left alone; the
     root is sealed by the caller once it has been moved into place."""
 
-    def visit(rel: str, fd: int, entries: Entries) -> None:
+    def visit(rel: str, fd: int, entries: fileio.DirEntries) -> None:
         for name, st in entries:
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 file_fd = os.open(name, _FILE_FLAGS, dir_fd=fd)
@@ -581,7 +501,7 @@ def _seal(root_fd: int) -> None:
         if rel:
             os.fchmod(fd, 0o555)
 
-    _walk(root_fd, visit)
+    fileio.walk_dirs(root_fd, visit)
 
 
 def _remove_quietly(parent_fd: int, name: str) -> None:
@@ -598,7 +518,7 @@ def _remove_quietly(parent_fd: int, name: str) -> None:
             os.unlink(name, dir_fd=parent_fd)  # a file or a link: never followed
             return
         try:
-            def visit(_rel: str, dir_fd: int, entries: Entries) -> None:
+            def visit(_rel: str, dir_fd: int, entries: fileio.DirEntries) -> None:
                 os.fchmod(dir_fd, 0o700)
                 for child, st in entries:
                     if not stat.S_ISDIR(st.st_mode):
@@ -606,7 +526,7 @@ def _remove_quietly(parent_fd: int, name: str) -> None:
                     elif st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
                         _chmod_dir_at(dir_fd, child, 0o700)  # else it cannot be opened
 
-            _walk(fd, visit, lambda above, child: os.rmdir(child, dir_fd=above))
+            fileio.walk_dirs(fd, visit, lambda above, child: os.rmdir(child, dir_fd=above))
         finally:
             os.close(fd)
         os.rmdir(name, dir_fd=parent_fd)

@@ -13,6 +13,7 @@ its lineage names, and never put a mount root inside a store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -29,7 +30,7 @@ from typing import Any
 from .checkout import FRESH_CHUNK, FRESH_CHUNK_BYTES, check_room
 from .core import Core
 from .inputs import INPUTS_DIR, InputTree, identity, input_tree
-from . import imports, refs, versions, worktree
+from . import fileio, imports, refs, versions, worktree
 from .errors import CorruptObject, DsvError, InvalidInput, JobFailed, UnsafePath
 from .model import Version
 from .reports import JobResult
@@ -357,10 +358,12 @@ def run(core: Core, inputs: dict[str, str], outputs: dict[str, str], command: li
             tree.close()
         if keep_root and not os.path.islink(root):
             for name in in_versions:  # (private copies, or empty mount points)
-                shutil.rmtree(root / name, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    fileio.remove_tree(root / name)
         elif mount_root is None:
             # Inputs are gone with the namespace; outputs are in the store now.
-            shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fileio.remove_tree(root)
 
 
 # ---- running -------------------------------------------------------------------------

@@ -135,10 +135,14 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             rel = path.strip("/")
             if not rel:
                 return {"type": "directory", "size": 0, "mode": 0o755}
-            parent, _, name = rel.rpartition("/")
-            parent_entry = self._entry(parent) if parent else None
-            if parent and (parent_entry is None or parent_entry["type"] != "directory"):
-                return None
+            # Each directory on the way, from the top (a loop: a path may be 2,048 deep).
+            *above, name = rel.split("/")
+            parent = ""
+            for part in above:
+                entry = self._listing(parent).get(part)
+                if entry is None or entry["type"] != "directory":
+                    return None
+                parent = f"{parent}/{part}" if parent else part
             return self._listing(parent).get(name)
 
         def _guard(self, call: Any) -> Any:  # noqa: ANN401

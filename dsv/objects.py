@@ -766,8 +766,7 @@ def _clear_directory(dest: Path) -> None:
     it."""
     try:
         if stat.S_ISDIR(os.lstat(dest).st_mode):
-            import shutil
-            shutil.rmtree(dest)
+            fileio.remove_tree(dest)
     except FileNotFoundError:
         pass
 

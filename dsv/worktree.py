@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import chunking, fileio, ignore, native
 from .faults import crashpoint
-from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
+from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_fd, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
@@ -791,17 +791,29 @@ class _Dirs:
         fd = self._fds.get(rel_dir)
         if fd is not None:
             return fd, False
-        parent, _, name = rel_dir.rpartition("/")
-        parent_fd, parent_owned = self.open(parent, create)
-        try:
-            fd = _open_subdir(parent_fd, name, create)
-        finally:
-            if parent_owned:
-                os.close(parent_fd)
-        if len(self._fds) < _MAX_DIR_FDS:
-            self._fds[rel_dir] = fd
-            return fd, False
-        return fd, True
+        # Down from the nearest directory already open, a component at a time (a loop,
+        # not a recursion: a path of 4,096 bytes may be 2,048 directories deep).
+        names: list[str] = []
+        parent = rel_dir
+        while fd is None:
+            if not parent:
+                raise DsvError("bug in dsv: a directory opened after its tree was closed")
+            parent, _, name = parent.rpartition("/")
+            names.append(name)
+            fd = self._fds.get(parent)
+        owned = False
+        for name in reversed(names):
+            parent = f"{parent}/{name}" if parent else name
+            try:
+                child = _open_subdir(fd, name, create)
+            finally:
+                if owned:
+                    os.close(fd)
+            owned = len(self._fds) >= _MAX_DIR_FDS
+            if not owned:
+                self._fds[parent] = child
+            fd = child
+        return fd, owned
 
 
 def open_in_tree(root: Path, rel: str, max_size: int | None = None) -> int:

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -821,6 +822,72 @@ def test_commit_and_checkout_deeply_nested_directories(tmp_path: Path, dsv) -> N
     ok(dsv("commit", "-m", "changed a cat", cwd=data))
     ok(dsv("verify", cwd=data))
 
+
+
+def _deep_file(root: Path, depth: int) -> str:
+    """A file `depth` directories below `root` (made through descriptors: no long path is
+    handed to the kernel); its path relative to `root`."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    out = os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+    os.write(out, b"at the bottom")
+    os.close(out)
+    os.close(fd)
+    return "d/" * depth + "f"
+
+
+def _read_deep(root: Path, rel: str) -> bytes:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in rel.split("/")[:-1]:
+        inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    try:
+        with open(os.open("f", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def test_a_version_as_deep_as_a_path_may_be_checks_out_and_clones(tmp_path: Path, dsv) -> None:
+    """2,000 directories, one in the other (a 4,001-byte path: within the 4,096 a version
+    path may have): commit, checkout to a new directory and back into the worktree, clone
+    and pull all place it. Checkout opened each directory by recursion, one level a frame,
+    and failed past Python's 1,000 frames ("input nested too deeply to read")."""
+    try:
+        _deep_version(tmp_path, dsv)
+    finally:   # (pytest's own clean-up recurses a frame per level too)
+        subprocess.run(["rm", "-rf", tmp_path], check=True)
+
+
+def _deep_version(tmp_path: Path, dsv) -> None:
+    data = tmp_path / "mydata"
+    data.mkdir()
+    deep = _deep_file(data, 2000)
+    (data / "top.txt").write_text("top")
+    ok(dsv("init", cwd=data))
+    v1 = vid_of(dsv("commit", "-m", "deep", cwd=data))
+    assert {f["path"] for f in jout(dsv("files", "list", f"mydata:{v1}", "-r", "--json",
+                                        cwd=data))} == {deep, "top.txt"}
+    out = tmp_path / "out"
+    ok(dsv("checkout", f"mydata:{v1}", "--to", out, cwd=data))
+    assert _read_deep(out, deep) == b"at the bottom"
+    subprocess.run(["rm", "-rf", data / "d"], check=True)
+    ok(dsv("commit", "-m", "shallow", cwd=data))
+    ok(dsv("checkout", f"mydata:{v1}", cwd=data))
+    assert _read_deep(data, deep) == b"at the bottom"
+    ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=data))
+    ok(dsv("push", cwd=data))
+    ok(dsv("clone", tmp_path / "remote", tmp_path / "clone", cwd=tmp_path))
+    clone = tmp_path / "clone"   # (a clone of the store's own directory dataset)
+    assert (clone / "top.txt").read_text() == "top" and not (clone / "d").exists()
+    ok(dsv("checkout", f"mydata:{v1}", cwd=clone))
+    assert _read_deep(clone, deep) == b"at the bottom"
+    ok(dsv("verify", cwd=tmp_path / "clone"))
 
 def test_commit_only_hashes_changed_files(committed, dsv) -> None:
     ws, first = committed

@@ -20,7 +20,7 @@ import pytest
 
 import dsv as dsv_api
 from conftest import read_tree, write_tree
-from dsv import inputs, jobs
+from dsv import fileio, inputs, jobs
 from dsv.errors import UnsafePath
 from dsv.hashing import hash_bytes
 
@@ -397,7 +397,7 @@ def test_a_fifo_planted_in_the_tree_is_removed_not_opened(project: Project) -> N
 
 def test_trees_deeper_than_the_open_descriptor_budget_are_checked_and_removed(
         project: Project) -> None:
-    deep = "/".join(["d"] * (inputs._OPEN_DIRS + 20)) + "/leaf.txt"
+    deep = "/".join(["d"] * (fileio._OPEN_DIRS + 20)) + "/leaf.txt"
     data = project.ws / "deepdata"
     write_tree(data, {deep: b"leaf\n", "top.txt": b"top\n"})
     with dsv_api.open(project.ws) as store:

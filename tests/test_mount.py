@@ -123,6 +123,35 @@ def test_a_mount_point_given_as_a_link_is_the_directory_it_names(tmp_path, dsv, 
         assert "bug in dsv" not in res.err
 
 
+def test_a_file_1200_directories_deep_reads_through_the_mount(tmp_path, dsv, mounts):
+    """Looking a path up went through each parent by recursion, a frame a level: past
+    Python's 1,000 frames the lookup failed, and the reader got EIO."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {"top.txt": b"top\n"})
+    deep = "/".join(["d"] * 1200) + "/f.txt"
+    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)   # (pathlib's mkdir recurses a level a frame)
+    for _ in range(1200):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    out = os.open("f.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+    os.write(out, b"at the bottom\n")
+    os.close(out)
+    os.close(fd)
+    try:
+        _ok(dsv("init", ws, "--name", "deep", cwd=tmp_path))
+        _ok(dsv("commit", "-m", "deep", cwd=ws))
+        where = tmp_path / "mnt"
+        _mount(mounts, "deep:latest", where, cwd=ws)
+        assert (where / deep).read_bytes() == b"at the bottom\n"
+        assert not (where / deep).with_name("nothing").exists()
+        assert (where / "top.txt").read_bytes() == b"top\n"
+        _ok(dsv("umount", where, cwd=tmp_path))
+    finally:   # (pytest's own clean-up recurses a level a frame too)
+        subprocess.run(["rm", "-rf", ws], check=True)
+
+
 def test_mount_straight_from_s3_reads_lazily_and_never_returns_damage(
         tmp_path, dsv, mounts, s3_endpoint, aws_env):
     ws = _dataset(tmp_path, dsv)

@@ -466,9 +466,17 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
     elsewhere.write_bytes(path.name.encode() if what == "pack" else files["sub/deep/big.bin"])
     if kind == "fifo":
         os.mkfifo(path)
-    elif kind == "dir":
+    elif kind == "dir":   # (1,500 levels deep, a link inside: removed by a loop, unfollowed)
         path.mkdir()
         (path / "x").write_bytes(b"x")
+        (path / "out").symlink_to(tmp_path)
+        deepest = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=deepest)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=deepest)
+            os.close(deepest)
+            deepest = inner
+        os.close(deepest)
     else:   # (for the loose object: even bytes that match; or a link to nothing)
         path.symlink_to(elsewhere if kind == "symlink" else tmp_path / "nothing")
     (pushed / "sub/deep/big.bin").unlink()   # (else its working copy would be used)
@@ -494,6 +502,8 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
     r = run_dsv("checkout", "data:latest", "--to", tmp_path / "after", cwd=pushed, timeout=60)
     assert r.returncode == 0, r.stderr
     assert read_tree(tmp_path / "after") == files
+    assert elsewhere.read_bytes() == (path.name.encode() if what == "pack"
+                                      else files["sub/deep/big.bin"])
 
 
 def test_a_fifo_pack_whose_objects_only_partly_have_a_good_copy_stays_reported(

@@ -24,9 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -227,17 +225,16 @@ class ClusterCache:
     @staticmethod
     def _drop_at(dir_fd: int, name: str) -> bool:
         """Remove `name` in `dir_fd`: unlink it (a link, FIFO, socket or file: unlink never
-        follows), or remove it recursively if it really is a directory (rmtree with a
-        dir_fd refuses links). Errors are ignored; True if something went."""
+        follows), or remove it and all in it if it really is a directory (never through
+        a link, however deep: fileio.remove_tree). Errors are ignored; True if something
+        went."""
         try:
             mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
         except OSError:
             return False
         try:
-            if stat.S_ISDIR(mode) and sys.version_info >= (3, 11):
-                shutil.rmtree(name, dir_fd=dir_fd)
-            elif stat.S_ISDIR(mode):  # rmtree lstats the path and refuses a link
-                shutil.rmtree(f"/proc/self/fd/{dir_fd}/{name}")
+            if stat.S_ISDIR(mode):
+                fileio.remove_tree(name, dir_fd=dir_fd)
             else:
                 os.unlink(name, dir_fd=dir_fd)
             return True

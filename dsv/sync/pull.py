@@ -8,9 +8,9 @@ remote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -329,9 +329,10 @@ def clone(url: str, path: str | os.PathLike[str] | None = None,
             for child in root.iterdir():
                 if child.name == STORE_DIR:
                     continue
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
+                fileio.remove_tree(child) if child.is_dir() and not child.is_symlink() \
                     else child.unlink()
-            shutil.rmtree(root / STORE_DIR, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                fileio.remove_tree(root / STORE_DIR)
             if made_root:
                 root.rmdir()
         except OSError:
