@@ -443,3 +443,29 @@ def test_real_bugs_still_say_so(ws: Path, dsv, monkeypatch, exc) -> None:
     assert r.code == 1
     assert r.err.startswith(f"error: {type(exc).__name__}: ")
     assert "hint: this is a bug in dsv" in r.err
+
+
+def test_a_working_directory_deeper_than_the_system_reaches_is_one_short_error(
+        ws: Path, dsv) -> None:
+    """Directories nested past the 4,096 bytes a path may have (made through descriptors,
+    as any program may): commit and status end with one line naming the path by its
+    ends and its length, where they printed the whole path (thousands of characters)."""
+    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(1400):
+            os.mkdir("dd", dir_fd=fd)
+            inner = os.open("dd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    try:
+        for args in (("commit", "-m", "deep"), ("status",)):
+            lines = error_lines(dsv(*args, cwd=ws))
+            assert lines[0].startswith(f"error: path too long to reach: {ws}/dd/dd/"), lines
+            assert lines[0].endswith(" characters)") and len(lines[0]) < 300, lines[0]
+            assert "at most 4,096 bytes" in hint(lines)
+        assert [v["message"] for v in json.loads(dsv("log", "--json", cwd=ws).out)] == \
+            ["second", "first"]
+    finally:
+        subprocess.run(["rm", "-rf", ws / "dd"], check=True)

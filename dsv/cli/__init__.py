@@ -261,5 +261,11 @@ def _os_error(exc: OSError) -> DsvError:
         if exc.errno == errno.EFBIG and limit != resource.RLIM_INFINITY:
             cause = f"the file-size limit of this process is reached (ulimit -f: {limit} bytes)"
         return CannotWrite(f"cannot write {exc.filename or 'a file'}: {cause}", hint=hint)
-    where = f": {exc.filename}" if exc.filename else ""
-    return DsvError(f"{exc.strerror or exc}{where}")
+    name = os.fsdecode(exc.filename) if exc.filename else ""
+    if len(name) > 200:   # (a path thousands of bytes long: its ends say where)
+        name = f"{name[:80]}…{name[-80:]} ({len(name):,} characters)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return DsvError(f"path too long to reach: {name}" if name else "path too long",
+                        hint="the system reaches a file by a path of at most 4,096 bytes; "
+                             "move the data nearer to / or make its directories shallower")
+    return DsvError(f"{exc.strerror or exc}{': ' + name if name else ''}")
