@@ -29,7 +29,7 @@ from .core import Core
 from .errors import (CorruptObject, DatasetNotFound, DirtyWorktree, DsvError, InvalidInput,
                      RefError, UnsafePath)
 from .faults import crashpoint
-from .hashing import hash_bytes, is_hash
+from .hashing import hash_bytes, is_hash, new_hasher
 from .model import (
     Changes,
     CheckoutReport,
@@ -1591,7 +1591,12 @@ class ChunkedReader(io.RawIOBase):
     """A chunked file, read and seeked without putting it together: a read takes the
     chunks its range covers from `source(i)` (chunk i's bytes, checked against its id by
     the source), so reading part of a file reads only that part. A chunk of another
-    length than the list says is refused."""
+    length than the list says is refused.
+
+    Intact chunks in another order (a hostile chunk list) make another file: what is read
+    front to back, from offset 0 on, is also hashed, and the read that would complete
+    the file raises CorruptObject instead if the whole is not the file's id. A read of
+    part of the file is checked chunk by chunk only (nothing else can check it)."""
 
     def __init__(self, chunks: tree.ChunkList,
                  source: Callable[[int], bytes | memoryview]) -> None:
@@ -1599,9 +1604,12 @@ class ChunkedReader(io.RawIOBase):
         self._source = source
         self._chunks = chunks.chunks
         self._size = chunks.size
+        self._whole = chunks.oid
         self._starts = list(itertools.accumulate((n for _c, n in self._chunks), initial=0))
         self._pos = 0
         self._held: tuple[int, bytes | memoryview] = (-1, b"")
+        self._hasher = new_hasher(threads=True)
+        self._hashed = 0   # (bytes from offset 0 on that went through `_hasher`)
 
     def readable(self) -> bool:
         """Always: a reader."""
@@ -1635,7 +1643,14 @@ class ChunkedReader(io.RawIOBase):
         at = self._pos - self._starts[i]
         view = memoryview(buffer).cast("B")
         n = min(len(view), len(data) - at)
-        view[:n] = memoryview(data)[at:at + n]
+        piece = memoryview(data)[at:at + n]
+        if self._pos == self._hashed:
+            self._hasher.update(piece)
+            self._hashed += n
+            if self._hashed == self._size and self._hasher.hexdigest() != self._whole:
+                raise CorruptObject(f"file {self._whole[:12]}: its chunks, each intact, do "
+                                    f"not make it (a damaged or hostile chunk list)")
+        view[:n] = piece
         self._pos += n
         return n
 

@@ -15,6 +15,8 @@ import itertools
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -1082,6 +1084,58 @@ def test_small_objects_a_remote_holds_as_loose_files_are_packed_here(tmp_path: P
     assert r["downloaded"] == 0, r
     assert read_tree(tmp_path / "out") == {"a.txt": b"a", "f.bin": data}
     ok(dsv("verify", cwd=clone))
+
+
+def test_intact_chunks_in_another_order_are_never_given_out_as_the_file(tmp_path: Path,
+                                                                      dsv) -> None:
+    """A hostile chunk list names the file's own chunks, each intact, two of them swapped,
+    under the file's true id and size: every chunk checks out, the file does not. `cat`
+    and a whole read through `dsv://` (from the remote, and from a clone's store) gave
+    those bytes with success; each now ends with an error, and never gives out the piece
+    that completes the file. Reads of part of the file are checked chunk by chunk."""
+    import fsspec
+
+    from hostile import HostileRemote
+
+    data = rand(5 * MiB, 53)
+    listed = cut(data)
+    pieces, at = [], 0
+    for _c, n in listed:
+        pieces.append(data[at:at + n])
+        at += n
+    pieces[0], pieces[1] = pieces[1], pieces[0]
+    swapped = b"".join(pieces)
+    remote = HostileRemote(tmp_path / "remote")
+    for piece in pieces:
+        remote.blob(piece)
+    order = [listed[1], listed[0], *listed[2:]]
+    listing = remote.add(tree.encode_chunks(tree.ChunkList(b3(data), len(data), order)), 1)
+    root = remote.tree([["f.bin", "f", 0o644, len(data), b3(data), listing]])
+    record = remote.record("v1abcdefgh", "ds000001", root, files=1, size=len(data))
+    remote.publish()
+    remote.ref("ds000001", "latest", "v1abcdefgh", record)
+    done = subprocess.run([sys.executable, "-m", "dsv", "cat", remote.root, "victim:latest",
+                           "f.bin"], cwd=tmp_path, capture_output=True, timeout=120)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "its chunks, each intact, do not make the file" in err, err
+    assert "bug in dsv" not in err
+    assert done.stdout == swapped[:len(data) - len(pieces[-1])]
+    fs = fsspec.filesystem("dsv", remote=str(remote.root))
+    for read in (lambda: fs.cat_file("victim:latest/f.bin"),
+                 lambda: fs.open("victim:latest/f.bin").read()):
+        with pytest.raises(CorruptObject, match="its chunks, each intact, do not make it"):
+            read()
+    assert fs.cat_file("victim:latest/f.bin", start=10, end=5000) == swapped[10:5000]
+    r = dsv("get", remote.root, "victim:latest", "--to", tmp_path / "got", cwd=tmp_path)
+    assert r.code == 1 and not (tmp_path / "got" / "f.bin").exists(), r.err
+    clone = tmp_path / "clone"
+    r = dsv("clone", remote.root, clone, "--no-checkout", cwd=tmp_path)
+    assert r.code == 0, r.err
+    local = fsspec.filesystem("dsv", store=str(clone))
+    with pytest.raises(CorruptObject, match="do not make it"):
+        local.cat_file("victim:latest/f.bin")
+    r = dsv("verify", cwd=clone)
+    assert r.code == 1 and f"its chunks do not make file {b3(data)[:12]}" in r.out, r.out
 
 
 def test_verify_names_the_damaged_chunk_of_an_affected_file(chunked_ws, dsv) -> None:

@@ -892,13 +892,32 @@ class RemoteReader:
 
     def cat(self, version: Version, path: str) -> Iterator[Blob]:
         """The bytes of one file of `version`, in pieces, every piece checked before it
-        is given out (a large unchunked file is put aside and checked whole first)."""
+        is given out, and a chunked file's whole before its last piece (a large
+        unchunked file is put aside and checked whole first)."""
         rel = normalize_user_path(path)
         found = dict(self.entries(version, rel)) if rel else {}
         entry = found.get(rel)
         if entry is None or entry.kind != tree.FILE:
             raise InvalidInput(f"{path} is not a file of version {version.id}")
-        if entry.chunks or entry.size <= PACK_THRESHOLD:
+        if entry.chunks:
+            # Each chunk is checked as it comes; the file as a whole only at its end
+            # (intact chunks in another order make another file): its last piece is
+            # given out only once the whole is the file's id.
+            stream = _Hashed(self.pieces(entry, rel), entry.size)
+            last: Blob | None = None
+            for piece in stream:
+                if last is not None:
+                    yield last
+                last = piece
+            if stream.count != entry.size or stream.hasher.hexdigest() != entry.oid:
+                raise CorruptObject(f"{rel}: its chunks, each intact, do not make the file "
+                                    f"{entry.oid[:12]} its version names (a damaged or "
+                                    f"hostile chunk list on {self.url}); its last piece "
+                                    f"was not written")
+            if last is not None:
+                yield last
+            return
+        if entry.size <= PACK_THRESHOLD:
             yield from self.pieces(entry)
             return
         with self._spooled(entry, rel) as held:
