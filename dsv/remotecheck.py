@@ -25,7 +25,7 @@ from .hashing import hash_bytes, is_hash, new_hasher
 from .reports import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, encode_pack, pack_tail_size,
                       parse_pack_index)
-from .records import parse_record
+from .records import Record, parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
 from .remotes import layout
 from .remotes.layout import MAINTAIN_LOCK, index_key, loose_key, pack_key
@@ -378,28 +378,37 @@ def _walk_refs(core: Core, remote: Remote, where: dict[str, tuple[str, int, int,
             continue
         refs.append(ref)
     report.refs = len(refs)
-    seen: set[str] = set()
+    # (each record read once; every ref and parent naming it is checked against what it
+    # holds, also when another named it first, and it is walked from the first that
+    # names it rightly)
+    records: dict[str, Record | None] = {}   # (None: unreadable)
+    walked: set[str] = set()
     trees_seen: dict[str, object] = {}
     stack = [(r.record, r.dataset, r.version, f"ref {r.dataset}/{r.ref}") for r in refs]
     while stack:
         record_oid, ds_id, vid, who = stack.pop()
-        if record_oid in seen:
-            continue
-        seen.add(record_oid)
-        needed[record_oid] = (KIND_VERSION, -1)
-        data = _read_object(remote, where, record_oid, KIND_VERSION, report, damaged)
-        if data is None:
-            continue  # reported as missing or damaged
-        try:
-            parsed = parse_record(data, record_oid)
-        except CorruptObject as exc:
-            report.problems.append(f"{who}: {exc.message}")
+        if record_oid not in records:
+            records[record_oid] = None
+            needed[record_oid] = (KIND_VERSION, -1)
+            data = _read_object(remote, where, record_oid, KIND_VERSION, report, damaged)
+            if data is None:
+                continue  # reported as missing or damaged
+            try:
+                records[record_oid] = parse_record(data, record_oid)
+            except CorruptObject as exc:
+                report.problems.append(f"{who}: {exc.message}")
+                continue
+        parsed = records[record_oid]
+        if parsed is None:
             continue
         version = parsed.version
         if version.dataset != ds_id or version.id != vid:
             report.problems.append(f"{who} names record {record_oid[:12]}, which is version "
                                    f"{version.id} of dataset {version.dataset}")
             continue
+        if record_oid in walked:
+            continue
+        walked.add(record_oid)
         report.versions_checked += 1
         reach.records.setdefault(ds_id, set()).add(record_oid)
         reach.roots.setdefault(ds_id, set()).add(version.tree)

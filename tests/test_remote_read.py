@@ -874,3 +874,33 @@ def test_a_reader_used_before_a_fork_reads_in_the_forked_worker(tmp_path, dsv, r
                       [small[rel] for rel in order[2:]] and f.read() == rest)
     assert f.read() == rest   # the parent
     assert [read(rel) for rel in order[2:]] == [small[rel] for rel in order[2:]]
+
+
+def test_a_ref_whose_record_is_another_version_is_refused_and_verify_reports_it(tmp_path,
+                                                                              dsv):
+    """`latest` rewritten to carry v1.0's record under the second version's id: `ls` of
+    the dataset showed the second version as latest while `get mldata:latest` wrote the
+    first, and `verify --remote` found nothing (the tag named that record first). Readers
+    now refuse the ref as a fetch ignores it, and verify reports it."""
+    ws, remote = _small(tmp_path, dsv)
+    (ds_dir,) = (remote / "refs").iterdir()
+    latest, tag = ds_dir / "latest", ds_dir / "tags" / "v1.0"
+    body = json.loads(latest.read_bytes())
+    second = body["version"]
+    first = json.loads(tag.read_bytes())["version"]
+    body["record"] = json.loads(tag.read_bytes())["record"]
+    latest.chmod(0o644)
+    latest.write_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    r = dsv("get", remote, "mldata:latest", "--to", tmp_path / "out", cwd=tmp_path)
+    assert r.code == 1 and not (tmp_path / "out").exists(), r.out
+    assert f"error: remote ref mldata:latest on {remote} names version {second}, but its " \
+           f"record is version {first}" in r.err, r.err
+    r = dsv("ls", remote, "mldata", "--json", cwd=tmp_path)
+    assert r.code == 0 and f"ignored remote ref {ds_dir.name}/latest" in r.err, r.err
+    listed = [(v["id"], v["tags"]) for v in json.loads(r.out)]
+    assert listed[0] == (first, ["v1.0"]) and second not in {i for i, _t in listed}, listed
+    _ok(dsv("get", remote, "mldata:v1.0", "--to", tmp_path / "v1", cwd=tmp_path))
+    assert (tmp_path / "v1" / "a.txt").read_bytes() == b"alpha\n"
+    r = dsv("verify", "--remote", "origin", cwd=ws)
+    assert r.code == 1 and f"ref {ds_dir.name}/latest names record " in r.out, r.out
+    assert f"which is version {first} of dataset {ds_dir.name}" in r.out, r.out

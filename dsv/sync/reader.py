@@ -325,7 +325,7 @@ class RemoteReader:
         if spec.selector == LATEST:
             if ds.latest is None:
                 raise RefError(f"{label} has no latest version on {self.url}")
-            version = self.record(ds.latest.record, ds.id).version
+            version = self._named(ds, ds.latest)
         else:
             version = self._select(ds, spec.selector)
         for _ in range(spec.ancestor):
@@ -341,7 +341,7 @@ class RemoteReader:
         found: dict[str, Version] = {}
         tagged = self._tag(ds, selector)
         if tagged is not None:
-            found[f"tag {selector}"] = self.record(tagged.record, ds.id).version
+            found[f"tag {selector}"] = self._named(ds, tagged)
         if tagged is None or tagged.version != selector:
             for v in self.history(ds):
                 if v.id == selector or (len(selector) >= MIN_PREFIX and
@@ -356,11 +356,32 @@ class RemoteReader:
                            f"{', '.join(sorted(found))}", hint="name a version by more of its id")
         return next(iter(distinct.values()))
 
+    def _named(self, ds: RemoteDataset, ref: layout.RemoteRef) -> Version:
+        """The version `ref` names, from its record, which must hold that very version: a
+        ref whose record is another version's (damaged, or forged to make `latest` give
+        other files than it shows) is refused, as a fetch ignores it."""
+        version = self.record(ref.record, ds.id).version
+        if version.id != ref.version:
+            raise CorruptObject(f"remote ref {ds.name or ds.id}:{ref.ref.removeprefix('tags/')} "
+                                f"on {self.url} names version {ref.version}, but its record "
+                                f"is version {version.id}",
+                                hint="the remote is damaged or hostile; `dsv verify --remote` "
+                                     "checks it")
+        return version
+
     def history(self, ds: RemoteDataset) -> list[Version]:
-        """Every version the dataset's refs reach on the remote, newest first."""
+        """Every version the dataset's refs reach on the remote, newest first (a ref whose
+        record is not the version it names is left out, with a warning)."""
         self._scope.add(ds.id)
         ds = self._dataset(ds.id, tags=True)
-        heads = [r.record for r in ([ds.latest] if ds.latest else []) + list(ds.tags.values())]
+        heads, kept = [], set()
+        for ref in ([ds.latest] if ds.latest else []) + list(ds.tags.values()):
+            if self.record(ref.record, ds.id).version.id == ref.version:
+                heads.append(ref.record)
+                kept.add(ref.ref)
+            else:
+                self.reporter.notice(f"warning: ignored remote ref {ds.id}/{ref.ref}: it names "
+                                     f"a version that is not {ref.version} of that dataset")
         seen: dict[str, Version] = {}
         stack = list(heads)
         while stack:
@@ -375,7 +396,8 @@ class RemoteReader:
             stack.extend(p.record for p in record.parents)
         tags: dict[str, list[str]] = {}
         for name, ref in ds.tags.items():
-            tags.setdefault(ref.version, []).append(name)
+            if ref.ref in kept:
+                tags.setdefault(ref.version, []).append(name)
         out = sorted(seen.values(), key=lambda v: v.committed or 0.0, reverse=True)
         for v in out:
             v.tags = sorted(tags.get(v.id, []))
