@@ -19,6 +19,7 @@ import pytest
 from conftest import Result, flip_byte, in_a_forked_child, read_tree, write_tree
 from faultproxy import FaultProxy
 from servers import b3, create_bucket, seaweedfs_endpoint  # noqa: F401
+from dsv.errors import CorruptObject
 from dsv.remotes import layout
 
 
@@ -203,6 +204,28 @@ def test_stale_and_forged_places_fall_back_and_damage_is_never_returned(tmp_path
     out = tmp_path / "out"
     res = dsv("get", remote, "mldata:latest", "a.txt", "new.txt", "--to", out, cwd=tmp_path)
     assert res.code == 1 and not (out / "a.txt").exists()
+
+
+def test_a_locator_padded_with_places_its_objects_do_not_name_is_damage(tmp_path, dsv):
+    """A reader keeps every place it learns: a locator padded with 200,000 places of
+    objects its tree does not name held ~70 MB each (six took a `get` past 1 GB). More
+    places than its objects can name (64 hex digits each) is damage: a warning, then
+    the object by the pack indexes, and the right bytes."""
+    ws, remote = _small(tmp_path, dsv)
+    root_tree = json.loads(_ok(dsv("versions", "details", "mldata:latest", "--json",
+                                   cwd=ws)).out)["tree"]
+    key = remote / layout.locator_key(root_tree)
+    loc = layout.parse_locator(key.read_bytes(), root_tree)
+    (pack, _offset, _length) = next(p for p in loc.places.values() if p[0] is not None)
+    padded = dict(loc.places)
+    padded.update((os.urandom(32).hex(), (pack, i, 100)) for i in range(200_000))
+    os.chmod(key, 0o644)
+    key.write_bytes(layout.encode_locator(loc.data, padded))
+    with pytest.raises(CorruptObject, match="damaged"):
+        layout.parse_locator(key.read_bytes(), root_tree)
+    res = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert res.out == "alpha two\n"
+    assert f"locator of {root_tree[:12]} on the remote is damaged" in res.err, res.err
 
 
 def test_a_damaged_file_read_ahead_with_its_neighbours_costs_only_itself(tmp_path, dsv):

@@ -325,6 +325,11 @@ def parse_locator(raw: bytes, oid: str) -> Locator:
         at += 4
         if count > MAX_LOCATOR_ENTRIES or at + count * _LOC_ENTRY.size != len(view):
             raise ValueError("entries")
+        # Each place is of an object the locator's objects name, each name 64 hex digits
+        # of their bytes: more places than that is padding (a reader keeps every place
+        # it learns, so a few such locators would hold gigabytes).
+        if count > (len(data) + sum(len(n) for n in nodes.values())) // 64:
+            raise ValueError("entries")
         places: dict[str, Location] = {}
         for raw_oid, pack, offset, length in _LOC_ENTRY.iter_unpack(view[at:]):
             if pack == LOOSE_PACK:
