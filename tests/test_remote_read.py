@@ -927,3 +927,24 @@ def test_a_ref_whose_record_is_another_version_is_refused_and_verify_reports_it(
     r = dsv("verify", "--remote", "origin", cwd=ws)
     assert r.code == 1 and f"ref {ds_dir.name}/latest names record " in r.out, r.out
     assert f"which is version {first} of dataset {ds_dir.name}" in r.out, r.out
+
+
+def test_a_damaged_ref_is_ignored_with_a_warning_never_silently(tmp_path, dsv):
+    """A byte of `latest` flipped: readers and clone dropped the ref without a word, and
+    `cat` then said the remote had no such dataset, with an empty list of its datasets."""
+    ws, remote = _small(tmp_path, dsv)
+    (ds_dir,) = (remote / "refs").iterdir()
+    latest = ds_dir / "latest"
+    latest.chmod(0o644)
+    flip_byte(latest, 0)
+    warning = f"warning: ignored remote ref refs/{ds_dir.name}/latest: it is not a ref dsv " \
+              f"writes (damaged)"
+    r = _ok(dsv("ls", remote, cwd=tmp_path))
+    assert warning in r.err, r.err
+    r = dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path)
+    assert r.code == 1 and warning in r.err, r.err
+    assert f"hint: its datasets: {ds_dir.name} (no readable latest ref)" in r.err, r.err
+    r = _ok(dsv("clone", remote, tmp_path / "clone", cwd=tmp_path))
+    assert warning in r.err, r.err
+    r = dsv("verify", "--remote", "origin", cwd=ws)
+    assert r.code == 1 and f"ref refs/{ds_dir.name}/latest is not a ref dsv writes" in r.out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +215,18 @@ def is_tombstone(key: str, data: bytes) -> bool:
     """Whether the ref file at `key` holds a deletion marker for its dataset."""
     parts = key.split("/")
     return len(parts) >= 3 and data == tombstone(parts[1])
+
+
+def parse_listed_ref(key: str, data: bytes, etag: str,
+                     warn: Callable[[str], None]) -> RemoteRef | None:
+    """`parse_ref` of a ref a remote listed, telling `warn` of one that is not a ref dsv
+    writes (damaged, or hand-made): ignored, as a fetch ignores every other bad ref,
+    never silently. A deletion marker (`push --delete`) is no ref, and no warning."""
+    ref = parse_ref(key, data, etag)
+    if ref is None and not is_tombstone(key, data):
+        warn(f"warning: ignored remote ref {key}: it is not a ref dsv writes (damaged); "
+             f"`dsv verify --remote` checks the remote")
+    return ref
 
 
 def parse_ref(key: str, data: bytes, etag: str) -> RemoteRef | None:

@@ -256,7 +256,7 @@ class RemoteReader:
         if got is not None and self._saved is None:
             with self._lock:
                 self._raw_refs[key] = got
-        ref = layout.parse_ref(key, *got) if got else None
+        ref = layout.parse_listed_ref(key, *got, self.reporter.notice) if got else None
         with self._lock:
             self._refs[key] = ref
         return ref
@@ -302,7 +302,8 @@ class RemoteReader:
         latest = self._read_refs([layout.ref_key(i, LATEST) for i in ids])
         named = [r.dataset for r in latest if r.name == word]
         if len(named) != 1:
-            names = sorted(r.name or r.dataset for r in latest)
+            shown = {r.dataset: r.name or r.dataset for r in latest}
+            names = sorted(shown.get(i, f"{i} (no readable latest ref)") for i in ids)
             raise InvalidInput(f"{self.url} has {'several datasets' if named else 'no dataset'}"
                                f" named {word!r}",
                                hint=(f"name it by id: {', '.join(named)}" if named else

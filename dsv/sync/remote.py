@@ -383,7 +383,8 @@ class Remote:
                 # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
                 self.core.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
                 return None
-            return layout.parse_ref(key, *got) if got else None
+            return layout.parse_listed_ref(key, *got, self.core.reporter.notice) \
+                if got else None
 
         with ThreadPoolExecutor(WORKERS) as pool:
             found = [r for r in pool.map(read, keys) if r is not None]
