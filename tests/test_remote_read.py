@@ -948,3 +948,21 @@ def test_a_damaged_ref_is_ignored_with_a_warning_never_silently(tmp_path, dsv):
     assert warning in r.err, r.err
     r = dsv("verify", "--remote", "origin", cwd=ws)
     assert r.code == 1 and f"ref refs/{ds_dir.name}/latest is not a ref dsv writes" in r.out
+
+
+def test_a_catalog_cut_short_falls_back_to_every_pack_index(tmp_path, dsv):
+    """A catalog is an economy, never a reason to fail: with the locators gone and the
+    dataset's catalog naming only one of its packs, `get` and `cat` failed ("object … is
+    not on", "damaged or missing"); they now read every pack index once and succeed."""
+    ws, remote = _small(tmp_path, dsv)
+    shutil.rmtree(remote / "loc")
+    (catalog,) = (remote / "catalog").iterdir()
+    entries = sorted(catalog.iterdir())
+    assert len(entries) >= 2, entries
+    for entry in entries[1:]:
+        entry.unlink()
+    out = tmp_path / "out"
+    _ok(dsv("get", remote, "mldata:latest", "--to", out, cwd=tmp_path))
+    expected = read_tree(ws)
+    assert read_tree(out) == expected
+    assert _ok(dsv("cat", remote, "mldata:v1.0", "a.txt", cwd=tmp_path)).out == "alpha\n"

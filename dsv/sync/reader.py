@@ -120,6 +120,7 @@ class RemoteReader:
         """The refs as the cache last saw them, when the origin cannot be reached."""
         self._places: dict[str, layout.Location] = {}
         self._picture: dict[str, layout.Location] | None = None
+        self._whole = False   # (the picture from every pack index, catalogs or not)
         self._scope: set[str] = set()                  # datasets whose objects are read
         self._records: dict[str, Record] = {}
         self._nodes: OrderedDict[str, bytes] = OrderedDict()
@@ -511,8 +512,9 @@ class RemoteReader:
             stale = round_ > 0
             if round_ == 2:
                 # A picture read before a maintainer repacked the remote names packs that
-                # are gone: read it again, once (a mount lives for hours).
-                self._forget_picture()
+                # are gone, or a catalog lacks a pack: read it again, once, from every
+                # pack index (a mount lives for hours; a catalog is an economy only).
+                self._forget_picture(whole=True)
             places = self._locate(rest, stale)
             loose = {oid: n for oid, (pack, _o, n) in places.items() if pack is None}
             packed = {oid: (p, o, n) for oid, (p, o, n) in places.items() if p is not None}
@@ -606,7 +608,7 @@ class RemoteReader:
         (read again, once, when the pack they named is gone: see `read_blobs`)."""
         for again in (False, True):
             if again:
-                self._forget_picture()
+                self._forget_picture(whole=True)
             pack, offset, length = self._read_picture().get(oid) or (None, 0, 0)
             if pack is not None:
                 try:
@@ -621,18 +623,23 @@ class RemoteReader:
             raise CorruptObject(f"object {oid[:12]} is damaged on {self.url}")
         return data
 
-    def _forget_picture(self) -> None:
+    def _forget_picture(self, whole: bool = False) -> None:
+        """Read the picture again at its next use (`whole`: from every pack index, even
+        where catalogs say which the datasets read so far need)."""
         with self._lock:
             self._picture = None
+            self._whole = self._whole or whole
 
     def _read_picture(self) -> dict[str, layout.Location]:
         """Where every object of the datasets read so far is, from their catalogs (every
         pack index, where the remote keeps none): read when a locator is lacking, and
-        again when it names a pack gone since (`_forget_picture`)."""
+        again when it names a pack gone since or lacks an object (`_forget_picture`):
+        then from every pack index, as a catalog cut short must not fail a read."""
         with self._lock:
             if self._picture is not None:
                 return self._picture
-        if self.format >= layout.CATALOG_FORMAT and self._scope:
+            whole = self._whole
+        if self.format >= layout.CATALOG_FORMAT and self._scope and not whole:
             packs = {entry[1] for ds in sorted(self._scope)
                      for key, _size in self.backend.list(layout.catalog_prefix(ds))
                      if (entry := layout.catalog_entry_of_key(key)) is not None}
