@@ -796,7 +796,7 @@ class RemoteReader:
             with held:
                 yield from iter(lambda: held.read(1 << 20), b"")
             return
-        yield from self._stream_origin(entry)
+        yield from self._stream_origin(entry, label)
 
     def _cached_loose(self, entry: tree.Entry, label: str | None = None) -> BinaryIO | None:
         """A private, checked copy of the cache's entry of loose object `entry` (at its
@@ -852,7 +852,7 @@ class RemoteReader:
         """Copy `entry.size` bytes of the cache entry `fd` into `held`; whether they are
         the object's. False when the entry cannot be read just now or grows while read
         (the origin has it); a write to `held` that fails raises CannotWrite."""
-        stream = _Hashed(pieces_at_most(fd, entry.size), entry.size)
+        stream = _Hashed(pieces_at_most(fd, entry.size), entry.size, label)
         pieces = iter(stream)
         while True:
             try:
@@ -867,11 +867,12 @@ class RemoteReader:
                 raise _cannot_aside(label, exc) from None
         return stream.count == entry.size and stream.hasher.hexdigest() == entry.oid
 
-    def _stream_origin(self, entry: tree.Entry) -> Iterator[Blob]:
+    def _stream_origin(self, entry: tree.Entry, label: str | None = None) -> Iterator[Blob]:
         """A loose object streamed from the origin (the caller checks the whole) and, when
         it checks out, kept in the cache."""
         self._origin(entry.oid)
-        stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size)
+        stream = _Hashed(self.backend.download(layout.loose_key(entry.oid)), entry.size,
+                         label or f"file {entry.oid[:12]}")
         if self.cache is None:
             yield from stream
             return
@@ -933,7 +934,7 @@ class RemoteReader:
             # Each chunk is checked as it comes; the file as a whole only at its end
             # (intact chunks in another order make another file): its last piece is
             # given out only once the whole is the file's id.
-            stream = _Hashed(self.pieces(entry, rel), entry.size)
+            stream = _Hashed(self.pieces(entry, rel), entry.size, rel)
             last: Blob | None = None
             for piece in stream:
                 if last is not None:
@@ -963,7 +964,7 @@ class RemoteReader:
             return cached
         held = self._aside(entry.size, label)   # (the disk's room checked first)
         try:
-            stream = _Hashed(self._stream_origin(entry), entry.size)
+            stream = _Hashed(self._stream_origin(entry, label), entry.size, label)
             for piece in stream:
                 try:
                     held.write(piece)
@@ -1041,9 +1042,10 @@ os.register_at_fork(after_in_child=_forked)
 class _Hashed:
     """Pieces passed through while they are hashed and counted."""
 
-    def __init__(self, pieces: Iterable[Blob], size: int) -> None:
+    def __init__(self, pieces: Iterable[Blob], size: int, label: str = "") -> None:
         self._pieces = pieces
         self._size = size
+        self._label = label   # (what an error names the file by)
         self.hasher = new_hasher(threads=True)
         self.count = 0
 
@@ -1051,7 +1053,8 @@ class _Hashed:
         for piece in self._pieces:
             self.count += len(piece)
             if self.count > self._size:
-                raise CorruptObject("a file arrived longer than its entry says")
+                raise CorruptObject(f"{self._label or 'a file'} arrived longer than its "
+                                    f"entry says ({self._size:,} bytes)")
             self.hasher.update(piece)
             yield piece
 
