@@ -966,3 +966,19 @@ def test_a_catalog_cut_short_falls_back_to_every_pack_index(tmp_path, dsv):
     expected = read_tree(ws)
     assert read_tree(out) == expected
     assert _ok(dsv("cat", remote, "mldata:v1.0", "a.txt", cwd=tmp_path)).out == "alpha\n"
+
+
+def test_a_loose_file_longer_on_the_remote_than_its_entry_is_named_by_its_path(tmp_path,
+                                                                             dsv):
+    remote, _cache, data, _entry = _cached_big_file(tmp_path, dsv)
+    loose = remote / "loose" / b3(data)[:2] / b3(data)
+    loose.chmod(0o644)
+    with open(loose, "ab") as f:
+        f.write(b"x" * 1000)
+    for args in (("cat", remote, "mldata:latest", "big.bin"),
+                 ("get", remote, "mldata:latest", "--to", tmp_path / "two")):
+        r = dsv(*args, cwd=tmp_path)
+        assert r.code == 1 and r.out == "", r.out
+        assert f"error: big.bin arrived longer than its entry says ({len(data):,} bytes)" \
+            in r.err, r.err
+    assert not (tmp_path / "two" / "big.bin").exists()
