@@ -496,7 +496,8 @@ def test_a_leaf_naming_a_lone_surrogate_is_refused_as_a_bad_name(tmp_path: Path,
                                  separators=(",", ":"), sort_keys=True).encode(), KIND_TREE)
     _publish_version(remote, remote.tree([["d", "d", 0, 5, _shards_node(
         remote, "", [["0", leaf]])]]))
-    _refused(dsv, remote, tmp_path, "error: file name ", "is not valid UTF-8")
+    _refused(dsv, remote, tmp_path, "error: tree ", " on origin: file name ", "is not valid UTF-8",
+             "nothing was fetched")
     r = dsv("ls", remote.root, "victim:latest", "-r", cwd=tmp_path)
     assert r.code == 1 and r.err.startswith("error: file name "), r.err
     assert "is not valid UTF-8" in r.err and "environment" not in r.err, r.err

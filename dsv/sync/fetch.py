@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import refs, tree
 from ..core import Core
-from ..errors import CorruptObject, DsvError, MissingObject
+from ..errors import CorruptObject, DsvError, MissingObject, UnsafePath
 from ..model import COMMITTED, Dataset, Version
 from ..reports import FetchReport
 from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
@@ -386,7 +386,14 @@ def _fetch_trees(core: Core, remote: Remote, roots: set[str], report: FetchRepor
             _missing_tree(min(lacking - need.keys()))
         below: set[str] = set()
         for oid, data in download_packed(core, remote, need, "fetching trees", report):
-            node = tree.decode_node(bytes(data), oid)  # validated here; trusted once stored
+            try:
+                node = tree.decode_node(bytes(data), oid)  # validated; trusted once stored
+            except (UnsafePath, CorruptObject) as exc:
+                # (which tree of which remote: a hostile tag must not fail a clone with
+                # only a name from somewhere in it)
+                raise type(exc)(f"tree {oid[:12]} on {remote.name}: {exc.message}",
+                                hint="the remote is damaged or hostile (`dsv verify "
+                                     "--remote` checks it); nothing was fetched") from None
             trees.add(oid, data)
             below.update(node.links)
         frontier = below - seen
