@@ -447,10 +447,12 @@ def test_14_pack_index_claiming_huge_object_is_refused(tmp_path: Path, dsv) -> N
     remote.publish(entries_override={root: 1 << 40})
     remote.ref(DS, "latest", "v1aaaaaaaa", record)
     r = _clone(dsv, remote.root, tmp_path / "victim")
-    # The index is ignored (one bad index must not stop every clone), so nothing is there.
-    assert r.code == 0 and "bug in dsv" not in r.err, r.err
+    # The index is ignored (one bad index must not stop every clone), so the one ref's
+    # record is nowhere: with every ref ignored, there is nothing to clone (an error).
+    assert r.code == 1 and "bug in dsv" not in r.err, r.err
     assert "ignored pack index" in r.err and "out of bounds" in r.err
-    assert read_tree(tmp_path / "victim") == {}
+    assert "error: nothing to clone: every ref of" in r.err, r.err
+    assert not (tmp_path / "victim").exists()
 
 
 def test_14_tree_bomb_is_refused_quickly(tmp_path: Path, dsv) -> None:

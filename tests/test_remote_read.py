@@ -982,3 +982,21 @@ def test_a_loose_file_longer_on_the_remote_than_its_entry_is_named_by_its_path(t
         assert f"error: big.bin arrived longer than its entry says ({len(data):,} bytes)" \
             in r.err, r.err
     assert not (tmp_path / "two" / "big.bin").exists()
+
+
+def test_a_clone_of_a_remote_whose_every_ref_is_damaged_fails_and_leaves_nothing(tmp_path,
+                                                                                dsv):
+    """Every ref ignored as damaged (each with its warning): the clone exited 0 with an
+    empty workspace, which a script took for a clone; it is an error now."""
+    _ws, remote = _small(tmp_path, dsv)
+    refs = sorted(p for p in (remote / "refs").rglob("*") if p.is_file())
+    assert len(refs) == 2, refs
+    for ref in refs:
+        ref.chmod(0o644)
+        flip_byte(ref, 0)
+    r = dsv("clone", remote, tmp_path / "clone", cwd=tmp_path)
+    assert r.code == 1, r.out
+    assert r.err.count("warning: ignored remote ref refs/") == 2, r.err
+    assert f"error: nothing to clone: every ref of {remote} (2) was ignored as damaged" \
+        in r.err, r.err
+    assert not (tmp_path / "clone").exists()

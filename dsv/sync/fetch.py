@@ -26,7 +26,7 @@ from ..objects import (KIND_TREE, KIND_VERSION, Ingest)
 from ..records import MAX_RECORD_BYTES, Record, parse_record
 from ..refs import LATEST
 from ..remotes.base import RemoteError, RemoteRefused
-from ..remotes.layout import (RemoteRef)
+from ..remotes.layout import RemoteRef, ref_key
 from .policy import plan_pull
 from .remote import Remote, open_origin_of
 from .download import download_packed, origin_down
@@ -103,7 +103,9 @@ def fetch(core: Core, remote: Remote, datasets: list[str] | None = None,
     for oid in wanted:
         if oid in local:
             _parse_into(parsed, oid, core.objects.read(oid), False, core)
-    remote_refs = _owned_refs(remote_refs, parsed, core)
+    kept = _owned_refs(remote_refs, parsed, core)
+    remote.ignored_refs.update(ref_key(ds, ref) for ds, ref in remote_refs.keys() - kept.keys())
+    remote_refs = kept
     reachable = _reachable_records({r.record for r in remote_refs.values()}, parsed)
     _check_history(reachable, parsed, core)
     named = {r.record for r in remote_refs.values()}

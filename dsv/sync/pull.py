@@ -29,7 +29,7 @@ from ..objects import Ingest
 from ..paths import normalize_user_path
 from ..refs import LATEST, RefChange
 from ..remotes.connect import normalize_url, open_backend
-from ..remotes.base import Backend, RemoteError, RemoteSpec
+from ..remotes.base import Backend, RemoteError, RemoteRefused, RemoteSpec
 from ..remotes.layout import (RemoteRef)
 from .remote import Remote, one_opening, open_remote, resolve_target
 from .download import origin_down, download_blobs
@@ -378,7 +378,13 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
     where the pusher had them, pull and check out (only `paths`, if given; nothing,
     without `checkout`)."""
     with core.locked("clone"), one_opening(core):
-        fetched = fetch(core, open_remote(core, "origin", backend=backend))
+        origin = open_remote(core, "origin", backend=backend)
+        fetched = fetch(core, origin)
+        if not fetched[1] and origin.ignored_refs:
+            raise RemoteRefused(f"nothing to clone: every ref of {origin.spec.url} "
+                                f"({len(origin.ignored_refs)}) was ignored as damaged (see the "
+                                f"warnings above)", hint="the remote is damaged or hostile; "
+                                "nothing was cloned")
         with core.index.transaction():
             for ref in fetched[1].values():
                 if ref.ref != refs.LATEST or ref.path is None:

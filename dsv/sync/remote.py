@@ -14,6 +14,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from collections.abc import Callable, Container, Iterable, Iterator
+from functools import partial
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -53,6 +54,8 @@ class Remote:
         """Whether a lacking picture made this store read every pack index (`widen`)."""
         self.connected = self.refreshed = False
         """Whether `connect` and `refresh` went through (for `ready`)."""
+        self.ignored_refs: set[str] = set()
+        """Refs read and ignored as damaged or hostile (each with a warning)."""
 
     def ready(self) -> None:
         """`connect` and `refresh`, unless this Remote did both already (see
@@ -376,15 +379,18 @@ class Remote:
                                         "remote is damaged or hostile, or holds more tags "
                                         "than dsv supports")
 
+        def ignore(key: str, warning: str) -> None:
+            self.ignored_refs.add(key)
+            self.core.reporter.notice(warning)
+
         def read(key: str) -> RemoteRef | None:
             try:
                 got = self.backend.read_ref(key)
             except RemoteRefused as exc:
                 # One hostile ref (a FIFO, a huge file, a link) is ignored, not fatal.
-                self.core.reporter.notice(f"warning: ignored remote ref {key}: {exc.message}")
+                ignore(key, f"warning: ignored remote ref {key}: {exc.message}")
                 return None
-            return layout.parse_listed_ref(key, *got, self.core.reporter.notice) \
-                if got else None
+            return layout.parse_listed_ref(key, *got, partial(ignore, key)) if got else None
 
         with ThreadPoolExecutor(WORKERS) as pool:
             found = [r for r in pool.map(read, keys) if r is not None]
