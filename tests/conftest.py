@@ -148,6 +148,31 @@ def flip_byte(path: Path, offset: int) -> None:
     os.chmod(path, mode)
 
 
+def deep_chain(root: Path, depth: int, name: str = "d", every: int = 0,
+               leaf: tuple[str, bytes] | None = None) -> str:
+    """`depth` directories `name`, one in the other, below `root`; an empty file
+    `f<level>` at every `every`-th level, and the file `leaf` (name, bytes) at the
+    bottom. Made through descriptors: no path longer than the kernel takes is handed to
+    it (and pathlib's mkdir recurses a frame a level). Returns the bottom's relative
+    path (the leaf's, when given)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(depth):
+            if every and level % every == 0:
+                os.close(os.open(f"f{level}", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        if leaf is not None:
+            out = os.open(leaf[0], os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+            os.write(out, leaf[1])
+            os.close(out)
+    finally:
+        os.close(fd)
+    return "/".join([name] * depth + ([leaf[0]] if leaf else []))
+
+
 def read_tree(root: Path, skip: tuple[str, ...] = (".dsv",)) -> dict[str, bytes]:
     """Every regular file under `root` (relative path → bytes), leaving out `skip` dirs."""
     out = {}

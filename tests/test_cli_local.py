@@ -22,7 +22,7 @@ import pytest
 import dsv as dsv_api
 from dsv import native
 from dsv.index import SCHEMA_VERSION
-from conftest import Result, flip_byte, read_tree, unnumber_index, write_tree
+from conftest import Result, deep_chain, flip_byte, read_tree, unnumber_index, write_tree
 
 BASE = {
     "a.txt": "alpha\n",
@@ -824,22 +824,6 @@ def test_commit_and_checkout_deeply_nested_directories(tmp_path: Path, dsv) -> N
 
 
 
-def _deep_file(root: Path, depth: int) -> str:
-    """A file `depth` directories below `root` (made through descriptors: no long path is
-    handed to the kernel); its path relative to `root`."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = inner
-    out = os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
-    os.write(out, b"at the bottom")
-    os.close(out)
-    os.close(fd)
-    return "d/" * depth + "f"
-
-
 def _read_deep(root: Path, rel: str) -> bytes:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     for name in rel.split("/")[:-1]:
@@ -867,7 +851,7 @@ def test_a_version_as_deep_as_a_path_may_be_checks_out_and_clones(tmp_path: Path
 def _deep_version(tmp_path: Path, dsv) -> None:
     data = tmp_path / "mydata"
     data.mkdir()
-    deep = _deep_file(data, 2000)
+    deep = deep_chain(data, 2000, leaf=("f", b"at the bottom"))
     (data / "top.txt").write_text("top")
     ok(dsv("init", cwd=data))
     v1 = vid_of(dsv("commit", "-m", "deep", cwd=data))

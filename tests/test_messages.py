@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Result, run_dsv, write_tree
+from conftest import Result, deep_chain, run_dsv, write_tree
 from dsv.errors import DsvError
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -450,15 +450,7 @@ def test_a_working_directory_deeper_than_the_system_reaches_is_one_short_error(
     """Directories nested past the 4,096 bytes a path may have (made through descriptors,
     as any program may): commit and status end with one line naming the path by its
     ends and its length, where they printed the whole path (thousands of characters)."""
-    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(1400):
-            os.mkdir("dd", dir_fd=fd)
-            inner = os.open("dd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-    finally:
-        os.close(fd)
+    deep_chain(ws, 1400, name="dd")
     try:
         for args in (("commit", "-m", "deep"), ("status",)):
             lines = error_lines(dsv(*args, cwd=ws))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Result, read_tree, run_dsv, write_tree
+from conftest import Result, deep_chain, read_tree, run_dsv, write_tree
 from servers import b3, create_bucket
 
 
@@ -128,17 +128,7 @@ def test_a_file_1200_directories_deep_reads_through_the_mount(tmp_path, dsv, mou
     Python's 1,000 frames the lookup failed, and the reader got EIO."""
     ws = tmp_path / "ws"
     write_tree(ws, {"top.txt": b"top\n"})
-    deep = "/".join(["d"] * 1200) + "/f.txt"
-    fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)   # (pathlib's mkdir recurses a level a frame)
-    for _ in range(1200):
-        os.mkdir("d", dir_fd=fd)
-        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = inner
-    out = os.open("f.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
-    os.write(out, b"at the bottom\n")
-    os.close(out)
-    os.close(fd)
+    deep = deep_chain(ws, 1200, leaf=("f.txt", b"at the bottom\n"))
     try:
         _ok(dsv("init", ws, "--name", "deep", cwd=tmp_path))
         _ok(dsv("commit", "-m", "deep", cwd=ws))

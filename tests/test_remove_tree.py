@@ -11,21 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import deep_chain
 from dsv import fileio
-
-
-def _chain(top: Path, depth: int, every: int = 0) -> None:
-    """`depth` directories `d` one in the other below `top`, a file `f<level>` at every
-    `every`-th level (made through descriptors: no long path reaches the kernel)."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    for level in range(depth):
-        if every and level % every == 0:
-            os.close(os.open(f"f{level}", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-        os.mkdir("d", dir_fd=fd)
-        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = inner
-    os.close(fd)
 
 
 @pytest.fixture
@@ -47,7 +34,7 @@ def test_a_tree_deeper_than_recursion_allows_goes_whole_and_its_links_are_not_fo
     monkeypatch.setattr(fileio, "_OPEN_DIRS", window)
     top = tmp_path / "top"
     top.mkdir()
-    _chain(top, 3000, every=500)
+    deep_chain(top, 3000, every=500)
     (top / "to-dir").symlink_to(outside)
     (top / "to-file").symlink_to(outside / "keep.txt")
     os.mkfifo(top / "fifo")
@@ -92,7 +79,7 @@ def test_a_directory_moved_elsewhere_while_it_is_removed_stops_the_removal(
     monkeypatch.setattr(fileio, "_OPEN_DIRS", 3)
     top = tmp_path / "top"
     top.mkdir()
-    _chain(top, 20)
+    deep_chain(top, 20)
     real_listdir = os.listdir
     moved = []
 

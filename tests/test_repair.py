@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 import dsv as dsv_api
-from conftest import flip_byte, read_tree, run_dsv, write_tree
+from conftest import deep_chain, flip_byte, read_tree, run_dsv, write_tree
 from dsv import tree
 from dsv.hashing import hash_bytes
 
@@ -470,13 +470,7 @@ def test_a_fifo_or_link_in_place_of_a_store_file_is_damage_never_a_hang(
         path.mkdir()
         (path / "x").write_bytes(b"x")
         (path / "out").symlink_to(tmp_path)
-        deepest = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        for _ in range(1500):
-            os.mkdir("d", dir_fd=deepest)
-            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=deepest)
-            os.close(deepest)
-            deepest = inner
-        os.close(deepest)
+        deep_chain(path, 1500)
     else:   # (for the loose object: even bytes that match; or a link to nothing)
         path.symlink_to(elsewhere if kind == "symlink" else tmp_path / "nothing")
     (pushed / "sub/deep/big.bin").unlink()   # (else its working copy would be used)
