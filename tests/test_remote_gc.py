@@ -1144,3 +1144,28 @@ def test_a_remote_with_more_version_records_than_a_fetch_holds_is_refused(
     with pytest.raises(RemoteRefused, match=refused.format(f"{held - 1:,}")):
         fetch_with(held - 1)
     fetch_with(held)
+
+
+def test_a_clone_reads_a_damaged_pack_index_from_its_pack(tmp_path: Path) -> None:
+    """Every index file damaged, every pack whole: a fetch ignored each index, so every
+    ref's record was "not in any pack the remote lists" and the clone had nothing (or,
+    with one pack's index damaged, left out the versions it held, exit 0). An index is a
+    copy of its pack's own table: the fetch reads that from the pack's end instead (two
+    ranged reads), says so, and writes nothing to the remote."""
+    remote = tmp_path / "remote"
+    files = {"a.bin": os.urandom(3000), "big.bin": os.urandom(5 << 20)}
+    ws = _ws(tmp_path / "ws", files, str(remote))
+    ok("push", cwd=ws)
+    victims = sorted(os.listdir(remote / "index"))
+    for v in victims:
+        (remote / "index" / v).chmod(0o644)
+        (remote / "index" / v).write_bytes(b"garbage")
+    listing = DirView(remote).listing()
+    r = run_dsv("clone", remote, tmp_path / "clone", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for v in victims:
+        assert f"warning: pack index {v[:12]} on origin is damaged (pack index {v[:12]} " \
+               f"does not match its name); read from its pack instead" in r.stderr, r.stderr
+    assert read_tree(tmp_path / "clone") == files
+    assert run_dsv("verify", cwd=tmp_path / "clone").returncode == 0
+    assert DirView(remote).listing() == listing

@@ -32,8 +32,7 @@ from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..hashing import hash_bytes, is_hash
-from ..objects import (KIND_VERSION, PackEntry, pack_tail_size, parse_pack_index,
-                       parse_whole_pack)
+from ..objects import KIND_VERSION, PackEntry, parse_pack_index
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, STALE_UPLOAD_AGE, NotFound,
@@ -544,18 +543,19 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
 
 
 def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
-    """Write `index/<pack_id>` again from the pack's own table and trailer, if the pack is
-    whole (they hash to its name); its entries, or None when the pack cannot tell."""
+    """Write `index/<pack_id>` again from the pack's own table and trailer, if the pack
+    can tell them (they hash to its name, its size is what they say); its entries, or
+    None when the pack cannot tell."""
     try:
-        data = remote.backend.get(pack_key(pack_id), max_size=MAX_GET_BYTES)
-        rows = parse_whole_pack(data, pack_id)
-    except (CorruptObject, RemoteRefused, NotFound):
-        return None   # (damaged, too large, not a file, or gone: it cannot tell)
+        got = remote.pack_tail(pack_id)
     except RemoteError as exc:
         # A timeout or a 5xx says nothing of the pack: never call it damaged.
         raise RemoteError(f"{exc.message} (read to write its damaged index again); "
                           f"nothing was deleted", hint="run gc again") from None
-    remote.backend.put_bytes(index_key(pack_id), data[len(data) - pack_tail_size(len(rows)):])
+    if got is None:
+        return None   # (damaged, too large, not a file, or gone: it cannot tell)
+    rows, _size, tail = got
+    remote.backend.put_bytes(index_key(pack_id), tail)
     return rows
 
 

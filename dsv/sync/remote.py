@@ -23,7 +23,7 @@ from ..errors import AmbiguousRef, CorruptObject, DatasetNotFound, InvalidInput,
 from ..hashing import is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST, Version
-from ..objects import PackEntry, parse_pack_index
+from ..objects import PackEntry, pack_tail_size, parse_pack_index
 from ..records import is_id
 from ..remotes import layout
 from ..remotes.connect import open_backend
@@ -257,14 +257,48 @@ class Remote:
             except NotFound:
                 return None  # deleted since the listing (a maintainer repacked it)
             except (CorruptObject, RemoteRefused) as exc:
-                # One damaged or hostile index must not stop every clone: its pack is
-                # never read (`dsv verify --remote` reports it).
-                self.core.reporter.notice(f"warning: ignored pack index {pack_id[:12]} on "
-                                           f"{self.name}: {exc.message}")
-                return None
+                # An index is a copy of its pack's own table: a damaged one is read from
+                # the pack's end. Where that cannot tell either, the pack is never read
+                # (one damaged or hostile index must not stop every clone; `dsv verify
+                # --remote` reports it).
+                try:
+                    got = self.pack_tail(pack_id)
+                except RemoteError:   # (the pack cannot be read just now: as before)
+                    got = None
+                if got is None:
+                    self.core.reporter.notice(f"warning: ignored pack index {pack_id[:12]} "
+                                               f"on {self.name}: {exc.message}")
+                    return None
+                self.core.reporter.notice(f"warning: pack index {pack_id[:12]} on "
+                                           f"{self.name} is damaged ({exc.message}); read "
+                                           f"from its pack instead")
+                entries, size, _tail = got
             return pack_id, entries, size
 
         yield from (r for r in bounded(getters(), read, packs, WORKERS) if r is not None)
+
+    def pack_tail(self, pack_id: str) -> tuple[list[PackEntry], int, bytes] | None:
+        """A pack's own table and trailer (what its `index/` file copies), read from the
+        pack's end in two ranged reads: (entries, pack size, those bytes), checked against
+        the pack's id and size; None when the pack cannot tell (gone, not a regular file,
+        damaged, or a table larger than MAX_GET_BYTES). A failure of the remote itself (a
+        timeout, a 5xx) is raised: it says nothing of the pack."""
+        key = layout.pack_key(pack_id)
+        try:
+            size = self.backend.head(key)
+            trailer = pack_tail_size(0)
+            if size is None or size < trailer:
+                return None
+            count = int.from_bytes(self.backend.get_range(key, size - trailer, trailer)[:8],
+                                   "big")
+            length = pack_tail_size(count)
+            if length > min(size, MAX_GET_BYTES):
+                return None
+            tail = self.backend.get_range(key, size - length, length)
+            entries, total = parse_pack_index(tail, pack_id)
+        except (CorruptObject, RemoteRefused, NotFound):
+            return None
+        return (entries, size, tail) if total == size else None
 
     def list_catalog(self, dataset: str) -> set[str]:
         """The packs `dataset`'s catalog on the remote names (one LIST per 1,000; none
