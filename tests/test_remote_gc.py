@@ -1169,3 +1169,26 @@ def test_a_clone_reads_a_damaged_pack_index_from_its_pack(tmp_path: Path) -> Non
     assert read_tree(tmp_path / "clone") == files
     assert run_dsv("verify", cwd=tmp_path / "clone").returncode == 0
     assert DirView(remote).listing() == listing
+
+
+def test_a_blob_pack_replaced_by_a_link_is_named_as_damage_by_the_clone(tmp_path: Path) -> None:
+    """A pack of blobs replaced by a symlink (a directory remote lists no link, so its
+    objects are in no pack it lists): the clone said only `object … is not on origin`."""
+    from dsv.hashing import hash_bytes
+    from dsv.objects import parse_pack_index
+    remote = tmp_path / "remote"
+    ws = _ws(tmp_path / "ws", {"a.bin": os.urandom(3000)}, str(remote))
+    ok("push", cwd=ws)
+    blob = hash_bytes((ws / "a.bin").read_bytes())
+    (pack,) = [p for p in os.listdir(remote / "packs")
+               if blob in {e.oid for e in parse_pack_index(
+                   (remote / "index" / p.removesuffix(".pack")).read_bytes(),
+                   p.removesuffix(".pack"))[0]}]
+    (remote / "packs" / pack).unlink()
+    (remote / "packs" / pack).symlink_to("/etc/passwd")
+    r = run_dsv("clone", remote, tmp_path / "clone", cwd=tmp_path)
+    assert r.returncode == 1 and "bug in dsv" not in r.stderr, r.stderr
+    assert f"error: object {blob[:12]} is not on origin: in no pack it lists, nor a loose " \
+           f"file" in r.stderr, r.stderr
+    assert "hint: a version needs it: the remote is damaged" in r.stderr, r.stderr
+    assert not (tmp_path / "clone").exists()

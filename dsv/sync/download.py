@@ -427,6 +427,14 @@ def _counted(chunks: Iterable[bytes], pieces: FileBytes) -> Iterator[bytes]:
         yield chunk
 
 
+def _not_on(oid: str, remote: Remote) -> MissingObject:
+    """An object in no pack the remote lists, and not a loose file there either."""
+    return MissingObject(f"object {oid[:12]} is not on {remote.name}: in no pack it lists, "
+                         f"nor a loose file", hint=f"a version needs it: the remote is damaged "
+                         f"(a pack gone, or something other than a file in its place), or it "
+                         f"was collected; `dsv verify --remote {remote.name}` checks it")
+
+
 def download_loose(core: Core, remote: Remote, oids: list[str], sizes: dict[str, int],
                    report: PullReport, ingest: Ingest, label: str = "pulling large files"
                    ) -> None:
@@ -474,7 +482,7 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
             return keep(_counted(_capped(remote.backend.download(loose_key(oid)),
                                          sizes.get(oid), oid), count))
         except NotFound:
-            raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+            raise _not_on(oid, remote) from None
 
     def stage() -> tuple[int, bool]:
         reads = RETRIES + 1  # of the origin, a fill of the cache's among them
@@ -488,7 +496,7 @@ def _get_loose(core: Core, remote: Remote, sizes: dict[str, int], ingest: Ingest
                         path, _counted(_capped(remote.backend.download(loose_key(oid)),
                                                sizes.get(oid), oid), count), oid))
                 except NotFound:
-                    raise MissingObject(f"object {oid[:12]} is not on {remote.name}") from None
+                    raise _not_on(oid, remote) from None
                 except CorruptObject:  # damaged in transit (nothing cached): read it again
                     filled, reads = False, reads - 1
                 cached = False
