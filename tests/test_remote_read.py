@@ -1000,3 +1000,22 @@ def test_a_clone_of_a_remote_whose_every_ref_is_damaged_fails_and_leaves_nothing
     assert f"error: nothing to clone: every ref of {remote} (2) was ignored as damaged" \
         in r.err, r.err
     assert not (tmp_path / "clone").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_locator_that_is_no_regular_file_is_routed_around(tmp_path, dsv, kind):
+    """A locator is a hint: a FIFO or link in its place failed ls, get and cat (`… is not
+    a regular file; refusing to read it`) though the pack indexes hold the object."""
+    ws, remote = _small(tmp_path, dsv)
+    root_tree = json.loads(_ok(dsv("versions", "details", "mldata:latest", "--json",
+                                   cwd=ws)).out)["tree"]
+    key = remote / layout.locator_key(root_tree)
+    key.unlink()
+    if kind == "fifo":
+        os.mkfifo(key)
+    else:
+        key.symlink_to(remote / "dsv-remote.json")
+    r = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert r.out == "alpha two\n" and "reading the object itself" in r.err, r.err
+    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "out", cwd=tmp_path))
+    assert read_tree(tmp_path / "out") == read_tree(ws)

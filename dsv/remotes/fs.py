@@ -57,8 +57,7 @@ class FsBackend:
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{self._path(key)} does not exist") from None
         except fileio.NotRegularFile as exc:
-            raise NotRegular(f"{self._path(key)} is not a regular file ({exc.strerror}); "
-                             f"refusing to read it",
+            raise NotRegular(f"{self._path(key)} is {exc.strerror}; refusing to read it",
                              hint="something other than dsv wrote into the remote directory"
                              ) from None
         except fileio.FileTooLarge as exc:

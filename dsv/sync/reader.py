@@ -463,7 +463,8 @@ class RemoteReader:
         except NotFound:
             data = self._fetch_packed(oid)
             raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
-        except CorruptObject as exc:
+        except (CorruptObject, RemoteRefused) as exc:   # (a locator is a hint: a FIFO or
+            # link in its place, or one too large, is damage the pack indexes route around)
             self.reporter.notice(f"warning: {exc.message}; reading the object itself")
             data = self._fetch_packed(oid)
             raw, locator = layout.encode_locator(data, {}), layout.Locator(data, {})
