@@ -918,6 +918,9 @@ def test_a_ref_whose_record_is_another_version_is_refused_and_verify_reports_it(
     assert r.code == 1 and not (tmp_path / "out").exists(), r.out
     assert f"error: remote ref mldata:latest on {remote} names version {second}, but its " \
            f"record is version {first}" in r.err, r.err
+    r = dsv("ls", remote, "--json", cwd=tmp_path)   # (the datasets: no latest shown)
+    assert r.code == 0 and f"names version {second}, but its record is" in r.err, r.err
+    assert [d["latest"] for d in json.loads(r.out)] == [None], r.out
     r = dsv("ls", remote, "mldata", "--json", cwd=tmp_path)
     assert r.code == 0 and f"ignored remote ref {ds_dir.name}/latest" in r.err, r.err
     listed = [(v["id"], v["tags"]) for v in json.loads(r.out)]

@@ -267,10 +267,23 @@ class RemoteReader:
             return [r for r in pool.map(self._read_ref, keys) if r is not None]
 
     def datasets(self) -> list[RemoteDataset]:
-        """Every dataset with a `latest` ref on the remote, with its tags."""
+        """Every dataset with a `latest` ref on the remote, with its tags. Each `latest`
+        is checked against its record (one read each, side by side): one naming another
+        version is shown as no latest, with a warning, as naming it would fail."""
         ids = sorted({parts[1] for key in self._ref_keys()
                       if len(parts := key.split("/")) == 3 and parts[2] == LATEST})
         found = [self._dataset(ds_id, tags=True) for ds_id in ids]
+
+        def check(ds: RemoteDataset) -> None:
+            if ds.latest is None:
+                return
+            try:
+                self._named(ds, ds.latest)
+            except (CorruptObject, MissingObject) as exc:   # (damaged, or not there)
+                self.reporter.notice(f"warning: {exc.message}")
+                ds.latest = None
+
+        list(self._workers().map(check, found))
         self._save_refs()
         return found
 
