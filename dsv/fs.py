@@ -35,7 +35,7 @@ from .errors import DatasetNotFound, InvalidInput, RefError, UnsafePath
 from .model import FileRow, Version
 from .model import Entry
 from .objects import PACK_THRESHOLD
-from .paths import check_relpath
+from .paths import check_relpath, resolve_link
 from .tree import DIR, FILE, LINK
 
 _TYPES = {"file": "file", "link": "link", "dir": "directory"}
@@ -244,6 +244,19 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         row = self._row(version, rel) if rel else None
         if row is None or row.kind != "link":
             raise FileNotFoundError(path)
+        return self._target(version, rel, row)
+
+    def _link_of(self, version: Version, rel: str) -> str | None:
+        """The target of the symlink at `rel`, None if there is none (what
+        paths.resolve_link asks of each step)."""
+        try:
+            row = self._row(version, rel)
+        except FileNotFoundError:
+            return None
+        return self._target(version, rel, row) if row is not None and row.kind == "link" \
+            else None
+
+    def _target(self, version: Version, rel: str, row: FileRow) -> str:
         from .tree import validate_links
         entry = _entry(row)
         if self._remote:
@@ -262,6 +275,13 @@ class DsvFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         parent = rel.rpartition("/")[0]
         listing = self._listing(version, parent) if rel else _Listing([], {})
         i = listing.where.get(rel)
+        if i is not None and listing.rows[i].kind == "link":
+            # Opened as the kernel opens a link: through it (and any link on the way),
+            # never out of the version.
+            rel = resolve_link(rel, lambda at: self._link_of(version, at))
+            parent = rel.rpartition("/")[0]
+            listing = self._listing(version, parent) if rel else _Listing([], {})
+            i = listing.where.get(rel)
         if i is None or listing.rows[i].kind != "file":
             raise FileNotFoundError(path)
         entry = _entry(listing.rows[i])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from .errors import UnsafePath
 
@@ -145,15 +145,21 @@ def check_links(links: dict[str, str], fences: Iterable[str] = ()) -> None:
     fenced = {f for f in fences if f}
     for path, target in links.items():
         check_symlink_target(path, target)
-        _resolve(path, links, fenced)
+        resolve_link(path, links.get, fenced)
 
 
-def _resolve(path: str, links: dict[str, str], fences: set[str]) -> None:
-    """Walk `path`'s own target component by component, substituting the version's links
-    met on the way; the position may never climb above the dataset root."""
+def resolve_link(path: str, link_of: Callable[[str], str | None],
+                 fences: Collection[str] = ()) -> str:
+    """Where the symlink at `path` leads (a path from the dataset root): its target walked
+    component by component, each link met on the way (`link_of(path)`: its target, None
+    for anything else) substituted as the kernel would; the position may never climb
+    above the dataset root. UnsafePath if it escapes, enters a store, or loops."""
     hops = 0
     base: list[str] = path.split("/")[:-1]       # the directory holding the link
-    pending = links[path].split("/")
+    first = link_of(path)
+    if first is None:
+        raise UnsafePath(f"{path!r} is not a symlink")
+    pending = first.split("/")
     fenced_at = None    # the nested dataset the walk entered: its links are not ours
     while pending:
         part = pending.pop(0)
@@ -176,7 +182,7 @@ def _resolve(path: str, links: dict[str, str], fences: set[str]) -> None:
             fenced_at = fenced_at or here
             base.append(part)
             continue
-        inner = links.get(here)
+        inner = link_of(here)
         if inner is None:
             base.append(part)
             continue
@@ -187,6 +193,7 @@ def _resolve(path: str, links: dict[str, str], fences: set[str]) -> None:
         pending = inner.split("/") + pending
         if inner.startswith("/"):
             raise UnsafePath(f"symlink {here!r} points to an absolute path")
+    return "/".join(base)
 
 
 def mode_class(mode: int) -> int:

@@ -12,7 +12,7 @@ import fsspec
 import pandas as pd
 import pytest
 
-from conftest import Result, in_a_forked_child
+from conftest import Result, in_a_forked_child, write_tree
 from faultproxy import FaultProxy
 from servers import create_bucket
 
@@ -286,3 +286,32 @@ def test_a_file_system_used_before_a_fork_reads_in_the_forked_worker(tmp_path, d
         in_a_forked_child(lambda: all(fs.cat(f"imgs/{rel}") == files[rel]
                                       for rel in order[4:]))
         assert all(fs.cat(f"imgs/{rel}") == files[rel] for rel in order[4:])  # the parent
+
+
+@pytest.mark.parametrize("where", ["store", "remote"])
+def test_a_symlink_opens_as_the_file_it_leads_to_within_the_version(tmp_path, dsv, where):
+    """`find` lists a symlink, and the kernel would open one through to its file: `open`
+    and `cat_file` raised FileNotFoundError. A link (a chain of them, each resolved as
+    the kernel resolves it) now opens as the file it leads to; one that leads to a
+    directory or nowhere is FileNotFoundError still. `info` and `readlink` show the link."""
+    ws = tmp_path / "data"
+    write_tree(ws, {"sub/b.txt": b"bee", "big.bin": os.urandom(5 << 20)})
+    os.symlink("sub/b.txt", ws / "cur")
+    os.symlink("../cur", ws / "sub" / "again")     # (a link to a link)
+    os.symlink("big.bin", ws / "big.link")
+    os.symlink("sub", ws / "dir.link")
+    os.symlink("gone.txt", ws / "dangling")
+    _ok(dsv("init", ws, cwd=tmp_path))
+    _ok(dsv("commit", "-m", "v1", cwd=ws))
+    _ok(dsv("remote", "add", "origin", tmp_path / "remote", cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    opts = {"store": str(ws)} if where == "store" else {"remote": str(tmp_path / "remote")}
+    fs = fsspec.filesystem("dsv", skip_instance_cache=True, **opts)
+    assert fs.cat_file("data/cur") == b"bee" and fs.cat_file("data/sub/again") == b"bee"
+    assert fs.cat_file("data/big.link") == (ws / "big.bin").read_bytes()
+    with fs.open("data/sub/again") as f:
+        assert f.size == 3 and f.read() == b"bee"
+    for path in ("data/dir.link", "data/dangling"):
+        with pytest.raises(FileNotFoundError):
+            fs.cat_file(path)
+    assert fs.info("data/cur")["type"] == "link" and fs.readlink("data/cur") == "sub/b.txt"
