@@ -17,6 +17,7 @@ import errno
 import itertools
 import os
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -103,6 +104,9 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
         def __init__(self, fs: Any, ref: str, version: Any,  # noqa: ANN401
                      ready_fd: int | None) -> None:
             self.fs, self.ref, self.ready_fd = fs, ref, ready_fd
+            # (run by hand with --foreground, no `dsv mount` waiting on it: its stderr is
+            # the user's terminal, told why each read that fails gets EIO)
+            self.tell_failures = ready_fd is None
             stamp = int((version.committed or version.created) * 1e9)
             self.times = {"st_mtime": stamp, "st_ctime": stamp, "st_atime": stamp}
             self.uid, self.gid = os.getuid(), os.getgid()
@@ -152,7 +156,11 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
                 raise
             except FileNotFoundError:
                 raise fuse.FuseOSError(errno.ENOENT) from None
-            except Exception:  # damage, an unreachable origin: the reader gets EIO
+            except Exception as exc:  # damage, an unreachable origin: the reader gets EIO
+                if self.tell_failures:
+                    why = exc.message if isinstance(exc, DsvError) else f"{exc!r}"
+                    print(f"dsv mount: a read failed with EIO: {why}", file=sys.stderr,
+                          flush=True)
                 raise fuse.FuseOSError(errno.EIO) from None
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:

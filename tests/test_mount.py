@@ -308,3 +308,29 @@ def test_mount_never_runs_code_from_the_directory_it_is_started_in(tmp_path, dsv
     _ok(dsv("mount", "raw:v1", where, cwd=ws))
     assert os.path.ismount(where) and (where / "a.txt").read_bytes() == b"alpha\n"
     assert not marker.exists()
+
+
+def test_a_mount_run_by_hand_says_why_a_read_got_eio(capsys):
+    """`dsv mount … --foreground` run by hand: each read that fails says why on its
+    stderr (the reader only sees EIO). A mount `dsv mount` started (a ready fd) keeps
+    quiet: its stderr is nobody's once it is ready."""
+    import mfusepy
+
+    from dsv.errors import CorruptObject
+    from dsv.mount import _operations
+
+    class Damaged:
+        def ls(self, path, detail=True):
+            raise CorruptObject("object 0123456789ab is damaged on the remote")
+
+    class Version:
+        committed = created = 1.0
+
+    ops = _operations(mfusepy)
+    for ready_fd, told in ((None, True), (99, False)):
+        with pytest.raises(mfusepy.FuseOSError) as caught:
+            ops(Damaged(), "ds:v1", Version(), ready_fd).getattr("/a.txt")
+        assert caught.value.errno == errno.EIO
+        err = capsys.readouterr().err
+        assert ("dsv mount: a read failed with EIO: object 0123456789ab is damaged on the "
+                "remote" in err) == told, err
