@@ -1565,7 +1565,8 @@ def open_entry(core: Core, v: Version, rel: str, entry: tree.Entry) -> BinaryIO:
     trees (a listing it keeps): opened for reading, its bytes verified."""
     if entry.chunks:
         chunks = core.chunks(entry)
-        return io.BufferedReader(ChunkedReader(chunks, _store_chunks(core, v, chunks)),
+        return io.BufferedReader(ChunkedReader(chunks, _store_chunks(core, v, chunks),
+                                               entry.chunks),
                                  _READ_AHEAD)
     if not core.objects.has(entry.oid):
         _ensure_for_paths(core, v, [(rel, entry)])
@@ -1591,6 +1592,10 @@ _WHOLE_CHECKED: set[str] = set()
 """Chunk lists (by a hash of their chunks, file id and size) whose chunks this process
 has read front to back and found to make the file."""
 _WHOLE_CHECKED_MAX = 1 << 16
+_HASH_GAP = 1 << 20
+"""How far ahead of the hashed bytes a read may land and still be hashed up to first (a
+mount's read-ahead arrives a few reads of 128 KiB out of order; a read further ahead is
+a read of part of the file, which must fetch only the chunks it covers)."""
 
 
 class ChunkedReader(io.RawIOBase):
@@ -1608,7 +1613,9 @@ class ChunkedReader(io.RawIOBase):
     512 MiB read from the store, measured)."""
 
     def __init__(self, chunks: tree.ChunkList,
-                 source: Callable[[int], bytes | memoryview]) -> None:
+                 source: Callable[[int], bytes | memoryview], list_id: str) -> None:
+        """`list_id`: the chunk list's own object id (which its chunks, the file's id and
+        size make)."""
         super().__init__()
         self._source = source
         self._chunks = chunks.chunks
@@ -1618,10 +1625,11 @@ class ChunkedReader(io.RawIOBase):
         self._pos = 0
         self._held: tuple[int, bytes | memoryview] = (-1, b"")
         self._hasher = new_hasher()   # (its pieces are a chunk at most: no threads)
-        self._list_key = hash_bytes("".join(f"{c}{n:x}," for c, n in self._chunks).encode()
-                                    + f"{self._whole}:{self._size}".encode())
-        # (bytes from offset 0 on that went through `_hasher`; -1: checked before)
-        self._hashed = -1 if self._list_key in _WHOLE_CHECKED else 0
+        self._list_id = list_id
+        # (bytes from offset 0 on that went through `_hasher`; -1: checked before, or
+        # given up after a read far ahead of them; see `_hash_to`)
+        self._hashed = -1 if list_id in _WHOLE_CHECKED else 0
+        self._bad = False   # (found not to make the file: every later read refuses)
 
     def readable(self) -> bool:
         """Always: a reader."""
@@ -1648,27 +1656,52 @@ class ChunkedReader(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         """Fill `buffer` from the current offset, to the end of one chunk at most."""
+        if self._bad:
+            raise self._refusal()
         if self._pos >= self._size:
             return 0
         i = bisect.bisect_right(self._starts, self._pos) - 1
+        n = min(len(memoryview(buffer)), self._starts[i + 1] - self._pos)
+        if self._hashed == -1 and self._pos == 0 and self._list_id not in _WHOLE_CHECKED:
+            self._hasher = new_hasher()   # (given up before: a read from the start
+            self._hashed = 0              # begins again, from nothing)
+        if 0 <= self._hashed < self._pos + n:
+            self._hash_to(self._pos + n)
         data = self._chunk(i)
         at = self._pos - self._starts[i]
         view = memoryview(buffer).cast("B")
-        n = min(len(view), len(data) - at)
-        piece = memoryview(data)[at:at + n]
-        if self._pos == self._hashed:
-            self._hasher.update(piece)
-            self._hashed += n
-            if self._hashed == self._size:
-                if self._hasher.hexdigest() != self._whole:
-                    raise CorruptObject(f"file {self._whole[:12]}: its chunks, each intact, "
-                                        f"do not make it (a damaged or hostile chunk list)")
-                if len(_WHOLE_CHECKED) >= _WHOLE_CHECKED_MAX:
-                    _WHOLE_CHECKED.clear()
-                _WHOLE_CHECKED.add(self._list_key)
-        view[:n] = piece
+        view[:n] = memoryview(data)[at:at + n]
         self._pos += n
         return n
+
+    def _hash_to(self, end: int) -> None:
+        """Hash the file up to `end`, from where hashing stopped: a read a little ahead
+        of it (a mount's read-ahead arrives out of order) first hashes the gap, from the
+        chunks (the ones it reads next, mostly held or prefetched already); one more than
+        _HASH_GAP ahead gives the whole-file check up until a read from the start. The
+        read that completes the file raises instead if the whole is not the file's id,
+        and so does every read after it."""
+        if self._pos - self._hashed > _HASH_GAP:
+            self._hashed = -1
+            return
+        while self._hashed < end:
+            j = bisect.bisect_right(self._starts, self._hashed) - 1
+            data = self._chunk(j)
+            at = self._hashed - self._starts[j]
+            m = min(len(data) - at, end - self._hashed)
+            self._hasher.update(memoryview(data)[at:at + m])
+            self._hashed += m
+        if self._hashed == self._size:
+            if self._hasher.hexdigest() != self._whole:
+                self._bad = True
+                raise self._refusal()
+            if len(_WHOLE_CHECKED) >= _WHOLE_CHECKED_MAX:
+                _WHOLE_CHECKED.clear()
+            _WHOLE_CHECKED.add(self._list_id)
+
+    def _refusal(self) -> CorruptObject:
+        return CorruptObject(f"file {self._whole[:12]}: its chunks, each intact, do not "
+                             f"make it (a damaged or hostile chunk list)")
 
     def _chunk(self, i: int) -> bytes | memoryview:
         if self._held[0] == i:

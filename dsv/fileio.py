@@ -236,8 +236,12 @@ def walk_dirs(root_fd: int, visit: Callable[[str, int, DirEntries], None],
 
     def enter(rel: str, fd: int, ident: tuple[int, int]) -> None:
         frames.append(_Frame(rel, fd, ident, []))  # from here on, closed by the walk
-        entries = [(name, os.stat(name, dir_fd=fd, follow_symlinks=False))
-                   for name in os.listdir(fd)]
+        entries = []
+        for name in os.listdir(fd):
+            try:
+                entries.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            except FileNotFoundError:
+                continue   # (gone since the listing: nothing to visit)
         visit(rel, fd, entries)
         frames[-1].todo = [(n, (st.st_dev, st.st_ino)) for n, st in entries
                            if stat.S_ISDIR(st.st_mode)]
@@ -319,8 +323,10 @@ def remove_tree(path: str | os.PathLike[str], dir_fd: int | None = None) -> None
 
     By `walk_dirs`, not shutil.rmtree, which recurses a frame per level and fails past
     Python's 1,000: a directory as deep as a path may be (2,048 levels), or as deep as
-    anyone planted, goes like a shallow one. TreeChanged if a directory in it is moved
-    elsewhere meanwhile: the removal stops rather than follow it."""
+    anyone planted, goes like a shallow one. A part of it moved elsewhere meanwhile is
+    emptied as it is (it was the tree's), but the removal stops with TreeChanged at the
+    step back up out of it: it never climbs into the directory that part was moved to.
+    The first error stops it (the callers that may leave things behind ignore OSError)."""
     try:
         fd = os.open(path, _DIR_NOFOLLOW, dir_fd=dir_fd)
     except FileNotFoundError:

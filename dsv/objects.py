@@ -824,8 +824,7 @@ def parse_whole_pack(data: bytes, pack_id: str) -> list[PackEntry]:
     """The entries of a whole pack's bytes (a remote's `packs/<pack id>`), its table and
     trailer checked against `pack_id` and its length against what the trailer says.
     Untrusted input; the objects themselves are the caller's to check."""
-    count = int.from_bytes(data[-_TRAILER.size:-_TRAILER.size + 8], "big") \
-        if len(data) >= _TRAILER.size else -1
+    count = pack_count(data)
     if count < 0 or pack_tail_size(count) > len(data):
         raise CorruptObject(f"pack {pack_id[:12]} is cut short")
     entries, total = parse_pack_index(data[len(data) - pack_tail_size(count):], pack_id)
@@ -859,6 +858,13 @@ def sound_where(where: tuple[str, int, int], max_length: int) -> bool:
 def pack_tail_size(count: int) -> int:
     """Bytes of a pack's table and trailer for `count` entries."""
     return count * _ENTRY.size + _TRAILER.size
+
+
+def pack_count(trailer: bytes) -> int:
+    """How many entries a pack's table holds, as its trailer (its last bytes; at least
+    `pack_tail_size(0)` of them) says: -1 if too short to tell."""
+    return int.from_bytes(trailer[-_TRAILER.size:-_TRAILER.size + 8], "big") \
+        if len(trailer) >= _TRAILER.size else -1
 
 
 def _entries(table: bytes, table_offset: int, name: str) -> list[PackEntry]:

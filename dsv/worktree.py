@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import chunking, fileio, ignore, native
 from .faults import crashpoint
-from .errors import CorruptObject, DsvError, InvalidInput, MissingObject, UnsafePath
+from .errors import CorruptObject, InvalidInput, MissingObject, UnsafePath
 from .hashing import hash_bytes, hash_fd, hash_file, new_hasher
 from .model import RUN_DIGEST_BYTES, Changes, StatRow, storable
 from .objects import (KIND_BLOB, KIND_TREE, PACK_THRESHOLD, RACY_NS, WORKTREE_BUFFER, Ingest,
@@ -797,7 +797,7 @@ class _Dirs:
         parent = rel_dir
         while fd is None:
             if not parent:
-                raise DsvError("bug in dsv: a directory opened after its tree was closed")
+                raise RuntimeError("a directory opened after its tree was closed")
             parent, _, name = parent.rpartition("/")
             names.append(name)
             fd = self._fds.get(parent)

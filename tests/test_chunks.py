@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import errno
+import io
 import itertools
 import json
 import os
@@ -1204,3 +1205,63 @@ def test_the_spool_writes_a_stretch_of_next_chunks_at_once_and_no_further_than_a
     finally:
         spool.close()
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["s.bin"]
+
+
+def _swapped_reader() -> tuple[checkout.ChunkedReader, bytes]:
+    """A reader of three intact chunks listed as B, A, C under the id of A+B+C, and the
+    bytes it would give (B+A+C)."""
+    a, b, c = b"A" * 1000, b"B" * 1000, b"C" * 1000
+    listed = tree.ChunkList(b3(a + b + c), 3000, [(b3(b), 1000), (b3(a), 1000), (b3(c), 1000)])
+    pieces = [b, a, c]
+    return checkout.ChunkedReader(listed, lambda i: pieces[i], b3(b"list" + os.urandom(8))), \
+        b + a + c
+
+
+def test_a_chunk_list_found_not_to_make_its_file_refuses_every_later_read() -> None:
+    """The read that completes the file raised, and the next one returned its last piece
+    (the check was not kept): a reader that retried, or a mount, got the forged file."""
+    raw, _forged = _swapped_reader()
+    f = io.BufferedReader(raw, 1000)
+    assert f.read(1000) == b"B" * 1000 and f.read(1000) == b"A" * 1000
+    for _ in range(3):
+        with pytest.raises(CorruptObject, match="its chunks, each intact, do not make it"):
+            f.read(1000)
+    f.seek(0)
+    with pytest.raises(CorruptObject):
+        f.read(10)
+
+
+@pytest.mark.parametrize("order", [(0, 2000, 1000), (1000, 0, 2000), (2000, 1000, 0)])
+def test_reads_out_of_order_still_check_the_whole(order: tuple[int, ...]) -> None:
+    """A mount's read-ahead arrives out of order: a read past the hashed bytes switched
+    the whole-file check off, and the forged file came out whole. A read a little ahead
+    now hashes the gap first; whichever read completes the file raises."""
+    raw, forged = _swapped_reader()
+    buf = bytearray(1000)
+    got = {}
+    with pytest.raises(CorruptObject):
+        for offset in order:
+            raw.seek(offset)
+            n = raw.readinto(buf)
+            got[offset] = bytes(buf[:n])
+    assert all(forged[o:o + len(d)] == d for o, d in got.items()) and len(got) < 3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_reads_in_any_order_of_a_sound_chunked_file_never_raise(seed: int) -> None:
+    """The whole-file check must never refuse a sound file, however it is read: reads
+    ahead, behind, overlapping, restarting at 0 after it gave up."""
+    rng = random.Random(seed)
+    pieces = [bytes([i]) * rng.randrange(1, 300_000) for i in range(40)]
+    whole = b"".join(pieces)
+    listed = tree.ChunkList(b3(whole), len(whole), [(b3(p), len(p)) for p in pieces])
+    raw = checkout.ChunkedReader(listed, lambda i: pieces[i], b3(os.urandom(16)))
+    f = io.BufferedReader(raw, 1 << 16)
+    for _ in range(200):
+        at = rng.choice([0, rng.randrange(len(whole)), f.tell(), max(0, f.tell() - 5000),
+                         min(len(whole), f.tell() + rng.randrange(1 << 21))])
+        n = rng.randrange(1, 1 << 20)
+        f.seek(at)
+        assert f.read(n) == whole[at:at + n]
+    f.seek(0)
+    assert f.read() == whole

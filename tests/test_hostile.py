@@ -451,7 +451,7 @@ def test_14_pack_index_claiming_huge_object_is_refused(tmp_path: Path, dsv) -> N
     # record is nowhere: with every ref ignored, there is nothing to clone (an error).
     assert r.code == 1 and "bug in dsv" not in r.err, r.err
     assert "ignored pack index" in r.err and "out of bounds" in r.err
-    assert "error: nothing to clone: every ref of" in r.err, r.err
+    assert "error: nothing to clone: every ref read of" in r.err, r.err
     assert not (tmp_path / "victim").exists()
 
 

@@ -1000,7 +1000,7 @@ def test_a_clone_of_a_remote_whose_every_ref_is_damaged_fails_and_leaves_nothing
     r = dsv("clone", remote, tmp_path / "clone", cwd=tmp_path)
     assert r.code == 1, r.out
     assert r.err.count("warning: ignored remote ref refs/") == 2, r.err
-    assert f"error: nothing to clone: every ref of {remote} (2) was ignored as damaged" \
+    assert f"error: nothing to clone: every ref read of {remote} (2) was ignored as damaged" \
         in r.err, r.err
     assert not (tmp_path / "clone").exists()
 
@@ -1020,5 +1020,47 @@ def test_a_locator_that_is_no_regular_file_is_routed_around(tmp_path, dsv, kind)
         key.symlink_to(remote / "dsv-remote.json")
     r = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
     assert r.out == "alpha two\n" and "reading the object itself" in r.err, r.err
+    _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "out", cwd=tmp_path))
+    assert read_tree(tmp_path / "out") == read_tree(ws)
+
+
+def test_a_tag_naming_another_datasets_record_is_left_out_with_a_warning(tmp_path, dsv):
+    """A forged tag of mldata carrying another dataset's record and version id: `ls
+    mldata` and every read of mldata failed (`version record … belongs to another
+    dataset`), where fetch ignores such a ref. The tag is left out, with a warning."""
+    ws, remote = _small(tmp_path, dsv)
+    other = tmp_path / "other"
+    write_tree(other, {"o.txt": b"other\n"})
+    _ok(dsv("init", other, "--name", "other", cwd=tmp_path))
+    _ok(dsv("commit", "-m", "o", cwd=other))
+    _ok(dsv("remote", "add", "origin", remote, cwd=other))
+    _ok(dsv("push", cwd=other))
+    mine = json.loads(_ok(dsv("ls", remote, "--json", cwd=tmp_path)).out)
+    ids = {d["name"]: d["id"] for d in mine}
+    theirs = json.loads((remote / "refs" / ids["other"] / "latest").read_bytes())
+    tag = remote / "refs" / ids["mldata"] / "tags" / "v1.0"
+    body = json.loads(tag.read_bytes())
+    body.update(record=theirs["record"], version=theirs["version"])
+    tag.chmod(0o644)
+    tag.write_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    r = _ok(dsv("ls", remote, "mldata", "--json", cwd=tmp_path))
+    assert f"warning: ignored remote ref {ids['mldata']}/tags/v1.0: version record " in r.err
+    assert all(v["tags"] == [] for v in json.loads(r.out)), r.out
+    assert _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path)).out == "alpha two\n"
+    r = dsv("cat", remote, "mldata:v1.0", "a.txt", cwd=tmp_path)
+    assert r.code == 1 and "belongs to another dataset" in r.err, r.err
+
+
+def test_a_damaged_pack_index_is_read_from_its_pack_without_a_store(tmp_path, dsv):
+    """Every index damaged and the locators gone: clone read each index from its pack's
+    end, but `cat` and `get` dropped every index without a word and failed (`object …
+    is not on …`). They read it from the pack too now, with a warning."""
+    ws, remote = _small(tmp_path, dsv)
+    shutil.rmtree(remote / "loc")
+    for index in (remote / "index").iterdir():
+        index.chmod(0o644)
+        index.write_bytes(b"garbage")
+    r = _ok(dsv("cat", remote, "mldata:latest", "a.txt", cwd=tmp_path))
+    assert r.out == "alpha two\n" and "read from its pack instead" in r.err, r.err
     _ok(dsv("get", remote, "mldata:latest", "--to", tmp_path / "out", cwd=tmp_path))
     assert read_tree(tmp_path / "out") == read_tree(ws)

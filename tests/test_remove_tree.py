@@ -73,9 +73,10 @@ def test_a_link_or_file_at_the_top_is_refused_and_a_missing_one_is_nothing(
 
 def test_a_directory_moved_elsewhere_while_it_is_removed_stops_the_removal(
         tmp_path: Path, outside: Path, monkeypatch) -> None:
-    """Someone moves the part being removed under another parent: reopened from the top,
-    the directory it closed on the way down is gone. The removal stops there with EBUSY
-    (TreeChanged); the new place and what it holds stay."""
+    """Someone moves the part being removed under another parent: what was moved is
+    emptied (it was the tree's), but the step back up out of it reaches the new parent,
+    not the directory it came from: the removal stops there with EBUSY (TreeChanged), and
+    the new parent and everything else in it stay."""
     monkeypatch.setattr(fileio, "_OPEN_DIRS", 3)
     top = tmp_path / "top"
     top.mkdir()
@@ -95,6 +96,8 @@ def test_a_directory_moved_elsewhere_while_it_is_removed_stops_the_removal(
         fileio.remove_tree(top)
     assert isinstance(caught.value, fileio.TreeChanged)
     assert caught.value.errno == errno.EBUSY and moved
+    assert sorted(os.listdir(outside)) == ["keep.txt", "moved"]
     assert (outside / "keep.txt").read_bytes() == b"keep me"
-    assert (outside / "moved").is_dir()
+    assert os.listdir(outside / "moved") == []   # (emptied: it was the tree's)
+    assert (top / "/".join(["d"] * 7)).is_dir()   # (above where it stopped: left)
     subprocess.run(["rm", "-rf", top, outside], check=True)

@@ -257,3 +257,4 @@ def check_outside_stores(url: str) -> None:
         if any(part.casefold() == ".dsv" for part in path.split("/")):
             raise InvalidInput(f"{url} is inside a store ('.dsv' is reserved for dsv)",
                                hint="put the remote in a directory of its own")
+

@@ -21,8 +21,10 @@ from ..errors import CorruptObject
 from ..hashing import hash_bytes, is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST
+from ..objects import PackEntry, pack_count, pack_tail_size, parse_pack_index
 from ..paths import is_dataset_dir, is_valid_name
-from .base import MAX_REF_BYTES, RemoteError
+from .base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
+                   RemoteRefused)
 
 REMOTE_MARKER = "dsv-remote.json"
 REMOTE_FORMAT = 4
@@ -437,3 +439,25 @@ def parse_multi_index(raw: bytes, named: str, body_id: str) -> list[tuple[str, m
         raise CorruptObject(f"multi-pack index {body_id[:12]} on the remote is damaged") \
             from None
     return found
+
+
+def read_pack_tail(backend: Backend, pack_id: str) -> tuple[list[PackEntry], int, bytes] | None:
+    """A pack's own table and trailer (what its `index/` file copies), read from the
+    pack's end in two ranged reads: (entries, pack size, those bytes), checked against
+    the pack's id and size; None when the pack cannot tell (gone, not a regular file,
+    damaged, or a table larger than MAX_GET_BYTES). A failure of the remote itself (a
+    timeout, a 5xx) is raised: it says nothing of the pack."""
+    key = pack_key(pack_id)
+    try:
+        size = backend.head(key)
+        trailer = pack_tail_size(0)
+        if size is None or size < trailer:
+            return None
+        tail = pack_tail_size(pack_count(backend.get_range(key, size - trailer, trailer)))
+        if tail > min(size, MAX_GET_BYTES):
+            return None
+        data = backend.get_range(key, size - tail, tail)
+        entries, total = parse_pack_index(data, pack_id)
+    except (CorruptObject, RemoteRefused, NotFound):
+        return None
+    return (entries, size, data) if total == size else None

@@ -381,7 +381,7 @@ def _finish_clone(core: Core, paths: list[str] | None = None,
         origin = open_remote(core, "origin", backend=backend)
         fetched = fetch(core, origin)
         if not fetched[1] and origin.ignored_refs:
-            raise RemoteRefused(f"nothing to clone: every ref of {origin.spec.url} "
+            raise RemoteRefused(f"nothing to clone: every ref read of {origin.spec.url} "
                                 f"({len(origin.ignored_refs)}) was ignored as damaged (see the "
                                 f"warnings above)", hint="the remote is damaged or hostile; "
                                 "nothing was cloned")

@@ -391,12 +391,14 @@ class RemoteReader:
         ds = self._dataset(ds.id, tags=True)
         heads, kept = [], set()
         for ref in ([ds.latest] if ds.latest else []) + list(ds.tags.values()):
-            if self.record(ref.record, ds.id).version.id == ref.version:
-                heads.append(ref.record)
-                kept.add(ref.ref)
-            else:
-                self.reporter.notice(f"warning: ignored remote ref {ds.id}/{ref.ref}: it names "
-                                     f"a version that is not {ref.version} of that dataset")
+            try:
+                self._named(ds, ref)
+            except (CorruptObject, MissingObject) as exc:  # (another's record, or none)
+                self.reporter.notice(f"warning: ignored remote ref {ds.id}/{ref.ref}: "
+                                     f"{exc.message}")
+                continue
+            heads.append(ref.record)
+            kept.add(ref.ref)
         seen: dict[str, Version] = {}
         stack = list(heads)
         while stack:
@@ -665,8 +667,21 @@ class RemoteReader:
             try:
                 entries, _size = parse_pack_index(
                     self.backend.get(layout.index_key(pack), max_size=MAX_GET_BYTES), pack)
-            except (NotFound, CorruptObject, RemoteRefused):
+            except NotFound:
                 return []
+            except (CorruptObject, RemoteRefused) as exc:
+                # (a copy of the pack's own table: read from the pack's end instead)
+                try:
+                    got = layout.read_pack_tail(self.backend, pack)
+                except RemoteError:
+                    got = None
+                if got is None:
+                    self.reporter.notice(f"warning: ignored pack index {pack[:12]} on "
+                                         f"{self.url}: {exc.message}")
+                    return []
+                self.reporter.notice(f"warning: pack index {pack[:12]} on {self.url} is "
+                                     f"damaged ({exc.message}); read from its pack instead")
+                entries = got[0]
             return [(e.oid, (pack, e.offset, e.length)) for e in entries]
 
         picture: dict[str, layout.Location] = {}
@@ -768,7 +783,8 @@ class RemoteReader:
         if entry.chunks:
             from ..checkout import ChunkedReader
             chunks = self.chunk_list(entry)
-            return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks)), 1 << 20)
+            return io.BufferedReader(ChunkedReader(chunks, _Prefetch(self, chunks),
+                                                   entry.chunks), 1 << 20)
         if entry.size > PACK_THRESHOLD:
             return self._spooled(entry, entry.oid[:12])
         return io.BytesIO(self._small(entry, ahead))
@@ -1060,7 +1076,7 @@ class _Hashed:
         self._pieces = pieces
         self._size = size
         self._label = label   # (what an error names the file by)
-        self.hasher = new_hasher(threads=True)
+        self.hasher = new_hasher()
         self.count = 0
 
     def __iter__(self) -> Iterator[Blob]:

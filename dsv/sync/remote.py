@@ -23,7 +23,7 @@ from ..errors import AmbiguousRef, CorruptObject, DatasetNotFound, InvalidInput,
 from ..hashing import is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST, Version
-from ..objects import PackEntry, pack_tail_size, parse_pack_index
+from ..objects import PackEntry, parse_pack_index
 from ..records import is_id
 from ..remotes import layout
 from ..remotes.connect import open_backend
@@ -278,27 +278,8 @@ class Remote:
         yield from (r for r in bounded(getters(), read, packs, WORKERS) if r is not None)
 
     def pack_tail(self, pack_id: str) -> tuple[list[PackEntry], int, bytes] | None:
-        """A pack's own table and trailer (what its `index/` file copies), read from the
-        pack's end in two ranged reads: (entries, pack size, those bytes), checked against
-        the pack's id and size; None when the pack cannot tell (gone, not a regular file,
-        damaged, or a table larger than MAX_GET_BYTES). A failure of the remote itself (a
-        timeout, a 5xx) is raised: it says nothing of the pack."""
-        key = layout.pack_key(pack_id)
-        try:
-            size = self.backend.head(key)
-            trailer = pack_tail_size(0)
-            if size is None or size < trailer:
-                return None
-            count = int.from_bytes(self.backend.get_range(key, size - trailer, trailer)[:8],
-                                   "big")
-            length = pack_tail_size(count)
-            if length > min(size, MAX_GET_BYTES):
-                return None
-            tail = self.backend.get_range(key, size - length, length)
-            entries, total = parse_pack_index(tail, pack_id)
-        except (CorruptObject, RemoteRefused, NotFound):
-            return None
-        return (entries, size, tail) if total == size else None
+        """`layout.read_pack_tail` of this remote."""
+        return layout.read_pack_tail(self.backend, pack_id)
 
     def list_catalog(self, dataset: str) -> set[str]:
         """The packs `dataset`'s catalog on the remote names (one LIST per 1,000; none
