@@ -334,3 +334,46 @@ def test_a_mount_run_by_hand_says_why_a_read_got_eio(capsys):
         err = capsys.readouterr().err
         assert ("dsv mount: a read failed with EIO: object 0123456789ab is damaged on the "
                 "remote" in err) == told, err
+
+
+def test_a_reordered_chunk_list_reads_as_eio_through_a_mount_never_as_the_file(tmp_path,
+                                                                              mounts):
+    """A hostile remote's chunk list names a file's own chunks, intact, in another order,
+    under the file's id. Through a mount (the kernel's read-ahead, a re-read of the page
+    after an error) no read of the file comes out whole: `cat` of it fails with EIO, a
+    read of one chunk's worth still works (checked chunk by chunk), and a second read of
+    the whole fails again."""
+    from dsv import chunking, tree
+    from hostile import HostileRemote
+
+    data = os.urandom(6 << 20)
+    listed = [(b3(bytes(c.data)), c.length) for c in chunking.chunker().cut_buf(data)]
+    assert len(listed) >= 3, listed
+    remote = HostileRemote(tmp_path / "remote")
+    at, pieces = 0, []
+    for _oid, n in listed:
+        pieces.append(data[at:at + n])
+        at += n
+    for piece in pieces:
+        remote.blob(piece)
+    order = [listed[1], listed[0], *listed[2:]]
+    swapped = pieces[1] + pieces[0] + b"".join(pieces[2:])
+    chunk_list = remote.add(tree.encode_chunks(tree.ChunkList(b3(data), len(data), order)), 1)
+    root = remote.tree([["f.bin", "f", 0o644, len(data), b3(data), chunk_list]])
+    record = remote.record("v1abcdefgh", "ds000001", root, files=1, size=len(data))
+    remote.publish()
+    remote.ref("ds000001", "latest", "v1abcdefgh", record)
+    where = tmp_path / "mnt"
+    elsewhere = tmp_path / "node"
+    elsewhere.mkdir()
+    _mount(mounts, "victim:latest", where, "--remote", remote.root, cwd=elsewhere)
+    for _attempt in range(2):
+        with pytest.raises(OSError) as caught:
+            (where / "f.bin").read_bytes()
+        assert caught.value.errno == errno.EIO
+    done = subprocess.run(["cat", where / "f.bin"], capture_output=True, timeout=60)
+    assert done.returncode != 0 and done.stdout != data and done.stdout != swapped
+    with open(where / "f.bin", "rb") as f:
+        f.seek(len(pieces[1]) + 10)
+        assert f.read(1000) == swapped[len(pieces[1]) + 10:len(pieces[1]) + 1010]
+    assert run_dsv("umount", where, cwd=tmp_path).returncode == 0
