@@ -203,7 +203,7 @@ def unlink_quietly(path: str) -> None:
 
 
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_DIRS = 64   # directory descriptors one walk keeps open; deeper ones are reopened
+_OPEN_DIRS = 64   # descriptors a walk keeps open (the deepest); the others reopen as `..`
 
 DirEntries = list[tuple[str, os.stat_result]]
 
@@ -228,8 +228,8 @@ def walk_dirs(root_fd: int, visit: Callable[[str, int, DirEntries], None],
     link: `visit(rel_dir, dir_fd, entries)` gets each directory's (name, lstat) pairs
     (the root's rel_dir is ""); `leave(parent_fd, name)` follows once a subdirectory's
     whole subtree is done. A loop, not a recursion: any depth is walked. At most
-    _OPEN_DIRS descriptors stay open: an ancestor closed on the way down is reopened as
-    `..` on the way back up (or from the root), and must still be the same directory
+    _OPEN_DIRS descriptors stay open (the deepest ones): an ancestor closed on the way
+    down is reopened as `..` on the way back up, and must still be the same directory
     (device and inode). A directory replaced, moved or removed while it is walked raises
     TreeChanged."""
     frames: list[_Frame] = []
@@ -252,55 +252,34 @@ def walk_dirs(root_fd: int, visit: Callable[[str, int, DirEntries], None],
             os.close(oldest.fd)
             oldest.fd = None
 
-    def fd_of(frame: _Frame) -> int:
-        if frame.fd is None:
-            fd = os.open(".", _DIR_NOFOLLOW, dir_fd=root_fd)
-            try:
-                for part in frame.rel.split("/") if frame.rel else ():
-                    try:
-                        sub = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
-                    finally:
-                        os.close(fd)
-                    fd = sub
-            except OSError:
-                raise TreeChanged(errno.EBUSY, "a directory was moved or removed while it "
-                                               "was walked", frame.rel) from None
-            frame.fd = fd
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != frame.ident:
-                raise TreeChanged(errno.EBUSY, "a directory was replaced while it was "
-                                               "walked", frame.rel)
-            return fd
-        return frame.fd
-
     try:
         first = os.open(".", _DIR_NOFOLLOW, dir_fd=root_fd)
         st = os.fstat(first)
         enter("", first, (st.st_dev, st.st_ino))
         while frames:
             top = frames[-1]
+            assert top.fd is not None   # (the deepest frame is always open)
             if not top.todo:
                 frames.pop()
-                if top.fd is not None:
-                    try:
-                        if frames and frames[-1].fd is None:   # (back up a step: `..`)
-                            up = os.open("..", _DIR_NOFOLLOW, dir_fd=top.fd)
-                            frames[-1].fd = up
-                            st = os.fstat(up)
-                            if (st.st_dev, st.st_ino) != frames[-1].ident:
-                                raise TreeChanged(errno.EBUSY, "a directory was moved while "
-                                                               "it was walked", top.rel)
-                    finally:
-                        os.close(top.fd)
+                try:
+                    if frames and frames[-1].fd is None:   # (back up a step: `..`)
+                        up = os.open("..", _DIR_NOFOLLOW, dir_fd=top.fd)
+                        frames[-1].fd = up
+                        st = os.fstat(up)
+                        if (st.st_dev, st.st_ino) != frames[-1].ident:
+                            raise TreeChanged(errno.EBUSY, "a directory was moved while it "
+                                                           "was walked", top.rel)
+                finally:
+                    os.close(top.fd)
                 if frames and leave is not None:
-                    leave(fd_of(frames[-1]), top.rel.rpartition("/")[2])
+                    parent_fd = frames[-1].fd
+                    assert parent_fd is not None
+                    leave(parent_fd, top.rel.rpartition("/")[2])
                 continue
             name, ident = top.todo.pop()
             rel = f"{top.rel}/{name}" if top.rel else name
             try:
-                child = os.open(name, _DIR_NOFOLLOW, dir_fd=fd_of(top))
-            except TreeChanged:
-                raise
+                child = os.open(name, _DIR_NOFOLLOW, dir_fd=top.fd)
             except OSError:   # gone, or now a link or a file
                 raise TreeChanged(errno.EBUSY, "a directory was replaced while it was "
                                                "walked", rel) from None

@@ -867,6 +867,27 @@ def pack_count(trailer: bytes) -> int:
         if len(trailer) >= _TRAILER.size else -1
 
 
+def pack_table_at(read_at: Callable[[int, int], bytes], size: int, pack_id: str,
+                  cap: int) -> tuple[list[PackEntry], bytes] | None:
+    """A pack's own table and trailer (what a remote's `index/` file copies), read from
+    the end of a pack of `size` bytes through `read_at(offset, length)`, in two reads:
+    (its entries, those bytes) when they hash to `pack_id` and say `size`; None when
+    they do not (cut short, damaged, another pack's) or the table is over `cap` bytes."""
+    trailer = pack_tail_size(0)
+    if size < trailer:
+        return None
+    count = pack_count(read_at(size - trailer, trailer))
+    tail = pack_tail_size(count)
+    if count < 0 or tail > min(size, cap):
+        return None
+    data = read_at(size - tail, tail)
+    try:
+        entries, total = parse_pack_index(data, pack_id)
+    except CorruptObject:
+        return None
+    return (entries, data) if total == size else None
+
+
 def _entries(table: bytes, table_offset: int, name: str) -> list[PackEntry]:
     entries = []
     for raw, offset, length, kind in _ENTRY.iter_unpack(table):

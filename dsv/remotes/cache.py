@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from .. import fileio
 from ..errors import CorruptObject
 from ..hashing import is_hash, new_hasher
-from ..objects import PACK_THRESHOLD, parse_pack_index, pack_tail_size
+from ..objects import PACK_THRESHOLD, pack_table_at
 from ..reports import PruneReport
 from . import layout
 from .base import MAX_GET_BYTES, open_dirs
@@ -55,18 +55,8 @@ _PENDING_LOOSE = re.compile(r"loose-([0-9a-f]{2})-([0-9a-f]{64})")
 def _whole_pack(fd: int, size: int, pack_id: str) -> bool:
     """Whether the open file `fd` of `size` bytes is the whole pack `pack_id`: its table
     and trailer (read alone, at most MAX_GET_BYTES) hash to its id and say its length."""
-    trailer = pack_tail_size(0)
-    if size < trailer:
-        return False
-    count = int.from_bytes(os.pread(fd, 8, size - trailer), "big")
-    tail = pack_tail_size(count)
-    if tail > min(size, MAX_GET_BYTES):
-        return False
-    try:
-        _entries, total = parse_pack_index(os.pread(fd, tail, size - tail), pack_id)
-    except CorruptObject:
-        return False
-    return total == size
+    return pack_table_at(lambda at, n: os.pread(fd, n, at), size, pack_id,
+                         MAX_GET_BYTES) is not None
 
 
 def _not_a_directory(exc: OSError) -> bool:

@@ -21,7 +21,7 @@ from ..errors import CorruptObject
 from ..hashing import hash_bytes, is_hash
 from ..jsonio import load_bounded
 from ..model import LATEST
-from ..objects import PackEntry, pack_count, pack_tail_size, parse_pack_index
+from ..objects import PackEntry, pack_table_at, parse_pack_index
 from ..paths import is_dataset_dir, is_valid_name
 from .base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
                    RemoteRefused)
@@ -443,21 +443,40 @@ def parse_multi_index(raw: bytes, named: str, body_id: str) -> list[tuple[str, m
 
 def read_pack_tail(backend: Backend, pack_id: str) -> tuple[list[PackEntry], int, bytes] | None:
     """A pack's own table and trailer (what its `index/` file copies), read from the
-    pack's end in two ranged reads: (entries, pack size, those bytes), checked against
-    the pack's id and size; None when the pack cannot tell (gone, not a regular file,
-    damaged, or a table larger than MAX_GET_BYTES). A failure of the remote itself (a
-    timeout, a 5xx) is raised: it says nothing of the pack."""
+    pack's end (`objects.pack_table_at`: two ranged reads): (entries, pack size, those
+    bytes); None when the pack cannot tell (gone, not a regular file, damaged, or a table
+    larger than MAX_GET_BYTES). A failure of the remote itself (a timeout, a 5xx) is
+    raised: it says nothing of the pack."""
     key = pack_key(pack_id)
     try:
         size = backend.head(key)
-        trailer = pack_tail_size(0)
-        if size is None or size < trailer:
-            return None
-        tail = pack_tail_size(pack_count(backend.get_range(key, size - trailer, trailer)))
-        if tail > min(size, MAX_GET_BYTES):
-            return None
-        data = backend.get_range(key, size - tail, tail)
-        entries, total = parse_pack_index(data, pack_id)
-    except (CorruptObject, RemoteRefused, NotFound):
+        got = None if size is None else pack_table_at(
+            lambda at, n: backend.get_range(key, at, n), size, pack_id, MAX_GET_BYTES)
+    except (RemoteRefused, NotFound):
         return None
-    return (entries, size, data) if total == size else None
+    return None if got is None or size is None else (got[0], size, got[1])
+
+
+def read_pack_index(backend: Backend, pack_id: str, where: str, warn: Callable[[str], None],
+                    max_size: int = MAX_GET_BYTES) -> tuple[list[PackEntry], int] | None:
+    """A pack's entries and size, from its `index/` file (at most `max_size` bytes). A
+    damaged one (not matching its name, not a regular file, too large) is read from the
+    pack's end instead (`read_pack_tail`), and `warn` is told; when the pack cannot tell
+    either, `warn` is told the index is ignored. None for an index gone since it was
+    listed (a maintainer repacked it), or ignored."""
+    try:
+        return parse_pack_index(backend.get(index_key(pack_id), max_size=max_size), pack_id)
+    except NotFound:
+        return None
+    except (CorruptObject, RemoteRefused) as exc:
+        why = exc.message
+    try:
+        got = read_pack_tail(backend, pack_id)
+    except RemoteError:   # (the pack cannot be read just now: the index is ignored)
+        got = None
+    if got is None:
+        warn(f"warning: ignored pack index {pack_id[:12]} on {where}: {why}")
+        return None
+    warn(f"warning: pack index {pack_id[:12]} on {where} is damaged ({why}); read from its "
+         f"pack instead")
+    return got[0], got[1]

@@ -547,7 +547,7 @@ def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
     can tell them (they hash to its name, its size is what they say); its entries, or
     None when the pack cannot tell."""
     try:
-        got = remote.pack_tail(pack_id)
+        got = layout.read_pack_tail(remote.backend, pack_id)
     except RemoteError as exc:
         # A timeout or a 5xx says nothing of the pack: never call it damaged.
         raise RemoteError(f"{exc.message} (read to write its damaged index again); "

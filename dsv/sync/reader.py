@@ -35,7 +35,7 @@ from ..fileio import pieces_at_most
 from ..hashing import hash_bytes, is_hash, new_hasher
 from ..jsonio import load_bounded
 from ..model import COMMITTED, FileRow, Version
-from ..objects import PACK_THRESHOLD, parse_pack_index
+from ..objects import PACK_THRESHOLD
 from ..paths import normalize_user_path
 from ..records import Record, parse_record
 from ..refs import LATEST, MIN_PREFIX, parse_ref
@@ -664,25 +664,8 @@ class RemoteReader:
                      if (pid := layout.index_id_of_key(key)) is not None and is_hash(pid)}
 
         def read(pack: str) -> list[tuple[str, layout.Location]]:
-            try:
-                entries, _size = parse_pack_index(
-                    self.backend.get(layout.index_key(pack), max_size=MAX_GET_BYTES), pack)
-            except NotFound:
-                return []
-            except (CorruptObject, RemoteRefused) as exc:
-                # (a copy of the pack's own table: read from the pack's end instead)
-                try:
-                    got = layout.read_pack_tail(self.backend, pack)
-                except RemoteError:
-                    got = None
-                if got is None:
-                    self.reporter.notice(f"warning: ignored pack index {pack[:12]} on "
-                                         f"{self.url}: {exc.message}")
-                    return []
-                self.reporter.notice(f"warning: pack index {pack[:12]} on {self.url} is "
-                                     f"damaged ({exc.message}); read from its pack instead")
-                entries = got[0]
-            return [(e.oid, (pack, e.offset, e.length)) for e in entries]
+            got = layout.read_pack_index(self.backend, pack, self.url, self.reporter.notice)
+            return [] if got is None else [(e.oid, (pack, e.offset, e.length)) for e in got[0]]
 
         picture: dict[str, layout.Location] = {}
         with ThreadPoolExecutor(WORKERS) as pool:

@@ -30,7 +30,7 @@ from ..remotes.connect import open_backend
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, Backend, NotFound, RemoteError,
                             RemoteRefused, RemoteSpec, check_outside_stores)
 from ..remotes.cache import ClusterCache
-from ..remotes.layout import (REMOTE_MARKER, RemoteRef, index_key)
+from ..remotes.layout import (REMOTE_MARKER, RemoteRef)
 
 
 WORKERS = 8
@@ -249,37 +249,15 @@ class Remote:
         picture of a million objects is never in memory at once (it was 313 MB of a
         million-file clone's peak)."""
         def read(pack_id: str) -> tuple[str, list[PackEntry], int] | None:
-            try:
-                data = self.backend.get(index_key(pack_id),
-                                        max_size=min(sizes.get(pack_id, MAX_GET_BYTES),
-                                                     MAX_GET_BYTES))
-                entries, size = parse_pack_index(data, pack_id)
-            except NotFound:
-                return None  # deleted since the listing (a maintainer repacked it)
-            except (CorruptObject, RemoteRefused) as exc:
-                # An index is a copy of its pack's own table: a damaged one is read from
-                # the pack's end. Where that cannot tell either, the pack is never read
-                # (one damaged or hostile index must not stop every clone; `dsv verify
-                # --remote` reports it).
-                try:
-                    got = self.pack_tail(pack_id)
-                except RemoteError:   # (the pack cannot be read just now: as before)
-                    got = None
-                if got is None:
-                    self.core.reporter.notice(f"warning: ignored pack index {pack_id[:12]} "
-                                               f"on {self.name}: {exc.message}")
-                    return None
-                self.core.reporter.notice(f"warning: pack index {pack_id[:12]} on "
-                                           f"{self.name} is damaged ({exc.message}); read "
-                                           f"from its pack instead")
-                entries, size, _tail = got
-            return pack_id, entries, size
+            # (one damaged or hostile index must not stop every clone: read from its pack
+            # instead, or, where that cannot tell either, its pack is never read; `dsv
+            # verify --remote` reports it)
+            got = layout.read_pack_index(self.backend, pack_id, self.name,
+                                         self.core.reporter.notice,
+                                         min(sizes.get(pack_id, MAX_GET_BYTES), MAX_GET_BYTES))
+            return None if got is None else (pack_id, *got)
 
         yield from (r for r in bounded(getters(), read, packs, WORKERS) if r is not None)
-
-    def pack_tail(self, pack_id: str) -> tuple[list[PackEntry], int, bytes] | None:
-        """`layout.read_pack_tail` of this remote."""
-        return layout.read_pack_tail(self.backend, pack_id)
 
     def list_catalog(self, dataset: str) -> set[str]:
         """The packs `dataset`'s catalog on the remote names (one LIST per 1,000; none
