@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from .index import Index
     from .sync.download import BlobSource, Tap
 
-_KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 
 
 def _all_known(runs: Iterable[worktree.Run], known: set[str], files: int) -> bool:
@@ -1479,27 +1478,24 @@ def split_diff_words(core: Core, words: list[str],
 
 
 def files(core: Core, ref: str, path: str = "", recursive: bool = False,
-          cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+          cwd: str | os.PathLike[str] = ".") -> Iterator[FileRow]:
     """The entries of a version's directory `path` (the root by default); with
-    `recursive`, every file below it."""
+    `recursive`, every file and link below it, in path order. The rows stream: a listing
+    of a million files holds one directory at a time, never the version. A path the
+    version lacks is refused before the first row."""
     v = core.resolve(ref, cwd)
     rel = normalize_user_path(path)
-    if recursive:
-        manifest = core.manifest(v, rel)
-        if not manifest:
-            raise InvalidInput(f"{path} is not in version {v.id}")
-        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
-                for p, e in sorted(manifest.items())]
-    try:
-        rows = tree.list_dir(v.tree, core.read_tree, rel)
-    except KeyError:
-        manifest = core.manifest(v, rel)
-        if not manifest:
-            raise InvalidInput(f"{path} is not in version {v.id}") from None
-        return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
-                for p, e in manifest.items()]
-    return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode,
-                    chunks) for name, kind, mode, size, oid, chunks in rows]
+    found = tree.find(v.tree, core.read_tree, rel) if rel else None
+    if rel and found is None:
+        raise InvalidInput(f"{path} is not in version {v.id}")
+    if found is not None and found[1] != tree.DIR:
+        return iter([FileRow.of(rel, *found[1:])])
+    root = v.tree if found is None else found[4]
+    if not recursive:
+        return (FileRow.of(f"{rel}/{row[0]}" if rel else row[0], *row[1:])
+                for row in tree.entries(root, core.read_tree))
+    return (FileRow.of(p, e.kind, e.mode, e.size, e.oid, e.chunks) for p, e in
+            tree.iter_sorted(root, core.read_tree, prefix=f"{rel}/" if rel else ""))
 
 
 def get_files(core: Core, ref: str, target: str | os.PathLike[str], paths: list[str] | None = None,

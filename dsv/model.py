@@ -104,6 +104,7 @@ RUN_DIGEST_BYTES = 16
 FILE = "f"
 LINK = "l"
 DIR = "d"
+_KIND_NAMES = {FILE: "file", LINK: "link", DIR: "dir"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,12 @@ class FileRow:
     oid: str
     mode: int
     chunks: str = ""   # a chunked file's chunk list
+
+    @classmethod
+    def of(cls, path: str, kind: str, mode: int, size: int, oid: str, chunks: str = ""
+           ) -> FileRow:
+        """The row of a tree entry at `path` (`kind` as trees spell it: FILE, LINK, DIR)."""
+        return cls(path, _KIND_NAMES[kind], size, oid, mode, chunks)
 
     def to_json(self) -> dict[str, Any]:
         """The fields a script sees (`--json`): `hash` is always the blake3 of the whole

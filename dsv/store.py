@@ -9,7 +9,7 @@ logic of its own, print, or parse command lines (that is the CLI's job).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -336,9 +336,11 @@ class Store:
 
     # ---- reading files of versions ---------------------------------------------------
     def files(self, ref: str, path: str = "", recursive: bool = False,
-              cwd: str | os.PathLike[str] = ".") -> list[FileRow]:
+              cwd: str | os.PathLike[str] = ".") -> Iterator[FileRow]:
         """The entries of a version's directory `path` (the root by default); with
-        `recursive`, every file below it."""
+        `recursive`, every file and link below it, in path order. The rows stream (a
+        million-file version is never held); a path the version lacks is refused at the
+        call."""
         return checkout.files(self.core, ref=ref, path=path, recursive=recursive, cwd=cwd)
 
     def get_files(self, ref: str, target: str | os.PathLike[str],

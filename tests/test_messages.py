@@ -406,6 +406,37 @@ def test_the_one_helper() -> None:
     assert safe("byte \udcff") == "byte \\xff"
 
 
+@pytest.mark.parametrize("count", [0, 1, 3, 2_501])
+def test_a_listing_streams_the_text_the_whole_list_prints(count: int, capsys,
+                                                          monkeypatch) -> None:
+    """`files list` and `ls` write a listing as it comes (`print_json_items`,
+    `print_rows`), never holding it, and print what printing the whole list printed: the
+    same JSON, and a table laid out as rich lays out `new_table` (cells made safe, wide
+    characters counted as two columns)."""
+    from dsv.cli import output
+    items = [{"path": f"d/{'é' * (i % 3)}f{i}\x1b[2J", "size": i, "n": {"x": [i, None]}}
+             for i in range(count)]
+    output.print_json_items(iter(items))
+    assert capsys.readouterr().out == json.dumps(items, indent=2) + "\n"
+
+    rows = [(f"{'界' * (i % 4)}p{i}\x1b[1m", f"{i} B", "ab" * (i % 5)) for i in range(count)]
+    table = output.new_table("path", "size", "hash")
+    for row in rows:
+        output.add_row(table, *row)
+    output.console().print(table)
+    by_rich = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    output.print_rows(("path", "size", "hash"), iter(rows))
+    streamed = capsys.readouterr().out.splitlines()
+    assert streamed == by_rich
+    assert "\x1b" not in "".join(streamed) and all(line == line.rstrip() for line in streamed)
+
+    # past the first TABLE_SIZED rows, a wider cell widens its column from there on
+    monkeypatch.setattr(output, "TABLE_SIZED", 2)
+    output.print_rows(("name", "n"), iter([("a", "1"), ("bb", "2"), ("wider", "3"), ("c", "4")]))
+    assert capsys.readouterr().out.splitlines() == [
+        "name  n", "a     1", "bb    2", "wider  3", "c      4"]
+
+
 # ---- failures of hostile input, not bugs -------------------------------------------------
 
 @pytest.mark.parametrize("exc,words", [

@@ -1023,3 +1023,60 @@ def test_a_status_stores_no_digest_of_a_walk_that_rows_were_made_during(
     monkeypatch.setattr(worktree, "walk", meddling)
     assert store.status().changes.clean
     assert len(stored) == (0 if meddle else 1)
+
+
+def test_a_files_listing_streams_in_path_order(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`files` (store and remote reader) gives a version's rows in path order, sharded
+    directories and names that sort differently as names and as paths included, as a
+    stream: the first row comes after a few trees are read, never a whole manifest; a
+    path the version lacks is refused at the call, before any row."""
+    from dsv.errors import InvalidInput
+
+    monkeypatch.setattr(tree, "SHARD_ENTRIES", 4)
+    ws = tmp_path / "ws"
+    files = _tricky_tree(ws, 7, 150)
+    write_tree(ws, {f"flat/f{i:02d}": b"%d" % i for i in range(40)})
+    os.symlink("flat/f01", ws / "zlink")
+    store = dsv_api.init(ws, name="raw")
+    v = store.commit("v")
+    every = sorted([*files, *(f"flat/f{i:02d}" for i in range(40)), "zlink"])
+    monkeypatch.setattr(store.core, "manifest", _no_manifest)
+    reads: list[str] = []
+    read_tree = store.core.read_tree
+
+    def counting(oid: str) -> bytes:
+        reads.append(oid)
+        return read_tree(oid)
+
+    monkeypatch.setattr(store.core, "read_tree", counting)
+    rows = store.files("raw:latest", recursive=True)
+    assert not isinstance(rows, list)
+    first = next(rows)
+    trees = len({oid for oid, _node in tree.distinct_trees(v.tree, read_tree)})
+    assert first.path == every[0] and len(reads) < trees / 3, (len(reads), trees)
+    listed = [first, *rows]
+    assert [r.path for r in listed] == every
+    assert {r.path: r.kind for r in listed}["zlink"] == "link"
+    assert [r.path for r in store.files("raw:latest", "flat", recursive=True)] == \
+        [f"flat/f{i:02d}" for i in range(40)]
+    assert [(r.path, r.size) for r in store.files("raw:latest", "flat/f07")] == [("flat/f07", 1)]
+    assert sorted(r.path for r in store.files("raw:latest", "flat")) == \
+        [f"flat/f{i:02d}" for i in range(40)]
+    for recursive in (False, True):
+        with pytest.raises(InvalidInput, match="nope is not in version"):
+            store.files("raw:latest", "flat/nope", recursive=recursive)
+
+    store.add_remote("origin", str(tmp_path / "remote"))
+    store.push()
+    reader = dsv_api.open_remote(str(tmp_path / "remote"))
+    version = reader.resolve("raw:latest")
+    remote_rows = reader.files(version, recursive=True)
+    assert not isinstance(remote_rows, list)
+    assert [(r.path, r.kind, r.size, r.oid) for r in remote_rows] == \
+        [(r.path, r.kind, r.size, r.oid) for r in listed]
+    assert [r.path for r in reader.files(version, "flat", recursive=True)] == \
+        [f"flat/f{i:02d}" for i in range(40)]
+    for recursive in (False, True):
+        with pytest.raises(InvalidInput, match="nope is not in version"):
+            reader.files(version, "flat/nope", recursive=recursive)

@@ -10,8 +10,8 @@ import typer
 
 from ..errors import UsageError
 from .options import JsonOpt
-from .output import (RichReporter, add_row, console, echo, new_table, plural, print_json,
-                     size, when)
+from .output import (RichReporter, add_row, console, echo, new_table, plural, print_file_rows,
+                     print_json, when)
 from .remote import EndpointOpt, ProfileOpt
 
 if TYPE_CHECKING:
@@ -71,14 +71,7 @@ def ls(url: str = UrlArg,
             add_row(table, v.id, ", ".join(v.tags), v.message or "", when(v.committed))
         console().print(table)
         return
-    rows = reader.files(reader.resolve(ref), path or "", recursive)
-    if as_json:
-        print_json([r.to_json() for r in rows])
-        return
-    table = new_table("path", "size", "hash")
-    for r in rows:
-        add_row(table, r.path + ("/" if r.kind == "dir" else ""), size(r.size), r.oid[:16])
-    console().print(table)
+    print_file_rows(reader.files(reader.resolve(ref), path or "", recursive), as_json)
 
 
 @commands.command("get")

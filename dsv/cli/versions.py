@@ -10,8 +10,9 @@ import typer
 
 from . import complete
 from .options import JsonOpt
-from .output import (add_row, console, echo, new_table, plural, print_json, print_version,
-                     print_version_ref, safe, size, version_json, version_ref, when)
+from .output import (add_row, console, echo, new_table, plural, print_file_rows, print_json,
+                     print_version, print_version_ref, safe, size, version_json, version_ref,
+                     when)
 from .session import open_store
 
 if TYPE_CHECKING:
@@ -223,15 +224,7 @@ def files_list(ref: str = typer.Argument(..., metavar="REF", autocompletion=comp
                                                    "entries."),
                as_json: bool = JsonOpt) -> None:
     """Files of a version: name, size, hash."""
-    rows = open_store().files(ref, path, recursive)
-    if as_json:
-        print_json([r.to_json() for r in rows])
-        return
-    table = new_table("path", "size", "hash")
-    for r in rows:
-        name = r.path + ("/" if r.kind == "dir" else "")
-        add_row(table, name, size(r.size), r.oid[:16])
-    console().print(table)
+    print_file_rows(open_store().files(ref, path, recursive), as_json)
 
 
 @files_app.command("get")

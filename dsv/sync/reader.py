@@ -76,7 +76,6 @@ NEAR = 4
 for next (reads in flight arrive out of order; the kernel reads ahead of a mount's
 reader) without being taken for a random reader."""
 
-_KIND_NAMES = {tree.FILE: "file", tree.LINK: "link", tree.DIR: "dir"}
 Blob = bytes | memoryview
 """An object's bytes as read (a slice of a ranged GET's answer is not copied)."""
 
@@ -713,42 +712,42 @@ class RemoteReader:
 
     # ---- versions' files ----------------------------------------------------------------
     def files(self, version: Version, path: str = "", recursive: bool = False
-              ) -> list[FileRow]:
+              ) -> Iterator[FileRow]:
         """The entries of the version's directory `path` (the root by default); with
-        `recursive`, every file and link below it. A file's path lists that file."""
+        `recursive`, every file and link below it, in path order, streamed as `entries`
+        gives them. A file's path lists that file; a path the version lacks is refused
+        before the first row."""
         rel = normalize_user_path(path) if path else ""
         if recursive:
-            rows = self.entries(version, rel)
-            return [FileRow(p, _KIND_NAMES[e.kind], e.size, e.oid, e.mode, e.chunks)
-                    for p, e in rows]
+            return (FileRow.of(p, e.kind, e.mode, e.size, e.oid, e.chunks)
+                    for p, e in self.entries(version, rel))
+        root = version.tree
         if rel:
             row = tree.find(version.tree, self.read_tree, rel, trusted=False)
             if row is None:
                 raise InvalidInput(f"{path} is not in version {version.id}")
             if row[1] != tree.DIR:
-                name, kind, mode, size, oid, chunks = row
-                return [FileRow(rel, _KIND_NAMES[kind], size, oid, mode, chunks)]
-            rows_here = tree.entries(row[4], self.read_tree, trusted=False)
-        else:
-            rows_here = tree.entries(version.tree, self.read_tree, trusted=False)
-        return [FileRow(f"{rel}/{name}" if rel else name, _KIND_NAMES[kind], size, oid, mode,
-                        chunks) for name, kind, mode, size, oid, chunks in rows_here]
+                return iter([FileRow.of(rel, *row[1:])])
+            root = row[4]
+        return (FileRow.of(f"{rel}/{row[0]}" if rel else row[0], *row[1:])
+                for row in tree.entries(root, self.read_tree, trusted=False))
 
-    def entries(self, version: Version, rel: str = "") -> list[tuple[str, tree.Entry]]:
-        """(path, entry) of every file and link at or below `rel`, sorted by path. The
-        directory is bounded by its distinct trees before its paths are listed, as a fetch
-        bounds a version (a few hostile trees naming one directory many times describe
-        more paths than memory holds)."""
+    def entries(self, version: Version, rel: str = "") -> Iterator[tuple[str, tree.Entry]]:
+        """(path, entry) of every file and link at or below `rel`, in path order. The
+        directory is bounded by its distinct trees before the first path (a few hostile
+        trees naming one directory many times describe more paths than memory holds, as
+        a fetch bounds a version); then the paths stream, a directory's entries at a time."""
         root = version.tree
         if rel:
             row = tree.find(version.tree, self.read_tree, rel, trusted=False)
             if row is None:
                 raise InvalidInput(f"{rel} is not in version {version.id}")
             if row[1] != tree.DIR:
-                return [(rel, tree.Entry(row[1], row[2], row[3], row[4], row[5]))]
+                return iter([(rel, tree.Entry(row[1], row[2], row[3], row[4], row[5]))])
             root = row[4]
         tree.check_expansion(root, self.read_tree, trusted=False)
-        return sorted(tree.iter_files(root, self.read_tree, rel, trusted=False))
+        return tree.iter_sorted(root, self.read_tree, trusted=False,
+                                prefix=f"{rel}/" if rel else "")
 
     def chunk_list(self, entry: tree.Entry) -> tree.ChunkList:
         """The chunk list of a chunked file."""
