@@ -798,6 +798,59 @@ def test_9_verify_remote_catches_a_corrupt_tree_and_repair_keeps_good_data(tmp_p
     assert read_tree(clone) == read_tree(src)
 
 
+def test_9_verify_remote_reads_trees_a_level_at_a_time_and_damage_still_one_by_one(
+        tmp_path: Path, dsv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify --remote` reads a version's trees many to a ranged GET, a level at a time
+    (one GET a tree made a million-file check take minutes). Bytes read that way are
+    still checked one tree at a time: a damaged tree among them is read again alone and
+    reported, and a range that cannot be read (a pack cut short) leaves each of its trees
+    to be read alone, so only the trees really lost are reported."""
+    from dsv.remotes.fs import FsBackend
+    src = tmp_path / "src"
+    write_tree(src, {f"d{i:02d}/{n}.txt": f"{i} {n} " * 9 for i in range(40) for n in "ab"})
+    assert dsv("init", "--name", "data", cwd=src).code == 0
+    assert dsv("commit", "-m", "one", cwd=src).code == 0
+    remote = tmp_path / "remote"
+    assert dsv("remote", "add", "origin", remote, cwd=src).code == 0
+    assert dsv("push", cwd=src).code == 0
+    ranges: list[tuple[str, int]] = []
+    get_range = FsBackend.get_range
+
+    def counted(self: FsBackend, key: str, start: int, length: int) -> bytes:
+        ranges.append((key, length))
+        return get_range(self, key, start, length)
+
+    monkeypatch.setattr(FsBackend, "get_range", counted)
+    r = dsv("verify", "--remote", "origin", "--json", cwd=src)
+    assert r.code == 0 and json.loads(r.out)["ok"], r.out + r.err
+    assert 1 <= len(ranges) <= 3, ranges   # (41 trees: before, 41 GETs)
+
+    pack = next(p for p in (remote / "packs").iterdir() if b'"a.txt"' in p.read_bytes())
+    body = pack.read_bytes()
+    flip_byte(pack, body.index(b'"a.txt"') + 2)   # (the first directory's tree)
+    ranges.clear()
+    r = dsv("verify", "--remote", "origin", "--json", cwd=src)
+    report = json.loads(r.out)
+    corrupt = [p for p in report["problems"] if "corrupt" in p]
+    assert r.code == 1 and len(corrupt) == 1 and len(report["problems"]) == 1, report
+    assert len(ranges) <= 4, ranges
+
+    flip_byte(pack, body.index(b'"a.txt"') + 2)   # (mended)
+    from dsv.remotes.base import RemoteRefused
+
+    def refusing(self: FsBackend, key: str, start: int, length: int) -> bytes:
+        ranges.append((key, length))
+        if length > 4096:   # (a range of many trees: refused, as a flaky endpoint may)
+            raise RemoteRefused("refused")
+        return get_range(self, key, start, length)
+
+    monkeypatch.setattr(FsBackend, "get_range", refusing)
+    ranges.clear()
+    r = dsv("verify", "--remote", "origin", "--json", cwd=src)
+    assert r.code == 0 and json.loads(r.out)["ok"], r.out + r.err
+    assert any(n > 4096 for _k, n in ranges), ranges   # (refused, then read tree by tree)
+
+
 def test_9_repair_that_rebuilds_the_same_pack_keeps_it(tmp_path: Path, dsv) -> None:
     """A pack rebuilt from the same objects has the same id: never delete it after."""
     src = tmp_path / "src"
