@@ -21,15 +21,29 @@ import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import DsvError
 from .fileio import tell
 from .mounting import FuseUnavailable, end_with, fuse_module, spawn
 from .mounting import unmount as unmount  # (the CLI's `dsv umount`)
 
-DIRS_KEPT = 10_000
-"""Directory listings a mount keeps in memory (a version never changes under it)."""
+ENTRIES_KEPT = 200_000
+"""Entries of directory listings a mount keeps in memory, over all the directories it
+keeps (a version never changes under it), about 40 MB; the directory in use is kept
+whatever its size. (A bound by directories let a `find` over a million files hold them
+all, as fsspec's dicts: 260 MB for 200,000.)"""
+
+
+class _Node(NamedTuple):
+    """What a mount keeps of a directory entry: its kind (fsspec's `type`), size and mode."""
+
+    kind: str
+    size: int
+    mode: int
+
+
+_TOP = _Node("directory", 0, 0o755)
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -110,7 +124,8 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             stamp = int((version.committed or version.created) * 1e9)
             self.times = {"st_mtime": stamp, "st_ctime": stamp, "st_atime": stamp}
             self.uid, self.gid = os.getuid(), os.getgid()
-            self.dirs: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+            self.dirs: OrderedDict[str, dict[str, _Node]] = OrderedDict()
+            self.kept = 0   # (entries in `dirs`)
             # (no attribute may take an operation's name: `self.lock` hid FUSE's `lock`,
             # which each close then called, failing with a logged traceback)
             self._mutex = threading.Lock()
@@ -121,30 +136,34 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             tell(self.ready_fd, "ready")
             self.ready_fd = None
 
-        def _listing(self, rel: str) -> dict[str, dict[str, Any]]:
+        def _listing(self, rel: str) -> dict[str, _Node]:
             with self._mutex:
                 found = self.dirs.get(rel)
                 if found is not None:
                     self.dirs.move_to_end(rel)
                     return found
             entries = self.fs.ls(f"{self.ref}/{rel}" if rel else self.ref, detail=True)
-            found = {e["name"].rpartition("/")[2]: e for e in entries}
+            found = {e["name"].rpartition("/")[2]: _Node(e["type"], e["size"], e.get("mode", 0))
+                     for e in entries}
+            del entries
             with self._mutex:
+                old = self.dirs.pop(rel, None)   # (listed by two threads at once)
+                self.kept += len(found) - (len(old) if old is not None else 0)
                 self.dirs[rel] = found
-                while len(self.dirs) > DIRS_KEPT:
-                    self.dirs.popitem(last=False)
+                while self.kept > ENTRIES_KEPT and len(self.dirs) > 1:
+                    self.kept -= len(self.dirs.popitem(last=False)[1])
             return found
 
-        def _entry(self, path: str) -> dict[str, Any] | None:
+        def _entry(self, path: str) -> _Node | None:
             rel = path.strip("/")
             if not rel:
-                return {"type": "directory", "size": 0, "mode": 0o755}
+                return _TOP
             # Each directory on the way, from the top (a loop: a path may be 2,048 deep).
             *above, name = rel.split("/")
             parent = ""
             for part in above:
                 entry = self._listing(parent).get(part)
-                if entry is None or entry["type"] != "directory":
+                if entry is None or entry.kind != "directory":
                     return None
                 parent = f"{parent}/{part}" if parent else part
             return self._listing(parent).get(name)
@@ -167,15 +186,15 @@ def _operations(fuse: Any) -> type:  # noqa: ANN401 - mfusepy is untyped
             entry = self._guard(lambda: self._entry(path))
             if entry is None:
                 raise fuse.FuseOSError(errno.ENOENT)
-            kind = entry["type"]
+            kind = entry.kind
             if kind == "directory":
                 mode, links = stat.S_IFDIR | 0o555, 2
             elif kind == "link":
                 mode, links = stat.S_IFLNK | 0o777, 1
             else:
-                mode = stat.S_IFREG | (0o555 if entry.get("mode", 0) & 0o100 else 0o444)
+                mode = stat.S_IFREG | (0o555 if entry.mode & 0o100 else 0o444)
                 links = 1
-            return {"st_mode": mode, "st_nlink": links, "st_size": entry["size"],
+            return {"st_mode": mode, "st_nlink": links, "st_size": entry.size,
                     "st_uid": self.uid, "st_gid": self.gid, **self.times}
 
         def readdir(self, path: str, fh: int) -> list[str]:

@@ -336,6 +336,46 @@ def test_a_mount_run_by_hand_says_why_a_read_got_eio(capsys):
                 "remote" in err) == told, err
 
 
+def test_a_mount_keeps_a_bounded_number_of_listed_entries(monkeypatch):
+    """A mount keeps directory listings up to ENTRIES_KEPT entries over all directories
+    (a bound by directories let a walk of a million files hold every listing), the one in
+    use whatever its size; an entry evicted is listed again, right."""
+    import mfusepy
+
+    from dsv import mount as mount_module
+
+    listed: list[str] = []
+
+    class Listing:   # directories d0..d9 of 30 files each, and one of 100
+        def ls(self, path, detail=True):
+            listed.append(path)
+            rel = path.partition("/")[2]
+            if not rel:
+                return [{"name": f"ds:v1/d{i}", "type": "directory", "size": 0}
+                        for i in range(11)]
+            n = 100 if rel == "d10" else 30
+            return [{"name": f"ds:v1/{rel}/f{j}", "type": "file", "size": j, "mode": 0o755}
+                    for j in range(n)]
+
+    class Version:
+        committed = created = 1.0
+
+    monkeypatch.setattr(mount_module, "ENTRIES_KEPT", 70)
+    ops = mount_module._operations(mfusepy)(Listing(), "ds:v1", Version(), None)
+    for i in range(10):
+        for j in (0, 29):
+            attrs = ops.getattr(f"/d{i}/f{j}")
+            assert attrs["st_size"] == j and attrs["st_mode"] & 0o777 == 0o555
+            assert ops.kept == sum(len(d) for d in ops.dirs.values()) <= 70
+    assert ops.getattr("/d10/f99")["st_size"] == 99   # (kept alone: 100 > 70)
+    assert list(ops.dirs) == ["d10"] and ops.kept == 100
+    listed.clear()
+    assert ops.getattr("/d3/f7")["st_size"] == 7 and listed == ["ds:v1", "ds:v1/d3"]
+    with pytest.raises(mfusepy.FuseOSError) as caught:
+        ops.getattr("/d3/nope")
+    assert caught.value.errno == errno.ENOENT
+
+
 def test_a_reordered_chunk_list_reads_as_eio_through_a_mount_never_as_the_file(tmp_path,
                                                                               mounts):
     """A hostile remote's chunk list names a file's own chunks, intact, in another order,
