@@ -1097,3 +1097,44 @@ def test_a_place_two_ids_share_costs_a_read_never_the_wrong_bytes(tmp_path, dsv)
     out = tmp_path / "got"
     assert reader.get(v, ["a.txt", "new.txt"], out) == 2
     assert read_tree(out) == {"a.txt": b"alpha two\n", "new.txt": b"new\n"}
+
+
+def test_get_walks_the_version_twice_and_never_holds_it(tmp_path, dsv, monkeypatch):
+    """`get` without a store counts and checks in a first walk of the trees and writes in
+    a second, a batch at a time, never holding the version's files in one list (a million
+    files took 850 MB). Paths named under one another are written once; a path the
+    version lacks is refused before anything is written."""
+    import dsv as api
+    from dsv import worktree
+    from dsv.errors import InvalidInput
+    from dsv.sync import reader as reader_module
+
+    files = {f"d{i}/f{j}.txt": b"%d-%d\n" % (i, j) for i in range(6) for j in range(5)}
+    ws = _workspace(tmp_path, dsv, files)
+    remote = tmp_path / "remote"
+    _ok(dsv("remote", "add", "origin", remote, cwd=ws))
+    _ok(dsv("push", cwd=ws))
+    monkeypatch.setattr(reader_module, "GET_BATCH_FILES", 4)
+    batches: list[int] = []
+    write_files = worktree.write_files
+
+    def counted(dest, batch, content, advance):
+        batches.append(len(batch))
+        return write_files(dest, batch, content, advance)
+
+    monkeypatch.setattr(worktree, "write_files", counted)
+    reader = api.open_remote(str(remote))
+    v = reader.resolve("mldata:latest")
+    for paths, want in (([], files),
+                        (["d1", "d1/f2.txt", "d1", "d3/f0.txt"],
+                         {p: d for p, d in files.items() if p.startswith("d1/") or
+                          p == "d3/f0.txt"}),
+                        (["", "d2"], files)):
+        out = tmp_path / f"out{len(batches)}"
+        batches.clear()
+        assert reader.get(v, paths, out) == len(want)
+        assert read_tree(out) == want
+        assert sum(batches) == len(want) and max(batches) <= 4, batches
+    with pytest.raises(InvalidInput, match="nope is not in version"):
+        reader.get(v, ["d1", "nope"], tmp_path / "none")
+    assert not (tmp_path / "none").exists()
