@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from .sync.download import BlobSource, Tap
 
 
-
 def _all_known(runs: Iterable[worktree.Run], known: set[str], files: int) -> bool:
     """Whether a walk is made wholly of runs seen before (`known` digests, see
     worktree.ScanDigest) holding `files` files in all; stops at the first run that is
