@@ -212,7 +212,7 @@ class CheckoutReport:
                 "downloaded": self.downloaded, "bytes_downloaded": self.bytes_downloaded}
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRow:
     """One row of `dsv files list`."""
 
