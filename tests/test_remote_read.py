@@ -1135,6 +1135,7 @@ def test_get_walks_the_version_twice_and_never_holds_it(tmp_path, dsv, monkeypat
         assert reader.get(v, paths, out) == len(want)
         assert read_tree(out) == want
         assert sum(batches) == len(want) and max(batches) <= 4, batches
-    with pytest.raises(InvalidInput, match="nope is not in version"):
-        reader.get(v, ["d1", "nope"], tmp_path / "none")
-    assert not (tmp_path / "none").exists()
+    for paths in (["d1", "nope"], ["d1", "d1/f2.txt/x"], ["", "nope/x"]):
+        with pytest.raises(InvalidInput, match="is not in version"):
+            reader.get(v, paths, tmp_path / "none")
+        assert not (tmp_path / "none").exists()

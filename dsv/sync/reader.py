@@ -948,6 +948,9 @@ class RemoteReader:
         # (each path once: one under another named too is written with it)
         roots = [""] if not named or "" in named else sorted(
             r for r in named if not is_under(r.rpartition("/")[0], named))
+        for rel in named.difference(roots, [""]):   # (still, each must be in the version)
+            if tree.find(version.tree, self.read_tree, rel, trusted=False) is None:
+                raise InvalidInput(f"{rel} is not in version {version.id}")
         count = nbytes = file_bytes = 0
         links: dict[str, tree.Entry] = {}
         for rel in roots:
