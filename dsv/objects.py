@@ -93,6 +93,14 @@ class PackInfo:
         """The objects the pack holds, in pack order."""
         return [PackEntry(*row) for row in self.rows()]
 
+    def raw(self) -> Iterator[tuple[bytes, int, int, int]]:
+        """(raw 32-byte id, offset, length, kind) of each object, in pack order."""
+        return _ENTRY.iter_unpack(self.table)
+
+    def row_at(self, i: int) -> tuple[bytes, int, int, int]:
+        """`raw`'s `i`th row."""
+        return _ENTRY.unpack_from(self.table, i * _ENTRY.size)
+
 
 class ObjectLocator(Protocol):
     """Answers where a packed object lives (implemented by the index)."""
@@ -818,6 +826,14 @@ def parse_pack_index(tail: bytes, pack_id: str) -> tuple[list[PackEntry], int]:
             table_offset < len(PACK_MAGIC):
         raise CorruptObject(f"pack index {pack_id[:12]} has a bad trailer")
     return _entries(tail[:-_TRAILER.size], table_offset, pack_id[:12]), table_offset + len(tail)
+
+
+def parse_pack_index_table(tail: bytes, pack_id: str) -> PackInfo:
+    """`parse_pack_index` (the same checks), kept as the pack's table: 49 bytes an object
+    where a `PackEntry` takes some 240 (what a check of a whole remote holds of every
+    pack at once). Its `size` is the pack's."""
+    _entries_checked, total = parse_pack_index(tail, pack_id)
+    return PackInfo(pack_id, total, bytes(tail[:-_TRAILER.size]))
 
 
 def parse_whole_pack(data: bytes, pack_id: str) -> list[PackEntry]:

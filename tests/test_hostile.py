@@ -851,6 +851,35 @@ def test_9_verify_remote_reads_trees_a_level_at_a_time_and_damage_still_one_by_o
     assert any(n > 4096 for _k, n in ranges), ranges   # (refused, then read tree by tree)
 
 
+def test_9_verify_remote_finds_objects_by_their_whole_id_in_the_packs_tables() -> None:
+    """`verify --remote` keeps no map of hex ids (873 MB for a million-file remote): it
+    finds an object in the packs' own tables by the first 64 bits of its id, then
+    compares the whole id. Ids that share those bits (as a hostile index may list) are
+    each found, and only they; an object in two packs names both; a damaged pack is no
+    holder; a loose object is held."""
+    from dsv.objects import PackInfo, _ENTRY
+    from dsv.remotecheck import _Where
+
+    def table(*rows: tuple[bytes, int]) -> bytes:
+        return b"".join(_ENTRY.pack(raw, offset, 10, 1) for raw, offset in rows)
+
+    a = bytes(range(32))
+    b = a[:8] + bytes(24)               # (a's first 64 bits, another id)
+    c = bytes(8) + a[8:]                # (a's last 192 bits)
+    d = bytes([7]) * 32
+    tables = {"p1": PackInfo("p1", 0, table((a, 8), (b, 18))),
+              "p2": PackInfo("p2", 0, table((b, 8), (d, 18))),
+              "bad": PackInfo("bad", 0, table((c, 8)))}
+    where = _Where(tables, {"bad"}, {"ef" * 32: 5})
+    assert where.get(a.hex()) == ("p1", 8, 10, 1) and where.get(b.hex()) == ("p1", 18, 10, 1)
+    assert where.holders(a.hex()) == ["p1"] and where.holders(b.hex()) == ["p1", "p2"]
+    assert where.get(d.hex()) == ("p2", 18, 10, 1)
+    for absent in (c.hex(), (a[:31] + b"x").hex(), "zz" * 32, "ab"):
+        assert where.get(absent) is None and not where.holds(absent)
+        assert where.holders(absent) == []
+    assert where.holds("ef" * 32) and where.get("ef" * 32) is None
+
+
 def test_9_repair_that_rebuilds_the_same_pack_keeps_it(tmp_path: Path, dsv) -> None:
     """A pack rebuilt from the same objects has the same id: never delete it after."""
     src = tmp_path / "src"
