@@ -1192,3 +1192,25 @@ def test_a_blob_pack_replaced_by_a_link_is_named_as_damage_by_the_clone(tmp_path
            f"file" in r.stderr, r.stderr
     assert "hint: a version needs it: the remote is damaged" in r.stderr, r.stderr
     assert not (tmp_path / "clone").exists()
+
+
+def test_gc_keeps_live_ids_as_bytes_and_pack_tables_as_tables() -> None:
+    """gc --remote of a million-file remote held 572 MB: every pack's entries as objects
+    and every live id as hex text. Its set of live ids keeps 32 bytes an id and answers
+    for hex ids exactly as a set of them would (text that is no id is never in it); each
+    pack's entries come from its table when asked for, the same entries every time."""
+    from dsv.objects import PackEntry, PackInfo, _ENTRY
+    from dsv.sync.gc import _Entries, _Ids
+
+    ids = _Ids()
+    a, b = "ab" * 32, "0f" * 32
+    ids.add(a)
+    ids.update([b, a, "not an id", "AB" * 32])
+    assert len(ids) == 2 and a in ids and b in ids
+    for other in ("cd" * 32, "AB" * 32, a[:-1], a + "0", "zz" * 32, 5, None):
+        assert other not in ids
+    rows = [(bytes.fromhex(a), 8, 10, 1), (bytes.fromhex(b), 18, 4, 2)]
+    entries = _Entries({"p1": PackInfo("p1", 100, b"".join(_ENTRY.pack(*r) for r in rows))})
+    assert list(entries) == ["p1"] and len(entries) == 1
+    assert entries["p1"] == [PackEntry(a, 8, 10, 1), PackEntry(b, 18, 4, 2)] == \
+        dict(entries.items())["p1"]

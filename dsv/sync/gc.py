@@ -25,6 +25,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import tree
@@ -32,7 +33,7 @@ from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..hashing import hash_bytes, is_hash
-from ..objects import KIND_VERSION, PackEntry, parse_pack_index
+from ..objects import KIND_VERSION, PackEntry, PackInfo, parse_pack_index_table
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, STALE_UPLOAD_AGE, NotFound,
@@ -141,7 +142,7 @@ def _collect(core: Core, remote: Remote, report: RemoteGcReport, lease: Lease | 
 
 
 def _write_catalogs(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], RemoteRef],
-                    entries: dict[str, list[PackEntry]], listing: "_Listing") -> None:
+                    entries: Mapping[str, list[PackEntry]], listing: "_Listing") -> None:
     """Name in each dataset's catalog every pack holding an object its refs reach (a
     remote an older dsv wrote has none, or partial ones), so the remote can be raised to
     format 3. The fetch brought every record and tree the refs reach."""
@@ -243,7 +244,7 @@ def _unreadable(remote: Remote, key: str, why: str) -> RemoteError:
 
 
 def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], RemoteRef],
-               report: RemoteGcReport, extra: set[str]) -> tuple[set[str], set[str]]:
+               report: RemoteGcReport, extra: set[str]) -> tuple[_Ids, set[str]]:
     """Every object a ref reaches, and the version records among them: the records of
     its version and of their ancestors on the remote (followed through the parent records
     each record names), and every tree and blob under them (the fetch brought every
@@ -251,7 +252,7 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
     a pack lists under another kind). `extra` are ids a file that may be a ref names:
     those that are version records are walked as a ref's."""
     objects = _Objects(core, remote)
-    keep: set[str] = set()
+    keep = _Ids()
     roots: set[str] = set()
     records: set[str] = set()
     stack = [(oid, False) for oid in sorted(extra)] + \
@@ -282,6 +283,36 @@ def _reachable(core: Core, remote: Remote, remote_refs: dict[tuple[str, str], Re
     report.versions = len(records)
     report.objects_kept = len(keep)
     return keep, records
+
+
+class _Ids:
+    """A set of object ids, each kept as its 32 bytes: 65 bytes an id where a hex string
+    takes 113 (gc's set of every live object of a million-file remote). Text that is no
+    id is never in it (no object has such an id)."""
+
+    def __init__(self) -> None:
+        self._raw: set[bytes] = set()
+
+    def add(self, oid: str) -> None:
+        if (raw := _raw_id(oid)) is not None:
+            self._raw.add(raw)
+
+    def update(self, oids: Iterable[str]) -> None:
+        for oid in oids:
+            self.add(oid)
+
+    def __contains__(self, oid: object) -> bool:
+        raw = _raw_id(oid) if isinstance(oid, str) else None
+        return raw is not None and raw in self._raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _raw_id(oid: str) -> bytes | None:
+    if not is_hash(oid):
+        return None
+    return bytes.fromhex(oid)
 
 
 class _Objects:
@@ -369,19 +400,25 @@ class _Listing:
                       if (named := layout.multi_index_of_key(key)) is not None}
 
 
-def _sweep(core: Core, remote: Remote, keep: set[str], listing: _Listing,
-           entries: dict[str, list[PackEntry]], report: RemoteGcReport,
+def _sweep(core: Core, remote: Remote, keep: _Ids, listing: _Listing,
+           entries: Mapping[str, list[PackEntry]], report: RemoteGcReport,
            lease: Lease | None, live_datasets: set[str]) -> None:
-    dead, partial = [], []
-    in_live_pack: dict[str, str] = {}   # oid → a wholly live pack holding it
+    dead, partial, whole = [], [], []
     for pack_id, rows in entries.items():
         live = sum(e.oid in keep for e in rows)
         if live == len(rows):
-            in_live_pack.update((e.oid, pack_id) for e in rows)
+            whole.append(pack_id)
         elif live:
             partial.append(pack_id)
         else:
             dead.append(pack_id)
+    # oid → a wholly live pack holding it, for the objects of partly-live packs (the
+    # only ones looked up: a map of every object took some 120 MB a million)
+    in_partial = {e.oid for p in partial for e in entries[p]}
+    in_live_pack: dict[str, str] = {}
+    for pack_id in whole if in_partial else ():
+        in_live_pack.update((e.oid, pack_id) for e in entries[pack_id] if e.oid in in_partial)
+    del in_partial
     strays = [index_key(p) for p in listing.indexes if p not in listing.packs] + \
         [pack_key(p) for p in listing.packs if p not in listing.indexes]
     gone_loose = [oid for oid in listing.loose if oid not in keep]
@@ -499,16 +536,16 @@ def _nothing_deleted(report: RemoteGcReport, why: str) -> None:
 
 
 def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
-                  ) -> tuple[dict[str, list[PackEntry]], list[str]]:
+                  ) -> tuple[Mapping[str, list[PackEntry]], list[str]]:
     """Each pack's entries from its index (which must hash to the pack's name), and the
     packs whose index was written again. An index that cannot be read could name
     anything a ref reaches: then nothing is deleted; but with `mend`, one whose pack is
     whole is first written again from the pack's own table and trailer (the index is
     their copy), so a damaged copy does not stop every gc for good."""
-    def read(pack_id: str) -> tuple[str, list[PackEntry] | None, bool]:
+    def read(pack_id: str) -> tuple[str, PackInfo | None, bool]:
         try:
             data = remote.backend.get(index_key(pack_id), max_size=MAX_GET_BYTES)
-            return pack_id, parse_pack_index(data, pack_id)[0], False
+            return pack_id, parse_pack_index_table(data, pack_id), False
         except NotFound:
             return pack_id, None, False  # deleted since the listing: gc runs again
         except (CorruptObject, RemoteRefused) as exc:
@@ -526,7 +563,7 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
                              f"damaged; written again from its pack")
         return pack_id, rows, True
 
-    out: dict[str, list[PackEntry]] = {}
+    out: dict[str, PackInfo] = {}
     mended = []
     wanted = [p for p in listing.indexes if p in listing.packs]
     with core.reporter.task("reading pack indexes", len(wanted)) as advance, \
@@ -539,10 +576,28 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
             if written:
                 mended.append(pack_id)
             advance(1, 0)
-    return out, mended
+    return _Entries(out), mended
 
 
-def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
+class _Entries(Mapping[str, list[PackEntry]]):
+    """Each pack's entries, kept as its table: 49 bytes an object, where a list of
+    entries takes some 240 (a million-file remote's gc held 572 MB). A pack's list is
+    made when asked for, and let go after."""
+
+    def __init__(self, tables: dict[str, PackInfo]) -> None:
+        self._tables = tables
+
+    def __getitem__(self, pack_id: str) -> list[PackEntry]:
+        return self._tables[pack_id].entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+
+def _index_from_pack(remote: Remote, pack_id: str) -> PackInfo | None:
     """Write `index/<pack_id>` again from the pack's own table and trailer, if the pack
     can tell them (they hash to its name, its size is what they say); its entries, or
     None when the pack cannot tell."""
@@ -554,13 +609,13 @@ def _index_from_pack(remote: Remote, pack_id: str) -> list[PackEntry] | None:
                           f"nothing was deleted", hint="run gc again") from None
     if got is None:
         return None   # (damaged, too large, not a file, or gone: it cannot tell)
-    rows, _size, tail = got
+    _rows, _size, tail = got
     remote.backend.put_bytes(index_key(pack_id), tail)
-    return rows
+    return parse_pack_index_table(tail, pack_id)
 
 
-def _name_survivors(remote: Remote, going: list[str], entries: dict[str, list[PackEntry]],
-                    keep: set[str], in_live_pack: dict[str, str],
+def _name_survivors(remote: Remote, going: list[str], entries: Mapping[str, list[PackEntry]],
+                    keep: _Ids, in_live_pack: dict[str, str],
                     owners: dict[str, set[str]]) -> None:
     """A live object of a partly-live pack that goes, which a wholly live pack also
     holds, is not rewritten: that pack is named in the catalogs that named the one going
@@ -578,7 +633,7 @@ def _name_survivors(remote: Remote, going: list[str], entries: dict[str, list[Pa
 
 
 def _drop_damaged_copies(remote: Remote, partial: list[str],
-                         entries: dict[str, list[PackEntry]], keep: set[str],
+                         entries: Mapping[str, list[PackEntry]], keep: _Ids,
                          in_live_pack: dict[str, str]) -> None:
     """A live object of a partly-live pack is not rewritten when a wholly live pack holds
     it too, and its pack goes: so that other copy is read and checked first (its index
@@ -605,7 +660,7 @@ def _drop_damaged_copies(remote: Remote, partial: list[str],
                 del in_live_pack[oid]
 
 
-def _rewrite(core: Core, remote: Remote, partial: list[str], keep: set[str],
+def _rewrite(core: Core, remote: Remote, partial: list[str], keep: _Ids,
              elsewhere: set[str], report: RemoteGcReport, left: set[str],
              owners: dict[str, set[str]]) -> dict[str, int]:
     """Upload the live objects of partly-live packs that no wholly-live pack holds, into
