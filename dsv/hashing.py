@@ -86,6 +86,12 @@ def is_hash(text: str) -> bool:
     return _HASH_RE.fullmatch(text) is not None
 
 
+def raw_id(oid: str) -> bytes | None:
+    """The 32 bytes of an object id written as dsv writes it (64 lowercase hex digits);
+    None for text that is no id (what a set of raw ids never holds)."""
+    return bytes.fromhex(oid) if is_hash(oid) else None
+
+
 def random_id(length: int) -> str:
     """A random lowercase base-36 id; 10 chars carry ~51 bits, enough across offline clients."""
     import secrets  # imported here: it pulls in hashlib, which read-only commands never need

@@ -24,7 +24,7 @@ from .core import Core
 from . import tree
 from .errors import CorruptObject, DsvError, InvalidInput
 from .faults import crashpoint
-from .hashing import hash_bytes, is_hash, new_hasher
+from .hashing import hash_bytes, is_hash, new_hasher, raw_id
 from .reports import RemoteCheckReport
 from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, PackInfo, encode_pack,
                       pack_tail_size, parse_pack_index_table)
@@ -205,7 +205,7 @@ class _Where:
 
     def get(self, oid: str) -> tuple[str, int, int, int] | None:
         """(pack id, offset, length, kind) of the first sound pack holding `oid`."""
-        at = self._first(_raw(oid))
+        at = self._first(raw_id(oid))
         if at is None:
             return None
         _raw_id, offset, length, kind = self._tables[at >> 32].row_at(at & 0xFFFFFFFF)
@@ -213,23 +213,15 @@ class _Where:
 
     def holds(self, oid: str) -> bool:
         """Whether the remote holds `oid`, packed or loose."""
-        return self._first(_raw(oid)) is not None or oid in self._loose
+        return self._first(raw_id(oid)) is not None or oid in self._loose
 
     def holders(self, oid: str) -> list[str]:
         """Every sound pack holding `oid`."""
-        raw = _raw(oid)
+        raw = raw_id(oid)
         at = self._first(raw)
         if at is None or raw is None:
             return []
         return [self._packs[n] for n in [at >> 32, *self._also.get(raw, ())]]
-
-
-def _raw(oid: str) -> bytes | None:
-    """An id's 32 bytes (None for text that is no id: no pack holds it)."""
-    try:
-        return bytes.fromhex(oid) if len(oid) == 64 else None
-    except ValueError:
-        return None
 
 
 def _read_data(core: Core, remote: Remote, entries_of: dict[str, PackInfo],

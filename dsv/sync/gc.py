@@ -32,7 +32,7 @@ from .. import tree
 from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
-from ..hashing import hash_bytes, is_hash
+from ..hashing import hash_bytes, is_hash, raw_id
 from ..objects import KIND_VERSION, PackEntry, PackInfo, parse_pack_index_table
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
@@ -294,7 +294,7 @@ class _Ids:
         self._raw: set[bytes] = set()
 
     def add(self, oid: str) -> None:
-        if (raw := _raw_id(oid)) is not None:
+        if (raw := raw_id(oid)) is not None:
             self._raw.add(raw)
 
     def update(self, oids: Iterable[str]) -> None:
@@ -302,17 +302,11 @@ class _Ids:
             self.add(oid)
 
     def __contains__(self, oid: object) -> bool:
-        raw = _raw_id(oid) if isinstance(oid, str) else None
+        raw = raw_id(oid) if isinstance(oid, str) else None
         return raw is not None and raw in self._raw
 
     def __len__(self) -> int:
         return len(self._raw)
-
-
-def _raw_id(oid: str) -> bytes | None:
-    if not is_hash(oid):
-        return None
-    return bytes.fromhex(oid)
 
 
 class _Objects:
