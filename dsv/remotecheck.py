@@ -489,7 +489,7 @@ def _walk_tree(remote: Remote, where: _Where, root: str,
     # (tree object, the shard prefix it must stand at; for a chunk list, the row naming it),
     # walked a level at a time: the trees of a level are read together (`_read_ahead`)
     queue: deque[tuple[str, str | tree.Row]] = deque([(root, "")])
-    ahead: dict[str, bytes] = {}   # (read with the trees next in line, not checked yet)
+    ahead: dict[str, memoryview] = {}   # (read with the trees next in line, unchecked)
     while queue:
         oid, at = queue.popleft()
         # Each object has one place (its prefix, or the file it lists); one met in another
@@ -503,12 +503,9 @@ def _walk_tree(remote: Remote, where: _Where, root: str,
             continue
         seen[oid] = place
         needed[oid] = (KIND_TREE, -1)
-        if oid not in ahead:
-            if len(ahead) > 4 * TREES_AHEAD:   # (left over: trees met again, now seen)
-                ahead.clear()
-            ahead.update(_read_ahead(remote, where, [oid, *(
-                o for o, _a in itertools.islice(queue, TREES_AHEAD)
-                if o not in seen and o not in ahead)]))
+        if oid not in ahead:   # (a batch is used up, in order, before the next is read)
+            ahead = _read_ahead(remote, where, [oid, *(
+                o for o, _a in itertools.islice(queue, TREES_AHEAD) if o not in seen)])
         data = _read_object(remote, where, oid, KIND_TREE, report, damaged, ahead.pop(oid, None))
         if data is None:
             continue
@@ -548,35 +545,48 @@ TREES_AHEAD = 256
 million-file version has ~17,000; read one GET each, in turn, a walk took minutes)."""
 AHEAD_GAP = 1 << 20       # bytes between two trees of a pack that one range still reads
 AHEAD_RANGE = 16 << 20    # the bytes of one such range, at most
+AHEAD_BYTES = 64 << 20    # the bytes of a batch's ranges, at most (its trees share them)
 
 
 def _read_ahead(remote: Remote, where: _Where,
-                wanted: list[str]) -> dict[str, bytes]:
+                wanted: list[str]) -> dict[str, memoryview]:
     """The bytes, not checked, of the trees `wanted` that the remote's indexes place: one
     ranged GET for each stretch of a pack where they lie close together, the stretches
-    read side by side. A stretch whose GET fails is left out; `_read_object` then reads
-    each of its trees alone, and says what is wrong."""
+    read side by side, at most AHEAD_BYTES in all (each tree a view of its stretch: a
+    hostile index's trees that overlap cost their stretch once). A stretch whose GET
+    fails is left out; `_read_object` then reads each of its trees alone, and says what
+    is wrong."""
     by_pack: dict[str, list[tuple[int, int, str]]] = {}
     for oid in wanted:
         got = where.get(oid)
         if got is not None and got[3] == KIND_TREE and got[2] <= AHEAD_RANGE:
             by_pack.setdefault(got[0], []).append((got[1], got[2], oid))
     stretches: list[tuple[str, int, int, list[tuple[int, int, str]]]] = []
+    total = 0
     for pack_id, places in by_pack.items():
         places.sort()
         for offset, length, oid in places:
             last = stretches[-1] if stretches else None
             if last is not None and last[0] == pack_id and offset - last[2] <= AHEAD_GAP \
                     and offset + length - last[1] <= AHEAD_RANGE:
+                end = max(last[2], offset + length)
+                grown = end - last[2]
+                if total + grown > AHEAD_BYTES:
+                    continue   # (read alone, when its turn comes)
                 last[3].append((offset, length, oid))
-                stretches[-1] = (pack_id, last[1], max(last[2], offset + length), last[3])
+                stretches[-1] = (pack_id, last[1], end, last[3])
             else:
+                grown = length
+                if total + grown > AHEAD_BYTES:
+                    continue
                 stretches.append((pack_id, offset, offset + length, [(offset, length, oid)]))
+            total += grown
 
-    def read(stretch: tuple[str, int, int, list[tuple[int, int, str]]]) -> dict[str, bytes]:
+    def read(stretch: tuple[str, int, int, list[tuple[int, int, str]]]
+             ) -> dict[str, memoryview]:
         pack_id, start, end, places = stretch
         try:
-            data = remote.backend.get_range(pack_key(pack_id), start, end - start)
+            data = memoryview(remote.backend.get_range(pack_key(pack_id), start, end - start))
         except RemoteError:
             return {}
         return {oid: data[offset - start:offset - start + length]
@@ -584,7 +594,7 @@ def _read_ahead(remote: Remote, where: _Where,
 
     if len(stretches) <= 1:
         return read(stretches[0]) if stretches else {}
-    found: dict[str, bytes] = {}
+    found: dict[str, memoryview] = {}
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="dsv-check") as pool:
         for part in pool.map(read, stretches):
             found.update(part)
@@ -593,7 +603,7 @@ def _read_ahead(remote: Remote, where: _Where,
 
 def _read_object(remote: Remote, where: _Where, oid: str,
                  kind: int, report: RemoteCheckReport, damaged: dict[str, str],
-                 fetched: bytes | None = None) -> bytes | None:
+                 fetched: memoryview | None = None) -> bytes | None:
     """A tree or record the walk needs, read back and checked (`fetched`: its bytes read
     already with others, read again alone if they do not check). When the remote's copy
     is absent (reported by the caller as missing) or damaged (reported here), a good
@@ -607,7 +617,7 @@ def _read_object(remote: Remote, where: _Where, oid: str,
         problem = (f"object {oid[:12]} in pack {pack_id[:12]} is a {_KIND[got_kind]}, not a "
                    f"{_KIND[kind]}")
     elif fetched is not None and hash_bytes(fetched) == oid:
-        return fetched
+        return bytes(fetched)
     else:
         try:
             data = remote.backend.get_range(pack_key(pack_id), offset, length)

@@ -880,6 +880,45 @@ def test_9_verify_remote_finds_objects_by_their_whole_id_in_the_packs_tables() -
     assert where.holds("ef" * 32) and where.get("ef" * 32) is None
 
 
+def test_9_verify_remote_reads_overlapping_trees_of_a_hostile_index_once() -> None:
+    """A hostile pack index may list many "trees" over nearly the same 16 MiB. verify
+    --remote reads a batch of trees with one ranged GET per stretch of a pack: each tree
+    is a view of its stretch (not a copy: 64 such trees held 1 GiB), and a batch reads
+    at most AHEAD_BYTES."""
+    from dsv import remotecheck
+    from dsv.objects import KIND_TREE, PackInfo, _ENTRY
+
+    size = 16 << 20
+    ids = [hash_bytes(b"%d" % i) for i in range(300)]
+    table = b"".join(_ENTRY.pack(bytes.fromhex(oid), 8 + i, size - 64, KIND_TREE)
+                     for i, oid in enumerate(ids[:64]))
+    table += b"".join(_ENTRY.pack(bytes.fromhex(oid), 8 + i * 1024, 1000, KIND_TREE)
+                      for i, oid in enumerate(ids[64:]))
+    asked: list[int] = []
+
+    class Backend:
+        def get_range(self, key: str, start: int, length: int) -> bytes:
+            asked.append(length)
+            return bytes(length)
+
+    class Remote:
+        backend = Backend()
+
+    where = remotecheck._Where({"p" * 64: PackInfo("p" * 64, 1 << 30, table)}, set(), {})
+    got = remotecheck._read_ahead(Remote(), where, ids)  # type: ignore[arg-type]
+    assert sum(asked) <= remotecheck.AHEAD_BYTES and len(asked) <= 2, asked
+    assert set(got) == set(ids)   # (all within one 16 MiB stretch of the pack)
+    assert len({id(view.obj) for view in got.values()}) == len(asked)
+    assert all(len(got[oid]) == size - 64 for oid in ids[:64])
+
+    asked.clear()   # ten trees of 16 MiB in ten packs: a batch reads four of them
+    tables = {f"{n:064x}": PackInfo(f"{n:064x}", 1 << 30, _ENTRY.pack(
+        bytes.fromhex(ids[n]), 8, size - 8, KIND_TREE)) for n in range(10)}
+    got = remotecheck._read_ahead(Remote(), remotecheck._Where(tables, set(), {}),  # type: ignore[arg-type]
+                                  ids[:10])
+    assert len(got) == 4 and sum(asked) <= remotecheck.AHEAD_BYTES, asked
+
+
 def test_9_repair_that_rebuilds_the_same_pack_keeps_it(tmp_path: Path, dsv) -> None:
     """A pack rebuilt from the same objects has the same id: never delete it after."""
     src = tmp_path / "src"

@@ -437,6 +437,26 @@ def test_a_listing_streams_the_text_the_whole_list_prints(count: int, capsys,
         "name  n", "a     1", "bb    2", "wider  3", "c      4"]
 
 
+@pytest.mark.parametrize("args", [(), ("--json",)])
+def test_a_listing_read_only_in_part_ends_with_success(tmp_path: Path, args) -> None:
+    """A listing written as it comes meets a reader that stops early (`| head -1`)
+    mid-way: that ends it quietly, exit 0, no traceback, as when it was printed whole."""
+    ws = tmp_path / "ws"
+    write_tree(ws, {f"d{i // 100:02d}/file-with-a-longish-name-{i:05d}.txt": "x"
+                    for i in range(3000)})
+    assert run_dsv("init", "--name", "data", cwd=ws).returncode == 0
+    assert run_dsv("commit", "-m", "v", cwd=ws).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "dsv", "files", "list", "data:latest",
+                             "-r", *args], cwd=ws, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"[" if args else b"path") and err == b""
+
+
 # ---- failures of hostile input, not bugs -------------------------------------------------
 
 @pytest.mark.parametrize("exc,words", [

@@ -1081,6 +1081,7 @@ def test_a_place_two_ids_share_costs_a_read_never_the_wrong_bytes(tmp_path, dsv)
     assert places.get("ab" * 32) == ("p1", 8, 300) and places.get("cd" * 32) == (None, 0, 5)
     assert places.get("ef" * 32) is None and places.get("01" * 32) is None
     assert places.get("ab" * 8 + "00" * 24) == ("p1", 8, 300)   # (a hint, checked on read)
+    assert places.get("zz" * 32) is None and places.get("ab") is None   # (no id: no place)
 
     reader = api.open_remote(str(remote))
     v = reader.resolve("mldata:latest")

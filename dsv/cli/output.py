@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import sys
 import time
@@ -185,13 +186,18 @@ def _laid_out(cells: list[str], widths: list[int]) -> str:
 
 
 def print_file_rows(rows: Iterable[FileRow], as_json: bool) -> None:
-    """A listing of a version's files (`files list`, `ls`), streamed."""
-    if as_json:
-        print_json_items(r.to_json() for r in rows)
-    else:
-        print_rows(("path", "size", "hash"),
-                   ((r.path + ("/" if r.kind == "dir" else ""), size(r.size), r.oid[:16])
-                    for r in rows))
+    """A listing of a version's files (`files list`, `ls`), streamed. A reader that stops
+    early (`| head`) ends it quietly, with success."""
+    try:
+        if as_json:
+            print_json_items(r.to_json() for r in rows)
+        else:
+            print_rows(("path", "size", "hash"),
+                       ((r.path + ("/" if r.kind == "dir" else ""), size(r.size), r.oid[:16])
+                        for r in rows))
+        sys.stdout.flush()
+    except BrokenPipeError:   # (what is still buffered goes nowhere, not to a traceback)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def add_row(into: Table, *cells: object) -> None:

@@ -120,6 +120,8 @@ class _Places:
             self._at[int(oid[:16], 16)] = number << 96 | offset << 40 | length
 
     def get(self, oid: str) -> layout.Location | None:
+        if not is_hash(oid):
+            return None
         packed = self._at.get(int(oid[:16], 16))
         if packed is None:
             return None
