@@ -489,7 +489,7 @@ def _walk_tree(remote: Remote, where: _Where, root: str,
     # (tree object, the shard prefix it must stand at; for a chunk list, the row naming it),
     # walked a level at a time: the trees of a level are read together (`_read_ahead`)
     queue: deque[tuple[str, str | tree.Row]] = deque([(root, "")])
-    ahead: dict[str, memoryview] = {}   # (read with the trees next in line, unchecked)
+    ahead: dict[str, bytes] = {}   # (read with the trees next in line, not checked yet)
     while queue:
         oid, at = queue.popleft()
         # Each object has one place (its prefix, or the file it lists); one met in another
@@ -543,50 +543,47 @@ def _same(data: bytes, _oid: str) -> bytes:
 TREES_AHEAD = 256
 """Trees `_walk_tree` reads at once: the one it needs and those next in line (a
 million-file version has ~17,000; read one GET each, in turn, a walk took minutes)."""
-AHEAD_GAP = 1 << 20       # bytes between two trees of a pack that one range still reads
+AHEAD_GAP = 64 << 10      # bytes between two trees of a pack that one range still reads
 AHEAD_RANGE = 16 << 20    # the bytes of one such range, at most
-AHEAD_BYTES = 64 << 20    # the bytes of a batch's ranges, at most (its trees share them)
+AHEAD_BYTES = 32 << 20    # the bytes a batch reads, and the bytes of trees it keeps, at most
 
 
 def _read_ahead(remote: Remote, where: _Where,
-                wanted: list[str]) -> dict[str, memoryview]:
+                wanted: list[str]) -> dict[str, bytes]:
     """The bytes, not checked, of the trees `wanted` that the remote's indexes place: one
     ranged GET for each stretch of a pack where they lie close together, the stretches
-    read side by side, at most AHEAD_BYTES in all (each tree a view of its stretch: a
-    hostile index's trees that overlap cost their stretch once). A stretch whose GET
-    fails is left out; `_read_object` then reads each of its trees alone, and says what
-    is wrong."""
+    read side by side. A batch reads at most AHEAD_BYTES and keeps at most AHEAD_BYTES of
+    trees (a hostile index may list many trees over the same bytes: each is a copy). A
+    tree left out, or in a stretch whose GET fails, is read alone by `_read_object`,
+    which says what is wrong."""
     by_pack: dict[str, list[tuple[int, int, str]]] = {}
     for oid in wanted:
         got = where.get(oid)
         if got is not None and got[3] == KIND_TREE and got[2] <= AHEAD_RANGE:
             by_pack.setdefault(got[0], []).append((got[1], got[2], oid))
     stretches: list[tuple[str, int, int, list[tuple[int, int, str]]]] = []
-    total = 0
+    kept = spanned = 0
     for pack_id, places in by_pack.items():
         places.sort()
         for offset, length, oid in places:
             last = stretches[-1] if stretches else None
-            if last is not None and last[0] == pack_id and offset - last[2] <= AHEAD_GAP \
-                    and offset + length - last[1] <= AHEAD_RANGE:
-                end = max(last[2], offset + length)
-                grown = end - last[2]
-                if total + grown > AHEAD_BYTES:
-                    continue   # (read alone, when its turn comes)
+            joins = last is not None and last[0] == pack_id and \
+                offset - last[2] <= AHEAD_GAP and offset + length - last[1] <= AHEAD_RANGE
+            grown = max(last[2], offset + length) - last[2] if joins and last else length
+            if kept + length > AHEAD_BYTES or spanned + grown > AHEAD_BYTES:
+                continue   # (read alone, when its turn comes)
+            kept += length
+            spanned += grown
+            if joins and last:
                 last[3].append((offset, length, oid))
-                stretches[-1] = (pack_id, last[1], end, last[3])
+                stretches[-1] = (pack_id, last[1], last[2] + grown, last[3])
             else:
-                grown = length
-                if total + grown > AHEAD_BYTES:
-                    continue
                 stretches.append((pack_id, offset, offset + length, [(offset, length, oid)]))
-            total += grown
 
-    def read(stretch: tuple[str, int, int, list[tuple[int, int, str]]]
-             ) -> dict[str, memoryview]:
+    def read(stretch: tuple[str, int, int, list[tuple[int, int, str]]]) -> dict[str, bytes]:
         pack_id, start, end, places = stretch
         try:
-            data = memoryview(remote.backend.get_range(pack_key(pack_id), start, end - start))
+            data = remote.backend.get_range(pack_key(pack_id), start, end - start)
         except RemoteError:
             return {}
         return {oid: data[offset - start:offset - start + length]
@@ -594,7 +591,7 @@ def _read_ahead(remote: Remote, where: _Where,
 
     if len(stretches) <= 1:
         return read(stretches[0]) if stretches else {}
-    found: dict[str, memoryview] = {}
+    found: dict[str, bytes] = {}
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="dsv-check") as pool:
         for part in pool.map(read, stretches):
             found.update(part)
@@ -603,7 +600,7 @@ def _read_ahead(remote: Remote, where: _Where,
 
 def _read_object(remote: Remote, where: _Where, oid: str,
                  kind: int, report: RemoteCheckReport, damaged: dict[str, str],
-                 fetched: memoryview | None = None) -> bytes | None:
+                 fetched: bytes | None = None) -> bytes | None:
     """A tree or record the walk needs, read back and checked (`fetched`: its bytes read
     already with others, read again alone if they do not check). When the remote's copy
     is absent (reported by the caller as missing) or damaged (reported here), a good
@@ -617,7 +614,7 @@ def _read_object(remote: Remote, where: _Where, oid: str,
         problem = (f"object {oid[:12]} in pack {pack_id[:12]} is a {_KIND[got_kind]}, not a "
                    f"{_KIND[kind]}")
     elif fetched is not None and hash_bytes(fetched) == oid:
-        return bytes(fetched)
+        return fetched
     else:
         try:
             data = remote.backend.get_range(pack_key(pack_id), offset, length)
