@@ -26,7 +26,7 @@ from .errors import CorruptObject, DsvError, InvalidInput
 from .faults import crashpoint
 from .hashing import hash_bytes, is_hash, new_hasher, raw_id
 from .reports import RemoteCheckReport
-from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackEntry, PackInfo, encode_pack,
+from .objects import (KIND_BLOB, KIND_TREE, KIND_VERSION, PackInfo, PackTables, encode_pack,
                       pack_tail_size, parse_pack_index_table)
 from .records import Record, parse_record
 from .remotes.base import MAX_GET_BYTES, NotFound, RemoteError, RemoteRefused
@@ -110,7 +110,7 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
 
     # 1. pack indexes: each must hash to its name and describe a whole pack.
     bad_packs: set[str] = set()
-    entries_of: dict[str, PackInfo] = {}   # (as tables: a million objects take 49 MB)
+    entries_of = PackTables()
     for pack_id, size in sorted(indexes.items()):
         if not is_hash(pack_id):
             report.problems.append(f"index file {pack_id[:40]} is not named by a pack id")
@@ -123,7 +123,7 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
             report.problems.append(f"pack index {pack_id[:12]}: {exc.message}")
             bad_packs.add(pack_id)
             continue
-        entries_of[pack_id] = table
+        entries_of.tables[pack_id] = table
         total = table.size
         if pack_id not in packs:
             report.problems.append(f"pack {pack_id[:12]} is indexed but missing")
@@ -137,7 +137,7 @@ def _check(core: Core, remote: Remote, read_data: bool, subset: float | None,
             report.warnings.append(f"pack {pack_id[:12]} has no index (left by an interrupted "
                                    f"push; never read)")
     remote.refresh()  # the store's picture of the remote, for the walks below
-    where = _Where(entries_of, bad_packs, loose)
+    where = _Where(entries_of.tables, bad_packs, loose)
 
     # 2. data: every object (or a random subset of packs and loose files) re-hashed.
     damaged: dict[str, str] = {}   # oid → where it is damaged (a pack id, or "loose")
@@ -224,7 +224,7 @@ class _Where:
         return [self._packs[n] for n in [at >> 32, *self._also.get(raw, ())]]
 
 
-def _read_data(core: Core, remote: Remote, entries_of: dict[str, PackInfo],
+def _read_data(core: Core, remote: Remote, entries_of: PackTables,
                bad_packs: set[str], loose: dict[str, int], subset: float | None,
                report: RemoteCheckReport, damaged: dict[str, str]) -> None:
     packs = sorted(p for p in entries_of if p not in bad_packs)
@@ -236,7 +236,7 @@ def _read_data(core: Core, remote: Remote, entries_of: dict[str, PackInfo],
     total = len(packs) + len(files)
     with core.reporter.task("reading remote data", total) as advance:
         for pack_id in packs:
-            entries = entries_of[pack_id].entries   # (one pack's at a time)
+            entries = entries_of[pack_id]   # (one pack's at a time)
             size = (max((e.offset + e.length for e in entries), default=8)
                     + pack_tail_size(len(entries)))
             try:
@@ -388,7 +388,7 @@ class _Reach:
 
 
 def _check_catalogs(remote: Remote, listing: dict[str, int],
-                    entries_of: dict[str, PackInfo], where: _Where, bad_packs: set[str],
+                    entries_of: PackTables, where: _Where, bad_packs: set[str],
                     reach: _Reach, report: RemoteCheckReport, repair: bool) -> None:
     """On a format-3 remote, each dataset's catalog must name a pack holding every packed
     object its refs reach (a reader of that dataset reads no other pack index); with
@@ -646,13 +646,9 @@ def _catalog_owners(listing: dict[str, int]) -> dict[str, set[str]]:
     return owners
 
 
-def _entries(entries_of: dict[str, PackInfo], pack_id: str) -> list[PackEntry]:
-    return entries_of[pack_id].entries if pack_id in entries_of else []
-
-
 def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list[str],
             damaged: dict[str, str], needed: dict[str, tuple[int, int]],
-            entries_of: dict[str, PackInfo], bad_packs: set[str],
+            entries_of: PackTables, bad_packs: set[str],
             lease: Lease, catalogs: dict[str, set[str]]) -> None:
     """Upload good local copies of what the remote lacks or holds damaged; then drop
     damaged packs whose every object is safe again, with the entries of `catalogs` (pack
@@ -661,9 +657,9 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
     objects = core.objects
     todo = set(missing) | set(damaged)
     for pack_id in bad_packs:
-        todo.update(e.oid for e in _entries(entries_of, pack_id))
+        todo.update(e.oid for e in entries_of.get(pack_id, []))
     local = objects.locate_many(todo)
-    kinds = {e.oid: e.kind for p in bad_packs for e in _entries(entries_of, p)}
+    kinds = {e.oid: e.kind for p in bad_packs for e in entries_of.get(p, [])}
     fixed: set[str] = set()
     sent: list[Sent] = []
     packed: list[tuple[int, str]] = []   # (kind, oid) of the small ones
@@ -713,7 +709,7 @@ def _repair(core: Core, remote: Remote, report: RemoteCheckReport, missing: list
     for pack_id in goes:
         # (A pack rebuilt from the same objects in the same order has the same id: the
         # upload has already replaced the damaged bytes, so it stays.)
-        held = entries_of[pack_id].entries if pack_id in entries_of else None
+        held = entries_of.get(pack_id)
         if held is None or any(e.oid not in fixed for e in held):
             lost = [e.oid for e in held or [] if e.oid not in fixed]
             if lost:

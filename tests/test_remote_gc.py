@@ -1199,8 +1199,8 @@ def test_gc_keeps_live_ids_as_bytes_and_pack_tables_as_tables() -> None:
     and every live id as hex text. Its set of live ids keeps 32 bytes an id and answers
     for hex ids exactly as a set of them would (text that is no id is never in it); each
     pack's entries come from its table when asked for, the same entries every time."""
-    from dsv.objects import PackEntry, PackInfo, _ENTRY
-    from dsv.sync.gc import _Entries, _Ids
+    from dsv.objects import PackEntry, PackInfo, PackTables, _ENTRY
+    from dsv.sync.gc import _Ids
 
     ids = _Ids()
     a, b = "ab" * 32, "0f" * 32
@@ -1210,7 +1210,8 @@ def test_gc_keeps_live_ids_as_bytes_and_pack_tables_as_tables() -> None:
     for other in ("cd" * 32, "AB" * 32, a[:-1], a + "0", "zz" * 32, 5, None):
         assert other not in ids
     rows = [(bytes.fromhex(a), 8, 10, 1), (bytes.fromhex(b), 18, 4, 2)]
-    entries = _Entries({"p1": PackInfo("p1", 100, b"".join(_ENTRY.pack(*r) for r in rows))})
+    entries = PackTables()
+    entries.tables["p1"] = PackInfo("p1", 100, b"".join(_ENTRY.pack(*r) for r in rows))
     assert list(entries) == ["p1"] and len(entries) == 1
     assert entries["p1"] == [PackEntry(a, 8, 10, 1), PackEntry(b, 18, 4, 2)] == \
         dict(entries.items())["p1"]

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import tree
@@ -33,7 +33,7 @@ from ..core import Core
 from ..errors import CorruptObject, MissingObject
 from ..faults import crashpoint
 from ..hashing import hash_bytes, is_hash, raw_id
-from ..objects import KIND_VERSION, PackEntry, PackInfo, parse_pack_index_table
+from ..objects import KIND_VERSION, PackEntry, PackInfo, PackTables, parse_pack_index_table
 from ..remotes import layout
 from ..records import MAX_RECORD_BYTES, parse_record
 from ..remotes.base import (MAX_GET_BYTES, MAX_REF_BYTES, STALE_UPLOAD_AGE, NotFound,
@@ -557,7 +557,7 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
                              f"damaged; written again from its pack")
         return pack_id, rows, True
 
-    out: dict[str, PackInfo] = {}
+    out = PackTables()
     mended = []
     wanted = [p for p in listing.indexes if p in listing.packs]
     with core.reporter.task("reading pack indexes", len(wanted)) as advance, \
@@ -566,29 +566,11 @@ def _read_indexes(core: Core, remote: Remote, listing: _Listing, mend: bool
             if rows is None:
                 raise RemoteError(f"pack index {pack_id[:12]} went from {remote.name} while "
                                   f"gc read it; nothing was deleted", hint="run gc again")
-            out[pack_id] = rows
+            out.tables[pack_id] = rows
             if written:
                 mended.append(pack_id)
             advance(1, 0)
-    return _Entries(out), mended
-
-
-class _Entries(Mapping[str, list[PackEntry]]):
-    """Each pack's entries, kept as its table: 49 bytes an object, where a list of
-    entries takes some 240 (a million-file remote's gc held 572 MB). A pack's list is
-    made when asked for, and let go after."""
-
-    def __init__(self, tables: dict[str, PackInfo]) -> None:
-        self._tables = tables
-
-    def __getitem__(self, pack_id: str) -> list[PackEntry]:
-        return self._tables[pack_id].entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._tables)
-
-    def __len__(self) -> int:
-        return len(self._tables)
+    return out, mended
 
 
 def _index_from_pack(remote: Remote, pack_id: str) -> PackInfo | None:
