@@ -566,6 +566,8 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("status_path", "status after that", ("checkout_path",)),
     StepDef("verify", "verify", ("commit_cold", "commit_mutated")),
     StepDef("gc", "gc", ("commit_cold", "commit_mutated")),
+    # scale: the reading commands (issue 11's memory bound holds for every command)
+    StepDef("files_list", "files list -r", ("commit_mutated",)),
     StepDef("push", "push (cold)", (), "sync"),
     StepDef("push_noop", "push (no-op)", ("push",), "sync"),
     StepDef("clone_pull", "clone + pull", ("push",), "sync"),
@@ -573,6 +575,12 @@ STEPS: tuple[StepDef, ...] = (
     StepDef("push_mutated", "push after mutation", ("push",), "sync"),
     StepDef("fetch", "fetch (in the clone)", ("clone_pull", "push_mutated"), "sync"),
     StepDef("pull", "pull (in the clone)", ("fetch",), "sync"),
+    # scale: read the remote the sync steps left (2 versions) with no store, then collect
+    # its garbage (nothing is garbage: both versions are reachable) and check what is left
+    StepDef("ls_remote", "ls URL -r, no store", ("push_mutated",), "sync"),
+    StepDef("get_remote", "get URL, whole version", ("push_mutated",), "sync"),
+    StepDef("gc_remote", "gc --remote", ("push_mutated",), "sync"),
+    StepDef("verify_remote", "verify --remote", ("push_mutated",), "sync"),
     # remote-age: "age" is a remote after N small pushes, "once" the same content pushed
     # once. One setup makes both repos, so that the two timed clones run back to back
     # under the same conditions (not the aged one straight after its N rounds of writes).
@@ -610,8 +618,9 @@ WORKLOAD_STEPS: dict[str, tuple[str, ...]] = {
     "small": _CLASSIC,
     "large": _CLASSIC,
     "scale": ("commit_cold", "status", "status_mutated", "commit_mutated", "checkout",
-              "checkout_over", "verify", "gc", "checkout_path", "status_path", "push",
-              "push_noop", "clone_pull", "push_mutated", "fetch", "pull"),
+              "checkout_over", "verify", "gc", "files_list", "checkout_path", "status_path",
+              "push", "push_noop", "clone_pull", "push_mutated", "fetch", "pull", "ls_remote",
+              "get_remote", "gc_remote", "verify_remote"),
     "flat": ("commit_cold", "commit_mutated", "commit_monitored"),
     "remote-age": ("once_push", "age_clone", "once_clone"),
     # issue 12: one repo per lane (no second "sync" repo), in this order: commit, push, edit
@@ -1030,6 +1039,8 @@ class Dsv(Participant):
             self._run(ctx, lane, lane.sync / DATASET, "commit", "-m", "mutated")
         elif step in ("age_clone", "once_clone"):
             ctx.janitor.discard(lane.root / step)
+        elif step == "get_remote":
+            ctx.janitor.discard(lane.root / "get-all")
         elif step == "get_one":
             for d in ("get", "get-cache"):  # a cold (empty) cache, a fresh destination
                 ctx.janitor.discard(lane.root / d)
@@ -1066,6 +1077,22 @@ class Dsv(Participant):
         if step == "checkout_path":
             return Command([*self.argv, "checkout", f"{DATASET}:latest~1",
                             _first_mutated_dir(ctx, wl)], lane.data)
+        if step == "files_list":
+            return into_file(lane.root / "listing.json", [
+                *self.argv, "files", "list", f"{DATASET}:latest", "-r", "--json"], lane.data)
+        if step in ("ls_remote", "get_remote"):  # (from the lane's root: no store there)
+            url = self.remote_url(lane)
+            if step == "ls_remote":
+                return into_file(lane.root / "listing.json", [
+                    *self.argv, "ls", url, f"{DATASET}:latest", "-r", "--json",
+                    *self.endpoint_args(ctx, url)], lane.root)
+            return Command([*self.argv, "get", url, f"{DATASET}:latest", "--to",
+                            str(lane.root / "get-all"), *self.endpoint_args(ctx, url),
+                            "--json"], lane.root)
+        if step in ("gc_remote", "verify_remote"):
+            verb = step.removesuffix("_remote")
+            return Command([*self.argv, verb, "--remote", "origin", "--json"],
+                           lane.sync / DATASET)
         args = {
             "commit_cold": ["commit", "-m", "cold"],
             "status": ["status"],
@@ -1150,6 +1177,21 @@ class Dsv(Participant):
             check_over_tree(MOUNT_STEPS[step][1], wl, lane, m)
         elif step == "get_one":
             self._check_get(ctx, wl, lane, m)
+        elif step in ("files_list", "ls_remote"):
+            m.extra["files_listed"] = check_listing(wl, lane.root / "listing.json")
+        elif step == "get_remote":
+            m.extra["verified_files"] = verify_same_bytes(wl, lane.root / "get-all",
+                                                          want_root=wl.expected)
+            ctx.janitor.discard(lane.root / "get-all")
+        elif step == "gc_remote":
+            report = self._report(lane, m, "objects_kept", "objects_deleted", "packs_deleted")
+            if report.get("objects_deleted") != 0 or report.get("packs_deleted") != 0:
+                raise VerifyError(f"dsv gc --remote deleted what both versions reach: "
+                                  f"{str(report)[:300]}")
+        elif step == "verify_remote":
+            report = self._report(lane, m, "versions_checked", "objects_read")
+            if report.get("ok") is not True:
+                raise VerifyError(f"dsv verify --remote: {str(report)[:300]}")
         elif step == "pull":
             self._report(lane, m, "objects_received", "bytes_received")
             compare_trees(wl.expected, lane.clone, skip=(".dsv",))
@@ -1312,6 +1354,34 @@ class Dsv(Participant):
             if content is not None:
                 m.extra["new_content_bytes"] = content
                 m.extra["metadata_growth_bytes"] = m.extra["store_growth_bytes"] - content
+
+
+def into_file(out: Path, argv: list[str], cwd: Path) -> Command:
+    """``argv`` with its standard output into ``out`` (a listing of a million files is
+    not for the log). Through ``exec``: the measured process is ``argv``'s own."""
+    return Command(["bash", "-c", 'exec "$@" > "$0"', str(out), *argv], cwd)
+
+
+def check_listing(wl: Workload, listing: Path) -> int:
+    """After ``files list -r --json`` or ``ls -r --json`` of the mutated version: it lists
+    exactly the expected tree's files, each with its size and BLAKE3. Returns how many."""
+    if wl.expected not in wl.digests:
+        wl.digests[wl.expected] = tree_digest(wl.expected)
+    want = {rel: (size, digest) for rel, (size, _mode, digest) in
+            wl.digests[wl.expected].items()}
+    try:
+        items = json.loads(listing.read_text())
+        got = {item["path"]: (item["size"], item["hash"]) for item in items}
+    except (ValueError, TypeError, KeyError) as e:
+        raise VerifyError(f"{listing}: not a JSON listing of files ({e})") from None
+    if len(got) != len(items) or got != want:
+        wrong = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+        raise VerifyError(f"the listing differs from the expected tree: {len(items)} items, "
+                          f"{len(want.keys() - got.keys())} files missing, "
+                          f"{len(got.keys() - want.keys())} extra, {len(wrong)} wrong "
+                          f"{wrong[:3]}")
+    listing.unlink()
+    return len(got)
 
 
 def dir_bytes(root: Path) -> int:
