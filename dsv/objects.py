@@ -56,6 +56,7 @@ PACK_MAGIC = b"DSVPACK1"
 PACK_END_MAGIC = b"DSVPEND1"
 _ENTRY = struct.Struct(">32sQQB")      # raw hash, offset, length, kind
 _TRAILER = struct.Struct(">QQ8s")       # entry count, table offset, end magic
+_FIRST_BITS = struct.Struct(f">Q{_ENTRY.size - 8}x")   # (an entry's id's first 64 bits)
 
 KIND_BLOB = 0
 KIND_TREE = 1
@@ -100,6 +101,10 @@ class PackInfo:
     def row_at(self, i: int) -> tuple[bytes, int, int, int]:
         """`raw`'s `i`th row."""
         return _ENTRY.unpack_from(self.table, i * _ENTRY.size)
+
+    def first_bits(self) -> Iterator[int]:
+        """The first 64 bits of each object's id, as a number, in pack order."""
+        return (first for (first,) in _FIRST_BITS.iter_unpack(self.table))
 
 
 class PackTables(Mapping[str, list[PackEntry]]):

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import random
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,38 +173,55 @@ _KIND = {KIND_BLOB: "file", KIND_TREE: "tree", KIND_VERSION: "version record"}
 
 
 class _Where:
-    """Where the remote's sound pack indexes place each object, looked up in the packs'
-    own tables by an id's first 64 bits, the whole id then compared with the table's:
-    about 120 bytes an object, where a dict of hex ids to tuples beside a list of entries
-    for every pack took some 430 (a million-file remote's check held 873 MB). `loose`:
-    the remote's loose objects, also on it."""
+    """Where the remote's sound pack indexes place each object, found in the packs' own
+    tables: two sorted arrays, the first 64 bits of each row's id and the row (pack
+    number << 32 | row number), 16 bytes an object (a dict of 64-bit keys took some 120,
+    a dict of hex ids beside every pack's entries some 430). An id is looked up by its
+    first 64 bits and then compared whole with the table's. Rows whose ids share their
+    first 64 bits (as a hostile index may list by the million) are sorted by their whole
+    id, so a lookup among them stays a binary search. `loose`: the remote's loose
+    objects, also on it."""
 
     def __init__(self, tables: dict[str, PackInfo], bad: set[str], loose: dict[str, int]
                  ) -> None:
         self._packs = [p for p in tables if p not in bad]
         self._tables = [tables[p] for p in self._packs]
         self._loose = loose
-        self._at: dict[int, int] = {}            # id's first 64 bits → pack number << 32 | row
-        self._clash: dict[bytes, int] = {}       # (ids whose first 64 bits another has)
-        self._also: dict[bytes, list[int]] = {}  # raw id → the other packs holding it
-        for n, table in enumerate(self._tables):
-            for i, (raw, _offset, _length, _kind) in enumerate(table.raw()):
-                first = self._first(raw)
-                if first is None:
-                    here = n << 32 | i
-                    if self._at.setdefault(int.from_bytes(raw[:8], "big"), here) != here:
-                        self._clash[raw] = here
-                elif first >> 32 != n:
-                    self._also.setdefault(raw, []).append(n)
+        rows = sorted(first << 64 | n << 32 | i
+                      for n, table in enumerate(self._tables)
+                      for i, first in enumerate(table.first_bits()))
+        self._keys = keys = array("Q", (row >> 64 for row in rows))
+        self._rows = array("Q", (row & _LOW_64 for row in rows))
+        del rows
+        self._starts = array("Q", (bisect_left(keys, top << 48) for top in range(1 << 16)))
+        self._starts.append(len(keys))   # (where the keys of each first 16 bits begin)
+        shared = itertools.compress(range(1, len(keys)), map(operator.eq, keys[1:], keys))
+        for i in sorted({bisect_left(keys, keys[k]) for k in shared}):
+            j = bisect_right(keys, keys[i], i)   # (a run of one key: by whole id, then row)
+            self._rows[i:j] = array("Q", sorted(self._rows[i:j],
+                                                key=lambda at: (self._id(at), at)))
+
+    def _id(self, at: int) -> bytes:
+        raw: bytes = self._tables[at >> 32].row_at(at & 0xFFFFFFFF)[0]
+        return raw
+
+    def _find(self, raw: bytes) -> int:
+        """Where the first row holding `raw` would be in the arrays."""
+        key, keys = int.from_bytes(raw[:8], "big"), self._keys
+        i = bisect_left(keys, key, self._starts[key >> 48], self._starts[(key >> 48) + 1])
+        if i + 1 < len(keys) and keys[i + 1] == key:   # (ids sharing these 64 bits)
+            i = bisect_left(range(len(keys)), raw, i, bisect_right(keys, key, i),
+                            key=lambda k: self._id(self._rows[k]))
+        return i
 
     def _first(self, raw: bytes | None) -> int | None:
-        """Where the first sound pack holding the object `raw` has it."""
+        """The first sound table row holding the object `raw` (pack number << 32 | row)."""
         if raw is None:
             return None
-        at = self._at.get(int.from_bytes(raw[:8], "big"))
-        if at is not None and self._tables[at >> 32].row_at(at & 0xFFFFFFFF)[0] == raw:
-            return at
-        return self._clash.get(raw)
+        i = self._find(raw)
+        if i < len(self._rows) and self._id(self._rows[i]) == raw:
+            return self._rows[i]
+        return None
 
     def get(self, oid: str) -> tuple[str, int, int, int] | None:
         """(pack id, offset, length, kind) of the first sound pack holding `oid`."""
@@ -216,12 +236,19 @@ class _Where:
         return self._first(raw_id(oid)) is not None or oid in self._loose
 
     def holders(self, oid: str) -> list[str]:
-        """Every sound pack holding `oid`."""
+        """Every sound pack holding `oid`, by pack number."""
         raw = raw_id(oid)
-        at = self._first(raw)
-        if at is None or raw is None:
+        if raw is None:
             return []
-        return [self._packs[n] for n in [at >> 32, *self._also.get(raw, ())]]
+        found: dict[int, None] = {}
+        i = self._find(raw)
+        while i < len(self._rows) and self._id(self._rows[i]) == raw:
+            found[self._rows[i] >> 32] = None
+            i += 1
+        return [self._packs[n] for n in found]
+
+
+_LOW_64 = (1 << 64) - 1
 
 
 def _read_data(core: Core, remote: Remote, entries_of: PackTables,

@@ -880,6 +880,43 @@ def test_9_verify_remote_finds_objects_by_their_whole_id_in_the_packs_tables() -
     assert where.holds("ef" * 32) and where.get("ef" * 32) is None
 
 
+def test_9_verify_remote_finds_an_id_among_thousands_sharing_its_first_64_bits() -> None:
+    """A hostile index may list thousands of ids that share their first 64 bits. Each is
+    still found, by a binary search among them (a few dozen rows read, never a scan of
+    the thousands), and an id listed in two packs names both, first pack first."""
+    import random
+
+    from dsv.objects import PackInfo, _ENTRY
+    from dsv.remotecheck import _Where
+
+    reads = [0]
+
+    class Counted(PackInfo):
+        def row_at(self, i: int) -> tuple[bytes, int, int, int]:
+            reads[0] += 1
+            return super().row_at(i)
+
+    prefix = b"\x01" * 8
+    ids = [prefix + bytes.fromhex(hash_bytes(b"%d" % i))[:24] for i in range(5000)]
+    random.Random(7).shuffle(ids)
+    other = bytes.fromhex(hash_bytes(b"other"))
+    p1 = b"".join(_ENTRY.pack(raw, 8 + 10 * i, 10, 1) for i, raw in enumerate(ids))
+    p2 = _ENTRY.pack(ids[42], 8, 10, 1) + _ENTRY.pack(other, 18, 10, 1)
+    where = _Where({"p2": Counted("p2", 0, p2), "p1": Counted("p1", 0, p1)}, set(), {})
+    for i in (0, 41, 42, 2500, 4999):
+        reads[0] = 0
+        assert where.get(ids[i].hex()) == (("p2", 8, 10, 1) if i == 42 else
+                                           ("p1", 8 + 10 * i, 10, 1))
+        assert reads[0] <= 40, reads[0]
+    assert where.holders(ids[42].hex()) == ["p2", "p1"]
+    assert where.holders(ids[41].hex()) == ["p1"]
+    assert where.get(other.hex()) == ("p2", 18, 10, 1)
+    for absent in (prefix + bytes(24), prefix + b"\xff" * 24, b"\x01" * 7 + b"\x02" + bytes(24)):
+        reads[0] = 0
+        assert not where.holds(absent.hex()) and where.holders(absent.hex()) == []
+        assert reads[0] <= 40, reads[0]
+
+
 def test_9_verify_remote_reads_overlapping_trees_of_a_hostile_index_once() -> None:
     """A hostile pack index may list many "trees" over nearly the same 16 MiB. verify
     --remote reads a batch of trees with one ranged GET per stretch of a pack, and keeps
