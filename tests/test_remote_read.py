@@ -1066,6 +1066,26 @@ def test_a_damaged_pack_index_is_read_from_its_pack_without_a_store(tmp_path, ds
     assert read_tree(tmp_path / "out") == read_tree(ws)
 
 
+def test_places_of_ids_picked_to_collide_do_not_pile_up() -> None:
+    """The reader's places are an open-addressing table. A hostile locator names any ids
+    it likes: ids whose first 64 bits agree in all their low bits (the slot a plain mask
+    would pick), or step by the table's size, still land near their own slots (the slot
+    comes from a multiplier drawn for each table), and each is found."""
+    from dsv.sync.reader import _Places
+
+    for step in (1 << 40, 1 << 17, 1 << 23):
+        places = _Places()
+        ids = {f"{i * step:016x}" + "00" * 24: ("p1", i, 1) for i in range(1, 40001)}
+        places.update(ids)
+        assert places.get("00" * 32) is None   # (an id of 64 zero bits is no place)
+        for oid, (pack, offset, _n) in list(ids.items())[::997]:
+            assert places.get(oid) == (pack, offset, 1)
+        keys, shift = places._keys, places._shift
+        worst = max((slot - ((key * places._multiplier & (1 << 64) - 1) >> shift))
+                    % len(keys) for slot, key in enumerate(keys) if key)
+        assert worst < 64, (step, worst)
+
+
 def test_a_place_two_ids_share_costs_a_read_never_the_wrong_bytes(tmp_path, dsv):
     """The reader keeps where locators place objects by an id's first 64 bits (a
     million-file version's places took 230 MB as hex ids to tuples). Two ids sharing them

@@ -14,12 +14,15 @@ from __future__ import annotations
 import io
 import base64
 import binascii
+import itertools
 import json
 import os
+import secrets
 import tempfile
 import threading
 import time
 import weakref
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -98,34 +101,82 @@ class RemoteDataset:
 
 
 class _Places:
-    """Where the locators read so far place objects, about 120 bytes each (a million-file
-    version's places took 230 MB as hex ids to tuples). Keyed by an id's first 64 bits: a
-    place is only a hint, what is read there is checked against its id and a mismatch
-    sends the read to the pack indexes, so two ids that share them cost a read, nothing
-    else. A place too far out to encode is left out (read by the pack indexes too)."""
+    """Where the locators read so far place objects: an open-addressing table of three
+    arrays (an id's first 64 bits; its pack's number and its length; its offset), 24
+    bytes a slot, at most 70% full (a dict of those numbers took some 120 bytes a place,
+    of hex ids to tuples some 230: a million-file version's places, 142 and 230 MB).
+    A place is only a hint: what is read there is checked against its id and a mismatch
+    sends the read to the pack indexes, so two ids that share their first 64 bits cost a
+    read, nothing else. Slots are chosen by a multiplier drawn for each table, so ids
+    picked to collide (a hostile locator names any ids it likes) cannot pile up on one
+    slot. A place too far out to encode is left out (read by the pack indexes too)."""
 
     def __init__(self) -> None:
-        self._at: dict[int, int] = {}     # id's first 64 bits → pack number, offset, length
         self._packs: list[str | None] = []
         self._numbers: dict[str | None, int] = {}
+        self._used = 0
+        self._multiplier = secrets.randbits(64) | 1
+        self._new(1 << 12)
+
+    def _new(self, slots: int) -> None:
+        self._keys = array("Q", bytes(8 * slots))      # (0: an empty slot)
+        self._sized = array("Q", bytes(8 * slots))     # pack number << 40 | length
+        self._offsets = array("Q", bytes(8 * slots))
+        self._shift = 64 - slots.bit_length() + 1
+
+    def _slot(self, key: int) -> int:
+        """The slot holding `key`, else the empty one where it would go."""
+        keys, last = self._keys, len(self._keys) - 1
+        slot = (key * self._multiplier & _LOW_64) >> self._shift
+        while keys[slot] not in (key, 0):
+            slot = slot + 1 if slot < last else 0
+        return slot
 
     def update(self, places: dict[str, layout.Location]) -> None:
+        while (self._used + len(places)) * 10 > len(self._keys) * 7:
+            self._grow()
+        keys, sized, offsets, numbers = self._keys, self._sized, self._offsets, self._numbers
+        multiplier, shift, last = self._multiplier, self._shift, len(keys) - 1
         for oid, (pack, offset, length) in places.items():
-            if not (0 <= offset < 1 << 56 and 0 <= length < 1 << 40):
+            key = int(oid[:16], 16)
+            if not (0 <= offset < 1 << 56 and 0 <= length < 1 << 40) or key == 0:
                 continue
-            number = self._numbers.get(pack)
+            number = numbers.get(pack)
             if number is None:
-                number = self._numbers[pack] = len(self._packs)
+                if len(self._packs) >= 1 << 24:
+                    continue
+                number = numbers[pack] = len(self._packs)
                 self._packs.append(pack)
-            self._at[int(oid[:16], 16)] = number << 96 | offset << 40 | length
+            slot = (key * multiplier & _LOW_64) >> shift   # (as `_slot`, inline: the hot loop)
+            while keys[slot] != key:
+                if keys[slot] == 0:
+                    self._used += 1
+                    keys[slot] = key
+                    break
+                slot = slot + 1 if slot < last else 0
+            sized[slot] = number << 40 | length
+            offsets[slot] = offset
+
+    def _grow(self) -> None:
+        keys, sized, offsets = self._keys, self._sized, self._offsets
+        self._new(2 * len(keys))
+        for i in itertools.compress(range(len(keys)), keys):
+            slot = self._slot(keys[i])
+            self._keys[slot], self._sized[slot], self._offsets[slot] = \
+                keys[i], sized[i], offsets[i]
 
     def get(self, oid: str) -> layout.Location | None:
         if not is_hash(oid):
             return None
-        packed = self._at.get(int(oid[:16], 16))
-        if packed is None:
+        key = int(oid[:16], 16)
+        slot = self._slot(key)
+        if key == 0 or self._keys[slot] == 0:
             return None
-        return self._packs[packed >> 96], packed >> 40 & (1 << 56) - 1, packed & (1 << 40) - 1
+        sized = self._sized[slot]
+        return self._packs[sized >> 40], self._offsets[slot], sized & (1 << 40) - 1
+
+
+_LOW_64 = (1 << 64) - 1
 
 
 class RemoteReader:
