@@ -1080,7 +1080,7 @@ def test_places_of_ids_picked_to_collide_do_not_pile_up() -> None:
         assert places.get("00" * 32) is None   # (an id of 64 zero bits is no place)
         for oid, (pack, offset, _n) in list(ids.items())[::997]:
             assert places.get(oid) == (pack, offset, 1)
-        keys, shift = places._keys, places._shift
+        keys, shift = places._table.keys, places._table.shift
         worst = max((slot - ((key * places._multiplier & (1 << 64) - 1) >> shift))
                     % len(keys) for slot, key in enumerate(keys) if key)
         assert worst < 64, (step, worst)

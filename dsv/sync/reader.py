@@ -29,7 +29,7 @@ from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from .. import fileio, tree, worktree
 from ..errors import (CannotWrite, CorruptObject, DsvError, InvalidInput, MissingObject,
@@ -116,27 +116,27 @@ class _Places:
         self._numbers: dict[str | None, int] = {}
         self._used = 0
         self._multiplier = secrets.randbits(64) | 1
-        self._new(1 << 12)
+        self._table = self._new(1 << 12)
 
-    def _new(self, slots: int) -> None:
-        self._keys = array("Q", bytes(8 * slots))      # (0: an empty slot)
-        self._sized = array("Q", bytes(8 * slots))     # pack number << 40 | length
-        self._offsets = array("Q", bytes(8 * slots))
-        self._shift = 64 - slots.bit_length() + 1
+    @staticmethod
+    def _new(slots: int) -> _Table:
+        return _Table(array("Q", bytes(8 * slots)), array("Q", bytes(8 * slots)),
+                      array("Q", bytes(8 * slots)), 64 - slots.bit_length() + 1)
 
-    def _slot(self, key: int) -> int:
-        """The slot holding `key`, else the empty one where it would go."""
-        keys, last = self._keys, len(self._keys) - 1
-        slot = (key * self._multiplier & _LOW_64) >> self._shift
+    def _slot(self, table: _Table, key: int) -> int:
+        """The slot of `table` holding `key`, else the empty one where it would go."""
+        keys, last = table.keys, len(table.keys) - 1
+        slot = (key * self._multiplier & _LOW_64) >> table.shift
         while keys[slot] not in (key, 0):
             slot = slot + 1 if slot < last else 0
         return slot
 
     def update(self, places: dict[str, layout.Location]) -> None:
-        while (self._used + len(places)) * 10 > len(self._keys) * 7:
+        """Learn `places` (one writer at a time: the reader's lock; `get` needs none)."""
+        while (self._used + len(places)) * 10 > len(self._table.keys) * 7:
             self._grow()
-        keys, sized, offsets, numbers = self._keys, self._sized, self._offsets, self._numbers
-        multiplier, shift, last = self._multiplier, self._shift, len(keys) - 1
+        keys, sized, offsets, shift = self._table
+        numbers, multiplier, last = self._numbers, self._multiplier, len(keys) - 1
         for oid, (pack, offset, length) in places.items():
             key = int(oid[:16], 16)
             if not (0 <= offset < 1 << 56 and 0 <= length < 1 << 40) or key == 0:
@@ -148,32 +148,42 @@ class _Places:
                 number = numbers[pack] = len(self._packs)
                 self._packs.append(pack)
             slot = (key * multiplier & _LOW_64) >> shift   # (as `_slot`, inline: the hot loop)
-            while keys[slot] != key:
-                if keys[slot] == 0:
-                    self._used += 1
-                    keys[slot] = key
-                    break
+            while keys[slot] not in (key, 0):
                 slot = slot + 1 if slot < last else 0
             sized[slot] = number << 40 | length
             offsets[slot] = offset
+            if keys[slot] == 0:   # (the key last: a `get` meanwhile finds it whole or not)
+                keys[slot] = key
+                self._used += 1
 
     def _grow(self) -> None:
-        keys, sized, offsets = self._keys, self._sized, self._offsets
-        self._new(2 * len(keys))
-        for i in itertools.compress(range(len(keys)), keys):
-            slot = self._slot(keys[i])
-            self._keys[slot], self._sized[slot], self._offsets[slot] = \
-                keys[i], sized[i], offsets[i]
+        """A table twice as large, filled, then put in place in one step."""
+        old = self._table
+        table = self._new(2 * len(old.keys))
+        for i in itertools.compress(range(len(old.keys)), old.keys):
+            slot = self._slot(table, old.keys[i])
+            table.sized[slot], table.offsets[slot], table.keys[slot] = \
+                old.sized[i], old.offsets[i], old.keys[i]
+        self._table = table
 
     def get(self, oid: str) -> layout.Location | None:
         if not is_hash(oid):
             return None
-        key = int(oid[:16], 16)
-        slot = self._slot(key)
-        if key == 0 or self._keys[slot] == 0:
+        key, table = int(oid[:16], 16), self._table
+        slot = self._slot(table, key)
+        if key == 0 or table.keys[slot] == 0:
             return None
-        sized = self._sized[slot]
-        return self._packs[sized >> 40], self._offsets[slot], sized & (1 << 40) - 1
+        sized = table.sized[slot]
+        return self._packs[sized >> 40], table.offsets[slot], sized & (1 << 40) - 1
+
+
+class _Table(NamedTuple):
+    """`_Places`' arrays, and the shift that makes a slot of a product."""
+
+    keys: array[int]       # an id's first 64 bits (0: an empty slot)
+    sized: array[int]      # pack number << 40 | length
+    offsets: array[int]
+    shift: int
 
 
 _LOW_64 = (1 << 64) - 1
