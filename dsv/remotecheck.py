@@ -240,11 +240,14 @@ class _Where:
         raw = raw_id(oid)
         if raw is None:
             return []
-        found: dict[int, None] = {}
-        i = self._find(raw)
-        while i < len(self._rows) and self._id(self._rows[i]) == raw:
-            found[self._rows[i] >> 32] = None
-            i += 1
+        found: list[int] = []
+        i, rows = self._find(raw), self._rows
+        end = bisect_right(self._keys, int.from_bytes(raw[:8], "big"), i)
+        while i < end and self._id(rows[i]) == raw:
+            found.append(rows[i] >> 32)
+            # (the next pack's rows: a pack may list one id many times)
+            i = bisect_left(range(end), (raw, found[-1] + 1 << 32), i + 1, end,
+                            key=lambda k: (self._id(rows[k]), rows[k]))
         return [self._packs[n] for n in found]
 
 

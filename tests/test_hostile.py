@@ -902,7 +902,9 @@ def test_9_verify_remote_finds_an_id_among_thousands_sharing_its_first_64_bits()
     other = bytes.fromhex(hash_bytes(b"other"))
     p1 = b"".join(_ENTRY.pack(raw, 8 + 10 * i, 10, 1) for i, raw in enumerate(ids))
     p2 = _ENTRY.pack(ids[42], 8, 10, 1) + _ENTRY.pack(other, 18, 10, 1)
-    where = _Where({"p2": Counted("p2", 0, p2), "p1": Counted("p1", 0, p1)}, set(), {})
+    p3 = _ENTRY.pack(other, 8, 10, 1) * 3000   # (one id listed 3,000 times)
+    where = _Where({"p2": Counted("p2", 0, p2), "p1": Counted("p1", 0, p1),
+                    "p3": Counted("p3", 0, p3)}, set(), {})
     for i in (0, 41, 42, 2500, 4999):
         reads[0] = 0
         assert where.get(ids[i].hex()) == (("p2", 8, 10, 1) if i == 42 else
@@ -911,6 +913,8 @@ def test_9_verify_remote_finds_an_id_among_thousands_sharing_its_first_64_bits()
     assert where.holders(ids[42].hex()) == ["p2", "p1"]
     assert where.holders(ids[41].hex()) == ["p1"]
     assert where.get(other.hex()) == ("p2", 18, 10, 1)
+    reads[0] = 0
+    assert where.holders(other.hex()) == ["p2", "p3"] and reads[0] <= 80, reads[0]
     for absent in (prefix + bytes(24), prefix + b"\xff" * 24, b"\x01" * 7 + b"\x02" + bytes(24)):
         reads[0] = 0
         assert not where.holds(absent.hex()) and where.holders(absent.hex()) == []

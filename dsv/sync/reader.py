@@ -17,7 +17,6 @@ import binascii
 import itertools
 import json
 import os
-import secrets
 import tempfile
 import threading
 import time
@@ -107,26 +106,27 @@ class _Places:
     of hex ids to tuples some 230: a million-file version's places, 142 and 230 MB).
     A place is only a hint: what is read there is checked against its id and a mismatch
     sends the read to the pack indexes, so two ids that share their first 64 bits cost a
-    read, nothing else. Slots are chosen by a multiplier drawn for each table, so ids
-    picked to collide (a hostile locator names any ids it likes) cannot pile up on one
-    slot. A place too far out to encode is left out (read by the pack indexes too)."""
+    read, nothing else. A slot comes from Python's keyed hash of the id's first 16 hex
+    digits, so ids picked to collide (a hostile locator names any ids it likes) cannot
+    pile up on one slot. A place too far out to encode is left out (read by the pack
+    indexes too)."""
 
     def __init__(self) -> None:
         self._packs: list[str | None] = []
         self._numbers: dict[str | None, int] = {}
         self._used = 0
-        self._multiplier = secrets.randbits(64) | 1
         self._table = self._new(1 << 12)
 
     @staticmethod
     def _new(slots: int) -> _Table:
         return _Table(array("Q", bytes(8 * slots)), array("Q", bytes(8 * slots)),
-                      array("Q", bytes(8 * slots)), 64 - slots.bit_length() + 1)
+                      array("Q", bytes(8 * slots)))
 
-    def _slot(self, table: _Table, key: int) -> int:
+    @staticmethod
+    def _slot(table: _Table, key: int) -> int:
         """The slot of `table` holding `key`, else the empty one where it would go."""
         keys, last = table.keys, len(table.keys) - 1
-        slot = (key * self._multiplier & _LOW_64) >> table.shift
+        slot = hash(f"{key:016x}") & last
         while keys[slot] not in (key, 0):
             slot = slot + 1 if slot < last else 0
         return slot
@@ -135,8 +135,8 @@ class _Places:
         """Learn `places` (one writer at a time: the reader's lock; `get` needs none)."""
         while (self._used + len(places)) * 10 > len(self._table.keys) * 7:
             self._grow()
-        keys, sized, offsets, shift = self._table
-        numbers, multiplier, last = self._numbers, self._multiplier, len(keys) - 1
+        keys, sized, offsets = self._table
+        numbers, last = self._numbers, len(keys) - 1
         for oid, (pack, offset, length) in places.items():
             key = int(oid[:16], 16)
             if not (0 <= offset < 1 << 56 and 0 <= length < 1 << 40) or key == 0:
@@ -147,7 +147,7 @@ class _Places:
                     continue
                 number = numbers[pack] = len(self._packs)
                 self._packs.append(pack)
-            slot = (key * multiplier & _LOW_64) >> shift   # (as `_slot`, inline: the hot loop)
+            slot = hash(f"{key:016x}") & last   # (as `_slot`, inline: the hot loop)
             while keys[slot] not in (key, 0):
                 slot = slot + 1 if slot < last else 0
             sized[slot] = number << 40 | length
@@ -178,15 +178,11 @@ class _Places:
 
 
 class _Table(NamedTuple):
-    """`_Places`' arrays, and the shift that makes a slot of a product."""
+    """`_Places`' arrays, a power of two slots each."""
 
     keys: array[int]       # an id's first 64 bits (0: an empty slot)
     sized: array[int]      # pack number << 40 | length
     offsets: array[int]
-    shift: int
-
-
-_LOW_64 = (1 << 64) - 1
 
 
 class RemoteReader:
